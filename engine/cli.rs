@@ -1,0 +1,208 @@
+//! The `engine` command line: `serve`, `validate`, `schema`.
+//!
+//! Exit codes: 0 success, 1 invalid configuration (or a server that could not start), 2 usage
+//! errors (clap's own convention, also used for an unreadable `--env-file` or directory).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::diagnostics::{self, Diagnostic, Format};
+use crate::env::EnvSource;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "engine",
+    version,
+    about = "Webhook pipeline engine: YAML pipelines in, verified and durable events out"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate the pipelines directory and the environment, then serve the routes.
+    Serve {
+        /// The pipelines directory.
+        #[arg(long, default_value = "pipelines")]
+        pipelines: PathBuf,
+        /// Read variables from this dotenv file instead of the process environment.
+        #[arg(long)]
+        env_file: Option<PathBuf>,
+    },
+    /// Check the pipelines directory and the environment; print every problem.
+    Validate {
+        /// The pipelines directory.
+        #[arg(default_value = "pipelines")]
+        dir: PathBuf,
+        /// Validate this dotenv file instead of the process environment.
+        #[arg(long)]
+        env_file: Option<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Write the JSON schemas generated from the engine's types.
+    Schema {
+        /// Directory to write into.
+        #[arg(long, default_value = "schemas")]
+        out: PathBuf,
+        /// Do not write: exit 1 if the files in `--out` differ from the generated schemas.
+        #[arg(long)]
+        check: bool,
+    },
+}
+
+/// Parse arguments and run.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve {
+            pipelines,
+            env_file,
+        } => serve(&pipelines, env_file.as_deref()),
+        Command::Validate {
+            dir,
+            env_file,
+            format,
+        } => validate(&dir, env_file.as_deref(), format),
+        Command::Schema { out, check } => schema(&out, check),
+    }
+}
+
+fn env_source(env_file: Option<&Path>) -> Result<EnvSource, ExitCode> {
+    match env_file {
+        None => Ok(EnvSource::process()),
+        Some(f) => EnvSource::from_file(f).map_err(|e| {
+            eprintln!("engine: {e}");
+            ExitCode::from(2)
+        }),
+    }
+}
+
+fn validate(dir: &Path, env_file: Option<&Path>, format: Format) -> ExitCode {
+    if !dir.is_dir() {
+        eprintln!("engine: {}: not a directory", dir.display());
+        return ExitCode::from(2);
+    }
+    let source = match env_source(env_file) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let result = crate::config::load(dir, &source);
+    let diags: &[Diagnostic] = match &result {
+        Ok(_) => &[],
+        Err(d) => d,
+    };
+    print!("{}", diagnostics::render(diags, format));
+    match (&result, format) {
+        (Ok(p), Format::Text) => {
+            println!(
+                "{}: {} pipeline{} valid",
+                dir.display(),
+                p.pipelines.len(),
+                if p.pipelines.len() == 1 { "" } else { "s" }
+            );
+        }
+        (Err(d), Format::Text | Format::Github) => {
+            eprintln!(
+                "{} problem{} found",
+                d.len(),
+                if d.len() == 1 { "" } else { "s" }
+            );
+        }
+        _ => {}
+    }
+    if result.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+fn init_tracing(production: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // JSON lines in production (Render's log search and any shipper parse them); readable
+    // lines elsewhere.
+    let _ = if production {
+        builder.json().flatten_event(true).try_init()
+    } else {
+        builder.compact().try_init()
+    };
+}
+
+fn serve(dir: &Path, env_file: Option<&Path>) -> ExitCode {
+    let source = match env_source(env_file) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    init_tracing(source.get("NODE_ENV") == Some("production"));
+    let project = match crate::config::load(dir, &source) {
+        Ok(p) => p,
+        Err(diags) => {
+            eprint!("{}", diagnostics::render(&diags, Format::Text));
+            eprintln!(
+                "engine: refusing to start: {} problem{} in {}",
+                diags.len(),
+                if diags.len() == 1 { "" } else { "s" },
+                dir.display()
+            );
+            return ExitCode::from(1);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("engine: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(crate::server::serve(project)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "server failed");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn schema(out: &Path, check: bool) -> ExitCode {
+    let mut stale = Vec::new();
+    for (name, value) in crate::config::generated_schemas() {
+        let path = out.join(name);
+        let mut text = serde_json::to_string_pretty(&value).expect("schemas serialize");
+        text.push('\n');
+        if check {
+            if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+                stale.push(path);
+            }
+            continue;
+        }
+        if let Err(e) = std::fs::create_dir_all(out).and_then(|()| std::fs::write(&path, text)) {
+            eprintln!("engine: cannot write {}: {e}", path.display());
+            return ExitCode::from(1);
+        }
+        println!("wrote {}", path.display());
+    }
+    if stale.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        for p in stale {
+            eprintln!(
+                "{}: differs from the generated schema; run `engine schema`",
+                p.display()
+            );
+        }
+        ExitCode::from(1)
+    }
+}

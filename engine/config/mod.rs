@@ -1,0 +1,423 @@
+//! Loading and validating a pipelines directory.
+//!
+//! A deployment is one directory:
+//!
+//! ```text
+//! pipelines/
+//!   env.schema.yaml   the environment variables it reads (JSON Schema)    -> crate::env
+//!   engine.yaml       server-wide settings (optional)                     -> settings
+//!   *.yaml            one pipeline per file                               -> pipeline
+//! ```
+//!
+//! [`load`] is pure apart from reading those files: given the directory and an [`EnvSource`] it
+//! returns a [`Project`] or every problem found, each with file, line and column. The stages are
+//! YAML parsing with positions, JSON-schema checks (schemas generated from the Rust types here),
+//! `${VAR}` reference checks, typed deserialization, then semantic rules across files (unique
+//! names, non-overlapping routes). `engine validate` and `engine serve` both call it.
+
+pub mod env_refs;
+pub mod pipeline;
+pub mod settings;
+pub mod units;
+
+use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
+
+use jsonschema::Validator;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::diagnostics::Diagnostic;
+use crate::env::{ENV_SCHEMA_FILE, Env, EnvSchema, EnvSource};
+use crate::route::RouteTable;
+use crate::yaml::{self, Document, Pos};
+pub use pipeline::Pipeline;
+pub use settings::Settings;
+
+/// File name of the settings file inside the pipelines directory.
+pub const SETTINGS_FILE: &str = "engine.yaml";
+
+/// A pipeline and the file it came from.
+#[derive(Debug, Clone)]
+pub struct LoadedPipeline {
+    pub file: PathBuf,
+    pub config: Pipeline,
+}
+
+/// A validated pipelines directory, ready to serve.
+#[derive(Debug)]
+pub struct Project {
+    pub dir: PathBuf,
+    pub env: Env,
+    pub settings: Settings,
+    pub pipelines: Vec<LoadedPipeline>,
+    pub routes: RouteTable,
+}
+
+impl Project {
+    /// Largest body a pipeline accepts.
+    pub fn body_limit(&self, pipeline: usize) -> u64 {
+        self.pipelines[pipeline]
+            .config
+            .body_limit
+            .unwrap_or(self.settings.body_limit)
+            .bytes()
+    }
+}
+
+/// The schemas `engine schema` writes, by file name.
+pub fn generated_schemas() -> Vec<(&'static str, Value)> {
+    vec![
+        ("pipeline.schema.json", PIPELINE_SCHEMA.0.clone()),
+        ("settings.schema.json", SETTINGS_SCHEMA.0.clone()),
+    ]
+}
+
+fn generate<T: schemars::JsonSchema>() -> (Value, Validator) {
+    let schema = serde_json::to_value(schemars::schema_for!(T)).expect("schemas serialize");
+    let validator = crate::schema::compile(&schema).expect("generated schemas compile");
+    (schema, validator)
+}
+
+// Compiled once per process: validating 50 pipelines must not compile the schema 50 times.
+static PIPELINE_SCHEMA: LazyLock<(Value, Validator)> = LazyLock::new(generate::<Pipeline>);
+static SETTINGS_SCHEMA: LazyLock<(Value, Validator)> = LazyLock::new(generate::<Settings>);
+
+/// A parsed file that passed its schema and reference checks.
+struct Checked {
+    file: PathBuf,
+    doc: Document,
+}
+
+/// Load and validate `dir`, reading variables from `source`.
+pub fn load(dir: &Path, source: &EnvSource) -> Result<Project, Vec<Diagnostic>> {
+    let mut diags = Vec::new();
+    let files = list_yaml_files(dir).map_err(|d| vec![d])?;
+
+    let env_schema = match EnvSchema::load(&dir.join(ENV_SCHEMA_FILE)) {
+        Ok(s) => Some(s),
+        Err(d) => {
+            diags.extend(d);
+            None
+        }
+    };
+    let env = match env_schema.as_ref().map(|s| s.validate(source)) {
+        Some(Ok(env)) => Some(env),
+        Some(Err(d)) => {
+            diags.extend(d);
+            None
+        }
+        None => None,
+    };
+    // Later stages still run without a valid environment so every file problem is reported too.
+    let env_for_values = env.clone().unwrap_or_default();
+
+    let settings_path = dir.join(SETTINGS_FILE);
+    let settings_doc = if settings_path.exists() {
+        check_file(
+            &settings_path,
+            &SETTINGS_SCHEMA,
+            env_schema.as_ref(),
+            &mut diags,
+        )
+    } else {
+        None
+    };
+    let settings_value = settings_doc.as_ref().map(|c| {
+        let mut v = c.doc.value.clone();
+        env_refs::interpolate(&mut v, &env_for_values);
+        v
+    });
+    let settings = match settings::layer(settings_value.as_ref(), &env_for_values) {
+        Ok(s) => Some(s),
+        Err((key, expected)) => {
+            let pointer = format!("/{}", key.replace('.', "/"));
+            let (file, pos) = match &settings_doc {
+                Some(c) => (c.file.clone(), c.doc.value_pos(&pointer)),
+                None => (settings_path.clone(), Pos::START),
+            };
+            diags.push(Diagnostic::new(
+                file,
+                pos,
+                &pointer,
+                format!("setting `{key}` {expected} (after applying environment overrides)"),
+            ));
+            None
+        }
+    };
+    if let (Some(s), Some(c)) = (&settings, &settings_doc) {
+        diags.extend(check_settings(s, c, &env_for_values));
+    }
+
+    let mut pipelines: Vec<(Checked, Pipeline)> = Vec::new();
+    for file in files
+        .iter()
+        .filter(|f| !is_named(f, SETTINGS_FILE) && !is_named(f, ENV_SCHEMA_FILE))
+    {
+        let Some(checked) = check_file(file, &PIPELINE_SCHEMA, env_schema.as_ref(), &mut diags)
+        else {
+            continue;
+        };
+        let mut value = checked.doc.value.clone();
+        env_refs::interpolate(&mut value, &env_for_values);
+        match typed::<Pipeline>(value, &checked) {
+            Ok(p) => pipelines.push((checked, p)),
+            Err(d) => diags.push(d),
+        }
+    }
+    if files
+        .iter()
+        .all(|f| is_named(f, SETTINGS_FILE) || is_named(f, ENV_SCHEMA_FILE))
+    {
+        diags.push(Diagnostic::new(
+            dir,
+            Pos::START,
+            "",
+            "no pipeline files here: add one YAML file per webhook route",
+        ));
+    }
+
+    diags.extend(check_unique_names(&pipelines));
+    let routes = match RouteTable::build(
+        &pipelines
+            .iter()
+            .map(|(_, p)| (p.route.method, p.route.path.as_str()))
+            .collect::<Vec<_>>(),
+    ) {
+        Ok(t) => Some(t),
+        Err(conflicts) => {
+            for c in conflicts {
+                let (checked, _) = &pipelines[c.pipeline];
+                let mut message = c.message;
+                if let Some(other) = c.with {
+                    let (o, _) = &pipelines[other];
+                    let pos = o.doc.value_pos("/route/path");
+                    message.push_str(&format!(
+                        " by {}:{}:{}",
+                        o.file.display(),
+                        pos.line,
+                        pos.col
+                    ));
+                }
+                diags.push(Diagnostic::new(
+                    &checked.file,
+                    checked.doc.value_pos("/route/path"),
+                    "/route/path",
+                    message,
+                ));
+            }
+            None
+        }
+    };
+
+    match (env, settings, routes) {
+        (Some(env), Some(settings), Some(routes)) if diags.is_empty() => Ok(Project {
+            dir: dir.to_path_buf(),
+            env,
+            settings,
+            pipelines: pipelines
+                .into_iter()
+                .map(|(c, config)| LoadedPipeline {
+                    file: c.file,
+                    config,
+                })
+                .collect(),
+            routes,
+        }),
+        _ => Err(diags),
+    }
+}
+
+/// `*.yaml` / `*.yml` files directly in `dir`, sorted, hidden files skipped.
+fn list_yaml_files(dir: &Path) -> Result<Vec<PathBuf>, Diagnostic> {
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        Diagnostic::new(
+            dir,
+            Pos::START,
+            "",
+            format!("cannot read the pipelines directory: {e}"),
+        )
+    })?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            !name.starts_with('.')
+                && (name.ends_with(".yaml") || name.ends_with(".yml"))
+                && p.is_file()
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+fn is_named(path: &Path, name: &str) -> bool {
+    path.file_name().and_then(|n| n.to_str()) == Some(name)
+}
+
+/// Parse a file and check it against a schema and the env schema's declared variables.
+/// Diagnostics go to `diags`; `None` when the file cannot be used further.
+fn check_file(
+    file: &Path,
+    schema: &(Value, Validator),
+    env_schema: Option<&EnvSchema>,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Checked> {
+    let bytes = match std::fs::read(file) {
+        Ok(b) => b,
+        Err(e) => {
+            diags.push(Diagnostic::new(
+                file,
+                Pos::START,
+                "",
+                format!("cannot read: {e}"),
+            ));
+            return None;
+        }
+    };
+    let doc = match yaml::parse_bytes(&bytes) {
+        Ok(d) => d,
+        Err(e) => {
+            diags.push(Diagnostic::new(file, e.pos(), "", e.to_string()));
+            return None;
+        }
+    };
+    let before = diags.len();
+    diags.extend(crate::schema::check(&schema.1, &schema.0, &doc, file));
+    diags.extend(env_refs::check(&doc, file, env_schema));
+    (diags.len() == before).then(|| Checked {
+        file: file.to_path_buf(),
+        doc,
+    })
+}
+
+/// Deserialize a schema-valid document. A failure here means the schema let through something
+/// the types refuse; report it at the value's position without repeating the value.
+fn typed<T: DeserializeOwned>(value: Value, checked: &Checked) -> Result<T, Diagnostic> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let pointer: String = e
+            .path()
+            .iter()
+            .filter_map(|seg| match seg {
+                serde_path_to_error::Segment::Map { key } => Some(format!("/{}", yaml::escape_token(key))),
+                serde_path_to_error::Segment::Seq { index } => Some(format!("/{index}")),
+                _ => None,
+            })
+            .collect();
+        Diagnostic::new(
+            &checked.file,
+            checked.doc.value_pos(&pointer),
+            &pointer,
+            "this value cannot be used here (after `${VAR}` substitution); check its type in the reference",
+        )
+    })
+}
+
+fn check_unique_names(pipelines: &[(Checked, Pipeline)]) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    for (i, (c, p)) in pipelines.iter().enumerate() {
+        if let Some((first, _)) = pipelines[..i].iter().find(|(_, q)| q.name == p.name) {
+            let pos = first.doc.value_pos("/name");
+            out.push(Diagnostic::new(
+                &c.file,
+                c.doc.value_pos("/name"),
+                "/name",
+                format!(
+                    "pipeline name `{}` is already used by {}:{}:{}; names must be unique",
+                    p.name,
+                    first.file.display(),
+                    pos.line,
+                    pos.col
+                ),
+            ));
+        }
+    }
+    out
+}
+
+/// Rules on the settings file that its schema cannot express.
+fn check_settings(s: &Settings, c: &Checked, env: &Env) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    let file_origins = c
+        .doc
+        .value
+        .pointer("/cors/allow_origins")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for (i, origin) in file_origins.iter().enumerate() {
+        let origin = origin.as_str().unwrap_or_default();
+        let pointer = format!("/cors/allow_origins/{i}");
+        if let Some(problem) = origin_problem(origin) {
+            out.push(Diagnostic::new(
+                &c.file,
+                c.doc.value_pos(&pointer),
+                &pointer,
+                problem,
+            ));
+        }
+        if origin == "*" && env.is_production() {
+            out.push(Diagnostic::new(
+                &c.file,
+                c.doc.value_pos(&pointer),
+                &pointer,
+                "`*` allows every origin; in production (NODE_ENV=production) list the allowed origins",
+            ));
+        }
+    }
+    for (i, proxy) in s.trusted_proxies.iter().enumerate() {
+        if proxy.parse::<ipnet::IpNet>().is_err() && proxy.parse::<std::net::IpAddr>().is_err() {
+            let pointer = format!("/trusted_proxies/{i}");
+            out.push(Diagnostic::new(
+                &c.file,
+                c.doc.value_pos(&pointer),
+                &pointer,
+                "must be an IP address or CIDR range, e.g. `10.0.0.0/8`",
+            ));
+        }
+    }
+    out
+}
+
+/// Browsers send `Origin: scheme://host[:port]`, never a path or trailing slash, so an entry with
+/// one never matches.
+pub fn origin_problem(origin: &str) -> Option<String> {
+    if origin == "*" {
+        return None;
+    }
+    let Some((scheme, rest)) = origin.split_once("://") else {
+        return Some("an origin is `scheme://host[:port]`, e.g. `https://app.example.com`".into());
+    };
+    if !matches!(scheme, "http" | "https") || rest.is_empty() {
+        return Some("an origin is `http(s)://host[:port]`, e.g. `https://app.example.com`".into());
+    }
+    if rest.contains('/') {
+        return Some(
+            "an origin has no path or trailing `/` (browsers send `https://app.example.com`)"
+                .into(),
+        );
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins() {
+        assert_eq!(origin_problem("https://voxanne.ai"), None);
+        assert_eq!(origin_problem("http://localhost:3000"), None);
+        assert!(origin_problem("https://voxanne.ai/").is_some());
+        assert!(origin_problem("voxanne.ai").is_some());
+        assert!(origin_problem("ftp://x").is_some());
+    }
+
+    #[test]
+    fn generated_schemas_compile() {
+        for (name, schema) in generated_schemas() {
+            crate::schema::compile(&schema).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
+}

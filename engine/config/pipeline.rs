@@ -1,0 +1,99 @@
+//! The pipeline file format: one YAML file per webhook route.
+//!
+//! A file reads top to bottom in the order a request travels: its `name`, the `route` it answers,
+//! the `body_limit`, then the `respond` section that says what the caller gets back. These types
+//! are the single source of truth: `engine schema` derives `schemas/pipeline.schema.json` from
+//! them, and unknown keys are errors.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::units::{ByteSize, HttpMethod};
+
+/// A webhook pipeline: one file in the pipelines directory.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "Pipeline")]
+pub struct Pipeline {
+    /// Unique name of the pipeline, used in logs and metrics: lower-case letters, digits, `-`, `_`.
+    #[schemars(regex(pattern = r"^[a-z][a-z0-9_-]{0,62}$"), extend("x-message" = "must start with a lower-case letter and use only a-z, 0-9, `-` and `_` (at most 63 characters)"))]
+    pub name: String,
+
+    /// What this pipeline is for, in a sentence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+
+    /// The HTTP method and path this pipeline answers.
+    pub route: Route,
+
+    /// Largest request body accepted, overriding the settings' `body_limit`; larger bodies get 413.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_limit: Option<ByteSize>,
+
+    /// The HTTP answer the caller gets. Defaults to 200 with `{"received":true}`.
+    #[serde(default)]
+    pub respond: Respond,
+}
+
+/// Where the pipeline listens.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// HTTP method.
+    pub method: HttpMethod,
+    /// URL path, starting with `/`. `{name}` captures one segment (e.g. `/hooks/{tenant}`),
+    /// `{*rest}` the remainder of the path.
+    #[schemars(regex(pattern = r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/{}-]*$"), extend("x-message" = "must be a URL path starting with `/`, e.g. `/api/webhooks/vapi`"))]
+    pub path: String,
+}
+
+/// A static response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Respond {
+    /// HTTP status code.
+    #[serde(default = "default_status")]
+    #[schemars(range(min = 200, max = 599))]
+    pub status: u16,
+    /// `Content-Type` of the body.
+    #[serde(default = "default_content_type")]
+    pub content_type: String,
+    /// Response body. When omitted: `{"received":true}` for a JSON content type, else empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// Extra response headers.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+}
+
+impl Default for Respond {
+    fn default() -> Self {
+        Respond {
+            status: default_status(),
+            content_type: default_content_type(),
+            body: None,
+            headers: BTreeMap::new(),
+        }
+    }
+}
+
+impl Respond {
+    /// The body to send, with the documented default.
+    pub fn body_text(&self) -> &str {
+        match &self.body {
+            Some(b) => b,
+            None if self.content_type.contains("json") => r#"{"received":true}"#,
+            None => "",
+        }
+    }
+}
+
+fn default_status() -> u16 {
+    200
+}
+
+fn default_content_type() -> String {
+    "application/json".to_string()
+}

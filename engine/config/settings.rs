@@ -1,0 +1,236 @@
+//! Server-wide settings: `engine.yaml` in the pipelines directory.
+//!
+//! Layered with figment: built-in defaults < the settings file < the environment. The environment
+//! layer uses the seed deployment's variable names (`PORT`, `CORS_ORIGIN`, `MAINTENANCE_MODE`,
+//! `REDIS_URL`, `DATABASE_URL`, `BACKEND_URL`), taken from the validated [`Env`], so only variables
+//! declared in the env schema can change settings.
+
+use std::fmt;
+
+use figment::Figment;
+use figment::providers::Serialized;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::units::ByteSize;
+use crate::env::Env;
+
+/// Engine settings.
+#[derive(Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+#[schemars(title = "Engine settings")]
+pub struct Settings {
+    /// Interface to listen on.
+    pub host: String,
+    /// TCP port to listen on. Environment: `PORT`.
+    pub port: u16,
+    /// Public base URL of this service, e.g. `https://api.example.com`. Environment: `BACKEND_URL`.
+    pub public_url: Option<String>,
+    /// Cross-origin requests from browsers.
+    pub cors: CorsSettings,
+    /// Maintenance mode: pipeline routes answer 503, `/health` stays up.
+    pub maintenance: MaintenanceSettings,
+    /// Largest request body accepted by any pipeline (a pipeline may set its own).
+    pub body_limit: ByteSize,
+    /// Redis connection URL. Environment: `REDIS_URL`.
+    pub redis_url: Option<String>,
+    /// Postgres connection URL for the sinks. Environment: `DATABASE_URL`.
+    pub database_url: Option<String>,
+    /// Proxies (IP addresses or CIDR ranges) whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<String>,
+    /// Seconds in-flight requests get to finish after SIGTERM before connections are closed.
+    pub shutdown_grace_secs: u64,
+}
+
+/// CORS allow-list.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorsSettings {
+    /// Origins allowed to call the engine from a browser, e.g. `https://app.example.com`; `*`
+    /// allows any (refused in production). Environment: `CORS_ORIGIN` (comma-separated).
+    pub allow_origins: Vec<String>,
+}
+
+/// Maintenance mode.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct MaintenanceSettings {
+    /// Turn maintenance on. Environment: `MAINTENANCE_MODE=true`.
+    pub enabled: bool,
+    /// Message in the 503 body.
+    pub message: String,
+    /// `Retry-After` seconds sent with the 503.
+    pub retry_after_secs: u32,
+}
+
+impl Default for MaintenanceSettings {
+    fn default() -> Self {
+        MaintenanceSettings {
+            enabled: false,
+            message: "The service is under maintenance. Please retry later.".to_string(),
+            retry_after_secs: 120,
+        }
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            host: "0.0.0.0".to_string(),
+            port: 3001,
+            public_url: None,
+            cors: CorsSettings::default(),
+            maintenance: MaintenanceSettings::default(),
+            body_limit: ByteSize(ByteSize::MIB),
+            redis_url: None,
+            database_url: None,
+            trusted_proxies: Vec::new(),
+            shutdown_grace_secs: 25,
+        }
+    }
+}
+
+impl fmt::Debug for Settings {
+    // URLs may embed passwords: print only whether they are set.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("public_url", &self.public_url)
+            .field("cors", &self.cors)
+            .field("maintenance", &self.maintenance)
+            .field("body_limit", &self.body_limit)
+            .field("redis_url", &self.redis_url.as_ref().map(|_| "<set>"))
+            .field("database_url", &self.database_url.as_ref().map(|_| "<set>"))
+            .field("trusted_proxies", &self.trusted_proxies)
+            .field("shutdown_grace_secs", &self.shutdown_grace_secs)
+            .finish()
+    }
+}
+
+/// Environment variables that override settings, and the settings key each one sets.
+pub const ENV_OVERRIDES: &[(&str, &str)] = &[
+    ("PORT", "port"),
+    ("CORS_ORIGIN", "cors.allow_origins"),
+    ("MAINTENANCE_MODE", "maintenance.enabled"),
+    ("REDIS_URL", "redis_url"),
+    ("DATABASE_URL", "database_url"),
+    ("BACKEND_URL", "public_url"),
+];
+
+/// The environment layer: the override variables that are set, as a settings-shaped value.
+fn env_layer(env: &Env) -> Value {
+    let mut layer = json!({});
+    for (var, key) in ENV_OVERRIDES {
+        let Some(v) = env.get(var) else { continue };
+        let v = match (*key, v) {
+            ("cors.allow_origins", Value::String(s)) => Value::Array(
+                s.split(',')
+                    .map(str::trim)
+                    .filter(|o| !o.is_empty())
+                    .map(|o| Value::String(o.to_string()))
+                    .collect(),
+            ),
+            ("port", Value::String(s)) => s.trim().parse::<u16>().map_or(v.clone(), Value::from),
+            ("maintenance.enabled", Value::String(s)) => Value::Bool(matches!(
+                s.trim().to_ascii_lowercase().as_str(),
+                "true" | "1" | "yes" | "on"
+            )),
+            _ => v.clone(),
+        };
+        let mut target = &mut layer;
+        let parts: Vec<&str> = key.split('.').collect();
+        for part in &parts[..parts.len() - 1] {
+            target = target
+                .as_object_mut()
+                .expect("layer nodes are objects")
+                .entry(part.to_string())
+                .or_insert_with(|| json!({}));
+        }
+        target[parts[parts.len() - 1]] = v;
+    }
+    layer
+}
+
+/// Layer defaults < file < environment. Returns the settings key path of a value that does not
+/// fit (figment's messages may repeat the value, so callers word the error themselves).
+pub fn layer(file: Option<&Value>, env: &Env) -> Result<Settings, (String, String)> {
+    let mut fig = Figment::from(Serialized::defaults(Settings::default()));
+    if let Some(file) = file {
+        fig = fig.merge(Serialized::defaults(file));
+    }
+    fig = fig.merge(Serialized::defaults(env_layer(env)));
+    let mut settings: Settings = fig.extract().map_err(|e| {
+        let expected = match &e.kind {
+            figment::error::Kind::InvalidType(_, exp) => format!("expected {exp}"),
+            figment::error::Kind::InvalidValue(_, exp) => format!("expected {exp}"),
+            _ => "has an unusable value".to_string(),
+        };
+        (e.path.join("."), expected)
+    })?;
+    // An optional URL interpolated from an unset variable is absent, not empty.
+    for url in [
+        &mut settings.public_url,
+        &mut settings.redis_url,
+        &mut settings.database_url,
+    ] {
+        if url.as_deref().is_some_and(|u| u.trim().is_empty()) {
+            *url = None;
+        }
+    }
+    Ok(settings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::env::{EnvSchema, EnvSource};
+
+    fn env(pairs: &[(&str, &str)]) -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("env.schema.yaml");
+        std::fs::write(
+            &path,
+            "properties:\n  PORT: {type: integer}\n  CORS_ORIGIN: {type: string}\n  MAINTENANCE_MODE: {type: boolean}\n  REDIS_URL: {type: string}\n",
+        )
+        .unwrap();
+        EnvSchema::load(&path)
+            .unwrap()
+            .validate(&EnvSource::from_pairs(pairs.iter().copied()))
+            .unwrap()
+    }
+
+    #[test]
+    fn defaults_file_env_layering() {
+        let s = layer(None, &env(&[])).unwrap();
+        assert_eq!(s.port, 3001);
+        assert_eq!(s.body_limit, ByteSize(1 << 20));
+
+        let file = json!({"port": 4000, "cors": {"allow_origins": ["https://a.example"]}, "maintenance": {"message": "brb"}});
+        let s = layer(Some(&file), &env(&[])).unwrap();
+        assert_eq!(s.port, 4000);
+        assert_eq!(s.maintenance.message, "brb");
+        assert!(!s.maintenance.enabled);
+
+        let s = layer(
+            Some(&file),
+            &env(&[
+                ("PORT", "5000"),
+                ("CORS_ORIGIN", "https://b.example, https://c.example"),
+                ("MAINTENANCE_MODE", "true"),
+                ("REDIS_URL", "redis://127.0.0.1:6379"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.port, 5000);
+        assert_eq!(
+            s.cors.allow_origins,
+            ["https://b.example", "https://c.example"]
+        );
+        assert!(s.maintenance.enabled);
+        assert_eq!(s.maintenance.message, "brb", "deep merge keeps file keys");
+        assert_eq!(s.redis_url.as_deref(), Some("redis://127.0.0.1:6379"));
+        assert!(!format!("{s:?}").contains("6379"), "Debug hides URLs");
+    }
+}

@@ -1,0 +1,33 @@
+//! `engine`: a webhook pipeline engine.
+//!
+//! Users describe each webhook route in a YAML file; the engine checks every file against JSON
+//! schemas at boot and serves the routes. The modules follow the path a request takes.
+//!
+//! ```text
+//! loading (boot, `engine validate`)
+//!   yaml         YAML -> JSON value + line/column of every value; bounds hostile input
+//!   schema       JSON-schema checks -> positioned, value-free messages
+//!   env          env.schema.yaml: declared variables, typed, defaulted, checklist rules
+//!   config       pipelines directory -> Project (settings, pipelines, route table) or every error
+//!   route        method + path -> pipeline (404 / 405)
+//!   diagnostics  file:line:col findings; text / json / github output
+//!
+//! serving
+//!   server       salvo service, CORS hoop, graceful shutdown
+//!   server::dispatch   route -> maintenance -> size limit -> respond
+//!
+//! cli            engine serve | validate | schema
+//! ```
+//!
+//! `docs/architecture.md` has the longer map.
+
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod diagnostics;
+pub mod env;
+pub mod route;
+pub mod schema;
+pub mod server;
+pub mod yaml;

@@ -1,0 +1,189 @@
+//! The route table: which pipeline answers a method and path.
+//!
+//! Built once per loaded pipeline set (at boot, and by `engine validate` with the same code, so a
+//! conflict is a validation error, never a runtime surprise). Paths use matchit's syntax:
+//! `{name}` for one segment, `{*rest}` for the remainder. A path known under another method is a
+//! 405 with an `Allow` header, an unknown path a 404.
+
+use std::collections::BTreeMap;
+
+use crate::config::units::HttpMethod;
+
+/// Paths the engine answers itself; pipelines cannot claim them.
+pub const RESERVED_PATHS: &[&str] = &["/health"];
+
+/// A route conflict found while building the table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteConflict {
+    /// Index of the pipeline whose route could not be added.
+    pub pipeline: usize,
+    /// Index of the pipeline it clashes with, if any.
+    pub with: Option<usize>,
+    pub message: String,
+}
+
+/// Result of looking up a request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Lookup {
+    Found {
+        pipeline: usize,
+        params: Vec<(String, String)>,
+    },
+    MethodNotAllowed {
+        allowed: Vec<HttpMethod>,
+    },
+    NotFound,
+}
+
+/// Method + path → pipeline index.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    router: matchit::Router<BTreeMap<HttpMethod, usize>>,
+}
+
+impl RouteTable {
+    /// Build from `(method, path)` per pipeline, in pipeline order.
+    pub fn build(routes: &[(HttpMethod, &str)]) -> Result<RouteTable, Vec<RouteConflict>> {
+        let mut by_path: BTreeMap<&str, BTreeMap<HttpMethod, usize>> = BTreeMap::new();
+        let mut first_of_path: Vec<(&str, usize)> = Vec::new();
+        let mut conflicts = Vec::new();
+        for (i, (method, path)) in routes.iter().enumerate() {
+            if RESERVED_PATHS.contains(path) {
+                conflicts.push(RouteConflict {
+                    pipeline: i,
+                    with: None,
+                    message: format!(
+                        "path `{path}` is reserved for the engine; choose another path"
+                    ),
+                });
+                continue;
+            }
+            let methods = by_path.entry(path).or_default();
+            if methods.is_empty() {
+                first_of_path.push((path, i));
+            }
+            if let Some(&other) = methods.get(method) {
+                conflicts.push(RouteConflict {
+                    pipeline: i,
+                    with: Some(other),
+                    message: format!("route {method} {path} is already taken"),
+                });
+                continue;
+            }
+            methods.insert(*method, i);
+        }
+        let mut router = matchit::Router::new();
+        let mut inserted: Vec<(&str, usize)> = Vec::new();
+        for (path, first) in first_of_path {
+            let methods = by_path.remove(path).unwrap_or_default();
+            if let Err(e) = router.insert(path, methods) {
+                let with = match &e {
+                    matchit::InsertError::Conflict { with } => {
+                        inserted.iter().find(|(p, _)| p == with).map(|(_, i)| *i)
+                    }
+                    _ => None,
+                };
+                let message = match &e {
+                    matchit::InsertError::Conflict { with } => {
+                        format!("path `{path}` overlaps `{with}`: a request could match both")
+                    }
+                    other => format!("path `{path}` is not a valid route: {other}"),
+                };
+                conflicts.push(RouteConflict {
+                    pipeline: first,
+                    with,
+                    message,
+                });
+            } else {
+                inserted.push((path, first));
+            }
+        }
+        if conflicts.is_empty() {
+            Ok(RouteTable { router })
+        } else {
+            Err(conflicts)
+        }
+    }
+
+    /// Find the pipeline for a request.
+    pub fn lookup(&self, method: Option<HttpMethod>, path: &str) -> Lookup {
+        let Ok(m) = self.router.at(path) else {
+            return Lookup::NotFound;
+        };
+        match method.and_then(|meth| m.value.get(&meth)) {
+            Some(&pipeline) => Lookup::Found {
+                pipeline,
+                params: m
+                    .params
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            },
+            None => Lookup::MethodNotAllowed {
+                allowed: m.value.keys().copied().collect(),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use HttpMethod::*;
+
+    #[test]
+    fn lookup_found_405_404() {
+        let t = RouteTable::build(&[(Post, "/a"), (Get, "/a"), (Post, "/t/{tenant}/sms")]).unwrap();
+        assert_eq!(
+            t.lookup(Some(Post), "/a"),
+            Lookup::Found {
+                pipeline: 0,
+                params: vec![]
+            }
+        );
+        assert_eq!(
+            t.lookup(Some(Delete), "/a"),
+            Lookup::MethodNotAllowed {
+                allowed: vec![Get, Post]
+            }
+        );
+        assert_eq!(
+            t.lookup(None, "/a"),
+            Lookup::MethodNotAllowed {
+                allowed: vec![Get, Post]
+            }
+        );
+        assert_eq!(
+            t.lookup(Some(Post), "/t/acme/sms"),
+            Lookup::Found {
+                pipeline: 2,
+                params: vec![("tenant".into(), "acme".into())]
+            }
+        );
+        assert_eq!(t.lookup(Some(Post), "/b"), Lookup::NotFound);
+    }
+
+    #[test]
+    fn conflicts_are_reported() {
+        let err = RouteTable::build(&[
+            (Post, "/a"),
+            (Post, "/a"),
+            (Post, "/health"),
+            (Get, "/x/{a}"),
+            (Get, "/x/{b}"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.len(), 3);
+        assert_eq!(
+            err[0],
+            RouteConflict {
+                pipeline: 1,
+                with: Some(0),
+                message: "route POST /a is already taken".into()
+            }
+        );
+        assert_eq!(err[1].pipeline, 2);
+        assert_eq!(err[2].pipeline, 4);
+        assert_eq!(err[2].with, Some(3));
+    }
+}

@@ -1,0 +1,155 @@
+//! The request path, in the order a request meets it:
+//!
+//! ```text
+//! route lookup (404 / 405) -> maintenance (503) -> body size limit (413) -> respond
+//! ```
+//!
+//! CORS runs as a salvo hoop around this handler (see `server::service`), so every answer,
+//! errors included, carries `Access-Control-Allow-Origin` for allowed origins only.
+//! `/health` is answered here too, before the route table, and is never in maintenance.
+
+use std::sync::Arc;
+
+use salvo::http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use salvo::http::{HeaderName, HeaderValue, Method, ParseError, StatusCode};
+use salvo::prelude::*;
+use serde_json::json;
+
+use crate::config::Project;
+use crate::config::units::HttpMethod;
+use crate::route::Lookup;
+
+/// The engine's single salvo handler.
+pub struct Dispatch {
+    pub project: Arc<Project>,
+}
+
+#[async_trait]
+impl Handler for Dispatch {
+    async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
+        let project = &self.project;
+        if req.uri().path() == "/health" {
+            return health(project, req, res);
+        }
+        let method = HttpMethod::from_http(req.method());
+        let pipeline = match project.routes.lookup(method, req.uri().path()) {
+            Lookup::NotFound => {
+                return error(
+                    res,
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    "No route for this path.",
+                );
+            }
+            Lookup::MethodNotAllowed { allowed } => {
+                let allow: Vec<&str> = allowed.iter().map(|m| m.as_str()).collect();
+                if let Ok(v) = HeaderValue::from_str(&allow.join(", ")) {
+                    res.headers_mut().insert(ALLOW, v);
+                }
+                return error(
+                    res,
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    "This route does not accept this method.",
+                );
+            }
+            Lookup::Found { pipeline, .. } => pipeline,
+        };
+
+        if project.settings.maintenance.enabled {
+            let m = &project.settings.maintenance;
+            res.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(m.retry_after_secs));
+            return error(
+                res,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "maintenance",
+                &m.message,
+            );
+        }
+
+        // Refuse an oversized body from its declared length before reading any of it; a body
+        // without a length (chunked) is read only up to the limit.
+        let limit = project.body_limit(pipeline);
+        let declared = req
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return too_large(res, limit);
+        }
+        let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
+        match req.payload_with_max_size(limit_usize).await {
+            Ok(_body) => {}
+            Err(ParseError::PayloadTooLarge) => return too_large(res, limit),
+            Err(_) => {
+                return error(
+                    res,
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "The request body could not be read.",
+                );
+            }
+        }
+
+        respond(&project.pipelines[pipeline].config.respond, res);
+    }
+}
+
+fn respond(r: &crate::config::pipeline::Respond, res: &mut Response) {
+    res.status_code(StatusCode::from_u16(r.status).unwrap_or(StatusCode::OK));
+    for (name, value) in &r.headers {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            res.headers_mut().insert(n, v);
+        }
+    }
+    if let Ok(ct) = HeaderValue::from_str(&r.content_type) {
+        res.headers_mut().insert(CONTENT_TYPE, ct);
+    }
+    let _ = res.write_body(r.body_text().to_string());
+}
+
+fn health(project: &Project, req: &Request, res: &mut Response) {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        res.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return error(
+            res,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "This route does not accept this method.",
+        );
+    }
+    let status = if project.settings.maintenance.enabled {
+        "maintenance"
+    } else {
+        "ok"
+    };
+    res.render(Json(json!({
+        "status": status,
+        "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "environment": project.env.environment(),
+    })));
+}
+
+fn too_large(res: &mut Response, limit: u64) {
+    error(
+        res,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        &format!(
+            "The request body is larger than this route accepts ({}).",
+            crate::config::units::ByteSize(limit)
+        ),
+    );
+}
+
+/// A JSON error answer: `{"error": code, "message": text}`.
+pub fn error(res: &mut Response, status: StatusCode, code: &str, message: &str) {
+    res.status_code(status);
+    res.render(Json(json!({"error": code, "message": message})));
+}
