@@ -73,7 +73,10 @@ pub fn check(
 pub fn explain(err: &ValidationError<'_>, schema: &Value) -> Vec<Finding> {
     let pointer = err.instance_path().as_str().to_string();
     let parent = parent_schema(schema, err.schema_path().as_str());
+    // `x-message` words the rule (pattern, format, ...); a plain type mismatch keeps the generic
+    // "expected X, found Y", which is clearer.
     let custom = parent
+        .filter(|_| !matches!(err.kind(), ValidationErrorKind::Type { .. }))
         .and_then(|p| p.get("x-message"))
         .and_then(Value::as_str)
         .map(|m| {

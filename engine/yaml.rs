@@ -121,14 +121,22 @@ pub fn parse_str(text: &str) -> Result<Document, YamlError> {
     }
     let mut builder = Builder::default();
     let mut parser = Parser::new_from_str(text);
-    if let Err(e) = parser.load(&mut builder, true) {
+    let parsed = parser.load(&mut builder, true);
+    // A limit hit while building comes earlier in the text than any later parse error.
+    if let Some(err) = builder.error {
+        return Err(err);
+    }
+    if let Err(e) = parsed {
+        if e.info().contains("recursion limit") {
+            // The scanner's own nesting guard fired before our depth check saw the events.
+            return Err(YamlError::TooDeep {
+                pos: Pos::from_marker(e.marker()),
+            });
+        }
         return Err(YamlError::Syntax {
             pos: Pos::from_marker(e.marker()),
             message: e.info().to_string(),
         });
-    }
-    if let Some(err) = builder.error {
-        return Err(err);
     }
     Ok(Document {
         value: builder.root.unwrap_or(Value::Null),

@@ -28,11 +28,11 @@ fn pieces(s: &str) -> Vec<Piece<'_>> {
     let mut consumed = 0usize; // bytes of `s` before `rest`
     while let Some(i) = rest.find('$') {
         let after = &rest[i + 1..];
-        if after.starts_with("${") {
+        if let Some(escaped) = after.strip_prefix("${") {
             // `$${` escapes a literal `${`
             out.push(Piece::Text(&rest[..i]));
             out.push(Piece::Text("${"));
-            rest = &after[2..];
+            rest = escaped;
             consumed += i + 3;
             continue;
         }

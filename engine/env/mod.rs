@@ -48,23 +48,40 @@ impl EnvSource {
     }
 
     /// A dotenv file (`KEY=value` lines), used instead of the process environment.
+    ///
+    /// Parsed with dotenvy (quotes, escapes, `export`). A line dotenvy refuses — typically an
+    /// unquoted value with spaces, as in a pasted `KEY=<PASTE YOUR KEY>` — is read as
+    /// `KEY=rest of line`, so validation can say what is wrong with the value instead of failing
+    /// on the syntax.
     pub fn from_file(path: &Path) -> Result<Self, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("{}: cannot read env file: {e}", path.display()))?;
         let mut vars = BTreeMap::new();
+        let physical: Vec<&str> = text.lines().collect();
+        let mut cursor = 0; // physical lines before this one are accounted for
         for item in dotenvy::from_read_iter(text.as_bytes()) {
             match item {
                 Ok((k, v)) => {
                     vars.insert(k, v);
                 }
-                Err(e) => {
-                    // dotenvy's message names the line content only by index, never its value.
-                    return Err(format!(
-                        "{}: not a dotenv file: {}",
-                        path.display(),
-                        dotenv_error_position(&e)
-                    ));
+                // dotenvy goes on after a refused line; its error holds part of that line.
+                Err(dotenvy::Error::LineParse(fragment, _)) => {
+                    let fragment = fragment.trim();
+                    let found = physical[cursor..]
+                        .iter()
+                        .position(|l| l.contains(fragment))
+                        .map(|i| cursor + i);
+                    let parsed = found.and_then(|i| plain_line(physical[i]));
+                    let (Some(i), Some((k, v))) = (found, parsed) else {
+                        return Err(format!(
+                            "{}: not a dotenv file: a line is not KEY=value",
+                            path.display()
+                        ));
+                    };
+                    cursor = i + 1;
+                    vars.insert(k, v);
                 }
+                Err(_) => return Err(format!("{}: not a dotenv file", path.display())),
             }
         }
         let mut lines = HashMap::new();
@@ -113,13 +130,21 @@ impl EnvSource {
     }
 }
 
-fn dotenv_error_position(e: &dotenvy::Error) -> String {
-    match e {
-        dotenvy::Error::LineParse(_, index) => {
-            format!("cannot parse the line at byte {index}; use KEY=value")
-        }
-        _ => "cannot parse it; use KEY=value lines".to_string(),
+/// `[export ]KEY=value` with the value taken as the rest of the line (outer quotes removed).
+fn plain_line(line: &str) -> Option<(String, String)> {
+    let line = line.trim();
+    let line = line.strip_prefix("export ").unwrap_or(line);
+    let (k, v) = line.split_once('=')?;
+    let k = k.trim();
+    if !is_env_name(k) {
+        return None;
     }
+    let v = v.trim();
+    let v = ['"', '\'']
+        .iter()
+        .find_map(|q| v.strip_prefix(*q).and_then(|x| x.strip_suffix(*q)))
+        .unwrap_or(v);
+    Some((k.to_string(), v.to_string()))
 }
 
 /// One declared variable.
@@ -452,6 +477,23 @@ mod tests {
             .unwrap_err();
         assert_eq!(err[0].line, 3);
         assert_eq!(err[0].file, path.display().to_string());
+    }
+
+    #[test]
+    fn env_file_tolerates_unquoted_spaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("seed.env");
+        std::fs::write(
+            &path,
+            "# CORE\nNODE_ENV=production\nKEY=<PASTE YOUR KEY>\nexport Q=\"quoted value\"\nB=after\n",
+        )
+        .unwrap();
+        let src = EnvSource::from_file(&path).unwrap();
+        assert_eq!(src.get("NODE_ENV"), Some("production"));
+        assert_eq!(src.get("KEY"), Some("<PASTE YOUR KEY>"));
+        assert_eq!(src.get("Q"), Some("quoted value"));
+        assert_eq!(src.get("B"), Some("after"));
+        assert_eq!(src.lines.get("B"), Some(&5));
     }
 
     #[test]

@@ -1,0 +1,295 @@
+//! The `engine` binary: validate's exit codes and formats, --env-file, schema drift, and serve's
+//! boot refusal, start-up log and SIGTERM.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Dir, shipped};
+
+fn engine() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_engine"));
+    // Only what a test sets: the developer's or CI's own variables must not leak in.
+    c.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    c
+}
+
+fn run(c: &mut Command) -> (i32, String, String) {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = c.output().unwrap();
+    (
+        status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&stdout).into_owned(),
+        String::from_utf8_lossy(&stderr).into_owned(),
+    )
+}
+
+#[test]
+fn validate_shipped_pipelines_exit_0() {
+    let (code, out, _) = run(engine().arg("validate").arg(shipped()));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("3 pipelines valid"), "{out}");
+}
+
+#[test]
+fn validate_broken_exit_1_with_positions_in_every_format() {
+    let dir = Dir::shipped_copy();
+    dir.write(
+        "bad.yaml",
+        "name: bad\nroute:\n  methd: POST\n  path: /bad\n",
+    );
+    let (code, out, err) = run(engine().arg("validate").arg(dir.path()));
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("bad.yaml:3:3: unknown key `methd`; did you mean `method`?"),
+        "{out}"
+    );
+    assert!(err.contains("2 problems found"), "{err}");
+
+    let (code, out, _) = run(engine()
+        .args(["validate", "--format", "json"])
+        .arg(dir.path()));
+    assert_eq!(code, 1);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let typo = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["pointer"] == "/route/methd")
+        .unwrap();
+    assert_eq!(
+        (typo["line"].as_u64(), typo["column"].as_u64()),
+        (Some(3), Some(3))
+    );
+
+    let (code, out, _) = run(engine()
+        .args(["validate", "--format", "github"])
+        .arg(dir.path()));
+    assert_eq!(code, 1);
+    assert!(out.lines().all(|l| l.starts_with("::error file=")), "{out}");
+    assert!(out.contains(",line=3,col=3::unknown key `methd`"), "{out}");
+}
+
+#[test]
+fn validate_usage_errors_exit_2() {
+    assert_eq!(run(engine().args(["validate", "/no/such/dir"])).0, 2);
+    assert_eq!(run(engine().args(["validate", "--format", "xml"])).0, 2);
+    assert_eq!(run(engine().arg("frobnicate")).0, 2);
+    assert_eq!(
+        run(engine()
+            .args(["validate", "--env-file", "/no/such.env"])
+            .arg(shipped()))
+        .0,
+        2
+    );
+}
+
+#[test]
+fn env_file_placeholders_fail_complete_file_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let complete = format!(
+        "NODE_ENV=production\nDATABASE_URL=postgresql://postgres:pw@db.x.supabase.co:5432/postgres\nREDIS_URL=redis://red-x:6379\nENCRYPTION_KEY={secret}\nCORS_ORIGIN=https://voxanne.ai\nBACKEND_URL=https://api.voxanne.ai\n"
+    );
+    let good = dir.path().join("good.env");
+    std::fs::write(&good, &complete).unwrap();
+    let (code, out, _) = run(engine()
+        .arg("validate")
+        .arg(shipped())
+        .arg("--env-file")
+        .arg(&good));
+    assert_eq!(code, 0, "{out}");
+
+    // the seed guide's env block as pasted, placeholders and all
+    let bad = dir.path().join("bad.env");
+    std::fs::write(
+        &bad,
+        "NODE_ENV=production\nPORT=3001\nSUPABASE_SERVICE_ROLE_KEY=<PASTE YOUR SUPABASE SERVICE ROLE KEY>\nENCRYPTION_KEY=deadbeefdeadbeefdeadbeefdeadbeef\nCORS_ORIGIN=*\nREDIS_URL=<WILL BE AUTO-POPULATED AFTER REDIS SETUP>\n",
+    )
+    .unwrap();
+    let (code, out, _) = run(engine()
+        .arg("validate")
+        .arg(shipped())
+        .arg("--env-file")
+        .arg(&bad));
+    assert_eq!(code, 1);
+    let f = bad.display().to_string();
+    for expected in [
+        format!("{f}:3:1: SUPABASE_SERVICE_ROLE_KEY: is still a placeholder"),
+        format!("{f}:4:1: ENCRYPTION_KEY: must be exactly 64 hex characters (got 32 characters)"),
+        format!("{f}:5:1: CORS_ORIGIN: must list https:// origins in production"),
+        format!("{f}:6:1: REDIS_URL: is still a placeholder"),
+    ] {
+        assert!(out.contains(&expected), "missing `{expected}` in\n{out}");
+    }
+    assert!(
+        out.contains("DATABASE_URL: is required in production"),
+        "{out}"
+    );
+    // values never appear
+    assert!(
+        !out.contains("deadbeef") && !out.contains("PASTE YOUR"),
+        "{out}"
+    );
+}
+
+#[test]
+fn checked_in_schemas_match_the_code() {
+    let schemas = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas");
+    let (code, _, err) = run(engine().args(["schema", "--check", "--out"]).arg(&schemas));
+    assert_eq!(
+        code, 0,
+        "run `cargo run -- schema` and commit the result: {err}"
+    );
+    // and --check really detects drift
+    let tmp = tempfile::tempdir().unwrap();
+    assert_eq!(run(engine().args(["schema", "--out"]).arg(tmp.path())).0, 0);
+    std::fs::write(tmp.path().join("pipeline.schema.json"), "{}").unwrap();
+    assert_eq!(
+        run(engine()
+            .args(["schema", "--check", "--out"])
+            .arg(tmp.path()))
+        .0,
+        1
+    );
+}
+
+#[test]
+fn every_shipped_pipeline_starts_with_the_schema_modeline() {
+    for entry in std::fs::read_dir(shipped()).unwrap() {
+        let p = entry.unwrap().path();
+        let text = std::fs::read_to_string(&p).unwrap();
+        let first = text.lines().next().unwrap_or_default();
+        let name = p.file_name().unwrap().to_str().unwrap();
+        let expected = match name {
+            "env.schema.yaml" => {
+                "# yaml-language-server: $schema=https://json-schema.org/draft/2020-12/schema"
+            }
+            "engine.yaml" => "# yaml-language-server: $schema=../schemas/settings.schema.json",
+            _ => "# yaml-language-server: $schema=../schemas/pipeline.schema.json",
+        };
+        assert_eq!(first, expected, "{name}");
+    }
+}
+
+#[test]
+fn serve_refuses_to_boot_with_the_full_list() {
+    let dir = Dir::shipped_copy();
+    dir.write(
+        "bad.yaml",
+        "name: bad\nroute: {method: POST, path: /api/webhooks/vapi}\n",
+    );
+    dir.write("worse.yaml", "nme: worse\n");
+    let started = Instant::now();
+    let (code, out, err) = run(engine()
+        .arg("serve")
+        .arg("--pipelines")
+        .arg(dir.path())
+        .env("ENCRYPTION_KEY", "short"));
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(
+        err.contains("ENCRYPTION_KEY: must be exactly 64 hex characters (got 5 characters)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("route POST /api/webhooks/vapi is already taken"),
+        "{err}"
+    );
+    assert!(
+        err.contains("unknown key `nme`; did you mean `name`?"),
+        "{err}"
+    );
+    assert!(err.contains("refusing to start: 5 problems"), "{err}");
+    assert!(!err.contains("Server listening"), "{err}");
+}
+
+#[test]
+fn serve_logs_listening_and_stops_on_sigterm() {
+    let mut child = engine()
+        .args(["serve", "--pipelines"])
+        .arg(shipped())
+        .env("PORT", "0") // the OS picks a free port; the log says which
+        .env("NODE_ENV", "production")
+        .env("REDIS_URL", "redis://127.0.0.1:6379")
+        .env("DATABASE_URL", "postgres://127.0.0.1/test")
+        .env("CORS_ORIGIN", "https://voxanne.ai")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let mut port = None;
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        seen.push(line.clone());
+        // production logs are JSON lines
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        if v["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("Server listening on port"))
+        {
+            port = v["port"].as_u64();
+            break;
+        }
+    }
+    let port = port.unwrap_or_else(|| panic!("no listening line in {seen:#?}"));
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("\"pipeline\":\"vapi\"") && l.contains("/api/webhooks/vapi")),
+        "{seen:#?}"
+    );
+    assert!(
+        seen.iter().all(|l| !l.contains("redis://127.0.0.1")),
+        "URLs are not logged: {seen:#?}"
+    );
+
+    let body = reqwest::blocking_get(&format!("http://127.0.0.1:{port}/health"));
+    assert!(body.contains("\"environment\":\"production\""), "{body}");
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            assert!(s.success(), "exit after SIGTERM: {s:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "did not stop after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(rest.iter().any(|l| l.contains("SIGTERM")), "{rest:#?}");
+}
+
+mod reqwest {
+    /// A tiny blocking GET over a raw socket (the async client needs a runtime).
+    pub fn blocking_get(url: &str) -> String {
+        use std::io::{Read, Write};
+        let rest = url.strip_prefix("http://").unwrap();
+        let (host, path) = rest.split_once('/').unwrap();
+        let mut s = std::net::TcpStream::connect(host).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        write!(
+            s,
+            "GET /{path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    }
+}

@@ -1,0 +1,105 @@
+//! Helpers shared by the integration tests: a pipelines directory in a temp dir, the real server
+//! on port 0, and a raw HTTP/1.1 client for requests a normal client will not send.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use engine::env::EnvSource;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The repository's shipped pipelines directory.
+pub fn shipped() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines")
+}
+
+/// A pipelines directory in a temp dir, seeded with a copy of the shipped one.
+pub struct Dir {
+    pub tmp: tempfile::TempDir,
+}
+
+impl Dir {
+    pub fn shipped_copy() -> Dir {
+        let tmp = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(shipped()).unwrap() {
+            let p = entry.unwrap().path();
+            if p.is_file() {
+                std::fs::copy(&p, tmp.path().join(p.file_name().unwrap())).unwrap();
+            }
+        }
+        Dir { tmp }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.tmp.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    pub fn remove(&self, name: &str) {
+        std::fs::remove_file(self.tmp.path().join(name)).unwrap();
+    }
+}
+
+/// The engine serving on 127.0.0.1, port chosen by the OS.
+pub struct TestApp {
+    pub addr: std::net::SocketAddr,
+    pub base: String,
+    pub client: reqwest::Client,
+    running: Option<engine::server::Running>,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown(Duration::from_secs(5)).await;
+        }
+    }
+}
+
+/// Load `dir` with exactly the variables `env` and serve it.
+pub async fn spawn_app(dir: &Path, env: &[(&str, &str)]) -> TestApp {
+    let source = EnvSource::from_pairs(env.iter().copied());
+    let project = engine::config::load(dir, &source).unwrap_or_else(|d| {
+        panic!(
+            "test pipelines invalid:\n{}",
+            engine::diagnostics::render(&d, engine::diagnostics::Format::Text)
+        )
+    });
+    let running = engine::server::start(Arc::new(project), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let addr = running.addr;
+    TestApp {
+        addr,
+        base: format!("http://{addr}"),
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap(),
+        running: Some(running),
+    }
+}
+
+/// Send raw bytes and read until the server closes the connection or `timeout` passes.
+pub async fn raw_request(addr: std::net::SocketAddr, parts: &[&[u8]], timeout: Duration) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    for part in parts {
+        if stream.write_all(part).await.is_err() {
+            break; // the server may close early (413); what it answered is still readable
+        }
+    }
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(timeout, stream.read_to_end(&mut buf)).await;
+    String::from_utf8_lossy(&buf).into_owned()
+}

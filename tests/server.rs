@@ -1,0 +1,334 @@
+//! The server through a real socket: health, CORS, maintenance, 404/405/413, shipped routes.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Dir, raw_request, shipped, spawn_app};
+use serde_json::Value;
+
+#[tokio::test]
+async fn health_reports_status_time_and_environment() {
+    let app = spawn_app(&shipped(), &[("NODE_ENV", "test")]).await;
+    let res = app.client.get(app.url("/health")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(
+        res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json")
+    );
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["status"], "ok");
+    assert_eq!(body["environment"], "test");
+    let ts = body["timestamp"].as_str().unwrap();
+    chrono::DateTime::parse_from_rfc3339(ts).expect("RFC 3339 timestamp");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn health_defaults_to_development() {
+    let app = spawn_app(&shipped(), &[]).await;
+    let body: Value = app
+        .client
+        .get(app.url("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["environment"], "development");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn shipped_routes_answer_as_their_files_say() {
+    let app = spawn_app(&shipped(), &[]).await;
+    let res = app
+        .client
+        .post(app.url("/api/twilio/voice"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("CallSid=CA123&From=%2B14155550100")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-type"], "text/xml");
+    let twiml = res.text().await.unwrap();
+    assert!(twiml.starts_with("<?xml"), "{twiml}");
+    assert!(twiml.contains("<Response><Say>"), "{twiml}");
+
+    let res = app
+        .client
+        .post(app.url("/api/twilio/sms"))
+        .body("MessageSid=SM1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.text().await.unwrap().contains("<Response></Response>"));
+
+    let res = app
+        .client
+        .post(app.url("/api/webhooks/vapi"))
+        .header("content-type", "application/json")
+        .body(r#"{"message":{"type":"status-update","status":"in-progress"}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.json::<Value>().await.unwrap(),
+        serde_json::json!({"received": true})
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_path_is_404_and_wrong_method_405_both_json() {
+    let app = spawn_app(&shipped(), &[]).await;
+    let res = app.client.get(app.url("/nope")).send().await.unwrap();
+    assert_eq!(res.status(), 404);
+    assert_eq!(res.json::<Value>().await.unwrap()["error"], "not_found");
+
+    let res = app
+        .client
+        .get(app.url("/api/webhooks/vapi"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 405);
+    assert_eq!(res.headers()["allow"], "POST");
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["error"],
+        "method_not_allowed"
+    );
+
+    let res = app.client.post(app.url("/health")).send().await.unwrap();
+    assert_eq!(res.status(), 405);
+    assert_eq!(res.headers()["allow"], "GET, HEAD");
+
+    let res = app.client.get(app.url("/")).send().await.unwrap();
+    assert_eq!(res.status(), 404);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn cors_allow_list() {
+    let app = spawn_app(&shipped(), &[("CORS_ORIGIN", "https://voxanne.ai")]).await;
+    // the seed's own check: an unknown origin gets no Access-Control-Allow-Origin
+    let res = app
+        .client
+        .get(app.url("/health"))
+        .header("origin", "https://evil.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.headers().get("access-control-allow-origin").is_none());
+
+    let res = app
+        .client
+        .get(app.url("/health"))
+        .header("origin", "https://voxanne.ai")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.headers()["access-control-allow-origin"],
+        "https://voxanne.ai"
+    );
+
+    // preflight, allowed and denied
+    let pre = |origin: &'static str| {
+        app.client
+            .request(reqwest::Method::OPTIONS, app.url("/api/webhooks/vapi"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "content-type")
+            .send()
+    };
+    let res = pre("https://voxanne.ai").await.unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+    assert_eq!(
+        res.headers()["access-control-allow-origin"],
+        "https://voxanne.ai"
+    );
+    assert!(
+        res.headers()["access-control-allow-methods"]
+            .to_str()
+            .unwrap()
+            .contains("POST")
+    );
+    let res = pre("https://evil.com").await.unwrap();
+    assert!(res.headers().get("access-control-allow-origin").is_none());
+
+    // the settings file's development origin was replaced by CORS_ORIGIN, not added to
+    let res = app
+        .client
+        .get(app.url("/health"))
+        .header("origin", "http://localhost:3000")
+        .send()
+        .await
+        .unwrap();
+    assert!(res.headers().get("access-control-allow-origin").is_none());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn maintenance_mode_503_on_routes_health_stays_up() {
+    let app = spawn_app(&shipped(), &[("MAINTENANCE_MODE", "true")]).await;
+    let res = app
+        .client
+        .post(app.url("/api/webhooks/vapi"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(res.headers()["retry-after"], "120");
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"], "maintenance");
+    assert!(body["message"].as_str().unwrap().contains("maintenance"));
+
+    let res = app.client.get(app.url("/health")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.json::<Value>().await.unwrap()["status"], "maintenance");
+
+    // unknown paths are still 404: maintenance applies to pipeline routes
+    assert_eq!(
+        app.client
+            .get(app.url("/nope"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn body_limit_by_declared_length_is_413_without_reading() {
+    let app = spawn_app(&shipped(), &[]).await;
+    // twilio-sms accepts 64KiB. Declare 10 MiB but send only the headers: the answer must come
+    // without the server waiting for the body.
+    let head = format!(
+        "POST /api/twilio/sms HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\ncontent-type: text/plain\r\n\r\n",
+        10 * 1024 * 1024
+    );
+    let reply = raw_request(app.addr, &[head.as_bytes()], Duration::from_secs(5)).await;
+    assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+    assert!(reply.contains("payload_too_large"), "{reply}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn body_limit_for_chunked_body_without_length() {
+    let app = spawn_app(&shipped(), &[]).await;
+    let head = b"POST /api/twilio/sms HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n";
+    let chunk = format!("8000\r\n{}\r\n", "a".repeat(0x8000));
+    // three 32 KiB chunks: over the 64 KiB limit on the third
+    let parts: Vec<&[u8]> = vec![
+        head,
+        chunk.as_bytes(),
+        chunk.as_bytes(),
+        chunk.as_bytes(),
+        b"0\r\n\r\n",
+    ];
+    let reply = raw_request(app.addr, &parts, Duration::from_secs(5)).await;
+    assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+
+    // under the limit, chunked, is fine
+    let parts: Vec<&[u8]> = vec![
+        b"POST /api/twilio/sms HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n",
+        chunk.as_bytes(),
+        b"0\r\n\r\n",
+    ];
+    let reply = raw_request(app.addr, &parts, Duration::from_secs(5)).await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn pipeline_body_limit_overrides_settings() {
+    let dir = Dir::shipped_copy();
+    dir.write(
+        "tiny.yaml",
+        "name: tiny\nroute: {method: POST, path: /tiny}\nbody_limit: 10B\n",
+    );
+    let app = spawn_app(dir.path(), &[]).await;
+    let ok = app
+        .client
+        .post(app.url("/tiny"))
+        .body("0123456789")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let big = app
+        .client
+        .post(app.url("/tiny"))
+        .body("0123456789X")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(big.status(), 413);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn path_parameters_route() {
+    let dir = Dir::shipped_copy();
+    dir.write(
+        "tenant.yaml",
+        "name: tenant-hooks\nroute: {method: PUT, path: '/hooks/{tenant}/events'}\nrespond: {status: 202, content_type: text/plain, body: accepted, headers: {x-pipeline: tenant-hooks}}\n",
+    );
+    let app = spawn_app(dir.path(), &[]).await;
+    let res = app
+        .client
+        .put(app.url("/hooks/acme/events"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    assert_eq!(res.headers()["x-pipeline"], "tenant-hooks");
+    assert_eq!(res.text().await.unwrap(), "accepted");
+    assert_eq!(
+        app.client
+            .put(app.url("/hooks/acme"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_in_flight_request() {
+    let app = spawn_app(&shipped(), &[]).await;
+    let addr = app.addr;
+    // Start a request whose body arrives slowly, then shut down while it is in flight.
+    let in_flight = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"POST /api/webhooks/vapi HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\nconnection: close\r\n\r\n01234")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        s.write_all(b"56789").await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let stop = tokio::spawn(app.stop());
+    let reply = in_flight.await.unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    stop.await.unwrap();
+    // and the listener is gone
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
