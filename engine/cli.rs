@@ -45,6 +45,11 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
+    /// Manage per-tenant secrets in the database.
+    Secrets {
+        #[command(subcommand)]
+        action: SecretsAction,
+    },
     /// Write the JSON schemas generated from the engine's types.
     Schema {
         /// Directory to write into.
@@ -53,6 +58,26 @@ pub enum Command {
         /// Do not write: exit 1 if the files in `--out` differ from the generated schemas.
         #[arg(long)]
         check: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretsAction {
+    /// Encrypt a secret read from standard input and store it for a tenant (insert or replace).
+    /// The value never goes on the command line, where shell history and `ps` would see it.
+    Set {
+        /// Tenant id, as the request names it (e.g. a Twilio AccountSid).
+        #[arg(long)]
+        tenant: String,
+        /// Credential name, as the pipeline's `tenant.credential` says (e.g. twilio_auth_token).
+        #[arg(long)]
+        credential: String,
+        /// The pipelines directory (for the env schema and settings).
+        #[arg(long, default_value = "pipelines")]
+        pipelines: PathBuf,
+        /// Read variables from this dotenv file instead of the process environment.
+        #[arg(long)]
+        env_file: Option<PathBuf>,
     },
 }
 
@@ -70,6 +95,15 @@ pub fn run() -> ExitCode {
             format,
         } => validate(&dir, env_file.as_deref(), format),
         Command::Schema { out, check } => schema(&out, check),
+        Command::Secrets {
+            action:
+                SecretsAction::Set {
+                    tenant,
+                    credential,
+                    pipelines,
+                    env_file,
+                },
+        } => secrets_set(&tenant, &credential, &pipelines, env_file.as_deref()),
     }
 }
 
@@ -204,5 +238,75 @@ fn schema(out: &Path, check: bool) -> ExitCode {
             );
         }
         ExitCode::from(1)
+    }
+}
+
+fn secrets_set(tenant: &str, credential: &str, dir: &Path, env_file: Option<&Path>) -> ExitCode {
+    let source = match env_source(env_file) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let project = match crate::config::load(dir, &source) {
+        Ok(p) => p,
+        Err(diags) => {
+            eprint!("{}", diagnostics::render(&diags, Format::Text));
+            return ExitCode::from(1);
+        }
+    };
+    let Some(url) = project.settings.database_url.clone() else {
+        eprintln!("engine: DATABASE_URL is not set: secrets are stored in the database");
+        return ExitCode::from(1);
+    };
+    let keyring = match crate::crypto::Keyring::from_env(&project.env) {
+        Some(Ok(k)) => k,
+        Some(Err(e)) => {
+            eprintln!("engine: ENCRYPTION_KEY: {e}");
+            return ExitCode::from(1);
+        }
+        None => {
+            eprintln!("engine: ENCRYPTION_KEY is not set: secrets are stored encrypted");
+            return ExitCode::from(1);
+        }
+    };
+    let mut value = String::new();
+    if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut value) {
+        eprintln!("engine: cannot read the secret from standard input: {e}");
+        return ExitCode::from(2);
+    }
+    let value = value.trim_end_matches(['\n', '\r']);
+    if value.is_empty() {
+        eprintln!(
+            "engine: no secret on standard input (e.g. `printf %s \"$TOKEN\" | engine secrets set ...`)"
+        );
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("engine: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        let pool = crate::verify::tenant::pool(&url, 1)?;
+        crate::verify::tenant::store(&pool, &keyring, tenant, credential, value)
+            .await
+            .map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(()) => {
+            println!(
+                "stored {credential} for tenant {tenant} (encrypted with key {})",
+                keyring.current_id()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("engine: {e}");
+            ExitCode::from(1)
+        }
     }
 }

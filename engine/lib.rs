@@ -10,11 +10,14 @@
 //!   env          env.schema.yaml: declared variables, typed, defaulted, checklist rules
 //!   config       pipelines directory -> Project (settings, pipelines, route table) or every error
 //!   route        method + path -> pipeline (404 / 405)
+//!   verify       provider signatures, rotation, per-tenant secrets (verify::tenant)
+//!   crypto       AES-256-GCM for stored secrets, key rotation
+//!   client_ip    client address and public URL behind trusted proxies
 //!   diagnostics  file:line:col findings; text / json / github output
 //!
 //! serving
 //!   server       salvo service, CORS hoop, graceful shutdown
-//!   server::dispatch   route -> maintenance -> size limit -> respond
+//!   server::dispatch   route -> maintenance -> size limit -> verify -> respond
 //!
 //! cli            engine serve | validate | schema
 //! ```
@@ -24,10 +27,13 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod client_ip;
 pub mod config;
+pub mod crypto;
 pub mod diagnostics;
 pub mod env;
 pub mod route;
 pub mod schema;
 pub mod server;
+pub mod verify;
 pub mod yaml;

@@ -95,7 +95,7 @@ fn env_file_placeholders_fail_complete_file_passes() {
     let dir = tempfile::tempdir().unwrap();
     let secret = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
     let complete = format!(
-        "NODE_ENV=production\nDATABASE_URL=postgresql://postgres:pw@db.x.supabase.co:5432/postgres\nREDIS_URL=redis://red-x:6379\nENCRYPTION_KEY={secret}\nCORS_ORIGIN=https://voxanne.ai\nBACKEND_URL=https://api.voxanne.ai\n"
+        "NODE_ENV=production\nDATABASE_URL=postgresql://postgres:pw@db.x.supabase.co:5432/postgres\nREDIS_URL=redis://red-x:6379\nENCRYPTION_KEY={secret}\nCORS_ORIGIN=https://voxanne.ai\nBACKEND_URL=https://api.voxanne.ai\nVAPI_WEBHOOK_SECRET=prod-vapi-credential-secret\n"
     );
     let good = dir.path().join("good.env");
     std::fs::write(&good, &complete).unwrap();
@@ -220,6 +220,11 @@ fn serve_logs_listening_and_stops_on_sigterm() {
         .env("REDIS_URL", "redis://127.0.0.1:6379")
         .env("DATABASE_URL", "postgres://127.0.0.1/test")
         .env("CORS_ORIGIN", "https://voxanne.ai")
+        .env("VAPI_WEBHOOK_SECRET", "prod-vapi-credential-secret")
+        .env(
+            "ENCRYPTION_KEY",
+            "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
+        )
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()

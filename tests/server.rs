@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Dir, raw_request, shipped, spawn_app};
+use common::{Dir, raw_request, shipped, sign, spawn_app};
 use serde_json::Value;
 
 #[tokio::test]
@@ -45,27 +45,34 @@ async fn health_defaults_to_development() {
 #[tokio::test]
 async fn shipped_routes_answer_as_their_files_say() {
     let app = spawn_app(&shipped(), &[]).await;
-    let res = app
-        .client
-        .post(app.url("/api/twilio/voice"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body("CallSid=CA123&From=%2B14155550100")
-        .send()
-        .await
-        .unwrap();
+    let form = "AccountSid=AC00000000000000000000000000000000&CallSid=CA123&From=%2B14155550100";
+    let ct = ("content-type", "application/x-www-form-urlencoded");
+    let url = app.url("/api/twilio/voice");
+    let mut req = app.client.post(&url).header(ct.0, ct.1).body(form);
+    for (k, v) in sign(
+        &shipped(),
+        &[],
+        "twilio-voice",
+        &url,
+        &[ct],
+        form.as_bytes(),
+    ) {
+        req = req.header(k, v);
+    }
+    let res = req.send().await.unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers()["content-type"], "text/xml");
     let twiml = res.text().await.unwrap();
     assert!(twiml.starts_with("<?xml"), "{twiml}");
     assert!(twiml.contains("<Response><Say>"), "{twiml}");
 
-    let res = app
-        .client
-        .post(app.url("/api/twilio/sms"))
-        .body("MessageSid=SM1")
-        .send()
-        .await
-        .unwrap();
+    let url = app.url("/api/twilio/sms");
+    let body = "MessageSid=SM1&Body=hi";
+    let mut req = app.client.post(&url).header(ct.0, ct.1).body(body);
+    for (k, v) in sign(&shipped(), &[], "twilio-sms", &url, &[ct], body.as_bytes()) {
+        req = req.header(k, v);
+    }
+    let res = req.send().await.unwrap();
     assert_eq!(res.status(), 200);
     assert!(res.text().await.unwrap().contains("<Response></Response>"));
 
@@ -73,6 +80,7 @@ async fn shipped_routes_answer_as_their_files_say() {
         .client
         .post(app.url("/api/webhooks/vapi"))
         .header("content-type", "application/json")
+        .header("authorization", "Bearer dev-vapi-webhook-secret")
         .body(r#"{"message":{"type":"status-update","status":"in-progress"}}"#)
         .send()
         .await
@@ -240,14 +248,14 @@ async fn body_limit_for_chunked_body_without_length() {
     let reply = raw_request(app.addr, &parts, Duration::from_secs(5)).await;
     assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
 
-    // under the limit, chunked, is fine
+    // under the limit, chunked, is read whole and goes on to verification (unsigned: 401)
     let parts: Vec<&[u8]> = vec![
         b"POST /api/twilio/sms HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n",
         chunk.as_bytes(),
         b"0\r\n\r\n",
     ];
     let reply = raw_request(app.addr, &parts, Duration::from_secs(5)).await;
-    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.starts_with("HTTP/1.1 401"), "{reply}");
     app.stop().await;
 }
 
@@ -315,7 +323,7 @@ async fn graceful_shutdown_finishes_in_flight_request() {
     let in_flight = tokio::spawn(async move {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"POST /api/webhooks/vapi HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\nconnection: close\r\n\r\n01234")
+        s.write_all(b"POST /api/webhooks/vapi HTTP/1.1\r\nhost: x\r\nauthorization: Bearer dev-vapi-webhook-secret\r\ncontent-length: 10\r\nconnection: close\r\n\r\n01234")
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -208,6 +208,11 @@ fn settings_semantic_rules() {
                 ("NODE_ENV", "production"),
                 ("REDIS_URL", "redis://r:6379"),
                 ("DATABASE_URL", "postgres://db/x"),
+                ("VAPI_WEBHOOK_SECRET", "prod-vapi-credential-secret"),
+                (
+                    "ENCRYPTION_KEY",
+                    "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
+                ),
             ],
         ),
     );
@@ -327,6 +332,7 @@ mod env_rules {
                 "GOOGLE_REDIRECT_URI",
                 "https://api.voxanne.ai/api/auth/google/callback".into(),
             ),
+            ("VAPI_WEBHOOK_SECRET", "prod-vapi-credential-secret".into()),
         ]
     }
 

@@ -19,6 +19,7 @@ pub mod env_refs;
 pub mod pipeline;
 pub mod settings;
 pub mod units;
+pub mod verify;
 
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
@@ -177,6 +178,13 @@ pub fn load(dir: &Path, source: &EnvSource) -> Result<Project, Vec<Diagnostic>> 
         ));
     }
 
+    if let (Some(schema), Some(settings)) = (&env_schema, &settings) {
+        for (checked, p) in &pipelines {
+            if let Some(v) = &p.verify {
+                diags.extend(check_verify(checked, v, schema, env.as_ref(), settings));
+            }
+        }
+    }
     diags.extend(check_unique_names(&pipelines));
     let routes = match RouteTable::build(
         &pipelines
@@ -312,6 +320,98 @@ fn typed<T: DeserializeOwned>(value: Value, checked: &Checked) -> Result<T, Diag
             "this value cannot be used here (after `${VAR}` substitution); check its type in the reference",
         )
     })
+}
+
+/// Secrets are `${VAR}` references to set `x-secret` variables; the verifier must build.
+fn check_verify(
+    c: &Checked,
+    v: &verify::Verify,
+    schema: &EnvSchema,
+    env: Option<&Env>,
+    settings: &Settings,
+) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    let Some(raw) = c.doc.value.get("verify").and_then(Value::as_object) else {
+        return out;
+    };
+    for (scheme, body) in raw {
+        let uses_tenant = body.get("tenant").is_some();
+        for field in ["secret", "password"] {
+            let base = format!("/verify/{}/{field}", yaml::escape_token(scheme));
+            let refs: Vec<(String, &str)> = match body.get(field) {
+                Some(Value::String(s)) => vec![(base.clone(), s.as_str())],
+                Some(Value::Array(items)) => items
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, x)| Some((format!("{base}/{i}"), x.as_str()?)))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            for (pointer, text) in refs {
+                let pos = c.doc.value_pos(&pointer);
+                let name = text
+                    .strip_prefix("${")
+                    .and_then(|t| t.strip_suffix('}'))
+                    .filter(|n| schema.declares(n));
+                let Some(name) = name else {
+                    if !text.contains("${") {
+                        out.push(Diagnostic::new(
+                            &c.file,
+                            pos,
+                            &pointer,
+                            "a secret must be a `${VAR}` reference to a variable marked `x-secret: true`, never a literal value (it would live in the repository)",
+                        ));
+                    }
+                    continue; // undeclared references are reported by the reference check
+                };
+                if !schema.is_secret(name) {
+                    out.push(Diagnostic::new(
+                        &c.file,
+                        pos,
+                        &pointer,
+                        format!(
+                            "`{name}` holds a secret: mark it `x-secret: true` in {ENV_SCHEMA_FILE}"
+                        ),
+                    ));
+                } else if env.is_some_and(|e| e.get(name).is_none()) && !uses_tenant {
+                    out.push(Diagnostic::new(
+                        &c.file,
+                        pos,
+                        &pointer,
+                        format!("`{name}` is not set, and this verifier needs it: set it (or give it an `x-dev-default` for development)"),
+                    ));
+                }
+            }
+        }
+        if uses_tenant
+            && settings.database_url.is_some()
+            && env.is_some_and(|e| e.get("ENCRYPTION_KEY").is_none())
+        {
+            let pointer = format!("/verify/{}/tenant", yaml::escape_token(scheme));
+            out.push(Diagnostic::new(
+                &c.file,
+                c.doc.key_pos(&pointer),
+                &pointer,
+                "per-tenant secrets are stored encrypted: set ENCRYPTION_KEY to read them",
+            ));
+        }
+    }
+    // Built from interpolated values, which mean something only once the environment is valid.
+    if out.is_empty()
+        && env.is_some()
+        && let Err(errors) = crate::verify::Verifier::build(v)
+    {
+        for (sub, message) in errors {
+            let pointer = format!("/verify{sub}");
+            out.push(Diagnostic::new(
+                &c.file,
+                c.doc.value_pos(&pointer),
+                &pointer,
+                message,
+            ));
+        }
+    }
+    out
 }
 
 fn check_unique_names(pipelines: &[(Checked, Pipeline)]) -> Vec<Diagnostic> {

@@ -153,6 +153,8 @@ struct VarSpec {
     secret: bool,
     types: Vec<String>,
     default: Option<Value>,
+    /// `x-dev-default`: used when unset outside production only.
+    dev_default: Option<Value>,
 }
 
 /// A loaded and compiled env schema.
@@ -224,6 +226,7 @@ impl EnvSchema {
                     secret: spec.get("x-secret").and_then(Value::as_bool) == Some(true),
                     types,
                     default: spec.get("default").cloned(),
+                    dev_default: spec.get("x-dev-default").cloned(),
                 },
             );
         }
@@ -255,6 +258,11 @@ impl EnvSchema {
         self.vars.contains_key(name)
     }
 
+    /// Whether `name` is declared with `x-secret: true`.
+    pub fn is_secret(&self, name: &str) -> bool {
+        self.vars.get(name).is_some_and(|s| s.secret)
+    }
+
     /// The declared variable names.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.vars.keys().map(String::as_str)
@@ -262,6 +270,7 @@ impl EnvSchema {
 
     /// Type, default and validate the declared variables of `source`.
     pub fn validate(&self, source: &EnvSource) -> Result<Env, Vec<Diagnostic>> {
+        let production = source.get("NODE_ENV") == Some("production");
         let mut values = Map::new();
         for (name, spec) in &self.vars {
             match source.get(name) {
@@ -269,7 +278,12 @@ impl EnvSchema {
                     values.insert(name.clone(), coerce(raw, &spec.types));
                 }
                 None => {
-                    if let Some(d) = &spec.default {
+                    // A development default never stands in for a production value.
+                    let fallback = spec
+                        .default
+                        .as_ref()
+                        .or(spec.dev_default.as_ref().filter(|_| !production));
+                    if let Some(d) = fallback {
                         values.insert(name.clone(), d.clone());
                     }
                 }
@@ -454,6 +468,23 @@ mod tests {
         assert_eq!(env.get("ON"), Some(&Value::Bool(true)));
         assert_eq!(env.get("NAME"), Some(&Value::from("42")));
         assert_eq!(env.get("OTHER"), None, "undeclared variables are invisible");
+    }
+
+    #[test]
+    fn dev_default_only_outside_production() {
+        let s = schema(
+            "properties:\n  S: {type: string, x-dev-default: dev-secret}\n  NODE_ENV: {type: string}\n",
+        );
+        let dev = s
+            .validate(&EnvSource::from_pairs([("NODE_ENV", "development")]))
+            .unwrap();
+        assert_eq!(dev.get_string("S").as_deref(), Some("dev-secret"));
+        let prod = s
+            .validate(&EnvSource::from_pairs([("NODE_ENV", "production")]))
+            .unwrap();
+        assert_eq!(prod.get("S"), None);
+        let set = s.validate(&EnvSource::from_pairs([("S", "real")])).unwrap();
+        assert_eq!(set.get_string("S").as_deref(), Some("real"));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The request path, in the order a request meets it:
 //!
 //! ```text
-//! route lookup (404 / 405) -> maintenance (503) -> body size limit (413) -> respond
+//! route lookup (404 / 405) -> maintenance (503) -> body size limit (413)
+//!   -> verify (401, or 503 when tenant secrets are unreachable) -> respond
 //! ```
 //!
 //! CORS runs as a salvo hoop around this handler (see `server::service`), so every answer,
@@ -15,19 +16,22 @@ use salvo::http::{HeaderName, HeaderValue, Method, ParseError, StatusCode};
 use salvo::prelude::*;
 use serde_json::json;
 
+use super::App;
 use crate::config::Project;
 use crate::config::units::HttpMethod;
 use crate::route::Lookup;
+use crate::verify::{Context, Inbound, VerifyError};
 
 /// The engine's single salvo handler.
 pub struct Dispatch {
-    pub project: Arc<Project>,
+    pub app: Arc<App>,
 }
 
 #[async_trait]
 impl Handler for Dispatch {
     async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
-        let project = &self.project;
+        let app = &*self.app;
+        let project = &app.project;
         if req.uri().path() == "/health" {
             return health(project, req, res);
         }
@@ -53,8 +57,9 @@ impl Handler for Dispatch {
                     "This route does not accept this method.",
                 );
             }
-            Lookup::Found { pipeline, .. } => pipeline,
+            Lookup::Found { pipeline, params } => (pipeline, params),
         };
+        let (pipeline, params) = pipeline;
 
         if project.settings.maintenance.enabled {
             let m = &project.settings.maintenance;
@@ -80,8 +85,8 @@ impl Handler for Dispatch {
             return too_large(res, limit);
         }
         let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
-        match req.payload_with_max_size(limit_usize).await {
-            Ok(_body) => {}
+        let body = match req.payload_with_max_size(limit_usize).await {
+            Ok(body) => body.clone(),
             Err(ParseError::PayloadTooLarge) => return too_large(res, limit),
             Err(_) => {
                 return error(
@@ -90,6 +95,56 @@ impl Handler for Dispatch {
                     "bad_request",
                     "The request body could not be read.",
                 );
+            }
+        };
+
+        if let Some(verifier) = &app.verifiers[pipeline] {
+            let peer = req
+                .remote_addr()
+                .ip()
+                .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+            let client_ip = app.proxies.client_ip(peer, req.headers());
+            // The URL the provider signed: the public one, not the one this process sees.
+            let base = match &project.settings.public_url {
+                Some(u) => u.trim_end_matches('/').to_string(),
+                None => app.proxies.public_base(peer, req.headers()),
+            };
+            let path_and_query = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+            let url = format!("{base}{path_and_query}");
+            let inbound = Inbound {
+                method: req.method().as_str(),
+                url: &url,
+                headers: req.headers(),
+                body: &body,
+                now: chrono::Utc::now().timestamp(),
+            };
+            let ctx = Context {
+                client_ip,
+                path_params: &params,
+                tenants: app.tenants.as_ref(),
+            };
+            let name = &project.pipelines[pipeline].config.name;
+            match verifier.verify(&inbound, &ctx).await {
+                Ok(()) => {}
+                Err(VerifyError::Rejected(reason)) => {
+                    tracing::warn!(pipeline = %name, reason = reason.code(), client_ip = %client_ip, "verification failed");
+                    return error(
+                        res,
+                        StatusCode::UNAUTHORIZED,
+                        "unauthorized",
+                        "Request verification failed.",
+                    );
+                }
+                Err(VerifyError::Unavailable(why)) => {
+                    tracing::error!(pipeline = %name, error = %why, "verification unavailable");
+                    res.headers_mut().insert(RETRY_AFTER, HeaderValue::from(5));
+                    return error(
+                        res,
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "unavailable",
+                        "Verification is temporarily unavailable. Please retry.",
+                    );
+                }
             }
         }
 

@@ -1,9 +1,11 @@
 //! The HTTP server: salvo, one dispatch handler, CORS, graceful shutdown.
 //!
-//! [`start`] binds a listener (port 0 in tests), builds the salvo service around
-//! [`dispatch::Dispatch`] and serves in a background task; [`Running::shutdown`] stops accepting
-//! and lets in-flight requests finish. `engine serve` calls [`serve`], which also waits for
-//! SIGTERM (what Render sends on deploys) or SIGINT.
+//! [`App::build`] turns a validated [`Project`] (configuration) into runtime components: a
+//! verifier per pipeline, the tenant secret store, the trusted proxies. [`start`] binds a listener
+//! (port 0 in tests), builds the salvo service around [`dispatch::Dispatch`] and serves in a
+//! background task; [`Running::shutdown`] stops accepting and lets in-flight requests finish.
+//! `engine serve` calls [`serve`], which also waits for SIGTERM (what Render sends on deploys) or
+//! SIGINT.
 
 pub mod dispatch;
 
@@ -17,7 +19,73 @@ use salvo::http::Method;
 use salvo::prelude::*;
 use salvo::server::ServerHandle;
 
+use crate::client_ip::TrustedProxies;
 use crate::config::Project;
+use crate::verify::{TenantSecrets, Verifier};
+
+/// How long a looked-up tenant secret is reused, and how many are kept.
+const TENANT_CACHE_TTL: Duration = Duration::from_secs(60);
+const TENANT_CACHE_ENTRIES: u64 = 10_000;
+
+/// Everything a request needs, built once at boot.
+pub struct App {
+    pub project: Project,
+    /// One per pipeline, by index.
+    pub verifiers: Vec<Option<Verifier>>,
+    pub tenants: Option<TenantSecrets>,
+    pub proxies: TrustedProxies,
+}
+
+impl App {
+    /// Build the runtime components of a validated project.
+    pub fn build(project: Project) -> Result<App, String> {
+        let mut verifiers = Vec::new();
+        for p in &project.pipelines {
+            let v = match &p.config.verify {
+                None => None,
+                Some(cfg) => Some(Verifier::build(cfg).map_err(|e| {
+                    format!(
+                        "{}: verify: {}",
+                        p.file.display(),
+                        e.first().map(|x| x.1.as_str()).unwrap_or("")
+                    )
+                })?),
+            };
+            verifiers.push(v);
+        }
+        let tenants = if verifiers.iter().flatten().any(Verifier::uses_tenants) {
+            match &project.settings.database_url {
+                Some(url) => {
+                    let keyring = crate::crypto::Keyring::from_env(&project.env)
+                        .ok_or("per-tenant secrets need ENCRYPTION_KEY")?
+                        .map_err(|e| format!("ENCRYPTION_KEY: {e}"))?;
+                    let pool = crate::verify::tenant::pool(url, 4)?;
+                    Some(TenantSecrets::new(
+                        pool,
+                        keyring,
+                        TENANT_CACHE_TTL,
+                        TENANT_CACHE_ENTRIES,
+                    ))
+                }
+                None => {
+                    tracing::warn!(
+                        "no DATABASE_URL: per-tenant secrets are not looked up; verifiers use their configured secrets only"
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let proxies = TrustedProxies::parse(&project.settings.trusted_proxies);
+        Ok(App {
+            project,
+            verifiers,
+            tenants,
+            proxies,
+        })
+    }
+}
 
 /// A server running in the background.
 pub struct Running {
@@ -39,14 +107,12 @@ impl Running {
     }
 }
 
-/// Build the salvo service for a project.
-pub fn service(project: Arc<Project>) -> Service {
-    let origins = project.settings.cors.allow_origins.clone();
+/// Build the salvo service for an app.
+pub fn service(app: Arc<App>) -> Service {
+    let origins = app.project.settings.cors.allow_origins.clone();
     let router = Router::new()
-        .push(Router::with_path("{**rest}").goal(dispatch::Dispatch {
-            project: project.clone(),
-        }))
-        .goal(dispatch::Dispatch { project });
+        .push(Router::with_path("{**rest}").goal(dispatch::Dispatch { app: app.clone() }))
+        .goal(dispatch::Dispatch { app });
     let service = Service::new(router);
     if origins.is_empty() {
         return service;
@@ -72,8 +138,9 @@ pub fn service(project: Arc<Project>) -> Service {
     service.hoop(cors)
 }
 
-/// Bind `addr` and serve `project` in a background task.
-pub async fn start(project: Arc<Project>, addr: SocketAddr) -> std::io::Result<Running> {
+/// Build `project` into an app, bind `addr` and serve in a background task.
+pub async fn start(project: Project, addr: SocketAddr) -> std::io::Result<Running> {
+    let app = Arc::new(App::build(project).map_err(std::io::Error::other)?);
     let acceptor = TcpListener::new(addr)
         .try_bind()
         .await
@@ -85,7 +152,7 @@ pub async fn start(project: Arc<Project>, addr: SocketAddr) -> std::io::Result<R
         .unwrap_or(addr);
     let server = Server::new(acceptor);
     let handle = server.handle();
-    let service = service(project);
+    let service = service(app);
     let task = tokio::spawn(async move { server.serve(service).await });
     Ok(Running {
         addr: local,
@@ -117,7 +184,7 @@ pub async fn serve(project: Project) -> std::io::Result<()> {
     if project.settings.maintenance.enabled {
         tracing::warn!("maintenance mode is on: pipeline routes answer 503");
     }
-    let running = start(Arc::new(project), addr).await?;
+    let running = start(project, addr).await?;
     tracing::info!(
         port = running.addr.port(),
         "Server listening on port {}",

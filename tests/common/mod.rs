@@ -3,7 +3,6 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use engine::env::EnvSource;
@@ -76,7 +75,7 @@ pub async fn spawn_app(dir: &Path, env: &[(&str, &str)]) -> TestApp {
             engine::diagnostics::render(&d, engine::diagnostics::Format::Text)
         )
     });
-    let running = engine::server::start(Arc::new(project), "127.0.0.1:0".parse().unwrap())
+    let running = engine::server::start(project, "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
     let addr = running.addr;
@@ -102,4 +101,97 @@ pub async fn raw_request(addr: std::net::SocketAddr, parts: &[&[u8]], timeout: D
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(timeout, stream.read_to_end(&mut buf)).await;
     String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// Headers that make a request verify under pipeline `name` of `dir`, loaded with `env`.
+pub fn sign(
+    dir: &Path,
+    env: &[(&str, &str)],
+    name: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Vec<(String, String)> {
+    let project =
+        engine::config::load(dir, &EnvSource::from_pairs(env.iter().copied())).expect("valid");
+    let p = project
+        .pipelines
+        .iter()
+        .find(|p| p.config.name == name)
+        .expect("pipeline");
+    let verifier =
+        engine::verify::Verifier::build(p.config.verify.as_ref().expect("verify")).unwrap();
+    let mut map = salvo::http::HeaderMap::new();
+    for (k, v) in headers {
+        map.insert(
+            salvo::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    verifier.sign(&engine::verify::Inbound {
+        method: "POST",
+        url,
+        headers: &map,
+        body,
+        now: chrono::Utc::now().timestamp(),
+    })
+}
+
+/// The shared test database (trust auth on this machine and in CI).
+pub const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// A fresh schema with the migrations applied; returns a DATABASE_URL whose connections use it.
+pub async fn fresh_schema() -> (String, String) {
+    let schema = format!("t_{}", uuid_like());
+    let (client, conn) = tokio_postgres::connect(PG, tokio_postgres::NoTls)
+        .await
+        .expect("postgres at 127.0.0.1:5432");
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!(
+            "CREATE SCHEMA {schema}; SET search_path TO {schema};"
+        ))
+        .await
+        .unwrap();
+    let mut files: Vec<_> =
+        std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+    files.sort();
+    for f in files {
+        client
+            .batch_execute(&std::fs::read_to_string(f).unwrap())
+            .await
+            .unwrap();
+    }
+    (format!("{PG}?options=-csearch_path%3D{schema}"), schema)
+}
+
+/// A client on the shared database, scoped to `schema`.
+pub async fn pg(schema: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(PG, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!("SET search_path TO {schema}"))
+        .await
+        .unwrap();
+    client
+}
+
+fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "{}_{}_{}",
+        std::process::id(),
+        t % 1_000_000_000,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }

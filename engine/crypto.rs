@@ -1,0 +1,216 @@
+//! Encryption of stored secrets: AES-256-GCM under `ENCRYPTION_KEY`.
+//!
+//! Tenant credentials (and later encrypted sink fields) are stored as text in this format:
+//!
+//! ```text
+//! v1:<key id>:<base64(nonce ‖ ciphertext ‖ tag)>
+//! ```
+//!
+//! - a random 96-bit nonce per value (never reused under one key: 2^32 values per key keeps the
+//!   collision chance negligible);
+//! - the key id is the first 8 hex characters of SHA-256(key): it names the key without revealing
+//!   it, so a [`Keyring`] holding the current key and the previous one (`ENCRYPTION_KEY_PREVIOUS`)
+//!   can read values written under either while new values use the current one;
+//! - associated data binds a value to where it is stored (e.g. `tenant_credentials/acme/twilio`),
+//!   so a ciphertext copied into another row fails to decrypt.
+
+use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
+use aes_gcm::{Aes256Gcm, Key, Nonce};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use sha2::{Digest, Sha256};
+
+const VERSION: &str = "v1";
+
+/// Why a value could not be encrypted or decrypted. Never carries key material or plaintext.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CryptoError {
+    #[error("the key must be exactly 64 hex characters (32 bytes)")]
+    BadKey,
+    #[error("not an encrypted value (expected v1:<key id>:<data>)")]
+    Format,
+    #[error("encrypted with key {0}, which is neither ENCRYPTION_KEY nor ENCRYPTION_KEY_PREVIOUS")]
+    UnknownKey(String),
+    #[error("decryption failed: wrong key, or the value was altered or moved")]
+    Decrypt,
+}
+
+/// One AES-256 key and its id.
+#[derive(Clone)]
+struct KeyEntry {
+    id: String,
+    cipher: Aes256Gcm,
+}
+
+impl KeyEntry {
+    fn from_hex(hex_key: &str) -> Result<KeyEntry, CryptoError> {
+        let bytes = hex::decode(hex_key.trim()).map_err(|_| CryptoError::BadKey)?;
+        if bytes.len() != 32 {
+            return Err(CryptoError::BadKey);
+        }
+        let id = hex::encode(&Sha256::digest(&bytes)[..4]);
+        Ok(KeyEntry {
+            id,
+            cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&bytes)),
+        })
+    }
+}
+
+/// The current key, and older keys still accepted for reading.
+#[derive(Clone)]
+pub struct Keyring {
+    current: KeyEntry,
+    previous: Vec<KeyEntry>,
+}
+
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keyring")
+            .field("current", &self.current.id)
+            .field(
+                "previous",
+                &self.previous.iter().map(|k| &k.id).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl Keyring {
+    /// From hex keys: the current one and any previous ones.
+    pub fn new(current: &str, previous: &[&str]) -> Result<Keyring, CryptoError> {
+        Ok(Keyring {
+            current: KeyEntry::from_hex(current)?,
+            previous: previous
+                .iter()
+                .map(|k| KeyEntry::from_hex(k))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// The keyring of an environment: `ENCRYPTION_KEY` and, when set, `ENCRYPTION_KEY_PREVIOUS`.
+    pub fn from_env(env: &crate::env::Env) -> Option<Result<Keyring, CryptoError>> {
+        let current = env.get_string("ENCRYPTION_KEY")?;
+        let previous = env.get_string("ENCRYPTION_KEY_PREVIOUS");
+        Some(Keyring::new(
+            &current,
+            previous
+                .as_deref()
+                .map(|p| vec![p])
+                .unwrap_or_default()
+                .as_slice(),
+        ))
+    }
+
+    /// Id of the key new values are written under.
+    pub fn current_id(&self) -> &str {
+        &self.current.id
+    }
+
+    /// Encrypt `plaintext`, bound to `context`.
+    pub fn encrypt(&self, plaintext: &[u8], context: &str) -> String {
+        let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
+        let sealed = self
+            .current
+            .cipher
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: plaintext,
+                    aad: context.as_bytes(),
+                },
+            )
+            .expect("AES-GCM encryption cannot fail for in-memory buffers");
+        let mut data = nonce.to_vec();
+        data.extend_from_slice(&sealed);
+        format!("{VERSION}:{}:{}", self.current.id, STANDARD.encode(data))
+    }
+
+    /// Decrypt a value written by [`Keyring::encrypt`] with the same `context`.
+    pub fn decrypt(&self, value: &str, context: &str) -> Result<Vec<u8>, CryptoError> {
+        let mut parts = value.trim().splitn(3, ':');
+        let (Some(VERSION), Some(id), Some(data)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(CryptoError::Format);
+        };
+        let key = std::iter::once(&self.current)
+            .chain(&self.previous)
+            .find(|k| k.id == id)
+            .ok_or_else(|| CryptoError::UnknownKey(id.to_string()))?;
+        let data = STANDARD.decode(data).map_err(|_| CryptoError::Format)?;
+        if data.len() < 12 + 16 {
+            return Err(CryptoError::Format);
+        }
+        let (nonce, sealed) = data.split_at(12);
+        key.cipher
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: sealed,
+                    aad: context.as_bytes(),
+                },
+            )
+            .map_err(|_| CryptoError::Decrypt)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const K1: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+    const K2: &str = "1f1e1d1c1b1a191817161514131211100f0e0d0c0b0a09080706050403020100";
+
+    #[test]
+    fn roundtrip_and_random_nonce() {
+        let ring = Keyring::new(K1, &[]).unwrap();
+        let a = ring.encrypt(b"auth-token", "ctx");
+        let b = ring.encrypt(b"auth-token", "ctx");
+        assert_ne!(a, b, "fresh nonce per value");
+        assert!(a.starts_with(&format!("v1:{}:", ring.current_id())));
+        assert_eq!(ring.decrypt(&a, "ctx").unwrap(), b"auth-token");
+        assert!(!a.contains("auth-token"));
+    }
+
+    #[test]
+    fn context_binds_the_value() {
+        let ring = Keyring::new(K1, &[]).unwrap();
+        let v = ring.encrypt(b"s", "tenant_credentials/acme/twilio");
+        assert_eq!(
+            ring.decrypt(&v, "tenant_credentials/evil/twilio"),
+            Err(CryptoError::Decrypt)
+        );
+    }
+
+    #[test]
+    fn rotation_reads_old_writes_new() {
+        let old = Keyring::new(K1, &[]).unwrap();
+        let written = old.encrypt(b"s", "c");
+        let rotated = Keyring::new(K2, &[K1]).unwrap();
+        assert_eq!(rotated.decrypt(&written, "c").unwrap(), b"s");
+        assert_ne!(rotated.current_id(), old.current_id());
+        let fresh = rotated.encrypt(b"s", "c");
+        assert!(fresh.starts_with(&format!("v1:{}:", rotated.current_id())));
+        // a keyring without the old key names the missing key
+        let only_new = Keyring::new(K2, &[]).unwrap();
+        assert_eq!(
+            only_new.decrypt(&written, "c"),
+            Err(CryptoError::UnknownKey(old.current_id().to_string()))
+        );
+    }
+
+    #[test]
+    fn tampering_and_garbage_fail_cleanly() {
+        let ring = Keyring::new(K1, &[]).unwrap();
+        let v = ring.encrypt(b"secret", "c");
+        let mut bytes = v.clone().into_bytes();
+        // a character in the middle of the data (the end holds base64 padding)
+        let mid = "v1:".len() + 8 + 1 + 10;
+        bytes[mid] = if bytes[mid] == b'A' { b'B' } else { b'A' };
+        let tampered = String::from_utf8(bytes).unwrap();
+        assert_eq!(ring.decrypt(&tampered, "c"), Err(CryptoError::Decrypt));
+        for junk in ["", "v1", "v1:x", "v2:a:b", "v1:zz:!!!", "v1:abc:AAAA"] {
+            assert!(ring.decrypt(junk, "c").is_err(), "{junk}");
+        }
+        assert_eq!(Keyring::new("abcd", &[]).unwrap_err(), CryptoError::BadKey);
+    }
+}

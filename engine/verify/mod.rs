@@ -1,0 +1,660 @@
+//! Request verification: is this webhook genuine?
+//!
+//! Runs on the raw body bytes before anything parses or stores the request. A [`Verifier`] is
+//! built once per pipeline from its `verify` section and checks, in order:
+//!
+//! ```text
+//! ip_allow (client IP in a CIDR list)
+//!   -> secrets: the tenant's (tenant_credentials table, cached) or the configured ones (rotation)
+//!   -> the scheme's check against each secret; any match passes
+//! ```
+//!
+//! A failure is a [`Reject`] (answered 401, with the reason in the log only) or, when the tenant
+//! store cannot be reached, [`VerifyError::Unavailable`] (answered 503 so the provider retries).
+//! Every scheme can also [`Verifier::sign`] a request: tests and fixture replay use it.
+
+pub mod github;
+pub mod hmac;
+pub mod mac;
+pub mod shopify;
+pub mod slack;
+pub mod standard_webhooks;
+pub mod stripe;
+pub mod tenant;
+pub mod token;
+pub mod twilio;
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use salvo::http::HeaderMap;
+
+use crate::config::verify::{KeySource, Secrets, Tenant, VapiMode, Verify};
+pub use tenant::TenantSecrets;
+
+/// The parts of a request a verifier reads.
+#[derive(Debug, Clone, Copy)]
+pub struct Inbound<'a> {
+    pub method: &'a str,
+    /// The URL as the provider addressed it (public scheme and host), with the query string.
+    pub url: &'a str,
+    pub headers: &'a HeaderMap,
+    /// The raw body, exactly as received.
+    pub body: &'a [u8],
+    /// Seconds since the epoch (injected, so tests control the clock).
+    pub now: i64,
+}
+
+/// Why a request was not accepted. The code goes to logs and metrics, never to the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reject {
+    MissingCredentials,
+    MalformedHeader,
+    BadSignature,
+    StaleTimestamp,
+    BodyHashMismatch,
+    UnknownTenant,
+    IpNotAllowed,
+}
+
+impl Reject {
+    pub fn code(self) -> &'static str {
+        match self {
+            Reject::MissingCredentials => "missing_credentials",
+            Reject::MalformedHeader => "malformed_header",
+            Reject::BadSignature => "bad_signature",
+            Reject::StaleTimestamp => "stale_timestamp",
+            Reject::BodyHashMismatch => "body_hash_mismatch",
+            Reject::UnknownTenant => "unknown_tenant",
+            Reject::IpNotAllowed => "ip_not_allowed",
+        }
+    }
+}
+
+/// A verification outcome other than success.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VerifyError {
+    /// Not genuine: 401.
+    Rejected(Reject),
+    /// The tenant's secret could not be read: 503 (the provider retries).
+    Unavailable(String),
+}
+
+/// A signature scheme.
+pub trait Scheme: Send + Sync {
+    /// Key bytes for a configured secret; `Err` says what is wrong with the secret's *form*.
+    fn key(&self, secret: &str) -> Result<Vec<u8>, String> {
+        Ok(secret.as_bytes().to_vec())
+    }
+    /// Check a request against one key.
+    fn check(&self, req: &Inbound<'_>, key: &[u8]) -> Result<(), Reject>;
+    /// Headers that make `req` pass [`Scheme::check`] under `key` at `req.now`.
+    fn sign(&self, req: &Inbound<'_>, key: &[u8]) -> Vec<(String, String)>;
+}
+
+/// A header value as text (`None` when absent or not visible ASCII).
+pub fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// What the verifier needs beyond the request itself.
+pub struct Context<'a> {
+    pub client_ip: IpAddr,
+    pub path_params: &'a [(String, String)],
+    /// The tenant store, when a database is configured.
+    pub tenants: Option<&'a TenantSecrets>,
+}
+
+/// A pipeline's verifier, built once from its `verify` section.
+pub struct Verifier {
+    scheme_name: &'static str,
+    scheme: Box<dyn Scheme>,
+    /// Key bytes of the configured secrets, newest first.
+    keys: Vec<Vec<u8>>,
+    tenant: Option<Tenant>,
+    ip_allow: Vec<IpNet>,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("scheme", &self.scheme_name)
+            .field("secrets", &self.keys.len())
+            .field("tenant", &self.tenant)
+            .field("ip_allow", &self.ip_allow)
+            .finish()
+    }
+}
+
+/// A problem building a verifier: a pointer below `/verify` and a message.
+pub type BuildError = (String, String);
+
+impl Verifier {
+    /// Build from an interpolated `verify` section.
+    pub fn build(cfg: &Verify) -> Result<Verifier, Vec<BuildError>> {
+        let mut errors = Vec::new();
+        let schemes = cfg.schemes();
+        if schemes.len() > 1 {
+            errors.push((
+                format!("/{}", schemes[1]),
+                format!(
+                    "one verification scheme per pipeline; this one already uses `{}`",
+                    schemes[0]
+                ),
+            ));
+        }
+        let ip_allow: Vec<IpNet> = cfg
+            .ip_allow
+            .iter()
+            .flatten()
+            .enumerate()
+            .filter_map(|(i, s)| match parse_net(s) {
+                Some(n) => Some(n),
+                None => {
+                    errors.push((
+                        format!("/ip_allow/{i}"),
+                        "must be an IP address or CIDR range, e.g. `54.172.60.0/23`".into(),
+                    ));
+                    None
+                }
+            })
+            .collect();
+        let Some((name, scheme, secrets, tenant)) = scheme_of(cfg, &mut errors) else {
+            if schemes.is_empty() && ip_allow.is_empty() {
+                errors.push((
+                    String::new(),
+                    "name a verification scheme (e.g. `twilio:`, `vapi:`, `hmac:`) or `ip_allow`"
+                        .into(),
+                ));
+            }
+            return if errors.is_empty() {
+                Ok(Verifier {
+                    scheme_name: "ip_allow",
+                    scheme: Box::new(AllowAll),
+                    keys: vec![Vec::new()],
+                    tenant: None,
+                    ip_allow,
+                })
+            } else {
+                Err(errors)
+            };
+        };
+        let secret_field = if name == "basic" {
+            "password"
+        } else {
+            "secret"
+        };
+        let mut keys = Vec::new();
+        if let Some(secrets) = secrets {
+            for (i, s) in secrets.values().iter().enumerate() {
+                match scheme.key(s) {
+                    Ok(k) => keys.push(k),
+                    Err(why) => errors.push((
+                        secret_pointer(name, secret_field, &secrets, i),
+                        format!("the secret {why}"),
+                    )),
+                }
+            }
+        }
+        if keys.is_empty() && tenant.is_none() && errors.is_empty() {
+            errors.push((
+                format!("/{name}/{secret_field}"),
+                "no secret is set: set the variable this refers to".into(),
+            ));
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Verifier {
+            scheme_name: name,
+            scheme,
+            keys,
+            tenant,
+            ip_allow,
+        })
+    }
+
+    /// The scheme's name, for logs.
+    pub fn scheme_name(&self) -> &'static str {
+        self.scheme_name
+    }
+
+    /// Whether this verifier reads per-tenant secrets.
+    pub fn uses_tenants(&self) -> bool {
+        self.tenant.is_some()
+    }
+
+    /// Decide whether `req` is genuine.
+    pub async fn verify(&self, req: &Inbound<'_>, ctx: &Context<'_>) -> Result<(), VerifyError> {
+        if !self.ip_allow.is_empty() && !self.ip_allow.iter().any(|n| n.contains(&ctx.client_ip)) {
+            return Err(VerifyError::Rejected(Reject::IpNotAllowed));
+        }
+        let tenant_key = match (&self.tenant, ctx.tenants) {
+            (Some(t), Some(store)) => match tenant_id(&t.key, req, ctx.path_params) {
+                Some(id) => match store.get(&id, &t.credential).await {
+                    Ok(Some(secret)) => Some(self.scheme.key(&secret).map_err(|_| {
+                        VerifyError::Unavailable("stored credential has the wrong form".into())
+                    })?),
+                    Ok(None) if self.keys.is_empty() => {
+                        return Err(VerifyError::Rejected(Reject::UnknownTenant));
+                    }
+                    Ok(None) => None,
+                    Err(e) => return Err(VerifyError::Unavailable(e.to_string())),
+                },
+                None if self.keys.is_empty() => {
+                    return Err(VerifyError::Rejected(Reject::MissingCredentials));
+                }
+                None => None,
+            },
+            _ => None,
+        };
+        let keys: &[Vec<u8>] = match &tenant_key {
+            Some(k) => std::slice::from_ref(k),
+            None => &self.keys,
+        };
+        if keys.is_empty() {
+            return Err(VerifyError::Rejected(Reject::UnknownTenant));
+        }
+        let mut last = Reject::BadSignature;
+        for key in keys {
+            match self.scheme.check(req, key) {
+                Ok(()) => return Ok(()),
+                Err(r) => last = r,
+            }
+        }
+        Err(VerifyError::Rejected(last))
+    }
+
+    /// Headers that make `req` verify with the first configured secret.
+    pub fn sign(&self, req: &Inbound<'_>) -> Vec<(String, String)> {
+        self.keys
+            .first()
+            .map(|k| self.scheme.sign(req, k))
+            .unwrap_or_default()
+    }
+}
+
+/// The `ip_allow`-only scheme: no signature.
+struct AllowAll;
+
+impl Scheme for AllowAll {
+    fn check(&self, _: &Inbound<'_>, _: &[u8]) -> Result<(), Reject> {
+        Ok(())
+    }
+    fn sign(&self, _: &Inbound<'_>, _: &[u8]) -> Vec<(String, String)> {
+        Vec::new()
+    }
+}
+
+type Built = (
+    &'static str,
+    Box<dyn Scheme>,
+    Option<Secrets>,
+    Option<Tenant>,
+);
+
+fn scheme_of(cfg: &Verify, errors: &mut Vec<BuildError>) -> Option<Built> {
+    if let Some(t) = &cfg.twilio {
+        if t.secret.is_none() && t.tenant.is_none() {
+            errors.push((
+                "/twilio".into(),
+                "set `secret` (the auth token), `tenant` (per-tenant tokens), or both".into(),
+            ));
+        }
+        return Some((
+            "twilio",
+            Box::new(twilio::Twilio),
+            t.secret.clone(),
+            t.tenant.clone(),
+        ));
+    }
+    if let Some(s) = &cfg.stripe {
+        return Some((
+            "stripe",
+            Box::new(stripe::Stripe {
+                tolerance: s.tolerance_secs,
+            }),
+            Some(s.secret.clone()),
+            None,
+        ));
+    }
+    if let Some(s) = &cfg.github {
+        return Some((
+            "github",
+            Box::new(github::Github),
+            Some(s.secret.clone()),
+            None,
+        ));
+    }
+    if let Some(s) = &cfg.standard_webhooks {
+        let scheme = standard_webhooks::StandardWebhooks {
+            tolerance: s.tolerance_secs,
+        };
+        return Some((
+            "standard_webhooks",
+            Box::new(scheme),
+            Some(s.secret.clone()),
+            None,
+        ));
+    }
+    if let Some(s) = &cfg.slack {
+        return Some((
+            "slack",
+            Box::new(slack::Slack {
+                tolerance: s.tolerance_secs,
+            }),
+            Some(s.secret.clone()),
+            None,
+        ));
+    }
+    if let Some(s) = &cfg.shopify {
+        return Some((
+            "shopify",
+            Box::new(shopify::Shopify),
+            Some(s.secret.clone()),
+            None,
+        ));
+    }
+    if let Some(v) = &cfg.vapi {
+        let scheme: Box<dyn Scheme> = match v.mode {
+            VapiMode::Bearer => Box::new(token::Token {
+                header: v
+                    .header
+                    .clone()
+                    .unwrap_or_else(|| "authorization".into())
+                    .to_ascii_lowercase(),
+                bearer_prefix: v.bearer_prefix,
+            }),
+            VapiMode::Hmac => match hmac::Template::parse(&v.payload) {
+                Ok(payload) => Box::new(hmac::HmacScheme {
+                    algorithm: v.algorithm,
+                    header: v
+                        .header
+                        .clone()
+                        .unwrap_or_else(|| "x-signature".into())
+                        .to_ascii_lowercase(),
+                    prefix: v.prefix.clone(),
+                    encoding: v.encoding,
+                    secret_encoding: v.secret_encoding,
+                    payload,
+                    timestamp_header: Some(v.timestamp_header.to_ascii_lowercase()),
+                    id_header: None,
+                    tolerance: v.tolerance_secs,
+                }),
+                Err(e) => {
+                    errors.push(("/vapi/payload".into(), e));
+                    return None;
+                }
+            },
+        };
+        return Some(("vapi", scheme, Some(v.secret.clone()), None));
+    }
+    if let Some(h) = &cfg.hmac {
+        let payload = match hmac::Template::parse(&h.payload) {
+            Ok(p) => p,
+            Err(e) => {
+                errors.push(("/hmac/payload".into(), e));
+                return None;
+            }
+        };
+        let scheme = hmac::HmacScheme {
+            algorithm: h.algorithm,
+            header: h.header.to_ascii_lowercase(),
+            prefix: h.prefix.clone(),
+            encoding: h.encoding,
+            secret_encoding: h.secret_encoding,
+            payload,
+            timestamp_header: h.timestamp_header.as_ref().map(|s| s.to_ascii_lowercase()),
+            id_header: h.id_header.as_ref().map(|s| s.to_ascii_lowercase()),
+            tolerance: h.tolerance_secs,
+        };
+        return Some(("hmac", Box::new(scheme), Some(h.secret.clone()), None));
+    }
+    if let Some(b) = &cfg.bearer {
+        let scheme = token::Token {
+            header: b.header.to_ascii_lowercase(),
+            bearer_prefix: b.bearer_prefix,
+        };
+        return Some(("bearer", Box::new(scheme), Some(b.secret.clone()), None));
+    }
+    if let Some(b) = &cfg.basic {
+        return Some((
+            "basic",
+            Box::new(token::Basic {
+                username: b.username.clone(),
+            }),
+            Some(b.password.clone()),
+            None,
+        ));
+    }
+    if let Some(h) = &cfg.header {
+        let scheme = token::Token {
+            header: h.name.to_ascii_lowercase(),
+            bearer_prefix: false,
+        };
+        return Some(("header", Box::new(scheme), Some(h.secret.clone()), None));
+    }
+    None
+}
+
+fn secret_pointer(scheme: &str, field: &str, secrets: &Secrets, i: usize) -> String {
+    match secrets {
+        Secrets::One(_) => format!("/{scheme}/{field}"),
+        Secrets::Many(_) => format!("/{scheme}/{field}/{i}"),
+    }
+}
+
+fn parse_net(s: &str) -> Option<IpNet> {
+    s.parse::<IpNet>()
+        .ok()
+        .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
+}
+
+/// The tenant named by the request, if any.
+fn tenant_id(source: &KeySource, req: &Inbound<'_>, params: &[(String, String)]) -> Option<String> {
+    let id = match source {
+        KeySource::Header(h) => header(req.headers, &h.to_ascii_lowercase()).map(str::to_string),
+        KeySource::Form(f) => form_urlencoded::parse(req.body)
+            .find(|(k, _)| k == f.as_str())
+            .map(|(_, v)| v.into_owned()),
+        KeySource::Json(ptr) => {
+            let v: serde_json::Value = serde_json::from_slice(req.body).ok()?;
+            match v.pointer(ptr)? {
+                serde_json::Value::String(s) => Some(s.clone()),
+                n @ serde_json::Value::Number(_) => Some(n.to_string()),
+                _ => None,
+            }
+        }
+        KeySource::Path(p) => params.iter().find(|(k, _)| k == p).map(|(_, v)| v.clone()),
+        KeySource::Query(q) => req.url.split_once('?').and_then(|(_, qs)| {
+            form_urlencoded::parse(qs.as_bytes())
+                .find(|(k, _)| k == q.as_str())
+                .map(|(_, v)| v.into_owned())
+        }),
+    };
+    id.filter(|s| !s.is_empty() && s.len() <= 256)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::verify::{Plain, Timestamped};
+
+    fn secrets(v: &[&str]) -> Secrets {
+        Secrets::Many(v.iter().map(|s| s.to_string()).collect())
+    }
+
+    fn ctx() -> Context<'static> {
+        Context {
+            client_ip: "127.0.0.1".parse().unwrap(),
+            path_params: &[],
+            tenants: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn rotation_any_secret_matches() {
+        let cfg = Verify {
+            github: Some(Plain {
+                secret: secrets(&["new-secret", "old-secret"]),
+            }),
+            ..Default::default()
+        };
+        let v = Verifier::build(&cfg).unwrap();
+        let old_only = Verifier::build(&Verify {
+            github: Some(Plain {
+                secret: secrets(&["old-secret"]),
+            }),
+            ..Default::default()
+        })
+        .unwrap();
+        let h = HeaderMap::new();
+        let req = Inbound {
+            method: "POST",
+            url: "",
+            headers: &h,
+            body: b"x",
+            now: 0,
+        };
+        let mut signed = HeaderMap::new();
+        for (k, val) in old_only.sign(&req) {
+            signed.insert(
+                salvo::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                val.parse().unwrap(),
+            );
+        }
+        let req = Inbound {
+            headers: &signed,
+            ..req
+        };
+        assert_eq!(v.verify(&req, &ctx()).await, Ok(()));
+        let neither = Verifier::build(&Verify {
+            github: Some(Plain {
+                secret: secrets(&["other"]),
+            }),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            neither.verify(&req, &ctx()).await,
+            Err(VerifyError::Rejected(Reject::BadSignature))
+        );
+    }
+
+    #[tokio::test]
+    async fn ip_allow() {
+        let cfg = Verify {
+            ip_allow: Some(vec!["10.0.0.0/8".into(), "192.168.1.7".into()]),
+            ..Default::default()
+        };
+        let v = Verifier::build(&cfg).unwrap();
+        let h = HeaderMap::new();
+        let req = Inbound {
+            method: "POST",
+            url: "",
+            headers: &h,
+            body: b"",
+            now: 0,
+        };
+        let at = |ip: &str| Context {
+            client_ip: ip.parse().unwrap(),
+            path_params: &[],
+            tenants: None,
+        };
+        assert_eq!(v.verify(&req, &at("10.1.2.3")).await, Ok(()));
+        assert_eq!(v.verify(&req, &at("192.168.1.7")).await, Ok(()));
+        assert_eq!(
+            v.verify(&req, &at("192.168.1.8")).await,
+            Err(VerifyError::Rejected(Reject::IpNotAllowed))
+        );
+    }
+
+    #[test]
+    fn build_errors_are_located() {
+        let two = Verify {
+            github: Some(Plain {
+                secret: secrets(&["a"]),
+            }),
+            slack: Some(Timestamped {
+                secret: secrets(&["b"]),
+                tolerance_secs: 300,
+            }),
+            ip_allow: Some(vec!["nope".into()]),
+            ..Default::default()
+        };
+        let errs = Verifier::build(&two).unwrap_err();
+        assert!(
+            errs.iter()
+                .any(|(p, m)| p == "/slack" && m.contains("already uses `github`")),
+            "{errs:?}"
+        );
+        assert!(errs.iter().any(|(p, _)| p == "/ip_allow/0"), "{errs:?}");
+
+        let bad_whsec = Verify {
+            standard_webhooks: Some(Timestamped {
+                secret: secrets(&["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "whsec_***"]),
+                tolerance_secs: 300,
+            }),
+            ..Default::default()
+        };
+        let errs = Verifier::build(&bad_whsec).unwrap_err();
+        assert_eq!(errs[0].0, "/standard_webhooks/secret/1");
+
+        let unset = Verify {
+            github: Some(Plain {
+                secret: Secrets::One(String::new()),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(Verifier::build(&unset).unwrap_err()[0].0, "/github/secret");
+        assert!(Verifier::build(&Verify::default()).is_err());
+    }
+
+    #[test]
+    fn tenant_ids() {
+        let mut h = HeaderMap::new();
+        h.insert("x-org", "org_1".parse().unwrap());
+        let body = br#"{"message":{"call":{"orgId":"org_2"}}}"#;
+        let req = Inbound {
+            method: "POST",
+            url: "https://x/y?t=org_3",
+            headers: &h,
+            body,
+            now: 0,
+        };
+        let params = [("tenant".to_string(), "org_4".to_string())];
+        assert_eq!(
+            tenant_id(&KeySource::Header("X-Org".into()), &req, &params).as_deref(),
+            Some("org_1")
+        );
+        assert_eq!(
+            tenant_id(
+                &KeySource::Json("/message/call/orgId".into()),
+                &req,
+                &params
+            )
+            .as_deref(),
+            Some("org_2")
+        );
+        assert_eq!(
+            tenant_id(&KeySource::Query("t".into()), &req, &params).as_deref(),
+            Some("org_3")
+        );
+        assert_eq!(
+            tenant_id(&KeySource::Path("tenant".into()), &req, &params).as_deref(),
+            Some("org_4")
+        );
+        let form = Inbound {
+            body: b"AccountSid=AC123&From=%2B1",
+            ..req
+        };
+        assert_eq!(
+            tenant_id(&KeySource::Form("AccountSid".into()), &form, &params).as_deref(),
+            Some("AC123")
+        );
+        assert_eq!(
+            tenant_id(&KeySource::Form("Nope".into()), &form, &params),
+            None
+        );
+    }
+}
