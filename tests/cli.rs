@@ -260,6 +260,15 @@ fn serve_logs_listening_and_stops_on_sigterm() {
 
     let body = reqwest::blocking_get(&format!("http://127.0.0.1:{port}/health"));
     assert!(body.contains("\"environment\":\"production\""), "{body}");
+    // rejected webhooks: the log says why, never with the credential
+    let unsigned =
+        reqwest::blocking_post(&format!("http://127.0.0.1:{port}/api/webhooks/vapi"), &[]);
+    assert!(unsigned.starts_with("HTTP/1.1 401"), "{unsigned}");
+    let forged = reqwest::blocking_post(
+        &format!("http://127.0.0.1:{port}/api/webhooks/vapi"),
+        &["authorization: Bearer forged-token-value-123"],
+    );
+    assert!(forged.starts_with("HTTP/1.1 401"), "{forged}");
 
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -277,9 +286,44 @@ fn serve_logs_listening_and_stops_on_sigterm() {
     }
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     assert!(rest.iter().any(|l| l.contains("SIGTERM")), "{rest:#?}");
+    let rejected: Vec<&String> = rest
+        .iter()
+        .filter(|l| l.contains("verification failed"))
+        .collect();
+    assert_eq!(rejected.len(), 2, "{rest:#?}");
+    assert!(
+        rejected[0].contains("\"reason\":\"missing_credentials\"")
+            && rejected[0].contains("\"pipeline\":\"vapi\""),
+        "{rejected:?}"
+    );
+    assert!(
+        rejected[1].contains("\"reason\":\"bad_signature\""),
+        "{rejected:?}"
+    );
+    assert!(
+        rest.iter().all(
+            |l| !l.contains("forged-token-value") && !l.contains("prod-vapi-credential-secret")
+        ),
+        "{rest:#?}"
+    );
 }
 
 mod reqwest {
+    /// A tiny blocking POST with extra header lines and an empty body.
+    pub fn blocking_post(url: &str, headers: &[&str]) -> String {
+        use std::io::{Read, Write};
+        let rest = url.strip_prefix("http://").unwrap();
+        let (host, path) = rest.split_once('/').unwrap();
+        let mut s = std::net::TcpStream::connect(host).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+        write!(s, "POST /{path} HTTP/1.1\r\nhost: {host}\r\ncontent-length: 0\r\n{extra}connection: close\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    }
+
     /// A tiny blocking GET over a raw socket (the async client needs a runtime).
     pub fn blocking_get(url: &str) -> String {
         use std::io::{Read, Write};

@@ -711,6 +711,96 @@ mod property {
             .block_on(f)
     }
 
+    #[test]
+    fn every_scheme_rejects_missing_headers_and_wrong_secrets() {
+        for (name, v) in verifiers() {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                "content-type",
+                HeaderValue::from_static("application/x-www-form-urlencoded"),
+            );
+            let body = b"AccountSid=AC1&Body=hello";
+            let req = Inbound {
+                method: "POST",
+                url: "https://api.example.com/hook?x=1",
+                headers: &headers,
+                body,
+                now: 1_700_000_000,
+            };
+            let ctx = Context {
+                client_ip: "127.0.0.1".parse().unwrap(),
+                path_params: &[],
+                tenants: None,
+            };
+            assert_eq!(
+                futures_lite(v.verify(&req, &ctx)),
+                Err(engine::verify::VerifyError::Rejected(
+                    engine::verify::Reject::MissingCredentials
+                )),
+                "{name}: no headers"
+            );
+            // signed with another secret
+            let other = {
+                let cfg = match name {
+                    "twilio" => Verify {
+                        twilio: Some(Twilio {
+                            secret: Some(Secrets::One("whsec_b3RoZXI=".into())),
+                            tenant: None,
+                        }),
+                        ..Default::default()
+                    },
+                    "stripe" => Verify {
+                        stripe: Some(Timestamped {
+                            secret: Secrets::One("whsec_b3RoZXI=".into()),
+                            tolerance_secs: 300,
+                        }),
+                        ..Default::default()
+                    },
+                    "github" => Verify {
+                        github: Some(Plain {
+                            secret: Secrets::One("whsec_b3RoZXI=".into()),
+                        }),
+                        ..Default::default()
+                    },
+                    "standard_webhooks" => Verify {
+                        standard_webhooks: Some(Timestamped {
+                            secret: Secrets::One("whsec_b3RoZXI=".into()),
+                            tolerance_secs: 300,
+                        }),
+                        ..Default::default()
+                    },
+                    "slack" => Verify {
+                        slack: Some(Timestamped {
+                            secret: Secrets::One("whsec_b3RoZXI=".into()),
+                            tolerance_secs: 300,
+                        }),
+                        ..Default::default()
+                    },
+                    "shopify" => Verify {
+                        shopify: Some(Plain {
+                            secret: Secrets::One("whsec_b3RoZXI=".into()),
+                        }),
+                        ..Default::default()
+                    },
+                    _ => continue,
+                };
+                Verifier::build(&cfg).unwrap()
+            };
+            let mut signed = headers.clone();
+            for (k, val) in other.sign(&req) {
+                signed.insert(
+                    HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    HeaderValue::from_str(&val).unwrap(),
+                );
+            }
+            assert!(!run(&v, &signed, body), "{name}: wrong secret accepted");
+            assert!(
+                run(&other, &signed, body),
+                "{name}: its own secret verifies"
+            );
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
         #[test]

@@ -28,8 +28,10 @@ impl Twilio {
             }
             return Ok(String::new());
         }
-        let is_form = header(req.headers, "content-type")
-            .is_some_and(|ct| ct.to_ascii_lowercase().starts_with("application/x-www-form-urlencoded"));
+        let is_form = header(req.headers, "content-type").is_some_and(|ct| {
+            ct.to_ascii_lowercase()
+                .starts_with("application/x-www-form-urlencoded")
+        });
         if !is_form {
             return Ok(String::new());
         }
