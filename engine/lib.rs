@@ -13,11 +13,13 @@
 //!   verify       provider signatures, rotation, per-tenant secrets (verify::tenant)
 //!   crypto       AES-256-GCM for stored secrets, key rotation
 //!   client_ip    client address and public URL behind trusted proxies
+//!   rate_limit   GCRA per key, in memory (governor) or shared through Redis
+//!   request_field  a named header / path / query / form / JSON field of a request
 //!   diagnostics  file:line:col findings; text / json / github output
 //!
 //! serving
 //!   server       salvo service, CORS hoop, graceful shutdown
-//!   server::dispatch   route -> maintenance -> size limit -> verify -> respond
+//!   server::dispatch   route -> maintenance -> size limit -> rate limit -> verify -> respond
 //!
 //! cli            engine serve | validate | schema
 //! ```
@@ -32,6 +34,8 @@ pub mod config;
 pub mod crypto;
 pub mod diagnostics;
 pub mod env;
+pub mod rate_limit;
+pub mod request_field;
 pub mod route;
 pub mod schema;
 pub mod server;

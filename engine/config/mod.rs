@@ -17,6 +17,7 @@
 
 pub mod env_refs;
 pub mod pipeline;
+pub mod rate_limit;
 pub mod settings;
 pub mod units;
 pub mod verify;
@@ -182,6 +183,37 @@ pub fn load(dir: &Path, source: &EnvSource) -> Result<Project, Vec<Diagnostic>> 
         for (checked, p) in &pipelines {
             if let Some(v) = &p.verify {
                 diags.extend(check_verify(checked, v, schema, env.as_ref(), settings));
+            }
+        }
+    }
+    for (checked, p) in &pipelines {
+        if p.rate_limit.as_ref().is_some_and(|r| !r.exempt.is_empty()) {
+            diags.push(Diagnostic::new(
+                &checked.file,
+                checked.doc.key_pos("/rate_limit/exempt"),
+                "/rate_limit/exempt",
+                "`exempt` belongs in the settings' default rate limit; to turn a pipeline's limit off write `enabled: false`",
+            ));
+        }
+    }
+    if let (Some(s), Some(c)) = (&settings, &settings_doc) {
+        let known: Vec<&str> = std::iter::once("/health")
+            .chain(pipelines.iter().map(|(_, p)| p.route.path.as_str()))
+            .collect();
+        for (i, path) in s
+            .rate_limit
+            .iter()
+            .flat_map(|r| r.exempt.iter())
+            .enumerate()
+        {
+            if !known.contains(&path.as_str()) {
+                let pointer = format!("/rate_limit/exempt/{i}");
+                diags.push(Diagnostic::new(
+                    &c.file,
+                    c.doc.value_pos(&pointer),
+                    &pointer,
+                    format!("`{path}` is neither /health nor a pipeline's route path"),
+                ));
             }
         }
     }

@@ -1,7 +1,7 @@
 //! The pipeline file format: one YAML file per webhook route.
 //!
 //! A file reads top to bottom in the order a request travels: its `name`, the `route` it answers,
-//! the `body_limit`, `verify` (is it genuine?), then the `respond` section that says what the caller gets back. These types
+//! the `body_limit`, `rate_limit`, `verify` (is it genuine?), then the `respond` section that says what the caller gets back. These types
 //! are the single source of truth: `engine schema` derives `schemas/pipeline.schema.json` from
 //! them, and unknown keys are errors.
 
@@ -31,6 +31,10 @@ pub struct Pipeline {
     /// Largest request body accepted, overriding the settings' `body_limit`; larger bodies get 413.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body_limit: Option<ByteSize>,
+
+    /// Requests allowed per client (or per tenant, header, ...), overriding the settings' default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<super::rate_limit::RateLimit>,
 
     /// How the engine decides a request is genuine (before anything parses or stores it).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -33,8 +33,13 @@ pub struct Settings {
     pub maintenance: MaintenanceSettings,
     /// Largest request body accepted by any pipeline (a pipeline may set its own).
     pub body_limit: ByteSize,
+    /// Default rate limit for every route (`/health` included unless listed in `exempt`);
+    /// a pipeline's own `rate_limit` replaces it. Shared through Redis when `redis_url` is set.
+    pub rate_limit: Option<super::rate_limit::RateLimit>,
     /// Redis connection URL. Environment: `REDIS_URL`.
     pub redis_url: Option<String>,
+    /// Prefix of every Redis key the engine writes (several deployments can share one Redis).
+    pub redis_key_prefix: String,
     /// Postgres connection URL for the sinks. Environment: `DATABASE_URL`.
     pub database_url: Option<String>,
     /// Proxies (IP addresses or CIDR ranges) whose `X-Forwarded-For` is believed.
@@ -83,7 +88,9 @@ impl Default for Settings {
             cors: CorsSettings::default(),
             maintenance: MaintenanceSettings::default(),
             body_limit: ByteSize(ByteSize::MIB),
+            rate_limit: None,
             redis_url: None,
+            redis_key_prefix: "engine".to_string(),
             database_url: None,
             trusted_proxies: Vec::new(),
             shutdown_grace_secs: 25,
@@ -101,6 +108,8 @@ impl fmt::Debug for Settings {
             .field("cors", &self.cors)
             .field("maintenance", &self.maintenance)
             .field("body_limit", &self.body_limit)
+            .field("rate_limit", &self.rate_limit)
+            .field("redis_key_prefix", &self.redis_key_prefix)
             .field("redis_url", &self.redis_url.as_ref().map(|_| "<set>"))
             .field("database_url", &self.database_url.as_ref().map(|_| "<set>"))
             .field("trusted_proxies", &self.trusted_proxies)

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! route lookup (404 / 405) -> maintenance (503) -> body size limit (413)
+//!   -> rate limit (429; before verify, so a forged flood costs one GCRA check, not an HMAC)
 //!   -> verify (401, or 503 when tenant secrets are unreachable) -> respond
 //! ```
 //!
@@ -18,7 +19,9 @@ use serde_json::json;
 
 use super::App;
 use crate::config::Project;
+use crate::config::rate_limit::FailMode;
 use crate::config::units::HttpMethod;
+use crate::rate_limit::{Rule, ceil_secs};
 use crate::route::Lookup;
 use crate::verify::{Context, Inbound, VerifyError};
 
@@ -33,6 +36,21 @@ impl Handler for Dispatch {
         let app = &*self.app;
         let project = &app.project;
         if req.uri().path() == "/health" {
+            if let Some(rule) = &app.health_rule {
+                let peer = peer_ip(req);
+                let client_ip = app.proxies.client_ip(peer, req.headers());
+                let inbound = Inbound {
+                    method: req.method().as_str(),
+                    url: "",
+                    headers: req.headers(),
+                    body: &[],
+                    now: 0,
+                };
+                let key = rule.key_of(client_ip, &inbound, &[]);
+                if !rate_limit(app, rule, &key, res).await {
+                    return;
+                }
+            }
             return health(project, req, res);
         }
         let method = HttpMethod::from_http(req.method());
@@ -98,26 +116,31 @@ impl Handler for Dispatch {
             }
         };
 
+        let peer = peer_ip(req);
+        let client_ip = app.proxies.client_ip(peer, req.headers());
+        // The URL the provider signed: the public one, not the one this process sees.
+        let base = match &project.settings.public_url {
+            Some(u) => u.trim_end_matches('/').to_string(),
+            None => app.proxies.public_base(peer, req.headers()),
+        };
+        let path_and_query = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+        let url = format!("{base}{path_and_query}");
+        let inbound = Inbound {
+            method: req.method().as_str(),
+            url: &url,
+            headers: req.headers(),
+            body: &body,
+            now: chrono::Utc::now().timestamp(),
+        };
+
+        if let Some(rule) = &app.rate_rules[pipeline] {
+            let key = rule.key_of(client_ip, &inbound, &params);
+            if !rate_limit(app, rule, &key, res).await {
+                return;
+            }
+        }
+
         if let Some(verifier) = &app.verifiers[pipeline] {
-            let peer = req
-                .remote_addr()
-                .ip()
-                .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
-            let client_ip = app.proxies.client_ip(peer, req.headers());
-            // The URL the provider signed: the public one, not the one this process sees.
-            let base = match &project.settings.public_url {
-                Some(u) => u.trim_end_matches('/').to_string(),
-                None => app.proxies.public_base(peer, req.headers()),
-            };
-            let path_and_query = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-            let url = format!("{base}{path_and_query}");
-            let inbound = Inbound {
-                method: req.method().as_str(),
-                url: &url,
-                headers: req.headers(),
-                body: &body,
-                now: chrono::Utc::now().timestamp(),
-            };
             let ctx = Context {
                 client_ip,
                 path_params: &params,
@@ -149,6 +172,87 @@ impl Handler for Dispatch {
         }
 
         respond(&project.pipelines[pipeline].config.respond, res);
+    }
+}
+
+fn peer_ip(req: &Request) -> std::net::IpAddr {
+    req.remote_addr()
+        .ip()
+        .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]))
+}
+
+/// Check `rule` for `key`; answer 429 (or 503 when the backend is down and the rule fails closed)
+/// and return `false` to stop, or set the RateLimit headers and return `true`.
+async fn rate_limit(app: &App, rule: &Rule, key: &str, res: &mut Response) -> bool {
+    let decision = match app.limiter.check(rule, key).await {
+        Ok(d) => d,
+        Err(e) => {
+            metrics::counter!("engine_rate_limit_backend_errors_total", "bucket" => rule.bucket.clone())
+                .increment(1);
+            warn_throttled(&rule.bucket, &e.0);
+            return match rule.fail {
+                FailMode::Open => true,
+                FailMode::Closed => {
+                    res.headers_mut().insert(RETRY_AFTER, HeaderValue::from(5));
+                    error(
+                        res,
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "unavailable",
+                        "Rate limiting is temporarily unavailable. Please retry.",
+                    );
+                    false
+                }
+            };
+        }
+    };
+    let h = res.headers_mut();
+    h.insert("ratelimit-limit", HeaderValue::from(decision.limit));
+    h.insert("ratelimit-remaining", HeaderValue::from(decision.remaining));
+    h.insert(
+        "ratelimit-reset",
+        HeaderValue::from(ceil_secs(decision.reset)),
+    );
+    h.insert(
+        "ratelimit-policy",
+        HeaderValue::from_str(&format!(
+            "{};w={}",
+            rule.limit,
+            rule.period.as_secs().max(1)
+        ))
+        .unwrap_or(HeaderValue::from_static("")),
+    );
+    if decision.allowed {
+        return true;
+    }
+    metrics::counter!("engine_rate_limited_total", "bucket" => rule.bucket.clone()).increment(1);
+    let retry = ceil_secs(decision.retry_after).max(1);
+    res.headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(retry));
+    error(
+        res,
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        &format!("Too many requests. Retry after {retry} seconds."),
+    );
+    false
+}
+
+/// One warning per 10 s while the backend is down, not one per request.
+fn warn_throttled(bucket: &str, error: &str) {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    let now = chrono::Utc::now().timestamp();
+    let last = LAST.load(Ordering::Relaxed);
+    if now - last >= 10
+        && LAST
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::warn!(
+            bucket,
+            error,
+            "rate-limit backend unavailable; applying the rule's fail mode"
+        );
     }
 }
 

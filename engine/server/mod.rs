@@ -21,6 +21,7 @@ use salvo::server::ServerHandle;
 
 use crate::client_ip::TrustedProxies;
 use crate::config::Project;
+use crate::rate_limit::{RateLimiter, Rule};
 use crate::verify::{TenantSecrets, Verifier};
 
 /// How long a looked-up tenant secret is reused, and how many are kept.
@@ -34,6 +35,11 @@ pub struct App {
     pub verifiers: Vec<Option<Verifier>>,
     pub tenants: Option<TenantSecrets>,
     pub proxies: TrustedProxies,
+    pub limiter: RateLimiter,
+    /// One per pipeline, by index: its own limit, else the settings' default.
+    pub rate_rules: Vec<Option<Rule>>,
+    /// The default limit on `/health`, unless exempt.
+    pub health_rule: Option<Rule>,
 }
 
 impl App {
@@ -78,11 +84,35 @@ impl App {
             None
         };
         let proxies = TrustedProxies::parse(&project.settings.trusted_proxies);
+        let default = project.settings.rate_limit.as_ref().filter(|r| r.enabled);
+        let exempt = |path: &str| default.is_some_and(|d| d.exempt.iter().any(|e| e == path));
+        let rate_rules = project
+            .pipelines
+            .iter()
+            .map(|p| match &p.config.rate_limit {
+                Some(own) => own.enabled.then(|| Rule::new(&p.config.name, own)),
+                None if exempt(&p.config.route.path) => None,
+                None => default.map(|d| Rule::new(&p.config.name, d)),
+            })
+            .collect();
+        let health_rule = default
+            .filter(|_| !exempt("/health"))
+            .map(|d| Rule::new("health", d));
+        let limiter = match &project.settings.redis_url {
+            Some(url) => RateLimiter::Redis(crate::rate_limit::redis::RedisGcra::new(
+                url,
+                &project.settings.redis_key_prefix,
+            )?),
+            None => RateLimiter::Memory(crate::rate_limit::memory::Memory::new()),
+        };
         Ok(App {
             project,
             verifiers,
             tenants,
             proxies,
+            limiter,
+            rate_rules,
+            health_rule,
         })
     }
 }
@@ -152,6 +182,19 @@ pub async fn start(project: Project, addr: SocketAddr) -> std::io::Result<Runnin
         .unwrap_or(addr);
     let server = Server::new(acceptor);
     let handle = server.handle();
+    // In-memory rate-limit keys of clients that went quiet carry no information: drop them.
+    let housekeeping = Arc::downgrade(&app);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            match housekeeping.upgrade() {
+                Some(app) => app.limiter.housekeeping(),
+                None => break,
+            }
+        }
+    });
     let service = service(app);
     let task = tokio::spawn(async move { server.serve(service).await });
     Ok(Running {

@@ -29,7 +29,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use salvo::http::HeaderMap;
 
-use crate::config::verify::{KeySource, Secrets, Tenant, VapiMode, Verify};
+use crate::config::verify::{Secrets, Tenant, VapiMode, Verify};
 pub use tenant::TenantSecrets;
 
 /// The parts of a request a verifier reads.
@@ -230,22 +230,24 @@ impl Verifier {
             return Err(VerifyError::Rejected(Reject::IpNotAllowed));
         }
         let tenant_key = match (&self.tenant, ctx.tenants) {
-            (Some(t), Some(store)) => match tenant_id(&t.key, req, ctx.path_params) {
-                Some(id) => match store.get(&id, &t.credential).await {
-                    Ok(Some(secret)) => Some(self.scheme.key(&secret).map_err(|_| {
-                        VerifyError::Unavailable("stored credential has the wrong form".into())
-                    })?),
-                    Ok(None) if self.keys.is_empty() => {
-                        return Err(VerifyError::Rejected(Reject::UnknownTenant));
+            (Some(t), Some(store)) => {
+                match crate::request_field::extract(&t.key, req, ctx.path_params) {
+                    Some(id) => match store.get(&id, &t.credential).await {
+                        Ok(Some(secret)) => Some(self.scheme.key(&secret).map_err(|_| {
+                            VerifyError::Unavailable("stored credential has the wrong form".into())
+                        })?),
+                        Ok(None) if self.keys.is_empty() => {
+                            return Err(VerifyError::Rejected(Reject::UnknownTenant));
+                        }
+                        Ok(None) => None,
+                        Err(e) => return Err(VerifyError::Unavailable(e.to_string())),
+                    },
+                    None if self.keys.is_empty() => {
+                        return Err(VerifyError::Rejected(Reject::MissingCredentials));
                     }
-                    Ok(None) => None,
-                    Err(e) => return Err(VerifyError::Unavailable(e.to_string())),
-                },
-                None if self.keys.is_empty() => {
-                    return Err(VerifyError::Rejected(Reject::MissingCredentials));
+                    None => None,
                 }
-                None => None,
-            },
+            }
             _ => None,
         };
         let keys: &[Vec<u8>] = match &tenant_key {
@@ -450,31 +452,6 @@ fn parse_net(s: &str) -> Option<IpNet> {
         .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
 }
 
-/// The tenant named by the request, if any.
-fn tenant_id(source: &KeySource, req: &Inbound<'_>, params: &[(String, String)]) -> Option<String> {
-    let id = match source {
-        KeySource::Header(h) => header(req.headers, &h.to_ascii_lowercase()).map(str::to_string),
-        KeySource::Form(f) => form_urlencoded::parse(req.body)
-            .find(|(k, _)| k == f.as_str())
-            .map(|(_, v)| v.into_owned()),
-        KeySource::Json(ptr) => {
-            let v: serde_json::Value = serde_json::from_slice(req.body).ok()?;
-            match v.pointer(ptr)? {
-                serde_json::Value::String(s) => Some(s.clone()),
-                n @ serde_json::Value::Number(_) => Some(n.to_string()),
-                _ => None,
-            }
-        }
-        KeySource::Path(p) => params.iter().find(|(k, _)| k == p).map(|(_, v)| v.clone()),
-        KeySource::Query(q) => req.url.split_once('?').and_then(|(_, qs)| {
-            form_urlencoded::parse(qs.as_bytes())
-                .find(|(k, _)| k == q.as_str())
-                .map(|(_, v)| v.into_owned())
-        }),
-    };
-    id.filter(|s| !s.is_empty() && s.len() <= 256)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -608,53 +585,5 @@ mod tests {
         };
         assert_eq!(Verifier::build(&unset).unwrap_err()[0].0, "/github/secret");
         assert!(Verifier::build(&Verify::default()).is_err());
-    }
-
-    #[test]
-    fn tenant_ids() {
-        let mut h = HeaderMap::new();
-        h.insert("x-org", "org_1".parse().unwrap());
-        let body = br#"{"message":{"call":{"orgId":"org_2"}}}"#;
-        let req = Inbound {
-            method: "POST",
-            url: "https://x/y?t=org_3",
-            headers: &h,
-            body,
-            now: 0,
-        };
-        let params = [("tenant".to_string(), "org_4".to_string())];
-        assert_eq!(
-            tenant_id(&KeySource::Header("X-Org".into()), &req, &params).as_deref(),
-            Some("org_1")
-        );
-        assert_eq!(
-            tenant_id(
-                &KeySource::Json("/message/call/orgId".into()),
-                &req,
-                &params
-            )
-            .as_deref(),
-            Some("org_2")
-        );
-        assert_eq!(
-            tenant_id(&KeySource::Query("t".into()), &req, &params).as_deref(),
-            Some("org_3")
-        );
-        assert_eq!(
-            tenant_id(&KeySource::Path("tenant".into()), &req, &params).as_deref(),
-            Some("org_4")
-        );
-        let form = Inbound {
-            body: b"AccountSid=AC123&From=%2B1",
-            ..req
-        };
-        assert_eq!(
-            tenant_id(&KeySource::Form("AccountSid".into()), &form, &params).as_deref(),
-            Some("AC123")
-        );
-        assert_eq!(
-            tenant_id(&KeySource::Form("Nope".into()), &form, &params),
-            None
-        );
     }
 }

@@ -1,0 +1,324 @@
+//! Rate limiting: GCRA in Redis with an injected clock, and through real sockets (the seed's
+//! 150-request check, two instances sharing Redis, trusted and forged X-Forwarded-For, fail modes).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Dir, spawn_app};
+use engine::config::rate_limit::RateLimit;
+use engine::rate_limit::Rule;
+use engine::rate_limit::redis::RedisGcra;
+use serde_json::Value;
+
+const REDIS: &str = "redis://127.0.0.1:6379";
+
+fn prefix() -> String {
+    format!(
+        "test:{}:{}",
+        std::process::id(),
+        chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
+    )
+}
+
+#[tokio::test]
+async fn redis_gcra_exact_counts_with_injected_clock() {
+    let gcra = RedisGcra::new(REDIS, &prefix()).unwrap();
+    let rule = Rule::new("api", &RateLimit::per_ip(100, Duration::from_secs(60)));
+    let t0: u64 = 1_700_000_000_000_000; // µs
+    for i in 0..100 {
+        let d = gcra.check(&rule, "1.2.3.4", Some(t0)).await.unwrap();
+        assert!(d.allowed, "request {i}");
+        assert_eq!(d.remaining, 99 - i);
+    }
+    let d = gcra.check(&rule, "1.2.3.4", Some(t0)).await.unwrap();
+    assert!(!d.allowed);
+    assert_eq!(d.retry_after, Duration::from_millis(600));
+    assert_eq!(d.reset, Duration::from_secs(60));
+    // 599 ms later still refused, at 600 ms exactly one more
+    assert!(
+        !gcra
+            .check(&rule, "1.2.3.4", Some(t0 + 599_000))
+            .await
+            .unwrap()
+            .allowed
+    );
+    let d = gcra
+        .check(&rule, "1.2.3.4", Some(t0 + 600_000))
+        .await
+        .unwrap();
+    assert!(d.allowed);
+    assert_eq!(d.remaining, 0);
+    assert!(
+        !gcra
+            .check(&rule, "1.2.3.4", Some(t0 + 600_000))
+            .await
+            .unwrap()
+            .allowed
+    );
+    // other clients are independent
+    assert!(
+        gcra.check(&rule, "5.6.7.8", Some(t0))
+            .await
+            .unwrap()
+            .allowed
+    );
+    // a full period after the last allowed request, the whole burst again
+    let later = t0 + 600_000 + 60_000_000;
+    let mut allowed = 0;
+    for _ in 0..150 {
+        if gcra
+            .check(&rule, "1.2.3.4", Some(later))
+            .await
+            .unwrap()
+            .allowed
+        {
+            allowed += 1;
+        }
+    }
+    assert_eq!(allowed, 100);
+}
+
+#[tokio::test]
+async fn redis_keys_expire_on_their_own() {
+    let p = prefix();
+    let gcra = RedisGcra::new(REDIS, &p).unwrap();
+    let rule = Rule::new("api", &RateLimit::per_ip(10, Duration::from_secs(2)));
+    for _ in 0..3 {
+        gcra.check(&rule, "9.9.9.9", None).await.unwrap();
+    }
+    let client = redis::Client::open(REDIS).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(gcra.key(&rule, "9.9.9.9"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // three slots used of a 10-per-2s bucket: full again in 3 × 200 ms
+    assert!(ttl > 0 && ttl <= 600, "ttl {ttl}");
+}
+
+/// A copy of the shipped pipelines with Redis keys under a private prefix.
+fn dir_with(settings_extra: &str) -> Dir {
+    let dir = Dir::shipped_copy();
+    let base = std::fs::read_to_string(dir.path().join("engine.yaml")).unwrap();
+    dir.write(
+        "engine.yaml",
+        &format!("{base}\nredis_key_prefix: '{}'\n{settings_extra}", prefix()),
+    );
+    dir
+}
+
+#[tokio::test]
+async fn seed_check_150_requests_to_health_allow_exactly_100() {
+    let app = spawn_app(&common::shipped(), &[]).await;
+    let started = Instant::now();
+    let mut statuses = Vec::new();
+    let mut last = None;
+    for _ in 0..150 {
+        let res = app.client.get(app.url("/health")).send().await.unwrap();
+        statuses.push(res.status().as_u16());
+        last = Some(res);
+    }
+    let allowed = statuses.iter().filter(|s| **s == 200).count();
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    assert_exact_100(allowed, started.elapsed());
+    assert_eq!(allowed + refused, 150);
+    let res = last.unwrap();
+    assert_eq!(res.status(), 429);
+    assert_eq!(res.headers()["ratelimit-limit"], "100");
+    assert_eq!(res.headers()["ratelimit-remaining"], "0");
+    let retry: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(retry, 1, "600 ms rounds up to 1 s");
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"], "rate_limited");
+    app.stop().await;
+}
+
+/// 100/1m lets one more request through every 600 ms: a run slower than that may see one more.
+fn assert_exact_100(allowed: usize, elapsed: Duration) {
+    let extra = (elapsed.as_millis() / 600) as usize;
+    assert!(
+        (100..=100 + extra).contains(&allowed),
+        "allowed {allowed} in {elapsed:?}"
+    );
+    if extra == 0 {
+        assert_eq!(allowed, 100);
+    }
+}
+
+#[tokio::test]
+async fn allowed_responses_carry_the_headers() {
+    let app = spawn_app(&common::shipped(), &[]).await;
+    let res = app.client.get(app.url("/health")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["ratelimit-limit"], "100");
+    assert_eq!(res.headers()["ratelimit-remaining"], "99");
+    assert_eq!(res.headers()["ratelimit-reset"], "1");
+    assert_eq!(res.headers()["ratelimit-policy"], "100;w=60");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn two_instances_share_one_redis() {
+    let dir = dir_with("");
+    let env = [("REDIS_URL", REDIS)];
+    let a = spawn_app(dir.path(), &env).await;
+    let b = spawn_app(dir.path(), &env).await;
+    let started = Instant::now();
+    let mut allowed = 0;
+    for i in 0..150 {
+        let app = if i % 2 == 0 { &a } else { &b };
+        if app
+            .client
+            .get(app.url("/health"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 200
+        {
+            allowed += 1;
+        }
+    }
+    assert_exact_100(allowed, started.elapsed());
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn forwarded_for_counts_only_behind_trusted_proxies() {
+    let pipeline =
+        "name: limited\nroute: {method: POST, path: /limited}\nrate_limit: {limit: 2/1h}\n";
+    let send = |app: &common::TestApp, xff: &'static str| {
+        app.client
+            .post(app.url("/limited"))
+            .header("x-forwarded-for", xff)
+            .send()
+    };
+
+    // trusted: each forwarded client has its own budget
+    let trusted = dir_with("trusted_proxies: [127.0.0.1]\n");
+    trusted.write("limited.yaml", pipeline);
+    let app = spawn_app(trusted.path(), &[]).await;
+    for xff in ["198.51.100.1", "198.51.100.2", "198.51.100.3"] {
+        assert_eq!(send(&app, xff).await.unwrap().status(), 200);
+        assert_eq!(send(&app, xff).await.unwrap().status(), 200);
+        assert_eq!(send(&app, xff).await.unwrap().status(), 429);
+    }
+    // a client prepending a forged address is still counted by the address the proxy saw
+    assert_eq!(
+        send(&app, "6.6.6.6, 198.51.100.1").await.unwrap().status(),
+        429
+    );
+    app.stop().await;
+
+    // untrusted: the header is ignored; every request counts against the socket peer
+    let untrusted = dir_with("");
+    untrusted.write("limited.yaml", pipeline);
+    let app = spawn_app(untrusted.path(), &[]).await;
+    assert_eq!(send(&app, "198.51.100.1").await.unwrap().status(), 200);
+    assert_eq!(send(&app, "198.51.100.2").await.unwrap().status(), 200);
+    assert_eq!(send(&app, "198.51.100.3").await.unwrap().status(), 429);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn key_by_tenant_field_and_disabled_pipelines() {
+    let dir = dir_with("");
+    dir.write(
+        "per-tenant.yaml",
+        "name: per-tenant\nroute: {method: POST, path: /t}\nrate_limit:\n  limit: 1/1h\n  key: [{form: AccountSid}]\n",
+    );
+    dir.write("unlimited.yaml", "name: unlimited\nroute: {method: POST, path: /u}\nrate_limit: {enabled: false, limit: 1/1h}\n");
+    let app = spawn_app(dir.path(), &[("REDIS_URL", REDIS)]).await;
+    let post = |path: &'static str, body: &'static str| {
+        app.client
+            .post(app.url(path))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+    };
+    assert_eq!(post("/t", "AccountSid=AC1").await.unwrap().status(), 200);
+    assert_eq!(post("/t", "AccountSid=AC1").await.unwrap().status(), 429);
+    assert_eq!(post("/t", "AccountSid=AC2").await.unwrap().status(), 200);
+    for _ in 0..120 {
+        let res = post("/u", "x=1").await.unwrap();
+        assert_eq!(res.status(), 200);
+        assert!(res.headers().get("ratelimit-limit").is_none());
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn redis_unreachable_fails_open_or_closed() {
+    let dir = dir_with("");
+    dir.write("closed.yaml", "name: closed\nroute: {method: POST, path: /closed}\nrate_limit: {limit: 100/1m, fail: closed}\n");
+    let app = spawn_app(dir.path(), &[("REDIS_URL", "redis://127.0.0.1:1")]).await;
+    // the default (fail: open): served, without RateLimit headers
+    let res = app.client.get(app.url("/health")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.headers().get("ratelimit-limit").is_none());
+    // fail: closed
+    let res = app.client.post(app.url("/closed")).send().await.unwrap();
+    assert_eq!(res.status(), 503);
+    assert!(res.headers().contains_key("retry-after"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn rate_limit_runs_before_verification() {
+    // a flood of forged Vapi requests is refused at the limiter: the 101st is a 429, not a 401
+    let app = spawn_app(&common::shipped(), &[]).await;
+    let mut last = 0;
+    for _ in 0..101 {
+        last = app
+            .client
+            .post(app.url("/api/webhooks/vapi"))
+            .body("{}")
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+    }
+    assert_eq!(last, 429);
+    app.stop().await;
+}
+
+#[test]
+fn validation_of_rate_limit_sections() {
+    let dir = Dir::shipped_copy();
+    dir.write(
+        "x.yaml",
+        "name: x\nroute: {method: POST, path: /x}\nrate_limit: {limit: 100/1w, exempt: [/x]}\n",
+    );
+    let base = std::fs::read_to_string(dir.path().join("engine.yaml")).unwrap();
+    dir.write(
+        "engine.yaml",
+        &base.replace(
+            "  fail: open\n",
+            "  fail: open\n  exempt: [/health, /nope]\n",
+        ),
+    );
+    let prefix = format!("{}/", dir.path().display());
+    let l: Vec<String> = engine::config::load(dir.path(), &engine::env::EnvSource::default())
+        .unwrap_err()
+        .iter()
+        .map(|d| d.to_string().replace(&prefix, ""))
+        .collect();
+    assert!(
+        l.iter()
+            .any(|x| x.starts_with("x.yaml:3:21: must be a rate such as `100/1m`")),
+        "{l:#?}"
+    );
+    assert!(
+        l.iter()
+            .any(|x| x.contains("`/nope` is neither /health nor a pipeline's route path")),
+        "{l:#?}"
+    );
+}
