@@ -101,10 +101,18 @@ async fn redis_keys_expire_on_their_own() {
 /// A copy of the shipped pipelines with Redis keys under a private prefix.
 fn dir_with(settings_extra: &str) -> Dir {
     let dir = Dir::shipped_copy();
-    let base = std::fs::read_to_string(dir.path().join("engine.yaml")).unwrap();
+    let shipped = std::fs::read_to_string(dir.path().join("engine.yaml")).unwrap();
+    // top-level keys set by `settings_extra` replace the shipped ones
+    let key = |l: &str| l.split(':').next().unwrap_or_default().to_string();
+    let overridden: Vec<String> = settings_extra.lines().map(key).collect();
+    let base: String = shipped
+        .lines()
+        .filter(|l| l.starts_with([' ', '#']) || !overridden.contains(&key(l)))
+        .map(|l| format!("{l}\n"))
+        .collect();
     dir.write(
         "engine.yaml",
-        &format!("{base}\nredis_key_prefix: '{}'\n{settings_extra}", prefix()),
+        &format!("{base}redis_key_prefix: '{}'\n{settings_extra}", prefix()),
     );
     dir
 }
