@@ -15,6 +15,8 @@
 //!   client_ip    client address and public URL behind trusted proxies
 //!   rate_limit   GCRA per key, in memory (governor) or shared through Redis
 //!   request_field  a named header / path / query / form / JSON field of a request
+//!   transform    Rhai sandbox, compiled steps, event view; rows for sinks
+//!   respond      static / templated / scripted synchronous responses
 //!   diagnostics  file:line:col findings; text / json / github output
 //!
 //! serving
@@ -36,8 +38,10 @@ pub mod diagnostics;
 pub mod env;
 pub mod rate_limit;
 pub mod request_field;
+pub mod respond;
 pub mod route;
 pub mod schema;
 pub mod server;
+pub mod transform;
 pub mod verify;
 pub mod yaml;

@@ -481,21 +481,8 @@ async fn cli_secrets_set_reads_stdin_and_stores_encrypted() {
 
 mod validation {
     use super::*;
-    use engine::env::EnvSource;
 
-    fn problems(files: &[(&str, &str)], env: &[(&str, &str)]) -> Vec<String> {
-        let dir = Dir::shipped_copy();
-        for (n, t) in files {
-            dir.write(n, t);
-        }
-        let prefix = format!("{}/", dir.path().display());
-        engine::config::load(dir.path(), &EnvSource::from_pairs(env.iter().copied()))
-            .err()
-            .unwrap_or_default()
-            .iter()
-            .map(|d| d.to_string().replace(&prefix, ""))
-            .collect()
-    }
+    use common::problems;
 
     #[test]
     fn literal_secret_refused() {

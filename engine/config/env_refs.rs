@@ -4,6 +4,9 @@
 //! Validation checks every reference names a variable declared in the env schema and reports the
 //! reference's own line and column. After validation, references are replaced with the variable's
 //! value (empty when an optional variable is unset).
+//!
+//! Rhai code (`inline` scripts, `when` expressions, `template`s) is left alone: Rhai's own
+//! backtick strings use `${...}` too. Scripts read configuration through `event.vars`.
 
 use std::path::Path;
 
@@ -72,6 +75,9 @@ fn is_name(s: &str) -> bool {
         && c.all(|x| x.is_ascii_alphanumeric() || x == '_')
 }
 
+/// Keys whose string values are Rhai code.
+const SCRIPT_KEYS: &[&str] = &["inline", "when", "template"];
+
 fn walk<'a>(v: &'a Value, pointer: &mut String, f: &mut impl FnMut(&str, &'a str)) {
     match v {
         Value::String(s) => f(pointer, s),
@@ -85,6 +91,9 @@ fn walk<'a>(v: &'a Value, pointer: &mut String, f: &mut impl FnMut(&str, &'a str
         }
         Value::Object(map) => {
             for (k, item) in map {
+                if SCRIPT_KEYS.contains(&k.as_str()) {
+                    continue;
+                }
                 let len = pointer.len();
                 pointer.push('/');
                 pointer.push_str(&escape_token(k));
@@ -148,7 +157,10 @@ pub fn interpolate(v: &mut Value, env: &Env) {
             *s = out;
         }
         Value::Array(items) => items.iter_mut().for_each(|i| interpolate(i, env)),
-        Value::Object(map) => map.values_mut().for_each(|i| interpolate(i, env)),
+        Value::Object(map) => map
+            .iter_mut()
+            .filter(|(k, _)| !SCRIPT_KEYS.contains(&k.as_str()))
+            .for_each(|(_, i)| interpolate(i, env)),
         _ => {}
     }
 }

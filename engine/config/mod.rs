@@ -19,6 +19,7 @@ pub mod env_refs;
 pub mod pipeline;
 pub mod rate_limit;
 pub mod settings;
+pub mod transform;
 pub mod units;
 pub mod verify;
 
@@ -187,6 +188,7 @@ pub fn load(dir: &Path, source: &EnvSource) -> Result<Project, Vec<Diagnostic>> 
         }
     }
     for (checked, p) in &pipelines {
+        diags.extend(check_scripts(checked, p, dir));
         if p.rate_limit.as_ref().is_some_and(|r| !r.exempt.is_empty()) {
             diags.push(Diagnostic::new(
                 &checked.file,
@@ -444,6 +446,34 @@ fn check_verify(
         }
     }
     out
+}
+
+/// Transform steps and computed responses compile; scripts stay inside the directory.
+fn check_scripts(c: &Checked, p: &Pipeline, root: &Path) -> Vec<Diagnostic> {
+    let mut errors = Vec::new();
+    if let Err(e) = crate::transform::Program::compile(p, &c.file, root) {
+        errors.extend(e);
+    }
+    if let Err(e) = crate::respond::Responder::compile(p, &c.file, root) {
+        errors.extend(e);
+    }
+    errors
+        .into_iter()
+        .map(|e| match (&e.script, e.at) {
+            // a script file's own position
+            (Some(file), Some((line, col))) => {
+                Diagnostic::new(file, Pos { line, col }, "", e.message)
+            }
+            // inline code: at the value in the pipeline file, with the position inside it
+            (None, Some((line, col))) => Diagnostic::new(
+                &c.file,
+                c.doc.value_pos(&e.pointer),
+                &e.pointer,
+                format!("{} (line {line}, column {col} of the script)", e.message),
+            ),
+            _ => Diagnostic::new(&c.file, c.doc.value_pos(&e.pointer), &e.pointer, e.message),
+        })
+        .collect()
 }
 
 fn check_unique_names(pipelines: &[(Checked, Pipeline)]) -> Vec<Diagnostic> {

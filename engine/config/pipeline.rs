@@ -1,7 +1,8 @@
 //! The pipeline file format: one YAML file per webhook route.
 //!
 //! A file reads top to bottom in the order a request travels: its `name`, the `route` it answers,
-//! the `body_limit`, `rate_limit`, `verify` (is it genuine?), then the `respond` section that says what the caller gets back. These types
+//! the `body_limit`, `rate_limit`, `verify` (is it genuine?), the `respond` section (what the
+//! caller gets back), and the `transform` steps the queue worker runs later that says what the caller gets back. These types
 //! are the single source of truth: `engine schema` derives `schemas/pipeline.schema.json` from
 //! them, and unknown keys are errors.
 
@@ -43,6 +44,18 @@ pub struct Pipeline {
     /// The HTTP answer the caller gets. Defaults to 200 with `{"received":true}`.
     #[serde(default)]
     pub respond: Respond,
+
+    /// Values scripts read as `event.vars` (strings may use `${VAR}`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub vars: BTreeMap<String, serde_json::Value>,
+
+    /// Rhai steps that turn the event into rows for sinks (run by the queue worker).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub transform: Vec<super::transform::Step>,
+
+    /// Sandbox limits for this pipeline's scripts.
+    #[serde(default)]
+    pub script_limits: super::transform::ScriptLimits,
 }
 
 /// Where the pipeline listens.
@@ -57,7 +70,8 @@ pub struct Route {
     pub path: String,
 }
 
-/// A static response.
+/// The response: static (`body`), templated (`template`), or computed by a Rhai script
+/// (`script` / `inline`) with a `fallback` when the script fails.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Respond {
@@ -74,6 +88,34 @@ pub struct Respond {
     /// Extra response headers.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
+    /// A body with `{{ expression }}` holes, each a Rhai expression over `event`, e.g.
+    /// `<Say>Hello {{ event.body.From }}</Say>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    /// A Rhai script file (relative to the pipeline file) computing the response: it returns a
+    /// string (the body), a map (sent as JSON), or `#{status, content_type, headers, body}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script: Option<String>,
+    /// The same, written here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inline: Option<String>,
+    /// Answer when the template or script fails or runs out of time (default: 500 with a generic
+    /// JSON error, no internals).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<Fallback>,
+}
+
+/// A static answer used when a computed response fails.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Fallback {
+    #[serde(default = "default_status")]
+    #[schemars(range(min = 200, max = 599))]
+    pub status: u16,
+    #[serde(default = "default_content_type")]
+    pub content_type: String,
+    #[serde(default)]
+    pub body: String,
 }
 
 impl Default for Respond {
@@ -83,6 +125,10 @@ impl Default for Respond {
             content_type: default_content_type(),
             body: None,
             headers: BTreeMap::new(),
+            template: None,
+            script: None,
+            inline: None,
+            fallback: None,
         }
     }
 }

@@ -3,7 +3,8 @@
 //! ```text
 //! route lookup (404 / 405) -> maintenance (503) -> body size limit (413)
 //!   -> rate limit (429; before verify, so a forged flood costs one GCRA check, not an HMAC)
-//!   -> verify (401, or 503 when tenant secrets are unreachable) -> respond
+//!   -> verify (401, or 503 when tenant secrets are unreachable)
+//!   -> respond (static, or a template / script on a blocking thread, fallback on failure)
 //! ```
 //!
 //! CORS runs as a salvo hoop around this handler (see `server::service`), so every answer,
@@ -22,7 +23,9 @@ use crate::config::Project;
 use crate::config::rate_limit::FailMode;
 use crate::config::units::HttpMethod;
 use crate::rate_limit::{Rule, ceil_secs};
+use crate::respond::Reply;
 use crate::route::Lookup;
+use crate::transform::EventInput;
 use crate::verify::{Context, Inbound, VerifyError};
 
 /// The engine's single salvo handler.
@@ -171,7 +174,48 @@ impl Handler for Dispatch {
             }
         }
 
-        respond(&project.pipelines[pipeline].config.respond, res);
+        let responder = &app.responders[pipeline];
+        let reply = if responder.is_computed() {
+            let input = EventInput {
+                id: uuid::Uuid::new_v4().to_string(),
+                pipeline: project.pipelines[pipeline].config.name.clone(),
+                received_at_ms: chrono::Utc::now().timestamp_millis(),
+                method: req.method().as_str().to_string(),
+                path: req.uri().path().to_string(),
+                query: req.uri().query().unwrap_or("").to_string(),
+                headers: req
+                    .headers()
+                    .iter()
+                    .map(|(k, v)| {
+                        (
+                            k.as_str().to_string(),
+                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                        )
+                    })
+                    .collect(),
+                params: params.clone(),
+                tenant: None,
+                body: body.clone(),
+            };
+            // Scripts run off the async threads: a slow one cannot stall other requests.
+            let app = self.app.clone();
+            let computed =
+                tokio::task::spawn_blocking(move || app.responders[pipeline].compute(&input)).await;
+            match computed {
+                Ok(Ok(reply)) => reply,
+                Ok(Err(reason)) => {
+                    tracing::warn!(pipeline = %project.pipelines[pipeline].config.name, %reason, "respond failed; sent the fallback");
+                    responder.fallback()
+                }
+                Err(e) => {
+                    tracing::error!(pipeline = %project.pipelines[pipeline].config.name, error = %e, "respond task failed; sent the fallback");
+                    responder.fallback()
+                }
+            }
+        } else {
+            responder.static_reply()
+        };
+        send(&reply, res);
     }
 }
 
@@ -256,7 +300,7 @@ fn warn_throttled(bucket: &str, error: &str) {
     }
 }
 
-fn respond(r: &crate::config::pipeline::Respond, res: &mut Response) {
+fn send(r: &Reply, res: &mut Response) {
     res.status_code(StatusCode::from_u16(r.status).unwrap_or(StatusCode::OK));
     for (name, value) in &r.headers {
         if let (Ok(n), Ok(v)) = (
@@ -269,7 +313,7 @@ fn respond(r: &crate::config::pipeline::Respond, res: &mut Response) {
     if let Ok(ct) = HeaderValue::from_str(&r.content_type) {
         res.headers_mut().insert(CONTENT_TYPE, ct);
     }
-    let _ = res.write_body(r.body_text().to_string());
+    let _ = res.write_body(r.body.clone());
 }
 
 fn health(project: &Project, req: &Request, res: &mut Response) {

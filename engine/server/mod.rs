@@ -40,6 +40,8 @@ pub struct App {
     pub rate_rules: Vec<Option<Rule>>,
     /// The default limit on `/health`, unless exempt.
     pub health_rule: Option<Rule>,
+    /// One per pipeline, by index.
+    pub responders: Vec<crate::respond::Responder>,
 }
 
 impl App {
@@ -83,6 +85,19 @@ impl App {
         } else {
             None
         };
+        let mut responders = Vec::new();
+        for p in &project.pipelines {
+            let r = crate::respond::Responder::compile(&p.config, &p.file, &project.dir).map_err(
+                |e| {
+                    format!(
+                        "{}: respond: {}",
+                        p.file.display(),
+                        e.first().map(|x| x.message.as_str()).unwrap_or("")
+                    )
+                },
+            )?;
+            responders.push(r);
+        }
         let proxies = TrustedProxies::parse(&project.settings.trusted_proxies);
         let default = project.settings.rate_limit.as_ref().filter(|r| r.enabled);
         let exempt = |path: &str| default.is_some_and(|d| d.exempt.iter().any(|e| e == path));
@@ -113,6 +128,7 @@ impl App {
             limiter,
             rate_rules,
             health_rule,
+            responders,
         })
     }
 }

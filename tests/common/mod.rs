@@ -21,13 +21,20 @@ pub struct Dir {
 
 impl Dir {
     pub fn shipped_copy() -> Dir {
-        let tmp = tempfile::tempdir().unwrap();
-        for entry in std::fs::read_dir(shipped()).unwrap() {
-            let p = entry.unwrap().path();
-            if p.is_file() {
-                std::fs::copy(&p, tmp.path().join(p.file_name().unwrap())).unwrap();
+        fn copy(from: &Path, to: &Path) {
+            std::fs::create_dir_all(to).unwrap();
+            for entry in std::fs::read_dir(from).unwrap() {
+                let p = entry.unwrap().path();
+                let target = to.join(p.file_name().unwrap());
+                if p.is_dir() {
+                    copy(&p, &target);
+                } else {
+                    std::fs::copy(&p, target).unwrap();
+                }
             }
         }
+        let tmp = tempfile::tempdir().unwrap();
+        copy(&shipped(), tmp.path());
         Dir { tmp }
     }
 
@@ -44,6 +51,24 @@ impl Dir {
     pub fn remove(&self, name: &str) {
         std::fs::remove_file(self.tmp.path().join(name)).unwrap();
     }
+}
+
+/// Validation problems of the shipped pipelines plus `files`, loaded with exactly `env`, as
+/// `file:line:col: message` with the temp dir stripped.
+pub fn problems(files: &[(&str, &str)], env: &[(&str, &str)]) -> Vec<String> {
+    let dir = Dir::shipped_copy();
+    for (name, text) in files {
+        let path = dir.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    let prefix = format!("{}/", dir.path().display());
+    engine::config::load(dir.path(), &EnvSource::from_pairs(env.iter().copied()))
+        .err()
+        .unwrap_or_default()
+        .iter()
+        .map(|d| d.to_string().replace(&prefix, ""))
+        .collect()
 }
 
 /// The engine serving on 127.0.0.1, port chosen by the OS.

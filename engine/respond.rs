@@ -1,0 +1,289 @@
+//! Synchronous responses: what the caller gets back, before the event goes to the queue.
+//!
+//! Some providers want an answer in the HTTP response: Twilio voice wants TwiML, Vapi's
+//! `assistant-request` wants an assistant (within 7.5 s), Vapi `tool-calls` want `results`. A
+//! pipeline's `respond` is one of:
+//!
+//! - static: `status`, `content_type`, `headers`, `body`;
+//! - templated: `template` with `{{ expression }}` holes, each a Rhai expression over `event`;
+//! - computed: a Rhai `script` (or `inline`) returning a string (the body), a map (sent as JSON),
+//!   or `#{status, content_type, headers, body}`.
+//!
+//! Templates and scripts run on a blocking thread under `script_limits.respond_timeout_ms`. Any
+//! failure answers the `fallback` (default: 500 with a generic JSON error) and is logged with the
+//! script position; the caller never sees internals.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rhai::{AST, Dynamic, Engine, Scope};
+
+use crate::config::Pipeline;
+use crate::config::pipeline::{Fallback, Respond};
+use crate::transform::{EventInput, ScriptError, Source, compile, sandbox};
+
+/// A response ready to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub status: u16,
+    pub content_type: String,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+enum Kind {
+    Static,
+    Template(Vec<Piece>),
+    Script(AST, String),
+}
+
+enum Piece {
+    Text(String),
+    Expr(AST, String),
+}
+
+/// A pipeline's compiled `respond`.
+pub struct Responder {
+    respond: Respond,
+    kind: Kind,
+    engine: Arc<Engine>,
+    vars: Dynamic,
+    timeout: Duration,
+}
+
+impl Responder {
+    /// Compile `p.respond`.
+    pub fn compile(
+        p: &Pipeline,
+        pipeline_file: &Path,
+        root: &Path,
+    ) -> Result<Responder, Vec<ScriptError>> {
+        let r = &p.respond;
+        let engine = Arc::new(sandbox::engine(&p.script_limits));
+        let set = [
+            r.body.is_some(),
+            r.template.is_some(),
+            r.script.is_some(),
+            r.inline.is_some(),
+        ];
+        if set.iter().filter(|x| **x).count() > 1 {
+            return Err(vec![ScriptError {
+                script: None,
+                pointer: "/respond".into(),
+                at: None,
+                message: "use one of `body`, `template`, `script` or `inline`".into(),
+            }]);
+        }
+        let kind = if let Some(t) = &r.template {
+            Kind::Template(template(&engine, t, pipeline_file, root)?)
+        } else if let Some(f) = &r.script {
+            let (ast, label) = compile(
+                &engine,
+                pipeline_file,
+                root,
+                Source::File(f),
+                "/respond/script",
+                false,
+            )
+            .map_err(|e| vec![e])?;
+            Kind::Script(ast, label)
+        } else if let Some(t) = &r.inline {
+            let (ast, label) = compile(
+                &engine,
+                pipeline_file,
+                root,
+                Source::Inline(t),
+                "/respond/inline",
+                false,
+            )
+            .map_err(|e| vec![e])?;
+            Kind::Script(ast, label)
+        } else {
+            Kind::Static
+        };
+        Ok(Responder {
+            respond: r.clone(),
+            kind,
+            engine,
+            vars: rhai::serde::to_dynamic(&p.vars)
+                .unwrap_or_else(|_| Dynamic::from_map(rhai::Map::new())),
+            timeout: Duration::from_millis(p.script_limits.respond_timeout_ms),
+        })
+    }
+
+    /// Whether answering needs the event (a template or script).
+    pub fn is_computed(&self) -> bool {
+        !matches!(self.kind, Kind::Static)
+    }
+
+    /// The static answer.
+    pub fn static_reply(&self) -> Reply {
+        let r = &self.respond;
+        Reply {
+            status: r.status,
+            content_type: r.content_type.clone(),
+            headers: r
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            body: r.body_text().to_string(),
+        }
+    }
+
+    /// The fallback answer.
+    pub fn fallback(&self) -> Reply {
+        let f = self.respond.fallback.clone().unwrap_or(Fallback {
+            status: 500,
+            content_type: "application/json".into(),
+            body: r#"{"error":"respond_failed","message":"The response could not be computed."}"#
+                .into(),
+        });
+        Reply {
+            status: f.status,
+            content_type: f.content_type,
+            headers: Vec::new(),
+            body: f.body,
+        }
+    }
+
+    /// Compute the answer for `input`. Blocking (call on a blocking thread). `Err` carries the
+    /// reason, for the log; the caller sends [`Responder::fallback`].
+    pub fn compute(&self, input: &EventInput) -> Result<Reply, String> {
+        let body = input.parsed_body()?;
+        let event = input.to_dynamic(body, &self.vars);
+        sandbox::with_deadline(self.timeout, || {
+            let mut scope = Scope::new();
+            scope.push_constant_dynamic("event", event);
+            match &self.kind {
+                Kind::Static => Ok(self.static_reply()),
+                Kind::Template(pieces) => {
+                    let mut out = String::new();
+                    for p in pieces {
+                        match p {
+                            Piece::Text(t) => out.push_str(t),
+                            Piece::Expr(ast, label) => {
+                                let v = self
+                                    .engine
+                                    .eval_ast_with_scope::<Dynamic>(&mut scope, ast)
+                                    .map_err(|e| sandbox::explain(&e, label).1)?;
+                                if !v.is_unit() {
+                                    out.push_str(&v.to_string());
+                                }
+                            }
+                        }
+                    }
+                    Ok(Reply {
+                        body: out,
+                        ..self.static_reply()
+                    })
+                }
+                Kind::Script(ast, label) => {
+                    let v = self
+                        .engine
+                        .eval_ast_with_scope::<Dynamic>(&mut scope, ast)
+                        .map_err(|e| sandbox::explain(&e, label).1)?;
+                    self.reply_from(v, label)
+                }
+            }
+        })
+    }
+
+    fn reply_from(&self, v: Dynamic, label: &str) -> Result<Reply, String> {
+        let base = self.static_reply();
+        if v.is_string() {
+            return Ok(Reply {
+                body: v.to_string(),
+                ..base
+            });
+        }
+        let json: serde_json::Value = rhai::serde::from_dynamic(&v)
+            .map_err(|e| format!("{label}: the result cannot be sent: {e}"))?;
+        const FIELDS: [&str; 4] = ["status", "content_type", "headers", "body"];
+        let descriptor = json
+            .as_object()
+            .filter(|m| m.contains_key("body") && m.keys().all(|k| FIELDS.contains(&k.as_str())));
+        let Some(d) = descriptor else {
+            return Ok(Reply {
+                content_type: "application/json".into(),
+                body: json.to_string(),
+                ..base
+            });
+        };
+        let status = match d.get("status") {
+            None => base.status,
+            Some(s) => s
+                .as_u64()
+                .filter(|s| (200..=599).contains(s))
+                .ok_or_else(|| format!("{label}: `status` must be a number from 200 to 599"))?
+                as u16,
+        };
+        let (content_type, body) = match &d["body"] {
+            serde_json::Value::String(s) => (base.content_type.clone(), s.clone()),
+            other => ("application/json".to_string(), other.to_string()),
+        };
+        let content_type = d
+            .get("content_type")
+            .and_then(serde_json::Value::as_str)
+            .map_or(content_type, str::to_string);
+        let mut headers = base.headers;
+        if let Some(h) = d.get("headers").and_then(serde_json::Value::as_object) {
+            for (k, v) in h {
+                headers.push((
+                    k.clone(),
+                    v.as_str().map_or_else(|| v.to_string(), str::to_string),
+                ));
+            }
+        }
+        Ok(Reply {
+            status,
+            content_type,
+            headers,
+            body,
+        })
+    }
+}
+
+/// Split `text` at `{{ ... }}` and compile each hole.
+fn template(
+    engine: &Engine,
+    text: &str,
+    file: &Path,
+    root: &Path,
+) -> Result<Vec<Piece>, Vec<ScriptError>> {
+    let mut pieces = Vec::new();
+    let mut errors = Vec::new();
+    let mut rest = text;
+    while let Some(open) = rest.find("{{") {
+        pieces.push(Piece::Text(rest[..open].to_string()));
+        let Some(close) = rest[open..].find("}}") else {
+            errors.push(ScriptError {
+                script: None,
+                pointer: "/respond/template".into(),
+                at: None,
+                message: "a `{{` in the template is not closed by `}}`".into(),
+            });
+            break;
+        };
+        let expr = &rest[open + 2..open + close];
+        match compile(
+            engine,
+            file,
+            root,
+            Source::Inline(expr.trim()),
+            "/respond/template",
+            true,
+        ) {
+            Ok((ast, label)) => pieces.push(Piece::Expr(ast, label)),
+            Err(e) => errors.push(e),
+        }
+        rest = &rest[open + close + 2..];
+    }
+    pieces.push(Piece::Text(rest.to_string()));
+    if errors.is_empty() {
+        Ok(pieces)
+    } else {
+        Err(errors)
+    }
+}

@@ -1,0 +1,217 @@
+//! What a script sees as `event`: a read-only map built from the request the engine received.
+//!
+//! ```text
+//! event.id            the event id (the provider's, or minted once at ingest)
+//! event.pipeline      the pipeline name
+//! event.received_at   RFC 3339 time the request arrived; event.received_at_ms the same in ms
+//! event.method, event.path
+//! event.query         query parameters (repeated names: arrays)
+//! event.headers       request headers, names lower-cased
+//! event.params        path parameters
+//! event.tenant        the tenant id, when the pipeline names one
+//! event.vars          the pipeline's `vars`
+//! event.body          JSON bodies as maps/arrays; form bodies as a map (repeated names: arrays);
+//!                     anything else as text
+//! ```
+
+use bytes::Bytes;
+use rhai::{Dynamic, Map};
+
+/// The request as the queue keeps it: everything a script may read.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EventInput {
+    pub id: String,
+    pub pipeline: String,
+    pub received_at_ms: i64,
+    pub method: String,
+    pub path: String,
+    /// The raw query string, without `?`.
+    pub query: String,
+    /// Header names lower-cased, in arrival order.
+    pub headers: Vec<(String, String)>,
+    pub params: Vec<(String, String)>,
+    pub tenant: Option<String>,
+    #[serde(with = "body_base64")]
+    pub body: Bytes,
+}
+
+mod body_base64 {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use bytes::Bytes;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(b: &Bytes, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(b))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
+        let text = String::deserialize(d)?;
+        STANDARD
+            .decode(text)
+            .map(Bytes::from)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl EventInput {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn content_type(&self) -> String {
+        self.header("content-type")
+            .unwrap_or("")
+            .to_ascii_lowercase()
+    }
+
+    /// The body as a script sees it. A JSON content type whose body is not JSON is an error.
+    pub fn parsed_body(&self) -> Result<Dynamic, String> {
+        let ct = self.content_type();
+        if ct.contains("json") || (ct.is_empty() && self.body.first() == Some(&b'{')) {
+            let v: serde_json::Value = serde_json::from_slice(&self.body)
+                .map_err(|e| format!("the body is not valid JSON ({e})"))?;
+            return rhai::serde::to_dynamic(v).map_err(|e| e.to_string());
+        }
+        if ct.starts_with("application/x-www-form-urlencoded") {
+            return Ok(Dynamic::from_map(multi_map(form_urlencoded::parse(
+                &self.body,
+            ))));
+        }
+        Ok(Dynamic::from(
+            String::from_utf8_lossy(&self.body).into_owned(),
+        ))
+    }
+
+    /// The `event` map, with `body` given (it may have been reshaped by an earlier step).
+    pub fn to_dynamic(&self, body: Dynamic, vars: &Dynamic) -> Dynamic {
+        let mut m = Map::new();
+        m.insert("id".into(), self.id.clone().into());
+        m.insert("pipeline".into(), self.pipeline.clone().into());
+        m.insert(
+            "received_at".into(),
+            super::sandbox::format_time(self.received_at_ms).into(),
+        );
+        m.insert(
+            "received_at_ms".into(),
+            Dynamic::from_int(self.received_at_ms),
+        );
+        m.insert("method".into(), self.method.clone().into());
+        m.insert("path".into(), self.path.clone().into());
+        m.insert(
+            "query".into(),
+            Dynamic::from_map(multi_map(form_urlencoded::parse(self.query.as_bytes()))),
+        );
+        let mut headers = Map::new();
+        for (k, v) in &self.headers {
+            headers.insert(k.to_ascii_lowercase().into(), v.clone().into());
+        }
+        m.insert("headers".into(), Dynamic::from_map(headers));
+        let mut params = Map::new();
+        for (k, v) in &self.params {
+            params.insert(k.as_str().into(), v.clone().into());
+        }
+        m.insert("params".into(), Dynamic::from_map(params));
+        m.insert(
+            "tenant".into(),
+            self.tenant.clone().map_or(Dynamic::UNIT, Dynamic::from),
+        );
+        m.insert("vars".into(), vars.clone());
+        m.insert("body".into(), body);
+        Dynamic::from_map(m)
+    }
+}
+
+/// Name/value pairs as a map; a repeated name becomes an array of its values.
+fn multi_map<'a>(
+    pairs: impl Iterator<Item = (std::borrow::Cow<'a, str>, std::borrow::Cow<'a, str>)>,
+) -> Map {
+    let mut m = Map::new();
+    for (k, v) in pairs {
+        let v = Dynamic::from(v.into_owned());
+        match m.get_mut(k.as_ref()) {
+            None => {
+                m.insert(k.as_ref().into(), v);
+            }
+            Some(existing) if existing.is_array() => {
+                if let Some(mut arr) = existing.write_lock::<rhai::Array>() {
+                    arr.push(v);
+                }
+            }
+            Some(existing) => {
+                let first = std::mem::take(existing);
+                *existing = Dynamic::from_array(vec![first, v]);
+            }
+        }
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(ct: &str, body: &str) -> EventInput {
+        EventInput {
+            id: "evt_1".into(),
+            pipeline: "p".into(),
+            received_at_ms: 1_700_000_000_000,
+            method: "POST".into(),
+            path: "/x".into(),
+            query: "a=1&a=2&b=3".into(),
+            headers: vec![("Content-Type".into(), ct.into())],
+            params: vec![],
+            tenant: None,
+            body: Bytes::from(body.to_string()),
+        }
+    }
+
+    #[test]
+    fn bodies() {
+        let f = input(
+            "application/x-www-form-urlencoded",
+            "MediaUrl=a&MediaUrl=b&From=%2B1",
+        );
+        let body = f.parsed_body().unwrap();
+        let map = body.read_lock::<Map>().unwrap();
+        assert_eq!(map["From"].to_string(), "+1");
+        assert_eq!(map["MediaUrl"].clone().into_array().unwrap().len(), 2);
+        let j = input("application/json", r#"{"message":{"type":"x"}}"#)
+            .parsed_body()
+            .unwrap();
+        assert!(j.is_map());
+        assert!(
+            input("application/json", "{nope")
+                .parsed_body()
+                .unwrap_err()
+                .contains("not valid JSON")
+        );
+        assert_eq!(
+            input("text/plain", "hi").parsed_body().unwrap().to_string(),
+            "hi"
+        );
+    }
+
+    #[test]
+    fn event_map() {
+        let e = input("text/plain", "hi");
+        let d = e.to_dynamic(Dynamic::from("hi"), &Dynamic::from_map(Map::new()));
+        let m = d.read_lock::<Map>().unwrap();
+        assert_eq!(m["received_at"].to_string(), "2023-11-14T22:13:20.000Z");
+        assert_eq!(
+            m["headers"].read_lock::<Map>().unwrap()["content-type"].to_string(),
+            "text/plain"
+        );
+        assert!(m["query"].read_lock::<Map>().unwrap()["a"].is_array());
+    }
+
+    #[test]
+    fn queue_serialization_roundtrip() {
+        let e = input("application/octet-stream", "\u{0}\u{ff} bytes");
+        let json = serde_json::to_string(&e).unwrap();
+        assert_eq!(serde_json::from_str::<EventInput>(&json).unwrap(), e);
+    }
+}

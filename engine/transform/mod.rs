@@ -1,0 +1,328 @@
+//! Transforms: Rhai scripts that turn an event into rows.
+//!
+//! A pipeline's `transform` steps are compiled once (at boot and by `engine validate`) into a
+//! [`Program`]. The queue worker calls [`Program::run`] on a blocking thread for each event:
+//!
+//! ```text
+//! event (read-only) -> step 1: when? -> script -> (no sink: result becomes event.body)
+//!                   -> step 2: when? -> script -> sink "call_logs": rows, done
+//!                   -> no routed step matched: dropped
+//! ```
+//!
+//! A script returns a map (one row), an array of maps (several rows) or `()` (drop). Errors are
+//! [`Failure`]s: permanent (script error, limit exceeded, `fail_permanent`) or retry
+//! (`fail_retry`), with a reason naming the script, line and column.
+
+pub mod event;
+pub mod sandbox;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rhai::{AST, Dynamic, Engine, Scope};
+
+use crate::config::Pipeline;
+pub use event::EventInput;
+pub use sandbox::FailureKind;
+
+/// A script problem found while compiling, located for `file:line:col` reporting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScriptError {
+    /// The script file, or `None` for an inline script in the pipeline file.
+    pub script: Option<PathBuf>,
+    /// Pointer of the pipeline value the error belongs to (`/transform/0/inline`).
+    pub pointer: String,
+    /// Line and column inside the script, when known.
+    pub at: Option<(usize, usize)>,
+    pub message: String,
+}
+
+/// Where a script's text comes from.
+pub enum Source<'a> {
+    File(&'a str),
+    Inline(&'a str),
+}
+
+/// Read and compile one script (`kind` is "script" or "expression").
+pub fn compile(
+    engine: &Engine,
+    pipeline_file: &Path,
+    root: &Path,
+    source: Source<'_>,
+    pointer: &str,
+    expression: bool,
+) -> Result<(AST, String), ScriptError> {
+    let err = |script: Option<PathBuf>, at, message: String| ScriptError {
+        script,
+        pointer: pointer.to_string(),
+        at,
+        message,
+    };
+    let (text, label, file) = match source {
+        Source::Inline(t) => (
+            t.to_string(),
+            format!("{} ({pointer})", pipeline_file.display()),
+            None,
+        ),
+        Source::File(rel) => {
+            let path = resolve(pipeline_file, root, rel).map_err(|m| err(None, None, m))?;
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| err(None, None, format!("cannot read script `{rel}`: {e}")))?;
+            let shown = pipeline_file.parent().unwrap_or(Path::new(".")).join(rel);
+            (text, shown.display().to_string(), Some(shown))
+        }
+    };
+    let parsed = if expression {
+        engine.compile_expression(&text)
+    } else {
+        engine.compile(&text)
+    };
+    match parsed {
+        Ok(ast) => Ok((ast, label)),
+        Err(e) => {
+            let pos = e.position();
+            let at = pos.line().map(|l| (l, pos.position().unwrap_or(1)));
+            Err(err(file, at, e.err_type().to_string()))
+        }
+    }
+}
+
+/// A script path relative to the pipeline file, which must stay inside the pipelines directory.
+fn resolve(pipeline_file: &Path, root: &Path, rel: &str) -> Result<PathBuf, String> {
+    let rel_path = Path::new(rel);
+    if rel_path.is_absolute() {
+        return Err(format!(
+            "script `{rel}` must be a path relative to the pipeline file"
+        ));
+    }
+    let joined = pipeline_file
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join(rel_path);
+    let real = joined
+        .canonicalize()
+        .map_err(|_| format!("script `{rel}` does not exist"))?;
+    let root = root
+        .canonicalize()
+        .map_err(|e| format!("cannot resolve the pipelines directory: {e}"))?;
+    if !real.starts_with(&root) {
+        return Err(format!(
+            "script `{rel}` is outside the pipelines directory; keep scripts under it"
+        ));
+    }
+    Ok(real)
+}
+
+/// One compiled step.
+struct CompiledStep {
+    name: String,
+    when: Option<AST>,
+    ast: AST,
+    label: String,
+    sink: Option<String>,
+}
+
+/// What a run produced.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Rows for a sink, from the named step.
+    Rows {
+        sink: String,
+        step: String,
+        rows: Vec<serde_json::Value>,
+    },
+    /// Nothing to write, and why.
+    Dropped { reason: String },
+}
+
+/// A failed run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub kind: FailureKind,
+    pub reason: String,
+}
+
+impl Failure {
+    fn permanent(reason: String) -> Failure {
+        Failure {
+            kind: FailureKind::Permanent,
+            reason,
+        }
+    }
+}
+
+/// A pipeline's compiled transform.
+pub struct Program {
+    engine: Arc<Engine>,
+    steps: Vec<CompiledStep>,
+    vars: Dynamic,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Program {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Program")
+            .field("steps", &self.steps.len())
+            .finish()
+    }
+}
+
+impl Program {
+    /// Compile a pipeline's steps. `root` is the pipelines directory.
+    pub fn compile(
+        p: &Pipeline,
+        pipeline_file: &Path,
+        root: &Path,
+    ) -> Result<Program, Vec<ScriptError>> {
+        let engine = Arc::new(sandbox::engine(&p.script_limits));
+        let mut errors = Vec::new();
+        let mut steps = Vec::new();
+        for (i, step) in p.transform.iter().enumerate() {
+            let base = format!("/transform/{i}");
+            let source = match (&step.script, &step.inline) {
+                (Some(f), None) => Source::File(f),
+                (None, Some(t)) => Source::Inline(t),
+                _ => {
+                    errors.push(ScriptError {
+                        script: None,
+                        pointer: base.clone(),
+                        at: None,
+                        message: "give the step either `script` (a file) or `inline` (the code), not both or neither".into(),
+                    });
+                    continue;
+                }
+            };
+            let pointer = match source {
+                Source::File(_) => format!("{base}/script"),
+                Source::Inline(_) => format!("{base}/inline"),
+            };
+            let when = match &step.when {
+                None => None,
+                Some(w) => match compile(
+                    &engine,
+                    pipeline_file,
+                    root,
+                    Source::Inline(w),
+                    &format!("{base}/when"),
+                    true,
+                ) {
+                    Ok((ast, _)) => Some(ast),
+                    Err(e) => {
+                        errors.push(e);
+                        None
+                    }
+                },
+            };
+            match compile(&engine, pipeline_file, root, source, &pointer, false) {
+                Ok((ast, label)) => steps.push(CompiledStep {
+                    name: step
+                        .name
+                        .clone()
+                        .unwrap_or_else(|| format!("step {}", i + 1)),
+                    when,
+                    ast,
+                    label,
+                    sink: step.sink.clone(),
+                }),
+                Err(e) => errors.push(e),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let vars = rhai::serde::to_dynamic(&p.vars)
+            .unwrap_or_else(|_| Dynamic::from_map(rhai::Map::new()));
+        Ok(Program {
+            engine,
+            steps,
+            vars,
+            timeout: Duration::from_millis(p.script_limits.timeout_ms),
+        })
+    }
+
+    /// Whether the pipeline has any step.
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+
+    /// Run the steps on one event. Blocking: call it on a blocking thread.
+    pub fn run(&self, input: &EventInput) -> Result<Outcome, Failure> {
+        let mut body = input.parsed_body().map_err(Failure::permanent)?;
+        sandbox::with_deadline(self.timeout, || {
+            for step in &self.steps {
+                let event = input.to_dynamic(body.clone(), &self.vars);
+                let mut scope = Scope::new();
+                scope.push_constant_dynamic("event", event);
+                if let Some(when) = &step.when {
+                    let r = self
+                        .engine
+                        .eval_ast_with_scope::<Dynamic>(&mut scope, when)
+                        .map_err(|e| failure(&e, &format!("{} (when)", step.label)))?;
+                    match r.as_bool() {
+                        Ok(true) => {}
+                        Ok(false) => continue,
+                        Err(t) => {
+                            return Err(Failure::permanent(format!(
+                                "{} (when): must be true or false, got {t}",
+                                step.label
+                            )));
+                        }
+                    }
+                }
+                let result = self
+                    .engine
+                    .eval_ast_with_scope::<Dynamic>(&mut scope, &step.ast)
+                    .map_err(|e| failure(&e, &step.label))?;
+                match &step.sink {
+                    None if result.is_unit() => {
+                        return Ok(Outcome::Dropped {
+                            reason: format!("{} returned ()", step.name),
+                        });
+                    }
+                    None => body = result,
+                    Some(sink) => {
+                        return rows(result, &step.label).map(|rows| match rows {
+                            Some(rows) => Outcome::Rows {
+                                sink: sink.clone(),
+                                step: step.name.clone(),
+                                rows,
+                            },
+                            None => Outcome::Dropped {
+                                reason: format!("{} returned ()", step.name),
+                            },
+                        });
+                    }
+                }
+            }
+            Ok(Outcome::Dropped {
+                reason: "no step with a sink matched".into(),
+            })
+        })
+    }
+}
+
+fn failure(err: &rhai::EvalAltResult, label: &str) -> Failure {
+    let (kind, reason) = sandbox::explain(err, label);
+    Failure { kind, reason }
+}
+
+/// A script result as rows: a map, an array of maps, or `()` (`None`).
+fn rows(result: Dynamic, label: &str) -> Result<Option<Vec<serde_json::Value>>, Failure> {
+    if result.is_unit() {
+        return Ok(None);
+    }
+    let value: serde_json::Value = rhai::serde::from_dynamic(&result)
+        .map_err(|e| Failure::permanent(format!("{label}: the result cannot be stored: {e}")))?;
+    let rows = match value {
+        serde_json::Value::Object(_) => vec![value],
+        serde_json::Value::Array(items) if items.iter().all(serde_json::Value::is_object) => items,
+        other => {
+            return Err(Failure::permanent(format!(
+                "{label}: must return a map (one row), an array of maps, or () to drop the event; got {}",
+                crate::schema::value_kind(&other)
+            )));
+        }
+    };
+    Ok(Some(rows))
+}

@@ -1,0 +1,348 @@
+//! The Rhai sandbox: an engine with limits and the helper functions scripts may call.
+//!
+//! Rhai has no file, network or environment access to begin with; `eval` is disabled and modules
+//! are compiled out (`no_module`), so a script sees only `event` and these helpers. Limits on
+//! operations, call depth, string/array/map sizes come from the pipeline's `script_limits`; the
+//! wall-clock budget is a per-thread deadline checked from Rhai's progress callback (every script
+//! runs on one blocking thread, so the deadline of the run in progress is the thread's).
+
+use std::cell::Cell;
+use std::time::{Duration, Instant};
+
+use rhai::{Dynamic, Engine, EvalAltResult, ImmutableString, Position};
+use sha2::{Digest, Sha256};
+
+use crate::config::transform::ScriptLimits;
+
+thread_local! {
+    static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// Marker key of the error a script raises with `fail_permanent` / `fail_retry`.
+const FAILURE_KEY: &str = "__engine_failure";
+
+/// How a failed run should be treated by the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Dead-letter: retrying cannot help (script error, limit exceeded, `fail_permanent`).
+    Permanent,
+    /// Retry later (`fail_retry`).
+    Retry,
+}
+
+/// Build an engine with `limits` and the helpers.
+pub fn engine(limits: &ScriptLimits) -> Engine {
+    let mut e = Engine::new();
+    e.set_max_operations(limits.max_operations)
+        .set_max_call_levels(limits.max_call_depth)
+        .set_max_string_size(limits.max_string_size)
+        .set_max_array_size(limits.max_array_size)
+        .set_max_map_size(limits.max_map_size)
+        .set_max_expr_depths(64, 32);
+    e.disable_symbol("eval");
+    e.on_progress(|ops| {
+        if ops % 512 != 0 {
+            return None;
+        }
+        DEADLINE
+            .with(Cell::get)
+            .filter(|d| Instant::now() >= *d)
+            .map(|_| Dynamic::from("wall-clock budget exceeded"))
+    });
+    e.on_print(|s| tracing::debug!(target: "engine::script", "{s}"));
+    e.on_debug(|s, _, _| tracing::debug!(target: "engine::script", "{s}"));
+
+    e.register_fn("sha256", |s: &str| {
+        hex::encode(Sha256::digest(s.as_bytes()))
+    });
+    e.register_fn("uuid_v5", uuid_v5);
+    e.register_fn("parse_time", parse_time);
+    e.register_fn("format_time", |ms: i64| format_time(ms));
+    e.register_fn("to_json", to_json);
+    e.register_fn("parse_json", parse_json);
+    e.register_fn("get", get_path);
+    e.register_fn(
+        "fail_permanent",
+        |msg: &str| -> Result<Dynamic, Box<EvalAltResult>> { Err(failure("permanent", msg)) },
+    );
+    e.register_fn(
+        "fail_retry",
+        |msg: &str| -> Result<Dynamic, Box<EvalAltResult>> { Err(failure("retry", msg)) },
+    );
+    e
+}
+
+/// Run `f` with a wall-clock budget on this thread.
+pub fn with_deadline<T>(budget: Duration, f: impl FnOnce() -> T) -> T {
+    DEADLINE.with(|d| d.set(Some(Instant::now() + budget)));
+    let out = f();
+    DEADLINE.with(|d| d.set(None));
+    out
+}
+
+fn failure(kind: &str, msg: &str) -> Box<EvalAltResult> {
+    let mut m = rhai::Map::new();
+    m.insert(FAILURE_KEY.into(), Dynamic::from(kind.to_string()));
+    m.insert("message".into(), Dynamic::from(msg.to_string()));
+    Box::new(EvalAltResult::ErrorRuntime(
+        Dynamic::from_map(m),
+        Position::NONE,
+    ))
+}
+
+/// Classify a script error and word it as `<label>:<line>:<col>: <message>`.
+pub fn explain(err: &EvalAltResult, label: &str) -> (FailureKind, String) {
+    let at = |p: Position| match (p.line(), p.position()) {
+        (Some(l), Some(c)) => format!("{label}:{l}:{c}"),
+        (Some(l), None) => format!("{label}:{l}"),
+        _ => label.to_string(),
+    };
+    // An error raised inside a function call carries the call site; the innermost explains it.
+    let mut inner = err;
+    while let EvalAltResult::ErrorInFunctionCall(_, _, e, _) = inner {
+        inner = e;
+    }
+    match inner {
+        EvalAltResult::ErrorRuntime(value, pos) => {
+            if let Some(map) = value.read_lock::<rhai::Map>() {
+                if let Some(kind) = map.get(FAILURE_KEY) {
+                    let msg = map
+                        .get("message")
+                        .map(|m| m.to_string())
+                        .unwrap_or_default();
+                    let kind = if kind.to_string() == "retry" {
+                        FailureKind::Retry
+                    } else {
+                        FailureKind::Permanent
+                    };
+                    return (kind, format!("{}: {msg}", at(err.position())));
+                }
+            }
+            (
+                FailureKind::Permanent,
+                format!("{}: script threw: {value}", at(*pos)),
+            )
+        }
+        EvalAltResult::ErrorTerminated(..) => (
+            FailureKind::Permanent,
+            format!(
+                "{}: wall-clock budget exceeded (script_limits.timeout_ms)",
+                at(err.position())
+            ),
+        ),
+        EvalAltResult::ErrorTooManyOperations(p) => (
+            FailureKind::Permanent,
+            format!(
+                "{}: too many operations (script_limits.max_operations)",
+                at(*p)
+            ),
+        ),
+        EvalAltResult::ErrorStackOverflow(p) => (
+            FailureKind::Permanent,
+            format!(
+                "{}: calls nested too deeply (script_limits.max_call_depth)",
+                at(*p)
+            ),
+        ),
+        EvalAltResult::ErrorDataTooLarge(what, p) => (
+            FailureKind::Permanent,
+            format!("{}: {what} too large (script_limits)", at(*p)),
+        ),
+        other => (
+            FailureKind::Permanent,
+            format!("{}: {other}", at(err.position())),
+        ),
+    }
+}
+
+fn uuid_v5(namespace: &str, name: &str) -> Result<String, Box<EvalAltResult>> {
+    let ns = match namespace {
+        "dns" => uuid::Uuid::NAMESPACE_DNS,
+        "url" => uuid::Uuid::NAMESPACE_URL,
+        "oid" => uuid::Uuid::NAMESPACE_OID,
+        "x500" => uuid::Uuid::NAMESPACE_X500,
+        other => uuid::Uuid::parse_str(other).map_err(|_| {
+            format!("uuid_v5: namespace must be dns, url, oid, x500 or a UUID, not {other:?}")
+        })?,
+    };
+    Ok(uuid::Uuid::new_v5(&ns, name.as_bytes()).to_string())
+}
+
+/// Epoch milliseconds from RFC 3339 text, or from a number of seconds or milliseconds.
+fn parse_time(value: Dynamic) -> Result<i64, Box<EvalAltResult>> {
+    if let Ok(i) = value.as_int() {
+        return Ok(if i.abs() < 100_000_000_000 {
+            i * 1000
+        } else {
+            i
+        });
+    }
+    if let Ok(f) = value.as_float() {
+        return Ok(if f.abs() < 1e11 {
+            (f * 1000.0) as i64
+        } else {
+            f as i64
+        });
+    }
+    let text = value
+        .into_immutable_string()
+        .map_err(|t| format!("parse_time: expected text or a number, got {t}"))?;
+    chrono::DateTime::parse_from_rfc3339(text.trim())
+        .map(|t| t.timestamp_millis())
+        .map_err(|_| format!("parse_time: {text:?} is not an RFC 3339 time").into())
+}
+
+/// RFC 3339 UTC with milliseconds.
+pub fn format_time(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn to_json(value: Dynamic) -> Result<String, Box<EvalAltResult>> {
+    let v: serde_json::Value = rhai::serde::from_dynamic(&value)?;
+    Ok(v.to_string())
+}
+
+fn parse_json(text: &str) -> Result<Dynamic, Box<EvalAltResult>> {
+    let v: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("parse_json: {e}"))?;
+    rhai::serde::to_dynamic(v)
+}
+
+/// `get(value, "message.call.id", default)` or a JSON pointer `"/message/call/id"`: nested access
+/// through maps and arrays that yields `default` where anything is missing.
+fn get_path(value: Dynamic, path: ImmutableString, default: Dynamic) -> Dynamic {
+    let segments: Vec<&str> = if let Some(p) = path.strip_prefix('/') {
+        p.split('/').collect()
+    } else {
+        path.split('.').filter(|s| !s.is_empty()).collect()
+    };
+    let mut cur = value;
+    for seg in segments {
+        let seg = seg.replace("~1", "/").replace("~0", "~");
+        let next = if let Some(map) = cur.read_lock::<rhai::Map>() {
+            map.get(seg.as_str()).cloned()
+        } else if let Some(arr) = cur.read_lock::<rhai::Array>() {
+            seg.parse::<usize>().ok().and_then(|i| arr.get(i).cloned())
+        } else {
+            None
+        };
+        match next {
+            Some(v) if !v.is_unit() => cur = v,
+            _ => return default,
+        }
+    }
+    cur
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn eval(script: &str) -> Result<Dynamic, Box<EvalAltResult>> {
+        engine(&ScriptLimits::default()).eval::<Dynamic>(script)
+    }
+
+    #[test]
+    fn helpers() {
+        assert_eq!(
+            eval(r#"sha256("abc")"#).unwrap().to_string(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        // the example in Python's uuid documentation: uuid5(NAMESPACE_DNS, "python.org")
+        assert_eq!(
+            eval(r#"uuid_v5("dns", "python.org")"#).unwrap().to_string(),
+            "886313e1-3b8a-5372-9b90-0c9aee199e5d"
+        );
+        assert_eq!(
+            eval(r#"parse_time("2024-01-02T03:04:05.678Z")"#)
+                .unwrap()
+                .as_int()
+                .unwrap(),
+            1_704_164_645_678
+        );
+        assert_eq!(
+            eval("parse_time(1704164645)").unwrap().as_int().unwrap(),
+            1_704_164_645_000
+        );
+        assert_eq!(
+            eval("format_time(1704164645678)").unwrap().to_string(),
+            "2024-01-02T03:04:05.678Z"
+        );
+        assert_eq!(
+            eval(r#"to_json(#{a: [1, "x"]})"#).unwrap().to_string(),
+            r#"{"a":[1,"x"]}"#
+        );
+        assert_eq!(
+            eval(r#"parse_json("{\"a\":{\"b\":2}}").a.b"#)
+                .unwrap()
+                .as_int()
+                .unwrap(),
+            2
+        );
+        assert_eq!(
+            eval(r#"get(#{a: #{b: [10, 20]}}, "a.b.1", 0)"#)
+                .unwrap()
+                .as_int()
+                .unwrap(),
+            20
+        );
+        assert_eq!(
+            eval(r#"get(#{a: #{b: [10, 20]}}, "/a/b/5", -1)"#)
+                .unwrap()
+                .as_int()
+                .unwrap(),
+            -1
+        );
+        assert_eq!(
+            eval(r#"let m = #{}; m?.a?.b ?? "none""#)
+                .unwrap()
+                .to_string(),
+            "none"
+        );
+    }
+
+    #[test]
+    fn failures_are_classified() {
+        let e = eval(r#"fail_retry("sink said wait")"#).unwrap_err();
+        assert_eq!(
+            explain(&e, "s.rhai"),
+            (FailureKind::Retry, "s.rhai:1:1: sink said wait".into())
+        );
+        let e = eval("let x = 1;\nfail_permanent(`bad ${x}`)").unwrap_err();
+        assert_eq!(
+            explain(&e, "s.rhai"),
+            (FailureKind::Permanent, "s.rhai:2:1: bad 1".into())
+        );
+        let e = eval("let x = 1;\n  x.nope()").unwrap_err();
+        let (kind, msg) = explain(&e, "s.rhai");
+        assert_eq!(kind, FailureKind::Permanent);
+        assert!(msg.starts_with("s.rhai:2:"), "{msg}");
+        assert!(eval(r#"eval("1")"#).is_err(), "eval is disabled");
+    }
+
+    #[test]
+    fn limits() {
+        let e = eval("loop {}").unwrap_err();
+        assert!(explain(&e, "s").1.contains("too many operations"), "{e}");
+        let e = eval("let s = \"x\"; loop { s += s; }").unwrap_err();
+        assert!(explain(&e, "s").1.contains("too large"), "{e}");
+        let e = eval("fn f(n) { f(n + 1) } f(0)").unwrap_err();
+        assert!(explain(&e, "s").1.contains("nested too deeply"), "{e}");
+        let unbounded_ops = ScriptLimits {
+            max_operations: u64::MAX,
+            ..Default::default()
+        };
+        let started = Instant::now();
+        let e = with_deadline(Duration::from_millis(50), || {
+            engine(&unbounded_ops).eval::<Dynamic>("loop {}")
+        })
+        .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(
+            explain(&e, "s").1.contains("wall-clock budget exceeded"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,553 @@
+//! Rhai transforms and synchronous responses: the shipped scripts on realistic payloads, the
+//! sandbox's limits, and script errors found by validation.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{Dir, shipped, spawn_app};
+use engine::env::EnvSource;
+use engine::transform::{EventInput, FailureKind, Outcome, Program};
+use serde_json::{Value, json};
+
+fn payload(rel: &str) -> Bytes {
+    Bytes::from(
+        std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("fixtures/payloads")
+                .join(rel),
+        )
+        .unwrap(),
+    )
+}
+
+fn input(pipeline: &str, content_type: &str, body: Bytes) -> EventInput {
+    EventInput {
+        id: "evt_test_1".into(),
+        pipeline: pipeline.into(),
+        received_at_ms: 1_764_086_400_000,
+        method: "POST".into(),
+        path: "/".into(),
+        query: String::new(),
+        headers: vec![("content-type".into(), content_type.into())],
+        params: vec![],
+        tenant: None,
+        body,
+    }
+}
+
+fn program(name: &str) -> Program {
+    let project = engine::config::load(&shipped(), &EnvSource::default()).unwrap();
+    let p = project
+        .pipelines
+        .iter()
+        .find(|p| p.config.name == name)
+        .unwrap();
+    Program::compile(&p.config, &p.file, &project.dir).unwrap()
+}
+
+fn vapi(file: &str) -> Result<Outcome, engine::transform::Failure> {
+    program("vapi").run(&input(
+        "vapi",
+        "application/json",
+        payload(&format!("vapi/{file}")),
+    ))
+}
+
+fn one_row(o: Outcome, sink: &str) -> Value {
+    match o {
+        Outcome::Rows { sink: s, rows, .. } => {
+            assert_eq!(s, sink);
+            assert_eq!(rows.len(), 1);
+            rows.into_iter().next().unwrap()
+        }
+        other => panic!("expected rows for {sink}, got {other:?}"),
+    }
+}
+
+#[test]
+fn vapi_end_of_call_report() {
+    let row = one_row(vapi("end-of-call-report.json").unwrap(), "call_logs");
+    assert_eq!(
+        row,
+        json!({
+            "call_id": "9f1c2e4a-5b6d-4e7f-8a9b-0c1d2e3f4a5b",
+            "org_id": "4b3a2c1d-0e9f-4a8b-9c7d-6e5f4a3b2c1d",
+            "assistant_id": "a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d",
+            "customer_number": "+14155550123",
+            "ended_reason": "customer-ended-call",
+            "started_at": "2026-11-25T16:00:00.000Z",
+            "ended_at": "2026-11-25T16:03:21.500Z",
+            "duration_seconds": 201.5,
+            "cost": 0.1372,
+            "transcript": "AI: Thanks for calling Voxanne Dental, how can I help?\nUser: I'd like to book a cleaning next Tuesday.\nAI: Tuesday at 10am is free. Shall I book it?\nUser: Yes please.",
+            "summary": "Caller booked a cleaning for Tuesday at 10am.",
+            "success_evaluation": "true",
+            "structured_data": {"appointment_booked": true, "service": "cleaning"},
+            "recording_url": "https://storage.vapi.ai/9f1c2e4a-mono.wav",
+            "event_id": "evt_test_1",
+            "received_at": "2025-11-25T16:00:00.000Z"
+        })
+    );
+}
+
+#[test]
+fn vapi_end_of_call_report_older_shape_and_missing_fields() {
+    let row = one_row(vapi("end-of-call-report-legacy.json").unwrap(), "call_logs");
+    assert_eq!(row["transcript"], "AI: Hello.\nUser: Wrong number, sorry.");
+    assert_eq!(row["summary"], "Wrong number.");
+    assert_eq!(row["assistant_id"], "a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d");
+    assert_eq!(
+        row["duration_seconds"], 90.0,
+        "computed from startedAt/endedAt"
+    );
+
+    let row = one_row(
+        vapi("end-of-call-report-minimal.json").unwrap(),
+        "call_logs",
+    );
+    assert_eq!(row["call_id"], "1a2b3c4d-0000-4000-8000-000000000001");
+    assert_eq!(row["ended_reason"], "silence-timed-out");
+    for absent in [
+        "org_id",
+        "started_at",
+        "duration_seconds",
+        "cost",
+        "transcript",
+        "summary",
+        "recording_url",
+    ] {
+        assert_eq!(row[absent], Value::Null, "{absent}");
+    }
+}
+
+#[test]
+fn vapi_status_updates_and_transcripts() {
+    let row = one_row(vapi("status-update.json").unwrap(), "call_status");
+    assert_eq!(row["status"], "in-progress");
+    assert_eq!(row["occurred_at"], "2024-11-25T16:00:00.900Z");
+    let row = one_row(vapi("status-update-ended.json").unwrap(), "call_status");
+    assert_eq!(
+        (row["status"].as_str(), row["ended_reason"].as_str()),
+        (Some("ended"), Some("customer-ended-call"))
+    );
+
+    let row = one_row(vapi("transcript-final.json").unwrap(), "transcripts");
+    assert_eq!(row["role"], "user");
+    assert_eq!(row["text"], "I'd like to book a cleaning next Tuesday.");
+    assert!(matches!(
+        vapi("transcript-partial.json").unwrap(),
+        Outcome::Dropped { .. }
+    ));
+}
+
+#[test]
+fn vapi_types_without_a_route_are_dropped() {
+    for f in [
+        "speech-update.json",
+        "unknown-type.json",
+        "assistant-request.json",
+        "tool-calls.json",
+    ] {
+        assert_eq!(
+            vapi(f).unwrap(),
+            Outcome::Dropped {
+                reason: "no step with a sink matched".into()
+            },
+            "{f}"
+        );
+    }
+}
+
+#[test]
+fn vapi_report_without_call_id_is_a_permanent_failure() {
+    let body = Bytes::from(r#"{"message":{"type":"end-of-call-report"}}"#);
+    let err = program("vapi")
+        .run(&input("vapi", "application/json", body))
+        .unwrap_err();
+    assert_eq!(err.kind, FailureKind::Permanent);
+    assert!(
+        err.reason
+            .ends_with("vapi-end-of-call.rhai:10:5: end-of-call-report without message.call.id"),
+        "{}",
+        err.reason
+    );
+    let err = program("vapi")
+        .run(&input("vapi", "application/json", Bytes::from("{oops")))
+        .unwrap_err();
+    assert!(err.reason.contains("not valid JSON"), "{}", err.reason);
+}
+
+#[test]
+fn twilio_voice_and_sms() {
+    let form = "application/x-www-form-urlencoded";
+    let row = one_row(
+        program("twilio-voice")
+            .run(&input(
+                "twilio-voice",
+                form,
+                payload("twilio/voice-incoming.form"),
+            ))
+            .unwrap(),
+        "twilio_call_events",
+    );
+    assert_eq!(row["call_sid"], "CA5f0c4a1b2c3d4e5f60718293a4b5c6d7");
+    assert_eq!(row["status"], "ringing");
+    assert_eq!(row["duration_seconds"], Value::Null);
+    let row = one_row(
+        program("twilio-voice")
+            .run(&input(
+                "twilio-voice",
+                form,
+                payload("twilio/voice-status-completed.form"),
+            ))
+            .unwrap(),
+        "twilio_call_events",
+    );
+    assert_eq!(
+        (row["status"].as_str(), row["duration_seconds"].as_i64()),
+        (Some("completed"), Some(187))
+    );
+
+    let row = one_row(
+        program("twilio-sms")
+            .run(&input(
+                "twilio-sms",
+                form,
+                payload("twilio/sms-inbound.form"),
+            ))
+            .unwrap(),
+        "sms_messages",
+    );
+    assert_eq!(row["body"], "Can I move my appointment to Wednesday?");
+    assert_eq!(
+        (row["num_media"].as_i64(), row["media_urls"].clone()),
+        (Some(0), json!([]))
+    );
+    let row = one_row(
+        program("twilio-sms")
+            .run(&input(
+                "twilio-sms",
+                form,
+                payload("twilio/sms-mms-two-media.form"),
+            ))
+            .unwrap(),
+        "sms_messages",
+    );
+    assert_eq!(row["num_media"], 2);
+    assert_eq!(
+        row["media_content_types"],
+        json!(["image/jpeg", "image/png"])
+    );
+    assert!(
+        row["media_urls"][1]
+            .as_str()
+            .unwrap()
+            .ends_with("/Media/ME2")
+    );
+
+    // repeated parameters reach the script as arrays
+    let p = program("twilio-sms").run(&input(
+        "twilio-sms",
+        form,
+        Bytes::from("MessageSid=SM1&NumMedia=11"),
+    ));
+    assert!(p.unwrap_err().reason.contains("NumMedia must be 0 to 10"));
+}
+
+async fn post_vapi(app: &common::TestApp, file: &str) -> (u16, Value) {
+    let res = app
+        .client
+        .post(app.url("/api/webhooks/vapi"))
+        .header("authorization", "Bearer dev-vapi-webhook-secret")
+        .header("content-type", "application/json")
+        .body(payload(&format!("vapi/{file}")))
+        .send()
+        .await
+        .unwrap();
+    (res.status().as_u16(), res.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn vapi_synchronous_answers() {
+    let assistant = "a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d";
+    let app = spawn_app(&shipped(), &[("VAPI_ASSISTANT_ID", assistant)]).await;
+    assert_eq!(
+        post_vapi(&app, "assistant-request.json").await,
+        (200, json!({"assistantId": assistant}))
+    );
+    assert_eq!(
+        post_vapi(&app, "tool-calls.json").await,
+        (
+            200,
+            json!({"results": [
+                {"toolCallId": "call_Vx81", "result": "Received; this tool is handled asynchronously."},
+                {"toolCallId": "call_Vx82", "result": "Received; this tool is handled asynchronously."}
+            ]})
+        )
+    );
+    assert_eq!(
+        post_vapi(&app, "status-update.json").await,
+        (200, json!({"received": true}))
+    );
+    app.stop().await;
+
+    // no assistant configured: Vapi's documented error answer
+    let app = spawn_app(&shipped(), &[]).await;
+    assert_eq!(
+        post_vapi(&app, "assistant-request.json").await,
+        (
+            200,
+            json!({"error": "No assistant is configured for this number."})
+        )
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn templates_and_script_descriptors() {
+    let dir = Dir::shipped_copy();
+    dir.write("t.yaml", "name: t\nroute: {method: POST, path: /t}\nrespond:\n  content_type: text/xml\n  template: '<Response><Say>Hello {{ event.body.From }}, {{ event.params.x ?? \"\" }}call {{ event.body.CallSid }}</Say></Response>'\n");
+    dir.write("d.yaml", "name: d\nroute: {method: POST, path: /d}\nrespond:\n  inline: '#{status: 202, content_type: \"text/plain\", headers: #{\"x-kind\": event.body.kind}, body: `got ${event.body.kind}`}'\n");
+    let app = spawn_app(dir.path(), &[]).await;
+    let res = app
+        .client
+        .post(app.url("/t"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("From=%2B14155550123&CallSid=CA1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["content-type"], "text/xml");
+    assert_eq!(
+        res.text().await.unwrap(),
+        "<Response><Say>Hello +14155550123, call CA1</Say></Response>"
+    );
+    let res = app
+        .client
+        .post(app.url("/d"))
+        .header("content-type", "application/json")
+        .body(r#"{"kind":"ping"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    assert_eq!(res.headers()["x-kind"], "ping");
+    assert_eq!(res.text().await.unwrap(), "got ping");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn runaway_scripts_end_within_budget_and_the_server_keeps_serving() {
+    let dir = Dir::shipped_copy();
+    // unbounded operations, so only the wall clock stops the loop
+    dir.write(
+        "spin.yaml",
+        "name: spin\nroute: {method: POST, path: /spin}\nscript_limits: {max_operations: 1000000000000, respond_timeout_ms: 800}\nrespond:\n  inline: 'loop { }'\n  fallback: {status: 503, body: busy}\n",
+    );
+    dir.write("big.yaml", "name: big\nroute: {method: POST, path: /big}\nrespond:\n  inline: 'let s = \"x\"; loop { s += s; }'\n");
+    dir.write("deep.yaml", "name: deep\nroute: {method: POST, path: /deep}\nrespond:\n  inline: 'fn f(n) { f(n + 1) } f(0)'\n");
+    let app = spawn_app(dir.path(), &[]).await;
+
+    let spinning = {
+        let (client, url) = (app.client.clone(), app.url("/spin"));
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let res = client.post(url).send().await.unwrap();
+            (
+                res.status().as_u16(),
+                res.text().await.unwrap(),
+                started.elapsed(),
+            )
+        })
+    };
+    // while it spins, other requests are answered promptly
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for _ in 0..5 {
+        let started = Instant::now();
+        assert_eq!(
+            app.client
+                .get(app.url("/health"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(300),
+            "health took {:?}",
+            started.elapsed()
+        );
+    }
+    let (status, body, took) = spinning.await.unwrap();
+    assert_eq!(
+        (status, body.as_str()),
+        (503, "busy"),
+        "the configured fallback"
+    );
+    assert!(
+        took >= Duration::from_millis(700) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+
+    for path in ["/big", "/deep"] {
+        let res = app.client.post(app.url(path)).send().await.unwrap();
+        assert_eq!(res.status(), 500, "{path}: default fallback");
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(
+            body,
+            json!({"error": "respond_failed", "message": "The response could not be computed."})
+        );
+    }
+    app.stop().await;
+}
+
+#[test]
+fn transform_limits_fail_permanently() {
+    let dir = Dir::shipped_copy();
+    dir.write("loop.yaml", "name: loop\nroute: {method: POST, path: /loop}\nscript_limits: {max_operations: 1000000000000, timeout_ms: 100}\ntransform:\n  - inline: 'loop { }'\n    sink: nowhere\n");
+    let project = engine::config::load(dir.path(), &EnvSource::default()).unwrap();
+    let p = project
+        .pipelines
+        .iter()
+        .find(|p| p.config.name == "loop")
+        .unwrap();
+    let prog = Program::compile(&p.config, &p.file, &project.dir).unwrap();
+    let started = Instant::now();
+    let err = prog
+        .run(&input("loop", "text/plain", Bytes::from("x")))
+        .unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(err.kind, FailureKind::Permanent);
+    assert!(
+        err.reason.contains("wall-clock budget exceeded"),
+        "{}",
+        err.reason
+    );
+}
+
+#[test]
+fn chained_steps_and_fail_retry() {
+    let dir = Dir::shipped_copy();
+    dir.write(
+        "chain.yaml",
+        "name: chain\nroute: {method: POST, path: /c}\nvars: {unit: cents}\ntransform:\n  - name: normalise\n    inline: '#{ amount: event.body.amount * 100, unit: event.vars.unit }'\n  - when: event.body.amount > 1000\n    inline: '[#{ amount: event.body.amount }, #{ amount: 0 }]'\n    sink: big\n  - when: event.body.amount < 0\n    inline: 'fail_retry(\"ledger busy\")'\n    sink: small\n  - inline: '#{ amount: event.body.amount, unit: event.body.unit }'\n    sink: small\n",
+    );
+    let project = engine::config::load(dir.path(), &EnvSource::default()).unwrap();
+    let p = project
+        .pipelines
+        .iter()
+        .find(|p| p.config.name == "chain")
+        .unwrap();
+    let prog = Program::compile(&p.config, &p.file, &project.dir).unwrap();
+    let run = |body: &str| {
+        prog.run(&input(
+            "chain",
+            "application/json",
+            Bytes::from(body.to_string()),
+        ))
+    };
+    assert_eq!(
+        run(r#"{"amount": 5}"#).unwrap(),
+        Outcome::Rows {
+            sink: "small".into(),
+            step: "step 4".into(),
+            rows: vec![json!({"amount": 500, "unit": "cents"})]
+        }
+    );
+    assert!(
+        matches!(run(r#"{"amount": 50}"#).unwrap(), Outcome::Rows { ref sink, ref rows, .. } if sink == "big" && rows.len() == 2)
+    );
+    let err = run(r#"{"amount": -1}"#).unwrap_err();
+    assert_eq!(err.kind, FailureKind::Retry);
+    assert!(err.reason.ends_with("ledger busy"), "{}", err.reason);
+}
+
+mod validation {
+    use super::*;
+
+    fn problems(files: &[(&str, &str)]) -> Vec<String> {
+        common::problems(files, &[])
+    }
+
+    #[test]
+    fn script_file_syntax_error_at_its_own_line_and_column() {
+        let p = problems(&[
+            ("scripts/bad.rhai", "let a = 1;\nlet b = ;\n"),
+            (
+                "x.yaml",
+                "name: x\nroute: {method: POST, path: /x}\ntransform:\n  - script: scripts/bad.rhai\n    sink: s\n",
+            ),
+        ]);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("scripts/bad.rhai:2:9: "), "{p:?}");
+    }
+
+    #[test]
+    fn inline_and_when_errors_at_the_pipeline_value() {
+        let p = problems(&[(
+            "x.yaml",
+            "name: x\nroute: {method: POST, path: /x}\ntransform:\n  - when: 'event.body.type =='\n    inline: '#{ a: 1'\n    sink: s\n",
+        )]);
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(
+            p[0].starts_with("x.yaml:4:11: ") && p[0].contains("(at /transform/0/when)"),
+            "{p:?}"
+        );
+        assert!(
+            p[1].starts_with("x.yaml:5:13: ") && p[1].contains("of the script"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn script_paths_stay_inside_the_directory() {
+        let p = problems(&[(
+            "x.yaml",
+            "name: x\nroute: {method: POST, path: /x}\ntransform:\n  - script: ../../etc/passwd\n    sink: s\n  - script: /etc/passwd\n    sink: s\n  - script: scripts/missing.rhai\n    sink: s\n",
+        )]);
+        assert_eq!(p.len(), 3, "{p:?}");
+        assert!(
+            p[0].contains("`../../etc/passwd` is outside the pipelines directory")
+                || p[0].contains("does not exist"),
+            "{p:?}"
+        );
+        assert!(
+            p[1].contains("must be a path relative to the pipeline file"),
+            "{p:?}"
+        );
+        assert!(
+            p[2].contains("`scripts/missing.rhai` does not exist"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn respond_forms_are_exclusive_and_templates_compile() {
+        let p = problems(&[(
+            "x.yaml",
+            "name: x\nroute: {method: POST, path: /x}\nrespond: {body: hi, inline: '1'}\n",
+        )]);
+        assert!(
+            p[0].contains("use one of `body`, `template`, `script` or `inline`"),
+            "{p:?}"
+        );
+        let p = problems(&[(
+            "x.yaml",
+            "name: x\nroute: {method: POST, path: /x}\nrespond: {template: 'a {{ 1 + }} b'}\n",
+        )]);
+        assert!(
+            p[0].starts_with("x.yaml:3:21: ") && p[0].contains("/respond/template"),
+            "{p:?}"
+        );
+        // Rhai's own `${...}` in inline code is not an environment reference
+        let p = problems(&[(
+            "x.yaml",
+            "name: x\nroute: {method: POST, path: /x}\nrespond: {inline: 'let n = 1; `n=${n}`'}\n",
+        )]);
+        assert!(p.is_empty(), "{p:?}");
+    }
+}
