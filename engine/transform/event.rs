@@ -72,9 +72,9 @@ impl EventInput {
     pub fn parsed_body(&self) -> Result<Dynamic, String> {
         let ct = self.content_type();
         if ct.contains("json") || (ct.is_empty() && self.body.first() == Some(&b'{')) {
-            let v: serde_json::Value = serde_json::from_slice(&self.body)
-                .map_err(|e| format!("the body is not valid JSON ({e})"))?;
-            return rhai::serde::to_dynamic(v).map_err(|e| e.to_string());
+            // Straight into Rhai values: one pass, no intermediate `serde_json::Value`.
+            return serde_json::from_slice::<Dynamic>(&self.body)
+                .map_err(|e| format!("the body is not valid JSON ({e})"));
         }
         if ct.starts_with("application/x-www-form-urlencoded") {
             return Ok(Dynamic::from_map(multi_map(form_urlencoded::parse(

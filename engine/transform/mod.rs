@@ -248,7 +248,12 @@ impl Program {
 
     /// Run the steps on one event. Blocking: call it on a blocking thread.
     pub fn run(&self, input: &EventInput) -> Result<Outcome, Failure> {
-        let mut body = input.parsed_body().map_err(Failure::permanent)?;
+        // Shared values: rebuilding `event` per step, and `event.body` in a `when`, then copy a
+        // pointer instead of the whole body.
+        let mut body = input
+            .parsed_body()
+            .map_err(Failure::permanent)?
+            .into_shared();
         sandbox::with_deadline(self.timeout, || {
             for step in &self.steps {
                 let event = input.to_dynamic(body.clone(), &self.vars);
@@ -280,7 +285,7 @@ impl Program {
                             reason: format!("{} returned ()", step.name),
                         });
                     }
-                    None => body = result,
+                    None => body = result.into_shared(),
                     Some(sink) => {
                         return rows(result, &step.label).map(|rows| match rows {
                             Some(rows) => Outcome::Rows {

@@ -212,28 +212,36 @@ fn parse_json(text: &str) -> Result<Dynamic, Box<EvalAltResult>> {
 
 /// `get(value, "message.call.id", default)` or a JSON pointer `"/message/call/id"`: nested access
 /// through maps and arrays that yields `default` where anything is missing.
-fn get_path(value: Dynamic, path: ImmutableString, default: Dynamic) -> Dynamic {
-    let segments: Vec<&str> = if let Some(p) = path.strip_prefix('/') {
-        p.split('/').collect()
+///
+/// The value is taken by reference (Rhai passes a `&mut` first argument without copying it): a
+/// script calls `get` many times on the same message map, and copying it each time cost more than
+/// the rest of the transform.
+fn get_path(value: &mut Dynamic, path: ImmutableString, default: Dynamic) -> Dynamic {
+    let segments: Vec<String> = if let Some(p) = path.strip_prefix('/') {
+        p.split('/')
+            .map(|s| s.replace("~1", "/").replace("~0", "~"))
+            .collect()
     } else {
-        path.split('.').filter(|s| !s.is_empty()).collect()
+        path.split('.')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect()
     };
-    let mut cur = value;
-    for seg in segments {
-        let seg = seg.replace("~1", "/").replace("~0", "~");
-        let next = if let Some(map) = cur.read_lock::<rhai::Map>() {
-            map.get(seg.as_str()).cloned()
-        } else if let Some(arr) = cur.read_lock::<rhai::Array>() {
-            seg.parse::<usize>().ok().and_then(|i| arr.get(i).cloned())
-        } else {
-            None
-        };
-        match next {
-            Some(v) if !v.is_unit() => cur = v,
-            _ => return default,
-        }
+    lookup(value, &segments).unwrap_or(default)
+}
+
+/// Walk by reference; only the value found is cloned.
+fn lookup(v: &Dynamic, segments: &[String]) -> Option<Dynamic> {
+    let Some((first, rest)) = segments.split_first() else {
+        return (!v.is_unit()).then(|| v.clone());
+    };
+    if let Some(map) = v.read_lock::<rhai::Map>() {
+        return lookup(map.get(first.as_str())?, rest);
     }
-    cur
+    if let Some(arr) = v.read_lock::<rhai::Array>() {
+        return lookup(arr.get(first.parse::<usize>().ok()?)?, rest);
+    }
+    None
 }
 
 #[cfg(test)]
