@@ -307,6 +307,27 @@ async fn vapi_synchronous_answers() {
 }
 
 #[tokio::test]
+async fn event_tenant_comes_from_the_verifiers_tenant_key() {
+    let dir = Dir::shipped_copy();
+    dir.write(
+        "tenant.yaml",
+        "name: tenant\nroute: {method: POST, path: /tenant}\nverify:\n  twilio:\n    secret: ${TWILIO_AUTH_TOKEN}\n    tenant: {key: {form: AccountSid}, credential: twilio_auth_token}\nrespond:\n  content_type: text/plain\n  template: 'tenant={{ event.tenant }}'\n",
+    );
+    let app = spawn_app(dir.path(), &[]).await;
+    let url = app.url("/tenant");
+    let body = "AccountSid=AC_acme&CallSid=CA1";
+    let form = ("content-type", "application/x-www-form-urlencoded");
+    let mut req = app.client.post(&url).header(form.0, form.1).body(body);
+    for (k, v) in common::sign(dir.path(), &[], "tenant", &url, &[form], body.as_bytes()) {
+        req = req.header(k, v);
+    }
+    let res = req.send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.text().await.unwrap(), "tenant=AC_acme");
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn templates_and_script_descriptors() {
     let dir = Dir::shipped_copy();
     dir.write("t.yaml", "name: t\nroute: {method: POST, path: /t}\nrespond:\n  content_type: text/xml\n  template: '<Response><Say>Hello {{ event.body.From }}, {{ event.params.x ?? \"\" }}call {{ event.body.CallSid }}</Say></Response>'\n");

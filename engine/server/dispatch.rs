@@ -194,7 +194,10 @@ impl Handler for Dispatch {
                     })
                     .collect(),
                 params: params.clone(),
-                tenant: None,
+                tenant: app.verifiers[pipeline]
+                    .as_ref()
+                    .and_then(|v| v.tenant_key())
+                    .and_then(|k| crate::request_field::extract(k, &inbound, &params)),
                 body: body.clone(),
             };
             // Scripts run off the async threads: a slow one cannot stall other requests.

@@ -219,6 +219,11 @@ impl Verifier {
         self.scheme_name
     }
 
+    /// Where the request names its tenant, when the pipeline says.
+    pub fn tenant_key(&self) -> Option<&crate::config::verify::KeySource> {
+        self.tenant.as_ref().map(|t| &t.key)
+    }
+
     /// Whether this verifier reads per-tenant secrets.
     pub fn uses_tenants(&self) -> bool {
         self.tenant.is_some()
