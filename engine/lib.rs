@@ -13,6 +13,7 @@
 //!   verify       provider signatures, rotation, per-tenant secrets (verify::tenant)
 //!   crypto       AES-256-GCM for stored secrets, key rotation
 //!   client_ip    client address and public URL behind trusted proxies
+//!   queue        durable queue on Redis Streams (operations; the worker comes with the sinks)
 //!   rate_limit   GCRA per key, in memory (governor) or shared through Redis
 //!   request_field  a named header / path / query / form / JSON field of a request
 //!   transform    Rhai sandbox, compiled steps, event view; rows for sinks
@@ -36,6 +37,7 @@ pub mod config;
 pub mod crypto;
 pub mod diagnostics;
 pub mod env;
+pub mod queue;
 pub mod rate_limit;
 pub mod request_field;
 pub mod respond;

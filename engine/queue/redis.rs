@@ -1,0 +1,590 @@
+//! The durable queue on Redis Streams: one stream per queue, one consumer group, at-least-once.
+//!
+//! ```text
+//! <prefix>:{q:<name>}:stream    the work stream (XADD, XREADGROUP, XACK + XDEL; never trimmed)
+//! <prefix>:{q:<name}:delayed    retries waiting for their time (sorted set, score = due ms)
+//! <prefix>:{q:<name>}:dead      dead letters (stream: event, reason, attempts)
+//! <prefix>:{q:<name>}:seen:<k>  dedupe markers (SET NX EX window)
+//! ```
+//!
+//! The `{q:<name>}` hash tag keeps a queue's keys in one slot of a Redis Cluster. Every state
+//! change is one Lua script, so it is atomic: dedupe + append; ack + delete; retry (schedule + ack);
+//! dead-letter (append + ack); promote due retries. A consumer that dies leaves its entries pending;
+//! [`RedisQueue::reclaim`] moves entries idle longer than the lease to a live consumer
+//! (XAUTOCLAIM) and dead-letters entries delivered too many times (poison messages).
+
+use std::time::Duration;
+
+use mobc_redis::RedisConnectionManager;
+use mobc_redis::mobc::Pool;
+use mobc_redis::redis::{self, AsyncCommands, Value};
+
+use crate::transform::EventInput;
+
+/// The consumer group every engine instance reads with.
+pub const GROUP: &str = "engine";
+
+/// Why a queue operation failed. Callers answer 503 (ingest) or retry later (worker).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("queue unavailable: {0}")]
+pub struct QueueError(pub String);
+
+impl From<redis::RedisError> for QueueError {
+    fn from(e: redis::RedisError) -> Self {
+        QueueError(e.to_string())
+    }
+}
+
+/// Result of an enqueue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enqueued {
+    /// Appended with this stream id.
+    Added(String),
+    /// The dedupe key was seen within its window: not appended again.
+    Duplicate,
+}
+
+/// One entry handed to a worker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    /// The stream entry id.
+    pub id: String,
+    pub event: EventInput,
+    /// Attempts made before this one (0 on the first delivery).
+    pub attempts: u32,
+}
+
+/// A dead-lettered event.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct DeadLetter {
+    pub id: String,
+    pub event_id: String,
+    pub reason: String,
+    pub attempts: u32,
+    #[serde(skip)]
+    pub event: Option<EventInput>,
+}
+
+/// Counts for `engine queue stats` and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Stats {
+    /// Entries in the work stream (waiting or being processed).
+    pub depth: u64,
+    /// Entries delivered to a consumer and not yet acknowledged.
+    pub pending: u64,
+    /// Retries waiting for their time.
+    pub delayed: u64,
+    pub dead: u64,
+    /// Age of the oldest entry in the work stream, milliseconds.
+    pub oldest_age_ms: Option<u64>,
+}
+
+const ENQUEUE: &str = r"
+if ARGV[2] ~= '' then
+  if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[3]) then return false end
+end
+return redis.call('XADD', KEYS[1], '*', 'e', ARGV[1], 'a', '0')
+";
+
+const ACK: &str = r"
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+return redis.call('XDEL', KEYS[1], ARGV[2])
+";
+
+const RETRY: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), ARGV[3])
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+return redis.call('XDEL', KEYS[1], ARGV[2])
+";
+
+const DEAD: &str = r"
+redis.call('XADD', KEYS[2], '*', 'e', ARGV[3], 'reason', ARGV[4], 'attempts', ARGV[5], 'from', ARGV[2])
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+return redis.call('XDEL', KEYS[1], ARGV[2])
+";
+
+const PROMOTE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+for _, member in ipairs(due) do
+  local d = cjson.decode(member)
+  redis.call('XADD', KEYS[2], '*', 'e', d.e, 'a', tostring(d.a))
+  redis.call('ZREM', KEYS[1], member)
+end
+return #due
+";
+
+/// A queue on Redis.
+pub struct RedisQueue {
+    pool: Pool<RedisConnectionManager>,
+    client: redis::Client,
+    name: String,
+    stream: String,
+    delayed: String,
+    dead: String,
+    seen_prefix: String,
+    consumer: String,
+    enqueue: redis::Script,
+    ack: redis::Script,
+    retry: redis::Script,
+    dead_letter: redis::Script,
+    promote: redis::Script,
+}
+
+impl RedisQueue {
+    /// A queue `name` under `prefix`; `consumer` must be unique per process start (a reused name
+    /// would hide a dead process's pending entries).
+    pub fn new(
+        url: &str,
+        prefix: &str,
+        name: &str,
+        consumer: &str,
+    ) -> Result<RedisQueue, QueueError> {
+        let client = redis::Client::open(url)
+            .map_err(|_| QueueError("REDIS_URL is not a valid Redis URL".into()))?;
+        let pool = Pool::builder()
+            .max_open(16)
+            .max_idle(16)
+            .health_check_interval(Some(Duration::from_secs(5)))
+            .get_timeout(Some(Duration::from_secs(2)))
+            .build(RedisConnectionManager::new(client.clone()));
+        let base = format!("{prefix}:{{q:{name}}}");
+        Ok(RedisQueue {
+            pool,
+            client,
+            name: name.to_string(),
+            stream: format!("{base}:stream"),
+            delayed: format!("{base}:delayed"),
+            dead: format!("{base}:dead"),
+            seen_prefix: format!("{base}:seen:"),
+            consumer: consumer.to_string(),
+            enqueue: redis::Script::new(ENQUEUE),
+            ack: redis::Script::new(ACK),
+            retry: redis::Script::new(RETRY),
+            dead_letter: redis::Script::new(DEAD),
+            promote: redis::Script::new(PROMOTE),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The work stream's key.
+    pub fn stream_key(&self) -> &str {
+        &self.stream
+    }
+
+    async fn conn(
+        &self,
+    ) -> Result<mobc_redis::mobc::Connection<RedisConnectionManager>, QueueError> {
+        self.pool.get().await.map_err(|e| QueueError(e.to_string()))
+    }
+
+    /// Create the consumer group (and the stream) if missing. Entries already in the stream are
+    /// delivered too (`0`), so nothing added before the group existed is skipped.
+    pub async fn ensure_group(&self) -> Result<(), QueueError> {
+        let mut c = self.conn().await?;
+        let r: Result<(), redis::RedisError> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&self.stream)
+            .arg(GROUP)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut *c)
+            .await;
+        match r {
+            Ok(()) => Ok(()),
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Append an event, unless `dedupe` names a key seen within its window. One round trip.
+    pub async fn enqueue(
+        &self,
+        event: &EventInput,
+        dedupe: Option<(&str, Duration)>,
+    ) -> Result<Enqueued, QueueError> {
+        let payload = serde_json::to_string(event).map_err(|e| QueueError(e.to_string()))?;
+        let (seen, window) = match dedupe {
+            Some((k, w)) => (
+                format!("{}{k}", self.seen_prefix),
+                w.as_secs().max(1).to_string(),
+            ),
+            None => (format!("{}-", self.seen_prefix), "1".to_string()),
+        };
+        let mut c = self.conn().await?;
+        let id: Option<String> = self
+            .enqueue
+            .key(&self.stream)
+            .key(&seen)
+            .arg(payload)
+            .arg(if dedupe.is_some() { "1" } else { "" })
+            .arg(window)
+            .invoke_async(&mut *c)
+            .await?;
+        Ok(id.map_or(Enqueued::Duplicate, Enqueued::Added))
+    }
+
+    /// A connection of its own for blocking reads (a blocked connection serves nothing else).
+    pub async fn reader(&self) -> Result<redis::aio::MultiplexedConnection, QueueError> {
+        Ok(self.client.get_multiplexed_async_connection().await?)
+    }
+
+    /// Read up to `count` entries: this consumer's own pending ones when `own_pending` (after a
+    /// restart), else new ones, waiting up to `block`. A missing group (Redis restarted empty) is
+    /// recreated and reported in the `bool` (data-loss alarm).
+    pub async fn read(
+        &self,
+        conn: &mut redis::aio::MultiplexedConnection,
+        count: usize,
+        block: Duration,
+        own_pending: bool,
+    ) -> Result<(Vec<Delivery>, bool), QueueError> {
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(GROUP)
+            .arg(&self.consumer)
+            .arg("COUNT")
+            .arg(count);
+        if !own_pending {
+            cmd.arg("BLOCK").arg(block.as_millis() as u64);
+        }
+        cmd.arg("STREAMS")
+            .arg(&self.stream)
+            .arg(if own_pending { "0" } else { ">" });
+        match cmd.query_async::<Value>(conn).await {
+            Ok(v) => Ok((parse_read(v), false)),
+            Err(e) if e.code() == Some("NOGROUP") => {
+                self.ensure_group().await?;
+                Ok((Vec::new(), true))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Done: acknowledge and delete.
+    pub async fn ack(&self, id: &str) -> Result<(), QueueError> {
+        let mut c = self.conn().await?;
+        let _: i64 = self
+            .ack
+            .key(&self.stream)
+            .arg(GROUP)
+            .arg(id)
+            .invoke_async(&mut *c)
+            .await?;
+        Ok(())
+    }
+
+    /// Try again after `delay`, with the attempt counted; atomic with the ack.
+    pub async fn retry(&self, d: &Delivery, delay: Duration) -> Result<(), QueueError> {
+        let member = serde_json::json!({
+            "e": serde_json::to_string(&d.event).map_err(|e| QueueError(e.to_string()))?,
+            "a": d.attempts + 1,
+            "from": d.id,
+        })
+        .to_string();
+        let mut c = self.conn().await?;
+        let _: i64 = self
+            .retry
+            .key(&self.stream)
+            .key(&self.delayed)
+            .arg(GROUP)
+            .arg(&d.id)
+            .arg(member)
+            .arg(delay.as_millis() as u64)
+            .invoke_async(&mut *c)
+            .await?;
+        Ok(())
+    }
+
+    /// Give up: append to the dead-letter stream with the reason; atomic with the ack.
+    pub async fn dead_letter(&self, d: &Delivery, reason: &str) -> Result<(), QueueError> {
+        let payload = serde_json::to_string(&d.event).map_err(|e| QueueError(e.to_string()))?;
+        let mut c = self.conn().await?;
+        let _: i64 = self
+            .dead_letter
+            .key(&self.stream)
+            .key(&self.dead)
+            .arg(GROUP)
+            .arg(&d.id)
+            .arg(payload)
+            .arg(reason)
+            .arg(d.attempts + 1)
+            .invoke_async(&mut *c)
+            .await?;
+        Ok(())
+    }
+
+    /// Move retries whose time has come back to the work stream. Returns how many moved.
+    pub async fn promote_due(&self, limit: usize) -> Result<u64, QueueError> {
+        let mut c = self.conn().await?;
+        Ok(self
+            .promote
+            .key(&self.delayed)
+            .key(&self.stream)
+            .arg(limit)
+            .invoke_async(&mut *c)
+            .await?)
+    }
+
+    /// Take over entries idle longer than `lease` (their consumer died or hangs). Entries
+    /// delivered more than `max_deliveries` times are dead-lettered instead (they crash whoever
+    /// takes them). Returns the taken-over entries and how many ids Redis reported deleted (data
+    /// that was lost: an alarm, never expected).
+    pub async fn reclaim(
+        &self,
+        lease: Duration,
+        max_deliveries: u64,
+    ) -> Result<(Vec<Delivery>, u64), QueueError> {
+        let mut c = self.conn().await?;
+        let reply: Value = redis::cmd("XAUTOCLAIM")
+            .arg(&self.stream)
+            .arg(GROUP)
+            .arg(&self.consumer)
+            .arg(lease.as_millis() as u64)
+            .arg("0-0")
+            .arg("COUNT")
+            .arg(100)
+            .query_async(&mut *c)
+            .await?;
+        let (claimed, deleted) = match reply {
+            Value::Array(parts) if parts.len() >= 2 => {
+                let deleted = match parts.get(2) {
+                    Some(Value::Array(d)) => d.len() as u64,
+                    _ => 0,
+                };
+                (parse_entries(&parts[1]), deleted)
+            }
+            _ => (Vec::new(), 0),
+        };
+        let mut alive = Vec::new();
+        for d in claimed {
+            // XPENDING for one id: [[id, consumer, idle, delivery count]]
+            let info: Value = redis::cmd("XPENDING")
+                .arg(&self.stream)
+                .arg(GROUP)
+                .arg(&d.id)
+                .arg(&d.id)
+                .arg(1)
+                .query_async(&mut *c)
+                .await?;
+            let deliveries = match info {
+                Value::Array(rows) => rows
+                    .first()
+                    .and_then(|r| match r {
+                        Value::Array(f) => f.get(3).and_then(as_u64),
+                        _ => None,
+                    })
+                    .unwrap_or(1),
+                _ => 1,
+            };
+            if deliveries > max_deliveries {
+                self.dead_letter(&d, &format!("delivered {deliveries} times without an answer (the worker crashed or hung each time)"))
+                    .await?;
+            } else {
+                alive.push(d);
+            }
+        }
+        Ok((alive, deleted))
+    }
+
+    /// Queue counts.
+    pub async fn stats(&self) -> Result<Stats, QueueError> {
+        let mut c = self.conn().await?;
+        let depth: u64 = c.xlen(&self.stream).await.unwrap_or(0);
+        let delayed: u64 = c.zcard(&self.delayed).await.unwrap_or(0);
+        let dead: u64 = c.xlen(&self.dead).await.unwrap_or(0);
+        let pending = match redis::cmd("XPENDING")
+            .arg(&self.stream)
+            .arg(GROUP)
+            .query_async::<Value>(&mut *c)
+            .await
+        {
+            Ok(Value::Array(v)) => v.first().and_then(as_u64).unwrap_or(0),
+            _ => 0,
+        };
+        let first: Value = redis::cmd("XRANGE")
+            .arg(&self.stream)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut *c)
+            .await?;
+        let oldest_age_ms = parse_entries(&first).first().and_then(|d| {
+            let ms: u64 = d.id.split('-').next()?.parse().ok()?;
+            Some((chrono::Utc::now().timestamp_millis() as u64).saturating_sub(ms))
+        });
+        Ok(Stats {
+            depth,
+            pending,
+            delayed,
+            dead,
+            oldest_age_ms,
+        })
+    }
+
+    /// Dead letters, oldest first.
+    pub async fn dead_letters(&self, count: usize) -> Result<Vec<DeadLetter>, QueueError> {
+        let mut c = self.conn().await?;
+        let v: Value = redis::cmd("XRANGE")
+            .arg(&self.dead)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut *c)
+            .await?;
+        Ok(parse_dead(&v))
+    }
+
+    /// Put dead letters back on the work stream with a fresh attempt count (all when `ids` is
+    /// empty). Returns how many were replayed.
+    pub async fn replay_dead(&self, ids: &[String]) -> Result<u64, QueueError> {
+        let letters = self.dead_letters(10_000).await?;
+        let mut c = self.conn().await?;
+        let mut n = 0;
+        for l in letters
+            .into_iter()
+            .filter(|l| ids.is_empty() || ids.contains(&l.id))
+        {
+            let Some(event) = &l.event else { continue };
+            let payload = serde_json::to_string(event).map_err(|e| QueueError(e.to_string()))?;
+            redis::pipe()
+                .atomic()
+                .cmd("XADD")
+                .arg(&self.stream)
+                .arg("*")
+                .arg("e")
+                .arg(payload)
+                .arg("a")
+                .arg("0")
+                .ignore()
+                .cmd("XDEL")
+                .arg(&self.dead)
+                .arg(&l.id)
+                .ignore()
+                .query_async::<()>(&mut *c)
+                .await?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Delete dead letters (all when `ids` is empty). Returns how many.
+    pub async fn purge_dead(&self, ids: &[String]) -> Result<u64, QueueError> {
+        let mut c = self.conn().await?;
+        if ids.is_empty() {
+            let n: u64 = c.xlen(&self.dead).await.unwrap_or(0);
+            let _: () = c.del(&self.dead).await?;
+            return Ok(n);
+        }
+        Ok(redis::cmd("XDEL")
+            .arg(&self.dead)
+            .arg(ids)
+            .query_async(&mut *c)
+            .await?)
+    }
+}
+
+fn as_u64(v: &Value) -> Option<u64> {
+    match v {
+        Value::Int(i) => u64::try_from(*i).ok(),
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        Value::SimpleString(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+fn as_string(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// Field/value pairs of one stream entry.
+fn fields(v: &Value) -> Vec<(String, String)> {
+    match v {
+        Value::Array(items) => items
+            .chunks(2)
+            .filter_map(|p| Some((as_string(p.first()?)?, as_string(p.get(1)?)?)))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// `[[id, [field, value, ...]], ...]` as deliveries (entries that do not decode are skipped;
+/// XAUTOCLAIM reports deleted ones separately).
+fn parse_entries(v: &Value) -> Vec<Delivery> {
+    let Value::Array(entries) = v else {
+        return Vec::new();
+    };
+    entries
+        .iter()
+        .filter_map(|entry| {
+            let Value::Array(parts) = entry else {
+                return None;
+            };
+            let id = as_string(parts.first()?)?;
+            let f = fields(parts.get(1)?);
+            let get = |k: &str| f.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+            let event: EventInput = serde_json::from_str(get("e")?).ok()?;
+            let attempts = get("a").and_then(|a| a.parse().ok()).unwrap_or(0);
+            Some(Delivery {
+                id,
+                event,
+                attempts,
+            })
+        })
+        .collect()
+}
+
+/// An XREADGROUP reply: `[[stream, entries]]` (nil when the block timed out).
+fn parse_read(v: Value) -> Vec<Delivery> {
+    match v {
+        Value::Array(streams) => streams
+            .iter()
+            .flat_map(|s| match s {
+                Value::Array(parts) if parts.len() == 2 => parse_entries(&parts[1]),
+                _ => Vec::new(),
+            })
+            .collect(),
+        Value::Map(pairs) => pairs
+            .iter()
+            .flat_map(|(_, entries)| parse_entries(entries))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn parse_dead(v: &Value) -> Vec<DeadLetter> {
+    let Value::Array(entries) = v else {
+        return Vec::new();
+    };
+    entries
+        .iter()
+        .filter_map(|entry| {
+            let Value::Array(parts) = entry else {
+                return None;
+            };
+            let id = as_string(parts.first()?)?;
+            let f = fields(parts.get(1)?);
+            let get = |k: &str| f.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+            let event: Option<EventInput> = get("e").and_then(|e| serde_json::from_str(&e).ok());
+            Some(DeadLetter {
+                id,
+                event_id: event.as_ref().map(|e| e.id.clone()).unwrap_or_default(),
+                reason: get("reason").unwrap_or_default(),
+                attempts: get("attempts").and_then(|a| a.parse().ok()).unwrap_or(0),
+                event,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,268 @@
+//! The Redis Streams queue against a real Redis, a private key prefix per test.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use engine::queue::redis::{Enqueued, RedisQueue};
+use engine::transform::EventInput;
+
+const REDIS: &str = "redis://127.0.0.1:6379";
+
+fn prefix() -> String {
+    format!(
+        "qtest:{}:{}",
+        std::process::id(),
+        chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
+    )
+}
+
+fn event(id: &str) -> EventInput {
+    EventInput {
+        id: id.into(),
+        pipeline: "vapi".into(),
+        received_at_ms: 1_764_086_400_000,
+        method: "POST".into(),
+        path: "/api/webhooks/vapi".into(),
+        query: String::new(),
+        headers: vec![("content-type".into(), "application/json".into())],
+        params: vec![],
+        tenant: None,
+        body: Bytes::from(format!(
+            r#"{{"message":{{"type":"status-update","call":{{"id":"{id}"}}}}}}"#
+        )),
+    }
+}
+
+async fn queue(prefix: &str, consumer: &str) -> RedisQueue {
+    let q = RedisQueue::new(REDIS, prefix, "vapi", consumer).unwrap();
+    q.ensure_group().await.unwrap();
+    q
+}
+
+#[tokio::test]
+async fn enqueue_read_ack() {
+    let q = queue(&prefix(), "c1").await;
+    let Enqueued::Added(id) = q.enqueue(&event("e1"), None).await.unwrap() else {
+        panic!()
+    };
+    let mut r = q.reader().await.unwrap();
+    let (got, lost) = q
+        .read(&mut r, 10, Duration::from_millis(100), false)
+        .await
+        .unwrap();
+    assert!(!lost);
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        (got[0].id.as_str(), got[0].event.clone(), got[0].attempts),
+        (id.as_str(), event("e1"), 0)
+    );
+    assert_eq!(q.stats().await.unwrap().pending, 1);
+    q.ack(&got[0].id).await.unwrap();
+    let s = q.stats().await.unwrap();
+    assert_eq!(
+        (s.depth, s.pending),
+        (0, 0),
+        "acked entries are deleted, not just acknowledged"
+    );
+    // nothing more: the blocking read times out empty
+    let (none, _) = q
+        .read(&mut r, 10, Duration::from_millis(50), false)
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+}
+
+#[tokio::test]
+async fn dedupe_within_the_window() {
+    let q = queue(&prefix(), "c1").await;
+    let key = Some(("call-1:status-update", Duration::from_secs(60)));
+    assert!(matches!(
+        q.enqueue(&event("e1"), key).await.unwrap(),
+        Enqueued::Added(_)
+    ));
+    assert_eq!(
+        q.enqueue(&event("e1"), key).await.unwrap(),
+        Enqueued::Duplicate
+    );
+    assert_eq!(
+        q.enqueue(&event("e1"), key).await.unwrap(),
+        Enqueued::Duplicate
+    );
+    assert!(matches!(
+        q.enqueue(
+            &event("e2"),
+            Some(("call-2:status-update", Duration::from_secs(60)))
+        )
+        .await
+        .unwrap(),
+        Enqueued::Added(_)
+    ));
+    assert_eq!(
+        q.stats().await.unwrap().depth,
+        2,
+        "the same provider event sent 3 times is one entry"
+    );
+}
+
+#[tokio::test]
+async fn retry_comes_back_after_its_delay_with_the_attempt_counted() {
+    let q = queue(&prefix(), "c1").await;
+    q.enqueue(&event("e1"), None).await.unwrap();
+    let mut r = q.reader().await.unwrap();
+    let (got, _) = q
+        .read(&mut r, 10, Duration::from_millis(100), false)
+        .await
+        .unwrap();
+    q.retry(&got[0], Duration::from_millis(300)).await.unwrap();
+    let s = q.stats().await.unwrap();
+    assert_eq!((s.depth, s.pending, s.delayed), (0, 0, 1));
+    assert_eq!(q.promote_due(100).await.unwrap(), 0, "not due yet");
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(q.promote_due(100).await.unwrap(), 1);
+    let (again, _) = q
+        .read(&mut r, 10, Duration::from_millis(100), false)
+        .await
+        .unwrap();
+    assert_eq!((again[0].event.id.as_str(), again[0].attempts), ("e1", 1));
+}
+
+#[tokio::test]
+async fn dead_letters_keep_the_reason_and_can_be_replayed_or_purged() {
+    let q = queue(&prefix(), "c1").await;
+    for id in ["e1", "e2"] {
+        q.enqueue(&event(id), None).await.unwrap();
+    }
+    let mut r = q.reader().await.unwrap();
+    let (got, _) = q
+        .read(&mut r, 10, Duration::from_millis(100), false)
+        .await
+        .unwrap();
+    for d in &got {
+        q.dead_letter(
+            d,
+            "scripts/vapi.rhai:10:5: end-of-call-report without message.call.id",
+        )
+        .await
+        .unwrap();
+    }
+    let s = q.stats().await.unwrap();
+    assert_eq!((s.depth, s.pending, s.dead), (0, 0, 2));
+    let dead = q.dead_letters(10).await.unwrap();
+    assert_eq!(dead[0].event_id, "e1");
+    assert_eq!(dead[0].attempts, 1);
+    assert!(dead[0].reason.contains("without message.call.id"));
+
+    assert_eq!(q.replay_dead(&[dead[0].id.clone()]).await.unwrap(), 1);
+    let (back, _) = q
+        .read(&mut r, 10, Duration::from_millis(100), false)
+        .await
+        .unwrap();
+    assert_eq!(
+        (back[0].event.id.as_str(), back[0].attempts),
+        ("e1", 0),
+        "replayed with a fresh attempt count"
+    );
+    assert_eq!(q.purge_dead(&[]).await.unwrap(), 1);
+    assert_eq!(q.stats().await.unwrap().dead, 0);
+}
+
+#[tokio::test]
+async fn a_dead_consumers_entries_are_reclaimed_after_the_lease() {
+    let p = prefix();
+    let crashed = queue(&p, "worker-that-crashed").await;
+    for id in ["e1", "e2", "e3"] {
+        crashed.enqueue(&event(id), None).await.unwrap();
+    }
+    let mut r = crashed.reader().await.unwrap();
+    let (taken, _) = crashed
+        .read(&mut r, 10, Duration::from_millis(100), false)
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 3);
+    drop(crashed); // never acks
+
+    let live = queue(&p, "worker-alive").await;
+    let (early, _) = live.reclaim(Duration::from_secs(60), 5).await.unwrap();
+    assert!(early.is_empty(), "within the lease nothing is taken over");
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let (claimed, deleted) = live.reclaim(Duration::from_millis(200), 5).await.unwrap();
+    assert_eq!(deleted, 0);
+    let mut ids: Vec<_> = claimed.iter().map(|d| d.event.id.clone()).collect();
+    ids.sort();
+    assert_eq!(ids, ["e1", "e2", "e3"]);
+    for d in &claimed {
+        live.ack(&d.id).await.unwrap();
+    }
+    assert_eq!(live.stats().await.unwrap().depth, 0);
+}
+
+#[tokio::test]
+async fn a_restarted_consumer_reads_its_own_pending_entries_first() {
+    let p = prefix();
+    let q = queue(&p, "same-name").await;
+    q.enqueue(&event("e1"), None).await.unwrap();
+    let mut r = q.reader().await.unwrap();
+    q.read(&mut r, 10, Duration::from_millis(100), false)
+        .await
+        .unwrap();
+    let (own, _) = q.read(&mut r, 10, Duration::ZERO, true).await.unwrap();
+    assert_eq!(own.len(), 1);
+    assert_eq!(own[0].event.id, "e1");
+}
+
+#[tokio::test]
+async fn poison_entries_are_dead_lettered_after_too_many_deliveries() {
+    let p = prefix();
+    let q = queue(&p, "c1").await;
+    q.enqueue(&event("poison"), None).await.unwrap();
+    let mut r = q.reader().await.unwrap();
+    q.read(&mut r, 10, Duration::from_millis(100), false)
+        .await
+        .unwrap();
+    // each reclaim is another delivery; past the limit the entry is dead-lettered
+    let mut last = Vec::new();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        last = q.reclaim(Duration::from_millis(20), 2).await.unwrap().0;
+    }
+    assert!(last.is_empty());
+    let s = q.stats().await.unwrap();
+    assert_eq!((s.depth, s.dead), (0, 1));
+    assert!(
+        q.dead_letters(1).await.unwrap()[0]
+            .reason
+            .starts_with("delivered 3 times")
+    );
+}
+
+#[tokio::test]
+async fn a_lost_group_is_recreated_and_reported() {
+    let q = queue(&prefix(), "c1").await;
+    // Redis restarted empty: the stream and its group are gone
+    let client = redis::Client::open(REDIS).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::AsyncCommands::del(&mut c, q.stream_key())
+        .await
+        .unwrap();
+    let mut r = q.reader().await.unwrap();
+    let (got, lost) = q
+        .read(&mut r, 10, Duration::from_millis(50), false)
+        .await
+        .unwrap();
+    assert!(got.is_empty());
+    assert!(lost, "the caller raises the data-loss alarm");
+    q.enqueue(&event("after"), None).await.unwrap();
+    let (got, lost) = q
+        .read(&mut r, 10, Duration::from_millis(100), false)
+        .await
+        .unwrap();
+    assert_eq!((got.len(), lost), (1, false));
+}
+
+#[tokio::test]
+async fn redis_down_is_an_error_not_a_hang() {
+    let q = RedisQueue::new("redis://127.0.0.1:1", &prefix(), "vapi", "c1").unwrap();
+    let started = std::time::Instant::now();
+    assert!(q.enqueue(&event("e1"), None).await.is_err());
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
