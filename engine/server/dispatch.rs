@@ -11,8 +11,10 @@
 //! errors included, carries `Access-Control-Allow-Origin` for allowed origins only.
 //! `/health` is answered here too, before the route table, and is never in maintenance.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use salvo::http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use salvo::http::{HeaderName, HeaderValue, Method, ParseError, StatusCode};
 use salvo::prelude::*;
@@ -33,221 +35,251 @@ pub struct Dispatch {
     pub app: Arc<App>,
 }
 
+/// An early answer has been written to the response: stop here.
+struct Stop;
+
 #[async_trait]
 impl Handler for Dispatch {
     async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
+        // Err(Stop) means a step already answered (404, 429, 401, ...).
+        let _ = self.serve(req, res).await;
+    }
+}
+
+impl Dispatch {
+    /// The request path, one step per line.
+    async fn serve(&self, req: &mut Request, res: &mut Response) -> Result<(), Stop> {
         let app = &*self.app;
-        let project = &app.project;
         if req.uri().path() == "/health" {
-            if let Some(rule) = &app.health_rule {
-                let peer = peer_ip(req);
-                let client_ip = app.proxies.client_ip(peer, req.headers());
-                let inbound = Inbound {
-                    method: req.method().as_str(),
-                    url: "",
-                    headers: req.headers(),
-                    body: &[],
-                    now: 0,
-                };
-                let key = rule.key_of(client_ip, &inbound, &[]);
-                if !rate_limit(app, rule, &key, res).await {
-                    return;
-                }
-            }
-            return health(project, req, res);
+            let seen = Seen::new(app, req, Bytes::new());
+            check_rate(app, app.health_rule.as_ref(), &seen, &[], res).await?;
+            health(&app.project, req, res);
+            return Ok(());
         }
-        let method = HttpMethod::from_http(req.method());
-        let pipeline = match project.routes.lookup(method, req.uri().path()) {
-            Lookup::NotFound => {
-                return error(
-                    res,
-                    StatusCode::NOT_FOUND,
-                    "not_found",
-                    "No route for this path.",
-                );
-            }
-            Lookup::MethodNotAllowed { allowed } => {
-                let allow: Vec<&str> = allowed.iter().map(|m| m.as_str()).collect();
-                if let Ok(v) = HeaderValue::from_str(&allow.join(", ")) {
-                    res.headers_mut().insert(ALLOW, v);
-                }
-                return error(
-                    res,
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    "method_not_allowed",
-                    "This route does not accept this method.",
-                );
-            }
-            Lookup::Found { pipeline, params } => (pipeline, params),
-        };
-        let (pipeline, params) = pipeline;
+        let (pipeline, params) = route(app, req, res)?;
+        maintenance(app, res)?;
+        let body = read_body(app, pipeline, req, res).await?;
+        let seen = Seen::new(app, req, body);
+        check_rate(app, app.rate_rules[pipeline].as_ref(), &seen, &params, res).await?;
+        verify(app, pipeline, &seen, &params, res).await?;
+        let reply = self.respond(pipeline, &seen, params).await;
+        send(&reply, res);
+        Ok(())
+    }
 
-        if project.settings.maintenance.enabled {
-            let m = &project.settings.maintenance;
-            res.headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from(m.retry_after_secs));
-            return error(
-                res,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "maintenance",
-                &m.message,
-            );
+    /// The static answer, or a template/script computed on a blocking thread (a slow script
+    /// cannot stall other requests); the fallback when it fails.
+    async fn respond(
+        &self,
+        pipeline: usize,
+        seen: &Seen<'_>,
+        params: Vec<(String, String)>,
+    ) -> Reply {
+        let app = &*self.app;
+        let responder = &app.responders[pipeline];
+        if !responder.is_computed() {
+            return responder.static_reply();
         }
-
-        // Refuse an oversized body from its declared length before reading any of it; a body
-        // without a length (chunked) is read only up to the limit.
-        let limit = project.body_limit(pipeline);
-        let declared = req
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > limit) {
-            return too_large(res, limit);
-        }
-        let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
-        let body = match req.payload_with_max_size(limit_usize).await {
-            Ok(body) => body.clone(),
-            Err(ParseError::PayloadTooLarge) => return too_large(res, limit),
-            Err(_) => {
-                return error(
-                    res,
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    "The request body could not be read.",
-                );
+        let tenant = app.verifiers[pipeline]
+            .as_ref()
+            .and_then(|v| v.tenant_key())
+            .and_then(|k| crate::request_field::extract(k, &seen.inbound(), &params));
+        let input = seen.event_input(&app.project.pipelines[pipeline].config.name, params, tenant);
+        let shared = self.app.clone();
+        let name = &app.project.pipelines[pipeline].config.name;
+        match tokio::task::spawn_blocking(move || shared.responders[pipeline].compute(&input)).await
+        {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(reason)) => {
+                tracing::warn!(pipeline = %name, %reason, "respond failed; sent the fallback");
+                responder.fallback()
             }
-        };
+            Err(e) => {
+                tracing::error!(pipeline = %name, error = %e, "respond task failed; sent the fallback");
+                responder.fallback()
+            }
+        }
+    }
+}
 
-        let peer = peer_ip(req);
-        let client_ip = app.proxies.client_ip(peer, req.headers());
-        // The URL the provider signed: the public one, not the one this process sees.
-        let base = match &project.settings.public_url {
+/// What the engine saw of a request once its body is read: who sent it, to which public URL.
+struct Seen<'r> {
+    req: &'r Request,
+    body: Bytes,
+    client_ip: IpAddr,
+    /// The URL the provider signed: the public one, not the one this process sees.
+    url: String,
+    now: i64,
+}
+
+impl<'r> Seen<'r> {
+    fn new(app: &App, req: &'r Request, body: Bytes) -> Seen<'r> {
+        let peer = req
+            .remote_addr()
+            .ip()
+            .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+        let base = match &app.project.settings.public_url {
             Some(u) => u.trim_end_matches('/').to_string(),
             None => app.proxies.public_base(peer, req.headers()),
         };
         let path_and_query = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-        let url = format!("{base}{path_and_query}");
-        let inbound = Inbound {
-            method: req.method().as_str(),
-            url: &url,
-            headers: req.headers(),
-            body: &body,
+        Seen {
+            req,
+            client_ip: app.proxies.client_ip(peer, req.headers()),
+            url: format!("{base}{path_and_query}"),
+            body,
             now: chrono::Utc::now().timestamp(),
-        };
-
-        if let Some(rule) = &app.rate_rules[pipeline] {
-            let key = rule.key_of(client_ip, &inbound, &params);
-            if !rate_limit(app, rule, &key, res).await {
-                return;
-            }
         }
+    }
 
-        if let Some(verifier) = &app.verifiers[pipeline] {
-            let ctx = Context {
-                client_ip,
-                path_params: &params,
-                tenants: app.tenants.as_ref(),
-            };
-            let name = &project.pipelines[pipeline].config.name;
-            match verifier.verify(&inbound, &ctx).await {
-                Ok(()) => {}
-                Err(VerifyError::Rejected(reason)) => {
-                    tracing::warn!(pipeline = %name, reason = reason.code(), client_ip = %client_ip, "verification failed");
-                    return error(
-                        res,
-                        StatusCode::UNAUTHORIZED,
-                        "unauthorized",
-                        "Request verification failed.",
-                    );
-                }
-                Err(VerifyError::Unavailable(why)) => {
-                    tracing::error!(pipeline = %name, error = %why, "verification unavailable");
-                    res.headers_mut().insert(RETRY_AFTER, HeaderValue::from(5));
-                    return error(
-                        res,
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "unavailable",
-                        "Verification is temporarily unavailable. Please retry.",
-                    );
-                }
-            }
+    fn inbound(&self) -> Inbound<'_> {
+        Inbound {
+            method: self.req.method().as_str(),
+            url: &self.url,
+            headers: self.req.headers(),
+            body: &self.body,
+            now: self.now,
         }
+    }
 
-        let responder = &app.responders[pipeline];
-        let reply = if responder.is_computed() {
-            let input = EventInput {
-                id: uuid::Uuid::new_v4().to_string(),
-                pipeline: project.pipelines[pipeline].config.name.clone(),
-                received_at_ms: chrono::Utc::now().timestamp_millis(),
-                method: req.method().as_str().to_string(),
-                path: req.uri().path().to_string(),
-                query: req.uri().query().unwrap_or("").to_string(),
-                headers: req
-                    .headers()
-                    .iter()
-                    .map(|(k, v)| {
-                        (
-                            k.as_str().to_string(),
-                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                        )
-                    })
-                    .collect(),
-                params: params.clone(),
-                tenant: app.verifiers[pipeline]
-                    .as_ref()
-                    .and_then(|v| v.tenant_key())
-                    .and_then(|k| crate::request_field::extract(k, &inbound, &params)),
-                body: body.clone(),
-            };
-            // Scripts run off the async threads: a slow one cannot stall other requests.
-            let app = self.app.clone();
-            let computed =
-                tokio::task::spawn_blocking(move || app.responders[pipeline].compute(&input)).await;
-            match computed {
-                Ok(Ok(reply)) => reply,
-                Ok(Err(reason)) => {
-                    tracing::warn!(pipeline = %project.pipelines[pipeline].config.name, %reason, "respond failed; sent the fallback");
-                    responder.fallback()
-                }
-                Err(e) => {
-                    tracing::error!(pipeline = %project.pipelines[pipeline].config.name, error = %e, "respond task failed; sent the fallback");
-                    responder.fallback()
-                }
-            }
-        } else {
-            responder.static_reply()
-        };
-        send(&reply, res);
+    fn event_input(
+        &self,
+        pipeline: &str,
+        params: Vec<(String, String)>,
+        tenant: Option<String>,
+    ) -> EventInput {
+        EventInput {
+            id: uuid::Uuid::new_v4().to_string(),
+            pipeline: pipeline.to_string(),
+            received_at_ms: chrono::Utc::now().timestamp_millis(),
+            method: self.req.method().as_str().to_string(),
+            path: self.req.uri().path().to_string(),
+            query: self.req.uri().query().unwrap_or("").to_string(),
+            headers: self
+                .req
+                .headers()
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.as_str().to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect(),
+            params,
+            tenant,
+            body: self.body.clone(),
+        }
     }
 }
 
-fn peer_ip(req: &Request) -> std::net::IpAddr {
-    req.remote_addr()
-        .ip()
-        .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]))
+/// 404 for an unknown path, 405 (with `Allow`) for a known path and another method.
+fn route(
+    app: &App,
+    req: &Request,
+    res: &mut Response,
+) -> Result<(usize, Vec<(String, String)>), Stop> {
+    match app
+        .project
+        .routes
+        .lookup(HttpMethod::from_http(req.method()), req.uri().path())
+    {
+        Lookup::Found { pipeline, params } => Ok((pipeline, params)),
+        Lookup::NotFound => Err(error(
+            res,
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "No route for this path.",
+        )),
+        Lookup::MethodNotAllowed { allowed } => {
+            let allow: Vec<&str> = allowed.iter().map(|m| m.as_str()).collect();
+            if let Ok(v) = HeaderValue::from_str(&allow.join(", ")) {
+                res.headers_mut().insert(ALLOW, v);
+            }
+            Err(error(
+                res,
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "This route does not accept this method.",
+            ))
+        }
+    }
 }
 
-/// Check `rule` for `key`; answer 429 (or 503 when the backend is down and the rule fails closed)
-/// and return `false` to stop, or set the RateLimit headers and return `true`.
-async fn rate_limit(app: &App, rule: &Rule, key: &str, res: &mut Response) -> bool {
-    let decision = match app.limiter.check(rule, key).await {
+/// 503 with `Retry-After` on every pipeline route while maintenance mode is on.
+fn maintenance(app: &App, res: &mut Response) -> Result<(), Stop> {
+    let m = &app.project.settings.maintenance;
+    if !m.enabled {
+        return Ok(());
+    }
+    res.headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(m.retry_after_secs));
+    Err(error(
+        res,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "maintenance",
+        &m.message,
+    ))
+}
+
+/// The body, within the pipeline's limit: refused from its declared length before any of it is
+/// read; a body without a length (chunked) is read only up to the limit.
+async fn read_body(
+    app: &App,
+    pipeline: usize,
+    req: &mut Request,
+    res: &mut Response,
+) -> Result<Bytes, Stop> {
+    let limit = app.project.body_limit(pipeline);
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large(res, limit));
+    }
+    match req
+        .payload_with_max_size(usize::try_from(limit).unwrap_or(usize::MAX))
+        .await
+    {
+        Ok(body) => Ok(body.clone()),
+        Err(ParseError::PayloadTooLarge) => Err(too_large(res, limit)),
+        Err(_) => Err(error(
+            res,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "The request body could not be read.",
+        )),
+    }
+}
+
+/// Count the request against `rule` (if any): 429 over the limit, 503 when the backend is down
+/// and the rule fails closed; RateLimit headers on every counted answer.
+async fn check_rate(
+    app: &App,
+    rule: Option<&Rule>,
+    seen: &Seen<'_>,
+    params: &[(String, String)],
+    res: &mut Response,
+) -> Result<(), Stop> {
+    let Some(rule) = rule else { return Ok(()) };
+    let key = rule.key_of(seen.client_ip, &seen.inbound(), params);
+    let decision = match app.limiter.check(rule, &key).await {
         Ok(d) => d,
         Err(e) => {
-            metrics::counter!("engine_rate_limit_backend_errors_total", "bucket" => rule.bucket.clone())
-                .increment(1);
+            metrics::counter!("engine_rate_limit_backend_errors_total", "bucket" => rule.bucket.clone()).increment(1);
             warn_throttled(&rule.bucket, &e.0);
             return match rule.fail {
-                FailMode::Open => true,
+                FailMode::Open => Ok(()),
                 FailMode::Closed => {
                     res.headers_mut().insert(RETRY_AFTER, HeaderValue::from(5));
-                    error(
+                    Err(error(
                         res,
                         StatusCode::SERVICE_UNAVAILABLE,
                         "unavailable",
                         "Rate limiting is temporarily unavailable. Please retry.",
-                    );
-                    false
+                    ))
                 }
             };
         }
@@ -259,29 +291,68 @@ async fn rate_limit(app: &App, rule: &Rule, key: &str, res: &mut Response) -> bo
         "ratelimit-reset",
         HeaderValue::from(ceil_secs(decision.reset)),
     );
-    h.insert(
-        "ratelimit-policy",
-        HeaderValue::from_str(&format!(
-            "{};w={}",
-            rule.limit,
-            rule.period.as_secs().max(1)
-        ))
-        .unwrap_or(HeaderValue::from_static("")),
-    );
+    if let Ok(policy) = HeaderValue::from_str(&format!(
+        "{};w={}",
+        rule.limit,
+        rule.period.as_secs().max(1)
+    )) {
+        h.insert("ratelimit-policy", policy);
+    }
     if decision.allowed {
-        return true;
+        return Ok(());
     }
     metrics::counter!("engine_rate_limited_total", "bucket" => rule.bucket.clone()).increment(1);
     let retry = ceil_secs(decision.retry_after).max(1);
     res.headers_mut()
         .insert(RETRY_AFTER, HeaderValue::from(retry));
-    error(
+    Err(error(
         res,
         StatusCode::TOO_MANY_REQUESTS,
         "rate_limited",
         &format!("Too many requests. Retry after {retry} seconds."),
-    );
-    false
+    ))
+}
+
+/// 401 when the request is not genuine (the reason goes to the log only); 503 when tenant
+/// secrets cannot be read, so the provider retries.
+async fn verify(
+    app: &App,
+    pipeline: usize,
+    seen: &Seen<'_>,
+    params: &[(String, String)],
+    res: &mut Response,
+) -> Result<(), Stop> {
+    let Some(verifier) = &app.verifiers[pipeline] else {
+        return Ok(());
+    };
+    let ctx = Context {
+        client_ip: seen.client_ip,
+        path_params: params,
+        tenants: app.tenants.as_ref(),
+    };
+    let name = &app.project.pipelines[pipeline].config.name;
+    match verifier.verify(&seen.inbound(), &ctx).await {
+        Ok(()) => Ok(()),
+        Err(VerifyError::Rejected(reason)) => {
+            tracing::warn!(pipeline = %name, reason = reason.code(), client_ip = %seen.client_ip, "verification failed");
+            Err(error(
+                res,
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "Request verification failed.",
+            ))
+        }
+        Err(VerifyError::Unavailable(why)) => {
+            tracing::error!(pipeline = %name, error = %why, "verification unavailable");
+            res.headers_mut().insert(RETRY_AFTER, HeaderValue::from(5));
+            Err(error(
+                res,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Verification is temporarily unavailable. Please retry.",
+            ))
+        }
+    }
 }
 
 /// One warning per 10 s while the backend is down, not one per request.
@@ -319,16 +390,18 @@ fn send(r: &Reply, res: &mut Response) {
     let _ = res.write_body(r.body.clone());
 }
 
+/// `/health`: liveness for Render, `"status":"maintenance"` (still 200) in maintenance mode.
 fn health(project: &Project, req: &Request, res: &mut Response) {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         res.headers_mut()
             .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
-        return error(
+        error(
             res,
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
             "This route does not accept this method.",
         );
+        return;
     }
     let status = if project.settings.maintenance.enabled {
         "maintenance"
@@ -342,7 +415,7 @@ fn health(project: &Project, req: &Request, res: &mut Response) {
     })));
 }
 
-fn too_large(res: &mut Response, limit: u64) {
+fn too_large(res: &mut Response, limit: u64) -> Stop {
     error(
         res,
         StatusCode::PAYLOAD_TOO_LARGE,
@@ -351,11 +424,12 @@ fn too_large(res: &mut Response, limit: u64) {
             "The request body is larger than this route accepts ({}).",
             crate::config::units::ByteSize(limit)
         ),
-    );
+    )
 }
 
 /// A JSON error answer: `{"error": code, "message": text}`.
-pub fn error(res: &mut Response, status: StatusCode, code: &str, message: &str) {
+fn error(res: &mut Response, status: StatusCode, code: &str, message: &str) -> Stop {
     res.status_code(status);
     res.render(Json(json!({"error": code, "message": message})));
+    Stop
 }
