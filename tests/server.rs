@@ -340,3 +340,57 @@ async fn graceful_shutdown_finishes_in_flight_request() {
     // and the listener is gone
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
+
+#[tokio::test]
+async fn slow_clients_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = Dir::shipped_copy();
+    let base = std::fs::read_to_string(dir.path().join("engine.yaml")).unwrap();
+    dir.write(
+        "engine.yaml",
+        &format!("{base}\ntimeouts: {{header_secs: 1, body_secs: 2}}\n"),
+    );
+    let app = spawn_app(dir.path(), &[]).await;
+
+    // slow-loris: half a request head, then nothing
+    let mut s = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    s.write_all(b"POST /api/webhooks/vapi HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "header timeout did not close the connection: {took:?}"
+    );
+
+    // a body that stalls halfway
+    let mut s = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    s.write_all(
+        b"POST /api/webhooks/vapi HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n0123456789",
+    )
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "body timeout did not end the request: {:?}",
+        started.elapsed()
+    );
+
+    // the server still answers
+    assert_eq!(
+        app.client
+            .get(app.url("/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    app.stop().await;
+}

@@ -46,6 +46,34 @@ pub struct Settings {
     pub trusted_proxies: Vec<String>,
     /// Seconds in-flight requests get to finish after SIGTERM before connections are closed.
     pub shutdown_grace_secs: u64,
+    /// Connection timeouts against slow or stalled clients (slow-loris).
+    pub timeouts: Timeouts,
+}
+
+/// Connection timeouts. Webhook providers are servers that send a request at once; nothing here
+/// streams, so tight limits cost legitimate callers nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// Seconds a client has to send the request line and headers.
+    #[schemars(range(min = 1, max = 300))]
+    pub header_secs: u64,
+    /// Seconds a client has to send the whole body.
+    #[schemars(range(min = 1, max = 600))]
+    pub body_secs: u64,
+    /// Seconds a kept-alive connection may sit idle between requests.
+    #[schemars(range(min = 1, max = 3600))]
+    pub idle_secs: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            header_secs: 10,
+            body_secs: 30,
+            idle_secs: 120,
+        }
+    }
 }
 
 /// CORS allow-list.
@@ -94,6 +122,7 @@ impl Default for Settings {
             database_url: None,
             trusted_proxies: Vec::new(),
             shutdown_grace_secs: 25,
+            timeouts: Timeouts::default(),
         }
     }
 }
@@ -114,6 +143,7 @@ impl fmt::Debug for Settings {
             .field("database_url", &self.database_url.as_ref().map(|_| "<set>"))
             .field("trusted_proxies", &self.trusted_proxies)
             .field("shutdown_grace_secs", &self.shutdown_grace_secs)
+            .field("timeouts", &self.timeouts)
             .finish()
     }
 }

@@ -196,7 +196,12 @@ pub async fn start(project: Project, addr: SocketAddr) -> std::io::Result<Runnin
         .first()
         .and_then(|h| h.local_addr.clone().into_std())
         .unwrap_or(addr);
-    let server = Server::new(acceptor);
+    let t = app.project.settings.timeouts;
+    let fuse = salvo::fuse::FuseConfig::default()
+        .with_http1_header_timeout(Duration::from_secs(t.header_secs))
+        .with_request_body_timeout(Duration::from_secs(t.body_secs))
+        .with_connection_idle_timeout(Duration::from_secs(t.idle_secs));
+    let server = Server::new(acceptor).fuse_config(fuse);
     let handle = server.handle();
     // In-memory rate-limit keys of clients that went quiet carry no information: drop them.
     let housekeeping = Arc::downgrade(&app);
