@@ -13,7 +13,8 @@
 //!   verify       provider signatures, rotation, per-tenant secrets (verify::tenant)
 //!   crypto       AES-256-GCM for stored secrets, key rotation
 //!   client_ip    client address and public URL behind trusted proxies
-//!   queue        durable queue on Redis Streams (operations; the worker comes with the sinks)
+//!   queue        durable queue on Redis Streams: dedupe+append, group reads, ack/retry/dead letters
+//!   worker       dequeue -> transform -> sink -> ack / retry / dead-letter; reaper, promoter
 //!   rate_limit   GCRA per key, in memory (governor) or shared through Redis
 //!   request_field  a named header / path / query / form / JSON field of a request
 //!   transform    Rhai sandbox, compiled steps, event view; rows for sinks
@@ -46,4 +47,5 @@ pub mod schema;
 pub mod server;
 pub mod transform;
 pub mod verify;
+pub mod worker;
 pub mod yaml;

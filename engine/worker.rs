@@ -1,0 +1,283 @@
+//! The worker: dequeue -> transform -> sink -> ack / retry / dead-letter.
+//!
+//! ```text
+//! read (own pending first, then new, blocking)          reclaim (every lease/2): entries of dead
+//!   -> Program::run on a blocking thread                   consumers, poison -> dead letters
+//!        Rows    -> sink.write -> ack                    promote (every 250 ms): due retries back
+//!                           \-> SinkError::Retry -> retry with backoff, or dead-letter when
+//!                                                   attempts are used up
+//!                           \-> SinkError::Permanent -> dead-letter
+//!        Dropped -> ack
+//!        Failure(retry)     -> retry with backoff / dead-letter when used up
+//!        Failure(permanent) -> dead-letter with the script's reason
+//! ```
+//!
+//! Every decision is one atomic queue operation, so a crash between any two steps leaves the
+//! entry pending (redelivered later) and never half-acknowledged. Sinks make the redelivery
+//! harmless by keying rows on the event id.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::queue::redis::{Delivery, QueueError, RedisQueue};
+use crate::transform::{FailureKind, Outcome, Program};
+
+/// Rows one event produced for one sink.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    pub event_id: String,
+    pub pipeline: String,
+    pub sink: String,
+    pub step: String,
+    pub rows: Vec<serde_json::Value>,
+}
+
+/// Why a sink could not write.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SinkError {
+    /// Try again later: connection lost, timeout, serialization failure.
+    #[error("{0}")]
+    Retry(String),
+    /// Retrying cannot help: constraint violation, a value that does not fit its column.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+/// The future a sink returns.
+pub type SinkFuture<'a> = Pin<Box<dyn Future<Output = Result<(), SinkError>> + Send + 'a>>;
+
+/// Where rows go. Writing the same batch twice must leave the same result as writing it once
+/// (rows keyed by the event id): the queue delivers at least once.
+pub trait Sink: Send + Sync {
+    fn write<'a>(&'a self, batch: &'a Batch) -> SinkFuture<'a>;
+}
+
+/// How a worker treats failures.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Attempts before an event is dead-lettered (the first delivery counts).
+    pub max_attempts: u32,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// Idle time after which another consumer takes an entry over.
+    pub lease: Duration,
+    /// Deliveries without an answer before an entry is treated as poison.
+    pub max_deliveries: u64,
+    /// Entries read at once.
+    pub batch: usize,
+    /// How long a read waits for new entries.
+    pub block: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            max_attempts: 10,
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(600),
+            lease: Duration::from_secs(60),
+            max_deliveries: 5,
+            batch: 16,
+            block: Duration::from_secs(2),
+        }
+    }
+}
+
+/// What happened to one delivery (returned for tests and logs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handled {
+    Acked,
+    Dropped,
+    Retried { attempt: u32 },
+    DeadLettered { reason: String },
+}
+
+/// One queue's worker.
+pub struct Worker {
+    pub queue: Arc<RedisQueue>,
+    pub program: Arc<Program>,
+    pub sinks: HashMap<String, Arc<dyn Sink>>,
+    pub options: Options,
+}
+
+impl Worker {
+    /// Process one delivery to its end state.
+    pub async fn handle(&self, d: &Delivery) -> Result<Handled, QueueError> {
+        let program = self.program.clone();
+        let event = d.event.clone();
+        let outcome = tokio::task::spawn_blocking(move || program.run(&event))
+            .await
+            .unwrap_or_else(|e| {
+                Err(crate::transform::Failure {
+                    kind: FailureKind::Permanent,
+                    reason: format!("the transform panicked: {e}"),
+                })
+            });
+        match outcome {
+            Ok(Outcome::Dropped { reason }) => {
+                tracing::debug!(event_id = %d.event.id, %reason, "event dropped");
+                self.queue.ack(&d.id).await?;
+                Ok(Handled::Dropped)
+            }
+            Ok(Outcome::Rows { sink, step, rows }) => {
+                let Some(target) = self.sinks.get(&sink) else {
+                    return self.dead(d, format!("no sink named `{sink}`")).await;
+                };
+                let batch = Batch {
+                    event_id: d.event.id.clone(),
+                    pipeline: d.event.pipeline.clone(),
+                    sink,
+                    step,
+                    rows,
+                };
+                match target.write(&batch).await {
+                    Ok(()) => {
+                        self.queue.ack(&d.id).await?;
+                        Ok(Handled::Acked)
+                    }
+                    Err(SinkError::Retry(e)) => {
+                        self.again(d, format!("sink `{}`: {e}", batch.sink)).await
+                    }
+                    Err(SinkError::Permanent(e)) => {
+                        self.dead(d, format!("sink `{}`: {e}", batch.sink)).await
+                    }
+                }
+            }
+            Err(f) if f.kind == FailureKind::Retry => self.again(d, f.reason).await,
+            Err(f) => self.dead(d, f.reason).await,
+        }
+    }
+
+    /// Retry with backoff, or dead-letter once the attempts are used up.
+    async fn again(&self, d: &Delivery, error: String) -> Result<Handled, QueueError> {
+        let attempt = d.attempts + 1;
+        if attempt >= self.options.max_attempts {
+            return self
+                .dead(d, format!("{error} (gave up after {attempt} attempts)"))
+                .await;
+        }
+        let delay = crate::queue::backoff(
+            attempt,
+            self.options.backoff_initial,
+            self.options.backoff_max,
+        );
+        tracing::warn!(event_id = %d.event.id, attempt, delay_ms = delay.as_millis() as u64, %error, "will retry");
+        self.queue.retry(d, delay).await?;
+        Ok(Handled::Retried { attempt })
+    }
+
+    async fn dead(&self, d: &Delivery, reason: String) -> Result<Handled, QueueError> {
+        tracing::error!(event_id = %d.event.id, pipeline = %d.event.pipeline, %reason, "dead-lettered");
+        metrics::counter!("engine_dead_lettered_total", "queue" => self.queue.name().to_string())
+            .increment(1);
+        self.queue.dead_letter(d, &reason).await?;
+        Ok(Handled::DeadLettered { reason })
+    }
+
+    /// Run until `stop` turns true: the read loop, the reaper and the promoter. In-flight
+    /// deliveries finish; unfinished ones stay pending and are reclaimed after the lease.
+    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        if let Err(e) = self.queue.ensure_group().await {
+            tracing::error!(queue = self.queue.name(), error = %e, "cannot create the consumer group; retrying");
+        }
+        let reaper = tokio::spawn(self.clone().reap(stop.clone()));
+        let promoter = tokio::spawn(self.clone().promote(stop.clone()));
+        let mut reader = None;
+        let mut own_pending = true;
+        while !*stop.borrow() {
+            let conn = match &mut reader {
+                Some(c) => c,
+                None => match self.queue.reader().await {
+                    Ok(c) => reader.insert(c),
+                    Err(e) => {
+                        tracing::warn!(queue = self.queue.name(), error = %e, "queue unreachable; retrying");
+                        pause(&mut stop, Duration::from_secs(1)).await;
+                        continue;
+                    }
+                },
+            };
+            let read = tokio::select! {
+                r = self.queue.read(conn, self.options.batch, self.options.block, own_pending) => r,
+                _ = stop.changed() => break,
+            };
+            match read {
+                Ok((deliveries, lost)) => {
+                    if lost {
+                        tracing::error!(
+                            queue = self.queue.name(),
+                            "the queue's consumer group was gone (Redis restarted without persistence?): recreated; events queued before are lost"
+                        );
+                        metrics::counter!("engine_queue_lost_total", "queue" => self.queue.name().to_string()).increment(1);
+                    }
+                    // After a restart the own pending list is read once; then new entries.
+                    if own_pending && deliveries.is_empty() {
+                        own_pending = false;
+                    }
+                    for d in &deliveries {
+                        if let Err(e) = self.handle(d).await {
+                            tracing::warn!(event_id = %d.event.id, error = %e, "could not record the outcome; the entry stays pending");
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(queue = self.queue.name(), error = %e, "queue read failed; retrying");
+                    reader = None;
+                    pause(&mut stop, Duration::from_secs(1)).await;
+                }
+            }
+        }
+        let _ = reaper.await;
+        let _ = promoter.await;
+    }
+
+    async fn reap(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let every = (self.options.lease / 2).max(Duration::from_millis(50));
+        while !*stop.borrow() {
+            pause(&mut stop, every).await;
+            match self
+                .queue
+                .reclaim(self.options.lease, self.options.max_deliveries)
+                .await
+            {
+                Ok((claimed, deleted)) => {
+                    if deleted > 0 {
+                        tracing::error!(
+                            queue = self.queue.name(),
+                            deleted,
+                            "pending entries were deleted from the stream: data lost"
+                        );
+                    }
+                    for d in &claimed {
+                        tracing::warn!(event_id = %d.event.id, "took over an entry whose consumer stopped answering");
+                        if let Err(e) = self.handle(d).await {
+                            tracing::warn!(event_id = %d.event.id, error = %e, "could not record the outcome");
+                        }
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "reclaim failed"),
+            }
+        }
+    }
+
+    async fn promote(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        while !*stop.borrow() {
+            pause(&mut stop, Duration::from_millis(250)).await;
+            if let Err(e) = self.queue.promote_due(100).await {
+                tracing::debug!(error = %e, "promote failed");
+            }
+        }
+    }
+}
+
+/// Sleep, or return early when `stop` changes.
+async fn pause(stop: &mut watch::Receiver<bool>, d: Duration) {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => {}
+        _ = stop.changed() => {}
+    }
+}

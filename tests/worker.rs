@@ -1,0 +1,285 @@
+//! The worker on a real Redis: transform, sink, ack, retry with backoff, dead letters, takeover of
+//! a dead consumer's entries. Sinks here capture rows in memory; their failures are scripted.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use engine::env::EnvSource;
+use engine::queue::redis::RedisQueue;
+use engine::transform::{EventInput, Program};
+use engine::worker::{Batch, Handled, Options, Sink, SinkError, SinkFuture, Worker};
+
+const REDIS: &str = "redis://127.0.0.1:6379";
+
+/// Captures batches; fails the first `fail_first` writes with `failure`.
+struct TestSink {
+    batches: Mutex<Vec<Batch>>,
+    fail_first: u32,
+    failure: SinkError,
+    calls: AtomicU32,
+}
+
+impl TestSink {
+    fn new(fail_first: u32, failure: SinkError) -> Arc<TestSink> {
+        Arc::new(TestSink {
+            batches: Mutex::new(Vec::new()),
+            fail_first,
+            failure,
+            calls: AtomicU32::new(0),
+        })
+    }
+    fn event_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .batches
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|b| b.event_id.clone())
+            .collect();
+        ids.sort();
+        ids
+    }
+}
+
+impl Sink for TestSink {
+    fn write<'a>(&'a self, batch: &'a Batch) -> SinkFuture<'a> {
+        Box::pin(async move {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst);
+            if n < self.fail_first {
+                return Err(self.failure.clone());
+            }
+            self.batches.lock().unwrap().push(batch.clone());
+            Ok(())
+        })
+    }
+}
+
+fn vapi_program() -> Arc<Program> {
+    let project = engine::config::load(&common::shipped(), &EnvSource::default()).unwrap();
+    let p = project
+        .pipelines
+        .iter()
+        .find(|p| p.config.name == "vapi")
+        .unwrap();
+    Arc::new(Program::compile(&p.config, &p.file, &project.dir).unwrap())
+}
+
+fn status_update(id: &str) -> EventInput {
+    EventInput {
+        id: id.into(),
+        pipeline: "vapi".into(),
+        received_at_ms: 1_764_086_400_000,
+        method: "POST".into(),
+        path: "/api/webhooks/vapi".into(),
+        query: String::new(),
+        headers: vec![("content-type".into(), "application/json".into())],
+        params: vec![],
+        tenant: None,
+        body: Bytes::from(format!(
+            r#"{{"message":{{"type":"status-update","status":"ringing","call":{{"id":"call-{id}"}}}}}}"#
+        )),
+    }
+}
+
+async fn worker(sink: Arc<TestSink>, options: Options) -> (Arc<Worker>, String) {
+    let prefix = format!(
+        "wtest:{}:{}",
+        std::process::id(),
+        chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
+    );
+    let queue =
+        Arc::new(RedisQueue::new(REDIS, &prefix, "vapi", &engine::queue::consumer_name()).unwrap());
+    queue.ensure_group().await.unwrap();
+    let mut sinks: HashMap<String, Arc<dyn Sink>> = HashMap::new();
+    sinks.insert("call_status".into(), sink);
+    (
+        Arc::new(Worker {
+            queue,
+            program: vapi_program(),
+            sinks,
+            options,
+        }),
+        prefix,
+    )
+}
+
+fn fast() -> Options {
+    Options {
+        backoff_initial: Duration::from_millis(50),
+        backoff_max: Duration::from_millis(200),
+        lease: Duration::from_millis(300),
+        block: Duration::from_millis(100),
+        max_attempts: 3,
+        ..Options::default()
+    }
+}
+
+async fn wait_until(mut ok: impl FnMut() -> bool) {
+    for _ in 0..100 {
+        if ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("condition not reached in 5 s");
+}
+
+#[tokio::test]
+async fn events_flow_to_the_sink_and_are_acked() {
+    let sink = TestSink::new(0, SinkError::Retry(String::new()));
+    let (w, _) = worker(sink.clone(), fast()).await;
+    for i in 0..20 {
+        w.queue
+            .enqueue(&status_update(&format!("e{i:02}")), None)
+            .await
+            .unwrap();
+    }
+    // a speech-update has no route: acked as dropped, never written
+    let mut dropped = status_update("speech");
+    dropped.body = Bytes::from(r#"{"message":{"type":"speech-update"}}"#);
+    w.queue.enqueue(&dropped, None).await.unwrap();
+
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(w.clone().run(stop));
+    wait_until(|| sink.event_ids().len() == 20).await;
+    let expected: Vec<String> = (0..20).map(|i| format!("e{i:02}")).collect();
+    assert_eq!(sink.event_ids(), expected);
+    let batch = sink.batches.lock().unwrap()[0].clone();
+    assert_eq!(
+        (batch.sink.as_str(), batch.step.as_str()),
+        ("call_status", "status-update")
+    );
+    assert_eq!(batch.rows[0]["status"], "ringing");
+    stop_tx.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), running)
+        .await
+        .expect("stops promptly")
+        .unwrap();
+    let s = w.queue.stats().await.unwrap();
+    assert_eq!((s.depth, s.pending, s.delayed, s.dead), (0, 0, 0, 0));
+}
+
+#[tokio::test]
+async fn a_failing_sink_is_retried_with_backoff_then_succeeds() {
+    let sink = TestSink::new(2, SinkError::Retry("connection refused".into()));
+    let (w, _) = worker(
+        sink.clone(),
+        Options {
+            max_attempts: 5,
+            ..fast()
+        },
+    )
+    .await;
+    w.queue.enqueue(&status_update("r1"), None).await.unwrap();
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(w.clone().run(stop));
+    wait_until(|| sink.event_ids() == ["r1"]).await;
+    assert_eq!(
+        sink.calls.load(Ordering::SeqCst),
+        3,
+        "two failures, then the write"
+    );
+    stop_tx.send(true).unwrap();
+    running.await.unwrap();
+    assert_eq!(w.queue.stats().await.unwrap().dead, 0);
+}
+
+#[tokio::test]
+async fn attempts_used_up_and_permanent_errors_are_dead_lettered() {
+    let sink = TestSink::new(u32::MAX, SinkError::Retry("connection refused".into()));
+    let (w, _) = worker(sink.clone(), fast()).await;
+    w.queue.enqueue(&status_update("x1"), None).await.unwrap();
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(w.clone().run(stop));
+    let queue = w.queue.clone();
+    let mut dead = Vec::new();
+    for _ in 0..100 {
+        dead = queue.dead_letters(10).await.unwrap();
+        if !dead.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop_tx.send(true).unwrap();
+    running.await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].event_id, "x1");
+    assert_eq!(dead[0].attempts, 3);
+    assert_eq!(
+        dead[0].reason,
+        "sink `call_status`: connection refused (gave up after 3 attempts)"
+    );
+
+    // a constraint violation is not retried
+    let sink = TestSink::new(
+        1,
+        SinkError::Permanent("column \"cost\": numeric field overflow".into()),
+    );
+    let (w, _) = worker(sink, fast()).await;
+    w.queue.enqueue(&status_update("p1"), None).await.unwrap();
+    let mut r = w.queue.reader().await.unwrap();
+    let (d, _) = w
+        .queue
+        .read(&mut r, 1, Duration::from_millis(100), false)
+        .await
+        .unwrap();
+    assert_eq!(
+        w.handle(&d[0]).await.unwrap(),
+        Handled::DeadLettered {
+            reason: "sink `call_status`: column \"cost\": numeric field overflow".into()
+        }
+    );
+}
+
+#[tokio::test]
+async fn script_failures_carry_their_position_into_the_dead_letter() {
+    let sink = TestSink::new(0, SinkError::Retry(String::new()));
+    let (w, _) = worker(sink, fast()).await;
+    let mut bad = status_update("b1");
+    bad.body = Bytes::from(r#"{"message":{"type":"status-update"}}"#);
+    w.queue.enqueue(&bad, None).await.unwrap();
+    let mut r = w.queue.reader().await.unwrap();
+    let (d, _) = w
+        .queue
+        .read(&mut r, 1, Duration::from_millis(100), false)
+        .await
+        .unwrap();
+    let Handled::DeadLettered { reason } = w.handle(&d[0]).await.unwrap() else {
+        panic!()
+    };
+    assert!(
+        reason.ends_with("vapi-status-update.rhai:5:5: status-update without message.call.id"),
+        "{reason}"
+    );
+}
+
+#[tokio::test]
+async fn a_crashed_workers_entries_reach_the_sink_through_another_worker() {
+    let sink = TestSink::new(0, SinkError::Retry(String::new()));
+    let (w, prefix) = worker(sink.clone(), fast()).await;
+    // another process took three entries and died without acking
+    let crashed = RedisQueue::new(REDIS, &prefix, "vapi", "crashed-consumer").unwrap();
+    for id in ["c1", "c2", "c3"] {
+        crashed.enqueue(&status_update(id), None).await.unwrap();
+    }
+    let mut r = crashed.reader().await.unwrap();
+    let (taken, _) = crashed
+        .read(&mut r, 10, Duration::from_millis(100), false)
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 3);
+    drop(crashed);
+
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(w.clone().run(stop));
+    wait_until(|| sink.event_ids().len() == 3).await;
+    assert_eq!(sink.event_ids(), ["c1", "c2", "c3"]);
+    stop_tx.send(true).unwrap();
+    running.await.unwrap();
+    assert_eq!(w.queue.stats().await.unwrap().pending, 0);
+}
