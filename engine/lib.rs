@@ -14,6 +14,7 @@
 //!   crypto       AES-256-GCM for stored secrets, key rotation
 //!   client_ip    client address and public URL behind trusted proxies
 //!   queue        durable queue on Redis Streams: dedupe+append, group reads, ack/retry/dead letters
+//!   sink         postgres (typed by jsonb_populate_recordset, idempotent), file / stdout JSON lines
 //!   worker       dequeue -> transform -> sink -> ack / retry / dead-letter; reaper, promoter
 //!   rate_limit   GCRA per key, in memory (governor) or shared through Redis
 //!   request_field  a named header / path / query / form / JSON field of a request
@@ -45,6 +46,7 @@ pub mod respond;
 pub mod route;
 pub mod schema;
 pub mod server;
+pub mod sink;
 pub mod transform;
 pub mod verify;
 pub mod worker;

@@ -19,6 +19,7 @@ pub mod env_refs;
 pub mod pipeline;
 pub mod rate_limit;
 pub mod settings;
+pub mod sink;
 pub mod transform;
 pub mod units;
 pub mod verify;

@@ -53,6 +53,10 @@ pub struct Pipeline {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub transform: Vec<super::transform::Step>,
 
+    /// Where rows go, by the names `transform` steps use.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sinks: BTreeMap<String, super::sink::Sink>,
+
     /// Sandbox limits for this pipeline's scripts.
     #[serde(default)]
     pub script_limits: super::transform::ScriptLimits,

@@ -1,0 +1,45 @@
+//! Sinks: where the worker writes a pipeline's rows.
+//!
+//! Built once from the `sinks` section ([`build`]): `postgres` (a table, through DATABASE_URL),
+//! `file` and `stdout` (JSON lines). Without DATABASE_URL outside production, a `postgres` sink
+//! writes JSON lines to `data/<table>.jsonl` instead (announced at boot), so the engine runs with
+//! no database at all in development.
+
+pub mod jsonl;
+pub mod postgres;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::config::sink::Sink as SinkConfig;
+use crate::worker::Sink;
+
+/// Directory the development stand-in for Postgres sinks writes to.
+pub const DEV_DATA_DIR: &str = "data";
+
+/// Build a pipeline's sinks. `pool` is the Postgres pool when DATABASE_URL is set.
+pub fn build(
+    sinks: &std::collections::BTreeMap<String, SinkConfig>,
+    pool: Option<&deadpool_postgres::Pool>,
+    keyring: Option<&crate::crypto::Keyring>,
+) -> Result<HashMap<String, Arc<dyn Sink>>, String> {
+    let mut out: HashMap<String, Arc<dyn Sink>> = HashMap::new();
+    for (name, cfg) in sinks {
+        let sink: Arc<dyn Sink> = match cfg {
+            SinkConfig::Postgres(p) => match pool {
+                Some(pool) => Arc::new(postgres::PostgresSink::new(
+                    p,
+                    pool.clone(),
+                    keyring.cloned(),
+                )?),
+                None => Arc::new(jsonl::JsonLines::file(
+                    std::path::Path::new(DEV_DATA_DIR).join(format!("{}.jsonl", p.table)),
+                )),
+            },
+            SinkConfig::File(f) => Arc::new(jsonl::JsonLines::file(f.path.clone().into())),
+            SinkConfig::Stdout(_) => Arc::new(jsonl::JsonLines::stdout()),
+        };
+        out.insert(name.clone(), sink);
+    }
+    Ok(out)
+}

@@ -1,0 +1,215 @@
+//! The Postgres (Supabase) sink: one statement per event, idempotent, typed by Postgres itself.
+//!
+//! ```sql
+//! INSERT INTO "call_logs" ("call_id", "cost", ..., "event_id", "row_index")
+//! SELECT "call_id", "cost", ..., "event_id", "row_index"
+//!   FROM jsonb_populate_recordset(NULL::"call_logs", $1::jsonb)
+//! ON CONFLICT ("event_id", "row_index") DO NOTHING
+//! ```
+//!
+//! `jsonb_populate_recordset` converts each JSON value to its column's type (timestamptz,
+//! numeric, uuid, text[], jsonb, ...), so the mapping is the table's own. Every row carries
+//! `event_id` and `row_index`: the default conflict key, which makes redelivery harmless. Field
+//! names come from scripts, so each is checked to be a plain identifier and quoted.
+//!
+//! Errors: connection, timeout, serialization/deadlock, out of resources -> retry; data and
+//! constraint errors (22xxx, 23xxx) and undefined columns -> dead letter, naming the column or
+//! constraint Postgres reports.
+
+use deadpool_postgres::Pool;
+use serde_json::{Map, Value};
+
+use crate::config::sink::{OnConflict, Postgres};
+use crate::crypto::Keyring;
+use crate::worker::{Batch, Sink, SinkError, SinkFuture};
+
+pub struct PostgresSink {
+    pool: Pool,
+    table: String,
+    table_sql: String,
+    columns: std::collections::BTreeMap<String, String>,
+    key: Vec<String>,
+    on_conflict: OnConflict,
+    update: Vec<String>,
+    encrypt: Vec<String>,
+    keyring: Option<Keyring>,
+}
+
+/// `name` as a quoted SQL identifier, if it is a plain one.
+fn ident(name: &str) -> Option<String> {
+    let mut chars = name.chars();
+    let ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name.len() <= 63;
+    ok.then(|| format!("\"{name}\""))
+}
+
+impl PostgresSink {
+    pub fn new(
+        cfg: &Postgres,
+        pool: Pool,
+        keyring: Option<Keyring>,
+    ) -> Result<PostgresSink, String> {
+        let table_sql = cfg
+            .table
+            .split('.')
+            .map(|p| ident(p).ok_or_else(|| format!("`{}` is not a table name", cfg.table)))
+            .collect::<Result<Vec<_>, _>>()?
+            .join(".");
+        if !cfg.encrypt.is_empty() && keyring.is_none() {
+            return Err(format!(
+                "sink for `{}` encrypts fields: set ENCRYPTION_KEY",
+                cfg.table
+            ));
+        }
+        Ok(PostgresSink {
+            pool,
+            table: cfg.table.clone(),
+            table_sql,
+            columns: cfg.columns.clone(),
+            key: if cfg.key.is_empty() {
+                vec!["event_id".into(), "row_index".into()]
+            } else {
+                cfg.key.clone()
+            },
+            on_conflict: cfg.on_conflict,
+            update: cfg.update.clone(),
+            encrypt: cfg.encrypt.clone(),
+            keyring,
+        })
+    }
+
+    /// The batch's rows as column → value objects, with `event_id`, `row_index` and encryption.
+    fn rows(&self, batch: &Batch) -> Result<(Vec<Value>, Vec<String>), SinkError> {
+        let mut columns: Vec<String> = Vec::new();
+        let mut out = Vec::new();
+        for (i, row) in batch.rows.iter().enumerate() {
+            let Value::Object(fields) = row else {
+                return Err(SinkError::Permanent("a row is not a map".into()));
+            };
+            let mut mapped = Map::new();
+            for (field, value) in fields {
+                let column = self
+                    .columns
+                    .get(field)
+                    .cloned()
+                    .unwrap_or_else(|| field.clone());
+                let value = if self.encrypt.contains(field) && !value.is_null() {
+                    let text = value
+                        .as_str()
+                        .map_or_else(|| value.to_string(), str::to_string);
+                    let ring = self.keyring.as_ref().expect("checked at build");
+                    Value::String(
+                        ring.encrypt(text.as_bytes(), &format!("{}.{column}", self.table)),
+                    )
+                } else {
+                    value.clone()
+                };
+                mapped.insert(column, value);
+            }
+            mapped.insert("event_id".into(), batch.event_id.clone().into());
+            mapped.insert("row_index".into(), i.into());
+            for c in mapped.keys() {
+                if !columns.contains(c) {
+                    columns.push(c.clone());
+                }
+            }
+            out.push(Value::Object(mapped));
+        }
+        Ok((out, columns))
+    }
+
+    fn statement(&self, columns: &[String]) -> Result<String, SinkError> {
+        let quoted: Vec<String> = columns
+            .iter()
+            .map(|c| {
+                ident(c).ok_or_else(|| {
+                    SinkError::Permanent(format!("row field `{c}` is not a column name"))
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let list = quoted.join(", ");
+        let key: Vec<String> = self.key.iter().filter_map(|k| ident(k)).collect();
+        let conflict = match self.on_conflict {
+            OnConflict::Nothing => "DO NOTHING".to_string(),
+            OnConflict::Update => {
+                let targets: Vec<&String> = if self.update.is_empty() {
+                    columns.iter().filter(|c| !self.key.contains(c)).collect()
+                } else {
+                    self.update.iter().collect()
+                };
+                let sets: Vec<String> = targets
+                    .iter()
+                    .filter_map(|c| ident(c))
+                    .map(|c| format!("{c} = EXCLUDED.{c}"))
+                    .collect();
+                if sets.is_empty() {
+                    "DO NOTHING".to_string()
+                } else {
+                    format!("DO UPDATE SET {}", sets.join(", "))
+                }
+            }
+        };
+        Ok(format!(
+            "INSERT INTO {t} ({list}) SELECT {list} FROM jsonb_populate_recordset(NULL::{t}, $1::jsonb) ON CONFLICT ({k}) {conflict}",
+            t = self.table_sql,
+            k = key.join(", ")
+        ))
+    }
+}
+
+impl Sink for PostgresSink {
+    fn write<'a>(&'a self, batch: &'a Batch) -> SinkFuture<'a> {
+        Box::pin(async move {
+            if batch.rows.is_empty() {
+                return Ok(());
+            }
+            let (rows, columns) = self.rows(batch)?;
+            let sql = self.statement(&columns)?;
+            let client = self
+                .pool
+                .get()
+                .await
+                .map_err(|e| SinkError::Retry(format!("database unavailable: {e}")))?;
+            client
+                .execute(sql.as_str(), &[&Value::Array(rows)])
+                .await
+                .map(|_| ())
+                .map_err(|e| classify(&e, &self.table))
+        })
+    }
+}
+
+/// Retry what may pass later; dead-letter what never will.
+fn classify(e: &tokio_postgres::Error, table: &str) -> SinkError {
+    let Some(db) = e.as_db_error() else {
+        return SinkError::Retry(format!("database connection: {e}"));
+    };
+    let code = db.code().code();
+    let mut msg = format!("{table}: {}", db.message());
+    if let Some(c) = db.column() {
+        msg.push_str(&format!(" (column `{c}`)"));
+    }
+    if let Some(c) = db.constraint() {
+        msg.push_str(&format!(" (constraint `{c}`)"));
+    }
+    match &code[..2] {
+        "08" | "40" | "53" | "57" | "58" => SinkError::Retry(msg),
+        _ => SinkError::Permanent(msg),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers() {
+        assert_eq!(ident("call_id").as_deref(), Some("\"call_id\""));
+        for bad in ["", "1a", "a b", "a\"; drop table x; --", "a-b"] {
+            assert!(ident(bad).is_none(), "{bad}");
+        }
+    }
+}
