@@ -429,7 +429,7 @@ async fn runaway_scripts_end_within_budget_and_the_server_keeps_serving() {
 #[test]
 fn transform_limits_fail_permanently() {
     let dir = Dir::shipped_copy();
-    dir.write("loop.yaml", "name: loop\nroute: {method: POST, path: /loop}\nscript_limits: {max_operations: 1000000000000, timeout_ms: 100}\ntransform:\n  - inline: 'loop { }'\n    sink: nowhere\n");
+    dir.write("loop.yaml", "name: loop\nroute: {method: POST, path: /loop}\nscript_limits: {max_operations: 1000000000000, timeout_ms: 100}\ntransform:\n  - inline: 'loop { }'\n    sink: nowhere\nsinks: {nowhere: {stdout: {}}}\n");
     let project = engine::config::load(dir.path(), &EnvSource::default()).unwrap();
     let p = project
         .pipelines
@@ -455,7 +455,7 @@ fn chained_steps_and_fail_retry() {
     let dir = Dir::shipped_copy();
     dir.write(
         "chain.yaml",
-        "name: chain\nroute: {method: POST, path: /c}\nvars: {unit: cents}\ntransform:\n  - name: normalise\n    inline: '#{ amount: event.body.amount * 100, unit: event.vars.unit }'\n  - when: event.body.amount > 1000\n    inline: '[#{ amount: event.body.amount }, #{ amount: 0 }]'\n    sink: big\n  - when: event.body.amount < 0\n    inline: 'fail_retry(\"ledger busy\")'\n    sink: small\n  - inline: '#{ amount: event.body.amount, unit: event.body.unit }'\n    sink: small\n",
+        "name: chain\nroute: {method: POST, path: /c}\nvars: {unit: cents}\ntransform:\n  - name: normalise\n    inline: '#{ amount: event.body.amount * 100, unit: event.vars.unit }'\n  - when: event.body.amount > 1000\n    inline: '[#{ amount: event.body.amount }, #{ amount: 0 }]'\n    sink: big\n  - when: event.body.amount < 0\n    inline: 'fail_retry(\"ledger busy\")'\n    sink: small\n  - inline: '#{ amount: event.body.amount, unit: event.body.unit }'\n    sink: small\nsinks: {big: {stdout: {}}, small: {stdout: {}}}\n",
     );
     let project = engine::config::load(dir.path(), &EnvSource::default()).unwrap();
     let p = project
@@ -500,7 +500,7 @@ mod validation {
             ("scripts/bad.rhai", "let a = 1;\nlet b = ;\n"),
             (
                 "x.yaml",
-                "name: x\nroute: {method: POST, path: /x}\ntransform:\n  - script: scripts/bad.rhai\n    sink: s\n",
+                "name: x\nroute: {method: POST, path: /x}\ntransform:\n  - script: scripts/bad.rhai\n    sink: s\nsinks: {s: {stdout: {}}}\n",
             ),
         ]);
         assert_eq!(p.len(), 1, "{p:?}");
@@ -511,7 +511,7 @@ mod validation {
     fn inline_and_when_errors_at_the_pipeline_value() {
         let p = problems(&[(
             "x.yaml",
-            "name: x\nroute: {method: POST, path: /x}\ntransform:\n  - when: 'event.body.type =='\n    inline: '#{ a: 1'\n    sink: s\n",
+            "name: x\nroute: {method: POST, path: /x}\ntransform:\n  - when: 'event.body.type =='\n    inline: '#{ a: 1'\n    sink: s\nsinks: {s: {stdout: {}}}\n",
         )]);
         assert_eq!(p.len(), 2, "{p:?}");
         assert!(
@@ -528,7 +528,7 @@ mod validation {
     fn script_paths_stay_inside_the_directory() {
         let p = problems(&[(
             "x.yaml",
-            "name: x\nroute: {method: POST, path: /x}\ntransform:\n  - script: ../../etc/passwd\n    sink: s\n  - script: /etc/passwd\n    sink: s\n  - script: scripts/missing.rhai\n    sink: s\n",
+            "name: x\nroute: {method: POST, path: /x}\ntransform:\n  - script: ../../etc/passwd\n    sink: s\n  - script: /etc/passwd\n    sink: s\n  - script: scripts/missing.rhai\n    sink: s\nsinks: {s: {stdout: {}}}\n",
         )]);
         assert_eq!(p.len(), 3, "{p:?}");
         assert!(
@@ -543,6 +543,20 @@ mod validation {
         assert!(
             p[2].contains("`scripts/missing.rhai` does not exist"),
             "{p:?}"
+        );
+    }
+
+    #[test]
+    fn steps_name_declared_sinks() {
+        let p = problems(&[(
+            "x.yaml",
+            "name: x\nroute: {method: POST, path: /x}\ntransform:\n  - inline: '#{}'\n    sink: rows\nsinks:\n  other: {stdout: {}}\n",
+        )]);
+        assert_eq!(
+            p,
+            [
+                "x.yaml:5:11: no sink named `rows`; this pipeline's sinks: other (at /transform/0/sink)"
+            ]
         );
     }
 

@@ -190,6 +190,25 @@ pub fn load(dir: &Path, source: &EnvSource) -> Result<Project, Vec<Diagnostic>> 
     }
     for (checked, p) in &pipelines {
         diags.extend(check_scripts(checked, p, dir));
+        for (i, step) in p.transform.iter().enumerate() {
+            if let Some(sink) = step.sink.as_ref().filter(|s| !p.sinks.contains_key(*s)) {
+                let pointer = format!("/transform/{i}/sink");
+                let known: Vec<&str> = p.sinks.keys().map(String::as_str).collect();
+                diags.push(Diagnostic::new(
+                    &checked.file,
+                    checked.doc.value_pos(&pointer),
+                    &pointer,
+                    if known.is_empty() {
+                        format!("no sink named `{sink}`: declare it under `sinks`")
+                    } else {
+                        format!(
+                            "no sink named `{sink}`; this pipeline's sinks: {}",
+                            known.join(", ")
+                        )
+                    },
+                ));
+            }
+        }
         if p.rate_limit.as_ref().is_some_and(|r| !r.exempt.is_empty()) {
             diags.push(Diagnostic::new(
                 &checked.file,
