@@ -32,6 +32,18 @@ pub enum Command {
         /// Read variables from this dotenv file instead of the process environment.
         #[arg(long)]
         env_file: Option<PathBuf>,
+        /// Do not run queue workers in this process (run `engine worker` elsewhere).
+        #[arg(long)]
+        no_worker: bool,
+    },
+    /// Run only the queue workers: dequeue, transform, write to sinks.
+    Worker {
+        /// The pipelines directory.
+        #[arg(long, default_value = "pipelines")]
+        pipelines: PathBuf,
+        /// Read variables from this dotenv file instead of the process environment.
+        #[arg(long)]
+        env_file: Option<PathBuf>,
     },
     /// Check the pipelines directory and the environment; print every problem.
     Validate {
@@ -88,7 +100,18 @@ pub fn run() -> ExitCode {
         Command::Serve {
             pipelines,
             env_file,
-        } => serve(&pipelines, env_file.as_deref()),
+            no_worker,
+        } => serve(
+            &pipelines,
+            env_file.as_deref(),
+            Mode::Serve {
+                workers: !no_worker,
+            },
+        ),
+        Command::Worker {
+            pipelines,
+            env_file,
+        } => serve(&pipelines, env_file.as_deref(), Mode::Worker),
         Command::Validate {
             dir,
             env_file,
@@ -172,7 +195,14 @@ fn init_tracing(production: bool) {
     };
 }
 
-fn serve(dir: &Path, env_file: Option<&Path>) -> ExitCode {
+/// What `serve` runs.
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    Serve { workers: bool },
+    Worker,
+}
+
+fn serve(dir: &Path, env_file: Option<&Path>, mode: Mode) -> ExitCode {
     let source = match env_source(env_file) {
         Ok(s) => s,
         Err(code) => return code,
@@ -201,7 +231,13 @@ fn serve(dir: &Path, env_file: Option<&Path>) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(crate::server::serve(project)) {
+    let result = runtime.block_on(async move {
+        match mode {
+            Mode::Serve { workers } => crate::server::serve(project, workers).await,
+            Mode::Worker => crate::server::serve_workers(project).await,
+        }
+    });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "server failed");

@@ -24,6 +24,8 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::queue::Outcomes;
+use crate::queue::memory::MemoryQueue;
 use crate::queue::redis::{Delivery, QueueError, RedisQueue};
 use crate::transform::{FailureKind, Outcome, Program};
 
@@ -99,7 +101,8 @@ pub enum Handled {
 
 /// One queue's worker.
 pub struct Worker {
-    pub queue: Arc<RedisQueue>,
+    /// Where outcomes are recorded: the Redis queue or the in-process one.
+    pub outcomes: Arc<dyn Outcomes>,
     pub program: Arc<Program>,
     pub sinks: HashMap<String, Arc<dyn Sink>>,
     pub options: Options,
@@ -121,7 +124,7 @@ impl Worker {
         match outcome {
             Ok(Outcome::Dropped { reason }) => {
                 tracing::debug!(event_id = %d.event.id, %reason, "event dropped");
-                self.queue.ack(&d.id).await?;
+                self.outcomes.ack(d).await?;
                 Ok(Handled::Dropped)
             }
             Ok(Outcome::Rows { sink, step, rows }) => {
@@ -137,7 +140,7 @@ impl Worker {
                 };
                 match target.write(&batch).await {
                     Ok(()) => {
-                        self.queue.ack(&d.id).await?;
+                        self.outcomes.ack(d).await?;
                         Ok(Handled::Acked)
                     }
                     Err(SinkError::Retry(e)) => {
@@ -167,52 +170,71 @@ impl Worker {
             self.options.backoff_max,
         );
         tracing::warn!(event_id = %d.event.id, attempt, delay_ms = delay.as_millis() as u64, %error, "will retry");
-        self.queue.retry(d, delay).await?;
+        self.outcomes.retry(d, delay).await?;
         Ok(Handled::Retried { attempt })
     }
 
     async fn dead(&self, d: &Delivery, reason: String) -> Result<Handled, QueueError> {
         tracing::error!(event_id = %d.event.id, pipeline = %d.event.pipeline, %reason, "dead-lettered");
-        metrics::counter!("engine_dead_lettered_total", "queue" => self.queue.name().to_string())
+        metrics::counter!("engine_dead_lettered_total", "queue" => self.outcomes.name().to_string())
             .increment(1);
-        self.queue.dead_letter(d, &reason).await?;
+        self.outcomes.dead_letter(d, &reason).await?;
         Ok(Handled::DeadLettered { reason })
     }
 
-    /// Run until `stop` turns true: the read loop, the reaper and the promoter. In-flight
-    /// deliveries finish; unfinished ones stay pending and are reclaimed after the lease.
-    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
-        if let Err(e) = self.queue.ensure_group().await {
-            tracing::error!(queue = self.queue.name(), error = %e, "cannot create the consumer group; retrying");
+    /// Run on the in-process queue until `stop` turns true.
+    pub async fn run_memory(
+        self: Arc<Self>,
+        queue: Arc<MemoryQueue>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        while !*stop.borrow() {
+            let next = tokio::select! {
+                d = queue.next(self.options.block) => d,
+                _ = stop.changed() => break,
+            };
+            if let Some(d) = next
+                && let Err(e) = self.handle(&d).await
+            {
+                tracing::warn!(event_id = %d.event.id, error = %e, "could not record the outcome");
+            }
         }
-        let reaper = tokio::spawn(self.clone().reap(stop.clone()));
-        let promoter = tokio::spawn(self.clone().promote(stop.clone()));
+    }
+
+    /// Run on Redis until `stop` turns true: the read loop, the reaper and the promoter.
+    /// In-flight deliveries finish; unfinished ones stay pending and are reclaimed after the lease.
+    pub async fn run(self: Arc<Self>, queue: Arc<RedisQueue>, mut stop: watch::Receiver<bool>) {
+        if let Err(e) = queue.ensure_group().await {
+            tracing::error!(queue = queue.name(), error = %e, "cannot create the consumer group; retrying");
+        }
+        let reaper = tokio::spawn(self.clone().reap(queue.clone(), stop.clone()));
+        let promoter = tokio::spawn(promote(queue.clone(), stop.clone()));
         let mut reader = None;
         let mut own_pending = true;
         while !*stop.borrow() {
             let conn = match &mut reader {
                 Some(c) => c,
-                None => match self.queue.reader().await {
+                None => match queue.reader().await {
                     Ok(c) => reader.insert(c),
                     Err(e) => {
-                        tracing::warn!(queue = self.queue.name(), error = %e, "queue unreachable; retrying");
+                        tracing::warn!(queue = queue.name(), error = %e, "queue unreachable; retrying");
                         pause(&mut stop, Duration::from_secs(1)).await;
                         continue;
                     }
                 },
             };
             let read = tokio::select! {
-                r = self.queue.read(conn, self.options.batch, self.options.block, own_pending) => r,
+                r = queue.read(conn, self.options.batch, self.options.block, own_pending) => r,
                 _ = stop.changed() => break,
             };
             match read {
                 Ok((deliveries, lost)) => {
                     if lost {
                         tracing::error!(
-                            queue = self.queue.name(),
+                            queue = self.outcomes.name(),
                             "the queue's consumer group was gone (Redis restarted without persistence?): recreated; events queued before are lost"
                         );
-                        metrics::counter!("engine_queue_lost_total", "queue" => self.queue.name().to_string()).increment(1);
+                        metrics::counter!("engine_queue_lost_total", "queue" => self.outcomes.name().to_string()).increment(1);
                     }
                     // After a restart the own pending list is read once; then new entries.
                     if own_pending && deliveries.is_empty() {
@@ -225,7 +247,7 @@ impl Worker {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(queue = self.queue.name(), error = %e, "queue read failed; retrying");
+                    tracing::warn!(queue = queue.name(), error = %e, "queue read failed; retrying");
                     reader = None;
                     pause(&mut stop, Duration::from_secs(1)).await;
                 }
@@ -235,19 +257,19 @@ impl Worker {
         let _ = promoter.await;
     }
 
-    async fn reap(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+    /// Take over entries of consumers that stopped answering, every lease/2.
+    async fn reap(self: Arc<Self>, queue: Arc<RedisQueue>, mut stop: watch::Receiver<bool>) {
         let every = (self.options.lease / 2).max(Duration::from_millis(50));
         while !*stop.borrow() {
             pause(&mut stop, every).await;
-            match self
-                .queue
+            match queue
                 .reclaim(self.options.lease, self.options.max_deliveries)
                 .await
             {
                 Ok((claimed, deleted)) => {
                     if deleted > 0 {
                         tracing::error!(
-                            queue = self.queue.name(),
+                            queue = queue.name(),
                             deleted,
                             "pending entries were deleted from the stream: data lost"
                         );
@@ -263,13 +285,14 @@ impl Worker {
             }
         }
     }
+}
 
-    async fn promote(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
-        while !*stop.borrow() {
-            pause(&mut stop, Duration::from_millis(250)).await;
-            if let Err(e) = self.queue.promote_due(100).await {
-                tracing::debug!(error = %e, "promote failed");
-            }
+/// Move due retries back to the stream, every 250 ms.
+async fn promote(queue: Arc<RedisQueue>, mut stop: watch::Receiver<bool>) {
+    while !*stop.borrow() {
+        pause(&mut stop, Duration::from_millis(250)).await;
+        if let Err(e) = queue.promote_due(100).await {
+            tracing::debug!(error = %e, "promote failed");
         }
     }
 }

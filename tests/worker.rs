@@ -86,7 +86,7 @@ fn status_update(id: &str) -> EventInput {
     }
 }
 
-async fn worker(sink: Arc<TestSink>, options: Options) -> (Arc<Worker>, String) {
+async fn worker(sink: Arc<TestSink>, options: Options) -> (Arc<Worker>, Arc<RedisQueue>, String) {
     let prefix = format!(
         "wtest:{}:{}",
         std::process::id(),
@@ -97,15 +97,13 @@ async fn worker(sink: Arc<TestSink>, options: Options) -> (Arc<Worker>, String) 
     queue.ensure_group().await.unwrap();
     let mut sinks: HashMap<String, Arc<dyn Sink>> = HashMap::new();
     sinks.insert("call_status".into(), sink);
-    (
-        Arc::new(Worker {
-            queue,
-            program: vapi_program(),
-            sinks,
-            options,
-        }),
-        prefix,
-    )
+    let worker = Worker {
+        outcomes: queue.clone(),
+        program: vapi_program(),
+        sinks,
+        options,
+    };
+    (Arc::new(worker), queue, prefix)
 }
 
 fn fast() -> Options {
@@ -132,20 +130,19 @@ async fn wait_until(mut ok: impl FnMut() -> bool) {
 #[tokio::test]
 async fn events_flow_to_the_sink_and_are_acked() {
     let sink = TestSink::new(0, SinkError::Retry(String::new()));
-    let (w, _) = worker(sink.clone(), fast()).await;
+    let (w, q, _) = worker(sink.clone(), fast()).await;
     for i in 0..20 {
-        w.queue
-            .enqueue(&status_update(&format!("e{i:02}")), None)
+        q.enqueue(&status_update(&format!("e{i:02}")), None)
             .await
             .unwrap();
     }
     // a speech-update has no route: acked as dropped, never written
     let mut dropped = status_update("speech");
     dropped.body = Bytes::from(r#"{"message":{"type":"speech-update"}}"#);
-    w.queue.enqueue(&dropped, None).await.unwrap();
+    q.enqueue(&dropped, None).await.unwrap();
 
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let running = tokio::spawn(w.clone().run(stop));
+    let running = tokio::spawn(w.clone().run(q.clone(), stop));
     wait_until(|| sink.event_ids().len() == 20).await;
     let expected: Vec<String> = (0..20).map(|i| format!("e{i:02}")).collect();
     assert_eq!(sink.event_ids(), expected);
@@ -160,14 +157,14 @@ async fn events_flow_to_the_sink_and_are_acked() {
         .await
         .expect("stops promptly")
         .unwrap();
-    let s = w.queue.stats().await.unwrap();
+    let s = q.stats().await.unwrap();
     assert_eq!((s.depth, s.pending, s.delayed, s.dead), (0, 0, 0, 0));
 }
 
 #[tokio::test]
 async fn a_failing_sink_is_retried_with_backoff_then_succeeds() {
     let sink = TestSink::new(2, SinkError::Retry("connection refused".into()));
-    let (w, _) = worker(
+    let (w, q, _) = worker(
         sink.clone(),
         Options {
             max_attempts: 5,
@@ -175,9 +172,9 @@ async fn a_failing_sink_is_retried_with_backoff_then_succeeds() {
         },
     )
     .await;
-    w.queue.enqueue(&status_update("r1"), None).await.unwrap();
+    q.enqueue(&status_update("r1"), None).await.unwrap();
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let running = tokio::spawn(w.clone().run(stop));
+    let running = tokio::spawn(w.clone().run(q.clone(), stop));
     wait_until(|| sink.event_ids() == ["r1"]).await;
     assert_eq!(
         sink.calls.load(Ordering::SeqCst),
@@ -186,17 +183,17 @@ async fn a_failing_sink_is_retried_with_backoff_then_succeeds() {
     );
     stop_tx.send(true).unwrap();
     running.await.unwrap();
-    assert_eq!(w.queue.stats().await.unwrap().dead, 0);
+    assert_eq!(q.stats().await.unwrap().dead, 0);
 }
 
 #[tokio::test]
 async fn attempts_used_up_and_permanent_errors_are_dead_lettered() {
     let sink = TestSink::new(u32::MAX, SinkError::Retry("connection refused".into()));
-    let (w, _) = worker(sink.clone(), fast()).await;
-    w.queue.enqueue(&status_update("x1"), None).await.unwrap();
+    let (w, q, _) = worker(sink.clone(), fast()).await;
+    q.enqueue(&status_update("x1"), None).await.unwrap();
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let running = tokio::spawn(w.clone().run(stop));
-    let queue = w.queue.clone();
+    let running = tokio::spawn(w.clone().run(q.clone(), stop));
+    let queue = q.clone();
     let mut dead = Vec::new();
     for _ in 0..100 {
         dead = queue.dead_letters(10).await.unwrap();
@@ -220,11 +217,10 @@ async fn attempts_used_up_and_permanent_errors_are_dead_lettered() {
         1,
         SinkError::Permanent("column \"cost\": numeric field overflow".into()),
     );
-    let (w, _) = worker(sink, fast()).await;
-    w.queue.enqueue(&status_update("p1"), None).await.unwrap();
-    let mut r = w.queue.reader().await.unwrap();
-    let (d, _) = w
-        .queue
+    let (w, q, _) = worker(sink, fast()).await;
+    q.enqueue(&status_update("p1"), None).await.unwrap();
+    let mut r = q.reader().await.unwrap();
+    let (d, _) = q
         .read(&mut r, 1, Duration::from_millis(100), false)
         .await
         .unwrap();
@@ -239,13 +235,12 @@ async fn attempts_used_up_and_permanent_errors_are_dead_lettered() {
 #[tokio::test]
 async fn script_failures_carry_their_position_into_the_dead_letter() {
     let sink = TestSink::new(0, SinkError::Retry(String::new()));
-    let (w, _) = worker(sink, fast()).await;
+    let (w, q, _) = worker(sink, fast()).await;
     let mut bad = status_update("b1");
     bad.body = Bytes::from(r#"{"message":{"type":"status-update"}}"#);
-    w.queue.enqueue(&bad, None).await.unwrap();
-    let mut r = w.queue.reader().await.unwrap();
-    let (d, _) = w
-        .queue
+    q.enqueue(&bad, None).await.unwrap();
+    let mut r = q.reader().await.unwrap();
+    let (d, _) = q
         .read(&mut r, 1, Duration::from_millis(100), false)
         .await
         .unwrap();
@@ -261,7 +256,7 @@ async fn script_failures_carry_their_position_into_the_dead_letter() {
 #[tokio::test]
 async fn a_crashed_workers_entries_reach_the_sink_through_another_worker() {
     let sink = TestSink::new(0, SinkError::Retry(String::new()));
-    let (w, prefix) = worker(sink.clone(), fast()).await;
+    let (w, q, prefix) = worker(sink.clone(), fast()).await;
     // another process took three entries and died without acking
     let crashed = RedisQueue::new(REDIS, &prefix, "vapi", "crashed-consumer").unwrap();
     for id in ["c1", "c2", "c3"] {
@@ -276,10 +271,10 @@ async fn a_crashed_workers_entries_reach_the_sink_through_another_worker() {
     drop(crashed);
 
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let running = tokio::spawn(w.clone().run(stop));
+    let running = tokio::spawn(w.clone().run(q.clone(), stop));
     wait_until(|| sink.event_ids().len() == 3).await;
     assert_eq!(sink.event_ids(), ["c1", "c2", "c3"]);
     stop_tx.send(true).unwrap();
     running.await.unwrap();
-    assert_eq!(w.queue.stats().await.unwrap().pending, 0);
+    assert_eq!(q.stats().await.unwrap().pending, 0);
 }

@@ -17,6 +17,7 @@
 
 pub mod env_refs;
 pub mod pipeline;
+pub mod queue;
 pub mod rate_limit;
 pub mod settings;
 pub mod sink;

@@ -53,6 +53,10 @@ pub struct Pipeline {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub transform: Vec<super::transform::Step>,
 
+    /// How events are stored and retried (pipelines with `transform` steps are queued).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<super::queue::Queue>,
+
     /// Where rows go, by the names `transform` steps use.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub sinks: BTreeMap<String, super::sink::Sink>,

@@ -48,6 +48,8 @@ pub struct Settings {
     pub shutdown_grace_secs: u64,
     /// Connection timeouts against slow or stalled clients (slow-loris).
     pub timeouts: Timeouts,
+    /// Where Postgres sinks write JSON lines when DATABASE_URL is not set (development only).
+    pub data_dir: String,
 }
 
 /// Connection timeouts. Webhook providers are servers that send a request at once; nothing here
@@ -123,6 +125,7 @@ impl Default for Settings {
             trusted_proxies: Vec::new(),
             shutdown_grace_secs: 25,
             timeouts: Timeouts::default(),
+            data_dir: "data".to_string(),
         }
     }
 }

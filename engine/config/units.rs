@@ -159,3 +159,70 @@ mod tests {
         assert_eq!(n, ByteSize(10));
     }
 }
+
+/// A span of time: `500ms`, `30s`, `10m`, `24h`, `7d`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Span(pub std::time::Duration);
+
+impl Span {
+    pub fn parse(text: &str) -> Option<Span> {
+        let t = text.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (n, unit) = t.split_at(split);
+        let n: u64 = n.parse().ok()?;
+        let ms = n.checked_mul(match unit.trim() {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            _ => return None,
+        })?;
+        (ms > 0).then(|| Span(std::time::Duration::from_millis(ms)))
+    }
+}
+
+impl fmt::Display for Span {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        let (n, unit) = [
+            (86_400_000, "d"),
+            (3_600_000, "h"),
+            (60_000, "m"),
+            (1_000, "s"),
+        ]
+        .into_iter()
+        .find(|(u, _)| ms % u == 0)
+        .map_or((ms, "ms"), |(u, name)| (ms / u, name));
+        write!(f, "{n}{unit}")
+    }
+}
+
+impl Serialize for Span {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Span {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Span::parse(&s)
+            .ok_or_else(|| serde::de::Error::custom("expected a span such as 30s or 10m"))
+    }
+}
+
+impl JsonSchema for Span {
+    fn schema_name() -> Cow<'static, str> {
+        "Span".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A span of time: a number and a unit, `ms`, `s`, `m`, `h` or `d`, e.g. `30s`, `10m`, `24h`.",
+            "type": "string",
+            "pattern": "^\\s*[1-9][0-9]*\\s*(ms|s|m|h|d)\\s*$",
+            "x-message": "must be a span such as `500ms`, `30s`, `10m` or `24h`"
+        })
+    }
+}

@@ -6,14 +6,32 @@
 //! letters, reclaiming entries of dead consumers); sinks make redelivery harmless by writing rows
 //! keyed by the event id (`ON CONFLICT DO NOTHING`).
 //!
-//! Status: the Redis queue operations are complete and tested against a real Redis. The worker
-//! loop that drives them (dequeue -> transform -> sink -> ack / retry / dead-letter), the ingest
-//! step in the request path, the in-process queue for development and the `engine queue` / `engine
-//! dlq` commands come with the sinks (issues 6 and 7).
+//! Without REDIS_URL (development) [`memory::MemoryQueue`] stands in: same outcomes, nothing
+//! survives a restart.
 
+pub mod memory;
 pub mod redis;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
+
+use self::redis::{Delivery, QueueError};
+
+/// The future of a queue outcome operation.
+pub type QueueFuture<'a> = Pin<Box<dyn Future<Output = Result<(), QueueError>> + Send + 'a>>;
+
+/// What a worker does with a delivery once it knows the outcome: the same three operations on
+/// Redis and in process.
+pub trait Outcomes: Send + Sync {
+    fn name(&self) -> &str;
+    /// Done.
+    fn ack<'a>(&'a self, d: &'a Delivery) -> QueueFuture<'a>;
+    /// Try again after `delay`, the attempt counted.
+    fn retry<'a>(&'a self, d: &'a Delivery, delay: Duration) -> QueueFuture<'a>;
+    /// Give up, keeping the event and the reason.
+    fn dead_letter<'a>(&'a self, d: &'a Delivery, reason: &'a str) -> QueueFuture<'a>;
+}
 
 /// A consumer name unique to this process start: a restarted process must not inherit (and so
 /// hide) the pending entries of its previous life; the reaper hands those to live consumers.

@@ -588,3 +588,21 @@ fn parse_dead(v: &Value) -> Vec<DeadLetter> {
         })
         .collect()
 }
+
+impl super::Outcomes for RedisQueue {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn ack<'a>(&'a self, d: &'a Delivery) -> super::QueueFuture<'a> {
+        Box::pin(self.ack(&d.id))
+    }
+
+    fn retry<'a>(&'a self, d: &'a Delivery, delay: Duration) -> super::QueueFuture<'a> {
+        Box::pin(RedisQueue::retry(self, d, delay))
+    }
+
+    fn dead_letter<'a>(&'a self, d: &'a Delivery, reason: &'a str) -> super::QueueFuture<'a> {
+        Box::pin(RedisQueue::dead_letter(self, d, reason))
+    }
+}

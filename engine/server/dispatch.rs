@@ -5,6 +5,7 @@
 //!   -> rate limit (429; before verify, so a forged flood costs one GCRA check, not an HMAC)
 //!   -> verify (401, or 503 when tenant secrets are unreachable)
 //!   -> respond (static, or a template / script on a blocking thread, fallback on failure)
+//!   -> enqueue (pipelines with transform steps: 2xx only once the event is queued; 503 if not)
 //! ```
 //!
 //! CORS runs as a salvo hoop around this handler (see `server::service`), so every answer,
@@ -24,6 +25,7 @@ use super::App;
 use crate::config::Project;
 use crate::config::rate_limit::FailMode;
 use crate::config::units::HttpMethod;
+use crate::queue::redis::Enqueued;
 use crate::rate_limit::{Rule, ceil_secs};
 use crate::respond::Reply;
 use crate::route::Lookup;
@@ -62,29 +64,22 @@ impl Dispatch {
         let seen = Seen::new(app, req, body);
         check_rate(app, app.rate_rules[pipeline].as_ref(), &seen, &params, res).await?;
         verify(app, pipeline, &seen, &params, res).await?;
-        let reply = self.respond(pipeline, &seen, params).await;
+        let event = event(app, pipeline, &seen, params);
+        let reply = self.respond(pipeline, &event).await;
+        enqueue(app, pipeline, &seen, event, res).await?;
         send(&reply, res);
         Ok(())
     }
 
     /// The static answer, or a template/script computed on a blocking thread (a slow script
     /// cannot stall other requests); the fallback when it fails.
-    async fn respond(
-        &self,
-        pipeline: usize,
-        seen: &Seen<'_>,
-        params: Vec<(String, String)>,
-    ) -> Reply {
+    async fn respond(&self, pipeline: usize, event: &EventInput) -> Reply {
         let app = &*self.app;
         let responder = &app.responders[pipeline];
         if !responder.is_computed() {
             return responder.static_reply();
         }
-        let tenant = app.verifiers[pipeline]
-            .as_ref()
-            .and_then(|v| v.tenant_key())
-            .and_then(|k| crate::request_field::extract(k, &seen.inbound(), &params));
-        let input = seen.event_input(&app.project.pipelines[pipeline].config.name, params, tenant);
+        let input = event.clone();
         let shared = self.app.clone();
         let name = &app.project.pipelines[pipeline].config.name;
         match tokio::task::spawn_blocking(move || shared.responders[pipeline].compute(&input)).await
@@ -98,6 +93,78 @@ impl Dispatch {
                 tracing::error!(pipeline = %name, error = %e, "respond task failed; sent the fallback");
                 responder.fallback()
             }
+        }
+    }
+}
+
+/// The event as scripts and the queue see it: the provider's id (the queue's `event_id` fields)
+/// or one minted here, once; the tenant named by the verifier's tenant key.
+fn event(app: &App, pipeline: usize, seen: &Seen<'_>, params: Vec<(String, String)>) -> EventInput {
+    let inbound = seen.inbound();
+    let provider_id = app.queued[pipeline].as_ref().and_then(|q| {
+        let parts: Option<Vec<String>> = q
+            .config
+            .event_id
+            .iter()
+            .map(|f| crate::request_field::extract(f, &inbound, &params))
+            .collect();
+        parts.filter(|p| !p.is_empty()).map(|p| p.join(":"))
+    });
+    let tenant = app.verifiers[pipeline]
+        .as_ref()
+        .and_then(|v| v.tenant_key())
+        .and_then(|k| crate::request_field::extract(k, &inbound, &params));
+    let mut event = seen.event_input(&app.project.pipelines[pipeline].config.name, params, tenant);
+    if let Some(id) = provider_id {
+        event.id = id;
+    }
+    event
+}
+
+/// Queue the event of a pipeline with transform steps. A repeat within the dedupe window is
+/// answered like the first and not stored again; a queue that cannot take it means 503, so the
+/// provider retries: a 2xx is only ever sent for a stored event.
+async fn enqueue(
+    app: &App,
+    pipeline: usize,
+    seen: &Seen<'_>,
+    event: EventInput,
+    res: &mut Response,
+) -> Result<(), Stop> {
+    let Some(q) = &app.queued[pipeline] else {
+        return Ok(());
+    };
+    let dedupe_key = q.config.dedupe.as_ref().and_then(|d| {
+        let inbound = seen.inbound();
+        let parts: Option<Vec<String>> = d
+            .key
+            .iter()
+            .map(|f| crate::request_field::extract(f, &inbound, &event.params))
+            .collect();
+        parts.map(|p| (p.join("|"), d.window.0))
+    });
+    let event_id = event.id.clone();
+    let name = &app.project.pipelines[pipeline].config.name;
+    match q
+        .handle
+        .enqueue(event, dedupe_key.as_ref().map(|(k, w)| (k.as_str(), *w)))
+        .await
+    {
+        Ok(Enqueued::Added(_)) => Ok(()),
+        Ok(Enqueued::Duplicate) => {
+            tracing::info!(pipeline = %name, %event_id, "duplicate within the dedupe window: not queued again");
+            metrics::counter!("engine_duplicates_total", "pipeline" => name.clone()).increment(1);
+            Ok(())
+        }
+        Err(e) => {
+            tracing::error!(pipeline = %name, %event_id, error = %e, "cannot queue the event; answering 503");
+            res.headers_mut().insert(RETRY_AFTER, HeaderValue::from(5));
+            Err(error(
+                res,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "The event could not be stored. Please retry.",
+            ))
         }
     }
 }

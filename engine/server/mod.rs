@@ -8,6 +8,7 @@
 //! SIGINT.
 
 pub mod dispatch;
+pub mod queueing;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,6 +43,8 @@ pub struct App {
     pub health_rule: Option<Rule>,
     /// One per pipeline, by index.
     pub responders: Vec<crate::respond::Responder>,
+    /// One per pipeline, by index: its queue and workers, when it has `transform` steps.
+    pub queued: Vec<Option<queueing::Queued>>,
 }
 
 impl App {
@@ -98,6 +101,7 @@ impl App {
             )?;
             responders.push(r);
         }
+        let queued = queueing::build(&project)?;
         let proxies = TrustedProxies::parse(&project.settings.trusted_proxies);
         let default = project.settings.rate_limit.as_ref().filter(|r| r.enabled);
         let exempt = |path: &str| default.is_some_and(|d| d.exempt.iter().any(|e| e == path));
@@ -129,6 +133,7 @@ impl App {
             rate_rules,
             health_rule,
             responders,
+            queued,
         })
     }
 }
@@ -138,13 +143,16 @@ pub struct Running {
     pub addr: SocketAddr,
     handle: ServerHandle,
     task: tokio::task::JoinHandle<()>,
+    workers: queueing::Workers,
 }
 
 impl Running {
-    /// Stop accepting connections, give in-flight requests `grace` to finish, then return.
+    /// Stop accepting connections, give in-flight requests `grace` to finish, then stop the
+    /// workers (after the HTTP side, so every event answered 2xx is queued first).
     pub async fn shutdown(self, grace: Duration) {
         self.handle.stop_graceful(Some(grace));
         let _ = self.task.await;
+        self.workers.stop(grace).await;
     }
 
     /// Wait until the server stops.
@@ -184,8 +192,17 @@ pub fn service(app: Arc<App>) -> Service {
     service.hoop(cors)
 }
 
-/// Build `project` into an app, bind `addr` and serve in a background task.
+/// Build `project` into an app, bind `addr` and serve in a background task, with queue workers.
 pub async fn start(project: Project, addr: SocketAddr) -> std::io::Result<Running> {
+    start_with(project, addr, true).await
+}
+
+/// [`start`], choosing whether this process also runs the queue workers.
+pub async fn start_with(
+    project: Project,
+    addr: SocketAddr,
+    workers: bool,
+) -> std::io::Result<Running> {
     let app = Arc::new(App::build(project).map_err(std::io::Error::other)?);
     let acceptor = TcpListener::new(addr)
         .try_bind()
@@ -216,17 +233,41 @@ pub async fn start(project: Project, addr: SocketAddr) -> std::io::Result<Runnin
             }
         }
     });
+    let workers = if workers {
+        queueing::start(&app.queued)
+    } else {
+        queueing::start(&[])
+    };
     let service = service(app);
     let task = tokio::spawn(async move { server.serve(service).await });
     Ok(Running {
         addr: local,
         handle,
         task,
+        workers,
     })
 }
 
+/// Run only the queue workers until SIGTERM/SIGINT (`engine worker`).
+pub async fn serve_workers(project: Project) -> std::io::Result<()> {
+    let grace = Duration::from_secs(project.settings.shutdown_grace_secs);
+    let app = App::build(project).map_err(std::io::Error::other)?;
+    let queues = app.queued.iter().flatten().count();
+    let workers = queueing::start(&app.queued);
+    tracing::info!(queues, "workers running");
+    let signal = shutdown_signal().await;
+    tracing::info!(
+        signal,
+        grace_secs = grace.as_secs(),
+        "stopping workers: finishing in-flight events"
+    );
+    workers.stop(grace).await;
+    tracing::info!("workers stopped");
+    Ok(())
+}
+
 /// Serve until SIGTERM/SIGINT, then shut down gracefully.
-pub async fn serve(project: Project) -> std::io::Result<()> {
+pub async fn serve(project: Project, workers: bool) -> std::io::Result<()> {
     let grace = Duration::from_secs(project.settings.shutdown_grace_secs);
     let addr: SocketAddr = format!("{}:{}", project.settings.host, project.settings.port)
         .parse()
@@ -248,7 +289,7 @@ pub async fn serve(project: Project) -> std::io::Result<()> {
     if project.settings.maintenance.enabled {
         tracing::warn!("maintenance mode is on: pipeline routes answer 503");
     }
-    let running = start(project, addr).await?;
+    let running = start_with(project, addr, workers).await?;
     tracing::info!(
         port = running.addr.port(),
         "Server listening on port {}",

@@ -2,7 +2,7 @@
 //!
 //! Built once from the `sinks` section ([`build`]): `postgres` (a table, through DATABASE_URL),
 //! `file` and `stdout` (JSON lines). Without DATABASE_URL outside production, a `postgres` sink
-//! writes JSON lines to `data/<table>.jsonl` instead (announced at boot), so the engine runs with
+//! writes JSON lines to `<data_dir>/<table>.jsonl` instead (announced at boot), so the engine runs with
 //! no database at all in development.
 
 pub mod jsonl;
@@ -14,14 +14,13 @@ use std::sync::Arc;
 use crate::config::sink::Sink as SinkConfig;
 use crate::worker::Sink;
 
-/// Directory the development stand-in for Postgres sinks writes to.
-pub const DEV_DATA_DIR: &str = "data";
-
-/// Build a pipeline's sinks. `pool` is the Postgres pool when DATABASE_URL is set.
+/// Build a pipeline's sinks. `pool` is the Postgres pool when DATABASE_URL is set; without it,
+/// postgres sinks write JSON lines under `data_dir`.
 pub fn build(
     sinks: &std::collections::BTreeMap<String, SinkConfig>,
     pool: Option<&deadpool_postgres::Pool>,
     keyring: Option<&crate::crypto::Keyring>,
+    data_dir: &str,
 ) -> Result<HashMap<String, Arc<dyn Sink>>, String> {
     let mut out: HashMap<String, Arc<dyn Sink>> = HashMap::new();
     for (name, cfg) in sinks {
@@ -33,7 +32,7 @@ pub fn build(
                     keyring.cloned(),
                 )?),
                 None => Arc::new(jsonl::JsonLines::file(
-                    std::path::Path::new(DEV_DATA_DIR).join(format!("{}.jsonl", p.table)),
+                    std::path::Path::new(data_dir).join(format!("{}.jsonl", p.table)),
                 )),
             },
             SinkConfig::File(f) => Arc::new(jsonl::JsonLines::file(f.path.clone().into())),

@@ -1,0 +1,105 @@
+//! The `queue` section: how events of a pipeline with `transform` steps are stored and retried.
+//!
+//! ```yaml
+//! queue:
+//!   event_id: [{header: x-github-delivery}]     # the provider's id (default: minted at ingest)
+//!   dedupe:
+//!     key: [{json: /message/call/id}, {json: /message/type}]
+//!     window: 24h
+//!   max_attempts: 10
+//!   backoff: {initial: 1s, max: 10m}
+//! ```
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::units::Span;
+use super::verify::KeySource;
+
+/// Queue settings of a pipeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Queue {
+    /// Queue name (default: the pipeline name). Pipelines naming the same queue share it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z][a-z0-9_-]{0,62}$"))]
+    pub name: Option<String>,
+    /// Request fields forming the event id (the provider's delivery id), joined with `:`.
+    /// Default: an id minted once at ingest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub event_id: Vec<KeySource>,
+    /// Drop repeats of the same provider event within a window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedupe: Option<Dedupe>,
+    /// Attempts before an event is dead-lettered (the first delivery counts).
+    #[serde(default = "default_attempts")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_attempts: u32,
+    /// Retry delays: `initial`, doubling, capped at `max`, with jitter.
+    #[serde(default)]
+    pub backoff: Backoff,
+    /// How long an event may be in a worker's hands before another worker takes it over.
+    #[serde(default = "default_lease")]
+    pub lease: Span,
+    /// Events processed at once, per engine process.
+    #[serde(default = "default_concurrency")]
+    #[schemars(range(min = 1, max = 256))]
+    pub concurrency: u32,
+}
+
+/// Deduplication.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Dedupe {
+    /// Request fields that identify a provider event; a repeat within `window` answers 2xx and
+    /// is not stored again. When a field is missing the request is not deduplicated.
+    #[schemars(length(min = 1))]
+    pub key: Vec<KeySource>,
+    /// How long a key is remembered.
+    #[serde(default = "default_window")]
+    pub window: Span,
+}
+
+/// Retry backoff.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Backoff {
+    pub initial: Span,
+    pub max: Span,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            initial: Span(std::time::Duration::from_secs(1)),
+            max: Span(std::time::Duration::from_secs(600)),
+        }
+    }
+}
+
+impl Default for Queue {
+    fn default() -> Self {
+        Queue {
+            name: None,
+            event_id: Vec::new(),
+            dedupe: None,
+            max_attempts: default_attempts(),
+            backoff: Backoff::default(),
+            lease: default_lease(),
+            concurrency: default_concurrency(),
+        }
+    }
+}
+
+fn default_attempts() -> u32 {
+    10
+}
+fn default_lease() -> Span {
+    Span(std::time::Duration::from_secs(60))
+}
+fn default_concurrency() -> u32 {
+    4
+}
+fn default_window() -> Span {
+    Span(std::time::Duration::from_secs(86_400))
+}

@@ -1,0 +1,165 @@
+//! Queues and workers of a running engine: built from the pipelines that have `transform` steps,
+//! started with `engine serve` (or alone by `engine worker`), stopped after the HTTP side has
+//! drained so every event answered 2xx is in the queue before the workers stop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::config::Project;
+use crate::config::queue::Queue as QueueConfig;
+use crate::queue::memory::MemoryQueue;
+use crate::queue::redis::{Enqueued, QueueError, RedisQueue};
+use crate::transform::{EventInput, Program};
+use crate::worker::{Options, Worker};
+
+/// Where a pipeline's events go.
+#[derive(Clone)]
+pub enum QueueHandle {
+    Redis(Arc<RedisQueue>),
+    Memory(Arc<MemoryQueue>),
+}
+
+impl QueueHandle {
+    /// Store an event durably (Redis) or in process; `dedupe` skips a repeat within its window.
+    pub async fn enqueue(
+        &self,
+        event: EventInput,
+        dedupe: Option<(&str, Duration)>,
+    ) -> Result<Enqueued, QueueError> {
+        match self {
+            QueueHandle::Redis(q) => q.enqueue(&event, dedupe).await,
+            QueueHandle::Memory(q) => q.enqueue(event).map(|()| Enqueued::Added(String::new())),
+        }
+    }
+}
+
+/// One pipeline's queue and the workers that drain it.
+pub struct Queued {
+    pub config: QueueConfig,
+    pub handle: QueueHandle,
+    pub worker: Arc<Worker>,
+}
+
+/// Build queues and workers for the queued pipelines (`None` for the others).
+pub fn build(project: &Project) -> Result<Vec<Option<Queued>>, String> {
+    let pool = match &project.settings.database_url {
+        Some(url) => Some(crate::verify::tenant::pool(url, 8)?),
+        None => None,
+    };
+    let keyring = crate::crypto::Keyring::from_env(&project.env)
+        .transpose()
+        .map_err(|e| format!("ENCRYPTION_KEY: {e}"))?;
+    let consumer = crate::queue::consumer_name();
+    let mut out = Vec::new();
+    let mut announced = false;
+    for p in &project.pipelines {
+        if p.config.transform.is_empty() {
+            out.push(None);
+            continue;
+        }
+        let config = p.config.queue.clone().unwrap_or_default();
+        let name = config.name.clone().unwrap_or_else(|| p.config.name.clone());
+        let handle = match &project.settings.redis_url {
+            Some(url) => QueueHandle::Redis(Arc::new(
+                RedisQueue::new(url, &project.settings.redis_key_prefix, &name, &consumer)
+                    .map_err(|e| e.to_string())?,
+            )),
+            None => QueueHandle::Memory(Arc::new(MemoryQueue::new(&name))),
+        };
+        if pool.is_none()
+            && !announced
+            && p.config
+                .sinks
+                .values()
+                .any(|s| matches!(s, crate::config::sink::Sink::Postgres(_)))
+        {
+            tracing::warn!(dir = %project.settings.data_dir, "no DATABASE_URL: postgres sinks write JSON lines to <data_dir>/<table>.jsonl");
+            announced = true;
+        }
+        let sinks = crate::sink::build(
+            &p.config.sinks,
+            pool.as_ref(),
+            keyring.as_ref(),
+            &project.settings.data_dir,
+        )?;
+        let program = Arc::new(Program::compile(&p.config, &p.file, &project.dir).map_err(
+            |e| {
+                format!(
+                    "{}: {}",
+                    p.file.display(),
+                    e.first().map(|x| x.message.as_str()).unwrap_or("")
+                )
+            },
+        )?);
+        let outcomes: Arc<dyn crate::queue::Outcomes> = match &handle {
+            QueueHandle::Redis(q) => q.clone(),
+            QueueHandle::Memory(q) => q.clone(),
+        };
+        let worker = Arc::new(Worker {
+            outcomes,
+            program,
+            sinks,
+            options: Options {
+                max_attempts: config.max_attempts,
+                backoff_initial: config.backoff.initial.0,
+                backoff_max: config.backoff.max.0,
+                lease: config.lease.0,
+                ..Options::default()
+            },
+        });
+        out.push(Some(Queued {
+            config,
+            handle,
+            worker,
+        }));
+    }
+    if project.settings.redis_url.is_none() && out.iter().any(Option::is_some) {
+        tracing::warn!(
+            "no REDIS_URL: events are queued in process and are NOT durable (lost on restart); set REDIS_URL in production"
+        );
+    }
+    Ok(out)
+}
+
+/// Running workers, stopped together.
+pub struct Workers {
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+/// Start `concurrency` workers per queued pipeline.
+pub fn start(queued: &[Option<Queued>]) -> Workers {
+    let (stop, rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    for q in queued.iter().flatten() {
+        for _ in 0..q.config.concurrency.max(1) {
+            let worker = q.worker.clone();
+            match &q.handle {
+                QueueHandle::Redis(queue) => {
+                    tasks.spawn(worker.run(queue.clone(), rx.clone()));
+                }
+                QueueHandle::Memory(queue) => {
+                    tasks.spawn(worker.run_memory(queue.clone(), rx.clone()));
+                }
+            }
+        }
+    }
+    Workers { stop, tasks }
+}
+
+impl Workers {
+    /// Stop reading; let in-flight events finish within `grace`.
+    pub async fn stop(mut self, grace: Duration) {
+        let _ = self.stop.send(true);
+        let drain = async { while self.tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(grace, drain).await.is_err() {
+            tracing::warn!(
+                "workers did not finish within the grace period; unfinished events stay pending and are redelivered"
+            );
+            self.tasks.abort_all();
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! End to end: a signed request answered 2xx -> queue -> worker -> transform -> sink, against
+//! real Redis and Postgres (a private key prefix and a fresh schema per test), and in process.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{Dir, fresh_schema, pg, spawn_app};
+
+const REDIS: &str = "redis://127.0.0.1:6379";
+const K: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
+fn payload(rel: &str) -> Vec<u8> {
+    std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/payloads")
+            .join(rel),
+    )
+    .unwrap()
+}
+
+/// The shipped pipelines with Redis keys under a private prefix and rows under `data`.
+fn dir(data: &Path) -> Dir {
+    let dir = Dir::shipped_copy();
+    let base = std::fs::read_to_string(dir.path().join("engine.yaml")).unwrap();
+    let prefix = format!(
+        "e2e:{}:{}",
+        std::process::id(),
+        chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
+    );
+    dir.write(
+        "engine.yaml",
+        &format!(
+            "{base}\nredis_key_prefix: '{prefix}'\ndata_dir: '{}'\n",
+            data.display()
+        ),
+    );
+    dir
+}
+
+async fn post_vapi(app: &common::TestApp, body: Vec<u8>) -> u16 {
+    app.client
+        .post(app.url("/api/webhooks/vapi"))
+        .header("authorization", "Bearer dev-vapi-webhook-secret")
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+async fn count(db: &tokio_postgres::Client, sql: &str) -> i64 {
+    db.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+async fn eventually(db: &tokio_postgres::Client, sql: &str, want: i64) {
+    for _ in 0..100 {
+        if count(db, sql).await == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "`{sql}` never reached {want} (now {})",
+        count(db, sql).await
+    );
+}
+
+#[tokio::test]
+async fn signed_request_to_postgres_row_through_redis() {
+    let (database, schema) = fresh_schema().await;
+    let data = tempfile::tempdir().unwrap();
+    let d = dir(data.path());
+    let app = spawn_app(
+        d.path(),
+        &[
+            ("REDIS_URL", REDIS),
+            ("DATABASE_URL", &database),
+            ("ENCRYPTION_KEY", K),
+        ],
+    )
+    .await;
+    let db = pg(&schema).await;
+
+    assert_eq!(
+        post_vapi(&app, payload("vapi/end-of-call-report.json")).await,
+        200
+    );
+    eventually(&db, "SELECT count(*) FROM call_logs", 1).await;
+    let row = db
+        .query_one(
+            "SELECT call_id::text, cost::text, summary, event_id FROM call_logs",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        row.get::<_, String>(0),
+        "9f1c2e4a-5b6d-4e7f-8a9b-0c1d2e3f4a5b"
+    );
+    assert_eq!(row.get::<_, String>(1), "0.137200");
+    assert_eq!(
+        row.get::<_, String>(2),
+        "Caller booked a cleaning for Tuesday at 10am."
+    );
+    assert!(!row.get::<_, String>(3).is_empty());
+
+    // Vapi retrying the same status update three times: one row
+    for _ in 0..3 {
+        assert_eq!(
+            post_vapi(&app, payload("vapi/status-update.json")).await,
+            200
+        );
+    }
+    assert_eq!(
+        post_vapi(&app, payload("vapi/transcript-final.json")).await,
+        200
+    );
+    eventually(&db, "SELECT count(*) FROM transcripts", 1).await;
+    eventually(&db, "SELECT count(*) FROM call_status", 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM call_status").await,
+        1,
+        "deduplicated at ingest"
+    );
+
+    // a speech-update is answered and dropped by the transform: no table grows
+    assert_eq!(
+        post_vapi(&app, payload("vapi/speech-update.json")).await,
+        200
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn no_2xx_without_a_stored_event() {
+    let data = tempfile::tempdir().unwrap();
+    let d = dir(data.path());
+    let app = spawn_app(d.path(), &[("REDIS_URL", "redis://127.0.0.1:1")]).await;
+    let res = app
+        .client
+        .post(app.url("/api/webhooks/vapi"))
+        .header("authorization", "Bearer dev-vapi-webhook-secret")
+        .header("content-type", "application/json")
+        .body(payload("vapi/status-update.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(res.headers()["retry-after"], "5");
+    assert_eq!(
+        res.json::<serde_json::Value>().await.unwrap()["error"],
+        "unavailable"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn development_mode_queues_in_process_and_writes_json_lines() {
+    let data = tempfile::tempdir().unwrap();
+    let d = dir(data.path());
+    let app = spawn_app(d.path(), &[]).await;
+    assert_eq!(
+        post_vapi(&app, payload("vapi/end-of-call-report.json")).await,
+        200
+    );
+    let file = data.path().join("call_logs.jsonl");
+    for _ in 0..100 {
+        if file.exists() && !std::fs::read_to_string(&file).unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let line: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(&file)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(line["call_id"], "9f1c2e4a-5b6d-4e7f-8a9b-0c1d2e3f4a5b");
+    assert_eq!(line["sink"], "call_logs");
+    assert_eq!(line["row_index"], 0);
+    app.stop().await;
+}
