@@ -218,7 +218,7 @@ impl RedisQueue {
             None => (format!("{}-", self.seen_prefix), "1".to_string()),
         };
         let mut c = self.conn().await?;
-        let id: Option<String> = self
+        let r: Result<Option<String>, _> = self
             .enqueue
             .key(&self.stream)
             .key(&seen)
@@ -226,7 +226,8 @@ impl RedisQueue {
             .arg(if dedupe.is_some() { "1" } else { "" })
             .arg(window)
             .invoke_async(&mut *c)
-            .await?;
+            .await;
+        let id = settle(c, r)?;
         Ok(id.map_or(Enqueued::Duplicate, Enqueued::Added))
     }
 
@@ -270,14 +271,14 @@ impl RedisQueue {
     /// Done: acknowledge and delete.
     pub async fn ack(&self, id: &str) -> Result<(), QueueError> {
         let mut c = self.conn().await?;
-        let _: i64 = self
+        let r: Result<i64, _> = self
             .ack
             .key(&self.stream)
             .arg(GROUP)
             .arg(id)
             .invoke_async(&mut *c)
-            .await?;
-        Ok(())
+            .await;
+        settle(c, r).map(|_| ())
     }
 
     /// Try again after `delay`, with the attempt counted; atomic with the ack.
@@ -289,7 +290,7 @@ impl RedisQueue {
         })
         .to_string();
         let mut c = self.conn().await?;
-        let _: i64 = self
+        let r: Result<i64, _> = self
             .retry
             .key(&self.stream)
             .key(&self.delayed)
@@ -298,15 +299,15 @@ impl RedisQueue {
             .arg(member)
             .arg(delay.as_millis() as u64)
             .invoke_async(&mut *c)
-            .await?;
-        Ok(())
+            .await;
+        settle(c, r).map(|_| ())
     }
 
     /// Give up: append to the dead-letter stream with the reason; atomic with the ack.
     pub async fn dead_letter(&self, d: &Delivery, reason: &str) -> Result<(), QueueError> {
         let payload = serde_json::to_string(&d.event).map_err(|e| QueueError(e.to_string()))?;
         let mut c = self.conn().await?;
-        let _: i64 = self
+        let r: Result<i64, _> = self
             .dead_letter
             .key(&self.stream)
             .key(&self.dead)
@@ -316,20 +317,21 @@ impl RedisQueue {
             .arg(reason)
             .arg(d.attempts + 1)
             .invoke_async(&mut *c)
-            .await?;
-        Ok(())
+            .await;
+        settle(c, r).map(|_| ())
     }
 
     /// Move retries whose time has come back to the work stream. Returns how many moved.
     pub async fn promote_due(&self, limit: usize) -> Result<u64, QueueError> {
         let mut c = self.conn().await?;
-        Ok(self
+        let r: Result<u64, _> = self
             .promote
             .key(&self.delayed)
             .key(&self.stream)
             .arg(limit)
             .invoke_async(&mut *c)
-            .await?)
+            .await;
+        settle(c, r)
     }
 
     /// Take over entries idle longer than `lease` (their consumer died or hangs). Entries
@@ -490,6 +492,18 @@ impl RedisQueue {
             .query_async(&mut *c)
             .await?)
     }
+}
+
+/// A pooled connection that just failed is dropped rather than returned: after a Redis restart
+/// the pool would otherwise keep handing out dead connections until its next health check.
+fn settle<T>(
+    conn: mobc_redis::mobc::Connection<RedisConnectionManager>,
+    result: Result<T, redis::RedisError>,
+) -> Result<T, QueueError> {
+    if result.is_err() {
+        drop(conn.into_inner());
+    }
+    Ok(result?)
 }
 
 fn as_u64(v: &Value) -> Option<u64> {

@@ -94,10 +94,13 @@ impl RedisGcra {
             if let Some(now) = now_us {
                 inv.arg(now);
             }
-            let (allowed, retry_ms, reset_ms, remaining): (i64, i64, i64, i64) = inv
-                .invoke_async(&mut *conn)
-                .await
-                .map_err(|e| Unavailable(e.to_string()))?;
+            let result: Result<(i64, i64, i64, i64), _> = inv.invoke_async(&mut *conn).await;
+            if result.is_err() {
+                // a dead connection (Redis restarted) must not go back to the pool
+                drop(conn.into_inner());
+            }
+            let (allowed, retry_ms, reset_ms, remaining) =
+                result.map_err(|e| Unavailable(e.to_string()))?;
             Ok(Decision {
                 allowed: allowed == 1,
                 limit: rule.limit,
