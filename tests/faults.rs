@@ -38,7 +38,24 @@ fn dir() -> Dir {
     dir
 }
 
-fn engine(dir: &Dir, port: u16, redis: &str, database: &str) -> Child {
+/// An engine process, killed (and reaped) when dropped.
+struct Engine(Child);
+
+impl Engine {
+    /// kill -9, no graceful shutdown.
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn engine(dir: &Dir, port: u16, redis: &str, database: &str) -> Engine {
     let mut child = Command::new(env!("CARGO_BIN_EXE_engine"))
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -66,7 +83,7 @@ fn engine(dir: &Dir, port: u16, redis: &str, database: &str) -> Child {
     });
     rx.recv_timeout(Duration::from_secs(20))
         .expect("engine started");
-    child
+    Engine(child)
 }
 
 fn status_update(call: &str, n: usize) -> String {
@@ -161,19 +178,15 @@ async fn kill_9_mid_stream_then_restart() {
     let d = dir();
     let port = free_port();
     let mut first = engine(&d, port, &redis.url(), &database);
-    let (ok, all) = stream_with_fault(port, 600, 300, || {
-        // kill -9: no graceful shutdown, entries in the worker's hands stay pending
-        let _ = first.kill();
-        let _ = first.wait();
-    })
-    .await;
+    // kill -9: no graceful shutdown; entries in the worker's hands stay pending
+    let (ok, all) = stream_with_fault(port, 600, 300, || first.kill()).await;
     assert!(
         ok.len() >= 250 && ok.len() < 600,
         "the engine was down for part of the stream: {} 2xx",
         ok.len()
     );
-    // started again: takes over the dead process's pending entries after the lease
-    let mut second = engine(&d, port, &redis.url(), &database);
+    // started again: it takes over the dead process's pending entries after the lease
+    let _second = engine(&d, port, &redis.url(), &database);
     let (ok2, all2) = stream_with_fault(port, 100, usize::MAX, || {}).await;
     let ok: Vec<String> = ok.into_iter().chain(ok2).collect();
     let all: Vec<String> = all.into_iter().chain(all2).collect();
@@ -184,7 +197,6 @@ async fn kill_9_mid_stream_then_restart() {
         "kill -9 of the engine mid-stream, then restart",
     )
     .await;
-    let _ = second.kill();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -193,8 +205,13 @@ async fn redis_with_aof_killed_and_restarted_mid_stream() {
     let mut redis = PrivateRedis::start(true);
     let d = dir();
     let port = free_port();
-    let mut engine = engine(&d, port, &redis.url(), &database);
+    let _engine = engine(&d, port, &redis.url(), &database);
     let (ok, all) = stream_with_fault(port, 400, 200, || redis.restart()).await;
+    assert!(
+        ok.len() >= 380,
+        "served across the restart: {} of 400",
+        ok.len()
+    );
     check_exactly_once(
         &schema,
         &ok,
@@ -202,5 +219,56 @@ async fn redis_with_aof_killed_and_restarted_mid_stream() {
         "Redis (AOF on) killed and restarted mid-stream",
     )
     .await;
-    let _ = engine.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_empty_the_engine_recovers_and_keeps_serving() {
+    let (database, schema) = fresh_schema().await;
+    let mut redis = PrivateRedis::start(false);
+    let d = dir();
+    let port = free_port();
+    let _engine = engine(&d, port, &redis.url(), &database);
+    let (before, _) = stream_with_fault(port, 100, usize::MAX, || {}).await;
+    check_exactly_once(&schema, &before, &before, "before Redis restarts empty").await;
+    // no persistence: the stream and the consumer group vanish; the worker sees NOGROUP,
+    // recreates the group and raises the alarm; events after the restart flow again
+    redis.restart();
+    let (after, all) = stream_with_fault(port, 200, usize::MAX, || {}).await;
+    assert!(
+        after.len() >= 190,
+        "serving again after the restart: {} of 200",
+        after.len()
+    );
+    let ok: Vec<String> = before.iter().cloned().chain(after).collect();
+    let all: Vec<String> = before.into_iter().chain(all).collect();
+    check_exactly_once(&schema, &ok, &all, "Redis restarted empty (no persistence)").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_producers_two_engines_exact_set_none_twice() {
+    let (database, schema) = fresh_schema().await;
+    let redis = PrivateRedis::start(true);
+    let d = dir();
+    let (p1, p2) = (free_port(), free_port());
+    let _a = engine(&d, p1, &redis.url(), &database);
+    let _b = engine(&d, p2, &redis.url(), &database);
+    let mut producers = tokio::task::JoinSet::new();
+    for i in 0..8 {
+        let port = if i % 2 == 0 { p1 } else { p2 };
+        producers.spawn(stream_with_fault(port, 100, usize::MAX, || {}));
+    }
+    let (mut ok, mut all) = (Vec::new(), Vec::new());
+    while let Some(r) = producers.join_next().await {
+        let (o, a) = r.unwrap();
+        ok.extend(o);
+        all.extend(a);
+    }
+    assert_eq!(ok.len(), 800);
+    check_exactly_once(
+        &schema,
+        &ok,
+        &all,
+        "8 producers, two engine instances sharing Redis and Postgres",
+    )
+    .await;
 }
