@@ -57,6 +57,16 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
+    /// Queue counts per queued pipeline: depth, pending, delayed, dead, oldest age (needs REDIS_URL).
+    Queue {
+        #[command(subcommand)]
+        action: QueueAction,
+    },
+    /// Inspect, replay or purge dead-lettered events (needs REDIS_URL).
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
     /// Manage per-tenant secrets in the database.
     Secrets {
         #[command(subcommand)]
@@ -70,6 +80,71 @@ pub enum Command {
         /// Do not write: exit 1 if the files in `--out` differ from the generated schemas.
         #[arg(long)]
         check: bool,
+    },
+}
+
+/// Where the queue commands find the deployment.
+#[derive(Debug, clap::Args)]
+pub struct Target {
+    /// The pipelines directory.
+    #[arg(long, default_value = "pipelines")]
+    pub pipelines: PathBuf,
+    /// Read variables from this dotenv file instead of the process environment.
+    #[arg(long)]
+    pub env_file: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueueAction {
+    /// Counts for every queued pipeline.
+    Stats {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqAction {
+    /// The dead letters of a pipeline, oldest first.
+    List {
+        #[arg(long)]
+        pipeline: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// One dead letter with its event.
+    Show {
+        #[arg(long)]
+        pipeline: String,
+        #[arg(long)]
+        id: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Put dead letters back on the queue with a fresh attempt count.
+    Replay {
+        #[arg(long)]
+        pipeline: String,
+        #[arg(long, conflicts_with = "all", required_unless_present = "all")]
+        id: Option<String>,
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Delete dead letters.
+    Purge {
+        #[arg(long)]
+        pipeline: String,
+        #[arg(long, conflicts_with = "all", required_unless_present = "all")]
+        id: Option<String>,
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        target: Target,
     },
 }
 
@@ -118,6 +193,10 @@ pub fn run() -> ExitCode {
             format,
         } => validate(&dir, env_file.as_deref(), format),
         Command::Schema { out, check } => schema(&out, check),
+        Command::Queue {
+            action: QueueAction::Stats { target },
+        } => queue_stats(&target),
+        Command::Dlq { action } => dlq(action),
         Command::Secrets {
             action:
                 SecretsAction::Set {
@@ -340,6 +419,178 @@ fn secrets_set(tenant: &str, credential: &str, dir: &Path, env_file: Option<&Pat
             );
             ExitCode::SUCCESS
         }
+        Err(e) => {
+            eprintln!("engine: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The Redis queues of the queued pipelines, by pipeline name.
+fn queues(target: &Target) -> Result<Vec<(String, crate::queue::redis::RedisQueue)>, ExitCode> {
+    let source = env_source(target.env_file.as_deref())?;
+    let project = crate::config::load(&target.pipelines, &source).map_err(|d| {
+        eprint!("{}", diagnostics::render(&d, Format::Text));
+        ExitCode::from(1)
+    })?;
+    let Some(url) = project.settings.redis_url.clone() else {
+        eprintln!(
+            "engine: REDIS_URL is not set: without Redis, events are queued inside `engine serve` and are not visible here"
+        );
+        return Err(ExitCode::from(1));
+    };
+    let mut out = Vec::new();
+    for p in project
+        .pipelines
+        .iter()
+        .filter(|p| !p.config.transform.is_empty())
+    {
+        let name = p
+            .config
+            .queue
+            .as_ref()
+            .and_then(|q| q.name.clone())
+            .unwrap_or_else(|| p.config.name.clone());
+        let q = crate::queue::redis::RedisQueue::new(
+            &url,
+            &project.settings.redis_key_prefix,
+            &name,
+            "engine-cli",
+        )
+        .map_err(|e| {
+            eprintln!("engine: {e}");
+            ExitCode::from(1)
+        })?;
+        out.push((p.config.name.clone(), q));
+    }
+    Ok(out)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("engine: cannot start the runtime: {e}");
+            ExitCode::from(1)
+        })
+}
+
+fn queue_stats(target: &Target) -> ExitCode {
+    let (queues, rt) = match (queues(target), runtime()) {
+        (Ok(q), Ok(r)) => (q, r),
+        (Err(c), _) | (_, Err(c)) => return c,
+    };
+    let result: Result<Vec<(String, crate::queue::redis::Stats)>, _> =
+        rt.block_on(async { futures_stats(&queues).await });
+    match result {
+        Ok(stats) if target.json => {
+            let v: serde_json::Map<String, serde_json::Value> = stats
+                .into_iter()
+                .map(|(n, s)| (n, serde_json::to_value(s).unwrap_or_default()))
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Ok(stats) => {
+            println!(
+                "{:<20} {:>8} {:>8} {:>8} {:>8} {:>12}",
+                "pipeline", "depth", "pending", "delayed", "dead", "oldest"
+            );
+            for (n, s) in stats {
+                let oldest = s
+                    .oldest_age_ms
+                    .map_or("-".to_string(), |ms| format!("{:.1}s", ms as f64 / 1000.0));
+                println!(
+                    "{n:<20} {:>8} {:>8} {:>8} {:>8} {oldest:>12}",
+                    s.depth, s.pending, s.delayed, s.dead
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("engine: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn futures_stats(
+    queues: &[(String, crate::queue::redis::RedisQueue)],
+) -> Result<Vec<(String, crate::queue::redis::Stats)>, crate::queue::redis::QueueError> {
+    let mut out = Vec::new();
+    for (name, q) in queues {
+        out.push((name.clone(), q.stats().await?));
+    }
+    Ok(out)
+}
+
+fn dlq(action: DlqAction) -> ExitCode {
+    let (pipeline, target) = match &action {
+        DlqAction::List { pipeline, target }
+        | DlqAction::Show {
+            pipeline, target, ..
+        }
+        | DlqAction::Replay {
+            pipeline, target, ..
+        }
+        | DlqAction::Purge {
+            pipeline, target, ..
+        } => (pipeline.clone(), target),
+    };
+    let (queues, rt) = match (queues(target), runtime()) {
+        (Ok(q), Ok(r)) => (q, r),
+        (Err(c), _) | (_, Err(c)) => return c,
+    };
+    let Some((_, q)) = queues.iter().find(|(n, _)| *n == pipeline) else {
+        eprintln!("engine: `{pipeline}` is not a queued pipeline (it needs transform steps)");
+        return ExitCode::from(2);
+    };
+    let json = target.json;
+    let result: Result<(), String> = rt.block_on(async {
+        match &action {
+            DlqAction::List { .. } => {
+                let letters = q.dead_letters(1000).await.map_err(|e| e.to_string())?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&letters).unwrap_or_default());
+                } else {
+                    for l in &letters {
+                        println!("{}  event {}  attempts {}  {}", l.id, l.event_id, l.attempts, l.reason);
+                    }
+                    println!("{} dead letter{}", letters.len(), if letters.len() == 1 { "" } else { "s" });
+                }
+                Ok(())
+            }
+            DlqAction::Show { id, .. } => {
+                let letters = q.dead_letters(10_000).await.map_err(|e| e.to_string())?;
+                let l = letters.iter().find(|l| &l.id == id).ok_or_else(|| format!("no dead letter `{id}`"))?;
+                let event = l.event.as_ref().map(|e| {
+                    serde_json::json!({
+                        "id": e.id, "pipeline": e.pipeline, "received_at_ms": e.received_at_ms,
+                        "method": e.method, "path": e.path, "query": e.query, "headers": e.headers,
+                        "body": String::from_utf8_lossy(&e.body),
+                    })
+                });
+                let v = serde_json::json!({"id": l.id, "event_id": l.event_id, "attempts": l.attempts, "reason": l.reason, "event": event});
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                Ok(())
+            }
+            DlqAction::Replay { id, .. } => {
+                let ids: Vec<String> = id.iter().cloned().collect();
+                let n = q.replay_dead(&ids).await.map_err(|e| e.to_string())?;
+                if json { println!("{{\"replayed\": {n}}}") } else { println!("replayed {n}") }
+                Ok(())
+            }
+            DlqAction::Purge { id, .. } => {
+                let ids: Vec<String> = id.iter().cloned().collect();
+                let n = q.purge_dead(&ids).await.map_err(|e| e.to_string())?;
+                if json { println!("{{\"purged\": {n}}}") } else { println!("purged {n}") }
+                Ok(())
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("engine: {e}");
             ExitCode::from(1)

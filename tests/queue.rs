@@ -266,3 +266,113 @@ async fn redis_down_is_an_error_not_a_hang() {
     assert!(q.enqueue(&event("e1"), None).await.is_err());
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+#[tokio::test]
+async fn queue_and_dlq_commands() {
+    use std::process::Command;
+    let p = prefix();
+    // a deployment whose Redis keys are under `p`
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
+    for entry in std::fs::read_dir(&shipped).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    std::fs::create_dir_all(dir.path().join("scripts")).unwrap();
+    for entry in std::fs::read_dir(shipped.join("scripts")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(
+            &path,
+            dir.path().join("scripts").join(path.file_name().unwrap()),
+        )
+        .unwrap();
+    }
+    let settings = std::fs::read_to_string(dir.path().join("engine.yaml")).unwrap();
+    std::fs::write(
+        dir.path().join("engine.yaml"),
+        format!("{settings}\nredis_key_prefix: '{p}'\n"),
+    )
+    .unwrap();
+
+    let q = queue(&p, "c1").await;
+    for id in ["d1", "d2"] {
+        q.enqueue(&event(id), None).await.unwrap();
+    }
+    let mut r = q.reader().await.unwrap();
+    let (got, _) = q
+        .read(&mut r, 10, Duration::from_millis(100), false)
+        .await
+        .unwrap();
+    for d in &got {
+        q.dead_letter(d, "scripts/vapi.rhai:3:1: boom")
+            .await
+            .unwrap();
+    }
+
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_engine"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("REDIS_URL", REDIS)
+            .args(args)
+            .arg("--pipelines")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let stats: serde_json::Value =
+        serde_json::from_str(&run(&["queue", "stats", "--json"])).unwrap();
+    assert_eq!(stats["vapi"]["dead"], 2);
+    assert_eq!(stats["vapi"]["depth"], 0);
+    assert!(run(&["queue", "stats"]).contains("vapi"));
+
+    let list: serde_json::Value =
+        serde_json::from_str(&run(&["dlq", "list", "--pipeline", "vapi", "--json"])).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    assert_eq!(list[0]["reason"], "scripts/vapi.rhai:3:1: boom");
+    let first = list[0]["id"].as_str().unwrap().to_string();
+    let shown: serde_json::Value =
+        serde_json::from_str(&run(&["dlq", "show", "--pipeline", "vapi", "--id", &first])).unwrap();
+    assert_eq!(shown["event"]["id"], "d1");
+    assert!(
+        shown["event"]["body"]
+            .as_str()
+            .unwrap()
+            .contains("status-update")
+    );
+
+    assert_eq!(
+        run(&[
+            "dlq",
+            "replay",
+            "--pipeline",
+            "vapi",
+            "--id",
+            &first,
+            "--json"
+        ])
+        .trim(),
+        r#"{"replayed": 1}"#
+    );
+    assert_eq!(
+        run(&["dlq", "purge", "--pipeline", "vapi", "--all"]).trim(),
+        "purged 1"
+    );
+    let stats: serde_json::Value =
+        serde_json::from_str(&run(&["queue", "stats", "--json"])).unwrap();
+    assert_eq!(
+        (
+            stats["vapi"]["dead"].as_u64(),
+            stats["vapi"]["depth"].as_u64()
+        ),
+        (Some(0), Some(1))
+    );
+}
