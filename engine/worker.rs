@@ -109,8 +109,26 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Process one delivery to its end state.
+    /// Process one delivery to its end state, renewing its lease while it takes long (so a slow
+    /// sink does not make another worker process the same event at the same time).
     pub async fn handle(&self, d: &Delivery) -> Result<Handled, QueueError> {
+        let work = self.process(d);
+        tokio::pin!(work);
+        let every = (self.options.lease / 3).max(Duration::from_millis(10));
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tokio::select! {
+                done = &mut work => return done,
+                _ = tick.tick() => {
+                    if let Err(e) = self.outcomes.touch(d).await {
+                        tracing::debug!(event_id = %d.event.id, error = %e, "lease renewal failed");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn process(&self, d: &Delivery) -> Result<Handled, QueueError> {
         let program = self.program.clone();
         let event = d.event.clone();
         let outcome = tokio::task::spawn_blocking(move || program.run(&event))

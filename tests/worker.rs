@@ -278,3 +278,50 @@ async fn a_crashed_workers_entries_reach_the_sink_through_another_worker() {
     running.await.unwrap();
     assert_eq!(q.stats().await.unwrap().pending, 0);
 }
+
+/// A sink that takes `delay` to write.
+struct SlowSink(Duration, Mutex<u32>);
+
+impl Sink for SlowSink {
+    fn write<'a>(&'a self, _batch: &'a Batch) -> SinkFuture<'a> {
+        Box::pin(async move {
+            tokio::time::sleep(self.0).await;
+            *self.1.lock().unwrap() += 1;
+            Ok(())
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_long_job_renews_its_lease() {
+    let (w, q, prefix) = worker(TestSink::new(0, SinkError::Retry(String::new())), fast()).await;
+    let slow = Arc::new(SlowSink(Duration::from_millis(1200), Mutex::new(0)));
+    let mut sinks: HashMap<String, Arc<dyn Sink>> = HashMap::new();
+    sinks.insert("call_status".into(), slow.clone());
+    let slow_worker = Arc::new(Worker {
+        outcomes: q.clone(),
+        program: w.program.clone(),
+        sinks,
+        options: fast(),
+    });
+    q.enqueue(&status_update("long"), None).await.unwrap();
+    let mut r = q.reader().await.unwrap();
+    let (d, _) = q
+        .read(&mut r, 1, Duration::from_millis(100), false)
+        .await
+        .unwrap();
+    let handling = tokio::spawn({
+        let (w, d) = (slow_worker.clone(), d[0].clone());
+        async move { w.handle(&d).await }
+    });
+    // well past the 300 ms lease, another consumer finds nothing to take over
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let other = RedisQueue::new(REDIS, &prefix, "vapi", "other-consumer").unwrap();
+    let (taken, _) = other.reclaim(Duration::from_millis(300), 5).await.unwrap();
+    assert!(
+        taken.is_empty(),
+        "the entry was taken over while its worker was still writing"
+    );
+    assert_eq!(handling.await.unwrap().unwrap(), Handled::Acked);
+    assert_eq!(*slow.1.lock().unwrap(), 1);
+}

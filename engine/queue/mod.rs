@@ -31,6 +31,10 @@ pub trait Outcomes: Send + Sync {
     fn retry<'a>(&'a self, d: &'a Delivery, delay: Duration) -> QueueFuture<'a>;
     /// Give up, keeping the event and the reason.
     fn dead_letter<'a>(&'a self, d: &'a Delivery, reason: &'a str) -> QueueFuture<'a>;
+    /// Still working on it: renew the lease so nobody takes the entry over.
+    fn touch<'a>(&'a self, _d: &'a Delivery) -> QueueFuture<'a> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// A consumer name unique to this process start: a restarted process must not inherit (and so

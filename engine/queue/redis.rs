@@ -268,6 +268,21 @@ impl RedisQueue {
         }
     }
 
+    /// Renew the lease of an entry this consumer is still working on (resets its idle time).
+    pub async fn touch(&self, id: &str) -> Result<(), QueueError> {
+        let mut c = self.conn().await?;
+        let r: Result<Value, _> = redis::cmd("XCLAIM")
+            .arg(&self.stream)
+            .arg(GROUP)
+            .arg(&self.consumer)
+            .arg(0)
+            .arg(id)
+            .arg("JUSTID")
+            .query_async(&mut *c)
+            .await;
+        settle(c, r).map(|_| ())
+    }
+
     /// Done: acknowledge and delete.
     pub async fn ack(&self, id: &str) -> Result<(), QueueError> {
         let mut c = self.conn().await?;
@@ -619,4 +634,37 @@ impl super::Outcomes for RedisQueue {
     fn dead_letter<'a>(&'a self, d: &'a Delivery, reason: &'a str) -> super::QueueFuture<'a> {
         Box::pin(RedisQueue::dead_letter(self, d, reason))
     }
+
+    fn touch<'a>(&'a self, d: &'a Delivery) -> super::QueueFuture<'a> {
+        Box::pin(RedisQueue::touch(self, &d.id))
+    }
+}
+
+/// Start-up checks of a Redis that holds queues: a warning for each setting that can lose
+/// events. An error when Redis cannot be reached at all.
+pub async fn configuration_warnings(url: &str) -> Result<Vec<String>, QueueError> {
+    let client = redis::Client::open(url)
+        .map_err(|_| QueueError("REDIS_URL is not a valid Redis URL".into()))?;
+    let mut c = tokio::time::timeout(
+        Duration::from_secs(3),
+        client.get_multiplexed_async_connection(),
+    )
+    .await
+    .map_err(|_| QueueError("timed out connecting".into()))??;
+    let get = |name: &'static str| redis::cmd("CONFIG").arg("GET").arg(name).to_owned();
+    let mut warnings = Vec::new();
+    // Managed Redis services may refuse CONFIG; then nothing can be checked.
+    if let Ok(v) = get("appendonly").query_async::<Vec<String>>(&mut c).await
+        && v.get(1).map(String::as_str) == Some("no")
+    {
+        warnings.push("Redis has no AOF persistence (appendonly no): a Redis restart loses queued events that were answered 2xx".to_string());
+    }
+    if let Ok(v) = get("maxmemory-policy")
+        .query_async::<Vec<String>>(&mut c)
+        .await
+        && let Some(policy) = v.get(1).filter(|p| p.as_str() != "noeviction")
+    {
+        warnings.push(format!("Redis maxmemory-policy is {policy}: under memory pressure it may evict queued events; set noeviction"));
+    }
+    Ok(warnings)
 }

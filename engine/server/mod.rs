@@ -248,8 +248,28 @@ pub async fn start_with(
     })
 }
 
+/// Start-up lines about the queue's Redis (the seed's "Redis connected"), with warnings for
+/// settings that can lose events.
+async fn announce_redis(project: &Project) {
+    let Some(url) = &project.settings.redis_url else {
+        return;
+    };
+    match crate::queue::redis::configuration_warnings(url).await {
+        Ok(warnings) => {
+            tracing::info!("Redis connected");
+            for w in warnings {
+                tracing::warn!("{w}");
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "Redis unreachable: webhooks of queued pipelines will be answered 503 until it is back")
+        }
+    }
+}
+
 /// Run only the queue workers until SIGTERM/SIGINT (`engine worker`).
 pub async fn serve_workers(project: Project) -> std::io::Result<()> {
+    announce_redis(&project).await;
     let grace = Duration::from_secs(project.settings.shutdown_grace_secs);
     let app = App::build(project).map_err(std::io::Error::other)?;
     let queues = app.queued.iter().flatten().count();
@@ -289,6 +309,7 @@ pub async fn serve(project: Project, workers: bool) -> std::io::Result<()> {
     if project.settings.maintenance.enabled {
         tracing::warn!("maintenance mode is on: pipeline routes answer 503");
     }
+    announce_redis(&project).await;
     let running = start_with(project, addr, workers).await?;
     tracing::info!(
         port = running.addr.port(),
