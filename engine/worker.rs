@@ -90,6 +90,15 @@ impl Default for Options {
     }
 }
 
+/// The result of transforming and writing one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attempt {
+    Written,
+    Dropped(String),
+    Retry(String),
+    Permanent(String),
+}
+
 /// What happened to one delivery (returned for tests and logs).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Handled {
@@ -129,9 +138,27 @@ impl Worker {
     }
 
     async fn process(&self, d: &Delivery) -> Result<Handled, QueueError> {
+        match self.attempt(&d.event).await {
+            Attempt::Written => {
+                self.outcomes.ack(d).await?;
+                Ok(Handled::Acked)
+            }
+            Attempt::Dropped(reason) => {
+                tracing::debug!(event_id = %d.event.id, %reason, "event dropped");
+                self.outcomes.ack(d).await?;
+                Ok(Handled::Dropped)
+            }
+            Attempt::Retry(reason) => self.again(d, reason).await,
+            Attempt::Permanent(reason) => self.dead(d, reason).await,
+        }
+    }
+
+    /// Transform one event and write its rows: the decision, without recording it anywhere
+    /// (the queued path records it in the queue; `ack: processed` answers the caller with it).
+    pub async fn attempt(&self, event: &crate::transform::EventInput) -> Attempt {
         let program = self.program.clone();
-        let event = d.event.clone();
-        let outcome = tokio::task::spawn_blocking(move || program.run(&event))
+        let input = event.clone();
+        let outcome = tokio::task::spawn_blocking(move || program.run(&input))
             .await
             .unwrap_or_else(|e| {
                 Err(crate::transform::Failure {
@@ -140,37 +167,30 @@ impl Worker {
                 })
             });
         match outcome {
-            Ok(Outcome::Dropped { reason }) => {
-                tracing::debug!(event_id = %d.event.id, %reason, "event dropped");
-                self.outcomes.ack(d).await?;
-                Ok(Handled::Dropped)
-            }
+            Ok(Outcome::Dropped { reason }) => Attempt::Dropped(reason),
             Ok(Outcome::Rows { sink, step, rows }) => {
                 let Some(target) = self.sinks.get(&sink) else {
-                    return self.dead(d, format!("no sink named `{sink}`")).await;
+                    return Attempt::Permanent(format!("no sink named `{sink}`"));
                 };
                 let batch = Batch {
-                    event_id: d.event.id.clone(),
-                    pipeline: d.event.pipeline.clone(),
+                    event_id: event.id.clone(),
+                    pipeline: event.pipeline.clone(),
                     sink,
                     step,
                     rows,
                 };
                 match target.write(&batch).await {
-                    Ok(()) => {
-                        self.outcomes.ack(d).await?;
-                        Ok(Handled::Acked)
-                    }
+                    Ok(()) => Attempt::Written,
                     Err(SinkError::Retry(e)) => {
-                        self.again(d, format!("sink `{}`: {e}", batch.sink)).await
+                        Attempt::Retry(format!("sink `{}`: {e}", batch.sink))
                     }
                     Err(SinkError::Permanent(e)) => {
-                        self.dead(d, format!("sink `{}`: {e}", batch.sink)).await
+                        Attempt::Permanent(format!("sink `{}`: {e}", batch.sink))
                     }
                 }
             }
-            Err(f) if f.kind == FailureKind::Retry => self.again(d, f.reason).await,
-            Err(f) => self.dead(d, f.reason).await,
+            Err(f) if f.kind == FailureKind::Retry => Attempt::Retry(f.reason),
+            Err(f) => Attempt::Permanent(f.reason),
         }
     }
 

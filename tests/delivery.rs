@@ -188,3 +188,115 @@ async fn development_mode_queues_in_process_and_writes_json_lines() {
     assert_eq!(line["row_index"], 0);
     app.stop().await;
 }
+
+/// The shipped pipelines with the Vapi pipeline acknowledging only after the write.
+fn processed_dir(data: &Path) -> (Dir, String) {
+    let d = dir(data);
+    let vapi = std::fs::read_to_string(d.path().join("vapi.yaml")).unwrap();
+    d.write(
+        "vapi.yaml",
+        &vapi.replace("    window: 24h\n", "    window: 24h\n  ack: processed\n"),
+    );
+    let settings = std::fs::read_to_string(d.path().join("engine.yaml")).unwrap();
+    let prefix = settings
+        .lines()
+        .find_map(|l| l.strip_prefix("redis_key_prefix: '"))
+        .unwrap()
+        .trim_end_matches('\'')
+        .to_string();
+    (d, prefix)
+}
+
+#[tokio::test]
+async fn ack_processed_answers_after_the_write() {
+    let (database, schema) = fresh_schema().await;
+    let data = tempfile::tempdir().unwrap();
+    let (d, prefix) = processed_dir(data.path());
+    let app = spawn_app(
+        d.path(),
+        &[
+            ("REDIS_URL", REDIS),
+            ("DATABASE_URL", &database),
+            ("ENCRYPTION_KEY", K),
+        ],
+    )
+    .await;
+    let db = pg(&schema).await;
+    assert_eq!(
+        post_vapi(&app, payload("vapi/end-of-call-report.json")).await,
+        200
+    );
+    // no waiting: the row is there when the 2xx is
+    assert_eq!(count(&db, "SELECT count(*) FROM call_logs").await, 1);
+    // a script failure is dead-lettered (and answered, as in the queued path)
+    assert_eq!(
+        post_vapi(
+            &app,
+            br#"{"message":{"type":"end-of-call-report","timestamp":1}}"#.to_vec()
+        )
+        .await,
+        200
+    );
+    let q = engine::queue::redis::RedisQueue::new(REDIS, &prefix, "vapi", "t").unwrap();
+    let dead = q.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert!(
+        dead[0].reason.contains("without message.call.id"),
+        "{}",
+        dead[0].reason
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn ack_processed_sink_down_is_503_and_the_retry_is_not_taken_for_a_repeat() {
+    let data = tempfile::tempdir().unwrap();
+    let (d, _) = processed_dir(data.path());
+    let app = spawn_app(
+        d.path(),
+        &[
+            ("REDIS_URL", REDIS),
+            ("DATABASE_URL", "postgres://postgres@127.0.0.1:1/test"),
+            ("ENCRYPTION_KEY", K),
+        ],
+    )
+    .await;
+    assert_eq!(
+        post_vapi(&app, payload("vapi/status-update.json")).await,
+        503
+    );
+    assert_eq!(
+        post_vapi(&app, payload("vapi/status-update.json")).await,
+        503,
+        "the provider's retry is processed again"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn redis_stopped_means_503_until_it_is_back() {
+    let mut redis = common::PrivateRedis::start(true);
+    let data = tempfile::tempdir().unwrap();
+    let d = dir(data.path());
+    let app = spawn_app(d.path(), &[("REDIS_URL", &redis.url())]).await;
+    assert_eq!(
+        post_vapi(&app, payload("vapi/status-update-ended.json")).await,
+        200
+    );
+    redis.kill();
+    assert_eq!(
+        post_vapi(&app, payload("vapi/status-update.json")).await,
+        503
+    );
+    redis.restart();
+    let mut status = 0;
+    for _ in 0..20 {
+        status = post_vapi(&app, payload("vapi/transcript-final.json")).await;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 200, "serving again once Redis is back");
+    app.stop().await;
+}

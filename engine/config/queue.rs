@@ -41,10 +41,24 @@ pub struct Queue {
     /// How long an event may be in a worker's hands before another worker takes it over.
     #[serde(default = "default_lease")]
     pub lease: Span,
+    /// When the caller gets its 2xx: `queued` (default: once the event is stored in the queue)
+    /// or `processed` (once its rows are written; a sink failure answers 503 so the provider
+    /// retries). `processed` trades latency for callers that need the write done.
+    #[serde(default)]
+    pub ack: Ack,
     /// Events processed at once, per engine process.
     #[serde(default = "default_concurrency")]
     #[schemars(range(min = 1, max = 256))]
     pub concurrency: u32,
+}
+
+/// When the 2xx is sent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Ack {
+    #[default]
+    Queued,
+    Processed,
 }
 
 /// Deduplication.
@@ -85,6 +99,7 @@ impl Default for Queue {
             dedupe: None,
             max_attempts: default_attempts(),
             backoff: Backoff::default(),
+            ack: Ack::Queued,
             lease: default_lease(),
             concurrency: default_concurrency(),
         }

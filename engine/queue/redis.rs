@@ -336,6 +336,52 @@ impl RedisQueue {
         settle(c, r).map(|_| ())
     }
 
+    /// Dead-letter an event that never entered the work stream (`ack: processed`).
+    pub async fn dead_letter_event(
+        &self,
+        event: &EventInput,
+        reason: &str,
+    ) -> Result<(), QueueError> {
+        let payload = serde_json::to_string(event).map_err(|e| QueueError(e.to_string()))?;
+        let mut c = self.conn().await?;
+        let r: Result<String, _> = redis::cmd("XADD")
+            .arg(&self.dead)
+            .arg("*")
+            .arg("e")
+            .arg(payload)
+            .arg("reason")
+            .arg(reason)
+            .arg("attempts")
+            .arg(1)
+            .query_async(&mut *c)
+            .await;
+        settle(c, r).map(|_| ())
+    }
+
+    /// Remember a dedupe key (`SET NX EX`); `false` when it was already there.
+    pub async fn mark_seen(&self, key: &str, window: Duration) -> Result<bool, QueueError> {
+        let mut c = self.conn().await?;
+        let r: Result<Option<String>, _> = redis::cmd("SET")
+            .arg(format!("{}{key}", self.seen_prefix))
+            .arg("1")
+            .arg("NX")
+            .arg("EX")
+            .arg(window.as_secs().max(1))
+            .query_async(&mut *c)
+            .await;
+        settle(c, r).map(|v| v.is_some())
+    }
+
+    /// Forget a dedupe key, so the provider's retry of a failed event is not taken for a repeat.
+    pub async fn forget_seen(&self, key: &str) -> Result<(), QueueError> {
+        let mut c = self.conn().await?;
+        let r: Result<i64, _> = redis::cmd("DEL")
+            .arg(format!("{}{key}", self.seen_prefix))
+            .query_async(&mut *c)
+            .await;
+        settle(c, r).map(|_| ())
+    }
+
     /// Move retries whose time has come back to the work stream. Returns how many moved.
     pub async fn promote_due(&self, limit: usize) -> Result<u64, QueueError> {
         let mut c = self.conn().await?;

@@ -22,7 +22,9 @@ use salvo::prelude::*;
 use serde_json::json;
 
 use super::App;
+use super::queueing::QueueHandle;
 use crate::config::Project;
+use crate::config::queue::Ack;
 use crate::config::rate_limit::FailMode;
 use crate::config::units::HttpMethod;
 use crate::queue::redis::Enqueued;
@@ -31,6 +33,7 @@ use crate::respond::Reply;
 use crate::route::Lookup;
 use crate::transform::EventInput;
 use crate::verify::{Context, Inbound, VerifyError};
+use crate::worker::Attempt;
 
 /// The engine's single salvo handler.
 pub struct Dispatch {
@@ -145,6 +148,9 @@ async fn enqueue(
     });
     let event_id = event.id.clone();
     let name = &app.project.pipelines[pipeline].config.name;
+    if q.config.ack == Ack::Processed {
+        return process_now(q, name, event, dedupe_key, res).await;
+    }
     match q
         .handle
         .enqueue(event, dedupe_key.as_ref().map(|(k, w)| (k.as_str(), *w)))
@@ -165,6 +171,63 @@ async fn enqueue(
                 "unavailable",
                 "The event could not be stored. Please retry.",
             ))
+        }
+    }
+}
+
+/// `ack: processed`: transform and write now, and answer with the result. A retryable failure
+/// answers 503 (and forgets the dedupe key, so the provider's retry is not taken for a repeat);
+/// a permanent one goes to the dead letters, as in the queued path.
+async fn process_now(
+    q: &super::queueing::Queued,
+    name: &str,
+    event: EventInput,
+    dedupe_key: Option<(String, std::time::Duration)>,
+    res: &mut Response,
+) -> Result<(), Stop> {
+    let unavailable = |res: &mut Response, why: &str| {
+        tracing::error!(pipeline = %name, event_id = %event.id, reason = %why, "not processed; answering 503");
+        res.headers_mut().insert(RETRY_AFTER, HeaderValue::from(5));
+        error(
+            res,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "The event could not be processed. Please retry.",
+        )
+    };
+    let redis = match &q.handle {
+        QueueHandle::Redis(r) => Some(r),
+        QueueHandle::Memory(_) => None,
+    };
+    if let (Some(r), Some((key, window))) = (redis, &dedupe_key) {
+        match r.mark_seen(key, *window).await {
+            Ok(true) => {}
+            Ok(false) => return Ok(()),
+            Err(e) => return Err(unavailable(res, &e.to_string())),
+        }
+    }
+    match q.worker.attempt(&event).await {
+        Attempt::Written | Attempt::Dropped(_) => Ok(()),
+        Attempt::Retry(reason) => {
+            if let (Some(r), Some((key, _))) = (redis, &dedupe_key) {
+                let _ = r.forget_seen(key).await;
+            }
+            Err(unavailable(res, &reason))
+        }
+        Attempt::Permanent(reason) => {
+            tracing::error!(pipeline = %name, event_id = %event.id, %reason, "dead-lettered");
+            let stored = match &q.handle {
+                QueueHandle::Redis(r) => r.dead_letter_event(&event, &reason).await,
+                QueueHandle::Memory(m) => {
+                    let d = crate::queue::redis::Delivery {
+                        id: String::new(),
+                        event: event.clone(),
+                        attempts: 0,
+                    };
+                    crate::queue::Outcomes::dead_letter(&**m, &d, &reason).await
+                }
+            };
+            stored.map_err(|e| unavailable(res, &e.to_string()))
         }
     }
 }
