@@ -128,6 +128,43 @@ async fn signed_request_to_postgres_row_through_redis() {
         "deduplicated at ingest"
     );
 
+    // credentials are never stored with the event
+    let prefix = std::fs::read_to_string(d.path().join("engine.yaml")).unwrap();
+    let prefix = prefix
+        .lines()
+        .find_map(|l| l.strip_prefix("redis_key_prefix: '"))
+        .unwrap()
+        .trim_end_matches('\'')
+        .to_string();
+    let q = engine::queue::redis::RedisQueue::new(REDIS, &prefix, "vapi", "t").unwrap();
+    assert_eq!(
+        post_vapi(
+            &app,
+            br#"{"message":{"type":"status-update","timestamp":7}}"#.to_vec()
+        )
+        .await,
+        200
+    );
+    let mut dead = Vec::new();
+    for _ in 0..50 {
+        dead = q.dead_letters(10).await.unwrap();
+        if !dead.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let headers = &dead[0].event.as_ref().unwrap().headers;
+    assert!(
+        headers.iter().any(|(k, _)| k == "content-type"),
+        "{headers:?}"
+    );
+    assert!(
+        headers
+            .iter()
+            .all(|(k, v)| k != "authorization" && !v.contains("dev-vapi-webhook-secret")),
+        "{headers:?}"
+    );
+
     // a speech-update is answered and dropped by the transform: no table grows
     assert_eq!(
         post_vapi(&app, payload("vapi/speech-update.json")).await,

@@ -28,6 +28,11 @@ pub struct Queue {
     /// Default: an id minted once at ingest.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub event_id: Vec<KeySource>,
+    /// Request headers stored with the event (names, any case). Default: every header except
+    /// credentials (`authorization`, signature headers, cookies, the verifier's own header),
+    /// which are never stored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keep_headers: Vec<String>,
     /// Drop repeats of the same provider event within a window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dedupe: Option<Dedupe>,
@@ -96,6 +101,7 @@ impl Default for Queue {
         Queue {
             name: None,
             event_id: Vec::new(),
+            keep_headers: Vec::new(),
             dedupe: None,
             max_attempts: default_attempts(),
             backoff: Backoff::default(),

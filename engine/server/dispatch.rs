@@ -121,6 +121,19 @@ fn event(app: &App, pipeline: usize, seen: &Seen<'_>, params: Vec<(String, Strin
     if let Some(id) = provider_id {
         event.id = id;
     }
+    // Credentials never leave the request: not into the queue, dead letters or scripts.
+    let keep = app.queued[pipeline]
+        .as_ref()
+        .map(|q| q.config.keep_headers.as_slice())
+        .unwrap_or(&[]);
+    let verifier = app.verifiers[pipeline].as_ref();
+    event.headers.retain(|(name, _)| {
+        let credential = crate::verify::CREDENTIAL_HEADERS
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(name))
+            || verifier.is_some_and(|v| v.is_credential_header(name));
+        !credential && (keep.is_empty() || keep.iter().any(|k| k.eq_ignore_ascii_case(name)))
+    });
     event
 }
 

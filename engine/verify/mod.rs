@@ -92,6 +92,24 @@ pub trait Scheme: Send + Sync {
     fn sign(&self, req: &Inbound<'_>, key: &[u8]) -> Vec<(String, String)>;
 }
 
+/// Headers that carry credentials in the schemes here or in common use: never stored with events.
+pub const CREDENTIAL_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "x-twilio-signature",
+    "stripe-signature",
+    "x-hub-signature",
+    "x-hub-signature-256",
+    "webhook-signature",
+    "svix-signature",
+    "x-slack-signature",
+    "x-shopify-hmac-sha256",
+    "x-vapi-secret",
+    "x-vapi-signature",
+    "x-signature",
+];
+
 /// A header value as text (`None` when absent or not visible ASCII).
 pub fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
@@ -107,6 +125,8 @@ pub struct Context<'a> {
 
 /// A pipeline's verifier, built once from its `verify` section.
 pub struct Verifier {
+    /// The configurable header carrying the credential (bearer, header, hmac, vapi schemes).
+    credential_header: Option<String>,
     scheme_name: &'static str,
     scheme: Box<dyn Scheme>,
     /// Key bytes of the configured secrets, newest first.
@@ -169,6 +189,7 @@ impl Verifier {
             }
             return if errors.is_empty() {
                 Ok(Verifier {
+                    credential_header: None,
                     scheme_name: "ip_allow",
                     scheme: Box::new(AllowAll),
                     keys: vec![Vec::new()],
@@ -206,6 +227,7 @@ impl Verifier {
             return Err(errors);
         }
         Ok(Verifier {
+            credential_header: credential_header(cfg),
             scheme_name: name,
             scheme,
             keys,
@@ -217,6 +239,17 @@ impl Verifier {
     /// The scheme's name, for logs.
     pub fn scheme_name(&self) -> &'static str {
         self.scheme_name
+    }
+
+    /// Whether a header carries this pipeline's credential (it must never be stored).
+    pub fn is_credential_header(&self, name: &str) -> bool {
+        CREDENTIAL_HEADERS
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(name))
+            || self
+                .credential_header
+                .as_deref()
+                .is_some_and(|h| h.eq_ignore_ascii_case(name))
     }
 
     /// Where the request names its tenant, when the pipeline says.
@@ -442,6 +475,16 @@ fn scheme_of(cfg: &Verify, errors: &mut Vec<BuildError>) -> Option<Built> {
         return Some(("header", Box::new(scheme), Some(h.secret.clone()), None));
     }
     None
+}
+
+/// The header name a configurable scheme reads its credential from.
+fn credential_header(cfg: &Verify) -> Option<String> {
+    cfg.vapi
+        .as_ref()
+        .and_then(|v| v.header.clone())
+        .or_else(|| cfg.hmac.as_ref().map(|h| h.header.clone()))
+        .or_else(|| cfg.bearer.as_ref().map(|b| b.header.clone()))
+        .or_else(|| cfg.header.as_ref().map(|h| h.name.clone()))
 }
 
 fn secret_pointer(scheme: &str, field: &str, secrets: &Secrets, i: usize) -> String {
