@@ -1,0 +1,185 @@
+//! Ingest and drain through the real engine (`cargo bench --bench ingest`; needs Redis on
+//! 127.0.0.1:6379 and Postgres on 127.0.0.1:5432, like the tests).
+//!
+//! 1. ingest: signed Vapi status updates from 32 concurrent clients to a server without workers
+//!    (verify + rate limit + dedupe + durable enqueue + 2xx): requests/s and latency percentiles;
+//! 2. drain: workers started on the filled queue: events/s through the Rhai transform into
+//!    Postgres (one statement per event).
+//!
+//! Load generator, Redis and Postgres share the machine with the engine.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use engine::env::EnvSource;
+
+const EVENTS: usize = 20_000;
+const CLIENTS: usize = 32;
+const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+fn copy(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        let t = to.join(p.file_name().unwrap());
+        if p.is_dir() {
+            copy(&p, &t)
+        } else {
+            std::fs::copy(&p, t).unwrap();
+        }
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+#[tokio::main]
+async fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return; // `cargo bench -- --list`
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let Ok((pg, conn)) = tokio_postgres::connect(PG, tokio_postgres::NoTls).await else {
+        eprintln!("no Postgres at 127.0.0.1:5432: skipping");
+        return;
+    };
+    tokio::spawn(conn);
+    let schema = format!("bench_{}", std::process::id());
+    pg.batch_execute(&format!(
+        "CREATE SCHEMA {schema}; SET search_path TO {schema};"
+    ))
+    .await
+    .unwrap();
+    let mut files: Vec<_> = std::fs::read_dir(root.join("migrations"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    for f in files {
+        pg.batch_execute(&std::fs::read_to_string(f).unwrap())
+            .await
+            .unwrap();
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    copy(&root.join("pipelines"), dir.path());
+    let settings = std::fs::read_to_string(dir.path().join("engine.yaml")).unwrap();
+    std::fs::write(
+        dir.path().join("engine.yaml"),
+        format!(
+            "{}redis_key_prefix: 'bench{}'\n",
+            settings.replace("  limit: 100/1m\n", "  limit: 1000000/1s\n"),
+            std::process::id()
+        ),
+    )
+    .unwrap();
+    let database = format!("{PG}?options=-csearch_path%3D{schema}");
+    let env = [
+        ("REDIS_URL", "redis://127.0.0.1:6379"),
+        ("DATABASE_URL", database.as_str()),
+        (
+            "ENCRYPTION_KEY",
+            "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
+        ),
+    ];
+    let load =
+        || engine::config::load(dir.path(), &EnvSource::from_pairs(env.iter().copied())).unwrap();
+
+    // 1. ingest, no workers
+    let running = engine::server::start_with(load(), "127.0.0.1:0".parse().unwrap(), false)
+        .await
+        .unwrap();
+    let url = format!("http://{}/api/webhooks/vapi", running.addr);
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(CLIENTS)
+        .build()
+        .unwrap();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..CLIENTS {
+        let (client, url, next) = (client.clone(), url.clone(), next.clone());
+        tasks.spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= EVENTS {
+                    return latencies;
+                }
+                let body = format!(
+                    r#"{{"message":{{"type":"status-update","status":"in-progress","timestamp":{},"call":{{"id":"{}"}}}}}}"#,
+                    1_700_000_000_000u64 + i as u64,
+                    uuid::Uuid::new_v4()
+                );
+                let t = Instant::now();
+                let res = client
+                    .post(&url)
+                    .header("authorization", "Bearer dev-vapi-webhook-secret")
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(res.status().is_success(), "{}", res.status());
+                latencies.push(t.elapsed());
+            }
+        });
+    }
+    let mut latencies = Vec::new();
+    while let Some(l) = tasks.join_next().await {
+        latencies.extend(l.unwrap());
+    }
+    let took = started.elapsed();
+    latencies.sort();
+    println!("ingest: {EVENTS} signed requests, {CLIENTS} concurrent clients");
+    println!("  {:.0} requests/s", EVENTS as f64 / took.as_secs_f64());
+    println!(
+        "  latency p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms",
+        percentile(&latencies, 0.50).as_secs_f64() * 1e3,
+        percentile(&latencies, 0.95).as_secs_f64() * 1e3,
+        percentile(&latencies, 0.99).as_secs_f64() * 1e3
+    );
+    running.shutdown(Duration::from_secs(5)).await;
+
+    // 2. drain: workers on the filled queue
+    let project = load();
+    let queued = engine::server::queueing::build(&project).unwrap();
+    let started = Instant::now();
+    let workers = engine::server::queueing::start(&queued);
+    loop {
+        let n: i64 = pg
+            .query_one("SELECT count(*) FROM call_status", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if n as usize >= EVENTS {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "drain stalled at {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = started.elapsed();
+    println!(
+        "drain: {EVENTS} events, queue -> Rhai transform -> Postgres, {} workers",
+        project
+            .pipelines
+            .iter()
+            .find(|p| p.config.name == "vapi")
+            .and_then(|p| p.config.queue.as_ref())
+            .map_or(4, |q| q.concurrency)
+    );
+    println!(
+        "  {:.0} events/s ({:.2} s)",
+        EVENTS as f64 / took.as_secs_f64(),
+        took.as_secs_f64()
+    );
+    workers.stop(Duration::from_secs(5)).await;
+    pg.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await
+        .unwrap();
+}
