@@ -406,7 +406,7 @@ fn secrets_set(tenant: &str, credential: &str, dir: &Path, env_file: Option<&Pat
         }
     };
     let result = runtime.block_on(async {
-        let pool = crate::verify::tenant::pool(&url, 1)?;
+        let pool = crate::db::pool(&url, 1)?;
         crate::verify::tenant::store(&pool, &keyring, tenant, credential, value)
             .await
             .map_err(|e| e.to_string())

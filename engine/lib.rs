@@ -11,6 +11,7 @@
 //!   config       pipelines directory -> Project (settings, pipelines, route table) or every error
 //!   route        method + path -> pipeline (404 / 405)
 //!   verify       provider signatures, rotation, per-tenant secrets (verify::tenant)
+//!   db           Postgres pools with TLS (sslmode: disable / require / verify-full)
 //!   crypto       AES-256-GCM for stored secrets, key rotation
 //!   client_ip    client address and public URL behind trusted proxies
 //!   queue        durable queue on Redis Streams: dedupe+append, group reads, ack/retry/dead letters
@@ -37,6 +38,7 @@ pub mod cli;
 pub mod client_ip;
 pub mod config;
 pub mod crypto;
+pub mod db;
 pub mod diagnostics;
 pub mod env;
 pub mod queue;

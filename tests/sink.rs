@@ -72,7 +72,7 @@ fn rows_of(pipeline: &str, content_type: &str, file: &str) -> (String, Vec<serde
 #[tokio::test]
 async fn shipped_transform_rows_land_typed_in_the_shipped_tables() {
     let (db, schema) = fresh_schema().await;
-    let pool = engine::verify::tenant::pool(&db, 2).unwrap();
+    let pool = engine::db::pool(&db, 2).unwrap();
     let mut c = cfg("call_logs");
     c.key = vec!["call_id".into()];
     c.on_conflict = OnConflict::Update;
@@ -127,7 +127,7 @@ async fn shipped_transform_rows_land_typed_in_the_shipped_tables() {
 #[tokio::test]
 async fn bad_values_are_permanent_and_name_the_problem() {
     let (db, _schema) = fresh_schema().await;
-    let pool = engine::verify::tenant::pool(&db, 1).unwrap();
+    let pool = engine::db::pool(&db, 1).unwrap();
     let sink = PostgresSink::new(&cfg("sms_messages"), pool, None).unwrap();
     let base = json!({"message_sid": "SM1", "received_at": "2026-11-25T16:00:00Z", "num_media": 0});
 
@@ -169,7 +169,7 @@ async fn bad_values_are_permanent_and_name_the_problem() {
 
 #[tokio::test]
 async fn database_down_is_a_retry() {
-    let pool = engine::verify::tenant::pool("postgres://postgres@127.0.0.1:1/test", 1).unwrap();
+    let pool = engine::db::pool("postgres://postgres@127.0.0.1:1/test", 1).unwrap();
     let sink = PostgresSink::new(&cfg("sms_messages"), pool, None).unwrap();
     let r = sink
         .write(&batch("e1", "sms", vec![json!({"message_sid": "SM1"})]))
@@ -180,7 +180,7 @@ async fn database_down_is_a_retry() {
 #[tokio::test]
 async fn encrypted_fields_are_stored_encrypted() {
     let (db, schema) = fresh_schema().await;
-    let pool = engine::verify::tenant::pool(&db, 1).unwrap();
+    let pool = engine::db::pool(&db, 1).unwrap();
     let key = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
     let ring = engine::crypto::Keyring::new(key, &[]).unwrap();
     let mut c = cfg("sms_messages");
@@ -204,7 +204,41 @@ async fn encrypted_fields_are_stored_encrypted() {
         b"my card is 4242"
     );
     assert!(
-        PostgresSink::new(&c, engine::verify::tenant::pool(&db, 1).unwrap(), None).is_err(),
+        PostgresSink::new(&c, engine::db::pool(&db, 1).unwrap(), None).is_err(),
         "needs ENCRYPTION_KEY"
     );
+}
+
+#[tokio::test]
+async fn tls_with_sslmode_require_and_verify_full() {
+    let pool = engine::db::pool(&format!("{}?sslmode=require", common::PG), 1).unwrap();
+    let client = pool
+        .get()
+        .await
+        .expect("TLS connection to the local Postgres (ssl = on)");
+    let ssl: bool = client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(ssl, "the session is encrypted");
+    let plain = engine::db::pool(&format!("{}?sslmode=disable", common::PG), 1).unwrap();
+    let ssl: bool = plain
+        .get()
+        .await
+        .unwrap()
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!ssl);
+    // verify-full checks the certificate: the local self-signed one is refused
+    let strict = engine::db::pool(&format!("{}?sslmode=verify-full", common::PG), 1).unwrap();
+    assert!(strict.get().await.is_err());
 }

@@ -236,7 +236,7 @@ async fn post_twilio(
 async fn tenant_secrets_from_postgres() {
     let (db, schema) = fresh_schema().await;
     let tenant_token = "fedcba9876543210fedcba9876543210";
-    let pool = engine::verify::tenant::pool(&db, 1).unwrap();
+    let pool = engine::db::pool(&db, 1).unwrap();
     let ring = engine::crypto::Keyring::new(K1, &[]).unwrap();
     engine::verify::tenant::store(&pool, &ring, "AC_acme", "twilio_auth_token", tenant_token)
         .await
@@ -314,7 +314,7 @@ async fn tenant_secrets_from_postgres() {
 async fn tenant_key_rotation_and_wrong_key() {
     let (db, _schema) = fresh_schema().await;
     let token = "00112233445566778899aabbccddeeff";
-    let pool = engine::verify::tenant::pool(&db, 1).unwrap();
+    let pool = engine::db::pool(&db, 1).unwrap();
     engine::verify::tenant::store(
         &pool,
         &engine::crypto::Keyring::new(K1, &[]).unwrap(),
@@ -370,7 +370,7 @@ async fn database_outage_is_503_not_401() {
 #[tokio::test]
 async fn lookups_are_cached() {
     let (db, schema) = fresh_schema().await;
-    let pool = engine::verify::tenant::pool(&db, 2).unwrap();
+    let pool = engine::db::pool(&db, 2).unwrap();
     let ring = engine::crypto::Keyring::new(K1, &[]).unwrap();
     let store = engine::verify::TenantSecrets::new(pool, ring, Duration::from_secs(60), 100);
     store.set("AC_c", "twilio_auth_token", "tok").await.unwrap();

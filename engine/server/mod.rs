@@ -70,7 +70,7 @@ impl App {
                     let keyring = crate::crypto::Keyring::from_env(&project.env)
                         .ok_or("per-tenant secrets need ENCRYPTION_KEY")?
                         .map_err(|e| format!("ENCRYPTION_KEY: {e}"))?;
-                    let pool = crate::verify::tenant::pool(url, 4)?;
+                    let pool = crate::db::pool(url, 4)?;
                     Some(TenantSecrets::new(
                         pool,
                         keyring,

@@ -46,7 +46,7 @@ pub struct Queued {
 /// Build queues and workers for the queued pipelines (`None` for the others).
 pub fn build(project: &Project) -> Result<Vec<Option<Queued>>, String> {
     let pool = match &project.settings.database_url {
-        Some(url) => Some(crate::verify::tenant::pool(url, 8)?),
+        Some(url) => Some(crate::db::pool(url, 8)?),
         None => None,
     };
     let keyring = crate::crypto::Keyring::from_env(&project.env)

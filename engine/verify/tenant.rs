@@ -146,24 +146,3 @@ pub async fn store(
         .map_err(|e| TenantError::Database(e.to_string()))?;
     Ok(())
 }
-
-/// A connection pool for `url` (no TLS yet; see docs/verify.md).
-pub fn pool(url: &str, max_size: usize) -> Result<Pool, String> {
-    let config: tokio_postgres::Config = url
-        .parse()
-        .map_err(|_| "DATABASE_URL is not a valid Postgres connection string".to_string())?;
-    let manager = deadpool_postgres::Manager::from_config(
-        config,
-        tokio_postgres::NoTls,
-        deadpool_postgres::ManagerConfig {
-            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
-        },
-    );
-    Pool::builder(manager)
-        .max_size(max_size)
-        .wait_timeout(Some(Duration::from_secs(5)))
-        .create_timeout(Some(Duration::from_secs(5)))
-        .runtime(deadpool_postgres::Runtime::Tokio1)
-        .build()
-        .map_err(|e| e.to_string())
-}

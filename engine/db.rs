@@ -1,0 +1,214 @@
+//! Postgres connections: one pool builder for every user (sinks, tenant secrets), with TLS.
+//!
+//! Supabase's direct and pooled connections require TLS. The `sslmode` of DATABASE_URL decides:
+//!
+//! | sslmode | connection |
+//! |---|---|
+//! | `disable` | plain |
+//! | `prefer` (default), `require` | TLS, certificate not verified (as libpq does for these modes) |
+//! | `verify-ca`, `verify-full` | TLS, certificate verified against the public roots and `sslrootcert` (a PEM file, e.g. Supabase's CA), host name included |
+//!
+//! tokio-postgres parses only the first three modes, so the verifying ones are read here and
+//! removed from the string it parses.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+
+/// How a URL asks for TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tls {
+    Disable,
+    /// Encrypt; do not verify the certificate.
+    Encrypt,
+    /// Encrypt and verify the certificate and host name.
+    Verify,
+}
+
+/// Split the TLS options off a connection string: (what tokio-postgres parses, mode, root cert).
+pub fn tls_options(url: &str) -> Result<(String, Tls, Option<String>), String> {
+    let bad = || "DATABASE_URL is not a valid Postgres connection string".to_string();
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_string(), Tls::Encrypt, None));
+    };
+    let mut mode = Tls::Encrypt;
+    let mut root = None;
+    let mut kept = Vec::new();
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        match (k.as_ref(), v.as_ref()) {
+            ("sslmode", "disable") => {
+                mode = Tls::Disable;
+                kept.push((k.into_owned(), v.into_owned()));
+            }
+            ("sslmode", "allow" | "prefer" | "require") => {
+                mode = Tls::Encrypt;
+                kept.push((
+                    "sslmode".into(),
+                    if v == "allow" {
+                        "prefer".into()
+                    } else {
+                        v.into_owned()
+                    },
+                ));
+            }
+            ("sslmode", "verify-ca" | "verify-full") => {
+                mode = Tls::Verify;
+                kept.push(("sslmode".into(), "require".into()));
+            }
+            ("sslmode", _) => return Err(format!("DATABASE_URL: unknown sslmode `{v}`")),
+            ("sslrootcert", path) => root = Some(path.to_string()),
+            _ => kept.push((k.into_owned(), v.into_owned())),
+        }
+    }
+    if base.is_empty() {
+        return Err(bad());
+    }
+    let query = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(kept)
+        .finish();
+    Ok((
+        if query.is_empty() {
+            base.to_string()
+        } else {
+            format!("{base}?{query}")
+        },
+        mode,
+        root,
+    ))
+}
+
+/// A pool for `url` with at most `max_size` connections; connects lazily.
+pub fn pool(url: &str, max_size: usize) -> Result<Pool, String> {
+    let (plain, mode, root) = tls_options(url)?;
+    let config: tokio_postgres::Config = plain
+        .parse()
+        .map_err(|_| "DATABASE_URL is not a valid Postgres connection string".to_string())?;
+    let manager_config = ManagerConfig {
+        recycling_method: RecyclingMethod::Fast,
+    };
+    let manager = match mode {
+        Tls::Disable => Manager::from_config(config, tokio_postgres::NoTls, manager_config),
+        Tls::Encrypt | Tls::Verify => {
+            let tls = tokio_postgres_rustls::MakeRustlsConnect::new(client_config(
+                mode,
+                root.as_deref(),
+            )?);
+            Manager::from_config(config, tls, manager_config)
+        }
+    };
+    Pool::builder(manager)
+        .max_size(max_size)
+        .wait_timeout(Some(Duration::from_secs(5)))
+        .create_timeout(Some(Duration::from_secs(5)))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+fn client_config(mode: Tls, root: Option<&str>) -> Result<rustls::ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    Ok(match mode {
+        Tls::Verify => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            if let Some(path) = root {
+                let pem = std::fs::read(path).map_err(|e| format!("sslrootcert {path}: {e}"))?;
+                for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
+                    let cert: CertificateDer<'static> =
+                        cert.map_err(|e| format!("sslrootcert {path}: {e}"))?;
+                    roots
+                        .add(cert)
+                        .map_err(|e| format!("sslrootcert {path}: {e}"))?;
+                }
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        _ => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(EncryptOnly(provider)))
+            .with_no_client_auth(),
+    })
+}
+
+/// `sslmode=require`: the connection is encrypted, the certificate is not checked (libpq's
+/// meaning of `require`; use `verify-full` to check it). Signatures are still verified, so the
+/// handshake itself is sound.
+#[derive(Debug)]
+struct EncryptOnly(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for EncryptOnly {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes() {
+        let (u, m, r) = tls_options(
+            "postgres://u@h/db?sslmode=verify-full&sslrootcert=/ca.pem&options=-csearch_path%3Dx",
+        )
+        .unwrap();
+        assert_eq!((m, r.as_deref()), (Tls::Verify, Some("/ca.pem")));
+        assert_eq!(
+            u,
+            "postgres://u@h/db?sslmode=require&options=-csearch_path%3Dx"
+        );
+        assert_eq!(
+            tls_options("postgres://u@h/db?sslmode=disable").unwrap().1,
+            Tls::Disable
+        );
+        assert_eq!(tls_options("postgres://u@h/db").unwrap().1, Tls::Encrypt);
+        assert!(tls_options("postgres://u@h/db?sslmode=maybe").is_err());
+    }
+}
