@@ -67,6 +67,20 @@ pub enum Command {
         #[command(subcommand)]
         action: DlqAction,
     },
+    /// Apply the SQL migrations in order (each in a transaction, recorded in a history table).
+    Migrate {
+        /// The database (default: DATABASE_URL through the pipelines directory's env schema).
+        #[arg(long)]
+        database_url: Option<String>,
+        /// The migrations directory.
+        #[arg(long, default_value = "migrations")]
+        migrations: PathBuf,
+        /// List migrations and whether each is applied, without applying anything.
+        #[arg(long)]
+        status: bool,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Manage per-tenant secrets in the database.
     Secrets {
         #[command(subcommand)]
@@ -150,6 +164,19 @@ pub enum DlqAction {
 
 #[derive(Debug, Subcommand)]
 pub enum SecretsAction {
+    /// Decrypt a value read from standard input (`v1:...`), for support staff. The context is
+    /// where it is stored: `tenant_credentials/<tenant>/<credential>`, or `<table>.<column>`
+    /// for a sink's encrypted field.
+    Decrypt {
+        #[arg(long)]
+        context: String,
+        /// The pipelines directory (for the env schema: ENCRYPTION_KEY).
+        #[arg(long, default_value = "pipelines")]
+        pipelines: PathBuf,
+        /// Read variables from this dotenv file instead of the process environment.
+        #[arg(long)]
+        env_file: Option<PathBuf>,
+    },
     /// Encrypt a secret read from standard input and store it for a tenant (insert or replace).
     /// The value never goes on the command line, where shell history and `ps` would see it.
     Set {
@@ -197,6 +224,12 @@ pub fn run() -> ExitCode {
             action: QueueAction::Stats { target },
         } => queue_stats(&target),
         Command::Dlq { action } => dlq(action),
+        Command::Migrate {
+            database_url,
+            migrations,
+            status,
+            target,
+        } => migrate(database_url, &migrations, status, &target),
         Command::Secrets {
             action:
                 SecretsAction::Set {
@@ -206,6 +239,14 @@ pub fn run() -> ExitCode {
                     env_file,
                 },
         } => secrets_set(&tenant, &credential, &pipelines, env_file.as_deref()),
+        Command::Secrets {
+            action:
+                SecretsAction::Decrypt {
+                    context,
+                    pipelines,
+                    env_file,
+                },
+        } => secrets_decrypt(&context, &pipelines, env_file.as_deref()),
     }
 }
 
@@ -591,6 +632,121 @@ fn dlq(action: DlqAction) -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("engine: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn migrate(database_url: Option<String>, dir: &Path, status: bool, target: &Target) -> ExitCode {
+    let url = match database_url {
+        Some(u) => u,
+        None => {
+            let source = match env_source(target.env_file.as_deref()) {
+                Ok(s) => s,
+                Err(c) => return c,
+            };
+            match crate::config::load(&target.pipelines, &source) {
+                Ok(p) => match p.settings.database_url {
+                    Some(u) => u,
+                    None => {
+                        eprintln!("engine: no database: pass --database-url or set DATABASE_URL");
+                        return ExitCode::from(2);
+                    }
+                },
+                Err(d) => {
+                    eprint!("{}", diagnostics::render(&d, Format::Text));
+                    return ExitCode::from(1);
+                }
+            }
+        }
+    };
+    let rt = match runtime() {
+        Ok(r) => r,
+        Err(c) => return c,
+    };
+    if status {
+        return match rt.block_on(crate::migrate::status(&url, dir)) {
+            Ok(list) if target.json => {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&list).unwrap_or_default()
+                );
+                ExitCode::SUCCESS
+            }
+            Ok(list) => {
+                for m in list {
+                    println!(
+                        "V{:<4} {:<40} {}",
+                        m.version,
+                        m.name,
+                        m.applied_on.as_deref().unwrap_or("pending")
+                    );
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("engine: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    match rt.block_on(crate::migrate::run(&url, dir)) {
+        Ok(applied) => {
+            for (v, n) in &applied {
+                println!("applied V{v} {n}");
+            }
+            println!(
+                "{} migration{} applied",
+                applied.len(),
+                if applied.len() == 1 { "" } else { "s" }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("engine: migration failed: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn secrets_decrypt(context: &str, dir: &Path, env_file: Option<&Path>) -> ExitCode {
+    let source = match env_source(env_file) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let project = match crate::config::load(dir, &source) {
+        Ok(p) => p,
+        Err(diags) => {
+            eprint!("{}", diagnostics::render(&diags, Format::Text));
+            return ExitCode::from(1);
+        }
+    };
+    let keyring = match crate::crypto::Keyring::from_env(&project.env) {
+        Some(Ok(k)) => k,
+        Some(Err(e)) => {
+            eprintln!("engine: ENCRYPTION_KEY: {e}");
+            return ExitCode::from(1);
+        }
+        None => {
+            eprintln!("engine: ENCRYPTION_KEY is not set");
+            return ExitCode::from(1);
+        }
+    };
+    let mut value = String::new();
+    if std::io::Read::read_to_string(&mut std::io::stdin(), &mut value).is_err()
+        || value.trim().is_empty()
+    {
+        eprintln!("engine: no encrypted value on standard input");
+        return ExitCode::from(2);
+    }
+    match keyring.decrypt(value.trim(), context) {
+        Ok(plain) => {
+            use std::io::Write as _;
+            let _ = std::io::stdout().write_all(&plain);
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("engine: {e}");
             ExitCode::from(1)

@@ -27,6 +27,7 @@
 //!   server       salvo service, CORS hoop, graceful shutdown
 //!   server::dispatch   route -> maintenance -> size limit -> rate limit -> verify -> respond
 //!
+//! migrate        migrations/ applied in order under an advisory lock (refinery history)
 //! cli            engine serve | validate | schema
 //! ```
 //!
@@ -41,6 +42,7 @@ pub mod crypto;
 pub mod db;
 pub mod diagnostics;
 pub mod env;
+pub mod migrate;
 pub mod queue;
 pub mod rate_limit;
 pub mod request_field;
