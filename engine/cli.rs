@@ -56,6 +56,9 @@ pub enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
+        /// Also check each postgres sink's table, key and columns in this live database.
+        #[arg(long)]
+        database_url: Option<String>,
     },
     /// Queue counts per queued pipeline: depth, pending, delayed, dead, oldest age (needs REDIS_URL).
     Queue {
@@ -218,7 +221,8 @@ pub fn run() -> ExitCode {
             dir,
             env_file,
             format,
-        } => validate(&dir, env_file.as_deref(), format),
+            database_url,
+        } => validate(&dir, env_file.as_deref(), format, database_url.as_deref()),
         Command::Schema { out, check } => schema(&out, check),
         Command::Queue {
             action: QueueAction::Stats { target },
@@ -260,7 +264,12 @@ fn env_source(env_file: Option<&Path>) -> Result<EnvSource, ExitCode> {
     }
 }
 
-fn validate(dir: &Path, env_file: Option<&Path>, format: Format) -> ExitCode {
+fn validate(
+    dir: &Path,
+    env_file: Option<&Path>,
+    format: Format,
+    database_url: Option<&str>,
+) -> ExitCode {
     if !dir.is_dir() {
         eprintln!("engine: {}: not a directory", dir.display());
         return ExitCode::from(2);
@@ -269,7 +278,17 @@ fn validate(dir: &Path, env_file: Option<&Path>, format: Format) -> ExitCode {
         Ok(s) => s,
         Err(code) => return code,
     };
-    let result = crate::config::load(dir, &source);
+    let mut result = crate::config::load(dir, &source);
+    if let (Ok(project), Some(url)) = (&result, database_url) {
+        match live_database_problems(project, url) {
+            Ok(d) if d.is_empty() => {}
+            Ok(d) => result = Err(d),
+            Err(e) => {
+                eprintln!("engine: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
     let diags: &[Diagnostic] = match &result {
         Ok(_) => &[],
         Err(d) => d,
@@ -752,4 +771,41 @@ fn secrets_decrypt(context: &str, dir: &Path, env_file: Option<&Path>) -> ExitCo
             ExitCode::from(1)
         }
     }
+}
+
+/// Each postgres sink checked against a live database, located at the sink in its file.
+fn live_database_problems(
+    project: &crate::config::Project,
+    url: &str,
+) -> Result<Vec<Diagnostic>, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let pool = crate::db::pool(url, 1)?;
+        let client = pool
+            .get()
+            .await
+            .map_err(|e| format!("database unavailable: {e}"))?;
+        let mut out = Vec::new();
+        for p in &project.pipelines {
+            let doc = std::fs::read(&p.file)
+                .ok()
+                .and_then(|b| crate::yaml::parse_bytes(&b).ok());
+            for (name, sink) in &p.config.sinks {
+                let crate::config::sink::Sink::Postgres(cfg) = sink else {
+                    continue;
+                };
+                let pointer = format!("/sinks/{}/postgres/table", crate::yaml::escape_token(name));
+                let pos = doc
+                    .as_ref()
+                    .map_or(crate::yaml::Pos::START, |d| d.value_pos(&pointer));
+                for problem in crate::sink::postgres::check_schema(&client, cfg).await? {
+                    out.push(Diagnostic::new(&p.file, pos, &pointer, problem));
+                }
+            }
+        }
+        Ok(out)
+    })
 }

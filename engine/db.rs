@@ -84,10 +84,23 @@ pub fn tls_options(url: &str) -> Result<(String, Tls, Option<String>), String> {
 
 /// A pool for `url` with at most `max_size` connections; connects lazily.
 pub fn pool(url: &str, max_size: usize) -> Result<Pool, String> {
+    pool_with_timeout(url, max_size, None)
+}
+
+/// [`pool`], with a `statement_timeout` on every connection.
+pub fn pool_with_timeout(
+    url: &str,
+    max_size: usize,
+    statement_timeout: Option<Duration>,
+) -> Result<Pool, String> {
     let (plain, mode, root) = tls_options(url)?;
-    let config: tokio_postgres::Config = plain
+    let mut config: tokio_postgres::Config = plain
         .parse()
         .map_err(|_| "DATABASE_URL is not a valid Postgres connection string".to_string())?;
+    if let Some(t) = statement_timeout {
+        let existing = config.get_options().unwrap_or_default().to_string();
+        config.options(format!("{existing} -c statement_timeout={}", t.as_millis()).trim());
+    }
     let manager_config = ManagerConfig {
         recycling_method: RecyclingMethod::Fast,
     };

@@ -155,3 +155,46 @@ fn cli_migrate_status_and_decrypt() {
     );
     assert_eq!(out.stdout, b"my card is 4242");
 }
+
+#[test]
+fn validate_against_a_live_database() {
+    use std::process::Command;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (url, _) = rt.block_on(empty_schema());
+    let validate = |dir: &Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_engine"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .args(["validate", "--database-url", &url])
+            .arg(dir)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    // before migrating: every table is missing, each reported at its sink
+    let (code, out) = validate(&common::shipped());
+    assert_eq!(code, Some(1));
+    assert!(out.contains("vapi.yaml:") && out.contains("table `call_logs` does not exist (run `engine migrate`?) (at /sinks/call_logs/postgres/table)"), "{out}");
+    rt.block_on(engine::migrate::run(&url, &migrations()))
+        .unwrap();
+    let (code, out) = validate(&common::shipped());
+    assert_eq!(code, Some(0), "{out}");
+
+    // a key without a unique index, a missing column, an encrypted non-text column
+    let dir = common::Dir::shipped_copy();
+    dir.write(
+        "x.yaml",
+        "name: x\nroute: {method: POST, path: /x}\ntransform:\n  - inline: '#{}'\n    sink: s\nsinks:\n  s:\n    postgres:\n      table: call_status\n      key: [call_id]\n      update: [colour]\n      encrypt: [occurred_at]\n",
+    );
+    let (code, out) = validate(dir.path());
+    assert_eq!(code, Some(1));
+    assert!(
+        out.contains("table `call_status` has no column `colour`"),
+        "{out}"
+    );
+    assert!(out.contains("no unique index on (call_id)"), "{out}");
+    assert!(out.contains("encrypted field `occurred_at` goes to column `occurred_at` of type timestamp with time zone"), "{out}");
+}

@@ -50,6 +50,12 @@ pub struct Settings {
     pub timeouts: Timeouts,
     /// Where Postgres sinks write JSON lines when DATABASE_URL is not set (development only).
     pub data_dir: String,
+    /// Postgres connections per engine process.
+    #[schemars(range(min = 1, max = 200))]
+    pub database_pool_size: usize,
+    /// Longest a sink statement may run before Postgres cancels it (then the event is retried).
+    #[schemars(range(min = 100, max = 600000))]
+    pub statement_timeout_ms: u64,
 }
 
 /// Connection timeouts. Webhook providers are servers that send a request at once; nothing here
@@ -126,6 +132,8 @@ impl Default for Settings {
             shutdown_grace_secs: 25,
             timeouts: Timeouts::default(),
             data_dir: "data".to_string(),
+            database_pool_size: 8,
+            statement_timeout_ms: 10_000,
         }
     }
 }

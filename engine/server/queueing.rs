@@ -46,7 +46,11 @@ pub struct Queued {
 /// Build queues and workers for the queued pipelines (`None` for the others).
 pub fn build(project: &Project) -> Result<Vec<Option<Queued>>, String> {
     let pool = match &project.settings.database_url {
-        Some(url) => Some(crate::db::pool(url, 8)?),
+        Some(url) => Some(crate::db::pool_with_timeout(
+            url,
+            project.settings.database_pool_size,
+            Some(Duration::from_millis(project.settings.statement_timeout_ms)),
+        )?),
         None => None,
     };
     let keyring = crate::crypto::Keyring::from_env(&project.env)

@@ -213,3 +213,73 @@ mod tests {
         }
     }
 }
+
+/// Check a sink against a live database: the table exists, the conflict key has a unique index
+/// (`ON CONFLICT` needs one), mapped, updated and encrypted columns exist, encrypted ones hold
+/// text. Returns the problems, each a sentence.
+pub async fn check_schema(
+    client: &tokio_postgres::Client,
+    cfg: &Postgres,
+) -> Result<Vec<String>, String> {
+    let (schema, table) = match cfg.table.split_once('.') {
+        Some((s, t)) => (Some(s.to_string()), t.to_string()),
+        None => (None, cfg.table.clone()),
+    };
+    let rows = client
+        .query(
+            "SELECT column_name::text, data_type::text FROM information_schema.columns \
+             WHERE table_schema = COALESCE($1, current_schema()) AND table_name = $2",
+            &[&schema, &table],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    if rows.is_empty() {
+        return Ok(vec![format!(
+            "table `{}` does not exist (run `engine migrate`?)",
+            cfg.table
+        )]);
+    }
+    let columns: std::collections::HashMap<String, String> =
+        rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let mut problems = Vec::new();
+    let key: Vec<String> = if cfg.key.is_empty() {
+        vec!["event_id".into(), "row_index".into()]
+    } else {
+        cfg.key.clone()
+    };
+    let needed = key.iter().chain(&cfg.update).chain(cfg.columns.values());
+    for c in needed {
+        if !columns.contains_key(c) {
+            problems.push(format!("table `{}` has no column `{c}`", cfg.table));
+        }
+    }
+    for field in &cfg.encrypt {
+        let column = cfg.columns.get(field).unwrap_or(field);
+        match columns.get(column).map(String::as_str) {
+            Some("text" | "character varying") | None => {}
+            Some(other) => problems.push(format!("encrypted field `{field}` goes to column `{column}` of type {other}; encrypted values are text")),
+        }
+    }
+    let mut sorted = key.clone();
+    sorted.sort();
+    let unique: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid \
+             JOIN pg_namespace n ON n.oid = t.relnamespace \
+             WHERE t.relname = $2 AND n.nspname = COALESCE($1, current_schema()) AND i.indisunique \
+             AND (SELECT array_agg(a.attname::text ORDER BY a.attname::text) FROM pg_attribute a \
+                  WHERE a.attrelid = t.oid AND a.attnum = ANY(i.indkey)) = $3::text[])",
+            &[&schema, &table, &sorted],
+        )
+        .await
+        .map_err(|e| e.to_string())?
+        .get(0);
+    if !unique {
+        problems.push(format!(
+            "table `{}` has no unique index on ({}): the sink's conflict key needs one",
+            cfg.table,
+            key.join(", ")
+        ));
+    }
+    Ok(problems)
+}
