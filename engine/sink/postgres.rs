@@ -201,19 +201,6 @@ fn classify(e: &tokio_postgres::Error, table: &str) -> SinkError {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn identifiers() {
-        assert_eq!(ident("call_id").as_deref(), Some("\"call_id\""));
-        for bad in ["", "1a", "a b", "a\"; drop table x; --", "a-b"] {
-            assert!(ident(bad).is_none(), "{bad}");
-        }
-    }
-}
-
 /// Check a sink against a live database: the table exists, the conflict key has a unique index
 /// (`ON CONFLICT` needs one), mapped, updated and encrypted columns exist, encrypted ones hold
 /// text. Returns the problems, each a sentence.
@@ -282,4 +269,17 @@ pub async fn check_schema(
         ));
     }
     Ok(problems)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers() {
+        assert_eq!(ident("call_id").as_deref(), Some("\"call_id\""));
+        for bad in ["", "1a", "a b", "a\"; drop table x; --", "a-b"] {
+            assert!(ident(bad).is_none(), "{bad}");
+        }
+    }
 }
