@@ -242,3 +242,103 @@ async fn tls_with_sslmode_require_and_verify_full() {
     let strict = engine::db::pool(&format!("{}?sslmode=verify-full", common::PG), 1).unwrap();
     assert!(strict.get().await.is_err());
 }
+
+/// A receiver on 127.0.0.1 answering the scripted statuses in turn; returns its URL and the
+/// requests it saw (head and body).
+async fn receiver(statuses: Vec<u16>) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        for status in statuses {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            loop {
+                let n = s.read(&mut chunk).await.unwrap();
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).to_string();
+                if let Some(head_end) = text.find("\r\n\r\n") {
+                    let len = text[..head_end]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap())
+                        })
+                        .unwrap_or(0);
+                    if buf.len() >= head_end + 4 + len || n == 0 {
+                        log.lock().unwrap().push(text);
+                        break;
+                    }
+                }
+            }
+            let reply =
+                format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            s.write_all(reply.as_bytes()).await.unwrap();
+        }
+    });
+    (url, seen)
+}
+
+#[tokio::test]
+async fn http_sink_posts_json_with_an_idempotency_key_and_classifies_answers() {
+    use engine::config::sink::{Http, HttpSinkMethod};
+    use engine::sink::http::HttpSink;
+    let (url, seen) = receiver(vec![200, 503, 429, 422]).await;
+    let mut headers = BTreeMap::new();
+    headers.insert(
+        "authorization".to_string(),
+        "Bearer partner-token".to_string(),
+    );
+    let sink = HttpSink::new(&Http {
+        url,
+        method: HttpSinkMethod::Post,
+        headers,
+        timeout_ms: 2000,
+    })
+    .unwrap();
+    let b = batch("evt_42", "partner", vec![json!({"call_id": "c1"})]);
+    sink.write(&b).await.unwrap();
+    assert!(
+        matches!(sink.write(&b).await, Err(SinkError::Retry(_))),
+        "503 is retried"
+    );
+    assert!(
+        matches!(sink.write(&b).await, Err(SinkError::Retry(_))),
+        "429 is retried"
+    );
+    assert!(
+        matches!(sink.write(&b).await, Err(SinkError::Permanent(m)) if m.contains("422")),
+        "other 4xx dead-letter"
+    );
+    let first = seen.lock().unwrap()[0].clone();
+    assert!(first.starts_with("POST /hook HTTP/1.1"), "{first}");
+    let lower = first.to_ascii_lowercase();
+    assert!(
+        lower.contains("idempotency-key: evt_42")
+            && lower.contains("authorization: bearer partner-token"),
+        "{first}"
+    );
+    let body: serde_json::Value =
+        serde_json::from_str(&first[first.find("\r\n\r\n").unwrap() + 4..]).unwrap();
+    assert_eq!(
+        body,
+        json!({"event_id": "evt_42", "pipeline": "p", "sink": "partner", "rows": [{"call_id": "c1"}]})
+    );
+
+    // nothing listening: a retry, and the error does not repeat the URL
+    let dead = HttpSink::new(&Http {
+        url: "http://127.0.0.1:1/secret-token-in-path".into(),
+        method: HttpSinkMethod::Put,
+        headers: BTreeMap::new(),
+        timeout_ms: 500,
+    })
+    .unwrap();
+    match dead.write(&b).await {
+        Err(SinkError::Retry(m)) => assert!(!m.contains("secret-token"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+}

@@ -21,6 +21,8 @@ use serde::{Deserialize, Serialize};
 pub enum Sink {
     /// A Postgres (Supabase) table, through DATABASE_URL.
     Postgres(Postgres),
+    /// JSON posted to a URL (e.g. another service, or Slack through a relay).
+    Http(Http),
     /// JSON lines appended to a file (relative paths are relative to the working directory).
     File(File),
     /// JSON lines on standard output.
@@ -59,6 +61,38 @@ pub enum OnConflict {
     #[default]
     Nothing,
     Update,
+}
+
+/// An HTTP endpoint. The body is `{"event_id", "pipeline", "sink", "rows": [...]}` and the
+/// `Idempotency-Key` header is the event id, so the receiver can drop a redelivery.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Http {
+    /// Where to send (may use `${VAR}`).
+    pub url: String,
+    /// `POST` (default) or `PUT`.
+    #[serde(default)]
+    pub method: HttpSinkMethod,
+    /// Extra headers, e.g. `authorization: "Bearer ${PARTNER_TOKEN}"`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// Milliseconds before the request is given up (and retried later).
+    #[serde(default = "default_http_timeout")]
+    #[schemars(range(min = 100, max = 120000))]
+    pub timeout_ms: u64,
+}
+
+/// HTTP sink methods.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum HttpSinkMethod {
+    #[default]
+    Post,
+    Put,
+}
+
+fn default_http_timeout() -> u64 {
+    10_000
 }
 
 /// A JSON-lines file.

@@ -1,10 +1,11 @@
 //! Sinks: where the worker writes a pipeline's rows.
 //!
 //! Built once from the `sinks` section ([`build`]): `postgres` (a table, through DATABASE_URL),
-//! `file` and `stdout` (JSON lines). Without DATABASE_URL outside production, a `postgres` sink
+//! `http` (JSON to a URL), `file` and `stdout` (JSON lines). Without DATABASE_URL outside production, a `postgres` sink
 //! writes JSON lines to `<data_dir>/<table>.jsonl` instead (announced at boot), so the engine runs with
 //! no database at all in development.
 
+pub mod http;
 pub mod jsonl;
 pub mod postgres;
 
@@ -35,6 +36,9 @@ pub fn build(
                     std::path::Path::new(data_dir).join(format!("{}.jsonl", p.table)),
                 )),
             },
+            SinkConfig::Http(h) => {
+                Arc::new(http::HttpSink::new(h).map_err(|e| format!("sink `{name}`: {e}"))?)
+            }
             SinkConfig::File(f) => Arc::new(jsonl::JsonLines::file(f.path.clone().into())),
             SinkConfig::Stdout(_) => Arc::new(jsonl::JsonLines::stdout()),
         };

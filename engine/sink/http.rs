@@ -1,0 +1,89 @@
+//! The HTTP sink: one request per event, `{"event_id", "pipeline", "sink", "rows"}` as JSON,
+//! `Idempotency-Key: <event id>` so the receiver can drop a redelivery (the queue delivers at
+//! least once). 2xx is done; 5xx, 408, 429, timeouts and connection errors are retried; any other
+//! 4xx dead-letters the event (the receiver refuses it as it is).
+
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::config::sink::{Http, HttpSinkMethod};
+use crate::worker::{Batch, Sink, SinkError, SinkFuture};
+
+pub struct HttpSink {
+    client: reqwest::Client,
+    url: String,
+    method: reqwest::Method,
+    headers: HeaderMap,
+}
+
+impl HttpSink {
+    pub fn new(cfg: &Http) -> Result<HttpSink, String> {
+        let mut headers = HeaderMap::new();
+        for (k, v) in &cfg.headers {
+            let name = HeaderName::from_bytes(k.as_bytes())
+                .map_err(|_| format!("`{k}` is not a header name"))?;
+            // values may hold secrets: the error names the header, not the value
+            let value = HeaderValue::from_str(v)
+                .map_err(|_| format!("header `{k}` has a value that cannot be sent"))?;
+            headers.insert(name, value);
+        }
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_millis(cfg.timeout_ms))
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(HttpSink {
+            client,
+            url: cfg.url.clone(),
+            method: match cfg.method {
+                HttpSinkMethod::Post => reqwest::Method::POST,
+                HttpSinkMethod::Put => reqwest::Method::PUT,
+            },
+            headers,
+        })
+    }
+}
+
+impl Sink for HttpSink {
+    fn write<'a>(&'a self, batch: &'a Batch) -> SinkFuture<'a> {
+        Box::pin(async move {
+            let body = serde_json::json!({
+                "event_id": batch.event_id,
+                "pipeline": batch.pipeline,
+                "sink": batch.sink,
+                "rows": batch.rows,
+            });
+            let res = self
+                .client
+                .request(self.method.clone(), &self.url)
+                .headers(self.headers.clone())
+                .header("idempotency-key", &batch.event_id)
+                .json(&body)
+                .send()
+                .await
+                // the URL may carry a token: report the kind of failure only
+                .map_err(|e| {
+                    SinkError::Retry(format!(
+                        "request failed ({})",
+                        if e.is_timeout() {
+                            "timeout"
+                        } else if e.is_connect() {
+                            "connection"
+                        } else {
+                            "transport"
+                        }
+                    ))
+                })?;
+            let status = res.status();
+            match status.as_u16() {
+                200..=299 => Ok(()),
+                408 | 429 | 500..=599 => {
+                    Err(SinkError::Retry(format!("the endpoint answered {status}")))
+                }
+                _ => Err(SinkError::Permanent(format!(
+                    "the endpoint refused the event: {status}"
+                ))),
+            }
+        })
+    }
+}
