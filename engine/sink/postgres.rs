@@ -276,6 +276,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn values_are_cut_from_messages() {
+        assert_eq!(
+            without_value("invalid input syntax for type uuid: \"jane@example.com\""),
+            "invalid input syntax for type uuid"
+        );
+        assert_eq!(
+            without_value("numeric field overflow"),
+            "numeric field overflow"
+        );
+    }
+
+    #[test]
     fn identifiers() {
         assert_eq!(ident("call_id").as_deref(), Some("\"call_id\""));
         for bad in ["", "1a", "a b", "a\"; drop table x; --", "a-b"] {
