@@ -173,12 +173,62 @@ impl Sink for PostgresSink {
                 .get()
                 .await
                 .map_err(|e| SinkError::Retry(format!("database unavailable: {e}")))?;
-            client
-                .execute(sql.as_str(), &[&Value::Array(rows)])
+            match client
+                .execute(sql.as_str(), &[&Value::Array(rows.clone())])
                 .await
-                .map(|_| ())
-                .map_err(|e| classify(&e, &self.table))
+            {
+                Ok(_) => Ok(()),
+                // A value that does not fit its column: name the column, not the value.
+                Err(e)
+                    if e.as_db_error()
+                        .is_some_and(|d| d.code().code().starts_with("22")) =>
+                {
+                    let column = self.failing_column(&client, &rows).await;
+                    let message = e
+                        .as_db_error()
+                        .map(|d| without_value(d.message()))
+                        .unwrap_or_default();
+                    Err(SinkError::Permanent(match column {
+                        Some(c) => format!("{}: column `{c}`: {message}", self.table),
+                        None => format!("{}: {message}", self.table),
+                    }))
+                }
+                Err(e) => Err(classify(&e, &self.table)),
+            }
         })
+    }
+}
+
+impl PostgresSink {
+    /// The first column whose value alone fails to convert (only run after a data error).
+    async fn failing_column(
+        &self,
+        client: &tokio_postgres::Client,
+        rows: &[Value],
+    ) -> Option<String> {
+        let sql = format!(
+            "SELECT jsonb_populate_record(NULL::{}, $1::jsonb) IS NULL",
+            self.table_sql
+        );
+        for row in rows {
+            let Value::Object(fields) = row else { continue };
+            for (column, value) in fields {
+                let one = Value::Object(Map::from_iter([(column.clone(), value.clone())]));
+                if client.query_one(sql.as_str(), &[&one]).await.is_err() {
+                    return Some(column.clone());
+                }
+            }
+        }
+        None
+    }
+}
+
+/// Postgres quotes the offending value (`invalid input syntax for type uuid: "abc"`); it may be
+/// personal data, so it is cut from messages that are stored in dead letters and logs.
+fn without_value(message: &str) -> String {
+    match message.find(": \"") {
+        Some(i) => message[..i].to_string(),
+        None => message.to_string(),
     }
 }
 
