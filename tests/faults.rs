@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Dir, PrivateRedis, free_port, fresh_schema, pg};
+use common::{Dir, PrivatePostgres, PrivateRedis, free_port, fresh_schema, pg};
 
 const K: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 
@@ -129,7 +129,15 @@ async fn stream_with_fault(
 
 /// Wait until every 2xx'd event has a row (or 60 s), then check: each exactly once, none twice.
 async fn check_exactly_once(schema: &str, ok: &[String], all: &[String], scenario: &str) {
-    let db = pg(schema).await;
+    check_exactly_once_on(&pg(schema).await, ok, all, scenario).await;
+}
+
+async fn check_exactly_once_on(
+    db: &tokio_postgres::Client,
+    ok: &[String],
+    all: &[String],
+    scenario: &str,
+) {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut rows: HashMap<String, i64> = HashMap::new();
     while Instant::now() < deadline {
@@ -271,4 +279,33 @@ async fn many_producers_two_engines_exact_set_none_twice() {
         "8 producers, two engine instances sharing Redis and Postgres",
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_stopped_mid_stream_then_started() {
+    let postgres = PrivatePostgres::start();
+    engine::migrate::run(
+        &postgres.url(),
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations"),
+    )
+    .await
+    .unwrap();
+    let redis = PrivateRedis::start(true);
+    let d = dir();
+    let port = free_port();
+    let _engine = engine(&d, port, &redis.url(), &postgres.url());
+    // the sink is down for a while: events are still answered 2xx (they are in Redis) and the
+    // worker retries them with backoff until Postgres is back
+    let (ok, all) = stream_with_fault(port, 300, 100, || postgres.down()).await;
+    assert_eq!(ok.len(), 300, "ingest does not depend on the sink");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    postgres.up();
+    let db = {
+        let (client, conn) = tokio_postgres::connect(&postgres.url(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client
+    };
+    check_exactly_once_on(&db, &ok, &all, "Postgres stopped mid-stream, then started").await;
 }
