@@ -57,6 +57,22 @@ pub type SinkFuture<'a> = Pin<Box<dyn Future<Output = Result<(), SinkError>> + S
 /// (rows keyed by the event id): the queue delivers at least once.
 pub trait Sink: Send + Sync {
     fn write<'a>(&'a self, batch: &'a Batch) -> SinkFuture<'a>;
+
+    /// Whether [`Sink::write_many`] writes several events at once (else the worker writes them one
+    /// by one).
+    fn batches(&self) -> bool {
+        false
+    }
+
+    /// Write the rows of several events together, all or nothing.
+    fn write_many<'a>(&'a self, batches: &'a [Batch]) -> SinkFuture<'a> {
+        Box::pin(async move {
+            for b in batches {
+                self.write(b).await?;
+            }
+            Ok(())
+        })
+    }
 }
 
 /// How a worker treats failures.
@@ -72,6 +88,8 @@ pub struct Options {
     pub max_deliveries: u64,
     /// Entries read at once.
     pub batch: usize,
+    /// After a read that returned fewer than `batch`, wait this long and top up.
+    pub batch_wait: Duration,
     /// How long a read waits for new entries.
     pub block: Duration,
 }
@@ -84,7 +102,8 @@ impl Default for Options {
             backoff_max: Duration::from_secs(600),
             lease: Duration::from_secs(60),
             max_deliveries: 5,
-            batch: 16,
+            batch: 64,
+            batch_wait: Duration::ZERO,
             block: Duration::from_secs(2),
         }
     }
@@ -135,6 +154,104 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Process entries read together: transforms on one blocking thread, the rows of all events
+    /// for a batching sink (Postgres) in one statement, acknowledgements in one call. When a
+    /// batch write fails permanently (one poisoned row), each event is written on its own, so
+    /// only the bad one is dead-lettered.
+    pub async fn handle_batch(&self, ds: &[Delivery]) -> Result<(), QueueError> {
+        if ds.len() <= 1 {
+            for d in ds {
+                self.handle(d).await?;
+            }
+            return Ok(());
+        }
+        let work = self.process_batch(ds);
+        tokio::pin!(work);
+        let every = (self.options.lease / 3).max(Duration::from_millis(10));
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tokio::select! {
+                done = &mut work => return done,
+                _ = tick.tick() => {
+                    for d in ds {
+                        let _ = self.outcomes.touch(d).await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn process_batch(&self, ds: &[Delivery]) -> Result<(), QueueError> {
+        let program = self.program.clone();
+        let events: Vec<crate::transform::EventInput> =
+            ds.iter().map(|d| d.event.clone()).collect();
+        let outcomes = tokio::task::spawn_blocking(move || {
+            events.iter().map(|e| program.run(e)).collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| QueueError(format!("the transform task failed: {e}")))?;
+        let mut acks: Vec<&Delivery> = Vec::new();
+        let mut groups: std::collections::BTreeMap<String, Vec<(&Delivery, Batch)>> =
+            Default::default();
+        for (d, outcome) in ds.iter().zip(outcomes) {
+            match outcome {
+                Ok(Outcome::Dropped { .. }) => acks.push(d),
+                Ok(Outcome::Rows { sink, step, rows }) => {
+                    if !self.sinks.contains_key(&sink) {
+                        self.dead(d, format!("no sink named `{sink}`")).await?;
+                        continue;
+                    }
+                    let batch = Batch {
+                        event_id: d.event.id.clone(),
+                        pipeline: d.event.pipeline.clone(),
+                        sink: sink.clone(),
+                        step,
+                        rows,
+                    };
+                    groups.entry(sink).or_default().push((d, batch));
+                }
+                Err(f) if f.kind == FailureKind::Retry => {
+                    self.again(d, f.reason).await?;
+                }
+                Err(f) => {
+                    self.dead(d, f.reason).await?;
+                }
+            }
+        }
+        for (name, group) in &groups {
+            let sink = &self.sinks[name];
+            let together = if sink.batches() && group.len() > 1 {
+                let batches: Vec<Batch> = group.iter().map(|(_, b)| b.clone()).collect();
+                Some(sink.write_many(&batches).await)
+            } else {
+                None
+            };
+            match together {
+                Some(Ok(())) => acks.extend(group.iter().map(|(d, _)| *d)),
+                Some(Err(SinkError::Retry(e))) => {
+                    for (d, _) in group {
+                        self.again(d, format!("sink `{name}`: {e}")).await?;
+                    }
+                }
+                // one at a time: a permanent failure is that of one event, not its neighbours
+                Some(Err(SinkError::Permanent(_))) | None => {
+                    for (d, b) in group {
+                        match sink.write(b).await {
+                            Ok(()) => acks.push(d),
+                            Err(SinkError::Retry(e)) => {
+                                self.again(d, format!("sink `{name}`: {e}")).await?;
+                            }
+                            Err(SinkError::Permanent(e)) => {
+                                self.dead(d, format!("sink `{name}`: {e}")).await?;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.outcomes.ack_many(&acks).await
     }
 
     async fn process(&self, d: &Delivery) -> Result<Handled, QueueError> {
@@ -265,6 +382,29 @@ impl Worker {
                 r = queue.read(conn, self.options.batch, self.options.block, own_pending) => r,
                 _ = stop.changed() => break,
             };
+            let read = match read {
+                Ok((mut got, lost))
+                    if !own_pending
+                        && !got.is_empty()
+                        && got.len() < self.options.batch
+                        && !self.options.batch_wait.is_zero() =>
+                {
+                    tokio::time::sleep(self.options.batch_wait).await;
+                    if let Ok((more, _)) = queue
+                        .read(
+                            conn,
+                            self.options.batch - got.len(),
+                            Duration::from_millis(1),
+                            false,
+                        )
+                        .await
+                    {
+                        got.extend(more);
+                    }
+                    Ok((got, lost))
+                }
+                other => other,
+            };
             match read {
                 Ok((deliveries, lost)) => {
                     if lost {
@@ -278,10 +418,8 @@ impl Worker {
                     if own_pending && deliveries.is_empty() {
                         own_pending = false;
                     }
-                    for d in &deliveries {
-                        if let Err(e) = self.handle(d).await {
-                            tracing::warn!(event_id = %d.event.id, error = %e, "could not record the outcome; the entry stays pending");
-                        }
+                    if let Err(e) = self.handle_batch(&deliveries).await {
+                        tracing::warn!(error = %e, "could not record outcomes; the entries stay pending and are redelivered");
                     }
                 }
                 Err(e) => {

@@ -325,3 +325,64 @@ async fn a_long_job_renews_its_lease() {
     assert_eq!(handling.await.unwrap().unwrap(), Handled::Acked);
     assert_eq!(*slow.1.lock().unwrap(), 1);
 }
+
+#[tokio::test]
+async fn a_batch_with_one_bad_row_dead_letters_only_that_event() {
+    let (database, schema) = common::fresh_schema().await;
+    let pool = engine::db::pool(&database, 2).unwrap();
+    let cfg = engine::config::sink::Postgres {
+        table: "call_status".into(),
+        columns: Default::default(),
+        key: vec![],
+        on_conflict: engine::config::sink::OnConflict::Nothing,
+        update: vec![],
+        encrypt: vec![],
+    };
+    let sink: Arc<dyn Sink> =
+        Arc::new(engine::sink::postgres::PostgresSink::new(&cfg, pool, None).unwrap());
+    let (w, q, _) = worker(TestSink::new(0, SinkError::Retry(String::new())), fast()).await;
+    let mut sinks: HashMap<String, Arc<dyn Sink>> = HashMap::new();
+    sinks.insert("call_status".into(), sink);
+    let w = Arc::new(Worker {
+        outcomes: q.clone(),
+        program: w.program.clone(),
+        sinks,
+        options: fast(),
+    });
+    for i in 0..10 {
+        // call_status.call_id is a uuid: event 7's is not
+        let id = if i == 7 {
+            "not-a-uuid".to_string()
+        } else {
+            uuid::Uuid::new_v4().to_string()
+        };
+        let mut e = status_update(&format!("b{i}"));
+        e.body = Bytes::from(format!(
+            r#"{{"message":{{"type":"status-update","status":"ringing","call":{{"id":"{id}"}}}}}}"#
+        ));
+        q.enqueue(&e, None).await.unwrap();
+    }
+    let mut r = q.reader().await.unwrap();
+    let (batch, _) = q
+        .read(&mut r, 64, Duration::from_millis(100), false)
+        .await
+        .unwrap();
+    assert_eq!(batch.len(), 10);
+    w.handle_batch(&batch).await.unwrap();
+    let rows: i64 = common::pg(&schema)
+        .await
+        .query_one("SELECT count(*) FROM call_status", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 9, "the nine good events are written");
+    let dead = q.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].event_id, "b7");
+    assert_eq!(
+        dead[0].reason,
+        "sink `call_status`: call_status: column `call_id`: invalid input syntax for type uuid"
+    );
+    let s = q.stats().await.unwrap();
+    assert_eq!((s.depth, s.pending), (0, 0), "all acknowledged in one go");
+}

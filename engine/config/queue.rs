@@ -51,6 +51,15 @@ pub struct Queue {
     /// retries). `processed` trades latency for callers that need the write done.
     #[serde(default)]
     pub ack: Ack,
+    /// Most events a worker takes at once; rows of the events for one Postgres sink are written in
+    /// one statement.
+    #[serde(default = "default_batch_size")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub batch_size: u32,
+    /// How long a worker that got fewer than `batch_size` events waits for more before writing
+    /// (default: not at all; a busy queue fills batches by itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_wait: Option<Span>,
     /// Events processed at once, per engine process.
     #[serde(default = "default_concurrency")]
     #[schemars(range(min = 1, max = 256))]
@@ -106,6 +115,8 @@ impl Default for Queue {
             max_attempts: default_attempts(),
             backoff: Backoff::default(),
             ack: Ack::Queued,
+            batch_size: default_batch_size(),
+            batch_wait: None,
             lease: default_lease(),
             concurrency: default_concurrency(),
         }
@@ -120,6 +131,9 @@ fn default_lease() -> Span {
 }
 fn default_concurrency() -> u32 {
     4
+}
+fn default_batch_size() -> u32 {
+    64
 }
 fn default_window() -> Span {
     Span(std::time::Duration::from_secs(86_400))

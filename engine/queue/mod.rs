@@ -31,6 +31,15 @@ pub trait Outcomes: Send + Sync {
     fn retry<'a>(&'a self, d: &'a Delivery, delay: Duration) -> QueueFuture<'a>;
     /// Give up, keeping the event and the reason.
     fn dead_letter<'a>(&'a self, d: &'a Delivery, reason: &'a str) -> QueueFuture<'a>;
+    /// Done, for several at once.
+    fn ack_many<'a>(&'a self, ds: &'a [&'a Delivery]) -> QueueFuture<'a> {
+        Box::pin(async move {
+            for d in ds {
+                self.ack(d).await?;
+            }
+            Ok(())
+        })
+    }
     /// Still working on it: renew the lease so nobody takes the entry over.
     fn touch<'a>(&'a self, _d: &'a Delivery) -> QueueFuture<'a> {
         Box::pin(async { Ok(()) })

@@ -87,8 +87,8 @@ return redis.call('XADD', KEYS[1], '*', 'e', ARGV[1], 'a', '0')
 ";
 
 const ACK: &str = r"
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-return redis.call('XDEL', KEYS[1], ARGV[2])
+redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 2))
+return redis.call('XDEL', KEYS[1], unpack(ARGV, 2))
 ";
 
 const RETRY: &str = r"
@@ -266,6 +266,21 @@ impl RedisQueue {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Done with several entries: one round trip.
+    pub async fn ack_many(&self, ids: &[&str]) -> Result<(), QueueError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut c = self.conn().await?;
+        let mut inv = self.ack.key(&self.stream);
+        inv.arg(GROUP);
+        for id in ids {
+            inv.arg(*id);
+        }
+        let r: Result<i64, _> = inv.invoke_async(&mut *c).await;
+        settle(c, r).map(|_| ())
     }
 
     /// Renew the lease of an entry this consumer is still working on (resets its idle time).
@@ -679,6 +694,13 @@ impl super::Outcomes for RedisQueue {
 
     fn dead_letter<'a>(&'a self, d: &'a Delivery, reason: &'a str) -> super::QueueFuture<'a> {
         Box::pin(RedisQueue::dead_letter(self, d, reason))
+    }
+
+    fn ack_many<'a>(&'a self, ds: &'a [&'a Delivery]) -> super::QueueFuture<'a> {
+        Box::pin(async move {
+            let ids: Vec<&str> = ds.iter().map(|d| d.id.as_str()).collect();
+            RedisQueue::ack_many(self, &ids).await
+        })
     }
 
     fn touch<'a>(&'a self, d: &'a Delivery) -> super::QueueFuture<'a> {

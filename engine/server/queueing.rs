@@ -111,6 +111,8 @@ pub fn build(project: &Project) -> Result<Vec<Option<Queued>>, String> {
                 backoff_initial: config.backoff.initial.0,
                 backoff_max: config.backoff.max.0,
                 lease: config.lease.0,
+                batch: config.batch_size as usize,
+                batch_wait: config.batch_wait.map_or(Duration::ZERO, |w| w.0),
                 ..Options::default()
             },
         });

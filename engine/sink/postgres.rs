@@ -81,42 +81,44 @@ impl PostgresSink {
         })
     }
 
-    /// The batch's rows as column → value objects, with `event_id`, `row_index` and encryption.
-    fn rows(&self, batch: &Batch) -> Result<(Vec<Value>, Vec<String>), SinkError> {
+    /// The batches' rows as column → value objects, with `event_id`, `row_index` and encryption.
+    fn rows(&self, batches: &[Batch]) -> Result<(Vec<Value>, Vec<String>), SinkError> {
         let mut columns: Vec<String> = Vec::new();
         let mut out = Vec::new();
-        for (i, row) in batch.rows.iter().enumerate() {
-            let Value::Object(fields) = row else {
-                return Err(SinkError::Permanent("a row is not a map".into()));
-            };
-            let mut mapped = Map::new();
-            for (field, value) in fields {
-                let column = self
-                    .columns
-                    .get(field)
-                    .cloned()
-                    .unwrap_or_else(|| field.clone());
-                let value = if self.encrypt.contains(field) && !value.is_null() {
-                    let text = value
-                        .as_str()
-                        .map_or_else(|| value.to_string(), str::to_string);
-                    let ring = self.keyring.as_ref().expect("checked at build");
-                    Value::String(
-                        ring.encrypt(text.as_bytes(), &format!("{}.{column}", self.table)),
-                    )
-                } else {
-                    value.clone()
+        for batch in batches {
+            for (i, row) in batch.rows.iter().enumerate() {
+                let Value::Object(fields) = row else {
+                    return Err(SinkError::Permanent("a row is not a map".into()));
                 };
-                mapped.insert(column, value);
-            }
-            mapped.insert("event_id".into(), batch.event_id.clone().into());
-            mapped.insert("row_index".into(), i.into());
-            for c in mapped.keys() {
-                if !columns.contains(c) {
-                    columns.push(c.clone());
+                let mut mapped = Map::new();
+                for (field, value) in fields {
+                    let column = self
+                        .columns
+                        .get(field)
+                        .cloned()
+                        .unwrap_or_else(|| field.clone());
+                    let value = if self.encrypt.contains(field) && !value.is_null() {
+                        let text = value
+                            .as_str()
+                            .map_or_else(|| value.to_string(), str::to_string);
+                        let ring = self.keyring.as_ref().expect("checked at build");
+                        Value::String(
+                            ring.encrypt(text.as_bytes(), &format!("{}.{column}", self.table)),
+                        )
+                    } else {
+                        value.clone()
+                    };
+                    mapped.insert(column, value);
                 }
+                mapped.insert("event_id".into(), batch.event_id.clone().into());
+                mapped.insert("row_index".into(), i.into());
+                for c in mapped.keys() {
+                    if !columns.contains(c) {
+                        columns.push(c.clone());
+                    }
+                }
+                out.push(Value::Object(mapped));
             }
-            out.push(Value::Object(mapped));
         }
         Ok((out, columns))
     }
@@ -162,11 +164,20 @@ impl PostgresSink {
 
 impl Sink for PostgresSink {
     fn write<'a>(&'a self, batch: &'a Batch) -> SinkFuture<'a> {
+        self.write_many(std::slice::from_ref(batch))
+    }
+
+    fn batches(&self) -> bool {
+        true
+    }
+
+    /// The rows of every event in one statement (one round trip, one transaction).
+    fn write_many<'a>(&'a self, batches: &'a [Batch]) -> SinkFuture<'a> {
         Box::pin(async move {
-            if batch.rows.is_empty() {
+            if batches.iter().all(|b| b.rows.is_empty()) {
                 return Ok(());
             }
-            let (rows, columns) = self.rows(batch)?;
+            let (rows, columns) = self.rows(batches)?;
             let sql = self.statement(&columns)?;
             let client = self
                 .pool
