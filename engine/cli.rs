@@ -416,32 +416,42 @@ fn schema(out: &Path, check: bool) -> ExitCode {
     }
 }
 
-fn secrets_set(tenant: &str, credential: &str, dir: &Path, env_file: Option<&Path>) -> ExitCode {
-    let source = match env_source(env_file) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
-    let project = match crate::config::load(dir, &source) {
-        Ok(p) => p,
-        Err(diags) => {
-            eprint!("{}", diagnostics::render(&diags, Format::Text));
-            return ExitCode::from(1);
+/// The validated project, or the exit code after printing every problem.
+fn project(dir: &Path, env_file: Option<&Path>) -> Result<crate::config::Project, ExitCode> {
+    let source = env_source(env_file)?;
+    crate::config::load(dir, &source).map_err(|diags| {
+        eprint!("{}", diagnostics::render(&diags, Format::Text));
+        ExitCode::from(1)
+    })
+}
+
+/// The project's keyring (ENCRYPTION_KEY, and ENCRYPTION_KEY_PREVIOUS when set).
+fn keyring(project: &crate::config::Project) -> Result<crate::crypto::Keyring, ExitCode> {
+    match crate::crypto::Keyring::from_env(&project.env) {
+        Some(Ok(k)) => Ok(k),
+        Some(Err(e)) => {
+            eprintln!("engine: ENCRYPTION_KEY: {e}");
+            Err(ExitCode::from(1))
         }
+        None => {
+            eprintln!("engine: ENCRYPTION_KEY is not set: stored secrets are encrypted with it");
+            Err(ExitCode::from(1))
+        }
+    }
+}
+
+fn secrets_set(tenant: &str, credential: &str, dir: &Path, env_file: Option<&Path>) -> ExitCode {
+    let project = match project(dir, env_file) {
+        Ok(p) => p,
+        Err(code) => return code,
     };
     let Some(url) = project.settings.database_url.clone() else {
         eprintln!("engine: DATABASE_URL is not set: secrets are stored in the database");
         return ExitCode::from(1);
     };
-    let keyring = match crate::crypto::Keyring::from_env(&project.env) {
-        Some(Ok(k)) => k,
-        Some(Err(e)) => {
-            eprintln!("engine: ENCRYPTION_KEY: {e}");
-            return ExitCode::from(1);
-        }
-        None => {
-            eprintln!("engine: ENCRYPTION_KEY is not set: secrets are stored encrypted");
-            return ExitCode::from(1);
-        }
+    let keyring = match keyring(&project) {
+        Ok(k) => k,
+        Err(code) => return code,
     };
     let mut value = String::new();
     if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut value) {
@@ -488,11 +498,7 @@ fn secrets_set(tenant: &str, credential: &str, dir: &Path, env_file: Option<&Pat
 
 /// The Redis queues of the queued pipelines, by pipeline name.
 fn queues(target: &Target) -> Result<Vec<(String, crate::queue::redis::RedisQueue)>, ExitCode> {
-    let source = env_source(target.env_file.as_deref())?;
-    let project = crate::config::load(&target.pipelines, &source).map_err(|d| {
-        eprint!("{}", diagnostics::render(&d, Format::Text));
-        ExitCode::from(1)
-    })?;
+    let project = project(&target.pipelines, target.env_file.as_deref())?;
     let Some(url) = project.settings.redis_url.clone() else {
         eprintln!(
             "engine: REDIS_URL is not set: without Redis, events are queued inside `engine serve` and are not visible here"
@@ -661,25 +667,16 @@ fn dlq(action: DlqAction) -> ExitCode {
 fn migrate(database_url: Option<String>, dir: &Path, status: bool, target: &Target) -> ExitCode {
     let url = match database_url {
         Some(u) => u,
-        None => {
-            let source = match env_source(target.env_file.as_deref()) {
-                Ok(s) => s,
-                Err(c) => return c,
-            };
-            match crate::config::load(&target.pipelines, &source) {
-                Ok(p) => match p.settings.database_url {
-                    Some(u) => u,
-                    None => {
-                        eprintln!("engine: no database: pass --database-url or set DATABASE_URL");
-                        return ExitCode::from(2);
-                    }
-                },
-                Err(d) => {
-                    eprint!("{}", diagnostics::render(&d, Format::Text));
-                    return ExitCode::from(1);
+        None => match project(&target.pipelines, target.env_file.as_deref()) {
+            Ok(p) => match p.settings.database_url {
+                Some(u) => u,
+                None => {
+                    eprintln!("engine: no database: pass --database-url or set DATABASE_URL");
+                    return ExitCode::from(2);
                 }
-            }
-        }
+            },
+            Err(code) => return code,
+        },
     };
     let rt = match runtime() {
         Ok(r) => r,
@@ -731,27 +728,13 @@ fn migrate(database_url: Option<String>, dir: &Path, status: bool, target: &Targ
 }
 
 fn secrets_decrypt(context: &str, dir: &Path, env_file: Option<&Path>) -> ExitCode {
-    let source = match env_source(env_file) {
-        Ok(s) => s,
+    let project = match project(dir, env_file) {
+        Ok(p) => p,
         Err(code) => return code,
     };
-    let project = match crate::config::load(dir, &source) {
-        Ok(p) => p,
-        Err(diags) => {
-            eprint!("{}", diagnostics::render(&diags, Format::Text));
-            return ExitCode::from(1);
-        }
-    };
-    let keyring = match crate::crypto::Keyring::from_env(&project.env) {
-        Some(Ok(k)) => k,
-        Some(Err(e)) => {
-            eprintln!("engine: ENCRYPTION_KEY: {e}");
-            return ExitCode::from(1);
-        }
-        None => {
-            eprintln!("engine: ENCRYPTION_KEY is not set");
-            return ExitCode::from(1);
-        }
+    let keyring = match keyring(&project) {
+        Ok(k) => k,
+        Err(code) => return code,
     };
     let mut value = String::new();
     if std::io::Read::read_to_string(&mut std::io::stdin(), &mut value).is_err()

@@ -15,6 +15,7 @@ use std::time::Duration;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::units::Span;
 use super::verify::KeySource;
 
 /// A rate limit.
@@ -106,28 +107,19 @@ pub struct Rate {
 }
 
 impl Rate {
-    /// `<count>/<n?><unit>` with unit `ms`, `s`, `m`, `h` or `d`.
+    /// `<count>/<n?><unit>` with unit `ms`, `s`, `m`, `h` or `d` (`10/s` means `10/1s`).
     pub fn parse(text: &str) -> Option<Rate> {
         let (count, period) = text.trim().split_once('/')?;
         let count: u32 = count.trim().parse().ok().filter(|c| *c > 0)?;
         let period = period.trim();
-        let split = period
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(period.len());
-        let (n, unit) = period.split_at(split);
-        let n: u64 = if n.is_empty() { 1 } else { n.parse().ok()? };
-        let unit_ms: u64 = match unit {
-            "ms" => 1,
-            "s" => 1_000,
-            "m" => 60_000,
-            "h" => 3_600_000,
-            "d" => 86_400_000,
-            _ => return None,
+        let period = if period.starts_with(|c: char| c.is_ascii_digit()) {
+            Span::parse(period)?
+        } else {
+            Span::parse(&format!("1{period}"))?
         };
-        let ms = n.checked_mul(unit_ms).filter(|ms| *ms > 0)?;
         Some(Rate {
             count,
-            period: Duration::from_millis(ms),
+            period: period.0,
         })
     }
 
@@ -139,17 +131,7 @@ impl Rate {
 
 impl fmt::Display for Rate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ms = self.period.as_millis();
-        let (n, unit) = [
-            (86_400_000, "d"),
-            (3_600_000, "h"),
-            (60_000, "m"),
-            (1_000, "s"),
-        ]
-        .into_iter()
-        .find(|(u, _)| ms % u == 0)
-        .map_or((ms, "ms"), |(u, name)| (ms / u, name));
-        write!(f, "{}/{n}{unit}", self.count)
+        write!(f, "{}/{}", self.count, Span(self.period))
     }
 }
 
