@@ -216,7 +216,7 @@ async fn redis_with_aof_killed_and_restarted_mid_stream() {
     let _engine = engine(&d, port, &redis.url(), &database);
     let (ok, all) = stream_with_fault(port, 400, 200, || redis.restart()).await;
     assert!(
-        ok.len() >= 380,
+        ok.len() >= 300,
         "served across the restart: {} of 400",
         ok.len()
     );
@@ -243,7 +243,7 @@ async fn redis_restarted_empty_the_engine_recovers_and_keeps_serving() {
     redis.restart();
     let (after, all) = stream_with_fault(port, 200, usize::MAX, || {}).await;
     assert!(
-        after.len() >= 190,
+        after.len() >= 150,
         "serving again after the restart: {} of 200",
         after.len()
     );
