@@ -2,6 +2,8 @@
 //! field or a JSON pointer into the body. Tenant lookup (`verify.*.tenant.key`) and rate-limit
 //! keys (`rate_limit.key`) name fields the same way.
 
+use std::cell::OnceCell;
+
 use crate::config::verify::KeySource;
 use crate::verify::{Inbound, header};
 
@@ -12,27 +14,63 @@ pub fn extract(
     req: &Inbound<'_>,
     params: &[(String, String)],
 ) -> Option<String> {
-    let id = match source {
-        KeySource::Header(h) => header(req.headers, &h.to_ascii_lowercase()).map(str::to_string),
-        KeySource::Form(f) => form_urlencoded::parse(req.body)
-            .find(|(k, _)| k == f.as_str())
-            .map(|(_, v)| v.into_owned()),
-        KeySource::Json(ptr) => {
-            let v: serde_json::Value = serde_json::from_slice(req.body).ok()?;
-            match v.pointer(ptr)? {
-                serde_json::Value::String(s) => Some(s.clone()),
-                n @ serde_json::Value::Number(_) => Some(n.to_string()),
-                _ => None,
-            }
+    Fields::new(req, params).get(source)
+}
+
+/// The fields of one request, read for several sources (a dedupe key, an event id, a rate-limit
+/// key): a JSON body is parsed once for all of them, not once per field.
+pub struct Fields<'a> {
+    req: &'a Inbound<'a>,
+    params: &'a [(String, String)],
+    json: OnceCell<Option<serde_json::Value>>,
+}
+
+impl<'a> Fields<'a> {
+    pub fn new(req: &'a Inbound<'a>, params: &'a [(String, String)]) -> Fields<'a> {
+        Fields {
+            req,
+            params,
+            json: OnceCell::new(),
         }
-        KeySource::Path(p) => params.iter().find(|(k, _)| k == p).map(|(_, v)| v.clone()),
-        KeySource::Query(q) => req.url.split_once('?').and_then(|(_, qs)| {
-            form_urlencoded::parse(qs.as_bytes())
-                .find(|(k, _)| k == q.as_str())
-                .map(|(_, v)| v.into_owned())
-        }),
-    };
-    id.filter(|s| !s.is_empty() && s.len() <= 256)
+    }
+
+    /// One field (see [`extract`]).
+    pub fn get(&self, source: &KeySource) -> Option<String> {
+        let req = self.req;
+        let id = match source {
+            KeySource::Header(h) => header(req.headers, h).map(str::to_string),
+            KeySource::Form(f) => form_urlencoded::parse(req.body)
+                .find(|(k, _)| k == f.as_str())
+                .map(|(_, v)| v.into_owned()),
+            KeySource::Json(ptr) => {
+                let body = self
+                    .json
+                    .get_or_init(|| serde_json::from_slice(req.body).ok());
+                match body.as_ref()?.pointer(ptr)? {
+                    serde_json::Value::String(s) => Some(s.clone()),
+                    n @ serde_json::Value::Number(_) => Some(n.to_string()),
+                    _ => None,
+                }
+            }
+            KeySource::Path(p) => self
+                .params
+                .iter()
+                .find(|(k, _)| k == p)
+                .map(|(_, v)| v.clone()),
+            KeySource::Query(q) => req.url.split_once('?').and_then(|(_, qs)| {
+                form_urlencoded::parse(qs.as_bytes())
+                    .find(|(k, _)| k == q.as_str())
+                    .map(|(_, v)| v.into_owned())
+            }),
+        };
+        id.filter(|s| !s.is_empty() && s.len() <= 256)
+    }
+
+    /// Every field of `sources` joined with `sep`; None when one is absent.
+    pub fn join(&self, sources: &[KeySource], sep: &str) -> Option<String> {
+        let parts: Option<Vec<String>> = sources.iter().map(|f| self.get(f)).collect();
+        parts.map(|p| p.join(sep))
+    }
 }
 
 #[cfg(test)]
@@ -86,5 +124,33 @@ mod tests {
             extract(&KeySource::Form("Nope".into()), &form, &params),
             None
         );
+    }
+
+    #[test]
+    fn join_reads_every_field_and_needs_all_of_them() {
+        let h = HeaderMap::new();
+        let body = br#"{"message":{"type":"status-update","call":{"id":"c1"},"timestamp":17}}"#;
+        let req = Inbound {
+            method: "POST",
+            url: "https://x/y",
+            headers: &h,
+            body,
+            now: 0,
+        };
+        let fields = Fields::new(&req, &[]);
+        let key = [
+            KeySource::Json("/message/call/id".into()),
+            KeySource::Json("/message/type".into()),
+            KeySource::Json("/message/timestamp".into()),
+        ];
+        assert_eq!(
+            fields.join(&key, "|").as_deref(),
+            Some("c1|status-update|17")
+        );
+        let missing = [
+            KeySource::Json("/message/call/id".into()),
+            KeySource::Json("/message/nope".into()),
+        ];
+        assert_eq!(fields.join(&missing, "|"), None);
     }
 }

@@ -55,14 +55,13 @@ impl Rule {
         req: &Inbound<'_>,
         params: &[(String, String)],
     ) -> String {
+        let fields = crate::request_field::Fields::new(req, params);
         let parts: Vec<String> = self
             .key
             .iter()
             .map(|p| match p {
                 KeyPart::Named(NamedKey::Ip) => client_ip.to_string(),
-                KeyPart::Field(f) => {
-                    crate::request_field::extract(f, req, params).unwrap_or_else(|| "-".into())
-                }
+                KeyPart::Field(f) => fields.get(f).unwrap_or_else(|| "-".into()),
             })
             .collect();
         parts.join("|")

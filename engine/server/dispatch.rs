@@ -29,6 +29,7 @@ use crate::config::rate_limit::FailMode;
 use crate::config::units::HttpMethod;
 use crate::queue::redis::Enqueued;
 use crate::rate_limit::{Rule, ceil_secs};
+use crate::request_field::Fields;
 use crate::respond::Reply;
 use crate::route::Lookup;
 use crate::transform::EventInput;
@@ -104,19 +105,15 @@ impl Dispatch {
 /// or one minted here, once; the tenant named by the verifier's tenant key.
 fn event(app: &App, pipeline: usize, seen: &Seen<'_>, params: Vec<(String, String)>) -> EventInput {
     let inbound = seen.inbound();
-    let provider_id = app.queued[pipeline].as_ref().and_then(|q| {
-        let parts: Option<Vec<String>> = q
-            .config
-            .event_id
-            .iter()
-            .map(|f| crate::request_field::extract(f, &inbound, &params))
-            .collect();
-        parts.filter(|p| !p.is_empty()).map(|p| p.join(":"))
-    });
+    let fields = Fields::new(&inbound, &params);
+    let provider_id = app.queued[pipeline]
+        .as_ref()
+        .filter(|q| !q.config.event_id.is_empty())
+        .and_then(|q| fields.join(&q.config.event_id, ":"));
     let tenant = app.verifiers[pipeline]
         .as_ref()
         .and_then(|v| v.tenant_key())
-        .and_then(|k| crate::request_field::extract(k, &inbound, &params));
+        .and_then(|k| fields.get(k));
     let mut event = seen.event_input(&app.project.pipelines[pipeline].config.name, params, tenant);
     if let Some(id) = provider_id {
         event.id = id;
@@ -152,12 +149,8 @@ async fn enqueue(
     };
     let dedupe_key = q.config.dedupe.as_ref().and_then(|d| {
         let inbound = seen.inbound();
-        let parts: Option<Vec<String>> = d
-            .key
-            .iter()
-            .map(|f| crate::request_field::extract(f, &inbound, &event.params))
-            .collect();
-        parts.map(|p| (p.join("|"), d.window.0))
+        let key = Fields::new(&inbound, &event.params).join(&d.key, "|");
+        key.map(|k| (k, d.window.0))
     });
     let event_id = event.id.clone();
     let name = &app.project.pipelines[pipeline].config.name;
