@@ -1,7 +1,7 @@
 //! GitHub: `X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the body>`. No timestamp: replays are
 //! stopped by the queue's dedupe on `X-GitHub-Delivery`.
 
-use super::mac::{self, ct_eq};
+use super::mac;
 use super::{Inbound, Reject, Scheme, header};
 use crate::config::verify::{Algorithm, Encoding};
 
@@ -16,11 +16,7 @@ impl Scheme for Github {
             .ok_or(Reject::MalformedHeader)?;
         let given = mac::decode(Encoding::Hex, hex_sig).ok_or(Reject::MalformedHeader)?;
         let expected = mac::compute(Algorithm::Sha256, key, &[req.body]);
-        if ct_eq(&given, &expected) {
-            Ok(())
-        } else {
-            Err(Reject::BadSignature)
-        }
+        mac::matches(&given, &expected)
     }
 
     fn sign(&self, req: &Inbound<'_>, key: &[u8]) -> Vec<(String, String)> {

@@ -5,7 +5,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 
-use super::mac::{self, ct_eq};
+use super::mac;
 use super::{Inbound, Reject, Scheme, header};
 use crate::config::verify::{Algorithm, Encoding, SecretEncoding};
 
@@ -143,11 +143,7 @@ impl Scheme for HmacScheme {
         let ts = self.timestamp(req)?;
         let payload = self.render(req, ts, self.id(req))?;
         let expected = mac::compute(self.algorithm, key, &[&payload]);
-        if ct_eq(&given, &expected) {
-            Ok(())
-        } else {
-            Err(Reject::BadSignature)
-        }
+        mac::matches(&given, &expected)
     }
 
     fn sign(&self, req: &Inbound<'_>, key: &[u8]) -> Vec<(String, String)> {

@@ -32,6 +32,24 @@ pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.ct_eq(b).into()
 }
 
+/// Accept when any of the signatures given matches the expected one (rotation and
+/// multi-signature headers send several); `BadSignature` otherwise.
+pub fn matches_any<S: AsRef<[u8]>>(
+    given: impl IntoIterator<Item = S>,
+    expected: &[u8],
+) -> Result<(), Reject> {
+    if given.into_iter().any(|s| ct_eq(s.as_ref(), expected)) {
+        Ok(())
+    } else {
+        Err(Reject::BadSignature)
+    }
+}
+
+/// Accept when `given` matches `expected`; `BadSignature` otherwise.
+pub fn matches(given: &[u8], expected: &[u8]) -> Result<(), Reject> {
+    matches_any([given], expected)
+}
+
 pub fn encode(enc: Encoding, bytes: &[u8]) -> String {
     match enc {
         Encoding::Hex => hex::encode(bytes),

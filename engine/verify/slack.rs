@@ -1,7 +1,7 @@
 //! Slack: `X-Slack-Signature: v0=<hex HMAC-SHA256 of "v0:<timestamp>:<body>">` with the timestamp
 //! in `X-Slack-Request-Timestamp`, which must be within the tolerance (Slack says 5 minutes).
 
-use super::mac::{self, ct_eq};
+use super::mac;
 use super::{Inbound, Reject, Scheme, header};
 use crate::config::verify::{Algorithm, Encoding};
 
@@ -26,11 +26,7 @@ impl Scheme for Slack {
             key,
             &[b"v0:", ts.trim().as_bytes(), b":", req.body],
         );
-        if ct_eq(&given, &expected) {
-            Ok(())
-        } else {
-            Err(Reject::BadSignature)
-        }
+        mac::matches(&given, &expected)
     }
 
     fn sign(&self, req: &Inbound<'_>, key: &[u8]) -> Vec<(String, String)> {

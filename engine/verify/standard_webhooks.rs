@@ -7,7 +7,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 
-use super::mac::{self, ct_eq};
+use super::mac;
 use super::{Inbound, Reject, Scheme, header};
 use crate::config::verify::{Algorithm, Encoding};
 
@@ -42,16 +42,11 @@ impl Scheme for StandardWebhooks {
             key,
             &[id.as_bytes(), b".", ts.trim().as_bytes(), b".", req.body],
         );
-        let ok = sigs
+        let given = sigs
             .split_whitespace()
             .filter_map(|s| s.strip_prefix("v1,"))
-            .filter_map(|s| mac::decode(Encoding::Base64, s))
-            .any(|s| ct_eq(&s, &expected));
-        if ok {
-            Ok(())
-        } else {
-            Err(Reject::BadSignature)
-        }
+            .filter_map(|s| mac::decode(Encoding::Base64, s));
+        mac::matches_any(given, &expected)
     }
 
     fn sign(&self, req: &Inbound<'_>, key: &[u8]) -> Vec<(String, String)> {

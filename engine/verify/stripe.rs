@@ -2,7 +2,7 @@
 //! HMAC-SHA256 of `<t>.<body>` under the endpoint secret (`whsec_...`, used as-is). Any v1 may
 //! match (Stripe sends several while a secret is being rolled); `t` must be within the tolerance.
 
-use super::mac::{self, ct_eq};
+use super::mac;
 use super::{Inbound, Reject, Scheme, header};
 use crate::config::verify::{Algorithm, Encoding};
 
@@ -33,15 +33,8 @@ impl Scheme for Stripe {
             key,
             &[t.to_string().as_bytes(), b".", req.body],
         );
-        let ok = v1
-            .iter()
-            .filter_map(|s| mac::decode(Encoding::Hex, s))
-            .any(|s| ct_eq(&s, &expected));
-        if ok {
-            Ok(())
-        } else {
-            Err(Reject::BadSignature)
-        }
+        let given = v1.iter().filter_map(|s| mac::decode(Encoding::Hex, s));
+        mac::matches_any(given, &expected)
     }
 
     fn sign(&self, req: &Inbound<'_>, key: &[u8]) -> Vec<(String, String)> {

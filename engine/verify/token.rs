@@ -5,7 +5,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 
-use super::mac::ct_eq;
+use super::mac::{self, ct_eq};
 use super::{Inbound, Reject, Scheme, header};
 
 /// A token in a header, with or without `Bearer `.
@@ -27,11 +27,7 @@ impl Scheme for Token {
         } else {
             value
         };
-        if ct_eq(token.as_bytes(), key) {
-            Ok(())
-        } else {
-            Err(Reject::BadSignature)
-        }
+        mac::matches(token.as_bytes(), key)
     }
 
     fn sign(&self, _req: &Inbound<'_>, key: &[u8]) -> Vec<(String, String)> {
