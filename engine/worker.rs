@@ -140,20 +140,7 @@ impl Worker {
     /// Process one delivery to its end state, renewing its lease while it takes long (so a slow
     /// sink does not make another worker process the same event at the same time).
     pub async fn handle(&self, d: &Delivery) -> Result<Handled, QueueError> {
-        let work = self.process(d);
-        tokio::pin!(work);
-        let every = (self.options.lease / 3).max(Duration::from_millis(10));
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        loop {
-            tokio::select! {
-                done = &mut work => return done,
-                _ = tick.tick() => {
-                    if let Err(e) = self.outcomes.touch(d).await {
-                        tracing::debug!(event_id = %d.event.id, error = %e, "lease renewal failed");
-                    }
-                }
-            }
-        }
+        self.leased(std::slice::from_ref(d), self.process(d)).await
     }
 
     /// Process entries read together: transforms on one blocking thread, the rows of all events
@@ -167,7 +154,11 @@ impl Worker {
             }
             return Ok(());
         }
-        let work = self.process_batch(ds);
+        self.leased(ds, self.process_batch(ds)).await
+    }
+
+    /// Run `work` while renewing the lease of every delivery it holds every third of the lease.
+    async fn leased<T>(&self, ds: &[Delivery], work: impl Future<Output = T>) -> T {
         tokio::pin!(work);
         let every = (self.options.lease / 3).max(Duration::from_millis(10));
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -176,7 +167,9 @@ impl Worker {
                 done = &mut work => return done,
                 _ = tick.tick() => {
                     for d in ds {
-                        let _ = self.outcomes.touch(d).await;
+                        if let Err(e) = self.outcomes.touch(d).await {
+                            tracing::debug!(event_id = %d.event.id, error = %e, "lease renewal failed");
+                        }
                     }
                 }
             }
