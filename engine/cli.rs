@@ -360,15 +360,9 @@ fn serve(dir: &Path, env_file: Option<&Path>, mode: Mode) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match started(tokio::runtime::Builder::new_multi_thread()) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("engine: cannot start the runtime: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     let result = runtime.block_on(async move {
         match mode {
@@ -465,15 +459,9 @@ fn secrets_set(tenant: &str, credential: &str, dir: &Path, env_file: Option<&Pat
         );
         return ExitCode::from(2);
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("engine: cannot start the runtime: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     let result = runtime.block_on(async {
         let pool = crate::db::pool(&url, 1)?;
@@ -532,14 +520,16 @@ fn queues(target: &Target) -> Result<Vec<(String, crate::queue::redis::RedisQueu
     Ok(out)
 }
 
+/// The single-threaded runtime of the one-shot commands.
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| {
-            eprintln!("engine: cannot start the runtime: {e}");
-            ExitCode::from(1)
-        })
+    started(tokio::runtime::Builder::new_current_thread())
+}
+
+fn started(mut builder: tokio::runtime::Builder) -> Result<tokio::runtime::Runtime, ExitCode> {
+    builder.enable_all().build().map_err(|e| {
+        eprintln!("engine: cannot start the runtime: {e}");
+        ExitCode::from(1)
+    })
 }
 
 fn queue_stats(target: &Target) -> ExitCode {
@@ -766,11 +756,7 @@ fn live_database_problems(
         .build()
         .map_err(|e| e.to_string())?;
     rt.block_on(async {
-        let pool = crate::db::pool(url, 1)?;
-        let client = pool
-            .get()
-            .await
-            .map_err(|e| format!("database unavailable: {e}"))?;
+        let client = crate::db::connect(url).await?;
         let mut out = Vec::new();
         for p in &project.pipelines {
             let doc = std::fs::read(&p.file)

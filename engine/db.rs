@@ -82,6 +82,14 @@ pub fn tls_options(url: &str) -> Result<(String, Tls, Option<String>), String> {
     ))
 }
 
+/// One connection for a one-shot command (migrate, validate --database-url).
+pub async fn connect(url: &str) -> Result<deadpool_postgres::Object, String> {
+    pool(url, 1)?
+        .get()
+        .await
+        .map_err(|e| format!("database unavailable: {e}"))
+}
+
 /// A pool for `url` with at most `max_size` connections; connects lazily.
 pub fn pool(url: &str, max_size: usize) -> Result<Pool, String> {
     pool_with_timeout(url, max_size, None)

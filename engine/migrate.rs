@@ -24,11 +24,7 @@ fn load(dir: &Path) -> Result<Vec<refinery::Migration>, String> {
 /// Apply the pending migrations; returns those applied now (version, name).
 pub async fn run(database_url: &str, dir: &Path) -> Result<Vec<(i64, String)>, String> {
     let migrations = load(dir)?;
-    let pool = crate::db::pool(database_url, 1)?;
-    let mut client = pool
-        .get()
-        .await
-        .map_err(|e| format!("database unavailable: {e}"))?;
+    let mut client = crate::db::connect(database_url).await?;
     client
         .execute("SELECT pg_advisory_lock($1)", &[&LOCK])
         .await
@@ -52,11 +48,7 @@ pub async fn run(database_url: &str, dir: &Path) -> Result<Vec<(i64, String)>, S
 /// Every migration in `dir`, with when it was applied.
 pub async fn status(database_url: &str, dir: &Path) -> Result<Vec<Status>, String> {
     let migrations = load(dir)?;
-    let pool = crate::db::pool(database_url, 1)?;
-    let mut client = pool
-        .get()
-        .await
-        .map_err(|e| format!("database unavailable: {e}"))?;
+    let mut client = crate::db::connect(database_url).await?;
     let pg: &mut tokio_postgres::Client = &mut client;
     let applied = refinery::Runner::new(&migrations)
         .get_applied_migrations_async(pg)
