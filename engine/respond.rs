@@ -77,27 +77,9 @@ impl Responder {
         }
         let kind = if let Some(t) = &r.template {
             Kind::Template(template(&engine, t, pipeline_file, root)?)
-        } else if let Some(f) = &r.script {
-            let (ast, label) = compile(
-                &engine,
-                pipeline_file,
-                root,
-                Source::File(f),
-                "/respond/script",
-                false,
-            )
-            .map_err(|e| vec![e])?;
-            Kind::Script(ast, label)
-        } else if let Some(t) = &r.inline {
-            let (ast, label) = compile(
-                &engine,
-                pipeline_file,
-                root,
-                Source::Inline(t),
-                "/respond/inline",
-                false,
-            )
-            .map_err(|e| vec![e])?;
+        } else if let Some((source, pointer)) = script_source(r) {
+            let (ast, label) = compile(&engine, pipeline_file, root, source, pointer, false)
+                .map_err(|e| vec![e])?;
             Kind::Script(ast, label)
         } else {
             Kind::Static
@@ -246,6 +228,17 @@ impl Responder {
 }
 
 /// Split `text` at `{{ ... }}` and compile each hole.
+/// A respond script from its file or inline text, with the pointer errors are located at.
+fn script_source(r: &Respond) -> Option<(Source<'_>, &'static str)> {
+    if let Some(f) = &r.script {
+        Some((Source::File(f), "/respond/script"))
+    } else {
+        r.inline
+            .as_deref()
+            .map(|t| (Source::Inline(t), "/respond/inline"))
+    }
+}
+
 fn template(
     engine: &Engine,
     text: &str,

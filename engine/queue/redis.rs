@@ -610,23 +610,34 @@ fn fields(v: &Value) -> Vec<(String, String)> {
     }
 }
 
-/// `[[id, [field, value, ...]], ...]` as deliveries (entries that do not decode are skipped;
-/// XAUTOCLAIM reports deleted ones separately).
-fn parse_entries(v: &Value) -> Vec<Delivery> {
-    let Value::Array(entries) = v else {
-        return Vec::new();
+/// `[[id, [field, value, ...]], ...]`: each entry's id and fields (entries that do not decode
+/// are skipped; XAUTOCLAIM reports deleted ones separately).
+fn stream_entries(v: &Value) -> impl Iterator<Item = (String, Vec<(String, String)>)> + '_ {
+    let entries: &[Value] = match v {
+        Value::Array(entries) => entries,
+        _ => &[],
     };
-    entries
+    entries.iter().filter_map(|entry| {
+        let Value::Array(parts) = entry else {
+            return None;
+        };
+        Some((as_string(parts.first()?)?, fields(parts.get(1)?)))
+    })
+}
+
+fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    fields
         .iter()
-        .filter_map(|entry| {
-            let Value::Array(parts) = entry else {
-                return None;
-            };
-            let id = as_string(parts.first()?)?;
-            let f = fields(parts.get(1)?);
-            let get = |k: &str| f.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-            let event: EventInput = serde_json::from_str(get("e")?).ok()?;
-            let attempts = get("a").and_then(|a| a.parse().ok()).unwrap_or(0);
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Stream entries as deliveries.
+fn parse_entries(v: &Value) -> Vec<Delivery> {
+    stream_entries(v)
+        .filter_map(|(id, f)| {
+            let event: EventInput = serde_json::from_str(field(&f, "e")?).ok()?;
+            let attempts = field(&f, "a").and_then(|a| a.parse().ok()).unwrap_or(0);
             Some(Delivery {
                 id,
                 event,
@@ -655,26 +666,19 @@ fn parse_read(v: Value) -> Vec<Delivery> {
 }
 
 fn parse_dead(v: &Value) -> Vec<DeadLetter> {
-    let Value::Array(entries) = v else {
-        return Vec::new();
-    };
-    entries
-        .iter()
-        .filter_map(|entry| {
-            let Value::Array(parts) = entry else {
-                return None;
-            };
-            let id = as_string(parts.first()?)?;
-            let f = fields(parts.get(1)?);
-            let get = |k: &str| f.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-            let event: Option<EventInput> = get("e").and_then(|e| serde_json::from_str(&e).ok());
-            Some(DeadLetter {
+    stream_entries(v)
+        .map(|(id, f)| {
+            let event: Option<EventInput> =
+                field(&f, "e").and_then(|e| serde_json::from_str(e).ok());
+            DeadLetter {
                 id,
                 event_id: event.as_ref().map(|e| e.id.clone()).unwrap_or_default(),
-                reason: get("reason").unwrap_or_default(),
-                attempts: get("attempts").and_then(|a| a.parse().ok()).unwrap_or(0),
+                reason: field(&f, "reason").unwrap_or_default().to_string(),
+                attempts: field(&f, "attempts")
+                    .and_then(|a| a.parse().ok())
+                    .unwrap_or(0),
                 event,
-            })
+            }
         })
         .collect()
 }
