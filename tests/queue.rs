@@ -2,9 +2,10 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use engine::queue::redis::{Enqueued, RedisQueue};
 use engine::transform::EventInput;
+
+mod common;
 
 const REDIS: &str = "redis://127.0.0.1:6379";
 
@@ -17,20 +18,13 @@ fn prefix() -> String {
 }
 
 fn event(id: &str) -> EventInput {
-    EventInput {
-        id: id.into(),
-        pipeline: "vapi".into(),
-        received_at_ms: 1_764_086_400_000,
-        method: "POST".into(),
-        path: "/api/webhooks/vapi".into(),
-        query: String::new(),
-        headers: vec![("content-type".into(), "application/json".into())],
-        params: vec![],
-        tenant: None,
-        body: Bytes::from(format!(
-            r#"{{"message":{{"type":"status-update","call":{{"id":"{id}"}}}}}}"#
-        )),
-    }
+    common::event_input(
+        id,
+        "vapi",
+        "/api/webhooks/vapi",
+        "application/json",
+        format!(r#"{{"message":{{"type":"status-update","call":{{"id":"{id}"}}}}}}"#),
+    )
 }
 
 async fn queue(prefix: &str, consumer: &str) -> RedisQueue {

@@ -6,12 +6,10 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use bytes::Bytes;
 use common::{fresh_schema, pg};
 use engine::config::sink::{OnConflict, Postgres};
-use engine::env::EnvSource;
 use engine::sink::postgres::PostgresSink;
-use engine::transform::{EventInput, Outcome, Program};
+use engine::transform::Outcome;
 use engine::worker::{Batch, Sink, SinkError};
 use serde_json::json;
 
@@ -38,31 +36,14 @@ fn batch(event_id: &str, sink: &str, rows: Vec<serde_json::Value>) -> Batch {
 
 /// The rows the shipped transform makes of a payload file.
 fn rows_of(pipeline: &str, content_type: &str, file: &str) -> (String, Vec<serde_json::Value>) {
-    let project = engine::config::load(&common::shipped(), &EnvSource::default()).unwrap();
-    let p = project
-        .pipelines
-        .iter()
-        .find(|p| p.config.name == pipeline)
-        .unwrap();
-    let program = Program::compile(&p.config, &p.file, &project.dir).unwrap();
+    let program = common::program_in(&common::shipped(), pipeline);
     let body = std::fs::read(
         Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("fixtures/payloads")
             .join(file),
     )
     .unwrap();
-    let input = EventInput {
-        id: "evt_1".into(),
-        pipeline: pipeline.into(),
-        received_at_ms: 1_764_086_400_000,
-        method: "POST".into(),
-        path: "/".into(),
-        query: String::new(),
-        headers: vec![("content-type".into(), content_type.into())],
-        params: vec![],
-        tenant: None,
-        body: Bytes::from(body),
-    };
+    let input = common::event_input("evt_1", pipeline, "/", content_type, body);
     match program.run(&input).unwrap() {
         Outcome::Rows { sink, rows, .. } => (sink, rows),
         other => panic!("{other:?}"),

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{Dir, shipped, spawn_app};
-use engine::env::EnvSource;
 use engine::transform::{EventInput, FailureKind, Outcome, Program};
 use serde_json::{Value, json};
 
@@ -24,28 +23,11 @@ fn payload(rel: &str) -> Bytes {
 }
 
 fn input(pipeline: &str, content_type: &str, body: Bytes) -> EventInput {
-    EventInput {
-        id: "evt_test_1".into(),
-        pipeline: pipeline.into(),
-        received_at_ms: 1_764_086_400_000,
-        method: "POST".into(),
-        path: "/".into(),
-        query: String::new(),
-        headers: vec![("content-type".into(), content_type.into())],
-        params: vec![],
-        tenant: None,
-        body,
-    }
+    common::event_input("evt_test_1", pipeline, "/", content_type, body)
 }
 
 fn program(name: &str) -> Program {
-    let project = engine::config::load(&shipped(), &EnvSource::default()).unwrap();
-    let p = project
-        .pipelines
-        .iter()
-        .find(|p| p.config.name == name)
-        .unwrap();
-    Program::compile(&p.config, &p.file, &project.dir).unwrap()
+    common::program_in(&shipped(), name)
 }
 
 fn vapi(file: &str) -> Result<Outcome, engine::transform::Failure> {
@@ -430,13 +412,7 @@ async fn runaway_scripts_end_within_budget_and_the_server_keeps_serving() {
 fn transform_limits_fail_permanently() {
     let dir = Dir::shipped_copy();
     dir.write("loop.yaml", "name: loop\nroute: {method: POST, path: /loop}\nscript_limits: {max_operations: 1000000000000, timeout_ms: 100}\ntransform:\n  - inline: 'loop { }'\n    sink: nowhere\nsinks: {nowhere: {stdout: {}}}\n");
-    let project = engine::config::load(dir.path(), &EnvSource::default()).unwrap();
-    let p = project
-        .pipelines
-        .iter()
-        .find(|p| p.config.name == "loop")
-        .unwrap();
-    let prog = Program::compile(&p.config, &p.file, &project.dir).unwrap();
+    let prog = common::program_in(dir.path(), "loop");
     let started = Instant::now();
     let err = prog
         .run(&input("loop", "text/plain", Bytes::from("x")))
@@ -457,13 +433,7 @@ fn chained_steps_and_fail_retry() {
         "chain.yaml",
         "name: chain\nroute: {method: POST, path: /c}\nvars: {unit: cents}\ntransform:\n  - name: normalise\n    inline: '#{ amount: event.body.amount * 100, unit: event.vars.unit }'\n  - when: event.body.amount > 1000\n    inline: '[#{ amount: event.body.amount }, #{ amount: 0 }]'\n    sink: big\n  - when: event.body.amount < 0\n    inline: 'fail_retry(\"ledger busy\")'\n    sink: small\n  - inline: '#{ amount: event.body.amount, unit: event.body.unit }'\n    sink: small\nsinks: {big: {stdout: {}}, small: {stdout: {}}}\n",
     );
-    let project = engine::config::load(dir.path(), &EnvSource::default()).unwrap();
-    let p = project
-        .pipelines
-        .iter()
-        .find(|p| p.config.name == "chain")
-        .unwrap();
-    let prog = Program::compile(&p.config, &p.file, &project.dir).unwrap();
+    let prog = common::program_in(dir.path(), "chain");
     let run = |body: &str| {
         prog.run(&input(
             "chain",

@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use engine::env::EnvSource;
 use engine::queue::redis::RedisQueue;
 use engine::transform::{EventInput, Program};
 use engine::worker::{Batch, Handled, Options, Sink, SinkError, SinkFuture, Worker};
@@ -60,30 +59,19 @@ impl Sink for TestSink {
 }
 
 fn vapi_program() -> Arc<Program> {
-    let project = engine::config::load(&common::shipped(), &EnvSource::default()).unwrap();
-    let p = project
-        .pipelines
-        .iter()
-        .find(|p| p.config.name == "vapi")
-        .unwrap();
-    Arc::new(Program::compile(&p.config, &p.file, &project.dir).unwrap())
+    Arc::new(common::program_in(&common::shipped(), "vapi"))
 }
 
 fn status_update(id: &str) -> EventInput {
-    EventInput {
-        id: id.into(),
-        pipeline: "vapi".into(),
-        received_at_ms: 1_764_086_400_000,
-        method: "POST".into(),
-        path: "/api/webhooks/vapi".into(),
-        query: String::new(),
-        headers: vec![("content-type".into(), "application/json".into())],
-        params: vec![],
-        tenant: None,
-        body: Bytes::from(format!(
+    common::event_input(
+        id,
+        "vapi",
+        "/api/webhooks/vapi",
+        "application/json",
+        format!(
             r#"{{"message":{{"type":"status-update","status":"ringing","call":{{"id":"call-{id}"}}}}}}"#
-        )),
-    }
+        ),
+    )
 }
 
 async fn worker(sink: Arc<TestSink>, options: Options) -> (Arc<Worker>, Arc<RedisQueue>, String) {

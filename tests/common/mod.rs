@@ -9,6 +9,39 @@ use engine::env::EnvSource;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// The compiled transform program of pipeline `name` in the pipelines directory `dir`.
+pub fn program_in(dir: &Path, name: &str) -> engine::transform::Program {
+    let project = engine::config::load(dir, &EnvSource::default()).unwrap();
+    let p = project
+        .pipelines
+        .iter()
+        .find(|p| p.config.name == name)
+        .unwrap();
+    engine::transform::Program::compile(&p.config, &p.file, &project.dir).unwrap()
+}
+
+/// An event as the queue holds it after a POST of `body` to `path`.
+pub fn event_input(
+    id: &str,
+    pipeline: &str,
+    path: &str,
+    content_type: &str,
+    body: impl Into<bytes::Bytes>,
+) -> engine::transform::EventInput {
+    engine::transform::EventInput {
+        id: id.into(),
+        pipeline: pipeline.into(),
+        received_at_ms: 1_764_086_400_000,
+        method: "POST".into(),
+        path: path.into(),
+        query: String::new(),
+        headers: vec![("content-type".into(), content_type.into())],
+        params: vec![],
+        tenant: None,
+        body: body.into(),
+    }
+}
+
 /// The repository's shipped pipelines directory.
 pub fn shipped() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines")
