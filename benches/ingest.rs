@@ -88,9 +88,14 @@ async fn main() {
         || engine::config::load(dir.path(), &EnvSource::from_pairs(env.iter().copied())).unwrap();
 
     // 1. ingest, no workers
-    let running = engine::server::start_with(load(), "127.0.0.1:0".parse().unwrap(), false)
-        .await
-        .unwrap();
+    let running = engine::server::start_with(
+        load(),
+        "127.0.0.1:0".parse().unwrap(),
+        false,
+        engine::server::Surroundings::default(),
+    )
+    .await
+    .unwrap();
     let url = format!("http://{}/api/webhooks/vapi", running.addr);
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(CLIENTS)
@@ -145,7 +150,8 @@ async fn main() {
 
     // 2. drain: workers on the filled queue
     let project = load();
-    let queued = engine::server::queueing::build(&project).unwrap();
+    let queued =
+        engine::server::queueing::build(&project, &engine::sink::Target::Configured).unwrap();
     let started = Instant::now();
     let workers = engine::server::queueing::start(&queued);
     loop {

@@ -1,4 +1,5 @@
-//! The `engine` command line: `serve`, `validate`, `schema`.
+//! The `engine` command line: `serve`, `worker`, `validate`, `replay`, `schema`, `queue`, `dlq`,
+//! `migrate`, `secrets`.
 //!
 //! Exit codes: 0 success, 1 invalid configuration (or a server that could not start), 2 usage
 //! errors (clap's own convention, also used for an unreadable `--env-file` or directory).
@@ -35,6 +36,10 @@ pub enum Command {
         /// Do not run queue workers in this process (run `engine worker` elsewhere).
         #[arg(long)]
         no_worker: bool,
+        /// Write each accepted request as a replay fixture under DIR/<pipeline>/ (credentials
+        /// removed, each pipeline's `record.redact` fields redacted).
+        #[arg(long, value_name = "DIR")]
+        record: Option<PathBuf>,
     },
     /// Run only the queue workers: dequeue, transform, write to sinks.
     Worker {
@@ -59,6 +64,25 @@ pub enum Command {
         /// Also check each postgres sink's table, key and columns in this live database.
         #[arg(long)]
         database_url: Option<String>,
+    },
+    /// Run recorded requests (fixtures) through the pipelines in process and compare what comes
+    /// out: no server, Redis or Postgres. Exit 1 when a case fails.
+    Replay {
+        /// Fixture files or directories (searched recursively for *.yaml).
+        #[arg(default_value = "fixtures")]
+        fixtures: Vec<PathBuf>,
+        /// The pipelines directory.
+        #[arg(long, default_value = "pipelines")]
+        pipelines: PathBuf,
+        /// Run only the cases whose name (`vapi/end-of-call-report`) contains this text.
+        #[arg(long)]
+        filter: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = crate::replay::report::Format::Text)]
+        format: crate::replay::report::Format,
+        /// Rewrite each case's `expect` from what it produced (review the change in a diff).
+        #[arg(long)]
+        update: bool,
     },
     /// Queue counts per queued pipeline: depth, pending, delayed, dead, oldest age (needs REDIS_URL).
     Queue {
@@ -206,11 +230,13 @@ pub fn run() -> ExitCode {
             pipelines,
             env_file,
             no_worker,
+            record,
         } => serve(
             &pipelines,
             env_file.as_deref(),
             Mode::Serve {
                 workers: !no_worker,
+                record,
             },
         ),
         Command::Worker {
@@ -223,6 +249,21 @@ pub fn run() -> ExitCode {
             format,
             database_url,
         } => validate(&dir, env_file.as_deref(), format, database_url.as_deref()),
+        Command::Replay {
+            fixtures,
+            pipelines,
+            filter,
+            format,
+            update,
+        } => replay(
+            crate::replay::Options {
+                fixtures,
+                pipelines,
+                filter,
+                update,
+            },
+            format,
+        ),
         Command::Schema { out, check } => schema(&out, check),
         Command::Queue {
             action: QueueAction::Stats { target },
@@ -335,9 +376,12 @@ fn init_tracing(production: bool) {
 }
 
 /// What `serve` runs.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Mode {
-    Serve { workers: bool },
+    Serve {
+        workers: bool,
+        record: Option<PathBuf>,
+    },
     Worker,
 }
 
@@ -366,7 +410,7 @@ fn serve(dir: &Path, env_file: Option<&Path>, mode: Mode) -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match mode {
-            Mode::Serve { workers } => crate::server::serve(project, workers).await,
+            Mode::Serve { workers, record } => crate::server::serve(project, workers, record).await,
             Mode::Worker => crate::server::serve_workers(project).await,
         }
     });
@@ -521,6 +565,35 @@ fn queues(target: &Target) -> Result<Vec<(String, crate::queue::redis::RedisQueu
 }
 
 /// The single-threaded runtime of the one-shot commands.
+fn replay(opts: crate::replay::Options, format: crate::replay::report::Format) -> ExitCode {
+    if !opts.pipelines.is_dir() {
+        eprintln!("engine: {}: not a directory", opts.pipelines.display());
+        return ExitCode::from(2);
+    }
+    let rt = match runtime() {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    match rt.block_on(crate::replay::run(&opts)) {
+        Err(e) => {
+            eprintln!("engine: {e}");
+            ExitCode::from(2)
+        }
+        Ok(report) => {
+            print!("{}", crate::replay::report::render(&report, format));
+            if report.cases.is_empty() {
+                eprintln!("engine: no fixtures matched");
+                return ExitCode::from(1);
+            }
+            if report.failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
     started(tokio::runtime::Builder::new_current_thread())
 }

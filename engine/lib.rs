@@ -14,6 +14,7 @@
 //!   db           Postgres pools with TLS (sslmode: disable / require / verify-full)
 //!   crypto       AES-256-GCM for stored secrets, key rotation
 //!   client_ip    client address and public URL behind trusted proxies
+//!   clock        the time and minted event ids (frozen by replay)
 //!   queue        durable queue on Redis Streams: dedupe+append, group reads, ack/retry/dead letters
 //!   sink         postgres (typed by jsonb_populate_recordset, idempotent), file / stdout JSON lines
 //!   worker       dequeue -> transform -> sink -> ack / retry / dead-letter; reaper, promoter
@@ -27,6 +28,8 @@
 //!   server       salvo service, CORS hoop, graceful shutdown
 //!   server::dispatch   route -> maintenance -> size limit -> rate limit -> verify -> respond
 //!
+//! record         accepted requests written as fixtures (engine serve --record)
+//! replay         fixtures run in process through the real pipelines (engine replay)
 //! migrate        migrations/ applied in order under an advisory lock (refinery history)
 //! cli            engine serve | validate | schema
 //! ```
@@ -37,6 +40,7 @@
 
 pub mod cli;
 pub mod client_ip;
+pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod db;
@@ -45,6 +49,8 @@ pub mod env;
 pub mod migrate;
 pub mod queue;
 pub mod rate_limit;
+pub mod record;
+pub mod replay;
 pub mod request_field;
 pub mod respond;
 pub mod route;

@@ -36,7 +36,7 @@ pub enum Lookup {
 }
 
 /// Method + path → pipeline index.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct RouteTable {
     router: matchit::Router<BTreeMap<HttpMethod, usize>>,
 }

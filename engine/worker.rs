@@ -122,7 +122,7 @@ pub enum Attempt {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Handled {
     Acked,
-    Dropped,
+    Dropped { reason: String },
     Retried { attempt: u32 },
     DeadLettered { reason: String },
 }
@@ -256,7 +256,7 @@ impl Worker {
             Attempt::Dropped(reason) => {
                 tracing::debug!(event_id = %d.event.id, %reason, "event dropped");
                 self.outcomes.ack(d).await?;
-                Ok(Handled::Dropped)
+                Ok(Handled::Dropped { reason })
             }
             Attempt::Retry(reason) => self.again(d, reason).await,
             Attempt::Permanent(reason) => self.dead(d, reason).await,

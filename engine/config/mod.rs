@@ -50,7 +50,7 @@ pub struct LoadedPipeline {
 }
 
 /// A validated pipelines directory, ready to serve.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Project {
     pub dir: PathBuf,
     pub env: Env,
@@ -75,10 +75,15 @@ pub fn generated_schemas() -> Vec<(&'static str, Value)> {
     vec![
         ("pipeline.schema.json", PIPELINE_SCHEMA.0.clone()),
         ("settings.schema.json", SETTINGS_SCHEMA.0.clone()),
+        (
+            "fixture.schema.json",
+            crate::replay::fixture::SCHEMA.0.clone(),
+        ),
     ]
 }
 
-fn generate<T: schemars::JsonSchema>() -> (Value, Validator) {
+/// A type's JSON schema and its compiled validator.
+pub fn generate<T: schemars::JsonSchema>() -> (Value, Validator) {
     let schema = serde_json::to_value(schemars::schema_for!(T)).expect("schemas serialize");
     let validator = crate::schema::compile(&schema).expect("generated schemas compile");
     (schema, validator)
@@ -327,6 +332,22 @@ fn check_file(
     env_schema: Option<&EnvSchema>,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<Checked> {
+    let doc = parse_checked(file, schema, diags)?;
+    let refs = env_refs::check(&doc, file, env_schema);
+    let clean = refs.is_empty();
+    diags.extend(refs);
+    clean.then(|| Checked {
+        file: file.to_path_buf(),
+        doc,
+    })
+}
+
+/// Read and parse a YAML file and check it against a schema; diagnostics go to `diags`.
+fn parse_checked(
+    file: &Path,
+    schema: &(Value, Validator),
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Document> {
     let bytes = match std::fs::read(file) {
         Ok(b) => b,
         Err(e) => {
@@ -346,13 +367,26 @@ fn check_file(
             return None;
         }
     };
-    let before = diags.len();
-    diags.extend(crate::schema::check(&schema.1, &schema.0, &doc, file));
-    diags.extend(env_refs::check(&doc, file, env_schema));
-    (diags.len() == before).then(|| Checked {
+    let found = crate::schema::check(&schema.1, &schema.0, &doc, file);
+    let clean = found.is_empty();
+    diags.extend(found);
+    clean.then_some(doc)
+}
+
+/// A YAML file of another kind than a pipeline (a replay fixture): parsed with positions,
+/// checked against `schema` and deserialized, or every problem found.
+pub fn read_typed<T: DeserializeOwned>(
+    file: &Path,
+    schema: &(Value, Validator),
+) -> Result<(Document, T), Vec<Diagnostic>> {
+    let mut diags = Vec::new();
+    let doc = parse_checked(file, schema, &mut diags).ok_or(diags)?;
+    let checked = Checked {
         file: file.to_path_buf(),
         doc,
-    })
+    };
+    let value = typed::<T>(checked.doc.value.clone(), &checked).map_err(|d| vec![d])?;
+    Ok((checked.doc, value))
 }
 
 /// Deserialize a schema-valid document. A failure here means the schema let through something

@@ -2,7 +2,8 @@
 //!
 //! A file reads top to bottom in the order a request travels: its `name`, the `route` it answers,
 //! the `body_limit`, `rate_limit`, `verify` (is it genuine?), the `respond` section (what the
-//! caller gets back), and the `transform` steps the queue worker runs later that says what the caller gets back. These types
+//! caller gets back), and the `transform` steps the queue worker runs later, and how `engine serve --record` writes its
+//! requests as fixtures (`record`). These types
 //! are the single source of truth: `engine schema` derives `schemas/pipeline.schema.json` from
 //! them, and unknown keys are errors.
 
@@ -64,6 +65,51 @@ pub struct Pipeline {
     /// Sandbox limits for this pipeline's scripts.
     #[serde(default)]
     pub script_limits: super::transform::ScriptLimits,
+
+    /// How `engine serve --record DIR` writes this pipeline's accepted requests as fixtures.
+    #[serde(default)]
+    pub record: Record,
+}
+
+/// Recording real traffic as replay fixtures.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Record {
+    /// `false` never records this pipeline, even under `--record`.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Fields replaced by `[redacted]` before the fixture is written: phone numbers, e-mail
+    /// addresses, names, tokens. Credential headers (signatures, `Authorization`) are always
+    /// removed and the fixture is re-signed with a test secret on replay (`sign: true`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redact: Vec<Redact>,
+}
+
+impl Default for Record {
+    fn default() -> Self {
+        Record {
+            enabled: true,
+            redact: Vec::new(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A request field to redact.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum Redact {
+    /// A JSON pointer into a JSON body, e.g. `/message/customer/number`.
+    Json(#[schemars(regex(pattern = r"^/"))] String),
+    /// A form field (every value of it), e.g. Twilio's `From`.
+    Form(String),
+    /// A request header.
+    Header(String),
+    /// A query-string parameter.
+    Query(String),
 }
 
 /// Where the pipeline listens.

@@ -1,17 +1,22 @@
 //! The in-process queue, used when no REDIS_URL is set (development). Events live in a bounded
 //! channel and are lost when the process stops: the engine warns at boot, and production requires
-//! REDIS_URL. A full channel refuses new events (503), so memory stays bounded.
+//! REDIS_URL. A full channel refuses new events (503), so memory stays bounded. Dedupe keys are
+//! remembered for their window, as on Redis, so development answers repeats the way production does.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::redis::{DeadLetter, Delivery, QueueError};
+use super::redis::{DeadLetter, Delivery, Enqueued, QueueError};
 use super::{Outcomes, QueueFuture};
 
 /// Events waiting at most.
 pub const CAPACITY: usize = 10_000;
+
+/// Dedupe keys remembered at most; expired ones are swept when this many are held.
+const SEEN_SWEEP: usize = 100_000;
 
 pub struct MemoryQueue {
     name: String,
@@ -19,6 +24,9 @@ pub struct MemoryQueue {
     rx: tokio::sync::Mutex<mpsc::Receiver<Delivery>>,
     dead: Mutex<Vec<DeadLetter>>,
     next_id: std::sync::atomic::AtomicU64,
+    /// Dedupe key -> when its window ends.
+    seen: Mutex<HashMap<String, Instant>>,
+    duplicates: std::sync::atomic::AtomicU64,
 }
 
 impl MemoryQueue {
@@ -30,11 +38,22 @@ impl MemoryQueue {
             rx: tokio::sync::Mutex::new(rx),
             dead: Mutex::new(Vec::new()),
             next_id: std::sync::atomic::AtomicU64::new(1),
+            seen: Mutex::new(HashMap::new()),
+            duplicates: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
-    /// Append an event (no dedupe across restarts: there is no "across restarts" here).
-    pub fn enqueue(&self, event: crate::transform::EventInput) -> Result<(), QueueError> {
+    /// Append an event, unless `dedupe` names a key seen within its window.
+    pub fn enqueue(
+        &self,
+        event: crate::transform::EventInput,
+        dedupe: Option<(&str, Duration)>,
+    ) -> Result<Enqueued, QueueError> {
+        if let Some((key, window)) = dedupe
+            && !self.mark_seen(key, window)
+        {
+            return Ok(Enqueued::Duplicate);
+        }
         let id = format!(
             "mem-{}",
             self.next_id
@@ -42,17 +61,63 @@ impl MemoryQueue {
         );
         self.tx
             .try_send(Delivery {
-                id,
+                id: id.clone(),
                 event,
                 attempts: 0,
             })
-            .map_err(|_| QueueError(format!("in-process queue `{}` is full", self.name)))
+            .map(|()| Enqueued::Added(id))
+            .map_err(|_| {
+                // not stored: the provider's retry must not be taken for a repeat
+                if let Some((key, _)) = dedupe {
+                    self.forget_seen(key);
+                }
+                QueueError(format!("in-process queue `{}` is full", self.name))
+            })
+    }
+
+    /// Remember `key` for `window`: `false` when it is already remembered (a repeat).
+    pub fn mark_seen(&self, key: &str, window: Duration) -> bool {
+        let now = Instant::now();
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.get(key).is_some_and(|until| *until > now) {
+            self.duplicates
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return false;
+        }
+        if seen.len() >= SEEN_SWEEP {
+            seen.retain(|_, until| *until > now);
+        }
+        seen.insert(key.to_string(), now + window);
+        true
+    }
+
+    /// Forget `key`, so the next event with it is taken.
+    pub fn forget_seen(&self, key: &str) {
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+
+    /// Repeats refused so far.
+    pub fn duplicates(&self) -> u64 {
+        self.duplicates.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether no event is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.tx.capacity() == self.tx.max_capacity()
     }
 
     /// The next event, or `None` after `wait`.
     pub async fn next(&self, wait: Duration) -> Option<Delivery> {
         let mut rx = self.rx.lock().await;
         tokio::time::timeout(wait, rx.recv()).await.ok().flatten()
+    }
+
+    /// The next event if one is waiting now (never waits).
+    pub async fn try_next(&self) -> Option<Delivery> {
+        self.rx.lock().await.try_recv().ok()
     }
 
     /// Dead letters so far (kept in memory, also logged).

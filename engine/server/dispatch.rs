@@ -22,7 +22,6 @@ use salvo::prelude::*;
 use serde_json::json;
 
 use super::App;
-use super::queueing::QueueHandle;
 use crate::config::Project;
 use crate::config::queue::Ack;
 use crate::config::rate_limit::FailMode;
@@ -59,7 +58,7 @@ impl Dispatch {
         if req.uri().path() == "/health" {
             let seen = Seen::new(app, req, Bytes::new());
             check_rate(app, app.health_rule.as_ref(), &seen, &[], res).await?;
-            health(&app.project, req, res);
+            health(&app.project, &app.clock, req, res);
             return Ok(());
         }
         let (pipeline, params) = route(app, req, res)?;
@@ -70,8 +69,12 @@ impl Dispatch {
         verify(app, pipeline, &seen, &params, res).await?;
         let event = event(app, pipeline, &seen, params);
         let reply = self.respond(pipeline, &event).await;
+        let event_id = app.recorder.as_ref().map(|_| event.id.clone());
         enqueue(app, pipeline, &seen, event, res).await?;
         send(&reply, res);
+        if let (Some(recorder), Some(id)) = (&app.recorder, event_id) {
+            record(app, recorder, pipeline, &seen, &id, reply.status);
+        }
         Ok(())
     }
 
@@ -114,10 +117,13 @@ fn event(app: &App, pipeline: usize, seen: &Seen<'_>, params: Vec<(String, Strin
         .as_ref()
         .and_then(|v| v.tenant_key())
         .and_then(|k| fields.get(k));
-    let mut event = seen.event_input(&app.project.pipelines[pipeline].config.name, params, tenant);
-    if let Some(id) = provider_id {
-        event.id = id;
-    }
+    let id = provider_id.unwrap_or_else(|| app.clock.mint_id());
+    let mut event = seen.event_input(
+        id,
+        &app.project.pipelines[pipeline].config.name,
+        params,
+        tenant,
+    );
     // Credentials never leave the request: not into the queue, dead letters or scripts.
     let keep = app.queued[pipeline]
         .as_ref()
@@ -201,12 +207,8 @@ async fn process_now(
             "The event could not be processed. Please retry.",
         )
     };
-    let redis = match &q.handle {
-        QueueHandle::Redis(r) => Some(r),
-        QueueHandle::Memory(_) => None,
-    };
-    if let (Some(r), Some((key, window))) = (redis, &dedupe_key) {
-        match r.mark_seen(key, *window).await {
+    if let Some((key, window)) = &dedupe_key {
+        match q.handle.mark_seen(key, *window).await {
             Ok(true) => {}
             Ok(false) => return Ok(()),
             Err(e) => return Err(unavailable(res, &e.to_string())),
@@ -215,27 +217,50 @@ async fn process_now(
     match q.worker.attempt(&event).await {
         Attempt::Written | Attempt::Dropped(_) => Ok(()),
         Attempt::Retry(reason) => {
-            if let (Some(r), Some((key, _))) = (redis, &dedupe_key) {
-                let _ = r.forget_seen(key).await;
+            if let Some((key, _)) = &dedupe_key {
+                let _ = q.handle.forget_seen(key).await;
             }
             Err(unavailable(res, &reason))
         }
         Attempt::Permanent(reason) => {
             tracing::error!(pipeline = %name, event_id = %event.id, %reason, "dead-lettered");
-            let stored = match &q.handle {
-                QueueHandle::Redis(r) => r.dead_letter_event(&event, &reason).await,
-                QueueHandle::Memory(m) => {
-                    let d = crate::queue::redis::Delivery {
-                        id: String::new(),
-                        event: event.clone(),
-                        attempts: 0,
-                    };
-                    crate::queue::Outcomes::dead_letter(&**m, &d, &reason).await
-                }
-            };
-            stored.map_err(|e| unavailable(res, &e.to_string()))
+            q.handle
+                .dead_letter(&event, &reason)
+                .await
+                .map_err(|e| unavailable(res, &e.to_string()))
         }
     }
+}
+
+/// `--record`: write an accepted request (2xx) as a fixture, credentials removed and the
+/// pipeline's `record.redact` fields redacted.
+fn record(
+    app: &App,
+    recorder: &crate::record::Recorder,
+    pipeline: usize,
+    seen: &Seen<'_>,
+    event_id: &str,
+    status: u16,
+) {
+    let config = &app.project.pipelines[pipeline].config;
+    if !config.record.enabled || !(200..300).contains(&status) {
+        return;
+    }
+    let verifier = app.verifiers[pipeline].as_ref();
+    recorder.record(&crate::record::Recorded {
+        pipeline: &config.name,
+        method: config.route.method,
+        path: seen.req.uri().path(),
+        query: seen.req.uri().query().unwrap_or(""),
+        headers: seen.req.headers(),
+        body: &seen.body,
+        now_ms: seen.now_ms,
+        event_id,
+        status,
+        signed: verifier.is_some(),
+        credential: &|name: &str| verifier.is_some_and(|v| v.is_credential_header(name)),
+        redact: &config.record.redact,
+    });
 }
 
 /// What the engine saw of a request once its body is read: who sent it, to which public URL.
@@ -245,7 +270,7 @@ struct Seen<'r> {
     client_ip: IpAddr,
     /// The URL the provider signed: the public one, not the one this process sees.
     url: String,
-    now: i64,
+    now_ms: i64,
 }
 
 impl<'r> Seen<'r> {
@@ -254,17 +279,13 @@ impl<'r> Seen<'r> {
             .remote_addr()
             .ip()
             .unwrap_or(IpAddr::from([127, 0, 0, 1]));
-        let base = match &app.project.settings.public_url {
-            Some(u) => u.trim_end_matches('/').to_string(),
-            None => app.proxies.public_base(peer, req.headers()),
-        };
         let path_and_query = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
         Seen {
             req,
             client_ip: app.proxies.client_ip(peer, req.headers()),
-            url: format!("{base}{path_and_query}"),
+            url: app.public_url(peer, req.headers(), path_and_query),
             body,
-            now: chrono::Utc::now().timestamp(),
+            now_ms: app.clock.now_ms(),
         }
     }
 
@@ -274,20 +295,21 @@ impl<'r> Seen<'r> {
             url: &self.url,
             headers: self.req.headers(),
             body: &self.body,
-            now: self.now,
+            now: self.now_ms.div_euclid(1000),
         }
     }
 
     fn event_input(
         &self,
+        id: String,
         pipeline: &str,
         params: Vec<(String, String)>,
         tenant: Option<String>,
     ) -> EventInput {
         EventInput {
-            id: uuid::Uuid::new_v4().to_string(),
+            id,
             pipeline: pipeline.to_string(),
-            received_at_ms: chrono::Utc::now().timestamp_millis(),
+            received_at_ms: self.now_ms,
             method: self.req.method().as_str().to_string(),
             path: self.req.uri().path().to_string(),
             query: self.req.uri().query().unwrap_or("").to_string(),
@@ -527,7 +549,7 @@ fn send(r: &Reply, res: &mut Response) {
 }
 
 /// `/health`: liveness for Render, `"status":"maintenance"` (still 200) in maintenance mode.
-fn health(project: &Project, req: &Request, res: &mut Response) {
+fn health(project: &Project, clock: &crate::clock::Clock, req: &Request, res: &mut Response) {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         res.headers_mut()
             .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
@@ -546,7 +568,9 @@ fn health(project: &Project, req: &Request, res: &mut Response) {
     };
     res.render(Json(json!({
         "status": status,
-        "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "timestamp": chrono::DateTime::from_timestamp_millis(clock.now_ms())
+            .unwrap_or_default()
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         "environment": project.env.environment(),
     })));
 }

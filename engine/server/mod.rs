@@ -45,11 +45,30 @@ pub struct App {
     pub responders: Vec<crate::respond::Responder>,
     /// One per pipeline, by index: its queue and workers, when it has `transform` steps.
     pub queued: Vec<Option<queueing::Queued>>,
+    /// The time and minted event ids requests see (frozen by `engine replay`).
+    pub clock: crate::clock::Clock,
+    /// Writes accepted requests as fixtures (`engine serve --record DIR`).
+    pub recorder: Option<crate::record::Recorder>,
+}
+
+/// What an app reads time from and writes rows to: the system clock and the configured sinks
+/// when serving; a frozen clock and capturing sinks under `engine replay`.
+#[derive(Default)]
+pub struct Surroundings {
+    pub clock: crate::clock::Clock,
+    pub sinks: crate::sink::Target,
+    /// Record accepted requests as fixtures under this directory.
+    pub record: Option<std::path::PathBuf>,
 }
 
 impl App {
     /// Build the runtime components of a validated project.
     pub fn build(project: Project) -> Result<App, String> {
+        App::build_in(project, Surroundings::default())
+    }
+
+    /// [`App::build`] with another clock or sink target.
+    pub fn build_in(project: Project, around: Surroundings) -> Result<App, String> {
         let mut verifiers = Vec::new();
         for p in &project.pipelines {
             let v = match &p.config.verify {
@@ -101,7 +120,7 @@ impl App {
             )?;
             responders.push(r);
         }
-        let queued = queueing::build(&project)?;
+        let queued = queueing::build(&project, &around.sinks)?;
         let proxies = TrustedProxies::parse(&project.settings.trusted_proxies);
         let default = project.settings.rate_limit.as_ref().filter(|r| r.enabled);
         let exempt = |path: &str| default.is_some_and(|d| d.exempt.iter().any(|e| e == path));
@@ -134,7 +153,26 @@ impl App {
             health_rule,
             responders,
             queued,
+            clock: around.clock,
+            recorder: around.record.map(|dir| crate::record::Recorder { dir }),
         })
+    }
+}
+
+impl App {
+    /// The URL a provider called (and signed): `PUBLIC_URL` when set, else what trusted proxies
+    /// say, else the Host header.
+    pub fn public_url(
+        &self,
+        peer: std::net::IpAddr,
+        headers: &salvo::http::HeaderMap,
+        path_and_query: &str,
+    ) -> String {
+        let base = match &self.project.settings.public_url {
+            Some(u) => u.trim_end_matches('/').to_string(),
+            None => self.proxies.public_base(peer, headers),
+        };
+        format!("{base}{path_and_query}")
     }
 }
 
@@ -163,13 +201,33 @@ impl Running {
 
 /// Build the salvo service for an app.
 pub fn service(app: Arc<App>) -> Service {
-    let origins = app.project.settings.cors.allow_origins.clone();
+    let cors = cors(&app);
     let router = Router::new()
         .push(Router::with_path("{**rest}").goal(dispatch::Dispatch { app: app.clone() }))
         .goal(dispatch::Dispatch { app });
     let service = Service::new(router);
+    match cors {
+        Some(c) => service.hoop(c),
+        None => service,
+    }
+}
+
+/// The handlers a request passes through, in order, as the service runs them: CORS (when
+/// origins are configured), then dispatch. `engine replay` runs this chain without a socket.
+pub fn chain(app: Arc<App>) -> Vec<Arc<dyn Handler>> {
+    let mut out: Vec<Arc<dyn Handler>> = Vec::new();
+    if let Some(c) = cors(&app) {
+        out.push(Arc::new(c));
+    }
+    out.push(Arc::new(dispatch::Dispatch { app }));
+    out
+}
+
+/// The CORS hoop for the configured origins; `None` allows no cross-origin calls.
+fn cors(app: &App) -> Option<salvo::cors::CorsHandler> {
+    let origins = &app.project.settings.cors.allow_origins;
     if origins.is_empty() {
-        return service;
+        return None;
     }
     let allow = if origins.iter().any(|o| o == "*") {
         AllowOrigin::any()
@@ -189,21 +247,22 @@ pub fn service(app: Arc<App>) -> Service {
         .allow_headers(AllowHeaders::mirror_request())
         .max_age(600)
         .into_handler();
-    service.hoop(cors)
+    Some(cors)
 }
 
 /// Build `project` into an app, bind `addr` and serve in a background task, with queue workers.
 pub async fn start(project: Project, addr: SocketAddr) -> std::io::Result<Running> {
-    start_with(project, addr, true).await
+    start_with(project, addr, true, Surroundings::default()).await
 }
 
-/// [`start`], choosing whether this process also runs the queue workers.
+/// [`start`], choosing whether this process also runs the queue workers, and its surroundings.
 pub async fn start_with(
     project: Project,
     addr: SocketAddr,
     workers: bool,
+    around: Surroundings,
 ) -> std::io::Result<Running> {
-    let app = Arc::new(App::build(project).map_err(std::io::Error::other)?);
+    let app = Arc::new(App::build_in(project, around).map_err(std::io::Error::other)?);
     let acceptor = TcpListener::new(addr)
         .try_bind()
         .await
@@ -286,8 +345,13 @@ pub async fn serve_workers(project: Project) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Serve until SIGTERM/SIGINT, then shut down gracefully.
-pub async fn serve(project: Project, workers: bool) -> std::io::Result<()> {
+/// Serve until SIGTERM/SIGINT, then shut down gracefully; `record` writes accepted requests as
+/// fixtures there.
+pub async fn serve(
+    project: Project,
+    workers: bool,
+    record: Option<std::path::PathBuf>,
+) -> std::io::Result<()> {
     let grace = Duration::from_secs(project.settings.shutdown_grace_secs);
     let addr: SocketAddr = format!("{}:{}", project.settings.host, project.settings.port)
         .parse()
@@ -310,7 +374,14 @@ pub async fn serve(project: Project, workers: bool) -> std::io::Result<()> {
         tracing::warn!("maintenance mode is on: pipeline routes answer 503");
     }
     announce_redis(&project).await;
-    let running = start_with(project, addr, workers).await?;
+    if let Some(dir) = &record {
+        tracing::warn!(dir = %dir.display(), "recording accepted requests as fixtures: they hold real payloads minus credentials and redacted fields; keep the directory private");
+    }
+    let around = Surroundings {
+        record,
+        ..Surroundings::default()
+    };
+    let running = start_with(project, addr, workers, around).await?;
     tracing::info!(
         port = running.addr.port(),
         "Server listening on port {}",

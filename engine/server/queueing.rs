@@ -12,6 +12,7 @@ use crate::config::Project;
 use crate::config::queue::Queue as QueueConfig;
 use crate::queue::memory::MemoryQueue;
 use crate::queue::redis::{Enqueued, QueueError, RedisQueue};
+use crate::sink::Target;
 use crate::transform::{EventInput, Program};
 use crate::worker::{Options, Worker};
 
@@ -31,7 +32,41 @@ impl QueueHandle {
     ) -> Result<Enqueued, QueueError> {
         match self {
             QueueHandle::Redis(q) => q.enqueue(&event, dedupe).await,
-            QueueHandle::Memory(q) => q.enqueue(event).map(|()| Enqueued::Added(String::new())),
+            QueueHandle::Memory(q) => q.enqueue(event, dedupe),
+        }
+    }
+
+    /// Remember a dedupe key for its window: `false` for a repeat.
+    pub async fn mark_seen(&self, key: &str, window: Duration) -> Result<bool, QueueError> {
+        match self {
+            QueueHandle::Redis(q) => q.mark_seen(key, window).await,
+            QueueHandle::Memory(q) => Ok(q.mark_seen(key, window)),
+        }
+    }
+
+    /// Forget a dedupe key (the event was not processed after all).
+    pub async fn forget_seen(&self, key: &str) -> Result<(), QueueError> {
+        match self {
+            QueueHandle::Redis(q) => q.forget_seen(key).await,
+            QueueHandle::Memory(q) => {
+                q.forget_seen(key);
+                Ok(())
+            }
+        }
+    }
+
+    /// Keep a permanently failed event with its reason.
+    pub async fn dead_letter(&self, event: &EventInput, reason: &str) -> Result<(), QueueError> {
+        match self {
+            QueueHandle::Redis(q) => q.dead_letter_event(event, reason).await,
+            QueueHandle::Memory(q) => {
+                let d = crate::queue::redis::Delivery {
+                    id: String::new(),
+                    event: event.clone(),
+                    attempts: 0,
+                };
+                crate::queue::Outcomes::dead_letter(&**q, &d, reason).await
+            }
         }
     }
 }
@@ -43,15 +78,16 @@ pub struct Queued {
     pub worker: Arc<Worker>,
 }
 
-/// Build queues and workers for the queued pipelines (`None` for the others).
-pub fn build(project: &Project) -> Result<Vec<Option<Queued>>, String> {
+/// Build queues and workers for the queued pipelines (`None` for the others), their sinks writing
+/// to `target`.
+pub fn build(project: &Project, target: &Target) -> Result<Vec<Option<Queued>>, String> {
     let pool = match &project.settings.database_url {
-        Some(url) => Some(crate::db::pool_with_timeout(
+        Some(url) if matches!(target, Target::Configured) => Some(crate::db::pool_with_timeout(
             url,
             project.settings.database_pool_size,
             Some(Duration::from_millis(project.settings.statement_timeout_ms)),
         )?),
-        None => None,
+        _ => None,
     };
     let keyring = crate::crypto::Keyring::from_env(&project.env)
         .transpose()
@@ -74,6 +110,7 @@ pub fn build(project: &Project) -> Result<Vec<Option<Queued>>, String> {
             None => QueueHandle::Memory(Arc::new(MemoryQueue::new(&name))),
         };
         if pool.is_none()
+            && matches!(target, Target::Configured)
             && !announced
             && p.config
                 .sinks
@@ -83,12 +120,20 @@ pub fn build(project: &Project) -> Result<Vec<Option<Queued>>, String> {
             tracing::warn!(dir = %project.settings.data_dir, "no DATABASE_URL: postgres sinks write JSON lines to <data_dir>/<table>.jsonl");
             announced = true;
         }
-        let sinks = crate::sink::build(
-            &p.config.sinks,
-            pool.as_ref(),
-            keyring.as_ref(),
-            &project.settings.data_dir,
-        )?;
+        let sinks = match target {
+            Target::Configured => crate::sink::build(
+                &p.config.sinks,
+                pool.as_ref(),
+                keyring.as_ref(),
+                &project.settings.data_dir,
+            )?,
+            Target::Capture(c) => p
+                .config
+                .sinks
+                .keys()
+                .map(|k| (k.clone(), c.sink()))
+                .collect(),
+        };
         let program = Arc::new(Program::compile(&p.config, &p.file, &project.dir).map_err(
             |e| {
                 format!(
@@ -122,7 +167,10 @@ pub fn build(project: &Project) -> Result<Vec<Option<Queued>>, String> {
             worker,
         }));
     }
-    if project.settings.redis_url.is_none() && out.iter().any(Option::is_some) {
+    if project.settings.redis_url.is_none()
+        && matches!(target, Target::Configured)
+        && out.iter().any(Option::is_some)
+    {
         tracing::warn!(
             "no REDIS_URL: events are queued in process and are NOT durable (lost on restart); set REDIS_URL in production"
         );

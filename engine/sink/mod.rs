@@ -3,8 +3,9 @@
 //! Built once from the `sinks` section ([`build`]): `postgres` (a table, through DATABASE_URL),
 //! `http` (JSON to a URL), `file` and `stdout` (JSON lines). Without DATABASE_URL outside production, a `postgres` sink
 //! writes JSON lines to `<data_dir>/<table>.jsonl` instead (announced at boot), so the engine runs with
-//! no database at all in development.
+//! no database at all in development. `engine replay` replaces every sink with a [`capture`] one.
 
+pub mod capture;
 pub mod http;
 pub mod jsonl;
 pub mod postgres;
@@ -14,6 +15,16 @@ use std::sync::Arc;
 
 use crate::config::sink::Sink as SinkConfig;
 use crate::worker::Sink;
+
+/// Where a running engine's sinks write.
+#[derive(Clone, Default)]
+pub enum Target {
+    /// The sinks the pipelines configure.
+    #[default]
+    Configured,
+    /// Every sink captured in memory (`engine replay`).
+    Capture(Arc<capture::Captured>),
+}
 
 /// Build a pipeline's sinks. `pool` is the Postgres pool when DATABASE_URL is set; without it,
 /// postgres sinks write JSON lines under `data_dir`.

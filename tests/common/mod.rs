@@ -54,6 +54,11 @@ pub struct Dir {
 
 impl Dir {
     pub fn shipped_copy() -> Dir {
+        Dir::copy_of(&shipped())
+    }
+
+    /// A temp dir holding a copy of `from`, subdirectories included.
+    pub fn copy_of(from: &Path) -> Dir {
         fn copy(from: &Path, to: &Path) {
             std::fs::create_dir_all(to).unwrap();
             for entry in std::fs::read_dir(from).unwrap() {
@@ -67,7 +72,7 @@ impl Dir {
             }
         }
         let tmp = tempfile::tempdir().unwrap();
-        copy(&shipped(), tmp.path());
+        copy(from, tmp.path());
         Dir { tmp }
     }
 
@@ -126,6 +131,15 @@ impl TestApp {
 
 /// Load `dir` with exactly the variables `env` and serve it.
 pub async fn spawn_app(dir: &Path, env: &[(&str, &str)]) -> TestApp {
+    spawn_app_with(dir, env, engine::server::Surroundings::default()).await
+}
+
+/// [`spawn_app`] with other surroundings (a recording directory, ...).
+pub async fn spawn_app_with(
+    dir: &Path,
+    env: &[(&str, &str)],
+    around: engine::server::Surroundings,
+) -> TestApp {
     let source = EnvSource::from_pairs(env.iter().copied());
     let project = engine::config::load(dir, &source).unwrap_or_else(|d| {
         panic!(
@@ -133,7 +147,7 @@ pub async fn spawn_app(dir: &Path, env: &[(&str, &str)]) -> TestApp {
             engine::diagnostics::render(&d, engine::diagnostics::Format::Text)
         )
     });
-    let running = engine::server::start(project, "127.0.0.1:0".parse().unwrap())
+    let running = engine::server::start_with(project, "127.0.0.1:0".parse().unwrap(), true, around)
         .await
         .unwrap();
     let addr = running.addr;

@@ -1,0 +1,427 @@
+//! Running one fixture through the real pipeline code, in process.
+//!
+//! ```text
+//! fixture env -> config::load (cached per env) -> App with a frozen clock and capturing sinks
+//!   -> request built from the fixture (signed by the pipeline's own verifier when `sign`)
+//!   -> server::service (route, maintenance, CORS, size limit, rate limit, verify, respond, enqueue)
+//!   -> drain the in-memory queue through the pipeline's worker (transform -> sinks)
+//!   -> Actual: status, headers, body, the event's outcome, rows per sink
+//! ```
+//!
+//! No socket, Redis, Postgres or HTTP sink is touched: REDIS_URL and DATABASE_URL are cleared and
+//! every sink captures its rows.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use salvo::http::{HeaderMap, HeaderName, HeaderValue, ReqBody, ResBody};
+use serde_json::Value;
+
+use super::fixture::{Body, DEFAULT_CLOCK, Fixture, Outcome, millis};
+use crate::config::Project;
+use crate::queue::Outcomes;
+use crate::queue::redis::{Delivery, QueueError};
+use crate::route::Lookup;
+use crate::server::queueing::QueueHandle;
+use crate::server::{App, Surroundings};
+use crate::sink::capture::Captured;
+use crate::verify::Inbound;
+use crate::worker::{Handled, Worker};
+
+/// What came out of a case.
+#[derive(Debug, Clone)]
+pub struct Actual {
+    pub status: u16,
+    /// Response headers, names lower-case, in order.
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+    pub outcome: Outcome,
+    /// Why the event was dropped or dead-lettered.
+    pub reason: Option<String>,
+    /// Rows per sink, in the order written, over all repeats.
+    pub sinks: BTreeMap<String, Vec<Value>>,
+}
+
+impl Actual {
+    /// A response header's values joined by `, `, as HTTP reads repeated headers.
+    pub fn header(&self, name: &str) -> Option<String> {
+        let values: Vec<&str> = self
+            .headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect();
+        (!values.is_empty()).then(|| values.join(", "))
+    }
+}
+
+/// The worker's outcomes under replay: nothing is re-sent on a timer (the runner re-handles a
+/// retried delivery at once), dead letters are kept with their reason.
+#[derive(Default)]
+struct Ledger {
+    dead: Mutex<Vec<String>>,
+}
+
+impl Outcomes for Ledger {
+    fn name(&self) -> &str {
+        "replay"
+    }
+    fn ack<'a>(&'a self, _: &'a Delivery) -> crate::queue::QueueFuture<'a> {
+        Box::pin(async { Ok(()) })
+    }
+    fn retry<'a>(&'a self, _: &'a Delivery, _: Duration) -> crate::queue::QueueFuture<'a> {
+        Box::pin(async { Ok(()) })
+    }
+    fn dead_letter<'a>(
+        &'a self,
+        _: &'a Delivery,
+        reason: &'a str,
+    ) -> crate::queue::QueueFuture<'a> {
+        self.dead
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(reason.to_string());
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// Run `fixture` (from `file`) against `project`.
+pub async fn run(project: &Project, fixture: &Fixture, file: &Path) -> Result<Actual, String> {
+    let clock_ms = millis(fixture.clock.as_deref().unwrap_or(DEFAULT_CLOCK))
+        .ok_or("`clock` is not an RFC 3339 time")?;
+    let mut project = project.clone();
+    project.settings.redis_url = None;
+    project.settings.database_url = None;
+    let captured = Arc::new(Captured::default());
+    let mut app = App::build_in(
+        project,
+        Surroundings {
+            clock: crate::clock::Clock::frozen(clock_ms),
+            sinks: crate::sink::Target::Capture(captured.clone()),
+            record: None,
+        },
+    )?;
+    let ledger = Arc::new(Ledger::default());
+    for q in app.queued.iter_mut().flatten() {
+        let w = &q.worker;
+        q.worker = Arc::new(Worker {
+            outcomes: ledger.clone(),
+            program: w.program.clone(),
+            sinks: w.sinks.clone(),
+            options: w.options,
+        });
+    }
+    let app = Arc::new(app);
+    let chain = crate::server::chain(app.clone());
+    let (body, content_type) = body_bytes(fixture, file)?;
+    let mut last = None;
+    for _ in 0..fixture.repeat.max(1) {
+        let mut req = request(&app, fixture, &body, content_type, clock_ms)?;
+        let before = Counts::of(&app, &captured, &ledger);
+        let mut res = salvo::Response::new();
+        salvo::FlowCtrl::new(chain.clone())
+            .call_next(&mut req, &mut salvo::Depot::new(), &mut res)
+            .await;
+        let status = res.status_code.map_or(200, |s| s.as_u16());
+        let headers = res
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        let body = response_body(res.take_body());
+        let handled = drain(&app).await.map_err(|e| e.to_string())?;
+        let (outcome, reason) = outcome(
+            &app, fixture, status, &body, handled, &before, &captured, &ledger,
+        );
+        last = Some(Actual {
+            status,
+            headers,
+            body,
+            outcome,
+            reason,
+            sinks: BTreeMap::new(),
+        });
+    }
+    let mut actual = last.ok_or("no request was sent")?;
+    for b in captured.batches() {
+        actual.sinks.entry(b.sink).or_default().extend(b.rows);
+    }
+    Ok(actual)
+}
+
+/// The body bytes and the content type its kind implies.
+fn body_bytes(fixture: &Fixture, file: &Path) -> Result<(Bytes, Option<&'static str>), String> {
+    Ok(match &fixture.request.body {
+        None => (Bytes::new(), None),
+        Some(Body::Json(v)) => (
+            Bytes::from(serde_json::to_vec(v).map_err(|e| e.to_string())?),
+            Some("application/json"),
+        ),
+        Some(Body::Text(t)) => (Bytes::from(t.clone()), Some("text/plain; charset=utf-8")),
+        Some(Body::Form(fields)) => {
+            let mut enc = form_urlencoded::Serializer::new(String::new());
+            for (k, v) in fields {
+                for value in v.values() {
+                    enc.append_pair(k, value);
+                }
+            }
+            (
+                Bytes::from(enc.finish()),
+                Some("application/x-www-form-urlencoded"),
+            )
+        }
+        Some(Body::File(rel)) => {
+            let path = file.parent().unwrap_or(Path::new(".")).join(rel);
+            let bytes =
+                std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let kind = match path.extension().and_then(|e| e.to_str()) {
+                Some("json") => "application/json",
+                Some("form") => "application/x-www-form-urlencoded",
+                Some("xml") => "text/xml",
+                Some("txt") => "text/plain; charset=utf-8",
+                _ => "application/octet-stream",
+            };
+            (Bytes::from(bytes), Some(kind))
+        }
+        Some(Body::Size(n)) => (
+            Bytes::from(vec![b'x'; usize::try_from(*n).unwrap_or(usize::MAX)]),
+            Some("application/octet-stream"),
+        ),
+    })
+}
+
+/// The request as the server will see it, signed when the fixture asks.
+fn request(
+    app: &App,
+    fixture: &Fixture,
+    body: &Bytes,
+    content_type: Option<&'static str>,
+    clock_ms: i64,
+) -> Result<salvo::Request, String> {
+    let r = &fixture.request;
+    let mut path_and_query = r.path.clone();
+    if !r.query.is_empty() {
+        let mut enc = form_urlencoded::Serializer::new(String::new());
+        for (k, v) in &r.query {
+            for value in v.values() {
+                enc.append_pair(k, value);
+            }
+        }
+        path_and_query = format!("{path_and_query}?{}", enc.finish());
+    }
+    let mut headers = HeaderMap::new();
+    for (name, v) in &r.headers {
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("`{name}` is not a valid header name"))?;
+        for value in v.values() {
+            let value = HeaderValue::from_str(value)
+                .map_err(|_| format!("header `{name}` has a value that cannot be sent"))?;
+            headers.append(name.clone(), value);
+        }
+    }
+    if !headers.contains_key("host") {
+        headers.insert("host", HeaderValue::from_static("localhost"));
+    }
+    if let Some(ct) = content_type
+        && !headers.contains_key("content-type")
+    {
+        headers.insert("content-type", HeaderValue::from_static(ct));
+    }
+    if !headers.contains_key("content-length") {
+        headers.insert("content-length", HeaderValue::from(body.len()));
+    }
+    let peer = r.client_ip.unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    if let Some(at) = r.sign.when() {
+        let now_ms = match at {
+            Some(t) => millis(t).ok_or("`sign.at` is not an RFC 3339 time")?,
+            None => clock_ms,
+        };
+        if let Lookup::Found { pipeline, .. } = app.project.routes.lookup(Some(r.method), &r.path) {
+            let Some(verifier) = &app.verifiers[pipeline] else {
+                return Err(format!(
+                    "`sign: true`, but pipeline `{}` has no `verify` section",
+                    app.project.pipelines[pipeline].config.name
+                ));
+            };
+            let url = app.public_url(peer, &headers, &path_and_query);
+            let signed = verifier.sign(&Inbound {
+                method: r.method.as_str(),
+                url: &url,
+                headers: &headers,
+                body,
+                now: now_ms.div_euclid(1000),
+            });
+            for (name, value) in signed {
+                if let (Ok(n), Ok(v)) = (
+                    HeaderName::from_bytes(name.as_bytes()),
+                    HeaderValue::from_str(&value),
+                ) {
+                    headers.insert(n, v);
+                }
+            }
+        }
+    }
+    let mut builder = salvo::hyper::Request::builder()
+        .method(r.method.as_str())
+        .uri(&path_and_query);
+    if let Some(h) = builder.headers_mut() {
+        *h = headers;
+    }
+    let hyper_req = builder
+        .body(ReqBody::Once(body.clone()))
+        .map_err(|e| format!("cannot build the request: {e}"))?;
+    let mut req = salvo::Request::from_hyper(hyper_req, salvo::http::uri::Scheme::HTTP);
+    *req.remote_addr_mut() = std::net::SocketAddr::new(peer, 40000).into();
+    Ok(req)
+}
+
+fn response_body(body: ResBody) -> Bytes {
+    match body {
+        ResBody::Once(b) => b,
+        ResBody::Chunks(chunks) => {
+            let mut out = Vec::new();
+            for c in chunks {
+                out.extend_from_slice(&c);
+            }
+            Bytes::from(out)
+        }
+        _ => Bytes::new(),
+    }
+}
+
+/// Counters read before a request, to tell what it caused.
+struct Counts {
+    batches: usize,
+    dead: usize,
+    duplicates: u64,
+}
+
+impl Counts {
+    fn of(app: &App, captured: &Captured, ledger: &Ledger) -> Counts {
+        let mut dead = ledger.dead.lock().unwrap_or_else(|e| e.into_inner()).len();
+        let mut duplicates = 0;
+        for q in app.queued.iter().flatten() {
+            if let QueueHandle::Memory(m) = &q.handle {
+                dead += m.dead_letters().len();
+                duplicates += m.duplicates();
+            }
+        }
+        Counts {
+            batches: captured.len(),
+            dead,
+            duplicates,
+        }
+    }
+}
+
+/// Process every queued event to its end (a retry is handled again at once, until the
+/// pipeline's `max_attempts`); the last event's end state.
+async fn drain(app: &App) -> Result<Option<Handled>, QueueError> {
+    let mut last = None;
+    for q in app.queued.iter().flatten() {
+        let QueueHandle::Memory(m) = &q.handle else {
+            continue;
+        };
+        while let Some(mut d) = m.try_next().await {
+            loop {
+                match q.worker.handle(&d).await? {
+                    Handled::Retried { attempt } => d.attempts = attempt,
+                    done => {
+                        last = Some(done);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    Ok(last)
+}
+
+/// What became of the request: an engine error answer names it; otherwise the queue does.
+#[allow(clippy::too_many_arguments)]
+fn outcome(
+    app: &App,
+    fixture: &Fixture,
+    status: u16,
+    body: &[u8],
+    handled: Option<Handled>,
+    before: &Counts,
+    captured: &Captured,
+    ledger: &Ledger,
+) -> (Outcome, Option<String>) {
+    if let Some(o) = engine_error(status, body) {
+        return (o, None);
+    }
+    let r = &fixture.request;
+    let queued = match app.project.routes.lookup(Some(r.method), &r.path) {
+        Lookup::Found { pipeline, .. } => app.queued[pipeline].is_some(),
+        _ => false,
+    };
+    if !queued {
+        return (Outcome::Responded, None);
+    }
+    let after = Counts::of(app, captured, ledger);
+    if after.duplicates > before.duplicates {
+        return (Outcome::Duplicate, None);
+    }
+    match handled {
+        Some(Handled::Acked) => (Outcome::Written, None),
+        Some(Handled::Dropped { reason }) => (Outcome::Dropped, Some(reason)),
+        Some(Handled::DeadLettered { reason }) => (Outcome::DeadLettered, Some(reason)),
+        // `ack: processed`: the answer came after the worker's attempt, recorded in place
+        Some(Handled::Retried { .. }) | None => {
+            if after.dead > before.dead {
+                (Outcome::DeadLettered, last_dead_reason(app, ledger))
+            } else if after.batches > before.batches {
+                (Outcome::Written, None)
+            } else {
+                (Outcome::Dropped, None)
+            }
+        }
+    }
+}
+
+fn last_dead_reason(app: &App, ledger: &Ledger) -> Option<String> {
+    app.queued
+        .iter()
+        .flatten()
+        .filter_map(|q| match &q.handle {
+            QueueHandle::Memory(m) => m.dead_letters().pop().map(|d| d.reason),
+            QueueHandle::Redis(_) => None,
+        })
+        .next_back()
+        .or_else(|| {
+            ledger
+                .dead
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .last()
+                .cloned()
+        })
+}
+
+/// The engine's own error answers: `{"error": code, ...}` with the code's status.
+fn engine_error(status: u16, body: &[u8]) -> Option<Outcome> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    let code = v.get("error")?.as_str()?;
+    Some(match (status, code) {
+        (401, "unauthorized") => Outcome::Rejected,
+        (429, "rate_limited") => Outcome::RateLimited,
+        (413, "payload_too_large") => Outcome::TooLarge,
+        (404, "not_found") => Outcome::NotFound,
+        (405, "method_not_allowed") => Outcome::MethodNotAllowed,
+        (503, "maintenance") => Outcome::Maintenance,
+        (503, "unavailable") => Outcome::Unavailable,
+        (400, "bad_request") => Outcome::BadRequest,
+        _ => return None,
+    })
+}

@@ -1,0 +1,184 @@
+//! `engine replay`: recorded webhooks run through the real pipelines, with no server, Redis or
+//! Postgres.
+//!
+//! ```text
+//! fixtures/**/*.yaml -> fixture::load (schema-checked, file:line:col)
+//!   -> case::run (in process: route, verify, respond, queue, transform, capturing sinks)
+//!   -> expect::compare -> one line per case, every difference of a failing one
+//!   -> report (text | json | junit); --update writes `expect` back from what happened
+//! ```
+//!
+//! Pipelines are loaded once per distinct `env` of the fixtures (a fixture's env is all the
+//! environment it gets); each case gets a fresh app (in-memory rate limits and dedupe windows
+//! start empty), so cases never see each other.
+
+pub mod case;
+pub mod expect;
+pub mod fixture;
+pub mod report;
+pub mod update;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::config::Project;
+use crate::diagnostics::Diagnostic;
+use crate::env::EnvSource;
+
+/// What to run.
+pub struct Options {
+    /// Fixture files or directories (searched recursively for `*.yaml` / `*.yml`).
+    pub fixtures: Vec<PathBuf>,
+    pub pipelines: PathBuf,
+    /// Run only cases whose name contains this text.
+    pub filter: Option<String>,
+    /// Rewrite each case's `expect` from what it produced.
+    pub update: bool,
+}
+
+/// One case's result.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CaseResult {
+    /// The fixture's path relative to the directory it was found under, without extension:
+    /// `vapi/end-of-call-report`.
+    pub name: String,
+    pub file: String,
+    pub description: Option<String>,
+    pub passed: bool,
+    /// Every difference, or why the case could not run.
+    pub problems: Vec<String>,
+    /// Whether `--update` rewrote the fixture.
+    pub updated: bool,
+    #[serde(serialize_with = "as_millis")]
+    pub duration: Duration,
+}
+
+fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64() * 1000.0)
+}
+
+/// All results, in file order.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Report {
+    pub cases: Vec<CaseResult>,
+    pub passed: usize,
+    pub failed: usize,
+    #[serde(serialize_with = "as_millis")]
+    pub duration: Duration,
+}
+
+/// Every fixture under `roots`, with the name it is reported by.
+pub fn discover(roots: &[PathBuf]) -> Result<Vec<(String, PathBuf)>, String> {
+    let mut out = Vec::new();
+    for root in roots {
+        if root.is_file() {
+            let name = root.with_extension("").display().to_string();
+            out.push((name, root.clone()));
+            continue;
+        }
+        if !root.is_dir() {
+            return Err(format!("{}: no such file or directory", root.display()));
+        }
+        let mut found = Vec::new();
+        walk(root, &mut found).map_err(|e| format!("{}: {e}", root.display()))?;
+        found.sort();
+        for f in found {
+            let rel = f.strip_prefix(root).unwrap_or(&f).with_extension("");
+            out.push((rel.to_string_lossy().replace('\\', "/"), f));
+        }
+    }
+    Ok(out)
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with('.') {
+            continue;
+        }
+        if path.is_dir() {
+            walk(&path, out)?;
+        } else if name.ends_with(".yaml") || name.ends_with(".yml") {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Run every selected case. `Err` only when the fixtures cannot be listed.
+pub async fn run(opts: &Options) -> Result<Report, String> {
+    let started = Instant::now();
+    let mut cases = Vec::new();
+    let mut projects: HashMap<BTreeMap<String, String>, Result<Project, Vec<Diagnostic>>> =
+        HashMap::new();
+    for (name, file) in discover(&opts.fixtures)? {
+        if opts
+            .filter
+            .as_ref()
+            .is_some_and(|f| !name.contains(f.as_str()))
+        {
+            continue;
+        }
+        let t = Instant::now();
+        let mut result = CaseResult {
+            name,
+            file: file.display().to_string(),
+            description: None,
+            passed: false,
+            problems: Vec::new(),
+            updated: false,
+            duration: Duration::ZERO,
+        };
+        match fixture::load(&file) {
+            Err(diags) => result.problems = diags.iter().map(ToString::to_string).collect(),
+            Ok(loaded) => {
+                let f = &loaded.fixture;
+                result.description = f.description.clone();
+                let project = projects.entry(f.env.clone()).or_insert_with(|| {
+                    crate::config::load(&opts.pipelines, &EnvSource::from_pairs(f.env.clone()))
+                });
+                match project {
+                    Err(diags) => {
+                        result.problems.push(format!(
+                            "the pipelines in {} do not load with this fixture's env:",
+                            opts.pipelines.display()
+                        ));
+                        result
+                            .problems
+                            .extend(diags.iter().map(|d| format!("  {d}")));
+                    }
+                    Ok(project) => match case::run(project, f, &file).await {
+                        Err(e) => result.problems.push(e),
+                        Ok(actual) => {
+                            result.problems = expect::compare(&f.expect, &actual);
+                            if opts.update {
+                                let new = expect::updated(
+                                    &f.expect,
+                                    &actual,
+                                    &opts.pipelines.to_string_lossy(),
+                                );
+                                if new != f.expect {
+                                    update::write_expect(&file, &new)?;
+                                    result.updated = true;
+                                }
+                                result.problems.clear();
+                            }
+                        }
+                    },
+                }
+            }
+        }
+        result.passed = result.problems.is_empty();
+        result.duration = t.elapsed();
+        cases.push(result);
+    }
+    let passed = cases.iter().filter(|c| c.passed).count();
+    Ok(Report {
+        failed: cases.len() - passed,
+        passed,
+        cases,
+        duration: started.elapsed(),
+    })
+}
