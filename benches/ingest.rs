@@ -150,8 +150,9 @@ async fn main() {
 
     // 2. drain: workers on the filled queue
     let project = load();
-    let queued =
-        engine::server::queueing::build(&project, &engine::sink::Target::Configured).unwrap();
+    let target = engine::sink::Target::Configured;
+    let pool = engine::server::queueing::sink_pool(&project, &target).unwrap();
+    let queued = engine::server::queueing::build(&project, &target, pool.as_ref(), &[]).unwrap();
     let started = Instant::now();
     let workers = engine::server::queueing::start(&queued);
     loop {

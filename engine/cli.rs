@@ -40,6 +40,9 @@ pub enum Command {
         /// removed, each pipeline's `record.redact` fields redacted).
         #[arg(long, value_name = "DIR")]
         record: Option<PathBuf>,
+        /// Reload the pipelines whenever a file in the directory changes (SIGHUP always reloads).
+        #[arg(long)]
+        watch: bool,
     },
     /// Run only the queue workers: dequeue, transform, write to sinks.
     Worker {
@@ -231,12 +234,14 @@ pub fn run() -> ExitCode {
             env_file,
             no_worker,
             record,
+            watch,
         } => serve(
             &pipelines,
             env_file.as_deref(),
             Mode::Serve {
                 workers: !no_worker,
                 record,
+                watch,
             },
         ),
         Command::Worker {
@@ -363,15 +368,32 @@ fn validate(
 fn init_tracing(production: bool) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     // JSON lines in production (Render's log search and any shipper parse them); readable
-    // lines elsewhere.
+    // lines elsewhere. The Sentry layer does nothing until SENTRY_DSN starts a client.
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(sentry::integrations::tracing::layer());
     let _ = if production {
-        builder.json().flatten_event(true).try_init()
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    .with_span_list(false)
+                    .with_writer(std::io::stderr),
+            )
+            .try_init()
     } else {
-        builder.compact().try_init()
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .compact()
+                    .with_writer(std::io::stderr),
+            )
+            .try_init()
     };
 }
 
@@ -381,6 +403,7 @@ enum Mode {
     Serve {
         workers: bool,
         record: Option<PathBuf>,
+        watch: bool,
     },
     Worker,
 }
@@ -410,7 +433,25 @@ fn serve(dir: &Path, env_file: Option<&Path>, mode: Mode) -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match mode {
-            Mode::Serve { workers, record } => crate::server::serve(project, workers, record).await,
+            Mode::Serve {
+                workers,
+                record,
+                watch,
+            } => {
+                let opts = crate::server::ServeOptions {
+                    workers,
+                    record,
+                    reload: Some(crate::ops::reload::Source {
+                        dir: dir.to_path_buf(),
+                        env: match env_file {
+                            Some(f) => crate::ops::reload::EnvOrigin::File(f.to_path_buf()),
+                            None => crate::ops::reload::EnvOrigin::Process,
+                        },
+                    }),
+                    watch,
+                };
+                crate::server::serve(project, opts).await
+            }
             Mode::Worker => crate::server::serve_workers(project).await,
         }
     });

@@ -4,7 +4,7 @@
 //! ```text
 //! dispatch: request answered 2xx and queued
 //!   -> Recorder::record: drop credential and transport headers, redact the pipeline's
-//!      `record.redact` fields, body as JSON / form fields / text, `sign: true` when the pipeline
+//!      `redact` fields, body as JSON / form fields / text, `sign: true` when the pipeline
 //!      verifies, the request time as `clock`
 //!   -> DIR/<pipeline>/<time>-<event id>.yaml, written on a blocking thread after the answer
 //! ```
@@ -170,19 +170,8 @@ pub fn fixture(r: &Recorded<'_>) -> Fixture {
         .to_ascii_lowercase();
     let body = if r.body.is_empty() {
         None
-    } else if content_type.contains("json")
-        && let Ok(mut v) = serde_json::from_slice::<Value>(r.body)
-    {
-        for pointer in r.redact.iter().filter_map(json_of) {
-            if let Some(slot) = v.pointer_mut(pointer) {
-                *slot = Value::String(REDACTED.into());
-            }
-        }
-        Some(Body::Json(v))
-    } else if content_type.starts_with("application/x-www-form-urlencoded") {
-        Some(Body::Form(pairs(r.body, &|k| redacted(&form_of, k))))
     } else {
-        Some(Body::Text(String::from_utf8_lossy(r.body).into_owned()))
+        Some(body_of(&content_type, r.body, r.redact))
     };
     Fixture {
         description: Some(format!("recorded {} request", r.pipeline)),
@@ -206,6 +195,41 @@ pub fn fixture(r: &Recorded<'_>) -> Fixture {
             status: Some(r.status),
             ..Expect::default()
         },
+    }
+}
+
+/// A body as a fixture holds it: JSON, form fields or text, with `redact` applied.
+fn body_of(content_type: &str, body: &[u8], redact: &[Redact]) -> Body {
+    let content_type = content_type.to_ascii_lowercase();
+    if content_type.contains("json")
+        && let Ok(mut v) = serde_json::from_slice::<Value>(body)
+    {
+        for pointer in redact.iter().filter_map(json_of) {
+            if let Some(slot) = v.pointer_mut(pointer) {
+                *slot = Value::String(REDACTED.into());
+            }
+        }
+        return Body::Json(v);
+    }
+    if content_type.starts_with("application/x-www-form-urlencoded") {
+        let named = |k: &str| {
+            redact
+                .iter()
+                .filter_map(form_of)
+                .any(|n| n.eq_ignore_ascii_case(k))
+        };
+        return Body::Form(pairs(body, &named));
+    }
+    Body::Text(String::from_utf8_lossy(body).into_owned())
+}
+
+/// A body for a log line: JSON, form fields (as JSON) or text, with `redact` applied.
+pub fn redacted_body(content_type: &str, body: &[u8], redact: &[Redact]) -> String {
+    match body_of(content_type, body, redact) {
+        Body::Json(v) => v.to_string(),
+        Body::Form(f) => serde_json::to_string(&f).unwrap_or_default(),
+        Body::Text(t) => t,
+        Body::File(_) | Body::Size(_) => String::new(),
     }
 }
 
@@ -375,6 +399,24 @@ mod tests {
             &serde_json::json!({"message":{"customer":{"number":REDACTED,"name":REDACTED},"type":"status-update"}})
         );
         assert_eq!(f.request.sign, Sign::Flag(false));
+    }
+
+    #[test]
+    fn logged_bodies_are_redacted_too() {
+        let redact = [Redact::Form("From".into()), Redact::Json("/a/b".into())];
+        let form = redacted_body(
+            "application/x-www-form-urlencoded",
+            b"From=%2B14155550123&To=x",
+            &redact,
+        );
+        assert_eq!(form, r#"{"From":"[redacted]","To":"x"}"#);
+        let json = redacted_body(
+            "application/json",
+            br#"{"a":{"b":"jane@example.com"},"c":1}"#,
+            &redact,
+        );
+        assert_eq!(json, r#"{"a":{"b":"[redacted]"},"c":1}"#);
+        assert_eq!(redacted_body("text/plain", b"hello", &redact), "hello");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use crate::config::units::HttpMethod;
 
 /// Paths the engine answers itself; pipelines cannot claim them.
-pub const RESERVED_PATHS: &[&str] = &["/health"];
+pub const RESERVED_PATHS: &[&str] = &["/health", "/ready", "/metrics"];
 
 /// A route conflict found while building the table.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -127,6 +127,26 @@ pub enum Handled {
     DeadLettered { reason: String },
 }
 
+/// Run the transform steps on one event, timed.
+fn timed_run(
+    program: &Program,
+    event: &crate::transform::EventInput,
+    queue: &str,
+) -> Result<Outcome, crate::transform::Failure> {
+    let started = std::time::Instant::now();
+    let out = program.run(event);
+    metrics::histogram!("engine_transform_duration_seconds", "queue" => queue.to_string())
+        .record(started.elapsed().as_secs_f64());
+    out
+}
+
+/// A sink write failed.
+fn sink_failed(sink: &str, kind: &'static str) {
+    metrics::counter!("engine_sink_errors_total", "sink" => sink.to_string(), "kind" => kind)
+        .increment(1);
+    crate::ops::alerts::sink_failed(sink);
+}
+
 /// One queue's worker.
 pub struct Worker {
     /// Where outcomes are recorded: the Redis queue or the in-process one.
@@ -180,8 +200,12 @@ impl Worker {
         let program = self.program.clone();
         let events: Vec<crate::transform::EventInput> =
             ds.iter().map(|d| d.event.clone()).collect();
+        let queue = self.outcomes.name().to_string();
         let outcomes = tokio::task::spawn_blocking(move || {
-            events.iter().map(|e| program.run(e)).collect::<Vec<_>>()
+            events
+                .iter()
+                .map(|e| timed_run(&program, e, &queue))
+                .collect::<Vec<_>>()
         })
         .await
         .map_err(|e| QueueError(format!("the transform task failed: {e}")))?;
@@ -190,7 +214,10 @@ impl Worker {
             Default::default();
         for (d, outcome) in ds.iter().zip(outcomes) {
             match outcome {
-                Ok(Outcome::Dropped { .. }) => acks.push(d),
+                Ok(Outcome::Dropped { .. }) => {
+                    self.count("dropped");
+                    acks.push(d);
+                }
                 Ok(Outcome::Rows { sink, step, rows }) => {
                     if !self.sinks.contains_key(&sink) {
                         self.dead(d, format!("no sink named `{sink}`")).await?;
@@ -206,9 +233,11 @@ impl Worker {
                     groups.entry(sink).or_default().push((d, batch));
                 }
                 Err(f) if f.kind == FailureKind::Retry => {
+                    self.transform_failed("retry");
                     self.again(d, f.reason).await?;
                 }
                 Err(f) => {
+                    self.transform_failed("permanent");
                     self.dead(d, f.reason).await?;
                 }
             }
@@ -222,8 +251,14 @@ impl Worker {
                 None
             };
             match together {
-                Some(Ok(())) => acks.extend(group.iter().map(|(d, _)| *d)),
+                Some(Ok(())) => {
+                    for (d, b) in group {
+                        self.written(&d.event, name, b.rows.len());
+                    }
+                    acks.extend(group.iter().map(|(d, _)| *d));
+                }
                 Some(Err(SinkError::Retry(e))) => {
+                    sink_failed(name, "retry");
                     for (d, _) in group {
                         self.again(d, format!("sink `{name}`: {e}")).await?;
                     }
@@ -232,11 +267,16 @@ impl Worker {
                 Some(Err(SinkError::Permanent(_))) | None => {
                     for (d, b) in group {
                         match sink.write(b).await {
-                            Ok(()) => acks.push(d),
+                            Ok(()) => {
+                                self.written(&d.event, name, b.rows.len());
+                                acks.push(d);
+                            }
                             Err(SinkError::Retry(e)) => {
+                                sink_failed(name, "retry");
                                 self.again(d, format!("sink `{name}`: {e}")).await?;
                             }
                             Err(SinkError::Permanent(e)) => {
+                                sink_failed(name, "permanent");
                                 self.dead(d, format!("sink `{name}`: {e}")).await?;
                             }
                         }
@@ -255,6 +295,7 @@ impl Worker {
             }
             Attempt::Dropped(reason) => {
                 tracing::debug!(event_id = %d.event.id, %reason, "event dropped");
+                self.count("dropped");
                 self.outcomes.ack(d).await?;
                 Ok(Handled::Dropped { reason })
             }
@@ -268,7 +309,8 @@ impl Worker {
     pub async fn attempt(&self, event: &crate::transform::EventInput) -> Attempt {
         let program = self.program.clone();
         let input = event.clone();
-        let outcome = tokio::task::spawn_blocking(move || program.run(&input))
+        let queue = self.outcomes.name().to_string();
+        let outcome = tokio::task::spawn_blocking(move || timed_run(&program, &input, &queue))
             .await
             .unwrap_or_else(|e| {
                 Err(crate::transform::Failure {
@@ -290,18 +332,51 @@ impl Worker {
                     rows,
                 };
                 match target.write(&batch).await {
-                    Ok(()) => Attempt::Written,
+                    Ok(()) => {
+                        self.written(event, &batch.sink, batch.rows.len());
+                        Attempt::Written
+                    }
                     Err(SinkError::Retry(e)) => {
+                        sink_failed(&batch.sink, "retry");
                         Attempt::Retry(format!("sink `{}`: {e}", batch.sink))
                     }
                     Err(SinkError::Permanent(e)) => {
+                        sink_failed(&batch.sink, "permanent");
                         Attempt::Permanent(format!("sink `{}`: {e}", batch.sink))
                     }
                 }
             }
-            Err(f) if f.kind == FailureKind::Retry => Attempt::Retry(f.reason),
-            Err(f) => Attempt::Permanent(f.reason),
+            Err(f) if f.kind == FailureKind::Retry => {
+                self.transform_failed("retry");
+                Attempt::Retry(f.reason)
+            }
+            Err(f) => {
+                self.transform_failed("permanent");
+                Attempt::Permanent(f.reason)
+            }
         }
+    }
+
+    /// Count a worker result.
+    fn count(&self, outcome: &'static str) {
+        metrics::counter!("engine_events_processed_total", "queue" => self.outcomes.name().to_string(), "outcome" => outcome)
+            .increment(1);
+    }
+
+    fn transform_failed(&self, kind: &'static str) {
+        metrics::counter!("engine_transform_failures_total", "queue" => self.outcomes.name().to_string(), "kind" => kind)
+            .increment(1);
+    }
+
+    /// An event's rows are written: count them and the time since its request arrived.
+    fn written(&self, event: &crate::transform::EventInput, sink: &str, rows: usize) {
+        self.count("written");
+        metrics::counter!("engine_sink_rows_total", "sink" => sink.to_string())
+            .increment(rows as u64);
+        let age_ms = chrono::Utc::now().timestamp_millis() - event.received_at_ms;
+        metrics::histogram!("engine_event_latency_seconds", "queue" => self.outcomes.name().to_string())
+            .record(age_ms.max(0) as f64 / 1000.0);
+        crate::ops::alerts::sink_ok(sink);
     }
 
     /// Retry with backoff, or dead-letter once the attempts are used up.
@@ -318,6 +393,7 @@ impl Worker {
             self.options.backoff_max,
         );
         tracing::warn!(event_id = %d.event.id, attempt, delay_ms = delay.as_millis() as u64, %error, "will retry");
+        self.count("retried");
         self.outcomes.retry(d, delay).await?;
         Ok(Handled::Retried { attempt })
     }
@@ -326,7 +402,9 @@ impl Worker {
         tracing::error!(event_id = %d.event.id, pipeline = %d.event.pipeline, %reason, "dead-lettered");
         metrics::counter!("engine_dead_lettered_total", "queue" => self.outcomes.name().to_string())
             .increment(1);
+        self.count("dead_lettered");
         self.outcomes.dead_letter(d, &reason).await?;
+        crate::ops::alerts::dead_lettered(self.outcomes.name(), &reason);
         Ok(Handled::DeadLettered { reason })
     }
 
@@ -406,6 +484,7 @@ impl Worker {
                             "the queue's consumer group was gone (Redis restarted without persistence?): recreated; events queued before are lost"
                         );
                         metrics::counter!("engine_queue_lost_total", "queue" => self.outcomes.name().to_string()).increment(1);
+                        crate::ops::alerts::queue_lost(self.outcomes.name());
                     }
                     // After a restart the own pending list is read once; then new entries.
                     if own_pending && deliveries.is_empty() {

@@ -303,12 +303,104 @@ fn serve_logs_listening_and_stops_on_sigterm() {
         rejected[1].contains("\"reason\":\"bad_signature\""),
         "{rejected:?}"
     );
+    // every line of a request's life carries its request id
+    assert!(
+        rejected
+            .iter()
+            .all(|l| l.contains("\"span\":{") && l.contains("\"request_id\":\"")),
+        "{rejected:?}"
+    );
+    assert!(
+        seen.iter()
+            .chain(rest.iter())
+            .any(|l| l.contains("queues initialised")),
+        "{seen:#?}"
+    );
     assert!(
         rest.iter().all(
             |l| !l.contains("forged-token-value") && !l.contains("prod-vapi-credential-secret")
         ),
         "{rest:#?}"
     );
+}
+
+/// `engine serve` on `dir` in development with PORT=0; the child and its port.
+fn serve_dev(dir: &std::path::Path, extra: &[&str]) -> (std::process::Child, u16) {
+    let mut child = engine()
+        .args(["serve", "--pipelines"])
+        .arg(dir)
+        .args(extra)
+        .env("PORT", "0")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let mut port = None;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(rest) = line.split("Server listening on port ").nth(1) {
+            port = rest.split_whitespace().next().and_then(|p| p.parse().ok());
+            break;
+        }
+    }
+    // keep draining the log so the child never blocks on a full pipe
+    std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
+    (child, port.expect("a listening line"))
+}
+
+/// Poll `path` until it answers `status` (first line), within 10 s.
+fn eventually_status(port: u16, path: &str, status: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = reqwest::blocking_post(&format!("http://127.0.0.1:{port}{path}"), &[]);
+        if got.starts_with(&format!("HTTP/1.1 {status}")) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{path} still answers {got}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+const EXTRA: &str = "name: extra\nroute: {method: POST, path: /hooks/extra}\nrespond: {status: 202, content_type: text/plain, body: accepted}\n";
+
+#[test]
+fn sighup_reloads_the_pipelines() {
+    let dir = Dir::shipped_copy();
+    let (mut child, port) = serve_dev(dir.path(), &[]);
+    eventually_status(port, "/hooks/extra", "404");
+    dir.write("extra.yaml", EXTRA);
+    let kill = |sig: &str| {
+        Command::new("kill")
+            .args([sig, &child.id().to_string()])
+            .status()
+            .unwrap()
+    };
+    assert!(kill("-HUP").success());
+    eventually_status(port, "/hooks/extra", "202");
+    // a broken file: the previous set stays
+    dir.write("extra.yaml", "name: extra\nroute: {method: POST}\n");
+    assert!(kill("-HUP").success());
+    std::thread::sleep(Duration::from_millis(500));
+    eventually_status(port, "/hooks/extra", "202");
+    assert!(kill("-TERM").success());
+    let _ = child.wait();
+}
+
+#[test]
+fn watch_reloads_on_a_change() {
+    let dir = Dir::shipped_copy();
+    let (mut child, port) = serve_dev(dir.path(), &["--watch"]);
+    eventually_status(port, "/hooks/extra", "404");
+    dir.write("extra.yaml", EXTRA);
+    eventually_status(port, "/hooks/extra", "202");
+    dir.remove("extra.yaml");
+    eventually_status(port, "/hooks/extra", "404");
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
 }
 
 mod reqwest {

@@ -242,7 +242,7 @@ async fn recorded_traffic_replays_without_its_secrets() {
     let sms = std::fs::read_to_string(dir.path().join("twilio-sms.yaml")).unwrap();
     dir.write(
         "twilio-sms.yaml",
-        &format!("{sms}\nrecord:\n  redact: [{{form: From}}, {{form: Body}}]\n"),
+        &format!("{sms}\nredact: [{{form: From}}, {{form: Body}}]\n"),
     );
     let rec = tempfile::tempdir().unwrap();
     let env = [

@@ -2,8 +2,8 @@
 //!
 //! A file reads top to bottom in the order a request travels: its `name`, the `route` it answers,
 //! the `body_limit`, `rate_limit`, `verify` (is it genuine?), the `respond` section (what the
-//! caller gets back), and the `transform` steps the queue worker runs later, and how `engine serve --record` writes its
-//! requests as fixtures (`record`). These types
+//! caller gets back), and the `transform` steps the queue worker runs later, and what may be written out of its requests
+//! (`redact`, `record`, `log_body`). These types
 //! are the single source of truth: `engine schema` derives `schemas/pipeline.schema.json` from
 //! them, and unknown keys are errors.
 
@@ -66,32 +66,20 @@ pub struct Pipeline {
     #[serde(default)]
     pub script_limits: super::transform::ScriptLimits,
 
-    /// How `engine serve --record DIR` writes this pipeline's accepted requests as fixtures.
-    #[serde(default)]
-    pub record: Record,
-}
-
-/// Recording real traffic as replay fixtures.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Record {
-    /// `false` never records this pipeline, even under `--record`.
-    #[serde(default = "yes")]
-    pub enabled: bool,
-    /// Fields replaced by `[redacted]` before the fixture is written: phone numbers, e-mail
-    /// addresses, names, tokens. Credential headers (signatures, `Authorization`) are always
-    /// removed and the fixture is re-signed with a test secret on replay (`sign: true`).
+    /// Request fields replaced by `[redacted]` wherever this pipeline's requests are written out:
+    /// recorded fixtures (`engine serve --record`) and logged bodies (`log_body`). Phone numbers,
+    /// e-mail addresses, names, tokens. Credential headers are always removed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub redact: Vec<Redact>,
-}
 
-impl Default for Record {
-    fn default() -> Self {
-        Record {
-            enabled: true,
-            redact: Vec::new(),
-        }
-    }
+    /// Whether `engine serve --record DIR` writes this pipeline's accepted requests as fixtures.
+    #[serde(default = "yes")]
+    pub record: bool,
+
+    /// Log each accepted request's body (with `redact` applied) at info level. Off by default:
+    /// bodies carry personal data.
+    #[serde(default)]
+    pub log_body: bool,
 }
 
 fn yes() -> bool {

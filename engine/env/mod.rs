@@ -441,6 +441,22 @@ impl Env {
     pub fn is_secret(&self, name: &str) -> bool {
         self.secrets.contains(name)
     }
+
+    /// The values of the set secret variables, and the passwords inside URL-valued ones (to
+    /// scrub them from error reports, which may quote either).
+    pub fn secret_values(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for value in self.secrets.iter().filter_map(|name| self.get_string(name)) {
+            if let Some(pw) = url::Url::parse(&value)
+                .ok()
+                .and_then(|u| u.password().map(str::to_string))
+            {
+                out.push(pw);
+            }
+            out.push(value);
+        }
+        out
+    }
 }
 
 #[cfg(test)]

@@ -104,6 +104,11 @@ impl MemoryQueue {
         self.duplicates.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Events waiting.
+    pub fn len(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
     /// Whether no event is waiting.
     pub fn is_empty(&self) -> bool {
         self.tx.capacity() == self.tx.max_capacity()

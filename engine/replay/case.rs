@@ -103,6 +103,7 @@ pub async fn run(project: &Project, fixture: &Fixture, file: &Path) -> Result<Ac
             clock: crate::clock::Clock::frozen(clock_ms),
             sinks: crate::sink::Target::Capture(captured.clone()),
             record: None,
+            memory_queues: Vec::new(),
         },
     )?;
     let ledger = Arc::new(Ledger::default());

@@ -20,6 +20,7 @@ use salvo::http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use salvo::http::{HeaderName, HeaderValue, Method, ParseError, StatusCode};
 use salvo::prelude::*;
 use serde_json::json;
+use tracing::Instrument;
 
 use super::App;
 use crate::config::Project;
@@ -45,29 +46,87 @@ struct Stop;
 
 #[async_trait]
 impl Handler for Dispatch {
+    /// One request: a request id (the caller's `X-Request-Id` when sane, else a new one) echoed
+    /// in the answer and carried by every log line of the request's span; counted and timed.
     async fn handle(&self, req: &mut Request, _: &mut Depot, res: &mut Response, _: &mut FlowCtrl) {
+        let started = std::time::Instant::now();
+        let request_id = request_id(req);
+        if let Ok(v) = HeaderValue::from_str(&request_id) {
+            res.headers_mut().insert(X_REQUEST_ID, v);
+        }
+        let span = tracing::info_span!(
+            "request",
+            request_id = %request_id,
+            method = %req.method(),
+            path = %req.uri().path(),
+            pipeline = tracing::field::Empty,
+            event_id = tracing::field::Empty,
+        );
+        let mut label = String::from("-");
         // Err(Stop) means a step already answered (404, 429, 401, ...).
-        let _ = self.serve(req, res).await;
+        let _ = self.serve(req, res, &mut label).instrument(span).await;
+        let status = res.status_code.unwrap_or(StatusCode::OK).as_u16();
+        metrics::histogram!("engine_http_request_duration_seconds", "pipeline" => label.clone())
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!("engine_http_requests_total", "pipeline" => label, "status" => status.to_string())
+            .increment(1);
     }
 }
 
+const X_REQUEST_ID: &str = "x-request-id";
+
+/// The caller's request id when it is 1-128 characters of `[A-Za-z0-9._:-]` (a proxy's, e.g.
+/// Render's), else a new UUID.
+fn request_id(req: &Request) -> String {
+    req.headers()
+        .get(X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 128
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+        })
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
 impl Dispatch {
-    /// The request path, one step per line.
-    async fn serve(&self, req: &mut Request, res: &mut Response) -> Result<(), Stop> {
+    /// The request path, one step per line. `label` names the pipeline (or engine path) for the
+    /// request metrics.
+    async fn serve(
+        &self,
+        req: &mut Request,
+        res: &mut Response,
+        label: &mut String,
+    ) -> Result<(), Stop> {
         let app = &*self.app;
-        if req.uri().path() == "/health" {
+        if let Some(own) = own_path(req.uri().path()) {
+            *label = own.to_string();
             let seen = Seen::new(app, req, Bytes::new());
             check_rate(app, app.health_rule.as_ref(), &seen, &[], res).await?;
-            health(&app.project, &app.clock, req, res);
+            only_get(req, res)?;
+            match own {
+                "health" => health(&app.project, &app.clock, res),
+                "ready" => ready(app, res).await,
+                _ => metrics_text(app, req, res),
+            }
             return Ok(());
         }
         let (pipeline, params) = route(app, req, res)?;
+        let name = &app.project.pipelines[pipeline].config.name;
+        label.clone_from(name);
+        tracing::Span::current().record("pipeline", name.as_str());
         maintenance(app, res)?;
         let body = read_body(app, pipeline, req, res).await?;
         let seen = Seen::new(app, req, body);
         check_rate(app, app.rate_rules[pipeline].as_ref(), &seen, &params, res).await?;
         verify(app, pipeline, &seen, &params, res).await?;
+        if app.project.pipelines[pipeline].config.log_body {
+            log_body(app, pipeline, &seen);
+        }
         let event = event(app, pipeline, &seen, params);
+        tracing::Span::current().record("event_id", event.id.as_str());
         let reply = self.respond(pipeline, &event).await;
         let event_id = app.recorder.as_ref().map(|_| event.id.clone());
         enqueue(app, pipeline, &seen, event, res).await?;
@@ -168,7 +227,11 @@ async fn enqueue(
         .enqueue(event, dedupe_key.as_ref().map(|(k, w)| (k.as_str(), *w)))
         .await
     {
-        Ok(Enqueued::Added(_)) => Ok(()),
+        Ok(Enqueued::Added(_)) => {
+            metrics::counter!("engine_events_queued_total", "pipeline" => name.clone())
+                .increment(1);
+            Ok(())
+        }
         Ok(Enqueued::Duplicate) => {
             tracing::info!(pipeline = %name, %event_id, "duplicate within the dedupe window: not queued again");
             metrics::counter!("engine_duplicates_total", "pipeline" => name.clone()).increment(1);
@@ -224,12 +287,26 @@ async fn process_now(
         }
         Attempt::Permanent(reason) => {
             tracing::error!(pipeline = %name, event_id = %event.id, %reason, "dead-lettered");
+            crate::ops::alerts::dead_lettered(name, &reason);
             q.handle
                 .dead_letter(&event, &reason)
                 .await
                 .map_err(|e| unavailable(res, &e.to_string()))
         }
     }
+}
+
+/// `log_body: true`: the verified request's body, the pipeline's `redact` fields replaced.
+fn log_body(app: &App, pipeline: usize, seen: &Seen<'_>) {
+    let content_type = seen
+        .req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let redact = &app.project.pipelines[pipeline].config.redact;
+    let body = crate::record::redacted_body(content_type, &seen.body, redact);
+    tracing::info!(body = %body, "request body");
 }
 
 /// `--record`: write an accepted request (2xx) as a fixture, credentials removed and the
@@ -243,7 +320,7 @@ fn record(
     status: u16,
 ) {
     let config = &app.project.pipelines[pipeline].config;
-    if !config.record.enabled || !(200..300).contains(&status) {
+    if !config.record || !(200..300).contains(&status) {
         return;
     }
     let verifier = app.verifiers[pipeline].as_ref();
@@ -259,7 +336,7 @@ fn record(
         status,
         signed: verifier.is_some(),
         credential: &|name: &str| verifier.is_some_and(|v| v.is_credential_header(name)),
-        redact: &config.record.redact,
+        redact: &config.redact,
     });
 }
 
@@ -493,6 +570,8 @@ async fn verify(
         Ok(()) => Ok(()),
         Err(VerifyError::Rejected(reason)) => {
             tracing::warn!(pipeline = %name, reason = reason.code(), client_ip = %seen.client_ip, "verification failed");
+            metrics::counter!("engine_verify_failures_total", "pipeline" => name.clone(), "reason" => reason.code())
+                .increment(1);
             Err(error(
                 res,
                 StatusCode::UNAUTHORIZED,
@@ -548,19 +627,33 @@ fn send(r: &Reply, res: &mut Response) {
     let _ = res.write_body(r.body.clone());
 }
 
-/// `/health`: liveness for Render, `"status":"maintenance"` (still 200) in maintenance mode.
-fn health(project: &Project, clock: &crate::clock::Clock, req: &Request, res: &mut Response) {
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        res.headers_mut()
-            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
-        error(
-            res,
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "This route does not accept this method.",
-        );
-        return;
+/// The engine's own paths: `/health`, `/ready`, `/metrics`.
+fn own_path(path: &str) -> Option<&'static str> {
+    match path {
+        "/health" => Some("health"),
+        "/ready" => Some("ready"),
+        "/metrics" => Some("metrics"),
+        _ => None,
     }
+}
+
+/// 405 unless GET or HEAD.
+fn only_get(req: &Request, res: &mut Response) -> Result<(), Stop> {
+    if req.method() == Method::GET || req.method() == Method::HEAD {
+        return Ok(());
+    }
+    res.headers_mut()
+        .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+    Err(error(
+        res,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "This route does not accept this method.",
+    ))
+}
+
+/// `/health`: liveness for Render, `"status":"maintenance"` (still 200) in maintenance mode.
+fn health(project: &Project, clock: &crate::clock::Clock, res: &mut Response) {
     let status = if project.settings.maintenance.enabled {
         "maintenance"
     } else {
@@ -573,6 +666,68 @@ fn health(project: &Project, clock: &crate::clock::Clock, req: &Request, res: &m
             .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         "environment": project.env.environment(),
     })));
+}
+
+/// `/ready`: 200 when Redis and Postgres (those configured) answer, else 503 naming what is down.
+async fn ready(app: &App, res: &mut Response) {
+    let (ok, body) = app.ready.run().await;
+    if !ok {
+        tracing::warn!(checks = %body["checks"], "not ready");
+        res.status_code(StatusCode::SERVICE_UNAVAILABLE);
+    }
+    res.render(Json(body));
+}
+
+/// `/metrics`: Prometheus text, behind METRICS_TOKEN (open in development without one).
+fn metrics_text(app: &App, req: &Request, res: &mut Response) {
+    use crate::ops::metrics::{Access, allowed, render};
+    let authorization = req
+        .headers()
+        .get(salvo::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match allowed(
+        app.metrics_token.as_deref(),
+        app.project.env.is_production(),
+        authorization,
+    ) {
+        Access::Unauthorized => {
+            res.headers_mut().insert(
+                salvo::http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer"),
+            );
+            error(
+                res,
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "Metrics need Authorization: Bearer <METRICS_TOKEN>.",
+            );
+        }
+        Access::Disabled => {
+            error(
+                res,
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "Metrics are off in production until METRICS_TOKEN is set.",
+            );
+        }
+        Access::Open => match render() {
+            Some(text) => {
+                res.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                let _ = res.write_body(text);
+            }
+            None => {
+                error(
+                    res,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "Another metrics recorder is installed in this process.",
+                );
+            }
+        },
+    }
 }
 
 fn too_large(res: &mut Response, limit: u64) -> Stop {

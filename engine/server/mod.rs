@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use salvo::conn::{Acceptor, Listener};
 use salvo::cors::{AllowHeaders, AllowOrigin, Cors};
 use salvo::http::Method;
@@ -49,6 +50,12 @@ pub struct App {
     pub clock: crate::clock::Clock,
     /// Writes accepted requests as fixtures (`engine serve --record DIR`).
     pub recorder: Option<crate::record::Recorder>,
+    /// What `/ready` checks.
+    pub ready: crate::ops::ready::Checks,
+    /// The bearer token `/metrics` needs (METRICS_TOKEN).
+    pub metrics_token: Option<String>,
+    /// The sinks' Postgres pool (for the pool gauges).
+    pub pool: Option<deadpool_postgres::Pool>,
 }
 
 /// What an app reads time from and writes rows to: the system clock and the configured sinks
@@ -59,6 +66,9 @@ pub struct Surroundings {
     pub sinks: crate::sink::Target,
     /// Record accepted requests as fixtures under this directory.
     pub record: Option<std::path::PathBuf>,
+    /// In-process queues to keep using (by name) instead of new ones: a reload carries them
+    /// over so events waiting in them are not lost.
+    pub memory_queues: Vec<Arc<crate::queue::memory::MemoryQueue>>,
 }
 
 impl App {
@@ -120,7 +130,18 @@ impl App {
             )?;
             responders.push(r);
         }
-        let queued = queueing::build(&project, &around.sinks)?;
+        let pool = queueing::sink_pool(&project, &around.sinks)?;
+        let queued = queueing::build(
+            &project,
+            &around.sinks,
+            pool.as_ref(),
+            &around.memory_queues,
+        )?;
+        let ready = crate::ops::ready::Checks::new(
+            project.settings.redis_url.as_deref(),
+            project.settings.database_url.as_deref(),
+        )?;
+        let metrics_token = project.env.get_string("METRICS_TOKEN");
         let proxies = TrustedProxies::parse(&project.settings.trusted_proxies);
         let default = project.settings.rate_limit.as_ref().filter(|r| r.enabled);
         let exempt = |path: &str| default.is_some_and(|d| d.exempt.iter().any(|e| e == path));
@@ -155,6 +176,9 @@ impl App {
             queued,
             clock: around.clock,
             recorder: around.record.map(|dir| crate::record::Recorder { dir }),
+            ready,
+            metrics_token,
+            pool,
         })
     }
 }
@@ -181,7 +205,113 @@ pub struct Running {
     pub addr: SocketAddr,
     handle: ServerHandle,
     task: tokio::task::JoinHandle<()>,
-    workers: queueing::Workers,
+    live: Arc<Live>,
+}
+
+/// The pipeline set being served, swapped whole by a reload: requests that started on the old
+/// set finish on it (they hold its `Arc`), new ones see the new set.
+pub struct Live {
+    current: ArcSwap<Serving>,
+    /// The running workers of the current set (`None` once stopped).
+    workers: std::sync::Mutex<Option<queueing::Workers>>,
+    /// Whether this process runs queue workers at all.
+    run_workers: bool,
+    /// What every set is built with (recording directory).
+    record: Option<std::path::PathBuf>,
+}
+
+/// One built set: the app and its handler chain.
+struct Serving {
+    app: Arc<App>,
+    chain: Vec<Arc<dyn Handler>>,
+}
+
+impl Live {
+    fn new(app: Arc<App>, run_workers: bool, record: Option<std::path::PathBuf>) -> Live {
+        let workers = run_workers.then(|| queueing::start(&app.queued));
+        Live {
+            current: ArcSwap::from_pointee(Serving {
+                chain: chain(app.clone()),
+                app,
+            }),
+            workers: std::sync::Mutex::new(workers),
+            run_workers,
+            record,
+        }
+    }
+
+    /// The app serving now.
+    pub fn app(&self) -> Arc<App> {
+        self.current.load().app.clone()
+    }
+
+    /// Build `project` into a new set (in-process queues carried over, so no queued event is
+    /// dropped), start its workers, swap it in, then let the old workers finish within `grace`.
+    pub fn swap(&self, project: Project, grace: Duration) -> Result<(), String> {
+        let old = self.app();
+        let carried = old
+            .queued
+            .iter()
+            .flatten()
+            .filter_map(|q| match &q.handle {
+                queueing::QueueHandle::Memory(m) => Some(m.clone()),
+                queueing::QueueHandle::Redis(_) => None,
+            })
+            .collect();
+        let app = Arc::new(App::build_in(
+            project,
+            Surroundings {
+                record: self.record.clone(),
+                memory_queues: carried,
+                ..Surroundings::default()
+            },
+        )?);
+        let workers = self.run_workers.then(|| queueing::start(&app.queued));
+        self.current.store(Arc::new(Serving {
+            chain: chain(app.clone()),
+            app,
+        }));
+        let previous = std::mem::replace(
+            &mut *self.workers.lock().unwrap_or_else(|e| e.into_inner()),
+            workers,
+        );
+        if let Some(w) = previous {
+            tokio::spawn(w.stop(grace));
+        }
+        Ok(())
+    }
+
+    async fn stop_workers(&self, grace: Duration) {
+        let w = self
+            .workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(w) = w {
+            w.stop(grace).await;
+        }
+    }
+}
+
+/// The salvo handler in front of the live set.
+struct LiveHandler {
+    live: Arc<Live>,
+}
+
+#[async_trait]
+impl Handler for LiveHandler {
+    async fn handle(
+        &self,
+        req: &mut Request,
+        depot: &mut Depot,
+        res: &mut Response,
+        _: &mut FlowCtrl,
+    ) {
+        let serving = self.live.current.load_full();
+        FlowCtrl::new(serving.chain.clone())
+            .call_next(req, depot, res)
+            .await;
+    }
 }
 
 impl Running {
@@ -190,26 +320,30 @@ impl Running {
     pub async fn shutdown(self, grace: Duration) {
         self.handle.stop_graceful(Some(grace));
         let _ = self.task.await;
-        self.workers.stop(grace).await;
+        self.live.stop_workers(grace).await;
     }
 
     /// Wait until the server stops.
     pub async fn wait(self) {
         let _ = self.task.await;
     }
+
+    /// The live pipeline set (for reloads).
+    pub fn live(&self) -> Arc<Live> {
+        self.live.clone()
+    }
 }
 
-/// Build the salvo service for an app.
+/// Build the salvo service for an app (one fixed set; `engine serve` uses a [`Live`] one).
 pub fn service(app: Arc<App>) -> Service {
-    let cors = cors(&app);
+    live_service(Arc::new(Live::new(app, false, None)))
+}
+
+fn live_service(live: Arc<Live>) -> Service {
     let router = Router::new()
-        .push(Router::with_path("{**rest}").goal(dispatch::Dispatch { app: app.clone() }))
-        .goal(dispatch::Dispatch { app });
-    let service = Service::new(router);
-    match cors {
-        Some(c) => service.hoop(c),
-        None => service,
-    }
+        .push(Router::with_path("{**rest}").goal(LiveHandler { live: live.clone() }))
+        .goal(LiveHandler { live });
+    Service::new(router)
 }
 
 /// The handlers a request passes through, in order, as the service runs them: CORS (when
@@ -262,7 +396,17 @@ pub async fn start_with(
     workers: bool,
     around: Surroundings,
 ) -> std::io::Result<Running> {
+    let record = around.record.clone();
     let app = Arc::new(App::build_in(project, around).map_err(std::io::Error::other)?);
+    let queues = app.queued.iter().flatten().count();
+    if queues > 0 {
+        let backend = if app.project.settings.redis_url.is_some() {
+            "redis"
+        } else {
+            "in-process"
+        };
+        tracing::info!(queues, backend, "queues initialised");
+    }
     let acceptor = TcpListener::new(addr)
         .try_bind()
         .await
@@ -279,31 +423,29 @@ pub async fn start_with(
         .with_connection_idle_timeout(Duration::from_secs(t.idle_secs));
     let server = Server::new(acceptor).fuse_config(fuse);
     let handle = server.handle();
+    let live = Arc::new(Live::new(app, workers, record));
     // In-memory rate-limit keys of clients that went quiet carry no information: drop them.
-    let housekeeping = Arc::downgrade(&app);
+    let housekeeping = Arc::downgrade(&live);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
         tick.tick().await;
         loop {
             tick.tick().await;
             match housekeeping.upgrade() {
-                Some(app) => app.limiter.housekeeping(),
+                Some(live) => live.app().limiter.housekeeping(),
                 None => break,
             }
         }
     });
-    let workers = if workers {
-        queueing::start(&app.queued)
-    } else {
-        queueing::start(&[])
-    };
-    let service = service(app);
+    let sampled = Arc::downgrade(&live);
+    crate::ops::metrics::start_sampler(move || sampled.upgrade().map(|l| l.app()));
+    let service = live_service(live.clone());
     let task = tokio::spawn(async move { server.serve(service).await });
     Ok(Running {
         addr: local,
         handle,
         task,
-        workers,
+        live,
     })
 }
 
@@ -318,6 +460,9 @@ async fn announce_redis(project: &Project) {
             tracing::info!("Redis connected");
             for w in warnings {
                 tracing::warn!("{w}");
+                if project.env.is_production() {
+                    crate::ops::alerts::note(&w);
+                }
             }
         }
         Err(e) => {
@@ -326,11 +471,32 @@ async fn announce_redis(project: &Project) {
     }
 }
 
+/// The seed's "Supabase connection established" start-up line, or an error naming the problem.
+async fn announce_database(project: &Project) {
+    let Some(url) = &project.settings.database_url else {
+        return;
+    };
+    match crate::ops::ready::Checks::new(None, Some(url)) {
+        Ok(checks) => {
+            let (ok, body) = checks.run().await;
+            if ok {
+                tracing::info!("database connected");
+            } else {
+                tracing::error!(state = %body["checks"]["postgres"], "database unreachable: sinks retry until it is back");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "database settings unusable"),
+    }
+}
+
 /// Run only the queue workers until SIGTERM/SIGINT (`engine worker`).
 pub async fn serve_workers(project: Project) -> std::io::Result<()> {
+    let _ops = crate::ops::start(&project);
     announce_redis(&project).await;
     let grace = Duration::from_secs(project.settings.shutdown_grace_secs);
-    let app = App::build(project).map_err(std::io::Error::other)?;
+    let app = Arc::new(App::build(project).map_err(std::io::Error::other)?);
+    let sampled = Arc::downgrade(&app);
+    crate::ops::metrics::start_sampler(move || sampled.upgrade());
     let queues = app.queued.iter().flatten().count();
     let workers = queueing::start(&app.queued);
     tracing::info!(queues, "workers running");
@@ -345,13 +511,21 @@ pub async fn serve_workers(project: Project) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Serve until SIGTERM/SIGINT, then shut down gracefully; `record` writes accepted requests as
-/// fixtures there.
-pub async fn serve(
-    project: Project,
-    workers: bool,
-    record: Option<std::path::PathBuf>,
-) -> std::io::Result<()> {
+/// How `engine serve` runs.
+#[derive(Debug, Clone, Default)]
+pub struct ServeOptions {
+    /// Run queue workers in this process.
+    pub workers: bool,
+    /// Write accepted requests as fixtures under this directory.
+    pub record: Option<std::path::PathBuf>,
+    /// Where SIGHUP (and `watch`) reload the pipelines from.
+    pub reload: Option<crate::ops::reload::Source>,
+    /// Reload whenever a file under the pipelines directory changes.
+    pub watch: bool,
+}
+
+/// Serve until SIGTERM/SIGINT, then shut down gracefully.
+pub async fn serve(project: Project, opts: ServeOptions) -> std::io::Result<()> {
     let grace = Duration::from_secs(project.settings.shutdown_grace_secs);
     let addr: SocketAddr = format!("{}:{}", project.settings.host, project.settings.port)
         .parse()
@@ -373,15 +547,23 @@ pub async fn serve(
     if project.settings.maintenance.enabled {
         tracing::warn!("maintenance mode is on: pipeline routes answer 503");
     }
+    let _ops = crate::ops::start(&project);
     announce_redis(&project).await;
-    if let Some(dir) = &record {
+    announce_database(&project).await;
+    if let Some(dir) = &opts.record {
         tracing::warn!(dir = %dir.display(), "recording accepted requests as fixtures: they hold real payloads minus credentials and redacted fields; keep the directory private");
     }
     let around = Surroundings {
-        record,
+        record: opts.record.clone(),
         ..Surroundings::default()
     };
-    let running = start_with(project, addr, workers, around).await?;
+    let running = start_with(project, addr, opts.workers, around).await?;
+    if let Some(source) = opts.reload {
+        if opts.watch {
+            tracing::info!(dir = %source.dir.display(), "watching the pipelines directory for changes");
+        }
+        crate::ops::reload::spawn(running.live(), source, opts.watch, grace);
+    }
     tracing::info!(
         port = running.addr.port(),
         "Server listening on port {}",

@@ -78,17 +78,31 @@ pub struct Queued {
     pub worker: Arc<Worker>,
 }
 
+/// The sinks' Postgres pool, when DATABASE_URL is set and sinks write there.
+pub fn sink_pool(
+    project: &Project,
+    target: &Target,
+) -> Result<Option<deadpool_postgres::Pool>, String> {
+    match &project.settings.database_url {
+        Some(url) if matches!(target, Target::Configured) => {
+            Ok(Some(crate::db::pool_with_timeout(
+                url,
+                project.settings.database_pool_size,
+                Some(Duration::from_millis(project.settings.statement_timeout_ms)),
+            )?))
+        }
+        _ => Ok(None),
+    }
+}
+
 /// Build queues and workers for the queued pipelines (`None` for the others), their sinks writing
-/// to `target`.
-pub fn build(project: &Project, target: &Target) -> Result<Vec<Option<Queued>>, String> {
-    let pool = match &project.settings.database_url {
-        Some(url) if matches!(target, Target::Configured) => Some(crate::db::pool_with_timeout(
-            url,
-            project.settings.database_pool_size,
-            Some(Duration::from_millis(project.settings.statement_timeout_ms)),
-        )?),
-        _ => None,
-    };
+/// to `target` (through `pool` for postgres sinks).
+pub fn build(
+    project: &Project,
+    target: &Target,
+    pool: Option<&deadpool_postgres::Pool>,
+    reuse: &[Arc<MemoryQueue>],
+) -> Result<Vec<Option<Queued>>, String> {
     let keyring = crate::crypto::Keyring::from_env(&project.env)
         .transpose()
         .map_err(|e| format!("ENCRYPTION_KEY: {e}"))?;
@@ -107,7 +121,13 @@ pub fn build(project: &Project, target: &Target) -> Result<Vec<Option<Queued>>, 
                 RedisQueue::new(url, &project.settings.redis_key_prefix, &name, &consumer)
                     .map_err(|e| e.to_string())?,
             )),
-            None => QueueHandle::Memory(Arc::new(MemoryQueue::new(&name))),
+            None => QueueHandle::Memory(
+                reuse
+                    .iter()
+                    .find(|q| crate::queue::Outcomes::name(&***q) == name)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(MemoryQueue::new(&name))),
+            ),
         };
         if pool.is_none()
             && matches!(target, Target::Configured)
@@ -123,7 +143,7 @@ pub fn build(project: &Project, target: &Target) -> Result<Vec<Option<Queued>>, 
         let sinks = match target {
             Target::Configured => crate::sink::build(
                 &p.config.sinks,
-                pool.as_ref(),
+                pool,
                 keyring.as_ref(),
                 &project.settings.data_dir,
             )?,

@@ -70,6 +70,12 @@ impl TenantSecrets {
         credential: &str,
     ) -> Result<Option<Arc<String>>, TenantError> {
         let key = (tenant.to_string(), credential.to_string());
+        let result = if self.cache.contains_key(&key) {
+            "hit"
+        } else {
+            "miss"
+        };
+        metrics::counter!("engine_tenant_secret_lookups_total", "result" => result).increment(1);
         self.cache
             .try_get_with(key, self.fetch(tenant, credential))
             .await

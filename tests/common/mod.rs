@@ -122,6 +122,11 @@ impl TestApp {
         format!("{}{}", self.base, path)
     }
 
+    /// The live pipeline set, for reloads.
+    pub fn live(&self) -> std::sync::Arc<engine::server::Live> {
+        self.running.as_ref().unwrap().live()
+    }
+
     pub async fn stop(mut self) {
         if let Some(r) = self.running.take() {
             r.shutdown(Duration::from_secs(5)).await;

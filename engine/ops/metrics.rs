@@ -1,0 +1,347 @@
+//! `/metrics`: the engine's counters, gauges and histograms in Prometheus text format.
+//!
+//! Code everywhere records through the `metrics` facade (`metrics::counter!` and friends); this
+//! module installs the Prometheus recorder once per process, renders it for `/metrics`, and runs
+//! the sampler that turns state into gauges every [`SAMPLE_EVERY`]: queue depth, pending,
+//! delayed, dead letters and oldest age per queue, Postgres pool use, resident memory. Every
+//! metric name is listed in [`NAMES`] (and in docs/operations.md).
+//!
+//! Access: with METRICS_TOKEN set, `/metrics` needs `Authorization: Bearer <token>`; without it,
+//! it is open outside production and answers 404 in production (metrics tell an attacker which
+//! pipelines exist and how busy they are).
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// How often the sampler refreshes the gauges.
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(10);
+
+/// Latency buckets, seconds: 1 ms to 30 s.
+const BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Every metric the engine exports: name, type, labels, meaning.
+pub const NAMES: &[(&str, &str, &str, &str)] = &[
+    (
+        "engine_http_requests_total",
+        "counter",
+        "pipeline, status",
+        "answered requests; pipeline is `health`, `metrics`, `ready` or `-` (no route) for the engine's own paths",
+    ),
+    (
+        "engine_http_request_duration_seconds",
+        "histogram",
+        "pipeline",
+        "time from the request's arrival to its answer",
+    ),
+    (
+        "engine_verify_failures_total",
+        "counter",
+        "pipeline, reason",
+        "requests refused by verification (reason: missing_credentials, malformed_header, bad_signature, stale_timestamp, body_hash_mismatch, unknown_tenant, ip_not_allowed)",
+    ),
+    (
+        "engine_rate_limited_total",
+        "counter",
+        "bucket",
+        "requests answered 429",
+    ),
+    (
+        "engine_rate_limit_backend_errors_total",
+        "counter",
+        "bucket",
+        "rate-limit checks the backend (Redis) could not answer",
+    ),
+    (
+        "engine_events_queued_total",
+        "counter",
+        "pipeline",
+        "events stored in the queue",
+    ),
+    (
+        "engine_duplicates_total",
+        "counter",
+        "pipeline",
+        "repeats within the dedupe window, answered and not stored again",
+    ),
+    (
+        "engine_events_processed_total",
+        "counter",
+        "queue, outcome",
+        "worker results: written, dropped, retried, dead_lettered",
+    ),
+    (
+        "engine_dead_lettered_total",
+        "counter",
+        "queue",
+        "events moved to the dead letters",
+    ),
+    (
+        "engine_queue_lost_total",
+        "counter",
+        "queue",
+        "times the consumer group was found gone (Redis restarted without persistence): events queued before are lost",
+    ),
+    (
+        "engine_transform_duration_seconds",
+        "histogram",
+        "queue",
+        "running a pipeline's transform steps on one event",
+    ),
+    (
+        "engine_transform_failures_total",
+        "counter",
+        "queue, kind",
+        "transform failures, retry or permanent",
+    ),
+    (
+        "engine_event_latency_seconds",
+        "histogram",
+        "queue",
+        "from the request's arrival to its rows written",
+    ),
+    ("engine_sink_rows_total", "counter", "sink", "rows written"),
+    (
+        "engine_sink_errors_total",
+        "counter",
+        "sink, kind",
+        "sink write failures, retry or permanent",
+    ),
+    (
+        "engine_tenant_secret_lookups_total",
+        "counter",
+        "result",
+        "per-tenant secret lookups: hit (cache) or miss (database)",
+    ),
+    (
+        "engine_queue_depth",
+        "gauge",
+        "queue",
+        "entries in the work stream",
+    ),
+    (
+        "engine_queue_pending",
+        "gauge",
+        "queue",
+        "entries delivered and not yet acknowledged",
+    ),
+    (
+        "engine_queue_delayed",
+        "gauge",
+        "queue",
+        "retries waiting for their time",
+    ),
+    ("engine_queue_dead", "gauge", "queue", "dead letters kept"),
+    (
+        "engine_queue_oldest_age_seconds",
+        "gauge",
+        "queue",
+        "age of the oldest entry in the work stream",
+    ),
+    (
+        "engine_db_pool_connections",
+        "gauge",
+        "state",
+        "Postgres pool connections: in_use, idle, max",
+    ),
+    (
+        "engine_process_resident_memory_bytes",
+        "gauge",
+        "",
+        "resident memory of the process",
+    ),
+    (
+        "engine_reloads_total",
+        "counter",
+        "result",
+        "pipeline reloads: ok or failed",
+    ),
+    (
+        "engine_alerts_sent_total",
+        "counter",
+        "",
+        "alert messages posted to Slack",
+    ),
+    (
+        "engine_alerts_dropped_total",
+        "counter",
+        "",
+        "alerts not sent: over the hourly cap or the queue to the sender full",
+    ),
+];
+
+/// The process's Prometheus recorder, installed on first use. `None` when another recorder was
+/// installed first (a host program's own): then `/metrics` says so instead of lying.
+pub fn handle() -> Option<&'static PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)
+                .ok()?
+                .install_recorder()
+                .ok()
+        })
+        .as_ref()
+}
+
+/// The exposition text.
+pub fn render() -> Option<String> {
+    let h = handle()?;
+    h.run_upkeep();
+    Some(h.render())
+}
+
+/// Refresh the gauges from the app `current` gives (the one serving now, across reloads) every
+/// [`SAMPLE_EVERY`], until it gives none.
+pub fn start_sampler(
+    current: impl Fn() -> Option<std::sync::Arc<crate::server::App>> + Send + 'static,
+) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(SAMPLE_EVERY);
+        loop {
+            tick.tick().await;
+            let Some(app) = current() else { break };
+            sample(&app).await;
+        }
+    });
+}
+
+/// One refresh of the gauges.
+pub async fn sample(app: &crate::server::App) {
+    use crate::server::queueing::QueueHandle;
+    for q in app.queued.iter().flatten() {
+        match &q.handle {
+            QueueHandle::Redis(r) => {
+                let name = r.name().to_string();
+                match r.stats().await {
+                    Ok(s) => {
+                        metrics::gauge!("engine_queue_depth", "queue" => name.clone())
+                            .set(s.depth as f64);
+                        metrics::gauge!("engine_queue_pending", "queue" => name.clone())
+                            .set(s.pending as f64);
+                        metrics::gauge!("engine_queue_delayed", "queue" => name.clone())
+                            .set(s.delayed as f64);
+                        metrics::gauge!("engine_queue_dead", "queue" => name.clone())
+                            .set(s.dead as f64);
+                        metrics::gauge!("engine_queue_oldest_age_seconds", "queue" => name)
+                            .set(s.oldest_age_ms.unwrap_or(0) as f64 / 1000.0);
+                    }
+                    Err(e) => tracing::debug!(queue = %name, error = %e, "queue stats unavailable"),
+                }
+            }
+            QueueHandle::Memory(m) => {
+                let name = crate::queue::Outcomes::name(&**m).to_string();
+                metrics::gauge!("engine_queue_depth", "queue" => name.clone()).set(m.len() as f64);
+                metrics::gauge!("engine_queue_dead", "queue" => name)
+                    .set(m.dead_letters().len() as f64);
+            }
+        }
+    }
+    if let Some(pool) = &app.pool {
+        let s = pool.status();
+        metrics::gauge!("engine_db_pool_connections", "state" => "in_use")
+            .set(s.size.saturating_sub(s.available) as f64);
+        metrics::gauge!("engine_db_pool_connections", "state" => "idle").set(s.available as f64);
+        metrics::gauge!("engine_db_pool_connections", "state" => "max").set(s.max_size as f64);
+    }
+    if let Some(rss) = resident_memory() {
+        metrics::gauge!("engine_process_resident_memory_bytes").set(rss as f64);
+    }
+}
+
+/// Resident memory from /proc (Linux; Render runs Linux), bytes.
+pub fn resident_memory() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+/// Whether `/metrics` may be served to a request with this `Authorization` header.
+pub fn allowed(token: Option<&str>, production: bool, authorization: Option<&str>) -> Access {
+    match token {
+        Some(t) => {
+            let given = authorization
+                .and_then(|a| a.strip_prefix("Bearer "))
+                .unwrap_or("");
+            if crate::verify::mac::ct_eq(given.as_bytes(), t.as_bytes()) {
+                Access::Open
+            } else {
+                Access::Unauthorized
+            }
+        }
+        None if production => Access::Disabled,
+        None => Access::Open,
+    }
+}
+
+/// The answer to a `/metrics` request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Open,
+    Unauthorized,
+    Disabled,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_rules() {
+        assert_eq!(allowed(None, false, None), Access::Open);
+        assert_eq!(allowed(None, true, None), Access::Disabled);
+        assert_eq!(
+            allowed(Some("s3cret-token-123456"), true, None),
+            Access::Unauthorized
+        );
+        assert_eq!(
+            allowed(
+                Some("s3cret-token-123456"),
+                true,
+                Some("Bearer s3cret-token-123456")
+            ),
+            Access::Open
+        );
+        assert_eq!(
+            allowed(
+                Some("s3cret-token-123456"),
+                false,
+                Some("Bearer s3cret-token-12345")
+            ),
+            Access::Unauthorized
+        );
+    }
+
+    #[test]
+    fn every_name_is_unique_and_prefixed() {
+        let mut seen = std::collections::HashSet::new();
+        for (name, kind, _, _) in NAMES {
+            assert!(name.starts_with("engine_"), "{name}");
+            assert!(seen.insert(*name), "{name} twice");
+            assert!(["counter", "gauge", "histogram"].contains(kind));
+            if *kind == "counter" {
+                assert!(name.ends_with("_total"), "{name}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_metric_is_documented() {
+        let doc = include_str!("../../docs/operations.md");
+        for (name, kind, _, _) in NAMES {
+            assert!(
+                doc.contains(&format!("| `{name}` | {kind} |")),
+                "docs/operations.md lacks {name}"
+            );
+        }
+    }
+
+    #[test]
+    fn memory_is_read_on_linux() {
+        assert!(resident_memory().is_some_and(|b| b > 1 << 20));
+    }
+}

@@ -1,0 +1,54 @@
+//! Operating the engine: what an on-call engineer reads and receives.
+//!
+//! - [`metrics`]: `/metrics` in Prometheus text format, and the sampler behind its gauges
+//! - [`ready`]: `/ready`, whether Redis and Postgres answer
+//! - [`alerts`]: dead letters, lost queues and sink outages posted to Slack, aggregated
+//! - [`reload`]: re-reading the pipelines directory on SIGHUP or `--watch`, swapped in atomically
+//! - [`errors`]: errors and panics to Sentry when SENTRY_DSN is set, secrets scrubbed
+
+pub mod alerts;
+pub mod errors;
+pub mod metrics;
+pub mod ready;
+pub mod reload;
+
+use crate::config::Project;
+
+/// What [`start`] turned on; keep it alive while serving (Sentry flushes when it drops).
+pub struct Started {
+    _sentry: Option<sentry::ClientInitGuard>,
+}
+
+/// Turn on what the environment asks for, once per process (`engine serve` / `engine worker`):
+/// Slack alerts when SLACK_WEBHOOK_URL is set, Sentry when SENTRY_DSN is set.
+pub fn start(project: &Project) -> Started {
+    let sentry = project.env.get_string("SENTRY_DSN").and_then(|dsn| {
+        let secrets = project.env.secret_values();
+        let guard = errors::init(&dsn, project.env.environment(), secrets);
+        match &guard {
+            Some(_) => tracing::info!("errors go to Sentry"),
+            None => tracing::warn!("SENTRY_DSN is set but Sentry could not start"),
+        }
+        guard
+    });
+    if let Some(url) = project.env.get_string("SLACK_WEBHOOK_URL") {
+        let outage = project
+            .env
+            .get("ALERT_SINK_OUTAGE_SECS")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(120);
+        let host = std::env::var("RENDER_INSTANCE_ID")
+            .or_else(|_| std::env::var("HOSTNAME"))
+            .unwrap_or_else(|_| "engine".into());
+        let source = format!("{}, {host}", project.env.environment());
+        match alerts::install(alerts::Config::new(
+            url,
+            std::time::Duration::from_secs(outage),
+            source,
+        )) {
+            Ok(()) => tracing::info!("alerts go to Slack"),
+            Err(e) => tracing::warn!(error = %e, "alerts not installed"),
+        }
+    }
+    Started { _sentry: sentry }
+}

@@ -1,0 +1,176 @@
+//! `/ready`: whether this instance can do its work now, for load balancers and deploy checks.
+//!
+//! 200 only when the pipelines are loaded (always, once serving) and every configured dependency
+//! answers within [`TIMEOUT`]: Redis (`PING`) when REDIS_URL is set, Postgres (`SELECT 1`) when
+//! DATABASE_URL is set. Otherwise 503 with a JSON body naming what is down. `/health` stays the
+//! cheap liveness check (Render restarts an instance whose health check fails; a Redis outage
+//! should not restart every instance, so Render's health check is `/health`, not `/ready`).
+
+use std::time::Duration;
+
+use mobc_redis::redis;
+use serde_json::{Value, json};
+
+/// How long each dependency may take to answer.
+pub const TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The dependencies a ready instance needs.
+pub struct Checks {
+    redis: Option<redis::Client>,
+    postgres: Option<deadpool_postgres::Pool>,
+}
+
+impl Checks {
+    /// Checks for the configured dependencies (URLs already validated at load).
+    pub fn new(redis_url: Option<&str>, database_url: Option<&str>) -> Result<Checks, String> {
+        let redis = redis_url
+            .map(redis::Client::open)
+            .transpose()
+            .map_err(|_| "REDIS_URL is not a valid Redis URL".to_string())?;
+        let postgres = database_url
+            .map(|url| crate::db::pool(url, 1))
+            .transpose()?;
+        Ok(Checks { redis, postgres })
+    }
+
+    /// Every dependency's state, and whether all are up.
+    pub async fn run(&self) -> (bool, Value) {
+        let (redis, postgres) = tokio::join!(self.redis(), self.postgres());
+        let mut checks = serde_json::Map::new();
+        checks.insert("pipelines".into(), json!("ok"));
+        let mut ready = true;
+        for (name, state) in [("redis", redis), ("postgres", postgres)] {
+            match state {
+                None => {}
+                Some(Ok(())) => {
+                    checks.insert(name.into(), json!("ok"));
+                }
+                Some(Err(why)) => {
+                    ready = false;
+                    checks.insert(name.into(), json!(format!("down: {why}")));
+                }
+            }
+        }
+        let status = if ready { "ready" } else { "not_ready" };
+        (ready, json!({"status": status, "checks": checks}))
+    }
+
+    async fn redis(&self) -> Option<Result<(), String>> {
+        let client = self.redis.as_ref()?;
+        let ping = async {
+            let mut c = client
+                .get_multiplexed_async_connection()
+                .await
+                .map_err(|e| describe(&e.to_string()))?;
+            redis::cmd("PING")
+                .query_async::<String>(&mut c)
+                .await
+                .map(|_| ())
+                .map_err(|e| describe(&e.to_string()))
+        };
+        Some(
+            tokio::time::timeout(TIMEOUT, ping)
+                .await
+                .unwrap_or_else(|_| Err("no answer within 2 s".into())),
+        )
+    }
+
+    async fn postgres(&self) -> Option<Result<(), String>> {
+        let pool = self.postgres.as_ref()?;
+        let select = async {
+            let client = pool.get().await.map_err(|e| describe(&chain(&e)))?;
+            client
+                .simple_query("SELECT 1")
+                .await
+                .map(|_| ())
+                .map_err(|e| describe(&chain(&e)))
+        };
+        Some(
+            tokio::time::timeout(TIMEOUT, select)
+                .await
+                .unwrap_or_else(|_| Err("no answer within 2 s".into())),
+        )
+    }
+}
+
+/// An error and its causes, one after another (the pool's error hides the driver's).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}
+
+/// A driver error as a short reason without connection details (URLs can carry passwords).
+fn describe(error: &str) -> String {
+    tracing::debug!(error, "dependency check failed");
+    let lower = error.to_ascii_lowercase();
+    let reason = if lower.contains("refused") {
+        "connection refused"
+    } else if lower.contains("timed out") || lower.contains("timeout") {
+        "timed out"
+    } else if lower.contains("auth") || lower.contains("password") {
+        "authentication failed"
+    } else if lower.contains("dns") || lower.contains("lookup") || lower.contains("resolve") {
+        "host not found"
+    } else if lower.contains("tls") || lower.contains("certificate") {
+        "TLS failed"
+    } else {
+        "unreachable"
+    };
+    reason.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_never_carry_the_error_text() {
+        assert_eq!(
+            describe(
+                "error connecting to postgres://u:hunter2@db:5432: Connection refused (os error 111)"
+            ),
+            "connection refused"
+        );
+        assert_eq!(
+            describe("password authentication failed for user \"u\""),
+            "authentication failed"
+        );
+        assert_eq!(describe("something odd with hunter2"), "unreachable");
+    }
+
+    #[tokio::test]
+    async fn nothing_configured_is_ready() {
+        let (ready, body) = Checks::new(None, None).unwrap().run().await;
+        assert!(ready);
+        assert_eq!(
+            body,
+            json!({"status": "ready", "checks": {"pipelines": "ok"}})
+        );
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_is_down() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let checks = Checks::new(
+            Some(&format!("redis://127.0.0.1:{port}")),
+            Some(&format!(
+                "postgres://postgres@127.0.0.1:{port}/test?sslmode=disable"
+            )),
+        )
+        .unwrap();
+        let (ready, body) = checks.run().await;
+        assert!(!ready);
+        assert_eq!(body["status"], "not_ready");
+        assert_eq!(body["checks"]["redis"], "down: connection refused");
+        assert_eq!(body["checks"]["postgres"], "down: connection refused");
+    }
+}

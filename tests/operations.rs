@@ -1,0 +1,328 @@
+//! Operating the engine: `/metrics` moves with traffic and is guarded by METRICS_TOKEN, request
+//! ids are echoed, `/ready` names a stopped Redis or Postgres (private instances), and hot reload
+//! swaps a valid change in, keeps the old set on an invalid one, and lets requests in flight
+//! finish on the set they started on.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Dir, PrivatePostgres, PrivateRedis};
+use engine::env::EnvSource;
+use engine::ops::reload::{EnvOrigin, Source, reload};
+
+/// The shipped pipelines with rows written under a temp dir.
+fn shipped_with_data(data: &std::path::Path) -> Dir {
+    let dir = Dir::shipped_copy();
+    let base = std::fs::read_to_string(dir.path().join("engine.yaml")).unwrap();
+    dir.write(
+        "engine.yaml",
+        &format!("{base}\ndata_dir: '{}'\n", data.display()),
+    );
+    dir
+}
+
+/// The value of one sample line (`name{labels} value`) in an exposition, 0 when absent.
+fn sample(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn metrics(app: &common::TestApp) -> String {
+    let res = app.client.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(
+        res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    res.text().await.unwrap()
+}
+
+#[tokio::test]
+async fn metrics_move_with_traffic() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = shipped_with_data(data.path());
+    let app = common::spawn_app(dir.path(), &[]).await;
+    let before = metrics(&app).await;
+    let body =
+        std::fs::read(common::shipped().join("../fixtures/payloads/vapi/status-update.json"))
+            .unwrap();
+    let post = |auth: &'static str| {
+        app.client
+            .post(app.url("/api/webhooks/vapi"))
+            .header("authorization", auth)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+    };
+    assert_eq!(
+        post("Bearer dev-vapi-webhook-secret")
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        post("Bearer dev-vapi-webhook-secret")
+            .await
+            .unwrap()
+            .status(),
+        200
+    ); // duplicate
+    assert_eq!(post("Bearer wrong").await.unwrap().status(), 401);
+    // the worker writes the row shortly after
+    let mut after = String::new();
+    for _ in 0..100 {
+        after = metrics(&app).await;
+        if sample(&after, r#"engine_sink_rows_total{sink="call_status"}"#)
+            > sample(&before, r#"engine_sink_rows_total{sink="call_status"}"#)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let delta = |name: &str| sample(&after, name) - sample(&before, name);
+    assert_eq!(
+        delta(r#"engine_http_requests_total{pipeline="vapi",status="200"}"#),
+        2.0,
+        "{after}"
+    );
+    assert_eq!(
+        delta(r#"engine_http_requests_total{pipeline="vapi",status="401"}"#),
+        1.0
+    );
+    assert_eq!(
+        delta(r#"engine_verify_failures_total{pipeline="vapi",reason="bad_token"}"#)
+            + delta(r#"engine_verify_failures_total{pipeline="vapi",reason="bad_signature"}"#),
+        1.0,
+        "{after}"
+    );
+    assert_eq!(delta(r#"engine_events_queued_total{pipeline="vapi"}"#), 1.0);
+    assert_eq!(delta(r#"engine_duplicates_total{pipeline="vapi"}"#), 1.0);
+    assert_eq!(
+        delta(r#"engine_events_processed_total{queue="vapi",outcome="written"}"#),
+        1.0
+    );
+    assert_eq!(delta(r#"engine_sink_rows_total{sink="call_status"}"#), 1.0);
+    assert!(
+        after
+            .contains(r#"engine_http_request_duration_seconds_bucket{pipeline="vapi",le="0.005"}"#),
+        "{after}"
+    );
+    assert!(after.contains(r#"engine_transform_duration_seconds_count{queue="vapi"}"#));
+    assert!(after.contains(r#"engine_event_latency_seconds_count{queue="vapi"}"#));
+    // /metrics counts itself too, under its own label
+    assert!(after.contains(r#"engine_http_requests_total{pipeline="metrics",status="200"}"#));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_need_the_token_when_one_is_set_and_are_off_in_production_without() {
+    let dir = Dir::shipped_copy();
+    let token = "metrics-token-0123456789";
+    let app = common::spawn_app(dir.path(), &[("METRICS_TOKEN", token)]).await;
+    let res = app.client.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(res.status(), 401);
+    assert_eq!(res.headers()["www-authenticate"], "Bearer");
+    for (method, token, want) in [
+        (reqwest::Method::GET, "nope-nope-nope-nope", 401),
+        (reqwest::Method::GET, token, 200),
+        (reqwest::Method::POST, token, 405),
+    ] {
+        let res = app
+            .client
+            .request(method.clone(), app.url("/metrics"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), want, "{method} with {token}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn request_ids_are_echoed_or_minted() {
+    let dir = Dir::shipped_copy();
+    let app = common::spawn_app(dir.path(), &[]).await;
+    let res = app
+        .client
+        .get(app.url("/health"))
+        .header("x-request-id", "rndr-abc.123:1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["x-request-id"], "rndr-abc.123:1");
+    let res = app
+        .client
+        .post(app.url("/api/twilio/voice"))
+        .header("x-request-id", "bad id with spaces")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    let minted = res.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert!(uuid::Uuid::parse_str(&minted).is_ok(), "{minted}");
+    let res = app.client.get(app.url("/nowhere")).send().await.unwrap();
+    assert_eq!(res.status(), 404);
+    assert!(res.headers().contains_key("x-request-id"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn ready_names_the_dependency_that_is_down() {
+    let mut redis = PrivateRedis::start(false);
+    let pg = PrivatePostgres::start();
+    let dir = Dir::shipped_copy();
+    let (redis_url, pg_url) = (redis.url(), pg.url());
+    let app = common::spawn_app(
+        dir.path(),
+        &[
+            ("REDIS_URL", redis_url.as_str()),
+            ("DATABASE_URL", pg_url.as_str()),
+            ("ENCRYPTION_KEY", &"ab".repeat(32)),
+        ],
+    )
+    .await;
+    let ready = || async {
+        let res = app.client.get(app.url("/ready")).send().await.unwrap();
+        (
+            res.status().as_u16(),
+            res.json::<serde_json::Value>().await.unwrap(),
+        )
+    };
+    let (status, body) = ready().await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["checks"]["redis"], "ok");
+    assert_eq!(body["checks"]["postgres"], "ok");
+
+    redis.kill();
+    let (status, body) = ready().await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["status"], "not_ready");
+    assert!(
+        body["checks"]["redis"]
+            .as_str()
+            .unwrap()
+            .starts_with("down: "),
+        "{body}"
+    );
+    assert_eq!(body["checks"]["postgres"], "ok");
+    // liveness is not readiness: /health stays 200
+    let res = app.client.get(app.url("/health")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+
+    redis.restart();
+    pg.down();
+    let (status, body) = ready().await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["checks"]["postgres"]
+            .as_str()
+            .unwrap()
+            .starts_with("down: "),
+        "{body}"
+    );
+    assert!(!body.to_string().contains(&pg_url), "no URL in the answer");
+    pg.up();
+    let mut back = 0;
+    for _ in 0..50 {
+        back = ready().await.0;
+        if back == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(back, 200);
+    app.stop().await;
+}
+
+const EXTRA: &str = "name: extra\nroute: {method: POST, path: /hooks/extra}\nrespond: {status: 202, content_type: text/plain, body: accepted}\n";
+
+fn source(dir: &Dir) -> Source {
+    Source {
+        dir: dir.path().to_path_buf(),
+        env: EnvOrigin::Fixed(EnvSource::default()),
+    }
+}
+
+#[tokio::test]
+async fn reload_swaps_a_valid_change_and_keeps_the_old_set_on_an_invalid_one() {
+    let dir = Dir::shipped_copy();
+    let app = common::spawn_app(dir.path(), &[]).await;
+    let post = |path: &str| app.client.post(app.url(path)).send();
+    assert_eq!(post("/hooks/extra").await.unwrap().status(), 404);
+
+    dir.write("extra.yaml", EXTRA);
+    let live = app.live();
+    let n = tokio::task::spawn_blocking({
+        let (live, source) = (live.clone(), source(&dir));
+        move || reload(&live, &source, Duration::from_secs(5))
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(n, 4);
+    let res = post("/hooks/extra").await.unwrap();
+    assert_eq!(res.status(), 202);
+    assert_eq!(res.text().await.unwrap(), "accepted");
+    assert_eq!(
+        post("/api/twilio/voice").await.unwrap().status(),
+        401,
+        "old routes still served"
+    );
+
+    // a typo: refused with its position; the previous set keeps serving
+    dir.write("extra.yaml", &EXTRA.replace("respond:", "respnd:"));
+    let problems = reload(&live, &source(&dir), Duration::from_secs(5)).unwrap_err();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("extra.yaml:3:1") && p.contains("respnd")),
+        "{problems:?}"
+    );
+    assert_eq!(post("/hooks/extra").await.unwrap().status(), 202);
+
+    // a removed route stops being served
+    dir.remove("extra.yaml");
+    reload(&live, &source(&dir), Duration::from_secs(5)).unwrap();
+    assert_eq!(post("/hooks/extra").await.unwrap().status(), 404);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_in_flight_finishes_on_the_set_it_started_on() {
+    let dir = Dir::shipped_copy();
+    dir.write("extra.yaml", EXTRA);
+    let app = common::spawn_app(dir.path(), &[]).await;
+    let live = app.live();
+    // headers now, body after the reload that removes the route
+    let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(b"POST /hooks/extra HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    dir.remove("extra.yaml");
+    reload(&live, &source(&dir), Duration::from_secs(5)).unwrap();
+    stream.write_all(b"hello").await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    assert!(answer.ends_with("accepted"), "{answer}");
+    // a new request sees the new set
+    let res = app
+        .client
+        .post(app.url("/hooks/extra"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    app.stop().await;
+}
