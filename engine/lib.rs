@@ -30,6 +30,7 @@
 //!
 //! record         accepted requests written as fixtures (engine serve --record)
 //! replay         fixtures run in process through the real pipelines (engine replay)
+//! oauth          authorization-code flows with PKCE: start, callback, encrypted tokens
 //! ops            /metrics, /ready, Slack alerts, Sentry, hot reload
 //! migrate        migrations/ applied in order under an advisory lock (refinery history)
 //! cli            engine serve | validate | schema
@@ -48,6 +49,7 @@ pub mod db;
 pub mod diagnostics;
 pub mod env;
 pub mod migrate;
+pub mod oauth;
 pub mod ops;
 pub mod queue;
 pub mod rate_limit;

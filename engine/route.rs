@@ -15,9 +15,10 @@ pub const RESERVED_PATHS: &[&str] = &["/health", "/ready", "/metrics"];
 /// A route conflict found while building the table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteConflict {
-    /// Index of the pipeline whose route could not be added.
+    /// Position (in the list given to the build) of the route that could not be added; with
+    /// [`RouteTable::build`], the pipeline's index.
     pub pipeline: usize,
-    /// Index of the pipeline it clashes with, if any.
+    /// Position of the route it clashes with, if any.
     pub with: Option<usize>,
     pub message: String,
 }
@@ -44,10 +45,24 @@ pub struct RouteTable {
 impl RouteTable {
     /// Build from `(method, path)` per pipeline, in pipeline order.
     pub fn build(routes: &[(HttpMethod, &str)]) -> Result<RouteTable, Vec<RouteConflict>> {
-        let mut by_path: BTreeMap<&str, BTreeMap<HttpMethod, usize>> = BTreeMap::new();
+        let indexed: Vec<(HttpMethod, &str, usize)> = routes
+            .iter()
+            .enumerate()
+            .map(|(i, (m, p))| (*m, *p, i))
+            .collect();
+        RouteTable::build_indexed(&indexed)
+    }
+
+    /// Build from `(method, path, pipeline)`: a pipeline may have several routes (an OAuth
+    /// pipeline's start and callback). Conflicts name positions in `routes`.
+    pub fn build_indexed(
+        routes: &[(HttpMethod, &str, usize)],
+    ) -> Result<RouteTable, Vec<RouteConflict>> {
+        // method -> (pipeline, position in `routes`)
+        let mut by_path: BTreeMap<&str, BTreeMap<HttpMethod, (usize, usize)>> = BTreeMap::new();
         let mut first_of_path: Vec<(&str, usize)> = Vec::new();
         let mut conflicts = Vec::new();
-        for (i, (method, path)) in routes.iter().enumerate() {
+        for (i, (method, path, pipeline)) in routes.iter().enumerate() {
             if RESERVED_PATHS.contains(path) {
                 conflicts.push(RouteConflict {
                     pipeline: i,
@@ -62,7 +77,7 @@ impl RouteTable {
             if methods.is_empty() {
                 first_of_path.push((path, i));
             }
-            if let Some(&other) = methods.get(method) {
+            if let Some(&(_, other)) = methods.get(method) {
                 conflicts.push(RouteConflict {
                     pipeline: i,
                     with: Some(other),
@@ -70,12 +85,17 @@ impl RouteTable {
                 });
                 continue;
             }
-            methods.insert(*method, i);
+            methods.insert(*method, (*pipeline, i));
         }
         let mut router = matchit::Router::new();
         let mut inserted: Vec<(&str, usize)> = Vec::new();
         for (path, first) in first_of_path {
-            let methods = by_path.remove(path).unwrap_or_default();
+            let methods: BTreeMap<HttpMethod, usize> = by_path
+                .remove(path)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(m, (pipeline, _))| (m, pipeline))
+                .collect();
             if let Err(e) = router.insert(path, methods) {
                 let with = match &e {
                     matchit::InsertError::Conflict { with } => {

@@ -34,7 +34,7 @@ fn run(c: &mut Command) -> (i32, String, String) {
 fn validate_shipped_pipelines_exit_0() {
     let (code, out, _) = run(engine().arg("validate").arg(shipped()));
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("3 pipelines valid"), "{out}");
+    assert!(out.contains("4 pipelines valid"), "{out}");
 }
 
 #[test]

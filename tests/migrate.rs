@@ -38,7 +38,8 @@ async fn apply_rerun_status() {
         applied,
         [
             (1, "tenant_credentials".to_string()),
-            (2, "call_and_message_tables".to_string())
+            (2, "call_and_message_tables".to_string()),
+            (3, "oauth_tokens".to_string())
         ]
     );
     let tables: i64 = pg(&schema)
@@ -51,8 +52,8 @@ async fn apply_rerun_status() {
         .unwrap()
         .get(0);
     assert_eq!(
-        tables, 7,
-        "five sink tables, tenant_credentials, refinery's history"
+        tables, 9,
+        "five sink tables, tenant_credentials, oauth_tokens, oauth_states_used, refinery's history"
     );
 
     assert!(
@@ -63,7 +64,10 @@ async fn apply_rerun_status() {
         "re-running is a no-op"
     );
     let after = engine::migrate::status(&url, &migrations()).await.unwrap();
-    assert_eq!(after.iter().map(|m| m.version).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(
+        after.iter().map(|m| m.version).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
     assert!(after.iter().all(|m| m.applied_on.is_some()), "{after:?}");
 }
 
@@ -79,7 +83,7 @@ async fn concurrent_runners_apply_each_migration_once() {
     while let Some(r) = runs.join_next().await {
         total += r.unwrap().expect("no runner fails").len();
     }
-    assert_eq!(total, 2, "each migration applied by exactly one runner");
+    assert_eq!(total, 3, "each migration applied by exactly one runner");
 }
 
 #[test]
@@ -104,7 +108,7 @@ fn cli_migrate_status_and_decrypt() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("2 migrations applied"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("3 migrations applied"));
     let out = engine()
         .args([
             "migrate",

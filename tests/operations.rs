@@ -267,7 +267,7 @@ async fn reload_swaps_a_valid_change_and_keeps_the_old_set_on_an_invalid_one() {
     .await
     .unwrap()
     .unwrap();
-    assert_eq!(n, 4);
+    assert_eq!(n, 5);
     let res = post("/hooks/extra").await.unwrap();
     assert_eq!(res.status(), 202);
     assert_eq!(res.text().await.unwrap(), "accepted");

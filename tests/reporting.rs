@@ -5,94 +5,14 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::Dir;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// A local HTTP/1.1 server answering 200 to everything and keeping each request's path and body.
-#[derive(Clone, Default)]
-struct Receiver {
-    got: Arc<Mutex<Vec<(String, String)>>>,
-}
-
-impl Receiver {
-    async fn start() -> (Receiver, u16) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let r = Receiver::default();
-        let keep = r.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut s, _)) = listener.accept().await else {
-                    break;
-                };
-                let keep = keep.clone();
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    loop {
-                        // one request: headers, then content-length bytes
-                        let head_end = loop {
-                            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                                break i + 4;
-                            }
-                            let mut chunk = [0u8; 8192];
-                            match s.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                            }
-                        };
-                        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-                        let len = head
-                            .lines()
-                            .find_map(|l| {
-                                let (k, v) = l.split_once(':')?;
-                                k.eq_ignore_ascii_case("content-length")
-                                    .then(|| v.trim().parse::<usize>().ok())?
-                            })
-                            .unwrap_or(0);
-                        while buf.len() < head_end + len {
-                            let mut chunk = [0u8; 8192];
-                            match s.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                            }
-                        }
-                        let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
-                        let body =
-                            String::from_utf8_lossy(&buf[head_end..head_end + len]).to_string();
-                        keep.got.lock().unwrap().push((path, body));
-                        buf.drain(..head_end + len);
-                        if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                            .await
-                            .is_err()
-                        {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-        (r, port)
-    }
-
-    fn got(&self) -> Vec<(String, String)> {
-        self.got.lock().unwrap().clone()
-    }
-
-    async fn wait_for(&self, n: usize, within: Duration) -> Vec<(String, String)> {
-        let until = std::time::Instant::now() + within;
-        while self.got().len() < n && std::time::Instant::now() < until {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        self.got()
-    }
-}
+use common::{Dir, Stub};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slack_alerts_are_aggregated() {
-    let (slack, port) = Receiver::start().await;
+    let slack = Stub::start().await;
+    let port = slack.port;
     engine::ops::alerts::install(engine::ops::alerts::Config {
         url: format!("http://127.0.0.1:{port}/services/T000/B000/xyz"),
         flush_every: Duration::from_millis(700),
@@ -145,9 +65,9 @@ async fn slack_alerts_are_aggregated() {
     let got = slack.wait_for(2, Duration::from_secs(8)).await;
     let all: Vec<serde_json::Value> = got
         .iter()
-        .map(|(path, body)| {
-            assert_eq!(path, "/services/T000/B000/xyz");
-            serde_json::from_str(body).unwrap()
+        .map(|r| {
+            assert_eq!(r.path, "/services/T000/B000/xyz");
+            serde_json::from_str(&r.body).unwrap()
         })
         .collect();
     let text: String = all
@@ -186,7 +106,7 @@ async fn slack_alerts_are_aggregated() {
     });
     let before = slack.got().len();
     let got = slack.wait_for(before + 1, Duration::from_secs(8)).await;
-    let last = &got.last().unwrap().1;
+    let last = &got.last().unwrap().body;
     assert!(last.contains("sink downstream: recovered after"), "{last}");
     app.stop().await;
 }
@@ -194,7 +114,8 @@ async fn slack_alerts_are_aggregated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentry_reports_errors_and_panics_without_secrets() {
     use tracing_subscriber::layer::SubscriberExt;
-    let (sentry_in, port) = Receiver::start().await;
+    let sentry_in = Stub::start().await;
+    let port = sentry_in.port;
     let secret = "sk_live_0123456789abcdef";
     let guard = engine::ops::errors::init(
         &format!("http://publickey@127.0.0.1:{port}/42"),
@@ -217,9 +138,9 @@ async fn sentry_reports_errors_and_panics_without_secrets() {
     assert!(got.len() >= 3, "{got:?}");
     let all: String = got
         .iter()
-        .map(|(p, b)| {
-            assert_eq!(p, "/api/42/envelope/");
-            b.clone()
+        .map(|r| {
+            assert_eq!(r.path, "/api/42/envelope/");
+            r.body.clone()
         })
         .collect();
     assert!(!all.contains(secret), "the secret reached Sentry");

@@ -16,6 +16,7 @@
 //! names, non-overlapping routes). `engine validate` and `engine serve` both call it.
 
 pub mod env_refs;
+pub mod oauth;
 pub mod pipeline;
 pub mod queue;
 pub mod rate_limit;
@@ -196,6 +197,9 @@ pub fn load(dir: &Path, source: &EnvSource) -> Result<Project, Vec<Diagnostic>> 
     }
     for (checked, p) in &pipelines {
         diags.extend(check_scripts(checked, p, dir));
+        if let (Some(o), Some(settings)) = (&p.oauth, &settings) {
+            diags.extend(check_oauth(checked, p, o, settings, &env_for_values));
+        }
         for (i, step) in p.transform.iter().enumerate() {
             if let Some(sink) = step.sink.as_ref().filter(|s| !p.sinks.contains_key(*s)) {
                 let pointer = format!("/transform/{i}/sink");
@@ -246,20 +250,35 @@ pub fn load(dir: &Path, source: &EnvSource) -> Result<Project, Vec<Diagnostic>> 
         }
     }
     diags.extend(check_unique_names(&pipelines));
-    let routes = match RouteTable::build(
-        &pipelines
+    // every route with its pipeline and where it is written: `route`, and an OAuth start path
+    let mut listed: Vec<(crate::config::units::HttpMethod, &str, usize, &str)> = Vec::new();
+    for (i, (_, p)) in pipelines.iter().enumerate() {
+        listed.push((p.route.method, p.route.path.as_str(), i, "/route/path"));
+        if let Some(o) = &p.oauth {
+            listed.push((
+                crate::config::units::HttpMethod::Get,
+                o.start.path.as_str(),
+                i,
+                "/oauth/start/path",
+            ));
+        }
+    }
+    let routes = match RouteTable::build_indexed(
+        &listed
             .iter()
-            .map(|(_, p)| (p.route.method, p.route.path.as_str()))
+            .map(|(m, path, i, _)| (*m, *path, *i))
             .collect::<Vec<_>>(),
     ) {
         Ok(t) => Some(t),
         Err(conflicts) => {
             for c in conflicts {
-                let (checked, _) = &pipelines[c.pipeline];
+                let (_, _, at, pointer) = listed[c.pipeline];
+                let (checked, _) = &pipelines[at];
                 let mut message = c.message;
                 if let Some(other) = c.with {
-                    let (o, _) = &pipelines[other];
-                    let pos = o.doc.value_pos("/route/path");
+                    let (_, _, o_at, o_pointer) = listed[other];
+                    let (o, _) = &pipelines[o_at];
+                    let pos = o.doc.value_pos(o_pointer);
                     message.push_str(&format!(
                         " by {}:{}:{}",
                         o.file.display(),
@@ -269,8 +288,8 @@ pub fn load(dir: &Path, source: &EnvSource) -> Result<Project, Vec<Diagnostic>> 
                 }
                 diags.push(Diagnostic::new(
                     &checked.file,
-                    checked.doc.value_pos("/route/path"),
-                    "/route/path",
+                    checked.doc.value_pos(pointer),
+                    pointer,
                     message,
                 ));
             }
@@ -504,6 +523,146 @@ fn check_verify(
 }
 
 /// Transform steps and computed responses compile; scripts stay inside the directory.
+/// An OAuth pipeline: only a callback route; endpoints known; the sink stores tokens encrypted;
+/// secrets come from `x-secret` variables; the redirect URI is this route at BACKEND_URL, https in
+/// production.
+fn check_oauth(
+    c: &Checked,
+    p: &Pipeline,
+    o: &oauth::OAuth,
+    settings: &Settings,
+    env: &Env,
+) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    let mut at = |pointer: &str, message: String| {
+        let pos = c.doc.value_pos(pointer);
+        out.push(Diagnostic::new(&c.file, pos, pointer, message));
+    };
+    for (key, present) in [
+        ("verify", p.verify.is_some()),
+        ("queue", p.queue.is_some()),
+        ("transform", !p.transform.is_empty()),
+    ] {
+        if present {
+            at(
+                &format!("/{key}"),
+                format!("an `oauth` pipeline answers its own routes: remove `{key}`"),
+            );
+        }
+    }
+    if p.route.method != units::HttpMethod::Get {
+        at(
+            "/route/method",
+            "an OAuth callback is a GET: the provider redirects the browser there".into(),
+        );
+    }
+    if o.provider.is_none() && (o.authorize_url.is_none() || o.token_url.is_none()) {
+        at(
+            "/oauth",
+            "give `provider: google`, or both `authorize_url` and `token_url`".into(),
+        );
+    }
+    let production = env.is_production();
+    for key in ["authorize_url", "token_url"] {
+        let url = if key == "token_url" {
+            &o.token_url
+        } else {
+            &o.authorize_url
+        };
+        if let Some(u) = url {
+            match url::Url::parse(u) {
+                Err(_) => at(&format!("/oauth/{key}"), "must be an absolute URL".into()),
+                Ok(parsed) if production && parsed.scheme() != "https" => at(
+                    &format!("/oauth/{key}"),
+                    "must be https in production".into(),
+                ),
+                Ok(_) => {}
+            }
+        }
+    }
+    match p.sinks.get(&o.sink) {
+        None => at(
+            "/oauth/sink",
+            format!(
+                "no sink named `{}`: declare a postgres sink for the tokens",
+                o.sink
+            ),
+        ),
+        Some(sink::Sink::Postgres(pg)) => {
+            let missing: Vec<&str> = ["access_token", "refresh_token"]
+                .into_iter()
+                .filter(|f| !pg.encrypt.iter().any(|e| e == f))
+                .collect();
+            if !missing.is_empty() {
+                at(
+                    &format!("/sinks/{}/postgres", yaml::escape_token(&o.sink)),
+                    format!(
+                        "tokens are stored encrypted: add {} to `encrypt`",
+                        missing.join(" and ")
+                    ),
+                );
+            }
+        }
+        Some(_) => at(
+            "/oauth/sink",
+            "the tokens' sink must be a `postgres` sink".into(),
+        ),
+    }
+    let raw = c.doc.value.get("oauth");
+    for (pointer, field) in [
+        (
+            "/oauth/client_secret",
+            raw.and_then(|r| r.get("client_secret")),
+        ),
+        (
+            "/oauth/start/jwt/secret",
+            raw.and_then(|r| r.pointer("/start/jwt/secret")),
+        ),
+    ] {
+        if field
+            .and_then(Value::as_str)
+            .is_some_and(|t| !t.contains("${"))
+        {
+            at(
+                pointer,
+                "a secret must be a `${VAR}` reference to a variable marked `x-secret: true`, never a literal value".into(),
+            );
+        }
+    }
+    if !o.redirect_uri.is_empty() {
+        match url::Url::parse(&o.redirect_uri) {
+            Err(_) => at("/oauth/redirect_uri", "must be an absolute URL".into()),
+            Ok(u) => {
+                if u.path() != p.route.path {
+                    at(
+                        "/oauth/redirect_uri",
+                        format!(
+                            "its path `{}` is not this pipeline's route `{}`: the provider would redirect elsewhere",
+                            u.path(),
+                            p.route.path
+                        ),
+                    );
+                }
+                if let Some(base) = &settings.public_url {
+                    let want = format!("{}{}", base.trim_end_matches('/'), p.route.path);
+                    if o.redirect_uri.trim_end_matches('/') != want {
+                        at(
+                            "/oauth/redirect_uri",
+                            format!(
+                                "is not BACKEND_URL + the route (`{want}`); register that URL at the provider"
+                            ),
+                        );
+                    }
+                }
+                if production && u.scheme() != "https" {
+                    at("/oauth/redirect_uri", "must be https in production".into());
+                }
+            }
+        }
+    }
+    out
+}
+
 fn check_scripts(c: &Checked, p: &Pipeline, root: &Path) -> Vec<Diagnostic> {
     let mut errors = Vec::new();
     if let Err(e) = crate::transform::Program::compile(p, &c.file, root) {

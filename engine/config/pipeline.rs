@@ -42,6 +42,11 @@ pub struct Pipeline {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify: Option<super::verify::Verify>,
 
+    /// An OAuth 2.0 authorization-code flow (with PKCE) connecting a tenant's account: `route`
+    /// is its callback. Such a pipeline has no `verify`, `respond`, `queue` or `transform`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth: Option<super::oauth::OAuth>,
+
     /// The HTTP answer the caller gets. Defaults to 200 with `{"received":true}`.
     #[serde(default)]
     pub respond: Respond,

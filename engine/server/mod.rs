@@ -56,6 +56,8 @@ pub struct App {
     pub metrics_token: Option<String>,
     /// The sinks' Postgres pool (for the pool gauges).
     pub pool: Option<deadpool_postgres::Pool>,
+    /// One per pipeline, by index: its OAuth flow, or why it cannot run (503 with the reason).
+    pub oauth: Vec<Option<Result<crate::oauth::Flow, String>>>,
 }
 
 /// What an app reads time from and writes rows to: the system clock and the configured sinks
@@ -142,6 +144,7 @@ impl App {
             project.settings.database_url.as_deref(),
         )?;
         let metrics_token = project.env.get_string("METRICS_TOKEN");
+        let oauth = oauth_flows(&project, pool.as_ref());
         let proxies = TrustedProxies::parse(&project.settings.trusted_proxies);
         let default = project.settings.rate_limit.as_ref().filter(|r| r.enabled);
         let exempt = |path: &str| default.is_some_and(|d| d.exempt.iter().any(|e| e == path));
@@ -179,6 +182,7 @@ impl App {
             ready,
             metrics_token,
             pool,
+            oauth,
         })
     }
 }
@@ -198,6 +202,35 @@ impl App {
         };
         format!("{base}{path_and_query}")
     }
+}
+
+/// The OAuth flows of the pipelines that declare one, their tokens written through their
+/// postgres sink.
+fn oauth_flows(
+    project: &Project,
+    pool: Option<&deadpool_postgres::Pool>,
+) -> Vec<Option<Result<crate::oauth::Flow, String>>> {
+    let keyring = crate::crypto::Keyring::from_env(&project.env).and_then(Result::ok);
+    project
+        .pipelines
+        .iter()
+        .map(|p| {
+            let cfg = p.config.oauth.as_ref()?;
+            let sink = match (p.config.sinks.get(&cfg.sink), pool) {
+                (Some(crate::config::sink::Sink::Postgres(pg)), Some(pool)) => {
+                    crate::sink::postgres::PostgresSink::new(pg, pool.clone(), keyring.clone())
+                        .ok()
+                        .map(|s| std::sync::Arc::new(s) as std::sync::Arc<dyn crate::worker::Sink>)
+                }
+                _ => None,
+            };
+            let flow = crate::oauth::Flow::build(&p.config.name, cfg, keyring.as_ref(), pool, sink);
+            if let Err(why) = &flow {
+                tracing::warn!(pipeline = %p.config.name, "{why}: its routes answer 503");
+            }
+            Some(flow)
+        })
+        .collect()
 }
 
 /// A server running in the background.

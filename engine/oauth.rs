@@ -1,0 +1,494 @@
+//! OAuth 2.0 authorization-code flows with PKCE (RFC 7636), declared by a pipeline's `oauth`
+//! section: connecting an organisation's Google Calendar, or any provider by URL.
+//!
+//! ```text
+//! GET start.path   Authorization: Bearer <tenant JWT (HS256)>
+//!   -> org from the JWT claim (a `?org=` must agree) -> nonce + PKCE verifier
+//!   -> state = AES-256-GCM(org, nonce, verifier, expiry) under ENCRYPTION_KEY (sealed: it cannot
+//!      be forged or read, and it expires)
+//!   -> 302 to the provider (or {"url": ...} for `Accept: application/json`)
+//! GET route.path   ?code=..&state=..   (or ?error=access_denied&state=..)
+//!   -> open the state (bad or expired: 400, nothing stored) -> spend its nonce once in Postgres
+//!      (a replay: 400) -> error from the provider: 302 to error_url?error=<code>
+//!   -> token endpoint (form: grant_type, code, redirect_uri, code_verifier; client auth in the
+//!      body or Basic; timeout) -> failure or timeout: 502 page, nothing stored
+//!   -> upsert {tenant, provider, access_token, refresh_token, scopes, expires_at} through the
+//!      pipeline's postgres sink, the tokens encrypted -> 302 to success_url
+//! ```
+
+use aes_gcm::aead::OsRng;
+use aes_gcm::aead::rand_core::RngCore;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::config::oauth::{ClientAuth, OAuth};
+use crate::crypto::Keyring;
+use crate::worker::{Batch, Sink};
+
+/// A pipeline's flow, ready to serve.
+pub struct Flow {
+    pipeline: String,
+    cfg: OAuth,
+    authorize_url: String,
+    token_url: String,
+    keyring: Keyring,
+    states: deadpool_postgres::Pool,
+    sink: std::sync::Arc<dyn Sink>,
+    jwt_key: jsonwebtoken::DecodingKey,
+    jwt: jsonwebtoken::Validation,
+    http: reqwest::Client,
+}
+
+/// What the sealed `state` carries.
+#[derive(Debug, Serialize, Deserialize)]
+struct State {
+    org: String,
+    nonce: String,
+    verifier: String,
+    /// Unix seconds.
+    exp: i64,
+}
+
+/// An answer of the flow.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// 302 to this URL.
+    Redirect(String),
+    /// 200 JSON (the start route asked for JSON).
+    Json(Value),
+    /// An error: status, machine code, text for the person in the browser.
+    Refused(u16, &'static str, String),
+}
+
+impl Flow {
+    /// The flow of `pipeline`, or why it cannot run yet (names of what is missing, never
+    /// values): the routes answer 503 with that reason.
+    pub fn build(
+        pipeline: &str,
+        cfg: &OAuth,
+        keyring: Option<&Keyring>,
+        pool: Option<&deadpool_postgres::Pool>,
+        sink: Option<std::sync::Arc<dyn Sink>>,
+    ) -> Result<Flow, String> {
+        let mut missing = Vec::new();
+        for (what, value) in [
+            ("the client id", &cfg.client_id),
+            ("the client secret", &cfg.client_secret),
+            ("the redirect URI", &cfg.redirect_uri),
+            ("the JWT secret", &cfg.start.jwt.secret),
+        ] {
+            if value.trim().is_empty() {
+                missing.push(what);
+            }
+        }
+        for (what, url) in [
+            ("success_url", &cfg.success_url),
+            ("error_url", &cfg.error_url),
+        ] {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                missing.push(what);
+            }
+        }
+        if keyring.is_none() {
+            missing.push("ENCRYPTION_KEY");
+        }
+        let (Some(pool), Some(sink)) = (pool, sink) else {
+            missing.push("DATABASE_URL");
+            return Err(not_configured(pipeline, &missing));
+        };
+        let Some(keyring) = keyring.filter(|_| missing.is_empty()) else {
+            return Err(not_configured(pipeline, &missing));
+        };
+        let authorize_url = cfg
+            .authorize_url
+            .clone()
+            .or_else(|| cfg.provider.map(|p| p.authorize_url().to_string()))
+            .ok_or("no authorize_url")?;
+        let token_url = cfg
+            .token_url
+            .clone()
+            .or_else(|| cfg.provider.map(|p| p.token_url().to_string()))
+            .ok_or("no token_url")?;
+        let mut jwt = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+        match &cfg.start.jwt.audience {
+            Some(aud) => jwt.set_audience(&[aud]),
+            None => jwt.validate_aud = false,
+        }
+        let http = reqwest::Client::builder()
+            .timeout(cfg.timeout.0)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| format!("HTTP client: {e}"))?;
+        Ok(Flow {
+            pipeline: pipeline.to_string(),
+            cfg: cfg.clone(),
+            authorize_url,
+            token_url,
+            keyring: keyring.clone(),
+            states: pool.clone(),
+            sink,
+            jwt_key: jsonwebtoken::DecodingKey::from_secret(cfg.start.jwt.secret.as_bytes()),
+            jwt,
+            http,
+        })
+    }
+
+    /// The start route: who is asking (their JWT), then off to the provider.
+    pub fn start(
+        &self,
+        authorization: Option<&str>,
+        query: &str,
+        wants_json: bool,
+        now: i64,
+    ) -> Answer {
+        let Some(token) = authorization.and_then(|a| a.strip_prefix("Bearer ")) else {
+            return Answer::Refused(
+                401,
+                "unauthorized",
+                "Sign in first: this route needs Authorization: Bearer <token>.".into(),
+            );
+        };
+        let claims = match jsonwebtoken::decode::<Value>(token.trim(), &self.jwt_key, &self.jwt) {
+            Ok(t) => t.claims,
+            Err(e) => {
+                tracing::warn!(pipeline = %self.pipeline, reason = ?e.kind(), "oauth start: token refused");
+                return Answer::Refused(
+                    401,
+                    "unauthorized",
+                    "The sign-in token is not valid.".into(),
+                );
+            }
+        };
+        let org = match claims.pointer(&self.cfg.start.jwt.org_claim) {
+            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            _ => {
+                return Answer::Refused(
+                    403,
+                    "forbidden",
+                    "The sign-in token names no organisation.".into(),
+                );
+            }
+        };
+        let asked = form_urlencoded::parse(query.as_bytes())
+            .find(|(k, _)| k == "org")
+            .map(|(_, v)| v.into_owned());
+        if asked.is_some_and(|a| a != org) {
+            return Answer::Refused(
+                403,
+                "forbidden",
+                "The sign-in token is for another organisation.".into(),
+            );
+        }
+        let verifier = random_token(32);
+        let state = State {
+            org,
+            nonce: random_token(16),
+            verifier: verifier.clone(),
+            exp: now + self.cfg.state_ttl.0.as_secs() as i64,
+        };
+        let sealed = self.keyring.encrypt(
+            &serde_json::to_vec(&state).unwrap_or_default(),
+            &self.state_context(),
+        );
+        let mut url = url::Url::parse(&self.authorize_url).expect("checked by validation");
+        {
+            let mut q = url.query_pairs_mut();
+            q.append_pair("response_type", "code")
+                .append_pair("client_id", &self.cfg.client_id)
+                .append_pair("redirect_uri", &self.cfg.redirect_uri)
+                .append_pair("scope", &self.cfg.scopes.join(" "))
+                .append_pair("state", &sealed)
+                .append_pair("code_challenge", &challenge(&verifier))
+                .append_pair("code_challenge_method", "S256");
+            for (k, v) in &self.cfg.authorize_params {
+                q.append_pair(k, v);
+            }
+        }
+        if wants_json {
+            Answer::Json(json!({ "url": url.as_str() }))
+        } else {
+            Answer::Redirect(url.into())
+        }
+    }
+
+    /// The callback route.
+    pub async fn callback(&self, query: &str, now: i64) -> Answer {
+        let q: std::collections::HashMap<String, String> = form_urlencoded::parse(query.as_bytes())
+            .into_owned()
+            .collect();
+        let Some(state) = q
+            .get("state")
+            .and_then(|s| self.keyring.decrypt(s, &self.state_context()).ok())
+            .and_then(|b| serde_json::from_slice::<State>(&b).ok())
+        else {
+            return bad_state(
+                "This sign-in link is not valid. Start the connection again from the app.",
+            );
+        };
+        if state.exp < now {
+            return bad_state(
+                "This sign-in link has expired. Start the connection again from the app.",
+            );
+        }
+        match self.spend(&state).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(pipeline = %self.pipeline, org = %state.org, "oauth callback: state used twice");
+                return bad_state(
+                    "This sign-in link was already used. Start the connection again from the app.",
+                );
+            }
+            Err(e) => {
+                tracing::error!(pipeline = %self.pipeline, error = %e, "oauth callback: cannot record the state");
+                return Answer::Refused(
+                    503,
+                    "unavailable",
+                    "The connection could not be completed right now. Please try again.".into(),
+                );
+            }
+        }
+        if let Some(error) = q.get("error") {
+            let code: String = error
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .take(64)
+                .collect();
+            tracing::info!(pipeline = %self.pipeline, org = %state.org, error = %code, "oauth callback: the provider returned an error");
+            return Answer::Redirect(with_param(&self.cfg.error_url, "error", &code));
+        }
+        let Some(code) = q.get("code").filter(|c| !c.is_empty()) else {
+            return bad_state(
+                "The provider sent no authorization code. Start the connection again from the app.",
+            );
+        };
+        let tokens = match self.exchange(code, &state.verifier).await {
+            Ok(t) => t,
+            Err(why) => {
+                tracing::error!(pipeline = %self.pipeline, org = %state.org, reason = %why, "oauth callback: token exchange failed");
+                return Answer::Refused(502, "token_exchange_failed", "The provider did not complete the connection. Nothing was saved; please try again.".into());
+            }
+        };
+        let row = row(&state.org, &self.pipeline, &tokens, now);
+        let batch = Batch {
+            event_id: format!("oauth:{}", state.nonce),
+            pipeline: self.pipeline.clone(),
+            sink: self.cfg.sink.clone(),
+            step: "oauth".into(),
+            rows: vec![row],
+        };
+        if let Err(e) = self.sink.write(&batch).await {
+            tracing::error!(pipeline = %self.pipeline, org = %state.org, error = %e, "oauth callback: tokens not stored");
+            return Answer::Refused(
+                503,
+                "unavailable",
+                "The connection could not be saved. Please try again.".into(),
+            );
+        }
+        tracing::info!(pipeline = %self.pipeline, org = %state.org, "oauth: account connected");
+        Answer::Redirect(self.cfg.success_url.clone())
+    }
+
+    fn state_context(&self) -> String {
+        format!("oauth-state:{}", self.pipeline)
+    }
+
+    /// Record the state's nonce; `false` when it was spent before.
+    async fn spend(&self, state: &State) -> Result<bool, String> {
+        let client = self.states.get().await.map_err(|e| e.to_string())?;
+        let _ = client
+            .execute(
+                "DELETE FROM oauth_states_used WHERE expires_at < now()",
+                &[],
+            )
+            .await;
+        let expires = chrono::DateTime::from_timestamp(state.exp, 0).unwrap_or_default();
+        let n = client
+            .execute(
+                "INSERT INTO oauth_states_used (nonce, expires_at) VALUES ($1, $2::text::timestamptz) ON CONFLICT (nonce) DO NOTHING",
+                &[&state.nonce, &expires.to_rfc3339()],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(n == 1)
+    }
+
+    /// The code for tokens at the token endpoint.
+    async fn exchange(&self, code: &str, verifier: &str) -> Result<Value, String> {
+        let mut form = vec![
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", self.cfg.redirect_uri.as_str()),
+            ("code_verifier", verifier),
+        ];
+        let mut req = self
+            .http
+            .post(&self.token_url)
+            .header("accept", "application/json");
+        match self.cfg.client_auth {
+            ClientAuth::Body => {
+                form.push(("client_id", &self.cfg.client_id));
+                form.push(("client_secret", &self.cfg.client_secret));
+            }
+            ClientAuth::Basic => {
+                // RFC 6749 2.3.1: each part form-encoded, then Basic
+                let enc =
+                    |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+                req = req.basic_auth(enc(&self.cfg.client_id), Some(enc(&self.cfg.client_secret)));
+            }
+        }
+        let res = req.form(&form).send().await.map_err(|e| {
+            if e.is_timeout() {
+                "timed out".to_string()
+            } else {
+                e.without_url().to_string()
+            }
+        })?;
+        let status = res.status();
+        let body: Value = res.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            let code = body
+                .get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("no error code");
+            return Err(format!("HTTP {}: {code}", status.as_u16()));
+        }
+        if !body.get("access_token").is_some_and(Value::is_string) {
+            return Err("the answer has no access_token".into());
+        }
+        Ok(body)
+    }
+}
+
+fn not_configured(pipeline: &str, missing: &[&str]) -> String {
+    format!("`{pipeline}` is not configured: set {}", missing.join(", "))
+}
+
+fn bad_state(text: &str) -> Answer {
+    Answer::Refused(400, "invalid_state", text.to_string())
+}
+
+/// The row stored for a token answer: tokens as strings (the sink encrypts them), scopes as a
+/// list, the expiry as a time.
+fn row(org: &str, provider: &str, tokens: &Value, now: i64) -> Value {
+    let scopes: Vec<&str> = tokens
+        .get("scope")
+        .and_then(Value::as_str)
+        .map(|s| s.split_whitespace().collect())
+        .unwrap_or_default();
+    let expires_at = tokens
+        .get("expires_in")
+        .and_then(Value::as_i64)
+        .and_then(|s| chrono::DateTime::from_timestamp(now + s, 0))
+        .map(|t| t.to_rfc3339());
+    let mut row = json!({
+        "tenant": org,
+        "provider": provider,
+        "access_token": tokens["access_token"],
+        "token_type": tokens.get("token_type").cloned().unwrap_or(Value::Null),
+        "scopes": scopes,
+        "expires_at": expires_at,
+        "updated_at": chrono::DateTime::from_timestamp(now, 0).map(|t| t.to_rfc3339()),
+    });
+    // Providers send a refresh token on the first consent only (Google: with prompt=consent,
+    // every time). Absent, the column is left out, so the stored one is kept.
+    if let Some(r) = tokens.get("refresh_token").filter(|r| r.is_string()) {
+        row["refresh_token"] = r.clone();
+    }
+    row
+}
+
+/// `url` with `name=value` added to its query.
+fn with_param(url: &str, name: &str, value: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            u.query_pairs_mut().append_pair(name, value);
+            u.into()
+        }
+        Err(_) => url.to_string(),
+    }
+}
+
+/// `n` random bytes (OS generator), base64url without padding.
+fn random_token(n: usize) -> String {
+    let mut bytes = vec![0u8; n];
+    OsRng.fill_bytes(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The S256 code challenge of a verifier (RFC 7636 4.2).
+pub fn challenge(verifier: &str) -> String {
+    URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()))
+}
+
+/// The page a browser gets for a refused callback or start.
+pub fn page(status: u16, text: &str) -> String {
+    let escaped = text
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;");
+    format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Connection not completed</title></head><body><h1>Connection not completed</h1><p>{escaped}</p><p><small>HTTP {status}</small></p></body></html>"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// RFC 7636 Appendix B.
+    #[test]
+    fn pkce_s256_matches_rfc_7636_appendix_b() {
+        assert_eq!(
+            challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"),
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+        );
+    }
+
+    #[test]
+    fn verifiers_are_43_unreserved_characters_and_differ() {
+        let a = random_token(32);
+        assert_eq!(a.len(), 43);
+        assert!(
+            a.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        );
+        assert_ne!(a, random_token(32));
+    }
+
+    #[test]
+    fn a_token_answer_becomes_a_row_and_keeps_an_absent_refresh_token_out() {
+        let full = json!({"access_token": "ya29.a", "refresh_token": "1//r", "expires_in": 3599, "scope": "openid https://www.googleapis.com/auth/calendar.events", "token_type": "Bearer"});
+        let r = row("org-1", "google-calendar", &full, 1_700_000_000);
+        assert_eq!(r["tenant"], "org-1");
+        assert_eq!(r["refresh_token"], "1//r");
+        assert_eq!(
+            r["scopes"],
+            json!(["openid", "https://www.googleapis.com/auth/calendar.events"])
+        );
+        assert_eq!(r["expires_at"], "2023-11-14T23:13:19+00:00");
+        let again = row(
+            "org-1",
+            "google-calendar",
+            &json!({"access_token": "ya29.b", "expires_in": 3599}),
+            1_700_000_000,
+        );
+        assert!(again.get("refresh_token").is_none());
+    }
+
+    #[test]
+    fn error_urls_get_the_code_and_pages_escape_text() {
+        assert_eq!(
+            with_param(
+                "https://voxanne.ai/settings?tab=calendar",
+                "error",
+                "access_denied"
+            ),
+            "https://voxanne.ai/settings?tab=calendar&error=access_denied"
+        );
+        assert!(page(400, "<script>").contains("&lt;script&gt;"));
+    }
+}
