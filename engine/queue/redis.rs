@@ -79,6 +79,9 @@ pub struct Stats {
     pub oldest_age_ms: Option<u64>,
 }
 
+/// How long a queue operation waits for a pooled connection.
+const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(2);
+
 const ENQUEUE: &str = r"
 if ARGV[2] ~= '' then
   if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[3]) then return false end
@@ -145,11 +148,14 @@ impl RedisQueue {
     ) -> Result<RedisQueue, QueueError> {
         let client = redis::Client::open(url)
             .map_err(|_| QueueError("REDIS_URL is not a valid Redis URL".into()))?;
+        // No mobc get_timeout: mobc times checkouts with futures-timer, whose global thread
+        // is woken (a futex and two context switches) on every checkout; `conn` bounds the wait
+        // with tokio's timer instead (see docs/benchmarks.md, "Whole process").
         let pool = Pool::builder()
             .max_open(16)
             .max_idle(16)
             .health_check_interval(Some(Duration::from_secs(5)))
-            .get_timeout(Some(Duration::from_secs(2)))
+            .get_timeout(None)
             .build(RedisConnectionManager::new(client.clone()));
         let base = format!("{prefix}:{{q:{name}}}");
         Ok(RedisQueue {
@@ -181,7 +187,10 @@ impl RedisQueue {
     async fn conn(
         &self,
     ) -> Result<mobc_redis::mobc::Connection<RedisConnectionManager>, QueueError> {
-        self.pool.get().await.map_err(|e| QueueError(e.to_string()))
+        match tokio::time::timeout(CHECKOUT_TIMEOUT, self.pool.get()).await {
+            Ok(c) => c.map_err(|e| QueueError(e.to_string())),
+            Err(_) => Err(QueueError("no Redis connection within 2 s".into())),
+        }
     }
 
     /// Create the consumer group (and the stream) if missing. Entries already in the stream are

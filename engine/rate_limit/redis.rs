@@ -60,7 +60,8 @@ impl RedisGcra {
             .max_open(16)
             .max_idle(16)
             .health_check_interval(Some(Duration::from_secs(5)))
-            .get_timeout(Some(Duration::from_millis(500)))
+            // bounded with tokio's timer in `check` (mobc's uses a futures-timer thread)
+            .get_timeout(None)
             .build(RedisConnectionManager::new(client));
         Ok(RedisGcra {
             pool,
@@ -116,7 +117,10 @@ impl RedisGcra {
 
     /// Round trip to Redis, for start-up logs and readiness.
     pub async fn ping(&self) -> Result<(), String> {
-        let mut conn = self.pool.get().await.map_err(|e| e.to_string())?;
+        let mut conn = tokio::time::timeout(self.timeout, self.pool.get())
+            .await
+            .map_err(|_| "timed out".to_string())?
+            .map_err(|e| e.to_string())?;
         redis::cmd("PING")
             .query_async::<String>(&mut *conn)
             .await

@@ -1,0 +1,734 @@
+//! The whole-process benchmark: the release `engine` binary with the shipped pipelines against
+//! the local Redis and Postgres, driven by a load generator in this process, next to a bare salvo
+//! handler measured in the same run (`cargo bench --bench load`).
+//!
+//! ```text
+//! 1. ceiling   a bare salvo server (this binary, re-run as a child) answering 200: saturation
+//! 2. ingest    engine serve --no-worker: signed 2 KiB Vapi end-of-call-reports, saturation
+//!              (closed loop) and fixed offered rates (open loop: latency counted from each
+//!              request's scheduled time, so a stall is not hidden); peak RSS (VmHWM)
+//! 3. drain     engine worker on the filled queue: events/s into Postgres
+//! 4. e2e       engine serve with workers at a steady rate: request sent -> row committed
+//! 5. start     boot (spawn -> /health 200) and `engine validate` with 50 pipelines
+//! ```
+//!
+//! Prints every figure and writes `docs/benchmarks-latency.png` (latency percentiles against
+//! offered load). Everything shares the machine's cores: the generator, the server, Redis and
+//! Postgres. `-- --quick` shortens every phase (a smoke run).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
+const SECRET: &str = "bench-vapi-webhook-secret";
+/// Concurrent connections of the closed-loop (saturation) runs.
+const CLIENTS: usize = 32;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--list") {
+        return;
+    }
+    if std::env::var("LOAD_BENCH_BARE").is_ok() {
+        bare_server();
+        return;
+    }
+    let quick = args.iter().any(|a| a == "--quick");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(run(quick));
+}
+
+/// The ceiling: salvo with one handler answering 200, nothing else.
+fn bare_server() {
+    use salvo::conn::Acceptor;
+    use salvo::prelude::*;
+    #[handler]
+    async fn ok(res: &mut Response) {
+        res.render("ok");
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let acceptor = TcpListener::new("127.0.0.1:0").bind().await;
+        let port = acceptor
+            .holdings()
+            .first()
+            .and_then(|h| h.local_addr.clone().into_std())
+            .map(|a| a.port())
+            .unwrap();
+        eprintln!("Server listening on port {port}");
+        let router = Router::new().push(Router::with_path("{**rest}").goal(ok));
+        Server::new(acceptor).serve(router).await;
+    });
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+    schema: String,
+    prefix: String,
+    database: String,
+}
+
+async fn setup() -> Option<Setup> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (pg, conn) = tokio_postgres::connect(PG, tokio_postgres::NoTls)
+        .await
+        .ok()?;
+    tokio::spawn(conn);
+    let schema = format!("load_{}", std::process::id());
+    pg.batch_execute(&format!(
+        "CREATE SCHEMA {schema}; SET search_path TO {schema};"
+    ))
+    .await
+    .unwrap();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root.join("migrations"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    for f in files {
+        pg.batch_execute(&std::fs::read_to_string(f).unwrap())
+            .await
+            .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    copy(&root.join("pipelines"), dir.path());
+    let prefix = format!("load{}", std::process::id());
+    let settings = std::fs::read_to_string(dir.path().join("engine.yaml")).unwrap();
+    // the benchmark is one client: the default 100/min per IP would measure 429s
+    std::fs::write(
+        dir.path().join("engine.yaml"),
+        format!(
+            "{}redis_key_prefix: '{prefix}'\n",
+            settings.replace("  limit: 100/1m\n", "  limit: 100000000/1s\n")
+        ),
+    )
+    .unwrap();
+    Some(Setup {
+        dir,
+        database: format!("{PG}?options=-csearch_path%3D{schema}"),
+        schema,
+        prefix,
+    })
+}
+
+fn copy(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        let t = to.join(p.file_name().unwrap());
+        if p.is_dir() {
+            copy(&p, &t)
+        } else {
+            std::fs::copy(&p, t).unwrap();
+        }
+    }
+}
+
+/// A child process serving HTTP, and its port (read from its start-up line).
+struct Server {
+    child: Child,
+    port: u16,
+    booted: Duration,
+}
+
+impl Server {
+    fn spawn(mut cmd: Command) -> Server {
+        use std::io::{BufRead, BufReader};
+        let started = Instant::now();
+        let mut child = cmd
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut port = None;
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            if let Some(rest) = line.split("Server listening on port ").nth(1) {
+                port = rest.split_whitespace().next().and_then(|p| p.parse().ok());
+                break;
+            }
+        }
+        std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
+        let port = port.expect("a listening line");
+        // booted = answering /health
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Server {
+            child,
+            port,
+            booted: started.elapsed(),
+        }
+    }
+
+    /// Peak resident memory so far (VmHWM), bytes.
+    fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    }
+
+    fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+fn engine(args: &[&str], setup: &Setup, dir: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_engine"));
+    c.args(args);
+    if args[0] == "validate" {
+        c.arg(dir);
+    } else {
+        c.arg("--pipelines").arg(dir);
+    }
+    c.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("PORT", "0")
+        .env("RUST_LOG", "warn,engine::server=info")
+        .env("REDIS_URL", "redis://127.0.0.1:6379")
+        .env("DATABASE_URL", &setup.database)
+        .env("VAPI_WEBHOOK_SECRET", SECRET)
+        .env(
+            "ENCRYPTION_KEY",
+            "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
+        );
+    c
+}
+
+/// 2 KiB Vapi end-of-call-report bodies, each with its own call id.
+struct Bodies {
+    template: Vec<u8>,
+    slot: usize,
+    next: AtomicU64,
+    run: u64,
+}
+
+const SLOT: &str = "ffffffff-ffff-4fff-8fff-ffffffffffff";
+
+impl Bodies {
+    fn new(run: u64) -> Bodies {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let text =
+            std::fs::read_to_string(root.join("fixtures/payloads/vapi/end-of-call-report.json"))
+                .unwrap();
+        let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v["message"]["call"]["id"] = SLOT.into();
+        let mut transcript = v["message"]["artifact"]["transcript"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        while serde_json::to_vec(&v).unwrap().len() < 2048 {
+            transcript.push_str("\nUser: And could you send me a reminder the day before?");
+            v["message"]["artifact"]["transcript"] = transcript.clone().into();
+        }
+        let template = serde_json::to_vec(&v).unwrap();
+        let slot = template
+            .windows(SLOT.len())
+            .position(|w| w == SLOT.as_bytes())
+            .unwrap();
+        Bodies {
+            template,
+            slot,
+            next: AtomicU64::new(0),
+            run,
+        }
+    }
+
+    /// The next body and its call id.
+    fn next(&self) -> (Vec<u8>, String) {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{:08x}-0000-4000-8000-{n:012x}", self.run as u32);
+        let mut body = self.template.clone();
+        body[self.slot..self.slot + SLOT.len()].copy_from_slice(id.as_bytes());
+        (body, id)
+    }
+}
+
+/// Latency percentiles of one run.
+#[derive(Clone, Copy, Debug, Default)]
+struct Run {
+    offered: f64,
+    achieved: f64,
+    p50: f64,
+    p95: f64,
+    p99: f64,
+    errors: usize,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1e3
+}
+
+fn summarize(offered: f64, mut lat: Vec<Duration>, took: Duration, errors: usize) -> Run {
+    lat.sort();
+    Run {
+        offered,
+        achieved: lat.len() as f64 / took.as_secs_f64(),
+        p50: percentile(&lat, 0.50),
+        p95: percentile(&lat, 0.95),
+        p99: percentile(&lat, 0.99),
+        errors,
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// One request to `url`: the Vapi body when `bodies` is given, else an empty POST.
+async fn send(client: &reqwest::Client, url: &str, bodies: Option<&Bodies>) -> bool {
+    let req = client.post(url);
+    let req = match bodies {
+        Some(b) => req
+            .header("authorization", format!("Bearer {SECRET}"))
+            .header("content-type", "application/json")
+            .body(b.next().0),
+        None => req,
+    };
+    matches!(req.send().await, Ok(r) if r.status().is_success())
+}
+
+/// Closed loop: `CLIENTS` connections sending back to back for `secs`.
+async fn saturate(url: &str, bodies: Option<Arc<Bodies>>, secs: f64) -> Run {
+    let client = client();
+    let until = Instant::now() + Duration::from_secs_f64(secs);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..CLIENTS {
+        let (client, url, bodies) = (client.clone(), url.to_string(), bodies.clone());
+        tasks.push(tokio::spawn(async move {
+            let (mut lat, mut errors) = (Vec::new(), 0);
+            while Instant::now() < until {
+                let t = Instant::now();
+                if send(&client, &url, bodies.as_deref()).await {
+                    lat.push(t.elapsed());
+                } else {
+                    errors += 1;
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    let (mut all, mut errors) = (Vec::new(), 0);
+    for t in tasks {
+        let (l, e) = t.await.unwrap();
+        all.extend(l);
+        errors += e;
+    }
+    let took = started.elapsed();
+    let r = summarize(0.0, all, took, errors);
+    Run {
+        offered: r.achieved,
+        ..r
+    }
+}
+
+/// Open loop: request i is due at start + i / rate; its latency counts from when it was due.
+async fn offer(
+    url: &str,
+    bodies: Arc<Bodies>,
+    rate: f64,
+    secs: f64,
+) -> (Run, Vec<(String, Instant)>) {
+    let client = client();
+    let total = (rate * secs) as usize;
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let sent = Arc::new(std::sync::Mutex::new(Vec::with_capacity(total)));
+    let mut tasks = Vec::new();
+    for _ in 0..256 {
+        let (client, url, bodies, next, sent) = (
+            client.clone(),
+            url.to_string(),
+            bodies.clone(),
+            next.clone(),
+            sent.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let (mut lat, mut errors) = (Vec::new(), 0);
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    break;
+                }
+                let due = started + Duration::from_secs_f64(i as f64 / rate);
+                tokio::time::sleep_until(due.into()).await;
+                let (body, id) = bodies.next();
+                sent.lock().unwrap().push((id, due));
+                let res = client
+                    .post(&url)
+                    .header("authorization", format!("Bearer {SECRET}"))
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await;
+                match res {
+                    Ok(r) if r.status().is_success() => lat.push(due.elapsed()),
+                    _ => errors += 1,
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    let (mut all, mut errors) = (Vec::new(), 0);
+    for t in tasks {
+        let (l, e) = t.await.unwrap();
+        all.extend(l);
+        errors += e;
+    }
+    let took = started.elapsed();
+    let sent = std::mem::take(&mut *sent.lock().unwrap());
+    (summarize(rate, all, took, errors), sent)
+}
+
+async fn count(pg: &tokio_postgres::Client, schema: &str) -> i64 {
+    pg.query_one(&format!("SELECT count(*) FROM {schema}.call_logs"), &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn run(quick: bool) {
+    let Some(setup) = setup().await else {
+        eprintln!("no Postgres at 127.0.0.1:5432: skipping");
+        return;
+    };
+    let secs = if quick { 1.0 } else { 5.0 };
+    let (pg, conn) = tokio_postgres::connect(PG, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    println!(
+        "load benchmark: {} (generator, server, Redis and Postgres on the same cores)",
+        cpu()
+    );
+
+    // 1. the ceiling
+    let mut bare = Command::new(std::env::current_exe().unwrap());
+    bare.env("LOAD_BENCH_BARE", "1");
+    let bare = Server::spawn(bare);
+    let bare_url = format!("http://127.0.0.1:{}/", bare.port);
+    // the same 2 KiB bodies, so the ratio compares the engine's work, not the transfer
+    let warm = Arc::new(Bodies::new(0));
+    let _ = saturate(&bare_url, Some(warm.clone()), 1.0).await;
+    let ceiling = saturate(&bare_url, Some(warm), secs).await;
+    bare.stop();
+    println!(
+        "ceiling (bare salvo, {CLIENTS} connections): {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms",
+        ceiling.achieved, ceiling.p50, ceiling.p99
+    );
+
+    // 2. ingest
+    let server = Server::spawn(engine(&["serve", "--no-worker"], &setup, setup.dir.path()));
+    let url = format!("http://127.0.0.1:{}/api/webhooks/vapi", server.port);
+    let bodies = Arc::new(Bodies::new(std::process::id() as u64));
+    let _ = saturate(&url, Some(bodies.clone()), 1.0).await;
+    let sat = saturate(&url, Some(bodies.clone()), secs).await;
+    println!(
+        "ingest at saturation ({CLIENTS} connections): {:.0} req/s ({:.0}% of the ceiling), p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms, {} errors",
+        sat.achieved,
+        100.0 * sat.achieved / ceiling.achieved,
+        sat.p50,
+        sat.p95,
+        sat.p99,
+        sat.errors
+    );
+    let mut curve = Vec::new();
+    for fraction in [0.1, 0.25, 0.5, 0.75, 0.9] {
+        let rate = (sat.achieved * fraction).max(50.0);
+        let (r, _) = offer(&url, bodies.clone(), rate, secs).await;
+        println!(
+            "ingest at {:>3.0}% ({:>6.0} req/s offered): achieved {:>6.0}, p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms, {} errors",
+            fraction * 100.0,
+            rate,
+            r.achieved,
+            r.p50,
+            r.p95,
+            r.p99,
+            r.errors
+        );
+        curve.push(r);
+    }
+    let rss = server.peak_rss();
+    println!(
+        "peak RSS of engine serve under load: {:.1} MiB",
+        rss as f64 / 1048576.0
+    );
+    let ingest_boot = server.booted;
+    server.stop();
+
+    // 3. drain
+    let queued = bodies.next.load(Ordering::Relaxed) as i64;
+    let before = count(&pg, &setup.schema).await;
+    let started = Instant::now();
+    let worker = Server::spawn_worker(engine(&["worker"], &setup, setup.dir.path()));
+    let mut last = before;
+    while last - before < queued && started.elapsed() < Duration::from_secs(300) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        last = count(&pg, &setup.schema).await;
+    }
+    let drained = last - before;
+    let drain_secs = started.elapsed().as_secs_f64();
+    let worker_rss = worker.peak_rss();
+    worker.stop();
+    println!(
+        "drain: {drained} of {queued} events into Postgres in {drain_secs:.2} s: {:.0} events/s (worker peak RSS {:.1} MiB)",
+        drained as f64 / drain_secs,
+        worker_rss as f64 / 1048576.0
+    );
+
+    // 4. end to end, with workers, at a steady rate
+    let server = Server::spawn(engine(&["serve"], &setup, setup.dir.path()));
+    let url = format!("http://127.0.0.1:{}/api/webhooks/vapi", server.port);
+    let e2e_bodies = Arc::new(Bodies::new(std::process::id() as u64 + 1));
+    let rate = (sat.achieved * 0.25).max(50.0);
+    let wall = std::time::SystemTime::now();
+    let anchor = Instant::now();
+    let (r, sent) = offer(&url, e2e_bodies, rate, secs).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rows = pg
+        .query(
+            &format!(
+                "SELECT call_id::text, extract(epoch from created_at)::float8 FROM {}.call_logs WHERE call_id::text = ANY($1)",
+                setup.schema
+            ),
+            &[&sent.iter().map(|(id, _)| id.clone()).collect::<Vec<String>>()],
+        )
+        .await
+        .unwrap();
+    let committed: std::collections::HashMap<String, f64> =
+        rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let wall0 = wall
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let mut e2e: Vec<Duration> = sent
+        .iter()
+        .filter_map(|(id, due)| {
+            let at = committed.get(id)?;
+            let sent_at = wall0 + due.duration_since(anchor).as_secs_f64();
+            Some(Duration::from_secs_f64((at - sent_at).max(0.0)))
+        })
+        .collect();
+    e2e.sort();
+    println!(
+        "end to end at {rate:.0} req/s (request sent -> row committed): {} of {} rows, p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms (answers p99 {:.2} ms)",
+        e2e.len(),
+        sent.len(),
+        percentile(&e2e, 0.5),
+        percentile(&e2e, 0.95),
+        percentile(&e2e, 0.99),
+        r.p99
+    );
+    server.stop();
+
+    // 5. start-up and validate with 50 pipelines
+    let fifty = fifty_pipelines(setup.dir.path());
+    let mut boots = Vec::new();
+    for _ in 0..5 {
+        let s = Server::spawn(engine(&["serve", "--no-worker"], &setup, fifty.path()));
+        boots.push(s.booted);
+        s.stop();
+    }
+    boots.sort();
+    let mut validates = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let out = engine(&["validate"], &setup, fifty.path())
+            .output()
+            .unwrap();
+        validates.push(t.elapsed());
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    validates.sort();
+    println!(
+        "boot (spawn -> listening, median of 5): shipped pipelines {:.0} ms, 50 pipelines {:.0} ms; engine validate with 50 pipelines: {:.0} ms",
+        ingest_boot.as_secs_f64() * 1e3,
+        boots[2].as_secs_f64() * 1e3,
+        validates[2].as_secs_f64() * 1e3
+    );
+
+    plot(&curve, &sat, &ceiling);
+    cleanup(&pg, &setup).await;
+}
+
+impl Server {
+    /// `engine worker` has no port: started is enough.
+    fn spawn_worker(mut cmd: Command) -> Server {
+        let child = cmd
+            .stderr(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        Server {
+            child,
+            port: 0,
+            booted: Duration::ZERO,
+        }
+    }
+}
+
+/// The shipped set plus 46 more copies of the Vapi pipeline on their own routes: 50 pipelines.
+fn fifty_pipelines(shipped: &Path) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    copy(shipped, dir.path());
+    let vapi = std::fs::read_to_string(shipped.join("vapi.yaml")).unwrap();
+    for i in 0..46 {
+        std::fs::write(
+            dir.path().join(format!("vapi-{i:02}.yaml")),
+            vapi.replace("name: vapi\n", &format!("name: vapi-{i:02}\n"))
+                .replace(
+                    "path: /api/webhooks/vapi",
+                    &format!("path: /api/webhooks/vapi/{i:02}"),
+                ),
+        )
+        .unwrap();
+    }
+    dir
+}
+
+/// Latency percentiles against offered load, with the saturation and ceiling rates marked.
+fn plot(curve: &[Run], sat: &Run, ceiling: &Run) {
+    use plotters::prelude::*;
+    let Ok(font) = std::fs::read("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf") else {
+        println!("plot skipped: no DejaVuSans.ttf for labels");
+        return;
+    };
+    let font: &'static [u8] = Box::leak(font.into_boxed_slice());
+    if plotters::style::register_font("sans-serif", FontStyle::Normal, font).is_err() {
+        println!("plot skipped: the font did not load");
+        return;
+    }
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/benchmarks-latency.png");
+    let root = BitMapBackend::new(&out, (900, 560)).into_drawing_area();
+    root.fill(&WHITE).unwrap();
+    let max_x = ceiling.achieved.max(sat.achieved) * 1.05;
+    let max_y = curve
+        .iter()
+        .map(|r| r.p99)
+        .chain([sat.p99])
+        .fold(1.0f64, f64::max)
+        * 1.2;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "engine: Vapi end-of-call-report ingest latency vs offered load (2 cores)",
+            ("sans-serif", 20),
+        )
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..max_x, (0.1f64..max_y).log_scale())
+        .unwrap();
+    chart
+        .configure_mesh()
+        .x_desc("offered load, requests/s")
+        .y_desc("latency, ms (log scale)")
+        .label_style(("sans-serif", 14))
+        .draw()
+        .unwrap();
+    type Percentile = fn(&Run) -> f64;
+    let series: [(&str, RGBColor, Percentile); 3] = [
+        ("p50", BLUE, |r| r.p50),
+        ("p95", GREEN, |r| r.p95),
+        ("p99", RED, |r| r.p99),
+    ];
+    for (name, color, value) in series {
+        let points: Vec<(f64, f64)> = curve.iter().map(|r| (r.offered, value(r))).collect();
+        chart
+            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
+            .unwrap()
+            .label(name)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+        chart
+            .draw_series(points.iter().map(|p| Circle::new(*p, 4, color.filled())))
+            .unwrap();
+    }
+    for (name, x, color) in [
+        ("engine saturation", sat.achieved, BLACK),
+        (
+            "bare salvo ceiling",
+            ceiling.achieved,
+            RGBColor(150, 150, 150),
+        ),
+    ] {
+        chart
+            .draw_series(LineSeries::new(
+                vec![(x, 0.1), (x, max_y)],
+                color.stroke_width(1),
+            ))
+            .unwrap()
+            .label(format!("{name}: {x:.0}/s"))
+            .legend(move |(lx, ly)| PathElement::new(vec![(lx, ly), (lx + 20, ly)], color));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 14))
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()
+        .unwrap();
+    root.present().unwrap();
+    println!("plot: {}", out.display());
+}
+
+async fn cleanup(pg: &tokio_postgres::Client, setup: &Setup) {
+    let _ = pg
+        .batch_execute(&format!("DROP SCHEMA {} CASCADE", setup.schema))
+        .await;
+    if let Ok(client) = redis::Client::open("redis://127.0.0.1:6379")
+        && let Ok(mut c) = client.get_multiplexed_async_connection().await
+    {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}*", setup.prefix))
+            .query_async(&mut c)
+            .await
+            .unwrap_or_default();
+        for k in keys {
+            let _: Result<(), _> = redis::cmd("DEL").arg(k).query_async(&mut c).await;
+        }
+    }
+}
+
+fn cpu() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = info
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = info.lines().filter(|l| l.starts_with("processor")).count();
+    format!("{cores} × {model}")
+}
