@@ -429,6 +429,8 @@ pub async fn start_with(
     workers: bool,
     around: Surroundings,
 ) -> std::io::Result<Running> {
+    // install the recorder before the first request, so no count is recorded into the void
+    let _ = crate::ops::metrics::handle();
     let record = around.record.clone();
     let app = Arc::new(App::build_in(project, around).map_err(std::io::Error::other)?);
     let queues = app.queued.iter().flatten().count();
@@ -527,6 +529,7 @@ pub async fn serve_workers(project: Project) -> std::io::Result<()> {
     let _ops = crate::ops::start(&project);
     announce_redis(&project).await;
     let grace = Duration::from_secs(project.settings.shutdown_grace_secs);
+    let _ = crate::ops::metrics::handle();
     let app = Arc::new(App::build(project).map_err(std::io::Error::other)?);
     let sampled = Arc::downgrade(&app);
     crate::ops::metrics::start_sampler(move || sampled.upgrade());
