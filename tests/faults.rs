@@ -22,7 +22,8 @@ fn dir() -> Dir {
         "vapi.yaml",
         &vapi.replace(
             "    window: 24h\n",
-            "    window: 24h\n  lease: 2s\n  backoff: {initial: 200ms, max: 1s}\n",
+            // enough attempts to outlast a 30 s database outage at this backoff
+            "    window: 24h\n  lease: 2s\n  backoff: {initial: 200ms, max: 1s}\n  max_attempts: 100\n",
         ),
     );
     let base = std::fs::read_to_string(dir.path().join("engine.yaml")).unwrap();
@@ -42,6 +43,21 @@ fn dir() -> Dir {
 struct Engine(Child);
 
 impl Engine {
+    /// SIGTERM (what Render sends on a deploy), then wait for the process to exit.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "no exit within 20 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// kill -9, no graceful shutdown.
     fn kill(&mut self) {
         let _ = self.0.kill();
@@ -296,9 +312,17 @@ async fn postgres_stopped_mid_stream_then_started() {
     let _engine = engine(&d, port, &redis.url(), &postgres.url());
     // the sink is down for a while: events are still answered 2xx (they are in Redis) and the
     // worker retries them with backoff until Postgres is back
-    let (ok, all) = stream_with_fault(port, 300, 100, || postgres.down()).await;
+    let mut down_at = None;
+    let (ok, all) = stream_with_fault(port, 300, 100, || {
+        postgres.down();
+        down_at = Some(Instant::now());
+    })
+    .await;
     assert_eq!(ok.len(), 300, "ingest does not depend on the sink");
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // 30 s without a database, as a managed Postgres failover or restart can take
+    let outage = Duration::from_secs(30);
+    let since = down_at.unwrap().elapsed();
+    tokio::time::sleep(outage.saturating_sub(since)).await;
     postgres.up();
     let db = {
         let (client, conn) = tokio_postgres::connect(&postgres.url(), tokio_postgres::NoTls)
@@ -307,5 +331,98 @@ async fn postgres_stopped_mid_stream_then_started() {
         tokio::spawn(conn);
         client
     };
-    check_exactly_once_on(&db, &ok, &all, "Postgres stopped mid-stream, then started").await;
+    check_exactly_once_on(
+        &db,
+        &ok,
+        &all,
+        "Postgres (a private instance) stopped mid-stream for 30 s, then started",
+    )
+    .await;
+}
+
+/// `producers` concurrent streams of `n` events each to `port`.
+async fn concurrent_streams(
+    ports: Vec<u16>,
+    producers: usize,
+    n: usize,
+) -> (Vec<String>, Vec<String>) {
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..producers {
+        set.spawn(stream_with_fault(
+            ports[i % ports.len()],
+            n,
+            usize::MAX,
+            || {},
+        ));
+    }
+    let (mut ok, mut all) = (Vec::new(), Vec::new());
+    while let Some(r) = set.join_next().await {
+        let (o, a) = r.unwrap();
+        ok.extend(o);
+        all.extend(a);
+    }
+    (ok, all)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_loses_nothing_answered() {
+    let (database, schema) = fresh_schema().await;
+    let redis = PrivateRedis::start(true);
+    let d = dir();
+    let port = free_port();
+    let mut first = engine(&d, port, &redis.url(), &database);
+    // a deploy: SIGTERM while 4 producers are sending; requests in flight finish, later ones
+    // are refused (the provider retries them against the new instance)
+    let load = tokio::spawn(concurrent_streams(vec![port], 4, 300));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let status = tokio::task::spawn_blocking(move || {
+        let s = first.terminate();
+        (s, first)
+    })
+    .await
+    .unwrap();
+    assert!(
+        status.0.success(),
+        "a clean exit after SIGTERM: {:?}",
+        status.0
+    );
+    let (ok, all) = load.await.unwrap();
+    assert!(
+        !ok.is_empty() && ok.len() < all.len(),
+        "the shutdown happened mid-stream: {} of {}",
+        ok.len(),
+        all.len()
+    );
+    // the next instance (the deploy's new one) finishes whatever was queued
+    let _second = engine(&d, port, &redis.url(), &database);
+    check_exactly_once(
+        &schema,
+        &ok,
+        &all,
+        "SIGTERM during load (4 producers), then a new instance",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_one_killed_the_other_takes_over() {
+    let (database, schema) = fresh_schema().await;
+    let redis = PrivateRedis::start(true);
+    let d = dir();
+    let (p1, p2) = (free_port(), free_port());
+    let mut a = engine(&d, p1, &redis.url(), &database);
+    let _b = engine(&d, p2, &redis.url(), &database);
+    let load = tokio::spawn(concurrent_streams(vec![p1, p2], 6, 250));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // instance A dies with events in its hands: B's reaper takes them over after the lease
+    a.kill();
+    let (ok, all) = load.await.unwrap();
+    assert!(ok.len() < all.len(), "A was gone for part of the stream");
+    check_exactly_once(
+        &schema,
+        &ok,
+        &all,
+        "two instances sharing Redis and Postgres, one killed (kill -9) mid-stream",
+    )
+    .await;
 }
