@@ -748,6 +748,52 @@ mod property {
         }
     }
 
+    /// Every header a scheme reads: signatures, timestamps, ids.
+    const READ_HEADERS: &[&str] = &[
+        "x-twilio-signature",
+        "stripe-signature",
+        "x-hub-signature-256",
+        "webhook-signature",
+        "webhook-timestamp",
+        "webhook-id",
+        "x-slack-signature",
+        "x-slack-request-timestamp",
+        "x-shopify-hmac-sha256",
+        "x-sig",
+        "x-ts",
+        "authorization",
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+        /// Hostile header values (any visible bytes, separators, huge numbers, repeated
+        /// `v1=`/`t=` parts) never panic a header parser and never verify.
+        #[test]
+        fn garbage_headers_are_refused_without_panics(
+            values in proptest::collection::vec(
+                prop_oneof![
+                    "[ -~]{0,200}",
+                    "(t=-?[0-9]{0,25},)?(v[01]=[0-9a-fA-F]{0,130},?){0,6}",
+                    "v1,[A-Za-z0-9+/=]{0,100}( v1,[A-Za-z0-9+/=]{0,100}){0,4}",
+                    "(sha1|sha256|sha512|v0)=[0-9a-f]{0,140}",
+                    "-?[0-9]{1,30}",
+                ],
+                READ_HEADERS.len(),
+            ),
+            body in proptest::collection::vec(any::<u8>(), 0..256),
+        ) {
+            let mut headers = HeaderMap::new();
+            for (name, value) in READ_HEADERS.iter().zip(&values) {
+                if let Ok(v) = HeaderValue::from_str(value) {
+                    headers.insert(HeaderName::from_static(name), v);
+                }
+            }
+            for (name, v) in verifiers() {
+                prop_assert!(!run(&v, &headers, &body), "{name}: garbage verified");
+            }
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
         #[test]
