@@ -1,5 +1,5 @@
 //! Hostile input to the parsers and loaders, as property tests (stable Rust has no cargo fuzz):
-//! the YAML reader, the pipelines directory loader, the fixture loader, request fields (form and
+//! the YAML reader, the pipelines directory loader, dotenv files, the fixture loader, request fields (form and
 //! JSON bodies) and the Rhai event view. Each must answer every input with a value or an error —
 //! never a panic, never unbounded work. `PROPTEST_CASES=100000 cargo test --release --test
 //! hostile` runs them longer; failures are kept in `tests/hostile.proptest-regressions`.
@@ -56,6 +56,29 @@ proptest! {
         std::fs::write(&f, &text).unwrap();
         if let Err(diags) = engine::replay::fixture::load(&f) {
             prop_assert!(diags.iter().all(|d| d.line >= 1));
+        }
+    }
+
+    #[test]
+    fn a_hostile_env_file_is_read_or_refused(
+        lines in proptest::collection::vec(
+            prop_oneof![
+                "[A-Z_]{1,12}=[ -~]{0,40}",
+                "export [A-Z_]{1,8}=\"[ -~]{0,20}\"?",
+                "[ -~]{0,40}",
+                Just("ENCRYPTION_KEY='<PASTE YOUR KEY>'".to_string()),
+            ],
+            0..20,
+        ),
+        bytes in proptest::collection::vec(any::<u8>(), 0..200),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join(".env");
+        for content in [lines.join("\n").into_bytes(), bytes] {
+            std::fs::write(&f, &content).unwrap();
+            if let Ok(source) = engine::env::EnvSource::from_file(&f) {
+                let _ = engine::config::load(&common::shipped(), &source);
+            }
         }
     }
 
