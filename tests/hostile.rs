@@ -128,3 +128,34 @@ proptest! {
         }
     }
 }
+
+/// Header floods: thousands of headers, or one enormous one, are refused by the HTTP layer
+/// before the engine sees them, and the server keeps serving.
+#[tokio::test]
+async fn header_floods_are_refused_and_the_server_keeps_serving() {
+    let dir = Dir::shipped_copy();
+    let app = common::spawn_app(dir.path(), &[]).await;
+    let many: String = (0..5000).map(|i| format!("x-flood-{i}: {i}\r\n")).collect();
+    let huge = format!("x-huge: {}\r\n", "a".repeat(1 << 20));
+    for headers in [many, huge] {
+        let request = format!(
+            "POST /api/webhooks/vapi HTTP/1.1\r\nhost: x\r\n{headers}content-length: 2\r\n\r\n{{}}"
+        );
+        let answer = common::raw_request(
+            app.addr,
+            &[request.as_bytes()],
+            std::time::Duration::from_secs(5),
+        )
+        .await;
+        assert!(
+            answer.is_empty()
+                || answer.starts_with("HTTP/1.1 431")
+                || answer.starts_with("HTTP/1.1 400"),
+            "{}",
+            &answer[..answer.len().min(200)]
+        );
+    }
+    let res = app.client.get(app.url("/health")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    app.stop().await;
+}
