@@ -8,28 +8,15 @@
 //!
 //! Load generator, Redis and Postgres share the machine with the engine.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use engine::env::EnvSource;
 
+mod support;
+
 const EVENTS: usize = 20_000;
 const CLIENTS: usize = 32;
-const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
-
-fn copy(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let p = e.unwrap().path();
-        let t = to.join(p.file_name().unwrap());
-        if p.is_dir() {
-            copy(&p, &t)
-        } else {
-            std::fs::copy(&p, t).unwrap();
-        }
-    }
-}
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
@@ -40,42 +27,11 @@ async fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo bench -- --list`
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let Ok((pg, conn)) = tokio_postgres::connect(PG, tokio_postgres::NoTls).await else {
+    let Some(bench) = support::setup("bench").await else {
         eprintln!("no Postgres at 127.0.0.1:5432: skipping");
         return;
     };
-    tokio::spawn(conn);
-    let schema = format!("bench_{}", std::process::id());
-    pg.batch_execute(&format!(
-        "CREATE SCHEMA {schema}; SET search_path TO {schema};"
-    ))
-    .await
-    .unwrap();
-    let mut files: Vec<_> = std::fs::read_dir(root.join("migrations"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    for f in files {
-        pg.batch_execute(&std::fs::read_to_string(f).unwrap())
-            .await
-            .unwrap();
-    }
-
-    let dir = tempfile::tempdir().unwrap();
-    copy(&root.join("pipelines"), dir.path());
-    let settings = std::fs::read_to_string(dir.path().join("engine.yaml")).unwrap();
-    std::fs::write(
-        dir.path().join("engine.yaml"),
-        format!(
-            "{}redis_key_prefix: 'bench{}'\n",
-            settings.replace("  limit: 100/1m\n", "  limit: 1000000/1s\n"),
-            std::process::id()
-        ),
-    )
-    .unwrap();
-    let database = format!("{PG}?options=-csearch_path%3D{schema}");
+    let (pg, database, dir) = (&bench.pg, &bench.database, &bench.dir);
     let env = [
         ("REDIS_URL", "redis://127.0.0.1:6379"),
         ("DATABASE_URL", database.as_str()),
@@ -186,7 +142,5 @@ async fn main() {
         took.as_secs_f64()
     );
     workers.stop(Duration::from_secs(5)).await;
-    pg.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
-        .await
-        .unwrap();
+    bench.cleanup().await;
 }

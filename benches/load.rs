@@ -16,13 +16,14 @@
 //! offered load). Everything shares the machine's cores: the generator, the server, Redis and
 //! Postgres. `-- --quick` shortens every phase (a smoke run).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
+mod support;
+
 const SECRET: &str = "bench-vapi-webhook-secret";
 /// Concurrent connections of the closed-loop (saturation) runs.
 const CLIENTS: usize = 32;
@@ -68,68 +69,7 @@ fn bare_server() {
     });
 }
 
-struct Setup {
-    dir: tempfile::TempDir,
-    schema: String,
-    prefix: String,
-    database: String,
-}
-
-async fn setup() -> Option<Setup> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let (pg, conn) = tokio_postgres::connect(PG, tokio_postgres::NoTls)
-        .await
-        .ok()?;
-    tokio::spawn(conn);
-    let schema = format!("load_{}", std::process::id());
-    pg.batch_execute(&format!(
-        "CREATE SCHEMA {schema}; SET search_path TO {schema};"
-    ))
-    .await
-    .unwrap();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(root.join("migrations"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    for f in files {
-        pg.batch_execute(&std::fs::read_to_string(f).unwrap())
-            .await
-            .unwrap();
-    }
-    let dir = tempfile::tempdir().unwrap();
-    copy(&root.join("pipelines"), dir.path());
-    let prefix = format!("load{}", std::process::id());
-    let settings = std::fs::read_to_string(dir.path().join("engine.yaml")).unwrap();
-    // the benchmark is one client: the default 100/min per IP would measure 429s
-    std::fs::write(
-        dir.path().join("engine.yaml"),
-        format!(
-            "{}redis_key_prefix: '{prefix}'\n",
-            settings.replace("  limit: 100/1m\n", "  limit: 100000000/1s\n")
-        ),
-    )
-    .unwrap();
-    Some(Setup {
-        dir,
-        database: format!("{PG}?options=-csearch_path%3D{schema}"),
-        schema,
-        prefix,
-    })
-}
-
-fn copy(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let p = e.unwrap().path();
-        let t = to.join(p.file_name().unwrap());
-        if p.is_dir() {
-            copy(&p, &t)
-        } else {
-            std::fs::copy(&p, t).unwrap();
-        }
-    }
-}
+use support::{Bench as Setup, copy};
 
 /// A child process serving HTTP, and its port (read from its start-up line).
 struct Server {
@@ -313,6 +253,19 @@ async fn send(client: &reqwest::Client, url: &str, bodies: Option<&Bodies>) -> b
     matches!(req.send().await, Ok(r) if r.status().is_success())
 }
 
+/// The latencies and error counts of the generator's tasks, together.
+async fn gather(
+    tasks: Vec<tokio::task::JoinHandle<(Vec<Duration>, usize)>>,
+) -> (Vec<Duration>, usize) {
+    let (mut all, mut errors) = (Vec::new(), 0);
+    for t in tasks {
+        let (l, e) = t.await.unwrap();
+        all.extend(l);
+        errors += e;
+    }
+    (all, errors)
+}
+
 /// Closed loop: `CLIENTS` connections sending back to back for `secs`.
 async fn saturate(url: &str, bodies: Option<Arc<Bodies>>, secs: f64) -> Run {
     let client = client();
@@ -334,12 +287,7 @@ async fn saturate(url: &str, bodies: Option<Arc<Bodies>>, secs: f64) -> Run {
             (lat, errors)
         }));
     }
-    let (mut all, mut errors) = (Vec::new(), 0);
-    for t in tasks {
-        let (l, e) = t.await.unwrap();
-        all.extend(l);
-        errors += e;
-    }
+    let (all, errors) = gather(tasks).await;
     let took = started.elapsed();
     let r = summarize(0.0, all, took, errors);
     Run {
@@ -395,12 +343,7 @@ async fn offer(
             (lat, errors)
         }));
     }
-    let (mut all, mut errors) = (Vec::new(), 0);
-    for t in tasks {
-        let (l, e) = t.await.unwrap();
-        all.extend(l);
-        errors += e;
-    }
+    let (all, errors) = gather(tasks).await;
     let took = started.elapsed();
     let sent = std::mem::take(&mut *sent.lock().unwrap());
     (summarize(rate, all, took, errors), sent)
@@ -414,15 +357,12 @@ async fn count(pg: &tokio_postgres::Client, schema: &str) -> i64 {
 }
 
 async fn run(quick: bool) {
-    let Some(setup) = setup().await else {
+    let Some(setup) = support::setup("load").await else {
         eprintln!("no Postgres at 127.0.0.1:5432: skipping");
         return;
     };
     let secs = if quick { 1.0 } else { 5.0 };
-    let (pg, conn) = tokio_postgres::connect(PG, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let pg = &setup.pg;
     println!(
         "load benchmark: {} (generator, server, Redis and Postgres on the same cores)",
         cpu()
@@ -484,13 +424,13 @@ async fn run(quick: bool) {
 
     // 3. drain
     let queued = bodies.next.load(Ordering::Relaxed) as i64;
-    let before = count(&pg, &setup.schema).await;
+    let before = count(pg, &setup.schema).await;
     let started = Instant::now();
     let worker = Server::spawn_worker(engine(&["worker"], &setup, setup.dir.path()));
     let mut last = before;
     while last - before < queued && started.elapsed() < Duration::from_secs(300) {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        last = count(&pg, &setup.schema).await;
+        last = count(pg, &setup.schema).await;
     }
     let drained = last - before;
     let drain_secs = started.elapsed().as_secs_f64();
@@ -579,7 +519,7 @@ async fn run(quick: bool) {
     );
 
     plot(&curve, &sat, &ceiling);
-    cleanup(&pg, &setup).await;
+    setup.cleanup().await;
 }
 
 impl Server {
@@ -702,24 +642,6 @@ fn plot(curve: &[Run], sat: &Run, ceiling: &Run) {
         .unwrap();
     root.present().unwrap();
     println!("plot: {}", out.display());
-}
-
-async fn cleanup(pg: &tokio_postgres::Client, setup: &Setup) {
-    let _ = pg
-        .batch_execute(&format!("DROP SCHEMA {} CASCADE", setup.schema))
-        .await;
-    if let Ok(client) = redis::Client::open("redis://127.0.0.1:6379")
-        && let Ok(mut c) = client.get_multiplexed_async_connection().await
-    {
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}*", setup.prefix))
-            .query_async(&mut c)
-            .await
-            .unwrap_or_default();
-        for k in keys {
-            let _: Result<(), _> = redis::cmd("DEL").arg(k).query_async(&mut c).await;
-        }
-    }
 }
 
 fn cpu() -> String {

@@ -1,0 +1,98 @@
+//! What the whole-engine benchmarks share: a fresh Postgres schema with the migrations applied,
+//! and a copy of the shipped pipelines whose rate limit lets one load generator through and whose
+//! Redis keys live under a private prefix.
+
+use std::path::Path;
+
+pub const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// A benchmark's database and pipelines.
+pub struct Bench {
+    pub pg: tokio_postgres::Client,
+    pub schema: String,
+    /// DATABASE_URL for the engine: the schema first on the search path.
+    pub database: String,
+    pub dir: tempfile::TempDir,
+    pub prefix: String,
+}
+
+/// A schema `<name>_<pid>` with the migrations, and the pipelines; `None` without Postgres.
+pub async fn setup(name: &str) -> Option<Bench> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (pg, conn) = tokio_postgres::connect(PG, tokio_postgres::NoTls)
+        .await
+        .ok()?;
+    tokio::spawn(conn);
+    let schema = format!("{name}_{}", std::process::id());
+    pg.batch_execute(&format!(
+        "CREATE SCHEMA {schema}; SET search_path TO {schema};"
+    ))
+    .await
+    .unwrap();
+    let mut files: Vec<_> = std::fs::read_dir(root.join("migrations"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    for f in files {
+        pg.batch_execute(&std::fs::read_to_string(f).unwrap())
+            .await
+            .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    copy(&root.join("pipelines"), dir.path());
+    let prefix = format!("{name}{}", std::process::id());
+    let settings = std::fs::read_to_string(dir.path().join("engine.yaml")).unwrap();
+    // one load generator is one client: the default 100/min per IP would measure 429s
+    std::fs::write(
+        dir.path().join("engine.yaml"),
+        format!(
+            "{}redis_key_prefix: '{prefix}'\n",
+            settings.replace("  limit: 100/1m\n", "  limit: 100000000/1s\n")
+        ),
+    )
+    .unwrap();
+    Some(Bench {
+        pg,
+        database: format!("{PG}?options=-csearch_path%3D{schema}"),
+        schema,
+        dir,
+        prefix,
+    })
+}
+
+impl Bench {
+    /// Drop the schema and the Redis keys under the prefix.
+    pub async fn cleanup(&self) {
+        let _ = self
+            .pg
+            .batch_execute(&format!("DROP SCHEMA {} CASCADE", self.schema))
+            .await;
+        if let Ok(client) = redis::Client::open("redis://127.0.0.1:6379")
+            && let Ok(mut c) = client.get_multiplexed_async_connection().await
+        {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{}*", self.prefix))
+                .query_async(&mut c)
+                .await
+                .unwrap_or_default();
+            for k in keys {
+                let _: Result<(), _> = redis::cmd("DEL").arg(k).query_async(&mut c).await;
+            }
+        }
+    }
+}
+
+/// Copy a directory tree.
+pub fn copy(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        let t = to.join(p.file_name().unwrap());
+        if p.is_dir() {
+            copy(&p, &t)
+        } else {
+            std::fs::copy(&p, t).unwrap();
+        }
+    }
+}
