@@ -14,7 +14,8 @@
 //!
 //! Prints every figure and writes `docs/benchmarks-latency.png` (latency percentiles against
 //! offered load). Everything shares the machine's cores: the generator, the server, Redis and
-//! Postgres. `-- --quick` shortens every phase (a smoke run).
+//! Postgres. `-- --quick` shortens every phase (a smoke run); `LOAD_STATIC_RESPOND=1` answers
+//! Vapi statically instead of with its respond script, to show what the script costs.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -362,6 +363,16 @@ async fn run(quick: bool) {
         return;
     };
     let secs = if quick { 1.0 } else { 5.0 };
+    if std::env::var("LOAD_STATIC_RESPOND").is_ok() {
+        // what the Vapi respond script costs: the same pipeline answering statically
+        let path = setup.dir.path().join("vapi.yaml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let start = text.find("respond:\n").unwrap();
+        let end = start + text[start..].find("\n\n").unwrap();
+        let fixed = "respond:\n  status: 200\n  content_type: application/json\n  body: '{\"received\":true}'";
+        std::fs::write(&path, format!("{}{fixed}{}", &text[..start], &text[end..])).unwrap();
+        println!("(the Vapi pipeline answers statically: LOAD_STATIC_RESPOND)");
+    }
     let pg = &setup.pg;
     println!(
         "load benchmark: {} (generator, server, Redis and Postgres on the same cores)",
