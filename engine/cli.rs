@@ -37,7 +37,7 @@ pub enum Command {
         #[arg(long)]
         no_worker: bool,
         /// Write each accepted request as a replay fixture under DIR/<pipeline>/ (credentials
-        /// removed, each pipeline's `record.redact` fields redacted).
+        /// removed, each pipeline's `redact` fields redacted).
         #[arg(long, value_name = "DIR")]
         record: Option<PathBuf>,
         /// Reload the pipelines whenever a file in the directory changes (SIGHUP always reloads).
@@ -235,15 +235,22 @@ pub fn run() -> ExitCode {
             no_worker,
             record,
             watch,
-        } => serve(
-            &pipelines,
-            env_file.as_deref(),
-            Mode::Serve {
+        } => {
+            let reload = crate::ops::reload::Source {
+                dir: pipelines.clone(),
+                env: match &env_file {
+                    Some(f) => crate::ops::reload::EnvOrigin::File(f.clone()),
+                    None => crate::ops::reload::EnvOrigin::Process,
+                },
+            };
+            let opts = crate::server::ServeOptions {
                 workers: !no_worker,
                 record,
+                reload: Some(reload),
                 watch,
-            },
-        ),
+            };
+            serve(&pipelines, env_file.as_deref(), Mode::Serve(opts))
+        }
         Command::Worker {
             pipelines,
             env_file,
@@ -400,11 +407,7 @@ fn init_tracing(production: bool) {
 /// What `serve` runs.
 #[derive(Debug, Clone)]
 enum Mode {
-    Serve {
-        workers: bool,
-        record: Option<PathBuf>,
-        watch: bool,
-    },
+    Serve(crate::server::ServeOptions),
     Worker,
 }
 
@@ -433,25 +436,7 @@ fn serve(dir: &Path, env_file: Option<&Path>, mode: Mode) -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match mode {
-            Mode::Serve {
-                workers,
-                record,
-                watch,
-            } => {
-                let opts = crate::server::ServeOptions {
-                    workers,
-                    record,
-                    reload: Some(crate::ops::reload::Source {
-                        dir: dir.to_path_buf(),
-                        env: match env_file {
-                            Some(f) => crate::ops::reload::EnvOrigin::File(f.to_path_buf()),
-                            None => crate::ops::reload::EnvOrigin::Process,
-                        },
-                    }),
-                    watch,
-                };
-                crate::server::serve(project, opts).await
-            }
+            Mode::Serve(opts) => crate::server::serve(project, opts).await,
             Mode::Worker => crate::server::serve_workers(project).await,
         }
     });

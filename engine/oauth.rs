@@ -64,29 +64,36 @@ pub enum Answer {
 }
 
 impl Flow {
-    /// The flow of `pipeline`, or why it cannot run yet (names of what is missing, never
-    /// values): the routes answer 503 with that reason.
+    /// The flow of `pipeline`, its tokens written through the postgres sink `sink` (validated:
+    /// it encrypts both tokens), or why it cannot run yet — every missing setting named, never a
+    /// value: the routes answer 503 with that reason.
     pub fn build(
         pipeline: &str,
         cfg: &OAuth,
+        sink: &crate::config::sink::Postgres,
         keyring: Option<&Keyring>,
         pool: Option<&deadpool_postgres::Pool>,
-        sink: Option<std::sync::Arc<dyn Sink>>,
     ) -> Result<Flow, String> {
         let mut missing = Vec::new();
         for (what, value) in [
-            ("the client id", &cfg.client_id),
-            ("the client secret", &cfg.client_secret),
-            ("the redirect URI", &cfg.redirect_uri),
-            ("the JWT secret", &cfg.start.jwt.secret),
+            ("the client id (`oauth.client_id`)", &cfg.client_id),
+            (
+                "the client secret (`oauth.client_secret`)",
+                &cfg.client_secret,
+            ),
+            ("the redirect URI (`oauth.redirect_uri`)", &cfg.redirect_uri),
+            (
+                "the JWT secret (`oauth.start.jwt.secret`)",
+                &cfg.start.jwt.secret,
+            ),
         ] {
             if value.trim().is_empty() {
                 missing.push(what);
             }
         }
         for (what, url) in [
-            ("success_url", &cfg.success_url),
-            ("error_url", &cfg.error_url),
+            ("an absolute `oauth.success_url`", &cfg.success_url),
+            ("an absolute `oauth.error_url`", &cfg.error_url),
         ] {
             if !(url.starts_with("https://") || url.starts_with("http://")) {
                 missing.push(what);
@@ -95,13 +102,18 @@ impl Flow {
         if keyring.is_none() {
             missing.push("ENCRYPTION_KEY");
         }
-        let (Some(pool), Some(sink)) = (pool, sink) else {
+        if pool.is_none() {
             missing.push("DATABASE_URL");
-            return Err(not_configured(pipeline, &missing));
+        }
+        let (Some(keyring), Some(pool), true) = (keyring, pool, missing.is_empty()) else {
+            return Err(format!(
+                "`{pipeline}` is not configured: set {} (the variables its `${{VAR}}`s name, in the environment)",
+                missing.join(", ")
+            ));
         };
-        let Some(keyring) = keyring.filter(|_| missing.is_empty()) else {
-            return Err(not_configured(pipeline, &missing));
-        };
+        let sink: std::sync::Arc<dyn Sink> = std::sync::Arc::new(
+            crate::sink::postgres::PostgresSink::new(sink, pool.clone(), Some(keyring.clone()))?,
+        );
         let authorize_url = cfg
             .authorize_url
             .clone()
@@ -361,10 +373,6 @@ impl Flow {
         }
         Ok(body)
     }
-}
-
-fn not_configured(pipeline: &str, missing: &[&str]) -> String {
-    format!("`{pipeline}` is not configured: set {}", missing.join(", "))
 }
 
 fn bad_state(text: &str) -> Answer {

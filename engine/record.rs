@@ -134,12 +134,6 @@ fn write(path: &Path, header: &str, fixture: &Fixture) -> Result<(), String> {
 
 /// The fixture for a request: what a provider sent, minus credentials, with redactions.
 pub fn fixture(r: &Recorded<'_>) -> Fixture {
-    let redacted = |kind: &dyn Fn(&Redact) -> Option<&str>, name: &str| {
-        r.redact
-            .iter()
-            .filter_map(kind)
-            .any(|n| n.eq_ignore_ascii_case(name))
-    };
     let mut headers: BTreeMap<String, OneOrMany> = BTreeMap::new();
     for name in r.headers.keys() {
         let n = name.as_str();
@@ -150,7 +144,7 @@ pub fn fixture(r: &Recorded<'_>) -> Fixture {
         if credential || TRANSPORT_HEADERS.contains(&n) {
             continue;
         }
-        let values: Vec<String> = if redacted(&header_of, n) {
+        let values: Vec<String> = if redacts(r.redact, &Redact::Header(n.to_string())) {
             vec![REDACTED.to_string()]
         } else {
             r.headers
@@ -161,17 +155,18 @@ pub fn fixture(r: &Recorded<'_>) -> Fixture {
         };
         headers.insert(n.to_string(), OneOrMany::from_values(values));
     }
-    let query = pairs(r.query.as_bytes(), &|k| redacted(&query_of, k));
+    let query = pairs(r.query.as_bytes(), &|k| {
+        redacts(r.redact, &Redact::Query(k.to_string()))
+    });
     let content_type = r
         .headers
         .get("content-type")
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_ascii_lowercase();
+        .unwrap_or("");
     let body = if r.body.is_empty() {
         None
     } else {
-        Some(body_of(&content_type, r.body, r.redact))
+        Some(body_of(content_type, r.body, r.redact))
     };
     Fixture {
         description: Some(format!("recorded {} request", r.pipeline)),
@@ -204,7 +199,11 @@ fn body_of(content_type: &str, body: &[u8], redact: &[Redact]) -> Body {
     if content_type.contains("json")
         && let Ok(mut v) = serde_json::from_slice::<Value>(body)
     {
-        for pointer in redact.iter().filter_map(json_of) {
+        let pointers = redact.iter().filter_map(|r| match r {
+            Redact::Json(p) => Some(p),
+            _ => None,
+        });
+        for pointer in pointers {
             if let Some(slot) = v.pointer_mut(pointer) {
                 *slot = Value::String(REDACTED.into());
             }
@@ -212,12 +211,7 @@ fn body_of(content_type: &str, body: &[u8], redact: &[Redact]) -> Body {
         return Body::Json(v);
     }
     if content_type.starts_with("application/x-www-form-urlencoded") {
-        let named = |k: &str| {
-            redact
-                .iter()
-                .filter_map(form_of)
-                .any(|n| n.eq_ignore_ascii_case(k))
-        };
+        let named = |k: &str| redacts(redact, &Redact::Form(k.to_string()));
         return Body::Form(pairs(body, &named));
     }
     Body::Text(String::from_utf8_lossy(body).into_owned())
@@ -250,32 +244,15 @@ fn pairs(encoded: &[u8], redact: &dyn Fn(&str) -> bool) -> BTreeMap<String, OneO
         .collect()
 }
 
-fn header_of(r: &Redact) -> Option<&str> {
-    match r {
-        Redact::Header(h) => Some(h),
-        _ => None,
-    }
-}
-
-fn query_of(r: &Redact) -> Option<&str> {
-    match r {
-        Redact::Query(q) => Some(q),
-        _ => None,
-    }
-}
-
-fn form_of(r: &Redact) -> Option<&str> {
-    match r {
-        Redact::Form(f) => Some(f),
-        _ => None,
-    }
-}
-
-fn json_of(r: &Redact) -> Option<&str> {
-    match r {
-        Redact::Json(p) => Some(p),
-        _ => None,
-    }
+/// Whether `list` names `field` (a header, form field or query parameter; names compared
+/// without case, as HTTP and Twilio's forms treat them).
+fn redacts(list: &[Redact], field: &Redact) -> bool {
+    list.iter().any(|r| match (r, field) {
+        (Redact::Header(a), Redact::Header(b))
+        | (Redact::Form(a), Redact::Form(b))
+        | (Redact::Query(a), Redact::Query(b)) => a.eq_ignore_ascii_case(b),
+        _ => false,
+    })
 }
 
 /// A name safe as one path segment.

@@ -197,8 +197,15 @@ pub fn load(dir: &Path, source: &EnvSource) -> Result<Project, Vec<Diagnostic>> 
     }
     for (checked, p) in &pipelines {
         diags.extend(check_scripts(checked, p, dir));
-        if let (Some(o), Some(settings)) = (&p.oauth, &settings) {
-            diags.extend(check_oauth(checked, p, o, settings, &env_for_values));
+        if let (Some(o), Some(settings), Some(schema)) = (&p.oauth, &settings, &env_schema) {
+            diags.extend(check_oauth(
+                checked,
+                p,
+                o,
+                settings,
+                schema,
+                &env_for_values,
+            ));
         }
         for (i, step) in p.transform.iter().enumerate() {
             if let Some(sink) = step.sink.as_ref().filter(|s| !p.sinks.contains_key(*s)) {
@@ -430,6 +437,43 @@ fn typed<T: DeserializeOwned>(value: Value, checked: &Checked) -> Result<T, Diag
     })
 }
 
+/// A secret field's text must be exactly `${NAME}` of a declared `x-secret` variable: the name,
+/// or `None` with the problem pushed to `out` (an undeclared name is left to the reference check).
+fn secret_reference<'t>(
+    c: &Checked,
+    pointer: &str,
+    text: &'t str,
+    schema: &EnvSchema,
+    out: &mut Vec<Diagnostic>,
+) -> Option<&'t str> {
+    let pos = c.doc.value_pos(pointer);
+    let name = text
+        .strip_prefix("${")
+        .and_then(|t| t.strip_suffix('}'))
+        .filter(|n| schema.declares(n));
+    let Some(name) = name else {
+        if !text.contains("${") {
+            out.push(Diagnostic::new(
+                &c.file,
+                pos,
+                pointer,
+                "a secret must be a `${VAR}` reference to a variable marked `x-secret: true`, never a literal value (it would live in the repository)",
+            ));
+        }
+        return None;
+    };
+    if !schema.is_secret(name) {
+        out.push(Diagnostic::new(
+            &c.file,
+            pos,
+            pointer,
+            format!("`{name}` holds a secret: mark it `x-secret: true` in {ENV_SCHEMA_FILE}"),
+        ));
+        return None;
+    }
+    Some(name)
+}
+
 /// Secrets are `${VAR}` references to set `x-secret` variables; the verifier must build.
 fn check_verify(
     c: &Checked,
@@ -456,35 +500,13 @@ fn check_verify(
                 _ => Vec::new(),
             };
             for (pointer, text) in refs {
-                let pos = c.doc.value_pos(&pointer);
-                let name = text
-                    .strip_prefix("${")
-                    .and_then(|t| t.strip_suffix('}'))
-                    .filter(|n| schema.declares(n));
-                let Some(name) = name else {
-                    if !text.contains("${") {
-                        out.push(Diagnostic::new(
-                            &c.file,
-                            pos,
-                            &pointer,
-                            "a secret must be a `${VAR}` reference to a variable marked `x-secret: true`, never a literal value (it would live in the repository)",
-                        ));
-                    }
-                    continue; // undeclared references are reported by the reference check
+                let Some(name) = secret_reference(c, &pointer, text, schema, &mut out) else {
+                    continue;
                 };
-                if !schema.is_secret(name) {
+                if env.is_some_and(|e| e.get(name).is_none()) && !uses_tenant {
                     out.push(Diagnostic::new(
                         &c.file,
-                        pos,
-                        &pointer,
-                        format!(
-                            "`{name}` holds a secret: mark it `x-secret: true` in {ENV_SCHEMA_FILE}"
-                        ),
-                    ));
-                } else if env.is_some_and(|e| e.get(name).is_none()) && !uses_tenant {
-                    out.push(Diagnostic::new(
-                        &c.file,
-                        pos,
+                        c.doc.value_pos(&pointer),
                         &pointer,
                         format!("`{name}` is not set, and this verifier needs it: set it (or give it an `x-dev-default` for development)"),
                     ));
@@ -531,6 +553,7 @@ fn check_oauth(
     p: &Pipeline,
     o: &oauth::OAuth,
     settings: &Settings,
+    schema: &EnvSchema,
     env: &Env,
 ) -> Vec<Diagnostic> {
     let mut out = Vec::new();
@@ -563,12 +586,10 @@ fn check_oauth(
         );
     }
     let production = env.is_production();
-    for key in ["authorize_url", "token_url"] {
-        let url = if key == "token_url" {
-            &o.token_url
-        } else {
-            &o.authorize_url
-        };
+    for (key, url) in [
+        ("authorize_url", &o.authorize_url),
+        ("token_url", &o.token_url),
+    ] {
         if let Some(u) = url {
             match url::Url::parse(u) {
                 Err(_) => at(&format!("/oauth/{key}"), "must be an absolute URL".into()),
@@ -608,27 +629,6 @@ fn check_oauth(
             "the tokens' sink must be a `postgres` sink".into(),
         ),
     }
-    let raw = c.doc.value.get("oauth");
-    for (pointer, field) in [
-        (
-            "/oauth/client_secret",
-            raw.and_then(|r| r.get("client_secret")),
-        ),
-        (
-            "/oauth/start/jwt/secret",
-            raw.and_then(|r| r.pointer("/start/jwt/secret")),
-        ),
-    ] {
-        if field
-            .and_then(Value::as_str)
-            .is_some_and(|t| !t.contains("${"))
-        {
-            at(
-                pointer,
-                "a secret must be a `${VAR}` reference to a variable marked `x-secret: true`, never a literal value".into(),
-            );
-        }
-    }
     if !o.redirect_uri.is_empty() {
         match url::Url::parse(&o.redirect_uri) {
             Err(_) => at("/oauth/redirect_uri", "must be an absolute URL".into()),
@@ -658,6 +658,11 @@ fn check_oauth(
                     at("/oauth/redirect_uri", "must be https in production".into());
                 }
             }
+        }
+    }
+    for pointer in ["/oauth/client_secret", "/oauth/start/jwt/secret"] {
+        if let Some(text) = c.doc.value.pointer(pointer).and_then(Value::as_str) {
+            secret_reference(c, pointer, text, schema, &mut out);
         }
     }
     out

@@ -16,6 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -58,6 +59,10 @@ enum Signal {
 }
 
 static SENDER: OnceLock<mpsc::Sender<Signal>> = OnceLock::new();
+
+/// Sinks the alerter counts as failing. A success matters only to a failing sink, so while this
+/// is 0 (nearly always) `sink_ok` — called for every written event — is one atomic load.
+static FAILING: AtomicUsize = AtomicUsize::new(0);
 
 /// Start the alerter task (once per process). `Err` when one is already running.
 pub fn install(config: Config) -> Result<(), String> {
@@ -106,7 +111,7 @@ pub fn sink_failed(sink: &str) {
 
 /// A sink write succeeded.
 pub fn sink_ok(sink: &str) {
-    if SENDER.get().is_some() {
+    if FAILING.load(Ordering::Relaxed) > 0 {
         signal(Signal::SinkOk {
             sink: sink.to_string(),
         });
@@ -226,7 +231,10 @@ async fn run(config: Config, mut rx: mpsc::Receiver<Signal>) {
     loop {
         tokio::select! {
             s = rx.recv() => match s {
-                Some(s) => state.absorb(s),
+                Some(s) => {
+                    state.absorb(s);
+                    FAILING.store(state.failing.len(), Ordering::Relaxed);
+                }
                 None => break,
             },
             _ = tick.tick() => {

@@ -236,8 +236,7 @@ pub async fn sample(app: &crate::server::App) {
             QueueHandle::Memory(m) => {
                 let name = crate::queue::Outcomes::name(&**m).to_string();
                 metrics::gauge!("engine_queue_depth", "queue" => name.clone()).set(m.len() as f64);
-                metrics::gauge!("engine_queue_dead", "queue" => name)
-                    .set(m.dead_letters().len() as f64);
+                metrics::gauge!("engine_queue_dead", "queue" => name).set(m.dead_count() as f64);
             }
         }
     }

@@ -99,6 +99,11 @@ impl MemoryQueue {
             .remove(key);
     }
 
+    /// How many dead letters are kept.
+    pub fn dead_count(&self) -> usize {
+        self.dead.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     /// Repeats refused so far.
     pub fn duplicates(&self) -> u64 {
         self.duplicates.load(std::sync::atomic::Ordering::Relaxed)

@@ -3,7 +3,7 @@
 //! ```text
 //! fixture env -> config::load (cached per env) -> App with a frozen clock and capturing sinks
 //!   -> request built from the fixture (signed by the pipeline's own verifier when `sign`)
-//!   -> server::service (route, maintenance, CORS, size limit, rate limit, verify, respond, enqueue)
+//!   -> server::chain (route, maintenance, CORS, size limit, rate limit, verify, respond, enqueue)
 //!   -> drain the in-memory queue through the pipeline's worker (transform -> sinks)
 //!   -> Actual: status, headers, body, the event's outcome, rows per sink
 //! ```
@@ -119,9 +119,16 @@ pub async fn run(project: &Project, fixture: &Fixture, file: &Path) -> Result<Ac
     let app = Arc::new(app);
     let chain = crate::server::chain(app.clone());
     let (body, content_type) = body_bytes(fixture, file)?;
+    let r = &fixture.request;
+    let pipeline = match app.project.routes.lookup(Some(r.method), &r.path) {
+        Lookup::Found { pipeline, .. } => Some(pipeline),
+        _ => None,
+    };
+    let queued = pipeline.is_some_and(|p| app.queued[p].is_some());
+    let prepared = prepare(&app, fixture, pipeline, body, content_type, clock_ms)?;
     let mut last = None;
     for _ in 0..fixture.repeat.max(1) {
-        let mut req = request(&app, fixture, &body, content_type, clock_ms)?;
+        let mut req = prepared.request()?;
         let before = Counts::of(&app, &captured, &ledger);
         let mut res = salvo::Response::new();
         salvo::FlowCtrl::new(chain.clone())
@@ -141,7 +148,7 @@ pub async fn run(project: &Project, fixture: &Fixture, file: &Path) -> Result<Ac
         let body = response_body(res.take_body());
         let handled = drain(&app).await.map_err(|e| e.to_string())?;
         let (outcome, reason) = outcome(
-            &app, fixture, status, &body, handled, &before, &captured, &ledger,
+            &app, queued, status, &body, handled, &before, &captured, &ledger,
         );
         last = Some(Actual {
             status,
@@ -200,14 +207,42 @@ fn body_bytes(fixture: &Fixture, file: &Path) -> Result<(Bytes, Option<&'static 
     })
 }
 
-/// The request as the server will see it, signed when the fixture asks.
-fn request(
+/// The request of a case, built (and signed) once and sent `repeat` times.
+struct Prepared {
+    method: &'static str,
+    path_and_query: String,
+    headers: HeaderMap,
+    peer: IpAddr,
+    body: Bytes,
+}
+
+impl Prepared {
+    /// A fresh copy of the request, as the server will see it.
+    fn request(&self) -> Result<salvo::Request, String> {
+        let mut builder = salvo::hyper::Request::builder()
+            .method(self.method)
+            .uri(&self.path_and_query);
+        if let Some(h) = builder.headers_mut() {
+            *h = self.headers.clone();
+        }
+        let hyper_req = builder
+            .body(ReqBody::Once(self.body.clone()))
+            .map_err(|e| format!("cannot build the request: {e}"))?;
+        let mut req = salvo::Request::from_hyper(hyper_req, salvo::http::uri::Scheme::HTTP);
+        *req.remote_addr_mut() = std::net::SocketAddr::new(self.peer, 40000).into();
+        Ok(req)
+    }
+}
+
+/// The request the fixture describes, signed by `pipeline`'s verifier when it asks.
+fn prepare(
     app: &App,
     fixture: &Fixture,
-    body: &Bytes,
+    pipeline: Option<usize>,
+    body: Bytes,
     content_type: Option<&'static str>,
     clock_ms: i64,
-) -> Result<salvo::Request, String> {
+) -> Result<Prepared, String> {
     let r = &fixture.request;
     let mut path_and_query = r.path.clone();
     if !r.query.is_empty() {
@@ -246,7 +281,7 @@ fn request(
             Some(t) => millis(t).ok_or("`sign.at` is not an RFC 3339 time")?,
             None => clock_ms,
         };
-        if let Lookup::Found { pipeline, .. } = app.project.routes.lookup(Some(r.method), &r.path) {
+        if let Some(pipeline) = pipeline {
             let Some(verifier) = &app.verifiers[pipeline] else {
                 return Err(format!(
                     "`sign: true`, but pipeline `{}` has no `verify` section",
@@ -258,7 +293,7 @@ fn request(
                 method: r.method.as_str(),
                 url: &url,
                 headers: &headers,
-                body,
+                body: &body,
                 now: now_ms.div_euclid(1000),
             });
             for (name, value) in signed {
@@ -271,18 +306,13 @@ fn request(
             }
         }
     }
-    let mut builder = salvo::hyper::Request::builder()
-        .method(r.method.as_str())
-        .uri(&path_and_query);
-    if let Some(h) = builder.headers_mut() {
-        *h = headers;
-    }
-    let hyper_req = builder
-        .body(ReqBody::Once(body.clone()))
-        .map_err(|e| format!("cannot build the request: {e}"))?;
-    let mut req = salvo::Request::from_hyper(hyper_req, salvo::http::uri::Scheme::HTTP);
-    *req.remote_addr_mut() = std::net::SocketAddr::new(peer, 40000).into();
-    Ok(req)
+    Ok(Prepared {
+        method: r.method.as_str(),
+        path_and_query,
+        headers,
+        peer,
+        body,
+    })
 }
 
 fn response_body(body: ResBody) -> Bytes {
@@ -312,7 +342,7 @@ impl Counts {
         let mut duplicates = 0;
         for q in app.queued.iter().flatten() {
             if let QueueHandle::Memory(m) = &q.handle {
-                dead += m.dead_letters().len();
+                dead += m.dead_count();
                 duplicates += m.duplicates();
             }
         }
@@ -351,7 +381,7 @@ async fn drain(app: &App) -> Result<Option<Handled>, QueueError> {
 #[allow(clippy::too_many_arguments)]
 fn outcome(
     app: &App,
-    fixture: &Fixture,
+    queued: bool,
     status: u16,
     body: &[u8],
     handled: Option<Handled>,
@@ -362,11 +392,6 @@ fn outcome(
     if let Some(o) = engine_error(status, body) {
         return (o, None);
     }
-    let r = &fixture.request;
-    let queued = match app.project.routes.lookup(Some(r.method), &r.path) {
-        Lookup::Found { pipeline, .. } => app.queued[pipeline].is_some(),
-        _ => false,
-    };
     if !queued {
         return (Outcome::Responded, None);
     }

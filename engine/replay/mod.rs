@@ -107,6 +107,40 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     Ok(())
 }
 
+/// One loaded case against its project: the problems found (none after `--update`), and whether
+/// the file was rewritten. `Err` only when an update cannot be written.
+async fn run_case(
+    opts: &Options,
+    project: &Result<Project, Vec<Diagnostic>>,
+    f: &fixture::Fixture,
+    file: &Path,
+) -> Result<(Vec<String>, bool), String> {
+    let project = match project {
+        Ok(p) => p,
+        Err(diags) => {
+            let mut problems = vec![format!(
+                "the pipelines in {} do not load with this fixture's env:",
+                opts.pipelines.display()
+            )];
+            problems.extend(diags.iter().map(|d| format!("  {d}")));
+            return Ok((problems, false));
+        }
+    };
+    let actual = match case::run(project, f, file).await {
+        Ok(a) => a,
+        Err(e) => return Ok((vec![e], false)),
+    };
+    if !opts.update {
+        return Ok((expect::compare(&f.expect, &actual), false));
+    }
+    let new = expect::updated(&f.expect, &actual, &opts.pipelines.to_string_lossy());
+    let changed = new != f.expect;
+    if changed {
+        update::write_expect(file, &new)?;
+    }
+    Ok((Vec::new(), changed))
+}
+
 /// Run every selected case. `Err` only when the fixtures cannot be listed.
 pub async fn run(opts: &Options) -> Result<Report, String> {
     let started = Instant::now();
@@ -131,43 +165,21 @@ pub async fn run(opts: &Options) -> Result<Report, String> {
             updated: false,
             duration: Duration::ZERO,
         };
-        match fixture::load(&file) {
+        let loaded = fixture::load(&file);
+        if let Ok(l) = &loaded {
+            result.description = l.fixture.description.clone();
+        }
+        match loaded {
             Err(diags) => result.problems = diags.iter().map(ToString::to_string).collect(),
-            Ok(loaded) => {
-                let f = &loaded.fixture;
-                result.description = f.description.clone();
-                let project = projects.entry(f.env.clone()).or_insert_with(|| {
-                    crate::config::load(&opts.pipelines, &EnvSource::from_pairs(f.env.clone()))
+            Ok(l) => {
+                let project = projects.entry(l.fixture.env.clone()).or_insert_with(|| {
+                    crate::config::load(
+                        &opts.pipelines,
+                        &EnvSource::from_pairs(l.fixture.env.clone()),
+                    )
                 });
-                match project {
-                    Err(diags) => {
-                        result.problems.push(format!(
-                            "the pipelines in {} do not load with this fixture's env:",
-                            opts.pipelines.display()
-                        ));
-                        result
-                            .problems
-                            .extend(diags.iter().map(|d| format!("  {d}")));
-                    }
-                    Ok(project) => match case::run(project, f, &file).await {
-                        Err(e) => result.problems.push(e),
-                        Ok(actual) => {
-                            result.problems = expect::compare(&f.expect, &actual);
-                            if opts.update {
-                                let new = expect::updated(
-                                    &f.expect,
-                                    &actual,
-                                    &opts.pipelines.to_string_lossy(),
-                                );
-                                if new != f.expect {
-                                    update::write_expect(&file, &new)?;
-                                    result.updated = true;
-                                }
-                                result.problems.clear();
-                            }
-                        }
-                    },
-                }
+                (result.problems, result.updated) =
+                    run_case(opts, project, &l.fixture, &file).await?;
             }
         }
         result.passed = result.problems.is_empty();

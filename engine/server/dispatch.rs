@@ -8,7 +8,7 @@
 //!   -> enqueue (pipelines with transform steps: 2xx only once the event is queued; 503 if not)
 //! ```
 //!
-//! CORS runs as a salvo hoop around this handler (see `server::service`), so every answer,
+//! CORS runs as a salvo hoop around this handler (see `server::chain`), so every answer,
 //! errors included, carries `Access-Control-Allow-Origin` for allowed origins only.
 //! `/health` is answered here too, before the route table, and is never in maintenance.
 
@@ -383,7 +383,7 @@ fn log_body(app: &App, pipeline: usize, seen: &Seen<'_>) {
 }
 
 /// `--record`: write an accepted request (2xx) as a fixture, credentials removed and the
-/// pipeline's `record.redact` fields redacted.
+/// pipeline's `redact` fields redacted.
 fn record(
     app: &App,
     recorder: &crate::record::Recorder,

@@ -2,8 +2,9 @@
 //!
 //! [`App::build`] turns a validated [`Project`] (configuration) into runtime components: a
 //! verifier per pipeline, the tenant secret store, the trusted proxies. [`start`] binds a listener
-//! (port 0 in tests), builds the salvo service around [`dispatch::Dispatch`] and serves in a
-//! background task; [`Running::shutdown`] stops accepting and lets in-flight requests finish.
+//! (port 0 in tests), puts the app in a [`Live`] set (swapped whole on reload) whose handler
+//! [`chain`] is CORS then [`dispatch::Dispatch`], and serves in a background task;
+//! [`Running::shutdown`] stops accepting and lets in-flight requests finish.
 //! `engine serve` calls [`serve`], which also waits for SIGTERM (what Render sends on deploys) or
 //! SIGINT.
 
@@ -185,9 +186,7 @@ impl App {
             oauth,
         })
     }
-}
 
-impl App {
     /// The URL a provider called (and signed): `PUBLIC_URL` when set, else what trusted proxies
     /// say, else the Host header.
     pub fn public_url(
@@ -216,15 +215,16 @@ fn oauth_flows(
         .iter()
         .map(|p| {
             let cfg = p.config.oauth.as_ref()?;
-            let sink = match (p.config.sinks.get(&cfg.sink), pool) {
-                (Some(crate::config::sink::Sink::Postgres(pg)), Some(pool)) => {
-                    crate::sink::postgres::PostgresSink::new(pg, pool.clone(), keyring.clone())
-                        .ok()
-                        .map(|s| std::sync::Arc::new(s) as std::sync::Arc<dyn crate::worker::Sink>)
+            let flow = match p.config.sinks.get(&cfg.sink) {
+                Some(crate::config::sink::Sink::Postgres(sink)) => {
+                    crate::oauth::Flow::build(&p.config.name, cfg, sink, keyring.as_ref(), pool)
                 }
-                _ => None,
+                // validation refuses this; say so rather than panic if it ever gets here
+                _ => Err(format!(
+                    "`{}`: `oauth.sink` must name a `postgres` sink of this pipeline",
+                    p.config.name
+                )),
             };
-            let flow = crate::oauth::Flow::build(&p.config.name, cfg, keyring.as_ref(), pool, sink);
             if let Err(why) = &flow {
                 tracing::warn!(pipeline = %p.config.name, "{why}: its routes answer 503");
             }
@@ -249,8 +249,6 @@ pub struct Live {
     workers: std::sync::Mutex<Option<queueing::Workers>>,
     /// Whether this process runs queue workers at all.
     run_workers: bool,
-    /// What every set is built with (recording directory).
-    record: Option<std::path::PathBuf>,
 }
 
 /// One built set: the app and its handler chain.
@@ -260,7 +258,7 @@ struct Serving {
 }
 
 impl Live {
-    fn new(app: Arc<App>, run_workers: bool, record: Option<std::path::PathBuf>) -> Live {
+    fn new(app: Arc<App>, run_workers: bool) -> Live {
         let workers = run_workers.then(|| queueing::start(&app.queued));
         Live {
             current: ArcSwap::from_pointee(Serving {
@@ -269,7 +267,6 @@ impl Live {
             }),
             workers: std::sync::Mutex::new(workers),
             run_workers,
-            record,
         }
     }
 
@@ -294,7 +291,7 @@ impl Live {
         let app = Arc::new(App::build_in(
             project,
             Surroundings {
-                record: self.record.clone(),
+                record: old.recorder.as_ref().map(|r| r.dir.clone()),
                 memory_queues: carried,
                 ..Surroundings::default()
             },
@@ -367,12 +364,8 @@ impl Running {
     }
 }
 
-/// Build the salvo service for an app (one fixed set; `engine serve` uses a [`Live`] one).
-pub fn service(app: Arc<App>) -> Service {
-    live_service(Arc::new(Live::new(app, false, None)))
-}
-
-fn live_service(live: Arc<Live>) -> Service {
+/// The salvo service in front of the live set.
+fn service(live: Arc<Live>) -> Service {
     let router = Router::new()
         .push(Router::with_path("{**rest}").goal(LiveHandler { live: live.clone() }))
         .goal(LiveHandler { live });
@@ -431,7 +424,6 @@ pub async fn start_with(
 ) -> std::io::Result<Running> {
     // install the recorder before the first request, so no count is recorded into the void
     let _ = crate::ops::metrics::handle();
-    let record = around.record.clone();
     let app = Arc::new(App::build_in(project, around).map_err(std::io::Error::other)?);
     let queues = app.queued.iter().flatten().count();
     if queues > 0 {
@@ -458,7 +450,7 @@ pub async fn start_with(
         .with_connection_idle_timeout(Duration::from_secs(t.idle_secs));
     let server = Server::new(acceptor).fuse_config(fuse);
     let handle = server.handle();
-    let live = Arc::new(Live::new(app, workers, record));
+    let live = Arc::new(Live::new(app, workers));
     // In-memory rate-limit keys of clients that went quiet carry no information: drop them.
     let housekeeping = Arc::downgrade(&live);
     tokio::spawn(async move {
@@ -474,7 +466,7 @@ pub async fn start_with(
     });
     let sampled = Arc::downgrade(&live);
     crate::ops::metrics::start_sampler(move || sampled.upgrade().map(|l| l.app()));
-    let service = live_service(live.clone());
+    let service = service(live.clone());
     let task = tokio::spawn(async move { server.serve(service).await });
     Ok(Running {
         addr: local,
@@ -506,21 +498,19 @@ async fn announce_redis(project: &Project) {
     }
 }
 
-/// The seed's "Supabase connection established" start-up line, or an error naming the problem.
-async fn announce_database(project: &Project) {
-    let Some(url) = &project.settings.database_url else {
+/// The seed's "Supabase connection established" start-up line, or an error naming the problem,
+/// from the app's own readiness check.
+async fn announce_database(app: &App) {
+    if app.project.settings.database_url.is_none() {
         return;
-    };
-    match crate::ops::ready::Checks::new(None, Some(url)) {
-        Ok(checks) => {
-            let (ok, body) = checks.run().await;
-            if ok {
-                tracing::info!("database connected");
-            } else {
-                tracing::error!(state = %body["checks"]["postgres"], "database unreachable: sinks retry until it is back");
-            }
-        }
-        Err(e) => tracing::error!(error = %e, "database settings unusable"),
+    }
+    let (_, body) = app.ready.run().await;
+    match body["checks"]["postgres"].as_str() {
+        Some("ok") => tracing::info!("database connected"),
+        state => tracing::error!(
+            state = state.unwrap_or("unknown"),
+            "database unreachable: sinks retry until it is back"
+        ),
     }
 }
 
@@ -585,7 +575,6 @@ pub async fn serve(project: Project, opts: ServeOptions) -> std::io::Result<()> 
     }
     let _ops = crate::ops::start(&project);
     announce_redis(&project).await;
-    announce_database(&project).await;
     if let Some(dir) = &opts.record {
         tracing::warn!(dir = %dir.display(), "recording accepted requests as fixtures: they hold real payloads minus credentials and redacted fields; keep the directory private");
     }
@@ -594,6 +583,7 @@ pub async fn serve(project: Project, opts: ServeOptions) -> std::io::Result<()> 
         ..Surroundings::default()
     };
     let running = start_with(project, addr, opts.workers, around).await?;
+    announce_database(&running.live().app()).await;
     if let Some(source) = opts.reload {
         if opts.watch {
             tracing::info!(dir = %source.dir.display(), "watching the pipelines directory for changes");

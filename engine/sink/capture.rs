@@ -13,7 +13,7 @@ pub struct Captured {
 }
 
 impl Captured {
-    /// A capturing sink for the sink `name`, recording into `self`.
+    /// A capturing sink recording into `self` (each batch carries its sink's name).
     pub fn sink(self: &Arc<Self>) -> Arc<dyn Sink> {
         Arc::new(Capture { into: self.clone() })
     }
