@@ -16,6 +16,8 @@
 //! offered load). Everything shares the machine's cores: the generator, the server, Redis and
 //! Postgres. `-- --quick` shortens every phase (a smoke run); `LOAD_STATIC_RESPOND=1` answers
 //! Vapi statically instead of with its respond script, to show what the script costs.
+//! `-- --saturation` runs only phases 1 and 2's saturation, three times, for comparing a change
+//! (or attaching `perf` to the engine) in under a minute.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -39,12 +41,20 @@ fn main() {
         return;
     }
     let quick = args.iter().any(|a| a == "--quick");
+    let saturation_only = args.iter().any(|a| a == "--saturation");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(run(quick));
+    rt.block_on(run(quick, saturation_only));
+}
+
+/// This bench re-run as the bare server.
+fn bare_command() -> Command {
+    let mut bare = Command::new(std::env::current_exe().unwrap());
+    bare.env("LOAD_BENCH_BARE", "1");
+    bare
 }
 
 /// The ceiling: salvo with one handler answering 200, nothing else.
@@ -124,11 +134,80 @@ impl Server {
             .map_or(0, |kb| kb * 1024)
     }
 
+    /// CPU time the process has used so far (user + system), seconds.
+    fn cpu_secs(&self) -> f64 {
+        process_cpu_secs(self.child.id())
+    }
+
     fn stop(mut self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
         let _ = self.child.wait();
+    }
+}
+
+/// utime + stime of a process from /proc/<pid>/stat, seconds.
+fn process_cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // the fields after the command name, which is in parentheses and may hold spaces
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of stat; `rest` starts at field 3
+    (ticks(11) + ticks(12)) / clock_ticks()
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// CPU time the local Redis server has used (INFO cpu), seconds.
+async fn redis_cpu_secs() -> f64 {
+    let Ok(client) = redis::Client::open("redis://127.0.0.1:6379") else {
+        return 0.0;
+    };
+    let Ok(mut c) = client.get_multiplexed_async_connection().await else {
+        return 0.0;
+    };
+    let info: String = redis::cmd("INFO")
+        .arg("cpu")
+        .query_async(&mut c)
+        .await
+        .unwrap_or_default();
+    info.lines()
+        .filter(|l| l.starts_with("used_cpu_sys:") || l.starts_with("used_cpu_user:"))
+        .filter_map(|l| l.split_once(':')?.1.trim().parse::<f64>().ok())
+        .sum()
+}
+
+/// CPU per request of the engine and of Redis over a run, microseconds.
+struct Cost {
+    engine_us: f64,
+    redis_us: f64,
+}
+
+impl Cost {
+    async fn start(server: &Server) -> (f64, f64) {
+        (server.cpu_secs(), redis_cpu_secs().await)
+    }
+
+    async fn since(server: &Server, start: (f64, f64), requests: f64) -> Cost {
+        let per = |secs: f64| secs * 1e6 / requests.max(1.0);
+        Cost {
+            engine_us: per(server.cpu_secs() - start.0),
+            redis_us: per(redis_cpu_secs().await - start.1),
+        }
     }
 }
 
@@ -212,6 +291,8 @@ struct Run {
     p95: f64,
     p99: f64,
     errors: usize,
+    /// Requests answered (2xx or not) during the run.
+    count: usize,
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -230,6 +311,7 @@ fn summarize(offered: f64, mut lat: Vec<Duration>, took: Duration, errors: usize
         p95: percentile(&lat, 0.95),
         p99: percentile(&lat, 0.99),
         errors,
+        count: lat.len() + errors,
     }
 }
 
@@ -357,7 +439,7 @@ async fn count(pg: &tokio_postgres::Client, schema: &str) -> i64 {
         .get(0)
 }
 
-async fn run(quick: bool) {
+async fn run(quick: bool, saturation_only: bool) {
     let Some(setup) = support::setup("load").await else {
         eprintln!("no Postgres at 127.0.0.1:5432: skipping");
         return;
@@ -380,9 +462,7 @@ async fn run(quick: bool) {
     );
 
     // 1. the ceiling
-    let mut bare = Command::new(std::env::current_exe().unwrap());
-    bare.env("LOAD_BENCH_BARE", "1");
-    let bare = Server::spawn(bare);
+    let bare = Server::spawn(bare_command());
     let bare_url = format!("http://127.0.0.1:{}/", bare.port);
     // the same 2 KiB bodies, so the ratio compares the engine's work, not the transfer
     let warm = Arc::new(Bodies::new(0));
@@ -393,6 +473,37 @@ async fn run(quick: bool) {
         "ceiling (bare salvo, {CLIENTS} connections): {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms",
         ceiling.achieved, ceiling.p50, ceiling.p99
     );
+
+    if saturation_only {
+        // three rounds of ceiling then ingest: a change is compared on the spread, not one number
+        for round in 1..=3 {
+            let server = Server::spawn(engine(&["serve", "--no-worker"], &setup, setup.dir.path()));
+            let url = format!("http://127.0.0.1:{}/api/webhooks/vapi", server.port);
+            let bodies = Arc::new(Bodies::new(std::process::id() as u64 * 10 + round));
+            let _ = saturate(&url, Some(bodies.clone()), 1.0).await;
+            let start = Cost::start(&server).await;
+            let sat = saturate(&url, Some(bodies), secs).await;
+            let cost = Cost::since(&server, start, sat.count as f64).await;
+            server.stop();
+            let bare = Server::spawn(bare_command());
+            let bare_url = format!("http://127.0.0.1:{}/", bare.port);
+            let ceiling = saturate(&bare_url, Some(Arc::new(Bodies::new(0))), secs).await;
+            bare.stop();
+            println!(
+                "round {round}: ingest {:.0} req/s (p50 {:.2} ms, p99 {:.2} ms, {} errors; CPU per request: engine {:.0} µs, Redis {:.0} µs), ceiling {:.0} req/s: {:.1}%",
+                sat.achieved,
+                sat.p50,
+                sat.p99,
+                sat.errors,
+                cost.engine_us,
+                cost.redis_us,
+                ceiling.achieved,
+                100.0 * sat.achieved / ceiling.achieved
+            );
+        }
+        setup.cleanup().await;
+        return;
+    }
 
     // 2. ingest
     let server = Server::spawn(engine(&["serve", "--no-worker"], &setup, setup.dir.path()));

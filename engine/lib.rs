@@ -60,6 +60,7 @@ pub mod respond;
 pub mod route;
 pub mod schema;
 pub mod server;
+pub mod shared_redis;
 pub mod sink;
 pub mod transform;
 pub mod verify;

@@ -9,9 +9,13 @@
 //! - computed: a Rhai `script` (or `inline`) returning a string (the body), a map (sent as JSON),
 //!   or `#{status, content_type, headers, body}`.
 //!
-//! Templates and scripts run on a blocking thread under `script_limits.respond_timeout_ms`. Any
-//! failure answers the `fallback` (default: 500 with a generic JSON error) and is logged with the
-//! script position; the caller never sees internals.
+//! Templates and scripts run under `script_limits.respond_timeout_ms`: first where the request
+//! is, on the async thread, with a budget of [`INLINE_BUDGET`] (most respond scripts take tens of
+//! microseconds, and a hand-off to a blocking thread costs more than that); a run that needs
+//! longer, or a body over [`INLINE_BODY_MAX`], runs again on a blocking thread with the full
+//! timeout, so a slow script never stalls other requests for long. Respond scripts have no side
+//! effects, so a second run is safe. Any failure answers the `fallback` (default: 500 with a
+//! generic JSON error) and is logged with the script position; the caller never sees internals.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -22,6 +26,22 @@ use rhai::{AST, Dynamic, Engine, Scope};
 use crate::config::Pipeline;
 use crate::config::pipeline::{Fallback, Respond};
 use crate::transform::{EventInput, ScriptError, Source, compile, sandbox};
+
+/// How long a respond script may run on the async thread before it is stopped and run again on
+/// a blocking thread.
+pub const INLINE_BUDGET: Duration = Duration::from_micros(250);
+
+/// Bodies larger than this are not parsed on the async thread at all.
+pub const INLINE_BODY_MAX: usize = 64 * 1024;
+
+/// Why an inline attempt gave no answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inline {
+    /// Too big or too slow to run here: run [`Responder::compute`] on a blocking thread.
+    Elsewhere,
+    /// The script failed (the reason, for the log): send the fallback.
+    Failed(String),
+}
 
 /// A response ready to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,9 +153,35 @@ impl Responder {
     /// Compute the answer for `input`. Blocking (call on a blocking thread). `Err` carries the
     /// reason, for the log; the caller sends [`Responder::fallback`].
     pub fn compute(&self, input: &EventInput) -> Result<Reply, String> {
-        let body = input.parsed_body()?;
+        self.compute_within(input, self.timeout)
+            .map_err(|(_, reason)| reason)
+    }
+
+    /// Compute the answer on the calling (async) thread within [`INLINE_BUDGET`], when the body is
+    /// small enough; [`Inline::Elsewhere`] when it must run on a blocking thread instead.
+    pub fn compute_inline(&self, input: &EventInput) -> Result<Reply, Inline> {
+        if input.body.len() > INLINE_BODY_MAX || self.timeout <= INLINE_BUDGET {
+            return Err(Inline::Elsewhere);
+        }
+        self.compute_within(input, INLINE_BUDGET)
+            .map_err(|(over_budget, reason)| match over_budget {
+                true => Inline::Elsewhere,
+                false => Inline::Failed(reason),
+            })
+    }
+
+    /// The answer within `budget`; `Err((over budget, reason))`.
+    fn compute_within(
+        &self,
+        input: &EventInput,
+        budget: Duration,
+    ) -> Result<Reply, (bool, String)> {
+        let body = input.parsed_body().map_err(|e| (false, e))?;
         let event = input.to_dynamic(body, &self.vars);
-        sandbox::with_deadline(self.timeout, || {
+        let over_budget = |e: &rhai::EvalAltResult| {
+            matches!(e.unwrap_inner(), rhai::EvalAltResult::ErrorTerminated(..))
+        };
+        sandbox::with_deadline(budget, || {
             let mut scope = Scope::new();
             scope.push_constant_dynamic("event", event);
             match &self.kind {
@@ -149,7 +195,9 @@ impl Responder {
                                 let v = self
                                     .engine
                                     .eval_ast_with_scope::<Dynamic>(&mut scope, ast)
-                                    .map_err(|e| sandbox::explain(&e, label).1)?;
+                                    .map_err(|e| {
+                                        (over_budget(&e), sandbox::explain(&e, label).1)
+                                    })?;
                                 if !v.is_unit() {
                                     out.push_str(&v.to_string());
                                 }
@@ -165,8 +213,8 @@ impl Responder {
                     let v = self
                         .engine
                         .eval_ast_with_scope::<Dynamic>(&mut scope, ast)
-                        .map_err(|e| sandbox::explain(&e, label).1)?;
-                    self.reply_from(v, label)
+                        .map_err(|e| (over_budget(&e), sandbox::explain(&e, label).1))?;
+                    self.reply_from(v, label).map_err(|e| (false, e))
                 }
             }
         })
@@ -278,5 +326,73 @@ fn template(
         Ok(pieces)
     } else {
         Err(errors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn responder(respond: serde_json::Value) -> Responder {
+        let p: Pipeline = serde_json::from_value(serde_json::json!({
+            "name": "p",
+            "route": {"method": "POST", "path": "/p"},
+            "script_limits": {"max_operations": 1_000_000_000_000u64, "respond_timeout_ms": 2000},
+            "respond": respond,
+        }))
+        .unwrap();
+        Responder::compile(&p, Path::new("p.yaml"), Path::new(".")).unwrap()
+    }
+
+    fn input(body: &str) -> EventInput {
+        EventInput {
+            id: "evt_1".into(),
+            pipeline: "p".into(),
+            received_at_ms: 0,
+            method: "POST".into(),
+            path: "/p".into(),
+            query: String::new(),
+            headers: vec![("content-type".into(), "application/json".into())],
+            params: vec![],
+            tenant: None,
+            body: bytes::Bytes::from(body.to_string()),
+        }
+    }
+
+    #[test]
+    fn a_quick_script_answers_inline() {
+        let r = responder(serde_json::json!({"inline": "#{ok: event.body.n + 1}"}));
+        let reply = r.compute_inline(&input(r#"{"n":41}"#)).unwrap();
+        assert_eq!(reply.body, r#"{"ok":42}"#);
+        assert_eq!(reply, r.compute(&input(r#"{"n":41}"#)).unwrap());
+    }
+
+    #[test]
+    fn a_slow_script_goes_to_a_blocking_thread_and_finishes_there() {
+        // about a million operations: well over the inline budget, well under the timeout
+        let r = responder(serde_json::json!({
+            "inline": "let n = 0; for i in 0..200000 { n += i; } `${n}`"
+        }));
+        assert_eq!(r.compute_inline(&input("{}")), Err(Inline::Elsewhere));
+        assert_eq!(r.compute(&input("{}")).unwrap().body, "19999900000");
+    }
+
+    #[test]
+    fn a_failing_script_fails_inline_with_its_reason() {
+        let r = responder(serde_json::json!({"inline": "throw \"no\""}));
+        match r.compute_inline(&input("{}")) {
+            Err(Inline::Failed(reason)) => assert!(reason.contains("no"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        let bad_body = r.compute_inline(&input("{nope"));
+        assert!(matches!(bad_body, Err(Inline::Failed(r)) if r.contains("not valid JSON")));
+    }
+
+    #[test]
+    fn a_large_body_is_not_parsed_inline() {
+        let r = responder(serde_json::json!({"inline": "`ok`"}));
+        let big = format!(r#"{{"pad":"{}"}}"#, "x".repeat(INLINE_BODY_MAX));
+        assert_eq!(r.compute_inline(&input(&big)), Err(Inline::Elsewhere));
+        assert_eq!(r.compute(&input(&big)).unwrap().body, "ok");
     }
 }

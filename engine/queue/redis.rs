@@ -19,6 +19,8 @@ use mobc_redis::RedisConnectionManager;
 use mobc_redis::mobc::Pool;
 use mobc_redis::redis::{self, AsyncCommands, Value};
 
+use crate::shared_redis::SharedRedis;
+
 use crate::transform::EventInput;
 
 /// The consumer group every engine instance reads with.
@@ -79,7 +81,7 @@ pub struct Stats {
     pub oldest_age_ms: Option<u64>,
 }
 
-/// How long a queue operation waits for a pooled connection.
+/// How long a queue operation waits for a pooled connection, and an enqueue for its answer.
 const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(2);
 
 const ENQUEUE: &str = r"
@@ -123,6 +125,9 @@ return #due
 /// A queue on Redis.
 pub struct RedisQueue {
     pool: Pool<RedisConnectionManager>,
+    /// The request path's enqueues, pipelined on one connection (see `shared_redis`); workers
+    /// and admin commands take pooled connections.
+    shared: SharedRedis,
     client: redis::Client,
     name: String,
     stream: String,
@@ -160,6 +165,7 @@ impl RedisQueue {
         let base = format!("{prefix}:{{q:{name}}}");
         Ok(RedisQueue {
             pool,
+            shared: SharedRedis::new(client.clone()),
             client,
             name: name.to_string(),
             stream: format!("{base}:stream"),
@@ -226,17 +232,21 @@ impl RedisQueue {
             ),
             None => (format!("{}-", self.seen_prefix), "1".to_string()),
         };
-        let mut c = self.conn().await?;
-        let r: Result<Option<String>, _> = self
-            .enqueue
-            .key(&self.stream)
-            .key(&seen)
-            .arg(payload)
-            .arg(if dedupe.is_some() { "1" } else { "" })
-            .arg(window)
-            .invoke_async(&mut *c)
-            .await;
-        let id = settle(c, r)?;
+        let add = async {
+            let mut c = self.shared.get().await?;
+            self.enqueue
+                .key(&self.stream)
+                .key(&seen)
+                .arg(payload)
+                .arg(if dedupe.is_some() { "1" } else { "" })
+                .arg(window)
+                .invoke_async::<Option<String>>(&mut c)
+                .await
+        };
+        let id = match tokio::time::timeout(CHECKOUT_TIMEOUT, add).await {
+            Ok(r) => r?,
+            Err(_) => return Err(QueueError("Redis did not answer within 2 s".into())),
+        };
         Ok(id.map_or(Enqueued::Duplicate, Enqueued::Added))
     }
 

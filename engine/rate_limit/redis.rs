@@ -8,9 +8,7 @@
 
 use std::time::Duration;
 
-use mobc_redis::RedisConnectionManager;
-use mobc_redis::mobc::Pool;
-use mobc_redis::redis;
+use crate::shared_redis::SharedRedis;
 
 use super::{Decision, Rule, Unavailable};
 
@@ -41,7 +39,7 @@ return {1, 0, ttl, math.floor((span - (new_tat - now)) / interval)}
 
 /// A Redis-backed limiter.
 pub struct RedisGcra {
-    pool: Pool<RedisConnectionManager>,
+    conn: SharedRedis,
     prefix: String,
     script: redis::Script,
     timeout: Duration,
@@ -52,19 +50,9 @@ impl RedisGcra {
     pub fn new(url: &str, prefix: &str) -> Result<RedisGcra, String> {
         let client = redis::Client::open(url)
             .map_err(|_| "REDIS_URL is not a valid Redis URL".to_string())?;
-        // mobc PINGs a connection before handing it out; once per 5 s is enough to notice a dead
-        // one, and saves a round trip on every check (234 µs -> see docs/benchmarks.md).
-        // mobc keeps 2 idle connections by default: under concurrent traffic every other check
-        // would open a new TCP connection. Keep as many idle as open.
-        let pool = Pool::builder()
-            .max_open(16)
-            .max_idle(16)
-            .health_check_interval(Some(Duration::from_secs(5)))
-            // bounded with tokio's timer in `check` (mobc's uses a futures-timer thread)
-            .get_timeout(None)
-            .build(RedisConnectionManager::new(client));
+        // Every check of every request shares one pipelined connection (see `shared_redis`).
         Ok(RedisGcra {
-            pool,
+            conn: SharedRedis::new(client),
             prefix: prefix.to_string(),
             script: redis::Script::new(GCRA),
             timeout: Duration::from_millis(500),
@@ -86,7 +74,7 @@ impl RedisGcra {
         let redis_key = self.key(rule, key);
         let work = async {
             let mut conn = self
-                .pool
+                .conn
                 .get()
                 .await
                 .map_err(|e| Unavailable(e.to_string()))?;
@@ -95,11 +83,7 @@ impl RedisGcra {
             if let Some(now) = now_us {
                 inv.arg(now);
             }
-            let result: Result<(i64, i64, i64, i64), _> = inv.invoke_async(&mut *conn).await;
-            if result.is_err() {
-                // a dead connection (Redis restarted) must not go back to the pool
-                drop(conn.into_inner());
-            }
+            let result: Result<(i64, i64, i64, i64), _> = inv.invoke_async(&mut conn).await;
             let (allowed, retry_ms, reset_ms, remaining) =
                 result.map_err(|e| Unavailable(e.to_string()))?;
             Ok(Decision {
@@ -117,14 +101,16 @@ impl RedisGcra {
 
     /// Round trip to Redis, for start-up logs and readiness.
     pub async fn ping(&self) -> Result<(), String> {
-        let mut conn = tokio::time::timeout(self.timeout, self.pool.get())
+        let ping = async {
+            let mut conn = self.conn.get().await.map_err(|e| e.to_string())?;
+            redis::cmd("PING")
+                .query_async::<String>(&mut conn)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        tokio::time::timeout(self.timeout, ping)
             .await
             .map_err(|_| "timed out".to_string())?
-            .map_err(|e| e.to_string())?;
-        redis::cmd("PING")
-            .query_async::<String>(&mut *conn)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
     }
 }

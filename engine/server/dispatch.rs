@@ -30,7 +30,7 @@ use crate::config::units::HttpMethod;
 use crate::queue::redis::Enqueued;
 use crate::rate_limit::{Rule, ceil_secs};
 use crate::request_field::Fields;
-use crate::respond::Reply;
+use crate::respond::{Inline, Reply};
 use crate::route::Lookup;
 use crate::transform::EventInput;
 use crate::verify::{Context, Inbound, VerifyError};
@@ -143,29 +143,38 @@ impl Dispatch {
         Ok(())
     }
 
-    /// The static answer, or a template/script computed on a blocking thread (a slow script
-    /// cannot stall other requests); the fallback when it fails.
+    /// The static answer, or a template/script computed here within a short budget, else on a
+    /// blocking thread (a slow script cannot stall other requests); the fallback when it fails.
     async fn respond(&self, pipeline: usize, event: &EventInput) -> Reply {
         let app = &*self.app;
         let responder = &app.responders[pipeline];
         if !responder.is_computed() {
             return responder.static_reply();
         }
-        let input = event.clone();
-        let shared = self.app.clone();
         let name = &app.project.pipelines[pipeline].config.name;
-        match tokio::task::spawn_blocking(move || shared.responders[pipeline].compute(&input)).await
-        {
-            Ok(Ok(reply)) => reply,
-            Ok(Err(reason)) => {
-                tracing::warn!(pipeline = %name, %reason, "respond failed; sent the fallback");
-                responder.fallback()
+        let computed = match responder.compute_inline(event) {
+            Ok(reply) => Ok(reply),
+            Err(Inline::Failed(reason)) => Err(reason),
+            Err(Inline::Elsewhere) => {
+                let input = event.clone();
+                let shared = self.app.clone();
+                match tokio::task::spawn_blocking(move || {
+                    shared.responders[pipeline].compute(&input)
+                })
+                .await
+                {
+                    Ok(result) => result,
+                    Err(e) => {
+                        tracing::error!(pipeline = %name, error = %e, "respond task failed; sent the fallback");
+                        return responder.fallback();
+                    }
+                }
             }
-            Err(e) => {
-                tracing::error!(pipeline = %name, error = %e, "respond task failed; sent the fallback");
-                responder.fallback()
-            }
-        }
+        };
+        computed.unwrap_or_else(|reason| {
+            tracing::warn!(pipeline = %name, %reason, "respond failed; sent the fallback");
+            responder.fallback()
+        })
     }
 }
 

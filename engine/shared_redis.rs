@@ -1,0 +1,51 @@
+//! One Redis connection shared by every request in flight.
+//!
+//! The request path talks to Redis once or twice per request (the rate-limit check, the
+//! enqueue). A pooled connection checked out per command carries one command at a time: a write
+//! and a read system call for every command, and a wake-up of the connection's task for each. A
+//! multiplexed connection shared by all requests pipelines them instead: commands issued while
+//! others are in flight leave in one write and their answers arrive in one read, so the cost per
+//! command falls as load rises (figures in docs/benchmarks.md, "Whole process").
+//!
+//! redis's `ConnectionManager` replaces the connection when Redis goes away (a restart, a
+//! failover); commands in flight at that moment fail and the callers' own bounds (a timeout, the
+//! rate limit's `fail` mode, a 503 for an enqueue) decide what the client sees. The connection is
+//! made on first use, so the engine starts, and reports not-ready, while Redis is down.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::OnceCell;
+
+/// A lazily connected, self-reconnecting, shared connection.
+pub struct SharedRedis {
+    client: redis::Client,
+    conn: OnceCell<ConnectionManager>,
+}
+
+impl SharedRedis {
+    pub fn new(client: redis::Client) -> SharedRedis {
+        SharedRedis {
+            client,
+            conn: OnceCell::new(),
+        }
+    }
+
+    /// The shared connection (a cheap clone), connecting first if no connection was made yet.
+    /// Callers bound the wait with their own timeout.
+    pub async fn get(&self) -> redis::RedisResult<ConnectionManager> {
+        self.conn
+            .get_or_try_init(|| {
+                // Reconnection: a few quick attempts (100 ms, 200 ms, ...); while they fail,
+                // each command's own timeout answers for it, and the next command tries again.
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Duration::from_secs(1))
+                    .set_number_of_retries(3)
+                    .set_factor(100)
+                    .set_max_delay(1000);
+                ConnectionManager::new_with_config(self.client.clone(), config)
+            })
+            .await
+            .cloned()
+    }
+}
