@@ -370,3 +370,55 @@ async fn queue_and_dlq_commands() {
         (Some(0), Some(1))
     );
 }
+
+#[tokio::test]
+async fn enqueue_limited_checks_the_shared_limit_before_storing() {
+    use engine::config::rate_limit::RateLimit;
+    use engine::rate_limit::Rule;
+    use engine::rate_limit::redis::{RedisGcra, decision};
+    let p = prefix();
+    let q = queue(&p, "c1").await;
+    let gcra = RedisGcra::new(REDIS, &p).unwrap();
+    let rule = Rule::new("api", &RateLimit::per_ip(2, Duration::from_secs(60)));
+    let key = gcra.key(&rule, "1.2.3.4");
+    let window = Some(("k", Duration::from_secs(60)));
+    // first: allowed and stored, one left
+    let (v, stored) = q
+        .enqueue_limited(&event("e1"), window, &rule, &key)
+        .await
+        .unwrap();
+    assert!(matches!(stored, Some(Enqueued::Added(_))));
+    let d = decision(&rule, v);
+    assert!(d.allowed);
+    assert_eq!(d.remaining, 1);
+    // the same dedupe key: allowed by the limit (and counted), not stored again
+    let (v, stored) = q
+        .enqueue_limited(&event("e1"), window, &rule, &key)
+        .await
+        .unwrap();
+    assert_eq!(stored, Some(Enqueued::Duplicate));
+    assert_eq!(decision(&rule, v).remaining, 0);
+    // over the limit: refused, nothing stored, the dedupe key of the refused event not taken
+    let other = Some(("k2", Duration::from_secs(60)));
+    let (v, stored) = q
+        .enqueue_limited(&event("e2"), other, &rule, &key)
+        .await
+        .unwrap();
+    assert_eq!(stored, None);
+    let d = decision(&rule, v);
+    assert!(!d.allowed);
+    // 2 per minute: the next one 30 s after the first (less the time these calls took)
+    assert!(
+        (Duration::from_secs(29)..=Duration::from_secs(30)).contains(&d.retry_after),
+        "{:?}",
+        d.retry_after
+    );
+    assert_eq!(q.stats().await.unwrap().depth, 1);
+    // the limit is the very one `RedisGcra::check` keeps: it refuses too
+    assert!(!gcra.check(&rule, "1.2.3.4", None).await.unwrap().allowed);
+    // and the refused event's key is free: stored once the limit allows it (plain enqueue here)
+    assert!(matches!(
+        q.enqueue(&event("e2"), other).await.unwrap(),
+        Enqueued::Added(_)
+    ));
+}

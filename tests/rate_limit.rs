@@ -298,6 +298,100 @@ async fn rate_limit_runs_before_verification() {
     app.stop().await;
 }
 
+#[tokio::test]
+async fn with_redis_the_limit_rides_in_the_enqueue_and_refused_events_are_not_stored() {
+    // Redis limiter + Redis queue + bearer verification: a verified request's limit is checked in
+    // its enqueue's script. What clients see must be what "rate limit, then verify" says.
+    let dir = dir_with("");
+    let vapi = std::fs::read_to_string(dir.path().join("vapi.yaml")).unwrap();
+    dir.write(
+        "vapi.yaml",
+        &format!("{vapi}\nrate_limit: {{limit: 3/1m, key: [ip]}}\n"),
+    );
+    let settings = std::fs::read_to_string(dir.path().join("engine.yaml")).unwrap();
+    let prefix = settings
+        .lines()
+        .find_map(|l| l.strip_prefix("redis_key_prefix: '"))
+        .and_then(|l| l.strip_suffix('\''))
+        .unwrap()
+        .to_string();
+    let secret = "limit-rides-secret";
+    let app = common::spawn_ingest_only(
+        dir.path(),
+        &[("REDIS_URL", REDIS), ("VAPI_WEBHOOK_SECRET", secret)],
+    )
+    .await;
+    let post = |token: &str, n: u32| {
+        app.client
+            .post(app.url("/api/webhooks/vapi"))
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/json")
+            .body(format!(
+                r#"{{"message":{{"type":"status-update","status":"in-progress","timestamp":{n},"call":{{"id":"call-{n}"}}}}}}"#
+            ))
+            .send()
+    };
+    let header = |r: &reqwest::Response, name: &str| {
+        r.headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+    // a forged request under the limit: 401, and it counts
+    let r = post("wrong-token", 1).await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(header(&r, "ratelimit-remaining").as_deref(), Some("2"));
+    // two verified requests: stored, with the limit's headers from the enqueue's round trip
+    for (n, remaining) in [(2, "1"), (3, "0")] {
+        let r = post(secret, n).await.unwrap();
+        assert_eq!(r.status(), 200, "request {n}");
+        assert_eq!(header(&r, "ratelimit-limit").as_deref(), Some("3"));
+        assert_eq!(
+            header(&r, "ratelimit-remaining").as_deref(),
+            Some(remaining)
+        );
+    }
+    // over the limit: 429 for a verified request (and nothing stored) as for a forged one
+    for token in [secret, "wrong-token"] {
+        let r = post(token, 4).await.unwrap();
+        assert_eq!(r.status(), 429, "{token}");
+        assert!(header(&r, "retry-after").is_some());
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"], "rate_limited");
+    }
+    let client = redis::Client::open(REDIS).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let stream = format!("{prefix}:{{q:vapi}}:stream");
+    let stored: usize = redis::cmd("XLEN")
+        .arg(&stream)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(
+        stored, 2,
+        "only the two verified requests under the limit are stored"
+    );
+    // the refused event's dedupe key was not taken: once the limit allows it, it is stored
+    let seen: bool = redis::cmd("EXISTS")
+        .arg(format!("{prefix}:{{q:vapi}}:seen:call-4|status-update|4"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(!seen);
+    app.stop().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL")
+            .arg(keys)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
+}
+
 #[test]
 fn validation_of_rate_limit_sections() {
     let dir = Dir::shipped_copy();

@@ -19,6 +19,8 @@ use mobc_redis::RedisConnectionManager;
 use mobc_redis::mobc::Pool;
 use mobc_redis::redis::{self, AsyncCommands, Value};
 
+use crate::rate_limit::Rule;
+use crate::rate_limit::redis::Verdict;
 use crate::shared_redis::SharedRedis;
 
 use crate::transform::EventInput;
@@ -91,6 +93,24 @@ end
 return redis.call('XADD', KEYS[1], '*', 'e', ARGV[1], 'a', '0')
 ";
 
+/// The rate-limit check of `rate_limit::redis` and, only when it allows the request, ENQUEUE's
+/// dedupe + append: a verified request's one round trip. KEYS: the rate-limit key, the stream, the
+/// dedupe key. ARGV: interval µs, burst, '' (Redis's clock), then ENQUEUE's three. Returns the
+/// GCRA verdict and the entry id ('' when refused or a duplicate).
+const LIMITED_ENQUEUE: &str = concat!(
+    crate::rate_limit::redis::gcra_lua!(),
+    r"
+if decision[1] == 0 then return {0, decision[2], decision[3], 0, ''} end
+if ARGV[5] ~= '' then
+  if not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[6]) then
+    return {1, decision[2], decision[3], decision[4], ''}
+  end
+end
+local id = redis.call('XADD', KEYS[2], '*', 'e', ARGV[4], 'a', '0')
+return {1, decision[2], decision[3], decision[4], id}
+"
+);
+
 const ACK: &str = r"
 redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 2))
 return redis.call('XDEL', KEYS[1], unpack(ARGV, 2))
@@ -136,6 +156,7 @@ pub struct RedisQueue {
     seen_prefix: String,
     consumer: String,
     enqueue: redis::Script,
+    limited_enqueue: redis::Script,
     ack: redis::Script,
     retry: redis::Script,
     dead_letter: redis::Script,
@@ -174,6 +195,7 @@ impl RedisQueue {
             seen_prefix: format!("{base}:seen:"),
             consumer: consumer.to_string(),
             enqueue: redis::Script::new(ENQUEUE),
+            limited_enqueue: redis::Script::new(LIMITED_ENQUEUE),
             ack: redis::Script::new(ACK),
             retry: redis::Script::new(RETRY),
             dead_letter: redis::Script::new(DEAD),
@@ -224,6 +246,47 @@ impl RedisQueue {
         event: &EventInput,
         dedupe: Option<(&str, Duration)>,
     ) -> Result<Enqueued, QueueError> {
+        let mut call = self.enqueue.prepare_invoke();
+        call.key(&self.stream);
+        self.enqueue_args(&mut call, event, dedupe)?;
+        let id: Option<String> = self.shared_call(&call).await?;
+        Ok(id.map_or(Enqueued::Duplicate, Enqueued::Added))
+    }
+
+    /// [`Self::enqueue`] behind the rate-limit check of `rule` on `limit_key` (a
+    /// `rate_limit::redis` key), in the same round trip: nothing is stored when the limit refuses
+    /// (`None`). The verdict is returned either way, for the RateLimit headers.
+    pub async fn enqueue_limited(
+        &self,
+        event: &EventInput,
+        dedupe: Option<(&str, Duration)>,
+        rule: &Rule,
+        limit_key: &str,
+    ) -> Result<(Verdict, Option<Enqueued>), QueueError> {
+        let mut call = self.limited_enqueue.prepare_invoke();
+        call.key(limit_key)
+            .key(&self.stream)
+            .arg(rule.interval.as_micros() as u64)
+            .arg(rule.burst)
+            .arg("");
+        self.enqueue_args(&mut call, event, dedupe)?;
+        let (allowed, retry, reset, remaining, id): (i64, i64, i64, i64, String) =
+            self.shared_call(&call).await?;
+        let enqueued = match (allowed == 1, id.is_empty()) {
+            (false, _) => None,
+            (true, true) => Some(Enqueued::Duplicate),
+            (true, false) => Some(Enqueued::Added(id)),
+        };
+        Ok(((allowed, retry, reset, remaining), enqueued))
+    }
+
+    /// ENQUEUE's dedupe key and arguments: the payload, whether to dedupe, the window.
+    fn enqueue_args(
+        &self,
+        call: &mut redis::ScriptInvocation<'_>,
+        event: &EventInput,
+        dedupe: Option<(&str, Duration)>,
+    ) -> Result<(), QueueError> {
         let payload = serde_json::to_string(event).map_err(|e| QueueError(e.to_string()))?;
         let (seen, window) = match dedupe {
             Some((k, w)) => (
@@ -232,22 +295,26 @@ impl RedisQueue {
             ),
             None => (format!("{}-", self.seen_prefix), "1".to_string()),
         };
-        let add = async {
+        call.key(seen)
+            .arg(payload)
+            .arg(if dedupe.is_some() { "1" } else { "" })
+            .arg(window);
+        Ok(())
+    }
+
+    /// A script on the request path's shared connection, answered within 2 s.
+    async fn shared_call<T: redis::FromRedisValue>(
+        &self,
+        call: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, QueueError> {
+        let run = async {
             let mut c = self.shared.get().await?;
-            self.enqueue
-                .key(&self.stream)
-                .key(&seen)
-                .arg(payload)
-                .arg(if dedupe.is_some() { "1" } else { "" })
-                .arg(window)
-                .invoke_async::<Option<String>>(&mut c)
-                .await
+            call.invoke_async::<T>(&mut c).await
         };
-        let id = match tokio::time::timeout(CHECKOUT_TIMEOUT, add).await {
-            Ok(r) => r?,
-            Err(_) => return Err(QueueError("Redis did not answer within 2 s".into())),
-        };
-        Ok(id.map_or(Enqueued::Duplicate, Enqueued::Added))
+        match tokio::time::timeout(CHECKOUT_TIMEOUT, run).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(QueueError("Redis did not answer within 2 s".into())),
+        }
     }
 
     /// A connection of its own for blocking reads (a blocked connection serves nothing else).

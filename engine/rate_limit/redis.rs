@@ -12,9 +12,12 @@ use crate::shared_redis::SharedRedis;
 
 use super::{Decision, Rule, Unavailable};
 
-/// GCRA check. ARGV: interval µs, burst, [now µs for tests]. Returns
-/// {allowed, retry_after_ms, reset_ms, remaining}.
-const GCRA: &str = r"
+/// GCRA over `KEYS[1]` with ARGV: interval µs, burst, [now µs for tests, or '']. Leaves
+/// `decision` = {allowed, retry_after_ms, reset_ms, remaining}, the key updated only when allowed.
+/// A macro so the queue's one-round-trip enqueue (`queue::redis`) runs the very same check.
+macro_rules! gcra_lua {
+    () => {
+        r"
 local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local now
@@ -29,13 +32,35 @@ if tat < now then tat = now end
 local span = interval * burst
 local new_tat = tat + interval
 local allow_at = new_tat - span
+local decision
 if now < allow_at then
-  return {0, math.ceil((allow_at - now) / 1000), math.ceil((tat - now) / 1000), 0}
+  decision = {0, math.ceil((allow_at - now) / 1000), math.ceil((tat - now) / 1000), 0}
+else
+  local ttl = math.max(1, math.ceil((new_tat - now) / 1000))
+  redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', ttl)
+  decision = {1, 0, ttl, math.floor((span - (new_tat - now)) / interval)}
 end
-local ttl = math.max(1, math.ceil((new_tat - now) / 1000))
-redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', ttl)
-return {1, 0, ttl, math.floor((span - (new_tat - now)) / interval)}
-";
+"
+    };
+}
+pub(crate) use gcra_lua;
+
+/// GCRA check. Returns {allowed, retry_after_ms, reset_ms, remaining}.
+const GCRA: &str = concat!(gcra_lua!(), "return decision\n");
+
+/// What the GCRA script returns: allowed (0/1), retry-after ms, reset ms, remaining.
+pub type Verdict = (i64, i64, i64, i64);
+
+/// The [`Decision`] a GCRA verdict means under `rule`.
+pub fn decision(rule: &Rule, (allowed, retry_ms, reset_ms, remaining): Verdict) -> Decision {
+    Decision {
+        allowed: allowed == 1,
+        limit: rule.limit,
+        remaining: remaining.max(0) as u32,
+        reset: Duration::from_millis(reset_ms.max(0) as u64),
+        retry_after: Duration::from_millis(retry_ms.max(0) as u64),
+    }
+}
 
 /// A Redis-backed limiter.
 pub struct RedisGcra {
@@ -83,16 +108,11 @@ impl RedisGcra {
             if let Some(now) = now_us {
                 inv.arg(now);
             }
-            let result: Result<(i64, i64, i64, i64), _> = inv.invoke_async(&mut conn).await;
-            let (allowed, retry_ms, reset_ms, remaining) =
-                result.map_err(|e| Unavailable(e.to_string()))?;
-            Ok(Decision {
-                allowed: allowed == 1,
-                limit: rule.limit,
-                remaining: remaining.max(0) as u32,
-                reset: Duration::from_millis(reset_ms.max(0) as u64),
-                retry_after: Duration::from_millis(retry_ms.max(0) as u64),
-            })
+            let verdict: Verdict = inv
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| Unavailable(e.to_string()))?;
+            Ok(decision(rule, verdict))
         };
         tokio::time::timeout(self.timeout, work)
             .await

@@ -2,11 +2,19 @@
 //!
 //! ```text
 //! route lookup (404 / 405) -> maintenance (503) -> body size limit (413)
-//!   -> rate limit (429; before verify, so a forged flood costs one GCRA check, not an HMAC)
+//!   -> rate limit (429; before verify: a request over the limit is refused whatever its
+//!      signature, and a flood of forged requests counts against the limit)
 //!   -> verify (401, or 503 when tenant secrets are unreachable)
-//!   -> respond (static, or a template / script on a blocking thread, fallback on failure)
+//!   -> respond (static, or a template / script: inline within 250 µs, else on a blocking thread;
+//!      fallback on failure)
 //!   -> enqueue (pipelines with transform steps: 2xx only once the event is queued; 503 if not)
 //! ```
+//!
+//! One Redis round trip per verified request: when the rate limit and the queue are both on Redis
+//! (and verification needs no tenant lookup), the limit is checked inside the enqueue's script,
+//! before anything is stored, and the local signature check is done first. A request that fails
+//! verification gets its own rate-limit check before its 401, so what a client sees — 429 over
+//! the limit whatever the signature, 401 under it — is what the order above says.
 //!
 //! CORS runs as a salvo hoop around this handler (see `server::chain`), so every answer,
 //! errors included, carries `Access-Control-Allow-Origin` for allowed origins only.
@@ -23,12 +31,13 @@ use serde_json::json;
 use tracing::Instrument;
 
 use super::App;
+use super::queueing::QueueHandle;
 use crate::config::Project;
 use crate::config::queue::Ack;
 use crate::config::rate_limit::FailMode;
 use crate::config::units::HttpMethod;
-use crate::queue::redis::Enqueued;
-use crate::rate_limit::{Rule, ceil_secs};
+use crate::queue::redis::{Enqueued, QueueError};
+use crate::rate_limit::{Decision, RateLimiter, Rule, ceil_secs};
 use crate::request_field::Fields;
 use crate::respond::{Inline, Reply};
 use crate::route::Lookup;
@@ -126,8 +135,21 @@ impl Dispatch {
         }
         let body = read_body(app, pipeline, req, res).await?;
         let seen = Seen::new(app, req, body);
-        check_rate(app, app.rate_rules[pipeline].as_ref(), &seen, &params, res).await?;
-        verify(app, pipeline, &seen, &params, res).await?;
+        let rule = app.rate_rules[pipeline].as_ref();
+        // With Redis behind both, a verified request's rate-limit check rides in its enqueue's
+        // round trip (checked first there; nothing is stored when it refuses). A request that
+        // fails verification is checked on its own before its 401, so it still counts and still
+        // meets the 429 exactly as if the limit had come first.
+        let limit_in_enqueue = rule.filter(|_| limit_rides_on_enqueue(app, pipeline));
+        if limit_in_enqueue.is_none() {
+            check_rate(app, rule, &seen, &params, res).await?;
+        }
+        if let Err(refusal) = verify(app, pipeline, &seen, &params).await {
+            if limit_in_enqueue.is_some() {
+                check_rate(app, rule, &seen, &params, res).await?;
+            }
+            return Err(refuse(res, refusal));
+        }
         if app.project.pipelines[pipeline].config.log_body {
             log_body(app, pipeline, &seen);
         }
@@ -135,7 +157,7 @@ impl Dispatch {
         tracing::Span::current().record("event_id", event.id.as_str());
         let reply = self.respond(pipeline, &event).await;
         let event_id = app.recorder.as_ref().map(|_| event.id.clone());
-        enqueue(app, pipeline, &seen, event, res).await?;
+        enqueue(app, pipeline, &seen, event, limit_in_enqueue, res).await?;
         send(&reply, res);
         if let (Some(recorder), Some(id)) = (&app.recorder, event_id) {
             record(app, recorder, pipeline, &seen, &id, reply.status);
@@ -222,6 +244,7 @@ async fn enqueue(
     pipeline: usize,
     seen: &Seen<'_>,
     event: EventInput,
+    limit: Option<&Rule>,
     res: &mut Response,
 ) -> Result<(), Stop> {
     let Some(q) = &app.queued[pipeline] else {
@@ -237,11 +260,31 @@ async fn enqueue(
     if q.config.ack == Ack::Processed {
         return process_now(q, name, event, dedupe_key, res).await;
     }
-    match q
-        .handle
-        .enqueue(event, dedupe_key.as_ref().map(|(k, w)| (k.as_str(), *w)))
-        .await
-    {
+    let dedupe = dedupe_key.as_ref().map(|(k, w)| (k.as_str(), *w));
+    let stored = match (limit, &q.handle, &app.limiter) {
+        (Some(rule), QueueHandle::Redis(queue), RateLimiter::Redis(gcra)) => {
+            let key = rule.key_of(seen.client_ip, &seen.inbound(), &event.params);
+            match queue
+                .enqueue_limited(&event, dedupe, rule, &gcra.key(rule, &key))
+                .await
+            {
+                Ok((verdict, stored)) => {
+                    answer_decision(
+                        rule,
+                        &crate::rate_limit::redis::decision(rule, verdict),
+                        res,
+                    )?;
+                    stored.ok_or_else(|| QueueError("refused by the rate limit".into()))
+                }
+                Err(e) => {
+                    metrics::counter!("engine_rate_limit_backend_errors_total", "bucket" => rule.bucket.clone()).increment(1);
+                    Err(e)
+                }
+            }
+        }
+        _ => q.handle.enqueue(event, dedupe).await,
+    };
+    match stored {
         Ok(Enqueued::Added(_)) => {
             metrics::counter!("engine_events_queued_total", "pipeline" => name.clone())
                 .increment(1);
@@ -601,6 +644,24 @@ async fn check_rate(
             };
         }
     };
+    answer_decision(rule, &decision, res)
+}
+
+/// Whether a verified request's rate-limit check is made in its enqueue's round trip: both on
+/// Redis, an `ack: queued` pipeline, and a verifier that needs no lookup (tenant secrets come
+/// from Postgres, which must not be read for a request the limit would refuse).
+fn limit_rides_on_enqueue(app: &App, pipeline: usize) -> bool {
+    matches!(app.limiter, RateLimiter::Redis(_))
+        && app.queued[pipeline].as_ref().is_some_and(|q| {
+            q.config.ack == Ack::Queued && matches!(q.handle, QueueHandle::Redis(_))
+        })
+        && !app.verifiers[pipeline]
+            .as_ref()
+            .is_some_and(|v| v.uses_tenants())
+}
+
+/// The RateLimit headers of a decision; 429 with Retry-After when it refuses.
+fn answer_decision(rule: &Rule, decision: &Decision, res: &mut Response) -> Result<(), Stop> {
     let h = res.headers_mut();
     h.insert("ratelimit-limit", HeaderValue::from(decision.limit));
     h.insert("ratelimit-remaining", HeaderValue::from(decision.remaining));
@@ -630,15 +691,21 @@ async fn check_rate(
     ))
 }
 
-/// 401 when the request is not genuine (the reason goes to the log only); 503 when tenant
-/// secrets cannot be read, so the provider retries.
+/// Why verification refused a request; answered by [`refuse`].
+enum Refusal {
+    /// Not genuine: 401 (the reason goes to the log only).
+    Rejected,
+    /// Tenant secrets cannot be read: 503, so the provider retries.
+    Unavailable,
+}
+
+/// Whether the request is genuine; the refusal is logged and counted here, answered by the caller.
 async fn verify(
     app: &App,
     pipeline: usize,
     seen: &Seen<'_>,
     params: &[(String, String)],
-    res: &mut Response,
-) -> Result<(), Stop> {
+) -> Result<(), Refusal> {
     let Some(verifier) = &app.verifiers[pipeline] else {
         return Ok(());
     };
@@ -654,22 +721,31 @@ async fn verify(
             tracing::warn!(pipeline = %name, reason = reason.code(), client_ip = %seen.client_ip, "verification failed");
             metrics::counter!("engine_verify_failures_total", "pipeline" => name.clone(), "reason" => reason.code())
                 .increment(1);
-            Err(error(
-                res,
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "Request verification failed.",
-            ))
+            Err(Refusal::Rejected)
         }
         Err(VerifyError::Unavailable(why)) => {
             tracing::error!(pipeline = %name, error = %why, "verification unavailable");
+            Err(Refusal::Unavailable)
+        }
+    }
+}
+
+fn refuse(res: &mut Response, refusal: Refusal) -> Stop {
+    match refusal {
+        Refusal::Rejected => error(
+            res,
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "Request verification failed.",
+        ),
+        Refusal::Unavailable => {
             res.headers_mut().insert(RETRY_AFTER, HeaderValue::from(5));
-            Err(error(
+            error(
                 res,
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "Verification is temporarily unavailable. Please retry.",
-            ))
+            )
         }
     }
 }

@@ -145,6 +145,20 @@ pub async fn spawn_app_with(
     env: &[(&str, &str)],
     around: engine::server::Surroundings,
 ) -> TestApp {
+    spawn(dir, env, true, around).await
+}
+
+/// [`spawn_app`] without queue workers: what is enqueued stays in the queue to be looked at.
+pub async fn spawn_ingest_only(dir: &Path, env: &[(&str, &str)]) -> TestApp {
+    spawn(dir, env, false, engine::server::Surroundings::default()).await
+}
+
+async fn spawn(
+    dir: &Path,
+    env: &[(&str, &str)],
+    workers: bool,
+    around: engine::server::Surroundings,
+) -> TestApp {
     let source = EnvSource::from_pairs(env.iter().copied());
     let project = engine::config::load(dir, &source).unwrap_or_else(|d| {
         panic!(
@@ -152,9 +166,10 @@ pub async fn spawn_app_with(
             engine::diagnostics::render(&d, engine::diagnostics::Format::Text)
         )
     });
-    let running = engine::server::start_with(project, "127.0.0.1:0".parse().unwrap(), true, around)
-        .await
-        .unwrap();
+    let running =
+        engine::server::start_with(project, "127.0.0.1:0".parse().unwrap(), workers, around)
+            .await
+            .unwrap();
     let addr = running.addr;
     TestApp {
         addr,
