@@ -8,8 +8,8 @@
 //! Backends: in memory ([`memory`], the `governor` crate) when no Redis is configured, else
 //! Redis ([`redis`]: one Lua script per check, one round trip, Redis's own clock so instances with
 //! skewed clocks agree, keys that expire on their own; the same script also runs inside the
-//! queue's enqueue, so a verified request costs one round trip). When Redis cannot be reached the rule's
-//! `fail` mode decides: `open` allows (warning + metric), `closed` answers 503.
+//! queue's enqueue, so a verified request costs one round trip). When Redis cannot be reached
+//! the rule's `fail` mode decides: `open` allows (warning + metric), `closed` answers 503.
 
 pub mod memory;
 pub mod redis;
