@@ -6,7 +6,8 @@
 //! 1. ceiling   a bare salvo server (this binary, re-run as a child) answering 200: saturation
 //! 2. ingest    engine serve --no-worker: signed 2 KiB Vapi end-of-call-reports, saturation
 //!              (closed loop) and fixed offered rates (open loop: latency counted from each
-//!              request's scheduled time, so a stall is not hidden); peak RSS (VmHWM)
+//!              request's scheduled time, so a stall is not hidden); the generator's own floor
+//!              (the same open-loop run at half rate against the bare server); peak RSS (VmHWM)
 //! 3. drain     engine worker on the filled queue: events/s into Postgres
 //! 4. e2e       engine serve with workers at a steady rate: request sent -> row committed
 //! 5. start     boot (spawn -> /health 200) and `engine validate` with 50 pipelines
@@ -536,6 +537,23 @@ async fn run(quick: bool, saturation_only: bool) {
         );
         curve.push(r);
     }
+    // The harness's own share of those latencies: the same open-loop generator at the half
+    // rate against the bare server (timer granularity, the generator's own scheduling).
+    let bare = Server::spawn(bare_command());
+    let half = (sat.achieved * 0.5).max(50.0);
+    let (floor, _) = offer(
+        &format!("http://127.0.0.1:{}/", bare.port),
+        // bodies of their own: `bodies` counts what the engine queued, for the drain
+        Arc::new(Bodies::new(1)),
+        half,
+        secs,
+    )
+    .await;
+    bare.stop();
+    println!(
+        "generator floor (bare salvo at {half:.0} req/s offered): p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms",
+        floor.p50, floor.p95, floor.p99
+    );
     let rss = server.peak_rss();
     println!(
         "peak RSS of engine serve under load: {:.1} MiB",
