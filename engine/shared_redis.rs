@@ -36,13 +36,13 @@ impl SharedRedis {
     pub async fn get(&self) -> redis::RedisResult<ConnectionManager> {
         self.conn
             .get_or_try_init(|| {
-                // Reconnection: a few quick attempts (100 ms, 200 ms, ...); while they fail,
-                // each command's own timeout answers for it, and the next command tries again.
+                // One attempt per (re)connection, no backoff: redis's retries wait a second or
+                // more between attempts, longer than a request or `/ready` should hang on a Redis
+                // that refuses. A failed attempt fails the commands waiting on it at once, and
+                // the next command makes the next attempt.
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Duration::from_secs(1))
-                    .set_number_of_retries(3)
-                    .set_factor(100)
-                    .set_max_delay(1000);
+                    .set_number_of_retries(0);
                 ConnectionManager::new_with_config(self.client.clone(), config)
             })
             .await

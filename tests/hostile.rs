@@ -111,18 +111,7 @@ proptest! {
             ("application/json", deep.clone().into_bytes()),
             ("application/x-www-form-urlencoded", body.clone()),
         ] {
-            let event = engine::transform::EventInput {
-                id: "e".into(),
-                pipeline: "p".into(),
-                received_at_ms: 0,
-                method: "POST".into(),
-                path: "/".into(),
-                query: String::new(),
-                headers: vec![("content-type".into(), ct.into())],
-                params: vec![],
-                tenant: None,
-                body: b.into(),
-            };
+            let event = common::event_input("e", "p", "/", ct, b);
             // a value or an error; deep nesting stops at the recursion limit
             let _ = event.parsed_body();
         }

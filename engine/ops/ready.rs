@@ -11,12 +11,16 @@ use std::time::Duration;
 use mobc_redis::redis;
 use serde_json::{Value, json};
 
+use crate::shared_redis::SharedRedis;
+
 /// How long each dependency may take to answer.
 pub const TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The dependencies a ready instance needs.
 pub struct Checks {
-    redis: Option<redis::Client>,
+    /// One connection kept for the checks (not a new TCP connection per `/ready`); a PING on it
+    /// fails while Redis is down, and it reconnects by itself when Redis is back.
+    redis: Option<SharedRedis>,
     postgres: Option<deadpool_postgres::Pool>,
 }
 
@@ -26,7 +30,8 @@ impl Checks {
         let redis = redis_url
             .map(redis::Client::open)
             .transpose()
-            .map_err(|_| "REDIS_URL is not a valid Redis URL".to_string())?;
+            .map_err(|_| "REDIS_URL is not a valid Redis URL".to_string())?
+            .map(SharedRedis::new);
         let postgres = database_url
             .map(|url| crate::db::pool(url, 1))
             .transpose()?;
@@ -56,12 +61,9 @@ impl Checks {
     }
 
     async fn redis(&self) -> Option<Result<(), String>> {
-        let client = self.redis.as_ref()?;
+        let shared = self.redis.as_ref()?;
         let ping = async {
-            let mut c = client
-                .get_multiplexed_async_connection()
-                .await
-                .map_err(|e| describe(&e.to_string()))?;
+            let mut c = shared.get().await.map_err(|e| describe(&e.to_string()))?;
             redis::cmd("PING")
                 .query_async::<String>(&mut c)
                 .await

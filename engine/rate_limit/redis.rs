@@ -118,19 +118,4 @@ impl RedisGcra {
             .await
             .unwrap_or_else(|_| Err(Unavailable("timed out".into())))
     }
-
-    /// Round trip to Redis, for start-up logs and readiness.
-    pub async fn ping(&self) -> Result<(), String> {
-        let ping = async {
-            let mut conn = self.conn.get().await.map_err(|e| e.to_string())?;
-            redis::cmd("PING")
-                .query_async::<String>(&mut conn)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        };
-        tokio::time::timeout(self.timeout, ping)
-            .await
-            .map_err(|_| "timed out".to_string())?
-    }
 }

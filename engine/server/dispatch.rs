@@ -140,7 +140,7 @@ impl Dispatch {
         // round trip (checked first there; nothing is stored when it refuses). A request that
         // fails verification is checked on its own before its 401, so it still counts and still
         // meets the 429 exactly as if the limit had come first.
-        let limit_in_enqueue = rule.filter(|_| limit_rides_on_enqueue(app, pipeline));
+        let limit_in_enqueue = rule.filter(|_| app.limit_in_enqueue[pipeline]);
         if limit_in_enqueue.is_none() {
             check_rate(app, rule, &seen, &params, res).await?;
         }
@@ -645,19 +645,6 @@ async fn check_rate(
         }
     };
     answer_decision(rule, &decision, res)
-}
-
-/// Whether a verified request's rate-limit check is made in its enqueue's round trip: both on
-/// Redis, an `ack: queued` pipeline, and a verifier that needs no lookup (tenant secrets come
-/// from Postgres, which must not be read for a request the limit would refuse).
-fn limit_rides_on_enqueue(app: &App, pipeline: usize) -> bool {
-    matches!(app.limiter, RateLimiter::Redis(_))
-        && app.queued[pipeline].as_ref().is_some_and(|q| {
-            q.config.ack == Ack::Queued && matches!(q.handle, QueueHandle::Redis(_))
-        })
-        && !app.verifiers[pipeline]
-            .as_ref()
-            .is_some_and(|v| v.uses_tenants())
 }
 
 /// The RateLimit headers of a decision; 429 with Retry-After when it refuses.

@@ -41,6 +41,9 @@ pub struct App {
     pub limiter: RateLimiter,
     /// One per pipeline, by index: its own limit, else the settings' default.
     pub rate_rules: Vec<Option<Rule>>,
+    /// One per pipeline, by index: whether a verified request's limit is checked inside its
+    /// enqueue's Redis script (see `dispatch`) rather than on its own.
+    pub limit_in_enqueue: Vec<bool>,
     /// The default limit on `/health`, unless exempt.
     pub health_rule: Option<Rule>,
     /// One per pipeline, by index.
@@ -59,6 +62,23 @@ pub struct App {
     pub pool: Option<deadpool_postgres::Pool>,
     /// One per pipeline, by index: its OAuth flow, or why it cannot run (503 with the reason).
     pub oauth: Vec<Option<Result<crate::oauth::Flow, String>>>,
+}
+
+/// Whether a pipeline's verified requests have their rate limit checked in the enqueue's round
+/// trip: the limiter and the queue both on Redis, `ack: queued`, and a verifier that needs no
+/// lookup (tenant secrets come from Postgres, which must not be read for a request the limit
+/// would refuse).
+fn limit_rides_on_enqueue(
+    limiter: &RateLimiter,
+    queued: &Option<queueing::Queued>,
+    verifier: &Option<Verifier>,
+) -> bool {
+    matches!(limiter, RateLimiter::Redis(_))
+        && queued.as_ref().is_some_and(|q| {
+            q.config.ack == crate::config::queue::Ack::Queued
+                && matches!(q.handle, queueing::QueueHandle::Redis(_))
+        })
+        && !verifier.as_ref().is_some_and(|v| v.uses_tenants())
 }
 
 /// What an app reads time from and writes rows to: the system clock and the configured sinks
@@ -168,6 +188,9 @@ impl App {
             )?),
             None => RateLimiter::Memory(crate::rate_limit::memory::Memory::new()),
         };
+        let limit_in_enqueue = (0..project.pipelines.len())
+            .map(|i| limit_rides_on_enqueue(&limiter, &queued[i], &verifiers[i]))
+            .collect();
         Ok(App {
             project,
             verifiers,
@@ -175,6 +198,7 @@ impl App {
             proxies,
             limiter,
             rate_rules,
+            limit_in_enqueue,
             health_rule,
             responders,
             queued,
