@@ -18,7 +18,8 @@
 //! Postgres. `-- --quick` shortens every phase (a smoke run); `LOAD_STATIC_RESPOND=1` answers
 //! Vapi statically instead of with its respond script, to show what the script costs.
 //! `-- --saturation` runs only phases 1 and 2's saturation, three times, for comparing a change
-//! (or attaching `perf` to the engine) in under a minute.
+//! (or attaching `perf` to the engine) in under a minute; `LOAD_ENGINE=<path>` runs another
+//! build of the engine (one built with frame pointers, for `perf record -g`).
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -217,7 +218,10 @@ impl Cost {
 }
 
 fn engine(args: &[&str], setup: &Setup, dir: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_engine"));
+    // LOAD_ENGINE: another build of the engine (one with frame pointers, for `perf record -g`)
+    let binary =
+        std::env::var("LOAD_ENGINE").unwrap_or_else(|_| env!("CARGO_BIN_EXE_engine").into());
+    let mut c = Command::new(binary);
     c.args(args);
     if args[0] == "validate" {
         c.arg(dir);

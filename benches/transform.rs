@@ -62,6 +62,25 @@ fn bench(c: &mut Criterion) {
         b.iter(|| sms.run(black_box(&mms)).unwrap())
     });
     group.finish();
+
+    // The respond script runs on the request path, before the answer: the event built from the
+    // raw body, the script, the reply.
+    let vapi_config = &project
+        .pipelines
+        .iter()
+        .find(|p| p.config.name == "vapi")
+        .unwrap();
+    let responder =
+        engine::respond::Responder::compile(&vapi_config.config, &vapi_config.file, &project.dir)
+            .unwrap();
+    let mut group = c.benchmark_group("respond_per_request");
+    for (name, event) in &cases {
+        assert!(responder.compute_inline(event).is_ok());
+        group.bench_function(*name, |b| {
+            b.iter(|| responder.compute_inline(black_box(event)).unwrap())
+        });
+    }
+    group.finish();
 }
 
 criterion_group!(benches, bench);
