@@ -1,5 +1,9 @@
 //! The `engine` binary; everything lives in the library (see `lib.rs` for the map).
 
+// mimalloc instead of glibc's malloc: a request allocates many small, short-lived values (the
+// parsed body, the script's maps, the stream entry), and glibc's bins and consolidation took 18 %
+// of the engine's CPU under load; with mimalloc the engine spends ~20 % less CPU per request
+// (docs/benchmarks.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
