@@ -55,7 +55,7 @@ impl<'a> Fields<'a> {
                     .map(|(_, v)| v.into_owned())
             }),
         };
-        id.filter(usable)
+        id.filter(|s| usable(s))
     }
 
     /// Every field of `sources` joined with `sep`; None when one is absent. The JSON pointers
@@ -75,9 +75,11 @@ impl<'a> Fields<'a> {
         let mut parts = Vec::with_capacity(sources.len());
         for source in sources {
             let part = match (source, json.as_mut()) {
-                (KeySource::Json(_), Some(values)) => {
-                    values.next().flatten().and_then(key_text).filter(usable)
-                }
+                (KeySource::Json(_), Some(values)) => values
+                    .next()
+                    .flatten()
+                    .and_then(key_text)
+                    .filter(|s| usable(s)),
                 _ => self.get(source),
             };
             parts.push(part?);
@@ -96,7 +98,7 @@ fn key_text(v: serde_json::Value) -> Option<String> {
 }
 
 /// Empty values and values over 256 characters count as absent.
-fn usable(s: &String) -> bool {
+fn usable(s: &str) -> bool {
     !s.is_empty() && s.len() <= 256
 }
 
