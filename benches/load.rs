@@ -239,6 +239,8 @@ fn engine(args: &[&str], setup: &Setup, dir: &Path) -> Command {
             "ENCRYPTION_KEY",
             "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
         );
+    // the allocator's own settings pass through, for experiments (MIMALLOC_PURGE_DELAY, ...)
+    c.envs(std::env::vars().filter(|(k, _)| k.starts_with("MIMALLOC_")));
     c
 }
 
