@@ -201,18 +201,25 @@ async fn redis_cpu_secs() -> f64 {
 struct Cost {
     engine_us: f64,
     redis_us: f64,
+    /// This process: the load generator.
+    generator_us: f64,
 }
 
 impl Cost {
-    async fn start(server: &Server) -> (f64, f64) {
-        (server.cpu_secs(), redis_cpu_secs().await)
+    async fn start(server: &Server) -> (f64, f64, f64) {
+        (
+            server.cpu_secs(),
+            redis_cpu_secs().await,
+            process_cpu_secs(std::process::id()),
+        )
     }
 
-    async fn since(server: &Server, start: (f64, f64), requests: f64) -> Cost {
+    async fn since(server: &Server, start: (f64, f64, f64), requests: f64) -> Cost {
         let per = |secs: f64| secs * 1e6 / requests.max(1.0);
         Cost {
             engine_us: per(server.cpu_secs() - start.0),
             redis_us: per(redis_cpu_secs().await - start.1),
+            generator_us: per(process_cpu_secs(std::process::id()) - start.2),
         }
     }
 }
@@ -498,17 +505,22 @@ async fn run(quick: bool, saturation_only: bool) {
             server.stop();
             let bare = Server::spawn(bare_command());
             let bare_url = format!("http://127.0.0.1:{}/", bare.port);
+            let start = Cost::start(&bare).await;
             let ceiling = saturate(&bare_url, Some(Arc::new(Bodies::new(0))), secs).await;
+            let bare_cost = Cost::since(&bare, start, ceiling.count as f64).await;
             bare.stop();
             println!(
-                "round {round}: ingest {:.0} req/s (p50 {:.2} ms, p99 {:.2} ms, {} errors; CPU per request: engine {:.0} µs, Redis {:.0} µs), ceiling {:.0} req/s: {:.1}%",
+                "round {round}: ingest {:.0} req/s (p50 {:.2} ms, p99 {:.2} ms, {} errors; CPU per request: engine {:.0} µs, Redis {:.0} µs, generator {:.0} µs), ceiling {:.0} req/s (bare server {:.0} µs, generator {:.0} µs): {:.1}%",
                 sat.achieved,
                 sat.p50,
                 sat.p99,
                 sat.errors,
                 cost.engine_us,
                 cost.redis_us,
+                cost.generator_us,
                 ceiling.achieved,
+                bare_cost.engine_us,
+                bare_cost.generator_us,
                 100.0 * sat.achieved / ceiling.achieved
             );
         }
