@@ -811,7 +811,7 @@ fn plot(curve: &[Run], sat: &Run, ceiling: &Run) {
         .background_style(WHITE.mix(0.9))
         .border_style(BLACK)
         .label_font(("sans-serif", 14))
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(SeriesLabelPosition::UpperRight)
         .draw()
         .unwrap();
     root.present().unwrap();
