@@ -286,8 +286,14 @@ async fn recorded_traffic_replays_without_its_secrets() {
     let pipeline_dir = rec.path().join("twilio-sms");
     let mut files = Vec::new();
     for _ in 0..100 {
+        // only finished recordings: each is written as `.yaml.tmp`, then renamed
         files = std::fs::read_dir(&pipeline_dir)
-            .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+                    .collect()
+            })
             .unwrap_or_default();
         if !files.is_empty() {
             break;
