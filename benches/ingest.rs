@@ -108,7 +108,8 @@ async fn main() {
     let project = load();
     let target = engine::sink::Target::Configured;
     let pool = engine::server::queueing::sink_pool(&project, &target).unwrap();
-    let queued = engine::server::queueing::build(&project, &target, pool.as_ref(), &[]).unwrap();
+    let queued =
+        engine::server::queueing::build(&project, &target, pool.as_ref(), &[], None).unwrap();
     let started = Instant::now();
     let workers = engine::server::queueing::start(&queued);
     loop {

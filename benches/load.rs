@@ -18,8 +18,9 @@
 //! Postgres. `-- --quick` shortens every phase (a smoke run); `LOAD_STATIC_RESPOND=1` answers
 //! Vapi statically instead of with its respond script, to show what the script costs.
 //! `-- --saturation` runs only phases 1 and 2's saturation, three times, for comparing a change
-//! (or attaching `perf` to the engine) in under a minute; `LOAD_ENGINE=<path>` runs another
-//! build of the engine (one built with frame pointers, for `perf record -g`).
+//! (or attaching `perf` to the engine) in about two minutes, with the CPU each request costs the
+//! engine, Redis and the generator; `LOAD_ENGINE=<path>` runs another build of the engine (one
+//! built with frame pointers, for `perf record -g`).
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -197,9 +198,10 @@ async fn redis_cpu_secs() -> f64 {
         .sum()
 }
 
-/// CPU per request of the engine and of Redis over a run, microseconds.
+/// CPU per request over a run, microseconds: of the server under load (the engine or the bare
+/// one), of Redis, of this process (the load generator).
 struct Cost {
-    engine_us: f64,
+    server_us: f64,
     redis_us: f64,
     /// This process: the load generator.
     generator_us: f64,
@@ -217,7 +219,7 @@ impl Cost {
     async fn since(server: &Server, start: (f64, f64, f64), requests: f64) -> Cost {
         let per = |secs: f64| secs * 1e6 / requests.max(1.0);
         Cost {
-            engine_us: per(server.cpu_secs() - start.0),
+            server_us: per(server.cpu_secs() - start.0),
             redis_us: per(redis_cpu_secs().await - start.1),
             generator_us: per(process_cpu_secs(std::process::id()) - start.2),
         }
@@ -493,7 +495,7 @@ async fn run(quick: bool, saturation_only: bool) {
     );
 
     if saturation_only {
-        // three rounds of ceiling then ingest: a change is compared on the spread, not one number
+        // three rounds of ingest then ceiling: a change is compared on the spread, not one number
         for round in 1..=3 {
             let server = Server::spawn(engine(&["serve", "--no-worker"], &setup, setup.dir.path()));
             let url = format!("http://127.0.0.1:{}/api/webhooks/vapi", server.port);
@@ -515,11 +517,11 @@ async fn run(quick: bool, saturation_only: bool) {
                 sat.p50,
                 sat.p99,
                 sat.errors,
-                cost.engine_us,
+                cost.server_us,
                 cost.redis_us,
                 cost.generator_us,
                 ceiling.achieved,
-                bare_cost.engine_us,
+                bare_cost.server_us,
                 bare_cost.generator_us,
                 100.0 * sat.achieved / ceiling.achieved
             );

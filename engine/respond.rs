@@ -345,18 +345,7 @@ mod tests {
     }
 
     fn input(body: &str) -> EventInput {
-        EventInput {
-            id: "evt_1".into(),
-            pipeline: "p".into(),
-            received_at_ms: 0,
-            method: "POST".into(),
-            path: "/p".into(),
-            query: String::new(),
-            headers: vec![("content-type".into(), "application/json".into())],
-            params: vec![],
-            tenant: None,
-            body: bytes::Bytes::from(body.to_string()),
-        }
+        crate::transform::event::sample("application/json", body)
     }
 
     #[test]

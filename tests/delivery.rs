@@ -129,13 +129,7 @@ async fn signed_request_to_postgres_row_through_redis() {
     );
 
     // credentials are never stored with the event
-    let prefix = std::fs::read_to_string(d.path().join("engine.yaml")).unwrap();
-    let prefix = prefix
-        .lines()
-        .find_map(|l| l.strip_prefix("redis_key_prefix: '"))
-        .unwrap()
-        .trim_end_matches('\'')
-        .to_string();
+    let prefix = common::redis_key_prefix(d.path());
     let q = engine::queue::redis::RedisQueue::new(REDIS, &prefix, "vapi", "t").unwrap();
     assert_eq!(
         post_vapi(
@@ -234,13 +228,7 @@ fn processed_dir(data: &Path) -> (Dir, String) {
         "vapi.yaml",
         &vapi.replace("    window: 24h\n", "    window: 24h\n  ack: processed\n"),
     );
-    let settings = std::fs::read_to_string(d.path().join("engine.yaml")).unwrap();
-    let prefix = settings
-        .lines()
-        .find_map(|l| l.strip_prefix("redis_key_prefix: '"))
-        .unwrap()
-        .trim_end_matches('\'')
-        .to_string();
+    let prefix = common::redis_key_prefix(d.path());
     (d, prefix)
 }
 

@@ -308,13 +308,7 @@ async fn with_redis_the_limit_rides_in_the_enqueue_and_refused_events_are_not_st
         "vapi.yaml",
         &format!("{vapi}\nrate_limit: {{limit: 3/1m, key: [ip]}}\n"),
     );
-    let settings = std::fs::read_to_string(dir.path().join("engine.yaml")).unwrap();
-    let prefix = settings
-        .lines()
-        .find_map(|l| l.strip_prefix("redis_key_prefix: '"))
-        .and_then(|l| l.strip_suffix('\''))
-        .unwrap()
-        .to_string();
+    let prefix = common::redis_key_prefix(dir.path());
     let secret = "limit-rides-secret";
     let app = common::spawn_ingest_only(
         dir.path(),
@@ -370,7 +364,7 @@ async fn with_redis_the_limit_rides_in_the_enqueue_and_refused_events_are_not_st
         stored, 2,
         "only the two verified requests under the limit are stored"
     );
-    // the refused event's dedupe key was not taken: once the limit allows it, it is stored
+    // the refused event's dedupe key was not taken
     let seen: bool = redis::cmd("EXISTS")
         .arg(format!("{prefix}:{{q:vapi}}:seen:call-4|status-update|4"))
         .query_async(&mut c)

@@ -18,20 +18,16 @@ pub const TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The dependencies a ready instance needs.
 pub struct Checks {
-    /// One connection kept for the checks (not a new TCP connection per `/ready`); a PING on it
-    /// fails while Redis is down, and it reconnects by itself when Redis is back.
+    /// The connection requests use (not a new TCP connection per `/ready`); a PING on it fails
+    /// while Redis is down, and it reconnects by itself when Redis is back.
     redis: Option<SharedRedis>,
     postgres: Option<deadpool_postgres::Pool>,
 }
 
 impl Checks {
-    /// Checks for the configured dependencies (URLs already validated at load).
-    pub fn new(redis_url: Option<&str>, database_url: Option<&str>) -> Result<Checks, String> {
-        let redis = redis_url
-            .map(redis::Client::open)
-            .transpose()
-            .map_err(|_| "REDIS_URL is not a valid Redis URL".to_string())?
-            .map(SharedRedis::new);
+    /// Checks for the configured dependencies: the app's shared Redis connection, and Postgres
+    /// (its URL already validated at load).
+    pub fn new(redis: Option<SharedRedis>, database_url: Option<&str>) -> Result<Checks, String> {
         let postgres = database_url
             .map(|url| crate::db::pool(url, 1))
             .transpose()?;
@@ -163,7 +159,7 @@ mod tests {
             l.local_addr().unwrap().port()
         };
         let checks = Checks::new(
-            Some(&format!("redis://127.0.0.1:{port}")),
+            Some(SharedRedis::open(&format!("redis://127.0.0.1:{port}")).unwrap()),
             Some(&format!(
                 "postgres://postgres@127.0.0.1:{port}/test?sslmode=disable"
             )),

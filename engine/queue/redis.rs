@@ -165,7 +165,8 @@ pub struct RedisQueue {
 
 impl RedisQueue {
     /// A queue `name` under `prefix`; `consumer` must be unique per process start (a reused name
-    /// would hide a dead process's pending entries).
+    /// would hide a dead process's pending entries). Enqueues go over a connection of the queue's
+    /// own unless [`RedisQueue::sharing`] gives it the app's.
     pub fn new(
         url: &str,
         prefix: &str,
@@ -201,6 +202,12 @@ impl RedisQueue {
             dead_letter: redis::Script::new(DEAD),
             promote: redis::Script::new(PROMOTE),
         })
+    }
+
+    /// This queue with its enqueues on `shared`, the app's request-path connection.
+    pub fn sharing(mut self, shared: SharedRedis) -> RedisQueue {
+        self.shared = shared;
+        self
     }
 
     pub fn name(&self) -> &str {

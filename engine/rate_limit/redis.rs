@@ -71,17 +71,19 @@ pub struct RedisGcra {
 }
 
 impl RedisGcra {
-    /// A limiter over `url` with keys under `prefix`. Connects lazily.
+    /// A limiter over `url` with keys under `prefix`, on a connection of its own. Connects lazily.
     pub fn new(url: &str, prefix: &str) -> Result<RedisGcra, String> {
-        let client = redis::Client::open(url)
-            .map_err(|_| "REDIS_URL is not a valid Redis URL".to_string())?;
-        // Every check of every request shares one pipelined connection (see `shared_redis`).
-        Ok(RedisGcra {
-            conn: SharedRedis::new(client),
+        Ok(RedisGcra::on(SharedRedis::open(url)?, prefix))
+    }
+
+    /// A limiter on `conn`, the app's shared connection (see `shared_redis`), keys under `prefix`.
+    pub fn on(conn: SharedRedis, prefix: &str) -> RedisGcra {
+        RedisGcra {
+            conn,
             prefix: prefix.to_string(),
             script: redis::Script::new(GCRA),
             timeout: Duration::from_millis(500),
-        })
+        }
     }
 
     /// The Redis key of a rule and client key.

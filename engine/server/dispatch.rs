@@ -247,6 +247,21 @@ async fn enqueue(
     limit: Option<&Rule>,
     res: &mut Response,
 ) -> Result<(), Stop> {
+    // The limit rides in the enqueue's script on a Redis queue with a Redis limiter, `ack:
+    // queued` (what `limit_rides_on_enqueue` chose at boot); anywhere else a limit handed in is
+    // checked here on its own, never skipped.
+    let ride = match (limit, app.queued[pipeline].as_ref(), &app.limiter) {
+        (Some(rule), Some(q), RateLimiter::Redis(gcra)) if q.config.ack == Ack::Queued => {
+            match &q.handle {
+                QueueHandle::Redis(queue) => Some((rule, queue, gcra)),
+                QueueHandle::Memory(_) => None,
+            }
+        }
+        _ => None,
+    };
+    if ride.is_none() {
+        check_rate(app, limit, seen, &event.params, res).await?;
+    }
     let Some(q) = &app.queued[pipeline] else {
         return Ok(());
     };
@@ -261,8 +276,8 @@ async fn enqueue(
         return process_now(q, name, event, dedupe_key, res).await;
     }
     let dedupe = dedupe_key.as_ref().map(|(k, w)| (k.as_str(), *w));
-    let stored = match (limit, &q.handle, &app.limiter) {
-        (Some(rule), QueueHandle::Redis(queue), RateLimiter::Redis(gcra)) => {
+    let stored = match ride {
+        Some((rule, queue, gcra)) => {
             let key = rule.key_of(seen.client_ip, &seen.inbound(), &event.params);
             match queue
                 .enqueue_limited(&event, dedupe, rule, &gcra.key(rule, &key))
@@ -282,7 +297,7 @@ async fn enqueue(
                 }
             }
         }
-        _ => q.handle.enqueue(event, dedupe).await,
+        None => q.handle.enqueue(event, dedupe).await,
     };
     match stored {
         Ok(Enqueued::Added(_)) => {

@@ -25,6 +25,7 @@ use salvo::server::ServerHandle;
 use crate::client_ip::TrustedProxies;
 use crate::config::Project;
 use crate::rate_limit::{RateLimiter, Rule};
+use crate::shared_redis::SharedRedis;
 use crate::verify::{TenantSecrets, Verifier};
 
 /// How long a looked-up tenant secret is reused, and how many are kept.
@@ -153,15 +154,23 @@ impl App {
             )?;
             responders.push(r);
         }
+        // One Redis connection for the whole request path: rate limits, enqueues, `/ready`.
+        let redis = project
+            .settings
+            .redis_url
+            .as_deref()
+            .map(SharedRedis::open)
+            .transpose()?;
         let pool = queueing::sink_pool(&project, &around.sinks)?;
         let queued = queueing::build(
             &project,
             &around.sinks,
             pool.as_ref(),
             &around.memory_queues,
+            redis.as_ref(),
         )?;
         let ready = crate::ops::ready::Checks::new(
-            project.settings.redis_url.as_deref(),
+            redis.clone(),
             project.settings.database_url.as_deref(),
         )?;
         let metrics_token = project.env.get_string("METRICS_TOKEN");
@@ -181,11 +190,11 @@ impl App {
         let health_rule = default
             .filter(|_| !exempt("/health"))
             .map(|d| Rule::new("health", d));
-        let limiter = match &project.settings.redis_url {
-            Some(url) => RateLimiter::Redis(crate::rate_limit::redis::RedisGcra::new(
-                url,
+        let limiter = match redis {
+            Some(conn) => RateLimiter::Redis(crate::rate_limit::redis::RedisGcra::on(
+                conn,
                 &project.settings.redis_key_prefix,
-            )?),
+            )),
             None => RateLimiter::Memory(crate::rate_limit::memory::Memory::new()),
         };
         let limit_in_enqueue = (0..project.pipelines.len())

@@ -12,6 +12,7 @@ use crate::config::Project;
 use crate::config::queue::Queue as QueueConfig;
 use crate::queue::memory::MemoryQueue;
 use crate::queue::redis::{Enqueued, QueueError, RedisQueue};
+use crate::shared_redis::SharedRedis;
 use crate::sink::Target;
 use crate::transform::{EventInput, Program};
 use crate::worker::{Options, Worker};
@@ -96,12 +97,14 @@ pub fn sink_pool(
 }
 
 /// Build queues and workers for the queued pipelines (`None` for the others), their sinks writing
-/// to `target` (through `pool` for postgres sinks).
+/// to `target` (through `pool` for postgres sinks); Redis queues enqueue over `redis`, the app's
+/// shared request-path connection.
 pub fn build(
     project: &Project,
     target: &Target,
     pool: Option<&deadpool_postgres::Pool>,
     reuse: &[Arc<MemoryQueue>],
+    redis: Option<&SharedRedis>,
 ) -> Result<Vec<Option<Queued>>, String> {
     let keyring = crate::crypto::Keyring::from_env(&project.env)
         .transpose()
@@ -117,10 +120,15 @@ pub fn build(
         let config = p.config.queue.clone().unwrap_or_default();
         let name = config.name.clone().unwrap_or_else(|| p.config.name.clone());
         let handle = match &project.settings.redis_url {
-            Some(url) => QueueHandle::Redis(Arc::new(
-                RedisQueue::new(url, &project.settings.redis_key_prefix, &name, &consumer)
-                    .map_err(|e| e.to_string())?,
-            )),
+            Some(url) => {
+                let queue =
+                    RedisQueue::new(url, &project.settings.redis_key_prefix, &name, &consumer)
+                        .map_err(|e| e.to_string())?;
+                QueueHandle::Redis(Arc::new(match redis {
+                    Some(shared) => queue.sharing(shared.clone()),
+                    None => queue,
+                }))
+            }
             None => QueueHandle::Memory(
                 reuse
                     .iter()

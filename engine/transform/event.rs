@@ -150,28 +150,30 @@ fn multi_map<'a>(
     m
 }
 
+/// An event for unit tests: a POST to `/x?a=1&a=2&b=3` with `content_type` and `body`.
+#[cfg(test)]
+pub(crate) fn sample(content_type: &str, body: &str) -> EventInput {
+    EventInput {
+        id: "evt_1".into(),
+        pipeline: "p".into(),
+        received_at_ms: 1_700_000_000_000,
+        method: "POST".into(),
+        path: "/x".into(),
+        query: "a=1&a=2&b=3".into(),
+        headers: vec![("Content-Type".into(), content_type.into())],
+        params: vec![],
+        tenant: None,
+        body: Bytes::from(body.to_string()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn input(ct: &str, body: &str) -> EventInput {
-        EventInput {
-            id: "evt_1".into(),
-            pipeline: "p".into(),
-            received_at_ms: 1_700_000_000_000,
-            method: "POST".into(),
-            path: "/x".into(),
-            query: "a=1&a=2&b=3".into(),
-            headers: vec![("Content-Type".into(), ct.into())],
-            params: vec![],
-            tenant: None,
-            body: Bytes::from(body.to_string()),
-        }
-    }
-
     #[test]
     fn bodies() {
-        let f = input(
+        let f = sample(
             "application/x-www-form-urlencoded",
             "MediaUrl=a&MediaUrl=b&From=%2B1",
         );
@@ -179,25 +181,28 @@ mod tests {
         let map = body.read_lock::<Map>().unwrap();
         assert_eq!(map["From"].to_string(), "+1");
         assert_eq!(map["MediaUrl"].clone().into_array().unwrap().len(), 2);
-        let j = input("application/json", r#"{"message":{"type":"x"}}"#)
+        let j = sample("application/json", r#"{"message":{"type":"x"}}"#)
             .parsed_body()
             .unwrap();
         assert!(j.is_map());
         assert!(
-            input("application/json", "{nope")
+            sample("application/json", "{nope")
                 .parsed_body()
                 .unwrap_err()
                 .contains("not valid JSON")
         );
         assert_eq!(
-            input("text/plain", "hi").parsed_body().unwrap().to_string(),
+            sample("text/plain", "hi")
+                .parsed_body()
+                .unwrap()
+                .to_string(),
             "hi"
         );
     }
 
     #[test]
     fn event_map() {
-        let e = input("text/plain", "hi");
+        let e = sample("text/plain", "hi");
         let d = e.to_dynamic(Dynamic::from("hi"), &Dynamic::from_map(Map::new()));
         let m = d.read_lock::<Map>().unwrap();
         assert_eq!(m["received_at"].to_string(), "2023-11-14T22:13:20.000Z");
@@ -210,7 +215,7 @@ mod tests {
 
     #[test]
     fn queue_serialization_roundtrip() {
-        let e = input("application/octet-stream", "\u{0}\u{ff} bytes");
+        let e = sample("application/octet-stream", "\u{0}\u{ff} bytes");
         let json = serde_json::to_string(&e).unwrap();
         assert_eq!(serde_json::from_str::<EventInput>(&json).unwrap(), e);
     }

@@ -21,6 +21,17 @@ pub fn program_in(dir: &Path, name: &str) -> engine::transform::Program {
 }
 
 /// An event as the queue holds it after a POST of `body` to `path`.
+/// The `redis_key_prefix` a test wrote into `dir`'s engine.yaml.
+pub fn redis_key_prefix(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("engine.yaml"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("redis_key_prefix: '"))
+        .expect("engine.yaml sets redis_key_prefix")
+        .trim_end_matches('\'')
+        .to_string()
+}
+
 pub fn event_input(
     id: &str,
     pipeline: &str,
