@@ -64,9 +64,13 @@ pub enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
-        /// Also check each postgres sink's table, key and columns in this live database.
+        /// Also check each postgres sink's table in this live database against what its
+        /// pipeline writes (its fixtures' rows, tried in a transaction that is rolled back).
         #[arg(long)]
         database_url: Option<String>,
+        /// The fixtures whose rows the table check tries (default: `fixtures/` beside DIR).
+        #[arg(long)]
+        fixtures: Option<PathBuf>,
     },
     /// Run recorded requests (fixtures) through the pipelines in process and compare what comes
     /// out: no server, Redis or Postgres. Exit 1 when a case fails.
@@ -97,7 +101,9 @@ pub enum Command {
         #[command(subcommand)]
         action: DlqAction,
     },
-    /// Apply the SQL migrations in order (each in a transaction, recorded in a history table).
+    /// Apply the SQL migrations in order (each in a transaction, recorded in a history table),
+    /// say which existing tables were left as they were, then check every postgres sink's table
+    /// against what its pipeline writes (exit 1 on a mismatch, before traffic arrives).
     Migrate {
         /// The database (default: DATABASE_URL through the pipelines directory's env schema).
         #[arg(long)]
@@ -108,6 +114,13 @@ pub enum Command {
         /// List migrations and whether each is applied, without applying anything.
         #[arg(long)]
         status: bool,
+        /// Apply nothing: list pending migrations and run the table check only.
+        #[arg(long, conflicts_with = "status")]
+        check: bool,
+        /// The fixtures whose rows the table check tries (default: `fixtures/` beside the
+        /// pipelines directory).
+        #[arg(long)]
+        fixtures: Option<PathBuf>,
         #[command(flatten)]
         target: Target,
     },
@@ -260,7 +273,20 @@ pub fn run() -> ExitCode {
             env_file,
             format,
             database_url,
-        } => validate(&dir, env_file.as_deref(), format, database_url.as_deref()),
+            fixtures,
+        } => {
+            let fixtures = fixtures
+                .map(|f| vec![f])
+                .unwrap_or_else(|| crate::sink::table_check::default_fixtures(&dir));
+            validate(
+                &dir,
+                env_file.as_deref(),
+                format,
+                database_url
+                    .as_deref()
+                    .map(|url| (url, fixtures.as_slice())),
+            )
+        }
         Command::Replay {
             fixtures,
             pipelines,
@@ -285,8 +311,22 @@ pub fn run() -> ExitCode {
             database_url,
             migrations,
             status,
+            check,
+            fixtures,
             target,
-        } => migrate(database_url, &migrations, status, &target),
+        } => {
+            let fixtures = fixtures
+                .map(|f| vec![f])
+                .unwrap_or_else(|| crate::sink::table_check::default_fixtures(&target.pipelines));
+            let step = if status {
+                MigrateStep::Status
+            } else if check {
+                MigrateStep::Check
+            } else {
+                MigrateStep::Apply
+            };
+            migrate(database_url, &migrations, step, &fixtures, &target)
+        }
         Command::Secrets {
             action:
                 SecretsAction::Set {
@@ -321,7 +361,7 @@ fn validate(
     dir: &Path,
     env_file: Option<&Path>,
     format: Format,
-    database_url: Option<&str>,
+    database: Option<(&str, &[PathBuf])>,
 ) -> ExitCode {
     if !dir.is_dir() {
         eprintln!("engine: {}: not a directory", dir.display());
@@ -332,8 +372,8 @@ fn validate(
         Err(code) => return code,
     };
     let mut result = crate::config::load(dir, &source);
-    if let (Ok(project), Some(url)) = (&result, database_url) {
-        match live_database_problems(project, url) {
+    if let (Ok(project), Some((url, fixtures))) = (&result, database) {
+        match table_problems(project, url, fixtures) {
             Ok(d) if d.is_empty() => {}
             Ok(d) => result = Err(d),
             Err(e) => {
@@ -343,10 +383,11 @@ fn validate(
         }
     }
     let diags: &[Diagnostic] = match &result {
-        Ok(_) => &[],
+        Ok(p) => &p.warnings,
         Err(d) => d,
     };
     print!("{}", diagnostics::render(diags, format));
+    let errors = diags.iter().filter(|d| !d.is_warning()).count();
     match (&result, format) {
         (Ok(p), Format::Text) => {
             println!(
@@ -356,11 +397,10 @@ fn validate(
                 if p.pipelines.len() == 1 { "" } else { "s" }
             );
         }
-        (Err(d), Format::Text | Format::Github) => {
+        (Err(_), Format::Text | Format::Github) => {
             eprintln!(
-                "{} problem{} found",
-                d.len(),
-                if d.len() == 1 { "" } else { "s" }
+                "{errors} problem{} found",
+                if errors == 1 { "" } else { "s" }
             );
         }
         _ => {}
@@ -421,23 +461,21 @@ fn serve(dir: &Path, env_file: Option<&Path>, mode: Mode) -> ExitCode {
         source.get("NODE_ENV") == Some("production"),
         source.get("SENTRY_DSN").is_some(),
     );
+    let production = source.get("NODE_ENV") == Some("production");
     let project = match crate::config::load(dir, &source) {
         Ok(p) => p,
-        Err(diags) => {
-            eprint!("{}", diagnostics::render(&diags, Format::Text));
-            eprintln!(
-                "engine: refusing to start: {} problem{} in {}",
-                diags.len(),
-                if diags.len() == 1 { "" } else { "s" },
-                dir.display()
-            );
-            return ExitCode::from(1);
-        }
+        Err(diags) => return refuse_to_start(&diags, dir, production),
     };
+    for w in &project.warnings {
+        tracing::warn!(file = %w.file, line = w.line, column = w.column, "{}", w.message);
+    }
     let runtime = match started(tokio::runtime::Builder::new_multi_thread()) {
         Ok(r) => r,
         Err(code) => return code,
     };
+    if let Err(code) = check_tables_at_boot(&runtime, &project, dir) {
+        return code;
+    }
     let result = runtime.block_on(async move {
         match mode {
             Mode::Serve(opts) => crate::server::serve(project, opts).await,
@@ -451,6 +489,67 @@ fn serve(dir: &Path, env_file: Option<&Path>, mode: Mode) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// In production, every postgres sink's table is checked before the engine takes traffic: a table
+/// that would dead-letter every event refuses the boot (the deploy fails, the previous version
+/// keeps serving). A database that cannot be reached does not: ingest still works without it (the
+/// queue holds events), and `/ready` reports the database.
+fn check_tables_at_boot(
+    runtime: &tokio::runtime::Runtime,
+    project: &crate::config::Project,
+    dir: &Path,
+) -> Result<(), ExitCode> {
+    let Some(url) = project
+        .settings
+        .database_url
+        .as_deref()
+        .filter(|_| project.env.is_production())
+    else {
+        return Ok(());
+    };
+    let fixtures = crate::sink::table_check::default_fixtures(dir);
+    match runtime.block_on(crate::sink::table_check::check_project(
+        project, url, &fixtures,
+    )) {
+        Ok(problems) if problems.is_empty() => {
+            tracing::info!(
+                "table check: every postgres sink's table takes what its pipeline writes"
+            );
+            Ok(())
+        }
+        Ok(problems) => Err(refuse_to_start(&problems, dir, true)),
+        Err(e) => {
+            tracing::error!(error = %e, "table check could not run; starting anyway (events queue until the database answers)");
+            Ok(())
+        }
+    }
+}
+
+/// Every problem, then one line saying the engine will not start: readable text in
+/// development, JSON lines in production like every other production log line (Render's log
+/// search and any shipper index them).
+fn refuse_to_start(diags: &[Diagnostic], dir: &Path, production: bool) -> ExitCode {
+    let errors = diags.iter().filter(|d| !d.is_warning()).count();
+    let summary = format!(
+        "refusing to start: {errors} problem{} in {}",
+        if errors == 1 { "" } else { "s" },
+        dir.display()
+    );
+    if !production {
+        eprint!("{}", diagnostics::render(diags, Format::Text));
+        eprintln!("engine: {summary}");
+        return ExitCode::from(1);
+    }
+    for d in diags {
+        if d.is_warning() {
+            tracing::warn!(file = %d.file, line = d.line, column = d.column, pointer = %d.pointer, "{}", d.message);
+        } else {
+            tracing::error!(file = %d.file, line = d.line, column = d.column, pointer = %d.pointer, "{}", d.message);
+        }
+    }
+    tracing::error!(problems = errors, "{summary}");
+    ExitCode::from(1)
 }
 
 fn schema(out: &Path, check: bool) -> ExitCode {
@@ -757,64 +856,153 @@ fn dlq(action: DlqAction) -> ExitCode {
     }
 }
 
-fn migrate(database_url: Option<String>, dir: &Path, status: bool, target: &Target) -> ExitCode {
-    let url = match database_url {
-        Some(u) => u,
-        None => match project(&target.pipelines, target.env_file.as_deref()) {
-            Ok(p) => match p.settings.database_url {
-                Some(u) => u,
-                None => {
-                    eprintln!("engine: no database: pass --database-url or set DATABASE_URL");
-                    return ExitCode::from(2);
-                }
-            },
-            Err(code) => return code,
+/// What `engine migrate` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MigrateStep {
+    Apply,
+    Check,
+    Status,
+}
+
+fn migrate(
+    database_url: Option<String>,
+    dir: &Path,
+    step: MigrateStep,
+    fixtures: &[PathBuf],
+    target: &Target,
+) -> ExitCode {
+    // The pipelines are needed for the table check; with --database-url they are optional.
+    let loaded = if target.pipelines.is_dir() {
+        Some(project(&target.pipelines, target.env_file.as_deref()))
+    } else {
+        None
+    };
+    let url = match (database_url, &loaded) {
+        (Some(u), _) => u,
+        (None, Some(Ok(p))) => match &p.settings.database_url {
+            Some(u) => u.clone(),
+            None => {
+                eprintln!("engine: no database: pass --database-url or set DATABASE_URL");
+                return ExitCode::from(2);
+            }
         },
+        (None, Some(Err(code))) => return *code,
+        (None, None) => {
+            eprintln!(
+                "engine: {}: not a directory (pass --pipelines, or --database-url)",
+                target.pipelines.display()
+            );
+            return ExitCode::from(2);
+        }
     };
     let rt = match runtime() {
         Ok(r) => r,
         Err(c) => return c,
     };
-    if status {
-        return match rt.block_on(crate::migrate::status(&url, dir)) {
-            Ok(list) if target.json => {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&list).unwrap_or_default()
-                );
-                ExitCode::SUCCESS
-            }
-            Ok(list) => {
-                for m in list {
+    match step {
+        MigrateStep::Status => migrate_status(&rt, &url, dir, target.json),
+        MigrateStep::Check => {
+            match rt.block_on(crate::migrate::status(&url, dir)) {
+                Ok(list) => {
+                    let pending: Vec<_> = list.iter().filter(|m| m.applied_on.is_none()).collect();
+                    for m in &pending {
+                        println!("pending V{} {}", m.version, m.name);
+                    }
                     println!(
-                        "V{:<4} {:<40} {}",
-                        m.version,
-                        m.name,
-                        m.applied_on.as_deref().unwrap_or("pending")
+                        "{} migration{} pending",
+                        pending.len(),
+                        if pending.len() == 1 { "" } else { "s" }
                     );
                 }
-                ExitCode::SUCCESS
+                Err(e) => {
+                    eprintln!("engine: {e}");
+                    return ExitCode::from(1);
+                }
+            }
+            migrate_table_check(&rt, loaded.as_ref(), &url, fixtures)
+        }
+        MigrateStep::Apply => match rt.block_on(crate::migrate::run(&url, dir)) {
+            Ok(report) => {
+                for (v, n) in &report.applied {
+                    println!("applied V{v} {n}");
+                }
+                println!(
+                    "{} migration{} applied",
+                    report.applied.len(),
+                    if report.applied.len() == 1 { "" } else { "s" }
+                );
+                for (table, v, n) in &report.left_alone {
+                    println!(
+                        "left alone: table `{table}` existed before V{v} {n}, whose CREATE TABLE IF NOT EXISTS keeps an existing table exactly as it is (its columns are checked below)"
+                    );
+                }
+                migrate_table_check(&rt, loaded.as_ref(), &url, fixtures)
             }
             Err(e) => {
-                eprintln!("engine: {e}");
+                eprintln!("engine: migration failed: {e}");
                 ExitCode::from(1)
             }
-        };
+        },
     }
-    match rt.block_on(crate::migrate::run(&url, dir)) {
-        Ok(applied) => {
-            for (v, n) in &applied {
-                println!("applied V{v} {n}");
-            }
+}
+
+fn migrate_status(rt: &tokio::runtime::Runtime, url: &str, dir: &Path, json: bool) -> ExitCode {
+    match rt.block_on(crate::migrate::status(url, dir)) {
+        Ok(list) if json => {
             println!(
-                "{} migration{} applied",
-                applied.len(),
-                if applied.len() == 1 { "" } else { "s" }
+                "{}",
+                serde_json::to_string_pretty(&list).unwrap_or_default()
             );
             ExitCode::SUCCESS
         }
+        Ok(list) => {
+            for m in list {
+                println!(
+                    "V{:<4} {:<40} {}",
+                    m.version,
+                    m.name,
+                    m.applied_on.as_deref().unwrap_or("pending")
+                );
+            }
+            ExitCode::SUCCESS
+        }
         Err(e) => {
-            eprintln!("engine: migration failed: {e}");
+            eprintln!("engine: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The table check after `migrate`: exit 1 when a sink's table does not take what its pipeline
+/// writes, so a pre-deploy step stops the deploy before traffic arrives.
+fn migrate_table_check(
+    rt: &tokio::runtime::Runtime,
+    loaded: Option<&Result<crate::config::Project, ExitCode>>,
+    url: &str,
+    fixtures: &[PathBuf],
+) -> ExitCode {
+    let Some(Ok(project)) = loaded else {
+        println!("table check skipped: no pipelines directory loaded (pass --pipelines)");
+        return ExitCode::SUCCESS;
+    };
+    match rt.block_on(crate::sink::table_check::check_project(
+        project, url, fixtures,
+    )) {
+        Ok(problems) if problems.is_empty() => {
+            println!("tables: every postgres sink's table takes what its pipeline writes");
+            ExitCode::SUCCESS
+        }
+        Ok(problems) => {
+            eprint!("{}", diagnostics::render(&problems, Format::Text));
+            eprintln!(
+                "engine: {} table problem{}: the pipelines would dead-letter these events",
+                problems.len(),
+                if problems.len() == 1 { "" } else { "s" }
+            );
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("engine: table check: {e}");
             ExitCode::from(1)
         }
     }
@@ -849,35 +1037,17 @@ fn secrets_decrypt(context: &str, dir: &Path, env_file: Option<&Path>) -> ExitCo
     }
 }
 
-/// Each postgres sink checked against a live database, located at the sink in its file.
-fn live_database_problems(
+/// [`crate::sink::table_check::check_project`] on a runtime of its own (one-shot commands).
+fn table_problems(
     project: &crate::config::Project,
     url: &str,
+    fixtures: &[PathBuf],
 ) -> Result<Vec<Diagnostic>, String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| e.to_string())?;
-    rt.block_on(async {
-        let client = crate::db::connect(url).await?;
-        let mut out = Vec::new();
-        for p in &project.pipelines {
-            let doc = std::fs::read(&p.file)
-                .ok()
-                .and_then(|b| crate::yaml::parse_bytes(&b).ok());
-            for (name, sink) in &p.config.sinks {
-                let crate::config::sink::Sink::Postgres(cfg) = sink else {
-                    continue;
-                };
-                let pointer = format!("/sinks/{}/postgres/table", crate::yaml::escape_token(name));
-                let pos = doc
-                    .as_ref()
-                    .map_or(crate::yaml::Pos::START, |d| d.value_pos(&pointer));
-                for problem in crate::sink::postgres::check_schema(&client, cfg).await? {
-                    out.push(Diagnostic::new(&p.file, pos, &pointer, problem));
-                }
-            }
-        }
-        Ok(out)
-    })
+        .map_err(|e| e.to_string())?
+        .block_on(crate::sink::table_check::check_project(
+            project, url, fixtures,
+        ))
 }

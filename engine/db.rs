@@ -91,24 +91,19 @@ pub async fn connect(url: &str) -> Result<deadpool_postgres::Object, String> {
 }
 
 /// A pool for `url` with at most `max_size` connections; connects lazily.
+///
+/// Nothing session-level is set on a connection (no `options` startup parameter, no `SET`):
+/// behind a transaction-mode pooler (Supabase's port 6543, pgbouncer `pool_mode = transaction`)
+/// each transaction may run on another server connection, and PgBouncer refuses `options`.
+/// For the same reason every statement the engine sends is unnamed ([`tokio_postgres::Client::
+/// query_typed`], `execute_typed`): a named prepared statement lives on one server connection and
+/// the next transaction may not find it. A statement timeout is set per transaction
+/// (`SET LOCAL`) by whoever needs one.
 pub fn pool(url: &str, max_size: usize) -> Result<Pool, String> {
-    pool_with_timeout(url, max_size, None)
-}
-
-/// [`pool`], with a `statement_timeout` on every connection.
-pub fn pool_with_timeout(
-    url: &str,
-    max_size: usize,
-    statement_timeout: Option<Duration>,
-) -> Result<Pool, String> {
     let (plain, mode, root) = tls_options(url)?;
-    let mut config: tokio_postgres::Config = plain
+    let config: tokio_postgres::Config = plain
         .parse()
         .map_err(|_| "DATABASE_URL is not a valid Postgres connection string".to_string())?;
-    if let Some(t) = statement_timeout {
-        let existing = config.get_options().unwrap_or_default().to_string();
-        config.options(format!("{existing} -c statement_timeout={}", t.as_millis()).trim());
-    }
     let manager_config = ManagerConfig {
         recycling_method: RecyclingMethod::Fast,
     };

@@ -22,6 +22,25 @@ pub struct Diagnostic {
     /// JSON pointer of the offending value inside the file ("" for the whole file).
     pub pointer: String,
     pub message: String,
+    /// `error` (the default: the engine refuses to start) or `warning` (reported, not fatal).
+    #[serde(skip_serializing_if = "Severity::is_error")]
+    pub severity: Severity,
+}
+
+/// How serious a finding is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    #[default]
+    Error,
+    /// Worth fixing, but the deployment works as it is (e.g. a variable nothing reads).
+    Warning,
+}
+
+impl Severity {
+    fn is_error(&self) -> bool {
+        *self == Severity::Error
+    }
 }
 
 impl Diagnostic {
@@ -37,15 +56,27 @@ impl Diagnostic {
             column: pos.col,
             pointer: pointer.to_string(),
             message: message.into(),
+            severity: Severity::Error,
         }
+    }
+
+    /// The same finding as a warning.
+    pub fn warning(mut self) -> Self {
+        self.severity = Severity::Warning;
+        self
+    }
+
+    pub fn is_warning(&self) -> bool {
+        self.severity == Severity::Warning
     }
 }
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let level = if self.is_warning() { "warning: " } else { "" };
         write!(
             f,
-            "{}:{}:{}: {}",
+            "{}:{}:{}: {level}{}",
             self.file, self.line, self.column, self.message
         )?;
         if !self.pointer.is_empty() {
@@ -91,7 +122,8 @@ pub fn render(diags: &[Diagnostic], format: Format) -> String {
                     format!("{} (at {})", d.message, d.pointer)
                 };
                 out.push_str(&format!(
-                    "::error file={},line={},col={}::{}\n",
+                    "::{} file={},line={},col={}::{}\n",
+                    if d.is_warning() { "warning" } else { "error" },
                     github_escape_property(&d.file),
                     d.line,
                     d.column,

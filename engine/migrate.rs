@@ -6,6 +6,8 @@
 
 use std::path::Path;
 
+use tokio_postgres::types::Type;
+
 /// Advisory lock key ("engine" in ASCII).
 const LOCK: i64 = 0x656e_6769_6e65;
 
@@ -21,28 +23,88 @@ fn load(dir: &Path) -> Result<Vec<refinery::Migration>, String> {
     refinery::load_sql_migrations(dir).map_err(|e| format!("{}: {e}", dir.display()))
 }
 
-/// Apply the pending migrations; returns those applied now (version, name).
-pub async fn run(database_url: &str, dir: &Path) -> Result<Vec<(i64, String)>, String> {
+/// What a run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Migrations applied now (version, name).
+    pub applied: Vec<(i64, String)>,
+    /// Tables a migration applied now creates `IF NOT EXISTS` but that existed before it ran:
+    /// kept exactly as they were, whatever their shape (table, version, name).
+    pub left_alone: Vec<(String, i64, String)>,
+}
+
+/// Apply the pending migrations.
+pub async fn run(database_url: &str, dir: &Path) -> Result<Report, String> {
     let migrations = load(dir)?;
     let mut client = crate::db::connect(database_url).await?;
     client
-        .execute("SELECT pg_advisory_lock($1)", &[&LOCK])
+        .execute_typed("SELECT pg_advisory_lock($1)", &[(&LOCK, Type::INT8)])
         .await
         .map_err(|e| e.to_string())?;
+    let pending = pending_creates(&mut client, &migrations).await;
     let pg: &mut tokio_postgres::Client = &mut client;
     let report = refinery::Runner::new(&migrations)
         .set_abort_divergent(true)
         .run_async(pg)
         .await;
     let _ = client
-        .execute("SELECT pg_advisory_unlock($1)", &[&LOCK])
+        .execute_typed("SELECT pg_advisory_unlock($1)", &[(&LOCK, Type::INT8)])
         .await;
     let report = report.map_err(|e| e.to_string())?;
-    Ok(report
+    let applied: Vec<(i64, String)> = report
         .applied_migrations()
         .iter()
         .map(|m| (i64::from(m.version()), m.name().to_string()))
-        .collect())
+        .collect();
+    let left_alone = pending?
+        .into_iter()
+        .filter(|(_, v, _)| applied.iter().any(|(a, _)| a == v))
+        .collect();
+    Ok(Report {
+        applied,
+        left_alone,
+    })
+}
+
+/// Tables that the not-yet-applied migrations create `IF NOT EXISTS` and that exist already.
+async fn pending_creates(
+    client: &mut tokio_postgres::Client,
+    migrations: &[refinery::Migration],
+) -> Result<Vec<(String, i64, String)>, String> {
+    let applied = refinery::Runner::new(migrations)
+        .get_applied_migrations_async(&mut *client)
+        .await
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for m in migrations {
+        if applied.iter().any(|a| a.version() == m.version()) {
+            continue;
+        }
+        for table in created_if_not_exists(m.sql().unwrap_or_default()) {
+            let exists = client
+                .query_typed(
+                    "SELECT to_regclass($1) IS NOT NULL",
+                    &[(&table, Type::TEXT)],
+                )
+                .await
+                .map_err(|e| e.to_string())?
+                .first()
+                .is_some_and(|r| r.get::<_, bool>(0));
+            if exists {
+                out.push((table, i64::from(m.version()), m.name().to_string()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The tables a migration's SQL creates with `CREATE TABLE IF NOT EXISTS`.
+fn created_if_not_exists(sql: &str) -> Vec<String> {
+    static RE: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"(?i)create\s+table\s+if\s+not\s+exists\s+([A-Za-z_][A-Za-z0-9_.]*)")
+            .expect("valid regex")
+    });
+    RE.captures_iter(sql).map(|c| c[1].to_string()).collect()
 }
 
 /// Every migration in `dir`, with when it was applied.
@@ -67,4 +129,18 @@ pub async fn status(database_url: &str, dir: &Path) -> Result<Vec<Status>, Strin
         .collect();
     out.sort_by_key(|s| s.version);
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_tables_created_if_not_exists() {
+        let sql = "CREATE TABLE IF NOT EXISTS call_logs (id int);\ncreate table if not exists public.transcripts(\n x int);\nCREATE TABLE plain (x int);\nCREATE INDEX IF NOT EXISTS i ON call_logs (id);";
+        assert_eq!(
+            created_if_not_exists(sql),
+            ["call_logs", "public.transcripts"]
+        );
+    }
 }

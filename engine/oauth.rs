@@ -379,6 +379,30 @@ fn bad_state(text: &str) -> Answer {
     Answer::Refused(400, "invalid_state", text.to_string())
 }
 
+/// What a completed connection writes to the token sink, with example values: the table check
+/// tries it against the sink's table, as it tries the pipelines' fixture rows.
+pub fn example_batch(pipeline: &str, sink: &str) -> Batch {
+    let tokens = json!({
+        "access_token": "ya29.example-access-token",
+        "refresh_token": "1//example-refresh-token",
+        "expires_in": 3599,
+        "scope": "openid https://www.googleapis.com/auth/calendar.events",
+        "token_type": "Bearer",
+    });
+    Batch {
+        event_id: "oauth:example".into(),
+        pipeline: pipeline.into(),
+        sink: sink.into(),
+        step: "oauth".into(),
+        rows: vec![row(
+            "00000000-0000-4000-8000-000000000000",
+            pipeline,
+            &tokens,
+            chrono::Utc::now().timestamp(),
+        )],
+    }
+}
+
 /// The row stored for a token answer: tokens as strings (the sink encrypts them), scopes as a
 /// list, the expiry as a time.
 fn row(org: &str, provider: &str, tokens: &Value, now: i64) -> Value {

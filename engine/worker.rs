@@ -437,14 +437,18 @@ impl Worker {
         let promoter = tokio::spawn(promote(queue.clone(), stop.clone()));
         let mut reader = None;
         let mut own_pending = true;
+        // Failed attempts in a row: the retry backoff. The outage itself is logged once per
+        // process by `ops::outage`, not once per attempt and worker.
+        let mut failures = 0u32;
         while !*stop.borrow() {
             let conn = match &mut reader {
                 Some(c) => c,
                 None => match queue.reader().await {
                     Ok(c) => reader.insert(c),
                     Err(e) => {
-                        tracing::warn!(queue = queue.name(), error = %e, "queue unreachable; retrying");
-                        pause(&mut stop, Duration::from_secs(1)).await;
+                        failures += 1;
+                        crate::ops::outage::failed(REDIS, &e);
+                        pause(&mut stop, crate::ops::outage::backoff(failures)).await;
                         continue;
                     }
                 },
@@ -478,6 +482,8 @@ impl Worker {
             };
             match read {
                 Ok((deliveries, lost)) => {
+                    failures = 0;
+                    crate::ops::outage::ok(REDIS);
                     if lost {
                         tracing::error!(
                             queue = self.outcomes.name(),
@@ -495,9 +501,10 @@ impl Worker {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(queue = queue.name(), error = %e, "queue read failed; retrying");
+                    failures += 1;
+                    crate::ops::outage::failed(REDIS, &e);
                     reader = None;
-                    pause(&mut stop, Duration::from_secs(1)).await;
+                    pause(&mut stop, crate::ops::outage::backoff(failures)).await;
                 }
             }
         }
@@ -544,6 +551,9 @@ async fn promote(queue: Arc<RedisQueue>, mut stop: watch::Receiver<bool>) {
         }
     }
 }
+
+/// The dependency name of the Redis queue in outage logs and metrics.
+const REDIS: &str = "redis";
 
 /// Sleep, or return early when `stop` changes.
 async fn pause(stop: &mut watch::Receiver<bool>, d: Duration) {

@@ -95,7 +95,7 @@ fn env_file_placeholders_fail_complete_file_passes() {
     let dir = tempfile::tempdir().unwrap();
     let secret = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
     let complete = format!(
-        "NODE_ENV=production\nDATABASE_URL=postgresql://postgres:pw@db.x.supabase.co:5432/postgres\nREDIS_URL=redis://red-x:6379\nENCRYPTION_KEY={secret}\nCORS_ORIGIN=https://voxanne.ai\nBACKEND_URL=https://api.voxanne.ai\nVAPI_WEBHOOK_SECRET=prod-vapi-credential-secret\n"
+        "NODE_ENV=production\nDATABASE_URL=postgresql://postgres:pw@db.x.supabase.co:5432/postgres?sslmode=require\nREDIS_URL=redis://red-x:6379\nENCRYPTION_KEY={secret}\nCORS_ORIGIN=https://voxanne.ai\nBACKEND_URL=https://api.voxanne.ai\nVAPI_WEBHOOK_SECRET=prod-vapi-credential-secret\n"
     );
     let good = dir.path().join("good.env");
     std::fs::write(&good, &complete).unwrap();
@@ -181,6 +181,150 @@ fn every_shipped_pipeline_starts_with_the_schema_modeline() {
     }
 }
 
+/// The seed guide's environment with the mistakes a person makes moving it over: misspelt names
+/// are errors while the real one is unset (their value would be silently ignored), variables
+/// nothing reads are warnings, and production refuses a database without TLS, a project other
+/// than SUPABASE_URL's, and the development CORS origin.
+#[test]
+fn seed_environment_mistakes_are_named_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let env = dir.path().join("seed.env");
+    std::fs::write(
+        &env,
+        format!(
+            "NODE_ENV=production\nSUPABASE_URL=https://lbjymlodxprzqgtyqtcq.supabase.co\nDATABASE_URL=postgresql://postgres.otherproject:hunter2@aws-0-us-west-1.pooler.supabase.com:6543/postgres?sslmode=require\nREDIS_URL=redis://red-x:6379\nREDIS_URI=redis://red-y:6379\nENCRYPTON_KEY={key}\nCORS_ORIGINS=https://voxanne.ai\nVAPI_WEBHOOK_SECRET=prod-vapi-credential-secret\nVAPI_PRIVATE_KEY=vapi-private-key-0123456789\nSUPABASE_ANON_KEY=anon-key-value-xyz\n"
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = run(engine()
+        .arg("validate")
+        .arg(shipped())
+        .arg("--env-file")
+        .arg(&env));
+    assert_eq!(code, 1, "{out}{err}");
+    let f = env.display().to_string();
+    for expected in [
+        format!("{f}:6:1: ENCRYPTON_KEY is set but not declared: did you mean ENCRYPTION_KEY?"),
+        format!("{f}:7:1: CORS_ORIGINS is set but not declared: did you mean CORS_ORIGIN?"),
+        "ENCRYPTION_KEY: is required in production".to_string(),
+    ] {
+        assert!(out.contains(&expected), "missing `{expected}` in\n{out}");
+    }
+    assert!(err.contains("3 problems found"), "{err}");
+    assert!(
+        !out.contains("warning:"),
+        "warnings wait until the errors are fixed: {out}"
+    );
+
+    // fixed names: now the production rules on the values speak
+    let fixed = std::fs::read_to_string(&env)
+        .unwrap()
+        .replace("ENCRYPTON_KEY", "ENCRYPTION_KEY")
+        .replace("CORS_ORIGINS=https://voxanne.ai\n", "")
+        .replace("?sslmode=require", "");
+    std::fs::write(&env, fixed).unwrap();
+    let (code, out, _) = run(engine()
+        .arg("validate")
+        .arg(shipped())
+        .arg("--env-file")
+        .arg(&env));
+    assert_eq!(code, 1, "{out}");
+    for expected in [
+        format!("{f}:3:1: DATABASE_URL: connects to a non-local database without TLS being required: add `?sslmode=require`"),
+        "CORS_ORIGIN: is required in production: the allowed origins would be engine.yaml's development ones".to_string(),
+    ] {
+        assert!(out.contains(&expected), "missing `{expected}` in\n{out}");
+    }
+    let fixed = std::fs::read_to_string(&env)
+        .unwrap()
+        .replace("6543/postgres\n", "6543/postgres?sslmode=require\n")
+        + "CORS_ORIGIN=https://voxanne.ai\n";
+    std::fs::write(&env, &fixed).unwrap();
+    let (code, out, _) = run(engine()
+        .arg("validate")
+        .arg(shipped())
+        .arg("--env-file")
+        .arg(&env));
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("{f}:3:1: DATABASE_URL: connects to a different Supabase project than SUPABASE_URL names")),
+        "{out}"
+    );
+    // the same project: valid, with the warnings still shown
+    std::fs::write(
+        &env,
+        fixed.replace("postgres.otherproject", "postgres.lbjymlodxprzqgtyqtcq"),
+    )
+    .unwrap();
+    let (code, out, _) = run(engine()
+        .arg("validate")
+        .arg(shipped())
+        .arg("--env-file")
+        .arg(&env));
+    assert_eq!(code, 0, "{out}");
+    for expected in [
+        format!("{f}:5:1: warning: REDIS_URI is set but not declared, and REDIS_URL is set too"),
+        format!(
+            "{f}:8:1: warning: VAPI_PRIVATE_KEY is set, but nothing in this deployment reads it"
+        ),
+        format!(
+            "{f}:9:1: warning: SUPABASE_ANON_KEY is set, but nothing in this deployment reads it"
+        ),
+        "4 pipelines valid".to_string(),
+    ] {
+        assert!(out.contains(&expected), "missing `{expected}` in\n{out}");
+    }
+    for secret in ["hunter2", key, "vapi-private-key", "anon-key-value"] {
+        assert!(!out.contains(secret), "a value leaked: {out}");
+    }
+}
+
+/// In production every line the engine writes is JSON, the boot refusal included.
+#[test]
+fn production_boot_refusal_is_json_lines() {
+    let (code, out, err) = run(engine()
+        .arg("serve")
+        .arg("--pipelines")
+        .arg(shipped())
+        .env("NODE_ENV", "production")
+        .env("REDIS_URL", "redis://127.0.0.1:6379")
+        .env("CORS_ORIGINS", "https://voxanne.ai"));
+    assert_eq!(code, 1, "{out}{err}");
+    let lines: Vec<serde_json::Value> = err
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(lines.len() >= 4, "{err}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["level"] == "ERROR" || l["level"] == "WARN"),
+        "{err}"
+    );
+    assert!(
+        lines.iter().any(|l| l["message"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("CORS_ORIGINS is set but not declared: did you mean CORS_ORIGIN?")
+            && l["file"]
+                .as_str()
+                .unwrap_or_default()
+                .ends_with("env.schema.yaml")
+            && l["line"].as_u64().is_some()),
+        "{err}"
+    );
+    let last = lines.last().unwrap();
+    assert!(
+        last["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("refusing to start:"),
+        "{err}"
+    );
+    assert!(last["problems"].as_u64().unwrap() >= 3, "{err}");
+}
+
 #[test]
 fn serve_refuses_to_boot_with_the_full_list() {
     let dir = Dir::shipped_copy();
@@ -215,13 +359,17 @@ fn serve_refuses_to_boot_with_the_full_list() {
 
 #[test]
 fn serve_logs_listening_and_stops_on_sigterm() {
+    // a production boot checks the sinks' tables first: a migrated schema passes
+    let (database_url, _) = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(common::fresh_schema());
     let mut child = engine()
         .args(["serve", "--pipelines"])
         .arg(shipped())
         .env("PORT", "0") // the OS picks a free port; the log says which
         .env("NODE_ENV", "production")
         .env("REDIS_URL", "redis://127.0.0.1:6379")
-        .env("DATABASE_URL", "postgres://127.0.0.1/test")
+        .env("DATABASE_URL", &database_url)
         .env("CORS_ORIGIN", "https://voxanne.ai")
         .env("VAPI_WEBHOOK_SECRET", "prod-vapi-credential-secret")
         .env(

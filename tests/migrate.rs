@@ -33,9 +33,10 @@ async fn apply_rerun_status() {
     let before = engine::migrate::status(&url, &migrations()).await.unwrap();
     assert!(before.iter().all(|m| m.applied_on.is_none()), "{before:?}");
 
-    let applied = engine::migrate::run(&url, &migrations()).await.unwrap();
+    let report = engine::migrate::run(&url, &migrations()).await.unwrap();
+    assert!(report.left_alone.is_empty(), "{report:?}");
     assert_eq!(
-        applied,
+        report.applied,
         [
             (1, "tenant_credentials".to_string()),
             (2, "call_and_message_tables".to_string()),
@@ -60,6 +61,7 @@ async fn apply_rerun_status() {
         engine::migrate::run(&url, &migrations())
             .await
             .unwrap()
+            .applied
             .is_empty(),
         "re-running is a no-op"
     );
@@ -81,7 +83,7 @@ async fn concurrent_runners_apply_each_migration_once() {
     }
     let mut total = 0;
     while let Some(r) = runs.join_next().await {
-        total += r.unwrap().expect("no runner fails").len();
+        total += r.unwrap().expect("no runner fails").applied.len();
     }
     assert_eq!(total, 3, "each migration applied by exactly one runner");
 }
@@ -181,7 +183,7 @@ fn validate_against_a_live_database() {
     // before migrating: every table is missing, each reported at its sink
     let (code, out) = validate(&common::shipped());
     assert_eq!(code, Some(1));
-    assert!(out.contains("vapi.yaml:") && out.contains("table `call_logs` does not exist (run `engine migrate`?) (at /sinks/call_logs/postgres/table)"), "{out}");
+    assert!(out.contains("vapi.yaml:") && out.contains("table `call_logs` does not exist: run `engine migrate`, or write a migration that creates it (at /sinks/call_logs/postgres/table)"), "{out}");
     rt.block_on(engine::migrate::run(&url, &migrations()))
         .unwrap();
     let (code, out) = validate(&common::shipped());
@@ -196,9 +198,14 @@ fn validate_against_a_live_database() {
     let (code, out) = validate(dir.path());
     assert_eq!(code, Some(1));
     assert!(
-        out.contains("table `call_status` has no column `colour`"),
+        out.contains("table `call_status`, column `colour`: expected a column (the pipeline writes it), found none"),
         "{out}"
     );
-    assert!(out.contains("no unique index on (call_id)"), "{out}");
-    assert!(out.contains("encrypted field `occurred_at` goes to column `occurred_at` of type timestamp with time zone"), "{out}");
+    assert!(
+        out.contains(
+            "expected a unique index on (call_id) for the sink's conflict key, found none"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("table `call_status`, column `occurred_at`: expected text (field `occurred_at` is stored encrypted), found type timestamp with time zone"), "{out}");
 }

@@ -304,9 +304,17 @@ async fn with_redis_the_limit_rides_in_the_enqueue_and_refused_events_are_not_st
     // its enqueue's script. What clients see must be what "rate limit, then verify" says.
     let dir = dir_with("");
     let vapi = std::fs::read_to_string(dir.path().join("vapi.yaml")).unwrap();
+    // the shipped per-org limit replaced by a small per-IP one that counts every request
+    let start = vapi.find("\nrate_limit:\n").unwrap();
+    let end =
+        start + vapi[start..].find("counts: verified\n").unwrap() + "counts: verified\n".len();
     dir.write(
         "vapi.yaml",
-        &format!("{vapi}\nrate_limit: {{limit: 3/1m, key: [ip]}}\n"),
+        &format!(
+            "{}{}\nrate_limit: {{limit: 3/1m, key: [ip]}}\n",
+            &vapi[..start],
+            &vapi[end..]
+        ),
     );
     let prefix = common::redis_key_prefix(dir.path());
     let secret = "limit-rides-secret";
@@ -384,6 +392,163 @@ async fn with_redis_the_limit_rides_in_the_enqueue_and_refused_events_are_not_st
             .await
             .unwrap();
     }
+}
+
+/// The seed's deployment under a busy hour: Vapi sends every org's messages from a handful of
+/// addresses. The shipped pipeline counts them per org once verified, so 500 signed messages from
+/// one address in a few seconds are all accepted, while the per-IP 100/min still guards /health
+/// and forged requests.
+#[tokio::test]
+async fn burst_of_500_signed_vapi_messages_from_one_ip_is_all_accepted() {
+    use futures::StreamExt;
+    let dir = dir_with("");
+    let prefix = common::redis_key_prefix(dir.path());
+    let secret = "busy-hour-vapi-secret";
+    let app = common::spawn_ingest_only(
+        dir.path(),
+        &[("REDIS_URL", REDIS), ("VAPI_WEBHOOK_SECRET", secret)],
+    )
+    .await;
+    let org = "4b3a2c1d-0e9f-4a8b-9c7d-6e5f4a3b2c1d";
+    let started = Instant::now();
+    let statuses: Vec<u16> = futures::stream::iter(0..500u32)
+        .map(|n| {
+            // status updates and transcripts of 50 concurrent calls, as Vapi sends them
+            let body = if n % 2 == 0 {
+                format!(
+                    r#"{{"message":{{"type":"status-update","status":"in-progress","timestamp":{},"call":{{"id":"00000000-0000-4000-8000-{:012}","orgId":"{org}"}}}}}}"#,
+                    1_732_550_400_000u64 + u64::from(n),
+                    n % 50
+                )
+            } else {
+                format!(
+                    r#"{{"message":{{"type":"transcript","role":"user","transcriptType":"final","transcript":"utterance {n}","timestamp":{},"call":{{"id":"00000000-0000-4000-8000-{:012}","orgId":"{org}"}}}}}}"#,
+                    1_732_550_400_000u64 + u64::from(n),
+                    n % 50
+                )
+            };
+            let req = app
+                .client
+                .post(app.url("/api/webhooks/vapi"))
+                .header("authorization", format!("Bearer {secret}"))
+                .header("content-type", "application/json")
+                .body(body);
+            async move { req.send().await.unwrap().status().as_u16() }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    let accepted = statuses.iter().filter(|s| (200..300).contains(*s)).count();
+    assert_eq!(
+        accepted,
+        500,
+        "{:?} in {:?}",
+        statuses.iter().filter(|s| **s >= 300).collect::<Vec<_>>(),
+        started.elapsed()
+    );
+
+    let client = redis::Client::open(REDIS).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let stored: usize = redis::cmd("XLEN")
+        .arg(format!("{prefix}:{{q:vapi}}:stream"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(stored, 500, "every accepted message is queued");
+
+    // forged requests from the same address count against the per-IP default, not the org: the
+    // 101st is refused, and the next signed message is still accepted
+    let mut forged = Vec::new();
+    for n in 0..101 {
+        let r = app
+            .client
+            .post(app.url("/api/webhooks/vapi"))
+            .header("authorization", "Bearer forged")
+            .header("content-type", "application/json")
+            .body(format!(r#"{{"message":{{"type":"status-update","status":"x","timestamp":{n},"call":{{"id":"f","orgId":"{org}"}}}}}}"#))
+            .send()
+            .await
+            .unwrap();
+        forged.push(r.status().as_u16());
+    }
+    assert_eq!(forged[..100].iter().filter(|s| **s == 401).count(), 100);
+    assert_eq!(forged[100], 429);
+    let signed = app
+        .client
+        .post(app.url("/api/webhooks/vapi"))
+        .header("authorization", format!("Bearer {secret}"))
+        .header("content-type", "application/json")
+        .body(format!(r#"{{"message":{{"type":"status-update","status":"ended","timestamp":1,"call":{{"id":"after-flood","orgId":"{org}"}}}}}}"#))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed.status(), 200);
+    assert_eq!(signed.headers()["ratelimit-limit"], "20000");
+
+    // the seed's check still holds on /health: 150 requests from one address meet 429s
+    let mut refused = None;
+    let mut count_429 = 0;
+    for _ in 0..150 {
+        let r = app.client.get(app.url("/health")).send().await.unwrap();
+        if r.status() == 429 {
+            count_429 += 1;
+            refused = Some(r);
+        }
+    }
+    assert!(count_429 >= 49, "{count_429} × 429 of 150");
+    let r = refused.unwrap();
+    assert!(
+        r.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
+    assert_eq!(r.headers()["ratelimit-limit"], "100");
+    app.stop().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL")
+            .arg(keys)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
+}
+
+/// `counts: verified` has its own validation: a pipeline without `verify` cannot use it, nor can
+/// the settings' default.
+#[test]
+fn counts_verified_needs_a_verifier_and_a_pipeline() {
+    let problems = common::problems(
+        &[(
+            "x.yaml",
+            "name: x\nroute: {method: POST, path: /x}\nrate_limit: {limit: 10/1s, key: [{header: x-org}], counts: verified}\n",
+        )],
+        &[],
+    );
+    assert!(
+        problems.iter().any(|p| p.starts_with("x.yaml:3:")
+            && p.contains("`counts: verified` needs a `verify` section")),
+        "{problems:?}"
+    );
+    let dir = Dir::shipped_copy();
+    let base = std::fs::read_to_string(dir.path().join("engine.yaml")).unwrap();
+    dir.write(
+        "engine.yaml",
+        &base.replace("  fail: open\n", "  fail: open\n  counts: verified\n"),
+    );
+    let err = engine::config::load(dir.path(), &engine::env::EnvSource::default()).unwrap_err();
+    assert!(
+        err.iter()
+            .any(|d| d.message.contains("belongs in a pipeline's own rate limit")),
+        "{err:?}"
+    );
 }
 
 #[test]

@@ -207,7 +207,7 @@ fn settings_semantic_rules() {
             &[
                 ("NODE_ENV", "production"),
                 ("REDIS_URL", "redis://r:6379"),
-                ("DATABASE_URL", "postgres://db/x"),
+                ("DATABASE_URL", "postgres://db/x?sslmode=require"),
                 ("VAPI_WEBHOOK_SECRET", "prod-vapi-credential-secret"),
                 (
                     "ENCRYPTION_KEY",
@@ -320,7 +320,7 @@ mod env_rules {
             ),
             (
                 "DATABASE_URL",
-                "postgresql://postgres:pw@db.example.supabase.co:5432/postgres?sslmode=require"
+                "postgresql://postgres:pw@db.lbjymlodxprzqgtyqtcq.supabase.co:5432/postgres?sslmode=require"
                     .into(),
             ),
             ("REDIS_URL", "redis://red-abc:6379".into()),

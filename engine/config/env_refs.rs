@@ -140,6 +140,19 @@ pub fn check(doc: &Document, file: &Path, schema: Option<&EnvSchema>) -> Vec<Dia
     out
 }
 
+/// The variables a file's values refer to (`${NAME}`), Rhai code left out as in [`check`].
+pub fn referenced(v: &Value) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    walk(v, &mut String::new(), &mut |_, s| {
+        for piece in pieces(s) {
+            if let Piece::Var { name, .. } = piece {
+                out.insert(name.to_string());
+            }
+        }
+    });
+    out
+}
+
 /// Replace every `${NAME}` with the variable's value.
 pub fn interpolate(v: &mut Value, env: &Env) {
     match v {

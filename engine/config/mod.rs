@@ -15,6 +15,7 @@
 //! `${VAR}` reference checks, typed deserialization, then semantic rules across files (unique
 //! names, non-overlapping routes). `engine validate` and `engine serve` both call it.
 
+pub mod deployment;
 pub mod env_refs;
 pub mod oauth;
 pub mod pipeline;
@@ -54,6 +55,9 @@ pub struct LoadedPipeline {
 #[derive(Debug, Clone)]
 pub struct Project {
     pub dir: PathBuf,
+    /// Findings that do not stop the engine (unused or doubly set variables): printed by
+    /// `validate`, logged at boot.
+    pub warnings: Vec<Diagnostic>,
     pub env: Env,
     pub settings: Settings,
     pub pipelines: Vec<LoadedPipeline>,
@@ -157,6 +161,17 @@ pub fn load(dir: &Path, source: &EnvSource) -> Result<Project, Vec<Diagnostic>> 
         }
     };
     if let (Some(s), Some(c)) = (&settings, &settings_doc) {
+        if s.rate_limit
+            .as_ref()
+            .is_some_and(|r| r.counts == rate_limit::Counts::Verified)
+        {
+            diags.push(Diagnostic::new(
+                &c.file,
+                c.doc.value_pos("/rate_limit/counts"),
+                "/rate_limit/counts",
+                "`counts: verified` belongs in a pipeline's own rate limit: the default also guards /health and unauthenticated requests, which are never verified",
+            ));
+        }
         diags.extend(check_settings(s, c, &env_for_values));
     }
 
@@ -234,6 +249,18 @@ pub fn load(dir: &Path, source: &EnvSource) -> Result<Project, Vec<Diagnostic>> 
                 "`exempt` belongs in the settings' default rate limit; to turn a pipeline's limit off write `enabled: false`",
             ));
         }
+        if p.rate_limit
+            .as_ref()
+            .is_some_and(|r| r.counts == rate_limit::Counts::Verified)
+            && p.verify.is_none()
+        {
+            diags.push(Diagnostic::new(
+                &checked.file,
+                checked.doc.value_pos("/rate_limit/counts"),
+                "/rate_limit/counts",
+                "`counts: verified` needs a `verify` section (only verified requests would count, and this pipeline verifies none): add `verify`, or remove `counts`",
+            ));
+        }
     }
     if let (Some(s), Some(c)) = (&settings, &settings_doc) {
         let known: Vec<&str> = std::iter::once("/health")
@@ -304,9 +331,32 @@ pub fn load(dir: &Path, source: &EnvSource) -> Result<Project, Vec<Diagnostic>> 
         }
     };
 
+    // The deployment's environment as a whole: misspelt and unused variables, production rules.
+    let mut warnings = Vec::new();
+    if let Some(schema) = &env_schema {
+        let (w, e): (Vec<_>, Vec<_>) = deployment::check_misspelt(schema, source)
+            .into_iter()
+            .partition(Diagnostic::is_warning);
+        diags.extend(e);
+        warnings.extend(w);
+        let referenced: std::collections::BTreeSet<String> = settings_doc
+            .iter()
+            .chain(pipelines.iter().map(|(c, _)| c))
+            .flat_map(|c| env_refs::referenced(&c.doc.value))
+            .collect();
+        warnings.extend(deployment::check_unused(schema, source, &referenced));
+        if let (Some(env), Some(settings)) = (&env, &settings) {
+            diags.extend(deployment::check_production(schema, source, env, settings));
+            diags.extend(deployment::check_supabase_project(
+                schema, source, env, settings,
+            ));
+        }
+    }
+
     match (env, settings, routes) {
         (Some(env), Some(settings), Some(routes)) if diags.is_empty() => Ok(Project {
             dir: dir.to_path_buf(),
+            warnings,
             env,
             settings,
             pipelines: pipelines
@@ -318,6 +368,8 @@ pub fn load(dir: &Path, source: &EnvSource) -> Result<Project, Vec<Diagnostic>> 
                 .collect(),
             routes,
         }),
+        // Warnings wait until the errors are fixed: the list that refuses a boot stays the
+        // list of what must change.
         _ => Err(diags),
     }
 }

@@ -6,7 +6,13 @@
 //!   burst: 100           # how many may arrive at once (default: the limit's count)
 //!   key: [ip]            # who is counted: ip, {header: ..}, {path: ..}, {form: ..}, {json: ..}, {query: ..}
 //!   fail: open           # Redis unreachable: open (allow) or closed (503)
+//!   counts: all          # pipelines only: `verified` counts only requests that pass verification
 //! ```
+//!
+//! A provider's webhooks come from a handful of addresses shared by all its customers, so a
+//! provider pipeline keys its limit by who the sender is on that provider (Vapi's org, Twilio's
+//! AccountSid) and counts only verified requests: a forged request cannot spend a real sender's
+//! budget, and it is counted against the settings' default (per client IP) instead.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -42,6 +48,13 @@ pub struct RateLimit {
     /// `closed` answers 503.
     #[serde(default)]
     pub fail: FailMode,
+    /// Pipelines only. Which requests count: `all` (default) checks every request before
+    /// verification; `verified` checks only requests that pass verification, after it, and counts
+    /// a request that fails verification against the settings' default limit (per client IP).
+    /// Use `verified` with a key read from the payload (`{json: /message/call/orgId}`,
+    /// `{form: AccountSid}`), so forged requests cannot exhaust a real sender's budget.
+    #[serde(default, skip_serializing_if = "Counts::is_all")]
+    pub counts: Counts,
     /// Settings only: paths the default does not apply to, e.g. `[/health]`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exempt: Vec<String>,
@@ -71,6 +84,23 @@ pub enum NamedKey {
     Ip,
 }
 
+/// Which requests a limit counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Counts {
+    /// Every request, before verification.
+    #[default]
+    All,
+    /// Requests that pass verification, after it.
+    Verified,
+}
+
+impl Counts {
+    fn is_all(&self) -> bool {
+        *self == Counts::All
+    }
+}
+
 /// Behaviour when the shared backend is unreachable.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -89,6 +119,7 @@ impl RateLimit {
             burst: None,
             key: ip_key(),
             fail: FailMode::Open,
+            counts: Counts::All,
             exempt: Vec::new(),
         }
     }

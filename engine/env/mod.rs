@@ -89,7 +89,8 @@ impl EnvSource {
             let line = line.trim_start();
             let line = line.strip_prefix("export ").unwrap_or(line);
             if let Some((name, _)) = line.split_once('=') {
-                lines.entry(name.trim().to_string()).or_insert(i + 1);
+                // the last assignment wins, as it does for the value
+                lines.insert(name.trim().to_string(), i + 1);
             }
         }
         Ok(EnvSource {
@@ -119,6 +120,19 @@ impl EnvSource {
     /// Set or replace one variable.
     pub fn set(&mut self, name: &str, value: &str) {
         self.vars.insert(name.to_string(), value.to_string());
+    }
+
+    /// The names of the variables set (non-empty), declared or not.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.vars
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, _)| k.as_str())
+    }
+
+    /// The line of a dotenv file that sets `name`, when reading one.
+    pub fn line_of(&self, name: &str) -> Option<usize> {
+        self.file.as_ref().and(self.lines.get(name).copied())
     }
 
     /// A variable's raw value; an empty value counts as unset.
@@ -335,7 +349,7 @@ impl EnvSchema {
     }
 
     /// Point at the variable's line in a dotenv file, else at its declaration in the schema.
-    fn locate(&self, source: &EnvSource, var: &str, message: String) -> Diagnostic {
+    pub fn locate(&self, source: &EnvSource, var: &str, message: String) -> Diagnostic {
         if let (Some(file), Some(line)) = (&source.file, source.lines.get(var)) {
             return Diagnostic::new(
                 file,

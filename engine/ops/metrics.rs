@@ -44,6 +44,18 @@ pub const NAMES: &[(&str, &str, &str, &str)] = &[
         "requests refused by verification (reason: missing_credentials, malformed_header, bad_signature, stale_timestamp, body_hash_mismatch, unknown_tenant, ip_not_allowed)",
     ),
     (
+        "engine_dependency_up",
+        "gauge",
+        "dependency",
+        "1 while the dependency (`redis`) answers the workers, 0 during an outage",
+    ),
+    (
+        "engine_dependency_failures_total",
+        "counter",
+        "dependency",
+        "failed attempts to reach a dependency (each retry counts)",
+    ),
+    (
         "engine_rate_limited_total",
         "counter",
         "bucket",

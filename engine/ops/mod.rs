@@ -2,6 +2,8 @@
 //!
 //! - [`metrics`]: `/metrics` in Prometheus text format, and the sampler behind its gauges
 //! - [`ready`]: `/ready`, whether Redis and Postgres answer
+//! - [`outage`]: a dependency's outage logged once when it starts, in summaries while it lasts,
+//!   and once when it ends
 //! - [`alerts`]: dead letters, lost queues and sink outages posted to Slack, aggregated
 //! - [`reload`]: re-reading the pipelines directory on SIGHUP or `--watch`, swapped in atomically
 //! - [`errors`]: errors and panics to Sentry when SENTRY_DSN is set, secrets scrubbed
@@ -9,6 +11,7 @@
 pub mod alerts;
 pub mod errors;
 pub mod metrics;
+pub mod outage;
 pub mod ready;
 pub mod reload;
 

@@ -17,7 +17,7 @@ pub mod redis;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use crate::config::rate_limit::{FailMode, KeyPart, NamedKey, RateLimit};
+use crate::config::rate_limit::{Counts, FailMode, KeyPart, NamedKey, RateLimit};
 use crate::verify::Inbound;
 
 /// A rate limit ready to check: where its counters live, its GCRA parameters and key.
@@ -33,6 +33,8 @@ pub struct Rule {
     pub period: Duration,
     pub key: Vec<KeyPart>,
     pub fail: FailMode,
+    /// `counts: verified`: checked after verification, for verified requests only.
+    pub verified_only: bool,
 }
 
 impl Rule {
@@ -46,6 +48,7 @@ impl Rule {
             period: cfg.limit.period,
             key: cfg.key.clone(),
             fail: cfg.fail,
+            verified_only: cfg.counts == Counts::Verified,
         }
     }
 

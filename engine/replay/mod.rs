@@ -141,6 +141,58 @@ async fn run_case(
     Ok((Vec::new(), changed))
 }
 
+/// Rows a pipeline's fixtures write, by sink: what the table check compares each postgres sink's
+/// table with. Each batch's `event_id` names the fixture it came from.
+pub type Written = BTreeMap<String, BTreeMap<String, Vec<crate::worker::Batch>>>;
+
+/// Run every fixture under `roots` against the pipelines in `dir`, loaded with each fixture's own
+/// env as `engine replay` does, and keep the rows each (pipeline, sink) received. Fixtures that do
+/// not load or run are skipped: `engine replay` reports them.
+pub async fn rows_written(dir: &Path, roots: &[PathBuf]) -> Result<Written, String> {
+    let mut written = Written::new();
+    let mut projects: HashMap<BTreeMap<String, String>, Option<Project>> = HashMap::new();
+    for (name, file) in discover(roots)? {
+        let Ok(loaded) = fixture::load(&file) else {
+            continue;
+        };
+        let f = &loaded.fixture;
+        let project = projects.entry(f.env.clone()).or_insert_with(|| {
+            crate::config::load(dir, &EnvSource::from_pairs(f.env.clone())).ok()
+        });
+        let Some(project) = project.as_ref() else {
+            continue;
+        };
+        let crate::route::Lookup::Found { pipeline, .. } = project
+            .routes
+            .lookup(Some(f.request.method), &f.request.path)
+        else {
+            continue;
+        };
+        let Ok(actual) = case::run(project, f, &file).await else {
+            continue;
+        };
+        let pipeline = &project.pipelines[pipeline].config.name;
+        for (sink, rows) in actual.sinks {
+            if rows.is_empty() {
+                continue;
+            }
+            written
+                .entry(pipeline.clone())
+                .or_default()
+                .entry(sink.clone())
+                .or_default()
+                .push(crate::worker::Batch {
+                    event_id: format!("fixture:{name}"),
+                    pipeline: pipeline.clone(),
+                    sink,
+                    step: String::new(),
+                    rows,
+                });
+        }
+    }
+    Ok(written)
+}
+
 /// Run every selected case. `Err` only when the fixtures cannot be listed.
 pub async fn run(opts: &Options) -> Result<Report, String> {
     let started = Instant::now();

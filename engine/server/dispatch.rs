@@ -5,6 +5,8 @@
 //!   -> rate limit (429; before verify: a request over the limit is refused whatever its
 //!      signature, and a flood of forged requests counts against the limit)
 //!   -> verify (401, or 503 when tenant secrets are unreachable)
+//!   -> rate limit of a pipeline whose limit `counts: verified` (a provider's sender key; a
+//!      request failing verification counts against the default per-IP limit before its 401)
 //!   -> respond (static, or a template / script: inline within 250 µs, else on a blocking thread;
 //!      fallback on failure)
 //!   -> enqueue (pipelines with transform steps: 2xx only once the event is queued; 503 if not)
@@ -140,15 +142,25 @@ impl Dispatch {
         // round trip (checked first there; nothing is stored when it refuses). A request that
         // fails verification is checked on its own before its 401, so it still counts and still
         // meets the 429 exactly as if the limit had come first.
+        // A limit that `counts: verified` is checked after verification (in the enqueue's round
+        // trip when it can), and a request failing verification counts against the default
+        // per-IP limit instead: forged requests cannot spend a real sender's budget.
         let limit_in_enqueue = rule.filter(|_| app.limit_in_enqueue[pipeline]);
-        if limit_in_enqueue.is_none() {
+        let after_verify = rule.is_some_and(|r| r.verified_only);
+        if limit_in_enqueue.is_none() && !after_verify {
             check_rate(app, rule, &seen, &params, res).await?;
         }
         if let Err(refusal) = verify(app, pipeline, &seen, &params).await {
-            if limit_in_enqueue.is_some() {
-                check_rate(app, rule, &seen, &params, res).await?;
-            }
+            let counted = if after_verify {
+                app.unverified_rules[pipeline].as_ref()
+            } else {
+                limit_in_enqueue
+            };
+            check_rate(app, counted, &seen, &params, res).await?;
             return Err(refuse(res, refusal));
+        }
+        if after_verify && limit_in_enqueue.is_none() {
+            check_rate(app, rule, &seen, &params, res).await?;
         }
         if app.project.pipelines[pipeline].config.log_body {
             log_body(app, pipeline, &seen);

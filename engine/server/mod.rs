@@ -24,6 +24,7 @@ use salvo::server::ServerHandle;
 
 use crate::client_ip::TrustedProxies;
 use crate::config::Project;
+use crate::config::rate_limit::Counts;
 use crate::rate_limit::{RateLimiter, Rule};
 use crate::shared_redis::SharedRedis;
 use crate::verify::{TenantSecrets, Verifier};
@@ -42,6 +43,9 @@ pub struct App {
     pub limiter: RateLimiter,
     /// One per pipeline, by index: its own limit, else the settings' default.
     pub rate_rules: Vec<Option<Rule>>,
+    /// One per pipeline, by index: for a pipeline whose limit `counts: verified`, the limit a
+    /// request failing verification counts against (the settings' default, its own bucket).
+    pub unverified_rules: Vec<Option<Rule>>,
     /// One per pipeline, by index: whether a verified request's limit is checked inside its
     /// enqueue's Redis script (see `dispatch`) rather than on its own.
     pub limit_in_enqueue: Vec<bool>,
@@ -187,6 +191,16 @@ impl App {
                 None => default.map(|d| Rule::new(&p.config.name, d)),
             })
             .collect();
+        let unverified_rules = project
+            .pipelines
+            .iter()
+            .map(|p| match &p.config.rate_limit {
+                Some(own) if own.enabled && own.counts == Counts::Verified => {
+                    default.map(|d| Rule::new(&format!("{}:unverified", p.config.name), d))
+                }
+                _ => None,
+            })
+            .collect();
         let health_rule = default
             .filter(|_| !exempt("/health"))
             .map(|d| Rule::new("health", d));
@@ -207,6 +221,7 @@ impl App {
             proxies,
             limiter,
             rate_rules,
+            unverified_rules,
             limit_in_enqueue,
             health_rule,
             responders,

@@ -85,13 +85,10 @@ pub fn sink_pool(
     target: &Target,
 ) -> Result<Option<deadpool_postgres::Pool>, String> {
     match &project.settings.database_url {
-        Some(url) if matches!(target, Target::Configured) => {
-            Ok(Some(crate::db::pool_with_timeout(
-                url,
-                project.settings.database_pool_size,
-                Some(Duration::from_millis(project.settings.statement_timeout_ms)),
-            )?))
-        }
+        Some(url) if matches!(target, Target::Configured) => Ok(Some(crate::db::pool(
+            url,
+            project.settings.database_pool_size,
+        )?)),
         _ => Ok(None),
     }
 }
@@ -154,6 +151,7 @@ pub fn build(
                 pool,
                 keyring.as_ref(),
                 &project.settings.data_dir,
+                Duration::from_millis(project.settings.statement_timeout_ms),
             )?,
             Target::Capture(c) => p
                 .config

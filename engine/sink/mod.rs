@@ -9,6 +9,7 @@ pub mod capture;
 pub mod http;
 pub mod jsonl;
 pub mod postgres;
+pub mod table_check;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -33,16 +34,16 @@ pub fn build(
     pool: Option<&deadpool_postgres::Pool>,
     keyring: Option<&crate::crypto::Keyring>,
     data_dir: &str,
+    statement_timeout: std::time::Duration,
 ) -> Result<HashMap<String, Arc<dyn Sink>>, String> {
     let mut out: HashMap<String, Arc<dyn Sink>> = HashMap::new();
     for (name, cfg) in sinks {
         let sink: Arc<dyn Sink> = match cfg {
             SinkConfig::Postgres(p) => match pool {
-                Some(pool) => Arc::new(postgres::PostgresSink::new(
-                    p,
-                    pool.clone(),
-                    keyring.cloned(),
-                )?),
+                Some(pool) => Arc::new(
+                    postgres::PostgresSink::new(p, pool.clone(), keyring.cloned())?
+                        .with_statement_timeout(statement_timeout),
+                ),
                 None => Arc::new(jsonl::JsonLines::file(
                     std::path::Path::new(data_dir).join(format!("{}.jsonl", p.table)),
                 )),

@@ -18,6 +18,7 @@
 
 use deadpool_postgres::Pool;
 use serde_json::{Map, Value};
+use tokio_postgres::types::Type;
 
 use crate::config::sink::{OnConflict, Postgres};
 use crate::crypto::Keyring;
@@ -33,10 +34,12 @@ pub struct PostgresSink {
     update: Vec<String>,
     encrypt: Vec<String>,
     keyring: Option<Keyring>,
+    /// `SET LOCAL statement_timeout` of each write's transaction (none: the server's own).
+    statement_timeout: Option<std::time::Duration>,
 }
 
 /// `name` as a quoted SQL identifier, if it is a plain one.
-fn ident(name: &str) -> Option<String> {
+pub(crate) fn ident(name: &str) -> Option<String> {
     let mut chars = name.chars();
     let ok = chars
         .next()
@@ -78,11 +81,49 @@ impl PostgresSink {
             update: cfg.update.clone(),
             encrypt: cfg.encrypt.clone(),
             keyring,
+            statement_timeout: None,
         })
     }
 
+    /// Give each write's transaction a statement timeout (settings' `statement_timeout_ms`).
+    pub fn with_statement_timeout(mut self, timeout: std::time::Duration) -> PostgresSink {
+        self.statement_timeout = Some(timeout);
+        self
+    }
+
+    /// Write `batches` inside a transaction that is rolled back: whether the table takes what the
+    /// pipeline writes (types, NOT NULL, CHECK and unique constraints, the conflict key), without
+    /// keeping anything. Used by the table check before traffic arrives.
+    pub async fn trial(&self, batches: &[Batch]) -> Result<(), SinkError> {
+        if batches.iter().all(|b| b.rows.is_empty()) {
+            return Ok(());
+        }
+        let (rows, columns) = self.rows(batches)?;
+        let sql = self.statement(&columns)?;
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| SinkError::Retry(format!("database unavailable: {e}")))?;
+        client
+            .batch_execute("BEGIN")
+            .await
+            .map_err(|e| classify(&e, &self.table))?;
+        let rows = Value::Array(rows);
+        let result = client
+            .execute_typed(sql.as_str(), &[(&rows, Type::JSONB)])
+            .await;
+        let _ = client.batch_execute("ROLLBACK").await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) => Err(self
+                .explain(&client, &e, rows.as_array().map_or(&[], Vec::as_slice))
+                .await),
+        }
+    }
+
     /// The batches' rows as column → value objects, with `event_id`, `row_index` and encryption.
-    fn rows(&self, batches: &[Batch]) -> Result<(Vec<Value>, Vec<String>), SinkError> {
+    pub(crate) fn rows(&self, batches: &[Batch]) -> Result<(Vec<Value>, Vec<String>), SinkError> {
         let mut columns: Vec<String> = Vec::new();
         let mut out = Vec::new();
         for batch in batches {
@@ -184,33 +225,62 @@ impl Sink for PostgresSink {
                 .get()
                 .await
                 .map_err(|e| SinkError::Retry(format!("database unavailable: {e}")))?;
-            match client
-                .execute(sql.as_str(), &[&Value::Array(rows.clone())])
-                .await
-            {
-                Ok(_) => Ok(()),
-                // A value that does not fit its column: name the column, not the value.
-                Err(e)
-                    if e.as_db_error()
-                        .is_some_and(|d| d.code().code().starts_with("22")) =>
-                {
-                    let column = self.failing_column(&client, &rows).await;
-                    let message = e
-                        .as_db_error()
-                        .map(|d| without_value(d.message()))
-                        .unwrap_or_default();
-                    Err(SinkError::Permanent(match column {
-                        Some(c) => format!("{}: column `{c}`: {message}", self.table),
-                        None => format!("{}: {message}", self.table),
-                    }))
+            let rows = Value::Array(rows);
+            let params = [(
+                &rows as &(dyn tokio_postgres::types::ToSql + Sync),
+                Type::JSONB,
+            )];
+            let insert = client.execute_typed(sql.as_str(), &params);
+            let result = match self.statement_timeout {
+                None => insert.await,
+                // One round trip: BEGIN + SET LOCAL, the insert and COMMIT are sent back to back
+                // (the client pipelines them); a failed insert turns the COMMIT into a rollback.
+                Some(t) => {
+                    let begin = format!("BEGIN; SET LOCAL statement_timeout = {}", t.as_millis());
+                    let (began, inserted, committed) = tokio::join!(
+                        client.batch_execute(&begin),
+                        insert,
+                        client.batch_execute("COMMIT")
+                    );
+                    began.and(inserted).and_then(|n| committed.map(|()| n))
                 }
-                Err(e) => Err(classify(&e, &self.table)),
+            };
+            match result {
+                Ok(_) => Ok(()),
+                Err(e) => Err(self
+                    .explain(&client, &e, rows.as_array().map_or(&[], Vec::as_slice))
+                    .await),
             }
         })
     }
 }
 
 impl PostgresSink {
+    /// A failed write as a sink error. A value that does not fit its column names the column,
+    /// not the value.
+    async fn explain(
+        &self,
+        client: &tokio_postgres::Client,
+        e: &tokio_postgres::Error,
+        rows: &[Value],
+    ) -> SinkError {
+        if !e
+            .as_db_error()
+            .is_some_and(|d| d.code().code().starts_with("22"))
+        {
+            return classify(e, &self.table);
+        }
+        let column = self.failing_column(client, rows).await;
+        let message = e
+            .as_db_error()
+            .map(|d| without_value(d.message()))
+            .unwrap_or_default();
+        SinkError::Permanent(match column {
+            Some(c) => format!("{}: column `{c}`: {message}", self.table),
+            None => format!("{}: {message}", self.table),
+        })
+    }
+
     /// The first column whose value alone fails to convert (only run after a data error).
     async fn failing_column(
         &self,
@@ -225,7 +295,11 @@ impl PostgresSink {
             let Value::Object(fields) = row else { continue };
             for (column, value) in fields {
                 let one = Value::Object(Map::from_iter([(column.clone(), value.clone())]));
-                if client.query_one(sql.as_str(), &[&one]).await.is_err() {
+                if client
+                    .query_typed(sql.as_str(), &[(&one, Type::JSONB)])
+                    .await
+                    .is_err()
+                {
                     return Some(column.clone());
                 }
             }
@@ -236,7 +310,7 @@ impl PostgresSink {
 
 /// Postgres quotes the offending value (`invalid input syntax for type uuid: "abc"`); it may be
 /// personal data, so it is cut from messages that are stored in dead letters and logs.
-fn without_value(message: &str) -> String {
+pub(crate) fn without_value(message: &str) -> String {
     match message.find(": \"") {
         Some(i) => message[..i].to_string(),
         None => message.to_string(),
@@ -260,76 +334,6 @@ fn classify(e: &tokio_postgres::Error, table: &str) -> SinkError {
         "08" | "40" | "53" | "57" | "58" => SinkError::Retry(msg),
         _ => SinkError::Permanent(msg),
     }
-}
-
-/// Check a sink against a live database: the table exists, the conflict key has a unique index
-/// (`ON CONFLICT` needs one), mapped, updated and encrypted columns exist, encrypted ones hold
-/// text. Returns the problems, each a sentence.
-pub async fn check_schema(
-    client: &tokio_postgres::Client,
-    cfg: &Postgres,
-) -> Result<Vec<String>, String> {
-    let (schema, table) = match cfg.table.split_once('.') {
-        Some((s, t)) => (Some(s.to_string()), t.to_string()),
-        None => (None, cfg.table.clone()),
-    };
-    let rows = client
-        .query(
-            "SELECT column_name::text, data_type::text FROM information_schema.columns \
-             WHERE table_schema = COALESCE($1, current_schema()) AND table_name = $2",
-            &[&schema, &table],
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    if rows.is_empty() {
-        return Ok(vec![format!(
-            "table `{}` does not exist (run `engine migrate`?)",
-            cfg.table
-        )]);
-    }
-    let columns: std::collections::HashMap<String, String> =
-        rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-    let mut problems = Vec::new();
-    let key: Vec<String> = if cfg.key.is_empty() {
-        vec!["event_id".into(), "row_index".into()]
-    } else {
-        cfg.key.clone()
-    };
-    let needed = key.iter().chain(&cfg.update).chain(cfg.columns.values());
-    for c in needed {
-        if !columns.contains_key(c) {
-            problems.push(format!("table `{}` has no column `{c}`", cfg.table));
-        }
-    }
-    for field in &cfg.encrypt {
-        let column = cfg.columns.get(field).unwrap_or(field);
-        match columns.get(column).map(String::as_str) {
-            Some("text" | "character varying") | None => {}
-            Some(other) => problems.push(format!("encrypted field `{field}` goes to column `{column}` of type {other}; encrypted values are text")),
-        }
-    }
-    let mut sorted = key.clone();
-    sorted.sort();
-    let unique: bool = client
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid \
-             JOIN pg_namespace n ON n.oid = t.relnamespace \
-             WHERE t.relname = $2 AND n.nspname = COALESCE($1, current_schema()) AND i.indisunique \
-             AND (SELECT array_agg(a.attname::text ORDER BY a.attname::text) FROM pg_attribute a \
-                  WHERE a.attrelid = t.oid AND a.attnum = ANY(i.indkey)) = $3::text[])",
-            &[&schema, &table, &sorted],
-        )
-        .await
-        .map_err(|e| e.to_string())?
-        .get(0);
-    if !unique {
-        problems.push(format!(
-            "table `{}` has no unique index on ({}): the sink's conflict key needs one",
-            cfg.table,
-            key.join(", ")
-        ));
-    }
-    Ok(problems)
 }
 
 #[cfg(test)]

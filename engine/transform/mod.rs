@@ -304,6 +304,13 @@ impl Program {
                 reason: "no step with a sink matched".into(),
             })
         })
+        .or_else(|f| match f.kind {
+            FailureKind::Discard => {
+                tracing::debug!(pipeline = %input.pipeline, event_id = %input.id, reason = %f.reason, "event discarded by its script: nothing written");
+                Ok(Outcome::Dropped { reason: f.reason })
+            }
+            _ => Err(f),
+        })
     }
 }
 

@@ -28,6 +28,10 @@ pub enum FailureKind {
     Permanent,
     /// Retry later (`fail_retry`).
     Retry,
+    /// Nothing to write, on purpose (`discard`): the event is acknowledged and logged with the
+    /// reason, so an event the pipeline cannot turn into a meaningful row never becomes an
+    /// empty one.
+    Discard,
 }
 
 /// Build an engine with `limits` and the helpers.
@@ -64,6 +68,10 @@ pub fn engine(limits: &ScriptLimits) -> Engine {
     e.register_fn(
         "fail_permanent",
         |msg: &str| -> Result<Dynamic, Box<EvalAltResult>> { Err(failure("permanent", msg)) },
+    );
+    e.register_fn(
+        "discard",
+        |msg: &str| -> Result<Dynamic, Box<EvalAltResult>> { Err(failure("discard", msg)) },
     );
     e.register_fn(
         "fail_retry",
@@ -110,10 +118,10 @@ pub fn explain(err: &EvalAltResult, label: &str) -> (FailureKind, String) {
                         .get("message")
                         .map(|m| m.to_string())
                         .unwrap_or_default();
-                    let kind = if kind.to_string() == "retry" {
-                        FailureKind::Retry
-                    } else {
-                        FailureKind::Permanent
+                    let kind = match kind.to_string().as_str() {
+                        "retry" => FailureKind::Retry,
+                        "discard" => FailureKind::Discard,
+                        _ => FailureKind::Permanent,
                     };
                     return (kind, format!("{}: {msg}", at(err.position())));
                 }

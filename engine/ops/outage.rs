@@ -1,0 +1,164 @@
+//! Outages of what the engine depends on (the Redis queue), logged as events, not as a stream.
+//!
+//! Every worker retries a dependency it cannot reach. Logging each retry buried the one line that
+//! matters under thousands (12 WARN lines a second with Redis down). Instead, per dependency and
+//! for the whole process:
+//!
+//! ```text
+//! first failure        -> one ERROR: "<dependency> unreachable" with the error
+//! while it lasts       -> one WARN summary after 30 s, then 1, 2, 4 ... minutes (at most every
+//!                         10 minutes): how long, how many failed attempts, the last error
+//! first success after  -> one INFO: "reachable again" with the duration and attempts
+//! ```
+//!
+//! `engine_dependency_up{dependency}` (1/0) and `engine_dependency_failures_total{dependency}`
+//! carry the rest. The state is one entry per dependency name, and names are constants in the
+//! code, so it is bounded.
+
+use std::collections::BTreeMap;
+use std::sync::{LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
+const FIRST_SUMMARY: Duration = Duration::from_secs(30);
+const MAX_SUMMARY_EVERY: Duration = Duration::from_secs(600);
+
+/// One dependency's outage in progress.
+#[derive(Debug, Clone)]
+struct Down {
+    since: Instant,
+    failures: u64,
+    next_summary: Instant,
+    summary_every: Duration,
+}
+
+static DOWN: LazyLock<Mutex<BTreeMap<&'static str, Down>>> =
+    LazyLock::new(|| Mutex::new(BTreeMap::new()));
+
+/// What a report changed, for the caller's tests and the log lines above.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// The outage starts: logged.
+    Started,
+    /// Still down, and a summary was due: logged.
+    Summary { failures: u64 },
+    /// Still down; nothing logged.
+    Quiet,
+    /// Back after an outage: logged.
+    Ended { failures: u64 },
+    /// Up, and was up.
+    Up,
+}
+
+/// A failed attempt to reach `dependency`.
+pub fn failed(dependency: &'static str, error: &dyn std::fmt::Display) -> Change {
+    failed_at(dependency, error, Instant::now())
+}
+
+fn failed_at(dependency: &'static str, error: &dyn std::fmt::Display, now: Instant) -> Change {
+    metrics::counter!("engine_dependency_failures_total", "dependency" => dependency).increment(1);
+    metrics::gauge!("engine_dependency_up", "dependency" => dependency).set(0.0);
+    let mut down = DOWN.lock().unwrap_or_else(|e| e.into_inner());
+    match down.get_mut(dependency) {
+        None => {
+            down.insert(
+                dependency,
+                Down {
+                    since: now,
+                    failures: 1,
+                    next_summary: now + FIRST_SUMMARY,
+                    summary_every: FIRST_SUMMARY,
+                },
+            );
+            tracing::error!(dependency, error = %error, "{dependency} unreachable; retrying with backoff (a summary follows while it lasts, and a line when it is back)");
+            Change::Started
+        }
+        Some(d) => {
+            d.failures += 1;
+            if now < d.next_summary {
+                return Change::Quiet;
+            }
+            d.summary_every = (d.summary_every * 2).min(MAX_SUMMARY_EVERY);
+            d.next_summary = now + d.summary_every;
+            let secs = now.duration_since(d.since).as_secs();
+            tracing::warn!(dependency, down_secs = secs, failed_attempts = d.failures, last_error = %error, "{dependency} still unreachable");
+            Change::Summary {
+                failures: d.failures,
+            }
+        }
+    }
+}
+
+/// A successful use of `dependency`.
+pub fn ok(dependency: &'static str) -> Change {
+    let mut down = DOWN.lock().unwrap_or_else(|e| e.into_inner());
+    match down.remove(dependency) {
+        None => Change::Up,
+        Some(d) => {
+            metrics::gauge!("engine_dependency_up", "dependency" => dependency).set(1.0);
+            let secs = d.since.elapsed().as_secs();
+            tracing::info!(
+                dependency,
+                down_secs = secs,
+                failed_attempts = d.failures,
+                "{dependency} reachable again"
+            );
+            Change::Ended {
+                failures: d.failures,
+            }
+        }
+    }
+}
+
+/// The pause before retry number `attempt` (1, 2, ...): 250 ms doubling to 5 s, with up to a
+/// quarter of jitter so workers that failed together do not retry together.
+pub fn backoff(attempt: u32) -> Duration {
+    let base = Duration::from_millis(250) * 2u32.saturating_pow(attempt.saturating_sub(1).min(5));
+    let base = base.min(Duration::from_secs(5));
+    base + base.mul_f64(fastrand::f64() * 0.25)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_line_at_start_summaries_with_backoff_one_at_the_end() {
+        let t0 = Instant::now();
+        let dep = "test-dependency";
+        let err = "connection refused";
+        assert_eq!(failed_at(dep, &err, t0), Change::Started);
+        // 12 attempts a second for 29 seconds: nothing logged
+        let quiet = (1..29 * 12)
+            .map(|i| failed_at(dep, &err, t0 + Duration::from_millis(i * 83)))
+            .filter(|c| *c != Change::Quiet)
+            .count();
+        assert_eq!(quiet, 0);
+        assert!(matches!(
+            failed_at(dep, &err, t0 + Duration::from_secs(30)),
+            Change::Summary { .. }
+        ));
+        // the next summary comes a minute later, not 30 s later
+        assert_eq!(
+            failed_at(dep, &err, t0 + Duration::from_secs(61)),
+            Change::Quiet
+        );
+        assert!(matches!(
+            failed_at(dep, &err, t0 + Duration::from_secs(91)),
+            Change::Summary { .. }
+        ));
+        match ok(dep) {
+            Change::Ended { failures } => assert_eq!(failures, 29 * 12 + 3),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(ok(dep), Change::Up);
+    }
+
+    #[test]
+    fn backoff_grows_to_a_cap() {
+        assert!(
+            backoff(1) >= Duration::from_millis(250) && backoff(1) < Duration::from_millis(320)
+        );
+        assert!(backoff(3) >= Duration::from_secs(1));
+        assert!(backoff(50) <= Duration::from_millis(6250));
+    }
+}

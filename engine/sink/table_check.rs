@@ -1,0 +1,398 @@
+//! The table check: does each postgres sink's table take what its pipeline writes, before any
+//! traffic arrives?
+//!
+//! A Supabase project moving from the old backend already has `call_logs` and friends, and
+//! `CREATE TABLE IF NOT EXISTS` keeps them as they are. Without this check every event would be
+//! dead-lettered on its first write (`column "assistant_id" does not exist`) while `/ready` says
+//! all is well.
+//!
+//! ```text
+//! what the pipeline writes: its fixtures run in process (replay::rows_written), each row mapped
+//!   through the sink (`columns:`, `encrypt:`), plus event_id, row_index, the key and `update:`
+//! what the table is:        information_schema (columns, types, NOT NULL, defaults) and
+//!                           pg_index (unique indexes)
+//!   -> missing table | missing column | value of an incompatible type | NOT NULL column nothing
+//!      fills | conflict key without a unique index | encrypted field into a non-text column
+//!   -> each fixture row inserted in a transaction that is rolled back (CHECK constraints,
+//!      triggers, anything else the table refuses)
+//! ```
+//!
+//! Run by `engine validate --database-url`, by `engine migrate` after it applies migrations, and
+//! by `engine serve` / `engine worker` at a production boot (which refuses to start on a
+//! problem). Every problem names the table, the column, what was expected and what was found,
+//! and what to do; none quotes a value.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::Value;
+use tokio_postgres::types::Type;
+
+use super::postgres::{PostgresSink, without_value};
+use crate::config::sink::Postgres;
+use crate::worker::{Batch, SinkError};
+
+/// One column as the database has it.
+#[derive(Debug, Clone)]
+struct Column {
+    /// `data_type` as information_schema words it (`uuid`, `text`, `ARRAY`, ...).
+    data_type: String,
+    not_null: bool,
+    /// A default, an identity or a generated column: an insert may leave it out.
+    fills_itself: bool,
+}
+
+/// Check one sink's table. `sink` is the sink built on the database's pool, `written` the batches
+/// the pipeline's fixtures produced for it. Returns the problems, each a sentence; `Err` when the
+/// database cannot be asked.
+pub async fn check(
+    client: &tokio_postgres::Client,
+    cfg: &Postgres,
+    sink: &PostgresSink,
+    written: &[Batch],
+) -> Result<Vec<String>, String> {
+    let t = &cfg.table;
+    let (schema, table) = match t.split_once('.') {
+        Some((s, t)) => (Some(s.to_string()), t.to_string()),
+        None => (None, t.clone()),
+    };
+    let found = columns(client, schema.as_deref(), &table).await?;
+    if found.is_empty() {
+        return Ok(vec![format!(
+            "table `{t}` does not exist: run `engine migrate`, or write a migration that creates it"
+        )]);
+    }
+    let mut problems = Vec::new();
+    let key: Vec<String> = if cfg.key.is_empty() {
+        vec!["event_id".into(), "row_index".into()]
+    } else {
+        cfg.key.clone()
+    };
+
+    // Every column the pipeline writes, with sample values (mapped and encrypted as the sink
+    // would store them).
+    let mut values: BTreeMap<String, Vec<(String, Value)>> = BTreeMap::new();
+    for batch in written {
+        let (rows, _) = sink
+            .rows(std::slice::from_ref(batch))
+            .map_err(|e| e.to_string())?;
+        for row in rows {
+            let Value::Object(fields) = row else { continue };
+            for (column, value) in fields {
+                let samples = values.entry(column).or_default();
+                if samples.len() < 8 && !samples.iter().any(|(_, v)| v == &value) {
+                    samples.push((batch.event_id.clone(), value));
+                }
+            }
+        }
+    }
+    let mut needed: BTreeSet<String> = values.keys().cloned().collect();
+    needed.extend(["event_id".to_string(), "row_index".to_string()]);
+    needed.extend(key.iter().cloned());
+    needed.extend(cfg.update.iter().cloned());
+    needed.extend(cfg.columns.values().cloned());
+
+    for c in &needed {
+        if found.contains_key(c) {
+            continue;
+        }
+        let expected = values
+            .get(c)
+            .map(|s| suggested_type(s.iter().map(|(_, v)| v)))
+            .unwrap_or_else(|| default_type(c));
+        let mapped = cfg
+            .columns
+            .iter()
+            .find(|(_, col)| *col == c)
+            .map(|(f, _)| f);
+        let hint = match mapped {
+            Some(field) => format!("the sink maps field `{field}` to it"),
+            None => "the pipeline writes it".to_string(),
+        };
+        problems.push(format!(
+            "table `{t}`, column `{c}`: expected a column ({hint}), found none; add it with a migration (`ALTER TABLE {t} ADD COLUMN {c} {expected};`), or map the field to an existing column with the sink's `columns:`"
+        ));
+    }
+
+    for (c, samples) in &values {
+        let Some(col) = found.get(c) else { continue };
+        if samples.iter().all(|(_, v)| v.is_null()) {
+            continue;
+        }
+        for (from, value) in samples.iter().filter(|(_, v)| !v.is_null()) {
+            if let Some(why) = refuses(client, &cfg.table, c, value).await {
+                problems.push(format!(
+                    "table `{t}`, column `{c}`: expected a column that takes {} values ({from} writes one), found type {}: {why}; change the column's type with a migration, or convert the value in the transform",
+                    crate::schema::value_kind(value),
+                    col.data_type
+                ));
+                break;
+            }
+        }
+    }
+
+    for (c, col) in &found {
+        if col.not_null && !col.fills_itself && !needed.contains(c) {
+            problems.push(format!(
+                "table `{t}`, column `{c}`: NOT NULL without a default, and the pipeline never writes it; give it a default or drop NOT NULL with a migration, or write it from the transform"
+            ));
+        }
+    }
+
+    for field in &cfg.encrypt {
+        let column = cfg.columns.get(field).unwrap_or(field);
+        match found.get(column).map(|c| c.data_type.as_str()) {
+            Some("text" | "character varying") | None => {}
+            Some(other) => problems.push(format!(
+                "table `{t}`, column `{column}`: expected text (field `{field}` is stored encrypted), found type {other}; change the column to text with a migration"
+            )),
+        }
+    }
+
+    if key.iter().all(|k| found.contains_key(k))
+        && !has_unique_index(client, schema.as_deref(), &table, &key).await?
+    {
+        problems.push(format!(
+            "table `{t}`: expected a unique index on ({k}) for the sink's conflict key, found none; add one with a migration (`CREATE UNIQUE INDEX ON {t} ({k});`), or change the sink's `key:`",
+            k = key.join(", ")
+        ));
+    }
+
+    // What the catalog cannot tell (CHECK constraints, triggers, a value too long): each fixture
+    // row written for real, and rolled back. Only once the shape is right, so one cause is not
+    // reported twice.
+    if problems.is_empty() {
+        for batch in written {
+            for row in &batch.rows {
+                let one = Batch {
+                    rows: vec![row.clone()],
+                    ..batch.clone()
+                };
+                match sink.trial(std::slice::from_ref(&one)).await {
+                    Ok(()) => {}
+                    Err(SinkError::Retry(e)) => return Err(e),
+                    Err(SinkError::Permanent(e)) => {
+                        problems.push(format!(
+                            "table `{t}`: a row from {} is refused: {}; fix the table with a migration, or the transform",
+                            batch.event_id,
+                            e.strip_prefix(&format!("{t}: ")).unwrap_or(&e)
+                        ));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    Ok(problems)
+}
+
+/// Every postgres sink of `project` checked against the database at `url`, each problem located
+/// at the sink's `table` in its pipeline file. `fixtures`: where the pipelines' fixtures are (none
+/// found: only what the configuration names is checked).
+pub async fn check_project(
+    project: &crate::config::Project,
+    url: &str,
+    fixtures: &[std::path::PathBuf],
+) -> Result<Vec<crate::diagnostics::Diagnostic>, String> {
+    let written = if fixtures.iter().any(|f| f.exists()) {
+        // The fixtures' own requests (a 429, a dropped speech-update...) are not this process's
+        // traffic: their log lines stay out of its log.
+        use tracing::instrument::WithSubscriber;
+        crate::replay::rows_written(&project.dir, fixtures)
+            .with_subscriber(tracing::subscriber::NoSubscriber::default())
+            .await?
+    } else {
+        Default::default()
+    };
+    // two connections: the catalog queries hold one while a trial insert takes the other
+    let pool = crate::db::pool(url, 2)?;
+    let client = pool
+        .get()
+        .await
+        .map_err(|e| format!("database unavailable: {e}"))?;
+    // Without ENCRYPTION_KEY (validate in CI) encrypted fields are tried with a throwaway key:
+    // what is checked is the table's shape, and ciphertext is text whatever the key.
+    let keyring = crate::crypto::Keyring::from_env(&project.env)
+        .and_then(Result::ok)
+        .or_else(|| crate::crypto::Keyring::new(&"00".repeat(32), &[]).ok());
+    let mut out = Vec::new();
+    for p in &project.pipelines {
+        let doc = std::fs::read(&p.file)
+            .ok()
+            .and_then(|b| crate::yaml::parse_bytes(&b).ok());
+        for (name, sink) in &p.config.sinks {
+            let crate::config::sink::Sink::Postgres(cfg) = sink else {
+                continue;
+            };
+            let pointer = format!("/sinks/{}/postgres/table", crate::yaml::escape_token(name));
+            let pos = doc
+                .as_ref()
+                .map_or(crate::yaml::Pos::START, |d| d.value_pos(&pointer));
+            let at = |message: String| {
+                crate::diagnostics::Diagnostic::new(&p.file, pos, &pointer, message)
+            };
+            let sink = match PostgresSink::new(cfg, pool.clone(), keyring.clone()) {
+                Ok(s) => s,
+                Err(e) => {
+                    out.push(at(e));
+                    continue;
+                }
+            };
+            let mut batches: Vec<Batch> = written
+                .get(&p.config.name)
+                .and_then(|s| s.get(name))
+                .cloned()
+                .unwrap_or_default();
+            if p.config.oauth.as_ref().is_some_and(|o| &o.sink == name) {
+                batches.push(crate::oauth::example_batch(&p.config.name, name));
+            }
+            for problem in check(&client, cfg, &sink, &batches).await? {
+                out.push(at(problem));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The fixtures the table check reads by default: `fixtures/` beside the pipelines directory.
+pub fn default_fixtures(pipelines: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let dir = pipelines
+        .canonicalize()
+        .unwrap_or_else(|_| pipelines.to_path_buf());
+    dir.parent()
+        .map(|p| vec![p.join("fixtures")])
+        .unwrap_or_default()
+}
+
+async fn columns(
+    client: &tokio_postgres::Client,
+    schema: Option<&str>,
+    table: &str,
+) -> Result<BTreeMap<String, Column>, String> {
+    let rows = client
+        .query_typed(
+            "SELECT column_name::text, data_type::text, is_nullable = 'NO', \
+             (column_default IS NOT NULL OR is_identity = 'YES' OR is_generated <> 'NEVER') \
+             FROM information_schema.columns \
+             WHERE table_schema = COALESCE($1, current_schema()) AND table_name = $2",
+            &[(&schema, Type::TEXT), (&table, Type::TEXT)],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            (
+                r.get::<_, String>(0),
+                Column {
+                    data_type: r.get(1),
+                    not_null: r.get(2),
+                    fills_itself: r.get(3),
+                },
+            )
+        })
+        .collect())
+}
+
+async fn has_unique_index(
+    client: &tokio_postgres::Client,
+    schema: Option<&str>,
+    table: &str,
+    key: &[String],
+) -> Result<bool, String> {
+    let mut sorted = key.to_vec();
+    sorted.sort();
+    let row = client
+        .query_typed(
+            "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid \
+             JOIN pg_namespace n ON n.oid = t.relnamespace \
+             WHERE t.relname = $2 AND n.nspname = COALESCE($1, current_schema()) AND i.indisunique \
+             AND i.indpred IS NULL \
+             AND (SELECT array_agg(a.attname::text ORDER BY a.attname::text) FROM pg_attribute a \
+                  WHERE a.attrelid = t.oid AND a.attnum = ANY(i.indkey)) = $3::text[])",
+            &[
+                (&schema, Type::TEXT),
+                (&table, Type::TEXT),
+                (&sorted, Type::TEXT_ARRAY),
+            ],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(row.first().is_some_and(|r| r.get(0)))
+}
+
+/// Why the table's column refuses `value` (Postgres's own conversion, value left out), if it does.
+async fn refuses(
+    client: &tokio_postgres::Client,
+    table: &str,
+    column: &str,
+    value: &Value,
+) -> Option<String> {
+    let table_sql = table
+        .split('.')
+        .map(super::postgres::ident)
+        .collect::<Option<Vec<_>>>()?
+        .join(".");
+    let sql = format!("SELECT jsonb_populate_record(NULL::{table_sql}, $1::jsonb) IS NULL");
+    let one = Value::Object(serde_json::Map::from_iter([(
+        column.to_string(),
+        value.clone(),
+    )]));
+    match client.query_typed(&sql, &[(&one, Type::JSONB)]).await {
+        Ok(_) => None,
+        Err(e) => Some(
+            e.as_db_error()
+                .map(|d| without_value(d.message()))
+                .unwrap_or_else(|| e.to_string()),
+        ),
+    }
+}
+
+/// A column type for values like these, for the migration a problem suggests.
+fn suggested_type<'a>(values: impl Iterator<Item = &'a Value>) -> String {
+    let mut kinds = BTreeSet::new();
+    for v in values {
+        kinds.insert(match v {
+            Value::Null => continue,
+            Value::Bool(_) => "boolean",
+            Value::Number(n) if n.is_i64() || n.is_u64() => "bigint",
+            Value::Number(_) => "numeric",
+            Value::String(s) if uuid::Uuid::parse_str(s).is_ok() => "uuid",
+            Value::String(s) if chrono::DateTime::parse_from_rfc3339(s).is_ok() => "timestamptz",
+            Value::String(_) => "text",
+            Value::Array(_) | Value::Object(_) => "jsonb",
+        });
+    }
+    match kinds.len() {
+        0 => "text".into(),
+        1 => kinds.into_iter().next().unwrap_or("text").into(),
+        _ if kinds.iter().all(|k| *k == "bigint" || *k == "numeric") => "numeric".into(),
+        _ => "text".into(),
+    }
+}
+
+/// The type of a column the pipeline names but no fixture filled.
+fn default_type(column: &str) -> String {
+    match column {
+        "row_index" => "integer NOT NULL".into(),
+        "event_id" => "text NOT NULL".into(),
+        _ => "text".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn suggested_types_follow_the_values() {
+        let t = |vs: &[Value]| suggested_type(vs.iter());
+        assert_eq!(t(&[json!("9f1c2e4a-5b6d-4e7f-8a9b-0c1d2e3f4a5b")]), "uuid");
+        assert_eq!(t(&[json!("2024-11-25T16:00:04.100Z")]), "timestamptz");
+        assert_eq!(t(&[json!(1), json!(2.5)]), "numeric");
+        assert_eq!(t(&[json!(3), Value::Null]), "bigint");
+        assert_eq!(t(&[json!({"a": 1})]), "jsonb");
+        assert_eq!(t(&[json!("x"), json!(1)]), "text");
+        assert_eq!(t(&[]), "text");
+    }
+}
