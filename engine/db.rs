@@ -82,6 +82,15 @@ pub fn tls_options(url: &str) -> Result<(String, Tls, Option<String>), String> {
     ))
 }
 
+/// A Postgres error in words: the server's message and code (tokio-postgres's own `Display` says
+/// only "db error"). Postgres quotes no parameter values in these messages.
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => format!("{} ({})", d.message(), d.code().code()),
+        None => e.to_string(),
+    }
+}
+
 /// One connection for a one-shot command (migrate, validate --database-url).
 pub async fn connect(url: &str) -> Result<deadpool_postgres::Object, String> {
     pool(url, 1)?

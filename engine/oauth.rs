@@ -23,6 +23,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use tokio_postgres::types::Type;
 
 use crate::config::oauth::{ClientAuth, OAuth};
 use crate::crypto::Keyring;
@@ -312,19 +313,18 @@ impl Flow {
     async fn spend(&self, state: &State) -> Result<bool, String> {
         let client = self.states.get().await.map_err(|e| e.to_string())?;
         let _ = client
-            .execute(
-                "DELETE FROM oauth_states_used WHERE expires_at < now()",
-                &[],
-            )
+            .batch_execute("DELETE FROM oauth_states_used WHERE expires_at < now()")
             .await;
-        let expires = chrono::DateTime::from_timestamp(state.exp, 0).unwrap_or_default();
+        let expires = chrono::DateTime::from_timestamp(state.exp, 0)
+            .unwrap_or_default()
+            .to_rfc3339();
         let n = client
-            .execute(
+            .execute_typed(
                 "INSERT INTO oauth_states_used (nonce, expires_at) VALUES ($1, $2::text::timestamptz) ON CONFLICT (nonce) DO NOTHING",
-                &[&state.nonce, &expires.to_rfc3339()],
+                &[(&state.nonce, Type::TEXT), (&expires, Type::TEXT)],
             )
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| crate::db::describe(&e))?;
         Ok(n == 1)
     }
 

@@ -426,3 +426,85 @@ async fn two_instances_one_killed_the_other_takes_over() {
     )
     .await;
 }
+
+/// Redis down for a few seconds under `engine worker`: one ERROR when the outage starts, none per
+/// retry (the workers used to log ~12 WARN lines a second, 43k an hour), one line when it ends.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redis_outage_is_logged_once_when_it_starts_and_once_when_it_ends() {
+    let dir = dir();
+    let mut redis = PrivateRedis::start(false);
+    let (database, _) = fresh_schema().await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_engine"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("REDIS_URL", redis.url())
+        .env("DATABASE_URL", &database)
+        .env("ENCRYPTION_KEY", K)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .args(["worker", "--pipelines"])
+        .arg(dir.path())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let stderr = child.stderr.take().unwrap();
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let mut worker = Engine(child);
+    let count = || lines.lock().unwrap().len();
+    let wait_for = |needle: &str, within: Duration| {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if lines.lock().unwrap().iter().any(|l| l.contains(needle)) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    redis.kill();
+    let before = count();
+    assert!(
+        wait_for("redis unreachable", Duration::from_secs(10)),
+        "{:#?}",
+        lines.lock().unwrap()
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let during: Vec<String> = lines.lock().unwrap()[before..].to_vec();
+    assert_eq!(
+        during
+            .iter()
+            .filter(|l| l.contains("redis unreachable"))
+            .count(),
+        1,
+        "{during:#?}"
+    );
+    assert!(
+        during.len() <= 3,
+        "a handful of lines for a 4 s outage, not one per retry: {during:#?}"
+    );
+
+    redis.restart();
+    assert!(
+        wait_for("redis reachable again", Duration::from_secs(15)),
+        "{:#?}",
+        lines.lock().unwrap()
+    );
+    let end = lines
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|l| l.contains("redis reachable again"))
+        .cloned()
+        .unwrap();
+    assert!(end.contains("failed_attempts"), "{end}");
+    worker.kill();
+}

@@ -209,3 +209,159 @@ fn validate_against_a_live_database() {
     );
     assert!(out.contains("table `call_status`, column `occurred_at`: expected text (field `occurred_at` is stored encrypted), found type timestamp with time zone"), "{out}");
 }
+
+/// A Supabase project moving from the Node backend already has a `call_logs` of another shape.
+/// `CREATE TABLE IF NOT EXISTS` keeps it; `engine migrate` says so, names every column that does
+/// not fit what the Vapi pipeline writes, and exits 1; a production boot against it refuses to
+/// start (JSON lines) instead of dead-lettering every end-of-call report.
+#[test]
+fn an_old_backend_table_is_left_alone_reported_and_refuses_a_production_boot() {
+    use std::process::{Command, Stdio};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (url, schema) = rt.block_on(empty_schema());
+    rt.block_on(async {
+        pg(&schema)
+            .await
+            .batch_execute(
+                "CREATE TABLE call_logs (
+                    id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+                    vapi_call_id text NOT NULL,
+                    org_id uuid,
+                    status text NOT NULL DEFAULT 'ended',
+                    duration_seconds integer,
+                    transcript text,
+                    created_at timestamptz DEFAULT now())",
+            )
+            .await
+            .unwrap()
+    });
+    let engine = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_engine"));
+        c.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default());
+        c
+    };
+    let migrate = |extra: &[&str]| {
+        let out = engine()
+            .args(["migrate", "--database-url", &url, "--migrations"])
+            .arg(migrations())
+            .arg("--pipelines")
+            .arg(common::shipped())
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = migrate(&[]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(out.contains("3 migrations applied"), "{out}");
+    assert!(
+        out.contains("left alone: table `call_logs` existed before V2 call_and_message_tables, whose CREATE TABLE IF NOT EXISTS keeps an existing table exactly as it is"),
+        "{out}"
+    );
+    assert!(!out.contains("left alone: table `transcripts`"), "{out}");
+    for expected in [
+        "table `call_logs`, column `call_id`: expected a column (the pipeline writes it), found none; add it with a migration (`ALTER TABLE call_logs ADD COLUMN call_id uuid;`)",
+        "table `call_logs`, column `assistant_id`: expected a column (the pipeline writes it), found none",
+        "table `call_logs`, column `event_id`: expected a column (the pipeline writes it), found none; add it with a migration (`ALTER TABLE call_logs ADD COLUMN event_id text NOT NULL;`)",
+        "table `call_logs`, column `duration_seconds`: expected a column that takes a number (fixture:vapi/end-of-call-report",
+        "found type integer: invalid input syntax for type integer",
+        "table `call_logs`, column `vapi_call_id`: NOT NULL without a default, and the pipeline never writes it",
+    ] {
+        assert!(err.contains(expected), "missing `{expected}` in\n{err}");
+    }
+    assert!(
+        err.lines().filter(|l| l.contains("table `call_logs`")).all(
+            |l| l.contains("vapi.yaml:") && l.ends_with("(at /sinks/call_logs/postgres/table)")
+        ),
+        "{err}"
+    );
+    assert!(!err.contains("201.5"), "values are not printed: {err}");
+    assert!(
+        !err.contains("table `transcripts`") && !err.contains("table `call_status`"),
+        "the tables migrate created fit: {err}"
+    );
+
+    // --check applies nothing and says the same
+    let (code, out, err) = migrate(&["--check"]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(out.contains("0 migrations pending"), "{out}");
+    assert!(err.contains("column `call_id`"), "{err}");
+
+    // a production boot refuses, in JSON lines, before it listens
+    let mut child = engine()
+        .args(["serve", "--pipelines"])
+        .arg(common::shipped())
+        .env("NODE_ENV", "production")
+        .env("PORT", "0")
+        .env("REDIS_URL", "redis://127.0.0.1:6379")
+        .env("DATABASE_URL", &url)
+        .env("CORS_ORIGIN", "https://voxanne.ai")
+        .env("VAPI_WEBHOOK_SECRET", "prod-vapi-credential-secret")
+        .env(
+            "ENCRYPTION_KEY",
+            "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the production boot did not refuse within 30 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    let lines: Vec<serde_json::Value> = err
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l["level"] == "ERROR"
+            && l["message"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("table `call_logs`, column `call_id`")),
+        "{err}"
+    );
+    assert!(
+        lines.last().unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("refusing to start"),
+        "{err}"
+    );
+    assert!(!err.contains("Server listening"), "{err}");
+
+    // the fix: the old table moved aside, the engine's own created (what docs/deploy-render.md
+    // says to do); now the check passes
+    rt.block_on(async {
+        let c = pg(&schema).await;
+        c.batch_execute("ALTER TABLE call_logs RENAME TO call_logs_node")
+            .await
+            .unwrap();
+        c.batch_execute(
+            &std::fs::read_to_string(migrations().join("V2__call_and_message_tables.sql")).unwrap(),
+        )
+        .await
+        .unwrap();
+    });
+    let (code, out, err) = migrate(&["--check"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains("tables: every postgres sink's table takes what its pipeline writes"),
+        "{out}"
+    );
+}

@@ -42,6 +42,12 @@ struct Setup {
 }
 
 async fn setup(extra: &str) -> Setup {
+    let (db, schema) = common::fresh_schema().await;
+    setup_on(extra, db, schema).await
+}
+
+/// [`setup`] on the database at `db` (`schema`: where [`Setup::rows`] reads).
+async fn setup_on(extra: &str, db: String, schema: String) -> Setup {
     let stub = Stub::start().await;
     stub.reply(
         200,
@@ -49,7 +55,6 @@ async fn setup(extra: &str) -> Setup {
         Duration::ZERO,
     );
     let dir = pipelines(&stub, extra);
-    let (db, schema) = common::fresh_schema().await;
     let app = common::spawn_app(
         dir.path(),
         &[
@@ -129,6 +134,58 @@ impl Setup {
             .await
             .unwrap()
     }
+}
+
+/// Supabase's transaction-mode pooler (a real PgBouncer, `pool_mode = transaction`, one server
+/// connection shared by every client): the state is spent once and the tokens are stored
+/// encrypted, with nothing that needs a session (named statements, SET).
+#[tokio::test]
+async fn the_flow_works_through_pgbouncer_in_transaction_mode() {
+    let bouncer = common::PgBouncer::start(1);
+    let (name, direct) = common::fresh_database().await;
+    let s = setup_on("", bouncer.url(&name), "public".into()).await;
+    for org in ["org-1", "org-2", "org-3"] {
+        let q = s.start(org).await;
+        let res = s
+            .callback(&[("code", "4/0Ab-code"), ("state", &q["state"])])
+            .await;
+        assert_eq!(res.status(), 302, "{}", bouncer.log());
+        assert!(
+            res.headers()["location"]
+                .to_str()
+                .unwrap()
+                .starts_with("https://app.example.com"),
+        );
+        // the same state again: spent
+        let again = s
+            .callback(&[("code", "4/0Ab-code"), ("state", &q["state"])])
+            .await;
+        assert_eq!(again.status(), 400, "a state works once");
+    }
+    let (db, conn) = tokio_postgres::connect(&direct, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let rows = db
+        .query(
+            "SELECT tenant, access_token FROM oauth_tokens ORDER BY tenant",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 3);
+    for r in &rows {
+        let token: String = r.get(1);
+        assert!(
+            token.starts_with("v1:") && !token.contains("ya29"),
+            "encrypted"
+        );
+    }
+    assert!(
+        !bouncer.log().contains("prepared statement"),
+        "{}",
+        bouncer.log()
+    );
 }
 
 #[tokio::test]

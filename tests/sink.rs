@@ -323,3 +323,101 @@ async fn http_sink_posts_json_with_an_idempotency_key_and_classifies_answers() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Supabase's pooler in transaction mode (port 6543), played by a real PgBouncer with
+/// `pool_mode = transaction` and two server connections: eight engine connections write 300
+/// events at once (each write a transaction with its statement timeout), and the tenant store
+/// stores and reads secrets. Named prepared statements would fail here (`prepared statement
+/// "s0" does not exist`) as soon as two clients' transactions share a server connection.
+#[tokio::test]
+async fn sink_and_tenant_store_work_through_pgbouncer_in_transaction_mode() {
+    let bouncer = common::PgBouncer::start(2);
+    let (name, direct) = common::fresh_database().await;
+    let url = bouncer.url(&name);
+    let pool = engine::db::pool(&url, 8).unwrap();
+    let sink = std::sync::Arc::new(
+        PostgresSink::new(&cfg("sms_messages"), pool.clone(), None)
+            .unwrap()
+            .with_statement_timeout(std::time::Duration::from_secs(5)),
+    );
+    let writes = (0..300).map(|i| {
+        let sink = sink.clone();
+        async move {
+            let row = json!({
+                "message_sid": format!("SM{i:032}"),
+                "account_sid": "AC00000000000000000000000000000000",
+                "from_number": "+15550001111",
+                "to_number": "+15550002222",
+                "body": format!("message {i}"),
+                "received_at": "2026-11-29T08:00:00Z",
+            });
+            sink.write(&batch(&format!("evt_{i}"), "sms", vec![row]))
+                .await
+        }
+    });
+    let results = futures::future::join_all(writes).await;
+    let failed: Vec<_> = results.iter().filter(|r| r.is_err()).collect();
+    assert!(failed.is_empty(), "{failed:?}\n{}", bouncer.log());
+
+    // a bad value still names its column through the pooler (the follow-up query is unnamed too)
+    let err = sink
+        .write(&batch(
+            "evt_bad",
+            "sms",
+            vec![json!({"message_sid": "SMbad", "num_media": "many", "received_at": "2026-11-29T08:00:00Z"})],
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, SinkError::Permanent(m) if m.contains("column `num_media`")),
+        "{err:?}"
+    );
+
+    // the tenant store: upsert encrypted, read back through a cold cache
+    let keyring = engine::crypto::Keyring::new(
+        "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
+        &[],
+    )
+    .unwrap();
+    let store = |ttl| engine::verify::TenantSecrets::new(pool.clone(), keyring.clone(), ttl, 100);
+    for i in 0..20 {
+        store(std::time::Duration::from_secs(60))
+            .set(
+                &format!("AC{i:032}"),
+                "twilio_auth_token",
+                &format!("token-{i}"),
+            )
+            .await
+            .unwrap();
+    }
+    let reads = (0..20).map(|i| {
+        let s = store(std::time::Duration::ZERO);
+        async move { s.get(&format!("AC{i:032}"), "twilio_auth_token").await }
+    });
+    for (i, got) in futures::future::join_all(reads)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        assert_eq!(
+            got.unwrap().as_deref().map(String::as_str),
+            Some(format!("token-{i}").as_str())
+        );
+    }
+
+    let (db, conn) = tokio_postgres::connect(&direct, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let n: i64 = db
+        .query_one("SELECT count(*) FROM sms_messages", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 300);
+    assert!(
+        !bouncer.log().contains("prepared statement"),
+        "{}",
+        bouncer.log()
+    );
+}

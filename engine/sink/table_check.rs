@@ -95,10 +95,10 @@ pub async fn check(
         if found.contains_key(c) {
             continue;
         }
-        let expected = values
-            .get(c)
-            .map(|s| suggested_type(s.iter().map(|(_, v)| v)))
-            .unwrap_or_else(|| default_type(c));
+        let expected = match (c.as_str(), values.get(c)) {
+            ("event_id" | "row_index", _) | (_, None) => default_type(c),
+            (_, Some(samples)) => suggested_type(samples.iter().map(|(_, v)| v)),
+        };
         let mapped = cfg
             .columns
             .iter()
@@ -121,7 +121,7 @@ pub async fn check(
         for (from, value) in samples.iter().filter(|(_, v)| !v.is_null()) {
             if let Some(why) = refuses(client, &cfg.table, c, value).await {
                 problems.push(format!(
-                    "table `{t}`, column `{c}`: expected a column that takes {} values ({from} writes one), found type {}: {why}; change the column's type with a migration, or convert the value in the transform",
+                    "table `{t}`, column `{c}`: expected a column that takes {} ({from} writes one), found type {}: {why}; change the column's type with a migration, or convert the value in the transform",
                     crate::schema::value_kind(value),
                     col.data_type
                 ));

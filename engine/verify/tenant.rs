@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
+use tokio_postgres::types::Type;
 
 use crate::crypto::{CryptoError, Keyring};
 
@@ -93,12 +94,12 @@ impl TenantSecrets {
             .await
             .map_err(|e| TenantError::Database(e.to_string()))?;
         let row = client
-            .query_opt(
+            .query_typed_opt(
                 "SELECT secret FROM tenant_credentials WHERE tenant = $1 AND credential = $2",
-                &[&tenant, &credential],
+                &[(&tenant, Type::TEXT), (&credential, Type::TEXT)],
             )
             .await
-            .map_err(|e| TenantError::Database(e.to_string()))?;
+            .map_err(|e| TenantError::Database(crate::db::describe(&e)))?;
         let Some(row) = row else { return Ok(None) };
         let stored: String = row.get(0);
         let plain = self
@@ -143,12 +144,16 @@ pub async fn store(
         .await
         .map_err(|e| TenantError::Database(e.to_string()))?;
     client
-        .execute(
+        .execute_typed(
             "INSERT INTO tenant_credentials (tenant, credential, secret, updated_at) VALUES ($1, $2, $3, now()) \
              ON CONFLICT (tenant, credential) DO UPDATE SET secret = EXCLUDED.secret, updated_at = now()",
-            &[&tenant, &credential, &sealed],
+            &[
+                (&tenant, Type::TEXT),
+                (&credential, Type::TEXT),
+                (&sealed, Type::TEXT),
+            ],
         )
         .await
-        .map_err(|e| TenantError::Database(e.to_string()))?;
+        .map_err(|e| TenantError::Database(crate::db::describe(&e)))?;
     Ok(())
 }

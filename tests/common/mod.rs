@@ -606,3 +606,124 @@ impl Stub {
         self.got()
     }
 }
+
+/// A fresh database on the shared Postgres with the migrations applied (for clients that cannot
+/// set a `search_path` option, such as connections through PgBouncer); returns its name and a
+/// direct URL.
+pub async fn fresh_database() -> (String, String) {
+    let name = format!("d_{}", uuid_like());
+    let (client, conn) = tokio_postgres::connect(PG, tokio_postgres::NoTls)
+        .await
+        .expect("postgres at 127.0.0.1:5432");
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    let direct = format!("postgres://postgres@127.0.0.1:5432/{name}");
+    let (db, conn) = tokio_postgres::connect(&direct, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut files: Vec<_> =
+        std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+    files.sort();
+    for f in files {
+        db.batch_execute(&std::fs::read_to_string(f).unwrap())
+            .await
+            .unwrap();
+    }
+    (name, direct)
+}
+
+/// A PgBouncer of the test's own in `pool_mode = transaction` in front of the shared Postgres, as
+/// Supabase's pooler on port 6543: every transaction may run on another server connection, so
+/// named prepared statements and session settings do not survive. Run as the `postgres` user
+/// (PgBouncer refuses root). Installed from Debian's `pgbouncer` package (`.ci/run` does).
+pub struct PgBouncer {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl PgBouncer {
+    /// `server_pool` server connections per database, however many clients connect.
+    pub fn start(server_pool: u32) -> PgBouncer {
+        let bin = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect(
+                "pgbouncer is not installed: `apt-get install -y pgbouncer` (.ci/run installs it)",
+            );
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let d = dir.path().display();
+        std::fs::write(dir.path().join("users.txt"), "\"postgres\" \"\"\n").unwrap();
+        std::fs::write(
+            dir.path().join("pgbouncer.ini"),
+            format!(
+                "[databases]\n* = host=127.0.0.1 port=5432\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\nauth_type = trust\nauth_file = {d}/users.txt\npool_mode = transaction\ndefault_pool_size = {server_pool}\nmin_pool_size = {server_pool}\nmax_client_conn = 500\nlogfile = {d}/pgbouncer.log\npidfile = {d}/pgbouncer.pid\n"
+            ),
+        )
+        .unwrap();
+        let status = std::process::Command::new("chown")
+            .args(["-R", "postgres"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let mut child = std::process::Command::new("runuser")
+            .args(["-u", "postgres", "--", bin])
+            .arg(dir.path().join("pgbouncer.ini"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("runuser");
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return PgBouncer {
+                    port,
+                    dir,
+                    child: Some(child),
+                };
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "pgbouncer did not start: {}",
+            std::fs::read_to_string(dir.path().join("pgbouncer.log")).unwrap_or_default()
+        );
+    }
+
+    /// A DATABASE_URL for `database` through this pooler.
+    pub fn url(&self, database: &str) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/{database}?sslmode=disable",
+            self.port
+        )
+    }
+
+    /// PgBouncer's own log (errors such as `prepared statement "s0" does not exist` show here).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("pgbouncer.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for PgBouncer {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // runuser forwards the signal to pgbouncer
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // in case the signal did not reach it: its pid file names it
+        if let Ok(pid) = std::fs::read_to_string(self.dir.path().join("pgbouncer.pid")) {
+            let _ = std::process::Command::new("kill").arg(pid.trim()).status();
+        }
+    }
+}
