@@ -33,10 +33,28 @@ pub struct Report {
     pub left_alone: Vec<(String, i64, String)>,
 }
 
+/// The URL migrations connect with: Supabase's transaction pooler (`*.pooler.supabase.com:6543`)
+/// cannot hold the session-level migration lock across refinery's transactions, so its session
+/// pooler on port 5432 of the same host, with the same credentials, is used instead. Any other
+/// URL is used as it is.
+pub fn session_url(database_url: &str) -> String {
+    match url::Url::parse(database_url) {
+        Ok(mut u)
+            if u.port() == Some(6543)
+                && u.host_str()
+                    .is_some_and(|h| h.ends_with(".pooler.supabase.com")) =>
+        {
+            let _ = u.set_port(Some(5432));
+            u.to_string()
+        }
+        _ => database_url.to_string(),
+    }
+}
+
 /// Apply the pending migrations.
 pub async fn run(database_url: &str, dir: &Path) -> Result<Report, String> {
     let migrations = load(dir)?;
-    let mut client = crate::db::connect(database_url).await?;
+    let mut client = crate::db::connect(&session_url(database_url)).await?;
     client
         .execute_typed("SELECT pg_advisory_lock($1)", &[(&LOCK, Type::INT8)])
         .await
@@ -110,7 +128,7 @@ fn created_if_not_exists(sql: &str) -> Vec<String> {
 /// Every migration in `dir`, with when it was applied.
 pub async fn status(database_url: &str, dir: &Path) -> Result<Vec<Status>, String> {
     let migrations = load(dir)?;
-    let mut client = crate::db::connect(database_url).await?;
+    let mut client = crate::db::connect(&session_url(database_url)).await?;
     let pg: &mut tokio_postgres::Client = &mut client;
     let applied = refinery::Runner::new(&migrations)
         .get_applied_migrations_async(pg)
@@ -134,6 +152,22 @@ pub async fn status(database_url: &str, dir: &Path) -> Result<Vec<Status>, Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn supabase_transaction_pooler_becomes_its_session_pooler() {
+        assert_eq!(
+            session_url(
+                "postgresql://postgres.ref:pw@aws-0-us-west-1.pooler.supabase.com:6543/postgres?sslmode=require"
+            ),
+            "postgresql://postgres.ref:pw@aws-0-us-west-1.pooler.supabase.com:5432/postgres?sslmode=require"
+        );
+        for same in [
+            "postgresql://postgres:pw@db.ref.supabase.co:5432/postgres",
+            "postgres://postgres@127.0.0.1:6543/test",
+        ] {
+            assert_eq!(session_url(same), same);
+        }
+    }
 
     #[test]
     fn finds_tables_created_if_not_exists() {

@@ -441,7 +441,6 @@ async fn a_redis_outage_is_logged_once_when_it_starts_and_once_when_it_ends() {
         .env("DATABASE_URL", &database)
         .env("ENCRYPTION_KEY", K)
         .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
         .args(["worker", "--pipelines"])
         .arg(dir.path())
         .stderr(Stdio::piped())
