@@ -181,6 +181,15 @@ fn every_shipped_pipeline_starts_with_the_schema_modeline() {
     }
 }
 
+/// `engine validate` of the shipped pipelines with the dotenv file `env`.
+fn validate_with(env: &std::path::Path) -> (i32, String, String) {
+    run(engine()
+        .arg("validate")
+        .arg(shipped())
+        .arg("--env-file")
+        .arg(env))
+}
+
 /// The seed guide's environment with the mistakes a person makes moving it over: misspelt names
 /// are errors while the real one is unset (their value would be silently ignored), variables
 /// nothing reads are warnings, and production refuses a database without TLS, a project other
@@ -197,11 +206,7 @@ fn seed_environment_mistakes_are_named_with_what_to_do() {
         ),
     )
     .unwrap();
-    let (code, out, err) = run(engine()
-        .arg("validate")
-        .arg(shipped())
-        .arg("--env-file")
-        .arg(&env));
+    let (code, out, err) = validate_with(&env);
     assert_eq!(code, 1, "{out}{err}");
     let f = env.display().to_string();
     for expected in [
@@ -224,11 +229,7 @@ fn seed_environment_mistakes_are_named_with_what_to_do() {
         .replace("CORS_ORIGINS=https://voxanne.ai\n", "")
         .replace("?sslmode=require", "");
     std::fs::write(&env, fixed).unwrap();
-    let (code, out, _) = run(engine()
-        .arg("validate")
-        .arg(shipped())
-        .arg("--env-file")
-        .arg(&env));
+    let (code, out, _) = validate_with(&env);
     assert_eq!(code, 1, "{out}");
     for expected in [
         format!("{f}:3:1: DATABASE_URL: connects to a non-local database without TLS being required: add `?sslmode=require`"),
@@ -241,11 +242,7 @@ fn seed_environment_mistakes_are_named_with_what_to_do() {
         .replace("6543/postgres\n", "6543/postgres?sslmode=require\n")
         + "CORS_ORIGIN=https://voxanne.ai\n";
     std::fs::write(&env, &fixed).unwrap();
-    let (code, out, _) = run(engine()
-        .arg("validate")
-        .arg(shipped())
-        .arg("--env-file")
-        .arg(&env));
+    let (code, out, _) = validate_with(&env);
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains(&format!("{f}:3:1: DATABASE_URL: connects to a different Supabase project than SUPABASE_URL names")),
@@ -257,11 +254,7 @@ fn seed_environment_mistakes_are_named_with_what_to_do() {
         fixed.replace("postgres.otherproject", "postgres.lbjymlodxprzqgtyqtcq"),
     )
     .unwrap();
-    let (code, out, _) = run(engine()
-        .arg("validate")
-        .arg(shipped())
-        .arg("--env-file")
-        .arg(&env));
+    let (code, out, _) = validate_with(&env);
     assert_eq!(code, 0, "{out}");
     for expected in [
         format!("{f}:5:1: warning: REDIS_URI is set but not declared, and REDIS_URL is set too"),

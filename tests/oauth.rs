@@ -162,10 +162,7 @@ async fn the_flow_works_through_pgbouncer_in_transaction_mode() {
             .await;
         assert_eq!(again.status(), 400, "a state works once");
     }
-    let (db, conn) = tokio_postgres::connect(&direct, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let db = common::connect(&direct).await;
     let rows = db
         .query(
             "SELECT tenant, access_token FROM oauth_tokens ORDER BY tenant",

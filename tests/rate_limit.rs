@@ -507,17 +507,18 @@ async fn burst_of_500_signed_vapi_messages_from_one_ip_is_all_accepted() {
     );
     assert_eq!(r.headers()["ratelimit-limit"], "100");
     app.stop().await;
+    delete_prefix(&mut c, &prefix).await;
+}
+
+/// Remove a test's keys from the shared Redis.
+async fn delete_prefix(c: &mut redis::aio::MultiplexedConnection, prefix: &str) {
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{prefix}*"))
-        .query_async(&mut c)
+        .query_async(c)
         .await
         .unwrap();
     if !keys.is_empty() {
-        let _: () = redis::cmd("DEL")
-            .arg(keys)
-            .query_async(&mut c)
-            .await
-            .unwrap();
+        let _: () = redis::cmd("DEL").arg(keys).query_async(c).await.unwrap();
     }
 }
 

@@ -405,10 +405,7 @@ async fn sink_and_tenant_store_work_through_pgbouncer_in_transaction_mode() {
         );
     }
 
-    let (db, conn) = tokio_postgres::connect(&direct, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let db = common::connect(&direct).await;
     let n: i64 = db
         .query_one("SELECT count(*) FROM sms_messages", &[])
         .await

@@ -91,12 +91,14 @@ impl PostgresSink {
         self
     }
 
-    /// Write `batches` inside a transaction that is rolled back: whether the table takes what the
-    /// pipeline writes (types, NOT NULL, CHECK and unique constraints, the conflict key), without
-    /// keeping anything. Used by the table check before traffic arrives.
-    pub async fn trial(&self, batches: &[Batch]) -> Result<(), SinkError> {
+    /// The rows of `batches` as one JSON array, the statement that writes them, and a connection;
+    /// `None` when there is nothing to write.
+    async fn prepared(
+        &self,
+        batches: &[Batch],
+    ) -> Result<Option<(Value, String, deadpool_postgres::Object)>, SinkError> {
         if batches.iter().all(|b| b.rows.is_empty()) {
-            return Ok(());
+            return Ok(None);
         }
         let (rows, columns) = self.rows(batches)?;
         let sql = self.statement(&columns)?;
@@ -105,11 +107,20 @@ impl PostgresSink {
             .get()
             .await
             .map_err(|e| SinkError::Retry(format!("database unavailable: {e}")))?;
+        Ok(Some((Value::Array(rows), sql, client)))
+    }
+
+    /// Write `batches` inside a transaction that is rolled back: whether the table takes what the
+    /// pipeline writes (types, NOT NULL, CHECK and unique constraints, the conflict key), without
+    /// keeping anything. Used by the table check before traffic arrives.
+    pub async fn trial(&self, batches: &[Batch]) -> Result<(), SinkError> {
+        let Some((rows, sql, client)) = self.prepared(batches).await? else {
+            return Ok(());
+        };
         client
             .batch_execute("BEGIN")
             .await
             .map_err(|e| classify(&e, &self.table))?;
-        let rows = Value::Array(rows);
         let result = client
             .execute_typed(sql.as_str(), &[(&rows, Type::JSONB)])
             .await;
@@ -215,17 +226,9 @@ impl Sink for PostgresSink {
     /// The rows of every event in one statement (one round trip, one transaction).
     fn write_many<'a>(&'a self, batches: &'a [Batch]) -> SinkFuture<'a> {
         Box::pin(async move {
-            if batches.iter().all(|b| b.rows.is_empty()) {
+            let Some((rows, sql, client)) = self.prepared(batches).await? else {
                 return Ok(());
-            }
-            let (rows, columns) = self.rows(batches)?;
-            let sql = self.statement(&columns)?;
-            let client = self
-                .pool
-                .get()
-                .await
-                .map_err(|e| SinkError::Retry(format!("database unavailable: {e}")))?;
-            let rows = Value::Array(rows);
+            };
             let params = [(
                 &rows as &(dyn tokio_postgres::types::ToSql + Sync),
                 Type::JSONB,

@@ -243,19 +243,19 @@ pub fn sign(
 /// The shared test database (trust auth on this machine and in CI).
 pub const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
 
-/// A fresh schema with the migrations applied; returns a DATABASE_URL whose connections use it.
-pub async fn fresh_schema() -> (String, String) {
-    let schema = format!("t_{}", uuid_like());
-    let (client, conn) = tokio_postgres::connect(PG, tokio_postgres::NoTls)
+/// A connection to `url` (no TLS), its connection task spawned.
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
-        .expect("postgres at 127.0.0.1:5432");
+        .unwrap_or_else(|e| {
+            panic!("postgres at {url}: {e} (is Postgres running on 127.0.0.1:5432?)")
+        });
     tokio::spawn(conn);
     client
-        .batch_execute(&format!(
-            "CREATE SCHEMA {schema}; SET search_path TO {schema};"
-        ))
-        .await
-        .unwrap();
+}
+
+/// The shipped migrations' SQL, run in order on `client`.
+async fn apply_migrations(client: &tokio_postgres::Client) {
     let mut files: Vec<_> =
         std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations"))
             .unwrap()
@@ -268,15 +268,25 @@ pub async fn fresh_schema() -> (String, String) {
             .await
             .unwrap();
     }
+}
+
+/// A fresh schema with the migrations applied; returns a DATABASE_URL whose connections use it.
+pub async fn fresh_schema() -> (String, String) {
+    let schema = format!("t_{}", uuid_like());
+    let client = connect(PG).await;
+    client
+        .batch_execute(&format!(
+            "CREATE SCHEMA {schema}; SET search_path TO {schema};"
+        ))
+        .await
+        .unwrap();
+    apply_migrations(&client).await;
     (format!("{PG}?options=-csearch_path%3D{schema}"), schema)
 }
 
 /// A client on the shared database, scoped to `schema`.
 pub async fn pg(schema: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(PG, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let client = connect(PG).await;
     client
         .batch_execute(&format!("SET search_path TO {schema}"))
         .await
@@ -384,6 +394,16 @@ impl Drop for PrivateRedis {
     }
 }
 
+/// `chown -R postgres`: the postgres binaries and PgBouncer run as that user and write there.
+fn give_to_postgres(dir: &Path) {
+    let status = std::process::Command::new("chown")
+        .args(["-R", "postgres"])
+        .arg(dir)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
 /// A Postgres server of the test's own: initdb in a temp directory, on a spare port, run as the
 /// `postgres` user (its binaries refuse to run as root).
 pub struct PrivatePostgres {
@@ -400,12 +420,7 @@ impl PrivatePostgres {
             .find(|p| p.join("pg_ctl").exists())
             .expect("pg_ctl");
         let dir = tempfile::tempdir().unwrap();
-        let status = std::process::Command::new("chown")
-            .args(["-R", "postgres"])
-            .arg(dir.path())
-            .status()
-            .unwrap();
-        assert!(status.success());
+        give_to_postgres(dir.path());
         let pg = PrivatePostgres {
             port: free_port(),
             dir,
@@ -612,30 +627,13 @@ impl Stub {
 /// direct URL.
 pub async fn fresh_database() -> (String, String) {
     let name = format!("d_{}", uuid_like());
-    let (client, conn) = tokio_postgres::connect(PG, tokio_postgres::NoTls)
+    connect(PG)
         .await
-        .expect("postgres at 127.0.0.1:5432");
-    tokio::spawn(conn);
-    client
         .batch_execute(&format!("CREATE DATABASE {name}"))
         .await
         .unwrap();
     let direct = format!("postgres://postgres@127.0.0.1:5432/{name}");
-    let (db, conn) = tokio_postgres::connect(&direct, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let mut files: Vec<_> =
-        std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations"))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-    files.sort();
-    for f in files {
-        db.batch_execute(&std::fs::read_to_string(f).unwrap())
-            .await
-            .unwrap();
-    }
+    apply_migrations(&connect(&direct).await).await;
     (name, direct)
 }
 
@@ -669,12 +667,7 @@ impl PgBouncer {
             ),
         )
         .unwrap();
-        let status = std::process::Command::new("chown")
-            .args(["-R", "postgres"])
-            .arg(dir.path())
-            .status()
-            .unwrap();
-        assert!(status.success());
+        give_to_postgres(dir.path());
         let mut child = std::process::Command::new("runuser")
             .args(["-u", "postgres", "--", bin])
             .arg(dir.path().join("pgbouncer.ini"))
