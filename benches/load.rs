@@ -21,6 +21,8 @@
 //! (or attaching `perf` to the engine) in about two minutes, with the CPU each request costs the
 //! engine, Redis and the generator; `LOAD_ENGINE=<path>` runs another build of the engine (one
 //! built with frame pointers, for `perf record -g`).
+//! `-- --soak 10m [--warmup 60s]` runs instead a memory soak of `engine serve --no-worker` and
+//! `engine worker` under sustained load (`load/soak.rs`).
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -29,6 +31,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 mod support;
+
+#[path = "load/soak.rs"]
+mod soak;
 
 const SECRET: &str = "bench-vapi-webhook-secret";
 /// Concurrent connections of the closed-loop (saturation) runs.
@@ -45,12 +50,33 @@ fn main() {
     }
     let quick = args.iter().any(|a| a == "--quick");
     let saturation_only = args.iter().any(|a| a == "--saturation");
+    let after = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .map(|v| {
+                soak::parse_span(v)
+                    .unwrap_or_else(|| panic!("{flag} takes a span such as 10m or 60s"))
+            })
+    };
+    let soak = after("--soak");
+    let warmup = after("--warmup").unwrap_or(Duration::from_secs(60));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(run(quick, saturation_only));
+    match soak {
+        Some(length) => rt.block_on(async {
+            let Some(setup) = support::setup("soak").await else {
+                eprintln!("no Postgres at 127.0.0.1:5432: skipping");
+                return;
+            };
+            soak::run(&setup, length, warmup).await;
+            setup.cleanup().await;
+        }),
+        None => rt.block_on(run(quick, saturation_only)),
+    }
 }
 
 /// This bench re-run as the bare server.

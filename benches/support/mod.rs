@@ -1,6 +1,6 @@
 //! What the whole-engine benchmarks share: a fresh Postgres schema with the migrations applied,
-//! and a copy of the shipped pipelines whose rate limit lets one load generator through and whose
-//! Redis keys live under a private prefix.
+//! and a copy of the shipped pipelines whose rate limits (the per-IP default, the Vapi pipeline's
+//! per org) let one load generator through and whose Redis keys live under a private prefix.
 
 use std::path::Path;
 
@@ -49,6 +49,18 @@ pub async fn setup(name: &str) -> Option<Bench> {
         format!(
             "{}redis_key_prefix: '{prefix}'\n",
             settings.replace("  limit: 100/1m\n", "  limit: 100000000/1s\n")
+        ),
+    )
+    .unwrap();
+    // nor would the Vapi pipeline's own limit per org (every generated message is one org's)
+    let vapi = std::fs::read_to_string(dir.path().join("vapi.yaml")).unwrap();
+    std::fs::write(
+        dir.path().join("vapi.yaml"),
+        vapi.replace(
+            "  limit: 20000/1m
+",
+            "  limit: 100000000/1s
+",
         ),
     )
     .unwrap();

@@ -1,0 +1,258 @@
+//! `cargo bench --bench load -- --soak 10m [--warmup 60s]`: memory under sustained load.
+//!
+//! ```text
+//! engine serve --no-worker   <- the generator at saturation: signed 2 KiB Vapi end-of-call reports
+//! engine worker              <- drains the same queue into Postgres, at the same time
+//! every 5 s: requests accepted, events processed (accepted - stream length), RSS of both
+//! after the warm-up: RSS growth of each process over the events it handled, and its maximum
+//! ```
+//!
+//! Prints the samples as a table and writes `docs/benchmarks-soak.png` (RSS against events,
+//! both processes). The target (issue: memory soak): after a one-minute warm-up, each process grows
+//! by less than 5 MiB over 5 million events or 10 minutes, and stays under 64 MiB.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use super::{Bodies, CLIENTS, Server, client, engine, send};
+
+const EVERY: Duration = Duration::from_secs(5);
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// One sample.
+#[derive(Clone, Copy, Debug)]
+struct Sample {
+    secs: f64,
+    accepted: u64,
+    processed: u64,
+    serve_rss: u64,
+    worker_rss: u64,
+}
+
+/// `10m`, `90s`, `1h` as a duration.
+pub fn parse_span(text: &str) -> Option<Duration> {
+    let (n, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit())?);
+    let n: u64 = n.parse().ok()?;
+    Some(match unit {
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return None,
+    })
+}
+
+/// Resident memory of a process now (VmRSS), bytes.
+fn rss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+pub async fn run(setup: &super::support::Bench, length: Duration, warmup: Duration) {
+    let dir = setup.dir.path();
+    let serve = Server::spawn(engine(&["serve", "--no-worker"], setup, dir));
+    let worker = Server::spawn_worker(engine(&["worker"], setup, dir));
+    let url = format!("http://127.0.0.1:{}/api/webhooks/vapi", serve.port);
+    let bodies = Arc::new(Bodies::new(std::process::id() as u64 * 10 + 9));
+    let accepted = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let http = client();
+    let mut tasks = Vec::new();
+    for _ in 0..CLIENTS {
+        let (http, url, bodies) = (http.clone(), url.clone(), bodies.clone());
+        let (accepted, errors, stop) = (accepted.clone(), errors.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                if send(&http, &url, Some(&bodies)).await {
+                    accepted.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    let redis = redis::Client::open("redis://127.0.0.1:6379").unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let stream = format!("{}:{{q:vapi}}:stream", setup.prefix);
+    println!(
+        "soak: engine serve --no-worker and engine worker, {CLIENTS} connections at saturation, {:.0} s warm-up then {:.0} s",
+        warmup.as_secs_f64(),
+        length.as_secs_f64()
+    );
+    println!("| t (s) | accepted | processed | serve RSS (MiB) | worker RSS (MiB) |");
+    println!("|---|---|---|---|---|");
+    let started = Instant::now();
+    let mut samples = Vec::new();
+    let mut tick = tokio::time::interval(EVERY);
+    loop {
+        tick.tick().await;
+        let secs = started.elapsed().as_secs_f64();
+        let queued: u64 = redis::cmd("XLEN")
+            .arg(&stream)
+            .query_async(&mut conn)
+            .await
+            .unwrap_or(0);
+        let a = accepted.load(Ordering::Relaxed);
+        let s = Sample {
+            secs,
+            accepted: a,
+            processed: a.saturating_sub(queued),
+            serve_rss: rss(serve.child.id()),
+            worker_rss: rss(worker.child.id()),
+        };
+        samples.push(s);
+        // every 30 s in the printed table; every sample in the plot
+        if samples.len() % 6 == 1 {
+            println!(
+                "| {:.0} | {} | {} | {:.1} | {:.1} |",
+                s.secs,
+                s.accepted,
+                s.processed,
+                s.serve_rss as f64 / MIB,
+                s.worker_rss as f64 / MIB
+            );
+        }
+        if secs >= (warmup + length).as_secs_f64() {
+            break;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    serve.stop();
+    worker.stop();
+
+    let base = samples
+        .iter()
+        .find(|s| s.secs >= warmup.as_secs_f64())
+        .copied()
+        .unwrap_or(samples[0]);
+    let last = *samples.last().unwrap();
+    let after: Vec<&Sample> = samples.iter().filter(|s| s.secs >= base.secs).collect();
+    let max = |f: fn(&Sample) -> u64| after.iter().map(|s| f(s)).max().unwrap_or(0) as f64 / MIB;
+    let serve_growth = (last.serve_rss as f64 - base.serve_rss as f64) / MIB;
+    let worker_growth = (last.worker_rss as f64 - base.worker_rss as f64) / MIB;
+    let serve_events = last.accepted - base.accepted;
+    let worker_events = last.processed - base.processed;
+    println!(
+        "soak after warm-up ({:.0} s): engine serve {} events, RSS {:.1} -> {:.1} MiB ({:+.1} MiB, {:+.1} bytes/event), max {:.1} MiB; engine worker {} events, RSS {:.1} -> {:.1} MiB ({:+.1} MiB, {:+.1} bytes/event), max {:.1} MiB; {} errors",
+        last.secs - base.secs,
+        serve_events,
+        base.serve_rss as f64 / MIB,
+        last.serve_rss as f64 / MIB,
+        serve_growth,
+        serve_growth * MIB / serve_events.max(1) as f64,
+        max(|s| s.serve_rss),
+        worker_events,
+        base.worker_rss as f64 / MIB,
+        last.worker_rss as f64 / MIB,
+        worker_growth,
+        worker_growth * MIB / worker_events.max(1) as f64,
+        max(|s| s.worker_rss),
+        errors.load(Ordering::Relaxed)
+    );
+    let met = serve_growth < 5.0
+        && worker_growth < 5.0
+        && max(|s| s.serve_rss) < 64.0
+        && max(|s| s.worker_rss) < 64.0;
+    println!(
+        "target (< 5 MiB growth each, < 64 MiB throughout): {}",
+        if met { "met" } else { "MISSED" }
+    );
+    plot(&samples, base.secs);
+}
+
+/// RSS against events handled, both processes, with the end of the warm-up marked.
+fn plot(samples: &[Sample], warm: f64) {
+    use plotters::prelude::*;
+    let Ok(font) = std::fs::read("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf") else {
+        println!("plot skipped: no DejaVuSans.ttf for labels");
+        return;
+    };
+    if plotters::style::register_font(
+        "sans-serif",
+        FontStyle::Normal,
+        Box::leak(font.into_boxed_slice()),
+    )
+    .is_err()
+    {
+        println!("plot skipped: the font did not load");
+        return;
+    }
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/benchmarks-soak.png");
+    let root = BitMapBackend::new(&path, (900, 500)).into_drawing_area();
+    root.fill(&WHITE).unwrap();
+    let events =
+        |s: &Sample, worker: bool| (if worker { s.processed } else { s.accepted }) as f64 / 1e6;
+    let x_max = samples
+        .iter()
+        .map(|s| events(s, false).max(events(s, true)))
+        .fold(0.1, f64::max);
+    let y_max = samples
+        .iter()
+        .map(|s| s.serve_rss.max(s.worker_rss) as f64 / MIB)
+        .fold(0.0, f64::max)
+        .max(64.0)
+        * 1.1;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "RSS under sustained load (engine serve --no-worker, engine worker)",
+            ("sans-serif", 20),
+        )
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(55)
+        .build_cartesian_2d(0.0..x_max, 0.0..y_max)
+        .unwrap();
+    chart
+        .configure_mesh()
+        .x_desc("events handled (millions)")
+        .y_desc("RSS (MiB)")
+        .draw()
+        .unwrap();
+    chart
+        .draw_series(LineSeries::new([(0.0, 64.0), (x_max, 64.0)], RED.mix(0.4)))
+        .unwrap()
+        .label("64 MiB target")
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], RED.mix(0.4)));
+    for (worker, color, label) in [
+        (false, BLUE, "engine serve --no-worker (accepted)"),
+        (true, GREEN, "engine worker (processed)"),
+    ] {
+        chart
+            .draw_series(LineSeries::new(
+                samples.iter().map(|s| {
+                    (
+                        events(s, worker),
+                        (if worker { s.worker_rss } else { s.serve_rss }) as f64 / MIB,
+                    )
+                }),
+                color.stroke_width(2),
+            ))
+            .unwrap()
+            .label(label)
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
+        if let Some(w) = samples.iter().find(|s| s.secs >= warm) {
+            let x = events(w, worker);
+            let y = (if worker { w.worker_rss } else { w.serve_rss }) as f64 / MIB;
+            chart
+                .draw_series([Circle::new((x, y), 5, color.filled())])
+                .unwrap();
+        }
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .unwrap();
+    root.present().unwrap();
+    println!("wrote {} (dots: end of the warm-up)", path.display());
+}
