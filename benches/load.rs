@@ -727,11 +727,13 @@ async fn run(quick: bool, saturation_only: bool) {
 impl Server {
     /// `engine worker` has no port: started is enough.
     fn spawn_worker(mut cmd: Command) -> Server {
-        let child = cmd
-            .stderr(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
+        // LOAD_WORKER_STDERR=<file>: keep what the worker writes (e.g. MIMALLOC_SHOW_STATS=1's
+        // allocator statistics at exit)
+        let stderr = match std::env::var("LOAD_WORKER_STDERR") {
+            Ok(path) => Stdio::from(std::fs::File::create(path).unwrap()),
+            Err(_) => Stdio::null(),
+        };
+        let child = cmd.stderr(stderr).stdout(Stdio::null()).spawn().unwrap();
         Server {
             child,
             port: 0,

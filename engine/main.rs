@@ -4,9 +4,13 @@
 // parsed body, the script's maps, the stream entry), and glibc's bins and consolidation took 18 %
 // of the engine's CPU under load; with mimalloc the engine spends ~20 % less CPU per request
 // (docs/benchmarks.md).
+mod alloc;
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
+    // freed memory back to the system at once (alloc.rs says why)
+    alloc::tune();
     engine::cli::run()
 }

@@ -1,7 +1,8 @@
 //! The in-process queue, used when no REDIS_URL is set (development). Events live in a bounded
 //! channel and are lost when the process stops: the engine warns at boot, and production requires
 //! REDIS_URL. A full channel refuses new events (503), so memory stays bounded. Dedupe keys are
-//! remembered for their window, as on Redis, so development answers repeats the way production does.
+//! remembered for their window, as on Redis, so development answers repeats the way production does
+//! ([`SEEN_MAX`] at most), and the last [`DEAD_MAX`] dead letters are kept.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -15,8 +16,13 @@ use super::{Outcomes, QueueFuture};
 /// Events waiting at most.
 pub const CAPACITY: usize = 10_000;
 
-/// Dedupe keys remembered at most; expired ones are swept when this many are held.
-const SEEN_SWEEP: usize = 100_000;
+/// Dedupe keys remembered at most: expired ones are swept when this many are held, and if none
+/// has expired, the half whose windows end soonest is forgotten (a repeat of one of those would be
+/// queued again: this queue is for development).
+pub const SEEN_MAX: usize = 100_000;
+
+/// Dead letters kept at most; the oldest go first (each is also logged when it is made).
+pub const DEAD_MAX: usize = 1_000;
 
 pub struct MemoryQueue {
     name: String,
@@ -84,8 +90,14 @@ impl MemoryQueue {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return false;
         }
-        if seen.len() >= SEEN_SWEEP {
+        if seen.len() >= SEEN_MAX {
             seen.retain(|_, until| *until > now);
+            if seen.len() >= SEEN_MAX {
+                let mut ends: Vec<Instant> = seen.values().copied().collect();
+                let (_, middle, _) = ends.select_nth_unstable(SEEN_MAX / 2);
+                let cut = *middle;
+                seen.retain(|_, until| *until > cut);
+            }
         }
         seen.insert(key.to_string(), now + window);
         true
@@ -162,17 +174,52 @@ impl Outcomes for MemoryQueue {
 
     fn dead_letter<'a>(&'a self, d: &'a Delivery, reason: &'a str) -> QueueFuture<'a> {
         Box::pin(async move {
-            self.dead
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(DeadLetter {
-                    id: d.id.clone(),
-                    event_id: d.event.id.clone(),
-                    reason: reason.to_string(),
-                    attempts: d.attempts + 1,
-                    event: Some(d.event.clone()),
-                });
+            let mut dead = self.dead.lock().unwrap_or_else(|e| e.into_inner());
+            if dead.len() >= DEAD_MAX {
+                dead.remove(0);
+            }
+            dead.push(DeadLetter {
+                id: d.id.clone(),
+                event_id: d.event.id.clone(),
+                reason: reason.to_string(),
+                attempts: d.attempts + 1,
+                event: Some(d.event.clone()),
+            });
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dedupe_keys_are_bounded_even_within_their_window() {
+        let q = MemoryQueue::new("bounded");
+        let day = Duration::from_secs(86_400);
+        for i in 0..SEEN_MAX + 10 {
+            assert!(q.mark_seen(&format!("key-{i}"), day));
+        }
+        let held = q.seen.lock().unwrap().len();
+        assert!(held <= SEEN_MAX && held > SEEN_MAX / 4, "{held}");
+        // the newest keys are still remembered
+        assert!(!q.mark_seen(&format!("key-{}", SEEN_MAX + 9), day));
+    }
+
+    #[tokio::test]
+    async fn the_last_dead_letters_are_kept() {
+        let q = MemoryQueue::new("dead");
+        for i in 0..DEAD_MAX + 5 {
+            let d = Delivery {
+                id: format!("mem-{i}"),
+                event: crate::transform::event::sample("application/json", "{}"),
+                attempts: 0,
+            };
+            q.dead_letter(&d, "reason").await.unwrap();
+        }
+        let dead = q.dead_letters();
+        assert_eq!(dead.len(), DEAD_MAX);
+        assert_eq!(dead[0].id, "mem-5");
     }
 }

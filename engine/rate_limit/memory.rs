@@ -1,7 +1,9 @@
 //! The in-memory backend: one `governor` keyed limiter per rule. For a single instance without
 //! Redis (development, or deployments that accept per-instance limits). Idle keys are dropped by
 //! [`Memory::retain_recent`], which the server calls every minute, so a stream of distinct clients
-//! cannot grow memory without bound.
+//! cannot grow memory without bound; and a bucket holding [`MAX_KEYS`] keys is swept at once, and
+//! started afresh if they are all recent (a flood of distinct keys within a minute), so one
+//! bucket never holds more than that many (~100 bytes each).
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -16,6 +18,9 @@ use governor::{Quota, RateLimiter};
 use super::{Decision, Rule};
 
 type Limiter<C> = RateLimiter<String, DashMapStateStore<String>, C, StateInformationMiddleware>;
+
+/// Keys one bucket holds at most.
+pub const MAX_KEYS: usize = 100_000;
 
 /// Keyed GCRA limiters, one per rule bucket, on clock `C` (tests inject a fake one).
 pub struct Memory<C: Clock = DefaultClock> {
@@ -44,18 +49,28 @@ impl<C: Clock + Clone> Memory<C> {
     }
 
     fn limiter(&self, rule: &Rule) -> std::sync::Arc<Limiter<C>> {
+        let fresh = || {
+            let quota = Quota::with_period(rule.interval)
+                .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+                .allow_burst(NonZeroU32::new(rule.burst).unwrap_or(NonZeroU32::MIN));
+            std::sync::Arc::new(
+                RateLimiter::dashmap_with_clock(quota, self.clock.clone())
+                    .with_middleware::<StateInformationMiddleware>(),
+            )
+        };
         let mut map = self.limiters.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry(rule.bucket.clone())
-            .or_insert_with(|| {
-                let quota = Quota::with_period(rule.interval)
-                    .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
-                    .allow_burst(NonZeroU32::new(rule.burst).unwrap_or(NonZeroU32::MIN));
-                std::sync::Arc::new(
-                    RateLimiter::dashmap_with_clock(quota, self.clock.clone())
-                        .with_middleware::<StateInformationMiddleware>(),
-                )
-            })
-            .clone()
+        let limiter = map.entry(rule.bucket.clone()).or_insert_with(fresh);
+        if limiter.len() >= MAX_KEYS {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+            if limiter.len() >= MAX_KEYS {
+                // all recent: a flood of distinct keys. Start the bucket afresh rather than grow
+                // (its clients get a full burst again; this backend is for single instances).
+                tracing::warn!(bucket = %rule.bucket, keys = MAX_KEYS, "in-memory rate-limit bucket full of recent keys: started afresh");
+                *limiter = fresh();
+            }
+        }
+        limiter.clone()
     }
 
     /// Check and count one request.
@@ -158,6 +173,23 @@ mod tests {
             clock.advance(Duration::from_millis(50));
         }
         assert_eq!(allowed, 20);
+    }
+
+    #[test]
+    fn a_bucket_never_holds_more_than_max_keys() {
+        let clock = FakeRelativeClock::default();
+        let m = Memory::with_clock(clock.clone());
+        let r = rule(10, Duration::from_secs(1));
+        for i in 0..MAX_KEYS + 10 {
+            m.check(&r, &format!("client-{i}"));
+        }
+        assert!(m.len() <= MAX_KEYS, "{}", m.len());
+        // idle keys are what goes first
+        clock.advance(Duration::from_secs(2));
+        for i in 0..MAX_KEYS {
+            m.check(&r, &format!("other-{i}"));
+        }
+        assert!(m.len() <= MAX_KEYS, "{}", m.len());
     }
 
     #[test]
