@@ -136,25 +136,24 @@ pub async fn run(setup: &super::support::Bench, length: Duration, warmup: Durati
     let last = *samples.last().unwrap();
     let after: Vec<&Sample> = samples.iter().filter(|s| s.secs >= base.secs).collect();
     let max = |f: fn(&Sample) -> u64| after.iter().map(|s| f(s)).max().unwrap_or(0) as f64 / MIB;
-    let serve_growth = (last.serve_rss as f64 - base.serve_rss as f64) / MIB;
-    let worker_growth = (last.worker_rss as f64 - base.worker_rss as f64) / MIB;
-    let serve_events = last.accepted - base.accepted;
-    let worker_events = last.processed - base.processed;
+    // one process's line: events after the warm-up, RSS then and at the end, growth, maximum
+    let line = |name: &str, events: u64, rss: fn(&Sample) -> u64| {
+        let growth = (rss(&last) as f64 - rss(&base) as f64) / MIB;
+        format!(
+            "{name} {events} events, RSS {:.1} -> {:.1} MiB ({growth:+.1} MiB, {:+.1} bytes/event), max {:.1} MiB",
+            rss(&base) as f64 / MIB,
+            rss(&last) as f64 / MIB,
+            growth * MIB / events.max(1) as f64,
+            max(rss),
+        )
+    };
     println!(
-        "soak after warm-up ({:.0} s): engine serve {} events, RSS {:.1} -> {:.1} MiB ({:+.1} MiB, {:+.1} bytes/event), max {:.1} MiB; engine worker {} events, RSS {:.1} -> {:.1} MiB ({:+.1} MiB, {:+.1} bytes/event), max {:.1} MiB; {} errors",
+        "soak after warm-up ({:.0} s): {}; {}; {} errors",
         last.secs - base.secs,
-        serve_events,
-        base.serve_rss as f64 / MIB,
-        last.serve_rss as f64 / MIB,
-        serve_growth,
-        serve_growth * MIB / serve_events.max(1) as f64,
-        max(|s| s.serve_rss),
-        worker_events,
-        base.worker_rss as f64 / MIB,
-        last.worker_rss as f64 / MIB,
-        worker_growth,
-        worker_growth * MIB / worker_events.max(1) as f64,
-        max(|s| s.worker_rss),
+        line("engine serve", last.accepted - base.accepted, |s| s
+            .serve_rss),
+        line("engine worker", last.processed - base.processed, |s| s
+            .worker_rss),
         errors.load(Ordering::Relaxed)
     );
     // RSS moves by a few MiB with the batch in flight at the moment of a sample, so growth is
