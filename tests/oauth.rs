@@ -183,6 +183,9 @@ async fn the_flow_works_through_pgbouncer_in_transaction_mode() {
         "{}",
         bouncer.log()
     );
+    s.app.stop().await;
+    drop(bouncer);
+    common::drop_database(&name).await;
 }
 
 #[tokio::test]

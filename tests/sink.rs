@@ -417,4 +417,6 @@ async fn sink_and_tenant_store_work_through_pgbouncer_in_transaction_mode() {
         "{}",
         bouncer.log()
     );
+    drop(bouncer);
+    common::drop_database(&name).await;
 }

@@ -637,6 +637,16 @@ pub async fn fresh_database() -> (String, String) {
     (name, direct)
 }
 
+/// Drop a database [`fresh_database`] made (a whole database per test would pile up on the shared
+/// server), closing whatever is still connected to it.
+pub async fn drop_database(name: &str) {
+    connect(PG)
+        .await
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .await
+        .unwrap();
+}
+
 /// A PgBouncer of the test's own in `pool_mode = transaction` in front of the shared Postgres, as
 /// Supabase's pooler on port 6543: every transaction may run on another server connection, so
 /// named prepared statements and session settings do not survive. Run as the `postgres` user
