@@ -495,7 +495,8 @@ async fn burst_of_500_signed_vapi_messages_from_one_ip_is_all_accepted() {
             refused = Some(r);
         }
     }
-    assert!(count_429 >= 49, "{count_429} × 429 of 150");
+    // 100 allowed at once, then one more every 600 ms: a slow run lets a few more through
+    assert!(count_429 >= 40, "{count_429} × 429 of 150");
     let r = refused.unwrap();
     assert!(
         r.headers()["retry-after"]
