@@ -380,12 +380,22 @@ mod tests {
         // the recorder comes with its upkeep thread: histogram samples are folded into buckets
         // every UPKEEP_EVERY even in a process nobody scrapes (engine worker)
         assert!(handle().is_some());
-        let threads: Vec<String> = std::fs::read_dir("/proc/self/task")
-            .unwrap()
-            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-            .map(|n| n.trim().to_string())
-            .collect();
-        assert!(threads.iter().any(|n| n == "metrics-upkeep"), "{threads:?}");
+        let threads = || -> Vec<String> {
+            std::fs::read_dir("/proc/self/task")
+                .unwrap()
+                .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                .map(|n| n.trim().to_string())
+                .collect()
+        };
+        // a thread names itself once it runs: give a just-spawned one a moment
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while !threads().iter().any(|n| n == "metrics-upkeep")
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let names = threads();
+        assert!(names.iter().any(|n| n == "metrics-upkeep"), "{names:?}");
     }
 
     #[test]
