@@ -457,11 +457,8 @@ fn serve(dir: &Path, env_file: Option<&Path>, mode: Mode) -> ExitCode {
         Ok(s) => s,
         Err(code) => return code,
     };
-    init_tracing(
-        source.get("NODE_ENV") == Some("production"),
-        source.get("SENTRY_DSN").is_some(),
-    );
     let production = source.get("NODE_ENV") == Some("production");
+    init_tracing(production, source.get("SENTRY_DSN").is_some());
     let project = match crate::config::load(dir, &source) {
         Ok(p) => p,
         Err(diags) => return refuse_to_start(&diags, dir, production),
@@ -871,8 +868,10 @@ fn migrate(
     fixtures: &[PathBuf],
     target: &Target,
 ) -> ExitCode {
-    // The pipelines are needed for the table check; with --database-url they are optional.
-    let loaded = if target.pipelines.is_dir() {
+    // The pipelines give DATABASE_URL when --database-url is not passed, and the table check
+    // needs them; `--status` with --database-url needs neither, so they are not even read.
+    let wanted = database_url.is_none() || step != MigrateStep::Status;
+    let loaded = if wanted && target.pipelines.is_dir() {
         Some(project(&target.pipelines, target.env_file.as_deref()))
     } else {
         None

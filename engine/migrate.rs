@@ -58,23 +58,30 @@ pub async fn run(database_url: &str, dir: &Path) -> Result<Report, String> {
     client
         .execute_typed("SELECT pg_advisory_lock($1)", &[(&LOCK, Type::INT8)])
         .await
-        .map_err(|e| e.to_string())?;
-    let pending = pending_creates(&mut client, &migrations).await;
-    let pg: &mut tokio_postgres::Client = &mut client;
-    let report = refinery::Runner::new(&migrations)
-        .set_abort_divergent(true)
-        .run_async(pg)
-        .await;
+        .map_err(|e| crate::db::describe(&e))?;
+    // what existed before is read first; if it cannot be, nothing is applied
+    let outcome = match pending_creates(&mut client, &migrations).await {
+        Ok(existing) => {
+            let pg: &mut tokio_postgres::Client = &mut client;
+            let report = refinery::Runner::new(&migrations)
+                .set_abort_divergent(true)
+                .run_async(pg)
+                .await;
+            Ok((existing, report))
+        }
+        Err(e) => Err(e),
+    };
     let _ = client
         .execute_typed("SELECT pg_advisory_unlock($1)", &[(&LOCK, Type::INT8)])
         .await;
+    let (existing, report) = outcome?;
     let report = report.map_err(|e| e.to_string())?;
     let applied: Vec<(i64, String)> = report
         .applied_migrations()
         .iter()
         .map(|m| (i64::from(m.version()), m.name().to_string()))
         .collect();
-    let left_alone = pending?
+    let left_alone = existing
         .into_iter()
         .filter(|(_, v, _)| applied.iter().any(|(a, _)| a == v))
         .collect();
@@ -105,7 +112,7 @@ async fn pending_creates(
                     &[(&table, Type::TEXT)],
                 )
                 .await
-                .map_err(|e| e.to_string())?
+                .map_err(|e| crate::db::describe(&e))?
                 .first()
                 .is_some_and(|r| r.get::<_, bool>(0));
             if exists {

@@ -136,17 +136,16 @@ pub fn check_production(
     {
         out.push(schema.locate(source, "DATABASE_URL", format!("DATABASE_URL: {problem}")));
     }
-    let local = settings
+    if settings
         .cors
         .allow_origins
         .iter()
-        .filter(|o| o.starts_with("http://") || is_local_origin(o))
-        .count();
-    if local > 0 {
+        .any(|o| o.starts_with("http://") || is_local_origin(o))
+    {
         let message = if source.get("CORS_ORIGIN").is_none() {
             "CORS_ORIGIN: is required in production: the allowed origins would be engine.yaml's development ones (http:// or local); name your web app's origins, e.g. CORS_ORIGIN=https://voxanne.ai".to_string()
         } else {
-            "CORS_ORIGIN: production allows only https:// origins that are not local".to_string()
+            "CORS_ORIGIN: production allows only https:// origins that are not local: list your web app's public origins, e.g. CORS_ORIGIN=https://voxanne.ai".to_string()
         };
         out.push(schema.locate(source, "CORS_ORIGIN", message));
     }
@@ -310,16 +309,45 @@ mod tests {
     }
 
     #[test]
-    fn misspellings_are_close_and_short_names_are_not() {
-        assert_eq!(allowed_distance(3), 0);
+    fn misspellings_are_found_and_short_or_distant_names_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("env.schema.yaml");
+        std::fs::write(
+            &file,
+            "properties:\n  CORS_ORIGIN: {type: string}\n  REDIS_URL: {type: string}\n  ENCRYPTION_KEY: {type: string}\n  PORT: {type: integer}\n",
+        )
+        .unwrap();
+        let schema = EnvSchema::load(&file).unwrap();
+        let source = EnvSource::from_pairs([
+            ("CORS_ORIGINS", "https://a.example"),
+            ("REDIS_URI", "redis://r"),
+            ("ENCRYPTON_KEY", "k"),
+            ("PWD", "/root"),
+            ("HOME", "/root"),
+            ("REDIS_URL", "redis://r"),
+        ]);
+        let mut found = near_misses(&schema, &source);
+        found.sort();
+        let pair = |a: &str, b: &str| (a.to_string(), b.to_string());
         assert_eq!(
-            strsim::damerau_levenshtein("CORS_ORIGINS", "CORS_ORIGIN"),
-            1
+            found,
+            [
+                pair("CORS_ORIGINS", "CORS_ORIGIN"),
+                pair("ENCRYPTON_KEY", "ENCRYPTION_KEY"),
+                pair("REDIS_URI", "REDIS_URL"),
+            ]
         );
-        assert_eq!(strsim::damerau_levenshtein("REDIS_URI", "REDIS_URL"), 1);
-        assert_eq!(
-            strsim::damerau_levenshtein("ENCRYPTON_KEY", "ENCRYPTION_KEY"),
-            1
+        // REDIS_URL is set too: a warning; the others hide an unset variable: errors
+        let diags = check_misspelt(&schema, &source);
+        let warnings: Vec<&str> = diags
+            .iter()
+            .filter(|d| d.is_warning())
+            .map(|d| d.message.as_str())
+            .collect();
+        assert_eq!(warnings.len(), 1);
+        assert!(
+            warnings[0].starts_with("REDIS_URI is set but not declared, and REDIS_URL is set too")
         );
+        assert_eq!(diags.iter().filter(|d| !d.is_warning()).count(), 2);
     }
 }

@@ -24,7 +24,6 @@ use salvo::server::ServerHandle;
 
 use crate::client_ip::TrustedProxies;
 use crate::config::Project;
-use crate::config::rate_limit::Counts;
 use crate::rate_limit::{RateLimiter, Rule};
 use crate::shared_redis::SharedRedis;
 use crate::verify::{TenantSecrets, Verifier};
@@ -182,7 +181,7 @@ impl App {
         let proxies = TrustedProxies::parse(&project.settings.trusted_proxies);
         let default = project.settings.rate_limit.as_ref().filter(|r| r.enabled);
         let exempt = |path: &str| default.is_some_and(|d| d.exempt.iter().any(|e| e == path));
-        let rate_rules = project
+        let rate_rules: Vec<Option<Rule>> = project
             .pipelines
             .iter()
             .map(|p| match &p.config.rate_limit {
@@ -191,14 +190,11 @@ impl App {
                 None => default.map(|d| Rule::new(&p.config.name, d)),
             })
             .collect();
-        let unverified_rules = project
-            .pipelines
+        let unverified_rules = rate_rules
             .iter()
-            .map(|p| match &p.config.rate_limit {
-                Some(own) if own.enabled && own.counts == Counts::Verified => {
-                    default.map(|d| Rule::new(&format!("{}:unverified", p.config.name), d))
-                }
-                _ => None,
+            .map(|rule| {
+                let rule = rule.as_ref().filter(|r| r.verified_only)?;
+                default.map(|d| Rule::new(&format!("{}:unverified", rule.bucket), d))
             })
             .collect();
         let health_rule = default

@@ -34,12 +34,13 @@ pub struct PostgresSink {
     update: Vec<String>,
     encrypt: Vec<String>,
     keyring: Option<Keyring>,
-    /// `SET LOCAL statement_timeout` of each write's transaction (none: the server's own).
-    statement_timeout: Option<std::time::Duration>,
+    /// `BEGIN; SET LOCAL statement_timeout = N` opening each write's transaction, built once
+    /// (none: the server's own timeout, no explicit transaction).
+    begin: Option<String>,
 }
 
 /// `name` as a quoted SQL identifier, if it is a plain one.
-pub(crate) fn ident(name: &str) -> Option<String> {
+fn ident(name: &str) -> Option<String> {
     let mut chars = name.chars();
     let ok = chars
         .next()
@@ -81,14 +82,27 @@ impl PostgresSink {
             update: cfg.update.clone(),
             encrypt: cfg.encrypt.clone(),
             keyring,
-            statement_timeout: None,
+            begin: None,
         })
     }
 
     /// Give each write's transaction a statement timeout (settings' `statement_timeout_ms`).
     pub fn with_statement_timeout(mut self, timeout: std::time::Duration) -> PostgresSink {
-        self.statement_timeout = Some(timeout);
+        self.begin = Some(format!(
+            "BEGIN; SET LOCAL statement_timeout = {}",
+            timeout.as_millis()
+        ));
         self
+    }
+
+    /// The table, as the configuration names it.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// The conflict key: the configured one, or `event_id, row_index`.
+    pub fn key(&self) -> &[String] {
+        &self.key
     }
 
     /// The rows of `batches` as one JSON array, the statement that writes them, and a connection;
@@ -234,14 +248,13 @@ impl Sink for PostgresSink {
                 Type::JSONB,
             )];
             let insert = client.execute_typed(sql.as_str(), &params);
-            let result = match self.statement_timeout {
+            let result = match &self.begin {
                 None => insert.await,
                 // One round trip: BEGIN + SET LOCAL, the insert and COMMIT are sent back to back
                 // (the client pipelines them); a failed insert turns the COMMIT into a rollback.
-                Some(t) => {
-                    let begin = format!("BEGIN; SET LOCAL statement_timeout = {}", t.as_millis());
+                Some(begin) => {
                     let (began, inserted, committed) = tokio::join!(
-                        client.batch_execute(&begin),
+                        client.batch_execute(begin),
                         insert,
                         client.batch_execute("COMMIT")
                     );
@@ -290,30 +303,44 @@ impl PostgresSink {
         client: &tokio_postgres::Client,
         rows: &[Value],
     ) -> Option<String> {
-        let sql = format!(
-            "SELECT jsonb_populate_record(NULL::{}, $1::jsonb) IS NULL",
-            self.table_sql
-        );
         for row in rows {
             let Value::Object(fields) = row else { continue };
             for (column, value) in fields {
-                let one = Value::Object(Map::from_iter([(column.clone(), value.clone())]));
-                if client
-                    .query_typed(sql.as_str(), &[(&one, Type::JSONB)])
-                    .await
-                    .is_err()
-                {
+                if self.refuses(client, column, value).await.is_some() {
                     return Some(column.clone());
                 }
             }
         }
         None
     }
+
+    /// Why the table's `column` refuses `value` (Postgres's own conversion, the value cut from
+    /// the message), if it does.
+    pub(crate) async fn refuses(
+        &self,
+        client: &tokio_postgres::Client,
+        column: &str,
+        value: &Value,
+    ) -> Option<String> {
+        let sql = format!(
+            "SELECT jsonb_populate_record(NULL::{}, $1::jsonb) IS NULL",
+            self.table_sql
+        );
+        let one = Value::Object(Map::from_iter([(column.to_string(), value.clone())]));
+        match client.query_typed(&sql, &[(&one, Type::JSONB)]).await {
+            Ok(_) => None,
+            Err(e) => Some(
+                e.as_db_error()
+                    .map(|d| without_value(d.message()))
+                    .unwrap_or_else(|| e.to_string()),
+            ),
+        }
+    }
 }
 
 /// Postgres quotes the offending value (`invalid input syntax for type uuid: "abc"`); it may be
 /// personal data, so it is cut from messages that are stored in dead letters and logs.
-pub(crate) fn without_value(message: &str) -> String {
+fn without_value(message: &str) -> String {
     match message.find(": \"") {
         Some(i) => message[..i].to_string(),
         None => message.to_string(),

@@ -27,7 +27,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::Value;
 use tokio_postgres::types::Type;
 
-use super::postgres::{PostgresSink, without_value};
+use super::postgres::PostgresSink;
 use crate::config::sink::Postgres;
 use crate::worker::{Batch, SinkError};
 
@@ -62,11 +62,7 @@ pub async fn check(
         )]);
     }
     let mut problems = Vec::new();
-    let key: Vec<String> = if cfg.key.is_empty() {
-        vec!["event_id".into(), "row_index".into()]
-    } else {
-        cfg.key.clone()
-    };
+    let key = sink.key();
 
     // Every column the pipeline writes, with sample values (mapped and encrypted as the sink
     // would store them).
@@ -115,11 +111,8 @@ pub async fn check(
 
     for (c, samples) in &values {
         let Some(col) = found.get(c) else { continue };
-        if samples.iter().all(|(_, v)| v.is_null()) {
-            continue;
-        }
         for (from, value) in samples.iter().filter(|(_, v)| !v.is_null()) {
-            if let Some(why) = refuses(client, &cfg.table, c, value).await {
+            if let Some(why) = sink.refuses(client, c, value).await {
                 problems.push(format!(
                     "table `{t}`, column `{c}`: expected a column that takes {} ({from} writes one), found type {}: {why}; change the column's type with a migration, or convert the value in the transform",
                     crate::schema::value_kind(value),
@@ -149,7 +142,7 @@ pub async fn check(
     }
 
     if key.iter().all(|k| found.contains_key(k))
-        && !has_unique_index(client, schema.as_deref(), &table, &key).await?
+        && !has_unique_index(client, schema.as_deref(), &table, key).await?
     {
         problems.push(format!(
             "table `{t}`: expected a unique index on ({k}) for the sink's conflict key, found none; add one with a migration (`CREATE UNIQUE INDEX ON {t} ({k});`), or change the sink's `key:`",
@@ -277,7 +270,7 @@ async fn columns(
             &[(&schema, Type::TEXT), (&table, Type::TEXT)],
         )
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| crate::db::describe(&e))?;
     Ok(rows
         .iter()
         .map(|r| {
@@ -316,35 +309,8 @@ async fn has_unique_index(
             ],
         )
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| crate::db::describe(&e))?;
     Ok(row.first().is_some_and(|r| r.get(0)))
-}
-
-/// Why the table's column refuses `value` (Postgres's own conversion, value left out), if it does.
-async fn refuses(
-    client: &tokio_postgres::Client,
-    table: &str,
-    column: &str,
-    value: &Value,
-) -> Option<String> {
-    let table_sql = table
-        .split('.')
-        .map(super::postgres::ident)
-        .collect::<Option<Vec<_>>>()?
-        .join(".");
-    let sql = format!("SELECT jsonb_populate_record(NULL::{table_sql}, $1::jsonb) IS NULL");
-    let one = Value::Object(serde_json::Map::from_iter([(
-        column.to_string(),
-        value.clone(),
-    )]));
-    match client.query_typed(&sql, &[(&one, Type::JSONB)]).await {
-        Ok(_) => None,
-        Err(e) => Some(
-            e.as_db_error()
-                .map(|d| without_value(d.message()))
-                .unwrap_or_else(|| e.to_string()),
-        ),
-    }
 }
 
 /// A column type for values like these, for the migration a problem suggests.
