@@ -161,17 +161,6 @@ pub fn load(dir: &Path, source: &EnvSource) -> Result<Project, Vec<Diagnostic>> 
         }
     };
     if let (Some(s), Some(c)) = (&settings, &settings_doc) {
-        if s.rate_limit
-            .as_ref()
-            .is_some_and(|r| r.counts == rate_limit::Counts::Verified)
-        {
-            diags.push(Diagnostic::new(
-                &c.file,
-                c.doc.value_pos("/rate_limit/counts"),
-                "/rate_limit/counts",
-                "`counts: verified` belongs in a pipeline's own rate limit: the default also guards /health and unauthenticated requests, which are never verified",
-            ));
-        }
         diags.extend(check_settings(s, c, &env_for_values));
     }
 
@@ -249,11 +238,7 @@ pub fn load(dir: &Path, source: &EnvSource) -> Result<Project, Vec<Diagnostic>> 
                 "`exempt` belongs in the settings' default rate limit; to turn a pipeline's limit off write `enabled: false`",
             ));
         }
-        if p.rate_limit
-            .as_ref()
-            .is_some_and(|r| r.counts == rate_limit::Counts::Verified)
-            && p.verify.is_none()
-        {
+        if p.rate_limit.as_ref().is_some_and(|r| r.counts_verified()) && p.verify.is_none() {
             diags.push(Diagnostic::new(
                 &checked.file,
                 checked.doc.value_pos("/rate_limit/counts"),
@@ -772,6 +757,14 @@ fn check_unique_names(pipelines: &[(Checked, Pipeline)]) -> Vec<Diagnostic> {
 /// Rules on the settings file that its schema cannot express.
 fn check_settings(s: &Settings, c: &Checked, env: &Env) -> Vec<Diagnostic> {
     let mut out = Vec::new();
+    if s.rate_limit.as_ref().is_some_and(|r| r.counts_verified()) {
+        out.push(Diagnostic::new(
+            &c.file,
+            c.doc.value_pos("/rate_limit/counts"),
+            "/rate_limit/counts",
+            "`counts: verified` belongs in a pipeline's own rate limit: the default also guards /health and unauthenticated requests, which are never verified",
+        ));
+    }
     let file_origins = c
         .doc
         .value

@@ -124,6 +124,11 @@ impl RateLimit {
         }
     }
 
+    /// `counts: verified`: checked after verification, for verified requests only.
+    pub fn counts_verified(&self) -> bool {
+        self.counts == Counts::Verified
+    }
+
     /// Burst size in effect.
     pub fn burst_size(&self) -> u32 {
         self.burst.unwrap_or(self.limit.count).max(1)

@@ -16,6 +16,7 @@
 //! code, so it is bounded.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,6 +34,10 @@ struct Down {
 
 static DOWN: LazyLock<Mutex<BTreeMap<&'static str, Down>>> =
     LazyLock::new(|| Mutex::new(BTreeMap::new()));
+
+/// Whether any outage is in progress: [`ok`] runs on every queue read, and while all is well it
+/// reads this flag instead of taking the lock.
+static ANY_DOWN: AtomicBool = AtomicBool::new(false);
 
 /// What a report changed, for the caller's tests and the log lines above.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +63,7 @@ fn failed_at(dependency: &'static str, error: &dyn std::fmt::Display, now: Insta
     metrics::counter!("engine_dependency_failures_total", "dependency" => dependency).increment(1);
     metrics::gauge!("engine_dependency_up", "dependency" => dependency).set(0.0);
     let mut down = DOWN.lock().unwrap_or_else(|e| e.into_inner());
+    ANY_DOWN.store(true, Ordering::Release);
     match down.get_mut(dependency) {
         None => {
             down.insert(
@@ -90,8 +96,13 @@ fn failed_at(dependency: &'static str, error: &dyn std::fmt::Display, now: Insta
 
 /// A successful use of `dependency`.
 pub fn ok(dependency: &'static str) -> Change {
+    if !ANY_DOWN.load(Ordering::Acquire) {
+        return Change::Up;
+    }
     let mut down = DOWN.lock().unwrap_or_else(|e| e.into_inner());
-    match down.remove(dependency) {
+    let removed = down.remove(dependency);
+    ANY_DOWN.store(!down.is_empty(), Ordering::Release);
+    match removed {
         None => Change::Up,
         Some(d) => {
             metrics::gauge!("engine_dependency_up", "dependency" => dependency).set(1.0);

@@ -4,7 +4,7 @@
 //! remembered for their window, as on Redis, so development answers repeats the way production does
 //! ([`SEEN_MAX`] at most), and the last [`DEAD_MAX`] dead letters are kept.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -28,7 +28,7 @@ pub struct MemoryQueue {
     name: String,
     tx: mpsc::Sender<Delivery>,
     rx: tokio::sync::Mutex<mpsc::Receiver<Delivery>>,
-    dead: Mutex<Vec<DeadLetter>>,
+    dead: Mutex<VecDeque<DeadLetter>>,
     next_id: std::sync::atomic::AtomicU64,
     /// Dedupe key -> when its window ends.
     seen: Mutex<HashMap<String, Instant>>,
@@ -42,7 +42,7 @@ impl MemoryQueue {
             name: name.to_string(),
             tx,
             rx: tokio::sync::Mutex::new(rx),
-            dead: Mutex::new(Vec::new()),
+            dead: Mutex::new(VecDeque::new()),
             next_id: std::sync::atomic::AtomicU64::new(1),
             seen: Mutex::new(HashMap::new()),
             duplicates: std::sync::atomic::AtomicU64::new(0),
@@ -144,7 +144,12 @@ impl MemoryQueue {
 
     /// Dead letters so far (kept in memory, also logged).
     pub fn dead_letters(&self) -> Vec<DeadLetter> {
-        self.dead.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.dead
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
     }
 }
 
@@ -176,9 +181,9 @@ impl Outcomes for MemoryQueue {
         Box::pin(async move {
             let mut dead = self.dead.lock().unwrap_or_else(|e| e.into_inner());
             if dead.len() >= DEAD_MAX {
-                dead.remove(0);
+                dead.pop_front();
             }
-            dead.push(DeadLetter {
+            dead.push_back(DeadLetter {
                 id: d.id.clone(),
                 event_id: d.event.id.clone(),
                 reason: reason.to_string(),

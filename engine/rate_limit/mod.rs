@@ -17,7 +17,7 @@ pub mod redis;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use crate::config::rate_limit::{Counts, FailMode, KeyPart, NamedKey, RateLimit};
+use crate::config::rate_limit::{FailMode, KeyPart, NamedKey, RateLimit};
 use crate::verify::Inbound;
 
 /// A rate limit ready to check: where its counters live, its GCRA parameters and key.
@@ -48,7 +48,7 @@ impl Rule {
             period: cfg.limit.period,
             key: cfg.key.clone(),
             fail: cfg.fail,
-            verified_only: cfg.counts == Counts::Verified,
+            verified_only: cfg.counts_verified(),
         }
     }
 

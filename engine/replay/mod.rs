@@ -141,6 +141,29 @@ async fn run_case(
     Ok((Vec::new(), changed))
 }
 
+/// The pipelines directory loaded once per distinct fixture `env` (a fixture's env is all the
+/// environment it gets).
+struct Projects<'a> {
+    dir: &'a Path,
+    loaded: HashMap<BTreeMap<String, String>, Result<Project, Vec<Diagnostic>>>,
+}
+
+impl<'a> Projects<'a> {
+    fn new(dir: &'a Path) -> Projects<'a> {
+        Projects {
+            dir,
+            loaded: HashMap::new(),
+        }
+    }
+
+    fn get(&mut self, env: &BTreeMap<String, String>) -> &Result<Project, Vec<Diagnostic>> {
+        let dir = self.dir;
+        self.loaded
+            .entry(env.clone())
+            .or_insert_with(|| crate::config::load(dir, &EnvSource::from_pairs(env.clone())))
+    }
+}
+
 /// Rows a pipeline's fixtures write, by sink: what the table check compares each postgres sink's
 /// table with. Each batch's `event_id` names the fixture it came from.
 pub type Written = BTreeMap<String, BTreeMap<String, Vec<crate::worker::Batch>>>;
@@ -150,16 +173,13 @@ pub type Written = BTreeMap<String, BTreeMap<String, Vec<crate::worker::Batch>>>
 /// not load or run are skipped: `engine replay` reports them.
 pub async fn rows_written(dir: &Path, roots: &[PathBuf]) -> Result<Written, String> {
     let mut written = Written::new();
-    let mut projects: HashMap<BTreeMap<String, String>, Option<Project>> = HashMap::new();
+    let mut projects = Projects::new(dir);
     for (name, file) in discover(roots)? {
         let Ok(loaded) = fixture::load(&file) else {
             continue;
         };
         let f = &loaded.fixture;
-        let project = projects.entry(f.env.clone()).or_insert_with(|| {
-            crate::config::load(dir, &EnvSource::from_pairs(f.env.clone())).ok()
-        });
-        let Some(project) = project.as_ref() else {
+        let Ok(project) = projects.get(&f.env) else {
             continue;
         };
         let crate::route::Lookup::Found { pipeline, .. } = project
@@ -197,8 +217,7 @@ pub async fn rows_written(dir: &Path, roots: &[PathBuf]) -> Result<Written, Stri
 pub async fn run(opts: &Options) -> Result<Report, String> {
     let started = Instant::now();
     let mut cases = Vec::new();
-    let mut projects: HashMap<BTreeMap<String, String>, Result<Project, Vec<Diagnostic>>> =
-        HashMap::new();
+    let mut projects = Projects::new(&opts.pipelines);
     for (name, file) in discover(&opts.fixtures)? {
         if opts
             .filter
@@ -224,12 +243,7 @@ pub async fn run(opts: &Options) -> Result<Report, String> {
         match loaded {
             Err(diags) => result.problems = diags.iter().map(ToString::to_string).collect(),
             Ok(l) => {
-                let project = projects.entry(l.fixture.env.clone()).or_insert_with(|| {
-                    crate::config::load(
-                        &opts.pipelines,
-                        &EnvSource::from_pairs(l.fixture.env.clone()),
-                    )
-                });
+                let project = projects.get(&l.fixture.env);
                 (result.problems, result.updated) =
                     run_case(opts, project, &l.fixture, &file).await?;
             }
