@@ -23,6 +23,8 @@
 //! built with frame pointers, for `perf record -g`).
 //! `-- --soak 10m [--warmup 60s]` runs instead a memory soak of `engine serve --no-worker` and
 //! `engine worker` under sustained load (`load/soak.rs`).
+//! `-- --tool-calls [--quick]` measures instead what a Vapi tool call answered from a calendar
+//! costs inside the engine, against a local Google stand-in (`load/tools.rs`).
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -34,6 +36,9 @@ mod support;
 
 #[path = "load/soak.rs"]
 mod soak;
+
+#[path = "load/tools.rs"]
+mod tools;
 
 const SECRET: &str = "bench-vapi-webhook-secret";
 /// Concurrent connections of the closed-loop (saturation) runs.
@@ -66,6 +71,17 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    if args.iter().any(|a| a == "--tool-calls") {
+        rt.block_on(async {
+            let Some(setup) = support::setup("tools").await else {
+                eprintln!("no Postgres at 127.0.0.1:5432: skipping");
+                return;
+            };
+            tools::run(&setup, quick).await;
+            setup.cleanup().await;
+        });
+        return;
+    }
     match soak {
         Some(length) => rt.block_on(async {
             let Some(setup) = support::setup("soak").await else {

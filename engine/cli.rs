@@ -1,5 +1,5 @@
 //! The `engine` command line: `serve`, `worker`, `validate`, `replay`, `schema`, `queue`, `dlq`,
-//! `migrate`, `secrets`.
+//! `migrate`, `secrets`, `tenants`.
 //!
 //! Exit codes: 0 success, 1 invalid configuration (or a server that could not start), 2 usage
 //! errors (clap's own convention, also used for an unreadable `--env-file` or directory).
@@ -129,6 +129,18 @@ pub enum Command {
         #[command(subcommand)]
         action: SecretsAction,
     },
+    /// Say which tenant an id in a provider's payload belongs to (`tenant_of` in respond
+    /// scripts): a Vapi assistant or phone number -> the organisation whose calendar it uses.
+    Tenants {
+        #[command(subcommand)]
+        action: TenantsAction,
+        /// The pipelines directory (for DATABASE_URL's declaration and settings).
+        #[arg(long, default_value = "pipelines", global = true)]
+        pipelines: PathBuf,
+        /// Read variables from this dotenv file instead of the process environment.
+        #[arg(long, global = true)]
+        env_file: Option<PathBuf>,
+    },
     /// Write the JSON schemas generated from the engine's types.
     Schema {
         /// Directory to write into.
@@ -202,6 +214,32 @@ pub enum DlqAction {
         all: bool,
         #[command(flatten)]
         target: Target,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantsAction {
+    /// Link an id to a tenant (insert or replace).
+    Link {
+        /// What the id is: `vapi_assistant`, `vapi_phone_number`, ...
+        #[arg(long)]
+        source: String,
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Remove a link.
+    Unlink {
+        #[arg(long)]
+        source: String,
+        #[arg(long)]
+        id: String,
+    },
+    /// List the links (of one tenant).
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
     },
 }
 
@@ -344,6 +382,53 @@ pub fn run() -> ExitCode {
                     env_file,
                 },
         } => secrets_decrypt(&context, &pipelines, env_file.as_deref()),
+        Command::Tenants {
+            action,
+            pipelines,
+            env_file,
+        } => tenants(action, &pipelines, env_file.as_deref()),
+    }
+}
+
+fn tenants(action: TenantsAction, dir: &Path, env_file: Option<&Path>) -> ExitCode {
+    use crate::connection::tenant;
+    let project = match project(dir, env_file) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let Some(url) = project.settings.database_url.clone() else {
+        eprintln!("engine: DATABASE_URL is not set: tenant links live in the database");
+        return ExitCode::from(1);
+    };
+    let runtime = match runtime() {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let result = runtime.block_on(async {
+        let pool = crate::db::pool(&url, 1)?;
+        match action {
+            TenantsAction::Link { source, id, tenant } => {
+                tenant::link(&pool, &source, &id, &tenant).await?;
+                println!("{source} {id} -> {tenant}");
+            }
+            TenantsAction::Unlink { source, id } => {
+                let found = tenant::unlink(&pool, &source, &id).await?;
+                println!("{}", if found { "unlinked" } else { "no such link" });
+            }
+            TenantsAction::List { tenant } => {
+                for (source, id, t) in tenant::list(&pool, tenant.as_deref()).await? {
+                    println!("{source}\t{id}\t{t}");
+                }
+            }
+        }
+        Ok::<_, String>(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("engine: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 

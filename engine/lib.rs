@@ -31,6 +31,7 @@
 //! record         accepted requests written as fixtures (engine serve --record)
 //! replay         fixtures run in process through the real pipelines (engine replay)
 //! oauth          authorization-code flows with PKCE: start, callback, encrypted tokens
+//! connection     outbound calls of respond scripts: declared hosts, tenants' OAuth tokens
 //! ops            /metrics, /ready, Slack alerts, Sentry, hot reload
 //! migrate        migrations/ applied in order under an advisory lock (refinery history)
 //! cli            engine serve | validate | schema
@@ -44,6 +45,7 @@ pub mod cli;
 pub mod client_ip;
 pub mod clock;
 pub mod config;
+pub mod connection;
 pub mod crypto;
 pub mod db;
 pub mod diagnostics;

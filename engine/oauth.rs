@@ -424,6 +424,9 @@ fn row(org: &str, provider: &str, tokens: &Value, now: i64) -> Value {
         "scopes": scopes,
         "expires_at": expires_at,
         "updated_at": chrono::DateTime::from_timestamp(now, 0).map(|t| t.to_rfc3339()),
+        // a new consent repairs a revoked connection (migrations/V4__connections.sql)
+        "disconnected_at": null,
+        "disconnected_reason": null,
     });
     // Providers send a refresh token on the first consent only (Google: with prompt=consent,
     // every time). Absent, the column is left out, so the stored one is kept.

@@ -186,6 +186,8 @@ pub fn fixture(r: &Recorded<'_>) -> Fixture {
             client_ip: None,
         },
         repeat: 1,
+        // a recorded tool call's answers are not recorded: add stand-ins to replay it
+        connections: Default::default(),
         expect: Expect {
             status: Some(r.status),
             ..Expect::default()

@@ -14,7 +14,10 @@
 //! microseconds, and a hand-off to a blocking thread costs more than that); a run that needs
 //! longer, or a body over [`INLINE_BODY_MAX`], runs again on a blocking thread with the full
 //! timeout, so a slow script never stalls other requests for long. Respond scripts have no side
-//! effects, so a second run is safe. Any failure answers the `fallback` (default: 500 with a
+//! effects before their first connection `request`, and `request` never runs inline (it stops the
+//! inline attempt before anything is sent), so a second run is safe. A `request` waits on the
+//! blocking thread, within what is left of the timeout (`crate::connection`). Any failure
+//! answers the `fallback` (default: 500 with a
 //! generic JSON error) and is logged with the script position; the caller never sees internals.
 
 use std::path::Path;
@@ -73,14 +76,26 @@ pub struct Responder {
 }
 
 impl Responder {
-    /// Compile `p.respond`.
+    /// Compile `p.respond` (its scripts may not call connections: `engine validate`).
     pub fn compile(
         p: &Pipeline,
         pipeline_file: &Path,
         root: &Path,
     ) -> Result<Responder, Vec<ScriptError>> {
+        Responder::compile_with(p, pipeline_file, root, None)
+    }
+
+    /// Compile `p.respond`, its scripts calling `connections` (`request`, `tenant_of`).
+    pub fn compile_with(
+        p: &Pipeline,
+        pipeline_file: &Path,
+        root: &Path,
+        connections: Option<Arc<crate::connection::Connections>>,
+    ) -> Result<Responder, Vec<ScriptError>> {
         let r = &p.respond;
-        let engine = Arc::new(sandbox::engine(&p.script_limits));
+        let mut engine = sandbox::engine(&p.script_limits);
+        crate::connection::register(&mut engine, connections);
+        let engine = Arc::new(engine);
         let set = [
             r.body.is_some(),
             r.template.is_some(),
@@ -153,7 +168,7 @@ impl Responder {
     /// Compute the answer for `input`. Blocking (call on a blocking thread). `Err` carries the
     /// reason, for the log; the caller sends [`Responder::fallback`].
     pub fn compute(&self, input: &EventInput) -> Result<Reply, String> {
-        self.compute_within(input, self.timeout)
+        crate::connection::allow_waiting(|| self.compute_within(input, self.timeout))
             .map_err(|(_, reason)| reason)
     }
 

@@ -110,6 +110,23 @@ pub fn explain(err: &ValidationError<'_>, schema: &Value) -> Vec<Finding> {
                 })
                 .collect()
         }
+        // a key that is not a valid name: at the key, saying which names are
+        ValidationErrorKind::PropertyNames { error } => {
+            let key = error.instance().as_str().unwrap_or_default().to_string();
+            let rule = match error.kind() {
+                ValidationErrorKind::Pattern { pattern } => format!(
+                    "start with a lower-case letter and use only a-z, 0-9 and `_` (pattern `{pattern}`)"
+                ),
+                _ => error.masked().to_string(),
+            };
+            vec![Finding {
+                pointer: format!("{pointer}/{}", escape_token(&key)),
+                at_key: true,
+                message: custom
+                    .unwrap_or_else(|| format!("`{key}` is not a valid name here: names {rule}")),
+                custom: is_custom,
+            }]
+        }
         ValidationErrorKind::Required { property } => {
             let name = property.as_str().unwrap_or_default();
             one(

@@ -578,3 +578,71 @@ mod reqwest {
         out
     }
 }
+
+#[tokio::test]
+async fn tenants_link_list_and_unlink_vapi_ids() {
+    let (db, schema) = common::fresh_schema().await;
+    let tenants = |args: &[&str]| {
+        let mut c = engine();
+        c.arg("tenants")
+            .args(args)
+            .args(["--pipelines", common::shipped().to_str().unwrap()])
+            .env("DATABASE_URL", &db)
+            .env(
+                "ENCRYPTION_KEY",
+                "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
+            );
+        run(&mut c)
+    };
+    let (code, out, err) = tenants(&[
+        "link",
+        "--source",
+        "vapi_assistant",
+        "--id",
+        "a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d",
+        "--tenant",
+        "org_clinic",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out,
+        "vapi_assistant a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d -> org_clinic\n"
+    );
+    // linking again moves the id to another tenant
+    tenants(&[
+        "link",
+        "--source",
+        "vapi_phone_number",
+        "--id",
+        "pn-1",
+        "--tenant",
+        "org_a",
+    ]);
+    tenants(&[
+        "link",
+        "--source",
+        "vapi_phone_number",
+        "--id",
+        "pn-1",
+        "--tenant",
+        "org_b",
+    ]);
+    let (_, out, _) = tenants(&["list"]);
+    assert_eq!(
+        out,
+        "vapi_phone_number\tpn-1\torg_b\nvapi_assistant\ta1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d\torg_clinic\n"
+    );
+    let (_, out, _) = tenants(&["list", "--tenant", "org_clinic"]);
+    assert_eq!(out.lines().count(), 1);
+    let (code, out, _) = tenants(&["unlink", "--source", "vapi_phone_number", "--id", "pn-1"]);
+    assert_eq!((code, out.as_str()), (0, "unlinked\n"));
+    let (_, out, _) = tenants(&["unlink", "--source", "vapi_phone_number", "--id", "pn-1"]);
+    assert_eq!(out, "no such link\n");
+    let pg = common::pg(&schema).await;
+    let n: i64 = pg
+        .query_one("SELECT count(*) FROM tenant_aliases", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+}

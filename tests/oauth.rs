@@ -21,6 +21,7 @@ fn pipelines(stub: &Stub, extra: &str) -> Dir {
     let dir = Dir::shipped_copy();
     let text = std::fs::read_to_string(dir.path().join("google-calendar.yaml")).unwrap();
     let text = text
+        .replace("  token_url: ${GOOGLE_TOKEN_URL}   # Google's, unless a test stands one in\n", "")
         .replace(
             "  provider: google\n",
             &format!(
@@ -486,7 +487,7 @@ fn validate_checks_the_redirect_uri_and_the_token_sink() {
     let p = common::problems(&[], &env);
     assert!(
         p.iter()
-            .any(|l| l.starts_with("google-calendar.yaml:21:17:")
+            .any(|l| l.starts_with("google-calendar.yaml:22:17:")
                 && l.contains("is not this pipeline's route `/api/auth/google/callback`")),
         "{p:#?}"
     );
@@ -552,6 +553,7 @@ fn validate_checks_the_redirect_uri_and_the_token_sink() {
         "{p:#?}"
     );
     let literal = shipped
+        .replace("  token_url: ${GOOGLE_TOKEN_URL}   # Google's, unless a test stands one in\n", "")
         .replace("${GOOGLE_REDIRECT_URI}", "http://api.voxanne.ai/api/auth/google/callback")
         .replace("  provider: google\n", "  authorize_url: http://accounts.example.com/auth\n  token_url: https://oauth.example.com/token\n");
     let production = [

@@ -83,7 +83,7 @@ fn a_failing_case_prints_every_difference_and_exits_1() {
         "{out}"
     );
     let last = out.lines().rfind(|l| l.contains("passed")).unwrap();
-    assert!(last.starts_with("32 passed, 1 failed"), "{last}");
+    assert!(last.starts_with("44 passed, 1 failed"), "{last}");
 
     // --filter narrows the run; json and junit carry the same verdicts
     let (code, out) = replay_cli(dir, &["--filter", "vapi/status", "--format", "json"]);
@@ -93,7 +93,7 @@ fn a_failing_case_prints_every_difference_and_exits_1() {
     assert_eq!(v["failed"], 1);
     let (_, xml) = replay_cli(dir, &["--format", "junit"]);
     assert!(
-        xml.contains(r#"<testsuite name="engine replay" tests="33""#),
+        xml.contains(r#"<testsuite name="engine replay" tests="45""#),
         "{xml}"
     );
     assert!(xml.contains("failures=\"1\""), "{xml}");

@@ -264,9 +264,11 @@ async fn vapi_synchronous_answers() {
         post_vapi(&app, "tool-calls.json").await,
         (
             200,
+            // no database, so no organisation is linked to the assistant (tests/connections.rs
+            // has the calendar answers); a tool the pipeline does not know is said to be unknown
             json!({"results": [
-                {"toolCallId": "call_Vx81", "result": "Received; this tool is handled asynchronously."},
-                {"toolCallId": "call_Vx82", "result": "Received; this tool is handled asynchronously."}
+                {"toolCallId": "call_Vx81", "result": "This line is not linked to a calendar, so times cannot be checked or booked. Take the caller's name and number; the team will call back to arrange a time."},
+                {"toolCallId": "call_Vx82", "result": "This assistant has no tool called \"send_sms_confirmation\"."}
             ]})
         )
     );

@@ -482,3 +482,68 @@ mod env_rules {
         );
     }
 }
+
+#[test]
+fn connections_are_checked_where_they_are_written() {
+    let dir = Dir::shipped_copy();
+    dir.write(
+        "tools.yaml",
+        r#"name: tools
+route: {method: POST, path: /tools}
+respond:
+  inline: '"ok"'
+connections:
+  calendar:
+    base_url: www.googleapis.com/calendar/v3
+    auth: {oauth: google-calender}
+  crm:
+    base_url: https://crm.example.com/api?key=1
+    auth: {bearer: sk_live_literal}
+"#,
+    );
+    dir.write(
+        "named.yaml",
+        "name: named\nroute: {method: POST, path: /named}\nrespond: {inline: '1'}\nconnections:\n  ok_name: {base_url: 'https://a.example.com'}\n  Bad-Name: {base_url: 'https://b.example.com'}\n",
+    );
+    dir.write(
+        "quiet.yaml",
+        "name: quiet\nroute: {method: POST, path: /quiet}\nconnections:\n  api: {base_url: 'https://api.example.com'}\n",
+    );
+    let l = lines(&dir, &problems(&dir, &[]));
+    let text = l.join("\n");
+    for expected in [
+        "tools.yaml:7:15: must be an absolute http(s) URL",
+        "tools.yaml:8:19: `google-calender` is not a pipeline with an `oauth` section (those are: google-calendar)",
+        "tools.yaml:10:15: must have no `?query` or `#fragment`",
+        "tools.yaml:11:20: a secret must be a `${VAR}` reference",
+        "named.yaml:6:3: `Bad-Name` is not a valid name here: names start with a lower-case letter",
+        "quiet.yaml:4:3: only a respond `script` or `inline` can call connections",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    assert!(!text.contains("sk_live_literal"), "{text}");
+}
+
+#[test]
+fn a_connection_must_be_https_in_production() {
+    let dir = Dir::shipped_copy();
+    let env = [
+        ("NODE_ENV", "production"),
+        ("REDIS_URL", "redis://127.0.0.1:6379"),
+        (
+            "DATABASE_URL",
+            "postgres://u@db.example.com/app?sslmode=require",
+        ),
+        (
+            "ENCRYPTION_KEY",
+            "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
+        ),
+        ("VAPI_WEBHOOK_SECRET", "s"),
+        ("GOOGLE_API_URL", "http://127.0.0.1:9999"),
+    ];
+    let text = lines(&dir, &problems(&dir, &env)).join("\n");
+    assert!(
+        text.contains("GOOGLE_API_URL") && text.contains("https"),
+        "{text}"
+    );
+}

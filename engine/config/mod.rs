@@ -15,6 +15,7 @@
 //! `${VAR}` reference checks, typed deserialization, then semantic rules across files (unique
 //! names, non-overlapping routes). `engine validate` and `engine serve` both call it.
 
+pub mod connection;
 pub mod deployment;
 pub mod env_refs;
 pub mod oauth;
@@ -269,6 +270,17 @@ pub fn load(dir: &Path, source: &EnvSource) -> Result<Project, Vec<Diagnostic>> 
         }
     }
     diags.extend(check_unique_names(&pipelines));
+    if let Some(schema) = &env_schema {
+        for (checked, p) in &pipelines {
+            diags.extend(check_connections(
+                checked,
+                p,
+                &pipelines,
+                schema,
+                env.as_ref(),
+            ));
+        }
+    }
     // every route with its pipeline and where it is written: `route`, and an OAuth start path
     let mut listed: Vec<(crate::config::units::HttpMethod, &str, usize, &str)> = Vec::new();
     for (i, (_, p)) in pipelines.iter().enumerate() {
@@ -627,7 +639,8 @@ fn check_oauth(
         ("authorize_url", &o.authorize_url),
         ("token_url", &o.token_url),
     ] {
-        if let Some(u) = url {
+        // empty: its variable is not set (reported with the environment)
+        if let Some(u) = url.as_ref().filter(|u| !u.is_empty()) {
             match url::Url::parse(u) {
                 Err(_) => at(&format!("/oauth/{key}"), "must be an absolute URL".into()),
                 Ok(parsed) if production && parsed.scheme() != "https" => at(
@@ -702,6 +715,89 @@ fn check_oauth(
             secret_reference(c, pointer, text, schema, &mut out);
         }
     }
+    out
+}
+
+/// Connections: an absolute http(s) base URL (https in production) with no query; OAuth tokens
+/// of an existing `oauth` pipeline; a bearer token from an `x-secret` variable; only a pipeline
+/// that answers with a script can call them.
+fn check_connections(
+    c: &Checked,
+    p: &Pipeline,
+    all: &[(Checked, Pipeline)],
+    schema: &EnvSchema,
+    env: Option<&Env>,
+) -> Vec<Diagnostic> {
+    use connection::Auth;
+    let mut out = Vec::new();
+    let mut secrets = Vec::new();
+    let mut at = |pointer: &str, message: String| {
+        let pos = c.doc.value_pos(pointer);
+        out.push(Diagnostic::new(&c.file, pos, pointer, message));
+    };
+    if !p.connections.is_empty() && p.respond.script.is_none() && p.respond.inline.is_none() {
+        at(
+            "/connections",
+            "only a respond `script` or `inline` can call connections: add one, or remove `connections`".into(),
+        );
+    }
+    for (name, conn) in &p.connections {
+        let pointer = format!("/connections/{name}");
+        // a base URL built from variables is only known once the environment is valid
+        match url::Url::parse(&conn.base_url) {
+            _ if env.is_none() => {}
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
+                if env.is_some_and(Env::is_production) && u.scheme() != "https" {
+                    at(
+                        &format!("{pointer}/base_url"),
+                        "must be https in production".into(),
+                    );
+                }
+                if u.query().is_some() || u.fragment().is_some() {
+                    at(
+                        &format!("{pointer}/base_url"),
+                        "must have no `?query` or `#fragment`: a call gives its own `query`".into(),
+                    );
+                }
+            }
+            _ => at(
+                &format!("{pointer}/base_url"),
+                "must be an absolute http(s) URL, e.g. `https://www.googleapis.com/calendar/v3`"
+                    .into(),
+            ),
+        }
+        match &conn.auth {
+            Auth::Oauth(provider) => {
+                let found = all.iter().find(|(_, q)| &q.name == provider);
+                if found.is_none_or(|(_, q)| q.oauth.is_none()) {
+                    let oauth: Vec<&str> = all
+                        .iter()
+                        .filter(|(_, q)| q.oauth.is_some())
+                        .map(|(_, q)| q.name.as_str())
+                        .collect();
+                    at(
+                        &format!("{pointer}/auth/oauth"),
+                        format!(
+                            "`{provider}` is not a pipeline with an `oauth` section{}",
+                            if oauth.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" (those are: {})", oauth.join(", "))
+                            }
+                        ),
+                    );
+                }
+            }
+            Auth::Bearer(_) => {
+                let bearer = format!("{pointer}/auth/bearer");
+                if let Some(text) = c.doc.value.pointer(&bearer).and_then(Value::as_str) {
+                    secret_reference(c, &bearer, text, schema, &mut secrets);
+                }
+            }
+            Auth::None => {}
+        }
+    }
+    out.extend(secrets);
     out
 }
 

@@ -51,6 +51,13 @@ pub struct Pipeline {
     #[serde(default)]
     pub respond: Respond,
 
+    /// Outbound services the respond script may call while the caller waits
+    /// (`request("<name>", #{...})`), by name: a base URL, a credential, a timeout and retries.
+    /// Scripts reach no other host.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("propertyNames" = {"pattern": "^[a-z][a-z0-9_]{0,62}$"}))]
+    pub connections: BTreeMap<String, super::connection::Connection>,
+
     /// Values scripts read as `event.vars` (strings may use `${VAR}`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub vars: BTreeMap<String, serde_json::Value>,

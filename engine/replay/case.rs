@@ -5,11 +5,12 @@
 //!   -> request built from the fixture (signed by the pipeline's own verifier when `sign`)
 //!   -> server::chain (route, maintenance, CORS, size limit, rate limit, verify, respond, enqueue)
 //!   -> drain the in-memory queue through the pipeline's worker (transform -> sinks)
-//!   -> Actual: status, headers, body, the event's outcome, rows per sink
+//!   -> Actual: status, headers, body, the event's outcome, rows per sink, connection calls,
+//!      alerts
 //! ```
 //!
-//! No socket, Redis, Postgres or HTTP sink is touched: REDIS_URL and DATABASE_URL are cleared and
-//! every sink captures its rows.
+//! No socket, Redis, Postgres or HTTP sink is touched: REDIS_URL and DATABASE_URL are cleared,
+//! every sink captures its rows, and connections meet the fixture's stand-ins (`connections`).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -23,6 +24,10 @@ use serde_json::Value;
 
 use super::fixture::{Body, DEFAULT_CLOCK, Fixture, Outcome, millis};
 use crate::config::Project;
+use crate::connection::Backing;
+use crate::connection::tenant::Memory as DirectoryMemory;
+use crate::connection::token::{Memory as TokenMemory, Stored};
+use crate::connection::transport::{Canned, Standin};
 use crate::queue::Outcomes;
 use crate::queue::redis::{Delivery, QueueError};
 use crate::route::Lookup;
@@ -44,6 +49,10 @@ pub struct Actual {
     pub reason: Option<String>,
     /// Rows per sink, in the order written, over all repeats.
     pub sinks: BTreeMap<String, Vec<Value>>,
+    /// Connection requests, `METHOD url`, over all repeats.
+    pub calls: Vec<String>,
+    /// Alerts raised, over all repeats.
+    pub alerts: Vec<String>,
 }
 
 impl Actual {
@@ -97,12 +106,14 @@ pub async fn run(project: &Project, fixture: &Fixture, file: &Path) -> Result<Ac
     project.settings.redis_url = None;
     project.settings.database_url = None;
     let captured = Arc::new(Captured::default());
+    let (backing, standin, alerts) = standins(&fixture.connections, clock_ms)?;
     let mut app = App::build_in(
         project,
         Surroundings {
             clock: crate::clock::Clock::frozen(clock_ms),
             sinks: crate::sink::Target::Capture(captured.clone()),
             record: None,
+            connections: Some(backing),
             memory_queues: Vec::new(),
         },
     )?;
@@ -157,13 +168,92 @@ pub async fn run(project: &Project, fixture: &Fixture, file: &Path) -> Result<Ac
             outcome,
             reason,
             sinks: BTreeMap::new(),
+            calls: Vec::new(),
+            alerts: Vec::new(),
         });
     }
     let mut actual = last.ok_or("no request was sent")?;
     for b in captured.batches() {
         actual.sinks.entry(b.sink).or_default().extend(b.rows);
     }
+    actual.calls = standin.asked();
+    actual.alerts = alerts.lock().unwrap_or_else(|e| e.into_inner()).clone();
     Ok(actual)
+}
+
+type Alerts = Arc<std::sync::Mutex<Vec<String>>>;
+
+/// The fixture's stand-ins as what connections send through, read tokens from and look
+/// tenants up in; the stand-in network (what was asked of it) and the alerts raised.
+fn standins(
+    s: &crate::replay::fixture::Standins,
+    clock_ms: i64,
+) -> Result<(Backing, Arc<Standin>, Alerts), String> {
+    let mut answers = Vec::new();
+    for a in &s.answers {
+        let body = match (&a.json, &a.text) {
+            (Some(j), None) => Bytes::from(j.to_string()),
+            (None, Some(t)) => Bytes::from(t.clone()),
+            (None, None) => Bytes::new(),
+            (Some(_), Some(_)) => {
+                return Err(format!(
+                    "the answer for {} has both `json` and `text`",
+                    a.url
+                ));
+            }
+        };
+        answers.push(Canned {
+            method: a.method.as_str().to_string(),
+            url: a.url.clone(),
+            status: a.status,
+            body,
+            delay: a.delay.map_or(Duration::ZERO, |d| d.0),
+            times: a.times,
+        });
+    }
+    let mut tokens = Vec::new();
+    for t in &s.tokens {
+        let expires_at = match &t.expires_at {
+            Some(at) => Some(
+                millis(at)
+                    .ok_or_else(|| {
+                        format!(
+                            "`expires_at` of {}'s token is not an RFC 3339 time",
+                            t.tenant
+                        )
+                    })?
+                    .div_euclid(1000),
+            ),
+            None => None,
+        };
+        tokens.push((
+            (t.provider.clone(), t.tenant.clone()),
+            Stored {
+                access_token: t.access_token.clone(),
+                refresh_token: t.refresh_token.clone(),
+                expires_at,
+                disconnected: t
+                    .disconnected
+                    .then(|| "disconnected before the case".to_string()),
+            },
+        ));
+    }
+    let directory = s
+        .tenants
+        .iter()
+        .map(|a| ((a.source.clone(), a.id.clone()), a.tenant.clone()))
+        .collect();
+    let standin = Arc::new(Standin::new(answers));
+    let alerts: Alerts = Arc::default();
+    let raised = alerts.clone();
+    let backing = Backing {
+        transport: standin.clone(),
+        tokens: Some(Arc::new(TokenMemory::new(tokens))),
+        directory: Some(Arc::new(DirectoryMemory(directory))),
+        alert: Arc::new(move |text| raised.lock().unwrap_or_else(|e| e.into_inner()).push(text)),
+        clock_ms: Some(clock_ms),
+    };
+    Ok((backing, standin, alerts))
 }
 
 /// The body bytes and the content type its kind implies.

@@ -77,6 +77,24 @@ pub fn compare(expect: &Expect, actual: &Actual) -> Vec<String> {
             );
         }
     }
+    if let Some(calls) = &expect.calls
+        && calls != &actual.calls
+    {
+        out.push(format!("calls: expected {calls:?}, got {:?}", actual.calls));
+    }
+    if let Some(alerts) = &expect.alerts {
+        let fits = alerts.len() == actual.alerts.len()
+            && alerts
+                .iter()
+                .zip(&actual.alerts)
+                .all(|(w, g)| g.contains(w.as_str()));
+        if !fits {
+            out.push(format!(
+                "alerts: expected {alerts:?}, got {:?}",
+                actual.alerts
+            ));
+        }
+    }
     out
 }
 
@@ -251,6 +269,19 @@ pub fn updated(old: &Expect, actual: &Actual, pipelines: &str) -> Expect {
         outcome: Some(actual.outcome),
         reason,
         sinks: Some(sinks),
+        calls: (!actual.calls.is_empty() || old.calls.is_some()).then(|| actual.calls.clone()),
+        alerts: match &old.alerts {
+            Some(a)
+                if a.len() == actual.alerts.len()
+                    && a.iter()
+                        .zip(&actual.alerts)
+                        .all(|(w, g)| g.contains(w.as_str())) =>
+            {
+                Some(a.clone())
+            }
+            _ if actual.alerts.is_empty() && old.alerts.is_none() => None,
+            _ => Some(actual.alerts.clone()),
+        },
     }
 }
 
@@ -281,6 +312,8 @@ mod tests {
             outcome: Outcome::Written,
             reason: None,
             sinks: BTreeMap::from([("calls".into(), vec![json!({"id": "a", "cost": 1.5})])]),
+            calls: vec!["POST https://api.example/v1/things".into()],
+            alerts: vec!["`google-calendar` of tenant org-1 is disconnected".into()],
         }
     }
 
@@ -307,6 +340,8 @@ mod tests {
                     mode: Match::Subset,
                 },
             )])),
+            calls: Some(vec!["POST https://api.example/v1/things".into()]),
+            alerts: Some(vec!["org-1 is disconnected".into()]),
         };
         assert_eq!(compare(&e, &actual()), Vec::<String>::new());
         let kept = updated(&e, &actual(), "pipelines");
@@ -335,6 +370,8 @@ mod tests {
                 "calls".into(),
                 RowsMatch::Exact(vec![json!({"id": "a", "cost": 2})]),
             )])),
+            calls: Some(vec![]),
+            alerts: Some(vec!["org-2".into()]),
         };
         let problems = compare(&e, &actual());
         let text = problems.join("\n");
@@ -359,6 +396,11 @@ mod tests {
             text.contains("sink calls: row 0:") && text.contains(".cost"),
             "{text}"
         );
+        assert!(
+            text.contains("calls: expected [], got [\"POST https://api.example/v1/things\"]"),
+            "{text}"
+        );
+        assert!(text.contains("alerts: expected [\"org-2\"]"), "{text}");
         assert!(!text.contains("lhs") && !text.contains("rhs"), "{text}");
     }
 

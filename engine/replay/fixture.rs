@@ -50,8 +50,98 @@ pub struct Fixture {
     #[serde(default = "one", skip_serializing_if = "is_one")]
     #[schemars(range(min = 1, max = 1000))]
     pub repeat: u32,
+    /// Stand-ins for the pipeline's `connections`: the services' answers, the tenants' stored
+    /// OAuth tokens and the tenant directory. Replay reaches no network and no database.
+    #[serde(default, skip_serializing_if = "Standins::is_empty")]
+    pub connections: Standins,
     #[serde(default)]
     pub expect: Expect,
+}
+
+/// What a case's connection calls meet.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Standins {
+    /// Answers, used in order: a call takes the first unused one with its method and URL (the
+    /// query string is not compared). A call no answer matches fails to connect. The token
+    /// endpoint of an `oauth` connection is answered from here too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub answers: Vec<Answer>,
+    /// Tenants' stored OAuth connections, as their `oauth` pipeline stored them (plaintext
+    /// here: test tokens).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tokens: Vec<StoredToken>,
+    /// What `tenant_of(source, id)` finds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tenants: Vec<TenantAlias>,
+}
+
+impl Standins {
+    pub fn is_empty(&self) -> bool {
+        self.answers.is_empty() && self.tokens.is_empty() && self.tenants.is_empty()
+    }
+}
+
+/// A service's answer to one request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Answer {
+    #[serde(default = "post")]
+    pub method: HttpMethod,
+    /// The full URL called, without its query string, e.g.
+    /// `https://www.googleapis.com/calendar/v3/freeBusy`.
+    #[schemars(regex(pattern = r"^https?://"))]
+    pub url: String,
+    #[serde(default = "ok_status")]
+    #[schemars(range(min = 100, max = 599))]
+    pub status: u16,
+    /// A JSON body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json: Option<Value>,
+    /// A text body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// How long the service takes (`10s`): at or over a call's timeout (what is left of the
+    /// respond budget, at most the connection's `timeout`) the call times out, at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<crate::config::units::Span>,
+    /// How many requests this answer serves (a retried call asks again).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub times: u32,
+}
+
+fn ok_status() -> u16 {
+    200
+}
+
+/// A tenant's stored OAuth connection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StoredToken {
+    /// The `oauth` pipeline that stored it (`google-calendar`).
+    pub provider: String,
+    pub tenant: String,
+    pub access_token: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+    /// RFC 3339; before the case's clock, the token is refreshed first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
+    pub expires_at: Option<String>,
+    /// Marked disconnected (the grant was revoked) before the case.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disconnected: bool,
+}
+
+/// An id of a provider's payload and the tenant it belongs to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TenantAlias {
+    /// e.g. `vapi_assistant`, `vapi_phone_number`.
+    pub source: String,
+    pub id: String,
+    pub tenant: String,
 }
 
 fn one() -> u32 {
@@ -196,6 +286,13 @@ pub struct Expect {
     /// nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sinks: Option<BTreeMap<String, RowsMatch>>,
+    /// The connection requests made, in order, as `METHOD url` without the query string (token
+    /// refreshes included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calls: Option<Vec<String>>,
+    /// Alerts raised (e.g. a revoked connection), in order: each must contain its text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerts: Option<Vec<String>>,
 }
 
 /// A text compared exactly, or by a regular expression.

@@ -93,6 +93,9 @@ pub struct Surroundings {
     pub sinks: crate::sink::Target,
     /// Record accepted requests as fixtures under this directory.
     pub record: Option<std::path::PathBuf>,
+    /// What connections send through and read tokens from (`engine replay`: a fixture's
+    /// stand-ins); `None` for the network and the database.
+    pub connections: Option<crate::connection::Backing>,
     /// In-process queues to keep using (by name) instead of new ones: a reload carries them
     /// over so events waiting in them are not lost.
     pub memory_queues: Vec<Arc<crate::queue::memory::MemoryQueue>>,
@@ -144,17 +147,23 @@ impl App {
         } else {
             None
         };
+        let pool = queueing::sink_pool(&project, &around.sinks)?;
+        let backing = match around.connections {
+            Some(b) => b,
+            None => crate::connection::Backing::live(&project, pool.as_ref())?,
+        };
+        let connections = crate::connection::build(&project, &backing)?;
         let mut responders = Vec::new();
-        for p in &project.pipelines {
-            let r = crate::respond::Responder::compile(&p.config, &p.file, &project.dir).map_err(
-                |e| {
-                    format!(
-                        "{}: respond: {}",
-                        p.file.display(),
-                        e.first().map(|x| x.message.as_str()).unwrap_or("")
-                    )
-                },
-            )?;
+        for (p, conns) in project.pipelines.iter().zip(connections) {
+            let r =
+                crate::respond::Responder::compile_with(&p.config, &p.file, &project.dir, conns)
+                    .map_err(|e| {
+                        format!(
+                            "{}: respond: {}",
+                            p.file.display(),
+                            e.first().map(|x| x.message.as_str()).unwrap_or("")
+                        )
+                    })?;
             responders.push(r);
         }
         // One Redis connection for the whole request path: rate limits, enqueues, `/ready`.
@@ -164,7 +173,6 @@ impl App {
             .as_deref()
             .map(SharedRedis::open)
             .transpose()?;
-        let pool = queueing::sink_pool(&project, &around.sinks)?;
         let queued = queueing::build(
             &project,
             &around.sinks,

@@ -88,6 +88,11 @@ pub fn with_deadline<T>(budget: Duration, f: impl FnOnce() -> T) -> T {
     out
 }
 
+/// When the budget of the script running on this thread ends.
+pub fn deadline() -> Option<Instant> {
+    DEADLINE.with(Cell::get)
+}
+
 fn failure(kind: &str, msg: &str) -> Box<EvalAltResult> {
     let mut m = rhai::Map::new();
     m.insert(FAILURE_KEY.into(), Dynamic::from(kind.to_string()));

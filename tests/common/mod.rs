@@ -527,15 +527,29 @@ pub struct Stub {
     pub port: u16,
     got: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
     reply: std::sync::Arc<std::sync::Mutex<(u16, String, Duration)>>,
+    answer: Option<Answerer>,
 }
+
+/// Answers a request: status, JSON body, delay.
+pub type Answerer = std::sync::Arc<dyn Fn(&Received) -> (u16, String, Duration) + Send + Sync>;
 
 impl Stub {
     pub async fn start() -> Stub {
+        Stub::serving(None).await
+    }
+
+    /// A stub whose answers `answer` computes from each request (a service with state).
+    pub async fn answering(answer: Answerer) -> Stub {
+        Stub::serving(Some(answer)).await
+    }
+
+    async fn serving(answer: Option<Answerer>) -> Stub {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let stub = Stub {
             port: listener.local_addr().unwrap().port(),
             got: Default::default(),
             reply: std::sync::Arc::new(std::sync::Mutex::new((200, "ok".into(), Duration::ZERO))),
+            answer,
         };
         let keep = stub.clone();
         tokio::spawn(async move {
@@ -585,13 +599,17 @@ impl Stub {
             }
             let body = String::from_utf8_lossy(&buf[head_end..head_end + len]).to_string();
             buf.drain(..head_end + len);
-            self.got.lock().unwrap().push(Received {
+            let received = Received {
                 method,
                 path,
                 headers,
                 body,
-            });
-            let (status, text, delay) = self.reply.lock().unwrap().clone();
+            };
+            let (status, text, delay) = match &self.answer {
+                Some(answer) => answer(&received),
+                None => self.reply.lock().unwrap().clone(),
+            };
+            self.got.lock().unwrap().push(received);
             tokio::time::sleep(delay).await;
             let answer = format!(
                 "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{text}",

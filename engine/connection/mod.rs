@@ -1,0 +1,645 @@
+//! Connections: the outbound services a pipeline declares (`connections:`), called by its
+//! respond script while the caller waits, e.g. a Vapi tool call answered from the tenant's
+//! Google Calendar.
+//!
+//! ```text
+//! respond script: request("google_calendar", #{tenant, method, path, query, json, idempotent})
+//!   (`request`, not `call`: Rhai reserves `call` for function pointers)
+//!   inline attempt on the async thread? -> stop, run the script on a blocking thread instead
+//!   (nothing was sent: a script has no effects before its first call)
+//!   -> the declared connection (else a script error) -> URL = base_url + path, on its host and
+//!      under its path (else a script error)
+//!   -> credential: none | static bearer | the tenant's OAuth token (connection::token: stored,
+//!      refreshed, coalesced)
+//!   -> send within min(timeout, respond budget left - ANSWER_RESERVE); 401 -> refresh once,
+//!      send again; idempotent and 429 / 5xx / timeout / no connection -> retry (`retries`,
+//!      backoff) while the budget lasts
+//!   -> #{ok, status, body, error, message}: the script words the caller's answer, including
+//!      when the budget ran out (`error: "timeout"`) or the tenant is not connected
+//! ```
+//!
+//! Scripts never get raw network access: `request` is the only way out, to declared connections
+//! only. `tenant_of(source, id)` maps a payload's id to a tenant (`connection::tenant`).
+//! `engine replay` stands the network, the token store and the tenant directory in with a
+//! fixture's `connections` section ([`Backing`]).
+
+pub mod tenant;
+pub mod token;
+pub mod transport;
+
+use std::cell::Cell;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rhai::{Dynamic, Engine, EvalAltResult, Position};
+use serde_json::Value;
+
+use crate::config::Project;
+use crate::config::connection::{Auth, Connection};
+use token::{TokenError, Tokens};
+use transport::{Failure, Outbound, Transport};
+
+/// Time kept back from a call so the script can still word its answer.
+pub const ANSWER_RESERVE: Duration = Duration::from_millis(50);
+
+/// Raises an alert (Slack when configured; collected by replay).
+pub type Alert = Arc<dyn Fn(String) + Send + Sync>;
+
+/// What connections send through, read tokens from and look tenants up in.
+#[derive(Clone)]
+pub struct Backing {
+    pub transport: Arc<dyn Transport>,
+    /// `None`: no database (or no ENCRYPTION_KEY): every OAuth connection is "not connected".
+    pub tokens: Option<Arc<dyn token::TokenStore>>,
+    /// `None`: no database: `tenant_of` finds no one.
+    pub directory: Option<Arc<dyn tenant::Directory>>,
+    pub alert: Alert,
+    /// The time tokens are judged at (Unix ms); `None` for the system clock.
+    pub clock_ms: Option<i64>,
+}
+
+impl Backing {
+    /// The network, `oauth_tokens` and `tenant_aliases` through `pool`, Slack alerts.
+    pub fn live(
+        project: &Project,
+        pool: Option<&deadpool_postgres::Pool>,
+    ) -> Result<Backing, String> {
+        let keyring = crate::crypto::Keyring::from_env(&project.env).and_then(Result::ok);
+        let tokens = match (pool, keyring) {
+            (Some(pool), Some(keyring)) => Some(Arc::new(token::Postgres {
+                pool: pool.clone(),
+                keyring,
+            }) as Arc<dyn token::TokenStore>),
+            _ => None,
+        };
+        Ok(Backing {
+            transport: Arc::new(transport::Live::new()?),
+            tokens,
+            directory: pool
+                .map(|p| Arc::new(tenant::Postgres::new(p.clone())) as Arc<dyn tenant::Directory>),
+            alert: Arc::new(|text: String| crate::ops::alerts::note(&text)),
+            clock_ms: None,
+        })
+    }
+}
+
+/// One pipeline's connections, ready to call.
+pub struct Connections {
+    pipeline: String,
+    each: BTreeMap<String, One>,
+    directory: Option<Arc<dyn tenant::Directory>>,
+    transport: Arc<dyn Transport>,
+    clock_ms: Option<i64>,
+}
+
+struct One {
+    base: url::Url,
+    credential: Credential,
+    timeout: Duration,
+    retries: u32,
+}
+
+enum Credential {
+    None,
+    Bearer(String),
+    /// The provider's name, and its tokens (`None` without a token store).
+    OAuth(String, Option<Arc<Tokens>>),
+}
+
+/// Every pipeline's connections, by index (`None` for a pipeline that declares none). OAuth
+/// tokens are shared per provider across pipelines.
+pub fn build(
+    project: &Project,
+    backing: &Backing,
+) -> Result<Vec<Option<Arc<Connections>>>, String> {
+    let mut providers: HashMap<String, Arc<Tokens>> = HashMap::new();
+    let mut out = Vec::new();
+    for p in &project.pipelines {
+        let declared = &p.config.connections;
+        if declared.is_empty() {
+            out.push(None);
+            continue;
+        }
+        let mut each = BTreeMap::new();
+        for (name, c) in declared {
+            let credential = match &c.auth {
+                Auth::None => Credential::None,
+                Auth::Bearer(token) => Credential::Bearer(token.clone()),
+                Auth::Oauth(provider) => {
+                    let tokens = match (&backing.tokens, providers.get(provider)) {
+                        (_, Some(t)) => Some(t.clone()),
+                        (None, None) => None,
+                        (Some(store), None) => {
+                            let t = Arc::new(Tokens::new(
+                                provider,
+                                client_of(project, provider)?,
+                                store.clone(),
+                                backing.transport.clone(),
+                                backing.alert.clone(),
+                            ));
+                            providers.insert(provider.clone(), t.clone());
+                            Some(t)
+                        }
+                    };
+                    Credential::OAuth(provider.clone(), tokens)
+                }
+            };
+            each.insert(name.clone(), one(&p.config.name, name, c, credential)?);
+        }
+        out.push(Some(Arc::new(Connections {
+            pipeline: p.config.name.clone(),
+            each,
+            directory: backing.directory.clone(),
+            transport: backing.transport.clone(),
+            clock_ms: backing.clock_ms,
+        })));
+    }
+    Ok(out)
+}
+
+fn one(pipeline: &str, name: &str, c: &Connection, credential: Credential) -> Result<One, String> {
+    let base = url::Url::parse(c.base_url.trim_end_matches('/'))
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+        .ok_or_else(|| {
+            format!("{pipeline}: connection `{name}`: `base_url` is not an absolute http(s) URL")
+        })?;
+    Ok(One {
+        base,
+        credential,
+        timeout: c.timeout.0,
+        retries: c.retries,
+    })
+}
+
+/// The token endpoint and client of the `oauth` pipeline named `provider`.
+fn client_of(project: &Project, provider: &str) -> Result<token::Client, String> {
+    let o = project
+        .pipelines
+        .iter()
+        .find(|p| p.config.name == provider)
+        .and_then(|p| p.config.oauth.as_ref())
+        .ok_or_else(|| format!("no `oauth` pipeline named `{provider}`"))?;
+    let token_url = o
+        .token_url
+        .clone()
+        .or_else(|| o.provider.map(|p| p.token_url().to_string()))
+        .ok_or_else(|| format!("`{provider}` has no token_url"))?;
+    Ok(token::Client {
+        token_url: url::Url::parse(&token_url)
+            .map_err(|_| format!("`{provider}`: token_url is not a URL"))?,
+        client_id: o.client_id.clone(),
+        client_secret: o.client_secret.clone(),
+        client_auth: o.client_auth,
+        timeout: o.timeout.0,
+    })
+}
+
+/// A call, as a script asks for it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Request {
+    pub tenant: Option<String>,
+    pub method: String,
+    pub path: String,
+    pub query: Vec<(String, String)>,
+    pub json: Option<Value>,
+    /// Safe to send twice (GET, HEAD, PUT, DELETE are without saying).
+    pub idempotent: bool,
+}
+
+/// What a script gets back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    pub ok: bool,
+    /// 0 when nothing answered.
+    pub status: u16,
+    /// The answer's JSON, its text when not JSON, `null` when none.
+    pub body: Value,
+    /// `""` when ok; else `refused` (4xx), `unavailable` (5xx, 429, no connection, after the
+    /// retries), `timeout`, `not_connected`, `disconnected`.
+    pub error: &'static str,
+    /// What went wrong, for logs and scripts: never a token or a URL's secrets.
+    pub message: String,
+}
+
+impl Answer {
+    fn failed(error: &'static str, status: u16, message: String) -> Answer {
+        Answer {
+            ok: false,
+            status,
+            body: Value::Null,
+            error,
+            message,
+        }
+    }
+}
+
+impl Connections {
+    /// The names this pipeline declares.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.each.keys().map(String::as_str)
+    }
+
+    fn now_secs(&self) -> i64 {
+        self.clock_ms
+            .unwrap_or_else(|| chrono::Utc::now().timestamp_millis())
+            .div_euclid(1000)
+    }
+
+    /// Call connection `name`, answering by `deadline`. `Err` is a mistake in the script (an
+    /// undeclared connection, a path off the connection's URL, no tenant for an OAuth one).
+    pub async fn call(
+        &self,
+        name: &str,
+        req: Request,
+        deadline: Instant,
+    ) -> Result<Answer, String> {
+        let one = self.each.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self.names().collect();
+            format!(
+                "`{name}` is not a connection of pipeline `{}` (declared: {})",
+                self.pipeline,
+                known.join(", ")
+            )
+        })?;
+        let url = url_for(&one.base, &req.path, &req.query)?;
+        let started = Instant::now();
+        let answer = self.send(name, one, &req, url, deadline).await?;
+        let result = if answer.ok { "ok" } else { answer.error };
+        metrics::counter!("engine_connection_calls_total", "connection" => name.to_string(), "result" => result).increment(1);
+        metrics::histogram!("engine_connection_call_duration_seconds", "connection" => name.to_string())
+            .record(started.elapsed().as_secs_f64());
+        if !answer.ok {
+            tracing::warn!(pipeline = %self.pipeline, connection = %name, status = answer.status, error = answer.error, reason = %answer.message, "connection call failed");
+        }
+        Ok(answer)
+    }
+
+    async fn send(
+        &self,
+        name: &str,
+        one: &One,
+        req: &Request,
+        url: url::Url,
+        deadline: Instant,
+    ) -> Result<Answer, String> {
+        let method = req.method.to_ascii_uppercase();
+        let retryable = req.idempotent
+            || matches!(
+                method.as_str(),
+                "GET" | "HEAD" | "PUT" | "DELETE" | "OPTIONS"
+            );
+        let now = self.now_secs();
+        let tenant = req.tenant.as_deref().filter(|t| !t.is_empty());
+        let mut bearer = match &one.credential {
+            Credential::None => None,
+            Credential::Bearer(t) => Some(t.clone()),
+            Credential::OAuth(provider, tokens) => {
+                let tenant = tenant.ok_or_else(|| {
+                    format!("connection `{name}` uses a tenant's `{provider}` token: give `tenant` in the call")
+                })?;
+                let Some(tokens) = tokens else {
+                    return Ok(token_failure(provider, tenant, TokenError::NotConnected));
+                };
+                match tokens.access(tenant, now, deadline).await {
+                    Ok(t) => Some(t),
+                    Err(e) => return Ok(token_failure(provider, tenant, e)),
+                }
+            }
+        };
+        let body = req.json.as_ref().map(|v| {
+            (
+                "application/json".to_string(),
+                serde_json::to_vec(v).unwrap_or_default(),
+            )
+        });
+        let mut attempt = 0;
+        let mut refreshed = false;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left < Duration::from_millis(5) {
+                return Ok(Answer::failed(
+                    "timeout",
+                    0,
+                    format!("`{name}` did not answer within the respond budget"),
+                ));
+            }
+            let mut headers = vec![("accept".to_string(), "application/json".to_string())];
+            if let Some(b) = &bearer {
+                headers.push(("authorization".into(), format!("Bearer {b}")));
+            }
+            let sent = self
+                .transport
+                .send(Outbound {
+                    method: method.clone(),
+                    url: url.clone(),
+                    headers,
+                    body: body.clone(),
+                    timeout: one.timeout.min(left),
+                })
+                .await;
+            let again = retryable && attempt < one.retries;
+            match sent {
+                Ok(r) if r.status == 401 && !refreshed => {
+                    if let (Credential::OAuth(provider, Some(tokens)), Some(tenant), Some(stale)) =
+                        (&one.credential, tenant, &bearer)
+                    {
+                        refreshed = true;
+                        match tokens.after_401(tenant, stale, now, deadline).await {
+                            Ok(t) => bearer = Some(t),
+                            Err(e) => return Ok(token_failure(provider, tenant, e)),
+                        }
+                        continue;
+                    }
+                    return Ok(answer(r.status, &r.body));
+                }
+                Ok(r) if (r.status == 429 || r.status >= 500) && again => {}
+                Ok(r) => return Ok(answer(r.status, &r.body)),
+                Err(_) if again => {}
+                Err(Failure::Timeout) => {
+                    return Ok(Answer::failed(
+                        "timeout",
+                        0,
+                        format!("`{name}` did not answer in time"),
+                    ));
+                }
+                Err(Failure::Failed(why)) => {
+                    return Ok(Answer::failed("unavailable", 0, format!("`{name}`: {why}")));
+                }
+            }
+            // back off 100 ms, 200 ms, ... with jitter, never past the deadline
+            let pause = Duration::from_millis((100u64 << attempt.min(4)) + fastrand::u64(0..50));
+            attempt += 1;
+            if Instant::now() + pause >= deadline {
+                return Ok(Answer::failed(
+                    "timeout",
+                    0,
+                    format!("`{name}` did not answer within the respond budget"),
+                ));
+            }
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// The tenant `source`'s `id` belongs to.
+    pub async fn tenant_of(&self, source: &str, id: &str) -> Result<Option<String>, String> {
+        match &self.directory {
+            Some(d) => d.lookup(source, id).await,
+            None => Ok(None),
+        }
+    }
+}
+
+fn token_failure(provider: &str, tenant: &str, e: TokenError) -> Answer {
+    match e {
+        TokenError::NotConnected => Answer::failed(
+            "not_connected",
+            0,
+            format!("tenant {tenant} has not connected `{provider}`"),
+        ),
+        TokenError::Disconnected => Answer::failed(
+            "disconnected",
+            0,
+            format!("tenant {tenant}'s `{provider}` connection was revoked: it must connect again"),
+        ),
+        TokenError::Timeout => Answer::failed(
+            "timeout",
+            0,
+            format!("no `{provider}` token within the respond budget"),
+        ),
+        TokenError::Unavailable(why) => Answer::failed("unavailable", 0, why),
+    }
+}
+
+/// `base` + `path` (+ `query`), refused unless it stays on `base`'s origin and under its path.
+fn url_for(base: &url::Url, path: &str, query: &[(String, String)]) -> Result<url::Url, String> {
+    if !path.starts_with('/') || path.contains(['?', '#', '\\']) || path.starts_with("//") {
+        return Err(format!(
+            "`path` must start with `/` and hold no `?`, `#` or `\\` (give `query` as a map): `{path}`"
+        ));
+    }
+    let mut url = url::Url::parse(&format!("{base}{path}"))
+        .map_err(|_| format!("`{path}` does not make a URL with the connection's base_url"))?;
+    let under = url.path() == base.path()
+        || url
+            .path()
+            .starts_with(&format!("{}/", base.path().trim_end_matches('/')));
+    if url.origin() != base.origin() || !under {
+        return Err(format!(
+            "`{path}` leaves the connection's base_url: calls stay under it"
+        ));
+    }
+    if !query.is_empty() {
+        url.query_pairs_mut().extend_pairs(query);
+    }
+    Ok(url)
+}
+
+fn answer(status: u16, body: &[u8]) -> Answer {
+    let body = if body.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(body)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()))
+    };
+    let ok = (200..300).contains(&status);
+    let error = match status {
+        _ if ok => "",
+        429 | 500.. => "unavailable",
+        _ => "refused",
+    };
+    Answer {
+        ok,
+        status,
+        message: if ok {
+            String::new()
+        } else {
+            format!("answered HTTP {status}")
+        },
+        body,
+        error,
+    }
+}
+
+thread_local! {
+    /// Set while a respond script runs on a blocking thread, where a call may wait.
+    static MAY_BLOCK: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Run `f` (a respond script on a blocking thread) with connection calls allowed.
+pub fn allow_waiting<T>(f: impl FnOnce() -> T) -> T {
+    MAY_BLOCK.with(|b| b.set(true));
+    let out = f();
+    MAY_BLOCK.with(|b| b.set(false));
+    out
+}
+
+/// Register `request(connection, call)` and `tenant_of(source, id)` on a respond script's engine.
+pub fn register(engine: &mut Engine, connections: Option<Arc<Connections>>) {
+    let c = connections.clone();
+    engine.register_fn(
+        "request",
+        move |name: &str, req: rhai::Map| -> Result<Dynamic, Box<EvalAltResult>> {
+            let (conns, handle) = ready(&c)?;
+            let req = request_from(req).map_err(script_error)?;
+            let deadline = crate::transform::sandbox::deadline()
+                .map(|d| d.checked_sub(ANSWER_RESERVE).unwrap_or(d))
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(5));
+            let answer = handle
+                .block_on(conns.call(name, req, deadline))
+                .map_err(script_error)?;
+            Ok(to_dynamic(answer))
+        },
+    );
+    let c = connections;
+    engine.register_fn(
+        "tenant_of",
+        move |source: &str, id: Dynamic| -> Result<Dynamic, Box<EvalAltResult>> {
+            let Some(id) = id.into_immutable_string().ok().filter(|s| !s.is_empty()) else {
+                return Ok(Dynamic::UNIT);
+            };
+            let (conns, handle) = ready(&c)?;
+            match handle.block_on(conns.tenant_of(source, &id)) {
+                Ok(Some(t)) => Ok(t.into()),
+                Ok(None) => Ok(Dynamic::UNIT),
+                Err(e) => {
+                    tracing::warn!(source, error = %e, "tenant lookup failed");
+                    Ok(Dynamic::UNIT)
+                }
+            }
+        },
+    );
+}
+
+/// The connections and a runtime to wait on, or why a call cannot be made here.
+fn ready(
+    c: &Option<Arc<Connections>>,
+) -> Result<(&Arc<Connections>, tokio::runtime::Handle), Box<EvalAltResult>> {
+    let conns = c
+        .as_ref()
+        .ok_or_else(|| script_error("this pipeline declares no `connections`".into()))?;
+    if !MAY_BLOCK.with(Cell::get) {
+        // the inline attempt stops here, before anything is sent, and runs again where it may wait
+        return Err(Box::new(EvalAltResult::ErrorTerminated(
+            "a connection call waits: run on a blocking thread".into(),
+            Position::NONE,
+        )));
+    }
+    let handle = tokio::runtime::Handle::try_current()
+        .map_err(|_| script_error("connection calls need the engine's runtime".into()))?;
+    Ok((conns, handle))
+}
+
+fn script_error(message: String) -> Box<EvalAltResult> {
+    Box::new(EvalAltResult::ErrorRuntime(message.into(), Position::NONE))
+}
+
+fn request_from(map: rhai::Map) -> Result<Request, String> {
+    let text = |key: &str| -> Result<Option<String>, String> {
+        match map.get(key) {
+            None => Ok(None),
+            Some(v) if v.is_unit() => Ok(None),
+            Some(v) => v
+                .clone()
+                .into_string()
+                .map(Some)
+                .map_err(|_| format!("`{key}` must be a string")),
+        }
+    };
+    let path = text("path")?.ok_or("a call needs a `path`")?;
+    let mut query = Vec::new();
+    if let Some(q) = map.get("query").filter(|q| !q.is_unit()) {
+        let q = q.read_lock::<rhai::Map>().ok_or("`query` must be a map")?;
+        for (k, v) in q.iter() {
+            query.push((k.to_string(), v.to_string()));
+        }
+    }
+    let json = match map.get("json").filter(|j| !j.is_unit()) {
+        Some(j) => Some(rhai::serde::from_dynamic::<Value>(j).map_err(|e| format!("`json`: {e}"))?),
+        None => None,
+    };
+    Ok(Request {
+        tenant: text("tenant")?,
+        method: text("method")?.unwrap_or_else(|| "GET".into()),
+        path,
+        query,
+        json,
+        idempotent: map
+            .get("idempotent")
+            .and_then(|v| v.as_bool().ok())
+            .unwrap_or(false),
+    })
+}
+
+fn to_dynamic(a: Answer) -> Dynamic {
+    let mut m = rhai::Map::new();
+    m.insert("ok".into(), a.ok.into());
+    m.insert("status".into(), (a.status as i64).into());
+    m.insert(
+        "body".into(),
+        rhai::serde::to_dynamic(&a.body).unwrap_or(Dynamic::UNIT),
+    );
+    m.insert("error".into(), a.error.into());
+    m.insert("message".into(), a.message.into());
+    Dynamic::from_map(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_stay_on_the_connection() {
+        let base = url::Url::parse("https://www.googleapis.com/calendar/v3").unwrap();
+        let ok = url_for(&base, "/freeBusy", &[]).unwrap();
+        assert_eq!(
+            ok.as_str(),
+            "https://www.googleapis.com/calendar/v3/freeBusy"
+        );
+        let q = url_for(
+            &base,
+            "/calendars/primary/events",
+            &[("maxResults".into(), "5".into())],
+        )
+        .unwrap();
+        assert_eq!(q.query(), Some("maxResults=5"));
+        for bad in [
+            "/../../admin",
+            "/%2e%2e/%2e%2e/admin",
+            "//evil.example/x",
+            "@evil.example/x",
+            "/x?y=1",
+            "/x#f",
+            "/\\evil",
+            "freeBusy",
+        ] {
+            assert!(url_for(&base, bad, &[]).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn answers_are_classified_and_json_is_parsed() {
+        let a = answer(200, br#"{"kind":"calendar#freeBusy"}"#);
+        assert!(a.ok && a.error.is_empty());
+        assert_eq!(a.body["kind"], "calendar#freeBusy");
+        assert_eq!(answer(409, b"{}").error, "refused");
+        assert_eq!(answer(503, b"oops").body, Value::String("oops".into()));
+        assert_eq!(answer(429, b"").error, "unavailable");
+    }
+
+    #[test]
+    fn a_script_request_becomes_a_call() {
+        let engine = Engine::new();
+        let map: rhai::Map = engine
+            .eval(r#"#{tenant: "org-1", method: "post", path: "/freeBusy", query: #{a: 1}, json: #{items: [#{id: "primary"}]}, idempotent: true}"#)
+            .unwrap();
+        let r = request_from(map).unwrap();
+        assert_eq!(r.tenant.as_deref(), Some("org-1"));
+        assert_eq!(r.query, vec![("a".to_string(), "1".to_string())]);
+        assert_eq!(r.json.unwrap()["items"][0]["id"], "primary");
+        assert!(r.idempotent);
+        let no_path: rhai::Map = engine.eval("#{method: \"GET\"}").unwrap();
+        assert!(request_from(no_path).is_err());
+    }
+}
