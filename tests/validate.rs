@@ -491,7 +491,7 @@ fn connections_are_checked_where_they_are_written() {
         r#"name: tools
 route: {method: POST, path: /tools}
 respond:
-  inline: '"ok"'
+  inline: 'request("calendar", #{path: "/a"}); request("elsewhere", #{path: "/b"})'
 connections:
   calendar:
     base_url: www.googleapis.com/calendar/v3
@@ -517,6 +517,7 @@ connections:
         "tools.yaml:10:15: must have no `?query` or `#fragment`",
         "tools.yaml:11:20: a secret must be a `${VAR}` reference",
         "named.yaml:6:3: `Bad-Name` is not a valid name here: names start with a lower-case letter",
+        "tools.yaml:4:11: `elsewhere` is not a connection of this pipeline (declared: calendar, crm) (line 1, column 46 of the script)",
         "quiet.yaml:4:3: only a respond `script` or `inline` can call connections",
     ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");

@@ -278,6 +278,7 @@ pub fn load(dir: &Path, source: &EnvSource) -> Result<Project, Vec<Diagnostic>> 
                 &pipelines,
                 schema,
                 env.as_ref(),
+                dir,
             ));
         }
     }
@@ -727,6 +728,7 @@ fn check_connections(
     all: &[(Checked, Pipeline)],
     schema: &EnvSchema,
     env: Option<&Env>,
+    root: &Path,
 ) -> Vec<Diagnostic> {
     use connection::Auth;
     let mut out = Vec::new();
@@ -798,7 +800,50 @@ fn check_connections(
         }
     }
     out.extend(secrets);
+    out.extend(check_requested(c, p, root));
     out
+}
+
+/// Every `request("name", ...)` of the respond script names a declared connection.
+fn check_requested(c: &Checked, p: &Pipeline, root: &Path) -> Vec<Diagnostic> {
+    let declared: Vec<&str> = p.connections.keys().map(String::as_str).collect();
+    let (text, script) = match (&p.respond.script, &p.respond.inline) {
+        (Some(rel), _) => match crate::transform::resolve(&c.file, root, rel)
+            .ok()
+            .and_then(|path| std::fs::read_to_string(&path).ok().map(|t| (t, path)))
+        {
+            // a missing script is reported where scripts are compiled
+            None => return Vec::new(),
+            Some((t, path)) => (t, Some(path)),
+        },
+        (None, Some(t)) => (t.clone(), None),
+        (None, None) => return Vec::new(),
+    };
+    crate::connection::requested_in(&text)
+        .into_iter()
+        .filter(|(name, _, _)| !declared.contains(&name.as_str()))
+        .map(|(name, line, col)| {
+            let message = if declared.is_empty() {
+                format!(
+                    "`{name}` is not a connection of this pipeline: declare it under `connections`"
+                )
+            } else {
+                format!(
+                    "`{name}` is not a connection of this pipeline (declared: {})",
+                    declared.join(", ")
+                )
+            };
+            match &script {
+                Some(path) => Diagnostic::new(path, Pos { line, col }, "", message),
+                None => Diagnostic::new(
+                    &c.file,
+                    c.doc.value_pos("/respond/inline"),
+                    "/respond/inline",
+                    format!("{message} (line {line}, column {col} of the script)"),
+                ),
+            }
+        })
+        .collect()
 }
 
 fn check_scripts(c: &Checked, p: &Pipeline, root: &Path) -> Vec<Diagnostic> {

@@ -391,6 +391,23 @@ impl Connections {
     }
 }
 
+/// The connection names a script's text passes to `request("...")` as a literal, with their
+/// 1-based line and column: what `engine validate` checks against the declared ones.
+pub fn requested_in(text: &str) -> Vec<(String, usize, usize)> {
+    static CALL: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r#"\brequest\s*\(\s*"([^"\\]*)""#).expect("valid")
+    });
+    CALL.captures_iter(text)
+        .filter_map(|c| {
+            let name = c.get(1)?;
+            let before = &text[..name.start()];
+            let line = before.matches('\n').count() + 1;
+            let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            Some((name.as_str().to_string(), line, col))
+        })
+        .collect()
+}
+
 fn token_failure(provider: &str, tenant: &str, e: TokenError) -> Answer {
     match e {
         TokenError::NotConnected => Answer::failed(
@@ -616,6 +633,20 @@ mod tests {
         ] {
             assert!(url_for(&base, bad, &[]).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn literal_connection_names_are_found_with_their_position() {
+        let text =
+            "let a = 1;\nlet r = request(\"google_calendar\", #{});\n  request( \"other\" , #{})";
+        assert_eq!(
+            requested_in(text),
+            [
+                ("google_calendar".to_string(), 2, 18),
+                ("other".to_string(), 3, 13)
+            ]
+        );
+        assert!(requested_in("my_request(\"x\")").is_empty());
     }
 
     #[test]

@@ -89,7 +89,7 @@ pub fn compile(
 }
 
 /// A script path relative to the pipeline file, which must stay inside the pipelines directory.
-fn resolve(pipeline_file: &Path, root: &Path, rel: &str) -> Result<PathBuf, String> {
+pub fn resolve(pipeline_file: &Path, root: &Path, rel: &str) -> Result<PathBuf, String> {
     let rel_path = Path::new(rel);
     if rel_path.is_absolute() {
         return Err(format!(
