@@ -609,24 +609,18 @@ async fn tenants_link_list_and_unlink_vapi_ids() {
         "vapi_assistant a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d -> org_clinic\n"
     );
     // linking again moves the id to another tenant
-    tenants(&[
-        "link",
-        "--source",
-        "vapi_phone_number",
-        "--id",
-        "pn-1",
-        "--tenant",
-        "org_a",
-    ]);
-    tenants(&[
-        "link",
-        "--source",
-        "vapi_phone_number",
-        "--id",
-        "pn-1",
-        "--tenant",
-        "org_b",
-    ]);
+    for org in ["org_a", "org_b"] {
+        let link = [
+            "link",
+            "--source",
+            "vapi_phone_number",
+            "--id",
+            "pn-1",
+            "--tenant",
+            org,
+        ];
+        assert_eq!(tenants(&link).0, 0);
+    }
     let (_, out, _) = tenants(&["list"]);
     assert_eq!(
         out,

@@ -589,7 +589,8 @@ respond:
     let kind = event.body.kind;
     if kind == "ok" {{ return request("api", #{{path: "/things", query: #{{q: "a b"}}}}).status; }}
     if kind == "escape" {{ return request("api", #{{path: "/../admin"}}); }}
-    if kind == "other" {{ return request("elsewhere", #{{path: "/x"}}); }}
+    // a name validate cannot see: refused when called
+    if kind == "other" {{ let name = "else" + "where"; return request(name, #{{path: "/x"}}); }}
     "none"
   fallback: {{status: 502, body: '{{"error":"no answer"}}'}}
 "#,

@@ -302,7 +302,7 @@ impl Connections {
                 let Some(tokens) = tokens else {
                     return Ok(token_failure(provider, tenant, TokenError::NotConnected));
                 };
-                match tokens.access(tenant, now, deadline).await {
+                match tokens.access(tenant, None, now, deadline).await {
                     Ok(t) => Some(t),
                     Err(e) => return Ok(token_failure(provider, tenant, e)),
                 }
@@ -346,7 +346,7 @@ impl Connections {
                         (&one.credential, tenant, &bearer)
                     {
                         refreshed = true;
-                        match tokens.after_401(tenant, stale, now, deadline).await {
+                        match tokens.access(tenant, Some(stale), now, deadline).await {
                             Ok(t) => bearer = Some(t),
                             Err(e) => return Ok(token_failure(provider, tenant, e)),
                         }

@@ -3,7 +3,7 @@
 //! refresh token when expired or answered 401, and the new one stored encrypted.
 //!
 //! ```text
-//! access(tenant)          slot of (provider, tenant), locked: concurrent callers queue here,
+//! access(tenant, None)    slot of (provider, tenant), locked: concurrent callers queue here,
 //!   fresh token in slot -> it          so one refresh serves them all
 //!   else load the stored row (another instance may have refreshed it)
 //!     none -> NotConnected;  disconnected -> Disconnected;  fresh -> it
@@ -11,8 +11,8 @@
 //!        200 -> store encrypted, slot -> the new token
 //!        invalid_grant -> mark the row disconnected (first marker alerts Slack), Disconnected
 //!        else -> Unavailable (nothing changes; the next call tries again)
-//! after_401(tenant, stale) -> the slot's token if another caller already replaced `stale`,
-//!                             else a refresh as above
+//! access(tenant, Some(stale)), after a 401 -> any token but `stale` (another caller may have
+//!                             replaced it: the slot's or the stored one), else a refresh as above
 //! ```
 //!
 //! Slots are bounded (10,000 tenants, idle an hour); a tenant with no usable connection is
@@ -141,59 +141,40 @@ impl Tokens {
             .get_with(tenant.to_string(), || Arc::new(Mutex::new(Slot::Unknown)))
     }
 
-    /// A usable access token of `tenant` at `now` (Unix seconds), refreshed when needed, by
-    /// `deadline`.
+    /// A usable access token of `tenant` at `now` (Unix seconds) by `deadline`: the slot's or
+    /// the stored one while fresh, else refreshed. `rejected`: the token the service has just
+    /// answered 401 to; any other one will do (a concurrent caller may already have replaced
+    /// it), else a refresh.
     pub async fn access(
         &self,
         tenant: &str,
+        rejected: Option<&str>,
         now: i64,
         deadline: Instant,
     ) -> Result<String, TokenError> {
+        let usable = |access: &str, expires_at: Option<i64>| match rejected {
+            None => fresh(expires_at, now),
+            Some(stale) => access != stale,
+        };
         self.within(deadline, async {
             let slot = self.slot(tenant);
             let mut s = slot.lock().await;
             match &*s {
                 Slot::Ready {
                     access, expires_at, ..
-                } if fresh(*expires_at, now) => return Ok(access.clone()),
+                } if usable(access, *expires_at) => return Ok(access.clone()),
                 Slot::Gone { error, since } if since.elapsed() < GONE_RECHECK => {
                     return Err(error.clone());
                 }
                 _ => {}
             }
+            // the stored row: another instance may have refreshed it
             let refresh = match self.load(tenant, &mut s).await? {
                 Slot::Ready {
                     access, expires_at, ..
-                } if fresh(expires_at, now) => return Ok(access),
+                } if usable(&access, expires_at) => return Ok(access),
                 Slot::Ready { refresh, .. } => refresh,
                 _ => None,
-            };
-            self.refresh(tenant, refresh, now, deadline, &mut s).await
-        })
-        .await
-    }
-
-    /// A new access token after `stale` was answered 401: the slot's, when a concurrent caller
-    /// already replaced it, else a refresh.
-    pub async fn after_401(
-        &self,
-        tenant: &str,
-        stale: &str,
-        now: i64,
-        deadline: Instant,
-    ) -> Result<String, TokenError> {
-        self.within(deadline, async {
-            let slot = self.slot(tenant);
-            let mut s = slot.lock().await;
-            let refresh = match &*s {
-                Slot::Ready { access, .. } if access != stale => return Ok(access.clone()),
-                Slot::Ready { refresh, .. } => refresh.clone(),
-                Slot::Gone { error, .. } => return Err(error.clone()),
-                Slot::Unknown => match self.load(tenant, &mut s).await? {
-                    Slot::Ready { access, .. } if access != stale => return Ok(access),
-                    Slot::Ready { refresh, .. } => refresh,
-                    _ => None,
-                },
             };
             self.refresh(tenant, refresh, now, deadline, &mut s).await
         })
@@ -616,7 +597,10 @@ mod tests {
     #[tokio::test]
     async fn a_fresh_token_is_used_without_asking_the_token_endpoint() {
         let (t, standin, _, _) = tokens(vec![], stored(10_000));
-        assert_eq!(t.access("org-1", 1_000, soon()).await.unwrap(), "ya29.old");
+        assert_eq!(
+            t.access("org-1", None, 1_000, soon()).await.unwrap(),
+            "ya29.old"
+        );
         assert!(standin.asked().is_empty());
     }
 
@@ -632,7 +616,7 @@ mod tests {
         let t = Arc::new(t);
         let calls = (0..20).map(|_| {
             let t = t.clone();
-            tokio::spawn(async move { t.access("org-1", 1_000, soon()).await })
+            tokio::spawn(async move { t.access("org-1", None, 1_000, soon()).await })
         });
         for c in calls {
             assert_eq!(c.await.unwrap().unwrap(), "ya29.new");
@@ -643,7 +627,7 @@ mod tests {
         assert_eq!(row.expires_at, Some(1_000 + 3599));
         // a 401 on the old token is answered with the new one, no second refresh
         assert_eq!(
-            t.after_401("org-1", "ya29.old", 1_000, soon())
+            t.access("org-1", Some("ya29.old"), 1_000, soon())
                 .await
                 .unwrap(),
             "ya29.new"
@@ -662,7 +646,7 @@ mod tests {
         );
         for _ in 0..3 {
             assert_eq!(
-                t.access("org-1", 1_000, soon()).await,
+                t.access("org-1", None, 1_000, soon()).await,
                 Err(TokenError::Disconnected)
             );
         }
@@ -689,7 +673,7 @@ mod tests {
             stored(900),
         );
         assert!(matches!(
-            t.access("org-1", 1_000, soon()).await,
+            t.access("org-1", None, 1_000, soon()).await,
             Err(TokenError::Unavailable(m)) if m.contains("503")
         ));
         assert_eq!(
@@ -697,14 +681,17 @@ mod tests {
             "ya29.old"
         );
         assert!(alerts.lock().unwrap().is_empty());
-        assert_eq!(t.access("org-1", 1_000, soon()).await.unwrap(), "ya29.b");
+        assert_eq!(
+            t.access("org-1", None, 1_000, soon()).await.unwrap(),
+            "ya29.b"
+        );
     }
 
     #[tokio::test]
     async fn an_unknown_tenant_is_not_connected() {
         let (t, standin, _, _) = tokens(vec![], stored(900));
         assert_eq!(
-            t.access("org-2", 1_000, soon()).await,
+            t.access("org-2", None, 1_000, soon()).await,
             Err(TokenError::NotConnected)
         );
         assert!(standin.asked().is_empty());
