@@ -112,8 +112,9 @@ pub struct Plain {
 pub struct Timestamped {
     /// `${VAR}` reference(s) to the signing secret.
     pub secret: Secrets,
-    /// Largest difference, in seconds, between the signed timestamp and the engine's clock, in
-    /// either direction.
+    /// Largest difference, in seconds, between the signed timestamp and the engine's clock: in
+    /// either direction (Slack, Standard Webhooks), or only its age (Stripe, whose SDKs accept a
+    /// timestamp ahead of the clock). Always checked: at least 1.
     #[serde(default = "default_tolerance")]
     #[schemars(range(min = 1, max = 86400))]
     pub tolerance_secs: u64,

@@ -1,22 +1,30 @@
 //! GitHub: `X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the body>`. No timestamp: replays are
 //! stopped by the queue's dedupe on `X-GitHub-Delivery`.
+//!
+//! As Octokit's `verify` (@octokit/webhooks-methods): the header is compared with the expected
+//! text `sha256=<lower-case hex>` byte for byte (in constant time), and an empty body is refused.
 
 use super::mac;
 use super::{Inbound, Reject, Scheme, header};
-use crate::config::verify::{Algorithm, Encoding};
+use crate::config::verify::Algorithm;
 
 pub struct Github;
 
 impl Scheme for Github {
     fn check(&self, req: &Inbound<'_>, key: &[u8]) -> Result<(), Reject> {
         let value = header(req.headers, "x-hub-signature-256").ok_or(Reject::MissingCredentials)?;
-        let hex_sig = value
-            .trim()
-            .strip_prefix("sha256=")
-            .ok_or(Reject::MalformedHeader)?;
-        let given = mac::decode(Encoding::Hex, hex_sig).ok_or(Reject::MalformedHeader)?;
-        let expected = mac::compute(Algorithm::Sha256, key, &[req.body]);
-        mac::matches(&given, &expected)
+        if !value.starts_with("sha256=") || req.body.is_empty() {
+            return Err(Reject::MalformedHeader);
+        }
+        let expected = format!(
+            "sha256={}",
+            hex::encode(mac::compute(Algorithm::Sha256, key, &[req.body]))
+        );
+        if mac::ct_eq(value.as_bytes(), expected.as_bytes()) {
+            Ok(())
+        } else {
+            Err(Reject::BadSignature)
+        }
     }
 
     fn sign(&self, req: &Inbound<'_>, key: &[u8]) -> Vec<(String, String)> {

@@ -63,6 +63,11 @@ impl Template {
     fn uses(&self, p: &Part) -> bool {
         self.0.contains(p)
     }
+
+    /// Whether `{timestamp}` is signed.
+    pub fn signs_timestamp(&self) -> bool {
+        self.uses(&Part::Timestamp)
+    }
 }
 
 pub struct HmacScheme {

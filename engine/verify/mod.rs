@@ -105,6 +105,7 @@ pub const CREDENTIAL_HEADERS: &[&str] = &[
     "svix-signature",
     "x-slack-signature",
     "x-shopify-hmac-sha256",
+    "shopify-hmac-sha256",
     "x-vapi-secret",
     "x-vapi-signature",
     "x-signature",
@@ -406,7 +407,12 @@ fn scheme_of(cfg: &Verify, errors: &mut Vec<BuildError>) -> Option<Built> {
                 bearer_prefix: v.bearer_prefix,
             }),
             VapiMode::Hmac => match hmac::Template::parse(&v.payload) {
+                // Vapi sends the timestamp header only with `includeTimestamp` (a payload
+                // without `{timestamp}`, e.g. `{body}`, comes without one)
                 Ok(payload) => Box::new(hmac::HmacScheme {
+                    timestamp_header: payload
+                        .signs_timestamp()
+                        .then(|| v.timestamp_header.to_ascii_lowercase()),
                     algorithm: v.algorithm,
                     header: v
                         .header
@@ -417,7 +423,6 @@ fn scheme_of(cfg: &Verify, errors: &mut Vec<BuildError>) -> Option<Built> {
                     encoding: v.encoding,
                     secret_encoding: v.secret_encoding,
                     payload,
-                    timestamp_header: Some(v.timestamp_header.to_ascii_lowercase()),
                     id_header: None,
                     tolerance: v.tolerance_secs,
                 }),

@@ -5,7 +5,8 @@
 //! either direction.
 
 use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
+use base64::alphabet;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 
 use super::mac;
 use super::{Inbound, Reject, Scheme, header};
@@ -21,11 +22,24 @@ fn either<'a>(req: &'a Inbound<'_>, name: &str) -> Option<&'a str> {
 }
 
 impl Scheme for StandardWebhooks {
+    /// `whsec_` + base64 of the key, padded or not (the reference library adds the padding);
+    /// an empty key is refused.
     fn key(&self, secret: &str) -> Result<Vec<u8>, String> {
         let b64 = secret.strip_prefix("whsec_").unwrap_or(secret);
-        STANDARD.decode(b64).map_err(|_| {
+        // like Python's b64decode(secret + "=="): padding optional, trailing bits ignored
+        const LENIENT: GeneralPurpose = GeneralPurpose::new(
+            &alphabet::STANDARD,
+            GeneralPurposeConfig::new()
+                .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+                .with_decode_allow_trailing_bits(true),
+        );
+        let key = LENIENT.decode(b64).map_err(|_| {
             "must be `whsec_` followed by base64 (as the provider shows it)".to_string()
-        })
+        })?;
+        if key.is_empty() {
+            return Err("the key is empty: `whsec_` must be followed by the key's base64".into());
+        }
+        Ok(key)
     }
 
     fn check(&self, req: &Inbound<'_>, key: &[u8]) -> Result<(), Reject> {

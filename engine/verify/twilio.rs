@@ -4,8 +4,16 @@
 //! which the caller builds from `BACKEND_URL` or trusted forwarding headers. Parameters are sorted
 //! by name and, for a repeated name, by value, and appended as `name` + `value`. A JSON body is
 //! signed differently: the URL carries `bodySHA256=<hex sha256 of the body>` and only the URL is
-//! signed, so both the hash and the signature are checked. Like Twilio's SDKs, the URL is tried
-//! with and without its port (the default port added when there is none).
+//! signed, so both the hash and the signature are checked.
+//!
+//! Which URL Twilio signed is not always the one that arrived, so like its SDKs the engine tries
+//! the forms they try ([`url_candidates`]), each in constant time: the URL as received, as the
+//! WHATWG URL parser normalises it (twilio-node: `new URL()`, which percent-encodes e.g. `'` in
+//! the query), and with the query re-encoded as Node's legacy `querystring` does; each without
+//! its port and with it (the default port added when there is none). All are spellings of the
+//! URL the request came to: same scheme, host, path and query values.
+//!
+//! A parameter repeated with the same value is signed once (the SDKs sign the set of values).
 
 use sha2::{Digest, Sha256};
 
@@ -38,6 +46,8 @@ impl Twilio {
         // Borrowed where no decoding is needed: most Twilio values are plain.
         let mut params: Vec<_> = form_urlencoded::parse(req.body).collect();
         params.sort_unstable();
+        // twilio-python signs `sorted(set(values))`, twilio-node `new Set(values)`
+        params.dedup();
         let mut joined = String::with_capacity(req.body.len());
         for (k, v) in &params {
             joined.push_str(k);
@@ -56,7 +66,7 @@ impl Scheme for Twilio {
         let given = header(req.headers, SIGNATURE).ok_or(Reject::MissingCredentials)?;
         let given = mac::decode(Encoding::Base64, given).ok_or(Reject::MalformedHeader)?;
         let params = Self::params(req)?;
-        for url in url_variants(req.url) {
+        for url in url_candidates(req.url) {
             if ct_eq(&Self::signature(&url, &params, key), &given) {
                 return Ok(());
             }
@@ -79,6 +89,73 @@ fn body_hash_param(url: &str) -> Option<String> {
     form_urlencoded::parse(query.as_bytes())
         .find(|(k, _)| k == "bodySHA256")
         .map(|(_, v)| v.into_owned())
+}
+
+/// Every form of `url` the SDKs sign: as received, WHATWG-normalised and with the legacy
+/// querystring encoding, each without and with the port; no form twice.
+fn url_candidates(url: &str) -> Vec<String> {
+    let mut out = url_variants(url);
+    if let Ok(parsed) = url::Url::parse(url) {
+        // the `url` crate implements the WHATWG URL standard, as Node's `URL` does
+        let whatwg = parsed.to_string();
+        let legacy = legacy_querystring(&whatwg);
+        out.extend(url_variants(&whatwg));
+        if let Some(legacy) = legacy {
+            out.extend(url_variants(&legacy));
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|u| seen.insert(u.clone()));
+    out
+}
+
+/// twilio-node's `withLegacyQuerystring`: the query parsed and re-stringified by Node's
+/// `querystring` (repeated keys grouped at their first place, `+` read as a space, values
+/// encoded with `querystring.escape`); `None` without a query.
+fn legacy_querystring(url: &str) -> Option<String> {
+    let (base, query) = url.split_once('?')?;
+    let (query, fragment) = match query.split_once('#') {
+        Some((q, f)) => (q, Some(f)),
+        None => (query, None),
+    };
+    let mut grouped: Vec<(String, Vec<String>)> = Vec::new();
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        match grouped.iter_mut().find(|(name, _)| *name == k) {
+            Some((_, values)) => values.push(v.into_owned()),
+            None => grouped.push((k.into_owned(), vec![v.into_owned()])),
+        }
+    }
+    let mut out = format!("{base}?");
+    let mut first = true;
+    for (k, values) in &grouped {
+        for v in values {
+            if !first {
+                out.push('&');
+            }
+            first = false;
+            out.push_str(&node_escape(k));
+            out.push('=');
+            out.push_str(&node_escape(v));
+        }
+    }
+    if let Some(f) = fragment {
+        out.push('#');
+        out.push_str(f);
+    }
+    Some(out)
+}
+
+/// Node's `querystring.escape`: UTF-8 percent-encoding of all but `A-Za-z0-9-_.!~*'()`.
+fn node_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.!~*'()".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// The URL without its port and with it (the scheme's default port when none is given).
@@ -248,6 +325,28 @@ mod tests {
             TOKEN,
         );
         assert_eq!(r, Err(Reject::MissingCredentials));
+    }
+
+    #[test]
+    fn candidates_cover_the_sdks_url_forms_once_each() {
+        let c = url_candidates("https://example.com/path?test=param'With+Quote");
+        assert_eq!(
+            c,
+            [
+                "https://example.com/path?test=param'With+Quote",
+                "https://example.com:443/path?test=param'With+Quote",
+                "https://example.com/path?test=param%27With+Quote",
+                "https://example.com:443/path?test=param%27With+Quote",
+                "https://example.com/path?test=param'With%20Quote",
+                "https://example.com:443/path?test=param'With%20Quote",
+            ]
+        );
+        // nothing to normalise: two forms
+        assert_eq!(url_candidates("https://a.com/x?y=1").len(), 2);
+        assert_eq!(
+            legacy_querystring("https://a.com/x?b=1&a=%27&b=2&c").unwrap(),
+            "https://a.com/x?b=1&b=2&a='&c="
+        );
     }
 
     #[test]
