@@ -111,7 +111,7 @@ async fn main() {
     let queued =
         engine::server::queueing::build(&project, &target, pool.as_ref(), &[], None).unwrap();
     let started = Instant::now();
-    let workers = engine::server::queueing::start(&queued);
+    let workers = engine::server::queueing::start(queued.iter().flatten());
     loop {
         let n: i64 = pg
             .query_one("SELECT count(*) FROM call_status", &[])

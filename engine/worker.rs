@@ -208,7 +208,7 @@ impl Worker {
                 .collect::<Vec<_>>()
         })
         .await
-        .map_err(|e| QueueError(format!("the transform task failed: {e}")))?;
+        .map_err(|e| QueueError::Task(e.to_string()))?;
         let mut acks: Vec<&Delivery> = Vec::new();
         let mut groups: std::collections::BTreeMap<String, Vec<(&Delivery, Batch)>> =
             Default::default();

@@ -249,7 +249,7 @@ pub fn start_sampler(
 /// One refresh of the gauges.
 pub async fn sample(app: &crate::server::App) {
     use crate::server::queueing::QueueHandle;
-    for q in app.queued.iter().flatten() {
+    for q in app.queues() {
         match &q.handle {
             QueueHandle::Redis(r) => {
                 let name = r.name().to_string();

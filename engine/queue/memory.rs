@@ -77,7 +77,7 @@ impl MemoryQueue {
                 if let Some((key, _)) = dedupe {
                     self.forget_seen(key);
                 }
-                QueueError(format!("in-process queue `{}` is full", self.name))
+                QueueError::Full(self.name.clone())
             })
     }
 

@@ -30,12 +30,33 @@ pub const GROUP: &str = "engine";
 
 /// Why a queue operation failed. Callers answer 503 (ingest) or retry later (worker).
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("queue unavailable: {0}")]
-pub struct QueueError(pub String);
+pub enum QueueError {
+    /// Redis refused, failed or did not answer in time.
+    #[error("queue unavailable: {0}")]
+    Unavailable(String),
+    /// REDIS_URL cannot be used.
+    #[error("queue unavailable: REDIS_URL is not a valid Redis URL")]
+    BadUrl,
+    /// An in-process queue holds all it may (its name).
+    #[error("queue unavailable: in-process queue `{0}` is full")]
+    Full(String),
+    /// An event could not be encoded for storage.
+    #[error("the event cannot be stored: {0}")]
+    Encode(String),
+    /// The blocking task running a transform failed (panicked or was cancelled).
+    #[error("the transform task failed: {0}")]
+    Task(String),
+}
 
 impl From<redis::RedisError> for QueueError {
     fn from(e: redis::RedisError) -> Self {
-        QueueError(e.to_string())
+        QueueError::Unavailable(e.to_string())
+    }
+}
+
+impl From<serde_json::Error> for QueueError {
+    fn from(e: serde_json::Error) -> Self {
+        QueueError::Encode(e.to_string())
     }
 }
 
@@ -173,8 +194,7 @@ impl RedisQueue {
         name: &str,
         consumer: &str,
     ) -> Result<RedisQueue, QueueError> {
-        let client = redis::Client::open(url)
-            .map_err(|_| QueueError("REDIS_URL is not a valid Redis URL".into()))?;
+        let client = redis::Client::open(url).map_err(|_| QueueError::BadUrl)?;
         // No mobc get_timeout: mobc times checkouts with futures-timer, whose global thread
         // is woken (a futex and two context switches) on every checkout; `conn` bounds the wait
         // with tokio's timer instead (see docs/benchmarks.md, "Whole process").
@@ -223,8 +243,10 @@ impl RedisQueue {
         &self,
     ) -> Result<mobc_redis::mobc::Connection<RedisConnectionManager>, QueueError> {
         match tokio::time::timeout(CHECKOUT_TIMEOUT, self.pool.get()).await {
-            Ok(c) => c.map_err(|e| QueueError(e.to_string())),
-            Err(_) => Err(QueueError("no Redis connection within 2 s".into())),
+            Ok(c) => c.map_err(|e| QueueError::Unavailable(e.to_string())),
+            Err(_) => Err(QueueError::Unavailable(
+                "no Redis connection within 2 s".into(),
+            )),
         }
     }
 
@@ -294,7 +316,7 @@ impl RedisQueue {
         event: &EventInput,
         dedupe: Option<(&str, Duration)>,
     ) -> Result<(), QueueError> {
-        let payload = serde_json::to_string(event).map_err(|e| QueueError(e.to_string()))?;
+        let payload = serde_json::to_string(event)?;
         let (seen, window) = match dedupe {
             Some((k, w)) => (
                 format!("{}{k}", self.seen_prefix),
@@ -320,7 +342,9 @@ impl RedisQueue {
         };
         match tokio::time::timeout(CHECKOUT_TIMEOUT, run).await {
             Ok(r) => Ok(r?),
-            Err(_) => Err(QueueError("Redis did not answer within 2 s".into())),
+            Err(_) => Err(QueueError::Unavailable(
+                "Redis did not answer within 2 s".into(),
+            )),
         }
     }
 
@@ -407,7 +431,7 @@ impl RedisQueue {
     /// Try again after `delay`, with the attempt counted; atomic with the ack.
     pub async fn retry(&self, d: &Delivery, delay: Duration) -> Result<(), QueueError> {
         let member = serde_json::json!({
-            "e": serde_json::to_string(&d.event).map_err(|e| QueueError(e.to_string()))?,
+            "e": serde_json::to_string(&d.event)?,
             "a": d.attempts + 1,
             "from": d.id,
         })
@@ -428,7 +452,7 @@ impl RedisQueue {
 
     /// Give up: append to the dead-letter stream with the reason; atomic with the ack.
     pub async fn dead_letter(&self, d: &Delivery, reason: &str) -> Result<(), QueueError> {
-        let payload = serde_json::to_string(&d.event).map_err(|e| QueueError(e.to_string()))?;
+        let payload = serde_json::to_string(&d.event)?;
         let mut c = self.conn().await?;
         let r: Result<i64, _> = self
             .dead_letter
@@ -450,7 +474,7 @@ impl RedisQueue {
         event: &EventInput,
         reason: &str,
     ) -> Result<(), QueueError> {
-        let payload = serde_json::to_string(event).map_err(|e| QueueError(e.to_string()))?;
+        let payload = serde_json::to_string(event)?;
         let mut c = self.conn().await?;
         let r: Result<String, _> = redis::cmd("XADD")
             .arg(&self.dead)
@@ -625,7 +649,7 @@ impl RedisQueue {
             .filter(|l| ids.is_empty() || ids.contains(&l.id))
         {
             let Some(event) = &l.event else { continue };
-            let payload = serde_json::to_string(event).map_err(|e| QueueError(e.to_string()))?;
+            let payload = serde_json::to_string(event)?;
             redis::pipe()
                 .atomic()
                 .cmd("XADD")
@@ -808,14 +832,13 @@ impl super::Outcomes for RedisQueue {
 /// Start-up checks of a Redis that holds queues: a warning for each setting that can lose
 /// events. An error when Redis cannot be reached at all.
 pub async fn configuration_warnings(url: &str) -> Result<Vec<String>, QueueError> {
-    let client = redis::Client::open(url)
-        .map_err(|_| QueueError("REDIS_URL is not a valid Redis URL".into()))?;
+    let client = redis::Client::open(url).map_err(|_| QueueError::BadUrl)?;
     let mut c = tokio::time::timeout(
         Duration::from_secs(3),
         client.get_multiplexed_async_connection(),
     )
     .await
-    .map_err(|_| QueueError("timed out connecting".into()))??;
+    .map_err(|_| QueueError::Unavailable("timed out connecting".into()))??;
     let get = |name: &'static str| redis::cmd("CONFIG").arg("GET").arg(name).to_owned();
     let mut warnings = Vec::new();
     // Managed Redis services may refuse CONFIG; then nothing can be checked.

@@ -62,6 +62,12 @@ pub fn decision(rule: &Rule, (allowed, retry_ms, reset_ms, remaining): Verdict) 
     }
 }
 
+/// The Redis key of a rule and client key under `prefix`: what the limiter and a limit checked
+/// inside an enqueue both use.
+pub fn key_in(prefix: &str, rule: &Rule, key: &str) -> String {
+    format!("{prefix}:rl:{}:{key}", rule.bucket)
+}
+
 /// A Redis-backed limiter.
 pub struct RedisGcra {
     conn: SharedRedis,
@@ -88,7 +94,12 @@ impl RedisGcra {
 
     /// The Redis key of a rule and client key.
     pub fn key(&self, rule: &Rule, key: &str) -> String {
-        format!("{}:rl:{}:{}", self.prefix, rule.bucket, key)
+        key_in(&self.prefix, rule, key)
+    }
+
+    /// The prefix its keys live under.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     /// Check one request; `now_us` overrides Redis's clock (tests only).

@@ -118,7 +118,7 @@ pub async fn run(project: &Project, fixture: &Fixture, file: &Path) -> Result<Ac
         },
     )?;
     let ledger = Arc::new(Ledger::default());
-    for q in app.queued.iter_mut().flatten() {
+    for q in app.routes.iter_mut().filter_map(|r| r.queued.as_mut()) {
         let w = &q.worker;
         q.worker = Arc::new(Worker {
             outcomes: ledger.clone(),
@@ -135,7 +135,7 @@ pub async fn run(project: &Project, fixture: &Fixture, file: &Path) -> Result<Ac
         Lookup::Found { pipeline, .. } => Some(pipeline),
         _ => None,
     };
-    let queued = pipeline.is_some_and(|p| app.queued[p].is_some());
+    let queued = pipeline.is_some_and(|p| app.routes[p].queued.is_some());
     let prepared = prepare(&app, fixture, pipeline, body, content_type, clock_ms)?;
     let mut last = None;
     for _ in 0..fixture.repeat.max(1) {
@@ -372,7 +372,7 @@ fn prepare(
             None => clock_ms,
         };
         if let Some(pipeline) = pipeline {
-            let Some(verifier) = &app.verifiers[pipeline] else {
+            let Some(verifier) = &app.routes[pipeline].verifier else {
                 return Err(format!(
                     "`sign: true`, but pipeline `{}` has no `verify` section",
                     app.project.pipelines[pipeline].config.name
@@ -430,7 +430,7 @@ impl Counts {
     fn of(app: &App, captured: &Captured, ledger: &Ledger) -> Counts {
         let mut dead = ledger.dead.lock().unwrap_or_else(|e| e.into_inner()).len();
         let mut duplicates = 0;
-        for q in app.queued.iter().flatten() {
+        for q in app.queues() {
             if let QueueHandle::Memory(m) = &q.handle {
                 dead += m.dead_count();
                 duplicates += m.duplicates();
@@ -448,7 +448,7 @@ impl Counts {
 /// pipeline's `max_attempts`); the last event's end state.
 async fn drain(app: &App) -> Result<Option<Handled>, QueueError> {
     let mut last = None;
-    for q in app.queued.iter().flatten() {
+    for q in app.queues() {
         let QueueHandle::Memory(m) = &q.handle else {
             continue;
         };
@@ -507,14 +507,12 @@ fn outcome(
 }
 
 fn last_dead_reason(app: &App, ledger: &Ledger) -> Option<String> {
-    app.queued
-        .iter()
-        .flatten()
+    app.queues()
         .filter_map(|q| match &q.handle {
             QueueHandle::Memory(m) => m.dead_letters().pop().map(|d| d.reason),
             QueueHandle::Redis(_) => None,
         })
-        .next_back()
+        .last()
         .or_else(|| {
             ledger
                 .dead

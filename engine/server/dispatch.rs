@@ -22,38 +22,33 @@
 //! errors included, carries `Access-Control-Allow-Origin` for allowed origins only.
 //! `/health` is answered here too, before the route table, and is never in maintenance.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use salvo::http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
-use salvo::http::{HeaderName, HeaderValue, Method, ParseError, StatusCode};
+use salvo::http::{HeaderValue, ParseError, StatusCode};
 use salvo::prelude::*;
-use serde_json::json;
 use tracing::Instrument;
 
 use super::App;
-use super::queueing::QueueHandle;
-use crate::config::Project;
+use super::answer::{Stop, error, send, too_large};
+use super::limit::{answer_decision, check_rate};
+use super::route::Route;
+use super::seen::Seen;
 use crate::config::queue::Ack;
-use crate::config::rate_limit::FailMode;
 use crate::config::units::HttpMethod;
-use crate::queue::redis::{Enqueued, QueueError};
-use crate::rate_limit::{Decision, RateLimiter, Rule, ceil_secs};
+use crate::queue::redis::Enqueued;
 use crate::request_field::Fields;
 use crate::respond::{Inline, Reply};
 use crate::route::Lookup;
 use crate::transform::EventInput;
-use crate::verify::{Context, Inbound, VerifyError};
+use crate::verify::{Context, VerifyError};
 use crate::worker::Attempt;
 
 /// The engine's single salvo handler.
 pub struct Dispatch {
     pub app: Arc<App>,
 }
-
-/// An early answer has been written to the response: stop here.
-struct Stop;
 
 #[async_trait]
 impl Handler for Dispatch {
@@ -112,67 +107,46 @@ impl Dispatch {
         label: &mut String,
     ) -> Result<(), Stop> {
         let app = &*self.app;
-        if let Some(own) = own_path(req.uri().path()) {
+        if let Some(own) = super::own::own_path(req.uri().path()) {
             *label = own.to_string();
-            let seen = Seen::new(app, req, Bytes::new());
-            check_rate(app, app.health_rule.as_ref(), &seen, &[], res).await?;
-            only_get(req, res)?;
-            match own {
-                "health" => health(&app.project, &app.clock, res),
-                "ready" => ready(app, res).await,
-                _ => metrics_text(app, req, res),
-            }
-            return Ok(());
+            return super::own::serve(app, own, req, res).await;
         }
-        let (pipeline, params) = route(app, req, res)?;
-        let name = &app.project.pipelines[pipeline].config.name;
-        label.clone_from(name);
-        tracing::Span::current().record("pipeline", name.as_str());
+        let (pipeline, params) = lookup(app, req, res)?;
+        let route = &app.routes[pipeline];
+        label.clone_from(&route.name);
+        tracing::Span::current().record("pipeline", route.name.as_str());
         maintenance(app, res)?;
-        if let Some(flow) = &app.oauth[pipeline] {
+        if let Some(flow) = &route.oauth {
             let seen = Seen::new(app, req, Bytes::new());
-            check_rate(app, app.rate_rules[pipeline].as_ref(), &seen, &params, res).await?;
-            oauth(app, pipeline, flow, req, res).await;
+            check_rate(app, route.limit.first(), &seen, &params, res).await?;
+            super::oauth::answer(app, pipeline, flow, req, res).await;
             return Ok(());
         }
         let body = read_body(app, pipeline, req, res).await?;
         let seen = Seen::new(app, req, body);
-        let rule = app.rate_rules[pipeline].as_ref();
-        // With Redis behind both, a verified request's rate-limit check rides in its enqueue's
-        // round trip (checked first there; nothing is stored when it refuses). A request that
-        // fails verification is checked on its own before its 401, so it still counts and still
-        // meets the 429 exactly as if the limit had come first.
-        // A limit that `counts: verified` is checked after verification (in the enqueue's round
-        // trip when it can), and a request failing verification counts against the default
-        // per-IP limit instead: forged requests cannot spend a real sender's budget.
-        let limit_in_enqueue = rule.filter(|_| app.limit_in_enqueue[pipeline]);
-        let after_verify = rule.is_some_and(|r| r.verified_only);
-        if limit_in_enqueue.is_none() && !after_verify {
-            check_rate(app, rule, &seen, &params, res).await?;
-        }
-        if let Err(refusal) = verify(app, pipeline, &seen, &params).await {
-            let counted = if after_verify {
-                app.unverified_rules[pipeline].as_ref()
-            } else {
-                limit_in_enqueue
-            };
-            check_rate(app, counted, &seen, &params, res).await?;
+        // Which limit is checked where was decided at boot (`route::Limit`): first, on its own;
+        // inside the enqueue's Redis round trip (a request failing verification is checked on
+        // its own before its 401, so it still counts and meets the 429 as if the limit came
+        // first); or after verification (`counts: verified`: a request failing verification
+        // counts against the per-IP default instead, so forged requests cannot spend a real
+        // sender's budget).
+        check_rate(app, route.limit.first(), &seen, &params, res).await?;
+        if let Err(refusal) = verify(app, route, &seen, &params).await {
+            check_rate(app, route.limit.when_unverified(), &seen, &params, res).await?;
             return Err(refuse(res, refusal));
         }
-        if after_verify && limit_in_enqueue.is_none() {
-            check_rate(app, rule, &seen, &params, res).await?;
-        }
+        check_rate(app, route.limit.after_verify(), &seen, &params, res).await?;
         if app.project.pipelines[pipeline].config.log_body {
             log_body(app, pipeline, &seen);
         }
-        let event = event(app, pipeline, &seen, params);
+        let event = event(app, route, &seen, params);
         tracing::Span::current().record("event_id", event.id.as_str());
         let reply = self.respond(pipeline, &event).await;
         let event_id = app.recorder.as_ref().map(|_| event.id.clone());
-        enqueue(app, pipeline, &seen, event, limit_in_enqueue, res).await?;
+        enqueue(route, &seen, event, res).await?;
         send(&reply, res);
         if let (Some(recorder), Some(id)) = (&app.recorder, event_id) {
-            record(app, recorder, pipeline, &seen, &id, reply.status);
+            record(app, recorder, route, &seen, &id, reply.status);
         }
         Ok(())
     }
@@ -181,11 +155,11 @@ impl Dispatch {
     /// blocking thread (a slow script cannot stall other requests); the fallback when it fails.
     async fn respond(&self, pipeline: usize, event: &EventInput) -> Reply {
         let app = &*self.app;
-        let responder = &app.responders[pipeline];
+        let responder = &app.routes[pipeline].responder;
         if !responder.is_computed() {
             return responder.static_reply();
         }
-        let name = &app.project.pipelines[pipeline].config.name;
+        let name = &app.routes[pipeline].name;
         let computed = match responder.compute_inline(event) {
             Ok(reply) => Ok(reply),
             Err(Inline::Failed(reason)) => Err(reason),
@@ -193,7 +167,7 @@ impl Dispatch {
                 let input = event.clone();
                 let shared = self.app.clone();
                 match tokio::task::spawn_blocking(move || {
-                    shared.responders[pipeline].compute(&input)
+                    shared.routes[pipeline].responder.compute(&input)
                 })
                 .await
                 {
@@ -214,30 +188,28 @@ impl Dispatch {
 
 /// The event as scripts and the queue see it: the provider's id (the queue's `event_id` fields)
 /// or one minted here, once; the tenant named by the verifier's tenant key.
-fn event(app: &App, pipeline: usize, seen: &Seen<'_>, params: Vec<(String, String)>) -> EventInput {
+fn event(app: &App, route: &Route, seen: &Seen<'_>, params: Vec<(String, String)>) -> EventInput {
     let inbound = seen.inbound();
     let fields = Fields::new(&inbound, &params);
-    let provider_id = app.queued[pipeline]
+    let provider_id = route
+        .queued
         .as_ref()
         .filter(|q| !q.config.event_id.is_empty())
         .and_then(|q| fields.join(&q.config.event_id, ":"));
-    let tenant = app.verifiers[pipeline]
+    let tenant = route
+        .verifier
         .as_ref()
         .and_then(|v| v.tenant_key())
         .and_then(|k| fields.get(k));
     let id = provider_id.unwrap_or_else(|| app.clock.mint_id());
-    let mut event = seen.event_input(
-        id,
-        &app.project.pipelines[pipeline].config.name,
-        params,
-        tenant,
-    );
+    let mut event = seen.event_input(id, &route.name, params, tenant);
     // Credentials never leave the request: not into the queue, dead letters or scripts.
-    let keep = app.queued[pipeline]
+    let keep = route
+        .queued
         .as_ref()
         .map(|q| q.config.keep_headers.as_slice())
         .unwrap_or(&[]);
-    let verifier = app.verifiers[pipeline].as_ref();
+    let verifier = route.verifier.as_ref();
     event.headers.retain(|(name, _)| {
         let credential = crate::verify::CREDENTIAL_HEADERS
             .iter()
@@ -252,29 +224,12 @@ fn event(app: &App, pipeline: usize, seen: &Seen<'_>, params: Vec<(String, Strin
 /// answered like the first and not stored again; a queue that cannot take it means 503, so the
 /// provider retries: a 2xx is only ever sent for a stored event.
 async fn enqueue(
-    app: &App,
-    pipeline: usize,
+    route: &Route,
     seen: &Seen<'_>,
     event: EventInput,
-    limit: Option<&Rule>,
     res: &mut Response,
 ) -> Result<(), Stop> {
-    // The limit rides in the enqueue's script on a Redis queue with a Redis limiter, `ack:
-    // queued` (what `limit_rides_on_enqueue` chose at boot); anywhere else a limit handed in is
-    // checked here on its own, never skipped.
-    let ride = match (limit, app.queued[pipeline].as_ref(), &app.limiter) {
-        (Some(rule), Some(q), RateLimiter::Redis(gcra)) if q.config.ack == Ack::Queued => {
-            match &q.handle {
-                QueueHandle::Redis(queue) => Some((rule, queue, gcra)),
-                QueueHandle::Memory(_) => None,
-            }
-        }
-        _ => None,
-    };
-    if ride.is_none() {
-        check_rate(app, limit, seen, &event.params, res).await?;
-    }
-    let Some(q) = &app.queued[pipeline] else {
+    let Some(q) = &route.queued else {
         return Ok(());
     };
     let dedupe_key = q.config.dedupe.as_ref().and_then(|d| {
@@ -283,28 +238,40 @@ async fn enqueue(
         key.map(|k| (k, d.window.0))
     });
     let event_id = event.id.clone();
-    let name = &app.project.pipelines[pipeline].config.name;
+    let name = &route.name;
     if q.config.ack == Ack::Processed {
         return process_now(q, name, event, dedupe_key, res).await;
     }
     let dedupe = dedupe_key.as_ref().map(|(k, w)| (k.as_str(), *w));
-    let stored = match ride {
-        Some((rule, queue, gcra)) => {
-            let key = rule.key_of(seen.client_ip, &seen.inbound(), &event.params);
-            match queue
-                .enqueue_limited(&event, dedupe, rule, &gcra.key(rule, &key))
+    // the limit rides in this round trip when `route::Limit` says so (checked first there;
+    // nothing is stored when it refuses)
+    let stored = match route.limit.riding() {
+        Some(ride) => {
+            let key = ride
+                .rule
+                .key_of(seen.client_ip, &seen.inbound(), &event.params);
+            let redis_key = crate::rate_limit::redis::key_in(&ride.prefix, &ride.rule, &key);
+            match ride
+                .queue
+                .enqueue_limited(&event, dedupe, &ride.rule, &redis_key)
                 .await
             {
                 Ok((verdict, stored)) => {
                     answer_decision(
-                        rule,
-                        &crate::rate_limit::redis::decision(rule, verdict),
+                        &ride.rule,
+                        &crate::rate_limit::redis::decision(&ride.rule, verdict),
                         res,
                     )?;
-                    stored.ok_or_else(|| QueueError("refused by the rate limit".into()))
+                    // allowed (a refusal was answered 429 above): the script stored it, or said
+                    // it was a duplicate
+                    stored.ok_or_else(|| {
+                        crate::queue::redis::QueueError::Unavailable(
+                            "the enqueue script stored nothing".into(),
+                        )
+                    })
                 }
                 Err(e) => {
-                    metrics::counter!("engine_rate_limit_backend_errors_total", "bucket" => rule.bucket.clone()).increment(1);
+                    metrics::counter!("engine_rate_limit_backend_errors_total", "bucket" => ride.rule.bucket.clone()).increment(1);
                     Err(e)
                 }
             }
@@ -381,73 +348,6 @@ async fn process_now(
     }
 }
 
-/// An OAuth pipeline: the start route or the callback (its `route`). Browsers get a redirect or
-/// a short HTML page; `Accept: application/json` callers of the start route get JSON.
-async fn oauth(
-    app: &App,
-    pipeline: usize,
-    flow: &Result<crate::oauth::Flow, String>,
-    req: &Request,
-    res: &mut Response,
-) {
-    use crate::oauth::Answer;
-    let flow = match flow {
-        Ok(f) => f,
-        Err(why) => {
-            error(res, StatusCode::SERVICE_UNAVAILABLE, "unavailable", why);
-            return;
-        }
-    };
-    let cfg = app.project.pipelines[pipeline].config.oauth.as_ref();
-    let is_start = cfg.is_some_and(|o| o.start.path == req.uri().path());
-    let query = req.uri().query().unwrap_or("");
-    let now = app.clock.now_secs();
-    let wants_json = req
-        .headers()
-        .get(salvo::http::header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.contains("application/json"));
-    let answer = if is_start {
-        let authorization = req
-            .headers()
-            .get(salvo::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        flow.start(authorization, query, wants_json, now)
-    } else {
-        flow.callback(query, now).await
-    };
-    // the state and code are single-use secrets: never cached, never sent on as a referrer
-    res.headers_mut().insert(
-        salvo::http::header::CACHE_CONTROL,
-        HeaderValue::from_static("no-store"),
-    );
-    res.headers_mut().insert(
-        salvo::http::header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
-    match answer {
-        Answer::Redirect(url) => {
-            res.status_code(StatusCode::FOUND);
-            if let Ok(v) = HeaderValue::from_str(&url) {
-                res.headers_mut().insert(salvo::http::header::LOCATION, v);
-            }
-        }
-        Answer::Json(v) => res.render(Json(v)),
-        Answer::Refused(status, code, text) => {
-            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
-            if is_start || wants_json {
-                error(res, status, code, &text);
-            } else {
-                res.status_code(status);
-                res.render(salvo::writing::Text::Html(crate::oauth::page(
-                    status.as_u16(),
-                    &text,
-                )));
-            }
-        }
-    }
-}
-
 /// `log_body: true`: the verified request's body, the pipeline's `redact` fields replaced.
 fn log_body(app: &App, pipeline: usize, seen: &Seen<'_>) {
     let content_type = seen
@@ -466,16 +366,16 @@ fn log_body(app: &App, pipeline: usize, seen: &Seen<'_>) {
 fn record(
     app: &App,
     recorder: &crate::record::Recorder,
-    pipeline: usize,
+    route: &Route,
     seen: &Seen<'_>,
     event_id: &str,
     status: u16,
 ) {
-    let config = &app.project.pipelines[pipeline].config;
+    let config = &app.project.pipelines[route.pipeline].config;
     if !config.record || !(200..300).contains(&status) {
         return;
     }
-    let verifier = app.verifiers[pipeline].as_ref();
+    let verifier = route.verifier.as_ref();
     recorder.record(&crate::record::Recorded {
         pipeline: &config.name,
         method: config.route.method,
@@ -492,76 +392,8 @@ fn record(
     });
 }
 
-/// What the engine saw of a request once its body is read: who sent it, to which public URL.
-struct Seen<'r> {
-    req: &'r Request,
-    body: Bytes,
-    client_ip: IpAddr,
-    /// The URL the provider signed: the public one, not the one this process sees.
-    url: String,
-    now_ms: i64,
-}
-
-impl<'r> Seen<'r> {
-    fn new(app: &App, req: &'r Request, body: Bytes) -> Seen<'r> {
-        let peer = req
-            .remote_addr()
-            .ip()
-            .unwrap_or(IpAddr::from([127, 0, 0, 1]));
-        let path_and_query = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-        Seen {
-            req,
-            client_ip: app.proxies.client_ip(peer, req.headers()),
-            url: app.public_url(peer, req.headers(), path_and_query),
-            body,
-            now_ms: app.clock.now_ms(),
-        }
-    }
-
-    fn inbound(&self) -> Inbound<'_> {
-        Inbound {
-            method: self.req.method().as_str(),
-            url: &self.url,
-            headers: self.req.headers(),
-            body: &self.body,
-            now: self.now_ms.div_euclid(1000),
-        }
-    }
-
-    fn event_input(
-        &self,
-        id: String,
-        pipeline: &str,
-        params: Vec<(String, String)>,
-        tenant: Option<String>,
-    ) -> EventInput {
-        EventInput {
-            id,
-            pipeline: pipeline.to_string(),
-            received_at_ms: self.now_ms,
-            method: self.req.method().as_str().to_string(),
-            path: self.req.uri().path().to_string(),
-            query: self.req.uri().query().unwrap_or("").to_string(),
-            headers: self
-                .req
-                .headers()
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        k.as_str().to_string(),
-                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                    )
-                })
-                .collect(),
-            params,
-            tenant,
-            body: self.body.clone(),
-        }
-    }
-}
-
 /// 404 for an unknown path, 405 (with `Allow`) for a known path and another method.
-fn route(
+fn lookup(
     app: &App,
     req: &Request,
     res: &mut Response,
@@ -641,70 +473,6 @@ async fn read_body(
     }
 }
 
-/// Count the request against `rule` (if any): 429 over the limit, 503 when the backend is down
-/// and the rule fails closed; RateLimit headers on every counted answer.
-async fn check_rate(
-    app: &App,
-    rule: Option<&Rule>,
-    seen: &Seen<'_>,
-    params: &[(String, String)],
-    res: &mut Response,
-) -> Result<(), Stop> {
-    let Some(rule) = rule else { return Ok(()) };
-    let key = rule.key_of(seen.client_ip, &seen.inbound(), params);
-    let decision = match app.limiter.check(rule, &key).await {
-        Ok(d) => d,
-        Err(e) => {
-            metrics::counter!("engine_rate_limit_backend_errors_total", "bucket" => rule.bucket.clone()).increment(1);
-            warn_throttled(&rule.bucket, &e.0);
-            return match rule.fail {
-                FailMode::Open => Ok(()),
-                FailMode::Closed => {
-                    res.headers_mut().insert(RETRY_AFTER, HeaderValue::from(5));
-                    Err(error(
-                        res,
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "unavailable",
-                        "Rate limiting is temporarily unavailable. Please retry.",
-                    ))
-                }
-            };
-        }
-    };
-    answer_decision(rule, &decision, res)
-}
-
-/// The RateLimit headers of a decision; 429 with Retry-After when it refuses.
-fn answer_decision(rule: &Rule, decision: &Decision, res: &mut Response) -> Result<(), Stop> {
-    let h = res.headers_mut();
-    h.insert("ratelimit-limit", HeaderValue::from(decision.limit));
-    h.insert("ratelimit-remaining", HeaderValue::from(decision.remaining));
-    h.insert(
-        "ratelimit-reset",
-        HeaderValue::from(ceil_secs(decision.reset)),
-    );
-    if let Ok(policy) = HeaderValue::from_str(&format!(
-        "{};w={}",
-        rule.limit,
-        rule.period.as_secs().max(1)
-    )) {
-        h.insert("ratelimit-policy", policy);
-    }
-    if decision.allowed {
-        return Ok(());
-    }
-    metrics::counter!("engine_rate_limited_total", "bucket" => rule.bucket.clone()).increment(1);
-    let retry = ceil_secs(decision.retry_after).max(1);
-    res.headers_mut()
-        .insert(RETRY_AFTER, HeaderValue::from(retry));
-    Err(error(
-        res,
-        StatusCode::TOO_MANY_REQUESTS,
-        "rate_limited",
-        &format!("Too many requests. Retry after {retry} seconds."),
-    ))
-}
-
 /// Why verification refused a request; answered by [`refuse`].
 enum Refusal {
     /// Not genuine: 401 (the reason goes to the log only).
@@ -716,11 +484,11 @@ enum Refusal {
 /// Whether the request is genuine; the refusal is logged and counted here, answered by the caller.
 async fn verify(
     app: &App,
-    pipeline: usize,
+    route: &Route,
     seen: &Seen<'_>,
     params: &[(String, String)],
 ) -> Result<(), Refusal> {
-    let Some(verifier) = &app.verifiers[pipeline] else {
+    let Some(verifier) = &route.verifier else {
         return Ok(());
     };
     let ctx = Context {
@@ -728,7 +496,7 @@ async fn verify(
         path_params: params,
         tenants: app.tenants.as_ref(),
     };
-    let name = &app.project.pipelines[pipeline].config.name;
+    let name = &route.name;
     match verifier.verify(&seen.inbound(), &ctx).await {
         Ok(()) => Ok(()),
         Err(VerifyError::Rejected(reason)) => {
@@ -762,161 +530,4 @@ fn refuse(res: &mut Response, refusal: Refusal) -> Stop {
             )
         }
     }
-}
-
-/// One warning per 10 s while the backend is down, not one per request.
-fn warn_throttled(bucket: &str, error: &str) {
-    use std::sync::atomic::{AtomicI64, Ordering};
-    static LAST: AtomicI64 = AtomicI64::new(0);
-    let now = chrono::Utc::now().timestamp();
-    let last = LAST.load(Ordering::Relaxed);
-    if now - last >= 10
-        && LAST
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-    {
-        tracing::warn!(
-            bucket,
-            error,
-            "rate-limit backend unavailable; applying the rule's fail mode"
-        );
-    }
-}
-
-fn send(r: &Reply, res: &mut Response) {
-    res.status_code(StatusCode::from_u16(r.status).unwrap_or(StatusCode::OK));
-    for (name, value) in &r.headers {
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value),
-        ) {
-            res.headers_mut().insert(n, v);
-        }
-    }
-    if let Ok(ct) = HeaderValue::from_str(&r.content_type) {
-        res.headers_mut().insert(CONTENT_TYPE, ct);
-    }
-    let _ = res.write_body(r.body.clone());
-}
-
-/// The engine's own paths: `/health`, `/ready`, `/metrics`.
-fn own_path(path: &str) -> Option<&'static str> {
-    match path {
-        "/health" => Some("health"),
-        "/ready" => Some("ready"),
-        "/metrics" => Some("metrics"),
-        _ => None,
-    }
-}
-
-/// 405 unless GET or HEAD.
-fn only_get(req: &Request, res: &mut Response) -> Result<(), Stop> {
-    if req.method() == Method::GET || req.method() == Method::HEAD {
-        return Ok(());
-    }
-    res.headers_mut()
-        .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
-    Err(error(
-        res,
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "This route does not accept this method.",
-    ))
-}
-
-/// `/health`: liveness for Render, `"status":"maintenance"` (still 200) in maintenance mode.
-fn health(project: &Project, clock: &crate::clock::Clock, res: &mut Response) {
-    let status = if project.settings.maintenance.enabled {
-        "maintenance"
-    } else {
-        "ok"
-    };
-    res.render(Json(json!({
-        "status": status,
-        "timestamp": chrono::DateTime::from_timestamp_millis(clock.now_ms())
-            .unwrap_or_default()
-            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        "environment": project.env.environment(),
-    })));
-}
-
-/// `/ready`: 200 when Redis and Postgres (those configured) answer, else 503 naming what is down.
-async fn ready(app: &App, res: &mut Response) {
-    let (ok, body) = app.ready.run().await;
-    if !ok {
-        tracing::warn!(checks = %body["checks"], "not ready");
-        res.status_code(StatusCode::SERVICE_UNAVAILABLE);
-    }
-    res.render(Json(body));
-}
-
-/// `/metrics`: Prometheus text, behind METRICS_TOKEN (open in development without one).
-fn metrics_text(app: &App, req: &Request, res: &mut Response) {
-    use crate::ops::metrics::{Access, allowed, render};
-    let authorization = req
-        .headers()
-        .get(salvo::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    match allowed(
-        app.metrics_token.as_deref(),
-        app.project.env.is_production(),
-        authorization,
-    ) {
-        Access::Unauthorized => {
-            res.headers_mut().insert(
-                salvo::http::header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer"),
-            );
-            error(
-                res,
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "Metrics need Authorization: Bearer <METRICS_TOKEN>.",
-            );
-        }
-        Access::Disabled => {
-            error(
-                res,
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "Metrics are off in production until METRICS_TOKEN is set.",
-            );
-        }
-        Access::Open => match render() {
-            Some(text) => {
-                res.headers_mut().insert(
-                    CONTENT_TYPE,
-                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-                );
-                let _ = res.write_body(text);
-            }
-            None => {
-                error(
-                    res,
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "Another metrics recorder is installed in this process.",
-                );
-            }
-        },
-    }
-}
-
-fn too_large(res: &mut Response, limit: u64) -> Stop {
-    error(
-        res,
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "payload_too_large",
-        &format!(
-            "The request body is larger than this route accepts ({}).",
-            crate::config::units::ByteSize(limit)
-        ),
-    )
-}
-
-/// A JSON error answer: `{"error": code, "message": text}`.
-fn error(res: &mut Response, status: StatusCode, code: &str, message: &str) -> Stop {
-    res.status_code(status);
-    res.render(Json(json!({"error": code, "message": message})));
-    Stop
 }

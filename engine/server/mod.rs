@@ -8,8 +8,14 @@
 //! `engine serve` calls [`serve`], which also waits for SIGTERM (what Render sends on deploys) or
 //! SIGINT.
 
+mod answer;
 pub mod dispatch;
+mod limit;
+mod oauth;
+mod own;
 pub mod queueing;
+pub mod route;
+mod seen;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,25 +41,13 @@ const TENANT_CACHE_ENTRIES: u64 = 10_000;
 /// Everything a request needs, built once at boot.
 pub struct App {
     pub project: Project,
-    /// One per pipeline, by index.
-    pub verifiers: Vec<Option<Verifier>>,
+    /// One per pipeline, by index: its verifier, rate limit, responder, queue, OAuth flow.
+    pub routes: Vec<route::Route>,
     pub tenants: Option<TenantSecrets>,
     pub proxies: TrustedProxies,
     pub limiter: RateLimiter,
-    /// One per pipeline, by index: its own limit, else the settings' default.
-    pub rate_rules: Vec<Option<Rule>>,
-    /// One per pipeline, by index: for a pipeline whose limit `counts: verified`, the limit a
-    /// request failing verification counts against (the settings' default, its own bucket).
-    pub unverified_rules: Vec<Option<Rule>>,
-    /// One per pipeline, by index: whether a verified request's limit is checked inside its
-    /// enqueue's Redis script (see `dispatch`) rather than on its own.
-    pub limit_in_enqueue: Vec<bool>,
     /// The default limit on `/health`, unless exempt.
     pub health_rule: Option<Rule>,
-    /// One per pipeline, by index.
-    pub responders: Vec<crate::respond::Responder>,
-    /// One per pipeline, by index: its queue and workers, when it has `transform` steps.
-    pub queued: Vec<Option<queueing::Queued>>,
     /// The time and minted event ids requests see (frozen by `engine replay`).
     pub clock: crate::clock::Clock,
     /// Writes accepted requests as fixtures (`engine serve --record DIR`).
@@ -64,25 +58,6 @@ pub struct App {
     pub metrics_token: Option<String>,
     /// The sinks' Postgres pool (for the pool gauges).
     pub pool: Option<deadpool_postgres::Pool>,
-    /// One per pipeline, by index: its OAuth flow, or why it cannot run (503 with the reason).
-    pub oauth: Vec<Option<Result<crate::oauth::Flow, String>>>,
-}
-
-/// Whether a pipeline's verified requests have their rate limit checked in the enqueue's round
-/// trip: the limiter and the queue both on Redis, `ack: queued`, and a verifier that needs no
-/// lookup (tenant secrets come from Postgres, which must not be read for a request the limit
-/// would refuse).
-fn limit_rides_on_enqueue(
-    limiter: &RateLimiter,
-    queued: &Option<queueing::Queued>,
-    verifier: &Option<Verifier>,
-) -> bool {
-    matches!(limiter, RateLimiter::Redis(_))
-        && queued.as_ref().is_some_and(|q| {
-            q.config.ack == crate::config::queue::Ack::Queued
-                && matches!(q.handle, queueing::QueueHandle::Redis(_))
-        })
-        && !verifier.as_ref().is_some_and(|v| v.uses_tenants())
 }
 
 /// What an app reads time from and writes rows to: the system clock and the configured sinks
@@ -188,25 +163,8 @@ impl App {
         let oauth = oauth_flows(&project, pool.as_ref());
         let proxies = TrustedProxies::parse(&project.settings.trusted_proxies);
         let default = project.settings.rate_limit.as_ref().filter(|r| r.enabled);
-        let exempt = |path: &str| default.is_some_and(|d| d.exempt.iter().any(|e| e == path));
-        let rate_rules: Vec<Option<Rule>> = project
-            .pipelines
-            .iter()
-            .map(|p| match &p.config.rate_limit {
-                Some(own) => own.enabled.then(|| Rule::new(&p.config.name, own)),
-                None if exempt(&p.config.route.path) => None,
-                None => default.map(|d| Rule::new(&p.config.name, d)),
-            })
-            .collect();
-        let unverified_rules = rate_rules
-            .iter()
-            .map(|rule| {
-                let rule = rule.as_ref().filter(|r| r.verified_only)?;
-                default.map(|d| Rule::new(&format!("{}:unverified", rule.bucket), d))
-            })
-            .collect();
         let health_rule = default
-            .filter(|_| !exempt("/health"))
+            .filter(|d| !d.exempt.iter().any(|e| e == "/health"))
             .map(|d| Rule::new("health", d));
         let limiter = match redis {
             Some(conn) => RateLimiter::Redis(crate::rate_limit::redis::RedisGcra::on(
@@ -215,28 +173,25 @@ impl App {
             )),
             None => RateLimiter::Memory(crate::rate_limit::memory::Memory::new()),
         };
-        let limit_in_enqueue = (0..project.pipelines.len())
-            .map(|i| limit_rides_on_enqueue(&limiter, &queued[i], &verifiers[i]))
-            .collect();
+        let routes = route::build(&project, verifiers, responders, queued, oauth, &limiter);
         Ok(App {
             project,
-            verifiers,
+            routes,
             tenants,
             proxies,
             limiter,
-            rate_rules,
-            unverified_rules,
-            limit_in_enqueue,
             health_rule,
-            responders,
-            queued,
             clock: around.clock,
             recorder: around.record.map(|dir| crate::record::Recorder { dir }),
             ready,
             metrics_token,
             pool,
-            oauth,
         })
+    }
+
+    /// The queued pipelines' queues and workers.
+    pub fn queues(&self) -> impl Iterator<Item = &queueing::Queued> {
+        self.routes.iter().filter_map(|r| r.queued.as_ref())
     }
 
     /// The URL a provider called (and signed): `PUBLIC_URL` when set, else what trusted proxies
@@ -311,7 +266,7 @@ struct Serving {
 
 impl Live {
     fn new(app: Arc<App>, run_workers: bool) -> Live {
-        let workers = run_workers.then(|| queueing::start(&app.queued));
+        let workers = run_workers.then(|| queueing::start(app.queues()));
         Live {
             current: ArcSwap::from_pointee(Serving {
                 chain: chain(app.clone()),
@@ -332,9 +287,7 @@ impl Live {
     pub fn swap(&self, project: Project, grace: Duration) -> Result<(), String> {
         let old = self.app();
         let carried = old
-            .queued
-            .iter()
-            .flatten()
+            .queues()
             .filter_map(|q| match &q.handle {
                 queueing::QueueHandle::Memory(m) => Some(m.clone()),
                 queueing::QueueHandle::Redis(_) => None,
@@ -348,7 +301,7 @@ impl Live {
                 ..Surroundings::default()
             },
         )?);
-        let workers = self.run_workers.then(|| queueing::start(&app.queued));
+        let workers = self.run_workers.then(|| queueing::start(app.queues()));
         self.current.store(Arc::new(Serving {
             chain: chain(app.clone()),
             app,
@@ -477,7 +430,7 @@ pub async fn start_with(
     // install the recorder before the first request, so no count is recorded into the void
     let _ = crate::ops::metrics::handle();
     let app = Arc::new(App::build_in(project, around).map_err(std::io::Error::other)?);
-    let queues = app.queued.iter().flatten().count();
+    let queues = app.queues().count();
     if queues > 0 {
         let backend = if app.project.settings.redis_url.is_some() {
             "redis"
@@ -575,8 +528,8 @@ pub async fn serve_workers(project: Project) -> std::io::Result<()> {
     let app = Arc::new(App::build(project).map_err(std::io::Error::other)?);
     let sampled = Arc::downgrade(&app);
     crate::ops::metrics::start_sampler(move || sampled.upgrade());
-    let queues = app.queued.iter().flatten().count();
-    let workers = queueing::start(&app.queued);
+    let queues = app.queues().count();
+    let workers = queueing::start(app.queues());
     tracing::info!(queues, "workers running");
     let signal = shutdown_signal().await;
     tracing::info!(

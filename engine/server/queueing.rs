@@ -211,10 +211,10 @@ pub struct Workers {
 }
 
 /// Start `concurrency` workers per queued pipeline.
-pub fn start(queued: &[Option<Queued>]) -> Workers {
+pub fn start<'a>(queued: impl Iterator<Item = &'a Queued>) -> Workers {
     let (stop, rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
-    for q in queued.iter().flatten() {
+    for q in queued {
         for _ in 0..q.config.concurrency.max(1) {
             let worker = q.worker.clone();
             match &q.handle {

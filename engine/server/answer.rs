@@ -1,0 +1,48 @@
+//! The answers every part of the request path writes: a JSON error, 413, a computed reply.
+//! [`Stop`] means "answered already": a step returns `Err(Stop)` and the path ends there.
+
+use salvo::http::header::CONTENT_TYPE;
+use salvo::http::{HeaderName, HeaderValue, StatusCode};
+use salvo::prelude::*;
+use serde_json::json;
+
+use crate::respond::Reply;
+
+/// An early answer has been written to the response: stop here.
+pub struct Stop;
+
+/// Send a computed reply.
+pub fn send(r: &Reply, res: &mut Response) {
+    res.status_code(StatusCode::from_u16(r.status).unwrap_or(StatusCode::OK));
+    for (name, value) in &r.headers {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            res.headers_mut().insert(n, v);
+        }
+    }
+    if let Ok(ct) = HeaderValue::from_str(&r.content_type) {
+        res.headers_mut().insert(CONTENT_TYPE, ct);
+    }
+    let _ = res.write_body(r.body.clone());
+}
+
+pub fn too_large(res: &mut Response, limit: u64) -> Stop {
+    error(
+        res,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        &format!(
+            "The request body is larger than this route accepts ({}).",
+            crate::config::units::ByteSize(limit)
+        ),
+    )
+}
+
+/// A JSON error answer: `{"error": code, "message": text}`.
+pub fn error(res: &mut Response, status: StatusCode, code: &str, message: &str) -> Stop {
+    res.status_code(status);
+    res.render(Json(json!({"error": code, "message": message})));
+    Stop
+}

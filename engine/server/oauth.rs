@@ -1,0 +1,76 @@
+//! The routes of an `oauth` pipeline (its start path and its callback): after maintenance and
+//! its rate limit, [`crate::oauth::Flow`] decides; browsers get a redirect or a short HTML page,
+//! `Accept: application/json` callers of the start route JSON.
+
+use salvo::http::{HeaderValue, StatusCode};
+use salvo::prelude::*;
+
+use super::App;
+use super::answer::error;
+
+/// An OAuth pipeline: the start route or the callback (its `route`). Browsers get a redirect or
+/// a short HTML page; `Accept: application/json` callers of the start route get JSON.
+pub async fn answer(
+    app: &App,
+    pipeline: usize,
+    flow: &Result<crate::oauth::Flow, String>,
+    req: &Request,
+    res: &mut Response,
+) {
+    use crate::oauth::Answer;
+    let flow = match flow {
+        Ok(f) => f,
+        Err(why) => {
+            error(res, StatusCode::SERVICE_UNAVAILABLE, "unavailable", why);
+            return;
+        }
+    };
+    let cfg = app.project.pipelines[pipeline].config.oauth.as_ref();
+    let is_start = cfg.is_some_and(|o| o.start.path == req.uri().path());
+    let query = req.uri().query().unwrap_or("");
+    let now = app.clock.now_secs();
+    let wants_json = req
+        .headers()
+        .get(salvo::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/json"));
+    let answer = if is_start {
+        let authorization = req
+            .headers()
+            .get(salvo::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        flow.start(authorization, query, wants_json, now)
+    } else {
+        flow.callback(query, now).await
+    };
+    // the state and code are single-use secrets: never cached, never sent on as a referrer
+    res.headers_mut().insert(
+        salvo::http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
+    res.headers_mut().insert(
+        salvo::http::header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    match answer {
+        Answer::Redirect(url) => {
+            res.status_code(StatusCode::FOUND);
+            if let Ok(v) = HeaderValue::from_str(&url) {
+                res.headers_mut().insert(salvo::http::header::LOCATION, v);
+            }
+        }
+        Answer::Json(v) => res.render(Json(v)),
+        Answer::Refused(status, code, text) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+            if is_start || wants_json {
+                error(res, status, code, &text);
+            } else {
+                res.status_code(status);
+                res.render(salvo::writing::Text::Html(crate::oauth::page(
+                    status.as_u16(),
+                    &text,
+                )));
+            }
+        }
+    }
+}

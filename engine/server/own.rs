@@ -1,0 +1,130 @@
+//! The engine's own routes: `/health` (liveness, never in maintenance), `/ready` (Redis and
+//! Postgres answer) and `/metrics` (Prometheus text behind METRICS_TOKEN), answered before the
+//! route table; each counted against the default rate limit unless exempt, GET or HEAD only.
+
+use salvo::http::header::{ALLOW, CONTENT_TYPE};
+use salvo::http::{HeaderValue, Method, StatusCode};
+use salvo::prelude::*;
+use serde_json::json;
+
+use super::App;
+use super::answer::{Stop, error};
+use super::limit::check_rate;
+use super::seen::Seen;
+use crate::config::Project;
+
+/// Answer an own path (`health`, `ready` or `metrics`).
+pub async fn serve(app: &App, own: &str, req: &Request, res: &mut Response) -> Result<(), Stop> {
+    let seen = Seen::new(app, req, bytes::Bytes::new());
+    check_rate(app, app.health_rule.as_ref(), &seen, &[], res).await?;
+    only_get(req, res)?;
+    match own {
+        "health" => health(&app.project, &app.clock, res),
+        "ready" => ready(app, res).await,
+        _ => metrics_text(app, req, res),
+    }
+    Ok(())
+}
+
+/// The engine's own paths: `/health`, `/ready`, `/metrics`.
+pub fn own_path(path: &str) -> Option<&'static str> {
+    match path {
+        "/health" => Some("health"),
+        "/ready" => Some("ready"),
+        "/metrics" => Some("metrics"),
+        _ => None,
+    }
+}
+
+/// 405 unless GET or HEAD.
+fn only_get(req: &Request, res: &mut Response) -> Result<(), Stop> {
+    if req.method() == Method::GET || req.method() == Method::HEAD {
+        return Ok(());
+    }
+    res.headers_mut()
+        .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+    Err(error(
+        res,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "This route does not accept this method.",
+    ))
+}
+
+/// `/health`: liveness for Render, `"status":"maintenance"` (still 200) in maintenance mode.
+fn health(project: &Project, clock: &crate::clock::Clock, res: &mut Response) {
+    let status = if project.settings.maintenance.enabled {
+        "maintenance"
+    } else {
+        "ok"
+    };
+    res.render(Json(json!({
+        "status": status,
+        "timestamp": chrono::DateTime::from_timestamp_millis(clock.now_ms())
+            .unwrap_or_default()
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "environment": project.env.environment(),
+    })));
+}
+
+/// `/ready`: 200 when Redis and Postgres (those configured) answer, else 503 naming what is down.
+async fn ready(app: &App, res: &mut Response) {
+    let (ok, body) = app.ready.run().await;
+    if !ok {
+        tracing::warn!(checks = %body["checks"], "not ready");
+        res.status_code(StatusCode::SERVICE_UNAVAILABLE);
+    }
+    res.render(Json(body));
+}
+
+/// `/metrics`: Prometheus text, behind METRICS_TOKEN (open in development without one).
+fn metrics_text(app: &App, req: &Request, res: &mut Response) {
+    use crate::ops::metrics::{Access, allowed, render};
+    let authorization = req
+        .headers()
+        .get(salvo::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match allowed(
+        app.metrics_token.as_deref(),
+        app.project.env.is_production(),
+        authorization,
+    ) {
+        Access::Unauthorized => {
+            res.headers_mut().insert(
+                salvo::http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer"),
+            );
+            error(
+                res,
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "Metrics need Authorization: Bearer <METRICS_TOKEN>.",
+            );
+        }
+        Access::Disabled => {
+            error(
+                res,
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "Metrics are off in production until METRICS_TOKEN is set.",
+            );
+        }
+        Access::Open => match render() {
+            Some(text) => {
+                res.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                let _ = res.write_body(text);
+            }
+            None => {
+                error(
+                    res,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "Another metrics recorder is installed in this process.",
+                );
+            }
+        },
+    }
+}

@@ -1,0 +1,181 @@
+//! One compiled route per pipeline: everything the request path needs for it, built once at boot
+//! (and on reload) by [`build`], so the request path takes a `&Route` and decides nothing twice.
+//!
+//! ```text
+//! Route { name, verifier, limit, responder, queued, oauth }
+//!   limit: None                      no rate limit
+//!          First(rule)               checked before verification, on its own
+//!          InEnqueue(riding)         checked inside the enqueue's Redis script (one round trip);
+//!                                    a request failing verification is checked on its own first
+//!          Verified{rule, unverified, riding}
+//!                                    `counts: verified`: checked after verification (in the
+//!                                    enqueue when `riding`); failed verification counts against
+//!                                    `unverified`, the per-IP default
+//! ```
+
+use std::sync::Arc;
+
+use crate::config::Project;
+use crate::queue::redis::RedisQueue;
+use crate::rate_limit::{RateLimiter, Rule};
+use crate::respond::Responder;
+use crate::verify::Verifier;
+
+use super::queueing::{QueueHandle, Queued};
+
+/// A pipeline, ready to answer.
+pub struct Route {
+    /// The pipeline's index in the project.
+    pub pipeline: usize,
+    pub name: String,
+    pub verifier: Option<Verifier>,
+    pub limit: Limit,
+    pub responder: Responder,
+    /// Its queue and worker, when it has `transform` steps.
+    pub queued: Option<Queued>,
+    /// Its OAuth flow, or why it cannot run (503 with the reason).
+    pub oauth: Option<Result<crate::oauth::Flow, String>>,
+}
+
+/// How a route's rate limit is checked; decided once, here.
+pub enum Limit {
+    None,
+    First(Rule),
+    InEnqueue(Riding),
+    Verified {
+        rule: Rule,
+        /// What a request failing verification counts against.
+        unverified: Option<Rule>,
+        /// The check rides in the enqueue when it can.
+        riding: Option<Riding>,
+    },
+}
+
+/// A limit checked inside the enqueue's Redis script.
+pub struct Riding {
+    pub rule: Rule,
+    pub queue: Arc<RedisQueue>,
+    /// The limiter's Redis key prefix (the same keys a separate check would use).
+    pub prefix: String,
+}
+
+impl Limit {
+    /// The limit checked first, before verification.
+    pub fn first(&self) -> Option<&Rule> {
+        match self {
+            Limit::First(rule) => Some(rule),
+            _ => None,
+        }
+    }
+
+    /// The limit a request that failed verification is counted against before its 401.
+    pub fn when_unverified(&self) -> Option<&Rule> {
+        match self {
+            Limit::InEnqueue(r) => Some(&r.rule),
+            Limit::Verified { unverified, .. } => unverified.as_ref(),
+            Limit::None | Limit::First(_) => None,
+        }
+    }
+
+    /// The limit checked on its own once the request is verified.
+    pub fn after_verify(&self) -> Option<&Rule> {
+        match self {
+            Limit::Verified {
+                rule, riding: None, ..
+            } => Some(rule),
+            _ => None,
+        }
+    }
+
+    /// The limit checked inside the enqueue.
+    pub fn riding(&self) -> Option<&Riding> {
+        match self {
+            Limit::InEnqueue(r) => Some(r),
+            Limit::Verified { riding, .. } => riding.as_ref(),
+            Limit::None | Limit::First(_) => None,
+        }
+    }
+}
+
+/// The routes of a project, by pipeline index, from its compiled parts.
+pub fn build(
+    project: &Project,
+    mut verifiers: Vec<Option<Verifier>>,
+    mut responders: Vec<Responder>,
+    mut queued: Vec<Option<Queued>>,
+    mut oauth: Vec<Option<Result<crate::oauth::Flow, String>>>,
+    limiter: &RateLimiter,
+) -> Vec<Route> {
+    let default = project.settings.rate_limit.as_ref().filter(|r| r.enabled);
+    let exempt = |path: &str| default.is_some_and(|d| d.exempt.iter().any(|e| e == path));
+    let mut routes = Vec::with_capacity(project.pipelines.len());
+    // taken from the back, so each vector gives up its element for the same index
+    for (i, p) in project.pipelines.iter().enumerate().rev() {
+        let verifier = verifiers.pop().flatten();
+        let q = queued.pop().flatten();
+        let rule = match &p.config.rate_limit {
+            Some(own) => own.enabled.then(|| Rule::new(&p.config.name, own)),
+            None if exempt(&p.config.route.path) => None,
+            None => default.map(|d| Rule::new(&p.config.name, d)),
+        };
+        let limit = match rule {
+            None => Limit::None,
+            Some(rule) => {
+                let riding = riding(limiter, &q, &verifier, &rule);
+                if rule.verified_only {
+                    let unverified =
+                        default.map(|d| Rule::new(&format!("{}:unverified", rule.bucket), d));
+                    Limit::Verified {
+                        rule,
+                        unverified,
+                        riding,
+                    }
+                } else {
+                    match riding {
+                        Some(r) => Limit::InEnqueue(r),
+                        None => Limit::First(rule),
+                    }
+                }
+            }
+        };
+        routes.push(Route {
+            pipeline: i,
+            name: p.config.name.clone(),
+            verifier,
+            limit,
+            responder: responders.pop().expect("one responder per pipeline"),
+            queued: q,
+            oauth: oauth.pop().flatten(),
+        });
+    }
+    routes.reverse();
+    routes
+}
+
+/// The limit rides in the enqueue's round trip when the limiter and the queue are both on
+/// Redis, the pipeline acknowledges once `queued`, and its verifier needs no lookup (tenant
+/// secrets come from Postgres, which must not be read for a request the limit would refuse).
+fn riding(
+    limiter: &RateLimiter,
+    queued: &Option<Queued>,
+    verifier: &Option<Verifier>,
+    rule: &Rule,
+) -> Option<Riding> {
+    let RateLimiter::Redis(gcra) = limiter else {
+        return None;
+    };
+    let q = queued.as_ref()?;
+    let QueueHandle::Redis(queue) = &q.handle else {
+        return None;
+    };
+    if q.config.ack != crate::config::queue::Ack::Queued
+        || verifier.as_ref().is_some_and(Verifier::uses_tenants)
+    {
+        return None;
+    }
+    Some(Riding {
+        rule: rule.clone(),
+        queue: queue.clone(),
+        prefix: gcra.prefix().to_string(),
+    })
+}
