@@ -821,7 +821,7 @@ fn queue_stats(target: &Target) -> ExitCode {
         (Ok(q), Ok(r)) => (q, r),
         (Err(c), _) | (_, Err(c)) => return c,
     };
-    let result: Result<Vec<(String, crate::queue::redis::Stats)>, _> =
+    let result: Result<Vec<(String, crate::queue::Stats)>, _> =
         rt.block_on(async { futures_stats(&queues).await });
     match result {
         Ok(stats) if target.json => {
@@ -857,7 +857,7 @@ fn queue_stats(target: &Target) -> ExitCode {
 
 async fn futures_stats(
     queues: &[(String, crate::queue::redis::RedisQueue)],
-) -> Result<Vec<(String, crate::queue::redis::Stats)>, crate::queue::redis::QueueError> {
+) -> Result<Vec<(String, crate::queue::Stats)>, crate::queue::QueueError> {
     let mut out = Vec::new();
     for (name, q) in queues {
         out.push((name.clone(), q.stats().await?));

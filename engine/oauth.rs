@@ -27,7 +27,7 @@ use tokio_postgres::types::Type;
 
 use crate::config::oauth::{ClientAuth, OAuth};
 use crate::crypto::Keyring;
-use crate::worker::{Batch, Sink};
+use crate::sink::{Batch, Sink};
 
 /// A pipeline's flow, ready to serve.
 pub struct Flow {

@@ -18,7 +18,6 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,54 +25,11 @@ use tokio::sync::watch;
 
 use crate::queue::Outcomes;
 use crate::queue::memory::MemoryQueue;
-use crate::queue::redis::{Delivery, QueueError, RedisQueue};
+use crate::queue::redis::RedisQueue;
+use crate::queue::{Delivery, QueueError};
 use crate::transform::{FailureKind, Outcome, Program};
 
-/// Rows one event produced for one sink.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Batch {
-    pub event_id: String,
-    pub pipeline: String,
-    pub sink: String,
-    pub step: String,
-    pub rows: Vec<serde_json::Value>,
-}
-
-/// Why a sink could not write.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SinkError {
-    /// Try again later: connection lost, timeout, serialization failure.
-    #[error("{0}")]
-    Retry(String),
-    /// Retrying cannot help: constraint violation, a value that does not fit its column.
-    #[error("{0}")]
-    Permanent(String),
-}
-
-/// The future a sink returns.
-pub type SinkFuture<'a> = Pin<Box<dyn Future<Output = Result<(), SinkError>> + Send + 'a>>;
-
-/// Where rows go. Writing the same batch twice must leave the same result as writing it once
-/// (rows keyed by the event id): the queue delivers at least once.
-pub trait Sink: Send + Sync {
-    fn write<'a>(&'a self, batch: &'a Batch) -> SinkFuture<'a>;
-
-    /// Whether [`Sink::write_many`] writes several events at once (else the worker writes them one
-    /// by one).
-    fn batches(&self) -> bool {
-        false
-    }
-
-    /// Write the rows of several events together, all or nothing.
-    fn write_many<'a>(&'a self, batches: &'a [Batch]) -> SinkFuture<'a> {
-        Box::pin(async move {
-            for b in batches {
-                self.write(b).await?;
-            }
-            Ok(())
-        })
-    }
-}
+use crate::sink::{Batch, Sink, SinkError};
 
 /// How a worker treats failures.
 #[derive(Debug, Clone, Copy)]
@@ -408,82 +364,37 @@ impl Worker {
         Ok(Handled::DeadLettered { reason })
     }
 
-    /// Run on the in-process queue until `stop` turns true.
-    pub async fn run_memory(
-        self: Arc<Self>,
-        queue: Arc<MemoryQueue>,
-        mut stop: watch::Receiver<bool>,
-    ) {
-        while !*stop.borrow() {
-            let next = tokio::select! {
-                d = queue.next(self.options.block) => d,
-                _ = stop.changed() => break,
-            };
-            if let Some(d) = next
-                && let Err(e) = self.handle(&d).await
-            {
-                tracing::warn!(event_id = %d.event.id, error = %e, "could not record the outcome");
+    /// Run on `queue` until `stop` turns true: one loop for both kinds of queue — take what is
+    /// waiting ([`Taker`]), handle it, and on a failing queue back off (the outage is logged
+    /// once per process by `ops::outage`, not once per attempt and worker). On Redis the reaper
+    /// and the promoter run beside it. In-flight deliveries finish; on Redis unfinished ones stay
+    /// pending and are reclaimed after the lease.
+    pub async fn run(self: Arc<Self>, queue: crate::queue::Queue, mut stop: watch::Receiver<bool>) {
+        let mut taker = Taker::new(&queue, self.options);
+        let helpers = match &queue {
+            crate::queue::Queue::Redis(q) => {
+                if let Err(e) = q.ensure_group().await {
+                    tracing::error!(queue = q.name(), error = %e, "cannot create the consumer group; retrying");
+                }
+                vec![
+                    tokio::spawn(self.clone().reap(q.clone(), stop.clone())),
+                    tokio::spawn(promote(q.clone(), stop.clone())),
+                ]
             }
-        }
-    }
-
-    /// Run on Redis until `stop` turns true: the read loop, the reaper and the promoter.
-    /// In-flight deliveries finish; unfinished ones stay pending and are reclaimed after the lease.
-    pub async fn run(self: Arc<Self>, queue: Arc<RedisQueue>, mut stop: watch::Receiver<bool>) {
-        if let Err(e) = queue.ensure_group().await {
-            tracing::error!(queue = queue.name(), error = %e, "cannot create the consumer group; retrying");
-        }
-        let reaper = tokio::spawn(self.clone().reap(queue.clone(), stop.clone()));
-        let promoter = tokio::spawn(promote(queue.clone(), stop.clone()));
-        let mut reader = None;
-        let mut own_pending = true;
-        // Failed attempts in a row: the retry backoff. The outage itself is logged once per
-        // process by `ops::outage`, not once per attempt and worker.
+            crate::queue::Queue::Memory(_) => Vec::new(),
+        };
         let mut failures = 0u32;
         while !*stop.borrow() {
-            let conn = match &mut reader {
-                Some(c) => c,
-                None => match queue.reader().await {
-                    Ok(c) => reader.insert(c),
-                    Err(e) => {
-                        failures += 1;
-                        crate::ops::outage::failed(REDIS, &e);
-                        pause(&mut stop, crate::ops::outage::backoff(failures)).await;
-                        continue;
-                    }
-                },
-            };
-            let read = tokio::select! {
-                r = queue.read(conn, self.options.batch, self.options.block, own_pending) => r,
+            let taken = tokio::select! {
+                t = taker.take() => t,
                 _ = stop.changed() => break,
             };
-            let read = match read {
-                Ok((mut got, lost))
-                    if !own_pending
-                        && !got.is_empty()
-                        && got.len() < self.options.batch
-                        && !self.options.batch_wait.is_zero() =>
-                {
-                    tokio::time::sleep(self.options.batch_wait).await;
-                    if let Ok((more, _)) = queue
-                        .read(
-                            conn,
-                            self.options.batch - got.len(),
-                            Duration::from_millis(1),
-                            false,
-                        )
-                        .await
-                    {
-                        got.extend(more);
-                    }
-                    Ok((got, lost))
-                }
-                other => other,
-            };
-            match read {
+            match taken {
                 Ok((deliveries, lost)) => {
                     failures = 0;
-                    crate::ops::outage::ok(REDIS);
+                    if let Some(dependency) = taker.dependency() {
+                        crate::ops::outage::ok(dependency);
+                    }
                     if lost {
                         tracing::error!(
                             queue = self.outcomes.name(),
@@ -492,24 +403,20 @@ impl Worker {
                         metrics::counter!("engine_queue_lost_total", "queue" => self.outcomes.name().to_string()).increment(1);
                         crate::ops::alerts::queue_lost(self.outcomes.name());
                     }
-                    // After a restart the own pending list is read once; then new entries.
-                    if own_pending && deliveries.is_empty() {
-                        own_pending = false;
-                    }
                     if let Err(e) = self.handle_batch(&deliveries).await {
                         tracing::warn!(error = %e, "could not record outcomes; the entries stay pending and are redelivered");
                     }
                 }
                 Err(e) => {
                     failures += 1;
-                    crate::ops::outage::failed(REDIS, &e);
-                    reader = None;
+                    crate::ops::outage::failed(taker.dependency().unwrap_or(REDIS), &e);
                     pause(&mut stop, crate::ops::outage::backoff(failures)).await;
                 }
             }
         }
-        let _ = reaper.await;
-        let _ = promoter.await;
+        for h in helpers {
+            let _ = h.await;
+        }
     }
 
     /// Take over entries of consumers that stopped answering, every lease/2.
@@ -554,6 +461,100 @@ async fn promote(queue: Arc<RedisQueue>, mut stop: watch::Receiver<bool>) {
 
 /// The dependency name of the Redis queue in outage logs and metrics.
 const REDIS: &str = "redis";
+
+/// What a worker takes deliveries from: the in-process queue one at a time, or Redis in batches
+/// (its own pending entries once after a start, then new ones; a short wait tops up a small
+/// batch), over a reader connection made again after a failure.
+enum Taker {
+    Memory {
+        queue: Arc<MemoryQueue>,
+        block: Duration,
+    },
+    Redis {
+        queue: Arc<RedisQueue>,
+        reader: Option<redis::aio::MultiplexedConnection>,
+        own_pending: bool,
+        options: Options,
+    },
+}
+
+impl Taker {
+    fn new(queue: &crate::queue::Queue, options: Options) -> Taker {
+        match queue {
+            crate::queue::Queue::Memory(q) => Taker::Memory {
+                queue: q.clone(),
+                block: options.block,
+            },
+            crate::queue::Queue::Redis(q) => Taker::Redis {
+                queue: q.clone(),
+                reader: None,
+                own_pending: true,
+                options,
+            },
+        }
+    }
+
+    /// The dependency whose outage a failure is.
+    fn dependency(&self) -> Option<&'static str> {
+        match self {
+            Taker::Memory { .. } => None,
+            Taker::Redis { .. } => Some(REDIS),
+        }
+    }
+
+    /// The next deliveries (possibly none, after the block time), and whether the queue was
+    /// found lost (Redis restarted empty: the data-loss alarm).
+    async fn take(&mut self) -> Result<(Vec<Delivery>, bool), QueueError> {
+        let (queue, reader, own_pending, options) = match self {
+            Taker::Memory { queue, block } => {
+                return Ok((queue.next(*block).await.into_iter().collect(), false));
+            }
+            Taker::Redis {
+                queue,
+                reader,
+                own_pending,
+                options,
+            } => (queue, reader, own_pending, *options),
+        };
+        let conn = match reader {
+            Some(c) => c,
+            None => reader.insert(queue.reader().await?),
+        };
+        let read = queue
+            .read(conn, options.batch, options.block, *own_pending)
+            .await;
+        let (mut got, lost) = match read {
+            Ok(r) => r,
+            Err(e) => {
+                *reader = None;
+                return Err(e);
+            }
+        };
+        if !*own_pending
+            && !got.is_empty()
+            && got.len() < options.batch
+            && !options.batch_wait.is_zero()
+        {
+            tokio::time::sleep(options.batch_wait).await;
+            if let Ok((more, _)) = queue
+                .read(
+                    conn,
+                    options.batch - got.len(),
+                    Duration::from_millis(1),
+                    false,
+                )
+                .await
+            {
+                got.extend(more);
+            }
+        }
+        // After a restart the own pending list is read once; then new entries.
+        if *own_pending && got.is_empty() {
+            *own_pending = false;
+        }
+        Ok((got, lost))
+    }
+}
 
 /// Sleep, or return early when `stop` changes.
 async fn pause(stop: &mut watch::Receiver<bool>, d: Duration) {

@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use engine::queue::redis::{Enqueued, RedisQueue};
+use engine::queue::Enqueued;
+use engine::queue::redis::RedisQueue;
 use engine::transform::EventInput;
 
 mod common;

@@ -9,8 +9,8 @@ use std::path::Path;
 use common::{fresh_schema, pg};
 use engine::config::sink::{OnConflict, Postgres};
 use engine::sink::postgres::PostgresSink;
+use engine::sink::{Batch, Sink, SinkError};
 use engine::transform::Outcome;
-use engine::worker::{Batch, Sink, SinkError};
 use serde_json::json;
 
 fn cfg(table: &str) -> Postgres {

@@ -9,9 +9,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use engine::queue::Queue;
 use engine::queue::redis::RedisQueue;
+use engine::sink::{Batch, Sink, SinkError, SinkFuture};
 use engine::transform::{EventInput, Program};
-use engine::worker::{Batch, Handled, Options, Sink, SinkError, SinkFuture, Worker};
+use engine::worker::{Handled, Options, Worker};
 
 const REDIS: &str = "redis://127.0.0.1:6379";
 
@@ -130,7 +132,7 @@ async fn events_flow_to_the_sink_and_are_acked() {
     q.enqueue(&dropped, None).await.unwrap();
 
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let running = tokio::spawn(w.clone().run(q.clone(), stop));
+    let running = tokio::spawn(w.clone().run(Queue::Redis(q.clone()), stop));
     wait_until(|| sink.event_ids().len() == 20).await;
     let expected: Vec<String> = (0..20).map(|i| format!("e{i:02}")).collect();
     assert_eq!(sink.event_ids(), expected);
@@ -162,7 +164,7 @@ async fn a_failing_sink_is_retried_with_backoff_then_succeeds() {
     .await;
     q.enqueue(&status_update("r1"), None).await.unwrap();
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let running = tokio::spawn(w.clone().run(q.clone(), stop));
+    let running = tokio::spawn(w.clone().run(Queue::Redis(q.clone()), stop));
     wait_until(|| sink.event_ids() == ["r1"]).await;
     assert_eq!(
         sink.calls.load(Ordering::SeqCst),
@@ -180,7 +182,7 @@ async fn attempts_used_up_and_permanent_errors_are_dead_lettered() {
     let (w, q, _) = worker(sink.clone(), fast()).await;
     q.enqueue(&status_update("x1"), None).await.unwrap();
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let running = tokio::spawn(w.clone().run(q.clone(), stop));
+    let running = tokio::spawn(w.clone().run(Queue::Redis(q.clone()), stop));
     let queue = q.clone();
     let mut dead = Vec::new();
     for _ in 0..100 {
@@ -259,7 +261,7 @@ async fn a_crashed_workers_entries_reach_the_sink_through_another_worker() {
     drop(crashed);
 
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let running = tokio::spawn(w.clone().run(q.clone(), stop));
+    let running = tokio::spawn(w.clone().run(Queue::Redis(q.clone()), stop));
     wait_until(|| sink.event_ids().len() == 3).await;
     assert_eq!(sink.event_ids(), ["c1", "c2", "c3"]);
     stop_tx.send(true).unwrap();

@@ -248,10 +248,10 @@ pub fn start_sampler(
 
 /// One refresh of the gauges.
 pub async fn sample(app: &crate::server::App) {
-    use crate::server::queueing::QueueHandle;
+    use crate::queue::Queue;
     for q in app.queues() {
         match &q.handle {
-            QueueHandle::Redis(r) => {
+            Queue::Redis(r) => {
                 let name = r.name().to_string();
                 match r.stats().await {
                     Ok(s) => {
@@ -269,7 +269,7 @@ pub async fn sample(app: &crate::server::App) {
                     Err(e) => tracing::debug!(queue = %name, error = %e, "queue stats unavailable"),
                 }
             }
-            QueueHandle::Memory(m) => {
+            Queue::Memory(m) => {
                 let name = crate::queue::Outcomes::name(&**m).to_string();
                 metrics::gauge!("engine_queue_depth", "queue" => name.clone()).set(m.len() as f64);
                 metrics::gauge!("engine_queue_dead", "queue" => name).set(m.dead_count() as f64);

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::redis::{DeadLetter, Delivery, Enqueued, QueueError};
+use super::{DeadLetter, Delivery, Enqueued, QueueError};
 use super::{Outcomes, QueueFuture};
 
 /// Events waiting at most.

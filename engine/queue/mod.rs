@@ -14,9 +14,143 @@ pub mod redis;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
-use self::redis::{Delivery, QueueError};
+use crate::transform::EventInput;
+use memory::MemoryQueue;
+use redis::RedisQueue;
+
+/// Why a queue operation failed. Callers answer 503 (ingest) or retry later (worker).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum QueueError {
+    /// Redis refused, failed or did not answer in time.
+    #[error("queue unavailable: {0}")]
+    Unavailable(String),
+    /// REDIS_URL cannot be used.
+    #[error("queue unavailable: REDIS_URL is not a valid Redis URL")]
+    BadUrl,
+    /// An in-process queue holds all it may (its name).
+    #[error("queue unavailable: in-process queue `{0}` is full")]
+    Full(String),
+    /// An event could not be encoded for storage.
+    #[error("the event cannot be stored: {0}")]
+    Encode(String),
+    /// The blocking task running a transform failed (panicked or was cancelled).
+    #[error("the transform task failed: {0}")]
+    Task(String),
+}
+
+impl From<::redis::RedisError> for QueueError {
+    fn from(e: ::redis::RedisError) -> Self {
+        QueueError::Unavailable(e.to_string())
+    }
+}
+
+impl From<serde_json::Error> for QueueError {
+    fn from(e: serde_json::Error) -> Self {
+        QueueError::Encode(e.to_string())
+    }
+}
+
+/// Result of an enqueue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enqueued {
+    /// Appended with this stream id.
+    Added(String),
+    /// The dedupe key was seen within its window: not appended again.
+    Duplicate,
+}
+
+/// One entry handed to a worker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    /// The stream entry id.
+    pub id: String,
+    pub event: EventInput,
+    /// Attempts made before this one (0 on the first delivery).
+    pub attempts: u32,
+}
+
+/// A dead-lettered event.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct DeadLetter {
+    pub id: String,
+    pub event_id: String,
+    pub reason: String,
+    pub attempts: u32,
+    #[serde(skip)]
+    pub event: Option<EventInput>,
+}
+
+/// Counts for `engine queue stats` and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Stats {
+    /// Entries in the work stream (waiting or being processed).
+    pub depth: u64,
+    /// Entries delivered to a consumer and not yet acknowledged.
+    pub pending: u64,
+    /// Retries waiting for their time.
+    pub delayed: u64,
+    pub dead: u64,
+    /// Age of the oldest entry in the work stream, milliseconds.
+    pub oldest_age_ms: Option<u64>,
+}
+
+/// Where a pipeline's events go.
+#[derive(Clone)]
+pub enum Queue {
+    Redis(Arc<RedisQueue>),
+    Memory(Arc<MemoryQueue>),
+}
+
+impl Queue {
+    /// Store an event durably (Redis) or in process; `dedupe` skips a repeat within its window.
+    pub async fn enqueue(
+        &self,
+        event: EventInput,
+        dedupe: Option<(&str, Duration)>,
+    ) -> Result<Enqueued, QueueError> {
+        match self {
+            Queue::Redis(q) => q.enqueue(&event, dedupe).await,
+            Queue::Memory(q) => q.enqueue(event, dedupe),
+        }
+    }
+
+    /// Remember a dedupe key for its window: `false` for a repeat.
+    pub async fn mark_seen(&self, key: &str, window: Duration) -> Result<bool, QueueError> {
+        match self {
+            Queue::Redis(q) => q.mark_seen(key, window).await,
+            Queue::Memory(q) => Ok(q.mark_seen(key, window)),
+        }
+    }
+
+    /// Forget a dedupe key (the event was not processed after all).
+    pub async fn forget_seen(&self, key: &str) -> Result<(), QueueError> {
+        match self {
+            Queue::Redis(q) => q.forget_seen(key).await,
+            Queue::Memory(q) => {
+                q.forget_seen(key);
+                Ok(())
+            }
+        }
+    }
+
+    /// Keep a permanently failed event with its reason.
+    pub async fn dead_letter(&self, event: &EventInput, reason: &str) -> Result<(), QueueError> {
+        match self {
+            Queue::Redis(q) => q.dead_letter_event(event, reason).await,
+            Queue::Memory(q) => {
+                let d = Delivery {
+                    id: String::new(),
+                    event: event.clone(),
+                    attempts: 0,
+                };
+                Outcomes::dead_letter(&**q, &d, reason).await
+            }
+        }
+    }
+}
 
 /// The future of a queue outcome operation.
 pub type QueueFuture<'a> = Pin<Box<dyn Future<Output = Result<(), QueueError>> + Send + 'a>>;

@@ -23,86 +23,11 @@ use crate::rate_limit::Rule;
 use crate::rate_limit::redis::Verdict;
 use crate::shared_redis::SharedRedis;
 
+use super::{DeadLetter, Delivery, Enqueued, QueueError, Stats};
 use crate::transform::EventInput;
 
 /// The consumer group every engine instance reads with.
 pub const GROUP: &str = "engine";
-
-/// Why a queue operation failed. Callers answer 503 (ingest) or retry later (worker).
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum QueueError {
-    /// Redis refused, failed or did not answer in time.
-    #[error("queue unavailable: {0}")]
-    Unavailable(String),
-    /// REDIS_URL cannot be used.
-    #[error("queue unavailable: REDIS_URL is not a valid Redis URL")]
-    BadUrl,
-    /// An in-process queue holds all it may (its name).
-    #[error("queue unavailable: in-process queue `{0}` is full")]
-    Full(String),
-    /// An event could not be encoded for storage.
-    #[error("the event cannot be stored: {0}")]
-    Encode(String),
-    /// The blocking task running a transform failed (panicked or was cancelled).
-    #[error("the transform task failed: {0}")]
-    Task(String),
-}
-
-impl From<redis::RedisError> for QueueError {
-    fn from(e: redis::RedisError) -> Self {
-        QueueError::Unavailable(e.to_string())
-    }
-}
-
-impl From<serde_json::Error> for QueueError {
-    fn from(e: serde_json::Error) -> Self {
-        QueueError::Encode(e.to_string())
-    }
-}
-
-/// Result of an enqueue.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Enqueued {
-    /// Appended with this stream id.
-    Added(String),
-    /// The dedupe key was seen within its window: not appended again.
-    Duplicate,
-}
-
-/// One entry handed to a worker.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Delivery {
-    /// The stream entry id.
-    pub id: String,
-    pub event: EventInput,
-    /// Attempts made before this one (0 on the first delivery).
-    pub attempts: u32,
-}
-
-/// A dead-lettered event.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct DeadLetter {
-    pub id: String,
-    pub event_id: String,
-    pub reason: String,
-    pub attempts: u32,
-    #[serde(skip)]
-    pub event: Option<EventInput>,
-}
-
-/// Counts for `engine queue stats` and metrics.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Stats {
-    /// Entries in the work stream (waiting or being processed).
-    pub depth: u64,
-    /// Entries delivered to a consumer and not yet acknowledged.
-    pub pending: u64,
-    /// Retries waiting for their time.
-    pub delayed: u64,
-    pub dead: u64,
-    /// Age of the oldest entry in the work stream, milliseconds.
-    pub oldest_age_ms: Option<u64>,
-}
 
 /// How long a queue operation waits for a pooled connection, and an enqueue for its answer.
 const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(2);

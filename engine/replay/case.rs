@@ -29,9 +29,8 @@ use crate::connection::tenant::Memory as DirectoryMemory;
 use crate::connection::token::{Memory as TokenMemory, Stored};
 use crate::connection::transport::{Canned, Standin};
 use crate::queue::Outcomes;
-use crate::queue::redis::{Delivery, QueueError};
+use crate::queue::{Delivery, Queue, QueueError};
 use crate::route::Lookup;
-use crate::server::queueing::QueueHandle;
 use crate::server::{App, Surroundings};
 use crate::sink::capture::Captured;
 use crate::verify::Inbound;
@@ -431,7 +430,7 @@ impl Counts {
         let mut dead = ledger.dead.lock().unwrap_or_else(|e| e.into_inner()).len();
         let mut duplicates = 0;
         for q in app.queues() {
-            if let QueueHandle::Memory(m) = &q.handle {
+            if let Queue::Memory(m) = &q.handle {
                 dead += m.dead_count();
                 duplicates += m.duplicates();
             }
@@ -449,7 +448,7 @@ impl Counts {
 async fn drain(app: &App) -> Result<Option<Handled>, QueueError> {
     let mut last = None;
     for q in app.queues() {
-        let QueueHandle::Memory(m) = &q.handle else {
+        let Queue::Memory(m) = &q.handle else {
             continue;
         };
         while let Some(mut d) = m.try_next().await {
@@ -509,8 +508,8 @@ fn outcome(
 fn last_dead_reason(app: &App, ledger: &Ledger) -> Option<String> {
     app.queues()
         .filter_map(|q| match &q.handle {
-            QueueHandle::Memory(m) => m.dead_letters().pop().map(|d| d.reason),
-            QueueHandle::Redis(_) => None,
+            Queue::Memory(m) => m.dead_letters().pop().map(|d| d.reason),
+            Queue::Redis(_) => None,
         })
         .last()
         .or_else(|| {

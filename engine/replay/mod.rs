@@ -166,7 +166,7 @@ impl<'a> Projects<'a> {
 
 /// Rows a pipeline's fixtures write, by sink: what the table check compares each postgres sink's
 /// table with. Each batch's `event_id` names the fixture it came from.
-pub type Written = BTreeMap<String, BTreeMap<String, Vec<crate::worker::Batch>>>;
+pub type Written = BTreeMap<String, BTreeMap<String, Vec<crate::sink::Batch>>>;
 
 /// Run every fixture under `roots` against the pipelines in `dir`, loaded with each fixture's own
 /// env as `engine replay` does, and keep the rows each (pipeline, sink) received. Fixtures that do
@@ -201,7 +201,7 @@ pub async fn rows_written(dir: &Path, roots: &[PathBuf]) -> Result<Written, Stri
                 .or_default()
                 .entry(sink.clone())
                 .or_default()
-                .push(crate::worker::Batch {
+                .push(crate::sink::Batch {
                     event_id: format!("fixture:{name}"),
                     pipeline: pipeline.clone(),
                     sink,

@@ -37,7 +37,7 @@ use super::route::Route;
 use super::seen::Seen;
 use crate::config::queue::Ack;
 use crate::config::units::HttpMethod;
-use crate::queue::redis::Enqueued;
+use crate::queue::Enqueued;
 use crate::request_field::Fields;
 use crate::respond::{Inline, Reply};
 use crate::route::Lookup;
@@ -265,7 +265,7 @@ async fn enqueue(
                     // allowed (a refusal was answered 429 above): the script stored it, or said
                     // it was a duplicate
                     stored.ok_or_else(|| {
-                        crate::queue::redis::QueueError::Unavailable(
+                        crate::queue::QueueError::Unavailable(
                             "the enqueue script stored nothing".into(),
                         )
                     })

@@ -289,8 +289,8 @@ impl Live {
         let carried = old
             .queues()
             .filter_map(|q| match &q.handle {
-                queueing::QueueHandle::Memory(m) => Some(m.clone()),
-                queueing::QueueHandle::Redis(_) => None,
+                crate::queue::Queue::Memory(m) => Some(m.clone()),
+                crate::queue::Queue::Redis(_) => None,
             })
             .collect();
         let app = Arc::new(App::build_in(

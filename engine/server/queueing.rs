@@ -10,72 +10,18 @@ use tokio::task::JoinSet;
 
 use crate::config::Project;
 use crate::config::queue::Queue as QueueConfig;
+use crate::queue::Queue;
 use crate::queue::memory::MemoryQueue;
-use crate::queue::redis::{Enqueued, QueueError, RedisQueue};
+use crate::queue::redis::RedisQueue;
 use crate::shared_redis::SharedRedis;
 use crate::sink::Target;
-use crate::transform::{EventInput, Program};
+use crate::transform::Program;
 use crate::worker::{Options, Worker};
-
-/// Where a pipeline's events go.
-#[derive(Clone)]
-pub enum QueueHandle {
-    Redis(Arc<RedisQueue>),
-    Memory(Arc<MemoryQueue>),
-}
-
-impl QueueHandle {
-    /// Store an event durably (Redis) or in process; `dedupe` skips a repeat within its window.
-    pub async fn enqueue(
-        &self,
-        event: EventInput,
-        dedupe: Option<(&str, Duration)>,
-    ) -> Result<Enqueued, QueueError> {
-        match self {
-            QueueHandle::Redis(q) => q.enqueue(&event, dedupe).await,
-            QueueHandle::Memory(q) => q.enqueue(event, dedupe),
-        }
-    }
-
-    /// Remember a dedupe key for its window: `false` for a repeat.
-    pub async fn mark_seen(&self, key: &str, window: Duration) -> Result<bool, QueueError> {
-        match self {
-            QueueHandle::Redis(q) => q.mark_seen(key, window).await,
-            QueueHandle::Memory(q) => Ok(q.mark_seen(key, window)),
-        }
-    }
-
-    /// Forget a dedupe key (the event was not processed after all).
-    pub async fn forget_seen(&self, key: &str) -> Result<(), QueueError> {
-        match self {
-            QueueHandle::Redis(q) => q.forget_seen(key).await,
-            QueueHandle::Memory(q) => {
-                q.forget_seen(key);
-                Ok(())
-            }
-        }
-    }
-
-    /// Keep a permanently failed event with its reason.
-    pub async fn dead_letter(&self, event: &EventInput, reason: &str) -> Result<(), QueueError> {
-        match self {
-            QueueHandle::Redis(q) => q.dead_letter_event(event, reason).await,
-            QueueHandle::Memory(q) => {
-                let d = crate::queue::redis::Delivery {
-                    id: String::new(),
-                    event: event.clone(),
-                    attempts: 0,
-                };
-                crate::queue::Outcomes::dead_letter(&**q, &d, reason).await
-            }
-        }
-    }
-}
 
 /// One pipeline's queue and the workers that drain it.
 pub struct Queued {
     pub config: QueueConfig,
-    pub handle: QueueHandle,
+    pub handle: Queue,
     pub worker: Arc<Worker>,
 }
 
@@ -121,12 +67,12 @@ pub fn build(
                 let queue =
                     RedisQueue::new(url, &project.settings.redis_key_prefix, &name, &consumer)
                         .map_err(|e| e.to_string())?;
-                QueueHandle::Redis(Arc::new(match redis {
+                Queue::Redis(Arc::new(match redis {
                     Some(shared) => queue.sharing(shared.clone()),
                     None => queue,
                 }))
             }
-            None => QueueHandle::Memory(
+            None => Queue::Memory(
                 reuse
                     .iter()
                     .find(|q| crate::queue::Outcomes::name(&***q) == name)
@@ -170,8 +116,8 @@ pub fn build(
             },
         )?);
         let outcomes: Arc<dyn crate::queue::Outcomes> = match &handle {
-            QueueHandle::Redis(q) => q.clone(),
-            QueueHandle::Memory(q) => q.clone(),
+            Queue::Redis(q) => q.clone(),
+            Queue::Memory(q) => q.clone(),
         };
         let worker = Arc::new(Worker {
             outcomes,
@@ -216,15 +162,7 @@ pub fn start<'a>(queued: impl Iterator<Item = &'a Queued>) -> Workers {
     let mut tasks = JoinSet::new();
     for q in queued {
         for _ in 0..q.config.concurrency.max(1) {
-            let worker = q.worker.clone();
-            match &q.handle {
-                QueueHandle::Redis(queue) => {
-                    tasks.spawn(worker.run(queue.clone(), rx.clone()));
-                }
-                QueueHandle::Memory(queue) => {
-                    tasks.spawn(worker.run_memory(queue.clone(), rx.clone()));
-                }
-            }
+            tasks.spawn(q.worker.clone().run(q.handle.clone(), rx.clone()));
         }
     }
     Workers { stop, tasks }

@@ -21,7 +21,8 @@ use crate::rate_limit::{RateLimiter, Rule};
 use crate::respond::Responder;
 use crate::verify::Verifier;
 
-use super::queueing::{QueueHandle, Queued};
+use super::queueing::Queued;
+use crate::queue::Queue;
 
 /// A pipeline, ready to answer.
 pub struct Route {
@@ -165,7 +166,7 @@ fn riding(
         return None;
     };
     let q = queued.as_ref()?;
-    let QueueHandle::Redis(queue) = &q.handle else {
+    let Queue::Redis(queue) = &q.handle else {
         return None;
     };
     if q.config.ack != crate::config::queue::Ack::Queued

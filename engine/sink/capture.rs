@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use crate::worker::{Batch, Sink, SinkFuture};
+use crate::sink::{Batch, Sink, SinkFuture};
 
 /// Rows written, in order, by every capturing sink of one run.
 #[derive(Debug, Default)]

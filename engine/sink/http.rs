@@ -8,7 +8,7 @@ use std::time::Duration;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::sink::{Http, HttpSinkMethod};
-use crate::worker::{Batch, Sink, SinkError, SinkFuture};
+use crate::sink::{Batch, Sink, SinkError, SinkFuture};
 
 pub struct HttpSink {
     client: reqwest::Client,

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 
-use crate::worker::{Batch, Sink, SinkError, SinkFuture};
+use crate::sink::{Batch, Sink, SinkError, SinkFuture};
 
 enum Target {
     File(PathBuf),

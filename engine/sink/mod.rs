@@ -12,10 +12,57 @@ pub mod postgres;
 pub mod table_check;
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::config::sink::Sink as SinkConfig;
-use crate::worker::Sink;
+
+/// Rows one event produced for one sink.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    pub event_id: String,
+    pub pipeline: String,
+    pub sink: String,
+    pub step: String,
+    pub rows: Vec<serde_json::Value>,
+}
+
+/// Why a sink could not write.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SinkError {
+    /// Try again later: connection lost, timeout, serialization failure.
+    #[error("{0}")]
+    Retry(String),
+    /// Retrying cannot help: constraint violation, a value that does not fit its column.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+/// The future a sink returns.
+pub type SinkFuture<'a> = Pin<Box<dyn Future<Output = Result<(), SinkError>> + Send + 'a>>;
+
+/// Where rows go. Writing the same batch twice must leave the same result as writing it once
+/// (rows keyed by the event id): the queue delivers at least once.
+pub trait Sink: Send + Sync {
+    fn write<'a>(&'a self, batch: &'a Batch) -> SinkFuture<'a>;
+
+    /// Whether [`Sink::write_many`] writes several events at once (else the worker writes them one
+    /// by one).
+    fn batches(&self) -> bool {
+        false
+    }
+
+    /// Write the rows of several events together, all or nothing.
+    fn write_many<'a>(&'a self, batches: &'a [Batch]) -> SinkFuture<'a> {
+        Box::pin(async move {
+            for b in batches {
+                self.write(b).await?;
+            }
+            Ok(())
+        })
+    }
+}
 
 /// Where a running engine's sinks write.
 #[derive(Clone, Default)]

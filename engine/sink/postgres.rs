@@ -22,7 +22,7 @@ use tokio_postgres::types::Type;
 
 use crate::config::sink::{OnConflict, Postgres};
 use crate::crypto::Keyring;
-use crate::worker::{Batch, Sink, SinkError, SinkFuture};
+use crate::sink::{Batch, Sink, SinkError, SinkFuture};
 
 pub struct PostgresSink {
     pool: Pool,

@@ -29,7 +29,7 @@ use tokio_postgres::types::Type;
 
 use super::postgres::PostgresSink;
 use crate::config::sink::Postgres;
-use crate::worker::{Batch, SinkError};
+use crate::sink::{Batch, SinkError};
 
 /// One column as the database has it.
 #[derive(Debug, Clone)]
