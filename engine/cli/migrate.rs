@@ -1,0 +1,166 @@
+//! `engine migrate`: apply `migrations/` (or `--status`, `--check`), then check the sink tables.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use super::{Target, project, runtime};
+use crate::diagnostics::{self, Format};
+
+/// What `engine migrate` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum MigrateStep {
+    Apply,
+    Check,
+    Status,
+}
+
+pub(super) fn migrate(
+    database_url: Option<String>,
+    dir: &Path,
+    step: MigrateStep,
+    fixtures: &[PathBuf],
+    target: &Target,
+) -> ExitCode {
+    // The pipelines give DATABASE_URL when --database-url is not passed, and the table check
+    // needs them; `--status` with --database-url needs neither, so they are not even read.
+    let wanted = database_url.is_none() || step != MigrateStep::Status;
+    let loaded = if wanted && target.pipelines.is_dir() {
+        Some(project(&target.pipelines, target.env_file.as_deref()))
+    } else {
+        None
+    };
+    let url = match (database_url, &loaded) {
+        (Some(u), _) => u,
+        (None, Some(Ok(p))) => match &p.settings.database_url {
+            Some(u) => u.clone(),
+            None => {
+                eprintln!("engine: no database: pass --database-url or set DATABASE_URL");
+                return ExitCode::from(2);
+            }
+        },
+        (None, Some(Err(code))) => return *code,
+        (None, None) => {
+            eprintln!(
+                "engine: {}: not a directory (pass --pipelines, or --database-url)",
+                target.pipelines.display()
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match runtime() {
+        Ok(r) => r,
+        Err(c) => return c,
+    };
+    match step {
+        MigrateStep::Status => migrate_status(&rt, &url, dir, target.json),
+        MigrateStep::Check => {
+            match rt.block_on(crate::migrate::status(&url, dir)) {
+                Ok(list) => {
+                    let pending: Vec<_> = list.iter().filter(|m| m.applied_on.is_none()).collect();
+                    for m in &pending {
+                        println!("pending V{} {}", m.version, m.name);
+                    }
+                    println!(
+                        "{} migration{} pending",
+                        pending.len(),
+                        if pending.len() == 1 { "" } else { "s" }
+                    );
+                }
+                Err(e) => {
+                    eprintln!("engine: {e}");
+                    return ExitCode::from(1);
+                }
+            }
+            migrate_table_check(&rt, loaded.as_ref(), &url, fixtures)
+        }
+        MigrateStep::Apply => match rt.block_on(crate::migrate::run(&url, dir)) {
+            Ok(report) => {
+                for (v, n) in &report.applied {
+                    println!("applied V{v} {n}");
+                }
+                println!(
+                    "{} migration{} applied",
+                    report.applied.len(),
+                    if report.applied.len() == 1 { "" } else { "s" }
+                );
+                for (table, v, n) in &report.left_alone {
+                    println!(
+                        "left alone: table `{table}` existed before V{v} {n}, whose CREATE TABLE IF NOT EXISTS keeps an existing table exactly as it is (its columns are checked below)"
+                    );
+                }
+                migrate_table_check(&rt, loaded.as_ref(), &url, fixtures)
+            }
+            Err(e) => {
+                eprintln!("engine: migration failed: {e}");
+                ExitCode::from(1)
+            }
+        },
+    }
+}
+
+pub(super) fn migrate_status(
+    rt: &tokio::runtime::Runtime,
+    url: &str,
+    dir: &Path,
+    json: bool,
+) -> ExitCode {
+    match rt.block_on(crate::migrate::status(url, dir)) {
+        Ok(list) if json => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&list).unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(list) => {
+            for m in list {
+                println!(
+                    "V{:<4} {:<40} {}",
+                    m.version,
+                    m.name,
+                    m.applied_on.as_deref().unwrap_or("pending")
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("engine: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The table check after `migrate`: exit 1 when a sink's table does not take what its pipeline
+/// writes, so a pre-deploy step stops the deploy before traffic arrives.
+pub(super) fn migrate_table_check(
+    rt: &tokio::runtime::Runtime,
+    loaded: Option<&Result<crate::config::Project, ExitCode>>,
+    url: &str,
+    fixtures: &[PathBuf],
+) -> ExitCode {
+    let Some(Ok(project)) = loaded else {
+        println!("table check skipped: no pipelines directory loaded (pass --pipelines)");
+        return ExitCode::SUCCESS;
+    };
+    match rt.block_on(crate::sink::table_check::check_project(
+        project, url, fixtures,
+    )) {
+        Ok(problems) if problems.is_empty() => {
+            println!("tables: every postgres sink's table takes what its pipeline writes");
+            ExitCode::SUCCESS
+        }
+        Ok(problems) => {
+            eprint!("{}", diagnostics::render(&problems, Format::Text));
+            eprintln!(
+                "engine: {} table problem{}: the pipelines would dead-letter these events",
+                problems.len(),
+                if problems.len() == 1 { "" } else { "s" }
+            );
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("engine: table check: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,455 @@
+//! The `engine` command line: `serve`, `worker`, `validate`, `replay`, `schema`, `queue`, `dlq`,
+//! `migrate`, `secrets`, `tenants`.
+//!
+//! Exit codes: 0 success, 1 invalid configuration (or a server that could not start), 2 usage
+//! errors (clap's own convention, also used for an unreadable `--env-file` or directory).
+//!
+//! This file holds the arguments ([`Cli`], [`Command`]), [`run`] (one line per command) and what
+//! the commands share (reading the environment and the project, a runtime, the keyring); each
+//! command group has its own file: `serve`, `validate` (+ `schema`), `replay`, `queue` (+ `dlq`),
+//! `migrate`, `secrets` (+ `tenants`).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod migrate;
+mod queue;
+mod replay;
+mod secrets;
+mod serve;
+mod validate;
+
+use migrate::{MigrateStep, migrate};
+use queue::{dlq, queue_stats};
+use replay::replay;
+use secrets::{secrets_decrypt, secrets_set, tenants};
+use serve::{Mode, serve};
+use validate::{schema, validate};
+
+use crate::diagnostics::{self, Format};
+use crate::env::EnvSource;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "engine",
+    version,
+    about = "Webhook pipeline engine: YAML pipelines in, verified and durable events out"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate the pipelines directory and the environment, then serve the routes.
+    Serve {
+        /// The pipelines directory.
+        #[arg(long, default_value = "pipelines")]
+        pipelines: PathBuf,
+        /// Read variables from this dotenv file instead of the process environment.
+        #[arg(long)]
+        env_file: Option<PathBuf>,
+        /// Do not run queue workers in this process (run `engine worker` elsewhere).
+        #[arg(long)]
+        no_worker: bool,
+        /// Write each accepted request as a replay fixture under DIR/<pipeline>/ (credentials
+        /// removed, each pipeline's `redact` fields redacted).
+        #[arg(long, value_name = "DIR")]
+        record: Option<PathBuf>,
+        /// Reload the pipelines whenever a file in the directory changes (SIGHUP always reloads).
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Run only the queue workers: dequeue, transform, write to sinks.
+    Worker {
+        /// The pipelines directory.
+        #[arg(long, default_value = "pipelines")]
+        pipelines: PathBuf,
+        /// Read variables from this dotenv file instead of the process environment.
+        #[arg(long)]
+        env_file: Option<PathBuf>,
+    },
+    /// Check the pipelines directory and the environment; print every problem.
+    Validate {
+        /// The pipelines directory.
+        #[arg(default_value = "pipelines")]
+        dir: PathBuf,
+        /// Validate this dotenv file instead of the process environment.
+        #[arg(long)]
+        env_file: Option<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+        /// Also check each postgres sink's table in this live database against what its
+        /// pipeline writes (its fixtures' rows, tried in a transaction that is rolled back).
+        #[arg(long)]
+        database_url: Option<String>,
+        /// The fixtures whose rows the table check tries (default: `fixtures/` beside DIR).
+        #[arg(long)]
+        fixtures: Option<PathBuf>,
+    },
+    /// Run recorded requests (fixtures) through the pipelines in process and compare what comes
+    /// out: no server, Redis or Postgres. Exit 1 when a case fails.
+    Replay {
+        /// Fixture files or directories (searched recursively for *.yaml).
+        #[arg(default_value = "fixtures")]
+        fixtures: Vec<PathBuf>,
+        /// The pipelines directory.
+        #[arg(long, default_value = "pipelines")]
+        pipelines: PathBuf,
+        /// Run only the cases whose name (`vapi/end-of-call-report`) contains this text.
+        #[arg(long)]
+        filter: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = crate::replay::report::Format::Text)]
+        format: crate::replay::report::Format,
+        /// Rewrite each case's `expect` from what it produced (review the change in a diff).
+        #[arg(long)]
+        update: bool,
+    },
+    /// Queue counts per queued pipeline: depth, pending, delayed, dead, oldest age (needs REDIS_URL).
+    Queue {
+        #[command(subcommand)]
+        action: QueueAction,
+    },
+    /// Inspect, replay or purge dead-lettered events (needs REDIS_URL).
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
+    /// Apply the SQL migrations in order (each in a transaction, recorded in a history table),
+    /// say which existing tables were left as they were, then check every postgres sink's table
+    /// against what its pipeline writes (exit 1 on a mismatch, before traffic arrives).
+    Migrate {
+        /// The database (default: DATABASE_URL through the pipelines directory's env schema).
+        #[arg(long)]
+        database_url: Option<String>,
+        /// The migrations directory.
+        #[arg(long, default_value = "migrations")]
+        migrations: PathBuf,
+        /// List migrations and whether each is applied, without applying anything.
+        #[arg(long)]
+        status: bool,
+        /// Apply nothing: list pending migrations and run the table check only.
+        #[arg(long, conflicts_with = "status")]
+        check: bool,
+        /// The fixtures whose rows the table check tries (default: `fixtures/` beside the
+        /// pipelines directory).
+        #[arg(long)]
+        fixtures: Option<PathBuf>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Manage per-tenant secrets in the database.
+    Secrets {
+        #[command(subcommand)]
+        action: SecretsAction,
+    },
+    /// Say which tenant an id in a provider's payload belongs to (`tenant_of` in respond
+    /// scripts): a Vapi assistant or phone number -> the organisation whose calendar it uses.
+    Tenants {
+        #[command(subcommand)]
+        action: TenantsAction,
+        /// The pipelines directory (for DATABASE_URL's declaration and settings).
+        #[arg(long, default_value = "pipelines", global = true)]
+        pipelines: PathBuf,
+        /// Read variables from this dotenv file instead of the process environment.
+        #[arg(long, global = true)]
+        env_file: Option<PathBuf>,
+    },
+    /// Write the JSON schemas generated from the engine's types.
+    Schema {
+        /// Directory to write into.
+        #[arg(long, default_value = "schemas")]
+        out: PathBuf,
+        /// Do not write: exit 1 if the files in `--out` differ from the generated schemas.
+        #[arg(long)]
+        check: bool,
+    },
+}
+
+/// Where the queue commands find the deployment.
+#[derive(Debug, clap::Args)]
+pub struct Target {
+    /// The pipelines directory.
+    #[arg(long, default_value = "pipelines")]
+    pub pipelines: PathBuf,
+    /// Read variables from this dotenv file instead of the process environment.
+    #[arg(long)]
+    pub env_file: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueueAction {
+    /// Counts for every queued pipeline.
+    Stats {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqAction {
+    /// The dead letters of a pipeline, oldest first.
+    List {
+        #[arg(long)]
+        pipeline: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// One dead letter with its event.
+    Show {
+        #[arg(long)]
+        pipeline: String,
+        #[arg(long)]
+        id: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Put dead letters back on the queue with a fresh attempt count.
+    Replay {
+        #[arg(long)]
+        pipeline: String,
+        #[arg(long, conflicts_with = "all", required_unless_present = "all")]
+        id: Option<String>,
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Delete dead letters.
+    Purge {
+        #[arg(long)]
+        pipeline: String,
+        #[arg(long, conflicts_with = "all", required_unless_present = "all")]
+        id: Option<String>,
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantsAction {
+    /// Link an id to a tenant (insert or replace).
+    Link {
+        /// What the id is: `vapi_assistant`, `vapi_phone_number`, ...
+        #[arg(long)]
+        source: String,
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Remove a link.
+    Unlink {
+        #[arg(long)]
+        source: String,
+        #[arg(long)]
+        id: String,
+    },
+    /// List the links (of one tenant).
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretsAction {
+    /// Decrypt a value read from standard input (`v1:...`), for support staff. The context is
+    /// where it is stored: `tenant_credentials/<tenant>/<credential>`, or `<table>.<column>`
+    /// for a sink's encrypted field.
+    Decrypt {
+        #[arg(long)]
+        context: String,
+        /// The pipelines directory (for the env schema: ENCRYPTION_KEY).
+        #[arg(long, default_value = "pipelines")]
+        pipelines: PathBuf,
+        /// Read variables from this dotenv file instead of the process environment.
+        #[arg(long)]
+        env_file: Option<PathBuf>,
+    },
+    /// Encrypt a secret read from standard input and store it for a tenant (insert or replace).
+    /// The value never goes on the command line, where shell history and `ps` would see it.
+    Set {
+        /// Tenant id, as the request names it (e.g. a Twilio AccountSid).
+        #[arg(long)]
+        tenant: String,
+        /// Credential name, as the pipeline's `tenant.credential` says (e.g. twilio_auth_token).
+        #[arg(long)]
+        credential: String,
+        /// The pipelines directory (for the env schema and settings).
+        #[arg(long, default_value = "pipelines")]
+        pipelines: PathBuf,
+        /// Read variables from this dotenv file instead of the process environment.
+        #[arg(long)]
+        env_file: Option<PathBuf>,
+    },
+}
+
+/// Parse arguments and run.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve {
+            pipelines,
+            env_file,
+            no_worker,
+            record,
+            watch,
+        } => {
+            let reload = crate::ops::reload::Source {
+                dir: pipelines.clone(),
+                env: match &env_file {
+                    Some(f) => crate::ops::reload::EnvOrigin::File(f.clone()),
+                    None => crate::ops::reload::EnvOrigin::Process,
+                },
+            };
+            let opts = crate::server::ServeOptions {
+                workers: !no_worker,
+                record,
+                reload: Some(reload),
+                watch,
+            };
+            serve(&pipelines, env_file.as_deref(), Mode::Serve(opts))
+        }
+        Command::Worker {
+            pipelines,
+            env_file,
+        } => serve(&pipelines, env_file.as_deref(), Mode::Worker),
+        Command::Validate {
+            dir,
+            env_file,
+            format,
+            database_url,
+            fixtures,
+        } => {
+            let fixtures = fixtures
+                .map(|f| vec![f])
+                .unwrap_or_else(|| crate::sink::table_check::default_fixtures(&dir));
+            validate(
+                &dir,
+                env_file.as_deref(),
+                format,
+                database_url
+                    .as_deref()
+                    .map(|url| (url, fixtures.as_slice())),
+            )
+        }
+        Command::Replay {
+            fixtures,
+            pipelines,
+            filter,
+            format,
+            update,
+        } => replay(
+            crate::replay::Options {
+                fixtures,
+                pipelines,
+                filter,
+                update,
+            },
+            format,
+        ),
+        Command::Schema { out, check } => schema(&out, check),
+        Command::Queue {
+            action: QueueAction::Stats { target },
+        } => queue_stats(&target),
+        Command::Dlq { action } => dlq(action),
+        Command::Migrate {
+            database_url,
+            migrations,
+            status,
+            check,
+            fixtures,
+            target,
+        } => {
+            let fixtures = fixtures
+                .map(|f| vec![f])
+                .unwrap_or_else(|| crate::sink::table_check::default_fixtures(&target.pipelines));
+            let step = if status {
+                MigrateStep::Status
+            } else if check {
+                MigrateStep::Check
+            } else {
+                MigrateStep::Apply
+            };
+            migrate(database_url, &migrations, step, &fixtures, &target)
+        }
+        Command::Secrets {
+            action:
+                SecretsAction::Set {
+                    tenant,
+                    credential,
+                    pipelines,
+                    env_file,
+                },
+        } => secrets_set(&tenant, &credential, &pipelines, env_file.as_deref()),
+        Command::Secrets {
+            action:
+                SecretsAction::Decrypt {
+                    context,
+                    pipelines,
+                    env_file,
+                },
+        } => secrets_decrypt(&context, &pipelines, env_file.as_deref()),
+        Command::Tenants {
+            action,
+            pipelines,
+            env_file,
+        } => tenants(action, &pipelines, env_file.as_deref()),
+    }
+}
+
+fn env_source(env_file: Option<&Path>) -> Result<EnvSource, ExitCode> {
+    match env_file {
+        None => Ok(EnvSource::process()),
+        Some(f) => EnvSource::from_file(f).map_err(|e| {
+            eprintln!("engine: {e}");
+            ExitCode::from(2)
+        }),
+    }
+}
+
+/// The validated project, or the exit code after printing every problem.
+fn project(dir: &Path, env_file: Option<&Path>) -> Result<crate::config::Project, ExitCode> {
+    let source = env_source(env_file)?;
+    crate::config::load(dir, &source).map_err(|diags| {
+        eprint!("{}", diagnostics::render(&diags, Format::Text));
+        ExitCode::from(1)
+    })
+}
+
+/// The project's keyring (ENCRYPTION_KEY, and ENCRYPTION_KEY_PREVIOUS when set).
+fn keyring(project: &crate::config::Project) -> Result<crate::crypto::Keyring, ExitCode> {
+    match crate::crypto::Keyring::from_env(&project.env) {
+        Some(Ok(k)) => Ok(k),
+        Some(Err(e)) => {
+            eprintln!("engine: ENCRYPTION_KEY: {e}");
+            Err(ExitCode::from(1))
+        }
+        None => {
+            eprintln!("engine: ENCRYPTION_KEY is not set: stored secrets are encrypted with it");
+            Err(ExitCode::from(1))
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    started(tokio::runtime::Builder::new_current_thread())
+}
+
+fn started(mut builder: tokio::runtime::Builder) -> Result<tokio::runtime::Runtime, ExitCode> {
+    builder.enable_all().build().map_err(|e| {
+        eprintln!("engine: cannot start the runtime: {e}");
+        ExitCode::from(1)
+    })
+}

@@ -1,0 +1,109 @@
+//! `engine validate` (every problem of a pipelines directory, `--database-url` adds the sink
+//! table check) and `engine schema` (the JSON schemas derived from the config types).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use super::env_source;
+use crate::diagnostics::{self, Diagnostic, Format};
+
+pub(super) fn validate(
+    dir: &Path,
+    env_file: Option<&Path>,
+    format: Format,
+    database: Option<(&str, &[PathBuf])>,
+) -> ExitCode {
+    if !dir.is_dir() {
+        eprintln!("engine: {}: not a directory", dir.display());
+        return ExitCode::from(2);
+    }
+    let source = match env_source(env_file) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let mut result = crate::config::load(dir, &source);
+    if let (Ok(project), Some((url, fixtures))) = (&result, database) {
+        match table_problems(project, url, fixtures) {
+            Ok(d) if d.is_empty() => {}
+            Ok(d) => result = Err(d),
+            Err(e) => {
+                eprintln!("engine: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
+    let diags: &[Diagnostic] = match &result {
+        Ok(p) => &p.warnings,
+        Err(d) => d,
+    };
+    print!("{}", diagnostics::render(diags, format));
+    let errors = diags.iter().filter(|d| !d.is_warning()).count();
+    match (&result, format) {
+        (Ok(p), Format::Text) => {
+            println!(
+                "{}: {} pipeline{} valid",
+                dir.display(),
+                p.pipelines.len(),
+                if p.pipelines.len() == 1 { "" } else { "s" }
+            );
+        }
+        (Err(_), Format::Text | Format::Github) => {
+            eprintln!(
+                "{errors} problem{} found",
+                if errors == 1 { "" } else { "s" }
+            );
+        }
+        _ => {}
+    }
+    if result.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+pub(super) fn schema(out: &Path, check: bool) -> ExitCode {
+    let mut stale = Vec::new();
+    for (name, value) in crate::config::generated_schemas() {
+        let path = out.join(name);
+        let mut text = serde_json::to_string_pretty(&value).expect("schemas serialize");
+        text.push('\n');
+        if check {
+            if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+                stale.push(path);
+            }
+            continue;
+        }
+        if let Err(e) = std::fs::create_dir_all(out).and_then(|()| std::fs::write(&path, text)) {
+            eprintln!("engine: cannot write {}: {e}", path.display());
+            return ExitCode::from(1);
+        }
+        println!("wrote {}", path.display());
+    }
+    if stale.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        for p in stale {
+            eprintln!(
+                "{}: differs from the generated schema; run `engine schema`",
+                p.display()
+            );
+        }
+        ExitCode::from(1)
+    }
+}
+
+/// [`crate::sink::table_check::check_project`] on a runtime of its own (one-shot commands).
+pub(super) fn table_problems(
+    project: &crate::config::Project,
+    url: &str,
+    fixtures: &[PathBuf],
+) -> Result<Vec<Diagnostic>, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?
+        .block_on(crate::sink::table_check::check_project(
+            project, url, fixtures,
+        ))
+}
