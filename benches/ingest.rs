@@ -41,11 +41,13 @@ async fn main() {
         ),
     ];
     let load =
-        || engine::config::load(dir.path(), &EnvSource::from_pairs(env.iter().copied())).unwrap();
+        || engine::plan::load(dir.path(), &EnvSource::from_pairs(env.iter().copied())).unwrap();
 
     // 1. ingest, no workers
+    let (project, plan) = load();
     let running = engine::server::start_with(
-        load(),
+        project,
+        plan,
         "127.0.0.1:0".parse().unwrap(),
         false,
         engine::server::Surroundings::default(),
@@ -105,11 +107,13 @@ async fn main() {
     running.shutdown(Duration::from_secs(5)).await;
 
     // 2. drain: workers on the filled queue
-    let project = load();
+    let (project, plan) = load();
+    let programs = plan.pipelines.into_iter().map(|b| b.program).collect();
     let target = engine::sink::Target::Configured;
     let pool = engine::server::queueing::sink_pool(&project, &target).unwrap();
     let queued =
-        engine::server::queueing::build(&project, &target, pool.as_ref(), &[], None).unwrap();
+        engine::server::queueing::build(&project, programs, &target, pool.as_ref(), &[], None)
+            .unwrap();
     let started = Instant::now();
     let workers = engine::server::queueing::start(queued.iter().flatten());
     loop {

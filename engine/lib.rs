@@ -9,6 +9,7 @@
 //!   schema       JSON-schema checks -> positioned, value-free messages
 //!   env          env.schema.yaml: declared variables, typed, defaulted, checklist rules
 //!   config       pipelines directory -> Project (settings, pipelines, route table) or every error
+//!   plan         Project -> Plan: every verifier, transform program and responder compiled once
 //!   route        method + path -> pipeline (404 / 405)
 //!   verify       provider signatures, rotation, per-tenant secrets (verify::tenant)
 //!   db           Postgres pools with TLS (sslmode: disable / require / verify-full)
@@ -50,9 +51,11 @@ pub mod crypto;
 pub mod db;
 pub mod diagnostics;
 pub mod env;
+pub mod fixture;
 pub mod migrate;
 pub mod oauth;
 pub mod ops;
+pub mod plan;
 pub mod queue;
 pub mod rate_limit;
 pub mod record;
@@ -64,6 +67,7 @@ pub mod schema;
 pub mod server;
 pub mod shared_redis;
 pub mod sink;
+pub mod table_check;
 pub mod transform;
 pub mod verify;
 pub mod worker;

@@ -20,7 +20,7 @@ use salvo::http::HeaderMap;
 use serde_json::Value;
 
 use crate::config::pipeline::Redact;
-use crate::replay::fixture::{Body, Expect, Fixture, OneOrMany, Request, Sign};
+use crate::fixture::{Body, Expect, Fixture, OneOrMany, Request, Sign};
 
 /// What replaces a redacted value.
 pub const REDACTED: &str = "[redacted]";
@@ -110,7 +110,7 @@ fn write(path: &Path, header: &str, fixture: &Fixture) -> Result<(), String> {
         std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
     }
     let value = serde_json::to_value(fixture).map_err(|e| e.to_string())?;
-    let yaml = crate::replay::update::ordered(
+    let yaml = crate::yaml::ordered(
         &value,
         &["description", "env", "clock", "request", "repeat", "expect"],
         &[(
@@ -126,7 +126,7 @@ fn write(path: &Path, header: &str, fixture: &Fixture) -> Result<(), String> {
             ],
         )],
     );
-    let text = format!("{header}{}", crate::replay::update::emit(&yaml));
+    let text = format!("{header}{}", crate::yaml::emit(&yaml));
     let tmp = path.with_extension("yaml.tmp");
     std::fs::write(&tmp, text).map_err(|e| e.to_string())?;
     std::fs::rename(&tmp, path).map_err(|e| e.to_string())

@@ -11,7 +11,25 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use crate::config::verify::KeySource;
-use crate::verify::{Inbound, header};
+use salvo::http::HeaderMap;
+
+/// A header value as text (`None` when absent or not visible ASCII).
+pub fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The parts of a request that verifiers and named fields read.
+#[derive(Debug, Clone, Copy)]
+pub struct Inbound<'a> {
+    pub method: &'a str,
+    /// The URL as the provider addressed it (public scheme and host), with the query string.
+    pub url: &'a str,
+    pub headers: &'a HeaderMap,
+    /// The raw body, exactly as received.
+    pub body: &'a [u8],
+    /// Seconds since the epoch (injected, so tests control the clock).
+    pub now: i64,
+}
 
 /// The value of a request field: a tenant id, or a part of a rate-limit key. Empty values and
 /// values over 256 characters count as absent.

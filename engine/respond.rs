@@ -71,30 +71,23 @@ pub struct Responder {
     respond: Respond,
     kind: Kind,
     engine: Arc<Engine>,
+    /// The sandbox's limits, for an engine with connections ([`Responder::with_connections`]).
+    limits: crate::config::transform::ScriptLimits,
     vars: Dynamic,
     timeout: Duration,
 }
 
 impl Responder {
-    /// Compile `p.respond` (its scripts may not call connections: `engine validate`).
+    /// Compile `p.respond` (the build step, `crate::plan`); its scripts reach no connection
+    /// until [`Responder::with_connections`].
     pub fn compile(
         p: &Pipeline,
         pipeline_file: &Path,
         root: &Path,
     ) -> Result<Responder, Vec<ScriptError>> {
-        Responder::compile_with(p, pipeline_file, root, None)
-    }
-
-    /// Compile `p.respond`, its scripts calling `connections` (`request`, `tenant_of`).
-    pub fn compile_with(
-        p: &Pipeline,
-        pipeline_file: &Path,
-        root: &Path,
-        connections: Option<Arc<crate::connection::Connections>>,
-    ) -> Result<Responder, Vec<ScriptError>> {
         let r = &p.respond;
         let mut engine = sandbox::engine(&p.script_limits);
-        crate::connection::register(&mut engine, connections);
+        crate::connection::register(&mut engine, None);
         let engine = Arc::new(engine);
         let set = [
             r.body.is_some(),
@@ -123,10 +116,23 @@ impl Responder {
             respond: r.clone(),
             kind,
             engine,
+            limits: p.script_limits,
             vars: rhai::serde::to_dynamic(&p.vars)
                 .unwrap_or_else(|_| Dynamic::from_map(rhai::Map::new())),
             timeout: Duration::from_millis(p.script_limits.respond_timeout_ms),
         })
+    }
+
+    /// The same compiled response, its scripts calling `connections` (`request`, `tenant_of`):
+    /// a new sandbox engine with them registered; the compiled scripts are kept.
+    pub fn with_connections(
+        mut self,
+        connections: Option<Arc<crate::connection::Connections>>,
+    ) -> Responder {
+        let mut engine = sandbox::engine(&self.limits);
+        crate::connection::register(&mut engine, connections);
+        self.engine = Arc::new(engine);
+        self
     }
 
     /// Whether answering needs the event (a template or script).

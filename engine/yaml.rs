@@ -481,6 +481,59 @@ fn parse_number(text: &str) -> Option<Number> {
     None
 }
 
+// Writing YAML back (fixtures: `engine serve --record`, `engine replay --update`).
+
+/// A JSON object as YAML with the keys in `order` first, in that order, then the rest; the
+/// objects under `nested` keys ordered the same way by their own lists.
+pub fn ordered(v: &Value, order: &[&str], nested: &[(&str, &[&str])]) -> yaml_rust2::Yaml {
+    let Value::Object(map) = v else {
+        return to_yaml(v);
+    };
+    let mut hash = yaml_rust2::yaml::Hash::new();
+    let rest = map.keys().filter(|k| !order.contains(&k.as_str()));
+    for key in order.iter().copied().chain(rest.map(String::as_str)) {
+        if let Some(value) = map.get(key) {
+            let y = match nested.iter().find(|(k, _)| *k == key) {
+                Some((_, inner)) => ordered(value, inner, &[]),
+                None => to_yaml(value),
+            };
+            hash.insert(yaml_rust2::Yaml::String(key.into()), y);
+        }
+    }
+    yaml_rust2::Yaml::Hash(hash)
+}
+
+/// Block YAML for a value, without the `---` document marker.
+pub fn emit(y: &yaml_rust2::Yaml) -> String {
+    let mut out = String::new();
+    let mut emitter = yaml_rust2::YamlEmitter::new(&mut out);
+    emitter.multiline_strings(true);
+    // writing into a String cannot fail
+    let _ = emitter.dump(y);
+    let body = out.strip_prefix("---\n").unwrap_or(&out);
+    format!("{}\n", body.trim_end())
+}
+
+/// A JSON value as YAML (integers stay integers).
+pub fn to_yaml(v: &Value) -> yaml_rust2::Yaml {
+    match v {
+        // written `null` rather than the emitter's `~`: the word readers know
+        Value::Null => yaml_rust2::Yaml::Real("null".into()),
+        Value::Bool(b) => yaml_rust2::Yaml::Boolean(*b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => yaml_rust2::Yaml::Integer(i),
+            None => yaml_rust2::Yaml::Real(n.to_string()),
+        },
+        Value::String(s) => yaml_rust2::Yaml::String(s.clone()),
+        Value::Array(items) => yaml_rust2::Yaml::Array(items.iter().map(to_yaml).collect()),
+        Value::Object(map) => yaml_rust2::Yaml::Hash(
+            map.iter()
+                .map(|(k, v)| (yaml_rust2::Yaml::String(k.clone()), to_yaml(v)))
+                .collect(),
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -43,8 +43,8 @@ proptest! {
     fn a_hostile_pipeline_file_is_reported_not_crashed_on(text in yamlish()) {
         let dir = Dir::shipped_copy();
         dir.write("hostile.yaml", &text);
-        match engine::config::load(dir.path(), &engine::env::EnvSource::default()) {
-            Ok(p) => prop_assert!(p.pipelines.len() >= 4),
+        match engine::plan::load(dir.path(), &engine::env::EnvSource::default()) {
+            Ok((p, _)) => prop_assert!(p.pipelines.len() >= 4),
             Err(diags) => prop_assert!(!diags.is_empty()),
         }
     }
@@ -54,7 +54,7 @@ proptest! {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("case.yaml");
         std::fs::write(&f, &text).unwrap();
-        if let Err(diags) = engine::replay::fixture::load(&f) {
+        if let Err(diags) = engine::fixture::load(&f) {
             prop_assert!(diags.iter().all(|d| d.line >= 1));
         }
     }
@@ -77,7 +77,7 @@ proptest! {
         for content in [lines.join("\n").into_bytes(), bytes] {
             std::fs::write(&f, &content).unwrap();
             if let Ok(source) = engine::env::EnvSource::from_file(&f) {
-                let _ = engine::config::load(&common::shipped(), &source);
+                let _ = engine::plan::load(&common::shipped(), &source);
             }
         }
     }

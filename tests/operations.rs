@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{Dir, PrivatePostgres, PrivateRedis};
 use engine::env::EnvSource;
-use engine::ops::reload::{EnvOrigin, Source, reload};
+use engine::server::reload::{EnvOrigin, Source, reload};
 
 /// The shipped pipelines with rows written under a temp dir.
 fn shipped_with_data(data: &std::path::Path) -> Dir {

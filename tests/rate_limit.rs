@@ -545,7 +545,7 @@ fn counts_verified_needs_a_verifier_and_a_pipeline() {
         "engine.yaml",
         &base.replace("  fail: open\n", "  fail: open\n  counts: verified\n"),
     );
-    let err = engine::config::load(dir.path(), &engine::env::EnvSource::default()).unwrap_err();
+    let err = engine::plan::load(dir.path(), &engine::env::EnvSource::default()).unwrap_err();
     assert!(
         err.iter()
             .any(|d| d.message.contains("belongs in a pipeline's own rate limit")),
@@ -569,7 +569,7 @@ fn validation_of_rate_limit_sections() {
         ),
     );
     let prefix = format!("{}/", dir.path().display());
-    let l: Vec<String> = engine::config::load(dir.path(), &engine::env::EnvSource::default())
+    let l: Vec<String> = engine::plan::load(dir.path(), &engine::env::EnvSource::default())
         .unwrap_err()
         .iter()
         .map(|d| d.to_string().replace(&prefix, ""))

@@ -1,4 +1,4 @@
-//! `engine::config::load` on broken directories: every problem, each at its exact line:col.
+//! `engine::plan::load` (load + build) on broken directories: every problem, each at its exact line:col.
 
 mod common;
 
@@ -7,7 +7,8 @@ use engine::diagnostics::Diagnostic;
 use engine::env::EnvSource;
 
 fn problems(dir: &Dir, env: &[(&str, &str)]) -> Vec<Diagnostic> {
-    engine::config::load(dir.path(), &EnvSource::from_pairs(env.iter().copied()))
+    engine::plan::load(dir.path(), &EnvSource::from_pairs(env.iter().copied()))
+        .map(|(project, _)| project)
         .err()
         .unwrap_or_default()
 }
@@ -140,7 +141,7 @@ fn declared_env_reference_is_interpolated() {
         "ok.yaml",
         "name: ok\nroute: {method: POST, path: /ok}\nrespond:\n  body: 'backend ${BACKEND_URL}'\n",
     );
-    let p = engine::config::load(
+    let (p, _) = engine::plan::load(
         dir.path(),
         &EnvSource::from_pairs([("BACKEND_URL", "https://api.example.com")]),
     )
@@ -282,7 +283,7 @@ fn missing_env_schema_and_empty_directory() {
 
     let empty = tempfile::tempdir().unwrap();
     std::fs::write(empty.path().join("env.schema.yaml"), "properties: {}\n").unwrap();
-    let d = engine::config::load(empty.path(), &EnvSource::default()).unwrap_err();
+    let d = engine::plan::load(empty.path(), &EnvSource::default()).unwrap_err();
     assert!(d[0].message.starts_with("no pipeline files here"), "{d:?}");
 }
 

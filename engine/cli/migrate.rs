@@ -142,9 +142,7 @@ pub(super) fn migrate_table_check(
         println!("table check skipped: no pipelines directory loaded (pass --pipelines)");
         return ExitCode::SUCCESS;
     };
-    match rt.block_on(crate::sink::table_check::check_project(
-        project, url, fixtures,
-    )) {
+    match rt.block_on(crate::table_check::check_project(project, url, fixtures)) {
         Ok(problems) if problems.is_empty() => {
             println!("tables: every postgres sink's table takes what its pipeline writes");
             ExitCode::SUCCESS

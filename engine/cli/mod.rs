@@ -306,11 +306,11 @@ pub fn run() -> ExitCode {
             record,
             watch,
         } => {
-            let reload = crate::ops::reload::Source {
+            let reload = crate::server::reload::Source {
                 dir: pipelines.clone(),
                 env: match &env_file {
-                    Some(f) => crate::ops::reload::EnvOrigin::File(f.clone()),
-                    None => crate::ops::reload::EnvOrigin::Process,
+                    Some(f) => crate::server::reload::EnvOrigin::File(f.clone()),
+                    None => crate::server::reload::EnvOrigin::Process,
                 },
             };
             let opts = crate::server::ServeOptions {
@@ -334,7 +334,7 @@ pub fn run() -> ExitCode {
         } => {
             let fixtures = fixtures
                 .map(|f| vec![f])
-                .unwrap_or_else(|| crate::sink::table_check::default_fixtures(&dir));
+                .unwrap_or_else(|| crate::table_check::default_fixtures(&dir));
             validate(
                 &dir,
                 env_file.as_deref(),
@@ -374,7 +374,7 @@ pub fn run() -> ExitCode {
         } => {
             let fixtures = fixtures
                 .map(|f| vec![f])
-                .unwrap_or_else(|| crate::sink::table_check::default_fixtures(&target.pipelines));
+                .unwrap_or_else(|| crate::table_check::default_fixtures(&target.pipelines));
             let step = if status {
                 MigrateStep::Status
             } else if check {

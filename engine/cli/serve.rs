@@ -54,8 +54,8 @@ pub(super) fn serve(dir: &Path, env_file: Option<&Path>, mode: Mode) -> ExitCode
     };
     let production = source.get("NODE_ENV") == Some("production");
     init_tracing(production, source.get("SENTRY_DSN").is_some());
-    let project = match crate::config::load(dir, &source) {
-        Ok(p) => p,
+    let (project, plan) = match crate::plan::load(dir, &source) {
+        Ok(loaded) => loaded,
         Err(diags) => return refuse_to_start(&diags, dir, production),
     };
     for w in &project.warnings {
@@ -70,8 +70,8 @@ pub(super) fn serve(dir: &Path, env_file: Option<&Path>, mode: Mode) -> ExitCode
     }
     let result = runtime.block_on(async move {
         match mode {
-            Mode::Serve(opts) => crate::server::serve(project, opts).await,
-            Mode::Worker => crate::server::serve_workers(project).await,
+            Mode::Serve(opts) => crate::server::serve(project, plan, opts).await,
+            Mode::Worker => crate::server::serve_workers(project, plan).await,
         }
     });
     match result {
@@ -100,10 +100,8 @@ pub(super) fn check_tables_at_boot(
     else {
         return Ok(());
     };
-    let fixtures = crate::sink::table_check::default_fixtures(dir);
-    match runtime.block_on(crate::sink::table_check::check_project(
-        project, url, &fixtures,
-    )) {
+    let fixtures = crate::table_check::default_fixtures(dir);
+    match runtime.block_on(crate::table_check::check_project(project, url, &fixtures)) {
         Ok(problems) if problems.is_empty() => {
             tracing::info!(
                 "table check: every postgres sink's table takes what its pipeline writes"

@@ -21,7 +21,8 @@ pub(super) fn validate(
         Ok(s) => s,
         Err(code) => return code,
     };
-    let mut result = crate::config::load(dir, &source);
+    // load + build: every problem of the files and of their scripts and verifiers
+    let mut result = crate::plan::load(dir, &source).map(|(project, _)| project);
     if let (Ok(project), Some((url, fixtures))) = (&result, database) {
         match table_problems(project, url, fixtures) {
             Ok(d) if d.is_empty() => {}
@@ -64,7 +65,9 @@ pub(super) fn validate(
 
 pub(super) fn schema(out: &Path, check: bool) -> ExitCode {
     let mut stale = Vec::new();
-    for (name, value) in crate::config::generated_schemas() {
+    let mut schemas = crate::config::generated_schemas();
+    schemas.push(("fixture.schema.json", crate::fixture::SCHEMA.0.clone()));
+    for (name, value) in schemas {
         let path = out.join(name);
         let mut text = serde_json::to_string_pretty(&value).expect("schemas serialize");
         text.push('\n');
@@ -93,7 +96,7 @@ pub(super) fn schema(out: &Path, check: bool) -> ExitCode {
     }
 }
 
-/// [`crate::sink::table_check::check_project`] on a runtime of its own (one-shot commands).
+/// [`crate::table_check::check_project`] on a runtime of its own (one-shot commands).
 pub(super) fn table_problems(
     project: &crate::config::Project,
     url: &str,
@@ -103,7 +106,5 @@ pub(super) fn table_problems(
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?
-        .block_on(crate::sink::table_check::check_project(
-            project, url, fixtures,
-        ))
+        .block_on(crate::table_check::check_project(project, url, fixtures))
 }

@@ -45,11 +45,47 @@ pub use settings::Settings;
 /// File name of the settings file inside the pipelines directory.
 pub const SETTINGS_FILE: &str = "engine.yaml";
 
-/// A pipeline and the file it came from.
+/// A pipeline, the file it came from and where each of its values is written (for positioned
+/// errors of the build step, `crate::plan`).
 #[derive(Debug, Clone)]
 pub struct LoadedPipeline {
     pub file: PathBuf,
+    pub doc: Document,
     pub config: Pipeline,
+}
+
+/// What loading hands the build step for each pipeline that parsed: its index among them, file,
+/// positions and typed configuration. The build step (`crate::plan`) compiles what loading only
+/// describes — verifiers, transform programs, responders — and keeps the results: loading itself
+/// builds no runtime object.
+pub struct Unit<'a> {
+    pub index: usize,
+    pub file: &'a Path,
+    pub doc: &'a Document,
+    pub pipeline: &'a Pipeline,
+    /// The pipelines directory (scripts must stay inside it).
+    pub root: &'a Path,
+}
+
+/// The build step, called by [`load_with`] while it checks, so its problems are reported with
+/// loading's, every one at once and in file order.
+pub trait Compile {
+    /// The pipeline's scripts (transform steps, respond template or script).
+    fn scripts(&mut self, unit: &Unit<'_>) -> Vec<Diagnostic>;
+    /// Its verifier, once everything it reads (the environment, the `verify` section) is valid.
+    fn verifier(&mut self, unit: &Unit<'_>, verify: &verify::Verify) -> Vec<Diagnostic>;
+}
+
+/// No build step: only what the files declare is checked.
+struct Declarative;
+
+impl Compile for Declarative {
+    fn scripts(&mut self, _: &Unit<'_>) -> Vec<Diagnostic> {
+        Vec::new()
+    }
+    fn verifier(&mut self, _: &Unit<'_>, _: &verify::Verify) -> Vec<Diagnostic> {
+        Vec::new()
+    }
 }
 
 /// A validated pipelines directory, ready to serve.
@@ -76,15 +112,11 @@ impl Project {
     }
 }
 
-/// The schemas `engine schema` writes, by file name.
+/// The pipeline and settings schemas, by the file name `engine schema` writes them to.
 pub fn generated_schemas() -> Vec<(&'static str, Value)> {
     vec![
         ("pipeline.schema.json", PIPELINE_SCHEMA.0.clone()),
         ("settings.schema.json", SETTINGS_SCHEMA.0.clone()),
-        (
-            "fixture.schema.json",
-            crate::replay::fixture::SCHEMA.0.clone(),
-        ),
     ]
 }
 
@@ -105,8 +137,18 @@ struct Checked {
     doc: Document,
 }
 
-/// Load and validate `dir`, reading variables from `source`.
+/// Load and validate `dir`, reading variables from `source`: what the files declare, without
+/// compiling anything (`crate::plan::load` adds the build step).
 pub fn load(dir: &Path, source: &EnvSource) -> Result<Project, Vec<Diagnostic>> {
+    load_with(dir, source, &mut Declarative)
+}
+
+/// [`load`], with `compile` called for every pipeline that parsed.
+pub fn load_with(
+    dir: &Path,
+    source: &EnvSource,
+    compile: &mut dyn Compile,
+) -> Result<Project, Vec<Diagnostic>> {
     let mut diags = Vec::new();
     let files = list_yaml_files(dir).map_err(|d| vec![d])?;
 
@@ -194,14 +236,23 @@ pub fn load(dir: &Path, source: &EnvSource) -> Result<Project, Vec<Diagnostic>> 
     }
 
     if let (Some(schema), Some(settings)) = (&env_schema, &settings) {
-        for (checked, p) in &pipelines {
+        for (index, (checked, p)) in pipelines.iter().enumerate() {
             if let Some(v) = &p.verify {
-                diags.extend(check_verify(checked, v, schema, env.as_ref(), settings));
+                let found = check_verify(checked, schema, env.as_ref(), settings);
+                // built from interpolated values, which mean something only once the
+                // environment is valid
+                let built = if found.is_empty() && env.is_some() {
+                    compile.verifier(&unit(index, checked, p, dir), v)
+                } else {
+                    Vec::new()
+                };
+                diags.extend(found);
+                diags.extend(built);
             }
         }
     }
-    for (checked, p) in &pipelines {
-        diags.extend(check_scripts(checked, p, dir));
+    for (index, (checked, p)) in pipelines.iter().enumerate() {
+        diags.extend(compile.scripts(&unit(index, checked, p, dir)));
         if let (Some(o), Some(settings), Some(schema)) = (&p.oauth, &settings, &env_schema) {
             diags.extend(check_oauth(
                 checked,
@@ -278,7 +329,6 @@ pub fn load(dir: &Path, source: &EnvSource) -> Result<Project, Vec<Diagnostic>> 
                 &pipelines,
                 schema,
                 env.as_ref(),
-                dir,
             ));
         }
     }
@@ -361,6 +411,7 @@ pub fn load(dir: &Path, source: &EnvSource) -> Result<Project, Vec<Diagnostic>> 
                 .into_iter()
                 .map(|(c, config)| LoadedPipeline {
                     file: c.file,
+                    doc: c.doc,
                     config,
                 })
                 .collect(),
@@ -369,6 +420,16 @@ pub fn load(dir: &Path, source: &EnvSource) -> Result<Project, Vec<Diagnostic>> 
         // Warnings wait until the errors are fixed: the list that refuses a boot stays the
         // list of what must change.
         _ => Err(diags),
+    }
+}
+
+fn unit<'a>(index: usize, c: &'a Checked, p: &'a Pipeline, root: &'a Path) -> Unit<'a> {
+    Unit {
+        index,
+        file: &c.file,
+        doc: &c.doc,
+        pipeline: p,
+        root,
     }
 }
 
@@ -527,7 +588,6 @@ fn secret_reference<'t>(
 /// Secrets are `${VAR}` references to set `x-secret` variables; the verifier must build.
 fn check_verify(
     c: &Checked,
-    v: &verify::Verify,
     schema: &EnvSchema,
     env: Option<&Env>,
     settings: &Settings,
@@ -573,21 +633,6 @@ fn check_verify(
                 c.doc.key_pos(&pointer),
                 &pointer,
                 "per-tenant secrets are stored encrypted: set ENCRYPTION_KEY to read them",
-            ));
-        }
-    }
-    // Built from interpolated values, which mean something only once the environment is valid.
-    if out.is_empty()
-        && env.is_some()
-        && let Err(errors) = crate::verify::Verifier::build(v)
-    {
-        for (sub, message) in errors {
-            let pointer = format!("/verify{sub}");
-            out.push(Diagnostic::new(
-                &c.file,
-                c.doc.value_pos(&pointer),
-                &pointer,
-                message,
             ));
         }
     }
@@ -728,7 +773,6 @@ fn check_connections(
     all: &[(Checked, Pipeline)],
     schema: &EnvSchema,
     env: Option<&Env>,
-    root: &Path,
 ) -> Vec<Diagnostic> {
     use connection::Auth;
     let mut out = Vec::new();
@@ -800,77 +844,7 @@ fn check_connections(
         }
     }
     out.extend(secrets);
-    out.extend(check_requested(c, p, root));
     out
-}
-
-/// Every `request("name", ...)` of the respond script names a declared connection.
-fn check_requested(c: &Checked, p: &Pipeline, root: &Path) -> Vec<Diagnostic> {
-    let declared: Vec<&str> = p.connections.keys().map(String::as_str).collect();
-    let (text, script) = match (&p.respond.script, &p.respond.inline) {
-        (Some(rel), _) => match crate::transform::resolve(&c.file, root, rel)
-            .ok()
-            .and_then(|path| std::fs::read_to_string(&path).ok().map(|t| (t, path)))
-        {
-            // a missing script is reported where scripts are compiled
-            None => return Vec::new(),
-            Some((t, path)) => (t, Some(path)),
-        },
-        (None, Some(t)) => (t.clone(), None),
-        (None, None) => return Vec::new(),
-    };
-    crate::connection::requested_in(&text)
-        .into_iter()
-        .filter(|(name, _, _)| !declared.contains(&name.as_str()))
-        .map(|(name, line, col)| {
-            let message = if declared.is_empty() {
-                format!(
-                    "`{name}` is not a connection of this pipeline: declare it under `connections`"
-                )
-            } else {
-                format!(
-                    "`{name}` is not a connection of this pipeline (declared: {})",
-                    declared.join(", ")
-                )
-            };
-            match &script {
-                Some(path) => Diagnostic::new(path, Pos { line, col }, "", message),
-                None => Diagnostic::new(
-                    &c.file,
-                    c.doc.value_pos("/respond/inline"),
-                    "/respond/inline",
-                    format!("{message} (line {line}, column {col} of the script)"),
-                ),
-            }
-        })
-        .collect()
-}
-
-fn check_scripts(c: &Checked, p: &Pipeline, root: &Path) -> Vec<Diagnostic> {
-    let mut errors = Vec::new();
-    if let Err(e) = crate::transform::Program::compile(p, &c.file, root) {
-        errors.extend(e);
-    }
-    if let Err(e) = crate::respond::Responder::compile(p, &c.file, root) {
-        errors.extend(e);
-    }
-    errors
-        .into_iter()
-        .map(|e| match (&e.script, e.at) {
-            // a script file's own position
-            (Some(file), Some((line, col))) => {
-                Diagnostic::new(file, Pos { line, col }, "", e.message)
-            }
-            // inline code: at the value in the pipeline file, with the position inside it
-            (None, Some((line, col))) => Diagnostic::new(
-                &c.file,
-                c.doc.value_pos(&e.pointer),
-                &e.pointer,
-                format!("{} (line {line}, column {col} of the script)", e.message),
-            ),
-            _ => Diagnostic::new(&c.file, c.doc.value_pos(&e.pointer), &e.pointer, e.message),
-        })
-        .collect()
 }
 
 fn check_unique_names(pipelines: &[(Checked, Pipeline)]) -> Vec<Diagnostic> {

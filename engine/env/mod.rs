@@ -10,8 +10,6 @@
 //!
 //! Errors name the variable and the rule, never the value.
 
-pub mod rules;
-
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
@@ -322,7 +320,7 @@ impl EnvSchema {
                     {
                         err.instance()
                             .as_str()
-                            .and_then(rules::service_role_key_problem)
+                            .and_then(crate::schema::formats::service_role_key_problem)
                             .unwrap_or(finding.message)
                     }
                     _ => finding.message,

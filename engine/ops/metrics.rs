@@ -231,52 +231,46 @@ pub fn render() -> Option<String> {
     Some(h.render())
 }
 
-/// Refresh the gauges from the app `current` gives (the one serving now, across reloads) every
-/// [`SAMPLE_EVERY`], until it gives none.
-pub fn start_sampler(
-    current: impl Fn() -> Option<std::sync::Arc<crate::server::App>> + Send + 'static,
-) {
+/// What the gauges are sampled from: the queues and the database pool of the app serving now.
+pub struct Sources {
+    pub queues: Vec<crate::queue::Queue>,
+    pub pool: Option<deadpool_postgres::Pool>,
+}
+
+/// Refresh the gauges from what `current` gives (the app serving now, across reloads) every
+/// [`SAMPLE_EVERY`], until it gives nothing.
+pub fn start_sampler(current: impl Fn() -> Option<Sources> + Send + 'static) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(SAMPLE_EVERY);
         loop {
             tick.tick().await;
-            let Some(app) = current() else { break };
-            sample(&app).await;
+            let Some(sources) = current() else { break };
+            sample(&sources).await;
         }
     });
 }
 
-/// One refresh of the gauges.
-pub async fn sample(app: &crate::server::App) {
-    use crate::queue::Queue;
-    for q in app.queues() {
-        match &q.handle {
-            Queue::Redis(r) => {
-                let name = r.name().to_string();
-                match r.stats().await {
-                    Ok(s) => {
-                        metrics::gauge!("engine_queue_depth", "queue" => name.clone())
-                            .set(s.depth as f64);
-                        metrics::gauge!("engine_queue_pending", "queue" => name.clone())
-                            .set(s.pending as f64);
-                        metrics::gauge!("engine_queue_delayed", "queue" => name.clone())
-                            .set(s.delayed as f64);
-                        metrics::gauge!("engine_queue_dead", "queue" => name.clone())
-                            .set(s.dead as f64);
-                        metrics::gauge!("engine_queue_oldest_age_seconds", "queue" => name)
-                            .set(s.oldest_age_ms.unwrap_or(0) as f64 / 1000.0);
-                    }
-                    Err(e) => tracing::debug!(queue = %name, error = %e, "queue stats unavailable"),
+/// One refresh of the gauges. The in-process queue has no pending or delayed entries to show.
+pub async fn sample(sources: &Sources) {
+    for q in &sources.queues {
+        let name = q.name().to_string();
+        match q.stats().await {
+            Ok(s) => {
+                metrics::gauge!("engine_queue_depth", "queue" => name.clone()).set(s.depth as f64);
+                metrics::gauge!("engine_queue_dead", "queue" => name.clone()).set(s.dead as f64);
+                if let crate::queue::Queue::Redis(_) = q {
+                    metrics::gauge!("engine_queue_pending", "queue" => name.clone())
+                        .set(s.pending as f64);
+                    metrics::gauge!("engine_queue_delayed", "queue" => name.clone())
+                        .set(s.delayed as f64);
+                    metrics::gauge!("engine_queue_oldest_age_seconds", "queue" => name)
+                        .set(s.oldest_age_ms.unwrap_or(0) as f64 / 1000.0);
                 }
             }
-            Queue::Memory(m) => {
-                let name = crate::queue::Outcomes::name(&**m).to_string();
-                metrics::gauge!("engine_queue_depth", "queue" => name.clone()).set(m.len() as f64);
-                metrics::gauge!("engine_queue_dead", "queue" => name).set(m.dead_count() as f64);
-            }
+            Err(e) => tracing::debug!(queue = %name, error = %e, "queue stats unavailable"),
         }
     }
-    if let Some(pool) = &app.pool {
+    if let Some(pool) = &sources.pool {
         let s = pool.status();
         metrics::gauge!("engine_db_pool_connections", "state" => "in_use")
             .set(s.size.saturating_sub(s.available) as f64);

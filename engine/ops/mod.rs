@@ -5,7 +5,6 @@
 //! - [`outage`]: a dependency's outage logged once when it starts, in summaries while it lasts,
 //!   and once when it ends
 //! - [`alerts`]: dead letters, lost queues and sink outages posted to Slack, aggregated
-//! - [`reload`]: re-reading the pipelines directory on SIGHUP or `--watch`, swapped in atomically
 //! - [`errors`]: errors and panics to Sentry when SENTRY_DSN is set, secrets scrubbed
 
 pub mod alerts;
@@ -13,7 +12,6 @@ pub mod errors;
 pub mod metrics;
 pub mod outage;
 pub mod ready;
-pub mod reload;
 
 use crate::config::Project;
 

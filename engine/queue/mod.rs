@@ -105,6 +105,27 @@ pub enum Queue {
 }
 
 impl Queue {
+    /// The queue's name (its pipeline's, unless `queue.name` says otherwise).
+    pub fn name(&self) -> &str {
+        match self {
+            Queue::Redis(q) => q.name(),
+            Queue::Memory(q) => Outcomes::name(&**q),
+        }
+    }
+
+    /// Its counts: what `engine queue stats` prints and the gauges show. The in-process queue
+    /// knows what waits and what is dead.
+    pub async fn stats(&self) -> Result<Stats, QueueError> {
+        match self {
+            Queue::Redis(q) => q.stats().await,
+            Queue::Memory(q) => Ok(Stats {
+                depth: q.len() as u64,
+                dead: q.dead_count() as u64,
+                ..Stats::default()
+            }),
+        }
+    }
+
     /// Store an event durably (Redis) or in process; `dedupe` skips a repeat within its window.
     pub async fn enqueue(
         &self,

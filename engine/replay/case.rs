@@ -1,7 +1,7 @@
 //! Running one fixture through the real pipeline code, in process.
 //!
 //! ```text
-//! fixture env -> config::load (cached per env) -> App with a frozen clock and capturing sinks
+//! fixture env -> plan::load (cached per env) -> App with a frozen clock and capturing sinks
 //!   -> request built from the fixture (signed by the pipeline's own verifier when `sign`)
 //!   -> server::chain (route, maintenance, CORS, size limit, rate limit, verify, respond, enqueue)
 //!   -> drain the in-memory queue through the pipeline's worker (transform -> sinks)
@@ -22,12 +22,12 @@ use bytes::Bytes;
 use salvo::http::{HeaderMap, HeaderName, HeaderValue, ReqBody, ResBody};
 use serde_json::Value;
 
-use super::fixture::{Body, DEFAULT_CLOCK, Fixture, Outcome, millis};
 use crate::config::Project;
 use crate::connection::Backing;
 use crate::connection::tenant::Memory as DirectoryMemory;
 use crate::connection::token::{Memory as TokenMemory, Stored};
 use crate::connection::transport::{Canned, Standin};
+use crate::fixture::{Body, DEFAULT_CLOCK, Fixture, Outcome, millis};
 use crate::queue::Outcomes;
 use crate::queue::{Delivery, Queue, QueueError};
 use crate::route::Lookup;
@@ -98,7 +98,12 @@ impl Outcomes for Ledger {
 }
 
 /// Run `fixture` (from `file`) against `project`.
-pub async fn run(project: &Project, fixture: &Fixture, file: &Path) -> Result<Actual, String> {
+pub async fn run(
+    project: &Project,
+    plan: crate::plan::Plan,
+    fixture: &Fixture,
+    file: &Path,
+) -> Result<Actual, String> {
     let clock_ms = millis(fixture.clock.as_deref().unwrap_or(DEFAULT_CLOCK))
         .ok_or("`clock` is not an RFC 3339 time")?;
     let mut project = project.clone();
@@ -108,6 +113,7 @@ pub async fn run(project: &Project, fixture: &Fixture, file: &Path) -> Result<Ac
     let (backing, standin, alerts) = standins(&fixture.connections, clock_ms)?;
     let mut app = App::build_in(
         project,
+        plan,
         Surroundings {
             clock: crate::clock::Clock::frozen(clock_ms),
             sinks: crate::sink::Target::Capture(captured.clone()),
@@ -185,7 +191,7 @@ type Alerts = Arc<std::sync::Mutex<Vec<String>>>;
 /// The fixture's stand-ins as what connections send through, read tokens from and look
 /// tenants up in; the stand-in network (what was asked of it) and the alerts raised.
 fn standins(
-    s: &crate::replay::fixture::Standins,
+    s: &crate::fixture::Standins,
     clock_ms: i64,
 ) -> Result<(Backing, Arc<Standin>, Alerts), String> {
     let mut answers = Vec::new();

@@ -11,7 +11,7 @@ use assert_json_diff::{CompareMode, Config, assert_json_matches_no_panic};
 use serde_json::Value;
 
 use super::case::Actual;
-use super::fixture::{BodyMatch, Expect, Match, RowsMatch, TextMatch};
+use crate::fixture::{BodyMatch, Expect, Match, RowsMatch, TextMatch};
 
 /// Every way `actual` differs from `expect`; empty when the case passes.
 pub fn compare(expect: &Expect, actual: &Actual) -> Vec<String> {
@@ -301,7 +301,7 @@ fn literal(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::replay::fixture::Outcome;
+    use crate::fixture::Outcome;
     use serde_json::json;
 
     fn actual() -> Actual {

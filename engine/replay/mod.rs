@@ -14,7 +14,7 @@
 
 pub mod case;
 pub mod expect;
-pub mod fixture;
+use crate::fixture;
 pub mod report;
 pub mod update;
 
@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use crate::config::Project;
 use crate::diagnostics::Diagnostic;
 use crate::env::EnvSource;
+use crate::plan::Plan;
 
 /// What to run.
 pub struct Options {
@@ -111,22 +112,27 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
 /// the file was rewritten. `Err` only when an update cannot be written.
 async fn run_case(
     opts: &Options,
-    project: &Result<Project, Vec<Diagnostic>>,
+    (project, plan): (&Result<Project, Vec<Diagnostic>>, Option<Plan>),
     f: &fixture::Fixture,
     file: &Path,
 ) -> Result<(Vec<String>, bool), String> {
+    let not_loaded = |diags: &[Diagnostic]| {
+        let mut problems = vec![format!(
+            "the pipelines in {} do not load with this fixture's env:",
+            opts.pipelines.display()
+        )];
+        problems.extend(diags.iter().map(|d| format!("  {d}")));
+        (problems, false)
+    };
     let project = match project {
         Ok(p) => p,
-        Err(diags) => {
-            let mut problems = vec![format!(
-                "the pipelines in {} do not load with this fixture's env:",
-                opts.pipelines.display()
-            )];
-            problems.extend(diags.iter().map(|d| format!("  {d}")));
-            return Ok((problems, false));
-        }
+        Err(diags) => return Ok(not_loaded(diags)),
     };
-    let actual = match case::run(project, f, file).await {
+    let plan = match plan.map_or_else(|| crate::plan::build(project), Ok) {
+        Ok(plan) => plan,
+        Err(diags) => return Ok(not_loaded(&diags)),
+    };
+    let actual = match case::run(project, plan, f, file).await {
         Ok(a) => a,
         Err(e) => return Ok((vec![e], false)),
     };
@@ -141,11 +147,13 @@ async fn run_case(
     Ok((Vec::new(), changed))
 }
 
-/// The pipelines directory loaded once per distinct fixture `env` (a fixture's env is all the
-/// environment it gets).
+/// The pipelines directory loaded and built once per distinct fixture `env` (a fixture's env is
+/// all the environment it gets). Every case runs its own app, which consumes a plan: the first
+/// case of an env takes the one loading built, the others build their own from the project.
 struct Projects<'a> {
     dir: &'a Path,
     loaded: HashMap<BTreeMap<String, String>, Result<Project, Vec<Diagnostic>>>,
+    spare: HashMap<BTreeMap<String, String>, Plan>,
 }
 
 impl<'a> Projects<'a> {
@@ -153,14 +161,25 @@ impl<'a> Projects<'a> {
         Projects {
             dir,
             loaded: HashMap::new(),
+            spare: HashMap::new(),
         }
     }
 
-    fn get(&mut self, env: &BTreeMap<String, String>) -> &Result<Project, Vec<Diagnostic>> {
-        let dir = self.dir;
-        self.loaded
-            .entry(env.clone())
-            .or_insert_with(|| crate::config::load(dir, &EnvSource::from_pairs(env.clone())))
+    /// The project for `env`, and a plan when one is left from loading it.
+    fn get(
+        &mut self,
+        env: &BTreeMap<String, String>,
+    ) -> (&Result<Project, Vec<Diagnostic>>, Option<Plan>) {
+        if !self.loaded.contains_key(env) {
+            let loaded = crate::plan::load(self.dir, &EnvSource::from_pairs(env.clone()));
+            let project = loaded.map(|(project, plan)| {
+                self.spare.insert(env.clone(), plan);
+                project
+            });
+            self.loaded.insert(env.clone(), project);
+        }
+        let plan = self.spare.remove(env);
+        (&self.loaded[env], plan)
     }
 }
 
@@ -179,7 +198,10 @@ pub async fn rows_written(dir: &Path, roots: &[PathBuf]) -> Result<Written, Stri
             continue;
         };
         let f = &loaded.fixture;
-        let Ok(project) = projects.get(&f.env) else {
+        let (Ok(project), plan) = projects.get(&f.env) else {
+            continue;
+        };
+        let Ok(plan) = plan.map_or_else(|| crate::plan::build(project), Ok) else {
             continue;
         };
         let crate::route::Lookup::Found { pipeline, .. } = project
@@ -188,7 +210,7 @@ pub async fn rows_written(dir: &Path, roots: &[PathBuf]) -> Result<Written, Stri
         else {
             continue;
         };
-        let Ok(actual) = case::run(project, f, &file).await else {
+        let Ok(actual) = case::run(project, plan, f, &file).await else {
             continue;
         };
         let pipeline = &project.pipelines[pipeline].config.name;

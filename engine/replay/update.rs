@@ -4,10 +4,11 @@
 
 use std::path::Path;
 
-use serde_json::Value;
-use yaml_rust2::{Yaml, YamlEmitter};
+use yaml_rust2::Yaml;
 
-use super::fixture::Expect;
+use crate::yaml::{emit, ordered};
+
+use crate::fixture::Expect;
 
 /// The order keys are written in: the answer first, then the event, then its rows.
 const ORDER: &[&str] = &["status", "outcome", "reason", "headers", "body", "sinks"];
@@ -29,57 +30,6 @@ pub fn render(expect: &Expect) -> Result<String, String> {
     let mut top = yaml_rust2::yaml::Hash::new();
     top.insert(Yaml::String("expect".into()), ordered(&value, ORDER, &[]));
     Ok(emit(&Yaml::Hash(top)))
-}
-
-/// A JSON object as YAML with the keys in `order` first, in that order, then the rest; the
-/// objects under `nested` keys ordered the same way by their own lists.
-pub fn ordered(v: &Value, order: &[&str], nested: &[(&str, &[&str])]) -> Yaml {
-    let Value::Object(map) = v else {
-        return to_yaml(v);
-    };
-    let mut hash = yaml_rust2::yaml::Hash::new();
-    let rest = map.keys().filter(|k| !order.contains(&k.as_str()));
-    for key in order.iter().copied().chain(rest.map(String::as_str)) {
-        if let Some(value) = map.get(key) {
-            let y = match nested.iter().find(|(k, _)| *k == key) {
-                Some((_, inner)) => ordered(value, inner, &[]),
-                None => to_yaml(value),
-            };
-            hash.insert(Yaml::String(key.into()), y);
-        }
-    }
-    Yaml::Hash(hash)
-}
-
-/// Block YAML for a value, without the `---` document marker.
-pub fn emit(y: &Yaml) -> String {
-    let mut out = String::new();
-    let mut emitter = YamlEmitter::new(&mut out);
-    emitter.multiline_strings(true);
-    // writing into a String cannot fail
-    let _ = emitter.dump(y);
-    let body = out.strip_prefix("---\n").unwrap_or(&out);
-    format!("{}\n", body.trim_end())
-}
-
-/// A JSON value as YAML (integers stay integers).
-pub fn to_yaml(v: &Value) -> Yaml {
-    match v {
-        // written `null` rather than the emitter's `~`: the word readers know
-        Value::Null => Yaml::Real("null".into()),
-        Value::Bool(b) => Yaml::Boolean(*b),
-        Value::Number(n) => match n.as_i64() {
-            Some(i) => Yaml::Integer(i),
-            None => Yaml::Real(n.to_string()),
-        },
-        Value::String(s) => Yaml::String(s.clone()),
-        Value::Array(items) => Yaml::Array(items.iter().map(to_yaml).collect()),
-        Value::Object(map) => Yaml::Hash(
-            map.iter()
-                .map(|(k, v)| (Yaml::String(k.clone()), to_yaml(v)))
-                .collect(),
-        ),
-    }
 }
 
 /// `text` with the top-level block `key:` (its line and the indented or blank lines after it)
@@ -121,7 +71,7 @@ fn replace_block(text: &str, key: &str, block: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::replay::fixture::Outcome;
+    use crate::fixture::Outcome;
 
     #[test]
     fn replaces_only_the_expect_block() {
@@ -156,9 +106,9 @@ mod tests {
     fn rendered_yaml_reads_back_as_the_same_expectation() {
         let e = Expect {
             status: Some(200),
-            body: Some(crate::replay::fixture::BodyMatch::Json {
+            body: Some(crate::fixture::BodyMatch::Json {
                 json: serde_json::json!({"a": [1, 2.5, "x: y"], "b": null, "c": "line1\nline2"}),
-                mode: crate::replay::fixture::Match::Exact,
+                mode: crate::fixture::Match::Exact,
             }),
             reason: Some("^a \\(b\\)$".into()),
             ..Expect::default()

@@ -14,6 +14,7 @@ mod limit;
 mod oauth;
 mod own;
 pub mod queueing;
+pub mod reload;
 pub mod route;
 mod seen;
 
@@ -77,26 +78,25 @@ pub struct Surroundings {
 }
 
 impl App {
-    /// Build the runtime components of a validated project.
-    pub fn build(project: Project) -> Result<App, String> {
-        App::build_in(project, Surroundings::default())
+    /// Build the runtime components of a validated project from its plan.
+    pub fn build(project: Project, plan: crate::plan::Plan) -> Result<App, String> {
+        App::build_in(project, plan, Surroundings::default())
     }
 
-    /// [`App::build`] with another clock or sink target.
-    pub fn build_in(project: Project, around: Surroundings) -> Result<App, String> {
+    /// [`App::build`] with another clock or sink target. The plan's compiled parts are wired to
+    /// the running world here (queues, sinks, connections); nothing is compiled again.
+    pub fn build_in(
+        project: Project,
+        plan: crate::plan::Plan,
+        around: Surroundings,
+    ) -> Result<App, String> {
         let mut verifiers = Vec::new();
-        for p in &project.pipelines {
-            let v = match &p.config.verify {
-                None => None,
-                Some(cfg) => Some(Verifier::build(cfg).map_err(|e| {
-                    format!(
-                        "{}: verify: {}",
-                        p.file.display(),
-                        e.first().map(|x| x.1.as_str()).unwrap_or("")
-                    )
-                })?),
-            };
-            verifiers.push(v);
+        let mut programs = Vec::new();
+        let mut compiled = Vec::new();
+        for b in plan.pipelines {
+            verifiers.push(b.verifier);
+            programs.push(b.program);
+            compiled.push(b.responder);
         }
         let tenants = if verifiers.iter().flatten().any(Verifier::uses_tenants) {
             match &project.settings.database_url {
@@ -129,17 +129,9 @@ impl App {
         };
         let connections = crate::connection::build(&project, &backing)?;
         let mut responders = Vec::new();
-        for (p, conns) in project.pipelines.iter().zip(connections) {
-            let r =
-                crate::respond::Responder::compile_with(&p.config, &p.file, &project.dir, conns)
-                    .map_err(|e| {
-                        format!(
-                            "{}: respond: {}",
-                            p.file.display(),
-                            e.first().map(|x| x.message.as_str()).unwrap_or("")
-                        )
-                    })?;
-            responders.push(r);
+        for ((p, conns), r) in project.pipelines.iter().zip(connections).zip(compiled) {
+            let r = r.ok_or_else(|| format!("{}: respond was not compiled", p.file.display()))?;
+            responders.push(r.with_connections(conns));
         }
         // One Redis connection for the whole request path: rate limits, enqueues, `/ready`.
         let redis = project
@@ -150,6 +142,7 @@ impl App {
             .transpose()?;
         let queued = queueing::build(
             &project,
+            programs,
             &around.sinks,
             pool.as_ref(),
             &around.memory_queues,
@@ -187,6 +180,14 @@ impl App {
             metrics_token,
             pool,
         })
+    }
+
+    /// What the metrics sampler reads: the queues and the database pool.
+    pub fn sources(&self) -> crate::ops::metrics::Sources {
+        crate::ops::metrics::Sources {
+            queues: self.queues().map(|q| q.handle.clone()).collect(),
+            pool: self.pool.clone(),
+        }
     }
 
     /// The queued pipelines' queues and workers.
@@ -284,7 +285,12 @@ impl Live {
 
     /// Build `project` into a new set (in-process queues carried over, so no queued event is
     /// dropped), start its workers, swap it in, then let the old workers finish within `grace`.
-    pub fn swap(&self, project: Project, grace: Duration) -> Result<(), String> {
+    pub fn swap(
+        &self,
+        project: Project,
+        plan: crate::plan::Plan,
+        grace: Duration,
+    ) -> Result<(), String> {
         let old = self.app();
         let carried = old
             .queues()
@@ -295,6 +301,7 @@ impl Live {
             .collect();
         let app = Arc::new(App::build_in(
             project,
+            plan,
             Surroundings {
                 record: old.recorder.as_ref().map(|r| r.dir.clone()),
                 memory_queues: carried,
@@ -416,20 +423,25 @@ fn cors(app: &App) -> Option<salvo::cors::CorsHandler> {
 }
 
 /// Build `project` into an app, bind `addr` and serve in a background task, with queue workers.
-pub async fn start(project: Project, addr: SocketAddr) -> std::io::Result<Running> {
-    start_with(project, addr, true, Surroundings::default()).await
+pub async fn start(
+    project: Project,
+    plan: crate::plan::Plan,
+    addr: SocketAddr,
+) -> std::io::Result<Running> {
+    start_with(project, plan, addr, true, Surroundings::default()).await
 }
 
 /// [`start`], choosing whether this process also runs the queue workers, and its surroundings.
 pub async fn start_with(
     project: Project,
+    plan: crate::plan::Plan,
     addr: SocketAddr,
     workers: bool,
     around: Surroundings,
 ) -> std::io::Result<Running> {
     // install the recorder before the first request, so no count is recorded into the void
     let _ = crate::ops::metrics::handle();
-    let app = Arc::new(App::build_in(project, around).map_err(std::io::Error::other)?);
+    let app = Arc::new(App::build_in(project, plan, around).map_err(std::io::Error::other)?);
     let queues = app.queues().count();
     if queues > 0 {
         let backend = if app.project.settings.redis_url.is_some() {
@@ -470,7 +482,7 @@ pub async fn start_with(
         }
     });
     let sampled = Arc::downgrade(&live);
-    crate::ops::metrics::start_sampler(move || sampled.upgrade().map(|l| l.app()));
+    crate::ops::metrics::start_sampler(move || sampled.upgrade().map(|l| l.app().sources()));
     let service = service(live.clone());
     let task = tokio::spawn(async move { server.serve(service).await });
     Ok(Running {
@@ -520,14 +532,14 @@ async fn announce_database(app: &App) {
 }
 
 /// Run only the queue workers until SIGTERM/SIGINT (`engine worker`).
-pub async fn serve_workers(project: Project) -> std::io::Result<()> {
+pub async fn serve_workers(project: Project, plan: crate::plan::Plan) -> std::io::Result<()> {
     let _ops = crate::ops::start(&project);
     announce_redis(&project).await;
     let grace = Duration::from_secs(project.settings.shutdown_grace_secs);
     let _ = crate::ops::metrics::handle();
-    let app = Arc::new(App::build(project).map_err(std::io::Error::other)?);
+    let app = Arc::new(App::build(project, plan).map_err(std::io::Error::other)?);
     let sampled = Arc::downgrade(&app);
-    crate::ops::metrics::start_sampler(move || sampled.upgrade());
+    crate::ops::metrics::start_sampler(move || sampled.upgrade().map(|app| app.sources()));
     let queues = app.queues().count();
     let workers = queueing::start(app.queues());
     tracing::info!(queues, "workers running");
@@ -550,13 +562,17 @@ pub struct ServeOptions {
     /// Write accepted requests as fixtures under this directory.
     pub record: Option<std::path::PathBuf>,
     /// Where SIGHUP (and `watch`) reload the pipelines from.
-    pub reload: Option<crate::ops::reload::Source>,
+    pub reload: Option<crate::server::reload::Source>,
     /// Reload whenever a file under the pipelines directory changes.
     pub watch: bool,
 }
 
 /// Serve until SIGTERM/SIGINT, then shut down gracefully.
-pub async fn serve(project: Project, opts: ServeOptions) -> std::io::Result<()> {
+pub async fn serve(
+    project: Project,
+    plan: crate::plan::Plan,
+    opts: ServeOptions,
+) -> std::io::Result<()> {
     let grace = Duration::from_secs(project.settings.shutdown_grace_secs);
     let addr: SocketAddr = format!("{}:{}", project.settings.host, project.settings.port)
         .parse()
@@ -587,13 +603,13 @@ pub async fn serve(project: Project, opts: ServeOptions) -> std::io::Result<()> 
         record: opts.record.clone(),
         ..Surroundings::default()
     };
-    let running = start_with(project, addr, opts.workers, around).await?;
+    let running = start_with(project, plan, addr, opts.workers, around).await?;
     announce_database(&running.live().app()).await;
     if let Some(source) = opts.reload {
         if opts.watch {
             tracing::info!(dir = %source.dir.display(), "watching the pipelines directory for changes");
         }
-        crate::ops::reload::spawn(running.live(), source, opts.watch, grace);
+        crate::server::reload::spawn(running.live(), source, opts.watch, grace);
     }
     tracing::info!(
         port = running.addr.port(),

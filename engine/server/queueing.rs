@@ -44,6 +44,7 @@ pub fn sink_pool(
 /// shared request-path connection.
 pub fn build(
     project: &Project,
+    mut programs: Vec<Option<Program>>,
     target: &Target,
     pool: Option<&deadpool_postgres::Pool>,
     reuse: &[Arc<MemoryQueue>],
@@ -55,7 +56,7 @@ pub fn build(
     let consumer = crate::queue::consumer_name();
     let mut out = Vec::new();
     let mut announced = false;
-    for p in &project.pipelines {
+    for (i, p) in project.pipelines.iter().enumerate() {
         if p.config.transform.is_empty() {
             out.push(None);
             continue;
@@ -106,15 +107,12 @@ pub fn build(
                 .map(|k| (k.clone(), c.sink()))
                 .collect(),
         };
-        let program = Arc::new(Program::compile(&p.config, &p.file, &project.dir).map_err(
-            |e| {
-                format!(
-                    "{}: {}",
-                    p.file.display(),
-                    e.first().map(|x| x.message.as_str()).unwrap_or("")
-                )
-            },
-        )?);
+        let program = Arc::new(
+            programs
+                .get_mut(i)
+                .and_then(Option::take)
+                .ok_or_else(|| format!("{}: transform was not compiled", p.file.display()))?,
+        );
         let outcomes: Arc<dyn crate::queue::Outcomes> = match &handle {
             Queue::Redis(q) => q.clone(),
             Queue::Memory(q) => q.clone(),

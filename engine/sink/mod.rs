@@ -9,7 +9,6 @@ pub mod capture;
 pub mod http;
 pub mod jsonl;
 pub mod postgres;
-pub mod table_check;
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -27,23 +27,11 @@ pub mod twilio;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use salvo::http::HeaderMap;
 
 use crate::config::verify::{Secrets, Tenant, VapiMode, Verify};
 pub use tenant::TenantSecrets;
 
-/// The parts of a request a verifier reads.
-#[derive(Debug, Clone, Copy)]
-pub struct Inbound<'a> {
-    pub method: &'a str,
-    /// The URL as the provider addressed it (public scheme and host), with the query string.
-    pub url: &'a str,
-    pub headers: &'a HeaderMap,
-    /// The raw body, exactly as received.
-    pub body: &'a [u8],
-    /// Seconds since the epoch (injected, so tests control the clock).
-    pub now: i64,
-}
+pub use crate::request_field::{Inbound, header};
 
 /// Why a request was not accepted. The code goes to logs and metrics, never to the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,11 +98,6 @@ pub const CREDENTIAL_HEADERS: &[&str] = &[
     "x-vapi-signature",
     "x-signature",
 ];
-
-/// A header value as text (`None` when absent or not visible ASCII).
-pub fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
-}
 
 /// What the verifier needs beyond the request itself.
 pub struct Context<'a> {
@@ -509,6 +492,7 @@ fn parse_net(s: &str) -> Option<IpNet> {
 mod tests {
     use super::*;
     use crate::config::verify::{Plain, Timestamped};
+    use salvo::http::HeaderMap;
 
     fn secrets(v: &[&str]) -> Secrets {
         Secrets::Many(v.iter().map(|s| s.to_string()).collect())

@@ -112,7 +112,8 @@ pub fn problems(files: &[(&str, &str)], env: &[(&str, &str)]) -> Vec<String> {
         std::fs::write(path, text).unwrap();
     }
     let prefix = format!("{}/", dir.path().display());
-    engine::config::load(dir.path(), &EnvSource::from_pairs(env.iter().copied()))
+    engine::plan::load(dir.path(), &EnvSource::from_pairs(env.iter().copied()))
+        .map(|(project, _)| project)
         .err()
         .unwrap_or_default()
         .iter()
@@ -171,16 +172,21 @@ async fn spawn(
     around: engine::server::Surroundings,
 ) -> TestApp {
     let source = EnvSource::from_pairs(env.iter().copied());
-    let project = engine::config::load(dir, &source).unwrap_or_else(|d| {
+    let (project, plan) = engine::plan::load(dir, &source).unwrap_or_else(|d| {
         panic!(
             "test pipelines invalid:\n{}",
             engine::diagnostics::render(&d, engine::diagnostics::Format::Text)
         )
     });
-    let running =
-        engine::server::start_with(project, "127.0.0.1:0".parse().unwrap(), workers, around)
-            .await
-            .unwrap();
+    let running = engine::server::start_with(
+        project,
+        plan,
+        "127.0.0.1:0".parse().unwrap(),
+        workers,
+        around,
+    )
+    .await
+    .unwrap();
     let addr = running.addr;
     TestApp {
         addr,

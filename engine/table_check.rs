@@ -27,8 +27,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::Value;
 use tokio_postgres::types::Type;
 
-use super::postgres::PostgresSink;
 use crate::config::sink::Postgres;
+use crate::sink::postgres::PostgresSink;
 use crate::sink::{Batch, SinkError};
 
 /// One column as the database has it.

@@ -17,6 +17,8 @@ use jsonschema::error::{TypeKind, ValidationErrorKind};
 use jsonschema::{ValidationError, Validator};
 use serde_json::Value;
 
+pub mod formats;
+
 use crate::diagnostics::Diagnostic;
 use crate::yaml::{Document, escape_token};
 
@@ -24,10 +26,7 @@ use crate::yaml::{Document, escape_token};
 pub fn compile(schema: &Value) -> Result<Validator, String> {
     jsonschema::options()
         .should_validate_formats(true)
-        .with_format(
-            "supabase-service-role-key",
-            crate::env::rules::is_service_role_key,
-        )
+        .with_format("supabase-service-role-key", formats::is_service_role_key)
         .build(schema)
         .map_err(|e| e.masked().to_string())
 }

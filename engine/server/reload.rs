@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use super::Live;
 use crate::env::EnvSource;
-use crate::server::Live;
 
 /// How often `--watch` looks for changes.
 pub const WATCH_EVERY: Duration = Duration::from_secs(1);
@@ -60,7 +60,7 @@ fn load_and_swap(live: &Live, source: &Source, grace: Duration) -> Result<usize,
         EnvOrigin::Process => EnvSource::process(),
         EnvOrigin::Fixed(e) => e.clone(),
     };
-    let project = crate::config::load(&source.dir, &env)
+    let (project, plan) = crate::plan::load(&source.dir, &env)
         .map_err(|d| d.iter().map(ToString::to_string).collect::<Vec<_>>())?;
     let old = live.app();
     let (a, b) = (&old.project.settings, &project.settings);
@@ -68,7 +68,7 @@ fn load_and_swap(live: &Live, source: &Source, grace: Duration) -> Result<usize,
         tracing::warn!("host, port and timeouts changes take effect at the next restart");
     }
     let n = project.pipelines.len();
-    live.swap(project, grace).map_err(|e| vec![e])?;
+    live.swap(project, plan, grace).map_err(|e| vec![e])?;
     Ok(n)
 }
 

@@ -1,4 +1,5 @@
-//! Checklist rules that JSON Schema cannot express on its own, registered as custom formats.
+//! The engine's custom formats: checklist rules that JSON Schema cannot express on its own
+//! (used by the env schema).
 //!
 //! `format: supabase-service-role-key` refuses the key that is most often pasted by mistake: the
 //! anon (publishable) key looks just like the service-role key but cannot bypass row-level
