@@ -87,20 +87,6 @@ impl Keyring {
         })
     }
 
-    /// The keyring of an environment: `ENCRYPTION_KEY` and, when set, `ENCRYPTION_KEY_PREVIOUS`.
-    pub fn from_env(env: &crate::env::Env) -> Option<Result<Keyring, CryptoError>> {
-        let current = env.get_string("ENCRYPTION_KEY")?;
-        let previous = env.get_string("ENCRYPTION_KEY_PREVIOUS");
-        Some(Keyring::new(
-            &current,
-            previous
-                .as_deref()
-                .map(|p| vec![p])
-                .unwrap_or_default()
-                .as_slice(),
-        ))
-    }
-
     /// Id of the key new values are written under.
     pub fn current_id(&self) -> &str {
         &self.current.id

@@ -204,7 +204,9 @@ pub async fn check_project(
         .map_err(|e| format!("database unavailable: {e}"))?;
     // Without ENCRYPTION_KEY (validate in CI) encrypted fields are tried with a throwaway key:
     // what is checked is the table's shape, and ciphertext is text whatever the key.
-    let keyring = crate::crypto::Keyring::from_env(&project.env)
+    let keyring = project
+        .ops
+        .keyring()
         .and_then(Result::ok)
         .or_else(|| crate::crypto::Keyring::new(&"00".repeat(32), &[]).ok());
     let mut out = Vec::new();

@@ -430,7 +430,7 @@ fn project(dir: &Path, env_file: Option<&Path>) -> Result<crate::config::Project
 
 /// The project's keyring (ENCRYPTION_KEY, and ENCRYPTION_KEY_PREVIOUS when set).
 fn keyring(project: &crate::config::Project) -> Result<crate::crypto::Keyring, ExitCode> {
-    match crate::crypto::Keyring::from_env(&project.env) {
+    match project.ops.keyring() {
         Some(Ok(k)) => Ok(k),
         Some(Err(e)) => {
             eprintln!("engine: ENCRYPTION_KEY: {e}");

@@ -19,6 +19,7 @@ pub mod connection;
 pub mod deployment;
 pub mod env_refs;
 pub mod oauth;
+pub mod operations;
 pub mod pipeline;
 pub mod queue;
 pub mod rate_limit;
@@ -97,6 +98,8 @@ pub struct Project {
     pub warnings: Vec<Diagnostic>,
     pub env: Env,
     pub settings: Settings,
+    /// What operating the engine needs from the environment, typed, secrets wrapped.
+    pub ops: operations::Operations,
     pub pipelines: Vec<LoadedPipeline>,
     pub routes: RouteTable,
 }
@@ -405,6 +408,7 @@ pub fn load_with(
         (Some(env), Some(settings), Some(routes)) if diags.is_empty() => Ok(Project {
             dir: dir.to_path_buf(),
             warnings,
+            ops: operations::Operations::from_env(&env),
             env,
             settings,
             pipelines: pipelines

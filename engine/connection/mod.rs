@@ -65,7 +65,7 @@ impl Backing {
         project: &Project,
         pool: Option<&deadpool_postgres::Pool>,
     ) -> Result<Backing, String> {
-        let keyring = crate::crypto::Keyring::from_env(&project.env).and_then(Result::ok);
+        let keyring = project.ops.keyring().and_then(Result::ok);
         let tokens = match (pool, keyring) {
             (Some(pool), Some(keyring)) => Some(Arc::new(token::Postgres {
                 pool: pool.clone(),

@@ -23,28 +23,24 @@ pub struct Started {
 /// Turn on what the environment asks for, once per process (`engine serve` / `engine worker`):
 /// Slack alerts when SLACK_WEBHOOK_URL is set, Sentry when SENTRY_DSN is set.
 pub fn start(project: &Project) -> Started {
-    let sentry = project.env.get_string("SENTRY_DSN").and_then(|dsn| {
+    let ops = &project.ops;
+    let sentry = ops.sentry_dsn.as_ref().and_then(|dsn| {
         let secrets = project.env.secret_values();
-        let guard = errors::init(&dsn, project.env.environment(), secrets);
+        let guard = errors::init(dsn.expose(), project.env.environment(), secrets);
         match &guard {
             Some(_) => tracing::info!("errors go to Sentry"),
             None => tracing::warn!("SENTRY_DSN is set but Sentry could not start"),
         }
         guard
     });
-    if let Some(url) = project.env.get_string("SLACK_WEBHOOK_URL") {
-        let outage = project
-            .env
-            .get("ALERT_SINK_OUTAGE_SECS")
-            .and_then(serde_json::Value::as_u64)
-            .unwrap_or(120);
+    if let Some(url) = &ops.slack_webhook_url {
         let host = std::env::var("RENDER_INSTANCE_ID")
             .or_else(|_| std::env::var("HOSTNAME"))
             .unwrap_or_else(|_| "engine".into());
         let source = format!("{}, {host}", project.env.environment());
         match alerts::install(alerts::Config::new(
-            url,
-            std::time::Duration::from_secs(outage),
+            url.expose().to_string(),
+            ops.alert_sink_outage,
             source,
         )) {
             Ok(()) => tracing::info!("alerts go to Slack"),

@@ -56,7 +56,7 @@ pub struct App {
     /// What `/ready` checks.
     pub ready: crate::ops::ready::Checks,
     /// The bearer token `/metrics` needs (METRICS_TOKEN).
-    pub metrics_token: Option<String>,
+    pub metrics_token: Option<crate::config::operations::Secret>,
     /// The sinks' Postgres pool (for the pool gauges).
     pub pool: Option<deadpool_postgres::Pool>,
 }
@@ -101,7 +101,9 @@ impl App {
         let tenants = if verifiers.iter().flatten().any(Verifier::uses_tenants) {
             match &project.settings.database_url {
                 Some(url) => {
-                    let keyring = crate::crypto::Keyring::from_env(&project.env)
+                    let keyring = project
+                        .ops
+                        .keyring()
                         .ok_or("per-tenant secrets need ENCRYPTION_KEY")?
                         .map_err(|e| format!("ENCRYPTION_KEY: {e}"))?;
                     let pool = crate::db::pool(url, 4)?;
@@ -152,7 +154,7 @@ impl App {
             redis.clone(),
             project.settings.database_url.as_deref(),
         )?;
-        let metrics_token = project.env.get_string("METRICS_TOKEN");
+        let metrics_token = project.ops.metrics_token.clone();
         let oauth = oauth_flows(&project, pool.as_ref());
         let proxies = TrustedProxies::parse(&project.settings.trusted_proxies);
         let default = project.settings.rate_limit.as_ref().filter(|r| r.enabled);
@@ -217,7 +219,7 @@ fn oauth_flows(
     project: &Project,
     pool: Option<&deadpool_postgres::Pool>,
 ) -> Vec<Option<Result<crate::oauth::Flow, String>>> {
-    let keyring = crate::crypto::Keyring::from_env(&project.env).and_then(Result::ok);
+    let keyring = project.ops.keyring().and_then(Result::ok);
     project
         .pipelines
         .iter()

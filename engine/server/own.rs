@@ -85,7 +85,7 @@ fn metrics_text(app: &App, req: &Request, res: &mut Response) {
         .get(salvo::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
     match allowed(
-        app.metrics_token.as_deref(),
+        app.metrics_token.as_ref().map(|t| t.expose()),
         app.project.env.is_production(),
         authorization,
     ) {

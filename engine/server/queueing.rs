@@ -50,7 +50,9 @@ pub fn build(
     reuse: &[Arc<MemoryQueue>],
     redis: Option<&SharedRedis>,
 ) -> Result<Vec<Option<Queued>>, String> {
-    let keyring = crate::crypto::Keyring::from_env(&project.env)
+    let keyring = project
+        .ops
+        .keyring()
         .transpose()
         .map_err(|e| format!("ENCRYPTION_KEY: {e}"))?;
     let consumer = crate::queue::consumer_name();
