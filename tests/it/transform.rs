@@ -1,7 +1,7 @@
 //! Rhai transforms and synchronous responses: the shipped scripts on realistic payloads, the
 //! sandbox's limits, and script errors found by validation.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -3,7 +3,7 @@
 //! database, and every refusal: tampered, expired and replayed state, a declined consent, a
 //! failing or slow token endpoint. Then what `engine validate` says about OAuth pipelines.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -6,7 +6,7 @@ use engine::queue::Enqueued;
 use engine::queue::redis::RedisQueue;
 use engine::transform::EventInput;
 
-mod common;
+use crate::common;
 
 const REDIS: &str = "redis://127.0.0.1:6379";
 

@@ -2,7 +2,7 @@
 //! sink exactly once; events not answered 2xx may be absent (the provider retries them), never
 //! duplicated.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};

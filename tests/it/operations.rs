@@ -1,125 +1,16 @@
-//! Operating the engine: `/metrics` moves with traffic and is guarded by METRICS_TOKEN, request
+//! Operating the engine: `/metrics` is guarded by METRICS_TOKEN (its counters moving with
+//! traffic are checked in `tests/reporting.rs`, alone in its process), request
 //! ids are echoed, `/ready` names a stopped Redis or Postgres (private instances), and hot reload
 //! swaps a valid change in, keeps the old set on an invalid one, and lets requests in flight
 //! finish on the set they started on.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
 use common::{Dir, PrivatePostgres, PrivateRedis};
 use engine::env::EnvSource;
 use engine::server::reload::{EnvOrigin, Source, reload};
-
-/// The shipped pipelines with rows written under a temp dir.
-fn shipped_with_data(data: &std::path::Path) -> Dir {
-    let dir = Dir::shipped_copy();
-    let base = std::fs::read_to_string(dir.path().join("engine.yaml")).unwrap();
-    dir.write(
-        "engine.yaml",
-        &format!("{base}\ndata_dir: '{}'\n", data.display()),
-    );
-    dir
-}
-
-/// The value of one sample line (`name{labels} value`) in an exposition, 0 when absent.
-fn sample(text: &str, name_and_labels: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
-async fn metrics(app: &common::TestApp) -> String {
-    let res = app.client.get(app.url("/metrics")).send().await.unwrap();
-    assert_eq!(res.status(), 200);
-    assert!(
-        res.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/plain; version=0.0.4")
-    );
-    res.text().await.unwrap()
-}
-
-#[tokio::test]
-async fn metrics_move_with_traffic() {
-    let data = tempfile::tempdir().unwrap();
-    let dir = shipped_with_data(data.path());
-    let app = common::spawn_app(dir.path(), &[]).await;
-    let before = metrics(&app).await;
-    let body =
-        std::fs::read(common::shipped().join("../fixtures/payloads/vapi/status-update.json"))
-            .unwrap();
-    let post = |auth: &'static str| {
-        app.client
-            .post(app.url("/api/webhooks/vapi"))
-            .header("authorization", auth)
-            .header("content-type", "application/json")
-            .body(body.clone())
-            .send()
-    };
-    assert_eq!(
-        post("Bearer dev-vapi-webhook-secret")
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        post("Bearer dev-vapi-webhook-secret")
-            .await
-            .unwrap()
-            .status(),
-        200
-    ); // duplicate
-    assert_eq!(post("Bearer wrong").await.unwrap().status(), 401);
-    // the worker writes the row shortly after
-    let mut after = String::new();
-    for _ in 0..100 {
-        after = metrics(&app).await;
-        if sample(&after, r#"engine_sink_rows_total{sink="call_status"}"#)
-            > sample(&before, r#"engine_sink_rows_total{sink="call_status"}"#)
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let delta = |name: &str| sample(&after, name) - sample(&before, name);
-    assert_eq!(
-        delta(r#"engine_http_requests_total{pipeline="vapi",status="200"}"#),
-        2.0,
-        "{after}"
-    );
-    assert_eq!(
-        delta(r#"engine_http_requests_total{pipeline="vapi",status="401"}"#),
-        1.0
-    );
-    assert_eq!(
-        delta(r#"engine_verify_failures_total{pipeline="vapi",reason="bad_token"}"#)
-            + delta(r#"engine_verify_failures_total{pipeline="vapi",reason="bad_signature"}"#),
-        1.0,
-        "{after}"
-    );
-    assert_eq!(delta(r#"engine_events_queued_total{pipeline="vapi"}"#), 1.0);
-    assert_eq!(delta(r#"engine_duplicates_total{pipeline="vapi"}"#), 1.0);
-    assert_eq!(
-        delta(r#"engine_events_processed_total{queue="vapi",outcome="written"}"#),
-        1.0
-    );
-    assert_eq!(delta(r#"engine_sink_rows_total{sink="call_status"}"#), 1.0);
-    assert!(
-        after
-            .contains(r#"engine_http_request_duration_seconds_bucket{pipeline="vapi",le="0.005"}"#),
-        "{after}"
-    );
-    assert!(after.contains(r#"engine_transform_duration_seconds_count{queue="vapi"}"#));
-    assert!(after.contains(r#"engine_event_latency_seconds_count{queue="vapi"}"#));
-    // /metrics counts itself too, under its own label
-    assert!(after.contains(r#"engine_http_requests_total{pipeline="metrics",status="200"}"#));
-    app.stop().await;
-}
 
 #[tokio::test]
 async fn metrics_need_the_token_when_one_is_set_and_are_off_in_production_without() {

@@ -1,6 +1,6 @@
 //! Verification through a real socket, and per-tenant secrets against real Postgres.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! `engine::plan::load` (load + build) on broken directories: every problem, each at its exact line:col.
 
-mod common;
+use crate::common;
 
 use common::Dir;
 use engine::diagnostics::Diagnostic;

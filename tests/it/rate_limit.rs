@@ -1,7 +1,7 @@
 //! Rate limiting: GCRA in Redis with an injected clock, and through real sockets (the seed's
 //! 150-request check, two instances sharing Redis, trusted and forged X-Forwarded-For, fail modes).
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,7 @@
 //! The Postgres sink against real Postgres (a fresh schema per test, the shipped migrations
 //! applied), and the rows the shipped transforms produce landing in the shipped tables.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -1,7 +1,7 @@
 //! End to end: a signed request answered 2xx -> queue -> worker -> transform -> sink, against
 //! real Redis and Postgres (a private key prefix and a fresh schema per test), and in process.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::Duration;

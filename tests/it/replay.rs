@@ -3,7 +3,7 @@
 //! timestamps follow the frozen clock; and `engine serve --record` writes fixtures that carry no
 //! credential, replay, and pass.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,7 +1,7 @@
 //! The `engine` binary: validate's exit codes and formats, --env-file, schema drift, and serve's
 //! boot refusal, start-up log and SIGTERM.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};

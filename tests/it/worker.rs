@@ -1,7 +1,7 @@
 //! The worker on a real Redis: transform, sink, ack, retry with backoff, dead letters, takeover of
 //! a dead consumer's entries. Sinks here capture rows in memory; their failures are scripted.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};

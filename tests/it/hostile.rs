@@ -4,7 +4,7 @@
 //! never a panic, never unbounded work. `PROPTEST_CASES=100000 cargo test --release --test
 //! hostile` runs them longer; failures are kept in `tests/hostile.proptest-regressions`.
 
-mod common;
+use crate::common;
 
 use proptest::prelude::*;
 

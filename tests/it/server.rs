@@ -1,6 +1,6 @@
 //! The server through a real socket: health, CORS, maintenance, 404/405/413, shipped routes.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

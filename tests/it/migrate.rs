@@ -1,6 +1,6 @@
 //! `engine migrate` against real Postgres (an empty schema per test), and `engine secrets decrypt`.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

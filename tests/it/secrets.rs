@@ -4,7 +4,7 @@
 //! /metrics, the OAuth routes, boot refusal and `engine validate` in every format — and the logs,
 //! answers, metrics and validate output are searched for each value.
 
-mod common;
+use crate::common;
 
 use std::io::Read;
 use std::process::{Command, Stdio};

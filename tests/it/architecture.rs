@@ -1,0 +1,99 @@
+//! The module map holds: no import cycle between the engine's top-level modules (a module's
+//! files may name `crate::<other>`; following those names never leads back), and every top-level
+//! module is on the map in docs/architecture.md.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+/// Top-level module → the top-level modules its code names (comments and unit tests left out).
+fn dependencies() -> BTreeMap<String, BTreeSet<String>> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("engine");
+    let mut deps: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut files = Vec::new();
+    collect(&root, &mut files);
+    let name = regex::Regex::new(r"crate::([a-z_]+)").unwrap();
+    for file in files {
+        let rel = file.strip_prefix(&root).unwrap();
+        let top = rel
+            .components()
+            .next()
+            .unwrap()
+            .as_os_str()
+            .to_string_lossy()
+            .trim_end_matches(".rs")
+            .to_string();
+        if ["lib", "main", "alloc"].contains(&top.as_str()) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).unwrap();
+        let code = text.split("#[cfg(test)]\nmod tests").next().unwrap();
+        let entry = deps.entry(top.clone()).or_default();
+        for line in code.lines().filter(|l| !l.trim_start().starts_with("//")) {
+            for c in name.captures_iter(line) {
+                if c[1] != top {
+                    entry.insert(c[1].to_string());
+                }
+            }
+        }
+    }
+    deps
+}
+
+fn collect(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            collect(&p, out);
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+/// A path `from` → ... → `from`, if there is one.
+fn cycle_through(from: &str, deps: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
+    let mut stack = vec![(from.to_string(), vec![from.to_string()])];
+    let mut seen = BTreeSet::new();
+    while let Some((at, path)) = stack.pop() {
+        for next in deps.get(&at).into_iter().flatten() {
+            if next == from {
+                let mut p = path.clone();
+                p.push(next.clone());
+                return Some(p);
+            }
+            if deps.contains_key(next) && seen.insert(next.clone()) {
+                let mut p = path.clone();
+                p.push(next.clone());
+                stack.push((next.clone(), p));
+            }
+        }
+    }
+    None
+}
+
+#[test]
+fn no_import_cycles_between_top_level_modules() {
+    let deps = dependencies();
+    assert!(deps.len() > 20, "{deps:?}");
+    let cycles: Vec<String> = deps
+        .keys()
+        .filter_map(|m| cycle_through(m, &deps))
+        .map(|c| c.join(" -> "))
+        .collect();
+    assert!(cycles.is_empty(), "import cycles:\n{}", cycles.join("\n"));
+}
+
+#[test]
+fn every_top_level_module_is_on_the_map() {
+    let map =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/architecture.md"))
+            .unwrap();
+    let missing: Vec<String> = dependencies()
+        .into_keys()
+        .filter(|m| !map.contains(&format!("| `{m}` |")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docs/architecture.md's module table lacks: {missing:?}"
+    );
+}
