@@ -121,7 +121,8 @@ pub async fn run(
             connections: Some(backing),
             memory_queues: Vec::new(),
         },
-    )?;
+    )
+    .map_err(|e| e.to_string())?;
     let ledger = Arc::new(Ledger::default());
     for q in app.routes.iter_mut().filter_map(|r| r.queued.as_mut()) {
         let w = &q.worker;

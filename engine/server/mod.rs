@@ -39,6 +39,35 @@ use crate::verify::{TenantSecrets, Verifier};
 const TENANT_CACHE_TTL: Duration = Duration::from_secs(60);
 const TENANT_CACHE_ENTRIES: u64 = 10_000;
 
+/// Why an app could not be built from a project and its plan: what failed, and for which part.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("per-tenant secrets need ENCRYPTION_KEY")]
+    NoEncryptionKey,
+    #[error("ENCRYPTION_KEY: {0}")]
+    Keyring(#[from] crate::crypto::CryptoError),
+    #[error("database: {0}")]
+    Database(String),
+    #[error("redis: {0}")]
+    Redis(String),
+    #[error("connections: {0}")]
+    Connections(String),
+    /// A pipeline's queue, worker or sinks.
+    #[error("queues: {0}")]
+    Queues(String),
+    /// The plan lacks a part (it was built for another project).
+    #[error(
+        "{file}: {part} was not compiled (build the project with `plan::load` or `plan::build`)"
+    )]
+    NotCompiled { file: String, part: &'static str },
+}
+
+impl From<BuildError> for std::io::Error {
+    fn from(e: BuildError) -> Self {
+        std::io::Error::other(e.to_string())
+    }
+}
+
 /// Everything a request needs, built once at boot.
 pub struct App {
     pub project: Project,
@@ -79,7 +108,7 @@ pub struct Surroundings {
 
 impl App {
     /// Build the runtime components of a validated project from its plan.
-    pub fn build(project: Project, plan: crate::plan::Plan) -> Result<App, String> {
+    pub fn build(project: Project, plan: crate::plan::Plan) -> Result<App, BuildError> {
         App::build_in(project, plan, Surroundings::default())
     }
 
@@ -89,7 +118,7 @@ impl App {
         project: Project,
         plan: crate::plan::Plan,
         around: Surroundings,
-    ) -> Result<App, String> {
+    ) -> Result<App, BuildError> {
         let mut verifiers = Vec::new();
         let mut programs = Vec::new();
         let mut compiled = Vec::new();
@@ -101,12 +130,8 @@ impl App {
         let tenants = if verifiers.iter().flatten().any(Verifier::uses_tenants) {
             match &project.settings.database_url {
                 Some(url) => {
-                    let keyring = project
-                        .ops
-                        .keyring()
-                        .ok_or("per-tenant secrets need ENCRYPTION_KEY")?
-                        .map_err(|e| format!("ENCRYPTION_KEY: {e}"))?;
-                    let pool = crate::db::pool(url, 4)?;
+                    let keyring = project.ops.keyring().ok_or(BuildError::NoEncryptionKey)??;
+                    let pool = crate::db::pool(url, 4).map_err(BuildError::Database)?;
                     Some(TenantSecrets::new(
                         pool,
                         keyring,
@@ -124,15 +149,20 @@ impl App {
         } else {
             None
         };
-        let pool = queueing::sink_pool(&project, &around.sinks)?;
+        let pool = queueing::sink_pool(&project, &around.sinks).map_err(BuildError::Database)?;
         let backing = match around.connections {
             Some(b) => b,
-            None => crate::connection::Backing::live(&project, pool.as_ref())?,
+            None => crate::connection::Backing::live(&project, pool.as_ref())
+                .map_err(BuildError::Connections)?,
         };
-        let connections = crate::connection::build(&project, &backing)?;
+        let connections =
+            crate::connection::build(&project, &backing).map_err(BuildError::Connections)?;
         let mut responders = Vec::new();
         for ((p, conns), r) in project.pipelines.iter().zip(connections).zip(compiled) {
-            let r = r.ok_or_else(|| format!("{}: respond was not compiled", p.file.display()))?;
+            let r = r.ok_or_else(|| BuildError::NotCompiled {
+                file: p.file.display().to_string(),
+                part: "respond",
+            })?;
             responders.push(r.with_connections(conns));
         }
         // One Redis connection for the whole request path: rate limits, enqueues, `/ready`.
@@ -141,7 +171,8 @@ impl App {
             .redis_url
             .as_deref()
             .map(SharedRedis::open)
-            .transpose()?;
+            .transpose()
+            .map_err(BuildError::Redis)?;
         let queued = queueing::build(
             &project,
             programs,
@@ -149,11 +180,11 @@ impl App {
             pool.as_ref(),
             &around.memory_queues,
             redis.as_ref(),
-        )?;
-        let ready = crate::ops::ready::Checks::new(
-            redis.clone(),
-            project.settings.database_url.as_deref(),
-        )?;
+        )
+        .map_err(BuildError::Queues)?;
+        let ready =
+            crate::ops::ready::Checks::new(redis.clone(), project.settings.database_url.as_deref())
+                .map_err(BuildError::Database)?;
         let metrics_token = project.ops.metrics_token.clone();
         let oauth = oauth_flows(&project, pool.as_ref());
         let proxies = TrustedProxies::parse(&project.settings.trusted_proxies);
@@ -301,15 +332,18 @@ impl Live {
                 crate::queue::Queue::Redis(_) => None,
             })
             .collect();
-        let app = Arc::new(App::build_in(
-            project,
-            plan,
-            Surroundings {
-                record: old.recorder.as_ref().map(|r| r.dir.clone()),
-                memory_queues: carried,
-                ..Surroundings::default()
-            },
-        )?);
+        let app = Arc::new(
+            App::build_in(
+                project,
+                plan,
+                Surroundings {
+                    record: old.recorder.as_ref().map(|r| r.dir.clone()),
+                    memory_queues: carried,
+                    ..Surroundings::default()
+                },
+            )
+            .map_err(|e| e.to_string())?,
+        );
         let workers = self.run_workers.then(|| queueing::start(app.queues()));
         self.current.store(Arc::new(Serving {
             chain: chain(app.clone()),
@@ -443,7 +477,7 @@ pub async fn start_with(
 ) -> std::io::Result<Running> {
     // install the recorder before the first request, so no count is recorded into the void
     let _ = crate::ops::metrics::handle();
-    let app = Arc::new(App::build_in(project, plan, around).map_err(std::io::Error::other)?);
+    let app = Arc::new(App::build_in(project, plan, around)?);
     let queues = app.queues().count();
     if queues > 0 {
         let backend = if app.project.settings.redis_url.is_some() {
@@ -539,7 +573,7 @@ pub async fn serve_workers(project: Project, plan: crate::plan::Plan) -> std::io
     announce_redis(&project).await;
     let grace = Duration::from_secs(project.settings.shutdown_grace_secs);
     let _ = crate::ops::metrics::handle();
-    let app = Arc::new(App::build(project, plan).map_err(std::io::Error::other)?);
+    let app = Arc::new(App::build(project, plan)?);
     let sampled = Arc::downgrade(&app);
     crate::ops::metrics::start_sampler(move || sampled.upgrade().map(|app| app.sources()));
     let queues = app.queues().count();
