@@ -12,8 +12,8 @@ pub(super) fn init_tracing(production: bool, sentry: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    // JSON lines in production (Render's log search and any shipper parse them); readable
-    // lines elsewhere. The Sentry layer only with SENTRY_DSN: even with no client bound it
+    // JSON lines in production, request fields at the top level (`ops::logs`); readable lines
+    // elsewhere, coloured only on a terminal without NO_COLOR. The Sentry layer only with SENTRY_DSN: even with no client bound it
     // clones a scope on every span entered, a few percent of a request's time.
     let registry = tracing_subscriber::registry()
         .with(filter)
@@ -22,10 +22,8 @@ pub(super) fn init_tracing(production: bool, sentry: bool) {
         registry
             .with(
                 tracing_subscriber::fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(true)
-                    .with_span_list(false)
+                    .fmt_fields(crate::ops::logs::span_fields())
+                    .event_format(crate::ops::logs::FlatJson)
                     .with_writer(std::io::stderr),
             )
             .try_init()
@@ -34,6 +32,7 @@ pub(super) fn init_tracing(production: bool, sentry: bool) {
             .with(
                 tracing_subscriber::fmt::layer()
                     .compact()
+                    .with_ansi(crate::ops::logs::colour())
                     .with_writer(std::io::stderr),
             )
             .try_init()

@@ -39,9 +39,9 @@ impl ByteSize {
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
-        if b >= Self::MIB && b % Self::MIB == 0 {
+        if b >= Self::MIB && b.is_multiple_of(Self::MIB) {
             write!(f, "{}MiB", b / Self::MIB)
-        } else if b >= Self::KIB && b % Self::KIB == 0 {
+        } else if b >= Self::KIB && b.is_multiple_of(Self::KIB) {
             write!(f, "{}KiB", b / Self::KIB)
         } else {
             write!(f, "{b}B")
@@ -152,7 +152,7 @@ impl fmt::Display for Span {
             (1_000, "s"),
         ]
         .into_iter()
-        .find(|(u, _)| ms % u == 0)
+        .find(|(u, _)| ms.is_multiple_of(*u))
         .map_or((ms, "ms"), |(u, name)| (ms / u, name));
         write!(f, "{n}{unit}")
     }

@@ -3,8 +3,9 @@
 //! Code everywhere records through the `metrics` facade (`metrics::counter!` and friends); this
 //! module installs the Prometheus recorder once per process, renders it for `/metrics`, and runs
 //! the sampler that turns state into gauges every [`SAMPLE_EVERY`]: queue depth, pending,
-//! delayed, dead letters and oldest age per queue, Postgres pool use, resident memory. Every
-//! metric name is listed in [`NAMES`] (and in docs/operations.md).
+//! delayed, dead letters and oldest age per queue, Postgres pool use, and the standard `process_*`
+//! metrics (CPU, memory, open files, start time). Every engine metric is listed in [`NAMES`] with
+//! its HELP text (registered with the recorder, and in docs/operations.md).
 //!
 //! Access: with METRICS_TOKEN set, `/metrics` needs `Authorization: Bearer <token>`; without it,
 //! it is open outside production and answers 404 in production (metrics tell an attacker which
@@ -13,7 +14,9 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use metrics::Unit;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_util::layers::{FilterLayer, Layer};
 
 /// How often the sampler refreshes the gauges.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(10);
@@ -160,12 +163,6 @@ pub const NAMES: &[(&str, &str, &str, &str)] = &[
         "Postgres pool connections: in_use, idle, max",
     ),
     (
-        "engine_process_resident_memory_bytes",
-        "gauge",
-        "",
-        "resident memory of the process",
-    ),
-    (
         "engine_reloads_total",
         "counter",
         "result",
@@ -185,6 +182,37 @@ pub const NAMES: &[(&str, &str, &str, &str)] = &[
     ),
 ];
 
+/// Register every metric's HELP text (and unit) with the recorder: what `promtool check
+/// metrics` and dashboards read. The process collector's `process_*` metrics describe
+/// themselves.
+fn describe() {
+    for (name, kind, _, meaning) in NAMES {
+        let unit = if name.ends_with("_seconds") {
+            Some(Unit::Seconds)
+        } else if name.ends_with("_bytes") {
+            Some(Unit::Bytes)
+        } else {
+            None
+        };
+        let help = meaning.to_string();
+        match (*kind, unit) {
+            ("counter", _) => metrics::describe_counter!(*name, help),
+            ("gauge", Some(u)) => metrics::describe_gauge!(*name, u, help),
+            ("gauge", None) => metrics::describe_gauge!(*name, help),
+            (_, Some(u)) => metrics::describe_histogram!(*name, u, help),
+            (_, None) => metrics::describe_histogram!(*name, help),
+        }
+    }
+    process().describe();
+}
+
+/// The standard process metrics (`process_cpu_seconds_total`, `process_resident_memory_bytes`,
+/// `process_open_fds`, `process_start_time_seconds`, ...), read by the sampler.
+fn process() -> &'static metrics_process::Collector {
+    static COLLECTOR: OnceLock<metrics_process::Collector> = OnceLock::new();
+    COLLECTOR.get_or_init(metrics_process::Collector::default)
+}
+
 /// How often histogram samples are folded into their buckets.
 pub const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
@@ -202,11 +230,16 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
     static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let handle = PrometheusBuilder::new()
+            let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)
                 .ok()?
-                .install_recorder()
-                .ok()?;
+                .build_recorder();
+            let handle = recorder.handle();
+            // The Redis pool crate (mobc) records its own metrics through the same facade, in
+            // milliseconds and without descriptions: not the engine's to export.
+            let filtered = FilterLayer::from_patterns(["mobc_"]).layer(recorder);
+            metrics::set_global_recorder(filtered).ok()?;
+            describe();
             let upkeep = handle.clone();
             let started = std::thread::Builder::new()
                 .name("metrics-upkeep".into())
@@ -277,16 +310,7 @@ pub async fn sample(sources: &Sources) {
         metrics::gauge!("engine_db_pool_connections", "state" => "idle").set(s.available as f64);
         metrics::gauge!("engine_db_pool_connections", "state" => "max").set(s.max_size as f64);
     }
-    if let Some(rss) = resident_memory() {
-        metrics::gauge!("engine_process_resident_memory_bytes").set(rss as f64);
-    }
-}
-
-/// Resident memory from /proc (Linux; Render runs Linux), bytes.
-pub fn resident_memory() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * 4096)
+    process().collect();
 }
 
 /// Whether `/metrics` may be served to a request with this `Authorization` header.
@@ -393,7 +417,17 @@ mod tests {
     }
 
     #[test]
-    fn memory_is_read_on_linux() {
-        assert!(resident_memory().is_some_and(|b| b > 1 << 20));
+    fn every_metric_has_help_and_the_pool_crates_own_are_not_exported() {
+        let Some(h) = handle() else { return };
+        metrics::counter!("mobc_pool_connections_opened_total").increment(1);
+        metrics::counter!("engine_reloads_total", "result" => "ok").increment(0);
+        process().collect();
+        let text = h.render();
+        assert!(!text.contains("mobc_"), "{text}");
+        assert!(
+            text.contains("# HELP engine_reloads_total pipeline reloads: ok or failed"),
+            "{text}"
+        );
+        assert!(text.contains("process_resident_memory_bytes"), "{text}");
     }
 }

@@ -6,9 +6,12 @@
 //!   and once when it ends
 //! - [`alerts`]: dead letters, lost queues and sink outages posted to Slack, aggregated
 //! - [`errors`]: errors and panics to Sentry when SENTRY_DSN is set, secrets scrubbed
+//! - [`logs`]: flat JSON lines in production (request fields at the top level), colour only on a
+//!   terminal without NO_COLOR
 
 pub mod alerts;
 pub mod errors;
+pub mod logs;
 pub mod metrics;
 pub mod outage;
 pub mod ready;

@@ -117,19 +117,19 @@ pub fn explain(err: &EvalAltResult, label: &str) -> (FailureKind, String) {
     }
     match inner {
         EvalAltResult::ErrorRuntime(value, pos) => {
-            if let Some(map) = value.read_lock::<rhai::Map>() {
-                if let Some(kind) = map.get(FAILURE_KEY) {
-                    let msg = map
-                        .get("message")
-                        .map(|m| m.to_string())
-                        .unwrap_or_default();
-                    let kind = match kind.to_string().as_str() {
-                        "retry" => FailureKind::Retry,
-                        "discard" => FailureKind::Discard,
-                        _ => FailureKind::Permanent,
-                    };
-                    return (kind, format!("{}: {msg}", at(err.position())));
-                }
+            if let Some(map) = value.read_lock::<rhai::Map>()
+                && let Some(kind) = map.get(FAILURE_KEY)
+            {
+                let msg = map
+                    .get("message")
+                    .map(|m| m.to_string())
+                    .unwrap_or_default();
+                let kind = match kind.to_string().as_str() {
+                    "retry" => FailureKind::Retry,
+                    "discard" => FailureKind::Discard,
+                    _ => FailureKind::Permanent,
+                };
+                return (kind, format!("{}: {msg}", at(err.position())));
             }
             (
                 FailureKind::Permanent,

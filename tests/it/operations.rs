@@ -217,3 +217,69 @@ async fn a_request_in_flight_finishes_on_the_set_it_started_on() {
     assert_eq!(res.status(), 404);
     app.stop().await;
 }
+
+/// `promtool check metrics` (Prometheus's own linter) accepts `/metrics` after traffic: every
+/// metric has HELP text and follows the naming rules, the pool crate's own are not exported.
+#[tokio::test]
+async fn promtool_accepts_the_metrics() {
+    let promtool = ["/usr/bin/promtool", "/usr/local/bin/promtool"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("promtool is not installed: `apt-get install -y --no-install-recommends prometheus` (.ci/run installs it)");
+    let data = tempfile::tempdir().unwrap();
+    let dir = Dir::shipped_copy();
+    let base = std::fs::read_to_string(dir.path().join("engine.yaml")).unwrap();
+    dir.write(
+        "engine.yaml",
+        &format!("{base}\ndata_dir: '{}'\n", data.path().display()),
+    );
+    let app = common::spawn_app(dir.path(), &[]).await;
+    let body =
+        std::fs::read(common::shipped().join("../fixtures/payloads/vapi/status-update.json"))
+            .unwrap();
+    for auth in ["Bearer dev-vapi-webhook-secret", "Bearer wrong"] {
+        app.client
+            .post(app.url("/api/webhooks/vapi"))
+            .header("authorization", auth)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+    }
+    app.client.get(app.url("/health")).send().await.unwrap();
+    // the sampler's first round (process_* and the queue gauges)
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("# HELP engine_http_requests_total"), "{text}");
+    let mut check = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics:\n{}{}\n--- /metrics:\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    app.stop().await;
+}

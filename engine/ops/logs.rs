@@ -1,0 +1,166 @@
+//! How log lines are written: JSON lines in production, readable lines elsewhere.
+//!
+//! Production lines are flat JSON objects: `timestamp`, `level`, `target`, then the fields of the
+//! spans the event is in — `request_id`, `pipeline`, `event_id` of the request span — then the
+//! event's own fields (`message`, ...), all at the top level, where log pipelines (Render's log
+//! streams, Datadog, Loki) index them. Readable lines carry ANSI colours only when stderr is a
+//! terminal and `NO_COLOR` is not set (<https://no-color.org>).
+
+use std::fmt;
+use std::io::IsTerminal;
+
+use serde_json::{Map, Value};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::fmt::format::{JsonFields, Writer};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
+use tracing_subscriber::registry::LookupSpan;
+
+/// Whether readable lines may carry colours: stderr is a terminal and NO_COLOR is unset or empty.
+pub fn colour() -> bool {
+    colour_for(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    )
+}
+
+fn colour_for(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+/// The production line format (use with `.fmt_fields(JsonFields::new())`, so span fields are
+/// kept as JSON).
+pub struct FlatJson;
+
+impl<S, N> FormatEvent<S, N> for FlatJson
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let meta = event.metadata();
+        let mut line = Map::new();
+        line.insert(
+            "timestamp".into(),
+            Value::String(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
+        );
+        line.insert("level".into(), Value::String(meta.level().to_string()));
+        line.insert("target".into(), Value::String(meta.target().to_string()));
+        // outermost span first, so an inner span's field wins over an outer one's
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope.from_root() {
+                let extensions = span.extensions();
+                let Some(fields) = extensions.get::<FormattedFields<N>>() else {
+                    continue;
+                };
+                if let Ok(Value::Object(m)) = serde_json::from_str::<Value>(fields.as_str()) {
+                    line.extend(m);
+                }
+            }
+        }
+        event.record(&mut Fields(&mut line));
+        writeln!(writer, "{}", Value::Object(line))
+    }
+}
+
+/// The JSON field formatter the production layer stores span fields with.
+pub fn span_fields() -> JsonFields {
+    JsonFields::new()
+}
+
+/// An event's fields into the line.
+struct Fields<'a>(&'a mut Map<String, Value>);
+
+impl Visit for Fields<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0
+            .insert(field.name().into(), Value::String(value.into()));
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.0
+            .insert(field.name().into(), Value::String(value.to_string()));
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.0
+            .insert(field.name().into(), Value::String(format!("{value:?}")));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+    use tracing_subscriber::layer::SubscriberExt;
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn request_fields_are_at_the_top_level_of_each_line() {
+        let buffer = Buffer::default();
+        let out = buffer.clone();
+        let subscriber = tracing_subscriber::registry().with(
+            tracing_subscriber::fmt::layer()
+                .fmt_fields(span_fields())
+                .event_format(FlatJson)
+                .with_writer(move || out.clone()),
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!(
+                "request",
+                request_id = "req-1",
+                pipeline = tracing::field::Empty,
+                event_id = tracing::field::Empty
+            );
+            let _in = span.enter();
+            span.record("pipeline", "vapi");
+            span.record("event_id", "evt-9");
+            tracing::warn!(reason = "bad_signature", n = 3, "verification failed");
+        });
+        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        let line: Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(line["request_id"], "req-1", "{text}");
+        assert_eq!(line["pipeline"], "vapi", "{text}");
+        assert_eq!(line["event_id"], "evt-9", "{text}");
+        assert_eq!(line["message"], "verification failed");
+        assert_eq!(line["reason"], "bad_signature");
+        assert_eq!(line["n"], 3);
+        assert_eq!(line["level"], "WARN");
+        assert!(line.get("span").is_none(), "{text}");
+    }
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(colour_for(true, None));
+        assert!(colour_for(true, Some(std::ffi::OsStr::new(""))));
+        assert!(!colour_for(true, Some(std::ffi::OsStr::new("1"))));
+        assert!(!colour_for(false, None));
+    }
+}
