@@ -283,3 +283,59 @@ async fn promtool_accepts_the_metrics() {
     );
     app.stop().await;
 }
+
+/// docs/grafana/engine.json imports as is (a Grafana dashboard with a Prometheus datasource
+/// input) and every query in it names a metric the engine exports.
+#[test]
+fn the_grafana_dashboard_queries_only_metrics_the_engine_exports() {
+    let text =
+        std::fs::read_to_string(common::shipped().join("../docs/grafana/engine.json")).unwrap();
+    let dash: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(dash["__inputs"][0]["pluginId"], "prometheus");
+    let exported: Vec<&str> = engine::ops::metrics::NAMES.iter().map(|n| n.0).collect();
+    let process = [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_virtual_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_start_time_seconds",
+        "process_threads",
+    ];
+    let name = regex::Regex::new(r"\b((?:engine|process)_[a-z_]+)").unwrap();
+    let panels = dash["panels"].as_array().unwrap();
+    assert!(panels.len() >= 12);
+    let mut queried = std::collections::BTreeSet::new();
+    for p in panels {
+        for t in p["targets"].as_array().unwrap() {
+            let expr = t["expr"].as_str().unwrap();
+            for c in name.captures_iter(expr) {
+                let m = &c[1];
+                let base = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| m.strip_suffix(s))
+                    .unwrap_or(m);
+                assert!(
+                    exported.contains(&base) || process.contains(&base),
+                    "panel {:?} queries `{m}`, which the engine does not export",
+                    p["title"]
+                );
+                queried.insert(base.to_string());
+            }
+        }
+    }
+    for needed in [
+        "engine_http_requests_total",
+        "engine_http_request_duration_seconds",
+        "engine_verify_failures_total",
+        "engine_rate_limited_total",
+        "engine_queue_depth",
+        "engine_queue_oldest_age_seconds",
+        "engine_dead_lettered_total",
+        "engine_sink_rows_total",
+        "engine_sink_errors_total",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(queried.contains(needed), "no panel shows {needed}");
+    }
+}
