@@ -163,6 +163,24 @@ pub const NAMES: &[(&str, &str, &str, &str)] = &[
         "Postgres pool connections: in_use, idle, max",
     ),
     (
+        "engine_connection_calls_total",
+        "counter",
+        "connection, result",
+        "respond-script calls to a connection: ok, refused, unavailable, timeout, not_connected, disconnected",
+    ),
+    (
+        "engine_connection_call_duration_seconds",
+        "histogram",
+        "connection",
+        "a connection call, retries and token refresh included",
+    ),
+    (
+        "engine_connection_token_refreshes_total",
+        "counter",
+        "provider, result",
+        "OAuth access-token refreshes: ok, revoked (invalid_grant), failed",
+    ),
+    (
         "engine_reloads_total",
         "counter",
         "result",

@@ -97,3 +97,28 @@ fn every_top_level_module_is_on_the_map() {
         "docs/architecture.md's module table lacks: {missing:?}"
     );
 }
+
+/// Every metric the code records is listed (with its HELP text) in `ops::metrics::NAMES`, so
+/// `/metrics` never shows one without a description.
+#[test]
+fn every_recorded_metric_is_listed_with_its_help() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("engine");
+    let mut files = Vec::new();
+    collect(&root, &mut files);
+    let recorded =
+        regex::Regex::new(r#"(?:counter|gauge|histogram)!\(\s*"(engine_[a-z_]+)""#).unwrap();
+    let listed: Vec<&str> = engine::ops::metrics::NAMES.iter().map(|n| n.0).collect();
+    let mut missing = BTreeSet::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        for c in recorded.captures_iter(&text) {
+            if !listed.contains(&&c[1]) {
+                missing.insert(c[1].to_string());
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "recorded but not in ops::metrics::NAMES: {missing:?}"
+    );
+}

@@ -249,6 +249,90 @@ pub fn sign(
 /// The shared test database (trust auth on this machine and in CI).
 pub const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
 
+/// The directory of Postgres's server binaries (`pg_ctl`, `initdb`), Debian's layout.
+fn postgres_bin() -> Option<PathBuf> {
+    std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| Some(e.ok()?.path().join("bin")))
+        .find(|p| p.join("pg_ctl").exists())
+}
+
+fn listening(port: u16) -> bool {
+    std::net::TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_millis(500),
+    )
+    .is_ok()
+}
+
+/// What the suite talks to: Redis on 127.0.0.1:6379 and Postgres on 127.0.0.1:5432 with a
+/// `test` database. Run once, before the tests (`ctor`): a service that is not listening is
+/// started from this machine's binaries (`redis-server`; Postgres under /usr/lib/postgresql, as
+/// the `postgres` user, into a temp dir) and left running for the next run; when that cannot be
+/// done, the run stops at once with one message saying what to start, instead of every test
+/// failing on a refused connection.
+#[ctor::ctor]
+fn services() {
+    let mut missing = Vec::new();
+    if !listening(6379) {
+        let started = std::process::Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                "6379",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "yes",
+            ])
+            .status()
+            .is_ok_and(|s| s.success());
+        let up = started
+            && (0..50).any(|_| {
+                std::thread::sleep(Duration::from_millis(100));
+                listening(6379)
+            });
+        if !up {
+            missing.push("Redis on 127.0.0.1:6379 (`redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save \"\" --appendonly no`)");
+        }
+    }
+    if !listening(5432) {
+        let up = postgres_bin().is_some()
+            && std::panic::catch_unwind(|| {
+                let pg = PrivatePostgres::start_on(5432);
+                pg.as_postgres(
+                    "psql",
+                    &[
+                        "-h",
+                        "127.0.0.1",
+                        "-p",
+                        "5432",
+                        "-U",
+                        "postgres",
+                        "-c",
+                        "CREATE DATABASE test",
+                    ],
+                );
+                // left running for the rest of the run and the next: its data dir stays
+                std::mem::forget(pg);
+            })
+            .is_ok();
+        if !up {
+            missing.push("Postgres on 127.0.0.1:5432 with trust auth and a `test` database (`pg_ctlcluster <version> main start`, then `createdb -U postgres test`)");
+        }
+    }
+    if !missing.is_empty() {
+        eprintln!(
+            "\nthe integration tests need, and could not start:\n  - {}\n(README.md, \"What the tests need\")\n",
+            missing.join("\n  - ")
+        );
+        std::process::exit(1);
+    }
+}
+
 /// A connection to `url` (no TLS), its connection task spawned.
 pub async fn connect(url: &str) -> tokio_postgres::Client {
     let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
@@ -420,18 +504,15 @@ pub struct PrivatePostgres {
 
 impl PrivatePostgres {
     pub fn start() -> PrivatePostgres {
-        let bin = std::fs::read_dir("/usr/lib/postgresql")
-            .expect("postgres installed under /usr/lib/postgresql")
-            .filter_map(|e| Some(e.ok()?.path().join("bin")))
-            .find(|p| p.join("pg_ctl").exists())
-            .expect("pg_ctl");
+        PrivatePostgres::start_on(free_port())
+    }
+
+    /// A private Postgres listening on `port`.
+    pub fn start_on(port: u16) -> PrivatePostgres {
+        let bin = postgres_bin().expect("postgres installed under /usr/lib/postgresql");
         let dir = tempfile::tempdir().unwrap();
         give_to_postgres(dir.path());
-        let pg = PrivatePostgres {
-            port: free_port(),
-            dir,
-            bin,
-        };
+        let pg = PrivatePostgres { port, dir, bin };
         pg.as_postgres(
             "initdb",
             &[
