@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use serde_json::Value;
+
 use super::env_source;
 use crate::diagnostics::{self, Diagnostic, Format};
 
@@ -67,7 +69,14 @@ pub(super) fn schema(out: &Path, check: bool) -> ExitCode {
     let mut stale = Vec::new();
     let mut schemas = crate::config::generated_schemas();
     schemas.push(("fixture.schema.json", crate::fixture::SCHEMA.0.clone()));
-    for (name, value) in schemas {
+    for (name, mut value) in schemas {
+        // the published file names itself, as standard validators expect
+        if let Value::Object(m) = &mut value {
+            m.insert(
+                "$id".into(),
+                Value::String(format!("urn:engine:schemas:{name}")),
+            );
+        }
         let path = out.join(name);
         let mut text = serde_json::to_string_pretty(&value).expect("schemas serialize");
         text.push('\n');

@@ -125,7 +125,8 @@ pub fn generated_schemas() -> Vec<(&'static str, Value)> {
 
 /// A type's JSON schema and its compiled validator.
 pub fn generate<T: schemars::JsonSchema>() -> (Value, Validator) {
-    let schema = serde_json::to_value(schemars::schema_for!(T)).expect("schemas serialize");
+    let mut schema = serde_json::to_value(schemars::schema_for!(T)).expect("schemas serialize");
+    crate::schema::standardize(&mut schema);
     let validator = crate::schema::compile(&schema).expect("generated schemas compile");
     (schema, validator)
 }

@@ -31,6 +31,61 @@ pub fn compile(schema: &Value) -> Result<Validator, String> {
         .map_err(|e| e.masked().to_string())
 }
 
+/// Make a generated schema one that standard validators accept in strict mode (ajv): schemars'
+/// integer formats (`uint16`, `uint64`, ...) become the bounds they mean, its `ip` format the
+/// standard `ipv4` / `ipv6`. The engine's own keyword, `x-message`, stays (validators are told
+/// of it as a vocabulary keyword).
+pub fn standardize(schema: &mut Value) {
+    match schema {
+        Value::Object(m) => {
+            let format = m.get("format").and_then(Value::as_str).map(str::to_string);
+            match format.as_deref() {
+                Some(
+                    "uint" | "uint8" | "uint16" | "uint32" | "uint64" | "int" | "int8" | "int16"
+                    | "int32" | "int64" | "double" | "float",
+                ) => {
+                    let f = format.unwrap_or_default();
+                    m.remove("format");
+                    let max = match f.as_str() {
+                        "uint8" => Some(u8::MAX as u64),
+                        "uint16" => Some(u16::MAX as u64),
+                        "uint32" => Some(u32::MAX as u64),
+                        _ => None,
+                    };
+                    if let Some(max) = max {
+                        m.entry("maximum").or_insert(Value::from(max));
+                    }
+                    if f.starts_with("uint") {
+                        m.entry("minimum").or_insert(Value::from(0));
+                    }
+                }
+                Some("ip") => {
+                    m.remove("format");
+                    let nullable = m
+                        .get("type")
+                        .and_then(Value::as_array)
+                        .is_some_and(|t| t.iter().any(|t| t == "null"));
+                    m.remove("type");
+                    let mut any = vec![
+                        serde_json::json!({"type": "string", "format": "ipv4"}),
+                        serde_json::json!({"type": "string", "format": "ipv6"}),
+                    ];
+                    if nullable {
+                        any.push(serde_json::json!({"type": "null"}));
+                    }
+                    m.insert("anyOf".into(), Value::Array(any));
+                }
+                _ => {}
+            }
+            for v in m.values_mut() {
+                standardize(v);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(standardize),
+        _ => {}
+    }
+}
+
 /// One explained validation error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finding {

@@ -549,3 +549,36 @@ fn a_connection_must_be_https_in_production() {
         "{text}"
     );
 }
+
+/// The published schemas compile in ajv's strict mode (draft 2020-12 with ajv-formats), the
+/// validator editors and CI pipelines outside the engine use: standard formats, a `$id`, and
+/// only `x-message` beyond the standard keywords.
+#[test]
+fn published_schemas_are_strict_clean_for_standard_validators() {
+    let modules = std::env::var("ENGINE_AJV_NODE_MODULES").unwrap_or_else(|_| {
+        format!(
+            "{}/.cache/engine-ajv/node_modules",
+            std::env::var("HOME").unwrap_or_default()
+        )
+    });
+    assert!(
+        std::path::Path::new(&modules).join("ajv").exists(),
+        "ajv is not installed: `npm install --prefix ~/.cache/engine-ajv ajv@8 ajv-formats@3` (.ci/run does it)"
+    );
+    let root = common::shipped().join("..");
+    let out = std::process::Command::new("node")
+        .arg(root.join("tests/schemas/ajv-strict.cjs"))
+        .args(
+            ["pipeline", "settings", "fixture"]
+                .map(|n| root.join(format!("schemas/{n}.schema.json"))),
+        )
+        .env("NODE_PATH", &modules)
+        .output()
+        .expect("node (apt-get install -y nodejs)");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
