@@ -25,6 +25,8 @@
 //! `engine worker` under sustained load (`load/soak.rs`).
 //! `-- --tool-calls [--quick]` measures instead what a Vapi tool call answered from a calendar
 //! costs inside the engine, against a local Google stand-in (`load/tools.rs`).
+//! `-- --dashboard` draws the Grafana dashboard's main panels from `/metrics` under a changing
+//! load into docs/grafana/engine.png (`load/dashboard.rs`).
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -39,6 +41,9 @@ mod soak;
 
 #[path = "load/tools.rs"]
 mod tools;
+
+#[path = "load/dashboard.rs"]
+mod dashboard;
 
 const SECRET: &str = "bench-vapi-webhook-secret";
 /// Concurrent connections of the closed-loop (saturation) runs.
@@ -71,6 +76,17 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    if args.iter().any(|a| a == "--dashboard") {
+        rt.block_on(async {
+            let Some(setup) = support::setup("dash").await else {
+                eprintln!("no Postgres at 127.0.0.1:5432: skipping");
+                return;
+            };
+            dashboard::run(&setup).await;
+            setup.cleanup().await;
+        });
+        return;
+    }
     if args.iter().any(|a| a == "--tool-calls") {
         rt.block_on(async {
             let Some(setup) = support::setup("tools").await else {
