@@ -14,8 +14,8 @@
 //! - associated data binds a value to where it is stored (e.g. `tenant_credentials/acme/twilio`),
 //!   so a ciphertext copied into another row fails to decrypt.
 
-use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
-use aes_gcm::{Aes256Gcm, Key, Nonce};
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use sha2::{Digest, Sha256};
@@ -49,10 +49,8 @@ impl KeyEntry {
             return Err(CryptoError::BadKey);
         }
         let id = hex::encode(&Sha256::digest(&bytes)[..4]);
-        Ok(KeyEntry {
-            id,
-            cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&bytes)),
-        })
+        let cipher = Aes256Gcm::new_from_slice(&bytes).map_err(|_| CryptoError::BadKey)?;
+        Ok(KeyEntry { id, cipher })
     }
 }
 
@@ -94,7 +92,9 @@ impl Keyring {
 
     /// Encrypt `plaintext`, bound to `context`.
     pub fn encrypt(&self, plaintext: &[u8], context: &str) -> String {
-        let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
+        let mut nonce = [0u8; 12];
+        getrandom::fill(&mut nonce).expect("the OS random generator is available");
+        let nonce = Nonce::from(nonce);
         let sealed = self
             .current
             .cipher
@@ -127,9 +127,10 @@ impl Keyring {
             return Err(CryptoError::Format);
         }
         let (nonce, sealed) = data.split_at(12);
+        let nonce = Nonce::try_from(nonce).map_err(|_| CryptoError::Format)?;
         key.cipher
             .decrypt(
-                Nonce::from_slice(nonce),
+                &nonce,
                 Payload {
                     msg: sealed,
                     aad: context.as_bytes(),
@@ -145,6 +146,33 @@ mod tests {
 
     const K1: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
     const K2: &str = "1f1e1d1c1b1a191817161514131211100f0e0d0c0b0a09080706050403020100";
+
+    /// The GCM specification's Test Case 15 (McGrew & Viega, "The Galois/Counter Mode of
+    /// Operation", AES-256, 96-bit IV, no additional data) in the keyring's format: the
+    /// published ciphertext and tag decrypt to the published plaintext, so values stored by any
+    /// version of the cipher crate stay readable.
+    #[test]
+    fn reads_the_published_gcm_test_vector() {
+        let key = "feffe9928665731c6d6a8f9467308308feffe9928665731c6d6a8f9467308308";
+        let ring = Keyring::new(key, &[]).unwrap();
+        let sealed = hex::decode(concat!(
+            "cafebabefacedbaddecaf888",
+            "522dc1f099567d07f47f37a32a84427d643a8cdcbfe5c0c97598a2bd2555d1aa",
+            "8cb08e48590dbb3da7b08b1056828838c5f61e6393ba7a0abcc9f662898015ad",
+            "b094dac5d93471bdec1a502270e3cc6c",
+        ))
+        .unwrap();
+        let value = format!("v1:{}:{}", ring.current_id(), STANDARD.encode(sealed));
+        let plain = ring.decrypt(&value, "").unwrap();
+        assert_eq!(
+            hex::encode(plain),
+            concat!(
+                "d9313225f88406e5a55909c5aff5269a86a7a9531534f7da2e4c303d8a318a72",
+                "1c3c0c95956809532fcf0e2449a6b525b16aedf5aa0de657ba637b391aafd255",
+            )
+        );
+        assert_eq!(ring.decrypt(&value, "other"), Err(CryptoError::Decrypt));
+    }
 
     #[test]
     fn roundtrip_and_random_nonce() {

@@ -16,8 +16,6 @@
 //!      pipeline's postgres sink, the tokens encrypted -> 302 to success_url
 //! ```
 
-use aes_gcm::aead::OsRng;
-use aes_gcm::aead::rand_core::RngCore;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
@@ -450,7 +448,7 @@ fn with_param(url: &str, name: &str, value: &str) -> String {
 /// `n` random bytes (OS generator), base64url without padding.
 fn random_token(n: usize) -> String {
     let mut bytes = vec![0u8; n];
-    OsRng.fill_bytes(&mut bytes);
+    getrandom::fill(&mut bytes).expect("the OS random generator is available");
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
