@@ -256,6 +256,25 @@ async fn redis_cpu_secs() -> f64 {
         .sum()
 }
 
+/// The engine's mean group size on the request path's Redis connection (ops per call), from
+/// its `/metrics` (0 when it exports none: a build before group commit).
+async fn redis_group_size(port: u16) -> f64 {
+    let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await else {
+        return 0.0;
+    };
+    let text = r.text().await.unwrap_or_default();
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let calls = value("engine_redis_group_calls_total");
+    if calls == 0.0 {
+        return 0.0;
+    }
+    value("engine_redis_group_operations_total") / calls
+}
+
 /// CPU per request over a run, microseconds: of the server under load (the engine or the bare
 /// one), of Redis, of this process (the load generator).
 struct Cost {
@@ -562,6 +581,7 @@ async fn run(quick: bool, saturation_only: bool) {
             let start = Cost::start(&server).await;
             let sat = saturate(&url, Some(bodies), secs).await;
             let cost = Cost::since(&server, start, sat.count as f64).await;
+            let group = redis_group_size(server.port).await;
             server.stop();
             let bare = Server::spawn(bare_command());
             let bare_url = format!("http://127.0.0.1:{}/", bare.port);
@@ -570,7 +590,7 @@ async fn run(quick: bool, saturation_only: bool) {
             let bare_cost = Cost::since(&bare, start, ceiling.count as f64).await;
             bare.stop();
             println!(
-                "round {round}: ingest {:.0} req/s (p50 {:.2} ms, p99 {:.2} ms, {} errors; CPU per request: engine {:.0} µs, Redis {:.0} µs, generator {:.0} µs), ceiling {:.0} req/s (bare server {:.0} µs, generator {:.0} µs): {:.1}%",
+                "round {round}: ingest {:.0} req/s (p50 {:.2} ms, p99 {:.2} ms, {} errors; CPU per request: engine {:.0} µs, Redis {:.0} µs, generator {:.0} µs; {:.1} Redis ops per call), ceiling {:.0} req/s (bare server {:.0} µs, generator {:.0} µs): {:.1}%; engine + Redis = {:.1}× the bare server's CPU",
                 sat.achieved,
                 sat.p50,
                 sat.p99,
@@ -578,10 +598,12 @@ async fn run(quick: bool, saturation_only: bool) {
                 cost.server_us,
                 cost.redis_us,
                 cost.generator_us,
+                group,
                 ceiling.achieved,
                 bare_cost.server_us,
                 bare_cost.generator_us,
-                100.0 * sat.achieved / ceiling.achieved
+                100.0 * sat.achieved / ceiling.achieved,
+                (cost.server_us + cost.redis_us) / bare_cost.server_us
             );
         }
         setup.cleanup().await;

@@ -1,11 +1,24 @@
-//! One Redis connection shared by every request in flight.
+//! One Redis connection shared by every request in flight, and group commit over it.
 //!
 //! The request path talks to Redis once or twice per request (the rate-limit check, the
-//! enqueue). A pooled connection checked out per command carries one command at a time: a write
-//! and a read system call for every command, and a wake-up of the connection's task for each. A
-//! multiplexed connection shared by all requests pipelines them instead: commands issued while
-//! others are in flight leave in one write and their answers arrive in one read, so the cost per
-//! command falls as load rises (figures in docs/benchmarks.md, "Whole process").
+//! dedupe + append). Each of those is a Lua script, and Redis spends more on calling a script
+//! (parsing the call, setting up Lua, the reply) than on the few commands inside it; the engine
+//! pays a write, a read and a task wake-up per call. So the operations of concurrent requests go
+//! to Redis together:
+//!
+//! ```text
+//! request  -> Op (Limit | Append | LimitedAppend) -> queue of the group commit (bounded)
+//! committer: take every op waiting (≤ 256) -> one EVALSHA of GROUP running each op in order,
+//!            each under pcall -> one answer per op -> each request's own reply
+//! ```
+//!
+//! A group is whatever arrived while the previous call was in flight: when idle, a request's op
+//! leaves at once in a group of one (no added wait); under load, groups grow with the load. Each
+//! request still gets its own answer (allowed or 429, duplicate, the stream id) and answers its
+//! client only after that answer, so a 2xx always follows its event's `XADD`. One op failing
+//! (a wrong key type, Redis out of memory) fails that op only; a call that fails as a whole (Redis
+//! gone, no answer within 2 s) fails every op of its group, and their requests get 503 — the ops
+//! may still have run, which a retried delivery's dedupe key makes harmless, as before.
 //!
 //! An `App` opens one [`SharedRedis`] and hands clones to the rate limiter, every Redis queue and
 //! `/ready`, so readiness probes the very connection requests use. Workers and admin commands
@@ -16,17 +29,183 @@
 //! rate limit's `fail` mode, a 503 for an enqueue) decide what the client sees. The connection is
 //! made on first use, so the engine starts, and reports not-ready, while Redis is down.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tokio::sync::OnceCell;
+use redis::{ErrorKind, RedisError, Value};
+use tokio::sync::{OnceCell, mpsc, oneshot};
+
+/// Operations sent in one call at most (a bound on the call's size and on the wait of the
+/// group's last op behind the others).
+const GROUP_MAX: usize = 256;
+/// Operations waiting for the committer at most; a request finding the queue full waits for room
+/// (under its own timeout).
+const WAITING_MAX: usize = 8192;
+/// How long a group's call may take before every op in it fails.
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// GCRA as a Lua function: `gcra(key, interval µs, burst, now µs or '' for Redis's clock)`
+/// returns {allowed, retry_after_ms, reset_ms, remaining}, the key updated only when allowed.
+/// `rate_limit::redis`'s algorithm; here because the group script runs it beside the appends.
+macro_rules! gcra_lua {
+    () => {
+        r"
+local function gcra(key, interval, burst, now)
+  interval = tonumber(interval)
+  burst = tonumber(burst)
+  if now and now ~= '' then
+    now = tonumber(now)
+  else
+    local t = redis.call('TIME')
+    now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  end
+  local tat = tonumber(redis.call('GET', key) or now)
+  if tat < now then tat = now end
+  local span = interval * burst
+  local new_tat = tat + interval
+  local allow_at = new_tat - span
+  if now < allow_at then
+    return {0, math.ceil((allow_at - now) / 1000), math.ceil((tat - now) / 1000), 0}
+  end
+  local ttl = math.max(1, math.ceil((new_tat - now) / 1000))
+  redis.call('SET', key, string.format('%.0f', new_tat), 'PX', ttl)
+  return {1, 0, ttl, math.floor((span - (new_tat - now)) / interval)}
+end
+"
+    };
+}
+
+/// The group script: `ARGV[1]` ops, each a kind then its arguments, its keys in order in KEYS.
+/// `L` = the GCRA check (1 key; interval, burst, now); `A` = dedupe + append (stream, seen key;
+/// payload, dedupe flag, window); `LA` = the check, then the append only when it allows. Every op
+/// runs under pcall, so one failing op answers an error and the others still run.
+const GROUP: &str = concat!(
+    gcra_lua!(),
+    r"
+local function append(stream, seen, payload, dedupe, window)
+  if dedupe ~= '' then
+    if not redis.call('SET', seen, '1', 'NX', 'EX', window) then return '' end
+  end
+  return redis.call('XADD', stream, '*', 'e', payload, 'a', '0')
+end
+local function limited_append(key, interval, burst, now, stream, seen, payload, dedupe, window)
+  local d = gcra(key, interval, burst, now)
+  if d[1] == 0 then return {0, d[2], d[3], 0, ''} end
+  return {1, d[2], d[3], d[4], append(stream, seen, payload, dedupe, window)}
+end
+local out = {}
+local k, a = 1, 2
+for i = 1, tonumber(ARGV[1]) do
+  local kind = ARGV[a]
+  local ok, r
+  if kind == 'L' then
+    ok, r = pcall(gcra, KEYS[k], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3])
+    k = k + 1
+    a = a + 4
+  elseif kind == 'A' then
+    ok, r = pcall(append, KEYS[k], KEYS[k + 1], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3])
+    k = k + 2
+    a = a + 4
+  else
+    ok, r = pcall(limited_append, KEYS[k], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3],
+      KEYS[k + 1], KEYS[k + 2], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6])
+    k = k + 3
+    a = a + 7
+  end
+  if ok then
+    out[i] = r
+  elseif type(r) == 'table' and r.err then
+    out[i] = {err = r.err}
+  else
+    out[i] = {err = tostring(r)}
+  end
+end
+return out
+"
+);
+
+/// A GCRA check of the request path: the Redis key, the rule's emission interval and burst, and
+/// a clock for tests (`None`: Redis's `TIME`).
+#[derive(Debug, Clone)]
+pub struct Limit {
+    pub key: String,
+    pub interval_us: u64,
+    pub burst: u32,
+    pub now_us: Option<u64>,
+}
+
+/// Dedupe + append: the stream, the dedupe key, the entry's payload, whether to dedupe, and the
+/// dedupe window in seconds.
+#[derive(Debug, Clone)]
+pub struct Append {
+    pub stream: String,
+    pub seen: String,
+    pub payload: String,
+    pub dedupe: bool,
+    pub window_secs: u64,
+}
+
+/// One operation of the request path. Answers: `Limit` → [allowed, retry ms, reset ms,
+/// remaining]; `Append` → the entry id, or "" for a duplicate; `LimitedAppend` → the verdict's
+/// four values then the entry id ("" when refused or a duplicate).
+#[derive(Debug, Clone)]
+pub enum Op {
+    Limit(Limit),
+    Append(Append),
+    LimitedAppend(Limit, Append),
+}
+
+impl Op {
+    fn encode(&self, call: &mut redis::ScriptInvocation<'_>) {
+        fn limit(call: &mut redis::ScriptInvocation<'_>, l: &Limit) {
+            call.key(&l.key).arg(l.interval_us).arg(l.burst);
+            match l.now_us {
+                Some(now) => call.arg(now),
+                None => call.arg(""),
+            };
+        }
+        fn append(call: &mut redis::ScriptInvocation<'_>, a: &Append) {
+            call.key(&a.stream)
+                .key(&a.seen)
+                .arg(&a.payload)
+                .arg(if a.dedupe { "1" } else { "" })
+                .arg(a.window_secs.max(1));
+        }
+        match self {
+            Op::Limit(l) => {
+                call.arg("L");
+                limit(call, l);
+            }
+            Op::Append(a) => {
+                call.arg("A");
+                append(call, a);
+            }
+            Op::LimitedAppend(l, a) => {
+                call.arg("LA");
+                limit(call, l);
+                append(call, a);
+            }
+        }
+    }
+}
+
+/// An op waiting for its group's call, and where its answer goes.
+struct Job {
+    op: Op,
+    reply: oneshot::Sender<redis::RedisResult<Value>>,
+}
 
 /// A lazily connected, self-reconnecting, shared connection; clones share it.
 #[derive(Clone)]
 pub struct SharedRedis {
     client: redis::Client,
     conn: Arc<OnceCell<ConnectionManager>>,
+    /// The committer's queue, made (and the committer started) on the first op.
+    group: Arc<OnceLock<mpsc::Sender<Job>>>,
+    /// Calls made and ops they carried, for [`SharedRedis::grouped`].
+    counts: Arc<[AtomicU64; 2]>,
 }
 
 impl SharedRedis {
@@ -34,6 +213,8 @@ impl SharedRedis {
         SharedRedis {
             client,
             conn: Arc::new(OnceCell::new()),
+            group: Arc::new(OnceLock::new()),
+            counts: Arc::new([AtomicU64::new(0), AtomicU64::new(0)]),
         }
     }
 
@@ -47,18 +228,111 @@ impl SharedRedis {
     /// The shared connection (a cheap clone), connecting first if no connection was made yet.
     /// Callers bound the wait with their own timeout.
     pub async fn get(&self) -> redis::RedisResult<ConnectionManager> {
-        self.conn
-            .get_or_try_init(|| {
-                // One attempt per (re)connection, no backoff: redis's retries wait a second or
-                // more between attempts, longer than a request or `/ready` should hang on a Redis
-                // that refuses. A failed attempt fails the commands waiting on it at once, and
-                // the next command makes the next attempt.
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Duration::from_secs(1))
-                    .set_number_of_retries(0);
-                ConnectionManager::new_with_config(self.client.clone(), config)
-            })
+        connect(&self.client, &self.conn).await
+    }
+
+    /// Run `op` in the next group's call and return its answer. Callers bound the wait with
+    /// their own timeout; an op given up on may still run.
+    pub async fn run(&self, op: Op) -> redis::RedisResult<Value> {
+        let queue = self.group.get_or_init(|| {
+            let (tx, rx) = mpsc::channel(WAITING_MAX);
+            tokio::spawn(commit(
+                self.client.clone(),
+                self.conn.clone(),
+                self.counts.clone(),
+                rx,
+            ));
+            tx
+        });
+        let (reply, answer) = oneshot::channel();
+        queue
+            .send(Job { op, reply })
             .await
-            .cloned()
+            .map_err(|_| failed("the group commit stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| failed("the group commit stopped".into()))?
+    }
+
+    /// (calls made, ops they carried) on this connection so far.
+    pub fn grouped(&self) -> (u64, u64) {
+        (
+            self.counts[0].load(Ordering::Relaxed),
+            self.counts[1].load(Ordering::Relaxed),
+        )
+    }
+}
+
+async fn connect(
+    client: &redis::Client,
+    conn: &OnceCell<ConnectionManager>,
+) -> redis::RedisResult<ConnectionManager> {
+    conn.get_or_try_init(|| {
+        // One attempt per (re)connection, no backoff: redis's retries wait a second or more
+        // between attempts, longer than a request or `/ready` should hang on a Redis that
+        // refuses. A failed attempt fails the commands waiting on it at once, and the next
+        // command makes the next attempt.
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Duration::from_secs(1))
+            .set_number_of_retries(0);
+        ConnectionManager::new_with_config(client.clone(), config)
+    })
+    .await
+    .cloned()
+}
+
+fn failed(detail: String) -> RedisError {
+    RedisError::from((ErrorKind::IoError, "Redis group commit", detail))
+}
+
+/// The committer: one call at a time, carrying every op that waited for it. Ends when every
+/// [`SharedRedis`] clone is gone.
+async fn commit(
+    client: redis::Client,
+    conn: Arc<OnceCell<ConnectionManager>>,
+    counts: Arc<[AtomicU64; 2]>,
+    mut queue: mpsc::Receiver<Job>,
+) {
+    let script = redis::Script::new(GROUP);
+    let mut jobs: Vec<Job> = Vec::with_capacity(GROUP_MAX);
+    while queue.recv_many(&mut jobs, GROUP_MAX).await > 0 {
+        let mut call = script.prepare_invoke();
+        call.arg(jobs.len());
+        for job in &jobs {
+            job.op.encode(&mut call);
+        }
+        counts[0].fetch_add(1, Ordering::Relaxed);
+        counts[1].fetch_add(jobs.len() as u64, Ordering::Relaxed);
+        metrics::counter!("engine_redis_group_calls_total").increment(1);
+        metrics::counter!("engine_redis_group_operations_total").increment(jobs.len() as u64);
+        let answered = tokio::time::timeout(CALL_TIMEOUT, async {
+            let mut c = connect(&client, &conn).await?;
+            call.invoke_async::<Vec<Value>>(&mut c).await
+        })
+        .await
+        .unwrap_or_else(|_| Err(failed("Redis did not answer within 2 s".into())));
+        match answered {
+            Ok(answers) if answers.len() == jobs.len() => {
+                for (job, answer) in jobs.drain(..).zip(answers) {
+                    let answer = match answer {
+                        Value::ServerError(e) => Err(RedisError::from(e)),
+                        v => Ok(v),
+                    };
+                    let _ = job.reply.send(answer);
+                }
+            }
+            Ok(answers) => {
+                let why = format!("{} answers for {} operations", answers.len(), jobs.len());
+                for job in jobs.drain(..) {
+                    let _ = job.reply.send(Err(failed(why.clone())));
+                }
+            }
+            Err(e) => {
+                let why = e.to_string();
+                for job in jobs.drain(..) {
+                    let _ = job.reply.send(Err(failed(why.clone())));
+                }
+            }
+        }
     }
 }

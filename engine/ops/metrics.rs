@@ -71,6 +71,18 @@ pub const NAMES: &[(&str, &str, &str, &str)] = &[
         "rate-limit checks the backend (Redis) could not answer",
     ),
     (
+        "engine_redis_group_calls_total",
+        "counter",
+        "",
+        "calls the request path made to Redis (each carries a group of operations)",
+    ),
+    (
+        "engine_redis_group_operations_total",
+        "counter",
+        "",
+        "request-path Redis operations (rate checks, appends); divided by the calls: the mean group size",
+    ),
+    (
         "engine_events_queued_total",
         "counter",
         "pipeline",

@@ -8,8 +8,10 @@
 //! ```
 //!
 //! The `{q:<name>}` hash tag keeps a queue's keys in one slot of a Redis Cluster. Every state
-//! change is one Lua script, so it is atomic: dedupe + append; ack + delete; retry (schedule + ack);
-//! dead-letter (append + ack); promote due retries. A consumer that dies leaves its entries pending;
+//! change is one Lua script, so it is atomic: dedupe + append (an op of the request path's group
+//! commit, `shared_redis`, with the rate-limit check before it when the limit rides along); ack +
+//! delete; retry (schedule + ack); dead-letter (append + ack); promote due retries. A consumer
+//! that dies leaves its entries pending;
 //! [`RedisQueue::reclaim`] moves entries idle longer than the lease to a live consumer
 //! (XAUTOCLAIM) and dead-letters entries delivered too many times (poison messages).
 
@@ -21,7 +23,7 @@ use mobc_redis::redis::{self, AsyncCommands, Value};
 
 use crate::rate_limit::Rule;
 use crate::rate_limit::redis::Verdict;
-use crate::shared_redis::SharedRedis;
+use crate::shared_redis::{Append, Limit, Op, SharedRedis};
 
 use super::{DeadLetter, Delivery, Enqueued, QueueError, Stats};
 use crate::transform::EventInput;
@@ -31,31 +33,6 @@ pub const GROUP: &str = "engine";
 
 /// How long a queue operation waits for a pooled connection, and an enqueue for its answer.
 const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(2);
-
-const ENQUEUE: &str = r"
-if ARGV[2] ~= '' then
-  if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[3]) then return false end
-end
-return redis.call('XADD', KEYS[1], '*', 'e', ARGV[1], 'a', '0')
-";
-
-/// The rate-limit check of `rate_limit::redis` and, only when it allows the request, ENQUEUE's
-/// dedupe + append: a verified request's one round trip. KEYS: the rate-limit key, the stream, the
-/// dedupe key. ARGV: interval µs, burst, '' (Redis's clock), then ENQUEUE's three. Returns the
-/// GCRA verdict and the entry id ('' when refused or a duplicate).
-const LIMITED_ENQUEUE: &str = concat!(
-    crate::rate_limit::redis::gcra_lua!(),
-    r"
-if decision[1] == 0 then return {0, decision[2], decision[3], 0, ''} end
-if ARGV[5] ~= '' then
-  if not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[6]) then
-    return {1, decision[2], decision[3], decision[4], ''}
-  end
-end
-local id = redis.call('XADD', KEYS[2], '*', 'e', ARGV[4], 'a', '0')
-return {1, decision[2], decision[3], decision[4], id}
-"
-);
 
 const ACK: &str = r"
 redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 2))
@@ -101,8 +78,6 @@ pub struct RedisQueue {
     dead: String,
     seen_prefix: String,
     consumer: String,
-    enqueue: redis::Script,
-    limited_enqueue: redis::Script,
     ack: redis::Script,
     retry: redis::Script,
     dead_letter: redis::Script,
@@ -140,8 +115,6 @@ impl RedisQueue {
             dead: format!("{base}:dead"),
             seen_prefix: format!("{base}:seen:"),
             consumer: consumer.to_string(),
-            enqueue: redis::Script::new(ENQUEUE),
-            limited_enqueue: redis::Script::new(LIMITED_ENQUEUE),
             ack: redis::Script::new(ACK),
             retry: redis::Script::new(RETRY),
             dead_letter: redis::Script::new(DEAD),
@@ -194,21 +167,26 @@ impl RedisQueue {
         }
     }
 
-    /// Append an event, unless `dedupe` names a key seen within its window. One round trip.
+    /// Append an event, unless `dedupe` names a key seen within its window: one op of the
+    /// request path's next Redis group (see `shared_redis`), answered within 2 s.
     pub async fn enqueue(
         &self,
         event: &EventInput,
         dedupe: Option<(&str, Duration)>,
     ) -> Result<Enqueued, QueueError> {
-        let mut call = self.enqueue.prepare_invoke();
-        call.key(&self.stream);
-        self.enqueue_args(&mut call, event, dedupe)?;
-        let id: Option<String> = self.shared_call(&call).await?;
-        Ok(id.map_or(Enqueued::Duplicate, Enqueued::Added))
+        let answer = self
+            .shared_run(Op::Append(self.append(event, dedupe)?))
+            .await?;
+        let id: String = redis::from_redis_value(&answer)?;
+        Ok(if id.is_empty() {
+            Enqueued::Duplicate
+        } else {
+            Enqueued::Added(id)
+        })
     }
 
     /// [`Self::enqueue`] behind the rate-limit check of `rule` on `limit_key` (a
-    /// `rate_limit::redis` key), in the same round trip: nothing is stored when the limit refuses
+    /// `rate_limit::redis` key), in the same op: nothing is stored when the limit refuses
     /// (`None`). The verdict is returned either way, for the RateLimit headers.
     pub async fn enqueue_limited(
         &self,
@@ -217,15 +195,16 @@ impl RedisQueue {
         rule: &Rule,
         limit_key: &str,
     ) -> Result<(Verdict, Option<Enqueued>), QueueError> {
-        let mut call = self.limited_enqueue.prepare_invoke();
-        call.key(limit_key)
-            .key(&self.stream)
-            .arg(rule.interval.as_micros() as u64)
-            .arg(rule.burst)
-            .arg("");
-        self.enqueue_args(&mut call, event, dedupe)?;
+        let limit = Limit {
+            key: limit_key.to_string(),
+            interval_us: rule.interval.as_micros() as u64,
+            burst: rule.burst,
+            now_us: None,
+        };
+        let op = Op::LimitedAppend(limit, self.append(event, dedupe)?);
+        let answer = self.shared_run(op).await?;
         let (allowed, retry, reset, remaining, id): (i64, i64, i64, i64, String) =
-            self.shared_call(&call).await?;
+            redis::from_redis_value(&answer)?;
         let enqueued = match (allowed == 1, id.is_empty()) {
             (false, _) => None,
             (true, true) => Some(Enqueued::Duplicate),
@@ -234,38 +213,28 @@ impl RedisQueue {
         Ok(((allowed, retry, reset, remaining), enqueued))
     }
 
-    /// ENQUEUE's dedupe key and arguments: the payload, whether to dedupe, the window.
-    fn enqueue_args(
+    /// The append of `event`: the payload, the dedupe key and window.
+    fn append(
         &self,
-        call: &mut redis::ScriptInvocation<'_>,
         event: &EventInput,
         dedupe: Option<(&str, Duration)>,
-    ) -> Result<(), QueueError> {
-        let payload = serde_json::to_string(event)?;
-        let (seen, window) = match dedupe {
-            Some((k, w)) => (
-                format!("{}{k}", self.seen_prefix),
-                w.as_secs().max(1).to_string(),
-            ),
-            None => (format!("{}-", self.seen_prefix), "1".to_string()),
+    ) -> Result<Append, QueueError> {
+        let (seen, window_secs) = match dedupe {
+            Some((k, w)) => (format!("{}{k}", self.seen_prefix), w.as_secs().max(1)),
+            None => (format!("{}-", self.seen_prefix), 1),
         };
-        call.key(seen)
-            .arg(payload)
-            .arg(if dedupe.is_some() { "1" } else { "" })
-            .arg(window);
-        Ok(())
+        Ok(Append {
+            stream: self.stream.clone(),
+            seen,
+            payload: serde_json::to_string(event)?,
+            dedupe: dedupe.is_some(),
+            window_secs,
+        })
     }
 
-    /// A script on the request path's shared connection, answered within 2 s.
-    async fn shared_call<T: redis::FromRedisValue>(
-        &self,
-        call: &redis::ScriptInvocation<'_>,
-    ) -> Result<T, QueueError> {
-        let run = async {
-            let mut c = self.shared.get().await?;
-            call.invoke_async::<T>(&mut c).await
-        };
-        match tokio::time::timeout(CHECKOUT_TIMEOUT, run).await {
+    /// An op on the request path's shared connection, answered within 2 s.
+    async fn shared_run(&self, op: Op) -> Result<Value, QueueError> {
+        match tokio::time::timeout(CHECKOUT_TIMEOUT, self.shared.run(op)).await {
             Ok(r) => Ok(r?),
             Err(_) => Err(QueueError::Unavailable(
                 "Redis did not answer within 2 s".into(),

@@ -1,5 +1,6 @@
-//! The Redis backend: GCRA in one Lua script, so a check is one round trip and atomic across
-//! every engine instance sharing the Redis.
+//! The Redis backend: GCRA in Lua (`shared_redis::gcra_lua`), so a check is atomic across every
+//! engine instance sharing the Redis, and goes to Redis in the request path's group commit with
+//! the other requests' checks and appends.
 //!
 //! The script reads the clock with `TIME` (microseconds), so instances whose own clocks disagree
 //! still agree on the limit. The key stores the TAT and expires when the bucket would be full
@@ -8,45 +9,9 @@
 
 use std::time::Duration;
 
-use crate::shared_redis::SharedRedis;
+use crate::shared_redis::{Limit, Op, SharedRedis};
 
 use super::{Decision, Rule, Unavailable};
-
-/// GCRA over `KEYS[1]` with ARGV: interval µs, burst, [now µs for tests, or '']. Leaves
-/// `decision` = {allowed, retry_after_ms, reset_ms, remaining}, the key updated only when allowed.
-/// A macro so the queue's one-round-trip enqueue (`queue::redis`) runs the very same check.
-macro_rules! gcra_lua {
-    () => {
-        r"
-local interval = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local now
-if ARGV[3] and ARGV[3] ~= '' then
-  now = tonumber(ARGV[3])
-else
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-end
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
-local span = interval * burst
-local new_tat = tat + interval
-local allow_at = new_tat - span
-local decision
-if now < allow_at then
-  decision = {0, math.ceil((allow_at - now) / 1000), math.ceil((tat - now) / 1000), 0}
-else
-  local ttl = math.max(1, math.ceil((new_tat - now) / 1000))
-  redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', ttl)
-  decision = {1, 0, ttl, math.floor((span - (new_tat - now)) / interval)}
-end
-"
-    };
-}
-pub(crate) use gcra_lua;
-
-/// GCRA check. Returns {allowed, retry_after_ms, reset_ms, remaining}.
-const GCRA: &str = concat!(gcra_lua!(), "return decision\n");
 
 /// What the GCRA script returns: allowed (0/1), retry-after ms, reset ms, remaining.
 pub type Verdict = (i64, i64, i64, i64);
@@ -72,7 +37,6 @@ pub fn key_in(prefix: &str, rule: &Rule, key: &str) -> String {
 pub struct RedisGcra {
     conn: SharedRedis,
     prefix: String,
-    script: redis::Script,
     timeout: Duration,
 }
 
@@ -87,7 +51,6 @@ impl RedisGcra {
         RedisGcra {
             conn,
             prefix: prefix.to_string(),
-            script: redis::Script::new(GCRA),
             timeout: Duration::from_millis(500),
         }
     }
@@ -102,33 +65,37 @@ impl RedisGcra {
         &self.prefix
     }
 
-    /// Check one request; `now_us` overrides Redis's clock (tests only).
+    /// Check one request; `now_us` overrides Redis's clock (tests only). The check goes to Redis
+    /// in the shared connection's next group (see `shared_redis`).
     pub async fn check(
         &self,
         rule: &Rule,
         key: &str,
         now_us: Option<u64>,
     ) -> Result<Decision, Unavailable> {
-        let redis_key = self.key(rule, key);
+        let op = Op::Limit(self.limit(rule, key, now_us));
         let work = async {
-            let mut conn = self
+            let answer = self
                 .conn
-                .get()
+                .run(op)
                 .await
                 .map_err(|e| Unavailable(e.to_string()))?;
-            let mut inv = self.script.key(&redis_key);
-            inv.arg(rule.interval.as_micros() as u64).arg(rule.burst);
-            if let Some(now) = now_us {
-                inv.arg(now);
-            }
-            let verdict: Verdict = inv
-                .invoke_async(&mut conn)
-                .await
-                .map_err(|e| Unavailable(e.to_string()))?;
+            let verdict: Verdict =
+                redis::from_redis_value(&answer).map_err(|e| Unavailable(e.to_string()))?;
             Ok(decision(rule, verdict))
         };
         tokio::time::timeout(self.timeout, work)
             .await
             .unwrap_or_else(|_| Err(Unavailable("timed out".into())))
+    }
+
+    /// The group commit's check of `rule` for `key`.
+    pub fn limit(&self, rule: &Rule, key: &str, now_us: Option<u64>) -> Limit {
+        Limit {
+            key: self.key(rule, key),
+            interval_us: rule.interval.as_micros() as u64,
+            burst: rule.burst,
+            now_us,
+        }
     }
 }

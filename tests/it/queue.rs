@@ -423,3 +423,55 @@ async fn enqueue_limited_checks_the_shared_limit_before_storing() {
         Enqueued::Added(_)
     ));
 }
+
+#[tokio::test]
+async fn concurrent_enqueues_go_to_redis_in_groups_each_with_its_own_answer() {
+    use engine::shared_redis::SharedRedis;
+    let p = prefix();
+    let shared = SharedRedis::open(REDIS).unwrap();
+    let q = std::sync::Arc::new(queue(&p, "c1").await.sharing(shared.clone()));
+    // a queue whose stream key holds a string: its appends fail (WRONGTYPE) inside the groups
+    let broken = RedisQueue::new(REDIS, &p, "broken", "c1")
+        .unwrap()
+        .sharing(shared.clone());
+    let mut c = redis::Client::open(REDIS).unwrap();
+    let _: () = redis::Commands::set(&mut c, broken.stream_key(), "not a stream").unwrap();
+    let broken = std::sync::Arc::new(broken);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..400u32 {
+        let (q, broken) = (q.clone(), broken.clone());
+        tasks.spawn(async move {
+            // every fourth event repeats an earlier one's dedupe key
+            let key = format!("k{}", if i % 4 == 3 { i - 1 } else { i });
+            let window = Some((key.as_str(), Duration::from_secs(60)));
+            let good = q.enqueue(&event(&format!("e{i}")), window).await;
+            let bad = if i % 10 == 0 {
+                Some(broken.enqueue(&event(&format!("b{i}")), None).await)
+            } else {
+                None
+            };
+            (good, bad)
+        });
+    }
+    let (mut added, mut duplicates, mut refused) = (0, 0, 0);
+    while let Some(r) = tasks.join_next().await {
+        let (good, bad) = r.unwrap();
+        match good.unwrap() {
+            Enqueued::Added(_) => added += 1,
+            Enqueued::Duplicate => duplicates += 1,
+        }
+        if let Some(bad) = bad {
+            let e = bad.unwrap_err().to_string();
+            assert!(e.contains("WRONGTYPE"), "{e}");
+            refused += 1;
+        }
+    }
+    assert_eq!((added, duplicates, refused), (300, 100, 40));
+    assert_eq!(q.stats().await.unwrap().depth, 300);
+    let (calls, ops) = shared.grouped();
+    assert_eq!(ops, 440);
+    assert!(
+        calls < ops,
+        "{calls} calls for {ops} operations: nothing was grouped"
+    );
+}
