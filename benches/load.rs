@@ -21,6 +21,8 @@
 //! (or attaching `perf` to the engine) in about two minutes, with the CPU each request costs the
 //! engine, Redis and the generator; `LOAD_ENGINE=<path>` runs another build of the engine (one
 //! built with frame pointers, for `perf record -g`).
+//! `-- --pace` adds to each of those rounds the same saturation with an `engine worker` process
+//! writing Postgres beside the server: whether the worker keeps pace, and its CPU per event.
 //! `-- --soak 10m [--warmup 60s]` runs instead a memory soak of `engine serve --no-worker` and
 //! `engine worker` under sustained load (`load/soak.rs`).
 //! `-- --tool-calls [--quick]` measures instead what a Vapi tool call answered from a calendar
@@ -60,6 +62,7 @@ fn main() {
     }
     let quick = args.iter().any(|a| a == "--quick");
     let saturation_only = args.iter().any(|a| a == "--saturation");
+    let pace = args.iter().any(|a| a == "--pace");
     let after = |flag: &str| {
         args.iter()
             .position(|a| a == flag)
@@ -107,7 +110,7 @@ fn main() {
             soak::run(&setup, length, warmup).await;
             setup.cleanup().await;
         }),
-        None => rt.block_on(run(quick, saturation_only)),
+        None => rt.block_on(run(quick, saturation_only || pace, pace)),
     }
 }
 
@@ -529,6 +532,59 @@ async fn offer(
     (summarize(rate, all, took, errors), sent)
 }
 
+/// Ingest at saturation with an `engine worker` process writing Postgres beside it: requests/s
+/// against `ingest_only`, whether the worker kept pace (rows written during the run against
+/// requests accepted, the backlog's growth), and the CPU each event cost the worker.
+async fn with_workers(setup: &Setup, round: u64, secs: f64, ingest_only: f64) {
+    let stream = format!("{}:{{q:vapi}}:stream", setup.prefix);
+    let redis = redis::Client::open("redis://127.0.0.1:6379").unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    // the ingest-only round's events are not this run's work: without them the worker sees only
+    // what arrives while it runs (the consumer group stays)
+    let _: i64 = redis::cmd("XTRIM")
+        .arg(&stream)
+        .arg("MAXLEN")
+        .arg(0)
+        .query_async(&mut conn)
+        .await
+        .unwrap_or(0);
+    let mut xlen = async || -> i64 {
+        redis::cmd("XLEN")
+            .arg(&stream)
+            .query_async(&mut conn)
+            .await
+            .unwrap_or(-1)
+    };
+    let server = Server::spawn(engine(&["serve", "--no-worker"], setup, setup.dir.path()));
+    let worker = Server::spawn_worker(engine(&["worker"], setup, setup.dir.path()));
+    let url = format!("http://127.0.0.1:{}/api/webhooks/vapi", server.port);
+    let bodies = Arc::new(Bodies::new(std::process::id() as u64 * 10 + 100 + round));
+    let _ = saturate(&url, Some(bodies.clone()), 1.0).await;
+    let (depth0, rows0) = (xlen().await, count(&setup.pg, &setup.schema).await);
+    let start = Cost::start(&server).await;
+    let worker0 = worker.cpu_secs();
+    let sat = saturate(&url, Some(bodies), secs).await;
+    let cost = Cost::since(&server, start, sat.count as f64).await;
+    let worker_secs = worker.cpu_secs() - worker0;
+    let (depth1, rows1) = (xlen().await, count(&setup.pg, &setup.schema).await);
+    server.stop();
+    worker.stop();
+    let rows = (rows1 - rows0).max(1);
+    println!(
+        "  with a worker: ingest {:.0} req/s ({:.0}% of ingest only; p99 {:.2} ms), {} rows written for {} requests ({:.0}%), backlog {:+}; CPU per event: worker {:.0} µs; per request: ingest {:.0} µs, Redis {:.0} µs",
+        sat.achieved,
+        100.0 * sat.achieved / ingest_only,
+        sat.p99,
+        rows,
+        sat.count,
+        100.0 * rows as f64 / sat.count.max(1) as f64,
+        depth1 - depth0,
+        worker_secs * 1e6 / rows as f64,
+        cost.server_us,
+        cost.redis_us,
+    );
+}
+
 async fn count(pg: &tokio_postgres::Client, schema: &str) -> i64 {
     pg.query_one(&format!("SELECT count(*) FROM {schema}.call_logs"), &[])
         .await
@@ -536,7 +592,7 @@ async fn count(pg: &tokio_postgres::Client, schema: &str) -> i64 {
         .get(0)
 }
 
-async fn run(quick: bool, saturation_only: bool) {
+async fn run(quick: bool, saturation_only: bool, pace: bool) {
     let Some(setup) = support::setup("load").await else {
         eprintln!("no Postgres at 127.0.0.1:5432: skipping");
         return;
@@ -605,6 +661,9 @@ async fn run(quick: bool, saturation_only: bool) {
                 100.0 * sat.achieved / ceiling.achieved,
                 (cost.server_us + cost.redis_us) / bare_cost.server_us
             );
+            if pace {
+                with_workers(&setup, round, secs, sat.achieved).await;
+            }
         }
         setup.cleanup().await;
         return;

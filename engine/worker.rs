@@ -44,7 +44,9 @@ pub struct Options {
     pub max_deliveries: u64,
     /// Entries read at once.
     pub batch: usize,
-    /// After a read that returned fewer than `batch`, wait this long and top up.
+    /// Under load (the previous read returned events too), after a read that returned fewer
+    /// than `batch`, wait this long and top up; never after an idle spell, so a lone event is
+    /// not held back.
     pub batch_wait: Duration,
     /// How long a read waits for new entries.
     pub block: Duration,
@@ -59,11 +61,16 @@ impl Default for Options {
             lease: Duration::from_secs(60),
             max_deliveries: 5,
             batch: 64,
-            batch_wait: Duration::ZERO,
+            batch_wait: BATCH_WAIT,
             block: Duration::from_secs(2),
         }
     }
 }
+
+/// The default top-up wait of a small batch under load: at a few thousand events a second it
+/// gathers tens of events into one statement and one ack, and it is far below a provider's
+/// patience and the lease.
+pub const BATCH_WAIT: Duration = Duration::from_millis(2);
 
 /// The result of transforming and writing one event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -474,6 +481,8 @@ enum Taker {
         queue: Arc<RedisQueue>,
         reader: Option<redis::aio::MultiplexedConnection>,
         own_pending: bool,
+        /// The previous read returned events: the queue is busy, a small batch is worth topping up.
+        busy: bool,
         options: Options,
     },
 }
@@ -489,6 +498,7 @@ impl Taker {
                 queue: q.clone(),
                 reader: None,
                 own_pending: true,
+                busy: false,
                 options,
             },
         }
@@ -505,7 +515,7 @@ impl Taker {
     /// The next deliveries (possibly none, after the block time), and whether the queue was
     /// found lost (Redis restarted empty: the data-loss alarm).
     async fn take(&mut self) -> Result<(Vec<Delivery>, bool), QueueError> {
-        let (queue, reader, own_pending, options) = match self {
+        let (queue, reader, own_pending, busy, options) = match self {
             Taker::Memory { queue, block } => {
                 return Ok((queue.next(*block).await.into_iter().collect(), false));
             }
@@ -513,8 +523,9 @@ impl Taker {
                 queue,
                 reader,
                 own_pending,
+                busy,
                 options,
-            } => (queue, reader, own_pending, *options),
+            } => (queue, reader, own_pending, busy, *options),
         };
         let conn = match reader {
             Some(c) => c,
@@ -530,24 +541,25 @@ impl Taker {
                 return Err(e);
             }
         };
+        // At pace a read finds only the event or two that arrived since the last one; waiting a
+        // moment turns them into one statement and one ack. Only when the previous read found
+        // events too: after an idle spell the first event goes at once.
         if !*own_pending
+            && *busy
             && !got.is_empty()
             && got.len() < options.batch
             && !options.batch_wait.is_zero()
         {
-            tokio::time::sleep(options.batch_wait).await;
+            // held under a tenth of the lease: the entries in hand are not renewed while waiting
+            tokio::time::sleep(options.batch_wait.min(options.lease / 10)).await;
             if let Ok((more, _)) = queue
-                .read(
-                    conn,
-                    options.batch - got.len(),
-                    Duration::from_millis(1),
-                    false,
-                )
+                .read(conn, options.batch - got.len(), Duration::ZERO, false)
                 .await
             {
                 got.extend(more);
             }
         }
+        *busy = !got.is_empty();
         // After a restart the own pending list is read once; then new entries.
         if *own_pending && got.is_empty() {
             *own_pending = false;

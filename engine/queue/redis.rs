@@ -248,7 +248,8 @@ impl RedisQueue {
     }
 
     /// Read up to `count` entries: this consumer's own pending ones when `own_pending` (after a
-    /// restart), else new ones, waiting up to `block`. A missing group (Redis restarted empty) is
+    /// restart), else new ones, waiting up to `block` (zero: not at all; never Redis's `BLOCK 0`,
+    /// which waits for ever). A missing group (Redis restarted empty) is
     /// recreated and reported in the `bool` (data-loss alarm).
     pub async fn read(
         &self,
@@ -263,8 +264,8 @@ impl RedisQueue {
             .arg(&self.consumer)
             .arg("COUNT")
             .arg(count);
-        if !own_pending {
-            cmd.arg("BLOCK").arg(block.as_millis() as u64);
+        if !own_pending && !block.is_zero() {
+            cmd.arg("BLOCK").arg(block.as_millis().max(1) as u64);
         }
         cmd.arg("STREAMS")
             .arg(&self.stream)

@@ -129,7 +129,7 @@ pub fn build(
                 backoff_max: config.backoff.max.0,
                 lease: config.lease.0,
                 batch: config.batch_size as usize,
-                batch_wait: config.batch_wait.map_or(Duration::ZERO, |w| w.0),
+                batch_wait: config.batch_wait.map_or(crate::worker::BATCH_WAIT, |w| w.0),
                 ..Options::default()
             },
         });

@@ -186,6 +186,17 @@ impl PostgresSink {
                 out.push(Value::Object(mapped));
             }
         }
+        // One order for every statement: two workers writing rows with the same conflict keys
+        // in two concurrent batches then take the rows' locks in the same order, and one waits
+        // for the other instead of both deadlocking (Postgres would abort one with `deadlock
+        // detected`, a rollback and a retry). Stable, so rows of one key keep their order.
+        let key = |row: &Value| -> Vec<String> {
+            self.key
+                .iter()
+                .map(|k| row.get(k).map(Value::to_string).unwrap_or_default())
+                .collect()
+        };
+        out.sort_by_cached_key(key);
         Ok((out, columns))
     }
 

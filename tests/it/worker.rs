@@ -376,3 +376,86 @@ async fn a_batch_with_one_bad_row_dead_letters_only_that_event() {
     let s = q.stats().await.unwrap();
     assert_eq!((s.depth, s.pending), (0, 0), "all acknowledged in one go");
 }
+
+/// Records the size of every write (a batching sink, as Postgres).
+#[derive(Default)]
+struct SizeSink {
+    writes: Mutex<Vec<usize>>,
+}
+
+impl Sink for SizeSink {
+    fn write<'a>(&'a self, _batch: &'a Batch) -> SinkFuture<'a> {
+        Box::pin(async move {
+            self.writes.lock().unwrap().push(1);
+            Ok(())
+        })
+    }
+    fn batches(&self) -> bool {
+        true
+    }
+    fn write_many<'a>(&'a self, batches: &'a [Batch]) -> SinkFuture<'a> {
+        Box::pin(async move {
+            self.writes.lock().unwrap().push(batches.len());
+            Ok(())
+        })
+    }
+}
+
+/// Under a trickle of events a read finds one at a time; the worker waits `batch_wait` to top
+/// it up and writes what came in one write. After an idle spell the first event is not held
+/// back. (The wait is made long here so that which of the two happened cannot be mistaken.)
+#[tokio::test]
+async fn a_busy_queue_is_topped_up_into_batches_and_a_lone_event_goes_at_once() {
+    let wait = Duration::from_millis(1500);
+    // (the entries waited on are not yet leased-renewed: the wait is held under a tenth of the
+    // lease, so a lease long enough for this wait)
+    let options = Options {
+        batch_wait: wait,
+        lease: Duration::from_secs(20),
+        ..fast()
+    };
+    let sink = Arc::new(SizeSink::default());
+    let (w, q, _) = worker(TestSink::new(0, SinkError::Retry(String::new())), options).await;
+    let mut sinks: HashMap<String, Arc<dyn Sink>> = HashMap::new();
+    sinks.insert("call_status".into(), sink.clone());
+    let w = Arc::new(Worker {
+        outcomes: q.clone(),
+        program: w.program.clone(),
+        sinks,
+        options,
+    });
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(w.run(Queue::Redis(q.clone()), stop));
+    let written = || sink.writes.lock().unwrap().iter().sum::<usize>();
+    // idle: a lone event is written well before the top-up wait would have ended
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sent = std::time::Instant::now();
+    q.enqueue(&status_update("lone"), None).await.unwrap();
+    wait_until(|| written() == 1).await;
+    assert!(sent.elapsed() < wait, "the lone event waited for company");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // a trickle: 30 events 20 ms apart, each read finding one or two
+    for i in 0..30 {
+        q.enqueue(&status_update(&format!("t{i:02}")), None)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..3 {
+        if written() == 31 {
+            break;
+        }
+        tokio::time::sleep(wait).await;
+    }
+    assert_eq!(written(), 31);
+    let writes = sink.writes.lock().unwrap().clone();
+    assert!(
+        writes.len() <= 6,
+        "31 events in {} writes: {writes:?}",
+        writes.len()
+    );
+    stop_tx.send(true).unwrap();
+    running.await.unwrap();
+    let s = q.stats().await.unwrap();
+    assert_eq!((s.depth, s.pending), (0, 0));
+}
