@@ -28,6 +28,7 @@ use rhai::{AST, Dynamic, Engine, Scope};
 
 use crate::config::Pipeline;
 use crate::config::pipeline::{Fallback, Respond};
+use crate::request_field::Fields;
 use crate::transform::{EventInput, ScriptError, Source, compile, sandbox};
 
 /// How long a respond script may run on the async thread before it is stopped and run again on
@@ -95,12 +96,27 @@ impl Responder {
             r.script.is_some(),
             r.inline.is_some(),
         ];
-        if set.iter().filter(|x| **x).count() > 1 {
+        let computed = set[1..].iter().filter(|x| **x).count();
+        // with `when`, `body` is the answer to the requests the script is not for
+        let exclusive = if r.when.is_some() {
+            computed
+        } else {
+            computed + usize::from(set[0])
+        };
+        if exclusive > 1 {
             return Err(vec![ScriptError {
                 script: None,
                 pointer: "/respond".into(),
                 at: None,
                 message: "use one of `body`, `template`, `script` or `inline`".into(),
+            }]);
+        }
+        if r.when.is_some() && computed == 0 {
+            return Err(vec![ScriptError {
+                script: None,
+                pointer: "/respond/when".into(),
+                at: None,
+                message: "`when` chooses the requests a `template`, `script` or `inline` answers, and this respond has none: add one, or remove `when`".into(),
             }]);
         }
         let kind = if let Some(t) = &r.template {
@@ -138,6 +154,17 @@ impl Responder {
     /// Whether answering needs the event (a template or script).
     pub fn is_computed(&self) -> bool {
         !matches!(self.kind, Kind::Static)
+    }
+
+    /// Whether the template or script answers this request: computed, and `when` (if any)
+    /// matches its field. Otherwise [`Responder::static_reply`] answers it.
+    pub fn computes_for(&self, fields: &Fields<'_>) -> bool {
+        self.is_computed()
+            && self.respond.when.as_ref().is_none_or(|w| {
+                fields
+                    .get(&w.field)
+                    .is_some_and(|v| w.values.iter().any(|x| *x == v))
+            })
     }
 
     /// The static answer.

@@ -13,6 +13,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::units::{ByteSize, HttpMethod};
+use super::verify::KeySource;
 
 /// A webhook pipeline: one file in the pipelines directory.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -157,6 +158,25 @@ pub struct Respond {
     /// JSON error, no internals).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<Fallback>,
+    /// Run the template or script only for requests whose field is one of the listed values;
+    /// every other request gets the static answer (`status`, `content_type`, `headers`, `body`)
+    /// at once, its body never parsed for a script. E.g. Vapi waits for an answer only to
+    /// `assistant-request` and `tool-calls`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<RespondWhen>,
+}
+
+/// Which requests a computed answer is for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RespondWhen {
+    /// The request field read: `{json: /message/type}`, `{form: CallStatus}`, `{header: X-Kind}`,
+    /// `{query: kind}` or `{path: kind}`.
+    pub field: KeySource,
+    /// The values for which the template or script runs.
+    #[serde(rename = "in")]
+    #[schemars(length(min = 1))]
+    pub values: Vec<String>,
 }
 
 /// A static answer used when a computed response fails.
@@ -183,6 +203,7 @@ impl Default for Respond {
             script: None,
             inline: None,
             fallback: None,
+            when: None,
         }
     }
 }

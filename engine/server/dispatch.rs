@@ -139,9 +139,12 @@ impl Dispatch {
         if app.project.pipelines[pipeline].config.log_body {
             log_body(app, pipeline, &seen);
         }
+        let computes = route
+            .responder
+            .computes_for(&Fields::new(&seen.inbound(), &params));
         let event = event(app, route, &seen, params);
         tracing::Span::current().record("event_id", event.id.as_str());
-        let reply = self.respond(pipeline, &event).await;
+        let reply = self.respond(pipeline, &event, computes).await;
         let event_id = app.recorder.as_ref().map(|_| event.id.clone());
         enqueue(route, &seen, event, res).await?;
         send(&reply, res);
@@ -151,12 +154,13 @@ impl Dispatch {
         Ok(())
     }
 
-    /// The static answer, or a template/script computed here within a short budget, else on a
-    /// blocking thread (a slow script cannot stall other requests); the fallback when it fails.
-    async fn respond(&self, pipeline: usize, event: &EventInput) -> Reply {
+    /// The static answer (`computes` false: no template or script, or `when` does not match),
+    /// or a template/script computed here within a short budget, else on a blocking thread (a
+    /// slow script cannot stall other requests); the fallback when it fails.
+    async fn respond(&self, pipeline: usize, event: &EventInput, computes: bool) -> Reply {
         let app = &*self.app;
         let responder = &app.routes[pipeline].responder;
-        if !responder.is_computed() {
+        if !computes {
             return responder.static_reply();
         }
         let name = &app.routes[pipeline].name;

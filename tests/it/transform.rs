@@ -344,6 +344,44 @@ async fn templates_and_script_descriptors() {
     app.stop().await;
 }
 
+/// `respond.when`: the script answers only the listed message types; every other request gets
+/// the static answer (here a script that always fails would otherwise answer the fallback).
+#[tokio::test]
+async fn respond_when_runs_the_script_only_for_the_listed_values() {
+    let dir = Dir::shipped_copy();
+    dir.write(
+        "w.yaml",
+        "name: w\nroute: {method: POST, path: /w}\nrespond:\n  when: {field: {json: /message/type}, in: [assistant-request, tool-calls]}\n  inline: 'if event.body.message.type == \"tool-calls\" { throw \"boom\" } #{ran: event.body.message.type}'\n  body: '{\"received\":true}'\n  fallback: {status: 503, body: failed}\n",
+    );
+    let app = spawn_app(dir.path(), &[]).await;
+    let post = |body: &'static str| {
+        app.client
+            .post(app.url("/w"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let res = post(r#"{"message":{"type":"assistant-request"}}"#)
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.text().await.unwrap(), r#"{"ran":"assistant-request"}"#);
+    // listed, and the script fails: it did run
+    let res = post(r#"{"message":{"type":"tool-calls"}}"#).await.unwrap();
+    assert_eq!(res.status(), 503);
+    // not listed, no type, not JSON: the static answer, the script never run
+    for body in [
+        r#"{"message":{"type":"status-update"}}"#,
+        r#"{"message":{}}"#,
+        "not json",
+    ] {
+        let res = post(body).await.unwrap();
+        assert_eq!(res.status(), 200, "{body}");
+        assert_eq!(res.text().await.unwrap(), r#"{"received":true}"#, "{body}");
+    }
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn runaway_scripts_end_within_budget_and_the_server_keeps_serving() {
     let dir = Dir::shipped_copy();
@@ -550,6 +588,21 @@ mod validation {
             p[0].starts_with("x.yaml:3:21: ") && p[0].contains("/respond/template"),
             "{p:?}"
         );
+        // `when` needs something to run; with one, `body` answers the other requests
+        let p = problems(&[(
+            "x.yaml",
+            "name: x\nroute: {method: POST, path: /x}\nrespond:\n  body: hi\n  when: {field: {json: /type}, in: [a]}\n",
+        )]);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with("x.yaml:5:") && p[0].contains("`when` chooses the requests"),
+            "{p:?}"
+        );
+        let p = problems(&[(
+            "x.yaml",
+            "name: x\nroute: {method: POST, path: /x}\nrespond:\n  body: hi\n  inline: '1'\n  when: {field: {json: /type}, in: [a]}\n",
+        )]);
+        assert!(p.is_empty(), "{p:?}");
         // Rhai's own `${...}` in inline code is not an environment reference
         let p = problems(&[(
             "x.yaml",
