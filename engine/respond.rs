@@ -163,7 +163,7 @@ impl Responder {
             && self.respond.when.as_ref().is_none_or(|w| {
                 fields
                     .get(&w.field)
-                    .is_some_and(|v| w.values.iter().any(|x| *x == v))
+                    .is_some_and(|v| w.values.contains(&v))
             })
     }
 
