@@ -160,11 +160,11 @@ impl Responder {
     /// matches its field. Otherwise [`Responder::static_reply`] answers it.
     pub fn computes_for(&self, fields: &Fields<'_>) -> bool {
         self.is_computed()
-            && self.respond.when.as_ref().is_none_or(|w| {
-                fields
-                    .get(&w.field)
-                    .is_some_and(|v| w.values.contains(&v))
-            })
+            && self
+                .respond
+                .when
+                .as_ref()
+                .is_none_or(|w| fields.get(&w.field).is_some_and(|v| w.values.contains(&v)))
     }
 
     /// The static answer.

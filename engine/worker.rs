@@ -44,9 +44,9 @@ pub struct Options {
     pub max_deliveries: u64,
     /// Entries read at once.
     pub batch: usize,
-    /// Under load (the previous read returned events too), after a read that returned fewer
-    /// than `batch`, wait this long and top up; never after an idle spell, so a lone event is
-    /// not held back.
+    /// Under sustained load (events were already waiting for this read and the previous one),
+    /// after a read that returned fewer than `batch`, wait this long and top up; never after an
+    /// idle spell, so a lone event is not held back.
     pub batch_wait: Duration,
     /// How long a read waits for new entries.
     pub block: Duration,
@@ -481,7 +481,8 @@ enum Taker {
         queue: Arc<RedisQueue>,
         reader: Option<redis::aio::MultiplexedConnection>,
         own_pending: bool,
-        /// The previous read returned events: the queue is busy, a small batch is worth topping up.
+        /// Events were already waiting for the previous read: the queue is busy, and a small
+        /// batch is worth topping up.
         busy: bool,
         options: Options,
     },
@@ -531,9 +532,16 @@ impl Taker {
             Some(c) => c,
             None => reader.insert(queue.reader().await?),
         };
-        let read = queue
-            .read(conn, options.batch, options.block, *own_pending)
+        // First without blocking: whether events were already waiting is what tells a busy
+        // queue from an idle one (a blocking read returns as soon as one event arrives, busy or
+        // not). Only when nothing waits does the read block for the next event.
+        let mut read = queue
+            .read(conn, options.batch, Duration::ZERO, *own_pending)
             .await;
+        let waiting = matches!(&read, Ok((got, _)) if !got.is_empty());
+        if !*own_pending && matches!(&read, Ok((got, false)) if got.is_empty()) {
+            read = queue.read(conn, options.batch, options.block, false).await;
+        }
         let (mut got, lost) = match read {
             Ok(r) => r,
             Err(e) => {
@@ -541,12 +549,13 @@ impl Taker {
                 return Err(e);
             }
         };
-        // At pace a read finds only the event or two that arrived since the last one; waiting a
-        // moment turns them into one statement and one ack. Only when the previous read found
-        // events too: after an idle spell the first event goes at once.
+        // At pace a read finds only the few events that arrived while the last batch was being
+        // written; waiting a moment turns more of them into one statement and one ack. Only
+        // under sustained load (events were waiting for this read and the previous one): after
+        // an idle spell, or for a lone burst, the events go at once.
         if !*own_pending
+            && waiting
             && *busy
-            && !got.is_empty()
             && got.len() < options.batch
             && !options.batch_wait.is_zero()
         {
@@ -559,7 +568,7 @@ impl Taker {
                 got.extend(more);
             }
         }
-        *busy = !got.is_empty();
+        *busy = waiting;
         // After a restart the own pending list is read once; then new entries.
         if *own_pending && got.is_empty() {
             *own_pending = false;

@@ -40,7 +40,12 @@ pub async fn setup(name: &str) -> Option<Bench> {
             .unwrap();
     }
     let dir = tempfile::tempdir().unwrap();
-    copy(&root.join("pipelines"), dir.path());
+    // LOAD_PIPELINES: another build's pipelines, for an A/B run with LOAD_ENGINE (a build whose
+    // pipeline schema differs refuses today's files)
+    let pipelines = std::env::var("LOAD_PIPELINES")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| root.join("pipelines"));
+    copy(&pipelines, dir.path());
     let prefix = format!("{name}{}", std::process::id());
     let settings = std::fs::read_to_string(dir.path().join("engine.yaml")).unwrap();
     // one load generator is one client: the default 100/min per IP would measure 429s

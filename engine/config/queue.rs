@@ -56,9 +56,9 @@ pub struct Queue {
     #[serde(default = "default_batch_size")]
     #[schemars(range(min = 1, max = 1000))]
     pub batch_size: u32,
-    /// How long a worker that got fewer than `batch_size` events while the queue is busy waits
-    /// for more before writing (default 2ms; `0s`: never). Never after an idle spell: a lone
-    /// event is processed at once.
+    /// How long a worker that got fewer than `batch_size` events under sustained load (events
+    /// already waiting for its reads) waits for more before writing (default 2ms; `0s`: never).
+    /// Never when a read had to wait for its first event: a lone event is processed at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_wait: Option<Span>,
     /// Events processed at once, per engine process.

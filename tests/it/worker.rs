@@ -377,44 +377,48 @@ async fn a_batch_with_one_bad_row_dead_letters_only_that_event() {
     assert_eq!((s.depth, s.pending), (0, 0), "all acknowledged in one go");
 }
 
-/// Records the size of every write (a batching sink, as Postgres).
+/// Records the size of every write (a batching sink, as Postgres), each taking `delay`.
 #[derive(Default)]
 struct SizeSink {
     writes: Mutex<Vec<usize>>,
+    delay: Duration,
 }
 
 impl Sink for SizeSink {
-    fn write<'a>(&'a self, _batch: &'a Batch) -> SinkFuture<'a> {
-        Box::pin(async move {
-            self.writes.lock().unwrap().push(1);
-            Ok(())
-        })
+    fn write<'a>(&'a self, batch: &'a Batch) -> SinkFuture<'a> {
+        self.write_many(std::slice::from_ref(batch))
     }
     fn batches(&self) -> bool {
         true
     }
     fn write_many<'a>(&'a self, batches: &'a [Batch]) -> SinkFuture<'a> {
         Box::pin(async move {
+            tokio::time::sleep(self.delay).await;
             self.writes.lock().unwrap().push(batches.len());
             Ok(())
         })
     }
 }
 
-/// Under a trickle of events a read finds one at a time; the worker waits `batch_wait` to top
-/// it up and writes what came in one write. After an idle spell the first event is not held
-/// back. (The wait is made long here so that which of the two happened cannot be mistaken.)
+/// Under sustained load (events already waiting for a read, and for the one before) a small
+/// batch is topped up after `batch_wait` and written in one write. After an idle spell the
+/// first event is not held back, nor are events arriving one at a time. (The wait is made long
+/// here so that which of these happened cannot be mistaken.)
 #[tokio::test]
 async fn a_busy_queue_is_topped_up_into_batches_and_a_lone_event_goes_at_once() {
     let wait = Duration::from_millis(1500);
-    // (the entries waited on are not yet leased-renewed: the wait is held under a tenth of the
+    // (the entries waited on are not yet lease-renewed: the wait is held under a tenth of the
     // lease, so a lease long enough for this wait)
     let options = Options {
         batch_wait: wait,
         lease: Duration::from_secs(20),
         ..fast()
     };
-    let sink = Arc::new(SizeSink::default());
+    let sink = Arc::new(SizeSink {
+        writes: Mutex::new(Vec::new()),
+        // a write takes as long as a Postgres round trip under load
+        delay: Duration::from_millis(20),
+    });
     let (w, q, _) = worker(TestSink::new(0, SinkError::Retry(String::new())), options).await;
     let mut sinks: HashMap<String, Arc<dyn Sink>> = HashMap::new();
     sinks.insert("call_status".into(), sink.clone());
@@ -433,26 +437,35 @@ async fn a_busy_queue_is_topped_up_into_batches_and_a_lone_event_goes_at_once() 
     q.enqueue(&status_update("lone"), None).await.unwrap();
     wait_until(|| written() == 1).await;
     assert!(sent.elapsed() < wait, "the lone event waited for company");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    // a trickle: 30 events 20 ms apart, each read finding one or two
-    for i in 0..30 {
+    // a trickle slower than a write: each read finds nothing waiting, nothing is held back
+    for i in 0..5 {
+        q.enqueue(&status_update(&format!("s{i}")), None)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    wait_until(|| written() == 6).await;
+    assert!(sent.elapsed() < wait, "a slow trickle waited for company");
+    assert_eq!(*sink.writes.lock().unwrap(), vec![1; 6]);
+    // sustained load: 40 events 2 ms apart against 20 ms writes
+    for i in 0..40 {
         q.enqueue(&status_update(&format!("t{i:02}")), None)
             .await
             .unwrap();
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
     for _ in 0..3 {
-        if written() == 31 {
+        if written() == 46 {
             break;
         }
         tokio::time::sleep(wait).await;
     }
-    assert_eq!(written(), 31);
-    let writes = sink.writes.lock().unwrap().clone();
+    assert_eq!(written(), 46);
+    let writes = sink.writes.lock().unwrap()[6..].to_vec();
+    // without the top-up a write holds what arrived during the previous one (about 10)
     assert!(
-        writes.len() <= 6,
-        "31 events in {} writes: {writes:?}",
-        writes.len()
+        writes.iter().any(|n| *n >= 20),
+        "no write was topped up: {writes:?}"
     );
     stop_tx.send(true).unwrap();
     running.await.unwrap();
