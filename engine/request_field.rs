@@ -46,11 +46,46 @@ pub fn extract(
 pub struct Fields<'a> {
     req: &'a Inbound<'a>,
     params: &'a [(String, String)],
+    /// Values of JSON pointers read ahead in one pass ([`Fields::reading`]).
+    read: Vec<(&'a str, Option<serde_json::Value>)>,
 }
 
 impl<'a> Fields<'a> {
     pub fn new(req: &'a Inbound<'a>, params: &'a [(String, String)]) -> Fields<'a> {
-        Fields { req, params }
+        Fields {
+            req,
+            params,
+            read: Vec::new(),
+        }
+    }
+
+    /// The same, with the values at `pointers` (every JSON field a route reads: its dedupe key,
+    /// rate-limit key, `respond.when` field, ...) read now in one pass through the body, instead
+    /// of a pass per use.
+    pub fn reading(
+        req: &'a Inbound<'a>,
+        params: &'a [(String, String)],
+        pointers: &'a [String],
+    ) -> Fields<'a> {
+        let ptrs: Vec<&str> = pointers.iter().map(String::as_str).collect();
+        let values = match ptrs.is_empty() {
+            true => Vec::new(),
+            // not JSON: every pointer reads nothing, as a pass of its own would find
+            false => json_pointers(req.body, &ptrs).unwrap_or_else(|| vec![None; ptrs.len()]),
+        };
+        Fields {
+            req,
+            params,
+            read: ptrs.into_iter().zip(values).collect(),
+        }
+    }
+
+    /// The value at a JSON pointer: read ahead, or a pass of its own.
+    fn json(&self, ptr: &str) -> Option<serde_json::Value> {
+        match self.read.iter().find(|(p, _)| *p == ptr) {
+            Some((_, v)) => v.clone(),
+            None => json_pointer(self.req.body, ptr),
+        }
     }
 
     /// One field (see [`extract`]).
@@ -61,7 +96,7 @@ impl<'a> Fields<'a> {
             KeySource::Form(f) => form_urlencoded::parse(req.body)
                 .find(|(k, _)| k == f.as_str())
                 .map(|(_, v)| v.into_owned()),
-            KeySource::Json(ptr) => json_pointer(req.body, ptr).and_then(key_text),
+            KeySource::Json(ptr) => self.json(ptr).and_then(key_text),
             KeySource::Path(p) => self
                 .params
                 .iter()
@@ -82,7 +117,8 @@ impl<'a> Fields<'a> {
         let ptrs: Vec<&str> = sources
             .iter()
             .filter_map(|s| match s {
-                KeySource::Json(p) => Some(p.as_str()),
+                // read ahead already: no pass of its own
+                KeySource::Json(p) if !self.read.iter().any(|(r, _)| r == p) => Some(p.as_str()),
                 _ => None,
             })
             .collect();
@@ -93,11 +129,13 @@ impl<'a> Fields<'a> {
         let mut parts = Vec::with_capacity(sources.len());
         for source in sources {
             let part = match (source, json.as_mut()) {
-                (KeySource::Json(_), Some(values)) => values
-                    .next()
-                    .flatten()
-                    .and_then(key_text)
-                    .filter(|s| usable(s)),
+                (KeySource::Json(p), Some(values)) if !self.read.iter().any(|(r, _)| r == p) => {
+                    values
+                        .next()
+                        .flatten()
+                        .and_then(key_text)
+                        .filter(|s| usable(s))
+                }
                 _ => self.get(source),
             };
             parts.push(part?);
@@ -323,6 +361,63 @@ impl<'de, 'p> Visitor<'de> for KeyMatch<'_, 'p> {
 mod tests {
     use super::*;
     use salvo::http::HeaderMap;
+
+    /// Fields read ahead in one pass answer exactly as fields read one pass per use: every
+    /// source kind, repeated keys (the last wins), pointers not read ahead, bodies not JSON.
+    #[test]
+    fn fields_read_ahead_answer_as_fields_read_one_by_one() {
+        let h = HeaderMap::new();
+        let params = [("p".to_string(), "v".to_string())];
+        let ahead: Vec<String> = [
+            "/message/type",
+            "/message/call/id",
+            "/n",
+            "/missing",
+            "/a/1",
+        ]
+        .map(String::from)
+        .to_vec();
+        let sources = [
+            KeySource::Json("/message/type".into()),
+            KeySource::Json("/message/call/id".into()),
+            KeySource::Json("/message/timestamp".into()),
+            KeySource::Json("/n".into()),
+            KeySource::Json("/a/1".into()),
+            KeySource::Path("p".into()),
+        ];
+        for body in [
+            &br#"{"message":{"type":"x","call":{"id":"c1"},"timestamp":17},"n":2.5,"a":[1,"two"]}"#[..],
+            br#"{"message":{"type":"first"},"message":{"type":"last","call":{"id":"c"},"timestamp":1},"n":1,"a":[0,0]}"#,
+            br#"{"message":{"type":"x"}}"#,
+            b"not json",
+            b"",
+        ] {
+            let req = Inbound {
+                method: "POST",
+                url: "https://x/y",
+                headers: &h,
+                body,
+                now: 0,
+            };
+            let (one_by_one, read) = (
+                Fields::new(&req, &params),
+                Fields::reading(&req, &params, &ahead),
+            );
+            for s in &sources {
+                assert_eq!(one_by_one.get(s), read.get(s), "{s:?} in {body:?}");
+            }
+            assert_eq!(
+                one_by_one.join(&sources, "|"),
+                read.join(&sources, "|"),
+                "{body:?}"
+            );
+            assert_eq!(
+                one_by_one.join(&sources[..3], "|"),
+                read.join(&sources[..3], "|"),
+                "{body:?}"
+            );
+        }
+    }
 
     #[test]
     fn fields() {

@@ -139,14 +139,16 @@ impl Dispatch {
         if app.project.pipelines[pipeline].config.log_body {
             log_body(app, pipeline, &seen);
         }
-        let computes = route
-            .responder
-            .computes_for(&Fields::new(&seen.inbound(), &params));
-        let event = event(app, route, &seen, params);
+        // the JSON fields read from here on (`when`, event id, dedupe and rate-limit keys): one
+        // pass through the body
+        let inbound = seen.inbound();
+        let fields = Fields::reading(&inbound, &params, &route.json_fields);
+        let computes = route.responder.computes_for(&fields);
+        let event = event(app, route, &seen, &fields, params.clone());
         tracing::Span::current().record("event_id", event.id.as_str());
         let reply = self.respond(pipeline, &event, computes).await;
         let event_id = app.recorder.as_ref().map(|_| event.id.clone());
-        enqueue(route, &seen, event, res).await?;
+        enqueue(route, &seen, &fields, event, res).await?;
         send(&reply, res);
         if let (Some(recorder), Some(id)) = (&app.recorder, event_id) {
             record(app, recorder, route, &seen, &id, reply.status);
@@ -192,9 +194,13 @@ impl Dispatch {
 
 /// The event as scripts and the queue see it: the provider's id (the queue's `event_id` fields)
 /// or one minted here, once; the tenant named by the verifier's tenant key.
-fn event(app: &App, route: &Route, seen: &Seen<'_>, params: Vec<(String, String)>) -> EventInput {
-    let inbound = seen.inbound();
-    let fields = Fields::new(&inbound, &params);
+fn event(
+    app: &App,
+    route: &Route,
+    seen: &Seen<'_>,
+    fields: &Fields<'_>,
+    params: Vec<(String, String)>,
+) -> EventInput {
     let provider_id = route
         .queued
         .as_ref()
@@ -230,17 +236,18 @@ fn event(app: &App, route: &Route, seen: &Seen<'_>, params: Vec<(String, String)
 async fn enqueue(
     route: &Route,
     seen: &Seen<'_>,
+    fields: &Fields<'_>,
     event: EventInput,
     res: &mut Response,
 ) -> Result<(), Stop> {
     let Some(q) = &route.queued else {
         return Ok(());
     };
-    let dedupe_key = q.config.dedupe.as_ref().and_then(|d| {
-        let inbound = seen.inbound();
-        let key = Fields::new(&inbound, &event.params).join(&d.key, "|");
-        key.map(|k| (k, d.window.0))
-    });
+    let dedupe_key = q
+        .config
+        .dedupe
+        .as_ref()
+        .and_then(|d| fields.join(&d.key, "|").map(|k| (k, d.window.0)));
     let event_id = event.id.clone();
     let name = &route.name;
     if q.config.ack == Ack::Processed {
@@ -251,9 +258,7 @@ async fn enqueue(
     // nothing is stored when it refuses)
     let stored = match route.limit.riding() {
         Some(ride) => {
-            let key = ride
-                .rule
-                .key_of(seen.client_ip, &seen.inbound(), &event.params);
+            let key = ride.rule.key_from(seen.client_ip, fields);
             let redis_key = crate::rate_limit::redis::key_in(&ride.prefix, &ride.rule, &key);
             match ride
                 .queue

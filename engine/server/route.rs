@@ -36,6 +36,9 @@ pub struct Route {
     pub queued: Option<Queued>,
     /// Its OAuth flow, or why it cannot run (503 with the reason).
     pub oauth: Option<Result<crate::oauth::Flow, String>>,
+    /// Every JSON pointer the request path reads after verification (the rate-limit key checked
+    /// in the enqueue, `respond.when`'s field, the event id, the dedupe key): read in one pass.
+    pub json_fields: Vec<String>,
 }
 
 /// How a route's rate limit is checked; decided once, here.
@@ -139,7 +142,9 @@ pub fn build(
                 }
             }
         };
+        let json_fields = json_fields(&p.config, &q, &limit);
         routes.push(Route {
+            json_fields,
             pipeline: i,
             name: p.config.name.clone(),
             verifier,
@@ -151,6 +156,34 @@ pub fn build(
     }
     routes.reverse();
     routes
+}
+
+/// The JSON pointers of the fields read after verification, each once.
+fn json_fields(p: &crate::config::Pipeline, q: &Option<Queued>, limit: &Limit) -> Vec<String> {
+    use crate::config::rate_limit::KeyPart;
+    use crate::config::verify::KeySource;
+    let when = p.respond.when.iter().map(|w| &w.field);
+    let queue = q.iter().flat_map(|q| {
+        q.config
+            .event_id
+            .iter()
+            .chain(q.config.dedupe.iter().flat_map(|d| d.key.iter()))
+    });
+    let riding = limit.riding().into_iter().flat_map(|r| {
+        r.rule.key.iter().filter_map(|k| match k {
+            KeyPart::Field(f) => Some(f),
+            _ => None,
+        })
+    });
+    let mut out: Vec<String> = Vec::new();
+    for source in when.chain(queue).chain(riding) {
+        if let KeySource::Json(ptr) = source
+            && !out.contains(ptr)
+        {
+            out.push(ptr.clone());
+        }
+    }
+    out
 }
 
 /// The limit rides in the enqueue's round trip when the limiter and the queue are both on
