@@ -23,6 +23,8 @@
 //! built with frame pointers, for `perf record -g`).
 //! `-- --pace` adds to each of those rounds the same saturation with an `engine worker` process
 //! writing Postgres beside the server: whether the worker keeps pace, and its CPU per event.
+//! `-- --redis-floor` measures instead what Redis alone spends per request-path op (the group
+//! commit driven directly, no HTTP).
 //! `-- --soak 10m [--warmup 60s]` runs instead a memory soak of `engine serve --no-worker` and
 //! `engine worker` under sustained load (`load/soak.rs`).
 //! `-- --tool-calls [--quick]` measures instead what a Vapi tool call answered from a calendar
@@ -79,6 +81,10 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    if args.iter().any(|a| a == "--redis-floor") {
+        rt.block_on(redis_floor());
+        return;
+    }
     if args.iter().any(|a| a == "--dashboard") {
         rt.block_on(async {
             let Some(setup) = support::setup("dash").await else {
@@ -257,6 +263,72 @@ async fn redis_cpu_secs() -> f64 {
         .filter(|l| l.starts_with("used_cpu_sys:") || l.starts_with("used_cpu_user:"))
         .filter_map(|l| l.split_once(':')?.1.trim().parse::<f64>().ok())
         .sum()
+}
+
+/// What Redis alone spends per request-path op: the engine's own group commit
+/// (`shared_redis`) driven with 2.7 KiB payloads, from a given number of concurrent callers
+/// (the group sizes follow), Redis's CPU (`INFO cpu`) per op. No HTTP, no engine work.
+async fn redis_floor() {
+    use engine::shared_redis::{Append, Limit, Op, SharedRedis};
+    let shared = SharedRedis::open("redis://127.0.0.1:6379").unwrap();
+    let prefix = format!("floor{}", std::process::id());
+    let payload = "x".repeat(2700);
+    for (callers, limited) in [(1, true), (10, true), (32, true), (10, false), (32, false)] {
+        let per_caller = 2000;
+        let cpu0 = redis_cpu_secs().await;
+        let (calls0, ops0) = shared.grouped();
+        let mut tasks = tokio::task::JoinSet::new();
+        for c in 0..callers {
+            let (shared, prefix, payload) = (shared.clone(), prefix.clone(), payload.clone());
+            tasks.spawn(async move {
+                for i in 0..per_caller {
+                    let append = Append {
+                        stream: format!("{prefix}:{{q}}:stream"),
+                        seen: format!("{prefix}:{{q}}:seen:{c}:{i}"),
+                        payload: payload.clone(),
+                        dedupe: true,
+                        window_secs: 60,
+                    };
+                    let op = match limited {
+                        true => Op::LimitedAppend(
+                            Limit {
+                                key: format!("{prefix}:rl:{}", c % 4),
+                                interval_us: 1,
+                                burst: 1_000_000,
+                                now_us: None,
+                            },
+                            append,
+                        ),
+                        false => Op::Append(append),
+                    };
+                    shared.run(op).await.unwrap();
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        let ops = (callers * per_caller) as f64;
+        let cpu = redis_cpu_secs().await - cpu0;
+        let (calls, grouped) = shared.grouped();
+        println!(
+            "{} from {callers} callers: Redis {:.1} µs per op, {:.1} ops per call",
+            if limited { "rate check + dedupe + append" } else { "dedupe + append" },
+            cpu * 1e6 / ops,
+            (grouped - ops0) as f64 / (calls - calls0).max(1) as f64
+        );
+        let mut c = redis::Client::open("redis://127.0.0.1:6379")
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}:*"))
+            .query_async(&mut c)
+            .await
+            .unwrap_or_default();
+        for chunk in keys.chunks(500) {
+            let _: () = redis::cmd("DEL").arg(chunk).query_async(&mut c).await.unwrap_or(());
+        }
+    }
 }
 
 /// The engine's mean group size on the request path's Redis connection (ops per call), from
