@@ -311,7 +311,11 @@ async fn redis_floor() {
         let (calls, grouped) = shared.grouped();
         println!(
             "{} from {callers} callers: Redis {:.1} µs per op, {:.1} ops per call",
-            if limited { "rate check + dedupe + append" } else { "dedupe + append" },
+            if limited {
+                "rate check + dedupe + append"
+            } else {
+                "dedupe + append"
+            },
             cpu * 1e6 / ops,
             (grouped - ops0) as f64 / (calls - calls0).max(1) as f64
         );
@@ -326,7 +330,11 @@ async fn redis_floor() {
             .await
             .unwrap_or_default();
         for chunk in keys.chunks(500) {
-            let _: () = redis::cmd("DEL").arg(chunk).query_async(&mut c).await.unwrap_or(());
+            let _: () = redis::cmd("DEL")
+                .arg(chunk)
+                .query_async(&mut c)
+                .await
+                .unwrap_or(());
         }
     }
 }
