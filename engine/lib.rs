@@ -34,6 +34,7 @@
 //! oauth          authorization-code flows with PKCE: start, callback, encrypted tokens
 //! connection     outbound calls of respond scripts: declared hosts, tenants' OAuth tokens
 //! ops            /metrics, /ready, Slack alerts, Sentry, hot reload
+//! console        /console: pipelines, live traffic, queues, dead letters (replay / purge)
 //! migrate        migrations/ applied in order under an advisory lock (refinery history)
 //! cli            engine serve | validate | schema
 //! ```
@@ -47,6 +48,7 @@ pub mod client_ip;
 pub mod clock;
 pub mod config;
 pub mod connection;
+pub mod console;
 pub mod crypto;
 pub mod db;
 pub mod diagnostics;

@@ -248,7 +248,7 @@ fn pairs(encoded: &[u8], redact: &dyn Fn(&str) -> bool) -> BTreeMap<String, OneO
 
 /// Whether `list` names `field` (a header, form field or query parameter; names compared
 /// without case, as HTTP and Twilio's forms treat them).
-fn redacts(list: &[Redact], field: &Redact) -> bool {
+pub fn redacts(list: &[Redact], field: &Redact) -> bool {
     list.iter().any(|r| match (r, field) {
         (Redact::Header(a), Redact::Header(b))
         | (Redact::Form(a), Redact::Form(b))

@@ -54,7 +54,8 @@ impl fmt::Display for HttpMethod {
     }
 }
 
-/// Paths the engine answers itself; pipelines cannot claim them.
+/// Paths the engine answers itself; pipelines cannot claim them (nor anything under
+/// `/console`, the operator console's).
 pub const RESERVED_PATHS: &[&str] = &["/health", "/ready", "/metrics"];
 
 /// A route conflict found while building the table.
@@ -108,7 +109,7 @@ impl RouteTable {
         let mut first_of_path: Vec<(&str, usize)> = Vec::new();
         let mut conflicts = Vec::new();
         for (i, (method, path, pipeline)) in routes.iter().enumerate() {
-            if RESERVED_PATHS.contains(path) {
+            if RESERVED_PATHS.contains(path) || crate::console::is_console_path(path) {
                 conflicts.push(RouteConflict {
                     pipeline: i,
                     with: None,
@@ -250,5 +251,17 @@ mod tests {
         assert_eq!(err[1].pipeline, 2);
         assert_eq!(err[2].pipeline, 4);
         assert_eq!(err[2].with, Some(3));
+    }
+
+    #[test]
+    fn the_console_paths_are_the_engines() {
+        let err = RouteTable::build(&[
+            (Post, "/console"),
+            (Get, "/console/hooks"),
+            (Post, "/consoles"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.len(), 2, "{err:?}");
+        assert!(err[0].message.contains("reserved for the engine"));
     }
 }

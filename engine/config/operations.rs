@@ -1,5 +1,5 @@
 //! The operational settings a deployment gives through its environment (not through pipeline
-//! files): the encryption keys, the `/metrics` token, Sentry and Slack. Read once, at load, by
+//! files): the encryption keys, the `/metrics` and console tokens, Sentry and Slack. Read once, at load, by
 //! name in this one place; the rest of the engine gets them typed, secrets wrapped in [`Secret`]
 //! so printing one (a log line, a `{:?}`, an error) shows `[secret]`, never the value.
 
@@ -45,6 +45,8 @@ pub struct Operations {
     pub encryption_key_previous: Option<Secret>,
     /// METRICS_TOKEN: the bearer token `/metrics` needs.
     pub metrics_token: Option<Secret>,
+    /// CONSOLE_TOKEN: turns the operator console on; what an operator signs in with.
+    pub console_token: Option<Secret>,
     /// SENTRY_DSN: errors and panics go to Sentry.
     pub sentry_dsn: Option<Secret>,
     /// SLACK_WEBHOOK_URL: alerts go to Slack.
@@ -61,6 +63,7 @@ impl Operations {
             encryption_key: secret("ENCRYPTION_KEY"),
             encryption_key_previous: secret("ENCRYPTION_KEY_PREVIOUS"),
             metrics_token: secret("METRICS_TOKEN"),
+            console_token: secret("CONSOLE_TOKEN"),
             sentry_dsn: secret("SENTRY_DSN"),
             slack_webhook_url: secret("SLACK_WEBHOOK_URL"),
             alert_sink_outage: Duration::from_secs(

@@ -143,6 +143,52 @@ impl MemoryQueue {
     }
 
     /// Dead letters so far (kept in memory, also logged).
+    /// Put dead letters back on the queue with a fresh attempt count (all when `ids` is empty).
+    /// Each leaves the dead letters only once it is queued again; a full queue stops the replay
+    /// with the rest still dead.
+    pub fn replay_dead(&self, ids: &[String]) -> Result<u64, QueueError> {
+        let mut dead = self.dead.lock().unwrap_or_else(|e| e.into_inner());
+        let mut n = 0;
+        let mut i = 0;
+        while i < dead.len() {
+            if !ids.is_empty() && !ids.contains(&dead[i].id) {
+                i += 1;
+                continue;
+            }
+            let Some(event) = dead[i].event.clone() else {
+                i += 1;
+                continue;
+            };
+            let id = format!(
+                "mem-{}",
+                self.next_id
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            );
+            if self
+                .tx
+                .try_send(Delivery {
+                    id,
+                    event,
+                    attempts: 0,
+                })
+                .is_err()
+            {
+                return Err(QueueError::Full(self.name.clone()));
+            }
+            dead.remove(i);
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Delete dead letters (all when `ids` is empty); how many.
+    pub fn purge_dead(&self, ids: &[String]) -> u64 {
+        let mut dead = self.dead.lock().unwrap_or_else(|e| e.into_inner());
+        let before = dead.len();
+        dead.retain(|l| !ids.is_empty() && !ids.contains(&l.id));
+        (before - dead.len()) as u64
+    }
+
     pub fn dead_letters(&self) -> Vec<DeadLetter> {
         self.dead
             .lock()
@@ -183,8 +229,14 @@ impl Outcomes for MemoryQueue {
             if dead.len() >= DEAD_MAX {
                 dead.pop_front();
             }
+            // its own id: a delivery's id may be empty (`ack: processed`) and a replayed event
+            // gets a new delivery id
+            let n = self
+                .next_id
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             dead.push_back(DeadLetter {
-                id: d.id.clone(),
+                id: format!("dead-{n}"),
+                at_ms: chrono::Utc::now().timestamp_millis(),
                 event_id: d.event.id.clone(),
                 reason: reason.to_string(),
                 attempts: d.attempts + 1,
@@ -221,10 +273,40 @@ mod tests {
                 event: crate::transform::event::sample("application/json", "{}"),
                 attempts: 0,
             };
-            q.dead_letter(&d, "reason").await.unwrap();
+            q.dead_letter(&d, &format!("reason {i}")).await.unwrap();
         }
         let dead = q.dead_letters();
         assert_eq!(dead.len(), DEAD_MAX);
-        assert_eq!(dead[0].id, "mem-5");
+        assert_eq!(dead[0].reason, "reason 5");
+    }
+
+    #[tokio::test]
+    async fn dead_letters_are_replayed_or_purged_by_id_or_all() {
+        let q = MemoryQueue::new("dlq");
+        for i in 0..4 {
+            let mut event = crate::transform::event::sample("application/json", "{}");
+            event.id = format!("evt-{i}");
+            let d = Delivery {
+                id: String::new(),
+                event,
+                attempts: 3,
+            };
+            q.dead_letter(&d, "sink refused").await.unwrap();
+        }
+        let ids: Vec<String> = q.dead_letters().iter().map(|l| l.id.clone()).collect();
+        assert_eq!(ids.len(), 4);
+        assert!(ids.iter().all(|id| !id.is_empty()), "{ids:?}");
+        assert_eq!(q.replay_dead(std::slice::from_ref(&ids[1])).unwrap(), 1);
+        let back = q.try_next().await.unwrap();
+        assert_eq!((back.event.id.as_str(), back.attempts), ("evt-1", 0));
+        assert_eq!(q.purge_dead(std::slice::from_ref(&ids[0])), 1);
+        assert_eq!(
+            q.purge_dead(std::slice::from_ref(&ids[0])),
+            0,
+            "already gone"
+        );
+        assert_eq!(q.replay_dead(&[]).unwrap(), 2, "all that is left");
+        assert_eq!(q.dead_count(), 0);
+        assert_eq!(q.len(), 2);
     }
 }

@@ -79,6 +79,8 @@ pub struct DeadLetter {
     pub event_id: String,
     pub reason: String,
     pub attempts: u32,
+    /// When it was dead-lettered (Unix milliseconds).
+    pub at_ms: i64,
     #[serde(skip)]
     pub event: Option<EventInput>,
 }
@@ -154,6 +156,40 @@ impl Queue {
                 q.forget_seen(key);
                 Ok(())
             }
+        }
+    }
+
+    /// The newest `limit` dead letters, newest first.
+    pub async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
+        match self {
+            Queue::Redis(q) => q.newest_dead_letters(limit).await,
+            Queue::Memory(q) => Ok(q.dead_letters().into_iter().rev().take(limit).collect()),
+        }
+    }
+
+    /// Put dead letters back on the queue with a fresh attempt count (all when `ids` is empty);
+    /// how many went back.
+    pub async fn replay_dead(&self, ids: &[String]) -> Result<u64, QueueError> {
+        match self {
+            Queue::Redis(q) => q.replay_dead(ids).await,
+            Queue::Memory(q) => q.replay_dead(ids),
+        }
+    }
+
+    /// Delete dead letters (all when `ids` is empty); how many.
+    pub async fn purge_dead(&self, ids: &[String]) -> Result<u64, QueueError> {
+        match self {
+            Queue::Redis(q) => q.purge_dead(ids).await,
+            Queue::Memory(q) => Ok(q.purge_dead(ids)),
+        }
+    }
+
+    /// Workers reading this queue: on Redis, the consumers of its group that read within the
+    /// last minute (any instance); in process, `None` (the caller knows its own).
+    pub async fn workers(&self) -> Result<Option<u64>, QueueError> {
+        match self {
+            Queue::Redis(q) => q.active_consumers(Duration::from_secs(60)).await.map(Some),
+            Queue::Memory(_) => Ok(None),
         }
     }
 

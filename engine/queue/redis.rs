@@ -533,6 +533,62 @@ impl RedisQueue {
         Ok(parse_dead(&v))
     }
 
+    /// The newest `count` dead letters, newest first.
+    pub async fn newest_dead_letters(&self, count: usize) -> Result<Vec<DeadLetter>, QueueError> {
+        let mut c = self.conn().await?;
+        let v: Value = redis::cmd("XREVRANGE")
+            .arg(&self.dead)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut *c)
+            .await?;
+        Ok(parse_dead(&v))
+    }
+
+    /// Consumers of the group that read or acknowledged within `within` (`XINFO CONSUMERS`'
+    /// idle time): the workers alive now, across instances. 0 when the group does not exist yet.
+    pub async fn active_consumers(&self, within: Duration) -> Result<u64, QueueError> {
+        let mut c = self.conn().await?;
+        let v: Value = match redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(&self.stream)
+            .arg(GROUP)
+            .query_async(&mut *c)
+            .await
+        {
+            Ok(v) => v,
+            Err(e) if e.code() == Some("NOGROUP") || e.to_string().contains("no such key") => {
+                return Ok(0);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let Value::Array(consumers) = v else {
+            return Ok(0);
+        };
+        let limit = within.as_millis() as u64;
+        // each consumer: [name, n, pending, n, idle, ms, ...] (RESP2) or a map (RESP3)
+        let idle = |c: &Value| -> Option<u64> {
+            let pairs: Vec<(&Value, &Value)> = match c {
+                Value::Array(f) => f
+                    .chunks(2)
+                    .filter_map(|p| Some((p.first()?, p.get(1)?)))
+                    .collect(),
+                Value::Map(m) => m.iter().map(|(k, v)| (k, v)).collect(),
+                _ => return None,
+            };
+            pairs
+                .into_iter()
+                .find(|(k, _)| as_string(k).as_deref() == Some("idle"))
+                .and_then(|(_, v)| as_u64(v))
+        };
+        Ok(consumers
+            .iter()
+            .filter(|c| idle(c).is_some_and(|ms| ms < limit))
+            .count() as u64)
+    }
+
     /// Put dead letters back on the work stream with a fresh attempt count (all when `ids` is
     /// empty). Returns how many were replayed.
     pub async fn replay_dead(&self, ids: &[String]) -> Result<u64, QueueError> {
@@ -683,6 +739,11 @@ fn parse_dead(v: &Value) -> Vec<DeadLetter> {
             let event: Option<EventInput> =
                 field(&f, "e").and_then(|e| serde_json::from_str(e).ok());
             DeadLetter {
+                at_ms: id
+                    .split('-')
+                    .next()
+                    .and_then(|ms| ms.parse().ok())
+                    .unwrap_or(0),
                 id,
                 event_id: event.as_ref().map(|e| e.id.clone()).unwrap_or_default(),
                 reason: field(&f, "reason").unwrap_or_default().to_string(),

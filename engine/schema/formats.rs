@@ -10,6 +10,28 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
+/// Custom format check: a token long and varied enough to be a random secret — at least 32
+/// characters carrying at least 100 bits by their character frequencies (Shannon entropy × length).
+/// `openssl rand -hex 16` (32 hex characters) passes; a repeated word or pattern does not.
+pub fn is_random_token(value: &str) -> bool {
+    let n = value.chars().count();
+    if n < 32 {
+        return false;
+    }
+    let mut counts = std::collections::HashMap::new();
+    for c in value.chars() {
+        *counts.entry(c).or_insert(0usize) += 1;
+    }
+    let per_char: f64 = counts
+        .values()
+        .map(|&k| {
+            let p = k as f64 / n as f64;
+            -p * p.log2()
+        })
+        .sum();
+    per_char * n as f64 >= 100.0
+}
+
 /// Custom format check: a service-role key.
 pub fn is_service_role_key(value: &str) -> bool {
     service_role_key_problem(value).is_none()
@@ -56,6 +78,26 @@ fn jwt_role(token: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn random_tokens_are_long_and_varied() {
+        // `openssl rand -hex 16`, `-hex 32` and `-base64 32` outputs
+        for ok in [
+            "3f9c1a7e0b5d42c8a16e9f03d7b2c5e4",
+            "9b1e4f0c2a7d38e5b6c10f9a4d2e7b3c5a8f1e0d9c6b2a7e4f3d1c0b9a8e7f6d",
+            "q4Zb1v0mW8yTn2kR9sXf3cLp7hJd5gAe6uBo0iQw+Yc=",
+        ] {
+            assert!(is_random_token(ok), "{ok}");
+        }
+        for bad in [
+            "short",
+            &"a".repeat(64),
+            &"abcd".repeat(10),
+            "passwordpasswordpasswordpassword",
+        ] {
+            assert!(!is_random_token(bad), "{bad}");
+        }
+    }
 
     fn jwt(claims: &str) -> String {
         format!(

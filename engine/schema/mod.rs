@@ -27,6 +27,7 @@ pub fn compile(schema: &Value) -> Result<Validator, String> {
     jsonschema::options()
         .should_validate_formats(true)
         .with_format("supabase-service-role-key", formats::is_service_role_key)
+        .with_format("random-token", formats::is_random_token)
         .build(schema)
         .map_err(|e| e.masked().to_string())
 }

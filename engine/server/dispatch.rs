@@ -68,18 +68,43 @@ impl Handler for Dispatch {
             pipeline = tracing::field::Empty,
             event_id = tracing::field::Empty,
         );
-        let mut label = String::from("-");
+        let mut served = Served {
+            label: String::from("-"),
+            pipeline: false,
+            verify_failed: false,
+        };
         // Err(Stop) means a step already answered (404, 429, 401, ...).
-        let _ = self.serve(req, res, &mut label).instrument(span).await;
+        let _ = self.serve(req, res, &mut served).instrument(span).await;
         let status = res.status_code.unwrap_or(StatusCode::OK).as_u16();
+        let took = started.elapsed();
+        if served.pipeline && self.app.console.is_some() {
+            crate::console::traffic::global().record(
+                &served.label,
+                self.app.clock.now_ms().div_euclid(1000),
+                status,
+                served.verify_failed,
+                took,
+            );
+        }
+        let label = served.label;
         metrics::histogram!("engine_http_request_duration_seconds", "pipeline" => label.clone())
-            .record(started.elapsed().as_secs_f64());
+            .record(took.as_secs_f64());
         metrics::counter!("engine_http_requests_total", "pipeline" => label, "status" => status.to_string())
             .increment(1);
     }
 }
 
 const X_REQUEST_ID: &str = "x-request-id";
+
+/// What the request path reports about a request for the metrics and the console's traffic.
+struct Served {
+    /// The pipeline's name, or the engine path's (`health`, `console`, ...); `-` when unrouted.
+    label: String,
+    /// Whether it reached a pipeline.
+    pipeline: bool,
+    /// Whether its verification failed.
+    verify_failed: bool,
+}
 
 /// The caller's request id when it is 1-128 characters of `[A-Za-z0-9._:-]` (a proxy's, e.g.
 /// Render's), else a new UUID.
@@ -98,22 +123,27 @@ fn request_id(req: &Request) -> String {
 }
 
 impl Dispatch {
-    /// The request path, one step per line. `label` names the pipeline (or engine path) for the
-    /// request metrics.
+    /// The request path, one step per line. `served` names the pipeline (or engine path) for
+    /// the request metrics.
     async fn serve(
         &self,
         req: &mut Request,
         res: &mut Response,
-        label: &mut String,
+        served: &mut Served,
     ) -> Result<(), Stop> {
         let app = &*self.app;
         if let Some(own) = super::own::own_path(req.uri().path()) {
-            *label = own.to_string();
+            served.label = own.to_string();
             return super::own::serve(app, own, req, res).await;
+        }
+        if crate::console::is_console_path(req.uri().path()) {
+            served.label = "console".into();
+            return crate::console::serve(app, req, res).await;
         }
         let (pipeline, params) = lookup(app, req, res)?;
         let route = &app.routes[pipeline];
-        label.clone_from(&route.name);
+        served.label.clone_from(&route.name);
+        served.pipeline = true;
         tracing::Span::current().record("pipeline", route.name.as_str());
         maintenance(app, res)?;
         if let Some(flow) = &route.oauth {
@@ -132,6 +162,7 @@ impl Dispatch {
         // sender's budget).
         check_rate(app, route.limit.first(), &seen, &params, res).await?;
         if let Err(refusal) = verify(app, route, &seen, &params).await {
+            served.verify_failed = true;
             check_rate(app, route.limit.when_unverified(), &seen, &params, res).await?;
             return Err(refuse(res, refusal));
         }
@@ -148,8 +179,19 @@ impl Dispatch {
         tracing::Span::current().record("event_id", event.id.as_str());
         let reply = self.respond(pipeline, &event, computes).await;
         let event_id = app.recorder.as_ref().map(|_| event.id.clone());
+        // the console's sample of recent events: at most one every few hundred ms per pipeline
+        let sampled = (app.console.is_some()
+            && crate::console::recent::global().offer(&route.name, seen.now_ms))
+        .then(|| event.clone());
         enqueue(route, &seen, &fields, event, res).await?;
         send(&reply, res);
+        if let Some(event) = sampled {
+            crate::console::recent::global().keep(crate::console::recent::Sample {
+                at_ms: seen.now_ms,
+                status: reply.status,
+                event,
+            });
+        }
         if let (Some(recorder), Some(id)) = (&app.recorder, event_id) {
             record(app, recorder, route, &seen, &id, reply.status);
         }

@@ -8,15 +8,15 @@
 //! `engine serve` calls [`serve`], which also waits for SIGTERM (what Render sends on deploys) or
 //! SIGINT.
 
-mod answer;
+pub(crate) mod answer;
 pub mod dispatch;
-mod limit;
+pub(crate) mod limit;
 mod oauth;
 mod own;
 pub mod queueing;
 pub mod reload;
 pub mod route;
-mod seen;
+pub(crate) mod seen;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -88,6 +88,10 @@ pub struct App {
     pub metrics_token: Option<crate::config::operations::Secret>,
     /// The sinks' Postgres pool (for the pool gauges).
     pub pool: Option<deadpool_postgres::Pool>,
+    /// The operator console, when CONSOLE_TOKEN is set.
+    pub console: Option<crate::console::Console>,
+    /// When this set was built (boot or the last reload), Unix milliseconds.
+    pub built_at_ms: i64,
 }
 
 /// What an app reads time from and writes rows to: the system clock and the configured sinks
@@ -186,6 +190,7 @@ impl App {
             crate::ops::ready::Checks::new(redis.clone(), project.settings.database_url.as_deref())
                 .map_err(BuildError::Database)?;
         let metrics_token = project.ops.metrics_token.clone();
+        let project_console_token = project.ops.console_token.clone();
         let oauth = oauth_flows(&project, pool.as_ref());
         let proxies = TrustedProxies::parse(&project.settings.trusted_proxies);
         let default = project.settings.rate_limit.as_ref().filter(|r| r.enabled);
@@ -212,6 +217,8 @@ impl App {
             ready,
             metrics_token,
             pool,
+            console: crate::console::Console::new(project_console_token.as_ref()),
+            built_at_ms: chrono::Utc::now().timestamp_millis(),
         })
     }
 
@@ -290,6 +297,8 @@ pub struct Live {
     workers: std::sync::Mutex<Option<queueing::Workers>>,
     /// Whether this process runs queue workers at all.
     run_workers: bool,
+    /// The previous sets' workers, finishing their in-flight events after a swap.
+    retiring: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 /// One built set: the app and its handler chain.
@@ -308,6 +317,7 @@ impl Live {
             }),
             workers: std::sync::Mutex::new(workers),
             run_workers,
+            retiring: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -354,9 +364,20 @@ impl Live {
             workers,
         );
         if let Some(w) = previous {
-            tokio::spawn(w.stop(grace));
+            let mut retiring = self.retiring.lock().unwrap_or_else(|e| e.into_inner());
+            retiring.retain(|h| !h.is_finished());
+            retiring.push(tokio::spawn(w.stop(grace)));
         }
         Ok(())
+    }
+
+    /// Wait until the workers of the sets swapped out have stopped: from then on only the
+    /// current set's workers take events (what replaying dead letters after a fix relies on).
+    pub async fn retired(&self) {
+        let handles = std::mem::take(&mut *self.retiring.lock().unwrap_or_else(|e| e.into_inner()));
+        for h in handles {
+            let _ = h.await;
+        }
     }
 
     async fn stop_workers(&self, grace: Duration) {

@@ -11,6 +11,8 @@ mod architecture;
 mod cli;
 mod conformance;
 mod connections;
+mod console;
+mod console_browser;
 mod delivery;
 mod faults;
 mod hostile;

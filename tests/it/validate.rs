@@ -369,6 +369,26 @@ mod env_rules {
     }
 
     #[test]
+    fn a_console_token_in_production_is_long_and_random() {
+        for weak in ["console-token-16", "passwordpasswordpasswordpassword"] {
+            let p = with(&[("CONSOLE_TOKEN", Some(weak))]);
+            assert_eq!(p.len(), 1, "{p:?}");
+            assert!(
+                p[0].starts_with(
+                    "CONSOLE_TOKEN: must be at least 32 random characters in production"
+                ),
+                "{p:?}"
+            );
+            assert!(!p[0].contains(weak), "the value is never shown: {p:?}");
+        }
+        let strong = "9b1e4f0c2a7d38e5b6c10f9a4d2e7b3c5a8f1e0d9c6b2a7e4f3d1c0b9a8e7f6d";
+        assert_eq!(
+            with(&[("CONSOLE_TOKEN", Some(strong))]),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
     fn service_role_key_not_anon() {
         let anon = jwt(r#"{"iss":"supabase","role":"anon"}"#);
         let p = with(&[("SUPABASE_SERVICE_ROLE_KEY", Some(&anon))]);

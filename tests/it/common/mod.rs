@@ -835,3 +835,21 @@ impl Drop for PgBouncer {
         }
     }
 }
+
+/// Poll `check` every 100 ms until it gives a value or `within` has passed.
+pub async fn eventually_async<T, F, Fut>(within: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let end = std::time::Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return Some(v);
+        }
+        if std::time::Instant::now() >= end {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,0 +1,524 @@
+//! The operator console over HTTP: off without CONSOLE_TOKEN; sign-in, the session cookie and
+//! CSRF; the pages; live traffic and recent events; dead letters seen (redacted), replayed after
+//! a fix, and purged, against real Redis and Postgres. `console_browser` drives the same flow
+//! in a real headless Chromium.
+
+use crate::common;
+
+use std::time::Duration;
+
+use common::{Dir, TestApp, fresh_schema, pg, spawn_app};
+use engine::env::EnvSource;
+use engine::server::reload::{EnvOrigin, Source, reload};
+
+pub const TOKEN: &str = "console-test-token-9b1e4f0c2a7d38e5b6c1";
+const REDIS: &str = "redis://127.0.0.1:6379";
+/// ENCRYPTION_KEY for tests with DATABASE_URL (the shipped Twilio pipelines read tenant secrets).
+pub const KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
+/// A queued pipeline writing `call_status` rows; `broken: true` makes its script fail every
+/// event permanently (so events go to the dead letters), `false` is the fix.
+pub fn orders(name: &str, broken: bool) -> String {
+    format!(
+        r#"name: {name}
+route: {{method: POST, path: /hooks/{name}}}
+redact:
+  - json: /customer/phone
+vars:
+  broken: {broken}
+queue:
+  max_attempts: 1
+transform:
+  - name: status
+    inline: |
+      if event.vars.broken {{ fail_permanent("the status script is broken") }}
+      #{{ call_id: event.body.call_id, status: event.body.status, occurred_at: event.received_at, event_id: event.id }}
+    sink: status
+sinks:
+  status:
+    postgres: {{table: call_status}}
+"#
+    )
+}
+
+/// The shipped pipelines plus `orders(name, broken)`, Redis keys under a private prefix.
+pub fn project(name: &str, broken: bool) -> Dir {
+    let dir = Dir::shipped_copy();
+    let base = std::fs::read_to_string(dir.path().join("engine.yaml")).unwrap();
+    let prefix = format!(
+        "console:{}:{}",
+        std::process::id(),
+        chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
+    );
+    dir.write(
+        "engine.yaml",
+        &format!("{base}\nredis_key_prefix: '{prefix}'\n"),
+    );
+    dir.write(&format!("{name}.yaml"), &orders(name, broken));
+    dir
+}
+
+/// Load `dir` again with `env` and swap it in (what SIGHUP does), then wait for the previous
+/// set's workers to stop.
+pub async fn reload_with(app: &TestApp, dir: &Dir, env: &[(&str, &str)]) {
+    let live = app.live();
+    let source = Source {
+        dir: dir.path().to_path_buf(),
+        env: EnvOrigin::Fixed(EnvSource::from_pairs(env.iter().copied())),
+    };
+    let swapped = live.clone();
+    tokio::task::spawn_blocking(move || reload(&swapped, &source, Duration::from_secs(5)))
+        .await
+        .unwrap()
+        .unwrap();
+    // the old set's workers (running the broken script) are gone before anything is replayed
+    live.retired().await;
+}
+
+/// A client that shows redirects instead of following them.
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// A signed-in session: its cookie header and its CSRF token.
+struct Session {
+    cookie: String,
+    csrf: String,
+}
+
+async fn sign_in(app: &TestApp) -> Session {
+    let res = client()
+        .post(app.url("/console/login"))
+        .form(&[("token", TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 303);
+    assert_eq!(res.headers()["location"], "/console/pipelines");
+    let set = res.headers()["set-cookie"].to_str().unwrap().to_string();
+    let cookie = set.split(';').next().unwrap().to_string();
+    let page = get(app, &cookie, "/console/pipelines").await.1;
+    let csrf = page
+        .split(r#"name="csrf" value=""#)
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_string();
+    Session { cookie, csrf }
+}
+
+async fn get(app: &TestApp, cookie: &str, path: &str) -> (u16, String) {
+    let res = client()
+        .get(app.url(path))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    (res.status().as_u16(), res.text().await.unwrap())
+}
+
+async fn post_form(
+    app: &TestApp,
+    cookie: &str,
+    path: &str,
+    form: &[(&str, &str)],
+) -> reqwest::Response {
+    client()
+        .post(app.url(path))
+        .header("cookie", cookie)
+        .form(form)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn post_order(app: &TestApp, name: &str, call: &str, phone: &str) -> u16 {
+    app.client
+        .post(app.url(&format!("/hooks/{name}")))
+        .json(&serde_json::json!({
+            "call_id": call,
+            "status": "ringing",
+            "customer": {"phone": phone}
+        }))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn the_console_is_off_without_a_token() {
+    let dir = Dir::shipped_copy();
+    let app = spawn_app(dir.path(), &[]).await;
+    for path in [
+        "/console",
+        "/console/login",
+        "/console/pipelines",
+        "/console/assets/console.js",
+    ] {
+        let res = client().get(app.url(path)).send().await.unwrap();
+        assert_eq!(res.status(), 404, "{path}");
+    }
+    let res = client()
+        .post(app.url("/console/login"))
+        .form(&[("token", TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    assert!(res.headers().get("set-cookie").is_none());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn sign_in_sessions_and_csrf() {
+    let dir = Dir::shipped_copy();
+    let app = spawn_app(dir.path(), &[("CONSOLE_TOKEN", TOKEN)]).await;
+
+    // not signed in: pages send to the sign-in page, the API answers 401
+    let res = client()
+        .get(app.url("/console/queues"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 303);
+    assert_eq!(res.headers()["location"], "/console/login");
+    let res = client()
+        .get(app.url("/console/api/traffic"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    let res = client()
+        .get(app.url("/console/login"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let csp = res.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    assert_eq!(res.headers()["cache-control"], "no-store");
+
+    // a wrong token: 401, no cookie
+    let res = client()
+        .post(app.url("/console/login"))
+        .form(&[("token", "console-test-token-wrong")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    assert!(res.headers().get("set-cookie").is_none());
+
+    // the right one: a strict session cookie
+    let res = client()
+        .post(app.url("/console/login"))
+        .form(&[("token", TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    let set = res.headers()["set-cookie"].to_str().unwrap();
+    for flag in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/console"] {
+        assert!(set.contains(flag), "{set}");
+    }
+    assert!(!set.contains(TOKEN), "the cookie does not carry the token");
+
+    let s = sign_in(&app).await;
+    for (path, expect) in [
+        ("/console/pipelines", "POST /api/webhooks/vapi"),
+        ("/console/traffic", "data-source=\"/console/api/traffic\""),
+        ("/console/queues", "in-process"),
+        ("/console/dead-letters", "vapi"),
+        ("/console/events", "twilio-sms"),
+        ("/console/events?pipeline=vapi", "No request sampled yet"),
+        ("/console/dead-letters?pipeline=vapi", "None."),
+    ] {
+        let (status, page) = get(&app, &s.cookie, path).await;
+        assert_eq!(status, 200, "{path}");
+        assert!(page.contains(expect), "{path}: {page}");
+        for secret in [
+            TOKEN,
+            "dev-vapi-webhook-secret",
+            "0123456789abcdef0123456789abcdef",
+        ] {
+            assert!(!page.contains(secret), "{path} shows a secret");
+        }
+    }
+    let (status, _) = get(&app, &s.cookie, "/console/dead-letters?pipeline=nope").await;
+    assert_eq!(status, 404);
+    let js = client()
+        .get(app.url("/console/assets/console.js"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        js.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/javascript")
+    );
+
+    // a tampered cookie is no session
+    let tampered = format!("{}x", s.cookie);
+    let res = client()
+        .get(app.url("/console/pipelines"))
+        .header("cookie", &tampered)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 303);
+
+    // state changes need this session's CSRF token
+    let form = [("pipeline", "vapi"), ("all", "1")];
+    assert_eq!(
+        post_form(&app, &s.cookie, "/console/dead-letters/purge", &form)
+            .await
+            .status(),
+        403
+    );
+    let wrong = [
+        ("pipeline", "vapi"),
+        ("all", "1"),
+        ("csrf", "not-the-token"),
+    ];
+    assert_eq!(
+        post_form(&app, &s.cookie, "/console/dead-letters/purge", &wrong)
+            .await
+            .status(),
+        403
+    );
+    let other = sign_in(&app).await;
+    let theirs = [
+        ("pipeline", "vapi"),
+        ("all", "1"),
+        ("csrf", other.csrf.as_str()),
+    ];
+    assert_eq!(
+        post_form(&app, &s.cookie, "/console/dead-letters/purge", &theirs)
+            .await
+            .status(),
+        403,
+        "another session's token"
+    );
+    let res = post_form(&app, &s.cookie, "/console/logout", &[("csrf", &s.csrf)]).await;
+    assert_eq!(res.status(), 303);
+    assert!(
+        res.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn sign_in_attempts_are_limited_per_client() {
+    let dir = Dir::shipped_copy();
+    let app = spawn_app(dir.path(), &[("CONSOLE_TOKEN", TOKEN)]).await;
+    for _ in 0..engine::console::LOGIN_ATTEMPTS_PER_MINUTE {
+        let res = client()
+            .post(app.url("/console/login"))
+            .form(&[("token", "guess-guess-guess-guess")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 401);
+    }
+    let res = client()
+        .post(app.url("/console/login"))
+        .form(&[("token", TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 429, "even the right token waits");
+    assert!(res.headers().get("set-cookie").is_none());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn traffic_and_recent_events_are_shown_redacted() {
+    let name = "orders_traffic";
+    let dir = project(name, false);
+    let app = spawn_app(dir.path(), &[("CONSOLE_TOKEN", TOKEN)]).await;
+    let s = sign_in(&app).await;
+    assert_eq!(
+        post_order(
+            &app,
+            name,
+            "9f1c2e4a-5b6d-4e7f-8a9b-0c1d2e3f4a5b",
+            "+15550109"
+        )
+        .await,
+        200
+    );
+    let unsigned = app
+        .client
+        .post(app.url("/api/webhooks/vapi"))
+        .header("authorization", "Bearer wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unsigned.status(), 401);
+
+    let (status, json) = get(&app, &s.cookie, "/console/api/traffic").await;
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let of = |p: &str| {
+        v["pipelines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["pipeline"] == p)
+            .unwrap()
+            .clone()
+    };
+    let orders = of(name);
+    assert_eq!(orders["minute"]["ok"], 1);
+    assert_eq!(orders["seconds"].as_array().unwrap().len(), 120);
+    assert!(orders["minute"]["p99_ms"].as_f64().unwrap() > 0.0);
+    assert!(of("vapi")["minute"]["verify_failures"].as_u64().unwrap() >= 1);
+
+    let (_, page) = get(&app, &s.cookie, &format!("/console/events?pipeline={name}")).await;
+    assert!(
+        page.contains("9f1c2e4a-5b6d-4e7f-8a9b-0c1d2e3f4a5b"),
+        "{page}"
+    );
+    assert!(page.contains("[redacted]"), "{page}");
+    assert!(
+        !page.contains("+15550109"),
+        "the redacted phone number is not shown"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn dead_letters_are_seen_replayed_after_a_fix_and_purged() {
+    let name = "orders_dlq";
+    let (database, schema) = fresh_schema().await;
+    let env = [
+        ("CONSOLE_TOKEN", TOKEN),
+        ("REDIS_URL", REDIS),
+        ("DATABASE_URL", database.as_str()),
+        ("ENCRYPTION_KEY", KEY),
+    ];
+    let dir = project(name, true);
+    let app = spawn_app(dir.path(), &env).await;
+    let db = pg(&schema).await;
+    let s = sign_in(&app).await;
+    let calls = [
+        "11111111-1111-4111-8111-111111111111",
+        "22222222-2222-4222-8222-222222222222",
+        "33333333-3333-4333-8333-333333333333",
+    ];
+    for call in calls {
+        assert_eq!(post_order(&app, name, call, "+15550123").await, 200);
+    }
+    let page = common::eventually_async(Duration::from_secs(10), || async {
+        let (_, page) = get(
+            &app,
+            &s.cookie,
+            &format!("/console/dead-letters?pipeline={name}"),
+        )
+        .await;
+        (page.matches(r#"name="id""#).count() == 3).then_some(page)
+    })
+    .await
+    .expect("three dead letters on the page");
+    assert!(page.contains("the status script is broken"), "{page}");
+    assert!(page.contains("3 dead letters"), "{page}");
+    assert!(!page.contains("+15550123"), "redacted");
+    let ids: Vec<String> = page
+        .split(r#"name="id" value=""#)
+        .skip(1)
+        .map(|rest| rest.split('"').next().unwrap().to_string())
+        .collect();
+    // newest first: the third call's letter is first
+    let (_, queues) = get(&app, &s.cookie, "/console/queues").await;
+    assert!(queues.contains(name), "{queues}");
+
+    // purge the newest
+    let res = post_form(
+        &app,
+        &s.cookie,
+        "/console/dead-letters/purge",
+        &[("csrf", &s.csrf), ("pipeline", name), ("id", &ids[0])],
+    )
+    .await;
+    assert_eq!(res.status(), 303);
+    assert_eq!(
+        res.headers()["location"],
+        format!("/console/dead-letters?pipeline={name}&done=purged-1")
+    );
+
+    // fix the script, then replay one selected letter, then all that are left
+    dir.write(&format!("{name}.yaml"), &orders(name, false));
+    reload_with(&app, &dir, &env).await;
+    let res = post_form(
+        &app,
+        &s.cookie,
+        "/console/dead-letters/replay",
+        &[("csrf", &s.csrf), ("pipeline", name), ("id", &ids[1])],
+    )
+    .await;
+    assert_eq!(res.status(), 303);
+    assert!(
+        res.headers()["location"]
+            .to_str()
+            .unwrap()
+            .ends_with("done=replayed-1")
+    );
+    common::eventually_async(Duration::from_secs(10), || async {
+        let n: i64 = db
+            .query_one(
+                "SELECT count(*) FROM call_status WHERE call_id = $1::text::uuid",
+                &[&calls[1]],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        (n == 1).then_some(())
+    })
+    .await
+    .expect("the replayed event's row");
+    let res = post_form(
+        &app,
+        &s.cookie,
+        "/console/dead-letters/replay",
+        &[("csrf", &s.csrf), ("pipeline", name), ("all", "1")],
+    )
+    .await;
+    assert!(
+        res.headers()["location"]
+            .to_str()
+            .unwrap()
+            .ends_with("done=replayed-1")
+    );
+    common::eventually_async(Duration::from_secs(10), || async {
+        let n: i64 = db
+            .query_one("SELECT count(*) FROM call_status", &[])
+            .await
+            .unwrap()
+            .get(0);
+        (n == 2).then_some(())
+    })
+    .await
+    .expect("both replayed rows, not the purged one");
+    let (_, page) = get(
+        &app,
+        &s.cookie,
+        &format!("/console/dead-letters?pipeline={name}"),
+    )
+    .await;
+    assert!(page.contains("None."), "{page}");
+    app.stop().await;
+}
