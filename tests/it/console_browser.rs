@@ -280,6 +280,14 @@ async fn an_operator_replays_a_dead_letter_in_a_real_browser() {
         tokio::time::sleep(Duration::from_secs(50)).await;
     }
     browser.go(&app.url("/console/traffic")).await;
+    // tall enough for every pipeline's card
+    browser
+        .call(
+            reqwest::Method::POST,
+            "/window/rect",
+            json!({"width": 1280, "height": 1320}),
+        )
+        .await;
     // the script redraws from the API: wait for its first refresh
     browser.wait_for("data-updated", false).await;
     browser.screenshot("traffic").await;
