@@ -58,6 +58,11 @@ impl fmt::Display for HttpMethod {
 /// `/console`, the operator console's).
 pub const RESERVED_PATHS: &[&str] = &["/health", "/ready", "/metrics"];
 
+/// Whether a path is the operator console's (`/console` and everything under it).
+pub fn is_console_path(path: &str) -> bool {
+    path == "/console" || path.starts_with("/console/")
+}
+
 /// A route conflict found while building the table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteConflict {
@@ -109,7 +114,7 @@ impl RouteTable {
         let mut first_of_path: Vec<(&str, usize)> = Vec::new();
         let mut conflicts = Vec::new();
         for (i, (method, path, pipeline)) in routes.iter().enumerate() {
-            if RESERVED_PATHS.contains(path) || crate::console::is_console_path(path) {
+            if RESERVED_PATHS.contains(path) || is_console_path(path) {
                 conflicts.push(RouteConflict {
                     pipeline: i,
                     with: None,

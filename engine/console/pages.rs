@@ -9,10 +9,11 @@ use maud::{DOCTYPE, Markup, html};
 use super::QueueRow;
 use super::recent::{Sample, shown};
 use super::traffic::{Counts, SHOWN, Series};
+use crate::config::Project;
 use crate::config::pipeline::Redact;
+use crate::config::queue::Queue as QueueConfig;
 use crate::config::sink::Sink;
 use crate::queue::DeadLetter;
-use crate::server::App;
 
 /// The console's script (no build step: plain JavaScript).
 pub const SCRIPT: &str = include_str!("assets/console.js");
@@ -96,25 +97,26 @@ pub fn not_found(csrf: &str) -> Markup {
     )
 }
 
-/// Every pipeline: route, verification, limit, queue, sinks; when this set was loaded.
-pub fn pipelines(app: &App, csrf: &str) -> Markup {
-    let loaded = crate::transform::sandbox::format_time(app.built_at_ms);
-    let default_limit = app
-        .project
-        .settings
-        .rate_limit
-        .as_ref()
-        .filter(|r| r.enabled);
+/// Every pipeline: route, verification, limit, queue (`queues`: each pipeline's queue name and
+/// settings, by position), sinks; when this set was loaded.
+pub fn pipelines(
+    project: &Project,
+    queues: &[Option<(&str, &QueueConfig)>],
+    built_at_ms: i64,
+    csrf: &str,
+) -> Markup {
+    let loaded = crate::transform::sandbox::format_time(built_at_ms);
+    let default_limit = project.settings.rate_limit.as_ref().filter(|r| r.enabled);
     page(
         "Pipelines",
         "pipelines",
         csrf,
         html! {
-            p.meta { "Loaded " time datetime=(loaded) { (loaded) } " · environment " (app.project.env.environment()) }
+            p.meta { "Loaded " time datetime=(loaded) { (loaded) } " · environment " (project.env.environment()) }
             table {
                 thead { tr { th { "Pipeline" } th { "Route" } th { "Verification" } th { "Rate limit" } th { "Queue" } th { "Transform → sinks" } } }
                 tbody {
-                    @for (p, route) in app.project.pipelines.iter().zip(&app.routes) {
+                    @for (p, queue) in project.pipelines.iter().zip(queues) {
                         @let c = &p.config;
                         tr {
                             td {
@@ -136,15 +138,15 @@ pub fn pipelines(app: &App, csrf: &str) -> Markup {
                                 }
                             }
                             td {
-                                @match &route.queued {
-                                    Some(q) => {
-                                        code { (q.handle.name()) }
+                                @match queue {
+                                    Some((queue_name, config)) => {
+                                        code { (queue_name) }
                                         br;
                                         small {
-                                            "ack " (serde_plain(&q.config.ack))
-                                            " · " (q.config.max_attempts) @if q.config.max_attempts == 1 { " attempt" } @else { " attempts" }
-                                            " · " (q.config.concurrency) " workers"
-                                            @if let Some(d) = &q.config.dedupe { " · dedupe " (d.window) }
+                                            "ack " (serde_plain(&config.ack))
+                                            " · " (config.max_attempts) @if config.max_attempts == 1 { " attempt" } @else { " attempts" }
+                                            " · " (config.concurrency) " workers"
+                                            @if let Some(d) = &config.dedupe { " · dedupe " (d.window) }
                                         }
                                     }
                                     None => { "—" small { " (answered only)" } }

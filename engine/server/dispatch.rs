@@ -136,9 +136,9 @@ impl Dispatch {
             served.label = own.to_string();
             return super::own::serve(app, own, req, res).await;
         }
-        if crate::console::is_console_path(req.uri().path()) {
+        if crate::route::is_console_path(req.uri().path()) {
             served.label = "console".into();
-            return crate::console::serve(app, req, res).await;
+            return super::console::serve(app, req, res).await;
         }
         let (pipeline, params) = lookup(app, req, res)?;
         let route = &app.routes[pipeline];

@@ -8,15 +8,16 @@
 //! `engine serve` calls [`serve`], which also waits for SIGTERM (what Render sends on deploys) or
 //! SIGINT.
 
-pub(crate) mod answer;
+mod answer;
+mod console;
 pub mod dispatch;
-pub(crate) mod limit;
+mod limit;
 mod oauth;
 mod own;
 pub mod queueing;
 pub mod reload;
 pub mod route;
-pub(crate) mod seen;
+mod seen;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

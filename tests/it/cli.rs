@@ -369,6 +369,7 @@ fn serve_logs_listening_and_stops_on_sigterm() {
             "ENCRYPTION_KEY",
             "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
         )
+        .env("CONSOLE_TOKEN", CONSOLE_TOKEN)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -413,6 +414,47 @@ fn serve_logs_listening_and_stops_on_sigterm() {
         &["authorization: Bearer forged-token-value-123"],
     );
     assert!(forged.starts_with("HTTP/1.1 401"), "{forged}");
+
+    // an operator signs in to the console and purges a dead letter (one that does not exist:
+    // the shared Redis's real ones stay)
+    let base = format!("http://127.0.0.1:{port}");
+    let form = "content-type: application/x-www-form-urlencoded";
+    let login = reqwest::blocking(
+        "POST",
+        &format!("{base}/console/login"),
+        &[form],
+        &format!("token={CONSOLE_TOKEN}"),
+    );
+    assert!(login.starts_with("HTTP/1.1 303"), "{login}");
+    let cookie = login
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .and_then(|c| c.split(';').next())
+        .unwrap()
+        .to_string();
+    let page = reqwest::blocking(
+        "GET",
+        &format!("{base}/console/pipelines"),
+        &[&format!("cookie: {cookie}")],
+        "",
+    );
+    let csrf = page
+        .split(r#"name="csrf" value=""#)
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_string();
+    let purge = reqwest::blocking(
+        "POST",
+        &format!("{base}/console/dead-letters/purge"),
+        &[
+            form,
+            &format!("cookie: {cookie}"),
+            "x-request-id: console-purge-7",
+        ],
+        &format!("csrf={csrf}&pipeline=vapi&id=1-1"),
+    );
+    assert!(purge.starts_with("HTTP/1.1 303"), "{purge}");
 
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -466,7 +508,29 @@ fn serve_logs_listening_and_stops_on_sigterm() {
         ),
         "{rest:#?}"
     );
+    // console actions: logged with the request id at the top level; the token never
+    let purge: serde_json::Value = rest
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["action"] == "purge")
+        .unwrap_or_else(|| panic!("no purge line: {rest:#?}"));
+    assert_eq!(purge["request_id"], "console-purge-7", "{purge}");
+    assert_eq!(purge["pipeline"], "vapi", "{purge}");
+    assert_eq!(purge["count"], 0, "{purge}");
+    assert!(
+        rest.iter().any(|l| l.contains(r#""action":"login""#)),
+        "{rest:#?}"
+    );
+    assert!(
+        seen.iter()
+            .chain(rest.iter())
+            .all(|l| !l.contains(CONSOLE_TOKEN)),
+        "the console token is never logged"
+    );
 }
+
+/// A production-strength console token (64 hex characters).
+const CONSOLE_TOKEN: &str = "9b1e4f0c2a7d38e5b6c10f9a4d2e7b3c5a8f1e0d9c6b2a7e4f3d1c0b9a8e7f6d";
 
 /// `engine serve` on `dir` in development with PORT=0; the child and its port.
 fn serve_dev(dir: &std::path::Path, extra: &[&str]) -> (std::process::Child, u16) {
@@ -548,8 +612,9 @@ fn watch_reloads_on_a_change() {
 }
 
 mod reqwest {
-    /// A tiny blocking POST with extra header lines and an empty body.
-    pub fn blocking_post(url: &str, headers: &[&str]) -> String {
+    /// A tiny blocking request over a raw socket (the async client needs a runtime): extra
+    /// header lines and a body; the whole answer as text.
+    pub fn blocking(method: &str, url: &str, headers: &[&str], body: &str) -> String {
         use std::io::{Read, Write};
         let rest = url.strip_prefix("http://").unwrap();
         let (host, path) = rest.split_once('/').unwrap();
@@ -557,28 +622,25 @@ mod reqwest {
         s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
             .unwrap();
         let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
-        write!(s, "POST /{path} HTTP/1.1\r\nhost: {host}\r\ncontent-length: 0\r\n{extra}connection: close\r\n\r\n").unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
-    }
-
-    /// A tiny blocking GET over a raw socket (the async client needs a runtime).
-    pub fn blocking_get(url: &str) -> String {
-        use std::io::{Read, Write};
-        let rest = url.strip_prefix("http://").unwrap();
-        let (host, path) = rest.split_once('/').unwrap();
-        let mut s = std::net::TcpStream::connect(host).unwrap();
-        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
-            .unwrap();
         write!(
             s,
-            "GET /{path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n"
+            "{method} /{path} HTTP/1.1\r\nhost: {host}\r\ncontent-length: {}\r\n{extra}connection: close\r\n\r\n{body}",
+            body.len()
         )
         .unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).unwrap();
         out
+    }
+
+    /// A POST with extra header lines and an empty body.
+    pub fn blocking_post(url: &str, headers: &[&str]) -> String {
+        blocking("POST", url, headers, "")
+    }
+
+    /// A GET.
+    pub fn blocking_get(url: &str) -> String {
+        blocking("GET", url, &[], "")
     }
 }
 

@@ -50,9 +50,14 @@ pub fn project(name: &str, broken: bool) -> Dir {
         std::process::id(),
         chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
     );
+    // without DATABASE_URL (development) rows go to JSON lines under data_dir: the temp dir
+    let data = dir.path().join("data");
     dir.write(
         "engine.yaml",
-        &format!("{base}\nredis_key_prefix: '{prefix}'\n"),
+        &format!(
+            "{base}\nredis_key_prefix: '{prefix}'\ndata_dir: '{}'\n",
+            data.display()
+        ),
     );
     dir.write(&format!("{name}.yaml"), &orders(name, broken));
     dir
@@ -513,6 +518,55 @@ async fn dead_letters_are_seen_replayed_after_a_fix_and_purged() {
     })
     .await
     .expect("both replayed rows, not the purged one");
+    let (_, page) = get(
+        &app,
+        &s.cookie,
+        &format!("/console/dead-letters?pipeline={name}"),
+    )
+    .await;
+    assert!(page.contains("None."), "{page}");
+    app.stop().await;
+}
+
+/// The in-process queue of a development run (no REDIS_URL): its dead letters are listed
+/// (redacted) and purged the same way. (That actions are logged with the request id, and the
+/// token never, is checked on the real binary's production logs: `cli::serve_logs_listening_and_stops_on_sigterm`.)
+#[tokio::test]
+async fn the_in_process_queue_s_dead_letters_are_shown_and_purged() {
+    let name = "orders_in_process";
+    let dir = project(name, true);
+    let app = spawn_app(dir.path(), &[("CONSOLE_TOKEN", TOKEN)]).await;
+    let s = sign_in(&app).await;
+    for call in [
+        "55555555-5555-4555-8555-555555555555",
+        "66666666-6666-4666-8666-666666666666",
+    ] {
+        assert_eq!(post_order(&app, name, call, "+15550177").await, 200);
+    }
+    let page = common::eventually_async(Duration::from_secs(10), || async {
+        let (_, page) = get(
+            &app,
+            &s.cookie,
+            &format!("/console/dead-letters?pipeline={name}"),
+        )
+        .await;
+        (page.matches(r#"name="id""#).count() == 2).then_some(page)
+    })
+    .await
+    .expect("two dead letters in the in-process queue");
+    assert!(!page.contains("+15550177"));
+    let res = client()
+        .post(app.url("/console/dead-letters/purge"))
+        .header("cookie", &s.cookie)
+        .header("x-request-id", "console-purge-7")
+        .form(&[("csrf", s.csrf.as_str()), ("pipeline", name), ("all", "1")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.headers()["location"],
+        format!("/console/dead-letters?pipeline={name}&done=purged-2")
+    );
     let (_, page) = get(
         &app,
         &s.cookie,

@@ -1,0 +1,417 @@
+//! The operator console's HTTP side: routes under `/console`, sign-in, sessions checked, forms
+//! read, CSRF checked, actions run on the queues and logged, pages answered. What it draws and
+//! keeps lives in [`crate::console`].
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use salvo::http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION, SET_COOKIE};
+use salvo::http::{HeaderValue, Method, StatusCode};
+use salvo::prelude::*;
+
+use super::App;
+use super::answer::{Stop, error};
+use super::limit::check_rate;
+use super::seen::Seen;
+use crate::console::session::{self, Session};
+use crate::console::{Console, DEAD_LETTERS_SHOWN, QueueRow, pages, recent, traffic};
+use crate::queue::Queue;
+
+/// Largest form a console POST may send.
+const FORM_LIMIT: usize = 256 * 1024;
+
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+                   connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// Answer a console path (the caller checked [`crate::route::is_console_path`]).
+pub async fn serve(app: &App, req: &mut Request, res: &mut Response) -> Result<(), Stop> {
+    let Some(console) = &app.console else {
+        return Err(error(
+            res,
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "No route for this path.",
+        ));
+    };
+    protect(res);
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    let now_ms = app.clock.now_ms();
+    match (method.clone(), path.as_str()) {
+        (Method::GET, "/console/assets/console.js") => {
+            return asset(res, "text/javascript; charset=utf-8", pages::SCRIPT);
+        }
+        (Method::GET, "/console/assets/console.css") => {
+            return asset(res, "text/css; charset=utf-8", pages::STYLE);
+        }
+        (Method::GET, "/console/login") => {
+            html(res, StatusCode::OK, pages::login(None));
+            return Ok(());
+        }
+        (Method::POST, "/console/login") => return login(app, console, req, res, now_ms).await,
+        _ => {}
+    }
+    let Some(session) = session_of(console, req, now_ms) else {
+        if path.starts_with("/console/api/") {
+            return Err(error(
+                res,
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "Sign in to the console first.",
+            ));
+        }
+        return redirect(res, "/console/login");
+    };
+    let csrf = console.keys.csrf(&session);
+    let query = query_of(req);
+    let pipeline = query.get("pipeline").cloned();
+    match (method, path.as_str()) {
+        (Method::GET, "/console" | "/console/") => redirect(res, "/console/pipelines"),
+        (Method::GET, "/console/pipelines") => {
+            let queues: Vec<Option<(&str, &crate::config::queue::Queue)>> = app
+                .routes
+                .iter()
+                .map(|r| r.queued.as_ref().map(|q| (q.handle.name(), &q.config)))
+                .collect();
+            let page = pages::pipelines(&app.project, &queues, app.built_at_ms, &csrf);
+            html(res, StatusCode::OK, page);
+            Ok(())
+        }
+        (Method::GET, "/console/traffic") => {
+            let now = now_ms.div_euclid(1000);
+            let series = traffic::global().snapshot(&names(app), now);
+            html(res, StatusCode::OK, pages::traffic(&series, &csrf));
+            Ok(())
+        }
+        (Method::GET, "/console/api/traffic") => {
+            let now = now_ms.div_euclid(1000);
+            let series = traffic::global().snapshot(&names(app), now);
+            res.render(Json(serde_json::json!({ "now": now, "pipelines": series })));
+            Ok(())
+        }
+        (Method::GET, "/console/queues") => {
+            let rows = queue_rows(app).await;
+            html(res, StatusCode::OK, pages::queues(&rows, &csrf));
+            Ok(())
+        }
+        (Method::GET, "/console/dead-letters") => match pipeline {
+            None => {
+                let rows = queue_rows(app).await;
+                html(res, StatusCode::OK, pages::dead_letter_index(&rows, &csrf));
+                Ok(())
+            }
+            Some(name) => {
+                let Some((index, queue)) = queue_of(app, &name) else {
+                    return not_found(res, &csrf);
+                };
+                let redact = &app.project.pipelines[index].config.redact;
+                let view = match queue.dead_letters(DEAD_LETTERS_SHOWN).await {
+                    Ok(letters) => {
+                        let total = queue.stats().await.map(|s| s.dead).ok();
+                        Ok(pages::DeadLetters {
+                            pipeline: &name,
+                            letters,
+                            total,
+                            redact,
+                            done: query.get("done").map(String::as_str),
+                        })
+                    }
+                    Err(e) => Err(e.to_string()),
+                };
+                html(res, StatusCode::OK, pages::dead_letters(&name, view, &csrf));
+                Ok(())
+            }
+        },
+        (Method::GET, "/console/events") => match pipeline {
+            None => {
+                html(res, StatusCode::OK, pages::event_index(&names(app), &csrf));
+                Ok(())
+            }
+            Some(name) => {
+                let Some(index) = app
+                    .project
+                    .pipelines
+                    .iter()
+                    .position(|p| p.config.name == name)
+                else {
+                    return not_found(res, &csrf);
+                };
+                let redact = &app.project.pipelines[index].config.redact;
+                let samples = recent::global().of(&name);
+                html(
+                    res,
+                    StatusCode::OK,
+                    pages::events(&name, &samples, redact, &csrf),
+                );
+                Ok(())
+            }
+        },
+        (Method::POST, "/console/logout") => {
+            let form = form_of(req, res).await?;
+            checked(console, &session, &form, res)?;
+            tracing::info!(action = "logout", "console: signed out");
+            set_header(res, SET_COOKIE, &session::clear_cookie());
+            redirect(res, "/console/login")
+        }
+        (Method::POST, "/console/dead-letters/replay" | "/console/dead-letters/purge") => {
+            let form = form_of(req, res).await?;
+            checked(console, &session, &form, res)?;
+            let replay = path.ends_with("/replay");
+            act_on_dead_letters(app, &form, replay, res).await
+        }
+        (Method::GET | Method::HEAD | Method::POST, _) => not_found(res, &csrf),
+        _ => Err(error(
+            res,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "This route does not accept this method.",
+        )),
+    }
+}
+
+/// The configured pipelines' names, in file order.
+fn names(app: &App) -> Vec<&str> {
+    app.project
+        .pipelines
+        .iter()
+        .map(|p| p.config.name.as_str())
+        .collect()
+}
+
+/// A queued pipeline's index and queue.
+fn queue_of<'a>(app: &'a App, name: &str) -> Option<(usize, &'a Queue)> {
+    app.routes
+        .iter()
+        .find(|r| r.name == name)
+        .and_then(|r| Some((r.pipeline, &r.queued.as_ref()?.handle)))
+}
+
+async fn queue_rows(app: &App) -> Vec<QueueRow> {
+    let mut rows = Vec::new();
+    for route in &app.routes {
+        let Some(q) = &route.queued else { continue };
+        let (backend, workers) = match &q.handle {
+            Queue::Redis(_) => ("redis", q.handle.workers().await.ok().flatten()),
+            Queue::Memory(_) => ("in-process", Some(u64::from(q.config.concurrency))),
+        };
+        rows.push(QueueRow {
+            pipeline: route.name.clone(),
+            queue: q.handle.name().to_string(),
+            backend,
+            stats: q.handle.stats().await.map_err(|e| e.to_string()),
+            workers,
+        });
+    }
+    rows
+}
+
+/// Replay or purge the dead letters a form names (`id`, repeated) or all of them (`all`).
+async fn act_on_dead_letters(
+    app: &App,
+    form: &Form,
+    replay: bool,
+    res: &mut Response,
+) -> Result<(), Stop> {
+    let name = form.first("pipeline").unwrap_or_default().to_string();
+    let Some((_, queue)) = queue_of(app, &name) else {
+        return Err(error(
+            res,
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "No queued pipeline of that name.",
+        ));
+    };
+    let all = form.first("all") == Some("1");
+    let ids: Vec<String> = form.all("id").map(str::to_string).collect();
+    if !all && ids.is_empty() {
+        let back = format!("/console/dead-letters?pipeline={}&done=none", encode(&name));
+        return redirect(res, &back);
+    }
+    // an empty list means "all" to the queue: only pass it when the operator asked for all
+    let result = if replay {
+        queue.replay_dead(if all { &[] } else { &ids }).await
+    } else {
+        queue.purge_dead(if all { &[] } else { &ids }).await
+    };
+    let action = if replay { "replay" } else { "purge" };
+    match result {
+        Ok(n) => {
+            tracing::info!(
+                action,
+                pipeline = %name,
+                count = n,
+                all,
+                "console: dead letters {}",
+                if replay { "replayed" } else { "purged" }
+            );
+            let back = format!(
+                "/console/dead-letters?pipeline={}&done={}-{n}",
+                encode(&name),
+                if replay { "replayed" } else { "purged" }
+            );
+            redirect(res, &back)
+        }
+        Err(e) => {
+            tracing::error!(action, pipeline = %name, error = %e, "console: dead-letter action failed");
+            Err(error(
+                res,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                &format!("The queue did not answer: {e}"),
+            ))
+        }
+    }
+}
+
+/// The login form's answer: a session cookie for the right token, 401 otherwise; each attempt
+/// counts against the per-IP login limit first.
+async fn login(
+    app: &App,
+    console: &Console,
+    req: &mut Request,
+    res: &mut Response,
+    now_ms: i64,
+) -> Result<(), Stop> {
+    let form = form_of(req, res).await?;
+    let seen = Seen::new(app, req, Bytes::new());
+    if check_rate(app, Some(&console.login), &seen, &[], res)
+        .await
+        .is_err()
+    {
+        tracing::warn!(client_ip = %seen.client_ip, "console: too many sign-in attempts");
+        html(
+            res,
+            StatusCode::TOO_MANY_REQUESTS,
+            pages::login(Some("Too many attempts. Wait a minute and try again.")),
+        );
+        return Err(Stop);
+    }
+    let token = form.first("token").unwrap_or_default();
+    if !console.keys.token_matches(token) {
+        tracing::warn!(client_ip = %seen.client_ip, "console: sign-in refused (wrong token)");
+        html(
+            res,
+            StatusCode::UNAUTHORIZED,
+            pages::login(Some("That is not the console token.")),
+        );
+        return Err(Stop);
+    }
+    let (_, cookie) = console.keys.open(now_ms);
+    tracing::info!(client_ip = %seen.client_ip, action = "login", "console: signed in");
+    set_header(res, SET_COOKIE, &session::set_cookie(&cookie));
+    redirect(res, "/console/pipelines")
+}
+
+fn session_of(console: &Console, req: &Request, now_ms: i64) -> Option<Session> {
+    let cookies = req
+        .headers()
+        .get_all(salvo::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    console.keys.check(session::cookie_value(cookies)?, now_ms)
+}
+
+/// 403 unless the form carries the session's CSRF token.
+fn checked(
+    console: &Console,
+    session: &Session,
+    form: &Form,
+    res: &mut Response,
+) -> Result<(), Stop> {
+    if console
+        .keys
+        .csrf_matches(session, form.first("csrf").unwrap_or_default())
+    {
+        return Ok(());
+    }
+    tracing::warn!("console: a state change without this session's CSRF token was refused");
+    Err(error(
+        res,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "The form's CSRF token is missing or not this session's. Reload the page and try again.",
+    ))
+}
+
+/// A posted urlencoded form: every value of every field.
+pub struct Form(Vec<(String, String)>);
+
+impl Form {
+    pub fn parse(body: &[u8]) -> Form {
+        Form(form_urlencoded::parse(body).into_owned().collect())
+    }
+
+    pub fn first(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.0
+            .iter()
+            .filter(move |(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+async fn form_of(req: &mut Request, res: &mut Response) -> Result<Form, Stop> {
+    match req.payload_with_max_size(FORM_LIMIT).await {
+        Ok(body) => Ok(Form::parse(body)),
+        Err(_) => Err(error(
+            res,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "The form is too large.",
+        )),
+    }
+}
+
+fn query_of(req: &Request) -> HashMap<String, String> {
+    form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+        .into_owned()
+        .collect()
+}
+
+fn encode(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// Headers on every console answer.
+fn protect(res: &mut Response) {
+    set_header(res, "content-security-policy", CSP);
+    set_header(res, CACHE_CONTROL, "no-store");
+    set_header(res, "x-frame-options", "DENY");
+    set_header(res, "x-content-type-options", "nosniff");
+    set_header(res, "referrer-policy", "same-origin");
+}
+
+fn set_header<K: salvo::http::header::IntoHeaderName>(res: &mut Response, name: K, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        res.headers_mut().append(name, v);
+    }
+}
+
+fn html(res: &mut Response, status: StatusCode, page: maud::Markup) {
+    res.status_code(status);
+    set_header(res, CONTENT_TYPE, "text/html; charset=utf-8");
+    let _ = res.write_body(page.into_string());
+}
+
+fn asset(res: &mut Response, content_type: &str, text: &'static str) -> Result<(), Stop> {
+    set_header(res, CONTENT_TYPE, content_type);
+    let _ = res.write_body(text);
+    Ok(())
+}
+
+fn redirect(res: &mut Response, to: &str) -> Result<(), Stop> {
+    res.status_code(StatusCode::SEE_OTHER);
+    set_header(res, LOCATION, to);
+    Ok(())
+}
+
+fn not_found(res: &mut Response, csrf: &str) -> Result<(), Stop> {
+    html(res, StatusCode::NOT_FOUND, pages::not_found(csrf));
+    Err(Stop)
+}
