@@ -438,12 +438,7 @@ fn serve_logs_listening_and_stops_on_sigterm() {
         &[&format!("cookie: {cookie}")],
         "",
     );
-    let csrf = page
-        .split(r#"name="csrf" value=""#)
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .unwrap()
-        .to_string();
+    let csrf = common::csrf_in(&page);
     let purge = reqwest::blocking(
         "POST",
         &format!("{base}/console/dead-letters/purge"),

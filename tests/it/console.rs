@@ -107,13 +107,10 @@ async fn sign_in(app: &TestApp) -> Session {
     let set = res.headers()["set-cookie"].to_str().unwrap().to_string();
     let cookie = set.split(';').next().unwrap().to_string();
     let page = get(app, &cookie, "/console/pipelines").await.1;
-    let csrf = page
-        .split(r#"name="csrf" value=""#)
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .unwrap()
-        .to_string();
-    Session { cookie, csrf }
+    Session {
+        cookie,
+        csrf: common::csrf_in(&page),
+    }
 }
 
 async fn get(app: &TestApp, cookie: &str, path: &str) -> (u16, String) {
@@ -139,6 +136,17 @@ async fn post_form(
         .send()
         .await
         .unwrap()
+}
+
+/// The dead-letter page of `name` once it lists `n` letters.
+async fn dead_letters_page(app: &TestApp, s: &Session, name: &str, n: usize) -> String {
+    common::eventually_async(Duration::from_secs(10), || async {
+        let path = format!("/console/dead-letters?pipeline={name}");
+        let (_, page) = get(app, &s.cookie, &path).await;
+        (page.matches(r#"name="id""#).count() == n).then_some(page)
+    })
+    .await
+    .unwrap_or_else(|| panic!("{n} dead letters never appeared on {name}'s page"))
 }
 
 async fn post_order(app: &TestApp, name: &str, call: &str, phone: &str) -> u16 {
@@ -428,17 +436,7 @@ async fn dead_letters_are_seen_replayed_after_a_fix_and_purged() {
     for call in calls {
         assert_eq!(post_order(&app, name, call, "+15550123").await, 200);
     }
-    let page = common::eventually_async(Duration::from_secs(10), || async {
-        let (_, page) = get(
-            &app,
-            &s.cookie,
-            &format!("/console/dead-letters?pipeline={name}"),
-        )
-        .await;
-        (page.matches(r#"name="id""#).count() == 3).then_some(page)
-    })
-    .await
-    .expect("three dead letters on the page");
+    let page = dead_letters_page(&app, &s, name, 3).await;
     assert!(page.contains("the status script is broken"), "{page}");
     assert!(page.contains("3 dead letters"), "{page}");
     assert!(!page.contains("+15550123"), "redacted");
@@ -543,17 +541,7 @@ async fn the_in_process_queue_s_dead_letters_are_shown_and_purged() {
     ] {
         assert_eq!(post_order(&app, name, call, "+15550177").await, 200);
     }
-    let page = common::eventually_async(Duration::from_secs(10), || async {
-        let (_, page) = get(
-            &app,
-            &s.cookie,
-            &format!("/console/dead-letters?pipeline={name}"),
-        )
-        .await;
-        (page.matches(r#"name="id""#).count() == 2).then_some(page)
-    })
-    .await
-    .expect("two dead letters in the in-process queue");
+    let page = dead_letters_page(&app, &s, name, 2).await;
     assert!(!page.contains("+15550177"));
     let res = client()
         .post(app.url("/console/dead-letters/purge"))
