@@ -21,6 +21,8 @@
 //! (or attaching `perf` to the engine) in about two minutes, with the CPU each request costs the
 //! engine, Redis and the generator; `LOAD_ENGINE=<path>` runs another build of the engine (one
 //! built with frame pointers, for `perf record -g`).
+//! `CONSOLE_TOKEN=<token>` turns the operator console on in the engines it starts (its traffic
+//! counts and event sample then run on every request).
 //! `-- --pace` adds to each of those rounds the same saturation with an `engine worker` process
 //! writing Postgres beside the server: whether the worker keeps pace, and its CPU per event.
 //! `-- --redis-floor` measures instead what Redis alone spends per request-path op (the group
@@ -408,8 +410,9 @@ fn engine(args: &[&str], setup: &Setup, dir: &Path) -> Command {
             "ENCRYPTION_KEY",
             "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
         );
-    // the allocator's own settings pass through, for experiments (MIMALLOC_PURGE_DELAY, ...)
-    c.envs(std::env::vars().filter(|(k, _)| k.starts_with("MIMALLOC_")));
+    // the allocator's own settings pass through, for experiments (MIMALLOC_PURGE_DELAY, ...), and
+    // CONSOLE_TOKEN, to measure what the operator console costs while it is on
+    c.envs(std::env::vars().filter(|(k, _)| k.starts_with("MIMALLOC_") || k == "CONSOLE_TOKEN"));
     c
 }
 
