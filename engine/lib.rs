@@ -16,6 +16,7 @@
 //!   crypto       AES-256-GCM for stored secrets, key rotation
 //!   client_ip    client address and public URL behind trusted proxies
 //!   clock        the time and minted event ids (frozen by replay)
+//!   redis_url    REDIS_URL: one node or a Redis Cluster; the one connection type for both
 //!   queue        durable queue on Redis Streams: dedupe+append, group reads, ack/retry/dead letters
 //!   sink         postgres (typed by jsonb_populate_recordset, idempotent), file / stdout JSON lines
 //!   worker       dequeue -> transform -> sink -> ack / retry / dead-letter; reaper, promoter
@@ -61,6 +62,7 @@ pub mod plan;
 pub mod queue;
 pub mod rate_limit;
 pub mod record;
+pub mod redis_url;
 pub mod replay;
 pub mod request_field;
 pub mod respond;

@@ -12,6 +12,11 @@
 //!            each under pcall -> one answer per op -> each request's own reply
 //! ```
 //!
+//! On a Redis Cluster a script may only touch keys of one slot: a group is split by the slot of
+//! its ops' keys (a queue's keys share one; a rate-limit key has its own) and the per-slot calls
+//! go at once. (`LimitedAppend`, whose keys span two slots, is only made on one node:
+//! `server::route` decides.)
+//!
 //! A group is whatever arrived while the previous call was in flight: when idle, a request's op
 //! leaves at once in a group of one (no added wait); under load, groups grow with the load. Each
 //! request still gets its own answer (allowed or 429, duplicate, the stream id) and answers its
@@ -24,8 +29,8 @@
 //! `/ready`, so readiness probes the very connection requests use. Workers and admin commands
 //! keep pooled connections (a blocking read must not hold up the shared one).
 //!
-//! redis's `ConnectionManager` replaces the connection when Redis goes away (a restart, a
-//! failover); commands in flight at that moment fail and the callers' own bounds (a timeout, the
+//! redis's `ConnectionManager` (the cluster client, on a cluster) replaces the connection when
+//! Redis goes away (a restart, a failover); commands in flight at that moment fail and the callers' own bounds (a timeout, the
 //! rate limit's `fail` mode, a 503 for an enqueue) decide what the client sees. The connection is
 //! made on first use, so the engine starts, and reports not-ready, while Redis is down.
 
@@ -33,9 +38,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, RedisError, Value};
 use tokio::sync::{OnceCell, mpsc, oneshot};
+
+use crate::redis_url::{Conn, Target};
 
 /// Operations sent in one call at most (a bound on the call's size and on the wait of the
 /// group's last op behind the others).
@@ -158,6 +164,14 @@ pub enum Op {
 }
 
 impl Op {
+    /// The key the op's call is routed by (on a cluster, every key of an op must share its slot).
+    fn first_key(&self) -> &str {
+        match self {
+            Op::Limit(l) | Op::LimitedAppend(l, _) => &l.key,
+            Op::Append(a) => &a.stream,
+        }
+    }
+
     fn encode(&self, call: &mut redis::ScriptInvocation<'_>) {
         fn limit(call: &mut redis::ScriptInvocation<'_>, l: &Limit) {
             call.key(&l.key).arg(l.interval_us).arg(l.burst);
@@ -200,8 +214,8 @@ struct Job {
 /// A lazily connected, self-reconnecting, shared connection; clones share it.
 #[derive(Clone)]
 pub struct SharedRedis {
-    client: redis::Client,
-    conn: Arc<OnceCell<ConnectionManager>>,
+    target: Target,
+    conn: Arc<OnceCell<Conn>>,
     /// The committer's queue, made (and the committer started) on the first op.
     group: Arc<OnceLock<mpsc::Sender<Job>>>,
     /// Calls made and ops they carried, for [`SharedRedis::grouped`].
@@ -209,26 +223,29 @@ pub struct SharedRedis {
 }
 
 impl SharedRedis {
-    pub fn new(client: redis::Client) -> SharedRedis {
+    pub fn new(target: Target) -> SharedRedis {
         SharedRedis {
-            client,
+            target,
             conn: Arc::new(OnceCell::new()),
             group: Arc::new(OnceLock::new()),
             counts: Arc::new([AtomicU64::new(0), AtomicU64::new(0)]),
         }
     }
 
-    /// A shared connection to `url` (not connected yet).
+    /// A shared connection to `url`, one node or a cluster (not connected yet).
     pub fn open(url: &str) -> Result<SharedRedis, String> {
-        redis::Client::open(url)
-            .map(SharedRedis::new)
-            .map_err(|_| "REDIS_URL is not a valid Redis URL".to_string())
+        Target::parse(url).map(SharedRedis::new)
+    }
+
+    /// Whether it talks to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.target.is_cluster()
     }
 
     /// The shared connection (a cheap clone), connecting first if no connection was made yet.
     /// Callers bound the wait with their own timeout.
-    pub async fn get(&self) -> redis::RedisResult<ConnectionManager> {
-        connect(&self.client, &self.conn).await
+    pub async fn get(&self) -> redis::RedisResult<Conn> {
+        connect(&self.target, &self.conn).await
     }
 
     /// Run `op` in the next group's call and return its answer. Callers bound the wait with
@@ -237,7 +254,7 @@ impl SharedRedis {
         let queue = self.group.get_or_init(|| {
             let (tx, rx) = mpsc::channel(WAITING_MAX);
             tokio::spawn(commit(
-                self.client.clone(),
+                self.target.clone(),
                 self.conn.clone(),
                 self.counts.clone(),
                 rx,
@@ -263,75 +280,94 @@ impl SharedRedis {
     }
 }
 
-async fn connect(
-    client: &redis::Client,
-    conn: &OnceCell<ConnectionManager>,
-) -> redis::RedisResult<ConnectionManager> {
-    conn.get_or_try_init(|| {
-        // One attempt per (re)connection, no backoff: redis's retries wait a second or more
-        // between attempts, longer than a request or `/ready` should hang on a Redis that
-        // refuses. A failed attempt fails the commands waiting on it at once, and the next
-        // command makes the next attempt.
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Duration::from_secs(1))
-            .set_number_of_retries(0);
-        ConnectionManager::new_with_config(client.clone(), config)
-    })
-    .await
-    .cloned()
+async fn connect(target: &Target, conn: &OnceCell<Conn>) -> redis::RedisResult<Conn> {
+    // One attempt per (re)connection, no backoff (`Target::self_healing`): redis's retries wait
+    // a second or more between attempts, longer than a request or `/ready` should hang on a
+    // Redis that refuses. A failed attempt fails the commands waiting on it at once, and the
+    // next command makes the next attempt.
+    conn.get_or_try_init(|| target.self_healing())
+        .await
+        .cloned()
 }
 
 fn failed(detail: String) -> RedisError {
     RedisError::from((ErrorKind::IoError, "Redis group commit", detail))
 }
 
-/// The committer: one call at a time, carrying every op that waited for it. Ends when every
-/// [`SharedRedis`] clone is gone.
+/// The committer: one call at a time, carrying every op that waited for it (on a cluster, one
+/// call per slot the ops' keys fall in, those calls at once: a script may only touch keys of
+/// one slot). Ends when every [`SharedRedis`] clone is gone.
 async fn commit(
-    client: redis::Client,
-    conn: Arc<OnceCell<ConnectionManager>>,
+    target: Target,
+    conn: Arc<OnceCell<Conn>>,
     counts: Arc<[AtomicU64; 2]>,
     mut queue: mpsc::Receiver<Job>,
 ) {
     let script = redis::Script::new(GROUP);
     let mut jobs: Vec<Job> = Vec::with_capacity(GROUP_MAX);
     while queue.recv_many(&mut jobs, GROUP_MAX).await > 0 {
-        let mut call = script.prepare_invoke();
-        call.arg(jobs.len());
-        for job in &jobs {
-            job.op.encode(&mut call);
+        if !target.is_cluster() {
+            call(&script, &target, &conn, &counts, &mut jobs).await;
+            continue;
         }
-        counts[0].fetch_add(1, Ordering::Relaxed);
-        counts[1].fetch_add(jobs.len() as u64, Ordering::Relaxed);
-        metrics::counter!("engine_redis_group_calls_total").increment(1);
-        metrics::counter!("engine_redis_group_operations_total").increment(jobs.len() as u64);
-        let answered = tokio::time::timeout(CALL_TIMEOUT, async {
-            let mut c = connect(&client, &conn).await?;
-            call.invoke_async::<Vec<Value>>(&mut c).await
-        })
-        .await
-        .unwrap_or_else(|_| Err(failed("Redis did not answer within 2 s".into())));
-        match answered {
-            Ok(answers) if answers.len() == jobs.len() => {
-                for (job, answer) in jobs.drain(..).zip(answers) {
-                    let answer = match answer {
-                        Value::ServerError(e) => Err(RedisError::from(e)),
-                        v => Ok(v),
-                    };
-                    let _ = job.reply.send(answer);
-                }
+        let mut by_slot: std::collections::BTreeMap<u16, Vec<Job>> = Default::default();
+        for job in jobs.drain(..) {
+            by_slot
+                .entry(crate::redis_url::slot(job.op.first_key()))
+                .or_default()
+                .push(job);
+        }
+        let calls = by_slot.into_values().map(|mut group| {
+            let (script, target, conn, counts) = (&script, &target, &conn, &counts);
+            async move { call(script, target, conn, counts, &mut group).await }
+        });
+        futures_util::future::join_all(calls).await;
+    }
+}
+
+/// One call of the group script carrying `jobs`; each job gets its answer.
+async fn call(
+    script: &redis::Script,
+    target: &Target,
+    conn: &OnceCell<Conn>,
+    counts: &[AtomicU64; 2],
+    jobs: &mut Vec<Job>,
+) {
+    let mut call = script.prepare_invoke();
+    call.arg(jobs.len());
+    for job in jobs.iter() {
+        job.op.encode(&mut call);
+    }
+    counts[0].fetch_add(1, Ordering::Relaxed);
+    counts[1].fetch_add(jobs.len() as u64, Ordering::Relaxed);
+    metrics::counter!("engine_redis_group_calls_total").increment(1);
+    metrics::counter!("engine_redis_group_operations_total").increment(jobs.len() as u64);
+    let answered = tokio::time::timeout(CALL_TIMEOUT, async {
+        let mut c = connect(target, conn).await?;
+        call.invoke_async::<Vec<Value>>(&mut c).await
+    })
+    .await
+    .unwrap_or_else(|_| Err(failed("Redis did not answer within 2 s".into())));
+    match answered {
+        Ok(answers) if answers.len() == jobs.len() => {
+            for (job, answer) in jobs.drain(..).zip(answers) {
+                let answer = match answer {
+                    Value::ServerError(e) => Err(RedisError::from(e)),
+                    v => Ok(v),
+                };
+                let _ = job.reply.send(answer);
             }
-            Ok(answers) => {
-                let why = format!("{} answers for {} operations", answers.len(), jobs.len());
-                for job in jobs.drain(..) {
-                    let _ = job.reply.send(Err(failed(why.clone())));
-                }
+        }
+        Ok(answers) => {
+            let why = format!("{} answers for {} operations", answers.len(), jobs.len());
+            for job in jobs.drain(..) {
+                let _ = job.reply.send(Err(failed(why.clone())));
             }
-            Err(e) => {
-                let why = e.to_string();
-                for job in jobs.drain(..) {
-                    let _ = job.reply.send(Err(failed(why.clone())));
-                }
+        }
+        Err(e) => {
+            let why = e.to_string();
+            for job in jobs.drain(..) {
+                let _ = job.reply.send(Err(failed(why.clone())));
             }
         }
     }

@@ -479,7 +479,7 @@ enum Taker {
     },
     Redis {
         queue: Arc<RedisQueue>,
-        reader: Option<redis::aio::MultiplexedConnection>,
+        reader: Option<crate::redis_url::Conn>,
         own_pending: bool,
         /// Events were already waiting for the previous read: the queue is busy, and a small
         /// batch is worth topping up.

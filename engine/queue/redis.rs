@@ -23,6 +23,7 @@ use mobc_redis::redis::{self, AsyncCommands, Value};
 
 use crate::rate_limit::Rule;
 use crate::rate_limit::redis::Verdict;
+use crate::redis_url::{Conn, Target};
 use crate::shared_redis::{Append, Limit, Op, SharedRedis};
 
 use super::{DeadLetter, Delivery, Enqueued, QueueError, Stats};
@@ -67,11 +68,13 @@ return #due
 
 /// A queue on Redis.
 pub struct RedisQueue {
-    pool: Pool<RedisConnectionManager>,
+    /// Pooled connections on one node; `None` on a cluster, whose client is multiplexed per node
+    /// already (its operations go over the shared connection).
+    pool: Option<Pool<RedisConnectionManager>>,
     /// The request path's enqueues, pipelined on one connection (see `shared_redis`); workers
     /// and admin commands take pooled connections.
     shared: SharedRedis,
-    client: redis::Client,
+    target: Target,
     name: String,
     stream: String,
     delayed: String,
@@ -94,21 +97,26 @@ impl RedisQueue {
         name: &str,
         consumer: &str,
     ) -> Result<RedisQueue, QueueError> {
-        let client = redis::Client::open(url).map_err(|_| QueueError::BadUrl)?;
+        let target = Target::parse(url).map_err(|_| QueueError::BadUrl)?;
         // No mobc get_timeout: mobc times checkouts with futures-timer, whose global thread
         // is woken (a futex and two context switches) on every checkout; `conn` bounds the wait
         // with tokio's timer instead (see docs/benchmarks.md, "Whole process").
-        let pool = Pool::builder()
-            .max_open(16)
-            .max_idle(16)
-            .health_check_interval(Some(Duration::from_secs(5)))
-            .get_timeout(None)
-            .build(RedisConnectionManager::new(client.clone()));
+        let pool = match &target {
+            Target::Single(client) => Some(
+                Pool::builder()
+                    .max_open(16)
+                    .max_idle(16)
+                    .health_check_interval(Some(Duration::from_secs(5)))
+                    .get_timeout(None)
+                    .build(RedisConnectionManager::new(client.clone())),
+            ),
+            Target::Cluster(_) => None,
+        };
         let base = format!("{prefix}:{{q:{name}}}");
         Ok(RedisQueue {
             pool,
-            shared: SharedRedis::new(client.clone()),
-            client,
+            shared: SharedRedis::new(target.clone()),
+            target,
             name: name.to_string(),
             stream: format!("{base}:stream"),
             delayed: format!("{base}:delayed"),
@@ -137,15 +145,23 @@ impl RedisQueue {
         &self.stream
     }
 
-    async fn conn(
-        &self,
-    ) -> Result<mobc_redis::mobc::Connection<RedisConnectionManager>, QueueError> {
-        match tokio::time::timeout(CHECKOUT_TIMEOUT, self.pool.get()).await {
-            Ok(c) => c.map_err(|e| QueueError::Unavailable(e.to_string())),
-            Err(_) => Err(QueueError::Unavailable(
+    async fn conn(&self) -> Result<QueueConn, QueueError> {
+        let got = match &self.pool {
+            Some(pool) => tokio::time::timeout(CHECKOUT_TIMEOUT, pool.get())
+                .await
+                .map(|c| {
+                    c.map(QueueConn::Pooled)
+                        .map_err(|e| QueueError::Unavailable(e.to_string()))
+                }),
+            None => tokio::time::timeout(CHECKOUT_TIMEOUT, self.shared.get())
+                .await
+                .map(|c| c.map(QueueConn::Shared).map_err(QueueError::from)),
+        };
+        got.unwrap_or_else(|_| {
+            Err(QueueError::Unavailable(
                 "no Redis connection within 2 s".into(),
-            )),
-        }
+            ))
+        })
     }
 
     /// Create the consumer group (and the stream) if missing. Entries already in the stream are
@@ -158,7 +174,7 @@ impl RedisQueue {
             .arg(GROUP)
             .arg("0")
             .arg("MKSTREAM")
-            .query_async(&mut *c)
+            .query_async(&mut c)
             .await;
         match r {
             Ok(()) => Ok(()),
@@ -243,8 +259,8 @@ impl RedisQueue {
     }
 
     /// A connection of its own for blocking reads (a blocked connection serves nothing else).
-    pub async fn reader(&self) -> Result<redis::aio::MultiplexedConnection, QueueError> {
-        Ok(self.client.get_multiplexed_async_connection().await?)
+    pub async fn reader(&self) -> Result<Conn, QueueError> {
+        Ok(self.target.dedicated().await?)
     }
 
     /// Read up to `count` entries: this consumer's own pending ones when `own_pending` (after a
@@ -253,7 +269,7 @@ impl RedisQueue {
     /// recreated and reported in the `bool` (data-loss alarm).
     pub async fn read(
         &self,
-        conn: &mut redis::aio::MultiplexedConnection,
+        conn: &mut Conn,
         count: usize,
         block: Duration,
         own_pending: bool,
@@ -291,7 +307,7 @@ impl RedisQueue {
         for id in ids {
             inv.arg(*id);
         }
-        let r: Result<i64, _> = inv.invoke_async(&mut *c).await;
+        let r: Result<i64, _> = inv.invoke_async(&mut c).await;
         settle(c, r).map(|_| ())
     }
 
@@ -305,7 +321,7 @@ impl RedisQueue {
             .arg(0)
             .arg(id)
             .arg("JUSTID")
-            .query_async(&mut *c)
+            .query_async(&mut c)
             .await;
         settle(c, r).map(|_| ())
     }
@@ -318,7 +334,7 @@ impl RedisQueue {
             .key(&self.stream)
             .arg(GROUP)
             .arg(id)
-            .invoke_async(&mut *c)
+            .invoke_async(&mut c)
             .await;
         settle(c, r).map(|_| ())
     }
@@ -340,7 +356,7 @@ impl RedisQueue {
             .arg(&d.id)
             .arg(member)
             .arg(delay.as_millis() as u64)
-            .invoke_async(&mut *c)
+            .invoke_async(&mut c)
             .await;
         settle(c, r).map(|_| ())
     }
@@ -358,7 +374,7 @@ impl RedisQueue {
             .arg(payload)
             .arg(reason)
             .arg(d.attempts + 1)
-            .invoke_async(&mut *c)
+            .invoke_async(&mut c)
             .await;
         settle(c, r).map(|_| ())
     }
@@ -380,7 +396,7 @@ impl RedisQueue {
             .arg(reason)
             .arg("attempts")
             .arg(1)
-            .query_async(&mut *c)
+            .query_async(&mut c)
             .await;
         settle(c, r).map(|_| ())
     }
@@ -394,7 +410,7 @@ impl RedisQueue {
             .arg("NX")
             .arg("EX")
             .arg(window.as_secs().max(1))
-            .query_async(&mut *c)
+            .query_async(&mut c)
             .await;
         settle(c, r).map(|v| v.is_some())
     }
@@ -404,7 +420,7 @@ impl RedisQueue {
         let mut c = self.conn().await?;
         let r: Result<i64, _> = redis::cmd("DEL")
             .arg(format!("{}{key}", self.seen_prefix))
-            .query_async(&mut *c)
+            .query_async(&mut c)
             .await;
         settle(c, r).map(|_| ())
     }
@@ -417,7 +433,7 @@ impl RedisQueue {
             .key(&self.delayed)
             .key(&self.stream)
             .arg(limit)
-            .invoke_async(&mut *c)
+            .invoke_async(&mut c)
             .await;
         settle(c, r)
     }
@@ -440,7 +456,7 @@ impl RedisQueue {
             .arg("0-0")
             .arg("COUNT")
             .arg(100)
-            .query_async(&mut *c)
+            .query_async(&mut c)
             .await?;
         let (claimed, deleted) = match reply {
             Value::Array(parts) if parts.len() >= 2 => {
@@ -461,7 +477,7 @@ impl RedisQueue {
                 .arg(&d.id)
                 .arg(&d.id)
                 .arg(1)
-                .query_async(&mut *c)
+                .query_async(&mut c)
                 .await?;
             let deliveries = match info {
                 Value::Array(rows) => rows
@@ -492,7 +508,7 @@ impl RedisQueue {
         let pending = match redis::cmd("XPENDING")
             .arg(&self.stream)
             .arg(GROUP)
-            .query_async::<Value>(&mut *c)
+            .query_async::<Value>(&mut c)
             .await
         {
             Ok(Value::Array(v)) => v.first().and_then(as_u64).unwrap_or(0),
@@ -504,7 +520,7 @@ impl RedisQueue {
             .arg("+")
             .arg("COUNT")
             .arg(1)
-            .query_async(&mut *c)
+            .query_async(&mut c)
             .await?;
         let oldest_age_ms = parse_entries(&first).first().and_then(|d| {
             let ms: u64 = d.id.split('-').next()?.parse().ok()?;
@@ -528,7 +544,7 @@ impl RedisQueue {
             .arg("+")
             .arg("COUNT")
             .arg(count)
-            .query_async(&mut *c)
+            .query_async(&mut c)
             .await?;
         Ok(parse_dead(&v))
     }
@@ -542,7 +558,7 @@ impl RedisQueue {
             .arg("-")
             .arg("COUNT")
             .arg(count)
-            .query_async(&mut *c)
+            .query_async(&mut c)
             .await?;
         Ok(parse_dead(&v))
     }
@@ -555,7 +571,7 @@ impl RedisQueue {
             .arg("CONSUMERS")
             .arg(&self.stream)
             .arg(GROUP)
-            .query_async(&mut *c)
+            .query_async(&mut c)
             .await
         {
             Ok(v) => v,
@@ -615,7 +631,7 @@ impl RedisQueue {
                 .arg(&self.dead)
                 .arg(&l.id)
                 .ignore()
-                .query_async::<()>(&mut *c)
+                .query_async::<()>(&mut c)
                 .await?;
             n += 1;
         }
@@ -633,19 +649,53 @@ impl RedisQueue {
         Ok(redis::cmd("XDEL")
             .arg(&self.dead)
             .arg(ids)
-            .query_async(&mut *c)
+            .query_async(&mut c)
             .await?)
     }
 }
 
+/// A connection for the queue's own operations: pooled on one node, the shared one on a cluster.
+enum QueueConn {
+    Pooled(mobc_redis::mobc::Connection<RedisConnectionManager>),
+    Shared(Conn),
+}
+
+impl redis::aio::ConnectionLike for QueueConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
+        match self {
+            QueueConn::Pooled(c) => (**c).req_packed_command(cmd),
+            QueueConn::Shared(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<Value>> {
+        match self {
+            QueueConn::Pooled(c) => (**c).req_packed_commands(cmd, offset, count),
+            QueueConn::Shared(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            QueueConn::Pooled(c) => (**c).get_db(),
+            QueueConn::Shared(c) => c.get_db(),
+        }
+    }
+}
+
 /// A pooled connection that just failed is dropped rather than returned: after a Redis restart
-/// the pool would otherwise keep handing out dead connections until its next health check.
-fn settle<T>(
-    conn: mobc_redis::mobc::Connection<RedisConnectionManager>,
-    result: Result<T, redis::RedisError>,
-) -> Result<T, QueueError> {
-    if result.is_err() {
-        drop(conn.into_inner());
+/// the pool would otherwise keep handing out dead connections until its next health check. (The
+/// shared connection replaces itself.)
+fn settle<T>(conn: QueueConn, result: Result<T, redis::RedisError>) -> Result<T, QueueError> {
+    if result.is_err()
+        && let QueueConn::Pooled(c) = conn
+    {
+        drop(c.into_inner());
     }
     Ok(result?)
 }
@@ -788,13 +838,11 @@ impl super::Outcomes for RedisQueue {
 /// Start-up checks of a Redis that holds queues: a warning for each setting that can lose
 /// events. An error when Redis cannot be reached at all.
 pub async fn configuration_warnings(url: &str) -> Result<Vec<String>, QueueError> {
-    let client = redis::Client::open(url).map_err(|_| QueueError::BadUrl)?;
-    let mut c = tokio::time::timeout(
-        Duration::from_secs(3),
-        client.get_multiplexed_async_connection(),
-    )
-    .await
-    .map_err(|_| QueueError::Unavailable("timed out connecting".into()))??;
+    let target = Target::parse(url).map_err(|_| QueueError::BadUrl)?;
+    // on a cluster, `CONFIG GET` goes to one node: the nodes of a cluster are set up alike
+    let mut c = tokio::time::timeout(Duration::from_secs(3), target.dedicated())
+        .await
+        .map_err(|_| QueueError::Unavailable("timed out connecting".into()))??;
     let get = |name: &'static str| redis::cmd("CONFIG").arg("GET").arg(name).to_owned();
     let mut warnings = Vec::new();
     // Managed Redis services may refuse CONFIG; then nothing can be checked.

@@ -61,6 +61,12 @@ impl RedisGcra {
     }
 
     /// The prefix its keys live under.
+    /// Whether its keys live on a Redis Cluster (spread over the slots: a limit stays exact per
+    /// key, each key being one slot's).
+    pub fn is_cluster(&self) -> bool {
+        self.conn.is_cluster()
+    }
+
     pub fn prefix(&self) -> &str {
         &self.prefix
     }

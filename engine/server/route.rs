@@ -186,9 +186,11 @@ fn json_fields(p: &crate::config::Pipeline, q: &Option<Queued>, limit: &Limit) -
     out
 }
 
-/// The limit rides in the enqueue's round trip when the limiter and the queue are both on
-/// Redis, the pipeline acknowledges once `queued`, and its verifier needs no lookup (tenant
-/// secrets come from Postgres, which must not be read for a request the limit would refuse).
+/// The limit rides in the enqueue's round trip when the limiter and the queue are both on one
+/// Redis node (on a cluster the rate-limit key and the queue's keys lie in different slots, which
+/// one script cannot touch together), the pipeline acknowledges once `queued`, and its verifier
+/// needs no lookup (tenant secrets come from Postgres, which must not be read for a request the
+/// limit would refuse).
 fn riding(
     limiter: &RateLimiter,
     queued: &Option<Queued>,
@@ -198,6 +200,9 @@ fn riding(
     let RateLimiter::Redis(gcra) = limiter else {
         return None;
     };
+    if gcra.is_cluster() {
+        return None;
+    }
     let q = queued.as_ref()?;
     let Queue::Redis(queue) = &q.handle else {
         return None;

@@ -585,3 +585,38 @@ fn validation_of_rate_limit_sections() {
         "{l:#?}"
     );
 }
+
+/// On a Redis Cluster the rate-limit keys spread over the nodes (each key its own slot) and a
+/// limit stays exact per key, with the checks of many keys grouped per slot in flight at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_redis_cluster_limits_are_exact_per_key_across_nodes() {
+    let cluster = common::PrivateCluster::start();
+    let p = prefix();
+    let gcra = std::sync::Arc::new(RedisGcra::new(&cluster.url(), &p).unwrap());
+    assert!(gcra.is_cluster());
+    let rule = Rule::new("api", &RateLimit::per_ip(100, Duration::from_secs(60)));
+    let t0: u64 = 1_700_000_000_000_000;
+    let clients: Vec<String> = (0..20).map(|i| format!("10.0.0.{i}")).collect();
+    let nodes: std::collections::BTreeSet<u16> = clients
+        .iter()
+        .map(|c| engine::redis_url::slot(&gcra.key(&rule, c)) / 5461)
+        .collect();
+    assert_eq!(nodes.len(), 3, "the keys spread over the three masters");
+    let mut checks = tokio::task::JoinSet::new();
+    for c in &clients {
+        for _ in 0..150 {
+            let (gcra, rule, c) = (gcra.clone(), rule.clone(), c.clone());
+            checks.spawn(async move { (c.clone(), gcra.check(&rule, &c, Some(t0)).await) });
+        }
+    }
+    let mut allowed: std::collections::HashMap<String, u32> = Default::default();
+    while let Some(r) = checks.join_next().await {
+        let (c, d) = r.unwrap();
+        if d.unwrap().allowed {
+            *allowed.entry(c).or_default() += 1;
+        }
+    }
+    for c in &clients {
+        assert_eq!(allowed.get(c), Some(&100), "{c}");
+    }
+}

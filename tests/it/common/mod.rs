@@ -413,15 +413,22 @@ pub struct PrivateRedis {
     pub port: u16,
     pub dir: tempfile::TempDir,
     aof: bool,
+    /// Extra `redis-server` arguments (cluster mode).
+    extra: Vec<String>,
     child: Option<std::process::Child>,
 }
 
 impl PrivateRedis {
     pub fn start(aof: bool) -> PrivateRedis {
+        PrivateRedis::start_with(aof, free_port(), Vec::new())
+    }
+
+    fn start_with(aof: bool, port: u16, extra: Vec<String>) -> PrivateRedis {
         let mut r = PrivateRedis {
-            port: free_port(),
+            port,
             dir: tempfile::tempdir().unwrap(),
             aof,
+            extra,
             child: None,
         };
         r.launch();
@@ -446,6 +453,7 @@ impl PrivateRedis {
             ])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(&self.extra)
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server on PATH");
@@ -481,6 +489,103 @@ impl PrivateRedis {
 impl Drop for PrivateRedis {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A Redis Cluster of the test's own: three masters (no replicas, AOF on) on spare ports, joined
+/// with `redis-cli --cluster create`. `cluster-require-full-coverage no`: while one master is
+/// down, the slots of the others keep serving.
+pub struct PrivateCluster {
+    pub nodes: Vec<PrivateRedis>,
+}
+
+impl PrivateCluster {
+    pub fn start() -> PrivateCluster {
+        let nodes: Vec<PrivateRedis> = (0..3)
+            .map(|_| {
+                let extra = [
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "2000",
+                    "--cluster-require-full-coverage",
+                    "no",
+                ];
+                PrivateRedis::start_with(
+                    true,
+                    free_cluster_port(),
+                    extra.iter().map(|s| s.to_string()).collect(),
+                )
+            })
+            .collect();
+        let mut create = std::process::Command::new("redis-cli");
+        create.args(["--cluster", "create"]);
+        for n in &nodes {
+            create.arg(format!("127.0.0.1:{}", n.port));
+        }
+        let out = create
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli on PATH");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let cluster = PrivateCluster { nodes };
+        cluster.wait_ok();
+        cluster
+    }
+
+    /// Until every node says `cluster_state:ok`.
+    pub fn wait_ok(&self) {
+        for _ in 0..200 {
+            let ok = self.nodes.iter().all(|n| {
+                std::process::Command::new("redis-cli")
+                    .args(["-p", &n.port.to_string(), "cluster", "info"])
+                    .output()
+                    .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
+            });
+            if ok {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the private cluster never reached cluster_state:ok");
+    }
+
+    /// `REDIS_URL` for it: every node as a seed.
+    pub fn url(&self) -> String {
+        let seeds: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        format!("redis+cluster://{}", seeds.join(","))
+    }
+
+    /// The node serving `key`'s slot (`redis-cli --cluster create` gives three masters the
+    /// slots 0-5460, 5461-10922 and 10923-16383, in order).
+    pub fn owner_of(&mut self, key: &str) -> &mut PrivateRedis {
+        let slot = engine::redis_url::slot(key);
+        let i = match slot {
+            0..=5460 => 0,
+            5461..=10922 => 1,
+            _ => 2,
+        };
+        &mut self.nodes[i]
+    }
+}
+
+/// A free port whose cluster bus port (+10000) is free too.
+fn free_cluster_port() -> u16 {
+    loop {
+        let p = free_port();
+        if p < 55_000 && std::net::TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok() {
+            return p;
+        }
     }
 }
 
