@@ -375,9 +375,15 @@ impl Worker {
     /// waiting ([`Taker`]), handle it, and on a failing queue back off (the outage is logged
     /// once per process by `ops::outage`, not once per attempt and worker). On Redis the reaper
     /// and the promoter run beside it. In-flight deliveries finish; on Redis unfinished ones stay
-    /// pending and are reclaimed after the lease.
-    pub async fn run(self: Arc<Self>, queue: crate::queue::Queue, mut stop: watch::Receiver<bool>) {
-        let mut taker = Taker::new(&queue, self.options);
+    /// pending and are reclaimed after the lease. On a partitioned Redis queue this worker reads
+    /// `partition` (the reaper and the promoter cover every partition).
+    pub async fn run(
+        self: Arc<Self>,
+        queue: crate::queue::Queue,
+        partition: usize,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut taker = Taker::new(&queue, partition, self.options);
         let helpers = match &queue {
             crate::queue::Queue::Redis(q) => {
                 if let Err(e) = q.ensure_group().await {
@@ -479,6 +485,8 @@ enum Taker {
     },
     Redis {
         queue: Arc<RedisQueue>,
+        /// The partition this worker reads (`queue.partitions`).
+        partition: usize,
         reader: Option<crate::redis_url::Conn>,
         own_pending: bool,
         /// Events were already waiting for the previous read: the queue is busy, and a small
@@ -489,7 +497,7 @@ enum Taker {
 }
 
 impl Taker {
-    fn new(queue: &crate::queue::Queue, options: Options) -> Taker {
+    fn new(queue: &crate::queue::Queue, partition: usize, options: Options) -> Taker {
         match queue {
             crate::queue::Queue::Memory(q) => Taker::Memory {
                 queue: q.clone(),
@@ -497,6 +505,7 @@ impl Taker {
             },
             crate::queue::Queue::Redis(q) => Taker::Redis {
                 queue: q.clone(),
+                partition,
                 reader: None,
                 own_pending: true,
                 busy: false,
@@ -516,17 +525,18 @@ impl Taker {
     /// The next deliveries (possibly none, after the block time), and whether the queue was
     /// found lost (Redis restarted empty: the data-loss alarm).
     async fn take(&mut self) -> Result<(Vec<Delivery>, bool), QueueError> {
-        let (queue, reader, own_pending, busy, options) = match self {
+        let (queue, partition, reader, own_pending, busy, options) = match self {
             Taker::Memory { queue, block } => {
                 return Ok((queue.next(*block).await.into_iter().collect(), false));
             }
             Taker::Redis {
                 queue,
+                partition,
                 reader,
                 own_pending,
                 busy,
                 options,
-            } => (queue, reader, own_pending, busy, *options),
+            } => (queue, *partition, reader, own_pending, busy, *options),
         };
         let conn = match reader {
             Some(c) => c,
@@ -536,11 +546,13 @@ impl Taker {
         // queue from an idle one (a blocking read returns as soon as one event arrives, busy or
         // not). Only when nothing waits does the read block for the next event.
         let mut read = queue
-            .read(conn, options.batch, Duration::ZERO, *own_pending)
+            .read(partition, conn, options.batch, Duration::ZERO, *own_pending)
             .await;
         let waiting = matches!(&read, Ok((got, _)) if !got.is_empty());
         if !*own_pending && matches!(&read, Ok((got, false)) if got.is_empty()) {
-            read = queue.read(conn, options.batch, options.block, false).await;
+            read = queue
+                .read(partition, conn, options.batch, options.block, false)
+                .await;
         }
         let (mut got, lost) = match read {
             Ok(r) => r,
@@ -562,7 +574,13 @@ impl Taker {
             // held under a tenth of the lease: the entries in hand are not renewed while waiting
             tokio::time::sleep(options.batch_wait.min(options.lease / 10)).await;
             if let Ok((more, _)) = queue
-                .read(conn, options.batch - got.len(), Duration::ZERO, false)
+                .read(
+                    partition,
+                    conn,
+                    options.batch - got.len(),
+                    Duration::ZERO,
+                    false,
+                )
                 .await
             {
                 got.extend(more);

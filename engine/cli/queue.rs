@@ -22,17 +22,14 @@ pub(super) fn queues(
         .iter()
         .filter(|p| !p.config.transform.is_empty())
     {
-        let name = p
-            .config
-            .queue
-            .as_ref()
-            .and_then(|q| q.name.clone())
-            .unwrap_or_else(|| p.config.name.clone());
-        let q = crate::queue::redis::RedisQueue::new(
+        let config = p.config.queue.clone().unwrap_or_default();
+        let name = config.name.clone().unwrap_or_else(|| p.config.name.clone());
+        let q = crate::queue::redis::RedisQueue::partitioned(
             &url,
             &project.settings.redis_key_prefix,
             &name,
             "engine-cli",
+            config.partitions,
         )
         .map_err(|e| {
             eprintln!("engine: {e}");

@@ -65,6 +65,14 @@ pub struct Queue {
     #[serde(default = "default_concurrency")]
     #[schemars(range(min = 1, max = 256))]
     pub concurrency: u32,
+    /// Redis streams the queue is split into (default 1), so one busy pipeline spreads over
+    /// several Redis Cluster nodes. An event's partition follows its dedupe key (else its event
+    /// id), so the dedupe check and the append stay one atomic step; each engine process runs at
+    /// least one worker per partition. Raise it with the queue drained or not: partition 0 keeps
+    /// the single-stream keys; lower it only once the partitions given up are empty.
+    #[serde(default = "default_partitions")]
+    #[schemars(range(min = 1, max = 64))]
+    pub partitions: u32,
 }
 
 /// When the 2xx is sent.
@@ -120,6 +128,7 @@ impl Default for Queue {
             batch_wait: None,
             lease: default_lease(),
             concurrency: default_concurrency(),
+            partitions: default_partitions(),
         }
     }
 }
@@ -132,6 +141,9 @@ fn default_lease() -> Span {
 }
 fn default_concurrency() -> u32 {
     4
+}
+fn default_partitions() -> u32 {
+    1
 }
 fn default_batch_size() -> u32 {
     64

@@ -66,8 +66,8 @@ end
 return #due
 ";
 
-/// A queue on Redis.
-pub struct RedisQueue {
+/// One stream of a queue with its retries, dead letters and dedupe markers, all in one slot.
+pub struct Partition {
     /// Pooled connections on one node; `None` on a cluster, whose client is multiplexed per node
     /// already (its operations go over the shared connection).
     pool: Option<Pool<RedisConnectionManager>>,
@@ -75,7 +75,6 @@ pub struct RedisQueue {
     /// and admin commands take pooled connections.
     shared: SharedRedis,
     target: Target,
-    name: String,
     stream: String,
     delayed: String,
     dead: String,
@@ -87,37 +86,20 @@ pub struct RedisQueue {
     promote: redis::Script,
 }
 
-impl RedisQueue {
-    /// A queue `name` under `prefix`; `consumer` must be unique per process start (a reused name
-    /// would hide a dead process's pending entries). Enqueues go over a connection of the queue's
-    /// own unless [`RedisQueue::sharing`] gives it the app's.
-    pub fn new(
-        url: &str,
-        prefix: &str,
-        name: &str,
+impl Partition {
+    /// The partition whose keys start with `base` (`<prefix>:{q:<name>}` or
+    /// `<prefix>:{q:<name>:<k>}`), on the queue's connections.
+    fn build(
+        pool: Option<Pool<RedisConnectionManager>>,
+        shared: SharedRedis,
+        target: Target,
+        base: &str,
         consumer: &str,
-    ) -> Result<RedisQueue, QueueError> {
-        let target = Target::parse(url).map_err(|_| QueueError::BadUrl)?;
-        // No mobc get_timeout: mobc times checkouts with futures-timer, whose global thread
-        // is woken (a futex and two context switches) on every checkout; `conn` bounds the wait
-        // with tokio's timer instead (see docs/benchmarks.md, "Whole process").
-        let pool = match &target {
-            Target::Single(client) => Some(
-                Pool::builder()
-                    .max_open(16)
-                    .max_idle(16)
-                    .health_check_interval(Some(Duration::from_secs(5)))
-                    .get_timeout(None)
-                    .build(RedisConnectionManager::new(client.clone())),
-            ),
-            Target::Cluster(_) => None,
-        };
-        let base = format!("{prefix}:{{q:{name}}}");
-        Ok(RedisQueue {
+    ) -> Partition {
+        Partition {
             pool,
-            shared: SharedRedis::new(target.clone()),
+            shared,
             target,
-            name: name.to_string(),
             stream: format!("{base}:stream"),
             delayed: format!("{base}:delayed"),
             dead: format!("{base}:dead"),
@@ -127,22 +109,7 @@ impl RedisQueue {
             retry: redis::Script::new(RETRY),
             dead_letter: redis::Script::new(DEAD),
             promote: redis::Script::new(PROMOTE),
-        })
-    }
-
-    /// This queue with its enqueues on `shared`, the app's request-path connection.
-    pub fn sharing(mut self, shared: SharedRedis) -> RedisQueue {
-        self.shared = shared;
-        self
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// The work stream's key.
-    pub fn stream_key(&self) -> &str {
-        &self.stream
+        }
     }
 
     async fn conn(&self) -> Result<QueueConn, QueueError> {
@@ -806,6 +773,394 @@ fn parse_dead(v: &Value) -> Vec<DeadLetter> {
         .collect()
 }
 
+/// A queue on Redis: one [`Partition`], or `partitions` of them (`queue.partitions`), each in its
+/// own slot so a busy queue spreads over a Redis Cluster's nodes.
+///
+/// An event's partition is the slot of its dedupe key (else of its event id) modulo the
+/// partitions, so a repeat meets the marker of the first in the same atomic step. With one
+/// partition, entry ids are the stream's own (`1764086400000-0`); with several they carry the
+/// partition (`2/1764086400000-0`), which every operation on an entry (ack, retry, dead letter,
+/// replay, purge) reads back.
+pub struct RedisQueue {
+    name: String,
+    parts: Vec<Partition>,
+}
+
+impl RedisQueue {
+    /// A queue `name` under `prefix` in one partition; `consumer` must be unique per process
+    /// start (a reused name would hide a dead process's pending entries). Enqueues go over a
+    /// connection of the queue's own unless [`RedisQueue::sharing`] gives it the app's.
+    pub fn new(
+        url: &str,
+        prefix: &str,
+        name: &str,
+        consumer: &str,
+    ) -> Result<RedisQueue, QueueError> {
+        RedisQueue::partitioned(url, prefix, name, consumer, 1)
+    }
+
+    /// [`RedisQueue::new`] split into `partitions` streams. Partition 0 keeps the keys of a
+    /// single-stream queue (`{q:<name>}`), the others are `{q:<name>:<k>}`.
+    pub fn partitioned(
+        url: &str,
+        prefix: &str,
+        name: &str,
+        consumer: &str,
+        partitions: u32,
+    ) -> Result<RedisQueue, QueueError> {
+        let target = Target::parse(url).map_err(|_| QueueError::BadUrl)?;
+        // No mobc get_timeout: mobc times checkouts with futures-timer, whose global thread
+        // is woken (a futex and two context switches) on every checkout; `conn` bounds the wait
+        // with tokio's timer instead (see docs/benchmarks.md, "Whole process").
+        let pool = match &target {
+            Target::Single(client) => Some(
+                Pool::builder()
+                    .max_open(16)
+                    .max_idle(16)
+                    .health_check_interval(Some(Duration::from_secs(5)))
+                    .get_timeout(None)
+                    .build(RedisConnectionManager::new(client.clone())),
+            ),
+            Target::Cluster(_) => None,
+        };
+        let shared = SharedRedis::new(target.clone());
+        let parts = (0..partitions.max(1))
+            .map(|k| {
+                let base = if k == 0 {
+                    format!("{prefix}:{{q:{name}}}")
+                } else {
+                    format!("{prefix}:{{q:{name}:{k}}}")
+                };
+                Partition::build(
+                    pool.clone(),
+                    shared.clone(),
+                    target.clone(),
+                    &base,
+                    consumer,
+                )
+            })
+            .collect();
+        Ok(RedisQueue {
+            name: name.to_string(),
+            parts,
+        })
+    }
+
+    /// This queue with its enqueues on `shared`, the app's request-path connection.
+    pub fn sharing(mut self, shared: SharedRedis) -> RedisQueue {
+        for p in &mut self.parts {
+            p.shared = shared.clone();
+        }
+        self
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// How many partitions it has.
+    pub fn partitions(&self) -> usize {
+        self.parts.len()
+    }
+
+    /// The work stream's key (partition 0's).
+    pub fn stream_key(&self) -> &str {
+        &self.parts[0].stream
+    }
+
+    /// Every partition's work stream key.
+    pub fn stream_keys(&self) -> Vec<&str> {
+        self.parts.iter().map(|p| p.stream.as_str()).collect()
+    }
+
+    /// The partition of a dedupe key or event id.
+    pub fn partition_of(&self, key: &str) -> usize {
+        match self.parts.len() {
+            1 => 0,
+            n => usize::from(crate::redis_url::slot(key)) % n,
+        }
+    }
+
+    /// An entry id as callers see it: the partition's own with one partition, `k/id` with more.
+    fn outer(&self, k: usize, id: String) -> String {
+        if self.parts.len() == 1 {
+            id
+        } else {
+            format!("{k}/{id}")
+        }
+    }
+
+    /// The partition and the stream's own id of an entry id (ids without a partition are
+    /// partition 0's, as a single-stream queue wrote them).
+    fn inner<'a>(&self, id: &'a str) -> (usize, &'a str) {
+        match id.split_once('/') {
+            Some((k, rest)) => match k.parse::<usize>() {
+                Ok(k) if k < self.parts.len() => (k, rest),
+                _ => (0, id),
+            },
+            None => (0, id),
+        }
+    }
+
+    fn outer_delivery(&self, k: usize, mut d: Delivery) -> Delivery {
+        d.id = self.outer(k, d.id);
+        d
+    }
+
+    /// The partition and a copy of `d` with the stream's own id.
+    fn inner_delivery(&self, d: &Delivery) -> (usize, Delivery) {
+        let (k, id) = self.inner(&d.id);
+        (
+            k,
+            Delivery {
+                id: id.to_string(),
+                ..d.clone()
+            },
+        )
+    }
+
+    /// Create every partition's consumer group (and stream) if missing.
+    pub async fn ensure_group(&self) -> Result<(), QueueError> {
+        for p in &self.parts {
+            p.ensure_group().await?;
+        }
+        Ok(())
+    }
+
+    /// Append an event to its partition, unless `dedupe` names a key seen within its window.
+    pub async fn enqueue(
+        &self,
+        event: &EventInput,
+        dedupe: Option<(&str, Duration)>,
+    ) -> Result<Enqueued, QueueError> {
+        let k = self.partition_of(dedupe.map_or(event.id.as_str(), |(key, _)| key));
+        Ok(match self.parts[k].enqueue(event, dedupe).await? {
+            Enqueued::Added(id) => Enqueued::Added(self.outer(k, id)),
+            Enqueued::Duplicate => Enqueued::Duplicate,
+        })
+    }
+
+    /// [`Self::enqueue`] behind the rate-limit check of `rule` on `limit_key`, in the same op
+    /// (one node only: on a cluster the limit's key lies in another slot).
+    pub async fn enqueue_limited(
+        &self,
+        event: &EventInput,
+        dedupe: Option<(&str, Duration)>,
+        rule: &Rule,
+        limit_key: &str,
+    ) -> Result<(Verdict, Option<Enqueued>), QueueError> {
+        let k = self.partition_of(dedupe.map_or(event.id.as_str(), |(key, _)| key));
+        let (verdict, stored) = self.parts[k]
+            .enqueue_limited(event, dedupe, rule, limit_key)
+            .await?;
+        let stored = stored.map(|e| match e {
+            Enqueued::Added(id) => Enqueued::Added(self.outer(k, id)),
+            Enqueued::Duplicate => Enqueued::Duplicate,
+        });
+        Ok((verdict, stored))
+    }
+
+    /// A connection of its own for blocking reads.
+    pub async fn reader(&self) -> Result<Conn, QueueError> {
+        self.parts[0].reader().await
+    }
+
+    /// Read up to `count` entries of partition `partition` (modulo the partitions); see
+    /// [`Partition::read`].
+    pub async fn read(
+        &self,
+        partition: usize,
+        conn: &mut Conn,
+        count: usize,
+        block: Duration,
+        own_pending: bool,
+    ) -> Result<(Vec<Delivery>, bool), QueueError> {
+        let k = partition % self.parts.len();
+        let (ds, lost) = self.parts[k].read(conn, count, block, own_pending).await?;
+        Ok((
+            ds.into_iter().map(|d| self.outer_delivery(k, d)).collect(),
+            lost,
+        ))
+    }
+
+    /// Done with several entries: one round trip per partition they are in.
+    pub async fn ack_many(&self, ids: &[&str]) -> Result<(), QueueError> {
+        let mut by_part: Vec<Vec<&str>> = vec![Vec::new(); self.parts.len()];
+        for id in ids {
+            let (k, own) = self.inner(id);
+            by_part[k].push(own);
+        }
+        for (k, own) in by_part.iter().enumerate() {
+            self.parts[k].ack_many(own).await?;
+        }
+        Ok(())
+    }
+
+    /// Renew the lease of an entry this consumer is still working on.
+    pub async fn touch(&self, id: &str) -> Result<(), QueueError> {
+        let (k, own) = self.inner(id);
+        self.parts[k].touch(own).await
+    }
+
+    /// Done: acknowledge and delete.
+    pub async fn ack(&self, id: &str) -> Result<(), QueueError> {
+        let (k, own) = self.inner(id);
+        self.parts[k].ack(own).await
+    }
+
+    /// Try again after `delay`, with the attempt counted; atomic with the ack.
+    pub async fn retry(&self, d: &Delivery, delay: Duration) -> Result<(), QueueError> {
+        let (k, own) = self.inner_delivery(d);
+        self.parts[k].retry(&own, delay).await
+    }
+
+    /// Give up: the dead letters of its partition, with the reason; atomic with the ack.
+    pub async fn dead_letter(&self, d: &Delivery, reason: &str) -> Result<(), QueueError> {
+        let (k, own) = self.inner_delivery(d);
+        self.parts[k].dead_letter(&own, reason).await
+    }
+
+    /// Dead-letter an event that never entered the work stream (`ack: processed`).
+    pub async fn dead_letter_event(
+        &self,
+        event: &EventInput,
+        reason: &str,
+    ) -> Result<(), QueueError> {
+        self.parts[self.partition_of(&event.id)]
+            .dead_letter_event(event, reason)
+            .await
+    }
+
+    /// Remember a dedupe key (in its partition); `false` when it was already there.
+    pub async fn mark_seen(&self, key: &str, window: Duration) -> Result<bool, QueueError> {
+        self.parts[self.partition_of(key)]
+            .mark_seen(key, window)
+            .await
+    }
+
+    /// Forget a dedupe key.
+    pub async fn forget_seen(&self, key: &str) -> Result<(), QueueError> {
+        self.parts[self.partition_of(key)].forget_seen(key).await
+    }
+
+    /// Move due retries back to their work streams; how many moved.
+    pub async fn promote_due(&self, limit: usize) -> Result<u64, QueueError> {
+        let mut n = 0;
+        for p in &self.parts {
+            n += p.promote_due(limit).await?;
+        }
+        Ok(n)
+    }
+
+    /// Take over entries of every partition idle longer than `lease`; see
+    /// [`Partition::reclaim`].
+    pub async fn reclaim(
+        &self,
+        lease: Duration,
+        max_deliveries: u64,
+    ) -> Result<(Vec<Delivery>, u64), QueueError> {
+        let (mut all, mut deleted) = (Vec::new(), 0);
+        for (k, p) in self.parts.iter().enumerate() {
+            let (ds, d) = p.reclaim(lease, max_deliveries).await?;
+            all.extend(ds.into_iter().map(|d| self.outer_delivery(k, d)));
+            deleted += d;
+        }
+        Ok((all, deleted))
+    }
+
+    /// Counts, summed over the partitions (the oldest age is the oldest partition's).
+    pub async fn stats(&self) -> Result<Stats, QueueError> {
+        let mut total = Stats::default();
+        for p in &self.parts {
+            let s = p.stats().await?;
+            total.depth += s.depth;
+            total.pending += s.pending;
+            total.delayed += s.delayed;
+            total.dead += s.dead;
+            total.oldest_age_ms = total.oldest_age_ms.max(s.oldest_age_ms);
+        }
+        Ok(total)
+    }
+
+    /// Dead letters, oldest first, `count` at most.
+    pub async fn dead_letters(&self, count: usize) -> Result<Vec<DeadLetter>, QueueError> {
+        let mut all = self.every_dead_letter(count, false).await?;
+        all.sort_by_key(|l| l.at_ms);
+        all.truncate(count);
+        Ok(all)
+    }
+
+    /// The newest `count` dead letters, newest first.
+    pub async fn newest_dead_letters(&self, count: usize) -> Result<Vec<DeadLetter>, QueueError> {
+        let mut all = self.every_dead_letter(count, true).await?;
+        all.sort_by_key(|l| std::cmp::Reverse(l.at_ms));
+        all.truncate(count);
+        Ok(all)
+    }
+
+    async fn every_dead_letter(
+        &self,
+        count: usize,
+        newest: bool,
+    ) -> Result<Vec<DeadLetter>, QueueError> {
+        let mut all = Vec::new();
+        for (k, p) in self.parts.iter().enumerate() {
+            let letters = if newest {
+                p.newest_dead_letters(count).await?
+            } else {
+                p.dead_letters(count).await?
+            };
+            all.extend(letters.into_iter().map(|mut l| {
+                l.id = self.outer(k, l.id);
+                l
+            }));
+        }
+        Ok(all)
+    }
+
+    /// Put dead letters back on their partitions' work streams (all when `ids` is empty).
+    pub async fn replay_dead(&self, ids: &[String]) -> Result<u64, QueueError> {
+        let mut n = 0;
+        for (k, own) in self.by_partition(ids) {
+            n += self.parts[k].replay_dead(&own).await?;
+        }
+        Ok(n)
+    }
+
+    /// Delete dead letters (all when `ids` is empty).
+    pub async fn purge_dead(&self, ids: &[String]) -> Result<u64, QueueError> {
+        let mut n = 0;
+        for (k, own) in self.by_partition(ids) {
+            n += self.parts[k].purge_dead(&own).await?;
+        }
+        Ok(n)
+    }
+
+    /// `ids` grouped by partition, the stream's own ids; every partition with an empty list
+    /// ("all") when `ids` is empty.
+    fn by_partition(&self, ids: &[String]) -> Vec<(usize, Vec<String>)> {
+        if ids.is_empty() {
+            return (0..self.parts.len()).map(|k| (k, Vec::new())).collect();
+        }
+        let mut by: std::collections::BTreeMap<usize, Vec<String>> = Default::default();
+        for id in ids {
+            let (k, own) = self.inner(id);
+            by.entry(k).or_default().push(own.to_string());
+        }
+        by.into_iter().collect()
+    }
+
+    /// Consumers that read within `within`: the most any partition has (each engine process
+    /// reads every partition).
+    pub async fn active_consumers(&self, within: Duration) -> Result<u64, QueueError> {
+        let mut most = 0;
+        for p in &self.parts {
+            most = most.max(p.active_consumers(within).await?);
+        }
+        Ok(most)
+    }
+}
+
 impl super::Outcomes for RedisQueue {
     fn name(&self) -> &str {
         &self.name
@@ -859,4 +1214,57 @@ pub async fn configuration_warnings(url: &str) -> Result<Vec<String>, QueueError
         warnings.push(format!("Redis maxmemory-policy is {policy}: under memory pressure it may evict queued events; set noeviction"));
     }
     Ok(warnings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue(partitions: u32) -> RedisQueue {
+        // made without connecting
+        RedisQueue::partitioned("redis://127.0.0.1:1", "p", "vapi", "c", partitions).unwrap()
+    }
+
+    #[test]
+    fn one_partition_keeps_the_single_stream_keys_and_ids() {
+        let q = queue(1);
+        assert_eq!(q.stream_keys(), ["p:{q:vapi}:stream"]);
+        assert_eq!(q.outer(0, "1-0".into()), "1-0");
+        assert_eq!(q.inner("1-0"), (0, "1-0"));
+        assert_eq!(q.partition_of("anything"), 0);
+    }
+
+    #[test]
+    fn partitions_have_their_own_slots_and_ids_that_name_them() {
+        let q = queue(4);
+        assert_eq!(
+            q.stream_keys(),
+            [
+                "p:{q:vapi}:stream",
+                "p:{q:vapi:1}:stream",
+                "p:{q:vapi:2}:stream",
+                "p:{q:vapi:3}:stream"
+            ]
+        );
+        let slots: std::collections::BTreeSet<u16> = q
+            .stream_keys()
+            .iter()
+            .map(|k| crate::redis_url::slot(k))
+            .collect();
+        assert_eq!(slots.len(), 4);
+        assert_eq!(q.outer(2, "1-0".into()), "2/1-0");
+        assert_eq!(q.inner("2/1-0"), (2, "1-0"));
+        assert_eq!(
+            q.inner("1-0"),
+            (0, "1-0"),
+            "a single-stream id is partition 0's"
+        );
+        assert_eq!(q.inner("9/1-0"), (0, "9/1-0"), "no such partition");
+        // a key always lands in the same partition, and keys spread over all of them
+        let spread: std::collections::BTreeSet<usize> = (0..200)
+            .map(|i| q.partition_of(&format!("call-{i}|status-update")))
+            .collect();
+        assert_eq!(spread.len(), 4);
+        assert_eq!(q.partition_of("call-7"), q.partition_of("call-7"));
+    }
 }

@@ -67,9 +67,14 @@ pub fn build(
         let name = config.name.clone().unwrap_or_else(|| p.config.name.clone());
         let handle = match &project.settings.redis_url {
             Some(url) => {
-                let queue =
-                    RedisQueue::new(url, &project.settings.redis_key_prefix, &name, &consumer)
-                        .map_err(|e| e.to_string())?;
+                let queue = RedisQueue::partitioned(
+                    url,
+                    &project.settings.redis_key_prefix,
+                    &name,
+                    &consumer,
+                    config.partitions,
+                )
+                .map_err(|e| e.to_string())?;
                 Queue::Redis(Arc::new(match redis {
                     Some(shared) => queue.sharing(shared.clone()),
                     None => queue,
@@ -156,13 +161,23 @@ pub struct Workers {
     tasks: JoinSet<()>,
 }
 
-/// Start `concurrency` workers per queued pipeline.
+/// Start `concurrency` workers per queued pipeline, and at least one per partition of a
+/// partitioned Redis queue (worker `i` reads partition `i` modulo the partitions).
 pub fn start<'a>(queued: impl Iterator<Item = &'a Queued>) -> Workers {
     let (stop, rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     for q in queued {
-        for _ in 0..q.config.concurrency.max(1) {
-            tasks.spawn(q.worker.clone().run(q.handle.clone(), rx.clone()));
+        let partitions = match &q.handle {
+            Queue::Redis(r) => r.partitions(),
+            Queue::Memory(_) => 1,
+        };
+        let workers = (q.config.concurrency.max(1) as usize).max(partitions);
+        for i in 0..workers {
+            tasks.spawn(
+                q.worker
+                    .clone()
+                    .run(q.handle.clone(), i % partitions, rx.clone()),
+            );
         }
     }
     Workers { stop, tasks }

@@ -42,7 +42,7 @@ async fn enqueue_read_ack() {
     };
     let mut r = q.reader().await.unwrap();
     let (got, lost) = q
-        .read(&mut r, 10, Duration::from_millis(100), false)
+        .read(0, &mut r, 10, Duration::from_millis(100), false)
         .await
         .unwrap();
     assert!(!lost);
@@ -61,7 +61,7 @@ async fn enqueue_read_ack() {
     );
     // nothing more: the blocking read times out empty
     let (none, _) = q
-        .read(&mut r, 10, Duration::from_millis(50), false)
+        .read(0, &mut r, 10, Duration::from_millis(50), false)
         .await
         .unwrap();
     assert!(none.is_empty());
@@ -105,7 +105,7 @@ async fn retry_comes_back_after_its_delay_with_the_attempt_counted() {
     q.enqueue(&event("e1"), None).await.unwrap();
     let mut r = q.reader().await.unwrap();
     let (got, _) = q
-        .read(&mut r, 10, Duration::from_millis(100), false)
+        .read(0, &mut r, 10, Duration::from_millis(100), false)
         .await
         .unwrap();
     q.retry(&got[0], Duration::from_millis(300)).await.unwrap();
@@ -115,7 +115,7 @@ async fn retry_comes_back_after_its_delay_with_the_attempt_counted() {
     tokio::time::sleep(Duration::from_millis(350)).await;
     assert_eq!(q.promote_due(100).await.unwrap(), 1);
     let (again, _) = q
-        .read(&mut r, 10, Duration::from_millis(100), false)
+        .read(0, &mut r, 10, Duration::from_millis(100), false)
         .await
         .unwrap();
     assert_eq!((again[0].event.id.as_str(), again[0].attempts), ("e1", 1));
@@ -129,7 +129,7 @@ async fn dead_letters_keep_the_reason_and_can_be_replayed_or_purged() {
     }
     let mut r = q.reader().await.unwrap();
     let (got, _) = q
-        .read(&mut r, 10, Duration::from_millis(100), false)
+        .read(0, &mut r, 10, Duration::from_millis(100), false)
         .await
         .unwrap();
     for d in &got {
@@ -149,7 +149,7 @@ async fn dead_letters_keep_the_reason_and_can_be_replayed_or_purged() {
 
     assert_eq!(q.replay_dead(&[dead[0].id.clone()]).await.unwrap(), 1);
     let (back, _) = q
-        .read(&mut r, 10, Duration::from_millis(100), false)
+        .read(0, &mut r, 10, Duration::from_millis(100), false)
         .await
         .unwrap();
     assert_eq!(
@@ -170,7 +170,7 @@ async fn a_dead_consumers_entries_are_reclaimed_after_the_lease() {
     }
     let mut r = crashed.reader().await.unwrap();
     let (taken, _) = crashed
-        .read(&mut r, 10, Duration::from_millis(100), false)
+        .read(0, &mut r, 10, Duration::from_millis(100), false)
         .await
         .unwrap();
     assert_eq!(taken.len(), 3);
@@ -197,10 +197,10 @@ async fn a_restarted_consumer_reads_its_own_pending_entries_first() {
     let q = queue(&p, "same-name").await;
     q.enqueue(&event("e1"), None).await.unwrap();
     let mut r = q.reader().await.unwrap();
-    q.read(&mut r, 10, Duration::from_millis(100), false)
+    q.read(0, &mut r, 10, Duration::from_millis(100), false)
         .await
         .unwrap();
-    let (own, _) = q.read(&mut r, 10, Duration::ZERO, true).await.unwrap();
+    let (own, _) = q.read(0, &mut r, 10, Duration::ZERO, true).await.unwrap();
     assert_eq!(own.len(), 1);
     assert_eq!(own[0].event.id, "e1");
 }
@@ -211,7 +211,7 @@ async fn poison_entries_are_dead_lettered_after_too_many_deliveries() {
     let q = queue(&p, "c1").await;
     q.enqueue(&event("poison"), None).await.unwrap();
     let mut r = q.reader().await.unwrap();
-    q.read(&mut r, 10, Duration::from_millis(100), false)
+    q.read(0, &mut r, 10, Duration::from_millis(100), false)
         .await
         .unwrap();
     // each reclaim is another delivery; past the limit the entry is dead-lettered
@@ -241,14 +241,14 @@ async fn a_lost_group_is_recreated_and_reported() {
         .unwrap();
     let mut r = q.reader().await.unwrap();
     let (got, lost) = q
-        .read(&mut r, 10, Duration::from_millis(50), false)
+        .read(0, &mut r, 10, Duration::from_millis(50), false)
         .await
         .unwrap();
     assert!(got.is_empty());
     assert!(lost, "the caller raises the data-loss alarm");
     q.enqueue(&event("after"), None).await.unwrap();
     let (got, lost) = q
-        .read(&mut r, 10, Duration::from_millis(100), false)
+        .read(0, &mut r, 10, Duration::from_millis(100), false)
         .await
         .unwrap();
     assert_eq!((got.len(), lost), (1, false));
@@ -297,7 +297,7 @@ async fn queue_and_dlq_commands() {
     }
     let mut r = q.reader().await.unwrap();
     let (got, _) = q
-        .read(&mut r, 10, Duration::from_millis(100), false)
+        .read(0, &mut r, 10, Duration::from_millis(100), false)
         .await
         .unwrap();
     for d in &got {
@@ -473,5 +473,75 @@ async fn concurrent_enqueues_go_to_redis_in_groups_each_with_its_own_answer() {
     assert!(
         calls < ops,
         "{calls} calls for {ops} operations: nothing was grouped"
+    );
+}
+
+/// A queue split into partitions on one node: events spread over the streams by dedupe key, a
+/// repeat is caught in its partition, ids name the partition, and every operation on an entry
+/// (read, ack, dead letter, replay, purge) finds it.
+#[tokio::test]
+async fn a_partitioned_queue_spreads_events_and_finds_them_again() {
+    let p = prefix();
+    let q = RedisQueue::partitioned(REDIS, &p, "vapi", "c1", 3).unwrap();
+    q.ensure_group().await.unwrap();
+    let window = Duration::from_secs(60);
+    for i in 0..60 {
+        let key = format!("call-{i}|status-update");
+        let added = q
+            .enqueue(&event(&format!("e{i}")), Some((&key, window)))
+            .await
+            .unwrap();
+        assert!(
+            matches!(added, Enqueued::Added(ref id) if id.contains('/')),
+            "{added:?}"
+        );
+    }
+    assert_eq!(
+        q.enqueue(&event("e0"), Some(("call-0|status-update", window)))
+            .await
+            .unwrap(),
+        Enqueued::Duplicate
+    );
+    let client = redis::Client::open(REDIS).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let mut lengths = Vec::new();
+    for key in q.stream_keys() {
+        let n: u64 = redis::AsyncCommands::xlen(&mut c, key).await.unwrap();
+        lengths.push(n);
+    }
+    assert_eq!(lengths.iter().sum::<u64>(), 60);
+    assert!(lengths.iter().all(|n| *n > 5), "spread: {lengths:?}");
+    assert_eq!(q.stats().await.unwrap().depth, 60);
+
+    // each partition read on its own; ack one, dead-letter one of another partition
+    let mut r = q.reader().await.unwrap();
+    let (first, _) = q.read(0, &mut r, 100, Duration::ZERO, false).await.unwrap();
+    let (second, _) = q.read(1, &mut r, 100, Duration::ZERO, false).await.unwrap();
+    assert_eq!(first.len() as u64, lengths[0]);
+    assert!(first.iter().all(|d| d.id.starts_with("0/")));
+    assert!(second.iter().all(|d| d.id.starts_with("1/")));
+    q.ack(&first[0].id).await.unwrap();
+    engine::queue::Outcomes::dead_letter(&q, &second[0], "broken")
+        .await
+        .unwrap();
+    let s = q.stats().await.unwrap();
+    assert_eq!((s.depth, s.dead), (58, 1));
+    let dead = q.newest_dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0].id.starts_with("1/"), "{}", dead[0].id);
+    assert_eq!(
+        q.replay_dead(std::slice::from_ref(&dead[0].id))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(q.stats().await.unwrap().dead, 0);
+    engine::queue::Outcomes::dead_letter(&q, &second[1], "broken")
+        .await
+        .unwrap();
+    assert_eq!(
+        q.purge_dead(&[]).await.unwrap(),
+        1,
+        "all, over every partition"
     );
 }

@@ -132,7 +132,7 @@ async fn events_flow_to_the_sink_and_are_acked() {
     q.enqueue(&dropped, None).await.unwrap();
 
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let running = tokio::spawn(w.clone().run(Queue::Redis(q.clone()), stop));
+    let running = tokio::spawn(w.clone().run(Queue::Redis(q.clone()), 0, stop));
     wait_until(|| sink.event_ids().len() == 20).await;
     let expected: Vec<String> = (0..20).map(|i| format!("e{i:02}")).collect();
     assert_eq!(sink.event_ids(), expected);
@@ -164,7 +164,7 @@ async fn a_failing_sink_is_retried_with_backoff_then_succeeds() {
     .await;
     q.enqueue(&status_update("r1"), None).await.unwrap();
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let running = tokio::spawn(w.clone().run(Queue::Redis(q.clone()), stop));
+    let running = tokio::spawn(w.clone().run(Queue::Redis(q.clone()), 0, stop));
     wait_until(|| sink.event_ids() == ["r1"]).await;
     assert_eq!(
         sink.calls.load(Ordering::SeqCst),
@@ -182,7 +182,7 @@ async fn attempts_used_up_and_permanent_errors_are_dead_lettered() {
     let (w, q, _) = worker(sink.clone(), fast()).await;
     q.enqueue(&status_update("x1"), None).await.unwrap();
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let running = tokio::spawn(w.clone().run(Queue::Redis(q.clone()), stop));
+    let running = tokio::spawn(w.clone().run(Queue::Redis(q.clone()), 0, stop));
     let queue = q.clone();
     let mut dead = Vec::new();
     for _ in 0..100 {
@@ -211,7 +211,7 @@ async fn attempts_used_up_and_permanent_errors_are_dead_lettered() {
     q.enqueue(&status_update("p1"), None).await.unwrap();
     let mut r = q.reader().await.unwrap();
     let (d, _) = q
-        .read(&mut r, 1, Duration::from_millis(100), false)
+        .read(0, &mut r, 1, Duration::from_millis(100), false)
         .await
         .unwrap();
     assert_eq!(
@@ -231,7 +231,7 @@ async fn script_failures_carry_their_position_into_the_dead_letter() {
     q.enqueue(&bad, None).await.unwrap();
     let mut r = q.reader().await.unwrap();
     let (d, _) = q
-        .read(&mut r, 1, Duration::from_millis(100), false)
+        .read(0, &mut r, 1, Duration::from_millis(100), false)
         .await
         .unwrap();
     let Handled::DeadLettered { reason } = w.handle(&d[0]).await.unwrap() else {
@@ -254,14 +254,14 @@ async fn a_crashed_workers_entries_reach_the_sink_through_another_worker() {
     }
     let mut r = crashed.reader().await.unwrap();
     let (taken, _) = crashed
-        .read(&mut r, 10, Duration::from_millis(100), false)
+        .read(0, &mut r, 10, Duration::from_millis(100), false)
         .await
         .unwrap();
     assert_eq!(taken.len(), 3);
     drop(crashed);
 
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let running = tokio::spawn(w.clone().run(Queue::Redis(q.clone()), stop));
+    let running = tokio::spawn(w.clone().run(Queue::Redis(q.clone()), 0, stop));
     wait_until(|| sink.event_ids().len() == 3).await;
     assert_eq!(sink.event_ids(), ["c1", "c2", "c3"]);
     stop_tx.send(true).unwrap();
@@ -297,7 +297,7 @@ async fn a_long_job_renews_its_lease() {
     q.enqueue(&status_update("long"), None).await.unwrap();
     let mut r = q.reader().await.unwrap();
     let (d, _) = q
-        .read(&mut r, 1, Duration::from_millis(100), false)
+        .read(0, &mut r, 1, Duration::from_millis(100), false)
         .await
         .unwrap();
     let handling = tokio::spawn({
@@ -354,7 +354,7 @@ async fn a_batch_with_one_bad_row_dead_letters_only_that_event() {
     }
     let mut r = q.reader().await.unwrap();
     let (batch, _) = q
-        .read(&mut r, 64, Duration::from_millis(100), false)
+        .read(0, &mut r, 64, Duration::from_millis(100), false)
         .await
         .unwrap();
     assert_eq!(batch.len(), 10);
@@ -429,7 +429,7 @@ async fn a_busy_queue_is_topped_up_into_batches_and_a_lone_event_goes_at_once() 
         options,
     });
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let running = tokio::spawn(w.run(Queue::Redis(q.clone()), stop));
+    let running = tokio::spawn(w.run(Queue::Redis(q.clone()), 0, stop));
     let written = || sink.writes.lock().unwrap().iter().sum::<usize>();
     // idle: a lone event is written well before the top-up wait would have ended
     tokio::time::sleep(Duration::from_millis(300)).await;
