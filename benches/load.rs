@@ -31,6 +31,9 @@
 //! `engine worker` under sustained load (`load/soak.rs`).
 //! `-- --tool-calls [--quick]` measures instead what a Vapi tool call answered from a calendar
 //! costs inside the engine, against a local Google stand-in (`load/tools.rs`).
+//! `-- --scale` measures the capacity model's inputs and checks its predictions for this
+//! machine: 1 vs 2 engine instances, 1 vs 3 queue partitions, rows/s per Postgres connection
+//! (`load/scale.rs`, docs/scaling.md).
 //! `-- --dashboard` draws the Grafana dashboard's main panels from `/metrics` under a changing
 //! load into docs/grafana/engine.png (`load/dashboard.rs`).
 
@@ -50,6 +53,9 @@ mod tools;
 
 #[path = "load/dashboard.rs"]
 mod dashboard;
+
+#[path = "load/scale.rs"]
+mod scale;
 
 const SECRET: &str = "bench-vapi-webhook-secret";
 /// Concurrent connections of the closed-loop (saturation) runs.
@@ -85,6 +91,17 @@ fn main() {
         .unwrap();
     if args.iter().any(|a| a == "--redis-floor") {
         rt.block_on(redis_floor());
+        return;
+    }
+    if args.iter().any(|a| a == "--scale") {
+        rt.block_on(async {
+            let Some(setup) = support::setup("scale").await else {
+                eprintln!("no Postgres at 127.0.0.1:5432: skipping");
+                return;
+            };
+            scale::run(&setup, quick).await;
+            setup.cleanup().await;
+        });
         return;
     }
     if args.iter().any(|a| a == "--dashboard") {
