@@ -298,7 +298,21 @@ async fn a_redis_cluster_carries_the_queue_exactly_once() {
         String::from_utf8_lossy(&stats.stderr)
     );
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    assert!(text.contains("vapi"), "{v}");
+    assert_eq!(v["vapi"]["depth"], 0, "{v}");
+    let dlq = Command::new(env!("CARGO_BIN_EXE_engine"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("REDIS_URL", cluster.url())
+        .args(["dlq", "list", "--pipeline", "vapi", "--json", "--pipelines"])
+        .arg(d.path())
+        .output()
+        .unwrap();
+    assert!(
+        dlq.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dlq.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&dlq.stdout).trim(), "[]");
 }
 
 /// The master holding the Vapi queue's slot killed (kill -9) and restarted (AOF on) mid-stream:
