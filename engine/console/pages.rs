@@ -411,7 +411,7 @@ pub fn dead_letters(name: &str, view: Result<DeadLetters<'_>, String>, csrf: &st
         Ok(v) => html! {
             @if let Some(done) = v.done { p.notice role="status" { (done_message(done)) } }
             p.meta {
-                @match v.total { Some(t) => { (t) " dead letters" }, None => { "" } }
+                @match v.total { Some(1) => { "1 dead letter" }, Some(t) => { (t) " dead letters" }, None => { "" } }
                 @if v.total.is_some_and(|t| t as usize > v.letters.len()) { ", the newest " (v.letters.len()) " shown" }
             }
             @if v.letters.is_empty() { p { "None." } }

@@ -241,6 +241,8 @@ async fn an_operator_replays_a_dead_letter_in_a_real_browser() {
         .await;
     let page = browser.wait_for("the status script is broken", true).await;
     assert!(!page.contains("+15550142"), "redacted in the browser too");
+    // unfold the event: its body shows the redacted field
+    browser.click("details summary").await;
     browser.screenshot("dead-letters").await;
 
     // the operator fixes the pipeline (a deploy or a reload), then replays the letter
@@ -274,6 +276,7 @@ async fn an_operator_replays_a_dead_letter_in_a_real_browser() {
         .go(&app.url(&format!("/console/events?pipeline={name}")))
         .await;
     browser.wait_for("[redacted]", false).await;
+    browser.click("details summary").await;
     browser.screenshot("events").await;
     if std::env::var_os("CONSOLE_SCREENSHOTS").is_some() {
         // drawing the docs' pictures: let the charts fill for a while
