@@ -165,7 +165,7 @@ mod tests {
                 .is_cluster()
         );
         assert!(
-            !Target::parse("redis://u:p@host:6380/0")
+            !Target::parse("rediss://u:p@host:6380/0")
                 .unwrap()
                 .is_cluster()
         );

@@ -214,7 +214,8 @@ struct Job {
 /// A lazily connected, self-reconnecting, shared connection; clones share it.
 #[derive(Clone)]
 pub struct SharedRedis {
-    target: Target,
+    /// Behind an `Arc`: a cluster client with its settings is large, and every clone shares it.
+    target: Arc<Target>,
     conn: Arc<OnceCell<Conn>>,
     /// The committer's queue, made (and the committer started) on the first op.
     group: Arc<OnceLock<mpsc::Sender<Job>>>,
@@ -225,7 +226,7 @@ pub struct SharedRedis {
 impl SharedRedis {
     pub fn new(target: Target) -> SharedRedis {
         SharedRedis {
-            target,
+            target: Arc::new(target),
             conn: Arc::new(OnceCell::new()),
             group: Arc::new(OnceLock::new()),
             counts: Arc::new([AtomicU64::new(0), AtomicU64::new(0)]),
@@ -298,7 +299,7 @@ fn failed(detail: String) -> RedisError {
 /// call per slot the ops' keys fall in, those calls at once: a script may only touch keys of
 /// one slot). Ends when every [`SharedRedis`] clone is gone.
 async fn commit(
-    target: Target,
+    target: Arc<Target>,
     conn: Arc<OnceCell<Conn>>,
     counts: Arc<[AtomicU64; 2]>,
     mut queue: mpsc::Receiver<Job>,

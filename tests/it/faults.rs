@@ -86,8 +86,14 @@ impl Drop for Engine {
 }
 
 fn engine(dir: &Dir, port: u16, redis: &str, database: &str) -> Engine {
+    engine_with(dir, port, redis, database, &[])
+}
+
+/// [`engine`] with more environment variables.
+fn engine_with(dir: &Dir, port: u16, redis: &str, database: &str, env: &[(&str, &str)]) -> Engine {
     let mut child = Command::new(env!("CARGO_BIN_EXE_engine"))
         .env_clear()
+        .envs(env.iter().copied())
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("PORT", port.to_string())
         .env("REDIS_URL", redis)
@@ -402,6 +408,38 @@ async fn a_partitioned_queue_two_instances_one_killed_the_other_takes_over() {
         "queue in 3 partitions, two instances, one killed (kill -9) mid-stream",
     )
     .await;
+}
+
+/// `rediss://`: the queue over TLS to a private `redis-server --tls-port`, its certificate issued
+/// by a test CA the engine trusts through `SSL_CERT_FILE` (as a managed Redis's public CA is
+/// trusted through the system's roots): every event exactly once. Without the CA the server is
+/// not believed: nothing is answered 2xx.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_over_tls_carries_the_queue_and_an_unknown_certificate_is_refused() {
+    let (database, schema) = fresh_schema().await;
+    let tls = common::PrivateTlsRedis::start();
+    let d = dir();
+    let port = free_port();
+    let ca = tls.ca_file();
+    let trusting = engine_with(&d, port, &tls.url(), &database, &[("SSL_CERT_FILE", &ca)]);
+    let (ok, all) = stream_with_fault(port, 100, usize::MAX, || {}).await;
+    assert_eq!(ok.len(), 100, "every request answered 2xx over TLS");
+    check_exactly_once(&schema, &ok, &all, "Redis over TLS (rediss://)").await;
+    drop(trusting);
+
+    let other = free_port();
+    let _doubting = engine_with(
+        &d,
+        other,
+        &tls.url(),
+        &database,
+        &[("SSL_CERT_FILE", "/dev/null")],
+    );
+    let (ok, _) = stream_with_fault(other, 5, usize::MAX, || {}).await;
+    assert!(
+        ok.is_empty(),
+        "a server certificate from an unknown CA is not believed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
