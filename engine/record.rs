@@ -221,9 +221,25 @@ fn body_of(content_type: &str, body: &[u8], redact: &[Redact]) -> Body {
 
 /// A body for a log line: JSON, form fields (as JSON) or text, with `redact` applied.
 pub fn redacted_body(content_type: &str, body: &[u8], redact: &[Redact]) -> String {
+    body_text(content_type, body, redact, false)
+}
+
+/// [`redacted_body`] with JSON indented, for reading (the console).
+pub fn redacted_body_pretty(content_type: &str, body: &[u8], redact: &[Redact]) -> String {
+    body_text(content_type, body, redact, true)
+}
+
+fn body_text(content_type: &str, body: &[u8], redact: &[Redact], pretty: bool) -> String {
+    let json = |v: Value| {
+        if pretty {
+            serde_json::to_string_pretty(&v).unwrap_or_default()
+        } else {
+            v.to_string()
+        }
+    };
     match body_of(content_type, body, redact) {
-        Body::Json(v) => v.to_string(),
-        Body::Form(f) => serde_json::to_string(&f).unwrap_or_default(),
+        Body::Json(v) => json(v),
+        Body::Form(f) => json(serde_json::to_value(&f).unwrap_or_default()),
         Body::Text(t) => t,
         Body::File(_) | Body::Size(_) => String::new(),
     }

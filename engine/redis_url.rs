@@ -29,6 +29,9 @@ pub enum Target {
     Cluster(ClusterClient),
 }
 
+/// The forms REDIS_URL takes, for error messages.
+const FORMS: &str = "redis://[user:password@]host:port[/db], rediss://... (TLS), or redis+cluster://host:port,host:port,... for a cluster";
+
 /// How long a cluster command may wait (retries included) before it fails; callers add their
 /// own, shorter bounds where a request waits.
 const CLUSTER_RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -43,7 +46,7 @@ impl Target {
             _ => {
                 return redis::Client::open(url)
                     .map(Target::Single)
-                    .map_err(|_| "REDIS_URL is not a valid Redis URL".into());
+                    .map_err(|_| format!("REDIS_URL is not a valid Redis URL: use {FORMS}"));
             }
         };
         // `user:pass@` given once applies to every seed
@@ -60,9 +63,9 @@ impl Target {
             .map(|h| format!("{scheme}://{auth}{h}"))
             .collect();
         if nodes.is_empty() {
-            return Err(
-                "REDIS_URL names a cluster without any node (redis+cluster://host:port,...)".into(),
-            );
+            return Err(format!(
+                "REDIS_URL names a cluster without any node: use {FORMS}"
+            ));
         }
         ClusterClient::builder(nodes)
             // a down master answers at once with an error rather than after minutes of retries:
@@ -74,7 +77,7 @@ impl Target {
             .response_timeout(CLUSTER_RESPONSE_TIMEOUT)
             .build()
             .map(Target::Cluster)
-            .map_err(|_| "REDIS_URL is not a valid Redis Cluster URL".into())
+            .map_err(|_| format!("REDIS_URL is not a valid Redis Cluster URL: use {FORMS}"))
     }
 
     pub fn is_cluster(&self) -> bool {

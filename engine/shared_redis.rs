@@ -26,8 +26,9 @@
 //! may still have run, which a retried delivery's dedupe key makes harmless, as before.
 //!
 //! An `App` opens one [`SharedRedis`] and hands clones to the rate limiter, every Redis queue and
-//! `/ready`, so readiness probes the very connection requests use. Workers and admin commands
-//! keep pooled connections (a blocking read must not hold up the shared one).
+//! `/ready`, so readiness probes the very connection requests use. Workers' blocking reads have
+//! connections of their own (a blocked connection serves nothing else); the queue's other
+//! operations use a pool on one node, this connection on a cluster.
 //!
 //! redis's `ConnectionManager` (the cluster client, on a cluster) replaces the connection when
 //! Redis goes away (a restart, a failover); commands in flight at that moment fail and the callers' own bounds (a timeout, the
@@ -359,17 +360,17 @@ async fn call(
                 let _ = job.reply.send(answer);
             }
         }
+        // the call as a whole failed: so does every op it carried
         Ok(answers) => {
             let why = format!("{} answers for {} operations", answers.len(), jobs.len());
-            for job in jobs.drain(..) {
-                let _ = job.reply.send(Err(failed(why.clone())));
-            }
+            fail_all(jobs, &why);
         }
-        Err(e) => {
-            let why = e.to_string();
-            for job in jobs.drain(..) {
-                let _ = job.reply.send(Err(failed(why.clone())));
-            }
-        }
+        Err(e) => fail_all(jobs, &e.to_string()),
+    }
+}
+
+fn fail_all(jobs: &mut Vec<Job>, why: &str) {
+    for job in jobs.drain(..) {
+        let _ = job.reply.send(Err(failed(why.to_string())));
     }
 }

@@ -375,8 +375,8 @@ impl Worker {
     /// waiting ([`Taker`]), handle it, and on a failing queue back off (the outage is logged
     /// once per process by `ops::outage`, not once per attempt and worker). On Redis the reaper
     /// and the promoter run beside it. In-flight deliveries finish; on Redis unfinished ones stay
-    /// pending and are reclaimed after the lease. On a partitioned Redis queue this worker reads
-    /// `partition` (the reaper and the promoter cover every partition).
+    /// pending and are reclaimed after the lease. On a partitioned Redis queue this worker, its
+    /// reaper and its promoter keep to `partition`.
     pub async fn run(
         self: Arc<Self>,
         queue: crate::queue::Queue,
@@ -390,8 +390,8 @@ impl Worker {
                     tracing::error!(queue = q.name(), error = %e, "cannot create the consumer group; retrying");
                 }
                 vec![
-                    tokio::spawn(self.clone().reap(q.clone(), stop.clone())),
-                    tokio::spawn(promote(q.clone(), stop.clone())),
+                    tokio::spawn(self.clone().reap(q.clone(), partition, stop.clone())),
+                    tokio::spawn(promote(q.clone(), partition, stop.clone())),
                 ]
             }
             crate::queue::Queue::Memory(_) => Vec::new(),
@@ -432,13 +432,18 @@ impl Worker {
         }
     }
 
-    /// Take over entries of consumers that stopped answering, every lease/2.
-    async fn reap(self: Arc<Self>, queue: Arc<RedisQueue>, mut stop: watch::Receiver<bool>) {
+    /// Take over entries of `partition` whose consumers stopped answering, every lease/2.
+    async fn reap(
+        self: Arc<Self>,
+        queue: Arc<RedisQueue>,
+        partition: usize,
+        mut stop: watch::Receiver<bool>,
+    ) {
         let every = (self.options.lease / 2).max(Duration::from_millis(50));
         while !*stop.borrow() {
             pause(&mut stop, every).await;
             match queue
-                .reclaim(self.options.lease, self.options.max_deliveries)
+                .reclaim(partition, self.options.lease, self.options.max_deliveries)
                 .await
             {
                 Ok((claimed, deleted)) => {
@@ -462,11 +467,11 @@ impl Worker {
     }
 }
 
-/// Move due retries back to the stream, every 250 ms.
-async fn promote(queue: Arc<RedisQueue>, mut stop: watch::Receiver<bool>) {
+/// Move `partition`'s due retries back to its stream, every 250 ms.
+async fn promote(queue: Arc<RedisQueue>, partition: usize, mut stop: watch::Receiver<bool>) {
     while !*stop.borrow() {
         pause(&mut stop, Duration::from_millis(250)).await;
-        if let Err(e) = queue.promote_due(100).await {
+        if let Err(e) = queue.promote_due(partition, 100).await {
             tracing::debug!(error = %e, "promote failed");
         }
     }

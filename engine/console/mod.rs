@@ -28,7 +28,7 @@ pub mod traffic;
 use std::time::Duration;
 
 use crate::config::operations::Secret;
-use crate::config::rate_limit::{FailMode, KeyPart, NamedKey};
+use crate::config::rate_limit::RateLimit;
 use crate::rate_limit::Rule;
 use session::Keys;
 
@@ -48,20 +48,12 @@ impl Console {
     /// The console, when CONSOLE_TOKEN is set.
     pub fn new(token: Option<&Secret>) -> Option<Console> {
         let token = token?;
+        // per client IP, failing open: the token is the lock and the limit only slows guessing,
+        // so a Redis outage must not lock operators out when they need the console most
+        let per_ip = RateLimit::per_ip(LOGIN_ATTEMPTS_PER_MINUTE, Duration::from_secs(60));
         Some(Console {
             keys: Keys::new(token),
-            login: Rule {
-                bucket: "console-login".into(),
-                limit: LOGIN_ATTEMPTS_PER_MINUTE,
-                burst: LOGIN_ATTEMPTS_PER_MINUTE,
-                interval: Duration::from_secs(60) / LOGIN_ATTEMPTS_PER_MINUTE,
-                period: Duration::from_secs(60),
-                key: vec![KeyPart::Named(NamedKey::Ip)],
-                // the token is the lock; the limit only slows guessing, so a Redis outage must
-                // not lock operators out when they need the console most
-                fail: FailMode::Open,
-                verified_only: false,
-            },
+            login: Rule::new("console-login", &per_ip),
         })
     }
 }

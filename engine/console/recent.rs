@@ -17,7 +17,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, OnceLock};
 
 use crate::config::pipeline::Redact;
-use crate::record::{REDACTED, redacted_body, redacts};
+use crate::record::{REDACTED, redacted_body_pretty, redacts};
 use crate::transform::EventInput;
 
 /// Events kept per pipeline.
@@ -140,12 +140,7 @@ pub fn shown(event: &EventInput, redact: &[Redact]) -> Shown {
         })
         .collect();
     let content_type = event.header("content-type").unwrap_or("");
-    let mut body = redacted_body(content_type, &event.body, redact);
-    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&body)
-        && (v.is_object() || v.is_array())
-    {
-        body = serde_json::to_string_pretty(&v).unwrap_or(body);
-    }
+    let mut body = redacted_body_pretty(content_type, &event.body, redact);
     let truncated = body.len() > SHOWN_BODY;
     if truncated {
         let mut cut = SHOWN_BODY;

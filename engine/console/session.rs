@@ -29,7 +29,8 @@ pub const SESSION_LENGTH: std::time::Duration = std::time::Duration::from_secs(1
 #[derive(Clone)]
 pub struct Keys {
     key: Vec<u8>,
-    token: crate::config::operations::Secret,
+    /// The MAC of the token itself, what a sign-in's is compared with (the token is not kept).
+    token_mac: Vec<u8>,
 }
 
 /// A signed-in operator's session.
@@ -41,26 +42,19 @@ pub struct Session {
 
 impl Keys {
     pub fn new(token: &crate::config::operations::Secret) -> Keys {
-        Keys {
-            key: compute(
-                Algorithm::Sha256,
-                token.expose().as_bytes(),
-                &[b"engine console session v1"],
-            ),
-            token: token.clone(),
-        }
+        let key = compute(
+            Algorithm::Sha256,
+            token.expose().as_bytes(),
+            &[b"engine console session v1"],
+        );
+        let token_mac = login_mac(&key, token.expose());
+        Keys { key, token_mac }
     }
 
     /// Whether `given` is the console token (constant time over the token's bytes).
     pub fn token_matches(&self, given: &str) -> bool {
         // compare MACs, so neither the length nor any prefix of the token leaks through timing
-        let a = compute(Algorithm::Sha256, &self.key, &[b"login", given.as_bytes()]);
-        let b = compute(
-            Algorithm::Sha256,
-            &self.key,
-            &[b"login", self.token.expose().as_bytes()],
-        );
-        ct_eq(&a, &b)
+        ct_eq(&login_mac(&self.key, given), &self.token_mac)
     }
 
     /// A new session starting at `now_ms`, and its cookie value.
@@ -124,6 +118,11 @@ impl Keys {
             ],
         ))
     }
+}
+
+/// What a sign-in's token is compared by.
+fn login_mac(key: &[u8], token: &str) -> Vec<u8> {
+    compute(Algorithm::Sha256, key, &[b"login", token.as_bytes()])
 }
 
 /// The `Set-Cookie` value that opens a session.

@@ -94,16 +94,22 @@ impl Traffic {
         took: Duration,
     ) {
         let mut all = self.pipelines.lock().unwrap_or_else(|e| e.into_inner());
-        if !all.contains_key(pipeline) && all.len() >= MAX_PIPELINES {
-            let idlest = all
-                .iter()
-                .min_by_key(|(_, s)| s.back().map_or(i64::MIN, |b| b.at))
-                .map(|(k, _)| k.clone());
-            if let Some(k) = idlest {
-                all.remove(&k);
+        if !all.contains_key(pipeline) {
+            // a name seen for the first time (boot, a reload): the only allocation
+            if all.len() >= MAX_PIPELINES {
+                let idlest = all
+                    .iter()
+                    .min_by_key(|(_, s)| s.back().map_or(i64::MIN, |b| b.at))
+                    .map(|(k, _)| k.clone());
+                if let Some(k) = idlest {
+                    all.remove(&k);
+                }
             }
+            all.insert(pipeline.to_string(), VecDeque::new());
         }
-        let seconds = all.entry(pipeline.to_string()).or_default();
+        let Some(seconds) = all.get_mut(pipeline) else {
+            return;
+        };
         if seconds.back().is_none_or(|b| b.at != now) {
             seconds.push_back(Second {
                 at: now,

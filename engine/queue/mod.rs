@@ -28,7 +28,9 @@ pub enum QueueError {
     #[error("queue unavailable: {0}")]
     Unavailable(String),
     /// REDIS_URL cannot be used.
-    #[error("queue unavailable: REDIS_URL is not a valid Redis URL")]
+    #[error(
+        "queue unavailable: REDIS_URL is not a valid Redis URL (redis://host:port, rediss://host:port, or redis+cluster://host:port,host:port)"
+    )]
     BadUrl,
     /// An in-process queue holds all it may (its name).
     #[error("queue unavailable: in-process queue `{0}` is full")]

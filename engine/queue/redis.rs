@@ -24,7 +24,7 @@ use mobc_redis::redis::{self, AsyncCommands, Value};
 use crate::rate_limit::Rule;
 use crate::rate_limit::redis::Verdict;
 use crate::redis_url::{Conn, Target};
-use crate::shared_redis::{Append, Limit, Op, SharedRedis};
+use crate::shared_redis::{Append, Op, SharedRedis};
 
 use super::{DeadLetter, Delivery, Enqueued, QueueError, Stats};
 use crate::transform::EventInput;
@@ -74,7 +74,6 @@ pub struct Partition {
     /// The request path's enqueues, pipelined on one connection (see `shared_redis`); workers
     /// and admin commands take pooled connections.
     shared: SharedRedis,
-    target: Target,
     stream: String,
     delayed: String,
     dead: String,
@@ -92,14 +91,12 @@ impl Partition {
     fn build(
         pool: Option<Pool<RedisConnectionManager>>,
         shared: SharedRedis,
-        target: Target,
         base: &str,
         consumer: &str,
     ) -> Partition {
         Partition {
             pool,
             shared,
-            target,
             stream: format!("{base}:stream"),
             delayed: format!("{base}:delayed"),
             dead: format!("{base}:dead"),
@@ -178,12 +175,7 @@ impl Partition {
         rule: &Rule,
         limit_key: &str,
     ) -> Result<(Verdict, Option<Enqueued>), QueueError> {
-        let limit = Limit {
-            key: limit_key.to_string(),
-            interval_us: rule.interval.as_micros() as u64,
-            burst: rule.burst,
-            now_us: None,
-        };
+        let limit = crate::rate_limit::redis::check(rule, limit_key.to_string(), None);
         let op = Op::LimitedAppend(limit, self.append(event, dedupe)?);
         let answer = self.shared_run(op).await?;
         let (allowed, retry, reset, remaining, id): (i64, i64, i64, i64, String) =
@@ -223,11 +215,6 @@ impl Partition {
                 "Redis did not answer within 2 s".into(),
             )),
         }
-    }
-
-    /// A connection of its own for blocking reads (a blocked connection serves nothing else).
-    pub async fn reader(&self) -> Result<Conn, QueueError> {
-        Ok(self.target.dedicated().await?)
     }
 
     /// Read up to `count` entries: this consumer's own pending ones when `own_pending` (after a
@@ -490,7 +477,7 @@ impl Partition {
             .query_async(&mut c)
             .await?;
         let oldest_age_ms = parse_entries(&first).first().and_then(|d| {
-            let ms: u64 = d.id.split('-').next()?.parse().ok()?;
+            let ms = entry_ms(&d.id)?;
             Some((chrono::Utc::now().timestamp_millis() as u64).saturating_sub(ms))
         });
         Ok(Stats {
@@ -502,27 +489,18 @@ impl Partition {
         })
     }
 
-    /// Dead letters, oldest first.
-    pub async fn dead_letters(&self, count: usize) -> Result<Vec<DeadLetter>, QueueError> {
+    /// `count` dead letters: the oldest first, or the newest first.
+    async fn dead_range(&self, count: usize, newest: bool) -> Result<Vec<DeadLetter>, QueueError> {
         let mut c = self.conn().await?;
-        let v: Value = redis::cmd("XRANGE")
+        let (cmd, from, to) = if newest {
+            ("XREVRANGE", "+", "-")
+        } else {
+            ("XRANGE", "-", "+")
+        };
+        let v: Value = redis::cmd(cmd)
             .arg(&self.dead)
-            .arg("-")
-            .arg("+")
-            .arg("COUNT")
-            .arg(count)
-            .query_async(&mut c)
-            .await?;
-        Ok(parse_dead(&v))
-    }
-
-    /// The newest `count` dead letters, newest first.
-    pub async fn newest_dead_letters(&self, count: usize) -> Result<Vec<DeadLetter>, QueueError> {
-        let mut c = self.conn().await?;
-        let v: Value = redis::cmd("XREVRANGE")
-            .arg(&self.dead)
-            .arg("+")
-            .arg("-")
+            .arg(from)
+            .arg(to)
             .arg("COUNT")
             .arg(count)
             .query_async(&mut c)
@@ -575,7 +553,7 @@ impl Partition {
     /// Put dead letters back on the work stream with a fresh attempt count (all when `ids` is
     /// empty). Returns how many were replayed.
     pub async fn replay_dead(&self, ids: &[String]) -> Result<u64, QueueError> {
-        let letters = self.dead_letters(10_000).await?;
+        let letters = self.dead_range(10_000, false).await?;
         let mut c = self.conn().await?;
         let mut n = 0;
         for l in letters
@@ -667,6 +645,11 @@ fn settle<T>(conn: QueueConn, result: Result<T, redis::RedisError>) -> Result<T,
     Ok(result?)
 }
 
+/// When a stream entry was added: the milliseconds its id starts with (`1764086400000-0`).
+fn entry_ms(id: &str) -> Option<u64> {
+    id.split('-').next()?.parse().ok()
+}
+
 fn as_u64(v: &Value) -> Option<u64> {
     match v {
         Value::Int(i) => u64::try_from(*i).ok(),
@@ -756,11 +739,7 @@ fn parse_dead(v: &Value) -> Vec<DeadLetter> {
             let event: Option<EventInput> =
                 field(&f, "e").and_then(|e| serde_json::from_str(e).ok());
             DeadLetter {
-                at_ms: id
-                    .split('-')
-                    .next()
-                    .and_then(|ms| ms.parse().ok())
-                    .unwrap_or(0),
+                at_ms: entry_ms(&id).map_or(0, |ms| ms as i64),
                 id,
                 event_id: event.as_ref().map(|e| e.id.clone()).unwrap_or_default(),
                 reason: field(&f, "reason").unwrap_or_default().to_string(),
@@ -783,6 +762,7 @@ fn parse_dead(v: &Value) -> Vec<DeadLetter> {
 /// replay, purge) reads back.
 pub struct RedisQueue {
     name: String,
+    target: Target,
     parts: Vec<Partition>,
 }
 
@@ -831,17 +811,12 @@ impl RedisQueue {
                 } else {
                     format!("{prefix}:{{q:{name}:{k}}}")
                 };
-                Partition::build(
-                    pool.clone(),
-                    shared.clone(),
-                    target.clone(),
-                    &base,
-                    consumer,
-                )
+                Partition::build(pool.clone(), shared.clone(), &base, consumer)
             })
             .collect();
         Ok(RedisQueue {
             name: name.to_string(),
+            target,
             parts,
         })
     }
@@ -960,9 +935,9 @@ impl RedisQueue {
         Ok((verdict, stored))
     }
 
-    /// A connection of its own for blocking reads.
+    /// A connection of its own for blocking reads (a blocked connection serves nothing else).
     pub async fn reader(&self) -> Result<Conn, QueueError> {
-        self.parts[0].reader().await
+        Ok(self.target.dedicated().await?)
     }
 
     /// Read up to `count` entries of partition `partition` (modulo the partitions); see
@@ -1043,29 +1018,28 @@ impl RedisQueue {
         self.parts[self.partition_of(key)].forget_seen(key).await
     }
 
-    /// Move due retries back to their work streams; how many moved.
-    pub async fn promote_due(&self, limit: usize) -> Result<u64, QueueError> {
-        let mut n = 0;
-        for p in &self.parts {
-            n += p.promote_due(limit).await?;
-        }
-        Ok(n)
+    /// Move partition `partition`'s due retries back to its work stream; how many moved. (Each
+    /// partition has workers of its own in every process, and they keep their partition.)
+    pub async fn promote_due(&self, partition: usize, limit: usize) -> Result<u64, QueueError> {
+        self.parts[partition % self.parts.len()]
+            .promote_due(limit)
+            .await
     }
 
-    /// Take over entries of every partition idle longer than `lease`; see
+    /// Take over partition `partition`'s entries idle longer than `lease`; see
     /// [`Partition::reclaim`].
     pub async fn reclaim(
         &self,
+        partition: usize,
         lease: Duration,
         max_deliveries: u64,
     ) -> Result<(Vec<Delivery>, u64), QueueError> {
-        let (mut all, mut deleted) = (Vec::new(), 0);
-        for (k, p) in self.parts.iter().enumerate() {
-            let (ds, d) = p.reclaim(lease, max_deliveries).await?;
-            all.extend(ds.into_iter().map(|d| self.outer_delivery(k, d)));
-            deleted += d;
-        }
-        Ok((all, deleted))
+        let k = partition % self.parts.len();
+        let (ds, deleted) = self.parts[k].reclaim(lease, max_deliveries).await?;
+        Ok((
+            ds.into_iter().map(|d| self.outer_delivery(k, d)).collect(),
+            deleted,
+        ))
     }
 
     /// Counts, summed over the partitions (the oldest age is the oldest partition's).
@@ -1105,11 +1079,7 @@ impl RedisQueue {
     ) -> Result<Vec<DeadLetter>, QueueError> {
         let mut all = Vec::new();
         for (k, p) in self.parts.iter().enumerate() {
-            let letters = if newest {
-                p.newest_dead_letters(count).await?
-            } else {
-                p.dead_letters(count).await?
-            };
+            let letters = p.dead_range(count, newest).await?;
             all.extend(letters.into_iter().map(|mut l| {
                 l.id = self.outer(k, l.id);
                 l

@@ -33,6 +33,17 @@ pub fn key_in(prefix: &str, rule: &Rule, key: &str) -> String {
     format!("{prefix}:rl:{}:{key}", rule.bucket)
 }
 
+/// The group commit's GCRA check of `rule` on the Redis key `redis_key` (see [`key_in`]);
+/// `now_us` overrides Redis's clock (tests only).
+pub fn check(rule: &Rule, redis_key: String, now_us: Option<u64>) -> Limit {
+    Limit {
+        key: redis_key,
+        interval_us: rule.interval.as_micros() as u64,
+        burst: rule.burst,
+        now_us,
+    }
+}
+
 /// A Redis-backed limiter.
 pub struct RedisGcra {
     conn: SharedRedis,
@@ -60,13 +71,13 @@ impl RedisGcra {
         key_in(&self.prefix, rule, key)
     }
 
-    /// The prefix its keys live under.
     /// Whether its keys live on a Redis Cluster (spread over the slots: a limit stays exact per
     /// key, each key being one slot's).
     pub fn is_cluster(&self) -> bool {
         self.conn.is_cluster()
     }
 
+    /// The prefix its keys live under.
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
@@ -97,11 +108,6 @@ impl RedisGcra {
 
     /// The group commit's check of `rule` for `key`.
     pub fn limit(&self, rule: &Rule, key: &str, now_us: Option<u64>) -> Limit {
-        Limit {
-            key: self.key(rule, key),
-            interval_us: rule.interval.as_micros() as u64,
-            burst: rule.burst,
-            now_us,
-        }
+        check(rule, self.key(rule, key), now_us)
     }
 }

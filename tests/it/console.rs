@@ -95,13 +95,18 @@ struct Session {
     csrf: String,
 }
 
-async fn sign_in(app: &TestApp) -> Session {
-    let res = client()
+/// A sign-in attempt with `token`; the answer as it comes (redirects not followed).
+async fn sign_in_with(app: &TestApp, token: &str) -> reqwest::Response {
+    client()
         .post(app.url("/console/login"))
-        .form(&[("token", TOKEN)])
+        .form(&[("token", token)])
         .send()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+async fn sign_in(app: &TestApp) -> Session {
+    let res = sign_in_with(app, TOKEN).await;
     assert_eq!(res.status(), 303);
     assert_eq!(res.headers()["location"], "/console/pipelines");
     let set = res.headers()["set-cookie"].to_str().unwrap().to_string();
@@ -177,12 +182,7 @@ async fn the_console_is_off_without_a_token() {
         let res = client().get(app.url(path)).send().await.unwrap();
         assert_eq!(res.status(), 404, "{path}");
     }
-    let res = client()
-        .post(app.url("/console/login"))
-        .form(&[("token", TOKEN)])
-        .send()
-        .await
-        .unwrap();
+    let res = sign_in_with(&app, TOKEN).await;
     assert_eq!(res.status(), 404);
     assert!(res.headers().get("set-cookie").is_none());
     app.stop().await;
@@ -224,22 +224,12 @@ async fn sign_in_sessions_and_csrf() {
     assert_eq!(res.headers()["cache-control"], "no-store");
 
     // a wrong token: 401, no cookie
-    let res = client()
-        .post(app.url("/console/login"))
-        .form(&[("token", "console-test-token-wrong")])
-        .send()
-        .await
-        .unwrap();
+    let res = sign_in_with(&app, "console-test-token-wrong").await;
     assert_eq!(res.status(), 401);
     assert!(res.headers().get("set-cookie").is_none());
 
     // the right one: a strict session cookie
-    let res = client()
-        .post(app.url("/console/login"))
-        .form(&[("token", TOKEN)])
-        .send()
-        .await
-        .unwrap();
+    let res = sign_in_with(&app, TOKEN).await;
     let set = res.headers()["set-cookie"].to_str().unwrap();
     for flag in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/console"] {
         assert!(set.contains(flag), "{set}");
@@ -339,20 +329,10 @@ async fn sign_in_attempts_are_limited_per_client() {
     let dir = Dir::shipped_copy();
     let app = spawn_app(dir.path(), &[("CONSOLE_TOKEN", TOKEN)]).await;
     for _ in 0..engine::console::LOGIN_ATTEMPTS_PER_MINUTE {
-        let res = client()
-            .post(app.url("/console/login"))
-            .form(&[("token", "guess-guess-guess-guess")])
-            .send()
-            .await
-            .unwrap();
+        let res = sign_in_with(&app, "guess-guess-guess-guess").await;
         assert_eq!(res.status(), 401);
     }
-    let res = client()
-        .post(app.url("/console/login"))
-        .form(&[("token", TOKEN)])
-        .send()
-        .await
-        .unwrap();
+    let res = sign_in_with(&app, TOKEN).await;
     assert_eq!(res.status(), 429, "even the right token waits");
     assert!(res.headers().get("set-cookie").is_none());
     app.stop().await;

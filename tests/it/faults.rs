@@ -390,24 +390,29 @@ async fn kill_the_master_of(d: &Dir, key: &str, scenario: &str) -> PrivateCluste
 /// workers read every partition and its reaper takes over the dead one's entries in each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_queue_two_instances_one_killed_the_other_takes_over() {
+    two_instances_one_killed(
+        &partitioned(3),
+        200,
+        "queue in 3 partitions, two instances, one killed (kill -9) mid-stream",
+    )
+    .await;
+}
+
+/// Two engine instances on one private Redis, streams of `per_stream` events to both, instance A
+/// killed (`kill -9`) mid-stream: B's reaper takes its events over after the lease; every 2xx'd
+/// event exactly once.
+async fn two_instances_one_killed(d: &Dir, per_stream: usize, scenario: &str) {
     let (database, schema) = fresh_schema().await;
     let redis = PrivateRedis::start(true);
-    let d = partitioned(3);
     let (p1, p2) = (free_port(), free_port());
-    let mut a = engine(&d, p1, &redis.url(), &database);
-    let _b = engine(&d, p2, &redis.url(), &database);
-    let load = tokio::spawn(concurrent_streams(vec![p1, p2], 6, 200));
+    let mut a = engine(d, p1, &redis.url(), &database);
+    let _b = engine(d, p2, &redis.url(), &database);
+    let load = tokio::spawn(concurrent_streams(vec![p1, p2], 6, per_stream));
     tokio::time::sleep(Duration::from_millis(400)).await;
     a.kill();
     let (ok, all) = load.await.unwrap();
     assert!(ok.len() < all.len(), "A was gone for part of the stream");
-    check_exactly_once(
-        &schema,
-        &ok,
-        &all,
-        "queue in 3 partitions, two instances, one killed (kill -9) mid-stream",
-    )
-    .await;
+    check_exactly_once(&schema, &ok, &all, scenario).await;
 }
 
 /// `rediss://`: the queue over TLS to a private `redis-server --tls-port`, its certificate issued
@@ -603,22 +608,9 @@ async fn sigterm_under_load_loses_nothing_answered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_one_killed_the_other_takes_over() {
-    let (database, schema) = fresh_schema().await;
-    let redis = PrivateRedis::start(true);
-    let d = dir();
-    let (p1, p2) = (free_port(), free_port());
-    let mut a = engine(&d, p1, &redis.url(), &database);
-    let _b = engine(&d, p2, &redis.url(), &database);
-    let load = tokio::spawn(concurrent_streams(vec![p1, p2], 6, 250));
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    // instance A dies with events in its hands: B's reaper takes them over after the lease
-    a.kill();
-    let (ok, all) = load.await.unwrap();
-    assert!(ok.len() < all.len(), "A was gone for part of the stream");
-    check_exactly_once(
-        &schema,
-        &ok,
-        &all,
+    two_instances_one_killed(
+        &dir(),
+        250,
         "two instances sharing Redis and Postgres, one killed (kill -9) mid-stream",
     )
     .await;

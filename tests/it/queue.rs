@@ -111,9 +111,9 @@ async fn retry_comes_back_after_its_delay_with_the_attempt_counted() {
     q.retry(&got[0], Duration::from_millis(300)).await.unwrap();
     let s = q.stats().await.unwrap();
     assert_eq!((s.depth, s.pending, s.delayed), (0, 0, 1));
-    assert_eq!(q.promote_due(100).await.unwrap(), 0, "not due yet");
+    assert_eq!(q.promote_due(0, 100).await.unwrap(), 0, "not due yet");
     tokio::time::sleep(Duration::from_millis(350)).await;
-    assert_eq!(q.promote_due(100).await.unwrap(), 1);
+    assert_eq!(q.promote_due(0, 100).await.unwrap(), 1);
     let (again, _) = q
         .read(0, &mut r, 10, Duration::from_millis(100), false)
         .await
@@ -177,10 +177,13 @@ async fn a_dead_consumers_entries_are_reclaimed_after_the_lease() {
     drop(crashed); // never acks
 
     let live = queue(&p, "worker-alive").await;
-    let (early, _) = live.reclaim(Duration::from_secs(60), 5).await.unwrap();
+    let (early, _) = live.reclaim(0, Duration::from_secs(60), 5).await.unwrap();
     assert!(early.is_empty(), "within the lease nothing is taken over");
     tokio::time::sleep(Duration::from_millis(250)).await;
-    let (claimed, deleted) = live.reclaim(Duration::from_millis(200), 5).await.unwrap();
+    let (claimed, deleted) = live
+        .reclaim(0, Duration::from_millis(200), 5)
+        .await
+        .unwrap();
     assert_eq!(deleted, 0);
     let mut ids: Vec<_> = claimed.iter().map(|d| d.event.id.clone()).collect();
     ids.sort();
@@ -218,7 +221,7 @@ async fn poison_entries_are_dead_lettered_after_too_many_deliveries() {
     let mut last = Vec::new();
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(30)).await;
-        last = q.reclaim(Duration::from_millis(20), 2).await.unwrap().0;
+        last = q.reclaim(0, Duration::from_millis(20), 2).await.unwrap().0;
     }
     assert!(last.is_empty());
     let s = q.stats().await.unwrap();

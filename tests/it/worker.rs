@@ -307,7 +307,10 @@ async fn a_long_job_renews_its_lease() {
     // well past the 300 ms lease, another consumer finds nothing to take over
     tokio::time::sleep(Duration::from_millis(800)).await;
     let other = RedisQueue::new(REDIS, &prefix, "vapi", "other-consumer").unwrap();
-    let (taken, _) = other.reclaim(Duration::from_millis(300), 5).await.unwrap();
+    let (taken, _) = other
+        .reclaim(0, Duration::from_millis(300), 5)
+        .await
+        .unwrap();
     assert!(
         taken.is_empty(),
         "the entry was taken over while its worker was still writing"
