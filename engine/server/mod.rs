@@ -600,8 +600,9 @@ pub async fn serve_workers(project: Project, plan: crate::plan::Plan) -> std::io
     crate::ops::metrics::start_sampler(move || sampled.upgrade().map(|app| app.sources()));
     let queues = app.queues().count();
     let workers = queueing::start(app.queues());
+    let stop = shutdown_signal();
     tracing::info!(queues, "workers running");
-    let signal = shutdown_signal().await;
+    let signal = stop.await;
     tracing::info!(
         signal,
         grace_secs = grace.as_secs(),
@@ -669,12 +670,13 @@ pub async fn serve(
         }
         crate::server::reload::spawn(running.live(), source, opts.watch, grace);
     }
+    let stop = shutdown_signal();
     tracing::info!(
         port = running.addr.port(),
         "Server listening on port {}",
         running.addr.port()
     );
-    let signal = shutdown_signal().await;
+    let signal = stop.await;
     tracing::info!(
         signal,
         grace_secs = grace.as_secs(),
@@ -685,25 +687,36 @@ pub async fn serve(
     Ok(())
 }
 
-async fn shutdown_signal() -> &'static str {
+/// The SIGTERM/SIGINT handlers, installed when this is called, not when the returned future is
+/// first polled: callers call it before they announce that they run, so a supervisor (or a test)
+/// that signals as soon as it reads the announcement gets a graceful stop, never the signal's
+/// default action (the process killed mid-request).
+fn shutdown_signal() -> impl std::future::Future<Output = &'static str> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        let mut term = match signal(SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return "SIGINT";
+        let term = signal(SignalKind::terminate()).ok();
+        let int = signal(SignalKind::interrupt()).ok();
+        async move {
+            let recv = |s: Option<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = recv(term) => "SIGTERM",
+                _ = recv(int) => "SIGINT",
             }
-        };
-        tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = tokio::signal::ctrl_c() => "SIGINT",
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
-        "SIGINT"
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+            "SIGINT"
+        }
     }
 }

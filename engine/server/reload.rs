@@ -95,11 +95,17 @@ pub fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
 }
 
 /// Reload on SIGHUP, and with `watch` whenever the directory changes, until the process ends.
+///
+/// The SIGHUP handler and the directory's first fingerprint are taken here, before returning,
+/// not in the spawned task: once the caller announces that it listens, a SIGHUP must reload
+/// (not end the process by its default action) and an edit must be seen as a change (a task
+/// that had not run yet would take the edited directory as its starting point and never reload).
+/// Must be called within a Tokio runtime.
 pub fn spawn(live: Arc<Live>, source: Source, watch: bool, grace: Duration) {
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut seen = fingerprint(&source.dir);
     tokio::spawn(async move {
-        #[cfg(unix)]
-        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-        let mut seen = fingerprint(&source.dir);
         let mut tick = tokio::time::interval(WATCH_EVERY);
         loop {
             #[cfg(unix)]

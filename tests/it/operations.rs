@@ -186,6 +186,36 @@ async fn reload_swaps_a_valid_change_and_keeps_the_old_set_on_an_invalid_one() {
     app.stop().await;
 }
 
+/// An edit made right after the watcher is started is a change: the watcher's starting point is
+/// taken when `spawn` returns, not when its task first runs. On this single-threaded runtime the
+/// task cannot run before the edit, so a watcher that took its starting point in the task saw
+/// the edited directory as unchanged and never reloaded (CI caught it as a flaky
+/// `cli::watch_reloads_on_a_change`).
+#[tokio::test]
+async fn the_watcher_sees_an_edit_made_as_soon_as_it_is_started() {
+    let dir = Dir::shipped_copy();
+    let app = common::spawn_app(dir.path(), &[]).await;
+    engine::server::reload::spawn(app.live(), source(&dir), true, Duration::from_secs(5));
+    dir.write("extra.yaml", EXTRA);
+    let mut status = 0;
+    for _ in 0..100 {
+        status = app
+            .client
+            .post(app.url("/hooks/extra"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        if status == 202 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 202, "the edit was never picked up");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn a_request_in_flight_finishes_on_the_set_it_started_on() {
     let dir = Dir::shipped_copy();
