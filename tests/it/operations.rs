@@ -197,22 +197,12 @@ async fn the_watcher_sees_an_edit_made_as_soon_as_it_is_started() {
     let app = common::spawn_app(dir.path(), &[]).await;
     engine::server::reload::spawn(app.live(), source(&dir), true, Duration::from_secs(5));
     dir.write("extra.yaml", EXTRA);
-    let mut status = 0;
-    for _ in 0..100 {
-        status = app
-            .client
-            .post(app.url("/hooks/extra"))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16();
-        if status == 202 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(status, 202, "the edit was never picked up");
+    let post = || app.client.post(app.url("/hooks/extra")).send();
+    let picked_up = common::eventually_async(Duration::from_secs(10), || async {
+        (post().await.unwrap().status() == 202).then_some(())
+    })
+    .await;
+    assert!(picked_up.is_some(), "the edit was never picked up");
     app.stop().await;
 }
 
