@@ -230,16 +230,16 @@ pub fn redacted_body_pretty(content_type: &str, body: &[u8], redact: &[Redact]) 
 }
 
 fn body_text(content_type: &str, body: &[u8], redact: &[Redact], pretty: bool) -> String {
-    let json = |v: Value| {
-        if pretty {
-            serde_json::to_string_pretty(&v).unwrap_or_default()
-        } else {
-            v.to_string()
-        }
-    };
+    fn json<T: serde::Serialize>(v: &T, pretty: bool) -> String {
+        let text = match pretty {
+            true => serde_json::to_string_pretty(v),
+            false => serde_json::to_string(v),
+        };
+        text.unwrap_or_default()
+    }
     match body_of(content_type, body, redact) {
-        Body::Json(v) => json(v),
-        Body::Form(f) => json(serde_json::to_value(&f).unwrap_or_default()),
+        Body::Json(v) => json(&v, pretty),
+        Body::Form(f) => json(&f, pretty),
         Body::Text(t) => t,
         Body::File(_) | Body::Size(_) => String::new(),
     }

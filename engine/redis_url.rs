@@ -185,12 +185,14 @@ mod tests {
         for bad in [
             "redis+cluster://",
             "redis+cluster://,",
+            "redis+cluster://default:secret@",
+            "redis://default:secret@host:notaport",
             "http://x",
             "nonsense",
         ] {
             let e = Target::parse(bad).err().unwrap_or_default();
             assert!(!e.is_empty(), "{bad}");
-            assert!(!e.contains("secret"));
+            assert!(!e.contains("secret"), "{bad}: {e}");
         }
     }
 

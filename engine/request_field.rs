@@ -111,36 +111,12 @@ impl<'a> Fields<'a> {
         id.filter(|s| usable(s))
     }
 
-    /// Every field of `sources` joined with `sep`; None when one is absent. The JSON pointers
-    /// among them are read in one pass through the body.
+    /// Every field of `sources` joined with `sep`; None when one is absent. Read through
+    /// [`Fields::reading`] with the sources' pointers (as the request path does, `Route::json_fields`),
+    /// the body is not passed through again.
     pub fn join(&self, sources: &[KeySource], sep: &str) -> Option<String> {
-        let ptrs: Vec<&str> = sources
-            .iter()
-            .filter_map(|s| match s {
-                // read ahead already: no pass of its own
-                KeySource::Json(p) if !self.read.iter().any(|(r, _)| r == p) => Some(p.as_str()),
-                _ => None,
-            })
-            .collect();
-        let mut json = match ptrs.len() {
-            0 | 1 => None,
-            _ => Some(json_pointers(self.req.body, &ptrs)?.into_iter()),
-        };
-        let mut parts = Vec::with_capacity(sources.len());
-        for source in sources {
-            let part = match (source, json.as_mut()) {
-                (KeySource::Json(p), Some(values)) if !self.read.iter().any(|(r, _)| r == p) => {
-                    values
-                        .next()
-                        .flatten()
-                        .and_then(key_text)
-                        .filter(|s| usable(s))
-                }
-                _ => self.get(source),
-            };
-            parts.push(part?);
-        }
-        Some(parts.join(sep))
+        let parts: Option<Vec<String>> = sources.iter().map(|s| self.get(s)).collect();
+        Some(parts?.join(sep))
     }
 }
 

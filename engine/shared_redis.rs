@@ -53,12 +53,15 @@ const WAITING_MAX: usize = 8192;
 /// How long a group's call may take before every op in it fails.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// GCRA as a Lua function: `gcra(key, interval µs, burst, now µs or '' for Redis's clock)`
-/// returns {allowed, retry_after_ms, reset_ms, remaining}, the key updated only when allowed.
-/// `rate_limit::redis`'s algorithm; here because the group script runs it beside the appends.
-macro_rules! gcra_lua {
-    () => {
-        r"
+/// The group script: `ARGV[1]` ops, each a kind then its arguments, its keys in order in KEYS.
+/// `L` = the GCRA check (1 key; interval, burst, now); `A` = dedupe + append (stream, seen key;
+/// payload, dedupe flag, window); `LA` = the check, then the append only when it allows. Every op
+/// runs under pcall, so one failing op answers an error and the others still run.
+///
+/// `gcra(key, interval µs, burst, now µs or '' for Redis's clock)` is `rate_limit::redis`'s
+/// algorithm: it returns {allowed, retry_after_ms, reset_ms, remaining} and updates the key only
+/// when allowed.
+const GROUP: &str = r"
 local function gcra(key, interval, burst, now)
   interval = tonumber(interval)
   burst = tonumber(burst)
@@ -80,17 +83,6 @@ local function gcra(key, interval, burst, now)
   redis.call('SET', key, string.format('%.0f', new_tat), 'PX', ttl)
   return {1, 0, ttl, math.floor((span - (new_tat - now)) / interval)}
 end
-"
-    };
-}
-
-/// The group script: `ARGV[1]` ops, each a kind then its arguments, its keys in order in KEYS.
-/// `L` = the GCRA check (1 key; interval, burst, now); `A` = dedupe + append (stream, seen key;
-/// payload, dedupe flag, window); `LA` = the check, then the append only when it allows. Every op
-/// runs under pcall, so one failing op answers an error and the others still run.
-const GROUP: &str = concat!(
-    gcra_lua!(),
-    r"
 local function append(stream, seen, payload, dedupe, window)
   if dedupe ~= '' then
     if not redis.call('SET', seen, '1', 'NX', 'EX', window) then return '' end
@@ -130,8 +122,7 @@ for i = 1, tonumber(ARGV[1]) do
   end
 end
 return out
-"
-);
+";
 
 /// A GCRA check of the request path: the Redis key, the rule's emission interval and burst, and
 /// a clock for tests (`None`: Redis's `TIME`).

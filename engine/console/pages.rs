@@ -20,6 +20,19 @@ pub const SCRIPT: &str = include_str!("assets/console.js");
 /// The console's stylesheet.
 pub const STYLE: &str = include_str!("assets/console.css");
 
+/// Every page's `<head>`; the script only on signed-in pages (the sign-in page has none to run).
+fn head(title: &str, script: bool) -> Markup {
+    html! {
+        head {
+            meta charset="utf-8";
+            meta name="viewport" content="width=device-width, initial-scale=1";
+            title { (title) " · engine console" }
+            link rel="stylesheet" href="/console/assets/console.css";
+            @if script { script src="/console/assets/console.js" defer {} }
+        }
+    }
+}
+
 /// The frame of every signed-in page: navigation, sign-out form, the page's content.
 fn page(title: &str, current: &str, csrf: &str, content: Markup) -> Markup {
     let nav = [
@@ -32,13 +45,7 @@ fn page(title: &str, current: &str, csrf: &str, content: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (title) " · engine console" }
-                link rel="stylesheet" href="/console/assets/console.css";
-                script src="/console/assets/console.js" defer {}
-            }
+            (head(title, true))
             body {
                 header {
                     span.brand { "engine" }
@@ -66,12 +73,7 @@ pub fn login(message: Option<&str>) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { "Sign in · engine console" }
-                link rel="stylesheet" href="/console/assets/console.css";
-            }
+            (head("Sign in", false))
             body.login {
                 main {
                     h1 { "engine console" }

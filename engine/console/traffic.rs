@@ -19,8 +19,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-/// Seconds of history kept per pipeline.
-pub const WINDOW: usize = 300;
+/// Seconds of history kept per pipeline: what the charts draw, nothing more.
+pub const WINDOW: usize = SHOWN as usize;
 /// Pipelines tracked at most.
 pub const MAX_PIPELINES: usize = 256;
 /// Upper bounds of the latency buckets, in microseconds (the last bucket is everything above).
@@ -160,19 +160,15 @@ impl Traffic {
 fn series(name: &str, seconds: &VecDeque<Second>, now: i64) -> Series {
     let shown = (now - SHOWN + 1..=now)
         .map(|t| match seconds.iter().find(|s| s.at == t) {
-            Some(s) => counts(t, std::slice::from_ref(s)),
+            Some(s) => counts(t, [s]),
             None => Counts {
                 t,
                 ..Counts::default()
             },
         })
         .collect();
-    let last: Vec<Second> = seconds
-        .iter()
-        .filter(|s| s.at > now - 60 && s.at <= now)
-        .cloned()
-        .collect();
-    let minute = counts(now - 59, &last);
+    let last = seconds.iter().filter(|s| s.at > now - 60 && s.at <= now);
+    let minute = counts(now - 59, last);
     Series {
         pipeline: name.to_string(),
         seconds: shown,
@@ -182,7 +178,7 @@ fn series(name: &str, seconds: &VecDeque<Second>, now: i64) -> Series {
 }
 
 /// The sum of `seconds`, with percentiles from their merged histogram.
-fn counts(t: i64, seconds: &[Second]) -> Counts {
+fn counts<'a>(t: i64, seconds: impl IntoIterator<Item = &'a Second>) -> Counts {
     let mut c = Counts {
         t,
         ..Counts::default()

@@ -60,25 +60,31 @@ impl MemoryQueue {
         {
             return Ok(Enqueued::Duplicate);
         }
-        let id = format!(
-            "mem-{}",
-            self.next_id
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        );
+        self.push(event).map(Enqueued::Added).inspect_err(|_| {
+            // not stored: the provider's retry must not be taken for a repeat
+            if let Some((key, _)) = dedupe {
+                self.forget_seen(key);
+            }
+        })
+    }
+
+    /// Queue `event` as a new delivery (no attempts yet): its id, or `Full`.
+    fn push(&self, event: crate::transform::EventInput) -> Result<String, QueueError> {
+        let id = format!("mem-{}", self.fresh());
         self.tx
             .try_send(Delivery {
                 id: id.clone(),
                 event,
                 attempts: 0,
             })
-            .map(|()| Enqueued::Added(id))
-            .map_err(|_| {
-                // not stored: the provider's retry must not be taken for a repeat
-                if let Some((key, _)) = dedupe {
-                    self.forget_seen(key);
-                }
-                QueueError::Full(self.name.clone())
-            })
+            .map(|()| id)
+            .map_err(|_| QueueError::Full(self.name.clone()))
+    }
+
+    /// A number no delivery or dead letter of this queue had before.
+    fn fresh(&self) -> u64 {
+        self.next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Remember `key` for `window`: `false` when it is already remembered (a repeat).
@@ -142,7 +148,6 @@ impl MemoryQueue {
         self.rx.lock().await.try_recv().ok()
     }
 
-    /// Dead letters so far (kept in memory, also logged).
     /// Put dead letters back on the queue with a fresh attempt count (all when `ids` is empty).
     /// Each leaves the dead letters only once it is queued again; a full queue stops the replay
     /// with the rest still dead.
@@ -159,22 +164,7 @@ impl MemoryQueue {
                 i += 1;
                 continue;
             };
-            let id = format!(
-                "mem-{}",
-                self.next_id
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            );
-            if self
-                .tx
-                .try_send(Delivery {
-                    id,
-                    event,
-                    attempts: 0,
-                })
-                .is_err()
-            {
-                return Err(QueueError::Full(self.name.clone()));
-            }
+            self.push(event)?;
             dead.remove(i);
             n += 1;
         }
@@ -189,6 +179,7 @@ impl MemoryQueue {
         (before - dead.len()) as u64
     }
 
+    /// Dead letters so far (kept in memory, also logged).
     pub fn dead_letters(&self) -> Vec<DeadLetter> {
         self.dead
             .lock()
@@ -231,11 +222,8 @@ impl Outcomes for MemoryQueue {
             }
             // its own id: a delivery's id may be empty (`ack: processed`) and a replayed event
             // gets a new delivery id
-            let n = self
-                .next_id
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             dead.push_back(DeadLetter {
-                id: format!("dead-{n}"),
+                id: format!("dead-{}", self.fresh()),
                 at_ms: chrono::Utc::now().timestamp_millis(),
                 event_id: d.event.id.clone(),
                 reason: reason.to_string(),

@@ -27,11 +27,9 @@ pub enum QueueError {
     /// Redis refused, failed or did not answer in time.
     #[error("queue unavailable: {0}")]
     Unavailable(String),
-    /// REDIS_URL cannot be used.
-    #[error(
-        "queue unavailable: REDIS_URL is not a valid Redis URL (redis://host:port, rediss://host:port, or redis+cluster://host:port,host:port)"
-    )]
-    BadUrl,
+    /// REDIS_URL cannot be used (why, and the forms it takes: `redis_url::Target::parse`).
+    #[error("queue unavailable: {0}")]
+    BadUrl(String),
     /// An in-process queue holds all it may (its name).
     #[error("queue unavailable: in-process queue `{0}` is full")]
     Full(String),

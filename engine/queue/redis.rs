@@ -157,12 +157,7 @@ impl Partition {
         let answer = self
             .shared_run(Op::Append(self.append(event, dedupe)?))
             .await?;
-        let id: String = redis::from_redis_value(&answer)?;
-        Ok(if id.is_empty() {
-            Enqueued::Duplicate
-        } else {
-            Enqueued::Added(id)
-        })
+        Ok(stored(redis::from_redis_value(&answer)?))
     }
 
     /// [`Self::enqueue`] behind the rate-limit check of `rule` on `limit_key` (a
@@ -180,12 +175,10 @@ impl Partition {
         let answer = self.shared_run(op).await?;
         let (allowed, retry, reset, remaining, id): (i64, i64, i64, i64, String) =
             redis::from_redis_value(&answer)?;
-        let enqueued = match (allowed == 1, id.is_empty()) {
-            (false, _) => None,
-            (true, true) => Some(Enqueued::Duplicate),
-            (true, false) => Some(Enqueued::Added(id)),
-        };
-        Ok(((allowed, retry, reset, remaining), enqueued))
+        Ok((
+            (allowed, retry, reset, remaining),
+            (allowed == 1).then(|| stored(id)),
+        ))
     }
 
     /// The append of `event`: the payload, the dedupe key and window.
@@ -646,6 +639,15 @@ fn settle<T>(conn: QueueConn, result: Result<T, redis::RedisError>) -> Result<T,
 }
 
 /// When a stream entry was added: the milliseconds its id starts with (`1764086400000-0`).
+/// What an append answered: the entry id, or "" for a duplicate.
+fn stored(id: String) -> Enqueued {
+    if id.is_empty() {
+        Enqueued::Duplicate
+    } else {
+        Enqueued::Added(id)
+    }
+}
+
 fn entry_ms(id: &str) -> Option<u64> {
     id.split('-').next()?.parse().ok()
 }
@@ -788,7 +790,7 @@ impl RedisQueue {
         consumer: &str,
         partitions: u32,
     ) -> Result<RedisQueue, QueueError> {
-        let target = Target::parse(url).map_err(|_| QueueError::BadUrl)?;
+        let target = Target::parse(url).map_err(QueueError::BadUrl)?;
         // No mobc get_timeout: mobc times checkouts with futures-timer, whose global thread
         // is woken (a futex and two context switches) on every checkout; `conn` bounds the wait
         // with tokio's timer instead (see docs/benchmarks.md, "Whole process").
@@ -877,6 +879,19 @@ impl RedisQueue {
         }
     }
 
+    /// The partition an event is appended to: its dedupe key's (so the dedupe check and the append
+    /// are one script in one slot), else its id's.
+    fn placed(&self, event: &EventInput, dedupe: Option<(&str, Duration)>) -> usize {
+        self.partition_of(dedupe.map_or(event.id.as_str(), |(key, _)| key))
+    }
+
+    fn outer_enqueued(&self, k: usize, e: Enqueued) -> Enqueued {
+        match e {
+            Enqueued::Added(id) => Enqueued::Added(self.outer(k, id)),
+            Enqueued::Duplicate => Enqueued::Duplicate,
+        }
+    }
+
     fn outer_delivery(&self, k: usize, mut d: Delivery) -> Delivery {
         d.id = self.outer(k, d.id);
         d
@@ -908,11 +923,9 @@ impl RedisQueue {
         event: &EventInput,
         dedupe: Option<(&str, Duration)>,
     ) -> Result<Enqueued, QueueError> {
-        let k = self.partition_of(dedupe.map_or(event.id.as_str(), |(key, _)| key));
-        Ok(match self.parts[k].enqueue(event, dedupe).await? {
-            Enqueued::Added(id) => Enqueued::Added(self.outer(k, id)),
-            Enqueued::Duplicate => Enqueued::Duplicate,
-        })
+        let k = self.placed(event, dedupe);
+        let stored = self.parts[k].enqueue(event, dedupe).await?;
+        Ok(self.outer_enqueued(k, stored))
     }
 
     /// [`Self::enqueue`] behind the rate-limit check of `rule` on `limit_key`, in the same op
@@ -924,15 +937,11 @@ impl RedisQueue {
         rule: &Rule,
         limit_key: &str,
     ) -> Result<(Verdict, Option<Enqueued>), QueueError> {
-        let k = self.partition_of(dedupe.map_or(event.id.as_str(), |(key, _)| key));
+        let k = self.placed(event, dedupe);
         let (verdict, stored) = self.parts[k]
             .enqueue_limited(event, dedupe, rule, limit_key)
             .await?;
-        let stored = stored.map(|e| match e {
-            Enqueued::Added(id) => Enqueued::Added(self.outer(k, id)),
-            Enqueued::Duplicate => Enqueued::Duplicate,
-        });
-        Ok((verdict, stored))
+        Ok((verdict, stored.map(|e| self.outer_enqueued(k, e))))
     }
 
     /// A connection of its own for blocking reads (a blocked connection serves nothing else).
@@ -1058,21 +1067,17 @@ impl RedisQueue {
 
     /// Dead letters, oldest first, `count` at most.
     pub async fn dead_letters(&self, count: usize) -> Result<Vec<DeadLetter>, QueueError> {
-        let mut all = self.every_dead_letter(count, false).await?;
-        all.sort_by_key(|l| l.at_ms);
-        all.truncate(count);
-        Ok(all)
+        self.merged_dead_letters(count, false).await
     }
 
     /// The newest `count` dead letters, newest first.
     pub async fn newest_dead_letters(&self, count: usize) -> Result<Vec<DeadLetter>, QueueError> {
-        let mut all = self.every_dead_letter(count, true).await?;
-        all.sort_by_key(|l| std::cmp::Reverse(l.at_ms));
-        all.truncate(count);
-        Ok(all)
+        self.merged_dead_letters(count, true).await
     }
 
-    async fn every_dead_letter(
+    /// The first `count` dead letters of every partition, merged by time: the oldest or the
+    /// newest `count` of the queue.
+    async fn merged_dead_letters(
         &self,
         count: usize,
         newest: bool,
@@ -1085,6 +1090,13 @@ impl RedisQueue {
                 l
             }));
         }
+        // stable sorts: letters of the same millisecond keep their stream's order
+        if newest {
+            all.sort_by_key(|l| std::cmp::Reverse(l.at_ms));
+        } else {
+            all.sort_by_key(|l| l.at_ms);
+        }
+        all.truncate(count);
         Ok(all)
     }
 
@@ -1163,7 +1175,7 @@ impl super::Outcomes for RedisQueue {
 /// Start-up checks of a Redis that holds queues: a warning for each setting that can lose
 /// events. An error when Redis cannot be reached at all.
 pub async fn configuration_warnings(url: &str) -> Result<Vec<String>, QueueError> {
-    let target = Target::parse(url).map_err(|_| QueueError::BadUrl)?;
+    let target = Target::parse(url).map_err(QueueError::BadUrl)?;
     // on a cluster, `CONFIG GET` goes to one node: the nodes of a cluster are set up alike
     let mut c = tokio::time::timeout(Duration::from_secs(3), target.dedicated())
         .await

@@ -1,4 +1,4 @@
-//! The Redis backend: GCRA in Lua (`shared_redis::gcra_lua`), so a check is atomic across every
+//! The Redis backend: GCRA in Lua (the `gcra` function of `shared_redis`'s group script), so a check is atomic across every
 //! engine instance sharing the Redis, and goes to Redis in the request path's group commit with
 //! the other requests' checks and appends.
 //!
@@ -90,7 +90,7 @@ impl RedisGcra {
         key: &str,
         now_us: Option<u64>,
     ) -> Result<Decision, Unavailable> {
-        let op = Op::Limit(self.limit(rule, key, now_us));
+        let op = Op::Limit(check(rule, self.key(rule, key), now_us));
         let work = async {
             let answer = self
                 .conn
@@ -104,10 +104,5 @@ impl RedisGcra {
         tokio::time::timeout(self.timeout, work)
             .await
             .unwrap_or_else(|_| Err(Unavailable("timed out".into())))
-    }
-
-    /// The group commit's check of `rule` for `key`.
-    pub fn limit(&self, rule: &Rule, key: &str, now_us: Option<u64>) -> Limit {
-        check(rule, self.key(rule, key), now_us)
     }
 }

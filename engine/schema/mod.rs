@@ -42,12 +42,11 @@ pub fn standardize(schema: &mut Value) {
             let format = m.get("format").and_then(Value::as_str).map(str::to_string);
             match format.as_deref() {
                 Some(
-                    "uint" | "uint8" | "uint16" | "uint32" | "uint64" | "int" | "int8" | "int16"
-                    | "int32" | "int64" | "double" | "float",
+                    f @ ("uint" | "uint8" | "uint16" | "uint32" | "uint64" | "int" | "int8"
+                    | "int16" | "int32" | "int64" | "double" | "float"),
                 ) => {
-                    let f = format.unwrap_or_default();
                     m.remove("format");
-                    let max = match f.as_str() {
+                    let max = match f {
                         "uint8" => Some(u8::MAX as u64),
                         "uint16" => Some(u16::MAX as u64),
                         "uint32" => Some(u32::MAX as u64),

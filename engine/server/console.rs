@@ -222,32 +222,26 @@ async fn act_on_dead_letters(
         ));
     };
     let all = form.first("all") == Some("1");
-    let ids: Vec<String> = form.all("id").map(str::to_string).collect();
+    // an empty list means "all" to the queue: only pass one when the operator asked for all
+    let ids: Vec<String> = match all {
+        true => Vec::new(),
+        false => form.all("id").map(str::to_string).collect(),
+    };
     if !all && ids.is_empty() {
         let back = format!("/console/dead-letters?pipeline={}&done=none", encode(&name));
         return redirect(res, &back);
     }
-    // an empty list means "all" to the queue: only pass it when the operator asked for all
-    let result = if replay {
-        queue.replay_dead(if all { &[] } else { &ids }).await
+    let (action, done, result) = if replay {
+        ("replay", "replayed", queue.replay_dead(&ids).await)
     } else {
-        queue.purge_dead(if all { &[] } else { &ids }).await
+        ("purge", "purged", queue.purge_dead(&ids).await)
     };
-    let action = if replay { "replay" } else { "purge" };
     match result {
         Ok(n) => {
-            tracing::info!(
-                action,
-                pipeline = %name,
-                count = n,
-                all,
-                "console: dead letters {}",
-                if replay { "replayed" } else { "purged" }
-            );
+            tracing::info!(action, pipeline = %name, count = n, all, "console: dead letters {done}");
             let back = format!(
-                "/console/dead-letters?pipeline={}&done={}-{n}",
-                encode(&name),
-                if replay { "replayed" } else { "purged" }
+                "/console/dead-letters?pipeline={}&done={done}-{n}",
+                encode(&name)
             );
             redirect(res, &back)
         }

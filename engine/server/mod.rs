@@ -191,7 +191,7 @@ impl App {
             crate::ops::ready::Checks::new(redis.clone(), project.settings.database_url.as_deref())
                 .map_err(BuildError::Database)?;
         let metrics_token = project.ops.metrics_token.clone();
-        let project_console_token = project.ops.console_token.clone();
+        let console = crate::console::Console::new(project.ops.console_token.as_ref());
         let oauth = oauth_flows(&project, pool.as_ref());
         let proxies = TrustedProxies::parse(&project.settings.trusted_proxies);
         let default = project.settings.rate_limit.as_ref().filter(|r| r.enabled);
@@ -218,7 +218,7 @@ impl App {
             ready,
             metrics_token,
             pool,
-            console: crate::console::Console::new(project_console_token.as_ref()),
+            console,
             built_at_ms: chrono::Utc::now().timestamp_millis(),
         })
     }
