@@ -63,16 +63,17 @@ const CLIENTS: usize = 32;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.iter().any(|a| a == "--list") {
+    let mode = |flag: &str| args.iter().any(|a| a == flag);
+    if mode("--list") {
         return;
     }
     if std::env::var("LOAD_BENCH_BARE").is_ok() {
         bare_server();
         return;
     }
-    let quick = args.iter().any(|a| a == "--quick");
-    let saturation_only = args.iter().any(|a| a == "--saturation");
-    let pace = args.iter().any(|a| a == "--pace");
+    let quick = mode("--quick");
+    let saturation_only = mode("--saturation");
+    let pace = mode("--pace");
     let after = |flag: &str| {
         args.iter()
             .position(|a| a == flag)
@@ -89,54 +90,38 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    if args.iter().any(|a| a == "--redis-floor") {
+    if mode("--redis-floor") {
         rt.block_on(redis_floor());
+    } else if mode("--scale") {
+        rt.block_on(with_setup("scale", async |setup| {
+            scale::run(setup, quick).await
+        }));
+    } else if mode("--dashboard") {
+        rt.block_on(with_setup("dash", async |setup| {
+            dashboard::run(setup).await
+        }));
+    } else if mode("--tool-calls") {
+        rt.block_on(with_setup("tools", async |setup| {
+            tools::run(setup, quick).await
+        }));
+    } else if let Some(length) = soak {
+        rt.block_on(with_setup("soak", async |setup| {
+            soak::run(setup, length, warmup).await
+        }));
+    } else {
+        rt.block_on(run(quick, saturation_only || pace, pace));
+    }
+}
+
+/// Run one bench mode on a fresh setup (database schema, Redis prefix) named `name`, then clean
+/// it up; skipped, with a line saying so, without Postgres.
+async fn with_setup(name: &str, mode: impl AsyncFnOnce(&Setup)) {
+    let Some(setup) = support::setup(name).await else {
+        eprintln!("no Postgres at 127.0.0.1:5432: skipping");
         return;
-    }
-    if args.iter().any(|a| a == "--scale") {
-        rt.block_on(async {
-            let Some(setup) = support::setup("scale").await else {
-                eprintln!("no Postgres at 127.0.0.1:5432: skipping");
-                return;
-            };
-            scale::run(&setup, quick).await;
-            setup.cleanup().await;
-        });
-        return;
-    }
-    if args.iter().any(|a| a == "--dashboard") {
-        rt.block_on(async {
-            let Some(setup) = support::setup("dash").await else {
-                eprintln!("no Postgres at 127.0.0.1:5432: skipping");
-                return;
-            };
-            dashboard::run(&setup).await;
-            setup.cleanup().await;
-        });
-        return;
-    }
-    if args.iter().any(|a| a == "--tool-calls") {
-        rt.block_on(async {
-            let Some(setup) = support::setup("tools").await else {
-                eprintln!("no Postgres at 127.0.0.1:5432: skipping");
-                return;
-            };
-            tools::run(&setup, quick).await;
-            setup.cleanup().await;
-        });
-        return;
-    }
-    match soak {
-        Some(length) => rt.block_on(async {
-            let Some(setup) = support::setup("soak").await else {
-                eprintln!("no Postgres at 127.0.0.1:5432: skipping");
-                return;
-            };
-            soak::run(&setup, length, warmup).await;
-            setup.cleanup().await;
-        }),
-        None => rt.block_on(run(quick, saturation_only || pace, pace)),
-    }
+    };
+    mode(&setup).await;
+    setup.cleanup().await;
 }
 
 /// This bench re-run as the bare server.
@@ -338,23 +323,7 @@ async fn redis_floor() {
             cpu * 1e6 / ops,
             (grouped - ops0) as f64 / (calls - calls0).max(1) as f64
         );
-        let mut c = redis::Client::open("redis://127.0.0.1:6379")
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{prefix}:*"))
-            .query_async(&mut c)
-            .await
-            .unwrap_or_default();
-        for chunk in keys.chunks(500) {
-            let _: () = redis::cmd("DEL")
-                .arg(chunk)
-                .query_async(&mut c)
-                .await
-                .unwrap_or(());
-        }
+        support::remove_keys(&format!("{prefix}:")).await;
     }
 }
 
@@ -987,16 +956,27 @@ fn fifty_pipelines(shipped: &Path) -> tempfile::TempDir {
     dir
 }
 
+/// Make DejaVu Sans the plots' "sans-serif" (plotters draws no text without a font); `false`,
+/// with a line saying `what` is skipped, when it is not installed (`fonts-dejavu-core`).
+fn labels_font(what: &str) -> bool {
+    let Ok(font) = std::fs::read("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf") else {
+        println!("{what} skipped: no DejaVuSans.ttf for labels");
+        return false;
+    };
+    let font: &'static [u8] = Box::leak(font.into_boxed_slice());
+    let loaded =
+        plotters::style::register_font("sans-serif", plotters::style::FontStyle::Normal, font)
+            .is_ok();
+    if !loaded {
+        println!("{what} skipped: the font did not load");
+    }
+    loaded
+}
+
 /// Latency percentiles against offered load, with the saturation and ceiling rates marked.
 fn plot(curve: &[Run], sat: &Run, ceiling: &Run) {
     use plotters::prelude::*;
-    let Ok(font) = std::fs::read("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf") else {
-        println!("plot skipped: no DejaVuSans.ttf for labels");
-        return;
-    };
-    let font: &'static [u8] = Box::leak(font.into_boxed_slice());
-    if plotters::style::register_font("sans-serif", FontStyle::Normal, font).is_err() {
-        println!("plot skipped: the font did not load");
+    if !labels_font("latency plot") {
         return;
     }
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/benchmarks-latency.png");

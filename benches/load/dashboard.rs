@@ -139,12 +139,7 @@ type Series = Vec<(String, Vec<(f64, f64)>)>;
 
 fn draw(scrapes: &[(f64, Scrape)]) {
     use plotters::prelude::*;
-    let Ok(font) = std::fs::read("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf") else {
-        println!("dashboard skipped: no DejaVuSans.ttf for labels");
-        return;
-    };
-    let font: &'static [u8] = Box::leak(font.into_boxed_slice());
-    if plotters::style::register_font("sans-serif", FontStyle::Normal, font).is_err() {
+    if !super::labels_font("dashboard") {
         return;
     }
     // consecutive scrapes: (time, scrape) then the next

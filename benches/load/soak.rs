@@ -187,18 +187,7 @@ pub async fn run(setup: &super::support::Bench, length: Duration, warmup: Durati
 /// RSS against events handled, both processes, with the end of the warm-up marked.
 fn plot(samples: &[Sample], warm: f64) {
     use plotters::prelude::*;
-    let Ok(font) = std::fs::read("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf") else {
-        println!("plot skipped: no DejaVuSans.ttf for labels");
-        return;
-    };
-    if plotters::style::register_font(
-        "sans-serif",
-        FontStyle::Normal,
-        Box::leak(font.into_boxed_slice()),
-    )
-    .is_err()
-    {
-        println!("plot skipped: the font did not load");
+    if !super::labels_font("soak plot") {
         return;
     }
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/benchmarks-soak.png");

@@ -85,18 +85,23 @@ impl Bench {
             .pg
             .batch_execute(&format!("DROP SCHEMA {} CASCADE", self.schema))
             .await;
-        if let Ok(client) = redis::Client::open("redis://127.0.0.1:6379")
-            && let Ok(mut c) = client.get_multiplexed_async_connection().await
-        {
-            let keys: Vec<String> = redis::cmd("KEYS")
-                .arg(format!("{}*", self.prefix))
-                .query_async(&mut c)
-                .await
-                .unwrap_or_default();
-            // a soak leaves millions of dedupe keys: many to a command
-            for chunk in keys.chunks(10_000) {
-                let _: Result<(), _> = redis::cmd("UNLINK").arg(chunk).query_async(&mut c).await;
-            }
+        remove_keys(&self.prefix).await;
+    }
+}
+
+/// Delete the local Redis's keys starting with `prefix`.
+pub async fn remove_keys(prefix: &str) {
+    if let Ok(client) = redis::Client::open("redis://127.0.0.1:6379")
+        && let Ok(mut c) = client.get_multiplexed_async_connection().await
+    {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}*"))
+            .query_async(&mut c)
+            .await
+            .unwrap_or_default();
+        // a soak leaves millions of dedupe keys: many to a command
+        for chunk in keys.chunks(10_000) {
+            let _: Result<(), _> = redis::cmd("UNLINK").arg(chunk).query_async(&mut c).await;
         }
     }
 }

@@ -289,35 +289,28 @@ async fn a_redis_cluster_carries_the_queue_exactly_once() {
     assert_eq!(ready.status(), 200);
     let body: serde_json::Value = ready.json().await.unwrap();
     assert_eq!(body["checks"]["redis"], "ok", "{body}");
-    let stats = Command::new(env!("CARGO_BIN_EXE_engine"))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("REDIS_URL", cluster.url())
-        .args(["queue", "stats", "--json", "--pipelines"])
-        .arg(d.path())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&stats.stdout);
-    assert!(
-        stats.status.success(),
-        "{text} {}",
-        String::from_utf8_lossy(&stats.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    // the admin commands against the cluster
+    let cli = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_engine"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("REDIS_URL", cluster.url())
+            .args(args)
+            .arg("--pipelines")
+            .arg(d.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "engine {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
+    let stats = cli(&["queue", "stats", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
     assert_eq!(v["vapi"]["depth"], 0, "{v}");
-    let dlq = Command::new(env!("CARGO_BIN_EXE_engine"))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("REDIS_URL", cluster.url())
-        .args(["dlq", "list", "--pipeline", "vapi", "--json", "--pipelines"])
-        .arg(d.path())
-        .output()
-        .unwrap();
-    assert!(
-        dlq.status.success(),
-        "{}",
-        String::from_utf8_lossy(&dlq.stderr)
-    );
+    let dlq = cli(&["dlq", "list", "--pipeline", "vapi", "--json"]);
     assert_eq!(String::from_utf8_lossy(&dlq.stdout).trim(), "[]");
 }
 

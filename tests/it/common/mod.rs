@@ -579,21 +579,21 @@ impl PrivateCluster {
     }
 }
 
-/// A redis-server speaking only TLS, its certificate (for `localhost` and `127.0.0.1`) issued by a
-/// CA made for the test with `openssl`.
+/// A redis-server speaking only TLS (a [`PrivateRedis`] with its plain port closed), its
+/// certificate (for `localhost` and `127.0.0.1`) issued by a CA made for the test with `openssl`.
 pub struct PrivateTlsRedis {
-    pub port: u16,
-    dir: tempfile::TempDir,
-    child: std::process::Child,
+    redis: PrivateRedis,
+    /// The CA and the server's key and certificate.
+    certs: tempfile::TempDir,
 }
 
 impl PrivateTlsRedis {
     pub fn start() -> PrivateTlsRedis {
-        let dir = tempfile::tempdir().unwrap();
+        let certs = tempfile::tempdir().unwrap();
         let run = |args: &[&str]| {
             let out = std::process::Command::new("openssl")
                 .args(args)
-                .current_dir(dir.path())
+                .current_dir(certs.path())
                 .output()
                 .expect("openssl on PATH");
             assert!(
@@ -638,7 +638,7 @@ impl PrivateTlsRedis {
         ]
         .concat());
         std::fs::write(
-            dir.path().join("san.ext"),
+            certs.path().join("san.ext"),
             "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
         )
         .unwrap();
@@ -660,53 +660,33 @@ impl PrivateTlsRedis {
             "san.ext",
         ]);
         let port = free_port();
-        let mut child = std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                "0",
-                "--tls-port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-            ])
-            .args([
-                "--tls-cert-file",
-                "server.crt",
-                "--tls-key-file",
-                "server.key",
-            ])
-            .args(["--tls-ca-cert-file", "ca.crt", "--tls-auth-clients", "no"])
-            .args(["--save", "", "--appendonly", "no"])
-            .current_dir(dir.path())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server on PATH");
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return PrivateTlsRedis { port, dir, child };
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("the TLS redis-server did not start");
+        let file = |name: &str| certs.path().join(name).display().to_string();
+        let tls = [
+            "--port".to_string(),
+            "0".into(),
+            "--tls-port".into(),
+            port.to_string(),
+            "--tls-cert-file".into(),
+            file("server.crt"),
+            "--tls-key-file".into(),
+            file("server.key"),
+            "--tls-ca-cert-file".into(),
+            file("ca.crt"),
+            "--tls-auth-clients".into(),
+            "no".into(),
+        ];
+        let redis = PrivateRedis::start_with(false, port, tls.to_vec());
+        PrivateTlsRedis { redis, certs }
     }
 
     /// `rediss://` to it.
     pub fn url(&self) -> String {
-        format!("rediss://localhost:{}", self.port)
+        format!("rediss://localhost:{}", self.redis.port)
     }
 
     /// The CA that issued its certificate (PEM), for `SSL_CERT_FILE`.
     pub fn ca_file(&self) -> String {
-        self.dir.path().join("ca.crt").display().to_string()
-    }
-}
-
-impl Drop for PrivateTlsRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.certs.path().join("ca.crt").display().to_string()
     }
 }
 
