@@ -90,30 +90,55 @@ pub enum Lookup {
 /// Method + path → pipeline index.
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {
-    router: matchit::Router<BTreeMap<HttpMethod, usize>>,
+    router: matchit::Router<Methods>,
+}
+
+/// The pipelines of one route path, by method.
+#[derive(Debug, Clone, Default)]
+struct Methods {
+    pipelines: BTreeMap<HttpMethod, usize>,
+    /// Only the path as written answers (`trailing_slash: strict` on a route of this path).
+    strict: bool,
+}
+
+/// The path with its trailing slash removed, or with one added: the other spelling Express's
+/// default (non-strict) routing answers. Only one slash: `/x//` is not `/x`, and nothing else of
+/// the path changes (dot segments and percent-encoded slashes still match no route).
+fn other_spelling(path: &str) -> Option<std::borrow::Cow<'_, str>> {
+    match path.strip_suffix('/') {
+        Some("") => None,
+        Some(stripped) if stripped.ends_with('/') => None,
+        Some(stripped) => Some(stripped.into()),
+        None => Some(format!("{path}/").into()),
+    }
 }
 
 impl RouteTable {
     /// Build from `(method, path)` per pipeline, in pipeline order.
     pub fn build(routes: &[(HttpMethod, &str)]) -> Result<RouteTable, Vec<RouteConflict>> {
-        let indexed: Vec<(HttpMethod, &str, usize)> = routes
+        let indexed: Vec<(HttpMethod, &str, usize, bool)> = routes
             .iter()
             .enumerate()
-            .map(|(i, (m, p))| (*m, *p, i))
+            .map(|(i, (m, p))| (*m, *p, i, false))
             .collect();
         RouteTable::build_indexed(&indexed)
     }
 
-    /// Build from `(method, path, pipeline)`: a pipeline may have several routes (an OAuth
-    /// pipeline's start and callback). Conflicts name positions in `routes`.
+    /// Build from `(method, path, pipeline, strict)`: a pipeline may have several routes (an
+    /// OAuth pipeline's start and callback); `strict`: the path answers only as written, not
+    /// also with a trailing slash added or removed. Conflicts name positions in `routes`.
     pub fn build_indexed(
-        routes: &[(HttpMethod, &str, usize)],
+        routes: &[(HttpMethod, &str, usize, bool)],
     ) -> Result<RouteTable, Vec<RouteConflict>> {
         // method -> (pipeline, position in `routes`)
         let mut by_path: BTreeMap<&str, BTreeMap<HttpMethod, (usize, usize)>> = BTreeMap::new();
+        let mut strict_paths: std::collections::BTreeSet<&str> = Default::default();
         let mut first_of_path: Vec<(&str, usize)> = Vec::new();
         let mut conflicts = Vec::new();
-        for (i, (method, path, pipeline)) in routes.iter().enumerate() {
+        for (i, (method, path, pipeline, strict)) in routes.iter().enumerate() {
+            if *strict {
+                strict_paths.insert(path);
+            }
             if RESERVED_PATHS.contains(path) || is_console_path(path) {
                 conflicts.push(RouteConflict {
                     pipeline: i,
@@ -141,12 +166,15 @@ impl RouteTable {
         let mut router = matchit::Router::new();
         let mut inserted: Vec<(&str, usize)> = Vec::new();
         for (path, first) in first_of_path {
-            let methods: BTreeMap<HttpMethod, usize> = by_path
-                .remove(path)
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(m, (pipeline, _))| (m, pipeline))
-                .collect();
+            let methods = Methods {
+                pipelines: by_path
+                    .remove(path)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(m, (pipeline, _))| (m, pipeline))
+                    .collect(),
+                strict: strict_paths.contains(path),
+            };
             if let Err(e) = router.insert(path, methods) {
                 let with = match &e {
                     matchit::InsertError::Conflict { with } => {
@@ -176,31 +204,93 @@ impl RouteTable {
         }
     }
 
-    /// Find the pipeline for a request.
+    /// Find the pipeline for a request: the path as written, else (as Express's default
+    /// routing does) the path with its trailing slash removed or added, unless that route is
+    /// `trailing_slash: strict`.
     pub fn lookup(&self, method: Option<HttpMethod>, path: &str) -> Lookup {
-        let Ok(m) = self.router.at(path) else {
-            return Lookup::NotFound;
+        let m = match self.router.at(path) {
+            Ok(m) => m,
+            Err(_) => match other_spelling(path)
+                .and_then(|other| self.router.at(&other).ok().map(|m| found(method, &m)))
+            {
+                Some((lookup, false)) => return lookup,
+                _ => return Lookup::NotFound,
+            },
         };
-        match method.and_then(|meth| m.value.get(&meth)) {
-            Some(&pipeline) => Lookup::Found {
-                pipeline,
-                params: m
-                    .params
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            },
-            None => Lookup::MethodNotAllowed {
-                allowed: m.value.keys().copied().collect(),
-            },
-        }
+        found(method, &m).0
     }
+}
+
+/// A matched path's answer for `method`, and whether the path is strict.
+fn found(method: Option<HttpMethod>, m: &matchit::Match<'_, '_, &Methods>) -> (Lookup, bool) {
+    let lookup = match method.and_then(|meth| m.value.pipelines.get(&meth)) {
+        Some(&pipeline) => Lookup::Found {
+            pipeline,
+            params: m
+                .params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        },
+        None => Lookup::MethodNotAllowed {
+            allowed: m.value.pipelines.keys().copied().collect(),
+        },
+    };
+    (lookup, m.value.strict)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use HttpMethod::*;
+
+    #[test]
+    fn a_trailing_slash_answers_as_express_did_unless_strict() {
+        let t = RouteTable::build_indexed(&[
+            (Post, "/api/webhooks/vapi", 0, false),
+            (Post, "/hooks/{tenant}/", 1, false),
+            (Post, "/strict", 2, true),
+            (Post, "/both", 3, false),
+            (Post, "/both/", 4, false),
+        ])
+        .unwrap();
+        let at = |method, path| t.lookup(Some(method), path);
+        let found = |pipeline, params: &[(&str, &str)]| Lookup::Found {
+            pipeline,
+            params: params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        assert_eq!(at(Post, "/api/webhooks/vapi/"), found(0, &[]));
+        assert_eq!(at(Post, "/hooks/acme"), found(1, &[("tenant", "acme")]));
+        assert_eq!(at(Post, "/hooks/acme/"), found(1, &[("tenant", "acme")]));
+        assert_eq!(
+            at(Get, "/api/webhooks/vapi/"),
+            Lookup::MethodNotAllowed {
+                allowed: vec![Post]
+            }
+        );
+        // strict: only as written
+        assert_eq!(at(Post, "/strict"), found(2, &[]));
+        assert_eq!(at(Post, "/strict/"), Lookup::NotFound);
+        // both spellings declared: each its own
+        assert_eq!(at(Post, "/both"), found(3, &[]));
+        assert_eq!(at(Post, "/both/"), found(4, &[]));
+        // one slash only, nothing else normalized
+        for path in [
+            "/api/webhooks/vapi//",
+            "/api/webhooks/vapi/.",
+            "/api/webhooks/vapi/./",
+            "/api/webhooks/x/../vapi",
+            "/api/webhooks/vapi%2F",
+            "/api/webhooks/vapi/%2e",
+            "/api/webhooks//vapi",
+            "/",
+        ] {
+            assert_eq!(at(Post, path), Lookup::NotFound, "{path}");
+        }
+    }
 
     #[test]
     fn lookup_found_405_404() {

@@ -100,10 +100,18 @@ pub(super) fn check_tables_at_boot(
         return Ok(());
     };
     let fixtures = crate::table_check::default_fixtures(dir);
-    match runtime.block_on(crate::table_check::check_project(project, url, &fixtures)) {
-        Ok(problems) if problems.is_empty() => {
+    match runtime.block_on(crate::table_check::check_project(
+        project,
+        url,
+        &fixtures,
+        crate::table_check::Memo::Reuse,
+    )) {
+        Ok(problems) if problems.iter().all(Diagnostic::is_warning) => {
+            for d in &problems {
+                tracing::warn!(file = %d.file, line = d.line, column = d.column, pointer = %d.pointer, "{}", d.message);
+            }
             tracing::info!(
-                "table check: every postgres sink's table takes what its pipeline writes"
+                "table check: every postgres sink's table takes what its pipeline is known to write"
             );
             Ok(())
         }

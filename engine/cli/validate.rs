@@ -25,9 +25,9 @@ pub(super) fn validate(
     };
     // load + build: every problem of the files and of their scripts and verifiers
     let mut result = crate::plan::load(dir, &source).map(|(project, _)| project);
-    if let (Ok(project), Some((url, fixtures))) = (&result, database) {
+    if let (Ok(project), Some((url, fixtures))) = (&mut result, database) {
         match table_problems(project, url, fixtures) {
-            Ok(d) if d.is_empty() => {}
+            Ok(d) if d.iter().all(Diagnostic::is_warning) => project.warnings.extend(d),
             Ok(d) => result = Err(d),
             Err(e) => {
                 eprintln!("engine: {e}");
@@ -115,5 +115,10 @@ pub(super) fn table_problems(
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?
-        .block_on(crate::table_check::check_project(project, url, fixtures))
+        .block_on(crate::table_check::check_project(
+            project,
+            url,
+            fixtures,
+            crate::table_check::Memo::Off,
+        ))
 }

@@ -349,10 +349,11 @@ pub fn load_with(
             ));
         }
     }
+    let strict = |i: usize| !pipelines[i].1.route.trailing_slash.is_match();
     let routes = match RouteTable::build_indexed(
         &listed
             .iter()
-            .map(|(m, path, i, _)| (*m, *path, *i))
+            .map(|(m, path, i, _)| (*m, *path, *i, strict(*i)))
             .collect::<Vec<_>>(),
     ) {
         Ok(t) => Some(t),

@@ -123,6 +123,28 @@ pub struct Route {
     /// `{*rest}` the remainder of the path.
     #[schemars(regex(pattern = r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/{}-]*$"), extend("x-message" = "must be a URL path starting with `/`, e.g. `/api/webhooks/vapi`"))]
     pub path: String,
+    /// `match` (default, as Express's default routing): the path also answers with a trailing
+    /// slash added or removed (`/api/webhooks/vapi/` as `/api/webhooks/vapi`); `strict`: only
+    /// as written.
+    #[serde(default, skip_serializing_if = "TrailingSlash::is_match")]
+    pub trailing_slash: TrailingSlash,
+}
+
+/// Whether a route also answers its path with a trailing slash added or removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TrailingSlash {
+    /// `/x/` answers as `/x` (and `/x` as `/x/`).
+    #[default]
+    Match,
+    /// Only the path as written.
+    Strict,
+}
+
+impl TrailingSlash {
+    pub fn is_match(&self) -> bool {
+        *self == TrailingSlash::Match
+    }
 }
 
 /// The response: static (`body`), templated (`template`), or computed by a Rhai script

@@ -37,9 +37,12 @@ pub struct Postgres {
     /// Table name, optionally schema-qualified: `call_logs`, `public.call_logs`.
     #[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$"), extend("x-message" = "must be a table name such as `call_logs` or `public.call_logs`"))]
     pub table: String,
-    /// Row field → column, where they differ (default: same names).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub columns: BTreeMap<String, String>,
+    /// Row field → column where they differ (`{recording: recording_url}`), or the list of the
+    /// fields the rows carry, each written to the column of its name (`[call_id, status]`): the
+    /// table check then knows every column the sink writes even where the script builds its rows
+    /// at run time, and a row carrying a field not listed is refused.
+    #[serde(default, skip_serializing_if = "Columns::is_empty")]
+    pub columns: Columns,
     /// Columns identifying a row for `on_conflict` (default: `event_id`, `row_index`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub key: Vec<String>,
@@ -52,6 +55,76 @@ pub struct Postgres {
     /// Row fields stored encrypted (AES-256-GCM under ENCRYPTION_KEY, `v1:` format).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub encrypt: Vec<String>,
+}
+
+/// A postgres sink's `columns:`: renamed fields, or the fields its rows carry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Columns {
+    /// Row field → column, where they differ.
+    Renamed(BTreeMap<String, String>),
+    /// Every field the rows carry, each into the column of the same name.
+    Listed(Vec<String>),
+}
+
+impl Default for Columns {
+    fn default() -> Self {
+        Columns::Renamed(BTreeMap::new())
+    }
+}
+
+impl Columns {
+    pub fn is_empty(&self) -> bool {
+        match self {
+            Columns::Renamed(m) => m.is_empty(),
+            Columns::Listed(l) => l.is_empty(),
+        }
+    }
+
+    /// Whether the fields are listed (all of them known).
+    pub fn is_list(&self) -> bool {
+        matches!(self, Columns::Listed(l) if !l.is_empty())
+    }
+
+    /// The column a row field is written to.
+    pub fn column<'a>(&'a self, field: &'a str) -> &'a str {
+        match self {
+            Columns::Renamed(m) => m.get(field).map_or(field, String::as_str),
+            Columns::Listed(_) => field,
+        }
+    }
+
+    /// Whether a row may carry `field` (a list names every field a row may carry).
+    pub fn allows(&self, field: &str) -> bool {
+        match self {
+            Columns::Renamed(_) => true,
+            Columns::Listed(l) => l.is_empty() || l.iter().any(|f| f == field),
+        }
+    }
+
+    /// Every column named here.
+    pub fn targets(&self) -> impl Iterator<Item = &str> {
+        let (renamed, listed) = match self {
+            Columns::Renamed(m) => (Some(m.values()), None),
+            Columns::Listed(l) => (None, Some(l.iter())),
+        };
+        renamed
+            .into_iter()
+            .flatten()
+            .chain(listed.into_iter().flatten())
+            .map(String::as_str)
+    }
+
+    /// The field renamed to `column`, if one is.
+    pub fn renamed_from(&self, column: &str) -> Option<&str> {
+        match self {
+            Columns::Renamed(m) => m
+                .iter()
+                .find(|(_, c)| *c == column)
+                .map(|(f, _)| f.as_str()),
+            Columns::Listed(_) => None,
+        }
+    }
 }
 
 /// Conflict policy.

@@ -28,7 +28,7 @@ pub struct PostgresSink {
     pool: Pool,
     table: String,
     table_sql: String,
-    columns: std::collections::BTreeMap<String, String>,
+    columns: crate::config::sink::Columns,
     key: Vec<String>,
     on_conflict: OnConflict,
     update: Vec<String>,
@@ -158,11 +158,12 @@ impl PostgresSink {
                 };
                 let mut mapped = Map::new();
                 for (field, value) in fields {
-                    let column = self
-                        .columns
-                        .get(field)
-                        .cloned()
-                        .unwrap_or_else(|| field.clone());
+                    if !self.columns.allows(field) {
+                        return Err(SinkError::Permanent(format!(
+                            "row field `{field}` is not in the sink's `columns:` list"
+                        )));
+                    }
+                    let column = self.columns.column(field).to_string();
                     let value = if self.encrypt.contains(field) && !value.is_null() {
                         let text = value
                             .as_str()

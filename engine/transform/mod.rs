@@ -14,6 +14,7 @@
 //! (`fail_retry`), with a reason naming the script, line and column.
 
 pub mod event;
+pub mod fields;
 pub mod sandbox;
 
 use std::path::{Path, PathBuf};
@@ -239,6 +240,27 @@ impl Program {
             vars,
             timeout: Duration::from_millis(p.script_limits.timeout_ms),
         })
+    }
+
+    /// What the rows `sink` receives carry, read from the scripts of the steps that route to it,
+    /// with the names of the steps whose rows could not be read whole (none: no step does).
+    pub fn fields(&self, sink: &str) -> Option<(fields::Fields, Vec<String>)> {
+        let mut steps = self
+            .steps
+            .iter()
+            .filter(|s| s.sink.as_deref() == Some(sink))
+            .peekable();
+        steps.peek()?;
+        let mut all = fields::Fields::none();
+        let mut unread = Vec::new();
+        for step in steps {
+            let f = fields::Fields::of(&step.ast);
+            if !f.complete {
+                unread.push(format!("step `{}` ({})", step.name, step.label));
+            }
+            all.merge(f);
+        }
+        Some((all, unread))
     }
 
     /// Whether the pipeline has any step.

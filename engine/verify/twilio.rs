@@ -30,8 +30,10 @@ impl Twilio {
     /// then value. Empty for a JSON body (its hash is checked against `bodySHA256` instead).
     fn params(req: &Inbound<'_>) -> Result<String, Reject> {
         if let Some(expected) = body_hash_param(req.url) {
+            // Byte for byte, as every SDK compares it: their digest is lowercase hex, so an
+            // uppercase spelling of the right hash is refused there, and here.
             let actual = hex::encode(Sha256::digest(req.body));
-            if !ct_eq(actual.as_bytes(), expected.to_ascii_lowercase().as_bytes()) {
+            if !ct_eq(actual.as_bytes(), expected.as_bytes()) {
                 return Err(Reject::BodyHashMismatch);
             }
             return Ok(String::new());

@@ -25,6 +25,7 @@ mod replay;
 mod secrets;
 mod server;
 mod sink;
+mod table_check;
 mod transform;
 mod validate;
 mod verify;

@@ -93,6 +93,107 @@ async fn shipped_routes_answer_as_their_files_say() {
     app.stop().await;
 }
 
+/// Express's default (non-strict) routing answered `/api/webhooks/vapi/` as `/api/webhooks/vapi`,
+/// and providers configured with either spelling keep working; `trailing_slash: strict` keeps a
+/// route to its own spelling; nothing else of a path is normalised.
+#[tokio::test]
+async fn a_trailing_slash_answers_as_the_express_app_did() {
+    let dir = Dir::shipped_copy();
+    dir.write(
+        "strict.yaml",
+        "name: strict
+route: {method: POST, path: /hooks/strict, trailing_slash: strict}
+respond: {status: 202, content_type: text/plain, body: strict}
+",
+    );
+    dir.write(
+        "slashed.yaml",
+        "name: slashed
+route: {method: POST, path: '/tenants/{tenant}/'}
+respond: {status: 202, content_type: text/plain, body: slashed}
+",
+    );
+    let app = spawn_app(dir.path(), &[]).await;
+    let vapi = |path: &str| {
+        app.client
+            .post(app.url(path))
+            .header("content-type", "application/json")
+            .header("authorization", "Bearer dev-vapi-webhook-secret")
+            .body(r#"{"message":{"type":"status-update","status":"in-progress"}}"#)
+            .send()
+    };
+    for path in ["/api/webhooks/vapi", "/api/webhooks/vapi/"] {
+        let res = vapi(path).await.unwrap();
+        assert_eq!(res.status(), 200, "{path}");
+        assert_eq!(
+            res.json::<Value>().await.unwrap(),
+            serde_json::json!({"received": true}),
+            "{path}"
+        );
+    }
+    // unsigned with the slash: verified like the route it is
+    let res = app
+        .client
+        .post(app.url("/api/webhooks/vapi/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    // the other method: 405 with Allow, as for the route itself
+    let res = app
+        .client
+        .get(app.url("/api/webhooks/vapi/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 405);
+    assert_eq!(res.headers()["allow"], "POST");
+
+    // Twilio signs the URL it requested, slash included
+    let ct = ("content-type", "application/x-www-form-urlencoded");
+    let url = app.url("/api/twilio/sms/");
+    let body = "MessageSid=SM1&Body=hi";
+    let mut req = app.client.post(&url).header(ct.0, ct.1).body(body);
+    for (k, v) in sign(&shipped(), &[], "twilio-sms", &url, &[ct], body.as_bytes()) {
+        req = req.header(k, v);
+    }
+    let res = req.send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.text().await.unwrap().contains("<Response></Response>"));
+
+    // a route written with the slash answers without it
+    for path in ["/tenants/acme/", "/tenants/acme"] {
+        let res = app.client.post(app.url(path)).send().await.unwrap();
+        assert_eq!(res.status(), 202, "{path}");
+        assert_eq!(res.text().await.unwrap(), "slashed");
+    }
+    // strict: only as written
+    let status = |path: &'static str| {
+        let req = app.client.post(app.url(path)).send();
+        async move { req.await.unwrap().status() }
+    };
+    assert_eq!(status("/hooks/strict").await, 202);
+    assert_eq!(status("/hooks/strict/").await, 404);
+
+    // two slashes, dot segments and encoded slashes are still no route (sent raw: a client
+    // library would normalise the dots away before sending)
+    for path in [
+        "/api/webhooks/vapi//",
+        "/api/webhooks/vapi/.",
+        "/api/webhooks/vapi/./",
+        "/api/webhooks/x/../vapi",
+        "/api/webhooks/vapi%2F",
+        "/api/webhooks/vapi/%2e/",
+    ] {
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer dev-vapi-webhook-secret\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{{}}"
+        );
+        let answer = raw_request(app.addr, &[request.as_bytes()], Duration::from_secs(5)).await;
+        assert!(answer.starts_with("HTTP/1.1 404"), "{path}: {answer}");
+    }
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn unknown_path_is_404_and_wrong_method_405_both_json() {
     let app = spawn_app(&shipped(), &[]).await;

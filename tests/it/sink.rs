@@ -16,7 +16,7 @@ use serde_json::json;
 fn cfg(table: &str) -> Postgres {
     Postgres {
         table: table.into(),
-        columns: BTreeMap::new(),
+        columns: Default::default(),
         key: vec![],
         on_conflict: OnConflict::Nothing,
         update: vec![],

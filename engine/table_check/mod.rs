@@ -7,8 +7,9 @@
 //! all is well.
 //!
 //! ```text
-//! what the pipeline writes: its fixtures run in process (replay::rows_written), each row mapped
-//!   through the sink (`columns:`, `encrypt:`), plus event_id, row_index, the key and `update:`
+//! what the pipeline writes: the maps its scripts return (keys), `columns:`, `encrypt:`, the key,
+//!   `update:`, event_id, row_index, the OAuth row; and, where fixtures are found beside the
+//!   pipelines, their rows run in process (replay::rows_written) with real values
 //! what the table is:        information_schema (columns, types, NOT NULL, defaults) and
 //!                           pg_index (unique indexes)
 //!   -> missing table | missing column | value of an incompatible type | NOT NULL column nothing
@@ -16,6 +17,13 @@
 //!   -> each fixture row inserted in a transaction that is rolled back (CHECK constraints,
 //!      triggers, anything else the table refuses)
 //! ```
+//!
+//! A deployment seldom carries `fixtures/`, so what the pipeline writes comes from the pipeline
+//! first: the keys of the maps its transform scripts return (read from the compiled AST,
+//! `transform::fields`), the sink's `columns:`, `key`, `update` and `encrypt`, and the row an
+//! OAuth connection stores; fixtures, where present, add real values (types, constraints). Only
+//! what is proven is an error; what neither source can tell (a NOT NULL column a script that
+//! builds its rows at run time may or may not fill) is a warning that says what would tell.
 //!
 //! Run by `engine validate --database-url`, by `engine migrate` after it applies migrations, and
 //! by `engine serve` / `engine worker` at a production boot (which refuses to start on a
@@ -27,9 +35,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::Value;
 use tokio_postgres::types::Type;
 
+pub mod memo;
+
 use crate::config::sink::Postgres;
 use crate::sink::postgres::PostgresSink;
 use crate::sink::{Batch, SinkError};
+use crate::transform::fields::Fields;
 
 /// One column as the database has it.
 #[derive(Debug, Clone)]
@@ -41,15 +52,46 @@ struct Column {
     fills_itself: bool,
 }
 
-/// Check one sink's table. `sink` is the sink built on the database's pool, `written` the batches
-/// the pipeline's fixtures produced for it. Returns the problems, each a sentence; `Err` when the
-/// database cannot be asked.
+/// What a pipeline is known to write into one sink.
+#[derive(Debug, Clone, Default)]
+pub struct Writes {
+    /// Rows produced for real: the fixtures' (run in process) and the OAuth row a connection
+    /// stores. Their values are tried against the column types and the table's constraints.
+    pub batches: Vec<Batch>,
+    /// The fields the transform steps' scripts return, read without running them.
+    pub fields: Fields,
+    /// The steps whose rows could not be read whole (for the warning that says so).
+    pub unread: Vec<String>,
+    /// `batches` holds fixture rows: what they lack, the rows of those events lack.
+    pub from_fixtures: bool,
+}
+
+/// One finding of the check: an error is proven (the table refuses what the pipeline writes); a
+/// warning is what the check cannot tell, and what would let it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub message: String,
+    pub warning: bool,
+}
+
+impl Problem {
+    fn error(message: String) -> Problem {
+        Problem {
+            message,
+            warning: false,
+        }
+    }
+}
+
+/// Check one sink's table. `sink` is the sink built on the database's pool, `written` what the
+/// pipeline writes into it. Returns the problems, each a sentence; `Err` when the database cannot
+/// be asked.
 pub async fn check(
     client: &tokio_postgres::Client,
     cfg: &Postgres,
     sink: &PostgresSink,
-    written: &[Batch],
-) -> Result<Vec<String>, String> {
+    written: &Writes,
+) -> Result<Vec<Problem>, String> {
     let t = &cfg.table;
     let (schema, table) = match t.split_once('.') {
         Some((s, t)) => (Some(s.to_string()), t.to_string()),
@@ -57,9 +99,9 @@ pub async fn check(
     };
     let found = columns(client, schema.as_deref(), &table).await?;
     if found.is_empty() {
-        return Ok(vec![format!(
+        return Ok(vec![Problem::error(format!(
             "table `{t}` does not exist: run `engine migrate`, or write a migration that creates it"
-        )]);
+        ))]);
     }
     let mut problems = Vec::new();
     let key = sink.key();
@@ -67,7 +109,7 @@ pub async fn check(
     // Every column the pipeline writes, with sample values (mapped and encrypted as the sink
     // would store them).
     let mut values: BTreeMap<String, Vec<(String, Value)>> = BTreeMap::new();
-    for batch in written {
+    for batch in &written.batches {
         let (rows, _) = sink
             .rows(std::slice::from_ref(batch))
             .map_err(|e| e.to_string())?;
@@ -81,11 +123,19 @@ pub async fn check(
             }
         }
     }
+    // Proven written: what a fixture's row carried, what a script's returned map names, and what
+    // the sink's own configuration names.
+    let column_of = |field: &String| cfg.columns.column(field).to_string();
     let mut needed: BTreeSet<String> = values.keys().cloned().collect();
+    needed.extend(written.fields.known.iter().map(column_of));
     needed.extend(["event_id".to_string(), "row_index".to_string()]);
     needed.extend(key.iter().cloned());
     needed.extend(cfg.update.iter().cloned());
-    needed.extend(cfg.columns.values().cloned());
+    needed.extend(cfg.columns.targets().map(str::to_string));
+    needed.extend(cfg.encrypt.iter().map(column_of));
+    // Whether `needed` is all the rows can carry: every script's rows were read whole, a
+    // `columns:` list names the fields, or a fixture's rows show what the others lack.
+    let whole = written.fields.complete || cfg.columns.is_list() || written.from_fixtures;
 
     for c in &needed {
         if found.contains_key(c) {
@@ -95,66 +145,89 @@ pub async fn check(
             ("event_id" | "row_index", _) | (_, None) => default_type(c),
             (_, Some(samples)) => suggested_type(samples.iter().map(|(_, v)| v)),
         };
-        let mapped = cfg
-            .columns
-            .iter()
-            .find(|(_, col)| *col == c)
-            .map(|(f, _)| f);
+        let mapped = cfg.columns.renamed_from(c);
         let hint = match mapped {
             Some(field) => format!("the sink maps field `{field}` to it"),
             None => "the pipeline writes it".to_string(),
         };
-        problems.push(format!(
+        problems.push(Problem::error(format!(
             "table `{t}`, column `{c}`: expected a column ({hint}), found none; add it with a migration (`ALTER TABLE {t} ADD COLUMN {c} {expected};`), or map the field to an existing column with the sink's `columns:`"
-        ));
+        )));
     }
 
     for (c, samples) in &values {
         let Some(col) = found.get(c) else { continue };
         for (from, value) in samples.iter().filter(|(_, v)| !v.is_null()) {
             if let Some(why) = sink.refuses(client, c, value).await {
-                problems.push(format!(
+                problems.push(Problem::error(format!(
                     "table `{t}`, column `{c}`: expected a column that takes {} ({from} writes one), found type {}: {why}; change the column's type with a migration, or convert the value in the transform",
                     crate::schema::value_kind(value),
                     col.data_type
-                ));
+                )));
                 break;
             }
         }
     }
 
-    for (c, col) in &found {
-        if col.not_null && !col.fills_itself && !needed.contains(c) {
-            problems.push(format!(
+    let unfilled: Vec<&String> = found
+        .iter()
+        .filter(|(c, col)| col.not_null && !col.fills_itself && !needed.contains(*c))
+        .map(|(c, _)| c)
+        .collect();
+    if whole {
+        for c in unfilled {
+            problems.push(Problem::error(format!(
                 "table `{t}`, column `{c}`: NOT NULL without a default, and the pipeline never writes it; give it a default or drop NOT NULL with a migration, or write it from the transform"
-            ));
+            )));
         }
+    } else if !unfilled.is_empty() {
+        let list = unfilled
+            .iter()
+            .map(|c| format!("`{c}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        problems.push(Problem {
+            message: format!(
+                "table `{t}`: cannot tell whether the pipeline fills NOT NULL column{s} {list}: the rows of {steps} are built at run time, not returned as a map literal; add a fixture whose event reaches this sink, or list the fields the rows carry in the sink's `columns:` (e.g. `columns: [{example}]`)",
+                s = if unfilled.len() == 1 { "" } else { "s" },
+                steps = written.unread.join(", "),
+                example = needed
+                    .iter()
+                    .filter(|c| *c != "event_id" && *c != "row_index")
+                    .chain(unfilled.iter().copied())
+                    .take(4)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ),
+            warning: true,
+        });
     }
 
     for field in &cfg.encrypt {
-        let column = cfg.columns.get(field).unwrap_or(field);
+        let column = cfg.columns.column(field);
         match found.get(column).map(|c| c.data_type.as_str()) {
             Some("text" | "character varying") | None => {}
-            Some(other) => problems.push(format!(
+            Some(other) => problems.push(Problem::error(format!(
                 "table `{t}`, column `{column}`: expected text (field `{field}` is stored encrypted), found type {other}; change the column to text with a migration"
-            )),
+            ))),
         }
     }
 
     if key.iter().all(|k| found.contains_key(k))
         && !has_unique_index(client, schema.as_deref(), &table, key).await?
     {
-        problems.push(format!(
+        problems.push(Problem::error(format!(
             "table `{t}`: expected a unique index on ({k}) for the sink's conflict key, found none; add one with a migration (`CREATE UNIQUE INDEX ON {t} ({k});`), or change the sink's `key:`",
             k = key.join(", ")
-        ));
+        )));
     }
 
     // What the catalog cannot tell (CHECK constraints, triggers, a value too long): each fixture
     // row written for real, and rolled back. Only once the shape is right, so one cause is not
     // reported twice.
-    if problems.is_empty() {
-        for batch in written {
+    if problems.iter().all(|p| p.warning) {
+        for batch in &written.batches {
             for row in &batch.rows {
                 let one = Batch {
                     rows: vec![row.clone()],
@@ -164,11 +237,11 @@ pub async fn check(
                     Ok(()) => {}
                     Err(SinkError::Retry(e)) => return Err(e),
                     Err(SinkError::Permanent(e)) => {
-                        problems.push(format!(
+                        problems.push(Problem::error(format!(
                             "table `{t}`: a row from {} is refused: {}; fix the table with a migration, or the transform",
                             batch.event_id,
                             e.strip_prefix(&format!("{t}: ")).unwrap_or(&e)
-                        ));
+                        )));
                         break;
                     }
                 }
@@ -178,12 +251,60 @@ pub async fn check(
     Ok(problems)
 }
 
+/// Whether a passed check is remembered in the database ([`memo`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Memo {
+    /// Check, remember nothing (`engine validate`).
+    Off,
+    /// Check, and remember a pass (`engine migrate`).
+    Record,
+    /// Take a remembered pass of the same fingerprint; otherwise check and remember (a boot).
+    Reuse,
+}
+
 /// Every postgres sink of `project` checked against the database at `url`, each problem located
-/// at the sink's `table` in its pipeline file. `fixtures`: where the pipelines' fixtures are (none
-/// found: only what the configuration names is checked).
+/// at the sink's `table` in its pipeline file. `fixtures`: where the pipelines' fixtures are
+/// (optional: what the scripts and the configuration say the pipeline writes is checked without
+/// them, and what neither can tell is a warning).
 pub async fn check_project(
     project: &crate::config::Project,
     url: &str,
+    fixtures: &[std::path::PathBuf],
+    memo: Memo,
+) -> Result<Vec<crate::diagnostics::Diagnostic>, String> {
+    // two connections: the catalog queries hold one while a trial insert takes the other
+    let pool = crate::db::pool(url, 2)?;
+    let client = pool
+        .get()
+        .await
+        .map_err(|e| format!("database unavailable: {e}"))?;
+    let fingerprint = match memo {
+        Memo::Off => None,
+        // A fingerprint that cannot be taken only means the whole check runs.
+        Memo::Record | Memo::Reuse => memo::fingerprint(&client, project, fixtures)
+            .await
+            .inspect_err(|e| tracing::debug!(error = %e, "table check: no fingerprint"))
+            .ok(),
+    };
+    if let (Memo::Reuse, Some(f)) = (memo, &fingerprint)
+        && memo::passed(&client, f).await
+    {
+        tracing::debug!(fingerprint = %f, "table check: passed before with these pipelines, fixtures and tables");
+        return Ok(Vec::new());
+    }
+    let found = check_sinks(project, &pool, &client, fixtures).await?;
+    if let Some(f) = &fingerprint
+        && found.is_empty()
+    {
+        memo::remember(&client, f).await;
+    }
+    Ok(found)
+}
+
+async fn check_sinks(
+    project: &crate::config::Project,
+    pool: &deadpool_postgres::Pool,
+    client: &tokio_postgres::Client,
     fixtures: &[std::path::PathBuf],
 ) -> Result<Vec<crate::diagnostics::Diagnostic>, String> {
     let written = if fixtures.iter().any(|f| f.exists()) {
@@ -196,12 +317,6 @@ pub async fn check_project(
     } else {
         Default::default()
     };
-    // two connections: the catalog queries hold one while a trial insert takes the other
-    let pool = crate::db::pool(url, 2)?;
-    let client = pool
-        .get()
-        .await
-        .map_err(|e| format!("database unavailable: {e}"))?;
     // Without ENCRYPTION_KEY (validate in CI) encrypted fields are tried with a throwaway key:
     // what is checked is the table's shape, and ciphertext is text whatever the key.
     let keyring = project
@@ -211,17 +326,14 @@ pub async fn check_project(
         .or_else(|| crate::crypto::Keyring::new(&"00".repeat(32), &[]).ok());
     let mut out = Vec::new();
     for p in &project.pipelines {
-        let doc = std::fs::read(&p.file)
-            .ok()
-            .and_then(|b| crate::yaml::parse_bytes(&b).ok());
+        // The project loaded, so its scripts compile; what they return is read from the AST.
+        let program = crate::transform::Program::compile(&p.config, &p.file, &project.dir).ok();
         for (name, sink) in &p.config.sinks {
             let crate::config::sink::Sink::Postgres(cfg) = sink else {
                 continue;
             };
             let pointer = format!("/sinks/{}/postgres/table", crate::yaml::escape_token(name));
-            let pos = doc
-                .as_ref()
-                .map_or(crate::yaml::Pos::START, |d| d.value_pos(&pointer));
+            let pos = p.doc.value_pos(&pointer);
             let at = |message: String| {
                 crate::diagnostics::Diagnostic::new(&p.file, pos, &pointer, message)
             };
@@ -232,16 +344,30 @@ pub async fn check_project(
                     continue;
                 }
             };
-            let mut batches: Vec<Batch> = written
-                .get(&p.config.name)
-                .and_then(|s| s.get(name))
-                .cloned()
-                .unwrap_or_default();
-            if p.config.oauth.as_ref().is_some_and(|o| &o.sink == name) {
-                batches.push(crate::oauth::example_batch(&p.config.name, name));
+            let mut writes = Writes {
+                batches: written
+                    .get(&p.config.name)
+                    .and_then(|s| s.get(name))
+                    .cloned()
+                    .unwrap_or_default(),
+                ..Writes::default()
+            };
+            writes.from_fixtures = !writes.batches.is_empty();
+            match program.as_ref().and_then(|prog| prog.fields(name)) {
+                Some((fields, unread)) => {
+                    writes.fields = fields;
+                    writes.unread = unread;
+                }
+                None => writes.fields = Fields::none(),
             }
-            for problem in check(&client, cfg, &sink, &batches).await? {
-                out.push(at(problem));
+            if p.config.oauth.as_ref().is_some_and(|o| &o.sink == name) {
+                writes
+                    .batches
+                    .push(crate::oauth::example_batch(&p.config.name, name));
+            }
+            for problem in check(client, cfg, &sink, &writes).await? {
+                let d = at(problem.message);
+                out.push(if problem.warning { d.warning() } else { d });
             }
         }
     }
