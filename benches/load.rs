@@ -34,6 +34,8 @@
 //! `-- --scale` measures the capacity model's inputs and checks its predictions for this
 //! machine: 1 vs 2 engine instances, 1 vs 3 queue partitions, rows/s per Postgres connection
 //! (`load/scale.rs`, docs/scaling.md).
+//! `-- --cost [--quick]` measures instead the CPU one event costs in each process (ingest,
+//! worker, Redis, Postgres) at pace and in a backlog, against the 118 µs target (`load/cost.rs`).
 //! `-- --dashboard` draws the Grafana dashboard's main panels from `/metrics` under a changing
 //! load into docs/grafana/engine.png (`load/dashboard.rs`).
 
@@ -56,6 +58,9 @@ mod dashboard;
 
 #[path = "load/scale.rs"]
 mod scale;
+
+#[path = "load/cost.rs"]
+mod cost;
 
 const SECRET: &str = "bench-vapi-webhook-secret";
 /// Concurrent connections of the closed-loop (saturation) runs.
@@ -96,6 +101,8 @@ fn main() {
         rt.block_on(with_setup("scale", async |setup| {
             scale::run(setup, quick).await
         }));
+    } else if mode("--cost") {
+        rt.block_on(with_setup("cost", async |setup| cost::run(setup, quick).await));
     } else if mode("--dashboard") {
         rt.block_on(with_setup("dash", async |setup| {
             dashboard::run(setup).await
