@@ -62,6 +62,20 @@ mod scale;
 #[path = "load/cost.rs"]
 mod cost;
 
+#[path = "load/full.rs"]
+mod full;
+
+#[path = "load/pace.rs"]
+mod pace;
+
+#[path = "load/plot.rs"]
+mod plot;
+
+#[path = "load/redis_floor.rs"]
+mod redis_floor;
+
+use plot::labels_font;
+
 const SECRET: &str = "bench-vapi-webhook-secret";
 /// Concurrent connections of the closed-loop (saturation) runs.
 const CLIENTS: usize = 32;
@@ -96,13 +110,15 @@ fn main() {
         .build()
         .unwrap();
     if mode("--redis-floor") {
-        rt.block_on(redis_floor());
+        rt.block_on(redis_floor::run());
     } else if mode("--scale") {
         rt.block_on(with_setup("scale", async |setup| {
             scale::run(setup, quick).await
         }));
     } else if mode("--cost") {
-        rt.block_on(with_setup("cost", async |setup| cost::run(setup, quick).await));
+        rt.block_on(with_setup("cost", async |setup| {
+            cost::run(setup, quick).await
+        }));
     } else if mode("--dashboard") {
         rt.block_on(with_setup("dash", async |setup| {
             dashboard::run(setup).await
@@ -116,7 +132,7 @@ fn main() {
             soak::run(setup, length, warmup).await
         }));
     } else {
-        rt.block_on(run(quick, saturation_only || pace, pace));
+        rt.block_on(full::run(quick, saturation_only || pace, pace));
     }
 }
 
@@ -274,83 +290,6 @@ async fn redis_cpu_secs() -> f64 {
         .filter(|l| l.starts_with("used_cpu_sys:") || l.starts_with("used_cpu_user:"))
         .filter_map(|l| l.split_once(':')?.1.trim().parse::<f64>().ok())
         .sum()
-}
-
-/// What Redis alone spends per request-path op: the engine's own group commit
-/// (`shared_redis`) driven with 2.7 KiB payloads, from a given number of concurrent callers
-/// (the group sizes follow), Redis's CPU (`INFO cpu`) per op. No HTTP, no engine work.
-async fn redis_floor() {
-    use engine::shared_redis::{Append, Limit, Op, SharedRedis};
-    let shared = SharedRedis::open("redis://127.0.0.1:6379").unwrap();
-    let prefix = format!("floor{}", std::process::id());
-    let payload = "x".repeat(2700);
-    for (callers, limited) in [(1, true), (10, true), (32, true), (10, false), (32, false)] {
-        let per_caller = 2000;
-        let cpu0 = redis_cpu_secs().await;
-        let (calls0, ops0) = shared.grouped();
-        let mut tasks = tokio::task::JoinSet::new();
-        for c in 0..callers {
-            let (shared, prefix, payload) = (shared.clone(), prefix.clone(), payload.clone());
-            tasks.spawn(async move {
-                for i in 0..per_caller {
-                    let append = Append {
-                        stream: format!("{prefix}:{{q}}:stream"),
-                        seen: format!("{prefix}:{{q}}:seen:{c}:{i}"),
-                        payload: payload.clone(),
-                        dedupe: true,
-                        window_secs: 60,
-                    };
-                    let op = match limited {
-                        true => Op::LimitedAppend(
-                            Limit {
-                                key: format!("{prefix}:rl:{}", c % 4),
-                                interval_us: 1,
-                                burst: 1_000_000,
-                                now_us: None,
-                            },
-                            append,
-                        ),
-                        false => Op::Append(append),
-                    };
-                    shared.run(op).await.unwrap();
-                }
-            });
-        }
-        while tasks.join_next().await.is_some() {}
-        let ops = (callers * per_caller) as f64;
-        let cpu = redis_cpu_secs().await - cpu0;
-        let (calls, grouped) = shared.grouped();
-        println!(
-            "{} from {callers} callers: Redis {:.1} µs per op, {:.1} ops per call",
-            if limited {
-                "rate check + dedupe + append"
-            } else {
-                "dedupe + append"
-            },
-            cpu * 1e6 / ops,
-            (grouped - ops0) as f64 / (calls - calls0).max(1) as f64
-        );
-        support::remove_keys(&format!("{prefix}:")).await;
-    }
-}
-
-/// The engine's mean group size on the request path's Redis connection (ops per call), from
-/// its `/metrics` (0 when it exports none: a build before group commit).
-async fn redis_group_size(port: u16) -> f64 {
-    let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await else {
-        return 0.0;
-    };
-    let text = r.text().await.unwrap_or_default();
-    let value = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    let calls = value("engine_redis_group_calls_total");
-    if calls == 0.0 {
-        return 0.0;
-    }
-    value("engine_redis_group_operations_total") / calls
 }
 
 /// CPU per request over a run, microseconds: of the server under load (the engine or the bare
@@ -608,322 +547,11 @@ async fn offer(
     (summarize(rate, all, took, errors), sent)
 }
 
-/// Ingest at saturation with an `engine worker` process writing Postgres beside it: requests/s
-/// against `ingest_only`, whether the worker kept pace (rows written during the run against
-/// requests accepted, the backlog's growth), and the CPU each event cost the worker.
-async fn with_workers(setup: &Setup, round: u64, secs: f64, ingest_only: f64) {
-    let stream = format!("{}:{{q:vapi}}:stream", setup.prefix);
-    let redis = redis::Client::open("redis://127.0.0.1:6379").unwrap();
-    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
-    // the ingest-only round's events are not this run's work: without them the worker sees only
-    // what arrives while it runs (the consumer group stays)
-    let _: i64 = redis::cmd("XTRIM")
-        .arg(&stream)
-        .arg("MAXLEN")
-        .arg(0)
-        .query_async(&mut conn)
-        .await
-        .unwrap_or(0);
-    let mut xlen = async || -> i64 {
-        redis::cmd("XLEN")
-            .arg(&stream)
-            .query_async(&mut conn)
-            .await
-            .unwrap_or(-1)
-    };
-    let server = Server::spawn(engine(&["serve", "--no-worker"], setup, setup.dir.path()));
-    let worker = Server::spawn_worker(engine(&["worker"], setup, setup.dir.path()));
-    let url = format!("http://127.0.0.1:{}/api/webhooks/vapi", server.port);
-    let bodies = Arc::new(Bodies::new(std::process::id() as u64 * 10 + 100 + round));
-    let _ = saturate(&url, Some(bodies.clone()), 1.0).await;
-    let (depth0, rows0) = (xlen().await, count(&setup.pg, &setup.schema).await);
-    let start = Cost::start(&server).await;
-    let worker0 = worker.cpu_secs();
-    let sat = saturate(&url, Some(bodies), secs).await;
-    let cost = Cost::since(&server, start, sat.count as f64).await;
-    let worker_secs = worker.cpu_secs() - worker0;
-    let (depth1, rows1) = (xlen().await, count(&setup.pg, &setup.schema).await);
-    server.stop();
-    worker.stop();
-    let rows = (rows1 - rows0).max(1);
-    println!(
-        "  with a worker: ingest {:.0} req/s ({:.0}% of ingest only; p99 {:.2} ms), {} rows written for {} requests ({:.0}%), backlog {:+}; CPU per event: worker {:.0} µs; per request: ingest {:.0} µs, Redis {:.0} µs",
-        sat.achieved,
-        100.0 * sat.achieved / ingest_only,
-        sat.p99,
-        rows,
-        sat.count,
-        100.0 * rows as f64 / sat.count.max(1) as f64,
-        depth1 - depth0,
-        worker_secs * 1e6 / rows as f64,
-        cost.server_us,
-        cost.redis_us,
-    );
-}
-
-/// Requests at `rate` for `secs` through the engine with workers: request sent -> row committed.
-async fn end_to_end(
-    pg: &tokio_postgres::Client,
-    setup: &Setup,
-    url: &str,
-    seed: u64,
-    rate: f64,
-    secs: f64,
-) {
-    let e2e_bodies = Arc::new(Bodies::new(std::process::id() as u64 + seed));
-    let wall = std::time::SystemTime::now();
-    let anchor = Instant::now();
-    let (r, sent) = offer(url, e2e_bodies, rate, secs).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let rows = pg
-        .query(
-            &format!(
-                "SELECT call_id::text, extract(epoch from created_at)::float8 FROM {}.call_logs WHERE call_id::text = ANY($1)",
-                setup.schema
-            ),
-            &[&sent.iter().map(|(id, _)| id.clone()).collect::<Vec<String>>()],
-        )
-        .await
-        .unwrap();
-    let committed: std::collections::HashMap<String, f64> =
-        rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-    let wall0 = wall
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64();
-    let mut e2e: Vec<Duration> = sent
-        .iter()
-        .filter_map(|(id, due)| {
-            let at = committed.get(id)?;
-            let sent_at = wall0 + due.duration_since(anchor).as_secs_f64();
-            Some(Duration::from_secs_f64((at - sent_at).max(0.0)))
-        })
-        .collect();
-    e2e.sort();
-    println!(
-        "end to end at {rate:.0} req/s (request sent -> row committed): {} of {} rows, p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms (answers p99 {:.2} ms)",
-        e2e.len(),
-        sent.len(),
-        percentile(&e2e, 0.5),
-        percentile(&e2e, 0.95),
-        percentile(&e2e, 0.99),
-        r.p99
-    );
-}
-
 async fn count(pg: &tokio_postgres::Client, schema: &str) -> i64 {
     pg.query_one(&format!("SELECT count(*) FROM {schema}.call_logs"), &[])
         .await
         .unwrap()
         .get(0)
-}
-
-async fn run(quick: bool, saturation_only: bool, pace: bool) {
-    let Some(setup) = support::setup("load").await else {
-        eprintln!("no Postgres at 127.0.0.1:5432: skipping");
-        return;
-    };
-    let secs = if quick { 1.0 } else { 5.0 };
-    if std::env::var("LOAD_STATIC_RESPOND").is_ok() {
-        // what the Vapi respond script costs: the same pipeline answering statically
-        let path = setup.dir.path().join("vapi.yaml");
-        let text = std::fs::read_to_string(&path).unwrap();
-        let start = text.find("respond:\n").unwrap();
-        let end = start + text[start..].find("\n\n").unwrap();
-        let fixed = "respond:\n  status: 200\n  content_type: application/json\n  body: '{\"received\":true}'";
-        std::fs::write(&path, format!("{}{fixed}{}", &text[..start], &text[end..])).unwrap();
-        println!("(the Vapi pipeline answers statically: LOAD_STATIC_RESPOND)");
-    }
-    let pg = &setup.pg;
-    println!(
-        "load benchmark: {} (generator, server, Redis and Postgres on the same cores)",
-        cpu()
-    );
-
-    // 1. the ceiling
-    let bare = Server::spawn(bare_command());
-    let bare_url = format!("http://127.0.0.1:{}/", bare.port);
-    // the same 2 KiB bodies, so the ratio compares the engine's work, not the transfer
-    let warm = Arc::new(Bodies::new(0));
-    let _ = saturate(&bare_url, Some(warm.clone()), 1.0).await;
-    let ceiling = saturate(&bare_url, Some(warm), secs).await;
-    bare.stop();
-    println!(
-        "ceiling (bare salvo, {CLIENTS} connections): {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms",
-        ceiling.achieved, ceiling.p50, ceiling.p99
-    );
-
-    if saturation_only {
-        // three rounds of ingest then ceiling: a change is compared on the spread, not one number
-        for round in 1..=3 {
-            let server = Server::spawn(engine(&["serve", "--no-worker"], &setup, setup.dir.path()));
-            let url = format!("http://127.0.0.1:{}/api/webhooks/vapi", server.port);
-            let bodies = Arc::new(Bodies::new(std::process::id() as u64 * 10 + round));
-            let _ = saturate(&url, Some(bodies.clone()), 1.0).await;
-            let start = Cost::start(&server).await;
-            let sat = saturate(&url, Some(bodies), secs).await;
-            let cost = Cost::since(&server, start, sat.count as f64).await;
-            let group = redis_group_size(server.port).await;
-            server.stop();
-            let bare = Server::spawn(bare_command());
-            let bare_url = format!("http://127.0.0.1:{}/", bare.port);
-            let start = Cost::start(&bare).await;
-            let ceiling = saturate(&bare_url, Some(Arc::new(Bodies::new(0))), secs).await;
-            let bare_cost = Cost::since(&bare, start, ceiling.count as f64).await;
-            bare.stop();
-            println!(
-                "round {round}: ingest {:.0} req/s (p50 {:.2} ms, p99 {:.2} ms, {} errors; CPU per request: engine {:.0} µs, Redis {:.0} µs, generator {:.0} µs; {:.1} Redis ops per call), ceiling {:.0} req/s (bare server {:.0} µs, generator {:.0} µs): {:.1}%; engine + Redis = {:.1}× the bare server's CPU",
-                sat.achieved,
-                sat.p50,
-                sat.p99,
-                sat.errors,
-                cost.server_us,
-                cost.redis_us,
-                cost.generator_us,
-                group,
-                ceiling.achieved,
-                bare_cost.server_us,
-                bare_cost.generator_us,
-                100.0 * sat.achieved / ceiling.achieved,
-                (cost.server_us + cost.redis_us) / bare_cost.server_us
-            );
-            if pace {
-                with_workers(&setup, round, secs, sat.achieved).await;
-            }
-        }
-        setup.cleanup().await;
-        return;
-    }
-
-    // 2. ingest
-    let server = Server::spawn(engine(&["serve", "--no-worker"], &setup, setup.dir.path()));
-    let url = format!("http://127.0.0.1:{}/api/webhooks/vapi", server.port);
-    let bodies = Arc::new(Bodies::new(std::process::id() as u64));
-    let _ = saturate(&url, Some(bodies.clone()), 1.0).await;
-    let sat = saturate(&url, Some(bodies.clone()), secs).await;
-    println!(
-        "ingest at saturation ({CLIENTS} connections): {:.0} req/s ({:.0}% of the ceiling), p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms, {} errors",
-        sat.achieved,
-        100.0 * sat.achieved / ceiling.achieved,
-        sat.p50,
-        sat.p95,
-        sat.p99,
-        sat.errors
-    );
-    let mut curve = Vec::new();
-    for fraction in [0.1, 0.25, 0.5, 0.75, 0.9] {
-        let rate = (sat.achieved * fraction).max(50.0);
-        let (r, _) = offer(&url, bodies.clone(), rate, secs).await;
-        println!(
-            "ingest at {:>3.0}% ({:>6.0} req/s offered): achieved {:>6.0}, p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms, {} errors",
-            fraction * 100.0,
-            rate,
-            r.achieved,
-            r.p50,
-            r.p95,
-            r.p99,
-            r.errors
-        );
-        curve.push(r);
-    }
-    // The harness's own share of those latencies: the same open-loop generator at the half
-    // rate against the bare server (timer granularity, the generator's own scheduling).
-    let bare = Server::spawn(bare_command());
-    let half = (sat.achieved * 0.5).max(50.0);
-    let (floor, _) = offer(
-        &format!("http://127.0.0.1:{}/", bare.port),
-        // bodies of their own: `bodies` counts what the engine queued, for the drain
-        Arc::new(Bodies::new(1)),
-        half,
-        secs,
-    )
-    .await;
-    bare.stop();
-    println!(
-        "generator floor (bare salvo at {half:.0} req/s offered): p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms",
-        floor.p50, floor.p95, floor.p99
-    );
-    let rss = server.peak_rss();
-    println!(
-        "peak RSS of engine serve under load: {:.1} MiB",
-        rss as f64 / 1048576.0
-    );
-    let ingest_boot = server.booted;
-    server.stop();
-
-    // 3. drain
-    let queued = bodies.next.load(Ordering::Relaxed) as i64;
-    let before = count(pg, &setup.schema).await;
-    let started = Instant::now();
-    let worker = Server::spawn_worker(engine(&["worker"], &setup, setup.dir.path()));
-    // Done when the stream is empty: a worker deletes an entry only after its row is committed.
-    // Watching the stream (O(1) in Redis) rather than counting rows: a count(*) of a table of
-    // 200,000 rows twenty times a second took Postgres time from the very writes it measured.
-    let stream = format!("{}:{{q:vapi}}:stream", setup.prefix);
-    let redis = redis::Client::open("redis://127.0.0.1:6379").unwrap();
-    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
-    loop {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let depth: i64 = redis::cmd("XLEN")
-            .arg(&stream)
-            .query_async(&mut conn)
-            .await
-            .unwrap_or(-1);
-        if depth == 0 || started.elapsed() > Duration::from_secs(300) {
-            break;
-        }
-    }
-    let drain_secs = started.elapsed().as_secs_f64();
-    let drained = count(pg, &setup.schema).await - before;
-    let worker_rss = worker.peak_rss();
-    worker.stop();
-    println!(
-        "drain: {drained} of {queued} events into Postgres in {drain_secs:.2} s: {:.0} events/s (worker peak RSS {:.1} MiB)",
-        drained as f64 / drain_secs,
-        worker_rss as f64 / 1048576.0
-    );
-
-    // 4. end to end, with workers, at a steady rate, then nearly idle
-    let server = Server::spawn(engine(&["serve"], &setup, setup.dir.path()));
-    let url = format!("http://127.0.0.1:{}/api/webhooks/vapi", server.port);
-    for (seed, rate) in [(1, (sat.achieved * 0.25).max(50.0)), (2, 20.0)] {
-        end_to_end(pg, &setup, &url, seed, rate, secs).await;
-    }
-    server.stop();
-
-    // 5. start-up and validate with 50 pipelines
-    let fifty = fifty_pipelines(setup.dir.path());
-    let mut boots = Vec::new();
-    for _ in 0..5 {
-        let s = Server::spawn(engine(&["serve", "--no-worker"], &setup, fifty.path()));
-        boots.push(s.booted);
-        s.stop();
-    }
-    boots.sort();
-    let mut validates = Vec::new();
-    for _ in 0..5 {
-        let t = Instant::now();
-        let out = engine(&["validate"], &setup, fifty.path())
-            .output()
-            .unwrap();
-        validates.push(t.elapsed());
-        assert!(
-            out.status.success(),
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    validates.sort();
-    println!(
-        "boot (spawn -> listening, median of 5): shipped pipelines {:.0} ms, 50 pipelines {:.0} ms; engine validate with 50 pipelines: {:.0} ms",
-        ingest_boot.as_secs_f64() * 1e3,
-        boots[2].as_secs_f64() * 1e3,
-        validates[2].as_secs_f64() * 1e3
-    );
-
-    plot(&curve, &sat, &ceiling);
-    setup.cleanup().await;
 }
 
 impl Server {
@@ -942,123 +570,6 @@ impl Server {
             booted: Duration::ZERO,
         }
     }
-}
-
-/// The shipped set plus 46 more copies of the Vapi pipeline on their own routes: 50 pipelines.
-fn fifty_pipelines(shipped: &Path) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    copy(shipped, dir.path());
-    let vapi = std::fs::read_to_string(shipped.join("vapi.yaml")).unwrap();
-    for i in 0..46 {
-        std::fs::write(
-            dir.path().join(format!("vapi-{i:02}.yaml")),
-            vapi.replace("name: vapi\n", &format!("name: vapi-{i:02}\n"))
-                .replace(
-                    "path: /api/webhooks/vapi",
-                    &format!("path: /api/webhooks/vapi/{i:02}"),
-                ),
-        )
-        .unwrap();
-    }
-    dir
-}
-
-/// Make DejaVu Sans the plots' "sans-serif" (plotters draws no text without a font); `false`,
-/// with a line saying `what` is skipped, when it is not installed (`fonts-dejavu-core`).
-fn labels_font(what: &str) -> bool {
-    let Ok(font) = std::fs::read("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf") else {
-        println!("{what} skipped: no DejaVuSans.ttf for labels");
-        return false;
-    };
-    let font: &'static [u8] = Box::leak(font.into_boxed_slice());
-    let loaded =
-        plotters::style::register_font("sans-serif", plotters::style::FontStyle::Normal, font)
-            .is_ok();
-    if !loaded {
-        println!("{what} skipped: the font did not load");
-    }
-    loaded
-}
-
-/// Latency percentiles against offered load, with the saturation and ceiling rates marked.
-fn plot(curve: &[Run], sat: &Run, ceiling: &Run) {
-    use plotters::prelude::*;
-    if !labels_font("latency plot") {
-        return;
-    }
-    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/benchmarks-latency.png");
-    let root = BitMapBackend::new(&out, (900, 560)).into_drawing_area();
-    root.fill(&WHITE).unwrap();
-    let max_x = ceiling.achieved.max(sat.achieved) * 1.05;
-    let max_y = curve
-        .iter()
-        .map(|r| r.p99)
-        .chain([sat.p99])
-        .fold(1.0f64, f64::max)
-        * 1.2;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "engine: Vapi end-of-call-report ingest latency vs offered load (2 cores)",
-            ("sans-serif", 20),
-        )
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0f64..max_x, (0.1f64..max_y).log_scale())
-        .unwrap();
-    chart
-        .configure_mesh()
-        .x_desc("offered load, requests/s")
-        .y_desc("latency, ms (log scale)")
-        .label_style(("sans-serif", 14))
-        .draw()
-        .unwrap();
-    type Percentile = fn(&Run) -> f64;
-    let series: [(&str, RGBColor, Percentile); 3] = [
-        ("p50", BLUE, |r| r.p50),
-        ("p95", GREEN, |r| r.p95),
-        ("p99", RED, |r| r.p99),
-    ];
-    for (name, color, value) in series {
-        let points: Vec<(f64, f64)> = curve.iter().map(|r| (r.offered, value(r))).collect();
-        chart
-            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
-            .unwrap()
-            .label(name)
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
-        chart
-            .draw_series(points.iter().map(|p| Circle::new(*p, 4, color.filled())))
-            .unwrap();
-    }
-    for (name, x, color) in [
-        ("engine saturation", sat.achieved, BLACK),
-        (
-            "bare salvo ceiling",
-            ceiling.achieved,
-            RGBColor(150, 150, 150),
-        ),
-    ] {
-        chart
-            .draw_series(LineSeries::new(
-                vec![(x, 0.1), (x, max_y)],
-                color.stroke_width(1),
-            ))
-            .unwrap()
-            .label(format!("{name}: {x:.0}/s"))
-            .legend(move |(lx, ly)| PathElement::new(vec![(lx, ly), (lx + 20, ly)], color));
-    }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 14))
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()
-        .unwrap();
-    root.present().unwrap();
-    println!("plot: {}", out.display());
 }
 
 fn cpu() -> String {

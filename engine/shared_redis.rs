@@ -55,7 +55,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The group script: `ARGV[1]` ops, each a kind then its arguments, its keys in order in KEYS.
 /// `L` = the GCRA check (1 key; interval, burst, now); `A` = dedupe + append (stream, seen key;
-/// payload, dedupe flag, window); `LA` = the check, then the append only when it allows. Every op
+/// event meta, raw body, dedupe flag, window); `LA` = the check, then the append only when it allows. Every op
 /// runs under pcall, so one failing op answers an error and the others still run.
 ///
 /// `gcra(key, interval µs, burst, now µs or '' for Redis's clock)` is `rate_limit::redis`'s
@@ -83,16 +83,16 @@ local function gcra(key, interval, burst, now)
   redis.call('SET', key, string.format('%.0f', new_tat), 'PX', ttl)
   return {1, 0, ttl, math.floor((span - (new_tat - now)) / interval)}
 end
-local function append(stream, seen, payload, dedupe, window)
+local function append(stream, seen, payload, body, dedupe, window)
   if dedupe ~= '' then
     if not redis.call('SET', seen, '1', 'NX', 'EX', window) then return '' end
   end
-  return redis.call('XADD', stream, '*', 'e', payload, 'a', '0')
+  return redis.call('XADD', stream, '*', 'e', payload, 'b', body, 'a', '0')
 end
-local function limited_append(key, interval, burst, now, stream, seen, payload, dedupe, window)
+local function limited_append(key, interval, burst, now, stream, seen, payload, body, dedupe, window)
   local d = gcra(key, interval, burst, now)
   if d[1] == 0 then return {0, d[2], d[3], 0, ''} end
-  return {1, d[2], d[3], d[4], append(stream, seen, payload, dedupe, window)}
+  return {1, d[2], d[3], d[4], append(stream, seen, payload, body, dedupe, window)}
 end
 local out = {}
 local k, a = 1, 2
@@ -104,14 +104,14 @@ for i = 1, tonumber(ARGV[1]) do
     k = k + 1
     a = a + 4
   elseif kind == 'A' then
-    ok, r = pcall(append, KEYS[k], KEYS[k + 1], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3])
+    ok, r = pcall(append, KEYS[k], KEYS[k + 1], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4])
     k = k + 2
-    a = a + 4
+    a = a + 5
   else
     ok, r = pcall(limited_append, KEYS[k], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3],
-      KEYS[k + 1], KEYS[k + 2], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6])
+      KEYS[k + 1], KEYS[k + 2], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7])
     k = k + 3
-    a = a + 7
+    a = a + 8
   end
   if ok then
     out[i] = r
@@ -134,13 +134,15 @@ pub struct Limit {
     pub now_us: Option<u64>,
 }
 
-/// Dedupe + append: the stream, the dedupe key, the entry's payload, whether to dedupe, and the
-/// dedupe window in seconds.
+/// Dedupe + append: the stream, the dedupe key, the entry's payload (the event without its body)
+/// and raw body (stored as fields `e` and `b`: no base64, no JSON escaping of the body), whether
+/// to dedupe, and the dedupe window in seconds.
 #[derive(Debug, Clone)]
 pub struct Append {
     pub stream: String,
     pub seen: String,
     pub payload: String,
+    pub body: bytes::Bytes,
     pub dedupe: bool,
     pub window_secs: u64,
 }
@@ -176,6 +178,7 @@ impl Op {
             call.key(&a.stream)
                 .key(&a.seen)
                 .arg(&a.payload)
+                .arg(a.body.as_ref())
                 .arg(if a.dedupe { "1" } else { "" })
                 .arg(a.window_secs.max(1));
         }

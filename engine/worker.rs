@@ -103,6 +103,19 @@ fn timed_run(
     out
 }
 
+/// Run the transforms of a batch, which are CPU work that must not stall the runtime: on a
+/// multi-threaded runtime in place (`block_in_place`: this thread runs them and hands its other
+/// tasks to the other threads; no hand-off of the batch to another thread and back), elsewhere
+/// (a current-thread runtime: tests, one-shot commands) on the blocking pool.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
+    match tokio::runtime::Handle::current().runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::MultiThread => Ok(tokio::task::block_in_place(f)),
+        _ => tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| e.to_string()),
+    }
+}
+
 /// A sink write failed.
 fn sink_failed(sink: &str, kind: &'static str) {
     metrics::counter!("engine_sink_errors_total", "sink" => sink.to_string(), "kind" => kind)
@@ -164,16 +177,25 @@ impl Worker {
         let events: Vec<crate::transform::EventInput> =
             ds.iter().map(|d| d.event.clone()).collect();
         let queue = self.outcomes.name().to_string();
-        let outcomes = tokio::task::spawn_blocking(move || {
+        let outcomes = blocking(move || {
+            // one histogram handle for the batch, not one label lookup per event
+            let timing = metrics::histogram!("engine_transform_duration_seconds", "queue" => queue);
             events
                 .iter()
-                .map(|e| timed_run(&program, e, &queue))
+                .map(|e| {
+                    let started = std::time::Instant::now();
+                    let out = program.run(e);
+                    timing.record(started.elapsed().as_secs_f64());
+                    out
+                })
                 .collect::<Vec<_>>()
         })
         .await
-        .map_err(|e| QueueError::Task(e.to_string()))?;
+        .map_err(QueueError::Task)?;
         let mut acks: Vec<&Delivery> = Vec::new();
-        let mut groups: std::collections::BTreeMap<String, Vec<(&Delivery, Batch)>> =
+        // per sink: the deliveries and their batches, side by side (the batches are handed to
+        // the sink as a slice, not copied)
+        let mut groups: std::collections::BTreeMap<String, (Vec<&Delivery>, Vec<Batch>)> =
             Default::default();
         for (d, outcome) in ds.iter().zip(outcomes) {
             match outcome {
@@ -193,7 +215,9 @@ impl Worker {
                         step,
                         rows,
                     };
-                    groups.entry(sink).or_default().push((d, batch));
+                    let group = groups.entry(sink).or_default();
+                    group.0.push(d);
+                    group.1.push(batch);
                 }
                 Err(f) if f.kind == FailureKind::Retry => {
                     self.transform_failed("retry");
@@ -205,30 +229,27 @@ impl Worker {
                 }
             }
         }
-        for (name, group) in &groups {
+        for (name, (delivered, batches)) in &groups {
             let sink = &self.sinks[name];
-            let together = if sink.batches() && group.len() > 1 {
-                let batches: Vec<Batch> = group.iter().map(|(_, b)| b.clone()).collect();
-                Some(sink.write_many(&batches).await)
+            let together = if sink.batches() && batches.len() > 1 {
+                Some(sink.write_many(batches).await)
             } else {
                 None
             };
             match together {
                 Some(Ok(())) => {
-                    for (d, b) in group {
-                        self.written(&d.event, name, b.rows.len());
-                    }
-                    acks.extend(group.iter().map(|(d, _)| *d));
+                    self.written_all(delivered, batches, name);
+                    acks.extend(delivered.iter().copied());
                 }
                 Some(Err(SinkError::Retry(e))) => {
                     sink_failed(name, "retry");
-                    for (d, _) in group {
+                    for d in delivered {
                         self.again(d, format!("sink `{name}`: {e}")).await?;
                     }
                 }
                 // one at a time: a permanent failure is that of one event, not its neighbours
                 Some(Err(SinkError::Permanent(_))) | None => {
-                    for (d, b) in group {
+                    for (d, b) in delivered.iter().copied().zip(batches) {
                         match sink.write(b).await {
                             Ok(()) => {
                                 self.written(&d.event, name, b.rows.len());
@@ -329,6 +350,22 @@ impl Worker {
     fn transform_failed(&self, kind: &'static str) {
         metrics::counter!("engine_transform_failures_total", "queue" => self.outcomes.name().to_string(), "kind" => kind)
             .increment(1);
+    }
+
+    /// Several events' rows are written by one statement: counted once for the group, each
+    /// event's time since its request arrived recorded through one histogram handle.
+    fn written_all(&self, delivered: &[&Delivery], batches: &[Batch], sink: &str) {
+        let queue = self.outcomes.name().to_string();
+        metrics::counter!("engine_events_processed_total", "queue" => queue.clone(), "outcome" => "written")
+            .increment(delivered.len() as u64);
+        metrics::counter!("engine_sink_rows_total", "sink" => sink.to_string())
+            .increment(batches.iter().map(|b| b.rows.len() as u64).sum());
+        let latency = metrics::histogram!("engine_event_latency_seconds", "queue" => queue);
+        let now = chrono::Utc::now().timestamp_millis();
+        for d in delivered {
+            latency.record((now - d.event.received_at_ms).max(0) as f64 / 1000.0);
+        }
+        crate::ops::alerts::sink_ok(sink);
     }
 
     /// An event's rows are written: count them and the time since its request arrived.

@@ -3,16 +3,16 @@
 //! shown, not counted).
 //!
 //! ```text
-//! at pace   engine serve --no-worker + engine worker; signed 2 KiB Vapi end-of-call-reports
-//!           offered at a fixed rate (open loop) the worker keeps up with; CPU of each process
-//!           from /proc (Redis from INFO cpu, Postgres summed over its processes) over the run
-//!           and until every row is committed, divided by the events
+//! at pace   engine serve --no-worker + engine worker; signed 2 KiB Vapi end-of-call-reports,
+//!           ingest saturated by 32 connections (closed loop) while the worker keeps pace; CPU
+//!           of each process from /proc (Redis from INFO cpu, Postgres summed over its
+//!           processes) over the run and until every row is committed, divided by the events
 //! backlog   the queue filled first by ingest alone (its CPU per request measured), then one
 //!           engine worker started on it: CPU until the last row is committed, per event
 //! ```
 //!
-//! Three rounds (`--quick`: one, shorter). `LOAD_COST_RATE` sets the offered rate (default
-//! 2,000/s); `LOAD_ENGINE` another build (one with frame pointers for `perf record -g`, whose
+//! Three rounds (`--quick`: one, shorter). `LOAD_COST_RATE=<n>` offers n events/s (open loop)
+//! instead of saturating, to see the cost at a steady low load; `LOAD_ENGINE` another build (one with frame pointers for `perf record -g`, whose
 //! pid the run prints).
 
 use std::sync::Arc;
@@ -63,18 +63,20 @@ fn verdict(value: f64, target: f64) -> String {
 
 /// Run the cost measurement.
 pub async fn run(setup: &Setup, quick: bool) {
-    let rate: f64 = std::env::var("LOAD_COST_RATE")
+    let rate: Option<f64> = std::env::var("LOAD_COST_RATE")
         .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(2000.0);
-    let (secs, rounds) = if quick { (2.0, 1) } else { (8.0, 3) };
+        .and_then(|r| r.parse().ok());
+    let (secs, rounds) = if quick { (2.0, 1) } else { (6.0, 3) };
     println!(
-        "cost: CPU per event (µs), {rate:.0} events/s offered at pace for {secs:.0} s; backlog of the same count; Vapi end-of-call-reports (2 KiB) -> call_logs"
+        "cost: CPU per event (µs); pace: ingest {} for {secs:.0} s with an engine worker beside it; backlog: the queue filled by ingest alone, then drained by a worker; Vapi end-of-call-reports (2 KiB) -> call_logs",
+        rate.map_or("saturated by 32 connections".to_string(), |r| format!(
+            "offered {r:.0}/s"
+        )),
     );
     let mut met = 0;
     for round in 0..rounds {
         let pace = at_pace(setup, round, rate, secs).await;
-        let backlog = backlog(setup, round, (rate * secs) as usize).await;
+        let backlog = backlog(setup, round, pace.0.max(1000) as usize).await;
         println!("round {}:", round + 1);
         println!("  {}", pace.1.line("pace", pace.0));
         println!("  {}", backlog.1.line("backlog", backlog.0));
@@ -90,8 +92,9 @@ pub async fn run(setup: &Setup, quick: bool) {
     );
 }
 
-/// Ingest and worker side by side at a fixed rate; CPU until every row is committed.
-async fn at_pace(setup: &Setup, round: usize, rate: f64, secs: f64) -> (i64, PerEvent) {
+/// Ingest and worker side by side, ingest saturated by 32 connections (or at a fixed rate);
+/// CPU until every row is committed.
+async fn at_pace(setup: &Setup, round: usize, rate: Option<f64>, secs: f64) -> (i64, PerEvent) {
     let server = Server::spawn(engine(&["serve", "--no-worker"], setup, setup.dir.path()));
     let worker = Server::spawn_worker(engine(&["worker"], setup, setup.dir.path()));
     print_pids(&server, &worker);
@@ -99,14 +102,20 @@ async fn at_pace(setup: &Setup, round: usize, rate: f64, secs: f64) -> (i64, Per
     // warm-up: connections, pools, the worker's first reads (not counted)
     let warm = Arc::new(Bodies::new(seed(round, 1)));
     let warm_rows = count(&setup.pg, &setup.schema).await;
-    let (_, sent) = offer(&url, warm, rate, 1.0).await;
+    let (_, sent) = offer(&url, warm, 1000.0, 1.0).await;
     settle(setup, warm_rows + sent.len() as i64).await;
 
     let before = count(&setup.pg, &setup.schema).await;
+    let profile = Profile::start(&worker, "pace");
     let cpu = Cpu::now(Some(&server), Some(&worker)).await;
-    let (run, _) = offer(&url, Arc::new(Bodies::new(seed(round, 2))), rate, secs).await;
+    let bodies = Arc::new(Bodies::new(seed(round, 2)));
+    let run = match rate {
+        Some(rate) => offer(&url, bodies, rate, secs).await.0,
+        None => saturate(&url, Some(bodies), secs).await,
+    };
     let rows = settle(setup, before + run.count as i64).await - before;
     let spent = cpu.since(Some(&server), Some(&worker)).await;
+    profile.stop();
     server.stop();
     worker.stop();
     if run.errors > 0 {
@@ -130,8 +139,10 @@ async fn backlog(setup: &Setup, round: usize, events: usize) -> (i64, PerEvent) 
     let cpu = Cpu::now(None, None).await;
     // the worker's CPU counts from its start: its boot is part of draining a backlog
     let worker = Server::spawn_worker(engine(&["worker"], setup, setup.dir.path()));
+    let profile = Profile::start(&worker, "backlog");
     let rows = settle(setup, before + filled as i64).await - before;
     let drain = cpu.since(None, Some(&worker)).await;
+    profile.stop();
     worker.stop();
     let n = rows.max(1) as f64;
     let per = PerEvent {
@@ -193,6 +204,38 @@ async fn settle(setup: &Setup, expected: i64) -> i64 {
 
 fn seed(round: usize, phase: u64) -> u64 {
     std::process::id() as u64 * 1000 + 500 + round as u64 * 10 + phase
+}
+
+/// `LOAD_COST_PERF=<dir>`: `perf record` the worker through a measured phase into
+/// `<dir>/worker-<phase>.data` (`LOAD_COST_PERF_ARGS` adds options, e.g. `--call-graph dwarf`).
+struct Profile(Option<std::process::Child>);
+
+impl Profile {
+    fn start(worker: &Server, phase: &str) -> Profile {
+        let Ok(dir) = std::env::var("LOAD_COST_PERF") else {
+            return Profile(None);
+        };
+        let extra = std::env::var("LOAD_COST_PERF_ARGS").unwrap_or_default();
+        let child = std::process::Command::new("perf")
+            .args(["record", "-F", "1999", "-q", "-o"])
+            .arg(format!("{dir}/worker-{phase}.data"))
+            .args(extra.split_whitespace())
+            .args(["-p", &worker.child.id().to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok();
+        Profile(child)
+    }
+
+    fn stop(self) {
+        if let Some(mut child) = self.0 {
+            let _ = std::process::Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
 }
 
 fn print_pids(server: &Server, worker: &Server) {

@@ -39,6 +39,64 @@ pub struct PostgresSink {
     begin: Option<String>,
 }
 
+/// One row as the table receives it: (column, value) in the row's order, and its conflict key.
+struct MappedRow<'a> {
+    fields: Vec<(std::borrow::Cow<'a, str>, std::borrow::Cow<'a, Value>)>,
+    key: Vec<String>,
+}
+
+/// The rows' JSON array as text, sent as the `jsonb` parameter as it is (no `serde_json::Value`
+/// built to be serialized again).
+#[derive(Debug)]
+struct JsonText(Vec<u8>);
+
+impl JsonText {
+    fn of(rows: &[MappedRow<'_>]) -> Result<JsonText, SinkError> {
+        let bad =
+            |e: serde_json::Error| SinkError::Permanent(format!("a row cannot be stored: {e}"));
+        let mut out = Vec::with_capacity(rows.len() * 512);
+        out.push(b'[');
+        for (i, row) in rows.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.push(b'{');
+            for (j, (column, value)) in row.fields.iter().enumerate() {
+                if j > 0 {
+                    out.push(b',');
+                }
+                serde_json::to_writer(&mut out, column.as_ref()).map_err(bad)?;
+                out.push(b':');
+                serde_json::to_writer(&mut out, value.as_ref()).map_err(bad)?;
+            }
+            out.push(b'}');
+        }
+        out.push(b']');
+        Ok(JsonText(out))
+    }
+}
+
+impl tokio_postgres::types::ToSql for JsonText {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        // jsonb's binary form is a version byte (1) and the text
+        if *ty == Type::JSONB {
+            out.extend_from_slice(&[1]);
+        }
+        out.extend_from_slice(&self.0);
+        Ok(tokio_postgres::types::IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::JSONB || *ty == Type::JSON
+    }
+
+    tokio_postgres::types::to_sql_checked!();
+}
+
 /// `name` as a quoted SQL identifier, if it is a plain one.
 fn ident(name: &str) -> Option<String> {
     let mut chars = name.chars();
@@ -105,23 +163,24 @@ impl PostgresSink {
         &self.key
     }
 
-    /// The rows of `batches` as one JSON array, the statement that writes them, and a connection;
-    /// `None` when there is nothing to write.
+    /// The rows of `batches` as one JSON array (its text, written straight from the rows), the
+    /// statement that writes them, and a connection; `None` when there is nothing to write.
     async fn prepared(
         &self,
         batches: &[Batch],
-    ) -> Result<Option<(Value, String, deadpool_postgres::Object)>, SinkError> {
+    ) -> Result<Option<(JsonText, String, deadpool_postgres::Object)>, SinkError> {
         if batches.iter().all(|b| b.rows.is_empty()) {
             return Ok(None);
         }
-        let (rows, columns) = self.rows(batches)?;
+        let (rows, columns) = self.mapped(batches)?;
+        let text = JsonText::of(&rows)?;
         let sql = self.statement(&columns)?;
         let client = self
             .pool
             .get()
             .await
             .map_err(|e| SinkError::Retry(format!("database unavailable: {e}")))?;
-        Ok(Some((Value::Array(rows), sql, client)))
+        Ok(Some((text, sql, client)))
     }
 
     /// Write `batches` inside a transaction that is rolled back: whether the table takes what the
@@ -141,14 +200,36 @@ impl PostgresSink {
         let _ = client.batch_execute("ROLLBACK").await;
         match result {
             Ok(_) => Ok(()),
-            Err(e) => Err(self
-                .explain(&client, &e, rows.as_array().map_or(&[], Vec::as_slice))
-                .await),
+            Err(e) => Err(self.explain(&client, &e, batches).await),
         }
     }
 
-    /// The batches' rows as column → value objects, with `event_id`, `row_index` and encryption.
+    /// The batches' rows as column → value objects, with `event_id`, `row_index` and encryption
+    /// (the table check's samples, and a failed write's explanation).
     pub(crate) fn rows(&self, batches: &[Batch]) -> Result<(Vec<Value>, Vec<String>), SinkError> {
+        let (rows, columns) = self.mapped(batches)?;
+        let rows = rows
+            .into_iter()
+            .map(|r| {
+                Value::Object(
+                    r.fields
+                        .into_iter()
+                        .map(|(c, v)| (c.into_owned(), v.into_owned()))
+                        .collect(),
+                )
+            })
+            .collect();
+        Ok((rows, columns))
+    }
+
+    /// The batches' rows as the table receives them: each field under its column (`columns:`),
+    /// encrypted where `encrypt:` says, plus `event_id` and `row_index`; values borrowed from the
+    /// rows except what encryption makes. Sorted by conflict key, with every column named.
+    fn mapped<'a>(
+        &'a self,
+        batches: &'a [Batch],
+    ) -> Result<(Vec<MappedRow<'a>>, Vec<String>), SinkError> {
+        use std::borrow::Cow;
         let mut columns: Vec<String> = Vec::new();
         let mut out = Vec::new();
         for batch in batches {
@@ -156,48 +237,68 @@ impl PostgresSink {
                 let Value::Object(fields) = row else {
                     return Err(SinkError::Permanent("a row is not a map".into()));
                 };
-                let mut mapped = Map::new();
+                let mut mapped: Vec<(Cow<'a, str>, Cow<'a, Value>)> =
+                    Vec::with_capacity(fields.len() + 2);
                 for (field, value) in fields {
                     if !self.columns.allows(field) {
                         return Err(SinkError::Permanent(format!(
                             "row field `{field}` is not in the sink's `columns:` list"
                         )));
                     }
-                    let column = self.columns.column(field).to_string();
+                    let column = self.columns.column(field);
                     let value = if self.encrypt.contains(field) && !value.is_null() {
                         let text = value
                             .as_str()
                             .map_or_else(|| value.to_string(), str::to_string);
                         let ring = self.keyring.as_ref().expect("checked at build");
-                        Value::String(
+                        Cow::Owned(Value::String(
                             ring.encrypt(text.as_bytes(), &format!("{}.{column}", self.table)),
-                        )
+                        ))
                     } else {
-                        value.clone()
+                        Cow::Borrowed(value)
                     };
-                    mapped.insert(column, value);
-                }
-                mapped.insert("event_id".into(), batch.event_id.clone().into());
-                mapped.insert("row_index".into(), i.into());
-                for c in mapped.keys() {
-                    if !columns.contains(c) {
-                        columns.push(c.clone());
+                    // a field renamed onto another's column: the later one wins, as in a map
+                    match mapped.iter_mut().find(|(c, _)| c == column) {
+                        Some(slot) => slot.1 = value,
+                        None => mapped.push((Cow::Borrowed(column), value)),
                     }
                 }
-                out.push(Value::Object(mapped));
+                for (name, value) in [
+                    ("event_id", Value::from(batch.event_id.as_str())),
+                    ("row_index", Value::from(i)),
+                ] {
+                    match mapped.iter_mut().find(|(c, _)| c == name) {
+                        Some(slot) => slot.1 = Cow::Owned(value),
+                        None => mapped.push((Cow::Borrowed(name), Cow::Owned(value))),
+                    }
+                }
+                for (c, _) in &mapped {
+                    if !columns.iter().any(|k| k == c) {
+                        columns.push(c.to_string());
+                    }
+                }
+                let key = self
+                    .key
+                    .iter()
+                    .map(|k| {
+                        mapped
+                            .iter()
+                            .find(|(c, _)| c == k)
+                            .map(|(_, v)| v.to_string())
+                            .unwrap_or_default()
+                    })
+                    .collect();
+                out.push(MappedRow {
+                    fields: mapped,
+                    key,
+                });
             }
         }
         // One order for every statement: two workers writing rows with the same conflict keys
         // in two concurrent batches then take the rows' locks in the same order, and one waits
         // for the other instead of both deadlocking (Postgres would abort one with `deadlock
         // detected`, a rollback and a retry). Stable, so rows of one key keep their order.
-        let key = |row: &Value| -> Vec<String> {
-            self.key
-                .iter()
-                .map(|k| row.get(k).map(Value::to_string).unwrap_or_default())
-                .collect()
-        };
-        out.sort_by_cached_key(key);
+        out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok((out, columns))
     }
 
@@ -275,9 +376,7 @@ impl Sink for PostgresSink {
             };
             match result {
                 Ok(_) => Ok(()),
-                Err(e) => Err(self
-                    .explain(&client, &e, rows.as_array().map_or(&[], Vec::as_slice))
-                    .await),
+                Err(e) => Err(self.explain(&client, &e, batches).await),
             }
         })
     }
@@ -290,7 +389,7 @@ impl PostgresSink {
         &self,
         client: &tokio_postgres::Client,
         e: &tokio_postgres::Error,
-        rows: &[Value],
+        batches: &[Batch],
     ) -> SinkError {
         if !e
             .as_db_error()
@@ -298,7 +397,8 @@ impl PostgresSink {
         {
             return classify(e, &self.table);
         }
-        let column = self.failing_column(client, rows).await;
+        let rows = self.rows(batches).map(|(r, _)| r).unwrap_or_default();
+        let column = self.failing_column(client, &rows).await;
         let message = e
             .as_db_error()
             .map(|d| without_value(d.message()))

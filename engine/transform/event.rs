@@ -31,8 +31,25 @@ pub struct EventInput {
     pub headers: Vec<(String, String)>,
     pub params: Vec<(String, String)>,
     pub tenant: Option<String>,
-    #[serde(with = "body_base64")]
+    /// Base64 inside the JSON of the full form (retries, old entries); absent from the stored
+    /// form's `e` field, whose body is stored raw beside it ([`EventInput::stored_meta`]).
+    #[serde(default, with = "body_base64")]
     pub body: Bytes,
+}
+
+/// Every field of an [`EventInput`] but the body: the `e` field of a stored queue entry, whose
+/// raw body is the `b` field beside it.
+#[derive(serde::Serialize)]
+struct Meta<'a> {
+    id: &'a str,
+    pipeline: &'a str,
+    received_at_ms: i64,
+    method: &'a str,
+    path: &'a str,
+    query: &'a str,
+    headers: &'a [(String, String)],
+    params: &'a [(String, String)],
+    tenant: Option<&'a str>,
 }
 
 mod body_base64 {
@@ -55,6 +72,31 @@ mod body_base64 {
 }
 
 impl EventInput {
+    /// The stored form's JSON: the event without its body.
+    pub fn stored_meta(&self) -> Result<String, serde_json::Error> {
+        serde_json::to_string(&Meta {
+            id: &self.id,
+            pipeline: &self.pipeline,
+            received_at_ms: self.received_at_ms,
+            method: &self.method,
+            path: &self.path,
+            query: &self.query,
+            headers: &self.headers,
+            params: &self.params,
+            tenant: self.tenant.as_deref(),
+        })
+    }
+
+    /// An event read back from a queue entry: `e` in either form (without a body, or the full
+    /// form with a base64 body), and the raw body `b` when the entry has one (it wins).
+    pub fn from_stored(e: &[u8], b: Option<Vec<u8>>) -> Option<EventInput> {
+        let mut event: EventInput = serde_json::from_slice(e).ok()?;
+        if let Some(body) = b {
+            event.body = Bytes::from(body);
+        }
+        Some(event)
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()

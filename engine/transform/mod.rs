@@ -272,15 +272,18 @@ impl Program {
     pub fn run(&self, input: &EventInput) -> Result<Outcome, Failure> {
         // Shared values: rebuilding `event` per step, and `event.body` in a `when`, then copy a
         // pointer instead of the whole body.
-        let mut body = input
+        let body = input
             .parsed_body()
             .map_err(Failure::permanent)?
             .into_shared();
+        // One `event` map per event, shared by every step's `when` and script (a clone is a
+        // pointer copy); rebuilt only when a step without a sink reshapes the body. One scope,
+        // rewound to `event` between steps.
+        let mut scope = Scope::new();
+        scope.push_constant_dynamic("event", input.to_dynamic(body, &self.vars).into_shared());
         sandbox::with_deadline(self.timeout, || {
             for step in &self.steps {
-                let event = input.to_dynamic(body.clone(), &self.vars);
-                let mut scope = Scope::new();
-                scope.push_constant_dynamic("event", event);
+                scope.rewind(1);
                 if let Some(when) = &step.when {
                     let r = self
                         .engine
@@ -307,7 +310,11 @@ impl Program {
                             reason: format!("{} returned ()", step.name),
                         });
                     }
-                    None => body = result.into_shared(),
+                    None => {
+                        scope.rewind(0);
+                        let event = input.to_dynamic(result.into_shared(), &self.vars);
+                        scope.push_constant_dynamic("event", event.into_shared());
+                    }
                     Some(sink) => {
                         return rows(result, &step.label).map(|rows| match rows {
                             Some(rows) => Outcome::Rows {

@@ -230,29 +230,39 @@ fn parse_json(text: &str) -> Result<Dynamic, Box<EvalAltResult>> {
 /// script calls `get` many times on the same message map, and copying it each time cost more than
 /// the rest of the transform.
 fn get_path(value: &mut Dynamic, path: ImmutableString, default: Dynamic) -> Dynamic {
-    let segments: Vec<String> = if let Some(p) = path.strip_prefix('/') {
-        p.split('/')
-            .map(|s| s.replace("~1", "/").replace("~0", "~"))
-            .collect()
-    } else {
-        path.split('.')
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-            .collect()
+    // Called many times per event by the shipped scripts: the path is walked segment by segment
+    // without collecting the segments, and only the value found is cloned.
+    let found = match path.strip_prefix('/') {
+        Some(pointer) => lookup(
+            value,
+            pointer.split('/').map(|s| match s.contains('~') {
+                true => std::borrow::Cow::Owned(s.replace("~1", "/").replace("~0", "~")),
+                false => std::borrow::Cow::Borrowed(s),
+            }),
+        ),
+        None => lookup(
+            value,
+            path.split('.')
+                .filter(|s| !s.is_empty())
+                .map(std::borrow::Cow::Borrowed),
+        ),
     };
-    lookup(value, &segments).unwrap_or(default)
+    found.unwrap_or(default)
 }
 
 /// Walk by reference; only the value found is cloned.
-fn lookup(v: &Dynamic, segments: &[String]) -> Option<Dynamic> {
-    let Some((first, rest)) = segments.split_first() else {
+fn lookup<'a>(
+    v: &Dynamic,
+    mut segments: impl Iterator<Item = std::borrow::Cow<'a, str>>,
+) -> Option<Dynamic> {
+    let Some(first) = segments.next() else {
         return (!v.is_unit()).then(|| v.clone());
     };
     if let Some(map) = v.read_lock::<rhai::Map>() {
-        return lookup(map.get(first.as_str())?, rest);
+        return lookup(map.get(first.as_ref())?, segments);
     }
     if let Some(arr) = v.read_lock::<rhai::Array>() {
-        return lookup(arr.get(first.parse::<usize>().ok()?)?, rest);
+        return lookup(arr.get(first.parse::<usize>().ok()?)?, segments);
     }
     None
 }

@@ -1,6 +1,7 @@
 //! The module map holds: no import cycle between the engine's top-level modules (a module's
-//! files may name `crate::<other>`; following those names never leads back), and every top-level
-//! module is on the map in docs/architecture.md.
+//! files may name `crate::<other>`; following those names never leads back), every top-level
+//! module is on the map in docs/architecture.md, and no file of the engine or its benches holds
+//! more than 700 lines (a file that grows past it holds more than one concern: split it).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -81,6 +82,22 @@ fn no_import_cycles_between_top_level_modules() {
         .map(|c| c.join(" -> "))
         .collect();
     assert!(cycles.is_empty(), "import cycles:\n{}", cycles.join("\n"));
+}
+
+#[test]
+fn no_engine_or_bench_file_is_over_700_lines() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    collect(&root.join("engine"), &mut files);
+    collect(&root.join("benches"), &mut files);
+    let long: Vec<String> = files
+        .iter()
+        .filter_map(|f| {
+            let n = std::fs::read_to_string(f).unwrap().lines().count();
+            (n > 700).then(|| format!("{} ({n} lines)", f.strip_prefix(root).unwrap().display()))
+        })
+        .collect();
+    assert!(long.is_empty(), "split these by concern: {long:?}");
 }
 
 #[test]

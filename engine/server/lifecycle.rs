@@ -1,0 +1,254 @@
+//! The server's life: [`start`] binds a listener (port 0 in tests) and serves in a background
+//! task; [`serve`] is `engine serve` (announce Redis and the database, serve until SIGTERM or
+//! SIGINT, then drain); [`serve_workers`] is `engine worker` (queue workers, no listener).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use salvo::conn::{Acceptor, Listener};
+use salvo::prelude::*;
+
+use super::*;
+use crate::config::Project;
+
+/// Build `project` into an app, bind `addr` and serve in a background task, with queue workers.
+pub async fn start(
+    project: Project,
+    plan: crate::plan::Plan,
+    addr: SocketAddr,
+) -> std::io::Result<Running> {
+    start_with(project, plan, addr, true, Surroundings::default()).await
+}
+
+/// [`start`], choosing whether this process also runs the queue workers, and its surroundings.
+pub async fn start_with(
+    project: Project,
+    plan: crate::plan::Plan,
+    addr: SocketAddr,
+    workers: bool,
+    around: Surroundings,
+) -> std::io::Result<Running> {
+    // install the recorder before the first request, so no count is recorded into the void
+    let _ = crate::ops::metrics::handle();
+    let app = Arc::new(App::build_in(project, plan, around)?);
+    let queues = app.queues().count();
+    if queues > 0 {
+        let backend = if app.project.settings.redis_url.is_some() {
+            "redis"
+        } else {
+            "in-process"
+        };
+        tracing::info!(queues, backend, "queues initialised");
+    }
+    let acceptor = TcpListener::new(addr)
+        .try_bind()
+        .await
+        .map_err(std::io::Error::other)?;
+    let local = acceptor
+        .holdings()
+        .first()
+        .and_then(|h| h.local_addr.clone().into_std())
+        .unwrap_or(addr);
+    let t = app.project.settings.timeouts;
+    let fuse = salvo::fuse::FuseConfig::default()
+        .with_http1_header_timeout(Duration::from_secs(t.header_secs))
+        .with_request_body_timeout(Duration::from_secs(t.body_secs))
+        .with_connection_idle_timeout(Duration::from_secs(t.idle_secs));
+    let server = Server::new(acceptor).fuse_config(fuse);
+    let handle = server.handle();
+    let live = Arc::new(Live::new(app, workers));
+    // In-memory rate-limit keys of clients that went quiet carry no information: drop them.
+    let housekeeping = Arc::downgrade(&live);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            match housekeeping.upgrade() {
+                Some(live) => live.app().limiter.housekeeping(),
+                None => break,
+            }
+        }
+    });
+    let sampled = Arc::downgrade(&live);
+    crate::ops::metrics::start_sampler(move || sampled.upgrade().map(|l| l.app().sources()));
+    let service = service(live.clone());
+    let task = tokio::spawn(async move { server.serve(service).await });
+    Ok(Running {
+        addr: local,
+        handle,
+        task,
+        live,
+    })
+}
+
+/// Start-up lines about the queue's Redis (the seed's "Redis connected"), with warnings for
+/// settings that can lose events.
+async fn announce_redis(project: &Project) {
+    let Some(url) = &project.settings.redis_url else {
+        return;
+    };
+    match crate::queue::redis::configuration_warnings(url).await {
+        Ok(warnings) => {
+            tracing::info!("Redis connected");
+            for w in warnings {
+                tracing::warn!("{w}");
+                if project.env.is_production() {
+                    crate::ops::alerts::note(&w);
+                }
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "Redis unreachable: webhooks of queued pipelines will be answered 503 until it is back")
+        }
+    }
+}
+
+/// The seed's "Supabase connection established" start-up line, or an error naming the problem,
+/// from the app's own readiness check.
+async fn announce_database(app: &App) {
+    if app.project.settings.database_url.is_none() {
+        return;
+    }
+    let (_, body) = app.ready.run().await;
+    match body["checks"]["postgres"].as_str() {
+        Some("ok") => tracing::info!("database connected"),
+        state => tracing::error!(
+            state = state.unwrap_or("unknown"),
+            "database unreachable: sinks retry until it is back"
+        ),
+    }
+}
+
+/// Run only the queue workers until SIGTERM/SIGINT (`engine worker`).
+pub async fn serve_workers(project: Project, plan: crate::plan::Plan) -> std::io::Result<()> {
+    let _ops = crate::ops::start(&project);
+    announce_redis(&project).await;
+    let grace = Duration::from_secs(project.settings.shutdown_grace_secs);
+    let _ = crate::ops::metrics::handle();
+    let app = Arc::new(App::build(project, plan)?);
+    let sampled = Arc::downgrade(&app);
+    crate::ops::metrics::start_sampler(move || sampled.upgrade().map(|app| app.sources()));
+    let queues = app.queues().count();
+    let workers = queueing::start(app.queues());
+    let stop = shutdown_signal();
+    tracing::info!(queues, "workers running");
+    let signal = stop.await;
+    tracing::info!(
+        signal,
+        grace_secs = grace.as_secs(),
+        "stopping workers: finishing in-flight events"
+    );
+    workers.stop(grace).await;
+    tracing::info!("workers stopped");
+    Ok(())
+}
+
+/// How `engine serve` runs.
+#[derive(Debug, Clone, Default)]
+pub struct ServeOptions {
+    /// Run queue workers in this process.
+    pub workers: bool,
+    /// Write accepted requests as fixtures under this directory.
+    pub record: Option<std::path::PathBuf>,
+    /// Where SIGHUP (and `watch`) reload the pipelines from.
+    pub reload: Option<crate::server::reload::Source>,
+    /// Reload whenever a file under the pipelines directory changes.
+    pub watch: bool,
+}
+
+/// Serve until SIGTERM/SIGINT, then shut down gracefully.
+pub async fn serve(
+    project: Project,
+    plan: crate::plan::Plan,
+    opts: ServeOptions,
+) -> std::io::Result<()> {
+    let grace = Duration::from_secs(project.settings.shutdown_grace_secs);
+    let addr: SocketAddr = format!("{}:{}", project.settings.host, project.settings.port)
+        .parse()
+        .map_err(|_| {
+            std::io::Error::other(format!(
+                "cannot listen on host `{}`: not an IP address",
+                project.settings.host
+            ))
+        })?;
+    for p in &project.pipelines {
+        tracing::info!(
+            pipeline = %p.config.name,
+            method = %p.config.route.method,
+            path = %p.config.route.path,
+            file = %p.file.display(),
+            "pipeline loaded"
+        );
+    }
+    if project.settings.maintenance.enabled {
+        tracing::warn!("maintenance mode is on: pipeline routes answer 503");
+    }
+    let _ops = crate::ops::start(&project);
+    announce_redis(&project).await;
+    if let Some(dir) = &opts.record {
+        tracing::warn!(dir = %dir.display(), "recording accepted requests as fixtures: they hold real payloads minus credentials and redacted fields; keep the directory private");
+    }
+    let around = Surroundings {
+        record: opts.record.clone(),
+        ..Surroundings::default()
+    };
+    let running = start_with(project, plan, addr, opts.workers, around).await?;
+    announce_database(&running.live().app()).await;
+    if let Some(source) = opts.reload {
+        if opts.watch {
+            tracing::info!(dir = %source.dir.display(), "watching the pipelines directory for changes");
+        }
+        crate::server::reload::spawn(running.live(), source, opts.watch, grace);
+    }
+    let stop = shutdown_signal();
+    tracing::info!(
+        port = running.addr.port(),
+        "Server listening on port {}",
+        running.addr.port()
+    );
+    let signal = stop.await;
+    tracing::info!(
+        signal,
+        grace_secs = grace.as_secs(),
+        "shutting down: finishing in-flight requests"
+    );
+    running.shutdown(grace).await;
+    tracing::info!("server stopped");
+    Ok(())
+}
+
+/// The SIGTERM/SIGINT handlers, installed when this is called, not when the returned future is
+/// first polled: callers call it before they announce that they run, so a supervisor (or a test)
+/// that signals as soon as it reads the announcement gets a graceful stop, never the signal's
+/// default action (the process killed mid-request).
+fn shutdown_signal() -> impl std::future::Future<Output = &'static str> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let term = signal(SignalKind::terminate()).ok();
+        let int = signal(SignalKind::interrupt()).ok();
+        async move {
+            let recv = |s: Option<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = recv(term) => "SIGTERM",
+                _ = recv(int) => "SIGINT",
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+            "SIGINT"
+        }
+    }
+}
