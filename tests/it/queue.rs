@@ -548,3 +548,149 @@ async fn a_partitioned_queue_spreads_events_and_finds_them_again() {
         "all, over every partition"
     );
 }
+
+/// The stored form: an enqueued event is fields `e` (its JSON without the body) and `b` (the
+/// body as it arrived, no base64); entries in the full form (`e` alone, the body base64 inside,
+/// as retries through the promoter and entries written before the raw-body form carry) read the
+/// same event. Retry, promote, dead-letter and replay keep it whole in both forms.
+#[tokio::test]
+async fn events_read_back_whole_from_both_stored_forms() {
+    use base64::Engine as _;
+    let p = prefix();
+    let q = queue(&p, "c1").await;
+    let stream = format!("{p}:{{q:vapi}}:stream");
+    let dead = format!("{p}:{{q:vapi}}:dead");
+    let redis = redis::Client::open(REDIS).unwrap();
+    let mut c = redis.get_multiplexed_async_connection().await.unwrap();
+
+    // the raw form, with a body that is not UTF-8 (a binary upload) and JSON-special bytes
+    let mut raw = event("new");
+    raw.body = bytes::Bytes::from_static(b"\xff\x00{\"a\":\"\\\"\"}\n");
+    q.enqueue(&raw, None).await.unwrap();
+    let fields: Vec<(String, Vec<u8>)> = {
+        let v: redis::Value = redis::cmd("XRANGE")
+            .arg(&stream)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        let redis::Value::Array(entries) = v else {
+            panic!("{v:?}")
+        };
+        let redis::Value::Array(entry) = &entries[0] else {
+            panic!()
+        };
+        let redis::Value::Array(kv) = &entry[1] else {
+            panic!()
+        };
+        kv.chunks(2)
+            .map(|p| {
+                let (redis::Value::BulkString(k), redis::Value::BulkString(v)) = (&p[0], &p[1])
+                else {
+                    panic!()
+                };
+                (String::from_utf8(k.clone()).unwrap(), v.clone())
+            })
+            .collect()
+    };
+    let field = |name: &str| {
+        fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(
+        field("b").as_deref(),
+        Some(&raw.body[..]),
+        "the body is stored raw"
+    );
+    let meta: serde_json::Value = serde_json::from_slice(&field("e").unwrap()).unwrap();
+    assert!(meta.get("body").is_none(), "{meta}");
+    assert_eq!(meta["id"], "new");
+
+    // the full form, as an older engine wrote it
+    let old = event("old");
+    let full = serde_json::to_value(&old).unwrap();
+    assert_eq!(
+        full["body"],
+        base64::engine::general_purpose::STANDARD.encode(&old.body),
+        "the full form carries the body base64"
+    );
+    let _: String = redis::cmd("XADD")
+        .arg(&stream)
+        .arg("*")
+        .arg("e")
+        .arg(full.to_string())
+        .arg("a")
+        .arg("0")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+
+    let mut r = q.reader().await.unwrap();
+    let (got, _) = q
+        .read(0, &mut r, 10, Duration::from_millis(100), false)
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].event, raw);
+    assert_eq!(got[1].event, old);
+
+    // retried: through the delayed set and the promoter (the full form), back whole
+    for d in &got {
+        q.retry(d, Duration::from_millis(1)).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(q.promote_due(0, 100).await.unwrap(), 2);
+    let (again, _) = q
+        .read(0, &mut r, 10, Duration::from_millis(100), false)
+        .await
+        .unwrap();
+    let mut events: Vec<EventInput> = again.iter().map(|d| d.event.clone()).collect();
+    events.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(events, vec![raw.clone(), old.clone()]);
+    assert!(again.iter().all(|d| d.attempts == 1));
+
+    // dead-lettered (the raw form in the dead stream), plus a dead letter of the full form
+    for d in &again {
+        q.dead_letter(d, "gave up").await.unwrap();
+    }
+    let mut old_dead = event("old-dead");
+    old_dead.body = bytes::Bytes::from_static(b"{\"x\":1}");
+    let _: String = redis::cmd("XADD")
+        .arg(&dead)
+        .arg("*")
+        .arg("e")
+        .arg(serde_json::to_string(&old_dead).unwrap())
+        .arg("reason")
+        .arg("old engine")
+        .arg("attempts")
+        .arg(3)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let letters = q.dead_letters(10).await.unwrap();
+    assert_eq!(letters.len(), 3);
+    let by_id = |id: &str| {
+        letters
+            .iter()
+            .find(|l| l.event_id == id)
+            .and_then(|l| l.event.clone())
+            .unwrap()
+    };
+    assert_eq!(by_id("new"), raw);
+    assert_eq!(by_id("old"), old);
+    assert_eq!(by_id("old-dead"), old_dead);
+
+    // replayed: all three back on the work stream, whole
+    assert_eq!(q.replay_dead(&[]).await.unwrap(), 3);
+    let (back, _) = q
+        .read(0, &mut r, 10, Duration::from_millis(100), false)
+        .await
+        .unwrap();
+    let mut events: Vec<EventInput> = back.iter().map(|d| d.event.clone()).collect();
+    events.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(events, vec![raw, old, old_dead]);
+    assert!(back.iter().all(|d| d.attempts == 0));
+}
