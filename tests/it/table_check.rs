@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{PG, pg};
+use crate::common::{PG, copy_tree, pg};
 
 /// A deployment directory: `pipelines/` and `migrations/` of this repository, nothing else.
 struct Deployment {
@@ -156,19 +156,6 @@ impl Deployment {
                 .unwrap()
                 .get(0)
         })
-    }
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let p = entry.unwrap().path();
-        let target = to.join(p.file_name().unwrap());
-        if p.is_dir() {
-            copy_tree(&p, &target);
-        } else {
-            std::fs::copy(&p, &target).unwrap();
-        }
     }
 }
 

@@ -58,6 +58,20 @@ pub fn shipped() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines")
 }
 
+/// Copy the directory `from` into `to` (created), subdirectories included.
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let p = entry.unwrap().path();
+        let target = to.join(p.file_name().unwrap());
+        if p.is_dir() {
+            copy_tree(&p, &target);
+        } else {
+            std::fs::copy(&p, target).unwrap();
+        }
+    }
+}
+
 /// A pipelines directory in a temp dir, seeded with a copy of the shipped one.
 pub struct Dir {
     pub tmp: tempfile::TempDir,
@@ -70,20 +84,8 @@ impl Dir {
 
     /// A temp dir holding a copy of `from`, subdirectories included.
     pub fn copy_of(from: &Path) -> Dir {
-        fn copy(from: &Path, to: &Path) {
-            std::fs::create_dir_all(to).unwrap();
-            for entry in std::fs::read_dir(from).unwrap() {
-                let p = entry.unwrap().path();
-                let target = to.join(p.file_name().unwrap());
-                if p.is_dir() {
-                    copy(&p, &target);
-                } else {
-                    std::fs::copy(&p, target).unwrap();
-                }
-            }
-        }
         let tmp = tempfile::tempdir().unwrap();
-        copy(from, tmp.path());
+        copy_tree(from, tmp.path());
         Dir { tmp }
     }
 
