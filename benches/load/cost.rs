@@ -12,8 +12,9 @@
 //! ```
 //!
 //! Three rounds (`--quick`: one, shorter). `LOAD_COST_RATE=<n>` offers n events/s (open loop)
-//! instead of saturating, to see the cost at a steady low load; `LOAD_ENGINE` another build (one with frame pointers for `perf record -g`, whose
-//! pid the run prints).
+//! instead of saturating, to see the cost at a steady low load; `LOAD_ENGINE` runs another build
+//! (A/B); `LOAD_COST_PERF=<dir>` records the worker with `perf` through each phase
+//! (`LOAD_COST_PIDS=1` prints the processes' pids instead, to attach a profiler by hand).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
