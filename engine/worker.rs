@@ -90,17 +90,22 @@ pub enum Handled {
     DeadLettered { reason: String },
 }
 
-/// Run the transform steps on one event, timed.
+/// Run the transform steps on one event, its duration recorded in `timing` (the queue's
+/// `engine_transform_duration_seconds`, looked up once by the caller for a whole batch).
 fn timed_run(
     program: &Program,
     event: &crate::transform::EventInput,
-    queue: &str,
+    timing: &metrics::Histogram,
 ) -> Result<Outcome, crate::transform::Failure> {
     let started = std::time::Instant::now();
     let out = program.run(event);
-    metrics::histogram!("engine_transform_duration_seconds", "queue" => queue.to_string())
-        .record(started.elapsed().as_secs_f64());
+    timing.record(started.elapsed().as_secs_f64());
     out
+}
+
+/// The transform-duration histogram of `queue`.
+fn transform_timing(queue: String) -> metrics::Histogram {
+    metrics::histogram!("engine_transform_duration_seconds", "queue" => queue)
 }
 
 /// Run the transforms of a batch, which are CPU work that must not stall the runtime: on a
@@ -179,15 +184,10 @@ impl Worker {
         let queue = self.outcomes.name().to_string();
         let outcomes = blocking(move || {
             // one histogram handle for the batch, not one label lookup per event
-            let timing = metrics::histogram!("engine_transform_duration_seconds", "queue" => queue);
+            let timing = transform_timing(queue);
             events
                 .iter()
-                .map(|e| {
-                    let started = std::time::Instant::now();
-                    let out = program.run(e);
-                    timing.record(started.elapsed().as_secs_f64());
-                    out
-                })
+                .map(|e| timed_run(&program, e, &timing))
                 .collect::<Vec<_>>()
         })
         .await
@@ -200,7 +200,7 @@ impl Worker {
         for (d, outcome) in ds.iter().zip(outcomes) {
             match outcome {
                 Ok(Outcome::Dropped { .. }) => {
-                    self.count("dropped");
+                    self.count("dropped", 1);
                     acks.push(d);
                 }
                 Ok(Outcome::Rows { sink, step, rows }) => {
@@ -238,7 +238,8 @@ impl Worker {
             };
             match together {
                 Some(Ok(())) => {
-                    self.written_all(delivered, batches, name);
+                    let rows = batches.iter().map(|b| b.rows.len()).sum();
+                    self.written(delivered.iter().map(|d| &d.event), name, rows);
                     acks.extend(delivered.iter().copied());
                 }
                 Some(Err(SinkError::Retry(e))) => {
@@ -252,7 +253,7 @@ impl Worker {
                     for (d, b) in delivered.iter().copied().zip(batches) {
                         match sink.write(b).await {
                             Ok(()) => {
-                                self.written(&d.event, name, b.rows.len());
+                                self.written(std::iter::once(&d.event), name, b.rows.len());
                                 acks.push(d);
                             }
                             Err(SinkError::Retry(e)) => {
@@ -279,7 +280,7 @@ impl Worker {
             }
             Attempt::Dropped(reason) => {
                 tracing::debug!(event_id = %d.event.id, %reason, "event dropped");
-                self.count("dropped");
+                self.count("dropped", 1);
                 self.outcomes.ack(d).await?;
                 Ok(Handled::Dropped { reason })
             }
@@ -294,14 +295,16 @@ impl Worker {
         let program = self.program.clone();
         let input = event.clone();
         let queue = self.outcomes.name().to_string();
-        let outcome = tokio::task::spawn_blocking(move || timed_run(&program, &input, &queue))
-            .await
-            .unwrap_or_else(|e| {
-                Err(crate::transform::Failure {
-                    kind: FailureKind::Permanent,
-                    reason: format!("the transform panicked: {e}"),
-                })
-            });
+        let outcome = tokio::task::spawn_blocking(move || {
+            timed_run(&program, &input, &transform_timing(queue))
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(crate::transform::Failure {
+                kind: FailureKind::Permanent,
+                reason: format!("the transform panicked: {e}"),
+            })
+        });
         match outcome {
             Ok(Outcome::Dropped { reason }) => Attempt::Dropped(reason),
             Ok(Outcome::Rows { sink, step, rows }) => {
@@ -317,7 +320,7 @@ impl Worker {
                 };
                 match target.write(&batch).await {
                     Ok(()) => {
-                        self.written(event, &batch.sink, batch.rows.len());
+                        self.written(std::iter::once(event), &batch.sink, batch.rows.len());
                         Attempt::Written
                     }
                     Err(SinkError::Retry(e)) => {
@@ -342,9 +345,9 @@ impl Worker {
     }
 
     /// Count a worker result.
-    fn count(&self, outcome: &'static str) {
+    fn count(&self, outcome: &'static str, events: usize) {
         metrics::counter!("engine_events_processed_total", "queue" => self.outcomes.name().to_string(), "outcome" => outcome)
-            .increment(1);
+            .increment(events as u64);
     }
 
     fn transform_failed(&self, kind: &'static str) {
@@ -352,30 +355,22 @@ impl Worker {
             .increment(1);
     }
 
-    /// Several events' rows are written by one statement: counted once for the group, each
+    /// Events' rows are written (one event, or a batch by one statement): counted once, each
     /// event's time since its request arrived recorded through one histogram handle.
-    fn written_all(&self, delivered: &[&Delivery], batches: &[Batch], sink: &str) {
-        let queue = self.outcomes.name().to_string();
-        metrics::counter!("engine_events_processed_total", "queue" => queue.clone(), "outcome" => "written")
-            .increment(delivered.len() as u64);
-        metrics::counter!("engine_sink_rows_total", "sink" => sink.to_string())
-            .increment(batches.iter().map(|b| b.rows.len() as u64).sum());
-        let latency = metrics::histogram!("engine_event_latency_seconds", "queue" => queue);
-        let now = chrono::Utc::now().timestamp_millis();
-        for d in delivered {
-            latency.record((now - d.event.received_at_ms).max(0) as f64 / 1000.0);
-        }
-        crate::ops::alerts::sink_ok(sink);
-    }
-
-    /// An event's rows are written: count them and the time since its request arrived.
-    fn written(&self, event: &crate::transform::EventInput, sink: &str, rows: usize) {
-        self.count("written");
+    fn written<'e>(
+        &self,
+        events: impl ExactSizeIterator<Item = &'e crate::transform::EventInput>,
+        sink: &str,
+        rows: usize,
+    ) {
+        self.count("written", events.len());
         metrics::counter!("engine_sink_rows_total", "sink" => sink.to_string())
             .increment(rows as u64);
-        let age_ms = chrono::Utc::now().timestamp_millis() - event.received_at_ms;
-        metrics::histogram!("engine_event_latency_seconds", "queue" => self.outcomes.name().to_string())
-            .record(age_ms.max(0) as f64 / 1000.0);
+        let latency = metrics::histogram!("engine_event_latency_seconds", "queue" => self.outcomes.name().to_string());
+        let now = chrono::Utc::now().timestamp_millis();
+        for e in events {
+            latency.record((now - e.received_at_ms).max(0) as f64 / 1000.0);
+        }
         crate::ops::alerts::sink_ok(sink);
     }
 
@@ -393,7 +388,7 @@ impl Worker {
             self.options.backoff_max,
         );
         tracing::warn!(event_id = %d.event.id, attempt, delay_ms = delay.as_millis() as u64, %error, "will retry");
-        self.count("retried");
+        self.count("retried", 1);
         self.outcomes.retry(d, delay).await?;
         Ok(Handled::Retried { attempt })
     }
@@ -402,7 +397,7 @@ impl Worker {
         tracing::error!(event_id = %d.event.id, pipeline = %d.event.pipeline, %reason, "dead-lettered");
         metrics::counter!("engine_dead_lettered_total", "queue" => self.outcomes.name().to_string())
             .increment(1);
-        self.count("dead_lettered");
+        self.count("dead_lettered", 1);
         self.outcomes.dead_letter(d, &reason).await?;
         crate::ops::alerts::dead_lettered(self.outcomes.name(), &reason);
         Ok(Handled::DeadLettered { reason })

@@ -107,9 +107,7 @@ pub(super) fn check_tables_at_boot(
         crate::table_check::Memo::Reuse,
     )) {
         Ok(problems) if problems.iter().all(Diagnostic::is_warning) => {
-            for d in &problems {
-                tracing::warn!(file = %d.file, line = d.line, column = d.column, pointer = %d.pointer, "{}", d.message);
-            }
+            log_diagnostics(&problems);
             tracing::info!(
                 "table check: every postgres sink's table takes what its pipeline is known to write"
             );
@@ -119,6 +117,17 @@ pub(super) fn check_tables_at_boot(
         Err(e) => {
             tracing::error!(error = %e, "table check could not run; starting anyway (events queue until the database answers)");
             Ok(())
+        }
+    }
+}
+
+/// Each finding as one log line (a JSON line in production) at its severity, located.
+fn log_diagnostics(diags: &[Diagnostic]) {
+    for d in diags {
+        if d.is_warning() {
+            tracing::warn!(file = %d.file, line = d.line, column = d.column, pointer = %d.pointer, "{}", d.message);
+        } else {
+            tracing::error!(file = %d.file, line = d.line, column = d.column, pointer = %d.pointer, "{}", d.message);
         }
     }
 }
@@ -138,13 +147,7 @@ pub(super) fn refuse_to_start(diags: &[Diagnostic], dir: &Path, production: bool
         eprintln!("engine: {summary}");
         return ExitCode::from(1);
     }
-    for d in diags {
-        if d.is_warning() {
-            tracing::warn!(file = %d.file, line = d.line, column = d.column, pointer = %d.pointer, "{}", d.message);
-        } else {
-            tracing::error!(file = %d.file, line = d.line, column = d.column, pointer = %d.pointer, "{}", d.message);
-        }
-    }
+    log_diagnostics(diags);
     tracing::error!(problems = errors, "{summary}");
     ExitCode::from(1)
 }

@@ -41,7 +41,7 @@ pub struct PostgresSink {
 
 /// One row as the table receives it: (column, value) in the row's order, and its conflict key.
 struct MappedRow<'a> {
-    fields: Vec<(std::borrow::Cow<'a, str>, std::borrow::Cow<'a, Value>)>,
+    fields: Vec<(&'a str, std::borrow::Cow<'a, Value>)>,
     key: Vec<String>,
 }
 
@@ -65,7 +65,7 @@ impl JsonText {
                 if j > 0 {
                     out.push(b',');
                 }
-                serde_json::to_writer(&mut out, column.as_ref()).map_err(bad)?;
+                serde_json::to_writer(&mut out, column).map_err(bad)?;
                 out.push(b':');
                 serde_json::to_writer(&mut out, value.as_ref()).map_err(bad)?;
             }
@@ -214,7 +214,7 @@ impl PostgresSink {
                 Value::Object(
                     r.fields
                         .into_iter()
-                        .map(|(c, v)| (c.into_owned(), v.into_owned()))
+                        .map(|(c, v)| (c.to_string(), v.into_owned()))
                         .collect(),
                 )
             })
@@ -230,14 +230,17 @@ impl PostgresSink {
         batches: &'a [Batch],
     ) -> Result<(Vec<MappedRow<'a>>, Vec<String>), SinkError> {
         use std::borrow::Cow;
+        // the statement's columns, in first-seen order; `seen` answers "already there?" without
+        // a scan per field per row
         let mut columns: Vec<String> = Vec::new();
+        let mut seen: std::collections::HashSet<&'a str> = Default::default();
         let mut out = Vec::new();
         for batch in batches {
             for (i, row) in batch.rows.iter().enumerate() {
                 let Value::Object(fields) = row else {
                     return Err(SinkError::Permanent("a row is not a map".into()));
                 };
-                let mut mapped: Vec<(Cow<'a, str>, Cow<'a, Value>)> =
+                let mut mapped: Vec<(&'a str, Cow<'a, Value>)> =
                     Vec::with_capacity(fields.len() + 2);
                 for (field, value) in fields {
                     if !self.columns.allows(field) {
@@ -257,23 +260,27 @@ impl PostgresSink {
                     } else {
                         Cow::Borrowed(value)
                     };
-                    // a field renamed onto another's column: the later one wins, as in a map
-                    match mapped.iter_mut().find(|(c, _)| c == column) {
+                    // a row's own fields are distinct; only a renamed one can land on another's
+                    // column, and then the later one wins, as in a map
+                    match (column != field.as_str())
+                        .then(|| mapped.iter_mut().find(|(c, _)| *c == column))
+                        .flatten()
+                    {
                         Some(slot) => slot.1 = value,
-                        None => mapped.push((Cow::Borrowed(column), value)),
+                        None => mapped.push((column, value)),
                     }
                 }
                 for (name, value) in [
                     ("event_id", Value::from(batch.event_id.as_str())),
                     ("row_index", Value::from(i)),
                 ] {
-                    match mapped.iter_mut().find(|(c, _)| c == name) {
+                    match mapped.iter_mut().find(|(c, _)| *c == name) {
                         Some(slot) => slot.1 = Cow::Owned(value),
-                        None => mapped.push((Cow::Borrowed(name), Cow::Owned(value))),
+                        None => mapped.push((name, Cow::Owned(value))),
                     }
                 }
                 for (c, _) in &mapped {
-                    if !columns.iter().any(|k| k == c) {
+                    if seen.insert(c) {
                         columns.push(c.to_string());
                     }
                 }

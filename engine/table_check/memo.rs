@@ -142,7 +142,10 @@ fn hash_tree(h: &mut Sha256, dir: &Path) {
             let path = e.path();
             match e.file_type() {
                 Ok(t) if t.is_dir() => stack.push(path),
-                Ok(t) if t.is_file() => files.push(path),
+                // a linked file is hashed as what it points to (a script shared by symlink must
+                // change the fingerprint when it changes); linked directories are not followed,
+                // so a link loop cannot stall a boot
+                Ok(t) if t.is_file() || (t.is_symlink() && path.is_file()) => files.push(path),
                 _ => {}
             }
         }

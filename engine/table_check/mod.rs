@@ -326,8 +326,9 @@ async fn check_sinks(
         .or_else(|| crate::crypto::Keyring::new(&"00".repeat(32), &[]).ok());
     let mut out = Vec::new();
     for p in &project.pipelines {
-        // The project loaded, so its scripts compile; what they return is read from the AST.
-        let program = crate::transform::Program::compile(&p.config, &p.file, &project.dir).ok();
+        // What the scripts return is read from their compiled AST. A project that loaded has
+        // compiling scripts; should one not compile, its rows are unknown, never "none".
+        let program = crate::transform::Program::compile(&p.config, &p.file, &project.dir);
         for (name, sink) in &p.config.sinks {
             let crate::config::sink::Sink::Postgres(cfg) = sink else {
                 continue;
@@ -344,22 +345,27 @@ async fn check_sinks(
                     continue;
                 }
             };
-            let mut writes = Writes {
-                batches: written
-                    .get(&p.config.name)
-                    .and_then(|s| s.get(name))
-                    .cloned()
-                    .unwrap_or_default(),
-                ..Writes::default()
+            let batches: Vec<Batch> = written
+                .get(&p.config.name)
+                .and_then(|s| s.get(name))
+                .cloned()
+                .unwrap_or_default();
+            let (fields, unread) = match &program {
+                // no step routes to this sink: its scripts write nothing to it
+                Ok(prog) => prog
+                    .fields(name)
+                    .unwrap_or_else(|| (Fields::none(), Vec::new())),
+                Err(_) => (
+                    Fields::default(),
+                    vec!["the pipeline's transform (its scripts did not compile)".to_string()],
+                ),
             };
-            writes.from_fixtures = !writes.batches.is_empty();
-            match program.as_ref().and_then(|prog| prog.fields(name)) {
-                Some((fields, unread)) => {
-                    writes.fields = fields;
-                    writes.unread = unread;
-                }
-                None => writes.fields = Fields::none(),
-            }
+            let mut writes = Writes {
+                from_fixtures: !batches.is_empty(),
+                batches,
+                fields,
+                unread,
+            };
             if p.config.oauth.as_ref().is_some_and(|o| &o.sink == name) {
                 writes
                     .batches
