@@ -152,7 +152,7 @@ fn vapi_report_without_call_id_is_a_permanent_failure() {
     assert_eq!(err.kind, FailureKind::Permanent);
     assert!(
         err.reason
-            .ends_with("vapi-end-of-call.rhai:10:5: end-of-call-report without message.call.id"),
+            .ends_with("vapi-end-of-call.rhai:13:5: end-of-call-report without message.call.id"),
         "{}",
         err.reason
     );

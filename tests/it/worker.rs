@@ -238,7 +238,7 @@ async fn script_failures_carry_their_position_into_the_dead_letter() {
         panic!()
     };
     assert!(
-        reason.ends_with("vapi-status-update.rhai:5:5: status-update without message.call.id"),
+        reason.ends_with("vapi-status-update.rhai:6:5: status-update without message.call.id"),
         "{reason}"
     );
 }
