@@ -83,7 +83,7 @@ fn a_failing_case_prints_every_difference_and_exits_1() {
         "{out}"
     );
     let last = out.lines().rfind(|l| l.contains("passed")).unwrap();
-    assert!(last.starts_with("44 passed, 1 failed"), "{last}");
+    assert!(last.starts_with("45 passed, 1 failed"), "{last}");
 
     // --filter narrows the run; json and junit carry the same verdicts
     let (code, out) = replay_cli(dir, &["--filter", "vapi/status", "--format", "json"]);
