@@ -93,7 +93,7 @@ fn a_failing_case_prints_every_difference_and_exits_1() {
     assert_eq!(v["failed"], 1);
     let (_, xml) = replay_cli(dir, &["--format", "junit"]);
     assert!(
-        xml.contains(r#"<testsuite name="engine replay" tests="45""#),
+        xml.contains(r#"<testsuite name="engine replay" tests="46""#),
         "{xml}"
     );
     assert!(xml.contains("failures=\"1\""), "{xml}");
