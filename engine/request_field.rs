@@ -144,38 +144,58 @@ pub fn json_pointer(body: &[u8], ptr: &str) -> Option<serde_json::Value> {
 /// built, everything else is skipped without allocating. `None` when the body is not JSON (with
 /// nothing but whitespace after it, as for a whole parse).
 pub fn json_pointers(body: &[u8], ptrs: &[&str]) -> Option<Vec<Option<serde_json::Value>>> {
-    let segments: Vec<Option<Vec<String>>> = ptrs
-        .iter()
-        .map(|p| {
-            // "" is the whole document; anything else starts with '/'
-            (p.is_empty() || p.starts_with('/')).then(|| {
-                p.split('/')
-                    .skip(1)
-                    .map(|s| s.replace("~1", "/").replace("~0", "~"))
-                    .collect()
+    JsonPointers::new(ptrs).read(body)
+}
+
+/// JSON pointers split into their segments once, to be read from many bodies ([`json_pointers`]
+/// splits them on every call): a transform `map` step's fields.
+#[derive(Debug, Clone)]
+pub struct JsonPointers {
+    /// Each pointer's unescaped segments; `None` for text that is no pointer (reads nothing).
+    segments: Vec<Option<Vec<String>>>,
+}
+
+impl JsonPointers {
+    pub fn new(ptrs: &[&str]) -> JsonPointers {
+        let segments = ptrs
+            .iter()
+            .map(|p| {
+                // "" is the whole document; anything else starts with '/'
+                (p.is_empty() || p.starts_with('/')).then(|| {
+                    p.split('/')
+                        .skip(1)
+                        .map(|s| s.replace("~1", "/").replace("~0", "~"))
+                        .collect()
+                })
             })
-        })
-        .collect();
-    let wants = segments
-        .iter()
-        .enumerate()
-        .filter_map(|(slot, s)| {
-            Some(Want {
-                slot,
-                rest: s.as_deref()?,
-            })
-        })
-        .collect();
-    let mut out = vec![None; ptrs.len()];
-    let mut de = serde_json::Deserializer::from_slice(body);
-    Walk {
-        wants,
-        out: &mut out,
+            .collect();
+        JsonPointers { segments }
     }
-    .deserialize(&mut de)
-    .ok()?;
-    de.end().ok()?;
-    Some(out)
+
+    /// The value at each pointer, in one pass through `body`; `None` when it is not JSON.
+    pub fn read(&self, body: &[u8]) -> Option<Vec<Option<serde_json::Value>>> {
+        let wants = self
+            .segments
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, s)| {
+                Some(Want {
+                    slot,
+                    rest: s.as_deref()?,
+                })
+            })
+            .collect();
+        let mut out = vec![None; self.segments.len()];
+        let mut de = serde_json::Deserializer::from_slice(body);
+        Walk {
+            wants,
+            out: &mut out,
+        }
+        .deserialize(&mut de)
+        .ok()?;
+        de.end().ok()?;
+        Some(out)
+    }
 }
 
 /// A pointer still being followed: its slot in the output and the segments left.
@@ -198,8 +218,21 @@ impl<'de> DeserializeSeed<'de> for Walk<'_, '_> {
         if self.wants.iter().any(|w| w.rest.is_empty()) {
             // a pointer ends here: build this value and answer every pointer into it from it
             let v: serde_json::Value = serde::Deserialize::deserialize(d)?;
+            // pointers going deeper copy what they find; the value itself is moved to the last
+            // pointer ending here (a 2 KiB transcript is not built twice), copied to the others
+            let mut ends = Vec::new();
             for w in &self.wants {
-                self.out[w.slot] = follow(&v, w.rest).cloned();
+                if w.rest.is_empty() {
+                    ends.push(w.slot);
+                } else {
+                    self.out[w.slot] = follow(&v, w.rest).cloned();
+                }
+            }
+            if let Some((last, others)) = ends.split_last() {
+                for &slot in others {
+                    self.out[slot] = Some(v.clone());
+                }
+                self.out[*last] = Some(v);
             }
             return Ok(());
         }

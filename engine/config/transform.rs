@@ -1,19 +1,35 @@
-//! The `transform` section: Rhai scripts that turn a webhook into rows for sinks.
+//! The `transform` section: Rhai scripts (or `map`s of fields) that turn a webhook into rows for
+//! sinks.
 //!
 //! ```yaml
 //! transform:
-//!   - when: event.body.message.type == "end-of-call-report"
-//!     script: scripts/vapi-end-of-call.rhai
-//!     sink: call_logs
-//!   - when: event.body.message.type == "status-update"
-//!     inline: |
-//!       #{ call_id: event.body.message.call.id, status: event.body.message.status }
+//!   - when: event.body?.message?.type == "status-update"
+//!     script: scripts/vapi-status-update.rhai
 //!     sink: call_status
+//!   - when: event.body?.message?.type == "transcript"
+//!     inline: |
+//!       #{ call_id: event.body.message["call"].id, text: event.body.message.transcript }
+//!     sink: transcripts
+//! ```
+//!
+//! A step that only copies body fields into a row can say so with `map` instead of a script: the
+//! worker reads the named JSON pointers in one pass over the body, without building the body as
+//! script values (docs/transform.md#map-steps-rows-without-a-script):
+//!
+//! ```yaml
+//!   - when: {field: {json: /message/type}, in: [end-of-call-report]}
+//!     map:
+//!       call_id: {json: /message/call/id, required: true}
+//!       started_at: {json: [/message/startedAt, /message/call/startedAt], as: time}
+//!       event_id: {event: id}
+//!     sink: call_logs
 //! ```
 //!
 //! Steps run in order. A step whose `when` is false is skipped. A step with a `sink` produces the
 //! rows for that sink and ends the event's route; a step without one reshapes the event: its result
 //! becomes `event.body` for the steps after it. An event no routed step takes is dropped.
+
+use std::collections::BTreeMap;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -25,18 +41,99 @@ pub struct Step {
     /// A name for logs and dead-letter reasons (default: `step N`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// A Rhai expression over `event`; the step runs only when it is true.
+    /// When the step runs: a Rhai expression over `event` that is true, or a request field whose
+    /// value is one of a list (`{field: {json: /message/type}, in: [end-of-call-report]}`, read
+    /// without running a script).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub when: Option<String>,
+    pub when: Option<When>,
     /// A Rhai script file, relative to the pipeline file (inside the pipelines directory).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub script: Option<String>,
     /// A short Rhai script written here instead of `script`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inline: Option<String>,
+    /// Row fields read from the event without a script, instead of `script` or `inline`: each
+    /// row field (a key) and where its value comes from. Needs a `sink`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub map: Option<BTreeMap<String, MapField>>,
     /// The sink that receives this step's rows. Without one, the result replaces `event.body`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sink: Option<String>,
+}
+
+/// A step's condition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum When {
+    /// A Rhai expression over `event`, e.g. `event.body?.message?.type == "status-update"`.
+    Script(String),
+    /// A request field and the values for which the step runs.
+    Field(crate::config::pipeline::RespondWhen),
+}
+
+/// Where one row field of a `map` step comes from. Sources are tried in this order, and the
+/// first that gives a value (not missing, not null) wins: `json`, `seconds_between`, `event`,
+/// `default`; with none, the field is null (or the event fails, with `required`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MapField {
+    /// A JSON pointer into the body (`/message/call/id`), or several tried in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json: Option<Pointers>,
+    /// Seconds from the first time to the second (each a pointer or several tried in order;
+    /// RFC 3339 text, or epoch seconds or milliseconds), when both are present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seconds_between: Option<[Pointers; 2]>,
+    /// A field of the event itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<EventField>,
+    /// The value when no source gives one (any JSON value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<serde_json::Value>,
+    /// Convert the value: `time` writes RFC 3339 UTC with milliseconds (from RFC 3339 text, or
+    /// epoch seconds or milliseconds); a value that is no time fails the event.
+    #[serde(default, rename = "as", skip_serializing_if = "Option::is_none")]
+    pub convert: Option<Convert>,
+    /// Fail the event permanently (dead letter) when no source gives a value.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub required: bool,
+}
+
+/// One JSON pointer, or several tried in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Pointers {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Pointers {
+    pub fn list(&self) -> &[String] {
+        match self {
+            Pointers::One(p) => std::slice::from_ref(p),
+            Pointers::Many(ps) => ps,
+        }
+    }
+}
+
+/// The event's own fields a `map` step can copy (as `event.<name>` in a script).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EventField {
+    Id,
+    Pipeline,
+    ReceivedAt,
+    ReceivedAtMs,
+    Method,
+    Path,
+    Tenant,
+}
+
+/// A `map` field's conversion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Convert {
+    Time,
 }
 
 /// Sandbox limits for a pipeline's scripts. Exceeding one fails the event permanently (transform)

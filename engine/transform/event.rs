@@ -110,10 +110,44 @@ impl EventInput {
             .to_ascii_lowercase()
     }
 
+    /// Whether scripts see the body as JSON: a JSON content type, or none and a body that
+    /// starts like an object.
+    pub fn is_json(&self) -> bool {
+        let ct = self.content_type();
+        ct.contains("json") || (ct.is_empty() && self.body.first() == Some(&b'{'))
+    }
+
+    /// A header, query parameter, path parameter or form field of the event (a `when` field of a
+    /// transform step); JSON fields are read with the step's other pointers.
+    pub fn field(&self, source: &crate::config::verify::KeySource) -> Option<String> {
+        use crate::config::verify::KeySource;
+        let pair = |pairs: form_urlencoded::Parse<'_>, name: &str| {
+            pairs
+                .into_iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.into_owned())
+        };
+        match source {
+            KeySource::Header(name) => self.header(name).map(str::to_string),
+            KeySource::Query(name) => pair(form_urlencoded::parse(self.query.as_bytes()), name),
+            KeySource::Path(name) => self
+                .params
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone()),
+            KeySource::Form(name) => self
+                .content_type()
+                .starts_with("application/x-www-form-urlencoded")
+                .then(|| pair(form_urlencoded::parse(&self.body), name))
+                .flatten(),
+            KeySource::Json(ptr) => text_of(&crate::request_field::json_pointer(&self.body, ptr)?),
+        }
+    }
+
     /// The body as a script sees it. A JSON content type whose body is not JSON is an error.
     pub fn parsed_body(&self) -> Result<Dynamic, String> {
         let ct = self.content_type();
-        if ct.contains("json") || (ct.is_empty() && self.body.first() == Some(&b'{')) {
+        if self.is_json() {
             // Straight into Rhai values: one pass, no intermediate `serde_json::Value`.
             return serde_json::from_slice::<Json>(&self.body)
                 .map(|j| j.0)
@@ -165,6 +199,17 @@ impl EventInput {
         m.insert("vars".into(), vars.clone());
         m.insert("body".into(), body);
         Dynamic::from_map(m)
+    }
+}
+
+/// A JSON value compared with a `when` field's values: text as it is, numbers and booleans as
+/// written; null, arrays and objects match nothing.
+pub(crate) fn text_of(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        serde_json::Value::Bool(b) => Some(b.to_string()),
+        _ => None,
     }
 }
 

@@ -221,7 +221,6 @@ mod tests {
         for (script, expect) in [
             ("twilio-sms.rhai", "received_at"),
             ("twilio-call-status.rhai", "occurred_at"),
-            ("vapi-end-of-call.rhai", "recording_url"),
             ("vapi-transcript.rhai", "spoken_at"),
             ("vapi-status-update.rhai", "occurred_at"),
         ] {

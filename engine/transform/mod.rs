@@ -15,6 +15,7 @@
 
 pub mod event;
 pub mod fields;
+mod map;
 pub mod sandbox;
 
 use std::path::{Path, PathBuf};
@@ -24,6 +25,8 @@ use std::time::Duration;
 use rhai::{AST, Dynamic, Engine, Scope};
 
 use crate::config::Pipeline;
+use crate::config::transform::When;
+use crate::config::verify::KeySource;
 pub use event::EventInput;
 pub use sandbox::FailureKind;
 
@@ -118,10 +121,47 @@ pub fn resolve(pipeline_file: &Path, root: &Path, rel: &str) -> Result<PathBuf, 
 /// One compiled step.
 struct CompiledStep {
     name: String,
-    when: Option<AST>,
-    ast: AST,
+    when: Option<Condition>,
+    body: StepBody,
     label: String,
     sink: Option<String>,
+}
+
+/// JSON pointers read together in one pass over the body (a `when` field's, a `map`'s).
+struct Reads {
+    pointers: map::Pointers,
+    compiled: crate::request_field::JsonPointers,
+}
+
+impl Reads {
+    fn new(pointers: map::Pointers) -> Reads {
+        let texts: Vec<&str> = pointers.texts().iter().map(String::as_str).collect();
+        Reads {
+            compiled: crate::request_field::JsonPointers::new(&texts),
+            pointers,
+        }
+    }
+}
+
+/// What decides whether a step runs.
+enum Condition {
+    /// A Rhai expression.
+    Script(AST),
+    /// A request field's value is one of `values` (`json`: a JSON field's pointer, read on its
+    /// own, so a step that does not run builds none of its `map`'s values).
+    Field {
+        source: KeySource,
+        values: Vec<String>,
+        json: Option<Reads>,
+    },
+}
+
+/// What a step does.
+enum StepBody {
+    /// A Rhai script's result.
+    Script(AST),
+    /// A row read by pointers (`map`).
+    Map(map::Mapping, Reads),
 }
 
 /// What a run produced.
@@ -181,26 +221,15 @@ impl Program {
         let mut steps = Vec::new();
         for (i, step) in p.transform.iter().enumerate() {
             let base = format!("/transform/{i}");
-            let source = match (&step.script, &step.inline) {
-                (Some(f), None) => Source::File(f),
-                (None, Some(t)) => Source::Inline(t),
-                _ => {
-                    errors.push(ScriptError {
-                        script: None,
-                        pointer: base.clone(),
-                        at: None,
-                        message: "give the step either `script` (a file) or `inline` (the code), not both or neither".into(),
-                    });
-                    continue;
-                }
-            };
-            let pointer = match source {
-                Source::File(_) => format!("{base}/script"),
-                Source::Inline(_) => format!("{base}/inline"),
+            let at = |pointer: String, message: String| ScriptError {
+                script: None,
+                pointer,
+                at: None,
+                message,
             };
             let when = match &step.when {
                 None => None,
-                Some(w) => match compile(
+                Some(When::Script(w)) => match compile(
                     &engine,
                     pipeline_file,
                     root,
@@ -208,26 +237,92 @@ impl Program {
                     &format!("{base}/when"),
                     true,
                 ) {
-                    Ok((ast, _)) => Some(ast),
+                    Ok((ast, _)) => Some(Condition::Script(ast)),
                     Err(e) => {
                         errors.push(e);
                         None
                     }
                 },
+                Some(When::Field(f)) => {
+                    let json = match &f.field {
+                        KeySource::Json(ptr) => match map::check_pointer(ptr) {
+                            Ok(()) => {
+                                let mut one = map::Pointers::default();
+                                one.slot(ptr);
+                                Some(Reads::new(one))
+                            }
+                            Err(e) => {
+                                errors.push(at(format!("{base}/when/field/json"), e));
+                                None
+                            }
+                        },
+                        _ => None,
+                    };
+                    Some(Condition::Field {
+                        source: f.field.clone(),
+                        values: f.values.clone(),
+                        json,
+                    })
+                }
             };
-            match compile(&engine, pipeline_file, root, source, &pointer, false) {
-                Ok((ast, label)) => steps.push(CompiledStep {
-                    name: step
-                        .name
-                        .clone()
-                        .unwrap_or_else(|| format!("step {}", i + 1)),
-                    when,
-                    ast,
-                    label,
-                    sink: step.sink.clone(),
-                }),
-                Err(e) => errors.push(e),
-            }
+            let name = step
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("step {}", i + 1));
+            let body = match (&step.script, &step.inline, &step.map) {
+                (None, None, Some(fields)) => {
+                    if step.sink.is_none() {
+                        errors.push(at(
+                            format!("{base}/map"),
+                            "a `map` step makes a row: name the sink that receives it (`sink:`)"
+                                .into(),
+                        ));
+                        continue;
+                    }
+                    let mut pointers = map::Pointers::default();
+                    match map::Mapping::compile(fields, &mut pointers) {
+                        Ok(m) => (
+                            StepBody::Map(m, Reads::new(pointers)),
+                            format!("{} ({base}/map)", pipeline_file.display()),
+                        ),
+                        Err(es) => {
+                            errors.extend(
+                                es.into_iter()
+                                    .map(|(sub, m)| at(format!("{base}/map{sub}"), m)),
+                            );
+                            continue;
+                        }
+                    }
+                }
+                (script, inline, None) if script.is_some() != inline.is_some() => {
+                    let (source, pointer) = match (script, inline) {
+                        (Some(f), _) => (Source::File(f), format!("{base}/script")),
+                        (_, Some(t)) => (Source::Inline(t), format!("{base}/inline")),
+                        _ => unreachable!("one of the two is set"),
+                    };
+                    match compile(&engine, pipeline_file, root, source, &pointer, false) {
+                        Ok((ast, label)) => (StepBody::Script(ast), label),
+                        Err(e) => {
+                            errors.push(e);
+                            continue;
+                        }
+                    }
+                }
+                _ => {
+                    errors.push(at(
+                        base.clone(),
+                        "give the step one of `script` (a file), `inline` (the code) or `map` (row fields read without a script)".into(),
+                    ));
+                    continue;
+                }
+            };
+            steps.push(CompiledStep {
+                name,
+                when,
+                body: body.0,
+                label: body.1,
+                sink: step.sink.clone(),
+            });
         }
         if !errors.is_empty() {
             return Err(errors);
@@ -254,7 +349,13 @@ impl Program {
         let mut all = fields::Fields::none();
         let mut unread = Vec::new();
         for step in steps {
-            let f = fields::Fields::of(&step.ast);
+            let f = match &step.body {
+                StepBody::Script(ast) => fields::Fields::of(ast),
+                StepBody::Map(m, _) => fields::Fields {
+                    known: m.names().map(str::to_string).collect(),
+                    complete: true,
+                },
+            };
             if !f.complete {
                 unread.push(format!("step `{}` ({})", step.name, step.label));
             }
@@ -270,51 +371,73 @@ impl Program {
 
     /// Run the steps on one event. Blocking: call it on a blocking thread.
     pub fn run(&self, input: &EventInput) -> Result<Outcome, Failure> {
-        // Shared values: rebuilding `event` per step, and `event.body` in a `when`, then copy a
-        // pointer instead of the whole body.
-        let body = input
-            .parsed_body()
-            .map_err(Failure::permanent)?
-            .into_shared();
-        // One `event` map per event, shared by every step's `when` and script (a clone is a
-        // pointer copy); rebuilt only when a step without a sink reshapes the body. One scope,
-        // rewound to `event` between steps.
-        let mut scope = Scope::new();
-        scope.push_constant_dynamic("event", input.to_dynamic(body, &self.vars).into_shared());
+        let mut run = Run {
+            program: self,
+            input,
+            scope: None,
+            reshaped: None,
+        };
         sandbox::with_deadline(self.timeout, || {
             for step in &self.steps {
-                scope.rewind(1);
-                if let Some(when) = &step.when {
-                    let r = self
-                        .engine
-                        .eval_ast_with_scope::<Dynamic>(&mut scope, when)
-                        .map_err(|e| failure(&e, &format!("{} (when)", step.label)))?;
-                    match r.as_bool() {
-                        Ok(true) => {}
-                        Ok(false) => continue,
-                        Err(t) => {
-                            return Err(Failure::permanent(format!(
-                                "{} (when): must be true or false, got {t}",
-                                step.label
-                            )));
+                match &step.when {
+                    None => {}
+                    Some(Condition::Script(when)) => {
+                        let r = self
+                            .engine
+                            .eval_ast_with_scope::<Dynamic>(run.scope()?, when)
+                            .map_err(|e| failure(&e, &format!("{} (when)", step.label)))?;
+                        match r.as_bool() {
+                            Ok(true) => {}
+                            Ok(false) => continue,
+                            Err(t) => {
+                                return Err(Failure::permanent(format!(
+                                    "{} (when): must be true or false, got {t}",
+                                    step.label
+                                )));
+                            }
+                        }
+                    }
+                    Some(Condition::Field {
+                        source,
+                        values: wanted,
+                        json,
+                    }) => {
+                        let value = match json {
+                            Some(reads) => run.read(reads, &step.label)?[0]
+                                .as_ref()
+                                .and_then(event::text_of),
+                            None => input.field(source),
+                        };
+                        if !value.is_some_and(|v| wanted.contains(&v)) {
+                            continue;
                         }
                     }
                 }
-                let result = self
-                    .engine
-                    .eval_ast_with_scope::<Dynamic>(&mut scope, &step.ast)
-                    .map_err(|e| failure(&e, &step.label))?;
+                let result = match &step.body {
+                    StepBody::Map(mapping, reads) => {
+                        let sink = step.sink.clone().expect("a map step has a sink (compile)");
+                        let mut values = run.read(reads, &step.label)?;
+                        let row = mapping
+                            .row(&mut values, input)
+                            .map_err(|e| Failure::permanent(format!("{}: {e}", step.label)))?;
+                        return Ok(Outcome::Rows {
+                            sink,
+                            step: step.name.clone(),
+                            rows: vec![row],
+                        });
+                    }
+                    StepBody::Script(ast) => self
+                        .engine
+                        .eval_ast_with_scope::<Dynamic>(run.scope()?, ast)
+                        .map_err(|e| failure(&e, &step.label))?,
+                };
                 match &step.sink {
                     None if result.is_unit() => {
                         return Ok(Outcome::Dropped {
                             reason: format!("{} returned ()", step.name),
                         });
                     }
-                    None => {
-                        scope.rewind(0);
-                        let event = input.to_dynamic(result.into_shared(), &self.vars);
-                        scope.push_constant_dynamic("event", event.into_shared());
-                    }
+                    None => run.reshape(result),
                     Some(sink) => {
                         return rows(result, &step.label).map(|rows| match rows {
                             Some(rows) => Outcome::Rows {
@@ -340,6 +463,82 @@ impl Program {
             }
             _ => Err(f),
         })
+    }
+}
+
+/// One event going through the steps: what its scripts see, built only when a script (or a
+/// script `when`) is reached, so an event a `map` step takes never has its body made into Rhai
+/// values.
+struct Run<'a> {
+    program: &'a Program,
+    input: &'a EventInput,
+    /// `event` for scripts: one map per event, shared by every step's `when` and script (a
+    /// clone is a pointer copy); rebuilt only when a step without a sink reshapes the body.
+    scope: Option<Scope<'static>>,
+    /// The body as the last step without a sink returned it.
+    reshaped: Option<Dynamic>,
+}
+
+impl Run<'_> {
+    /// The scope holding `event`, rewound to it.
+    fn scope(&mut self) -> Result<&mut Scope<'static>, Failure> {
+        if self.scope.is_none() {
+            let body = match &self.reshaped {
+                Some(b) => b.clone(),
+                None => self.body()?,
+            };
+            let event = self.input.to_dynamic(body, &self.program.vars);
+            let mut scope = Scope::new();
+            scope.push_constant_dynamic("event", event.into_shared());
+            self.scope = Some(scope);
+        }
+        let scope = self.scope.as_mut().expect("built above");
+        scope.rewind(1);
+        Ok(scope)
+    }
+
+    /// The request's body as scripts see it (shared: `event.body` in a `when` copies a pointer).
+    fn body(&self) -> Result<Dynamic, Failure> {
+        Ok(self
+            .input
+            .parsed_body()
+            .map_err(Failure::permanent)?
+            .into_shared())
+    }
+
+    /// A step without a sink returned `body`: the next steps see it as `event.body`.
+    fn reshape(&mut self, body: Dynamic) {
+        self.reshaped = Some(body.into_shared());
+        self.scope = None;
+    }
+
+    /// The values at `reads`' pointers in the body as scripts see it: straight from the raw
+    /// text of a JSON body (one pass), else from the parsed or reshaped body.
+    fn read(&self, reads: &Reads, label: &str) -> Result<Vec<Option<serde_json::Value>>, Failure> {
+        if self.reshaped.is_none() && self.input.is_json() {
+            if let Some(values) = reads.compiled.read(&self.input.body) {
+                return Ok(values);
+            }
+            // not JSON after all: the reason, as a script step gives it
+            return Err(self
+                .body()
+                .err()
+                .unwrap_or_else(|| Failure::permanent("the body is not valid JSON".into())));
+        }
+        let body = match &self.reshaped {
+            Some(b) => b.clone(),
+            None => self.body()?,
+        };
+        // (the serde bridge reads no shared values: a copy, on this path for forms and bodies
+        // earlier steps reshaped)
+        let body: serde_json::Value = rhai::serde::from_dynamic(&body.flatten_clone())
+            .map_err(|e| Failure::permanent(format!("{label}: the body cannot be read: {e}")))?;
+        Ok(reads
+            .pointers
+            .texts()
+            .iter()
+            .map(|p| body.pointer(p).cloned())
+            .collect())
     }
 }
 

@@ -184,25 +184,41 @@ fn uuid_v5(namespace: &str, name: &str) -> Result<String, Box<EvalAltResult>> {
 /// Epoch milliseconds from RFC 3339 text, or from a number of seconds or milliseconds.
 fn parse_time(value: Dynamic) -> Result<i64, Box<EvalAltResult>> {
     if let Ok(i) = value.as_int() {
-        return Ok(if i.abs() < 100_000_000_000 {
-            i * 1000
-        } else {
-            i
-        });
+        return Ok(int_ms(i));
     }
     if let Ok(f) = value.as_float() {
-        return Ok(if f.abs() < 1e11 {
-            (f * 1000.0) as i64
-        } else {
-            f as i64
-        });
+        return Ok(float_ms(f));
     }
     let text = value
         .into_immutable_string()
         .map_err(|t| format!("parse_time: expected text or a number, got {t}"))?;
+    text_ms(&text).ok_or_else(|| format!("parse_time: {text:?} is not an RFC 3339 time").into())
+}
+
+/// A whole number of epoch seconds or milliseconds as milliseconds (below 10^11 it is seconds:
+/// milliseconds that small are 1973).
+pub(crate) fn int_ms(i: i64) -> i64 {
+    if i.abs() < 100_000_000_000 {
+        i * 1000
+    } else {
+        i
+    }
+}
+
+/// [`int_ms`] of a fractional number.
+pub(crate) fn float_ms(f: f64) -> i64 {
+    if f.abs() < 1e11 {
+        (f * 1000.0) as i64
+    } else {
+        f as i64
+    }
+}
+
+/// Epoch milliseconds of RFC 3339 text.
+pub(crate) fn text_ms(text: &str) -> Option<i64> {
     chrono::DateTime::parse_from_rfc3339(text.trim())
+        .ok()
         .map(|t| t.timestamp_millis())
-        .map_err(|_| format!("parse_time: {text:?} is not an RFC 3339 time").into())
 }
 
 /// RFC 3339 UTC with milliseconds.

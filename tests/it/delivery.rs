@@ -253,7 +253,8 @@ async fn ack_processed_answers_after_the_write() {
     );
     // no waiting: the row is there when the 2xx is
     assert_eq!(count(&db, "SELECT count(*) FROM call_logs").await, 1);
-    // a script failure is dead-lettered (and answered, as in the queued path)
+    // a transform failure (the report's required call id missing) is dead-lettered (and
+    // answered, as in the queued path)
     assert_eq!(
         post_vapi(
             &app,
@@ -266,7 +267,9 @@ async fn ack_processed_answers_after_the_write() {
     let dead = q.dead_letters(10).await.unwrap();
     assert_eq!(dead.len(), 1);
     assert!(
-        dead[0].reason.contains("without message.call.id"),
+        dead[0]
+            .reason
+            .contains("required field `call_id` has no value"),
         "{}",
         dead[0].reason
     );

@@ -152,7 +152,7 @@ fn vapi_report_without_call_id_is_a_permanent_failure() {
     assert_eq!(err.kind, FailureKind::Permanent);
     assert!(
         err.reason
-            .ends_with("vapi-end-of-call.rhai:13:5: end-of-call-report without message.call.id"),
+            .ends_with("vapi.yaml (/transform/0/map): required field `call_id` has no value (looked at /message/call/id)"),
         "{}",
         err.reason
     );
@@ -610,4 +610,102 @@ mod validation {
         )]);
         assert!(p.is_empty(), "{p:?}");
     }
+}
+
+/// A pipeline of `map` steps (and a script after them) in a copy of the shipped directory.
+fn mapped(steps: &str) -> Program {
+    let dir = Dir::shipped_copy();
+    dir.write(
+        "mapped.yaml",
+        &format!("name: mapped\nroute: {{method: POST, path: /mapped}}\ntransform:\n{steps}sinks:\n  s:\n    file: {{path: data/x.jsonl}}\n  t:\n    file: {{path: data/y.jsonl}}\n"),
+    );
+    common::program_in(dir.path(), "mapped")
+}
+
+#[test]
+fn a_map_step_copies_fields_with_fallbacks_conversions_and_event_fields() {
+    let p = mapped(
+        "  - when: {field: {json: /kind}, in: [report, '7']}\n    map:\n      id: {json: [/a/id, /b/id], required: true}\n      at: {json: /at, as: time}\n      secs: {json: /secs, seconds_between: [[/start, /call/start], /end]}\n      obj: {json: /obj}\n      none: {json: /missing}\n      fixed: {default: 3}\n      fallback: {json: /nothing, default: x}\n      event_id: {event: id}\n      received_at: {event: received_at}\n      tenant: {event: tenant}\n    sink: s\n  - inline: '#{ other: event.body.kind }'\n    sink: t\n",
+    );
+    let run = |body: &str| {
+        p.run(&input(
+            "mapped",
+            "application/json",
+            Bytes::from(body.to_string()),
+        ))
+    };
+    let row = one_row(
+        run(r#"{"kind":"report","b":{"id":"B"},"a":{"id":null},"at":1732550400,"call":{"start":"2026-11-25T15:00:00Z"},"end":"2026-11-25T15:01:30.5+00:00","obj":{"k":[1,2]}}"#).unwrap(),
+        "s",
+    );
+    assert_eq!(
+        row,
+        json!({
+            "id": "B",
+            "at": "2024-11-25T16:00:00.000Z",
+            "secs": 90.5,
+            "obj": {"k": [1, 2]},
+            "none": null,
+            "fixed": 3,
+            "fallback": "x",
+            "event_id": "evt_test_1",
+            "received_at": "2025-11-25T16:00:00.000Z",
+            "tenant": null,
+        })
+    );
+    // a number in the `when` field compares as it is written; the given value wins over the
+    // computed one
+    let row = one_row(
+        run(r#"{"kind":7,"a":{"id":"A"},"secs":1,"start":0,"end":5}"#).unwrap(),
+        "s",
+    );
+    assert_eq!((&row["id"], &row["secs"]), (&json!("A"), &json!(1)));
+    // the `when` field does not match: the next step (a script) sees the event
+    let o = run(r#"{"kind":"other"}"#).unwrap();
+    assert_eq!(one_row(o, "t"), json!({"other": "other"}));
+    // a required field without a value, a time that is none, a body that is not JSON
+    let e = run(r#"{"kind":"report","a":{}}"#).unwrap_err();
+    assert_eq!(e.kind, FailureKind::Permanent);
+    assert!(
+        e.reason
+            .ends_with("required field `id` has no value (looked at /a/id, /b/id)"),
+        "{}",
+        e.reason
+    );
+    let e = run(r#"{"kind":"report","a":{"id":1},"at":"yesterday"}"#).unwrap_err();
+    assert!(e.reason.ends_with(r#"field `at`: "yesterday" is not a time (RFC 3339 text, or epoch seconds or milliseconds)"#), "{}", e.reason);
+    let e = run("{nope").unwrap_err();
+    assert!(e.reason.contains("not valid JSON"), "{}", e.reason);
+}
+
+#[test]
+fn map_steps_read_forms_reshaped_bodies_and_non_json_when_fields() {
+    // a script step without a sink reshapes the body; the map step after it reads the new one
+    let p = mapped(
+        "  - inline: '#{ inner: event.body.outer }'\n  - when: {field: {header: x-kind}, in: [yes]}\n    map:\n      v: {json: /inner/v}\n    sink: s\n",
+    );
+    let mut e = input(
+        "mapped",
+        "application/json",
+        Bytes::from(r#"{"outer":{"v":[1,"two"]}}"#),
+    );
+    e.headers.push(("x-kind".into(), "yes".into()));
+    assert_eq!(one_row(p.run(&e).unwrap(), "s"), json!({"v": [1, "two"]}));
+    e.headers.pop();
+    assert!(matches!(p.run(&e).unwrap(), Outcome::Dropped { .. }));
+    // a form body: its fields under their names, repeated ones as an array
+    let p = mapped(
+        "  - when: {field: {form: Kind}, in: [sms]}\n    map:\n      from: {json: /From}\n      media: {json: /MediaUrl}\n    sink: s\n",
+    );
+    let form = "application/x-www-form-urlencoded";
+    let row = one_row(
+        p.run(&input(
+            "mapped",
+            form,
+            Bytes::from("Kind=sms&From=%2B1&MediaUrl=a&MediaUrl=b"),
+        ))
+        .unwrap(),
+        "s",
+    );
+    assert_eq!(row, json!({"from": "+1", "media": ["a", "b"]}));
 }

@@ -602,3 +602,36 @@ fn published_schemas_are_strict_clean_for_standard_validators() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn map_steps_are_checked_where_they_are_written() {
+    let dir = Dir::shipped_copy();
+    dir.write(
+        "mapped.yaml",
+        "name: mapped\nroute: {method: POST, path: /mapped}\ntransform:\n  - when: {field: {json: message/type}, in: [a]}\n    map:\n      a: {json: [/ok, no/slash]}\n      b: {as: time}\n      c: {json: /x, seconds_between: [/s, e]}\n    sink: s\n  - map:\n      a: {json: /a}\n  - inline: '#{}'\n    map:\n      a: {json: /a}\n    sink: s\nsinks:\n  s:\n    file: {path: data/x.jsonl}\n",
+    );
+    let l = lines(&dir, &problems(&dir, &[]));
+    let at = |prefix: &str| l.iter().any(|d| d.starts_with(prefix));
+    assert!(
+        at("mapped.yaml:4:26: `message/type` is not a JSON pointer"),
+        "{l:#?}"
+    );
+    assert!(
+        at("mapped.yaml:6:23: `no/slash` is not a JSON pointer"),
+        "{l:#?}"
+    );
+    assert!(
+        at("mapped.yaml:7:10: name where the value comes from"),
+        "{l:#?}"
+    );
+    assert!(at("mapped.yaml:8:43: `e` is not a JSON pointer"), "{l:#?}");
+    assert!(
+        at("mapped.yaml:11:7: a `map` step makes a row: name the sink"),
+        "{l:#?}"
+    );
+    assert!(
+        at("mapped.yaml:12:5: give the step one of `script`"),
+        "{l:#?}"
+    );
+    assert_eq!(l.len(), 6, "{l:#?}");
+}

@@ -1,0 +1,252 @@
+//! `map` steps: one row whose fields are read from the event by JSON pointer, without a script.
+//!
+//! ```text
+//! compile   every pointer the step reads (its `when` field's and its fields') -> one list,
+//!           each field keeping the slots of its pointers
+//! run       body -> Reads::of: one streaming pass over the raw JSON (request_field::JsonPointers;
+//!           only the values at the pointers are built, the rest is skipped)
+//!           -> per field: json, else seconds_between, else event, else default -> `as` -> row
+//! ```
+//!
+//! A script step builds the whole body as Rhai values, evaluates, and turns its map back into
+//! JSON; a map step builds only the values it copies, which is most of what an event costs the
+//! worker (docs/benchmarks.md, "Map steps").
+
+use serde_json::{Map, Value};
+
+use super::EventInput;
+use crate::config::transform::{Convert, EventField, MapField};
+
+/// The JSON pointers one step reads, each once, in slot order.
+#[derive(Debug, Default)]
+pub(crate) struct Pointers {
+    texts: Vec<String>,
+}
+
+impl Pointers {
+    /// The slot of `pointer`, added when new.
+    pub(crate) fn slot(&mut self, pointer: &str) -> usize {
+        match self.texts.iter().position(|p| p == pointer) {
+            Some(i) => i,
+            None => {
+                self.texts.push(pointer.to_string());
+                self.texts.len() - 1
+            }
+        }
+    }
+
+    pub(crate) fn texts(&self) -> &[String] {
+        &self.texts
+    }
+}
+
+/// A compiled `map`: its row fields in key order.
+#[derive(Debug)]
+pub(crate) struct Mapping {
+    fields: Vec<Field>,
+    /// How many fields read each slot: a value read by one field only is moved into the row, not
+    /// copied.
+    uses: Vec<u32>,
+}
+
+#[derive(Debug)]
+struct Field {
+    name: String,
+    json: Vec<usize>,
+    between: Option<(Vec<usize>, Vec<usize>)>,
+    event: Option<EventField>,
+    default: Option<Value>,
+    time: bool,
+    required: bool,
+    /// Where it was looked for, for the reason a required field fails with.
+    looked: String,
+}
+
+/// A pointer is `""` (the whole body) or starts with `/` (RFC 6901).
+pub(crate) fn check_pointer(p: &str) -> Result<(), String> {
+    if p.is_empty() || p.starts_with('/') {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{p}` is not a JSON pointer: start it with `/`, e.g. `/{p}` (RFC 6901; `~1` for a `/` inside a key)"
+        ))
+    }
+}
+
+impl Mapping {
+    /// Compile `fields`, their pointers added to `pointers`; the problems, each with the pointer
+    /// (under the step's `map`) of the value at fault.
+    pub(crate) fn compile(
+        fields: &std::collections::BTreeMap<String, MapField>,
+        pointers: &mut Pointers,
+    ) -> Result<Mapping, Vec<(String, String)>> {
+        let mut errors = Vec::new();
+        let mut out = Vec::new();
+        for (name, f) in fields {
+            let at = |rest: &str| format!("/{}{rest}", name.replace('~', "~0").replace('/', "~1"));
+            let mut slots = |list: &[String], rest: &str, errors: &mut Vec<(String, String)>| {
+                let mut s = Vec::new();
+                for (i, p) in list.iter().enumerate() {
+                    match check_pointer(p) {
+                        Ok(()) => s.push(pointers.slot(p)),
+                        Err(e) => errors.push((
+                            at(&if list.len() > 1 {
+                                format!("{rest}/{i}")
+                            } else {
+                                rest.to_string()
+                            }),
+                            e,
+                        )),
+                    }
+                }
+                s
+            };
+            let json = f
+                .json
+                .as_ref()
+                .map(|p| slots(p.list(), "/json", &mut errors))
+                .unwrap_or_default();
+            let between = f.seconds_between.as_ref().map(|[from, to]| {
+                (
+                    slots(from.list(), "/seconds_between/0", &mut errors),
+                    slots(to.list(), "/seconds_between/1", &mut errors),
+                )
+            });
+            if f.json.is_none()
+                && f.seconds_between.is_none()
+                && f.event.is_none()
+                && f.default.is_none()
+            {
+                errors.push((
+                    at(""),
+                    "name where the value comes from: `json` (a pointer into the body), `seconds_between`, `event` or `default`".into(),
+                ));
+            }
+            let mut looked: Vec<String> = f
+                .json
+                .iter()
+                .flat_map(|p| p.list().iter().cloned())
+                .collect();
+            if f.seconds_between.is_some() {
+                looked.push("seconds_between".into());
+            }
+            if let Some(e) = f.event {
+                looked.push(format!("event {e:?}"));
+            }
+            out.push(Field {
+                looked: looked.join(", "),
+                name: name.clone(),
+                json,
+                between,
+                event: f.event,
+                default: f.default.clone(),
+                time: f.convert == Some(Convert::Time),
+                required: f.required,
+            });
+        }
+        let mut uses = vec![0; pointers.texts.len()];
+        for f in &out {
+            let between = f.between.iter().flat_map(|(a, b)| a.iter().chain(b));
+            for &slot in f.json.iter().chain(between) {
+                uses[slot] += 1;
+            }
+        }
+        if errors.is_empty() {
+            Ok(Mapping { fields: out, uses })
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// The first value of `slots` that is there and not null; moved out of `values` when no
+    /// other field reads that slot.
+    fn first(&self, values: &mut [Option<Value>], slots: &[usize]) -> Option<Value> {
+        let slot = *slots.iter().find(|&&s| {
+            values
+                .get(s)
+                .is_some_and(|v| v.as_ref().is_some_and(|v| !v.is_null()))
+        })?;
+        if self.uses.get(slot) == Some(&1) {
+            values[slot].take()
+        } else {
+            values[slot].clone()
+        }
+    }
+
+    /// The row's field names.
+    pub(crate) fn names(&self) -> impl Iterator<Item = &str> {
+        self.fields.iter().map(|f| f.name.as_str())
+    }
+
+    /// The row, from the values read at the step's pointers; a reason when a required field has
+    /// no value or a `time` field holds no time.
+    pub(crate) fn row(
+        &self,
+        values: &mut [Option<Value>],
+        event: &EventInput,
+    ) -> Result<Value, String> {
+        let mut row = Map::new();
+        for f in &self.fields {
+            let mut value = self.first(values, &f.json);
+            if value.is_none()
+                && let Some((from, to)) = &f.between
+            {
+                let times = (self.first(values, from), self.first(values, to));
+                if let (Some(from), Some(to)) = times {
+                    let (from, to) = (time_ms(&from, &f.name)?, time_ms(&to, &f.name)?);
+                    value = serde_json::Number::from_f64((to - from) as f64 / 1000.0)
+                        .map(Value::Number);
+                }
+            }
+            if value.is_none() {
+                value = f.event.and_then(|e| event_value(e, event));
+            }
+            if value.is_none() {
+                value = f.default.clone();
+            }
+            let value = match value {
+                Some(v) if f.time => {
+                    Value::String(super::sandbox::format_time(time_ms(&v, &f.name)?))
+                }
+                Some(v) => v,
+                None if f.required => {
+                    return Err(format!(
+                        "required field `{}` has no value (looked at {})",
+                        f.name, f.looked
+                    ));
+                }
+                None => Value::Null,
+            };
+            row.insert(f.name.clone(), value);
+        }
+        Ok(Value::Object(row))
+    }
+}
+
+/// Epoch milliseconds of a time value: RFC 3339 text, or epoch seconds or milliseconds.
+fn time_ms(v: &Value, field: &str) -> Result<i64, String> {
+    use super::sandbox::{float_ms, int_ms, text_ms};
+    let ms = match v {
+        Value::Number(n) => n.as_i64().map(int_ms).or_else(|| n.as_f64().map(float_ms)),
+        Value::String(s) => text_ms(s),
+        _ => None,
+    };
+    ms.ok_or_else(|| {
+        format!(
+            "field `{field}`: {v} is not a time (RFC 3339 text, or epoch seconds or milliseconds)"
+        )
+    })
+}
+
+/// One of the event's own fields, as a script reads it from `event`.
+fn event_value(field: EventField, e: &EventInput) -> Option<Value> {
+    Some(match field {
+        EventField::Id => Value::String(e.id.clone()),
+        EventField::Pipeline => Value::String(e.pipeline.clone()),
+        EventField::ReceivedAt => Value::String(super::sandbox::format_time(e.received_at_ms)),
+        EventField::ReceivedAtMs => Value::from(e.received_at_ms),
+        EventField::Method => Value::String(e.method.clone()),
+        EventField::Path => Value::String(e.path.clone()),
+        EventField::Tenant => Value::String(e.tenant.clone()?),
+    })
+}
