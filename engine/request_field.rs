@@ -220,19 +220,14 @@ impl<'de> DeserializeSeed<'de> for Walk<'_, '_> {
             let v: serde_json::Value = serde::Deserialize::deserialize(d)?;
             // pointers going deeper copy what they find; the value itself is moved to the last
             // pointer ending here (a 2 KiB transcript is not built twice), copied to the others
-            let mut ends = Vec::new();
-            for w in &self.wants {
-                if w.rest.is_empty() {
-                    ends.push(w.slot);
-                } else {
+            let last = self.wants.iter().rposition(|w| w.rest.is_empty());
+            for (i, w) in self.wants.iter().enumerate() {
+                if Some(i) != last {
                     self.out[w.slot] = follow(&v, w.rest).cloned();
                 }
             }
-            if let Some((last, others)) = ends.split_last() {
-                for &slot in others {
-                    self.out[slot] = Some(v.clone());
-                }
-                self.out[*last] = Some(v);
+            if let Some(i) = last {
+                self.out[self.wants[i].slot] = Some(v);
             }
             return Ok(());
         }
@@ -610,6 +605,17 @@ mod tests {
             .chain([None, whole.pointer("/a/y").cloned()])
             .collect();
         assert_eq!(got, Some(want));
+        // several pointers ending at one value, and one going on into it: the value is moved to
+        // one of them, copied to the rest
+        let ptrs = ["/a", "/a/b", "/a", "/s", "/s"];
+        let body = br#"{"a":{"b":[1,{"c":"d"}]},"s":"long text"}"#;
+        let whole: serde_json::Value = serde_json::from_slice(body).unwrap();
+        let compiled = JsonPointers::new(&ptrs);
+        for _ in 0..2 {
+            let got = compiled.read(body).unwrap();
+            let want: Vec<_> = ptrs.iter().map(|p| whole.pointer(p).cloned()).collect();
+            assert_eq!(got, want);
+        }
         assert_eq!(json_pointers(b"{", &["/a"]), None);
         assert_eq!(json_pointers(b"[1]", &[]), Some(vec![]));
     }

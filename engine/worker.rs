@@ -110,14 +110,36 @@ fn transform_timing(queue: String) -> metrics::Histogram {
 
 /// Run the transforms of a batch, which are CPU work that must not stall the runtime: on a
 /// multi-threaded runtime in place (`block_in_place`: this thread runs them and hands its other
-/// tasks to the other threads; no hand-off of the batch to another thread and back), elsewhere
-/// (a current-thread runtime: tests, one-shot commands) on the blocking pool.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
+/// tasks to the other threads; no hand-off of the batch to another thread and back, and the
+/// deliveries are read where they are, not copied), elsewhere (a current-thread runtime: tests,
+/// one-shot commands) on the blocking pool, with a copy of the events.
+async fn transform_all(
+    program: &Arc<Program>,
+    ds: &[Delivery],
+    queue: &str,
+) -> Result<Vec<Result<Outcome, crate::transform::Failure>>, QueueError> {
+    let run = |program: &Program,
+               events: &mut dyn Iterator<Item = &crate::transform::EventInput>,
+               queue: String| {
+        // one histogram handle for the batch, not one label lookup per event
+        let timing = transform_timing(queue);
+        events
+            .map(|e| timed_run(program, e, &timing))
+            .collect::<Vec<_>>()
+    };
     match tokio::runtime::Handle::current().runtime_flavor() {
-        tokio::runtime::RuntimeFlavor::MultiThread => Ok(tokio::task::block_in_place(f)),
-        _ => tokio::task::spawn_blocking(f)
-            .await
-            .map_err(|e| e.to_string()),
+        tokio::runtime::RuntimeFlavor::MultiThread => Ok(tokio::task::block_in_place(|| {
+            run(program, &mut ds.iter().map(|d| &d.event), queue.to_string())
+        })),
+        _ => {
+            let program = program.clone();
+            let events: Vec<crate::transform::EventInput> =
+                ds.iter().map(|d| d.event.clone()).collect();
+            let queue = queue.to_string();
+            tokio::task::spawn_blocking(move || run(&program, &mut events.iter(), queue))
+                .await
+                .map_err(|e| QueueError::Task(e.to_string()))
+        }
     }
 }
 
@@ -178,20 +200,7 @@ impl Worker {
     }
 
     async fn process_batch(&self, ds: &[Delivery]) -> Result<(), QueueError> {
-        let program = self.program.clone();
-        let events: Vec<crate::transform::EventInput> =
-            ds.iter().map(|d| d.event.clone()).collect();
-        let queue = self.outcomes.name().to_string();
-        let outcomes = blocking(move || {
-            // one histogram handle for the batch, not one label lookup per event
-            let timing = transform_timing(queue);
-            events
-                .iter()
-                .map(|e| timed_run(&program, e, &timing))
-                .collect::<Vec<_>>()
-        })
-        .await
-        .map_err(QueueError::Task)?;
+        let outcomes = transform_all(&self.program, ds, self.outcomes.name()).await?;
         let mut acks: Vec<&Delivery> = Vec::new();
         // per sink: the deliveries and their batches, side by side (the batches are handed to
         // the sink as a slice, not copied)
