@@ -131,7 +131,12 @@ impl Mapping {
                 looked.push("seconds_between".into());
             }
             if let Some(e) = f.event {
-                looked.push(format!("event {e:?}"));
+                // the word the YAML uses (`received_at`), not the Rust name
+                let word = serde_json::to_value(e).ok();
+                looked.push(format!(
+                    "event.{}",
+                    word.as_ref().and_then(Value::as_str).unwrap_or("?")
+                ));
             }
             out.push(Field {
                 looked: looked.join(", "),

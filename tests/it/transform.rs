@@ -674,6 +674,16 @@ fn a_map_step_copies_fields_with_fallbacks_conversions_and_event_fields() {
     );
     let e = run(r#"{"kind":"report","a":{"id":1},"at":"yesterday"}"#).unwrap_err();
     assert!(e.reason.ends_with(r#"field `at`: "yesterday" is not a time (RFC 3339 text, or epoch seconds or milliseconds)"#), "{}", e.reason);
+    let p2 = mapped("  - map:\n      t: {event: tenant, required: true}\n    sink: s\n");
+    let e = p2
+        .run(&input("mapped", "application/json", Bytes::from("{}")))
+        .unwrap_err();
+    assert!(
+        e.reason
+            .ends_with("required field `t` has no value (looked at event.tenant)"),
+        "{}",
+        e.reason
+    );
     let e = run("{nope").unwrap_err();
     assert!(e.reason.contains("not valid JSON"), "{}", e.reason);
 }
