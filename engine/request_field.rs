@@ -120,8 +120,9 @@ impl<'a> Fields<'a> {
     }
 }
 
-/// A JSON value as a key part: strings as they are, numbers as JSON writes them.
-fn key_text(v: serde_json::Value) -> Option<String> {
+/// A JSON value as a key part (and as a `when` field compares it): strings as they are, numbers
+/// as JSON writes them.
+pub(crate) fn key_text(v: serde_json::Value) -> Option<String> {
     match v {
         serde_json::Value::String(s) => Some(s),
         n @ serde_json::Value::Number(_) => Some(n.to_string()),
@@ -147,10 +148,17 @@ pub fn json_pointers(body: &[u8], ptrs: &[&str]) -> Option<Vec<Option<serde_json
     JsonPointers::new(ptrs).read(body)
 }
 
+/// Whether `p` is a JSON pointer (RFC 6901): `""` is the whole document; anything else starts
+/// with `/`.
+pub fn is_pointer(p: &str) -> bool {
+    p.is_empty() || p.starts_with('/')
+}
+
 /// JSON pointers split into their segments once, to be read from many bodies ([`json_pointers`]
-/// splits them on every call): a transform `map` step's fields.
+/// splits them on every call): a transform step's `when` field and `map`.
 #[derive(Debug, Clone)]
 pub struct JsonPointers {
+    texts: Vec<String>,
     /// Each pointer's unescaped segments; `None` for text that is no pointer (reads nothing).
     segments: Vec<Option<Vec<String>>>,
 }
@@ -160,8 +168,7 @@ impl JsonPointers {
         let segments = ptrs
             .iter()
             .map(|p| {
-                // "" is the whole document; anything else starts with '/'
-                (p.is_empty() || p.starts_with('/')).then(|| {
+                is_pointer(p).then(|| {
                     p.split('/')
                         .skip(1)
                         .map(|s| s.replace("~1", "/").replace("~0", "~"))
@@ -169,7 +176,15 @@ impl JsonPointers {
                 })
             })
             .collect();
-        JsonPointers { segments }
+        JsonPointers {
+            texts: ptrs.iter().map(|p| p.to_string()).collect(),
+            segments,
+        }
+    }
+
+    /// The value at each pointer in an already parsed document.
+    pub fn read_value(&self, doc: &serde_json::Value) -> Vec<Option<serde_json::Value>> {
+        self.texts.iter().map(|p| doc.pointer(p).cloned()).collect()
     }
 
     /// The value at each pointer, in one pass through `body`; `None` when it is not JSON.

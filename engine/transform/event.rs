@@ -113,7 +113,11 @@ impl EventInput {
     /// Whether scripts see the body as JSON: a JSON content type, or none and a body that
     /// starts like an object.
     pub fn is_json(&self) -> bool {
-        let ct = self.content_type();
+        self.is_json_typed(&self.content_type())
+    }
+
+    /// [`EventInput::is_json`] with the lower-cased content type already read.
+    fn is_json_typed(&self, ct: &str) -> bool {
         ct.contains("json") || (ct.is_empty() && self.body.first() == Some(&b'{'))
     }
 
@@ -140,14 +144,16 @@ impl EventInput {
                 .starts_with("application/x-www-form-urlencoded")
                 .then(|| pair(form_urlencoded::parse(&self.body), name))
                 .flatten(),
-            KeySource::Json(ptr) => text_of(&crate::request_field::json_pointer(&self.body, ptr)?),
+            KeySource::Json(ptr) => {
+                crate::request_field::key_text(crate::request_field::json_pointer(&self.body, ptr)?)
+            }
         }
     }
 
     /// The body as a script sees it. A JSON content type whose body is not JSON is an error.
     pub fn parsed_body(&self) -> Result<Dynamic, String> {
         let ct = self.content_type();
-        if self.is_json() {
+        if self.is_json_typed(&ct) {
             // Straight into Rhai values: one pass, no intermediate `serde_json::Value`.
             return serde_json::from_slice::<Json>(&self.body)
                 .map(|j| j.0)
@@ -199,17 +205,6 @@ impl EventInput {
         m.insert("vars".into(), vars.clone());
         m.insert("body".into(), body);
         Dynamic::from_map(m)
-    }
-}
-
-/// A JSON value compared with a `when` field's values: text as it is, numbers and booleans as
-/// written; null, arrays and objects match nothing.
-pub(crate) fn text_of(v: &serde_json::Value) -> Option<String> {
-    match v {
-        serde_json::Value::String(s) => Some(s.clone()),
-        serde_json::Value::Number(n) => Some(n.to_string()),
-        serde_json::Value::Bool(b) => Some(b.to_string()),
-        _ => None,
     }
 }
 

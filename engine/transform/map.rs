@@ -1,10 +1,10 @@
 //! `map` steps: one row whose fields are read from the event by JSON pointer, without a script.
 //!
 //! ```text
-//! compile   every pointer the step reads (its `when` field's and its fields') -> one list,
-//!           each field keeping the slots of its pointers
-//! run       body -> Reads::of: one streaming pass over the raw JSON (request_field::JsonPointers;
-//!           only the values at the pointers are built, the rest is skipped)
+//! compile   every pointer the fields read -> one list (each pointer once: `Pointers`), each
+//!           field keeping the slots of its pointers
+//! run       body -> one streaming pass over the raw JSON (request_field::JsonPointers; only the
+//!           values at the pointers are built, the rest is skipped)
 //!           -> per field: json, else seconds_between, else event, else default -> `as` -> row
 //! ```
 //!
@@ -16,6 +16,7 @@ use serde_json::{Map, Value};
 
 use super::EventInput;
 use crate::config::transform::{Convert, EventField, MapField};
+use crate::request_field::JsonPointers;
 
 /// The JSON pointers one step reads, each once, in slot order.
 #[derive(Debug, Default)]
@@ -35,8 +36,10 @@ impl Pointers {
         }
     }
 
-    pub(crate) fn texts(&self) -> &[String] {
-        &self.texts
+    /// The list, split once for reading bodies.
+    pub(crate) fn compile(&self) -> JsonPointers {
+        let texts: Vec<&str> = self.texts.iter().map(String::as_str).collect();
+        JsonPointers::new(&texts)
     }
 }
 
@@ -62,9 +65,9 @@ struct Field {
     looked: String,
 }
 
-/// A pointer is `""` (the whole body) or starts with `/` (RFC 6901).
+/// A pointer is `""` (the whole body) or starts with `/` (RFC 6901): the problem otherwise.
 pub(crate) fn check_pointer(p: &str) -> Result<(), String> {
-    if p.is_empty() || p.starts_with('/') {
+    if crate::request_field::is_pointer(p) {
         Ok(())
     } else {
         Err(format!(

@@ -27,6 +27,7 @@ use rhai::{AST, Dynamic, Engine, Scope};
 use crate::config::Pipeline;
 use crate::config::transform::When;
 use crate::config::verify::KeySource;
+use crate::request_field::JsonPointers;
 pub use event::EventInput;
 pub use sandbox::FailureKind;
 
@@ -127,22 +128,6 @@ struct CompiledStep {
     sink: Option<String>,
 }
 
-/// JSON pointers read together in one pass over the body (a `when` field's, a `map`'s).
-struct Reads {
-    pointers: map::Pointers,
-    compiled: crate::request_field::JsonPointers,
-}
-
-impl Reads {
-    fn new(pointers: map::Pointers) -> Reads {
-        let texts: Vec<&str> = pointers.texts().iter().map(String::as_str).collect();
-        Reads {
-            compiled: crate::request_field::JsonPointers::new(&texts),
-            pointers,
-        }
-    }
-}
-
 /// What decides whether a step runs.
 enum Condition {
     /// A Rhai expression.
@@ -152,7 +137,7 @@ enum Condition {
     Field {
         source: KeySource,
         values: Vec<String>,
-        json: Option<Reads>,
+        json: Option<JsonPointers>,
     },
 }
 
@@ -160,8 +145,8 @@ enum Condition {
 enum StepBody {
     /// A Rhai script's result.
     Script(AST),
-    /// A row read by pointers (`map`).
-    Map(map::Mapping, Reads),
+    /// A row read by pointers (`map`), its pointers read together in one pass.
+    Map(map::Mapping, JsonPointers),
 }
 
 /// What a run produced.
@@ -246,11 +231,7 @@ impl Program {
                 Some(When::Field(f)) => {
                     let json = match &f.field {
                         KeySource::Json(ptr) => match map::check_pointer(ptr) {
-                            Ok(()) => {
-                                let mut one = map::Pointers::default();
-                                one.slot(ptr);
-                                Some(Reads::new(one))
-                            }
+                            Ok(()) => Some(JsonPointers::new(&[ptr])),
                             Err(e) => {
                                 errors.push(at(format!("{base}/when/field/json"), e));
                                 None
@@ -282,7 +263,7 @@ impl Program {
                     let mut pointers = map::Pointers::default();
                     match map::Mapping::compile(fields, &mut pointers) {
                         Ok(m) => (
-                            StepBody::Map(m, Reads::new(pointers)),
+                            StepBody::Map(m, pointers.compile()),
                             format!("{} ({base}/map)", pipeline_file.display()),
                         ),
                         Err(es) => {
@@ -374,8 +355,10 @@ impl Program {
         let mut run = Run {
             program: self,
             input,
+            json: input.is_json(),
             scope: None,
             reshaped: None,
+            parsed: None,
         };
         sandbox::with_deadline(self.timeout, || {
             for step in &self.steps {
@@ -404,8 +387,8 @@ impl Program {
                     }) => {
                         let value = match json {
                             Some(reads) => run.read(reads, &step.label)?[0]
-                                .as_ref()
-                                .and_then(event::text_of),
+                                .take()
+                                .and_then(crate::request_field::key_text),
                             None => input.field(source),
                         };
                         if !value.is_some_and(|v| wanted.contains(&v)) {
@@ -472,11 +455,16 @@ impl Program {
 struct Run<'a> {
     program: &'a Program,
     input: &'a EventInput,
+    /// Whether the request's body is read as JSON (its content type, read once per event).
+    json: bool,
     /// `event` for scripts: one map per event, shared by every step's `when` and script (a
     /// clone is a pointer copy); rebuilt only when a step without a sink reshapes the body.
     scope: Option<Scope<'static>>,
     /// The body as the last step without a sink returned it.
     reshaped: Option<Dynamic>,
+    /// A body that is not raw JSON (a form, a reshaped body) as JSON, for pointers: made once,
+    /// whichever of a step's `when` field and `map` reads it first.
+    parsed: Option<serde_json::Value>,
 }
 
 impl Run<'_> {
@@ -510,13 +498,18 @@ impl Run<'_> {
     fn reshape(&mut self, body: Dynamic) {
         self.reshaped = Some(body.into_shared());
         self.scope = None;
+        self.parsed = None;
     }
 
     /// The values at `reads`' pointers in the body as scripts see it: straight from the raw
     /// text of a JSON body (one pass), else from the parsed or reshaped body.
-    fn read(&self, reads: &Reads, label: &str) -> Result<Vec<Option<serde_json::Value>>, Failure> {
-        if self.reshaped.is_none() && self.input.is_json() {
-            if let Some(values) = reads.compiled.read(&self.input.body) {
+    fn read(
+        &mut self,
+        reads: &JsonPointers,
+        label: &str,
+    ) -> Result<Vec<Option<serde_json::Value>>, Failure> {
+        if self.reshaped.is_none() && self.json {
+            if let Some(values) = reads.read(&self.input.body) {
                 return Ok(values);
             }
             // not JSON after all: the reason, as a script step gives it
@@ -525,20 +518,19 @@ impl Run<'_> {
                 .err()
                 .unwrap_or_else(|| Failure::permanent("the body is not valid JSON".into())));
         }
-        let body = match &self.reshaped {
-            Some(b) => b.clone(),
-            None => self.body()?,
-        };
-        // (the serde bridge reads no shared values: a copy, on this path for forms and bodies
-        // earlier steps reshaped)
-        let body: serde_json::Value = rhai::serde::from_dynamic(&body.flatten_clone())
-            .map_err(|e| Failure::permanent(format!("{label}: the body cannot be read: {e}")))?;
-        Ok(reads
-            .pointers
-            .texts()
-            .iter()
-            .map(|p| body.pointer(p).cloned())
-            .collect())
+        if self.parsed.is_none() {
+            let body = match &self.reshaped {
+                Some(b) => b.clone(),
+                None => self.body()?,
+            };
+            // (the serde bridge reads no shared values: a copy, on this path for forms and
+            // bodies earlier steps reshaped)
+            let value = rhai::serde::from_dynamic(&body.flatten_clone()).map_err(|e| {
+                Failure::permanent(format!("{label}: the body cannot be read: {e}"))
+            })?;
+            self.parsed = Some(value);
+        }
+        Ok(reads.read_value(self.parsed.as_ref().expect("made above")))
     }
 }
 

@@ -718,4 +718,11 @@ fn map_steps_read_forms_reshaped_bodies_and_non_json_when_fields() {
         "s",
     );
     assert_eq!(row, json!({"from": "+1", "media": ["a", "b"]}));
+    // the same form read by pointer for the `when` as for the row (one conversion for both)
+    let p = mapped(
+        "  - when: {field: {json: /Kind}, in: [sms]}\n    map:\n      from: {json: /From}\n    sink: s\n",
+    );
+    let body = Bytes::from("Kind=sms&From=%2B1");
+    let row = one_row(p.run(&input("mapped", form, body)).unwrap(), "s");
+    assert_eq!(row, json!({"from": "+1"}));
 }
