@@ -13,7 +13,7 @@
 //!
 //! Three rounds (`--quick`: one, shorter). `LOAD_COST_RATE=<n>` offers n events/s (open loop)
 //! instead of saturating, to see the cost at a steady low load; `LOAD_ENGINE` runs another build
-//! (A/B); `LOAD_COST_PERF=<dir>` records the worker with `perf` through each phase
+//! (A/B); `LOAD_COST_PERF=<dir>` records the worker and the ingest server with `perf` through each phase
 //! (`LOAD_COST_PIDS=1` prints the processes' pids instead, to attach a profiler by hand).
 
 use std::sync::Arc;
@@ -107,7 +107,8 @@ async fn at_pace(setup: &Setup, round: usize, rate: Option<f64>, secs: f64) -> (
     settle(setup, warm_rows + sent.len() as i64).await;
 
     let before = count(&setup.pg, &setup.schema).await;
-    let profile = Profile::start(&worker, "pace");
+    let profile = Profile::start(&worker, "worker-pace");
+    let ingest_profile = Profile::start(&server, "ingest-pace");
     let cpu = Cpu::now(Some(&server), Some(&worker)).await;
     let bodies = Arc::new(Bodies::new(seed(round, 2)));
     let run = match rate {
@@ -117,6 +118,7 @@ async fn at_pace(setup: &Setup, round: usize, rate: Option<f64>, secs: f64) -> (
     let rows = settle(setup, before + run.count as i64).await - before;
     let spent = cpu.since(Some(&server), Some(&worker)).await;
     profile.stop();
+    ingest_profile.stop();
     server.stop();
     worker.stop();
     if run.errors > 0 {
@@ -132,15 +134,17 @@ async fn backlog(setup: &Setup, round: usize, events: usize) -> (i64, PerEvent) 
     let bodies = Arc::new(Bodies::new(seed(round, 3)));
     let _ = saturate(&url, Some(bodies.clone()), 0.5).await;
     let cpu = Cpu::now(Some(&server), None).await;
+    let ingest_profile = Profile::start(&server, "ingest-fill");
     let filled = fill(&url, bodies, events).await;
     let ingest = cpu.since(Some(&server), None).await;
+    ingest_profile.stop();
     server.stop();
 
     let before = count(&setup.pg, &setup.schema).await;
     let cpu = Cpu::now(None, None).await;
     // the worker's CPU counts from its start: its boot is part of draining a backlog
     let worker = Server::spawn_worker(engine(&["worker"], setup, setup.dir.path()));
-    let profile = Profile::start(&worker, "backlog");
+    let profile = Profile::start(&worker, "worker-backlog");
     let rows = settle(setup, before + filled as i64).await - before;
     let drain = cpu.since(None, Some(&worker)).await;
     profile.stop();
@@ -207,21 +211,21 @@ fn seed(round: usize, phase: u64) -> u64 {
     std::process::id() as u64 * 1000 + 500 + round as u64 * 10 + phase
 }
 
-/// `LOAD_COST_PERF=<dir>`: `perf record` the worker through a measured phase into
-/// `<dir>/worker-<phase>.data` (`LOAD_COST_PERF_ARGS` adds options, e.g. `--call-graph dwarf`).
+/// `LOAD_COST_PERF=<dir>`: `perf record` the worker and the ingest server through each measured
+/// phase into `<dir>/<process>-<phase>.data` (`LOAD_COST_PERF_ARGS` adds options, e.g. `--call-graph dwarf`).
 struct Profile(Option<std::process::Child>);
 
 impl Profile {
-    fn start(worker: &Server, phase: &str) -> Profile {
+    fn start(process: &Server, name: &str) -> Profile {
         let Ok(dir) = std::env::var("LOAD_COST_PERF") else {
             return Profile(None);
         };
         let extra = std::env::var("LOAD_COST_PERF_ARGS").unwrap_or_default();
         let child = std::process::Command::new("perf")
             .args(["record", "-F", "1999", "-q", "-o"])
-            .arg(format!("{dir}/worker-{phase}.data"))
+            .arg(format!("{dir}/{name}.data"))
             .args(extra.split_whitespace())
-            .args(["-p", &worker.child.id().to_string()])
+            .args(["-p", &process.child.id().to_string()])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()

@@ -79,6 +79,63 @@ async fn redis_gcra_exact_counts_with_injected_clock() {
     assert_eq!(allowed, 100);
 }
 
+/// Checks sent at once share the group script's calls, which read a key once and write it once per
+/// call: the answers must be those of the checks one by one, and the key what the last allowed
+/// check left.
+#[tokio::test]
+async fn redis_gcra_checks_of_one_key_grouped_in_one_call_count_exactly() {
+    let shared = engine::shared_redis::SharedRedis::open(REDIS).unwrap();
+    let gcra = RedisGcra::on(shared.clone(), &prefix());
+    let rule = Rule::new("api", &RateLimit::per_ip(100, Duration::from_secs(60)));
+    let t0: u64 = 1_700_000_000_000_000; // µs
+    let checks = (0..150).map(|_| gcra.check(&rule, "1.2.3.4", Some(t0)));
+    let decisions = futures::future::join_all(checks).await;
+    let mut remaining: Vec<u32> = decisions
+        .iter()
+        .map(|d| d.as_ref().unwrap())
+        .filter(|d| d.allowed)
+        .map(|d| d.remaining)
+        .collect();
+    remaining.sort_unstable();
+    assert_eq!(remaining, (0..100).collect::<Vec<u32>>());
+    for d in decisions.iter().map(|d| d.as_ref().unwrap()) {
+        if !d.allowed {
+            assert_eq!(d.retry_after, Duration::from_millis(600));
+        }
+    }
+    let (calls, ops) = shared.grouped();
+    assert!(calls < ops, "the checks went {ops} in {calls} calls");
+    // the key: the theoretical arrival time after 100 allowed checks, 600 ms apart
+    let client = redis::Client::open(REDIS).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let key = gcra.key(&rule, "1.2.3.4");
+    let tat: u64 = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(tat, t0 + 100 * 600_000);
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(ttl > 59_000 && ttl <= 60_000, "ttl {ttl}");
+    // and the next check, one interval later, is allowed once
+    let d = gcra
+        .check(&rule, "1.2.3.4", Some(t0 + 600_000))
+        .await
+        .unwrap();
+    assert!(d.allowed);
+    assert!(
+        !gcra
+            .check(&rule, "1.2.3.4", Some(t0 + 600_000))
+            .await
+            .unwrap()
+            .allowed
+    );
+}
+
 #[tokio::test]
 async fn redis_keys_expire_on_their_own() {
     let p = prefix();
