@@ -414,14 +414,17 @@ impl Worker {
 
     /// Run on `queue` until `stop` turns true: one loop for both kinds of queue — take what is
     /// waiting ([`Taker`]), handle it, and on a failing queue back off (the outage is logged
-    /// once per process by `ops::outage`, not once per attempt and worker). On Redis the reaper
-    /// and the promoter run beside it. In-flight deliveries finish; on Redis unfinished ones stay
-    /// pending and are reclaimed after the lease. On a partitioned Redis queue this worker, its
-    /// reaper and its promoter keep to `partition`.
+    /// once per process by `ops::outage`, not once per attempt and worker). On Redis, with
+    /// `upkeep`, the partition's reaper and promoter run beside it: one worker per partition and
+    /// process is given it (the others would repeat the same Redis calls every 250 ms for
+    /// nothing). In-flight deliveries finish; on Redis unfinished ones stay pending and are
+    /// reclaimed after the lease. On a partitioned Redis queue this worker, its reaper and its
+    /// promoter keep to `partition`.
     pub async fn run(
         self: Arc<Self>,
         queue: crate::queue::Queue,
         partition: usize,
+        upkeep: bool,
         mut stop: watch::Receiver<bool>,
     ) {
         let mut taker = Taker::new(&queue, partition, self.options);
@@ -430,10 +433,14 @@ impl Worker {
                 if let Err(e) = q.ensure_group().await {
                     tracing::error!(queue = q.name(), error = %e, "cannot create the consumer group; retrying");
                 }
-                vec![
-                    tokio::spawn(self.clone().reap(q.clone(), partition, stop.clone())),
-                    tokio::spawn(promote(q.clone(), partition, stop.clone())),
-                ]
+                if upkeep {
+                    vec![
+                        tokio::spawn(self.clone().reap(q.clone(), partition, stop.clone())),
+                        tokio::spawn(promote(q.clone(), partition, stop.clone())),
+                    ]
+                } else {
+                    Vec::new()
+                }
             }
             crate::queue::Queue::Memory(_) => Vec::new(),
         };

@@ -162,7 +162,8 @@ pub struct Workers {
 }
 
 /// Start `concurrency` workers per queued pipeline, and at least one per partition of a
-/// partitioned Redis queue (worker `i` reads partition `i` modulo the partitions).
+/// partitioned Redis queue (worker `i` reads partition `i` modulo the partitions); the first
+/// worker of each partition also runs its reaper and promoter.
 pub fn start<'a>(queued: impl Iterator<Item = &'a Queued>) -> Workers {
     let (stop, rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
@@ -173,11 +174,12 @@ pub fn start<'a>(queued: impl Iterator<Item = &'a Queued>) -> Workers {
         };
         let workers = (q.config.concurrency.max(1) as usize).max(partitions);
         for i in 0..workers {
-            tasks.spawn(
-                q.worker
-                    .clone()
-                    .run(q.handle.clone(), i % partitions, rx.clone()),
-            );
+            tasks.spawn(q.worker.clone().run(
+                q.handle.clone(),
+                i % partitions,
+                i < partitions,
+                rx.clone(),
+            ));
         }
     }
     Workers { stop, tasks }

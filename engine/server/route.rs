@@ -37,8 +37,9 @@ pub struct Route {
     /// Its OAuth flow, or why it cannot run (503 with the reason).
     pub oauth: Option<Result<crate::oauth::Flow, String>>,
     /// Every JSON pointer the request path reads after verification (the rate-limit key checked
-    /// in the enqueue, `respond.when`'s field, the event id, the dedupe key): read in one pass.
-    pub json_fields: Vec<String>,
+    /// in the enqueue, `respond.when`'s field, the event id, the dedupe key): read in one pass,
+    /// compiled once here.
+    pub json_fields: crate::request_field::JsonPointers,
 }
 
 /// How a route's rate limit is checked; decided once, here.
@@ -159,7 +160,11 @@ pub fn build(
 }
 
 /// The JSON pointers of the fields read after verification, each once.
-fn json_fields(p: &crate::config::Pipeline, q: &Option<Queued>, limit: &Limit) -> Vec<String> {
+fn json_fields(
+    p: &crate::config::Pipeline,
+    q: &Option<Queued>,
+    limit: &Limit,
+) -> crate::request_field::JsonPointers {
     use crate::config::rate_limit::KeyPart;
     use crate::config::verify::KeySource;
     let when = p.respond.when.iter().map(|w| &w.field);
@@ -175,15 +180,15 @@ fn json_fields(p: &crate::config::Pipeline, q: &Option<Queued>, limit: &Limit) -
             _ => None,
         })
     });
-    let mut out: Vec<String> = Vec::new();
+    let mut out: Vec<&str> = Vec::new();
     for source in when.chain(queue).chain(riding) {
         if let KeySource::Json(ptr) = source
-            && !out.contains(ptr)
+            && !out.contains(&ptr.as_str())
         {
-            out.push(ptr.clone());
+            out.push(ptr);
         }
     }
-    out
+    crate::request_field::JsonPointers::new(&out)
 }
 
 /// The limit rides in the enqueue's round trip when the limiter and the queue are both on one

@@ -132,13 +132,22 @@ struct CompiledStep {
 enum Condition {
     /// A Rhai expression.
     Script(AST),
-    /// A request field's value is one of `values` (`json`: a JSON field's pointer, read on its
-    /// own, so a step that does not run builds none of its `map`'s values).
+    /// A request field's value is one of `values`.
     Field {
         source: KeySource,
         values: Vec<String>,
-        json: Option<JsonPointers>,
+        json: Option<FieldRead>,
     },
+}
+
+/// How a `when` field's JSON pointer is read.
+enum FieldRead {
+    /// On its own pass over the body (a step with a script: what it reads is the script's).
+    Own(JsonPointers),
+    /// In the pass of the step's own `map`, at this slot: the body is scanned once for both, and
+    /// the values the step copies are in hand when it runs (an event the step does not take
+    /// builds the few of them its body holds; docs/benchmarks.md measures what that costs).
+    Map(usize),
 }
 
 /// What a step does.
@@ -231,7 +240,7 @@ impl Program {
                 Some(When::Field(f)) => {
                     let json = match &f.field {
                         KeySource::Json(ptr) => match map::check_pointer(ptr) {
-                            Ok(()) => Some(JsonPointers::new(&[ptr])),
+                            Ok(()) => Some(FieldRead::Own(JsonPointers::new(&[ptr]))),
                             Err(e) => {
                                 errors.push(at(format!("{base}/when/field/json"), e));
                                 None
@@ -245,6 +254,20 @@ impl Program {
                         json,
                     })
                 }
+            };
+            // a map step's `when` field is read in the map's own pass (its slot, added first)
+            let mut pointers = map::Pointers::default();
+            let when = match when {
+                Some(Condition::Field {
+                    source: KeySource::Json(ptr),
+                    values,
+                    json: Some(FieldRead::Own(_)),
+                }) if step.map.is_some() => Some(Condition::Field {
+                    json: Some(FieldRead::Map(pointers.slot(&ptr))),
+                    source: KeySource::Json(ptr),
+                    values,
+                }),
+                other => other,
             };
             let name = step
                 .name
@@ -260,7 +283,6 @@ impl Program {
                         ));
                         continue;
                     }
-                    let mut pointers = map::Pointers::default();
                     match map::Mapping::compile(fields, &mut pointers) {
                         Ok(m) => (
                             StepBody::Map(m, pointers.compile()),
@@ -362,6 +384,8 @@ impl Program {
         };
         sandbox::with_deadline(self.timeout, || {
             for step in &self.steps {
+                // a map step's values, when its `when` field was read in the same pass
+                let mut read = None;
                 match &step.when {
                     None => {}
                     Some(Condition::Script(when)) => {
@@ -385,11 +409,15 @@ impl Program {
                         values: wanted,
                         json,
                     }) => {
-                        let value = match json {
-                            Some(reads) => run.read(reads, &step.label)?[0]
+                        let value = match (json, &step.body) {
+                            (Some(FieldRead::Own(reads)), _) => run.read(reads, &step.label)?[0]
                                 .take()
                                 .and_then(crate::request_field::key_text),
-                            None => input.field(source),
+                            (Some(FieldRead::Map(slot)), StepBody::Map(_, reads)) => read
+                                .insert(run.read(reads, &step.label)?)[*slot]
+                                .clone()
+                                .and_then(crate::request_field::key_text),
+                            _ => input.field(source),
                         };
                         if !value.is_some_and(|v| wanted.contains(&v)) {
                             continue;
@@ -399,7 +427,10 @@ impl Program {
                 let result = match &step.body {
                     StepBody::Map(mapping, reads) => {
                         let sink = step.sink.clone().expect("a map step has a sink (compile)");
-                        let mut values = run.read(reads, &step.label)?;
+                        let mut values = match read.take() {
+                            Some(values) => values,
+                            None => run.read(reads, &step.label)?,
+                        };
                         let row = mapping
                             .row(&mut values, input)
                             .map_err(|e| Failure::permanent(format!("{}: {e}", step.label)))?;

@@ -132,7 +132,7 @@ async fn events_flow_to_the_sink_and_are_acked() {
     q.enqueue(&dropped, None).await.unwrap();
 
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let running = tokio::spawn(w.clone().run(Queue::Redis(q.clone()), 0, stop));
+    let running = tokio::spawn(w.clone().run(Queue::Redis(q.clone()), 0, true, stop));
     wait_until(|| sink.event_ids().len() == 20).await;
     let expected: Vec<String> = (0..20).map(|i| format!("e{i:02}")).collect();
     assert_eq!(sink.event_ids(), expected);
@@ -164,7 +164,7 @@ async fn a_failing_sink_is_retried_with_backoff_then_succeeds() {
     .await;
     q.enqueue(&status_update("r1"), None).await.unwrap();
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let running = tokio::spawn(w.clone().run(Queue::Redis(q.clone()), 0, stop));
+    let running = tokio::spawn(w.clone().run(Queue::Redis(q.clone()), 0, true, stop));
     wait_until(|| sink.event_ids() == ["r1"]).await;
     assert_eq!(
         sink.calls.load(Ordering::SeqCst),
@@ -176,13 +176,47 @@ async fn a_failing_sink_is_retried_with_backoff_then_succeeds() {
     assert_eq!(q.stats().await.unwrap().dead, 0);
 }
 
+/// One worker per partition and process runs the promoter and the reaper (`upkeep`): a retry
+/// waits in the delayed set while only workers without upkeep run, and goes back on the stream
+/// once one with it starts.
+#[tokio::test]
+async fn only_the_worker_given_upkeep_promotes_retries() {
+    let sink = TestSink::new(1, SinkError::Retry("connection refused".into()));
+    let (w, q, _) = worker(
+        sink.clone(),
+        Options {
+            max_attempts: 5,
+            ..fast()
+        },
+    )
+    .await;
+    q.enqueue(&status_update("u1"), None).await.unwrap();
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let plain = tokio::spawn(
+        w.clone()
+            .run(Queue::Redis(q.clone()), 0, false, stop.clone()),
+    );
+    wait_until(|| sink.calls.load(Ordering::SeqCst) == 1).await;
+    // the retry was due after 50 ms (at most 100 with jitter): without a promoter it stays
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let s = q.stats().await.unwrap();
+    assert_eq!((s.depth, s.delayed), (0, 1), "{s:?}");
+    assert!(sink.event_ids().is_empty());
+    let keeper = tokio::spawn(w.clone().run(Queue::Redis(q.clone()), 0, true, stop));
+    wait_until(|| sink.event_ids() == ["u1"]).await;
+    assert_eq!(sink.calls.load(Ordering::SeqCst), 2);
+    stop_tx.send(true).unwrap();
+    plain.await.unwrap();
+    keeper.await.unwrap();
+}
+
 #[tokio::test]
 async fn attempts_used_up_and_permanent_errors_are_dead_lettered() {
     let sink = TestSink::new(u32::MAX, SinkError::Retry("connection refused".into()));
     let (w, q, _) = worker(sink.clone(), fast()).await;
     q.enqueue(&status_update("x1"), None).await.unwrap();
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let running = tokio::spawn(w.clone().run(Queue::Redis(q.clone()), 0, stop));
+    let running = tokio::spawn(w.clone().run(Queue::Redis(q.clone()), 0, true, stop));
     let queue = q.clone();
     let mut dead = Vec::new();
     for _ in 0..100 {
@@ -261,7 +295,7 @@ async fn a_crashed_workers_entries_reach_the_sink_through_another_worker() {
     drop(crashed);
 
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let running = tokio::spawn(w.clone().run(Queue::Redis(q.clone()), 0, stop));
+    let running = tokio::spawn(w.clone().run(Queue::Redis(q.clone()), 0, true, stop));
     wait_until(|| sink.event_ids().len() == 3).await;
     assert_eq!(sink.event_ids(), ["c1", "c2", "c3"]);
     stop_tx.send(true).unwrap();
@@ -432,7 +466,7 @@ async fn a_busy_queue_is_topped_up_into_batches_and_a_lone_event_goes_at_once() 
         options,
     });
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let running = tokio::spawn(w.run(Queue::Redis(q.clone()), 0, stop));
+    let running = tokio::spawn(w.run(Queue::Redis(q.clone()), 0, true, stop));
     let written = || sink.writes.lock().unwrap().iter().sum::<usize>();
     // idle: a lone event is written well before the top-up wait would have ended
     tokio::time::sleep(Duration::from_millis(300)).await;
