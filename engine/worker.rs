@@ -90,6 +90,39 @@ pub enum Handled {
     DeadLettered { reason: String },
 }
 
+/// The workers of one queue partition in one engine process. At pace, workers reading side by
+/// side each take a fraction of what arrived (four workers: batches of a quarter), and each
+/// batch costs its reads, its statement, its ack and the wake-ups between them whatever its
+/// size. So one worker, the lead, always reads; the helpers read only while the lead's reads
+/// come back full, two or more in a row (more is waiting than one worker keeps up with: a
+/// backlog), and go back to waiting once one is not. A backlog is drained by every worker; a steady flow by one, in
+/// whole batches.
+#[derive(Debug)]
+pub struct Crew {
+    /// The lead's side of the backlog signal; `None` for a helper.
+    lead: Option<watch::Sender<bool>>,
+    backlog: watch::Receiver<bool>,
+}
+
+impl Crew {
+    /// A crew's lead; [`Crew::helper`] makes its helpers.
+    pub fn lead() -> Crew {
+        let (tx, rx) = watch::channel(false);
+        Crew {
+            lead: Some(tx),
+            backlog: rx,
+        }
+    }
+
+    /// A helper of this crew.
+    pub fn helper(&self) -> Crew {
+        Crew {
+            lead: None,
+            backlog: self.backlog.clone(),
+        }
+    }
+}
+
 /// Run the transform steps on one event, its duration recorded in `timing` (the queue's
 /// `engine_transform_duration_seconds`, looked up once by the caller for a whole batch).
 fn timed_run(
@@ -414,19 +447,21 @@ impl Worker {
 
     /// Run on `queue` until `stop` turns true: one loop for both kinds of queue — take what is
     /// waiting ([`Taker`]), handle it, and on a failing queue back off (the outage is logged
-    /// once per process by `ops::outage`, not once per attempt and worker). On Redis, with
-    /// `upkeep`, the partition's reaper and promoter run beside it: one worker per partition and
-    /// process is given it (the others would repeat the same Redis calls every 250 ms for
-    /// nothing). In-flight deliveries finish; on Redis unfinished ones stay pending and are
-    /// reclaimed after the lease. On a partitioned Redis queue this worker, its reaper and its
-    /// promoter keep to `partition`.
+    /// once per process by `ops::outage`, not once per attempt and worker). On Redis the
+    /// workers of one partition in one process form a [`Crew`]: its lead (`Crew::lead`) runs
+    /// the partition's reaper and promoter beside it (the others would repeat the same Redis
+    /// calls every 250 ms for nothing) and always reads; the others read only while the lead
+    /// finds a backlog. In-flight deliveries finish; on Redis unfinished ones stay pending and
+    /// are reclaimed after the lease. On a partitioned Redis queue this worker, its reaper and
+    /// its promoter keep to `partition`.
     pub async fn run(
         self: Arc<Self>,
         queue: crate::queue::Queue,
         partition: usize,
-        upkeep: bool,
+        crew: Crew,
         mut stop: watch::Receiver<bool>,
     ) {
+        let upkeep = crew.lead.is_some();
         let mut taker = Taker::new(&queue, partition, self.options);
         let helpers = match &queue {
             crate::queue::Queue::Redis(q) => {
@@ -445,7 +480,17 @@ impl Worker {
             crate::queue::Queue::Memory(_) => Vec::new(),
         };
         let mut failures = 0u32;
+        let mut backlog = crew.backlog.clone();
+        let mut full_reads = 0u32;
         while !*stop.borrow() {
+            // a helper of a Redis crew waits for a backlog (after its own pending entries)
+            if crew.lead.is_none() && taker.settled() && !*backlog.borrow_and_update() {
+                tokio::select! {
+                    _ = backlog.wait_for(|b| *b) => {}
+                    _ = stop.changed() => break,
+                }
+                continue;
+            }
             let taken = tokio::select! {
                 t = taker.take() => t,
                 _ = stop.changed() => break,
@@ -453,6 +498,18 @@ impl Worker {
             match taken {
                 Ok((deliveries, lost)) => {
                     failures = 0;
+                    if let Some(lead) = &crew.lead
+                        && taker.settled()
+                    {
+                        // two full batches in a row: more is waiting than one worker keeps up
+                        // with (one full batch happens at pace too, when a burst lands)
+                        full_reads = match deliveries.len() >= self.options.batch {
+                            true => full_reads + 1,
+                            false => 0,
+                        };
+                        let backlog = full_reads >= 2;
+                        lead.send_if_modified(|b| std::mem::replace(b, backlog) != backlog);
+                    }
                     if let Some(dependency) = taker.dependency() {
                         crate::ops::outage::ok(dependency);
                     }
@@ -565,6 +622,18 @@ impl Taker {
                 options,
             },
         }
+    }
+
+    /// Whether it reads new entries of a Redis stream (its own pending ones, read first after a
+    /// start, are read by every worker: no other would).
+    fn settled(&self) -> bool {
+        matches!(
+            self,
+            Taker::Redis {
+                own_pending: false,
+                ..
+            }
+        )
     }
 
     /// The dependency whose outage a failure is.

@@ -13,7 +13,7 @@ use engine::queue::Queue;
 use engine::queue::redis::RedisQueue;
 use engine::sink::{Batch, Sink, SinkError, SinkFuture};
 use engine::transform::{EventInput, Program};
-use engine::worker::{Handled, Options, Worker};
+use engine::worker::{Crew, Handled, Options, Worker};
 
 const REDIS: &str = "redis://127.0.0.1:6379";
 
@@ -132,7 +132,10 @@ async fn events_flow_to_the_sink_and_are_acked() {
     q.enqueue(&dropped, None).await.unwrap();
 
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let running = tokio::spawn(w.clone().run(Queue::Redis(q.clone()), 0, true, stop));
+    let running = tokio::spawn(
+        w.clone()
+            .run(Queue::Redis(q.clone()), 0, Crew::lead(), stop),
+    );
     wait_until(|| sink.event_ids().len() == 20).await;
     let expected: Vec<String> = (0..20).map(|i| format!("e{i:02}")).collect();
     assert_eq!(sink.event_ids(), expected);
@@ -164,7 +167,10 @@ async fn a_failing_sink_is_retried_with_backoff_then_succeeds() {
     .await;
     q.enqueue(&status_update("r1"), None).await.unwrap();
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let running = tokio::spawn(w.clone().run(Queue::Redis(q.clone()), 0, true, stop));
+    let running = tokio::spawn(
+        w.clone()
+            .run(Queue::Redis(q.clone()), 0, Crew::lead(), stop),
+    );
     wait_until(|| sink.event_ids() == ["r1"]).await;
     assert_eq!(
         sink.calls.load(Ordering::SeqCst),
@@ -176,38 +182,51 @@ async fn a_failing_sink_is_retried_with_backoff_then_succeeds() {
     assert_eq!(q.stats().await.unwrap().dead, 0);
 }
 
-/// One worker per partition and process runs the promoter and the reaper (`upkeep`): a retry
-/// waits in the delayed set while only workers without upkeep run, and goes back on the stream
-/// once one with it starts.
+/// The workers of a partition in one process are a crew: a helper reads new entries only while
+/// its lead finds a backlog, and only the lead runs the promoter (and the reaper).
 #[tokio::test]
-async fn only_the_worker_given_upkeep_promotes_retries() {
-    let sink = TestSink::new(1, SinkError::Retry("connection refused".into()));
-    let (w, q, _) = worker(
-        sink.clone(),
-        Options {
-            max_attempts: 5,
-            ..fast()
-        },
-    )
-    .await;
+async fn a_crew_helper_waits_for_a_backlog_and_only_the_lead_promotes_retries() {
+    let sink = TestSink::new(0, SinkError::Retry("unused".into()));
+    let (w, q, _) = worker(sink.clone(), Options { batch: 4, ..fast() }).await;
+    // a retry due at once, and a new event
     q.enqueue(&status_update("u1"), None).await.unwrap();
+    let mut conn = q.reader().await.unwrap();
+    let (got, _) = q
+        .read(0, &mut conn, 10, Duration::ZERO, false)
+        .await
+        .unwrap();
+    q.retry(&got[0], Duration::ZERO).await.unwrap();
+    q.enqueue(&status_update("n1"), None).await.unwrap();
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let plain = tokio::spawn(
-        w.clone()
-            .run(Queue::Redis(q.clone()), 0, false, stop.clone()),
-    );
-    wait_until(|| sink.calls.load(Ordering::SeqCst) == 1).await;
-    // the retry was due after 50 ms (at most 100 with jitter): without a promoter it stays
+    let lead = Crew::lead();
+    let helper =
+        tokio::spawn(
+            w.clone()
+                .run(Queue::Redis(q.clone()), 0, lead.helper(), stop.clone()),
+        );
     tokio::time::sleep(Duration::from_millis(700)).await;
     let s = q.stats().await.unwrap();
-    assert_eq!((s.depth, s.delayed), (0, 1), "{s:?}");
+    assert_eq!((s.depth, s.delayed), (1, 1), "{s:?}");
     assert!(sink.event_ids().is_empty());
-    let keeper = tokio::spawn(w.clone().run(Queue::Redis(q.clone()), 0, true, stop));
-    wait_until(|| sink.event_ids() == ["u1"]).await;
-    assert_eq!(sink.calls.load(Ordering::SeqCst), 2);
+    // the lead takes the new event and promotes the retry; then a backlog of 200 (batches of
+    // 4, so the lead's reads come back full and the helper joins): every event written once
+    let lead = tokio::spawn(w.clone().run(Queue::Redis(q.clone()), 0, lead, stop));
+    wait_until(|| sink.event_ids().len() == 2).await;
+    for i in 0..200 {
+        q.enqueue(&status_update(&format!("b{i}")), None)
+            .await
+            .unwrap();
+    }
+    wait_until(|| sink.event_ids().len() == 202).await;
     stop_tx.send(true).unwrap();
-    plain.await.unwrap();
-    keeper.await.unwrap();
+    helper.await.unwrap();
+    lead.await.unwrap();
+    let mut ids = sink.event_ids();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 202);
+    let s = q.stats().await.unwrap();
+    assert_eq!((s.depth, s.pending, s.delayed, s.dead), (0, 0, 0, 0));
 }
 
 #[tokio::test]
@@ -216,7 +235,10 @@ async fn attempts_used_up_and_permanent_errors_are_dead_lettered() {
     let (w, q, _) = worker(sink.clone(), fast()).await;
     q.enqueue(&status_update("x1"), None).await.unwrap();
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let running = tokio::spawn(w.clone().run(Queue::Redis(q.clone()), 0, true, stop));
+    let running = tokio::spawn(
+        w.clone()
+            .run(Queue::Redis(q.clone()), 0, Crew::lead(), stop),
+    );
     let queue = q.clone();
     let mut dead = Vec::new();
     for _ in 0..100 {
@@ -295,7 +317,10 @@ async fn a_crashed_workers_entries_reach_the_sink_through_another_worker() {
     drop(crashed);
 
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let running = tokio::spawn(w.clone().run(Queue::Redis(q.clone()), 0, true, stop));
+    let running = tokio::spawn(
+        w.clone()
+            .run(Queue::Redis(q.clone()), 0, Crew::lead(), stop),
+    );
     wait_until(|| sink.event_ids().len() == 3).await;
     assert_eq!(sink.event_ids(), ["c1", "c2", "c3"]);
     stop_tx.send(true).unwrap();
@@ -466,7 +491,7 @@ async fn a_busy_queue_is_topped_up_into_batches_and_a_lone_event_goes_at_once() 
         options,
     });
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let running = tokio::spawn(w.run(Queue::Redis(q.clone()), 0, true, stop));
+    let running = tokio::spawn(w.run(Queue::Redis(q.clone()), 0, Crew::lead(), stop));
     let written = || sink.writes.lock().unwrap().iter().sum::<usize>();
     // idle: a lone event is written well before the top-up wait would have ended
     tokio::time::sleep(Duration::from_millis(300)).await;
