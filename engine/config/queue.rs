@@ -61,7 +61,9 @@ pub struct Queue {
     /// Never when a read had to wait for its first event: a lone event is processed at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_wait: Option<Span>,
-    /// Events processed at once, per engine process.
+    /// Workers per engine process (per partition, at least one). The first reads always; the
+    /// others join only while it finds a backlog (its reads come back full), so a steady flow is
+    /// written in whole batches by one worker and a backlog is drained by all of them.
     #[serde(default = "default_concurrency")]
     #[schemars(range(min = 1, max = 256))]
     pub concurrency: u32,

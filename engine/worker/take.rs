@@ -1,0 +1,181 @@
+//! Who reads a queue, and how: a worker's [`Taker`] (the in-process queue one delivery at a
+//! time, Redis in batches topped up under load) and the [`Crew`] of the workers of one Redis
+//! partition in one process, which decides which of them read.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::Options;
+use crate::queue::memory::MemoryQueue;
+use crate::queue::redis::RedisQueue;
+use crate::queue::{Delivery, QueueError};
+
+/// The workers of one queue partition in one engine process. At pace, workers reading side by
+/// side each take a fraction of what arrived (four workers: batches of a quarter), and each
+/// batch costs its reads, its statement, its ack and the wake-ups between them whatever its
+/// size. So one worker, the lead, always reads; the helpers read only while the lead's reads
+/// come back full, two or more in a row (more is waiting than one worker keeps up with: a
+/// backlog), and go back to waiting once one is not. A backlog is drained by every worker; a steady flow by one, in
+/// whole batches.
+#[derive(Debug)]
+pub struct Crew {
+    /// The lead's side of the backlog signal; `None` for a helper.
+    pub(super) lead: Option<watch::Sender<bool>>,
+    pub(super) backlog: watch::Receiver<bool>,
+}
+
+impl Crew {
+    /// A crew's lead; [`Crew::helper`] makes its helpers.
+    pub fn lead() -> Crew {
+        let (tx, rx) = watch::channel(false);
+        Crew {
+            lead: Some(tx),
+            backlog: rx,
+        }
+    }
+
+    /// A helper of this crew.
+    pub fn helper(&self) -> Crew {
+        Crew {
+            lead: None,
+            backlog: self.backlog.clone(),
+        }
+    }
+}
+
+/// The dependency name of the Redis queue in outage logs and metrics.
+pub(super) const REDIS: &str = "redis";
+
+/// What a worker takes deliveries from: the in-process queue one at a time, or Redis in batches
+/// (its own pending entries once after a start, then new ones; a short wait tops up a small
+/// batch), over a reader connection made again after a failure.
+pub(super) enum Taker {
+    Memory {
+        queue: Arc<MemoryQueue>,
+        block: Duration,
+    },
+    Redis {
+        queue: Arc<RedisQueue>,
+        /// The partition this worker reads (`queue.partitions`).
+        partition: usize,
+        reader: Option<crate::redis_url::Conn>,
+        own_pending: bool,
+        /// Events were already waiting for the previous read: the queue is busy, and a small
+        /// batch is worth topping up.
+        busy: bool,
+        options: Options,
+    },
+}
+
+impl Taker {
+    pub(super) fn new(queue: &crate::queue::Queue, partition: usize, options: Options) -> Taker {
+        match queue {
+            crate::queue::Queue::Memory(q) => Taker::Memory {
+                queue: q.clone(),
+                block: options.block,
+            },
+            crate::queue::Queue::Redis(q) => Taker::Redis {
+                queue: q.clone(),
+                partition,
+                reader: None,
+                own_pending: true,
+                busy: false,
+                options,
+            },
+        }
+    }
+
+    /// Whether it reads new entries of a Redis stream (its own pending ones, read first after a
+    /// start, are read by every worker: no other would).
+    pub(super) fn settled(&self) -> bool {
+        matches!(
+            self,
+            Taker::Redis {
+                own_pending: false,
+                ..
+            }
+        )
+    }
+
+    /// The dependency whose outage a failure is.
+    pub(super) fn dependency(&self) -> Option<&'static str> {
+        match self {
+            Taker::Memory { .. } => None,
+            Taker::Redis { .. } => Some(REDIS),
+        }
+    }
+
+    /// The next deliveries (possibly none, after the block time), and whether the queue was
+    /// found lost (Redis restarted empty: the data-loss alarm).
+    pub(super) async fn take(&mut self) -> Result<(Vec<Delivery>, bool), QueueError> {
+        let (queue, partition, reader, own_pending, busy, options) = match self {
+            Taker::Memory { queue, block } => {
+                return Ok((queue.next(*block).await.into_iter().collect(), false));
+            }
+            Taker::Redis {
+                queue,
+                partition,
+                reader,
+                own_pending,
+                busy,
+                options,
+            } => (queue, *partition, reader, own_pending, busy, *options),
+        };
+        let conn = match reader {
+            Some(c) => c,
+            None => reader.insert(queue.reader().await?),
+        };
+        // First without blocking: whether events were already waiting is what tells a busy
+        // queue from an idle one (a blocking read returns as soon as one event arrives, busy or
+        // not). Only when nothing waits does the read block for the next event.
+        let mut read = queue
+            .read(partition, conn, options.batch, Duration::ZERO, *own_pending)
+            .await;
+        let waiting = matches!(&read, Ok((got, _)) if !got.is_empty());
+        if !*own_pending && matches!(&read, Ok((got, false)) if got.is_empty()) {
+            read = queue
+                .read(partition, conn, options.batch, options.block, false)
+                .await;
+        }
+        let (mut got, lost) = match read {
+            Ok(r) => r,
+            Err(e) => {
+                *reader = None;
+                return Err(e);
+            }
+        };
+        // At pace a read finds only the few events that arrived while the last batch was being
+        // written; waiting a moment turns more of them into one statement and one ack. Only
+        // under sustained load (events were waiting for this read and the previous one): after
+        // an idle spell, or for a lone burst, the events go at once.
+        if !*own_pending
+            && waiting
+            && *busy
+            && got.len() < options.batch
+            && !options.batch_wait.is_zero()
+        {
+            // held under a tenth of the lease: the entries in hand are not renewed while waiting
+            tokio::time::sleep(options.batch_wait.min(options.lease / 10)).await;
+            if let Ok((more, _)) = queue
+                .read(
+                    partition,
+                    conn,
+                    options.batch - got.len(),
+                    Duration::ZERO,
+                    false,
+                )
+                .await
+            {
+                got.extend(more);
+            }
+        }
+        *busy = waiting;
+        // After a restart the own pending list is read once; then new entries.
+        if *own_pending && got.is_empty() {
+            *own_pending = false;
+        }
+        Ok((got, lost))
+    }
+}
