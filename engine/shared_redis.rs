@@ -79,7 +79,7 @@ local function now_us(now)
   end
   return clock
 end
-local tats, writes, order = {}, {}, {}
+local tats, writes = {}, {}
 local function gcra(key, interval, burst, now)
   interval = tonumber(interval)
   burst = tonumber(burst)
@@ -88,7 +88,9 @@ local function gcra(key, interval, burst, now)
   if tat == nil then
     local stored = redis.call('GET', key)
     tat = stored and tonumber(stored) or now
-    if tat == nil then return redis.error_reply('rate-limit key ' .. key .. ' holds no number') end
+    if tat == nil then
+      return redis.error_reply('rate-limit key ' .. key .. ' holds something other than a time: delete it (DEL); only the engine writes under its key prefix')
+    end
     tats[key] = tat
   end
   if tat < now then tat = now end
@@ -100,7 +102,6 @@ local function gcra(key, interval, burst, now)
   end
   local ttl = math.max(1, math.ceil((new_tat - now) / 1000))
   tats[key] = new_tat
-  if not writes[key] then order[#order + 1] = key end
   writes[key] = ttl
   return {1, 0, ttl, math.floor((span - (new_tat - now)) / interval)}
 end
@@ -139,10 +140,10 @@ for i = 1, tonumber(ARGV[1]) do
     a = a + 8
   end
 end
-for _, key in ipairs(order) do
+for key, ttl in pairs(writes) do
   -- (under pcall: a key that cannot be written, Redis out of memory, loses this group's counts,
   -- never the answers of ops that already ran)
-  pcall(redis.call, 'SET', key, string.format('%.0f', tats[key]), 'PX', writes[key])
+  pcall(redis.call, 'SET', key, string.format('%.0f', tats[key]), 'PX', ttl)
 end
 return out
 ";

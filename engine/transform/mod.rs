@@ -221,6 +221,8 @@ impl Program {
                 at: None,
                 message,
             };
+            // the pointers of a map step: its `when` field's, then its fields'
+            let mut pointers = map::Pointers::default();
             let when = match &step.when {
                 None => None,
                 Some(When::Script(w)) => match compile(
@@ -240,6 +242,11 @@ impl Program {
                 Some(When::Field(f)) => {
                     let json = match &f.field {
                         KeySource::Json(ptr) => match map::check_pointer(ptr) {
+                            // a map step's `when` field is read in the map's own pass (its
+                            // slot, added before the map's fields)
+                            Ok(()) if step.map.is_some() => {
+                                Some(FieldRead::Map(pointers.slot(ptr)))
+                            }
                             Ok(()) => Some(FieldRead::Own(JsonPointers::new(&[ptr]))),
                             Err(e) => {
                                 errors.push(at(format!("{base}/when/field/json"), e));
@@ -254,20 +261,6 @@ impl Program {
                         json,
                     })
                 }
-            };
-            // a map step's `when` field is read in the map's own pass (its slot, added first)
-            let mut pointers = map::Pointers::default();
-            let when = match when {
-                Some(Condition::Field {
-                    source: KeySource::Json(ptr),
-                    values,
-                    json: Some(FieldRead::Own(_)),
-                }) if step.map.is_some() => Some(Condition::Field {
-                    json: Some(FieldRead::Map(pointers.slot(&ptr))),
-                    source: KeySource::Json(ptr),
-                    values,
-                }),
-                other => other,
             };
             let name = step
                 .name
@@ -417,7 +410,10 @@ impl Program {
                                 .insert(run.read(reads, &step.label)?)[*slot]
                                 .clone()
                                 .and_then(crate::request_field::key_text),
-                            _ => input.field(source),
+                            (Some(FieldRead::Map(_)), StepBody::Script(_)) => {
+                                unreachable!("compile reads a when field in the map pass of map steps only")
+                            }
+                            (None, _) => input.field(source),
                         };
                         if !value.is_some_and(|v| wanted.contains(&v)) {
                             continue;

@@ -432,17 +432,16 @@ impl Worker {
         self: Arc<Self>,
         queue: crate::queue::Queue,
         partition: usize,
-        crew: Crew,
+        mut crew: Crew,
         mut stop: watch::Receiver<bool>,
     ) {
-        let upkeep = crew.lead.is_some();
         let mut taker = Taker::new(&queue, partition, self.options);
         let helpers = match &queue {
             crate::queue::Queue::Redis(q) => {
                 if let Err(e) = q.ensure_group().await {
                     tracing::error!(queue = q.name(), error = %e, "cannot create the consumer group; retrying");
                 }
-                if upkeep {
+                if crew.leads() {
                     vec![
                         tokio::spawn(self.clone().reap(q.clone(), partition, stop.clone())),
                         tokio::spawn(promote(q.clone(), partition, stop.clone())),
@@ -454,16 +453,9 @@ impl Worker {
             crate::queue::Queue::Memory(_) => Vec::new(),
         };
         let mut failures = 0u32;
-        let mut backlog = crew.backlog.clone();
-        let mut full_reads = 0u32;
         while !*stop.borrow() {
-            // a helper of a Redis crew waits for a backlog (after its own pending entries)
-            if crew.lead.is_none() && taker.settled() && !*backlog.borrow_and_update() {
-                tokio::select! {
-                    _ = backlog.wait_for(|b| *b) => {}
-                    _ = stop.changed() => break,
-                }
-                continue;
+            if !crew.turn(&taker, &mut stop).await {
+                break;
             }
             let taken = tokio::select! {
                 t = taker.take() => t,
@@ -472,18 +464,7 @@ impl Worker {
             match taken {
                 Ok((deliveries, lost)) => {
                     failures = 0;
-                    if let Some(lead) = &crew.lead
-                        && taker.settled()
-                    {
-                        // two full batches in a row: more is waiting than one worker keeps up
-                        // with (one full batch happens at pace too, when a burst lands)
-                        full_reads = match deliveries.len() >= self.options.batch {
-                            true => full_reads + 1,
-                            false => 0,
-                        };
-                        let backlog = full_reads >= 2;
-                        lead.send_if_modified(|b| std::mem::replace(b, backlog) != backlog);
-                    }
+                    crew.took(&taker, deliveries.len(), self.options.batch);
                     if let Some(dependency) = taker.dependency() {
                         crate::ops::outage::ok(dependency);
                     }

@@ -17,13 +17,15 @@ use crate::queue::{Delivery, QueueError};
 /// batch costs its reads, its statement, its ack and the wake-ups between them whatever its
 /// size. So one worker, the lead, always reads; the helpers read only while the lead's reads
 /// come back full, two or more in a row (more is waiting than one worker keeps up with: a
-/// backlog), and go back to waiting once one is not. A backlog is drained by every worker; a steady flow by one, in
-/// whole batches.
+/// backlog), and go back to waiting once one is not. A backlog is drained by every worker; a
+/// steady flow by one, in whole batches.
 #[derive(Debug)]
 pub struct Crew {
     /// The lead's side of the backlog signal; `None` for a helper.
-    pub(super) lead: Option<watch::Sender<bool>>,
-    pub(super) backlog: watch::Receiver<bool>,
+    lead: Option<watch::Sender<bool>>,
+    backlog: watch::Receiver<bool>,
+    /// The lead's full reads in a row.
+    full_reads: u32,
 }
 
 impl Crew {
@@ -33,6 +35,7 @@ impl Crew {
         Crew {
             lead: Some(tx),
             backlog: rx,
+            full_reads: 0,
         }
     }
 
@@ -41,7 +44,38 @@ impl Crew {
         Crew {
             lead: None,
             backlog: self.backlog.clone(),
+            full_reads: 0,
         }
+    }
+
+    /// Whether this worker leads (and so runs the partition's reaper and promoter).
+    pub(super) fn leads(&self) -> bool {
+        self.lead.is_some()
+    }
+
+    /// Wait until this worker may read: at once for the lead, for a worker of the in-process
+    /// queue and for one still reading its own pending entries; a helper of a settled Redis
+    /// reader waits for a backlog. `false` when `stop` changed first.
+    pub(super) async fn turn(&mut self, taker: &Taker, stop: &mut watch::Receiver<bool>) -> bool {
+        if self.leads() || !taker.settled() {
+            return true;
+        }
+        tokio::select! {
+            waited = self.backlog.wait_for(|b| *b) => waited.is_ok(),
+            _ = stop.changed() => false,
+        }
+    }
+
+    /// What the lead's read took: two full batches in a row call the helpers in, one that is
+    /// not sends them back (one full batch happens at pace too, when a burst lands).
+    pub(super) fn took(&mut self, taker: &Taker, got: usize, batch: usize) {
+        let Some(lead) = &self.lead else { return };
+        if !taker.settled() {
+            return;
+        }
+        self.full_reads = if got >= batch { self.full_reads + 1 } else { 0 };
+        let backlog = self.full_reads >= 2;
+        lead.send_if_modified(|b| std::mem::replace(b, backlog) != backlog);
     }
 }
 

@@ -186,9 +186,20 @@ async fn a_failing_sink_is_retried_with_backoff_then_succeeds() {
 /// its lead finds a backlog, and only the lead runs the promoter (and the reaper).
 #[tokio::test]
 async fn a_crew_helper_waits_for_a_backlog_and_only_the_lead_promotes_retries() {
+    let options = Options { batch: 4, ..fast() };
     let sink = TestSink::new(0, SinkError::Retry("unused".into()));
-    let (w, q, _) = worker(sink.clone(), Options { batch: 4, ..fast() }).await;
-    // a retry due at once, and a new event
+    let (w, q, _) = worker(sink.clone(), options).await;
+    // the helper: the same queue, its own sink, so what it wrote can be told apart
+    let helper_sink = TestSink::new(0, SinkError::Retry("unused".into()));
+    let mut sinks: HashMap<String, Arc<dyn Sink>> = HashMap::new();
+    sinks.insert("call_status".into(), helper_sink.clone());
+    let helper_worker = Arc::new(Worker {
+        outcomes: q.clone(),
+        program: vapi_program(),
+        sinks,
+        options,
+    });
+    // a retry due at once, and a backlog of 201 new events (batches of 4)
     q.enqueue(&status_update("u1"), None).await.unwrap();
     let mut conn = q.reader().await.unwrap();
     let (got, _) = q
@@ -196,32 +207,35 @@ async fn a_crew_helper_waits_for_a_backlog_and_only_the_lead_promotes_retries() 
         .await
         .unwrap();
     q.retry(&got[0], Duration::ZERO).await.unwrap();
-    q.enqueue(&status_update("n1"), None).await.unwrap();
-    let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let lead = Crew::lead();
-    let helper =
-        tokio::spawn(
-            w.clone()
-                .run(Queue::Redis(q.clone()), 0, lead.helper(), stop.clone()),
-        );
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    let s = q.stats().await.unwrap();
-    assert_eq!((s.depth, s.delayed), (1, 1), "{s:?}");
-    assert!(sink.event_ids().is_empty());
-    // the lead takes the new event and promotes the retry; then a backlog of 200 (batches of
-    // 4, so the lead's reads come back full and the helper joins): every event written once
-    let lead = tokio::spawn(w.clone().run(Queue::Redis(q.clone()), 0, lead, stop));
-    wait_until(|| sink.event_ids().len() == 2).await;
-    for i in 0..200 {
+    for i in 0..201 {
         q.enqueue(&status_update(&format!("b{i}")), None)
             .await
             .unwrap();
     }
-    wait_until(|| sink.event_ids().len() == 202).await;
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let lead = Crew::lead();
+    let helper =
+        tokio::spawn(helper_worker.run(Queue::Redis(q.clone()), 0, lead.helper(), stop.clone()));
+    // alone, the helper reads nothing new and promotes nothing
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let s = q.stats().await.unwrap();
+    assert_eq!((s.depth, s.delayed), (201, 1), "{s:?}");
+    assert!(helper_sink.event_ids().is_empty());
+    // the lead promotes the retry and reads full batches, so the helper joins: every event
+    // written once
+    let lead = tokio::spawn(w.clone().run(Queue::Redis(q.clone()), 0, lead, stop));
+    let written = || sink.event_ids().len() + helper_sink.event_ids().len();
+    wait_until(|| written() == 202).await;
     stop_tx.send(true).unwrap();
     helper.await.unwrap();
     lead.await.unwrap();
+    assert!(
+        !helper_sink.event_ids().is_empty(),
+        "the helper never joined the backlog"
+    );
     let mut ids = sink.event_ids();
+    ids.extend(helper_sink.event_ids());
+    assert_eq!(ids.len(), 202, "every event written once");
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), 202);
