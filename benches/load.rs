@@ -342,9 +342,12 @@ fn engine(args: &[&str], setup: &Setup, dir: &Path) -> Command {
             "ENCRYPTION_KEY",
             "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
         );
-    // the allocator's own settings pass through, for experiments (MIMALLOC_PURGE_DELAY, ...), and
-    // CONSOLE_TOKEN, to measure what the operator console costs while it is on
-    c.envs(std::env::vars().filter(|(k, _)| k.starts_with("MIMALLOC_") || k == "CONSOLE_TOKEN"));
+    // the allocator's and the runtime's own settings pass through, for experiments
+    // (MIMALLOC_PURGE_DELAY, TOKIO_WORKER_THREADS, ...), and CONSOLE_TOKEN, to measure what the
+    // operator console costs while it is on
+    c.envs(std::env::vars().filter(|(k, _)| {
+        k.starts_with("MIMALLOC_") || k.starts_with("TOKIO_") || k == "CONSOLE_TOKEN"
+    }));
     c
 }
 

@@ -287,6 +287,51 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
+/// One pipeline's request-path metrics (`engine_http_requests_total`,
+/// `engine_http_request_duration_seconds`, `engine_events_queued_total`), each handle looked up
+/// in the registry once, on first use (after [`handle`] installed the recorder at boot), instead
+/// of on every request: a lookup builds the key's labels (a copy of the pipeline's name, the
+/// status as text) and hashes them. Statuses outside 100-599 are counted through the registry.
+pub struct PipelineMetrics {
+    name: String,
+    duration: OnceLock<metrics::Histogram>,
+    queued: OnceLock<metrics::Counter>,
+    /// `engine_http_requests_total` by status, 100-599: at most 500 handles.
+    requests: Box<[OnceLock<metrics::Counter>]>,
+}
+
+impl PipelineMetrics {
+    pub fn new(name: &str) -> PipelineMetrics {
+        PipelineMetrics {
+            name: name.to_string(),
+            duration: OnceLock::new(),
+            queued: OnceLock::new(),
+            requests: (100..600).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    /// A request answered with `status` after `took`.
+    pub fn answered(&self, status: u16, took: Duration) {
+        self.duration
+            .get_or_init(|| metrics::histogram!("engine_http_request_duration_seconds", "pipeline" => self.name.clone()))
+            .record(took.as_secs_f64());
+        let counter = |status: u16| metrics::counter!("engine_http_requests_total", "pipeline" => self.name.clone(), "status" => status.to_string());
+        match self.requests.get(usize::from(status).wrapping_sub(100)) {
+            Some(slot) => slot.get_or_init(|| counter(status)).increment(1),
+            None => counter(status).increment(1),
+        }
+    }
+
+    /// An event queued.
+    pub fn queued(&self) {
+        self.queued
+            .get_or_init(
+                || metrics::counter!("engine_events_queued_total", "pipeline" => self.name.clone()),
+            )
+            .increment(1);
+    }
+}
+
 /// The exposition text.
 pub fn render() -> Option<String> {
     let h = handle()?;

@@ -127,9 +127,23 @@ impl JsonPointers {
     }
 
     /// The value at each pointer, in one pass through `body`; `None` when it is not JSON.
+    ///
+    /// The body is checked to be UTF-8 once, in one pass, and then read as text: a reader of
+    /// bytes checks each string it keeps (every object key included) on its own, about a tenth
+    /// of the walk. A body that is not UTF-8 is read as bytes, so it fails or answers exactly as
+    /// before (a bad byte in a string nothing reads is skipped, as `serde_json` skips it).
     pub fn read(&self, body: &[u8]) -> Option<Vec<Option<serde_json::Value>>> {
+        match std::str::from_utf8(body) {
+            Ok(text) => self.read_from(serde_json::Deserializer::from_str(text)),
+            Err(_) => self.read_from(serde_json::Deserializer::from_slice(body)),
+        }
+    }
+
+    fn read_from<'de, R: serde_json::de::Read<'de>>(
+        &self,
+        mut de: serde_json::Deserializer<R>,
+    ) -> Option<Vec<Option<serde_json::Value>>> {
         let mut out = vec![None; self.segments.len()];
-        let mut de = serde_json::Deserializer::from_slice(body);
         Walk {
             node: &self.root,
             segments: &self.segments,
@@ -433,6 +447,17 @@ mod tests {
         assert_eq!(json_pointer(br#"{"d":1"#, "/d"), None);
         assert_eq!(json_pointer(br#"{"d":1,"z":[}"#, "/d"), None);
         assert_eq!(json_pointer(b"", "/d"), None);
+        // text beyond ASCII reads the same; a body that is not UTF-8 is read as bytes: a bad
+        // byte in a string no pointer reads is skipped, one in a string read is no value
+        let text = r#"{"k":"café ☕ 😀","é":{"ü":1}}"#.as_bytes();
+        assert_eq!(
+            json_pointer(text, "/k"),
+            Some(serde_json::json!("café ☕ 😀"))
+        );
+        assert_eq!(json_pointer(text, "/é/ü"), Some(serde_json::json!(1)));
+        let bad = b"{\"skipped\":\"\xff\xfe\",\"n\":1,\"read\":\"\xff\"}";
+        assert_eq!(json_pointer(bad, "/n"), Some(serde_json::json!(1)));
+        assert_eq!(json_pointer(bad, "/read"), None);
     }
 
     #[test]

@@ -69,28 +69,31 @@ impl Handler for Dispatch {
             event_id = tracing::field::Empty,
         );
         let mut served = Served {
-            label: String::from("-"),
-            pipeline: false,
+            label: "-",
+            pipeline: None,
             verify_failed: false,
         };
         // Err(Stop) means a step already answered (404, 429, 401, ...).
         let _ = self.serve(req, res, &mut served).instrument(span).await;
         let status = res.status_code.unwrap_or(StatusCode::OK).as_u16();
         let took = started.elapsed();
-        if served.pipeline && self.app.console.is_some() {
+        let Some(route) = served.pipeline.map(|i| &self.app.routes[i]) else {
+            metrics::histogram!("engine_http_request_duration_seconds", "pipeline" => served.label)
+                .record(took.as_secs_f64());
+            metrics::counter!("engine_http_requests_total", "pipeline" => served.label, "status" => status.to_string())
+                .increment(1);
+            return;
+        };
+        if self.app.console.is_some() {
             crate::console::traffic::global().record(
-                &served.label,
+                &route.name,
                 self.app.clock.now_ms().div_euclid(1000),
                 status,
                 served.verify_failed,
                 took,
             );
         }
-        let label = served.label;
-        metrics::histogram!("engine_http_request_duration_seconds", "pipeline" => label.clone())
-            .record(took.as_secs_f64());
-        metrics::counter!("engine_http_requests_total", "pipeline" => label, "status" => status.to_string())
-            .increment(1);
+        route.metrics.answered(status, took);
     }
 }
 
@@ -98,10 +101,10 @@ const X_REQUEST_ID: &str = "x-request-id";
 
 /// What the request path reports about a request for the metrics and the console's traffic.
 struct Served {
-    /// The pipeline's name, or the engine path's (`health`, `console`, ...); `-` when unrouted.
-    label: String,
-    /// Whether it reached a pipeline.
-    pipeline: bool,
+    /// The engine path's name (`health`, `console`, ...); `-` when unrouted.
+    label: &'static str,
+    /// The route of the pipeline it reached (its index in `App::routes`), whose metrics count it.
+    pipeline: Option<usize>,
     /// Whether its verification failed.
     verify_failed: bool,
 }
@@ -119,7 +122,7 @@ fn request_id(req: &Request) -> String {
                     .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
         })
         .map(str::to_string)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+        .unwrap_or_else(|| crate::clock::random_uuid().to_string())
 }
 
 impl Dispatch {
@@ -133,17 +136,16 @@ impl Dispatch {
     ) -> Result<(), Stop> {
         let app = &*self.app;
         if let Some(own) = super::own::own_path(req.uri().path()) {
-            served.label = own.to_string();
+            served.label = own;
             return super::own::serve(app, own, req, res).await;
         }
         if crate::route::is_console_path(req.uri().path()) {
-            served.label = "console".into();
+            served.label = "console";
             return super::console::serve(app, req, res).await;
         }
         let (pipeline, params) = lookup(app, req, res)?;
         let route = &app.routes[pipeline];
-        served.label.clone_from(&route.name);
-        served.pipeline = true;
+        served.pipeline = Some(pipeline);
         tracing::Span::current().record("pipeline", route.name.as_str());
         maintenance(app, res)?;
         if let Some(flow) = &route.oauth {
@@ -331,8 +333,7 @@ async fn enqueue(
     };
     match stored {
         Ok(Enqueued::Added(_)) => {
-            metrics::counter!("engine_events_queued_total", "pipeline" => name.clone())
-                .increment(1);
+            route.metrics.queued();
             Ok(())
         }
         Ok(Enqueued::Duplicate) => {

@@ -40,6 +40,8 @@ pub struct Route {
     /// in the enqueue, `respond.when`'s field, the event id, the dedupe key): read in one pass,
     /// compiled once here.
     pub json_fields: crate::request_field::JsonPointers,
+    /// Its request metrics, their handles looked up once.
+    pub metrics: crate::ops::metrics::PipelineMetrics,
 }
 
 /// How a route's rate limit is checked; decided once, here.
@@ -147,6 +149,7 @@ pub fn build(
         routes.push(Route {
             json_fields,
             pipeline: i,
+            metrics: crate::ops::metrics::PipelineMetrics::new(&p.config.name),
             name: p.config.name.clone(),
             verifier,
             limit,
