@@ -3,12 +3,16 @@
 //!
 //! mimalloc keeps freed memory for `purge_delay` milliseconds before returning it to the system,
 //! so a burst reuses it cheaply: 1,000 ms by default in mimalloc v3 (its `options.c`; the header's
-//! comment still says 10). Under sustained load the worker frees memory
-//! faster than the delay lets it go: the soak showed `engine worker` climbing from ~50 to ~58 MiB
-//! over its first minutes and staying there, while with an immediate purge it stayed at 37-39 MiB
-//! (`engine serve`: 30-31 against 28 MiB) at the same throughput (docs/benchmarks.md, "Memory
-//! under sustained load"). So the engine purges at once, unless `MIMALLOC_PURGE_DELAY` says
-//! otherwise (mimalloc reads its own variable; an operator's choice wins).
+//! comment still says 10). Under sustained load the worker frees memory faster than that delay
+//! lets it go: the soak showed `engine worker` climbing from ~50 to ~58 MiB over its first
+//! minutes and staying there. An immediate purge (0) held it at 37-49 MiB, but every page given
+//! back is a page fault (the kernel zeroing it) when it is used again a moment later: about two
+//! per request in `engine serve` and one per event in the worker, 5-6 % of their CPU, plus the
+//! `madvise` calls. At [`PURGE_DELAY_MS`] the faults fall to about a quarter in serve and half in
+//! the worker, ingest costs ~4 µs less CPU per request and the worker ~1.5 µs less per event,
+//! and both stay flat under sustained load (worker 50-56 MiB, serve ~31 MiB; docs/benchmarks.md,
+//! "Memory under sustained load"). `MIMALLOC_PURGE_DELAY` overrides it (mimalloc reads its own
+//! variable; an operator's choice wins): 0 for the least memory.
 
 use libmimalloc_sys::mi_option_t;
 
@@ -16,12 +20,15 @@ use libmimalloc_sys::mi_option_t;
 /// constant for it): the sixteenth option. [`tests`] checks it still is.
 const MI_OPTION_PURGE_DELAY: mi_option_t = 15;
 
+/// How long freed memory is kept for reuse before it goes back to the system, milliseconds.
+const PURGE_DELAY_MS: std::os::raw::c_long = 25;
+
 /// The engine's allocator settings; call once, first thing in `main`.
 pub(crate) fn tune() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: sets a process-wide option of the C allocator; mimalloc documents that options
         // may be set at any time (a purge reads the current value).
-        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
     }
 }
 
