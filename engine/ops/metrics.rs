@@ -287,6 +287,23 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
+/// `engine_http_request_duration_seconds` of one pipeline or engine path.
+fn request_duration(pipeline: impl Into<metrics::SharedString>) -> metrics::Histogram {
+    metrics::histogram!("engine_http_request_duration_seconds", "pipeline" => pipeline)
+}
+
+/// `engine_http_requests_total` of one pipeline or engine path and status.
+fn requests(pipeline: impl Into<metrics::SharedString>, status: u16) -> metrics::Counter {
+    metrics::counter!("engine_http_requests_total", "pipeline" => pipeline, "status" => status.to_string())
+}
+
+/// A request to one of the engine's own paths (`health`, `console`, ...; `-` when unrouted)
+/// answered, counted through the registry: these are few, and their labels are static.
+pub fn own_path_answered(label: &'static str, status: u16, took: Duration) {
+    request_duration(label).record(took.as_secs_f64());
+    requests(label, status).increment(1);
+}
+
 /// One pipeline's request-path metrics (`engine_http_requests_total`,
 /// `engine_http_request_duration_seconds`, `engine_events_queued_total`), each handle looked up
 /// in the registry once, on first use (after [`handle`] installed the recorder at boot), instead
@@ -313,12 +330,13 @@ impl PipelineMetrics {
     /// A request answered with `status` after `took`.
     pub fn answered(&self, status: u16, took: Duration) {
         self.duration
-            .get_or_init(|| metrics::histogram!("engine_http_request_duration_seconds", "pipeline" => self.name.clone()))
+            .get_or_init(|| request_duration(self.name.clone()))
             .record(took.as_secs_f64());
-        let counter = |status: u16| metrics::counter!("engine_http_requests_total", "pipeline" => self.name.clone(), "status" => status.to_string());
         match self.requests.get(usize::from(status).wrapping_sub(100)) {
-            Some(slot) => slot.get_or_init(|| counter(status)).increment(1),
-            None => counter(status).increment(1),
+            Some(slot) => slot
+                .get_or_init(|| requests(self.name.clone(), status))
+                .increment(1),
+            None => requests(self.name.clone(), status).increment(1),
         }
     }
 

@@ -142,6 +142,17 @@ mod tests {
     use super::*;
     use salvo::http::HeaderMap;
 
+    /// A POST to `url` with `headers` and `body`.
+    fn inbound<'a>(headers: &'a HeaderMap, url: &'a str, body: &'a [u8]) -> Inbound<'a> {
+        Inbound {
+            method: "POST",
+            url,
+            headers,
+            body,
+            now: 0,
+        }
+    }
+
     /// Fields read ahead in one pass answer exactly as fields read one pass per use: every
     /// source kind, repeated keys (the last wins), pointers not read ahead, bodies not JSON.
     #[test]
@@ -173,13 +184,7 @@ mod tests {
             b"not json",
             b"",
         ] {
-            let req = Inbound {
-                method: "POST",
-                url: "https://x/y",
-                headers: &h,
-                body,
-                now: 0,
-            };
+            let req = inbound(&h, "https://x/y", body);
             let (one_by_one, read) = (
                 Fields::new(&req, &params),
                 Fields::reading(&req, &params, &compiled),
@@ -205,13 +210,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-org", "org_1".parse().unwrap());
         let body = br#"{"message":{"call":{"orgId":"org_2"}}}"#;
-        let req = Inbound {
-            method: "POST",
-            url: "https://x/y?t=org_3",
-            headers: &h,
-            body,
-            now: 0,
-        };
+        let req = inbound(&h, "https://x/y?t=org_3", body);
         let params = [("tenant".to_string(), "org_4".to_string())];
         assert_eq!(
             extract(&KeySource::Header("X-Org".into()), &req, &params).as_deref(),
@@ -252,13 +251,7 @@ mod tests {
     fn join_reads_every_field_and_needs_all_of_them() {
         let h = HeaderMap::new();
         let body = br#"{"message":{"type":"status-update","call":{"id":"c1"},"timestamp":17}}"#;
-        let req = Inbound {
-            method: "POST",
-            url: "https://x/y",
-            headers: &h,
-            body,
-            now: 0,
-        };
+        let req = inbound(&h, "https://x/y", body);
         let fields = Fields::new(&req, &[]);
         let key = [
             KeySource::Json("/message/call/id".into()),

@@ -78,10 +78,7 @@ impl Handler for Dispatch {
         let status = res.status_code.unwrap_or(StatusCode::OK).as_u16();
         let took = started.elapsed();
         let Some(route) = served.pipeline.map(|i| &self.app.routes[i]) else {
-            metrics::histogram!("engine_http_request_duration_seconds", "pipeline" => served.label)
-                .record(took.as_secs_f64());
-            metrics::counter!("engine_http_requests_total", "pipeline" => served.label, "status" => status.to_string())
-                .increment(1);
+            crate::ops::metrics::own_path_answered(served.label, status, took);
             return;
         };
         if self.app.console.is_some() {
