@@ -5,7 +5,10 @@
 //! pipeline's `respond` is one of:
 //!
 //! - static: `status`, `content_type`, `headers`, `body`;
-//! - templated: `template` with `{{ expression }}` holes, each a Rhai expression over `event`;
+//! - templated: `template` with `{{ expression }}` holes, each a Rhai expression over `event`,
+//!   its value escaped for the answer's content type (XML/HTML: `& < > " '` as entities; JSON:
+//!   as the inside of a JSON string), so a caller's field cannot add elements to TwiML or
+//!   break out of a JSON string; `{{{ expression }}}` inserts the value as it is;
 //! - computed: a Rhai `script` (or `inline`) returning a string (the body), a map (sent as JSON),
 //!   or `#{status, content_type, headers, body}`.
 //!
@@ -19,6 +22,12 @@
 //! blocking thread, within what is left of the timeout (`crate::connection`). Any failure
 //! answers the `fallback` (default: 500 with a
 //! generic JSON error) and is logged with the script position; the caller never sees internals.
+//!
+//! Headers that frame the answer or belong to the connection (`content-length`,
+//! `transfer-encoding`, `connection`, ...), `set-cookie` and `location` are never set by a
+//! pipeline: refused in `respond.headers` by `engine validate`, and a script returning one
+//! fails (the fallback is sent). A script choosing the framing could desynchronise a kept-alive
+//! connection; a cookie or redirect from a webhook answer would act on the engine's own origin.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -64,7 +73,85 @@ enum Kind {
 
 enum Piece {
     Text(String),
-    Expr(AST, String),
+    /// A hole: its compiled expression, its label for errors, and how its value is written.
+    Expr(AST, String, Escape),
+}
+
+/// How a template hole's value is written into the answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Escape {
+    /// `{{{ }}}`, or a content type with no escaping rule (text/plain): as it is.
+    Raw,
+    /// XML and HTML: `& < > " '` as character references.
+    Markup,
+    /// JSON: as the inside of a JSON string (quotes, backslashes and control characters escaped).
+    JsonString,
+}
+
+impl Escape {
+    /// The escaping a `{{ }}` hole gets in an answer of `content_type`.
+    pub fn for_content_type(content_type: &str) -> Escape {
+        let ct = content_type.to_ascii_lowercase();
+        let essence = ct.split(';').next().unwrap_or("").trim();
+        if essence.ends_with("xml") || essence.ends_with("html") || essence.ends_with("+xml") {
+            Escape::Markup
+        } else if essence.ends_with("json") {
+            Escape::JsonString
+        } else {
+            Escape::Raw
+        }
+    }
+
+    /// `value` written into the answer.
+    pub fn write(self, value: &str, out: &mut String) {
+        match self {
+            Escape::Raw => out.push_str(value),
+            Escape::Markup => {
+                for c in value.chars() {
+                    match c {
+                        '&' => out.push_str("&amp;"),
+                        '<' => out.push_str("&lt;"),
+                        '>' => out.push_str("&gt;"),
+                        '"' => out.push_str("&quot;"),
+                        '\'' => out.push_str("&#39;"),
+                        c => out.push(c),
+                    }
+                }
+            }
+            Escape::JsonString => {
+                let quoted = serde_json::Value::String(value.to_string()).to_string();
+                out.push_str(&quoted[1..quoted.len() - 1]);
+            }
+        }
+    }
+}
+
+/// Response headers no pipeline sets: the server frames the answer and owns the connection; a
+/// cookie or a redirect would act on the engine's own origin (the console's); the content
+/// security headers keep answers sandboxed.
+pub const FORBIDDEN_HEADERS: &[&str] = &[
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "proxy-connection",
+    "proxy-authenticate",
+    "host",
+    "set-cookie",
+    "location",
+    "content-security-policy",
+    "x-content-type-options",
+];
+
+/// Why a response header may not be set, or `None` when it may.
+pub fn header_refusal(name: &str) -> Option<String> {
+    FORBIDDEN_HEADERS
+        .iter()
+        .any(|h| h.eq_ignore_ascii_case(name))
+        .then(|| format!("the header `{name}` cannot be set by a pipeline: the server frames answers and owns the connection, and cookies, redirects and the content security headers stay the engine's"))
 }
 
 /// A pipeline's compiled `respond`.
@@ -119,8 +206,24 @@ impl Responder {
                 message: "`when` chooses the requests a `template`, `script` or `inline` answers, and this respond has none: add one, or remove `when`".into(),
             }]);
         }
+        let refused: Vec<ScriptError> = r
+            .headers
+            .keys()
+            .filter_map(|name| {
+                header_refusal(name).map(|message| ScriptError {
+                    script: None,
+                    pointer: format!("/respond/headers/{}", crate::yaml::escape_token(name)),
+                    at: None,
+                    message,
+                })
+            })
+            .collect();
+        if !refused.is_empty() {
+            return Err(refused);
+        }
         let kind = if let Some(t) = &r.template {
-            Kind::Template(template(&engine, t, pipeline_file, root)?)
+            let escape = Escape::for_content_type(&r.content_type);
+            Kind::Template(template(&engine, t, escape, pipeline_file, root)?)
         } else if let Some((source, pointer)) = script_source(r) {
             let (ast, label) = compile(&engine, pipeline_file, root, source, pointer, false)
                 .map_err(|e| vec![e])?;
@@ -239,7 +342,7 @@ impl Responder {
                     for p in pieces {
                         match p {
                             Piece::Text(t) => out.push_str(t),
-                            Piece::Expr(ast, label) => {
+                            Piece::Expr(ast, label, escape) => {
                                 let v = self
                                     .engine
                                     .eval_ast_with_scope::<Dynamic>(&mut scope, ast)
@@ -247,7 +350,7 @@ impl Responder {
                                         (over_budget(&e), sandbox::explain(&e, label).1)
                                     })?;
                                 if !v.is_unit() {
-                                    out.push_str(&v.to_string());
+                                    escape.write(&v.to_string(), &mut out);
                                 }
                             }
                         }
@@ -308,6 +411,9 @@ impl Responder {
         let mut headers = base.headers;
         if let Some(h) = d.get("headers").and_then(serde_json::Value::as_object) {
             for (k, v) in h {
+                if let Some(why) = header_refusal(k) {
+                    return Err(format!("{label}: {why}"));
+                }
                 headers.push((
                     k.clone(),
                     v.as_str().map_or_else(|| v.to_string(), str::to_string),
@@ -335,9 +441,11 @@ fn script_source(r: &Respond) -> Option<(Source<'_>, &'static str)> {
     }
 }
 
+/// `{{ expr }}` holes are written with `escape`; `{{{ expr }}}` as they are.
 fn template(
     engine: &Engine,
     text: &str,
+    escape: Escape,
     file: &Path,
     root: &Path,
 ) -> Result<Vec<Piece>, Vec<ScriptError>> {
@@ -346,16 +454,22 @@ fn template(
     let mut rest = text;
     while let Some(open) = rest.find("{{") {
         pieces.push(Piece::Text(rest[..open].to_string()));
-        let Some(close) = rest[open..].find("}}") else {
+        let raw = rest[open..].starts_with("{{{");
+        let (opener, closer) = if raw { ("{{{", "}}}") } else { ("{{", "}}") };
+        let Some(close) = rest[open + opener.len()..]
+            .find(closer)
+            .map(|c| c + opener.len())
+        else {
             errors.push(ScriptError {
                 script: None,
                 pointer: "/respond/template".into(),
                 at: None,
-                message: "a `{{` in the template is not closed by `}}`".into(),
+                message: format!("a `{opener}` in the template is not closed by `{closer}`"),
             });
             break;
         };
-        let expr = &rest[open + 2..open + close];
+        let expr = &rest[open + opener.len()..open + close];
+        let hole_escape = if raw { Escape::Raw } else { escape };
         match compile(
             engine,
             file,
@@ -364,10 +478,10 @@ fn template(
             "/respond/template",
             true,
         ) {
-            Ok((ast, label)) => pieces.push(Piece::Expr(ast, label)),
+            Ok((ast, label)) => pieces.push(Piece::Expr(ast, label, hole_escape)),
             Err(e) => errors.push(e),
         }
-        rest = &rest[open + close + 2..];
+        rest = &rest[open + close + closer.len()..];
     }
     pieces.push(Piece::Text(rest.to_string()));
     if errors.is_empty() {
@@ -423,6 +537,96 @@ mod tests {
         }
         let bad_body = r.compute_inline(&input("{nope"));
         assert!(matches!(bad_body, Err(Inline::Failed(r)) if r.contains("not valid JSON")));
+    }
+
+    fn form_input(body: &str) -> EventInput {
+        crate::transform::event::sample("application/x-www-form-urlencoded", body)
+    }
+
+    #[test]
+    fn template_holes_are_escaped_for_the_content_type() {
+        // the TwiML injection: a caller's From closing <Say> and dialling a number
+        let r = responder(serde_json::json!({
+            "content_type": "text/xml",
+            "template": "<Response><Say>Hello {{ event.body.From }}</Say></Response>",
+        }));
+        let hostile = "From=%3C%2FSay%3E%3CDial%3E%2B19005550100%3C%2FDial%3E%3CSay%3E";
+        let reply = r.compute(&form_input(hostile)).unwrap();
+        assert_eq!(
+            reply.body,
+            "<Response><Say>Hello &lt;/Say&gt;&lt;Dial&gt;+19005550100&lt;/Dial&gt;&lt;Say&gt;</Say></Response>"
+        );
+        assert!(!reply.body.contains("<Dial>"));
+        // JSON: the value stays inside its string
+        let r = responder(serde_json::json!({
+            "content_type": "application/json",
+            "template": "{\"name\": \"{{ event.body.name }}\"}",
+        }));
+        let reply = r
+            .compute(&input(r#"{"name":"x\", \"admin\": true, \"y\": \"\n"}"#))
+            .unwrap();
+        let parsed: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+        assert_eq!(parsed.as_object().unwrap().len(), 1);
+        assert_eq!(parsed["name"], "x\", \"admin\": true, \"y\": \"\n");
+        // {{{ }}} opts out: the value as it is
+        let r = responder(serde_json::json!({
+            "content_type": "text/xml",
+            "template": "<Response>{{{ event.body.twiml }}}</Response>",
+        }));
+        let reply = r.compute(&input(r#"{"twiml":"<Hangup/>"}"#)).unwrap();
+        assert_eq!(reply.body, "<Response><Hangup/></Response>");
+    }
+
+    #[test]
+    fn escaping_follows_the_content_types_essence() {
+        use Escape::*;
+        for (ct, want) in [
+            ("text/xml", Markup),
+            ("application/xml; charset=utf-8", Markup),
+            ("text/html", Markup),
+            ("application/atom+xml", Markup),
+            ("application/json", JsonString),
+            ("application/vnd.api+json", JsonString),
+            ("text/plain", Raw),
+        ] {
+            assert_eq!(Escape::for_content_type(ct), want, "{ct}");
+        }
+    }
+
+    #[test]
+    fn framing_headers_are_refused_in_config_and_from_scripts() {
+        let p: Pipeline = serde_json::from_value(serde_json::json!({
+            "name": "p",
+            "route": {"method": "POST", "path": "/p"},
+            "respond": {"headers": {"Content-Length": "0", "x-ok": "1"}},
+        }))
+        .unwrap();
+        let errors = match Responder::compile(&p, Path::new("p.yaml"), Path::new(".")) {
+            Err(e) => e,
+            Ok(_) => panic!("a content-length header compiled"),
+        };
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].pointer, "/respond/headers/Content-Length");
+        for name in [
+            "content-length",
+            "Transfer-Encoding",
+            "set-cookie",
+            "location",
+            "connection",
+        ] {
+            let r = responder(serde_json::json!({
+                "inline": format!("#{{ body: \"x\", headers: #{{ \"{name}\": \"0\" }} }}"),
+            }));
+            let why = r.compute(&input("{}")).unwrap_err();
+            assert!(why.contains(name), "{name}: {why}");
+        }
+        let r = responder(serde_json::json!({
+            "inline": "#{ body: \"x\", headers: #{ \"x-trace\": \"1\" } }",
+        }));
+        assert_eq!(
+            r.compute(&input("{}")).unwrap().headers,
+            vec![("x-trace".to_string(), "1".to_string())]
+        );
     }
 
     #[test]

@@ -129,6 +129,12 @@ impl RateLimit {
         self.counts == Counts::Verified
     }
 
+    /// Whether the key counts the client IP (else a sender rotating the other parts gets a fresh
+    /// budget each time; the settings' per-IP default is kept under such a limit).
+    pub fn counts_ip(&self) -> bool {
+        self.key.contains(&KeyPart::Named(NamedKey::Ip))
+    }
+
     /// Burst size in effect.
     pub fn burst_size(&self) -> u32 {
         self.burst.unwrap_or(self.limit.count).max(1)

@@ -48,6 +48,8 @@ pub struct Settings {
     pub shutdown_grace_secs: u64,
     /// Connection timeouts against slow or stalled clients (slow-loris).
     pub timeouts: Timeouts,
+    /// How many connections are held open at once, in all and per client address.
+    pub connections: Connections,
     /// Where Postgres sinks write JSON lines when DATABASE_URL is not set (development only).
     pub data_dir: String,
     /// Postgres connections per engine process.
@@ -80,6 +82,30 @@ impl Default for Timeouts {
             header_secs: 10,
             body_secs: 30,
             idle_secs: 120,
+        }
+    }
+}
+
+/// Caps on open connections: a client holding many connections open (each within its timeouts)
+/// cannot take every socket the process has. A connection over a cap is closed at once, before
+/// anything is read from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Connections {
+    /// Connections open at once, in all.
+    #[schemars(range(min = 1, max = 1000000))]
+    pub max: usize,
+    /// Connections open at once from one socket peer address (an IPv6 peer by its /64). Peers in
+    /// `trusted_proxies` are not capped: a proxy carries many clients' connections.
+    #[schemars(range(min = 1, max = 1000000))]
+    pub per_ip: usize,
+}
+
+impl Default for Connections {
+    fn default() -> Self {
+        Connections {
+            max: 10_000,
+            per_ip: 256,
         }
     }
 }
@@ -131,6 +157,7 @@ impl Default for Settings {
             trusted_proxies: Vec::new(),
             shutdown_grace_secs: 25,
             timeouts: Timeouts::default(),
+            connections: Connections::default(),
             data_dir: "data".to_string(),
             database_pool_size: 8,
             statement_timeout_ms: 10_000,
@@ -155,6 +182,7 @@ impl fmt::Debug for Settings {
             .field("trusted_proxies", &self.trusted_proxies)
             .field("shutdown_grace_secs", &self.shutdown_grace_secs)
             .field("timeouts", &self.timeouts)
+            .field("connections", &self.connections)
             .finish()
     }
 }
@@ -167,6 +195,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("REDIS_URL", "redis_url"),
     ("DATABASE_URL", "database_url"),
     ("BACKEND_URL", "public_url"),
+    ("TRUSTED_PROXIES", "trusted_proxies"),
 ];
 
 /// The environment layer: the override variables that are set, as a settings-shaped value.
@@ -175,7 +204,7 @@ fn env_layer(env: &Env) -> Value {
     for (var, key) in ENV_OVERRIDES {
         let Some(v) = env.get(var) else { continue };
         let v = match (*key, v) {
-            ("cors.allow_origins", Value::String(s)) => Value::Array(
+            ("cors.allow_origins" | "trusted_proxies", Value::String(s)) => Value::Array(
                 s.split(',')
                     .map(str::trim)
                     .filter(|o| !o.is_empty())

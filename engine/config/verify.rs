@@ -96,6 +96,12 @@ pub struct Tenant {
     pub key: KeySource,
     /// Credential name in the table, e.g. `twilio_auth_token`.
     pub credential: String,
+    /// A regular expression a tenant id must match before it is looked up (anchor it with `^`
+    /// and `$`); a request naming an id of another shape is refused without a database query.
+    /// Twilio's default: `^AC[0-9a-f]{32}$` (an AccountSid). Whatever the pattern, an id over
+    /// 128 bytes or holding control characters is never looked up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
 }
 
 /// A scheme with only a secret.

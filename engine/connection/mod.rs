@@ -382,10 +382,15 @@ impl Connections {
         }
     }
 
-    /// The tenant `source`'s `id` belongs to.
-    pub async fn tenant_of(&self, source: &str, id: &str) -> Result<Option<String>, String> {
+    /// The tenant `source`'s `id` belongs to, answered by `deadline`.
+    pub async fn tenant_of(
+        &self,
+        source: &str,
+        id: &str,
+        deadline: Instant,
+    ) -> Result<Option<String>, String> {
         match &self.directory {
-            Some(d) => d.lookup(source, id).await,
+            Some(d) => d.lookup(source, id, deadline).await,
             None => Ok(None),
         }
     }
@@ -500,11 +505,8 @@ pub fn register(engine: &mut Engine, connections: Option<Arc<Connections>>) {
         move |name: &str, req: rhai::Map| -> Result<Dynamic, Box<EvalAltResult>> {
             let (conns, handle) = ready(&c)?;
             let req = request_from(req).map_err(script_error)?;
-            let deadline = crate::transform::sandbox::deadline()
-                .map(|d| d.checked_sub(ANSWER_RESERVE).unwrap_or(d))
-                .unwrap_or_else(|| Instant::now() + Duration::from_secs(5));
             let answer = handle
-                .block_on(conns.call(name, req, deadline))
+                .block_on(conns.call(name, req, call_deadline()))
                 .map_err(script_error)?;
             Ok(to_dynamic(answer))
         },
@@ -517,7 +519,7 @@ pub fn register(engine: &mut Engine, connections: Option<Arc<Connections>>) {
                 return Ok(Dynamic::UNIT);
             };
             let (conns, handle) = ready(&c)?;
-            match handle.block_on(conns.tenant_of(source, &id)) {
+            match handle.block_on(conns.tenant_of(source, &id, call_deadline())) {
                 Ok(Some(t)) => Ok(t.into()),
                 Ok(None) => Ok(Dynamic::UNIT),
                 Err(e) => {
@@ -527,6 +529,14 @@ pub fn register(engine: &mut Engine, connections: Option<Arc<Connections>>) {
             }
         },
     );
+}
+
+/// When a call from the running script must have answered: the script's deadline less what the
+/// answer needs after it (5 s outside a script's run).
+fn call_deadline() -> Instant {
+    crate::transform::sandbox::deadline()
+        .map(|d| d.checked_sub(ANSWER_RESERVE).unwrap_or(d))
+        .unwrap_or_else(|| Instant::now() + Duration::from_secs(5))
 }
 
 /// The connections and a runtime to wait on, or why a call cannot be made here.

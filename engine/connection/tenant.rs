@@ -7,7 +7,10 @@
 //! ```
 //!
 //! Lookups are cached (60 s, 10,000 entries; unknown ids cached as absent, so made-up ids do not
-//! reach the database each time), and concurrent lookups of one id share one query.
+//! reach the database each time), and concurrent lookups of one id share one query. A lookup
+//! answers by its deadline (the respond script's budget): its query runs under a statement
+//! timeout of what is left, so a locked or slow table costs the answer nothing beyond its budget
+//! and the query does not run on after it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,7 +20,13 @@ use super::token::Pending;
 
 /// Looks tenants up.
 pub trait Directory: Send + Sync {
-    fn lookup<'a>(&'a self, source: &'a str, id: &'a str) -> Pending<'a, Option<String>>;
+    /// The tenant `id` of `source` belongs to, answered by `deadline`.
+    fn lookup<'a>(
+        &'a self,
+        source: &'a str,
+        id: &'a str,
+        deadline: std::time::Instant,
+    ) -> Pending<'a, Option<String>>;
 }
 
 /// `tenant_aliases` in Postgres, cached.
@@ -39,23 +48,48 @@ impl Postgres {
 }
 
 impl Directory for Postgres {
-    fn lookup<'a>(&'a self, source: &'a str, id: &'a str) -> Pending<'a, Option<String>> {
+    fn lookup<'a>(
+        &'a self,
+        source: &'a str,
+        id: &'a str,
+        deadline: std::time::Instant,
+    ) -> Pending<'a, Option<String>> {
         use tokio_postgres::types::Type;
-        Box::pin(async move {
-            let found = self
-                .cache
-                .try_get_with((source.to_string(), id.to_string()), async {
-                    let client = self.pool.get().await.map_err(|e| e.to_string())?;
-                    let rows = client
-                        .query_typed(
-                            "SELECT tenant FROM tenant_aliases WHERE source = $1 AND external_id = $2",
-                            &[(&source, Type::TEXT), (&id, Type::TEXT)],
-                        )
-                        .await
-                        .map_err(|e| crate::db::describe(&e))?;
-                    Ok::<_, String>(rows.first().map(|r| Arc::from(r.get::<_, String>(0))))
-                })
+        let query = async move {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err("no time left to look the tenant up".to_string());
+            }
+            let mut client = self.pool.get().await.map_err(|e| e.to_string())?;
+            // a transaction, so the timeout is the query's own (SET LOCAL) and works behind a
+            // transaction-mode pooler; dropped unfinished, it is rolled back
+            let tx = client
+                .transaction()
                 .await
+                .map_err(|e| crate::db::describe(&e))?;
+            tx.batch_execute(&format!(
+                "SET LOCAL statement_timeout = {}",
+                left.as_millis().max(1)
+            ))
+            .await
+            .map_err(|e| crate::db::describe(&e))?;
+            let rows = tx
+                .query_typed(
+                    "SELECT tenant FROM tenant_aliases WHERE source = $1 AND external_id = $2",
+                    &[(&source, Type::TEXT), (&id, Type::TEXT)],
+                )
+                .await
+                .map_err(|e| crate::db::describe(&e))?;
+            tx.commit().await.map_err(|e| crate::db::describe(&e))?;
+            Ok::<_, String>(rows.first().map(|r| Arc::from(r.get::<_, String>(0))))
+        };
+        Box::pin(async move {
+            let cached = self
+                .cache
+                .try_get_with((source.to_string(), id.to_string()), query);
+            let found = tokio::time::timeout_at(deadline.into(), cached)
+                .await
+                .map_err(|_| "the tenant lookup did not answer in time".to_string())?
                 .map_err(|e: Arc<String>| e.to_string())?;
             Ok(found.map(|t| t.to_string()))
         })
@@ -123,7 +157,12 @@ pub async fn list(
 pub struct Memory(pub HashMap<(String, String), String>);
 
 impl Directory for Memory {
-    fn lookup<'a>(&'a self, source: &'a str, id: &'a str) -> Pending<'a, Option<String>> {
+    fn lookup<'a>(
+        &'a self,
+        source: &'a str,
+        id: &'a str,
+        _: std::time::Instant,
+    ) -> Pending<'a, Option<String>> {
         let found = self.0.get(&(source.to_string(), id.to_string())).cloned();
         Box::pin(async move { Ok(found) })
     }

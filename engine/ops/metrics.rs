@@ -141,7 +141,13 @@ pub const NAMES: &[(&str, &str, &str, &str)] = &[
         "engine_tenant_secret_lookups_total",
         "counter",
         "result",
-        "per-tenant secret lookups: hit (cache) or miss (database)",
+        "per-tenant secret lookups: hit (cache), miss (database) or busy (no place among the lookups at once)",
+    ),
+    (
+        "engine_connections_refused_total",
+        "counter",
+        "cap",
+        "connections closed at accept: over connections.max (total) or connections.per_ip (per_ip)",
     ),
     (
         "engine_queue_depth",

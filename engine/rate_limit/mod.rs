@@ -68,11 +68,23 @@ impl Rule {
             .key
             .iter()
             .map(|p| match p {
-                KeyPart::Named(NamedKey::Ip) => client_ip.to_string(),
+                KeyPart::Named(NamedKey::Ip) => ip_key(client_ip),
                 KeyPart::Field(f) => fields.get(f).unwrap_or_else(|| "-".into()),
             })
             .collect();
         parts.join("|")
+    }
+}
+
+/// The key part of a client address: an IPv4 address as it is, an IPv6 address by its /64 (one
+/// customer's allocation: a client rotating addresses inside its own prefix keeps one budget).
+pub fn ip_key(ip: IpAddr) -> String {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+        v4 => v4.to_string(),
     }
 }
 
@@ -126,6 +138,19 @@ pub fn ceil_secs(d: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv6_clients_are_keyed_by_their_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff:1:2:3".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(ip_key(a), "2001:db8:1:2::/64");
+        assert_eq!(ip_key(a), ip_key(b));
+        assert_ne!(ip_key(a), ip_key(c));
+        // IPv4, and IPv4 mapped into IPv6, stay whole addresses
+        assert_eq!(ip_key("203.0.113.9".parse().unwrap()), "203.0.113.9");
+        assert_eq!(ip_key("::ffff:203.0.113.9".parse().unwrap()), "203.0.113.9");
+    }
 
     #[test]
     fn huge_rates_keep_a_nonzero_interval() {

@@ -28,10 +28,31 @@ pub fn decision(rule: &Rule, (allowed, retry_ms, reset_ms, remaining): Verdict) 
 }
 
 /// The Redis key of a rule and client key under `prefix`: what the limiter and a limit checked
-/// inside an enqueue both use.
+/// inside an enqueue both use. The client's part is the request's text (a header, a form field),
+/// so it is written without braces: on a Redis Cluster the first `{...}` of a key picks its slot,
+/// and a sender must not choose where its counters live (nor pile every key onto one node).
+/// `{`, `}` and `%` are percent-encoded (one key per client key, still readable); a part longer
+/// than [`LONGEST_CLIENT_KEY`] is kept as its SHA-256, so a huge header makes no huge key.
 pub fn key_in(prefix: &str, rule: &Rule, key: &str) -> String {
-    format!("{prefix}:rl:{}:{key}", rule.bucket)
+    if key.len() > LONGEST_CLIENT_KEY {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(key.as_bytes());
+        return format!("{prefix}:rl:{}:sha256-{}", rule.bucket, hex::encode(digest));
+    }
+    let mut out = format!("{prefix}:rl:{}:", rule.bucket);
+    for c in key.chars() {
+        match c {
+            '{' => out.push_str("%7B"),
+            '}' => out.push_str("%7D"),
+            '%' => out.push_str("%25"),
+            c => out.push(c),
+        }
+    }
+    out
 }
+
+/// Client keys longer than this are stored as their hash.
+pub const LONGEST_CLIENT_KEY: usize = 200;
 
 /// The group commit's GCRA check of `rule` on the Redis key `redis_key` (see [`key_in`]);
 /// `now_us` overrides Redis's clock (tests only).
@@ -104,5 +125,28 @@ impl RedisGcra {
         tokio::time::timeout(self.timeout, work)
             .await
             .unwrap_or_else(|_| Err(Unavailable("timed out".into())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::rate_limit::RateLimit;
+
+    #[test]
+    fn a_client_key_cannot_choose_the_cluster_slot() {
+        let rule = Rule::new("p", &RateLimit::per_ip(10, Duration::from_secs(1)));
+        let key = key_in("app", &rule, "{victim-slot}x");
+        assert_eq!(key, "app:rl:p:%7Bvictim-slot%7Dx");
+        assert!(!key.contains('{') && !key.contains('}'));
+        // one key per client key: the encoding itself cannot be forged into a collision
+        assert_ne!(key_in("app", &rule, "%7B"), key_in("app", &rule, "{"));
+        // every client key of a bucket spreads over the slots as before (no shared tag)
+        assert_ne!(
+            crate::redis_url::slot(&key_in("app", &rule, "{a}1")),
+            crate::redis_url::slot(&key_in("app", &rule, "{a}2"))
+        );
+        let long = key_in("app", &rule, &"x".repeat(10_000));
+        assert!(long.len() < 100, "{long}");
     }
 }

@@ -75,6 +75,9 @@ impl Handler for Dispatch {
         };
         // Err(Stop) means a step already answered (404, 429, 401, ...).
         let _ = self.serve(req, res, &mut served).instrument(span).await;
+        if served.label != "console" {
+            sandbox(res);
+        }
         let status = res.status_code.unwrap_or(StatusCode::OK).as_u16();
         let took = started.elapsed();
         let Some(route) = served.pipeline.map(|i| &self.app.routes[i]) else {
@@ -95,6 +98,24 @@ impl Handler for Dispatch {
 }
 
 const X_REQUEST_ID: &str = "x-request-id";
+
+/// Every answer outside the console is sandboxed: a browser shown a webhook answer (a payload
+/// reflected into HTML by a template, a JSON error) treats it as an origin of its own with no
+/// scripts, so nothing in it can read the console's pages or use its cookie, though both share
+/// this host and port. Styles inline stay allowed for the OAuth pages.
+fn sandbox(res: &mut Response) {
+    const CSP: &str =
+        "sandbox; default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'";
+    let h = res.headers_mut();
+    h.insert(
+        salvo::http::header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        salvo::http::header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+}
 
 /// What the request path reports about a request for the metrics and the console's traffic.
 struct Served {
@@ -159,10 +180,14 @@ impl Dispatch {
         // first); or after verification (`counts: verified`: a request failing verification
         // counts against the per-IP default instead, so forged requests cannot spend a real
         // sender's budget).
+        check_rate(app, route.floor.as_ref(), &seen, &params, res).await?;
         check_rate(app, route.limit.first(), &seen, &params, res).await?;
+        let counted = count_lookup(app, route, &seen, &params, res).await?;
         if let Err(refusal) = verify(app, route, &seen, &params).await {
             served.verify_failed = true;
-            check_rate(app, route.limit.when_unverified(), &seen, &params, res).await?;
+            if !counted {
+                check_rate(app, route.limit.when_unverified(), &seen, &params, res).await?;
+            }
             return Err(refuse(res, refusal));
         }
         check_rate(app, route.limit.after_verify(), &seen, &params, res).await?;
@@ -507,19 +532,57 @@ async fn read_body(
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large(res, limit));
     }
-    match req
-        .payload_with_max_size(usize::try_from(limit).unwrap_or(usize::MAX))
-        .await
-    {
-        Ok(body) => Ok(body.clone()),
-        Err(ParseError::PayloadTooLarge) => Err(too_large(res, limit)),
-        Err(_) => Err(error(
+    // the whole body within `timeouts.body_secs` (the server's own timeout only bounds the gap
+    // between two reads: a body dripped a byte every few seconds would hold its connection open)
+    let whole = std::time::Duration::from_secs(app.project.settings.timeouts.body_secs);
+    let read = req.payload_with_max_size(usize::try_from(limit).unwrap_or(usize::MAX));
+    match tokio::time::timeout(whole, read).await {
+        Err(_) => {
+            res.headers_mut().insert(
+                salvo::http::header::CONNECTION,
+                HeaderValue::from_static("close"),
+            );
+            Err(error(
+                res,
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                "The request body was not received in time.",
+            ))
+        }
+        Ok(Ok(body)) => Ok(body.clone()),
+        Ok(Err(ParseError::PayloadTooLarge)) => Err(too_large(res, limit)),
+        Ok(Err(_)) => Err(error(
             res,
             StatusCode::BAD_REQUEST,
             "bad_request",
             "The request body could not be read.",
         )),
     }
+}
+
+/// A request whose verification would read its tenant's secret from the database (an id of the
+/// right shape the tenant store has not cached) counts against the per-IP limit that forged
+/// requests meet before the query is made, so a sender making up tenant ids meets its 429 before
+/// the database does. Whether it was counted (a failed verification then is not counted again).
+async fn count_lookup(
+    app: &App,
+    route: &Route,
+    seen: &Seen<'_>,
+    params: &[(String, String)],
+    res: &mut Response,
+) -> Result<bool, Stop> {
+    let (Some(verifier), Some(store), Some(rule)) = (
+        &route.verifier,
+        app.tenants.as_ref(),
+        route.limit.when_unverified(),
+    ) else {
+        return Ok(false);
+    };
+    if !verifier.would_look_up(&seen.inbound(), params, store) {
+        return Ok(false);
+    }
+    check_rate(app, Some(rule), seen, params, res).await?;
+    Ok(true)
 }
 
 /// Why verification refused a request; answered by [`refuse`].

@@ -55,7 +55,12 @@ pub async fn start_with(
         .with_http1_header_timeout(Duration::from_secs(t.header_secs))
         .with_request_body_timeout(Duration::from_secs(t.body_secs))
         .with_connection_idle_timeout(Duration::from_secs(t.idle_secs));
-    let server = Server::new(acceptor).fuse_config(fuse);
+    let admission = super::admit::Admission::new(
+        app.project.settings.connections,
+        crate::client_ip::TrustedProxies::parse(&app.project.settings.trusted_proxies),
+        fuse,
+    );
+    let server = Server::new(acceptor).fuse_policy(admission);
     let handle = server.handle();
     let live = Arc::new(Live::new(app, workers));
     // In-memory rate-limit keys of clients that went quiet carry no information: drop them.

@@ -8,6 +8,7 @@
 //! `engine serve` calls [`serve`], which also waits for SIGTERM (what Render sends on deploys) or
 //! SIGINT.
 
+mod admit;
 mod answer;
 mod console;
 pub mod dispatch;

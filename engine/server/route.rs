@@ -31,6 +31,11 @@ pub struct Route {
     pub name: String,
     pub verifier: Option<Verifier>,
     pub limit: Limit,
+    /// The settings' per-IP default, kept under a pipeline's own limit whose key does not count
+    /// the client (a header or field a sender could rotate for a fresh budget each request);
+    /// checked first. None for `counts: verified` limits, whose forged requests already count
+    /// per IP (`Limit::Verified::unverified`).
+    pub floor: Option<Rule>,
     pub responder: Responder,
     /// Its queue and worker, when it has `transform` steps.
     pub queued: Option<Queued>,
@@ -145,8 +150,15 @@ pub fn build(
                 }
             }
         };
+        let floor = match (&p.config.rate_limit, default) {
+            (Some(own), Some(d)) if own.enabled && !own.counts_verified() && !own.counts_ip() => {
+                Some(Rule::new(&format!("{}:ip", p.config.name), d))
+            }
+            _ => None,
+        };
         let json_fields = json_fields(&p.config, &q, &limit);
         routes.push(Route {
+            floor,
             json_fields,
             pipeline: i,
             metrics: crate::ops::metrics::PipelineMetrics::new(&p.config.name),

@@ -1,7 +1,9 @@
 //! The HTTP sink: one request per event, `{"event_id", "pipeline", "sink", "rows"}` as JSON,
 //! `Idempotency-Key: <event id>` so the receiver can drop a redelivery (the queue delivers at
 //! least once). 2xx is done; 5xx, 408, 429, timeouts and connection errors are retried; any other
-//! 4xx dead-letters the event (the receiver refuses it as it is).
+//! 4xx dead-letters the event (the receiver refuses it as it is). Redirects are never followed:
+//! a 3xx would carry the rows and the configured headers (an API key) to a host nobody
+//! configured, so it dead-letters the event with the status and where it pointed.
 
 use std::time::Duration;
 
@@ -30,6 +32,7 @@ impl HttpSink {
         }
         let client = reqwest::Client::builder()
             .timeout(Duration::from_millis(cfg.timeout_ms))
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| e.to_string())?;
         Ok(HttpSink {
@@ -79,6 +82,19 @@ impl Sink for HttpSink {
                 200..=299 => Ok(()),
                 408 | 429 | 500..=599 => {
                     Err(SinkError::Retry(format!("the endpoint answered {status}")))
+                }
+                300..=399 => {
+                    // the target's host only: its path or query may carry a token
+                    let to = res
+                        .headers()
+                        .get(reqwest::header::LOCATION)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|l| reqwest::Url::parse(l).ok())
+                        .and_then(|u| u.host_str().map(str::to_string))
+                        .map_or_else(|| "elsewhere".to_string(), |h| format!("to host {h}"));
+                    Err(SinkError::Permanent(format!(
+                        "the endpoint answered {status}, a redirect {to}: redirects are not followed (the rows and headers would go where nobody configured); set the sink's url to the final address"
+                    )))
                 }
                 _ => Err(SinkError::Permanent(format!(
                     "the endpoint refused the event: {status}"

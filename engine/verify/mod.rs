@@ -115,7 +115,7 @@ pub struct Verifier {
     scheme: Box<dyn Scheme>,
     /// Key bytes of the configured secrets, newest first.
     keys: Vec<Vec<u8>>,
-    tenant: Option<Tenant>,
+    tenant: Option<TenantLookup>,
     ip_allow: Vec<IpNet>,
 }
 
@@ -127,6 +127,52 @@ impl std::fmt::Debug for Verifier {
             .field("tenant", &self.tenant)
             .field("ip_allow", &self.ip_allow)
             .finish()
+    }
+}
+
+/// Where a request names its tenant, and the shape a tenant id must have to be looked up.
+#[derive(Debug)]
+struct TenantLookup {
+    key: crate::config::verify::KeySource,
+    credential: String,
+    /// `None`: any id within [`LONGEST_TENANT_ID`] bytes, without control characters.
+    shape: Option<regex::Regex>,
+}
+
+/// Tenant ids longer than this are never looked up.
+pub const LONGEST_TENANT_ID: usize = 128;
+
+/// Twilio's AccountSid: `AC` and 32 lowercase hex digits.
+pub const TWILIO_ACCOUNT_SID: &str = "^AC[0-9a-f]{32}$";
+
+impl TenantLookup {
+    fn build(scheme: &str, t: Tenant, errors: &mut Vec<BuildError>) -> TenantLookup {
+        let pattern = t
+            .pattern
+            .clone()
+            .or_else(|| (scheme == "twilio").then(|| TWILIO_ACCOUNT_SID.to_string()));
+        let shape = pattern.and_then(|p| match regex::Regex::new(&p) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                errors.push((
+                    format!("/{scheme}/tenant/pattern"),
+                    format!("is not a regular expression: {e}"),
+                ));
+                None
+            }
+        });
+        TenantLookup {
+            key: t.key,
+            credential: t.credential,
+            shape,
+        }
+    }
+
+    /// Whether `id` may name a tenant: a made-up id of the wrong shape costs no query.
+    fn fits(&self, id: &str) -> bool {
+        id.len() <= LONGEST_TENANT_ID
+            && !id.chars().any(char::is_control)
+            && self.shape.as_ref().is_none_or(|r| r.is_match(id))
     }
 }
 
@@ -201,6 +247,7 @@ impl Verifier {
                 }
             }
         }
+        let tenant = tenant.map(|t| TenantLookup::build(name, t, &mut errors));
         if keys.is_empty() && tenant.is_none() && errors.is_empty() {
             errors.push((
                 format!("/{name}/{secret_field}"),
@@ -241,6 +288,20 @@ impl Verifier {
         self.tenant.as_ref().map(|t| &t.key)
     }
 
+    /// Whether verifying `req` would read its tenant's secret from the database: it names a
+    /// tenant id of the right shape that `store` has not cached (found or absent). The request
+    /// path counts such a request against the per-IP limit before the lookup.
+    pub fn would_look_up(
+        &self,
+        req: &Inbound<'_>,
+        path_params: &[(String, String)],
+        store: &TenantSecrets,
+    ) -> bool {
+        let Some(t) = &self.tenant else { return false };
+        crate::request_field::extract(&t.key, req, path_params)
+            .is_some_and(|id| t.fits(&id) && !store.is_cached(&id, &t.credential))
+    }
+
     /// Whether this verifier reads per-tenant secrets.
     pub fn uses_tenants(&self) -> bool {
         self.tenant.is_some()
@@ -254,6 +315,11 @@ impl Verifier {
         let tenant_key = match (&self.tenant, ctx.tenants) {
             (Some(t), Some(store)) => {
                 match crate::request_field::extract(&t.key, req, ctx.path_params) {
+                    // an id of the wrong shape names no tenant: never looked up
+                    Some(id) if !t.fits(&id) && self.keys.is_empty() => {
+                        return Err(VerifyError::Rejected(Reject::UnknownTenant));
+                    }
+                    Some(id) if !t.fits(&id) => None,
                     Some(id) => match store.get(&id, &t.credential).await {
                         Ok(Some(secret)) => Some(self.scheme.key(&secret).map_err(|_| {
                             VerifyError::Unavailable("stored credential has the wrong form".into())

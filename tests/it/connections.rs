@@ -630,3 +630,65 @@ respond:
     assert_eq!(got[0].path, "/v1/things?q=a+b");
     app.stop().await;
 }
+
+/// `tenant_of` answers within the respond budget when `tenant_aliases` is locked: the tool call
+/// is answered (as for a tenant not found) while the lock is still held, and the lookup's query
+/// does not go on waiting in Postgres after it (its statement timeout cancelled it).
+#[tokio::test]
+async fn a_locked_alias_table_costs_the_answer_no_more_than_its_budget() {
+    let s = setup(
+        google_with("ya29.current"),
+        "ya29.current",
+        3000,
+        Some(2000),
+    )
+    .await;
+    let mut locker = common::pg(&s.schema).await;
+    let lock = locker.transaction().await.unwrap();
+    lock.batch_execute("LOCK TABLE tenant_aliases IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let res = tokio::time::timeout(
+        Duration::from_secs(15),
+        s.app
+            .client
+            .post(s.app.url("/api/webhooks/vapi"))
+            .header("authorization", format!("Bearer {VAPI_SECRET}"))
+            .json(&tool_calls(
+                "call_locked",
+                "check_availability",
+                json!({"start": "2025-12-02T13:00:00Z"}),
+            ))
+            .send(),
+    )
+    .await
+    .expect("the answer waited for the lock")
+    .unwrap();
+    assert_eq!(res.status(), 200);
+    let answer: Value = res.json().await.unwrap();
+    assert_eq!(answer["results"][0]["toolCallId"], "call_locked");
+    // the lock is still held here: the answer did not wait for it
+    let schema = s.schema.clone();
+    let waiting = common::eventually_async(Duration::from_secs(5), || {
+        let schema = schema.clone();
+        async move {
+        let pg = common::pg(&schema).await;
+        let n: i64 = pg
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%FROM tenant_aliases%' AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        (n == 0).then_some(())
+        }
+    })
+    .await;
+    assert!(
+        waiting.is_some(),
+        "the lookup's query still waits on the lock"
+    );
+    lock.rollback().await.unwrap();
+    s.app.stop().await;
+}

@@ -227,6 +227,14 @@ async fn tls_with_sslmode_require_and_verify_full() {
 /// A receiver on 127.0.0.1 answering the scripted statuses in turn; returns its URL and the
 /// requests it saw (head and body).
 async fn receiver(statuses: Vec<u16>) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    receiver_with(statuses, String::new()).await
+}
+
+/// [`receiver`], each answer carrying the `extra` header lines (each ending in CRLF).
+async fn receiver_with(
+    statuses: Vec<u16>,
+    extra: String,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
@@ -256,8 +264,9 @@ async fn receiver(statuses: Vec<u16>) -> (String, std::sync::Arc<std::sync::Mute
                     }
                 }
             }
-            let reply =
-                format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            let reply = format!(
+                "HTTP/1.1 {status} X\r\n{extra}content-length: 0\r\nconnection: close\r\n\r\n"
+            );
             s.write_all(reply.as_bytes()).await.unwrap();
         }
     });
@@ -322,6 +331,42 @@ async fn http_sink_posts_json_with_an_idempotency_key_and_classifies_answers() {
         Err(SinkError::Retry(m)) => assert!(!m.contains("secret-token"), "{m}"),
         other => panic!("{other:?}"),
     }
+}
+
+/// A 307 from the sink's endpoint is not followed: the rows and the configured `x-api-key` never
+/// reach the host it points to, and the event dead-letters with the status and that host.
+#[tokio::test]
+async fn http_sink_does_not_follow_redirects() {
+    use engine::config::sink::{Http, HttpSinkMethod};
+    use engine::sink::http::HttpSink;
+    let (elsewhere, taken) = receiver(vec![200]).await;
+    let (url, seen) = receiver_with(vec![307], format!("location: {elsewhere}\r\n")).await;
+    let mut headers = BTreeMap::new();
+    headers.insert("x-api-key".to_string(), "partner-key".to_string());
+    let sink = HttpSink::new(&Http {
+        url,
+        method: HttpSinkMethod::Post,
+        headers,
+        timeout_ms: 2000,
+    })
+    .unwrap();
+    let b = batch("evt_7", "partner", vec![json!({"call_id": "c1"})]);
+    match sink.write(&b).await {
+        Err(SinkError::Permanent(m)) => {
+            assert!(m.contains("307") && m.contains("127.0.0.1"), "{m}");
+            assert!(
+                !m.contains("/hook"),
+                "the target's path stays out of the reason: {m}"
+            );
+        }
+        other => panic!("a redirect was not refused: {other:?}"),
+    }
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(
+        taken.lock().unwrap().is_empty(),
+        "the redirect was followed"
+    );
 }
 
 /// Supabase's pooler in transaction mode (port 6543), played by a real PgBouncer with
