@@ -4,16 +4,18 @@
 //! ```text
 //! GET start.path   Authorization: Bearer <tenant JWT (HS256)>
 //!   -> org from the JWT claim (a `?org=` must agree) -> nonce + PKCE verifier
-//!   -> state = AES-256-GCM(org, nonce, verifier, expiry) under ENCRYPTION_KEY (sealed: it cannot
-//!      be forged or read, and it expires)
+//!   -> state = AES-256-GCM(org, nonce, verifier, browser, expiry) under ENCRYPTION_KEY (sealed:
+//!      it cannot be forged or read, and it expires); `browser` is the SHA-256 of a random value
+//!      set in an HttpOnly cookie on this answer, so only the browser that started can finish
 //!   -> 302 to the provider (or {"url": ...} for `Accept: application/json`)
 //! GET route.path   ?code=..&state=..   (or ?error=access_denied&state=..)
-//!   -> open the state (bad or expired: 400, nothing stored) -> spend its nonce once in Postgres
+//!   -> open the state (bad or expired: 400, nothing stored) -> the cookie must be the one the
+//!      start set (another browser, or none: 400) -> spend its nonce once in Postgres
 //!      (a replay: 400) -> error from the provider: 302 to error_url?error=<code>
 //!   -> token endpoint (form: grant_type, code, redirect_uri, code_verifier; client auth in the
 //!      body or Basic; timeout) -> failure or timeout: 502 page, nothing stored
-//!   -> upsert {tenant, provider, access_token, refresh_token, scopes, expires_at} through the
-//!      pipeline's postgres sink, the tokens encrypted -> 302 to success_url
+//!   -> upsert {tenant, provider, access_token, refresh_token, scopes, expires_at, account_email}
+//!      through the pipeline's postgres sink, the tokens encrypted -> 302 to success_url
 //! ```
 
 use base64::Engine as _;
@@ -47,8 +49,23 @@ struct State {
     org: String,
     nonce: String,
     verifier: String,
+    /// SHA-256 (hex) of the browser cookie the start set.
+    browser: String,
     /// Unix seconds.
     exp: i64,
+}
+
+/// The cookie that binds a flow to the browser that started it (HttpOnly, so no script on any
+/// page reads it; SameSite=Lax, so the provider's redirect back carries it).
+pub fn browser_cookie(pipeline: &str) -> String {
+    format!(
+        "engine_oauth_{}",
+        pipeline.replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+    )
+}
+
+fn digest_hex(value: &str) -> String {
+    hex::encode(Sha256::digest(value.as_bytes()))
 }
 
 /// An answer of the flow.
@@ -148,57 +165,74 @@ impl Flow {
     }
 
     /// The start route: who is asking (their JWT), then off to the provider.
+    /// The start route: who is asking (their JWT), then off to the provider. With the answer,
+    /// the value of the [`browser_cookie`] to set when it goes on.
     pub fn start(
         &self,
         authorization: Option<&str>,
         query: &str,
         wants_json: bool,
         now: i64,
-    ) -> Answer {
+    ) -> (Answer, Option<String>) {
+        match self.start_for(authorization, query, wants_json, now) {
+            Ok((answer, cookie)) => (answer, Some(cookie)),
+            Err(refused) => (refused, None),
+        }
+    }
+
+    fn start_for(
+        &self,
+        authorization: Option<&str>,
+        query: &str,
+        wants_json: bool,
+        now: i64,
+    ) -> Result<(Answer, String), Answer> {
         let Some(token) = authorization.and_then(|a| a.strip_prefix("Bearer ")) else {
-            return Answer::Refused(
+            return Err(Answer::Refused(
                 401,
                 "unauthorized",
                 "Sign in first: this route needs Authorization: Bearer <token>.".into(),
-            );
+            ));
         };
         let claims = match jsonwebtoken::decode::<Value>(token.trim(), &self.jwt_key, &self.jwt) {
             Ok(t) => t.claims,
             Err(e) => {
                 tracing::warn!(pipeline = %self.pipeline, reason = ?e.kind(), "oauth start: token refused");
-                return Answer::Refused(
+                return Err(Answer::Refused(
                     401,
                     "unauthorized",
                     "The sign-in token is not valid.".into(),
-                );
+                ));
             }
         };
         let org = match claims.pointer(&self.cfg.start.jwt.org_claim) {
             Some(Value::String(s)) if !s.is_empty() => s.clone(),
             Some(Value::Number(n)) => n.to_string(),
             _ => {
-                return Answer::Refused(
+                return Err(Answer::Refused(
                     403,
                     "forbidden",
                     "The sign-in token names no organisation.".into(),
-                );
+                ));
             }
         };
         let asked = form_urlencoded::parse(query.as_bytes())
             .find(|(k, _)| k == "org")
             .map(|(_, v)| v.into_owned());
         if asked.is_some_and(|a| a != org) {
-            return Answer::Refused(
+            return Err(Answer::Refused(
                 403,
                 "forbidden",
                 "The sign-in token is for another organisation.".into(),
-            );
+            ));
         }
         let verifier = random_token(32);
+        let cookie = random_token(32);
         let state = State {
             org,
             nonce: random_token(16),
             verifier: verifier.clone(),
+            browser: digest_hex(&cookie),
             exp: now + self.cfg.state_ttl.0.as_secs() as i64,
         };
         let sealed = self.keyring.encrypt(
@@ -219,15 +253,16 @@ impl Flow {
                 q.append_pair(k, v);
             }
         }
-        if wants_json {
+        let answer = if wants_json {
             Answer::Json(json!({ "url": url.as_str() }))
         } else {
             Answer::Redirect(url.into())
-        }
+        };
+        Ok((answer, cookie))
     }
 
-    /// The callback route.
-    pub async fn callback(&self, query: &str, now: i64) -> Answer {
+    /// The callback route; `cookie` is the [`browser_cookie`]'s value the browser sent.
+    pub async fn callback(&self, query: &str, cookie: Option<&str>, now: i64) -> Answer {
         let q: std::collections::HashMap<String, String> = form_urlencoded::parse(query.as_bytes())
             .into_owned()
             .collect();
@@ -243,6 +278,18 @@ impl Flow {
         if state.exp < now {
             return bad_state(
                 "This sign-in link has expired. Start the connection again from the app.",
+            );
+        }
+        // bound to the browser that started: a link sent to (or opened by) anyone else fails,
+        // before its nonce is spent, so the right browser can still finish
+        let same_browser = cookie.is_some_and(|c| {
+            use subtle::ConstantTimeEq;
+            bool::from(digest_hex(c).as_bytes().ct_eq(state.browser.as_bytes()))
+        });
+        if !same_browser {
+            tracing::warn!(pipeline = %self.pipeline, org = %state.org, cookie = cookie.is_some(), "oauth callback: not the browser that started the flow");
+            return bad_state(
+                "This sign-in was started in another browser, or the browser did not keep its cookie. Start the connection again from the app, in this browser.",
             );
         }
         match self.spend(&state).await {
@@ -386,6 +433,8 @@ pub fn example_batch(pipeline: &str, sink: &str) -> Batch {
         "expires_in": 3599,
         "scope": "openid https://www.googleapis.com/auth/calendar.events",
         "token_type": "Bearer",
+        // {"email": "clinic@example.com"}
+        "id_token": "eyJhbGciOiJub25lIn0.eyJlbWFpbCI6ImNsaW5pY0BleGFtcGxlLmNvbSJ9.",
     });
     Batch {
         event_id: "oauth:example".into(),
@@ -426,12 +475,34 @@ fn row(org: &str, provider: &str, tokens: &Value, now: i64) -> Value {
         "disconnected_at": null,
         "disconnected_reason": null,
     });
+    // the connected account, from the OpenID Connect id_token the token endpoint sent: it came
+    // straight from the provider over TLS, which OpenID Connect Core 3.1.3.7 accepts in place of
+    // checking its signature. Absent (no `openid email` scope), the stored one is kept.
+    if let Some(email) = tokens
+        .get("id_token")
+        .and_then(Value::as_str)
+        .and_then(id_token_email)
+    {
+        row["account_email"] = Value::String(email);
+    }
     // Providers send a refresh token on the first consent only (Google: with prompt=consent,
     // every time). Absent, the column is left out, so the stored one is kept.
     if let Some(r) = tokens.get("refresh_token").filter(|r| r.is_string()) {
         row["refresh_token"] = r.clone();
     }
     row
+}
+
+/// The `email` claim of an id_token (a JWT: header.payload.signature, base64url), when it is
+/// one and says so.
+fn id_token_email(token: &str) -> Option<String> {
+    let payload = token.split('.').nth(1)?;
+    let claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
+    claims
+        .get("email")
+        .and_then(Value::as_str)
+        .filter(|e| e.contains('@') && e.len() <= 320)
+        .map(str::to_string)
 }
 
 /// `url` with `name=value` added to its query.

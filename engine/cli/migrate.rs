@@ -88,6 +88,11 @@ pub(super) fn migrate(
                         "left alone: table `{table}` existed before V{v} {n}, whose CREATE TABLE IF NOT EXISTS keeps an existing table exactly as it is (its columns are checked below)"
                     );
                 }
+                if let Some(Ok(project)) = &loaded
+                    && !reseal_tokens(&rt, project, &url)
+                {
+                    return ExitCode::from(1);
+                }
                 migrate_table_check(&rt, loaded.as_ref(), &url, fixtures)
             }
             Err(e) => {
@@ -95,6 +100,46 @@ pub(super) fn migrate(
                 ExitCode::from(1)
             }
         },
+    }
+}
+
+/// OAuth tokens sealed before they were bound to their row (tenant, provider) are sealed to it
+/// (`connection::token::Postgres::reseal_all`); nothing to do without ENCRYPTION_KEY or tokens.
+/// False when a token could not be opened with the keyring.
+fn reseal_tokens(
+    rt: &tokio::runtime::Runtime,
+    project: &crate::config::Project,
+    url: &str,
+) -> bool {
+    if !project.pipelines.iter().any(|p| p.config.oauth.is_some()) {
+        return true;
+    }
+    let Some(Ok(keyring)) = project.ops.keyring() else {
+        return true;
+    };
+    let Ok(pool) = crate::db::pool(url, 1) else {
+        return true;
+    };
+    let store = crate::connection::token::Postgres { pool, keyring };
+    match rt.block_on(store.reseal_all()) {
+        Ok((n, failed)) => {
+            if n > 0 {
+                println!(
+                    "resealed the OAuth tokens of {n} row{} to their tenant and provider",
+                    if n == 1 { "" } else { "s" }
+                );
+            }
+            for f in &failed {
+                eprintln!(
+                    "engine: oauth_tokens: {f}: not resealed (is ENCRYPTION_KEY or ENCRYPTION_KEY_PREVIOUS the key it was written with?)"
+                );
+            }
+            failed.is_empty()
+        }
+        Err(e) => {
+            eprintln!("engine: oauth_tokens: cannot reseal: {e}");
+            false
+        }
     }
 }
 

@@ -32,6 +32,7 @@ pub(super) fn init_tracing(production: bool, sentry: bool) {
             .with(
                 tracing_subscriber::fmt::layer()
                     .compact()
+                    .fmt_fields(crate::ops::logs::text_fields())
                     .with_ansi(crate::ops::logs::colour())
                     .with_writer(std::io::stderr),
             )

@@ -181,6 +181,14 @@ pub(super) fn check_oauth(
                     ),
                 );
             }
+            // connections read tokens from oauth_tokens by (tenant, provider), and each sealed
+            // token is bound to that row key (`sink::postgres::row_context`)
+            if pg.table != "oauth_tokens" || pg.key != ["tenant", "provider"] {
+                at(
+                    &format!("/sinks/{}/postgres", yaml::escape_token(&o.sink)),
+                    "the tokens' sink writes `table: oauth_tokens` with `key: [tenant, provider]`: connections read them there, and each token is sealed to its row's tenant and provider".into(),
+                );
+            }
         }
         Some(_) => at(
             "/oauth/sink",

@@ -159,7 +159,7 @@ impl State {
             }
             Signal::Note(text) => {
                 if self.notes.len() < 20 {
-                    self.notes.push(text);
+                    self.notes.push(shorten(&text));
                 }
             }
         }
@@ -276,13 +276,29 @@ async fn post(client: &reqwest::Client, url: &str, text: &str) {
     }
 }
 
+/// A text from elsewhere (a dead letter's reason) as Slack shows it literally: at most 200
+/// characters, control characters as spaces, and `& < >` escaped as Slack's formatting asks —
+/// so `<!channel>` mentions nobody and `<https://x|click>` is no link.
 fn shorten(s: &str) -> String {
-    let cut: String = s.chars().take(200).collect();
-    if cut.len() < s.len() {
-        format!("{cut}...")
-    } else {
-        cut
+    let cut: String = s
+        .chars()
+        .take(200)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let more = s.chars().count() > 200;
+    let mut out = String::with_capacity(cut.len() + 8);
+    for c in cut.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            c => out.push(c),
+        }
     }
+    if more {
+        out.push_str("...");
+    }
+    out
 }
 
 fn human(d: Duration) -> String {
@@ -297,6 +313,28 @@ fn human(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reasons_reach_slack_as_literal_text() {
+        let mut s = State::default();
+        s.absorb(Signal::DeadLettered {
+            queue: "vapi".into(),
+            reason: "<!channel> see <https://evil.example|the fix> & more\nfake line".into(),
+        });
+        let lines = s.lines(Duration::from_secs(60));
+        assert_eq!(lines.len(), 1);
+        let line = &lines[0];
+        assert!(
+            line.contains(
+                "&lt;!channel&gt; see &lt;https://evil.example|the fix&gt; &amp; more fake line"
+            ),
+            "{line}"
+        );
+        assert!(
+            !line.contains("<!channel>") && !line.contains('\n'),
+            "{line}"
+        );
+    }
 
     #[test]
     fn a_burst_becomes_one_line_per_queue() {

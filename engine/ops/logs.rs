@@ -4,7 +4,10 @@
 //! spans the event is in — `request_id`, `pipeline`, `event_id` of the request span — then the
 //! event's own fields (`message`, ...), all at the top level, where log pipelines (Render's log
 //! streams, Datadog, Loki) index them. Readable lines carry ANSI colours only when stderr is a
-//! terminal and `NO_COLOR` is not set (<https://no-color.org>).
+//! terminal and `NO_COLOR` is not set (<https://no-color.org>). Their fields are written by
+//! [`text_fields`], which escapes control characters: a value from a request (a dead letter's
+//! reason, a header) holding a newline or an ANSI escape cannot start a forged line of its own
+//! or repaint the terminal. JSON lines are escaped by JSON itself.
 
 use std::fmt;
 use std::io::IsTerminal;
@@ -66,6 +69,40 @@ where
         event.record(&mut Fields(&mut line));
         writeln!(writer, "{}", Value::Object(line))
     }
+}
+
+/// The readable layer's field formatter: `name=value` pairs (the message bare), every control
+/// character written as an escape (`\n`, `\r`, `\t`, `\u{1b}`).
+pub fn text_fields() -> impl for<'w> FormatFields<'w> + Send + Sync + 'static {
+    use tracing_subscriber::field::MakeExt;
+    tracing_subscriber::fmt::format::debug_fn(
+        |w: &mut Writer<'_>, field: &Field, value: &dyn fmt::Debug| {
+            let raw = format!("{value:?}");
+            let text = escape_controls(&raw);
+            if field.name() == "message" {
+                write!(w, "{text}")
+            } else {
+                write!(w, "{}={text}", field.name())
+            }
+        },
+    )
+    .delimited(" ")
+}
+
+/// `text` with each control character escaped.
+pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// The JSON field formatter the production layer stores span fields with.
@@ -154,6 +191,33 @@ mod tests {
         assert_eq!(line["n"], 3);
         assert_eq!(line["level"], "WARN");
         assert!(line.get("span").is_none(), "{text}");
+    }
+
+    #[test]
+    fn readable_lines_escape_control_characters() {
+        let buffer = Buffer::default();
+        let out = buffer.clone();
+        let subscriber = tracing_subscriber::registry().with(
+            tracing_subscriber::fmt::layer()
+                .compact()
+                .with_ansi(false)
+                .fmt_fields(text_fields())
+                .with_writer(move || out.clone()),
+        );
+        let reason =
+            "bad row\n2026-12-04T00:00:00Z  INFO console: signed in client_ip=6.6.6.6\u{1b}[2J";
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(reason = %reason, "dead-lettered");
+        });
+        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(
+            text.contains("dead-lettered reason=bad row\\n2026"),
+            "{text}"
+        );
+        assert!(!text.contains('\u{1b}'), "{text}");
+        assert_eq!(escape_controls("plain"), "plain");
+        assert_eq!(escape_controls("a\tb\r"), "a\\tb\\r");
     }
 
     #[test]

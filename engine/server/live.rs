@@ -193,13 +193,17 @@ fn cors(app: &App) -> Option<salvo::cors::CorsHandler> {
     if origins.is_empty() {
         return None;
     }
-    let allow = if origins.iter().any(|o| o == "*") {
+    let any = origins.iter().any(|o| o == "*");
+    let allow = if any {
         AllowOrigin::any()
     } else {
         AllowOrigin::list(origins.iter().filter_map(|o| o.parse().ok()))
     };
+    // named origins may send credentials: the web app's `fetch(start, {credentials: "include"})`
+    // keeps the OAuth flow's browser cookie (never with `*`, which browsers refuse to combine)
     let cors = Cors::new()
         .allow_origin(allow)
+        .allow_credentials(!any)
         .allow_methods(vec![
             Method::GET,
             Method::POST,

@@ -39,6 +39,24 @@ pub struct PostgresSink {
     begin: Option<String>,
 }
 
+/// The encryption context of an `encrypt` column's value: the table, the column, and the row's
+/// conflict key values (`call_logs.transcript/<call_id>`, `oauth_tokens.access_token/<tenant>/
+/// <provider>`), so a value copied to another row or column does not decrypt: whoever can write
+/// the table cannot swap one tenant's token into another's row.
+pub fn row_context(table: &str, column: &str, key: &[String]) -> String {
+    let mut context = format!("{table}.{column}");
+    for k in key {
+        context.push('/');
+        context.push_str(k);
+    }
+    context
+}
+
+/// A value as text: a string as it is, anything else as JSON.
+fn key_text(v: &Value) -> String {
+    v.as_str().map_or_else(|| v.to_string(), str::to_string)
+}
+
 /// One row as the table receives it: (column, value) in the row's order, and its conflict key.
 struct MappedRow<'a> {
     fields: Vec<(&'a str, std::borrow::Cow<'a, Value>)>,
@@ -242,6 +260,8 @@ impl PostgresSink {
                 };
                 let mut mapped: Vec<(&'a str, Cow<'a, Value>)> =
                     Vec::with_capacity(fields.len() + 2);
+                // the columns stored encrypted, sealed once the row's key is known
+                let mut sealed: Vec<&'a str> = Vec::new();
                 for (field, value) in fields {
                     if !self.columns.allows(field) {
                         return Err(SinkError::Permanent(format!(
@@ -249,17 +269,10 @@ impl PostgresSink {
                         )));
                     }
                     let column = self.columns.column(field);
-                    let value = if self.encrypt.contains(field) && !value.is_null() {
-                        let text = value
-                            .as_str()
-                            .map_or_else(|| value.to_string(), str::to_string);
-                        let ring = self.keyring.as_ref().expect("checked at build");
-                        Cow::Owned(Value::String(
-                            ring.encrypt(text.as_bytes(), &format!("{}.{column}", self.table)),
-                        ))
-                    } else {
-                        Cow::Borrowed(value)
-                    };
+                    if self.encrypt.contains(field) && !value.is_null() {
+                        sealed.push(column);
+                    }
+                    let value = Cow::Borrowed(value);
                     // a row's own fields are distinct; only a renamed one can land on another's
                     // column, and then the later one wins, as in a map
                     match (column != field.as_str())
@@ -284,17 +297,28 @@ impl PostgresSink {
                         columns.push(c.to_string());
                     }
                 }
+                let key_value = |k: &str| mapped.iter().find(|(c, _)| *c == k).map(|(_, v)| v);
                 let key = self
                     .key
                     .iter()
-                    .map(|k| {
-                        mapped
-                            .iter()
-                            .find(|(c, _)| c == k)
-                            .map(|(_, v)| v.to_string())
-                            .unwrap_or_default()
-                    })
+                    .map(|k| key_value(k).map(|v| v.to_string()).unwrap_or_default())
                     .collect();
+                if !sealed.is_empty() {
+                    let ring = self.keyring.as_ref().expect("checked at build");
+                    let row: Vec<String> = self
+                        .key
+                        .iter()
+                        .map(|k| key_value(k).map(|v| key_text(v)).unwrap_or_default())
+                        .collect();
+                    for column in sealed {
+                        if let Some(slot) = mapped.iter_mut().find(|(c, _)| *c == column) {
+                            let text = key_text(&slot.1);
+                            let context = row_context(&self.table, column, &row);
+                            slot.1 =
+                                Cow::Owned(Value::String(ring.encrypt(text.as_bytes(), &context)));
+                        }
+                    }
+                }
                 out.push(MappedRow {
                     fields: mapped,
                     key,

@@ -165,6 +165,8 @@ struct Setup {
     google: Arc<Mutex<Google>>,
     stub: Stub,
     schema: String,
+    /// The DATABASE_URL the engine was given.
+    db: String,
     _dir: Dir,
 }
 
@@ -226,6 +228,7 @@ async fn setup(google: Google, access: &str, expires_in: i64, budget: Option<u64
         google,
         stub,
         schema,
+        db,
         _dir: dir,
     }
 }
@@ -293,7 +296,9 @@ impl Setup {
             .unwrap();
         let ring = engine::crypto::Keyring::new(KEY, &[]).unwrap();
         let sealed: String = row.get(0);
-        let access = ring.decrypt(&sealed, "oauth_tokens.access_token").unwrap();
+        let context =
+            engine::connection::token::token_context("access_token", ORG, "google-calendar");
+        let access = ring.decrypt(&sealed, &context).unwrap();
         (String::from_utf8(access).unwrap(), row.get(1), row.get(2))
     }
 }
@@ -690,5 +695,102 @@ async fn a_locked_alias_table_costs_the_answer_no_more_than_its_budget() {
         "the lookup's query still waits on the lock"
     );
     lock.rollback().await.unwrap();
+    s.app.stop().await;
+}
+
+/// OAuth tokens are sealed to their row (tenant, provider): a row sealed the old way (to its
+/// column only) still works and is resealed to its row when read; a token copied into another
+/// tenant's row does not open there; `engine migrate`'s reseal pass binds every old row.
+#[tokio::test]
+async fn tokens_are_sealed_to_their_row_and_a_swapped_token_does_not_open() {
+    use engine::connection::token::{TokenStore, token_context};
+    let s = setup(google_with("ya29.current"), "ya29.current", 3000, None).await;
+    // the seeded row is sealed to its column, as rows were before this change
+    s.ask(&tool_calls(
+        "call_seal",
+        "check_availability",
+        json!({"start": "2025-12-02T13:00:00Z"}),
+    ))
+    .await;
+    assert_eq!(
+        s.calendar_requests().len(),
+        1,
+        "the old row's token was not used"
+    );
+    let pg = common::pg(&s.schema).await;
+    let ring = engine::crypto::Keyring::new(KEY, &[]).unwrap();
+    let row = pg
+        .query_one(
+            "SELECT access_token, refresh_token FROM oauth_tokens WHERE tenant = $1",
+            &[&ORG],
+        )
+        .await
+        .unwrap();
+    let (access, refresh): (String, String) = (row.get(0), row.get(1));
+    for (value, column, plain) in [
+        (&access, "access_token", "ya29.current"),
+        (&refresh, "refresh_token", REFRESH),
+    ] {
+        let opened = ring
+            .decrypt(value, &token_context(column, ORG, "google-calendar"))
+            .unwrap();
+        assert_eq!(opened, plain.as_bytes());
+        assert!(
+            ring.decrypt(value, &format!("oauth_tokens.{column}"))
+                .is_err(),
+            "{column} still sealed to its column"
+        );
+    }
+    // the clinic's sealed tokens copied into another tenant's row open nowhere there
+    pg.execute(
+        "INSERT INTO oauth_tokens (tenant, provider, access_token, refresh_token, expires_at, event_id) VALUES ('org_intruder', 'google-calendar', $1, $2, now() + interval '1 hour', 'swap')",
+        &[&access, &refresh],
+    )
+    .await
+    .unwrap();
+    let store = engine::connection::token::Postgres {
+        pool: engine::db::pool(&s.db, 1).unwrap(),
+        keyring: ring.clone(),
+    };
+    assert!(
+        store.load("google-calendar", "org_intruder").await.is_err(),
+        "a swapped token opened"
+    );
+    assert_eq!(
+        store
+            .load("google-calendar", ORG)
+            .await
+            .unwrap()
+            .unwrap()
+            .access_token,
+        "ya29.current"
+    );
+    // migrate's pass: an old-style row is resealed, a swapped one is named and left alone
+    pg.execute(
+        "INSERT INTO oauth_tokens (tenant, provider, access_token, refresh_token, expires_at, event_id) VALUES ('org_old', 'google-calendar', $1, NULL, now() + interval '1 hour', 'old')",
+        &[&ring.encrypt(b"ya29.old", "oauth_tokens.access_token")],
+    )
+    .await
+    .unwrap();
+    let (resealed, failed) = store.reseal_all().await.unwrap();
+    assert_eq!(resealed, 1);
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(failed[0].contains("org_intruder"), "{failed:?}");
+    let old: String = pg
+        .query_one(
+            "SELECT access_token FROM oauth_tokens WHERE tenant = 'org_old'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        ring.decrypt(
+            &old,
+            &token_context("access_token", "org_old", "google-calendar")
+        )
+        .unwrap(),
+        b"ya29.old"
+    );
     s.app.stop().await;
 }

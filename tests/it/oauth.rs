@@ -40,6 +40,9 @@ struct Setup {
     schema: String,
     _dir: Dir,
     client: reqwest::Client,
+    /// The browser cookie the last start set (`name=value`), sent with each callback as the
+    /// browser that started would.
+    cookie: std::sync::Mutex<Option<String>>,
 }
 
 async fn setup(extra: &str) -> Setup {
@@ -79,6 +82,7 @@ async fn setup_on(extra: &str, db: String, schema: String) -> Setup {
         schema,
         _dir: dir,
         client,
+        cookie: std::sync::Mutex::new(None),
     }
 }
 
@@ -110,6 +114,18 @@ impl Setup {
             .await
             .unwrap();
         assert_eq!(res.status(), 200);
+        let set = res
+            .headers()
+            .get("set-cookie")
+            .expect("the start binds the flow to this browser")
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            set.contains("HttpOnly") && set.contains("Secure") && set.contains("SameSite=Lax"),
+            "{set}"
+        );
+        *self.cookie.lock().unwrap() = Some(set.split(';').next().unwrap().to_string());
         let url = res.json::<Value>().await.unwrap()["url"]
             .as_str()
             .unwrap()
@@ -120,12 +136,24 @@ impl Setup {
     }
 
     async fn callback(&self, query: &[(&str, &str)]) -> reqwest::Response {
-        self.client
+        let cookie = self.cookie.lock().unwrap().clone();
+        self.callback_with(query, cookie.as_deref()).await
+    }
+
+    /// The callback from a browser sending `cookie` (`name=value`), or none.
+    async fn callback_with(
+        &self,
+        query: &[(&str, &str)],
+        cookie: Option<&str>,
+    ) -> reqwest::Response {
+        let mut req = self
+            .client
             .get(self.app.url("/api/auth/google/callback"))
-            .query(query)
-            .send()
-            .await
-            .unwrap()
+            .query(query);
+        if let Some(c) = cookie {
+            req = req.header("cookie", c);
+        }
+        req.send().await.unwrap()
     }
 
     async fn rows(&self) -> Vec<tokio_postgres::Row> {
@@ -298,14 +326,31 @@ async fn the_full_flow_stores_encrypted_tokens_and_a_state_works_once() {
     assert!(access.starts_with("v1:") && refresh.starts_with("v1:"));
     assert!(!access.contains("ya29") && !refresh.contains("secret-refresh"));
     let ring = engine::crypto::Keyring::new(KEY, &[]).unwrap();
+    // sealed to the row: its tenant and provider are in the associated data
+    use engine::connection::token::token_context;
     assert_eq!(
-        ring.decrypt(&access, "oauth_tokens.access_token").unwrap(),
+        ring.decrypt(
+            &access,
+            &token_context("access_token", "org-42", "google-calendar")
+        )
+        .unwrap(),
         b"ya29.secret-access"
     );
     assert_eq!(
-        ring.decrypt(&refresh, "oauth_tokens.refresh_token")
-            .unwrap(),
+        ring.decrypt(
+            &refresh,
+            &token_context("refresh_token", "org-42", "google-calendar")
+        )
+        .unwrap(),
         b"1//secret-refresh"
+    );
+    assert!(ring.decrypt(&access, "oauth_tokens.access_token").is_err());
+    assert!(
+        ring.decrypt(
+            &access,
+            &token_context("access_token", "org-43", "google-calendar")
+        )
+        .is_err()
     );
     assert_eq!(
         r.get::<_, Vec<String>>(4),
@@ -341,12 +386,19 @@ async fn the_full_flow_stores_encrypted_tokens_and_a_state_works_once() {
     let access: String = rows[0].get(2);
     let refresh: String = rows[0].get(3);
     assert_eq!(
-        ring.decrypt(&access, "oauth_tokens.access_token").unwrap(),
+        ring.decrypt(
+            &access,
+            &token_context("access_token", "org-42", "google-calendar")
+        )
+        .unwrap(),
         b"ya29.second"
     );
     assert_eq!(
-        ring.decrypt(&refresh, "oauth_tokens.refresh_token")
-            .unwrap(),
+        ring.decrypt(
+            &refresh,
+            &token_context("refresh_token", "org-42", "google-calendar")
+        )
+        .unwrap(),
         b"1//secret-refresh"
     );
     s.app.stop().await;
@@ -379,7 +431,7 @@ async fn bad_states_and_provider_errors_store_nothing() {
     // expired: sealed with the right key and context, but past its time
     let ring = engine::crypto::Keyring::new(KEY, &[]).unwrap();
     let old = ring.encrypt(
-        json!({"org": "org-9", "nonce": "n-old", "verifier": "v", "exp": chrono::Utc::now().timestamp() - 1}).to_string().as_bytes(),
+        json!({"org": "org-9", "nonce": "n-old", "verifier": "v", "browser": "", "exp": chrono::Utc::now().timestamp() - 1}).to_string().as_bytes(),
         "oauth-state:google-calendar",
     );
     let res = s.callback(&[("code", "c"), ("state", &old)]).await;
@@ -387,7 +439,7 @@ async fn bad_states_and_provider_errors_store_nothing() {
     assert!(res.text().await.unwrap().contains("expired"));
     // a state sealed for another pipeline's flow does not open here
     let elsewhere = ring.encrypt(
-        json!({"org": "org-9", "nonce": "n-x", "verifier": "v", "exp": chrono::Utc::now().timestamp() + 60}).to_string().as_bytes(),
+        json!({"org": "org-9", "nonce": "n-x", "verifier": "v", "browser": "", "exp": chrono::Utc::now().timestamp() + 60}).to_string().as_bytes(),
         "oauth-state:other",
     );
     assert_eq!(
@@ -594,4 +646,53 @@ fn validate_checks_the_redirect_uri_and_the_token_sink() {
             .any(|l| l.contains("route GET /api/auth/google/start is already taken")),
         "{p:#?}"
     );
+}
+
+/// The state is bound to the browser that started the flow (an HttpOnly cookie): a callback with
+/// no cookie, or another browser's, is refused and stores nothing; the state is not spent by it,
+/// so the right browser still finishes. The connected account's email is recorded.
+#[tokio::test]
+async fn a_callback_from_another_browser_is_refused_and_the_account_email_recorded() {
+    let s = setup("").await;
+    // a second browser starts a flow of its own: its cookie
+    s.start("org-7").await;
+    let other = s.cookie.lock().unwrap().clone().unwrap();
+    let q = s.start("org-7").await;
+    let mine = s.cookie.lock().unwrap().clone().unwrap();
+    assert_ne!(other, mine);
+    // an id_token carrying the account: {"email": "dr.lee@clinic.example"}
+    let claims = base64::Engine::encode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        br#"{"iss":"https://accounts.google.com","email":"dr.lee@clinic.example","email_verified":true}"#,
+    );
+    s.stub.reply(
+        200,
+        &format!(r#"{{"access_token":"ya29.bound","refresh_token":"1//bound","expires_in":3599,"scope":"openid email","token_type":"Bearer","id_token":"eyJhbGciOiJSUzI1NiJ9.{claims}.c2ln"}}"#),
+        Duration::ZERO,
+    );
+    let query = [("code", "4/bound"), ("state", q["state"].as_str())];
+    for cookie in [None, Some(other.as_str())] {
+        let res = s.callback_with(&query, cookie).await;
+        assert_eq!(res.status(), 400, "cookie {cookie:?}");
+        assert!(res.text().await.unwrap().contains("another browser"));
+    }
+    assert!(
+        s.rows().await.is_empty(),
+        "a foreign callback stored tokens"
+    );
+    let res = s.callback_with(&query, Some(&mine)).await;
+    assert_eq!(res.status(), 302);
+    let cleared = res.headers().get("set-cookie").unwrap().to_str().unwrap();
+    assert!(cleared.contains("Max-Age=0"), "{cleared}");
+    let email: Option<String> = common::pg(&s.schema)
+        .await
+        .query_one(
+            "SELECT account_email FROM oauth_tokens WHERE tenant = 'org-7'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(email.as_deref(), Some("dr.lee@clinic.example"));
+    s.app.stop().await;
 }
