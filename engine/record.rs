@@ -137,10 +137,7 @@ pub fn fixture(r: &Recorded<'_>) -> Fixture {
     let mut headers: BTreeMap<String, OneOrMany> = BTreeMap::new();
     for name in r.headers.keys() {
         let n = name.as_str();
-        let credential = crate::verify::CREDENTIAL_HEADERS
-            .iter()
-            .any(|h| h.eq_ignore_ascii_case(n))
-            || (r.credential)(n);
+        let credential = crate::verify::is_credential_name(n) || (r.credential)(n);
         if credential || TRANSPORT_HEADERS.contains(&n) {
             continue;
         }

@@ -213,6 +213,7 @@ pub fn load_with(
     }
 
     let mut pipelines: Vec<(Checked, Pipeline)> = Vec::new();
+    let mut pipeline_warnings: Vec<Diagnostic> = Vec::new();
     for file in files
         .iter()
         .filter(|f| !is_named(f, SETTINGS_FILE) && !is_named(f, ENV_SCHEMA_FILE))
@@ -303,6 +304,33 @@ pub fn load_with(
                 "`counts: verified` needs a `verify` section (only verified requests would count, and this pipeline verifies none): add `verify`, or remove `counts`",
             ));
         }
+        // a key a sender chooses (a header, a field) without the client IP: rotating it gives a
+        // fresh budget each request; the settings' per-IP default is kept under it
+        if p.rate_limit
+            .as_ref()
+            .is_some_and(|r| r.enabled && !r.counts_verified() && !r.counts_ip())
+        {
+            let floor = settings
+                .as_ref()
+                .and_then(|s| s.rate_limit.as_ref())
+                .filter(|d| d.enabled && d.counts_ip());
+            let message = match floor {
+                Some(d) => format!(
+                    "this key does not count the client IP, so a sender rotating its value gets a fresh budget each request; the settings' per-IP limit ({}) still applies under it. Add `ip` to the key, or `counts: verified` when only signed requests should count",
+                    d.limit
+                ),
+                None => "this key does not count the client IP, so a sender rotating its value gets a fresh budget each request, and the settings have no per-IP limit to keep under it: add `ip` to the key, `counts: verified`, or a per-IP `rate_limit` in the settings".to_string(),
+            };
+            pipeline_warnings.push(
+                Diagnostic::new(
+                    &checked.file,
+                    checked.doc.key_pos("/rate_limit/key"),
+                    "/rate_limit/key",
+                    message,
+                )
+                .warning(),
+            );
+        }
     }
     if let (Some(s), Some(c)) = (&settings, &settings_doc) {
         let known: Vec<&str> = std::iter::once("/health")
@@ -386,7 +414,7 @@ pub fn load_with(
     };
 
     // The deployment's environment as a whole: misspelt and unused variables, production rules.
-    let mut warnings = Vec::new();
+    let mut warnings = pipeline_warnings;
     if let Some(schema) = &env_schema {
         let (w, e): (Vec<_>, Vec<_>) = deployment::check_misspelt(schema, source)
             .into_iter()

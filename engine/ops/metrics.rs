@@ -419,7 +419,7 @@ pub fn allowed(token: Option<&str>, production: bool, authorization: Option<&str
             let given = authorization
                 .and_then(|a| a.strip_prefix("Bearer "))
                 .unwrap_or("");
-            if crate::verify::mac::ct_eq(given.as_bytes(), t.as_bytes()) {
+            if crate::verify::mac::secret_eq(given.as_bytes(), t.as_bytes()) {
                 Access::Open
             } else {
                 Access::Unauthorized

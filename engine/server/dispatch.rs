@@ -287,9 +287,7 @@ fn event(
         .unwrap_or(&[]);
     let verifier = route.verifier.as_ref();
     event.headers.retain(|(name, _)| {
-        let credential = crate::verify::CREDENTIAL_HEADERS
-            .iter()
-            .any(|h| h.eq_ignore_ascii_case(name))
+        let credential = crate::verify::is_credential_name(name)
             || verifier.is_some_and(|v| v.is_credential_header(name));
         !credential && (keep.is_empty() || keep.iter().any(|k| k.eq_ignore_ascii_case(name)))
     });

@@ -32,6 +32,16 @@ pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.ct_eq(b).into()
 }
 
+/// Compare a given secret with the expected one (a bearer token, a password, the metrics
+/// token) by their SHA-256 digests: fixed-length values compared in constant time, so neither
+/// where they differ nor the secret's length shows in the time taken.
+pub fn secret_eq(given: &[u8], expected: &[u8]) -> bool {
+    use sha2::Digest;
+    let a = sha2::Sha256::digest(given);
+    let b = sha2::Sha256::digest(expected);
+    a.as_slice().ct_eq(b.as_slice()).into()
+}
+
 /// Accept when any of the signatures given matches the expected one (rotation and
 /// multi-signature headers send several); `BadSignature` otherwise.
 pub fn matches_any<S: AsRef<[u8]>>(
@@ -48,6 +58,16 @@ pub fn matches_any<S: AsRef<[u8]>>(
 /// Accept when `given` matches `expected`; `BadSignature` otherwise.
 pub fn matches(given: &[u8], expected: &[u8]) -> Result<(), Reject> {
     matches_any([given], expected)
+}
+
+/// [`matches`] for a secret sent as it is (a bearer or header token): compared with
+/// [`secret_eq`], so its length does not leak.
+pub fn secret_matches(given: &[u8], expected: &[u8]) -> Result<(), Reject> {
+    if secret_eq(given, expected) {
+        Ok(())
+    } else {
+        Err(Reject::BadSignature)
+    }
 }
 
 pub fn encode(enc: Encoding, bytes: &[u8]) -> String {
@@ -84,6 +104,13 @@ pub fn parse_timestamp(text: &str) -> Result<i64, Reject> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_compare_by_digest_whatever_their_length() {
+        assert!(secret_eq(b"tok", b"tok"));
+        assert!(!secret_eq(b"tok", b"tok2"));
+        assert!(!secret_eq(b"", b"tok"));
+    }
 
     #[test]
     fn github_published_vector() {

@@ -99,6 +99,36 @@ pub const CREDENTIAL_HEADERS: &[&str] = &[
     "x-signature",
 ];
 
+/// Parts of a header name that mark it as carrying a credential, whatever the scheme: a sender's
+/// `x-api-key`, `x-auth-token`, `x-webhook-secret` or `x-session` is never stored with an event,
+/// shown by the console or kept in a dead letter, though no verifier here reads it.
+const CREDENTIAL_NAME_PARTS: &[&str] = &[
+    "auth",
+    "token",
+    "secret",
+    "signature",
+    "password",
+    "passwd",
+    "cookie",
+    "session",
+    "api-key",
+    "apikey",
+    "api_key",
+    "access-key",
+    "private-key",
+    "credential",
+];
+
+/// Whether a header name carries a credential: one of [`CREDENTIAL_HEADERS`], or a name holding
+/// one of the credential words (case-insensitive).
+pub fn is_credential_name(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    CREDENTIAL_HEADERS.contains(&lower.as_str())
+        || (CREDENTIAL_NAME_PARTS.iter().any(|p| lower.contains(p))
+            // Twilio's `I-Twilio-Idempotency-Token` names a delivery, it grants nothing
+            && !lower.contains("idempotency"))
+}
+
 /// What the verifier needs beyond the request itself.
 pub struct Context<'a> {
     pub client_ip: IpAddr,
@@ -173,6 +203,35 @@ impl TenantLookup {
         id.len() <= LONGEST_TENANT_ID
             && !id.chars().any(char::is_control)
             && self.shape.as_ref().is_none_or(|r| r.is_match(id))
+    }
+}
+
+#[cfg(test)]
+mod credential_tests {
+    #[test]
+    fn credential_like_header_names_are_recognised() {
+        for name in [
+            "Authorization",
+            "x-api-key",
+            "X-Auth-Token",
+            "x-webhook-secret",
+            "Cookie",
+            "x-session-id",
+            "stripe-signature",
+            "X-Access-Key",
+            "api_key",
+        ] {
+            assert!(super::is_credential_name(name), "{name}");
+        }
+        for name in [
+            "content-type",
+            "user-agent",
+            "x-request-id",
+            "i-twilio-idempotency-token",
+            "webhook-id",
+        ] {
+            assert!(!super::is_credential_name(name), "{name}");
+        }
     }
 }
 
@@ -274,9 +333,7 @@ impl Verifier {
 
     /// Whether a header carries this pipeline's credential (it must never be stored).
     pub fn is_credential_header(&self, name: &str) -> bool {
-        CREDENTIAL_HEADERS
-            .iter()
-            .any(|h| h.eq_ignore_ascii_case(name))
+        is_credential_name(name)
             || self
                 .credential_header
                 .as_deref()

@@ -5,7 +5,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 
-use super::mac::{self, ct_eq};
+use super::mac;
 use super::{Inbound, Reject, Scheme, header};
 
 /// A token in a header, with or without `Bearer `.
@@ -27,7 +27,7 @@ impl Scheme for Token {
         } else {
             value
         };
-        mac::matches(token.as_bytes(), key)
+        mac::secret_matches(token.as_bytes(), key)
     }
 
     fn sign(&self, _req: &Inbound<'_>, key: &[u8]) -> Vec<(String, String)> {
@@ -64,8 +64,8 @@ impl Scheme for Basic {
             .ok_or(Reject::MalformedHeader)?;
         let (user, pass) = (&decoded[..colon], &decoded[colon + 1..]);
         // evaluate both comparisons: no early exit on the user name
-        let user_ok = ct_eq(user, self.username.as_bytes());
-        let pass_ok = ct_eq(pass, key);
+        let user_ok = mac::secret_eq(user, self.username.as_bytes());
+        let pass_ok = mac::secret_eq(pass, key);
         if user_ok & pass_ok {
             Ok(())
         } else {

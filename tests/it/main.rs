@@ -7,6 +7,7 @@
 mod common;
 
 mod architecture;
+mod attacks;
 
 mod cli;
 mod conformance;
