@@ -13,6 +13,7 @@
 //! store cannot be reached, [`VerifyError::Unavailable`] (answered 503 so the provider retries).
 //! Every scheme can also [`Verifier::sign`] a request: tests and fixture replay use it.
 
+pub mod credential;
 pub mod github;
 pub mod hmac;
 pub mod mac;
@@ -80,54 +81,7 @@ pub trait Scheme: Send + Sync {
     fn sign(&self, req: &Inbound<'_>, key: &[u8]) -> Vec<(String, String)>;
 }
 
-/// Headers that carry credentials in the schemes here or in common use: never stored with events.
-pub const CREDENTIAL_HEADERS: &[&str] = &[
-    "authorization",
-    "proxy-authorization",
-    "cookie",
-    "x-twilio-signature",
-    "stripe-signature",
-    "x-hub-signature",
-    "x-hub-signature-256",
-    "webhook-signature",
-    "svix-signature",
-    "x-slack-signature",
-    "x-shopify-hmac-sha256",
-    "shopify-hmac-sha256",
-    "x-vapi-secret",
-    "x-vapi-signature",
-    "x-signature",
-];
-
-/// Parts of a header name that mark it as carrying a credential, whatever the scheme: a sender's
-/// `x-api-key`, `x-auth-token`, `x-webhook-secret` or `x-session` is never stored with an event,
-/// shown by the console or kept in a dead letter, though no verifier here reads it.
-const CREDENTIAL_NAME_PARTS: &[&str] = &[
-    "auth",
-    "token",
-    "secret",
-    "signature",
-    "password",
-    "passwd",
-    "cookie",
-    "session",
-    "api-key",
-    "apikey",
-    "api_key",
-    "access-key",
-    "private-key",
-    "credential",
-];
-
-/// Whether a header name carries a credential: one of [`CREDENTIAL_HEADERS`], or a name holding
-/// one of the credential words (case-insensitive).
-pub fn is_credential_name(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    CREDENTIAL_HEADERS.contains(&lower.as_str())
-        || (CREDENTIAL_NAME_PARTS.iter().any(|p| lower.contains(p))
-            // Twilio's `I-Twilio-Idempotency-Token` names a delivery, it grants nothing
-            && !lower.contains("idempotency"))
-}
+pub use credential::{CREDENTIAL_HEADERS, is_credential_name};
 
 /// What the verifier needs beyond the request itself.
 pub struct Context<'a> {
@@ -203,35 +157,6 @@ impl TenantLookup {
         id.len() <= LONGEST_TENANT_ID
             && !id.chars().any(char::is_control)
             && self.shape.as_ref().is_none_or(|r| r.is_match(id))
-    }
-}
-
-#[cfg(test)]
-mod credential_tests {
-    #[test]
-    fn credential_like_header_names_are_recognised() {
-        for name in [
-            "Authorization",
-            "x-api-key",
-            "X-Auth-Token",
-            "x-webhook-secret",
-            "Cookie",
-            "x-session-id",
-            "stripe-signature",
-            "X-Access-Key",
-            "api_key",
-        ] {
-            assert!(super::is_credential_name(name), "{name}");
-        }
-        for name in [
-            "content-type",
-            "user-agent",
-            "x-request-id",
-            "i-twilio-idempotency-token",
-            "webhook-id",
-        ] {
-            assert!(!super::is_credential_name(name), "{name}");
-        }
     }
 }
 
