@@ -181,7 +181,15 @@ async fn encrypted_fields_are_stored_encrypted() {
         "{stored}"
     );
     assert_eq!(
-        ring.decrypt(&stored, "sms_messages.body").unwrap(),
+        ring.decrypt(
+            &stored,
+            &engine::sink::postgres::row_context(
+                "sms_messages",
+                "body",
+                &["e1".to_string(), "0".to_string()]
+            )
+        )
+        .unwrap(),
         b"my card is 4242"
     );
     assert!(

@@ -238,15 +238,21 @@ async fn tenant_secrets_from_postgres() {
     let tenant_token = "fedcba9876543210fedcba9876543210";
     let pool = engine::db::pool(&db, 1).unwrap();
     let ring = engine::crypto::Keyring::new(K1, &[]).unwrap();
-    engine::verify::tenant::store(&pool, &ring, "AC_acme", "twilio_auth_token", tenant_token)
-        .await
-        .unwrap();
+    engine::verify::tenant::store(
+        &pool,
+        &ring,
+        "AC0123456789abcdef0123456789abcdef",
+        "twilio_auth_token",
+        tenant_token,
+    )
+    .await
+    .unwrap();
 
     // stored encrypted, in the versioned format
     let row = pg(&schema)
         .await
         .query_one(
-            "SELECT secret FROM tenant_credentials WHERE tenant = 'AC_acme'",
+            "SELECT secret FROM tenant_credentials WHERE tenant = 'AC0123456789abcdef0123456789abcdef'",
             &[],
         )
         .await
@@ -261,7 +267,7 @@ async fn tenant_secrets_from_postgres() {
     let dir = tenant_dir();
     let env = [("DATABASE_URL", db.as_str()), ("ENCRYPTION_KEY", K1)];
     let app = spawn_app(dir.path(), &env).await;
-    let acme = "AccountSid=AC_acme&MessageSid=SM1&Body=hi";
+    let acme = "AccountSid=AC0123456789abcdef0123456789abcdef&MessageSid=SM1&Body=hi";
     // the tenant's own token
     assert_eq!(
         post_twilio(&app, "/api/twilio/sms", tenant_token, acme)
@@ -282,7 +288,7 @@ async fn tenant_secrets_from_postgres() {
         401
     );
     // a tenant without a stored token falls back to TWILIO_AUTH_TOKEN where one is configured ...
-    let other = "AccountSid=AC_other&MessageSid=SM2";
+    let other = "AccountSid=ACffffffffffffffffffffffffffffffff&MessageSid=SM2";
     assert_eq!(
         post_twilio(
             &app,
@@ -318,13 +324,13 @@ async fn tenant_key_rotation_and_wrong_key() {
     engine::verify::tenant::store(
         &pool,
         &engine::crypto::Keyring::new(K1, &[]).unwrap(),
-        "AC_r",
+        "ACaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
         "twilio_auth_token",
         token,
     )
     .await
     .unwrap();
-    let body = "AccountSid=AC_r&MessageSid=SM1";
+    let body = "AccountSid=ACaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa&MessageSid=SM1";
     let dir = tenant_dir();
 
     // rotated: new key current, old key still readable
@@ -359,7 +365,7 @@ async fn database_outage_is_503_not_401() {
         &app,
         "/t/sms",
         "00112233445566778899aabbccddeeff",
-        "AccountSid=AC_x&MessageSid=SM1",
+        "AccountSid=AC00000000000000000000000000000000&MessageSid=SM1",
     )
     .await;
     assert_eq!(res.status(), 503);
