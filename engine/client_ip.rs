@@ -80,6 +80,19 @@ impl TrustedProxies {
     }
 }
 
+/// The address one client is counted by: an IPv4 address as it is (IPv4 mapped into IPv6
+/// included), an IPv6 address by its /64, one customer's allocation, so a client rotating
+/// addresses inside its own prefix stays one client (rate-limit keys, connection caps).
+pub fn client_prefix(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
+}
+
 /// An `X-Forwarded-For` entry: an address, possibly with a port or IPv6 brackets.
 fn parse_hop(hop: &str) -> Option<IpAddr> {
     if let Ok(ip) = hop.parse::<IpAddr>() {

@@ -41,6 +41,7 @@ pub struct Flow {
     jwt_key: jsonwebtoken::DecodingKey,
     jwt: jsonwebtoken::Validation,
     http: reqwest::Client,
+    cookie: BrowserCookie,
 }
 
 /// What the sealed `state` carries.
@@ -55,13 +56,39 @@ struct State {
     exp: i64,
 }
 
-/// The cookie that binds a flow to the browser that started it (HttpOnly, so no script on any
-/// page reads it; SameSite=Lax, so the provider's redirect back carries it).
-pub fn browser_cookie(pipeline: &str) -> String {
-    format!(
-        "engine_oauth_{}",
-        pipeline.replace(|c: char| !c.is_ascii_alphanumeric(), "_")
-    )
+/// The cookie that binds a flow to the browser that started it, named and scoped once at build:
+/// `engine_oauth_<pipeline>`, on the callback's path only (the redirect URI's), living as long as
+/// a state. HttpOnly (no script on any page reads it), Secure (browsers keep it on https, and on
+/// http://localhost in development), SameSite=Lax (the provider's top-level redirect back
+/// carries it; no cross-site subrequest does).
+struct BrowserCookie {
+    name: String,
+    /// `; Path=...; Max-Age=` up to the age, then the flags: the `Set-Cookie` around a value.
+    path: String,
+    max_age: u64,
+}
+
+impl BrowserCookie {
+    fn new(pipeline: &str, cfg: &OAuth) -> BrowserCookie {
+        let path = url::Url::parse(&cfg.redirect_uri)
+            .map(|u| u.path().to_string())
+            .unwrap_or_else(|_| "/".into());
+        BrowserCookie {
+            name: format!(
+                "engine_oauth_{}",
+                pipeline.replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+            ),
+            path,
+            max_age: cfg.state_ttl.0.as_secs(),
+        }
+    }
+
+    fn header(&self, value: &str, max_age: u64) -> String {
+        format!(
+            "{}={value}; Path={}; Max-Age={max_age}; HttpOnly; Secure; SameSite=Lax",
+            self.name, self.path
+        )
+    }
 }
 
 fn digest_hex(value: &str) -> String {
@@ -161,26 +188,28 @@ impl Flow {
             jwt_key: jsonwebtoken::DecodingKey::from_secret(cfg.start.jwt.secret.as_bytes()),
             jwt,
             http,
+            cookie: BrowserCookie::new(pipeline, cfg),
         })
     }
 
-    /// The start route: who is asking (their JWT), then off to the provider.
-    /// The start route: who is asking (their JWT), then off to the provider. With the answer,
-    /// the value of the [`browser_cookie`] to set when it goes on.
-    pub fn start(
-        &self,
-        authorization: Option<&str>,
-        query: &str,
-        wants_json: bool,
-        now: i64,
-    ) -> (Answer, Option<String>) {
-        match self.start_for(authorization, query, wants_json, now) {
-            Ok((answer, cookie)) => (answer, Some(cookie)),
-            Err(refused) => (refused, None),
-        }
+    /// The name of the cookie binding a flow to its browser (read from the callback's request).
+    pub fn cookie_name(&self) -> &str {
+        &self.cookie.name
     }
 
-    fn start_for(
+    /// The `Set-Cookie` a started flow sends with `value` (from [`Flow::start`]).
+    pub fn set_cookie(&self, value: &str) -> String {
+        self.cookie.header(value, self.cookie.max_age)
+    }
+
+    /// The `Set-Cookie` that ends the binding: the callback, spent or refused, is the flow's end.
+    pub fn clear_cookie(&self) -> String {
+        self.cookie.header("", 0)
+    }
+
+    /// The start route: who is asking (their JWT), then off to the provider. With the answer,
+    /// the value of the browser cookie to set ([`Flow::set_cookie`]); a refusal is `Err`.
+    pub fn start(
         &self,
         authorization: Option<&str>,
         query: &str,
@@ -261,7 +290,8 @@ impl Flow {
         Ok((answer, cookie))
     }
 
-    /// The callback route; `cookie` is the [`browser_cookie`]'s value the browser sent.
+    /// The callback route; `cookie` is the value of the browser cookie ([`Flow::cookie_name`])
+    /// the browser sent.
     pub async fn callback(&self, query: &str, cookie: Option<&str>, now: i64) -> Answer {
         let q: std::collections::HashMap<String, String> = form_urlencoded::parse(query.as_bytes())
             .into_owned()
@@ -283,8 +313,7 @@ impl Flow {
         // bound to the browser that started: a link sent to (or opened by) anyone else fails,
         // before its nonce is spent, so the right browser can still finish
         let same_browser = cookie.is_some_and(|c| {
-            use subtle::ConstantTimeEq;
-            bool::from(digest_hex(c).as_bytes().ct_eq(state.browser.as_bytes()))
+            crate::verify::mac::ct_eq(digest_hex(c).as_bytes(), state.browser.as_bytes())
         });
         if !same_browser {
             tracing::warn!(pipeline = %self.pipeline, org = %state.org, cookie = cookie.is_some(), "oauth callback: not the browser that started the flow");
@@ -530,10 +559,8 @@ pub fn challenge(verifier: &str) -> String {
 
 /// The page a browser gets for a refused callback or start.
 pub fn page(status: u16, text: &str) -> String {
-    let escaped = text
-        .replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;");
+    let mut escaped = String::with_capacity(text.len());
+    crate::respond::Escape::Markup.write(text, &mut escaped);
     format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>Connection not completed</title></head><body><h1>Connection not completed</h1><p>{escaped}</p><p><small>HTTP {status}</small></p></body></html>"
     )

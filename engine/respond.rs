@@ -93,7 +93,7 @@ impl Escape {
     pub fn for_content_type(content_type: &str) -> Escape {
         let ct = content_type.to_ascii_lowercase();
         let essence = ct.split(';').next().unwrap_or("").trim();
-        if essence.ends_with("xml") || essence.ends_with("html") || essence.ends_with("+xml") {
+        if essence.ends_with("xml") || essence.ends_with("html") {
             Escape::Markup
         } else if essence.ends_with("json") {
             Escape::JsonString
@@ -151,7 +151,7 @@ pub fn header_refusal(name: &str) -> Option<String> {
     FORBIDDEN_HEADERS
         .iter()
         .any(|h| h.eq_ignore_ascii_case(name))
-        .then(|| format!("the header `{name}` cannot be set by a pipeline: the server frames answers and owns the connection, and cookies, redirects and the content security headers stay the engine's"))
+        .then(|| format!("the header `{name}` cannot be set by a pipeline (the server frames answers and owns the connection; cookies, redirects and the content security headers stay the engine's): remove it"))
 }
 
 /// A pipeline's compiled `respond`.

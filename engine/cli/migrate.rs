@@ -117,8 +117,12 @@ fn reseal_tokens(
     let Some(Ok(keyring)) = project.ops.keyring() else {
         return true;
     };
-    let Ok(pool) = crate::db::pool(url, 1) else {
-        return true;
+    let pool = match crate::db::pool(url, 1) {
+        Ok(pool) => pool,
+        Err(e) => {
+            eprintln!("engine: oauth_tokens: cannot connect to reseal the tokens: {e}");
+            return false;
+        }
     };
     let store = crate::connection::token::Postgres { pool, keyring };
     match rt.block_on(store.reseal_all()) {
@@ -131,13 +135,15 @@ fn reseal_tokens(
             }
             for f in &failed {
                 eprintln!(
-                    "engine: oauth_tokens: {f}: not resealed (is ENCRYPTION_KEY or ENCRYPTION_KEY_PREVIOUS the key it was written with?)"
+                    "engine: oauth_tokens: {f}: not resealed, left as it was. If it was written under another key, set that key as ENCRYPTION_KEY_PREVIOUS and run `engine migrate` again; a row that opens under no key is not that tenant's: delete it, and the tenant connects again"
                 );
             }
             failed.is_empty()
         }
         Err(e) => {
-            eprintln!("engine: oauth_tokens: cannot reseal: {e}");
+            eprintln!(
+                "engine: oauth_tokens: cannot reseal the tokens ({e}); the migrations are applied: run `engine migrate` again once the database answers"
+            );
             false
         }
     }

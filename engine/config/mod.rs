@@ -269,68 +269,12 @@ pub fn load_with(
                 &env_for_values,
             ));
         }
-        for (i, step) in p.transform.iter().enumerate() {
-            if let Some(sink) = step.sink.as_ref().filter(|s| !p.sinks.contains_key(*s)) {
-                let pointer = format!("/transform/{i}/sink");
-                let known: Vec<&str> = p.sinks.keys().map(String::as_str).collect();
-                diags.push(Diagnostic::new(
-                    &checked.file,
-                    checked.doc.value_pos(&pointer),
-                    &pointer,
-                    if known.is_empty() {
-                        format!("no sink named `{sink}`: declare it under `sinks`")
-                    } else {
-                        format!(
-                            "no sink named `{sink}`; this pipeline's sinks: {}",
-                            known.join(", ")
-                        )
-                    },
-                ));
-            }
-        }
-        if p.rate_limit.as_ref().is_some_and(|r| !r.exempt.is_empty()) {
-            diags.push(Diagnostic::new(
-                &checked.file,
-                checked.doc.key_pos("/rate_limit/exempt"),
-                "/rate_limit/exempt",
-                "`exempt` belongs in the settings' default rate limit; to turn a pipeline's limit off write `enabled: false`",
-            ));
-        }
-        if p.rate_limit.as_ref().is_some_and(|r| r.counts_verified()) && p.verify.is_none() {
-            diags.push(Diagnostic::new(
-                &checked.file,
-                checked.doc.value_pos("/rate_limit/counts"),
-                "/rate_limit/counts",
-                "`counts: verified` needs a `verify` section (only verified requests would count, and this pipeline verifies none): add `verify`, or remove `counts`",
-            ));
-        }
-        // a key a sender chooses (a header, a field) without the client IP: rotating it gives a
-        // fresh budget each request; the settings' per-IP default is kept under it
-        if p.rate_limit
-            .as_ref()
-            .is_some_and(|r| r.enabled && !r.counts_verified() && !r.counts_ip())
-        {
-            let floor = settings
-                .as_ref()
-                .and_then(|s| s.rate_limit.as_ref())
-                .filter(|d| d.enabled && d.counts_ip());
-            let message = match floor {
-                Some(d) => format!(
-                    "this key does not count the client IP, so a sender rotating its value gets a fresh budget each request; the settings' per-IP limit ({}) still applies under it. Add `ip` to the key, or `counts: verified` when only signed requests should count",
-                    d.limit
-                ),
-                None => "this key does not count the client IP, so a sender rotating its value gets a fresh budget each request, and the settings have no per-IP limit to keep under it: add `ip` to the key, `counts: verified`, or a per-IP `rate_limit` in the settings".to_string(),
-            };
-            pipeline_warnings.push(
-                Diagnostic::new(
-                    &checked.file,
-                    checked.doc.key_pos("/rate_limit/key"),
-                    "/rate_limit/key",
-                    message,
-                )
-                .warning(),
-            );
-        }
+        diags.extend(check_sink_names(checked, p));
+        let (warned, refused): (Vec<_>, Vec<_>) = check_rate_limit(checked, p, settings.as_ref())
+            .into_iter()
+            .partition(Diagnostic::is_warning);
+        diags.extend(refused);
+        pipeline_warnings.extend(warned);
     }
     if let (Some(s), Some(c)) = (&settings, &settings_doc) {
         let known: Vec<&str> = std::iter::once("/health")

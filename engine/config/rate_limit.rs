@@ -129,10 +129,16 @@ impl RateLimit {
         self.counts == Counts::Verified
     }
 
-    /// Whether the key counts the client IP (else a sender rotating the other parts gets a fresh
-    /// budget each time; the settings' per-IP default is kept under such a limit).
+    /// Whether the key counts the client IP.
     pub fn counts_ip(&self) -> bool {
         self.key.contains(&KeyPart::Named(NamedKey::Ip))
+    }
+
+    /// An enabled limit whose key a sender chooses: no `ip` part and not `counts: verified`, so
+    /// rotating a header or field would give a fresh budget each request. The settings' per-IP
+    /// default ([`super::Settings::ip_floor`]) is kept under such a limit; validate warns.
+    pub fn keyed_by_sender(&self) -> bool {
+        self.enabled && !self.counts_verified() && !self.counts_ip()
     }
 
     /// Burst size in effect.

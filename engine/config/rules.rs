@@ -101,6 +101,125 @@ pub(super) fn check_verify(
     out
 }
 
+/// The OAuth flow's token sink: a postgres sink writing `oauth_tokens` keyed by
+/// `[tenant, provider]` (connections read tokens there, each sealed to that row key:
+/// `sink::postgres::row_context`), both tokens encrypted. (pointer, message) pairs.
+fn token_sink_problems(p: &Pipeline, o: &oauth::OAuth) -> Vec<(String, String)> {
+    let here = format!("/sinks/{}/postgres", yaml::escape_token(&o.sink));
+    let pg = match p.sinks.get(&o.sink) {
+        None => {
+            return vec![(
+                "/oauth/sink".into(),
+                format!(
+                    "no sink named `{}`: declare a postgres sink for the tokens",
+                    o.sink
+                ),
+            )];
+        }
+        Some(sink::Sink::Postgres(pg)) => pg,
+        Some(_) => {
+            return vec![(
+                "/oauth/sink".into(),
+                "the tokens' sink must be a `postgres` sink".into(),
+            )];
+        }
+    };
+    let mut out = Vec::new();
+    let missing: Vec<&str> = ["access_token", "refresh_token"]
+        .into_iter()
+        .filter(|f| !pg.encrypt.iter().any(|e| e == f))
+        .collect();
+    if !missing.is_empty() {
+        out.push((
+            here.clone(),
+            format!(
+                "tokens are stored encrypted: add {} to `encrypt`",
+                missing.join(" and ")
+            ),
+        ));
+    }
+    if pg.table != "oauth_tokens" || pg.key != ["tenant", "provider"] {
+        out.push((
+            here,
+            "the tokens' sink writes `table: oauth_tokens` with `key: [tenant, provider]`: connections read them there, and each token is sealed to its row's tenant and provider".into(),
+        ));
+    }
+    out
+}
+
+/// Every transform step's `sink` names one of the pipeline's `sinks`.
+pub(super) fn check_sink_names(c: &Checked, p: &Pipeline) -> Vec<Diagnostic> {
+    let known: Vec<&str> = p.sinks.keys().map(String::as_str).collect();
+    p.transform
+        .iter()
+        .enumerate()
+        .filter_map(|(i, step)| {
+            let sink = step.sink.as_ref().filter(|s| !p.sinks.contains_key(*s))?;
+            let pointer = format!("/transform/{i}/sink");
+            Some(Diagnostic::new(
+                &c.file,
+                c.doc.value_pos(&pointer),
+                &pointer,
+                if known.is_empty() {
+                    format!("no sink named `{sink}`: declare it under `sinks`")
+                } else {
+                    format!(
+                        "no sink named `{sink}`; this pipeline's sinks: {}",
+                        known.join(", ")
+                    )
+                },
+            ))
+        })
+        .collect()
+}
+
+/// A pipeline's own `rate_limit`: no `exempt` (a settings key), `counts: verified` only with a
+/// `verify` section, and a warning for a key a sender can rotate (no `ip`, not `counts:
+/// verified`): the settings' per-IP default is kept under it (`server::route`'s floor).
+pub(super) fn check_rate_limit(
+    c: &Checked,
+    p: &Pipeline,
+    settings: Option<&Settings>,
+) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    let Some(r) = &p.rate_limit else { return out };
+    if !r.exempt.is_empty() {
+        out.push(Diagnostic::new(
+            &c.file,
+            c.doc.key_pos("/rate_limit/exempt"),
+            "/rate_limit/exempt",
+            "`exempt` belongs in the settings' default rate limit; to turn a pipeline's limit off write `enabled: false`",
+        ));
+    }
+    if r.counts_verified() && p.verify.is_none() {
+        out.push(Diagnostic::new(
+            &c.file,
+            c.doc.value_pos("/rate_limit/counts"),
+            "/rate_limit/counts",
+            "`counts: verified` needs a `verify` section (only verified requests would count, and this pipeline verifies none): add `verify`, or remove `counts`",
+        ));
+    }
+    if r.keyed_by_sender() {
+        let message = match settings.and_then(Settings::ip_floor) {
+            Some(d) => format!(
+                "this key does not count the client IP, so a sender rotating its value gets a fresh budget each request; the settings' per-IP limit ({}) still applies under it. Add `ip` to the key, or `counts: verified` when only signed requests should count",
+                d.limit
+            ),
+            None => "this key does not count the client IP, so a sender rotating its value gets a fresh budget each request, and the settings have no per-IP limit to keep under it: add `ip` to the key, `counts: verified`, or a per-IP `rate_limit` in the settings".to_string(),
+        };
+        out.push(
+            Diagnostic::new(
+                &c.file,
+                c.doc.key_pos("/rate_limit/key"),
+                "/rate_limit/key",
+                message,
+            )
+            .warning(),
+        );
+    }
+    out
+}
+
 /// Transform steps and computed responses compile; scripts stay inside the directory.
 /// An OAuth pipeline: only a callback route; endpoints known; the sink stores tokens encrypted;
 /// secrets come from `x-secret` variables; the redirect URI is this route at BACKEND_URL, https in
@@ -159,41 +278,8 @@ pub(super) fn check_oauth(
             }
         }
     }
-    match p.sinks.get(&o.sink) {
-        None => at(
-            "/oauth/sink",
-            format!(
-                "no sink named `{}`: declare a postgres sink for the tokens",
-                o.sink
-            ),
-        ),
-        Some(sink::Sink::Postgres(pg)) => {
-            let missing: Vec<&str> = ["access_token", "refresh_token"]
-                .into_iter()
-                .filter(|f| !pg.encrypt.iter().any(|e| e == f))
-                .collect();
-            if !missing.is_empty() {
-                at(
-                    &format!("/sinks/{}/postgres", yaml::escape_token(&o.sink)),
-                    format!(
-                        "tokens are stored encrypted: add {} to `encrypt`",
-                        missing.join(" and ")
-                    ),
-                );
-            }
-            // connections read tokens from oauth_tokens by (tenant, provider), and each sealed
-            // token is bound to that row key (`sink::postgres::row_context`)
-            if pg.table != "oauth_tokens" || pg.key != ["tenant", "provider"] {
-                at(
-                    &format!("/sinks/{}/postgres", yaml::escape_token(&o.sink)),
-                    "the tokens' sink writes `table: oauth_tokens` with `key: [tenant, provider]`: connections read them there, and each token is sealed to its row's tenant and provider".into(),
-                );
-            }
-        }
-        Some(_) => at(
-            "/oauth/sink",
-            "the tokens' sink must be a `postgres` sink".into(),
-        ),
+    for (pointer, message) in token_sink_problems(p, o) {
+        at(&pointer, message);
     }
     if !o.redirect_uri.is_empty() {
         match url::Url::parse(&o.redirect_uri) {

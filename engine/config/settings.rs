@@ -187,6 +187,16 @@ impl fmt::Debug for Settings {
     }
 }
 
+impl Settings {
+    /// The default rate limit when it is on and counts the client IP: what is kept under a
+    /// pipeline's own limit whose key a sender chooses (`RateLimit::keyed_by_sender`).
+    pub fn ip_floor(&self) -> Option<&super::rate_limit::RateLimit> {
+        self.rate_limit
+            .as_ref()
+            .filter(|d| d.enabled && d.counts_ip())
+    }
+}
+
 /// Environment variables that override settings, and the settings key each one sets.
 pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("PORT", "port"),

@@ -28,7 +28,7 @@ pub(super) fn url_for(
         .any(|seg| matches!(seg.replace("%2e", ".").as_str(), "." | ".."));
     if dot_segment {
         return Err(format!(
-            "`{path}` holds a `.` or `..` segment: paths are sent as written, never resolved"
+            "`{path}` holds a `.` or `..` segment (paths are sent as written, never resolved): write the path without it, and put a caller's value in a segment with `encode_segment`"
         ));
     }
     let mut url = url::Url::parse(&format!("{base}{path}"))

@@ -25,73 +25,82 @@ fn column_context(column: &str) -> String {
     format!("{TABLE}.{column}")
 }
 
-/// Whether a token was opened under its row's context, or under the column's alone (to reseal).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Sealed {
-    ToRow,
-    ToColumn,
+/// A row's tokens, opened: the plain texts, and whether one is still sealed to its column only
+/// (before rows were bound), so the row is to be sealed again.
+struct Opened {
+    access: String,
+    refresh: Option<String>,
+    to_reseal: bool,
 }
 
 impl Postgres {
-    /// Open `value` of `column` in the row of (`tenant`, `provider`).
+    /// Open one token of `column` in the row of (`tenant`, `provider`): under its row's context,
+    /// else under the column's alone; whether it was the latter.
     fn open(
         &self,
         value: &str,
         column: &str,
         tenant: &str,
         provider: &str,
-    ) -> Result<(String, Sealed), String> {
-        let (plain, sealed) = match self
+    ) -> Result<(String, bool), String> {
+        let (plain, by_column) = match self
             .keyring
             .decrypt(value, &token_context(column, tenant, provider))
         {
-            Ok(p) => (p, Sealed::ToRow),
+            Ok(p) => (p, false),
             Err(_) => self
                 .keyring
                 .decrypt(value, &column_context(column))
-                .map(|p| (p, Sealed::ToColumn))
+                .map(|p| (p, true))
                 .map_err(|e| format!("{TABLE}.{column}: {e}"))?,
         };
         let text = String::from_utf8(plain).map_err(|_| format!("{TABLE}.{column}: not text"))?;
-        Ok((text, sealed))
+        Ok((text, by_column))
     }
 
-    /// Seal the row's tokens to the row, where they are sealed to their column only; whether it
-    /// changed the row. Only a row still holding the values read is written.
+    /// Open a row's stored tokens (`access`, `refresh`).
+    fn open_row(
+        &self,
+        tenant: &str,
+        provider: &str,
+        (access, refresh): (&str, Option<&str>),
+    ) -> Result<Opened, String> {
+        let (access, access_by_column) = self.open(access, "access_token", tenant, provider)?;
+        let refresh = refresh
+            .map(|r| self.open(r, "refresh_token", tenant, provider))
+            .transpose()?;
+        Ok(Opened {
+            to_reseal: access_by_column || refresh.as_ref().is_some_and(|r| r.1),
+            access,
+            refresh: refresh.map(|(r, _)| r),
+        })
+    }
+
+    /// Seal a row's opened tokens to the row; whether it was written. Only a row still holding
+    /// the `stored` values is written (another instance may have resealed or refreshed it).
     async fn reseal(
         &self,
         client: &deadpool_postgres::Client,
         tenant: &str,
         provider: &str,
         stored: (&str, Option<&str>),
+        opened: &Opened,
     ) -> Result<bool, String> {
         use tokio_postgres::types::Type;
-        let (access, access_seal) = self.open(stored.0, "access_token", tenant, provider)?;
-        let refresh = stored
-            .1
-            .map(|r| self.open(r, "refresh_token", tenant, provider))
-            .transpose()?;
-        if access_seal == Sealed::ToRow && refresh.as_ref().is_none_or(|r| r.1 == Sealed::ToRow) {
-            return Ok(false);
-        }
-        let new_access = self.keyring.encrypt(
-            access.as_bytes(),
-            &token_context("access_token", tenant, provider),
-        );
-        let new_refresh = refresh.map(|(r, _)| {
-            self.keyring.encrypt(
-                r.as_bytes(),
-                &token_context("refresh_token", tenant, provider),
-            )
-        });
+        let seal = |text: &str, column: &str| {
+            self.keyring
+                .encrypt(text.as_bytes(), &token_context(column, tenant, provider))
+        };
+        let access = seal(&opened.access, "access_token");
+        let refresh = opened.refresh.as_deref().map(|r| seal(r, "refresh_token"));
         let n = client
             .execute_typed(
                 "UPDATE oauth_tokens SET access_token = $3, refresh_token = $4 WHERE tenant = $1 AND provider = $2 AND access_token = $5 AND refresh_token IS NOT DISTINCT FROM $6",
                 &[
                     (&tenant, Type::TEXT),
                     (&provider, Type::TEXT),
-                    (&new_access, Type::TEXT),
-                    (&new_refresh, Type::TEXT),
+                    (&access, Type::TEXT),
+                    (&refresh, Type::TEXT),
                     (&stored.0, Type::TEXT),
                     (&stored.1, Type::TEXT),
                 ],
@@ -118,10 +127,13 @@ impl Postgres {
             let (tenant, provider): (String, String) = (row.get(0), row.get(1));
             let access: String = row.get(2);
             let refresh: Option<String> = row.get(3);
-            match self
-                .reseal(&client, &tenant, &provider, (&access, refresh.as_deref()))
-                .await
-            {
+            let stored = (access.as_str(), refresh.as_deref());
+            let resealed = match self.open_row(&tenant, &provider, stored) {
+                Ok(o) if o.to_reseal => self.reseal(&client, &tenant, &provider, stored, &o).await,
+                Ok(_) => Ok(false),
+                Err(e) => Err(e),
+            };
+            match resealed {
                 Ok(true) => done += 1,
                 Ok(false) => {}
                 Err(e) => failed.push(format!("tenant {tenant}, provider {provider}: {e}")),
@@ -148,28 +160,19 @@ impl TokenStore for Postgres {
             };
             let access: String = row.get(0);
             let refresh: Option<String> = row.get(1);
-            let (access_token, access_seal) =
-                self.open(&access, "access_token", tenant, provider)?;
-            let refresh_token = refresh
-                .as_deref()
-                .map(|r| self.open(r, "refresh_token", tenant, provider))
-                .transpose()?;
-            if access_seal == Sealed::ToColumn
-                || refresh_token
-                    .as_ref()
-                    .is_some_and(|r| r.1 == Sealed::ToColumn)
-            {
-                // sealed before rows were bound: bind it now (a failure only delays that)
-                if let Err(e) = self
-                    .reseal(&client, tenant, provider, (&access, refresh.as_deref()))
+            let stored = (access.as_str(), refresh.as_deref());
+            let opened = self.open_row(tenant, provider, stored)?;
+            // sealed before rows were bound: bind it now (a failure only delays that)
+            if opened.to_reseal
+                && let Err(e) = self
+                    .reseal(&client, tenant, provider, stored, &opened)
                     .await
-                {
-                    tracing::warn!(tenant, provider, error = %e, "could not reseal the tenant's tokens to their row");
-                }
+            {
+                tracing::warn!(tenant, provider, error = %e, "could not reseal the tenant's tokens to their row");
             }
             Ok(Some(Stored {
-                access_token,
-                refresh_token: refresh_token.map(|(r, _)| r),
+                access_token: opened.access,
+                refresh_token: opened.refresh,
                 expires_at: row.get(2),
                 disconnected: row.get(3),
             }))

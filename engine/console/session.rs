@@ -138,15 +138,6 @@ pub fn clear_cookie() -> String {
     format!("{COOKIE}=; Path=/console; HttpOnly; Secure; SameSite=Strict; Max-Age=0")
 }
 
-/// The session cookie's value among a request's `Cookie` headers.
-pub fn cookie_value<'a>(headers: impl Iterator<Item = &'a str>) -> Option<&'a str> {
-    headers
-        .flat_map(|h| h.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
-        .map(|(_, value)| value)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,10 +195,5 @@ mod tests {
         for flag in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/console"] {
             assert!(c.contains(flag), "{c}");
         }
-        assert_eq!(
-            cookie_value(["a=1; engine_console=xyz; b=2"].into_iter()),
-            Some("xyz")
-        );
-        assert_eq!(cookie_value(["a=1", "b=2"].into_iter()), None);
     }
 }

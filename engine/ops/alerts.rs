@@ -280,22 +280,17 @@ async fn post(client: &reqwest::Client, url: &str, text: &str) {
 /// characters, control characters as spaces, and `& < >` escaped as Slack's formatting asks —
 /// so `<!channel>` mentions nobody and `<https://x|click>` is no link.
 fn shorten(s: &str) -> String {
-    let cut: String = s
-        .chars()
-        .take(200)
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    let more = s.chars().count() > 200;
-    let mut out = String::with_capacity(cut.len() + 8);
-    for c in cut.chars() {
+    let mut out = String::with_capacity(s.len().min(200) + 8);
+    for c in s.chars().take(200) {
         match c {
             '&' => out.push_str("&amp;"),
             '<' => out.push_str("&lt;"),
             '>' => out.push_str("&gt;"),
+            c if c.is_control() => out.push(' '),
             c => out.push(c),
         }
     }
-    if more {
+    if s.chars().nth(200).is_some() {
         out.push_str("...");
     }
     out

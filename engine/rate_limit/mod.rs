@@ -76,14 +76,11 @@ impl Rule {
     }
 }
 
-/// The key part of a client address: an IPv4 address as it is, an IPv6 address by its /64 (one
-/// customer's allocation: a client rotating addresses inside its own prefix keeps one budget).
+/// The key part of a client address: an IPv4 address as it is, an IPv6 address by its /64
+/// (`crate::client_ip::client_prefix`), written `2001:db8:1:2::/64`.
 pub fn ip_key(ip: IpAddr) -> String {
-    match ip.to_canonical() {
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
-        }
+    match crate::client_ip::client_prefix(ip) {
+        IpAddr::V6(prefix) => format!("{prefix}/64"),
         v4 => v4.to_string(),
     }
 }

@@ -18,6 +18,19 @@ pub fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// The value of cookie `name` among the request's `Cookie` headers (the console's session, an
+/// OAuth flow's browser binding).
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(salvo::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|h| h.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(n, _)| *n == name)
+        .map(|(_, value)| value)
+}
+
 /// The parts of a request that verifiers and named fields read.
 #[derive(Debug, Clone, Copy)]
 pub struct Inbound<'a> {
@@ -140,6 +153,18 @@ fn usable(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cookies_are_found_among_others() {
+        let mut h = HeaderMap::new();
+        h.append("cookie", "a=1; engine_console=xyz; b=2".parse().unwrap());
+        assert_eq!(cookie(&h, "engine_console"), Some("xyz"));
+        let mut h = HeaderMap::new();
+        h.append("cookie", "a=1".parse().unwrap());
+        h.append("cookie", "b=2".parse().unwrap());
+        assert_eq!(cookie(&h, "engine_console"), None);
+        assert_eq!(cookie(&h, "b"), Some("2"));
+    }
     use salvo::http::HeaderMap;
 
     /// A POST to `url` with `headers` and `body`.

@@ -53,27 +53,11 @@ impl Admission {
         lock(&self.open).total
     }
 
-    /// The peer's counting key, or `None` for a trusted proxy (not capped per address).
+    /// The peer's counting key (`client_ip::client_prefix`), or `None` for a trusted proxy (not
+    /// capped per address).
     fn peer(&self, info: &FuseInfo) -> Option<IpAddr> {
-        let ip = info
-            .remote_addr
-            .as_ipv4()
-            .map(|a| IpAddr::V4(*a.ip()))
-            .or_else(|| {
-                info.remote_addr
-                    .as_ipv6()
-                    .map(|a| IpAddr::V6(*a.ip()).to_canonical())
-            })?;
-        if self.proxies.trusts(ip) {
-            return None;
-        }
-        Some(match ip {
-            IpAddr::V6(v6) => {
-                let s = v6.segments();
-                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-            v4 => v4,
-        })
+        let ip = info.remote_addr.clone().into_std()?.ip().to_canonical();
+        (!self.proxies.trusts(ip)).then(|| crate::client_ip::client_prefix(ip))
     }
 
     /// Count a connection in, or say which cap it is over.
@@ -166,46 +150,42 @@ mod tests {
         )
     }
 
+    /// A connection from `ip` as the listener admits it: its place, or `None` when refused.
+    async fn enter(a: &Admission, ip: &str) -> Option<ArcConnObserver> {
+        match a.decide(&info(ip)).await {
+            FuseAction::Accept(_) => a.observe(&info(ip), &ConnCtrl::new()),
+            FuseAction::Reject => None,
+        }
+    }
+
     #[tokio::test]
     async fn per_peer_and_total_caps_with_places_given_back() {
         let a = admission(5, 2);
-        let ctrl = ConnCtrl::new();
         let mut held = Vec::new();
         for _ in 0..2 {
-            assert!(matches!(
-                a.decide(&info("203.0.113.1")).await,
-                FuseAction::Accept(_)
-            ));
-            held.push(a.observe(&info("203.0.113.1"), &ctrl));
+            held.push(
+                enter(&a, "203.0.113.1")
+                    .await
+                    .expect("under the per-peer cap"),
+            );
         }
-        assert_eq!(a.decide(&info("203.0.113.1")).await, FuseAction::Reject);
+        assert!(enter(&a, "203.0.113.1").await.is_none());
         // one /64 is one peer
-        assert!(matches!(
-            a.decide(&info("[2001:db8::1]")).await,
-            FuseAction::Accept(_)
-        ));
-        held.push(a.observe(&info("[2001:db8::1]"), &ctrl));
-        assert!(matches!(
-            a.decide(&info("[2001:db8::2]")).await,
-            FuseAction::Accept(_)
-        ));
-        held.push(a.observe(&info("[2001:db8::2]"), &ctrl));
-        assert_eq!(a.decide(&info("[2001:db8::3]")).await, FuseAction::Reject);
+        held.push(enter(&a, "[2001:db8::1]").await.expect("a new peer"));
+        held.push(
+            enter(&a, "[2001:db8::2]")
+                .await
+                .expect("same /64, second place"),
+        );
+        assert!(enter(&a, "[2001:db8::3]").await.is_none());
         // a trusted proxy is not capped per address, only in all
-        assert!(matches!(
-            a.decide(&info("10.1.2.3")).await,
-            FuseAction::Accept(_)
-        ));
-        held.push(a.observe(&info("10.1.2.3"), &ctrl));
+        held.push(enter(&a, "10.1.2.3").await.expect("a proxy"));
         assert_eq!(a.open(), 5);
-        assert_eq!(a.decide(&info("10.1.2.3")).await, FuseAction::Reject);
+        assert!(enter(&a, "10.1.2.3").await.is_none());
         // closing connections gives their places back
         held.clear();
         assert_eq!(a.open(), 0);
         assert!(lock(&a.open).by_peer.is_empty());
-        assert!(matches!(
-            a.decide(&info("203.0.113.1")).await,
-            FuseAction::Accept(_)
-        ));
+        assert!(enter(&a, "203.0.113.1").await.is_some());
     }
 }

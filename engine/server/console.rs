@@ -297,12 +297,8 @@ async fn login(
 }
 
 fn session_of(console: &Console, req: &Request, now_ms: i64) -> Option<Session> {
-    let cookies = req
-        .headers()
-        .get_all(salvo::http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok());
-    console.keys.check(session::cookie_value(cookies)?, now_ms)
+    let cookie = crate::request_field::cookie(req.headers(), session::COOKIE)?;
+    console.keys.check(cookie, now_ms)
 }
 
 /// 403 unless the form carries the session's CSRF token.

@@ -182,8 +182,13 @@ impl Dispatch {
         // sender's budget).
         check_rate(app, route.floor.as_ref(), &seen, &params, res).await?;
         check_rate(app, route.limit.first(), &seen, &params, res).await?;
-        let counted = count_lookup(app, route, &seen, &params, res).await?;
-        if let Err(refusal) = verify(app, route, &seen, &params).await {
+        // the tenant the request names, read once: counted before its lookup, verified, stored
+        let tenant_id = route
+            .verifier
+            .as_ref()
+            .and_then(|v| v.tenant_id(&seen.inbound(), &params));
+        let counted = count_lookup(app, route, &seen, tenant_id.as_deref(), &params, res).await?;
+        if let Err(refusal) = verify(app, route, &seen, tenant_id.as_deref()).await {
             served.verify_failed = true;
             if !counted {
                 check_rate(app, route.limit.when_unverified(), &seen, &params, res).await?;
@@ -199,7 +204,7 @@ impl Dispatch {
         let inbound = seen.inbound();
         let fields = Fields::reading(&inbound, &params, &route.json_fields);
         let computes = route.responder.computes_for(&fields);
-        let event = event(app, route, &seen, &fields, params.clone());
+        let event = event(app, route, &seen, &fields, params.clone(), tenant_id);
         tracing::Span::current().record("event_id", event.id.as_str());
         let reply = self.respond(pipeline, &event, computes).await;
         let event_id = app.recorder.as_ref().map(|_| event.id.clone());
@@ -266,17 +271,13 @@ fn event(
     seen: &Seen<'_>,
     fields: &Fields<'_>,
     params: Vec<(String, String)>,
+    tenant: Option<String>,
 ) -> EventInput {
     let provider_id = route
         .queued
         .as_ref()
         .filter(|q| !q.config.event_id.is_empty())
         .and_then(|q| fields.join(&q.config.event_id, ":"));
-    let tenant = route
-        .verifier
-        .as_ref()
-        .and_then(|v| v.tenant_key())
-        .and_then(|k| fields.get(k));
     let id = provider_id.unwrap_or_else(|| app.clock.mint_id());
     let mut event = seen.event_input(id, &route.name, params, tenant);
     // Credentials never leave the request: not into the queue, dead letters or scripts.
@@ -288,7 +289,7 @@ fn event(
     let verifier = route.verifier.as_ref();
     event.headers.retain(|(name, _)| {
         let credential = crate::verify::is_credential_name(name)
-            || verifier.is_some_and(|v| v.is_credential_header(name));
+            || verifier.is_some_and(|v| v.reads_credential_from(name));
         !credential && (keep.is_empty() || keep.iter().any(|k| k.eq_ignore_ascii_case(name)))
     });
     event
@@ -459,7 +460,7 @@ fn record(
         event_id,
         status,
         signed: verifier.is_some(),
-        credential: &|name: &str| verifier.is_some_and(|v| v.is_credential_header(name)),
+        credential: &|name: &str| verifier.is_some_and(|v| v.reads_credential_from(name)),
         redact: &config.redact,
     });
 }
@@ -566,6 +567,7 @@ async fn count_lookup(
     app: &App,
     route: &Route,
     seen: &Seen<'_>,
+    tenant_id: Option<&str>,
     params: &[(String, String)],
     res: &mut Response,
 ) -> Result<bool, Stop> {
@@ -576,7 +578,7 @@ async fn count_lookup(
     ) else {
         return Ok(false);
     };
-    if !verifier.would_look_up(&seen.inbound(), params, store) {
+    if !verifier.would_look_up(tenant_id, store) {
         return Ok(false);
     }
     check_rate(app, Some(rule), seen, params, res).await?;
@@ -596,14 +598,14 @@ async fn verify(
     app: &App,
     route: &Route,
     seen: &Seen<'_>,
-    params: &[(String, String)],
+    tenant_id: Option<&str>,
 ) -> Result<(), Refusal> {
     let Some(verifier) = &route.verifier else {
         return Ok(());
     };
     let ctx = Context {
         client_ip: seen.client_ip,
-        path_params: params,
+        tenant_id,
         tenants: app.tenants.as_ref(),
     };
     let name = &route.name;

@@ -39,24 +39,17 @@ pub async fn answer(
             .headers()
             .get(salvo::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        let (answer, cookie) = flow.start(authorization, query, wants_json, now);
-        if let (Some(value), Some(o)) = (cookie, cfg) {
-            // scoped to the callback: sent back only there, with the provider's redirect
-            set_cookie(
-                res,
-                &crate::oauth::browser_cookie(&o_name(app, pipeline)),
-                &value,
-                &o_callback(app, pipeline),
-                o.state_ttl.0.as_secs(),
-            );
+        match flow.start(authorization, query, wants_json, now) {
+            Ok((answer, cookie)) => {
+                set_cookie(res, &flow.set_cookie(&cookie));
+                answer
+            }
+            Err(refused) => refused,
         }
-        answer
     } else {
-        let name = crate::oauth::browser_cookie(&o_name(app, pipeline));
-        let cookie = cookie_value(req, &name);
-        let answer = flow.callback(query, cookie.as_deref(), now).await;
-        // spent or refused, the flow is over for this browser
-        set_cookie(res, &name, "", &o_callback(app, pipeline), 0);
+        let cookie = crate::request_field::cookie(req.headers(), flow.cookie_name());
+        let answer = flow.callback(query, cookie, now).await;
+        set_cookie(res, &flow.clear_cookie());
         answer
     };
     // the state and code are single-use secrets: never cached, never sent on as a referrer
@@ -91,33 +84,8 @@ pub async fn answer(
     }
 }
 
-fn o_name(app: &App, pipeline: usize) -> String {
-    app.project.pipelines[pipeline].config.name.clone()
-}
-
-fn o_callback(app: &App, pipeline: usize) -> String {
-    app.project.pipelines[pipeline].config.route.path.clone()
-}
-
-/// `Set-Cookie` for the flow's browser binding: HttpOnly (no script reads it), Secure (browsers
-/// keep it on https, and on http://localhost in development), SameSite=Lax (the provider's
-/// top-level redirect back carries it; no cross-site subrequest does).
-fn set_cookie(res: &mut Response, name: &str, value: &str, path: &str, max_age: u64) {
-    let cookie =
-        format!("{name}={value}; Path={path}; Max-Age={max_age}; HttpOnly; Secure; SameSite=Lax");
-    if let Ok(v) = HeaderValue::from_str(&cookie) {
+fn set_cookie(res: &mut Response, cookie: &str) {
+    if let Ok(v) = HeaderValue::from_str(cookie) {
         res.headers_mut().append(salvo::http::header::SET_COOKIE, v);
     }
-}
-
-/// The value of cookie `name` in the request.
-fn cookie_value(req: &Request, name: &str) -> Option<String> {
-    req.headers()
-        .get_all(salvo::http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.to_string())
 }

@@ -150,12 +150,13 @@ pub fn build(
                 }
             }
         };
-        let floor = match (&p.config.rate_limit, default) {
-            (Some(own), Some(d)) if own.enabled && !own.counts_verified() && !own.counts_ip() => {
-                Some(Rule::new(&format!("{}:ip", p.config.name), d))
-            }
-            _ => None,
-        };
+        let floor = p
+            .config
+            .rate_limit
+            .as_ref()
+            .filter(|own| own.keyed_by_sender())
+            .and(project.settings.ip_floor())
+            .map(|d| Rule::new(&format!("{}:ip", p.config.name), d));
         let json_fields = json_fields(&p.config, &q, &limit);
         routes.push(Route {
             floor,

@@ -53,7 +53,7 @@ pub fn row_context(table: &str, column: &str, key: &[String]) -> String {
 }
 
 /// A value as text: a string as it is, anything else as JSON.
-fn key_text(v: &Value) -> String {
+fn as_text(v: &Value) -> String {
     v.as_str().map_or_else(|| v.to_string(), str::to_string)
 }
 
@@ -297,23 +297,25 @@ impl PostgresSink {
                         columns.push(c.to_string());
                     }
                 }
-                let key_value = |k: &str| mapped.iter().find(|(c, _)| *c == k).map(|(_, v)| v);
-                let key = self
+                // the conflict key's values as text: what the statements are ordered by, and
+                // what an encrypted value is sealed to
+                let key: Vec<String> = self
                     .key
                     .iter()
-                    .map(|k| key_value(k).map(|v| v.to_string()).unwrap_or_default())
+                    .map(|k| {
+                        mapped
+                            .iter()
+                            .find(|(c, _)| c == k)
+                            .map(|(_, v)| as_text(v))
+                            .unwrap_or_default()
+                    })
                     .collect();
                 if !sealed.is_empty() {
                     let ring = self.keyring.as_ref().expect("checked at build");
-                    let row: Vec<String> = self
-                        .key
-                        .iter()
-                        .map(|k| key_value(k).map(|v| key_text(v)).unwrap_or_default())
-                        .collect();
                     for column in sealed {
                         if let Some(slot) = mapped.iter_mut().find(|(c, _)| *c == column) {
-                            let text = key_text(&slot.1);
-                            let context = row_context(&self.table, column, &row);
+                            let text = as_text(&slot.1);
+                            let context = row_context(&self.table, column, &key);
                             slot.1 =
                                 Cow::Owned(Value::String(ring.encrypt(text.as_bytes(), &context)));
                         }

@@ -43,8 +43,13 @@ const CREDENTIAL_NAME_PARTS: &[&str] = &[
 /// Whether a header name carries a credential: one of [`CREDENTIAL_HEADERS`], or a name holding
 /// one of the credential words (case-insensitive).
 pub fn is_credential_name(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    CREDENTIAL_HEADERS.contains(&lower.as_str())
+    // names from a request are lower case already (the HTTP layer's); others are made so
+    let lower: std::borrow::Cow<'_, str> = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        name.to_ascii_lowercase().into()
+    } else {
+        name.into()
+    };
+    CREDENTIAL_HEADERS.contains(&lower.as_ref())
         || (CREDENTIAL_NAME_PARTS.iter().any(|p| lower.contains(p))
             // Twilio's `I-Twilio-Idempotency-Token` names a delivery, it grants nothing
             && !lower.contains("idempotency"))

@@ -86,7 +86,9 @@ pub use credential::{CREDENTIAL_HEADERS, is_credential_name};
 /// What the verifier needs beyond the request itself.
 pub struct Context<'a> {
     pub client_ip: IpAddr,
-    pub path_params: &'a [(String, String)],
+    /// The tenant id the request names, read once by the caller ([`Verifier::tenant_id`]), which
+    /// the request path also counts and stores with the event.
+    pub tenant_id: Option<&'a str>,
     /// The tenant store, when a database is configured.
     pub tenants: Option<&'a TenantSecrets>,
 }
@@ -140,7 +142,7 @@ impl TenantLookup {
             Err(e) => {
                 errors.push((
                     format!("/{scheme}/tenant/pattern"),
-                    format!("is not a regular expression: {e}"),
+                    format!("is not a regular expression ({e}): write one anchored with `^` and `$`, e.g. `^AC[0-9a-f]{{32}}$`"),
                 ));
                 None
             }
@@ -256,32 +258,30 @@ impl Verifier {
         self.scheme_name
     }
 
-    /// Whether a header carries this pipeline's credential (it must never be stored).
-    pub fn is_credential_header(&self, name: &str) -> bool {
-        is_credential_name(name)
-            || self
-                .credential_header
-                .as_deref()
-                .is_some_and(|h| h.eq_ignore_ascii_case(name))
+    /// Whether `name` is the header this verifier reads its credential from (the configurable
+    /// one of the bearer, header, hmac and vapi schemes): never stored, like every header
+    /// [`is_credential_name`] names.
+    pub fn reads_credential_from(&self, name: &str) -> bool {
+        self.credential_header
+            .as_deref()
+            .is_some_and(|h| h.eq_ignore_ascii_case(name))
     }
 
-    /// Where the request names its tenant, when the pipeline says.
-    pub fn tenant_key(&self) -> Option<&crate::config::verify::KeySource> {
-        self.tenant.as_ref().map(|t| &t.key)
-    }
-
-    /// Whether verifying `req` would read its tenant's secret from the database: it names a
-    /// tenant id of the right shape that `store` has not cached (found or absent). The request
-    /// path counts such a request against the per-IP limit before the lookup.
-    pub fn would_look_up(
-        &self,
-        req: &Inbound<'_>,
-        path_params: &[(String, String)],
-        store: &TenantSecrets,
-    ) -> bool {
-        let Some(t) = &self.tenant else { return false };
+    /// The tenant id `req` names, when the pipeline has per-tenant secrets: read once per
+    /// request, then given to [`Verifier::verify`] in its [`Context`].
+    pub fn tenant_id(&self, req: &Inbound<'_>, path_params: &[(String, String)]) -> Option<String> {
+        let t = self.tenant.as_ref()?;
         crate::request_field::extract(&t.key, req, path_params)
-            .is_some_and(|id| t.fits(&id) && !store.is_cached(&id, &t.credential))
+    }
+
+    /// Whether verifying a request naming `tenant_id` would read its tenant's secret from the
+    /// database: an id of the right shape that `store` has not cached (found or absent). The
+    /// request path counts such a request against the per-IP limit before the lookup.
+    pub fn would_look_up(&self, tenant_id: Option<&str>, store: &TenantSecrets) -> bool {
+        let (Some(t), Some(id)) = (&self.tenant, tenant_id) else {
+            return false;
+        };
+        t.fits(id) && !store.is_cached(id, &t.credential)
     }
 
     /// Whether this verifier reads per-tenant secrets.
@@ -296,13 +296,16 @@ impl Verifier {
         }
         let tenant_key = match (&self.tenant, ctx.tenants) {
             (Some(t), Some(store)) => {
-                match crate::request_field::extract(&t.key, req, ctx.path_params) {
-                    // an id of the wrong shape names no tenant: never looked up
-                    Some(id) if !t.fits(&id) && self.keys.is_empty() => {
-                        return Err(VerifyError::Rejected(Reject::UnknownTenant));
+                match ctx.tenant_id {
+                    // an id of the wrong shape names no tenant: never looked up, like an
+                    // unknown one (the configured secrets, or 401)
+                    Some(id) if !t.fits(id) => {
+                        if self.keys.is_empty() {
+                            return Err(VerifyError::Rejected(Reject::UnknownTenant));
+                        }
+                        None
                     }
-                    Some(id) if !t.fits(&id) => None,
-                    Some(id) => match store.get(&id, &t.credential).await {
+                    Some(id) => match store.get(id, &t.credential).await {
                         Ok(Some(secret)) => Some(self.scheme.key(&secret).map_err(|_| {
                             VerifyError::Unavailable("stored credential has the wrong form".into())
                         })?),
@@ -549,7 +552,7 @@ mod tests {
     fn ctx() -> Context<'static> {
         Context {
             client_ip: "127.0.0.1".parse().unwrap(),
-            path_params: &[],
+            tenant_id: None,
             tenants: None,
         }
     }
@@ -620,7 +623,7 @@ mod tests {
         };
         let at = |ip: &str| Context {
             client_ip: ip.parse().unwrap(),
-            path_params: &[],
+            tenant_id: None,
             tenants: None,
         };
         assert_eq!(v.verify(&req, &at("10.1.2.3")).await, Ok(()));

@@ -155,7 +155,7 @@ impl TenantSecrets {
                 metrics::counter!("engine_tenant_secret_lookups_total", "result" => "busy")
                     .increment(1);
                 TenantError::Database(format!(
-                    "{LOOKUPS_AT_ONCE} tenant lookups already in flight for {}s",
+                    "{LOOKUPS_AT_ONCE} tenant lookups already in flight for {}s (answered 503; the provider retries): a slow database, or a flood of unknown tenant ids — see engine_tenant_secret_lookups_total by result and the verification failures by client_ip",
                     LOOKUP_WAIT.as_secs()
                 ))
             })?

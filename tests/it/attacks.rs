@@ -77,11 +77,7 @@ async fn forged_tenant_ids_meet_the_per_ip_limit_before_the_database() {
 #[tokio::test]
 async fn a_dripped_body_is_cut_off_at_its_total_time() {
     let dir = Dir::shipped_copy();
-    let settings = std::fs::read_to_string(dir.path().join("engine.yaml")).unwrap();
-    dir.write(
-        "engine.yaml",
-        &format!("{settings}\ntimeouts:\n  body_secs: 2\n"),
-    );
+    dir.edit("engine.yaml", |s| s + "\ntimeouts:\n  body_secs: 2\n");
     dir.write(
         "open.yaml",
         "name: open\nroute: {method: POST, path: /open}\n",
@@ -123,11 +119,7 @@ async fn a_dripped_body_is_cut_off_at_its_total_time() {
 #[tokio::test]
 async fn connections_over_the_per_ip_cap_are_closed_at_once() {
     let dir = Dir::shipped_copy();
-    let settings = std::fs::read_to_string(dir.path().join("engine.yaml")).unwrap();
-    dir.write(
-        "engine.yaml",
-        &format!("{settings}\nconnections:\n  per_ip: 3\n"),
-    );
+    dir.edit("engine.yaml", |s| s + "\nconnections:\n  per_ip: 3\n");
     let app = spawn_app(dir.path(), &[]).await;
     let mut held = Vec::new();
     for _ in 0..3 {
@@ -176,11 +168,9 @@ async fn connections_over_the_per_ip_cap_are_closed_at_once() {
 #[tokio::test]
 async fn rotating_a_header_key_does_not_escape_the_per_ip_limit() {
     let dir = Dir::shipped_copy();
-    let settings = std::fs::read_to_string(dir.path().join("engine.yaml")).unwrap();
-    dir.write(
-        "engine.yaml",
-        &settings.replace("  limit: 100/1m\n", "  limit: 5/1m\n"),
-    );
+    dir.edit("engine.yaml", |s| {
+        s.replace("  limit: 100/1m\n", "  limit: 5/1m\n")
+    });
     dir.write(
         "keyed.yaml",
         "name: keyed\nroute: {method: POST, path: /keyed}\nrate_limit:\n  limit: 60/1m\n  key: [{header: X-Client}]\n",

@@ -158,7 +158,7 @@ fn verdict(file: &File, case: &Case) -> Verdict {
     };
     let ctx = Context {
         client_ip: std::net::IpAddr::from([127, 0, 0, 1]),
-        path_params: &[],
+        tenant_id: None,
         tenants: None,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -281,23 +281,24 @@ async fn receiver_with(
     (url, seen)
 }
 
+/// An HTTP sink POSTing to `url` with one configured header.
+fn http_sink(url: String, (name, value): (&str, &str)) -> engine::sink::http::HttpSink {
+    use engine::config::sink::{Http, HttpSinkMethod};
+    engine::sink::http::HttpSink::new(&Http {
+        url,
+        method: HttpSinkMethod::Post,
+        headers: BTreeMap::from([(name.to_string(), value.to_string())]),
+        timeout_ms: 2000,
+    })
+    .unwrap()
+}
+
 #[tokio::test]
 async fn http_sink_posts_json_with_an_idempotency_key_and_classifies_answers() {
     use engine::config::sink::{Http, HttpSinkMethod};
     use engine::sink::http::HttpSink;
     let (url, seen) = receiver(vec![200, 503, 429, 422]).await;
-    let mut headers = BTreeMap::new();
-    headers.insert(
-        "authorization".to_string(),
-        "Bearer partner-token".to_string(),
-    );
-    let sink = HttpSink::new(&Http {
-        url,
-        method: HttpSinkMethod::Post,
-        headers,
-        timeout_ms: 2000,
-    })
-    .unwrap();
+    let sink = http_sink(url, ("authorization", "Bearer partner-token"));
     let b = batch("evt_42", "partner", vec![json!({"call_id": "c1"})]);
     sink.write(&b).await.unwrap();
     assert!(
@@ -345,19 +346,9 @@ async fn http_sink_posts_json_with_an_idempotency_key_and_classifies_answers() {
 /// reach the host it points to, and the event dead-letters with the status and that host.
 #[tokio::test]
 async fn http_sink_does_not_follow_redirects() {
-    use engine::config::sink::{Http, HttpSinkMethod};
-    use engine::sink::http::HttpSink;
     let (elsewhere, taken) = receiver(vec![200]).await;
     let (url, seen) = receiver_with(vec![307], format!("location: {elsewhere}\r\n")).await;
-    let mut headers = BTreeMap::new();
-    headers.insert("x-api-key".to_string(), "partner-key".to_string());
-    let sink = HttpSink::new(&Http {
-        url,
-        method: HttpSinkMethod::Post,
-        headers,
-        timeout_ms: 2000,
-    })
-    .unwrap();
+    let sink = http_sink(url, ("x-api-key", "partner-key"));
     let b = batch("evt_7", "partner", vec![json!({"call_id": "c1"})]);
     match sink.write(&b).await {
         Err(SinkError::Permanent(m)) => {

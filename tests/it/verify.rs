@@ -693,7 +693,7 @@ mod property {
         };
         let ctx = Context {
             client_ip: "127.0.0.1".parse().unwrap(),
-            path_params: &[],
+            tenant_id: None,
             tenants: None,
         };
         futures_lite(v.verify(&req, &ctx)).is_ok()
@@ -724,7 +724,7 @@ mod property {
             };
             let ctx = Context {
                 client_ip: "127.0.0.1".parse().unwrap(),
-                path_params: &[],
+                tenant_id: None,
                 tenants: None,
             };
             assert_eq!(

@@ -99,6 +99,12 @@ impl Dir {
         p
     }
 
+    /// Rewrite file `name` with `change` applied to its text.
+    pub fn edit(&self, name: &str, change: impl FnOnce(String) -> String) -> PathBuf {
+        let text = std::fs::read_to_string(self.tmp.path().join(name)).unwrap();
+        self.write(name, &change(text))
+    }
+
     pub fn remove(&self, name: &str) {
         std::fs::remove_file(self.tmp.path().join(name)).unwrap();
     }
