@@ -570,21 +570,40 @@ fn a_connection_must_be_https_in_production() {
     );
 }
 
+/// Where ajv and ajv-formats are: `ENGINE_AJV_NODE_MODULES`, else `~/.cache/engine-ajv` (where
+/// .ci/run puts them), else installed here with npm into the target directory, so `cargo test`
+/// on a new machine (an empty HOME) installs what this test needs.
+fn ajv_modules() -> String {
+    if let Ok(m) = std::env::var("ENGINE_AJV_NODE_MODULES") {
+        return m;
+    }
+    let home = format!(
+        "{}/.cache/engine-ajv/node_modules",
+        std::env::var("HOME").unwrap_or_default()
+    );
+    if std::path::Path::new(&home).join("ajv-formats").exists() {
+        return home;
+    }
+    let prefix = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("engine-ajv");
+    let modules = prefix.join("node_modules");
+    if !modules.join("ajv-formats").exists() {
+        let status = std::process::Command::new("npm")
+            .args(["install", "--silent", "--no-audit", "--no-fund", "--prefix"])
+            .arg(&prefix)
+            .args(["ajv@8", "ajv-formats@3"])
+            .status()
+            .expect("npm, to install ajv for this test (apt-get install -y nodejs npm)");
+        assert!(status.success(), "npm install ajv@8 ajv-formats@3 failed");
+    }
+    modules.display().to_string()
+}
+
 /// The published schemas compile in ajv's strict mode (draft 2020-12 with ajv-formats), the
 /// validator editors and CI pipelines outside the engine use: standard formats, a `$id`, and
 /// only `x-message` beyond the standard keywords.
 #[test]
 fn published_schemas_are_strict_clean_for_standard_validators() {
-    let modules = std::env::var("ENGINE_AJV_NODE_MODULES").unwrap_or_else(|_| {
-        format!(
-            "{}/.cache/engine-ajv/node_modules",
-            std::env::var("HOME").unwrap_or_default()
-        )
-    });
-    assert!(
-        std::path::Path::new(&modules).join("ajv").exists(),
-        "ajv is not installed: `npm install --prefix ~/.cache/engine-ajv ajv@8 ajv-formats@3` (.ci/run does it)"
-    );
+    let modules = ajv_modules();
     let root = common::shipped().join("..");
     let out = std::process::Command::new("node")
         .arg(root.join("tests/schemas/ajv-strict.cjs"))
