@@ -4,7 +4,8 @@
 //! 1. ingest: signed Vapi status updates from 32 concurrent clients to a server without workers
 //!    (verify + rate limit + dedupe + durable enqueue + 2xx): requests/s and latency percentiles;
 //! 2. drain: workers started on the filled queue: events/s through the Rhai transform into
-//!    Postgres (one statement per event).
+//!    Postgres (a batch's rows in one statement), with the event archive on, or off with
+//!    `BENCH_ARCHIVE=off`.
 //!
 //! Load generator, Redis and Postgres share the machine with the engine.
 
@@ -111,9 +112,28 @@ async fn main() {
     let programs = plan.pipelines.into_iter().map(|b| b.program).collect();
     let target = engine::sink::Target::Configured;
     let pool = engine::server::queueing::sink_pool(&project, &target).unwrap();
-    let queued =
-        engine::server::queueing::build(&project, programs, &target, pool.as_ref(), &[], None)
+    // the event archive on (as served), or off with BENCH_ARCHIVE=off: the drain rate of both
+    let archive = (std::env::var("BENCH_ARCHIVE").as_deref() != Ok("off")).then(|| {
+        Arc::new(engine::archive::Store::new(
+            pool.as_ref(),
+            &project.settings.data_dir,
+        ))
+    });
+    if let Some(store) = &archive {
+        engine::archive::retention::tend(store, &engine::archive::retention::keeps(&project))
+            .await
             .unwrap();
+    }
+    let queued = engine::server::queueing::build(
+        &project,
+        programs,
+        &target,
+        pool.as_ref(),
+        &[],
+        None,
+        archive.as_ref(),
+    )
+    .unwrap();
     let started = Instant::now();
     let workers = engine::server::queueing::start(queued.iter().flatten());
     loop {
@@ -133,7 +153,8 @@ async fn main() {
     }
     let took = started.elapsed();
     println!(
-        "drain: {EVENTS} events, queue -> Rhai transform -> Postgres, {} workers",
+        "drain: {EVENTS} events, queue -> Rhai transform -> Postgres (archive {}), {} workers",
+        if archive.is_some() { "on" } else { "off" },
         project
             .pipelines
             .iter()

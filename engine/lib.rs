@@ -44,6 +44,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod archive;
 pub mod cli;
 pub mod client_ip;
 pub mod clock;

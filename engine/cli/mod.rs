@@ -14,6 +14,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod erase;
+mod events;
 mod migrate;
 mod queue;
 mod replay;
@@ -119,6 +121,12 @@ pub enum Command {
     Dlq {
         #[command(subcommand)]
         action: DlqAction,
+    },
+    /// The event archive: find events (`list`, `show`), run them through the pipeline as it is
+    /// now (`replay`, `jobs`, `cancel`), and erase a person's events (`erase`). docs/events.md
+    Events {
+        #[command(subcommand)]
+        action: events::EventsAction,
     },
     /// Apply the SQL migrations in order (each in a transaction, recorded in a history table),
     /// say which existing tables were left as they were, then check every postgres sink's table
@@ -364,6 +372,7 @@ pub fn run() -> ExitCode {
             action: QueueAction::Stats { target },
         } => queue_stats(&target),
         Command::Dlq { action } => dlq(action),
+        Command::Events { action } => events::events(action),
         Command::Migrate {
             database_url,
             migrations,

@@ -15,6 +15,7 @@
 //! `${VAR}` reference checks, typed deserialization, then semantic rules across files (unique
 //! names, non-overlapping routes). `engine validate` and `engine serve` both call it.
 
+pub mod archive;
 pub mod connection;
 pub mod deployment;
 pub mod env_refs;

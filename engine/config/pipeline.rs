@@ -71,6 +71,11 @@ pub struct Pipeline {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<super::queue::Queue>,
 
+    /// How long events are kept after processing and the fields they are found by
+    /// (`engine events list|show|replay`); `off` keeps nothing. Default: 7 days, no index.
+    #[serde(default, skip_serializing_if = "is_default_archive")]
+    pub archive: super::archive::Archive,
+
     /// Where rows go, by the names `transform` steps use.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub sinks: BTreeMap<String, super::sink::Sink>,
@@ -93,6 +98,10 @@ pub struct Pipeline {
     /// bodies carry personal data.
     #[serde(default)]
     pub log_body: bool,
+}
+
+fn is_default_archive(a: &super::archive::Archive) -> bool {
+    *a == super::archive::Archive::default()
 }
 
 fn yes() -> bool {

@@ -20,6 +20,7 @@
 //! configuration is summarised, not dumped, and events appear as the queue keeps them
 //! (credential headers removed) with the pipeline's `redact` applied.
 
+pub mod archive;
 pub mod pages;
 pub mod recent;
 pub mod session;

@@ -34,13 +34,13 @@ fn head(title: &str, script: bool) -> Markup {
 }
 
 /// The frame of every signed-in page: navigation, sign-out form, the page's content.
-fn page(title: &str, current: &str, csrf: &str, content: Markup) -> Markup {
+pub(super) fn page(title: &str, current: &str, csrf: &str, content: Markup) -> Markup {
     let nav = [
         ("pipelines", "Pipelines", "/console/pipelines"),
         ("traffic", "Traffic", "/console/traffic"),
         ("queues", "Queues", "/console/queues"),
         ("dead-letters", "Dead letters", "/console/dead-letters"),
-        ("events", "Recent events", "/console/events"),
+        ("events", "Events", "/console/events"),
     ];
     html! {
         (DOCTYPE)
@@ -471,7 +471,7 @@ fn done_message(done: &str) -> String {
 }
 
 /// An event's headers, query and body, folded.
-fn event_details(e: &super::recent::Shown) -> Markup {
+pub(super) fn event_details(e: &super::recent::Shown) -> Markup {
     html! {
         details {
             summary { (e.method) " " (e.path) " · received " (e.received_at) }

@@ -132,6 +132,12 @@ pub const NAMES: &[(&str, &str, &str, &str)] = &[
     ),
     ("engine_sink_rows_total", "counter", "sink", "rows written"),
     (
+        "engine_archive_errors_total",
+        "counter",
+        "queue",
+        "batches whose outcomes the event archive could not record (left pending, delivered again after their lease)",
+    ),
+    (
         "engine_sink_errors_total",
         "counter",
         "sink, kind",

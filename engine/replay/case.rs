@@ -131,6 +131,7 @@ pub async fn run(
             program: w.program.clone(),
             sinks: w.sinks.clone(),
             options: w.options,
+            archive: None,
         });
     }
     let app = Arc::new(app);

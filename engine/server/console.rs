@@ -14,7 +14,7 @@ use super::answer::{Stop, error};
 use super::limit::check_rate;
 use super::seen::Seen;
 use crate::console::session::{self, Session};
-use crate::console::{Console, DEAD_LETTERS_SHOWN, QueueRow, pages, recent, traffic};
+use crate::console::{Console, DEAD_LETTERS_SHOWN, QueueRow, pages, traffic};
 use crate::queue::Queue;
 
 /// Largest form a console POST may send.
@@ -122,30 +122,9 @@ pub async fn serve(app: &App, req: &mut Request, res: &mut Response) -> Result<(
                 Ok(())
             }
         },
-        (Method::GET, "/console/events") => match pipeline {
-            None => {
-                html(res, StatusCode::OK, pages::event_index(&names(app), &csrf));
-                Ok(())
-            }
-            Some(name) => {
-                let Some(index) = app
-                    .project
-                    .pipelines
-                    .iter()
-                    .position(|p| p.config.name == name)
-                else {
-                    return not_found(res, &csrf);
-                };
-                let redact = &app.project.pipelines[index].config.redact;
-                let samples = recent::global().of(&name);
-                html(
-                    res,
-                    StatusCode::OK,
-                    pages::events(&name, &samples, redact, &csrf),
-                );
-                Ok(())
-            }
-        },
+        (_, p) if p == "/console/events" || p.starts_with("/console/events/") => {
+            super::events::serve(app, console, &session, &csrf, p, &query, req, res).await
+        }
         (Method::POST, "/console/logout") => {
             let form = form_of(req, res).await?;
             checked(console, &session, &form, res)?;
@@ -302,7 +281,7 @@ fn session_of(console: &Console, req: &Request, now_ms: i64) -> Option<Session> 
 }
 
 /// 403 unless the form carries the session's CSRF token.
-fn checked(
+pub(super) fn checked(
     console: &Console,
     session: &Session,
     form: &Form,
@@ -346,7 +325,7 @@ impl Form {
     }
 }
 
-async fn form_of(req: &mut Request, res: &mut Response) -> Result<Form, Stop> {
+pub(super) async fn form_of(req: &mut Request, res: &mut Response) -> Result<Form, Stop> {
     match req.payload_with_max_size(FORM_LIMIT).await {
         Ok(body) => Ok(Form::parse(body)),
         Err(_) => Err(error(
@@ -383,7 +362,7 @@ fn set_header<K: salvo::http::header::IntoHeaderName>(res: &mut Response, name: 
     }
 }
 
-fn html(res: &mut Response, status: StatusCode, page: maud::Markup) {
+pub(super) fn html(res: &mut Response, status: StatusCode, page: maud::Markup) {
     res.status_code(status);
     set_header(res, CONTENT_TYPE, "text/html; charset=utf-8");
     let _ = res.write_body(page.into_string());
@@ -395,13 +374,13 @@ fn asset(res: &mut Response, content_type: &str, text: &'static str) -> Result<(
     Ok(())
 }
 
-fn redirect(res: &mut Response, to: &str) -> Result<(), Stop> {
+pub(super) fn redirect(res: &mut Response, to: &str) -> Result<(), Stop> {
     res.status_code(StatusCode::SEE_OTHER);
     set_header(res, LOCATION, to);
     Ok(())
 }
 
-fn not_found(res: &mut Response, csrf: &str) -> Result<(), Stop> {
+pub(super) fn not_found(res: &mut Response, csrf: &str) -> Result<(), Stop> {
     html(res, StatusCode::NOT_FOUND, pages::not_found(csrf));
     Err(Stop)
 }

@@ -78,6 +78,10 @@ pub async fn start_with(
     });
     let sampled = Arc::downgrade(&live);
     crate::ops::metrics::start_sampler(move || sampled.upgrade().map(|l| l.app().sources()));
+    tend_archive(&live.app(), {
+        let live = Arc::downgrade(&live);
+        move || live.strong_count() > 0
+    });
     let service = service(live.clone());
     let task = tokio::spawn(async move { server.serve(service).await });
     Ok(Running {
@@ -86,6 +90,16 @@ pub async fn start_with(
         task,
         live,
     })
+}
+
+/// Keep the archive's days (partitions made ahead, expired days dropped) while `alive`.
+fn tend_archive(app: &App, alive: impl Fn() -> bool + Send + 'static) {
+    if let Some(store) = &app.archive {
+        let keeps = crate::archive::retention::keeps(&app.project);
+        if !keeps.is_empty() {
+            tokio::spawn(crate::archive::retention::run(store.clone(), keeps, alive));
+        }
+    }
 }
 
 /// Start-up lines about the queue's Redis (the seed's "Redis connected"), with warnings for
@@ -136,6 +150,10 @@ pub async fn serve_workers(project: Project, plan: crate::plan::Plan) -> std::io
     let sampled = Arc::downgrade(&app);
     crate::ops::metrics::start_sampler(move || sampled.upgrade().map(|app| app.sources()));
     let queues = app.queues().count();
+    tend_archive(&app, {
+        let app = Arc::downgrade(&app);
+        move || app.strong_count() > 0
+    });
     let workers = queueing::start(app.queues());
     let stop = shutdown_signal();
     tracing::info!(queues, "workers running");

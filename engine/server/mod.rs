@@ -12,6 +12,7 @@ mod admit;
 mod answer;
 mod console;
 pub mod dispatch;
+mod events;
 mod limit;
 mod oauth;
 mod own;
@@ -88,6 +89,8 @@ pub struct App {
     pub pool: Option<deadpool_postgres::Pool>,
     /// The operator console, when CONSOLE_TOKEN is set.
     pub console: Option<crate::console::Console>,
+    /// The event archive (none under `engine replay`).
+    pub archive: Option<Arc<crate::archive::Store>>,
     /// When this set was built (boot or the last reload), Unix milliseconds.
     pub built_at_ms: i64,
 }
@@ -175,6 +178,13 @@ impl App {
             .map(SharedRedis::open)
             .transpose()
             .map_err(BuildError::Redis)?;
+        // the event archive, beside the configured sinks (none for `engine replay`'s captures)
+        let archive = matches!(around.sinks, crate::sink::Target::Configured).then(|| {
+            Arc::new(crate::archive::Store::new(
+                pool.as_ref(),
+                &project.settings.data_dir,
+            ))
+        });
         let queued = queueing::build(
             &project,
             programs,
@@ -182,6 +192,7 @@ impl App {
             pool.as_ref(),
             &around.memory_queues,
             redis.as_ref(),
+            archive.as_ref(),
         )
         .map_err(BuildError::Queues)?;
         let ready =
@@ -216,6 +227,7 @@ impl App {
             metrics_token,
             pool,
             console,
+            archive,
             built_at_ms: chrono::Utc::now().timestamp_millis(),
         })
     }

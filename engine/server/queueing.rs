@@ -49,12 +49,9 @@ pub fn build(
     pool: Option<&deadpool_postgres::Pool>,
     reuse: &[Arc<MemoryQueue>],
     redis: Option<&SharedRedis>,
+    archive: Option<&Arc<crate::archive::Store>>,
 ) -> Result<Vec<Option<Queued>>, String> {
-    let keyring = project
-        .ops
-        .keyring()
-        .transpose()
-        .map_err(|e| format!("ENCRYPTION_KEY: {e}"))?;
+    let keyring = keyring(project)?;
     let consumer = crate::queue::consumer_name();
     let mut out = Vec::new();
     let mut announced = false;
@@ -100,13 +97,7 @@ pub fn build(
             announced = true;
         }
         let sinks = match target {
-            Target::Configured => crate::sink::build(
-                &p.config.sinks,
-                pool,
-                keyring.as_ref(),
-                &project.settings.data_dir,
-                Duration::from_millis(project.settings.statement_timeout_ms),
-            )?,
+            Target::Configured => sinks(project, &p.config, pool, keyring.as_ref(), false)?,
             Target::Capture(c) => p
                 .config
                 .sinks
@@ -114,6 +105,14 @@ pub fn build(
                 .map(|k| (k.clone(), c.sink()))
                 .collect(),
         };
+        let recorder = archive.zip(p.config.archive.kept()).map(|(store, kept)| {
+            Arc::new(crate::archive::Recorder::new(
+                store.clone(),
+                &p.config.name,
+                &kept.index,
+                keyring.clone(),
+            ))
+        });
         let program = Arc::new(
             programs
                 .get_mut(i)
@@ -137,6 +136,7 @@ pub fn build(
                 batch_wait: config.batch_wait.map_or(crate::worker::BATCH_WAIT, |w| w.0),
                 ..Options::default()
             },
+            archive: recorder,
         });
         out.push(Some(Queued {
             config,
@@ -153,6 +153,33 @@ pub fn build(
         );
     }
     Ok(out)
+}
+
+/// ENCRYPTION_KEY (and its predecessors) as a keyring, when set.
+pub fn keyring(project: &Project) -> Result<Option<crate::crypto::Keyring>, String> {
+    project
+        .ops
+        .keyring()
+        .transpose()
+        .map_err(|e| format!("ENCRYPTION_KEY: {e}"))
+}
+
+/// A pipeline's configured sinks (`replay`: built to overwrite an event's earlier rows).
+pub fn sinks(
+    project: &Project,
+    pipeline: &crate::config::pipeline::Pipeline,
+    pool: Option<&deadpool_postgres::Pool>,
+    keyring: Option<&crate::crypto::Keyring>,
+    replay: bool,
+) -> Result<std::collections::HashMap<String, Arc<dyn crate::sink::Sink>>, String> {
+    crate::sink::build(
+        &pipeline.sinks,
+        pool,
+        keyring,
+        &project.settings.data_dir,
+        Duration::from_millis(project.settings.statement_timeout_ms),
+        replay,
+    )
 }
 
 /// Running workers, stopped together.

@@ -63,6 +63,17 @@ pub trait Sink: Send + Sync {
     }
 }
 
+/// A postgres sink's settings for a replay: `on_conflict: nothing` becomes an update of every
+/// column outside the key.
+fn overwriting(p: &crate::config::sink::Postgres, replay: bool) -> crate::config::sink::Postgres {
+    let mut p = p.clone();
+    if replay && p.on_conflict == crate::config::sink::OnConflict::Nothing {
+        p.on_conflict = crate::config::sink::OnConflict::Update;
+        p.update.clear();
+    }
+    p
+}
+
 /// Where a running engine's sinks write.
 #[derive(Clone, Default)]
 pub enum Target {
@@ -74,21 +85,28 @@ pub enum Target {
 }
 
 /// Build a pipeline's sinks. `pool` is the Postgres pool when DATABASE_URL is set; without it,
-/// postgres sinks write JSON lines under `data_dir`.
+/// postgres sinks write JSON lines under `data_dir`. For a `replay` of archived events a
+/// postgres sink with `on_conflict: nothing` overwrites the rows an event wrote before (keyed by
+/// the same event id and row index), so a fixed pipeline corrects them.
 pub fn build(
     sinks: &std::collections::BTreeMap<String, SinkConfig>,
     pool: Option<&deadpool_postgres::Pool>,
     keyring: Option<&crate::crypto::Keyring>,
     data_dir: &str,
     statement_timeout: std::time::Duration,
+    replay: bool,
 ) -> Result<HashMap<String, Arc<dyn Sink>>, String> {
     let mut out: HashMap<String, Arc<dyn Sink>> = HashMap::new();
     for (name, cfg) in sinks {
         let sink: Arc<dyn Sink> = match cfg {
             SinkConfig::Postgres(p) => match pool {
                 Some(pool) => Arc::new(
-                    postgres::PostgresSink::new(p, pool.clone(), keyring.cloned())?
-                        .with_statement_timeout(statement_timeout),
+                    postgres::PostgresSink::new(
+                        &overwriting(p, replay),
+                        pool.clone(),
+                        keyring.cloned(),
+                    )?
+                    .with_statement_timeout(statement_timeout),
                 ),
                 None => Arc::new(jsonl::JsonLines::file(
                     std::path::Path::new(data_dir).join(format!("{}.jsonl", p.table)),

@@ -278,6 +278,8 @@ pub async fn check_project(
         .get()
         .await
         .map_err(|e| format!("database unavailable: {e}"))?;
+    let mut found = archive_table(project, &client).await?;
+    let memo = if found.is_empty() { memo } else { Memo::Off };
     let fingerprint = match memo {
         Memo::Off => None,
         // A fingerprint that cannot be taken only means the whole check runs.
@@ -292,13 +294,43 @@ pub async fn check_project(
         tracing::debug!(fingerprint = %f, "table check: passed before with these pipelines, fixtures and tables");
         return Ok(Vec::new());
     }
-    let found = check_sinks(project, &pool, &client, fixtures).await?;
+    found.extend(check_sinks(project, &pool, &client, fixtures).await?);
     if let Some(f) = &fingerprint
         && found.is_empty()
     {
         memo::remember(&client, f).await;
     }
     Ok(found)
+}
+
+/// The event archive's table, when a queued pipeline archives: without it every batch's
+/// outcomes fail to be recorded and the queue holds them (docs/events.md).
+async fn archive_table(
+    project: &crate::config::Project,
+    client: &tokio_postgres::Client,
+) -> Result<Vec<crate::diagnostics::Diagnostic>, String> {
+    let Some(p) = project
+        .pipelines
+        .iter()
+        .find(|p| !p.config.transform.is_empty() && p.config.archive.kept().is_some())
+    else {
+        return Ok(Vec::new());
+    };
+    let there: bool = client
+        .query_one("SELECT to_regclass('engine_events') IS NOT NULL", &[])
+        .await
+        .map_err(|e| crate::db::describe(&e))?
+        .get(0);
+    if there {
+        return Ok(Vec::new());
+    }
+    // at the `archive` section, or the file's start when the default applies
+    Ok(vec![crate::diagnostics::Diagnostic::new(
+        &p.file,
+        p.doc.value_pos("/archive"),
+        "/archive",
+        "the event archive's table `engine_events` is missing from the database: run `engine migrate` (migrations/V7__event_archive.sql), or set `archive: off` on every pipeline",
+    )])
 }
 
 async fn check_sinks(

@@ -12,7 +12,8 @@
 //!        Failure(permanent) -> dead-letter with the script's reason
 //! ```
 //!
-//! Every decision is one atomic queue operation, so a crash between any two steps leaves the
+//! Each batch's outcomes are recorded in the event archive (`archive::Recorder`, one write) before
+//! the queue hears of them. Every decision is one atomic queue operation, so a crash between any two steps leaves the
 //! entry pending (redelivered later) and never half-acknowledged. Sinks make the redelivery
 //! harmless by keying rows on the event id.
 //!
@@ -26,6 +27,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::archive;
 use crate::queue::Outcomes;
 use crate::queue::redis::RedisQueue;
 use crate::queue::{Delivery, QueueError};
@@ -164,6 +166,9 @@ pub struct Worker {
     pub program: Arc<Program>,
     pub sinks: HashMap<String, Arc<dyn Sink>>,
     pub options: Options,
+    /// Where each attempt's outcome is recorded before the queue hears of it (`None`: the
+    /// pipeline's `archive: off`, or `engine replay`).
+    pub archive: Option<Arc<archive::Recorder>>,
 }
 
 impl Worker {
@@ -208,20 +213,24 @@ impl Worker {
 
     async fn process_batch(&self, ds: &[Delivery]) -> Result<(), QueueError> {
         let outcomes = transform_all(&self.program, ds, self.outcomes.name()).await?;
-        let mut acks: Vec<&Delivery> = Vec::new();
+        let mut settled: Vec<(&Delivery, Attempt, Option<archive::Step>)> = Vec::new();
         // per sink: the deliveries and their batches, side by side (the batches are handed to
         // the sink as a slice, not copied)
         let mut groups: std::collections::BTreeMap<String, (Vec<&Delivery>, Vec<Batch>)> =
             Default::default();
         for (d, outcome) in ds.iter().zip(outcomes) {
             match outcome {
-                Ok(Outcome::Dropped { .. }) => {
+                Ok(Outcome::Dropped { reason }) => {
                     self.count("dropped", 1);
-                    acks.push(d);
+                    settled.push((d, Attempt::Dropped(reason), None));
                 }
                 Ok(Outcome::Rows { sink, step, rows }) => {
                     if !self.sinks.contains_key(&sink) {
-                        self.dead(d, format!("no sink named `{sink}`")).await?;
+                        settled.push((
+                            d,
+                            Attempt::Permanent(format!("no sink named `{sink}`")),
+                            None,
+                        ));
                         continue;
                     }
                     let batch = Batch {
@@ -237,11 +246,11 @@ impl Worker {
                 }
                 Err(f) if f.kind == FailureKind::Retry => {
                     self.transform_failed("retry");
-                    self.again(d, f.reason).await?;
+                    settled.push((d, Attempt::Retry(f.reason), None));
                 }
                 Err(f) => {
                     self.transform_failed("permanent");
-                    self.dead(d, f.reason).await?;
+                    settled.push((d, Attempt::Permanent(f.reason), None));
                 }
             }
         }
@@ -256,40 +265,112 @@ impl Worker {
                 Some(Ok(())) => {
                     let rows = batches.iter().map(|b| b.rows.len()).sum();
                     self.written(delivered.iter().map(|d| &d.event), name, rows);
-                    acks.extend(delivered.iter().copied());
+                    for (d, b) in delivered.iter().zip(batches) {
+                        settled.push((d, Attempt::Written, self.wrote(d, b)));
+                    }
                 }
                 Some(Err(SinkError::Retry(e))) => {
                     sink_failed(name, "retry");
                     for d in delivered {
-                        self.again(d, format!("sink `{name}`: {e}")).await?;
+                        settled.push((d, Attempt::Retry(format!("sink `{name}`: {e}")), None));
                     }
                 }
                 // one at a time: a permanent failure is that of one event, not its neighbours
                 Some(Err(SinkError::Permanent(_))) | None => {
                     for (d, b) in delivered.iter().copied().zip(batches) {
-                        match sink.write(b).await {
+                        let attempt = match sink.write(b).await {
                             Ok(()) => {
                                 self.written(std::iter::once(&d.event), name, b.rows.len());
-                                acks.push(d);
+                                Attempt::Written
                             }
                             Err(SinkError::Retry(e)) => {
                                 sink_failed(name, "retry");
-                                self.again(d, format!("sink `{name}`: {e}")).await?;
+                                Attempt::Retry(format!("sink `{name}`: {e}"))
                             }
                             Err(SinkError::Permanent(e)) => {
                                 sink_failed(name, "permanent");
-                                self.dead(d, format!("sink `{name}`: {e}")).await?;
+                                Attempt::Permanent(format!("sink `{name}`: {e}"))
                             }
-                        }
+                        };
+                        let wrote = (attempt == Attempt::Written)
+                            .then(|| self.wrote(d, b))
+                            .flatten();
+                        settled.push((d, attempt, wrote));
                     }
+                }
+            }
+        }
+        self.archive(settled.iter().map(|(d, a, w)| (*d, a, w.as_ref())))
+            .await?;
+        let mut acks: Vec<&Delivery> = Vec::new();
+        for (d, attempt, _) in settled {
+            match attempt {
+                Attempt::Written | Attempt::Dropped(_) => acks.push(d),
+                Attempt::Retry(reason) => {
+                    self.again(d, reason).await?;
+                }
+                Attempt::Permanent(reason) => {
+                    self.dead(d, reason).await?;
                 }
             }
         }
         self.outcomes.ack_many(&acks).await
     }
 
+    /// The archive's step for an event whose rows `b` were written.
+    fn wrote(&self, d: &Delivery, b: &Batch) -> Option<archive::Step> {
+        self.archive.as_ref()?;
+        Some(
+            archive::Step::new(archive::Outcome::Written, d.attempts + 1).written(&b.sink, &b.rows),
+        )
+    }
+
+    /// Record what became of each delivery in the archive (one write), before the queue hears
+    /// of it: when the archive cannot be written the deliveries stay pending and come back
+    /// after their lease, so no event leaves the queue unrecorded.
+    async fn archive<'d>(
+        &self,
+        settled: impl Iterator<Item = (&'d Delivery, &'d Attempt, Option<&'d archive::Step>)>,
+    ) -> Result<(), QueueError> {
+        let Some(recorder) = &self.archive else {
+            return Ok(());
+        };
+        let notes: Vec<archive::Note> = settled
+            .map(|(d, attempt, wrote)| {
+                let step = match wrote {
+                    Some(step) => step.clone(),
+                    None => self.step(d, attempt),
+                };
+                recorder.note(&d.event, step)
+            })
+            .collect();
+        recorder.store.write(&notes).await.map_err(|e| {
+            metrics::counter!("engine_archive_errors_total", "queue" => self.outcomes.name().to_string())
+                .increment(1);
+            QueueError::Archive(e.to_string())
+        })
+    }
+
+    /// The archive's step for an attempt (a write without its rows at hand: no digest).
+    fn step(&self, d: &Delivery, attempt: &Attempt) -> archive::Step {
+        let n = d.attempts + 1;
+        match attempt {
+            Attempt::Written => archive::Step::new(archive::Outcome::Written, n),
+            Attempt::Dropped(r) => archive::Step::new(archive::Outcome::Dropped, n).reason(r),
+            Attempt::Retry(r) if n < self.options.max_attempts => {
+                archive::Step::new(archive::Outcome::Retrying, n).reason(r)
+            }
+            Attempt::Retry(r) => archive::Step::new(archive::Outcome::Dead, n)
+                .reason(format!("{r} (gave up after {n} attempts)")),
+            Attempt::Permanent(r) => archive::Step::new(archive::Outcome::Dead, n).reason(r),
+        }
+    }
+
     async fn process(&self, d: &Delivery) -> Result<Handled, QueueError> {
-        match self.attempt(&d.event).await {
+        let (attempt, wrote) = self.attempt_rows(&d.event, d.attempts + 1).await;
+        self.archive(std::iter::once((d, &attempt, wrote.as_ref())))
+            .await?;
+        match attempt {
             Attempt::Written => {
                 self.outcomes.ack(d).await?;
                 Ok(Handled::Acked)
@@ -308,6 +389,16 @@ impl Worker {
     /// Transform one event and write its rows: the decision, without recording it anywhere
     /// (the queued path records it in the queue; `ack: processed` answers the caller with it).
     pub async fn attempt(&self, event: &crate::transform::EventInput) -> Attempt {
+        self.attempt_rows(event, 1).await.0
+    }
+
+    /// [`Worker::attempt`], with the archive's step of a write (its rows' digest) when the
+    /// pipeline archives; `n` is the attempt's number.
+    async fn attempt_rows(
+        &self,
+        event: &crate::transform::EventInput,
+        n: u32,
+    ) -> (Attempt, Option<archive::Step>) {
         let program = self.program.clone();
         let input = event.clone();
         let queue = self.outcomes.name().to_string();
@@ -322,10 +413,10 @@ impl Worker {
             })
         });
         match outcome {
-            Ok(Outcome::Dropped { reason }) => Attempt::Dropped(reason),
+            Ok(Outcome::Dropped { reason }) => (Attempt::Dropped(reason), None),
             Ok(Outcome::Rows { sink, step, rows }) => {
                 let Some(target) = self.sinks.get(&sink) else {
-                    return Attempt::Permanent(format!("no sink named `{sink}`"));
+                    return (Attempt::Permanent(format!("no sink named `{sink}`")), None);
                 };
                 let batch = Batch {
                     event_id: event.id.clone(),
@@ -337,25 +428,32 @@ impl Worker {
                 match target.write(&batch).await {
                     Ok(()) => {
                         self.written(std::iter::once(event), &batch.sink, batch.rows.len());
-                        Attempt::Written
+                        let step = self.archive.as_ref().map(|_| {
+                            archive::Step::new(archive::Outcome::Written, n)
+                                .written(&batch.sink, &batch.rows)
+                        });
+                        (Attempt::Written, step)
                     }
                     Err(SinkError::Retry(e)) => {
                         sink_failed(&batch.sink, "retry");
-                        Attempt::Retry(format!("sink `{}`: {e}", batch.sink))
+                        (Attempt::Retry(format!("sink `{}`: {e}", batch.sink)), None)
                     }
                     Err(SinkError::Permanent(e)) => {
                         sink_failed(&batch.sink, "permanent");
-                        Attempt::Permanent(format!("sink `{}`: {e}", batch.sink))
+                        (
+                            Attempt::Permanent(format!("sink `{}`: {e}", batch.sink)),
+                            None,
+                        )
                     }
                 }
             }
             Err(f) if f.kind == FailureKind::Retry => {
                 self.transform_failed("retry");
-                Attempt::Retry(f.reason)
+                (Attempt::Retry(f.reason), None)
             }
             Err(f) => {
                 self.transform_failed("permanent");
-                Attempt::Permanent(f.reason)
+                (Attempt::Permanent(f.reason), None)
             }
         }
     }

@@ -243,7 +243,10 @@ async fn sign_in_sessions_and_csrf() {
         ("/console/queues", "in-process"),
         ("/console/dead-letters", "vapi"),
         ("/console/events", "twilio-sms"),
-        ("/console/events?pipeline=vapi", "No request sampled yet"),
+        (
+            "/console/events?pipeline=vapi",
+            "Index fields: call_id, org_id, type",
+        ),
         ("/console/dead-letters?pipeline=vapi", "None."),
     ] {
         let (status, page) = get(&app, &s.cookie, path).await;
@@ -381,7 +384,15 @@ async fn traffic_and_recent_events_are_shown_redacted() {
     assert!(orders["minute"]["p99_ms"].as_f64().unwrap() > 0.0);
     assert!(of("vapi")["minute"]["verify_failures"].as_u64().unwrap() >= 1);
 
-    let (_, page) = get(&app, &s.cookie, &format!("/console/events?pipeline={name}")).await;
+    // the pipeline's archived event, on its own page
+    let (_, list) = get(&app, &s.cookie, &format!("/console/events?pipeline={name}")).await;
+    let link = list
+        .split("href=\"/console/events/show?")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or_else(|| panic!("{list}"))
+        .replace("&amp;", "&");
+    let (_, page) = get(&app, &s.cookie, &format!("/console/events/show?{link}")).await;
     assert!(
         page.contains("9f1c2e4a-5b6d-4e7f-8a9b-0c1d2e3f4a5b"),
         "{page}"
@@ -542,5 +553,118 @@ async fn the_in_process_queue_s_dead_letters_are_shown_and_purged() {
     )
     .await;
     assert!(page.contains("None."), "{page}");
+    app.stop().await;
+}
+
+/// Vapi's end-of-call report for call `i`.
+fn report(i: usize) -> Vec<u8> {
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/payloads/vapi/end-of-call-report.json"),
+    )
+    .unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["message"]["call"]["id"] = format!("11111111-0000-4000-8000-{i:012}").into();
+    v["message"]["timestamp"] = (1_732_550_400_000u64 + i as u64).into();
+    serde_json::to_vec(&v).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_events_page_finds_archived_events_and_replays_them_after_a_fix() {
+    let dir = project("orders", false);
+    dir.edit("vapi.yaml", |s| {
+        s.replace("in: [end-of-call-report]", "in: [end-of-call-reprot]")
+    });
+    let env = [("CONSOLE_TOKEN", TOKEN)];
+    let app = spawn_app(dir.path(), &env).await;
+    for i in 0..3 {
+        let status = app
+            .client
+            .post(app.url("/api/webhooks/vapi"))
+            .header("authorization", "Bearer dev-vapi-webhook-secret")
+            .header("content-type", "application/json")
+            .body(report(i))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 200);
+    }
+    let s = sign_in(&app).await;
+    let search = "/console/events?pipeline=vapi&outcome=dropped";
+    let page = common::eventually_async(Duration::from_secs(10), || async {
+        let (_, page) = get(&app, &s.cookie, search).await;
+        page.contains("3 events match").then_some(page)
+    })
+    .await
+    .expect("the three dropped reports are listed");
+    assert!(page.contains("no step with a sink matched"), "{page}");
+    // by an index field
+    let one = "/console/events?pipeline=vapi&where=call_id%3D11111111-0000-4000-8000-000000000001";
+    let (status, page) = get(&app, &s.cookie, one).await;
+    assert_eq!(status, 200);
+    assert!(page.contains("1 event matches"), "{page}");
+    // an unknown field says which there are
+    let (_, page) = get(
+        &app,
+        &s.cookie,
+        "/console/events?pipeline=vapi&where=phone%3D1",
+    )
+    .await;
+    assert!(page.contains("call_id, org_id, type"), "{page}");
+
+    // the fix goes live; the dry run counts and writes nothing
+    dir.edit("vapi.yaml", |s| {
+        s.replace("end-of-call-reprot", "end-of-call-report")
+    });
+    reload_with(&app, &dir, &env).await;
+    let form = [
+        ("csrf", s.csrf.as_str()),
+        ("pipeline", "vapi"),
+        ("outcome", "dropped"),
+        ("since", ""),
+        ("where", ""),
+    ];
+    let res = post_form(&app, &s.cookie, "/console/events/replay-preview", &form).await;
+    assert_eq!(res.status(), 200);
+    let preview = res.text().await.unwrap();
+    assert!(preview.contains("<strong>3</strong> events"), "{preview}");
+    assert!(preview.contains("written"), "{preview}");
+    let rows = || {
+        std::fs::read_to_string(dir.path().join("data/call_logs.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    assert_eq!(rows(), 0);
+    // without the CSRF token: refused
+    let res = post_form(&app, &s.cookie, "/console/events/replay", &form[1..]).await;
+    assert_eq!(res.status(), 403);
+    let res = post_form(&app, &s.cookie, "/console/events/replay", &form).await;
+    assert_eq!(res.status(), 303);
+    assert_eq!(res.headers()["location"], "/console/events/jobs");
+    let jobs = common::eventually_async(Duration::from_secs(10), || async {
+        let (_, page) = get(&app, &s.cookie, "/console/events/jobs").await;
+        page.contains("done").then_some(page)
+    })
+    .await
+    .expect("the replay finishes");
+    assert!(jobs.contains("3/3"), "{jobs}");
+    assert_eq!(rows(), 3);
+    // the event's page tells its story
+    let (_, page) = get(&app, &s.cookie, one).await;
+    let link = page
+        .split("href=\"/console/events/show?")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap()
+        .replace("&amp;", "&");
+    let (status, event) = get(&app, &s.cookie, &format!("/console/events/show?{link}")).await;
+    assert_eq!(status, 200);
+    assert!(
+        event.contains("dropped") && event.contains("1 row(s) to call_logs"),
+        "{event}"
+    );
+    assert!(event.contains("end-of-call-report"), "{event}");
     app.stop().await;
 }

@@ -20,23 +20,8 @@ fn payload(rel: &str) -> Vec<u8> {
     .unwrap()
 }
 
-/// The shipped pipelines with Redis keys under a private prefix and rows under `data`.
 fn dir(data: &Path) -> Dir {
-    let dir = Dir::shipped_copy();
-    let base = std::fs::read_to_string(dir.path().join("engine.yaml")).unwrap();
-    let prefix = format!(
-        "e2e:{}:{}",
-        std::process::id(),
-        chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
-    );
-    dir.write(
-        "engine.yaml",
-        &format!(
-            "{base}\nredis_key_prefix: '{prefix}'\ndata_dir: '{}'\n",
-            data.display()
-        ),
-    );
-    dir
+    Dir::shipped_with_data(data)
 }
 
 async fn post_vapi(app: &common::TestApp, body: Vec<u8>) -> u16 {

@@ -15,6 +15,7 @@ mod connections;
 mod console;
 mod console_browser;
 mod delivery;
+mod events;
 mod faults;
 mod hostile;
 mod migrate;

@@ -167,7 +167,7 @@ fn a_deployment_without_fixtures_migrates_checks_and_boots() {
     let d = Deployment::new(&rt);
     let (code, out, err) = d.migrate(&[]);
     assert_eq!(code, Some(0), "{out}{err}");
-    assert!(out.contains("6 migrations applied"), "{out}");
+    assert!(out.contains("7 migrations applied"), "{out}");
     assert!(
         out.contains(
             "tables: every postgres sink's table takes what its pipeline is known to write"

@@ -92,6 +92,7 @@ async fn worker(sink: Arc<TestSink>, options: Options) -> (Arc<Worker>, Arc<Redi
         program: vapi_program(),
         sinks,
         options,
+        archive: None,
     };
     (Arc::new(worker), queue, prefix)
 }
@@ -198,6 +199,7 @@ async fn a_crew_helper_waits_for_a_backlog_and_only_the_lead_promotes_retries() 
         program: vapi_program(),
         sinks,
         options,
+        archive: None,
     });
     // a retry due at once, and a backlog of 201 new events (batches of 4)
     q.enqueue(&status_update("u1"), None).await.unwrap();
@@ -366,6 +368,7 @@ async fn a_long_job_renews_its_lease() {
         program: w.program.clone(),
         sinks,
         options: fast(),
+        archive: None,
     });
     q.enqueue(&status_update("long"), None).await.unwrap();
     let mut r = q.reader().await.unwrap();
@@ -414,6 +417,7 @@ async fn a_batch_with_one_bad_row_dead_letters_only_that_event() {
         program: w.program.clone(),
         sinks,
         options: fast(),
+        archive: None,
     });
     for i in 0..10 {
         // call_status.call_id is a uuid: event 7's is not
@@ -503,6 +507,7 @@ async fn a_busy_queue_is_topped_up_into_batches_and_a_lone_event_goes_at_once() 
         program: w.program.clone(),
         sinks,
         options,
+        archive: None,
     });
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let running = tokio::spawn(w.run(Queue::Redis(q.clone()), 0, Crew::lead(), stop));

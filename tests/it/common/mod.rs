@@ -82,6 +82,26 @@ impl Dir {
         Dir::copy_of(&shipped())
     }
 
+    /// The shipped pipelines with Redis keys under a private prefix and files (rows of
+    /// postgres sinks without a database, the local archive) under `data`.
+    pub fn shipped_with_data(data: &Path) -> Dir {
+        let dir = Dir::shipped_copy();
+        let base = std::fs::read_to_string(dir.path().join("engine.yaml")).unwrap();
+        let prefix = format!(
+            "e2e:{}:{}",
+            std::process::id(),
+            chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
+        );
+        dir.write(
+            "engine.yaml",
+            &format!(
+                "{base}\nredis_key_prefix: '{prefix}'\ndata_dir: '{}'\n",
+                data.display()
+            ),
+        );
+        dir
+    }
+
     /// A temp dir holding a copy of `from`, subdirectories included.
     pub fn copy_of(from: &Path) -> Dir {
         let tmp = tempfile::tempdir().unwrap();

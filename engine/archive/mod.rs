@@ -1,0 +1,661 @@
+//! The event archive: every event a pipeline accepted, kept with its story, so it can be found
+//! (`engine events list|show`), replayed through the pipeline as it is now (`engine events
+//! replay`, [`replay`]) and erased (`engine events erase`).
+//!
+//! ```text
+//! worker: transform -> sink -> Recorder::note (one Note per event: the stored request on its
+//!         first attempt, the attempt's Step) -> Store::write (one call per batch) -> ack / retry /
+//!         dead-letter
+//! replay: Store::page (oldest first, from the job's cursor) -> Program -> sinks -> Store::write
+//!         (steps marked with the run) -> the job's cursor
+//! ```
+//!
+//! Two stores hold the same thing: [`postgres`] (DATABASE_URL: the `engine_events` table,
+//! partitioned by day so retention drops whole days) and [`local`] (no DATABASE_URL: JSON lines
+//! under `<data_dir>/archive/`, one file per pipeline and day). The request is stored as the
+//! queue stores it (credential headers removed); its body sealed with ENCRYPTION_KEY when one is
+//! set, to `engine_events/<pipeline>/<event id>`. The `index` fields of the pipeline's `archive`
+//! section are stored beside it in the clear (they are what a search reads).
+
+pub mod local;
+pub mod postgres;
+pub mod replay;
+pub mod retention;
+pub mod search;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::verify::KeySource;
+use crate::crypto::Keyring;
+use crate::transform::EventInput;
+
+/// Why the archive could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error("archive database: {0}")]
+    Database(String),
+    #[error("archive files: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("archive: {0}")]
+    Invalid(String),
+}
+
+impl From<tokio_postgres::Error> for ArchiveError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        ArchiveError::Database(crate::db::describe(&e))
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for ArchiveError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        ArchiveError::Database(e.to_string())
+    }
+}
+
+/// What one attempt (or one replay) did with an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Its rows were written to a sink.
+    Written,
+    /// A `when` or a script discarded it.
+    Dropped,
+    /// It failed and will be tried again.
+    Retrying,
+    /// It failed for good and is a dead letter.
+    Dead,
+    /// A replay found the rows it makes already written (nothing written again).
+    Unchanged,
+    /// A replay could not process it (the reason says why; the live queue is not involved).
+    Failed,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Written => "written",
+            Outcome::Dropped => "dropped",
+            Outcome::Retrying => "retrying",
+            Outcome::Dead => "dead",
+            Outcome::Unchanged => "unchanged",
+            Outcome::Failed => "failed",
+        }
+    }
+
+    /// The outcome a `--outcome` word names (`dead` also as `dead_lettered`, `retrying` as `retry`).
+    pub fn parse(word: &str) -> Option<Outcome> {
+        Some(match word {
+            "written" => Outcome::Written,
+            "dropped" => Outcome::Dropped,
+            "retrying" | "retry" => Outcome::Retrying,
+            "dead" | "dead_lettered" => Outcome::Dead,
+            "unchanged" => Outcome::Unchanged,
+            "failed" => Outcome::Failed,
+            _ => return None,
+        })
+    }
+
+    /// The event's standing after this step: an unchanged replay leaves the event written.
+    fn standing(self) -> Outcome {
+        match self {
+            Outcome::Unchanged => Outcome::Written,
+            o => o,
+        }
+    }
+}
+
+/// One line of an event's story.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    /// When (Unix milliseconds).
+    pub at_ms: i64,
+    /// The attempt (1 for the first delivery); replays count their own.
+    pub attempt: u32,
+    pub outcome: Outcome,
+    /// The sink written to (written, unchanged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sink: Option<String>,
+    /// Rows written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<usize>,
+    /// A digest of the rows written: a replay making the same rows writes nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// Why it was dropped, retried, dead-lettered or failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The replay run that made this step (absent: the live queue).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
+}
+
+impl Step {
+    pub fn new(outcome: Outcome, attempt: u32) -> Step {
+        Step {
+            at_ms: chrono::Utc::now().timestamp_millis(),
+            attempt,
+            outcome,
+            sink: None,
+            rows: None,
+            digest: None,
+            reason: None,
+            run: None,
+        }
+    }
+
+    pub fn reason(mut self, reason: impl Into<String>) -> Step {
+        self.reason = Some(reason.into());
+        self
+    }
+
+    pub fn written(mut self, sink: &str, rows: &[serde_json::Value]) -> Step {
+        self.sink = Some(sink.to_string());
+        self.rows = Some(rows.len());
+        self.digest = Some(digest(sink, rows));
+        self
+    }
+}
+
+/// A digest of the rows an event made for a sink: 16 hex digits of SHA-256 over the sink name
+/// and the rows' JSON.
+pub fn digest(sink: &str, rows: &[serde_json::Value]) -> String {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update(sink.as_bytes());
+    h.update([0]);
+    for r in rows {
+        h.update(r.to_string().as_bytes());
+        h.update([0]);
+    }
+    hex::encode(&h.finalize()[..8])
+}
+
+/// The stored request: the queue's stored form of the event (`meta`, without the body) and the
+/// body, raw or sealed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    pub meta: String,
+    pub body: Vec<u8>,
+    pub sealed: bool,
+}
+
+/// What the worker hands the archive for one event: the request on its first attempt, and the
+/// step.
+#[derive(Debug, Clone)]
+pub struct Note {
+    pub pipeline: String,
+    pub event_id: String,
+    pub received_at_ms: i64,
+    /// The index fields' values.
+    pub fields: BTreeMap<String, String>,
+    pub request: Option<Request>,
+    pub step: Step,
+}
+
+/// An event as the archive holds it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Stored {
+    pub pipeline: String,
+    pub event_id: String,
+    pub received_at_ms: i64,
+    pub fields: BTreeMap<String, String>,
+    pub outcome: Outcome,
+    pub attempts: u32,
+    pub story: Vec<Step>,
+    #[serde(skip)]
+    pub request: Option<Request>,
+}
+
+impl Stored {
+    /// The event as the pipeline received it (the body opened with `keyring` when sealed).
+    pub fn event(&self, keyring: Option<&Keyring>) -> Result<EventInput, ArchiveError> {
+        let request = self
+            .request
+            .as_ref()
+            .ok_or_else(|| ArchiveError::Invalid("the event's request was not read".into()))?;
+        let body = match request.sealed {
+            false => request.body.clone(),
+            true => {
+                let keyring = keyring.ok_or_else(|| {
+                    ArchiveError::Invalid(
+                        "the event's body is encrypted: set ENCRYPTION_KEY (or the previous key it was sealed with)".into(),
+                    )
+                })?;
+                let text = std::str::from_utf8(&request.body)
+                    .map_err(|_| ArchiveError::Invalid("a sealed body is not text".into()))?;
+                keyring
+                    .decrypt(text, &seal_context(&self.pipeline, &self.event_id))
+                    .map_err(|e| ArchiveError::Invalid(format!("the event's body: {e}")))?
+            }
+        };
+        EventInput::from_stored(request.meta.as_bytes(), Some(body))
+            .ok_or_else(|| ArchiveError::Invalid("the stored request cannot be read".into()))
+    }
+
+    /// The newest written (or unchanged) step's digest for `sink`.
+    pub fn written_digest(&self, sink: &str) -> Option<&str> {
+        self.story
+            .iter()
+            .rev()
+            .find(|s| {
+                matches!(s.outcome, Outcome::Written | Outcome::Unchanged)
+                    && s.sink.as_deref() == Some(sink)
+            })
+            .and_then(|s| s.digest.as_deref())
+    }
+}
+
+/// Which events a list, a replay or an erasure is about.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Filter {
+    /// One pipeline (every pipeline when absent: erasure).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<Outcome>,
+    /// Index fields that must all equal their value.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub fields: BTreeMap<String, String>,
+    /// One event id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+}
+
+impl Filter {
+    /// Whether `s` matches (the local store's test; Postgres says the same in SQL).
+    pub fn matches(&self, s: &Stored) -> bool {
+        self.pipeline.as_ref().is_none_or(|p| *p == s.pipeline)
+            && self.since_ms.is_none_or(|t| s.received_at_ms >= t)
+            && self.until_ms.is_none_or(|t| s.received_at_ms < t)
+            && self.outcome.is_none_or(|o| o == s.outcome)
+            && self.event_id.as_ref().is_none_or(|id| *id == s.event_id)
+            && self
+                .fields
+                .iter()
+                .all(|(k, v)| s.fields.get(k).is_some_and(|have| have == v))
+    }
+}
+
+/// Where a replay is: the last event done, in replay order (received time, then id).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Cursor {
+    pub received_at_ms: i64,
+    pub event_id: String,
+}
+
+/// The context a body is sealed to: a body copied to another event's row does not open.
+pub fn seal_context(pipeline: &str, event_id: &str) -> String {
+    format!("engine_events/{pipeline}/{event_id}")
+}
+
+/// Where events are archived.
+pub enum Store {
+    Postgres(postgres::PgStore),
+    Local(local::LocalStore),
+}
+
+impl Store {
+    /// The deployment's store: Postgres with a pool, else files under `data_dir`.
+    pub fn new(pool: Option<&deadpool_postgres::Pool>, data_dir: &str) -> Store {
+        match pool {
+            Some(p) => Store::Postgres(postgres::PgStore::new(p.clone())),
+            None => Store::Local(local::LocalStore::new(data_dir)),
+        }
+    }
+
+    /// Record notes (one batch of a worker or a replay).
+    pub async fn write(&self, notes: &[Note]) -> Result<(), ArchiveError> {
+        if notes.is_empty() {
+            return Ok(());
+        }
+        match self {
+            Store::Postgres(s) => s.write(notes).await,
+            Store::Local(s) => s.write(notes).await,
+        }
+    }
+
+    /// Events matching `filter`, newest first, at most `limit` (no request read).
+    pub async fn list(&self, filter: &Filter, limit: usize) -> Result<Vec<Stored>, ArchiveError> {
+        match self {
+            Store::Postgres(s) => s.list(filter, limit).await,
+            Store::Local(s) => s.list(filter, limit).await,
+        }
+    }
+
+    /// How many events match.
+    pub async fn count(&self, filter: &Filter) -> Result<u64, ArchiveError> {
+        match self {
+            Store::Postgres(s) => s.count(filter).await,
+            Store::Local(s) => s.count(filter).await,
+        }
+    }
+
+    /// Events matching `filter` after `after`, oldest first, with their requests (a replay's
+    /// next batch).
+    pub async fn page(
+        &self,
+        filter: &Filter,
+        after: Option<&Cursor>,
+        limit: usize,
+    ) -> Result<Vec<Stored>, ArchiveError> {
+        match self {
+            Store::Postgres(s) => s.page(filter, after, limit).await,
+            Store::Local(s) => s.page(filter, after, limit).await,
+        }
+    }
+
+    /// One event with its request.
+    pub async fn show(&self, pipeline: &str, id: &str) -> Result<Option<Stored>, ArchiveError> {
+        let filter = Filter {
+            pipeline: Some(pipeline.to_string()),
+            event_id: Some(id.to_string()),
+            ..Filter::default()
+        };
+        Ok(self.page(&filter, None, 1).await?.into_iter().next())
+    }
+
+    /// Delete every event matching `filter`; how many.
+    pub async fn erase(&self, filter: &Filter) -> Result<u64, ArchiveError> {
+        match self {
+            Store::Postgres(s) => s.erase(filter).await,
+            Store::Local(s) => s.erase(filter).await,
+        }
+    }
+
+    /// Drop what each pipeline keeps no longer (`keep` per pipeline name); how many events went.
+    pub async fn expire(&self, keep: &BTreeMap<String, i64>) -> Result<u64, ArchiveError> {
+        match self {
+            Store::Postgres(s) => s.expire(keep).await,
+            Store::Local(s) => s.expire(keep).await,
+        }
+    }
+
+    /// Record that an erasure happened: the field, a digest of the value (not the value), what
+    /// went.
+    pub async fn record_erasure(&self, erasure: &Erasure) -> Result<(), ArchiveError> {
+        match self {
+            Store::Postgres(s) => s.record_erasure(erasure).await,
+            Store::Local(s) => s.record_erasure(erasure).await,
+        }
+    }
+
+    /// The replay jobs' store.
+    pub fn jobs(&self) -> replay::Jobs<'_> {
+        replay::Jobs(self)
+    }
+}
+
+/// What an erasure did, as recorded (for deletion requests).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Erasure {
+    pub at_ms: i64,
+    pub pipeline: Option<String>,
+    /// `field=sha256:<hex>` per condition: the request is provable without keeping the value.
+    pub conditions: Vec<String>,
+    pub archived: u64,
+    pub dead_letters: u64,
+}
+
+impl Erasure {
+    /// The recorded form of the conditions of `filter`.
+    pub fn conditions(filter: &Filter) -> Vec<String> {
+        use sha2::Digest as _;
+        filter
+            .fields
+            .iter()
+            .map(|(k, v)| format!("{k}=sha256:{}", hex::encode(sha2::Sha256::digest(v))))
+            .collect()
+    }
+}
+
+/// A pipeline's archive as its worker uses it: where, which fields, and the key bodies are
+/// sealed with.
+pub struct Recorder {
+    pub store: Arc<Store>,
+    pub pipeline: String,
+    index: Vec<(String, KeySource)>,
+    pointers: crate::request_field::JsonPointers,
+    keyring: Option<Keyring>,
+}
+
+impl Recorder {
+    pub fn new(
+        store: Arc<Store>,
+        pipeline: &str,
+        index: &BTreeMap<String, KeySource>,
+        keyring: Option<Keyring>,
+    ) -> Recorder {
+        let ptrs: Vec<&str> = index
+            .values()
+            .filter_map(|s| match s {
+                KeySource::Json(p) => Some(p.as_str()),
+                _ => None,
+            })
+            .collect();
+        Recorder {
+            store,
+            pipeline: pipeline.to_string(),
+            index: index.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            pointers: crate::request_field::JsonPointers::new(&ptrs),
+            keyring,
+        }
+    }
+
+    /// The index fields of `event`.
+    pub fn fields(&self, event: &EventInput) -> BTreeMap<String, String> {
+        let json = match self.pointers.texts().is_empty() {
+            true => Vec::new(),
+            false => self.pointers.read(&event.body).unwrap_or_default(),
+        };
+        let mut out = BTreeMap::new();
+        for (name, source) in &self.index {
+            let value = match source {
+                KeySource::Json(p) => self
+                    .pointers
+                    .texts()
+                    .iter()
+                    .position(|t| t == p)
+                    .and_then(|i| json.get(i).cloned().flatten())
+                    .and_then(crate::request_field::key_text),
+                KeySource::Header(h) => event.header(h).map(str::to_string),
+                KeySource::Form(f) => form_urlencoded::parse(&event.body)
+                    .find(|(k, _)| k == f.as_str())
+                    .map(|(_, v)| v.into_owned()),
+                KeySource::Query(q) => form_urlencoded::parse(event.query.as_bytes())
+                    .find(|(k, _)| k == q.as_str())
+                    .map(|(_, v)| v.into_owned()),
+                KeySource::Path(p) => event
+                    .params
+                    .iter()
+                    .find(|(k, _)| k == p)
+                    .map(|(_, v)| v.clone()),
+            };
+            if let Some(v) = value.filter(|v| !v.is_empty() && v.len() <= 256) {
+                out.insert(name.clone(), v);
+            }
+        }
+        out
+    }
+
+    /// The stored request of `event`.
+    pub fn request(&self, event: &EventInput) -> Request {
+        let meta = event.stored_meta().unwrap_or_default();
+        match &self.keyring {
+            Some(k) => Request {
+                meta,
+                body: k
+                    .encrypt(&event.body, &seal_context(&event.pipeline, &event.id))
+                    .into_bytes(),
+                sealed: true,
+            },
+            None => Request {
+                meta,
+                body: event.body.to_vec(),
+                sealed: false,
+            },
+        }
+    }
+
+    /// The note of one attempt: the request stored with the first one (later attempts and
+    /// replays add only their step).
+    pub fn note(&self, event: &EventInput, step: Step) -> Note {
+        let first = step.attempt <= 1 && step.run.is_none();
+        Note {
+            pipeline: event.pipeline.clone(),
+            event_id: event.id.clone(),
+            received_at_ms: event.received_at_ms,
+            fields: if first {
+                self.fields(event)
+            } else {
+                BTreeMap::new()
+            },
+            request: first.then(|| self.request(event)),
+            step,
+        }
+    }
+
+    /// The key bodies are opened with.
+    pub fn keyring(&self) -> Option<&Keyring> {
+        self.keyring.as_ref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(body: &str) -> EventInput {
+        EventInput {
+            id: "ev1".into(),
+            pipeline: "vapi".into(),
+            received_at_ms: 1_700_000_000_000,
+            method: "POST".into(),
+            path: "/hooks".into(),
+            query: "tenant=t1".into(),
+            headers: vec![("x-org".into(), "org-9".into())],
+            params: vec![],
+            tenant: None,
+            body: bytes::Bytes::from(body.to_string()),
+        }
+    }
+
+    fn recorder(keyring: Option<Keyring>) -> Recorder {
+        let index: BTreeMap<String, KeySource> = [
+            (
+                "call_id".to_string(),
+                KeySource::Json("/message/call/id".into()),
+            ),
+            ("org".to_string(), KeySource::Header("x-org".into())),
+            ("tenant".to_string(), KeySource::Query("tenant".into())),
+            ("missing".to_string(), KeySource::Json("/nope".into())),
+        ]
+        .into_iter()
+        .collect();
+        Recorder::new(
+            Arc::new(Store::Local(local::LocalStore::new("unused"))),
+            "vapi",
+            &index,
+            keyring,
+        )
+    }
+
+    #[test]
+    fn index_fields_are_read_from_the_stored_request() {
+        let r = recorder(None);
+        let f = r.fields(&event(r#"{"message":{"call":{"id":"c-1"}}}"#));
+        assert_eq!(f["call_id"], "c-1");
+        assert_eq!(f["org"], "org-9");
+        assert_eq!(f["tenant"], "t1");
+        assert!(!f.contains_key("missing"));
+        // a body that is not JSON has no JSON fields, and no panic
+        assert!(!r.fields(&event("\u{0}not json")).contains_key("call_id"));
+    }
+
+    #[test]
+    fn a_sealed_body_opens_only_for_its_own_event() {
+        let key = "11".repeat(32);
+        let keyring = Keyring::new(&key, &[]).unwrap();
+        let r = recorder(Some(keyring.clone()));
+        let e = event(r#"{"message":{"call":{"id":"c-1"}}}"#);
+        let note = r.note(&e, Step::new(Outcome::Written, 1));
+        let request = note.request.clone().unwrap();
+        assert!(request.sealed);
+        assert!(!String::from_utf8_lossy(&request.body).contains("c-1"));
+        let stored = Stored {
+            pipeline: "vapi".into(),
+            event_id: "ev1".into(),
+            received_at_ms: e.received_at_ms,
+            fields: note.fields.clone(),
+            outcome: Outcome::Written,
+            attempts: 1,
+            story: vec![note.step.clone()],
+            request: Some(request.clone()),
+        };
+        assert_eq!(stored.event(Some(&keyring)).unwrap(), e);
+        assert!(stored.event(None).is_err());
+        let moved = Stored {
+            event_id: "ev2".into(),
+            ..stored
+        };
+        assert!(moved.event(Some(&keyring)).is_err());
+    }
+
+    #[test]
+    fn later_attempts_carry_only_their_step() {
+        let r = recorder(None);
+        let e = event("{}");
+        assert!(
+            r.note(&e, Step::new(Outcome::Retrying, 1))
+                .request
+                .is_some()
+        );
+        assert!(r.note(&e, Step::new(Outcome::Written, 2)).request.is_none());
+        let mut replayed = Step::new(Outcome::Written, 1);
+        replayed.run = Some("run".into());
+        assert!(r.note(&e, replayed).request.is_none());
+    }
+
+    #[test]
+    fn digests_tell_rows_apart() {
+        let a = [serde_json::json!({"x": 1})];
+        let b = [serde_json::json!({"x": 2})];
+        assert_eq!(digest("s", &a), digest("s", &a));
+        assert_ne!(digest("s", &a), digest("s", &b));
+        assert_ne!(digest("s", &a), digest("t", &a));
+    }
+
+    #[test]
+    fn filters_match_every_condition() {
+        let s = Stored {
+            pipeline: "vapi".into(),
+            event_id: "e".into(),
+            received_at_ms: 100,
+            fields: [("call_id".to_string(), "c".to_string())].into(),
+            outcome: Outcome::Dropped,
+            attempts: 1,
+            story: vec![],
+            request: None,
+        };
+        let mut f = Filter {
+            pipeline: Some("vapi".into()),
+            since_ms: Some(100),
+            until_ms: Some(101),
+            outcome: Some(Outcome::Dropped),
+            fields: [("call_id".to_string(), "c".to_string())].into(),
+            event_id: None,
+        };
+        assert!(f.matches(&s));
+        f.fields.insert("call_id".into(), "d".into());
+        assert!(!f.matches(&s));
+        f.fields.clear();
+        f.until_ms = Some(100);
+        assert!(!f.matches(&s));
+    }
+}

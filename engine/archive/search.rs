@@ -1,0 +1,109 @@
+//! What a search of the archive is made of, as a user writes it: times (`2h` back, or RFC 3339)
+//! and `FIELD=VALUE` conditions on a pipeline's index fields. Shared by `engine events` and the
+//! console's Events page.
+
+use std::collections::BTreeMap;
+
+/// A time given as a span back from now or an RFC 3339 time, in Unix ms.
+pub fn time_arg(text: &str, now_ms: i64) -> Result<i64, String> {
+    if let Some(span) = crate::config::units::Span::parse(text) {
+        return Ok(now_ms - span.0.as_millis() as i64);
+    }
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.timestamp_millis())
+        .map_err(|_| format!("`{text}` is neither a span (`2h`, `7d`) nor an RFC 3339 time"))
+}
+
+/// `FIELD=VALUE` conditions, each field one of `indexed` (when given).
+pub fn conditions(
+    list: &[String],
+    indexed: &[&str],
+    pipeline: &str,
+) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    for c in list {
+        let (k, v) = c
+            .split_once('=')
+            .ok_or_else(|| format!("`--where {c}`: write it as FIELD=VALUE"))?;
+        if !indexed.contains(&k) {
+            return Err(match indexed.is_empty() {
+                true => format!(
+                    "`{k}`: pipeline `{pipeline}` indexes no fields; add `archive: {{index: {{{k}: ...}}}}` to its YAML (events archived from then on can be found by it)"
+                ),
+                false => format!(
+                    "`{k}` is not an index field of `{pipeline}` (it has {}); add it under `archive.index` to find events archived from then on",
+                    indexed.join(", ")
+                ),
+            });
+        }
+        out.insert(k.to_string(), v.to_string());
+    }
+    Ok(out)
+}
+
+/// The filter over pipeline `p`'s archive that a user's words name (`None`/empty: no
+/// condition): times back or RFC 3339, an outcome, `FIELD=VALUE` conditions, an event id.
+pub fn filter(
+    p: &crate::config::pipeline::Pipeline,
+    since: Option<&str>,
+    until: Option<&str>,
+    outcome: Option<&str>,
+    list: &[String],
+    id: Option<&str>,
+) -> Result<super::Filter, String> {
+    let kept = p.archive.kept().ok_or_else(|| {
+        format!(
+            "pipeline `{}` has `archive: off`: nothing is archived",
+            p.name
+        )
+    })?;
+    let indexed: Vec<&str> = kept.index.keys().map(String::as_str).collect();
+    let now = chrono::Utc::now().timestamp_millis();
+    let time = |t: Option<&str>| {
+        t.filter(|t| !t.is_empty())
+            .map(|t| time_arg(t, now))
+            .transpose()
+    };
+    Ok(super::Filter {
+        pipeline: Some(p.name.clone()),
+        since_ms: time(since)?,
+        until_ms: time(until)?,
+        outcome: outcome
+            .filter(|o| !o.is_empty())
+            .map(|o| {
+                super::Outcome::parse(o).ok_or_else(|| {
+                    format!("outcome `{o}`: one of written, dropped, dead, retrying, failed")
+                })
+            })
+            .transpose()?,
+        fields: conditions(list, &indexed, &p.name)?,
+        event_id: id.filter(|i| !i.is_empty()).map(str::to_string),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_spans_back_or_rfc3339() {
+        assert_eq!(time_arg("2h", 10_000_000).unwrap(), 10_000_000 - 7_200_000);
+        assert_eq!(
+            time_arg("2026-01-01T00:00:00Z", 0).unwrap(),
+            1_767_225_600_000
+        );
+        assert!(time_arg("yesterday", 0).is_err());
+    }
+
+    #[test]
+    fn conditions_name_index_fields() {
+        let c = conditions(&["call_id=a=b".into()], &["call_id"], "vapi").unwrap();
+        assert_eq!(c["call_id"], "a=b");
+        let e = conditions(&["phone=1".into()], &["call_id"], "vapi").unwrap_err();
+        assert!(
+            e.contains("not an index field") && e.contains("call_id"),
+            "{e}"
+        );
+        assert!(conditions(&["call_id".into()], &["call_id"], "vapi").is_err());
+    }
+}

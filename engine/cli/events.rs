@@ -1,0 +1,510 @@
+//! `engine events list|show|replay|jobs|cancel|erase`: the event archive from the command line
+//! (docs/events.md). The archive is the deployment's (DATABASE_URL, else `<data_dir>/archive`);
+//! a replay runs here, in this process, as a job kept in the archive so it can be resumed.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Subcommand};
+
+use super::{env_source, started};
+use crate::archive::replay::{Job, Runner};
+use crate::archive::{Filter, Store, Stored};
+use crate::config::Project;
+
+#[derive(Debug, Subcommand)]
+pub enum EventsAction {
+    /// Archived events, newest first.
+    List {
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// One event: its request (redacted by the pipeline's `redact`) and its whole story.
+    Show {
+        #[arg(long)]
+        pipeline: String,
+        #[arg(long)]
+        id: String,
+        #[command(flatten)]
+        at: At,
+    },
+    /// Run the matched events through the pipeline as it is now (a job that can be resumed).
+    Replay {
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Write nothing: print how many match and what a sample of them would do.
+        #[arg(long)]
+        dry_run: bool,
+        /// Events a second at most, so live traffic keeps the database.
+        #[arg(long, default_value_t = 2000)]
+        rate: u32,
+        /// Write even events whose rows are what they last wrote.
+        #[arg(long)]
+        force: bool,
+        /// Go on with a job whose process stopped (`engine events jobs` lists them).
+        #[arg(long, value_name = "JOB", conflicts_with = "dry_run")]
+        resume: Option<String>,
+    },
+    /// Replay jobs, newest first.
+    Jobs {
+        #[arg(long)]
+        pipeline: Option<String>,
+        #[command(flatten)]
+        at: At,
+    },
+    /// Ask a running replay job to stop after its current page.
+    Cancel {
+        job: String,
+        #[command(flatten)]
+        at: At,
+    },
+    /// Remove every stored trace of the matching events (archive and dead letters), for a
+    /// deletion request; the erasure itself is recorded without the value.
+    Erase {
+        /// Only this pipeline's events (default: every pipeline indexing the field).
+        #[arg(long)]
+        pipeline: Option<String>,
+        /// FIELD=VALUE of an `archive.index` field (repeatable: all must hold).
+        #[arg(long = "where", value_name = "FIELD=VALUE", required = true)]
+        conditions: Vec<String>,
+        #[command(flatten)]
+        at: At,
+    },
+}
+
+/// Where the deployment is.
+#[derive(Debug, Clone, Args)]
+pub struct At {
+    /// The pipelines directory.
+    #[arg(long, default_value = "pipelines")]
+    pub pipelines: std::path::PathBuf,
+    /// Read variables from this dotenv file instead of the process environment.
+    #[arg(long)]
+    pub env_file: Option<std::path::PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Which events.
+#[derive(Debug, Clone, Args)]
+pub struct FilterArgs {
+    #[arg(long)]
+    pub pipeline: String,
+    /// Received since: a span back from now (`2h`, `7d`) or an RFC 3339 time.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Received before: a span back from now or an RFC 3339 time.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// written, dropped, dead or retrying (the event's latest outcome).
+    #[arg(long)]
+    pub outcome: Option<String>,
+    /// FIELD=VALUE of an `archive.index` field (repeatable: all must hold).
+    #[arg(long = "where", value_name = "FIELD=VALUE")]
+    pub conditions: Vec<String>,
+    /// One event id.
+    #[arg(long)]
+    pub id: Option<String>,
+    #[command(flatten)]
+    pub at: At,
+}
+
+/// The archived pipeline named `name`, or why not.
+fn archived<'p>(
+    project: &'p Project,
+    name: &str,
+) -> Result<&'p crate::config::LoadedPipeline, String> {
+    let p = project
+        .pipelines
+        .iter()
+        .find(|p| p.config.name == name)
+        .ok_or_else(|| {
+            let names: Vec<&str> = project
+                .pipelines
+                .iter()
+                .map(|p| p.config.name.as_str())
+                .collect();
+            format!("no pipeline `{name}` (pipelines: {})", names.join(", "))
+        })?;
+    if p.config.archive.kept().is_none() {
+        return Err(format!(
+            "pipeline `{name}` has `archive: off`: nothing is archived"
+        ));
+    }
+    Ok(p)
+}
+
+impl FilterArgs {
+    fn filter(&self, project: &Project) -> Result<Filter, String> {
+        let p = archived(project, &self.pipeline)?;
+        crate::archive::search::filter(
+            &p.config,
+            self.since.as_deref(),
+            self.until.as_deref(),
+            self.outcome.as_deref(),
+            &self.conditions,
+            self.id.as_deref(),
+        )
+    }
+}
+
+/// The deployment's archive and project.
+pub(super) struct Deployment {
+    pub(super) project: Project,
+    plan: Option<crate::plan::Plan>,
+    pub(super) store: Arc<Store>,
+    pool: Option<deadpool_postgres::Pool>,
+    pub(super) json: bool,
+}
+
+pub(super) fn deployment(at: &At, compile: bool) -> Result<Deployment, ExitCode> {
+    let source = env_source(at.env_file.as_deref())?;
+    let fail = |diags: Vec<crate::diagnostics::Diagnostic>| {
+        eprint!(
+            "{}",
+            crate::diagnostics::render(&diags, crate::diagnostics::Format::Text)
+        );
+        ExitCode::from(1)
+    };
+    let (project, plan) = match compile {
+        true => crate::plan::load(&at.pipelines, &source)
+            .map(|(p, plan)| (p, Some(plan)))
+            .map_err(fail)?,
+        false => (
+            crate::config::load(&at.pipelines, &source).map_err(fail)?,
+            None,
+        ),
+    };
+    let pool = match &project.settings.database_url {
+        Some(url) => Some(crate::db::pool(url, 4).map_err(|e| {
+            eprintln!("engine: {e}");
+            ExitCode::from(1)
+        })?),
+        None => None,
+    };
+    let store = Arc::new(Store::new(pool.as_ref(), &project.settings.data_dir));
+    Ok(Deployment {
+        project,
+        plan,
+        store,
+        pool,
+        json: at.json,
+    })
+}
+
+fn time(ms: i64) -> String {
+    crate::transform::sandbox::format_time(ms)
+}
+
+fn print_list(events: &[Stored], json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(events).unwrap_or_default()
+        );
+        return;
+    }
+    for e in events {
+        let last = e.story.last();
+        let why = last
+            .and_then(|s| s.reason.clone().or_else(|| s.sink.clone()))
+            .unwrap_or_default();
+        let fields: Vec<String> = e.fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!(
+            "{}  {}  {:<9} attempts {}  {}  {}",
+            time(e.received_at_ms),
+            e.event_id,
+            e.outcome.as_str(),
+            e.attempts,
+            fields.join(" "),
+            why
+        );
+    }
+    println!(
+        "{} event{}",
+        events.len(),
+        if events.len() == 1 { "" } else { "s" }
+    );
+}
+
+pub(super) fn events(action: EventsAction) -> ExitCode {
+    let rt = match started(tokio::runtime::Builder::new_multi_thread()) {
+        Ok(rt) => rt,
+        Err(c) => return c,
+    };
+    let result = rt.block_on(run(action));
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("engine: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(action: EventsAction) -> Result<ExitCode, String> {
+    let e = |e: crate::archive::ArchiveError| e.to_string();
+    match action {
+        EventsAction::List { filter, limit } => {
+            let d = deployment(&filter.at, false)
+                .map_err(|_| "cannot load the deployment".to_string())?;
+            let f = filter.filter(&d.project)?;
+            let events = d.store.list(&f, limit).await.map_err(e)?;
+            print_list(&events, d.json);
+        }
+        EventsAction::Show { pipeline, id, at } => {
+            let d = deployment(&at, false).map_err(|_| "cannot load the deployment".to_string())?;
+            let p = archived(&d.project, &pipeline)?;
+            let stored = d
+                .store
+                .show(&pipeline, &id)
+                .await
+                .map_err(e)?
+                .ok_or_else(|| format!("no archived event `{id}` in `{pipeline}`"))?;
+            let keyring = crate::server::queueing::keyring(&d.project)?;
+            let request = match stored.event(keyring.as_ref()) {
+                Ok(event) => {
+                    let shown = crate::console::recent::shown(&event, &p.config.redact);
+                    serde_json::json!({
+                        "method": shown.method, "path": shown.path, "query": shown.query,
+                        "headers": shown.headers, "body": shown.body, "truncated": shown.truncated,
+                    })
+                }
+                Err(err) => serde_json::json!({"unreadable": err.to_string()}),
+            };
+            let mut v = serde_json::to_value(&stored).unwrap_or_default();
+            v["received_at"] = time(stored.received_at_ms).into();
+            v["request"] = request;
+            if d.json {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else {
+                println!(
+                    "{} {}  received {}  {}",
+                    pipeline,
+                    id,
+                    time(stored.received_at_ms),
+                    stored.outcome.as_str()
+                );
+                for s in &stored.story {
+                    let run = s
+                        .run
+                        .as_deref()
+                        .map(|r| format!(" (replay {r})"))
+                        .unwrap_or_default();
+                    let what = match (&s.sink, s.rows, &s.reason) {
+                        (Some(sink), Some(rows), _) => format!("{rows} row(s) to {sink}"),
+                        (_, _, Some(r)) => r.clone(),
+                        _ => String::new(),
+                    };
+                    println!(
+                        "  {}  attempt {}  {:<9} {what}{run}",
+                        time(s.at_ms),
+                        s.attempt,
+                        s.outcome.as_str()
+                    );
+                }
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&v["request"]).unwrap_or_default()
+                );
+            }
+        }
+        EventsAction::Replay {
+            filter,
+            dry_run,
+            rate,
+            force,
+            resume,
+        } => return replay(filter, dry_run, rate.max(1), force, resume).await,
+        EventsAction::Jobs { pipeline, at } => {
+            let d = deployment(&at, false).map_err(|_| "cannot load the deployment".to_string())?;
+            let jobs = d.store.jobs().list(pipeline.as_deref()).await.map_err(e)?;
+            if d.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&jobs).unwrap_or_default()
+                );
+            } else {
+                for j in &jobs {
+                    println!(
+                        "{}  {}  {:<10} {}/{}  written {} dropped {} unchanged {} failed {}  started {}",
+                        j.id,
+                        j.pipeline,
+                        j.status.as_str(),
+                        j.done,
+                        j.matched,
+                        j.counts.written,
+                        j.counts.dropped,
+                        j.counts.unchanged,
+                        j.counts.failed,
+                        time(j.started_at_ms)
+                    );
+                }
+            }
+        }
+        EventsAction::Cancel { job, at } => {
+            let d = deployment(&at, false).map_err(|_| "cannot load the deployment".to_string())?;
+            if !d.store.jobs().cancel(&job).await.map_err(e)? {
+                return Err(format!("replay job `{job}` is not running"));
+            }
+            println!("replay job {job}: asked to stop");
+        }
+        EventsAction::Erase {
+            pipeline,
+            conditions: list,
+            at,
+        } => return super::erase::erase(pipeline, list, at).await,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The replay runner of one pipeline, with its program and sinks as they are now.
+fn runner(d: &mut Deployment, pipeline: &str) -> Result<Runner, String> {
+    let i = d
+        .project
+        .pipelines
+        .iter()
+        .position(|p| p.config.name == pipeline)
+        .ok_or_else(|| format!("no pipeline `{pipeline}`"))?;
+    let p = &d.project.pipelines[i].config;
+    let kept = p
+        .archive
+        .kept()
+        .ok_or_else(|| format!("pipeline `{pipeline}` has `archive: off`"))?;
+    let program = d
+        .plan
+        .as_mut()
+        .and_then(|plan| plan.pipelines.get_mut(i))
+        .and_then(|b| b.program.take())
+        .ok_or_else(|| {
+            format!("pipeline `{pipeline}` has no transform steps: nothing to replay")
+        })?;
+    let keyring = crate::server::queueing::keyring(&d.project)?;
+    let sinks =
+        crate::server::queueing::sinks(&d.project, p, d.pool.as_ref(), keyring.as_ref(), true)?;
+    Ok(Runner {
+        store: d.store.clone(),
+        recorder: Arc::new(crate::archive::Recorder::new(
+            d.store.clone(),
+            pipeline,
+            &kept.index,
+            keyring,
+        )),
+        program: Arc::new(program),
+        sinks,
+        page: 500,
+    })
+}
+
+async fn replay(
+    filter: FilterArgs,
+    dry_run: bool,
+    rate: u32,
+    force: bool,
+    resume: Option<String>,
+) -> Result<ExitCode, String> {
+    let mut d =
+        deployment(&filter.at, true).map_err(|_| "cannot load the deployment".to_string())?;
+    let json = d.json;
+    let runner = runner(&mut d, &filter.pipeline)?;
+    let e = |e: crate::archive::ArchiveError| e.to_string();
+    let mut job = match resume {
+        Some(id) => {
+            let job = d.store.jobs().claim(&id).await.map_err(e)??;
+            if job.pipeline != filter.pipeline {
+                return Err(format!(
+                    "replay job `{id}` replays `{}`, not `{}`",
+                    job.pipeline, filter.pipeline
+                ));
+            }
+            job
+        }
+        None => {
+            let f = filter.filter(&d.project)?;
+            if dry_run {
+                let (matched, sample) = runner.dry_run(&f, 10, force).await.map_err(e)?;
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&serde_json::json!({
+                            "matched": matched, "dry_run": true, "sample": sample,
+                        }))
+                        .unwrap_or_default()
+                    );
+                } else {
+                    println!(
+                        "{matched} event(s) match; nothing written (dry run). The first {}:",
+                        sample.len()
+                    );
+                    for s in &sample {
+                        println!(
+                            "  {}  {}  {} -> {}{}",
+                            time(s.received_at_ms),
+                            s.event_id,
+                            s.was.as_str(),
+                            s.would.as_str(),
+                            s.reason
+                                .as_deref()
+                                .map(|r| format!(": {r}"))
+                                .unwrap_or_default()
+                        );
+                    }
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let matched = d.store.count(&f).await.map_err(e)?;
+            let job = Job::new(f, matched, rate, force);
+            d.store.jobs().create(&job).await.map_err(e)?;
+            job
+        }
+    };
+    if !json {
+        eprintln!(
+            "replay job {} : {} event(s) of `{}` at most {}/s (resume with --resume {} if stopped)",
+            job.id, job.matched, job.pipeline, job.rate, job.id
+        );
+    }
+    let progress = move |j: &Job| {
+        if !json {
+            eprintln!(
+                "  {}/{}  written {} dropped {} unchanged {} failed {}",
+                j.done,
+                j.matched,
+                j.counts.written,
+                j.counts.dropped,
+                j.counts.unchanged,
+                j.counts.failed
+            );
+        }
+    };
+    let result = runner.run(&mut job, &progress).await;
+    if let Err(err) = &result {
+        job.status = crate::archive::replay::Status::Failed;
+        job.error = Some(err.to_string());
+        let _ = d.store.jobs().progress(&job).await;
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&job).unwrap_or_default());
+    } else {
+        println!(
+            "replay {} {}: {} of {} event(s): written {}, dropped {}, unchanged {}, failed {}",
+            job.id,
+            job.status.as_str(),
+            job.done,
+            job.matched,
+            job.counts.written,
+            job.counts.dropped,
+            job.counts.unchanged,
+            job.counts.failed
+        );
+    }
+    result.map_err(e)?;
+    Ok(match job.counts.failed {
+        0 => ExitCode::SUCCESS,
+        _ => ExitCode::from(1),
+    })
+}

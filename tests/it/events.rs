@@ -1,0 +1,583 @@
+//! The event archive (docs/events.md) end to end: a bad pipeline edit undone by `engine events
+//! replay` (Postgres + Redis, and on the embedded default), a second replay adding nothing, a
+//! dry run writing nothing, a replay killed with SIGKILL resumed, retention dropping old days,
+//! and erasure leaving no trace in the archive or the dead letters.
+
+use crate::common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Dir, fresh_schema, pg, spawn_app};
+use engine::archive::{Filter, Note, Outcome, Recorder, Step, Store};
+
+const REDIS: &str = "redis://127.0.0.1:6379";
+const K: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
+fn dir(data: &Path) -> Dir {
+    Dir::shipped_with_data(data)
+}
+
+/// Vapi's end-of-call report (the shipped fixture's payload) for call number `i`.
+fn report(i: usize) -> Vec<u8> {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/payloads/vapi/end-of-call-report.json"),
+    )
+    .unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["message"]["call"]["id"] = format!("00000000-0000-4000-8000-{i:012}").into();
+    v["message"]["timestamp"] = (1_732_550_400_000u64 + i as u64).into();
+    serde_json::to_vec(&v).unwrap()
+}
+
+fn call_id(i: usize) -> String {
+    format!("00000000-0000-4000-8000-{i:012}")
+}
+
+async fn post_vapi(app: &common::TestApp, body: Vec<u8>) -> u16 {
+    app.client
+        .post(app.url("/api/webhooks/vapi"))
+        .header("authorization", "Bearer dev-vapi-webhook-secret")
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+fn typo(d: &Dir) {
+    d.edit("vapi.yaml", |s| {
+        s.replace("in: [end-of-call-report]", "in: [end-of-call-reprot]")
+    });
+}
+
+fn fix(d: &Dir) {
+    d.edit("vapi.yaml", |s| {
+        s.replace("end-of-call-reprot", "end-of-call-report")
+    });
+}
+
+/// `engine events ...` against `d`, with only the variables in `env` (an env file).
+fn events(d: &Dir, env: &[(&str, &str)], args: &str) -> (i32, String, String) {
+    engine_cli(d, env, "events", args)
+}
+
+/// `engine <command> <args>` (args split at spaces) against `d` with only `env`.
+fn engine_cli(d: &Dir, env: &[(&str, &str)], command: &str, args: &str) -> (i32, String, String) {
+    let env_file = d.path().join("test.env");
+    let text: String = env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+    std::fs::write(&env_file, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_engine"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .arg(command)
+        .args(args.split_whitespace())
+        .arg("--pipelines")
+        .arg(d.path())
+        .arg("--env-file")
+        .arg(&env_file)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn json(out: &str) -> serde_json::Value {
+    serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+}
+
+async fn count(db: &tokio_postgres::Client, sql: &str) -> i64 {
+    db.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+async fn eventually(db: &tokio_postgres::Client, sql: &str, want: i64) {
+    for _ in 0..150 {
+        if count(db, sql).await == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "`{sql}` never reached {want} (now {})",
+        count(db, sql).await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_edit_is_undone_by_a_replay_and_a_second_replay_adds_nothing() {
+    let (database, schema) = fresh_schema().await;
+    let data = tempfile::tempdir().unwrap();
+    let d = dir(data.path());
+    typo(&d);
+    let env = [
+        ("REDIS_URL", REDIS),
+        ("DATABASE_URL", database.as_str()),
+        ("ENCRYPTION_KEY", K),
+    ];
+    let app = spawn_app(d.path(), &env).await;
+    let db = pg(&schema).await;
+    for i in 0..20 {
+        assert_eq!(post_vapi(&app, report(i)).await, 200);
+    }
+    // every report answered 200 and dropped by the typo: the archive has them all, with why
+    eventually(
+        &db,
+        "SELECT count(*) FROM engine_events WHERE pipeline = 'vapi' AND outcome = 'dropped'",
+        20,
+    )
+    .await;
+    assert_eq!(count(&db, "SELECT count(*) FROM call_logs").await, 0);
+    let reason: String = db
+        .query_one("SELECT story->0->>'reason' FROM engine_events LIMIT 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(reason.contains("no step"), "{reason}");
+    // bodies sealed with ENCRYPTION_KEY, index fields in the clear
+    let (sealed, body, field): (bool, Vec<u8>, String) = {
+        let r = db
+            .query_one(
+                "SELECT sealed, body, fields->>'call_id' FROM engine_events ORDER BY received_at LIMIT 1",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1), r.get(2))
+    };
+    assert!(sealed);
+    assert!(!String::from_utf8_lossy(&body).contains("end-of-call"));
+    assert!(field.starts_with("00000000-0000-4000-8000-"));
+    app.stop().await;
+
+    fix(&d);
+    // a dry run counts and writes nothing
+    let (code, out, err) = events(
+        &d,
+        &env,
+        "replay --pipeline vapi --outcome dropped --dry-run --json",
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let dry = json(&out);
+    assert_eq!(dry["matched"], 20);
+    assert_eq!(dry["sample"][0]["would"], "written", "{dry}");
+    assert_eq!(count(&db, "SELECT count(*) FROM call_logs").await, 0);
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM engine_event_replays").await,
+        0
+    );
+
+    let (code, out, err) = events(&d, &env, "replay --pipeline vapi --outcome dropped --json");
+    assert_eq!(code, 0, "{out}{err}");
+    let job = json(&out);
+    assert_eq!(job["status"], "done");
+    assert_eq!(job["counts"]["written"], 20, "{job}");
+    assert_eq!(count(&db, "SELECT count(*) FROM call_logs").await, 20);
+    assert_eq!(
+        count(&db, "SELECT count(DISTINCT call_id) FROM call_logs").await,
+        20
+    );
+
+    // the same replay over the whole pipeline: every event unchanged, nothing written
+    let (code, out, err) = events(&d, &env, "replay --pipeline vapi --json");
+    assert_eq!(code, 0, "{out}{err}");
+    let again = json(&out);
+    assert_eq!(again["counts"]["unchanged"], 20, "{again}");
+    assert_eq!(again["counts"]["written"], 0, "{again}");
+    assert_eq!(count(&db, "SELECT count(*) FROM call_logs").await, 20);
+
+    // found by its call id, with the whole story
+    let (code, out, _) = events(
+        &d,
+        &env,
+        &format!("list --pipeline vapi --where call_id={} --json", call_id(3)),
+    );
+    assert_eq!(code, 0);
+    let found = json(&out);
+    assert_eq!(found.as_array().unwrap().len(), 1, "{found}");
+    let story = found[0]["story"].as_array().unwrap();
+    let outcomes: Vec<&str> = story
+        .iter()
+        .map(|s| s["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["dropped", "written", "unchanged"], "{found}");
+    assert!(story[1]["run"].as_str().unwrap().starts_with("rp-"));
+    let id = found[0]["event_id"].as_str().unwrap();
+    let (code, out, _) = events(&d, &env, &format!("show --pipeline vapi --id {id} --json"));
+    assert_eq!(code, 0);
+    let shown = json(&out);
+    assert!(
+        shown["request"]["body"]
+            .as_str()
+            .unwrap()
+            .contains("end-of-call-report")
+    );
+    // an unknown field is refused with the fields there are
+    let (code, _, err) = events(&d, &env, "list --pipeline vapi --where phone=1");
+    assert_eq!(code, 1);
+    assert!(err.contains("call_id, org_id, type"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_embedded_default_keeps_and_replays_events_too() {
+    let data = tempfile::tempdir().unwrap();
+    let d = dir(data.path());
+    typo(&d);
+    let app = spawn_app(d.path(), &[]).await;
+    for i in 0..5 {
+        assert_eq!(post_vapi(&app, report(i)).await, 200);
+    }
+    let store = Store::new(None, data.path().to_str().unwrap());
+    let dropped = Filter {
+        pipeline: Some("vapi".into()),
+        outcome: Some(Outcome::Dropped),
+        ..Filter::default()
+    };
+    let mut n = 0;
+    for _ in 0..100 {
+        n = store.count(&dropped).await.unwrap();
+        if n == 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(n, 5);
+    app.stop().await;
+    fix(&d);
+    let rows = || {
+        std::fs::read_to_string(data.path().join("call_logs.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    assert_eq!(rows(), 0);
+    let (code, out, err) = events(&d, &[], "replay --pipeline vapi --json");
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(json(&out)["counts"]["written"], 5);
+    assert_eq!(rows(), 5);
+    let (code, out, err) = events(&d, &[], "replay --pipeline vapi --json");
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(json(&out)["counts"]["unchanged"], 5);
+    assert_eq!(rows(), 5, "an append sink gets no second copy");
+}
+
+/// A JSON event of `pipeline` received a minute ago.
+fn ev(id: &str, pipeline: &str, body: Vec<u8>) -> engine::transform::EventInput {
+    let mut e = common::event_input(id, pipeline, "/api/webhooks/vapi", "application/json", body);
+    e.received_at_ms = chrono::Utc::now().timestamp_millis() - 60_000;
+    e
+}
+
+/// `n` archived end-of-call reports of `vapi`, dropped (as the typo left them).
+async fn archive_dropped(store: &std::sync::Arc<Store>, n: usize) {
+    let index = [(
+        "call_id".to_string(),
+        engine::config::verify::KeySource::Json("/message/call/id".into()),
+    )]
+    .into();
+    let recorder = Recorder::new(store.clone(), "vapi", &index, None);
+    let now = chrono::Utc::now().timestamp_millis();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
+        let notes: Vec<Note> = chunk
+            .iter()
+            .map(|&i| {
+                let mut e = ev(&format!("ev-{i:06}"), "vapi", report(i));
+                e.received_at_ms = now - 60_000 + i as i64;
+                recorder.note(&e, Step::new(Outcome::Dropped, 1).reason("typo"))
+            })
+            .collect();
+        store.write(&notes).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replay_killed_mid_way_resumes_and_writes_each_event_once() {
+    let (database, schema) = fresh_schema().await;
+    let data = tempfile::tempdir().unwrap();
+    let d = dir(data.path());
+    let env = [("DATABASE_URL", database.as_str()), ("ENCRYPTION_KEY", K)];
+    let pool = engine::db::pool(&database, 2).unwrap();
+    let store = std::sync::Arc::new(Store::new(Some(&pool), "unused"));
+    archive_dropped(&store, 3000).await;
+    let db = pg(&schema).await;
+
+    let env_file = d.path().join("test.env");
+    std::fs::write(
+        &env_file,
+        format!("DATABASE_URL={database}\nENCRYPTION_KEY={K}\n"),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_engine"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .args([
+            "events",
+            "replay",
+            "--pipeline",
+            "vapi",
+            "--rate",
+            "500",
+            "--json",
+        ])
+        .arg("--pipelines")
+        .arg(d.path())
+        .arg("--env-file")
+        .arg(&env_file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(d.path().join("replay.err")).unwrap())
+        .spawn()
+        .unwrap();
+    eventually(
+        &db,
+        "SELECT count(*) FROM engine_event_replays WHERE done >= 1000",
+        1,
+    )
+    .await;
+    child.kill().unwrap(); // SIGKILL
+    eprintln!(
+        "{}",
+        std::fs::read_to_string(d.path().join("replay.err")).unwrap_or_default()
+    );
+    child.wait().unwrap();
+    let row = db
+        .query_one("SELECT id, done, status FROM engine_event_replays", &[])
+        .await
+        .unwrap();
+    let (job, done, status): (String, i64, String) = (row.get(0), row.get(1), row.get(2));
+    assert!(done < 3000, "killed before the end ({done})");
+    assert_eq!(status, "running");
+    // a job whose process is alive cannot be taken over; once its heartbeat is stale it can
+    let (code, _, err) = events(&d, &env, &format!("replay --pipeline vapi --resume {job}"));
+    assert_eq!(code, 1);
+    assert!(err.contains("being run"), "{err}");
+    db.execute(
+        "UPDATE engine_event_replays SET heartbeat_at = now() - interval '1 minute'",
+        &[],
+    )
+    .await
+    .unwrap();
+    let (code, out, err) = events(
+        &d,
+        &env,
+        &format!("replay --pipeline vapi --resume {job} --rate 100000 --json"),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let resumed = json(&out);
+    assert_eq!(resumed["status"], "done");
+    assert_eq!(resumed["done"], 3000);
+    assert_eq!(count(&db, "SELECT count(*) FROM call_logs").await, 3000);
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM engine_events WHERE outcome = 'written'"
+        )
+        .await,
+        3000
+    );
+}
+
+#[tokio::test]
+async fn retention_drops_days_no_pipeline_keeps() {
+    let (database, schema) = fresh_schema().await;
+    let pool = engine::db::pool(&database, 2).unwrap();
+    let store = std::sync::Arc::new(Store::new(Some(&pool), "unused"));
+    let keeps = [("vapi".to_string(), 7 * 86_400_000i64)].into();
+    engine::archive::retention::tend(&store, &keeps)
+        .await
+        .unwrap();
+    let engine::archive::Store::Postgres(pg_store) = &*store else {
+        unreachable!()
+    };
+    let old_day = (chrono::Utc::now() - chrono::Duration::days(10)).date_naive();
+    pg_store.ensure_days(old_day, old_day).await.unwrap();
+    let recorder = Recorder::new(store.clone(), "vapi", &Default::default(), None);
+    let mut old = ev("old", "vapi", b"{}".to_vec());
+    old.received_at_ms = old_day
+        .and_hms_opt(12, 0, 0)
+        .unwrap()
+        .and_utc()
+        .timestamp_millis();
+    let mut new = ev("new", "vapi", b"{}".to_vec());
+    new.received_at_ms = chrono::Utc::now().timestamp_millis();
+    store
+        .write(&[
+            recorder.note(&old, Step::new(Outcome::Written, 1)),
+            recorder.note(&new, Step::new(Outcome::Written, 1)),
+        ])
+        .await
+        .unwrap();
+    let db = pg(&schema).await;
+    let partition = format!("engine_events_p{}", old_day.format("%Y%m%d"));
+    assert_eq!(
+        count(&db, &format!("SELECT count(*) FROM {partition}")).await,
+        1
+    );
+    assert_eq!(
+        engine::archive::retention::tend(&store, &keeps)
+            .await
+            .unwrap(),
+        1
+    );
+    let gone: bool = db
+        .query_one("SELECT to_regclass($1) IS NULL", &[&partition])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(gone, "the expired day's partition is dropped");
+    let left = store.list(&Filter::default(), 10).await.unwrap();
+    assert_eq!(
+        left.iter().map(|e| e.event_id.as_str()).collect::<Vec<_>>(),
+        ["new"]
+    );
+    // today's and the coming days' partitions exist
+    let today = format!("engine_events_p{}", chrono::Utc::now().format("%Y%m%d"));
+    let made: bool = db
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&today])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(made);
+}
+
+#[tokio::test]
+async fn one_event_twice_in_a_batch_is_one_row_with_both_steps() {
+    let (database, _) = fresh_schema().await;
+    let pool = engine::db::pool(&database, 2).unwrap();
+    let store = std::sync::Arc::new(Store::new(Some(&pool), "unused"));
+    let recorder = Recorder::new(store.clone(), "p", &Default::default(), None);
+    let e = ev("e1", "p", b"{}".to_vec());
+    store
+        .write(&[
+            recorder.note(&e, Step::new(Outcome::Retrying, 1).reason("busy")),
+            recorder.note(&e, Step::new(Outcome::Written, 2)),
+        ])
+        .await
+        .unwrap();
+    let all = store.list(&Filter::default(), 10).await.unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(
+        (all[0].outcome, all[0].attempts, all[0].story.len()),
+        (Outcome::Written, 2, 2)
+    );
+    let shown = store.show("p", &e.id).await.unwrap().unwrap();
+    assert_eq!(shown.event(None).unwrap(), e);
+}
+
+/// A pipeline whose every event is dead-lettered at once, archived by `email`.
+const FAILING: &str = r#"
+name: signup
+route: {method: POST, path: /signup}
+queue: {max_attempts: 1}
+archive: {index: {email: {json: /email}}}
+transform:
+  - name: refuse
+    inline: 'fail_permanent("cannot store " + event.body.email)'
+    sink: out
+sinks: {out: {stdout: {}}}
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn erasure_leaves_no_trace_of_a_person_in_the_archive_or_the_dead_letters() {
+    let (database, schema) = fresh_schema().await;
+    let data = tempfile::tempdir().unwrap();
+    let d = dir(data.path());
+    d.write("signup.yaml", FAILING);
+    let env = [
+        ("REDIS_URL", REDIS),
+        ("DATABASE_URL", database.as_str()),
+        ("ENCRYPTION_KEY", K),
+    ];
+    let app = spawn_app(d.path(), &env).await;
+    for (i, email) in ["ann@example.com", "ann@example.com", "bob@example.com"]
+        .iter()
+        .enumerate()
+    {
+        let status = app
+            .client
+            .post(app.url("/signup"))
+            .header("content-type", "application/json")
+            .body(format!(r#"{{"email":"{email}","n":{i}}}"#))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 200);
+    }
+    let db = pg(&schema).await;
+    eventually(
+        &db,
+        "SELECT count(*) FROM engine_events WHERE pipeline = 'signup' AND outcome = 'dead'",
+        3,
+    )
+    .await;
+    let (_, out, _) = events(&d, &env, "list --pipeline signup --json");
+    assert_eq!(json(&out).as_array().unwrap().len(), 3);
+    app.stop().await;
+    let (_, before, _) = engine_cli(&d, &env, "dlq", "list --pipeline signup --json");
+    eprintln!("BEFORE {before}");
+
+    let (code, out, err) = events(&d, &env, "erase --where email=ann@example.com --json");
+    assert_eq!(code, 0, "{out}{err}");
+    let erased = json(&out);
+    assert_eq!(erased["archived"], 2, "{erased}");
+    assert_eq!(erased["dead_letters"], 2, "{erased}");
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM engine_events WHERE body::text LIKE '%ann@%' OR fields::text LIKE '%ann@%'")
+            .await,
+        0
+    );
+    assert_eq!(count(&db, "SELECT count(*) FROM engine_events").await, 1);
+    // the dead letters left are bob's only
+    let (code, out, _) = engine_cli(&d, &env, "dlq", "list --pipeline signup --json");
+    assert_eq!(code, 0);
+    assert!(!out.contains("ann@"), "{out}");
+    assert_eq!(json(&out).as_array().unwrap().len(), 1);
+    // the erasure is recorded, without the address
+    let recorded: Vec<String> = db
+        .query_one("SELECT conditions FROM engine_event_erasures", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(recorded.len(), 1);
+    assert!(recorded[0].starts_with("email=sha256:"), "{recorded:?}");
+    assert!(!recorded[0].contains("ann@"));
+}
+
+#[tokio::test]
+async fn a_database_without_the_archive_table_is_caught_by_the_table_check() {
+    let (database, schema) = fresh_schema().await;
+    pg(&schema)
+        .await
+        .batch_execute("DROP TABLE engine_events CASCADE")
+        .await
+        .unwrap();
+    let source = engine::env::EnvSource::from_pairs([
+        ("DATABASE_URL", database.as_str()),
+        ("ENCRYPTION_KEY", K),
+    ]);
+    let project = engine::config::load(&common::shipped(), &source).unwrap();
+    let found = engine::table_check::check_project(
+        &project,
+        &database,
+        &[],
+        engine::table_check::Memo::Off,
+    )
+    .await
+    .unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].message.contains("run `engine migrate`"),
+        "{found:?}"
+    );
+    assert!(
+        found[0].file.ends_with("vapi.yaml")
+            || found[0].file.ends_with("twilio-sms.yaml")
+            || found[0].file.ends_with("twilio-voice.yaml")
+    );
+}
