@@ -34,6 +34,8 @@
 //! `-- --scale` measures the capacity model's inputs and checks its predictions for this
 //! machine: 1 vs 2 engine instances, 1 vs 3 queue partitions, rows/s per Postgres connection
 //! (`load/scale.rs`, docs/scaling.md).
+//! `-- --archive [--quick]` measures the event archive's search over 10 M events and a replay's
+//! rate (`load/archive.rs`).
 //! `-- --cost [--quick]` measures instead the CPU one event costs in each process (ingest,
 //! worker, Redis, Postgres) at pace and in a backlog, against the 118 µs target (`load/cost.rs`).
 //! `-- --dashboard` draws the Grafana dashboard's main panels from `/metrics` under a changing
@@ -59,6 +61,8 @@ mod dashboard;
 #[path = "load/scale.rs"]
 mod scale;
 
+#[path = "load/archive.rs"]
+mod archive;
 #[path = "load/cost.rs"]
 mod cost;
 
@@ -114,6 +118,10 @@ fn main() {
     } else if mode("--scale") {
         rt.block_on(with_setup("scale", async |setup| {
             scale::run(setup, quick).await
+        }));
+    } else if mode("--archive") {
+        rt.block_on(with_setup("archive", async |setup| {
+            archive::run(setup, quick).await
         }));
     } else if mode("--cost") {
         rt.block_on(with_setup("cost", async |setup| {

@@ -59,16 +59,23 @@ pub async fn setup(name: &str) -> Option<Bench> {
     .unwrap();
     // nor would the Vapi pipeline's own limit per org (every generated message is one org's)
     let vapi = std::fs::read_to_string(dir.path().join("vapi.yaml")).unwrap();
-    std::fs::write(
-        dir.path().join("vapi.yaml"),
-        vapi.replace(
-            "  limit: 20000/1m
+    let mut vapi = vapi.replace(
+        "  limit: 20000/1m
 ",
-            "  limit: 100000000/1s
+        "  limit: 100000000/1s
 ",
-        ),
-    )
-    .unwrap();
+    );
+    // BENCH_ARCHIVE=off: the event archive off, to measure what it costs (docs/benchmarks.md)
+    if std::env::var("BENCH_ARCHIVE").as_deref() == Ok("off") {
+        let start = vapi
+            .find("\narchive:")
+            .expect("vapi.yaml has an archive section");
+        let end = vapi[start + 1..]
+            .find("\n\n")
+            .map_or(vapi.len(), |e| start + 1 + e);
+        vapi.replace_range(start..end, "\narchive: off");
+    }
+    std::fs::write(dir.path().join("vapi.yaml"), vapi).unwrap();
     Some(Bench {
         pg,
         database: format!("{PG}?options=-csearch_path%3D{schema}"),

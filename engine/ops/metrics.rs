@@ -135,7 +135,7 @@ pub const NAMES: &[(&str, &str, &str, &str)] = &[
         "engine_archive_errors_total",
         "counter",
         "queue",
-        "batches whose outcomes the event archive could not record (left pending, delivered again after their lease)",
+        "batches whose outcomes the event archive could not record (each event retried with backoff)",
     ),
     (
         "engine_sink_errors_total",

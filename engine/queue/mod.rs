@@ -36,9 +36,6 @@ pub enum QueueError {
     /// An event could not be encoded for storage.
     #[error("the event cannot be stored: {0}")]
     Encode(String),
-    /// The event archive could not record the batch's outcomes (the entries stay pending).
-    #[error("the event archive is unavailable: {0}")]
-    Archive(String),
     /// The blocking task running a transform failed (panicked or was cancelled).
     #[error("the transform task failed: {0}")]
     Task(String),

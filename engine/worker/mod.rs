@@ -152,6 +152,11 @@ async fn transform_all(
     }
 }
 
+/// The retry reason of an attempt the archive could not record.
+fn unrecorded(e: &str) -> String {
+    format!("the event archive could not record this attempt ({e}); tried again")
+}
+
 /// A sink write failed.
 fn sink_failed(sink: &str, kind: &'static str) {
     metrics::counter!("engine_sink_errors_total", "sink" => sink.to_string(), "kind" => kind)
@@ -300,8 +305,15 @@ impl Worker {
                 }
             }
         }
-        self.archive(settled.iter().map(|(d, a, w)| (*d, a, w.as_ref())))
-            .await?;
+        if let Some(e) = self
+            .archive(settled.iter().map(|(d, a, w)| (*d, a, w.as_ref())))
+            .await
+        {
+            for (d, _, _) in &settled {
+                self.again(d, unrecorded(&e)).await?;
+            }
+            return Ok(());
+        }
         let mut acks: Vec<&Delivery> = Vec::new();
         for (d, attempt, _) in settled {
             match attempt {
@@ -326,15 +338,13 @@ impl Worker {
     }
 
     /// Record what became of each delivery in the archive (one write), before the queue hears
-    /// of it: when the archive cannot be written the deliveries stay pending and come back
-    /// after their lease, so no event leaves the queue unrecorded.
+    /// of it; the error when the archive could not be written (the caller then retries every
+    /// delivery with backoff, so no event leaves the queue unrecorded).
     async fn archive<'d>(
         &self,
         settled: impl Iterator<Item = (&'d Delivery, &'d Attempt, Option<&'d archive::Step>)>,
-    ) -> Result<(), QueueError> {
-        let Some(recorder) = &self.archive else {
-            return Ok(());
-        };
+    ) -> Option<String> {
+        let recorder = self.archive.as_ref()?;
         let notes: Vec<archive::Note> = settled
             .map(|(d, attempt, wrote)| {
                 let step = match wrote {
@@ -344,11 +354,10 @@ impl Worker {
                 recorder.note(&d.event, step)
             })
             .collect();
-        recorder.store.write(&notes).await.map_err(|e| {
-            metrics::counter!("engine_archive_errors_total", "queue" => self.outcomes.name().to_string())
-                .increment(1);
-            QueueError::Archive(e.to_string())
-        })
+        let e = recorder.store.write(&notes).await.err()?;
+        metrics::counter!("engine_archive_errors_total", "queue" => self.outcomes.name().to_string())
+            .increment(1);
+        Some(e.to_string())
     }
 
     /// The archive's step for an attempt (a write without its rows at hand: no digest).
@@ -368,8 +377,12 @@ impl Worker {
 
     async fn process(&self, d: &Delivery) -> Result<Handled, QueueError> {
         let (attempt, wrote) = self.attempt_rows(&d.event, d.attempts + 1).await;
-        self.archive(std::iter::once((d, &attempt, wrote.as_ref())))
-            .await?;
+        if let Some(e) = self
+            .archive(std::iter::once((d, &attempt, wrote.as_ref())))
+            .await
+        {
+            return self.again(d, unrecorded(&e)).await;
+        }
         match attempt {
             Attempt::Written => {
                 self.outcomes.ack(d).await?;

@@ -272,12 +272,21 @@ async fn an_operator_replays_a_dead_letter_in_a_real_browser() {
     browser.go(&app.url("/console/queues")).await;
     browser.wait_for("Workers", false).await;
     browser.screenshot("queues").await;
+    // the archive: the event dead-lettered, then written by the replay; its page tells the story
     browser
         .go(&app.url(&format!("/console/events?pipeline={name}")))
         .await;
-    browser.wait_for("[redacted]", false).await;
-    browser.click("details summary").await;
+    browser.wait_for("outcome written", true).await;
     browser.screenshot("events").await;
+    browser.click("td a[href^='/console/events/show']").await;
+    let page = browser.wait_for("[redacted]", false).await;
+    assert!(
+        page.contains("the status script is broken"),
+        "the story keeps the dead letter's reason"
+    );
+    assert!(!page.contains("+15550142"));
+    browser.click("details summary").await;
+    browser.screenshot("event").await;
     if std::env::var_os("CONSOLE_SCREENSHOTS").is_some() {
         // drawing the docs' pictures: let the charts fill for a while
         tokio::time::sleep(Duration::from_secs(50)).await;
