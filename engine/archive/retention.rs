@@ -1,5 +1,5 @@
 //! Keeping the archive to its `keep`: the coming days' partitions made ahead (Postgres), the
-//! expired days dropped, once at start and hourly by every engine process (the operations are
+//! expired days dropped, at start (before the workers) and hourly by every engine process (the operations are
 //! idempotent, so instances running it at once agree).
 
 use std::collections::BTreeMap;
@@ -45,13 +45,14 @@ pub async fn tend(store: &Store, keeps: &BTreeMap<String, i64>) -> Result<u64, A
     store.expire(keeps).await
 }
 
-/// Tend `store` now and every hour while `alive` says so.
+/// Tend `store` every hour (the first in an hour: the start tends it itself) while `alive`.
 pub async fn run(
     store: std::sync::Arc<Store>,
     keeps: BTreeMap<String, i64>,
     alive: impl Fn() -> bool,
 ) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+    tick.tick().await;
     loop {
         tick.tick().await;
         if !alive() {

@@ -208,8 +208,14 @@ impl Dispatch {
         tracing::Span::current().record("event_id", event.id.as_str());
         let reply = self.respond(pipeline, &event, computes).await;
         let event_id = app.recorder.as_ref().map(|_| event.id.clone());
-        // the console's sample of recent events: at most one every few hundred ms per pipeline
+        // the console's sample of recent events, for pipelines the archive does not keep (it
+        // shows archived ones, and an erasure leaves nothing behind in this sample): at most
+        // one every few hundred ms per pipeline
         let sampled = (app.console.is_some()
+            && route
+                .queued
+                .as_ref()
+                .is_none_or(|q| q.worker.archive.is_none())
             && crate::console::recent::global().offer(&route.name, seen.now_ms))
         .then(|| event.clone());
         enqueue(route, &seen, &fields, event, res).await?;

@@ -32,6 +32,9 @@ pub async fn start_with(
     // install the recorder before the first request, so no count is recorded into the void
     let _ = crate::ops::metrics::handle();
     let app = Arc::new(App::build_in(project, plan, around)?);
+    // the archive's days made before the first worker writes (a day's partition created while
+    // rows of that day are being inserted could refuse them)
+    tend_archive_now(&app).await;
     let queues = app.queues().count();
     if queues > 0 {
         let backend = if app.project.settings.redis_url.is_some() {
@@ -92,7 +95,32 @@ pub async fn start_with(
     })
 }
 
-/// Keep the archive's days (partitions made ahead, expired days dropped) while `alive`.
+/// Make the archive's days now (within 5 s: a database that does not answer does not hold the
+/// boot up; the hourly round tries again).
+async fn tend_archive_now(app: &App) {
+    let Some(store) = &app.archive else {
+        return;
+    };
+    let keeps = crate::archive::retention::keeps(&app.project);
+    if keeps.is_empty() {
+        return;
+    }
+    match tokio::time::timeout(
+        Duration::from_secs(5),
+        crate::archive::retention::tend(store, &keeps),
+    )
+    .await
+    {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "archive upkeep failed"),
+        Err(_) => {
+            tracing::warn!("archive upkeep did not finish within 5 s at start; retried hourly")
+        }
+    }
+}
+
+/// Keep the archive's days (partitions made ahead, expired days dropped) every hour while
+/// `alive`.
 fn tend_archive(app: &App, alive: impl Fn() -> bool + Send + 'static) {
     if let Some(store) = &app.archive {
         let keeps = crate::archive::retention::keeps(&app.project);
@@ -150,6 +178,7 @@ pub async fn serve_workers(project: Project, plan: crate::plan::Plan) -> std::io
     let sampled = Arc::downgrade(&app);
     crate::ops::metrics::start_sampler(move || sampled.upgrade().map(|app| app.sources()));
     let queues = app.queues().count();
+    tend_archive_now(&app).await;
     tend_archive(&app, {
         let app = Arc::downgrade(&app);
         move || app.strong_count() > 0

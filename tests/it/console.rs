@@ -90,8 +90,8 @@ fn client() -> reqwest::Client {
 }
 
 /// A signed-in session: its cookie header and its CSRF token.
-struct Session {
-    cookie: String,
+pub(crate) struct Session {
+    pub(crate) cookie: String,
     csrf: String,
 }
 
@@ -105,7 +105,7 @@ async fn sign_in_with(app: &TestApp, token: &str) -> reqwest::Response {
         .unwrap()
 }
 
-async fn sign_in(app: &TestApp) -> Session {
+pub(crate) async fn sign_in(app: &TestApp) -> Session {
     let res = sign_in_with(app, TOKEN).await;
     assert_eq!(res.status(), 303);
     assert_eq!(res.headers()["location"], "/console/pipelines");
@@ -118,7 +118,7 @@ async fn sign_in(app: &TestApp) -> Session {
     }
 }
 
-async fn get(app: &TestApp, cookie: &str, path: &str) -> (u16, String) {
+pub(crate) async fn get(app: &TestApp, cookie: &str, path: &str) -> (u16, String) {
     let res = client()
         .get(app.url(path))
         .header("cookie", cookie)

@@ -520,7 +520,7 @@ async fn erasure_leaves_no_trace_of_a_person_in_the_archive_or_the_dead_letters(
     assert_eq!(json(&out).as_array().unwrap().len(), 3);
     app.stop().await;
     let (_, before, _) = engine_cli(&d, &env, "dlq", "list --pipeline signup --json");
-    eprintln!("BEFORE {before}");
+    assert_eq!(json(&before).as_array().unwrap().len(), 3, "{before}");
 
     let (code, out, err) = events(&d, &env, "erase --where email=ann@example.com --json");
     assert_eq!(code, 0, "{out}{err}");
@@ -547,6 +547,24 @@ async fn erasure_leaves_no_trace_of_a_person_in_the_archive_or_the_dead_letters(
     assert_eq!(recorded.len(), 1);
     assert!(recorded[0].starts_with("email=sha256:"), "{recorded:?}");
     assert!(!recorded[0].contains("ann@"));
+    // nor does the console find her
+    let mut with_console = env.to_vec();
+    with_console.push(("CONSOLE_TOKEN", crate::console::TOKEN));
+    let app = spawn_app(d.path(), &with_console).await;
+    let s = crate::console::sign_in(&app).await;
+    let (_, page) = crate::console::get(
+        &app,
+        &s.cookie,
+        "/console/events?pipeline=signup&where=email%3Dann%40example.com",
+    )
+    .await;
+    assert!(page.contains("0 events match"), "{page}");
+    let (_, page) = crate::console::get(&app, &s.cookie, "/console/events?pipeline=signup").await;
+    assert!(
+        page.contains("1 event matches") && !page.contains("ann@"),
+        "{page}"
+    );
+    app.stop().await;
 }
 
 #[tokio::test]
