@@ -88,7 +88,7 @@ async fn search(setup: &Setup, events: i64) {
         assert_eq!(found.as_array().map(Vec::len), Some(1), "{found}");
         let plan = pg
             .query(
-                "EXPLAIN (ANALYZE, FORMAT JSON) WITH m AS MATERIALIZED (SELECT * FROM engine_events \
+                "EXPLAIN (ANALYZE, FORMAT JSON) WITH m AS MATERIALIZED (SELECT event_id, received_at FROM engine_events \
                  WHERE pipeline = 'vapi' AND fields @> $1::jsonb) \
                  SELECT event_id FROM m ORDER BY received_at DESC, event_id DESC LIMIT 50",
                 &[&serde_json::json!({"call_id": id})],

@@ -232,7 +232,8 @@ impl PgStore {
                 w.sql
             ),
             false => format!(
-                "WITH m AS MATERIALIZED (SELECT * FROM engine_events WHERE {}) \
+                "WITH m AS MATERIALIZED (SELECT pipeline, event_id, received_at, fields, outcome, \
+                   attempts, story FROM engine_events WHERE {}) \
                  SELECT {SUMMARY} FROM m ORDER BY received_at DESC, event_id DESC LIMIT {limit}",
                 w.sql
             ),

@@ -526,11 +526,11 @@ impl Runner {
         let started = Instant::now();
         let mut moved = 0u64;
         let jobs = self.store.jobs();
+        let mut page = self
+            .store
+            .page(&job.filter, job.cursor.as_ref(), self.page)
+            .await?;
         loop {
-            let page = self
-                .store
-                .page(&job.filter, job.cursor.as_ref(), self.page)
-                .await?;
             let Some(last) = page.last() else {
                 job.status = Status::Done;
                 break;
@@ -539,49 +539,12 @@ impl Runner {
                 received_at_ms: last.received_at_ms,
                 event_id: last.event_id.clone(),
             };
-            let decisions = self.decide(&page, job.force).await;
-            let mut steps: Vec<Option<Step>> = vec![None; page.len()];
-            let mut wanted = Vec::new();
-            for (i, d) in decisions.into_iter().enumerate() {
-                match d {
-                    Decision::Done(step) => steps[i] = Some(step),
-                    Decision::Rows { sink, step, rows } => wanted.push((
-                        i,
-                        Batch {
-                            event_id: page[i].event_id.clone(),
-                            pipeline: page[i].pipeline.clone(),
-                            sink,
-                            step,
-                            rows,
-                        },
-                    )),
-                }
-            }
-            for (i, step) in self.write(wanted).await {
-                steps[i] = Some(step);
-            }
-            let notes: Vec<Note> = page
-                .iter()
-                .zip(steps)
-                .filter_map(|(s, step)| {
-                    let mut step = step?;
-                    step.run = Some(job.id.clone());
-                    match step.outcome {
-                        Outcome::Written => job.counts.written += 1,
-                        Outcome::Dropped => job.counts.dropped += 1,
-                        Outcome::Unchanged => job.counts.unchanged += 1,
-                        _ => job.counts.failed += 1,
-                    }
-                    Some(Note {
-                        pipeline: s.pipeline.clone(),
-                        event_id: s.event_id.clone(),
-                        received_at_ms: s.received_at_ms,
-                        fields: Default::default(),
-                        request: None,
-                        step,
-                    })
-                })
-                .collect();
+            // the next page is read while this one is written (it lies after this page's
+            // cursor: nothing written now changes it)
+            let (notes, next) = tokio::join!(
+                self.replay_page(&page, &job.id, job.force, &mut job.counts),
+                self.store.page(&job.filter, Some(&cursor), self.page)
+            );
             self.store.write(&notes).await?;
             job.done += page.len() as u64;
             job.cursor = Some(cursor);
@@ -596,9 +559,62 @@ impl Runner {
             if let Some(wait) = due.checked_sub(started.elapsed()) {
                 tokio::time::sleep(wait).await;
             }
+            page = next?;
         }
         jobs.progress(job).await?;
-        progress(job);
         Ok(())
+    }
+
+    /// One page through the pipeline: its rows written, each event's step (marked with the
+    /// job) counted and returned as the archive's notes.
+    async fn replay_page(
+        &self,
+        page: &[Stored],
+        run: &str,
+        force: bool,
+        counts: &mut Counts,
+    ) -> Vec<Note> {
+        let decisions = self.decide(page, force).await;
+        let mut steps: Vec<Option<Step>> = vec![None; page.len()];
+        let mut wanted = Vec::new();
+        for (i, d) in decisions.into_iter().enumerate() {
+            match d {
+                Decision::Done(step) => steps[i] = Some(step),
+                Decision::Rows { sink, step, rows } => wanted.push((
+                    i,
+                    Batch {
+                        event_id: page[i].event_id.clone(),
+                        pipeline: page[i].pipeline.clone(),
+                        sink,
+                        step,
+                        rows,
+                    },
+                )),
+            }
+        }
+        for (i, step) in self.write(wanted).await {
+            steps[i] = Some(step);
+        }
+        page.iter()
+            .zip(steps)
+            .filter_map(|(s, step)| {
+                let mut step = step?;
+                step.run = Some(run.to_string());
+                match step.outcome {
+                    Outcome::Written => counts.written += 1,
+                    Outcome::Dropped => counts.dropped += 1,
+                    Outcome::Unchanged => counts.unchanged += 1,
+                    _ => counts.failed += 1,
+                }
+                Some(Note {
+                    pipeline: s.pipeline.clone(),
+                    event_id: s.event_id.clone(),
+                    received_at_ms: s.received_at_ms,
+                    fields: Default::default(),
+                    request: None,
+                    step,
+                })
+            })
+            .collect()
     }
 }
