@@ -166,7 +166,8 @@ impl LocalStore {
                             .body
                             .as_deref()
                             .and_then(|b| STANDARD.decode(b).ok())
-                            .unwrap_or_default(),
+                            .unwrap_or_default()
+                            .into(),
                         sealed: l.sealed,
                     });
                     e.fields = l.fields;
@@ -300,7 +301,7 @@ mod tests {
             fields: [("call_id".to_string(), format!("c-{id}"))].into(),
             request: request.then(|| Request {
                 meta: "{}".into(),
-                body: b"body".to_vec(),
+                body: bytes::Bytes::from_static(b"body"),
                 sealed: false,
             }),
             step,
@@ -343,7 +344,7 @@ mod tests {
         assert_eq!(store.count(&written).await.unwrap(), 1);
         let first = store.page(&Filter::default(), None, 1).await.unwrap();
         assert_eq!(first[0].event_id, "old");
-        assert_eq!(first[0].request.as_ref().unwrap().body, b"body");
+        assert_eq!(&first[0].request.as_ref().unwrap().body[..], b"body");
         let next = store
             .page(
                 &Filter::default(),

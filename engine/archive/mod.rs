@@ -151,10 +151,18 @@ impl Step {
         self
     }
 
-    pub fn written(mut self, sink: &str, rows: &[serde_json::Value]) -> Step {
+    /// A write of `rows` to `sink`, with the rows' digest.
+    pub fn written(self, sink: &str, rows: &[serde_json::Value]) -> Step {
+        self.wrote(sink, rows, true)
+    }
+
+    /// A write of `rows` to `sink`; the digest only when `digest` (a live write to an
+    /// idempotent sink skips it: a replay writing the same rows there changes nothing, and
+    /// records the digest it makes).
+    pub fn wrote(mut self, sink: &str, rows: &[serde_json::Value], digest: bool) -> Step {
         self.sink = Some(sink.to_string());
         self.rows = Some(rows.len());
-        self.digest = Some(digest(sink, rows));
+        self.digest = digest.then(|| self::digest(sink, rows));
         self
     }
 }
@@ -163,14 +171,25 @@ impl Step {
 /// and the rows' JSON.
 pub fn digest(sink: &str, rows: &[serde_json::Value]) -> String {
     use sha2::Digest as _;
-    let mut h = sha2::Sha256::new();
-    h.update(sink.as_bytes());
-    h.update([0]);
-    for r in rows {
-        h.update(r.to_string().as_bytes());
-        h.update([0]);
+    /// The rows' JSON fed to the hash as it is written: no text built per row.
+    struct Feed(sha2::Sha256);
+    impl std::io::Write for Feed {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.update(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
     }
-    hex::encode(&h.finalize()[..8])
+    let mut f = Feed(sha2::Sha256::new());
+    f.0.update(sink.as_bytes());
+    f.0.update([0]);
+    for r in rows {
+        let _ = serde_json::to_writer(&mut f, r);
+        f.0.update([0]);
+    }
+    hex::encode(&f.0.finalize()[..8])
 }
 
 /// The stored request: the queue's stored form of the event (`meta`, without the body) and the
@@ -178,7 +197,8 @@ pub fn digest(sink: &str, rows: &[serde_json::Value]) -> String {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Request {
     pub meta: String,
-    pub body: Vec<u8>,
+    /// The body as received (shared with the event, not copied), or its sealed text.
+    pub body: bytes::Bytes,
     pub sealed: bool,
 }
 
@@ -217,7 +237,7 @@ impl Stored {
             .as_ref()
             .ok_or_else(|| ArchiveError::Invalid("the event's request was not read".into()))?;
         let body = match request.sealed {
-            false => request.body.clone(),
+            false => request.body.to_vec(),
             true => {
                 let keyring = keyring.ok_or_else(|| {
                     ArchiveError::Invalid(
@@ -492,12 +512,13 @@ impl Recorder {
                 meta,
                 body: k
                     .encrypt(&event.body, &seal_context(&event.pipeline, &event.id))
-                    .into_bytes(),
+                    .into_bytes()
+                    .into(),
                 sealed: true,
             },
             None => Request {
                 meta,
-                body: event.body.to_vec(),
+                body: event.body.clone(),
                 sealed: false,
             },
         }
@@ -588,6 +609,14 @@ mod tests {
         let request = note.request.clone().unwrap();
         assert!(request.sealed);
         assert!(!String::from_utf8_lossy(&request.body).contains("c-1"));
+        assert_eq!(
+            digest("s", &[serde_json::json!({"a": "x"})]),
+            {
+                use sha2::Digest as _;
+                hex::encode(&sha2::Sha256::digest(b"s\0{\"a\":\"x\"}\0")[..8])
+            },
+            "the digest is of the rows' JSON text"
+        );
         let stored = Stored {
             pipeline: "vapi".into(),
             event_id: "ev1".into(),

@@ -15,24 +15,30 @@ use deadpool_postgres::Pool;
 use tokio_postgres::types::ToSql;
 
 use super::{ArchiveError, Cursor, Erasure, Filter, Note, Outcome, Request, Step, Stored};
+use crate::sink::postgres::JsonText;
 
 pub struct PgStore {
     pool: Pool,
 }
 
-/// The rows of one write, column by column (the `unnest` arrays).
+/// The rows of one write, column by column (the `unnest` arrays), borrowing the notes.
 #[derive(Default)]
-struct Columns {
+struct Columns<'a> {
     ms: Vec<i64>,
-    pipeline: Vec<String>,
-    id: Vec<String>,
-    fields: Vec<serde_json::Value>,
-    meta: Vec<String>,
-    body: Vec<Vec<u8>>,
+    pipeline: Vec<&'a str>,
+    id: Vec<&'a str>,
+    fields: Vec<JsonText>,
+    meta: Vec<&'a str>,
+    body: Vec<&'a [u8]>,
     sealed: Vec<bool>,
     outcome: Vec<&'static str>,
     attempts: Vec<i32>,
-    story: Vec<serde_json::Value>,
+    story: Vec<JsonText>,
+}
+
+/// `v` as JSON text.
+fn json<T: serde::Serialize + ?Sized>(v: &T) -> JsonText {
+    JsonText(serde_json::to_vec(v).unwrap_or_else(|_| b"null".to_vec()))
 }
 
 const WRITE: &str = "INSERT INTO engine_events AS e \
@@ -125,7 +131,7 @@ fn stored(row: &tokio_postgres::Row, with_request: bool) -> Result<Stored, Archi
             false => None,
             true => Some(Request {
                 meta: row.try_get(7)?,
-                body: row.try_get(8)?,
+                body: row.try_get::<_, Vec<u8>>(8)?.into(),
                 sealed: row.try_get(9)?,
             }),
         },
@@ -161,28 +167,24 @@ impl PgStore {
             let with_request = group.iter().find(|n| n.request.is_some());
             let last = group.last().map(|n| &n.step);
             c.ms.push(key.2);
-            c.pipeline.push(key.0.to_string());
-            c.id.push(key.1.to_string());
-            match with_request {
-                Some(n) => {
-                    let r = n.request.as_ref().expect("found with a request");
-                    c.fields
-                        .push(serde_json::to_value(&n.fields).unwrap_or_default());
-                    c.meta.push(r.meta.clone());
-                    c.body.push(r.body.clone());
+            c.pipeline.push(key.0);
+            c.id.push(key.1);
+            match with_request.and_then(|n| n.request.as_ref().map(|r| (n, r))) {
+                Some((n, r)) => {
+                    c.fields.push(json(&n.fields));
+                    c.meta.push(&r.meta);
+                    c.body.push(&r.body);
                     c.sealed.push(r.sealed);
                 }
                 None => {
-                    c.fields.push(serde_json::json!({}));
-                    c.meta.push(String::new());
-                    c.body.push(Vec::new());
+                    c.fields.push(JsonText(b"{}".to_vec()));
+                    c.meta.push("");
+                    c.body.push(&[]);
                     c.sealed.push(false);
                 }
             }
-            c.outcome.push(
-                last.map_or(Outcome::Failed, |s| s.outcome.standing())
-                    .as_str(),
-            );
+            c.outcome
+                .push(last.map_or(Outcome::Failed, |s| s.outcome.standing()).as_str());
             c.attempts.push(
                 group
                     .iter()
@@ -191,10 +193,8 @@ impl PgStore {
                     .max()
                     .unwrap_or(0),
             );
-            c.story.push(
-                serde_json::to_value(group.iter().map(|n| &n.step).collect::<Vec<_>>())
-                    .unwrap_or_default(),
-            );
+            c.story
+                .push(json(&group.iter().map(|n| &n.step).collect::<Vec<_>>()));
         }
         let client = self.pool.get().await?;
         let statement = client.prepare_cached(WRITE).await?;

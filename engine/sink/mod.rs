@@ -52,6 +52,12 @@ pub trait Sink: Send + Sync {
         false
     }
 
+    /// Whether writing an event's rows again leaves the same rows (keyed upserts: Postgres), so
+    /// a replay need not know what it wrote before; append sinks (files, stdout, HTTP) are not.
+    fn idempotent(&self) -> bool {
+        false
+    }
+
     /// Write the rows of several events together, all or nothing.
     fn write_many<'a>(&'a self, batches: &'a [Batch]) -> SinkFuture<'a> {
         Box::pin(async move {

@@ -63,10 +63,10 @@ struct MappedRow<'a> {
     key: Vec<String>,
 }
 
-/// The rows' JSON array as text, sent as the `jsonb` parameter as it is (no `serde_json::Value`
-/// built to be serialized again).
+/// JSON as text, sent as a `jsonb` parameter as it is (no `serde_json::Value` built to be
+/// serialized again): the rows' array here, the archive's fields and stories.
 #[derive(Debug)]
-struct JsonText(Vec<u8>);
+pub struct JsonText(pub Vec<u8>);
 
 impl JsonText {
     fn of(rows: &[MappedRow<'_>]) -> Result<JsonText, SinkError> {
@@ -380,6 +380,10 @@ impl Sink for PostgresSink {
     }
 
     fn batches(&self) -> bool {
+        true
+    }
+
+    fn idempotent(&self) -> bool {
         true
     }
 

@@ -442,8 +442,11 @@ impl Worker {
                     Ok(()) => {
                         self.written(std::iter::once(event), &batch.sink, batch.rows.len());
                         let step = self.archive.as_ref().map(|_| {
-                            archive::Step::new(archive::Outcome::Written, n)
-                                .written(&batch.sink, &batch.rows)
+                            archive::Step::new(archive::Outcome::Written, n).wrote(
+                                &batch.sink,
+                                &batch.rows,
+                                !target.idempotent(),
+                            )
                         });
                         (Attempt::Written, step)
                     }
