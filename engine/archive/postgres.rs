@@ -8,11 +8,17 @@
 //! passed ([`PgStore::expire`]); a pipeline keeping less has its older rows deleted. A search by
 //! an index field reads the GIN index on `fields` (`fields @> {...}`) before ordering, so a rare
 //! value is found without scanning days of events.
+//!
+//! Every statement is sent unnamed with its parameters' types (`query_typed`), so the archive
+//! works through a transaction-mode pooler (PgBouncer, Supavisor) as the sinks do. A batch's
+//! write commits with `synchronous_commit = off`: it does not wait for its own WAL flush (the
+//! sink's write in the same batch did), so a Postgres crash can lose the last moments of
+//! archive steps but never the rows; an engine crash loses nothing.
 
 use std::collections::BTreeMap;
 
 use deadpool_postgres::Pool;
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{ToSql, Type};
 
 use super::{ArchiveError, Cursor, Erasure, Filter, Note, Outcome, Request, Step, Stored};
 use crate::sink::postgres::JsonText;
@@ -62,7 +68,7 @@ const SUMMARY: &str = "pipeline, event_id, (extract(epoch FROM received_at) * 10
 /// A filter as a SQL condition and its parameters (numbered from 1).
 struct Where {
     sql: String,
-    params: Vec<Box<dyn ToSql + Sync + Send>>,
+    params: Vec<(Box<dyn ToSql + Sync + Send>, Type)>,
 }
 
 impl Where {
@@ -72,44 +78,38 @@ impl Where {
             params: Vec::new(),
         };
         if let Some(p) = &filter.pipeline {
-            w.push("pipeline = $", Box::new(p.clone()), "");
+            w.push("pipeline = $", Box::new(p.clone()), Type::TEXT, "");
         }
         if let Some(t) = filter.since_ms {
-            w.push(
-                "received_at >= to_timestamp($",
-                Box::new(t),
-                "::int8::float8 / 1000)",
-            );
+            let at = "received_at >= to_timestamp($";
+            w.push(at, Box::new(t), Type::INT8, "::float8 / 1000)");
         }
         if let Some(t) = filter.until_ms {
-            w.push(
-                "received_at < to_timestamp($",
-                Box::new(t),
-                "::int8::float8 / 1000)",
-            );
+            let at = "received_at < to_timestamp($";
+            w.push(at, Box::new(t), Type::INT8, "::float8 / 1000)");
         }
         if let Some(o) = filter.outcome {
-            w.push("outcome = $", Box::new(o.as_str()), "");
+            w.push("outcome = $", Box::new(o.as_str()), Type::TEXT, "");
         }
         if let Some(id) = &filter.event_id {
-            w.push("event_id = $", Box::new(id.clone()), "");
+            w.push("event_id = $", Box::new(id.clone()), Type::TEXT, "");
         }
         if !filter.fields.is_empty() {
             let json = serde_json::to_value(&filter.fields).unwrap_or_default();
-            w.push("fields @> $", Box::new(json), "::jsonb");
+            w.push("fields @> $", Box::new(json), Type::JSONB, "");
         }
         w
     }
 
-    fn push(&mut self, before: &str, value: Box<dyn ToSql + Sync + Send>, after: &str) {
-        self.params.push(value);
+    fn push(&mut self, before: &str, value: Box<dyn ToSql + Sync + Send>, ty: Type, after: &str) {
+        self.params.push((value, ty));
         self.sql = format!("{} AND {before}{}{after}", self.sql, self.params.len());
     }
 
-    fn refs(&self) -> Vec<&(dyn ToSql + Sync)> {
+    fn refs(&self) -> Vec<(&(dyn ToSql + Sync), Type)> {
         self.params
             .iter()
-            .map(|p| &**p as &(dyn ToSql + Sync))
+            .map(|(p, t)| (&**p as &(dyn ToSql + Sync), t.clone()))
             .collect()
     }
 }
@@ -183,8 +183,10 @@ impl PgStore {
                     c.sealed.push(false);
                 }
             }
-            c.outcome
-                .push(last.map_or(Outcome::Failed, |s| s.outcome.standing()).as_str());
+            c.outcome.push(
+                last.map_or(Outcome::Failed, |s| s.outcome.standing())
+                    .as_str(),
+            );
             c.attempts.push(
                 group
                     .iter()
@@ -197,24 +199,28 @@ impl PgStore {
                 .push(json(&group.iter().map(|n| &n.step).collect::<Vec<_>>()));
         }
         let client = self.pool.get().await?;
-        let statement = client.prepare_cached(WRITE).await?;
-        client
-            .execute(
-                &statement,
-                &[
-                    &c.ms,
-                    &c.pipeline,
-                    &c.id,
-                    &c.fields,
-                    &c.meta,
-                    &c.body,
-                    &c.sealed,
-                    &c.outcome,
-                    &c.attempts,
-                    &c.story,
-                ],
-            )
-            .await?;
+        let params: [(&(dyn ToSql + Sync), Type); 10] = [
+            (&c.ms, Type::INT8_ARRAY),
+            (&c.pipeline, Type::TEXT_ARRAY),
+            (&c.id, Type::TEXT_ARRAY),
+            (&c.fields, Type::JSONB_ARRAY),
+            (&c.meta, Type::TEXT_ARRAY),
+            (&c.body, Type::BYTEA_ARRAY),
+            (&c.sealed, Type::BOOL_ARRAY),
+            (&c.outcome, Type::TEXT_ARRAY),
+            (&c.attempts, Type::INT4_ARRAY),
+            (&c.story, Type::JSONB_ARRAY),
+        ];
+        // one round trip: BEGIN + SET LOCAL, the insert and COMMIT sent back to back (a failed
+        // insert turns the COMMIT into a rollback)
+        let (began, inserted, committed) = tokio::join!(
+            client.batch_execute("BEGIN; SET LOCAL synchronous_commit = off"),
+            client.execute_typed(WRITE, &params),
+            client.batch_execute("COMMIT")
+        );
+        began?;
+        inserted?;
+        committed?;
         Ok(())
     }
 
@@ -239,20 +245,25 @@ impl PgStore {
             ),
         };
         let client = self.pool.get().await?;
-        let rows = client.query(&sql, &w.refs()).await?;
+        let rows = client.query_typed(&sql, &w.refs()).await?;
         rows.iter().map(|r| stored(r, false)).collect()
     }
 
     pub(super) async fn count(&self, filter: &Filter) -> Result<u64, ArchiveError> {
         let w = Where::of(filter);
         let client = self.pool.get().await?;
-        let row = client
-            .query_one(
+        let rows = client
+            .query_typed(
                 &format!("SELECT count(*) FROM engine_events WHERE {}", w.sql),
                 &w.refs(),
             )
             .await?;
-        Ok(row.try_get::<_, i64>(0)?.max(0) as u64)
+        Ok(rows
+            .first()
+            .map(|r| r.try_get::<_, i64>(0))
+            .transpose()?
+            .unwrap_or(0)
+            .max(0) as u64)
     }
 
     pub(super) async fn page(
@@ -263,11 +274,11 @@ impl PgStore {
     ) -> Result<Vec<Stored>, ArchiveError> {
         let mut w = Where::of(filter);
         if let Some(c) = after {
-            w.params.push(Box::new(c.received_at_ms));
-            w.params.push(Box::new(c.event_id.clone()));
+            w.params.push((Box::new(c.received_at_ms), Type::INT8));
+            w.params.push((Box::new(c.event_id.clone()), Type::TEXT));
             let (a, b) = (w.params.len() - 1, w.params.len());
             w.sql = format!(
-                "{} AND (received_at, event_id) > (to_timestamp(${a}::int8::float8 / 1000), ${b})",
+                "{} AND (received_at, event_id) > (to_timestamp(${a}::float8 / 1000), ${b})",
                 w.sql
             );
         }
@@ -277,7 +288,7 @@ impl PgStore {
             w.sql
         );
         let client = self.pool.get().await?;
-        let rows = client.query(&sql, &w.refs()).await?;
+        let rows = client.query_typed(&sql, &w.refs()).await?;
         rows.iter().map(|r| stored(r, true)).collect()
     }
 
@@ -285,7 +296,7 @@ impl PgStore {
         let w = Where::of(filter);
         let client = self.pool.get().await?;
         let n = client
-            .execute(
+            .execute_typed(
                 &format!("DELETE FROM engine_events WHERE {}", w.sql),
                 &w.refs(),
             )
@@ -296,15 +307,15 @@ impl PgStore {
     pub(super) async fn record_erasure(&self, e: &Erasure) -> Result<(), ArchiveError> {
         let client = self.pool.get().await?;
         client
-            .execute(
+            .execute_typed(
                 "INSERT INTO engine_event_erasures (at, pipeline, conditions, archived, dead_letters) \
-                 VALUES (to_timestamp($1::int8::float8 / 1000), $2, $3, $4, $5)",
+                 VALUES (to_timestamp($1::float8 / 1000), $2, $3, $4, $5)",
                 &[
-                    &e.at_ms,
-                    &e.pipeline,
-                    &e.conditions,
-                    &(e.archived as i64),
-                    &(e.dead_letters as i64),
+                    (&e.at_ms, Type::INT8),
+                    (&e.pipeline, Type::TEXT),
+                    (&e.conditions, Type::TEXT_ARRAY),
+                    (&(e.archived as i64), Type::INT8),
+                    (&(e.dead_letters as i64), Type::INT8),
                 ],
             )
             .await?;
@@ -322,10 +333,11 @@ impl PgStore {
         let mut day = from;
         while day <= to {
             let name = partition_name(day);
-            let exists: bool = client
-                .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
+            let exists = client
+                .query_typed("SELECT to_regclass($1) IS NOT NULL", &[(&name, Type::TEXT)])
                 .await?
-                .try_get(0)?;
+                .first()
+                .is_some_and(|r| r.get::<_, bool>(0));
             if !exists {
                 let next = day.succ_opt().unwrap_or(day);
                 let (lo, hi) = (
@@ -363,7 +375,7 @@ impl PgStore {
     pub async fn days(&self) -> Result<Vec<chrono::NaiveDate>, ArchiveError> {
         let client = self.pool.get().await?;
         let rows = client
-            .query(
+            .query_typed(
                 "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
                  WHERE i.inhparent = 'engine_events'::regclass",
                 &[],
@@ -394,9 +406,10 @@ impl PgStore {
                 let client = self.pool.get().await?;
                 let name = partition_name(day);
                 let n: i64 = client
-                    .query_one(&format!("SELECT count(*) FROM {name}"), &[])
+                    .query_typed(&format!("SELECT count(*) FROM {name}"), &[])
                     .await?
-                    .try_get(0)?;
+                    .first()
+                    .map_or(0, |r| r.get(0));
                 client
                     .batch_execute(&format!("DROP TABLE IF EXISTS {name}"))
                     .await?;
@@ -408,17 +421,17 @@ impl PgStore {
         // default partition, pipelines no longer configured)
         for (pipeline, ms) in keep {
             gone += client
-                .execute(
+                .execute_typed(
                     "DELETE FROM engine_events WHERE pipeline = $1 \
-                     AND received_at < to_timestamp($2::int8::float8 / 1000)",
-                    &[pipeline, &(now - ms)],
+                     AND received_at < to_timestamp($2::float8 / 1000)",
+                    &[(pipeline, Type::TEXT), (&(now - ms), Type::INT8)],
                 )
                 .await?;
         }
         gone += client
-            .execute(
-                "DELETE FROM engine_events WHERE received_at < to_timestamp($1::int8::float8 / 1000)",
-                &[&(now - longest)],
+            .execute_typed(
+                "DELETE FROM engine_events WHERE received_at < to_timestamp($1::float8 / 1000)",
+                &[(&(now - longest), Type::INT8)],
             )
             .await?;
         Ok(gone)

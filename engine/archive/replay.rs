@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use super::{ArchiveError, Cursor, Filter, Note, Outcome, Recorder, Step, Store, Stored};
 use crate::sink::{Batch, Sink, SinkError};
 use crate::transform::Program;
+use tokio_postgres::types::Type;
 
 /// Where a job is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,17 +128,17 @@ impl Jobs<'_> {
         match self.0 {
             Store::Postgres(s) => {
                 let c = s.pool().get().await?;
-                c.execute(
+                c.execute_typed(
                     "INSERT INTO engine_event_replays (id, pipeline, filter, status, matched, rate, force, started_at, heartbeat_at) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, now(), now())",
                     &[
-                        &job.id,
-                        &job.pipeline,
-                        &serde_json::to_value(&job.filter).unwrap_or_default(),
-                        &job.status.as_str(),
-                        &(job.matched as i64),
-                        &(job.rate as i32),
-                        &job.force,
+                        (&job.id, Type::TEXT),
+                        (&job.pipeline, Type::TEXT),
+                        (&serde_json::to_value(&job.filter).unwrap_or_default(), Type::JSONB),
+                        (&job.status.as_str(), Type::TEXT),
+                        (&(job.matched as i64), Type::INT8),
+                        (&(job.rate as i32), Type::INT4),
+                        (&job.force, Type::BOOL),
                     ],
                 )
                 .await?;
@@ -167,7 +168,7 @@ impl Jobs<'_> {
             Store::Postgres(s) => {
                 let c = s.pool().get().await?;
                 let rows = c
-                    .query(
+                    .query_typed(
                         "SELECT id, pipeline, filter, status, matched, done, counts, \
                            (extract(epoch FROM cursor_at) * 1000)::int8, cursor_id, rate, force, error, \
                            (extract(epoch FROM started_at) * 1000)::int8, \
@@ -175,7 +176,7 @@ impl Jobs<'_> {
                            (extract(epoch FROM finished_at) * 1000)::int8 \
                          FROM engine_event_replays WHERE $1::text IS NULL OR pipeline = $1 \
                          ORDER BY started_at DESC LIMIT 200",
-                        &[&pipeline],
+                        &[(&pipeline, Type::TEXT)],
                     )
                     .await?;
                 rows.iter().map(job_of_row).collect::<Result<Vec<_>, _>>()?
@@ -210,26 +211,29 @@ impl Jobs<'_> {
         match self.0 {
             Store::Postgres(s) => {
                 let c = s.pool().get().await?;
-                let row = c
-                    .query_one(
+                let rows = c
+                    .query_typed(
                         "UPDATE engine_event_replays SET done = $2, counts = $3, \
-                           cursor_at = to_timestamp($4::int8::float8 / 1000), cursor_id = $5, \
+                           cursor_at = to_timestamp($4::float8 / 1000), cursor_id = $5, \
                            heartbeat_at = now(), \
                            status = CASE WHEN status = 'cancelling' AND $6 = 'running' THEN status ELSE $6 END, \
                            error = $7, \
                            finished_at = CASE WHEN $6 IN ('done', 'failed', 'cancelled') THEN now() ELSE NULL END \
                          WHERE id = $1 RETURNING status",
                         &[
-                            &job.id,
-                            &(job.done as i64),
-                            &serde_json::to_value(&job.counts).unwrap_or_default(),
-                            &job.cursor.as_ref().map(|c| c.received_at_ms),
-                            &job.cursor.as_ref().map(|c| c.event_id.clone()),
-                            &job.status.as_str(),
-                            &job.error,
+                            (&job.id, Type::TEXT),
+                            (&(job.done as i64), Type::INT8),
+                            (&serde_json::to_value(&job.counts).unwrap_or_default(), Type::JSONB),
+                            (&job.cursor.as_ref().map(|c| c.received_at_ms), Type::INT8),
+                            (&job.cursor.as_ref().map(|c| c.event_id.clone()), Type::TEXT),
+                            (&job.status.as_str(), Type::TEXT),
+                            (&job.error, Type::TEXT),
                         ],
                     )
                     .await?;
+                let row = rows.first().ok_or_else(|| {
+                    ArchiveError::Invalid(format!("replay job `{}` is gone", job.id))
+                })?;
                 Ok(Status::parse(row.try_get::<_, &str>(0)?))
             }
             Store::Local(_) => {
@@ -256,9 +260,9 @@ impl Jobs<'_> {
         match self.0 {
             Store::Postgres(s) => {
                 let c = s.pool().get().await?;
-                Ok(c.execute(
+                Ok(c.execute_typed(
                     "UPDATE engine_event_replays SET status = 'cancelling' WHERE id = $1 AND status = 'running'",
-                    &[&id],
+                    &[(&id, Type::TEXT)],
                 )
                 .await?
                     == 1)
@@ -296,10 +300,10 @@ impl Jobs<'_> {
             Store::Postgres(s) => {
                 let c = s.pool().get().await?;
                 let taken = c
-                    .execute(
+                    .execute_typed(
                         "UPDATE engine_event_replays SET heartbeat_at = now() WHERE id = $1 \
                          AND heartbeat_at < now() - interval '15 seconds'",
-                        &[&id],
+                        &[(&id, Type::TEXT)],
                     )
                     .await?;
                 if taken != 1 {

@@ -316,11 +316,12 @@ async fn archive_table(
     else {
         return Ok(Vec::new());
     };
-    let there: bool = client
-        .query_one("SELECT to_regclass('engine_events') IS NOT NULL", &[])
+    let there = client
+        .query_typed("SELECT to_regclass('engine_events') IS NOT NULL", &[])
         .await
         .map_err(|e| crate::db::describe(&e))?
-        .get(0);
+        .first()
+        .is_some_and(|r| r.get::<_, bool>(0));
     if there {
         return Ok(Vec::new());
     }

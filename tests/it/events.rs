@@ -599,3 +599,50 @@ async fn a_database_without_the_archive_table_is_caught_by_the_table_check() {
             || found[0].file.ends_with("twilio-voice.yaml")
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_archive_works_through_pgbouncer_in_transaction_mode() {
+    let bouncer = common::PgBouncer::start(2);
+    let (name, _direct) = common::fresh_database().await;
+    let url = bouncer.url(&name);
+    let pool = engine::db::pool(&url, 4).unwrap();
+    let store = std::sync::Arc::new(Store::new(Some(&pool), "unused"));
+    let keeps = [("vapi".to_string(), 7 * 86_400_000i64)].into();
+    engine::archive::retention::tend(&store, &keeps)
+        .await
+        .unwrap();
+    archive_dropped(&store, 50).await;
+    // every statement again and again, on whichever server connection the pooler hands out
+    for _ in 0..5 {
+        let f = Filter {
+            pipeline: Some("vapi".into()),
+            fields: [("call_id".to_string(), call_id(7))].into(),
+            ..Filter::default()
+        };
+        assert_eq!(store.list(&f, 10).await.unwrap().len(), 1);
+        assert_eq!(store.count(&Filter::default()).await.unwrap(), 50);
+        assert_eq!(
+            store
+                .page(&Filter::default(), None, 100)
+                .await
+                .unwrap()
+                .len(),
+            50
+        );
+    }
+    let job = engine::archive::replay::Job::new(Filter::default(), 50, 100, false);
+    store.jobs().create(&job).await.unwrap();
+    assert_eq!(
+        store.jobs().progress(&job).await.unwrap(),
+        engine::archive::replay::Status::Running
+    );
+    assert!(store.jobs().cancel(&job.id).await.unwrap());
+    let erased = Filter {
+        fields: [("call_id".to_string(), call_id(7))].into(),
+        ..Filter::default()
+    };
+    assert_eq!(store.erase(&erased).await.unwrap(), 1);
+    assert_eq!(store.count(&Filter::default()).await.unwrap(), 49);
+    drop(pool);
+    common::drop_database(&name).await;
+}
