@@ -21,7 +21,12 @@ CREATE TABLE IF NOT EXISTS engine_events (
     PRIMARY KEY (pipeline, event_id, received_at)
 ) PARTITION BY RANGE (received_at);
 
+-- A request of a few KiB stays in the row (compressed where it compresses) instead of going
+-- to the TOAST table: one heap insert per event, not three.
+ALTER TABLE engine_events ALTER COLUMN body SET STORAGE MAIN;
+
 CREATE TABLE IF NOT EXISTS engine_events_default PARTITION OF engine_events DEFAULT;
+ALTER TABLE engine_events_default ALTER COLUMN body SET STORAGE MAIN;
 
 CREATE INDEX IF NOT EXISTS engine_events_by_time ON engine_events (pipeline, received_at DESC);
 CREATE INDEX IF NOT EXISTS engine_events_by_field ON engine_events USING gin (fields jsonb_path_ops);

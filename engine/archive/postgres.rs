@@ -345,12 +345,20 @@ impl PgStore {
                     format!("{} 00:00:00+00", next.format("%Y-%m-%d")),
                 );
                 let tx = client.transaction().await?;
+                // the whole archive locked for the moment it takes (instances making the same
+                // day at once wait for each other instead of deadlocking; an insert landing in
+                // the default partition mid-way would refuse the new partition)
                 let sql = format!(
                     "CREATE TEMP TABLE engine_events_moving ON COMMIT DROP AS \
                        SELECT * FROM engine_events_default WHERE received_at >= '{lo}' AND received_at < '{hi}'; \
                      DELETE FROM engine_events_default WHERE received_at >= '{lo}' AND received_at < '{hi}'; \
                      CREATE TABLE {name} PARTITION OF engine_events FOR VALUES FROM ('{lo}') TO ('{hi}'); \
+                     ALTER TABLE {name} ALTER COLUMN body SET STORAGE MAIN; \
                      INSERT INTO engine_events SELECT * FROM engine_events_moving;"
+                );
+                let sql = format!(
+                    "LOCK TABLE engine_events IN ACCESS EXCLUSIVE MODE; \
+                     DO $$ BEGIN IF to_regclass('{name}') IS NULL THEN EXECUTE $q${sql}$q$; END IF; END $$"
                 );
                 match tx.batch_execute(&sql).await {
                     Ok(()) => tx.commit().await?,
