@@ -60,12 +60,7 @@ pub async fn serve(
                 );
                 return Ok(());
             };
-            let Some(p) = app
-                .project
-                .pipelines
-                .iter()
-                .find(|p| p.config.name == *name)
-            else {
+            let Some(p) = pipeline(app, name) else {
                 return not_found(res, csrf);
             };
             let (Some(store), Some(kept)) = (store, p.config.archive.kept()) else {
@@ -96,12 +91,7 @@ pub async fn serve(
             else {
                 return not_found(res, csrf);
             };
-            let Some(p) = app
-                .project
-                .pipelines
-                .iter()
-                .find(|p| p.config.name == *name)
-            else {
+            let Some(p) = pipeline(app, name) else {
                 return not_found(res, csrf);
             };
             let stored = match store.show(name, id).await {
@@ -208,6 +198,10 @@ async fn act(
         }
         _ => not_found(res, csrf),
     }
+}
+
+fn pipeline<'a>(app: &'a App, name: &str) -> Option<&'a crate::config::LoadedPipeline> {
+    app.project.pipelines.iter().find(|p| p.config.name == name)
 }
 
 fn search_of(query: &HashMap<String, String>) -> Search {

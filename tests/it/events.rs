@@ -94,20 +94,11 @@ fn json(out: &str) -> serde_json::Value {
 }
 
 async fn count(db: &tokio_postgres::Client, sql: &str) -> i64 {
-    db.query_one(sql, &[]).await.unwrap().get(0)
+    common::sql_count(db, sql).await
 }
 
 async fn eventually(db: &tokio_postgres::Client, sql: &str, want: i64) {
-    for _ in 0..150 {
-        if count(db, sql).await == want {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!(
-        "`{sql}` never reached {want} (now {})",
-        count(db, sql).await
-    );
+    common::sql_eventually(db, sql, want).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1106,3 +1106,22 @@ pub fn csrf_in(page: &str) -> String {
         .unwrap_or_else(|| panic!("no CSRF token on the page: {page}"))
         .to_string()
 }
+
+/// The count a `SELECT count(*) ...` answers.
+pub async fn sql_count(db: &tokio_postgres::Client, sql: &str) -> i64 {
+    db.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+/// Wait (up to 15 s) until `sql`'s count is `want`.
+pub async fn sql_eventually(db: &tokio_postgres::Client, sql: &str, want: i64) {
+    for _ in 0..150 {
+        if sql_count(db, sql).await == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "`{sql}` never reached {want} (now {})",
+        sql_count(db, sql).await
+    );
+}
