@@ -8,7 +8,8 @@
 //! ```
 //!
 //! A job is kept in the store, so a replay outlives the process that ran it: one whose heartbeat
-//! stopped (the process was killed) is taken over with `engine events replay --resume ID`, and
+//! stopped (the process was killed) is taken over by a running `engine serve`
+//! (`server::events::adopt_stopped_replays`) or with `engine events replay --resume ID`, and
 //! goes on from its cursor. Replays keep each event's id: Postgres rows are upserted on the same
 //! key, and an event whose rows are what it last wrote is not written again, so running a replay
 //! twice writes nothing the second time, in every sink kind. Only the page in flight when a

@@ -277,6 +277,41 @@ fn runner(app: &App, store: &Arc<Store>, name: &str) -> Result<Runner, String> {
     })
 }
 
+/// Take over the replay jobs whose process stopped (running or cancelling, no heartbeat for
+/// [`crate::archive::replay::STALE`]) for this app's pipelines, and run them here from their
+/// cursor: a replay started by `engine events replay` or another instance survives its
+/// process. Claiming is one conditional update, so two instances never run the same job.
+pub async fn adopt_stopped_replays(app: &App) {
+    let Some(store) = &app.archive else {
+        return;
+    };
+    let Ok(jobs) = store.jobs().list(None).await else {
+        return;
+    };
+    let now = chrono::Utc::now().timestamp_millis();
+    for job in jobs {
+        let stopped = matches!(
+            job.status,
+            crate::archive::replay::Status::Running | crate::archive::replay::Status::Cancelling
+        ) && now - job.heartbeat_at_ms
+            > crate::archive::replay::STALE.as_millis() as i64;
+        if !stopped || pipeline(app, &job.pipeline).is_none() {
+            continue;
+        }
+        let Ok(Ok(job)) = store.jobs().claim(&job.id).await else {
+            continue;
+        };
+        match runner(app, store, &job.pipeline) {
+            Ok(runner) => {
+                tracing::warn!(job = %job.id, pipeline = %job.pipeline, done = job.done, matched = job.matched,
+                    "replay job whose process stopped: taken over, going on from its cursor");
+                spawn(runner, job);
+            }
+            Err(e) => tracing::error!(job = %job.id, error = %e, "replay job cannot be taken over"),
+        }
+    }
+}
+
 /// Run a replay job in this instance; its end is logged.
 fn spawn(runner: Runner, mut job: Job) {
     tokio::spawn(async move {

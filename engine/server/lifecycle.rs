@@ -85,6 +85,18 @@ pub async fn start_with(
         let live = Arc::downgrade(&live);
         move || live.strong_count() > 0
     });
+    // replays whose process stopped are taken over: at start, then every 30 s
+    let adopting = Arc::downgrade(&live);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(30));
+        loop {
+            tick.tick().await;
+            match adopting.upgrade() {
+                Some(live) => super::events::adopt_stopped_replays(&live.app()).await,
+                None => break,
+            }
+        }
+    });
     let service = service(live.clone());
     let task = tokio::spawn(async move { server.serve(service).await });
     Ok(Running {

@@ -12,7 +12,7 @@ mod admit;
 mod answer;
 mod console;
 pub mod dispatch;
-mod events;
+pub(crate) mod events;
 mod limit;
 mod oauth;
 mod own;

@@ -287,17 +287,9 @@ async fn archive_dropped(store: &std::sync::Arc<Store>, n: usize) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_replay_killed_mid_way_resumes_and_writes_each_event_once() {
-    let (database, schema) = fresh_schema().await;
-    let data = tempfile::tempdir().unwrap();
-    let d = dir(data.path());
-    let env = [("DATABASE_URL", database.as_str()), ("ENCRYPTION_KEY", K)];
-    let pool = engine::db::pool(&database, 2).unwrap();
-    let store = std::sync::Arc::new(Store::new(Some(&pool), "unused"));
-    archive_dropped(&store, 3000).await;
-    let db = pg(&schema).await;
-
+/// `engine events replay --pipeline vapi` at 500 events/s, killed with SIGKILL once it has done
+/// `at` events; its job id (the job left `running`).
+async fn replay_killed(d: &Dir, database: &str, db: &tokio_postgres::Client, at: i64) -> String {
     let env_file = d.path().join("test.env");
     std::fs::write(
         &env_file,
@@ -321,20 +313,16 @@ async fn a_replay_killed_mid_way_resumes_and_writes_each_event_once() {
         .arg("--env-file")
         .arg(&env_file)
         .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(d.path().join("replay.err")).unwrap())
+        .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     eventually(
-        &db,
-        "SELECT count(*) FROM engine_event_replays WHERE done >= 1000",
+        db,
+        &format!("SELECT count(*) FROM engine_event_replays WHERE done >= {at}"),
         1,
     )
     .await;
     child.kill().unwrap(); // SIGKILL
-    eprintln!(
-        "{}",
-        std::fs::read_to_string(d.path().join("replay.err")).unwrap_or_default()
-    );
     child.wait().unwrap();
     let row = db
         .query_one("SELECT id, done, status FROM engine_event_replays", &[])
@@ -343,6 +331,53 @@ async fn a_replay_killed_mid_way_resumes_and_writes_each_event_once() {
     let (job, done, status): (String, i64, String) = (row.get(0), row.get(1), row.get(2));
     assert!(done < 3000, "killed before the end ({done})");
     assert_eq!(status, "running");
+    job
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replay_whose_process_was_killed_is_taken_over_by_a_running_instance() {
+    let (database, schema) = fresh_schema().await;
+    let data = tempfile::tempdir().unwrap();
+    let d = dir(data.path());
+    let pool = engine::db::pool(&database, 2).unwrap();
+    let store = std::sync::Arc::new(Store::new(Some(&pool), "unused"));
+    archive_dropped(&store, 3000).await;
+    let db = pg(&schema).await;
+    let job = replay_killed(&d, &database, &db, 500).await;
+    db.execute(
+        "UPDATE engine_event_replays SET heartbeat_at = now() - interval '1 minute'",
+        &[],
+    )
+    .await
+    .unwrap();
+    // an instance starting takes it over and finishes it
+    let app = spawn_app(
+        d.path(),
+        &[("DATABASE_URL", database.as_str()), ("ENCRYPTION_KEY", K)],
+    )
+    .await;
+    eventually(
+        &db,
+        &format!("SELECT count(*) FROM engine_event_replays WHERE id = '{job}' AND status = 'done' AND done = 3000"),
+        1,
+    )
+    .await;
+    assert_eq!(count(&db, "SELECT count(*) FROM call_logs").await, 3000);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replay_killed_mid_way_resumes_and_writes_each_event_once() {
+    let (database, schema) = fresh_schema().await;
+    let data = tempfile::tempdir().unwrap();
+    let d = dir(data.path());
+    let env = [("DATABASE_URL", database.as_str()), ("ENCRYPTION_KEY", K)];
+    let pool = engine::db::pool(&database, 2).unwrap();
+    let store = std::sync::Arc::new(Store::new(Some(&pool), "unused"));
+    archive_dropped(&store, 3000).await;
+    let db = pg(&schema).await;
+
+    let job = replay_killed(&d, &database, &db, 1000).await;
     // a job whose process is alive cannot be taken over; once its heartbeat is stale it can
     let (code, _, err) = events(&d, &env, &format!("replay --pipeline vapi --resume {job}"));
     assert_eq!(code, 1);
