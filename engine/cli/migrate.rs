@@ -71,7 +71,14 @@ pub(super) fn migrate(
                     return ExitCode::from(1);
                 }
             }
-            migrate_table_check(&rt, loaded.as_ref(), &url, fixtures)
+            migrate_table_check(
+                &rt,
+                loaded.as_ref(),
+                &url,
+                fixtures,
+                step,
+                &target.pipelines,
+            )
         }
         MigrateStep::Apply => match rt.block_on(crate::migrate::run(&url, dir)) {
             Ok(report) => {
@@ -93,7 +100,14 @@ pub(super) fn migrate(
                 {
                     return ExitCode::from(1);
                 }
-                migrate_table_check(&rt, loaded.as_ref(), &url, fixtures)
+                migrate_table_check(
+                    &rt,
+                    loaded.as_ref(),
+                    &url,
+                    fixtures,
+                    step,
+                    &target.pipelines,
+                )
             }
             Err(e) => {
                 eprintln!("engine: migration failed: {e}");
@@ -182,16 +196,40 @@ pub(super) fn migrate_status(
 }
 
 /// The table check after `migrate`: exit 1 when a sink's table does not take what its pipeline
-/// writes, so a pre-deploy step stops the deploy before traffic arrives.
+/// writes, so a pre-deploy step stops the deploy before traffic arrives. A check that could not
+/// run never passes: pipelines that did not load exit non-zero with their problems (printed by
+/// the loader), and `--check` without a pipelines directory exits 2.
 pub(super) fn migrate_table_check(
     rt: &tokio::runtime::Runtime,
     loaded: Option<&Result<crate::config::Project, ExitCode>>,
     url: &str,
     fixtures: &[PathBuf],
+    step: MigrateStep,
+    dir: &Path,
 ) -> ExitCode {
-    let Some(Ok(project)) = loaded else {
-        println!("table check skipped: no pipelines directory loaded (pass --pipelines)");
-        return ExitCode::SUCCESS;
+    let project = match loaded {
+        Some(Ok(project)) => project,
+        Some(Err(code)) => {
+            eprintln!(
+                "engine: table check not run: the pipelines in {} did not load (the problems above); fix them and run it again",
+                dir.display()
+            );
+            return *code;
+        }
+        None if step == MigrateStep::Check => {
+            eprintln!(
+                "engine: table check not run: {} is not a pipelines directory (pass --pipelines DIR)",
+                dir.display()
+            );
+            return ExitCode::from(2);
+        }
+        None => {
+            println!(
+                "table check not run: {} is not a pipelines directory (migrations only; pass --pipelines DIR to check the tables)",
+                dir.display()
+            );
+            return ExitCode::SUCCESS;
+        }
     };
     match rt.block_on(crate::table_check::check_project(
         project,

@@ -371,3 +371,46 @@ fn an_old_backend_table_is_left_alone_reported_and_refuses_a_production_boot() {
         "{out}"
     );
 }
+
+/// `engine migrate --check` never passes without having checked (issue 44): pipelines that do
+/// not load (here: DATABASE_URL set, ENCRYPTION_KEY not, as docs/deploy-render.md step 2 runs
+/// it) exit non-zero naming the cause; `--check` without a pipelines directory exits 2.
+#[test]
+fn migrate_check_fails_when_it_could_not_check() {
+    use std::process::Command;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (url, _) = rt.block_on(empty_schema());
+    let engine = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_engine"));
+        c.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default());
+        c
+    };
+    let out = engine()
+        .env("DATABASE_URL", &url)
+        .args(["migrate", "--check", "--database-url", &url, "--migrations"])
+        .arg(migrations())
+        .arg("--pipelines")
+        .arg(common::shipped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("set ENCRYPTION_KEY"), "the real cause: {err}");
+    assert!(err.contains("table check not run"), "{err}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("skipped"));
+    let nowhere = tempfile::tempdir().unwrap();
+    let out = engine()
+        .args(["migrate", "--check", "--database-url", &url, "--migrations"])
+        .arg(migrations())
+        .arg("--pipelines")
+        .arg(nowhere.path().join("missing"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
