@@ -64,6 +64,9 @@ pub enum Command {
         /// Reload the pipelines whenever a file in the directory changes (SIGHUP always reloads).
         #[arg(long)]
         watch: bool,
+        /// Listen on this interface (an IP address), overriding `HOST` and engine.yaml's `host`.
+        #[arg(long, value_name = "IP")]
+        host: Option<String>,
     },
     /// Run only the queue workers: dequeue, transform, write to sinks.
     Worker {
@@ -313,6 +316,7 @@ pub fn run() -> ExitCode {
             no_worker,
             record,
             watch,
+            host,
         } => {
             let reload = crate::server::reload::Source {
                 dir: pipelines.clone(),
@@ -326,6 +330,7 @@ pub fn run() -> ExitCode {
                 record,
                 reload: Some(reload),
                 watch,
+                host,
             };
             serve(&pipelines, env_file.as_deref(), Mode::Serve(opts))
         }

@@ -21,7 +21,7 @@ use crate::env::Env;
 #[serde(deny_unknown_fields, default)]
 #[schemars(title = "Engine settings")]
 pub struct Settings {
-    /// Interface to listen on.
+    /// Interface (IP address) to listen on. Environment: `HOST`; `engine serve --host`.
     pub host: String,
     /// TCP port to listen on. Environment: `PORT`.
     pub port: u16,
@@ -199,6 +199,7 @@ impl Settings {
 
 /// Environment variables that override settings, and the settings key each one sets.
 pub const ENV_OVERRIDES: &[(&str, &str)] = &[
+    ("HOST", "host"),
     ("PORT", "port"),
     ("CORS_ORIGIN", "cors.allow_origins"),
     ("MAINTENANCE_MODE", "maintenance.enabled"),
@@ -281,7 +282,7 @@ mod tests {
         let path = dir.path().join("env.schema.yaml");
         std::fs::write(
             &path,
-            "properties:\n  PORT: {type: integer}\n  CORS_ORIGIN: {type: string}\n  MAINTENANCE_MODE: {type: boolean}\n  REDIS_URL: {type: string}\n",
+            "properties:\n  HOST: {type: string}\n  PORT: {type: integer}\n  CORS_ORIGIN: {type: string}\n  MAINTENANCE_MODE: {type: boolean}\n  REDIS_URL: {type: string}\n",
         )
         .unwrap();
         EnvSchema::load(&path)
@@ -305,6 +306,7 @@ mod tests {
         let s = layer(
             Some(&file),
             &env(&[
+                ("HOST", "127.0.0.1"),
                 ("PORT", "5000"),
                 ("CORS_ORIGIN", "https://b.example, https://c.example"),
                 ("MAINTENANCE_MODE", "true"),
@@ -313,6 +315,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.port, 5000);
+        assert_eq!(s.host, "127.0.0.1");
         assert_eq!(
             s.cors.allow_origins,
             ["https://b.example", "https://c.example"]

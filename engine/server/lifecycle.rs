@@ -220,6 +220,8 @@ pub struct ServeOptions {
     pub reload: Option<crate::server::reload::Source>,
     /// Reload whenever a file under the pipelines directory changes.
     pub watch: bool,
+    /// The interface to listen on (`--host`), over the settings' `host`.
+    pub host: Option<String>,
 }
 
 /// Serve until SIGTERM/SIGINT, then shut down gracefully.
@@ -229,14 +231,18 @@ pub async fn serve(
     opts: ServeOptions,
 ) -> std::io::Result<()> {
     let grace = Duration::from_secs(project.settings.shutdown_grace_secs);
-    let addr: SocketAddr = format!("{}:{}", project.settings.host, project.settings.port)
-        .parse()
-        .map_err(|_| {
-            std::io::Error::other(format!(
-                "cannot listen on host `{}`: not an IP address",
-                project.settings.host
-            ))
-        })?;
+    let host = opts
+        .host
+        .clone()
+        .unwrap_or_else(|| project.settings.host.clone());
+    let addr: SocketAddr = match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => SocketAddr::new(ip, project.settings.port),
+        Err(_) => {
+            return Err(std::io::Error::other(format!(
+                "cannot listen on host `{host}`: not an IP address (HOST, --host or engine.yaml's `host`)"
+            )));
+        }
+    };
     for p in &project.pipelines {
         tracing::info!(
             pipeline = %p.config.name,

@@ -700,3 +700,26 @@ async fn tenants_link_list_and_unlink_vapi_ids() {
         .get(0);
     assert_eq!(n, 1);
 }
+
+/// `--host` (and `HOST`) choose the interface without editing engine.yaml: on 127.0.0.1 the
+/// engine answers there, and a value that is not an IP address is refused by name.
+#[test]
+fn host_chooses_the_interface() {
+    let dir = Dir::shipped_copy();
+    let (mut child, port) = serve_dev(dir.path(), &["--host", "127.0.0.1"]);
+    eventually_status(port, "/hooks/extra", "404");
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let (code, _, err) = run(engine()
+        .args(["serve", "--pipelines"])
+        .arg(dir.path())
+        .env("PORT", "0")
+        .env("HOST", "localhost-ish"));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("cannot listen on host `localhost-ish`"),
+        "{err}"
+    );
+}
