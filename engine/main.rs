@@ -12,5 +12,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> std::process::ExitCode {
     // freed memory back to the system at once (alloc.rs says why)
     alloc::tune();
-    engine::cli::run()
+    // the version with the commit and profile (build.rs): `engine --version`
+    engine::cli::run(concat!(
+        env!("CARGO_PKG_VERSION"),
+        " (",
+        env!("ENGINE_BUILD"),
+        ")"
+    ))
 }

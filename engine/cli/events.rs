@@ -24,8 +24,10 @@ pub enum EventsAction {
     },
     /// One event: its request (redacted by the pipeline's `redact`) and its whole story.
     Show {
+        /// The pipeline's name (its `name:`, not a directory).
         #[arg(long)]
         pipeline: String,
+        /// The event id, as `engine events list` prints it.
         #[arg(long)]
         id: String,
         #[command(flatten)]
@@ -50,6 +52,7 @@ pub enum EventsAction {
     },
     /// Replay jobs, newest first.
     Jobs {
+        /// Only this pipeline's jobs (its `name:`).
         #[arg(long)]
         pipeline: Option<String>,
         #[command(flatten)]
@@ -57,6 +60,7 @@ pub enum EventsAction {
     },
     /// Ask a running replay job to stop after its current page.
     Cancel {
+        /// The job id, as `engine events jobs` prints it.
         job: String,
         #[command(flatten)]
         at: At,
@@ -92,6 +96,7 @@ pub struct At {
 /// Which events.
 #[derive(Debug, Clone, Args)]
 pub struct FilterArgs {
+    /// The pipeline's name (its `name:`, not a directory).
     #[arg(long)]
     pub pipeline: String,
     /// Received since: a span back from now (`2h`, `7d`) or an RFC 3339 time.

@@ -37,7 +37,23 @@ use crate::env::EnvSource;
 #[command(
     name = "engine",
     version,
-    about = "Webhook pipeline engine: YAML pipelines in, verified and durable events out"
+    about = "Webhook pipeline engine: YAML pipelines in, verified and durable events out",
+    after_help = "\
+Examples:
+  engine serve                                   the pipelines in ./pipelines on port 3001 (PORT)
+  engine validate pipelines --format github      every problem, file:line:col, for CI
+  engine replay fixtures                         recorded webhooks through the pipelines, no server
+  engine events list --pipeline vapi --since 2h --outcome dropped
+  engine migrate                                 the database's tables, then their check
+
+Environment (declared in pipelines/env.schema.yaml; every variable in docs/env.md):
+  PORT, HOST        where to listen (default 0.0.0.0:3001)
+  NODE_ENV          production turns on the production rules and JSON logs
+  REDIS_URL         the durable queue and shared rate limits (without it: in process)
+  DATABASE_URL      sinks, tenant secrets, the event archive (without it: JSON lines under data/)
+  ENCRYPTION_KEY    64 hex characters: tenant secrets, OAuth tokens, archived bodies
+
+Docs: README.md and docs/ in the repository (docs/pipelines.md: every pipeline field)."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -209,6 +225,7 @@ pub enum QueueAction {
 pub enum DlqAction {
     /// The dead letters of a pipeline, oldest first.
     List {
+        /// The pipeline's name (its `name:`, not a directory).
         #[arg(long)]
         pipeline: String,
         #[command(flatten)]
@@ -216,8 +233,10 @@ pub enum DlqAction {
     },
     /// One dead letter with its event.
     Show {
+        /// The pipeline's name (its `name:`, not a directory).
         #[arg(long)]
         pipeline: String,
+        /// The dead letter's id, as `engine dlq list` prints it.
         #[arg(long)]
         id: String,
         #[command(flatten)]
@@ -225,10 +244,13 @@ pub enum DlqAction {
     },
     /// Put dead letters back on the queue with a fresh attempt count.
     Replay {
+        /// The pipeline's name (its `name:`, not a directory).
         #[arg(long)]
         pipeline: String,
+        /// One dead letter, by the id `engine dlq list` prints.
         #[arg(long, conflicts_with = "all", required_unless_present = "all")]
         id: Option<String>,
+        /// Every dead letter of the pipeline.
         #[arg(long)]
         all: bool,
         #[command(flatten)]
@@ -236,10 +258,13 @@ pub enum DlqAction {
     },
     /// Delete dead letters.
     Purge {
+        /// The pipeline's name (its `name:`, not a directory).
         #[arg(long)]
         pipeline: String,
+        /// One dead letter, by the id `engine dlq list` prints.
         #[arg(long, conflicts_with = "all", required_unless_present = "all")]
         id: Option<String>,
+        /// Every dead letter of the pipeline.
         #[arg(long)]
         all: bool,
         #[command(flatten)]
@@ -254,20 +279,25 @@ pub enum TenantsAction {
         /// What the id is: `vapi_assistant`, `vapi_phone_number`, ...
         #[arg(long)]
         source: String,
+        /// The id as the provider's payload carries it.
         #[arg(long)]
         id: String,
+        /// The tenant it belongs to (as OAuth and `tenant_of` name it).
         #[arg(long)]
         tenant: String,
     },
     /// Remove a link.
     Unlink {
+        /// What the id is: `vapi_assistant`, `vapi_phone_number`, ...
         #[arg(long)]
         source: String,
+        /// The id as the provider's payload carries it.
         #[arg(long)]
         id: String,
     },
     /// List the links (of one tenant).
     List {
+        /// Only this tenant's links.
         #[arg(long)]
         tenant: Option<String>,
     },
@@ -279,6 +309,8 @@ pub enum SecretsAction {
     /// where it is stored: `tenant_credentials/<tenant>/<credential>`, or `<table>.<column>`
     /// for a sink's encrypted field.
     Decrypt {
+        /// Where the value is stored (it was sealed to it): `tenant_credentials/<tenant>/
+        /// <credential>`, `<table>.<column>/<key values>`, `engine_events/<pipeline>/<event id>`.
         #[arg(long)]
         context: String,
         /// The pipelines directory (for the env schema: ENCRYPTION_KEY).
@@ -306,9 +338,14 @@ pub enum SecretsAction {
     },
 }
 
-/// Parse arguments and run.
-pub fn run() -> ExitCode {
-    let cli = Cli::parse();
+/// Parse arguments and run; `version` is what `--version` prints (the binary's build).
+pub fn run(version: &'static str) -> ExitCode {
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().version(version).get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     match cli.command {
         Command::Serve {
             pipelines,
@@ -466,4 +503,34 @@ fn started(mut builder: tokio::runtime::Builder) -> Result<tokio::runtime::Runti
         eprintln!("engine: cannot start the runtime: {e}");
         ExitCode::from(1)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every option and argument of every command says what it is for in `--help`.
+    #[test]
+    fn every_option_has_a_description() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} --{id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "engine", &mut missing);
+        assert!(
+            missing.is_empty(),
+            "options without a description: {missing:?}"
+        );
+    }
 }
