@@ -345,3 +345,27 @@ async fn recorded_traffic_replays_without_its_secrets() {
     assert!(after.contains("from_number: \"[redacted]\""), "{after}");
     assert_eq!(replay(rec.path(), dir.path(), false).await.failed, 0);
 }
+
+/// The README's count of shipped fixture cases is the number of case files (issue 44: the docs
+/// said 45 and 33 while there were 46).
+#[test]
+fn the_readme_counts_the_shipped_cases() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    fn cases(dir: &std::path::Path) -> usize {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| !p.ends_with("payloads"))
+            .map(|p| match p.is_dir() {
+                true => cases(&p),
+                false => usize::from(p.extension().is_some_and(|e| e == "yaml")),
+            })
+            .sum()
+    }
+    let n = cases(&root.join("fixtures"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    assert!(
+        readme.contains(&format!("{n} shipped cases")),
+        "README.md should say `{n} shipped cases`"
+    );
+}
