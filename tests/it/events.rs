@@ -37,16 +37,7 @@ fn call_id(i: usize) -> String {
 }
 
 async fn post_vapi(app: &common::TestApp, body: Vec<u8>) -> u16 {
-    app.client
-        .post(app.url("/api/webhooks/vapi"))
-        .header("authorization", "Bearer dev-vapi-webhook-secret")
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
+    common::post_vapi(app, body).await
 }
 
 fn typo(d: &Dir) {

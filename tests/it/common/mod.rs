@@ -1125,3 +1125,17 @@ pub async fn sql_eventually(db: &tokio_postgres::Client, sql: &str, want: i64) {
         sql_count(db, sql).await
     );
 }
+
+/// POST `body` to the shipped Vapi route with the development bearer secret; the status.
+pub async fn post_vapi(app: &TestApp, body: Vec<u8>) -> u16 {
+    app.client
+        .post(app.url("/api/webhooks/vapi"))
+        .header("authorization", "Bearer dev-vapi-webhook-secret")
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
