@@ -1,7 +1,7 @@
 //! The worker: dequeue -> transform -> sink -> ack / retry / dead-letter.
 //!
 //! ```text
-//! read (own pending first, then new, blocking)          reclaim (every lease/2): entries of dead
+//! read (new entries, blocking)                           reclaim (every lease/2): entries of dead
 //!   -> Program::run in place (a batch)                     consumers, poison -> dead letters
 //!        Rows    -> sink.write -> ack                    promote (every 250 ms): due retries back
 //!                           \-> SinkError::Retry -> retry with backoff, or dead-letter when

@@ -83,8 +83,8 @@ impl Crew {
 pub(super) const REDIS: &str = "redis";
 
 /// What a worker takes deliveries from: the in-process queue one at a time, or Redis in batches
-/// (its own pending entries once after a start, then new ones; a short wait tops up a small
-/// batch), over a reader connection made again after a failure.
+/// (new entries; a short wait tops up a small batch), over a reader connection made again after
+/// a failure.
 pub(super) enum Taker {
     Memory {
         queue: Arc<MemoryQueue>,
@@ -114,7 +114,12 @@ impl Taker {
                 queue: q.clone(),
                 partition,
                 reader: None,
-                own_pending: true,
+                // not its "own" pending entries first: the consumer name is new with every
+                // process start (`queue::consumer_name`), so at a worker's start that list holds
+                // only the in-flight entries of the other workers of this process, and reading
+                // them processed an event twice (seen as a second dead letter). Entries of a
+                // stopped process come back through the reaper after their lease.
+                own_pending: false,
                 busy: false,
                 options,
             },
