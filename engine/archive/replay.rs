@@ -165,6 +165,20 @@ impl Jobs<'_> {
 
     /// Every job, newest first (of one pipeline).
     pub async fn list(&self, pipeline: Option<&str>) -> Result<Vec<Job>, ArchiveError> {
+        self.select(pipeline, None).await
+    }
+
+    /// One job, read by its id (one row, or one file).
+    pub async fn get(&self, id: &str) -> Result<Option<Job>, ArchiveError> {
+        Ok(self.select(None, Some(id)).await?.into_iter().next())
+    }
+
+    /// The jobs of `pipeline` (all when `None`), or the one with `id`, newest first.
+    async fn select(
+        &self,
+        pipeline: Option<&str>,
+        id: Option<&str>,
+    ) -> Result<Vec<Job>, ArchiveError> {
         let mut jobs = match self.0 {
             Store::Postgres(s) => {
                 let c = s.pool().get().await?;
@@ -175,35 +189,36 @@ impl Jobs<'_> {
                            (extract(epoch FROM started_at) * 1000)::int8, \
                            (extract(epoch FROM heartbeat_at) * 1000)::int8, \
                            (extract(epoch FROM finished_at) * 1000)::int8 \
-                         FROM engine_event_replays WHERE $1::text IS NULL OR pipeline = $1 \
+                         FROM engine_event_replays \
+                         WHERE ($1::text IS NULL OR pipeline = $1) AND ($2::text IS NULL OR id = $2) \
                          ORDER BY started_at DESC LIMIT 200",
-                        &[(&pipeline, Type::TEXT)],
+                        &[(&pipeline, Type::TEXT), (&id, Type::TEXT)],
                     )
                     .await?;
                 rows.iter().map(job_of_row).collect::<Result<Vec<_>, _>>()?
             }
             Store::Local(s) => {
-                let mut out = Vec::new();
-                if let Ok(dir) = std::fs::read_dir(s.jobs_dir()) {
-                    for f in dir.filter_map(|e| e.ok()).map(|e| e.path()) {
-                        if f.extension().is_some_and(|e| e == "json")
-                            && let Ok(text) = std::fs::read_to_string(&f)
-                            && let Ok(job) = serde_json::from_str::<Job>(&text)
-                            && pipeline.is_none_or(|p| p == job.pipeline)
-                        {
-                            out.push(job);
-                        }
+                let files: Vec<std::path::PathBuf> = match id {
+                    // a job id names a file: nothing but its own characters (`rp-<hex>`)
+                    Some(id) if id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') => {
+                        vec![s.jobs_dir().join(format!("{id}.json"))]
                     }
-                }
-                out
+                    Some(_) => Vec::new(),
+                    None => std::fs::read_dir(s.jobs_dir())
+                        .map(|dir| dir.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+                        .unwrap_or_default(),
+                };
+                files
+                    .iter()
+                    .filter(|f| f.extension().is_some_and(|e| e == "json"))
+                    .filter_map(|f| std::fs::read_to_string(f).ok())
+                    .filter_map(|text| serde_json::from_str::<Job>(&text).ok())
+                    .filter(|job| pipeline.is_none_or(|p| p == job.pipeline))
+                    .collect()
             }
         };
         jobs.sort_by_key(|j| std::cmp::Reverse(j.started_at_ms));
         Ok(jobs)
-    }
-
-    pub async fn get(&self, id: &str) -> Result<Option<Job>, ArchiveError> {
-        Ok(self.list(None).await?.into_iter().find(|j| j.id == id))
     }
 
     /// Save the job's progress and heartbeat; the status as stored (`Cancelling` when someone
