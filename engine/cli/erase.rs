@@ -88,22 +88,9 @@ async fn erase_dead_letters(
     p: &crate::config::LoadedPipeline,
     filter: &Filter,
 ) -> Result<u64, String> {
-    let Some(url) = &d.project.settings.redis_url else {
+    let Some(q) = crate::server::queueing::redis_queue(&d.project, &p.config, "engine-cli")? else {
         return Ok(0);
     };
-    if p.config.transform.is_empty() {
-        return Ok(0);
-    }
-    let config = p.config.queue.clone().unwrap_or_default();
-    let name = config.name.clone().unwrap_or_else(|| p.config.name.clone());
-    let q = crate::queue::redis::RedisQueue::partitioned(
-        url,
-        &d.project.settings.redis_key_prefix,
-        &name,
-        "engine-cli",
-        config.partitions,
-    )
-    .map_err(|e| e.to_string())?;
     let kept = p.config.archive.kept().expect("archived");
     let recorder =
         crate::archive::Recorder::new(d.store.clone(), &p.config.name, &kept.index, None);

@@ -375,11 +375,6 @@ fn runner(d: &mut Deployment, pipeline: &str) -> Result<Runner, String> {
         .iter()
         .position(|p| p.config.name == pipeline)
         .ok_or_else(|| format!("no pipeline `{pipeline}`"))?;
-    let p = &d.project.pipelines[i].config;
-    let kept = p
-        .archive
-        .kept()
-        .ok_or_else(|| format!("pipeline `{pipeline}` has `archive: off`"))?;
     let program = d
         .plan
         .as_mut()
@@ -388,21 +383,13 @@ fn runner(d: &mut Deployment, pipeline: &str) -> Result<Runner, String> {
         .ok_or_else(|| {
             format!("pipeline `{pipeline}` has no transform steps: nothing to replay")
         })?;
-    let keyring = crate::server::queueing::keyring(&d.project)?;
-    let sinks =
-        crate::server::queueing::sinks(&d.project, p, d.pool.as_ref(), keyring.as_ref(), true)?;
-    Ok(Runner {
-        store: d.store.clone(),
-        recorder: Arc::new(crate::archive::Recorder::new(
-            d.store.clone(),
-            pipeline,
-            &kept.index,
-            keyring,
-        )),
-        program: Arc::new(program),
-        sinks,
-        page: 500,
-    })
+    crate::server::queueing::replay_runner(
+        &d.project,
+        &d.project.pipelines[i].config,
+        Arc::new(program),
+        d.pool.as_ref(),
+        &d.store,
+    )
 }
 
 async fn replay(

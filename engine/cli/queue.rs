@@ -10,32 +10,22 @@ pub(super) fn queues(
     target: &Target,
 ) -> Result<Vec<(String, crate::queue::redis::RedisQueue)>, ExitCode> {
     let project = project(&target.pipelines, target.env_file.as_deref())?;
-    let Some(url) = project.settings.redis_url.clone() else {
+    if project.settings.redis_url.is_none() {
         eprintln!(
             "engine: REDIS_URL is not set: without Redis, events are queued inside `engine serve` and are not visible here"
         );
         return Err(ExitCode::from(1));
-    };
+    }
     let mut out = Vec::new();
-    for p in project
-        .pipelines
-        .iter()
-        .filter(|p| !p.config.transform.is_empty())
-    {
-        let config = p.config.queue.clone().unwrap_or_default();
-        let name = config.name.clone().unwrap_or_else(|| p.config.name.clone());
-        let q = crate::queue::redis::RedisQueue::partitioned(
-            &url,
-            &project.settings.redis_key_prefix,
-            &name,
-            "engine-cli",
-            config.partitions,
-        )
-        .map_err(|e| {
-            eprintln!("engine: {e}");
-            ExitCode::from(1)
-        })?;
-        out.push((p.config.name.clone(), q));
+    for p in &project.pipelines {
+        let queue = crate::server::queueing::redis_queue(&project, &p.config, "engine-cli")
+            .map_err(|e| {
+                eprintln!("engine: {e}");
+                ExitCode::from(1)
+            })?;
+        if let Some(q) = queue {
+            out.push((p.config.name.clone(), q));
+        }
     }
     Ok(out)
 }

@@ -216,12 +216,7 @@ fn search_of(query: &HashMap<String, String>) -> Search {
 
 /// The archive filter a search names.
 fn filter(app: &App, s: &Search) -> Result<Filter, String> {
-    let p = app
-        .project
-        .pipelines
-        .iter()
-        .find(|p| p.config.name == s.pipeline)
-        .ok_or_else(|| format!("no pipeline `{}`", s.pipeline))?;
+    let p = pipeline(app, &s.pipeline).ok_or_else(|| format!("no pipeline `{}`", s.pipeline))?;
     let list: Vec<String> = (!s.field.trim().is_empty())
         .then(|| s.field.trim().to_string())
         .into_iter()
@@ -245,36 +240,12 @@ fn runner(app: &App, store: &Arc<Store>, name: &str) -> Result<Runner, String> {
         .enumerate()
         .find(|(_, p)| p.config.name == name)
         .ok_or_else(|| format!("no pipeline `{name}`"))?;
-    let kept = p
-        .config
-        .archive
-        .kept()
-        .ok_or_else(|| format!("pipeline `{name}` has `archive: off`"))?;
     let program = app.routes[i]
         .queued
         .as_ref()
         .map(|q| q.worker.program.clone())
         .ok_or_else(|| format!("pipeline `{name}` has no transform steps"))?;
-    let keyring = super::queueing::keyring(&app.project)?;
-    let sinks = super::queueing::sinks(
-        &app.project,
-        &p.config,
-        app.pool.as_ref(),
-        keyring.as_ref(),
-        true,
-    )?;
-    Ok(Runner {
-        store: store.clone(),
-        recorder: Arc::new(crate::archive::Recorder::new(
-            store.clone(),
-            name,
-            &kept.index,
-            keyring,
-        )),
-        program,
-        sinks,
-        page: 500,
-    })
+    super::queueing::replay_runner(&app.project, &p.config, program, app.pool.as_ref(), store)
 }
 
 /// Take over the replay jobs whose process stopped (running or cancelling, no heartbeat for

@@ -63,15 +63,9 @@ pub fn build(
         let config = p.config.queue.clone().unwrap_or_default();
         let name = config.name.clone().unwrap_or_else(|| p.config.name.clone());
         let handle = match &project.settings.redis_url {
-            Some(url) => {
-                let queue = RedisQueue::partitioned(
-                    url,
-                    &project.settings.redis_key_prefix,
-                    &name,
-                    &consumer,
-                    config.partitions,
-                )
-                .map_err(|e| e.to_string())?;
+            Some(_) => {
+                let queue = redis_queue(project, &p.config, &consumer)?
+                    .ok_or_else(|| format!("{}: no Redis queue", p.file.display()))?;
                 Queue::Redis(Arc::new(match redis {
                     Some(shared) => queue.sharing(shared.clone()),
                     None => queue,
@@ -180,6 +174,62 @@ pub fn sinks(
         Duration::from_millis(project.settings.statement_timeout_ms),
         replay,
     )
+}
+
+/// The Redis queue of a queued pipeline as a process other than the workers sees it (the CLI's
+/// `queue`, `dlq` and `events erase`): `None` without REDIS_URL or transform steps.
+pub fn redis_queue(
+    project: &Project,
+    pipeline: &crate::config::pipeline::Pipeline,
+    consumer: &str,
+) -> Result<Option<RedisQueue>, String> {
+    let Some(url) = &project.settings.redis_url else {
+        return Ok(None);
+    };
+    if pipeline.transform.is_empty() {
+        return Ok(None);
+    }
+    let config = pipeline.queue.clone().unwrap_or_default();
+    let name = config.name.clone().unwrap_or_else(|| pipeline.name.clone());
+    RedisQueue::partitioned(
+        url,
+        &project.settings.redis_key_prefix,
+        &name,
+        consumer,
+        config.partitions,
+    )
+    .map(Some)
+    .map_err(|e| e.to_string())
+}
+
+/// A replay runner for `pipeline` (archived, with `program` compiled from its transform steps):
+/// its sinks built to overwrite, its archive recorder; what `engine events replay` and the
+/// console's replays run.
+pub fn replay_runner(
+    project: &Project,
+    pipeline: &crate::config::pipeline::Pipeline,
+    program: Arc<Program>,
+    pool: Option<&deadpool_postgres::Pool>,
+    store: &Arc<crate::archive::Store>,
+) -> Result<crate::archive::replay::Runner, String> {
+    let kept = pipeline
+        .archive
+        .kept()
+        .ok_or_else(|| format!("pipeline `{}` has `archive: off`", pipeline.name))?;
+    let keyring = keyring(project)?;
+    let sinks = sinks(project, pipeline, pool, keyring.as_ref(), true)?;
+    Ok(crate::archive::replay::Runner {
+        store: store.clone(),
+        recorder: Arc::new(crate::archive::Recorder::new(
+            store.clone(),
+            &pipeline.name,
+            &kept.index,
+            keyring,
+        )),
+        program,
+        sinks,
+        page: 500,
+    })
 }
 
 /// Running workers, stopped together.
