@@ -440,7 +440,9 @@ impl Erasure {
 pub struct Recorder {
     pub store: Arc<Store>,
     pub pipeline: String,
-    index: Vec<(String, KeySource)>,
+    /// Each index field, and for a JSON one the place of its pointer among `pointers`' values
+    /// (found once here, not per event).
+    index: Vec<(String, KeySource, Option<usize>)>,
     pointers: crate::request_field::JsonPointers,
     keyring: Option<Keyring>,
 }
@@ -459,11 +461,19 @@ impl Recorder {
                 _ => None,
             })
             .collect();
+        let pointers = crate::request_field::JsonPointers::new(&ptrs);
+        let slot = |source: &KeySource| match source {
+            KeySource::Json(p) => pointers.texts().iter().position(|t| t == p),
+            _ => None,
+        };
         Recorder {
             store,
             pipeline: pipeline.to_string(),
-            index: index.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-            pointers: crate::request_field::JsonPointers::new(&ptrs),
+            index: index
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone(), slot(v)))
+                .collect(),
+            pointers,
             keyring,
         }
     }
@@ -475,13 +485,9 @@ impl Recorder {
             false => self.pointers.read(&event.body).unwrap_or_default(),
         };
         let mut out = BTreeMap::new();
-        for (name, source) in &self.index {
+        for (name, source, slot) in &self.index {
             let value = match source {
-                KeySource::Json(p) => self
-                    .pointers
-                    .texts()
-                    .iter()
-                    .position(|t| t == p)
+                KeySource::Json(_) => slot
                     .and_then(|i| json.get(i).cloned().flatten())
                     .and_then(crate::request_field::key_text),
                 KeySource::Header(h) => event.header(h).map(str::to_string),

@@ -366,11 +366,10 @@ impl Worker {
         match attempt {
             Attempt::Written => archive::Step::new(archive::Outcome::Written, n),
             Attempt::Dropped(r) => archive::Step::new(archive::Outcome::Dropped, n).reason(r),
-            Attempt::Retry(r) if n < self.options.max_attempts => {
-                archive::Step::new(archive::Outcome::Retrying, n).reason(r)
-            }
-            Attempt::Retry(r) => archive::Step::new(archive::Outcome::Dead, n)
-                .reason(format!("{r} (gave up after {n} attempts)")),
+            Attempt::Retry(r) => match self.gives_up(d) {
+                Some(reason) => archive::Step::new(archive::Outcome::Dead, n).reason(reason(r)),
+                None => archive::Step::new(archive::Outcome::Retrying, n).reason(r),
+            },
             Attempt::Permanent(r) => archive::Step::new(archive::Outcome::Dead, n).reason(r),
         }
     }
@@ -505,12 +504,18 @@ impl Worker {
     }
 
     /// Retry with backoff, or dead-letter once the attempts are used up.
+    /// Whether a failed attempt at `d` uses up its attempts: then the dead letter's reason for
+    /// an error (one rule for the queue and the archive's step).
+    fn gives_up(&self, d: &Delivery) -> Option<impl Fn(&str) -> String> {
+        let attempt = d.attempts + 1;
+        (attempt >= self.options.max_attempts)
+            .then_some(move |error: &str| format!("{error} (gave up after {attempt} attempts)"))
+    }
+
     async fn again(&self, d: &Delivery, error: String) -> Result<Handled, QueueError> {
         let attempt = d.attempts + 1;
-        if attempt >= self.options.max_attempts {
-            return self
-                .dead(d, format!("{error} (gave up after {attempt} attempts)"))
-                .await;
+        if let Some(reason) = self.gives_up(d) {
+            return self.dead(d, reason(&error)).await;
         }
         let delay = crate::queue::backoff(
             attempt,
