@@ -701,17 +701,25 @@ async fn tenants_link_list_and_unlink_vapi_ids() {
     assert_eq!(n, 1);
 }
 
-/// `--host` (and `HOST`) choose the interface without editing engine.yaml: on 127.0.0.1 the
-/// engine answers there, and a value that is not an IP address is refused by name.
+/// `--host` (and `HOST`) choose the interface without editing engine.yaml: bound to 127.0.0.2,
+/// the engine answers there and not on 127.0.0.1; a value that is not an IP address is refused
+/// by name.
 #[test]
 fn host_chooses_the_interface() {
+    use std::net::{SocketAddr, TcpStream};
     let dir = Dir::shipped_copy();
-    let (mut child, port) = serve_dev(dir.path(), &["--host", "127.0.0.1"]);
-    eventually_status(port, "/hooks/extra", "404");
+    let (mut child, port) = serve_dev(dir.path(), &["--host", "127.0.0.2"]);
+    let connects = |ip: [u8; 4]| {
+        TcpStream::connect_timeout(&SocketAddr::from((ip, port)), Duration::from_secs(2)).is_ok()
+    };
+    let there = connects([127, 0, 0, 2]);
+    let elsewhere = connects([127, 0, 0, 1]);
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
     let _ = child.wait();
+    assert!(there, "listening on 127.0.0.2");
+    assert!(!elsewhere, "not on 127.0.0.1");
     let (code, _, err) = run(engine()
         .args(["serve", "--pipelines"])
         .arg(dir.path())

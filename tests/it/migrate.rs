@@ -95,15 +95,9 @@ async fn concurrent_runners_apply_each_migration_once() {
 #[test]
 fn cli_migrate_status_and_decrypt() {
     use std::io::Write;
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (url, _) = rt.block_on(empty_schema());
-    let engine = || {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_engine"));
-        c.env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default());
-        c
-    };
     let out = engine()
         .args(["migrate", "--database-url", &url, "--migrations"])
         .arg(migrations())
@@ -220,7 +214,7 @@ fn validate_against_a_live_database() {
 /// start (JSON lines) instead of dead-lettering every end-of-call report.
 #[test]
 fn an_old_backend_table_is_left_alone_reported_and_refuses_a_production_boot() {
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (url, schema) = rt.block_on(empty_schema());
     rt.block_on(async {
@@ -239,12 +233,6 @@ fn an_old_backend_table_is_left_alone_reported_and_refuses_a_production_boot() {
             .await
             .unwrap()
     });
-    let engine = || {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_engine"));
-        c.env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default());
-        c
-    };
     let migrate = |extra: &[&str]| {
         let out = engine()
             .args(["migrate", "--database-url", &url, "--migrations"])
@@ -377,15 +365,8 @@ fn an_old_backend_table_is_left_alone_reported_and_refuses_a_production_boot() {
 /// it) exit non-zero naming the cause; `--check` without a pipelines directory exits 2.
 #[test]
 fn migrate_check_fails_when_it_could_not_check() {
-    use std::process::Command;
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (url, _) = rt.block_on(empty_schema());
-    let engine = || {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_engine"));
-        c.env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default());
-        c
-    };
     let out = engine()
         .env("DATABASE_URL", &url)
         .args(["migrate", "--check", "--database-url", &url, "--migrations"])
@@ -413,4 +394,12 @@ fn migrate_check_fails_when_it_could_not_check() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The `engine` binary with only the variables a test sets.
+fn engine() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_engine"));
+    c.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    c
 }
