@@ -342,11 +342,41 @@ pub enum SecretsAction {
 pub fn run(version: &'static str) -> ExitCode {
     use clap::{CommandFactory, FromArgMatches};
     let matches = Cli::command().version(version).get_matches();
-    let cli = match Cli::from_arg_matches(&matches) {
-        Ok(cli) => cli,
+    match Cli::from_arg_matches(&matches) {
+        Ok(cli) => dispatch(cli.command),
         Err(e) => e.exit(),
+    }
+}
+
+/// `engine serve`: its options, with SIGHUP reloading from where it loaded.
+fn serve_command(
+    pipelines: PathBuf,
+    env_file: Option<PathBuf>,
+    no_worker: bool,
+    record: Option<PathBuf>,
+    watch: bool,
+    host: Option<String>,
+) -> ExitCode {
+    let reload = crate::server::reload::Source {
+        dir: pipelines.clone(),
+        env: match &env_file {
+            Some(f) => crate::server::reload::EnvOrigin::File(f.clone()),
+            None => crate::server::reload::EnvOrigin::Process,
+        },
     };
-    match cli.command {
+    let opts = crate::server::ServeOptions {
+        workers: !no_worker,
+        record,
+        reload: Some(reload),
+        watch,
+        host,
+    };
+    serve(&pipelines, env_file.as_deref(), Mode::Serve(opts))
+}
+
+/// Run one command.
+fn dispatch(command: Command) -> ExitCode {
+    match command {
         Command::Serve {
             pipelines,
             env_file,
@@ -354,23 +384,7 @@ pub fn run(version: &'static str) -> ExitCode {
             record,
             watch,
             host,
-        } => {
-            let reload = crate::server::reload::Source {
-                dir: pipelines.clone(),
-                env: match &env_file {
-                    Some(f) => crate::server::reload::EnvOrigin::File(f.clone()),
-                    None => crate::server::reload::EnvOrigin::Process,
-                },
-            };
-            let opts = crate::server::ServeOptions {
-                workers: !no_worker,
-                record,
-                reload: Some(reload),
-                watch,
-                host,
-            };
-            serve(&pipelines, env_file.as_deref(), Mode::Serve(opts))
-        }
+        } => serve_command(pipelines, env_file, no_worker, record, watch, host),
         Command::Worker {
             pipelines,
             env_file,
