@@ -12,7 +12,7 @@ pub(super) async fn erase(
     list: Vec<String>,
     at: At,
 ) -> Result<ExitCode, String> {
-    let d = deployment(&at, false).map_err(|_| "cannot load the deployment".to_string())?;
+    let d = deployment(&at, false).map_err(super::events::not_loaded)?;
     // the pipelines whose index has every field named
     let names: Vec<&str> = list
         .iter()

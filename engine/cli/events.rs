@@ -157,6 +157,11 @@ impl FilterArgs {
     }
 }
 
+/// Why a command stops when its deployment did not load (the loader printed the problems).
+pub(super) fn not_loaded(_: ExitCode) -> String {
+    "the pipelines directory or its environment did not load (the problems above): fix them, or pass --pipelines / --env-file, and run it again".into()
+}
+
 /// The deployment's archive and project.
 pub(super) struct Deployment {
     pub(super) project: Project,
@@ -255,14 +260,13 @@ async fn run(action: EventsAction) -> Result<ExitCode, String> {
     let e = |e: crate::archive::ArchiveError| e.to_string();
     match action {
         EventsAction::List { filter, limit } => {
-            let d = deployment(&filter.at, false)
-                .map_err(|_| "cannot load the deployment".to_string())?;
+            let d = deployment(&filter.at, false).map_err(not_loaded)?;
             let f = filter.filter(&d.project)?;
             let events = d.store.list(&f, limit).await.map_err(e)?;
             print_list(&events, d.json);
         }
         EventsAction::Show { pipeline, id, at } => {
-            let d = deployment(&at, false).map_err(|_| "cannot load the deployment".to_string())?;
+            let d = deployment(&at, false).map_err(not_loaded)?;
             let p = archived(&d.project, &pipeline)?;
             let stored = d
                 .store
@@ -326,7 +330,7 @@ async fn run(action: EventsAction) -> Result<ExitCode, String> {
             resume,
         } => return replay(filter, dry_run, rate.max(1), force, resume).await,
         EventsAction::Jobs { pipeline, at } => {
-            let d = deployment(&at, false).map_err(|_| "cannot load the deployment".to_string())?;
+            let d = deployment(&at, false).map_err(not_loaded)?;
             let jobs = d.store.jobs().list(pipeline.as_deref()).await.map_err(e)?;
             if d.json {
                 println!(
@@ -352,7 +356,7 @@ async fn run(action: EventsAction) -> Result<ExitCode, String> {
             }
         }
         EventsAction::Cancel { job, at } => {
-            let d = deployment(&at, false).map_err(|_| "cannot load the deployment".to_string())?;
+            let d = deployment(&at, false).map_err(not_loaded)?;
             if !d.store.jobs().cancel(&job).await.map_err(e)? {
                 return Err(format!("replay job `{job}` is not running"));
             }
@@ -399,8 +403,7 @@ async fn replay(
     force: bool,
     resume: Option<String>,
 ) -> Result<ExitCode, String> {
-    let mut d =
-        deployment(&filter.at, true).map_err(|_| "cannot load the deployment".to_string())?;
+    let mut d = deployment(&filter.at, true).map_err(not_loaded)?;
     let json = d.json;
     let runner = runner(&mut d, &filter.pipeline)?;
     let e = |e: crate::archive::ArchiveError| e.to_string();

@@ -119,7 +119,8 @@ fn step_text(s: &crate::archive::Step) -> String {
     }
 }
 
-fn encode(s: &str) -> String {
+/// `s` as a query-string value (the console's links and redirects).
+pub fn encode(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 

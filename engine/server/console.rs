@@ -13,6 +13,7 @@ use super::App;
 use super::answer::{Stop, error};
 use super::limit::check_rate;
 use super::seen::Seen;
+use crate::console::archive::encode;
 use crate::console::session::{self, Session};
 use crate::console::{Console, DEAD_LETTERS_SHOWN, QueueRow, pages, traffic};
 use crate::queue::Queue;
@@ -341,10 +342,6 @@ fn query_of(req: &Request) -> HashMap<String, String> {
     form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
         .into_owned()
         .collect()
-}
-
-fn encode(s: &str) -> String {
-    form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
 /// Headers on every console answer.
