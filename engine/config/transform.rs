@@ -90,10 +90,16 @@ pub struct MapField {
     /// The value when no source gives one (any JSON value).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default: Option<serde_json::Value>,
-    /// Convert the value: `time` writes RFC 3339 UTC with milliseconds (from RFC 3339 text, or
-    /// epoch seconds or milliseconds); a value that is no time fails the event.
+    /// Convert the value to what the column takes: `boolean`, `integer`, `number`, `text`,
+    /// `json` or `time` (RFC 3339 UTC with milliseconds). A value that does not convert is
+    /// written as null, unless `on_invalid` says otherwise.
     #[serde(default, rename = "as", skip_serializing_if = "Option::is_none")]
     pub convert: Option<Convert>,
+    /// What a value that does not convert (`as`) becomes: `null` (the default), `default` (the
+    /// field's `default`) or `fail` (the event fails permanently: a dead letter whose reason
+    /// names the field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_invalid: Option<OnInvalid>,
     /// Fail the event permanently (dead letter) when no source gives a value.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub required: bool,
@@ -129,11 +135,63 @@ pub enum EventField {
     Tenant,
 }
 
-/// A `map` field's conversion.
+/// A `map` field's conversion (`as:`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Convert {
+    /// `true`/`false`; also the text `true`, `t`, `yes`, `y`, `on`, `1` (and their opposites,
+    /// any case) and the numbers 1 and 0.
+    Boolean,
+    /// A whole number (64-bit); also a number with no fraction and text that spells one.
+    Integer,
+    /// Any finite number; also text that spells one.
+    Number,
+    /// Text as it is; a number or boolean as written, an object or array as its JSON text.
+    Text,
+    /// The JSON value as it is (for a `jsonb` column): nothing fails to convert.
+    Json,
+    /// A time, written as RFC 3339 UTC with milliseconds: from RFC 3339 text, or epoch seconds
+    /// or milliseconds.
     Time,
+}
+
+impl Convert {
+    /// The word the YAML uses.
+    pub fn word(self) -> &'static str {
+        match self {
+            Convert::Boolean => "boolean",
+            Convert::Integer => "integer",
+            Convert::Number => "number",
+            Convert::Text => "text",
+            Convert::Json => "json",
+            Convert::Time => "time",
+        }
+    }
+
+    /// The column type a migration for this field would give it.
+    pub fn column_type(self) -> &'static str {
+        match self {
+            Convert::Boolean => "boolean",
+            Convert::Integer => "bigint",
+            Convert::Number => "numeric",
+            Convert::Text => "text",
+            Convert::Json => "jsonb",
+            Convert::Time => "timestamptz",
+        }
+    }
+}
+
+/// What a `map` field's value that does not convert becomes (`on_invalid:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnInvalid {
+    /// Null: the row is written without it.
+    #[default]
+    Null,
+    /// The field's `default`.
+    Default,
+    /// The event fails permanently (a dead letter whose reason names the field, not the value).
+    Fail,
 }
 
 /// Sandbox limits for a pipeline's scripts. Exceeding one fails the event permanently (transform)

@@ -18,7 +18,7 @@
 //! proven problem); [`Fields::complete`] says whether that is all it can write (only then is a
 //! NOT NULL column nothing fills a proven problem).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use rhai::{AST, Dynamic, Expr, Stmt};
 
@@ -29,6 +29,8 @@ pub struct Fields {
     pub known: BTreeSet<String>,
     /// Every value the steps can return was read: `known` is all they write.
     pub complete: bool,
+    /// Fields a `map` step converts (`as:`), and to what: the type a column for them needs.
+    pub converts: BTreeMap<String, crate::config::transform::Convert>,
 }
 
 impl Fields {
@@ -37,6 +39,7 @@ impl Fields {
         Fields {
             known: BTreeSet::new(),
             complete: true,
+            converts: BTreeMap::new(),
         }
     }
 
@@ -51,6 +54,7 @@ impl Fields {
     pub fn merge(&mut self, other: Fields) {
         self.known.extend(other.known);
         self.complete &= other.complete;
+        self.converts.extend(other.converts);
     }
 
     /// Statements of a block; `tail`: the block's last value is what the script returns.

@@ -6,6 +6,8 @@
 //! run       body -> one streaming pass over the raw JSON (request_field::JsonPointers; only the
 //!           values at the pointers are built, the rest is skipped)
 //!           -> per field: json, else seconds_between, else event, else default -> `as` -> row
+//!              (a value that does not convert: null, the field's default, or the event fails,
+//!              as `on_invalid` says)
 //! ```
 //!
 //! A script step builds the whole body as Rhai values, evaluates, and turns its map back into
@@ -15,7 +17,7 @@
 use serde_json::{Map, Value};
 
 use super::EventInput;
-use crate::config::transform::{Convert, EventField, MapField};
+use crate::config::transform::{Convert, EventField, MapField, OnInvalid};
 use crate::request_field::JsonPointers;
 
 /// The JSON pointers one step reads, each once, in slot order.
@@ -59,7 +61,8 @@ struct Field {
     between: Option<(Vec<usize>, Vec<usize>)>,
     event: Option<EventField>,
     default: Option<Value>,
-    time: bool,
+    convert: Option<Convert>,
+    on_invalid: OnInvalid,
     required: bool,
     /// Where it was looked for, for the reason a required field fails with.
     looked: String,
@@ -115,6 +118,11 @@ impl Mapping {
                     slots(to.list(), "/seconds_between/1", &mut errors),
                 )
             });
+            errors.extend(
+                conversion_problems(f)
+                    .into_iter()
+                    .map(|(rest, e)| (at(rest), e)),
+            );
             if f.json.is_none()
                 && f.seconds_between.is_none()
                 && f.event.is_none()
@@ -148,7 +156,8 @@ impl Mapping {
                 between,
                 event: f.event,
                 default: f.default.clone(),
-                time: f.convert == Some(Convert::Time),
+                convert: f.convert,
+                on_invalid: f.on_invalid.unwrap_or_default(),
                 required: f.required,
             });
         }
@@ -186,8 +195,15 @@ impl Mapping {
         self.fields.iter().map(|f| f.name.as_str())
     }
 
+    /// The fields with an `as:` conversion, and what they convert to.
+    pub(crate) fn converts(&self) -> impl Iterator<Item = (&str, Convert)> {
+        self.fields
+            .iter()
+            .filter_map(|f| Some((f.name.as_str(), f.convert?)))
+    }
+
     /// The row, from the values read at the step's pointers; a reason when a required field has
-    /// no value or a `time` field holds no time.
+    /// no value, or a value does not convert and its field says `on_invalid: fail`.
     pub(crate) fn row(
         &self,
         values: &mut [Option<Value>],
@@ -201,7 +217,17 @@ impl Mapping {
             {
                 let times = (self.first(values, from), self.first(values, to));
                 if let (Some(from), Some(to)) = times {
-                    let (from, to) = (time_ms(&from, &f.name)?, time_ms(&to, &f.name)?);
+                    let ms = |v: &Value| {
+                        time_ms(v).ok_or_else(|| {
+                            format!(
+                                "field `{}` (seconds_between): {} is not {}",
+                                f.name,
+                                crate::schema::value_kind(v),
+                                expected(Convert::Time)
+                            )
+                        })
+                    };
+                    let (from, to) = (ms(&from)?, ms(&to)?);
                     value = serde_json::Number::from_f64((to - from) as f64 / 1000.0)
                         .map(Value::Number);
                 }
@@ -212,18 +238,19 @@ impl Mapping {
             if value.is_none() {
                 value = f.default.clone();
             }
-            let value = match value {
-                Some(v) if f.time => {
-                    Value::String(super::sandbox::format_time(time_ms(&v, &f.name)?))
-                }
-                Some(v) => v,
-                None if f.required => {
+            let value = match (value, f.convert) {
+                (Some(v), Some(to)) => match converted(&v, to) {
+                    Some(v) => v,
+                    None => f.invalid(&v, to)?,
+                },
+                (Some(v), None) => v,
+                (None, _) if f.required => {
                     return Err(format!(
                         "required field `{}` has no value (looked at {})",
                         f.name, f.looked
                     ));
                 }
-                None => Value::Null,
+                (None, _) => Value::Null,
             };
             row.insert(f.name.clone(), value);
         }
@@ -231,19 +258,153 @@ impl Mapping {
     }
 }
 
+impl Field {
+    /// What a value that does not convert to `to` becomes, as `on_invalid` says. The reason
+    /// names the field and the kind of value, never the value (it is the sender's data).
+    fn invalid(&self, v: &Value, to: Convert) -> Result<Value, String> {
+        let why = || {
+            format!(
+                "{} is not {} (`as: {}`)",
+                crate::schema::value_kind(v),
+                expected(to),
+                to.word()
+            )
+        };
+        let value = match self.on_invalid {
+            OnInvalid::Fail => {
+                return Err(format!(
+                    "field `{}`: {} and `on_invalid: fail`",
+                    self.name,
+                    why()
+                ));
+            }
+            OnInvalid::Default => self.default.clone().unwrap_or(Value::Null),
+            OnInvalid::Null => Value::Null,
+        };
+        if value.is_null() && self.required {
+            return Err(format!("required field `{}`: {}", self.name, why()));
+        }
+        Ok(value)
+    }
+}
+
+/// The problems of a field's `as`, `on_invalid` and `default`, each with the pointer (under the
+/// field) of the value at fault.
+fn conversion_problems(f: &MapField) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    if let Some(on) = f.on_invalid {
+        if f.convert.is_none() {
+            out.push((
+                "/on_invalid",
+                "`on_invalid` says what a value that does not convert becomes: give the field an `as:` (boolean, integer, number, text, json or time), or remove `on_invalid`".to_string(),
+            ));
+        }
+        if on == OnInvalid::Default && f.default.is_none() {
+            out.push((
+                "/on_invalid",
+                "`on_invalid: default` writes the field's `default`: give the field one (`default: false`), or say `on_invalid: null`".to_string(),
+            ));
+        }
+    }
+    if let (Some(to), Some(d)) = (f.convert, &f.default)
+        && !d.is_null()
+        && converted(d, to).is_none()
+    {
+        out.push((
+            "/default",
+            format!(
+                "the default is {}, which does not convert to {} (`as: {}`): write one that does",
+                crate::schema::value_kind(d),
+                expected(to),
+                to.word()
+            ),
+        ));
+    }
+    out
+}
+
+/// What a conversion makes, for reasons.
+fn expected(to: Convert) -> &'static str {
+    match to {
+        Convert::Boolean => "a boolean",
+        Convert::Integer => "a whole number",
+        Convert::Number => "a number",
+        Convert::Text => "text",
+        Convert::Json => "JSON",
+        Convert::Time => "a time (RFC 3339 text, or epoch seconds or milliseconds)",
+    }
+}
+
+/// `v` converted as `as:` says; `None` when it does not convert.
+pub(crate) fn converted(v: &Value, to: Convert) -> Option<Value> {
+    match to {
+        Convert::Json => Some(v.clone()),
+        Convert::Text => Some(Value::String(match v {
+            Value::String(s) => s.clone(),
+            Value::Null => return None,
+            Value::Bool(_) | Value::Number(_) | Value::Array(_) | Value::Object(_) => v.to_string(),
+        })),
+        Convert::Boolean => boolean(v).map(Value::Bool),
+        Convert::Integer => integer(v).map(Value::from),
+        Convert::Number => match v {
+            Value::Number(_) => Some(v.clone()),
+            Value::String(s) => {
+                let s = s.trim();
+                s.parse::<i64>().map(Value::from).ok().or_else(|| {
+                    s.parse::<f64>()
+                        .ok()
+                        .and_then(serde_json::Number::from_f64)
+                        .map(Value::Number)
+                })
+            }
+            _ => None,
+        },
+        Convert::Time => time_ms(v).map(|ms| Value::String(super::sandbox::format_time(ms))),
+    }
+}
+
+/// Booleans as Postgres spells them in text (`boolean` input), and 1 / 0.
+fn boolean(v: &Value) -> Option<bool> {
+    match v {
+        Value::Bool(b) => Some(*b),
+        Value::Number(n) => match n.as_f64() {
+            Some(1.0) => Some(true),
+            Some(0.0) => Some(false),
+            _ => None,
+        },
+        Value::String(s) => match s.trim().to_ascii_lowercase().as_str() {
+            "true" | "t" | "yes" | "y" | "on" | "1" => Some(true),
+            "false" | "f" | "no" | "n" | "off" | "0" => Some(false),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// A whole number that fits 64 bits: an integer, a number without a fraction, or text spelling
+/// either.
+fn integer(v: &Value) -> Option<i64> {
+    let whole = |f: f64| (f.fract() == 0.0 && f.abs() < 9.2e18).then_some(f as i64);
+    match v {
+        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().and_then(whole)),
+        Value::String(s) => {
+            let s = s.trim();
+            s.parse::<i64>()
+                .ok()
+                .or_else(|| s.parse::<f64>().ok().and_then(whole))
+        }
+        _ => None,
+    }
+}
+
 /// Epoch milliseconds of a time value: RFC 3339 text, or epoch seconds or milliseconds.
-fn time_ms(v: &Value, field: &str) -> Result<i64, String> {
+fn time_ms(v: &Value) -> Option<i64> {
     use super::sandbox::{float_ms, int_ms, text_ms};
-    let ms = match v {
+    match v {
         Value::Number(n) => n.as_i64().map(int_ms).or_else(|| n.as_f64().map(float_ms)),
         Value::String(s) => text_ms(s),
         _ => None,
-    };
-    ms.ok_or_else(|| {
-        format!(
-            "field `{field}`: {v} is not a time (RFC 3339 text, or epoch seconds or milliseconds)"
-        )
-    })
+    }
 }
 
 /// One of the event's own fields, as a script reads it from `event`.

@@ -350,6 +350,7 @@ impl Program {
                 StepBody::Map(m, _) => fields::Fields {
                     known: m.names().map(str::to_string).collect(),
                     complete: true,
+                    converts: m.converts().map(|(n, c)| (n.to_string(), c)).collect(),
                 },
             };
             if !f.complete {

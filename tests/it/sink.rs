@@ -511,3 +511,130 @@ async fn concurrent_upserts_of_the_same_keys_do_not_deadlock() {
         .get(0);
     assert_eq!(n, 30);
 }
+
+/// `map` fields with `as:` write values each real column type takes: text that spells a
+/// boolean or a number, numbers as text, JSON as it is, times from epoch seconds. A value that
+/// does not convert is null (the row still written), the field's default, or a dead letter
+/// naming the field, as `on_invalid` says; without `as:` the same value dead-letters the whole
+/// event at the database.
+#[tokio::test]
+async fn map_conversions_land_in_real_column_types() {
+    let (db, schema) = fresh_schema().await;
+    let client = pg(&schema).await;
+    client
+        .batch_execute(
+            "CREATE TABLE conv (event_id text NOT NULL, row_index int NOT NULL, b boolean, \
+             i bigint, n numeric, t text, j jsonb, at timestamptz, d boolean, raw boolean, \
+             PRIMARY KEY (event_id, row_index))",
+        )
+        .await
+        .unwrap();
+    let dir = common::Dir::shipped_copy();
+    dir.write(
+        "conv.yaml",
+        "name: conv\nroute: {method: POST, path: /conv}\ntransform:\n  - map:\n      b: {json: /b, as: boolean}\n      i: {json: /i, as: integer}\n      n: {json: /n, as: number}\n      t: {json: /t, as: text}\n      j: {json: /j, as: json}\n      at: {json: /at, as: time}\n      d: {json: /d, as: boolean, default: false, on_invalid: default}\n      raw: {json: /raw}\n    sink: s\nsinks:\n  s:\n    postgres: {table: conv}\n",
+    );
+    let program = common::program_in(dir.path(), "conv");
+    let sink = PostgresSink::new(&cfg("conv"), engine::db::pool(&db, 1).unwrap(), None).unwrap();
+    let write = |id: &'static str, body: &'static str| {
+        let input = common::event_input(id, "conv", "/conv", "application/json", body);
+        let rows = match program.run(&input) {
+            Ok(Outcome::Rows { rows, .. }) => rows,
+            other => panic!("{other:?}"),
+        };
+        let sink = &sink;
+        async move { sink.write(&batch(id, "s", rows)).await }
+    };
+    write(
+        "e1",
+        r#"{"b":"yes","i":"42","n":"2.5","t":17,"j":{"x":[1]},"at":1732550400,"d":"off","raw":true}"#,
+    )
+    .await
+    .unwrap();
+    write(
+        "e2",
+        r#"{"b":0,"i":7.0,"n":3,"t":{"k":"v"},"j":"text","at":"2026-11-25T16:00:00+01:00","d":"maybe"}"#,
+    )
+    .await
+    .unwrap();
+    // nothing converts: every converted field null, `d` its default; the row is written
+    write(
+        "e3",
+        r#"{"b":"maybe","i":"4.5","n":"many","t":null,"at":"yesterday","d":[]}"#,
+    )
+    .await
+    .unwrap();
+    let rows = client
+        .query(
+            "SELECT event_id, b, i, n::text, t, j::text, at = '2024-11-25T16:00:00Z'::timestamptz \
+             OR at = '2026-11-25T15:00:00Z'::timestamptz, d FROM conv ORDER BY event_id",
+            &[],
+        )
+        .await
+        .unwrap();
+    type Row = (
+        String,
+        Option<bool>,
+        Option<i64>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<bool>,
+        Option<bool>,
+    );
+    let got: Vec<Row> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.get(0),
+                r.get(1),
+                r.get(2),
+                r.get(3),
+                r.get(4),
+                r.get(5),
+                r.get(6),
+                r.get(7),
+            )
+        })
+        .collect();
+    let s = |v: &str| Some(v.to_string());
+    assert_eq!(
+        got,
+        vec![
+            (
+                "e1".into(),
+                Some(true),
+                Some(42),
+                s("2.5"),
+                s("17"),
+                s(r#"{"x": [1]}"#),
+                Some(true),
+                Some(false)
+            ),
+            (
+                "e2".into(),
+                Some(false),
+                Some(7),
+                s("3"),
+                s(r#"{"k":"v"}"#),
+                s(r#""text""#),
+                Some(true),
+                Some(false)
+            ),
+            ("e3".into(), None, None, None, None, None, None, Some(false)),
+        ]
+    );
+
+    // without `as:`, a value the column refuses fails the whole event at the database
+    let e = write("e4", r#"{"raw":"maybe"}"#).await.unwrap_err();
+    match e {
+        SinkError::Permanent(why) => {
+            assert!(
+                why.contains("column `raw`") && why.contains("boolean"),
+                "{why}"
+            );
+            assert!(!why.contains("maybe"), "the value is not quoted: {why}");
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -672,8 +672,12 @@ fn a_map_step_copies_fields_with_fallbacks_conversions_and_event_fields() {
         "{}",
         e.reason
     );
-    let e = run(r#"{"kind":"report","a":{"id":1},"at":"yesterday"}"#).unwrap_err();
-    assert!(e.reason.ends_with(r#"field `at`: "yesterday" is not a time (RFC 3339 text, or epoch seconds or milliseconds)"#), "{}", e.reason);
+    // a time that is none: null (`on_invalid` decides; its default is null)
+    let row = one_row(
+        run(r#"{"kind":"report","a":{"id":1},"at":"yesterday"}"#).unwrap(),
+        "s",
+    );
+    assert_eq!(row["at"], Value::Null);
     let p2 = mapped("  - map:\n      t: {event: tenant, required: true}\n    sink: s\n");
     let e = p2
         .run(&input("mapped", "application/json", Bytes::from("{}")))
@@ -725,4 +729,64 @@ fn map_steps_read_forms_reshaped_bodies_and_non_json_when_fields() {
     let body = Bytes::from("Kind=sms&From=%2B1");
     let row = one_row(p.run(&input("mapped", form, body)).unwrap(), "s");
     assert_eq!(row, json!({"from": "+1"}));
+}
+
+#[test]
+fn map_on_invalid_fail_dead_letters_naming_the_field_not_the_value() {
+    let p = mapped(
+        "  - map:\n      flag: {json: /flag, as: boolean, on_invalid: fail}\n      count: {json: /count, as: integer, required: true}\n    sink: s\n",
+    );
+    let run = |body: &str| {
+        p.run(&input(
+            "mapped",
+            "application/json",
+            Bytes::from(body.to_string()),
+        ))
+    };
+    let e = run(r#"{"flag":"maybe","count":1}"#).unwrap_err();
+    assert_eq!(e.kind, FailureKind::Permanent);
+    assert!(
+        e.reason.ends_with(
+            "field `flag`: a string is not a boolean (`as: boolean`) and `on_invalid: fail`"
+        ),
+        "{}",
+        e.reason
+    );
+    // required and invalid (null by default): the event fails, saying why
+    let e = run(r#"{"flag":true,"count":"lots"}"#).unwrap_err();
+    assert!(
+        e.reason
+            .ends_with("required field `count`: a string is not a whole number (`as: integer`)"),
+        "{}",
+        e.reason
+    );
+    assert_eq!(
+        one_row(run(r#"{"flag":"T","count":"12"}"#).unwrap(), "s"),
+        json!({"flag": true, "count": 12})
+    );
+}
+
+#[test]
+fn map_conversion_mistakes_are_found_by_validate() {
+    let dir = Dir::shipped_copy();
+    dir.write(
+        "mapped.yaml",
+        "name: mapped\nroute: {method: POST, path: /mapped}\ntransform:\n  - map:\n      a: {json: /a, on_invalid: fail}\n      b: {json: /b, as: boolean, on_invalid: default}\n      c: {json: /c, as: integer, default: many}\n    sink: s\nsinks:\n  s:\n    file: {path: data/x.jsonl}\n",
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_engine"))
+        .arg("validate")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stdout).to_string()
+        + String::from_utf8_lossy(&out.stderr).as_ref();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    for expected in [
+        "mapped.yaml:5:",
+        "`on_invalid` says what a value that does not convert becomes: give the field an `as:`",
+        "`on_invalid: default` writes the field's `default`: give the field one",
+        "the default is a string, which does not convert to a whole number (`as: integer`)",
+    ] {
+        assert!(err.contains(expected), "{expected} in:\n{err}");
+    }
 }
