@@ -8,8 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use salvo::cors::{AllowHeaders, AllowOrigin, Cors};
-use salvo::http::Method;
 use salvo::prelude::*;
 use salvo::server::ServerHandle;
 
@@ -180,40 +178,9 @@ pub(super) fn service(live: Arc<Live>) -> Service {
 /// origins are configured), then dispatch. `engine replay` runs this chain without a socket.
 pub fn chain(app: Arc<App>) -> Vec<Arc<dyn Handler>> {
     let mut out: Vec<Arc<dyn Handler>> = Vec::new();
-    if let Some(c) = cors(&app) {
+    if let Some(c) = super::cors::Cors::new(&app.project.settings.cors.allow_origins) {
         out.push(Arc::new(c));
     }
     out.push(Arc::new(dispatch::Dispatch { app }));
     out
-}
-
-/// The CORS hoop for the configured origins; `None` allows no cross-origin calls.
-fn cors(app: &App) -> Option<salvo::cors::CorsHandler> {
-    let origins = &app.project.settings.cors.allow_origins;
-    if origins.is_empty() {
-        return None;
-    }
-    let any = origins.iter().any(|o| o == "*");
-    let allow = if any {
-        AllowOrigin::any()
-    } else {
-        AllowOrigin::list(origins.iter().filter_map(|o| o.parse().ok()))
-    };
-    // named origins may send credentials: the web app's `fetch(start, {credentials: "include"})`
-    // keeps the OAuth flow's browser cookie (never with `*`, which browsers refuse to combine)
-    let cors = Cors::new()
-        .allow_origin(allow)
-        .allow_credentials(!any)
-        .allow_methods(vec![
-            Method::GET,
-            Method::POST,
-            Method::PUT,
-            Method::PATCH,
-            Method::DELETE,
-            Method::OPTIONS,
-        ])
-        .allow_headers(AllowHeaders::mirror_request())
-        .max_age(600)
-        .into_handler();
-    Some(cors)
 }

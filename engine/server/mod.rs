@@ -11,6 +11,7 @@
 mod admit;
 mod answer;
 mod console;
+mod cors;
 pub mod dispatch;
 pub(crate) mod events;
 mod limit;

@@ -236,6 +236,11 @@ async fn cors_allow_list() {
         .unwrap();
     assert_eq!(res.status(), 200);
     assert!(res.headers().get("access-control-allow-origin").is_none());
+    assert!(
+        res.headers()
+            .get("access-control-allow-credentials")
+            .is_none()
+    );
 
     let res = app
         .client
@@ -270,8 +275,17 @@ async fn cors_allow_list() {
             .unwrap()
             .contains("POST")
     );
+    // a refused origin's preflight: nothing granted, nothing described
     let res = pre("https://evil.com").await.unwrap();
-    assert!(res.headers().get("access-control-allow-origin").is_none());
+    assert_eq!(res.status(), 204);
+    let cors: Vec<&str> = res
+        .headers()
+        .keys()
+        .map(|k| k.as_str())
+        .filter(|k| k.starts_with("access-control-"))
+        .collect();
+    assert!(cors.is_empty(), "{cors:?}");
+    assert_eq!(res.headers()["vary"], "origin");
 
     // the settings file's development origin was replaced by CORS_ORIGIN, not added to
     let res = app
