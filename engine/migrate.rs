@@ -132,6 +132,34 @@ fn created_if_not_exists(sql: &str) -> Vec<String> {
     RE.captures_iter(sql).map(|c| c[1].to_string()).collect()
 }
 
+/// The migrations in `dir` that the database behind `client` has not applied, in order.
+pub async fn pending(
+    client: &mut tokio_postgres::Client,
+    dir: &Path,
+) -> Result<Vec<refinery::Migration>, String> {
+    let mut migrations = load(dir)?;
+    // no history table yet: every migration is pending
+    let applied = refinery::Runner::new(&migrations)
+        .get_applied_migrations_async(client)
+        .await
+        .unwrap_or_default();
+    migrations.retain(|m| !applied.iter().any(|a| a.version() == m.version()));
+    migrations.sort_by_key(|m| m.version());
+    Ok(migrations)
+}
+
+/// Whether a migration's SQL ends or opens transactions itself (`COMMIT;`, `BEGIN;`, ...): it
+/// cannot be tried inside a transaction that is rolled back.
+pub fn controls_transaction(sql: &str) -> bool {
+    static RE: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(
+            r"(?im)^\s*(commit|rollback|abort|begin|start\s+transaction)(\s+(work|transaction))?\s*;",
+        )
+        .expect("valid regex")
+    });
+    RE.is_match(sql)
+}
+
 /// Every migration in `dir`, with when it was applied.
 pub async fn status(database_url: &str, dir: &Path) -> Result<Vec<Status>, String> {
     let migrations = load(dir)?;
@@ -174,6 +202,19 @@ mod tests {
         ] {
             assert_eq!(session_url(same), same);
         }
+    }
+
+    #[test]
+    fn a_migration_that_commits_cannot_be_tried() {
+        assert!(controls_transaction("ALTER TABLE t ADD c int;\nCOMMIT;\n"));
+        assert!(controls_transaction(
+            "begin;\nalter table t add c int;\nend;"
+        ));
+        assert!(controls_transaction("START TRANSACTION;"));
+        // a DO block's BEGIN ... END; is PL/pgSQL, not a transaction
+        assert!(!controls_transaction(
+            "DO $$\nBEGIN\n  PERFORM 1;\nEND;\n$$;\nALTER TABLE t ADD c int;"
+        ));
     }
 
     #[test]

@@ -111,6 +111,11 @@ pub enum Command {
         /// The fixtures whose rows the table check tries (default: `fixtures/` beside DIR).
         #[arg(long)]
         fixtures: Option<PathBuf>,
+        /// The migrations the table check applies first, in a transaction it rolls back, to
+        /// judge the tables as `engine migrate` will leave them (default: `migrations/` beside
+        /// DIR).
+        #[arg(long)]
+        migrations: Option<PathBuf>,
     },
     /// Run recorded requests (fixtures) through the pipelines in process and compare what comes
     /// out: no server, Redis or Postgres. Exit 1 when a case fails.
@@ -395,17 +400,22 @@ fn dispatch(command: Command) -> ExitCode {
             format,
             database_url,
             fixtures,
+            migrations,
         } => {
             let fixtures = fixtures
                 .map(|f| vec![f])
                 .unwrap_or_else(|| crate::table_check::default_fixtures(&dir));
+            let migrations = migrations.or_else(|| crate::table_check::default_migrations(&dir));
+            let options = crate::table_check::Options {
+                fixtures: &fixtures,
+                memo: crate::table_check::Memo::Off,
+                migrations: migrations.as_deref(),
+            };
             validate(
                 &dir,
                 env_file.as_deref(),
                 format,
-                database_url
-                    .as_deref()
-                    .map(|url| (url, fixtures.as_slice())),
+                database_url.as_deref().map(|url| (url, options)),
             )
         }
         Command::Replay {

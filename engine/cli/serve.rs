@@ -101,12 +101,13 @@ pub(super) fn check_tables_at_boot(
         return Ok(());
     };
     let fixtures = crate::table_check::default_fixtures(dir);
-    match runtime.block_on(crate::table_check::check_project(
-        project,
-        url,
-        &fixtures,
-        crate::table_check::Memo::Reuse,
-    )) {
+    // a boot judges the tables as they are: pending migrations are `engine migrate`'s
+    let options = crate::table_check::Options {
+        fixtures: &fixtures,
+        memo: crate::table_check::Memo::Reuse,
+        migrations: None,
+    };
+    match runtime.block_on(crate::table_check::check_project(project, url, &options)) {
         Ok(problems) if problems.iter().all(Diagnostic::is_warning) => {
             log_diagnostics(&problems);
             tracing::info!(

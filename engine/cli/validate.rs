@@ -1,7 +1,7 @@
 //! `engine validate` (every problem of a pipelines directory, `--database-url` adds the sink
 //! table check) and `engine schema` (the JSON schemas derived from the config types).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use serde_json::Value;
@@ -13,7 +13,7 @@ pub(super) fn validate(
     dir: &Path,
     env_file: Option<&Path>,
     format: Format,
-    database: Option<(&str, &[PathBuf])>,
+    database: Option<(&str, crate::table_check::Options<'_>)>,
 ) -> ExitCode {
     if !dir.is_dir() {
         eprintln!("engine: {}: not a directory", dir.display());
@@ -25,8 +25,8 @@ pub(super) fn validate(
     };
     // load + build: every problem of the files and of their scripts and verifiers
     let mut result = crate::plan::load(dir, &source).map(|(project, _)| project);
-    if let (Ok(project), Some((url, fixtures))) = (&mut result, database) {
-        match table_problems(project, url, fixtures) {
+    if let (Ok(project), Some((url, options))) = (&mut result, database) {
+        match table_problems(project, url, &options) {
             Ok(d) if d.iter().all(Diagnostic::is_warning) => project.warnings.extend(d),
             Ok(d) => result = Err(d),
             Err(e) => {
@@ -109,16 +109,11 @@ pub(super) fn schema(out: &Path, check: bool) -> ExitCode {
 pub(super) fn table_problems(
     project: &crate::config::Project,
     url: &str,
-    fixtures: &[PathBuf],
+    options: &crate::table_check::Options<'_>,
 ) -> Result<Vec<Diagnostic>, String> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?
-        .block_on(crate::table_check::check_project(
-            project,
-            url,
-            fixtures,
-            crate::table_check::Memo::Off,
-        ))
+        .block_on(crate::table_check::check_project(project, url, options))
 }

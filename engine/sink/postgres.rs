@@ -201,24 +201,34 @@ impl PostgresSink {
         Ok(Some((text, sql, client)))
     }
 
-    /// Write `batches` inside a transaction that is rolled back: whether the table takes what the
+    /// Write `batches` on `client` and roll the write back: whether the table takes what the
     /// pipeline writes (types, NOT NULL, CHECK and unique constraints, the conflict key), without
-    /// keeping anything. Used by the table check before traffic arrives.
-    pub async fn trial(&self, batches: &[Batch]) -> Result<(), SinkError> {
-        let Some((rows, sql, client)) = self.prepared(batches).await? else {
+    /// keeping anything. Used by the table check before traffic arrives, inside its transaction
+    /// (the write is undone to a savepoint, so the check's own changes stay).
+    pub async fn trial(
+        &self,
+        client: &tokio_postgres::Client,
+        batches: &[Batch],
+    ) -> Result<(), SinkError> {
+        if batches.iter().all(|b| b.rows.is_empty()) {
             return Ok(());
-        };
+        }
+        let (rows, columns) = self.mapped(batches)?;
+        let rows = JsonText::of(&rows)?;
+        let sql = self.statement(&columns)?;
         client
-            .batch_execute("BEGIN")
+            .batch_execute("SAVEPOINT engine_trial")
             .await
             .map_err(|e| classify(&e, &self.table))?;
         let result = client
             .execute_typed(sql.as_str(), &[(&rows, Type::JSONB)])
             .await;
-        let _ = client.batch_execute("ROLLBACK").await;
+        let _ = client
+            .batch_execute("ROLLBACK TO SAVEPOINT engine_trial")
+            .await;
         match result {
             Ok(_) => Ok(()),
-            Err(e) => Err(self.explain(&client, &e, batches).await),
+            Err(e) => Err(self.explain(client, &e, batches).await),
         }
     }
 
@@ -413,7 +423,13 @@ impl Sink for PostgresSink {
             };
             match result {
                 Ok(_) => Ok(()),
-                Err(e) => Err(self.explain(&client, &e, batches).await),
+                Err(e) => {
+                    // the explanation's probes run in a transaction of their own (`refuses`)
+                    let _ = client.batch_execute("BEGIN").await;
+                    let error = self.explain(&client, &e, batches).await;
+                    let _ = client.batch_execute("ROLLBACK").await;
+                    Err(error)
+                }
             }
         })
     }
@@ -464,7 +480,8 @@ impl PostgresSink {
     }
 
     /// Why the table's `column` refuses `value` (Postgres's own conversion, the value cut from
-    /// the message), if it does.
+    /// the message), if it does. Called inside a transaction (the table check's, or the one a
+    /// failed write's explanation opens).
     pub(crate) async fn refuses(
         &self,
         client: &tokio_postgres::Client,
@@ -476,7 +493,14 @@ impl PostgresSink {
             self.table_sql
         );
         let one = Value::Object(Map::from_iter([(column.to_string(), value.clone())]));
-        match client.query_typed(&sql, &[(&one, Type::JSONB)]).await {
+        // A refused value fails the statement; the savepoint keeps the caller's transaction (the
+        // table check's) usable after it.
+        let _ = client.batch_execute("SAVEPOINT engine_refuses").await;
+        let result = client.query_typed(&sql, &[(&one, Type::JSONB)]).await;
+        let _ = client
+            .batch_execute("ROLLBACK TO SAVEPOINT engine_refuses")
+            .await;
+        match result {
             Ok(_) => None,
             Err(e) => Some(
                 e.as_db_error()

@@ -25,6 +25,11 @@
 //! what is proven is an error; what neither source can tell (a NOT NULL column a script that
 //! builds its rows at run time may or may not fill) is a warning that says what would tell.
 //!
+//! The whole check runs on one connection inside one transaction that is rolled back: fixture
+//! rows are written to a savepoint and undone, and `engine validate --database-url` and `engine
+//! migrate --check` first apply the pending migrations in it ([`pending`]), so the tables are
+//! judged as `engine migrate` will leave them.
+//!
 //! Run by `engine validate --database-url`, by `engine migrate` after it applies migrations, and
 //! by `engine serve` / `engine worker` at a production boot (which refuses to start on a
 //! problem). Every problem names the table, the column, what was expected and what was found,
@@ -36,8 +41,10 @@ use serde_json::Value;
 use tokio_postgres::types::Type;
 
 pub mod memo;
+mod pending;
 
 use crate::config::sink::Postgres;
+use crate::config::transform::Convert;
 use crate::sink::postgres::PostgresSink;
 use crate::sink::{Batch, SinkError};
 use crate::transform::fields::Fields;
@@ -100,7 +107,7 @@ pub async fn check(
     let found = columns(client, schema.as_deref(), &table).await?;
     if found.is_empty() {
         return Ok(vec![Problem::error(format!(
-            "table `{t}` does not exist: run `engine migrate`, or write a migration that creates it"
+            "table `{t}` does not exist; run `engine migrate`, or write a migration that creates it"
         ))]);
     }
     let mut problems = Vec::new();
@@ -133,6 +140,13 @@ pub async fn check(
     needed.extend(cfg.update.iter().cloned());
     needed.extend(cfg.columns.targets().map(str::to_string));
     needed.extend(cfg.encrypt.iter().map(column_of));
+    // The columns a map step converts into (`as:`), by column.
+    let converts: BTreeMap<String, Convert> = written
+        .fields
+        .converts
+        .iter()
+        .map(|(field, to)| (column_of(field), *to))
+        .collect();
     // Whether `needed` is all the rows can carry: every script's rows were read whole, a
     // `columns:` list names the fields, or a fixture's rows show what the others lack.
     let whole = written.fields.complete || cfg.columns.is_list() || written.from_fixtures;
@@ -141,9 +155,12 @@ pub async fn check(
         if found.contains_key(c) {
             continue;
         }
-        let expected = match (c.as_str(), values.get(c)) {
-            ("event_id" | "row_index", _) | (_, None) => default_type(c),
-            (_, Some(samples)) => suggested_type(samples.iter().map(|(_, v)| v)),
+        // the type the map's `as:` converts to, else the fixtures' values, else text
+        let expected = match (c.as_str(), converts.get(c), values.get(c)) {
+            ("event_id" | "row_index", ..) => default_type(c),
+            (_, Some(to), _) => to.column_type().to_string(),
+            (_, None, Some(samples)) => suggested_type(samples.iter().map(|(_, v)| v)),
+            (_, None, None) => default_type(c),
         };
         let mapped = cfg.columns.renamed_from(c);
         let hint = match mapped {
@@ -154,6 +171,8 @@ pub async fn check(
             "table `{t}`, column `{c}`: expected a column ({hint}), found none; add it with a migration (`ALTER TABLE {t} ADD COLUMN {c} {expected};`), or map the field to an existing column with the sink's `columns:`"
         )));
     }
+
+    problems.extend(conversions_refused(t, cfg, &converts, &found));
 
     for (c, samples) in &values {
         let Some(col) = found.get(c) else { continue };
@@ -233,7 +252,7 @@ pub async fn check(
                     rows: vec![row.clone()],
                     ..batch.clone()
                 };
-                match sink.trial(std::slice::from_ref(&one)).await {
+                match sink.trial(client, std::slice::from_ref(&one)).await {
                     Ok(()) => {}
                     Err(SinkError::Retry(e)) => return Err(e),
                     Err(SinkError::Permanent(e)) => {
@@ -262,24 +281,38 @@ pub enum Memo {
     Reuse,
 }
 
+/// What a check looks at besides the pipelines and the database.
+#[derive(Debug, Clone, Copy)]
+pub struct Options<'a> {
+    /// Where the pipelines' fixtures are (optional: what the scripts and the configuration say
+    /// the pipeline writes is checked without them, and what neither can tell is a warning).
+    pub fixtures: &'a [std::path::PathBuf],
+    pub memo: Memo,
+    /// The migrations directory: the tables are judged as they will be once its pending
+    /// migrations are applied ([`pending`]); `None` judges them as they are (a boot).
+    pub migrations: Option<&'a std::path::Path>,
+}
+
 /// Every postgres sink of `project` checked against the database at `url`, each problem located
-/// at the sink's `table` in its pipeline file. `fixtures`: where the pipelines' fixtures are
-/// (optional: what the scripts and the configuration say the pipeline writes is checked without
-/// them, and what neither can tell is a warning).
+/// at the sink's `table` in its pipeline file. The whole check runs in one transaction that is
+/// rolled back: pending migrations tried in it, fixture rows written in it, nothing kept.
 pub async fn check_project(
     project: &crate::config::Project,
     url: &str,
-    fixtures: &[std::path::PathBuf],
-    memo: Memo,
+    options: &Options<'_>,
 ) -> Result<Vec<crate::diagnostics::Diagnostic>, String> {
-    // two connections: the catalog queries hold one while a trial insert takes the other
-    let pool = crate::db::pool(url, 2)?;
-    let client = pool
-        .get()
-        .await
-        .map_err(|e| format!("database unavailable: {e}"))?;
-    let mut found = archive_table(project, &client).await?;
-    let memo = if found.is_empty() { memo } else { Memo::Off };
+    let mut client = crate::db::connect(url).await?;
+    let pending = match options.migrations {
+        Some(dir) if dir.is_dir() => crate::migrate::pending(&mut client, dir).await?,
+        _ => Vec::new(),
+    };
+    // a pass judged after pending migrations is not the tables' as they are: not remembered
+    let memo = if pending.is_empty() {
+        options.memo
+    } else {
+        Memo::Off
+    };
+    let fixtures = options.fixtures;
     let fingerprint = match memo {
         Memo::Off => None,
         // A fingerprint that cannot be taken only means the whole check runs.
@@ -294,12 +327,54 @@ pub async fn check_project(
         tracing::debug!(fingerprint = %f, "table check: passed before with these pipelines, fixtures and tables");
         return Ok(Vec::new());
     }
-    found.extend(check_sinks(project, &pool, &client, fixtures).await?);
+    let written = fixture_rows(project, fixtures).await?;
+    // The sinks are built on a pool the check never takes from: every statement goes through
+    // `client`, inside the one transaction.
+    let pool = crate::db::pool(url, 1)?;
+    client
+        .batch_execute("BEGIN")
+        .await
+        .map_err(|e| crate::db::describe(&e))?;
+    let dir = options.migrations.unwrap_or(std::path::Path::new("."));
+    let judged = pending::judge(&pending, dir, &client, || {
+        stage(project, &pool, &client, &written)
+    })
+    .await;
+    let _ = client.batch_execute("ROLLBACK").await;
+    let found = judged?;
     if let Some(f) = &fingerprint
         && found.is_empty()
     {
         memo::remember(&client, f).await;
     }
+    Ok(found)
+}
+
+/// The rows each pipeline's fixtures write, per pipeline and sink (none without fixtures).
+async fn fixture_rows(
+    project: &crate::config::Project,
+    fixtures: &[std::path::PathBuf],
+) -> Result<crate::replay::Written, String> {
+    if !fixtures.iter().any(|f| f.exists()) {
+        return Ok(Default::default());
+    }
+    // The fixtures' own requests (a 429, a dropped speech-update...) are not this process's
+    // traffic: their log lines stay out of its log.
+    use tracing::instrument::WithSubscriber;
+    crate::replay::rows_written(&project.dir, fixtures)
+        .with_subscriber(tracing::subscriber::NoSubscriber::default())
+        .await
+}
+
+/// The problems of the tables as they are at this point of the transaction.
+async fn stage(
+    project: &crate::config::Project,
+    pool: &deadpool_postgres::Pool,
+    client: &tokio_postgres::Client,
+    written: &crate::replay::Written,
+) -> Result<Vec<crate::diagnostics::Diagnostic>, String> {
+    let mut found = archive_table(project, client).await?;
+    found.extend(check_sinks(project, pool, client, written).await?);
     Ok(found)
 }
 
@@ -330,7 +405,7 @@ async fn archive_table(
         &p.file,
         p.doc.value_pos("/archive"),
         "/archive",
-        "the event archive's table `engine_events` is missing from the database: run `engine migrate` (migrations/V7__event_archive.sql), or set `archive: off` on every pipeline",
+        "the event archive's table `engine_events` is missing from the database; run `engine migrate` (migrations/V7__event_archive.sql), or set `archive: off` on every pipeline",
     )])
 }
 
@@ -338,18 +413,8 @@ async fn check_sinks(
     project: &crate::config::Project,
     pool: &deadpool_postgres::Pool,
     client: &tokio_postgres::Client,
-    fixtures: &[std::path::PathBuf],
+    written: &crate::replay::Written,
 ) -> Result<Vec<crate::diagnostics::Diagnostic>, String> {
-    let written = if fixtures.iter().any(|f| f.exists()) {
-        // The fixtures' own requests (a 429, a dropped speech-update...) are not this process's
-        // traffic: their log lines stay out of its log.
-        use tracing::instrument::WithSubscriber;
-        crate::replay::rows_written(&project.dir, fixtures)
-            .with_subscriber(tracing::subscriber::NoSubscriber::default())
-            .await?
-    } else {
-        Default::default()
-    };
     // Without ENCRYPTION_KEY (validate in CI) encrypted fields are tried with a throwaway key:
     // what is checked is the table's shape, and ciphertext is text whatever the key.
     let keyring = project
@@ -421,6 +486,15 @@ pub fn default_fixtures(pipelines: &std::path::Path) -> Vec<std::path::PathBuf> 
     dir.parent()
         .map(|p| vec![p.join("fixtures")])
         .unwrap_or_default()
+}
+
+/// The migrations `engine validate --database-url` tries first: `migrations/` beside the
+/// pipelines directory, when there is one.
+pub fn default_migrations(pipelines: &std::path::Path) -> Option<std::path::PathBuf> {
+    let dir = pipelines
+        .canonicalize()
+        .unwrap_or_else(|_| pipelines.to_path_buf());
+    Some(dir.parent()?.join("migrations")).filter(|m| m.is_dir())
 }
 
 async fn columns(
@@ -503,6 +577,54 @@ fn suggested_type<'a>(values: impl Iterator<Item = &'a Value>) -> String {
     }
 }
 
+/// A map field converted (`as:`) into a column whose type does not take what it converts to.
+fn conversions_refused(
+    t: &str,
+    cfg: &Postgres,
+    converts: &BTreeMap<String, Convert>,
+    found: &BTreeMap<String, Column>,
+) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    for (c, to) in converts {
+        let Some(col) = found.get(c) else { continue };
+        if !takes(&col.data_type, *to) {
+            let field = cfg.columns.renamed_from(c).unwrap_or(c);
+            problems.push(Problem::error(format!(
+                "table `{t}`, column `{c}`: expected a column that takes {} (the map writes field `{field}` `as: {}`), found type {}; change the column's type with a migration (`ALTER TABLE {t} ALTER COLUMN {c} TYPE {} USING {c}::{};`), or the field's `as:`",
+                to.column_type(),
+                to.word(),
+                col.data_type,
+                to.column_type(),
+                to.column_type(),
+            )));
+        }
+    }
+    problems
+}
+
+/// Whether a column of `data_type` (information_schema's word) takes every value a map field
+/// converted `as: to` can hold. Text columns take anything; a JSON column takes any JSON value.
+fn takes(data_type: &str, to: Convert) -> bool {
+    let text = matches!(data_type, "text" | "character varying" | "character");
+    let json = matches!(data_type, "json" | "jsonb");
+    let exact_number = matches!(data_type, "numeric" | "real" | "double precision");
+    let whole = matches!(data_type, "smallint" | "integer" | "bigint");
+    let time = matches!(
+        data_type,
+        "timestamp with time zone" | "timestamp without time zone" | "date"
+    );
+    text || match to {
+        Convert::Boolean => json || data_type == "boolean",
+        Convert::Integer => json || whole || exact_number,
+        Convert::Number => json || exact_number,
+        Convert::Json => json,
+        Convert::Time => time,
+        // text goes where a type's input parses text: uuid, enums, inet... but not a number,
+        // boolean, time or JSON column, which refuse most text
+        Convert::Text => !(whole || exact_number || time || json || data_type == "boolean"),
+    }
+}
+
 /// The type of a column the pipeline names but no fixture filled.
 fn default_type(column: &str) -> String {
     match column {
@@ -516,6 +638,20 @@ fn default_type(column: &str) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn conversions_fit_the_columns_that_take_them() {
+        assert!(takes("boolean", Convert::Boolean));
+        assert!(takes("text", Convert::Boolean));
+        assert!(!takes("integer", Convert::Boolean));
+        assert!(takes("bigint", Convert::Integer) && takes("numeric", Convert::Integer));
+        assert!(!takes("integer", Convert::Number));
+        assert!(takes("timestamp with time zone", Convert::Time));
+        assert!(takes("date", Convert::Time) && !takes("date", Convert::Text));
+        assert!(!takes("boolean", Convert::Text));
+        assert!(takes("uuid", Convert::Text) && takes("USER-DEFINED", Convert::Text));
+        assert!(takes("jsonb", Convert::Json) && !takes("uuid", Convert::Json));
+    }
 
     #[test]
     fn suggested_types_follow_the_values() {

@@ -597,14 +597,14 @@ async fn a_database_without_the_archive_table_is_caught_by_the_table_check() {
         ("ENCRYPTION_KEY", K),
     ]);
     let project = engine::config::load(&common::shipped(), &source).unwrap();
-    let found = engine::table_check::check_project(
-        &project,
-        &database,
-        &[],
-        engine::table_check::Memo::Off,
-    )
-    .await
-    .unwrap();
+    let options = engine::table_check::Options {
+        fixtures: &[],
+        memo: engine::table_check::Memo::Off,
+        migrations: None,
+    };
+    let found = engine::table_check::check_project(&project, &database, &options)
+        .await
+        .unwrap();
     assert_eq!(found.len(), 1, "{found:?}");
     assert!(
         found[0].message.contains("run `engine migrate`"),

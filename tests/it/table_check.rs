@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{PG, copy_tree, pg};
+use crate::common::{copy_tree, pg};
 
 /// A deployment directory: `pipelines/` and `migrations/` of this repository, nothing else.
 struct Deployment {
@@ -22,26 +22,8 @@ impl Deployment {
             copy_tree(&root.join(dir), &tmp.path().join(dir));
         }
         assert!(!tmp.path().join("fixtures").exists());
-        let schema = format!(
-            "tc_{}_{}",
-            std::process::id(),
-            chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
-        );
-        rt.block_on(async {
-            let (client, conn) = tokio_postgres::connect(PG, tokio_postgres::NoTls)
-                .await
-                .unwrap();
-            tokio::spawn(conn);
-            client
-                .batch_execute(&format!("CREATE SCHEMA {schema}"))
-                .await
-                .unwrap();
-        });
-        Deployment {
-            url: format!("{PG}?options=-csearch_path%3D{schema}"),
-            tmp,
-            schema,
-        }
+        let (url, schema) = rt.block_on(crate::common::empty_schema("tc"));
+        Deployment { url, tmp, schema }
     }
 
     fn pipelines(&self) -> PathBuf {
@@ -296,4 +278,114 @@ fn fixtures_beside_the_pipelines_add_what_only_values_show() {
         err.contains("table `call_logs`, column `duration_seconds`: expected a column that takes a number (fixture:vapi/"),
         "{err}"
     );
+}
+
+/// The authoring loop of issue 44: a new boolean field mapped into `call_logs`. Before its
+/// migration exists the check asks for a typed column; once the migration is written (not yet
+/// applied) the check judges the tables as `engine migrate` will leave them and credits the
+/// file; a migration of the wrong type, or one that fails, is named at its line; nothing the
+/// check tried is kept.
+#[test]
+fn pending_migrations_are_judged_before_they_are_applied() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let d = Deployment::new(&rt);
+    assert_eq!(d.migrate(&[]).0, Some(0));
+    let vapi = d.pipelines().join("vapi.yaml");
+    let yaml = std::fs::read_to_string(&vapi).unwrap().replace(
+        "      structured_data: {json: /message/analysis/structuredData}\n",
+        "      structured_data: {json: /message/analysis/structuredData}\n      appointment_booked: {json: /message/analysis/structuredData/appointmentBooked, as: boolean}\n",
+    );
+    assert!(yaml.contains("appointment_booked"));
+    std::fs::write(&vapi, yaml).unwrap();
+
+    // no migration yet: the column is missing, and the suggested one is boolean (from `as:`)
+    let (code, out, err) = d.migrate(&["--check"]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(
+        err.contains("ALTER TABLE call_logs ADD COLUMN appointment_booked boolean;"),
+        "{err}"
+    );
+
+    // the migration written, not applied: judged after it, credited to it, exit 0
+    let migration = d
+        .tmp
+        .path()
+        .join("migrations/V8__call_logs_appointment_booked.sql");
+    std::fs::write(
+        &migration,
+        "ALTER TABLE call_logs ADD COLUMN appointment_booked boolean;\n",
+    )
+    .unwrap();
+    let (code, out, err) = d.migrate(&["--check"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains("pending V8 call_logs_appointment_booked"),
+        "{out}"
+    );
+    assert!(
+        err.contains("warning: fixed by pending migration V8__call_logs_appointment_booked.sql (`engine migrate` applies it): table `call_logs`, column `appointment_booked`: expected a column (the pipeline writes it), found none"),
+        "{err}"
+    );
+    // validate judges the same way
+    let out = d
+        .engine()
+        .args(["validate", "pipelines", "--database-url", &d.url])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    // nothing was kept: the column is not there, V8 is not in the history
+    let kept: (i64, i64) = rt.block_on(async {
+        let c = crate::common::pg(&d.schema).await;
+        let r = c
+            .query_one(
+                "SELECT (SELECT count(*) FROM information_schema.columns WHERE table_schema = current_schema() AND column_name = 'appointment_booked'), \
+                 (SELECT count(*) FROM refinery_schema_history WHERE version = 8)",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    });
+    assert_eq!(kept, (0, 0));
+
+    // of the wrong type: the column arrives, and does not take a boolean
+    std::fs::write(
+        &migration,
+        "ALTER TABLE call_logs ADD COLUMN appointment_booked integer;\n",
+    )
+    .unwrap();
+    let (code, _, err) = d.migrate(&["--check"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("table `call_logs`, column `appointment_booked`: expected a column that takes boolean (the map writes field `appointment_booked` `as: boolean`), found type integer"),
+        "{err}"
+    );
+
+    // one that fails: named at the line and column Postgres points at
+    std::fs::write(
+        &migration,
+        "-- a typo in the type\nALTER TABLE call_logs ADD COLUMN appointment_booked boolen;\n",
+    )
+    .unwrap();
+    let (code, _, err) = d.migrate(&["--check"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("V8__call_logs_appointment_booked.sql:2:")
+            && err.contains("this pending migration fails: type \"boolen\" does not exist"),
+        "{err}"
+    );
+
+    // applied for real: the check passes as it is, nothing pending
+    std::fs::write(
+        &migration,
+        "ALTER TABLE call_logs ADD COLUMN appointment_booked boolean;\n",
+    )
+    .unwrap();
+    let (code, out, err) = d.migrate(&[]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains("applied V8 call_logs_appointment_booked"),
+        "{out}"
+    );
+    assert!(!err.contains("fixed by pending"), "{err}");
 }

@@ -402,6 +402,18 @@ pub async fn fresh_schema() -> (String, String) {
     (format!("{PG}?options=-csearch_path%3D{schema}"), schema)
 }
 
+/// A new schema with nothing in it (no migrations applied, unlike [`fresh_schema`]): its URL
+/// (search_path set to it) and name. `prefix` says which test made it.
+pub async fn empty_schema(prefix: &str) -> (String, String) {
+    let schema = format!("{prefix}_{}", uuid_like());
+    connect(PG)
+        .await
+        .batch_execute(&format!("CREATE SCHEMA {schema}"))
+        .await
+        .unwrap();
+    (format!("{PG}?options=-csearch_path%3D{schema}"), schema)
+}
+
 /// A client on the shared database, scoped to `schema`.
 pub async fn pg(schema: &str) -> tokio_postgres::Client {
     let client = connect(PG).await;
