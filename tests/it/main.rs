@@ -23,6 +23,7 @@ mod oauth;
 mod operations;
 mod queue;
 mod rate_limit;
+mod recipes;
 mod replay;
 mod secrets;
 mod server;
