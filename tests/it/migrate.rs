@@ -398,6 +398,32 @@ fn migrate_check_fails_when_it_could_not_check() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // a database that does not answer: neither command passes by not checking
+    let closed = format!(
+        "postgres://postgres@127.0.0.1:{}/test?connect_timeout=2",
+        common::free_port()
+    );
+    let shipped = common::shipped().display().to_string();
+    for args in [
+        vec!["validate", "--database-url", &closed, &shipped],
+        vec![
+            "migrate",
+            "--check",
+            "--database-url",
+            &closed,
+            "--pipelines",
+            &shipped,
+        ],
+    ] {
+        let out = engine()
+            .env("VAPI_WEBHOOK_SECRET", "a-secret-of-sixteen-or-more")
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains("database"), "{args:?}: {err}");
+    }
 }
 
 /// The `engine` binary with only the variables a test sets.
