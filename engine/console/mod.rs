@@ -9,9 +9,9 @@
 //!   no valid session                        -> 303 to /console/login (JSON API: 401)
 //!   GET  /console/pipelines | traffic | queues | dead-letters | events   (pages.rs)
 //!   GET  /console/api/traffic               -> the traffic charts' data (traffic.rs)
-//!   POST /console/dead-letters/replay|purge, /console/logout
-//!        -> CSRF token checked -> the queue's own operation -> logged with the request id
-//!        -> 303 back to the page
+//!   POST /console/dead-letters/replay|purge, /console/logout (this session, or every one)
+//!        -> CSRF token checked -> the queue's own operation / the sign-out (revoked.rs: shared
+//!        through Redis) -> logged with the request id and client IP -> 303 back to the page
 //! dispatch, every pipeline answer while on -> traffic::global().record, recent::global().keep
 //! ```
 //!
@@ -23,6 +23,7 @@
 pub mod archive;
 pub mod pages;
 pub mod recent;
+pub mod revoked;
 pub mod session;
 pub mod traffic;
 
@@ -38,22 +39,29 @@ pub const LOGIN_ATTEMPTS_PER_MINUTE: u32 = 10;
 /// Dead letters shown on a page.
 pub const DEAD_LETTERS_SHOWN: usize = 100;
 
-/// The console of a running app: its session keys and sign-in limit.
+/// The console of a running app: its session keys, signed-out sessions and sign-in limit.
 pub struct Console {
     pub keys: Keys,
+    /// Sessions signed out before they expired.
+    pub revoked: revoked::Revoked,
     /// Sign-in attempts per client IP.
     pub login: Rule,
 }
 
 impl Console {
-    /// The console, when CONSOLE_TOKEN is set.
-    pub fn new(token: Option<&Secret>) -> Option<Console> {
+    /// The console, when CONSOLE_TOKEN is set. `redis` (the deployment's, with its key prefix)
+    /// shares sign-outs between instances.
+    pub fn new(
+        token: Option<&Secret>,
+        redis: Option<(crate::shared_redis::SharedRedis, String)>,
+    ) -> Option<Console> {
         let token = token?;
         // per client IP, failing open: the token is the lock and the limit only slows guessing,
         // so a Redis outage must not lock operators out when they need the console most
         let per_ip = RateLimit::per_ip(LOGIN_ATTEMPTS_PER_MINUTE, Duration::from_secs(60));
         Some(Console {
             keys: Keys::new(token),
+            revoked: revoked::Revoked::new(redis),
             login: Rule::new("console-login", &per_ip),
         })
     }

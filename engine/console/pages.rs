@@ -19,6 +19,9 @@ use crate::queue::DeadLetter;
 pub const SCRIPT: &str = include_str!("assets/console.js");
 /// The console's stylesheet.
 pub const STYLE: &str = include_str!("assets/console.css");
+/// The console's icon, linked from every page (so browsers do not ask the webhook routes for
+/// `/favicon.ico`).
+pub const FAVICON: &str = include_str!("assets/favicon.svg");
 
 /// Every page's `<head>`; the script only on signed-in pages (the sign-in page has none to run).
 fn head(title: &str, script: bool) -> Markup {
@@ -28,6 +31,7 @@ fn head(title: &str, script: bool) -> Markup {
             meta name="viewport" content="width=device-width, initial-scale=1";
             title { (title) " · engine console" }
             link rel="stylesheet" href="/console/assets/console.css";
+            link rel="icon" type="image/svg+xml" href="/console/assets/favicon.svg";
             @if script { script src="/console/assets/console.js" defer {} }
         }
     }
@@ -56,7 +60,9 @@ pub(super) fn page(title: &str, current: &str, csrf: &str, content: Markup) -> M
                     }
                     form.logout method="post" action="/console/logout" {
                         input type="hidden" name="csrf" value=(csrf);
-                        button type="submit" { "Sign out" }
+                        button type="submit" name="scope" value="this" { "Sign out" }
+                        button type="submit" name="scope" value="everywhere"
+                            title="End every console session, on every instance" { "Sign out everywhere" }
                     }
                 }
                 main {
@@ -69,7 +75,9 @@ pub(super) fn page(title: &str, current: &str, csrf: &str, content: Markup) -> M
 }
 
 /// The sign-in page, with a message after a failed attempt.
-pub fn login(message: Option<&str>) -> Markup {
+/// The sign-in page: `message` an error (refused token, too many attempts), `note` news (signed
+/// out).
+pub fn login(message: Option<&str>, note: Option<&str>) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -78,12 +86,32 @@ pub fn login(message: Option<&str>) -> Markup {
                 main {
                     h1 { "engine console" }
                     @if let Some(m) = message { p.error role="alert" { (m) } }
+                    @if let Some(n) = note { p.notice role="status" { (n) } }
                     form method="post" action="/console/login" {
                         label for="token" { "Console token" }
                         input #token type="password" name="token" autocomplete="current-password" required autofocus;
                         button type="submit" { "Sign in" }
                     }
                     p.hint { "The token is the deployment's CONSOLE_TOKEN." }
+                }
+            }
+        }
+    }
+}
+
+/// What went wrong with a console request, as a page (a refused form, a queue that did not
+/// answer): the browser never shows raw JSON.
+pub fn problem(status: salvo::http::StatusCode, message: &str) -> Markup {
+    let title = status.canonical_reason().unwrap_or("Error");
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            (head(title, false))
+            body.login {
+                main {
+                    h1 { (title) }
+                    p.error role="alert" { (message) }
+                    p { a href="/console/pipelines" { "Back to the console" } }
                 }
             }
         }
@@ -445,7 +473,7 @@ pub fn dead_letters(name: &str, view: Result<DeadLetters<'_>, String>, csrf: &st
                     }
                 }
             }
-            div.actions.all {
+            @if !v.letters.is_empty() { div.actions.all {
                 @for (action, label, confirm) in [("replay", "Replay all", "Put every dead letter of this pipeline back on its queue?"), ("purge", "Purge all", "Delete every dead letter of this pipeline for good?")] {
                     form method="post" action=(format!("/console/dead-letters/{action}")) {
                         input type="hidden" name="csrf" value=(csrf);
@@ -454,7 +482,7 @@ pub fn dead_letters(name: &str, view: Result<DeadLetters<'_>, String>, csrf: &st
                         button type="submit" class=[(action == "purge").then_some("danger")] data-confirm=(confirm) { (label) }
                     }
                 }
-            }
+            } }
         },
     };
     page(&title, "dead-letters", csrf, content)

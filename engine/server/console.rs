@@ -3,6 +3,7 @@
 //! keeps lives in [`crate::console`].
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 
 use bytes::Bytes;
 use salvo::http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION, SET_COOKIE};
@@ -45,14 +46,24 @@ pub async fn serve(app: &App, req: &mut Request, res: &mut Response) -> Result<(
         (Method::GET, "/console/assets/console.css") => {
             return asset(res, "text/css; charset=utf-8", pages::STYLE);
         }
+        (Method::GET, "/console/assets/favicon.svg") => {
+            return asset(res, "image/svg+xml", pages::FAVICON);
+        }
         (Method::GET, "/console/login") => {
-            html(res, StatusCode::OK, pages::login(None));
+            let done = req.query::<String>("done");
+            let note = (done.as_deref() == Some("signed-out")).then_some("Signed out.");
+            html(res, StatusCode::OK, pages::login(None, note));
             return Ok(());
         }
         (Method::POST, "/console/login") => return login(app, console, req, res, now_ms).await,
         _ => {}
     }
-    let Some(session) = session_of(console, req, now_ms) else {
+    let client_ip = client_ip(app, req);
+    let session = match session_of(console, req, now_ms) {
+        Some(s) if !console.revoked.contains(&s).await => Some(s),
+        _ => None,
+    };
+    let Some(session) = session else {
         if path.starts_with("/console/api/") {
             return Err(error(
                 res,
@@ -124,27 +135,42 @@ pub async fn serve(app: &App, req: &mut Request, res: &mut Response) -> Result<(
             }
         },
         (_, p) if p == "/console/events" || p.starts_with("/console/events/") => {
-            super::events::serve(app, console, &session, &csrf, p, &query, req, res).await
+            let visit = super::events::Visit {
+                session: &session,
+                csrf: &csrf,
+                client_ip,
+            };
+            super::events::serve(app, console, &visit, p, &query, req, res).await
         }
         (Method::POST, "/console/logout") => {
             let form = form_of(req, res).await?;
-            checked(console, &session, &form, res)?;
-            tracing::info!(action = "logout", "console: signed out");
+            checked(console, &session, &form, client_ip, res)?;
+            let everywhere = form.first("scope") == Some("everywhere");
+            let shared = if everywhere {
+                console.revoked.revoke_all(now_ms).await
+            } else {
+                console.revoked.revoke(&session, now_ms).await
+            };
+            let action = if everywhere {
+                "logout-everywhere"
+            } else {
+                "logout"
+            };
+            tracing::info!(action, %client_ip, shared, "console: signed out");
             set_header(res, SET_COOKIE, &session::clear_cookie());
-            redirect(res, "/console/login")
+            redirect(res, "/console/login?done=signed-out")
         }
         (Method::POST, "/console/dead-letters/replay" | "/console/dead-letters/purge") => {
             let form = form_of(req, res).await?;
-            checked(console, &session, &form, res)?;
+            checked(console, &session, &form, client_ip, res)?;
             let replay = path.ends_with("/replay");
             act_on_dead_letters(app, &form, replay, res).await
         }
         (Method::GET | Method::HEAD | Method::POST, _) => not_found(res, &csrf),
-        _ => Err(error(
+        _ => Err(problem(
             res,
             StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "This route does not accept this method.",
+            "This console page does not accept this method.",
         )),
     }
 }
@@ -194,10 +220,9 @@ async fn act_on_dead_letters(
 ) -> Result<(), Stop> {
     let name = form.first("pipeline").unwrap_or_default().to_string();
     let Some((_, queue)) = queue_of(app, &name) else {
-        return Err(error(
+        return Err(problem(
             res,
             StatusCode::NOT_FOUND,
-            "not_found",
             "No queued pipeline of that name.",
         ));
     };
@@ -227,10 +252,9 @@ async fn act_on_dead_letters(
         }
         Err(e) => {
             tracing::error!(action, pipeline = %name, error = %e, "console: dead-letter action failed");
-            Err(error(
+            Err(problem(
                 res,
                 StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
                 &format!("The queue did not answer: {e}"),
             ))
         }
@@ -253,10 +277,23 @@ async fn login(
         .is_err()
     {
         tracing::warn!(client_ip = %seen.client_ip, "console: too many sign-in attempts");
+        // the limiter wrote its JSON answer and its headers (Retry-After, RateLimit-*): the
+        // headers stay, the answer becomes the sign-in page saying the same
+        let wait = res
+            .headers()
+            .get(salvo::http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(60);
+        res.headers_mut().remove(CONTENT_TYPE);
+        let message = format!(
+            "Too many attempts from this address. Try again in {wait} second{}.",
+            if wait == 1 { "" } else { "s" }
+        );
         html(
             res,
             StatusCode::TOO_MANY_REQUESTS,
-            pages::login(Some("Too many attempts. Wait a minute and try again.")),
+            pages::login(Some(&message), None),
         );
         return Err(Stop);
     }
@@ -266,7 +303,7 @@ async fn login(
         html(
             res,
             StatusCode::UNAUTHORIZED,
-            pages::login(Some("That is not the console token.")),
+            pages::login(Some("That is not the console token."), None),
         );
         return Err(Stop);
     }
@@ -286,6 +323,7 @@ pub(super) fn checked(
     console: &Console,
     session: &Session,
     form: &Form,
+    client_ip: IpAddr,
     res: &mut Response,
 ) -> Result<(), Stop> {
     if console
@@ -294,13 +332,28 @@ pub(super) fn checked(
     {
         return Ok(());
     }
-    tracing::warn!("console: a state change without this session's CSRF token was refused");
-    Err(error(
+    tracing::warn!(%client_ip, "console: a state change without this session's CSRF token was refused");
+    Err(problem(
         res,
         StatusCode::FORBIDDEN,
-        "forbidden",
-        "The form's CSRF token is missing or not this session's. Reload the page and try again.",
+        "This form was not sent from this session's page (its CSRF token is missing or not this session's). Reload the page and try again.",
     ))
+}
+
+/// The address the request came from, as the trusted proxies say.
+fn client_ip(app: &App, req: &Request) -> IpAddr {
+    let peer = req
+        .remote_addr()
+        .ip()
+        .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    app.proxies.client_ip(peer, req.headers())
+}
+
+/// A console page saying what went wrong: the browser shows a page, never raw JSON (the
+/// console's JSON API answers JSON).
+pub(super) fn problem(res: &mut Response, status: StatusCode, message: &str) -> Stop {
+    html(res, status, pages::problem(status, message));
+    Stop
 }
 
 /// A posted urlencoded form: every value of every field.
@@ -329,10 +382,9 @@ impl Form {
 pub(super) async fn form_of(req: &mut Request, res: &mut Response) -> Result<Form, Stop> {
     match req.payload_with_max_size(FORM_LIMIT).await {
         Ok(body) => Ok(Form::parse(body)),
-        Err(_) => Err(error(
+        Err(_) => Err(problem(
             res,
             StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
             "The form is too large.",
         )),
     }
@@ -359,10 +411,14 @@ fn set_header<K: salvo::http::header::IntoHeaderName>(res: &mut Response, name: 
     }
 }
 
+/// Answer `page`: its content type and body replace whatever an earlier step wrote.
 pub(super) fn html(res: &mut Response, status: StatusCode, page: maud::Markup) {
     res.status_code(status);
-    set_header(res, CONTENT_TYPE, "text/html; charset=utf-8");
-    let _ = res.write_body(page.into_string());
+    res.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    res.body(page.into_string());
 }
 
 fn asset(res: &mut Response, content_type: &str, text: &'static str) -> Result<(), Stop> {

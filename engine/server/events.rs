@@ -18,8 +18,8 @@ use salvo::http::{Method, StatusCode};
 use salvo::prelude::*;
 
 use super::App;
-use super::answer::{Stop, error};
-use super::console::{Form, checked, form_of, html, not_found, redirect};
+use super::answer::Stop;
+use super::console::{Form, checked, form_of, html, not_found, problem, redirect};
 use crate::archive::replay::{Job, Runner};
 use crate::archive::{Filter, Store};
 use crate::console::archive::{self as pages, Search};
@@ -31,19 +31,25 @@ const SHOWN: usize = 100;
 /// The pace of a replay started from the console, events a second.
 const RATE: u32 = 2000;
 
+/// Who is asking: the signed-in session, its CSRF token and the client's address.
+pub struct Visit<'a> {
+    pub session: &'a Session,
+    pub csrf: &'a str,
+    pub client_ip: std::net::IpAddr,
+}
+
 /// Answer a path under `/console/events` for a signed-in session.
-#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     app: &App,
     console: &Console,
-    session: &Session,
-    csrf: &str,
+    visit: &Visit<'_>,
     path: &str,
     query: &HashMap<String, String>,
     req: &mut Request,
     res: &mut Response,
 ) -> Result<(), Stop> {
     let store = app.archive.as_ref();
+    let csrf = visit.csrf;
     match (req.method().clone(), path) {
         (Method::GET, "/console/events") => {
             let Some(name) = query.get("pipeline") else {
@@ -123,7 +129,7 @@ pub async fn serve(
         }
         (Method::POST, action) => {
             let form = form_of(req, res).await?;
-            checked(console, session, &form, res)?;
+            checked(console, visit.session, &form, visit.client_ip, res)?;
             let Some(store) = store else {
                 return not_found(res, csrf);
             };
@@ -299,14 +305,13 @@ fn spawn(runner: Runner, mut job: Job) {
 }
 
 fn bad(res: &mut Response, why: &str) -> Stop {
-    error(res, StatusCode::BAD_REQUEST, "bad_request", why)
+    problem(res, StatusCode::BAD_REQUEST, why)
 }
 
 fn unavailable(res: &mut Response, why: &str) -> Stop {
-    error(
+    problem(
         res,
         StatusCode::SERVICE_UNAVAILABLE,
-        "unavailable",
         &format!("The archive did not answer: {why}"),
     )
 }

@@ -200,7 +200,12 @@ impl App {
             crate::ops::ready::Checks::new(redis.clone(), project.settings.database_url.as_deref())
                 .map_err(BuildError::Database)?;
         let metrics_token = project.ops.metrics_token.clone();
-        let console = crate::console::Console::new(project.ops.console_token.as_ref());
+        let console = crate::console::Console::new(
+            project.ops.console_token.as_ref(),
+            redis
+                .clone()
+                .map(|r| (r, project.settings.redis_key_prefix.clone())),
+        );
         let oauth = oauth_flows(&project, pool.as_ref());
         let proxies = TrustedProxies::parse(&project.settings.trusted_proxies);
         let default = project.settings.rate_limit.as_ref().filter(|r| r.enabled);

@@ -262,6 +262,20 @@ async fn sign_in_sessions_and_csrf() {
     }
     let (status, _) = get(&app, &s.cookie, "/console/dead-letters?pipeline=nope").await;
     assert_eq!(status, 404);
+    // the icon every page links, so browsers do not ask the webhook routes for /favicon.ico
+    assert!(
+        get(&app, &s.cookie, "/console/pipelines")
+            .await
+            .1
+            .contains(r#"rel="icon" type="image/svg+xml" href="/console/assets/favicon.svg""#)
+    );
+    let icon = client()
+        .get(app.url("/console/assets/favicon.svg"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(icon.status(), 200);
+    assert_eq!(icon.headers()["content-type"], "image/svg+xml");
     let js = client()
         .get(app.url("/console/assets/console.js"))
         .send()
@@ -338,7 +352,88 @@ async fn sign_in_attempts_are_limited_per_client() {
     let res = sign_in_with(&app, TOKEN).await;
     assert_eq!(res.status(), 429, "even the right token waits");
     assert!(res.headers().get("set-cookie").is_none());
+    // one answer: the sign-in page (one content type), saying the wait Retry-After says
+    let types: Vec<_> = res.headers().get_all("content-type").iter().collect();
+    assert_eq!(types, ["text/html; charset=utf-8"]);
+    let wait: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let page = res.text().await.unwrap();
+    assert!(page.starts_with("<!DOCTYPE html>"), "{page}");
+    assert!(!page.contains(r#"{"error""#), "{page}");
+    let said = format!("Try again in {wait} second");
+    assert!(page.contains(&said), "{said} in {page}");
     app.stop().await;
+}
+
+/// Signing out ends the session on the server: a cookie copied before is refused afterwards, on
+/// this instance and on another sharing the Redis; "sign out everywhere" ends every session.
+/// A refused CSRF check is a page, not JSON.
+#[tokio::test]
+async fn signing_out_ends_the_session_on_every_instance() {
+    // Redis keys under a prefix of this test's own
+    let dir = project("orders", false);
+    let env = [
+        ("CONSOLE_TOKEN", TOKEN),
+        ("REDIS_URL", "redis://127.0.0.1:6379"),
+    ];
+    let a = spawn_app(dir.path(), &env).await;
+    let b = spawn_app(dir.path(), &env).await;
+    let s = sign_in(&a).await;
+    assert_eq!(get(&b, &s.cookie, "/console/queues").await.0, 200);
+
+    // a CSRF refusal: the browser shows a page
+    let res = post_form(&a, &s.cookie, "/console/logout", &[("csrf", "wrong")]).await;
+    assert_eq!(res.status(), 403);
+    assert_eq!(res.headers()["content-type"], "text/html; charset=utf-8");
+    let page = res.text().await.unwrap();
+    assert!(
+        page.contains("CSRF token") && page.contains("Reload the page"),
+        "{page}"
+    );
+
+    let copied = s.cookie.clone();
+    let res = post_form(
+        &a,
+        &s.cookie,
+        "/console/logout",
+        &[("csrf", &s.csrf), ("scope", "this")],
+    )
+    .await;
+    assert_eq!(res.status(), 303);
+    assert_eq!(res.headers()["location"], "/console/login?done=signed-out");
+    for app in [&a, &b] {
+        let res = client()
+            .get(app.url("/console/queues"))
+            .header("cookie", &copied)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 303, "the copied cookie opens nothing");
+        assert_eq!(res.headers()["location"], "/console/login");
+    }
+
+    // everywhere: both sessions (one per instance) end, a new sign-in works
+    let one = sign_in(&a).await;
+    let two = sign_in(&b).await;
+    let res = post_form(
+        &b,
+        &two.cookie,
+        "/console/logout",
+        &[("csrf", &two.csrf), ("scope", "everywhere")],
+    )
+    .await;
+    assert_eq!(res.status(), 303);
+    assert_eq!(get(&a, &one.cookie, "/console/queues").await.0, 303);
+    assert_eq!(get(&b, &two.cookie, "/console/queues").await.0, 303);
+    // a session begun after: the clock is in ms, so wait past the instant of the sign-out
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let three = sign_in(&a).await;
+    assert_eq!(get(&b, &three.cookie, "/console/queues").await.0, 200);
+    a.stop().await;
+    b.stop().await;
 }
 
 #[tokio::test]

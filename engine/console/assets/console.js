@@ -1,6 +1,7 @@
 // The engine console's only script: redraws the traffic page every 3 s from
-// /console/api/traffic, ticks "select all" boxes, and asks before buttons marked data-confirm.
-// Pages work without it.
+// /console/api/traffic, ticks "select all" boxes, asks before buttons marked data-confirm, and
+// takes an action's `done=` out of the address once its banner is shown (so a refresh does not
+// show it again). Pages work without it.
 "use strict";
 
 const W = 360, H = 80;
@@ -55,6 +56,11 @@ async function refresh(root) {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
+  const url = new URL(window.location.href);
+  if (url.searchParams.has("done")) {
+    url.searchParams.delete("done");
+    window.history.replaceState(null, "", url.pathname + url.search + url.hash);
+  }
   const traffic = document.getElementById("traffic");
   if (traffic) {
     refresh(traffic);
