@@ -30,6 +30,10 @@ pub enum EventsAction {
         /// The event id, as `engine events list` prints it.
         #[arg(long)]
         id: String,
+        /// Print the request whole, without the pipeline's `redact` (for when someone must see
+        /// a value; the command logs that it did, with the pipeline and event id).
+        #[arg(long)]
+        unredacted: bool,
         #[command(flatten)]
         at: At,
     },
@@ -265,7 +269,12 @@ async fn run(action: EventsAction) -> Result<ExitCode, String> {
             let events = d.store.list(&f, limit).await.map_err(e)?;
             print_list(&events, d.json);
         }
-        EventsAction::Show { pipeline, id, at } => {
+        EventsAction::Show {
+            pipeline,
+            id,
+            unredacted,
+            at,
+        } => {
             let d = deployment(&at, false).map_err(not_loaded)?;
             let p = archived(&d.project, &pipeline)?;
             let stored = d
@@ -277,7 +286,13 @@ async fn run(action: EventsAction) -> Result<ExitCode, String> {
             let keyring = crate::server::queueing::keyring(&d.project)?;
             let request = match stored.event(keyring.as_ref()) {
                 Ok(event) => {
-                    let shown = crate::console::recent::shown(&event, &p.config.redact);
+                    let redact: &[_] = if unredacted {
+                        tracing::warn!(pipeline = %pipeline, event_id = %id, "events show --unredacted: the request printed whole, redacted fields included");
+                        &[]
+                    } else {
+                        &p.config.redact
+                    };
+                    let shown = crate::console::recent::shown(&event, redact);
                     serde_json::json!({
                         "method": shown.method, "path": shown.path, "query": shown.query,
                         "headers": shown.headers, "body": shown.body, "truncated": shown.truncated,

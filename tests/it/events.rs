@@ -231,6 +231,31 @@ async fn the_embedded_default_keeps_and_replays_events_too() {
     }
     assert_eq!(n, 5);
     app.stop().await;
+
+    // the shipped redact list: the caller's number and words are [redacted] when shown, whole
+    // with --unredacted (the archive kept them)
+    let (code, out, err) = events(&d, &[], "list --pipeline vapi --json --limit 1");
+    assert_eq!(code, 0, "{out}{err}");
+    let listed = json(&out);
+    let id = listed[0]["event_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{listed}"));
+    let (code, shown, err) = events(&d, &[], &format!("show --pipeline vapi --id {id} --json"));
+    assert_eq!(code, 0, "{shown}{err}");
+    assert!(shown.contains("[redacted]"), "{shown}");
+    for personal in ["+14155550123", "book a cleaning"] {
+        assert!(!shown.contains(personal), "{personal} in {shown}");
+    }
+    let (code, whole, err) = events(
+        &d,
+        &[],
+        &format!("show --pipeline vapi --id {id} --json --unredacted"),
+    );
+    assert_eq!(code, 0, "{whole}{err}");
+    assert!(
+        whole.contains("+14155550123") && whole.contains("book a cleaning"),
+        "{whole}"
+    );
     fix(&d);
     let rows = || {
         std::fs::read_to_string(data.path().join("call_logs.jsonl"))
