@@ -351,6 +351,12 @@ pub async fn check_project(
 }
 
 /// The rows each pipeline's fixtures write, per pipeline and sink (none without fixtures).
+///
+/// The fixtures' own requests (a revoked grant, a Calendar 503, a 429...) are not this process's
+/// traffic, and nothing of a check may read like an event in its log. So they run on a runtime of
+/// their own, in a thread of their own, where every thread (workers, blocking script threads)
+/// has the no-op subscriber as its default: `with_subscriber` alone would only cover this
+/// future's own polls, not the tasks and blocking calls it starts.
 async fn fixture_rows(
     project: &crate::config::Project,
     fixtures: &[std::path::PathBuf],
@@ -358,12 +364,27 @@ async fn fixture_rows(
     if !fixtures.iter().any(|f| f.exists()) {
         return Ok(Default::default());
     }
-    // The fixtures' own requests (a 429, a dropped speech-update...) are not this process's
-    // traffic: their log lines stay out of its log.
-    use tracing::instrument::WithSubscriber;
-    crate::replay::rows_written(&project.dir, fixtures)
-        .with_subscriber(tracing::subscriber::NoSubscriber::default())
-        .await
+    let dir = project.dir.clone();
+    let fixtures = fixtures.to_vec();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let quiet = || tracing::subscriber::set_default(tracing::subscriber::NoSubscriber::default());
+    std::thread::Builder::new()
+        .name("table-check-fixtures".into())
+        .spawn(move || {
+            let _quiet = quiet();
+            let written = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                // the guard lives as long as the thread: forgetting it keeps the thread quiet
+                .on_thread_start(move || std::mem::forget(quiet()))
+                .build()
+                .map_err(|e| e.to_string())
+                .and_then(|rt| rt.block_on(crate::replay::rows_written(&dir, &fixtures)));
+            let _ = tx.send(written);
+        })
+        .map_err(|e| format!("cannot run the fixtures: {e}"))?;
+    rx.await
+        .map_err(|_| "the fixtures' run stopped before it finished".to_string())?
 }
 
 /// The problems of the tables as they are at this point of the transaction.

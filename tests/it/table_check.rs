@@ -278,6 +278,26 @@ fn fixtures_beside_the_pipelines_add_what_only_values_show() {
         err.contains("table `call_logs`, column `duration_seconds`: expected a column that takes a number (fixture:vapi/"),
         "{err}"
     );
+
+    // put right, a production boot runs the fixtures for the check: their requests (a revoked
+    // grant, a Calendar 503, ...) leave no line in its log, which holds only its own
+    d.sql(
+        &rt,
+        "ALTER TABLE call_logs ALTER COLUMN duration_seconds TYPE numeric(10,3)",
+    );
+    let log = d.boot().expect("a production boot");
+    assert!(log.contains("table check"), "{log}");
+    for fixture_line in [
+        "connection call failed",
+        "org_clinic",
+        "oauth: connection",
+        "rate limited",
+    ] {
+        assert!(
+            !log.contains(fixture_line),
+            "{fixture_line} in the boot log:\n{log}"
+        );
+    }
 }
 
 /// The authoring loop of issue 44: a new boolean field mapped into `call_logs`. Before its
