@@ -44,7 +44,7 @@ pub const NAMES: &[(&str, &str, &str, &str)] = &[
         "engine_verify_failures_total",
         "counter",
         "pipeline, reason",
-        "requests refused by verification (reason: missing_credentials, malformed_header, bad_signature, stale_timestamp, body_hash_mismatch, unknown_tenant, ip_not_allowed)",
+        "requests refused by verification (reason: missing_credentials, missing_header, malformed_header, empty_body, bad_signature, stale_timestamp, body_hash_mismatch, unknown_tenant, ip_not_allowed)",
     ),
     (
         "engine_dependency_up",

@@ -13,8 +13,11 @@ pub struct Github;
 impl Scheme for Github {
     fn check(&self, req: &Inbound<'_>, key: &[u8]) -> Result<(), Reject> {
         let value = header(req.headers, "x-hub-signature-256").ok_or(Reject::MissingCredentials)?;
-        if !value.starts_with("sha256=") || req.body.is_empty() {
+        if !value.starts_with("sha256=") {
             return Err(Reject::MalformedHeader);
+        }
+        if req.body.is_empty() {
+            return Err(Reject::EmptyBody);
         }
         let expected = format!(
             "sha256={}",

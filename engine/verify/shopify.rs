@@ -46,8 +46,11 @@ impl Scheme for Shopify {
     fn check(&self, req: &Inbound<'_>, key: &[u8]) -> Result<(), Reject> {
         let names = kind(req);
         let value = present(req, names[0]).ok_or(Reject::MissingCredentials)?;
-        if req.body.is_empty() || names[1..].iter().any(|n| present(req, n).is_none()) {
-            return Err(Reject::MalformedHeader);
+        if names[1..].iter().any(|n| present(req, n).is_none()) {
+            return Err(Reject::MissingHeader);
+        }
+        if req.body.is_empty() {
+            return Err(Reject::EmptyBody);
         }
         let expected = mac::encode(
             Encoding::Base64,

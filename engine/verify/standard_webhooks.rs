@@ -43,9 +43,9 @@ impl Scheme for StandardWebhooks {
     }
 
     fn check(&self, req: &Inbound<'_>, key: &[u8]) -> Result<(), Reject> {
-        let id = either(req, "id").ok_or(Reject::MissingCredentials)?;
-        let ts = either(req, "timestamp").ok_or(Reject::MissingCredentials)?;
         let sigs = either(req, "signature").ok_or(Reject::MissingCredentials)?;
+        let id = either(req, "id").ok_or(Reject::MissingHeader)?;
+        let ts = either(req, "timestamp").ok_or(Reject::MissingHeader)?;
         let t = ts
             .trim()
             .parse::<i64>()
