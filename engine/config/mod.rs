@@ -323,11 +323,17 @@ pub fn load_with(
             ));
         }
     }
-    let strict = |i: usize| !pipelines[i].1.route.trailing_slash.is_match();
+    let route_of = |i: usize| &pipelines[i].1.route;
     let routes = match RouteTable::build_indexed(
         &listed
             .iter()
-            .map(|(m, path, i, _)| (*m, *path, *i, strict(*i)))
+            .map(|(m, path, i, _)| crate::route::Spec {
+                method: *m,
+                path,
+                pipeline: *i,
+                strict_slash: !route_of(*i).trailing_slash.is_match(),
+                case_sensitive: route_of(*i).case_sensitive,
+            })
             .collect::<Vec<_>>(),
     ) {
         Ok(t) => Some(t),

@@ -137,6 +137,11 @@ pub struct Route {
     /// as written.
     #[serde(default, skip_serializing_if = "TrailingSlash::is_match")]
     pub trailing_slash: TrailingSlash,
+    /// `false` (default, as Express's default routing): the path answers in any letter case
+    /// (`/API/Webhooks/vapi` as `/api/webhooks/vapi`; captured `{name}` values keep the case they
+    /// were sent in); `true`: only in the case written.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub case_sensitive: bool,
 }
 
 /// Whether a route also answers its path with a trailing slash added or removed.

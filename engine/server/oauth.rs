@@ -25,8 +25,17 @@ pub async fn answer(
             return;
         }
     };
-    let cfg = app.project.pipelines[pipeline].config.oauth.as_ref();
-    let is_start = cfg.is_some_and(|o| o.start.path == req.uri().path());
+    let config = &app.project.pipelines[pipeline].config;
+    let cfg = config.oauth.as_ref();
+    // the route table answered this path as the start's or the callback's, with a trailing
+    // slash and letter case as the route allows: compare the same way
+    let is_start = cfg.is_some_and(|o| {
+        let (a, b) = (
+            o.start.path.trim_end_matches('/'),
+            req.uri().path().trim_end_matches('/'),
+        );
+        a == b || (!config.route.case_sensitive && a.eq_ignore_ascii_case(b))
+    });
     let query = req.uri().query().unwrap_or("");
     let now = app.clock.now_secs();
     let wants_json = req

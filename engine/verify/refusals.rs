@@ -44,7 +44,10 @@ const SHOPIFY: [(&str, &str); 4] = [
     ("x-shopify-topic", "orders/create"),
     ("x-shopify-shop-domain", "shop.myshopify.com"),
     ("x-shopify-api-version", "2025-01"),
-    ("x-shopify-webhook-id", "b54557e4-bdd9-4b37-8a5f-bf7d70bcd043"),
+    (
+        "x-shopify-webhook-id",
+        "b54557e4-bdd9-4b37-8a5f-bf7d70bcd043",
+    ),
 ];
 const WELL_FORMED_B64: &str = "MyBtQm3e1LjxQsV69Mj6FFjEqhUJk+Eplvy449pPn78=";
 
@@ -99,7 +102,10 @@ fn slack_and_standard_webhooks_name_the_header_that_is_missing() {
     assert_eq!(
         check(
             &slack,
-            &[("x-slack-signature", v0), ("x-slack-request-timestamp", "soon")],
+            &[
+                ("x-slack-signature", v0),
+                ("x-slack-request-timestamp", "soon")
+            ],
             b"x"
         ),
         Err(Reject::MalformedHeader)
@@ -108,7 +114,10 @@ fn slack_and_standard_webhooks_name_the_header_that_is_missing() {
     assert_eq!(
         check(
             &slack,
-            &[("x-slack-signature", v0), ("x-slack-request-timestamp", &stale)],
+            &[
+                ("x-slack-signature", v0),
+                ("x-slack-request-timestamp", &stale)
+            ],
             b"x"
         ),
         Err(Reject::StaleTimestamp)
@@ -121,11 +130,19 @@ fn slack_and_standard_webhooks_name_the_header_that_is_missing() {
         Err(Reject::MissingHeader)
     );
     assert_eq!(
-        check(&sw, &[("webhook-id", "msg_1"), ("webhook-timestamp", &now)], b"{}"),
+        check(
+            &sw,
+            &[("webhook-id", "msg_1"), ("webhook-timestamp", &now)],
+            b"{}"
+        ),
         Err(Reject::MissingCredentials)
     );
     assert_eq!(
-        check(&sw, &[sig, ("webhook-id", "msg_1"), ("webhook-timestamp", &now)], b"{}"),
+        check(
+            &sw,
+            &[sig, ("webhook-id", "msg_1"), ("webhook-timestamp", &now)],
+            b"{}"
+        ),
         Err(Reject::BadSignature)
     );
     let stripe = Stripe { tolerance: 300 };

@@ -22,8 +22,7 @@ impl Scheme for Slack {
 
     fn check(&self, req: &Inbound<'_>, key: &[u8]) -> Result<(), Reject> {
         let value = header(req.headers, "x-slack-signature").ok_or(Reject::MissingCredentials)?;
-        let ts =
-            header(req.headers, "x-slack-request-timestamp").ok_or(Reject::MissingHeader)?;
+        let ts = header(req.headers, "x-slack-request-timestamp").ok_or(Reject::MissingHeader)?;
         let t = mac::parse_timestamp(ts)?;
         mac::fresh(t, req.now, self.tolerance)?;
         if !value.starts_with("v0=") {

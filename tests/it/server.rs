@@ -93,6 +93,18 @@ async fn shipped_routes_answer_as_their_files_say() {
     app.stop().await;
 }
 
+/// A signed Vapi status update (the development secret) posted to `path`.
+async fn status_update_at(app: &common::TestApp, path: &str) -> reqwest::Response {
+    app.client
+        .post(app.url(path))
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer dev-vapi-webhook-secret")
+        .body(r#"{"message":{"type":"status-update","status":"in-progress"}}"#)
+        .send()
+        .await
+        .unwrap()
+}
+
 /// Express's default (non-strict) routing answered `/api/webhooks/vapi/` as `/api/webhooks/vapi`,
 /// and providers configured with either spelling keep working; `trailing_slash: strict` keeps a
 /// route to its own spelling; nothing else of a path is normalised.
@@ -114,16 +126,8 @@ respond: {status: 202, content_type: text/plain, body: slashed}
 ",
     );
     let app = spawn_app(dir.path(), &[]).await;
-    let vapi = |path: &str| {
-        app.client
-            .post(app.url(path))
-            .header("content-type", "application/json")
-            .header("authorization", "Bearer dev-vapi-webhook-secret")
-            .body(r#"{"message":{"type":"status-update","status":"in-progress"}}"#)
-            .send()
-    };
     for path in ["/api/webhooks/vapi", "/api/webhooks/vapi/"] {
-        let res = vapi(path).await.unwrap();
+        let res = status_update_at(&app, path).await;
         assert_eq!(res.status(), 200, "{path}");
         assert_eq!(
             res.json::<Value>().await.unwrap(),
@@ -191,6 +195,56 @@ respond: {status: 202, content_type: text/plain, body: slashed}
         let answer = raw_request(app.addr, &[request.as_bytes()], Duration::from_secs(5)).await;
         assert!(answer.starts_with("HTTP/1.1 404"), "{path}: {answer}");
     }
+    app.stop().await;
+}
+
+/// Express matched paths ignoring letter case: a server URL typed with other capitals in a
+/// provider's dashboard keeps working after the move; captured segments keep their case;
+/// `case_sensitive: true` keeps a route to its own spelling; Twilio's signature is over the URL
+/// as it requested it.
+#[tokio::test]
+async fn letter_case_is_ignored_as_the_express_app_did() {
+    let dir = Dir::shipped_copy();
+    dir.write(
+        "exact.yaml",
+        "name: exact
+route: {method: POST, path: /hooks/Exact, case_sensitive: true}
+respond: {status: 202, content_type: text/plain, body: exact}
+",
+    );
+    dir.write(
+        "tenant.yaml",
+        "name: tenant
+route: {method: POST, path: '/orgs/{org}/events'}
+respond: {status: 202, content_type: text/plain, template: '{{ event.params.org }}'}
+",
+    );
+    let app = spawn_app(dir.path(), &[]).await;
+    for path in ["/API/webhooks/vapi", "/Api/Webhooks/Vapi/"] {
+        assert_eq!(status_update_at(&app, path).await.status(), 200, "{path}");
+    }
+    let ct = ("content-type", "application/x-www-form-urlencoded");
+    let url = app.url("/API/Twilio/SMS");
+    let body = "MessageSid=SM1&Body=hi";
+    let mut req = app.client.post(&url).header(ct.0, ct.1).body(body);
+    for (k, v) in sign(&shipped(), &[], "twilio-sms", &url, &[ct], body.as_bytes()) {
+        req = req.header(k, v);
+    }
+    assert_eq!(req.send().await.unwrap().status(), 200);
+    let res = app
+        .client
+        .post(app.url("/ORGS/AcMe/Events"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    assert_eq!(res.text().await.unwrap(), "AcMe");
+    let status = |path: &'static str| {
+        let req = app.client.post(app.url(path)).send();
+        async move { req.await.unwrap().status() }
+    };
+    assert_eq!(status("/hooks/Exact").await, 202);
+    assert_eq!(status("/hooks/exact").await, 404);
     app.stop().await;
 }
 
