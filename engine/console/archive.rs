@@ -57,10 +57,13 @@ fn search_form(search: &Search, index: &[String]) -> Markup {
 }
 
 /// One pipeline's archived events matching `search`, newest first.
+/// `refused`: the instance's sample of refused requests, drawn below (never archived: they
+/// were not accepted).
 pub fn events(
     search: &Search,
     index: &[String],
     found: Result<(Vec<Stored>, u64), String>,
+    refused: Markup,
     csrf: &str,
 ) -> Markup {
     let content = html! {
@@ -98,6 +101,7 @@ pub fn events(
                 }
             }
         }
+        (refused)
     };
     page(
         &format!("Events: {}", search.pipeline),

@@ -529,28 +529,53 @@ pub fn event_index(names: &[&str], csrf: &str) -> Markup {
 }
 
 /// One pipeline's sampled events, newest first.
-pub fn events(name: &str, samples: &[Sample], redact: &[Redact], csrf: &str) -> Markup {
+/// A pipeline the archive does not keep: this instance's sample of its recent requests, and of
+/// those refused.
+pub fn events(
+    name: &str,
+    samples: &[Sample],
+    refused: &[Sample],
+    redact: &[Redact],
+    csrf: &str,
+) -> Markup {
     page(
         &format!("Recent events: {name}"),
         "events",
         csrf,
         html! {
             @if samples.is_empty() { p { "No request sampled yet on this instance." } }
-            @else {
-                table.letters {
-                    thead { tr { th { "Answered" } th.n { "Status" } th { "Event" } } }
-                    tbody {
-                        @for s in samples {
-                            @let when = crate::transform::sandbox::format_time(s.at_ms);
-                            tr {
-                                td { time datetime=(when) { (when) } }
-                                td.n { (s.status) }
-                                td { code { (s.event.id) } (event_details(&shown(&s.event, redact))) }
-                            }
-                        }
+            @else { (sample_table(samples, redact)) }
+            (refused_requests(refused, redact))
+        },
+    )
+}
+
+/// This instance's sample of refused requests (verification failed), with status and reason.
+pub fn refused_requests(samples: &[Sample], redact: &[Redact]) -> Markup {
+    html! {
+        h2 { "Refused requests" }
+        p.meta { "Requests whose verification failed, sampled on this instance (at most one every "
+            (super::recent::SPACING_MS) " ms, the last " (super::recent::KEPT) "): a forged or misconfigured sender shows here. The reason codes: docs/verify.md." }
+        @if samples.is_empty() { p { "None refused lately." } }
+        @else { (sample_table(samples, redact)) }
+    }
+}
+
+fn sample_table(samples: &[Sample], redact: &[Redact]) -> Markup {
+    html! {
+        table.letters {
+            thead { tr { th { "Answered" } th.n { "Status" } th { "Reason" } th { "Event" } } }
+            tbody {
+                @for s in samples {
+                    @let when = crate::transform::sandbox::format_time(s.at_ms);
+                    tr {
+                        td { time datetime=(when) { (when) } }
+                        td.n { (s.status) }
+                        td.reason { (s.refused.unwrap_or("")) }
+                        td { code { (s.event.id) } (event_details(&shown(&s.event, redact))) }
                     }
                 }
             }
-        },
-    )
+        }
+    }
 }

@@ -3,9 +3,11 @@
 //!
 //! ```text
 //! dispatch, after answering a pipeline request (console on)
-//!   -> Recent::offer(pipeline, now): at most one event per SPACING per pipeline is kept
-//!   -> Recent::keep(event, status): the last KEPT per pipeline (the event as the queue stores
-//!      it: credential headers already removed)
+//!   -> Recent::offer(pipeline, now, refused): at most one event per SPACING per pipeline and
+//!      kind is kept; accepted and refused requests are sampled apart, so a flood of forged
+//!      requests cannot push the accepted ones out (nor the reverse)
+//!   -> Recent::keep(sample): the last KEPT of its kind per pipeline (the request with its
+//!      credential headers removed; a refused one with its status and reason code)
 //! /console/events?pipeline=NAME -> shown(event, redact): headers, query and body redacted
 //! ```
 //!
@@ -34,12 +36,32 @@ pub struct Sample {
     pub at_ms: i64,
     pub status: u16,
     pub event: EventInput,
+    /// Why it was refused (the verification reason code, `verify_unavailable`), when it was.
+    pub refused: Option<&'static str>,
+}
+
+/// One kind of sample of one pipeline.
+#[derive(Default)]
+struct Line {
+    last_ms: i64,
+    events: VecDeque<Sample>,
 }
 
 #[derive(Default)]
 struct Kept {
     last_ms: i64,
-    events: VecDeque<Sample>,
+    accepted: Line,
+    refused: Line,
+}
+
+impl Kept {
+    fn line(&mut self, refused: bool) -> &mut Line {
+        if refused {
+            &mut self.refused
+        } else {
+            &mut self.accepted
+        }
+    }
 }
 
 /// Every pipeline's sampled events.
@@ -55,15 +77,17 @@ pub fn global() -> &'static Recent {
 }
 
 impl Recent {
-    /// Whether an event of `pipeline` at `now_ms` is to be kept (and if so, the slot is taken:
-    /// call [`Recent::keep`]). Cheap: one lock, no copy.
-    pub fn offer(&self, pipeline: &str, now_ms: i64) -> bool {
+    /// Whether a request of `pipeline` at `now_ms` (`refused`: one verification refused) is to
+    /// be kept (and if so, the slot is taken: call [`Recent::keep`]). Cheap: one lock, no copy.
+    pub fn offer(&self, pipeline: &str, now_ms: i64, refused: bool) -> bool {
         let mut all = self.pipelines.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(k) = all.get_mut(pipeline) {
-            if now_ms - k.last_ms < SPACING_MS {
+            k.last_ms = now_ms;
+            let line = k.line(refused);
+            if line.last_ms != 0 && now_ms - line.last_ms < SPACING_MS {
                 return false;
             }
-            k.last_ms = now_ms;
+            line.last_ms = now_ms;
             return true;
         }
         if all.len() >= super::traffic::MAX_PIPELINES {
@@ -75,31 +99,31 @@ impl Recent {
                 all.remove(&name);
             }
         }
-        all.insert(
-            pipeline.to_string(),
-            Kept {
-                last_ms: now_ms,
-                events: VecDeque::new(),
-            },
-        );
+        let mut kept = Kept {
+            last_ms: now_ms,
+            ..Kept::default()
+        };
+        kept.line(refused).last_ms = now_ms;
+        all.insert(pipeline.to_string(), kept);
         true
     }
 
-    /// Keep an event [`Recent::offer`] accepted.
+    /// Keep a sample [`Recent::offer`] accepted.
     pub fn keep(&self, sample: Sample) {
         let mut all = self.pipelines.lock().unwrap_or_else(|e| e.into_inner());
         let kept = all.entry(sample.event.pipeline.clone()).or_default();
-        if kept.events.len() >= KEPT {
-            kept.events.pop_front();
+        let line = kept.line(sample.refused.is_some());
+        if line.events.len() >= KEPT {
+            line.events.pop_front();
         }
-        kept.events.push_back(sample);
+        line.events.push_back(sample);
     }
 
-    /// A pipeline's kept events, newest first.
-    pub fn of(&self, pipeline: &str) -> Vec<Sample> {
-        let all = self.pipelines.lock().unwrap_or_else(|e| e.into_inner());
-        all.get(pipeline)
-            .map(|k| k.events.iter().rev().cloned().collect())
+    /// A pipeline's kept requests of one kind (`refused` or accepted), newest first.
+    pub fn of(&self, pipeline: &str, refused: bool) -> Vec<Sample> {
+        let mut all = self.pipelines.lock().unwrap_or_else(|e| e.into_inner());
+        all.get_mut(pipeline)
+            .map(|k| k.line(refused).events.iter().rev().cloned().collect())
             .unwrap_or_default()
     }
 }
@@ -176,23 +200,58 @@ mod tests {
     #[test]
     fn samples_are_spaced_and_bounded() {
         let r = Recent::default();
-        assert!(r.offer("p", 1_000));
-        assert!(!r.offer("p", 1_000 + SPACING_MS - 1), "too soon");
+        assert!(r.offer("p", 1_000, false));
+        assert!(!r.offer("p", 1_000 + SPACING_MS - 1, false), "too soon");
         for i in 0..(KEPT as i64 + 5) {
             let at = 10_000 + i * SPACING_MS;
-            assert!(r.offer("p", at));
+            assert!(r.offer("p", at, false));
             let mut e = event("p", "{}");
             e.id = format!("e{i}");
             r.keep(Sample {
                 at_ms: at,
                 status: 200,
                 event: e,
+                refused: None,
             });
         }
-        let kept = r.of("p");
+        let kept = r.of("p", false);
         assert_eq!(kept.len(), KEPT);
         assert_eq!(kept[0].event.id, format!("e{}", KEPT + 4), "newest first");
-        assert!(r.of("other").is_empty());
+        assert!(r.of("other", false).is_empty());
+    }
+
+    #[test]
+    fn refused_requests_are_sampled_apart() {
+        let r = Recent::default();
+        assert!(r.offer("p", 1_000, false));
+        // a refused one at the same instant has a slot of its own
+        assert!(r.offer("p", 1_000, true));
+        assert!(!r.offer("p", 1_001, true));
+        r.keep(Sample {
+            at_ms: 1_000,
+            status: 401,
+            event: event("p", "{}"),
+            refused: Some("bad_signature"),
+        });
+        // a flood of refused ones never pushes an accepted one out
+        for i in 0..(KEPT as i64 * 2) {
+            let at = 2_000 + i * SPACING_MS;
+            assert!(r.offer("p", at, true));
+            r.keep(Sample {
+                at_ms: at,
+                status: 401,
+                event: event("p", "{}"),
+                refused: Some("missing_credentials"),
+            });
+        }
+        r.keep(Sample {
+            at_ms: 1_000,
+            status: 200,
+            event: event("p", "{}"),
+            refused: None,
+        });
+        assert_eq!(r.of("p", false).len(), 1);
+        assert_eq!(r.of("p", true).len(), KEPT);
     }
 
     #[test]

@@ -193,6 +193,7 @@ impl Dispatch {
             if !counted {
                 check_rate(app, route.limit.when_unverified(), &seen, &params, res).await?;
             }
+            sample_refused(app, route, &seen, params, tenant_id, refusal);
             return Err(refuse(res, refusal));
         }
         check_rate(app, route.limit.after_verify(), &seen, &params, res).await?;
@@ -216,7 +217,7 @@ impl Dispatch {
                 .queued
                 .as_ref()
                 .is_none_or(|q| q.worker.archive.is_none())
-            && crate::console::recent::global().offer(&route.name, seen.now_ms))
+            && crate::console::recent::global().offer(&route.name, seen.now_ms, false))
         .then(|| event.clone());
         enqueue(route, &seen, &fields, event, res).await?;
         send(&reply, res);
@@ -225,6 +226,7 @@ impl Dispatch {
                 at_ms: seen.now_ms,
                 status: reply.status,
                 event,
+                refused: None,
             });
         }
         if let (Some(recorder), Some(id)) = (&app.recorder, event_id) {
@@ -286,7 +288,43 @@ fn event(
         .and_then(|q| fields.join(&q.config.event_id, ":"));
     let id = provider_id.unwrap_or_else(|| app.clock.mint_id());
     let mut event = seen.event_input(id, &route.name, params, tenant);
-    // Credentials never leave the request: not into the queue, dead letters or scripts.
+    without_credentials(route, &mut event);
+    event
+}
+
+/// A refused request in the console's sample of recent requests (console on; sampled apart from
+/// accepted ones, at most one every few hundred ms per pipeline), with its status and reason:
+/// an operator hunting forged or misconfigured senders needs exactly those. Its body is not
+/// parsed (it was not verified); credential headers are removed as from any event.
+fn sample_refused(
+    app: &App,
+    route: &Route,
+    seen: &Seen<'_>,
+    params: Vec<(String, String)>,
+    tenant: Option<String>,
+    refusal: Refusal,
+) {
+    let recent = crate::console::recent::global();
+    if app.console.is_none() || !recent.offer(&route.name, seen.now_ms, true) {
+        return;
+    }
+    let mut event = seen.event_input(app.clock.mint_id(), &route.name, params, tenant);
+    without_credentials(route, &mut event);
+    let (status, reason) = match refusal {
+        Refusal::Rejected(reason) => (401, reason.code()),
+        Refusal::Unavailable => (503, "verify_unavailable"),
+    };
+    recent.keep(crate::console::recent::Sample {
+        at_ms: seen.now_ms,
+        status,
+        event,
+        refused: Some(reason),
+    });
+}
+
+/// Credentials never leave the request: not into the queue, dead letters, scripts or the
+/// console's sample.
+fn without_credentials(route: &Route, event: &mut EventInput) {
     let keep = route
         .queued
         .as_ref()
@@ -298,7 +336,6 @@ fn event(
             || verifier.is_some_and(|v| v.reads_credential_from(name));
         !credential && (keep.is_empty() || keep.iter().any(|k| k.eq_ignore_ascii_case(name)))
     });
-    event
 }
 
 /// Queue the event of a pipeline with transform steps. A repeat within the dedupe window is
@@ -592,9 +629,11 @@ async fn count_lookup(
 }
 
 /// Why verification refused a request; answered by [`refuse`].
+#[derive(Debug, Clone, Copy)]
 enum Refusal {
-    /// Not genuine: 401 (the reason goes to the log only).
-    Rejected,
+    /// Not genuine: 401 (the reason goes to the log, the metrics and the console's sample, never
+    /// to the caller).
+    Rejected(crate::verify::Reject),
     /// Tenant secrets cannot be read: 503, so the provider retries.
     Unavailable,
 }
@@ -621,7 +660,7 @@ async fn verify(
             tracing::warn!(pipeline = %name, reason = reason.code(), client_ip = %seen.client_ip, "verification failed");
             metrics::counter!("engine_verify_failures_total", "pipeline" => name.clone(), "reason" => reason.code())
                 .increment(1);
-            Err(Refusal::Rejected)
+            Err(Refusal::Rejected(reason))
         }
         Err(VerifyError::Unavailable(why)) => {
             tracing::error!(pipeline = %name, error = %why, "verification unavailable");
@@ -632,7 +671,7 @@ async fn verify(
 
 fn refuse(res: &mut Response, refusal: Refusal) -> Stop {
     match refusal {
-        Refusal::Rejected => error(
+        Refusal::Rejected(_) => error(
             res,
             StatusCode::UNAUTHORIZED,
             "unauthorized",

@@ -69,12 +69,15 @@ pub async fn serve(
             let Some(p) = pipeline(app, name) else {
                 return not_found(res, csrf);
             };
+            let refused = recent::global().of(name, true);
             let (Some(store), Some(kept)) = (store, p.config.archive.kept()) else {
-                let samples = recent::global().of(name);
-                let page = crate::console::pages::events(name, &samples, &p.config.redact, csrf);
+                let samples = recent::global().of(name, false);
+                let page =
+                    crate::console::pages::events(name, &samples, &refused, &p.config.redact, csrf);
                 html(res, StatusCode::OK, page);
                 return Ok(());
             };
+            let refused = crate::console::pages::refused_requests(&refused, &p.config.redact);
             let search = search_of(query);
             let index: Vec<String> = kept.index.keys().cloned().collect();
             let found = match filter(app, &search) {
@@ -87,7 +90,7 @@ pub async fn serve(
             html(
                 res,
                 StatusCode::OK,
-                pages::events(&search, &index, found, csrf),
+                pages::events(&search, &index, found, refused, csrf),
             );
             Ok(())
         }

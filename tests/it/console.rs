@@ -456,10 +456,25 @@ async fn traffic_and_recent_events_are_shown_redacted() {
         .client
         .post(app.url("/api/webhooks/vapi"))
         .header("authorization", "Bearer wrong")
+        .header("content-type", "application/json")
+        .body(r#"{"message":{"type":"status-update","customer":{"number":"+15550177"}}}"#)
         .send()
         .await
         .unwrap();
     assert_eq!(unsigned.status(), 401);
+    // the refused request is in the sample, with its reason, its credential and the caller's
+    // number not shown
+    let (_, page) = get(&app, &s.cookie, "/console/events?pipeline=vapi").await;
+    let refused = &page[page
+        .find("Refused requests")
+        .unwrap_or_else(|| panic!("{page}"))..];
+    assert!(refused.contains("<td class=\"n\">401</td>"), "{refused}");
+    assert!(refused.contains("bad_signature"), "{refused}");
+    assert!(refused.contains("status-update"), "{refused}");
+    assert!(
+        !page.contains("Bearer wrong") && !page.contains("+15550177"),
+        "{page}"
+    );
 
     let (status, json) = get(&app, &s.cookie, "/console/api/traffic").await;
     assert_eq!(status, 200);
