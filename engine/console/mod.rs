@@ -73,6 +73,8 @@ pub struct QueueRow {
     pub queue: String,
     pub backend: &'static str,
     pub stats: Result<crate::queue::Stats, String>,
-    /// Workers reading it now (Redis: across instances), or the in-process count.
-    pub workers: Option<u64>,
+    /// Workers each engine process runs for it (`queue.concurrency`).
+    pub per_instance: u32,
+    /// Engine processes whose workers read it now (Redis, any instance); `None` in process.
+    pub instances: Option<u64>,
 }

@@ -362,7 +362,7 @@ pub fn queues(rows: &[QueueRow], csrf: &str) -> Markup {
             @if rows.is_empty() { p { "No pipeline is queued (none has transform steps)." } }
             @else {
                 table {
-                    thead { tr { th { "Pipeline" } th { "Queue" } th.n { "Depth" } th.n { "Pending" } th.n { "Delayed" } th.n { "Dead" } th.n { "Oldest" } th.n { "Workers" } } }
+                    thead { tr { th { "Pipeline" } th { "Queue" } th.n { "Depth" } th.n { "Pending" } th.n { "Delayed" } th.n { "Dead" } th.n { "Oldest" } th.n { "Workers" } th.n { "Instances reading" } } }
                     tbody {
                         @for r in rows {
                             tr {
@@ -378,15 +378,15 @@ pub fn queues(rows: &[QueueRow], csrf: &str) -> Markup {
                                     }
                                     Err(e) => { td colspan="5" .error { "unavailable: " (e) } }
                                 }
+                                td.n { (r.per_instance) " " small { "per instance" } }
                                 td.n {
-                                    @match r.workers { Some(w) => { (w) }, None => { "—" } }
-                                    @if r.backend == "in-process" { " " small { "(this process)" } }
+                                    @match r.instances { Some(n) => { (n) }, None => { "1 " small { "(this process)" } } }
                                 }
                             }
                         }
                     }
                 }
-                p.hint { "Depth: events in the stream, waiting or being worked on. Pending: delivered to a worker, not yet acknowledged. Workers on Redis: consumers that read in the last minute, across instances." }
+                p.hint { "Depth: events in the stream, waiting or being worked on. Pending: delivered to a worker, not yet acknowledged. Workers: the pipeline's queue.concurrency, the workers each engine process runs for it. Instances reading: engine processes whose workers are reading this queue now, idle or busy (each says so every 10 s while it runs, and is no longer counted 30 s after it stops); 0 means no process is running workers for it: every instance runs with --no-worker, or none is up." }
             }
         },
     )

@@ -184,11 +184,15 @@ impl Queue {
         }
     }
 
-    /// Workers reading this queue: on Redis, the consumers of its group that read within the
-    /// last minute (any instance); in process, `None` (the caller knows its own).
-    pub async fn workers(&self) -> Result<Option<u64>, QueueError> {
+    /// Engine processes whose workers read this queue now: on Redis, those whose workers said
+    /// so within the last 30 s (any instance; each says so every 10 s while it runs, and leaves
+    /// when it stops); in process, `None` (the caller is the only one).
+    pub async fn instances_reading(&self) -> Result<Option<u64>, QueueError> {
         match self {
-            Queue::Redis(q) => q.active_consumers(Duration::from_secs(60)).await.map(Some),
+            Queue::Redis(q) => q
+                .reading(chrono::Utc::now().timestamp_millis())
+                .await
+                .map(Some),
             Queue::Memory(_) => Ok(None),
         }
     }

@@ -196,16 +196,17 @@ async fn queue_rows(app: &App) -> Vec<QueueRow> {
     let mut rows = Vec::new();
     for route in &app.routes {
         let Some(q) = &route.queued else { continue };
-        let (backend, workers) = match &q.handle {
-            Queue::Redis(_) => ("redis", q.handle.workers().await.ok().flatten()),
-            Queue::Memory(_) => ("in-process", Some(u64::from(q.config.concurrency))),
+        let backend = match &q.handle {
+            Queue::Redis(_) => "redis",
+            Queue::Memory(_) => "in-process",
         };
         rows.push(QueueRow {
             pipeline: route.name.clone(),
             queue: q.handle.name().to_string(),
             backend,
             stats: q.handle.stats().await.map_err(|e| e.to_string()),
-            workers,
+            per_instance: q.config.concurrency,
+            instances: q.handle.instances_reading().await.ok().flatten(),
         });
     }
     rows

@@ -564,6 +564,7 @@ impl Worker {
                     vec![
                         tokio::spawn(self.clone().reap(q.clone(), partition, stop.clone())),
                         tokio::spawn(promote(q.clone(), partition, stop.clone())),
+                        tokio::spawn(beat(q.clone(), partition, stop.clone())),
                     ]
                 } else {
                     Vec::new()
@@ -654,6 +655,19 @@ async fn promote(queue: Arc<RedisQueue>, partition: usize, mut stop: watch::Rece
             tracing::debug!(error = %e, "promote failed");
         }
     }
+}
+
+/// Say every [`crate::queue::redis::BEAT`] that this process's workers read `partition` (what
+/// the console's Queues page counts as instances reading), and leave when they stop.
+async fn beat(queue: Arc<RedisQueue>, partition: usize, mut stop: watch::Receiver<bool>) {
+    while !*stop.borrow() {
+        let now = chrono::Utc::now().timestamp_millis();
+        if let Err(e) = queue.beat(partition, now).await {
+            tracing::debug!(error = %e, "worker heartbeat failed");
+        }
+        pause(&mut stop, crate::queue::redis::BEAT).await;
+    }
+    let _ = queue.leave(partition).await;
 }
 
 /// Sleep, or return early when `stop` changes.

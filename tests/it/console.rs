@@ -778,3 +778,43 @@ async fn the_events_page_finds_archived_events_and_replays_them_after_a_fix() {
     assert!(event.contains("end-of-call-report"), "{event}");
     app.stop().await;
 }
+
+/// The Queues page says how many workers each process runs for a queue and how many engine
+/// processes read it now, idle or busy, across instances; a stopped one leaves at once.
+#[tokio::test]
+async fn queues_show_workers_per_instance_and_the_instances_reading() {
+    let name = "orders_workers";
+    let dir = project(name, false);
+    let env = [
+        ("CONSOLE_TOKEN", TOKEN),
+        ("REDIS_URL", "redis://127.0.0.1:6379"),
+    ];
+    let a = spawn_app(dir.path(), &env).await;
+    let b = spawn_app(dir.path(), &env).await;
+    let s = sign_in(&a).await;
+    let row = |page: &str| -> String {
+        let at = page
+            .find(&format!("<td>{name}</td>"))
+            .unwrap_or_else(|| panic!("{page}"));
+        page[at..page[at..].find("</tr>").map_or(page.len(), |e| at + e)].to_string()
+    };
+    let reading = |n: u64| {
+        let s = &s;
+        let a = &a;
+        async move {
+            common::eventually_async(Duration::from_secs(10), || async {
+                let (_, page) = get(a, &s.cookie, "/console/queues").await;
+                let r = row(&page);
+                r.ends_with(&format!("<td class=\"n\">{n}</td>"))
+                    .then_some(r)
+            })
+            .await
+        }
+    };
+    // idle queues: both processes' workers are reading, and say so
+    let r = reading(2).await.expect("two instances reading");
+    assert!(r.contains("4 <small>per instance</small>"), "{r}");
+    b.stop().await;
+    assert!(reading(1).await.is_some(), "the stopped one left");
+    a.stop().await;
+}

@@ -40,14 +40,6 @@ pub(super) fn as_u64(v: &Value) -> Option<u64> {
     }
 }
 
-pub(super) fn as_string(v: &Value) -> Option<String> {
-    match v {
-        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-        Value::SimpleString(s) => Some(s.clone()),
-        _ => None,
-    }
-}
-
 /// A reply value's bytes, moved out (no copy).
 pub(super) fn into_bytes(v: Value) -> Option<Vec<u8>> {
     match v {

@@ -69,6 +69,11 @@ const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(2);
 /// partition, entry ids are the stream's own (`1764086400000-0`); with several they carry the
 /// partition (`2/1764086400000-0`), which every operation on an entry (ack, retry, dead letter,
 /// replay, purge) reads back.
+/// How often each process says its workers read a queue's partition.
+pub const BEAT: Duration = Duration::from_secs(10);
+/// A process that has not said so for this long is not reading.
+pub const ALIVE: Duration = Duration::from_secs(30);
+
 pub struct RedisQueue {
     name: String,
     target: Target,
@@ -439,12 +444,25 @@ impl RedisQueue {
         by.into_iter().collect()
     }
 
-    /// Consumers that read within `within`: the most any partition has (each engine process
-    /// reads every partition).
-    pub async fn active_consumers(&self, within: Duration) -> Result<u64, QueueError> {
+    /// Say that this process's workers read `partition` now (the lead of each partition's
+    /// crew beats every [`BEAT`]).
+    pub async fn beat(&self, partition: usize, now_ms: i64) -> Result<(), QueueError> {
+        self.parts[partition % self.parts.len()]
+            .beat(now_ms, ALIVE)
+            .await
+    }
+
+    /// This process's workers of `partition` stopped.
+    pub async fn leave(&self, partition: usize) -> Result<(), QueueError> {
+        self.parts[partition % self.parts.len()].leave().await
+    }
+
+    /// How many engine processes have workers reading this queue (beat within [`ALIVE`]; the
+    /// most of any partition, as every process reads every partition).
+    pub async fn reading(&self, now_ms: i64) -> Result<u64, QueueError> {
         let mut most = 0;
         for p in &self.parts {
-            most = most.max(p.active_consumers(within).await?);
+            most = most.max(p.reading(now_ms, ALIVE).await?);
         }
         Ok(most)
     }

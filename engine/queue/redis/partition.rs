@@ -31,6 +31,8 @@ pub struct Partition {
     pub(super) delayed: String,
     pub(super) dead: String,
     pub(super) seen_prefix: String,
+    /// The processes whose workers read this partition lately: consumer name -> last beat (ms).
+    pub(super) workers: String,
     pub(super) consumer: String,
     pub(super) ack: redis::Script,
     pub(super) retry: redis::Script,
@@ -54,6 +56,7 @@ impl Partition {
             delayed: format!("{base}:delayed"),
             dead: format!("{base}:dead"),
             seen_prefix: format!("{base}:seen:"),
+            workers: format!("{base}:workers"),
             consumer: consumer.to_string(),
             ack: redis::Script::new(ACK),
             retry: redis::Script::new(RETRY),

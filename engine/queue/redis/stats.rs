@@ -47,45 +47,52 @@ impl Partition {
         })
     }
 
-    /// Consumers of the group that read or acknowledged within `within` (`XINFO CONSUMERS`'
-    /// idle time): the workers alive now, across instances. 0 when the group does not exist yet.
-    pub async fn active_consumers(&self, within: Duration) -> Result<u64, QueueError> {
+    /// Say that this process's workers read this partition now (`now_ms`): one member per
+    /// process in a sorted set, scored by its last beat; members older than `alive` leave, and
+    /// the key expires on its own once no process beats.
+    pub async fn beat(&self, now_ms: i64, alive: Duration) -> Result<(), QueueError> {
         let mut c = self.conn().await?;
-        let v: Value = match redis::cmd("XINFO")
-            .arg("CONSUMERS")
-            .arg(&self.stream)
-            .arg(GROUP)
+        let alive_ms = alive.as_millis() as i64;
+        let r: Result<(), redis::RedisError> = redis::pipe()
+            .cmd("ZADD")
+            .arg(&self.workers)
+            .arg(now_ms)
+            .arg(&self.consumer)
+            .ignore()
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(&self.workers)
+            .arg("-inf")
+            .arg(now_ms - alive_ms)
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&self.workers)
+            .arg(alive_ms * 2)
+            .ignore()
             .query_async(&mut c)
-            .await
-        {
-            Ok(v) => v,
-            Err(e) if e.code() == Some("NOGROUP") || e.to_string().contains("no such key") => {
-                return Ok(0);
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let Value::Array(consumers) = v else {
-            return Ok(0);
-        };
-        let limit = within.as_millis() as u64;
-        // each consumer: [name, n, pending, n, idle, ms, ...] (RESP2) or a map (RESP3)
-        let idle = |c: &Value| -> Option<u64> {
-            let pairs: Vec<(&Value, &Value)> = match c {
-                Value::Array(f) => f
-                    .chunks(2)
-                    .filter_map(|p| Some((p.first()?, p.get(1)?)))
-                    .collect(),
-                Value::Map(m) => m.iter().map(|(k, v)| (k, v)).collect(),
-                _ => return None,
-            };
-            pairs
-                .into_iter()
-                .find(|(k, _)| as_string(k).as_deref() == Some("idle"))
-                .and_then(|(_, v)| as_u64(v))
-        };
-        Ok(consumers
-            .iter()
-            .filter(|c| idle(c).is_some_and(|ms| ms < limit))
-            .count() as u64)
+            .await;
+        settle(c, r)
+    }
+
+    /// This process's workers stopped reading this partition.
+    pub async fn leave(&self) -> Result<(), QueueError> {
+        let mut c = self.conn().await?;
+        let r: Result<(), redis::RedisError> = redis::cmd("ZREM")
+            .arg(&self.workers)
+            .arg(&self.consumer)
+            .query_async(&mut c)
+            .await;
+        settle(c, r)
+    }
+
+    /// How many processes' workers beat within `alive` of `now_ms`.
+    pub async fn reading(&self, now_ms: i64, alive: Duration) -> Result<u64, QueueError> {
+        let mut c = self.conn().await?;
+        let r: Result<u64, redis::RedisError> = redis::cmd("ZCOUNT")
+            .arg(&self.workers)
+            .arg(now_ms - alive.as_millis() as i64)
+            .arg("+inf")
+            .query_async(&mut c)
+            .await;
+        settle(c, r)
     }
 }
