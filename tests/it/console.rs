@@ -368,19 +368,25 @@ async fn sign_in_attempts_are_limited_per_client() {
     app.stop().await;
 }
 
-/// Signing out ends the session on the server: a cookie copied before is refused afterwards, on
-/// this instance and on another sharing the Redis; "sign out everywhere" ends every session.
-/// A refused CSRF check is a page, not JSON.
-#[tokio::test]
-async fn signing_out_ends_the_session_on_every_instance() {
-    // Redis keys under a prefix of this test's own
-    let dir = project("orders", false);
+/// Two instances of `project(name)` with the console on, sharing the Redis (keys under a
+/// prefix of the test's own).
+async fn two_instances(name: &str) -> (TestApp, TestApp, Dir) {
+    let dir = project(name, false);
     let env = [
         ("CONSOLE_TOKEN", TOKEN),
         ("REDIS_URL", "redis://127.0.0.1:6379"),
     ];
     let a = spawn_app(dir.path(), &env).await;
     let b = spawn_app(dir.path(), &env).await;
+    (a, b, dir)
+}
+
+/// Signing out ends the session on the server: a cookie copied before is refused afterwards, on
+/// this instance and on another sharing the Redis; "sign out everywhere" ends every session.
+/// A refused CSRF check is a page, not JSON.
+#[tokio::test]
+async fn signing_out_ends_the_session_on_every_instance() {
+    let (a, b, _dir) = two_instances("orders").await;
     let s = sign_in(&a).await;
     assert_eq!(get(&b, &s.cookie, "/console/queues").await.0, 200);
 
@@ -784,13 +790,7 @@ async fn the_events_page_finds_archived_events_and_replays_them_after_a_fix() {
 #[tokio::test]
 async fn queues_show_workers_per_instance_and_the_instances_reading() {
     let name = "orders_workers";
-    let dir = project(name, false);
-    let env = [
-        ("CONSOLE_TOKEN", TOKEN),
-        ("REDIS_URL", "redis://127.0.0.1:6379"),
-    ];
-    let a = spawn_app(dir.path(), &env).await;
-    let b = spawn_app(dir.path(), &env).await;
+    let (a, b, _dir) = two_instances(name).await;
     let s = sign_in(&a).await;
     let row = |page: &str| -> String {
         let at = page
