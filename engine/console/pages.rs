@@ -315,9 +315,15 @@ fn chart(name: &str, seconds: &[Counts], keys: &[(&str, &str)]) -> Markup {
     html! {
         figure.chart data-chart=(name) {
             svg viewBox=(format!("0 0 {W} {H}")) preserveAspectRatio="none" role="img" aria-label=(name) {
+                // a series that is zero throughout is not drawn: a flat line along the bottom
+                // (a red 5xx one on an idle card) reads as something happening
                 @for (i, v) in values.iter().enumerate() {
-                    polyline class=(format!("s{i}")) data-key=(keys[i].0) points=(points(v, max)) {}
+                    @let idle = if v.iter().all(|x| *x == 0.0) { " idle" } else { "" };
+                    polyline class=(format!("s{i}{idle}")) data-key=(keys[i].0) points=(points(v, max)) {}
                 }
+            }
+            div.axis aria-hidden="true" {
+                span { "−" (SHOWN) " s" } span { "−" (SHOWN / 2) " s" } span { "now" }
             }
             figcaption {
                 @for (i, (_, label)) in keys.iter().enumerate() { span class=(format!("s{i}")) { (label) } }
@@ -428,7 +434,7 @@ pub struct DeadLetters<'a> {
     pub pipeline: &'a str,
     pub letters: Vec<DeadLetter>,
     pub total: Option<u64>,
-    pub redact: &'a [Redact],
+    pub shown_as: Shown<'a>,
     /// What the last action did (`replayed-3`, `purged-1`, `none`).
     pub done: Option<&'a str>,
 }
@@ -454,16 +460,17 @@ pub fn dead_letters(name: &str, view: Result<DeadLetters<'_>, String>, csrf: &st
                         button type="submit" formaction="/console/dead-letters/purge" .danger data-confirm="Delete the selected dead letters for good?" { "Purge selected" }
                     }
                     table.letters {
-                        thead { tr { th { input type="checkbox" .all aria-label="Select all"; } th { "Dead since" } th { "Event" } th { "Reason" } th.n { "Attempts" } } }
+                        thead { tr { th { input type="checkbox" .all aria-label="Select all"; } th { "Dead since" } th { "Type" } th { "Event" } th { "Reason" } th.n { "Attempts" } } }
                         tbody {
                             @for l in &v.letters {
                                 @let when = crate::transform::sandbox::format_time(l.at_ms);
                                 tr {
                                     td { input type="checkbox" name="id" value=(l.id) aria-label=(format!("Select {}", l.event_id)); }
                                     td { time datetime=(when) { (when) } }
+                                    td { code { @match &l.event { Some(e) => { (v.shown_as.kind(e)) }, None => { "—" } } } }
                                     td {
                                         code { (l.event_id) }
-                                        @if let Some(e) = &l.event { (event_details(&shown(e, v.redact))) }
+                                        @if let Some(e) = &l.event { (event_details(&shown(e, v.shown_as.redact))) }
                                     }
                                     td.reason { (l.reason) }
                                     td.n { (l.attempts) }
@@ -535,7 +542,7 @@ pub fn events(
     name: &str,
     samples: &[Sample],
     refused: &[Sample],
-    redact: &[Redact],
+    shown_as: Shown<'_>,
     csrf: &str,
 ) -> Markup {
     page(
@@ -544,35 +551,53 @@ pub fn events(
         csrf,
         html! {
             @if samples.is_empty() { p { "No request sampled yet on this instance." } }
-            @else { (sample_table(samples, redact)) }
-            (refused_requests(refused, redact))
+            @else { (sample_table(samples, shown_as)) }
+            (refused_requests(refused, shown_as))
         },
     )
 }
 
 /// This instance's sample of refused requests (verification failed), with status and reason.
-pub fn refused_requests(samples: &[Sample], redact: &[Redact]) -> Markup {
+pub fn refused_requests(samples: &[Sample], shown_as: Shown<'_>) -> Markup {
     html! {
         h2 { "Refused requests" }
         p.meta { "Requests whose verification failed, sampled on this instance (at most one every "
             (super::recent::SPACING_MS) " ms, the last " (super::recent::KEPT) "): a forged or misconfigured sender shows here. The reason codes: docs/verify.md." }
         @if samples.is_empty() { p { "None refused lately." } }
-        @else { (sample_table(samples, redact)) }
+        @else { (sample_table(samples, shown_as)) }
     }
 }
 
-fn sample_table(samples: &[Sample], redact: &[Redact]) -> Markup {
+/// How a pipeline's events are shown: its `redact`, and the field its Type column reads.
+#[derive(Clone, Copy)]
+pub struct Shown<'a> {
+    pub redact: &'a [Redact],
+    pub kind: Option<&'a crate::config::verify::KeySource>,
+}
+
+impl Shown<'_> {
+    /// The Type column's value of `event` ("—" when the pipeline branches on no field, or the
+    /// event lacks it).
+    fn kind(&self, event: &crate::transform::EventInput) -> String {
+        self.kind
+            .and_then(|f| super::recent::kind(event, f))
+            .unwrap_or_else(|| "—".into())
+    }
+}
+
+fn sample_table(samples: &[Sample], shown_as: Shown<'_>) -> Markup {
     html! {
         table.letters {
-            thead { tr { th { "Answered" } th.n { "Status" } th { "Reason" } th { "Event" } } }
+            thead { tr { th { "Answered" } th.n { "Status" } th { "Type" } th { "Reason" } th { "Event" } } }
             tbody {
                 @for s in samples {
                     @let when = crate::transform::sandbox::format_time(s.at_ms);
                     tr {
                         td { time datetime=(when) { (when) } }
                         td.n { (s.status) }
+                        td { code { (shown_as.kind(&s.event)) } }
                         td.reason { (s.refused.unwrap_or("")) }
-                        td { code { (s.event.id) } (event_details(&shown(&s.event, redact))) }
+                        td { code { (s.event.id) } (event_details(&shown(&s.event, shown_as.redact))) }
                     }
                 }
             }

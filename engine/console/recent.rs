@@ -19,6 +19,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, OnceLock};
 
 use crate::config::pipeline::Redact;
+use crate::config::verify::KeySource;
 use crate::record::{REDACTED, redacted_body_pretty, redacts};
 use crate::transform::EventInput;
 
@@ -126,6 +127,44 @@ impl Recent {
             .map(|k| k.line(refused).events.iter().rev().cloned().collect())
             .unwrap_or_default()
     }
+}
+
+/// The field a pipeline's answers and steps branch on (its "type": Vapi's `/message/type`), for
+/// the Type column of the console's lists: the respond `when` field, else the first transform
+/// step's field `when`. `None` when the pipeline branches on none.
+pub fn kind_field(config: &crate::config::pipeline::Pipeline) -> Option<&KeySource> {
+    use crate::config::transform::When;
+    config.respond.when.as_ref().map(|w| &w.field).or_else(|| {
+        config.transform.iter().find_map(|step| match &step.when {
+            Some(When::Field(w)) => Some(&w.field),
+            _ => None,
+        })
+    })
+}
+
+/// The value of `field` in a stored event (as a request field reads it), for the Type column.
+pub fn kind(event: &EventInput, field: &KeySource) -> Option<String> {
+    let mut headers = salvo::http::HeaderMap::new();
+    for (name, value) in &event.headers {
+        if let (Ok(n), Ok(v)) = (
+            salvo::http::HeaderName::from_bytes(name.as_bytes()),
+            salvo::http::HeaderValue::from_str(value),
+        ) {
+            headers.append(n, v);
+        }
+    }
+    let url = match event.query.is_empty() {
+        true => event.path.clone(),
+        false => format!("{}?{}", event.path, event.query),
+    };
+    let inbound = crate::request_field::Inbound {
+        method: &event.method,
+        url: &url,
+        headers: &headers,
+        body: &event.body,
+        now: 0,
+    };
+    crate::request_field::extract(field, &inbound, &event.params)
 }
 
 /// An event as the console shows it.

@@ -116,7 +116,11 @@ pub async fn serve(app: &App, req: &mut Request, res: &mut Response) -> Result<(
                 let Some((index, queue)) = queue_of(app, &name) else {
                     return not_found(res, &csrf);
                 };
-                let redact = &app.project.pipelines[index].config.redact;
+                let config = &app.project.pipelines[index].config;
+                let shown_as = pages::Shown {
+                    redact: &config.redact,
+                    kind: crate::console::recent::kind_field(config),
+                };
                 let view = match queue.dead_letters(DEAD_LETTERS_SHOWN).await {
                     Ok(letters) => {
                         let total = queue.stats().await.map(|s| s.dead).ok();
@@ -124,7 +128,7 @@ pub async fn serve(app: &App, req: &mut Request, res: &mut Response) -> Result<(
                             pipeline: &name,
                             letters,
                             total,
-                            redact,
+                            shown_as,
                             done: query.get("done").map(String::as_str),
                         })
                     }

@@ -70,14 +70,17 @@ pub async fn serve(
                 return not_found(res, csrf);
             };
             let refused = recent::global().of(name, true);
+            let shown_as = crate::console::pages::Shown {
+                redact: &p.config.redact,
+                kind: recent::kind_field(&p.config),
+            };
             let (Some(store), Some(kept)) = (store, p.config.archive.kept()) else {
                 let samples = recent::global().of(name, false);
-                let page =
-                    crate::console::pages::events(name, &samples, &refused, &p.config.redact, csrf);
+                let page = crate::console::pages::events(name, &samples, &refused, shown_as, csrf);
                 html(res, StatusCode::OK, page);
                 return Ok(());
             };
-            let refused = crate::console::pages::refused_requests(&refused, &p.config.redact);
+            let refused = crate::console::pages::refused_requests(&refused, shown_as);
             let search = search_of(query);
             let index: Vec<String> = kept.index.keys().cloned().collect();
             let found = match filter(app, &search) {

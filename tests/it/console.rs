@@ -476,12 +476,27 @@ async fn traffic_and_recent_events_are_shown_redacted() {
         .unwrap_or_else(|| panic!("{page}"))..];
     assert!(refused.contains("<td class=\"n\">401</td>"), "{refused}");
     assert!(refused.contains("bad_signature"), "{refused}");
-    assert!(refused.contains("status-update"), "{refused}");
+    // its Type column: the field the pipeline branches on (Vapi's /message/type)
+    assert!(
+        refused.contains("<td><code>status-update</code></td>"),
+        "{refused}"
+    );
     assert!(
         !page.contains("Bearer wrong") && !page.contains("+15550177"),
         "{page}"
     );
 
+    // the charts: a time axis; a series that is zero throughout (no 5xx) is not drawn
+    let (_, traffic) = get(&app, &s.cookie, "/console/traffic").await;
+    let card = &traffic[traffic
+        .find(&format!("data-pipeline=\"{name}\""))
+        .unwrap_or_else(|| panic!("{traffic}"))..];
+    assert!(card.contains(r#"<div class="axis" aria-hidden="true"><span>−120 s</span><span>−60 s</span><span>now</span></div>"#), "{card}");
+    assert!(
+        card.contains(r#"class="s2 idle" data-key="server_errors""#),
+        "{card}"
+    );
+    assert!(card.contains(r#"class="s0" data-key="ok""#), "{card}");
     let (status, json) = get(&app, &s.cookie, "/console/api/traffic").await;
     assert_eq!(status, 200);
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();

@@ -33,7 +33,11 @@ function redraw(card, s) {
     const lines = fig.querySelectorAll("polyline");
     const series = [...lines].map((l) => s.seconds.map((c) => c[l.dataset.key] || 0));
     const max = Math.max(1, ...series.flat());
-    lines.forEach((l, i) => l.setAttribute("points", points(series[i], max)));
+    lines.forEach((l, i) => {
+      l.setAttribute("points", points(series[i], max));
+      // a series that is zero throughout is not drawn (a flat line reads as something happening)
+      l.classList.toggle("idle", series[i].every((v) => v === 0));
+    });
     const label = fig.querySelector(".max");
     if (label) label.textContent = "max " + max.toFixed(1);
   }
