@@ -221,7 +221,8 @@ pub struct Answer {
     /// The answer's JSON, its text when not JSON, `null` when none.
     pub body: Value,
     /// `""` when ok; else `refused` (4xx), `unavailable` (5xx, 429, no connection, after the
-    /// retries), `timeout`, `not_connected`, `disconnected`.
+    /// retries), `timeout`, `unanswered` (a change was sent and not answered in time: it may
+    /// have taken effect), `not_connected`, `disconnected`.
     pub error: &'static str,
     /// What went wrong, for logs and scripts: never a token or a URL's secrets.
     pub message: String,
@@ -320,14 +321,32 @@ impl Connections {
         });
         let mut attempt = 0;
         let mut refreshed = false;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left < Duration::from_millis(5) {
-                return Ok(Answer::failed(
+        // A change (not a read) sent without an answer may have taken effect: once an attempt
+        // timed out, running out of time is `unanswered`, so a script tells the caller what is
+        // true ("the booking may already be made") instead of "it failed".
+        let changes = !matches!(method.as_str(), "GET" | "HEAD");
+        let mut sent_unanswered = false;
+        let out_of_time = |sent_unanswered: bool| {
+            if sent_unanswered && changes {
+                Answer::failed(
+                    "unanswered",
+                    0,
+                    format!(
+                        "`{name}` was sent the call and did not answer within the respond budget: it may have taken effect"
+                    ),
+                )
+            } else {
+                Answer::failed(
                     "timeout",
                     0,
                     format!("`{name}` did not answer within the respond budget"),
-                ));
+                )
+            }
+        };
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left < Duration::from_millis(5) {
+                return Ok(out_of_time(sent_unanswered));
             }
             let mut headers = vec![("accept".to_string(), "application/json".to_string())];
             if let Some(b) = &bearer {
@@ -360,14 +379,9 @@ impl Connections {
                 }
                 Ok(r) if (r.status == 429 || r.status >= 500) && again => {}
                 Ok(r) => return Ok(answer(r.status, &r.body)),
+                Err(Failure::Timeout) if again => sent_unanswered = true,
                 Err(_) if again => {}
-                Err(Failure::Timeout) => {
-                    return Ok(Answer::failed(
-                        "timeout",
-                        0,
-                        format!("`{name}` did not answer in time"),
-                    ));
-                }
+                Err(Failure::Timeout) => return Ok(out_of_time(true)),
                 Err(Failure::Failed(why)) => {
                     return Ok(Answer::failed("unavailable", 0, format!("`{name}`: {why}")));
                 }
@@ -376,11 +390,7 @@ impl Connections {
             let pause = Duration::from_millis((100u64 << attempt.min(4)) + fastrand::u64(0..50));
             attempt += 1;
             if Instant::now() + pause >= deadline {
-                return Ok(Answer::failed(
-                    "timeout",
-                    0,
-                    format!("`{name}` did not answer within the respond budget"),
-                ));
+                return Ok(out_of_time(sent_unanswered));
             }
             tokio::time::sleep(pause).await;
         }

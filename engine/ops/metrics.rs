@@ -190,7 +190,7 @@ pub const NAMES: &[(&str, &str, &str, &str)] = &[
         "engine_connection_calls_total",
         "counter",
         "connection, result",
-        "respond-script calls to a connection: ok, refused, unavailable, timeout, not_connected, disconnected",
+        "respond-script calls to a connection: ok, refused, unavailable, timeout, unanswered, not_connected, disconnected",
     ),
     (
         "engine_connection_call_duration_seconds",
