@@ -317,8 +317,57 @@ async fn an_operator_replays_a_dead_letter_in_a_real_browser() {
         )
         .await;
     // the script redraws from the API: wait for its first refresh
-    browser.wait_for("data-updated", false).await;
+    let page = browser.wait_for("data-updated", false).await;
     browser.screenshot("traffic").await;
+    // a time axis under each chart; a series zero throughout (no 5xx) stays undrawn after the
+    // script's redraw too
+    assert!(
+        page.contains("<span>now</span>"),
+        "the charts have a time axis"
+    );
+    assert!(
+        page.contains(r#"class="s2 idle""#),
+        "an idle 5xx line is not drawn"
+    );
+
+    // the forged requests of the background traffic, among the refused ones, with their reason
+    browser.go(&app.url("/console/events?pipeline=vapi")).await;
+    let page = browser.wait_for("bad_signature", true).await;
+    assert!(page.contains("Refused requests") && !page.contains("Bearer forged"));
+    // the queues: workers per instance, and this one instance reading
+    browser.go(&app.url("/console/queues")).await;
+    browser.wait_for("per instance", false).await;
+    browser.wait_for("Instances reading", false).await;
+
+    // signing out lands on the sign-in page, saying so
+    browser.click("button[value=this]").await;
+    browser.wait_for("Signed out.", false).await;
+    assert!(
+        browser
+            .url()
+            .await
+            .ends_with("/console/login?done=signed-out")
+    );
+    // too many wrong tokens: the page says how long to wait, no raw JSON above the form
+    let mut page = String::new();
+    // (the limit refills one attempt every 6 s: twice the allowance reaches it whatever refilled)
+    for _ in 0..2 * engine::console::LOGIN_ATTEMPTS_PER_MINUTE {
+        browser.type_into("#token", "not-the-console-token").await;
+        browser.click("button[type=submit]").await;
+        // the answer page loaded (its form is new: the old one is gone with the old page)
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        page = browser.wait_for("role=\"alert\"", false).await;
+        if page.contains("Try again in") {
+            break;
+        }
+    }
+    let page = if page.contains("Try again in") {
+        page
+    } else {
+        browser.wait_for("Try again in", false).await
+    };
+    assert!(!page.contains(r#"{"error""#), "no JSON in the page: {page}");
+    browser.screenshot("login-limited").await;
 
     traffic.abort();
     browser.quit().await;
