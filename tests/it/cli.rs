@@ -450,6 +450,21 @@ fn serve_logs_listening_and_stops_on_sigterm() {
         &format!("csrf={csrf}&pipeline=vapi&id=1-1"),
     );
     assert!(purge.starts_with("HTTP/1.1 303"), "{purge}");
+    // a form without this session's CSRF token, then signing out: both logged with client_ip
+    let refused = reqwest::blocking(
+        "POST",
+        &format!("{base}/console/logout"),
+        &[form, &format!("cookie: {cookie}")],
+        "csrf=not-this-sessions",
+    );
+    assert!(refused.starts_with("HTTP/1.1 403"), "{refused}");
+    let logout = reqwest::blocking(
+        "POST",
+        &format!("{base}/console/logout"),
+        &[form, &format!("cookie: {cookie}")],
+        &format!("csrf={csrf}"),
+    );
+    assert!(logout.starts_with("HTTP/1.1 303"), "{logout}");
 
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -516,6 +531,19 @@ fn serve_logs_listening_and_stops_on_sigterm() {
         rest.iter().any(|l| l.contains(r#""action":"login""#)),
         "{rest:#?}"
     );
+    for (what, needle) in [
+        ("sign-out", r#""action":"logout""#),
+        ("CSRF refusal", "without this session's CSRF token"),
+    ] {
+        let line = rest
+            .iter()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no {what} line: {rest:#?}"));
+        assert!(
+            line.contains(r#""client_ip":"127.0.0.1""#),
+            "{what}: {line}"
+        );
+    }
     assert!(
         seen.iter()
             .chain(rest.iter())
