@@ -14,7 +14,58 @@
 //! "Memory under sustained load"). `MIMALLOC_PURGE_DELAY` overrides it (mimalloc reads its own
 //! variable; an operator's choice wins): 0 for the least memory.
 
+use std::alloc::{GlobalAlloc, Layout};
+
 use libmimalloc_sys::mi_option_t;
+
+/// mimalloc, with every allocation and release charged to its thread's balance
+/// (`engine::transform::meter`): what bounds a script run's memory (`script_limits.max_memory`).
+/// The charge is one thread-local add; it allocates nothing.
+pub(crate) struct Metered;
+
+static INNER: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn size(layout: Layout) -> i64 {
+    i64::try_from(layout.size()).unwrap_or(i64::MAX)
+}
+
+// SAFETY: every call is forwarded to mimalloc with the same arguments, and what it returns is
+// returned unchanged; the bookkeeping around it touches only a thread-local integer.
+unsafe impl GlobalAlloc for Metered {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded as received (the caller upholds `alloc`'s contract)
+        let p = unsafe { INNER.alloc(layout) };
+        if !p.is_null() {
+            engine::transform::meter::charge(size(layout));
+        }
+        p
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded as received
+        let p = unsafe { INNER.alloc_zeroed(layout) };
+        if !p.is_null() {
+            engine::transform::meter::charge(size(layout));
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded as received
+        unsafe { INNER.dealloc(ptr, layout) };
+        engine::transform::meter::charge(-size(layout));
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: forwarded as received
+        let p = unsafe { INNER.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            let new = i64::try_from(new_size).unwrap_or(i64::MAX);
+            engine::transform::meter::charge(new - size(layout));
+        }
+        p
+    }
+}
 
 /// `mi_option_purge_delay` in mimalloc v3's `mi_option_e` (libmimalloc-sys 0.1.49 names no
 /// constant for it): the sixteenth option. [`tests`] checks it still is.

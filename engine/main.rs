@@ -6,8 +6,10 @@
 // (docs/benchmarks.md).
 mod alloc;
 
+// metered: every allocation charged to its thread, so a script run's memory can be bounded
+// (alloc.rs, transform::meter)
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: alloc::Metered = alloc::Metered;
 
 fn main() -> std::process::ExitCode {
     // freed memory back to the system at once (alloc.rs says why)

@@ -329,9 +329,7 @@ impl Responder {
     ) -> Result<Reply, (bool, String)> {
         let body = input.parsed_body().map_err(|e| (false, e))?;
         let event = input.to_dynamic(body, &self.vars);
-        let over_budget = |e: &rhai::EvalAltResult| {
-            matches!(e.unwrap_inner(), rhai::EvalAltResult::ErrorTerminated(..))
-        };
+        let over_budget = |e: &rhai::EvalAltResult| matches!(e.unwrap_inner(), rhai::EvalAltResult::ErrorTerminated(token, _) if !sandbox::over_memory(token));
         sandbox::with_deadline(budget, || {
             let mut scope = Scope::new();
             scope.push_constant_dynamic("event", event);

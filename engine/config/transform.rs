@@ -220,6 +220,9 @@ pub struct ScriptLimits {
     /// Wall-clock budget of a `respond` script, milliseconds (the caller is waiting).
     #[schemars(range(min = 1, max = 10000))]
     pub respond_timeout_ms: u64,
+    /// Most memory one run may hold at once, its event's script values included (`32MiB`); a
+    /// run over it stops at once, as for the other limits. Enforced by the engine binary.
+    pub max_memory: crate::config::units::ByteSize,
 }
 
 impl Default for ScriptLimits {
@@ -232,6 +235,7 @@ impl Default for ScriptLimits {
             max_map_size: 10_000,
             timeout_ms: 1_000,
             respond_timeout_ms: 250,
+            max_memory: crate::config::units::ByteSize(32 * crate::config::units::ByteSize::MIB),
         }
     }
 }

@@ -16,6 +16,7 @@
 pub mod event;
 pub mod fields;
 mod map;
+pub mod meter;
 pub mod sandbox;
 
 use std::path::{Path, PathBuf};

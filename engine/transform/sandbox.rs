@@ -4,7 +4,9 @@
 //! are compiled out (`no_module`), so a script sees only `event` and these helpers. Limits on
 //! operations, call depth, string/array/map sizes come from the pipeline's `script_limits`; the
 //! wall-clock budget is a per-thread deadline checked from Rhai's progress callback (every script
-//! runs on one blocking thread, so the deadline of the run in progress is the thread's).
+//! runs on one blocking thread, so the deadline of the run in progress is the thread's), and the
+//! memory bound (`max_memory`) compares what the thread holds now with what it held when the run
+//! began ([`super::meter`], charged by the engine binary's allocator), on every operation.
 
 use std::cell::Cell;
 use std::time::{Duration, Instant};
@@ -16,7 +18,12 @@ use crate::config::transform::ScriptLimits;
 
 thread_local! {
     static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// What the thread held when the run in progress began ([`super::meter::held`]).
+    static HELD_AT_START: Cell<i64> = const { Cell::new(0) };
 }
+
+/// The token a run stopped for holding too much memory ends with (any other is the clock's).
+const OVER_MEMORY: &str = "memory bound exceeded";
 
 /// Marker key of the error a script raises with `fail_permanent` / `fail_retry`.
 const FAILURE_KEY: &str = "__engine_failure";
@@ -44,7 +51,12 @@ pub fn engine(limits: &ScriptLimits) -> Engine {
         .set_max_map_size(limits.max_map_size)
         .set_max_expr_depths(64, 32);
     e.disable_symbol("eval");
-    e.on_progress(|ops| {
+    let max_memory = i64::try_from(limits.max_memory.bytes()).unwrap_or(i64::MAX);
+    e.on_progress(move |ops| {
+        // every operation: one thread-local read (an operation can allocate megabytes)
+        if super::meter::held() - HELD_AT_START.with(Cell::get) > max_memory {
+            return Some(Dynamic::from(OVER_MEMORY));
+        }
         if ops % 512 != 0 {
             return None;
         }
@@ -83,9 +95,16 @@ pub fn engine(limits: &ScriptLimits) -> Engine {
 /// Run `f` with a wall-clock budget on this thread.
 pub fn with_deadline<T>(budget: Duration, f: impl FnOnce() -> T) -> T {
     DEADLINE.with(|d| d.set(Some(Instant::now() + budget)));
+    HELD_AT_START.with(|h| h.set(super::meter::held()));
     let out = f();
     DEADLINE.with(|d| d.set(None));
     out
+}
+
+/// Whether a run was stopped for its memory (not its clock): the token Rhai's `ErrorTerminated`
+/// carries.
+pub fn over_memory(token: &Dynamic) -> bool {
+    token.clone().into_string().is_ok_and(|t| t == OVER_MEMORY)
 }
 
 /// When the budget of the script running on this thread ends.
@@ -136,6 +155,13 @@ pub fn explain(err: &EvalAltResult, label: &str) -> (FailureKind, String) {
                 format!("{}: script threw: {value}", at(*pos)),
             )
         }
+        EvalAltResult::ErrorTerminated(token, p) if over_memory(token) => (
+            FailureKind::Permanent,
+            format!(
+                "{}: memory bound exceeded (script_limits.max_memory)",
+                at(*p)
+            ),
+        ),
         EvalAltResult::ErrorTerminated(..) => (
             FailureKind::Permanent,
             format!(

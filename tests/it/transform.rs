@@ -790,3 +790,49 @@ fn map_conversion_mistakes_are_found_by_validate() {
         assert!(err.contains(expected), "{expected} in:\n{err}");
     }
 }
+
+/// One run cannot hold more than `script_limits.max_memory` at once, however it spreads its
+/// memory within the per-value limits: sixty nested calls each holding a 1 MB string (60 MB, the
+/// security review's case) stop at the bound. Through the engine binary (`engine replay`),
+/// whose allocator charges each thread's allocations.
+#[test]
+fn a_run_is_bounded_in_memory() {
+    let dir = Dir::shipped_copy();
+    let hog = "fn hold(n) { let s = \"x\"; for i in 0..20 { s += s; } if n == 0 { return s.len(); } hold(n - 1) + s.len() } #{ held: hold(60) }";
+    let pipeline = |name: &str, limit: &str| {
+        format!(
+            "name: {name}\nroute: {{method: POST, path: /{name}}}\nscript_limits: {{max_memory: {limit}, max_operations: 100000000, timeout_ms: 20000}}\ntransform:\n  - inline: '{hog}'\n    sink: s\nsinks:\n  s:\n    file: {{path: data/{name}.jsonl}}\n"
+        )
+    };
+    dir.write("hog.yaml", &pipeline("hog", "32MiB"));
+    dir.write("roomy.yaml", &pipeline("roomy", "1024MiB"));
+    let fixtures = tempfile::tempdir().unwrap();
+    let case = |name: &str, expect: &str| {
+        format!("request:\n  path: /{name}\n  body: {{json: {{}}}}\nexpect:\n{expect}")
+    };
+    std::fs::write(
+        fixtures.path().join("hog.yaml"),
+        case(
+            "hog",
+            "  outcome: dead_lettered\n  reason: 'memory bound exceeded \\(script_limits.max_memory\\)'\n",
+        ),
+    )
+    .unwrap();
+    // the same script with room: not the other limits that stopped it
+    std::fs::write(
+        fixtures.path().join("roomy.yaml"),
+        case("roomy", "  outcome: written\n"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_engine"))
+        .args(["replay"])
+        .arg(fixtures.path())
+        .arg("--pipelines")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string()
+        + String::from_utf8_lossy(&out.stderr).as_ref();
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("2 passed"), "{text}");
+}
