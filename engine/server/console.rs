@@ -113,29 +113,8 @@ pub async fn serve(app: &App, req: &mut Request, res: &mut Response) -> Result<(
                 Ok(())
             }
             Some(name) => {
-                let Some((index, queue)) = queue_of(app, &name) else {
-                    return not_found(res, &csrf);
-                };
-                let config = &app.project.pipelines[index].config;
-                let shown_as = pages::Shown {
-                    redact: &config.redact,
-                    kind: crate::console::recent::kind_field(config),
-                };
-                let view = match queue.dead_letters(DEAD_LETTERS_SHOWN).await {
-                    Ok(letters) => {
-                        let total = queue.stats().await.map(|s| s.dead).ok();
-                        Ok(pages::DeadLetters {
-                            pipeline: &name,
-                            letters,
-                            total,
-                            shown_as,
-                            done: query.get("done").map(String::as_str),
-                        })
-                    }
-                    Err(e) => Err(e.to_string()),
-                };
-                html(res, StatusCode::OK, pages::dead_letters(&name, view, &csrf));
-                Ok(())
+                let done = query.get("done").map(String::as_str);
+                dead_letters_page(app, &name, done, &csrf, res).await
             }
         },
         (_, p) if p == "/console/events" || p.starts_with("/console/events/") => {
@@ -149,20 +128,7 @@ pub async fn serve(app: &App, req: &mut Request, res: &mut Response) -> Result<(
         (Method::POST, "/console/logout") => {
             let form = form_of(req, res).await?;
             checked(console, &session, &form, client_ip, res)?;
-            let everywhere = form.first("scope") == Some("everywhere");
-            let shared = if everywhere {
-                console.revoked.revoke_all(now_ms).await
-            } else {
-                console.revoked.revoke(&session, now_ms).await
-            };
-            let action = if everywhere {
-                "logout-everywhere"
-            } else {
-                "logout"
-            };
-            tracing::info!(action, %client_ip, shared, "console: signed out");
-            set_header(res, SET_COOKIE, &session::clear_cookie());
-            redirect(res, "/console/login?done=signed-out")
+            sign_out(console, &session, &form, client_ip, now_ms, res).await
         }
         (Method::POST, "/console/dead-letters/replay" | "/console/dead-letters/purge") => {
             let form = form_of(req, res).await?;
@@ -177,6 +143,65 @@ pub async fn serve(app: &App, req: &mut Request, res: &mut Response) -> Result<(
             "This console page does not accept this method.",
         )),
     }
+}
+
+/// One queued pipeline's dead letters (`done`: what the last action did, for its banner).
+async fn dead_letters_page(
+    app: &App,
+    name: &str,
+    done: Option<&str>,
+    csrf: &str,
+    res: &mut Response,
+) -> Result<(), Stop> {
+    let Some((index, queue)) = queue_of(app, name) else {
+        return not_found(res, csrf);
+    };
+    let config = &app.project.pipelines[index].config;
+    let shown_as = pages::Shown {
+        redact: &config.redact,
+        kind: crate::console::recent::kind_field(config),
+    };
+    let view = match queue.dead_letters(DEAD_LETTERS_SHOWN).await {
+        Ok(letters) => {
+            let total = queue.stats().await.map(|s| s.dead).ok();
+            Ok(pages::DeadLetters {
+                pipeline: name,
+                letters,
+                total,
+                shown_as,
+                done,
+            })
+        }
+        Err(e) => Err(e.to_string()),
+    };
+    html(res, StatusCode::OK, pages::dead_letters(name, view, csrf));
+    Ok(())
+}
+
+/// End this session (`scope=everywhere`: every session), on every instance sharing the Redis,
+/// then back to the sign-in page.
+async fn sign_out(
+    console: &Console,
+    session: &Session,
+    form: &Form,
+    client_ip: IpAddr,
+    now_ms: i64,
+    res: &mut Response,
+) -> Result<(), Stop> {
+    let everywhere = form.first("scope") == Some("everywhere");
+    let shared = if everywhere {
+        console.revoked.revoke_all(now_ms).await
+    } else {
+        console.revoked.revoke(session, now_ms).await
+    };
+    let action = if everywhere {
+        "logout-everywhere"
+    } else {
+        "logout"
+    };
+    tracing::info!(action, %client_ip, shared, "console: signed out");
+    set_header(res, SET_COOKIE, &session::clear_cookie());
+    redirect(res, "/console/login?done=signed-out")
 }
 
 /// The configured pipelines' names, in file order.
