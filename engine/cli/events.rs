@@ -274,69 +274,7 @@ async fn run(action: EventsAction) -> Result<ExitCode, String> {
             id,
             unredacted,
             at,
-        } => {
-            let d = deployment(&at, false).map_err(not_loaded)?;
-            let p = archived(&d.project, &pipeline)?;
-            let stored = d
-                .store
-                .show(&pipeline, &id)
-                .await
-                .map_err(e)?
-                .ok_or_else(|| format!("no archived event `{id}` in `{pipeline}`"))?;
-            let keyring = crate::server::queueing::keyring(&d.project)?;
-            let request = match stored.event(keyring.as_ref()) {
-                Ok(event) => {
-                    let redact: &[_] = if unredacted {
-                        tracing::warn!(pipeline = %pipeline, event_id = %id, "events show --unredacted: the request printed whole, redacted fields included");
-                        &[]
-                    } else {
-                        &p.config.redact
-                    };
-                    let shown = crate::console::recent::shown(&event, redact);
-                    serde_json::json!({
-                        "method": shown.method, "path": shown.path, "query": shown.query,
-                        "headers": shown.headers, "body": shown.body, "truncated": shown.truncated,
-                    })
-                }
-                Err(err) => serde_json::json!({"unreadable": err.to_string()}),
-            };
-            let mut v = serde_json::to_value(&stored).unwrap_or_default();
-            v["received_at"] = time(stored.received_at_ms).into();
-            v["request"] = request;
-            if d.json {
-                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-            } else {
-                println!(
-                    "{} {}  received {}  {}",
-                    pipeline,
-                    id,
-                    time(stored.received_at_ms),
-                    stored.outcome.as_str()
-                );
-                for s in &stored.story {
-                    let run = s
-                        .run
-                        .as_deref()
-                        .map(|r| format!(" (replay {r})"))
-                        .unwrap_or_default();
-                    let what = match (&s.sink, s.rows, &s.reason) {
-                        (Some(sink), Some(rows), _) => format!("{rows} row(s) to {sink}"),
-                        (_, _, Some(r)) => r.clone(),
-                        _ => String::new(),
-                    };
-                    println!(
-                        "  {}  attempt {}  {:<9} {what}{run}",
-                        time(s.at_ms),
-                        s.attempt,
-                        s.outcome.as_str()
-                    );
-                }
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&v["request"]).unwrap_or_default()
-                );
-            }
-        }
+        } => show(&pipeline, &id, unredacted, &at).await?,
         EventsAction::Replay {
             filter,
             dry_run,
@@ -384,6 +322,105 @@ async fn run(action: EventsAction) -> Result<ExitCode, String> {
         } => return super::erase::erase(pipeline, list, at).await,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What a dry run found: how many match, and what the first of them would do.
+fn print_dry_run(matched: u64, sample: &[crate::archive::replay::Preview], json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "matched": matched, "dry_run": true, "sample": sample,
+            }))
+            .unwrap_or_default()
+        );
+        return;
+    }
+    println!(
+        "{matched} event(s) match; nothing written (dry run). The first {}:",
+        sample.len()
+    );
+    for s in sample {
+        println!(
+            "  {}  {}  {} -> {}{}",
+            time(s.received_at_ms),
+            s.event_id,
+            s.was.as_str(),
+            s.would.as_str(),
+            s.reason
+                .as_deref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        );
+    }
+}
+
+/// One archived event: its story and its request (redacted unless `unredacted`, which logs
+/// that it printed the request whole).
+async fn show(pipeline: &str, id: &str, unredacted: bool, at: &At) -> Result<(), String> {
+    let e = |e: crate::archive::ArchiveError| e.to_string();
+    let d = deployment(at, false).map_err(not_loaded)?;
+    let p = archived(&d.project, pipeline)?;
+    let stored = d
+        .store
+        .show(pipeline, id)
+        .await
+        .map_err(e)?
+        .ok_or_else(|| format!("no archived event `{id}` in `{pipeline}`"))?;
+    let keyring = crate::server::queueing::keyring(&d.project)?;
+    let request = match stored.event(keyring.as_ref()) {
+        Ok(event) => {
+            let redact: &[_] = if unredacted {
+                tracing::warn!(pipeline = %pipeline, event_id = %id, "events show --unredacted: the request printed whole, redacted fields included");
+                &[]
+            } else {
+                &p.config.redact
+            };
+            let shown = crate::console::recent::shown(&event, redact);
+            serde_json::json!({
+                "method": shown.method, "path": shown.path, "query": shown.query,
+                "headers": shown.headers, "body": shown.body, "truncated": shown.truncated,
+            })
+        }
+        Err(err) => serde_json::json!({"unreadable": err.to_string()}),
+    };
+    let mut v = serde_json::to_value(&stored).unwrap_or_default();
+    v["received_at"] = time(stored.received_at_ms).into();
+    v["request"] = request;
+    if d.json {
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else {
+        println!(
+            "{} {}  received {}  {}",
+            pipeline,
+            id,
+            time(stored.received_at_ms),
+            stored.outcome.as_str()
+        );
+        for s in &stored.story {
+            let run = s
+                .run
+                .as_deref()
+                .map(|r| format!(" (replay {r})"))
+                .unwrap_or_default();
+            let what = match (&s.sink, s.rows, &s.reason) {
+                (Some(sink), Some(rows), _) => format!("{rows} row(s) to {sink}"),
+                (_, _, Some(r)) => r.clone(),
+                _ => String::new(),
+            };
+            println!(
+                "  {}  attempt {}  {:<9} {what}{run}",
+                time(s.at_ms),
+                s.attempt,
+                s.outcome.as_str()
+            );
+        }
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&v["request"]).unwrap_or_default()
+        );
+    }
+    Ok(())
 }
 
 /// The replay runner of one pipeline, with its program and sinks as they are now.
@@ -437,33 +474,7 @@ async fn replay(
             let f = filter.filter(&d.project)?;
             if dry_run {
                 let (matched, sample) = runner.dry_run(&f, 10, force).await.map_err(e)?;
-                if json {
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&serde_json::json!({
-                            "matched": matched, "dry_run": true, "sample": sample,
-                        }))
-                        .unwrap_or_default()
-                    );
-                } else {
-                    println!(
-                        "{matched} event(s) match; nothing written (dry run). The first {}:",
-                        sample.len()
-                    );
-                    for s in &sample {
-                        println!(
-                            "  {}  {}  {} -> {}{}",
-                            time(s.received_at_ms),
-                            s.event_id,
-                            s.was.as_str(),
-                            s.would.as_str(),
-                            s.reason
-                                .as_deref()
-                                .map(|r| format!(": {r}"))
-                                .unwrap_or_default()
-                        );
-                    }
-                }
+                print_dry_run(matched, &sample, json);
                 return Ok(ExitCode::SUCCESS);
             }
             let matched = d.store.count(&f).await.map_err(e)?;

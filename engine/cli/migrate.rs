@@ -54,22 +54,8 @@ pub(super) fn migrate(
     match step {
         MigrateStep::Status => migrate_status(&rt, &url, dir, target.json),
         MigrateStep::Check => {
-            match rt.block_on(crate::migrate::status(&url, dir)) {
-                Ok(list) => {
-                    let pending: Vec<_> = list.iter().filter(|m| m.applied_on.is_none()).collect();
-                    for m in &pending {
-                        println!("pending V{} {}", m.version, m.name);
-                    }
-                    println!(
-                        "{} migration{} pending",
-                        pending.len(),
-                        if pending.len() == 1 { "" } else { "s" }
-                    );
-                }
-                Err(e) => {
-                    eprintln!("engine: {e}");
-                    return ExitCode::from(1);
-                }
+            if let Err(code) = print_pending(&rt, &url, dir) {
+                return code;
             }
             migrate_table_check(
                 &rt,
@@ -82,19 +68,7 @@ pub(super) fn migrate(
         }
         MigrateStep::Apply => match rt.block_on(crate::migrate::run(&url, dir)) {
             Ok(report) => {
-                for (v, n) in &report.applied {
-                    println!("applied V{v} {n}");
-                }
-                println!(
-                    "{} migration{} applied",
-                    report.applied.len(),
-                    if report.applied.len() == 1 { "" } else { "s" }
-                );
-                for (table, v, n) in &report.left_alone {
-                    println!(
-                        "left alone: table `{table}` existed before V{v} {n}, whose CREATE TABLE IF NOT EXISTS keeps an existing table exactly as it is (its columns are checked below)"
-                    );
-                }
+                print_applied(&report);
                 if let Some(Ok(project)) = &loaded
                     && !reseal_tokens(&rt, project, &url)
                 {
@@ -114,6 +88,41 @@ pub(super) fn migrate(
                 ExitCode::from(1)
             }
         },
+    }
+}
+
+/// `--check`'s first lines: the migrations not applied yet.
+fn print_pending(rt: &tokio::runtime::Runtime, url: &str, dir: &Path) -> Result<(), ExitCode> {
+    let list = rt.block_on(crate::migrate::status(url, dir)).map_err(|e| {
+        eprintln!("engine: {e}");
+        ExitCode::from(1)
+    })?;
+    let pending: Vec<_> = list.iter().filter(|m| m.applied_on.is_none()).collect();
+    for m in &pending {
+        println!("pending V{} {}", m.version, m.name);
+    }
+    println!(
+        "{} migration{} pending",
+        pending.len(),
+        if pending.len() == 1 { "" } else { "s" }
+    );
+    Ok(())
+}
+
+/// What a run applied, and the tables it left as they were.
+fn print_applied(report: &crate::migrate::Report) {
+    for (v, n) in &report.applied {
+        println!("applied V{v} {n}");
+    }
+    println!(
+        "{} migration{} applied",
+        report.applied.len(),
+        if report.applied.len() == 1 { "" } else { "s" }
+    );
+    for (table, v, n) in &report.left_alone {
+        println!(
+            "left alone: table `{table}` existed before V{v} {n}, whose CREATE TABLE IF NOT EXISTS keeps an existing table exactly as it is (its columns are checked below)"
+        );
     }
 }
 

@@ -401,23 +401,13 @@ fn dispatch(command: Command) -> ExitCode {
             database_url,
             fixtures,
             migrations,
-        } => {
-            let fixtures = fixtures
-                .map(|f| vec![f])
-                .unwrap_or_else(|| crate::table_check::default_fixtures(&dir));
-            let migrations = migrations.or_else(|| crate::table_check::default_migrations(&dir));
-            let options = crate::table_check::Options {
-                fixtures: &fixtures,
-                memo: crate::table_check::Memo::Off,
-                migrations: migrations.as_deref(),
-            };
-            validate(
-                &dir,
-                env_file.as_deref(),
-                format,
-                database_url.as_deref().map(|url| (url, options)),
-            )
-        }
+        } => validate_command(
+            &dir,
+            env_file.as_deref(),
+            format,
+            database_url.as_deref(),
+            (fixtures, migrations),
+        ),
         Command::Replay {
             fixtures,
             pipelines,
@@ -450,12 +440,10 @@ fn dispatch(command: Command) -> ExitCode {
             let fixtures = fixtures
                 .map(|f| vec![f])
                 .unwrap_or_else(|| crate::table_check::default_fixtures(&target.pipelines));
-            let step = if status {
-                MigrateStep::Status
-            } else if check {
-                MigrateStep::Check
-            } else {
-                MigrateStep::Apply
+            let step = match (status, check) {
+                (true, _) => MigrateStep::Status,
+                (_, true) => MigrateStep::Check,
+                _ => MigrateStep::Apply,
             };
             migrate(database_url, &migrations, step, &fixtures, &target)
         }
@@ -482,6 +470,37 @@ fn dispatch(command: Command) -> ExitCode {
             env_file,
         } => tenants(action, &pipelines, env_file.as_deref()),
     }
+}
+
+/// `engine validate`: the table check's fixtures (default: `fixtures/` beside DIR) and
+/// migrations (default: `migrations/` beside DIR; one named that is no directory is a usage
+/// error, never a check judged without it).
+fn validate_command(
+    dir: &Path,
+    env_file: Option<&Path>,
+    format: Format,
+    database_url: Option<&str>,
+    (fixtures, migrations): (Option<PathBuf>, Option<PathBuf>),
+) -> ExitCode {
+    if let Some(m) = migrations.as_ref().filter(|m| !m.is_dir()) {
+        eprintln!("engine: --migrations {}: not a directory", m.display());
+        return ExitCode::from(2);
+    }
+    let fixtures = fixtures
+        .map(|f| vec![f])
+        .unwrap_or_else(|| crate::table_check::default_fixtures(dir));
+    let migrations = migrations.or_else(|| crate::table_check::default_migrations(dir));
+    let options = crate::table_check::Options {
+        fixtures: &fixtures,
+        memo: crate::table_check::Memo::Off,
+        migrations: migrations.as_deref(),
+    };
+    validate(
+        dir,
+        env_file,
+        format,
+        database_url.map(|url| (url, options)),
+    )
 }
 
 fn env_source(env_file: Option<&Path>) -> Result<EnvSource, ExitCode> {

@@ -23,10 +23,13 @@
 //! `engine replay` stands the network, the token store and the tenant directory in with a
 //! fixture's `connections` section ([`Backing`]).
 
+mod answer;
 mod path;
 pub mod tenant;
 pub mod token;
 pub mod token_store;
+pub use answer::Answer;
+use answer::{answer, out_of_time, token_failure};
 pub use path::encode_segment;
 use path::url_for;
 pub mod transport;
@@ -212,34 +215,6 @@ pub struct Request {
     pub idempotent: bool,
 }
 
-/// What a script gets back.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Answer {
-    pub ok: bool,
-    /// 0 when nothing answered.
-    pub status: u16,
-    /// The answer's JSON, its text when not JSON, `null` when none.
-    pub body: Value,
-    /// `""` when ok; else `refused` (4xx), `unavailable` (5xx, 429, no connection, after the
-    /// retries), `timeout`, `unanswered` (a change was sent and not answered in time: it may
-    /// have taken effect), `not_connected`, `disconnected`.
-    pub error: &'static str,
-    /// What went wrong, for logs and scripts: never a token or a URL's secrets.
-    pub message: String,
-}
-
-impl Answer {
-    fn failed(error: &'static str, status: u16, message: String) -> Answer {
-        Answer {
-            ok: false,
-            status,
-            body: Value::Null,
-            error,
-            message,
-        }
-    }
-}
-
 impl Connections {
     /// The names this pipeline declares.
     pub fn names(&self) -> impl Iterator<Item = &str> {
@@ -281,6 +256,38 @@ impl Connections {
         Ok(answer)
     }
 
+    /// The bearer token a call carries: none, the connection's, or the tenant's OAuth token;
+    /// `Err(answer)` when the tenant has none to give (not connected, disconnected, no time).
+    async fn bearer(
+        &self,
+        name: &str,
+        one: &One,
+        tenant: Option<&str>,
+        now: i64,
+        deadline: Instant,
+    ) -> Result<Result<Option<String>, Answer>, String> {
+        Ok(match &one.credential {
+            Credential::None => Ok(None),
+            Credential::Bearer(t) => Ok(Some(t.clone())),
+            Credential::OAuth(provider, tokens) => {
+                let tenant = tenant.ok_or_else(|| {
+                    format!("connection `{name}` uses a tenant's `{provider}` token: give `tenant` in the call")
+                })?;
+                let Some(tokens) = tokens else {
+                    return Ok(Err(token_failure(
+                        provider,
+                        tenant,
+                        TokenError::NotConnected,
+                    )));
+                };
+                match tokens.access(tenant, None, now, deadline).await {
+                    Ok(t) => Ok(Some(t)),
+                    Err(e) => Err(token_failure(provider, tenant, e)),
+                }
+            }
+        })
+    }
+
     async fn send(
         &self,
         name: &str,
@@ -297,21 +304,9 @@ impl Connections {
             );
         let now = self.now_secs();
         let tenant = req.tenant.as_deref().filter(|t| !t.is_empty());
-        let mut bearer = match &one.credential {
-            Credential::None => None,
-            Credential::Bearer(t) => Some(t.clone()),
-            Credential::OAuth(provider, tokens) => {
-                let tenant = tenant.ok_or_else(|| {
-                    format!("connection `{name}` uses a tenant's `{provider}` token: give `tenant` in the call")
-                })?;
-                let Some(tokens) = tokens else {
-                    return Ok(token_failure(provider, tenant, TokenError::NotConnected));
-                };
-                match tokens.access(tenant, None, now, deadline).await {
-                    Ok(t) => Some(t),
-                    Err(e) => return Ok(token_failure(provider, tenant, e)),
-                }
-            }
+        let mut bearer = match self.bearer(name, one, tenant, now, deadline).await? {
+            Ok(b) => b,
+            Err(failed) => return Ok(failed),
         };
         let body = req.json.as_ref().map(|v| {
             (
@@ -326,23 +321,7 @@ impl Connections {
         // true ("the booking may already be made") instead of "it failed".
         let changes = !matches!(method.as_str(), "GET" | "HEAD");
         let mut sent_unanswered = false;
-        let out_of_time = |sent_unanswered: bool| {
-            if sent_unanswered && changes {
-                Answer::failed(
-                    "unanswered",
-                    0,
-                    format!(
-                        "`{name}` was sent the call and did not answer within the respond budget: it may have taken effect"
-                    ),
-                )
-            } else {
-                Answer::failed(
-                    "timeout",
-                    0,
-                    format!("`{name}` did not answer within the respond budget"),
-                )
-            }
-        };
+        let out_of_time = |sent_unanswered: bool| out_of_time(name, sent_unanswered && changes);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left < Duration::from_millis(5) {
@@ -425,53 +404,6 @@ pub fn requested_in(text: &str) -> Vec<(String, usize, usize)> {
             Some((name.as_str().to_string(), line, col))
         })
         .collect()
-}
-
-fn token_failure(provider: &str, tenant: &str, e: TokenError) -> Answer {
-    match e {
-        TokenError::NotConnected => Answer::failed(
-            "not_connected",
-            0,
-            format!("tenant {tenant} has not connected `{provider}`"),
-        ),
-        TokenError::Disconnected => Answer::failed(
-            "disconnected",
-            0,
-            format!("tenant {tenant}'s `{provider}` connection was revoked: it must connect again"),
-        ),
-        TokenError::Timeout => Answer::failed(
-            "timeout",
-            0,
-            format!("no `{provider}` token within the respond budget"),
-        ),
-        TokenError::Unavailable(why) => Answer::failed("unavailable", 0, why),
-    }
-}
-
-fn answer(status: u16, body: &[u8]) -> Answer {
-    let body = if body.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(body)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()))
-    };
-    let ok = (200..300).contains(&status);
-    let error = match status {
-        _ if ok => "",
-        429 | 500.. => "unavailable",
-        _ => "refused",
-    };
-    Answer {
-        ok,
-        status,
-        message: if ok {
-            String::new()
-        } else {
-            format!("answered HTTP {status}")
-        },
-        body,
-        error,
-    }
 }
 
 thread_local! {

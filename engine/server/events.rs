@@ -51,8 +51,8 @@ pub async fn serve(
     let store = app.archive.as_ref();
     let csrf = visit.csrf;
     match (req.method().clone(), path) {
-        (Method::GET, "/console/events") => {
-            let Some(name) = query.get("pipeline") else {
+        (Method::GET, "/console/events") => match query.get("pipeline") {
+            None => {
                 let names: Vec<&str> = app
                     .project
                     .pipelines
@@ -64,39 +64,10 @@ pub async fn serve(
                     StatusCode::OK,
                     crate::console::pages::event_index(&names, csrf),
                 );
-                return Ok(());
-            };
-            let Some(p) = pipeline(app, name) else {
-                return not_found(res, csrf);
-            };
-            let refused = recent::global().of(name, true);
-            let shown_as = crate::console::pages::Shown {
-                redact: &p.config.redact,
-                kind: recent::kind_field(&p.config),
-            };
-            let (Some(store), Some(kept)) = (store, p.config.archive.kept()) else {
-                let samples = recent::global().of(name, false);
-                let page = crate::console::pages::events(name, &samples, &refused, shown_as, csrf);
-                html(res, StatusCode::OK, page);
-                return Ok(());
-            };
-            let refused = crate::console::pages::refused_requests(&refused, shown_as);
-            let search = search_of(query);
-            let index: Vec<String> = kept.index.keys().cloned().collect();
-            let found = match filter(app, &search) {
-                Ok(f) => match (store.list(&f, SHOWN).await, store.count(&f).await) {
-                    (Ok(events), Ok(total)) => Ok((events, total)),
-                    (Err(e), _) | (_, Err(e)) => Err(format!("The archive did not answer: {e}")),
-                },
-                Err(e) => Err(e),
-            };
-            html(
-                res,
-                StatusCode::OK,
-                pages::events(&search, &index, found, refused, csrf),
-            );
-            Ok(())
-        }
+                Ok(())
+            }
+            Some(name) => events_of(app, name, query, csrf, res).await,
+        },
         (Method::GET, "/console/events/show") => {
             let (Some(store), Some(name), Some(id)) =
                 (store, query.get("pipeline"), query.get("id"))
@@ -143,6 +114,47 @@ pub async fn serve(
         }
         _ => not_found(res, csrf),
     }
+}
+
+/// One pipeline's events: the archive searched by `query`, or (a pipeline the archive does not
+/// keep) this instance's sample; its refused requests below either.
+async fn events_of(
+    app: &App,
+    name: &str,
+    query: &HashMap<String, String>,
+    csrf: &str,
+    res: &mut Response,
+) -> Result<(), Stop> {
+    let Some(p) = pipeline(app, name) else {
+        return not_found(res, csrf);
+    };
+    let refused = recent::global().of(name, true);
+    let shown_as = crate::console::pages::Shown {
+        redact: &p.config.redact,
+        kind: recent::kind_field(&p.config),
+    };
+    let (Some(store), Some(kept)) = (app.archive.as_ref(), p.config.archive.kept()) else {
+        let samples = recent::global().of(name, false);
+        let page = crate::console::pages::events(name, &samples, &refused, shown_as, csrf);
+        html(res, StatusCode::OK, page);
+        return Ok(());
+    };
+    let refused = crate::console::pages::refused_requests(&refused, shown_as);
+    let search = search_of(query);
+    let index: Vec<String> = kept.index.keys().cloned().collect();
+    let found = match filter(app, &search) {
+        Ok(f) => match (store.list(&f, SHOWN).await, store.count(&f).await) {
+            (Ok(events), Ok(total)) => Ok((events, total)),
+            (Err(e), _) | (_, Err(e)) => Err(format!("The archive did not answer: {e}")),
+        },
+        Err(e) => Err(e),
+    };
+    html(
+        res,
+        StatusCode::OK,
+        pages::events(&search, &index, found, refused, csrf),
+    );
+    Ok(())
 }
 
 /// The POST actions: preview, replay, cancel, resume.

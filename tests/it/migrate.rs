@@ -180,6 +180,12 @@ fn validate_against_a_live_database() {
     );
     assert_eq!(code, Some(1));
     assert!(out.contains("vapi.yaml:") && out.contains("table `call_logs` does not exist; run `engine migrate`, or write a migration that creates it (at /sinks/call_logs/postgres/table)"), "{out}");
+    // a migrations directory that is not one: a usage error, never a check judged without it
+    let (code, _) = validate_with(
+        &common::shipped(),
+        &["--migrations", "/nonexistent-migrations"],
+    );
+    assert_eq!(code, Some(2));
     // nothing was kept of the pending migrations tried
     let (code, _) = validate_with(
         &common::shipped(),
