@@ -39,31 +39,11 @@ pub async fn serve(app: &App, req: &mut Request, res: &mut Response) -> Result<(
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     let now_ms = app.clock.now_ms();
-    match (method.clone(), path.as_str()) {
-        (Method::GET, "/console/assets/console.js") => {
-            return asset(res, "text/javascript; charset=utf-8", pages::SCRIPT);
-        }
-        (Method::GET, "/console/assets/console.css") => {
-            return asset(res, "text/css; charset=utf-8", pages::STYLE);
-        }
-        (Method::GET, "/console/assets/favicon.svg") => {
-            return asset(res, "image/svg+xml", pages::FAVICON);
-        }
-        (Method::GET, "/console/login") => {
-            let done = req.query::<String>("done");
-            let note = (done.as_deref() == Some("signed-out")).then_some("Signed out.");
-            html(res, StatusCode::OK, pages::login(None, note));
-            return Ok(());
-        }
-        (Method::POST, "/console/login") => return login(app, console, req, res, now_ms).await,
-        _ => {}
+    if let Some(answered) = without_session(app, console, &method, &path, req, res, now_ms).await {
+        return answered;
     }
     let client_ip = client_ip(app, req);
-    let session = match session_of(console, req, now_ms) {
-        Some(s) if !console.revoked.contains(&s).await => Some(s),
-        _ => None,
-    };
-    let Some(session) = session else {
+    let Some(session) = signed_in(console, req, now_ms).await else {
         if path.starts_with("/console/api/") {
             return Err(error(
                 res,
@@ -143,6 +123,36 @@ pub async fn serve(app: &App, req: &mut Request, res: &mut Response) -> Result<(
             "This console page does not accept this method.",
         )),
     }
+}
+
+/// The paths open without a session: the assets and the sign-in page and form; `None` for
+/// every other path.
+async fn without_session(
+    app: &App,
+    console: &Console,
+    method: &Method,
+    path: &str,
+    req: &mut Request,
+    res: &mut Response,
+    now_ms: i64,
+) -> Option<Result<(), Stop>> {
+    Some(match (method.clone(), path) {
+        (Method::GET, "/console/assets/console.js") => {
+            asset(res, "text/javascript; charset=utf-8", pages::SCRIPT)
+        }
+        (Method::GET, "/console/assets/console.css") => {
+            asset(res, "text/css; charset=utf-8", pages::STYLE)
+        }
+        (Method::GET, "/console/assets/favicon.svg") => asset(res, "image/svg+xml", pages::FAVICON),
+        (Method::GET, "/console/login") => {
+            let done = req.query::<String>("done");
+            let note = (done.as_deref() == Some("signed-out")).then_some("Signed out.");
+            html(res, StatusCode::OK, pages::login(None, note));
+            Ok(())
+        }
+        (Method::POST, "/console/login") => login(app, console, req, res, now_ms).await,
+        _ => return None,
+    })
 }
 
 /// One queued pipeline's dead letters (`done`: what the last action did, for its banner).
@@ -341,6 +351,12 @@ async fn login(
     tracing::info!(client_ip = %seen.client_ip, action = "login", "console: signed in");
     set_header(res, SET_COOKIE, &session::set_cookie(&cookie));
     redirect(res, "/console/pipelines")
+}
+
+/// The request's session: a valid cookie of a session not signed out (here or on any instance).
+async fn signed_in(console: &Console, req: &Request, now_ms: i64) -> Option<Session> {
+    let session = session_of(console, req, now_ms)?;
+    (!console.revoked.contains(&session).await).then_some(session)
 }
 
 fn session_of(console: &Console, req: &Request, now_ms: i64) -> Option<Session> {
