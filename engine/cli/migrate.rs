@@ -51,44 +51,38 @@ pub(super) fn migrate(
         Ok(r) => r,
         Err(c) => return c,
     };
-    match step {
-        MigrateStep::Status => migrate_status(&rt, &url, dir, target.json),
-        MigrateStep::Check => {
-            if let Err(code) = print_pending(&rt, &url, dir) {
-                return code;
-            }
-            migrate_table_check(
-                &rt,
-                loaded.as_ref(),
-                &url,
-                (fixtures, dir),
-                step,
-                &target.pipelines,
-            )
-        }
+    // what comes before the table check: the pending list (--check), or the migrations applied
+    // and the tokens resealed
+    let ready = match step {
+        MigrateStep::Status => return migrate_status(&rt, &url, dir, target.json),
+        MigrateStep::Check => print_pending(&rt, &url, dir),
         MigrateStep::Apply => match rt.block_on(crate::migrate::run(&url, dir)) {
             Ok(report) => {
                 print_applied(&report);
-                if let Some(Ok(project)) = &loaded
-                    && !reseal_tokens(&rt, project, &url)
-                {
-                    return ExitCode::from(1);
+                match &loaded {
+                    Some(Ok(project)) if !reseal_tokens(&rt, project, &url) => {
+                        Err(ExitCode::from(1))
+                    }
+                    _ => Ok(()),
                 }
-                migrate_table_check(
-                    &rt,
-                    loaded.as_ref(),
-                    &url,
-                    (fixtures, dir),
-                    step,
-                    &target.pipelines,
-                )
             }
             Err(e) => {
                 eprintln!("engine: migration failed: {e}");
-                ExitCode::from(1)
+                Err(ExitCode::from(1))
             }
         },
+    };
+    if let Err(code) = ready {
+        return code;
     }
+    migrate_table_check(
+        &rt,
+        loaded.as_ref(),
+        &url,
+        (fixtures, dir),
+        step,
+        &target.pipelines,
+    )
 }
 
 /// `--check`'s first lines: the migrations not applied yet.

@@ -374,9 +374,13 @@ async fn fixture_rows(
                 .and_then(|rt| rt.block_on(crate::replay::rows_written(&dir, &fixtures)));
             let _ = tx.send(written);
         })
-        .map_err(|e| format!("cannot run the fixtures: {e}"))?;
+        .map_err(|e| {
+            format!("cannot start a thread to run the fixtures ({e}): free memory or threads, or pass --fixtures to a smaller directory")
+        })?;
     rx.await
-        .map_err(|_| "the fixtures' run stopped before it finished".to_string())?
+        .map_err(|_| {
+            "the fixtures' run stopped before it finished (a case crashed it): run `engine replay` on them to see which".to_string()
+        })?
 }
 
 /// The problems of the tables as they are at this point of the transaction.
