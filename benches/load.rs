@@ -38,6 +38,8 @@
 //! rate (`load/archive.rs`).
 //! `-- --cost [--quick]` measures instead the CPU one event costs in each process (ingest,
 //! worker, Redis, Postgres) at pace and in a backlog, against the 118 µs target (`load/cost.rs`).
+//! With `LOAD_TRACES=1` the engines export traces to an OTLP receiver in the bench process
+//! (`load/traces.rs`): the same numbers with tracing on.
 //! `-- --dashboard` draws the Grafana dashboard's main panels from `/metrics` under a changing
 //! load into docs/grafana/engine.png (`load/dashboard.rs`).
 
@@ -65,6 +67,8 @@ mod scale;
 mod archive;
 #[path = "load/cost.rs"]
 mod cost;
+#[path = "load/traces.rs"]
+mod traces;
 
 #[path = "load/full.rs"]
 mod full;
@@ -125,7 +129,11 @@ fn main() {
         }));
     } else if mode("--cost") {
         rt.block_on(with_setup("cost", async |setup| {
-            cost::run(setup, quick).await
+            traces::start_if_asked().await;
+            cost::run(setup, quick).await;
+            if traces::endpoint().is_some() {
+                println!("traces: {} spans received", traces::spans());
+            }
         }));
     } else if mode("--dashboard") {
         rt.block_on(with_setup("dash", async |setup| {
@@ -356,6 +364,10 @@ fn engine(args: &[&str], setup: &Setup, dir: &Path) -> Command {
     c.envs(std::env::vars().filter(|(k, _)| {
         k.starts_with("MIMALLOC_") || k.starts_with("TOKIO_") || k == "CONSOLE_TOKEN"
     }));
+    // LOAD_TRACES=1: traces exported to the receiver in this process (load/traces.rs)
+    if let Some(endpoint) = traces::endpoint() {
+        c.env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint);
+    }
     c
 }
 

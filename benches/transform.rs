@@ -29,6 +29,7 @@ fn bench(c: &mut Criterion) {
         headers: vec![("content-type".into(), ct.into())],
         params: vec![],
         tenant: None,
+        trace: None,
         body: Bytes::from(std::fs::read(root.join("fixtures/payloads").join(file)).unwrap()),
     };
 

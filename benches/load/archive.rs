@@ -139,6 +139,7 @@ async fn replay(setup: &Setup, events: usize) {
                     headers: vec![("content-type".into(), "application/json".into())],
                     params: vec![],
                     tenant: None,
+                    trace: None,
                     body: body.into(),
                 };
                 recorder.note(

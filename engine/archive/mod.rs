@@ -569,6 +569,7 @@ mod tests {
             headers: vec![("x-org".into(), "org-9".into())],
             params: vec![],
             tenant: None,
+            trace: None,
             body: bytes::Bytes::from(body.to_string()),
         }
     }

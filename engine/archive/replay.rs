@@ -594,6 +594,11 @@ impl Runner {
         force: bool,
         counts: &mut Counts,
     ) -> Vec<Note> {
+        // while traces are exported: a new trace per replayed event, linked to its request's
+        let spans: Vec<tracing::Span> = match crate::ops::trace::on() {
+            true => page.iter().map(|s| replay_span(s, run)).collect(),
+            false => Vec::new(),
+        };
         let decisions = self.decide(page, force).await;
         let mut steps: Vec<Option<Step>> = vec![None; page.len()];
         let mut wanted = Vec::new();
@@ -617,9 +622,13 @@ impl Runner {
         }
         page.iter()
             .zip(steps)
-            .filter_map(|(s, step)| {
+            .enumerate()
+            .filter_map(|(i, (s, step))| {
                 let mut step = step?;
                 step.run = Some(run.to_string());
+                if let Some(span) = spans.get(i) {
+                    span.record("outcome", step.outcome.as_str());
+                }
                 match step.outcome {
                     Outcome::Written => counts.written += 1,
                     Outcome::Dropped => counts.dropped += 1,
@@ -637,4 +646,19 @@ impl Runner {
             })
             .collect()
     }
+}
+
+/// The span of one archived event's replay: the root of its own trace, linked to the trace its
+/// request began (when it was traced).
+fn replay_span(s: &Stored, run: &str) -> tracing::Span {
+    let span = tracing::info_span!(
+        parent: None,
+        "replay",
+        pipeline = %s.pipeline,
+        event_id = %s.event_id,
+        run,
+        outcome = tracing::field::Empty,
+    );
+    crate::ops::trace::link_to(&span, s.traceparent().as_deref());
+    span
 }

@@ -81,6 +81,22 @@ pub fn filter(
     })
 }
 
+impl super::Stored {
+    /// The W3C `traceparent` the request's span had, when traces were exported as it arrived
+    /// (`ops::trace`): kept in the stored request's meta.
+    pub fn traceparent(&self) -> Option<String> {
+        let meta: serde_json::Value = serde_json::from_str(&self.request.as_ref()?.meta).ok()?;
+        meta.get("trace")?.as_str().map(str::to_string)
+    }
+
+    /// The id of the request's trace, what a tracing backend (Tempo, Honeycomb, Jaeger) finds it
+    /// by.
+    pub fn trace_id(&self) -> Option<String> {
+        let tp = self.traceparent()?;
+        crate::ops::trace::trace_id(&tp).map(str::to_string)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

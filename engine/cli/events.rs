@@ -281,7 +281,17 @@ async fn run(action: EventsAction) -> Result<ExitCode, String> {
             rate,
             force,
             resume,
-        } => return replay(filter, dry_run, rate.max(1), force, resume).await,
+        } => {
+            // a replay's spans go where the deployment's traces go (OTEL_*), linked to the
+            // replayed events' original traces
+            let _traces = match dry_run {
+                false => env_source(filter.at.env_file.as_deref())
+                    .ok()
+                    .and_then(|source| super::serve::init_traces_only(&source)),
+                true => None,
+            };
+            return replay(filter, dry_run, rate.max(1), force, resume).await;
+        }
         EventsAction::Jobs { pipeline, at } => {
             let d = deployment(&at, false).map_err(not_loaded)?;
             let jobs = d.store.jobs().list(pipeline.as_deref()).await.map_err(e)?;
@@ -387,6 +397,8 @@ async fn show(pipeline: &str, id: &str, unredacted: bool, at: &At) -> Result<(),
     let mut v = serde_json::to_value(&stored).unwrap_or_default();
     v["received_at"] = time(stored.received_at_ms).into();
     v["request"] = request;
+    let trace_id = stored.trace_id();
+    v["trace_id"] = trace_id.clone().into();
     if d.json {
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else {
@@ -397,6 +409,9 @@ async fn show(pipeline: &str, id: &str, unredacted: bool, at: &At) -> Result<(),
             time(stored.received_at_ms),
             stored.outcome.as_str()
         );
+        if let Some(id) = &trace_id {
+            println!("  trace {id}");
+        }
         for s in &stored.story {
             let run = s
                 .run

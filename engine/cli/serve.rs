@@ -7,7 +7,13 @@ use std::process::ExitCode;
 use super::{env_source, started};
 use crate::diagnostics::{self, Diagnostic, Format};
 
-pub(super) fn init_tracing(production: bool, sentry: bool) {
+/// Install logging (and, with `traces`, the OpenTelemetry layer exporting spans on `runtime`);
+/// the returned guard flushes the spans still queued when dropped.
+pub(super) fn init_tracing(
+    production: bool,
+    sentry: bool,
+    traces: Option<(&crate::ops::trace::Config, &tokio::runtime::Handle)>,
+) -> Option<crate::ops::trace::Started> {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     use tracing_subscriber::layer::SubscriberExt;
@@ -15,9 +21,16 @@ pub(super) fn init_tracing(production: bool, sentry: bool) {
     // JSON lines in production, request fields at the top level (`ops::logs`); readable lines
     // elsewhere, coloured only on a terminal without NO_COLOR. The Sentry layer only with SENTRY_DSN: even with no client bound it
     // clones a scope on every span entered, a few percent of a request's time.
+    let (otel, started, failed) = match traces.map(|(c, rt)| crate::ops::trace::start(c, rt)) {
+        Some(Ok((tracer, started))) => (Some(tracer), Some(started), None),
+        Some(Err(e)) => (None, None, Some(e)),
+        None => (None, None, None),
+    };
+    let otel = otel.map(otel_layer);
     let registry = tracing_subscriber::registry()
         .with(filter)
-        .with(sentry.then(sentry::integrations::tracing::layer));
+        .with(sentry.then(sentry::integrations::tracing::layer))
+        .with(otel);
     let _ = if production {
         registry
             .with(
@@ -38,6 +51,51 @@ pub(super) fn init_tracing(production: bool, sentry: bool) {
             )
             .try_init()
     };
+    match (&started, failed) {
+        (Some(_), _) => tracing::info!("traces go to the OTLP endpoint (OTEL_EXPORTER_OTLP_*)"),
+        (None, Some(e)) => tracing::error!(error = %e, "traces are off"),
+        _ => {}
+    }
+    started
+}
+
+/// The OpenTelemetry layer: the engine's own spans only (not the HTTP or gRPC client's inside an
+/// export), and no log events as span events (the spans carry their outcome as attributes).
+fn otel_layer<S>(tracer: opentelemetry_sdk::trace::Tracer) -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    use tracing_subscriber::Layer;
+    tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_location(false)
+        .with_threads(false)
+        .with_filter(tracing_subscriber::filter::filter_fn(|m| {
+            m.is_span() && m.target().starts_with("engine")
+        }))
+}
+
+/// Traces alone, for a command that logs nothing but exports spans (`engine events replay`),
+/// on the current runtime; `None` when the environment sets no OTLP endpoint.
+pub(super) fn init_traces_only(
+    source: &crate::env::EnvSource,
+) -> Option<crate::ops::trace::Started> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let config = crate::ops::trace::Config::from_source(source)?;
+    let runtime = tokio::runtime::Handle::try_current().ok()?;
+    match crate::ops::trace::start(&config, &runtime) {
+        Ok((tracer, started)) => {
+            let _ = tracing_subscriber::registry()
+                .with(otel_layer(tracer))
+                .try_init();
+            Some(started)
+        }
+        Err(e) => {
+            eprintln!("engine: traces are off: {e}");
+            None
+        }
+    }
 }
 
 /// What `serve` runs.
@@ -53,7 +111,16 @@ pub(super) fn serve(dir: &Path, env_file: Option<&Path>, mode: Mode) -> ExitCode
         Err(code) => return code,
     };
     let production = source.get("NODE_ENV") == Some("production");
-    init_tracing(production, source.get("SENTRY_DSN").is_some());
+    let runtime = match started(tokio::runtime::Builder::new_multi_thread()) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let traces = crate::ops::trace::Config::from_source(&source);
+    let _traces = init_tracing(
+        production,
+        source.get("SENTRY_DSN").is_some(),
+        traces.as_ref().map(|c| (c, runtime.handle())),
+    );
     let (project, plan) = match crate::plan::load(dir, &source) {
         Ok(loaded) => loaded,
         Err(diags) => return refuse_to_start(&diags, dir, production),
@@ -61,10 +128,6 @@ pub(super) fn serve(dir: &Path, env_file: Option<&Path>, mode: Mode) -> ExitCode
     for w in &project.warnings {
         tracing::warn!(file = %w.file, line = w.line, column = w.column, "{}", w.message);
     }
-    let runtime = match started(tokio::runtime::Builder::new_multi_thread()) {
-        Ok(r) => r,
-        Err(code) => return code,
-    };
     if let Err(code) = check_tables_at_boot(&runtime, &project, dir) {
         return code;
     }

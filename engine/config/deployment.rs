@@ -103,7 +103,9 @@ pub fn check_unused(
     referenced: &BTreeSet<String>,
 ) -> Vec<Diagnostic> {
     let read_by_engine = |name: &str| {
-        ENGINE_READS.contains(&name) || ENV_OVERRIDES.iter().any(|(var, _)| *var == name)
+        ENGINE_READS.contains(&name)
+            || super::operations::TRACE_VARIABLES.contains(&name)
+            || ENV_OVERRIDES.iter().any(|(var, _)| *var == name)
     };
     schema
         .names()

@@ -36,6 +36,19 @@ impl fmt::Display for Secret {
     }
 }
 
+/// The OpenTelemetry variables the engine reads (`ops::trace`: traces over OTLP).
+pub const TRACE_VARIABLES: &[&str] = &[
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_HEADERS",
+    "OTEL_SERVICE_NAME",
+    "OTEL_RESOURCE_ATTRIBUTES",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
+    "OTEL_SDK_DISABLED",
+];
+
 /// What operating the engine needs from the environment.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Operations {

@@ -76,6 +76,8 @@ impl Transport for Live {
             if let Some((content_type, bytes)) = out.body {
                 req = req.header("content-type", content_type).body(bytes);
             }
+            // the call (and a token refresh) continues the event's trace
+            req = crate::ops::trace::inject(req);
             let failed = |e: reqwest::Error| {
                 if e.is_timeout() {
                     Failure::Timeout

@@ -136,7 +136,8 @@ pub fn event(
     csrf: &str,
 ) -> Markup {
     let content = html! {
-        p.meta { "Pipeline " code { (stored.pipeline) } " · received " (format_time(stored.received_at_ms)) " · now " (stored.outcome.as_str()) }
+        p.meta { "Pipeline " code { (stored.pipeline) } " · received " (format_time(stored.received_at_ms)) " · now " (stored.outcome.as_str())
+            @if let Some(id) = stored.trace_id() { " · trace " code { (id) } } }
         @if !stored.fields.is_empty() {
             table.kv { @for (k, v) in &stored.fields { tr { th { (k) } td { (v) } } } }
         }

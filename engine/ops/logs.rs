@@ -2,7 +2,8 @@
 //!
 //! Production lines are flat JSON objects: `timestamp`, `level`, `target`, then the fields of the
 //! spans the event is in — `request_id`, `pipeline`, `event_id` of the request span — then the
-//! event's own fields (`message`, ...), all at the top level, where log pipelines (Render's log
+//! event's own fields (`message`, ...), all at the top level (with `trace_id` and `span_id` while
+//! traces are exported), where log pipelines (Render's log
 //! streams, Datadog, Loki) index them. Readable lines carry ANSI colours only when stderr is a
 //! terminal and `NO_COLOR` is not set (<https://no-color.org>). Their fields are written by
 //! [`text_fields`], which escapes control characters: a value from a request (a dead letter's
@@ -65,6 +66,11 @@ where
                     line.extend(m);
                 }
             }
+        }
+        // the trace this line belongs to, while traces are exported (`ops::trace`)
+        if let Some((trace_id, span_id)) = super::trace::current_ids() {
+            line.insert("trace_id".into(), Value::String(trace_id));
+            line.insert("span_id".into(), Value::String(span_id));
         }
         event.record(&mut Fields(&mut line));
         writeln!(writer, "{}", Value::Object(line))
@@ -191,6 +197,36 @@ mod tests {
         assert_eq!(line["n"], 3);
         assert_eq!(line["level"], "WARN");
         assert!(line.get("span").is_none(), "{text}");
+    }
+
+    #[test]
+    fn lines_in_an_exported_span_carry_its_trace_and_span_ids() {
+        use opentelemetry::trace::TracerProvider as _;
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        crate::ops::trace::on_for_tests();
+        let buffer = Buffer::default();
+        let out = buffer.clone();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .fmt_fields(span_fields())
+                    .event_format(FlatJson)
+                    .with_writer(move || out.clone()),
+            );
+        let traceparent = tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("request", request_id = "req-2");
+            let _in = span.enter();
+            tracing::warn!("inside");
+            crate::ops::trace::traceparent_of(&span).expect("a traceparent")
+        });
+        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        let line: Value = serde_json::from_str(text.trim()).unwrap();
+        // 00-<trace id>-<span id>-01
+        let parts: Vec<&str> = traceparent.split('-').collect();
+        assert_eq!(line["trace_id"], parts[1], "{text}");
+        assert_eq!(line["span_id"], parts[2], "{text}");
+        assert_eq!(line["request_id"], "req-2");
     }
 
     #[test]

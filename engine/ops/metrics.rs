@@ -138,6 +138,18 @@ pub const NAMES: &[(&str, &str, &str, &str)] = &[
         "batches whose outcomes the event archive could not record (each event retried with backoff)",
     ),
     (
+        "engine_trace_spans_exported_total",
+        "counter",
+        "",
+        "spans the OTLP collector accepted (traces on: OTEL_EXPORTER_OTLP_ENDPOINT)",
+    ),
+    (
+        "engine_trace_spans_dropped_total",
+        "counter",
+        "reason",
+        "spans not exported: `queue_full` (4,096 already waiting: the collector is down or slow) or `export_failed` (the collector refused or did not answer in 5 s)",
+    ),
+    (
         "engine_sink_errors_total",
         "counter",
         "sink, kind",

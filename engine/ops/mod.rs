@@ -15,6 +15,7 @@ pub mod logs;
 pub mod metrics;
 pub mod outage;
 pub mod ready;
+pub mod trace;
 
 use crate::config::Project;
 

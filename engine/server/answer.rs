@@ -46,3 +46,21 @@ pub fn error(res: &mut Response, status: StatusCode, code: &str, message: &str) 
     res.render(Json(json!({"error": code, "message": message})));
     Stop
 }
+
+/// Every answer outside the console is sandboxed: a browser shown a webhook answer (a payload
+/// reflected into HTML by a template, a JSON error) treats it as an origin of its own with no
+/// scripts, so nothing in it can read the console's pages or use its cookie, though both share
+/// this host and port. Styles inline stay allowed for the OAuth pages.
+pub(super) fn sandbox(res: &mut Response) {
+    const CSP: &str =
+        "sandbox; default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'";
+    let h = res.headers_mut();
+    h.insert(
+        salvo::http::header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        salvo::http::header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+}

@@ -67,18 +67,27 @@ impl Handler for Dispatch {
             path = %req.uri().path(),
             pipeline = tracing::field::Empty,
             event_id = tracing::field::Empty,
+            status = tracing::field::Empty,
         );
+        // an incoming `traceparent` (a proxy's, a provider's) is the trace this request joins
+        if crate::ops::trace::on() {
+            crate::ops::trace::adopt_caller(&span, req.headers());
+        }
         let mut served = Served {
             label: "-",
             pipeline: None,
             verify_failed: false,
         };
         // Err(Stop) means a step already answered (404, 429, 401, ...).
-        let _ = self.serve(req, res, &mut served).instrument(span).await;
+        let _ = self
+            .serve(req, res, &mut served)
+            .instrument(span.clone())
+            .await;
         if served.label != "console" {
-            sandbox(res);
+            super::answer::sandbox(res);
         }
         let status = res.status_code.unwrap_or(StatusCode::OK).as_u16();
+        span.record("status", status);
         let took = started.elapsed();
         let Some(route) = served.pipeline.map(|i| &self.app.routes[i]) else {
             crate::ops::metrics::own_path_answered(served.label, status, took);
@@ -98,24 +107,6 @@ impl Handler for Dispatch {
 }
 
 const X_REQUEST_ID: &str = "x-request-id";
-
-/// Every answer outside the console is sandboxed: a browser shown a webhook answer (a payload
-/// reflected into HTML by a template, a JSON error) treats it as an origin of its own with no
-/// scripts, so nothing in it can read the console's pages or use its cookie, though both share
-/// this host and port. Styles inline stay allowed for the OAuth pages.
-fn sandbox(res: &mut Response) {
-    const CSP: &str =
-        "sandbox; default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'";
-    let h = res.headers_mut();
-    h.insert(
-        salvo::http::header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CSP),
-    );
-    h.insert(
-        salvo::http::header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-}
 
 /// What the request path reports about a request for the metrics and the console's traffic.
 struct Served {
@@ -180,15 +171,22 @@ impl Dispatch {
         // first); or after verification (`counts: verified`: a request failing verification
         // counts against the per-IP default instead, so forged requests cannot spend a real
         // sender's budget).
-        check_rate(app, route.floor.as_ref(), &seen, &params, res).await?;
-        check_rate(app, route.limit.first(), &seen, &params, res).await?;
+        async {
+            check_rate(app, route.floor.as_ref(), &seen, &params, res).await?;
+            check_rate(app, route.limit.first(), &seen, &params, res).await
+        }
+        .instrument(crate::ops::trace::step!("rate_limit"))
+        .await?;
         // the tenant the request names, read once: counted before its lookup, verified, stored
         let tenant_id = route
             .verifier
             .as_ref()
             .and_then(|v| v.tenant_id(&seen.inbound(), &params));
         let counted = count_lookup(app, route, &seen, tenant_id.as_deref(), &params, res).await?;
-        if let Err(refusal) = verify(app, route, &seen, tenant_id.as_deref()).await {
+        let verified = verify(app, route, &seen, tenant_id.as_deref())
+            .instrument(crate::ops::trace::step!("verify"))
+            .await;
+        if let Err(refusal) = verified {
             served.verify_failed = true;
             if !counted {
                 check_rate(app, route.limit.when_unverified(), &seen, &params, res).await?;
@@ -205,9 +203,14 @@ impl Dispatch {
         let inbound = seen.inbound();
         let fields = Fields::reading(&inbound, &params, &route.json_fields);
         let computes = route.responder.computes_for(&fields);
-        let event = event(app, route, &seen, &fields, params.clone(), tenant_id);
+        let mut event = event(app, route, &seen, &fields, params.clone(), tenant_id);
         tracing::Span::current().record("event_id", event.id.as_str());
-        let reply = self.respond(pipeline, &event, computes).await;
+        // the worker continues this request's trace from the stored event
+        event.trace = crate::ops::trace::traceparent_of(&tracing::Span::current());
+        let reply = self
+            .respond(pipeline, &event, computes)
+            .instrument(crate::ops::trace::step!("respond"))
+            .await;
         let event_id = app.recorder.as_ref().map(|_| event.id.clone());
         // the console's sample of recent events, for pipelines the archive does not keep (it
         // shows archived ones, and an erasure leaves nothing behind in this sample): at most
@@ -219,7 +222,9 @@ impl Dispatch {
                 .is_none_or(|q| q.worker.archive.is_none())
             && crate::console::recent::global().offer(&route.name, seen.now_ms, false))
         .then(|| event.clone());
-        enqueue(route, &seen, &fields, event, res).await?;
+        enqueue(route, &seen, &fields, event, res)
+            .instrument(crate::ops::trace::step!("enqueue"))
+            .await?;
         send(&reply, res);
         if let Some(event) = sampled {
             crate::console::recent::global().keep(crate::console::recent::Sample {

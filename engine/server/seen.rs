@@ -73,6 +73,7 @@ impl<'r> Seen<'r> {
                 .collect(),
             params,
             tenant,
+            trace: None,
             body: self.body.clone(),
         }
     }

@@ -56,12 +56,14 @@ impl Sink for HttpSink {
                 "sink": batch.sink,
                 "rows": batch.rows,
             });
-            let res = self
+            let request = self
                 .client
                 .request(self.method.clone(), &self.url)
                 .headers(self.headers.clone())
                 .header("idempotency-key", &batch.event_id)
-                .json(&body)
+                .json(&body);
+            // the write continues the event's trace (its `sink.write` span)
+            let res = crate::ops::trace::inject(request)
                 .send()
                 .await
                 // the URL may carry a token: report the kind of failure only

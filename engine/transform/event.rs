@@ -35,6 +35,10 @@ pub struct EventInput {
     /// form's `e` field, whose body is stored raw beside it ([`EventInput::stored_meta`]).
     #[serde(default, with = "body_base64")]
     pub body: Bytes,
+    /// The W3C `traceparent` of the request's span while tracing is on (`ops::trace`): a
+    /// worker continues the event's trace from it, in whatever process and however late.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
 }
 
 /// Every field of an [`EventInput`] but the body: the `e` field of a stored queue entry, whose
@@ -50,6 +54,8 @@ struct Meta<'a> {
     headers: &'a [(String, String)],
     params: &'a [(String, String)],
     tenant: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trace: Option<&'a str>,
 }
 
 mod body_base64 {
@@ -84,6 +90,7 @@ impl EventInput {
             headers: &self.headers,
             params: &self.params,
             tenant: self.tenant.as_deref(),
+            trace: self.trace.as_deref(),
         })
     }
 
@@ -246,6 +253,7 @@ pub(crate) fn sample(content_type: &str, body: &str) -> EventInput {
         headers: vec![("Content-Type".into(), content_type.into())],
         params: vec![],
         tenant: None,
+        trace: None,
         body: Bytes::from(body.to_string()),
     }
 }

@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use crate::archive;
 use crate::queue::Outcomes;
@@ -34,6 +35,10 @@ use crate::queue::{Delivery, QueueError};
 use crate::transform::{FailureKind, Outcome, Program};
 
 mod take;
+mod traced;
+mod transforms;
+
+use transforms::{timed_run, transform_all, transform_timing};
 
 pub use take::Crew;
 use take::{REDIS, Taker};
@@ -97,59 +102,6 @@ pub enum Handled {
     Dropped { reason: String },
     Retried { attempt: u32 },
     DeadLettered { reason: String },
-}
-
-/// Run the transform steps on one event, its duration recorded in `timing` (the queue's
-/// `engine_transform_duration_seconds`, looked up once by the caller for a whole batch).
-fn timed_run(
-    program: &Program,
-    event: &crate::transform::EventInput,
-    timing: &metrics::Histogram,
-) -> Result<Outcome, crate::transform::Failure> {
-    let started = std::time::Instant::now();
-    let out = program.run(event);
-    timing.record(started.elapsed().as_secs_f64());
-    out
-}
-
-/// The transform-duration histogram of `queue`.
-fn transform_timing(queue: String) -> metrics::Histogram {
-    metrics::histogram!("engine_transform_duration_seconds", "queue" => queue)
-}
-
-/// Run the transforms of a batch, which are CPU work that must not stall the runtime: on a
-/// multi-threaded runtime in place (`block_in_place`: this thread runs them and hands its other
-/// tasks to the other threads; no hand-off of the batch to another thread and back, and the
-/// deliveries are read where they are, not copied), elsewhere (a current-thread runtime: tests,
-/// one-shot commands) on the blocking pool, with a copy of the events.
-async fn transform_all(
-    program: &Arc<Program>,
-    ds: &[Delivery],
-    queue: &str,
-) -> Result<Vec<Result<Outcome, crate::transform::Failure>>, QueueError> {
-    let run = |program: &Program,
-               events: &mut dyn Iterator<Item = &crate::transform::EventInput>,
-               queue: String| {
-        // one histogram handle for the batch, not one label lookup per event
-        let timing = transform_timing(queue);
-        events
-            .map(|e| timed_run(program, e, &timing))
-            .collect::<Vec<_>>()
-    };
-    match tokio::runtime::Handle::current().runtime_flavor() {
-        tokio::runtime::RuntimeFlavor::MultiThread => Ok(tokio::task::block_in_place(|| {
-            run(program, &mut ds.iter().map(|d| &d.event), queue.to_string())
-        })),
-        _ => {
-            let program = program.clone();
-            let events: Vec<crate::transform::EventInput> =
-                ds.iter().map(|d| d.event.clone()).collect();
-            let queue = queue.to_string();
-            tokio::task::spawn_blocking(move || run(&program, &mut events.iter(), queue))
-                .await
-                .map_err(|e| QueueError::Task(e.to_string()))
-        }
-    }
 }
 
 /// The retry reason of an attempt the archive could not record.
@@ -217,7 +169,9 @@ impl Worker {
     }
 
     async fn process_batch(&self, ds: &[Delivery]) -> Result<(), QueueError> {
-        let outcomes = transform_all(&self.program, ds, self.outcomes.name()).await?;
+        let spans = traced::Spans::open(ds, self.outcomes.name());
+        let outcomes =
+            transform_all(&self.program, ds, self.outcomes.name(), spans.parents()).await?;
         let mut settled: Vec<(&Delivery, Attempt, Option<archive::Step>)> = Vec::new();
         // per sink: the deliveries and their batches, side by side (the batches are handed to
         // the sink as a slice, not copied)
@@ -262,6 +216,8 @@ impl Worker {
         for (name, (delivered, batches)) in &groups {
             let sink = &self.sinks[name];
             let together = if sink.batches() && batches.len() > 1 {
+                let rows: Vec<usize> = batches.iter().map(|b| b.rows.len()).collect();
+                let _writing = spans.sink_writes(delivered, name, &rows);
                 Some(sink.write_many(batches).await)
             } else {
                 None
@@ -283,7 +239,8 @@ impl Worker {
                 // one at a time: a permanent failure is that of one event, not its neighbours
                 Some(Err(SinkError::Permanent(_))) | None => {
                     for (d, b) in delivered.iter().copied().zip(batches) {
-                        let attempt = match sink.write(b).await {
+                        let writing = spans.sink_write(d, name, b.rows.len());
+                        let attempt = match sink.write(b).instrument(writing).await {
                             Ok(()) => {
                                 self.written(std::iter::once(&d.event), name, b.rows.len());
                                 Attempt::Written
@@ -310,19 +267,23 @@ impl Worker {
             .await
         {
             for (d, _, _) in &settled {
-                self.again(d, unrecorded(&e)).await?;
+                let reason = unrecorded(&e);
+                let gives_up = self.gives_up(d).is_some();
+                spans.settle(d, &Attempt::Retry(reason.clone()), gives_up);
+                self.again(d, reason).instrument(spans.of(d)).await?;
             }
             return Ok(());
         }
         let mut acks: Vec<&Delivery> = Vec::new();
         for (d, attempt, _) in settled {
+            spans.settle(d, &attempt, self.gives_up(d).is_some());
             match attempt {
                 Attempt::Written | Attempt::Dropped(_) => acks.push(d),
                 Attempt::Retry(reason) => {
-                    self.again(d, reason).await?;
+                    self.again(d, reason).instrument(spans.of(d)).await?;
                 }
                 Attempt::Permanent(reason) => {
-                    self.dead(d, reason).await?;
+                    self.dead(d, reason).instrument(spans.of(d)).await?;
                 }
             }
         }
@@ -375,13 +336,23 @@ impl Worker {
     }
 
     async fn process(&self, d: &Delivery) -> Result<Handled, QueueError> {
-        let (attempt, wrote) = self.attempt_rows(&d.event, d.attempts + 1).await;
+        let span = traced::attempt(&d.event, self.outcomes.name(), d.attempts + 1);
+        self.process_in(d, &span).instrument(span.clone()).await
+    }
+
+    /// [`Worker::process`] in the attempt's span.
+    async fn process_in(&self, d: &Delivery, span: &tracing::Span) -> Result<Handled, QueueError> {
+        let (attempt, wrote) = self.attempt_rows(&d.event, d.attempts + 1, span).await;
+        let gives_up = self.gives_up(d).is_some();
         if let Some(e) = self
             .archive(std::iter::once((d, &attempt, wrote.as_ref())))
             .await
         {
-            return self.again(d, unrecorded(&e)).await;
+            let reason = unrecorded(&e);
+            traced::settle(span, &Attempt::Retry(reason.clone()), gives_up);
+            return self.again(d, reason).await;
         }
+        traced::settle(span, &attempt, gives_up);
         match attempt {
             Attempt::Written => {
                 self.outcomes.ack(d).await?;
@@ -401,7 +372,13 @@ impl Worker {
     /// Transform one event and write its rows: the decision, without recording it anywhere
     /// (the queued path records it in the queue; `ack: processed` answers the caller with it).
     pub async fn attempt(&self, event: &crate::transform::EventInput) -> Attempt {
-        self.attempt_rows(event, 1).await.0
+        let span = traced::attempt(event, self.outcomes.name(), 1);
+        let (attempt, _) = self
+            .attempt_rows(event, 1, &span)
+            .instrument(span.clone())
+            .await;
+        traced::settle(&span, &attempt, false);
+        attempt
     }
 
     /// [`Worker::attempt`], with the archive's step of a write (its rows' digest) when the
@@ -410,11 +387,14 @@ impl Worker {
         &self,
         event: &crate::transform::EventInput,
         n: u32,
+        span: &tracing::Span,
     ) -> (Attempt, Option<archive::Step>) {
         let program = self.program.clone();
         let input = event.clone();
         let queue = self.outcomes.name().to_string();
+        let parents = [span.clone()];
         let outcome = tokio::task::spawn_blocking(move || {
+            let _in = traced::transform(&parents, 0);
             timed_run(&program, &input, &transform_timing(queue))
         })
         .await
@@ -437,7 +417,8 @@ impl Worker {
                     step,
                     rows,
                 };
-                match target.write(&batch).await {
+                let writing = traced::sink_write(span, &batch.sink, batch.rows.len());
+                match target.write(&batch).instrument(writing).await {
                     Ok(()) => {
                         self.written(std::iter::once(event), &batch.sink, batch.rows.len());
                         let step = self.archive.as_ref().map(|_| {

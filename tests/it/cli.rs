@@ -9,12 +9,8 @@ use std::time::{Duration, Instant};
 
 use common::{Dir, shipped};
 
-fn engine() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_engine"));
-    // Only what a test sets: the developer's or CI's own variables must not leak in.
-    c.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default());
-    c
+fn engine() -> std::process::Command {
+    common::engine_command()
 }
 
 fn run(c: &mut Command) -> (i32, String, String) {

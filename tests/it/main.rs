@@ -29,6 +29,7 @@ mod secrets;
 mod server;
 mod sink;
 mod table_check;
+mod traces;
 mod transform;
 mod validate;
 mod verify;

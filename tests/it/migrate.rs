@@ -434,8 +434,5 @@ fn migrate_check_fails_when_it_could_not_check() {
 
 /// The `engine` binary with only the variables a test sets.
 fn engine() -> std::process::Command {
-    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_engine"));
-    c.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default());
-    c
+    common::engine_command()
 }

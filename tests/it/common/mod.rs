@@ -49,8 +49,18 @@ pub fn event_input(
         headers: vec![("content-type".into(), content_type.into())],
         params: vec![],
         tenant: None,
+        trace: None,
         body: body.into(),
     }
+}
+
+/// The `engine` binary as a command with only what a test sets in its environment (and PATH):
+/// the developer's or CI's own variables must not leak in.
+pub fn engine_command() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_engine"));
+    c.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    c
 }
 
 /// The repository's shipped pipelines directory.
@@ -851,6 +861,8 @@ pub struct Received {
     /// Header names lower-case.
     pub headers: Vec<(String, String)>,
     pub body: String,
+    /// The body's bytes as they came (a binary body: OTLP's protobuf).
+    pub raw: Vec<u8>,
 }
 
 impl Received {
@@ -940,13 +952,15 @@ impl Stub {
                     Ok(n) => buf.extend_from_slice(&chunk[..n]),
                 }
             }
-            let body = String::from_utf8_lossy(&buf[head_end..head_end + len]).to_string();
+            let raw = buf[head_end..head_end + len].to_vec();
+            let body = String::from_utf8_lossy(&raw).to_string();
             buf.drain(..head_end + len);
             let received = Received {
                 method,
                 path,
                 headers,
                 body,
+                raw,
             };
             let (status, text, delay) = match &self.answer {
                 Some(answer) => answer(&received),

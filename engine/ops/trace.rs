@@ -1,0 +1,623 @@
+//! Traces over OpenTelemetry: one trace per event, from the request to the row
+//! (docs/observability.md).
+//!
+//! ```text
+//! request span (an incoming `traceparent` its parent)      tracing span "request" (dispatch)
+//!   ├ rate_limit · verify · respond · enqueue              child spans, only while tracing is on
+//!   └ the event stored with the request span's `traceparent` (EventInput::trace)
+//!         ... the queue: another process, an hour later, after a restart ...
+//! attempt span (parent: the stored traceparent)            worker::traced
+//!   ├ transform · sink.write                               outcome: written / dropped / retry /
+//!   └ outgoing calls carry `traceparent` (inject)                   dead_letter
+//! archive replay: a new trace per event, linked to the original one
+//! ```
+//!
+//! Spans are tracing's spans, exported by `tracing-opentelemetry` through the SDK's batch
+//! processor and the OTLP exporter (HTTP/protobuf through the engine's reqwest client, or gRPC
+//! through tonic). Configured by the standard `OTEL_*` variables; off when no endpoint is set,
+//! and then nothing here runs on the request path but one relaxed atomic load ([`on`]).
+//!
+//! A collector that is down or slow never slows a request: a span ends into a bounded queue
+//! ([`BOUND`] spans waiting or being exported); past it the span is dropped and counted
+//! (`engine_trace_spans_dropped_total{reason="queue_full"}`), as are the spans of a failed export
+//! (`reason="export_failed"`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{
+    BatchSpanProcessor, Sampler, SdkTracerProvider, SpanData, SpanExporter, SpanProcessor,
+};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::env::EnvSource;
+
+/// Spans ended and not yet exported, at most: past it new spans are dropped (and counted)
+/// rather than held, so a dead collector costs a bounded amount of memory.
+pub const BOUND: usize = 4096;
+
+/// How long one export may take before it counts as failed.
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Whether spans are exported (set once, when tracing starts).
+static ON: AtomicBool = AtomicBool::new(false);
+
+/// Whether tracing is on: spans beyond the request's own are made only then.
+#[inline]
+pub fn on() -> bool {
+    ON.load(Ordering::Relaxed)
+}
+
+/// Tracing on for a unit test that installs its own OpenTelemetry layer.
+#[cfg(test)]
+pub(crate) fn on_for_tests() {
+    ON.store(true, Ordering::Relaxed);
+}
+
+/// A child span of the current one, made only while tracing is on (else `Span::none()`, which
+/// costs nothing): `trace::step!("verify")`.
+#[macro_export]
+macro_rules! trace_step {
+    ($name:literal $(, $($field:tt)*)?) => {
+        if $crate::ops::trace::on() {
+            tracing::info_span!($name $(, $($field)*)?)
+        } else {
+            tracing::Span::none()
+        }
+    };
+}
+pub use trace_step as step;
+
+/// The wire protocol of the OTLP exporter (`OTEL_EXPORTER_OTLP_PROTOCOL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// `http/protobuf`, the specification's default: POST to `<endpoint>/v1/traces`.
+    HttpProtobuf,
+    /// `grpc`: the collector's gRPC port (4317).
+    Grpc,
+}
+
+/// What the `OTEL_*` variables ask for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Where spans go: for HTTP the full URL of the traces path.
+    pub endpoint: String,
+    pub protocol: Protocol,
+    /// `OTEL_EXPORTER_OTLP_HEADERS`: sent with every export (an API key: never logged).
+    pub headers: Vec<(String, String)>,
+    pub service_name: String,
+    /// `OTEL_RESOURCE_ATTRIBUTES`, besides `service.name`.
+    pub resource: Vec<(String, String)>,
+    pub sampler: SamplerConfig,
+}
+
+/// `OTEL_TRACES_SAMPLER` and `_ARG`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SamplerConfig {
+    AlwaysOn,
+    AlwaysOff,
+    Ratio(f64),
+    ParentBasedAlwaysOn,
+    ParentBasedAlwaysOff,
+    ParentBasedRatio(f64),
+}
+
+impl SamplerConfig {
+    fn sampler(self) -> Sampler {
+        let parent = |root: Sampler| Sampler::ParentBased(Box::new(root));
+        match self {
+            SamplerConfig::AlwaysOn => Sampler::AlwaysOn,
+            SamplerConfig::AlwaysOff => Sampler::AlwaysOff,
+            SamplerConfig::Ratio(r) => Sampler::TraceIdRatioBased(r),
+            SamplerConfig::ParentBasedAlwaysOn => parent(Sampler::AlwaysOn),
+            SamplerConfig::ParentBasedAlwaysOff => parent(Sampler::AlwaysOff),
+            SamplerConfig::ParentBasedRatio(r) => parent(Sampler::TraceIdRatioBased(r)),
+        }
+    }
+}
+
+impl Config {
+    /// The configuration the environment gives, `None` when tracing is off: no endpoint, or
+    /// `OTEL_SDK_DISABLED=true`. Values the env schema refuses never get here at boot; parsing
+    /// is lenient anyway (an unknown sampler is the default one).
+    pub fn from_source(source: &EnvSource) -> Option<Config> {
+        let get = |name: &str| source.get(name).map(str::trim).filter(|v| !v.is_empty());
+        if get("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+            return None;
+        }
+        let protocol = match get("OTEL_EXPORTER_OTLP_PROTOCOL") {
+            Some("grpc") => Protocol::Grpc,
+            _ => Protocol::HttpProtobuf,
+        };
+        // the signal's own endpoint is used as it is; the generic one gets the signal's path
+        // (the OTLP exporter specification)
+        let endpoint = match (get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"), protocol) {
+            (Some(url), _) => url.to_string(),
+            (None, Protocol::HttpProtobuf) => format!(
+                "{}/v1/traces",
+                get("OTEL_EXPORTER_OTLP_ENDPOINT")?.trim_end_matches('/')
+            ),
+            (None, Protocol::Grpc) => get("OTEL_EXPORTER_OTLP_ENDPOINT")?.to_string(),
+        };
+        let resource: Vec<(String, String)> = get("OTEL_RESOURCE_ATTRIBUTES")
+            .map(pairs)
+            .unwrap_or_default();
+        let service_name = get("OTEL_SERVICE_NAME")
+            .map(str::to_string)
+            .or_else(|| {
+                resource
+                    .iter()
+                    .find(|(k, _)| k == "service.name")
+                    .map(|(_, v)| v.clone())
+            })
+            .unwrap_or_else(|| "engine".to_string());
+        Some(Config {
+            endpoint,
+            protocol,
+            headers: get("OTEL_EXPORTER_OTLP_HEADERS")
+                .map(pairs)
+                .unwrap_or_default(),
+            service_name,
+            resource: resource
+                .into_iter()
+                .filter(|(k, _)| k != "service.name")
+                .collect(),
+            sampler: sampler(get("OTEL_TRACES_SAMPLER"), get("OTEL_TRACES_SAMPLER_ARG")),
+        })
+    }
+}
+
+/// `key1=value1,key2=value2`, values percent-decoded (the W3C Baggage form both `OTEL_*` lists
+/// use); pairs without `=` are skipped.
+fn pairs(text: &str) -> Vec<(String, String)> {
+    text.split(',')
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once('=')?;
+            let decode = |s: &str| {
+                url::form_urlencoded::parse(s.trim().replace('+', "%2B").as_bytes())
+                    .next()
+                    .map(|(k, _)| k.into_owned())
+                    .unwrap_or_default()
+            };
+            Some((k.trim().to_string(), decode(v)))
+        })
+        .filter(|(k, _)| !k.is_empty())
+        .collect()
+}
+
+fn sampler(name: Option<&str>, arg: Option<&str>) -> SamplerConfig {
+    let ratio = arg
+        .and_then(|a| a.parse::<f64>().ok())
+        .filter(|r| (0.0..=1.0).contains(r))
+        .unwrap_or(1.0);
+    match name {
+        Some("always_on") => SamplerConfig::AlwaysOn,
+        Some("always_off") => SamplerConfig::AlwaysOff,
+        Some("traceidratio") => SamplerConfig::Ratio(ratio),
+        Some("parentbased_always_off") => SamplerConfig::ParentBasedAlwaysOff,
+        Some("parentbased_traceidratio") => SamplerConfig::ParentBasedRatio(ratio),
+        _ => SamplerConfig::ParentBasedAlwaysOn,
+    }
+}
+
+/// Tracing while this lives: dropping it flushes the spans still queued (bounded by the export
+/// timeout) and shuts the exporter down.
+pub struct Started {
+    provider: SdkTracerProvider,
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        ON.store(false, Ordering::Relaxed);
+        let shutdown = || self.provider.shutdown_with_timeout(EXPORT_TIMEOUT);
+        // the last export runs on the runtime: a runtime thread waiting for it lets the others
+        // run it
+        let _ = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(shutdown),
+            _ => shutdown(),
+        };
+    }
+}
+
+/// Start exporting: the tracer `tracing-opentelemetry`'s layer exports through, and the guard.
+/// Called inside the process's runtime (`runtime` runs the exports; gRPC's channel lives on it).
+pub fn start(
+    config: &Config,
+    runtime: &tokio::runtime::Handle,
+) -> Result<(opentelemetry_sdk::trace::Tracer, Started), String> {
+    let _inside = runtime.enter();
+    let exporter = exporter(config, runtime)?;
+    let queued = Arc::new(AtomicUsize::new(0));
+    let batches = BatchSpanProcessor::builder(Counted {
+        inner: exporter,
+        queued: queued.clone(),
+    })
+    .with_batch_config(
+        opentelemetry_sdk::trace::BatchConfigBuilder::default()
+            .with_max_queue_size(BOUND)
+            .with_max_export_batch_size(512)
+            .with_scheduled_delay(Duration::from_millis(500))
+            .build(),
+    )
+    .build();
+    let mut resource = opentelemetry_sdk::Resource::builder_empty()
+        .with_service_name(config.service_name.clone())
+        .with_attribute(opentelemetry::KeyValue::new(
+            "service.version",
+            env!("CARGO_PKG_VERSION"),
+        ));
+    for (k, v) in &config.resource {
+        resource = resource.with_attribute(opentelemetry::KeyValue::new(k.clone(), v.clone()));
+    }
+    let provider = SdkTracerProvider::builder()
+        .with_span_processor(Bounded {
+            inner: batches,
+            queued,
+        })
+        .with_sampler(config.sampler.sampler())
+        .with_resource(resource.build())
+        .build();
+    let tracer = provider.tracer("engine");
+    ON.store(true, Ordering::Relaxed);
+    Ok((tracer, Started { provider }))
+}
+
+/// The OTLP exporter the configuration names.
+fn exporter(
+    config: &Config,
+    runtime: &tokio::runtime::Handle,
+) -> Result<opentelemetry_otlp::SpanExporter, String> {
+    let built = match config.protocol {
+        Protocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_http_client(Http {
+                client: reqwest::Client::builder()
+                    .timeout(EXPORT_TIMEOUT)
+                    .build()
+                    .map_err(|e| e.to_string())?,
+                runtime: runtime.clone(),
+            })
+            .with_endpoint(config.endpoint.clone())
+            .with_timeout(EXPORT_TIMEOUT)
+            .with_headers(config.headers.iter().cloned().collect::<HashMap<_, _>>())
+            .build(),
+        Protocol::Grpc => {
+            let mut metadata = tonic::metadata::MetadataMap::new();
+            for (k, v) in &config.headers {
+                if let (Ok(k), Ok(v)) = (
+                    k.to_ascii_lowercase()
+                        .parse::<tonic::metadata::MetadataKey<_>>(),
+                    v.parse(),
+                ) {
+                    metadata.insert(k, v);
+                }
+            }
+            let mut builder = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(config.endpoint.clone())
+                .with_timeout(EXPORT_TIMEOUT)
+                .with_metadata(metadata);
+            if config.endpoint.starts_with("https://") {
+                builder = builder
+                    .with_tls_config(tonic::transport::ClientTlsConfig::new().with_webpki_roots());
+            }
+            builder.build()
+        }
+    };
+    // the error names the setting, never a header's value
+    built.map_err(|e| format!("the OTLP exporter could not be built: {e}"))
+}
+
+/// The HTTP exporter's transport: the engine's own reqwest (rustls, the same TLS roots as every
+/// other outgoing call). The batch processor exports from its own thread, so each request runs
+/// on the process's runtime and the thread only waits for it.
+#[derive(Debug)]
+struct Http {
+    client: reqwest::Client,
+    runtime: tokio::runtime::Handle,
+}
+
+#[async_trait::async_trait]
+impl opentelemetry_http::HttpClient for Http {
+    async fn send_bytes(
+        &self,
+        request: opentelemetry_http::Request<bytes::Bytes>,
+    ) -> Result<opentelemetry_http::Response<bytes::Bytes>, opentelemetry_http::HttpError> {
+        let client = self.client.clone();
+        let (parts, body) = request.into_parts();
+        let sent = self.runtime.spawn(async move {
+            let mut request = client.request(parts.method, parts.uri.to_string());
+            for (name, value) in &parts.headers {
+                request = request.header(name, value);
+            }
+            let answer = request.body(body).send().await?;
+            let status = answer.status();
+            // the collector's answer is small (a partial-success message at most)
+            let body = answer.bytes().await?;
+            Ok::<_, reqwest::Error>((status, body))
+        });
+        let (status, body) = sent.await??;
+        Ok(opentelemetry_http::Response::builder()
+            .status(status)
+            .body(body)?)
+    }
+}
+
+/// The exporter, counting what it exported and what a failed export lost.
+#[derive(Debug)]
+struct Counted<E> {
+    inner: E,
+    /// Spans handed to the batch processor and not yet exported ([`Bounded`] adds, this takes).
+    queued: Arc<AtomicUsize>,
+}
+
+impl<E: SpanExporter> SpanExporter for Counted<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let n = batch.len();
+        let result = self.inner.export(batch).await;
+        self.queued.fetch_sub(n, Ordering::Relaxed);
+        match &result {
+            Ok(()) => metrics::counter!("engine_trace_spans_exported_total").increment(n as u64),
+            Err(_) => dropped("export_failed", n),
+        }
+        result
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        self.inner.set_resource(resource)
+    }
+}
+
+/// The batch processor behind a bound it never reaches: a span that would make more than
+/// [`BOUND`] wait is dropped here and counted, so the processor's own queue (as large) never
+/// overflows uncounted.
+#[derive(Debug)]
+struct Bounded<P> {
+    inner: P,
+    queued: Arc<AtomicUsize>,
+}
+
+impl<P: SpanProcessor> SpanProcessor for Bounded<P> {
+    fn on_start(&self, span: &mut opentelemetry_sdk::trace::Span, cx: &opentelemetry::Context) {
+        self.inner.on_start(span, cx)
+    }
+
+    fn on_end(&self, span: SpanData) {
+        if self.queued.fetch_add(1, Ordering::Relaxed) >= BOUND {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            dropped("queue_full", 1);
+            return;
+        }
+        self.inner.on_end(span)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        self.inner.set_resource(resource)
+    }
+}
+
+fn dropped(reason: &'static str, n: usize) {
+    metrics::counter!("engine_trace_spans_dropped_total", "reason" => reason).increment(n as u64);
+}
+
+/// The request span's parent: the caller's `traceparent` (a proxy's or provider's), when it
+/// sends a valid one.
+pub fn adopt_caller(span: &tracing::Span, headers: &http::HeaderMap) {
+    if headers.contains_key("traceparent") {
+        let cx =
+            TraceContextPropagator::new().extract(&opentelemetry_http::HeaderExtractor(headers));
+        if cx.span().span_context().is_valid() {
+            let _ = span.set_parent(cx);
+        }
+    }
+}
+
+/// The W3C `traceparent` of `span`, what a stored event carries to its worker; `None` while
+/// tracing is off.
+pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
+    if !on() {
+        return None;
+    }
+    let cx = span.context();
+    if !cx.span().span_context().is_valid() {
+        return None;
+    }
+    let mut carrier = HashMap::new();
+    TraceContextPropagator::new().inject_context(&cx, &mut carrier);
+    carrier.remove("traceparent")
+}
+
+/// The context a stored `traceparent` names (a remote parent), when it is valid.
+pub fn context_of(traceparent: &str) -> Option<opentelemetry::Context> {
+    let carrier = HashMap::from([("traceparent".to_string(), traceparent.to_string())]);
+    let cx = TraceContextPropagator::new().extract(&carrier);
+    cx.span().span_context().is_valid().then_some(cx)
+}
+
+/// The trace id a stored `traceparent` names (`00-<trace id>-<span id>-<flags>`): what
+/// `engine events show` and the console print.
+pub fn trace_id(traceparent: &str) -> Option<&str> {
+    let mut parts = traceparent.split('-');
+    let (_version, id) = (parts.next()?, parts.next()?);
+    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
+}
+
+/// Continue a stored event's trace in `span` (a worker's attempt), else leave it where it is
+/// (the current span's child, or a new trace).
+pub fn continue_in(span: &tracing::Span, traceparent: Option<&str>) {
+    if let Some(cx) = traceparent.and_then(context_of) {
+        let _ = span.set_parent(cx);
+    }
+}
+
+/// Link `span` to the trace a stored `traceparent` names (an archive replay's span: a new
+/// trace, linked to the original request's).
+pub fn link_to(span: &tracing::Span, traceparent: Option<&str>) {
+    if let Some(cx) = traceparent.and_then(context_of) {
+        span.add_link(cx.span().span_context().clone());
+    }
+}
+
+/// An outgoing call carries the current span's `traceparent` (HTTP sinks, connection calls,
+/// token refreshes) while tracing is on.
+pub fn inject(request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    if !on() {
+        return request;
+    }
+    match traceparent_of(&tracing::Span::current()) {
+        Some(value) => request.header("traceparent", value),
+        None => request,
+    }
+}
+
+/// The trace and span ids of the span the current thread is in, for a log line (`None` outside
+/// any exported span).
+pub fn current_ids() -> Option<(String, String)> {
+    if !on() {
+        return None;
+    }
+    opentelemetry::Context::map_current(|cx| {
+        let span = cx.span();
+        let sc = span.span_context();
+        sc.is_valid()
+            .then(|| (sc.trace_id().to_string(), sc.span_id().to_string()))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(vars: &[(&str, &str)]) -> EnvSource {
+        EnvSource::from_pairs(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    #[test]
+    fn off_without_an_endpoint_or_when_disabled() {
+        assert_eq!(Config::from_source(&source(&[])), None);
+        assert_eq!(
+            Config::from_source(&source(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318"),
+                ("OTEL_SDK_DISABLED", "true"),
+            ])),
+            None
+        );
+    }
+
+    #[test]
+    fn the_standard_variables_configure_the_exporter() {
+        let c = Config::from_source(&source(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://api.honeycomb.io/"),
+            (
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "x-honeycomb-team=abc%3D1,x-other = two",
+            ),
+            (
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "deployment.environment=prod,service.name=hooks",
+            ),
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
+        ]))
+        .unwrap();
+        assert_eq!(c.endpoint, "https://api.honeycomb.io/v1/traces");
+        assert_eq!(c.protocol, Protocol::HttpProtobuf);
+        assert_eq!(
+            c.headers,
+            vec![
+                ("x-honeycomb-team".to_string(), "abc=1".to_string()),
+                ("x-other".to_string(), "two".to_string())
+            ]
+        );
+        assert_eq!(c.service_name, "hooks");
+        assert_eq!(
+            c.resource,
+            vec![("deployment.environment".to_string(), "prod".to_string())]
+        );
+        assert_eq!(c.sampler, SamplerConfig::ParentBasedRatio(0.25));
+
+        let g = Config::from_source(&source(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://tempo:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_SERVICE_NAME", "webhooks"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            (g.endpoint.as_str(), g.protocol),
+            ("http://tempo:4317", Protocol::Grpc)
+        );
+        assert_eq!(g.service_name, "webhooks");
+        assert_eq!(g.sampler, SamplerConfig::ParentBasedAlwaysOn);
+        let t = Config::from_source(&source(&[(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "http://jaeger:4318/v1/traces",
+        )]))
+        .unwrap();
+        assert_eq!(t.endpoint, "http://jaeger:4318/v1/traces");
+        assert_eq!(t.service_name, "engine");
+    }
+
+    #[test]
+    fn outgoing_calls_carry_the_current_spans_traceparent() {
+        use tracing_subscriber::layer::SubscriberExt;
+        let provider = SdkTracerProvider::builder().build();
+        on_for_tests();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        let client = reqwest::Client::new();
+        let (sent, span_tp) = tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("sink.write");
+            let _in = span.enter();
+            let request = inject(client.get("http://127.0.0.1:9/x")).build().unwrap();
+            (
+                request.headers().get("traceparent").cloned(),
+                traceparent_of(&span),
+            )
+        });
+        let sent = sent.expect("a traceparent header");
+        assert_eq!(Some(sent.to_str().unwrap().to_string()), span_tp);
+        // outside any span: nothing to carry
+        let bare = inject(client.get("http://127.0.0.1:9/x")).build().unwrap();
+        assert!(bare.headers().get("traceparent").is_none());
+    }
+
+    #[test]
+    fn a_stored_traceparent_names_its_trace() {
+        // the W3C Trace Context specification's example
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(trace_id(tp), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        let cx = context_of(tp).unwrap();
+        assert_eq!(
+            cx.span().span_context().trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert!(cx.span().span_context().is_remote());
+        // all-zero ids are invalid (the specification), as is garbage
+        assert!(context_of("00-00000000000000000000000000000000-00f067aa0ba902b7-01").is_none());
+        assert!(context_of("not a traceparent").is_none());
+        assert_eq!(trace_id("garbage"), None);
+    }
+}

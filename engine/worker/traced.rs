@@ -1,0 +1,128 @@
+//! The worker's spans, while traces are exported (`ops::trace`): one `attempt` span per
+//! delivery, continuing the trace its request began (the stored `traceparent`: in this process
+//! or another, at once or an hour later), with `transform` and `sink.write` children and the
+//! attempt's outcome (`written`, `dropped`, `retry`, `dead_letter`) as an attribute.
+//!
+//! Tracing off, [`Spans::open`] makes nothing and every call here is a check of an empty list.
+
+use tracing::Span;
+
+use super::Attempt;
+use crate::queue::Delivery;
+
+/// The attempt spans of the deliveries handled together (empty while tracing is off).
+pub(super) struct Spans<'d> {
+    ds: &'d [Delivery],
+    spans: Vec<Span>,
+}
+
+impl<'d> Spans<'d> {
+    /// An attempt span per delivery, each the child of its event's request span.
+    pub(super) fn open(ds: &'d [Delivery], queue: &str) -> Spans<'d> {
+        if !crate::ops::trace::on() {
+            return Spans {
+                ds,
+                spans: Vec::new(),
+            };
+        }
+        let spans = ds
+            .iter()
+            .map(|d| attempt(&d.event, queue, d.attempts + 1))
+            .collect();
+        Spans { ds, spans }
+    }
+
+    /// The attempt span of `d` (`Span::none()` while tracing is off).
+    pub(super) fn of(&self, d: &Delivery) -> Span {
+        if self.spans.is_empty() {
+            return Span::none();
+        }
+        self.ds
+            .iter()
+            .position(|x| std::ptr::eq(x, d))
+            .and_then(|i| self.spans.get(i))
+            .cloned()
+            .unwrap_or_else(Span::none)
+    }
+
+    /// The attempt spans in delivery order, for the transform thread ([`transform`]).
+    pub(super) fn parents(&self) -> Vec<Span> {
+        self.spans.clone()
+    }
+
+    /// A `sink.write` span under the attempt of `d`.
+    pub(super) fn sink_write(&self, d: &Delivery, sink: &str, rows: usize) -> Span {
+        sink_write(&self.of(d), sink, rows)
+    }
+
+    /// A `sink.write` span per delivery whose rows one statement writes together.
+    pub(super) fn sink_writes(&self, ds: &[&Delivery], sink: &str, rows: &[usize]) -> Vec<Span> {
+        if self.spans.is_empty() {
+            return Vec::new();
+        }
+        ds.iter()
+            .zip(rows)
+            .map(|(d, n)| self.sink_write(d, sink, *n))
+            .collect()
+    }
+
+    /// The attempt's outcome on its span; `gives_up` when a failure used up its attempts.
+    pub(super) fn settle(&self, d: &Delivery, attempt: &Attempt, gives_up: bool) {
+        settle(&self.of(d), attempt, gives_up);
+    }
+}
+
+/// An attempt's outcome on its span.
+pub(super) fn settle(span: &Span, attempt: &Attempt, gives_up: bool) {
+    if span.is_none() {
+        return;
+    }
+    let (outcome, failure) = match attempt {
+        Attempt::Written => ("written", None),
+        Attempt::Dropped(_) => ("dropped", None),
+        Attempt::Retry(reason) if !gives_up => ("retry", Some(reason)),
+        Attempt::Retry(reason) | Attempt::Permanent(reason) => ("dead_letter", Some(reason)),
+    };
+    span.record("outcome", outcome);
+    if let Some(reason) = failure {
+        span.record("otel.status_code", "ERROR");
+        span.record("otel.status_description", reason.as_str());
+    }
+}
+
+/// The attempt span of `event`'s `n`th attempt, continuing its request's trace (made only while
+/// tracing is on).
+pub(super) fn attempt(event: &crate::transform::EventInput, queue: &str, n: u32) -> Span {
+    if !crate::ops::trace::on() {
+        return Span::none();
+    }
+    let span = tracing::info_span!(
+        "attempt",
+        pipeline = %event.pipeline,
+        event_id = %event.id,
+        queue,
+        attempt = n,
+        outcome = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
+    );
+    crate::ops::trace::continue_in(&span, event.trace.as_deref());
+    span
+}
+
+/// A `sink.write` span under an attempt span (none while tracing is off).
+pub(super) fn sink_write(attempt: &Span, sink: &str, rows: usize) -> Span {
+    if attempt.is_none() {
+        return Span::none();
+    }
+    tracing::info_span!(parent: attempt, "sink.write", sink, rows)
+}
+
+/// The `transform` span of the `i`th event under its attempt, entered on the thread running the
+/// transform (a connection call from a script carries its `traceparent`).
+pub(super) fn transform(parents: &[Span], i: usize) -> Option<tracing::span::EnteredSpan> {
+    parents
+        .get(i)
+        .filter(|p| !p.is_none())
+        .map(|p| tracing::info_span!(parent: p, "transform").entered())
+}

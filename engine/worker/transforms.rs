@@ -1,0 +1,74 @@
+//! Running transform steps from the worker: CPU work kept off the async threads (a batch in
+//! place with `block_in_place`, or on the blocking pool), each run timed in
+//! `engine_transform_duration_seconds` and, while traces are exported, inside its `transform`
+//! span.
+
+use std::sync::Arc;
+
+use super::traced;
+use crate::queue::{Delivery, QueueError};
+use crate::transform::{Outcome, Program};
+
+/// Run the transform steps on one event, its duration recorded in `timing` (the queue's
+/// `engine_transform_duration_seconds`, looked up once by the caller for a whole batch).
+pub(super) fn timed_run(
+    program: &Program,
+    event: &crate::transform::EventInput,
+    timing: &metrics::Histogram,
+) -> Result<Outcome, crate::transform::Failure> {
+    let started = std::time::Instant::now();
+    let out = program.run(event);
+    timing.record(started.elapsed().as_secs_f64());
+    out
+}
+
+/// The transform-duration histogram of `queue`.
+pub(super) fn transform_timing(queue: String) -> metrics::Histogram {
+    metrics::histogram!("engine_transform_duration_seconds", "queue" => queue)
+}
+
+/// Run the transforms of a batch, which are CPU work that must not stall the runtime: on a
+/// multi-threaded runtime in place (`block_in_place`: this thread runs them and hands its other
+/// tasks to the other threads; no hand-off of the batch to another thread and back, and the
+/// deliveries are read where they are, not copied), elsewhere (a current-thread runtime: tests,
+/// one-shot commands) on the blocking pool, with a copy of the events.
+pub(super) async fn transform_all(
+    program: &Arc<Program>,
+    ds: &[Delivery],
+    queue: &str,
+    spans: Vec<tracing::Span>,
+) -> Result<Vec<Result<Outcome, crate::transform::Failure>>, QueueError> {
+    let run = |program: &Program,
+               events: &mut dyn Iterator<Item = &crate::transform::EventInput>,
+               queue: String,
+               spans: &[tracing::Span]| {
+        // one histogram handle for the batch, not one label lookup per event
+        let timing = transform_timing(queue);
+        events
+            .enumerate()
+            .map(|(i, e)| {
+                let _in = traced::transform(spans, i);
+                timed_run(program, e, &timing)
+            })
+            .collect::<Vec<_>>()
+    };
+    match tokio::runtime::Handle::current().runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::MultiThread => Ok(tokio::task::block_in_place(|| {
+            run(
+                program,
+                &mut ds.iter().map(|d| &d.event),
+                queue.to_string(),
+                &spans,
+            )
+        })),
+        _ => {
+            let program = program.clone();
+            let events: Vec<crate::transform::EventInput> =
+                ds.iter().map(|d| d.event.clone()).collect();
+            let queue = queue.to_string();
+            tokio::task::spawn_blocking(move || run(&program, &mut events.iter(), queue, &spans))
+                .await
+                .map_err(|e| QueueError::Task(e.to_string()))
+        }
+    }
+}
