@@ -256,7 +256,10 @@ impl Dispatch {
             Err(Inline::Elsewhere) => {
                 let input = event.clone();
                 let shared = self.app.clone();
+                // in the respond span there too: a connection call from the script carries it
+                let span = tracing::Span::current();
                 match tokio::task::spawn_blocking(move || {
+                    let _in = span.enter();
                     shared.routes[pipeline].responder.compute(&input)
                 })
                 .await
