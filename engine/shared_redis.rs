@@ -109,6 +109,12 @@ local function append(stream, seen, payload, body, dedupe, window)
   if dedupe ~= '' then
     if not redis.call('SET', seen, '1', 'NX', 'EX', window) then return '' end
   end
+  local id = redis.call('XADD', stream, 'NOMKSTREAM', '*', 'e', payload, 'b', body, 'a', '0')
+  if id then return id end
+  -- a new stream is made with its workers' consumer group (the queue's GROUP): a worker that
+  -- starts when Redis is already full could not create the group then (XGROUP CREATE needs
+  -- memory), and would never drain the stream
+  redis.call('XGROUP', 'CREATE', stream, 'engine', '0', 'MKSTREAM')
   return redis.call('XADD', stream, '*', 'e', payload, 'b', body, 'a', '0')
 end
 local function limited_append(key, interval, burst, now, stream, seen, payload, body, dedupe, window)
@@ -383,7 +389,24 @@ async fn call(
             let why = format!("{} answers for {} operations", answers.len(), jobs.len());
             fail_all(jobs, &why);
         }
+        // Redis full (`OOM`, the whole script refused under noeviction): every op gets that
+        // code, so the request path tells a full Redis from one that does not answer
+        Err(e) if e.code() == Some("OOM") => {
+            for job in jobs.drain(..) {
+                let _ = job.reply.send(Err(full(e.detail().unwrap_or_default())));
+            }
+        }
         Err(e) => fail_all(jobs, &e.to_string()),
+    }
+}
+
+/// An error with Redis's `OOM` code, as the server sends it (redis-rs builds a coded error only
+/// from a reply).
+fn full(detail: &str) -> RedisError {
+    let reply = format!("-OOM {}\r\n", detail.replace(['\r', '\n'], " "));
+    match redis::parse_redis_value(reply.as_bytes()) {
+        Ok(Value::ServerError(e)) => e.into(),
+        _ => failed(format!("OOM {detail}")),
     }
 }
 

@@ -50,7 +50,7 @@ pub const NAMES: &[(&str, &str, &str, &str)] = &[
         "engine_dependency_up",
         "gauge",
         "dependency",
-        "1 while the dependency (`redis`) answers the workers, 0 during an outage",
+        "1 while the dependency answers, 0 during an outage: `redis` (the workers' reads), `redis_enqueue` (the request path's writes: 0 while Redis is down or full)",
     ),
     (
         "engine_dependency_failures_total",

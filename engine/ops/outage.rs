@@ -5,11 +5,16 @@
 //! for the whole process:
 //!
 //! ```text
-//! first failure        -> one ERROR: "<dependency> unreachable" with the error
+//! first failure        -> one ERROR: "<dependency> unreachable" (or "is full": Redis answers
+//!                         but refuses writes at its maxmemory) with the error and what to do
 //! while it lasts       -> one WARN summary after 30 s, then 1, 2, 4 ... minutes (at most every
 //!                         10 minutes): how long, how many failed attempts, the last error
 //! first success after  -> one INFO: "reachable again" with the duration and attempts
 //! ```
+//!
+//! Workers report `redis` (their reads); the request path reports `redis_enqueue` (its writes):
+//! a full Redis refuses the writes while the workers' reads, acks and deletes go on, so the two
+//! are separate outages.
 //!
 //! `engine_dependency_up{dependency}` (1/0) and `engine_dependency_failures_total{dependency}`
 //! carry the rest. The state is one entry per dependency name, and names are constants in the
@@ -23,9 +28,46 @@ use std::time::{Duration, Instant};
 const FIRST_SUMMARY: Duration = Duration::from_secs(30);
 const MAX_SUMMARY_EVERY: Duration = Duration::from_secs(600);
 
+/// What is wrong with a dependency, as the log lines name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Condition {
+    /// It does not answer (refused, reset, timed out).
+    Unreachable,
+    /// Redis answers but refuses writes: `maxmemory` reached under `noeviction`.
+    Full,
+}
+
+impl Condition {
+    fn started(self) -> &'static str {
+        match self {
+            Condition::Unreachable => {
+                "unreachable; retrying with backoff (a summary follows while it lasts, and a line when it is back)"
+            }
+            Condition::Full => {
+                "is full: Redis reached its maxmemory and refuses writes (maxmemory-policy noeviction); requests are answered 503 with Retry-After and nothing answered 2xx is lost. Add workers to drain the backlog, or give Redis more memory (a summary follows while it lasts, and a line when it is back)"
+            }
+        }
+    }
+
+    fn still(self) -> &'static str {
+        match self {
+            Condition::Unreachable => "still unreachable",
+            Condition::Full => "still full (maxmemory reached, writes refused)",
+        }
+    }
+
+    fn back(self) -> &'static str {
+        match self {
+            Condition::Unreachable => "reachable again",
+            Condition::Full => "takes writes again",
+        }
+    }
+}
+
 /// One dependency's outage in progress.
 #[derive(Debug, Clone)]
 struct Down {
+    condition: Condition,
     since: Instant,
     failures: u64,
     next_summary: Instant,
@@ -56,10 +98,24 @@ pub enum Change {
 
 /// A failed attempt to reach `dependency`.
 pub fn failed(dependency: &'static str, error: &dyn std::fmt::Display) -> Change {
-    failed_at(dependency, error, Instant::now())
+    failed_at(dependency, Condition::Unreachable, error, Instant::now())
 }
 
-fn failed_at(dependency: &'static str, error: &dyn std::fmt::Display, now: Instant) -> Change {
+/// A failed attempt at `dependency`, in `condition`.
+pub fn failed_as(
+    dependency: &'static str,
+    condition: Condition,
+    error: &dyn std::fmt::Display,
+) -> Change {
+    failed_at(dependency, condition, error, Instant::now())
+}
+
+fn failed_at(
+    dependency: &'static str,
+    condition: Condition,
+    error: &dyn std::fmt::Display,
+    now: Instant,
+) -> Change {
     metrics::counter!("engine_dependency_failures_total", "dependency" => dependency).increment(1);
     metrics::gauge!("engine_dependency_up", "dependency" => dependency).set(0.0);
     let mut down = DOWN.lock().unwrap_or_else(|e| e.into_inner());
@@ -69,13 +125,22 @@ fn failed_at(dependency: &'static str, error: &dyn std::fmt::Display, now: Insta
             down.insert(
                 dependency,
                 Down {
+                    condition,
                     since: now,
                     failures: 1,
                     next_summary: now + FIRST_SUMMARY,
                     summary_every: FIRST_SUMMARY,
                 },
             );
-            tracing::error!(dependency, error = %error, "{dependency} unreachable; retrying with backoff (a summary follows while it lasts, and a line when it is back)");
+            tracing::error!(dependency, error = %error, "{dependency} {}", condition.started());
+            Change::Started
+        }
+        // the same outage, turned into another (a full Redis restarted and not yet answering):
+        // said once, counted on
+        Some(d) if d.condition != condition => {
+            d.failures += 1;
+            d.condition = condition;
+            tracing::error!(dependency, error = %error, "{dependency} {}", condition.started());
             Change::Started
         }
         Some(d) => {
@@ -86,7 +151,7 @@ fn failed_at(dependency: &'static str, error: &dyn std::fmt::Display, now: Insta
             d.summary_every = (d.summary_every * 2).min(MAX_SUMMARY_EVERY);
             d.next_summary = now + d.summary_every;
             let secs = now.duration_since(d.since).as_secs();
-            tracing::warn!(dependency, down_secs = secs, failed_attempts = d.failures, last_error = %error, "{dependency} still unreachable");
+            tracing::warn!(dependency, down_secs = secs, failed_attempts = d.failures, last_error = %error, "{dependency} {}", d.condition.still());
             Change::Summary {
                 failures: d.failures,
             }
@@ -111,7 +176,8 @@ pub fn ok(dependency: &'static str) -> Change {
                 dependency,
                 down_secs = secs,
                 failed_attempts = d.failures,
-                "{dependency} reachable again"
+                "{dependency} {}",
+                d.condition.back()
             );
             Change::Ended {
                 failures: d.failures,
@@ -137,24 +203,49 @@ mod tests {
         let t0 = Instant::now();
         let dep = "test-dependency";
         let err = "connection refused";
-        assert_eq!(failed_at(dep, &err, t0), Change::Started);
+        assert_eq!(
+            failed_at(dep, Condition::Unreachable, &err, t0),
+            Change::Started
+        );
         // 12 attempts a second for 29 seconds: nothing logged
         let quiet = (1..29 * 12)
-            .map(|i| failed_at(dep, &err, t0 + Duration::from_millis(i * 83)))
+            .map(|i| {
+                failed_at(
+                    dep,
+                    Condition::Unreachable,
+                    &err,
+                    t0 + Duration::from_millis(i * 83),
+                )
+            })
             .filter(|c| *c != Change::Quiet)
             .count();
         assert_eq!(quiet, 0);
         assert!(matches!(
-            failed_at(dep, &err, t0 + Duration::from_secs(30)),
+            failed_at(
+                dep,
+                Condition::Unreachable,
+                &err,
+                t0 + Duration::from_secs(30)
+            ),
             Change::Summary { .. }
         ));
         // the next summary comes a minute later, not 30 s later
         assert_eq!(
-            failed_at(dep, &err, t0 + Duration::from_secs(61)),
+            failed_at(
+                dep,
+                Condition::Unreachable,
+                &err,
+                t0 + Duration::from_secs(61)
+            ),
             Change::Quiet
         );
         assert!(matches!(
-            failed_at(dep, &err, t0 + Duration::from_secs(91)),
+            failed_at(
+                dep,
+                Condition::Unreachable,
+                &err,
+                t0 + Duration::from_secs(91)
+            ),
             Change::Summary { .. }
         ));
         match ok(dep) {
@@ -162,6 +253,31 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(ok(dep), Change::Up);
+    }
+
+    #[test]
+    fn a_full_redis_is_its_own_condition_said_once() {
+        let t0 = Instant::now();
+        let dep = "test-full";
+        let full = "OOM command not allowed when used memory > 'maxmemory'";
+        assert_eq!(failed_at(dep, Condition::Full, &full, t0), Change::Started);
+        assert_eq!(
+            failed_at(dep, Condition::Full, &full, t0 + Duration::from_secs(1)),
+            Change::Quiet
+        );
+        // the outage turning into another (Redis restarting): said once more, counted on
+        assert_eq!(
+            failed_at(
+                dep,
+                Condition::Unreachable,
+                &"refused",
+                t0 + Duration::from_secs(2)
+            ),
+            Change::Started
+        );
+        assert_eq!(ok(dep), Change::Ended { failures: 3 });
+        assert!(Condition::Full.started().contains("Add workers"));
+        assert_eq!(Condition::Full.back(), "takes writes again");
     }
 
     #[test]

@@ -30,6 +30,13 @@ pub enum QueueError {
     /// REDIS_URL cannot be used (why, and the forms it takes: `redis_url::Target::parse`).
     #[error("queue unavailable: {0}")]
     BadUrl(String),
+    /// Redis answers but refuses writes: its `maxmemory` is reached under `noeviction` (the policy
+    /// a queue needs: Redis never drops an event to make room). Reads, acks and deletes still
+    /// work, so workers drain it.
+    #[error(
+        "queue full: Redis reached its maxmemory and refuses writes (maxmemory-policy noeviction): add workers to drain the backlog, or give Redis more memory"
+    )]
+    RedisFull,
     /// An in-process queue holds all it may (its name).
     #[error("queue unavailable: in-process queue `{0}` is full")]
     Full(String),
@@ -43,7 +50,11 @@ pub enum QueueError {
 
 impl From<::redis::RedisError> for QueueError {
     fn from(e: ::redis::RedisError) -> Self {
-        QueueError::Unavailable(e.to_string())
+        // "OOM command not allowed when used memory > 'maxmemory'": Redis is full, not down
+        match e.code() {
+            Some("OOM") => QueueError::RedisFull,
+            _ => QueueError::Unavailable(e.to_string()),
+        }
     }
 }
 

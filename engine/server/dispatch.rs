@@ -32,18 +32,16 @@ use tracing::Instrument;
 
 use super::App;
 use super::answer::{Stop, error, send, too_large};
-use super::limit::{answer_decision, check_rate};
+use super::limit::check_rate;
 use super::route::Route;
 use super::seen::Seen;
-use crate::config::queue::Ack;
 use crate::config::units::HttpMethod;
-use crate::queue::Enqueued;
+
 use crate::request_field::Fields;
 use crate::respond::{Inline, Reply};
 use crate::route::Lookup;
 use crate::transform::EventInput;
 use crate::verify::{Context, VerifyError};
-use crate::worker::Attempt;
 
 /// The engine's single salvo handler.
 pub struct Dispatch {
@@ -222,7 +220,7 @@ impl Dispatch {
                 .is_none_or(|q| q.worker.archive.is_none())
             && crate::console::recent::global().offer(&route.name, seen.now_ms, false))
         .then(|| event.clone());
-        enqueue(route, &seen, &fields, event, res)
+        super::enqueue::enqueue(route, &seen, &fields, event, res)
             .instrument(crate::ops::trace::step!("enqueue"))
             .await?;
         send(&reply, res);
@@ -344,132 +342,6 @@ fn without_credentials(route: &Route, event: &mut EventInput) {
             || verifier.is_some_and(|v| v.reads_credential_from(name));
         !credential && (keep.is_empty() || keep.iter().any(|k| k.eq_ignore_ascii_case(name)))
     });
-}
-
-/// Queue the event of a pipeline with transform steps. A repeat within the dedupe window is
-/// answered like the first and not stored again; a queue that cannot take it means 503, so the
-/// provider retries: a 2xx is only ever sent for a stored event.
-async fn enqueue(
-    route: &Route,
-    seen: &Seen<'_>,
-    fields: &Fields<'_>,
-    event: EventInput,
-    res: &mut Response,
-) -> Result<(), Stop> {
-    let Some(q) = &route.queued else {
-        return Ok(());
-    };
-    let dedupe_key = q
-        .config
-        .dedupe
-        .as_ref()
-        .and_then(|d| fields.join(&d.key, "|").map(|k| (k, d.window.0)));
-    let event_id = event.id.clone();
-    let name = &route.name;
-    if q.config.ack == Ack::Processed {
-        return process_now(q, name, event, dedupe_key, res).await;
-    }
-    let dedupe = dedupe_key.as_ref().map(|(k, w)| (k.as_str(), *w));
-    // the limit rides in this round trip when `route::Limit` says so (checked first there;
-    // nothing is stored when it refuses)
-    let stored = match route.limit.riding() {
-        Some(ride) => {
-            let key = ride.rule.key_from(seen.client_ip, fields);
-            let redis_key = crate::rate_limit::redis::key_in(&ride.prefix, &ride.rule, &key);
-            match ride
-                .queue
-                .enqueue_limited(&event, dedupe, &ride.rule, &redis_key)
-                .await
-            {
-                Ok((verdict, stored)) => {
-                    answer_decision(
-                        &ride.rule,
-                        &crate::rate_limit::redis::decision(&ride.rule, verdict),
-                        res,
-                    )?;
-                    // allowed (a refusal was answered 429 above): the script stored it, or said
-                    // it was a duplicate
-                    stored.ok_or_else(|| {
-                        crate::queue::QueueError::Unavailable(
-                            "the enqueue script stored nothing".into(),
-                        )
-                    })
-                }
-                Err(e) => {
-                    metrics::counter!("engine_rate_limit_backend_errors_total", "bucket" => ride.rule.bucket.clone()).increment(1);
-                    Err(e)
-                }
-            }
-        }
-        None => q.handle.enqueue(event, dedupe).await,
-    };
-    match stored {
-        Ok(Enqueued::Added(_)) => {
-            route.metrics.queued();
-            Ok(())
-        }
-        Ok(Enqueued::Duplicate) => {
-            tracing::info!(pipeline = %name, %event_id, "duplicate within the dedupe window: not queued again");
-            metrics::counter!("engine_duplicates_total", "pipeline" => name.clone()).increment(1);
-            Ok(())
-        }
-        Err(e) => {
-            tracing::error!(pipeline = %name, %event_id, error = %e, "cannot queue the event; answering 503");
-            res.headers_mut().insert(RETRY_AFTER, HeaderValue::from(5));
-            Err(error(
-                res,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "The event could not be stored. Please retry.",
-            ))
-        }
-    }
-}
-
-/// `ack: processed`: transform and write now, and answer with the result. A retryable failure
-/// answers 503 (and forgets the dedupe key, so the provider's retry is not taken for a repeat);
-/// a permanent one goes to the dead letters, as in the queued path.
-async fn process_now(
-    q: &super::queueing::Queued,
-    name: &str,
-    event: EventInput,
-    dedupe_key: Option<(String, std::time::Duration)>,
-    res: &mut Response,
-) -> Result<(), Stop> {
-    let unavailable = |res: &mut Response, why: &str| {
-        tracing::error!(pipeline = %name, event_id = %event.id, reason = %why, "not processed; answering 503");
-        res.headers_mut().insert(RETRY_AFTER, HeaderValue::from(5));
-        error(
-            res,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "The event could not be processed. Please retry.",
-        )
-    };
-    if let Some((key, window)) = &dedupe_key {
-        match q.handle.mark_seen(key, *window).await {
-            Ok(true) => {}
-            Ok(false) => return Ok(()),
-            Err(e) => return Err(unavailable(res, &e.to_string())),
-        }
-    }
-    match q.worker.attempt(&event).await {
-        Attempt::Written | Attempt::Dropped(_) => Ok(()),
-        Attempt::Retry(reason) => {
-            if let Some((key, _)) = &dedupe_key {
-                let _ = q.handle.forget_seen(key).await;
-            }
-            Err(unavailable(res, &reason))
-        }
-        Attempt::Permanent(reason) => {
-            tracing::error!(pipeline = %name, event_id = %event.id, %reason, "dead-lettered");
-            crate::ops::alerts::dead_lettered(name, &reason);
-            q.handle
-                .dead_letter(&event, &reason)
-                .await
-                .map_err(|e| unavailable(res, &e.to_string()))
-        }
-    }
 }
 
 /// `log_body: true`: the verified request's body, the pipeline's `redact` fields replaced.

@@ -44,6 +44,19 @@ pub async fn start_with(
         };
         tracing::info!(queues, backend, "queues initialised");
     }
+    // each Redis queue's consumer group made now, while Redis still has room: a worker started
+    // later on a full Redis could not make it (XGROUP CREATE needs memory) and would never drain
+    // (in the background: a Redis that does not answer must not hold the boot)
+    for q in app.queues() {
+        if let crate::queue::Queue::Redis(r) = &q.handle {
+            let r = r.clone();
+            tokio::spawn(async move {
+                if let Err(e) = r.ensure_group().await {
+                    tracing::warn!(queue = r.name(), error = %e, "cannot create the queue's consumer group yet (its first event will)");
+                }
+            });
+        }
+    }
     let acceptor = TcpListener::new(addr)
         .try_bind()
         .await

@@ -13,6 +13,7 @@ mod answer;
 mod console;
 mod cors;
 pub mod dispatch;
+mod enqueue;
 pub(crate) mod events;
 mod limit;
 mod oauth;

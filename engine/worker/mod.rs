@@ -583,7 +583,15 @@ impl Worker {
                 }
                 Err(e) => {
                     failures += 1;
-                    crate::ops::outage::failed(taker.dependency().unwrap_or(REDIS), &e);
+                    let condition = match e {
+                        QueueError::RedisFull => crate::ops::outage::Condition::Full,
+                        _ => crate::ops::outage::Condition::Unreachable,
+                    };
+                    crate::ops::outage::failed_as(
+                        taker.dependency().unwrap_or(REDIS),
+                        condition,
+                        &e,
+                    );
                     pause(&mut stop, crate::ops::outage::backoff(failures)).await;
                 }
             }

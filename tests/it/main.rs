@@ -24,6 +24,7 @@ mod operations;
 mod queue;
 mod rate_limit;
 mod recipes;
+mod redis_full;
 mod replay;
 mod secrets;
 mod server;

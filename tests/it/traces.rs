@@ -7,8 +7,6 @@
 use crate::common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,9 +18,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use prost::Message;
 
+use common::process::{EngineProcess as Engine, KEY};
 use common::{Dir, Stub, free_port, fresh_schema, pg, sql_eventually};
-
-const KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 
 /// A span as the collector got it.
 #[derive(Debug, Clone)]
@@ -207,67 +204,12 @@ fn dir(name: &str) -> Dir {
     dir
 }
 
-/// An engine process (`serve` or `worker` with `args`), killed when dropped; its log printed
-/// when a test fails.
-struct Engine(Child, Arc<Mutex<Vec<String>>>);
-
-impl Drop for Engine {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-        if std::thread::panicking() {
-            eprintln!("engine log:\n{}", self.1.lock().unwrap().join("\n"));
-        }
-    }
-}
-
-impl Engine {
-    fn start(dir: &Dir, args: &[&str], database: &str, env: &[(String, String)]) -> Engine {
-        let mut child = common::engine_command()
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .env("REDIS_URL", "redis://127.0.0.1:6379")
-            .env("DATABASE_URL", database)
-            .env("ENCRYPTION_KEY", KEY)
-            .env("RUST_LOG", "info")
-            .args(args)
-            .arg("--pipelines")
-            .arg(dir.path())
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let lines = log.clone();
-        std::thread::spawn(move || {
-            let mut sent = false;
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                lines.lock().unwrap().push(line.clone());
-                if !sent && (line.contains("Server listening") || line.contains("workers running"))
-                {
-                    let _ = tx.send(());
-                    sent = true;
-                }
-            }
-        });
-        if rx.recv_timeout(Duration::from_secs(20)).is_err() {
-            panic!("engine did not start:\n{}", log.lock().unwrap().join("\n"));
-        }
-        Engine(child, log)
-    }
-
-    /// SIGTERM, and wait for the exit (the spans still queued are flushed on the way out).
-    fn terminate(mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.0.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "no exit within 20 s of SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
+/// An engine process on the shared Redis and `database`.
+fn engine(d: &Dir, args: &[&str], database: &str, env: &[(String, String)]) -> Engine {
+    let mut env = env.to_vec();
+    env.push(("REDIS_URL".into(), "redis://127.0.0.1:6379".into()));
+    env.push(("DATABASE_URL".into(), database.into()));
+    Engine::start(d, args, &env)
 }
 
 /// A Vapi end-of-call report for `call`.
@@ -354,7 +296,7 @@ async fn one_trace_per_event_even_when_another_process_works_it_later() {
     let port = free_port();
     let mut env = collector.env("ingest");
     env.push(("PORT".into(), port.to_string()));
-    let ingest = Engine::start(&d, &["serve", "--no-worker"], &database, &env);
+    let ingest = engine(&d, &["serve", "--no-worker"], &database, &env);
     let calls: Vec<String> = (0..3).map(|_| uuid::Uuid::new_v4().to_string()).collect();
     for call in &calls[..2] {
         assert_eq!(post(port, call, None).await, 200);
@@ -376,7 +318,7 @@ async fn one_trace_per_event_even_when_another_process_works_it_later() {
 
     let mut env = collector.env("worker");
     env.push(("PORT".into(), free_port().to_string()));
-    let worker = Engine::start(&d, &["worker"], &database, &env);
+    let worker = engine(&d, &["worker"], &database, &env);
     let db = pg(&schema).await;
     let ids = calls
         .iter()
@@ -475,7 +417,7 @@ async fn traces_go_over_grpc_too() {
     let port = free_port();
     let mut env = collector.env("engine-grpc");
     env.push(("PORT".into(), port.to_string()));
-    let _engine = Engine::start(&d, &["serve"], &database, &env);
+    let _engine = engine(&d, &["serve"], &database, &env);
     let calls: Vec<String> = (0..2).map(|_| uuid::Uuid::new_v4().to_string()).collect();
     for call in &calls {
         assert_eq!(post(port, call, None).await, 200);
@@ -515,7 +457,7 @@ async fn a_dead_collector_changes_nothing_for_traffic() {
         ),
         ("PORT".to_string(), port.to_string()),
     ];
-    let _engine = Engine::start(&d, &["serve"], &database, &env);
+    let _engine = engine(&d, &["serve"], &database, &env);
     for i in 0..50 {
         let call = uuid::Uuid::new_v4().to_string();
         assert_eq!(post(port, &call, None).await, 200, "request {i}");

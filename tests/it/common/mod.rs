@@ -2,6 +2,8 @@
 //! on port 0, and a raw HTTP/1.1 client for requests a normal client will not send.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
