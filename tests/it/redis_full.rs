@@ -10,22 +10,7 @@ use crate::common;
 use std::time::{Duration, Instant};
 
 use common::process::EngineProcess;
-use common::{Dir, PrivateRedis, free_port, fresh_schema, pg, sql_count};
-
-/// The shipped pipelines under a private key prefix, the ingest limit out of the way.
-fn dir() -> Dir {
-    let dir = Dir::shipped_copy();
-    let base = std::fs::read_to_string(dir.path().join("engine.yaml")).unwrap();
-    dir.write(
-        "engine.yaml",
-        &format!(
-            "{}redis_key_prefix: 'full{}'\n",
-            base.replace("  limit: 100/1m\n", "  limit: 100000/1s\n"),
-            std::process::id()
-        ),
-    );
-    dir
-}
+use common::{PrivateRedis, free_port, fresh_schema, pg, sql_count};
 
 /// A 2 KiB Vapi end-of-call report for `call`.
 fn report(call: &str) -> String {
@@ -33,6 +18,17 @@ fn report(call: &str) -> String {
         r#"{{"message":{{"type":"end-of-call-report","endedReason":"customer-ended-call","call":{{"id":"{call}","orgId":"5b1f8a4e-3c2d-4e6f-8a9b-0c1d2e3f4a5b"}},"durationSeconds":42,"summary":"{}","artifact":{{"transcript":"hi"}}}}}}"#,
         "s".repeat(2000)
     )
+}
+
+async fn post(client: &reqwest::Client, port: u16, call: &str) -> reqwest::Response {
+    client
+        .post(format!("http://127.0.0.1:{port}/api/webhooks/vapi"))
+        .header("authorization", "Bearer dev-vapi-webhook-secret")
+        .header("content-type", "application/json")
+        .body(report(call))
+        .send()
+        .await
+        .unwrap()
 }
 
 async fn redis_cmd(url: &str, args: &[&str]) -> redis::Value {
@@ -65,7 +61,7 @@ async fn a_full_redis_is_named_once_and_a_later_worker_drains_it() {
     let url = redis.url();
     redis_cmd(&url, &["CONFIG", "SET", "maxmemory-policy", "noeviction"]).await;
     let (database, schema) = fresh_schema().await;
-    let d = dir();
+    let d = common::shipped_under_prefix("full");
     let port = free_port();
     let env = |port: u16| {
         vec![
@@ -86,14 +82,7 @@ async fn a_full_redis_is_named_once_and_a_later_worker_drains_it() {
     let mut refused = 0;
     for _ in 0..20_000 {
         let call = uuid::Uuid::new_v4().to_string();
-        let res = client
-            .post(format!("http://127.0.0.1:{port}/api/webhooks/vapi"))
-            .header("authorization", "Bearer dev-vapi-webhook-secret")
-            .header("content-type", "application/json")
-            .body(report(&call))
-            .send()
-            .await
-            .unwrap();
+        let res = post(&client, port, &call).await;
         match res.status().as_u16() {
             200 => accepted.push(call),
             503 => {
@@ -160,15 +149,7 @@ async fn a_full_redis_is_named_once_and_a_later_worker_drains_it() {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let call = uuid::Uuid::new_v4().to_string();
-        let status = client
-            .post(format!("http://127.0.0.1:{port}/api/webhooks/vapi"))
-            .header("authorization", "Bearer dev-vapi-webhook-secret")
-            .header("content-type", "application/json")
-            .body(report(&call))
-            .send()
-            .await
-            .unwrap()
-            .status();
+        let status = post(&client, port, &call).await.status();
         if status == 200 {
             break;
         }

@@ -189,21 +189,6 @@ fn tokio_stream_of(
     })
 }
 
-/// The shipped pipelines, Redis keys under a private prefix.
-fn dir(name: &str) -> Dir {
-    let dir = Dir::shipped_copy();
-    let base = std::fs::read_to_string(dir.path().join("engine.yaml")).unwrap();
-    dir.write(
-        "engine.yaml",
-        &format!(
-            "{}redis_key_prefix: 'traces{name}{}'\n",
-            base.replace("  limit: 100/1m\n", "  limit: 100000/1s\n"),
-            std::process::id()
-        ),
-    );
-    dir
-}
-
 /// An engine process on the shared Redis and `database`.
 fn engine(d: &Dir, args: &[&str], database: &str, env: &[(String, String)]) -> Engine {
     let mut env = env.to_vec();
@@ -292,7 +277,7 @@ fn assert_one_trace_per_event(spans: &[Got], n: usize) {
 async fn one_trace_per_event_even_when_another_process_works_it_later() {
     let collector = Collector::http().await;
     let (database, schema) = fresh_schema().await;
-    let d = dir("a");
+    let d = common::shipped_under_prefix("tracesa");
     let port = free_port();
     let mut env = collector.env("ingest");
     env.push(("PORT".into(), port.to_string()));
@@ -413,7 +398,7 @@ async fn one_trace_per_event_even_when_another_process_works_it_later() {
 async fn traces_go_over_grpc_too() {
     let collector = Collector::grpc().await;
     let (database, schema) = fresh_schema().await;
-    let d = dir("g");
+    let d = common::shipped_under_prefix("tracesg");
     let port = free_port();
     let mut env = collector.env("engine-grpc");
     env.push(("PORT".into(), port.to_string()));
@@ -448,7 +433,7 @@ async fn a_dead_collector_changes_nothing_for_traffic() {
         }
     });
     let (database, schema) = fresh_schema().await;
-    let d = dir("d");
+    let d = common::shipped_under_prefix("tracesd");
     let port = free_port();
     let env = vec![
         (

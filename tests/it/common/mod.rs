@@ -65,6 +65,22 @@ pub fn engine_command() -> std::process::Command {
     c
 }
 
+/// A copy of the shipped pipelines whose Redis keys are under `<prefix><pid>` and whose ingest
+/// limit is out of the way: for tests with engine processes of their own.
+pub fn shipped_under_prefix(prefix: &str) -> Dir {
+    let dir = Dir::shipped_copy();
+    let base = std::fs::read_to_string(dir.path().join("engine.yaml")).unwrap();
+    dir.write(
+        "engine.yaml",
+        &format!(
+            "{}redis_key_prefix: '{prefix}{}'\n",
+            base.replace("  limit: 100/1m\n", "  limit: 100000/1s\n"),
+            std::process::id()
+        ),
+    );
+    dir
+}
+
 /// The repository's shipped pipelines directory.
 pub fn shipped() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines")
