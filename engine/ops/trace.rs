@@ -242,7 +242,7 @@ pub fn start(
     .with_batch_config(
         opentelemetry_sdk::trace::BatchConfigBuilder::default()
             .with_max_queue_size(BOUND)
-            .with_max_export_batch_size(512)
+            .with_max_export_batch_size(1024)
             .with_scheduled_delay(Duration::from_millis(500))
             .build(),
     )
@@ -499,6 +499,7 @@ pub fn current_ids() -> Option<(String, String)> {
     if !on() {
         return None;
     }
+    // the context the OpenTelemetry layer attached when the span was entered
     opentelemetry::Context::map_current(|cx| {
         let span = cx.span();
         let sc = span.span_context();

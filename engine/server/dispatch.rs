@@ -77,15 +77,17 @@ impl Handler for Dispatch {
             verify_failed: false,
         };
         // Err(Stop) means a step already answered (404, 429, 401, ...).
-        let _ = self
-            .serve(req, res, &mut served)
-            .instrument(span.clone())
-            .await;
+        // the span kept past the request only while traces are exported (its status recorded
+        // for the trace; logs have no line after this)
+        let traced = crate::ops::trace::on().then(|| span.clone());
+        let _ = self.serve(req, res, &mut served).instrument(span).await;
         if served.label != "console" {
             super::answer::sandbox(res);
         }
         let status = res.status_code.unwrap_or(StatusCode::OK).as_u16();
-        span.record("status", status);
+        if let Some(span) = traced {
+            span.record("status", status);
+        }
         let took = started.elapsed();
         let Some(route) = served.pipeline.map(|i| &self.app.routes[i]) else {
             crate::ops::metrics::own_path_answered(served.label, status, took);
