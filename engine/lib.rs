@@ -5,39 +5,47 @@
 //!
 //! ```text
 //! loading (boot, `engine validate`)
-//!   yaml         YAML -> JSON value + line/column of every value; bounds hostile input
-//!   schema       JSON-schema checks -> positioned, value-free messages
-//!   env          env.schema.yaml: declared variables, typed, defaulted, checklist rules
-//!   config       pipelines directory -> Project (settings, pipelines, route table) or every error
-//!   plan         Project -> Plan: every verifier, transform program and responder compiled once
-//!   route        method + path -> pipeline (404 / 405)
-//!   verify       provider signatures, rotation, per-tenant secrets (verify::tenant)
-//!   db           Postgres pools with TLS (sslmode: disable / require / verify-full)
-//!   crypto       AES-256-GCM for stored secrets, key rotation
-//!   client_ip    client address and public URL behind trusted proxies
-//!   clock        the time and minted event ids (frozen by replay)
-//!   redis_url    REDIS_URL: one node or a Redis Cluster; the one connection type for both
-//!   queue        durable queue on Redis Streams: dedupe+append, group reads, ack/retry/dead letters
-//!   sink         postgres (typed by jsonb_populate_recordset, idempotent), file / stdout JSON lines
-//!   worker       dequeue -> transform -> sink -> ack / retry / dead-letter; reaper, promoter
-//!   rate_limit   GCRA per key, in memory (governor) or shared through Redis
+//!   yaml           YAML -> JSON value + line/column of every value; bounds hostile input
+//!   schema         JSON-schema checks -> positioned, value-free messages
+//!   env            env.schema.yaml: declared variables, typed, defaulted, checklist rules
+//!   config         pipelines directory -> Project (settings, pipelines, route table) or every error
+//!   plan           Project -> Plan: every verifier, transform program and responder compiled once
+//!   table_check    each postgres sink's table against what its pipeline writes (fixtures tried)
+//!   diagnostics    file:line:col findings; text / json / github output
+//!
+//! the request path (serving)
+//!   server         salvo service, CORS hoop, graceful shutdown; server::dispatch: route ->
+//!                  maintenance -> size limit -> rate limit -> verify -> respond -> enqueue
+//!   route          method + path -> pipeline (404 / 405)
+//!   client_ip      client address and public URL behind trusted proxies
+//!   rate_limit     GCRA per key, in memory (governor) or shared through Redis
+//!   verify         provider signatures, rotation, per-tenant secrets (verify::tenant)
 //!   request_field  a named header / path / query / form / JSON field of a request
-//!   transform    Rhai sandbox, compiled steps, event view; rows for sinks
-//!   respond      static / templated / scripted synchronous responses
-//!   diagnostics  file:line:col findings; text / json / github output
+//!   respond        static / templated / scripted synchronous responses
+//!   shared_redis   the request path's one Redis connection; group commit of limits and appends
+//!   redis_url      REDIS_URL: one node or a Redis Cluster; the one connection type for both
+//!   queue          durable queue on Redis Streams: dedupe+append, group reads, ack/retry/dead letters
 //!
-//! serving
-//!   server       salvo service, CORS hoop, graceful shutdown
-//!   server::dispatch   route -> maintenance -> size limit -> rate limit -> verify -> respond
+//! the worker
+//!   worker         dequeue -> transform -> sink -> ack / retry / dead-letter; reaper, promoter
+//!   transform      Rhai sandbox, compiled steps, event view; rows for sinks
+//!   sink           postgres (typed by jsonb_populate_recordset, idempotent), HTTP, file / stdout
+//!   archive        every event's request and story, searched and replayed (engine events)
 //!
-//! record         accepted requests written as fixtures (engine serve --record)
-//! replay         fixtures run in process through the real pipelines (engine replay)
-//! oauth          authorization-code flows with PKCE: start, callback, encrypted tokens
-//! connection     outbound calls of respond scripts: declared hosts, tenants' OAuth tokens
-//! ops            /metrics, /ready, Slack alerts, Sentry, hot reload
-//! console        /console: pipelines, live traffic, queues, dead letters (replay / purge)
-//! migrate        migrations/ applied in order under an advisory lock (refinery history)
-//! cli            engine serve | validate | schema
+//! around them
+//!   db             Postgres pools with TLS (sslmode: disable / require / verify-full)
+//!   crypto         AES-256-GCM for stored secrets, key rotation
+//!   clock          the time and minted event ids (frozen by replay)
+//!   oauth          authorization-code flows with PKCE: start, callback, encrypted tokens
+//!   connection     outbound calls of respond scripts: declared hosts, tenants' OAuth tokens
+//!   record         accepted requests written as fixtures (engine serve --record)
+//!   fixture        the fixture format: a recorded request and what it should produce
+//!   replay         fixtures run in process through the real pipelines (engine replay)
+//!   ops            /metrics, /ready, logs, traces (OpenTelemetry), outages, Slack alerts, Sentry
+//!   console        /console: pipelines, live traffic, queues, dead letters, the event archive
+//!   migrate        migrations/ applied in order under an advisory lock (refinery history)
+//!   cli            engine serve | worker | validate | replay | queue | dlq | events | migrate |
+//!                  secrets | tenants | schema
 //! ```
 //!
 //! `docs/architecture.md` has the longer map.
