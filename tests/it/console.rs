@@ -800,6 +800,64 @@ async fn the_events_page_finds_archived_events_and_replays_them_after_a_fix() {
     app.stop().await;
 }
 
+/// An archived event whose request was traced shows its trace id on its page (what a tracing
+/// backend finds it by); one that was not shows none.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_archived_events_page_names_its_trace() {
+    let dir = project("traced", false);
+    let app = spawn_app(dir.path(), &[("CONSOLE_TOKEN", TOKEN)]).await;
+    let store = std::sync::Arc::new(engine::archive::Store::new(
+        None,
+        dir.path().join("data").to_str().unwrap(),
+    ));
+    let recorder = engine::archive::Recorder::new(store.clone(), "vapi", &Default::default(), None);
+    let mut traced = common::event_input(
+        "ev-traced",
+        "vapi",
+        "/api/webhooks/vapi",
+        "application/json",
+        report(1),
+    );
+    traced.received_at_ms = chrono::Utc::now().timestamp_millis();
+    // the W3C Trace Context specification's example
+    traced.trace = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
+    let mut plain = traced.clone();
+    plain.id = "ev-plain".into();
+    plain.trace = None;
+    let step = || engine::archive::Step::new(engine::archive::Outcome::Dropped, 1);
+    store
+        .write(&[
+            recorder.note(&traced, step()),
+            recorder.note(&plain, step()),
+        ])
+        .await
+        .unwrap();
+    let s = sign_in(&app).await;
+    let (status, page) = get(
+        &app,
+        &s.cookie,
+        "/console/events/show?pipeline=vapi&id=ev-traced",
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains("trace <code>4bf92f3577b34da6a3ce929d0e0e4736</code>"),
+        "{page}"
+    );
+    let (status, page) = get(
+        &app,
+        &s.cookie,
+        "/console/events/show?pipeline=vapi&id=ev-plain",
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains("ev-plain") && !page.contains("trace <code>"),
+        "{page}"
+    );
+    app.stop().await;
+}
+
 /// The Queues page says how many workers each process runs for a queue and how many engine
 /// processes read it now, idle or busy, across instances; a stopped one leaves at once.
 #[tokio::test]
