@@ -47,6 +47,19 @@ pub fn error(res: &mut Response, status: StatusCode, code: &str, message: &str) 
     Stop
 }
 
+/// How long a client is told to wait before retrying an answer of [`unavailable`].
+pub const RETRY_AFTER_SECS: u32 = 5;
+
+/// 503 `unavailable` with `Retry-After`: a dependency (the queue, the rate limiter's store, the
+/// tenant secrets) cannot serve this request now, and the provider should retry it.
+pub fn unavailable(res: &mut Response, message: &str) -> Stop {
+    res.headers_mut().insert(
+        salvo::http::header::RETRY_AFTER,
+        HeaderValue::from(RETRY_AFTER_SECS),
+    );
+    error(res, StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+}
+
 /// Every answer outside the console is sandboxed: a browser shown a webhook answer (a payload
 /// reflected into HTML by a template, a JSON error) treats it as an origin of its own with no
 /// scripts, so nothing in it can read the console's pages or use its cookie, though both share

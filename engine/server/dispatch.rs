@@ -559,14 +559,9 @@ fn refuse(res: &mut Response, refusal: Refusal) -> Stop {
             "unauthorized",
             "Request verification failed.",
         ),
-        Refusal::Unavailable => {
-            res.headers_mut().insert(RETRY_AFTER, HeaderValue::from(5));
-            error(
-                res,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "Verification is temporarily unavailable. Please retry.",
-            )
-        }
+        Refusal::Unavailable => super::answer::unavailable(
+            res,
+            "Verification is temporarily unavailable. Please retry.",
+        ),
     }
 }

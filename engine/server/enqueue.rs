@@ -4,11 +4,9 @@
 //! queue that cannot take it means 503 with `Retry-After`, and Redis down or full is one outage
 //! of the process in the logs (`ops::outage`, as `redis_enqueue`), not a line per request.
 
-use salvo::http::header::RETRY_AFTER;
-use salvo::http::{HeaderValue, StatusCode};
 use salvo::prelude::*;
 
-use super::answer::{Stop, error};
+use super::answer::{Stop, unavailable};
 use super::limit::answer_decision;
 use super::route::Route;
 use super::seen::Seen;
@@ -105,11 +103,8 @@ pub(super) async fn enqueue(
                     tracing::error!(pipeline = %name, %event_id, error = %e, "cannot queue the event; answering 503")
                 }
             }
-            res.headers_mut().insert(RETRY_AFTER, HeaderValue::from(5));
-            Err(error(
+            Err(unavailable(
                 res,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
                 "The event could not be stored. Please retry.",
             ))
         }
@@ -128,13 +123,7 @@ async fn process_now(
 ) -> Result<(), Stop> {
     let unavailable = |res: &mut Response, why: &str| {
         tracing::error!(pipeline = %name, event_id = %event.id, reason = %why, "not processed; answering 503");
-        res.headers_mut().insert(RETRY_AFTER, HeaderValue::from(5));
-        error(
-            res,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "The event could not be processed. Please retry.",
-        )
+        unavailable(res, "The event could not be processed. Please retry.")
     };
     if let Some((key, window)) = &dedupe_key {
         match q.handle.mark_seen(key, *window).await {

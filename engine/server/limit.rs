@@ -31,15 +31,10 @@ pub async fn check_rate(
             warn_throttled(&rule.bucket, &e.0);
             return match rule.fail {
                 FailMode::Open => Ok(()),
-                FailMode::Closed => {
-                    res.headers_mut().insert(RETRY_AFTER, HeaderValue::from(5));
-                    Err(error(
-                        res,
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "unavailable",
-                        "Rate limiting is temporarily unavailable. Please retry.",
-                    ))
-                }
+                FailMode::Closed => Err(super::answer::unavailable(
+                    res,
+                    "Rate limiting is temporarily unavailable. Please retry.",
+                )),
             };
         }
     };
