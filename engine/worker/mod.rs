@@ -20,7 +20,7 @@
 //! Who reads is `take`: the workers of one Redis partition in one process are a [`Crew`], whose
 //! lead reads always and runs the reaper and promoter, its helpers only in a backlog.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -104,6 +104,17 @@ pub enum Handled {
     DeadLettered { reason: String },
 }
 
+/// What became of one delivery in a batch: the attempt, and the archive's step of a write.
+type Settled<'d> = (&'d Delivery, Attempt, Option<archive::Step>);
+
+/// A batch's rows per sink: the deliveries and their batches, side by side.
+type Groups<'d> = BTreeMap<String, (Vec<&'d Delivery>, Vec<Batch>)>;
+
+/// The attempt of an event whose rows name a sink the pipeline does not have.
+fn no_sink(sink: &str) -> Attempt {
+    Attempt::Permanent(format!("no sink named `{sink}`"))
+}
+
 /// The retry reason of an attempt the archive could not record.
 fn unrecorded(e: &str) -> String {
     format!("the event archive could not record this attempt ({e}); tried again")
@@ -172,96 +183,65 @@ impl Worker {
         let spans = traced::Spans::open(ds, self.outcomes.name());
         let outcomes =
             transform_all(&self.program, ds, self.outcomes.name(), spans.parents()).await?;
-        let mut settled: Vec<(&Delivery, Attempt, Option<archive::Step>)> = Vec::new();
-        // per sink: the deliveries and their batches, side by side (the batches are handed to
-        // the sink as a slice, not copied)
-        let mut groups: std::collections::BTreeMap<String, (Vec<&Delivery>, Vec<Batch>)> =
-            Default::default();
-        for (d, outcome) in ds.iter().zip(outcomes) {
-            match outcome {
-                Ok(Outcome::Dropped { reason }) => {
-                    self.count("dropped", 1);
-                    settled.push((d, Attempt::Dropped(reason), None));
-                }
-                Ok(Outcome::Rows { sink, step, rows }) => {
-                    if !self.sinks.contains_key(&sink) {
-                        settled.push((
-                            d,
-                            Attempt::Permanent(format!("no sink named `{sink}`")),
-                            None,
-                        ));
-                        continue;
-                    }
-                    let batch = Batch {
-                        event_id: d.event.id.clone(),
-                        pipeline: d.event.pipeline.clone(),
-                        sink: sink.clone(),
-                        step,
-                        rows,
-                    };
-                    let group = groups.entry(sink).or_default();
-                    group.0.push(d);
-                    group.1.push(batch);
-                }
-                Err(f) if f.kind == FailureKind::Retry => {
-                    self.transform_failed("retry");
-                    settled.push((d, Attempt::Retry(f.reason), None));
-                }
-                Err(f) => {
-                    self.transform_failed("permanent");
-                    settled.push((d, Attempt::Permanent(f.reason), None));
-                }
-            }
-        }
+        let (mut settled, groups) = self.sort(ds, outcomes);
         for (name, (delivered, batches)) in &groups {
-            let sink = &self.sinks[name];
-            let together = if sink.batches() && batches.len() > 1 {
-                let rows: Vec<usize> = batches.iter().map(|b| b.rows.len()).collect();
-                let _writing = spans.sink_writes(delivered, name, &rows);
-                Some(sink.write_many(batches).await)
-            } else {
-                None
-            };
+            self.write_group(name, delivered, batches, &spans, &mut settled)
+                .await;
+        }
+        self.finish(settled, &spans).await
+    }
+
+    /// One sink's batches: in one statement when the sink batches, else (and after a permanent
+    /// failure of the statement: that of one event, not its neighbours) one at a time.
+    async fn write_group<'d>(
+        &self,
+        name: &str,
+        delivered: &[&'d Delivery],
+        batches: &[Batch],
+        spans: &traced::Spans<'_>,
+        settled: &mut Vec<Settled<'d>>,
+    ) {
+        let sink = &self.sinks[name];
+        if sink.batches() && batches.len() > 1 {
+            let rows: Vec<usize> = batches.iter().map(|b| b.rows.len()).collect();
+            let writing = spans.sink_writes(delivered, name, &rows);
+            let together = sink.write_many(batches).await;
+            drop(writing);
             match together {
-                Some(Ok(())) => {
-                    let rows = batches.iter().map(|b| b.rows.len()).sum();
-                    self.written(delivered.iter().map(|d| &d.event), name, rows);
+                Ok(()) => {
+                    self.written(delivered.iter().map(|d| &d.event), name, rows.iter().sum());
                     for (d, b) in delivered.iter().zip(batches) {
                         settled.push((d, Attempt::Written, self.wrote(d, b)));
                     }
+                    return;
                 }
-                Some(Err(SinkError::Retry(e))) => {
+                Err(SinkError::Retry(e)) => {
                     sink_failed(name, "retry");
                     for d in delivered {
                         settled.push((d, Attempt::Retry(format!("sink `{name}`: {e}")), None));
                     }
+                    return;
                 }
-                // one at a time: a permanent failure is that of one event, not its neighbours
-                Some(Err(SinkError::Permanent(_))) | None => {
-                    for (d, b) in delivered.iter().copied().zip(batches) {
-                        let writing = spans.sink_write(d, name, b.rows.len());
-                        let attempt = match sink.write(b).instrument(writing).await {
-                            Ok(()) => {
-                                self.written(std::iter::once(&d.event), name, b.rows.len());
-                                Attempt::Written
-                            }
-                            Err(SinkError::Retry(e)) => {
-                                sink_failed(name, "retry");
-                                Attempt::Retry(format!("sink `{name}`: {e}"))
-                            }
-                            Err(SinkError::Permanent(e)) => {
-                                sink_failed(name, "permanent");
-                                Attempt::Permanent(format!("sink `{name}`: {e}"))
-                            }
-                        };
-                        let wrote = (attempt == Attempt::Written)
-                            .then(|| self.wrote(d, b))
-                            .flatten();
-                        settled.push((d, attempt, wrote));
-                    }
-                }
+                Err(SinkError::Permanent(_)) => {}
             }
         }
+        for (d, b) in delivered.iter().copied().zip(batches) {
+            let attempt = self.write_one(&**sink, b, &d.event, &spans.of(d)).await;
+            let wrote = (attempt == Attempt::Written)
+                .then(|| self.wrote(d, b))
+                .flatten();
+            settled.push((d, attempt, wrote));
+        }
+    }
+
+    /// Record the batch's outcomes in the archive, then tell the queue: acks in one call,
+    /// retries and dead letters each in the span of its attempt. An archive that cannot record
+    /// them retries every delivery (none leaves the queue unrecorded).
+    async fn finish(
+        &self,
+        settled: Vec<Settled<'_>>,
+        spans: &traced::Spans<'_>,
+    ) -> Result<(), QueueError> {
         if let Some(e) = self
             .archive(settled.iter().map(|(d, a, w)| (*d, a, w.as_ref())))
             .await
@@ -288,6 +268,33 @@ impl Worker {
             }
         }
         self.outcomes.ack_many(&acks).await
+    }
+
+    /// One event's rows written by themselves, counted (in a `sink.write` span under
+    /// `attempt`): the attempt's result. The one decision of a write, for batches and single
+    /// deliveries alike.
+    async fn write_one(
+        &self,
+        sink: &dyn Sink,
+        b: &Batch,
+        event: &crate::transform::EventInput,
+        attempt: &tracing::Span,
+    ) -> Attempt {
+        let writing = traced::sink_write(attempt, &b.sink, b.rows.len());
+        match sink.write(b).instrument(writing).await {
+            Ok(()) => {
+                self.written(std::iter::once(event), &b.sink, b.rows.len());
+                Attempt::Written
+            }
+            Err(SinkError::Retry(e)) => {
+                sink_failed(&b.sink, "retry");
+                Attempt::Retry(format!("sink `{}`: {e}", b.sink))
+            }
+            Err(SinkError::Permanent(e)) => {
+                sink_failed(&b.sink, "permanent");
+                Attempt::Permanent(format!("sink `{}`: {e}", b.sink))
+            }
+        }
     }
 
     /// The archive's step for an event whose rows `b` were written.
@@ -408,7 +415,7 @@ impl Worker {
             Ok(Outcome::Dropped { reason }) => (Attempt::Dropped(reason), None),
             Ok(Outcome::Rows { sink, step, rows }) => {
                 let Some(target) = self.sinks.get(&sink) else {
-                    return (Attempt::Permanent(format!("no sink named `{sink}`")), None);
+                    return (no_sink(&sink), None);
                 };
                 let batch = Batch {
                     event_id: event.id.clone(),
@@ -417,40 +424,20 @@ impl Worker {
                     step,
                     rows,
                 };
-                let writing = traced::sink_write(span, &batch.sink, batch.rows.len());
-                match target.write(&batch).instrument(writing).await {
-                    Ok(()) => {
-                        self.written(std::iter::once(event), &batch.sink, batch.rows.len());
-                        let step = self.archive.as_ref().map(|_| {
-                            archive::Step::new(archive::Outcome::Written, n).wrote(
-                                &batch.sink,
-                                &batch.rows,
-                                !target.idempotent(),
-                            )
-                        });
-                        (Attempt::Written, step)
-                    }
-                    Err(SinkError::Retry(e)) => {
-                        sink_failed(&batch.sink, "retry");
-                        (Attempt::Retry(format!("sink `{}`: {e}", batch.sink)), None)
-                    }
-                    Err(SinkError::Permanent(e)) => {
-                        sink_failed(&batch.sink, "permanent");
-                        (
-                            Attempt::Permanent(format!("sink `{}`: {e}", batch.sink)),
-                            None,
+                let attempt = self.write_one(&**target, &batch, event, span).await;
+                let step = (attempt == Attempt::Written)
+                    .then_some(self.archive.as_ref())
+                    .flatten()
+                    .map(|_| {
+                        archive::Step::new(archive::Outcome::Written, n).wrote(
+                            &batch.sink,
+                            &batch.rows,
+                            !target.idempotent(),
                         )
-                    }
-                }
+                    });
+                (attempt, step)
             }
-            Err(f) if f.kind == FailureKind::Retry => {
-                self.transform_failed("retry");
-                (Attempt::Retry(f.reason), None)
-            }
-            Err(f) => {
-                self.transform_failed("permanent");
-                (Attempt::Permanent(f.reason), None)
-            }
+            Err(f) => (self.transform_failure(f), None),
         }
     }
 

@@ -1,12 +1,14 @@
 //! Running transform steps from the worker: CPU work kept off the async threads (a batch in
 //! place with `block_in_place`, or on the blocking pool), each run timed in
 //! `engine_transform_duration_seconds` and, while traces are exported, inside its `transform`
-//! span.
+//! span; and their outcomes sorted: settled at once, or rows grouped per sink.
 
 use std::sync::Arc;
 
-use super::traced;
+use super::{Attempt, Groups, Settled, Worker, no_sink, traced};
 use crate::queue::{Delivery, QueueError};
+use crate::sink::Batch;
+use crate::transform::FailureKind;
 use crate::transform::{Outcome, Program};
 
 /// Run the transform steps on one event, its duration recorded in `timing` (the queue's
@@ -69,6 +71,56 @@ pub(super) async fn transform_all(
             tokio::task::spawn_blocking(move || run(&program, &mut events.iter(), queue, &spans))
                 .await
                 .map_err(|e| QueueError::Task(e.to_string()))
+        }
+    }
+}
+
+impl Worker {
+    /// Each delivery's transform outcome: settled already (dropped, failed, no such sink), or its
+    /// rows grouped per sink, the deliveries and their batches side by side (the batches are
+    /// handed to the sink as a slice, not copied).
+    pub(super) fn sort<'d>(
+        &self,
+        ds: &'d [Delivery],
+        outcomes: Vec<Result<Outcome, crate::transform::Failure>>,
+    ) -> (Vec<Settled<'d>>, Groups<'d>) {
+        let mut settled = Vec::new();
+        let mut groups = Groups::new();
+        for (d, outcome) in ds.iter().zip(outcomes) {
+            match outcome {
+                Ok(Outcome::Dropped { reason }) => {
+                    self.count("dropped", 1);
+                    settled.push((d, Attempt::Dropped(reason), None));
+                }
+                Ok(Outcome::Rows { sink, .. }) if !self.sinks.contains_key(&sink) => {
+                    settled.push((d, no_sink(&sink), None));
+                }
+                Ok(Outcome::Rows { sink, step, rows }) => {
+                    let batch = Batch {
+                        event_id: d.event.id.clone(),
+                        pipeline: d.event.pipeline.clone(),
+                        sink: sink.clone(),
+                        step,
+                        rows,
+                    };
+                    let group = groups.entry(sink).or_default();
+                    group.0.push(d);
+                    group.1.push(batch);
+                }
+                Err(f) => settled.push((d, self.transform_failure(f), None)),
+            }
+        }
+        (settled, groups)
+    }
+
+    /// A transform's failure as the attempt's result, counted.
+    pub(super) fn transform_failure(&self, f: crate::transform::Failure) -> Attempt {
+        if f.kind == FailureKind::Retry {
+            self.transform_failed("retry");
+            Attempt::Retry(f.reason)
+        } else {
+            self.transform_failed("permanent");
+            Attempt::Permanent(f.reason)
         }
     }
 }
