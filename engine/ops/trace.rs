@@ -180,13 +180,9 @@ fn pairs(text: &str) -> Vec<(String, String)> {
     text.split(',')
         .filter_map(|pair| {
             let (k, v) = pair.split_once('=')?;
-            let decode = |s: &str| {
-                url::form_urlencoded::parse(s.trim().replace('+', "%2B").as_bytes())
-                    .next()
-                    .map(|(k, _)| k.into_owned())
-                    .unwrap_or_default()
-            };
-            Some((k.trim().to_string(), decode(v)))
+            // only `%XX` decoded: a value's own `=` (base64 padding) and `+` stay as they are
+            let value = percent_encoding::percent_decode_str(v.trim()).decode_utf8_lossy();
+            Some((k.trim().to_string(), value.into_owned()))
         })
         .filter(|(k, _)| !k.is_empty())
         .collect()
@@ -559,6 +555,15 @@ mod tests {
             vec![("deployment.environment".to_string(), "prod".to_string())]
         );
         assert_eq!(c.sampler, SamplerConfig::ParentBasedRatio(0.25));
+        // Grafana Cloud's basic credentials: base64 with its `=` padding and a `+`, the space
+        // written %20
+        assert_eq!(
+            pairs("Authorization=Basic%20MTIz+NDU2Ng=="),
+            vec![(
+                "Authorization".to_string(),
+                "Basic MTIz+NDU2Ng==".to_string()
+            )]
+        );
 
         let g = Config::from_source(&source(&[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://tempo:4317"),
