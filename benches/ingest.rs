@@ -116,7 +116,7 @@ async fn main() {
     let archive = (std::env::var("BENCH_ARCHIVE").as_deref() != Ok("off")).then(|| {
         Arc::new(engine::archive::Store::new(
             pool.as_ref(),
-            &project.settings.data_dir,
+            &project.settings,
         ))
     });
     if let Some(store) = &archive {

@@ -214,6 +214,12 @@ impl ServerCertVerifier for EncryptOnly {
     }
 }
 
+/// What a write's answer may take beyond the statement timeout: Postgres cancels a statement at
+/// the timeout and answers at once, so a connection silent past this is a stalled or cut link
+/// (TCP alone would take ~15 minutes to say so). Writes that wait longer drop their connection
+/// and are retried on a new one (the sinks' and the archive's writes).
+pub const ANSWER_MARGIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,7 +27,7 @@ async fn search(setup: &Setup, events: i64) {
         .unwrap();
     // the days' partitions, as `engine serve` makes them, and the 6 days before
     let pool = engine::db::pool(&setup.database, 2).unwrap();
-    let store = engine::archive::Store::new(Some(&pool), "unused");
+    let store = engine::archive::Store::new(Some(&pool), &Default::default());
     let engine::archive::Store::Postgres(s) = &store else {
         unreachable!()
     };
@@ -116,7 +116,10 @@ async fn search(setup: &Setup, events: i64) {
 async fn replay(setup: &Setup, events: usize) {
     let pg = &setup.pg;
     let pool = engine::db::pool(&setup.database, 2).unwrap();
-    let store = std::sync::Arc::new(engine::archive::Store::new(Some(&pool), "unused"));
+    let store = std::sync::Arc::new(engine::archive::Store::new(
+        Some(&pool),
+        &Default::default(),
+    ));
     let index = [(
         "call_id".to_string(),
         engine::config::verify::KeySource::Json("/message/call/id".into()),

@@ -28,6 +28,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::Settings;
 use crate::config::verify::KeySource;
 use crate::crypto::Keyring;
 use crate::transform::EventInput;
@@ -323,10 +324,10 @@ pub enum Store {
 
 impl Store {
     /// The deployment's store: Postgres with a pool, else files under `data_dir`.
-    pub fn new(pool: Option<&deadpool_postgres::Pool>, data_dir: &str) -> Store {
+    pub fn new(pool: Option<&deadpool_postgres::Pool>, settings: &Settings) -> Store {
         match pool {
-            Some(p) => Store::Postgres(postgres::PgStore::new(p.clone())),
-            None => Store::Local(local::LocalStore::new(data_dir)),
+            Some(p) => Store::Postgres(postgres::PgStore::new(p.clone(), settings)),
+            None => Store::Local(local::LocalStore::new(&settings.data_dir)),
         }
     }
 

@@ -200,7 +200,7 @@ pub(super) fn deployment(at: &At, compile: bool) -> Result<Deployment, ExitCode>
         })?),
         None => None,
     };
-    let store = Arc::new(Store::new(pool.as_ref(), &project.settings.data_dir));
+    let store = Arc::new(Store::new(pool.as_ref(), &project.settings));
     Ok(Deployment {
         project,
         plan,

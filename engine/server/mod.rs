@@ -181,12 +181,8 @@ impl App {
             .transpose()
             .map_err(BuildError::Redis)?;
         // the event archive, beside the configured sinks (none for `engine replay`'s captures)
-        let archive = matches!(around.sinks, crate::sink::Target::Configured).then(|| {
-            Arc::new(crate::archive::Store::new(
-                pool.as_ref(),
-                &project.settings.data_dir,
-            ))
-        });
+        let archive = matches!(around.sinks, crate::sink::Target::Configured)
+            .then(|| Arc::new(crate::archive::Store::new(pool.as_ref(), &project.settings)));
         let queued = queueing::build(
             &project,
             programs,

@@ -22,6 +22,7 @@ use tokio_postgres::types::Type;
 
 use crate::config::sink::{OnConflict, Postgres};
 use crate::crypto::Keyring;
+use crate::db::ANSWER_MARGIN;
 use crate::sink::{Batch, Sink, SinkError, SinkFuture};
 
 pub struct PostgresSink {
@@ -37,6 +38,9 @@ pub struct PostgresSink {
     /// `BEGIN; SET LOCAL statement_timeout = N` opening each write's transaction, built once
     /// (none: the server's own timeout, no explicit transaction).
     begin: Option<String>,
+    /// How long a write may wait for Postgres's answer: the statement timeout plus
+    /// [`ANSWER_MARGIN`]; past it the connection is dropped and the batch retried on a new one.
+    answer_within: Option<std::time::Duration>,
 }
 
 /// The encryption context of an `encrypt` column's value: the table, the column, and the row's
@@ -159,6 +163,7 @@ impl PostgresSink {
             encrypt: cfg.encrypt.clone(),
             keyring,
             begin: None,
+            answer_within: None,
         })
     }
 
@@ -168,6 +173,7 @@ impl PostgresSink {
             "BEGIN; SET LOCAL statement_timeout = {}",
             timeout.as_millis()
         ));
+        self.answer_within = Some(timeout + ANSWER_MARGIN);
         self
     }
 
@@ -408,18 +414,35 @@ impl Sink for PostgresSink {
                 Type::JSONB,
             )];
             let insert = client.execute_typed(sql.as_str(), &params);
-            let result = match &self.begin {
-                None => insert.await,
+            let result = match (&self.begin, self.answer_within) {
                 // One round trip: BEGIN + SET LOCAL, the insert and COMMIT are sent back to back
                 // (the client pipelines them); a failed insert turns the COMMIT into a rollback.
-                Some(begin) => {
-                    let (began, inserted, committed) = tokio::join!(
-                        client.batch_execute(begin),
-                        insert,
-                        client.batch_execute("COMMIT")
-                    );
-                    began.and(inserted).and_then(|n| committed.map(|()| n))
+                (Some(begin), Some(within)) => {
+                    let round_trip = async {
+                        tokio::join!(
+                            client.batch_execute(begin),
+                            insert,
+                            client.batch_execute("COMMIT")
+                        )
+                    };
+                    match tokio::time::timeout(within, round_trip).await {
+                        Ok((began, inserted, committed)) => {
+                            began.and(inserted).and_then(|n| committed.map(|()| n))
+                        }
+                        Err(_) => {
+                            // out of the pool: the next write must not queue behind this one.
+                            // If the statement reaches Postgres later, the retried batch meets
+                            // it at the conflict key.
+                            drop(deadpool_postgres::Object::take(client));
+                            return Err(SinkError::Retry(format!(
+                                "no answer from the database within {} s (statement timeout + {} s): the connection was dropped",
+                                within.as_secs(),
+                                ANSWER_MARGIN.as_secs()
+                            )));
+                        }
+                    }
                 }
+                _ => insert.await,
             };
             match result {
                 Ok(_) => Ok(()),

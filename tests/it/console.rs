@@ -806,10 +806,11 @@ async fn the_events_page_finds_archived_events_and_replays_them_after_a_fix() {
 async fn an_archived_events_page_names_its_trace() {
     let dir = project("traced", false);
     let app = spawn_app(dir.path(), &[("CONSOLE_TOKEN", TOKEN)]).await;
-    let store = std::sync::Arc::new(engine::archive::Store::new(
-        None,
-        dir.path().join("data").to_str().unwrap(),
-    ));
+    let settings = engine::config::Settings {
+        data_dir: dir.path().join("data").to_str().unwrap().to_string(),
+        ..Default::default()
+    };
+    let store = std::sync::Arc::new(engine::archive::Store::new(None, &settings));
     let recorder = engine::archive::Recorder::new(store.clone(), "vapi", &Default::default(), None);
     let mut traced = common::event_input(
         "ev-traced",

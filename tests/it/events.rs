@@ -215,7 +215,11 @@ async fn the_embedded_default_keeps_and_replays_events_too() {
     for i in 0..5 {
         assert_eq!(post_vapi(&app, report(i)).await, 200);
     }
-    let store = Store::new(None, data.path().to_str().unwrap());
+    let settings = engine::config::Settings {
+        data_dir: data.path().to_str().unwrap().to_string(),
+        ..Default::default()
+    };
+    let store = Store::new(None, &settings);
     let dropped = Filter {
         pipeline: Some("vapi".into()),
         outcome: Some(Outcome::Dropped),
@@ -356,7 +360,7 @@ async fn a_replay_whose_process_was_killed_is_taken_over_by_a_running_instance()
     let data = tempfile::tempdir().unwrap();
     let d = dir(data.path());
     let pool = engine::db::pool(&database, 2).unwrap();
-    let store = std::sync::Arc::new(Store::new(Some(&pool), "unused"));
+    let store = std::sync::Arc::new(Store::new(Some(&pool), &Default::default()));
     archive_dropped(&store, 3000).await;
     let db = pg(&schema).await;
     let job = replay_killed(&d, &database, &db, 500).await;
@@ -389,7 +393,7 @@ async fn a_replay_killed_mid_way_resumes_and_writes_each_event_once() {
     let d = dir(data.path());
     let env = [("DATABASE_URL", database.as_str()), ("ENCRYPTION_KEY", K)];
     let pool = engine::db::pool(&database, 2).unwrap();
-    let store = std::sync::Arc::new(Store::new(Some(&pool), "unused"));
+    let store = std::sync::Arc::new(Store::new(Some(&pool), &Default::default()));
     archive_dropped(&store, 3000).await;
     let db = pg(&schema).await;
 
@@ -428,7 +432,7 @@ async fn a_replay_killed_mid_way_resumes_and_writes_each_event_once() {
 async fn retention_drops_days_no_pipeline_keeps() {
     let (database, schema) = fresh_schema().await;
     let pool = engine::db::pool(&database, 2).unwrap();
-    let store = std::sync::Arc::new(Store::new(Some(&pool), "unused"));
+    let store = std::sync::Arc::new(Store::new(Some(&pool), &Default::default()));
     let keeps = [("vapi".to_string(), 7 * 86_400_000i64)].into();
     engine::archive::retention::tend(&store, &keeps)
         .await
@@ -491,7 +495,7 @@ async fn retention_drops_days_no_pipeline_keeps() {
 async fn one_event_twice_in_a_batch_is_one_row_with_both_steps() {
     let (database, _) = fresh_schema().await;
     let pool = engine::db::pool(&database, 2).unwrap();
-    let store = std::sync::Arc::new(Store::new(Some(&pool), "unused"));
+    let store = std::sync::Arc::new(Store::new(Some(&pool), &Default::default()));
     let recorder = Recorder::new(store.clone(), "p", &Default::default(), None);
     let e = ev("e1", "p", b"{}".to_vec());
     store
@@ -648,7 +652,7 @@ async fn the_archive_works_through_pgbouncer_in_transaction_mode() {
     let (name, _direct) = common::fresh_database().await;
     let url = bouncer.url(&name);
     let pool = engine::db::pool(&url, 4).unwrap();
-    let store = std::sync::Arc::new(Store::new(Some(&pool), "unused"));
+    let store = std::sync::Arc::new(Store::new(Some(&pool), &Default::default()));
     let keeps = [("vapi".to_string(), 7 * 86_400_000i64)].into();
     engine::archive::retention::tend(&store, &keeps)
         .await

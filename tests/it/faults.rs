@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::{Dir, PrivateCluster, PrivatePostgres, PrivateRedis, free_port, fresh_schema, pg};
 
-const K: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+pub(crate) const K: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 
 /// [`dir`] with the Vapi queue split into `n` partitions (`queue.partitions`).
 fn partitioned(n: u32) -> Dir {
@@ -29,7 +29,7 @@ fn partitioned(n: u32) -> Dir {
 
 /// The shipped pipelines with a short lease (so a killed process's entries are taken over
 /// quickly) and Redis keys under a private prefix.
-fn dir() -> Dir {
+pub(crate) fn dir() -> Dir {
     let dir = Dir::shipped_copy();
     let vapi = std::fs::read_to_string(dir.path().join("vapi.yaml")).unwrap();
     dir.write(
@@ -54,7 +54,7 @@ fn dir() -> Dir {
 }
 
 /// An engine process, killed (and reaped) when dropped.
-struct Engine(Child);
+pub(crate) struct Engine(Child);
 
 impl Engine {
     /// SIGTERM (what Render sends on a deploy), then wait for the process to exit.
@@ -73,7 +73,7 @@ impl Engine {
     }
 
     /// kill -9, no graceful shutdown.
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -85,12 +85,18 @@ impl Drop for Engine {
     }
 }
 
-fn engine(dir: &Dir, port: u16, redis: &str, database: &str) -> Engine {
+pub(crate) fn engine(dir: &Dir, port: u16, redis: &str, database: &str) -> Engine {
     engine_with(dir, port, redis, database, &[])
 }
 
 /// [`engine`] with more environment variables.
-fn engine_with(dir: &Dir, port: u16, redis: &str, database: &str, env: &[(&str, &str)]) -> Engine {
+pub(crate) fn engine_with(
+    dir: &Dir,
+    port: u16,
+    redis: &str,
+    database: &str,
+    env: &[(&str, &str)],
+) -> Engine {
     let mut child = Command::new(env!("CARGO_BIN_EXE_engine"))
         .env_clear()
         .envs(env.iter().copied())
@@ -122,7 +128,7 @@ fn engine_with(dir: &Dir, port: u16, redis: &str, database: &str, env: &[(&str, 
     Engine(child)
 }
 
-fn status_update(call: &str, n: usize) -> String {
+pub(crate) fn status_update(call: &str, n: usize) -> String {
     format!(
         r#"{{"message":{{"type":"status-update","status":"ringing","timestamp":{},"call":{{"id":"{call}"}}}}}}"#,
         1_700_000_000_000u64 + n as u64
@@ -164,7 +170,12 @@ async fn stream_with_fault(
 }
 
 /// Wait until every 2xx'd event has a row (or 60 s), then check: each exactly once, none twice.
-async fn check_exactly_once(schema: &str, ok: &[String], all: &[String], scenario: &str) {
+pub(crate) async fn check_exactly_once(
+    schema: &str,
+    ok: &[String],
+    all: &[String],
+    scenario: &str,
+) {
     check_exactly_once_on(&pg(schema).await, ok, all, scenario).await;
 }
 

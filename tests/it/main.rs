@@ -19,6 +19,7 @@ mod events;
 mod faults;
 mod hostile;
 mod migrate;
+mod network;
 mod oauth;
 mod operations;
 mod queue;

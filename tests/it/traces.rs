@@ -450,12 +450,7 @@ async fn a_dead_collector_changes_nothing_for_traffic() {
     sql_eventually(&pg(&schema).await, "SELECT count(*) FROM call_logs", 50).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = common::metrics_of(port).await;
         if metrics
             .lines()
             .any(|l| l.starts_with("engine_trace_spans_dropped_total{reason=\"export_failed\"}"))

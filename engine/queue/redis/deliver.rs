@@ -13,6 +13,9 @@ use super::entry::*;
 use super::partition::*;
 use crate::queue::{Delivery, QueueError};
 
+/// How long past its block time a read may take before it counts as lost.
+const READ_MARGIN: Duration = Duration::from_secs(5);
+
 impl Partition {
     /// Read up to `count` entries: this consumer's own pending ones when `own_pending` (after a
     /// restart), else new ones, waiting up to `block` (zero: not at all; never Redis's `BLOCK 0`,
@@ -37,7 +40,19 @@ impl Partition {
         cmd.arg("STREAMS")
             .arg(&self.stream)
             .arg(if own_pending { "0" } else { ">" });
-        match cmd.query_async::<Value>(conn).await {
+        // A read that outlives its block time by READ_MARGIN has lost its answer (a node that
+        // was blackholed and came back: the cluster client has been seen to wait on such a read
+        // for ever, the worker wedged with events waiting). Failing it drops the connection; the
+        // worker's outage handling retries with a new one.
+        let answer = tokio::time::timeout(block + READ_MARGIN, cmd.query_async::<Value>(conn))
+            .await
+            .map_err(|_| {
+                QueueError::Unavailable(format!(
+                    "no answer to a read within {} s",
+                    (block + READ_MARGIN).as_secs()
+                ))
+            })?;
+        match answer {
             Ok(v) => Ok((parse_read(v), false)),
             Err(e) if e.code() == Some("NOGROUP") => {
                 self.ensure_group().await?;

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod process;
+pub mod proxy;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -468,6 +469,16 @@ fn uuid_like() -> String {
 }
 
 /// A free TCP port on 127.0.0.1.
+/// The `/metrics` text of an engine process listening on `port` (open in development).
+pub async fn metrics_of(port: u16) -> String {
+    reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -544,6 +555,27 @@ impl PrivateRedis {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+
+    /// SIGSTOP: the node is blackholed. Its kernel still accepts connections and takes bytes,
+    /// nothing answers, nothing is reset: what a node behind a cut link looks like.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT: the node answers again, everything it was sent meanwhile included.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let status = std::process::Command::new("kill")
+                .args([sig, &c.id().to_string()])
+                .status()
+                .unwrap();
+            assert!(status.success(), "kill {sig}");
         }
     }
 
