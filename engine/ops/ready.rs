@@ -1,8 +1,11 @@
 //! `/ready`: whether this instance can do its work now, for load balancers and deploy checks.
 //!
 //! 200 only when the pipelines are loaded (always, once serving) and every configured dependency
-//! answers within [`TIMEOUT`]: Redis (`PING`) when REDIS_URL is set, Postgres (`SELECT 1`) when
-//! DATABASE_URL is set. Otherwise 503 with a JSON body naming what is down. `/health` stays the
+//! answers within [`TIMEOUT`]: Redis (`PING`) when REDIS_URL is set, each Redis queue (`EXISTS`
+//! on each of its streams, so on a cluster every master that owns a queue's slots answers:
+//! a `PING` reaches any one node, and said ready while every request to a dead master's queue
+//! got 503), Postgres (`SELECT 1`) when DATABASE_URL is set. Otherwise 503 with a JSON body
+//! naming what is down. `/health` stays the
 //! cheap liveness check (Render restarts an instance whose health check fails; a Redis outage
 //! should not restart every instance, so Render's health check is `/health`, not `/ready`).
 
@@ -21,6 +24,8 @@ pub struct Checks {
     /// The connection requests use (not a new TCP connection per `/ready`); a PING on it fails
     /// while Redis is down, and it reconnects by itself when Redis is back.
     redis: Option<SharedRedis>,
+    /// Each Redis queue's name and stream keys.
+    queues: Vec<(String, Vec<String>)>,
     postgres: Option<deadpool_postgres::Pool>,
 }
 
@@ -31,24 +36,38 @@ impl Checks {
         let postgres = database_url
             .map(|url| crate::db::pool(url, 1))
             .transpose()?;
-        Ok(Checks { redis, postgres })
+        Ok(Checks {
+            redis,
+            queues: Vec::new(),
+            postgres,
+        })
+    }
+
+    /// Also check that each of these Redis queues (name, stream keys) answers.
+    pub fn with_queues(mut self, queues: Vec<(String, Vec<String>)>) -> Checks {
+        self.queues = queues;
+        self
     }
 
     /// Every dependency's state, and whether all are up.
     pub async fn run(&self) -> (bool, Value) {
-        let (redis, postgres) = tokio::join!(self.redis(), self.postgres());
+        let (redis, postgres, queues) = tokio::join!(self.redis(), self.postgres(), self.queues());
         let mut checks = serde_json::Map::new();
         checks.insert("pipelines".into(), json!("ok"));
         let mut ready = true;
-        for (name, state) in [("redis", redis), ("postgres", postgres)] {
+        let named = [
+            ("redis".to_string(), redis),
+            ("postgres".to_string(), postgres),
+        ];
+        for (name, state) in named.into_iter().chain(queues) {
             match state {
                 None => {}
                 Some(Ok(())) => {
-                    checks.insert(name.into(), json!("ok"));
+                    checks.insert(name, json!("ok"));
                 }
                 Some(Err(why)) => {
                     ready = false;
-                    checks.insert(name.into(), json!(format!("down: {why}")));
+                    checks.insert(name, json!(format!("down: {why}")));
                 }
             }
         }
@@ -71,6 +90,31 @@ impl Checks {
                 .await
                 .unwrap_or_else(|_| Err("no answer within 2 s".into())),
         )
+    }
+
+    /// `queue:<name>` for each Redis queue: `EXISTS` on each of its streams, at once.
+    async fn queues(&self) -> Vec<(String, Option<Result<(), String>>)> {
+        let Some(shared) = self.redis.as_ref() else {
+            return Vec::new();
+        };
+        let checks = self.queues.iter().map(|(name, streams)| async move {
+            let exists = async {
+                let mut c = shared.get().await.map_err(|e| describe(&e.to_string()))?;
+                for stream in streams {
+                    redis::cmd("EXISTS")
+                        .arg(stream)
+                        .query_async::<i64>(&mut c)
+                        .await
+                        .map_err(|e| describe(&e.to_string()))?;
+                }
+                Ok(())
+            };
+            let state = tokio::time::timeout(TIMEOUT, exists)
+                .await
+                .unwrap_or_else(|_| Err("no answer within 2 s".into()));
+            (format!("queue:{name}"), Some(state))
+        });
+        futures_util::future::join_all(checks).await
     }
 
     async fn postgres(&self) -> Option<Result<(), String>> {

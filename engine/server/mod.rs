@@ -193,9 +193,21 @@ impl App {
             archive.as_ref(),
         )
         .map_err(BuildError::Queues)?;
+        let redis_queues = queued
+            .iter()
+            .flatten()
+            .filter_map(|q| match &q.handle {
+                crate::queue::Queue::Redis(r) => Some((
+                    r.name().to_string(),
+                    r.streams().map(str::to_string).collect(),
+                )),
+                _ => None,
+            })
+            .collect();
         let ready =
             crate::ops::ready::Checks::new(redis.clone(), project.settings.database_url.as_deref())
-                .map_err(BuildError::Database)?;
+                .map_err(BuildError::Database)?
+                .with_queues(redis_queues);
         let metrics_token = project.ops.metrics_token.clone();
         let console = crate::console::Console::new(
             project.ops.console_token.as_ref(),

@@ -76,6 +76,19 @@ async fn traffic(port: u16, producers: usize, length: Duration, start: Instant) 
 
 /// `/ready`'s status every 250 ms for `length`: (time since `start`, status).
 async fn readiness(port: u16, length: Duration, start: Instant) -> Vec<(Duration, u16)> {
+    readiness_named(port, length, start)
+        .await
+        .into_iter()
+        .map(|(at, status, _)| (at, status))
+        .collect()
+}
+
+/// `/ready` every 250 ms for `length`: (time since `start`, status, body).
+async fn readiness_named(
+    port: u16,
+    length: Duration,
+    start: Instant,
+) -> Vec<(Duration, u16, String)> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()
@@ -84,12 +97,15 @@ async fn readiness(port: u16, length: Duration, start: Instant) -> Vec<(Duration
     let mut out = Vec::new();
     while Instant::now() < until {
         let at = start.elapsed();
-        let status = client
+        let (status, body) = match client
             .get(format!("http://127.0.0.1:{port}/ready"))
             .send()
             .await
-            .map_or(0, |r| r.status().as_u16());
-        out.push((at, status));
+        {
+            Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+            Err(_) => (0, String::new()),
+        };
+        out.push((at, status, body));
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     out
@@ -350,7 +366,8 @@ async fn postgres_stalled_mid_batch_writes_each_row_once() {
 
 /// The Redis Cluster master holding the Vapi queue stopped (SIGSTOP: a blackholed node, its
 /// connections neither answered nor reset) for 6 s: its requests get 503 within the budget,
-/// the engine serves again when the node answers, nothing answered 2xx is lost or duplicated.
+/// `/ready` says 503 naming the queue, the engine serves again when the node answers, nothing
+/// answered 2xx is lost or duplicated.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blackholed_cluster_master_is_answered_503_and_loses_nothing() {
     let (database, schema) = fresh_schema().await;
@@ -361,8 +378,9 @@ async fn a_blackholed_cluster_master_is_answered_503_and_loses_nothing() {
     let stream = format!("{prefix}:{{q:vapi}}:stream");
     let start = Instant::now();
     let (cut, back) = (Duration::from_secs(2), Duration::from_secs(8));
-    let answers = {
+    let (answers, ready) = {
         let traffic = traffic(port, 4, Duration::from_secs(12), start);
+        let ready = readiness_named(port, Duration::from_secs(12), start);
         let node = cluster.owner_of(&stream);
         let switch = async {
             tokio::time::sleep_until((start + cut).into()).await;
@@ -370,8 +388,23 @@ async fn a_blackholed_cluster_master_is_answered_503_and_loses_nothing() {
             tokio::time::sleep_until((start + back).into()).await;
             node.resume();
         };
-        tokio::join!(traffic, switch).0
+        let (answers, ready, ()) = tokio::join!(traffic, ready, switch);
+        (answers, ready)
     };
+    // `/ready` names the queue whose master does not answer (a PING reaches any node)
+    assert!(
+        ready.iter().any(|(at, status, body)| *at > cut
+            && *at < back
+            && *status == 503
+            && body.contains("queue:vapi")),
+        "{ready:#?}"
+    );
+    assert!(
+        ready
+            .iter()
+            .any(|(at, status, _)| *at > back + Duration::from_secs(1) && *status == 200),
+        "{ready:#?}"
+    );
     cluster.wait_ok();
     let during: Vec<&Answer> = answers
         .iter()

@@ -143,6 +143,12 @@ impl RedisQueue {
         self
     }
 
+    /// The stream keys of its partitions (each lies in its queue's slot: on a cluster, a keyed
+    /// command on one reaches the master that owns the queue).
+    pub fn streams(&self) -> impl Iterator<Item = &str> {
+        self.parts.iter().map(|p| p.stream.as_str())
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
