@@ -1,4 +1,5 @@
-//! Hostile input to the parsers and loaders, as property tests (stable Rust has no cargo fuzz):
+//! Hostile input to the parsers and loaders, as property tests (the coverage-guided fuzz targets
+//! in `fuzz/` go further; docs/reliability.md):
 //! the YAML reader, the pipelines directory loader, dotenv files, the fixture loader, request fields (form and
 //! JSON bodies) and the Rhai event view. Each must answer every input with a value or an error —
 //! never a panic, never unbounded work. `PROPTEST_CASES=100000 cargo test --release --test

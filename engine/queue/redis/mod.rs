@@ -529,6 +529,16 @@ pub async fn configuration_warnings(url: &str) -> Result<Vec<String>, QueueError
     Ok(warnings)
 }
 
+/// A Redis reply read back the way the worker reads its queue: as deliveries (an XREADGROUP or
+/// XRANGE reply) and as dead letters. Only for the fuzz targets (`fuzz/`, feature `fuzzing`):
+/// whatever bytes Redis hands back, decoding skips what it cannot read and never panics.
+#[cfg(feature = "fuzzing")]
+pub fn read_back(reply: redis::Value) -> (Vec<Delivery>, Vec<DeadLetter>) {
+    let mut deliveries = entry::parse_read(reply.clone());
+    deliveries.extend(entry::parse_entries(reply.clone()));
+    (deliveries, entry::parse_dead(reply))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
