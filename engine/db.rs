@@ -217,8 +217,58 @@ impl ServerCertVerifier for EncryptOnly {
 /// What a write's answer may take beyond the statement timeout: Postgres cancels a statement at
 /// the timeout and answers at once, so a connection silent past this is a stalled or cut link
 /// (TCP alone would take ~15 minutes to say so). Writes that wait longer drop their connection
-/// and are retried on a new one (the sinks' and the archive's writes).
-pub const ANSWER_MARGIN: std::time::Duration = std::time::Duration::from_secs(5);
+/// and are retried on a new one (the sinks' and the archive's writes: [`write_in_one_round_trip`]).
+pub const ANSWER_MARGIN: Duration = Duration::from_secs(5);
+
+/// A write transaction in one round trip: `begin` (`BEGIN; SET LOCAL ...`), `statement` and
+/// `COMMIT` sent back to back (the client pipelines them; a failed statement turns the COMMIT
+/// into a rollback), its answer awaited for at most the statement timeout + [`ANSWER_MARGIN`].
+/// Without an answer by then the connection is taken out of the pool (the next write must not
+/// queue behind this one) and the error says so; a statement that reaches Postgres later meets
+/// the writer's conflict key when the batch is retried.
+pub async fn write_in_one_round_trip(
+    client: deadpool_postgres::Object,
+    begin: &str,
+    statement: &str,
+    params: &[(
+        &(dyn tokio_postgres::types::ToSql + Sync),
+        tokio_postgres::types::Type,
+    )],
+    statement_timeout: Duration,
+) -> Result<
+    (
+        deadpool_postgres::Object,
+        Result<u64, tokio_postgres::Error>,
+    ),
+    Unanswered,
+> {
+    let within = statement_timeout + ANSWER_MARGIN;
+    let answer = tokio::time::timeout(within, async {
+        let (began, written, committed) = tokio::join!(
+            client.batch_execute(begin),
+            client.execute_typed(statement, params),
+            client.batch_execute("COMMIT")
+        );
+        began.and(written).and_then(|n| committed.map(|()| n))
+    })
+    .await;
+    match answer {
+        Ok(result) => Ok((client, result)),
+        Err(_) => {
+            drop(deadpool_postgres::Object::take(client));
+            Err(Unanswered(within))
+        }
+    }
+}
+
+/// A write with no answer within its bound ([`write_in_one_round_trip`]).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "no answer from the database within {} s (statement timeout + {} s): the link is stalled or cut; the connection was dropped and the write is retried on a new one",
+    .0.as_secs(),
+    ANSWER_MARGIN.as_secs()
+)]
+pub struct Unanswered(pub Duration);
 
 #[cfg(test)]
 mod tests {

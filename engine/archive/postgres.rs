@@ -25,10 +25,10 @@ use crate::sink::postgres::JsonText;
 
 pub struct PgStore {
     pool: Pool,
-    /// How long a write may wait for its answer (the statement timeout plus
-    /// [`crate::db::ANSWER_MARGIN`]): past it the connection is dropped and the write fails,
-    /// so a stalled or cut link fails the worker's batch (retried) instead of holding it.
-    answer_within: std::time::Duration,
+    /// The settings' statement timeout: a write with no answer past it (and
+    /// [`crate::db::ANSWER_MARGIN`]) drops its connection and fails, so a stalled or cut link
+    /// fails the worker's batch (retried) instead of holding it.
+    statement_timeout: std::time::Duration,
 }
 
 /// The rows of one write, column by column (the `unnest` arrays), borrowing the notes.
@@ -151,8 +151,7 @@ impl PgStore {
     pub fn new(pool: Pool, settings: &crate::config::Settings) -> PgStore {
         PgStore {
             pool,
-            answer_within: std::time::Duration::from_millis(settings.statement_timeout_ms)
-                + crate::db::ANSWER_MARGIN,
+            statement_timeout: std::time::Duration::from_millis(settings.statement_timeout_ms),
         }
     }
 
@@ -219,27 +218,16 @@ impl PgStore {
             (&c.attempts, Type::INT4_ARRAY),
             (&c.story, Type::JSONB_ARRAY),
         ];
-        // one round trip: BEGIN + SET LOCAL, the insert and COMMIT sent back to back (a failed
-        // insert turns the COMMIT into a rollback)
-        let round_trip = async {
-            tokio::join!(
-                client.batch_execute("BEGIN; SET LOCAL synchronous_commit = off"),
-                client.execute_typed(WRITE, &params),
-                client.batch_execute("COMMIT")
-            )
-        };
-        let Ok((began, inserted, committed)) =
-            tokio::time::timeout(self.answer_within, round_trip).await
-        else {
-            drop(deadpool_postgres::Object::take(client));
-            return Err(ArchiveError::Database(format!(
-                "no answer within {} s: the connection was dropped",
-                self.answer_within.as_secs()
-            )));
-        };
-        began?;
-        inserted?;
-        committed?;
+        let (_, written) = crate::db::write_in_one_round_trip(
+            client,
+            "BEGIN; SET LOCAL synchronous_commit = off",
+            WRITE,
+            &params,
+            self.statement_timeout,
+        )
+        .await
+        .map_err(|e| ArchiveError::Database(e.to_string()))?;
+        written?;
         Ok(())
     }
 

@@ -2,12 +2,12 @@
 //!
 //! 200 only when the pipelines are loaded (always, once serving) and every configured dependency
 //! answers within [`TIMEOUT`]: Redis (`PING`) when REDIS_URL is set, each Redis queue (`EXISTS`
-//! on each of its streams, so on a cluster every master that owns a queue's slots answers:
-//! a `PING` reaches any one node, and said ready while every request to a dead master's queue
-//! got 503), Postgres (`SELECT 1`) when DATABASE_URL is set. Otherwise 503 with a JSON body
-//! naming what is down. `/health` stays the
-//! cheap liveness check (Render restarts an instance whose health check fails; a Redis outage
-//! should not restart every instance, so Render's health check is `/health`, not `/ready`).
+//! on each of its streams, so on a cluster every master that owns a queue's slots answers: a
+//! `PING` reaches any one node, and said ready while every request to a dead master's queue got
+//! 503), Postgres (`SELECT 1`) when DATABASE_URL is set. Otherwise 503 with a JSON body naming
+//! what is down. `/health` stays the cheap liveness check (Render restarts an instance whose
+//! health check fails; a Redis outage should not restart every instance, so Render's health
+//! check is `/health`, not `/ready`).
 
 use std::time::Duration;
 

@@ -113,6 +113,31 @@ pub struct Surroundings {
     pub memory_queues: Vec<Arc<crate::queue::memory::MemoryQueue>>,
 }
 
+/// What `/ready` checks: the request path's Redis connection, each Redis queue's streams (on a
+/// cluster, the masters that own them), and Postgres.
+fn ready_checks(
+    project: &Project,
+    redis: Option<SharedRedis>,
+    queued: &[Option<queueing::Queued>],
+) -> Result<crate::ops::ready::Checks, BuildError> {
+    let streams = queued
+        .iter()
+        .flatten()
+        .filter_map(|q| match &q.handle {
+            crate::queue::Queue::Redis(r) => Some((
+                r.name().to_string(),
+                r.streams().map(str::to_string).collect(),
+            )),
+            _ => None,
+        })
+        .collect();
+    Ok(
+        crate::ops::ready::Checks::new(redis, project.settings.database_url.as_deref())
+            .map_err(BuildError::Database)?
+            .with_queues(streams),
+    )
+}
+
 impl App {
     /// Build the runtime components of a validated project from its plan.
     pub fn build(project: Project, plan: crate::plan::Plan) -> Result<App, BuildError> {
@@ -193,21 +218,7 @@ impl App {
             archive.as_ref(),
         )
         .map_err(BuildError::Queues)?;
-        let redis_queues = queued
-            .iter()
-            .flatten()
-            .filter_map(|q| match &q.handle {
-                crate::queue::Queue::Redis(r) => Some((
-                    r.name().to_string(),
-                    r.streams().map(str::to_string).collect(),
-                )),
-                _ => None,
-            })
-            .collect();
-        let ready =
-            crate::ops::ready::Checks::new(redis.clone(), project.settings.database_url.as_deref())
-                .map_err(BuildError::Database)?
-                .with_queues(redis_queues);
+        let ready = ready_checks(&project, redis.clone(), &queued)?;
         let metrics_token = project.ops.metrics_token.clone();
         let console = crate::console::Console::new(
             project.ops.console_token.as_ref(),

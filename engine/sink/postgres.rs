@@ -22,7 +22,6 @@ use tokio_postgres::types::Type;
 
 use crate::config::sink::{OnConflict, Postgres};
 use crate::crypto::Keyring;
-use crate::db::ANSWER_MARGIN;
 use crate::sink::{Batch, Sink, SinkError, SinkFuture};
 
 pub struct PostgresSink {
@@ -35,12 +34,10 @@ pub struct PostgresSink {
     update: Vec<String>,
     encrypt: Vec<String>,
     keyring: Option<Keyring>,
-    /// `BEGIN; SET LOCAL statement_timeout = N` opening each write's transaction, built once
-    /// (none: the server's own timeout, no explicit transaction).
-    begin: Option<String>,
-    /// How long a write may wait for Postgres's answer: the statement timeout plus
-    /// [`ANSWER_MARGIN`]; past it the connection is dropped and the batch retried on a new one.
-    answer_within: Option<std::time::Duration>,
+    /// `BEGIN; SET LOCAL statement_timeout = N` opening each write's transaction, built once,
+    /// and that timeout (none: the server's own timeout, no explicit transaction, no bound on
+    /// the answer).
+    begin: Option<(String, std::time::Duration)>,
 }
 
 /// The encryption context of an `encrypt` column's value: the table, the column, and the row's
@@ -163,17 +160,18 @@ impl PostgresSink {
             encrypt: cfg.encrypt.clone(),
             keyring,
             begin: None,
-            answer_within: None,
         })
     }
 
     /// Give each write's transaction a statement timeout (settings' `statement_timeout_ms`).
     pub fn with_statement_timeout(mut self, timeout: std::time::Duration) -> PostgresSink {
-        self.begin = Some(format!(
-            "BEGIN; SET LOCAL statement_timeout = {}",
-            timeout.as_millis()
+        self.begin = Some((
+            format!(
+                "BEGIN; SET LOCAL statement_timeout = {}",
+                timeout.as_millis()
+            ),
+            timeout,
         ));
-        self.answer_within = Some(timeout + ANSWER_MARGIN);
         self
     }
 
@@ -413,36 +411,16 @@ impl Sink for PostgresSink {
                 &rows as &(dyn tokio_postgres::types::ToSql + Sync),
                 Type::JSONB,
             )];
-            let insert = client.execute_typed(sql.as_str(), &params);
-            let result = match (&self.begin, self.answer_within) {
-                // One round trip: BEGIN + SET LOCAL, the insert and COMMIT are sent back to back
-                // (the client pipelines them); a failed insert turns the COMMIT into a rollback.
-                (Some(begin), Some(within)) => {
-                    let round_trip = async {
-                        tokio::join!(
-                            client.batch_execute(begin),
-                            insert,
-                            client.batch_execute("COMMIT")
-                        )
-                    };
-                    match tokio::time::timeout(within, round_trip).await {
-                        Ok((began, inserted, committed)) => {
-                            began.and(inserted).and_then(|n| committed.map(|()| n))
-                        }
-                        Err(_) => {
-                            // out of the pool: the next write must not queue behind this one.
-                            // If the statement reaches Postgres later, the retried batch meets
-                            // it at the conflict key.
-                            drop(deadpool_postgres::Object::take(client));
-                            return Err(SinkError::Retry(format!(
-                                "no answer from the database within {} s (statement timeout + {} s): the connection was dropped",
-                                within.as_secs(),
-                                ANSWER_MARGIN.as_secs()
-                            )));
-                        }
-                    }
+            let (client, result) = match &self.begin {
+                None => {
+                    let result = client.execute_typed(sql.as_str(), &params).await;
+                    (client, result)
                 }
-                _ => insert.await,
+                Some((begin, timeout)) => {
+                    crate::db::write_in_one_round_trip(client, begin, &sql, &params, *timeout)
+                        .await
+                        .map_err(|e| SinkError::Retry(e.to_string()))?
+                }
             };
             match result {
                 Ok(_) => Ok(()),

@@ -119,8 +119,10 @@ fn ok_calls(answers: &[Answer]) -> Vec<String> {
         .collect()
 }
 
-fn all_calls(answers: &[Answer]) -> Vec<String> {
-    answers.iter().map(|a| a.call.clone()).collect()
+/// [`check_exactly_once`] of what the producers were answered: every 2xx'd call once, none twice.
+async fn exactly_once(schema: &str, answers: &[Answer], scenario: &str) {
+    let all: Vec<String> = answers.iter().map(|a| a.call.clone()).collect();
+    check_exactly_once(schema, &ok_calls(answers), &all, scenario).await;
 }
 
 /// The shipped pipelines as `faults::dir` makes them, under Redis keys of their own (`net<pid>-
@@ -223,10 +225,9 @@ async fn a_blackholed_redis_is_answered_503_at_the_budget_and_service_resumes_at
         ready_again.is_some_and(|d| d < Duration::from_secs(4)),
         "/ready 200 within 4 s of the link's return: {ready:?}"
     );
-    check_exactly_once(
+    exactly_once(
         &schema,
-        &ok_calls(&answers),
-        &all_calls(&answers),
+        &answers,
         "Redis blackholed for 8 s under 4 producers (TCP proxy holding bytes)",
     )
     .await;
@@ -251,10 +252,9 @@ async fn a_slow_redis_link_answers_within_the_budget_and_loses_nothing() {
         !ok.is_empty(),
         "a 1 s round trip fits the 2 s budget: {answers:#?}"
     );
-    check_exactly_once(
+    exactly_once(
         &schema,
-        &ok,
-        &all_calls(&answers),
+        &answers,
         "every Redis packet delayed 500 ms, 4 producers for 8 s",
     )
     .await;
@@ -293,10 +293,9 @@ async fn redis_links_reset_mid_pipeline_lose_nothing_answered() {
         "{answers:#?}"
     );
     assert!(proxy.accepted() > 2, "the engine reconnected after resets");
-    check_exactly_once(
+    exactly_once(
         &schema,
-        &ok_calls(&answers),
-        &all_calls(&answers),
+        &answers,
         "the Redis link reset (RST) 10 times in 4 s, 8 producers",
     )
     .await;
@@ -355,10 +354,9 @@ async fn postgres_stalled_mid_batch_writes_each_row_once() {
             .collect::<Vec<_>>()
             .join("\n")
     );
-    check_exactly_once(
+    exactly_once(
         &schema,
-        &ok_calls(&answers),
-        &all_calls(&answers),
+        &answers,
         "Postgres blackholed for 9 s mid-batch (TCP proxy holding bytes), 4 producers",
     )
     .await;
@@ -421,10 +419,9 @@ async fn a_blackholed_cluster_master_is_answered_503_and_loses_nothing() {
             .any(|a| a.sent > back + Duration::from_secs(1) && a.status == 200),
         "served once the node answers: {answers:#?}"
     );
-    check_exactly_once(
+    exactly_once(
         &schema,
-        &ok_calls(&answers),
-        &all_calls(&answers),
+        &answers,
         "Redis Cluster: the queue's master blackholed (SIGSTOP) for 6 s, 4 producers",
     )
     .await;
