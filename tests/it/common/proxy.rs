@@ -101,14 +101,12 @@ async fn connection(client: TcpStream, upstream: SocketAddr, state: Arc<State>) 
     let _ = server.set_nodelay(true);
     let (cr, cw) = client.into_split();
     let (sr, sw) = server.into_split();
-    let up = tokio::spawn(pump(cr, sw, state.clone(), generation));
-    let down = tokio::spawn(pump(sr, cw, state.clone(), generation));
-    // whichever side ends first (EOF, error, reset) ends the other: the halves are dropped
-    // together, with a zero linger when it was a reset
-    tokio::select! {
-        _ = up => {},
-        _ = down => {},
-    }
+    // each direction ends on its own: an EOF is passed on when its writing half is dropped (a
+    // FIN), and a reset ends both, each pump closing its halves with a zero linger (an RST)
+    tokio::join!(
+        pump(cr, sw, state.clone(), generation),
+        pump(sr, cw, state, generation)
+    );
 }
 
 /// Copy `from` to `to` as the mode says, until EOF, an error or a reset after `generation`. A
