@@ -78,20 +78,19 @@ pub fn yaml_file(path: &Path) -> serde_json::Value {
 
 /// The files of `dir` with extension `ext`, sorted.
 pub fn files(dir: &Path, ext: &str) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
-        .unwrap_or_default();
-    out.retain(|p| p.extension().is_some_and(|x| x == ext));
-    out.sort();
-    out
+    listing(dir, |p| p.extension().is_some_and(|x| x == ext))
 }
 
 /// The directories inside `dir`, sorted.
 pub fn subdirs(dir: &Path) -> Vec<PathBuf> {
+    listing(dir, |p| p.is_dir())
+}
+
+fn listing(dir: &Path, keep: impl Fn(&Path) -> bool) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
         .unwrap_or_default();
-    out.retain(|p| p.is_dir());
+    out.retain(|p| keep(p));
     out.sort();
     out
 }
