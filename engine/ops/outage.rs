@@ -2,23 +2,27 @@
 //!
 //! Every worker retries a dependency it cannot reach. Logging each retry buried the one line that
 //! matters under thousands (12 WARN lines a second with Redis down). Instead, per dependency and
-//! for the whole process:
+//! queue, for the whole process:
 //!
 //! ```text
-//! first failure        -> one ERROR: "<dependency> unreachable" (or "is full": Redis answers
-//!                         but refuses writes at its maxmemory) with the error and what to do
+//! first failure        -> one ERROR: "<dependency> for queue `q` unreachable" (or "is full":
+//!                         Redis answers but refuses writes at its maxmemory; or "failover in
+//!                         progress": a Redis Cluster master does not answer) and what to do
 //! while it lasts       -> one WARN summary after 30 s, then 1, 2, 4 ... minutes (at most every
 //!                         10 minutes): how long, how many failed attempts, the last error
-//! first success after  -> one INFO: "reachable again" with the duration and attempts
+//! first success after  -> one INFO: "reachable again" (or "takes writes again", "failover
+//!                         over") with the duration and attempts
 //! ```
 //!
 //! Workers report `redis` (their reads); the request path reports `redis_enqueue` (its writes):
 //! a full Redis refuses the writes while the workers' reads, acks and deletes go on, so the two
-//! are separate outages.
+//! are separate outages. Each queue has its own outage: on a Redis Cluster the queues live on
+//! different masters, and one queue's success must not end another's outage (the log flapped
+//! "reachable again" / "unreachable" through a failover while other queues were served).
 //!
-//! `engine_dependency_up{dependency}` (1/0) and `engine_dependency_failures_total{dependency}`
-//! carry the rest. The state is one entry per dependency name, and names are constants in the
-//! code, so it is bounded.
+//! `engine_dependency_up{dependency}` (0 while any queue's outage lasts) and
+//! `engine_dependency_failures_total{dependency}` carry the rest. The state is one entry per
+//! dependency name and queue, both from the code and the configuration, so it is bounded.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,6 +39,9 @@ pub enum Condition {
     Unreachable,
     /// Redis answers but refuses writes: `maxmemory` reached under `noeviction`.
     Full,
+    /// A Redis Cluster master holding the queue's slots does not answer and no replica has
+    /// taken over yet (MOVED to the dead node, CLUSTERDOWN, TRYAGAIN).
+    Failover,
 }
 
 impl Condition {
@@ -46,6 +53,9 @@ impl Condition {
             Condition::Full => {
                 "is full: Redis reached its maxmemory and refuses writes (maxmemory-policy noeviction); requests are answered 503 with Retry-After and nothing answered 2xx is lost. Add workers to drain the backlog, or give Redis more memory (a summary follows while it lasts, and a line when it is back)"
             }
+            Condition::Failover => {
+                "is failing over: the Redis Cluster master holding the queue's slots does not answer and no replica has taken over yet (redirects to the dead node are expected meanwhile); requests are answered 503 with Retry-After and nothing answered 2xx is lost. A replica is promoted after the cluster's node timeout; if this lasts, the master has no replica to promote: restart it (a summary follows while it lasts, and a line when it is over)"
+            }
         }
     }
 
@@ -53,6 +63,7 @@ impl Condition {
         match self {
             Condition::Unreachable => "still unreachable",
             Condition::Full => "still full (maxmemory reached, writes refused)",
+            Condition::Failover => "still failing over (the queue's master does not answer)",
         }
     }
 
@@ -60,6 +71,28 @@ impl Condition {
         match self {
             Condition::Unreachable => "reachable again",
             Condition::Full => "takes writes again",
+            Condition::Failover => "failover over: the queue's master answers again",
+        }
+    }
+
+    /// Whether a failure in `self` while the outage is in `was` is worth a line of its own. A
+    /// failover is also refused connections to the dead node and timeouts: saying "unreachable"
+    /// and "failing over" in turn would be the flapping these lines exist to stop.
+    fn tells_more_than(self, was: Condition) -> bool {
+        self != was && !(was == Condition::Failover && self == Condition::Unreachable)
+    }
+}
+
+impl Condition {
+    /// The outage a queue failure is, if it is one (a failure of Redis itself, not of an
+    /// event or a transform).
+    pub fn of(e: &crate::queue::QueueError) -> Option<Condition> {
+        use crate::queue::QueueError;
+        match e {
+            QueueError::RedisFull => Some(Condition::Full),
+            QueueError::Failover(_) => Some(Condition::Failover),
+            QueueError::Unavailable(_) => Some(Condition::Unreachable),
+            _ => None,
         }
     }
 }
@@ -74,7 +107,8 @@ struct Down {
     summary_every: Duration,
 }
 
-static DOWN: LazyLock<Mutex<BTreeMap<&'static str, Down>>> =
+/// Outages in progress: per dependency, per queue.
+static DOWN: LazyLock<Mutex<BTreeMap<&'static str, BTreeMap<String, Down>>>> =
     LazyLock::new(|| Mutex::new(BTreeMap::new()));
 
 /// Whether any outage is in progress: [`ok`] runs on every queue read, and while all is well it
@@ -96,34 +130,32 @@ pub enum Change {
     Up,
 }
 
-/// A failed attempt to reach `dependency`.
-pub fn failed(dependency: &'static str, error: &dyn std::fmt::Display) -> Change {
-    failed_at(dependency, Condition::Unreachable, error, Instant::now())
-}
-
-/// A failed attempt at `dependency`, in `condition`.
-pub fn failed_as(
+/// A failed attempt at `dependency` for `queue`, in `condition`.
+pub fn failed(
     dependency: &'static str,
+    queue: &str,
     condition: Condition,
     error: &dyn std::fmt::Display,
 ) -> Change {
-    failed_at(dependency, condition, error, Instant::now())
+    failed_at(dependency, queue, condition, error, Instant::now())
 }
 
 fn failed_at(
     dependency: &'static str,
+    queue: &str,
     condition: Condition,
     error: &dyn std::fmt::Display,
     now: Instant,
 ) -> Change {
     metrics::counter!("engine_dependency_failures_total", "dependency" => dependency).increment(1);
     metrics::gauge!("engine_dependency_up", "dependency" => dependency).set(0.0);
-    let mut down = DOWN.lock().unwrap_or_else(|e| e.into_inner());
+    let mut all = DOWN.lock().unwrap_or_else(|e| e.into_inner());
     ANY_DOWN.store(true, Ordering::Release);
-    match down.get_mut(dependency) {
+    let down = all.entry(dependency).or_default();
+    match down.get_mut(queue) {
         None => {
             down.insert(
-                dependency,
+                queue.to_string(),
                 Down {
                     condition,
                     since: now,
@@ -132,15 +164,15 @@ fn failed_at(
                     summary_every: FIRST_SUMMARY,
                 },
             );
-            tracing::error!(dependency, error = %error, "{dependency} {}", condition.started());
+            tracing::error!(dependency, queue, error = %error, "{dependency} for queue `{queue}` {}", condition.started());
             Change::Started
         }
         // the same outage, turned into another (a full Redis restarted and not yet answering):
         // said once, counted on
-        Some(d) if d.condition != condition => {
+        Some(d) if condition.tells_more_than(d.condition) => {
             d.failures += 1;
             d.condition = condition;
-            tracing::error!(dependency, error = %error, "{dependency} {}", condition.started());
+            tracing::error!(dependency, queue, error = %error, "{dependency} for queue `{queue}` {}", condition.started());
             Change::Started
         }
         Some(d) => {
@@ -151,7 +183,7 @@ fn failed_at(
             d.summary_every = (d.summary_every * 2).min(MAX_SUMMARY_EVERY);
             d.next_summary = now + d.summary_every;
             let secs = now.duration_since(d.since).as_secs();
-            tracing::warn!(dependency, down_secs = secs, failed_attempts = d.failures, last_error = %error, "{dependency} {}", d.condition.still());
+            tracing::warn!(dependency, queue, down_secs = secs, failed_attempts = d.failures, last_error = %error, "{dependency} for queue `{queue}` {}", d.condition.still());
             Change::Summary {
                 failures: d.failures,
             }
@@ -159,24 +191,33 @@ fn failed_at(
     }
 }
 
-/// A successful use of `dependency`.
-pub fn ok(dependency: &'static str) -> Change {
+/// A successful use of `dependency` for `queue`.
+pub fn ok(dependency: &'static str, queue: &str) -> Change {
     if !ANY_DOWN.load(Ordering::Acquire) {
         return Change::Up;
     }
-    let mut down = DOWN.lock().unwrap_or_else(|e| e.into_inner());
-    let removed = down.remove(dependency);
-    ANY_DOWN.store(!down.is_empty(), Ordering::Release);
+    let mut all = DOWN.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(down) = all.get_mut(dependency) else {
+        return Change::Up;
+    };
+    let removed = down.remove(queue);
+    if down.is_empty() {
+        all.remove(dependency);
+        if removed.is_some() {
+            metrics::gauge!("engine_dependency_up", "dependency" => dependency).set(1.0);
+        }
+    }
+    ANY_DOWN.store(!all.is_empty(), Ordering::Release);
     match removed {
         None => Change::Up,
         Some(d) => {
-            metrics::gauge!("engine_dependency_up", "dependency" => dependency).set(1.0);
             let secs = d.since.elapsed().as_secs();
             tracing::info!(
                 dependency,
+                queue,
                 down_secs = secs,
                 failed_attempts = d.failures,
-                "{dependency} {}",
+                "{dependency} for queue `{queue}` {}",
                 d.condition.back()
             );
             Change::Ended {
@@ -204,7 +245,7 @@ mod tests {
         let dep = "test-dependency";
         let err = "connection refused";
         assert_eq!(
-            failed_at(dep, Condition::Unreachable, &err, t0),
+            failed_at(dep, "q", Condition::Unreachable, &err, t0),
             Change::Started
         );
         // 12 attempts a second for 29 seconds: nothing logged
@@ -212,6 +253,7 @@ mod tests {
             .map(|i| {
                 failed_at(
                     dep,
+                    "q",
                     Condition::Unreachable,
                     &err,
                     t0 + Duration::from_millis(i * 83),
@@ -223,6 +265,7 @@ mod tests {
         assert!(matches!(
             failed_at(
                 dep,
+                "q",
                 Condition::Unreachable,
                 &err,
                 t0 + Duration::from_secs(30)
@@ -233,6 +276,7 @@ mod tests {
         assert_eq!(
             failed_at(
                 dep,
+                "q",
                 Condition::Unreachable,
                 &err,
                 t0 + Duration::from_secs(61)
@@ -242,17 +286,18 @@ mod tests {
         assert!(matches!(
             failed_at(
                 dep,
+                "q",
                 Condition::Unreachable,
                 &err,
                 t0 + Duration::from_secs(91)
             ),
             Change::Summary { .. }
         ));
-        match ok(dep) {
+        match ok(dep, "q") {
             Change::Ended { failures } => assert_eq!(failures, 29 * 12 + 3),
             other => panic!("{other:?}"),
         }
-        assert_eq!(ok(dep), Change::Up);
+        assert_eq!(ok(dep, "q"), Change::Up);
     }
 
     #[test]
@@ -260,24 +305,95 @@ mod tests {
         let t0 = Instant::now();
         let dep = "test-full";
         let full = "OOM command not allowed when used memory > 'maxmemory'";
-        assert_eq!(failed_at(dep, Condition::Full, &full, t0), Change::Started);
         assert_eq!(
-            failed_at(dep, Condition::Full, &full, t0 + Duration::from_secs(1)),
+            failed_at(dep, "q", Condition::Full, &full, t0),
+            Change::Started
+        );
+        assert_eq!(
+            failed_at(
+                dep,
+                "q",
+                Condition::Full,
+                &full,
+                t0 + Duration::from_secs(1)
+            ),
             Change::Quiet
         );
         // the outage turning into another (Redis restarting): said once more, counted on
         assert_eq!(
             failed_at(
                 dep,
+                "q",
                 Condition::Unreachable,
                 &"refused",
                 t0 + Duration::from_secs(2)
             ),
             Change::Started
         );
-        assert_eq!(ok(dep), Change::Ended { failures: 3 });
+        assert_eq!(ok(dep, "q"), Change::Ended { failures: 3 });
         assert!(Condition::Full.started().contains("Add workers"));
         assert_eq!(Condition::Full.back(), "takes writes again");
+    }
+
+    #[test]
+    fn each_queue_has_its_own_outage() {
+        let t0 = Instant::now();
+        let dep = "test-queues";
+        let err = "connection refused";
+        assert_eq!(
+            failed_at(dep, "vapi", Condition::Unreachable, &err, t0),
+            Change::Started
+        );
+        // another queue, on a master that answers, is served: vapi's outage goes on
+        assert_eq!(ok(dep, "twilio"), Change::Up);
+        assert_eq!(
+            failed_at(dep, "vapi", Condition::Unreachable, &err, t0),
+            Change::Quiet
+        );
+        // a second queue down is its own line, and ends on its own
+        assert_eq!(
+            failed_at(dep, "sms", Condition::Unreachable, &err, t0),
+            Change::Started
+        );
+        assert_eq!(ok(dep, "sms"), Change::Ended { failures: 1 });
+        assert_eq!(ok(dep, "vapi"), Change::Ended { failures: 2 });
+        assert_eq!(ok(dep, "vapi"), Change::Up);
+    }
+
+    #[test]
+    fn a_failover_is_said_once_though_its_node_also_refuses_connections() {
+        let t0 = Instant::now();
+        let dep = "test-failover";
+        let moved = "Moved: 13853 127.0.0.1:7102";
+        let refused = "Connection refused (os error 111)";
+        assert_eq!(
+            failed_at(dep, "q", Condition::Failover, &moved, t0),
+            Change::Started
+        );
+        // redirects to the dead node and refused connections to it, in turn: one outage
+        for i in 1..20 {
+            let (c, e): (Condition, &dyn std::fmt::Display) = if i % 2 == 0 {
+                (Condition::Failover, &moved)
+            } else {
+                (Condition::Unreachable, &refused)
+            };
+            assert_eq!(
+                failed_at(dep, "q", c, e, t0 + Duration::from_millis(i * 100)),
+                Change::Quiet
+            );
+        }
+        assert_eq!(ok(dep, "q"), Change::Ended { failures: 20 });
+        // a node that refuses first and then is seen failing over: that is news
+        assert_eq!(
+            failed_at(dep, "q", Condition::Unreachable, &refused, t0),
+            Change::Started
+        );
+        assert_eq!(
+            failed_at(dep, "q", Condition::Failover, &moved, t0),
+            Change::Started
+        );
+        assert_eq!(ok(dep, "q"), Change::Ended { failures: 2 });
+        assert!(Condition::Failover.started().contains("replica"));
     }
 
     #[test]

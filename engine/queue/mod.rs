@@ -37,6 +37,11 @@ pub enum QueueError {
         "queue full: Redis reached its maxmemory and refuses writes (maxmemory-policy noeviction): add workers to drain the backlog, or give Redis more memory"
     )]
     RedisFull,
+    /// A Redis Cluster master holding the queue's slots does not answer and no replica has
+    /// taken over yet: the cluster redirects to the dead node (MOVED), or says CLUSTERDOWN or
+    /// TRYAGAIN. Over once a replica is promoted (the cluster's node timeout and a few seconds).
+    #[error("queue unavailable: Redis Cluster failover in progress: {0}")]
+    Failover(String),
     /// An in-process queue holds all it may (its name).
     #[error("queue unavailable: in-process queue `{0}` is full")]
     Full(String),
@@ -53,6 +58,14 @@ impl From<::redis::RedisError> for QueueError {
         // "OOM command not allowed when used memory > 'maxmemory'": Redis is full, not down
         match e.code() {
             Some("OOM") => QueueError::RedisFull,
+            _ if e.is_cluster_error()
+                || matches!(
+                    e.kind(),
+                    ::redis::ErrorKind::MasterDown | ::redis::ErrorKind::ClusterConnectionNotFound
+                ) =>
+            {
+                QueueError::Failover(e.to_string())
+            }
             _ => QueueError::Unavailable(e.to_string()),
         }
     }

@@ -77,7 +77,7 @@ pub(super) async fn enqueue(
         None => q.handle.enqueue(event, dedupe).await,
     };
     if stored.is_ok() {
-        crate::ops::outage::ok(ENQUEUE);
+        crate::ops::outage::ok(ENQUEUE, q.handle.name());
     }
     match stored {
         Ok(Enqueued::Added(_)) => {
@@ -90,16 +90,13 @@ pub(super) async fn enqueue(
             Ok(())
         }
         Err(e) => {
-            // Redis down or full is one outage of the process (a line when it starts, summaries,
-            // a line when it ends), not a line per refused request
-            match &e {
-                QueueError::RedisFull => {
-                    crate::ops::outage::failed_as(ENQUEUE, Condition::Full, &e);
+            // Redis down, full or failing over is one outage of the queue (a line when it
+            // starts, summaries, a line when it ends), not a line per refused request
+            match Condition::of(&e) {
+                Some(condition) => {
+                    crate::ops::outage::failed(ENQUEUE, q.handle.name(), condition, &e);
                 }
-                QueueError::Unavailable(_) => {
-                    crate::ops::outage::failed_as(ENQUEUE, Condition::Unreachable, &e);
-                }
-                _ => {
+                None => {
                     tracing::error!(pipeline = %name, %event_id, error = %e, "cannot queue the event; answering 503")
                 }
             }

@@ -34,6 +34,7 @@ use crate::queue::redis::RedisQueue;
 use crate::queue::{Delivery, QueueError};
 use crate::transform::{FailureKind, Outcome, Program};
 
+mod recording;
 mod take;
 mod traced;
 mod transforms;
@@ -267,7 +268,7 @@ impl Worker {
                 }
             }
         }
-        self.outcomes.ack_many(&acks).await
+        self.recorded(|| self.outcomes.ack_many(&acks)).await
     }
 
     /// One event's rows written by themselves, counted (in a `sink.write` span under
@@ -362,13 +363,13 @@ impl Worker {
         traced::settle(span, &attempt, gives_up);
         match attempt {
             Attempt::Written => {
-                self.outcomes.ack(d).await?;
+                self.recorded(|| self.outcomes.ack(d)).await?;
                 Ok(Handled::Acked)
             }
             Attempt::Dropped(reason) => {
                 tracing::debug!(event_id = %d.event.id, %reason, "event dropped");
                 self.count("dropped", 1);
-                self.outcomes.ack(d).await?;
+                self.recorded(|| self.outcomes.ack(d)).await?;
                 Ok(Handled::Dropped { reason })
             }
             Attempt::Retry(reason) => self.again(d, reason).await,
@@ -492,7 +493,7 @@ impl Worker {
         );
         tracing::warn!(event_id = %d.event.id, attempt, delay_ms = delay.as_millis() as u64, %error, "will retry");
         self.count("retried", 1);
-        self.outcomes.retry(d, delay).await?;
+        self.recorded(|| self.outcomes.retry(d, delay)).await?;
         Ok(Handled::Retried { attempt })
     }
 
@@ -501,7 +502,8 @@ impl Worker {
         metrics::counter!("engine_dead_lettered_total", "queue" => self.outcomes.name().to_string())
             .increment(1);
         self.count("dead_lettered", 1);
-        self.outcomes.dead_letter(d, &reason).await?;
+        self.recorded(|| self.outcomes.dead_letter(d, &reason))
+            .await?;
         crate::ops::alerts::dead_lettered(self.outcomes.name(), &reason);
         Ok(Handled::DeadLettered { reason })
     }
@@ -525,8 +527,9 @@ impl Worker {
         let mut taker = Taker::new(&queue, partition, self.options);
         let helpers = match &queue {
             crate::queue::Queue::Redis(q) => {
-                if let Err(e) = q.ensure_group().await {
-                    tracing::error!(queue = q.name(), error = %e, "cannot create the consumer group; retrying");
+                // every worker needs the group; one per queue and process tells about it
+                if !take::group_made(q, &mut stop, crew.leads() && partition == 0).await {
+                    return;
                 }
                 if crew.leads() {
                     vec![
@@ -554,7 +557,7 @@ impl Worker {
                     failures = 0;
                     crew.took(&taker, deliveries.len(), self.options.batch);
                     if let Some(dependency) = taker.dependency() {
-                        crate::ops::outage::ok(dependency);
+                        crate::ops::outage::ok(dependency, self.outcomes.name());
                     }
                     if lost {
                         tracing::error!(
@@ -570,12 +573,11 @@ impl Worker {
                 }
                 Err(e) => {
                     failures += 1;
-                    let condition = match e {
-                        QueueError::RedisFull => crate::ops::outage::Condition::Full,
-                        _ => crate::ops::outage::Condition::Unreachable,
-                    };
-                    crate::ops::outage::failed_as(
+                    let condition = crate::ops::outage::Condition::of(&e)
+                        .unwrap_or(crate::ops::outage::Condition::Unreachable);
+                    crate::ops::outage::failed(
                         taker.dependency().unwrap_or(REDIS),
+                        self.outcomes.name(),
                         condition,
                         &e,
                     );

@@ -1,9 +1,10 @@
 //! Who reads a queue, and how: a worker's [`Taker`] (the in-process queue one delivery at a
 //! time, Redis in batches topped up under load) and the [`Crew`] of the workers of one Redis
-//! partition in one process, which decides which of them read.
+//! partition in one process, which decides which of them read; and the consumer group a worker
+//! needs before its first read.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
@@ -216,5 +217,43 @@ impl Taker {
             *own_pending = false;
         }
         Ok((got, lost))
+    }
+}
+
+/// Make `queue`'s consumer group (nothing can be read before it exists), retrying with backoff
+/// while Redis does not answer (a restart while the queue's master is down): a line when it
+/// first fails and one when it is made at last, so the operator is not left with "retrying".
+/// False when `stop` turned true first. Only a worker that `tells` logs.
+pub(super) async fn group_made(
+    queue: &RedisQueue,
+    stop: &mut watch::Receiver<bool>,
+    tells: bool,
+) -> bool {
+    let since = Instant::now();
+    let mut failures = 0u32;
+    loop {
+        match queue.ensure_group().await {
+            Ok(()) => {
+                if failures > 0 && tells {
+                    tracing::info!(
+                        queue = queue.name(),
+                        failed_attempts = failures,
+                        waited_secs = since.elapsed().as_secs(),
+                        "created the consumer group at last; the workers read"
+                    );
+                }
+                return true;
+            }
+            Err(e) => {
+                failures += 1;
+                if failures == 1 && tells {
+                    tracing::error!(queue = queue.name(), error = %e, "cannot create the consumer group; retrying with backoff (a line follows when it is made)");
+                }
+                super::pause(stop, crate::ops::outage::backoff(failures)).await;
+                if *stop.borrow() {
+                    return false;
+                }
+            }
+        }
     }
 }

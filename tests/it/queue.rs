@@ -34,6 +34,20 @@ async fn queue(prefix: &str, consumer: &str) -> RedisQueue {
     q
 }
 
+/// `ids` enqueued on `q`, then read back by it in one batch (delivered: pending on it).
+async fn enqueued_and_read(q: &RedisQueue, ids: &[&str]) -> Vec<engine::queue::Delivery> {
+    for id in ids {
+        q.enqueue(&event(id), None).await.unwrap();
+    }
+    let mut r = q.reader().await.unwrap();
+    let (got, _) = q
+        .read(0, &mut r, 10, Duration::from_millis(100), false)
+        .await
+        .unwrap();
+    assert_eq!(got.len(), ids.len());
+    got
+}
+
 #[tokio::test]
 async fn enqueue_read_ack() {
     let q = queue(&prefix(), "c1").await;
@@ -161,19 +175,30 @@ async fn dead_letters_keep_the_reason_and_can_be_replayed_or_purged() {
     assert_eq!(q.stats().await.unwrap().dead, 0);
 }
 
+/// A worker repeats a recording whose answer it lost (a failover, a cut link): the second run
+/// of the same ack, retry or dead letter adds nothing.
+#[tokio::test]
+async fn recording_an_outcome_twice_adds_nothing() {
+    let q = queue(&prefix(), "c1").await;
+    let got = enqueued_and_read(&q, &["e1", "e2", "e3"]).await;
+    for _ in 0..2 {
+        q.ack(&got[0].id).await.unwrap();
+        q.retry(&got[1], Duration::from_secs(60)).await.unwrap();
+        q.dead_letter(&got[2], "gave up").await.unwrap();
+    }
+    let s = q.stats().await.unwrap();
+    assert_eq!(
+        (s.depth, s.pending, s.delayed, s.dead),
+        (0, 0, 1, 1),
+        "one retry scheduled and one dead letter, not two: {s:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_dead_consumers_entries_are_reclaimed_after_the_lease() {
     let p = prefix();
     let crashed = queue(&p, "worker-that-crashed").await;
-    for id in ["e1", "e2", "e3"] {
-        crashed.enqueue(&event(id), None).await.unwrap();
-    }
-    let mut r = crashed.reader().await.unwrap();
-    let (taken, _) = crashed
-        .read(0, &mut r, 10, Duration::from_millis(100), false)
-        .await
-        .unwrap();
-    assert_eq!(taken.len(), 3);
+    enqueued_and_read(&crashed, &["e1", "e2", "e3"]).await;
     drop(crashed); // never acks
 
     let live = queue(&p, "worker-alive").await;
