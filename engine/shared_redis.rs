@@ -166,7 +166,8 @@ pub struct Limit {
 
 /// Dedupe + append: the stream, the dedupe key, the entry's payload (the event without its body)
 /// and raw body (stored as fields `e` and `b`: no base64, no JSON escaping of the body), whether
-/// to dedupe, and the dedupe window in seconds.
+/// to dedupe, and the dedupe window in seconds; with `replication`, the append is answered only
+/// once that many replicas confirm it (`queue.durability: replicated`).
 #[derive(Debug, Clone)]
 pub struct Append {
     pub stream: String,
@@ -175,6 +176,14 @@ pub struct Append {
     pub body: bytes::Bytes,
     pub dedupe: bool,
     pub window_secs: u64,
+    pub replication: Option<Replication>,
+}
+
+/// Replicas that must confirm an append (Redis's `WAIT`), and how long to wait for them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replication {
+    pub replicas: u32,
+    pub timeout: Duration,
 }
 
 /// One operation of the request path. Answers: `Limit` → [allowed, retry ms, reset ms,
@@ -193,6 +202,14 @@ impl Op {
         match self {
             Op::Limit(l) | Op::LimitedAppend(l, _) => &l.key,
             Op::Append(a) => &a.stream,
+        }
+    }
+
+    /// The replicas its append must reach before it is answered.
+    fn replication(&self) -> Option<Replication> {
+        match self {
+            Op::Limit(_) => None,
+            Op::Append(a) | Op::LimitedAppend(_, a) => a.replication,
         }
     }
 
@@ -376,10 +393,24 @@ async fn call(
     .unwrap_or_else(|_| Err(failed("Redis did not answer within 2 s".into())));
     match answered {
         Ok(answers) if answers.len() == jobs.len() => {
+            let replicated = replicated(target, conn, jobs).await;
             for (job, answer) in jobs.drain(..).zip(answers) {
                 let answer = match answer {
                     Value::ServerError(e) => Err(RedisError::from(e)),
-                    v => Ok(v),
+                    v => match (job.op.replication(), &replicated) {
+                        (Some(want), Ok(got)) if *got < i64::from(want.replicas) => Err(coded(
+                            "NOREPL",
+                            &format!(
+                                "{got} of {} replicas confirmed the event within {} ms",
+                                want.replicas,
+                                want.timeout.as_millis()
+                            ),
+                        )),
+                        (Some(_), Err(e)) => {
+                            Err(failed(format!("cannot confirm replication: {e}")))
+                        }
+                        _ => Ok(v),
+                    },
                 };
                 let _ = job.reply.send(answer);
             }
@@ -400,13 +431,49 @@ async fn call(
     }
 }
 
+/// How many replicas confirmed the group's appends, when some op of the group asks for it: one
+/// `WAIT` on the connection that carried them, for the most replicas and the longest time any
+/// of them asks (`Ok(i64::MAX)` when none asks). `WAIT` covers every write this connection sent
+/// before it, so one answers for the whole group; on a cluster it goes to the master that took
+/// the group (its first key's slot).
+async fn replicated(
+    target: &Target,
+    conn: &OnceCell<Conn>,
+    jobs: &[Job],
+) -> redis::RedisResult<i64> {
+    let Some(want) = jobs
+        .iter()
+        .filter_map(|j| j.op.replication())
+        .reduce(|a, b| Replication {
+            replicas: a.replicas.max(b.replicas),
+            timeout: a.timeout.max(b.timeout),
+        })
+    else {
+        return Ok(i64::MAX);
+    };
+    let mut c = connect(target, conn).await?;
+    let key = jobs.first().map(|j| j.op.first_key()).unwrap_or_default();
+    tokio::time::timeout(
+        want.timeout + Duration::from_millis(250),
+        c.wait_for_replicas(key, want.replicas, want.timeout),
+    )
+    .await
+    .unwrap_or_else(|_| Err(failed("no answer to WAIT".into())))
+}
+
 /// An error with Redis's `OOM` code, as the server sends it (redis-rs builds a coded error only
 /// from a reply).
 fn full(detail: &str) -> RedisError {
-    let reply = format!("-OOM {}\r\n", detail.replace(['\r', '\n'], " "));
+    coded("OOM", detail)
+}
+
+/// An error with `code`, as if Redis had sent it (`NOREPL`: not confirmed by enough replicas,
+/// the engine's own code, as Redis's own `NOREPLICAS`).
+fn coded(code: &str, detail: &str) -> RedisError {
+    let reply = format!("-{code} {}\r\n", detail.replace(['\r', '\n'], " "));
     match redis::parse_redis_value(reply.as_bytes()) {
         Ok(Value::ServerError(e)) => e.into(),
-        _ => failed(format!("OOM {detail}")),
+        _ => failed(format!("{code} {detail}")),
     }
 }
 

@@ -34,6 +34,7 @@ pub async fn run() {
                         body: body.clone(),
                         dedupe: true,
                         window_secs: 60,
+                        replication: None,
                     };
                     let op = match limited {
                         true => Op::LimitedAppend(

@@ -271,6 +271,7 @@ pub fn load_with(
             ));
         }
         diags.extend(check_sink_names(checked, p));
+        diags.extend(rules::check_queue(checked, p));
         let (warned, refused): (Vec<_>, Vec<_>) = check_rate_limit(checked, p, settings.as_ref())
             .into_iter()
             .partition(Diagnostic::is_warning);

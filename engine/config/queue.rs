@@ -75,6 +75,47 @@ pub struct Queue {
     #[serde(default = "default_partitions")]
     #[schemars(range(min = 1, max = 64))]
     pub partitions: u32,
+    /// What a 2xx promises: `local` (default: the Redis master has the event; a master that
+    /// dies before its replica copied it loses it on failover) or `replicated` (the master and
+    /// `replication.replicas` replicas have it, confirmed with Redis's `WAIT` within
+    /// `replication.timeout`; otherwise 503, and the provider retries).
+    #[serde(default)]
+    pub durability: Durability,
+    /// With `durability: replicated`: how many replicas must confirm, and how long to wait.
+    #[serde(default)]
+    pub replication: Replication,
+}
+
+/// What a 2xx promises about where the event is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// Stored on the Redis master.
+    #[default]
+    Local,
+    /// Stored on the master and confirmed by `replication.replicas` replicas.
+    Replicated,
+}
+
+/// The replicas `durability: replicated` waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Replication {
+    /// Replicas that must have the event before the 2xx (default 1).
+    #[schemars(range(min = 1, max = 16))]
+    pub replicas: u32,
+    /// How long to wait for them (default `500ms`, at most `1500ms`: the request path's Redis
+    /// budget is 2 s). Replication normally takes well under a millisecond on one network.
+    pub timeout: Span,
+}
+
+impl Default for Replication {
+    fn default() -> Self {
+        Replication {
+            replicas: 1,
+            timeout: Span(std::time::Duration::from_millis(500)),
+        }
+    }
 }
 
 /// When the 2xx is sent.
@@ -131,6 +172,8 @@ impl Default for Queue {
             lease: default_lease(),
             concurrency: default_concurrency(),
             partitions: default_partitions(),
+            durability: Durability::Local,
+            replication: Replication::default(),
         }
     }
 }

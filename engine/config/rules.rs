@@ -479,6 +479,32 @@ pub(super) fn check_settings(s: &Settings, c: &Checked, env: &Env) -> Vec<Diagno
 
 /// Browsers send `Origin: scheme://host[:port]`, never a path or trailing slash, so an entry with
 /// one never matches.
+/// The queue's promises that the schema cannot check: a replication wait inside the request
+/// path's 2 s Redis budget, and `durability` only where there is a queued 2xx to promise.
+pub(super) fn check_queue(c: &Checked, p: &Pipeline) -> Vec<Diagnostic> {
+    use super::queue::{Ack, Durability};
+    let Some(q) = &p.queue else {
+        return Vec::new();
+    };
+    let at = |pointer: &str, message: &str| {
+        Diagnostic::new(&c.file, c.doc.value_pos(pointer), pointer, message)
+    };
+    let mut out = Vec::new();
+    if q.replication.timeout.0 > std::time::Duration::from_millis(1500) {
+        out.push(at(
+            "/queue/replication/timeout",
+            "at most `1500ms`: the wait for replicas is part of the request's 2 s Redis budget",
+        ));
+    }
+    if q.durability == Durability::Replicated && q.ack == Ack::Processed {
+        out.push(at(
+            "/queue/durability",
+            "`ack: processed` answers once the rows are written, not once the event is queued: remove `durability`, or use `ack: queued`",
+        ));
+    }
+    out
+}
+
 pub fn origin_problem(origin: &str) -> Option<String> {
     if origin == "*" {
         return None;

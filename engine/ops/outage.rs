@@ -42,6 +42,8 @@ pub enum Condition {
     /// A Redis Cluster master holding the queue's slots does not answer and no replica has
     /// taken over yet (MOVED to the dead node, CLUSTERDOWN, TRYAGAIN).
     Failover,
+    /// Redis stores events but too few replicas confirm them (`queue.durability: replicated`).
+    Unreplicated,
 }
 
 impl Condition {
@@ -52,6 +54,9 @@ impl Condition {
             }
             Condition::Full => {
                 "is full: Redis reached its maxmemory and refuses writes (maxmemory-policy noeviction); requests are answered 503 with Retry-After and nothing answered 2xx is lost. Add workers to drain the backlog, or give Redis more memory (a summary follows while it lasts, and a line when it is back)"
+            }
+            Condition::Unreplicated => {
+                "is not replicated: fewer replicas than `queue.replication.replicas` confirm events within `queue.replication.timeout` (`durability: replicated`); requests are answered 503 with Retry-After. Check the replicas (`INFO replication` on the master: connected_slaves, lag) (a summary follows while it lasts, and a line when it is back)"
             }
             Condition::Failover => {
                 "is failing over: the Redis Cluster master holding the queue's slots does not answer and no replica has taken over yet (redirects to the dead node are expected meanwhile); requests are answered 503 with Retry-After and nothing answered 2xx is lost. A replica is promoted after the cluster's node timeout; if this lasts, the master has no replica to promote: restart it (a summary follows while it lasts, and a line when it is over)"
@@ -64,6 +69,7 @@ impl Condition {
             Condition::Unreachable => "still unreachable",
             Condition::Full => "still full (maxmemory reached, writes refused)",
             Condition::Failover => "still failing over (the queue's master does not answer)",
+            Condition::Unreplicated => "still not replicated (too few replicas confirm)",
         }
     }
 
@@ -72,6 +78,7 @@ impl Condition {
             Condition::Unreachable => "reachable again",
             Condition::Full => "takes writes again",
             Condition::Failover => "failover over: the queue's master answers again",
+            Condition::Unreplicated => "replicated again",
         }
     }
 
@@ -91,6 +98,7 @@ impl Condition {
         match e {
             QueueError::RedisFull => Some(Condition::Full),
             QueueError::Failover(_) => Some(Condition::Failover),
+            QueueError::NotReplicated(_) => Some(Condition::Unreplicated),
             QueueError::Unavailable(_) => Some(Condition::Unreachable),
             _ => None,
         }

@@ -42,6 +42,12 @@ pub enum QueueError {
     /// TRYAGAIN. Over once a replica is promoted (the cluster's node timeout and a few seconds).
     #[error("queue unavailable: Redis Cluster failover in progress: {0}")]
     Failover(String),
+    /// Fewer replicas than `queue.replication.replicas` confirmed the event within its timeout
+    /// (`queue.durability: replicated`): the master has it, a failover now could lose it, so the
+    /// request is answered 503 and the provider's retry (a duplicate within the dedupe window)
+    /// asks again.
+    #[error("queue unavailable: not replicated: {0}")]
+    NotReplicated(String),
     /// An in-process queue holds all it may (its name).
     #[error("queue unavailable: in-process queue `{0}` is full")]
     Full(String),
@@ -58,6 +64,7 @@ impl From<::redis::RedisError> for QueueError {
         // "OOM command not allowed when used memory > 'maxmemory'": Redis is full, not down
         match e.code() {
             Some("OOM") => QueueError::RedisFull,
+            Some("NOREPL") => QueueError::NotReplicated(e.detail().unwrap_or_default().to_string()),
             _ if e.is_cluster_error()
                 || matches!(
                     e.kind(),

@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::config::Project;
-use crate::config::queue::Queue as QueueConfig;
+use crate::config::queue::{Durability, Queue as QueueConfig};
 use crate::queue::Queue;
 use crate::queue::memory::MemoryQueue;
 use crate::queue::redis::RedisQueue;
@@ -71,13 +71,16 @@ pub fn build(
                     None => queue,
                 }))
             }
-            None => Queue::Memory(
+            None => Queue::Memory({
+                if config.durability == Durability::Replicated {
+                    tracing::warn!(pipeline = %p.config.name, "`durability: replicated` needs REDIS_URL: the in-process queue keeps events in this process only");
+                }
                 reuse
                     .iter()
                     .find(|q| crate::queue::Outcomes::name(&***q) == name)
                     .cloned()
-                    .unwrap_or_else(|| Arc::new(MemoryQueue::new(&name))),
-            ),
+                    .unwrap_or_else(|| Arc::new(MemoryQueue::new(&name)))
+            }),
         };
         if pool.is_none()
             && matches!(target, Target::Configured)
@@ -191,15 +194,21 @@ pub fn redis_queue(
     }
     let config = pipeline.queue.clone().unwrap_or_default();
     let name = config.name.clone().unwrap_or_else(|| pipeline.name.clone());
-    RedisQueue::partitioned(
+    let queue = RedisQueue::partitioned(
         url,
         &project.settings.redis_key_prefix,
         &name,
         consumer,
         config.partitions,
     )
-    .map(Some)
-    .map_err(|e| e.to_string())
+    .map_err(|e| e.to_string())?;
+    Ok(Some(match config.durability {
+        Durability::Local => queue,
+        Durability::Replicated => queue.replicated(crate::shared_redis::Replication {
+            replicas: config.replication.replicas,
+            timeout: config.replication.timeout.0,
+        }),
+    }))
 }
 
 /// A replay runner for `pipeline` (archived, with `program` compiled from its transform steps):

@@ -27,6 +27,7 @@ mod rate_limit;
 mod recipes;
 mod redis_full;
 mod replay;
+mod replication;
 mod secrets;
 mod server;
 mod sink;

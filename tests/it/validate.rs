@@ -654,3 +654,27 @@ fn map_steps_are_checked_where_they_are_written() {
     );
     assert_eq!(l.len(), 6, "{l:#?}");
 }
+
+#[test]
+fn a_replication_wait_must_fit_the_request_and_have_a_queued_answer() {
+    let dir = Dir::shipped_copy();
+    dir.edit("vapi.yaml", |s| {
+        s.replacen(
+            "queue:\n",
+            "queue:\n  ack: processed\n  durability: replicated\n  replication: {replicas: 2, timeout: 2s}\n",
+            1,
+        )
+    });
+    let l = lines(&dir, &problems(&dir, &[]));
+    assert_eq!(l.len(), 2, "{l:?}");
+    assert!(
+        l.iter()
+            .any(|p| p.contains("/queue/replication/timeout") && p.contains("at most `1500ms`")),
+        "{l:?}"
+    );
+    assert!(
+        l.iter()
+            .any(|p| p.contains("/queue/durability") && p.contains("ack: processed")),
+        "{l:?}"
+    );
+}

@@ -48,7 +48,7 @@ use mobc_redis::redis::{self};
 use crate::rate_limit::Rule;
 use crate::rate_limit::redis::Verdict;
 use crate::redis_url::{Conn, Target};
-use crate::shared_redis::SharedRedis;
+use crate::shared_redis::{Replication, SharedRedis};
 
 pub use partition::Partition;
 
@@ -139,6 +139,15 @@ impl RedisQueue {
     pub fn sharing(mut self, shared: SharedRedis) -> RedisQueue {
         for p in &mut self.parts {
             p.shared = shared.clone();
+        }
+        self
+    }
+
+    /// This queue answering an enqueue only once `replication` says enough replicas have it
+    /// (`queue.durability: replicated`).
+    pub fn replicated(mut self, replication: Replication) -> RedisQueue {
+        for p in &mut self.parts {
+            p.replication = Some(replication);
         }
         self
     }

@@ -11,7 +11,7 @@ use mobc_redis::redis::{self, Value};
 use crate::rate_limit::Rule;
 use crate::rate_limit::redis::Verdict;
 use crate::redis_url::Conn;
-use crate::shared_redis::{Append, Op, SharedRedis};
+use crate::shared_redis::{Append, Op, Replication, SharedRedis};
 use crate::transform::EventInput;
 
 use super::entry::*;
@@ -38,6 +38,8 @@ pub struct Partition {
     pub(super) retry: redis::Script,
     pub(super) dead_letter: redis::Script,
     pub(super) promote: redis::Script,
+    /// Replicas an enqueue must reach before it is answered (`queue.durability: replicated`).
+    pub(super) replication: Option<Replication>,
 }
 
 impl Partition {
@@ -62,6 +64,7 @@ impl Partition {
             retry: redis::Script::new(RETRY),
             dead_letter: redis::Script::new(DEAD),
             promote: redis::Script::new(PROMOTE),
+            replication: None,
         }
     }
 
@@ -154,6 +157,7 @@ impl Partition {
             body: event.body.clone(),
             dedupe: dedupe.is_some(),
             window_secs,
+            replication: self.replication,
         })
     }
 

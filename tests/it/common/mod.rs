@@ -502,7 +502,7 @@ impl PrivateRedis {
         PrivateRedis::start_with(aof, free_port(), Vec::new())
     }
 
-    fn start_with(aof: bool, port: u16, extra: Vec<String>) -> PrivateRedis {
+    pub fn start_with(aof: bool, port: u16, extra: Vec<String>) -> PrivateRedis {
         let mut r = PrivateRedis {
             port,
             dir: tempfile::tempdir().unwrap(),
