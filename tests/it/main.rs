@@ -16,6 +16,7 @@ mod console;
 mod console_browser;
 mod delivery;
 mod events;
+mod failover;
 mod faults;
 mod hostile;
 mod migrate;

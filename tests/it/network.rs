@@ -14,18 +14,23 @@ use common::{PrivateCluster, free_port, fresh_schema};
 
 /// One answer a producer got.
 #[derive(Debug, Clone)]
-struct Answer {
-    call: String,
+pub(crate) struct Answer {
+    pub(crate) call: String,
     /// 0: no answer (the client's 10 s timeout).
-    status: u16,
-    retry_after: Option<String>,
+    pub(crate) status: u16,
+    pub(crate) retry_after: Option<String>,
     /// When the request was sent, since the test's start.
-    sent: Duration,
-    took: Duration,
+    pub(crate) sent: Duration,
+    pub(crate) took: Duration,
 }
 
 /// `producers` clients sending uniquely numbered Vapi events back to back for `length`.
-async fn traffic(port: u16, producers: usize, length: Duration, start: Instant) -> Vec<Answer> {
+pub(crate) async fn traffic(
+    port: u16,
+    producers: usize,
+    length: Duration,
+    start: Instant,
+) -> Vec<Answer> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
@@ -84,7 +89,7 @@ async fn readiness(port: u16, length: Duration, start: Instant) -> Vec<(Duration
 }
 
 /// `/ready` every 250 ms for `length`: (time since `start`, status, body).
-async fn readiness_named(
+pub(crate) async fn readiness_named(
     port: u16,
     length: Duration,
     start: Instant,
@@ -120,7 +125,7 @@ fn ok_calls(answers: &[Answer]) -> Vec<String> {
 }
 
 /// [`check_exactly_once`] of what the producers were answered: every 2xx'd call once, none twice.
-async fn exactly_once(schema: &str, answers: &[Answer], scenario: &str) {
+pub(crate) async fn exactly_once(schema: &str, answers: &[Answer], scenario: &str) {
     let all: Vec<String> = answers.iter().map(|a| a.call.clone()).collect();
     check_exactly_once(schema, &ok_calls(answers), &all, scenario).await;
 }
@@ -128,7 +133,7 @@ async fn exactly_once(schema: &str, answers: &[Answer], scenario: &str) {
 /// The shipped pipelines as `faults::dir` makes them, under Redis keys of their own (`net<pid>-
 /// <test>`: these tests share one Redis and run at once), with Vapi's rate limit out of reach:
 /// the producers here send faster than its burst, and a 429 is not what these tests are about.
-fn unlimited(test: &str) -> (common::Dir, String) {
+pub(crate) fn unlimited(test: &str) -> (common::Dir, String) {
     let d = dir();
     let prefix = format!("net{}-{test}", std::process::id());
     d.edit("engine.yaml", |s| {
@@ -425,165 +430,4 @@ async fn a_blackholed_cluster_master_is_answered_503_and_loses_nothing() {
         "Redis Cluster: the queue's master blackholed (SIGSTOP) for 6 s, 4 producers",
     )
     .await;
-}
-
-/// `XPENDING`'s count of the Vapi queue's entries delivered and not yet recorded, read from
-/// the node at `url` (`None` while it does not answer).
-async fn pending_on(url: &str, stream: &str) -> Option<i64> {
-    let client = redis::Client::open(url).ok()?;
-    let mut c = client.get_multiplexed_async_connection().await.ok()?;
-    let summary: redis::Value = redis::cmd("XPENDING")
-        .arg(stream)
-        .arg(engine::queue::redis::GROUP)
-        .query_async(&mut c)
-        .await
-        .ok()?;
-    match summary {
-        redis::Value::Array(v) => match v.first() {
-            Some(redis::Value::Int(n)) => Some(*n),
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
-/// A Redis Cluster failover as an operator sees it. The master holding the Vapi queue is
-/// killed while the workers are mid-batch (their Postgres writes slowed to seconds by a proxy),
-/// and restarted 10 s later (AOF on); an `engine worker` starts while it is down. The log says
-/// the outage once per queue and side (no flapping while other queues' masters serve, no line
-/// per request), the workers' acks that failed meanwhile are recorded once the node answers
-/// (not left pending for the 60 s lease and then taken over as a dead consumer's), the late
-/// worker says when its consumer group is made at last, and every 2xx'd event is written once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cluster_failover_is_logged_once_and_acks_are_recorded_when_it_is_over() {
-    use common::process::EngineProcess;
-    let (database, schema) = fresh_schema().await;
-    let pg_proxy = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
-    let through_proxy = database.replace("127.0.0.1:5432", &pg_proxy.addr.to_string());
-    let mut cluster = PrivateCluster::start();
-    let (d, prefix) = unlimited("failover");
-    // the default lease: entries left pending would wait a minute for the reaper
-    d.edit("vapi.yaml", |s| {
-        s.replace("  lease: 2s\n", "  lease: 60s\n")
-    });
-    let stream = format!("{prefix}:{{q:vapi}}:stream");
-    let owner = |key: &str| match engine::redis_url::slot(key) {
-        0..=5460 => 0,
-        5461..=10922 => 1,
-        _ => 2,
-    };
-    assert!(
-        ["twilio-sms", "twilio-voice"]
-            .iter()
-            .any(|q| owner(&format!("{prefix}:{{q:{q}}}:stream")) != owner(&stream)),
-        "another queue is served by a live master meanwhile"
-    );
-    let node_url = cluster.owner_of(&stream).url();
-    let port = free_port();
-    let cluster_url = cluster.url();
-    let env = |port: u16| {
-        vec![
-            ("PORT".to_string(), port.to_string()),
-            ("REDIS_URL".to_string(), cluster_url.clone()),
-            ("DATABASE_URL".to_string(), through_proxy.clone()),
-        ]
-    };
-    let serve = EngineProcess::start(&d, &["serve"], &env(port));
-    let start = Instant::now();
-    let traffic = tokio::spawn(traffic(port, 2, Duration::from_secs(24), start));
-    // workers mid-batch: entries delivered, their writes taking seconds
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    pg_proxy.set(Mode::Delay(Duration::from_millis(700)));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while pending_on(&node_url, &stream).await.unwrap_or(0) == 0 {
-        assert!(Instant::now() < deadline, "no entry ever pending");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    cluster.owner_of(&stream).kill();
-    let killed = start.elapsed();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let late = EngineProcess::start(&d, &["worker"], &env(free_port()));
-    tokio::time::sleep(Duration::from_secs(8)).await;
-    cluster.owner_of(&stream).restart();
-    let back = start.elapsed();
-    cluster.wait_ok();
-    let answers = traffic.await.unwrap();
-    pg_proxy.set(Mode::Pass);
-
-    // nothing left pending for the lease: what was delivered before the kill was recorded
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let pending = pending_on(&node_url, &stream).await;
-        if pending == Some(0) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "entries still pending 20 s after the traffic ({pending:?}): left for the lease"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    exactly_once(
-        &schema,
-        &answers,
-        "Redis Cluster: the queue's master killed mid-batch, restarted 10 s later",
-    )
-    .await;
-    assert!(
-        answers
-            .iter()
-            .any(|a| a.sent > killed && a.sent + a.took < back && a.status == 503),
-        "requests during the outage answered 503"
-    );
-
-    let log = serve.log();
-    let error = |l: &&String| l.contains("ERROR");
-    let is_error = |l: &String| l.contains("ERROR");
-    for dependency in ["redis_enqueue", "redis"] {
-        let ours: Vec<&String> = log
-            .iter()
-            .filter(|l| l.contains(&format!("{dependency} for queue `vapi`")))
-            .collect();
-        let ended = ours
-            .iter()
-            .filter(|l| l.contains("reachable again") || l.contains("failover over"))
-            .count();
-        let started = ours.iter().filter(|l| is_error(l)).count();
-        assert!(
-            ended <= 1 && started <= 2 && started >= ended,
-            "{dependency}: one outage, said once and ended once:\n{ours:#?}"
-        );
-    }
-    assert!(
-        log.iter()
-            .filter(error)
-            .any(|l| l.contains("redis_enqueue for queue `vapi`")),
-        "the request path's outage was said: {log:#?}"
-    );
-    let errors = log.iter().filter(error).count();
-    assert!(errors <= 8, "not a line per request: {log:#?}");
-    assert!(
-        log.iter()
-            .any(|l| l.contains("recorded the outcome once Redis answered again")),
-        "an ack failed during the outage and was retried: {log:#?}"
-    );
-    assert!(
-        !log.iter().any(|l| l.contains("took over an entry")),
-        "no live consumer taken for a dead one: {log:#?}"
-    );
-    let late = late.log();
-    let about_vapi = |what: &str| {
-        late.iter()
-            .filter(|l| l.contains(what) && l.contains("vapi"))
-            .count()
-    };
-    assert_eq!(
-        about_vapi("cannot create the consumer group"),
-        1,
-        "said once per queue, not per worker: {late:#?}"
-    );
-    assert!(
-        about_vapi("created the consumer group at last") == 1,
-        "the worker started during the outage says when its group is made: {late:#?}"
-    );
 }

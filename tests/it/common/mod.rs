@@ -592,16 +592,28 @@ impl Drop for PrivateRedis {
     }
 }
 
-/// A Redis Cluster of the test's own: three masters (no replicas, AOF on) on spare ports, joined
-/// with `redis-cli --cluster create`. `cluster-require-full-coverage no`: while one master is
-/// down, the slots of the others keep serving.
+/// A Redis Cluster of the test's own: three masters (AOF on) on spare ports, joined with
+/// `redis-cli --cluster create`, without replicas ([`PrivateCluster::start`]) or with one per
+/// master ([`PrivateCluster::with_replicas`]: a master that dies is replaced by its replica after
+/// the 2 s node timeout). `cluster-require-full-coverage no`: while one master is down, the slots
+/// of the others keep serving.
 pub struct PrivateCluster {
+    /// The masters first (slots 0-5460, 5461-10922, 10923-16383, in order), then the replicas.
     pub nodes: Vec<PrivateRedis>,
 }
 
 impl PrivateCluster {
     pub fn start() -> PrivateCluster {
-        let nodes: Vec<PrivateRedis> = (0..3)
+        PrivateCluster::of(0)
+    }
+
+    /// Three masters, each with a replica.
+    pub fn with_replicas() -> PrivateCluster {
+        PrivateCluster::of(1)
+    }
+
+    fn of(replicas: usize) -> PrivateCluster {
+        let nodes: Vec<PrivateRedis> = (0..3 * (1 + replicas))
             .map(|_| {
                 let extra = [
                     "--cluster-enabled",
@@ -626,7 +638,7 @@ impl PrivateCluster {
             create.arg(format!("127.0.0.1:{}", n.port));
         }
         let out = create
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .expect("redis-cli on PATH");
         assert!(
@@ -636,7 +648,29 @@ impl PrivateCluster {
         );
         let cluster = PrivateCluster { nodes };
         cluster.wait_ok();
+        if replicas > 0 {
+            cluster.wait_replicas_in_sync();
+        }
         cluster
+    }
+
+    /// Until every replica's link to its master is up (its first sync done).
+    fn wait_replicas_in_sync(&self) {
+        for _ in 0..400 {
+            let synced = self.nodes[3..].iter().all(|n| {
+                std::process::Command::new("redis-cli")
+                    .args(["-p", &n.port.to_string(), "info", "replication"])
+                    .output()
+                    .is_ok_and(|o| {
+                        String::from_utf8_lossy(&o.stdout).contains("master_link_status:up")
+                    })
+            });
+            if synced {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the private cluster's replicas never synced");
     }
 
     /// Until every node says `cluster_state:ok`.
