@@ -23,6 +23,7 @@ mod migrate;
 mod network;
 mod oauth;
 mod operations;
+mod overload;
 mod queue;
 mod rate_limit;
 mod recipes;

@@ -24,6 +24,43 @@ pub(crate) struct Answer {
     pub(crate) took: Duration,
 }
 
+impl Answer {
+    /// Send Vapi status update number `n` of a new call, and how it was answered.
+    pub(crate) async fn of(
+        client: &reqwest::Client,
+        port: u16,
+        n: usize,
+        start: Instant,
+    ) -> Answer {
+        let call = uuid::Uuid::new_v4().to_string();
+        let sent = Instant::now();
+        let res = client
+            .post(format!("http://127.0.0.1:{port}/api/webhooks/vapi"))
+            .header("authorization", "Bearer dev-vapi-webhook-secret")
+            .header("content-type", "application/json")
+            .body(status_update(&call, n))
+            .send()
+            .await;
+        let (status, retry_after) = match &res {
+            Ok(r) => (
+                r.status().as_u16(),
+                r.headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string),
+            ),
+            Err(_) => (0, None),
+        };
+        Answer {
+            call,
+            status,
+            retry_after,
+            sent: sent - start,
+            took: sent.elapsed(),
+        }
+    }
+}
+
 /// `producers` clients sending uniquely numbered Vapi events back to back for `length`.
 pub(crate) async fn traffic(
     port: u16,
@@ -44,32 +81,8 @@ pub(crate) async fn traffic(
             let mut n = 0;
             while Instant::now() < until {
                 n += 1;
-                let call = uuid::Uuid::new_v4().to_string();
-                let sent = Instant::now();
-                let res = client
-                    .post(format!("http://127.0.0.1:{port}/api/webhooks/vapi"))
-                    .header("authorization", "Bearer dev-vapi-webhook-secret")
-                    .header("content-type", "application/json")
-                    .body(status_update(&call, p * 1_000_000 + n))
-                    .send()
-                    .await;
-                let (status, retry_after) = match &res {
-                    Ok(r) => (
-                        r.status().as_u16(),
-                        r.headers()
-                            .get("retry-after")
-                            .and_then(|v| v.to_str().ok())
-                            .map(str::to_string),
-                    ),
-                    Err(_) => (0, None),
-                };
-                answers.lock().unwrap().push(Answer {
-                    call,
-                    status,
-                    retry_after,
-                    sent: sent - start,
-                    took: sent.elapsed(),
-                });
+                let answer = Answer::of(&client, port, p * 1_000_000 + n, start).await;
+                answers.lock().unwrap().push(answer);
             }
         });
     }
