@@ -20,6 +20,10 @@
 //! different masters, and one queue's success must not end another's outage (the log flapped
 //! "reachable again" / "unreachable" through a failover while other queues were served).
 //!
+//! The start and the end of each outage are also a line of the next Slack message
+//! (`ops::alerts`, when SLACK_WEBHOOK_URL is set), so the alarm reaches people who do not watch
+//! the logs; summaries are not sent there.
+//!
 //! `engine_dependency_up{dependency}` (0 while any queue's outage lasts) and
 //! `engine_dependency_failures_total{dependency}` carry the rest. The state is one entry per
 //! dependency name and queue, both from the code and the configuration, so it is bounded.
@@ -70,6 +74,24 @@ impl Condition {
             Condition::Full => "still full (maxmemory reached, writes refused)",
             Condition::Failover => "still failing over (the queue's master does not answer)",
             Condition::Unreplicated => "still not replicated (too few replicas confirm)",
+        }
+    }
+
+    /// The Slack line's words (`ops::alerts`): what it is and what clients see, shortly.
+    fn alert(self) -> &'static str {
+        match self {
+            Condition::Unreachable => {
+                "unreachable: its requests are answered 503 and providers retry"
+            }
+            Condition::Full => {
+                "is full (maxmemory reached under noeviction): requests are answered 503; add workers to drain it, or give Redis more memory"
+            }
+            Condition::Failover => {
+                "is failing over (its Redis Cluster master does not answer): requests are answered 503 until a replica takes over"
+            }
+            Condition::Unreplicated => {
+                "is not replicated (too few replicas confirm, durability: replicated): requests are answered 503"
+            }
         }
     }
 
@@ -173,6 +195,10 @@ fn failed_at(
                 },
             );
             tracing::error!(dependency, queue, error = %error, "{dependency} for queue `{queue}` {}", condition.started());
+            super::alerts::note(&format!(
+                "{dependency} for queue `{queue}` {}",
+                condition.alert()
+            ));
             Change::Started
         }
         // the same outage, turned into another (a full Redis restarted and not yet answering):
@@ -181,6 +207,10 @@ fn failed_at(
             d.failures += 1;
             d.condition = condition;
             tracing::error!(dependency, queue, error = %error, "{dependency} for queue `{queue}` {}", condition.started());
+            super::alerts::note(&format!(
+                "{dependency} for queue `{queue}` {}",
+                condition.alert()
+            ));
             Change::Started
         }
         Some(d) => {
@@ -228,6 +258,10 @@ pub fn ok(dependency: &'static str, queue: &str) -> Change {
                 "{dependency} for queue `{queue}` {}",
                 d.condition.back()
             );
+            super::alerts::note(&format!(
+                "{dependency} for queue `{queue}` {} after {secs} s",
+                d.condition.back()
+            ));
             Change::Ended {
                 failures: d.failures,
             }

@@ -3,13 +3,16 @@
 //! could not store; the logs say once that Redis is full and what to do (not a line per refused
 //! request, and not "unreachable"); a worker started afterwards drains it even when the queue's
 //! stream was made while the worker was not there (its consumer group is made with the stream),
-//! every 2xx'd event written once; ingest takes events again.
+//! every 2xx'd event written once; ingest takes events again. And the other order: a worker that
+//! was there first but could not write (its database link held), ingest filling Redis, the link
+//! back: the worker drains, ingest recovers by itself, nothing lost.
 
 use crate::common;
 
 use std::time::{Duration, Instant};
 
 use common::process::EngineProcess;
+use common::proxy::{Mode, Proxy};
 use common::{PrivateRedis, free_port, fresh_schema, pg, sql_count};
 
 /// A 2 KiB Vapi end-of-call report for `call`.
@@ -55,34 +58,14 @@ async fn used_memory(url: &str) -> u64 {
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_redis_is_named_once_and_a_later_worker_drains_it() {
-    let redis = PrivateRedis::start(false);
-    let url = redis.url();
-    redis_cmd(&url, &["CONFIG", "SET", "maxmemory-policy", "noeviction"]).await;
-    let (database, schema) = fresh_schema().await;
-    let d = common::shipped_under_prefix("full");
-    let port = free_port();
-    let env = |port: u16| {
-        vec![
-            ("PORT".to_string(), port.to_string()),
-            ("REDIS_URL".to_string(), url.clone()),
-            ("DATABASE_URL".to_string(), database.clone()),
-        ]
-    };
-    let ingest = EngineProcess::start(&d, &["serve", "--no-worker"], &env(port));
-    // nothing of what the boot made is left (its consumer groups included): the queue's stream
-    // is made by the first event, with no worker anywhere
-    redis_cmd(&url, &["FLUSHALL"]).await;
-    let room = used_memory(&url).await + 3 * 1024 * 1024;
-    redis_cmd(&url, &["CONFIG", "SET", "maxmemory", &room.to_string()]).await;
-
-    let client = reqwest::Client::new();
+/// Send reports until Redis has refused 200 (each 503 with `Retry-After: 5`): the calls
+/// answered 2xx.
+async fn fill(client: &reqwest::Client, port: u16) -> Vec<String> {
     let mut accepted = Vec::new();
     let mut refused = 0;
     for _ in 0..20_000 {
         let call = uuid::Uuid::new_v4().to_string();
-        let res = post(&client, port, &call).await;
+        let res = post(client, port, &call).await;
         match res.status().as_u16() {
             200 => accepted.push(call),
             503 => {
@@ -102,20 +85,12 @@ async fn a_full_redis_is_named_once_and_a_later_worker_drains_it() {
     }
     assert_eq!(refused, 200, "Redis filled up");
     assert!(accepted.len() > 100, "events stored before it did");
-    let log = ingest.log();
-    let full: Vec<&String> = log.iter().filter(|l| l.contains("is full")).collect();
-    assert_eq!(full.len(), 1, "one line says Redis is full: {full:#?}");
-    assert!(full[0].contains("redis_enqueue") && full[0].contains("maxmemory"));
-    assert!(full[0].contains("Add workers"), "says what to do");
-    assert!(
-        !log.iter()
-            .any(|l| l.contains("cannot queue the event") || l.contains("unreachable")),
-        "no line per refused request, and not called unreachable"
-    );
+    accepted
+}
 
-    // a worker started now (no consumer group was made by a worker) drains the backlog
-    let _worker = EngineProcess::start(&d, &["worker"], &env(free_port()));
-    let db = pg(&schema).await;
+/// Until every call of `accepted` has its row in `call_logs` (60 s at most), then: each once.
+async fn drained(schema: &str, accepted: &[String]) {
+    let db = pg(schema).await;
     let want = accepted.len() as i64;
     let deadline = Instant::now() + Duration::from_secs(60);
     while sql_count(&db, "SELECT count(*) FROM call_logs").await < want {
@@ -144,13 +119,14 @@ async fn a_full_redis_is_named_once_and_a_later_worker_drains_it() {
         want,
         "none twice"
     );
+}
 
-    // room again: ingest takes events, and says so once
+/// Until ingest answers 2xx again (30 s at most) and its log says it takes writes again.
+async fn takes_events_again(client: &reqwest::Client, port: u16, ingest: &EngineProcess) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let call = uuid::Uuid::new_v4().to_string();
-        let status = post(&client, port, &call).await.status();
-        if status == 200 {
+        if post(client, port, &call).await.status() == 200 {
             break;
         }
         assert!(Instant::now() < deadline, "ingest never took events again");
@@ -165,4 +141,132 @@ async fn a_full_redis_is_named_once_and_a_later_worker_drains_it() {
         assert!(Instant::now() < deadline, "no line saying it is back");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// `maxmemory` set 3 MiB above what Redis at `url` holds now.
+async fn room_for_3_mib(url: &str) {
+    let room = used_memory(url).await + 3 * 1024 * 1024;
+    redis_cmd(url, &["CONFIG", "SET", "maxmemory", &room.to_string()]).await;
+}
+
+/// A private Redis under `noeviction`, as the blueprint sets it.
+async fn noeviction_redis() -> (PrivateRedis, String) {
+    let redis = PrivateRedis::start(false);
+    let url = redis.url();
+    redis_cmd(&url, &["CONFIG", "SET", "maxmemory-policy", "noeviction"]).await;
+    (redis, url)
+}
+
+fn env(port: u16, redis: &str, database: &str) -> Vec<(String, String)> {
+    vec![
+        ("PORT".to_string(), port.to_string()),
+        ("REDIS_URL".to_string(), redis.to_string()),
+        ("DATABASE_URL".to_string(), database.to_string()),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_redis_is_named_once_and_a_later_worker_drains_it() {
+    let (_redis, url) = noeviction_redis().await;
+    let (database, schema) = fresh_schema().await;
+    let d = common::shipped_under_prefix("full");
+    let port = free_port();
+    let slack = common::Stub::start().await;
+    let env = |port: u16| {
+        let mut env = env(port, &url, &database);
+        env.push((
+            "SLACK_WEBHOOK_URL".to_string(),
+            format!("http://127.0.0.1:{}/services/T0/B0/full", slack.port),
+        ));
+        env
+    };
+    let ingest = EngineProcess::start(&d, &["serve", "--no-worker"], &env(port));
+    // nothing of what the boot made is left (its consumer groups included): the queue's stream
+    // is made by the first event, with no worker anywhere
+    redis_cmd(&url, &["FLUSHALL"]).await;
+    room_for_3_mib(&url).await;
+
+    let client = reqwest::Client::new();
+    let accepted = fill(&client, port).await;
+    let log = ingest.log();
+    let full: Vec<&String> = log.iter().filter(|l| l.contains("is full")).collect();
+    assert_eq!(full.len(), 1, "one line says Redis is full: {full:#?}");
+    assert!(full[0].contains("redis_enqueue") && full[0].contains("maxmemory"));
+    assert!(full[0].contains("Add workers"), "says what to do");
+    assert!(
+        !log.iter()
+            .any(|l| l.contains("cannot queue the event") || l.contains("unreachable")),
+        "no line per refused request, and not called unreachable"
+    );
+    let metrics = common::metrics_of(port).await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "engine_dependency_up{dependency=\"redis_enqueue\"} 0"),
+        "the gauge says it: {}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("dependency"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+
+    // a full Redis refuses XGROUP CREATE even for a group that exists: a worker starting now
+    // finds the group the stream was made with, and reads
+    let q = engine::queue::redis::RedisQueue::new(
+        &url,
+        &format!("full{}", std::process::id()),
+        "vapi",
+        "probe",
+    )
+    .unwrap();
+    q.ensure_group()
+        .await
+        .expect("the stream's group is found on a full Redis");
+
+    // a worker started now (no consumer group was made by a worker) drains the backlog
+    let _worker = EngineProcess::start(&d, &["worker"], &env(free_port()));
+    drained(&schema, &accepted).await;
+    // room again: ingest takes events, and says so once
+    takes_events_again(&client, port, &ingest).await;
+
+    // and Slack heard of it, start and end, in the alerter's next message (one a minute)
+    let deadline = Instant::now() + Duration::from_secs(75);
+    loop {
+        let said: String = slack.got().iter().map(|r| r.body.clone()).collect();
+        if said.contains("is full") && said.contains("takes writes again") {
+            assert!(said.contains("redis_enqueue for queue `vapi`"), "{said}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "Slack was not told: {said}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The other order: the worker is up first, but its database link is held (a sink outage), so
+/// the backlog grows until Redis is full and ingest refuses; when the link is back the worker
+/// drains and ingest recovers by itself, every 2xx'd event written once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_there_first_drains_a_full_redis_once_it_can_write_and_ingest_recovers() {
+    let (_redis, url) = noeviction_redis().await;
+    let (database, schema) = fresh_schema().await;
+    let link = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let through_link = database.replace("127.0.0.1:5432", &link.addr.to_string());
+    let d = common::shipped_under_prefix("full-first");
+    let worker = EngineProcess::start(&d, &["worker"], &env(free_port(), &url, &through_link));
+    let port = free_port();
+    let ingest = EngineProcess::start(&d, &["serve", "--no-worker"], &env(port, &url, &database));
+    link.set(Mode::Blackhole);
+    room_for_3_mib(&url).await;
+
+    let client = reqwest::Client::new();
+    let accepted = fill(&client, port).await;
+    link.set(Mode::Pass);
+    drained(&schema, &accepted).await;
+    takes_events_again(&client, port, &ingest).await;
+    assert!(
+        !worker.log().iter().any(|l| l.contains("is full")),
+        "the worker's reads, acks and deletes go on while Redis is full: {:#?}",
+        worker.log()
+    );
 }

@@ -102,7 +102,35 @@ impl Partition {
         match r {
             Ok(()) => Ok(()),
             Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            // a full Redis refuses XGROUP CREATE before it looks for the group: one that
+            // exists (made with its stream) is all a worker needs to drain it
+            Err(e) if e.code() == Some("OOM") && self.group_exists().await? => Ok(()),
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Whether the stream has the workers' consumer group (`XINFO GROUPS`, a read a full Redis
+    /// still answers).
+    async fn group_exists(&self) -> Result<bool, QueueError> {
+        let mut c = self.conn().await?;
+        let r: Result<Value, _> = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&self.stream)
+            .query_async(&mut c)
+            .await;
+        match settle(c, r) {
+            Ok(groups) => {
+                let groups: Vec<std::collections::HashMap<String, Value>> =
+                    redis::from_redis_value(&groups).map_err(QueueError::from)?;
+                Ok(groups.iter().any(|g| {
+                    g.get("name")
+                        .and_then(|n| redis::from_redis_value::<String>(n).ok())
+                        .is_some_and(|n| n == GROUP)
+                }))
+            }
+            // no such stream: no group either
+            Err(QueueError::Unavailable(e)) if e.contains("no such key") => Ok(false),
+            Err(e) => Err(e),
         }
     }
 
