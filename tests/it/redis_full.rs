@@ -88,8 +88,9 @@ async fn fill(client: &reqwest::Client, port: u16) -> Vec<String> {
     accepted
 }
 
-/// Until every call of `accepted` has its row in `call_logs` (60 s at most), then: each once.
-async fn drained(schema: &str, accepted: &[String]) {
+/// Until every call of `accepted` has its row in `call_logs` (60 s at most), then: each once;
+/// the scenario's row for docs/reliability.md printed (`sent`: the accepted and the 200 refused).
+async fn drained(schema: &str, accepted: &[String], scenario: &str) {
     let db = pg(schema).await;
     let want = accepted.len() as i64;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -114,11 +115,13 @@ async fn drained(schema: &str, accepted: &[String]) {
         want,
         "every 2xx'd event written"
     );
-    assert_eq!(
-        sql_count(&db, "SELECT count(*) FROM call_logs").await,
-        want,
-        "none twice"
+    let rows = sql_count(&db, "SELECT count(*) FROM call_logs").await;
+    println!(
+        "| {scenario} | {} | {want} | {rows} | 0 | {} |",
+        want + 200,
+        rows - want
     );
+    assert_eq!(rows, want, "none twice");
 }
 
 /// Until ingest answers 2xx again (30 s at most) and its log says it takes writes again.
@@ -226,7 +229,12 @@ async fn a_full_redis_is_named_once_and_a_later_worker_drains_it() {
 
     // a worker started now (no consumer group was made by a worker) drains the backlog
     let _worker = EngineProcess::start(&d, &["worker"], &env(free_port()));
-    drained(&schema, &accepted).await;
+    drained(
+        &schema,
+        &accepted,
+        "Redis full (ingest only, groups flushed), then an `engine worker` started",
+    )
+    .await;
     // room again: ingest takes events, and says so once
     takes_events_again(&client, port, &ingest).await;
 
@@ -262,7 +270,12 @@ async fn a_worker_there_first_drains_a_full_redis_once_it_can_write_and_ingest_r
     let client = reqwest::Client::new();
     let accepted = fill(&client, port).await;
     link.set(Mode::Pass);
-    drained(&schema, &accepted).await;
+    drained(
+        &schema,
+        &accepted,
+        "Redis full with the worker up first (its database link held), then the link back",
+    )
+    .await;
     takes_events_again(&client, port, &ingest).await;
     assert!(
         !worker.log().iter().any(|l| l.contains("is full")),
