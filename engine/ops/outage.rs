@@ -2,10 +2,10 @@
 //!
 //! Every worker retries a dependency it cannot reach. Logging each retry buried the one line that
 //! matters under thousands (12 WARN lines a second with Redis down). Instead, per dependency and
-//! queue, for the whole process:
+//! scope (below), for the whole process:
 //!
 //! ```text
-//! first failure        -> one ERROR: "<dependency> for queue `q` unreachable" (or "is full":
+//! first failure        -> one ERROR: "<dependency> unreachable" (or "is full":
 //!                         Redis answers but refuses writes at its maxmemory; or "failover in
 //!                         progress": a Redis Cluster master does not answer) and what to do
 //! while it lasts       -> one WARN summary after 30 s, then 1, 2, 4 ... minutes (at most every
@@ -16,9 +16,12 @@
 //!
 //! Workers report `redis` (their reads); the request path reports `redis_enqueue` (its writes):
 //! a full Redis refuses the writes while the workers' reads, acks and deletes go on, so the two
-//! are separate outages. Each queue has its own outage: on a Redis Cluster the queues live on
-//! different masters, and one queue's success must not end another's outage (the log flapped
-//! "reachable again" / "unreachable" through a failover while other queues were served).
+//! are separate outages. The scope ([`scope_of`]) is the whole Redis for queues on one node (they
+//! stand and fall together: one line, however many pipelines), and the queue itself ("<dependency>
+//! for queue `q`") on a Redis Cluster, whose queues live on different masters, and for a queue
+//! with `durability: replicated`, which fails alone: there one queue's success must not end
+//! another's outage (the log flapped "reachable again" / "unreachable" through a failover while
+//! other queues were served).
 //!
 //! The start and the end of each outage are also a line of the next Slack message
 //! (`ops::alerts`, when SLACK_WEBHOOK_URL is set), so the alarm reaches people who do not watch
@@ -127,6 +130,24 @@ impl Condition {
     }
 }
 
+/// The scope of `queue`'s outages: the queue's name on a Redis Cluster or with `durability:
+/// replicated`, where it can fail while others are served; "" (the whole Redis) otherwise.
+pub fn scope_of(queue: &crate::queue::Queue) -> &str {
+    match queue {
+        crate::queue::Queue::Redis(r) if r.is_cluster() || r.is_replicated() => r.name(),
+        _ => "",
+    }
+}
+
+/// What the lines call `dependency` in `scope`.
+fn subject(dependency: &str, scope: &str) -> String {
+    if scope.is_empty() {
+        dependency.to_string()
+    } else {
+        format!("{dependency} for queue `{scope}`")
+    }
+}
+
 /// One dependency's outage in progress.
 #[derive(Debug, Clone)]
 struct Down {
@@ -194,11 +215,7 @@ fn failed_at(
                     summary_every: FIRST_SUMMARY,
                 },
             );
-            tracing::error!(dependency, queue, error = %error, "{dependency} for queue `{queue}` {}", condition.started());
-            super::alerts::note(&format!(
-                "{dependency} for queue `{queue}` {}",
-                condition.alert()
-            ));
+            started(dependency, queue, condition, error);
             Change::Started
         }
         // the same outage, turned into another (a full Redis restarted and not yet answering):
@@ -206,11 +223,7 @@ fn failed_at(
         Some(d) if condition.tells_more_than(d.condition) => {
             d.failures += 1;
             d.condition = condition;
-            tracing::error!(dependency, queue, error = %error, "{dependency} for queue `{queue}` {}", condition.started());
-            super::alerts::note(&format!(
-                "{dependency} for queue `{queue}` {}",
-                condition.alert()
-            ));
+            started(dependency, queue, condition, error);
             Change::Started
         }
         Some(d) => {
@@ -221,12 +234,20 @@ fn failed_at(
             d.summary_every = (d.summary_every * 2).min(MAX_SUMMARY_EVERY);
             d.next_summary = now + d.summary_every;
             let secs = now.duration_since(d.since).as_secs();
-            tracing::warn!(dependency, queue, down_secs = secs, failed_attempts = d.failures, last_error = %error, "{dependency} for queue `{queue}` {}", d.condition.still());
+            let subject = subject(dependency, queue);
+            tracing::warn!(dependency, queue, down_secs = secs, failed_attempts = d.failures, last_error = %error, "{subject} {}", d.condition.still());
             Change::Summary {
                 failures: d.failures,
             }
         }
     }
+}
+
+/// The lines of an outage's start (or its turn into another condition): the log's and Slack's.
+fn started(dependency: &str, queue: &str, condition: Condition, error: &dyn std::fmt::Display) {
+    let subject = subject(dependency, queue);
+    tracing::error!(dependency, queue, error = %error, "{subject} {}", condition.started());
+    super::alerts::note(&format!("{subject} {}", condition.alert()));
 }
 
 /// A successful use of `dependency` for `queue`.
@@ -250,18 +271,16 @@ pub fn ok(dependency: &'static str, queue: &str) -> Change {
         None => Change::Up,
         Some(d) => {
             let secs = d.since.elapsed().as_secs();
+            let subject = subject(dependency, queue);
             tracing::info!(
                 dependency,
                 queue,
                 down_secs = secs,
                 failed_attempts = d.failures,
-                "{dependency} for queue `{queue}` {}",
+                "{subject} {}",
                 d.condition.back()
             );
-            super::alerts::note(&format!(
-                "{dependency} for queue `{queue}` {} after {secs} s",
-                d.condition.back()
-            ));
+            super::alerts::note(&format!("{subject} {} after {secs} s", d.condition.back()));
             Change::Ended {
                 failures: d.failures,
             }

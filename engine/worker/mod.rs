@@ -525,6 +525,7 @@ impl Worker {
         mut stop: watch::Receiver<bool>,
     ) {
         let mut taker = Taker::new(&queue, partition, self.options);
+        let scope = crate::ops::outage::scope_of(&queue);
         let helpers = match &queue {
             crate::queue::Queue::Redis(q) => {
                 // every worker needs the group; one per queue and process tells about it
@@ -557,7 +558,7 @@ impl Worker {
                     failures = 0;
                     crew.took(&taker, deliveries.len(), self.options.batch);
                     if let Some(dependency) = taker.dependency() {
-                        crate::ops::outage::ok(dependency, self.outcomes.name());
+                        crate::ops::outage::ok(dependency, scope);
                     }
                     if lost {
                         tracing::error!(
@@ -577,7 +578,7 @@ impl Worker {
                         .unwrap_or(crate::ops::outage::Condition::Unreachable);
                     crate::ops::outage::failed(
                         taker.dependency().unwrap_or(REDIS),
-                        self.outcomes.name(),
+                        scope,
                         condition,
                         &e,
                     );

@@ -152,6 +152,16 @@ impl RedisQueue {
         self
     }
 
+    /// Whether it lives on a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.target.is_cluster()
+    }
+
+    /// Whether its enqueues wait for replicas (`queue.durability: replicated`).
+    pub fn is_replicated(&self) -> bool {
+        self.parts.iter().any(|p| p.replication.is_some())
+    }
+
     /// The stream keys of its partitions (each lies in its queue's slot: on a cluster, a keyed
     /// command on one reaches the master that owns the queue).
     pub fn streams(&self) -> impl Iterator<Item = &str> {
