@@ -61,27 +61,7 @@ pub fn build(
             continue;
         }
         let config = p.config.queue.clone().unwrap_or_default();
-        let name = config.name.clone().unwrap_or_else(|| p.config.name.clone());
-        let handle = match &project.settings.redis_url {
-            Some(_) => {
-                let queue = redis_queue(project, &p.config, &consumer)?
-                    .ok_or_else(|| format!("{}: no Redis queue", p.file.display()))?;
-                Queue::Redis(Arc::new(match redis {
-                    Some(shared) => queue.sharing(shared.clone()),
-                    None => queue,
-                }))
-            }
-            None => Queue::Memory({
-                if config.durability == Durability::Replicated {
-                    tracing::warn!(pipeline = %p.config.name, "`durability: replicated` needs REDIS_URL: the in-process queue keeps events in this process only");
-                }
-                reuse
-                    .iter()
-                    .find(|q| crate::queue::Outcomes::name(&***q) == name)
-                    .cloned()
-                    .unwrap_or_else(|| Arc::new(MemoryQueue::new(&name)))
-            }),
-        };
+        let handle = queue_of(project, p, &config, &consumer, reuse, redis)?;
         if pool.is_none()
             && matches!(target, Target::Configured)
             && !announced
@@ -124,15 +104,7 @@ pub fn build(
             outcomes,
             program,
             sinks,
-            options: Options {
-                max_attempts: config.max_attempts,
-                backoff_initial: config.backoff.initial.0,
-                backoff_max: config.backoff.max.0,
-                lease: config.lease.0,
-                batch: config.batch_size as usize,
-                batch_wait: config.batch_wait.map_or(crate::worker::BATCH_WAIT, |w| w.0),
-                ..Options::default()
-            },
+            options: options(&config),
             archive: recorder,
         });
         out.push(Some(Queued {
@@ -150,6 +122,50 @@ pub fn build(
         );
     }
     Ok(out)
+}
+
+/// The queue of pipeline `p` (`config` its queue section): on Redis (enqueues over `redis`, the
+/// app's shared connection, when given), or in process (one of `reuse` when a reload keeps it).
+fn queue_of(
+    project: &Project,
+    p: &crate::config::LoadedPipeline,
+    config: &QueueConfig,
+    consumer: &str,
+    reuse: &[Arc<MemoryQueue>],
+    redis: Option<&SharedRedis>,
+) -> Result<Queue, String> {
+    if project.settings.redis_url.is_some() {
+        let queue = redis_queue(project, &p.config, consumer)?
+            .ok_or_else(|| format!("{}: no Redis queue", p.file.display()))?;
+        return Ok(Queue::Redis(Arc::new(match redis {
+            Some(shared) => queue.sharing(shared.clone()),
+            None => queue,
+        })));
+    }
+    if config.durability == Durability::Replicated {
+        tracing::warn!(pipeline = %p.config.name, "`durability: replicated` needs REDIS_URL: the in-process queue keeps events in this process only");
+    }
+    let name = config.name.clone().unwrap_or_else(|| p.config.name.clone());
+    Ok(Queue::Memory(
+        reuse
+            .iter()
+            .find(|q| crate::queue::Outcomes::name(&***q) == name)
+            .cloned()
+            .unwrap_or_else(|| Arc::new(MemoryQueue::new(&name))),
+    ))
+}
+
+/// A worker's options from its queue section.
+fn options(config: &QueueConfig) -> Options {
+    Options {
+        max_attempts: config.max_attempts,
+        backoff_initial: config.backoff.initial.0,
+        backoff_max: config.backoff.max.0,
+        lease: config.lease.0,
+        batch: config.batch_size as usize,
+        batch_wait: config.batch_wait.map_or(crate::worker::BATCH_WAIT, |w| w.0),
+        ..Options::default()
+    }
 }
 
 /// ENCRYPTION_KEY (and its predecessors) as a keyring, when set.
