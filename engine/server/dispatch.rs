@@ -25,13 +25,14 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use salvo::http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use salvo::http::header::{ALLOW, CONTENT_LENGTH, RETRY_AFTER};
 use salvo::http::{HeaderValue, ParseError, StatusCode};
 use salvo::prelude::*;
 use tracing::Instrument;
 
 use super::App;
 use super::answer::{Stop, error, send, too_large};
+use super::aside::{self, Aside};
 use super::limit::check_rate;
 use super::route::Route;
 use super::seen::Seen;
@@ -191,12 +192,12 @@ impl Dispatch {
             if !counted {
                 check_rate(app, route.limit.when_unverified(), &seen, &params, res).await?;
             }
-            sample_refused(app, route, &seen, params, tenant_id, refusal);
+            aside::sample_refused(app, route, &seen, params, tenant_id, refusal);
             return Err(refuse(res, refusal));
         }
         check_rate(app, route.limit.after_verify(), &seen, &params, res).await?;
         if app.project.pipelines[pipeline].config.log_body {
-            log_body(app, pipeline, &seen);
+            aside::log_body(app, pipeline, &seen);
         }
         // the JSON fields read from here on (`when`, event id, dedupe and rate-limit keys): one
         // pass through the body
@@ -211,32 +212,12 @@ impl Dispatch {
             .respond(pipeline, &event, computes)
             .instrument(crate::ops::trace::step!("respond"))
             .await;
-        let event_id = app.recorder.as_ref().map(|_| event.id.clone());
-        // the console's sample of recent events, for pipelines the archive does not keep (it
-        // shows archived ones, and an erasure leaves nothing behind in this sample): at most
-        // one every few hundred ms per pipeline
-        let sampled = (app.console.is_some()
-            && route
-                .queued
-                .as_ref()
-                .is_none_or(|q| q.worker.archive.is_none())
-            && crate::console::recent::global().offer(&route.name, seen.now_ms, false))
-        .then(|| event.clone());
+        let aside = Aside::before(app, route, &seen, &event);
         super::enqueue::enqueue(route, &seen, &fields, event, res)
             .instrument(crate::ops::trace::step!("enqueue"))
             .await?;
         send(&reply, res);
-        if let Some(event) = sampled {
-            crate::console::recent::global().keep(crate::console::recent::Sample {
-                at_ms: seen.now_ms,
-                status: reply.status,
-                event,
-                refused: None,
-            });
-        }
-        if let (Some(recorder), Some(id)) = (&app.recorder, event_id) {
-            record(app, recorder, route, &seen, &id, reply.status);
-        }
+        aside.after(app, route, &seen, reply.status);
         Ok(())
     }
 
@@ -300,39 +281,9 @@ fn event(
     event
 }
 
-/// A refused request in the console's sample of recent requests (console on; sampled apart from
-/// accepted ones, at most one every few hundred ms per pipeline), with its status and reason:
-/// an operator hunting forged or misconfigured senders needs exactly those. Its body is not
-/// parsed (it was not verified); credential headers are removed as from any event.
-fn sample_refused(
-    app: &App,
-    route: &Route,
-    seen: &Seen<'_>,
-    params: Vec<(String, String)>,
-    tenant: Option<String>,
-    refusal: Refusal,
-) {
-    let recent = crate::console::recent::global();
-    if app.console.is_none() || !recent.offer(&route.name, seen.now_ms, true) {
-        return;
-    }
-    let mut event = seen.event_input(app.clock.mint_id(), &route.name, params, tenant);
-    without_credentials(route, &mut event);
-    let (status, reason) = match refusal {
-        Refusal::Rejected(reason) => (401, reason.code()),
-        Refusal::Unavailable => (503, "verify_unavailable"),
-    };
-    recent.keep(crate::console::recent::Sample {
-        at_ms: seen.now_ms,
-        status,
-        event,
-        refused: Some(reason),
-    });
-}
-
 /// Credentials never leave the request: not into the queue, dead letters, scripts or the
 /// console's sample.
-fn without_credentials(route: &Route, event: &mut EventInput) {
+pub(super) fn without_credentials(route: &Route, event: &mut EventInput) {
     let keep = route
         .queued
         .as_ref()
@@ -343,50 +294,6 @@ fn without_credentials(route: &Route, event: &mut EventInput) {
         let credential = crate::verify::is_credential_name(name)
             || verifier.is_some_and(|v| v.reads_credential_from(name));
         !credential && (keep.is_empty() || keep.iter().any(|k| k.eq_ignore_ascii_case(name)))
-    });
-}
-
-/// `log_body: true`: the verified request's body, the pipeline's `redact` fields replaced.
-fn log_body(app: &App, pipeline: usize, seen: &Seen<'_>) {
-    let content_type = seen
-        .req
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let redact = &app.project.pipelines[pipeline].config.redact;
-    let body = crate::record::redacted_body(content_type, &seen.body, redact);
-    tracing::info!(body = %body, "request body");
-}
-
-/// `--record`: write an accepted request (2xx) as a fixture, credentials removed and the
-/// pipeline's `redact` fields redacted.
-fn record(
-    app: &App,
-    recorder: &crate::record::Recorder,
-    route: &Route,
-    seen: &Seen<'_>,
-    event_id: &str,
-    status: u16,
-) {
-    let config = &app.project.pipelines[route.pipeline].config;
-    if !config.record || !(200..300).contains(&status) {
-        return;
-    }
-    let verifier = route.verifier.as_ref();
-    recorder.record(&crate::record::Recorded {
-        pipeline: &config.name,
-        method: config.route.method,
-        path: seen.req.uri().path(),
-        query: seen.req.uri().query().unwrap_or(""),
-        headers: seen.req.headers(),
-        body: &seen.body,
-        now_ms: seen.now_ms,
-        event_id,
-        status,
-        signed: verifier.is_some(),
-        credential: &|name: &str| verifier.is_some_and(|v| v.reads_credential_from(name)),
-        redact: &config.redact,
     });
 }
 
@@ -512,7 +419,7 @@ async fn count_lookup(
 
 /// Why verification refused a request; answered by [`refuse`].
 #[derive(Debug, Clone, Copy)]
-enum Refusal {
+pub(super) enum Refusal {
     /// Not genuine: 401 (the reason goes to the log, the metrics and the console's sample, never
     /// to the caller).
     Rejected(crate::verify::Reject),

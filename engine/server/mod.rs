@@ -10,6 +10,7 @@
 
 mod admit;
 mod answer;
+mod aside;
 mod console;
 mod cors;
 pub mod dispatch;

@@ -1,0 +1,129 @@
+//! What a served request leaves beside its answer, off the request path's main line: the
+//! console's sample of recent requests (accepted and refused), the body logged with
+//! `log_body: true`, and the fixture written with `--record`. `Dispatch::serve` names each once
+//! ([`Aside::before`] the enqueue takes the event, [`Aside::after`] the answer is sent); none
+//! of them can fail a request or change its answer.
+
+use salvo::http::header::CONTENT_TYPE;
+
+use super::App;
+use super::dispatch::Refusal;
+use super::dispatch::without_credentials;
+use super::route::Route;
+use super::seen::Seen;
+use crate::transform::EventInput;
+
+/// What a request will leave once answered: the console's copy of its event (when sampled) and
+/// the event id its fixture is written under (when recording).
+pub(super) struct Aside {
+    sampled: Option<EventInput>,
+    recorded: Option<String>,
+}
+
+impl Aside {
+    /// Taken from `event` before the enqueue takes it. The console samples pipelines the archive
+    /// does not keep (it shows archived ones, and an erasure leaves nothing behind in this
+    /// sample): at most one every few hundred ms per pipeline.
+    pub(super) fn before(app: &App, route: &Route, seen: &Seen<'_>, event: &EventInput) -> Aside {
+        let sampled = (app.console.is_some()
+            && route
+                .queued
+                .as_ref()
+                .is_none_or(|q| q.worker.archive.is_none())
+            && crate::console::recent::global().offer(&route.name, seen.now_ms, false))
+        .then(|| event.clone());
+        Aside {
+            sampled,
+            recorded: app.recorder.as_ref().map(|_| event.id.clone()),
+        }
+    }
+
+    /// Once the answer (`status`) is sent: the sample kept, the fixture written.
+    pub(super) fn after(self, app: &App, route: &Route, seen: &Seen<'_>, status: u16) {
+        if let Some(event) = self.sampled {
+            crate::console::recent::global().keep(crate::console::recent::Sample {
+                at_ms: seen.now_ms,
+                status,
+                event,
+                refused: None,
+            });
+        }
+        if let (Some(recorder), Some(id)) = (&app.recorder, self.recorded) {
+            record(app, recorder, route, seen, &id, status);
+        }
+    }
+}
+
+/// A refused request in the console's sample of recent requests (console on; sampled apart from
+/// accepted ones, at most one every few hundred ms per pipeline), with its status and reason:
+/// an operator hunting forged or misconfigured senders needs exactly those. Its body is not
+/// parsed (it was not verified); credential headers are removed as from any event.
+pub(super) fn sample_refused(
+    app: &App,
+    route: &Route,
+    seen: &Seen<'_>,
+    params: Vec<(String, String)>,
+    tenant: Option<String>,
+    refusal: Refusal,
+) {
+    let recent = crate::console::recent::global();
+    if app.console.is_none() || !recent.offer(&route.name, seen.now_ms, true) {
+        return;
+    }
+    let mut event = seen.event_input(app.clock.mint_id(), &route.name, params, tenant);
+    without_credentials(route, &mut event);
+    let (status, reason) = match refusal {
+        Refusal::Rejected(reason) => (401, reason.code()),
+        Refusal::Unavailable => (503, "verify_unavailable"),
+    };
+    recent.keep(crate::console::recent::Sample {
+        at_ms: seen.now_ms,
+        status,
+        event,
+        refused: Some(reason),
+    });
+}
+
+/// `log_body: true`: the verified request's body, the pipeline's `redact` fields replaced.
+pub(super) fn log_body(app: &App, pipeline: usize, seen: &Seen<'_>) {
+    let content_type = seen
+        .req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let redact = &app.project.pipelines[pipeline].config.redact;
+    let body = crate::record::redacted_body(content_type, &seen.body, redact);
+    tracing::info!(body = %body, "request body");
+}
+
+/// `--record`: write an accepted request (2xx) as a fixture, credentials removed and the
+/// pipeline's `redact` fields redacted.
+fn record(
+    app: &App,
+    recorder: &crate::record::Recorder,
+    route: &Route,
+    seen: &Seen<'_>,
+    event_id: &str,
+    status: u16,
+) {
+    let config = &app.project.pipelines[route.pipeline].config;
+    if !config.record || !(200..300).contains(&status) {
+        return;
+    }
+    let verifier = route.verifier.as_ref();
+    recorder.record(&crate::record::Recorded {
+        pipeline: &config.name,
+        method: config.route.method,
+        path: seen.req.uri().path(),
+        query: seen.req.uri().query().unwrap_or(""),
+        headers: seen.req.headers(),
+        body: &seen.body,
+        now_ms: seen.now_ms,
+        event_id,
+        status,
+        signed: verifier.is_some(),
+        credential: &|name: &str| verifier.is_some_and(|v| v.reads_credential_from(name)),
+        redact: &config.redact,
+    });
+}
