@@ -204,120 +204,154 @@ impl std::fmt::Debug for Program {
     }
 }
 
+/// Compiles the steps of one pipeline file with one engine.
+struct StepCompiler<'a> {
+    engine: &'a Engine,
+    file: &'a Path,
+    root: &'a Path,
+}
+
+/// A problem of a step's configuration (no script involved) at `pointer`.
+fn step_error(pointer: String, message: String) -> ScriptError {
+    ScriptError {
+        script: None,
+        pointer,
+        at: None,
+        message,
+    }
+}
+
+impl StepCompiler<'_> {
+    /// A step's `when` (`base` its pointer): a script expression, or a field and the values it
+    /// must have (a JSON field of a map step is read in the map's own pass: its slot in
+    /// `pointers`, added before the map's fields).
+    fn when(
+        &self,
+        step: &crate::config::transform::Step,
+        base: &str,
+        pointers: &mut map::Pointers,
+    ) -> Result<Option<Condition>, ScriptError> {
+        match &step.when {
+            None => Ok(None),
+            Some(When::Script(w)) => {
+                let pointer = format!("{base}/when");
+                let (ast, _) = compile(
+                    self.engine,
+                    self.file,
+                    self.root,
+                    Source::Inline(w),
+                    &pointer,
+                    true,
+                )?;
+                Ok(Some(Condition::Script(ast)))
+            }
+            Some(When::Field(f)) => {
+                let json = match &f.field {
+                    KeySource::Json(ptr) => {
+                        map::check_pointer(ptr)
+                            .map_err(|e| step_error(format!("{base}/when/field/json"), e))?;
+                        Some(if step.map.is_some() {
+                            FieldRead::Map(pointers.slot(ptr))
+                        } else {
+                            FieldRead::Own(JsonPointers::new(&[ptr]))
+                        })
+                    }
+                    _ => None,
+                };
+                Ok(Some(Condition::Field {
+                    source: f.field.clone(),
+                    values: f.values.clone(),
+                    json,
+                }))
+            }
+        }
+    }
+
+    /// A step's body and the label its errors name: a `map` (fields read without a script,
+    /// into `pointers`), or a script from a file or inline.
+    fn body(
+        &self,
+        step: &crate::config::transform::Step,
+        base: &str,
+        pointers: &mut map::Pointers,
+    ) -> Result<(StepBody, String), Vec<ScriptError>> {
+        match (&step.script, &step.inline, &step.map) {
+            (None, None, Some(fields)) => {
+                if step.sink.is_none() {
+                    return Err(vec![step_error(
+                        format!("{base}/map"),
+                        "a `map` step makes a row: name the sink that receives it (`sink:`)"
+                            .into(),
+                    )]);
+                }
+                let m = map::Mapping::compile(fields, pointers).map_err(|es| {
+                    es.into_iter()
+                        .map(|(sub, m)| step_error(format!("{base}/map{sub}"), m))
+                        .collect::<Vec<_>>()
+                })?;
+                Ok((
+                    StepBody::Map(m, pointers.compile()),
+                    format!("{} ({base}/map)", self.file.display()),
+                ))
+            }
+            (script, inline, None) if script.is_some() != inline.is_some() => {
+                let (source, pointer) = match (script, inline) {
+                    (Some(f), _) => (Source::File(f), format!("{base}/script")),
+                    (_, Some(t)) => (Source::Inline(t), format!("{base}/inline")),
+                    _ => unreachable!("one of the two is set"),
+                };
+                let (ast, label) =
+                    compile(self.engine, self.file, self.root, source, &pointer, false)
+                        .map_err(|e| vec![e])?;
+                Ok((StepBody::Script(ast), label))
+            }
+            _ => Err(vec![step_error(
+                base.to_string(),
+                "give the step one of `script` (a file), `inline` (the code) or `map` (row fields read without a script)".into(),
+            )]),
+        }
+    }
+}
+
 impl Program {
-    /// Compile a pipeline's steps. `root` is the pipelines directory.
+    /// Compile a pipeline's steps. `root` is the pipelines directory. Every step is compiled,
+    /// so every problem is reported at once.
     pub fn compile(
         p: &Pipeline,
         pipeline_file: &Path,
         root: &Path,
     ) -> Result<Program, Vec<ScriptError>> {
         let engine = Arc::new(sandbox::engine(&p.script_limits));
+        let steps_of = StepCompiler {
+            engine: &engine,
+            file: pipeline_file,
+            root,
+        };
         let mut errors = Vec::new();
         let mut steps = Vec::new();
         for (i, step) in p.transform.iter().enumerate() {
             let base = format!("/transform/{i}");
-            let at = |pointer: String, message: String| ScriptError {
-                script: None,
-                pointer,
-                at: None,
-                message,
-            };
             // the pointers of a map step: its `when` field's, then its fields'
             let mut pointers = map::Pointers::default();
-            let when = match &step.when {
-                None => None,
-                Some(When::Script(w)) => match compile(
-                    &engine,
-                    pipeline_file,
-                    root,
-                    Source::Inline(w),
-                    &format!("{base}/when"),
-                    true,
-                ) {
-                    Ok((ast, _)) => Some(Condition::Script(ast)),
-                    Err(e) => {
-                        errors.push(e);
-                        None
-                    }
-                },
-                Some(When::Field(f)) => {
-                    let json = match &f.field {
-                        KeySource::Json(ptr) => match map::check_pointer(ptr) {
-                            // a map step's `when` field is read in the map's own pass (its
-                            // slot, added before the map's fields)
-                            Ok(()) if step.map.is_some() => {
-                                Some(FieldRead::Map(pointers.slot(ptr)))
-                            }
-                            Ok(()) => Some(FieldRead::Own(JsonPointers::new(&[ptr]))),
-                            Err(e) => {
-                                errors.push(at(format!("{base}/when/field/json"), e));
-                                None
-                            }
-                        },
-                        _ => None,
-                    };
-                    Some(Condition::Field {
-                        source: f.field.clone(),
-                        values: f.values.clone(),
-                        json,
-                    })
-                }
-            };
-            let name = step
-                .name
-                .clone()
-                .unwrap_or_else(|| format!("step {}", i + 1));
-            let body = match (&step.script, &step.inline, &step.map) {
-                (None, None, Some(fields)) => {
-                    if step.sink.is_none() {
-                        errors.push(at(
-                            format!("{base}/map"),
-                            "a `map` step makes a row: name the sink that receives it (`sink:`)"
-                                .into(),
-                        ));
-                        continue;
-                    }
-                    match map::Mapping::compile(fields, &mut pointers) {
-                        Ok(m) => (
-                            StepBody::Map(m, pointers.compile()),
-                            format!("{} ({base}/map)", pipeline_file.display()),
-                        ),
-                        Err(es) => {
-                            errors.extend(
-                                es.into_iter()
-                                    .map(|(sub, m)| at(format!("{base}/map{sub}"), m)),
-                            );
-                            continue;
-                        }
-                    }
-                }
-                (script, inline, None) if script.is_some() != inline.is_some() => {
-                    let (source, pointer) = match (script, inline) {
-                        (Some(f), _) => (Source::File(f), format!("{base}/script")),
-                        (_, Some(t)) => (Source::Inline(t), format!("{base}/inline")),
-                        _ => unreachable!("one of the two is set"),
-                    };
-                    match compile(&engine, pipeline_file, root, source, &pointer, false) {
-                        Ok((ast, label)) => (StepBody::Script(ast), label),
-                        Err(e) => {
-                            errors.push(e);
-                            continue;
-                        }
-                    }
-                }
-                _ => {
-                    errors.push(at(
-                        base.clone(),
-                        "give the step one of `script` (a file), `inline` (the code) or `map` (row fields read without a script)".into(),
-                    ));
-                    continue;
-                }
+            let when = steps_of
+                .when(step, &base, &mut pointers)
+                .map_err(|e| errors.push(e))
+                .ok()
+                .flatten();
+            let Ok((body, label)) = steps_of
+                .body(step, &base, &mut pointers)
+                .map_err(|e| errors.extend(e))
+            else {
+                continue;
             };
             steps.push(CompiledStep {
-                name,
+                name: step
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| format!("step {}", i + 1)),
                 when,
-                body: body.0,
-                label: body.1,
+                body,
+                label,
                 sink: step.sink.clone(),
             });
         }
@@ -381,46 +415,8 @@ impl Program {
             for step in &self.steps {
                 // a map step's values, when its `when` field was read in the same pass
                 let mut read = None;
-                match &step.when {
-                    None => {}
-                    Some(Condition::Script(when)) => {
-                        let r = self
-                            .engine
-                            .eval_ast_with_scope::<Dynamic>(run.scope()?, when)
-                            .map_err(|e| failure(&e, &format!("{} (when)", step.label)))?;
-                        match r.as_bool() {
-                            Ok(true) => {}
-                            Ok(false) => continue,
-                            Err(t) => {
-                                return Err(Failure::permanent(format!(
-                                    "{} (when): must be true or false, got {t}",
-                                    step.label
-                                )));
-                            }
-                        }
-                    }
-                    Some(Condition::Field {
-                        source,
-                        values: wanted,
-                        json,
-                    }) => {
-                        let value = match (json, &step.body) {
-                            (Some(FieldRead::Own(reads)), _) => run.read(reads, &step.label)?[0]
-                                .take()
-                                .and_then(crate::request_field::key_text),
-                            (Some(FieldRead::Map(slot)), StepBody::Map(_, reads)) => read
-                                .insert(run.read(reads, &step.label)?)[*slot]
-                                .clone()
-                                .and_then(crate::request_field::key_text),
-                            (Some(FieldRead::Map(_)), StepBody::Script(_)) => {
-                                unreachable!("compile reads a when field in the map pass of map steps only")
-                            }
-                            (None, _) => input.field(source),
-                        };
-                        if !value.is_some_and(|v| wanted.contains(&v)) {
-                            continue;
-                        }
-                    }
+                if !run.passes(step, &mut read)? {
+                    continue;
                 }
                 let result = match &step.body {
                     StepBody::Map(mapping, reads) => {
@@ -497,6 +493,50 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
+    /// Whether `step`'s `when` lets the event through (no `when`: it does). A map step's `when`
+    /// field is read in the map's own pass: its values are left in `read` for the map.
+    fn passes(
+        &mut self,
+        step: &CompiledStep,
+        read: &mut Option<Vec<Option<serde_json::Value>>>,
+    ) -> Result<bool, Failure> {
+        match &step.when {
+            None => Ok(true),
+            Some(Condition::Script(when)) => {
+                let engine = &self.program.engine;
+                let r = engine
+                    .eval_ast_with_scope::<Dynamic>(self.scope()?, when)
+                    .map_err(|e| failure(&e, &format!("{} (when)", step.label)))?;
+                r.as_bool().map_err(|t| {
+                    Failure::permanent(format!(
+                        "{} (when): must be true or false, got {t}",
+                        step.label
+                    ))
+                })
+            }
+            Some(Condition::Field {
+                source,
+                values: wanted,
+                json,
+            }) => {
+                let value = match (json, &step.body) {
+                    (Some(FieldRead::Own(reads)), _) => self.read(reads, &step.label)?[0]
+                        .take()
+                        .and_then(crate::request_field::key_text),
+                    (Some(FieldRead::Map(slot)), StepBody::Map(_, reads)) => read
+                        .insert(self.read(reads, &step.label)?)[*slot]
+                        .clone()
+                        .and_then(crate::request_field::key_text),
+                    (Some(FieldRead::Map(_)), StepBody::Script(_)) => {
+                        unreachable!("compile reads a when field in the map pass of map steps only")
+                    }
+                    (None, _) => self.input.field(source),
+                };
+                Ok(value.is_some_and(|v| wanted.contains(&v)))
+            }
+        }
+    }
+
     /// The scope holding `event`, rewound to it.
     fn scope(&mut self) -> Result<&mut Scope<'static>, Failure> {
         if self.scope.is_none() {
