@@ -139,6 +139,32 @@ fn ready_checks(
     )
 }
 
+/// The tenant secrets store, when a verifier looks secrets up per tenant: on the deployment's
+/// database, sealed with ENCRYPTION_KEY (without DATABASE_URL verifiers use their configured
+/// secrets only, with a warning).
+fn tenant_secrets(
+    project: &Project,
+    verifiers: &[Option<Verifier>],
+) -> Result<Option<TenantSecrets>, BuildError> {
+    if !verifiers.iter().flatten().any(Verifier::uses_tenants) {
+        return Ok(None);
+    }
+    let Some(url) = &project.settings.database_url else {
+        tracing::warn!(
+            "no DATABASE_URL: per-tenant secrets are not looked up; verifiers use their configured secrets only"
+        );
+        return Ok(None);
+    };
+    let keyring = project.ops.keyring().ok_or(BuildError::NoEncryptionKey)??;
+    let pool = crate::db::pool(url, 4).map_err(BuildError::Database)?;
+    Ok(Some(TenantSecrets::new(
+        pool,
+        keyring,
+        TENANT_CACHE_TTL,
+        TENANT_CACHE_ENTRIES,
+    )))
+}
+
 impl App {
     /// Build the runtime components of a validated project from its plan.
     pub fn build(project: Project, plan: crate::plan::Plan) -> Result<App, BuildError> {
@@ -160,28 +186,7 @@ impl App {
             programs.push(b.program);
             compiled.push(b.responder);
         }
-        let tenants = if verifiers.iter().flatten().any(Verifier::uses_tenants) {
-            match &project.settings.database_url {
-                Some(url) => {
-                    let keyring = project.ops.keyring().ok_or(BuildError::NoEncryptionKey)??;
-                    let pool = crate::db::pool(url, 4).map_err(BuildError::Database)?;
-                    Some(TenantSecrets::new(
-                        pool,
-                        keyring,
-                        TENANT_CACHE_TTL,
-                        TENANT_CACHE_ENTRIES,
-                    ))
-                }
-                None => {
-                    tracing::warn!(
-                        "no DATABASE_URL: per-tenant secrets are not looked up; verifiers use their configured secrets only"
-                    );
-                    None
-                }
-            }
-        } else {
-            None
-        };
+        let tenants = tenant_secrets(&project, &verifiers)?;
         let pool = queueing::sink_pool(&project, &around.sinks).map_err(BuildError::Database)?;
         let backing = match around.connections {
             Some(b) => b,
@@ -190,14 +195,19 @@ impl App {
         };
         let connections =
             crate::connection::build(&project, &backing).map_err(BuildError::Connections)?;
-        let mut responders = Vec::new();
-        for ((p, conns), r) in project.pipelines.iter().zip(connections).zip(compiled) {
-            let r = r.ok_or_else(|| BuildError::NotCompiled {
-                file: p.file.display().to_string(),
-                part: "respond",
-            })?;
-            responders.push(r.with_connections(conns));
-        }
+        let responders = project
+            .pipelines
+            .iter()
+            .zip(connections)
+            .zip(compiled)
+            .map(|((p, conns), r)| {
+                r.map(|r| r.with_connections(conns))
+                    .ok_or_else(|| BuildError::NotCompiled {
+                        file: p.file.display().to_string(),
+                        part: "respond",
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         // One Redis connection for the whole request path: rate limits, enqueues, `/ready`.
         let redis = project
             .settings
