@@ -230,50 +230,10 @@ impl Tokens {
             // an expired token and nothing to renew it with: only a new consent helps
             return self.revoked(tenant, "no refresh token is stored", s).await;
         };
-        let mut form = vec![
-            ("grant_type", "refresh_token"),
-            ("refresh_token", refresh.as_str()),
-        ];
-        let mut headers = vec![("accept".to_string(), "application/json".to_string())];
-        match self.client.client_auth {
-            ClientAuth::Body => {
-                form.push(("client_id", &self.client.client_id));
-                form.push(("client_secret", &self.client.client_secret));
-            }
-            ClientAuth::Basic => {
-                use base64::Engine as _;
-                let enc =
-                    |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-                let pair = format!(
-                    "{}:{}",
-                    enc(&self.client.client_id),
-                    enc(&self.client.client_secret)
-                );
-                headers.push((
-                    "authorization".into(),
-                    format!(
-                        "Basic {}",
-                        base64::engine::general_purpose::STANDARD.encode(pair)
-                    ),
-                ));
-            }
-        }
-        let body = form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(form)
-            .finish();
         let left = deadline.saturating_duration_since(Instant::now());
         let sent = self
             .transport
-            .send(Outbound {
-                method: "POST".into(),
-                url: self.client.token_url.clone(),
-                headers,
-                body: Some((
-                    "application/x-www-form-urlencoded".into(),
-                    body.into_bytes(),
-                )),
-                timeout: self.client.timeout.min(left),
-            })
+            .send(self.refresh_request(&refresh, self.client.timeout.min(left)))
             .await;
         let count = |result: &'static str| {
             metrics::counter!("engine_connection_token_refreshes_total", "provider" => self.provider.clone(), "result" => result).increment(1);
@@ -339,6 +299,49 @@ impl Tokens {
                     "token endpoint answered HTTP {status}: {code}"
                 )))
             }
+        }
+    }
+
+    /// The token endpoint's refresh request (RFC 6749 §6): the client's credentials in the
+    /// form or as HTTP Basic (its id and secret form-encoded first, §2.3.1), as it is configured.
+    fn refresh_request(&self, refresh: &str, timeout: std::time::Duration) -> Outbound {
+        let mut form = vec![("grant_type", "refresh_token"), ("refresh_token", refresh)];
+        let mut headers = vec![("accept".to_string(), "application/json".to_string())];
+        match self.client.client_auth {
+            ClientAuth::Body => {
+                form.push(("client_id", &self.client.client_id));
+                form.push(("client_secret", &self.client.client_secret));
+            }
+            ClientAuth::Basic => {
+                use base64::Engine as _;
+                let enc =
+                    |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+                let pair = format!(
+                    "{}:{}",
+                    enc(&self.client.client_id),
+                    enc(&self.client.client_secret)
+                );
+                headers.push((
+                    "authorization".into(),
+                    format!(
+                        "Basic {}",
+                        base64::engine::general_purpose::STANDARD.encode(pair)
+                    ),
+                ));
+            }
+        }
+        let body = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(form)
+            .finish();
+        Outbound {
+            method: "POST".into(),
+            url: self.client.token_url.clone(),
+            headers,
+            body: Some((
+                "application/x-www-form-urlencoded".into(),
+                body.into_bytes(),
+            )),
+            timeout,
         }
     }
 
