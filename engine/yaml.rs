@@ -276,6 +276,99 @@ impl Builder {
         }
         true
     }
+
+    /// A mapping key: refused when the mapping has it already, else where its value goes next.
+    fn key(&mut self, text: String, pos: Pos) {
+        let dup =
+            matches!(self.stack.last(), Some(Frame::Map { map, .. }) if map.contains_key(&text));
+        if dup {
+            self.fail(YamlError::DuplicateKey { pos, key: text });
+            return;
+        }
+        if let Some(Frame::Map {
+            pending_key,
+            pointer,
+            map,
+            ..
+        }) = self.stack.last_mut()
+        {
+            // yaml-rust2 marks a block mapping's start after its first key; the
+            // mapping really starts at that key.
+            if map.is_empty()
+                && let Some(start) = self.values.get_mut(pointer.as_str())
+                && (pos.line, pos.col) < (start.line, start.col)
+            {
+                *start = pos;
+            }
+            let child = format!("{pointer}/{}", escape_token(&text));
+            self.keys.insert(child, pos);
+            *pending_key = Some(text);
+        }
+    }
+
+    /// A scalar value at `pointer`, resolved, with where its text starts for positions inside
+    /// a string.
+    fn scalar(
+        &mut self,
+        pointer: String,
+        text: &str,
+        style: TScalarStyle,
+        anchor: usize,
+        tag: Option<&Tag>,
+        pos: Pos,
+    ) {
+        if !self.count(1, pos) {
+            return;
+        }
+        let value = resolve_scalar(text, style, tag);
+        if value.is_string() {
+            let lead = usize::from(matches!(
+                style,
+                TScalarStyle::SingleQuoted | TScalarStyle::DoubleQuoted
+            ));
+            let single_line = matches!(
+                style,
+                TScalarStyle::Plain | TScalarStyle::SingleQuoted | TScalarStyle::DoubleQuoted
+            ) && !text.contains('\n');
+            self.scalars
+                .insert(pointer.clone(), ScalarInfo { lead, single_line });
+        }
+        self.values.insert(pointer, pos);
+        self.push_value(value, 1, anchor);
+    }
+
+    /// A sequence (`seq`) or mapping starts: a frame of its own, within the depth and node
+    /// bounds.
+    fn open(&mut self, seq: bool, anchor: usize, pos: Pos) {
+        let Some(pointer) = self.next_pointer() else {
+            self.fail(YamlError::ComplexKey { pos });
+            return;
+        };
+        if self.stack.len() >= MAX_DEPTH {
+            self.fail(YamlError::TooDeep { pos });
+            return;
+        }
+        if !self.count(1, pos) {
+            return;
+        }
+        self.values.insert(pointer.clone(), pos);
+        self.stack.push(if seq {
+            Frame::Seq {
+                items: Vec::new(),
+                pointer,
+                anchor,
+                nodes: 1,
+            }
+        } else {
+            Frame::Map {
+                map: Map::new(),
+                pointer,
+                anchor,
+                pending_key: None,
+                nodes: 1,
+            }
+        });
+    }
 }
 
 impl MarkedEventReceiver for Builder {
@@ -291,59 +384,10 @@ impl MarkedEventReceiver for Builder {
                     self.fail(YamlError::MultipleDocuments { pos });
                 }
             }
-            Event::Scalar(text, style, anchor, tag) => {
-                match self.next_pointer() {
-                    None => {
-                        // A mapping key.
-                        let dup = matches!(self.stack.last(), Some(Frame::Map { map, .. }) if map.contains_key(&text));
-                        if dup {
-                            self.fail(YamlError::DuplicateKey { pos, key: text });
-                            return;
-                        }
-                        if let Some(Frame::Map {
-                            pending_key,
-                            pointer,
-                            map,
-                            ..
-                        }) = self.stack.last_mut()
-                        {
-                            // yaml-rust2 marks a block mapping's start after its first key; the
-                            // mapping really starts at that key.
-                            if map.is_empty()
-                                && let Some(start) = self.values.get_mut(pointer.as_str())
-                                && (pos.line, pos.col) < (start.line, start.col)
-                            {
-                                *start = pos;
-                            }
-                            let child = format!("{pointer}/{}", escape_token(&text));
-                            self.keys.insert(child, pos);
-                            *pending_key = Some(text);
-                        }
-                    }
-                    Some(pointer) => {
-                        if !self.count(1, pos) {
-                            return;
-                        }
-                        let value = resolve_scalar(&text, style, tag.as_ref());
-                        if value.is_string() {
-                            let lead = usize::from(matches!(
-                                style,
-                                TScalarStyle::SingleQuoted | TScalarStyle::DoubleQuoted
-                            ));
-                            let single_line = matches!(
-                                style,
-                                TScalarStyle::Plain
-                                    | TScalarStyle::SingleQuoted
-                                    | TScalarStyle::DoubleQuoted
-                            ) && !text.contains('\n');
-                            self.scalars
-                                .insert(pointer.clone(), ScalarInfo { lead, single_line });
-                        }
-                        self.values.insert(pointer, pos);
-                        self.push_value(value, 1, anchor);
-                    }
-                }
-            }
+            Event::Scalar(text, style, anchor, tag) => match self.next_pointer() {
+                None => self.key(text, pos),
+                Some(pointer) => self.scalar(pointer, &text, style, anchor, tag.as_ref(), pos),
+            },
             Event::Alias(id) => match self.next_pointer() {
                 None => self.fail(YamlError::ComplexKey { pos }),
                 Some(pointer) => match self.anchors.get(&id).cloned() {
@@ -357,37 +401,8 @@ impl MarkedEventReceiver for Builder {
                     }
                 },
             },
-            Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
-                let Some(pointer) = self.next_pointer() else {
-                    self.fail(YamlError::ComplexKey { pos });
-                    return;
-                };
-                if self.stack.len() >= MAX_DEPTH {
-                    self.fail(YamlError::TooDeep { pos });
-                    return;
-                }
-                if !self.count(1, pos) {
-                    return;
-                }
-                self.values.insert(pointer.clone(), pos);
-                let frame = if matches!(ev, Event::SequenceStart(..)) {
-                    Frame::Seq {
-                        items: Vec::new(),
-                        pointer,
-                        anchor,
-                        nodes: 1,
-                    }
-                } else {
-                    Frame::Map {
-                        map: Map::new(),
-                        pointer,
-                        anchor,
-                        pending_key: None,
-                        nodes: 1,
-                    }
-                };
-                self.stack.push(frame);
-            }
+            Event::SequenceStart(anchor, _) => self.open(true, anchor, pos),
+            Event::MappingStart(anchor, _) => self.open(false, anchor, pos),
             Event::SequenceEnd | Event::MappingEnd => match self.stack.pop() {
                 Some(Frame::Seq {
                     items,
