@@ -409,62 +409,11 @@ fn scheme_of(cfg: &Verify, errors: &mut Vec<BuildError>) -> Option<Built> {
         ));
     }
     if let Some(v) = &cfg.vapi {
-        let scheme: Box<dyn Scheme> = match v.mode {
-            VapiMode::Bearer => Box::new(token::Token {
-                header: v
-                    .header
-                    .clone()
-                    .unwrap_or_else(|| "authorization".into())
-                    .to_ascii_lowercase(),
-                bearer_prefix: v.bearer_prefix,
-            }),
-            VapiMode::Hmac => match hmac::Template::parse(&v.payload) {
-                // Vapi sends the timestamp header only with `includeTimestamp` (a payload
-                // without `{timestamp}`, e.g. `{body}`, comes without one)
-                Ok(payload) => Box::new(hmac::HmacScheme {
-                    timestamp_header: payload
-                        .signs_timestamp()
-                        .then(|| v.timestamp_header.to_ascii_lowercase()),
-                    algorithm: v.algorithm,
-                    header: v
-                        .header
-                        .clone()
-                        .unwrap_or_else(|| "x-signature".into())
-                        .to_ascii_lowercase(),
-                    prefix: v.prefix.clone(),
-                    encoding: v.encoding,
-                    secret_encoding: v.secret_encoding,
-                    payload,
-                    id_header: None,
-                    tolerance: v.tolerance_secs,
-                }),
-                Err(e) => {
-                    errors.push(("/vapi/payload".into(), e));
-                    return None;
-                }
-            },
-        };
+        let scheme = vapi_scheme(v).map_err(|e| errors.push(e)).ok()?;
         return Some(("vapi", scheme, Some(v.secret.clone()), None));
     }
     if let Some(h) = &cfg.hmac {
-        let payload = match hmac::Template::parse(&h.payload) {
-            Ok(p) => p,
-            Err(e) => {
-                errors.push(("/hmac/payload".into(), e));
-                return None;
-            }
-        };
-        let scheme = hmac::HmacScheme {
-            algorithm: h.algorithm,
-            header: h.header.to_ascii_lowercase(),
-            prefix: h.prefix.clone(),
-            encoding: h.encoding,
-            secret_encoding: h.secret_encoding,
-            payload,
-            timestamp_header: h.timestamp_header.as_ref().map(|s| s.to_ascii_lowercase()),
-            id_header: h.id_header.as_ref().map(|s| s.to_ascii_lowercase()),
-            tolerance: h.tolerance_secs,
-        };
+        let scheme = hmac_scheme(h).map_err(|e| errors.push(e)).ok()?;
         return Some(("hmac", Box::new(scheme), Some(h.secret.clone()), None));
     }
     if let Some(b) = &cfg.bearer {
@@ -492,6 +441,61 @@ fn scheme_of(cfg: &Verify, errors: &mut Vec<BuildError>) -> Option<Built> {
         return Some(("header", Box::new(scheme), Some(h.secret.clone()), None));
     }
     None
+}
+
+/// Vapi's scheme: its credential as a bearer token (or in a header of its own), or an HMAC of
+/// the payload it is configured to sign.
+fn vapi_scheme(v: &crate::config::verify::Vapi) -> Result<Box<dyn Scheme>, BuildError> {
+    Ok(match v.mode {
+        VapiMode::Bearer => Box::new(token::Token {
+            header: v
+                .header
+                .clone()
+                .unwrap_or_else(|| "authorization".into())
+                .to_ascii_lowercase(),
+            bearer_prefix: v.bearer_prefix,
+        }),
+        VapiMode::Hmac => {
+            let payload =
+                hmac::Template::parse(&v.payload).map_err(|e| ("/vapi/payload".to_string(), e))?;
+            // Vapi sends the timestamp header only with `includeTimestamp` (a payload without
+            // `{timestamp}`, e.g. `{body}`, comes without one)
+            Box::new(hmac::HmacScheme {
+                timestamp_header: payload
+                    .signs_timestamp()
+                    .then(|| v.timestamp_header.to_ascii_lowercase()),
+                algorithm: v.algorithm,
+                header: v
+                    .header
+                    .clone()
+                    .unwrap_or_else(|| "x-signature".into())
+                    .to_ascii_lowercase(),
+                prefix: v.prefix.clone(),
+                encoding: v.encoding,
+                secret_encoding: v.secret_encoding,
+                payload,
+                id_header: None,
+                tolerance: v.tolerance_secs,
+            })
+        }
+    })
+}
+
+/// The generic HMAC scheme, as configured.
+fn hmac_scheme(h: &crate::config::verify::Hmac) -> Result<hmac::HmacScheme, BuildError> {
+    let payload =
+        hmac::Template::parse(&h.payload).map_err(|e| ("/hmac/payload".to_string(), e))?;
+    Ok(hmac::HmacScheme {
+        algorithm: h.algorithm,
+        header: h.header.to_ascii_lowercase(),
+        prefix: h.prefix.clone(),
+        encoding: h.encoding,
+        secret_encoding: h.secret_encoding,
+        payload,
+        timestamp_header: h.timestamp_header.as_ref().map(|s| s.to_ascii_lowercase()),
+        id_header: h.id_header.as_ref().map(|s| s.to_ascii_lowercase()),
+        tolerance: h.tolerance_secs,
+    })
 }
 
 /// The header name a configurable scheme reads its credential from.

@@ -142,7 +142,6 @@ fn long_functions(file: &Path) -> Vec<(String, usize)> {
 fn no_engine_function_is_over_100_lines() {
     const STILL_TO_SPLIT: &[(&str, usize)] = &[
         ("table_check/mod.rs check", 166),
-        ("verify/mod.rs scheme_of", 147),
     ];
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("engine");
     let mut files = Vec::new();
