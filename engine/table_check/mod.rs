@@ -115,23 +115,7 @@ pub async fn check(
     let mut problems = Vec::new();
     let key = sink.key();
 
-    // Every column the pipeline writes, with sample values (mapped and encrypted as the sink
-    // would store them).
-    let mut values: BTreeMap<String, Vec<(String, Value)>> = BTreeMap::new();
-    for batch in &written.batches {
-        let (rows, _) = sink
-            .rows(std::slice::from_ref(batch))
-            .map_err(|e| e.to_string())?;
-        for row in rows {
-            let Value::Object(fields) = row else { continue };
-            for (column, value) in fields {
-                let samples = values.entry(column).or_default();
-                if samples.len() < 8 && !samples.iter().any(|(_, v)| v == &value) {
-                    samples.push((batch.event_id.clone(), value));
-                }
-            }
-        }
-    }
+    let values = samples(sink, written)?;
     // Proven written: what a fixture's row carried, what a script's returned map names, and what
     // the sink's own configuration names.
     let column_of = |field: &String| cfg.columns.column(field).to_string();
@@ -180,40 +164,7 @@ pub async fn check(
         }
     }
 
-    let unfilled: Vec<&String> = found
-        .iter()
-        .filter(|(c, col)| col.not_null && !col.fills_itself && !needed.contains(*c))
-        .map(|(c, _)| c)
-        .collect();
-    if whole {
-        for c in unfilled {
-            problems.push(Problem::error(format!(
-                "table `{t}`, column `{c}`: NOT NULL without a default, and the pipeline never writes it; give it a default or drop NOT NULL with a migration, or write it from the transform"
-            )));
-        }
-    } else if !unfilled.is_empty() {
-        let list = unfilled
-            .iter()
-            .map(|c| format!("`{c}`"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        problems.push(Problem {
-            message: format!(
-                "table `{t}`: cannot tell whether the pipeline fills NOT NULL column{s} {list}: the rows of {steps} are built at run time, not returned as a map literal; add a fixture whose event reaches this sink, or list the fields the rows carry in the sink's `columns:` (e.g. `columns: [{example}]`)",
-                s = if unfilled.len() == 1 { "" } else { "s" },
-                steps = written.unread.join(", "),
-                example = needed
-                    .iter()
-                    .filter(|c| *c != "event_id" && *c != "row_index")
-                    .chain(unfilled.iter().copied())
-                    .take(4)
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            ),
-            warning: true,
-        });
-    }
+    problems.extend(not_null_unfilled(t, &found, &needed, whole, written));
 
     for field in &cfg.encrypt {
         let column = cfg.columns.column(field);
@@ -238,23 +189,108 @@ pub async fn check(
     // row written for real, and rolled back. Only once the shape is right, so one cause is not
     // reported twice.
     if problems.iter().all(|p| p.warning) {
-        for batch in &written.batches {
-            for row in &batch.rows {
-                let one = Batch {
-                    rows: vec![row.clone()],
-                    ..batch.clone()
-                };
-                match sink.trial(client, std::slice::from_ref(&one)).await {
-                    Ok(()) => {}
-                    Err(SinkError::Retry(e)) => return Err(e),
-                    Err(SinkError::Permanent(e)) => {
-                        problems.push(Problem::error(format!(
-                            "table `{t}`: a row from {} is refused: {}; fix the table with a migration, or the transform",
-                            batch.event_id,
-                            e.strip_prefix(&format!("{t}: ")).unwrap_or(&e)
-                        )));
-                        break;
-                    }
+        problems.extend(rows_refused(client, sink, t, written).await?);
+    }
+    Ok(problems)
+}
+
+/// Every column the pipeline writes, with up to 8 sample values each and the event that wrote
+/// it (mapped and encrypted as the sink would store them).
+fn samples(
+    sink: &PostgresSink,
+    written: &Writes,
+) -> Result<BTreeMap<String, Vec<(String, Value)>>, String> {
+    let mut values: BTreeMap<String, Vec<(String, Value)>> = BTreeMap::new();
+    for batch in &written.batches {
+        let (rows, _) = sink
+            .rows(std::slice::from_ref(batch))
+            .map_err(|e| e.to_string())?;
+        for row in rows {
+            let Value::Object(fields) = row else { continue };
+            for (column, value) in fields {
+                let samples = values.entry(column).or_default();
+                if samples.len() < 8 && !samples.iter().any(|(_, v)| v == &value) {
+                    samples.push((batch.event_id.clone(), value));
+                }
+            }
+        }
+    }
+    Ok(values)
+}
+
+/// NOT NULL columns without a default that the pipeline never writes: errors when `needed` is
+/// all the rows can carry (`whole`), else one warning naming what would tell.
+fn not_null_unfilled(
+    t: &str,
+    found: &BTreeMap<String, Column>,
+    needed: &BTreeSet<String>,
+    whole: bool,
+    written: &Writes,
+) -> Vec<Problem> {
+    let unfilled: Vec<&String> = found
+        .iter()
+        .filter(|(c, col)| col.not_null && !col.fills_itself && !needed.contains(*c))
+        .map(|(c, _)| c)
+        .collect();
+    if whole {
+        return unfilled
+            .into_iter()
+            .map(|c| Problem::error(format!(
+                "table `{t}`, column `{c}`: NOT NULL without a default, and the pipeline never writes it; give it a default or drop NOT NULL with a migration, or write it from the transform"
+            )))
+            .collect();
+    }
+    if unfilled.is_empty() {
+        return Vec::new();
+    }
+    let list = unfilled
+        .iter()
+        .map(|c| format!("`{c}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    vec![Problem {
+        message: format!(
+            "table `{t}`: cannot tell whether the pipeline fills NOT NULL column{s} {list}: the rows of {steps} are built at run time, not returned as a map literal; add a fixture whose event reaches this sink, or list the fields the rows carry in the sink's `columns:` (e.g. `columns: [{example}]`)",
+            s = if unfilled.len() == 1 { "" } else { "s" },
+            steps = written.unread.join(", "),
+            example = needed
+                .iter()
+                .filter(|c| *c != "event_id" && *c != "row_index")
+                .chain(unfilled.iter().copied())
+                .take(4)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+        warning: true,
+    }]
+}
+
+/// Each written row tried for real in a transaction rolled back: the first refusal of each
+/// batch, said with the event it came from.
+async fn rows_refused(
+    client: &tokio_postgres::Client,
+    sink: &PostgresSink,
+    t: &str,
+    written: &Writes,
+) -> Result<Vec<Problem>, String> {
+    let mut problems = Vec::new();
+    for batch in &written.batches {
+        for row in &batch.rows {
+            let one = Batch {
+                rows: vec![row.clone()],
+                ..batch.clone()
+            };
+            match sink.trial(client, std::slice::from_ref(&one)).await {
+                Ok(()) => {}
+                Err(SinkError::Retry(e)) => return Err(e),
+                Err(SinkError::Permanent(e)) => {
+                    problems.push(Problem::error(format!(
+                        "table `{t}`: a row from {} is refused: {}; fix the table with a migration, or the transform",
+                        batch.event_id,
+                        e.strip_prefix(&format!("{t}: ")).unwrap_or(&e)
+                    )));
+                    break;
                 }
             }
         }
