@@ -176,12 +176,12 @@ pub struct Append {
     pub body: bytes::Bytes,
     pub dedupe: bool,
     pub window_secs: u64,
-    pub replication: Option<Replication>,
+    pub replication: Option<ReplicaWait>,
 }
 
 /// Replicas that must confirm an append (Redis's `WAIT`), and how long to wait for them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Replication {
+pub struct ReplicaWait {
     pub replicas: u32,
     pub timeout: Duration,
 }
@@ -206,7 +206,7 @@ impl Op {
     }
 
     /// The replicas its append must reach before it is answered.
-    fn replication(&self) -> Option<Replication> {
+    fn replication(&self) -> Option<ReplicaWait> {
         match self {
             Op::Limit(_) => None,
             Op::Append(a) | Op::LimitedAppend(_, a) => a.replication,
@@ -444,7 +444,7 @@ async fn replicated(
     let Some(want) = jobs
         .iter()
         .filter_map(|j| j.op.replication())
-        .reduce(|a, b| Replication {
+        .reduce(|a, b| ReplicaWait {
             replicas: a.replicas.max(b.replicas),
             timeout: a.timeout.max(b.timeout),
         })

@@ -288,12 +288,15 @@ pub fn ok(dependency: &'static str, queue: &str) -> Change {
     }
 }
 
-/// The pause before retry number `attempt` (1, 2, ...): 250 ms doubling to 5 s, with up to a
-/// quarter of jitter so workers that failed together do not retry together.
-pub fn backoff(attempt: u32) -> Duration {
-    let base = Duration::from_millis(250) * 2u32.saturating_pow(attempt.saturating_sub(1).min(5));
-    let base = base.min(Duration::from_secs(5));
-    base + base.mul_f64(fastrand::f64() * 0.25)
+/// How a dependency that fails is retried: `crate::queue::backoff` from 250 ms, doubling, to
+/// 5 s between attempts, with jitter so workers that failed together do not retry together.
+pub const RETRY_FIRST: Duration = Duration::from_millis(250);
+/// The longest pause between attempts at a dependency that fails ([`RETRY_FIRST`]).
+pub const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// The pause before attempt `failures` + 1 at a failing dependency.
+pub fn pause_after(failures: u32) -> Duration {
+    crate::queue::backoff(failures, RETRY_FIRST, RETRY_MAX)
 }
 
 #[cfg(test)]
@@ -458,11 +461,9 @@ mod tests {
     }
 
     #[test]
-    fn backoff_grows_to_a_cap() {
-        assert!(
-            backoff(1) >= Duration::from_millis(250) && backoff(1) < Duration::from_millis(320)
-        );
-        assert!(backoff(3) >= Duration::from_secs(1));
-        assert!(backoff(50) <= Duration::from_millis(6250));
+    fn pauses_grow_to_a_cap() {
+        assert!(pause_after(1) <= RETRY_FIRST);
+        assert!(pause_after(3) >= Duration::from_millis(500));
+        assert!(pause_after(50) <= RETRY_MAX);
     }
 }

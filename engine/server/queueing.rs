@@ -220,7 +220,7 @@ pub fn redis_queue(
     .map_err(|e| e.to_string())?;
     Ok(Some(match config.durability {
         Durability::Local => queue,
-        Durability::Replicated => queue.replicated(crate::shared_redis::Replication {
+        Durability::Replicated => queue.replicated(crate::shared_redis::ReplicaWait {
             replicas: config.replication.replicas,
             timeout: config.replication.timeout.0,
         }),

@@ -582,7 +582,7 @@ impl Worker {
                         condition,
                         &e,
                     );
-                    pause(&mut stop, crate::ops::outage::backoff(failures)).await;
+                    pause(&mut stop, crate::ops::outage::pause_after(failures)).await;
                 }
             }
         }

@@ -13,7 +13,7 @@ use std::future::Future;
 use std::time::Instant;
 
 use super::Worker;
-use crate::ops::outage::{Condition, backoff};
+use crate::ops::outage::{Condition, pause_after};
 use crate::queue::QueueError;
 
 impl Worker {
@@ -40,7 +40,7 @@ impl Worker {
                 }
                 Err(e) => {
                     failures += 1;
-                    let pause = backoff(failures);
+                    let pause = pause_after(failures);
                     if Condition::of(&e).is_none() || Instant::now() + pause >= deadline {
                         return Err(e);
                     }

@@ -249,7 +249,7 @@ pub(super) async fn group_made(
                 if failures == 1 && tells {
                     tracing::error!(queue = queue.name(), error = %e, "cannot create the consumer group; retrying with backoff (a line follows when it is made)");
                 }
-                super::pause(stop, crate::ops::outage::backoff(failures)).await;
+                super::pause(stop, crate::ops::outage::pause_after(failures)).await;
                 if *stop.borrow() {
                     return false;
                 }

@@ -48,7 +48,7 @@ use mobc_redis::redis::{self};
 use crate::rate_limit::Rule;
 use crate::rate_limit::redis::Verdict;
 use crate::redis_url::{Conn, Target};
-use crate::shared_redis::{Replication, SharedRedis};
+use crate::shared_redis::{ReplicaWait, SharedRedis};
 
 pub use partition::Partition;
 
@@ -145,7 +145,7 @@ impl RedisQueue {
 
     /// This queue answering an enqueue only once `replication` says enough replicas have it
     /// (`queue.durability: replicated`).
-    pub fn replicated(mut self, replication: Replication) -> RedisQueue {
+    pub fn replicated(mut self, replication: ReplicaWait) -> RedisQueue {
         for p in &mut self.parts {
             p.replication = Some(replication);
         }

@@ -11,7 +11,7 @@ use mobc_redis::redis::{self, Value};
 use crate::rate_limit::Rule;
 use crate::rate_limit::redis::Verdict;
 use crate::redis_url::Conn;
-use crate::shared_redis::{Append, Op, Replication, SharedRedis};
+use crate::shared_redis::{Append, Op, ReplicaWait, SharedRedis};
 use crate::transform::EventInput;
 
 use super::entry::*;
@@ -39,7 +39,7 @@ pub struct Partition {
     pub(super) dead_letter: redis::Script,
     pub(super) promote: redis::Script,
     /// Replicas an enqueue must reach before it is answered (`queue.durability: replicated`).
-    pub(super) replication: Option<Replication>,
+    pub(super) replication: Option<ReplicaWait>,
 }
 
 impl Partition {
