@@ -7,7 +7,7 @@
 //! to Redis together:
 //!
 //! ```text
-//! request  -> Op (Limit | Append | LimitedAppend) -> queue of the group commit (bounded)
+//! request  -> Op (GcraCheck | Append | LimitedAppend) -> queue of the group commit (bounded)
 //! committer: take every op waiting (≤ 256) -> one EVALSHA of GROUP running each op in order,
 //!            each under pcall -> one answer per op -> each request's own reply
 //! ```
@@ -157,7 +157,7 @@ return out
 /// A GCRA check of the request path: the Redis key, the rule's emission interval and burst, and
 /// a clock for tests (`None`: Redis's `TIME`).
 #[derive(Debug, Clone)]
-pub struct Limit {
+pub struct GcraCheck {
     pub key: String,
     pub interval_us: u64,
     pub burst: u32,
@@ -186,21 +186,21 @@ pub struct ReplicaWait {
     pub timeout: Duration,
 }
 
-/// One operation of the request path. Answers: `Limit` → [allowed, retry ms, reset ms,
+/// One operation of the request path. Answers: `GcraCheck` → [allowed, retry ms, reset ms,
 /// remaining]; `Append` → the entry id, or "" for a duplicate; `LimitedAppend` → the verdict's
 /// four values then the entry id ("" when refused or a duplicate).
 #[derive(Debug, Clone)]
 pub enum Op {
-    Limit(Limit),
+    GcraCheck(GcraCheck),
     Append(Append),
-    LimitedAppend(Limit, Append),
+    LimitedAppend(GcraCheck, Append),
 }
 
 impl Op {
     /// The key the op's call is routed by (on a cluster, every key of an op must share its slot).
     fn first_key(&self) -> &str {
         match self {
-            Op::Limit(l) | Op::LimitedAppend(l, _) => &l.key,
+            Op::GcraCheck(l) | Op::LimitedAppend(l, _) => &l.key,
             Op::Append(a) => &a.stream,
         }
     }
@@ -208,13 +208,13 @@ impl Op {
     /// The replicas its append must reach before it is answered.
     fn replication(&self) -> Option<ReplicaWait> {
         match self {
-            Op::Limit(_) => None,
+            Op::GcraCheck(_) => None,
             Op::Append(a) | Op::LimitedAppend(_, a) => a.replication,
         }
     }
 
     fn encode(&self, call: &mut redis::ScriptInvocation<'_>) {
-        fn limit(call: &mut redis::ScriptInvocation<'_>, l: &Limit) {
+        fn limit(call: &mut redis::ScriptInvocation<'_>, l: &GcraCheck) {
             call.key(&l.key).arg(l.interval_us).arg(l.burst);
             match l.now_us {
                 Some(now) => call.arg(now),
@@ -230,7 +230,7 @@ impl Op {
                 .arg(a.window_secs.max(1));
         }
         match self {
-            Op::Limit(l) => {
+            Op::GcraCheck(l) => {
                 call.arg("L");
                 limit(call, l);
             }

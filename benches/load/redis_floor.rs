@@ -7,7 +7,7 @@ use super::*;
 /// (`shared_redis`) driven with 2.7 KiB payloads, from a given number of concurrent callers
 /// (the group sizes follow), Redis's CPU (`INFO cpu`) per op. No HTTP, no engine work.
 pub async fn run() {
-    use engine::shared_redis::{Append, Limit, Op, SharedRedis};
+    use engine::shared_redis::{Append, GcraCheck, Op, SharedRedis};
     let shared = SharedRedis::open("redis://127.0.0.1:6379").unwrap();
     let prefix = format!("floor{}", std::process::id());
     // the stored form: the event's JSON without its body (~300 bytes) and the 2 KiB body raw
@@ -38,7 +38,7 @@ pub async fn run() {
                     };
                     let op = match limited {
                         true => Op::LimitedAppend(
-                            Limit {
+                            GcraCheck {
                                 key: format!("{prefix}:rl:{}", c % 4),
                                 interval_us: 1,
                                 burst: 1_000_000,

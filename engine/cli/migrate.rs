@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use super::{Target, project, runtime};
+use super::{Deployment, project, runtime};
 use crate::diagnostics::{self, Format};
 
 /// What `engine migrate` does.
@@ -19,7 +19,7 @@ pub(super) fn migrate(
     dir: &Path,
     step: MigrateStep,
     fixtures: &[PathBuf],
-    target: &Target,
+    target: &Deployment,
 ) -> ExitCode {
     // The pipelines give DATABASE_URL when --database-url is not passed, and the table check
     // needs them; `--status` with --database-url needs neither, so they are not even read.

@@ -173,7 +173,7 @@ pub enum Command {
         #[arg(long)]
         fixtures: Option<PathBuf>,
         #[command(flatten)]
-        target: Target,
+        target: Deployment,
     },
     /// Manage per-tenant secrets in the database.
     Secrets {
@@ -205,7 +205,7 @@ pub enum Command {
 
 /// Where the queue commands find the deployment.
 #[derive(Debug, clap::Args)]
-pub struct Target {
+pub struct Deployment {
     /// The pipelines directory.
     #[arg(long, default_value = "pipelines")]
     pub pipelines: PathBuf,
@@ -222,7 +222,7 @@ pub enum QueueAction {
     /// Counts for every queued pipeline.
     Stats {
         #[command(flatten)]
-        target: Target,
+        target: Deployment,
     },
 }
 
@@ -234,7 +234,7 @@ pub enum DlqAction {
         #[arg(long)]
         pipeline: String,
         #[command(flatten)]
-        target: Target,
+        target: Deployment,
     },
     /// One dead letter with its event.
     Show {
@@ -245,7 +245,7 @@ pub enum DlqAction {
         #[arg(long)]
         id: String,
         #[command(flatten)]
-        target: Target,
+        target: Deployment,
     },
     /// Put dead letters back on the queue with a fresh attempt count.
     Replay {
@@ -259,7 +259,7 @@ pub enum DlqAction {
         #[arg(long)]
         all: bool,
         #[command(flatten)]
-        target: Target,
+        target: Deployment,
     },
     /// Delete dead letters.
     Purge {
@@ -273,7 +273,7 @@ pub enum DlqAction {
         #[arg(long)]
         all: bool,
         #[command(flatten)]
-        target: Target,
+        target: Deployment,
     },
 }
 

@@ -3,11 +3,11 @@
 
 use std::process::ExitCode;
 
-use super::{DlqAction, Target, project, runtime};
+use super::{Deployment, DlqAction, project, runtime};
 
 /// The Redis queues of the queued pipelines, by pipeline name.
 pub(super) fn queues(
-    target: &Target,
+    target: &Deployment,
 ) -> Result<Vec<(String, crate::queue::redis::RedisQueue)>, ExitCode> {
     let project = project(&target.pipelines, target.env_file.as_deref())?;
     if project.settings.redis_url.is_none() {
@@ -30,7 +30,7 @@ pub(super) fn queues(
     Ok(out)
 }
 
-pub(super) fn queue_stats(target: &Target) -> ExitCode {
+pub(super) fn queue_stats(target: &Deployment) -> ExitCode {
     let (queues, rt) = match (queues(target), runtime()) {
         (Ok(q), Ok(r)) => (q, r),
         (Err(c), _) | (_, Err(c)) => return c,

@@ -29,7 +29,7 @@ pub struct Pipeline {
     pub description: Option<String>,
 
     /// The HTTP method and path this pipeline answers.
-    pub route: Route,
+    pub route: RouteConfig,
 
     /// Largest request body accepted, overriding the settings' `body_limit`; larger bodies get 413.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -122,10 +122,12 @@ pub enum Redact {
     Query(String),
 }
 
+// (`server::route::Route` is what serves it)
 /// Where the pipeline listens.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Route {
+#[schemars(rename = "Route")]
+pub struct RouteConfig {
     /// HTTP method.
     pub method: HttpMethod,
     /// URL path, starting with `/`. `{name}` captures one segment (e.g. `/hooks/{tenant}`),

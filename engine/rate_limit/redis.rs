@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use crate::shared_redis::{Limit, Op, SharedRedis};
+use crate::shared_redis::{GcraCheck, Op, SharedRedis};
 
 use super::{Decision, Rule, Unavailable};
 
@@ -56,8 +56,8 @@ pub const LONGEST_CLIENT_KEY: usize = 200;
 
 /// The group commit's GCRA check of `rule` on the Redis key `redis_key` (see [`key_in`]);
 /// `now_us` overrides Redis's clock (tests only).
-pub fn check(rule: &Rule, redis_key: String, now_us: Option<u64>) -> Limit {
-    Limit {
+pub fn check(rule: &Rule, redis_key: String, now_us: Option<u64>) -> GcraCheck {
+    GcraCheck {
         key: redis_key,
         interval_us: rule.interval.as_micros() as u64,
         burst: rule.burst,
@@ -111,7 +111,7 @@ impl RedisGcra {
         key: &str,
         now_us: Option<u64>,
     ) -> Result<Decision, Unavailable> {
-        let op = Op::Limit(check(rule, self.key(rule, key), now_us));
+        let op = Op::GcraCheck(check(rule, self.key(rule, key), now_us));
         let work = async {
             let answer = self
                 .conn

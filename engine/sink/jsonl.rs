@@ -10,27 +10,27 @@ use tokio::sync::Mutex;
 
 use crate::sink::{Batch, Sink, SinkError, SinkFuture};
 
-enum Target {
+enum Destination {
     File(PathBuf),
     Stdout,
 }
 
 pub struct JsonLines {
-    target: Target,
+    target: Destination,
     lock: Mutex<()>,
 }
 
 impl JsonLines {
     pub fn file(path: PathBuf) -> JsonLines {
         JsonLines {
-            target: Target::File(path),
+            target: Destination::File(path),
             lock: Mutex::new(()),
         }
     }
 
     pub fn stdout() -> JsonLines {
         JsonLines {
-            target: Target::Stdout,
+            target: Destination::Stdout,
             lock: Mutex::new(()),
         }
     }
@@ -61,7 +61,7 @@ impl Sink for JsonLines {
             let text = lines(batch);
             let _guard = self.lock.lock().await;
             match &self.target {
-                Target::Stdout => {
+                Destination::Stdout => {
                     let mut out = tokio::io::stdout();
                     out.write_all(text.as_bytes())
                         .await
@@ -70,7 +70,7 @@ impl Sink for JsonLines {
                         .await
                         .map_err(|e| SinkError::Retry(e.to_string()))
                 }
-                Target::File(path) => {
+                Destination::File(path) => {
                     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                         tokio::fs::create_dir_all(dir)
                             .await

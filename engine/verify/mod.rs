@@ -110,7 +110,7 @@ pub const LONGEST_TENANT_ID: usize = 128;
 pub const TWILIO_ACCOUNT_SID: &str = "^AC[0-9a-f]{32}$";
 
 impl TenantLookup {
-    fn build(scheme: &str, t: Tenant, errors: &mut Vec<BuildError>) -> TenantLookup {
+    fn build(scheme: &str, t: Tenant, errors: &mut Vec<ConfigProblem>) -> TenantLookup {
         let pattern = t
             .pattern
             .clone()
@@ -141,11 +141,11 @@ impl TenantLookup {
 }
 
 /// A problem building a verifier: a pointer below `/verify` and a message.
-pub type BuildError = (String, String);
+pub type ConfigProblem = (String, String);
 
 impl Verifier {
     /// Build from an interpolated `verify` section.
-    pub fn build(cfg: &Verify) -> Result<Verifier, Vec<BuildError>> {
+    pub fn build(cfg: &Verify) -> Result<Verifier, Vec<ConfigProblem>> {
         let mut errors = Vec::new();
         let schemes = cfg.schemes();
         if schemes.len() > 1 {
@@ -346,7 +346,7 @@ type Built = (
     Option<Tenant>,
 );
 
-fn scheme_of(cfg: &Verify, errors: &mut Vec<BuildError>) -> Option<Built> {
+fn scheme_of(cfg: &Verify, errors: &mut Vec<ConfigProblem>) -> Option<Built> {
     if let Some(t) = &cfg.twilio {
         if t.secret.is_none() && t.tenant.is_none() {
             errors.push((
@@ -445,7 +445,7 @@ fn scheme_of(cfg: &Verify, errors: &mut Vec<BuildError>) -> Option<Built> {
 
 /// Vapi's scheme: its credential as a bearer token (or in a header of its own), or an HMAC of
 /// the payload it is configured to sign.
-fn vapi_scheme(v: &crate::config::verify::Vapi) -> Result<Box<dyn Scheme>, BuildError> {
+fn vapi_scheme(v: &crate::config::verify::Vapi) -> Result<Box<dyn Scheme>, ConfigProblem> {
     Ok(match v.mode {
         VapiMode::Bearer => Box::new(token::Token {
             header: v
@@ -482,7 +482,7 @@ fn vapi_scheme(v: &crate::config::verify::Vapi) -> Result<Box<dyn Scheme>, Build
 }
 
 /// The generic HMAC scheme, as configured.
-fn hmac_scheme(h: &crate::config::verify::Hmac) -> Result<hmac::HmacScheme, BuildError> {
+fn hmac_scheme(h: &crate::config::verify::Hmac) -> Result<hmac::HmacScheme, ConfigProblem> {
     let payload =
         hmac::Template::parse(&h.payload).map_err(|e| ("/hmac/payload".to_string(), e))?;
     Ok(hmac::HmacScheme {
