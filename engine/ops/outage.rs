@@ -153,6 +153,8 @@ fn subject(dependency: &str, scope: &str) -> String {
 struct Down {
     condition: Condition,
     since: Instant,
+    /// The latest failed attempt: a full Redis is over only once writes stop failing.
+    last_failure: Instant,
     failures: u64,
     next_summary: Instant,
     summary_every: Duration,
@@ -210,6 +212,7 @@ fn failed_at(
                 Down {
                     condition,
                     since: now,
+                    last_failure: now,
                     failures: 1,
                     next_summary: now + FIRST_SUMMARY,
                     summary_every: FIRST_SUMMARY,
@@ -222,12 +225,14 @@ fn failed_at(
         // said once, counted on
         Some(d) if condition.tells_more_than(d.condition) => {
             d.failures += 1;
+            d.last_failure = now;
             d.condition = condition;
             started(dependency, queue, condition, error);
             Change::Started
         }
         Some(d) => {
             d.failures += 1;
+            d.last_failure = now;
             if now < d.next_summary {
                 return Change::Quiet;
             }
@@ -252,6 +257,15 @@ fn started(dependency: &str, queue: &str, condition: Condition, error: &dyn std:
 
 /// A successful use of `dependency` for `queue`.
 pub fn ok(dependency: &'static str, queue: &str) -> Change {
+    ok_at(dependency, queue, Instant::now())
+}
+
+/// A Redis at its `maxmemory` takes a write now and then (memory is freed and used again), so
+/// a full Redis is over only once writes have not failed for this long: its lines do not flap
+/// "takes writes again" / "is full" while it stays at the edge.
+const FULL_SETTLES: Duration = Duration::from_secs(5);
+
+fn ok_at(dependency: &'static str, queue: &str, now: Instant) -> Change {
     if !ANY_DOWN.load(Ordering::Acquire) {
         return Change::Up;
     }
@@ -259,6 +273,11 @@ pub fn ok(dependency: &'static str, queue: &str) -> Change {
     let Some(down) = all.get_mut(dependency) else {
         return Change::Up;
     };
+    if down.get(queue).is_some_and(|d| {
+        d.condition == Condition::Full && now.duration_since(d.last_failure) < FULL_SETTLES
+    }) {
+        return Change::Quiet;
+    }
     let removed = down.remove(queue);
     if down.is_empty() {
         all.remove(dependency);
@@ -458,6 +477,31 @@ mod tests {
         );
         assert_eq!(ok(dep, "q"), Change::Ended { failures: 2 });
         assert!(Condition::Failover.started().contains("replica"));
+    }
+
+    #[test]
+    fn a_full_redis_is_over_once_writes_stop_failing() {
+        let t0 = Instant::now();
+        let dep = "test-full-edge";
+        let full = "OOM command not allowed when used memory > 'maxmemory'";
+        assert_eq!(
+            failed_at(dep, "", Condition::Full, &full, t0),
+            Change::Started
+        );
+        // at the edge: a write taken, then refused again, within the settling time
+        assert_eq!(
+            ok_at(dep, "", t0 + Duration::from_millis(100)),
+            Change::Quiet
+        );
+        assert_eq!(
+            failed_at(dep, "", Condition::Full, &full, t0 + Duration::from_secs(2)),
+            Change::Quiet
+        );
+        assert_eq!(ok_at(dep, "", t0 + Duration::from_secs(6)), Change::Quiet);
+        assert_eq!(
+            ok_at(dep, "", t0 + Duration::from_secs(7)),
+            Change::Ended { failures: 2 }
+        );
     }
 
     #[test]
