@@ -68,14 +68,40 @@ fn health(project: &Project, clock: &crate::clock::Clock, res: &mut Response) {
 }
 
 /// `/ready`: 200 when Redis and Postgres (those configured) answer, else 503 naming what is down.
+/// Logged when the answer changes, not per probe: a load balancer asks every few seconds, and
+/// an outage was a WARN line per probe.
 async fn ready(app: &App, res: &mut Response) {
     let (ok, body) = app.ready.run().await;
+    // what is down, by name: its error's wording may change from one probe to the next
+    let down = (!ok).then(|| {
+        body["checks"]
+            .as_object()
+            .map(|c| {
+                c.iter()
+                    .filter(|(_, v)| v.as_str() != Some("ok"))
+                    .map(|(k, _)| k.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default()
+    });
+    let mut said = SAID.lock().unwrap_or_else(|e| e.into_inner());
+    if *said != down {
+        match &down {
+            Some(_) => tracing::warn!(checks = %body["checks"], "not ready"),
+            None => tracing::info!("ready again"),
+        }
+        *said = down;
+    }
+    drop(said);
     if !ok {
-        tracing::warn!(checks = %body["checks"], "not ready");
         res.status_code(StatusCode::SERVICE_UNAVAILABLE);
     }
     res.render(Json(body));
 }
+
+/// The names of the failing checks `/ready` last logged (`None`: ready), one per process.
+static SAID: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
 
 /// `/metrics`: Prometheus text, behind METRICS_TOKEN (open in development without one).
 fn metrics_text(app: &App, req: &Request, res: &mut Response) {

@@ -281,4 +281,11 @@ async fn a_replica_takes_over_and_replicated_durability_acknowledges_only_what_t
         !log.iter().any(|l| l.contains("took over an entry")),
         "no live consumer taken for a dead one: {log:#?}"
     );
+    // `/ready` was asked every 250 ms: its lines are the changes, not the probes
+    let not_ready = log.iter().filter(|l| l.contains("not ready")).count();
+    assert!(
+        (1..=4).contains(&not_ready) && log.iter().any(|l| l.contains("ready again")),
+        "{not_ready} `not ready` lines for {} probes",
+        ready.len()
+    );
 }
