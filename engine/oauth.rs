@@ -414,17 +414,13 @@ impl Flow {
             .http
             .post(&self.token_url)
             .header("accept", "application/json");
-        match self.cfg.client_auth {
-            ClientAuth::Body => {
-                form.push(("client_id", &self.cfg.client_id));
-                form.push(("client_secret", &self.cfg.client_secret));
-            }
-            ClientAuth::Basic => {
-                // RFC 6749 2.3.1: each part form-encoded, then Basic
-                let enc =
-                    |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-                req = req.basic_auth(enc(&self.cfg.client_id), Some(enc(&self.cfg.client_secret)));
-            }
+        if let Some(basic) = client_credentials(
+            self.cfg.client_auth,
+            &self.cfg.client_id,
+            &self.cfg.client_secret,
+            &mut form,
+        ) {
+            req = req.header("authorization", basic);
         }
         let res = req.form(&form).send().await.map_err(|e| {
             if e.is_timeout() {
@@ -564,6 +560,33 @@ pub fn page(status: u16, text: &str) -> String {
     format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>Connection not completed</title></head><body><h1>Connection not completed</h1><p>{escaped}</p><p><small>HTTP {status}</small></p></body></html>"
     )
+}
+
+/// The client's credentials at a token endpoint (RFC 6749 §2.3.1), as `auth` says: added to
+/// `form`, or returned as the `Authorization` header's value (HTTP Basic of the id and secret,
+/// each form-encoded first).
+pub fn client_credentials<'a>(
+    auth: ClientAuth,
+    id: &'a str,
+    secret: &'a str,
+    form: &mut Vec<(&'a str, &'a str)>,
+) -> Option<String> {
+    match auth {
+        ClientAuth::Body => {
+            form.push(("client_id", id));
+            form.push(("client_secret", secret));
+            None
+        }
+        ClientAuth::Basic => {
+            use base64::Engine as _;
+            let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            let pair = format!("{}:{}", enc(id), enc(secret));
+            Some(format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(pair)
+            ))
+        }
+    }
 }
 
 #[cfg(test)]

@@ -302,33 +302,18 @@ impl Tokens {
         }
     }
 
-    /// The token endpoint's refresh request (RFC 6749 §6): the client's credentials in the
-    /// form or as HTTP Basic (its id and secret form-encoded first, §2.3.1), as it is configured.
+    /// The token endpoint's refresh request (RFC 6749 §6), with the client's credentials as it is
+    /// configured (`oauth::client_credentials`).
     fn refresh_request(&self, refresh: &str, timeout: std::time::Duration) -> Outbound {
         let mut form = vec![("grant_type", "refresh_token"), ("refresh_token", refresh)];
         let mut headers = vec![("accept".to_string(), "application/json".to_string())];
-        match self.client.client_auth {
-            ClientAuth::Body => {
-                form.push(("client_id", &self.client.client_id));
-                form.push(("client_secret", &self.client.client_secret));
-            }
-            ClientAuth::Basic => {
-                use base64::Engine as _;
-                let enc =
-                    |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-                let pair = format!(
-                    "{}:{}",
-                    enc(&self.client.client_id),
-                    enc(&self.client.client_secret)
-                );
-                headers.push((
-                    "authorization".into(),
-                    format!(
-                        "Basic {}",
-                        base64::engine::general_purpose::STANDARD.encode(pair)
-                    ),
-                ));
-            }
+        if let Some(basic) = crate::oauth::client_credentials(
+            self.client.client_auth,
+            &self.client.client_id,
+            &self.client.client_secret,
+            &mut form,
+        ) {
+            headers.push(("authorization".into(), basic));
         }
         let body = form_urlencoded::Serializer::new(String::new())
             .extend_pairs(form)

@@ -77,7 +77,7 @@ pub(super) async fn enqueue(
         None => q.handle.enqueue(event, dedupe).await,
     };
     if stored.is_ok() {
-        crate::ops::outage::ok(ENQUEUE, crate::ops::outage::scope_of(&q.handle));
+        crate::ops::outage::ok(ENQUEUE, &q.outage_scope);
     }
     match stored {
         Ok(Enqueued::Added(_)) => {
@@ -94,12 +94,7 @@ pub(super) async fn enqueue(
             // starts, summaries, a line when it ends), not a line per refused request
             match Condition::of(&e) {
                 Some(condition) => {
-                    crate::ops::outage::failed(
-                        ENQUEUE,
-                        crate::ops::outage::scope_of(&q.handle),
-                        condition,
-                        &e,
-                    );
+                    crate::ops::outage::failed(ENQUEUE, &q.outage_scope, condition, &e);
                 }
                 None => {
                     tracing::error!(pipeline = %name, %event_id, error = %e, "cannot queue the event; answering 503")

@@ -23,6 +23,9 @@ pub struct Queued {
     pub config: QueueConfig,
     pub handle: Queue,
     pub worker: Arc<Worker>,
+    /// Its enqueue outages' scope (`ops::outage::scope_of`), decided once here rather than on
+    /// every request.
+    pub outage_scope: String,
 }
 
 /// The sinks' Postgres pool, when DATABASE_URL is set and sinks write there.
@@ -109,6 +112,7 @@ pub fn build(
         });
         out.push(Some(Queued {
             config,
+            outage_scope: crate::ops::outage::scope_of(&handle).to_string(),
             handle,
             worker,
         }));
