@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio_postgres::types::Type;
 
-use crate::config::oauth::{ClientAuth, OAuth};
+use crate::config::oauth::OAuth;
 use crate::crypto::Keyring;
 use crate::sink::{Batch, Sink};
 
@@ -414,8 +414,7 @@ impl Flow {
             .http
             .post(&self.token_url)
             .header("accept", "application/json");
-        if let Some(basic) = client_credentials(
-            self.cfg.client_auth,
+        if let Some(basic) = self.cfg.client_auth.credentials(
             &self.cfg.client_id,
             &self.cfg.client_secret,
             &mut form,
@@ -560,33 +559,6 @@ pub fn page(status: u16, text: &str) -> String {
     format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>Connection not completed</title></head><body><h1>Connection not completed</h1><p>{escaped}</p><p><small>HTTP {status}</small></p></body></html>"
     )
-}
-
-/// The client's credentials at a token endpoint (RFC 6749 §2.3.1), as `auth` says: added to
-/// `form`, or returned as the `Authorization` header's value (HTTP Basic of the id and secret,
-/// each form-encoded first).
-pub fn client_credentials<'a>(
-    auth: ClientAuth,
-    id: &'a str,
-    secret: &'a str,
-    form: &mut Vec<(&'a str, &'a str)>,
-) -> Option<String> {
-    match auth {
-        ClientAuth::Body => {
-            form.push(("client_id", id));
-            form.push(("client_secret", secret));
-            None
-        }
-        ClientAuth::Basic => {
-            use base64::Engine as _;
-            let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-            let pair = format!("{}:{}", enc(id), enc(secret));
-            Some(format!(
-                "Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(pair)
-            ))
-        }
-    }
 }
 
 #[cfg(test)]

@@ -303,12 +303,11 @@ impl Tokens {
     }
 
     /// The token endpoint's refresh request (RFC 6749 §6), with the client's credentials as it is
-    /// configured (`oauth::client_credentials`).
+    /// configured (`ClientAuth::credentials`).
     fn refresh_request(&self, refresh: &str, timeout: std::time::Duration) -> Outbound {
         let mut form = vec![("grant_type", "refresh_token"), ("refresh_token", refresh)];
         let mut headers = vec![("accept".to_string(), "application/json".to_string())];
-        if let Some(basic) = crate::oauth::client_credentials(
-            self.client.client_auth,
+        if let Some(basic) = self.client.client_auth.credentials(
             &self.client.client_id,
             &self.client.client_secret,
             &mut form,
