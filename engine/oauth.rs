@@ -46,7 +46,7 @@ pub struct Flow {
 
 /// What the sealed `state` carries.
 #[derive(Debug, Serialize, Deserialize)]
-struct State {
+struct SealedState {
     org: String,
     nonce: String,
     verifier: String,
@@ -113,7 +113,7 @@ impl Flow {
     pub fn build(
         pipeline: &str,
         cfg: &OAuth,
-        sink: &crate::config::sink::Postgres,
+        sink: &crate::config::sink::PostgresConfig,
         keyring: Option<&Keyring>,
         pool: Option<&deadpool_postgres::Pool>,
     ) -> Result<Flow, String> {
@@ -257,7 +257,7 @@ impl Flow {
         }
         let verifier = random_token(32);
         let cookie = random_token(32);
-        let state = State {
+        let state = SealedState {
             org,
             nonce: random_token(16),
             verifier: verifier.clone(),
@@ -299,7 +299,7 @@ impl Flow {
         let Some(state) = q
             .get("state")
             .and_then(|s| self.keyring.decrypt(s, &self.state_context()).ok())
-            .and_then(|b| serde_json::from_slice::<State>(&b).ok())
+            .and_then(|b| serde_json::from_slice::<SealedState>(&b).ok())
         else {
             return bad_state(
                 "This sign-in link is not valid. Start the connection again from the app.",
@@ -384,7 +384,7 @@ impl Flow {
     }
 
     /// Record the state's nonce; `false` when it was spent before.
-    async fn spend(&self, state: &State) -> Result<bool, String> {
+    async fn spend(&self, state: &SealedState) -> Result<bool, String> {
         let client = self.states.get().await.map_err(|e| e.to_string())?;
         let _ = client
             .batch_execute("DELETE FROM oauth_states_used WHERE expires_at < now()")

@@ -22,7 +22,7 @@ pub struct LocalStore {
 
 /// One line of a day's file.
 #[derive(Serialize, Deserialize)]
-struct Line {
+struct DayLine {
     id: String,
     ms: i64,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -68,7 +68,7 @@ impl LocalStore {
     pub(super) async fn write(&self, notes: &[Note]) -> Result<(), ArchiveError> {
         let mut files: BTreeMap<PathBuf, String> = BTreeMap::new();
         for n in notes {
-            let line = Line {
+            let line = DayLine {
                 id: n.event_id.clone(),
                 ms: n.received_at_ms,
                 fields: n.fields.clone(),
@@ -144,7 +144,7 @@ impl LocalStore {
             let text = tokio::fs::read_to_string(&file).await?;
             for line in text.lines() {
                 // a line cut short by a crash is skipped, not fatal
-                let Ok(l) = serde_json::from_str::<Line>(line) else {
+                let Ok(l) = serde_json::from_str::<DayLine>(line) else {
                     continue;
                 };
                 let e = events
@@ -237,7 +237,7 @@ impl LocalStore {
             let kept: String = text
                 .lines()
                 .filter(|line| {
-                    serde_json::from_str::<Line>(line)
+                    serde_json::from_str::<DayLine>(line)
                         .map(|l| !gone.contains(&(pipeline.clone(), l.id)))
                         .unwrap_or(false)
                 })
@@ -263,7 +263,7 @@ impl LocalStore {
                 let text = tokio::fs::read_to_string(&file).await.unwrap_or_default();
                 gone += text
                     .lines()
-                    .filter_map(|l| serde_json::from_str::<Line>(l).ok())
+                    .filter_map(|l| serde_json::from_str::<DayLine>(l).ok())
                     .filter(|l| l.meta.is_some())
                     .count() as u64;
                 tokio::fs::remove_file(&file).await?;

@@ -18,14 +18,14 @@ use crate::yaml::{Document, escape_token};
 
 /// One piece of a string with references.
 #[derive(Debug, PartialEq, Eq)]
-enum Piece<'a> {
+enum Segment<'a> {
     Text(&'a str),
     Var { name: &'a str, offset: usize },
     Malformed { offset: usize },
 }
 
 /// Split a string into literal text and `${NAME}` references. Offsets are in characters.
-fn pieces(s: &str) -> Vec<Piece<'_>> {
+fn pieces(s: &str) -> Vec<Segment<'_>> {
     let mut out = Vec::new();
     let mut rest = s;
     let mut consumed = 0usize; // bytes of `s` before `rest`
@@ -33,18 +33,18 @@ fn pieces(s: &str) -> Vec<Piece<'_>> {
         let after = &rest[i + 1..];
         if let Some(escaped) = after.strip_prefix("${") {
             // `$${` escapes a literal `${`
-            out.push(Piece::Text(&rest[..i]));
-            out.push(Piece::Text("${"));
+            out.push(Segment::Text(&rest[..i]));
+            out.push(Segment::Text("${"));
             rest = escaped;
             consumed += i + 3;
             continue;
         }
         if let Some(body) = after.strip_prefix('{') {
-            out.push(Piece::Text(&rest[..i]));
+            out.push(Segment::Text(&rest[..i]));
             let offset = s[..consumed + i].chars().count();
             match body.find('}') {
                 Some(end) if is_name(&body[..end]) => {
-                    out.push(Piece::Var {
+                    out.push(Segment::Var {
                         name: &body[..end],
                         offset,
                     });
@@ -52,19 +52,19 @@ fn pieces(s: &str) -> Vec<Piece<'_>> {
                     consumed += i + 2 + end + 1;
                 }
                 _ => {
-                    out.push(Piece::Malformed { offset });
-                    out.push(Piece::Text("${"));
+                    out.push(Segment::Malformed { offset });
+                    out.push(Segment::Text("${"));
                     rest = body;
                     consumed += i + 2;
                 }
             }
             continue;
         }
-        out.push(Piece::Text(&rest[..=i]));
+        out.push(Segment::Text(&rest[..=i]));
         rest = after;
         consumed += i + 1;
     }
-    out.push(Piece::Text(rest));
+    out.push(Segment::Text(rest));
     out
 }
 
@@ -114,7 +114,7 @@ pub fn check(doc: &Document, file: &Path, schema: Option<&EnvSchema>) -> Vec<Dia
         }
         for piece in pieces(s) {
             match piece {
-                Piece::Var { name, offset } => {
+                Segment::Var { name, offset } => {
                     if schema.is_some_and(|sc| !sc.declares(name)) {
                         out.push(Diagnostic::new(
                             file,
@@ -127,13 +127,13 @@ pub fn check(doc: &Document, file: &Path, schema: Option<&EnvSchema>) -> Vec<Dia
                         ));
                     }
                 }
-                Piece::Malformed { offset } => out.push(Diagnostic::new(
+                Segment::Malformed { offset } => out.push(Diagnostic::new(
                     file,
                     doc.char_pos(pointer, offset),
                     pointer,
                     "malformed environment reference: write `${NAME}` (letters, digits, `_`), or `$${` for a literal `${`",
                 )),
-                Piece::Text(_) => {}
+                Segment::Text(_) => {}
             }
         }
     });
@@ -145,7 +145,7 @@ pub fn referenced(v: &Value) -> std::collections::BTreeSet<String> {
     let mut out = std::collections::BTreeSet::new();
     walk(v, &mut String::new(), &mut |_, s| {
         for piece in pieces(s) {
-            if let Piece::Var { name, .. } = piece {
+            if let Segment::Var { name, .. } = piece {
                 out.insert(name.to_string());
             }
         }
@@ -160,11 +160,11 @@ pub fn interpolate(v: &mut Value, env: &Env) {
             let mut out = String::with_capacity(s.len());
             for piece in pieces(s) {
                 match piece {
-                    Piece::Text(t) => out.push_str(t),
-                    Piece::Var { name, .. } => {
+                    Segment::Text(t) => out.push_str(t),
+                    Segment::Var { name, .. } => {
                         out.push_str(&env.get_string(name).unwrap_or_default());
                     }
-                    Piece::Malformed { .. } => {}
+                    Segment::Malformed { .. } => {}
                 }
             }
             *s = out;
@@ -187,19 +187,19 @@ mod tests {
         assert_eq!(
             pieces("a ${B_1} $$ $${x} ${}"),
             vec![
-                Piece::Text("a "),
-                Piece::Var {
+                Segment::Text("a "),
+                Segment::Var {
                     name: "B_1",
                     offset: 2
                 },
-                Piece::Text(" $"),
-                Piece::Text("$"),
-                Piece::Text(" "),
-                Piece::Text("${"),
-                Piece::Text("x} "),
-                Piece::Malformed { offset: 18 },
-                Piece::Text("${"),
-                Piece::Text("}"),
+                Segment::Text(" $"),
+                Segment::Text("$"),
+                Segment::Text(" "),
+                Segment::Text("${"),
+                Segment::Text("x} "),
+                Segment::Malformed { offset: 18 },
+                Segment::Text("${"),
+                Segment::Text("}"),
             ]
         );
     }

@@ -65,11 +65,11 @@ pub struct Pipeline {
 
     /// Rhai steps that turn the event into rows for sinks (run by the queue worker).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub transform: Vec<super::transform::Step>,
+    pub transform: Vec<super::transform::StepConfig>,
 
     /// How events are stored and retried (pipelines with `transform` steps are queued).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub queue: Option<super::queue::Queue>,
+    pub queue: Option<super::queue::QueueConfig>,
 
     /// How long events are kept after processing and the fields they are found by
     /// (`engine events list|show|replay`); `off` keeps nothing. Default: 7 days, no index.
@@ -78,7 +78,7 @@ pub struct Pipeline {
 
     /// Where rows go, by the names `transform` steps use.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub sinks: BTreeMap<String, super::sink::Sink>,
+    pub sinks: BTreeMap<String, super::sink::SinkConfig>,
 
     /// Sandbox limits for this pipeline's scripts.
     #[serde(default)]

@@ -19,7 +19,8 @@ use super::verify::KeySource;
 /// Queue settings of a pipeline.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Queue {
+#[schemars(rename = "Queue")]
+pub struct QueueConfig {
     /// Queue name (default: the pipeline name). Pipelines naming the same queue share it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[a-z][a-z0-9_-]{0,62}$"))]
@@ -157,9 +158,9 @@ impl Default for Backoff {
     }
 }
 
-impl Default for Queue {
+impl Default for QueueConfig {
     fn default() -> Self {
-        Queue {
+        QueueConfig {
             name: None,
             event_id: Vec::new(),
             keep_headers: Vec::new(),

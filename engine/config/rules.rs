@@ -116,7 +116,7 @@ fn token_sink_problems(p: &Pipeline, o: &oauth::OAuth) -> Vec<(String, String)> 
                 ),
             )];
         }
-        Some(sink::Sink::Postgres(pg)) => pg,
+        Some(sink::SinkConfig::Postgres(pg)) => pg,
         Some(_) => {
             return vec![(
                 "/oauth/sink".into(),

@@ -49,7 +49,7 @@ pub struct Settings {
     /// Connection timeouts against slow or stalled clients (slow-loris).
     pub timeouts: Timeouts,
     /// How many connections are held open at once, in all and per client address.
-    pub connections: Connections,
+    pub connections: ConnectionsConfig,
     /// Where Postgres sinks write JSON lines when DATABASE_URL is not set (development only).
     pub data_dir: String,
     /// Postgres connections per engine process.
@@ -91,7 +91,8 @@ impl Default for Timeouts {
 /// anything is read from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
-pub struct Connections {
+#[schemars(rename = "Connections")]
+pub struct ConnectionsConfig {
     /// Connections open at once, in all.
     #[schemars(range(min = 1, max = 1000000))]
     pub max: usize,
@@ -101,9 +102,9 @@ pub struct Connections {
     pub per_ip: usize,
 }
 
-impl Default for Connections {
+impl Default for ConnectionsConfig {
     fn default() -> Self {
-        Connections {
+        ConnectionsConfig {
             max: 10_000,
             per_ip: 256,
         }
@@ -157,7 +158,7 @@ impl Default for Settings {
             trusted_proxies: Vec::new(),
             shutdown_grace_secs: 25,
             timeouts: Timeouts::default(),
-            connections: Connections::default(),
+            connections: ConnectionsConfig::default(),
             data_dir: "data".to_string(),
             database_pool_size: 8,
             statement_timeout_ms: 10_000,

@@ -18,9 +18,10 @@ use serde::{Deserialize, Serialize};
 /// One sink. Name exactly one kind.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
-pub enum Sink {
+#[schemars(rename = "Sink")]
+pub enum SinkConfig {
     /// A Postgres (Supabase) table, through DATABASE_URL.
-    Postgres(Postgres),
+    Postgres(PostgresConfig),
     /// JSON posted to a URL (e.g. another service, or Slack through a relay).
     Http(Http),
     /// JSON lines appended to a file (relative paths are relative to the working directory).
@@ -33,7 +34,8 @@ pub enum Sink {
 /// (the queue delivers at least once) changes nothing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Postgres {
+#[schemars(rename = "Postgres")]
+pub struct PostgresConfig {
     /// Table name, optionally schema-qualified: `call_logs`, `public.call_logs`.
     #[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$"), extend("x-message" = "must be a table name such as `call_logs` or `public.call_logs`"))]
     pub table: String,

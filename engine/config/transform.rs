@@ -37,7 +37,8 @@ use serde::{Deserialize, Serialize};
 /// One transform step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Step {
+#[schemars(rename = "Step")]
+pub struct StepConfig {
     /// A name for logs and dead-letter reasons (default: `step N`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -79,11 +80,11 @@ pub enum When {
 pub struct MapField {
     /// A JSON pointer into the body (`/message/call/id`), or several tried in order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub json: Option<Pointers>,
+    pub json: Option<PointersConfig>,
     /// Seconds from the first time to the second (each a pointer or several tried in order;
     /// RFC 3339 text, or epoch seconds or milliseconds), when both are present.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub seconds_between: Option<[Pointers; 2]>,
+    pub seconds_between: Option<[PointersConfig; 2]>,
     /// A field of the event itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event: Option<EventField>,
@@ -108,16 +109,17 @@ pub struct MapField {
 /// One JSON pointer, or several tried in order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(untagged)]
-pub enum Pointers {
+#[schemars(rename = "Pointers")]
+pub enum PointersConfig {
     One(String),
     Many(Vec<String>),
 }
 
-impl Pointers {
+impl PointersConfig {
     pub fn list(&self) -> &[String] {
         match self {
-            Pointers::One(p) => std::slice::from_ref(p),
-            Pointers::Many(ps) => ps,
+            PointersConfig::One(p) => std::slice::from_ref(p),
+            PointersConfig::Many(ps) => ps,
         }
     }
 }

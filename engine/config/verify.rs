@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 pub struct Verify {
     /// Twilio's `X-Twilio-Signature` (HMAC-SHA1 over the public URL and the form parameters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub twilio: Option<Twilio>,
+    pub twilio: Option<TwilioConfig>,
     /// Stripe's `Stripe-Signature` (`t=...,v1=...`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stripe: Option<Timestamped>,
@@ -42,7 +42,7 @@ pub struct Verify {
     pub bearer: Option<Bearer>,
     /// HTTP Basic authentication.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub basic: Option<Basic>,
+    pub basic: Option<BasicConfig>,
     /// A static shared secret in a header.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub header: Option<StaticHeader>,
@@ -133,7 +133,8 @@ fn default_tolerance() -> u64 {
 /// Twilio request validation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Twilio {
+#[schemars(rename = "Twilio")]
+pub struct TwilioConfig {
     /// `${VAR}` reference(s) to the auth token (optional when `tenant` is set: then a fallback).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<Secrets>,
@@ -273,7 +274,8 @@ pub struct Bearer {
 /// HTTP Basic authentication.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Basic {
+#[schemars(rename = "Basic")]
+pub struct BasicConfig {
     /// User name (not secret).
     pub username: String,
     /// `${VAR}` reference(s) to the password.

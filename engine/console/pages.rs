@@ -11,8 +11,8 @@ use super::recent::{Sample, shown};
 use super::traffic::{Counts, SHOWN, Series};
 use crate::config::Project;
 use crate::config::pipeline::Redact;
-use crate::config::queue::Queue as QueueConfig;
-use crate::config::sink::Sink;
+use crate::config::queue::QueueConfig;
+use crate::config::sink::SinkConfig;
 use crate::queue::DeadLetter;
 
 /// The console's script (no build step: plain JavaScript).
@@ -243,18 +243,18 @@ fn serde_plain<T: serde::Serialize>(v: &T) -> String {
 }
 
 /// What a sink writes to, without anything secret (an HTTP sink shows its host only).
-fn sink_summary(sink: &Sink) -> String {
+fn sink_summary(sink: &SinkConfig) -> String {
     match sink {
-        Sink::Postgres(p) => format!("postgres {}", p.table),
-        Sink::Http(h) => {
+        SinkConfig::Postgres(p) => format!("postgres {}", p.table),
+        SinkConfig::Http(h) => {
             let host = url::Url::parse(&h.url)
                 .ok()
                 .and_then(|u| u.host_str().map(str::to_string))
                 .unwrap_or_else(|| "(from the environment)".into());
             format!("http {host}")
         }
-        Sink::File(f) => format!("file {}", f.path),
-        Sink::Stdout(_) => "stdout".into(),
+        SinkConfig::File(f) => format!("file {}", f.path),
+        SinkConfig::Stdout(_) => "stdout".into(),
     }
 }
 

@@ -43,7 +43,7 @@ pub struct Sample {
 
 /// One kind of sample of one pipeline.
 #[derive(Default)]
-struct Line {
+struct SampleLine {
     last_ms: i64,
     events: VecDeque<Sample>,
 }
@@ -51,12 +51,12 @@ struct Line {
 #[derive(Default)]
 struct Kept {
     last_ms: i64,
-    accepted: Line,
-    refused: Line,
+    accepted: SampleLine,
+    refused: SampleLine,
 }
 
 impl Kept {
-    fn line(&mut self, refused: bool) -> &mut Line {
+    fn line(&mut self, refused: bool) -> &mut SampleLine {
         if refused {
             &mut self.refused
         } else {

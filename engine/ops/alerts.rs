@@ -125,7 +125,7 @@ pub fn note(text: &str) {
 
 /// What the alerter remembers between flushes.
 #[derive(Default)]
-struct State {
+struct Unflushed {
     dead: BTreeMap<String, (u64, String)>,
     lost: BTreeMap<String, u64>,
     notes: Vec<String>,
@@ -138,7 +138,7 @@ struct State {
     suppressed: u64,
 }
 
-impl State {
+impl Unflushed {
     fn absorb(&mut self, s: Signal) {
         match s {
             Signal::DeadLettered { queue, reason } => {
@@ -225,7 +225,7 @@ async fn run(config: Config, mut rx: mpsc::Receiver<Signal>) {
             return;
         }
     };
-    let mut state = State::default();
+    let mut state = Unflushed::default();
     let mut tick = tokio::time::interval(config.flush_every);
     tick.tick().await;
     loop {
@@ -311,7 +311,7 @@ mod tests {
 
     #[test]
     fn reasons_reach_slack_as_literal_text() {
-        let mut s = State::default();
+        let mut s = Unflushed::default();
         s.absorb(Signal::DeadLettered {
             queue: "vapi".into(),
             reason: "<!channel> see <https://evil.example|the fix> & more\nfake line".into(),
@@ -333,7 +333,7 @@ mod tests {
 
     #[test]
     fn a_burst_becomes_one_line_per_queue() {
-        let mut st = State::default();
+        let mut st = Unflushed::default();
         for i in 0..500 {
             st.absorb(Signal::DeadLettered {
                 queue: "vapi".into(),
@@ -359,7 +359,7 @@ mod tests {
 
     #[test]
     fn a_sink_outage_is_reported_once_after_the_threshold_then_its_recovery() {
-        let mut st = State::default();
+        let mut st = Unflushed::default();
         let long_ago = Instant::now() - Duration::from_secs(300);
         st.absorb(Signal::SinkFailed {
             sink: "call_logs".into(),
@@ -396,7 +396,7 @@ mod tests {
 
     #[test]
     fn the_hourly_cap_holds() {
-        let mut st = State::default();
+        let mut st = Unflushed::default();
         assert!((0..3).all(|_| st.may_send(3)));
         assert!(!st.may_send(3));
     }

@@ -147,7 +147,7 @@ pub async fn run(
     let mut last = None;
     for _ in 0..fixture.repeat.max(1) {
         let mut req = prepared.request()?;
-        let before = Counts::of(&app, &captured, &ledger);
+        let before = CountersBefore::of(&app, &captured, &ledger);
         let mut res = salvo::Response::new();
         salvo::FlowCtrl::new(chain.clone())
             .call_next(&mut req, &mut salvo::Depot::new(), &mut res)
@@ -427,14 +427,14 @@ fn response_body(body: ResBody) -> Bytes {
 }
 
 /// Counters read before a request, to tell what it caused.
-struct Counts {
+struct CountersBefore {
     batches: usize,
     dead: usize,
     duplicates: u64,
 }
 
-impl Counts {
-    fn of(app: &App, captured: &Captured, ledger: &Ledger) -> Counts {
+impl CountersBefore {
+    fn of(app: &App, captured: &Captured, ledger: &Ledger) -> CountersBefore {
         let mut dead = ledger.dead.lock().unwrap_or_else(|e| e.into_inner()).len();
         let mut duplicates = 0;
         for q in app.queues() {
@@ -443,7 +443,7 @@ impl Counts {
                 duplicates += m.duplicates();
             }
         }
-        Counts {
+        CountersBefore {
             batches: captured.len(),
             dead,
             duplicates,
@@ -482,7 +482,7 @@ fn outcome(
     status: u16,
     body: &[u8],
     handled: Option<Handled>,
-    before: &Counts,
+    before: &CountersBefore,
     captured: &Captured,
     ledger: &Ledger,
 ) -> (Outcome, Option<String>) {
@@ -492,7 +492,7 @@ fn outcome(
     if !queued {
         return (Outcome::Responded, None);
     }
-    let after = Counts::of(app, captured, ledger);
+    let after = CountersBefore::of(app, captured, ledger);
     if after.duplicates > before.duplicates {
         return (Outcome::Duplicate, None);
     }

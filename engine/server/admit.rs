@@ -21,24 +21,28 @@ use salvo::fuse::{ArcConnObserver, ConnObserver, FuseAction, FuseConfig, FuseInf
 use salvo::prelude::async_trait;
 
 use crate::client_ip::TrustedProxies;
-use crate::config::settings::Connections;
+use crate::config::settings::ConnectionsConfig;
 
 /// The listener's admission policy.
 pub struct Admission {
-    caps: Connections,
+    caps: ConnectionsConfig,
     proxies: TrustedProxies,
     timeouts: FuseConfig,
-    open: Arc<Mutex<Counts>>,
+    open: Arc<Mutex<PeerCounts>>,
 }
 
 #[derive(Default)]
-struct Counts {
+struct PeerCounts {
     total: usize,
     by_peer: HashMap<IpAddr, usize>,
 }
 
 impl Admission {
-    pub fn new(caps: Connections, proxies: TrustedProxies, timeouts: FuseConfig) -> Admission {
+    pub fn new(
+        caps: ConnectionsConfig,
+        proxies: TrustedProxies,
+        timeouts: FuseConfig,
+    ) -> Admission {
         Admission {
             caps,
             proxies,
@@ -78,7 +82,7 @@ impl Admission {
     }
 }
 
-fn lock(m: &Mutex<Counts>) -> std::sync::MutexGuard<'_, Counts> {
+fn lock(m: &Mutex<PeerCounts>) -> std::sync::MutexGuard<'_, PeerCounts> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -108,7 +112,7 @@ impl FusePolicy for Admission {
 /// One admitted connection's place.
 struct Open {
     peer: Option<IpAddr>,
-    open: Arc<Mutex<Counts>>,
+    open: Arc<Mutex<PeerCounts>>,
 }
 
 impl ConnObserver for Open {}
@@ -144,7 +148,7 @@ mod tests {
 
     fn admission(max: usize, per_ip: usize) -> Admission {
         Admission::new(
-            Connections { max, per_ip },
+            ConnectionsConfig { max, per_ip },
             TrustedProxies::parse(&["10.0.0.0/8".into()]),
             FuseConfig::default(),
         )

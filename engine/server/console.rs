@@ -60,7 +60,7 @@ pub async fn serve(app: &App, req: &mut Request, res: &mut Response) -> Result<(
     match (method, path.as_str()) {
         (Method::GET, "/console" | "/console/") => redirect(res, "/console/pipelines"),
         (Method::GET, "/console/pipelines") => {
-            let queues: Vec<Option<(&str, &crate::config::queue::Queue)>> = app
+            let queues: Vec<Option<(&str, &crate::config::queue::QueueConfig)>> = app
                 .routes
                 .iter()
                 .map(|r| r.queued.as_ref().map(|q| (q.handle.name(), &q.config)))

@@ -311,7 +311,7 @@ fn oauth_flows(
         .map(|p| {
             let cfg = p.config.oauth.as_ref()?;
             let flow = match p.config.sinks.get(&cfg.sink) {
-                Some(crate::config::sink::Sink::Postgres(sink)) => {
+                Some(crate::config::sink::SinkConfig::Postgres(sink)) => {
                     crate::oauth::Flow::build(&p.config.name, cfg, sink, keyring.as_ref(), pool)
                 }
                 // validation refuses this; say so rather than panic if it ever gets here

@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::config::Project;
-use crate::config::queue::{Durability, Queue as QueueConfig};
+use crate::config::queue::{Durability, QueueConfig};
 use crate::queue::Queue;
 use crate::queue::memory::MemoryQueue;
 use crate::queue::redis::RedisQueue;
@@ -71,7 +71,7 @@ pub fn build(
             && p.config
                 .sinks
                 .values()
-                .any(|s| matches!(s, crate::config::sink::Sink::Postgres(_)))
+                .any(|s| matches!(s, crate::config::sink::SinkConfig::Postgres(_)))
         {
             tracing::warn!(dir = %project.settings.data_dir, "no DATABASE_URL: postgres sinks write JSON lines to <data_dir>/<table>.jsonl");
             announced = true;

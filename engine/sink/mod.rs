@@ -15,7 +15,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::config::sink::Sink as SinkConfig;
+use crate::config::sink::SinkConfig;
 
 /// Rows one event produced for one sink.
 #[derive(Debug, Clone, PartialEq)]
@@ -71,7 +71,10 @@ pub trait Sink: Send + Sync {
 
 /// A postgres sink's settings for a replay: `on_conflict: nothing` becomes an update of every
 /// column outside the key.
-fn overwriting(p: &crate::config::sink::Postgres, replay: bool) -> crate::config::sink::Postgres {
+fn overwriting(
+    p: &crate::config::sink::PostgresConfig,
+    replay: bool,
+) -> crate::config::sink::PostgresConfig {
     let mut p = p.clone();
     if replay && p.on_conflict == crate::config::sink::OnConflict::Nothing {
         p.on_conflict = crate::config::sink::OnConflict::Update;

@@ -20,7 +20,7 @@ use deadpool_postgres::Pool;
 use serde_json::{Map, Value};
 use tokio_postgres::types::Type;
 
-use crate::config::sink::{OnConflict, Postgres};
+use crate::config::sink::{OnConflict, PostgresConfig};
 use crate::crypto::Keyring;
 use crate::sink::{Batch, Sink, SinkError, SinkFuture};
 
@@ -129,7 +129,7 @@ fn ident(name: &str) -> Option<String> {
 
 impl PostgresSink {
     pub fn new(
-        cfg: &Postgres,
+        cfg: &PostgresConfig,
         pool: Pool,
         keyring: Option<Keyring>,
     ) -> Result<PostgresSink, String> {

@@ -61,7 +61,7 @@ pub async fn fingerprint(
     let mut tables = Vec::new();
     for p in &project.pipelines {
         for (name, sink) in &p.config.sinks {
-            if let crate::config::sink::Sink::Postgres(cfg) = sink {
+            if let crate::config::sink::SinkConfig::Postgres(cfg) = sink {
                 h.update(format!("sink {} {name} ", p.config.name));
                 h.update(serde_json::to_vec(cfg).unwrap_or_default());
                 h.update(b"\n");

@@ -44,7 +44,7 @@ pub mod memo;
 mod pending;
 mod types;
 
-use crate::config::sink::Postgres;
+use crate::config::sink::PostgresConfig;
 use crate::config::transform::Convert;
 use crate::sink::postgres::PostgresSink;
 use crate::sink::{Batch, SinkError};
@@ -97,7 +97,7 @@ impl Problem {
 /// be asked.
 pub async fn check(
     client: &tokio_postgres::Client,
-    cfg: &Postgres,
+    cfg: &PostgresConfig,
     sink: &PostgresSink,
     written: &Writes,
 ) -> Result<Vec<Problem>, String> {
@@ -481,7 +481,7 @@ async fn check_sinks(
         // compiling scripts; should one not compile, its rows are unknown, never "none".
         let program = crate::transform::Program::compile(&p.config, &p.file, &project.dir);
         for (name, sink) in &p.config.sinks {
-            let crate::config::sink::Sink::Postgres(cfg) = sink else {
+            let crate::config::sink::SinkConfig::Postgres(cfg) = sink else {
                 continue;
             };
             let pointer = format!("/sinks/{}/postgres/table", crate::yaml::escape_token(name));

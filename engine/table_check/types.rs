@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::Value;
 
 use super::{Column, Problem};
-use crate::config::sink::Postgres;
+use crate::config::sink::PostgresConfig;
 use crate::config::transform::Convert;
 
 /// A column type for values like these, for the migration a problem suggests.
@@ -41,7 +41,7 @@ pub(super) struct Types<'a> {
 
 /// A column the pipeline writes and the table lacks, with the migration that adds it, typed as
 /// `as:` converts to, else as the fixtures' values are, else text.
-pub(super) fn missing_column(t: &str, cfg: &Postgres, c: &str, types: &Types<'_>) -> Problem {
+pub(super) fn missing_column(t: &str, cfg: &PostgresConfig, c: &str, types: &Types<'_>) -> Problem {
     let expected = match (c, types.converts.get(c), types.values.get(c)) {
         ("event_id" | "row_index", ..) => default_type(c),
         (_, Some(to), _) => to.column_type().to_string(),
@@ -60,7 +60,7 @@ pub(super) fn missing_column(t: &str, cfg: &Postgres, c: &str, types: &Types<'_>
 /// A map field converted (`as:`) into a column whose type does not take what it converts to.
 pub(super) fn conversions_refused(
     t: &str,
-    cfg: &Postgres,
+    cfg: &PostgresConfig,
     converts: &BTreeMap<String, Convert>,
     found: &BTreeMap<String, Column>,
 ) -> Vec<Problem> {

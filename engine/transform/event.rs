@@ -318,7 +318,7 @@ impl<'de> serde::de::Visitor<'de> for JsonVisitor {
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Dynamic, A::Error> {
         let mut m = Map::new();
-        while let Some(Key(k)) = map.next_key()? {
+        while let Some(MapKey(k)) = map.next_key()? {
             let Json(v) = map.next_value()?;
             m.insert(k, v);
         }
@@ -327,18 +327,18 @@ impl<'de> serde::de::Visitor<'de> for JsonVisitor {
 }
 
 /// An object key as a Rhai map key, borrowed from the input where it can be.
-struct Key(rhai::Identifier);
+struct MapKey(rhai::Identifier);
 
-impl<'de> serde::Deserialize<'de> for Key {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Key, D::Error> {
+impl<'de> serde::Deserialize<'de> for MapKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<MapKey, D::Error> {
         struct KeyVisitor;
         impl serde::de::Visitor<'_> for KeyVisitor {
-            type Value = Key;
+            type Value = MapKey;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("an object key")
             }
-            fn visit_str<E>(self, v: &str) -> Result<Key, E> {
-                Ok(Key(v.into()))
+            fn visit_str<E>(self, v: &str) -> Result<MapKey, E> {
+                Ok(MapKey(v.into()))
             }
         }
         d.deserialize_str(KeyVisitor)

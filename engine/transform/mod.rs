@@ -227,7 +227,7 @@ impl StepCompiler<'_> {
     /// `pointers`, added before the map's fields).
     fn when(
         &self,
-        step: &crate::config::transform::Step,
+        step: &crate::config::transform::StepConfig,
         base: &str,
         pointers: &mut map::Pointers,
     ) -> Result<Option<Condition>, ScriptError> {
@@ -271,7 +271,7 @@ impl StepCompiler<'_> {
     /// into `pointers`), or a script from a file or inline.
     fn body(
         &self,
-        step: &crate::config::transform::Step,
+        step: &crate::config::transform::StepConfig,
         base: &str,
         pointers: &mut map::Pointers,
     ) -> Result<(StepBody, String), Vec<ScriptError>> {

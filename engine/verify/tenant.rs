@@ -50,7 +50,7 @@ pub const LOOKUPS_AT_ONCE: usize = 8;
 /// How long a lookup waits for one of the [`LOOKUPS_AT_ONCE`] places.
 pub const LOOKUP_WAIT: Duration = Duration::from_secs(2);
 
-type Key = (String, String);
+type TenantKey = (String, String);
 
 /// Why a lookup found no secret: absent (cached as such), or failed (not cached).
 #[derive(Debug, Clone)]
@@ -75,8 +75,8 @@ impl From<CryptoError> for Miss {
 pub struct TenantSecrets {
     pool: Pool,
     keyring: Keyring,
-    found: moka::future::Cache<Key, Arc<String>>,
-    absent: moka::future::Cache<Key, ()>,
+    found: moka::future::Cache<TenantKey, Arc<String>>,
+    absent: moka::future::Cache<TenantKey, ()>,
     lookups: tokio::sync::Semaphore,
     queries: std::sync::atomic::AtomicU64,
 }

@@ -7,14 +7,14 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use common::{fresh_schema, pg};
-use engine::config::sink::{OnConflict, Postgres};
+use engine::config::sink::{OnConflict, PostgresConfig};
 use engine::sink::postgres::PostgresSink;
 use engine::sink::{Batch, Sink, SinkError};
 use engine::transform::Outcome;
 use serde_json::json;
 
-fn cfg(table: &str) -> Postgres {
-    Postgres {
+fn cfg(table: &str) -> PostgresConfig {
+    PostgresConfig {
         table: table.into(),
         columns: Default::default(),
         key: vec![],

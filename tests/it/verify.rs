@@ -621,7 +621,7 @@ mod property {
             (
                 "twilio",
                 v(Verify {
-                    twilio: Some(Twilio {
+                    twilio: Some(TwilioConfig {
                         secret: Some(secret()),
                         tenant: None,
                     }),

@@ -399,7 +399,7 @@ async fn a_long_job_renews_its_lease() {
 async fn a_batch_with_one_bad_row_dead_letters_only_that_event() {
     let (database, schema) = common::fresh_schema().await;
     let pool = engine::db::pool(&database, 2).unwrap();
-    let cfg = engine::config::sink::Postgres {
+    let cfg = engine::config::sink::PostgresConfig {
         table: "call_status".into(),
         columns: Default::default(),
         key: vec![],
