@@ -110,7 +110,7 @@ async fn main() {
     // 2. drain: workers on the filled queue
     let (project, plan) = load();
     let programs = plan.pipelines.into_iter().map(|b| b.program).collect();
-    let target = engine::sink::Target::Configured;
+    let target = engine::sink::SinkTarget::Configured;
     let pool = engine::server::queueing::sink_pool(&project, &target).unwrap();
     // the event archive on (as served), or off with BENCH_ARCHIVE=off: the drain rate of both
     let archive = (std::env::var("BENCH_ARCHIVE").as_deref() != Ok("off")).then(|| {

@@ -6,7 +6,7 @@ use std::path::Path;
 use bytes::Bytes;
 use criterion::{Criterion, black_box, criterion_group, criterion_main};
 use engine::env::EnvSource;
-use engine::transform::{EventInput, Outcome, Program};
+use engine::transform::{EventInput, Output, Program};
 
 fn bench(c: &mut Criterion) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -58,7 +58,7 @@ fn bench(c: &mut Criterion) {
         "application/x-www-form-urlencoded",
         "twilio/sms-mms-two-media.form",
     );
-    assert!(matches!(sms.run(&mms).unwrap(), Outcome::Rows { .. }));
+    assert!(matches!(sms.run(&mms).unwrap(), Output::Rows { .. }));
     group.bench_function("twilio_mms_two_media", |b| {
         b.iter(|| sms.run(black_box(&mms)).unwrap())
     });

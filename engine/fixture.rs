@@ -44,7 +44,7 @@ pub struct Fixture {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("format" = "date-time"))]
     pub clock: Option<String>,
-    pub request: Request,
+    pub request: SentRequest,
     /// Send the request this many times (a provider's retry, a burst against a rate limit).
     /// `status`, `headers`, `body` and `outcome` are about the last answer; `sinks` about all.
     #[serde(default = "one", skip_serializing_if = "is_one")]
@@ -66,7 +66,7 @@ pub struct Standins {
     /// query string is not compared). A call no answer matches fails to connect. The token
     /// endpoint of an `oauth` connection is answered from here too.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub answers: Vec<Answer>,
+    pub answers: Vec<ServiceAnswer>,
     /// Tenants' stored OAuth connections, as their `oauth` pipeline stored them (plaintext
     /// here: test tokens).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -85,7 +85,8 @@ impl Standins {
 /// A service's answer to one request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Answer {
+#[schemars(rename = "Answer")]
+pub struct ServiceAnswer {
     #[serde(default = "post")]
     pub method: HttpMethod,
     /// The full URL called, without its query string, e.g.
@@ -155,7 +156,8 @@ fn is_one(n: &u32) -> bool {
 /// The request, as the provider sends it.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Request {
+#[schemars(rename = "Request")]
+pub struct SentRequest {
     #[serde(default = "post")]
     pub method: HttpMethod,
     /// The path the provider calls, e.g. `/api/webhooks/vapi`.
@@ -275,7 +277,7 @@ pub struct Expect {
     pub body: Option<BodyMatch>,
     /// What became of the event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub outcome: Option<Outcome>,
+    pub outcome: Option<FixtureOutcome>,
     /// A regular expression the reason must match: the dead-letter reason, or the script's
     /// drop reason.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -368,7 +370,8 @@ impl RowsMatch {
 /// What became of the request and its event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum Outcome {
+#[schemars(rename = "Outcome")]
+pub enum FixtureOutcome {
     /// Answered; the pipeline has no transform steps, so nothing was queued.
     Responded,
     /// Queued, transformed, and its rows written.
@@ -397,22 +400,22 @@ pub enum Outcome {
     BadRequest,
 }
 
-impl Outcome {
+impl FixtureOutcome {
     pub fn as_str(self) -> &'static str {
         match self {
-            Outcome::Responded => "responded",
-            Outcome::Written => "written",
-            Outcome::Dropped => "dropped",
-            Outcome::DeadLettered => "dead_lettered",
-            Outcome::Duplicate => "duplicate",
-            Outcome::Rejected => "rejected",
-            Outcome::RateLimited => "rate_limited",
-            Outcome::TooLarge => "too_large",
-            Outcome::NotFound => "not_found",
-            Outcome::MethodNotAllowed => "method_not_allowed",
-            Outcome::Maintenance => "maintenance",
-            Outcome::Unavailable => "unavailable",
-            Outcome::BadRequest => "bad_request",
+            FixtureOutcome::Responded => "responded",
+            FixtureOutcome::Written => "written",
+            FixtureOutcome::Dropped => "dropped",
+            FixtureOutcome::DeadLettered => "dead_lettered",
+            FixtureOutcome::Duplicate => "duplicate",
+            FixtureOutcome::Rejected => "rejected",
+            FixtureOutcome::RateLimited => "rate_limited",
+            FixtureOutcome::TooLarge => "too_large",
+            FixtureOutcome::NotFound => "not_found",
+            FixtureOutcome::MethodNotAllowed => "method_not_allowed",
+            FixtureOutcome::Maintenance => "maintenance",
+            FixtureOutcome::Unavailable => "unavailable",
+            FixtureOutcome::BadRequest => "bad_request",
         }
     }
 }

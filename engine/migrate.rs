@@ -13,7 +13,7 @@ const LOCK: i64 = 0x656e_6769_6e65;
 
 /// One migration and whether it has been applied.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Status {
+pub struct MigrationStatus {
     pub version: i64,
     pub name: String,
     pub applied_on: Option<String>,
@@ -25,7 +25,7 @@ fn load(dir: &Path) -> Result<Vec<refinery::Migration>, String> {
 
 /// What a run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Report {
+pub struct Migrated {
     /// Migrations applied now (version, name).
     pub applied: Vec<(i64, String)>,
     /// Tables a migration applied now creates `IF NOT EXISTS` but that existed before it ran:
@@ -52,7 +52,7 @@ pub fn session_url(database_url: &str) -> String {
 }
 
 /// Apply the pending migrations.
-pub async fn run(database_url: &str, dir: &Path) -> Result<Report, String> {
+pub async fn run(database_url: &str, dir: &Path) -> Result<Migrated, String> {
     let migrations = load(dir)?;
     let mut client = crate::db::connect(&session_url(database_url)).await?;
     client
@@ -85,7 +85,7 @@ pub async fn run(database_url: &str, dir: &Path) -> Result<Report, String> {
         .into_iter()
         .filter(|(_, v, _)| applied.iter().any(|(a, _)| a == v))
         .collect();
-    Ok(Report {
+    Ok(Migrated {
         applied,
         left_alone,
     })
@@ -161,7 +161,7 @@ pub fn controls_transaction(sql: &str) -> bool {
 }
 
 /// Every migration in `dir`, with when it was applied.
-pub async fn status(database_url: &str, dir: &Path) -> Result<Vec<Status>, String> {
+pub async fn status(database_url: &str, dir: &Path) -> Result<Vec<MigrationStatus>, String> {
     let migrations = load(dir)?;
     let mut client = crate::db::connect(&session_url(database_url)).await?;
     let pg: &mut tokio_postgres::Client = &mut client;
@@ -169,9 +169,9 @@ pub async fn status(database_url: &str, dir: &Path) -> Result<Vec<Status>, Strin
         .get_applied_migrations_async(pg)
         .await
         .unwrap_or_default();
-    let mut out: Vec<Status> = migrations
+    let mut out: Vec<MigrationStatus> = migrations
         .iter()
-        .map(|m| Status {
+        .map(|m| MigrationStatus {
             version: i64::from(m.version()),
             name: m.name().to_string(),
             applied_on: applied

@@ -97,7 +97,7 @@ fn digest_hex(value: &str) -> String {
 
 /// An answer of the flow.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Answer {
+pub enum FlowAnswer {
     /// 302 to this URL.
     Redirect(String),
     /// 200 JSON (the start route asked for JSON).
@@ -215,9 +215,9 @@ impl Flow {
         query: &str,
         wants_json: bool,
         now: i64,
-    ) -> Result<(Answer, String), Answer> {
+    ) -> Result<(FlowAnswer, String), FlowAnswer> {
         let Some(token) = authorization.and_then(|a| a.strip_prefix("Bearer ")) else {
-            return Err(Answer::Refused(
+            return Err(FlowAnswer::Refused(
                 401,
                 "unauthorized",
                 "Sign in first: this route needs Authorization: Bearer <token>.".into(),
@@ -227,7 +227,7 @@ impl Flow {
             Ok(t) => t.claims,
             Err(e) => {
                 tracing::warn!(pipeline = %self.pipeline, reason = ?e.kind(), "oauth start: token refused");
-                return Err(Answer::Refused(
+                return Err(FlowAnswer::Refused(
                     401,
                     "unauthorized",
                     "The sign-in token is not valid.".into(),
@@ -238,7 +238,7 @@ impl Flow {
             Some(Value::String(s)) if !s.is_empty() => s.clone(),
             Some(Value::Number(n)) => n.to_string(),
             _ => {
-                return Err(Answer::Refused(
+                return Err(FlowAnswer::Refused(
                     403,
                     "forbidden",
                     "The sign-in token names no organisation.".into(),
@@ -249,7 +249,7 @@ impl Flow {
             .find(|(k, _)| k == "org")
             .map(|(_, v)| v.into_owned());
         if asked.is_some_and(|a| a != org) {
-            return Err(Answer::Refused(
+            return Err(FlowAnswer::Refused(
                 403,
                 "forbidden",
                 "The sign-in token is for another organisation.".into(),
@@ -283,16 +283,16 @@ impl Flow {
             }
         }
         let answer = if wants_json {
-            Answer::Json(json!({ "url": url.as_str() }))
+            FlowAnswer::Json(json!({ "url": url.as_str() }))
         } else {
-            Answer::Redirect(url.into())
+            FlowAnswer::Redirect(url.into())
         };
         Ok((answer, cookie))
     }
 
     /// The callback route; `cookie` is the value of the browser cookie ([`Flow::cookie_name`])
     /// the browser sent.
-    pub async fn callback(&self, query: &str, cookie: Option<&str>, now: i64) -> Answer {
+    pub async fn callback(&self, query: &str, cookie: Option<&str>, now: i64) -> FlowAnswer {
         let q: std::collections::HashMap<String, String> = form_urlencoded::parse(query.as_bytes())
             .into_owned()
             .collect();
@@ -331,7 +331,7 @@ impl Flow {
             }
             Err(e) => {
                 tracing::error!(pipeline = %self.pipeline, error = %e, "oauth callback: cannot record the state");
-                return Answer::Refused(
+                return FlowAnswer::Refused(
                     503,
                     "unavailable",
                     "The connection could not be completed right now. Please try again.".into(),
@@ -345,7 +345,7 @@ impl Flow {
                 .take(64)
                 .collect();
             tracing::info!(pipeline = %self.pipeline, org = %state.org, error = %code, "oauth callback: the provider returned an error");
-            return Answer::Redirect(with_param(&self.cfg.error_url, "error", &code));
+            return FlowAnswer::Redirect(with_param(&self.cfg.error_url, "error", &code));
         }
         let Some(code) = q.get("code").filter(|c| !c.is_empty()) else {
             return bad_state(
@@ -356,7 +356,7 @@ impl Flow {
             Ok(t) => t,
             Err(why) => {
                 tracing::error!(pipeline = %self.pipeline, org = %state.org, reason = %why, "oauth callback: token exchange failed");
-                return Answer::Refused(502, "token_exchange_failed", "The provider did not complete the connection. Nothing was saved; please try again.".into());
+                return FlowAnswer::Refused(502, "token_exchange_failed", "The provider did not complete the connection. Nothing was saved; please try again.".into());
             }
         };
         let row = row(&state.org, &self.pipeline, &tokens, now);
@@ -369,14 +369,14 @@ impl Flow {
         };
         if let Err(e) = self.sink.write(&batch).await {
             tracing::error!(pipeline = %self.pipeline, org = %state.org, error = %e, "oauth callback: tokens not stored");
-            return Answer::Refused(
+            return FlowAnswer::Refused(
                 503,
                 "unavailable",
                 "The connection could not be saved. Please try again.".into(),
             );
         }
         tracing::info!(pipeline = %self.pipeline, org = %state.org, "oauth: account connected");
-        Answer::Redirect(self.cfg.success_url.clone())
+        FlowAnswer::Redirect(self.cfg.success_url.clone())
     }
 
     fn state_context(&self) -> String {
@@ -444,8 +444,8 @@ impl Flow {
     }
 }
 
-fn bad_state(text: &str) -> Answer {
-    Answer::Refused(400, "invalid_state", text.to_string())
+fn bad_state(text: &str) -> FlowAnswer {
+    FlowAnswer::Refused(400, "invalid_state", text.to_string())
 }
 
 /// What a completed connection writes to the token sink, with example values: the table check

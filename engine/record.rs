@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! dispatch: request answered 2xx and queued
-//!   -> Recorder::record: drop credential and transport headers, redact the pipeline's
+//!   -> FixtureRecorder::record: drop credential and transport headers, redact the pipeline's
 //!      `redact` fields, body as JSON / form fields / text, `sign: true` when the pipeline
 //!      verifies, the request time as `clock`
 //!   -> DIR/<pipeline>/<time>-<event id>.yaml, written on a blocking thread after the answer
@@ -20,7 +20,7 @@ use salvo::http::HeaderMap;
 use serde_json::Value;
 
 use crate::config::pipeline::Redact;
-use crate::fixture::{Body, Expect, Fixture, OneOrMany, Request, Sign};
+use crate::fixture::{Body, Expect, Fixture, OneOrMany, SentRequest, Sign};
 
 /// What replaces a redacted value.
 pub const REDACTED: &str = "[redacted]";
@@ -49,7 +49,7 @@ const TRANSPORT_HEADERS: &[&str] = &[
 
 /// Writes fixtures under one directory.
 #[derive(Debug, Clone)]
-pub struct Recorder {
+pub struct FixtureRecorder {
     pub dir: PathBuf,
 }
 
@@ -71,7 +71,7 @@ pub struct Recorded<'a> {
     pub redact: &'a [Redact],
 }
 
-impl Recorder {
+impl FixtureRecorder {
     /// Build the fixture now (cheap) and write it on a blocking thread, so the answer is not
     /// delayed by the disk. A failure to write is logged, never answered.
     pub fn record(&self, r: &Recorded<'_>) {
@@ -173,7 +173,7 @@ pub fn fixture(r: &Recorded<'_>) -> Fixture {
                 .unwrap_or_default()
                 .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         ),
-        request: Request {
+        request: SentRequest {
             method: r.method,
             path: r.path.to_string(),
             query,

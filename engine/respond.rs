@@ -37,8 +37,8 @@ use rhai::{AST, Dynamic, Engine, Scope};
 
 use crate::config::Pipeline;
 use crate::config::pipeline::{Fallback, Respond};
-use crate::request_field::Fields;
-use crate::transform::{EventInput, ScriptError, Source, compile, sandbox};
+use crate::request_field::RequestFields;
+use crate::transform::{EventInput, ScriptError, ScriptSource, compile, sandbox};
 
 /// How long a respond script may run on the async thread before it is stopped and run again on
 /// a blocking thread.
@@ -261,7 +261,7 @@ impl Responder {
 
     /// Whether the template or script answers this request: computed, and `when` (if any)
     /// matches its field. Otherwise [`Responder::static_reply`] answers it.
-    pub fn computes_for(&self, fields: &Fields<'_>) -> bool {
+    pub fn computes_for(&self, fields: &RequestFields<'_>) -> bool {
         self.is_computed()
             && self
                 .respond
@@ -429,13 +429,13 @@ impl Responder {
 
 /// Split `text` at `{{ ... }}` and compile each hole.
 /// A respond script from its file or inline text, with the pointer errors are located at.
-fn script_source(r: &Respond) -> Option<(Source<'_>, &'static str)> {
+fn script_source(r: &Respond) -> Option<(ScriptSource<'_>, &'static str)> {
     if let Some(f) = &r.script {
-        Some((Source::File(f), "/respond/script"))
+        Some((ScriptSource::File(f), "/respond/script"))
     } else {
         r.inline
             .as_deref()
-            .map(|t| (Source::Inline(t), "/respond/inline"))
+            .map(|t| (ScriptSource::Inline(t), "/respond/inline"))
     }
 }
 
@@ -472,7 +472,7 @@ fn template(
             engine,
             file,
             root,
-            Source::Inline(expr.trim()),
+            ScriptSource::Inline(expr.trim()),
             "/respond/template",
             true,
         ) {

@@ -248,7 +248,7 @@ impl Op {
 }
 
 /// An op waiting for its group's call, and where its answer goes.
-struct Job {
+struct Waiting {
     op: Op,
     reply: oneshot::Sender<redis::RedisResult<Value>>,
 }
@@ -260,7 +260,7 @@ pub struct SharedRedis {
     target: Arc<Target>,
     conn: Arc<OnceCell<Conn>>,
     /// The committer's queue, made (and the committer started) on the first op.
-    group: Arc<OnceLock<mpsc::Sender<Job>>>,
+    group: Arc<OnceLock<mpsc::Sender<Waiting>>>,
     /// Calls made and ops they carried, for [`SharedRedis::grouped`].
     counts: Arc<[AtomicU64; 2]>,
 }
@@ -306,7 +306,7 @@ impl SharedRedis {
         });
         let (reply, answer) = oneshot::channel();
         queue
-            .send(Job { op, reply })
+            .send(Waiting { op, reply })
             .await
             .map_err(|_| failed("the group commit stopped".into()))?;
         answer
@@ -344,16 +344,16 @@ async fn commit(
     target: Arc<Target>,
     conn: Arc<OnceCell<Conn>>,
     counts: Arc<[AtomicU64; 2]>,
-    mut queue: mpsc::Receiver<Job>,
+    mut queue: mpsc::Receiver<Waiting>,
 ) {
     let script = redis::Script::new(GROUP);
-    let mut jobs: Vec<Job> = Vec::with_capacity(GROUP_MAX);
+    let mut jobs: Vec<Waiting> = Vec::with_capacity(GROUP_MAX);
     while queue.recv_many(&mut jobs, GROUP_MAX).await > 0 {
         if !target.is_cluster() {
             call(&script, &target, &conn, &counts, &mut jobs).await;
             continue;
         }
-        let mut by_slot: std::collections::BTreeMap<u16, Vec<Job>> = Default::default();
+        let mut by_slot: std::collections::BTreeMap<u16, Vec<Waiting>> = Default::default();
         for job in jobs.drain(..) {
             by_slot
                 .entry(crate::redis_url::slot(job.op.first_key()))
@@ -374,7 +374,7 @@ async fn call(
     target: &Target,
     conn: &OnceCell<Conn>,
     counts: &[AtomicU64; 2],
-    jobs: &mut Vec<Job>,
+    jobs: &mut Vec<Waiting>,
 ) {
     let mut call = script.prepare_invoke();
     call.arg(jobs.len());
@@ -439,7 +439,7 @@ async fn call(
 async fn replicated(
     target: &Target,
     conn: &OnceCell<Conn>,
-    jobs: &[Job],
+    jobs: &[Waiting],
 ) -> redis::RedisResult<i64> {
     let Some(want) = jobs
         .iter()
@@ -477,7 +477,7 @@ fn coded(code: &str, detail: &str) -> RedisError {
     }
 }
 
-fn fail_all(jobs: &mut Vec<Job>, why: &str) {
+fn fail_all(jobs: &mut Vec<Waiting>, why: &str) {
     for job in jobs.drain(..) {
         let _ = job.reply.send(Err(failed(why.to_string())));
     }

@@ -15,7 +15,7 @@ use common::{Dir, Stub};
 async fn slack_alerts_are_aggregated() {
     let slack = Stub::start().await;
     let port = slack.port;
-    engine::ops::alerts::install(engine::ops::alerts::Config {
+    engine::ops::alerts::install(engine::ops::alerts::AlertsConfig {
         url: format!("http://127.0.0.1:{port}/services/T000/B000/xyz"),
         flush_every: Duration::from_millis(700),
         sink_outage: Duration::from_millis(800),

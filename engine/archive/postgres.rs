@@ -33,7 +33,7 @@ pub struct PgStore {
 
 /// The rows of one write, column by column (the `unnest` arrays), borrowing the notes.
 #[derive(Default)]
-struct Columns<'a> {
+struct BatchColumns<'a> {
     ms: Vec<i64>,
     pipeline: Vec<&'a str>,
     id: Vec<&'a str>,
@@ -168,7 +168,7 @@ impl PgStore {
             }
             group.push(n);
         }
-        let mut c = Columns::default();
+        let mut c = BatchColumns::default();
         for key in order {
             let group = &merged[&key];
             let with_request = group.iter().find(|n| n.request.is_some());

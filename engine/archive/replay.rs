@@ -63,7 +63,7 @@ impl Status {
 
 /// What a replay did so far.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Counts {
+pub struct ReplayCounts {
     pub written: u64,
     pub dropped: u64,
     pub unchanged: u64,
@@ -80,7 +80,7 @@ pub struct Job {
     /// Events the filter matched when the job started.
     pub matched: u64,
     pub done: u64,
-    pub counts: Counts,
+    pub counts: ReplayCounts,
     pub cursor: Option<Cursor>,
     /// Events a second at most.
     pub rate: u32,
@@ -109,7 +109,7 @@ impl Job {
             status: Status::Running,
             matched,
             done: 0,
-            counts: Counts::default(),
+            counts: ReplayCounts::default(),
             cursor: None,
             rate,
             force,
@@ -389,7 +389,7 @@ pub struct Runner {
 }
 
 /// One event's decision before writing.
-enum Decision {
+enum PageChoice {
     Rows {
         sink: String,
         step: String,
@@ -400,7 +400,7 @@ enum Decision {
 
 impl Runner {
     /// Transform a page and decide per event (nothing written).
-    async fn decide(&self, page: &[Stored], force: bool) -> Vec<Decision> {
+    async fn decide(&self, page: &[Stored], force: bool) -> Vec<PageChoice> {
         let mut opened = Vec::with_capacity(page.len());
         for s in page {
             opened.push(s.event(self.recorder.keyring()));
@@ -419,26 +419,28 @@ impl Runner {
         let mut out = Vec::with_capacity(page.len());
         for (i, s) in page.iter().enumerate() {
             let decision = match (&opened[i], outcomes.get(i).and_then(Option::as_ref)) {
-                (Err(e), _) => Decision::Done(Step::new(Outcome::Failed, 1).reason(e.to_string())),
-                (_, None) => Decision::Done(
+                (Err(e), _) => {
+                    PageChoice::Done(Step::new(Outcome::Failed, 1).reason(e.to_string()))
+                }
+                (_, None) => PageChoice::Done(
                     Step::new(Outcome::Failed, 1).reason("the transform task failed"),
                 ),
                 (_, Some(Err(f))) => {
-                    Decision::Done(Step::new(Outcome::Failed, 1).reason(&f.reason))
+                    PageChoice::Done(Step::new(Outcome::Failed, 1).reason(&f.reason))
                 }
-                (_, Some(Ok(crate::transform::Outcome::Dropped { reason }))) => {
-                    Decision::Done(Step::new(Outcome::Dropped, 1).reason(reason))
+                (_, Some(Ok(crate::transform::Output::Dropped { reason }))) => {
+                    PageChoice::Done(Step::new(Outcome::Dropped, 1).reason(reason))
                 }
-                (_, Some(Ok(crate::transform::Outcome::Rows { sink, step, rows }))) => {
+                (_, Some(Ok(crate::transform::Output::Rows { sink, step, rows }))) => {
                     let digest = super::digest(sink, rows);
                     if !self.sinks.contains_key(sink) {
-                        Decision::Done(
+                        PageChoice::Done(
                             Step::new(Outcome::Failed, 1).reason(format!("no sink named `{sink}`")),
                         )
                     } else if !force && s.written_digest(sink) == Some(digest.as_str()) {
-                        Decision::Done(Step::new(Outcome::Unchanged, 1).written(sink, rows))
+                        PageChoice::Done(Step::new(Outcome::Unchanged, 1).written(sink, rows))
                     } else {
-                        Decision::Rows {
+                        PageChoice::Rows {
                             sink: sink.clone(),
                             step: step.clone(),
                             rows: rows.clone(),
@@ -466,10 +468,10 @@ impl Runner {
             .zip(decisions)
             .map(|(s, d)| {
                 let (would, sink, rows, reason) = match d {
-                    Decision::Rows { sink, rows, .. } => {
+                    PageChoice::Rows { sink, rows, .. } => {
                         (Outcome::Written, Some(sink), Some(rows.len()), None)
                     }
-                    Decision::Done(step) => (step.outcome, step.sink, step.rows, step.reason),
+                    PageChoice::Done(step) => (step.outcome, step.sink, step.rows, step.reason),
                 };
                 Preview {
                     event_id: s.event_id.clone(),
@@ -592,7 +594,7 @@ impl Runner {
         page: &[Stored],
         run: &str,
         force: bool,
-        counts: &mut Counts,
+        counts: &mut ReplayCounts,
     ) -> Vec<Note> {
         // while traces are exported: a new trace per replayed event, linked to its request's
         let spans: Vec<tracing::Span> = match crate::ops::trace::on() {
@@ -604,8 +606,8 @@ impl Runner {
         let mut wanted = Vec::new();
         for (i, d) in decisions.into_iter().enumerate() {
             match d {
-                Decision::Done(step) => steps[i] = Some(step),
-                Decision::Rows { sink, step, rows } => wanted.push((
+                PageChoice::Done(step) => steps[i] = Some(step),
+                PageChoice::Rows { sink, step, rows } => wanted.push((
                     i,
                     Batch {
                         event_id: page[i].event_id.clone(),

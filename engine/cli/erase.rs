@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use super::events::{At, Deployment, deployment};
+use super::events::{ArchiveDeployment, At, deployment};
 use crate::archive::search::conditions;
 use crate::archive::{Erasure, Filter};
 
@@ -84,7 +84,7 @@ pub(super) async fn erase(
 /// in-process queue of a server without REDIS_URL is not reachable from here, and lost at its
 /// restart anyway).
 async fn erase_dead_letters(
-    d: &Deployment,
+    d: &ArchiveDeployment,
     p: &crate::config::LoadedPipeline,
     filter: &Filter,
 ) -> Result<u64, String> {

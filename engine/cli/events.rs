@@ -167,7 +167,7 @@ pub(super) fn not_loaded(_: ExitCode) -> String {
 }
 
 /// The deployment's archive and project.
-pub(super) struct Deployment {
+pub(super) struct ArchiveDeployment {
     pub(super) project: Project,
     plan: Option<crate::plan::Plan>,
     pub(super) store: Arc<Store>,
@@ -175,7 +175,7 @@ pub(super) struct Deployment {
     pub(super) json: bool,
 }
 
-pub(super) fn deployment(at: &At, compile: bool) -> Result<Deployment, ExitCode> {
+pub(super) fn deployment(at: &At, compile: bool) -> Result<ArchiveDeployment, ExitCode> {
     let source = env_source(at.env_file.as_deref())?;
     let fail = |diags: Vec<crate::diagnostics::Diagnostic>| {
         eprint!(
@@ -201,7 +201,7 @@ pub(super) fn deployment(at: &At, compile: bool) -> Result<Deployment, ExitCode>
         None => None,
     };
     let store = Arc::new(Store::new(pool.as_ref(), &project.settings));
-    Ok(Deployment {
+    Ok(ArchiveDeployment {
         project,
         plan,
         store,
@@ -439,7 +439,7 @@ async fn show(pipeline: &str, id: &str, unredacted: bool, at: &At) -> Result<(),
 }
 
 /// The replay runner of one pipeline, with its program and sinks as they are now.
-fn runner(d: &mut Deployment, pipeline: &str) -> Result<Runner, String> {
+fn runner(d: &mut ArchiveDeployment, pipeline: &str) -> Result<Runner, String> {
     let i = d
         .project
         .pipelines

@@ -104,7 +104,7 @@ fn print_pending(rt: &tokio::runtime::Runtime, url: &str, dir: &Path) -> Result<
 }
 
 /// What a run applied, and the tables it left as they were.
-fn print_applied(report: &crate::migrate::Report) {
+fn print_applied(report: &crate::migrate::Migrated) {
     for (v, n) in &report.applied {
         println!("applied V{v} {n}");
     }
@@ -141,7 +141,7 @@ fn reseal_tokens(
             return false;
         }
     };
-    let store = crate::connection::token::Postgres { pool, keyring };
+    let store = crate::connection::token::PostgresTokens { pool, keyring };
     match rt.block_on(store.reseal_all()) {
         Ok((n, failed)) => {
             if n > 0 {
@@ -235,7 +235,7 @@ pub(super) fn migrate_table_check(
             return ExitCode::SUCCESS;
         }
     };
-    let options = crate::table_check::Options {
+    let options = crate::table_check::CheckOptions {
         fixtures,
         memo: crate::table_check::Memo::Record,
         migrations: Some(migrations),

@@ -130,8 +130,8 @@ pub enum Command {
         #[arg(long)]
         filter: Option<String>,
         /// Output format.
-        #[arg(long, value_enum, default_value_t = crate::replay::report::Format::Text)]
-        format: crate::replay::report::Format,
+        #[arg(long, value_enum, default_value_t = crate::replay::report::ReportFormat::Text)]
+        format: crate::replay::report::ReportFormat,
         /// Rewrite each case's `expect` from what it produced (review the change in a diff).
         #[arg(long)]
         update: bool,
@@ -415,7 +415,7 @@ fn dispatch(command: Command) -> ExitCode {
             format,
             update,
         } => replay(
-            crate::replay::Options {
+            crate::replay::ReplayOptions {
                 fixtures,
                 pipelines,
                 filter,
@@ -490,7 +490,7 @@ fn validate_command(
         .map(|f| vec![f])
         .unwrap_or_else(|| crate::table_check::default_fixtures(dir));
     let migrations = migrations.or_else(|| crate::table_check::default_migrations(dir));
-    let options = crate::table_check::Options {
+    let options = crate::table_check::CheckOptions {
         fixtures: &fixtures,
         memo: crate::table_check::Memo::Off,
         migrations: migrations.as_deref(),

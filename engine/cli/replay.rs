@@ -6,8 +6,8 @@ use super::runtime;
 
 /// The single-threaded runtime of the one-shot commands.
 pub(super) fn replay(
-    opts: crate::replay::Options,
-    format: crate::replay::report::Format,
+    opts: crate::replay::ReplayOptions,
+    format: crate::replay::report::ReportFormat,
 ) -> ExitCode {
     if !opts.pipelines.is_dir() {
         eprintln!("engine: {}: not a directory", opts.pipelines.display());

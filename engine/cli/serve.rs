@@ -12,8 +12,8 @@ use crate::diagnostics::{self, Diagnostic, Format};
 pub(super) fn init_tracing(
     production: bool,
     sentry: bool,
-    traces: Option<(&crate::ops::trace::Config, &tokio::runtime::Handle)>,
-) -> Option<crate::ops::trace::Started> {
+    traces: Option<(&crate::ops::trace::TraceConfig, &tokio::runtime::Handle)>,
+) -> Option<crate::ops::trace::Tracing> {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     use tracing_subscriber::layer::SubscriberExt;
@@ -86,10 +86,10 @@ where
 /// on the current runtime; `None` when the environment sets no OTLP endpoint.
 pub(super) fn init_traces_only(
     source: &crate::env::EnvSource,
-) -> Option<crate::ops::trace::Started> {
+) -> Option<crate::ops::trace::Tracing> {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    let config = crate::ops::trace::Config::from_source(source)?;
+    let config = crate::ops::trace::TraceConfig::from_source(source)?;
     let runtime = tokio::runtime::Handle::try_current().ok()?;
     match crate::ops::trace::start(&config, &runtime) {
         Ok((tracer, started)) => {
@@ -122,7 +122,7 @@ pub(super) fn serve(dir: &Path, env_file: Option<&Path>, mode: Mode) -> ExitCode
         Ok(r) => r,
         Err(code) => return code,
     };
-    let traces = crate::ops::trace::Config::from_source(&source);
+    let traces = crate::ops::trace::TraceConfig::from_source(&source);
     let _traces = init_tracing(
         production,
         source.get("SENTRY_DSN").is_some(),
@@ -172,7 +172,7 @@ pub(super) fn check_tables_at_boot(
     };
     let fixtures = crate::table_check::default_fixtures(dir);
     // a boot judges the tables as they are: pending migrations are `engine migrate`'s
-    let options = crate::table_check::Options {
+    let options = crate::table_check::CheckOptions {
         fixtures: &fixtures,
         memo: crate::table_check::Memo::Reuse,
         migrations: None,

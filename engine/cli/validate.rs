@@ -13,7 +13,7 @@ pub(super) fn validate(
     dir: &Path,
     env_file: Option<&Path>,
     format: Format,
-    database: Option<(&str, crate::table_check::Options<'_>)>,
+    database: Option<(&str, crate::table_check::CheckOptions<'_>)>,
 ) -> ExitCode {
     if !dir.is_dir() {
         eprintln!("engine: {}: not a directory", dir.display());
@@ -109,7 +109,7 @@ pub(super) fn schema(out: &Path, check: bool) -> ExitCode {
 pub(super) fn table_problems(
     project: &crate::config::Project,
     url: &str,
-    options: &crate::table_check::Options<'_>,
+    options: &crate::table_check::CheckOptions<'_>,
 ) -> Result<Vec<Diagnostic>, String> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

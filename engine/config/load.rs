@@ -34,7 +34,7 @@ pub fn load_with(
     let values = env.clone().unwrap_or_default();
     let (settings_doc, settings) = l.settings(schema.as_ref(), &values);
     let pipelines = l.pipelines(&files, schema.as_ref(), &values);
-    let context = Context {
+    let context = LoadContext {
         schema: schema.as_ref(),
         env: env.as_ref(),
         values: &values,
@@ -48,7 +48,7 @@ pub fn load_with(
 }
 
 /// What the stages after the environment and the settings read.
-struct Context<'a> {
+struct LoadContext<'a> {
     schema: Option<&'a EnvSchema>,
     /// The environment, when it is valid.
     env: Option<&'a Env>,
@@ -171,7 +171,7 @@ impl<'a> Loading<'a> {
     fn per_pipeline(
         &mut self,
         pipelines: &[(Checked, Pipeline)],
-        c: &Context<'_>,
+        c: &LoadContext<'_>,
         compile: &mut dyn Compile,
     ) {
         let dir = self.dir;
@@ -211,7 +211,7 @@ impl<'a> Loading<'a> {
     fn across_files(
         &mut self,
         pipelines: &[(Checked, Pipeline)],
-        c: &Context<'_>,
+        c: &LoadContext<'_>,
         settings_doc: Option<&Checked>,
     ) {
         if let (Some(s), Some(doc)) = (c.settings, settings_doc) {
@@ -298,7 +298,7 @@ impl<'a> Loading<'a> {
     /// The deployment's environment as a whole: misspelt and unused variables, production rules.
     fn deployment(
         &mut self,
-        c: &Context<'_>,
+        c: &LoadContext<'_>,
         settings_doc: Option<&Checked>,
         pipelines: &[(Checked, Pipeline)],
     ) {

@@ -45,7 +45,7 @@ use serde_json::Value;
 use crate::config::Project;
 use crate::config::connection::{Auth, Connection};
 use token::{TokenError, Tokens};
-use transport::{Failure, Outbound, Transport};
+use transport::{NoAnswer, Outbound, Transport};
 
 /// Time kept back from a call so the script can still word its answer.
 pub const ANSWER_RESERVE: Duration = Duration::from_millis(50);
@@ -74,17 +74,18 @@ impl Backing {
     ) -> Result<Backing, String> {
         let keyring = project.ops.keyring().and_then(Result::ok);
         let tokens = match (pool, keyring) {
-            (Some(pool), Some(keyring)) => Some(Arc::new(token::Postgres {
+            (Some(pool), Some(keyring)) => Some(Arc::new(token::PostgresTokens {
                 pool: pool.clone(),
                 keyring,
             }) as Arc<dyn token::TokenStore>),
             _ => None,
         };
         Ok(Backing {
-            transport: Arc::new(transport::Live::new()?),
+            transport: Arc::new(transport::Network::new()?),
             tokens,
-            directory: pool
-                .map(|p| Arc::new(tenant::Postgres::new(p.clone())) as Arc<dyn tenant::Directory>),
+            directory: pool.map(|p| {
+                Arc::new(tenant::PostgresTenants::new(p.clone())) as Arc<dyn tenant::Directory>
+            }),
             alert: Arc::new(|text: String| crate::ops::alerts::note(&text)),
             clock_ms: None,
         })
@@ -205,7 +206,7 @@ fn client_of(project: &Project, provider: &str) -> Result<token::Client, String>
 
 /// A call, as a script asks for it.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Request {
+pub struct Call {
     pub tenant: Option<String>,
     pub method: String,
     pub path: String,
@@ -229,12 +230,7 @@ impl Connections {
 
     /// Call connection `name`, answering by `deadline`. `Err` is a mistake in the script (an
     /// undeclared connection, a path off the connection's URL, no tenant for an OAuth one).
-    pub async fn call(
-        &self,
-        name: &str,
-        req: Request,
-        deadline: Instant,
-    ) -> Result<Answer, String> {
+    pub async fn call(&self, name: &str, req: Call, deadline: Instant) -> Result<Answer, String> {
         let one = self.each.get(name).ok_or_else(|| {
             let known: Vec<&str> = self.names().collect();
             format!(
@@ -292,7 +288,7 @@ impl Connections {
         &self,
         name: &str,
         one: &One,
-        req: &Request,
+        req: &Call,
         url: url::Url,
         deadline: Instant,
     ) -> Result<Answer, String> {
@@ -358,10 +354,10 @@ impl Connections {
                 }
                 Ok(r) if (r.status == 429 || r.status >= 500) && again => {}
                 Ok(r) => return Ok(answer(r.status, &r.body)),
-                Err(Failure::Timeout) if again => sent_unanswered = true,
+                Err(NoAnswer::Timeout) if again => sent_unanswered = true,
                 Err(_) if again => {}
-                Err(Failure::Timeout) => return Ok(out_of_time(true)),
-                Err(Failure::Failed(why)) => {
+                Err(NoAnswer::Timeout) => return Ok(out_of_time(true)),
+                Err(NoAnswer::Failed(why)) => {
                     return Ok(Answer::failed("unavailable", 0, format!("`{name}`: {why}")));
                 }
             }
@@ -485,7 +481,7 @@ fn script_error(message: String) -> Box<EvalAltResult> {
     Box::new(EvalAltResult::ErrorRuntime(message.into(), Position::NONE))
 }
 
-fn request_from(map: rhai::Map) -> Result<Request, String> {
+fn request_from(map: rhai::Map) -> Result<Call, String> {
     let text = |key: &str| -> Result<Option<String>, String> {
         match map.get(key) {
             None => Ok(None),
@@ -509,7 +505,7 @@ fn request_from(map: rhai::Map) -> Result<Request, String> {
         Some(j) => Some(rhai::serde::from_dynamic::<Value>(j).map_err(|e| format!("`json`: {e}"))?),
         None => None,
     };
-    Ok(Request {
+    Ok(Call {
         tenant: text("tenant")?,
         method: text("method")?.unwrap_or_else(|| "GET".into()),
         path,

@@ -30,14 +30,14 @@ pub trait Directory: Send + Sync {
 }
 
 /// `tenant_aliases` in Postgres, cached.
-pub struct Postgres {
+pub struct PostgresTenants {
     pool: deadpool_postgres::Pool,
     cache: moka::future::Cache<(String, String), Option<Arc<str>>>,
 }
 
-impl Postgres {
-    pub fn new(pool: deadpool_postgres::Pool) -> Postgres {
-        Postgres {
+impl PostgresTenants {
+    pub fn new(pool: deadpool_postgres::Pool) -> PostgresTenants {
+        PostgresTenants {
             pool,
             cache: moka::future::Cache::builder()
                 .max_capacity(10_000)
@@ -47,7 +47,7 @@ impl Postgres {
     }
 }
 
-impl Directory for Postgres {
+impl Directory for PostgresTenants {
     fn lookup<'a>(
         &'a self,
         source: &'a str,
@@ -154,9 +154,9 @@ pub async fn list(
 }
 
 /// A fixture's stand-in: `source -> id -> tenant`.
-pub struct Memory(pub HashMap<(String, String), String>);
+pub struct MemoryTenants(pub HashMap<(String, String), String>);
 
-impl Directory for Memory {
+impl Directory for MemoryTenants {
     fn lookup<'a>(
         &'a self,
         source: &'a str,

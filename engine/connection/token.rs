@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tokio::sync::Mutex;
 
-use super::transport::{Failure, Outbound, Transport};
+use super::transport::{NoAnswer, Outbound, Transport};
 use crate::config::oauth::ClientAuth;
 
 /// How long before its expiry a token is refreshed instead of used.
@@ -44,7 +44,7 @@ pub type Pending<'a, T> = Pin<Box<dyn Future<Output = Result<T, String>> + Send 
 
 /// A stored connection, decrypted.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Stored {
+pub struct StoredConnection {
     pub access_token: String,
     pub refresh_token: Option<String>,
     /// Unix seconds.
@@ -55,7 +55,11 @@ pub struct Stored {
 
 /// Where tokens live: `oauth_tokens` in Postgres, or a fixture's stand-in.
 pub trait TokenStore: Send + Sync {
-    fn load<'a>(&'a self, provider: &'a str, tenant: &'a str) -> Pending<'a, Option<Stored>>;
+    fn load<'a>(
+        &'a self,
+        provider: &'a str,
+        tenant: &'a str,
+    ) -> Pending<'a, Option<StoredConnection>>;
     /// Store a refreshed access token (encrypted).
     fn save<'a>(
         &'a self,
@@ -240,11 +244,11 @@ impl Tokens {
         };
         let answer = match sent {
             Ok(a) => a,
-            Err(Failure::Timeout) => {
+            Err(NoAnswer::Timeout) => {
                 count("failed");
                 return Err(TokenError::Timeout);
             }
-            Err(Failure::Failed(why)) => {
+            Err(NoAnswer::Failed(why)) => {
                 count("failed");
                 return Err(TokenError::Unavailable(format!("token endpoint: {why}")));
             }
@@ -365,23 +369,25 @@ fn fresh(expires_at: Option<i64>, now: i64) -> bool {
     expires_at.is_none_or(|e| e - EARLY > now)
 }
 
-pub use super::token_store::{Postgres, token_context};
+pub use super::token_store::{PostgresTokens, token_context};
 
 /// Tokens in memory: a fixture's stand-in.
 #[derive(Default)]
-pub struct Memory {
-    rows: std::sync::Mutex<std::collections::HashMap<(String, String), Stored>>,
+pub struct MemoryTokens {
+    rows: std::sync::Mutex<std::collections::HashMap<(String, String), StoredConnection>>,
 }
 
-impl Memory {
-    pub fn new(rows: impl IntoIterator<Item = ((String, String), Stored)>) -> Memory {
-        Memory {
+impl MemoryTokens {
+    pub fn new(
+        rows: impl IntoIterator<Item = ((String, String), StoredConnection)>,
+    ) -> MemoryTokens {
+        MemoryTokens {
             rows: std::sync::Mutex::new(rows.into_iter().collect()),
         }
     }
 
     /// The row of `(provider, tenant)` now.
-    pub fn get(&self, provider: &str, tenant: &str) -> Option<Stored> {
+    pub fn get(&self, provider: &str, tenant: &str) -> Option<StoredConnection> {
         self.lock()
             .get(&(provider.to_string(), tenant.to_string()))
             .cloned()
@@ -389,13 +395,18 @@ impl Memory {
 
     fn lock(
         &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<(String, String), Stored>> {
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<(String, String), StoredConnection>>
+    {
         self.rows.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
-impl TokenStore for Memory {
-    fn load<'a>(&'a self, provider: &'a str, tenant: &'a str) -> Pending<'a, Option<Stored>> {
+impl TokenStore for MemoryTokens {
+    fn load<'a>(
+        &'a self,
+        provider: &'a str,
+        tenant: &'a str,
+    ) -> Pending<'a, Option<StoredConnection>> {
         let row = self.get(provider, tenant);
         Box::pin(async move { Ok(row) })
     }
@@ -444,9 +455,12 @@ mod tests {
 
     type Raised = Arc<std::sync::Mutex<Vec<String>>>;
 
-    fn tokens(answers: Vec<Canned>, stored: Stored) -> (Tokens, Arc<Standin>, Arc<Memory>, Raised) {
+    fn tokens(
+        answers: Vec<Canned>,
+        stored: StoredConnection,
+    ) -> (Tokens, Arc<Standin>, Arc<MemoryTokens>, Raised) {
         let standin = Arc::new(Standin::new(answers));
-        let memory = Arc::new(Memory::new([(
+        let memory = Arc::new(MemoryTokens::new([(
             ("google-calendar".to_string(), "org-1".to_string()),
             stored,
         )]));
@@ -479,8 +493,8 @@ mod tests {
         }
     }
 
-    fn stored(expires_at: i64) -> Stored {
-        Stored {
+    fn stored(expires_at: i64) -> StoredConnection {
+        StoredConnection {
             access_token: "ya29.old".into(),
             refresh_token: Some("1//refresh".into()),
             expires_at: Some(expires_at),

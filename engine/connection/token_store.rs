@@ -2,13 +2,13 @@
 //! connections read a tenant's access token from, save a refreshed one to, and mark revoked
 //! grants in. The token logic itself (refresh under one lock per tenant) is `connection::token`.
 
-use super::token::{Pending, Stored, TokenStore};
+use super::token::{Pending, StoredConnection, TokenStore};
 
 /// Tokens in `oauth_tokens` (Postgres), each sealed to its row: the context is the column and
 /// the row's (tenant, provider), as the OAuth pipeline's sink writes them
 /// (`sink::postgres::row_context`). A token sealed to its column only (before rows were bound) is
 /// still read, and sealed again to its row then; `engine migrate` reseals every such row.
-pub struct Postgres {
+pub struct PostgresTokens {
     pub pool: deadpool_postgres::Pool,
     pub keyring: crate::crypto::Keyring,
 }
@@ -33,7 +33,7 @@ struct Opened {
     to_reseal: bool,
 }
 
-impl Postgres {
+impl PostgresTokens {
     /// Open one token of `column` in the row of (`tenant`, `provider`): under its row's context,
     /// else under the column's alone; whether it was the latter.
     fn open(
@@ -143,8 +143,12 @@ impl Postgres {
     }
 }
 
-impl TokenStore for Postgres {
-    fn load<'a>(&'a self, provider: &'a str, tenant: &'a str) -> Pending<'a, Option<Stored>> {
+impl TokenStore for PostgresTokens {
+    fn load<'a>(
+        &'a self,
+        provider: &'a str,
+        tenant: &'a str,
+    ) -> Pending<'a, Option<StoredConnection>> {
         use tokio_postgres::types::Type;
         Box::pin(async move {
             let client = self.pool.get().await.map_err(|e| e.to_string())?;
@@ -170,7 +174,7 @@ impl TokenStore for Postgres {
             {
                 tracing::warn!(tenant, provider, error = %e, "could not reseal the tenant's tokens to their row");
             }
-            Ok(Some(Stored {
+            Ok(Some(StoredConnection {
                 access_token: opened.access,
                 refresh_token: opened.refresh,
                 expires_at: row.get(2),

@@ -1,4 +1,4 @@
-//! How a connection's requests leave the engine: over the network (`Live`: one reqwest client,
+//! How a connection's requests leave the engine: over the network (`Network`: one reqwest client,
 //! no redirects, answers capped at [`MAX_ANSWER`]), or to a fixture's stand-in answers
 //! (`Standin`, for `engine replay`), which also records every request it was asked for.
 
@@ -32,14 +32,14 @@ pub struct Received {
 
 /// Why there is no answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Failure {
+pub enum NoAnswer {
     /// Nothing within the timeout.
     Timeout,
     /// Could not connect, or the answer broke off or was too large: the reason, without the URL.
     Failed(String),
 }
 
-pub type Sent<'a> = Pin<Box<dyn Future<Output = Result<Received, Failure>> + Send + 'a>>;
+pub type Sent<'a> = Pin<Box<dyn Future<Output = Result<Received, NoAnswer>> + Send + 'a>>;
 
 /// Sends requests.
 pub trait Transport: Send + Sync {
@@ -47,12 +47,12 @@ pub trait Transport: Send + Sync {
 }
 
 /// The network.
-pub struct Live {
+pub struct Network {
     client: reqwest::Client,
 }
 
-impl Live {
-    pub fn new() -> Result<Live, String> {
+impl Network {
+    pub fn new() -> Result<Network, String> {
         let client = reqwest::Client::builder()
             // A redirect could lead off the connection's host.
             .redirect(reqwest::redirect::Policy::none())
@@ -60,15 +60,15 @@ impl Live {
             .pool_max_idle_per_host(32)
             .build()
             .map_err(|e| format!("HTTP client: {e}"))?;
-        Ok(Live { client })
+        Ok(Network { client })
     }
 }
 
-impl Transport for Live {
+impl Transport for Network {
     fn send(&self, out: Outbound) -> Sent<'_> {
         Box::pin(async move {
             let method = reqwest::Method::from_bytes(out.method.as_bytes())
-                .map_err(|_| Failure::Failed(format!("`{}` is not an HTTP method", out.method)))?;
+                .map_err(|_| NoAnswer::Failed(format!("`{}` is not an HTTP method", out.method)))?;
             let mut req = self.client.request(method, out.url).timeout(out.timeout);
             for (k, v) in &out.headers {
                 req = req.header(k, v);
@@ -80,9 +80,9 @@ impl Transport for Live {
             req = crate::ops::trace::inject(req);
             let failed = |e: reqwest::Error| {
                 if e.is_timeout() {
-                    Failure::Timeout
+                    NoAnswer::Timeout
                 } else {
-                    Failure::Failed(e.without_url().to_string())
+                    NoAnswer::Failed(e.without_url().to_string())
                 }
             };
             let started = tokio::time::Instant::now();
@@ -94,7 +94,7 @@ impl Transport for Live {
             let read = async {
                 while let Some(chunk) = res.chunk().await.map_err(failed)? {
                     if body.len() + chunk.len() > MAX_ANSWER {
-                        return Err(Failure::Failed(format!(
+                        return Err(NoAnswer::Failed(format!(
                             "the answer is larger than {} KiB",
                             MAX_ANSWER / 1024
                         )));
@@ -105,7 +105,7 @@ impl Transport for Live {
             };
             match tokio::time::timeout(rest, read).await {
                 Ok(r) => r?,
-                Err(_) => return Err(Failure::Timeout),
+                Err(_) => return Err(NoAnswer::Timeout),
             }
             Ok(Received {
                 status,
@@ -166,14 +166,14 @@ impl Transport for Standin {
             .iter_mut()
             .find(|a| a.times > 0 && a.method.eq_ignore_ascii_case(&out.method) && a.url == url);
         let result = match found {
-            None => Err(Failure::Failed(format!(
+            None => Err(NoAnswer::Failed(format!(
                 "no stand-in answers {} {url}",
                 out.method
             ))),
             Some(a) => {
                 a.times -= 1;
                 if a.delay >= out.timeout {
-                    Err(Failure::Timeout)
+                    Err(NoAnswer::Timeout)
                 } else {
                     Ok(Received {
                         status: a.status,
@@ -228,9 +228,9 @@ mod tests {
                 Duration::from_millis(50),
             ))
             .await;
-        assert_eq!(slow.unwrap_err(), Failure::Timeout);
+        assert_eq!(slow.unwrap_err(), NoAnswer::Timeout);
         let none = s.send(out("GET", "https://api.example/v1/x", t)).await;
-        assert!(matches!(none, Err(Failure::Failed(m)) if m.contains("no stand-in answers GET")));
+        assert!(matches!(none, Err(NoAnswer::Failed(m)) if m.contains("no stand-in answers GET")));
         assert_eq!(s.asked().len(), 4);
         assert_eq!(s.asked()[0], "POST https://api.example/v1/x");
     }

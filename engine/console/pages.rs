@@ -8,7 +8,7 @@ use maud::{DOCTYPE, Markup, html};
 
 use super::QueueRow;
 use super::recent::{Sample, shown};
-use super::traffic::{Counts, SHOWN, Series};
+use super::traffic::{AnswerCounts, SHOWN, Series};
 use crate::config::Project;
 use crate::config::pipeline::Redact;
 use crate::config::queue::QueueConfig;
@@ -301,7 +301,7 @@ const W: f64 = 360.0;
 const H: f64 = 80.0;
 
 /// One small line chart of `keys` over the seconds.
-fn chart(name: &str, seconds: &[Counts], keys: &[(&str, &str)]) -> Markup {
+fn chart(name: &str, seconds: &[AnswerCounts], keys: &[(&str, &str)]) -> Markup {
     let values: Vec<Vec<f64>> = keys
         .iter()
         .map(|(k, _)| seconds.iter().map(|c| value(c, k)).collect())
@@ -333,7 +333,7 @@ fn chart(name: &str, seconds: &[Counts], keys: &[(&str, &str)]) -> Markup {
     }
 }
 
-fn value(c: &Counts, key: &str) -> f64 {
+fn value(c: &AnswerCounts, key: &str) -> f64 {
     match key {
         "ok" => c.ok as f64,
         "client_errors" => c.client_errors as f64,
@@ -434,7 +434,7 @@ pub struct DeadLetters<'a> {
     pub pipeline: &'a str,
     pub letters: Vec<DeadLetter>,
     pub total: Option<u64>,
-    pub shown_as: Shown<'a>,
+    pub shown_as: EventView<'a>,
     /// What the last action did (`replayed-3`, `purged-1`, `none`).
     pub done: Option<&'a str>,
 }
@@ -542,7 +542,7 @@ pub fn events(
     name: &str,
     samples: &[Sample],
     refused: &[Sample],
-    shown_as: Shown<'_>,
+    shown_as: EventView<'_>,
     csrf: &str,
 ) -> Markup {
     page(
@@ -558,7 +558,7 @@ pub fn events(
 }
 
 /// This instance's sample of refused requests (verification failed), with status and reason.
-pub fn refused_requests(samples: &[Sample], shown_as: Shown<'_>) -> Markup {
+pub fn refused_requests(samples: &[Sample], shown_as: EventView<'_>) -> Markup {
     html! {
         h2 { "Refused requests" }
         p.meta { "Requests whose verification failed, sampled on this instance (at most one every "
@@ -570,12 +570,12 @@ pub fn refused_requests(samples: &[Sample], shown_as: Shown<'_>) -> Markup {
 
 /// How a pipeline's events are shown: its `redact`, and the field its Type column reads.
 #[derive(Clone, Copy)]
-pub struct Shown<'a> {
+pub struct EventView<'a> {
     pub redact: &'a [Redact],
     pub kind: Option<&'a crate::config::verify::KeySource>,
 }
 
-impl Shown<'_> {
+impl EventView<'_> {
     /// The Type column's value of `event` ("—" when the pipeline branches on no field, or the
     /// event lacks it).
     fn kind(&self, event: &crate::transform::EventInput) -> String {
@@ -585,7 +585,7 @@ impl Shown<'_> {
     }
 }
 
-fn sample_table(samples: &[Sample], shown_as: Shown<'_>) -> Markup {
+fn sample_table(samples: &[Sample], shown_as: EventView<'_>) -> Markup {
     html! {
         table.letters {
             thead { tr { th { "Answered" } th.n { "Status" } th { "Type" } th { "Reason" } th { "Event" } } }

@@ -43,7 +43,7 @@ struct Second {
 
 /// The answers of one second (or a sum of seconds), as the console shows them.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
-pub struct Counts {
+pub struct AnswerCounts {
     /// Unix seconds (the first second of a sum).
     pub t: i64,
     pub requests: u64,
@@ -62,9 +62,9 @@ pub struct Counts {
 pub struct Series {
     pub pipeline: String,
     /// The last [`SHOWN`] seconds, oldest first, every second present (zeros when idle).
-    pub seconds: Vec<Counts>,
+    pub seconds: Vec<AnswerCounts>,
     /// The last minute together; its rates are per second.
-    pub minute: Counts,
+    pub minute: AnswerCounts,
     pub requests_per_sec: f64,
 }
 
@@ -161,9 +161,9 @@ fn series(name: &str, seconds: &VecDeque<Second>, now: i64) -> Series {
     let shown = (now - SHOWN + 1..=now)
         .map(|t| match seconds.iter().find(|s| s.at == t) {
             Some(s) => counts(t, [s]),
-            None => Counts {
+            None => AnswerCounts {
                 t,
-                ..Counts::default()
+                ..AnswerCounts::default()
             },
         })
         .collect();
@@ -178,10 +178,10 @@ fn series(name: &str, seconds: &VecDeque<Second>, now: i64) -> Series {
 }
 
 /// The sum of `seconds`, with percentiles from their merged histogram.
-fn counts<'a>(t: i64, seconds: impl IntoIterator<Item = &'a Second>) -> Counts {
-    let mut c = Counts {
+fn counts<'a>(t: i64, seconds: impl IntoIterator<Item = &'a Second>) -> AnswerCounts {
+    let mut c = AnswerCounts {
         t,
-        ..Counts::default()
+        ..AnswerCounts::default()
     };
     let mut latency = [0u64; BOUNDS_US.len() + 1];
     for s in seconds {

@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 
 /// How the alerter behaves.
 #[derive(Debug, Clone)]
-pub struct Config {
+pub struct AlertsConfig {
     /// The Slack incoming-webhook URL.
     pub url: String,
     /// Collect this long before sending.
@@ -36,10 +36,10 @@ pub struct Config {
     pub source: String,
 }
 
-impl Config {
+impl AlertsConfig {
     /// The production defaults: a message at most every 60 s, 20 an hour.
-    pub fn new(url: String, sink_outage: Duration, source: String) -> Config {
-        Config {
+    pub fn new(url: String, sink_outage: Duration, source: String) -> AlertsConfig {
+        AlertsConfig {
             url,
             flush_every: Duration::from_secs(60),
             sink_outage,
@@ -65,7 +65,7 @@ static SENDER: OnceLock<mpsc::Sender<Signal>> = OnceLock::new();
 static FAILING: AtomicUsize = AtomicUsize::new(0);
 
 /// Start the alerter task (once per process). `Err` when one is already running.
-pub fn install(config: Config) -> Result<(), String> {
+pub fn install(config: AlertsConfig) -> Result<(), String> {
     let (tx, rx) = mpsc::channel(10_000);
     SENDER
         .set(tx)
@@ -214,7 +214,7 @@ impl Unflushed {
     }
 }
 
-async fn run(config: Config, mut rx: mpsc::Receiver<Signal>) {
+async fn run(config: AlertsConfig, mut rx: mpsc::Receiver<Signal>) {
     let client = match reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()

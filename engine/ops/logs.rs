@@ -72,7 +72,7 @@ where
             line.insert("trace_id".into(), Value::String(trace_id));
             line.insert("span_id".into(), Value::String(span_id));
         }
-        event.record(&mut Fields(&mut line));
+        event.record(&mut LogFields(&mut line));
         writeln!(writer, "{}", Value::Object(line))
     }
 }
@@ -117,9 +117,9 @@ pub fn span_fields() -> JsonFields {
 }
 
 /// An event's fields into the line.
-struct Fields<'a>(&'a mut Map<String, Value>);
+struct LogFields<'a>(&'a mut Map<String, Value>);
 
-impl Visit for Fields<'_> {
+impl Visit for LogFields<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
         self.0
             .insert(field.name().into(), Value::String(value.into()));

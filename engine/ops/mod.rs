@@ -42,7 +42,7 @@ pub fn start(project: &Project) -> Started {
             .or_else(|_| std::env::var("HOSTNAME"))
             .unwrap_or_else(|_| "engine".into());
         let source = format!("{}, {host}", project.env.environment());
-        match alerts::install(alerts::Config::new(
+        match alerts::install(alerts::AlertsConfig::new(
             url.expose().to_string(),
             ops.alert_sink_outage,
             source,

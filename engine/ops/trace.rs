@@ -86,7 +86,7 @@ pub enum Protocol {
 
 /// What the `OTEL_*` variables ask for.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Config {
+pub struct TraceConfig {
     /// Where spans go: for HTTP the full URL of the traces path.
     pub endpoint: String,
     pub protocol: Protocol,
@@ -123,11 +123,11 @@ impl SamplerConfig {
     }
 }
 
-impl Config {
+impl TraceConfig {
     /// The configuration the environment gives, `None` when tracing is off: no endpoint, or
     /// `OTEL_SDK_DISABLED=true`. Values the env schema refuses never get here at boot; parsing
     /// is lenient anyway (an unknown sampler is the default one).
-    pub fn from_source(source: &EnvSource) -> Option<Config> {
+    pub fn from_source(source: &EnvSource) -> Option<TraceConfig> {
         let get = |name: &str| source.get(name).map(str::trim).filter(|v| !v.is_empty());
         if get("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
             return None;
@@ -158,7 +158,7 @@ impl Config {
                     .map(|(_, v)| v.clone())
             })
             .unwrap_or_else(|| "engine".to_string());
-        Some(Config {
+        Some(TraceConfig {
             endpoint,
             protocol,
             headers: get("OTEL_EXPORTER_OTLP_HEADERS")
@@ -205,11 +205,11 @@ fn sampler(name: Option<&str>, arg: Option<&str>) -> SamplerConfig {
 
 /// Tracing while this lives: dropping it flushes the spans still queued (bounded by the export
 /// timeout) and shuts the exporter down.
-pub struct Started {
+pub struct Tracing {
     provider: SdkTracerProvider,
 }
 
-impl Drop for Started {
+impl Drop for Tracing {
     fn drop(&mut self) {
         ON.store(false, Ordering::Relaxed);
         let shutdown = || self.provider.shutdown_with_timeout(EXPORT_TIMEOUT);
@@ -225,9 +225,9 @@ impl Drop for Started {
 /// Start exporting: the tracer `tracing-opentelemetry`'s layer exports through, and the guard.
 /// Called inside the process's runtime (`runtime` runs the exports; gRPC's channel lives on it).
 pub fn start(
-    config: &Config,
+    config: &TraceConfig,
     runtime: &tokio::runtime::Handle,
-) -> Result<(opentelemetry_sdk::trace::Tracer, Started), String> {
+) -> Result<(opentelemetry_sdk::trace::Tracer, Tracing), String> {
     let _inside = runtime.enter();
     let exporter = exporter(config, runtime)?;
     let queued = Arc::new(AtomicUsize::new(0));
@@ -262,18 +262,18 @@ pub fn start(
         .build();
     let tracer = provider.tracer("engine");
     ON.store(true, Ordering::Relaxed);
-    Ok((tracer, Started { provider }))
+    Ok((tracer, Tracing { provider }))
 }
 
 /// The OTLP exporter the configuration names.
 fn exporter(
-    config: &Config,
+    config: &TraceConfig,
     runtime: &tokio::runtime::Handle,
 ) -> Result<opentelemetry_otlp::SpanExporter, String> {
     let built = match config.protocol {
         Protocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
             .with_http()
-            .with_http_client(Http {
+            .with_http_client(ExportClient {
                 client: reqwest::Client::builder()
                     .timeout(EXPORT_TIMEOUT)
                     .build()
@@ -315,13 +315,13 @@ fn exporter(
 /// other outgoing call). The batch processor exports from its own thread, so each request runs
 /// on the process's runtime and the thread only waits for it.
 #[derive(Debug)]
-struct Http {
+struct ExportClient {
     client: reqwest::Client,
     runtime: tokio::runtime::Handle,
 }
 
 #[async_trait::async_trait]
-impl opentelemetry_http::HttpClient for Http {
+impl opentelemetry_http::HttpClient for ExportClient {
     async fn send_bytes(
         &self,
         request: opentelemetry_http::Request<bytes::Bytes>,
@@ -514,9 +514,9 @@ mod tests {
 
     #[test]
     fn off_without_an_endpoint_or_when_disabled() {
-        assert_eq!(Config::from_source(&source(&[])), None);
+        assert_eq!(TraceConfig::from_source(&source(&[])), None);
         assert_eq!(
-            Config::from_source(&source(&[
+            TraceConfig::from_source(&source(&[
                 ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318"),
                 ("OTEL_SDK_DISABLED", "true"),
             ])),
@@ -526,7 +526,7 @@ mod tests {
 
     #[test]
     fn the_standard_variables_configure_the_exporter() {
-        let c = Config::from_source(&source(&[
+        let c = TraceConfig::from_source(&source(&[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://api.honeycomb.io/"),
             (
                 "OTEL_EXPORTER_OTLP_HEADERS",
@@ -565,7 +565,7 @@ mod tests {
             )]
         );
 
-        let g = Config::from_source(&source(&[
+        let g = TraceConfig::from_source(&source(&[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://tempo:4317"),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
             ("OTEL_SERVICE_NAME", "webhooks"),
@@ -577,7 +577,7 @@ mod tests {
         );
         assert_eq!(g.service_name, "webhooks");
         assert_eq!(g.sampler, SamplerConfig::ParentBasedAlwaysOn);
-        let t = Config::from_source(&source(&[(
+        let t = TraceConfig::from_source(&source(&[(
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
             "http://jaeger:4318/v1/traces",
         )]))

@@ -59,11 +59,18 @@ impl Rule {
         req: &Inbound<'_>,
         params: &[(String, String)],
     ) -> String {
-        self.key_from(client_ip, &crate::request_field::Fields::new(req, params))
+        self.key_from(
+            client_ip,
+            &crate::request_field::RequestFields::new(req, params),
+        )
     }
 
     /// [`Rule::key_of`] from fields already being read (some read ahead).
-    pub fn key_from(&self, client_ip: IpAddr, fields: &crate::request_field::Fields<'_>) -> String {
+    pub fn key_from(
+        &self,
+        client_ip: IpAddr,
+        fields: &crate::request_field::RequestFields<'_>,
+    ) -> String {
         let parts: Vec<String> = self
             .key
             .iter()

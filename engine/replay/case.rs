@@ -24,10 +24,10 @@ use serde_json::Value;
 
 use crate::config::Project;
 use crate::connection::Backing;
-use crate::connection::tenant::Memory as DirectoryMemory;
-use crate::connection::token::{Memory as TokenMemory, Stored};
+use crate::connection::tenant::MemoryTenants;
+use crate::connection::token::{MemoryTokens, StoredConnection};
 use crate::connection::transport::{Canned, Standin};
-use crate::fixture::{Body, DEFAULT_CLOCK, Fixture, Outcome, millis};
+use crate::fixture::{Body, DEFAULT_CLOCK, Fixture, FixtureOutcome, millis};
 use crate::queue::Outcomes;
 use crate::queue::{Delivery, Queue, QueueError};
 use crate::route::Lookup;
@@ -43,7 +43,7 @@ pub struct Actual {
     /// Response headers, names lower-case, in order.
     pub headers: Vec<(String, String)>,
     pub body: Bytes,
-    pub outcome: Outcome,
+    pub outcome: FixtureOutcome,
     /// Why the event was dropped or dead-lettered.
     pub reason: Option<String>,
     /// Rows per sink, in the order written, over all repeats.
@@ -116,7 +116,7 @@ pub async fn run(
         plan,
         Surroundings {
             clock: crate::clock::Clock::frozen(clock_ms),
-            sinks: crate::sink::Target::Capture(captured.clone()),
+            sinks: crate::sink::SinkTarget::Capture(captured.clone()),
             record: None,
             connections: Some(backing),
             memory_queues: Vec::new(),
@@ -235,7 +235,7 @@ fn standins(
         };
         tokens.push((
             (t.provider.clone(), t.tenant.clone()),
-            Stored {
+            StoredConnection {
                 access_token: t.access_token.clone(),
                 refresh_token: t.refresh_token.clone(),
                 expires_at,
@@ -255,8 +255,8 @@ fn standins(
     let raised = alerts.clone();
     let backing = Backing {
         transport: standin.clone(),
-        tokens: Some(Arc::new(TokenMemory::new(tokens))),
-        directory: Some(Arc::new(DirectoryMemory(directory))),
+        tokens: Some(Arc::new(MemoryTokens::new(tokens))),
+        directory: Some(Arc::new(MemoryTenants(directory))),
         alert: Arc::new(move |text| raised.lock().unwrap_or_else(|e| e.into_inner()).push(text)),
         clock_ms: Some(clock_ms),
     };
@@ -485,29 +485,29 @@ fn outcome(
     before: &CountersBefore,
     captured: &Captured,
     ledger: &Ledger,
-) -> (Outcome, Option<String>) {
+) -> (FixtureOutcome, Option<String>) {
     if let Some(o) = engine_error(status, body) {
         return (o, None);
     }
     if !queued {
-        return (Outcome::Responded, None);
+        return (FixtureOutcome::Responded, None);
     }
     let after = CountersBefore::of(app, captured, ledger);
     if after.duplicates > before.duplicates {
-        return (Outcome::Duplicate, None);
+        return (FixtureOutcome::Duplicate, None);
     }
     match handled {
-        Some(Handled::Acked) => (Outcome::Written, None),
-        Some(Handled::Dropped { reason }) => (Outcome::Dropped, Some(reason)),
-        Some(Handled::DeadLettered { reason }) => (Outcome::DeadLettered, Some(reason)),
+        Some(Handled::Acked) => (FixtureOutcome::Written, None),
+        Some(Handled::Dropped { reason }) => (FixtureOutcome::Dropped, Some(reason)),
+        Some(Handled::DeadLettered { reason }) => (FixtureOutcome::DeadLettered, Some(reason)),
         // `ack: processed`: the answer came after the worker's attempt, recorded in place
         Some(Handled::Retried { .. }) | None => {
             if after.dead > before.dead {
-                (Outcome::DeadLettered, last_dead_reason(app, ledger))
+                (FixtureOutcome::DeadLettered, last_dead_reason(app, ledger))
             } else if after.batches > before.batches {
-                (Outcome::Written, None)
+                (FixtureOutcome::Written, None)
             } else {
-                (Outcome::Dropped, None)
+                (FixtureOutcome::Dropped, None)
             }
         }
     }
@@ -531,18 +531,18 @@ fn last_dead_reason(app: &App, ledger: &Ledger) -> Option<String> {
 }
 
 /// The engine's own error answers: `{"error": code, ...}` with the code's status.
-fn engine_error(status: u16, body: &[u8]) -> Option<Outcome> {
+fn engine_error(status: u16, body: &[u8]) -> Option<FixtureOutcome> {
     let v: Value = serde_json::from_slice(body).ok()?;
     let code = v.get("error")?.as_str()?;
     Some(match (status, code) {
-        (401, "unauthorized") => Outcome::Rejected,
-        (429, "rate_limited") => Outcome::RateLimited,
-        (413, "payload_too_large") => Outcome::TooLarge,
-        (404, "not_found") => Outcome::NotFound,
-        (405, "method_not_allowed") => Outcome::MethodNotAllowed,
-        (503, "maintenance") => Outcome::Maintenance,
-        (503, "unavailable") => Outcome::Unavailable,
-        (400, "bad_request") => Outcome::BadRequest,
+        (401, "unauthorized") => FixtureOutcome::Rejected,
+        (429, "rate_limited") => FixtureOutcome::RateLimited,
+        (413, "payload_too_large") => FixtureOutcome::TooLarge,
+        (404, "not_found") => FixtureOutcome::NotFound,
+        (405, "method_not_allowed") => FixtureOutcome::MethodNotAllowed,
+        (503, "maintenance") => FixtureOutcome::Maintenance,
+        (503, "unavailable") => FixtureOutcome::Unavailable,
+        (400, "bad_request") => FixtureOutcome::BadRequest,
         _ => return None,
     })
 }

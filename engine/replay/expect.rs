@@ -301,7 +301,7 @@ fn literal(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixture::Outcome;
+    use crate::fixture::FixtureOutcome;
     use serde_json::json;
 
     fn actual() -> Actual {
@@ -309,7 +309,7 @@ mod tests {
             status: 200,
             headers: vec![("content-type".into(), "application/json".into())],
             body: bytes::Bytes::from_static(br#"{"received":true,"n":1}"#),
-            outcome: Outcome::Written,
+            outcome: FixtureOutcome::Written,
             reason: None,
             sinks: BTreeMap::from([("calls".into(), vec![json!({"id": "a", "cost": 1.5})])]),
             calls: vec!["POST https://api.example/v1/things".into()],
@@ -331,7 +331,7 @@ mod tests {
                 json: json!({"received": true}),
                 mode: Match::Subset,
             }),
-            outcome: Some(Outcome::Written),
+            outcome: Some(FixtureOutcome::Written),
             reason: None,
             sinks: Some(BTreeMap::from([(
                 "calls".into(),
@@ -349,7 +349,7 @@ mod tests {
             kept,
             Expect {
                 status: Some(200),
-                outcome: Some(Outcome::Written),
+                outcome: Some(FixtureOutcome::Written),
                 ..e.clone()
             }
         );
@@ -364,7 +364,7 @@ mod tests {
                 json: json!({"received": false}),
                 mode: Match::Subset,
             }),
-            outcome: Some(Outcome::Dropped),
+            outcome: Some(FixtureOutcome::Dropped),
             reason: Some("no step".into()),
             sinks: Some(BTreeMap::from([(
                 "calls".into(),
@@ -418,7 +418,7 @@ mod tests {
     #[test]
     fn update_anchors_the_reason_literally() {
         let mut a = actual();
-        a.outcome = Outcome::DeadLettered;
+        a.outcome = FixtureOutcome::DeadLettered;
         a.reason = Some("step `end-of-call`: boom (1+1)".into());
         let e = updated(&Expect::default(), &a, "pipelines");
         assert_eq!(

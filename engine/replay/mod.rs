@@ -28,7 +28,7 @@ use crate::env::EnvSource;
 use crate::plan::Plan;
 
 /// What to run.
-pub struct Options {
+pub struct ReplayOptions {
     /// Fixture files or directories (searched recursively for `*.yaml` / `*.yml`).
     pub fixtures: Vec<PathBuf>,
     pub pipelines: PathBuf,
@@ -111,7 +111,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
 /// One loaded case against its project: the problems found (none after `--update`), and whether
 /// the file was rewritten. `Err` only when an update cannot be written.
 async fn run_case(
-    opts: &Options,
+    opts: &ReplayOptions,
     (project, plan): (&Result<Project, Vec<Diagnostic>>, Option<Plan>),
     f: &fixture::Fixture,
     file: &Path,
@@ -236,7 +236,7 @@ pub async fn rows_written(dir: &Path, roots: &[PathBuf]) -> Result<Written, Stri
 }
 
 /// Run every selected case. `Err` only when the fixtures cannot be listed.
-pub async fn run(opts: &Options) -> Result<Report, String> {
+pub async fn run(opts: &ReplayOptions) -> Result<Report, String> {
     let started = Instant::now();
     let mut cases = Vec::new();
     let mut projects = Projects::new(&opts.pipelines);

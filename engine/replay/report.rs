@@ -6,18 +6,18 @@ use super::Report;
 
 /// Output formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
+pub enum ReportFormat {
     Text,
     Json,
     Junit,
 }
 
 /// The report in `format`.
-pub fn render(report: &Report, format: Format) -> String {
+pub fn render(report: &Report, format: ReportFormat) -> String {
     match format {
-        Format::Text => text(report),
-        Format::Json => serde_json::to_string_pretty(report).unwrap_or_default() + "\n",
-        Format::Junit => junit(report),
+        ReportFormat::Text => text(report),
+        ReportFormat::Json => serde_json::to_string_pretty(report).unwrap_or_default() + "\n",
+        ReportFormat::Junit => junit(report),
     }
 }
 

@@ -71,14 +71,14 @@ fn replace_block(text: &str, key: &str, block: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixture::Outcome;
+    use crate::fixture::FixtureOutcome;
 
     #[test]
     fn replaces_only_the_expect_block() {
         let text = "# a comment\nrequest:\n  path: /x\nexpect:\n  status: 500\n  # old\n\n# trailing\nrepeat: 2\n";
         let e = Expect {
             status: Some(200),
-            outcome: Some(Outcome::Responded),
+            outcome: Some(FixtureOutcome::Responded),
             ..Expect::default()
         };
         let out = replace_block(text, "expect", &render(&e).unwrap());

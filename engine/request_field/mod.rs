@@ -51,21 +51,21 @@ pub fn extract(
     req: &Inbound<'_>,
     params: &[(String, String)],
 ) -> Option<String> {
-    Fields::new(req, params).get(source)
+    RequestFields::new(req, params).get(source)
 }
 
 /// The fields of one request, read for several sources (a dedupe key, an event id, a rate-limit
 /// key).
-pub struct Fields<'a> {
+pub struct RequestFields<'a> {
     req: &'a Inbound<'a>,
     params: &'a [(String, String)],
-    /// Values of JSON pointers read ahead in one pass ([`Fields::reading`]).
+    /// Values of JSON pointers read ahead in one pass ([`RequestFields::reading`]).
     read: Vec<(&'a str, Option<serde_json::Value>)>,
 }
 
-impl<'a> Fields<'a> {
-    pub fn new(req: &'a Inbound<'a>, params: &'a [(String, String)]) -> Fields<'a> {
-        Fields {
+impl<'a> RequestFields<'a> {
+    pub fn new(req: &'a Inbound<'a>, params: &'a [(String, String)]) -> RequestFields<'a> {
+        RequestFields {
             req,
             params,
             read: Vec::new(),
@@ -79,7 +79,7 @@ impl<'a> Fields<'a> {
         req: &'a Inbound<'a>,
         params: &'a [(String, String)],
         pointers: &'a JsonPointers,
-    ) -> Fields<'a> {
+    ) -> RequestFields<'a> {
         let texts = pointers.texts();
         let values = match texts.is_empty() {
             true => Vec::new(),
@@ -88,7 +88,7 @@ impl<'a> Fields<'a> {
                 .read(req.body)
                 .unwrap_or_else(|| vec![None; texts.len()]),
         };
-        Fields {
+        RequestFields {
             req,
             params,
             read: texts.iter().map(String::as_str).zip(values).collect(),
@@ -127,7 +127,7 @@ impl<'a> Fields<'a> {
     }
 
     /// Every field of `sources` joined with `sep`; None when one is absent. Read through
-    /// [`Fields::reading`] with the sources' pointers (as the request path does, `Route::json_fields`),
+    /// [`RequestFields::reading`] with the sources' pointers (as the request path does, `Route::json_fields`),
     /// the body is not passed through again.
     pub fn join(&self, sources: &[KeySource], sep: &str) -> Option<String> {
         let parts: Option<Vec<String>> = sources.iter().map(|s| self.get(s)).collect();
@@ -178,7 +178,7 @@ mod tests {
         }
     }
 
-    /// Fields read ahead in one pass answer exactly as fields read one pass per use: every
+    /// RequestFields read ahead in one pass answer exactly as fields read one pass per use: every
     /// source kind, repeated keys (the last wins), pointers not read ahead, bodies not JSON.
     #[test]
     fn fields_read_ahead_answer_as_fields_read_one_by_one() {
@@ -211,8 +211,8 @@ mod tests {
         ] {
             let req = inbound(&h, "https://x/y", body);
             let (one_by_one, read) = (
-                Fields::new(&req, &params),
-                Fields::reading(&req, &params, &compiled),
+                RequestFields::new(&req, &params),
+                RequestFields::reading(&req, &params, &compiled),
             );
             for s in &sources {
                 assert_eq!(one_by_one.get(s), read.get(s), "{s:?} in {body:?}");
@@ -277,7 +277,7 @@ mod tests {
         let h = HeaderMap::new();
         let body = br#"{"message":{"type":"status-update","call":{"id":"c1"},"timestamp":17}}"#;
         let req = inbound(&h, "https://x/y", body);
-        let fields = Fields::new(&req, &[]);
+        let fields = RequestFields::new(&req, &[]);
         let key = [
             KeySource::Json("/message/call/id".into()),
             KeySource::Json("/message/type".into()),

@@ -101,7 +101,7 @@ pub(super) fn log_body(app: &App, pipeline: usize, seen: &Seen<'_>) {
 /// pipeline's `redact` fields redacted.
 fn record(
     app: &App,
-    recorder: &crate::record::Recorder,
+    recorder: &crate::record::FixtureRecorder,
     route: &Route,
     seen: &Seen<'_>,
     event_id: &str,

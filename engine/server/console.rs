@@ -167,7 +167,7 @@ async fn dead_letters_page(
         return not_found(res, csrf);
     };
     let config = &app.project.pipelines[index].config;
-    let shown_as = pages::Shown {
+    let shown_as = pages::EventView {
         redact: &config.redact,
         kind: crate::console::recent::kind_field(config),
     };

@@ -38,7 +38,7 @@ use super::route::Route;
 use super::seen::Seen;
 use crate::config::units::HttpMethod;
 
-use crate::request_field::Fields;
+use crate::request_field::RequestFields;
 use crate::respond::{Inline, Reply};
 use crate::route::Lookup;
 use crate::transform::EventInput;
@@ -202,7 +202,7 @@ impl Dispatch {
         // the JSON fields read from here on (`when`, event id, dedupe and rate-limit keys): one
         // pass through the body
         let inbound = seen.inbound();
-        let fields = Fields::reading(&inbound, &params, &route.json_fields);
+        let fields = RequestFields::reading(&inbound, &params, &route.json_fields);
         let computes = route.responder.computes_for(&fields);
         let mut event = event(app, route, &seen, &fields, params.clone(), tenant_id);
         tracing::Span::current().record("event_id", event.id.as_str());
@@ -266,7 +266,7 @@ fn event(
     app: &App,
     route: &Route,
     seen: &Seen<'_>,
-    fields: &Fields<'_>,
+    fields: &RequestFields<'_>,
     params: Vec<(String, String)>,
     tenant: Option<String>,
 ) -> EventInput {

@@ -13,7 +13,7 @@ use super::seen::Seen;
 use crate::config::queue::Ack;
 use crate::ops::outage::Condition;
 use crate::queue::{Enqueued, QueueError};
-use crate::request_field::Fields;
+use crate::request_field::RequestFields;
 use crate::transform::EventInput;
 use crate::worker::Attempt;
 
@@ -27,7 +27,7 @@ const ENQUEUE: &str = "redis_enqueue";
 pub(super) async fn enqueue(
     route: &Route,
     seen: &Seen<'_>,
-    fields: &Fields<'_>,
+    fields: &RequestFields<'_>,
     event: EventInput,
     res: &mut Response,
 ) -> Result<(), Stop> {

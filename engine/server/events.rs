@@ -129,7 +129,7 @@ async fn events_of(
         return not_found(res, csrf);
     };
     let refused = recent::global().of(name, true);
-    let shown_as = crate::console::pages::Shown {
+    let shown_as = crate::console::pages::EventView {
         redact: &p.config.redact,
         kind: recent::kind_field(&p.config),
     };

@@ -83,7 +83,7 @@ pub struct App {
     /// The time and minted event ids requests see (frozen by `engine replay`).
     pub clock: crate::clock::Clock,
     /// Writes accepted requests as fixtures (`engine serve --record DIR`).
-    pub recorder: Option<crate::record::Recorder>,
+    pub recorder: Option<crate::record::FixtureRecorder>,
     /// What `/ready` checks.
     pub ready: crate::ops::ready::Checks,
     /// The bearer token `/metrics` needs (METRICS_TOKEN).
@@ -103,7 +103,7 @@ pub struct App {
 #[derive(Default)]
 pub struct Surroundings {
     pub clock: crate::clock::Clock,
-    pub sinks: crate::sink::Target,
+    pub sinks: crate::sink::SinkTarget,
     /// Record accepted requests as fixtures under this directory.
     pub record: Option<std::path::PathBuf>,
     /// What connections send through and read tokens from (`engine replay`: a fixture's
@@ -217,7 +217,7 @@ impl App {
             .transpose()
             .map_err(BuildError::Redis)?;
         // the event archive, beside the configured sinks (none for `engine replay`'s captures)
-        let archive = matches!(around.sinks, crate::sink::Target::Configured)
+        let archive = matches!(around.sinks, crate::sink::SinkTarget::Configured)
             .then(|| Arc::new(crate::archive::Store::new(pool.as_ref(), &project.settings)));
         let queued = queueing::build(
             &project,
@@ -259,7 +259,9 @@ impl App {
             limiter,
             health_rule,
             clock: around.clock,
-            recorder: around.record.map(|dir| crate::record::Recorder { dir }),
+            recorder: around
+                .record
+                .map(|dir| crate::record::FixtureRecorder { dir }),
             ready,
             metrics_token,
             pool,

@@ -17,7 +17,7 @@ pub async fn answer(
     req: &Request,
     res: &mut Response,
 ) {
-    use crate::oauth::Answer;
+    use crate::oauth::FlowAnswer;
     let flow = match flow {
         Ok(f) => f,
         Err(why) => {
@@ -71,14 +71,14 @@ pub async fn answer(
         HeaderValue::from_static("no-referrer"),
     );
     match answer {
-        Answer::Redirect(url) => {
+        FlowAnswer::Redirect(url) => {
             res.status_code(StatusCode::FOUND);
             if let Ok(v) = HeaderValue::from_str(&url) {
                 res.headers_mut().insert(salvo::http::header::LOCATION, v);
             }
         }
-        Answer::Json(v) => res.render(Json(v)),
-        Answer::Refused(status, code, text) => {
+        FlowAnswer::Json(v) => res.render(Json(v)),
+        FlowAnswer::Refused(status, code, text) => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
             if is_start || wants_json {
                 error(res, status, code, &text);

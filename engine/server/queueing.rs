@@ -14,7 +14,7 @@ use crate::queue::Queue;
 use crate::queue::memory::MemoryQueue;
 use crate::queue::redis::RedisQueue;
 use crate::shared_redis::SharedRedis;
-use crate::sink::Target;
+use crate::sink::SinkTarget;
 use crate::transform::Program;
 use crate::worker::{Crew, Options, Worker};
 
@@ -31,10 +31,10 @@ pub struct Queued {
 /// The sinks' Postgres pool, when DATABASE_URL is set and sinks write there.
 pub fn sink_pool(
     project: &Project,
-    target: &Target,
+    target: &SinkTarget,
 ) -> Result<Option<deadpool_postgres::Pool>, String> {
     match &project.settings.database_url {
-        Some(url) if matches!(target, Target::Configured) => Ok(Some(crate::db::pool(
+        Some(url) if matches!(target, SinkTarget::Configured) => Ok(Some(crate::db::pool(
             url,
             project.settings.database_pool_size,
         )?)),
@@ -48,7 +48,7 @@ pub fn sink_pool(
 pub fn build(
     project: &Project,
     mut programs: Vec<Option<Program>>,
-    target: &Target,
+    target: &SinkTarget,
     pool: Option<&deadpool_postgres::Pool>,
     reuse: &[Arc<MemoryQueue>],
     redis: Option<&SharedRedis>,
@@ -66,7 +66,7 @@ pub fn build(
         let config = p.config.queue.clone().unwrap_or_default();
         let handle = queue_of(project, p, &config, &consumer, reuse, redis)?;
         if pool.is_none()
-            && matches!(target, Target::Configured)
+            && matches!(target, SinkTarget::Configured)
             && !announced
             && p.config
                 .sinks
@@ -77,8 +77,8 @@ pub fn build(
             announced = true;
         }
         let sinks = match target {
-            Target::Configured => sinks(project, &p.config, pool, keyring.as_ref(), false)?,
-            Target::Capture(c) => p
+            SinkTarget::Configured => sinks(project, &p.config, pool, keyring.as_ref(), false)?,
+            SinkTarget::Capture(c) => p
                 .config
                 .sinks
                 .keys()
@@ -118,7 +118,7 @@ pub fn build(
         }));
     }
     if project.settings.redis_url.is_none()
-        && matches!(target, Target::Configured)
+        && matches!(target, SinkTarget::Configured)
         && out.iter().any(Option::is_some)
     {
         tracing::warn!(

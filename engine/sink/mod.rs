@@ -85,7 +85,7 @@ fn overwriting(
 
 /// Where a running engine's sinks write.
 #[derive(Clone, Default)]
-pub enum Target {
+pub enum SinkTarget {
     /// The sinks the pipelines configure.
     #[default]
     Configured,

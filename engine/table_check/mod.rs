@@ -311,7 +311,7 @@ pub enum Memo {
 
 /// What a check looks at besides the pipelines and the database.
 #[derive(Debug, Clone, Copy)]
-pub struct Options<'a> {
+pub struct CheckOptions<'a> {
     /// Where the pipelines' fixtures are (optional: what the scripts and the configuration say
     /// the pipeline writes is checked without them, and what neither can tell is a warning).
     pub fixtures: &'a [std::path::PathBuf],
@@ -327,7 +327,7 @@ pub struct Options<'a> {
 pub async fn check_project(
     project: &crate::config::Project,
     url: &str,
-    options: &Options<'_>,
+    options: &CheckOptions<'_>,
 ) -> Result<Vec<crate::diagnostics::Diagnostic>, String> {
     let mut client = crate::db::connect(url).await?;
     let pending = match options.migrations {

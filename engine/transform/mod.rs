@@ -45,7 +45,7 @@ pub struct ScriptError {
 }
 
 /// Where a script's text comes from.
-pub enum Source<'a> {
+pub enum ScriptSource<'a> {
     File(&'a str),
     Inline(&'a str),
 }
@@ -55,7 +55,7 @@ pub fn compile(
     engine: &Engine,
     pipeline_file: &Path,
     root: &Path,
-    source: Source<'_>,
+    source: ScriptSource<'_>,
     pointer: &str,
     expression: bool,
 ) -> Result<(AST, String), ScriptError> {
@@ -66,12 +66,12 @@ pub fn compile(
         message,
     };
     let (text, label, file) = match source {
-        Source::Inline(t) => (
+        ScriptSource::Inline(t) => (
             t.to_string(),
             format!("{} ({pointer})", pipeline_file.display()),
             None,
         ),
-        Source::File(rel) => {
+        ScriptSource::File(rel) => {
             let path = resolve(pipeline_file, root, rel).map_err(|m| err(None, None, m))?;
             let text = std::fs::read_to_string(&path)
                 .map_err(|e| err(None, None, format!("cannot read script `{rel}`: {e}")))?;
@@ -123,14 +123,14 @@ pub fn resolve(pipeline_file: &Path, root: &Path, rel: &str) -> Result<PathBuf, 
 /// One compiled step.
 struct CompiledStep {
     name: String,
-    when: Option<Condition>,
+    when: Option<StepWhen>,
     body: StepBody,
     label: String,
     sink: Option<String>,
 }
 
 /// What decides whether a step runs.
-enum Condition {
+enum StepWhen {
     /// A Rhai expression.
     Script(AST),
     /// A request field's value is one of `values`.
@@ -161,7 +161,7 @@ enum StepBody {
 
 /// What a run produced.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
+pub enum Output {
     /// Rows for a sink, from the named step.
     Rows {
         sink: String,
@@ -230,7 +230,7 @@ impl StepCompiler<'_> {
         step: &crate::config::transform::StepConfig,
         base: &str,
         pointers: &mut map::Pointers,
-    ) -> Result<Option<Condition>, ScriptError> {
+    ) -> Result<Option<StepWhen>, ScriptError> {
         match &step.when {
             None => Ok(None),
             Some(When::Script(w)) => {
@@ -239,11 +239,11 @@ impl StepCompiler<'_> {
                     self.engine,
                     self.file,
                     self.root,
-                    Source::Inline(w),
+                    ScriptSource::Inline(w),
                     &pointer,
                     true,
                 )?;
-                Ok(Some(Condition::Script(ast)))
+                Ok(Some(StepWhen::Script(ast)))
             }
             Some(When::Field(f)) => {
                 let json = match &f.field {
@@ -258,7 +258,7 @@ impl StepCompiler<'_> {
                     }
                     _ => None,
                 };
-                Ok(Some(Condition::Field {
+                Ok(Some(StepWhen::Field {
                     source: f.field.clone(),
                     values: f.values.clone(),
                     json,
@@ -296,8 +296,8 @@ impl StepCompiler<'_> {
             }
             (script, inline, None) if script.is_some() != inline.is_some() => {
                 let (source, pointer) = match (script, inline) {
-                    (Some(f), _) => (Source::File(f), format!("{base}/script")),
-                    (_, Some(t)) => (Source::Inline(t), format!("{base}/inline")),
+                    (Some(f), _) => (ScriptSource::File(f), format!("{base}/script")),
+                    (_, Some(t)) => (ScriptSource::Inline(t), format!("{base}/inline")),
                     _ => unreachable!("one of the two is set"),
                 };
                 let (ast, label) =
@@ -402,7 +402,7 @@ impl Program {
     }
 
     /// Run the steps on one event. Blocking: call it on a blocking thread.
-    pub fn run(&self, input: &EventInput) -> Result<Outcome, Failure> {
+    pub fn run(&self, input: &EventInput) -> Result<Output, Failure> {
         let mut run = Run {
             program: self,
             input,
@@ -428,7 +428,7 @@ impl Program {
                         let row = mapping
                             .row(&mut values, input)
                             .map_err(|e| Failure::permanent(format!("{}: {e}", step.label)))?;
-                        return Ok(Outcome::Rows {
+                        return Ok(Output::Rows {
                             sink,
                             step: step.name.clone(),
                             rows: vec![row],
@@ -441,33 +441,33 @@ impl Program {
                 };
                 match &step.sink {
                     None if result.is_unit() => {
-                        return Ok(Outcome::Dropped {
+                        return Ok(Output::Dropped {
                             reason: format!("{} returned ()", step.name),
                         });
                     }
                     None => run.reshape(result),
                     Some(sink) => {
                         return rows(result, &step.label).map(|rows| match rows {
-                            Some(rows) => Outcome::Rows {
+                            Some(rows) => Output::Rows {
                                 sink: sink.clone(),
                                 step: step.name.clone(),
                                 rows,
                             },
-                            None => Outcome::Dropped {
+                            None => Output::Dropped {
                                 reason: format!("{} returned ()", step.name),
                             },
                         });
                     }
                 }
             }
-            Ok(Outcome::Dropped {
+            Ok(Output::Dropped {
                 reason: "no step with a sink matched".into(),
             })
         })
         .or_else(|f| match f.kind {
             FailureKind::Discard => {
                 tracing::debug!(pipeline = %input.pipeline, event_id = %input.id, reason = %f.reason, "event discarded by its script: nothing written");
-                Ok(Outcome::Dropped { reason: f.reason })
+                Ok(Output::Dropped { reason: f.reason })
             }
             _ => Err(f),
         })
@@ -502,7 +502,7 @@ impl Run<'_> {
     ) -> Result<bool, Failure> {
         match &step.when {
             None => Ok(true),
-            Some(Condition::Script(when)) => {
+            Some(StepWhen::Script(when)) => {
                 let engine = &self.program.engine;
                 let r = engine
                     .eval_ast_with_scope::<Dynamic>(self.scope()?, when)
@@ -514,7 +514,7 @@ impl Run<'_> {
                     ))
                 })
             }
-            Some(Condition::Field {
+            Some(StepWhen::Field {
                 source,
                 values: wanted,
                 json,

@@ -339,14 +339,14 @@ impl Scheme for AllowAll {
     }
 }
 
-type Built = (
+type SchemeParts = (
     &'static str,
     Box<dyn Scheme>,
     Option<Secrets>,
     Option<Tenant>,
 );
 
-fn scheme_of(cfg: &Verify, errors: &mut Vec<ConfigProblem>) -> Option<Built> {
+fn scheme_of(cfg: &Verify, errors: &mut Vec<ConfigProblem>) -> Option<SchemeParts> {
     if let Some(t) = &cfg.twilio {
         if t.secret.is_none() && t.tenant.is_none() {
             errors.push((

@@ -32,7 +32,7 @@ use crate::archive;
 use crate::queue::Outcomes;
 use crate::queue::redis::RedisQueue;
 use crate::queue::{Delivery, QueueError};
-use crate::transform::{FailureKind, Outcome, Program};
+use crate::transform::{FailureKind, Output, Program};
 
 mod recording;
 mod take;
@@ -413,8 +413,8 @@ impl Worker {
             })
         });
         match outcome {
-            Ok(Outcome::Dropped { reason }) => (Attempt::Dropped(reason), None),
-            Ok(Outcome::Rows { sink, step, rows }) => {
+            Ok(Output::Dropped { reason }) => (Attempt::Dropped(reason), None),
+            Ok(Output::Rows { sink, step, rows }) => {
                 let Some(target) = self.sinks.get(&sink) else {
                     return (no_sink(&sink), None);
                 };

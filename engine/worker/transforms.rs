@@ -9,7 +9,7 @@ use super::{Attempt, Groups, Settled, Worker, no_sink, traced};
 use crate::queue::{Delivery, QueueError};
 use crate::sink::Batch;
 use crate::transform::FailureKind;
-use crate::transform::{Outcome, Program};
+use crate::transform::{Output, Program};
 
 /// Run the transform steps on one event, its duration recorded in `timing` (the queue's
 /// `engine_transform_duration_seconds`, looked up once by the caller for a whole batch).
@@ -17,7 +17,7 @@ pub(super) fn timed_run(
     program: &Program,
     event: &crate::transform::EventInput,
     timing: &metrics::Histogram,
-) -> Result<Outcome, crate::transform::Failure> {
+) -> Result<Output, crate::transform::Failure> {
     let started = std::time::Instant::now();
     let out = program.run(event);
     timing.record(started.elapsed().as_secs_f64());
@@ -39,7 +39,7 @@ pub(super) async fn transform_all(
     ds: &[Delivery],
     queue: &str,
     spans: Vec<tracing::Span>,
-) -> Result<Vec<Result<Outcome, crate::transform::Failure>>, QueueError> {
+) -> Result<Vec<Result<Output, crate::transform::Failure>>, QueueError> {
     let run = |program: &Program,
                events: &mut dyn Iterator<Item = &crate::transform::EventInput>,
                queue: String,
@@ -82,20 +82,20 @@ impl Worker {
     pub(super) fn sort<'d>(
         &self,
         ds: &'d [Delivery],
-        outcomes: Vec<Result<Outcome, crate::transform::Failure>>,
+        outcomes: Vec<Result<Output, crate::transform::Failure>>,
     ) -> (Vec<Settled<'d>>, Groups<'d>) {
         let mut settled = Vec::new();
         let mut groups = Groups::new();
         for (d, outcome) in ds.iter().zip(outcomes) {
             match outcome {
-                Ok(Outcome::Dropped { reason }) => {
+                Ok(Output::Dropped { reason }) => {
                     self.count("dropped", 1);
                     settled.push((d, Attempt::Dropped(reason), None));
                 }
-                Ok(Outcome::Rows { sink, .. }) if !self.sinks.contains_key(&sink) => {
+                Ok(Output::Rows { sink, .. }) if !self.sinks.contains_key(&sink) => {
                     settled.push((d, no_sink(&sink), None));
                 }
-                Ok(Outcome::Rows { sink, step, rows }) => {
+                Ok(Output::Rows { sink, step, rows }) => {
                     let batch = Batch {
                         event_id: d.event.id.clone(),
                         pipeline: d.event.pipeline.clone(),

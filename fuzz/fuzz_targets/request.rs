@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
-use engine::fixture::{Body, Fixture, OneOrMany, Request, Sign};
+use engine::fixture::{Body, Fixture, OneOrMany, SentRequest, Sign};
 use engine::route::HttpMethod;
 use libfuzzer_sys::fuzz_target;
 
@@ -77,7 +77,7 @@ fuzz_target!(|data: &[u8]| {
         description: None,
         env: setup.env.clone(),
         clock: None,
-        request: Request {
+        request: SentRequest {
             method,
             path,
             query: BTreeMap::new(),

@@ -10,7 +10,7 @@
 #![no_main]
 
 use engine::config::verify::KeySource;
-use engine::request_field::{Fields, JsonPointers};
+use engine::request_field::{JsonPointers, RequestFields};
 use engine::verify::Inbound;
 use libfuzzer_sys::fuzz_target;
 
@@ -36,7 +36,7 @@ fuzz_target!(|data: &[u8]| {
         body: input.body,
         now: 1_700_000_000,
     };
-    let fields = Fields::new(&req, &[]);
+    let fields = RequestFields::new(&req, &[]);
     let mut sources = Vec::new();
     for p in &pointers {
         sources.push(KeySource::Json((*p).to_string()));

@@ -1,7 +1,8 @@
 //! The module map holds: no import cycle between the engine's top-level modules (a module's
 //! files may name `crate::<other>`; following those names never leads back), every top-level
 //! module is on the map in docs/architecture.md and in engine/lib.rs, and no file of the engine or its benches holds
-//! more than 700 lines (a file that grows past it holds more than one concern: split it).
+//! more than 700 lines (a file that grows past it holds more than one concern: split it), no
+//! function over 100 lines, and no type name is defined twice.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -155,6 +156,37 @@ fn no_engine_function_is_over_100_lines() {
         over.is_empty(),
         "split these into steps of their own: {over:?}"
     );
+}
+
+/// One name for one thing: no struct, enum, trait or type alias is defined under the same name in
+/// two of the engine's files (a module-level item; unit tests' helpers are left out). A config type
+/// whose runtime component has the same name takes a `Config` suffix.
+#[test]
+fn no_type_name_is_defined_twice() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("engine");
+    let mut files = Vec::new();
+    collect(&root, &mut files);
+    let item = regex::Regex::new(r"^(?:pub(?:\([a-z]+\))? )?(?:struct|enum|trait|type) ([A-Z]\w*)")
+        .unwrap();
+    let mut defined: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for f in &files {
+        let at = f.strip_prefix(&root).unwrap().display().to_string();
+        let text = std::fs::read_to_string(f).unwrap();
+        for line in text.lines() {
+            if let Some(c) = item.captures(line) {
+                defined
+                    .entry(c[1].to_string())
+                    .or_default()
+                    .push(at.clone());
+            }
+        }
+    }
+    let twice: Vec<String> = defined
+        .into_iter()
+        .filter(|(_, at)| at.len() > 1)
+        .map(|(name, at)| format!("{name} in {}", at.join(", ")))
+        .collect();
+    assert!(twice.is_empty(), "give each its own name: {twice:?}");
 }
 
 #[test]

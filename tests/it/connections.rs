@@ -479,7 +479,7 @@ async fn a_token_google_rejects_is_refreshed_and_the_call_sent_again() {
 #[tokio::test]
 async fn a_revoked_grant_disconnects_the_tenant_tells_the_caller_and_alerts_slack_once() {
     let slack = Stub::start().await;
-    engine::ops::alerts::install(engine::ops::alerts::Config {
+    engine::ops::alerts::install(engine::ops::alerts::AlertsConfig {
         url: format!("http://127.0.0.1:{}/slack", slack.port),
         flush_every: Duration::from_millis(300),
         sink_outage: Duration::from_secs(60),
@@ -748,7 +748,7 @@ async fn tokens_are_sealed_to_their_row_and_a_swapped_token_does_not_open() {
     )
     .await
     .unwrap();
-    let store = engine::connection::token::Postgres {
+    let store = engine::connection::token::PostgresTokens {
         pool: engine::db::pool(&s.db, 1).unwrap(),
         keyring: ring.clone(),
     };

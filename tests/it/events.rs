@@ -626,7 +626,7 @@ async fn a_database_without_the_archive_table_is_caught_by_the_table_check() {
         ("ENCRYPTION_KEY", K),
     ]);
     let project = engine::config::load(&common::shipped(), &source).unwrap();
-    let options = engine::table_check::Options {
+    let options = engine::table_check::CheckOptions {
         fixtures: &[],
         memo: engine::table_check::Memo::Off,
         migrations: None,

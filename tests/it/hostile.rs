@@ -96,7 +96,7 @@ proptest! {
             headers.insert("content-type", HeaderValue::from_static(ct));
             for b in [body.as_slice(), json_like.as_bytes()] {
                 let inbound = engine::verify::Inbound { method: "POST", url: "http://x/y", headers: &headers, body: b, now: 0 };
-                let fields = engine::request_field::Fields::new(&inbound, &[]);
+                let fields = engine::request_field::RequestFields::new(&inbound, &[]);
                 let _ = fields.get(&KeySource::Json(pointer.clone()));
                 let _ = fields.get(&KeySource::Form("a".into()));
                 let _ = fields.join(&[KeySource::Json(pointer.clone()), KeySource::Header("content-type".into())], ":");

@@ -10,14 +10,14 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{Dir, shipped};
-use engine::replay::{Options, Report, run};
+use engine::replay::{ReplayOptions, Report, run};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
 }
 
 async fn replay(fixtures: &Path, pipelines: &Path, update: bool) -> Report {
-    run(&Options {
+    run(&ReplayOptions {
         fixtures: vec![fixtures.to_path_buf()],
         pipelines: pipelines.to_path_buf(),
         filter: None,

@@ -10,7 +10,7 @@ use common::{fresh_schema, pg};
 use engine::config::sink::{OnConflict, PostgresConfig};
 use engine::sink::postgres::PostgresSink;
 use engine::sink::{Batch, Sink, SinkError};
-use engine::transform::Outcome;
+use engine::transform::Output;
 use serde_json::json;
 
 fn cfg(table: &str) -> PostgresConfig {
@@ -45,7 +45,7 @@ fn rows_of(pipeline: &str, content_type: &str, file: &str) -> (String, Vec<serde
     .unwrap();
     let input = common::event_input("evt_1", pipeline, "/", content_type, body);
     match program.run(&input).unwrap() {
-        Outcome::Rows { sink, rows, .. } => (sink, rows),
+        Output::Rows { sink, rows, .. } => (sink, rows),
         other => panic!("{other:?}"),
     }
 }
@@ -539,7 +539,7 @@ async fn map_conversions_land_in_real_column_types() {
     let write = |id: &'static str, body: &'static str| {
         let input = common::event_input(id, "conv", "/conv", "application/json", body);
         let rows = match program.run(&input) {
-            Ok(Outcome::Rows { rows, .. }) => rows,
+            Ok(Output::Rows { rows, .. }) => rows,
             other => panic!("{other:?}"),
         };
         let sink = &sink;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{Dir, shipped, spawn_app};
-use engine::transform::{EventInput, FailureKind, Outcome, Program};
+use engine::transform::{EventInput, FailureKind, Output, Program};
 use serde_json::{Value, json};
 
 fn payload(rel: &str) -> Bytes {
@@ -30,7 +30,7 @@ fn program(name: &str) -> Program {
     common::program_in(&shipped(), name)
 }
 
-fn vapi(file: &str) -> Result<Outcome, engine::transform::Failure> {
+fn vapi(file: &str) -> Result<Output, engine::transform::Failure> {
     program("vapi").run(&input(
         "vapi",
         "application/json",
@@ -38,9 +38,9 @@ fn vapi(file: &str) -> Result<Outcome, engine::transform::Failure> {
     ))
 }
 
-fn one_row(o: Outcome, sink: &str) -> Value {
+fn one_row(o: Output, sink: &str) -> Value {
     match o {
-        Outcome::Rows { sink: s, rows, .. } => {
+        Output::Rows { sink: s, rows, .. } => {
             assert_eq!(s, sink);
             assert_eq!(rows.len(), 1);
             rows.into_iter().next().unwrap()
@@ -121,7 +121,7 @@ fn vapi_status_updates_and_transcripts() {
     assert_eq!(row["text"], "I'd like to book a cleaning next Tuesday.");
     assert!(matches!(
         vapi("transcript-partial.json").unwrap(),
-        Outcome::Dropped { .. }
+        Output::Dropped { .. }
     ));
 }
 
@@ -135,7 +135,7 @@ fn vapi_types_without_a_route_are_dropped() {
     ] {
         assert_eq!(
             vapi(f).unwrap(),
-            Outcome::Dropped {
+            Output::Dropped {
                 reason: "no step with a sink matched".into()
             },
             "{f}"
@@ -483,14 +483,14 @@ fn chained_steps_and_fail_retry() {
     };
     assert_eq!(
         run(r#"{"amount": 5}"#).unwrap(),
-        Outcome::Rows {
+        Output::Rows {
             sink: "small".into(),
             step: "step 4".into(),
             rows: vec![json!({"amount": 500, "unit": "cents"})]
         }
     );
     assert!(
-        matches!(run(r#"{"amount": 50}"#).unwrap(), Outcome::Rows { ref sink, ref rows, .. } if sink == "big" && rows.len() == 2)
+        matches!(run(r#"{"amount": 50}"#).unwrap(), Output::Rows { ref sink, ref rows, .. } if sink == "big" && rows.len() == 2)
     );
     let err = run(r#"{"amount": -1}"#).unwrap_err();
     assert_eq!(err.kind, FailureKind::Retry);
@@ -706,7 +706,7 @@ fn map_steps_read_forms_reshaped_bodies_and_non_json_when_fields() {
     e.headers.push(("x-kind".into(), "yes".into()));
     assert_eq!(one_row(p.run(&e).unwrap(), "s"), json!({"v": [1, "two"]}));
     e.headers.pop();
-    assert!(matches!(p.run(&e).unwrap(), Outcome::Dropped { .. }));
+    assert!(matches!(p.run(&e).unwrap(), Output::Dropped { .. }));
     // a form body: its fields under their names, repeated ones as an array
     let p = mapped(
         "  - when: {field: {form: Kind}, in: [sms]}\n    map:\n      from: {json: /From}\n      media: {json: /MediaUrl}\n    sink: s\n",

@@ -50,11 +50,11 @@ pub(super) fn into_bytes(v: Value) -> Option<Vec<u8>> {
 }
 
 /// One stream entry's field/value pairs, as bytes.
-pub(super) type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+pub(super) type EntryFields = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// `[[id, [field, value, ...]], ...]`: each entry's id and fields, moved out of the reply
 /// (entries that do not decode are skipped; XAUTOCLAIM reports deleted ones separately).
-pub(super) fn stream_entries(v: Value) -> impl Iterator<Item = (String, Fields)> {
+pub(super) fn stream_entries(v: Value) -> impl Iterator<Item = (String, EntryFields)> {
     let entries = match v {
         Value::Array(entries) => entries,
         _ => Vec::new(),
