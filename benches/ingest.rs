@@ -51,7 +51,7 @@ async fn main() {
         plan,
         "127.0.0.1:0".parse().unwrap(),
         false,
-        engine::server::Surroundings::default(),
+        engine::server::AppContext::default(),
     )
     .await
     .unwrap();

@@ -31,7 +31,7 @@ use crate::fixture::{Body, DEFAULT_CLOCK, Fixture, FixtureOutcome, millis};
 use crate::queue::Outcomes;
 use crate::queue::{Delivery, Queue, QueueError};
 use crate::route::Lookup;
-use crate::server::{App, Surroundings};
+use crate::server::{App, AppContext};
 use crate::sink::capture::Captured;
 use crate::verify::Inbound;
 use crate::worker::{Handled, Worker};
@@ -114,7 +114,7 @@ pub async fn run(
     let mut app = App::build_in(
         project,
         plan,
-        Surroundings {
+        AppContext {
             clock: crate::clock::Clock::frozen(clock_ms),
             sinks: crate::sink::SinkTarget::Capture(captured.clone()),
             record: None,

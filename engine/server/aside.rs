@@ -9,8 +9,8 @@ use salvo::http::header::CONTENT_TYPE;
 use super::App;
 use super::dispatch::Refusal;
 use super::dispatch::without_credentials;
+use super::incoming::Incoming;
 use super::route::Route;
-use super::seen::Seen;
 use crate::transform::EventInput;
 
 /// What a request will leave once answered: the console's copy of its event (when sampled) and
@@ -24,13 +24,18 @@ impl Aside {
     /// Taken from `event` before the enqueue takes it. The console samples pipelines the archive
     /// does not keep (it shows archived ones, and an erasure leaves nothing behind in this
     /// sample): at most one every few hundred ms per pipeline.
-    pub(super) fn before(app: &App, route: &Route, seen: &Seen<'_>, event: &EventInput) -> Aside {
+    pub(super) fn before(
+        app: &App,
+        route: &Route,
+        incoming: &Incoming<'_>,
+        event: &EventInput,
+    ) -> Aside {
         let sampled = (app.console.is_some()
             && route
                 .queued
                 .as_ref()
                 .is_none_or(|q| q.worker.archive.is_none())
-            && crate::console::recent::global().offer(&route.name, seen.now_ms, false))
+            && crate::console::recent::global().offer(&route.name, incoming.now_ms, false))
         .then(|| event.clone());
         Aside {
             sampled,
@@ -39,17 +44,17 @@ impl Aside {
     }
 
     /// Once the answer (`status`) is sent: the sample kept, the fixture written.
-    pub(super) fn after(self, app: &App, route: &Route, seen: &Seen<'_>, status: u16) {
+    pub(super) fn after(self, app: &App, route: &Route, incoming: &Incoming<'_>, status: u16) {
         if let Some(event) = self.sampled {
             crate::console::recent::global().keep(crate::console::recent::Sample {
-                at_ms: seen.now_ms,
+                at_ms: incoming.now_ms,
                 status,
                 event,
                 refused: None,
             });
         }
         if let (Some(recorder), Some(id)) = (&app.recorder, self.recorded) {
-            record(app, recorder, route, seen, &id, status);
+            record(app, recorder, route, incoming, &id, status);
         }
     }
 }
@@ -61,23 +66,23 @@ impl Aside {
 pub(super) fn sample_refused(
     app: &App,
     route: &Route,
-    seen: &Seen<'_>,
+    incoming: &Incoming<'_>,
     params: Vec<(String, String)>,
     tenant: Option<String>,
     refusal: Refusal,
 ) {
     let recent = crate::console::recent::global();
-    if app.console.is_none() || !recent.offer(&route.name, seen.now_ms, true) {
+    if app.console.is_none() || !recent.offer(&route.name, incoming.now_ms, true) {
         return;
     }
-    let mut event = seen.event_input(app.clock.mint_id(), &route.name, params, tenant);
+    let mut event = incoming.event_input(app.clock.mint_id(), &route.name, params, tenant);
     without_credentials(route, &mut event);
     let (status, reason) = match refusal {
         Refusal::Rejected(reason) => (401, reason.code()),
         Refusal::Unavailable => (503, "verify_unavailable"),
     };
     recent.keep(crate::console::recent::Sample {
-        at_ms: seen.now_ms,
+        at_ms: incoming.now_ms,
         status,
         event,
         refused: Some(reason),
@@ -85,15 +90,15 @@ pub(super) fn sample_refused(
 }
 
 /// `log_body: true`: the verified request's body, the pipeline's `redact` fields replaced.
-pub(super) fn log_body(app: &App, pipeline: usize, seen: &Seen<'_>) {
-    let content_type = seen
+pub(super) fn log_body(app: &App, pipeline: usize, incoming: &Incoming<'_>) {
+    let content_type = incoming
         .req
         .headers()
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let redact = &app.project.pipelines[pipeline].config.redact;
-    let body = crate::record::redacted_body(content_type, &seen.body, redact);
+    let body = crate::record::redacted_body(content_type, &incoming.body, redact);
     tracing::info!(body = %body, "request body");
 }
 
@@ -103,7 +108,7 @@ fn record(
     app: &App,
     recorder: &crate::record::FixtureRecorder,
     route: &Route,
-    seen: &Seen<'_>,
+    incoming: &Incoming<'_>,
     event_id: &str,
     status: u16,
 ) {
@@ -115,11 +120,11 @@ fn record(
     recorder.record(&crate::record::Recorded {
         pipeline: &config.name,
         method: config.route.method,
-        path: seen.req.uri().path(),
-        query: seen.req.uri().query().unwrap_or(""),
-        headers: seen.req.headers(),
-        body: &seen.body,
-        now_ms: seen.now_ms,
+        path: incoming.req.uri().path(),
+        query: incoming.req.uri().query().unwrap_or(""),
+        headers: incoming.req.headers(),
+        body: &incoming.body,
+        now_ms: incoming.now_ms,
         event_id,
         status,
         signed: verifier.is_some(),

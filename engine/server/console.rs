@@ -12,8 +12,8 @@ use salvo::prelude::*;
 
 use super::App;
 use super::answer::{Stop, error};
+use super::incoming::Incoming;
 use super::limit::check_rate;
-use super::seen::Seen;
 use crate::console::archive::encode;
 use crate::console::session::{self, Session};
 use crate::console::{Console, DEAD_LETTERS_SHOWN, QueueRow, pages, traffic};
@@ -311,12 +311,12 @@ async fn login(
     now_ms: i64,
 ) -> Result<(), Stop> {
     let form = form_of(req, res).await?;
-    let seen = Seen::new(app, req, Bytes::new());
-    if check_rate(app, Some(&console.login), &seen, &[], res)
+    let incoming = Incoming::new(app, req, Bytes::new());
+    if check_rate(app, Some(&console.login), &incoming, &[], res)
         .await
         .is_err()
     {
-        tracing::warn!(client_ip = %seen.client_ip, "console: too many sign-in attempts");
+        tracing::warn!(client_ip = %incoming.client_ip, "console: too many sign-in attempts");
         // the limiter wrote its JSON answer and its headers (Retry-After, RateLimit-*): the
         // headers stay, the answer becomes the sign-in page saying the same
         let wait = res
@@ -339,7 +339,7 @@ async fn login(
     }
     let token = form.first("token").unwrap_or_default();
     if !console.keys.token_matches(token) {
-        tracing::warn!(client_ip = %seen.client_ip, "console: sign-in refused (wrong token)");
+        tracing::warn!(client_ip = %incoming.client_ip, "console: sign-in refused (wrong token)");
         html(
             res,
             StatusCode::UNAUTHORIZED,
@@ -348,7 +348,7 @@ async fn login(
         return Err(Stop);
     }
     let (_, cookie) = console.keys.open(now_ms);
-    tracing::info!(client_ip = %seen.client_ip, action = "login", "console: signed in");
+    tracing::info!(client_ip = %incoming.client_ip, action = "login", "console: signed in");
     set_header(res, SET_COOKIE, &session::set_cookie(&cookie));
     redirect(res, "/console/pipelines")
 }

@@ -33,9 +33,9 @@ use tracing::Instrument;
 use super::App;
 use super::answer::{Stop, error, send, too_large};
 use super::aside::{self, Aside};
+use super::incoming::Incoming;
 use super::limit::check_rate;
 use super::route::Route;
-use super::seen::Seen;
 use crate::config::units::HttpMethod;
 
 use crate::request_field::RequestFields;
@@ -72,7 +72,7 @@ impl Handler for Dispatch {
         if crate::ops::trace::on() {
             crate::ops::trace::adopt_caller(&span, req.headers());
         }
-        let mut served = Served {
+        let mut served = RequestTally {
             label: "-",
             pipeline: None,
             verify_failed: false,
@@ -110,7 +110,7 @@ impl Handler for Dispatch {
 const X_REQUEST_ID: &str = "x-request-id";
 
 /// What the request path reports about a request for the metrics and the console's traffic.
-struct Served {
+struct RequestTally {
     /// The engine path's name (`health`, `console`, ...); `-` when unrouted.
     label: &'static str,
     /// The route of the pipeline it reached (its index in `App::routes`), whose metrics count it.
@@ -142,7 +142,7 @@ impl Dispatch {
         &self,
         req: &mut Request,
         res: &mut Response,
-        served: &mut Served,
+        served: &mut RequestTally,
     ) -> Result<(), Stop> {
         let app = &*self.app;
         if let Some(own) = super::own::own_path(req.uri().path()) {
@@ -159,13 +159,13 @@ impl Dispatch {
         tracing::Span::current().record("pipeline", route.name.as_str());
         maintenance(app, res)?;
         if let Some(flow) = &route.oauth {
-            let seen = Seen::new(app, req, Bytes::new());
-            check_rate(app, route.limit.first(), &seen, &params, res).await?;
+            let incoming = Incoming::new(app, req, Bytes::new());
+            check_rate(app, route.limit.first(), &incoming, &params, res).await?;
             super::oauth::answer(app, pipeline, flow, req, res).await;
             return Ok(());
         }
         let body = read_body(app, pipeline, req, res).await?;
-        let seen = Seen::new(app, req, body);
+        let incoming = Incoming::new(app, req, body);
         // Which limit is checked where was decided at boot (`route::Limit`): first, on its own;
         // inside the enqueue's Redis round trip (a request failing verification is checked on
         // its own before its 401, so it still counts and meets the 429 as if the limit came
@@ -173,8 +173,8 @@ impl Dispatch {
         // counts against the per-IP default instead, so forged requests cannot spend a real
         // sender's budget).
         async {
-            check_rate(app, route.floor.as_ref(), &seen, &params, res).await?;
-            check_rate(app, route.limit.first(), &seen, &params, res).await
+            check_rate(app, route.floor.as_ref(), &incoming, &params, res).await?;
+            check_rate(app, route.limit.first(), &incoming, &params, res).await
         }
         .instrument(crate::ops::trace::step!("rate_limit"))
         .await?;
@@ -182,29 +182,30 @@ impl Dispatch {
         let tenant_id = route
             .verifier
             .as_ref()
-            .and_then(|v| v.tenant_id(&seen.inbound(), &params));
-        let counted = count_lookup(app, route, &seen, tenant_id.as_deref(), &params, res).await?;
-        let verified = verify(app, route, &seen, tenant_id.as_deref())
+            .and_then(|v| v.tenant_id(&incoming.inbound(), &params));
+        let counted =
+            count_lookup(app, route, &incoming, tenant_id.as_deref(), &params, res).await?;
+        let verified = verify(app, route, &incoming, tenant_id.as_deref())
             .instrument(crate::ops::trace::step!("verify"))
             .await;
         if let Err(refusal) = verified {
             served.verify_failed = true;
             if !counted {
-                check_rate(app, route.limit.when_unverified(), &seen, &params, res).await?;
+                check_rate(app, route.limit.when_unverified(), &incoming, &params, res).await?;
             }
-            aside::sample_refused(app, route, &seen, params, tenant_id, refusal);
+            aside::sample_refused(app, route, &incoming, params, tenant_id, refusal);
             return Err(refuse(res, refusal));
         }
-        check_rate(app, route.limit.after_verify(), &seen, &params, res).await?;
+        check_rate(app, route.limit.after_verify(), &incoming, &params, res).await?;
         if app.project.pipelines[pipeline].config.log_body {
-            aside::log_body(app, pipeline, &seen);
+            aside::log_body(app, pipeline, &incoming);
         }
         // the JSON fields read from here on (`when`, event id, dedupe and rate-limit keys): one
         // pass through the body
-        let inbound = seen.inbound();
+        let inbound = incoming.inbound();
         let fields = RequestFields::reading(&inbound, &params, &route.json_fields);
         let computes = route.responder.computes_for(&fields);
-        let mut event = event(app, route, &seen, &fields, params.clone(), tenant_id);
+        let mut event = event(app, route, &incoming, &fields, params.clone(), tenant_id);
         tracing::Span::current().record("event_id", event.id.as_str());
         // the worker continues this request's trace from the stored event
         event.trace = crate::ops::trace::traceparent_of(&tracing::Span::current());
@@ -212,12 +213,12 @@ impl Dispatch {
             .respond(pipeline, &event, computes)
             .instrument(crate::ops::trace::step!("respond"))
             .await;
-        let aside = Aside::before(app, route, &seen, &event);
-        super::enqueue::enqueue(route, &seen, &fields, event, res)
+        let aside = Aside::before(app, route, &incoming, &event);
+        super::enqueue::enqueue(route, &incoming, &fields, event, res)
             .instrument(crate::ops::trace::step!("enqueue"))
             .await?;
         send(&reply, res);
-        aside.after(app, route, &seen, reply.status);
+        aside.after(app, route, &incoming, reply.status);
         Ok(())
     }
 
@@ -265,7 +266,7 @@ impl Dispatch {
 fn event(
     app: &App,
     route: &Route,
-    seen: &Seen<'_>,
+    incoming: &Incoming<'_>,
     fields: &RequestFields<'_>,
     params: Vec<(String, String)>,
     tenant: Option<String>,
@@ -276,7 +277,7 @@ fn event(
         .filter(|q| !q.config.event_id.is_empty())
         .and_then(|q| fields.join(&q.config.event_id, ":"));
     let id = provider_id.unwrap_or_else(|| app.clock.mint_id());
-    let mut event = seen.event_input(id, &route.name, params, tenant);
+    let mut event = incoming.event_input(id, &route.name, params, tenant);
     without_credentials(route, &mut event);
     event
 }
@@ -398,7 +399,7 @@ async fn read_body(
 async fn count_lookup(
     app: &App,
     route: &Route,
-    seen: &Seen<'_>,
+    incoming: &Incoming<'_>,
     tenant_id: Option<&str>,
     params: &[(String, String)],
     res: &mut Response,
@@ -413,7 +414,7 @@ async fn count_lookup(
     if !verifier.would_look_up(tenant_id, store) {
         return Ok(false);
     }
-    check_rate(app, Some(rule), seen, params, res).await?;
+    check_rate(app, Some(rule), incoming, params, res).await?;
     Ok(true)
 }
 
@@ -431,22 +432,22 @@ pub(super) enum Refusal {
 async fn verify(
     app: &App,
     route: &Route,
-    seen: &Seen<'_>,
+    incoming: &Incoming<'_>,
     tenant_id: Option<&str>,
 ) -> Result<(), Refusal> {
     let Some(verifier) = &route.verifier else {
         return Ok(());
     };
     let ctx = Context {
-        client_ip: seen.client_ip,
+        client_ip: incoming.client_ip,
         tenant_id,
         tenants: app.tenants.as_ref(),
     };
     let name = &route.name;
-    match verifier.verify(&seen.inbound(), &ctx).await {
+    match verifier.verify(&incoming.inbound(), &ctx).await {
         Ok(()) => Ok(()),
         Err(VerifyError::Rejected(reason)) => {
-            tracing::warn!(pipeline = %name, reason = reason.code(), client_ip = %seen.client_ip, "verification failed");
+            tracing::warn!(pipeline = %name, reason = reason.code(), client_ip = %incoming.client_ip, "verification failed");
             metrics::counter!("engine_verify_failures_total", "pipeline" => name.clone(), "reason" => reason.code())
                 .increment(1);
             Err(Refusal::Rejected(reason))

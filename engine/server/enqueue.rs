@@ -7,9 +7,9 @@
 use salvo::prelude::*;
 
 use super::answer::{Stop, unavailable};
+use super::incoming::Incoming;
 use super::limit::answer_decision;
 use super::route::Route;
-use super::seen::Seen;
 use crate::config::queue::Ack;
 use crate::ops::outage::Condition;
 use crate::queue::{Enqueued, QueueError};
@@ -26,7 +26,7 @@ const ENQUEUE: &str = "redis_enqueue";
 /// provider retries: a 2xx is only ever sent for a stored event.
 pub(super) async fn enqueue(
     route: &Route,
-    seen: &Seen<'_>,
+    incoming: &Incoming<'_>,
     fields: &RequestFields<'_>,
     event: EventInput,
     res: &mut Response,
@@ -47,9 +47,9 @@ pub(super) async fn enqueue(
     let dedupe = dedupe_key.as_ref().map(|(k, w)| (k.as_str(), *w));
     // the limit rides in this round trip when `route::Limit` says so (checked first there;
     // nothing is stored when it refuses)
-    let stored = match route.limit.riding() {
+    let stored = match route.limit.in_enqueue() {
         Some(ride) => {
-            let key = ride.rule.key_from(seen.client_ip, fields);
+            let key = ride.rule.key_from(incoming.client_ip, fields);
             let redis_key = crate::rate_limit::redis::key_in(&ride.prefix, &ride.rule, &key);
             match ride
                 .queue

@@ -18,7 +18,7 @@ pub async fn start(
     plan: crate::plan::Plan,
     addr: SocketAddr,
 ) -> std::io::Result<Running> {
-    start_with(project, plan, addr, true, Surroundings::default()).await
+    start_with(project, plan, addr, true, AppContext::default()).await
 }
 
 /// [`start`], choosing whether this process also runs the queue workers, and its surroundings.
@@ -27,7 +27,7 @@ pub async fn start_with(
     plan: crate::plan::Plan,
     addr: SocketAddr,
     workers: bool,
-    around: Surroundings,
+    around: AppContext,
 ) -> std::io::Result<Running> {
     // install the recorder before the first request, so no count is recorded into the void
     let _ = crate::ops::metrics::handle();
@@ -273,9 +273,9 @@ pub async fn serve(
     if let Some(dir) = &opts.record {
         tracing::warn!(dir = %dir.display(), "recording accepted requests as fixtures: they hold real payloads minus credentials and redacted fields; keep the directory private");
     }
-    let around = Surroundings {
+    let around = AppContext {
         record: opts.record.clone(),
-        ..Surroundings::default()
+        ..AppContext::default()
     };
     let running = start_with(project, plan, addr, opts.workers, around).await?;
     announce_database(&running.live().app()).await;

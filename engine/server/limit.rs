@@ -9,7 +9,7 @@ use salvo::prelude::*;
 
 use super::App;
 use super::answer::{Stop, error};
-use super::seen::Seen;
+use super::incoming::Incoming;
 use crate::config::rate_limit::FailMode;
 use crate::rate_limit::{Decision, Rule, ceil_secs};
 
@@ -18,12 +18,12 @@ use crate::rate_limit::{Decision, Rule, ceil_secs};
 pub async fn check_rate(
     app: &App,
     rule: Option<&Rule>,
-    seen: &Seen<'_>,
+    incoming: &Incoming<'_>,
     params: &[(String, String)],
     res: &mut Response,
 ) -> Result<(), Stop> {
     let Some(rule) = rule else { return Ok(()) };
-    let key = rule.key_of(seen.client_ip, &seen.inbound(), params);
+    let key = rule.key_of(incoming.client_ip, &incoming.inbound(), params);
     let decision = match app.limiter.check(rule, &key).await {
         Ok(d) => d,
         Err(e) => {

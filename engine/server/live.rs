@@ -79,10 +79,10 @@ impl Live {
             App::build_in(
                 project,
                 plan,
-                Surroundings {
+                AppContext {
                     record: old.recorder.as_ref().map(|r| r.dir.clone()),
                     memory_queues: carried,
-                    ..Surroundings::default()
+                    ..AppContext::default()
                 },
             )
             .map_err(|e| e.to_string())?,

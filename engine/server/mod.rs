@@ -16,13 +16,13 @@ mod cors;
 pub mod dispatch;
 mod enqueue;
 pub(crate) mod events;
+mod incoming;
 mod limit;
 mod oauth;
 mod own;
 pub mod queueing;
 pub mod reload;
 pub mod route;
-mod seen;
 
 mod lifecycle;
 mod live;
@@ -101,7 +101,7 @@ pub struct App {
 /// What an app reads time from and writes rows to: the system clock and the configured sinks
 /// when serving; a frozen clock and capturing sinks under `engine replay`.
 #[derive(Default)]
-pub struct Surroundings {
+pub struct AppContext {
     pub clock: crate::clock::Clock,
     pub sinks: crate::sink::SinkTarget,
     /// Record accepted requests as fixtures under this directory.
@@ -168,7 +168,7 @@ fn tenant_secrets(
 impl App {
     /// Build the runtime components of a validated project from its plan.
     pub fn build(project: Project, plan: crate::plan::Plan) -> Result<App, BuildError> {
-        App::build_in(project, plan, Surroundings::default())
+        App::build_in(project, plan, AppContext::default())
     }
 
     /// [`App::build`] with another clock or sink target. The plan's compiled parts are wired to
@@ -176,7 +176,7 @@ impl App {
     pub fn build_in(
         project: Project,
         plan: crate::plan::Plan,
-        around: Surroundings,
+        around: AppContext,
     ) -> Result<App, BuildError> {
         let mut verifiers = Vec::new();
         let mut programs = Vec::new();

@@ -9,14 +9,14 @@ use serde_json::json;
 
 use super::App;
 use super::answer::{Stop, error};
+use super::incoming::Incoming;
 use super::limit::check_rate;
-use super::seen::Seen;
 use crate::config::Project;
 
 /// Answer an own path (`health`, `ready` or `metrics`).
 pub async fn serve(app: &App, own: &str, req: &Request, res: &mut Response) -> Result<(), Stop> {
-    let seen = Seen::new(app, req, bytes::Bytes::new());
-    check_rate(app, app.health_rule.as_ref(), &seen, &[], res).await?;
+    let incoming = Incoming::new(app, req, bytes::Bytes::new());
+    check_rate(app, app.health_rule.as_ref(), &incoming, &[], res).await?;
     only_get(req, res)?;
     match own {
         "health" => health(&app.project, &app.clock, res),

@@ -16,7 +16,7 @@ use crate::queue::redis::RedisQueue;
 use crate::shared_redis::SharedRedis;
 use crate::sink::SinkTarget;
 use crate::transform::Program;
-use crate::worker::{Crew, Options, Worker};
+use crate::worker::{Options, PartitionWorkers, Worker};
 
 /// One pipeline's queue and the workers that drain it.
 pub struct Queued {
@@ -269,7 +269,7 @@ pub struct Workers {
 
 /// Start `concurrency` workers per queued pipeline, and at least one per partition of a
 /// partitioned Redis queue (worker `i` reads partition `i` modulo the partitions); the first
-/// worker of each partition leads its [`Crew`] (runs its reaper and promoter, and calls the
+/// worker of each partition leads its [`PartitionWorkers`] (runs its reaper and promoter, and calls the
 /// others in when it finds a backlog).
 pub fn start<'a>(queued: impl Iterator<Item = &'a Queued>) -> Workers {
     let (stop, rx) = watch::channel(false);
@@ -280,17 +280,18 @@ pub fn start<'a>(queued: impl Iterator<Item = &'a Queued>) -> Workers {
             Queue::Memory(_) => 1,
         };
         let workers = (q.config.concurrency.max(1) as usize).max(partitions);
-        // the first worker of each partition leads its crew, the others help it
-        let mut crews: Vec<Crew> = (0..partitions).map(|_| Crew::lead()).collect();
-        let helpers: Vec<Crew> = (partitions..workers)
-            .map(|i| crews[i % partitions].helper())
+        // the first worker of each partition leads its team, the others help it
+        let mut teams: Vec<PartitionWorkers> =
+            (0..partitions).map(|_| PartitionWorkers::lead()).collect();
+        let helpers: Vec<PartitionWorkers> = (partitions..workers)
+            .map(|i| teams[i % partitions].helper())
             .collect();
-        crews.extend(helpers);
-        for (i, crew) in crews.into_iter().enumerate() {
+        teams.extend(helpers);
+        for (i, team) in teams.into_iter().enumerate() {
             tasks.spawn(
                 q.worker
                     .clone()
-                    .run(q.handle.clone(), i % partitions, crew, rx.clone()),
+                    .run(q.handle.clone(), i % partitions, team, rx.clone()),
             );
         }
     }

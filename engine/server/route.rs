@@ -53,18 +53,18 @@ pub struct Route {
 pub enum Limit {
     None,
     First(Rule),
-    InEnqueue(Riding),
+    InEnqueue(EnqueueLimit),
     Verified {
         rule: Rule,
         /// What a request failing verification counts against.
         unverified: Option<Rule>,
         /// The check rides in the enqueue when it can.
-        riding: Option<Riding>,
+        in_enqueue: Option<EnqueueLimit>,
     },
 }
 
 /// A limit checked inside the enqueue's Redis script.
-pub struct Riding {
+pub struct EnqueueLimit {
     pub rule: Rule,
     pub queue: Arc<RedisQueue>,
     /// The limiter's Redis key prefix (the same keys a separate check would use).
@@ -93,17 +93,19 @@ impl Limit {
     pub fn after_verify(&self) -> Option<&Rule> {
         match self {
             Limit::Verified {
-                rule, riding: None, ..
+                rule,
+                in_enqueue: None,
+                ..
             } => Some(rule),
             _ => None,
         }
     }
 
     /// The limit checked inside the enqueue.
-    pub fn riding(&self) -> Option<&Riding> {
+    pub fn in_enqueue(&self) -> Option<&EnqueueLimit> {
         match self {
             Limit::InEnqueue(r) => Some(r),
-            Limit::Verified { riding, .. } => riding.as_ref(),
+            Limit::Verified { in_enqueue, .. } => in_enqueue.as_ref(),
             Limit::None | Limit::First(_) => None,
         }
     }
@@ -133,17 +135,17 @@ pub fn build(
         let limit = match rule {
             None => Limit::None,
             Some(rule) => {
-                let riding = riding(limiter, &q, &verifier, &rule);
+                let in_enqueue = in_enqueue(limiter, &q, &verifier, &rule);
                 if rule.verified_only {
                     let unverified =
                         default.map(|d| Rule::new(&format!("{}:unverified", rule.bucket), d));
                     Limit::Verified {
                         rule,
                         unverified,
-                        riding,
+                        in_enqueue,
                     }
                 } else {
-                    match riding {
+                    match in_enqueue {
                         Some(r) => Limit::InEnqueue(r),
                         None => Limit::First(rule),
                     }
@@ -190,14 +192,14 @@ fn json_fields(
             .iter()
             .chain(q.config.dedupe.iter().flat_map(|d| d.key.iter()))
     });
-    let riding = limit.riding().into_iter().flat_map(|r| {
+    let in_enqueue = limit.in_enqueue().into_iter().flat_map(|r| {
         r.rule.key.iter().filter_map(|k| match k {
             KeyPart::Field(f) => Some(f),
             _ => None,
         })
     });
     let mut out: Vec<&str> = Vec::new();
-    for source in when.chain(queue).chain(riding) {
+    for source in when.chain(queue).chain(in_enqueue) {
         if let KeySource::Json(ptr) = source
             && !out.contains(&ptr.as_str())
         {
@@ -212,12 +214,12 @@ fn json_fields(
 /// one script cannot touch together), the pipeline acknowledges once `queued`, and its verifier
 /// needs no lookup (tenant secrets come from Postgres, which must not be read for a request the
 /// limit would refuse).
-fn riding(
+fn in_enqueue(
     limiter: &RateLimiter,
     queued: &Option<Queued>,
     verifier: &Option<Verifier>,
     rule: &Rule,
-) -> Option<Riding> {
+) -> Option<EnqueueLimit> {
     let RateLimiter::Redis(gcra) = limiter else {
         return None;
     };
@@ -233,7 +235,7 @@ fn riding(
     {
         return None;
     }
-    Some(Riding {
+    Some(EnqueueLimit {
         rule: rule.clone(),
         queue: queue.clone(),
         prefix: gcra.prefix().to_string(),

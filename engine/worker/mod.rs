@@ -17,7 +17,7 @@
 //! entry pending (redelivered later) and never half-acknowledged. Sinks make the redelivery
 //! harmless by keying rows on the event id.
 //!
-//! Who reads is `take`: the workers of one Redis partition in one process are a [`Crew`], whose
+//! Who reads is `take`: the workers of one Redis partition in one process are a [`PartitionWorkers`], whose
 //! lead reads always and runs the reaper and promoter, its helpers only in a backlog.
 
 use std::collections::{BTreeMap, HashMap};
@@ -41,7 +41,7 @@ mod transforms;
 
 use transforms::{timed_run, transform_all, transform_timing};
 
-pub use take::Crew;
+pub use take::PartitionWorkers;
 use take::{REDIS, Taker};
 
 use crate::sink::{Batch, Sink, SinkError};
@@ -511,7 +511,7 @@ impl Worker {
     /// Run on `queue` until `stop` turns true: one loop for both kinds of queue — take what is
     /// waiting ([`Taker`]), handle it, and on a failing queue back off (the outage is logged
     /// once per process by `ops::outage`, not once per attempt and worker). On Redis the
-    /// workers of one partition in one process form a [`Crew`]: its lead (`Crew::lead`) runs
+    /// workers of one partition in one process form a [`PartitionWorkers`]: its lead (`PartitionWorkers::lead`) runs
     /// the partition's reaper and promoter beside it (the others would repeat the same Redis
     /// calls every 250 ms for nothing) and always reads; the others read only while the lead
     /// finds a backlog. In-flight deliveries finish; on Redis unfinished ones stay pending and
@@ -521,7 +521,7 @@ impl Worker {
         self: Arc<Self>,
         queue: crate::queue::Queue,
         partition: usize,
-        mut crew: Crew,
+        mut team: PartitionWorkers,
         mut stop: watch::Receiver<bool>,
     ) {
         let mut taker = Taker::new(&queue, partition, self.options);
@@ -529,10 +529,10 @@ impl Worker {
         let helpers = match &queue {
             crate::queue::Queue::Redis(q) => {
                 // every worker needs the group; one per queue and process tells about it
-                if !take::group_made(q, &mut stop, crew.leads() && partition == 0).await {
+                if !take::group_made(q, &mut stop, team.leads() && partition == 0).await {
                     return;
                 }
-                if crew.leads() {
+                if team.leads() {
                     vec![
                         tokio::spawn(self.clone().reap(q.clone(), partition, stop.clone())),
                         tokio::spawn(promote(q.clone(), partition, stop.clone())),
@@ -546,7 +546,7 @@ impl Worker {
         };
         let mut failures = 0u32;
         while !*stop.borrow() {
-            if !crew.turn(&taker, &mut stop).await {
+            if !team.turn(&taker, &mut stop).await {
                 break;
             }
             let taken = tokio::select! {
@@ -556,7 +556,7 @@ impl Worker {
             match taken {
                 Ok((deliveries, lost)) => {
                     failures = 0;
-                    crew.took(&taker, deliveries.len(), self.options.batch);
+                    team.took(&taker, deliveries.len(), self.options.batch);
                     if let Some(dependency) = taker.dependency() {
                         crate::ops::outage::ok(dependency, scope);
                     }

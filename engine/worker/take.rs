@@ -1,5 +1,5 @@
 //! Who reads a queue, and how: a worker's [`Taker`] (the in-process queue one delivery at a
-//! time, Redis in batches topped up under load) and the [`Crew`] of the workers of one Redis
+//! time, Redis in batches topped up under load) and the [`PartitionWorkers`] of the workers of one Redis
 //! partition in one process, which decides which of them read; and the consumer group a worker
 //! needs before its first read.
 
@@ -21,7 +21,7 @@ use crate::queue::{Delivery, QueueError};
 /// backlog), and go back to waiting once one is not. A backlog is drained by every worker; a
 /// steady flow by one, in whole batches.
 #[derive(Debug)]
-pub struct Crew {
+pub struct PartitionWorkers {
     /// The lead's side of the backlog signal; `None` for a helper.
     lead: Option<watch::Sender<bool>>,
     backlog: watch::Receiver<bool>,
@@ -29,20 +29,20 @@ pub struct Crew {
     full_reads: u32,
 }
 
-impl Crew {
-    /// A crew's lead; [`Crew::helper`] makes its helpers.
-    pub fn lead() -> Crew {
+impl PartitionWorkers {
+    /// The lead of a partition's workers; [`PartitionWorkers::helper`] makes its helpers.
+    pub fn lead() -> PartitionWorkers {
         let (tx, rx) = watch::channel(false);
-        Crew {
+        PartitionWorkers {
             lead: Some(tx),
             backlog: rx,
             full_reads: 0,
         }
     }
 
-    /// A helper of this crew.
-    pub fn helper(&self) -> Crew {
-        Crew {
+    /// A helper of these workers.
+    pub fn helper(&self) -> PartitionWorkers {
+        PartitionWorkers {
             lead: None,
             backlog: self.backlog.clone(),
             full_reads: 0,

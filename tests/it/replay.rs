@@ -257,7 +257,7 @@ async fn recorded_traffic_replays_without_its_secrets() {
     let app = common::spawn_app_with(
         dir.path(),
         &env,
-        engine::server::Surroundings {
+        engine::server::AppContext {
             record: Some(rec.path().to_path_buf()),
             ..Default::default()
         },

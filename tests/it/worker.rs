@@ -13,7 +13,7 @@ use engine::queue::Queue;
 use engine::queue::redis::RedisQueue;
 use engine::sink::{Batch, Sink, SinkError, SinkFuture};
 use engine::transform::{EventInput, Program};
-use engine::worker::{Crew, Handled, Options, Worker};
+use engine::worker::{Handled, Options, PartitionWorkers, Worker};
 
 const REDIS: &str = "redis://127.0.0.1:6379";
 
@@ -133,10 +133,11 @@ async fn events_flow_to_the_sink_and_are_acked() {
     q.enqueue(&dropped, None).await.unwrap();
 
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let running = tokio::spawn(
-        w.clone()
-            .run(Queue::Redis(q.clone()), 0, Crew::lead(), stop),
-    );
+    let running =
+        tokio::spawn(
+            w.clone()
+                .run(Queue::Redis(q.clone()), 0, PartitionWorkers::lead(), stop),
+        );
     wait_until(|| sink.event_ids().len() == 20).await;
     let expected: Vec<String> = (0..20).map(|i| format!("e{i:02}")).collect();
     assert_eq!(sink.event_ids(), expected);
@@ -168,10 +169,11 @@ async fn a_failing_sink_is_retried_with_backoff_then_succeeds() {
     .await;
     q.enqueue(&status_update("r1"), None).await.unwrap();
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let running = tokio::spawn(
-        w.clone()
-            .run(Queue::Redis(q.clone()), 0, Crew::lead(), stop),
-    );
+    let running =
+        tokio::spawn(
+            w.clone()
+                .run(Queue::Redis(q.clone()), 0, PartitionWorkers::lead(), stop),
+        );
     wait_until(|| sink.event_ids() == ["r1"]).await;
     assert_eq!(
         sink.calls.load(Ordering::SeqCst),
@@ -183,10 +185,10 @@ async fn a_failing_sink_is_retried_with_backoff_then_succeeds() {
     assert_eq!(q.stats().await.unwrap().dead, 0);
 }
 
-/// The workers of a partition in one process are a crew: a helper reads new entries only while
+/// The workers of a partition in one process are a team (`PartitionWorkers`): a helper reads new entries only while
 /// its lead finds a backlog, and only the lead runs the promoter (and the reaper).
 #[tokio::test]
-async fn a_crew_helper_waits_for_a_backlog_and_only_the_lead_promotes_retries() {
+async fn a_partition_helper_waits_for_a_backlog_and_only_the_lead_promotes_retries() {
     let options = Options { batch: 4, ..fast() };
     let sink = TestSink::new(0, SinkError::Retry("unused".into()));
     let (w, q, _) = worker(sink.clone(), options).await;
@@ -215,7 +217,7 @@ async fn a_crew_helper_waits_for_a_backlog_and_only_the_lead_promotes_retries() 
             .unwrap();
     }
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let lead = Crew::lead();
+    let lead = PartitionWorkers::lead();
     let helper =
         tokio::spawn(helper_worker.run(Queue::Redis(q.clone()), 0, lead.helper(), stop.clone()));
     // alone, the helper reads nothing new and promotes nothing
@@ -251,10 +253,11 @@ async fn attempts_used_up_and_permanent_errors_are_dead_lettered() {
     let (w, q, _) = worker(sink.clone(), fast()).await;
     q.enqueue(&status_update("x1"), None).await.unwrap();
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let running = tokio::spawn(
-        w.clone()
-            .run(Queue::Redis(q.clone()), 0, Crew::lead(), stop),
-    );
+    let running =
+        tokio::spawn(
+            w.clone()
+                .run(Queue::Redis(q.clone()), 0, PartitionWorkers::lead(), stop),
+        );
     let queue = q.clone();
     let mut dead = Vec::new();
     for _ in 0..100 {
@@ -333,10 +336,11 @@ async fn a_crashed_workers_entries_reach_the_sink_through_another_worker() {
     drop(crashed);
 
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let running = tokio::spawn(
-        w.clone()
-            .run(Queue::Redis(q.clone()), 0, Crew::lead(), stop),
-    );
+    let running =
+        tokio::spawn(
+            w.clone()
+                .run(Queue::Redis(q.clone()), 0, PartitionWorkers::lead(), stop),
+        );
     wait_until(|| sink.event_ids().len() == 3).await;
     assert_eq!(sink.event_ids(), ["c1", "c2", "c3"]);
     stop_tx.send(true).unwrap();
@@ -510,7 +514,7 @@ async fn a_busy_queue_is_topped_up_into_batches_and_a_lone_event_goes_at_once() 
         archive: None,
     });
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let running = tokio::spawn(w.run(Queue::Redis(q.clone()), 0, Crew::lead(), stop));
+    let running = tokio::spawn(w.run(Queue::Redis(q.clone()), 0, PartitionWorkers::lead(), stop));
     let written = || sink.writes.lock().unwrap().iter().sum::<usize>();
     // idle: a lone event is written well before the top-up wait would have ended
     tokio::time::sleep(Duration::from_millis(300)).await;

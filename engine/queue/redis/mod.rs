@@ -470,7 +470,7 @@ impl RedisQueue {
     }
 
     /// Say that this process's workers read `partition` now (the lead of each partition's
-    /// crew beats every [`BEAT`]).
+    /// workers beat every [`BEAT`]).
     pub async fn beat(&self, partition: usize, now_ms: i64) -> Result<(), QueueError> {
         self.parts[partition % self.parts.len()]
             .beat(now_ms, ALIVE)

@@ -205,28 +205,28 @@ impl TestApp {
 
 /// Load `dir` with exactly the variables `env` and serve it.
 pub async fn spawn_app(dir: &Path, env: &[(&str, &str)]) -> TestApp {
-    spawn_app_with(dir, env, engine::server::Surroundings::default()).await
+    spawn_app_with(dir, env, engine::server::AppContext::default()).await
 }
 
 /// [`spawn_app`] with other surroundings (a recording directory, ...).
 pub async fn spawn_app_with(
     dir: &Path,
     env: &[(&str, &str)],
-    around: engine::server::Surroundings,
+    around: engine::server::AppContext,
 ) -> TestApp {
     spawn(dir, env, true, around).await
 }
 
 /// [`spawn_app`] without queue workers: what is enqueued stays in the queue to be looked at.
 pub async fn spawn_ingest_only(dir: &Path, env: &[(&str, &str)]) -> TestApp {
-    spawn(dir, env, false, engine::server::Surroundings::default()).await
+    spawn(dir, env, false, engine::server::AppContext::default()).await
 }
 
 async fn spawn(
     dir: &Path,
     env: &[(&str, &str)],
     workers: bool,
-    around: engine::server::Surroundings,
+    around: engine::server::AppContext,
 ) -> TestApp {
     let source = EnvSource::from_pairs(env.iter().copied());
     let (project, plan) = engine::plan::load(dir, &source).unwrap_or_else(|d| {

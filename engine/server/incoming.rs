@@ -11,7 +11,7 @@ use crate::transform::EventInput;
 use crate::verify::Inbound;
 
 /// What the engine saw of a request once its body is read: who sent it, to which public URL.
-pub struct Seen<'r> {
+pub struct Incoming<'r> {
     pub req: &'r Request,
     pub body: Bytes,
     pub client_ip: IpAddr,
@@ -20,14 +20,14 @@ pub struct Seen<'r> {
     pub now_ms: i64,
 }
 
-impl<'r> Seen<'r> {
-    pub fn new(app: &App, req: &'r Request, body: Bytes) -> Seen<'r> {
+impl<'r> Incoming<'r> {
+    pub fn new(app: &App, req: &'r Request, body: Bytes) -> Incoming<'r> {
         let peer = req
             .remote_addr()
             .ip()
             .unwrap_or(IpAddr::from([127, 0, 0, 1]));
         let path_and_query = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-        Seen {
+        Incoming {
             req,
             client_ip: app.proxies.client_ip(peer, req.headers()),
             url: app.public_url(peer, req.headers(), path_and_query),
