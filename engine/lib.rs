@@ -22,8 +22,9 @@
 //!   verify         provider signatures, rotation, per-tenant secrets (verify::tenant)
 //!   request_field  a named header / path / query / form / JSON field of a request
 //!   respond        static / templated / scripted synchronous responses
-//!   shared_redis   the request path's one Redis connection; group commit of limits and appends
-//!   redis_url      REDIS_URL: one node or a Redis Cluster; the one connection type for both
+//!   redis_conn     REDIS_URL (one node or a Redis Cluster) and the one connection type for both;
+//!                  redis_conn::group_commit: the request path's one connection, limits and
+//!                  appends of concurrent requests sent together
 //!   queue          durable queue on Redis Streams: dedupe+append, group reads, ack/retry/dead letters
 //!
 //! the worker
@@ -71,14 +72,13 @@ pub mod plan;
 pub mod queue;
 pub mod rate_limit;
 pub mod record;
-pub mod redis_url;
+pub mod redis_conn;
 pub mod replay;
 pub mod request_field;
 pub mod respond;
 pub mod route;
 pub mod schema;
 pub mod server;
-pub mod shared_redis;
 pub mod sink;
 pub mod table_check;
 pub mod transform;

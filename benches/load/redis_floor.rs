@@ -7,8 +7,8 @@ use super::*;
 /// (`shared_redis`) driven with 2.7 KiB payloads, from a given number of concurrent callers
 /// (the group sizes follow), Redis's CPU (`INFO cpu`) per op. No HTTP, no engine work.
 pub async fn run() {
-    use engine::shared_redis::{Append, GcraCheck, Op, SharedRedis};
-    let shared = SharedRedis::open("redis://127.0.0.1:6379").unwrap();
+    use engine::redis_conn::group_commit::{Append, GcraCheck, GroupCommit, Op};
+    let shared = GroupCommit::open("redis://127.0.0.1:6379").unwrap();
     let prefix = format!("floor{}", std::process::id());
     // the stored form: the event's JSON without its body (~300 bytes) and the 2 KiB body raw
     let payload = "x".repeat(300);

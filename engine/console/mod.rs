@@ -53,7 +53,7 @@ impl Console {
     /// shares sign-outs between instances.
     pub fn new(
         token: Option<&Secret>,
-        redis: Option<(crate::shared_redis::SharedRedis, String)>,
+        redis: Option<(crate::redis_conn::group_commit::GroupCommit, String)>,
     ) -> Option<Console> {
         let token = token?;
         // per client IP, failing open: the token is the lock and the limit only slows guessing,

@@ -20,7 +20,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::session::{SESSION_LENGTH, Session};
-use crate::shared_redis::SharedRedis;
+use crate::redis_conn::group_commit::GroupCommit;
 
 /// Most signed-out sessions kept in process (12 h of sessions; far above any real sign-out rate).
 pub const LOCAL_MAX: usize = 10_000;
@@ -29,7 +29,7 @@ const REDIS_WAIT: Duration = Duration::from_secs(1);
 
 /// The signed-out sessions of a deployment.
 pub struct Revoked {
-    redis: Option<(SharedRedis, String)>,
+    redis: Option<(GroupCommit, String)>,
     local: Mutex<Local>,
 }
 
@@ -43,7 +43,7 @@ struct Local {
 
 impl Revoked {
     /// `redis`: the deployment's Redis and its key prefix, when it has one.
-    pub fn new(redis: Option<(SharedRedis, String)>) -> Revoked {
+    pub fn new(redis: Option<(GroupCommit, String)>) -> Revoked {
         Revoked {
             redis,
             local: Mutex::new(Local::default()),
@@ -129,7 +129,7 @@ impl Revoked {
         }
     }
 
-    async fn send(&self, redis: &SharedRedis, cmd: redis::Cmd) -> Option<redis::Value> {
+    async fn send(&self, redis: &GroupCommit, cmd: redis::Cmd) -> Option<redis::Value> {
         let answer = tokio::time::timeout(REDIS_WAIT, async {
             let mut conn = redis.get().await?;
             cmd.query_async::<redis::Value>(&mut conn).await

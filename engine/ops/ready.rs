@@ -14,7 +14,7 @@ use std::time::Duration;
 use mobc_redis::redis;
 use serde_json::{Value, json};
 
-use crate::shared_redis::SharedRedis;
+use crate::redis_conn::group_commit::GroupCommit;
 
 /// How long each dependency may take to answer.
 pub const TIMEOUT: Duration = Duration::from_secs(2);
@@ -23,7 +23,7 @@ pub const TIMEOUT: Duration = Duration::from_secs(2);
 pub struct Checks {
     /// The connection requests use (not a new TCP connection per `/ready`); a PING on it fails
     /// while Redis is down, and it reconnects by itself when Redis is back.
-    redis: Option<SharedRedis>,
+    redis: Option<GroupCommit>,
     /// Each Redis queue's name and stream keys.
     queues: Vec<(String, Vec<String>)>,
     postgres: Option<deadpool_postgres::Pool>,
@@ -32,7 +32,7 @@ pub struct Checks {
 impl Checks {
     /// Checks for the configured dependencies: the app's shared Redis connection, and Postgres
     /// (its URL already validated at load).
-    pub fn new(redis: Option<SharedRedis>, database_url: Option<&str>) -> Result<Checks, String> {
+    pub fn new(redis: Option<GroupCommit>, database_url: Option<&str>) -> Result<Checks, String> {
         let postgres = database_url
             .map(|url| crate::db::pool(url, 1))
             .transpose()?;
@@ -203,7 +203,7 @@ mod tests {
             l.local_addr().unwrap().port()
         };
         let checks = Checks::new(
-            Some(SharedRedis::open(&format!("redis://127.0.0.1:{port}")).unwrap()),
+            Some(GroupCommit::open(&format!("redis://127.0.0.1:{port}")).unwrap()),
             Some(&format!(
                 "postgres://postgres@127.0.0.1:{port}/test?sslmode=disable"
             )),

@@ -27,7 +27,7 @@ pub enum QueueError {
     /// Redis refused, failed or did not answer in time.
     #[error("queue unavailable: {0}")]
     Unavailable(String),
-    /// REDIS_URL cannot be used (why, and the forms it takes: `redis_url::Target::parse`).
+    /// REDIS_URL cannot be used (why, and the forms it takes: `redis_conn::Target::parse`).
     #[error("queue unavailable: {0}")]
     BadUrl(String),
     /// Redis answers but refuses writes: its `maxmemory` is reached under `noeviction` (the policy

@@ -1,4 +1,4 @@
-//! The Redis backend: GCRA in Lua (the `gcra` function of `shared_redis`'s group script), so a check is atomic across every
+//! The Redis backend: GCRA in Lua (the `gcra` function of the group commit's script, `redis_conn::group_commit`), so a check is atomic across every
 //! engine instance sharing the Redis, and goes to Redis in the request path's group commit with
 //! the other requests' checks and appends.
 //!
@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use crate::shared_redis::{GcraCheck, Op, SharedRedis};
+use crate::redis_conn::group_commit::{GcraCheck, GroupCommit, Op};
 
 use super::{Decision, Rule, Unavailable};
 
@@ -67,7 +67,7 @@ pub fn check(rule: &Rule, redis_key: String, now_us: Option<u64>) -> GcraCheck {
 
 /// A Redis-backed limiter.
 pub struct RedisGcra {
-    conn: SharedRedis,
+    conn: GroupCommit,
     prefix: String,
     timeout: Duration,
 }
@@ -75,11 +75,11 @@ pub struct RedisGcra {
 impl RedisGcra {
     /// A limiter over `url` with keys under `prefix`, on a connection of its own. Connects lazily.
     pub fn new(url: &str, prefix: &str) -> Result<RedisGcra, String> {
-        Ok(RedisGcra::on(SharedRedis::open(url)?, prefix))
+        Ok(RedisGcra::on(GroupCommit::open(url)?, prefix))
     }
 
-    /// A limiter on `conn`, the app's shared connection (see `shared_redis`), keys under `prefix`.
-    pub fn on(conn: SharedRedis, prefix: &str) -> RedisGcra {
+    /// A limiter on `conn`, the app's shared connection (see `redis_conn::group_commit`), keys under `prefix`.
+    pub fn on(conn: GroupCommit, prefix: &str) -> RedisGcra {
         RedisGcra {
             conn,
             prefix: prefix.to_string(),
@@ -104,7 +104,7 @@ impl RedisGcra {
     }
 
     /// Check one request; `now_us` overrides Redis's clock (tests only). The check goes to Redis
-    /// in the shared connection's next group (see `shared_redis`).
+    /// in the shared connection's next group (see `redis_conn::group_commit`).
     pub async fn check(
         &self,
         rule: &Rule,
@@ -143,8 +143,8 @@ mod tests {
         assert_ne!(key_in("app", &rule, "%7B"), key_in("app", &rule, "{"));
         // every client key of a bucket spreads over the slots as before (no shared tag)
         assert_ne!(
-            crate::redis_url::slot(&key_in("app", &rule, "{a}1")),
-            crate::redis_url::slot(&key_in("app", &rule, "{a}2"))
+            crate::redis_conn::slot(&key_in("app", &rule, "{a}1")),
+            crate::redis_conn::slot(&key_in("app", &rule, "{a}2"))
         );
         let long = key_in("app", &rule, &"x".repeat(10_000));
         assert!(long.len() < 100, "{long}");

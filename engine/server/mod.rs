@@ -35,7 +35,7 @@ use std::time::Duration;
 use crate::client_ip::TrustedProxies;
 use crate::config::Project;
 use crate::rate_limit::{RateLimiter, Rule};
-use crate::shared_redis::SharedRedis;
+use crate::redis_conn::group_commit::GroupCommit;
 use crate::verify::{TenantSecrets, Verifier};
 /// How long a looked-up tenant secret is reused, and how many are kept.
 const TENANT_CACHE_TTL: Duration = Duration::from_secs(60);
@@ -118,7 +118,7 @@ pub struct AppContext {
 /// cluster, the masters that own them), and Postgres.
 fn ready_checks(
     project: &Project,
-    redis: Option<SharedRedis>,
+    redis: Option<GroupCommit>,
     queued: &[Option<queueing::Queued>],
 ) -> Result<crate::ops::ready::Checks, BuildError> {
     let streams = queued
@@ -213,7 +213,7 @@ impl App {
             .settings
             .redis_url
             .as_deref()
-            .map(SharedRedis::open)
+            .map(GroupCommit::open)
             .transpose()
             .map_err(BuildError::Redis)?;
         // the event archive, beside the configured sinks (none for `engine replay`'s captures)

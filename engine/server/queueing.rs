@@ -13,7 +13,7 @@ use crate::config::queue::{Durability, QueueConfig};
 use crate::queue::Queue;
 use crate::queue::memory::MemoryQueue;
 use crate::queue::redis::RedisQueue;
-use crate::shared_redis::SharedRedis;
+use crate::redis_conn::group_commit::GroupCommit;
 use crate::sink::SinkTarget;
 use crate::transform::Program;
 use crate::worker::{Options, PartitionWorkers, Worker};
@@ -51,7 +51,7 @@ pub fn build(
     target: &SinkTarget,
     pool: Option<&deadpool_postgres::Pool>,
     reuse: &[Arc<MemoryQueue>],
-    redis: Option<&SharedRedis>,
+    redis: Option<&GroupCommit>,
     archive: Option<&Arc<crate::archive::Store>>,
 ) -> Result<Vec<Option<Queued>>, String> {
     let keyring = keyring(project)?;
@@ -136,7 +136,7 @@ fn queue_of(
     config: &QueueConfig,
     consumer: &str,
     reuse: &[Arc<MemoryQueue>],
-    redis: Option<&SharedRedis>,
+    redis: Option<&GroupCommit>,
 ) -> Result<Queue, String> {
     if project.settings.redis_url.is_some() {
         let queue = redis_queue(project, &p.config, consumer)?
@@ -224,7 +224,7 @@ pub fn redis_queue(
     .map_err(|e| e.to_string())?;
     Ok(Some(match config.durability {
         Durability::Local => queue,
-        Durability::Replicated => queue.replicated(crate::shared_redis::ReplicaWait {
+        Durability::Replicated => queue.replicated(crate::redis_conn::group_commit::ReplicaWait {
             replicas: config.replication.replicas,
             timeout: config.replication.timeout.0,
         }),

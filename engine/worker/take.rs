@@ -95,7 +95,7 @@ pub(super) enum Taker {
         queue: Arc<RedisQueue>,
         /// The partition this worker reads (`queue.partitions`).
         partition: usize,
-        reader: Option<crate::redis_url::Conn>,
+        reader: Option<crate::redis_conn::Conn>,
         own_pending: bool,
         /// Events were already waiting for the previous read: the queue is busy, and a small
         /// batch is worth topping up.

@@ -52,7 +52,7 @@ async fn a_cluster_failover_is_logged_once_and_acks_are_recorded_when_it_is_over
         s.replace("  lease: 2s\n", "  lease: 60s\n")
     });
     let stream = format!("{prefix}:{{q:vapi}}:stream");
-    let owner = |key: &str| match engine::redis_url::slot(key) {
+    let owner = |key: &str| match engine::redis_conn::slot(key) {
         0..=5460 => 0,
         5461..=10922 => 1,
         _ => 2,

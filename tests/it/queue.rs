@@ -454,9 +454,9 @@ async fn enqueue_limited_checks_the_shared_limit_before_storing() {
 
 #[tokio::test]
 async fn concurrent_enqueues_go_to_redis_in_groups_each_with_its_own_answer() {
-    use engine::shared_redis::SharedRedis;
+    use engine::redis_conn::group_commit::GroupCommit;
     let p = prefix();
-    let shared = SharedRedis::open(REDIS).unwrap();
+    let shared = GroupCommit::open(REDIS).unwrap();
     let q = std::sync::Arc::new(queue(&p, "c1").await.sharing(shared.clone()));
     // a queue whose stream key holds a string: its appends fail (WRONGTYPE) inside the groups
     let broken = RedisQueue::new(REDIS, &p, "broken", "c1")

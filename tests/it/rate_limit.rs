@@ -84,7 +84,7 @@ async fn redis_gcra_exact_counts_with_injected_clock() {
 /// check left.
 #[tokio::test]
 async fn redis_gcra_checks_of_one_key_grouped_in_one_call_count_exactly() {
-    let shared = engine::shared_redis::SharedRedis::open(REDIS).unwrap();
+    let shared = engine::redis_conn::group_commit::GroupCommit::open(REDIS).unwrap();
     let gcra = RedisGcra::on(shared.clone(), &prefix());
     let rule = Rule::new("api", &RateLimit::per_ip(100, Duration::from_secs(60)));
     let t0: u64 = 1_700_000_000_000_000; // µs
@@ -656,7 +656,7 @@ async fn on_a_redis_cluster_limits_are_exact_per_key_across_nodes() {
     let clients: Vec<String> = (0..20).map(|i| format!("10.0.0.{i}")).collect();
     let nodes: std::collections::BTreeSet<u16> = clients
         .iter()
-        .map(|c| engine::redis_url::slot(&gcra.key(&rule, c)) / 5461)
+        .map(|c| engine::redis_conn::slot(&gcra.key(&rule, c)) / 5461)
         .collect();
     assert_eq!(nodes.len(), 3, "the keys spread over the three masters");
     let mut checks = tokio::task::JoinSet::new();

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use mobc_redis::redis::{self, Value};
 
-use crate::redis_url::Conn;
+use crate::redis_conn::Conn;
 
 use super::GROUP;
 use super::entry::*;

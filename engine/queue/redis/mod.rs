@@ -9,7 +9,7 @@
 //!
 //! The `{q:<name>}` hash tag keeps a queue's keys in one slot of a Redis Cluster. Every state
 //! change is one Lua script, so it is atomic: dedupe + append (an op of the request path's group
-//! commit, `shared_redis`, with the rate-limit check before it when the limit rides along); ack +
+//! commit, `redis_conn::group_commit`, with the rate-limit check before it when the limit rides along); ack +
 //! delete; retry (schedule + ack); dead-letter (append + ack); promote due retries. A consumer
 //! that dies leaves its entries pending;
 //! [`RedisQueue::reclaim`] moves entries idle longer than the lease to a live consumer
@@ -47,8 +47,8 @@ use mobc_redis::redis::{self};
 
 use crate::rate_limit::Rule;
 use crate::rate_limit::redis::Verdict;
-use crate::redis_url::{Conn, Target};
-use crate::shared_redis::{ReplicaWait, SharedRedis};
+use crate::redis_conn::group_commit::{GroupCommit, ReplicaWait};
+use crate::redis_conn::{Conn, Target};
 
 pub use partition::Partition;
 
@@ -117,7 +117,7 @@ impl RedisQueue {
             ),
             Target::Cluster(_) => None,
         };
-        let shared = SharedRedis::new(target.clone());
+        let shared = GroupCommit::new(target.clone());
         let parts = (0..partitions.max(1))
             .map(|k| {
                 let base = if k == 0 {
@@ -136,7 +136,7 @@ impl RedisQueue {
     }
 
     /// This queue with its enqueues on `shared`, the app's request-path connection.
-    pub fn sharing(mut self, shared: SharedRedis) -> RedisQueue {
+    pub fn sharing(mut self, shared: GroupCommit) -> RedisQueue {
         for p in &mut self.parts {
             p.shared = shared.clone();
         }
@@ -191,7 +191,7 @@ impl RedisQueue {
     pub fn partition_of(&self, key: &str) -> usize {
         match self.parts.len() {
             1 => 0,
-            n => usize::from(crate::redis_url::slot(key)) % n,
+            n => usize::from(crate::redis_conn::slot(key)) % n,
         }
     }
 
@@ -591,7 +591,7 @@ mod tests {
         let slots: std::collections::BTreeSet<u16> = q
             .stream_keys()
             .iter()
-            .map(|k| crate::redis_url::slot(k))
+            .map(|k| crate::redis_conn::slot(k))
             .collect();
         assert_eq!(slots.len(), 4);
         assert_eq!(q.outer(2, "1-0".into()), "2/1-0");

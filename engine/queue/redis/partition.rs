@@ -10,8 +10,8 @@ use mobc_redis::redis::{self, Value};
 
 use crate::rate_limit::Rule;
 use crate::rate_limit::redis::Verdict;
-use crate::redis_url::Conn;
-use crate::shared_redis::{Append, Op, ReplicaWait, SharedRedis};
+use crate::redis_conn::Conn;
+use crate::redis_conn::group_commit::{Append, GroupCommit, Op, ReplicaWait};
 use crate::transform::EventInput;
 
 use super::entry::*;
@@ -24,9 +24,9 @@ pub struct Partition {
     /// Pooled connections on one node; `None` on a cluster, whose client is multiplexed per node
     /// already (its operations go over the shared connection).
     pub(super) pool: Option<Pool<RedisConnectionManager>>,
-    /// The request path's enqueues, pipelined on one connection (see `shared_redis`); workers
+    /// The request path's enqueues, pipelined on one connection (see `redis_conn::group_commit`); workers
     /// and admin commands take pooled connections.
-    pub(super) shared: SharedRedis,
+    pub(super) shared: GroupCommit,
     pub(super) stream: String,
     pub(super) delayed: String,
     pub(super) dead: String,
@@ -47,7 +47,7 @@ impl Partition {
     /// `<prefix>:{q:<name>:<k>}`), on the queue's connections.
     pub(super) fn build(
         pool: Option<Pool<RedisConnectionManager>>,
-        shared: SharedRedis,
+        shared: GroupCommit,
         base: &str,
         consumer: &str,
     ) -> Partition {
@@ -135,7 +135,7 @@ impl Partition {
     }
 
     /// Append an event, unless `dedupe` names a key seen within its window: one op of the
-    /// request path's next Redis group (see `shared_redis`), answered within 2 s.
+    /// request path's next Redis group (see `redis_conn::group_commit`), answered within 2 s.
     pub async fn enqueue(
         &self,
         event: &EventInput,

@@ -703,7 +703,7 @@ impl PrivateCluster {
     /// The node serving `key`'s slot (`redis-cli --cluster create` gives three masters the
     /// slots 0-5460, 5461-10922 and 10923-16383, in order).
     pub fn owner_of(&mut self, key: &str) -> &mut PrivateRedis {
-        let slot = engine::redis_url::slot(key);
+        let slot = engine::redis_conn::slot(key);
         let i = match slot {
             0..=5460 => 0,
             5461..=10922 => 1,

@@ -25,7 +25,7 @@
 //! gone, no answer within 2 s) fails every op of its group, and their requests get 503 — the ops
 //! may still have run, which a retried delivery's dedupe key makes harmless, as before.
 //!
-//! An `App` opens one [`SharedRedis`] and hands clones to the rate limiter, every Redis queue and
+//! An `App` opens one [`GroupCommit`] and hands clones to the rate limiter, every Redis queue and
 //! `/ready`, so readiness probes the very connection requests use. Workers' blocking reads have
 //! connections of their own (a blocked connection serves nothing else); the queue's other
 //! operations use a pool on one node, this connection on a cluster.
@@ -42,7 +42,7 @@ use std::time::Duration;
 use redis::{ErrorKind, RedisError, Value};
 use tokio::sync::{OnceCell, mpsc, oneshot};
 
-use crate::redis_url::{Conn, Target};
+use super::{Conn, Target};
 
 /// Operations sent in one call at most (a bound on the call's size and on the wait of the
 /// group's last op behind the others).
@@ -255,19 +255,19 @@ struct Waiting {
 
 /// A lazily connected, self-reconnecting, shared connection; clones share it.
 #[derive(Clone)]
-pub struct SharedRedis {
+pub struct GroupCommit {
     /// Behind an `Arc`: a cluster client with its settings is large, and every clone shares it.
     target: Arc<Target>,
     conn: Arc<OnceCell<Conn>>,
     /// The committer's queue, made (and the committer started) on the first op.
     group: Arc<OnceLock<mpsc::Sender<Waiting>>>,
-    /// Calls made and ops they carried, for [`SharedRedis::grouped`].
+    /// Calls made and ops they carried, for [`GroupCommit::grouped`].
     counts: Arc<[AtomicU64; 2]>,
 }
 
-impl SharedRedis {
-    pub fn new(target: Target) -> SharedRedis {
-        SharedRedis {
+impl GroupCommit {
+    pub fn new(target: Target) -> GroupCommit {
+        GroupCommit {
             target: Arc::new(target),
             conn: Arc::new(OnceCell::new()),
             group: Arc::new(OnceLock::new()),
@@ -276,8 +276,8 @@ impl SharedRedis {
     }
 
     /// A shared connection to `url`, one node or a cluster (not connected yet).
-    pub fn open(url: &str) -> Result<SharedRedis, String> {
-        Target::parse(url).map(SharedRedis::new)
+    pub fn open(url: &str) -> Result<GroupCommit, String> {
+        Target::parse(url).map(GroupCommit::new)
     }
 
     /// Whether it talks to a Redis Cluster.
@@ -339,7 +339,7 @@ fn failed(detail: String) -> RedisError {
 
 /// The committer: one call at a time, carrying every op that waited for it (on a cluster, one
 /// call per slot the ops' keys fall in, those calls at once: a script may only touch keys of
-/// one slot). Ends when every [`SharedRedis`] clone is gone.
+/// one slot). Ends when every [`GroupCommit`] clone is gone.
 async fn commit(
     target: Arc<Target>,
     conn: Arc<OnceCell<Conn>>,
@@ -356,7 +356,7 @@ async fn commit(
         let mut by_slot: std::collections::BTreeMap<u16, Vec<Waiting>> = Default::default();
         for job in jobs.drain(..) {
             by_slot
-                .entry(crate::redis_url::slot(job.op.first_key()))
+                .entry(super::slot(job.op.first_key()))
                 .or_default()
                 .push(job);
         }

@@ -13,7 +13,9 @@
 //! On a cluster, redis's cluster client routes each command by its key's slot and follows
 //! `MOVED` / `ASK` redirections and topology changes (a failover, a node back); the engine only
 //! keeps every multi-key operation inside one slot (the queue's keys share the `{q:<name>}` hash
-//! tag) and never combines keys of different slots in one script (see `shared_redis`).
+//! tag) and never combines keys of different slots in one script (see [`group_commit`]).
+
+pub mod group_commit;
 
 use std::time::Duration;
 
