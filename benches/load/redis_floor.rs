@@ -4,7 +4,7 @@
 use super::*;
 
 /// What Redis alone spends per request-path op: the engine's own group commit
-/// (`shared_redis`) driven with 2.7 KiB payloads, from a given number of concurrent callers
+/// (`redis_conn::group_commit`) driven with 2.7 KiB payloads, from a given number of concurrent callers
 /// (the group sizes follow), Redis's CPU (`INFO cpu`) per op. No HTTP, no engine work.
 pub async fn run() {
     use engine::redis_conn::group_commit::{Append, GcraCheck, GroupCommit, Op};
