@@ -39,8 +39,9 @@
 //!   clock          the time and minted event ids (frozen by replay)
 //!   oauth          authorization-code flows with PKCE: start, callback, encrypted tokens
 //!   connection     outbound calls of respond scripts: declared hosts, tenants' OAuth tokens
-//!   record         accepted requests written as fixtures (engine serve --record)
-//!   fixture        the fixture format: a recorded request and what it should produce
+//!   fixture        the fixture format: a recorded request and what it should produce;
+//!                  fixture::record writes them (engine serve --record), fixture::redact a
+//!                  pipeline's `redact` applied to a body shown or kept outside the queue
 //!   replay         fixtures run in process through the real pipelines (engine replay)
 //!   ops            /metrics, /ready, logs, traces (OpenTelemetry), outages, Slack alerts, Sentry
 //!   console        /console: pipelines, live traffic, queues, dead letters, the event archive
@@ -71,7 +72,6 @@ pub mod ops;
 pub mod plan;
 pub mod queue;
 pub mod rate_limit;
-pub mod record;
 pub mod redis_conn;
 pub mod replay;
 pub mod request_field;

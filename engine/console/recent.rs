@@ -20,7 +20,7 @@ use std::sync::{Mutex, OnceLock};
 
 use crate::config::pipeline::Redact;
 use crate::config::verify::KeySource;
-use crate::record::{REDACTED, redacted_body_pretty, redacts};
+use crate::fixture::redact::{REDACTED, redacted_body_pretty, redacts};
 use crate::transform::EventInput;
 
 /// Events kept per pipeline.

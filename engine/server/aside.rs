@@ -98,7 +98,7 @@ pub(super) fn log_body(app: &App, pipeline: usize, incoming: &Incoming<'_>) {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let redact = &app.project.pipelines[pipeline].config.redact;
-    let body = crate::record::redacted_body(content_type, &incoming.body, redact);
+    let body = crate::fixture::redact::redacted_body(content_type, &incoming.body, redact);
     tracing::info!(body = %body, "request body");
 }
 
@@ -106,7 +106,7 @@ pub(super) fn log_body(app: &App, pipeline: usize, incoming: &Incoming<'_>) {
 /// pipeline's `redact` fields redacted.
 fn record(
     app: &App,
-    recorder: &crate::record::FixtureRecorder,
+    recorder: &crate::fixture::record::FixtureRecorder,
     route: &Route,
     incoming: &Incoming<'_>,
     event_id: &str,
@@ -117,7 +117,7 @@ fn record(
         return;
     }
     let verifier = route.verifier.as_ref();
-    recorder.record(&crate::record::Recorded {
+    recorder.record(&crate::fixture::record::Recorded {
         pipeline: &config.name,
         method: config.route.method,
         path: incoming.req.uri().path(),

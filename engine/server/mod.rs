@@ -83,7 +83,7 @@ pub struct App {
     /// The time and minted event ids requests see (frozen by `engine replay`).
     pub clock: crate::clock::Clock,
     /// Writes accepted requests as fixtures (`engine serve --record DIR`).
-    pub recorder: Option<crate::record::FixtureRecorder>,
+    pub recorder: Option<crate::fixture::record::FixtureRecorder>,
     /// What `/ready` checks.
     pub ready: crate::ops::ready::Checks,
     /// The bearer token `/metrics` needs (METRICS_TOKEN).
@@ -261,7 +261,7 @@ impl App {
             clock: around.clock,
             recorder: around
                 .record
-                .map(|dir| crate::record::FixtureRecorder { dir }),
+                .map(|dir| crate::fixture::record::FixtureRecorder { dir }),
             ready,
             metrics_token,
             pool,
