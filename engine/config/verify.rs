@@ -323,23 +323,37 @@ fn default_authorization() -> String {
 impl Verify {
     /// Names of the schemes set (validation requires exactly one, or none with `ip_allow`).
     pub fn schemes(&self) -> Vec<&'static str> {
-        let mut out = Vec::new();
-        let mut add = |set: bool, name| {
-            if set {
-                out.push(name)
-            }
-        };
-        add(self.twilio.is_some(), "twilio");
-        add(self.stripe.is_some(), "stripe");
-        add(self.github.is_some(), "github");
-        add(self.standard_webhooks.is_some(), "standard_webhooks");
-        add(self.slack.is_some(), "slack");
-        add(self.shopify.is_some(), "shopify");
-        add(self.vapi.is_some(), "vapi");
-        add(self.hmac.is_some(), "hmac");
-        add(self.bearer.is_some(), "bearer");
-        add(self.basic.is_some(), "basic");
-        add(self.header.is_some(), "header");
-        out
+        // Every field named, none left to `..`: a new scheme's section does not compile until
+        // it is listed here (and in `verify::scheme_of`, which builds it).
+        let Verify {
+            twilio,
+            stripe,
+            github,
+            standard_webhooks,
+            slack,
+            shopify,
+            vapi,
+            hmac,
+            bearer,
+            basic,
+            header,
+            ip_allow: _,
+        } = self;
+        [
+            (twilio.is_some(), "twilio"),
+            (stripe.is_some(), "stripe"),
+            (github.is_some(), "github"),
+            (standard_webhooks.is_some(), "standard_webhooks"),
+            (slack.is_some(), "slack"),
+            (shopify.is_some(), "shopify"),
+            (vapi.is_some(), "vapi"),
+            (hmac.is_some(), "hmac"),
+            (bearer.is_some(), "bearer"),
+            (basic.is_some(), "basic"),
+            (header.is_some(), "header"),
+        ]
+        .into_iter()
+        .filter_map(|(set, name)| set.then_some(name))
+        .collect()
     }
 }

@@ -30,6 +30,9 @@ impl Scheme for Github {
         }
     }
 
+    fn credential_headers(&self) -> Vec<String> {
+        vec!["x-hub-signature-256".into(), "x-hub-signature".into()]
+    }
     fn sign(&self, req: &Inbound<'_>, key: &[u8]) -> Vec<(String, String)> {
         let sig = mac::compute(Algorithm::Sha256, key, &[req.body]);
         vec![(

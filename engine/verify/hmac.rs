@@ -151,6 +151,9 @@ impl Scheme for HmacScheme {
         mac::matches(&given, &expected)
     }
 
+    fn credential_headers(&self) -> Vec<String> {
+        vec![self.header.clone()]
+    }
     fn sign(&self, req: &Inbound<'_>, key: &[u8]) -> Vec<(String, String)> {
         let mut headers = Vec::new();
         let now = req.now.to_string();

@@ -57,6 +57,10 @@ pub trait Scheme: Send + Sync {
     fn check(&self, req: &Inbound<'_>, key: &[u8]) -> Result<(), Reject>;
     /// Headers that make `req` pass [`Scheme::check`] under `key` at `req.now`.
     fn sign(&self, req: &Inbound<'_>, key: &[u8]) -> Vec<(String, String)>;
+    /// The request headers this scheme reads its credential from (lower case): never stored
+    /// with an event, whatever [`CREDENTIAL_HEADERS`] lists. Every scheme names its own (no
+    /// default), so a new one cannot leave its signature in the queue.
+    fn credential_headers(&self) -> Vec<String>;
 }
 
 pub use credential::{CREDENTIAL_HEADERS, is_credential_name};
@@ -73,8 +77,8 @@ pub struct Context<'a> {
 
 /// A pipeline's verifier, built once from its `verify` section.
 pub struct Verifier {
-    /// The configurable header carrying the credential (bearer, header, hmac, vapi schemes).
-    credential_header: Option<String>,
+    /// The headers carrying the credential ([`Scheme::credential_headers`]), lower case.
+    credential_headers: Vec<String>,
     scheme_name: &'static str,
     scheme: Box<dyn Scheme>,
     /// Key bytes of the configured secrets, newest first.
@@ -183,7 +187,7 @@ impl Verifier {
             }
             return if errors.is_empty() {
                 Ok(Verifier {
-                    credential_header: None,
+                    credential_headers: Vec::new(),
                     scheme_name: "ip_allow",
                     scheme: Box::new(AllowAll),
                     keys: vec![Vec::new()],
@@ -222,7 +226,11 @@ impl Verifier {
             return Err(errors);
         }
         Ok(Verifier {
-            credential_header: credential_header(cfg),
+            credential_headers: scheme
+                .credential_headers()
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
             scheme_name: name,
             scheme,
             keys,
@@ -236,13 +244,13 @@ impl Verifier {
         self.scheme_name
     }
 
-    /// Whether `name` is the header this verifier reads its credential from (the configurable
-    /// one of the bearer, header, hmac and vapi schemes): never stored, like every header
-    /// [`is_credential_name`] names.
+    /// Whether `name` is a header this verifier reads its credential from (its scheme's
+    /// [`Scheme::credential_headers`], the configured one of the bearer, header, hmac and vapi
+    /// schemes included): never stored, like every header [`is_credential_name`] names.
     pub fn reads_credential_from(&self, name: &str) -> bool {
-        self.credential_header
-            .as_deref()
-            .is_some_and(|h| h.eq_ignore_ascii_case(name))
+        self.credential_headers
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(name))
     }
 
     /// The tenant id `req` names, when the pipeline has per-tenant secrets: read once per
@@ -337,6 +345,9 @@ impl Scheme for AllowAll {
     fn sign(&self, _: &Inbound<'_>, _: &[u8]) -> Vec<(String, String)> {
         Vec::new()
     }
+    fn credential_headers(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 type SchemeParts = (
@@ -347,7 +358,23 @@ type SchemeParts = (
 );
 
 fn scheme_of(cfg: &Verify, errors: &mut Vec<ConfigProblem>) -> Option<SchemeParts> {
-    if let Some(t) = &cfg.twilio {
+    // Every section named, none left to `..`: a new scheme does not compile until it is built
+    // here (and named in `Verify::schemes`).
+    let Verify {
+        twilio,
+        stripe,
+        github,
+        standard_webhooks,
+        slack,
+        shopify,
+        vapi,
+        hmac,
+        bearer,
+        basic,
+        header,
+        ip_allow: _,
+    } = cfg;
+    if let Some(t) = twilio {
         if t.secret.is_none() && t.tenant.is_none() {
             errors.push((
                 "/twilio".into(),
@@ -361,7 +388,7 @@ fn scheme_of(cfg: &Verify, errors: &mut Vec<ConfigProblem>) -> Option<SchemePart
             t.tenant.clone(),
         ));
     }
-    if let Some(s) = &cfg.stripe {
+    if let Some(s) = stripe {
         return Some((
             "stripe",
             Box::new(stripe::Stripe {
@@ -371,7 +398,7 @@ fn scheme_of(cfg: &Verify, errors: &mut Vec<ConfigProblem>) -> Option<SchemePart
             None,
         ));
     }
-    if let Some(s) = &cfg.github {
+    if let Some(s) = github {
         return Some((
             "github",
             Box::new(github::Github),
@@ -379,7 +406,7 @@ fn scheme_of(cfg: &Verify, errors: &mut Vec<ConfigProblem>) -> Option<SchemePart
             None,
         ));
     }
-    if let Some(s) = &cfg.standard_webhooks {
+    if let Some(s) = standard_webhooks {
         let scheme = standard_webhooks::StandardWebhooks {
             tolerance: s.tolerance_secs,
         };
@@ -390,7 +417,7 @@ fn scheme_of(cfg: &Verify, errors: &mut Vec<ConfigProblem>) -> Option<SchemePart
             None,
         ));
     }
-    if let Some(s) = &cfg.slack {
+    if let Some(s) = slack {
         return Some((
             "slack",
             Box::new(slack::Slack {
@@ -400,7 +427,7 @@ fn scheme_of(cfg: &Verify, errors: &mut Vec<ConfigProblem>) -> Option<SchemePart
             None,
         ));
     }
-    if let Some(s) = &cfg.shopify {
+    if let Some(s) = shopify {
         return Some((
             "shopify",
             Box::new(shopify::Shopify),
@@ -408,22 +435,22 @@ fn scheme_of(cfg: &Verify, errors: &mut Vec<ConfigProblem>) -> Option<SchemePart
             None,
         ));
     }
-    if let Some(v) = &cfg.vapi {
+    if let Some(v) = vapi {
         let scheme = vapi_scheme(v).map_err(|e| errors.push(e)).ok()?;
         return Some(("vapi", scheme, Some(v.secret.clone()), None));
     }
-    if let Some(h) = &cfg.hmac {
+    if let Some(h) = hmac {
         let scheme = hmac_scheme(h).map_err(|e| errors.push(e)).ok()?;
         return Some(("hmac", Box::new(scheme), Some(h.secret.clone()), None));
     }
-    if let Some(b) = &cfg.bearer {
+    if let Some(b) = bearer {
         let scheme = token::Token {
             header: b.header.to_ascii_lowercase(),
             bearer_prefix: b.bearer_prefix,
         };
         return Some(("bearer", Box::new(scheme), Some(b.secret.clone()), None));
     }
-    if let Some(b) = &cfg.basic {
+    if let Some(b) = basic {
         return Some((
             "basic",
             Box::new(token::Basic {
@@ -433,7 +460,7 @@ fn scheme_of(cfg: &Verify, errors: &mut Vec<ConfigProblem>) -> Option<SchemePart
             None,
         ));
     }
-    if let Some(h) = &cfg.header {
+    if let Some(h) = header {
         let scheme = token::Token {
             header: h.name.to_ascii_lowercase(),
             bearer_prefix: false,
@@ -496,16 +523,6 @@ fn hmac_scheme(h: &crate::config::verify::Hmac) -> Result<hmac::HmacScheme, Conf
         id_header: h.id_header.as_ref().map(|s| s.to_ascii_lowercase()),
         tolerance: h.tolerance_secs,
     })
-}
-
-/// The header name a configurable scheme reads its credential from.
-fn credential_header(cfg: &Verify) -> Option<String> {
-    cfg.vapi
-        .as_ref()
-        .and_then(|v| v.header.clone())
-        .or_else(|| cfg.hmac.as_ref().map(|h| h.header.clone()))
-        .or_else(|| cfg.bearer.as_ref().map(|b| b.header.clone()))
-        .or_else(|| cfg.header.as_ref().map(|h| h.name.clone()))
 }
 
 fn secret_pointer(scheme: &str, field: &str, secrets: &Secrets, i: usize) -> String {

@@ -65,6 +65,9 @@ impl Scheme for Shopify {
 
     /// The HMAC, and neutral values for the required headers the request lacks, of the kind of
     /// webhook the request is (an events webhook when it already carries `shopify-hmac-sha256`).
+    fn credential_headers(&self) -> Vec<String> {
+        vec![WEBHOOKS[0].into(), EVENTS[0].into()]
+    }
     fn sign(&self, req: &Inbound<'_>, key: &[u8]) -> Vec<(String, String)> {
         let names = kind(req);
         let sig = mac::compute(Algorithm::Sha256, key, &[req.body]);

@@ -43,6 +43,9 @@ impl Scheme for Slack {
         }
     }
 
+    fn credential_headers(&self) -> Vec<String> {
+        vec!["x-slack-signature".into()]
+    }
     fn sign(&self, req: &Inbound<'_>, key: &[u8]) -> Vec<(String, String)> {
         let t = req.now.to_string();
         let sig = mac::compute(

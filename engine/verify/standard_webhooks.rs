@@ -63,6 +63,9 @@ impl Scheme for StandardWebhooks {
         mac::matches_any(given, &expected)
     }
 
+    fn credential_headers(&self) -> Vec<String> {
+        vec!["webhook-signature".into(), "svix-signature".into()]
+    }
     fn sign(&self, req: &Inbound<'_>, key: &[u8]) -> Vec<(String, String)> {
         let id = either(req, "id").map_or_else(|| format!("msg_{}", req.now), str::to_string);
         let t = req.now.to_string();

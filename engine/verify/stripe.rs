@@ -49,6 +49,9 @@ impl Scheme for Stripe {
         mac::matches_any(given, &expected)
     }
 
+    fn credential_headers(&self) -> Vec<String> {
+        vec!["stripe-signature".into()]
+    }
     fn sign(&self, req: &Inbound<'_>, key: &[u8]) -> Vec<(String, String)> {
         let t = req.now.to_string();
         let sig = mac::compute(Algorithm::Sha256, key, &[t.as_bytes(), b".", req.body]);

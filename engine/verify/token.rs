@@ -30,6 +30,9 @@ impl Scheme for Token {
         mac::secret_matches(token.as_bytes(), key)
     }
 
+    fn credential_headers(&self) -> Vec<String> {
+        vec![self.header.clone()]
+    }
     fn sign(&self, _req: &Inbound<'_>, key: &[u8]) -> Vec<(String, String)> {
         let token = String::from_utf8_lossy(key);
         let value = if self.bearer_prefix {
@@ -73,6 +76,9 @@ impl Scheme for Basic {
         }
     }
 
+    fn credential_headers(&self) -> Vec<String> {
+        vec!["authorization".into()]
+    }
     fn sign(&self, _req: &Inbound<'_>, key: &[u8]) -> Vec<(String, String)> {
         let mut creds = self.username.as_bytes().to_vec();
         creds.push(b':');

@@ -76,6 +76,9 @@ impl Scheme for Twilio {
         Err(Reject::BadSignature)
     }
 
+    fn credential_headers(&self) -> Vec<String> {
+        vec!["x-twilio-signature".into()]
+    }
     fn sign(&self, req: &Inbound<'_>, key: &[u8]) -> Vec<(String, String)> {
         let params = Self::params(req).unwrap_or_default();
         let sig = Self::signature(req.url, &params, key);

@@ -754,6 +754,40 @@ mod property {
         }
     }
 
+    /// Each scheme names the header its signature travels in (`Scheme::credential_headers`, which
+    /// no scheme can leave out), so that header is never stored with an event, whatever the
+    /// shared `CREDENTIAL_HEADERS` list holds; the built-in schemes' fixed names are on that list
+    /// too, so a request carrying them is cleaned on any pipeline.
+    #[test]
+    fn every_scheme_names_the_header_its_signature_travels_in() {
+        let headers = HeaderMap::new();
+        let req = Inbound {
+            method: "POST",
+            url: "https://api.example.com/hook?x=1",
+            headers: &headers,
+            body: b"{}",
+            now: 1_700_000_000,
+        };
+        for (name, v) in verifiers() {
+            let signed = v.sign(&req);
+            let credentials: Vec<&str> = signed
+                .iter()
+                .map(|(k, _)| k.as_str())
+                .filter(|k| v.reads_credential_from(k))
+                .collect();
+            assert!(!credentials.is_empty(), "{name}: signed {signed:?}");
+            // hmac's header is whatever the pipeline names (`x-sig` here): only its verifier
+            // knows it, which is what `reads_credential_from` shows above
+            for k in credentials.iter().filter(|_| name != "hmac") {
+                let k = k.to_ascii_lowercase();
+                assert!(
+                    engine::verify::CREDENTIAL_HEADERS.contains(&k.as_str()),
+                    "{name}: {k} is not in CREDENTIAL_HEADERS"
+                );
+            }
+        }
+    }
+
     /// Every header a scheme reads: signatures, timestamps, ids.
     const READ_HEADERS: &[&str] = &[
         "x-twilio-signature",
