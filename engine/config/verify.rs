@@ -321,10 +321,12 @@ fn default_authorization() -> String {
 }
 
 impl Verify {
-    /// Names of the schemes set (validation requires exactly one, or none with `ip_allow`).
-    pub fn schemes(&self) -> Vec<&'static str> {
+    /// The scheme sections set, in the order of the fields (validation requires exactly one,
+    /// or none with `ip_allow`).
+    pub fn sections(&self) -> Vec<Section<'_>> {
         // Every field named, none left to `..`: a new scheme's section does not compile until
-        // it is listed here (and in `verify::scheme_of`, which builds it).
+        // it is listed here, and then `Section::name` and `verify::scheme_of` (which builds
+        // it) ask for it in turn.
         let Verify {
             twilio,
             stripe,
@@ -340,20 +342,60 @@ impl Verify {
             ip_allow: _,
         } = self;
         [
-            (twilio.is_some(), "twilio"),
-            (stripe.is_some(), "stripe"),
-            (github.is_some(), "github"),
-            (standard_webhooks.is_some(), "standard_webhooks"),
-            (slack.is_some(), "slack"),
-            (shopify.is_some(), "shopify"),
-            (vapi.is_some(), "vapi"),
-            (hmac.is_some(), "hmac"),
-            (bearer.is_some(), "bearer"),
-            (basic.is_some(), "basic"),
-            (header.is_some(), "header"),
+            twilio.as_ref().map(Section::Twilio),
+            stripe.as_ref().map(Section::Stripe),
+            github.as_ref().map(Section::Github),
+            standard_webhooks.as_ref().map(Section::StandardWebhooks),
+            slack.as_ref().map(Section::Slack),
+            shopify.as_ref().map(Section::Shopify),
+            vapi.as_ref().map(Section::Vapi),
+            hmac.as_ref().map(Section::Hmac),
+            bearer.as_ref().map(Section::Bearer),
+            basic.as_ref().map(Section::Basic),
+            header.as_ref().map(Section::Header),
         ]
         .into_iter()
-        .filter_map(|(set, name)| set.then_some(name))
+        .flatten()
         .collect()
+    }
+
+    /// Names of the schemes set.
+    pub fn schemes(&self) -> Vec<&'static str> {
+        self.sections().iter().map(Section::name).collect()
+    }
+}
+
+/// One scheme's section of a `verify` block.
+#[derive(Debug, Clone, Copy)]
+pub enum Section<'a> {
+    Twilio(&'a TwilioConfig),
+    Stripe(&'a Timestamped),
+    Github(&'a Plain),
+    StandardWebhooks(&'a Timestamped),
+    Slack(&'a Timestamped),
+    Shopify(&'a Plain),
+    Vapi(&'a Vapi),
+    Hmac(&'a Hmac),
+    Bearer(&'a Bearer),
+    Basic(&'a BasicConfig),
+    Header(&'a StaticHeader),
+}
+
+impl Section<'_> {
+    /// The section's key in YAML.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Section::Twilio(_) => "twilio",
+            Section::Stripe(_) => "stripe",
+            Section::Github(_) => "github",
+            Section::StandardWebhooks(_) => "standard_webhooks",
+            Section::Slack(_) => "slack",
+            Section::Shopify(_) => "shopify",
+            Section::Vapi(_) => "vapi",
+            Section::Hmac(_) => "hmac",
+            Section::Bearer(_) => "bearer",
+            Section::Basic(_) => "basic",
+            Section::Header(_) => "header",
+        }
     }
 }

@@ -32,7 +32,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::config::verify::{Secrets, Tenant, VapiMode, Verify};
+use crate::config::verify::{Secrets, Section, Tenant, VapiMode, Verify};
 pub use reject::Reject;
 pub use tenant::TenantSecrets;
 
@@ -358,116 +358,69 @@ type SchemeParts = (
 );
 
 fn scheme_of(cfg: &Verify, errors: &mut Vec<ConfigProblem>) -> Option<SchemeParts> {
-    // Every section named, none left to `..`: a new scheme does not compile until it is built
-    // here (and named in `Verify::schemes`).
-    let Verify {
-        twilio,
-        stripe,
-        github,
-        standard_webhooks,
-        slack,
-        shopify,
-        vapi,
-        hmac,
-        bearer,
-        basic,
-        header,
-        ip_allow: _,
-    } = cfg;
-    if let Some(t) = twilio {
-        if t.secret.is_none() && t.tenant.is_none() {
-            errors.push((
-                "/twilio".into(),
-                "set `secret` (the auth token), `tenant` (per-tenant tokens), or both".into(),
-            ));
+    let section = *cfg.sections().first()?;
+    let secret = |s: &Secrets| Some(s.clone());
+    // No catch-all: a new `Section` does not compile until it is built here.
+    let (scheme, secrets, tenant): (Box<dyn Scheme>, _, _) = match section {
+        Section::Twilio(t) => {
+            if t.secret.is_none() && t.tenant.is_none() {
+                errors.push((
+                    "/twilio".into(),
+                    "set `secret` (the auth token), `tenant` (per-tenant tokens), or both".into(),
+                ));
+            }
+            (Box::new(twilio::Twilio), t.secret.clone(), t.tenant.clone())
         }
-        return Some((
-            "twilio",
-            Box::new(twilio::Twilio),
-            t.secret.clone(),
-            t.tenant.clone(),
-        ));
-    }
-    if let Some(s) = stripe {
-        return Some((
-            "stripe",
-            Box::new(stripe::Stripe {
+        Section::Stripe(s) => {
+            let scheme = stripe::Stripe {
                 tolerance: s.tolerance_secs,
-            }),
-            Some(s.secret.clone()),
-            None,
-        ));
-    }
-    if let Some(s) = github {
-        return Some((
-            "github",
-            Box::new(github::Github),
-            Some(s.secret.clone()),
-            None,
-        ));
-    }
-    if let Some(s) = standard_webhooks {
-        let scheme = standard_webhooks::StandardWebhooks {
-            tolerance: s.tolerance_secs,
-        };
-        return Some((
-            "standard_webhooks",
-            Box::new(scheme),
-            Some(s.secret.clone()),
-            None,
-        ));
-    }
-    if let Some(s) = slack {
-        return Some((
-            "slack",
-            Box::new(slack::Slack {
+            };
+            (Box::new(scheme), secret(&s.secret), None)
+        }
+        Section::Github(s) => (Box::new(github::Github), secret(&s.secret), None),
+        Section::StandardWebhooks(s) => {
+            let scheme = standard_webhooks::StandardWebhooks {
                 tolerance: s.tolerance_secs,
-            }),
-            Some(s.secret.clone()),
-            None,
-        ));
-    }
-    if let Some(s) = shopify {
-        return Some((
-            "shopify",
-            Box::new(shopify::Shopify),
-            Some(s.secret.clone()),
-            None,
-        ));
-    }
-    if let Some(v) = vapi {
-        let scheme = vapi_scheme(v).map_err(|e| errors.push(e)).ok()?;
-        return Some(("vapi", scheme, Some(v.secret.clone()), None));
-    }
-    if let Some(h) = hmac {
-        let scheme = hmac_scheme(h).map_err(|e| errors.push(e)).ok()?;
-        return Some(("hmac", Box::new(scheme), Some(h.secret.clone()), None));
-    }
-    if let Some(b) = bearer {
-        let scheme = token::Token {
-            header: b.header.to_ascii_lowercase(),
-            bearer_prefix: b.bearer_prefix,
-        };
-        return Some(("bearer", Box::new(scheme), Some(b.secret.clone()), None));
-    }
-    if let Some(b) = basic {
-        return Some((
-            "basic",
-            Box::new(token::Basic {
+            };
+            (Box::new(scheme), secret(&s.secret), None)
+        }
+        Section::Slack(s) => {
+            let scheme = slack::Slack {
+                tolerance: s.tolerance_secs,
+            };
+            (Box::new(scheme), secret(&s.secret), None)
+        }
+        Section::Shopify(s) => (Box::new(shopify::Shopify), secret(&s.secret), None),
+        Section::Vapi(v) => {
+            let scheme = vapi_scheme(v).map_err(|e| errors.push(e)).ok()?;
+            (scheme, secret(&v.secret), None)
+        }
+        Section::Hmac(h) => {
+            let scheme = hmac_scheme(h).map_err(|e| errors.push(e)).ok()?;
+            (Box::new(scheme), secret(&h.secret), None)
+        }
+        Section::Bearer(b) => {
+            let scheme = token::Token {
+                header: b.header.to_ascii_lowercase(),
+                bearer_prefix: b.bearer_prefix,
+            };
+            (Box::new(scheme), secret(&b.secret), None)
+        }
+        Section::Basic(b) => {
+            let scheme = token::Basic {
                 username: b.username.clone(),
-            }),
-            Some(b.password.clone()),
-            None,
-        ));
-    }
-    if let Some(h) = header {
-        let scheme = token::Token {
-            header: h.name.to_ascii_lowercase(),
-            bearer_prefix: false,
-        };
-        return Some(("header", Box::new(scheme), Some(h.secret.clone()), None));
-    }
-    None
+            };
+            (Box::new(scheme), secret(&b.password), None)
+        }
+        Section::Header(h) => {
+            let scheme = token::Token {
+                header: h.name.to_ascii_lowercase(),
+                bearer_prefix: false,
+            };
+            (Box::new(scheme), secret(&h.secret), None)
+        }
+    };
+    Some((section.name(), scheme, secrets, tenant))
 }
 
 /// Vapi's scheme: its credential as a bearer token (or in a header of its own), or an HMAC of
