@@ -4,6 +4,8 @@
 //! `tracing::error!` and panics, secrets scrubbed), and exact deltas of the metrics recorder's
 //! counters as traffic moves them.
 
+// the integration tests' helpers, of which this binary uses a few
+#[allow(dead_code)]
 #[path = "it/common/mod.rs"]
 mod common;
 

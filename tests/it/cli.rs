@@ -277,7 +277,7 @@ fn production_boot_refusal_is_json_lines() {
         .arg("--pipelines")
         .arg(shipped())
         .env("NODE_ENV", "production")
-        .env("REDIS_URL", "redis://127.0.0.1:6379")
+        .env("REDIS_URL", common::redis())
         .env("CORS_ORIGINS", "https://voxanne.ai"));
     assert_eq!(code, 1, "{out}{err}");
     let lines: Vec<serde_json::Value> = err
@@ -357,7 +357,7 @@ fn serve_logs_listening_and_stops_on_sigterm() {
         .arg(shipped())
         .env("PORT", "0") // the OS picks a free port; the log says which
         .env("NODE_ENV", "production")
-        .env("REDIS_URL", "redis://127.0.0.1:6379")
+        .env("REDIS_URL", common::redis())
         .env("DATABASE_URL", &database_url)
         .env("CORS_ORIGIN", "https://voxanne.ai")
         .env("VAPI_WEBHOOK_SECRET", "prod-vapi-credential-secret")

@@ -12,7 +12,6 @@ use engine::env::EnvSource;
 use engine::server::reload::{EnvOrigin, Source, reload};
 
 pub const TOKEN: &str = "console-test-token-9b1e4f0c2a7d38e5b6c1";
-const REDIS: &str = "redis://127.0.0.1:6379";
 /// ENCRYPTION_KEY for tests with DATABASE_URL (the shipped Twilio pipelines read tenant secrets).
 pub const KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 
@@ -372,10 +371,7 @@ async fn sign_in_attempts_are_limited_per_client() {
 /// prefix of the test's own).
 async fn two_instances(name: &str) -> (TestApp, TestApp, Dir) {
     let dir = project(name, false);
-    let env = [
-        ("CONSOLE_TOKEN", TOKEN),
-        ("REDIS_URL", "redis://127.0.0.1:6379"),
-    ];
+    let env = [("CONSOLE_TOKEN", TOKEN), ("REDIS_URL", common::redis())];
     let a = spawn_app(dir.path(), &env).await;
     let b = spawn_app(dir.path(), &env).await;
     (a, b, dir)
@@ -542,7 +538,7 @@ async fn dead_letters_are_seen_replayed_after_a_fix_and_purged() {
     let (database, schema) = fresh_schema().await;
     let env = [
         ("CONSOLE_TOKEN", TOKEN),
-        ("REDIS_URL", REDIS),
+        ("REDIS_URL", common::redis()),
         ("DATABASE_URL", database.as_str()),
         ("ENCRYPTION_KEY", KEY),
     ];

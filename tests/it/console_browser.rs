@@ -198,7 +198,7 @@ async fn an_operator_replays_a_dead_letter_in_a_real_browser() {
     let (database, schema) = fresh_schema().await;
     let env = [
         ("CONSOLE_TOKEN", TOKEN),
-        ("REDIS_URL", "redis://127.0.0.1:6379"),
+        ("REDIS_URL", common::redis()),
         ("DATABASE_URL", database.as_str()),
         ("ENCRYPTION_KEY", super::console::KEY),
     ];

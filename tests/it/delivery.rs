@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use common::{Dir, fresh_schema, pg, spawn_app};
 
-const REDIS: &str = "redis://127.0.0.1:6379";
 const K: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 
 fn payload(rel: &str) -> Vec<u8> {
@@ -44,7 +43,7 @@ async fn signed_request_to_postgres_row_through_redis() {
     let app = spawn_app(
         d.path(),
         &[
-            ("REDIS_URL", REDIS),
+            ("REDIS_URL", common::redis()),
             ("DATABASE_URL", &database),
             ("ENCRYPTION_KEY", K),
         ],
@@ -97,7 +96,7 @@ async fn signed_request_to_postgres_row_through_redis() {
 
     // credentials are never stored with the event
     let prefix = common::redis_key_prefix(d.path());
-    let q = engine::queue::redis::RedisQueue::new(REDIS, &prefix, "vapi", "t").unwrap();
+    let q = engine::queue::redis::RedisQueue::new(common::redis(), &prefix, "vapi", "t").unwrap();
     assert_eq!(
         post_vapi(
             &app,
@@ -207,7 +206,7 @@ async fn ack_processed_answers_after_the_write() {
     let app = spawn_app(
         d.path(),
         &[
-            ("REDIS_URL", REDIS),
+            ("REDIS_URL", common::redis()),
             ("DATABASE_URL", &database),
             ("ENCRYPTION_KEY", K),
         ],
@@ -230,7 +229,7 @@ async fn ack_processed_answers_after_the_write() {
         .await,
         200
     );
-    let q = engine::queue::redis::RedisQueue::new(REDIS, &prefix, "vapi", "t").unwrap();
+    let q = engine::queue::redis::RedisQueue::new(common::redis(), &prefix, "vapi", "t").unwrap();
     let dead = q.dead_letters(10).await.unwrap();
     assert_eq!(dead.len(), 1);
     assert!(
@@ -250,7 +249,7 @@ async fn ack_processed_sink_down_is_503_and_the_retry_is_not_taken_for_a_repeat(
     let app = spawn_app(
         d.path(),
         &[
-            ("REDIS_URL", REDIS),
+            ("REDIS_URL", common::redis()),
             ("DATABASE_URL", "postgres://postgres@127.0.0.1:1/test"),
             ("ENCRYPTION_KEY", K),
         ],

@@ -12,7 +12,6 @@ use std::time::Duration;
 use common::{Dir, fresh_schema, pg, spawn_app};
 use engine::archive::{Filter, Note, Outcome, Recorder, Step, Store};
 
-const REDIS: &str = "redis://127.0.0.1:6379";
 const K: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 
 fn dir(data: &Path) -> Dir {
@@ -99,7 +98,7 @@ async fn a_bad_edit_is_undone_by_a_replay_and_a_second_replay_adds_nothing() {
     let d = dir(data.path());
     typo(&d);
     let env = [
-        ("REDIS_URL", REDIS),
+        ("REDIS_URL", common::redis()),
         ("DATABASE_URL", database.as_str()),
         ("ENCRYPTION_KEY", K),
     ];
@@ -535,7 +534,7 @@ async fn erasure_leaves_no_trace_of_a_person_in_the_archive_or_the_dead_letters(
     let d = dir(data.path());
     d.write("signup.yaml", FAILING);
     let env = [
-        ("REDIS_URL", REDIS),
+        ("REDIS_URL", common::redis()),
         ("DATABASE_URL", database.as_str()),
         ("ENCRYPTION_KEY", K),
     ];

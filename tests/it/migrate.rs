@@ -300,7 +300,7 @@ fn an_old_backend_table_is_left_alone_reported_and_refuses_a_production_boot() {
         .arg(common::shipped())
         .env("NODE_ENV", "production")
         .env("PORT", "0")
-        .env("REDIS_URL", "redis://127.0.0.1:6379")
+        .env("REDIS_URL", common::redis())
         .env("DATABASE_URL", &url)
         .env("CORS_ORIGIN", "https://voxanne.ai")
         .env("VAPI_WEBHOOK_SECRET", "prod-vapi-credential-secret")

@@ -170,7 +170,13 @@ pub(crate) fn unlimited(test: &str) -> (common::Dir, String) {
 
 /// The shared Redis behind a proxy, an engine (ingest + workers) using it, a fresh schema.
 async fn behind_a_redis_proxy(test: &str) -> (Proxy, Engine, u16, String) {
-    let proxy = Proxy::start("127.0.0.1:6379".parse().unwrap()).await;
+    let proxy = Proxy::start(
+        common::redis()
+            .trim_start_matches("redis://")
+            .parse()
+            .unwrap(),
+    )
+    .await;
     let (database, schema) = fresh_schema().await;
     let port = free_port();
     let engine = engine(&unlimited(test).0, port, &proxy.redis_url(), &database);
@@ -337,7 +343,7 @@ async fn postgres_stalled_mid_batch_writes_each_row_once() {
     d.edit("engine.yaml", |s| {
         format!("{s}statement_timeout_ms: 1000\n")
     });
-    let _engine = engine(&d, port, "redis://127.0.0.1:6379", &through_proxy);
+    let _engine = engine(&d, port, common::redis(), &through_proxy);
     let start = Instant::now();
     let stall = {
         let proxy = proxy.clone();

@@ -610,7 +610,7 @@ fn validate_checks_the_redirect_uri_and_the_token_sink() {
         .replace("  provider: google\n", "  authorize_url: http://accounts.example.com/auth\n  token_url: https://oauth.example.com/token\n");
     let production = [
         ("NODE_ENV", "production"),
-        ("REDIS_URL", "redis://127.0.0.1:6379"),
+        ("REDIS_URL", common::redis()),
         ("DATABASE_URL", "postgres://127.0.0.1/test"),
         ("ENCRYPTION_KEY", KEY),
         ("VAPI_WEBHOOK_SECRET", "prod-vapi-credential-secret"),

@@ -106,10 +106,7 @@ async fn twice_the_drain_rate_for_a_minute_is_answered_in_time_shown_and_drained
     let port = free_port();
     let env = vec![
         ("PORT".to_string(), port.to_string()),
-        (
-            "REDIS_URL".to_string(),
-            "redis://127.0.0.1:6379".to_string(),
-        ),
+        ("REDIS_URL".to_string(), common::redis().to_string()),
         ("DATABASE_URL".to_string(), through_proxy),
         ("CONSOLE_TOKEN".to_string(), TOKEN.to_string()),
     ];

@@ -8,8 +8,6 @@ use engine::transform::EventInput;
 
 use crate::common;
 
-const REDIS: &str = "redis://127.0.0.1:6379";
-
 fn prefix() -> String {
     format!(
         "qtest:{}:{}",
@@ -29,7 +27,7 @@ fn event(id: &str) -> EventInput {
 }
 
 async fn queue(prefix: &str, consumer: &str) -> RedisQueue {
-    let q = RedisQueue::new(REDIS, prefix, "vapi", consumer).unwrap();
+    let q = RedisQueue::new(common::redis(), prefix, "vapi", consumer).unwrap();
     q.ensure_group().await.unwrap();
     q
 }
@@ -262,7 +260,7 @@ async fn poison_entries_are_dead_lettered_after_too_many_deliveries() {
 async fn a_lost_group_is_recreated_and_reported() {
     let q = queue(&prefix(), "c1").await;
     // Redis restarted empty: the stream and its group are gone
-    let client = redis::Client::open(REDIS).unwrap();
+    let client = redis::Client::open(common::redis()).unwrap();
     let mut c = client.get_multiplexed_async_connection().await.unwrap();
     let _: () = redis::AsyncCommands::del(&mut c, q.stream_key())
         .await
@@ -338,7 +336,7 @@ async fn queue_and_dlq_commands() {
         let out = Command::new(env!("CARGO_BIN_EXE_engine"))
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("REDIS_URL", REDIS)
+            .env("REDIS_URL", common::redis())
             .args(args)
             .arg("--pipelines")
             .arg(dir.path())
@@ -407,7 +405,7 @@ async fn enqueue_limited_checks_the_shared_limit_before_storing() {
     use engine::rate_limit::redis::{RedisGcra, decision};
     let p = prefix();
     let q = queue(&p, "c1").await;
-    let gcra = RedisGcra::new(REDIS, &p).unwrap();
+    let gcra = RedisGcra::new(common::redis(), &p).unwrap();
     let rule = Rule::new("api", &RateLimit::per_ip(2, Duration::from_secs(60)));
     let key = gcra.key(&rule, "1.2.3.4");
     let window = Some(("k", Duration::from_secs(60)));
@@ -456,13 +454,13 @@ async fn enqueue_limited_checks_the_shared_limit_before_storing() {
 async fn concurrent_enqueues_go_to_redis_in_groups_each_with_its_own_answer() {
     use engine::redis_conn::group_commit::GroupCommit;
     let p = prefix();
-    let shared = GroupCommit::open(REDIS).unwrap();
+    let shared = GroupCommit::open(common::redis()).unwrap();
     let q = std::sync::Arc::new(queue(&p, "c1").await.sharing(shared.clone()));
     // a queue whose stream key holds a string: its appends fail (WRONGTYPE) inside the groups
-    let broken = RedisQueue::new(REDIS, &p, "broken", "c1")
+    let broken = RedisQueue::new(common::redis(), &p, "broken", "c1")
         .unwrap()
         .sharing(shared.clone());
-    let mut c = redis::Client::open(REDIS).unwrap();
+    let mut c = redis::Client::open(common::redis()).unwrap();
     let _: () = redis::Commands::set(&mut c, broken.stream_key(), "not a stream").unwrap();
     let broken = std::sync::Arc::new(broken);
     let mut tasks = tokio::task::JoinSet::new();
@@ -510,7 +508,7 @@ async fn concurrent_enqueues_go_to_redis_in_groups_each_with_its_own_answer() {
 #[tokio::test]
 async fn a_partitioned_queue_spreads_events_and_finds_them_again() {
     let p = prefix();
-    let q = RedisQueue::partitioned(REDIS, &p, "vapi", "c1", 3).unwrap();
+    let q = RedisQueue::partitioned(common::redis(), &p, "vapi", "c1", 3).unwrap();
     q.ensure_group().await.unwrap();
     let window = Duration::from_secs(60);
     for i in 0..60 {
@@ -530,7 +528,7 @@ async fn a_partitioned_queue_spreads_events_and_finds_them_again() {
             .unwrap(),
         Enqueued::Duplicate
     );
-    let client = redis::Client::open(REDIS).unwrap();
+    let client = redis::Client::open(common::redis()).unwrap();
     let mut c = client.get_multiplexed_async_connection().await.unwrap();
     let mut lengths = Vec::new();
     for key in q.stream_keys() {
@@ -585,7 +583,7 @@ async fn events_read_back_whole_from_both_stored_forms() {
     let q = queue(&p, "c1").await;
     let stream = format!("{p}:{{q:vapi}}:stream");
     let dead = format!("{p}:{{q:vapi}}:dead");
-    let redis = redis::Client::open(REDIS).unwrap();
+    let redis = redis::Client::open(common::redis()).unwrap();
     let mut c = redis.get_multiplexed_async_connection().await.unwrap();
 
     // the raw form, with a body that is not UTF-8 (a binary upload) and JSON-special bytes

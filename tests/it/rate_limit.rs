@@ -11,8 +11,6 @@ use engine::rate_limit::Rule;
 use engine::rate_limit::redis::RedisGcra;
 use serde_json::Value;
 
-const REDIS: &str = "redis://127.0.0.1:6379";
-
 fn prefix() -> String {
     format!(
         "test:{}:{}",
@@ -23,7 +21,7 @@ fn prefix() -> String {
 
 #[tokio::test]
 async fn redis_gcra_exact_counts_with_injected_clock() {
-    let gcra = RedisGcra::new(REDIS, &prefix()).unwrap();
+    let gcra = RedisGcra::new(common::redis(), &prefix()).unwrap();
     let rule = Rule::new("api", &RateLimit::per_ip(100, Duration::from_secs(60)));
     let t0: u64 = 1_700_000_000_000_000; // µs
     for i in 0..100 {
@@ -84,7 +82,7 @@ async fn redis_gcra_exact_counts_with_injected_clock() {
 /// check left.
 #[tokio::test]
 async fn redis_gcra_checks_of_one_key_grouped_in_one_call_count_exactly() {
-    let shared = engine::redis_conn::group_commit::GroupCommit::open(REDIS).unwrap();
+    let shared = engine::redis_conn::group_commit::GroupCommit::open(common::redis()).unwrap();
     let gcra = RedisGcra::on(shared.clone(), &prefix());
     let rule = Rule::new("api", &RateLimit::per_ip(100, Duration::from_secs(60)));
     let t0: u64 = 1_700_000_000_000_000; // µs
@@ -106,7 +104,7 @@ async fn redis_gcra_checks_of_one_key_grouped_in_one_call_count_exactly() {
     let (calls, ops) = shared.grouped();
     assert!(calls < ops, "the checks went {ops} in {calls} calls");
     // the key: the theoretical arrival time after 100 allowed checks, 600 ms apart
-    let client = redis::Client::open(REDIS).unwrap();
+    let client = redis::Client::open(common::redis()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let key = gcra.key(&rule, "1.2.3.4");
     let tat: u64 = redis::cmd("GET")
@@ -139,12 +137,12 @@ async fn redis_gcra_checks_of_one_key_grouped_in_one_call_count_exactly() {
 #[tokio::test]
 async fn redis_keys_expire_on_their_own() {
     let p = prefix();
-    let gcra = RedisGcra::new(REDIS, &p).unwrap();
+    let gcra = RedisGcra::new(common::redis(), &p).unwrap();
     let rule = Rule::new("api", &RateLimit::per_ip(10, Duration::from_secs(2)));
     for _ in 0..3 {
         gcra.check(&rule, "9.9.9.9", None).await.unwrap();
     }
-    let client = redis::Client::open(REDIS).unwrap();
+    let client = redis::Client::open(common::redis()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let ttl: i64 = redis::cmd("PTTL")
         .arg(gcra.key(&rule, "9.9.9.9"))
@@ -231,7 +229,7 @@ async fn allowed_responses_carry_the_headers() {
 #[tokio::test]
 async fn two_instances_share_one_redis() {
     let dir = dir_with("");
-    let env = [("REDIS_URL", REDIS)];
+    let env = [("REDIS_URL", common::redis())];
     let a = spawn_app(dir.path(), &env).await;
     let b = spawn_app(dir.path(), &env).await;
     let started = Instant::now();
@@ -300,7 +298,7 @@ async fn key_by_tenant_field_and_disabled_pipelines() {
         "name: per-tenant\nroute: {method: POST, path: /t}\nrate_limit:\n  limit: 1/1h\n  key: [{form: AccountSid}]\n",
     );
     dir.write("unlimited.yaml", "name: unlimited\nroute: {method: POST, path: /u}\nrate_limit: {enabled: false, limit: 1/1h}\n");
-    let app = spawn_app(dir.path(), &[("REDIS_URL", REDIS)]).await;
+    let app = spawn_app(dir.path(), &[("REDIS_URL", common::redis())]).await;
     let post = |path: &'static str, body: &'static str| {
         app.client
             .post(app.url(path))
@@ -377,7 +375,10 @@ async fn with_redis_the_limit_rides_in_the_enqueue_and_refused_events_are_not_st
     let secret = "limit-rides-secret";
     let app = common::spawn_ingest_only(
         dir.path(),
-        &[("REDIS_URL", REDIS), ("VAPI_WEBHOOK_SECRET", secret)],
+        &[
+            ("REDIS_URL", common::redis()),
+            ("VAPI_WEBHOOK_SECRET", secret),
+        ],
     )
     .await;
     let post = |token: &str, n: u32| {
@@ -417,7 +418,7 @@ async fn with_redis_the_limit_rides_in_the_enqueue_and_refused_events_are_not_st
         let body: Value = r.json().await.unwrap();
         assert_eq!(body["error"], "rate_limited");
     }
-    let client = redis::Client::open(REDIS).unwrap();
+    let client = redis::Client::open(common::redis()).unwrap();
     let mut c = client.get_multiplexed_async_connection().await.unwrap();
     let stream = format!("{prefix}:{{q:vapi}}:stream");
     let stored: usize = redis::cmd("XLEN")
@@ -463,7 +464,10 @@ async fn burst_of_500_signed_vapi_messages_from_one_ip_is_all_accepted() {
     let secret = "busy-hour-vapi-secret";
     let app = common::spawn_ingest_only(
         dir.path(),
-        &[("REDIS_URL", REDIS), ("VAPI_WEBHOOK_SECRET", secret)],
+        &[
+            ("REDIS_URL", common::redis()),
+            ("VAPI_WEBHOOK_SECRET", secret),
+        ],
     )
     .await;
     let org = "4b3a2c1d-0e9f-4a8b-9c7d-6e5f4a3b2c1d";
@@ -504,7 +508,7 @@ async fn burst_of_500_signed_vapi_messages_from_one_ip_is_all_accepted() {
         started.elapsed()
     );
 
-    let client = redis::Client::open(REDIS).unwrap();
+    let client = redis::Client::open(common::redis()).unwrap();
     let mut c = client.get_multiplexed_async_connection().await.unwrap();
     let stored: usize = redis::cmd("XLEN")
         .arg(format!("{prefix}:{{q:vapi}}:stream"))

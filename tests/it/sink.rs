@@ -200,7 +200,7 @@ async fn encrypted_fields_are_stored_encrypted() {
 
 #[tokio::test]
 async fn tls_with_sslmode_require_and_verify_full() {
-    let pool = engine::db::pool(&format!("{}?sslmode=require", common::PG), 1).unwrap();
+    let pool = engine::db::pool(&format!("{}?sslmode=require", common::pg_url()), 1).unwrap();
     let client = pool
         .get()
         .await
@@ -214,7 +214,7 @@ async fn tls_with_sslmode_require_and_verify_full() {
         .unwrap()
         .get(0);
     assert!(ssl, "the session is encrypted");
-    let plain = engine::db::pool(&format!("{}?sslmode=disable", common::PG), 1).unwrap();
+    let plain = engine::db::pool(&format!("{}?sslmode=disable", common::pg_url()), 1).unwrap();
     let ssl: bool = plain
         .get()
         .await
@@ -228,7 +228,7 @@ async fn tls_with_sslmode_require_and_verify_full() {
         .get(0);
     assert!(!ssl);
     // verify-full checks the certificate: the local self-signed one is refused
-    let strict = engine::db::pool(&format!("{}?sslmode=verify-full", common::PG), 1).unwrap();
+    let strict = engine::db::pool(&format!("{}?sslmode=verify-full", common::pg_url()), 1).unwrap();
     assert!(strict.get().await.is_err());
 }
 

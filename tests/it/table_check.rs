@@ -68,7 +68,7 @@ impl Deployment {
             .args(["serve", "--pipelines", "pipelines"])
             .env("NODE_ENV", "production")
             .env("PORT", "0")
-            .env("REDIS_URL", "redis://127.0.0.1:6379")
+            .env("REDIS_URL", crate::common::redis())
             .env("DATABASE_URL", &self.url)
             .env("CORS_ORIGIN", "https://voxanne.ai")
             .env("VAPI_WEBHOOK_SECRET", "prod-vapi-credential-secret")

@@ -192,7 +192,7 @@ fn tokio_stream_of(
 /// An engine process on the shared Redis and `database`.
 fn engine(d: &Dir, args: &[&str], database: &str, env: &[(String, String)]) -> Engine {
     let mut env = env.to_vec();
-    env.push(("REDIS_URL".into(), "redis://127.0.0.1:6379".into()));
+    env.push(("REDIS_URL".into(), common::redis().into()));
     env.push(("DATABASE_URL".into(), database.into()));
     Engine::start(d, args, &env)
 }

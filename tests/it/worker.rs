@@ -15,8 +15,6 @@ use engine::sink::{Batch, Sink, SinkError, SinkFuture};
 use engine::transform::{EventInput, Program};
 use engine::worker::{Handled, Options, PartitionWorkers, Worker};
 
-const REDIS: &str = "redis://127.0.0.1:6379";
-
 /// Captures batches; fails the first `fail_first` writes with `failure`.
 struct TestSink {
     batches: Mutex<Vec<Batch>>,
@@ -82,8 +80,15 @@ async fn worker(sink: Arc<TestSink>, options: Options) -> (Arc<Worker>, Arc<Redi
         std::process::id(),
         chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
     );
-    let queue =
-        Arc::new(RedisQueue::new(REDIS, &prefix, "vapi", &engine::queue::consumer_name()).unwrap());
+    let queue = Arc::new(
+        RedisQueue::new(
+            common::redis(),
+            &prefix,
+            "vapi",
+            &engine::queue::consumer_name(),
+        )
+        .unwrap(),
+    );
     queue.ensure_group().await.unwrap();
     let mut sinks: HashMap<String, Arc<dyn Sink>> = HashMap::new();
     sinks.insert("call_status".into(), sink);
@@ -323,7 +328,7 @@ async fn a_crashed_workers_entries_reach_the_sink_through_another_worker() {
     let sink = TestSink::new(0, SinkError::Retry(String::new()));
     let (w, q, prefix) = worker(sink.clone(), fast()).await;
     // another process took three entries and died without acking
-    let crashed = RedisQueue::new(REDIS, &prefix, "vapi", "crashed-consumer").unwrap();
+    let crashed = RedisQueue::new(common::redis(), &prefix, "vapi", "crashed-consumer").unwrap();
     for id in ["c1", "c2", "c3"] {
         crashed.enqueue(&status_update(id), None).await.unwrap();
     }
@@ -386,7 +391,7 @@ async fn a_long_job_renews_its_lease() {
     });
     // well past the 300 ms lease, another consumer finds nothing to take over
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let other = RedisQueue::new(REDIS, &prefix, "vapi", "other-consumer").unwrap();
+    let other = RedisQueue::new(common::redis(), &prefix, "vapi", "other-consumer").unwrap();
     let (taken, _) = other
         .reclaim(0, Duration::from_millis(300), 5)
         .await
