@@ -102,8 +102,24 @@ pub enum FlowAnswer {
     Redirect(String),
     /// 200 JSON (the start route asked for JSON).
     Json(Value),
-    /// An error: status, machine code, text for the person in the browser.
-    Refused(u16, &'static str, String),
+    /// An error: why, and text for the person in the browser (the routes answer it with its
+    /// status and code from the engine's catalogue of answers).
+    Refused(FlowRefusal, String),
+}
+
+/// Why the flow refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlowRefusal {
+    /// No sign-in token, or not a valid one (401).
+    Unauthorized,
+    /// A sign-in token for no organisation or another one (403).
+    Forbidden,
+    /// The tokens could not be exchanged or saved right now (503).
+    Unavailable,
+    /// The callback's `state` is missing, expired or not ours (400).
+    InvalidState,
+    /// The provider did not give tokens for the code (502).
+    TokenExchangeFailed,
 }
 
 impl Flow {
@@ -218,8 +234,7 @@ impl Flow {
     ) -> Result<(FlowAnswer, String), FlowAnswer> {
         let Some(token) = authorization.and_then(|a| a.strip_prefix("Bearer ")) else {
             return Err(FlowAnswer::Refused(
-                401,
-                "unauthorized",
+                FlowRefusal::Unauthorized,
                 "Sign in first: this route needs Authorization: Bearer <token>.".into(),
             ));
         };
@@ -228,8 +243,7 @@ impl Flow {
             Err(e) => {
                 tracing::warn!(pipeline = %self.pipeline, reason = ?e.kind(), "oauth start: token refused");
                 return Err(FlowAnswer::Refused(
-                    401,
-                    "unauthorized",
+                    FlowRefusal::Unauthorized,
                     "The sign-in token is not valid.".into(),
                 ));
             }
@@ -239,8 +253,7 @@ impl Flow {
             Some(Value::Number(n)) => n.to_string(),
             _ => {
                 return Err(FlowAnswer::Refused(
-                    403,
-                    "forbidden",
+                    FlowRefusal::Forbidden,
                     "The sign-in token names no organisation.".into(),
                 ));
             }
@@ -250,8 +263,7 @@ impl Flow {
             .map(|(_, v)| v.into_owned());
         if asked.is_some_and(|a| a != org) {
             return Err(FlowAnswer::Refused(
-                403,
-                "forbidden",
+                FlowRefusal::Forbidden,
                 "The sign-in token is for another organisation.".into(),
             ));
         }
@@ -332,8 +344,7 @@ impl Flow {
             Err(e) => {
                 tracing::error!(pipeline = %self.pipeline, error = %e, "oauth callback: cannot record the state");
                 return FlowAnswer::Refused(
-                    503,
-                    "unavailable",
+                    FlowRefusal::Unavailable,
                     "The connection could not be completed right now. Please try again.".into(),
                 );
             }
@@ -356,7 +367,7 @@ impl Flow {
             Ok(t) => t,
             Err(why) => {
                 tracing::error!(pipeline = %self.pipeline, org = %state.org, reason = %why, "oauth callback: token exchange failed");
-                return FlowAnswer::Refused(502, "token_exchange_failed", "The provider did not complete the connection. Nothing was saved; please try again.".into());
+                return FlowAnswer::Refused(FlowRefusal::TokenExchangeFailed, "The provider did not complete the connection. Nothing was saved; please try again.".into());
             }
         };
         let row = row(&state.org, &self.pipeline, &tokens, now);
@@ -370,8 +381,7 @@ impl Flow {
         if let Err(e) = self.sink.write(&batch).await {
             tracing::error!(pipeline = %self.pipeline, org = %state.org, error = %e, "oauth callback: tokens not stored");
             return FlowAnswer::Refused(
-                503,
-                "unavailable",
+                FlowRefusal::Unavailable,
                 "The connection could not be saved. Please try again.".into(),
             );
         }
@@ -445,7 +455,7 @@ impl Flow {
 }
 
 fn bad_state(text: &str) -> FlowAnswer {
-    FlowAnswer::Refused(400, "invalid_state", text.to_string())
+    FlowAnswer::Refused(FlowRefusal::InvalidState, text.to_string())
 }
 
 /// What a completed connection writes to the token sink, with example values: the table check

@@ -508,6 +508,19 @@ mod tests {
         crate::transform::event::sample("application/json", body)
     }
 
+    /// Without a `fallback`, a failed answer is the engine's catalogue's `respond_failed`
+    /// (docs/operations.md's answers), status and body, though this module writes it itself.
+    #[test]
+    fn the_default_fallback_is_the_catalogues_respond_failed() {
+        let r = responder(serde_json::json!({"inline": "throw \"no\""}));
+        let reply = r.fallback();
+        let catalogue = crate::server::answer::ErrorAnswer::RespondFailed;
+        assert_eq!(reply.status, catalogue.status().as_u16());
+        assert_eq!(reply.content_type, "application/json");
+        let body: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+        assert_eq!(body, catalogue.body());
+    }
+
     #[test]
     fn a_quick_script_answers_inline() {
         let r = responder(serde_json::json!({"inline": "#{ok: event.body.n + 1}"}));

@@ -11,7 +11,7 @@ use salvo::http::{HeaderValue, Method, StatusCode};
 use salvo::prelude::*;
 
 use super::App;
-use super::answer::{Stop, error};
+use super::answer::{ErrorAnswer, Stop};
 use super::incoming::Incoming;
 use super::limit::check_rate;
 use crate::console::archive::encode;
@@ -28,12 +28,7 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
 /// Answer a console path (the caller checked [`crate::route::is_console_path`]).
 pub async fn serve(app: &App, req: &mut Request, res: &mut Response) -> Result<(), Stop> {
     let Some(console) = &app.console else {
-        return Err(error(
-            res,
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "No route for this path.",
-        ));
+        return Err(ErrorAnswer::NotFound("No route for this path.").write(res));
     };
     protect(res);
     let path = req.uri().path().to_string();
@@ -45,12 +40,11 @@ pub async fn serve(app: &App, req: &mut Request, res: &mut Response) -> Result<(
     let client_ip = client_ip(app, req);
     let Some(session) = signed_in(console, req, now_ms).await else {
         if path.starts_with("/console/api/") {
-            return Err(error(
-                res,
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "Sign in to the console first.",
-            ));
+            let answer = ErrorAnswer::Unauthorized {
+                message: "Sign in to the console first.",
+                challenge: None,
+            };
+            return Err(answer.write(res));
         }
         return redirect(res, "/console/login");
     };

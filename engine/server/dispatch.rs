@@ -25,13 +25,13 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use salvo::http::header::{ALLOW, CONTENT_LENGTH, RETRY_AFTER};
+use salvo::http::header::CONTENT_LENGTH;
 use salvo::http::{HeaderValue, ParseError, StatusCode};
 use salvo::prelude::*;
 use tracing::Instrument;
 
 use super::App;
-use super::answer::{Stop, error, send, too_large};
+use super::answer::{ErrorAnswer, Stop, send};
 use super::aside::{self, Aside};
 use super::incoming::Incoming;
 use super::limit::check_rate;
@@ -310,23 +310,11 @@ fn lookup(
         .lookup(HttpMethod::from_http(req.method()), req.uri().path())
     {
         Lookup::Found { pipeline, params } => Ok((pipeline, params)),
-        Lookup::NotFound => Err(error(
-            res,
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "No route for this path.",
-        )),
+        Lookup::NotFound => Err(ErrorAnswer::NotFound("No route for this path.").write(res)),
         Lookup::MethodNotAllowed { allowed } => {
             let allow: Vec<&str> = allowed.iter().map(|m| m.as_str()).collect();
-            if let Ok(v) = HeaderValue::from_str(&allow.join(", ")) {
-                res.headers_mut().insert(ALLOW, v);
-            }
-            Err(error(
-                res,
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "This route does not accept this method.",
-            ))
+            let allow = allow.join(", ");
+            Err(ErrorAnswer::MethodNotAllowed { allow: &allow }.write(res))
         }
     }
 }
@@ -337,14 +325,11 @@ fn maintenance(app: &App, res: &mut Response) -> Result<(), Stop> {
     if !m.enabled {
         return Ok(());
     }
-    res.headers_mut()
-        .insert(RETRY_AFTER, HeaderValue::from(m.retry_after_secs));
-    Err(error(
-        res,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "maintenance",
-        &m.message,
-    ))
+    let answer = ErrorAnswer::Maintenance {
+        message: &m.message,
+        retry_after: m.retry_after_secs,
+    };
+    Err(answer.write(res))
 }
 
 /// The body, within the pipeline's limit: refused from its declared length before any of it is
@@ -362,33 +347,17 @@ async fn read_body(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
-        return Err(too_large(res, limit));
+        return Err(ErrorAnswer::TooLarge { limit }.write(res));
     }
     // the whole body within `timeouts.body_secs` (the server's own timeout only bounds the gap
     // between two reads: a body dripped a byte every few seconds would hold its connection open)
     let whole = std::time::Duration::from_secs(app.project.settings.timeouts.body_secs);
     let read = req.payload_with_max_size(usize::try_from(limit).unwrap_or(usize::MAX));
     match tokio::time::timeout(whole, read).await {
-        Err(_) => {
-            res.headers_mut().insert(
-                salvo::http::header::CONNECTION,
-                HeaderValue::from_static("close"),
-            );
-            Err(error(
-                res,
-                StatusCode::REQUEST_TIMEOUT,
-                "request_timeout",
-                "The request body was not received in time.",
-            ))
-        }
+        Err(_) => Err(ErrorAnswer::BodyTimeout.write(res)),
         Ok(Ok(body)) => Ok(body.clone()),
-        Ok(Err(ParseError::PayloadTooLarge)) => Err(too_large(res, limit)),
-        Ok(Err(_)) => Err(error(
-            res,
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "The request body could not be read.",
-        )),
+        Ok(Err(ParseError::PayloadTooLarge)) => Err(ErrorAnswer::TooLarge { limit }.write(res)),
+        Ok(Err(_)) => Err(ErrorAnswer::BadBody.write(res)),
     }
 }
 
@@ -461,12 +430,11 @@ async fn verify(
 
 fn refuse(res: &mut Response, refusal: Refusal) -> Stop {
     match refusal {
-        Refusal::Rejected(_) => error(
-            res,
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "Request verification failed.",
-        ),
+        Refusal::Rejected(_) => ErrorAnswer::Unauthorized {
+            message: "Request verification failed.",
+            challenge: None,
+        }
+        .write(res),
         Refusal::Unavailable => super::answer::unavailable(
             res,
             "Verification is temporarily unavailable. Please retry.",

@@ -3,12 +3,10 @@
 //! checked where was decided at boot ([`super::route::Limit`]).
 
 use salvo::http::HeaderValue;
-use salvo::http::StatusCode;
-use salvo::http::header::RETRY_AFTER;
 use salvo::prelude::*;
 
 use super::App;
-use super::answer::{Stop, error};
+use super::answer::{ErrorAnswer, Stop};
 use super::incoming::Incoming;
 use crate::config::rate_limit::FailMode;
 use crate::rate_limit::{Decision, Rule, ceil_secs};
@@ -62,14 +60,7 @@ pub fn answer_decision(rule: &Rule, decision: &Decision, res: &mut Response) -> 
     }
     metrics::counter!("engine_rate_limited_total", "bucket" => rule.bucket.clone()).increment(1);
     let retry = ceil_secs(decision.retry_after).max(1);
-    res.headers_mut()
-        .insert(RETRY_AFTER, HeaderValue::from(retry));
-    Err(error(
-        res,
-        StatusCode::TOO_MANY_REQUESTS,
-        "rate_limited",
-        &format!("Too many requests. Retry after {retry} seconds."),
-    ))
+    Err(ErrorAnswer::RateLimited { retry_after: retry }.write(res))
 }
 
 /// One warning per 10 s while the backend is down, not one per request.

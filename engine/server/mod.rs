@@ -9,7 +9,7 @@
 //! SIGINT.
 
 mod admit;
-mod answer;
+pub mod answer;
 mod aside;
 mod console;
 mod cors;

@@ -6,7 +6,7 @@ use salvo::http::{HeaderValue, StatusCode};
 use salvo::prelude::*;
 
 use super::App;
-use super::answer::error;
+use super::answer::{ErrorAnswer, unavailable};
 
 /// An OAuth pipeline: the start route or the callback (its `route`). Browsers get a redirect or
 /// a short HTML page; `Accept: application/json` callers of the start route get JSON.
@@ -17,11 +17,11 @@ pub async fn answer(
     req: &Request,
     res: &mut Response,
 ) {
-    use crate::oauth::FlowAnswer;
+    use crate::oauth::{FlowAnswer, FlowRefusal};
     let flow = match flow {
         Ok(f) => f,
         Err(why) => {
-            error(res, StatusCode::SERVICE_UNAVAILABLE, "unavailable", why);
+            unavailable(res, why);
             return;
         }
     };
@@ -78,10 +78,20 @@ pub async fn answer(
             }
         }
         FlowAnswer::Json(v) => res.render(Json(v)),
-        FlowAnswer::Refused(status, code, text) => {
-            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+        FlowAnswer::Refused(why, text) => {
+            let answer = match why {
+                FlowRefusal::Unauthorized => ErrorAnswer::Unauthorized {
+                    message: &text,
+                    challenge: None,
+                },
+                FlowRefusal::Forbidden => ErrorAnswer::Forbidden(&text),
+                FlowRefusal::Unavailable => ErrorAnswer::Unavailable(&text),
+                FlowRefusal::InvalidState => ErrorAnswer::InvalidState(&text),
+                FlowRefusal::TokenExchangeFailed => ErrorAnswer::TokenExchangeFailed(&text),
+            };
+            let status = answer.status();
             if is_start || wants_json {
-                error(res, status, code, &text);
+                answer.write(res);
             } else {
                 res.status_code(status);
                 res.render(salvo::writing::Text::Html(crate::oauth::page(

@@ -2,13 +2,13 @@
 //! Postgres answer) and `/metrics` (Prometheus text behind METRICS_TOKEN), answered before the
 //! route table; each counted against the default rate limit unless exempt, GET or HEAD only.
 
-use salvo::http::header::{ALLOW, CONTENT_TYPE};
+use salvo::http::header::CONTENT_TYPE;
 use salvo::http::{HeaderValue, Method, StatusCode};
 use salvo::prelude::*;
 use serde_json::json;
 
 use super::App;
-use super::answer::{Stop, error};
+use super::answer::{ErrorAnswer, Stop};
 use super::incoming::Incoming;
 use super::limit::check_rate;
 use crate::config::Project;
@@ -41,14 +41,7 @@ fn only_get(req: &Request, res: &mut Response) -> Result<(), Stop> {
     if req.method() == Method::GET || req.method() == Method::HEAD {
         return Ok(());
     }
-    res.headers_mut()
-        .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
-    Err(error(
-        res,
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "This route does not accept this method.",
-    ))
+    Err(ErrorAnswer::MethodNotAllowed { allow: "GET, HEAD" }.write(res))
 }
 
 /// `/health`: liveness for Render, `"status":"maintenance"` (still 200) in maintenance mode.
@@ -116,24 +109,15 @@ fn metrics_text(app: &App, req: &Request, res: &mut Response) {
         authorization,
     ) {
         Access::Unauthorized => {
-            res.headers_mut().insert(
-                salvo::http::header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer"),
-            );
-            error(
-                res,
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "Metrics need Authorization: Bearer <METRICS_TOKEN>.",
-            );
+            ErrorAnswer::Unauthorized {
+                message: "Metrics need Authorization: Bearer <METRICS_TOKEN>.",
+                challenge: Some("Bearer"),
+            }
+            .write(res);
         }
         Access::Disabled => {
-            error(
-                res,
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "Metrics are off in production until METRICS_TOKEN is set.",
-            );
+            ErrorAnswer::NotFound("Metrics are off in production until METRICS_TOKEN is set.")
+                .write(res);
         }
         Access::Open => match render() {
             Some(text) => {
@@ -144,12 +128,8 @@ fn metrics_text(app: &App, req: &Request, res: &mut Response) {
                 let _ = res.write_body(text);
             }
             None => {
-                error(
-                    res,
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "Another metrics recorder is installed in this process.",
-                );
+                ErrorAnswer::Unavailable("Another metrics recorder is installed in this process.")
+                    .write(res);
             }
         },
     }

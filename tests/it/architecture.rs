@@ -245,3 +245,32 @@ fn every_recorded_metric_is_listed_with_its_help() {
         "recorded but not in ops::metrics::NAMES: {missing:?}"
     );
 }
+
+/// docs/operations.md's table of answers is the engine's catalogue (`ErrorAnswer`), both ways:
+/// every answer the engine can give is documented, and the docs promise no other.
+#[test]
+fn every_error_answer_is_in_the_docs() {
+    let docs =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/operations.md"))
+            .unwrap();
+    let section = docs
+        .split("\n## Answers\n")
+        .nth(1)
+        .expect("docs/operations.md has a section `## Answers`")
+        .split("\n## ")
+        .next()
+        .unwrap();
+    let row = regex::Regex::new(r"(?m)^\| (\d{3}) \| `([a-z_]+)` \|").unwrap();
+    let documented: BTreeSet<(u16, String)> = row
+        .captures_iter(section)
+        .map(|c| (c[1].parse().unwrap(), c[2].to_string()))
+        .collect();
+    let engine: BTreeSet<(u16, String)> = engine::server::answer::ErrorAnswer::catalogue()
+        .iter()
+        .map(|a| (a.status().as_u16(), a.code().to_string()))
+        .collect();
+    assert_eq!(
+        documented, engine,
+        "docs/operations.md's answers vs the engine's"
+    );
+}
