@@ -109,7 +109,6 @@ async fn main() {
 
     // 2. drain: workers on the filled queue
     let (project, plan) = load();
-    let programs = plan.pipelines.into_iter().map(|b| b.program).collect();
     let target = engine::sink::SinkTarget::Configured;
     let pool = engine::server::queueing::sink_pool(&project, &target).unwrap();
     // the event archive on (as served), or off with BENCH_ARCHIVE=off: the drain rate of both
@@ -124,9 +123,8 @@ async fn main() {
             .await
             .unwrap();
     }
-    let queued = engine::server::queueing::build(
+    let wiring = engine::server::queueing::QueueWiring::new(
         &project,
-        programs,
         &target,
         pool.as_ref(),
         &[],
@@ -134,8 +132,14 @@ async fn main() {
         archive.as_ref(),
     )
     .unwrap();
+    let queued: Vec<_> = project
+        .pipelines
+        .iter()
+        .zip(plan.pipelines)
+        .filter_map(|(p, built)| wiring.queued(&project, p, built.program).unwrap())
+        .collect();
     let started = Instant::now();
-    let workers = engine::server::queueing::start(queued.iter().flatten());
+    let workers = engine::server::queueing::start(queued.iter());
     loop {
         let n: i64 = pg
             .query_one("SELECT count(*) FROM call_status", &[])

@@ -30,9 +30,31 @@ pub enum Tls {
     Verify,
 }
 
+/// Why a Postgres pool or connection could not be made. No variant carries the URL (it may hold
+/// a password); each keeps its cause.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("DATABASE_URL is not a valid Postgres connection string")]
+    BadUrl(#[source] Option<tokio_postgres::Error>),
+    #[error("DATABASE_URL: unknown sslmode `{0}`")]
+    UnknownSslMode(String),
+    #[error("sslrootcert {path}")]
+    RootCert {
+        path: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("TLS setup")]
+    Tls(#[source] rustls::Error),
+    #[error("the connection pool")]
+    Pool(#[source] deadpool_postgres::BuildError),
+    #[error("database unavailable")]
+    Unavailable(#[source] deadpool_postgres::PoolError),
+}
+
 /// Split the TLS options off a connection string: (what tokio-postgres parses, mode, root cert).
-pub fn tls_options(url: &str) -> Result<(String, Tls, Option<String>), String> {
-    let bad = || "DATABASE_URL is not a valid Postgres connection string".to_string();
+pub fn tls_options(url: &str) -> Result<(String, Tls, Option<String>), DbError> {
+    let bad = || DbError::BadUrl(None);
     let Some((base, query)) = url.split_once('?') else {
         return Ok((url.to_string(), Tls::Encrypt, None));
     };
@@ -60,7 +82,7 @@ pub fn tls_options(url: &str) -> Result<(String, Tls, Option<String>), String> {
                 mode = Tls::Verify;
                 kept.push(("sslmode".into(), "require".into()));
             }
-            ("sslmode", _) => return Err(format!("DATABASE_URL: unknown sslmode `{v}`")),
+            ("sslmode", _) => return Err(DbError::UnknownSslMode(v.into_owned())),
             ("sslrootcert", path) => root = Some(path.to_string()),
             _ => kept.push((k.into_owned(), v.into_owned())),
         }
@@ -92,11 +114,8 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
 }
 
 /// One connection for a one-shot command (migrate, validate --database-url).
-pub async fn connect(url: &str) -> Result<deadpool_postgres::Object, String> {
-    pool(url, 1)?
-        .get()
-        .await
-        .map_err(|e| format!("database unavailable: {e}"))
+pub async fn connect(url: &str) -> Result<deadpool_postgres::Object, DbError> {
+    pool(url, 1)?.get().await.map_err(DbError::Unavailable)
 }
 
 /// A pool for `url` with at most `max_size` connections; connects lazily.
@@ -108,11 +127,9 @@ pub async fn connect(url: &str) -> Result<deadpool_postgres::Object, String> {
 /// query_typed`], `execute_typed`): a named prepared statement lives on one server connection and
 /// the next transaction may not find it. A statement timeout is set per transaction
 /// (`SET LOCAL`) by whoever needs one.
-pub fn pool(url: &str, max_size: usize) -> Result<Pool, String> {
+pub fn pool(url: &str, max_size: usize) -> Result<Pool, DbError> {
     let (plain, mode, root) = tls_options(url)?;
-    let config: tokio_postgres::Config = plain
-        .parse()
-        .map_err(|_| "DATABASE_URL is not a valid Postgres connection string".to_string())?;
+    let config: tokio_postgres::Config = plain.parse().map_err(|e| DbError::BadUrl(Some(e)))?;
     let manager_config = ManagerConfig {
         recycling_method: RecyclingMethod::Fast,
     };
@@ -132,26 +149,27 @@ pub fn pool(url: &str, max_size: usize) -> Result<Pool, String> {
         .create_timeout(Some(Duration::from_secs(5)))
         .runtime(deadpool_postgres::Runtime::Tokio1)
         .build()
-        .map_err(|e| e.to_string())
+        .map_err(DbError::Pool)
 }
 
-fn client_config(mode: Tls, root: Option<&str>) -> Result<rustls::ClientConfig, String> {
+fn client_config(mode: Tls, root: Option<&str>) -> Result<rustls::ClientConfig, DbError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?;
+        .map_err(DbError::Tls)?;
     Ok(match mode {
         Tls::Verify => {
             let mut roots = rustls::RootCertStore::empty();
             roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
             if let Some(path) = root {
-                let pem = std::fs::read(path).map_err(|e| format!("sslrootcert {path}: {e}"))?;
+                let bad = |e: Box<dyn std::error::Error + Send + Sync>| DbError::RootCert {
+                    path: path.to_string(),
+                    source: e,
+                };
+                let pem = std::fs::read(path).map_err(|e| bad(e.into()))?;
                 for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
-                    let cert: CertificateDer<'static> =
-                        cert.map_err(|e| format!("sslrootcert {path}: {e}"))?;
-                    roots
-                        .add(cert)
-                        .map_err(|e| format!("sslrootcert {path}: {e}"))?;
+                    let cert: CertificateDer<'static> = cert.map_err(|e| bad(e.into()))?;
+                    roots.add(cert).map_err(|e| bad(e.into()))?;
                 }
             }
             builder.with_root_certificates(roots).with_no_client_auth()
@@ -273,6 +291,30 @@ pub struct Unanswered(pub Duration);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a refused pool says keeps its cause: the operator reads the file and why.
+    #[test]
+    fn a_pool_error_keeps_its_cause() {
+        let e = pool(
+            "postgres://u@h/db?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
+            1,
+        )
+        .unwrap_err();
+        assert!(matches!(e, DbError::RootCert { .. }), "{e:?}");
+        let said = crate::diagnostics::chain(&e);
+        assert!(
+            said.starts_with("sslrootcert /nonexistent/ca.pem: No such file"),
+            "{said}"
+        );
+        let e = pool("postgres://u@h/db?sslmode=sometimes", 1).unwrap_err();
+        assert_eq!(e.to_string(), "DATABASE_URL: unknown sslmode `sometimes`");
+        let e = pool("postgres://u@h:notaport/db", 1).unwrap_err();
+        assert!(matches!(e, DbError::BadUrl(Some(_))), "{e:?}");
+        assert!(
+            !crate::diagnostics::chain(&e).contains("u@h"),
+            "no URL in the words"
+        );
+    }
 
     #[test]
     fn modes() {

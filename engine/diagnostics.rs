@@ -148,6 +148,20 @@ fn github_escape_property(s: &str) -> String {
         .replace(',', "%2C")
 }
 
+/// An error and its causes, one after another (`the connection pool: database unavailable:
+/// connection refused`): what an operator reads in a log line or a refusal to start. Each
+/// level's text is its own (no level repeats its cause), so nothing is said twice.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -54,7 +54,9 @@ pub fn session_url(database_url: &str) -> String {
 /// Apply the pending migrations.
 pub async fn run(database_url: &str, dir: &Path) -> Result<Migrated, String> {
     let migrations = load(dir)?;
-    let mut client = crate::db::connect(&session_url(database_url)).await?;
+    let mut client = crate::db::connect(&session_url(database_url))
+        .await
+        .map_err(|e| crate::diagnostics::chain(&e))?;
     client
         .execute_typed("SELECT pg_advisory_lock($1)", &[(&LOCK, Type::INT8)])
         .await
@@ -163,7 +165,9 @@ pub fn controls_transaction(sql: &str) -> bool {
 /// Every migration in `dir`, with when it was applied.
 pub async fn status(database_url: &str, dir: &Path) -> Result<Vec<MigrationStatus>, String> {
     let migrations = load(dir)?;
-    let mut client = crate::db::connect(&session_url(database_url)).await?;
+    let mut client = crate::db::connect(&session_url(database_url))
+        .await
+        .map_err(|e| crate::diagnostics::chain(&e))?;
     let pg: &mut tokio_postgres::Client = &mut client;
     let applied = refinery::Runner::new(&migrations)
         .get_applied_migrations_async(pg)

@@ -23,7 +23,8 @@ use crate::transform::{Program, ScriptError};
 use crate::verify::Verifier;
 use crate::yaml::Pos;
 
-/// Every pipeline's compiled parts, by pipeline index.
+/// Every pipeline's compiled parts, in the project's pipeline order (`App::build_in` joins each
+/// to its pipeline once).
 pub struct Plan {
     pub pipelines: Vec<Built>,
 }

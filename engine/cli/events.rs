@@ -195,7 +195,7 @@ pub(super) fn deployment(at: &At, compile: bool) -> Result<ArchiveDeployment, Ex
     };
     let pool = match &project.settings.database_url {
         Some(url) => Some(crate::db::pool(url, 4).map_err(|e| {
-            eprintln!("engine: {e}");
+            eprintln!("engine: {}", crate::diagnostics::chain(&e));
             ExitCode::from(1)
         })?),
         None => None,

@@ -137,6 +137,7 @@ fn reseal_tokens(
     let pool = match crate::db::pool(url, 1) {
         Ok(pool) => pool,
         Err(e) => {
+            let e = crate::diagnostics::chain(&e);
             eprintln!("engine: oauth_tokens: cannot connect to reseal the tokens: {e}");
             return false;
         }

@@ -21,7 +21,7 @@ pub(super) fn tenants(action: TenantsAction, dir: &Path, env_file: Option<&Path>
         Err(code) => return code,
     };
     let result = runtime.block_on(async {
-        let pool = crate::db::pool(&url, 1)?;
+        let pool = crate::db::pool(&url, 1).map_err(|e| crate::diagnostics::chain(&e))?;
         match action {
             TenantsAction::Link { source, id, tenant } => {
                 tenant::link(&pool, &source, &id, &tenant).await?;
@@ -83,7 +83,7 @@ pub(super) fn secrets_set(
         Err(code) => return code,
     };
     let result = runtime.block_on(async {
-        let pool = crate::db::pool(&url, 1)?;
+        let pool = crate::db::pool(&url, 1).map_err(|e| crate::diagnostics::chain(&e))?;
         crate::verify::tenant::store(&pool, &keyring, tenant, credential, value)
             .await
             .map_err(|e| e.to_string())

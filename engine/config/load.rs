@@ -354,7 +354,7 @@ impl<'a> Loading<'a> {
                     .map(|(c, config)| LoadedPipeline {
                         file: c.file,
                         doc: c.doc,
-                        config,
+                        config: std::sync::Arc::new(config),
                     })
                     .collect(),
                 routes,

@@ -61,7 +61,9 @@ pub const SETTINGS_FILE: &str = "engine.yaml";
 pub struct LoadedPipeline {
     pub file: PathBuf,
     pub doc: Document,
-    pub config: Pipeline,
+    /// Shared with the pipeline's served route (`server::route::Route::config`), so the request
+    /// path reads its own pipeline's settings, never another list's element by index.
+    pub config: std::sync::Arc<Pipeline>,
 }
 
 /// What loading hands the build step for each pipeline that parsed: its index among them, file,
@@ -111,17 +113,6 @@ pub struct Project {
     pub ops: operations::Operations,
     pub pipelines: Vec<LoadedPipeline>,
     pub routes: RouteTable,
-}
-
-impl Project {
-    /// Largest body a pipeline accepts.
-    pub fn body_limit(&self, pipeline: usize) -> u64 {
-        self.pipelines[pipeline]
-            .config
-            .body_limit
-            .unwrap_or(self.settings.body_limit)
-            .bytes()
-    }
 }
 
 /// The pipeline and settings schemas, by the file name `engine schema` writes them to.

@@ -115,27 +115,39 @@ enum Credential {
     OAuth(String, Option<Arc<Tokens>>),
 }
 
-/// Every pipeline's connections, by index (`None` for a pipeline that declares none). OAuth
-/// tokens are shared per provider across pipelines.
-pub fn build(
-    project: &Project,
-    backing: &Backing,
-) -> Result<Vec<Option<Arc<Connections>>>, String> {
-    let mut providers: HashMap<String, Arc<Tokens>> = HashMap::new();
-    let mut out = Vec::new();
-    for p in &project.pipelines {
+/// Builds each pipeline's connections in turn; OAuth tokens are shared per provider across
+/// pipelines (one refresh, one cache).
+pub struct ConnectionsBuilder<'a> {
+    backing: &'a Backing,
+    providers: HashMap<String, Arc<Tokens>>,
+}
+
+impl<'a> ConnectionsBuilder<'a> {
+    pub fn new(backing: &'a Backing) -> ConnectionsBuilder<'a> {
+        ConnectionsBuilder {
+            backing,
+            providers: HashMap::new(),
+        }
+    }
+
+    /// Pipeline `p`'s connections; `None` when it declares none.
+    pub fn for_pipeline(
+        &mut self,
+        project: &Project,
+        p: &crate::config::LoadedPipeline,
+    ) -> Result<Option<Arc<Connections>>, String> {
         let declared = &p.config.connections;
         if declared.is_empty() {
-            out.push(None);
-            continue;
+            return Ok(None);
         }
+        let backing = self.backing;
         let mut each = BTreeMap::new();
         for (name, c) in declared {
             let credential = match &c.auth {
                 Auth::None => Credential::None,
                 Auth::Bearer(token) => Credential::Bearer(token.clone()),
                 Auth::Oauth(provider) => {
-                    let tokens = match (&backing.tokens, providers.get(provider)) {
+                    let tokens = match (&backing.tokens, self.providers.get(provider)) {
                         (_, Some(t)) => Some(t.clone()),
                         (None, None) => None,
                         (Some(store), None) => {
@@ -146,7 +158,7 @@ pub fn build(
                                 backing.transport.clone(),
                                 backing.alert.clone(),
                             ));
-                            providers.insert(provider.clone(), t.clone());
+                            self.providers.insert(provider.clone(), t.clone());
                             Some(t)
                         }
                     };
@@ -155,15 +167,14 @@ pub fn build(
             };
             each.insert(name.clone(), one(&p.config.name, name, c, credential)?);
         }
-        out.push(Some(Arc::new(Connections {
+        Ok(Some(Arc::new(Connections {
             pipeline: p.config.name.clone(),
             each,
             directory: backing.directory.clone(),
             transport: backing.transport.clone(),
             clock_ms: backing.clock_ms,
-        })));
+        })))
     }
-    Ok(out)
 }
 
 fn one(pipeline: &str, name: &str, c: &Connection, credential: Credential) -> Result<One, String> {

@@ -136,9 +136,10 @@ impl Visit for LogFields<'_> {
     fn record_bool(&mut self, field: &Field, value: bool) {
         self.0.insert(field.name().into(), value.into());
     }
+    /// An error field (`error = &e as &dyn Error`) with its whole chain of causes.
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.0
-            .insert(field.name().into(), Value::String(value.to_string()));
+        let text = crate::diagnostics::chain(value);
+        self.0.insert(field.name().into(), Value::String(text));
     }
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         self.0

@@ -32,7 +32,10 @@ pub struct Checks {
 impl Checks {
     /// Checks for the configured dependencies: the app's shared Redis connection, and Postgres
     /// (its URL already validated at load).
-    pub fn new(redis: Option<GroupCommit>, database_url: Option<&str>) -> Result<Checks, String> {
+    pub fn new(
+        redis: Option<GroupCommit>,
+        database_url: Option<&str>,
+    ) -> Result<Checks, crate::db::DbError> {
         let postgres = database_url
             .map(|url| crate::db::pool(url, 1))
             .transpose()?;
@@ -120,12 +123,15 @@ impl Checks {
     async fn postgres(&self) -> Option<Result<(), String>> {
         let pool = self.postgres.as_ref()?;
         let select = async {
-            let client = pool.get().await.map_err(|e| describe(&chain(&e)))?;
+            let client = pool
+                .get()
+                .await
+                .map_err(|e| describe(&crate::diagnostics::chain(&e)))?;
             client
                 .simple_query("SELECT 1")
                 .await
                 .map(|_| ())
-                .map_err(|e| describe(&chain(&e)))
+                .map_err(|e| describe(&crate::diagnostics::chain(&e)))
         };
         Some(
             tokio::time::timeout(TIMEOUT, select)
@@ -133,18 +139,6 @@ impl Checks {
                 .unwrap_or_else(|_| Err("no answer within 2 s".into())),
         )
     }
-}
-
-/// An error and its causes, one after another (the pool's error hides the driver's).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cause = c.source();
-    }
-    out
 }
 
 /// A driver error as a short reason without connection details (URLs can carry passwords).

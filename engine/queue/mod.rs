@@ -29,7 +29,7 @@ pub enum QueueError {
     Unavailable(String),
     /// REDIS_URL cannot be used (why, and the forms it takes: `redis_conn::Target::parse`).
     #[error("queue unavailable: {0}")]
-    BadUrl(String),
+    BadUrl(std::sync::Arc<crate::redis_conn::RedisUrlError>),
     /// Redis answers but refuses writes: its `maxmemory` is reached under `noeviction` (the policy
     /// a queue needs: Redis never drops an event to make room). Reads, acks and deletes still
     /// work, so workers drain it.

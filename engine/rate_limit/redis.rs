@@ -74,7 +74,7 @@ pub struct RedisGcra {
 
 impl RedisGcra {
     /// A limiter over `url` with keys under `prefix`, on a connection of its own. Connects lazily.
-    pub fn new(url: &str, prefix: &str) -> Result<RedisGcra, String> {
+    pub fn new(url: &str, prefix: &str) -> Result<RedisGcra, crate::redis_conn::RedisUrlError> {
         Ok(RedisGcra::on(GroupCommit::open(url)?, prefix))
     }
 

@@ -276,7 +276,7 @@ impl GroupCommit {
     }
 
     /// A shared connection to `url`, one node or a cluster (not connected yet).
-    pub fn open(url: &str) -> Result<GroupCommit, String> {
+    pub fn open(url: &str) -> Result<GroupCommit, super::RedisUrlError> {
         Target::parse(url).map(GroupCommit::new)
     }
 

@@ -38,9 +38,21 @@ const FORMS: &str = "redis://[user:password@]host:port[/db], rediss://... (TLS),
 /// own, shorter bounds where a request waits.
 const CLUSTER_RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Why a `REDIS_URL` cannot be used. Never repeats the URL (it may hold a password); the
+/// client's own complaint is kept as the cause.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisUrlError {
+    #[error("REDIS_URL is not a valid Redis URL: use {FORMS}")]
+    NotValid(#[source] redis::RedisError),
+    #[error("REDIS_URL names a cluster without any node: use {FORMS}")]
+    NoClusterNode,
+    #[error("REDIS_URL is not a valid Redis Cluster URL: use {FORMS}")]
+    NotValidCluster(#[source] redis::RedisError),
+}
+
 impl Target {
-    /// Parse a `REDIS_URL`. The error never repeats the URL (it may hold a password).
-    pub fn parse(url: &str) -> Result<Target, String> {
+    /// Parse a `REDIS_URL`.
+    pub fn parse(url: &str) -> Result<Target, RedisUrlError> {
         let cluster = |scheme: &str| url.strip_prefix(scheme).map(str::to_string);
         let (seeds, tls) = match (cluster("redis+cluster://"), cluster("rediss+cluster://")) {
             (Some(rest), _) => (rest, false),
@@ -48,7 +60,7 @@ impl Target {
             _ => {
                 return redis::Client::open(url)
                     .map(Target::Single)
-                    .map_err(|_| format!("REDIS_URL is not a valid Redis URL: use {FORMS}"));
+                    .map_err(RedisUrlError::NotValid);
             }
         };
         // `user:pass@` given once applies to every seed
@@ -65,9 +77,7 @@ impl Target {
             .map(|h| format!("{scheme}://{auth}{h}"))
             .collect();
         if nodes.is_empty() {
-            return Err(format!(
-                "REDIS_URL names a cluster without any node: use {FORMS}"
-            ));
+            return Err(RedisUrlError::NoClusterNode);
         }
         ClusterClient::builder(nodes)
             // a down master answers at once with an error rather than after minutes of retries:
@@ -79,7 +89,7 @@ impl Target {
             .response_timeout(CLUSTER_RESPONSE_TIMEOUT)
             .build()
             .map(Target::Cluster)
-            .map_err(|_| format!("REDIS_URL is not a valid Redis Cluster URL: use {FORMS}"))
+            .map_err(RedisUrlError::NotValidCluster)
     }
 
     pub fn is_cluster(&self) -> bool {
@@ -222,8 +232,8 @@ mod tests {
             "http://x",
             "nonsense",
         ] {
-            let e = Target::parse(bad).err().unwrap_or_default();
-            assert!(!e.is_empty(), "{bad}");
+            let e = crate::diagnostics::chain(&Target::parse(bad).err().unwrap());
+            assert!(e.starts_with("REDIS_URL "), "{bad}: {e}");
             assert!(!e.contains("secret"), "{bad}: {e}");
         }
     }

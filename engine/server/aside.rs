@@ -54,7 +54,7 @@ impl Aside {
             });
         }
         if let (Some(recorder), Some(id)) = (&app.recorder, self.recorded) {
-            record(app, recorder, route, incoming, &id, status);
+            record(recorder, route, incoming, &id, status);
         }
     }
 }
@@ -90,14 +90,14 @@ pub(super) fn sample_refused(
 }
 
 /// `log_body: true`: the verified request's body, the pipeline's `redact` fields replaced.
-pub(super) fn log_body(app: &App, pipeline: usize, incoming: &Incoming<'_>) {
+pub(super) fn log_body(route: &Route, incoming: &Incoming<'_>) {
     let content_type = incoming
         .req
         .headers()
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let redact = &app.project.pipelines[pipeline].config.redact;
+    let redact = &route.config.redact;
     let body = crate::fixture::redact::redacted_body(content_type, &incoming.body, redact);
     tracing::info!(body = %body, "request body");
 }
@@ -105,14 +105,13 @@ pub(super) fn log_body(app: &App, pipeline: usize, incoming: &Incoming<'_>) {
 /// `--record`: write an accepted request (2xx) as a fixture, credentials removed and the
 /// pipeline's `redact` fields redacted.
 fn record(
-    app: &App,
     recorder: &crate::fixture::record::FixtureRecorder,
     route: &Route,
     incoming: &Incoming<'_>,
     event_id: &str,
     status: u16,
 ) {
-    let config = &app.project.pipelines[route.pipeline].config;
+    let config = &route.config;
     if !config.record || !(200..300).contains(&status) {
         return;
     }

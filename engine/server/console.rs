@@ -157,10 +157,9 @@ async fn dead_letters_page(
     csrf: &str,
     res: &mut Response,
 ) -> Result<(), Stop> {
-    let Some((index, queue)) = queue_of(app, name) else {
+    let Some((config, queue)) = queue_of(app, name) else {
         return not_found(res, csrf);
     };
-    let config = &app.project.pipelines[index].config;
     let shown_as = pages::EventView {
         redact: &config.redact,
         kind: crate::console::recent::kind_field(config),
@@ -218,11 +217,11 @@ fn names(app: &App) -> Vec<&str> {
 }
 
 /// A queued pipeline's index and queue.
-fn queue_of<'a>(app: &'a App, name: &str) -> Option<(usize, &'a Queue)> {
+fn queue_of<'a>(app: &'a App, name: &str) -> Option<(&'a crate::config::Pipeline, &'a Queue)> {
     app.routes
         .iter()
         .find(|r| r.name == name)
-        .and_then(|r| Some((r.pipeline, &r.queued.as_ref()?.handle)))
+        .and_then(|r| Some((&*r.config, &r.queued.as_ref()?.handle)))
 }
 
 async fn queue_rows(app: &App) -> Vec<QueueRow> {

@@ -161,10 +161,10 @@ impl Dispatch {
         if let Some(flow) = &route.oauth {
             let incoming = Incoming::new(app, req, Bytes::new());
             check_rate(app, route.limit.first(), &incoming, &params, res).await?;
-            super::oauth::answer(app, pipeline, flow, req, res).await;
+            super::oauth::answer(app, route, flow, req, res).await;
             return Ok(());
         }
-        let body = read_body(app, pipeline, req, res).await?;
+        let body = read_body(app, route, req, res).await?;
         let incoming = Incoming::new(app, req, body);
         // Which limit is checked where was decided at boot (`route::Limit`): first, on its own;
         // inside the enqueue's Redis round trip (a request failing verification is checked on
@@ -197,8 +197,8 @@ impl Dispatch {
             return Err(refuse(res, refusal));
         }
         check_rate(app, route.limit.after_verify(), &incoming, &params, res).await?;
-        if app.project.pipelines[pipeline].config.log_body {
-            aside::log_body(app, pipeline, &incoming);
+        if route.config.log_body {
+            aside::log_body(route, &incoming);
         }
         // the JSON fields read from here on (`when`, event id, dedupe and rate-limit keys): one
         // pass through the body
@@ -336,11 +336,11 @@ fn maintenance(app: &App, res: &mut Response) -> Result<(), Stop> {
 /// read; a body without a length (chunked) is read only up to the limit.
 async fn read_body(
     app: &App,
-    pipeline: usize,
+    route: &Route,
     req: &mut Request,
     res: &mut Response,
 ) -> Result<Bytes, Stop> {
-    let limit = app.project.body_limit(pipeline);
+    let limit = route.body_limit;
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)

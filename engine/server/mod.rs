@@ -48,10 +48,10 @@ pub enum BuildError {
     NoEncryptionKey,
     #[error("ENCRYPTION_KEY: {0}")]
     Keyring(#[from] crate::crypto::CryptoError),
-    #[error("database: {0}")]
-    Database(String),
-    #[error("redis: {0}")]
-    Redis(String),
+    #[error("database")]
+    Database(#[source] crate::db::DbError),
+    #[error("redis")]
+    Redis(#[source] crate::redis_conn::RedisUrlError),
     #[error("connections: {0}")]
     Connections(String),
     /// A pipeline's queue, worker or sinks.
@@ -66,7 +66,7 @@ pub enum BuildError {
 
 impl From<BuildError> for std::io::Error {
     fn from(e: BuildError) -> Self {
-        std::io::Error::other(e.to_string())
+        std::io::Error::other(crate::diagnostics::chain(&e))
     }
 }
 
@@ -119,11 +119,11 @@ pub struct AppContext {
 fn ready_checks(
     project: &Project,
     redis: Option<GroupCommit>,
-    queued: &[Option<queueing::Queued>],
+    routes: &[route::Route],
 ) -> Result<crate::ops::ready::Checks, BuildError> {
-    let streams = queued
+    let streams = routes
         .iter()
-        .flatten()
+        .filter_map(|r| r.queued.as_ref())
         .filter_map(|q| match &q.handle {
             crate::queue::Queue::Redis(r) => Some((
                 r.name().to_string(),
@@ -142,11 +142,11 @@ fn ready_checks(
 /// The tenant secrets store, when a verifier looks secrets up per tenant: on the deployment's
 /// database, sealed with ENCRYPTION_KEY (without DATABASE_URL verifiers use their configured
 /// secrets only, with a warning).
-fn tenant_secrets(
+fn tenant_secrets<'a>(
     project: &Project,
-    verifiers: &[Option<Verifier>],
+    mut built: impl Iterator<Item = &'a crate::plan::Built>,
 ) -> Result<Option<TenantSecrets>, BuildError> {
-    if !verifiers.iter().flatten().any(Verifier::uses_tenants) {
+    if !built.any(|b| b.verifier.as_ref().is_some_and(Verifier::uses_tenants)) {
         return Ok(None);
     }
     let Some(url) = &project.settings.database_url else {
@@ -165,6 +165,41 @@ fn tenant_secrets(
     )))
 }
 
+/// Each pipeline with its own compiled parts, wired to the world and made its route, in one
+/// pass: its connections, responder, queue and worker, OAuth flow.
+fn wire_routes(
+    project: &Project,
+    plan: crate::plan::Plan,
+    queues: &queueing::QueueWiring<'_>,
+    backing: &crate::connection::Backing,
+    limiter: &RateLimiter,
+) -> Result<Vec<route::Route>, BuildError> {
+    let mut connections = crate::connection::ConnectionsBuilder::new(backing);
+    let keyring = project.ops.keyring().and_then(Result::ok);
+    let mut routes = Vec::with_capacity(project.pipelines.len());
+    for ((index, p), built) in project.pipelines.iter().enumerate().zip(plan.pipelines) {
+        let conns = connections
+            .for_pipeline(project, p)
+            .map_err(BuildError::Connections)?;
+        let responder = built.responder.ok_or_else(|| BuildError::NotCompiled {
+            file: p.file.display().to_string(),
+            part: "respond",
+        })?;
+        let parts = route::PipelineParts {
+            verifier: built.verifier,
+            responder: responder.with_connections(conns),
+            queued: queues
+                .queued(project, p, built.program)
+                .map_err(BuildError::Queues)?,
+            oauth: oauth_flow(p, keyring.as_ref(), queues.pool),
+        };
+        routes.push(route::Route::wire(project, (index, p), parts, limiter));
+    }
+    let queued: Vec<&queueing::Queued> = routes.iter().filter_map(|r| r.queued.as_ref()).collect();
+    queues.announce(project, &queued);
+    Ok(routes)
+}
+
 impl App {
     /// Build the runtime components of a validated project from its plan.
     pub fn build(project: Project, plan: crate::plan::Plan) -> Result<App, BuildError> {
@@ -178,36 +213,19 @@ impl App {
         plan: crate::plan::Plan,
         around: AppContext,
     ) -> Result<App, BuildError> {
-        let mut verifiers = Vec::new();
-        let mut programs = Vec::new();
-        let mut compiled = Vec::new();
-        for b in plan.pipelines {
-            verifiers.push(b.verifier);
-            programs.push(b.program);
-            compiled.push(b.responder);
+        if plan.pipelines.len() != project.pipelines.len() {
+            return Err(BuildError::NotCompiled {
+                file: project.dir.display().to_string(),
+                part: "every pipeline",
+            });
         }
-        let tenants = tenant_secrets(&project, &verifiers)?;
+        let tenants = tenant_secrets(&project, plan.pipelines.iter())?;
         let pool = queueing::sink_pool(&project, &around.sinks).map_err(BuildError::Database)?;
         let backing = match around.connections {
             Some(b) => b,
             None => crate::connection::Backing::live(&project, pool.as_ref())
                 .map_err(BuildError::Connections)?,
         };
-        let connections =
-            crate::connection::build(&project, &backing).map_err(BuildError::Connections)?;
-        let responders = project
-            .pipelines
-            .iter()
-            .zip(connections)
-            .zip(compiled)
-            .map(|((p, conns), r)| {
-                r.map(|r| r.with_connections(conns))
-                    .ok_or_else(|| BuildError::NotCompiled {
-                        file: p.file.display().to_string(),
-                        part: "respond",
-                    })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
         // One Redis connection for the whole request path: rate limits, enqueues, `/ready`.
         let redis = project
             .settings
@@ -219,9 +237,15 @@ impl App {
         // the event archive, beside the configured sinks (none for `engine replay`'s captures)
         let archive = matches!(around.sinks, crate::sink::SinkTarget::Configured)
             .then(|| Arc::new(crate::archive::Store::new(pool.as_ref(), &project.settings)));
-        let queued = queueing::build(
+        let limiter = match &redis {
+            Some(conn) => RateLimiter::Redis(crate::rate_limit::redis::RedisGcra::on(
+                conn.clone(),
+                &project.settings.redis_key_prefix,
+            )),
+            None => RateLimiter::Memory(crate::rate_limit::memory::Memory::new()),
+        };
+        let queues = queueing::QueueWiring::new(
             &project,
-            programs,
             &around.sinks,
             pool.as_ref(),
             &around.memory_queues,
@@ -229,7 +253,8 @@ impl App {
             archive.as_ref(),
         )
         .map_err(BuildError::Queues)?;
-        let ready = ready_checks(&project, redis.clone(), &queued)?;
+        let routes = wire_routes(&project, plan, &queues, &backing, &limiter)?;
+        let ready = ready_checks(&project, redis.clone(), &routes)?;
         let metrics_token = project.ops.metrics_token.clone();
         let console = crate::console::Console::new(
             project.ops.console_token.as_ref(),
@@ -237,20 +262,11 @@ impl App {
                 .clone()
                 .map(|r| (r, project.settings.redis_key_prefix.clone())),
         );
-        let oauth = oauth_flows(&project, pool.as_ref());
         let proxies = TrustedProxies::parse(&project.settings.trusted_proxies);
         let default = project.settings.rate_limit.as_ref().filter(|r| r.enabled);
         let health_rule = default
             .filter(|d| !d.exempt.iter().any(|e| e == "/health"))
             .map(|d| Rule::new("health", d));
-        let limiter = match redis {
-            Some(conn) => RateLimiter::Redis(crate::rate_limit::redis::RedisGcra::on(
-                conn,
-                &project.settings.redis_key_prefix,
-            )),
-            None => RateLimiter::Memory(crate::rate_limit::memory::Memory::new()),
-        };
-        let routes = route::build(&project, verifiers, responders, queued, oauth, &limiter);
         Ok(App {
             project,
             routes,
@@ -300,32 +316,26 @@ impl App {
     }
 }
 
-/// The OAuth flows of the pipelines that declare one, their tokens written through their
-/// postgres sink.
-fn oauth_flows(
-    project: &Project,
+/// Pipeline `p`'s OAuth flow when it declares one, its tokens written through its postgres
+/// sink; or why it cannot run (its routes answer 503 with that).
+fn oauth_flow(
+    p: &crate::config::LoadedPipeline,
+    keyring: Option<&crate::crypto::Keyring>,
     pool: Option<&deadpool_postgres::Pool>,
-) -> Vec<Option<Result<crate::oauth::Flow, String>>> {
-    let keyring = project.ops.keyring().and_then(Result::ok);
-    project
-        .pipelines
-        .iter()
-        .map(|p| {
-            let cfg = p.config.oauth.as_ref()?;
-            let flow = match p.config.sinks.get(&cfg.sink) {
-                Some(crate::config::sink::SinkConfig::Postgres(sink)) => {
-                    crate::oauth::Flow::build(&p.config.name, cfg, sink, keyring.as_ref(), pool)
-                }
-                // validation refuses this; say so rather than panic if it ever gets here
-                _ => Err(format!(
-                    "`{}`: `oauth.sink` must name a `postgres` sink of this pipeline",
-                    p.config.name
-                )),
-            };
-            if let Err(why) = &flow {
-                tracing::warn!(pipeline = %p.config.name, "{why}: its routes answer 503");
-            }
-            Some(flow)
-        })
-        .collect()
+) -> Option<Result<crate::oauth::Flow, String>> {
+    let cfg = p.config.oauth.as_ref()?;
+    let flow = match p.config.sinks.get(&cfg.sink) {
+        Some(crate::config::sink::SinkConfig::Postgres(sink)) => {
+            crate::oauth::Flow::build(&p.config.name, cfg, sink, keyring, pool)
+        }
+        // validation refuses this; say so rather than panic if it ever gets here
+        _ => Err(format!(
+            "`{}`: `oauth.sink` must name a `postgres` sink of this pipeline",
+            p.config.name
+        )),
+    };
+    if let Err(why) = &flow {
+        tracing::warn!(pipeline = %p.config.name, "{why}: its routes answer 503");
+    }
+    Some(flow)
 }

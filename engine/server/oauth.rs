@@ -12,7 +12,7 @@ use super::answer::{ErrorAnswer, unavailable};
 /// a short HTML page; `Accept: application/json` callers of the start route get JSON.
 pub async fn answer(
     app: &App,
-    pipeline: usize,
+    route: &super::route::Route,
     flow: &Result<crate::oauth::Flow, String>,
     req: &Request,
     res: &mut Response,
@@ -25,7 +25,7 @@ pub async fn answer(
             return;
         }
     };
-    let config = &app.project.pipelines[pipeline].config;
+    let config = &route.config;
     let cfg = config.oauth.as_ref();
     // the route table answered this path as the start's or the callback's, with a trailing
     // slash and letter case as the route allows: compare the same way

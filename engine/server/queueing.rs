@@ -32,7 +32,7 @@ pub struct Queued {
 pub fn sink_pool(
     project: &Project,
     target: &SinkTarget,
-) -> Result<Option<deadpool_postgres::Pool>, String> {
+) -> Result<Option<deadpool_postgres::Pool>, crate::db::DbError> {
     match &project.settings.database_url {
         Some(url) if matches!(target, SinkTarget::Configured) => Ok(Some(crate::db::pool(
             url,
@@ -42,42 +42,56 @@ pub fn sink_pool(
     }
 }
 
-/// Build queues and workers for the queued pipelines (`None` for the others), their sinks writing
-/// to `target` (through `pool` for postgres sinks); Redis queues enqueue over `redis`, the app's
-/// shared request-path connection.
-pub fn build(
-    project: &Project,
-    mut programs: Vec<Option<Program>>,
-    target: &SinkTarget,
-    pool: Option<&deadpool_postgres::Pool>,
-    reuse: &[Arc<MemoryQueue>],
-    redis: Option<&GroupCommit>,
-    archive: Option<&Arc<crate::archive::Store>>,
-) -> Result<Vec<Option<Queued>>, String> {
-    let keyring = keyring(project)?;
-    let consumer = crate::queue::consumer_name();
-    let mut out = Vec::new();
-    let mut announced = false;
-    for (i, p) in project.pipelines.iter().enumerate() {
+/// What every queued pipeline's queue and worker are wired to: sinks writing to `target`
+/// (through `pool` for postgres sinks), Redis queues enqueueing over `redis` (the app's shared
+/// request-path connection), in-process queues a reload keeps (`reuse`), the event archive.
+pub struct QueueWiring<'a> {
+    pub target: &'a SinkTarget,
+    pub pool: Option<&'a deadpool_postgres::Pool>,
+    pub reuse: &'a [Arc<MemoryQueue>],
+    pub redis: Option<&'a GroupCommit>,
+    pub archive: Option<&'a Arc<crate::archive::Store>>,
+    keyring: Option<crate::crypto::Keyring>,
+    consumer: String,
+}
+
+impl<'a> QueueWiring<'a> {
+    pub fn new(
+        project: &Project,
+        target: &'a SinkTarget,
+        pool: Option<&'a deadpool_postgres::Pool>,
+        reuse: &'a [Arc<MemoryQueue>],
+        redis: Option<&'a GroupCommit>,
+        archive: Option<&'a Arc<crate::archive::Store>>,
+    ) -> Result<QueueWiring<'a>, String> {
+        Ok(QueueWiring {
+            target,
+            pool,
+            reuse,
+            redis,
+            archive,
+            keyring: keyring(project)?,
+            consumer: crate::queue::consumer_name(),
+        })
+    }
+
+    /// The queue and worker of pipeline `p`, running its compiled `program`; `None` for a
+    /// pipeline without a transform (it answers and keeps nothing).
+    pub fn queued(
+        &self,
+        project: &Project,
+        p: &crate::config::LoadedPipeline,
+        program: Option<Program>,
+    ) -> Result<Option<Queued>, String> {
         if p.config.transform.is_empty() {
-            out.push(None);
-            continue;
+            return Ok(None);
         }
         let config = p.config.queue.clone().unwrap_or_default();
-        let handle = queue_of(project, p, &config, &consumer, reuse, redis)?;
-        if pool.is_none()
-            && matches!(target, SinkTarget::Configured)
-            && !announced
-            && p.config
-                .sinks
-                .values()
-                .any(|s| matches!(s, crate::config::sink::SinkConfig::Postgres(_)))
-        {
-            tracing::warn!(dir = %project.settings.data_dir, "no DATABASE_URL: postgres sinks write JSON lines to <data_dir>/<table>.jsonl");
-            announced = true;
-        }
-        let sinks = match target {
-            SinkTarget::Configured => sinks(project, &p.config, pool, keyring.as_ref(), false)?,
+        let handle = queue_of(project, p, &config, &self.consumer, self.reuse, self.redis)?;
+        let sinks = match self.target {
+            SinkTarget::Configured => {
+                sinks(project, &p.config, self.pool, self.keyring.as_ref(), false)?
+            }
             SinkTarget::Capture(c) => p
                 .config
                 .sinks
@@ -85,47 +99,59 @@ pub fn build(
                 .map(|k| (k.clone(), c.sink()))
                 .collect(),
         };
-        let recorder = archive.zip(p.config.archive.kept()).map(|(store, kept)| {
-            Arc::new(crate::archive::Recorder::new(
-                store.clone(),
-                &p.config.name,
-                &kept.index,
-                keyring.clone(),
-            ))
-        });
-        let program = Arc::new(
-            programs
-                .get_mut(i)
-                .and_then(Option::take)
-                .ok_or_else(|| format!("{}: transform was not compiled", p.file.display()))?,
-        );
+        let recorder = self
+            .archive
+            .zip(p.config.archive.kept())
+            .map(|(store, kept)| {
+                Arc::new(crate::archive::Recorder::new(
+                    store.clone(),
+                    &p.config.name,
+                    &kept.index,
+                    self.keyring.clone(),
+                ))
+            });
+        let program =
+            program.ok_or_else(|| format!("{}: transform was not compiled", p.file.display()))?;
         let outcomes: Arc<dyn crate::queue::Outcomes> = match &handle {
             Queue::Redis(q) => q.clone(),
             Queue::Memory(q) => q.clone(),
         };
         let worker = Arc::new(Worker {
             outcomes,
-            program,
+            program: Arc::new(program),
             sinks,
             options: options(&config),
             archive: recorder,
         });
-        out.push(Some(Queued {
+        Ok(Some(Queued {
             config,
             outage_scope: crate::ops::outage::scope_of(&handle).to_string(),
             handle,
             worker,
-        }));
+        }))
     }
-    if project.settings.redis_url.is_none()
-        && matches!(target, SinkTarget::Configured)
-        && out.iter().any(Option::is_some)
-    {
-        tracing::warn!(
-            "no REDIS_URL: events are queued in process and are NOT durable (lost on restart); set REDIS_URL in production"
-        );
+
+    /// Once every pipeline is wired: say at boot what is not durable or not where it seems.
+    pub fn announce(&self, project: &Project, queued: &[&Queued]) {
+        if !matches!(self.target, SinkTarget::Configured) || queued.is_empty() {
+            return;
+        }
+        let postgres_sinks = project.pipelines.iter().any(|p| {
+            !p.config.transform.is_empty()
+                && p.config
+                    .sinks
+                    .values()
+                    .any(|s| matches!(s, crate::config::sink::SinkConfig::Postgres(_)))
+        });
+        if self.pool.is_none() && postgres_sinks {
+            tracing::warn!(dir = %project.settings.data_dir, "no DATABASE_URL: postgres sinks write JSON lines to <data_dir>/<table>.jsonl");
+        }
+        if project.settings.redis_url.is_none() {
+            tracing::warn!(
+                "no REDIS_URL: events are queued in process and are NOT durable (lost on restart); set REDIS_URL in production"
+            );
+        }
     }
-    Ok(out)
 }
 
 /// The queue of pipeline `p` (`config` its queue section): on Redis (enqueues over `redis`, the

@@ -1,8 +1,14 @@
 //! One compiled route per pipeline: everything the request path needs for it, built once at boot
-//! (and on reload) by [`build`], so the request path takes a `&Route` and decides nothing twice.
+//! (and on reload) by [`Route::wire`], so the request path takes a `&Route` and decides nothing
+//! twice.
 //!
 //! ```text
-//! Route { name, verifier, limit, responder, queued, oauth }
+//! plan::Built { verifier, program, responder }             compiled, per pipeline (the plan)
+//!   -> PipelineParts { verifier, responder, queued, oauth }  wired to the world (App::build_in)
+//!   -> Route { config, verifier, limit, responder, queued, oauth }   served
+//! ```
+//!
+//! ```text
 //!   limit: None                      no rate limit
 //!          First(rule)               checked before verification, on its own
 //!          InEnqueue(riding)         checked inside the enqueue's Redis script (one round trip);
@@ -26,9 +32,13 @@ use crate::queue::Queue;
 
 /// A pipeline, ready to answer.
 pub struct Route {
-    /// The pipeline's index in the project.
+    /// The pipeline's index in the project (its metrics, the console's rows).
     pub pipeline: usize,
     pub name: String,
+    /// Its configuration, shared with the loaded project.
+    pub config: Arc<crate::config::pipeline::Pipeline>,
+    /// The largest body it accepts: its own `body_limit`, else the settings'.
+    pub body_limit: u64,
     pub verifier: Option<Verifier>,
     pub limit: Limit,
     /// The settings' per-IP default, kept under a pipeline's own limit whose key does not count
@@ -111,31 +121,40 @@ impl Limit {
     }
 }
 
-/// The routes of a project, by pipeline index, from its compiled parts.
-pub fn build(
-    project: &Project,
-    mut verifiers: Vec<Option<Verifier>>,
-    mut responders: Vec<Responder>,
-    mut queued: Vec<Option<Queued>>,
-    mut oauth: Vec<Option<Result<crate::oauth::Flow, String>>>,
-    limiter: &RateLimiter,
-) -> Vec<Route> {
-    let default = project.settings.rate_limit.as_ref().filter(|r| r.enabled);
-    let exempt = |path: &str| default.is_some_and(|d| d.exempt.iter().any(|e| e == path));
-    let mut routes = Vec::with_capacity(project.pipelines.len());
-    // taken from the back, so each vector gives up its element for the same index
-    for (i, p) in project.pipelines.iter().enumerate().rev() {
-        let verifier = verifiers.pop().flatten();
-        let q = queued.pop().flatten();
+/// One pipeline's compiled parts wired to the running world: what its [`Route`] is made of.
+pub struct PipelineParts {
+    pub verifier: Option<Verifier>,
+    pub responder: Responder,
+    pub queued: Option<Queued>,
+    pub oauth: Option<Result<crate::oauth::Flow, String>>,
+}
+
+impl Route {
+    /// The route of pipeline `p` (the `index`th of `project`), from its parts: its rate limit
+    /// decided (where it is checked, against which rule) and the fields it reads compiled.
+    pub fn wire(
+        project: &Project,
+        (index, p): (usize, &crate::config::LoadedPipeline),
+        parts: PipelineParts,
+        limiter: &RateLimiter,
+    ) -> Route {
+        let PipelineParts {
+            verifier,
+            responder,
+            queued,
+            oauth,
+        } = parts;
+        let default = project.settings.rate_limit.as_ref().filter(|r| r.enabled);
+        let exempt = default.is_some_and(|d| d.exempt.iter().any(|e| *e == p.config.route.path));
         let rule = match &p.config.rate_limit {
             Some(own) => own.enabled.then(|| Rule::new(&p.config.name, own)),
-            None if exempt(&p.config.route.path) => None,
+            None if exempt => None,
             None => default.map(|d| Rule::new(&p.config.name, d)),
         };
         let limit = match rule {
             None => Limit::None,
             Some(rule) => {
-                let in_enqueue = in_enqueue(limiter, &q, &verifier, &rule);
+                let in_enqueue = in_enqueue(limiter, &queued, &verifier, &rule);
                 if rule.verified_only {
                     let unverified =
                         default.map(|d| Rule::new(&format!("{}:unverified", rule.bucket), d));
@@ -159,22 +178,25 @@ pub fn build(
             .filter(|own| own.keyed_by_sender())
             .and(project.settings.ip_floor())
             .map(|d| Rule::new(&format!("{}:ip", p.config.name), d));
-        let json_fields = json_fields(&p.config, &q, &limit);
-        routes.push(Route {
+        Route {
             floor,
-            json_fields,
-            pipeline: i,
+            json_fields: json_fields(&p.config, &queued, &limit),
+            pipeline: index,
             metrics: crate::ops::metrics::PipelineMetrics::new(&p.config.name),
             name: p.config.name.clone(),
+            config: p.config.clone(),
+            body_limit: p
+                .config
+                .body_limit
+                .unwrap_or(project.settings.body_limit)
+                .bytes(),
             verifier,
             limit,
-            responder: responders.pop().expect("one responder per pipeline"),
-            queued: q,
-            oauth: oauth.pop().flatten(),
-        });
+            responder,
+            queued,
+            oauth,
+        }
     }
-    routes.reverse();
-    routes
 }
 
 /// The JSON pointers of the fields read after verification, each once.

@@ -329,7 +329,9 @@ pub async fn check_project(
     url: &str,
     options: &CheckOptions<'_>,
 ) -> Result<Vec<crate::diagnostics::Diagnostic>, String> {
-    let mut client = crate::db::connect(url).await?;
+    let mut client = crate::db::connect(url)
+        .await
+        .map_err(|e| crate::diagnostics::chain(&e))?;
     let pending = match options.migrations {
         Some(dir) if dir.is_dir() => crate::migrate::pending(&mut client, dir).await?,
         _ => Vec::new(),
@@ -358,7 +360,7 @@ pub async fn check_project(
     let written = fixture_rows(project, fixtures).await?;
     // The sinks are built on a pool the check never takes from: every statement goes through
     // `client`, inside the one transaction.
-    let pool = crate::db::pool(url, 1)?;
+    let pool = crate::db::pool(url, 1).map_err(|e| crate::diagnostics::chain(&e))?;
     client
         .batch_execute("BEGIN")
         .await

@@ -102,7 +102,7 @@ impl RedisQueue {
         consumer: &str,
         partitions: u32,
     ) -> Result<RedisQueue, QueueError> {
-        let target = Target::parse(url).map_err(QueueError::BadUrl)?;
+        let target = Target::parse(url).map_err(|e| QueueError::BadUrl(std::sync::Arc::new(e)))?;
         // No mobc get_timeout: mobc times checkouts with futures-timer, whose global thread
         // is woken (a futex and two context switches) on every checkout; `conn` bounds the wait
         // with tokio's timer instead (see docs/benchmarks.md, "Whole process").
@@ -525,7 +525,7 @@ impl super::Outcomes for RedisQueue {
 /// Start-up checks of a Redis that holds queues: a warning for each setting that can lose
 /// events. An error when Redis cannot be reached at all.
 pub async fn configuration_warnings(url: &str) -> Result<Vec<String>, QueueError> {
-    let target = Target::parse(url).map_err(QueueError::BadUrl)?;
+    let target = Target::parse(url).map_err(|e| QueueError::BadUrl(std::sync::Arc::new(e)))?;
     // on a cluster, `CONFIG GET` goes to one node: the nodes of a cluster are set up alike
     let mut c = tokio::time::timeout(Duration::from_secs(3), target.dedicated())
         .await
