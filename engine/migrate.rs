@@ -19,8 +19,29 @@ pub struct MigrationStatus {
     pub applied_on: Option<String>,
 }
 
-fn load(dir: &Path) -> Result<Vec<refinery::Migration>, String> {
-    refinery::load_sql_migrations(dir).map_err(|e| format!("{}: {e}", dir.display()))
+/// Why migrations could not be read or applied. Database errors are told in Postgres's words
+/// ([`crate::db::describe`]); none carries the URL.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error("{dir}")]
+    Load {
+        dir: String,
+        #[source]
+        source: refinery::Error,
+    },
+    #[error("connecting")]
+    Connect(#[source] crate::db::DbError),
+    #[error("{}", crate::db::describe(.0))]
+    Database(tokio_postgres::Error),
+    #[error("applying")]
+    Apply(#[source] refinery::Error),
+}
+
+fn load(dir: &Path) -> Result<Vec<refinery::Migration>, MigrateError> {
+    refinery::load_sql_migrations(dir).map_err(|source| MigrateError::Load {
+        dir: dir.display().to_string(),
+        source,
+    })
 }
 
 /// What a run did.
@@ -52,15 +73,15 @@ pub fn session_url(database_url: &str) -> String {
 }
 
 /// Apply the pending migrations.
-pub async fn run(database_url: &str, dir: &Path) -> Result<Migrated, String> {
+pub async fn run(database_url: &str, dir: &Path) -> Result<Migrated, MigrateError> {
     let migrations = load(dir)?;
     let mut client = crate::db::connect(&session_url(database_url))
         .await
-        .map_err(|e| crate::diagnostics::chain(&e))?;
+        .map_err(MigrateError::Connect)?;
     client
         .execute_typed("SELECT pg_advisory_lock($1)", &[(&LOCK, Type::INT8)])
         .await
-        .map_err(|e| crate::db::describe(&e))?;
+        .map_err(MigrateError::Database)?;
     // what existed before is read first; if it cannot be, nothing is applied
     let outcome = match pending_creates(&mut client, &migrations).await {
         Ok(existing) => {
@@ -77,7 +98,7 @@ pub async fn run(database_url: &str, dir: &Path) -> Result<Migrated, String> {
         .execute_typed("SELECT pg_advisory_unlock($1)", &[(&LOCK, Type::INT8)])
         .await;
     let (existing, report) = outcome?;
-    let report = report.map_err(|e| e.to_string())?;
+    let report = report.map_err(MigrateError::Apply)?;
     let applied: Vec<(i64, String)> = report
         .applied_migrations()
         .iter()
@@ -97,7 +118,7 @@ pub async fn run(database_url: &str, dir: &Path) -> Result<Migrated, String> {
 async fn pending_creates(
     client: &mut tokio_postgres::Client,
     migrations: &[refinery::Migration],
-) -> Result<Vec<(String, i64, String)>, String> {
+) -> Result<Vec<(String, i64, String)>, MigrateError> {
     let applied = refinery::Runner::new(migrations)
         .get_applied_migrations_async(&mut *client)
         .await
@@ -114,7 +135,7 @@ async fn pending_creates(
                     &[(&table, Type::TEXT)],
                 )
                 .await
-                .map_err(|e| crate::db::describe(&e))?
+                .map_err(MigrateError::Database)?
                 .first()
                 .is_some_and(|r| r.get::<_, bool>(0));
             if exists {
@@ -138,7 +159,7 @@ fn created_if_not_exists(sql: &str) -> Vec<String> {
 pub async fn pending(
     client: &mut tokio_postgres::Client,
     dir: &Path,
-) -> Result<Vec<refinery::Migration>, String> {
+) -> Result<Vec<refinery::Migration>, MigrateError> {
     let mut migrations = load(dir)?;
     // no history table yet: every migration is pending
     let applied = refinery::Runner::new(&migrations)
@@ -163,11 +184,11 @@ pub fn controls_transaction(sql: &str) -> bool {
 }
 
 /// Every migration in `dir`, with when it was applied.
-pub async fn status(database_url: &str, dir: &Path) -> Result<Vec<MigrationStatus>, String> {
+pub async fn status(database_url: &str, dir: &Path) -> Result<Vec<MigrationStatus>, MigrateError> {
     let migrations = load(dir)?;
     let mut client = crate::db::connect(&session_url(database_url))
         .await
-        .map_err(|e| crate::diagnostics::chain(&e))?;
+        .map_err(MigrateError::Connect)?;
     let pg: &mut tokio_postgres::Client = &mut client;
     let applied = refinery::Runner::new(&migrations)
         .get_applied_migrations_async(pg)

@@ -171,7 +171,8 @@ impl Flow {
             ));
         };
         let sink: std::sync::Arc<dyn Sink> = std::sync::Arc::new(
-            crate::sink::postgres::PostgresSink::new(sink, pool.clone(), Some(keyring.clone()))?,
+            crate::sink::postgres::PostgresSink::new(sink, pool.clone(), Some(keyring.clone()))
+                .map_err(|e| e.to_string())?,
         );
         let authorize_url = cfg
             .authorize_url

@@ -88,7 +88,9 @@ async fn erase_dead_letters(
     p: &crate::config::LoadedPipeline,
     filter: &Filter,
 ) -> Result<u64, String> {
-    let Some(q) = crate::server::queueing::redis_queue(&d.project, &p.config, "engine-cli")? else {
+    let q = crate::server::queueing::redis_queue(&d.project, &p.config, "engine-cli")
+        .map_err(|e| crate::diagnostics::chain(&e))?;
+    let Some(q) = q else {
         return Ok(0);
     };
     let kept = p.config.archive.kept().expect("archived");

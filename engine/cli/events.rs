@@ -377,7 +377,8 @@ async fn show(pipeline: &str, id: &str, unredacted: bool, at: &At) -> Result<(),
         .await
         .map_err(e)?
         .ok_or_else(|| format!("no archived event `{id}` in `{pipeline}`"))?;
-    let keyring = crate::server::queueing::keyring(&d.project)?;
+    let keyring =
+        crate::server::queueing::keyring(&d.project).map_err(|e| crate::diagnostics::chain(&e))?;
     let request = match stored.event(keyring.as_ref()) {
         Ok(event) => {
             let redact: &[_] = if unredacted {
@@ -461,6 +462,7 @@ fn runner(d: &mut ArchiveDeployment, pipeline: &str) -> Result<Runner, String> {
         d.pool.as_ref(),
         &d.store,
     )
+    .map_err(|e| crate::diagnostics::chain(&e))
 }
 
 async fn replay(

@@ -67,6 +67,7 @@ pub(super) fn migrate(
                 }
             }
             Err(e) => {
+                let e = crate::diagnostics::chain(&e);
                 eprintln!("engine: migration failed: {e}");
                 Err(ExitCode::from(1))
             }
@@ -88,7 +89,7 @@ pub(super) fn migrate(
 /// `--check`'s first lines: the migrations not applied yet.
 fn print_pending(rt: &tokio::runtime::Runtime, url: &str, dir: &Path) -> Result<(), ExitCode> {
     let list = rt.block_on(crate::migrate::status(url, dir)).map_err(|e| {
-        eprintln!("engine: {e}");
+        eprintln!("engine: {}", crate::diagnostics::chain(&e));
         ExitCode::from(1)
     })?;
     let pending: Vec<_> = list.iter().filter(|m| m.applied_on.is_none()).collect();
@@ -193,7 +194,7 @@ pub(super) fn migrate_status(
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("engine: {e}");
+            eprintln!("engine: {}", crate::diagnostics::chain(&e));
             ExitCode::from(1)
         }
     }

@@ -20,7 +20,7 @@ pub(super) fn queues(
     for p in &project.pipelines {
         let queue = crate::server::queueing::redis_queue(&project, &p.config, "engine-cli")
             .map_err(|e| {
-                eprintln!("engine: {e}");
+                eprintln!("engine: {}", crate::diagnostics::chain(&e));
                 ExitCode::from(1)
             })?;
         if let Some(q) = queue {

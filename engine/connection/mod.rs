@@ -66,12 +66,32 @@ pub struct Backing {
     pub clock_ms: Option<i64>,
 }
 
+/// Why a pipeline's connections could not be made at boot (`validate` refuses most of these
+/// first; these are what is left once it passed).
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionBuildError {
+    #[error("the HTTP client")]
+    Client(#[source] reqwest::Error),
+    #[error("{pipeline}: connection `{name}`: `base_url` is not an absolute http(s) URL")]
+    BadBaseUrl { pipeline: String, name: String },
+    #[error("no `oauth` pipeline named `{0}`")]
+    NoProvider(String),
+    #[error("`{0}` has no token_url")]
+    NoTokenUrl(String),
+    #[error("`{provider}`: token_url is not a URL")]
+    BadTokenUrl {
+        provider: String,
+        #[source]
+        source: url::ParseError,
+    },
+}
+
 impl Backing {
     /// The network, `oauth_tokens` and `tenant_aliases` through `pool`, Slack alerts.
     pub fn live(
         project: &Project,
         pool: Option<&deadpool_postgres::Pool>,
-    ) -> Result<Backing, String> {
+    ) -> Result<Backing, ConnectionBuildError> {
         let keyring = project.ops.keyring().and_then(Result::ok);
         let tokens = match (pool, keyring) {
             (Some(pool), Some(keyring)) => Some(Arc::new(token::PostgresTokens {
@@ -135,7 +155,7 @@ impl<'a> ConnectionsBuilder<'a> {
         &mut self,
         project: &Project,
         p: &crate::config::LoadedPipeline,
-    ) -> Result<Option<Arc<Connections>>, String> {
+    ) -> Result<Option<Arc<Connections>>, ConnectionBuildError> {
         let declared = &p.config.connections;
         if declared.is_empty() {
             return Ok(None);
@@ -177,12 +197,18 @@ impl<'a> ConnectionsBuilder<'a> {
     }
 }
 
-fn one(pipeline: &str, name: &str, c: &Connection, credential: Credential) -> Result<One, String> {
+fn one(
+    pipeline: &str,
+    name: &str,
+    c: &Connection,
+    credential: Credential,
+) -> Result<One, ConnectionBuildError> {
     let base = url::Url::parse(c.base_url.trim_end_matches('/'))
         .ok()
         .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
-        .ok_or_else(|| {
-            format!("{pipeline}: connection `{name}`: `base_url` is not an absolute http(s) URL")
+        .ok_or_else(|| ConnectionBuildError::BadBaseUrl {
+            pipeline: pipeline.to_string(),
+            name: name.to_string(),
         })?;
     Ok(One {
         base,
@@ -193,21 +219,25 @@ fn one(pipeline: &str, name: &str, c: &Connection, credential: Credential) -> Re
 }
 
 /// The token endpoint and client of the `oauth` pipeline named `provider`.
-fn client_of(project: &Project, provider: &str) -> Result<token::Client, String> {
+fn client_of(project: &Project, provider: &str) -> Result<token::Client, ConnectionBuildError> {
     let o = project
         .pipelines
         .iter()
         .find(|p| p.config.name == provider)
         .and_then(|p| p.config.oauth.as_ref())
-        .ok_or_else(|| format!("no `oauth` pipeline named `{provider}`"))?;
+        .ok_or_else(|| ConnectionBuildError::NoProvider(provider.to_string()))?;
     let token_url = o
         .token_url
         .clone()
         .or_else(|| o.provider.map(|p| p.token_url().to_string()))
-        .ok_or_else(|| format!("`{provider}` has no token_url"))?;
+        .ok_or_else(|| ConnectionBuildError::NoTokenUrl(provider.to_string()))?;
     Ok(token::Client {
-        token_url: url::Url::parse(&token_url)
-            .map_err(|_| format!("`{provider}`: token_url is not a URL"))?,
+        token_url: url::Url::parse(&token_url).map_err(|source| {
+            ConnectionBuildError::BadTokenUrl {
+                provider: provider.to_string(),
+                source,
+            }
+        })?,
         client_id: o.client_id.clone(),
         client_secret: o.client_secret.clone(),
         client_auth: o.client_auth,

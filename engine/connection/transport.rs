@@ -52,14 +52,14 @@ pub struct Network {
 }
 
 impl Network {
-    pub fn new() -> Result<Network, String> {
+    pub fn new() -> Result<Network, super::ConnectionBuildError> {
         let client = reqwest::Client::builder()
             // A redirect could lead off the connection's host.
             .redirect(reqwest::redirect::Policy::none())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(32)
             .build()
-            .map_err(|e| format!("HTTP client: {e}"))?;
+            .map_err(super::ConnectionBuildError::Client)?;
         Ok(Network { client })
     }
 }

@@ -122,7 +122,7 @@ pub async fn run(
             memory_queues: Vec::new(),
         },
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| crate::diagnostics::chain(&e))?;
     let ledger = Arc::new(Ledger::default());
     for q in app.routes.iter_mut().filter_map(|r| r.queued.as_mut()) {
         let w = &q.worker;

@@ -270,6 +270,7 @@ fn runner(app: &App, store: &Arc<Store>, name: &str) -> Result<Runner, String> {
         .map(|q| q.worker.program.clone())
         .ok_or_else(|| format!("pipeline `{name}` has no transform steps"))?;
     super::queueing::replay_runner(&app.project, &p.config, program, app.pool.as_ref(), store)
+        .map_err(|e| crate::diagnostics::chain(&e))
 }
 
 /// Take over the replay jobs whose process stopped (running or cancelling, no heartbeat for

@@ -85,7 +85,7 @@ impl Live {
                     ..AppContext::default()
                 },
             )
-            .map_err(|e| e.to_string())?,
+            .map_err(|e| crate::diagnostics::chain(&e))?,
         );
         let workers = self.run_workers.then(|| queueing::start(app.queues()));
         self.current.store(Arc::new(Serving {

@@ -52,11 +52,11 @@ pub enum BuildError {
     Database(#[source] crate::db::DbError),
     #[error("redis")]
     Redis(#[source] crate::redis_conn::RedisUrlError),
-    #[error("connections: {0}")]
-    Connections(String),
+    #[error("connections")]
+    Connections(#[source] crate::connection::ConnectionBuildError),
     /// A pipeline's queue, worker or sinks.
-    #[error("queues: {0}")]
-    Queues(String),
+    #[error("queues")]
+    Queues(#[source] queueing::WiringError),
     /// The plan lacks a part (it was built for another project).
     #[error(
         "{file}: {part} was not compiled (build the project with `plan::load` or `plan::build`)"

@@ -42,6 +42,29 @@ pub fn sink_pool(
     }
 }
 
+/// Why a pipeline's queue, worker or sinks could not be wired.
+#[derive(Debug, thiserror::Error)]
+pub enum WiringError {
+    #[error("ENCRYPTION_KEY")]
+    Keyring(#[source] crate::crypto::CryptoError),
+    #[error("pipeline `{pipeline}`")]
+    Sinks {
+        pipeline: String,
+        #[source]
+        source: crate::sink::SinkBuildError,
+    },
+    #[error("{0}: transform was not compiled")]
+    NotCompiled(String),
+    #[error("queue `{queue}`")]
+    Queue {
+        queue: String,
+        #[source]
+        source: crate::queue::QueueError,
+    },
+    #[error("pipeline `{0}` has `archive: off`")]
+    ArchiveOff(String),
+}
+
 /// What every queued pipeline's queue and worker are wired to: sinks writing to `target`
 /// (through `pool` for postgres sinks), Redis queues enqueueing over `redis` (the app's shared
 /// request-path connection), in-process queues a reload keeps (`reuse`), the event archive.
@@ -63,7 +86,7 @@ impl<'a> QueueWiring<'a> {
         reuse: &'a [Arc<MemoryQueue>],
         redis: Option<&'a GroupCommit>,
         archive: Option<&'a Arc<crate::archive::Store>>,
-    ) -> Result<QueueWiring<'a>, String> {
+    ) -> Result<QueueWiring<'a>, WiringError> {
         Ok(QueueWiring {
             target,
             pool,
@@ -82,7 +105,7 @@ impl<'a> QueueWiring<'a> {
         project: &Project,
         p: &crate::config::LoadedPipeline,
         program: Option<Program>,
-    ) -> Result<Option<Queued>, String> {
+    ) -> Result<Option<Queued>, WiringError> {
         if p.config.transform.is_empty() {
             return Ok(None);
         }
@@ -111,7 +134,7 @@ impl<'a> QueueWiring<'a> {
                 ))
             });
         let program =
-            program.ok_or_else(|| format!("{}: transform was not compiled", p.file.display()))?;
+            program.ok_or_else(|| WiringError::NotCompiled(p.file.display().to_string()))?;
         let outcomes: Arc<dyn crate::queue::Outcomes> = match &handle {
             Queue::Redis(q) => q.clone(),
             Queue::Memory(q) => q.clone(),
@@ -163,10 +186,8 @@ fn queue_of(
     consumer: &str,
     reuse: &[Arc<MemoryQueue>],
     redis: Option<&GroupCommit>,
-) -> Result<Queue, String> {
-    if project.settings.redis_url.is_some() {
-        let queue = redis_queue(project, &p.config, consumer)?
-            .ok_or_else(|| format!("{}: no Redis queue", p.file.display()))?;
+) -> Result<Queue, WiringError> {
+    if let Some(queue) = redis_queue(project, &p.config, consumer)? {
         return Ok(Queue::Redis(Arc::new(match redis {
             Some(shared) => queue.sharing(shared.clone()),
             None => queue,
@@ -199,12 +220,12 @@ fn options(config: &QueueConfig) -> Options {
 }
 
 /// ENCRYPTION_KEY (and its predecessors) as a keyring, when set.
-pub fn keyring(project: &Project) -> Result<Option<crate::crypto::Keyring>, String> {
+pub fn keyring(project: &Project) -> Result<Option<crate::crypto::Keyring>, WiringError> {
     project
         .ops
         .keyring()
         .transpose()
-        .map_err(|e| format!("ENCRYPTION_KEY: {e}"))
+        .map_err(WiringError::Keyring)
 }
 
 /// A pipeline's configured sinks (`replay`: built to overwrite an event's earlier rows).
@@ -214,7 +235,7 @@ pub fn sinks(
     pool: Option<&deadpool_postgres::Pool>,
     keyring: Option<&crate::crypto::Keyring>,
     replay: bool,
-) -> Result<std::collections::HashMap<String, Arc<dyn crate::sink::Sink>>, String> {
+) -> Result<std::collections::HashMap<String, Arc<dyn crate::sink::Sink>>, WiringError> {
     crate::sink::build(
         &pipeline.sinks,
         pool,
@@ -223,6 +244,10 @@ pub fn sinks(
         Duration::from_millis(project.settings.statement_timeout_ms),
         replay,
     )
+    .map_err(|source| WiringError::Sinks {
+        pipeline: pipeline.name.clone(),
+        source,
+    })
 }
 
 /// The Redis queue of a queued pipeline as a process other than the workers sees it (the CLI's
@@ -231,7 +256,7 @@ pub fn redis_queue(
     project: &Project,
     pipeline: &crate::config::pipeline::Pipeline,
     consumer: &str,
-) -> Result<Option<RedisQueue>, String> {
+) -> Result<Option<RedisQueue>, WiringError> {
     let Some(url) = &project.settings.redis_url else {
         return Ok(None);
     };
@@ -247,7 +272,10 @@ pub fn redis_queue(
         consumer,
         config.partitions,
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|source| WiringError::Queue {
+        queue: name.clone(),
+        source,
+    })?;
     Ok(Some(match config.durability {
         Durability::Local => queue,
         Durability::Replicated => queue.replicated(crate::redis_conn::group_commit::ReplicaWait {
@@ -266,11 +294,11 @@ pub fn replay_runner(
     program: Arc<Program>,
     pool: Option<&deadpool_postgres::Pool>,
     store: &Arc<crate::archive::Store>,
-) -> Result<crate::archive::replay::Runner, String> {
+) -> Result<crate::archive::replay::Runner, WiringError> {
     let kept = pipeline
         .archive
         .kept()
-        .ok_or_else(|| format!("pipeline `{}` has `archive: off`", pipeline.name))?;
+        .ok_or_else(|| WiringError::ArchiveOff(pipeline.name.clone()))?;
     let keyring = keyring(project)?;
     let sinks = sinks(project, pipeline, pool, keyring.as_ref(), true)?;
     Ok(crate::archive::replay::Runner {

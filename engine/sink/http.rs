@@ -20,21 +20,22 @@ pub struct HttpSink {
 }
 
 impl HttpSink {
-    pub fn new(cfg: &Http) -> Result<HttpSink, String> {
+    pub fn new(cfg: &Http) -> Result<HttpSink, super::SinkBuildError> {
+        use super::SinkBuildError;
         let mut headers = HeaderMap::new();
         for (k, v) in &cfg.headers {
             let name = HeaderName::from_bytes(k.as_bytes())
-                .map_err(|_| format!("`{k}` is not a header name"))?;
+                .map_err(|_| SinkBuildError::BadHeaderName(k.clone()))?;
             // values may hold secrets: the error names the header, not the value
-            let value = HeaderValue::from_str(v)
-                .map_err(|_| format!("header `{k}` has a value that cannot be sent"))?;
+            let value =
+                HeaderValue::from_str(v).map_err(|_| SinkBuildError::BadHeaderValue(k.clone()))?;
             headers.insert(name, value);
         }
         let client = reqwest::Client::builder()
             .timeout(Duration::from_millis(cfg.timeout_ms))
             .redirect(reqwest::redirect::Policy::none())
             .build()
-            .map_err(|e| e.to_string())?;
+            .map_err(SinkBuildError::Client)?;
         Ok(HttpSink {
             client,
             url: cfg.url.clone(),

@@ -38,6 +38,28 @@ pub enum SinkError {
     Permanent(String),
 }
 
+/// Why a sink could not be built from its configuration (at boot, before any write). Header
+/// values are never repeated (they may hold secrets).
+#[derive(Debug, thiserror::Error)]
+pub enum SinkBuildError {
+    #[error("`{0}` is not a table name")]
+    BadTable(String),
+    #[error("sink for `{0}` encrypts fields: set ENCRYPTION_KEY")]
+    NoEncryptionKey(String),
+    #[error("`{0}` is not a header name")]
+    BadHeaderName(String),
+    #[error("header `{0}` has a value that cannot be sent")]
+    BadHeaderValue(String),
+    #[error("the HTTP client")]
+    Client(#[source] reqwest::Error),
+    #[error("sink `{name}`")]
+    Named {
+        name: String,
+        #[source]
+        source: Box<SinkBuildError>,
+    },
+}
+
 /// The future a sink returns.
 pub type SinkFuture<'a> = Pin<Box<dyn Future<Output = Result<(), SinkError>> + Send + 'a>>;
 
@@ -104,7 +126,7 @@ pub fn build(
     data_dir: &str,
     statement_timeout: std::time::Duration,
     replay: bool,
-) -> Result<HashMap<String, Arc<dyn Sink>>, String> {
+) -> Result<HashMap<String, Arc<dyn Sink>>, SinkBuildError> {
     let mut out: HashMap<String, Arc<dyn Sink>> = HashMap::new();
     for (name, cfg) in sinks {
         let sink: Arc<dyn Sink> = match cfg {
@@ -122,7 +144,10 @@ pub fn build(
                 )),
             },
             SinkConfig::Http(h) => {
-                Arc::new(http::HttpSink::new(h).map_err(|e| format!("sink `{name}`: {e}"))?)
+                Arc::new(http::HttpSink::new(h).map_err(|e| SinkBuildError::Named {
+                    name: name.clone(),
+                    source: Box::new(e),
+                })?)
             }
             SinkConfig::File(f) => Arc::new(jsonl::JsonLines::file(f.path.clone().into())),
             SinkConfig::Stdout(_) => Arc::new(jsonl::JsonLines::stdout()),

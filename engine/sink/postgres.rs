@@ -132,18 +132,15 @@ impl PostgresSink {
         cfg: &PostgresConfig,
         pool: Pool,
         keyring: Option<Keyring>,
-    ) -> Result<PostgresSink, String> {
+    ) -> Result<PostgresSink, super::SinkBuildError> {
         let table_sql = cfg
             .table
             .split('.')
-            .map(|p| ident(p).ok_or_else(|| format!("`{}` is not a table name", cfg.table)))
+            .map(|p| ident(p).ok_or_else(|| super::SinkBuildError::BadTable(cfg.table.clone())))
             .collect::<Result<Vec<_>, _>>()?
             .join(".");
         if !cfg.encrypt.is_empty() && keyring.is_none() {
-            return Err(format!(
-                "sink for `{}` encrypts fields: set ENCRYPTION_KEY",
-                cfg.table
-            ));
+            return Err(super::SinkBuildError::NoEncryptionKey(cfg.table.clone()));
         }
         Ok(PostgresSink {
             pool,

@@ -333,7 +333,9 @@ pub async fn check_project(
         .await
         .map_err(|e| crate::diagnostics::chain(&e))?;
     let pending = match options.migrations {
-        Some(dir) if dir.is_dir() => crate::migrate::pending(&mut client, dir).await?,
+        Some(dir) if dir.is_dir() => crate::migrate::pending(&mut client, dir)
+            .await
+            .map_err(|e| crate::diagnostics::chain(&e))?,
         _ => Vec::new(),
     };
     // a pass judged after pending migrations is not the tables' as they are: not remembered
@@ -494,7 +496,7 @@ async fn check_sinks(
             let sink = match PostgresSink::new(cfg, pool.clone(), keyring.clone()) {
                 Ok(s) => s,
                 Err(e) => {
-                    out.push(at(e));
+                    out.push(at(e.to_string()));
                     continue;
                 }
             };
