@@ -264,7 +264,7 @@ pub(super) fn migrate_table_check(
             ExitCode::from(1)
         }
         Err(e) => {
-            eprintln!("engine: table check: {e}");
+            eprintln!("engine: table check: {}", crate::diagnostics::chain(&e));
             ExitCode::from(1)
         }
     }

@@ -187,7 +187,10 @@ pub(super) fn check_tables_at_boot(
         }
         Ok(problems) => Err(refuse_to_start(&problems, dir, true)),
         Err(e) => {
-            tracing::error!(error = %e, "table check could not run; starting anyway (events queue until the database answers)");
+            tracing::error!(
+                error = &e as &dyn std::error::Error,
+                "table check could not run; starting anyway (events queue until the database answers)"
+            );
             Ok(())
         }
     }

@@ -111,9 +111,11 @@ pub(super) fn table_problems(
     url: &str,
     options: &crate::table_check::CheckOptions<'_>,
 ) -> Result<Vec<Diagnostic>, String> {
-    tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("cannot start a runtime: {e}"))?;
+    runtime
         .block_on(crate::table_check::check_project(project, url, options))
+        .map_err(|e| format!("table check: {}", crate::diagnostics::chain(&e)))
 }

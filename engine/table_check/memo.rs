@@ -36,7 +36,7 @@ pub async fn fingerprint(
     client: &tokio_postgres::Client,
     project: &Project,
     fixtures: &[PathBuf],
-) -> Result<String, String> {
+) -> Result<String, tokio_postgres::Error> {
     let mut h = Sha256::new();
     h.update(format!(
         "table-check {CHECK_FORMAT} {}\n",
@@ -71,8 +71,7 @@ pub async fn fingerprint(
     }
     for row in client
         .query_typed(CATALOG, &[(&tables, Type::TEXT_ARRAY)])
-        .await
-        .map_err(|e| crate::db::describe(&e))?
+        .await?
     {
         let text: Option<String> = row.get(0);
         h.update(text.unwrap_or_else(|| "missing".into()));

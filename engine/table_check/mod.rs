@@ -92,6 +92,31 @@ impl Problem {
     }
 }
 
+/// Why a table check could not run (what it found are its problems, not errors). Database
+/// errors are told in Postgres's words; none carries the URL.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error("connecting")]
+    Connect(#[source] crate::db::DbError),
+    #[error("{}", crate::db::describe(.0))]
+    Database(#[from] tokio_postgres::Error),
+    #[error("reading the migrations")]
+    Migrations(#[source] crate::migrate::MigrateError),
+    #[error("a row its sink would write")]
+    Rows(#[source] crate::sink::SinkError),
+    /// The fixtures' run failed: replay's own words.
+    #[error("the fixtures: {0}")]
+    Fixtures(String),
+    #[error(
+        "cannot start a thread to run the fixtures: free memory or threads, or pass --fixtures to a smaller directory"
+    )]
+    Thread(#[source] std::io::Error),
+    #[error(
+        "the fixtures' run stopped before it finished (a case crashed it): run `engine replay` on them to see which"
+    )]
+    Crashed,
+}
+
 /// Check one sink's table. `sink` is the sink built on the database's pool, `written` what the
 /// pipeline writes into it. Returns the problems, each a sentence; `Err` when the database cannot
 /// be asked.
@@ -100,7 +125,7 @@ pub async fn check(
     cfg: &PostgresConfig,
     sink: &PostgresSink,
     written: &Writes,
-) -> Result<Vec<Problem>, String> {
+) -> Result<Vec<Problem>, CheckError> {
     let t = &cfg.table;
     let (schema, table) = match t.split_once('.') {
         Some((s, t)) => (Some(s.to_string()), t.to_string()),
@@ -199,12 +224,12 @@ pub async fn check(
 fn samples(
     sink: &PostgresSink,
     written: &Writes,
-) -> Result<BTreeMap<String, Vec<(String, Value)>>, String> {
+) -> Result<BTreeMap<String, Vec<(String, Value)>>, CheckError> {
     let mut values: BTreeMap<String, Vec<(String, Value)>> = BTreeMap::new();
     for batch in &written.batches {
         let (rows, _) = sink
             .rows(std::slice::from_ref(batch))
-            .map_err(|e| e.to_string())?;
+            .map_err(CheckError::Rows)?;
         for row in rows {
             let Value::Object(fields) = row else { continue };
             for (column, value) in fields {
@@ -273,7 +298,7 @@ async fn rows_refused(
     sink: &PostgresSink,
     t: &str,
     written: &Writes,
-) -> Result<Vec<Problem>, String> {
+) -> Result<Vec<Problem>, CheckError> {
     let mut problems = Vec::new();
     for batch in &written.batches {
         for row in &batch.rows {
@@ -283,7 +308,7 @@ async fn rows_refused(
             };
             match sink.trial(client, std::slice::from_ref(&one)).await {
                 Ok(()) => {}
-                Err(SinkError::Retry(e)) => return Err(e),
+                Err(e @ SinkError::Retry(_)) => return Err(CheckError::Rows(e)),
                 Err(SinkError::Permanent(e)) => {
                     problems.push(Problem::error(format!(
                         "table `{t}`: a row from {} is refused: {}; fix the table with a migration, or the transform",
@@ -328,14 +353,12 @@ pub async fn check_project(
     project: &crate::config::Project,
     url: &str,
     options: &CheckOptions<'_>,
-) -> Result<Vec<crate::diagnostics::Diagnostic>, String> {
-    let mut client = crate::db::connect(url)
-        .await
-        .map_err(|e| crate::diagnostics::chain(&e))?;
+) -> Result<Vec<crate::diagnostics::Diagnostic>, CheckError> {
+    let mut client = crate::db::connect(url).await.map_err(CheckError::Connect)?;
     let pending = match options.migrations {
         Some(dir) if dir.is_dir() => crate::migrate::pending(&mut client, dir)
             .await
-            .map_err(|e| crate::diagnostics::chain(&e))?,
+            .map_err(CheckError::Migrations)?,
         _ => Vec::new(),
     };
     // a pass judged after pending migrations is not the tables' as they are: not remembered
@@ -350,7 +373,9 @@ pub async fn check_project(
         // A fingerprint that cannot be taken only means the whole check runs.
         Memo::Record | Memo::Reuse => memo::fingerprint(&client, project, fixtures)
             .await
-            .inspect_err(|e| tracing::debug!(error = %e, "table check: no fingerprint"))
+            .inspect_err(
+                |e| tracing::debug!(error = %crate::db::describe(e), "table check: no fingerprint"),
+            )
             .ok(),
     };
     if let (Memo::Reuse, Some(f)) = (memo, &fingerprint)
@@ -362,11 +387,8 @@ pub async fn check_project(
     let written = fixture_rows(project, fixtures).await?;
     // The sinks are built on a pool the check never takes from: every statement goes through
     // `client`, inside the one transaction.
-    let pool = crate::db::pool(url, 1).map_err(|e| crate::diagnostics::chain(&e))?;
-    client
-        .batch_execute("BEGIN")
-        .await
-        .map_err(|e| crate::db::describe(&e))?;
+    let pool = crate::db::pool(url, 1).map_err(CheckError::Connect)?;
+    client.batch_execute("BEGIN").await?;
     let dir = options.migrations.unwrap_or(std::path::Path::new("."));
     let judged = pending::judge(&pending, dir, &client, || {
         stage(project, &pool, &client, &written)
@@ -392,7 +414,7 @@ pub async fn check_project(
 async fn fixture_rows(
     project: &crate::config::Project,
     fixtures: &[std::path::PathBuf],
-) -> Result<crate::replay::Written, String> {
+) -> Result<crate::replay::Written, CheckError> {
     if !fixtures.iter().any(|f| f.exists()) {
         return Ok(Default::default());
     }
@@ -410,17 +432,15 @@ async fn fixture_rows(
                 // the guard lives as long as the thread: forgetting it keeps the thread quiet
                 .on_thread_start(move || std::mem::forget(quiet()))
                 .build()
-                .map_err(|e| e.to_string())
-                .and_then(|rt| rt.block_on(crate::replay::rows_written(&dir, &fixtures)));
+                .map_err(CheckError::Thread)
+                .and_then(|rt| {
+                    rt.block_on(crate::replay::rows_written(&dir, &fixtures))
+                        .map_err(CheckError::Fixtures)
+                });
             let _ = tx.send(written);
         })
-        .map_err(|e| {
-            format!("cannot start a thread to run the fixtures ({e}): free memory or threads, or pass --fixtures to a smaller directory")
-        })?;
-    rx.await
-        .map_err(|_| {
-            "the fixtures' run stopped before it finished (a case crashed it): run `engine replay` on them to see which".to_string()
-        })?
+        .map_err(CheckError::Thread)?;
+    rx.await.map_err(|_| CheckError::Crashed)?
 }
 
 /// The problems of the tables as they are at this point of the transaction.
@@ -429,7 +449,7 @@ async fn stage(
     pool: &deadpool_postgres::Pool,
     client: &tokio_postgres::Client,
     written: &crate::replay::Written,
-) -> Result<Vec<crate::diagnostics::Diagnostic>, String> {
+) -> Result<Vec<crate::diagnostics::Diagnostic>, CheckError> {
     let mut found = archive_table(project, client).await?;
     found.extend(check_sinks(project, pool, client, written).await?);
     Ok(found)
@@ -440,7 +460,7 @@ async fn stage(
 async fn archive_table(
     project: &crate::config::Project,
     client: &tokio_postgres::Client,
-) -> Result<Vec<crate::diagnostics::Diagnostic>, String> {
+) -> Result<Vec<crate::diagnostics::Diagnostic>, CheckError> {
     let Some(p) = project
         .pipelines
         .iter()
@@ -450,8 +470,7 @@ async fn archive_table(
     };
     let there = client
         .query_typed("SELECT to_regclass('engine_events') IS NOT NULL", &[])
-        .await
-        .map_err(|e| crate::db::describe(&e))?
+        .await?
         .first()
         .is_some_and(|r| r.get::<_, bool>(0));
     if there {
@@ -471,7 +490,7 @@ async fn check_sinks(
     pool: &deadpool_postgres::Pool,
     client: &tokio_postgres::Client,
     written: &crate::replay::Written,
-) -> Result<Vec<crate::diagnostics::Diagnostic>, String> {
+) -> Result<Vec<crate::diagnostics::Diagnostic>, CheckError> {
     // Without ENCRYPTION_KEY (validate in CI) encrypted fields are tried with a throwaway key:
     // what is checked is the table's shape, and ciphertext is text whatever the key.
     let keyring = project
@@ -558,7 +577,7 @@ async fn columns(
     client: &tokio_postgres::Client,
     schema: Option<&str>,
     table: &str,
-) -> Result<BTreeMap<String, Column>, String> {
+) -> Result<BTreeMap<String, Column>, CheckError> {
     let rows = client
         .query_typed(
             "SELECT column_name::text, data_type::text, is_nullable = 'NO', \
@@ -567,8 +586,7 @@ async fn columns(
              WHERE table_schema = COALESCE($1, current_schema()) AND table_name = $2",
             &[(&schema, Type::TEXT), (&table, Type::TEXT)],
         )
-        .await
-        .map_err(|e| crate::db::describe(&e))?;
+        .await?;
     Ok(rows
         .iter()
         .map(|r| {
@@ -589,7 +607,7 @@ async fn has_unique_index(
     schema: Option<&str>,
     table: &str,
     key: &[String],
-) -> Result<bool, String> {
+) -> Result<bool, CheckError> {
     let mut sorted = key.to_vec();
     sorted.sort();
     let row = client
@@ -606,7 +624,6 @@ async fn has_unique_index(
                 (&sorted, Type::TEXT_ARRAY),
             ],
         )
-        .await
-        .map_err(|e| crate::db::describe(&e))?;
+        .await?;
     Ok(row.first().is_some_and(|r| r.get(0)))
 }

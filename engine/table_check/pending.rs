@@ -29,10 +29,10 @@ pub(super) async fn judge<F, Fut>(
     dir: &Path,
     client: &tokio_postgres::Client,
     stage: F,
-) -> Result<Vec<Diagnostic>, String>
+) -> Result<Vec<Diagnostic>, super::CheckError>
 where
     F: Fn() -> Fut,
-    Fut: Future<Output = Result<Vec<Diagnostic>, String>>,
+    Fut: Future<Output = Result<Vec<Diagnostic>, super::CheckError>>,
 {
     let mut stages = vec![stage().await?];
     let mut notes = Vec::new();
@@ -94,11 +94,11 @@ where
     Ok(out)
 }
 
-async fn savepoint(client: &tokio_postgres::Client, sql: &str) -> Result<(), String> {
+async fn savepoint(client: &tokio_postgres::Client, sql: &str) -> Result<(), super::CheckError> {
     client
         .batch_execute(sql)
         .await
-        .map_err(|e| crate::db::describe(&e))
+        .map_err(super::CheckError::Database)
 }
 
 /// Where in `sql` Postgres says a statement failed, as a line and column; the file's start when
