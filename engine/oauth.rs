@@ -122,6 +122,48 @@ pub enum FlowRefusal {
     TokenExchangeFailed,
 }
 
+/// Why a flow cannot run yet: its routes answer 503 with this text (settings are named, never
+/// their values).
+#[derive(Debug, thiserror::Error)]
+pub enum FlowSetupError {
+    #[error(
+        "`{pipeline}` is not configured: set {} (the variables its `${{VAR}}`s name, in the environment)",
+        .missing.join(", ")
+    )]
+    NotConfigured {
+        pipeline: String,
+        missing: Vec<&'static str>,
+    },
+    #[error("its token sink")]
+    Sink(#[source] crate::sink::SinkBuildError),
+    #[error("no authorize_url")]
+    NoAuthorizeUrl,
+    #[error("no token_url")]
+    NoTokenUrl,
+    #[error("the HTTP client")]
+    Client(#[source] reqwest::Error),
+    /// `oauth.sink` names no postgres sink of the pipeline (validation refuses this first).
+    #[error("`{0}`: `oauth.sink` must name a `postgres` sink of this pipeline")]
+    NoPostgresSink(String),
+}
+
+/// Why a callback's step failed (logged; the person is answered in words of their own).
+#[derive(Debug, thiserror::Error)]
+enum CallbackError {
+    #[error("database unavailable")]
+    Pool(#[source] deadpool_postgres::PoolError),
+    #[error("{}", crate::db::describe(.0))]
+    Database(#[from] tokio_postgres::Error),
+    #[error("timed out")]
+    Timeout,
+    #[error("the token endpoint")]
+    Http(#[source] reqwest::Error),
+    #[error("HTTP {status}: {code}")]
+    Refused { status: u16, code: String },
+    #[error("the answer has no access_token")]
+    NoAccessToken,
+}
+
 impl Flow {
     /// The flow of `pipeline`, its tokens written through the postgres sink `sink` (validated:
     /// it encrypts both tokens), or why it cannot run yet — every missing setting named, never a
@@ -132,7 +174,7 @@ impl Flow {
         sink: &crate::config::sink::PostgresConfig,
         keyring: Option<&Keyring>,
         pool: Option<&deadpool_postgres::Pool>,
-    ) -> Result<Flow, String> {
+    ) -> Result<Flow, FlowSetupError> {
         let mut missing = Vec::new();
         for (what, value) in [
             ("the client id (`oauth.client_id`)", &cfg.client_id),
@@ -165,25 +207,25 @@ impl Flow {
             missing.push("DATABASE_URL");
         }
         let (Some(keyring), Some(pool), true) = (keyring, pool, missing.is_empty()) else {
-            return Err(format!(
-                "`{pipeline}` is not configured: set {} (the variables its `${{VAR}}`s name, in the environment)",
-                missing.join(", ")
-            ));
+            return Err(FlowSetupError::NotConfigured {
+                pipeline: pipeline.to_string(),
+                missing,
+            });
         };
         let sink: std::sync::Arc<dyn Sink> = std::sync::Arc::new(
             crate::sink::postgres::PostgresSink::new(sink, pool.clone(), Some(keyring.clone()))
-                .map_err(|e| e.to_string())?,
+                .map_err(FlowSetupError::Sink)?,
         );
         let authorize_url = cfg
             .authorize_url
             .clone()
             .or_else(|| cfg.provider.map(|p| p.authorize_url().to_string()))
-            .ok_or("no authorize_url")?;
+            .ok_or(FlowSetupError::NoAuthorizeUrl)?;
         let token_url = cfg
             .token_url
             .clone()
             .or_else(|| cfg.provider.map(|p| p.token_url().to_string()))
-            .ok_or("no token_url")?;
+            .ok_or(FlowSetupError::NoTokenUrl)?;
         let mut jwt = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
         match &cfg.start.jwt.audience {
             Some(aud) => jwt.set_audience(&[aud]),
@@ -193,7 +235,7 @@ impl Flow {
             .timeout(cfg.timeout.0)
             .redirect(reqwest::redirect::Policy::none())
             .build()
-            .map_err(|e| format!("HTTP client: {e}"))?;
+            .map_err(FlowSetupError::Client)?;
         Ok(Flow {
             pipeline: pipeline.to_string(),
             cfg: cfg.clone(),
@@ -343,7 +385,7 @@ impl Flow {
                 );
             }
             Err(e) => {
-                tracing::error!(pipeline = %self.pipeline, error = %e, "oauth callback: cannot record the state");
+                tracing::error!(pipeline = %self.pipeline, error = &e as &dyn std::error::Error, "oauth callback: cannot record the state");
                 return FlowAnswer::Refused(
                     FlowRefusal::Unavailable,
                     "The connection could not be completed right now. Please try again.".into(),
@@ -367,7 +409,7 @@ impl Flow {
         let tokens = match self.exchange(code, &state.verifier).await {
             Ok(t) => t,
             Err(why) => {
-                tracing::error!(pipeline = %self.pipeline, org = %state.org, reason = %why, "oauth callback: token exchange failed");
+                tracing::error!(pipeline = %self.pipeline, org = %state.org, reason = &why as &dyn std::error::Error, "oauth callback: token exchange failed");
                 return FlowAnswer::Refused(FlowRefusal::TokenExchangeFailed, "The provider did not complete the connection. Nothing was saved; please try again.".into());
             }
         };
@@ -395,8 +437,8 @@ impl Flow {
     }
 
     /// Record the state's nonce; `false` when it was spent before.
-    async fn spend(&self, state: &SealedState) -> Result<bool, String> {
-        let client = self.states.get().await.map_err(|e| e.to_string())?;
+    async fn spend(&self, state: &SealedState) -> Result<bool, CallbackError> {
+        let client = self.states.get().await.map_err(CallbackError::Pool)?;
         let _ = client
             .batch_execute("DELETE FROM oauth_states_used WHERE expires_at < now()")
             .await;
@@ -408,13 +450,12 @@ impl Flow {
                 "INSERT INTO oauth_states_used (nonce, expires_at) VALUES ($1, $2::text::timestamptz) ON CONFLICT (nonce) DO NOTHING",
                 &[(&state.nonce, Type::TEXT), (&expires, Type::TEXT)],
             )
-            .await
-            .map_err(|e| crate::db::describe(&e))?;
+            .await?;
         Ok(n == 1)
     }
 
     /// The code for tokens at the token endpoint.
-    async fn exchange(&self, code: &str, verifier: &str) -> Result<Value, String> {
+    async fn exchange(&self, code: &str, verifier: &str) -> Result<Value, CallbackError> {
         let mut form = vec![
             ("grant_type", "authorization_code"),
             ("code", code),
@@ -434,9 +475,9 @@ impl Flow {
         }
         let res = req.form(&form).send().await.map_err(|e| {
             if e.is_timeout() {
-                "timed out".to_string()
+                CallbackError::Timeout
             } else {
-                e.without_url().to_string()
+                CallbackError::Http(e.without_url())
             }
         })?;
         let status = res.status();
@@ -446,10 +487,13 @@ impl Flow {
                 .get("error")
                 .and_then(Value::as_str)
                 .unwrap_or("no error code");
-            return Err(format!("HTTP {}: {code}", status.as_u16()));
+            return Err(CallbackError::Refused {
+                status: status.as_u16(),
+                code: code.to_string(),
+            });
         }
         if !body.get("access_token").is_some_and(Value::is_string) {
-            return Err("the answer has no access_token".into());
+            return Err(CallbackError::NoAccessToken);
         }
         Ok(body)
     }

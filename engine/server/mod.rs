@@ -322,19 +322,19 @@ fn oauth_flow(
     p: &crate::config::LoadedPipeline,
     keyring: Option<&crate::crypto::Keyring>,
     pool: Option<&deadpool_postgres::Pool>,
-) -> Option<Result<crate::oauth::Flow, String>> {
+) -> Option<Result<crate::oauth::Flow, crate::oauth::FlowSetupError>> {
     let cfg = p.config.oauth.as_ref()?;
     let flow = match p.config.sinks.get(&cfg.sink) {
         Some(crate::config::sink::SinkConfig::Postgres(sink)) => {
             crate::oauth::Flow::build(&p.config.name, cfg, sink, keyring, pool)
         }
         // validation refuses this; say so rather than panic if it ever gets here
-        _ => Err(format!(
-            "`{}`: `oauth.sink` must name a `postgres` sink of this pipeline",
-            p.config.name
+        _ => Err(crate::oauth::FlowSetupError::NoPostgresSink(
+            p.config.name.clone(),
         )),
     };
     if let Err(why) = &flow {
+        let why = crate::diagnostics::chain(why);
         tracing::warn!(pipeline = %p.config.name, "{why}: its routes answer 503");
     }
     Some(flow)

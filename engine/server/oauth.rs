@@ -13,7 +13,7 @@ use super::answer::{ErrorAnswer, unavailable};
 pub async fn answer(
     app: &App,
     route: &super::route::Route,
-    flow: &Result<crate::oauth::Flow, String>,
+    flow: &Result<crate::oauth::Flow, crate::oauth::FlowSetupError>,
     req: &Request,
     res: &mut Response,
 ) {
@@ -21,7 +21,7 @@ pub async fn answer(
     let flow = match flow {
         Ok(f) => f,
         Err(why) => {
-            unavailable(res, why);
+            unavailable(res, &crate::diagnostics::chain(why));
             return;
         }
     };

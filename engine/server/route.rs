@@ -50,7 +50,7 @@ pub struct Route {
     /// Its queue and worker, when it has `transform` steps.
     pub queued: Option<Queued>,
     /// Its OAuth flow, or why it cannot run (503 with the reason).
-    pub oauth: Option<Result<crate::oauth::Flow, String>>,
+    pub oauth: Option<Result<crate::oauth::Flow, crate::oauth::FlowSetupError>>,
     /// Every JSON pointer the request path reads after verification (the rate-limit key checked
     /// in the enqueue, `respond.when`'s field, the event id, the dedupe key): read in one pass,
     /// compiled once here.
@@ -126,7 +126,7 @@ pub struct PipelineParts {
     pub verifier: Option<Verifier>,
     pub responder: Responder,
     pub queued: Option<Queued>,
-    pub oauth: Option<Result<crate::oauth::Flow, String>>,
+    pub oauth: Option<Result<crate::oauth::Flow, crate::oauth::FlowSetupError>>,
 }
 
 impl Route {
