@@ -160,6 +160,7 @@ fn reseal_tokens(
             failed.is_empty()
         }
         Err(e) => {
+            let e = crate::diagnostics::chain(&e);
             eprintln!(
                 "engine: oauth_tokens: cannot reseal the tokens ({e}); the migrations are applied: run `engine migrate` again once the database answers"
             );

@@ -24,15 +24,22 @@ pub(super) fn tenants(action: TenantsAction, dir: &Path, env_file: Option<&Path>
         let pool = crate::db::pool(&url, 1).map_err(|e| crate::diagnostics::chain(&e))?;
         match action {
             TenantsAction::Link { source, id, tenant } => {
-                tenant::link(&pool, &source, &id, &tenant).await?;
+                tenant::link(&pool, &source, &id, &tenant)
+                    .await
+                    .map_err(|e| crate::diagnostics::chain(&e))?;
                 println!("{source} {id} -> {tenant}");
             }
             TenantsAction::Unlink { source, id } => {
-                let found = tenant::unlink(&pool, &source, &id).await?;
+                let found = tenant::unlink(&pool, &source, &id)
+                    .await
+                    .map_err(|e| crate::diagnostics::chain(&e))?;
                 println!("{}", if found { "unlinked" } else { "no such link" });
             }
             TenantsAction::List { tenant } => {
-                for (source, id, t) in tenant::list(&pool, tenant.as_deref()).await? {
+                for (source, id, t) in tenant::list(&pool, tenant.as_deref())
+                    .await
+                    .map_err(|e| crate::diagnostics::chain(&e))?
+                {
                     println!("{source}\t{id}\t{t}");
                 }
             }

@@ -418,7 +418,7 @@ impl Connections {
         source: &str,
         id: &str,
         deadline: Instant,
-    ) -> Result<Option<String>, String> {
+    ) -> Result<Option<String>, token::StoreError> {
         match &self.directory {
             Some(d) => d.lookup(source, id, deadline).await,
             None => Ok(None),
@@ -483,7 +483,11 @@ pub fn register(engine: &mut Engine, connections: Option<Arc<Connections>>) {
                 Ok(Some(t)) => Ok(t.into()),
                 Ok(None) => Ok(Dynamic::UNIT),
                 Err(e) => {
-                    tracing::warn!(source, error = %e, "tenant lookup failed");
+                    tracing::warn!(
+                        source,
+                        error = &e as &dyn std::error::Error,
+                        "tenant lookup failed"
+                    );
                     Ok(Dynamic::UNIT)
                 }
             }

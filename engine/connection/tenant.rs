@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::token::Pending;
+use super::token::{Pending, StoreError};
 
 /// Looks tenants up.
 pub trait Directory: Send + Sync {
@@ -58,30 +58,25 @@ impl Directory for PostgresTenants {
         let query = async move {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
-                return Err("no time left to look the tenant up".to_string());
+                return Err(StoreError::NoTime);
             }
-            let mut client = self.pool.get().await.map_err(|e| e.to_string())?;
+            let mut client = self.pool.get().await.map_err(StoreError::Pool)?;
             // a transaction, so the timeout is the query's own (SET LOCAL) and works behind a
             // transaction-mode pooler; dropped unfinished, it is rolled back
-            let tx = client
-                .transaction()
-                .await
-                .map_err(|e| crate::db::describe(&e))?;
+            let tx = client.transaction().await?;
             tx.batch_execute(&format!(
                 "SET LOCAL statement_timeout = {}",
                 left.as_millis().max(1)
             ))
-            .await
-            .map_err(|e| crate::db::describe(&e))?;
+            .await?;
             let rows = tx
                 .query_typed(
                     "SELECT tenant FROM tenant_aliases WHERE source = $1 AND external_id = $2",
                     &[(&source, Type::TEXT), (&id, Type::TEXT)],
                 )
-                .await
-                .map_err(|e| crate::db::describe(&e))?;
-            tx.commit().await.map_err(|e| crate::db::describe(&e))?;
-            Ok::<_, String>(rows.first().map(|r| Arc::from(r.get::<_, String>(0))))
+                .await?;
+            tx.commit().await?;
+            Ok::<_, StoreError>(rows.first().map(|r| Arc::from(r.get::<_, String>(0))))
         };
         Box::pin(async move {
             let cached = self
@@ -89,8 +84,8 @@ impl Directory for PostgresTenants {
                 .try_get_with((source.to_string(), id.to_string()), query);
             let found = tokio::time::timeout_at(deadline.into(), cached)
                 .await
-                .map_err(|_| "the tenant lookup did not answer in time".to_string())?
-                .map_err(|e: Arc<String>| e.to_string())?;
+                .map_err(|_| StoreError::Timeout)?
+                .map_err(StoreError::Shared)?;
             Ok(found.map(|t| t.to_string()))
         })
     }
@@ -102,16 +97,16 @@ pub async fn link(
     source: &str,
     id: &str,
     tenant: &str,
-) -> Result<(), String> {
+) -> Result<(), StoreError> {
     use tokio_postgres::types::Type;
-    let client = pool.get().await.map_err(|e| e.to_string())?;
+    let client = pool.get().await.map_err(StoreError::Pool)?;
     client
         .execute_typed(
             "INSERT INTO tenant_aliases (source, external_id, tenant) VALUES ($1, $2, $3) ON CONFLICT (source, external_id) DO UPDATE SET tenant = excluded.tenant, updated_at = now()",
             &[(&source, Type::TEXT), (&id, Type::TEXT), (&tenant, Type::TEXT)],
         )
         .await
-        .map_err(|e| crate::db::describe(&e))?;
+        ?;
     Ok(())
 }
 
@@ -120,16 +115,15 @@ pub async fn unlink(
     pool: &deadpool_postgres::Pool,
     source: &str,
     id: &str,
-) -> Result<bool, String> {
+) -> Result<bool, StoreError> {
     use tokio_postgres::types::Type;
-    let client = pool.get().await.map_err(|e| e.to_string())?;
+    let client = pool.get().await.map_err(StoreError::Pool)?;
     let n = client
         .execute_typed(
             "DELETE FROM tenant_aliases WHERE source = $1 AND external_id = $2",
             &[(&source, Type::TEXT), (&id, Type::TEXT)],
         )
-        .await
-        .map_err(|e| crate::db::describe(&e))?;
+        .await?;
     Ok(n > 0)
 }
 
@@ -137,16 +131,16 @@ pub async fn unlink(
 pub async fn list(
     pool: &deadpool_postgres::Pool,
     tenant: Option<&str>,
-) -> Result<Vec<(String, String, String)>, String> {
+) -> Result<Vec<(String, String, String)>, StoreError> {
     use tokio_postgres::types::Type;
-    let client = pool.get().await.map_err(|e| e.to_string())?;
+    let client = pool.get().await.map_err(StoreError::Pool)?;
     let rows = client
         .query_typed(
             "SELECT source, external_id, tenant FROM tenant_aliases WHERE $1::text IS NULL OR tenant = $1 ORDER BY tenant, source, external_id",
             &[(&tenant, Type::TEXT)],
         )
         .await
-        .map_err(|e| crate::db::describe(&e))?;
+        ?;
     Ok(rows
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))

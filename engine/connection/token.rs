@@ -40,7 +40,27 @@ const EARLY: i64 = 60;
 const GONE_RECHECK: Duration = Duration::from_secs(1);
 const MAX_TENANTS: u64 = 10_000;
 
-pub type Pending<'a, T> = Pin<Box<dyn Future<Output = Result<T, String>> + Send + 'a>>;
+pub type Pending<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// Why a stored row (a token, a tenant alias) could not be read or written. Shared by the
+/// callers a cache answers at once (`Shared`); never holds a token or a URL.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database unavailable")]
+    Pool(#[source] deadpool_postgres::PoolError),
+    #[error("{}", crate::db::describe(.0))]
+    Database(#[from] tokio_postgres::Error),
+    #[error("{0} cannot be opened")]
+    Sealed(String, #[source] crate::crypto::CryptoError),
+    #[error("{0}: not text")]
+    NotText(String),
+    #[error("no time left to look the tenant up")]
+    NoTime,
+    #[error("the tenant lookup did not answer in time")]
+    Timeout,
+    #[error(transparent)]
+    Shared(std::sync::Arc<StoreError>),
+}
 
 /// A stored connection, decrypted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,7 +226,7 @@ impl Tokens {
             .store
             .load(&self.provider, tenant)
             .await
-            .map_err(TokenError::Unavailable)?;
+            .map_err(|e| TokenError::Unavailable(crate::diagnostics::chain(&e)))?;
         *s = match stored {
             None => gone(TokenError::NotConnected),
             Some(row) if row.disconnected.is_some() => gone(TokenError::Disconnected),
@@ -266,7 +286,10 @@ impl Tokens {
                     .await
                     .map_err(|e| {
                         count("failed");
-                        TokenError::Unavailable(format!("storing the refreshed token: {e}"))
+                        TokenError::Unavailable(format!(
+                            "storing the refreshed token: {}",
+                            crate::diagnostics::chain(&e)
+                        ))
                     })?;
                 count("ok");
                 tracing::info!(provider = %self.provider, %tenant, "oauth: access token refreshed");
@@ -350,7 +373,7 @@ impl Tokens {
             }
             Ok(false) => {}
             Err(e) => {
-                tracing::error!(provider = %self.provider, %tenant, error = %e, "oauth: cannot mark the connection disconnected");
+                tracing::error!(provider = %self.provider, %tenant, error = &e as &dyn std::error::Error, "oauth: cannot mark the connection disconnected");
             }
         }
         *s = gone(TokenError::Disconnected);

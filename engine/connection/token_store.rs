@@ -2,7 +2,7 @@
 //! connections read a tenant's access token from, save a refreshed one to, and mark revoked
 //! grants in. The token logic itself (refresh under one lock per tenant) is `connection::token`.
 
-use super::token::{Pending, StoredConnection, TokenStore};
+use super::token::{Pending, StoreError, StoredConnection, TokenStore};
 
 /// Tokens in `oauth_tokens` (Postgres), each sealed to its row: the context is the column and
 /// the row's (tenant, provider), as the OAuth pipeline's sink writes them
@@ -42,7 +42,7 @@ impl PostgresTokens {
         column: &str,
         tenant: &str,
         provider: &str,
-    ) -> Result<(String, bool), String> {
+    ) -> Result<(String, bool), StoreError> {
         let (plain, by_column) = match self
             .keyring
             .decrypt(value, &token_context(column, tenant, provider))
@@ -52,9 +52,10 @@ impl PostgresTokens {
                 .keyring
                 .decrypt(value, &column_context(column))
                 .map(|p| (p, true))
-                .map_err(|e| format!("{TABLE}.{column}: {e}"))?,
+                .map_err(|e| StoreError::Sealed(format!("{TABLE}.{column}"), e))?,
         };
-        let text = String::from_utf8(plain).map_err(|_| format!("{TABLE}.{column}: not text"))?;
+        let text = String::from_utf8(plain)
+            .map_err(|_| StoreError::NotText(format!("{TABLE}.{column}")))?;
         Ok((text, by_column))
     }
 
@@ -64,7 +65,7 @@ impl PostgresTokens {
         tenant: &str,
         provider: &str,
         (access, refresh): (&str, Option<&str>),
-    ) -> Result<Opened, String> {
+    ) -> Result<Opened, StoreError> {
         let (access, access_by_column) = self.open(access, "access_token", tenant, provider)?;
         let refresh = refresh
             .map(|r| self.open(r, "refresh_token", tenant, provider))
@@ -85,7 +86,7 @@ impl PostgresTokens {
         provider: &str,
         stored: (&str, Option<&str>),
         opened: &Opened,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, StoreError> {
         use tokio_postgres::types::Type;
         let seal = |text: &str, column: &str| {
             self.keyring
@@ -106,21 +107,20 @@ impl PostgresTokens {
                 ],
             )
             .await
-            .map_err(|e| crate::db::describe(&e))?;
+            ?;
         Ok(n == 1)
     }
 
     /// Reseal every row whose tokens are sealed to their column only (`engine migrate`): how
     /// many rows were resealed, and the rows that do not open under the keyring (left as they are).
-    pub async fn reseal_all(&self) -> Result<(u64, Vec<String>), String> {
-        let client = self.pool.get().await.map_err(|e| e.to_string())?;
+    pub async fn reseal_all(&self) -> Result<(u64, Vec<String>), StoreError> {
+        let client = self.pool.get().await.map_err(StoreError::Pool)?;
         let rows = client
             .query(
                 "SELECT tenant, provider, access_token, refresh_token FROM oauth_tokens",
                 &[],
             )
-            .await
-            .map_err(|e| crate::db::describe(&e))?;
+            .await?;
         let mut done = 0;
         let mut failed = Vec::new();
         for row in rows {
@@ -136,7 +136,10 @@ impl PostgresTokens {
             match resealed {
                 Ok(true) => done += 1,
                 Ok(false) => {}
-                Err(e) => failed.push(format!("tenant {tenant}, provider {provider}: {e}")),
+                Err(e) => failed.push(format!(
+                    "tenant {tenant}, provider {provider}: {}",
+                    crate::diagnostics::chain(&e)
+                )),
             }
         }
         Ok((done, failed))
@@ -151,14 +154,14 @@ impl TokenStore for PostgresTokens {
     ) -> Pending<'a, Option<StoredConnection>> {
         use tokio_postgres::types::Type;
         Box::pin(async move {
-            let client = self.pool.get().await.map_err(|e| e.to_string())?;
+            let client = self.pool.get().await.map_err(StoreError::Pool)?;
             let row = client
                 .query_typed(
                     "SELECT access_token, refresh_token, extract(epoch FROM expires_at)::bigint, disconnected_reason FROM oauth_tokens WHERE tenant = $1 AND provider = $2",
                     &[(&tenant, Type::TEXT), (&provider, Type::TEXT)],
                 )
                 .await
-                .map_err(|e| crate::db::describe(&e))?;
+                ?;
             let Some(row) = row.first() else {
                 return Ok(None);
             };
@@ -172,7 +175,12 @@ impl TokenStore for PostgresTokens {
                     .reseal(&client, tenant, provider, stored, &opened)
                     .await
             {
-                tracing::warn!(tenant, provider, error = %e, "could not reseal the tenant's tokens to their row");
+                tracing::warn!(
+                    tenant,
+                    provider,
+                    error = &e as &dyn std::error::Error,
+                    "could not reseal the tenant's tokens to their row"
+                );
             }
             Ok(Some(StoredConnection {
                 access_token: opened.access,
@@ -196,7 +204,7 @@ impl TokenStore for PostgresTokens {
                 access_token.as_bytes(),
                 &token_context("access_token", tenant, provider),
             );
-            let client = self.pool.get().await.map_err(|e| e.to_string())?;
+            let client = self.pool.get().await.map_err(StoreError::Pool)?;
             client
                 .execute_typed(
                     "UPDATE oauth_tokens SET access_token = $3, expires_at = to_timestamp($4::bigint), updated_at = now() WHERE tenant = $1 AND provider = $2",
@@ -208,7 +216,7 @@ impl TokenStore for PostgresTokens {
                     ],
                 )
                 .await
-                .map_err(|e| crate::db::describe(&e))?;
+                ?;
             Ok(())
         })
     }
@@ -221,7 +229,7 @@ impl TokenStore for PostgresTokens {
     ) -> Pending<'a, bool> {
         use tokio_postgres::types::Type;
         Box::pin(async move {
-            let client = self.pool.get().await.map_err(|e| e.to_string())?;
+            let client = self.pool.get().await.map_err(StoreError::Pool)?;
             // only the first instance to see the revocation marks it (and alerts)
             let n = client
                 .execute_typed(
@@ -233,7 +241,7 @@ impl TokenStore for PostgresTokens {
                     ],
                 )
                 .await
-                .map_err(|e| crate::db::describe(&e))?;
+                ?;
             Ok(n == 1)
         })
     }
