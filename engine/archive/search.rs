@@ -4,14 +4,39 @@
 
 use std::collections::BTreeMap;
 
+/// What is wrong with a search as the user wrote it: the words say what to write instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SearchError {
+    #[error("`{0}` is neither a span (`2h`, `7d`) nor an RFC 3339 time")]
+    Time(String),
+    #[error("`--where {0}`: write it as FIELD=VALUE")]
+    NotACondition(String),
+    #[error(
+        "`{field}`: pipeline `{pipeline}` indexes no fields; add `archive: {{index: {{{field}: ...}}}}` to its YAML (events archived from then on can be found by it)"
+    )]
+    NothingIndexed { field: String, pipeline: String },
+    #[error(
+        "`{field}` is not an index field of `{pipeline}` (it has {indexed}); add it under `archive.index` to find events archived from then on"
+    )]
+    NotIndexed {
+        field: String,
+        pipeline: String,
+        indexed: String,
+    },
+    #[error("pipeline `{0}` has `archive: off`: nothing is archived")]
+    ArchiveOff(String),
+    #[error("outcome `{0}`: one of written, dropped, dead, retrying, failed")]
+    Outcome(String),
+}
+
 /// A time given as a span back from now or an RFC 3339 time, in Unix ms.
-pub fn time_arg(text: &str, now_ms: i64) -> Result<i64, String> {
+pub fn time_arg(text: &str, now_ms: i64) -> Result<i64, SearchError> {
     if let Some(span) = crate::config::units::Span::parse(text) {
         return Ok(now_ms - span.0.as_millis() as i64);
     }
     chrono::DateTime::parse_from_rfc3339(text)
         .map(|t| t.timestamp_millis())
-        .map_err(|_| format!("`{text}` is neither a span (`2h`, `7d`) nor an RFC 3339 time"))
+        .map_err(|_| SearchError::Time(text.to_string()))
 }
 
 /// `FIELD=VALUE` conditions, each field one of `indexed` (when given).
@@ -19,21 +44,21 @@ pub fn conditions(
     list: &[String],
     indexed: &[&str],
     pipeline: &str,
-) -> Result<BTreeMap<String, String>, String> {
+) -> Result<BTreeMap<String, String>, SearchError> {
     let mut out = BTreeMap::new();
     for c in list {
         let (k, v) = c
             .split_once('=')
-            .ok_or_else(|| format!("`--where {c}`: write it as FIELD=VALUE"))?;
+            .ok_or_else(|| SearchError::NotACondition(c.clone()))?;
         if !indexed.contains(&k) {
+            let (field, pipeline) = (k.to_string(), pipeline.to_string());
             return Err(match indexed.is_empty() {
-                true => format!(
-                    "`{k}`: pipeline `{pipeline}` indexes no fields; add `archive: {{index: {{{k}: ...}}}}` to its YAML (events archived from then on can be found by it)"
-                ),
-                false => format!(
-                    "`{k}` is not an index field of `{pipeline}` (it has {}); add it under `archive.index` to find events archived from then on",
-                    indexed.join(", ")
-                ),
+                true => SearchError::NothingIndexed { field, pipeline },
+                false => SearchError::NotIndexed {
+                    field,
+                    pipeline,
+                    indexed: indexed.join(", "),
+                },
             });
         }
         out.insert(k.to_string(), v.to_string());
@@ -50,13 +75,11 @@ pub fn filter(
     outcome: Option<&str>,
     list: &[String],
     id: Option<&str>,
-) -> Result<super::Filter, String> {
-    let kept = p.archive.kept().ok_or_else(|| {
-        format!(
-            "pipeline `{}` has `archive: off`: nothing is archived",
-            p.name
-        )
-    })?;
+) -> Result<super::Filter, SearchError> {
+    let kept = p
+        .archive
+        .kept()
+        .ok_or_else(|| SearchError::ArchiveOff(p.name.clone()))?;
     let indexed: Vec<&str> = kept.index.keys().map(String::as_str).collect();
     let now = chrono::Utc::now().timestamp_millis();
     let time = |t: Option<&str>| {
@@ -70,11 +93,7 @@ pub fn filter(
         until_ms: time(until)?,
         outcome: outcome
             .filter(|o| !o.is_empty())
-            .map(|o| {
-                super::Outcome::parse(o).ok_or_else(|| {
-                    format!("outcome `{o}`: one of written, dropped, dead, retrying, failed")
-                })
-            })
+            .map(|o| super::Outcome::parse(o).ok_or_else(|| SearchError::Outcome(o.to_string())))
             .transpose()?,
         fields: conditions(list, &indexed, &p.name)?,
         event_id: id.filter(|i| !i.is_empty()).map(str::to_string),
@@ -116,6 +135,8 @@ mod tests {
         let c = conditions(&["call_id=a=b".into()], &["call_id"], "vapi").unwrap();
         assert_eq!(c["call_id"], "a=b");
         let e = conditions(&["phone=1".into()], &["call_id"], "vapi").unwrap_err();
+        assert!(matches!(e, SearchError::NotIndexed { .. }), "{e:?}");
+        let e = e.to_string();
         assert!(
             e.contains("not an index field") && e.contains("call_id"),
             "{e}"

@@ -47,7 +47,7 @@ pub(super) async fn erase(
         let indexed: Vec<&str> = kept.index.keys().map(String::as_str).collect();
         let filter = Filter {
             pipeline: Some(p.config.name.clone()),
-            fields: conditions(&list, &indexed, &p.config.name)?,
+            fields: conditions(&list, &indexed, &p.config.name).map_err(|e| e.to_string())?,
             ..Filter::default()
         };
         archived += d.store.erase(&filter).await.map_err(|e| e.to_string())?;
@@ -57,7 +57,7 @@ pub(super) async fn erase(
         at_ms: chrono::Utc::now().timestamp_millis(),
         pipeline,
         conditions: Erasure::conditions(&Filter {
-            fields: conditions(&list, &names, "")?,
+            fields: conditions(&list, &names, "").map_err(|e| e.to_string())?,
             ..Filter::default()
         }),
         archived,

@@ -158,6 +158,7 @@ impl FilterArgs {
             &self.conditions,
             self.id.as_deref(),
         )
+        .map_err(|e| e.to_string())
     }
 }
 

@@ -233,11 +233,11 @@ pub fn jobs(jobs: &[Job], now_ms: i64, csrf: &str) -> Markup {
 }
 
 /// The outcome a search names (empty: any).
-pub fn outcome(word: &str) -> Result<Option<Outcome>, String> {
+pub fn outcome(word: &str) -> Result<Option<Outcome>, crate::archive::search::SearchError> {
     match word {
         "" => Ok(None),
         w => Outcome::parse(w)
             .map(Some)
-            .ok_or_else(|| format!("`{w}` is not an outcome")),
+            .ok_or_else(|| crate::archive::search::SearchError::Outcome(w.to_string())),
     }
 }

@@ -253,6 +253,7 @@ fn filter(app: &App, s: &Search) -> Result<Filter, String> {
         &list,
         None,
     )
+    .map_err(|e| e.to_string())
 }
 
 /// A replay runner for `name` in this instance: its live program, its sinks built to overwrite.
