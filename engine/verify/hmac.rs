@@ -25,19 +25,27 @@ enum Part {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Template(Vec<Part>);
 
+/// What is wrong with a payload template as written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    #[error("a `{{` in the payload template is not closed")]
+    Unclosed,
+    #[error(
+        "unknown placeholder `{{{0}}}` in the payload template; use {{body}}, {{timestamp}}, {{id}}, {{method}}, {{url}} or {{header:NAME}}"
+    )]
+    Unknown(String),
+}
+
 impl Template {
     /// Parse `{body}`, `{timestamp}`, `{id}`, `{method}`, `{url}`, `{header:NAME}` and literal text.
-    pub fn parse(text: &str) -> Result<Template, String> {
+    pub fn parse(text: &str) -> Result<Template, TemplateError> {
         let mut parts = Vec::new();
         let mut rest = text;
         while let Some(open) = rest.find('{') {
             if open > 0 {
                 parts.push(Part::Literal(rest[..open].to_string()));
             }
-            let close = rest[open..]
-                .find('}')
-                .ok_or("a `{` in the payload template is not closed")?
-                + open;
+            let close = rest[open..].find('}').ok_or(TemplateError::Unclosed)? + open;
             let name = &rest[open + 1..close];
             parts.push(match name {
                 "body" => Part::Body,
@@ -45,12 +53,10 @@ impl Template {
                 "id" => Part::Id,
                 "method" => Part::Method,
                 "url" => Part::Url,
-                h if h.starts_with("header:") && h.len() > 7 => Part::Header(h[7..].to_ascii_lowercase()),
-                other => {
-                    return Err(format!(
-                        "unknown placeholder `{{{other}}}` in the payload template; use {{body}}, {{timestamp}}, {{id}}, {{method}}, {{url}} or {{header:NAME}}"
-                    ));
+                h if h.starts_with("header:") && h.len() > 7 => {
+                    Part::Header(h[7..].to_ascii_lowercase())
                 }
+                other => return Err(TemplateError::Unknown(other.to_string())),
             });
             rest = &rest[close + 1..];
         }
@@ -129,12 +135,12 @@ impl HmacScheme {
 }
 
 impl Scheme for HmacScheme {
-    fn key(&self, secret: &str) -> Result<Vec<u8>, String> {
+    fn key(&self, secret: &str) -> Result<Vec<u8>, super::KeyError> {
         match self.secret_encoding {
             SecretEncoding::Utf8 => Ok(secret.as_bytes().to_vec()),
             SecretEncoding::Base64 => STANDARD
                 .decode(secret.trim())
-                .map_err(|_| "is declared `secret_encoding: base64` but is not base64".to_string()),
+                .map_err(|_| super::KeyError::NotBase64),
         }
     }
 
@@ -275,12 +281,14 @@ mod tests {
     #[test]
     fn templates() {
         assert!(Template::parse("{timestamp}.{body}").is_ok());
-        assert!(
-            Template::parse("{nope}")
-                .unwrap_err()
-                .contains("unknown placeholder `{nope}`")
+        let nope = Template::parse("{nope}").unwrap_err();
+        assert_eq!(nope, TemplateError::Unknown("nope".into()));
+        assert!(nope.to_string().contains("unknown placeholder `{nope}`"));
+        assert_eq!(Template::parse("{body"), Err(TemplateError::Unclosed));
+        assert_eq!(
+            TemplateError::Unclosed.to_string(),
+            "a `{` in the payload template is not closed"
         );
-        assert!(Template::parse("{body").is_err());
     }
 
     #[test]

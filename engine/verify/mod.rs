@@ -47,10 +47,24 @@ pub enum VerifyError {
     Unavailable(String),
 }
 
+/// What is wrong with a configured secret's *form* (never its value): `engine validate` says
+/// "the secret <this>" at the secret's place.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("is declared `secret_encoding: base64` but is not base64")]
+    NotBase64,
+    #[error("must be `whsec_` followed by base64 (as the provider shows it)")]
+    NotWhsec,
+    #[error("is empty: `whsec_` must be followed by the key's base64")]
+    EmptyWhsec,
+    #[error("is blank")]
+    Blank,
+}
+
 /// A signature scheme.
 pub trait Scheme: Send + Sync {
     /// Key bytes for a configured secret; `Err` says what is wrong with the secret's *form*.
-    fn key(&self, secret: &str) -> Result<Vec<u8>, String> {
+    fn key(&self, secret: &str) -> Result<Vec<u8>, KeyError> {
         Ok(secret.as_bytes().to_vec())
     }
     /// Check a request against one key.
@@ -436,8 +450,8 @@ fn vapi_scheme(v: &crate::config::verify::Vapi) -> Result<Box<dyn Scheme>, Confi
             bearer_prefix: v.bearer_prefix,
         }),
         VapiMode::Hmac => {
-            let payload =
-                hmac::Template::parse(&v.payload).map_err(|e| ("/vapi/payload".to_string(), e))?;
+            let payload = hmac::Template::parse(&v.payload)
+                .map_err(|e| ("/vapi/payload".to_string(), e.to_string()))?;
             // Vapi sends the timestamp header only with `includeTimestamp` (a payload without
             // `{timestamp}`, e.g. `{body}`, comes without one)
             Box::new(hmac::HmacScheme {
@@ -463,8 +477,8 @@ fn vapi_scheme(v: &crate::config::verify::Vapi) -> Result<Box<dyn Scheme>, Confi
 
 /// The generic HMAC scheme, as configured.
 fn hmac_scheme(h: &crate::config::verify::Hmac) -> Result<hmac::HmacScheme, ConfigProblem> {
-    let payload =
-        hmac::Template::parse(&h.payload).map_err(|e| ("/hmac/payload".to_string(), e))?;
+    let payload = hmac::Template::parse(&h.payload)
+        .map_err(|e| ("/hmac/payload".to_string(), e.to_string()))?;
     Ok(hmac::HmacScheme {
         algorithm: h.algorithm,
         header: h.header.to_ascii_lowercase(),

@@ -13,9 +13,9 @@ pub struct Slack {
 }
 
 impl Scheme for Slack {
-    fn key(&self, secret: &str) -> Result<Vec<u8>, String> {
+    fn key(&self, secret: &str) -> Result<Vec<u8>, super::KeyError> {
         if secret.trim().is_empty() {
-            return Err("the signing secret is blank".into());
+            return Err(super::KeyError::Blank);
         }
         Ok(secret.as_bytes().to_vec())
     }

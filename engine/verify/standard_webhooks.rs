@@ -24,7 +24,7 @@ fn either<'a>(req: &'a Inbound<'_>, name: &str) -> Option<&'a str> {
 impl Scheme for StandardWebhooks {
     /// `whsec_` + base64 of the key, padded or not (the reference library adds the padding);
     /// an empty key is refused.
-    fn key(&self, secret: &str) -> Result<Vec<u8>, String> {
+    fn key(&self, secret: &str) -> Result<Vec<u8>, super::KeyError> {
         let b64 = secret.strip_prefix("whsec_").unwrap_or(secret);
         // like Python's b64decode(secret + "=="): padding optional, trailing bits ignored
         const LENIENT: GeneralPurpose = GeneralPurpose::new(
@@ -33,11 +33,9 @@ impl Scheme for StandardWebhooks {
                 .with_decode_padding_mode(DecodePaddingMode::Indifferent)
                 .with_decode_allow_trailing_bits(true),
         );
-        let key = LENIENT.decode(b64).map_err(|_| {
-            "must be `whsec_` followed by base64 (as the provider shows it)".to_string()
-        })?;
+        let key = LENIENT.decode(b64).map_err(|_| super::KeyError::NotWhsec)?;
         if key.is_empty() {
-            return Err("the key is empty: `whsec_` must be followed by the key's base64".into());
+            return Err(super::KeyError::EmptyWhsec);
         }
         Ok(key)
     }
