@@ -507,7 +507,7 @@ fn env_source(env_file: Option<&Path>) -> Result<EnvSource, ExitCode> {
     match env_file {
         None => Ok(EnvSource::process()),
         Some(f) => EnvSource::from_file(f).map_err(|e| {
-            eprintln!("engine: {e}");
+            eprintln!("engine: {}", crate::diagnostics::chain(&e));
             ExitCode::from(2)
         }),
     }

@@ -53,7 +53,9 @@ pub(super) fn init_tracing(
     };
     match (&started, failed) {
         (Some(_), _) => tracing::info!("traces go to the OTLP endpoint (OTEL_EXPORTER_OTLP_*)"),
-        (None, Some(e)) => tracing::error!(error = %e, "traces are off"),
+        (None, Some(e)) => {
+            tracing::error!(error = &e as &dyn std::error::Error, "traces are off")
+        }
         _ => {}
     }
     started
@@ -99,7 +101,7 @@ pub(super) fn init_traces_only(
             Some(started)
         }
         Err(e) => {
-            eprintln!("engine: traces are off: {e}");
+            eprintln!("engine: traces are off: {}", crate::diagnostics::chain(&e));
             None
         }
     }

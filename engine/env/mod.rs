@@ -32,6 +32,22 @@ pub struct EnvSource {
     lines: HashMap<String, usize>,
 }
 
+/// Why an env file could not be read (its values are never repeated).
+#[derive(Debug, thiserror::Error)]
+pub enum EnvFileError {
+    #[error("{file}: cannot read env file")]
+    Read {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}: not a dotenv file: a line is not KEY=value")]
+    NotKeyValue(String),
+    /// dotenvy's own error is not kept: it quotes part of the line, which may be a secret.
+    #[error("{0}: not a dotenv file")]
+    NotDotenv(String),
+}
+
 impl EnvSource {
     /// The process environment (variables whose name or value is not UTF-8 are skipped).
     pub fn process() -> Self {
@@ -51,9 +67,12 @@ impl EnvSource {
     /// unquoted value with spaces, as in a pasted `KEY=<PASTE YOUR KEY>` — is read as
     /// `KEY=rest of line`, so validation can say what is wrong with the value instead of failing
     /// on the syntax.
-    pub fn from_file(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("{}: cannot read env file: {e}", path.display()))?;
+    pub fn from_file(path: &Path) -> Result<Self, EnvFileError> {
+        let file = || path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| EnvFileError::Read {
+            file: file(),
+            source,
+        })?;
         let mut vars = BTreeMap::new();
         let physical: Vec<&str> = text.lines().collect();
         let mut cursor = 0; // physical lines before this one are accounted for
@@ -71,15 +90,12 @@ impl EnvSource {
                         .map(|i| cursor + i);
                     let parsed = found.and_then(|i| plain_line(physical[i]));
                     let (Some(i), Some((k, v))) = (found, parsed) else {
-                        return Err(format!(
-                            "{}: not a dotenv file: a line is not KEY=value",
-                            path.display()
-                        ));
+                        return Err(EnvFileError::NotKeyValue(file()));
                     };
                     cursor = i + 1;
                     vars.insert(k, v);
                 }
-                Err(_) => return Err(format!("{}: not a dotenv file", path.display())),
+                Err(_) => return Err(EnvFileError::NotDotenv(file())),
             }
         }
         let mut lines = HashMap::new();

@@ -64,12 +64,15 @@ static SENDER: OnceLock<mpsc::Sender<Signal>> = OnceLock::new();
 /// is 0 (nearly always) `sink_ok` — called for every written event — is one atomic load.
 static FAILING: AtomicUsize = AtomicUsize::new(0);
 
+/// The alerter runs already in this process (it is installed once).
+#[derive(Debug, thiserror::Error)]
+#[error("alerts are already installed in this process")]
+pub struct AlreadyInstalled;
+
 /// Start the alerter task (once per process). `Err` when one is already running.
-pub fn install(config: AlertsConfig) -> Result<(), String> {
+pub fn install(config: AlertsConfig) -> Result<(), AlreadyInstalled> {
     let (tx, rx) = mpsc::channel(10_000);
-    SENDER
-        .set(tx)
-        .map_err(|_| "alerts are already installed in this process".to_string())?;
+    SENDER.set(tx).map_err(|_| AlreadyInstalled)?;
     tokio::spawn(run(config, rx));
     Ok(())
 }

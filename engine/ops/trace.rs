@@ -222,12 +222,22 @@ impl Drop for Tracing {
     }
 }
 
+/// Why traces could not be turned on (the traffic is served without them). Names the setting,
+/// never a header's value.
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    #[error("the OTLP exporter's HTTP client")]
+    Client(#[source] reqwest::Error),
+    #[error("the OTLP exporter could not be built")]
+    Exporter(#[source] opentelemetry_otlp::ExporterBuildError),
+}
+
 /// Start exporting: the tracer `tracing-opentelemetry`'s layer exports through, and the guard.
 /// Called inside the process's runtime (`runtime` runs the exports; gRPC's channel lives on it).
 pub fn start(
     config: &TraceConfig,
     runtime: &tokio::runtime::Handle,
-) -> Result<(opentelemetry_sdk::trace::Tracer, Tracing), String> {
+) -> Result<(opentelemetry_sdk::trace::Tracer, Tracing), TraceError> {
     let _inside = runtime.enter();
     let exporter = exporter(config, runtime)?;
     let queued = Arc::new(AtomicUsize::new(0));
@@ -269,7 +279,7 @@ pub fn start(
 fn exporter(
     config: &TraceConfig,
     runtime: &tokio::runtime::Handle,
-) -> Result<opentelemetry_otlp::SpanExporter, String> {
+) -> Result<opentelemetry_otlp::SpanExporter, TraceError> {
     let built = match config.protocol {
         Protocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
             .with_http()
@@ -277,7 +287,7 @@ fn exporter(
                 client: reqwest::Client::builder()
                     .timeout(EXPORT_TIMEOUT)
                     .build()
-                    .map_err(|e| e.to_string())?,
+                    .map_err(TraceError::Client)?,
                 runtime: runtime.clone(),
             })
             .with_endpoint(config.endpoint.clone())
@@ -308,7 +318,7 @@ fn exporter(
         }
     };
     // the error names the setting, never a header's value
-    built.map_err(|e| format!("the OTLP exporter could not be built: {e}"))
+    built.map_err(TraceError::Exporter)
 }
 
 /// The HTTP exporter's transport: the engine's own reqwest (rustls, the same TLS roots as every

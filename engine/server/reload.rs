@@ -56,7 +56,9 @@ pub fn reload(live: &Live, source: &Source, grace: Duration) -> Result<usize, Ve
 
 fn load_and_swap(live: &Live, source: &Source, grace: Duration) -> Result<usize, Vec<String>> {
     let env = match &source.env {
-        EnvOrigin::File(f) => EnvSource::from_file(f).map_err(|e| vec![e])?,
+        EnvOrigin::File(f) => {
+            EnvSource::from_file(f).map_err(|e| vec![crate::diagnostics::chain(&e)])?
+        }
         EnvOrigin::Process => EnvSource::process(),
         EnvOrigin::Fixed(e) => e.clone(),
     };
