@@ -135,6 +135,44 @@ enum Credential {
     OAuth(String, Option<Arc<Tokens>>),
 }
 
+/// A mistake in a script's call (the script gets this text as its error).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    #[error("`{name}` is not a connection of pipeline `{pipeline}` (declared: {declared})")]
+    Unknown {
+        name: String,
+        pipeline: String,
+        declared: String,
+    },
+    #[error("connection `{name}` uses a tenant's `{provider}` token: give `tenant` in the call")]
+    NoTenant { name: String, provider: String },
+    #[error(
+        "`path` must start with `/` and hold no `?`, `#` or `\\` (give `query` as a map): `{0}`"
+    )]
+    PathForm(String),
+    #[error(
+        "`{0}` holds an encoded `/` or `\\`: a value inside one segment is written with `encode_segment`, which leaves none"
+    )]
+    EncodedSeparator(String),
+    #[error(
+        "`{0}` holds a `.` or `..` segment (paths are sent as written, never resolved): write the path without it, and put a caller's value in a segment with `encode_segment`"
+    )]
+    DotSegment(String),
+    #[error("`{0}` does not make a URL with the connection's base_url")]
+    NotAUrl(String),
+    #[error("`{0}` leaves the connection's base_url: calls stay under it")]
+    LeavesBase(String),
+    #[error("a call needs a `path`")]
+    NoPath,
+    #[error("`{0}` must be a string")]
+    NotAString(String),
+    #[error("`query` must be a map")]
+    QueryNotAMap,
+    /// `json` that is not JSON (Rhai's words).
+    #[error("`json`: {0}")]
+    Json(String),
+}
+
 /// Builds each pipeline's connections in turn; OAuth tokens are shared per provider across
 /// pipelines (one refresh, one cache).
 pub struct ConnectionsBuilder<'a> {
@@ -271,14 +309,19 @@ impl Connections {
 
     /// Call connection `name`, answering by `deadline`. `Err` is a mistake in the script (an
     /// undeclared connection, a path off the connection's URL, no tenant for an OAuth one).
-    pub async fn call(&self, name: &str, req: Call, deadline: Instant) -> Result<Answer, String> {
+    pub async fn call(
+        &self,
+        name: &str,
+        req: Call,
+        deadline: Instant,
+    ) -> Result<Answer, CallError> {
         let one = self.each.get(name).ok_or_else(|| {
             let known: Vec<&str> = self.names().collect();
-            format!(
-                "`{name}` is not a connection of pipeline `{}` (declared: {})",
-                self.pipeline,
-                known.join(", ")
-            )
+            CallError::Unknown {
+                name: name.to_string(),
+                pipeline: self.pipeline.clone(),
+                declared: known.join(", "),
+            }
         })?;
         let url = url_for(&one.base, &req.path, &req.query)?;
         let started = Instant::now();
@@ -302,13 +345,14 @@ impl Connections {
         tenant: Option<&str>,
         now: i64,
         deadline: Instant,
-    ) -> Result<Result<Option<String>, Answer>, String> {
+    ) -> Result<Result<Option<String>, Answer>, CallError> {
         Ok(match &one.credential {
             Credential::None => Ok(None),
             Credential::Bearer(t) => Ok(Some(t.clone())),
             Credential::OAuth(provider, tokens) => {
-                let tenant = tenant.ok_or_else(|| {
-                    format!("connection `{name}` uses a tenant's `{provider}` token: give `tenant` in the call")
+                let tenant = tenant.ok_or_else(|| CallError::NoTenant {
+                    name: name.to_string(),
+                    provider: provider.clone(),
                 })?;
                 let Some(tokens) = tokens else {
                     return Ok(Err(token_failure(
@@ -332,7 +376,7 @@ impl Connections {
         req: &Call,
         url: url::Url,
         deadline: Instant,
-    ) -> Result<Answer, String> {
+    ) -> Result<Answer, CallError> {
         let method = req.method.to_ascii_uppercase();
         let retryable = req.idempotent
             || matches!(
@@ -463,10 +507,10 @@ pub fn register(engine: &mut Engine, connections: Option<Arc<Connections>>) {
         "request",
         move |name: &str, req: rhai::Map| -> Result<Dynamic, Box<EvalAltResult>> {
             let (conns, handle) = ready(&c)?;
-            let req = request_from(req).map_err(script_error)?;
+            let req = request_from(req).map_err(|e| script_error(e.to_string()))?;
             let answer = handle
                 .block_on(conns.call(name, req, call_deadline()))
-                .map_err(script_error)?;
+                .map_err(|e| script_error(e.to_string()))?;
             Ok(to_dynamic(answer))
         },
     );
@@ -526,8 +570,8 @@ fn script_error(message: String) -> Box<EvalAltResult> {
     Box::new(EvalAltResult::ErrorRuntime(message.into(), Position::NONE))
 }
 
-fn request_from(map: rhai::Map) -> Result<Call, String> {
-    let text = |key: &str| -> Result<Option<String>, String> {
+fn request_from(map: rhai::Map) -> Result<Call, CallError> {
+    let text = |key: &str| -> Result<Option<String>, CallError> {
         match map.get(key) {
             None => Ok(None),
             Some(v) if v.is_unit() => Ok(None),
@@ -535,19 +579,21 @@ fn request_from(map: rhai::Map) -> Result<Call, String> {
                 .clone()
                 .into_string()
                 .map(Some)
-                .map_err(|_| format!("`{key}` must be a string")),
+                .map_err(|_| CallError::NotAString(key.to_string())),
         }
     };
-    let path = text("path")?.ok_or("a call needs a `path`")?;
+    let path = text("path")?.ok_or(CallError::NoPath)?;
     let mut query = Vec::new();
     if let Some(q) = map.get("query").filter(|q| !q.is_unit()) {
-        let q = q.read_lock::<rhai::Map>().ok_or("`query` must be a map")?;
+        let q = q.read_lock::<rhai::Map>().ok_or(CallError::QueryNotAMap)?;
         for (k, v) in q.iter() {
             query.push((k.to_string(), v.to_string()));
         }
     }
     let json = match map.get("json").filter(|j| !j.is_unit()) {
-        Some(j) => Some(rhai::serde::from_dynamic::<Value>(j).map_err(|e| format!("`json`: {e}"))?),
+        Some(j) => Some(
+            rhai::serde::from_dynamic::<Value>(j).map_err(|e| CallError::Json(e.to_string()))?,
+        ),
         None => None,
     };
     Ok(Call {

@@ -2,6 +2,8 @@
 //! result stays on the base's origin and under its path; `encode_segment` for scripts that put a
 //! caller's value into one path segment.
 
+use super::CallError;
+
 /// `base` + `path` (+ `query`), refused unless it stays on `base`'s origin and under its path.
 /// A dot segment (`.`, `..`, also percent-encoded) or an encoded separator (`%2f`, `%5c`) is
 /// refused outright rather than resolved: a path built from a caller's value must not walk up
@@ -11,36 +13,28 @@ pub(super) fn url_for(
     base: &url::Url,
     path: &str,
     query: &[(String, String)],
-) -> Result<url::Url, String> {
+) -> Result<url::Url, CallError> {
     if !path.starts_with('/') || path.contains(['?', '#', '\\']) || path.starts_with("//") {
-        return Err(format!(
-            "`path` must start with `/` and hold no `?`, `#` or `\\` (give `query` as a map): `{path}`"
-        ));
+        return Err(CallError::PathForm(path.to_string()));
     }
     let lower = path.to_ascii_lowercase();
     if lower.contains("%2f") || lower.contains("%5c") {
-        return Err(format!(
-            "`{path}` holds an encoded `/` or `\\`: a value inside one segment is written with `encode_segment`, which leaves none"
-        ));
+        return Err(CallError::EncodedSeparator(path.to_string()));
     }
     let dot_segment = lower
         .split('/')
         .any(|seg| matches!(seg.replace("%2e", ".").as_str(), "." | ".."));
     if dot_segment {
-        return Err(format!(
-            "`{path}` holds a `.` or `..` segment (paths are sent as written, never resolved): write the path without it, and put a caller's value in a segment with `encode_segment`"
-        ));
+        return Err(CallError::DotSegment(path.to_string()));
     }
     let mut url = url::Url::parse(&format!("{base}{path}"))
-        .map_err(|_| format!("`{path}` does not make a URL with the connection's base_url"))?;
+        .map_err(|_| CallError::NotAUrl(path.to_string()))?;
     let under = url.path() == base.path()
         || url
             .path()
             .starts_with(&format!("{}/", base.path().trim_end_matches('/')));
     if url.origin() != base.origin() || !under {
-        return Err(format!(
-            "`{path}` leaves the connection's base_url: calls stay under it"
-        ));
+        return Err(CallError::LeavesBase(path.to_string()));
     }
     if !query.is_empty() {
         url.query_pairs_mut().extend_pairs(query);
