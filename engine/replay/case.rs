@@ -97,15 +97,47 @@ impl Outcomes for Ledger {
     }
 }
 
+/// Why a case could not be run: a mistake in the fixture, said as its author fixes it, or what
+/// stopped the run, with its cause.
+#[derive(Debug, thiserror::Error)]
+pub enum CaseError {
+    #[error("{0} is not an RFC 3339 time")]
+    Time(String),
+    #[error("the app")]
+    App(#[source] crate::server::BuildError),
+    #[error("the queue")]
+    Queue(#[source] QueueError),
+    #[error("no request was sent")]
+    NoRequest,
+    #[error("the answer for {0} has both `json` and `text`")]
+    BothBodies(String),
+    #[error("the JSON body")]
+    Json(#[source] serde_json::Error),
+    #[error("cannot read {path}")]
+    ReadBody {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot build the request")]
+    Request(#[source] salvo::hyper::http::Error),
+    #[error("`{0}` is not a valid header name")]
+    HeaderName(String),
+    #[error("header `{0}` has a value that cannot be sent")]
+    HeaderValue(String),
+    #[error("`sign: true`, but pipeline `{0}` has no `verify` section")]
+    NoVerify(String),
+}
+
 /// Run `fixture` (from `file`) against `project`.
 pub async fn run(
     project: &Project,
     plan: crate::plan::Plan,
     fixture: &Fixture,
     file: &Path,
-) -> Result<Actual, String> {
+) -> Result<Actual, CaseError> {
     let clock_ms = millis(fixture.clock.as_deref().unwrap_or(DEFAULT_CLOCK))
-        .ok_or("`clock` is not an RFC 3339 time")?;
+        .ok_or_else(|| CaseError::Time("`clock`".into()))?;
     let mut project = project.clone();
     project.settings.redis_url = None;
     project.settings.database_url = None;
@@ -122,7 +154,7 @@ pub async fn run(
             memory_queues: Vec::new(),
         },
     )
-    .map_err(|e| crate::diagnostics::chain(&e))?;
+    .map_err(CaseError::App)?;
     let ledger = Arc::new(Ledger::default());
     for q in app.routes.iter_mut().filter_map(|r| r.queued.as_mut()) {
         let w = &q.worker;
@@ -164,7 +196,7 @@ pub async fn run(
             })
             .collect();
         let body = response_body(res.take_body());
-        let handled = drain(&app).await.map_err(|e| e.to_string())?;
+        let handled = drain(&app).await.map_err(CaseError::Queue)?;
         let (outcome, reason) = outcome(
             &app, queued, status, &body, handled, &before, &captured, &ledger,
         );
@@ -179,7 +211,7 @@ pub async fn run(
             alerts: Vec::new(),
         });
     }
-    let mut actual = last.ok_or("no request was sent")?;
+    let mut actual = last.ok_or(CaseError::NoRequest)?;
     for b in captured.batches() {
         actual.sinks.entry(b.sink).or_default().extend(b.rows);
     }
@@ -195,7 +227,7 @@ type Alerts = Arc<std::sync::Mutex<Vec<String>>>;
 fn standins(
     s: &crate::fixture::Standins,
     clock_ms: i64,
-) -> Result<(Backing, Arc<Standin>, Alerts), String> {
+) -> Result<(Backing, Arc<Standin>, Alerts), CaseError> {
     let mut answers = Vec::new();
     for a in &s.answers {
         let body = match (&a.json, &a.text) {
@@ -203,10 +235,7 @@ fn standins(
             (None, Some(t)) => Bytes::from(t.clone()),
             (None, None) => Bytes::new(),
             (Some(_), Some(_)) => {
-                return Err(format!(
-                    "the answer for {} has both `json` and `text`",
-                    a.url
-                ));
+                return Err(CaseError::BothBodies(a.url.clone()));
             }
         };
         answers.push(Canned {
@@ -224,10 +253,7 @@ fn standins(
             Some(at) => Some(
                 millis(at)
                     .ok_or_else(|| {
-                        format!(
-                            "`expires_at` of {}'s token is not an RFC 3339 time",
-                            t.tenant
-                        )
+                        CaseError::Time(format!("`expires_at` of {}'s token", t.tenant))
                     })?
                     .div_euclid(1000),
             ),
@@ -264,11 +290,11 @@ fn standins(
 }
 
 /// The body bytes and the content type its kind implies.
-fn body_bytes(fixture: &Fixture, file: &Path) -> Result<(Bytes, Option<&'static str>), String> {
+fn body_bytes(fixture: &Fixture, file: &Path) -> Result<(Bytes, Option<&'static str>), CaseError> {
     Ok(match &fixture.request.body {
         None => (Bytes::new(), None),
         Some(Body::Json(v)) => (
-            Bytes::from(serde_json::to_vec(v).map_err(|e| e.to_string())?),
+            Bytes::from(serde_json::to_vec(v).map_err(CaseError::Json)?),
             Some("application/json"),
         ),
         Some(Body::Text(t)) => (Bytes::from(t.clone()), Some("text/plain; charset=utf-8")),
@@ -286,8 +312,10 @@ fn body_bytes(fixture: &Fixture, file: &Path) -> Result<(Bytes, Option<&'static 
         }
         Some(Body::File(rel)) => {
             let path = file.parent().unwrap_or(Path::new(".")).join(rel);
-            let bytes =
-                std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let bytes = std::fs::read(&path).map_err(|source| CaseError::ReadBody {
+                path: path.display().to_string(),
+                source,
+            })?;
             let kind = match path.extension().and_then(|e| e.to_str()) {
                 Some("json") => "application/json",
                 Some("form") => "application/x-www-form-urlencoded",
@@ -315,7 +343,7 @@ struct Prepared {
 
 impl Prepared {
     /// A fresh copy of the request, as the server will see it.
-    fn request(&self) -> Result<salvo::Request, String> {
+    fn request(&self) -> Result<salvo::Request, CaseError> {
         let mut builder = salvo::hyper::Request::builder()
             .method(self.method)
             .uri(&self.path_and_query);
@@ -324,7 +352,7 @@ impl Prepared {
         }
         let hyper_req = builder
             .body(ReqBody::Once(self.body.clone()))
-            .map_err(|e| format!("cannot build the request: {e}"))?;
+            .map_err(CaseError::Request)?;
         let mut req = salvo::Request::from_hyper(hyper_req, salvo::http::uri::Scheme::HTTP);
         *req.remote_addr_mut() = std::net::SocketAddr::new(self.peer, 40000).into();
         Ok(req)
@@ -339,7 +367,7 @@ fn prepare(
     body: Bytes,
     content_type: Option<&'static str>,
     clock_ms: i64,
-) -> Result<Prepared, String> {
+) -> Result<Prepared, CaseError> {
     let r = &fixture.request;
     let mut path_and_query = r.path.clone();
     if !r.query.is_empty() {
@@ -354,10 +382,10 @@ fn prepare(
     let mut headers = HeaderMap::new();
     for (name, v) in &r.headers {
         let name = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| format!("`{name}` is not a valid header name"))?;
+            .map_err(|_| CaseError::HeaderName(name.clone()))?;
         for value in v.values() {
             let value = HeaderValue::from_str(value)
-                .map_err(|_| format!("header `{name}` has a value that cannot be sent"))?;
+                .map_err(|_| CaseError::HeaderValue(name.to_string()))?;
             headers.append(name.clone(), value);
         }
     }
@@ -375,14 +403,13 @@ fn prepare(
     let peer = r.client_ip.unwrap_or(IpAddr::from([127, 0, 0, 1]));
     if let Some(at) = r.sign.when() {
         let now_ms = match at {
-            Some(t) => millis(t).ok_or("`sign.at` is not an RFC 3339 time")?,
+            Some(t) => millis(t).ok_or_else(|| CaseError::Time("`sign.at`".into()))?,
             None => clock_ms,
         };
         if let Some(pipeline) = pipeline {
             let Some(verifier) = &app.routes[pipeline].verifier else {
-                return Err(format!(
-                    "`sign: true`, but pipeline `{}` has no `verify` section",
-                    app.project.pipelines[pipeline].config.name
+                return Err(CaseError::NoVerify(
+                    app.project.pipelines[pipeline].config.name.clone(),
                 ));
             };
             let url = app.public_url(peer, &headers, &path_and_query);

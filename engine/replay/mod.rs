@@ -134,7 +134,7 @@ async fn run_case(
     };
     let actual = match case::run(project, plan, f, file).await {
         Ok(a) => a,
-        Err(e) => return Ok((vec![e], false)),
+        Err(e) => return Ok((vec![crate::diagnostics::chain(&e)], false)),
     };
     if !opts.update {
         return Ok((expect::compare(&f.expect, &actual), false));
