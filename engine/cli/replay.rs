@@ -19,7 +19,7 @@ pub(super) fn replay(
     };
     match rt.block_on(crate::replay::run(&opts)) {
         Err(e) => {
-            eprintln!("engine: {e}");
+            eprintln!("engine: {}", crate::diagnostics::chain(&e));
             ExitCode::from(2)
         }
         Ok(report) => {

@@ -69,8 +69,23 @@ pub struct Report {
     pub duration: Duration,
 }
 
+/// Why fixtures could not be listed, or an update written.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("{0}: no such file or directory")]
+    NoSuchRoot(String),
+    #[error("{path}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the expectation")]
+    Render(#[source] serde_json::Error),
+}
+
 /// Every fixture under `roots`, with the name it is reported by.
-pub fn discover(roots: &[PathBuf]) -> Result<Vec<(String, PathBuf)>, String> {
+pub fn discover(roots: &[PathBuf]) -> Result<Vec<(String, PathBuf)>, ReplayError> {
     let mut out = Vec::new();
     for root in roots {
         if root.is_file() {
@@ -79,10 +94,13 @@ pub fn discover(roots: &[PathBuf]) -> Result<Vec<(String, PathBuf)>, String> {
             continue;
         }
         if !root.is_dir() {
-            return Err(format!("{}: no such file or directory", root.display()));
+            return Err(ReplayError::NoSuchRoot(root.display().to_string()));
         }
         let mut found = Vec::new();
-        walk(root, &mut found).map_err(|e| format!("{}: {e}", root.display()))?;
+        walk(root, &mut found).map_err(|source| ReplayError::Io {
+            path: root.display().to_string(),
+            source,
+        })?;
         found.sort();
         for f in found {
             let rel = f.strip_prefix(root).unwrap_or(&f).with_extension("");
@@ -115,7 +133,7 @@ async fn run_case(
     (project, plan): (&Result<Project, Vec<Diagnostic>>, Option<Plan>),
     f: &fixture::Fixture,
     file: &Path,
-) -> Result<(Vec<String>, bool), String> {
+) -> Result<(Vec<String>, bool), ReplayError> {
     let not_loaded = |diags: &[Diagnostic]| {
         let mut problems = vec![format!(
             "the pipelines in {} do not load with this fixture's env:",
@@ -190,7 +208,7 @@ pub type Written = BTreeMap<String, BTreeMap<String, Vec<crate::sink::Batch>>>;
 /// Run every fixture under `roots` against the pipelines in `dir`, loaded with each fixture's own
 /// env as `engine replay` does, and keep the rows each (pipeline, sink) received. Fixtures that do
 /// not load or run are skipped: `engine replay` reports them.
-pub async fn rows_written(dir: &Path, roots: &[PathBuf]) -> Result<Written, String> {
+pub async fn rows_written(dir: &Path, roots: &[PathBuf]) -> Result<Written, ReplayError> {
     let mut written = Written::new();
     let mut projects = Projects::new(dir);
     for (name, file) in discover(roots)? {
@@ -236,7 +254,7 @@ pub async fn rows_written(dir: &Path, roots: &[PathBuf]) -> Result<Written, Stri
 }
 
 /// Run every selected case. `Err` only when the fixtures cannot be listed.
-pub async fn run(opts: &ReplayOptions) -> Result<Report, String> {
+pub async fn run(opts: &ReplayOptions) -> Result<Report, ReplayError> {
     let started = Instant::now();
     let mut cases = Vec::new();
     let mut projects = Projects::new(&opts.pipelines);

@@ -14,19 +14,23 @@ use crate::fixture::Expect;
 const ORDER: &[&str] = &["status", "outcome", "reason", "headers", "body", "sinks"];
 
 /// Replace the top-level `expect:` block of `file` (or append one) with `expect`.
-pub fn write_expect(file: &Path, expect: &Expect) -> Result<(), String> {
-    let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+pub fn write_expect(file: &Path, expect: &Expect) -> Result<(), super::ReplayError> {
+    let io = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| super::ReplayError::Io { path, source }
+    };
+    let text = std::fs::read_to_string(file).map_err(io(file))?;
     let block = render(expect)?;
     let out = replace_block(&text, "expect", &block);
     // write beside, then rename: an interrupted update never leaves half a fixture
     let tmp = file.with_extension("yaml.tmp");
-    std::fs::write(&tmp, out).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, file).map_err(|e| format!("{}: {e}", file.display()))
+    std::fs::write(&tmp, out).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, file).map_err(io(file))
 }
 
 /// `expect:` and its value as block YAML.
-pub fn render(expect: &Expect) -> Result<String, String> {
-    let value = serde_json::to_value(expect).map_err(|e| e.to_string())?;
+pub fn render(expect: &Expect) -> Result<String, super::ReplayError> {
+    let value = serde_json::to_value(expect).map_err(super::ReplayError::Render)?;
     let mut top = yaml_rust2::yaml::Hash::new();
     top.insert(Yaml::String("expect".into()), ordered(&value, ORDER, &[]));
     Ok(emit(&Yaml::Hash(top)))

@@ -104,9 +104,8 @@ pub enum CheckError {
     Migrations(#[source] crate::migrate::MigrateError),
     #[error("a row its sink would write")]
     Rows(#[source] crate::sink::SinkError),
-    /// The fixtures' run failed: replay's own words.
-    #[error("the fixtures: {0}")]
-    Fixtures(String),
+    #[error("the fixtures")]
+    Fixtures(#[source] crate::replay::ReplayError),
     #[error(
         "cannot start a thread to run the fixtures: free memory or threads, or pass --fixtures to a smaller directory"
     )]
