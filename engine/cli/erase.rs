@@ -11,7 +11,7 @@ pub(super) async fn erase(
     pipeline: Option<String>,
     list: Vec<String>,
     at: At,
-) -> Result<ExitCode, String> {
+) -> Result<ExitCode, super::CommandError> {
     let d = deployment(&at, false).map_err(super::events::not_loaded)?;
     // the pipelines whose index has every field named
     let names: Vec<&str> = list
@@ -38,7 +38,8 @@ pub(super) async fn erase(
                 .map(|p| format!(" `{p}`"))
                 .unwrap_or_default(),
             names.join(", ")
-        ));
+        )
+        .into());
     }
     let mut archived = 0;
     let mut dead = 0;
@@ -47,26 +48,23 @@ pub(super) async fn erase(
         let indexed: Vec<&str> = kept.index.keys().map(String::as_str).collect();
         let filter = Filter {
             pipeline: Some(p.config.name.clone()),
-            fields: conditions(&list, &indexed, &p.config.name).map_err(|e| e.to_string())?,
+            fields: conditions(&list, &indexed, &p.config.name)?,
             ..Filter::default()
         };
-        archived += d.store.erase(&filter).await.map_err(|e| e.to_string())?;
+        archived += d.store.erase(&filter).await?;
         dead += erase_dead_letters(&d, p, &filter).await?;
     }
     let erasure = Erasure {
         at_ms: chrono::Utc::now().timestamp_millis(),
         pipeline,
         conditions: Erasure::conditions(&Filter {
-            fields: conditions(&list, &names, "").map_err(|e| e.to_string())?,
+            fields: conditions(&list, &names, "")?,
             ..Filter::default()
         }),
         archived,
         dead_letters: dead,
     };
-    d.store
-        .record_erasure(&erasure)
-        .await
-        .map_err(|e| e.to_string())?;
+    d.store.record_erasure(&erasure).await?;
     if d.json {
         println!(
             "{}",
@@ -87,16 +85,15 @@ async fn erase_dead_letters(
     d: &ArchiveDeployment,
     p: &crate::config::LoadedPipeline,
     filter: &Filter,
-) -> Result<u64, String> {
-    let q = crate::server::queueing::redis_queue(&d.project, &p.config, "engine-cli")
-        .map_err(|e| crate::diagnostics::chain(&e))?;
+) -> Result<u64, super::CommandError> {
+    let q = crate::server::queueing::redis_queue(&d.project, &p.config, "engine-cli")?;
     let Some(q) = q else {
         return Ok(0);
     };
     let kept = p.config.archive.kept().expect("archived");
     let recorder =
         crate::archive::Recorder::new(d.store.clone(), &p.config.name, &kept.index, None);
-    let letters = q.dead_letters(100_000).await.map_err(|e| e.to_string())?;
+    let letters = q.dead_letters(100_000).await?;
     let ids: Vec<String> = letters
         .iter()
         .filter(|l| {
@@ -110,5 +107,5 @@ async fn erase_dead_letters(
     if ids.is_empty() {
         return Ok(0);
     }
-    q.purge_dead(&ids).await.map_err(|e| e.to_string())
+    Ok(q.purge_dead(&ids).await?)
 }

@@ -126,7 +126,7 @@ pub struct FilterArgs {
 fn archived<'p>(
     project: &'p Project,
     name: &str,
-) -> Result<&'p crate::config::LoadedPipeline, String> {
+) -> Result<&'p crate::config::LoadedPipeline, super::CommandError> {
     let p = project
         .pipelines
         .iter()
@@ -140,15 +140,13 @@ fn archived<'p>(
             format!("no pipeline `{name}` (pipelines: {})", names.join(", "))
         })?;
     if p.config.archive.kept().is_none() {
-        return Err(format!(
-            "pipeline `{name}` has `archive: off`: nothing is archived"
-        ));
+        return Err(format!("pipeline `{name}` has `archive: off`: nothing is archived").into());
     }
     Ok(p)
 }
 
 impl FilterArgs {
-    fn filter(&self, project: &Project) -> Result<Filter, String> {
+    fn filter(&self, project: &Project) -> Result<Filter, super::CommandError> {
         let p = archived(project, &self.pipeline)?;
         crate::archive::search::filter(
             &p.config,
@@ -158,7 +156,7 @@ impl FilterArgs {
             &self.conditions,
             self.id.as_deref(),
         )
-        .map_err(|e| e.to_string())
+        .map_err(Into::into)
     }
 }
 
@@ -255,19 +253,18 @@ pub(super) fn events(action: EventsAction) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("engine: {e}");
+            eprintln!("engine: {}", crate::diagnostics::chain(&*e));
             ExitCode::from(1)
         }
     }
 }
 
-async fn run(action: EventsAction) -> Result<ExitCode, String> {
-    let e = |e: crate::archive::ArchiveError| e.to_string();
+async fn run(action: EventsAction) -> Result<ExitCode, super::CommandError> {
     match action {
         EventsAction::List { filter, limit } => {
             let d = deployment(&filter.at, false).map_err(not_loaded)?;
             let f = filter.filter(&d.project)?;
-            let events = d.store.list(&f, limit).await.map_err(e)?;
+            let events = d.store.list(&f, limit).await?;
             print_list(&events, d.json);
         }
         EventsAction::Show {
@@ -295,7 +292,7 @@ async fn run(action: EventsAction) -> Result<ExitCode, String> {
         }
         EventsAction::Jobs { pipeline, at } => {
             let d = deployment(&at, false).map_err(not_loaded)?;
-            let jobs = d.store.jobs().list(pipeline.as_deref()).await.map_err(e)?;
+            let jobs = d.store.jobs().list(pipeline.as_deref()).await?;
             if d.json {
                 println!(
                     "{}",
@@ -321,8 +318,8 @@ async fn run(action: EventsAction) -> Result<ExitCode, String> {
         }
         EventsAction::Cancel { job, at } => {
             let d = deployment(&at, false).map_err(not_loaded)?;
-            if !d.store.jobs().cancel(&job).await.map_err(e)? {
-                return Err(format!("replay job `{job}` is not running"));
+            if !d.store.jobs().cancel(&job).await? {
+                return Err(format!("replay job `{job}` is not running").into());
             }
             println!("replay job {job}: asked to stop");
         }
@@ -368,18 +365,20 @@ fn print_dry_run(matched: u64, sample: &[crate::archive::replay::Preview], json:
 
 /// One archived event: its story and its request (redacted unless `unredacted`, which logs
 /// that it printed the request whole).
-async fn show(pipeline: &str, id: &str, unredacted: bool, at: &At) -> Result<(), String> {
-    let e = |e: crate::archive::ArchiveError| e.to_string();
+async fn show(
+    pipeline: &str,
+    id: &str,
+    unredacted: bool,
+    at: &At,
+) -> Result<(), super::CommandError> {
     let d = deployment(at, false).map_err(not_loaded)?;
     let p = archived(&d.project, pipeline)?;
     let stored = d
         .store
         .show(pipeline, id)
-        .await
-        .map_err(e)?
+        .await?
         .ok_or_else(|| format!("no archived event `{id}` in `{pipeline}`"))?;
-    let keyring =
-        crate::server::queueing::keyring(&d.project).map_err(|e| crate::diagnostics::chain(&e))?;
+    let keyring = crate::server::queueing::keyring(&d.project)?;
     let request = match stored.event(keyring.as_ref()) {
         Ok(event) => {
             let redact: &[_] = if unredacted {
@@ -441,7 +440,7 @@ async fn show(pipeline: &str, id: &str, unredacted: bool, at: &At) -> Result<(),
 }
 
 /// The replay runner of one pipeline, with its program and sinks as they are now.
-fn runner(d: &mut ArchiveDeployment, pipeline: &str) -> Result<Runner, String> {
+fn runner(d: &mut ArchiveDeployment, pipeline: &str) -> Result<Runner, super::CommandError> {
     let i = d
         .project
         .pipelines
@@ -463,7 +462,7 @@ fn runner(d: &mut ArchiveDeployment, pipeline: &str) -> Result<Runner, String> {
         d.pool.as_ref(),
         &d.store,
     )
-    .map_err(|e| crate::diagnostics::chain(&e))
+    .map_err(Into::into)
 }
 
 async fn replay(
@@ -472,32 +471,32 @@ async fn replay(
     rate: u32,
     force: bool,
     resume: Option<String>,
-) -> Result<ExitCode, String> {
+) -> Result<ExitCode, super::CommandError> {
     let mut d = deployment(&filter.at, true).map_err(not_loaded)?;
     let json = d.json;
     let runner = runner(&mut d, &filter.pipeline)?;
-    let e = |e: crate::archive::ArchiveError| e.to_string();
     let mut job = match resume {
         Some(id) => {
-            let job = d.store.jobs().claim(&id).await.map_err(e)??;
+            let job = d.store.jobs().claim(&id).await.map_err(Box::new)??;
             if job.pipeline != filter.pipeline {
                 return Err(format!(
                     "replay job `{id}` replays `{}`, not `{}`",
                     job.pipeline, filter.pipeline
-                ));
+                )
+                .into());
             }
             job
         }
         None => {
             let f = filter.filter(&d.project)?;
             if dry_run {
-                let (matched, sample) = runner.dry_run(&f, 10, force).await.map_err(e)?;
+                let (matched, sample) = runner.dry_run(&f, 10, force).await?;
                 print_dry_run(matched, &sample, json);
                 return Ok(ExitCode::SUCCESS);
             }
-            let matched = d.store.count(&f).await.map_err(e)?;
+            let matched = d.store.count(&f).await?;
             let job = Job::new(f, matched, rate, force);
-            d.store.jobs().create(&job).await.map_err(e)?;
+            d.store.jobs().create(&job).await?;
             job
         }
     };
@@ -541,7 +540,7 @@ async fn replay(
             job.counts.failed
         );
     }
-    result.map_err(e)?;
+    result?;
     Ok(match job.counts.failed {
         0 => ExitCode::SUCCESS,
         _ => ExitCode::from(1),

@@ -9,6 +9,10 @@
 //! command group has its own file: `serve`, `validate` (+ `schema`), `replay`, `queue` (+ `dlq`),
 //! `migrate`, `secrets` (+ `tenants`).
 
+/// What a command stops on: its own words (a `String`) or an error with its causes; printed
+/// once at the command's top as `engine: <the chain>` ([`crate::diagnostics::chain`]).
+pub(crate) type CommandError = Box<dyn std::error::Error + Send + Sync>;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 

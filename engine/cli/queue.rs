@@ -101,10 +101,10 @@ pub(super) fn dlq(action: DlqAction) -> ExitCode {
         return ExitCode::from(2);
     };
     let json = target.json;
-    let result: Result<(), String> = rt.block_on(async {
+    let result: Result<(), super::CommandError> = rt.block_on(async {
         match &action {
             DlqAction::List { .. } => {
-                let letters = q.dead_letters(1000).await.map_err(|e| e.to_string())?;
+                let letters = q.dead_letters(1000).await?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&letters).unwrap_or_default());
                 } else {
@@ -116,7 +116,7 @@ pub(super) fn dlq(action: DlqAction) -> ExitCode {
                 Ok(())
             }
             DlqAction::Show { id, .. } => {
-                let letters = q.dead_letters(10_000).await.map_err(|e| e.to_string())?;
+                let letters = q.dead_letters(10_000).await?;
                 let l = letters.iter().find(|l| &l.id == id).ok_or_else(|| format!("no dead letter `{id}`"))?;
                 let event = l.event.as_ref().map(|e| {
                     serde_json::json!({
@@ -131,13 +131,13 @@ pub(super) fn dlq(action: DlqAction) -> ExitCode {
             }
             DlqAction::Replay { id, .. } => {
                 let ids: Vec<String> = id.iter().cloned().collect();
-                let n = q.replay_dead(&ids).await.map_err(|e| e.to_string())?;
+                let n = q.replay_dead(&ids).await?;
                 if json { println!("{{\"replayed\": {n}}}") } else { println!("replayed {n}") }
                 Ok(())
             }
             DlqAction::Purge { id, .. } => {
                 let ids: Vec<String> = id.iter().cloned().collect();
-                let n = q.purge_dead(&ids).await.map_err(|e| e.to_string())?;
+                let n = q.purge_dead(&ids).await?;
                 if json { println!("{{\"purged\": {n}}}") } else { println!("purged {n}") }
                 Ok(())
             }
@@ -146,7 +146,7 @@ pub(super) fn dlq(action: DlqAction) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("engine: {e}");
+            eprintln!("engine: {}", crate::diagnostics::chain(&*e));
             ExitCode::from(1)
         }
     }

@@ -30,7 +30,7 @@ pub(super) fn validate(
             Ok(d) if d.iter().all(Diagnostic::is_warning) => project.warnings.extend(d),
             Ok(d) => result = Err(d),
             Err(e) => {
-                eprintln!("engine: {e}");
+                eprintln!("engine: table check: {}", crate::diagnostics::chain(&*e));
                 return ExitCode::from(1);
             }
         }
@@ -110,12 +110,9 @@ pub(super) fn table_problems(
     project: &crate::config::Project,
     url: &str,
     options: &crate::table_check::CheckOptions<'_>,
-) -> Result<Vec<Diagnostic>, String> {
+) -> Result<Vec<Diagnostic>, super::CommandError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start a runtime: {e}"))?;
-    runtime
-        .block_on(crate::table_check::check_project(project, url, options))
-        .map_err(|e| format!("table check: {}", crate::diagnostics::chain(&e)))
+        .build()?;
+    Ok(runtime.block_on(crate::table_check::check_project(project, url, options))?)
 }
