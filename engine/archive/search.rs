@@ -27,6 +27,8 @@ pub enum SearchError {
     ArchiveOff(String),
     #[error("outcome `{0}`: one of written, dropped, dead, retrying, failed")]
     Outcome(String),
+    #[error("no pipeline `{0}`")]
+    NoPipeline(String),
 }
 
 /// A time given as a span back from now or an RFC 3339 time, in Unix ms.

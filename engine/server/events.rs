@@ -20,7 +20,9 @@ use salvo::prelude::*;
 use super::App;
 use super::answer::Stop;
 use super::console::{Form, checked, form_of, html, not_found, problem, redirect};
+use super::queueing::WiringError;
 use crate::archive::replay::{Job, Runner};
+use crate::archive::search::SearchError;
 use crate::archive::{Filter, Store};
 use crate::console::archive::{self as pages, Search};
 use crate::console::session::Session;
@@ -147,7 +149,7 @@ async fn events_of(
             (Ok(events), Ok(total)) => Ok((events, total)),
             (Err(e), _) | (_, Err(e)) => Err(format!("The archive did not answer: {e}")),
         },
-        Err(e) => Err(e),
+        Err(e) => Err(e.to_string()),
     };
     html(
         res,
@@ -174,8 +176,9 @@ async fn act(
     };
     match action {
         "/console/events/replay-preview" | "/console/events/replay" => {
-            let f = filter(app, &search).map_err(|e| bad(res, &e))?;
-            let runner = runner(app, store, &search.pipeline).map_err(|e| bad(res, &e))?;
+            let f = filter(app, &search).map_err(|e| bad(res, &e.to_string()))?;
+            let runner = runner(app, store, &search.pipeline)
+                .map_err(|e| bad(res, &crate::diagnostics::chain(&e)))?;
             if action.ends_with("preview") {
                 let (matched, sample) = runner
                     .dry_run(&f, 10, false)
@@ -215,7 +218,8 @@ async fn act(
                 Ok(Err(why)) => return Err(bad(res, &why)),
                 Err(e) => return Err(unavailable(res, &e.to_string())),
             };
-            let runner = runner(app, store, &job.pipeline).map_err(|e| bad(res, &e))?;
+            let runner = runner(app, store, &job.pipeline)
+                .map_err(|e| bad(res, &crate::diagnostics::chain(&e)))?;
             tracing::info!(action = "resume", job = %id, "console: replay resumed");
             spawn(runner, job);
             redirect(res, "/console/events/jobs")
@@ -239,8 +243,9 @@ fn search_of(query: &HashMap<String, String>) -> Search {
 }
 
 /// The archive filter a search names.
-fn filter(app: &App, s: &Search) -> Result<Filter, String> {
-    let p = pipeline(app, &s.pipeline).ok_or_else(|| format!("no pipeline `{}`", s.pipeline))?;
+fn filter(app: &App, s: &Search) -> Result<Filter, SearchError> {
+    let p =
+        pipeline(app, &s.pipeline).ok_or_else(|| SearchError::NoPipeline(s.pipeline.clone()))?;
     let list: Vec<String> = (!s.field.trim().is_empty())
         .then(|| s.field.trim().to_string())
         .into_iter()
@@ -253,25 +258,23 @@ fn filter(app: &App, s: &Search) -> Result<Filter, String> {
         &list,
         None,
     )
-    .map_err(|e| e.to_string())
 }
 
 /// A replay runner for `name` in this instance: its live program, its sinks built to overwrite.
-fn runner(app: &App, store: &Arc<Store>, name: &str) -> Result<Runner, String> {
+fn runner(app: &App, store: &Arc<Store>, name: &str) -> Result<Runner, WiringError> {
     let (i, p) = app
         .project
         .pipelines
         .iter()
         .enumerate()
         .find(|(_, p)| p.config.name == name)
-        .ok_or_else(|| format!("no pipeline `{name}`"))?;
+        .ok_or_else(|| WiringError::NoPipeline(name.to_string()))?;
     let program = app.routes[i]
         .queued
         .as_ref()
         .map(|q| q.worker.program.clone())
-        .ok_or_else(|| format!("pipeline `{name}` has no transform steps"))?;
+        .ok_or_else(|| WiringError::NoTransform(name.to_string()))?;
     super::queueing::replay_runner(&app.project, &p.config, program, app.pool.as_ref(), store)
-        .map_err(|e| crate::diagnostics::chain(&e))
 }
 
 /// Take over the replay jobs whose process stopped (running or cancelling, no heartbeat for
@@ -304,7 +307,10 @@ pub async fn adopt_stopped_replays(app: &App) {
                     "replay job whose process stopped: taken over, going on from its cursor");
                 spawn(runner, job);
             }
-            Err(e) => tracing::error!(job = %job.id, error = %e, "replay job cannot be taken over"),
+            Err(e) => {
+                let e = &e as &dyn std::error::Error;
+                tracing::error!(job = %job.id, error = e, "replay job cannot be taken over")
+            }
         }
     }
 }

@@ -66,7 +66,7 @@ impl Live {
         project: Project,
         plan: crate::plan::Plan,
         grace: Duration,
-    ) -> Result<(), String> {
+    ) -> Result<(), super::BuildError> {
         let old = self.app();
         let carried = old
             .queues()
@@ -75,18 +75,15 @@ impl Live {
                 crate::queue::Queue::Redis(_) => None,
             })
             .collect();
-        let app = Arc::new(
-            App::build_in(
-                project,
-                plan,
-                AppContext {
-                    record: old.recorder.as_ref().map(|r| r.dir.clone()),
-                    memory_queues: carried,
-                    ..AppContext::default()
-                },
-            )
-            .map_err(|e| crate::diagnostics::chain(&e))?,
-        );
+        let app = Arc::new(App::build_in(
+            project,
+            plan,
+            AppContext {
+                record: old.recorder.as_ref().map(|r| r.dir.clone()),
+                memory_queues: carried,
+                ..AppContext::default()
+            },
+        )?);
         let workers = self.run_workers.then(|| queueing::start(app.queues()));
         self.current.store(Arc::new(Serving {
             chain: chain(app.clone()),

@@ -63,6 +63,10 @@ pub enum WiringError {
     },
     #[error("pipeline `{0}` has `archive: off`")]
     ArchiveOff(String),
+    #[error("no pipeline `{0}`")]
+    NoPipeline(String),
+    #[error("pipeline `{0}` has no transform steps")]
+    NoTransform(String),
 }
 
 /// What every queued pipeline's queue and worker are wired to: sinks writing to `target`

@@ -70,7 +70,8 @@ fn load_and_swap(live: &Live, source: &Source, grace: Duration) -> Result<usize,
         tracing::warn!("host, port and timeouts changes take effect at the next restart");
     }
     let n = project.pipelines.len();
-    live.swap(project, plan, grace).map_err(|e| vec![e])?;
+    live.swap(project, plan, grace)
+        .map_err(|e| vec![crate::diagnostics::chain(&e)])?;
     Ok(n)
 }
 

@@ -68,14 +68,37 @@ struct Field {
     looked: String,
 }
 
+/// A text written where a JSON pointer goes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "`{0}` is not a JSON pointer: start it with `/`, e.g. `/{0}` (RFC 6901; `~1` for a `/` inside a key)"
+)]
+pub(crate) struct NotAPointer(String);
+
+/// Why a map step makes no row for an event (the reason its failure carries). It names the
+/// field and the kind of value, never the value (it is the sender's data).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MapError {
+    #[error("field `{field}` (seconds_between): {kind} is not {expected}")]
+    NotATime {
+        field: String,
+        kind: &'static str,
+        expected: &'static str,
+    },
+    #[error("required field `{field}` has no value (looked at {looked})")]
+    Missing { field: String, looked: String },
+    #[error("field `{field}`: {why} and `on_invalid: fail`")]
+    Invalid { field: String, why: String },
+    #[error("required field `{field}`: {why}")]
+    RequiredInvalid { field: String, why: String },
+}
+
 /// A pointer is `""` (the whole body) or starts with `/` (RFC 6901): the problem otherwise.
-pub(crate) fn check_pointer(p: &str) -> Result<(), String> {
+pub(crate) fn check_pointer(p: &str) -> Result<(), NotAPointer> {
     if crate::request_field::is_pointer(p) {
         Ok(())
     } else {
-        Err(format!(
-            "`{p}` is not a JSON pointer: start it with `/`, e.g. `/{p}` (RFC 6901; `~1` for a `/` inside a key)"
-        ))
+        Err(NotAPointer(p.to_string()))
     }
 }
 
@@ -101,7 +124,7 @@ impl Mapping {
                             } else {
                                 rest.to_string()
                             }),
-                            e,
+                            e.to_string(),
                         )),
                     }
                 }
@@ -208,7 +231,7 @@ impl Mapping {
         &self,
         values: &mut [Option<Value>],
         event: &EventInput,
-    ) -> Result<Value, String> {
+    ) -> Result<Value, MapError> {
         let mut row = Map::new();
         for f in &self.fields {
             let mut value = self.first(values, &f.json);
@@ -218,13 +241,10 @@ impl Mapping {
                 let times = (self.first(values, from), self.first(values, to));
                 if let (Some(from), Some(to)) = times {
                     let ms = |v: &Value| {
-                        time_ms(v).ok_or_else(|| {
-                            format!(
-                                "field `{}` (seconds_between): {} is not {}",
-                                f.name,
-                                crate::schema::value_kind(v),
-                                expected(Convert::Time)
-                            )
+                        time_ms(v).ok_or_else(|| MapError::NotATime {
+                            field: f.name.clone(),
+                            kind: crate::schema::value_kind(v),
+                            expected: expected(Convert::Time),
                         })
                     };
                     let (from, to) = (ms(&from)?, ms(&to)?);
@@ -245,10 +265,10 @@ impl Mapping {
                 },
                 (Some(v), None) => v,
                 (None, _) if f.required => {
-                    return Err(format!(
-                        "required field `{}` has no value (looked at {})",
-                        f.name, f.looked
-                    ));
+                    return Err(MapError::Missing {
+                        field: f.name.clone(),
+                        looked: f.looked.clone(),
+                    });
                 }
                 (None, _) => Value::Null,
             };
@@ -261,7 +281,7 @@ impl Mapping {
 impl Field {
     /// What a value that does not convert to `to` becomes, as `on_invalid` says. The reason
     /// names the field and the kind of value, never the value (it is the sender's data).
-    fn invalid(&self, v: &Value, to: Convert) -> Result<Value, String> {
+    fn invalid(&self, v: &Value, to: Convert) -> Result<Value, MapError> {
         let why = || {
             format!(
                 "{} is not {} (`as: {}`)",
@@ -272,17 +292,19 @@ impl Field {
         };
         let value = match self.on_invalid {
             OnInvalid::Fail => {
-                return Err(format!(
-                    "field `{}`: {} and `on_invalid: fail`",
-                    self.name,
-                    why()
-                ));
+                return Err(MapError::Invalid {
+                    field: self.name.clone(),
+                    why: why(),
+                });
             }
             OnInvalid::Default => self.default.clone().unwrap_or(Value::Null),
             OnInvalid::Null => Value::Null,
         };
         if value.is_null() && self.required {
-            return Err(format!("required field `{}`: {}", self.name, why()));
+            return Err(MapError::RequiredInvalid {
+                field: self.name.clone(),
+                why: why(),
+            });
         }
         Ok(value)
     }

@@ -72,7 +72,8 @@ pub fn compile(
             None,
         ),
         ScriptSource::File(rel) => {
-            let path = resolve(pipeline_file, root, rel).map_err(|m| err(None, None, m))?;
+            let path = resolve(pipeline_file, root, rel)
+                .map_err(|m| err(None, None, crate::diagnostics::chain(&m)))?;
             let text = std::fs::read_to_string(&path)
                 .map_err(|e| err(None, None, format!("cannot read script `{rel}`: {e}")))?;
             let shown = pipeline_file.parent().unwrap_or(Path::new(".")).join(rel);
@@ -94,13 +95,24 @@ pub fn compile(
     }
 }
 
+/// What is wrong with a `script:` path.
+#[derive(Debug, thiserror::Error)]
+pub enum ScriptPathError {
+    #[error("script `{0}` must be a path relative to the pipeline file")]
+    Absolute(String),
+    #[error("script `{0}` does not exist")]
+    Missing(String),
+    #[error("cannot resolve the pipelines directory")]
+    Root(#[source] std::io::Error),
+    #[error("script `{0}` is outside the pipelines directory; keep scripts under it")]
+    Outside(String),
+}
+
 /// A script path relative to the pipeline file, which must stay inside the pipelines directory.
-pub fn resolve(pipeline_file: &Path, root: &Path, rel: &str) -> Result<PathBuf, String> {
+pub fn resolve(pipeline_file: &Path, root: &Path, rel: &str) -> Result<PathBuf, ScriptPathError> {
     let rel_path = Path::new(rel);
     if rel_path.is_absolute() {
-        return Err(format!(
-            "script `{rel}` must be a path relative to the pipeline file"
-        ));
+        return Err(ScriptPathError::Absolute(rel.to_string()));
     }
     let joined = pipeline_file
         .parent()
@@ -108,14 +120,10 @@ pub fn resolve(pipeline_file: &Path, root: &Path, rel: &str) -> Result<PathBuf, 
         .join(rel_path);
     let real = joined
         .canonicalize()
-        .map_err(|_| format!("script `{rel}` does not exist"))?;
-    let root = root
-        .canonicalize()
-        .map_err(|e| format!("cannot resolve the pipelines directory: {e}"))?;
+        .map_err(|_| ScriptPathError::Missing(rel.to_string()))?;
+    let root = root.canonicalize().map_err(ScriptPathError::Root)?;
     if !real.starts_with(&root) {
-        return Err(format!(
-            "script `{rel}` is outside the pipelines directory; keep scripts under it"
-        ));
+        return Err(ScriptPathError::Outside(rel.to_string()));
     }
     Ok(real)
 }
@@ -248,8 +256,9 @@ impl StepCompiler<'_> {
             Some(When::Field(f)) => {
                 let json = match &f.field {
                     KeySource::Json(ptr) => {
-                        map::check_pointer(ptr)
-                            .map_err(|e| step_error(format!("{base}/when/field/json"), e))?;
+                        map::check_pointer(ptr).map_err(|e| {
+                            step_error(format!("{base}/when/field/json"), e.to_string())
+                        })?;
                         Some(if step.map.is_some() {
                             FieldRead::Map(pointers.slot(ptr))
                         } else {
