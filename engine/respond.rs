@@ -327,7 +327,9 @@ impl Responder {
         input: &EventInput,
         budget: Duration,
     ) -> Result<Reply, (bool, String)> {
-        let body = input.parsed_body().map_err(|e| (false, e))?;
+        let body = input
+            .parsed_body()
+            .map_err(|e| (false, crate::diagnostics::chain(&e)))?;
         let event = input.to_dynamic(body, &self.vars);
         let over_budget = |e: &rhai::EvalAltResult| matches!(e.unwrap_inner(), rhai::EvalAltResult::ErrorTerminated(token, _) if !sandbox::over_memory(token));
         sandbox::with_deadline(budget, || {

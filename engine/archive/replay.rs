@@ -124,6 +124,21 @@ impl Job {
 /// The jobs of a store.
 pub struct Jobs<'a>(pub(super) &'a Store);
 
+/// Why a replay job cannot be taken over (`engine events replay --resume`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClaimRefused {
+    #[error("no replay job `{0}`")]
+    NoJob(String),
+    #[error("replay job `{id}` is {status}: nothing to resume")]
+    NotRunning { id: String, status: &'static str },
+    #[error(
+        "replay job `{id}` is being run (heartbeat {secs} s ago); resume it once its process has stopped"
+    )]
+    Running { id: String, secs: i64 },
+    #[error("replay job `{0}` was taken over by another process")]
+    TakenOver(String),
+}
+
 impl Jobs<'_> {
     pub async fn create(&self, job: &Job) -> Result<(), ArchiveError> {
         match self.0 {
@@ -295,22 +310,22 @@ impl Jobs<'_> {
     }
 
     /// Take over a job nobody runs (running or cancelling, heartbeat older than [`STALE`]).
-    pub async fn claim(&self, id: &str) -> Result<Result<Job, String>, ArchiveError> {
+    pub async fn claim(&self, id: &str) -> Result<Result<Job, ClaimRefused>, ArchiveError> {
         let Some(job) = self.get(id).await? else {
-            return Ok(Err(format!("no replay job `{id}`")));
+            return Ok(Err(ClaimRefused::NoJob(id.to_string())));
         };
         if !matches!(job.status, Status::Running | Status::Cancelling) {
-            return Ok(Err(format!(
-                "replay job `{id}` is {}: nothing to resume",
-                job.status.as_str()
-            )));
+            return Ok(Err(ClaimRefused::NotRunning {
+                id: id.to_string(),
+                status: job.status.as_str(),
+            }));
         }
         let age = chrono::Utc::now().timestamp_millis() - job.heartbeat_at_ms;
         if age < STALE.as_millis() as i64 {
-            return Ok(Err(format!(
-                "replay job `{id}` is being run (heartbeat {} s ago); resume it once its process has stopped",
-                age / 1000
-            )));
+            return Ok(Err(ClaimRefused::Running {
+                id: id.to_string(),
+                secs: age / 1000,
+            }));
         }
         match self.0 {
             Store::Postgres(s) => {
@@ -323,9 +338,7 @@ impl Jobs<'_> {
                     )
                     .await?;
                 if taken != 1 {
-                    return Ok(Err(format!(
-                        "replay job `{id}` was taken over by another process"
-                    )));
+                    return Ok(Err(ClaimRefused::TakenOver(id.to_string())));
                 }
             }
             Store::Local(_) => self.progress(&job).await.map(|_| ())?,

@@ -215,7 +215,7 @@ async fn act(
             let id = form.first("job").unwrap_or_default();
             let job = match store.jobs().claim(id).await {
                 Ok(Ok(job)) => job,
-                Ok(Err(why)) => return Err(bad(res, &why)),
+                Ok(Err(why)) => return Err(bad(res, &why.to_string())),
                 Err(e) => return Err(unavailable(res, &e.to_string())),
             };
             let runner = runner(app, store, &job.pipeline)

@@ -77,6 +77,11 @@ mod body_base64 {
     }
 }
 
+/// A body sent as JSON that is not JSON: the event fails permanently (a retry sends the same).
+#[derive(Debug, thiserror::Error)]
+#[error("the body is not valid JSON")]
+pub struct NotJson(#[source] serde_json::Error);
+
 impl EventInput {
     /// The stored form's JSON: the event without its body.
     pub fn stored_meta(&self) -> Result<String, serde_json::Error> {
@@ -158,13 +163,13 @@ impl EventInput {
     }
 
     /// The body as a script sees it. A JSON content type whose body is not JSON is an error.
-    pub fn parsed_body(&self) -> Result<Dynamic, String> {
+    pub fn parsed_body(&self) -> Result<Dynamic, NotJson> {
         let ct = self.content_type();
         if self.is_json_typed(&ct) {
             // Straight into Rhai values: one pass, no intermediate `serde_json::Value`.
             return serde_json::from_slice::<Json>(&self.body)
                 .map(|j| j.0)
-                .map_err(|e| format!("the body is not valid JSON ({e})"));
+                .map_err(NotJson);
         }
         if ct.starts_with("application/x-www-form-urlencoded") {
             return Ok(Dynamic::from_map(multi_map(form_urlencoded::parse(
@@ -389,10 +394,12 @@ mod tests {
             .unwrap();
         assert!(j.is_map());
         assert!(
-            sample("application/json", "{nope")
-                .parsed_body()
-                .unwrap_err()
-                .contains("not valid JSON")
+            crate::diagnostics::chain(
+                &sample("application/json", "{nope")
+                    .parsed_body()
+                    .unwrap_err()
+            )
+            .starts_with("the body is not valid JSON: key must be a string")
         );
         assert_eq!(
             sample("text/plain", "hi")

@@ -568,7 +568,7 @@ impl Run<'_> {
         Ok(self
             .input
             .parsed_body()
-            .map_err(Failure::permanent)?
+            .map_err(|e| Failure::permanent(crate::diagnostics::chain(&e)))?
             .into_shared())
     }
 

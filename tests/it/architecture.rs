@@ -189,6 +189,57 @@ fn no_type_name_is_defined_twice() {
     assert!(twice.is_empty(), "give each its own name: {twice:?}");
 }
 
+/// Errors keep their causes: a `Result` whose error is a bare `String` is kept only where the
+/// string is the text a person reads (a `/ready` reason, a console page's message, a respond
+/// script's failure, a schema's own complaint), at most 10 in all. Everything else is a typed
+/// error with its `#[source]`.
+#[test]
+fn string_errors_are_only_user_facing_text() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("engine");
+    let mut files = Vec::new();
+    collect(&root, &mut files);
+    let mut found = Vec::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        let code = text.split("#[cfg(test)]\nmod tests").next().unwrap();
+        for (at, _) in code.match_indices("Result<") {
+            // the generic arguments, up to the matching `>`; the error is the last top-level one
+            let mut depth = 0;
+            let mut last = at + "Result<".len();
+            let mut end = None;
+            for (i, c) in code[at + "Result".len()..].char_indices() {
+                let i = i + at + "Result".len();
+                match c {
+                    '<' | '(' | '[' => depth += 1,
+                    '>' | ')' | ']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            end = Some(i);
+                            break;
+                        }
+                    }
+                    ',' if depth == 1 => last = i + 1,
+                    _ => {}
+                }
+            }
+            if let Some(end) = end
+                && code[last..end].trim() == "String"
+            {
+                let line = code[..at].lines().count();
+                found.push(format!(
+                    "{}:{line}",
+                    f.strip_prefix(&root).unwrap().display()
+                ));
+            }
+        }
+    }
+    assert!(
+        found.len() <= 10,
+        "{} `Result<_, String>`: give these an error type that keeps its cause: {found:?}",
+        found.len()
+    );
+}
+
 #[test]
 fn every_top_level_module_is_on_the_map() {
     let map =
