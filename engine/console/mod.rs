@@ -12,7 +12,8 @@
 //!   POST /console/dead-letters/replay|purge, /console/logout (this session, or every one)
 //!        -> CSRF token checked -> the queue's own operation / the sign-out (revoked.rs: shared
 //!        through Redis) -> logged with the request id and client IP -> 303 back to the page
-//! dispatch, every pipeline answer while on -> traffic::global().record, recent::global().keep
+//! dispatch, every pipeline answer while on -> Console::samples (traffic.record, recent.keep):
+//!   owned by the app's console, carried over a reload, never process-wide
 //! ```
 //!
 //! Every answer carries a Content-Security-Policy that allows only the console's own script
@@ -41,6 +42,10 @@ pub const DEAD_LETTERS_SHOWN: usize = 100;
 
 /// The console of a running app: its session keys, signed-out sessions and sign-in limit.
 pub struct Console {
+    /// What the console shows of the traffic (its sample of recent requests, its per-second
+    /// counts), kept by the request path's side line (`server::aside`) and carried over a
+    /// reload (`AppContext::console_samples`), so a reload does not empty the pages.
+    pub samples: std::sync::Arc<Samples>,
     pub keys: Keys,
     /// Sessions signed out before they expired.
     pub revoked: revoked::Revoked,
@@ -54,17 +59,27 @@ impl Console {
     pub fn new(
         token: Option<&Secret>,
         redis: Option<(crate::redis_conn::group_commit::GroupCommit, String)>,
+        samples: std::sync::Arc<Samples>,
     ) -> Option<Console> {
         let token = token?;
         // per client IP, failing open: the token is the lock and the limit only slows guessing,
         // so a Redis outage must not lock operators out when they need the console most
         let per_ip = RateLimit::per_ip(LOGIN_ATTEMPTS_PER_MINUTE, Duration::from_secs(60));
         Some(Console {
+            samples,
             keys: Keys::new(token),
             revoked: revoked::Revoked::new(redis),
             login: Rule::new("console-login", &per_ip),
         })
     }
+}
+
+/// The console's view of the traffic: bounded in size (per pipeline, a few samples and a
+/// minute of counts).
+#[derive(Default)]
+pub struct Samples {
+    pub recent: recent::Recent,
+    pub traffic: traffic::Traffic,
 }
 
 /// One queue's line on the queues page.

@@ -16,7 +16,7 @@
 //! pipeline, [`super::traffic::MAX_PIPELINES`] pipelines.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 
 use crate::config::pipeline::Redact;
 use crate::config::verify::KeySource;
@@ -69,12 +69,6 @@ impl Kept {
 #[derive(Default)]
 pub struct Recent {
     pipelines: Mutex<HashMap<String, Kept>>,
-}
-
-/// The process's sample.
-pub fn global() -> &'static Recent {
-    static R: OnceLock<Recent> = OnceLock::new();
-    R.get_or_init(Recent::default)
 }
 
 impl Recent {

@@ -16,7 +16,7 @@
 //! instance of a deployment shows its own traffic.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// Seconds of history kept per pipeline: what the charts draw, nothing more.
@@ -75,12 +75,6 @@ pub const SHOWN: i64 = 120;
 #[derive(Default)]
 pub struct Traffic {
     pipelines: Mutex<HashMap<String, VecDeque<Second>>>,
-}
-
-/// The process's traffic record.
-pub fn global() -> &'static Traffic {
-    static T: OnceLock<Traffic> = OnceLock::new();
-    T.get_or_init(Traffic::default)
 }
 
 impl Traffic {

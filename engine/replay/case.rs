@@ -152,6 +152,7 @@ pub async fn run(
             record: None,
             connections: Some(backing),
             memory_queues: Vec::new(),
+            console_samples: None,
         },
     )
     .map_err(CaseError::App)?;

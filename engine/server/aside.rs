@@ -30,13 +30,17 @@ impl Aside {
         incoming: &Incoming<'_>,
         event: &EventInput,
     ) -> Aside {
-        let sampled = (app.console.is_some()
-            && route
-                .queued
-                .as_ref()
-                .is_none_or(|q| q.worker.archive.is_none())
-            && crate::console::recent::global().offer(&route.name, incoming.now_ms, false))
-        .then(|| event.clone());
+        let sampled = app
+            .console
+            .as_ref()
+            .filter(|_| {
+                route
+                    .queued
+                    .as_ref()
+                    .is_none_or(|q| q.worker.archive.is_none())
+            })
+            .is_some_and(|c| c.samples.recent.offer(&route.name, incoming.now_ms, false))
+            .then(|| event.clone());
         Aside {
             sampled,
             recorded: app.recorder.as_ref().map(|_| event.id.clone()),
@@ -45,8 +49,8 @@ impl Aside {
 
     /// Once the answer (`status`) is sent: the sample kept, the fixture written.
     pub(super) fn after(self, app: &App, route: &Route, incoming: &Incoming<'_>, status: u16) {
-        if let Some(event) = self.sampled {
-            crate::console::recent::global().keep(crate::console::recent::Sample {
+        if let (Some(event), Some(console)) = (self.sampled, &app.console) {
+            console.samples.recent.keep(crate::console::recent::Sample {
                 at_ms: incoming.now_ms,
                 status,
                 event,
@@ -71,8 +75,10 @@ pub(super) fn sample_refused(
     tenant: Option<String>,
     refusal: Refusal,
 ) {
-    let recent = crate::console::recent::global();
-    if app.console.is_none() || !recent.offer(&route.name, incoming.now_ms, true) {
+    let Some(recent) = app.console.as_ref().map(|c| &c.samples.recent) else {
+        return;
+    };
+    if !recent.offer(&route.name, incoming.now_ms, true) {
         return;
     }
     let mut event = incoming.event_input(app.clock.mint_id(), &route.name, params, tenant);

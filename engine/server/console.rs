@@ -16,7 +16,7 @@ use super::incoming::Incoming;
 use super::limit::check_rate;
 use crate::console::archive::encode;
 use crate::console::session::{self, Session};
-use crate::console::{Console, DEAD_LETTERS_SHOWN, QueueRow, pages, traffic};
+use crate::console::{Console, DEAD_LETTERS_SHOWN, QueueRow, pages};
 use crate::queue::Queue;
 
 /// Largest form a console POST may send.
@@ -65,13 +65,13 @@ pub async fn serve(app: &App, req: &mut Request, res: &mut Response) -> Result<(
         }
         (Method::GET, "/console/traffic") => {
             let now = now_ms.div_euclid(1000);
-            let series = traffic::global().snapshot(&names(app), now);
+            let series = console.samples.traffic.snapshot(&names(app), now);
             html(res, StatusCode::OK, pages::traffic(&series, &csrf));
             Ok(())
         }
         (Method::GET, "/console/api/traffic") => {
             let now = now_ms.div_euclid(1000);
-            let series = traffic::global().snapshot(&names(app), now);
+            let series = console.samples.traffic.snapshot(&names(app), now);
             res.render(Json(serde_json::json!({ "now": now, "pipelines": series })));
             Ok(())
         }

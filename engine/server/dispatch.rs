@@ -94,8 +94,8 @@ impl Handler for Dispatch {
             crate::ops::metrics::own_path_answered(served.label, status, took);
             return;
         };
-        if self.app.console.is_some() {
-            crate::console::traffic::global().record(
+        if let Some(console) = &self.app.console {
+            console.samples.traffic.record(
                 &route.name,
                 self.app.clock.now_ms().div_euclid(1000),
                 status,

@@ -130,13 +130,21 @@ async fn events_of(
     let Some(p) = pipeline(app, name) else {
         return not_found(res, csrf);
     };
-    let refused = recent::global().of(name, true);
+    let refused = app
+        .console
+        .as_ref()
+        .map(|c| c.samples.recent.of(name, true))
+        .unwrap_or_default();
     let shown_as = crate::console::pages::EventView {
         redact: &p.config.redact,
         kind: recent::kind_field(&p.config),
     };
     let (Some(store), Some(kept)) = (app.archive.as_ref(), p.config.archive.kept()) else {
-        let samples = recent::global().of(name, false);
+        let samples = app
+            .console
+            .as_ref()
+            .map(|c| c.samples.recent.of(name, false))
+            .unwrap_or_default();
         let page = crate::console::pages::events(name, &samples, &refused, shown_as, csrf);
         html(res, StatusCode::OK, page);
         return Ok(());

@@ -81,6 +81,7 @@ impl Live {
             AppContext {
                 record: old.recorder.as_ref().map(|r| r.dir.clone()),
                 memory_queues: carried,
+                console_samples: old.console.as_ref().map(|c| c.samples.clone()),
                 ..AppContext::default()
             },
         )?);

@@ -112,6 +112,8 @@ pub struct AppContext {
     /// In-process queues to keep using (by name) instead of new ones: a reload carries them
     /// over so events waiting in them are not lost.
     pub memory_queues: Vec<Arc<crate::queue::memory::MemoryQueue>>,
+    /// The console's samples to keep showing (a reload carries them over).
+    pub console_samples: Option<Arc<crate::console::Samples>>,
 }
 
 /// What `/ready` checks: the request path's Redis connection, each Redis queue's streams (on a
@@ -261,6 +263,7 @@ impl App {
             redis
                 .clone()
                 .map(|r| (r, project.settings.redis_key_prefix.clone())),
+            around.console_samples.unwrap_or_default(),
         );
         let proxies = TrustedProxies::parse(&project.settings.trusted_proxies);
         let default = project.settings.rate_limit.as_ref().filter(|r| r.enabled);
