@@ -32,7 +32,7 @@ use crate::archive;
 use crate::queue::Outcomes;
 use crate::queue::redis::RedisQueue;
 use crate::queue::{Delivery, QueueError};
-use crate::transform::{FailureKind, Output, Program};
+use crate::transform::{FailureKind, Program};
 
 mod recording;
 mod take;
@@ -412,18 +412,11 @@ impl Worker {
                 reason: format!("the transform panicked: {e}"),
             })
         });
-        match outcome {
-            Ok(Output::Dropped { reason }) => (Attempt::Dropped(reason), None),
-            Ok(Output::Rows { sink, step, rows }) => {
-                let Some(target) = self.sinks.get(&sink) else {
-                    return (no_sink(&sink), None);
-                };
-                let batch = Batch {
-                    event_id: event.id.clone(),
-                    pipeline: event.pipeline.clone(),
-                    sink,
-                    step,
-                    rows,
+        match self.next(event, outcome) {
+            transforms::Next::Settled(attempt) => (attempt, None),
+            transforms::Next::Write(batch) => {
+                let Some(target) = self.sinks.get(&batch.sink) else {
+                    return (no_sink(&batch.sink), None);
                 };
                 let attempt = self.write_one(&**target, &batch, event, span).await;
                 let step = (attempt == Attempt::Written)
@@ -438,7 +431,6 @@ impl Worker {
                     });
                 (attempt, step)
             }
-            Err(f) => (self.transform_failure(f), None),
         }
     }
 

@@ -75,6 +75,12 @@ pub(super) async fn transform_all(
     }
 }
 
+/// A transform's result, as the worker acts on it ([`Worker::next`]).
+pub(super) enum Next {
+    Settled(Attempt),
+    Write(Batch),
+}
+
 impl Worker {
     /// Each delivery's transform outcome: settled already (dropped, failed, no such sink), or its
     /// rows grouped per sink, the deliveries and their batches side by side (the batches are
@@ -87,30 +93,45 @@ impl Worker {
         let mut settled = Vec::new();
         let mut groups = Groups::new();
         for (d, outcome) in ds.iter().zip(outcomes) {
-            match outcome {
-                Ok(Output::Dropped { reason }) => {
-                    self.count("dropped", 1);
-                    settled.push((d, Attempt::Dropped(reason), None));
+            match self.next(&d.event, outcome) {
+                Next::Settled(attempt) => {
+                    if matches!(attempt, Attempt::Dropped(_)) {
+                        self.count("dropped", 1);
+                    }
+                    settled.push((d, attempt, None));
                 }
-                Ok(Output::Rows { sink, .. }) if !self.sinks.contains_key(&sink) => {
-                    settled.push((d, no_sink(&sink), None));
-                }
-                Ok(Output::Rows { sink, step, rows }) => {
-                    let batch = Batch {
-                        event_id: d.event.id.clone(),
-                        pipeline: d.event.pipeline.clone(),
-                        sink: sink.clone(),
-                        step,
-                        rows,
-                    };
-                    let group = groups.entry(sink).or_default();
+                Next::Write(batch) => {
+                    let group = groups.entry(batch.sink.clone()).or_default();
                     group.0.push(d);
                     group.1.push(batch);
                 }
-                Err(f) => settled.push((d, self.transform_failure(f), None)),
             }
         }
         (settled, groups)
+    }
+
+    /// What a transform's result asks of the worker: an attempt settled at once (dropped, a
+    /// failed transform, rows for a sink the pipeline lacks), or rows to write. The one place a
+    /// result becomes an attempt, for batches ([`Worker::sort`]) and single deliveries alike.
+    pub(super) fn next(
+        &self,
+        event: &crate::transform::EventInput,
+        outcome: Result<Output, crate::transform::Failure>,
+    ) -> Next {
+        match outcome {
+            Ok(Output::Dropped { reason }) => Next::Settled(Attempt::Dropped(reason)),
+            Ok(Output::Rows { sink, .. }) if !self.sinks.contains_key(&sink) => {
+                Next::Settled(no_sink(&sink))
+            }
+            Ok(Output::Rows { sink, step, rows }) => Next::Write(Batch {
+                event_id: event.id.clone(),
+                pipeline: event.pipeline.clone(),
+                sink,
+                step,
+                rows,
+            }),
+            Err(f) => Next::Settled(self.transform_failure(f)),
+        }
     }
 
     /// A transform's failure as the attempt's result, counted.
