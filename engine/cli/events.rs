@@ -477,7 +477,7 @@ async fn replay(
     let runner = runner(&mut d, &filter.pipeline)?;
     let mut job = match resume {
         Some(id) => {
-            let job = d.store.jobs().claim(&id).await.map_err(Box::new)??;
+            let job = d.store.jobs().claim(&id).await??;
             if job.pipeline != filter.pipeline {
                 return Err(format!(
                     "replay job `{id}` replays `{}`, not `{}`",

@@ -177,7 +177,6 @@ fn wire_routes(
     limiter: &RateLimiter,
 ) -> Result<Vec<route::Route>, BuildError> {
     let mut connections = crate::connection::ConnectionsBuilder::new(backing);
-    let keyring = project.ops.keyring().and_then(Result::ok);
     let mut routes = Vec::with_capacity(project.pipelines.len());
     for ((index, p), built) in project.pipelines.iter().enumerate().zip(plan.pipelines) {
         let conns = connections
@@ -193,12 +192,11 @@ fn wire_routes(
             queued: queues
                 .queued(project, p, built.program)
                 .map_err(BuildError::Queues)?,
-            oauth: oauth_flow(p, keyring.as_ref(), queues.pool),
+            oauth: oauth_flow(p, queues.keyring.as_ref(), queues.pool),
         };
         routes.push(route::Route::wire(project, (index, p), parts, limiter));
     }
-    let queued: Vec<&queueing::Queued> = routes.iter().filter_map(|r| r.queued.as_ref()).collect();
-    queues.announce(project, &queued);
+    queues.announce(project, routes.iter().any(|r| r.queued.is_some()));
     Ok(routes)
 }
 

@@ -78,7 +78,8 @@ pub struct QueueWiring<'a> {
     pub reuse: &'a [Arc<MemoryQueue>],
     pub redis: Option<&'a GroupCommit>,
     pub archive: Option<&'a Arc<crate::archive::Store>>,
-    keyring: Option<crate::crypto::Keyring>,
+    /// ENCRYPTION_KEY's keyring (checked once here; sinks, the archive and OAuth flows share it).
+    pub keyring: Option<crate::crypto::Keyring>,
     consumer: String,
 }
 
@@ -159,8 +160,8 @@ impl<'a> QueueWiring<'a> {
     }
 
     /// Once every pipeline is wired: say at boot what is not durable or not where it seems.
-    pub fn announce(&self, project: &Project, queued: &[&Queued]) {
-        if !matches!(self.target, SinkTarget::Configured) || queued.is_empty() {
+    pub fn announce(&self, project: &Project, any_queued: bool) {
+        if !matches!(self.target, SinkTarget::Configured) || !any_queued {
             return;
         }
         let postgres_sinks = project.pipelines.iter().any(|p| {

@@ -9,10 +9,8 @@ use std::path::Path;
 
 /// Top-level module → the top-level modules its code names (comments and unit tests left out).
 fn dependencies() -> BTreeMap<String, BTreeSet<String>> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("engine");
+    let (root, files) = engine_files();
     let mut deps: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    let mut files = Vec::new();
-    collect(&root, &mut files);
     let name = regex::Regex::new(r"crate::([a-z_]+)").unwrap();
     for file in files {
         let rel = file.strip_prefix(&root).unwrap();
@@ -50,6 +48,14 @@ fn collect(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
             out.push(p);
         }
     }
+}
+
+/// The engine's directory and every `.rs` file under it.
+fn engine_files() -> (std::path::PathBuf, Vec<std::path::PathBuf>) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("engine");
+    let mut files = Vec::new();
+    collect(&root, &mut files);
+    (root, files)
 }
 
 /// A path `from` → ... → `from`, if there is one.
@@ -140,9 +146,7 @@ fn long_functions(file: &Path) -> Vec<(String, usize)> {
 /// No engine function over 100 lines: a long function is read in one sitting or not at all.
 #[test]
 fn no_engine_function_is_over_100_lines() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("engine");
-    let mut files = Vec::new();
-    collect(&root, &mut files);
+    let (root, files) = engine_files();
     let over: Vec<String> = files
         .iter()
         .flat_map(|f| {
@@ -163,9 +167,7 @@ fn no_engine_function_is_over_100_lines() {
 /// whose runtime component has the same name takes a `Config` suffix.
 #[test]
 fn no_type_name_is_defined_twice() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("engine");
-    let mut files = Vec::new();
-    collect(&root, &mut files);
+    let (root, files) = engine_files();
     let item = regex::Regex::new(r"^(?:pub(?:\([a-z]+\))? )?(?:struct|enum|trait|type) ([A-Z]\w*)")
         .unwrap();
     let mut defined: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -195,9 +197,7 @@ fn no_type_name_is_defined_twice() {
 /// error with its `#[source]`.
 #[test]
 fn string_errors_are_only_user_facing_text() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("engine");
-    let mut files = Vec::new();
-    collect(&root, &mut files);
+    let (root, files) = engine_files();
     let mut found = Vec::new();
     for f in &files {
         let text = std::fs::read_to_string(f).unwrap();
@@ -276,9 +276,7 @@ fn every_top_level_module_is_on_the_lib_map() {
 /// `/metrics` never shows one without a description.
 #[test]
 fn every_recorded_metric_is_listed_with_its_help() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("engine");
-    let mut files = Vec::new();
-    collect(&root, &mut files);
+    let (_, files) = engine_files();
     let recorded =
         regex::Regex::new(r#"(?:counter|gauge|histogram)!\(\s*"(engine_[a-z_]+)""#).unwrap();
     let listed: Vec<&str> = engine::ops::metrics::NAMES.iter().map(|n| n.0).collect();
