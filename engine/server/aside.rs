@@ -39,7 +39,11 @@ impl Aside {
                     .as_ref()
                     .is_none_or(|q| q.worker.archive.is_none())
             })
-            .is_some_and(|c| c.samples.recent.offer(&route.name, incoming.now_ms, false))
+            .is_some_and(|c| {
+                c.samples
+                    .recent
+                    .offer(&route.config.name, incoming.now_ms, false)
+            })
             .then(|| event.clone());
         Aside {
             sampled,
@@ -78,10 +82,10 @@ pub(super) fn sample_refused(
     let Some(recent) = app.console.as_ref().map(|c| &c.samples.recent) else {
         return;
     };
-    if !recent.offer(&route.name, incoming.now_ms, true) {
+    if !recent.offer(&route.config.name, incoming.now_ms, true) {
         return;
     }
-    let mut event = incoming.event_input(app.clock.mint_id(), &route.name, params, tenant);
+    let mut event = incoming.event_input(app.clock.mint_id(), &route.config.name, params, tenant);
     without_credentials(route, &mut event);
     let (status, reason) = match refusal {
         Refusal::Rejected(reason) => (401, reason.code()),

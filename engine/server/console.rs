@@ -220,7 +220,7 @@ fn names(app: &App) -> Vec<&str> {
 fn queue_of<'a>(app: &'a App, name: &str) -> Option<(&'a crate::config::Pipeline, &'a Queue)> {
     app.routes
         .iter()
-        .find(|r| r.name == name)
+        .find(|r| r.config.name == name)
         .and_then(|r| Some((&*r.config, &r.queued.as_ref()?.handle)))
 }
 
@@ -233,7 +233,7 @@ async fn queue_rows(app: &App) -> Vec<QueueRow> {
             Queue::Memory(_) => "in-process",
         };
         rows.push(QueueRow {
-            pipeline: route.name.clone(),
+            pipeline: route.config.name.clone(),
             queue: q.handle.name().to_string(),
             backend,
             stats: q.handle.stats().await.map_err(|e| e.to_string()),

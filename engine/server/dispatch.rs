@@ -96,7 +96,7 @@ impl Handler for Dispatch {
         };
         if let Some(console) = &self.app.console {
             console.samples.traffic.record(
-                &route.name,
+                &route.config.name,
                 self.app.clock.now_ms().div_euclid(1000),
                 status,
                 served.verify_failed,
@@ -156,7 +156,7 @@ impl Dispatch {
         let (pipeline, params) = lookup(app, req, res)?;
         let route = &app.routes[pipeline];
         served.pipeline = Some(pipeline);
-        tracing::Span::current().record("pipeline", route.name.as_str());
+        tracing::Span::current().record("pipeline", route.config.name.as_str());
         maintenance(app, res)?;
         if let Some(flow) = &route.oauth {
             let incoming = Incoming::new(app, req, Bytes::new());
@@ -231,7 +231,7 @@ impl Dispatch {
         if !computes {
             return responder.static_reply();
         }
-        let name = &app.routes[pipeline].name;
+        let name = &app.routes[pipeline].config.name;
         let computed = match responder.compute_inline(event) {
             Ok(reply) => Ok(reply),
             Err(Inline::Failed(reason)) => Err(reason),
@@ -277,7 +277,7 @@ fn event(
         .filter(|q| !q.config.event_id.is_empty())
         .and_then(|q| fields.join(&q.config.event_id, ":"));
     let id = provider_id.unwrap_or_else(|| app.clock.mint_id());
-    let mut event = incoming.event_input(id, &route.name, params, tenant);
+    let mut event = incoming.event_input(id, &route.config.name, params, tenant);
     without_credentials(route, &mut event);
     event
 }
@@ -412,7 +412,7 @@ async fn verify(
         tenant_id,
         tenants: app.tenants.as_ref(),
     };
-    let name = &route.name;
+    let name = &route.config.name;
     match verifier.verify(&incoming.inbound(), &ctx).await {
         Ok(()) => Ok(()),
         Err(VerifyError::Rejected(reason)) => {

@@ -40,7 +40,7 @@ pub(super) async fn enqueue(
         .as_ref()
         .and_then(|d| fields.join(&d.key, "|").map(|k| (k, d.window.0)));
     let event_id = event.id.clone();
-    let name = &route.name;
+    let name = &route.config.name;
     if q.config.ack == Ack::Processed {
         return process_now(q, name, event, dedupe_key, res).await;
     }

@@ -34,7 +34,6 @@ use crate::queue::Queue;
 pub struct Route {
     /// The pipeline's index in the project (its metrics, the console's rows).
     pub pipeline: usize,
-    pub name: String,
     /// Its configuration, shared with the loaded project.
     pub config: Arc<crate::config::pipeline::Pipeline>,
     /// The largest body it accepts: its own `body_limit`, else the settings'.
@@ -183,7 +182,6 @@ impl Route {
             json_fields: json_fields(&p.config, &queued, &limit),
             pipeline: index,
             metrics: crate::ops::metrics::PipelineMetrics::new(&p.config.name),
-            name: p.config.name.clone(),
             config: p.config.clone(),
             body_limit: p
                 .config
