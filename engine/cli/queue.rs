@@ -63,7 +63,7 @@ pub(super) fn queue_stats(target: &Deployment) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("engine: {e}");
+            eprintln!("engine: {}", crate::diagnostics::chain(&e));
             ExitCode::from(1)
         }
     }

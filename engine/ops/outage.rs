@@ -183,14 +183,16 @@ pub enum Change {
     Up,
 }
 
-/// A failed attempt at `dependency` for `queue`, in `condition`.
+/// A failed attempt at `dependency` for `queue`, in `condition`: `error`'s whole chain is what
+/// the log lines say.
 pub fn failed(
     dependency: &'static str,
     queue: &str,
     condition: Condition,
-    error: &dyn std::fmt::Display,
+    error: &dyn std::error::Error,
 ) -> Change {
-    failed_at(dependency, queue, condition, error, Instant::now())
+    let error = crate::diagnostics::chain(error);
+    failed_at(dependency, queue, condition, &error, Instant::now())
 }
 
 fn failed_at(

@@ -21,15 +21,20 @@ use crate::transform::EventInput;
 use memory::MemoryQueue;
 use redis::RedisQueue;
 
-/// Why a queue operation failed. Callers answer 503 (ingest) or retry later (worker).
+/// What lies under a queue failure: the error Redis, the pool or the engine's own deadline
+/// returned. Shared, because one failure of a group commit answers every request waiting on it.
+pub type Cause = Arc<dyn std::error::Error + Send + Sync>;
+
+/// Why a queue operation failed. Callers answer 503 (ingest) or retry later (worker); the
+/// operator's log line prints the whole chain (`diagnostics::chain`), the client's 503 none of it.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum QueueError {
     /// Redis refused, failed or did not answer in time.
-    #[error("queue unavailable: {0}")]
-    Unavailable(String),
+    #[error("queue unavailable")]
+    Unavailable(#[source] Cause),
     /// REDIS_URL cannot be used (why, and the forms it takes: `redis_conn::Target::parse`).
-    #[error("queue unavailable: {0}")]
-    BadUrl(std::sync::Arc<crate::redis_conn::RedisUrlError>),
+    #[error("queue unavailable")]
+    BadUrl(#[source] Arc<crate::redis_conn::RedisUrlError>),
     /// Redis answers but refuses writes: its `maxmemory` is reached under `noeviction` (the policy
     /// a queue needs: Redis never drops an event to make room). Reads, acks and deletes still
     /// work, so workers drain it.
@@ -40,23 +45,53 @@ pub enum QueueError {
     /// A Redis Cluster master holding the queue's slots does not answer and no replica has
     /// taken over yet: the cluster redirects to the dead node (MOVED), or says CLUSTERDOWN or
     /// TRYAGAIN. Over once a replica is promoted (the cluster's node timeout and a few seconds).
-    #[error("queue unavailable: Redis Cluster failover in progress: {0}")]
-    Failover(String),
+    #[error("queue unavailable: Redis Cluster failover in progress")]
+    Failover(#[source] Cause),
     /// Fewer replicas than `queue.replication.replicas` confirmed the event within its timeout
     /// (`queue.durability: replicated`): the master has it, a failover now could lose it, so the
     /// request is answered 503 and the provider's retry (a duplicate within the dedupe window)
     /// asks again.
-    #[error("queue unavailable: not replicated: {0}")]
-    NotReplicated(String),
+    #[error("queue unavailable: not replicated")]
+    NotReplicated(#[source] Cause),
     /// An in-process queue holds all it may (its name).
     #[error("queue unavailable: in-process queue `{0}` is full")]
     Full(String),
     /// An event could not be encoded for storage.
-    #[error("the event cannot be stored: {0}")]
-    Encode(String),
+    #[error("the event cannot be stored")]
+    Encode(#[source] Arc<serde_json::Error>),
     /// The blocking task running a transform failed (panicked or was cancelled).
-    #[error("the transform task failed: {0}")]
-    Task(String),
+    #[error("the transform task failed")]
+    Task(#[source] Arc<tokio::task::JoinError>),
+}
+
+/// What the engine itself saw go wrong with Redis, where no library error says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RedisStall {
+    #[error("no Redis connection within {0} s")]
+    NoConnection(u64),
+    #[error("Redis did not answer within {0} s")]
+    NoAnswer(u64),
+    #[error("no answer to a read within {0} s")]
+    ReadLost(u64),
+    #[error("the enqueue script stored nothing")]
+    NothingStored,
+}
+
+impl QueueError {
+    /// Redis, or the way to it, failed with `cause`.
+    pub fn unavailable(cause: impl std::error::Error + Send + Sync + 'static) -> QueueError {
+        QueueError::Unavailable(Arc::new(cause))
+    }
+
+    /// The Redis error underneath, when there is one (to tell Redis's own refusals apart).
+    pub fn redis_cause(&self) -> Option<&::redis::RedisError> {
+        match self {
+            QueueError::Unavailable(c) | QueueError::Failover(c) | QueueError::NotReplicated(c) => {
+                c.downcast_ref()
+            }
+            _ => None,
+        }
+    }
 }
 
 impl From<::redis::RedisError> for QueueError {
@@ -64,23 +99,23 @@ impl From<::redis::RedisError> for QueueError {
         // "OOM command not allowed when used memory > 'maxmemory'": Redis is full, not down
         match e.code() {
             Some("OOM") => QueueError::RedisFull,
-            Some("NOREPL") => QueueError::NotReplicated(e.detail().unwrap_or_default().to_string()),
+            Some("NOREPL") => QueueError::NotReplicated(Arc::new(e)),
             _ if e.is_cluster_error()
                 || matches!(
                     e.kind(),
                     ::redis::ErrorKind::MasterDown | ::redis::ErrorKind::ClusterConnectionNotFound
                 ) =>
             {
-                QueueError::Failover(e.to_string())
+                QueueError::Failover(Arc::new(e))
             }
-            _ => QueueError::Unavailable(e.to_string()),
+            _ => QueueError::unavailable(e),
         }
     }
 }
 
 impl From<serde_json::Error> for QueueError {
     fn from(e: serde_json::Error) -> Self {
-        QueueError::Encode(e.to_string())
+        QueueError::Encode(Arc::new(e))
     }
 }
 
@@ -314,6 +349,49 @@ mod tests {
             assert!(d30 >= Duration::from_secs(300) && d30 <= max, "{d30:?}");
         }
         assert!(backoff(u32::MAX, initial, max) <= max);
+    }
+
+    /// Redis's own words reach the operator's line through the chain, sorted into the outage
+    /// conditions by what Redis said, never by matching text; the 503 a client gets says none.
+    #[test]
+    fn redis_errors_keep_their_cause() {
+        let refused = ::redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "connection refused",
+        ));
+        let e = QueueError::from(refused);
+        assert!(matches!(e, QueueError::Unavailable(_)), "{e:?}");
+        assert_eq!(e.to_string(), "queue unavailable");
+        let chain = crate::diagnostics::chain(&e);
+        assert!(chain.starts_with("queue unavailable: "), "{chain}");
+        assert!(chain.contains("connection refused"), "{chain}");
+        assert!(e.redis_cause().is_some());
+
+        // an error reply as Redis sends it
+        let reply = |text: &str| match ::redis::parse_redis_value(text.as_bytes()) {
+            Ok(::redis::Value::ServerError(e)) => ::redis::RedisError::from(e),
+            other => panic!("{other:?}"),
+        };
+        let e = QueueError::from(reply("-NOREPL 1 of 2 replicas confirmed\r\n"));
+        assert!(matches!(e, QueueError::NotReplicated(_)), "{e:?}");
+        assert!(crate::diagnostics::chain(&e).contains("1 of 2 replicas confirmed"));
+
+        let oom = reply("-OOM command not allowed when used memory > 'maxmemory'.\r\n");
+        assert!(matches!(QueueError::from(oom), QueueError::RedisFull));
+
+        // the engine's own deadlines say what they waited for, and carry no Redis error
+        let e = QueueError::unavailable(RedisStall::NoAnswer(2));
+        assert_eq!(
+            crate::diagnostics::chain(&e),
+            "queue unavailable: Redis did not answer within 2 s"
+        );
+        assert!(e.redis_cause().is_none());
+        // shared by every request of a failed group, each with the same cause
+        let copy = e.clone();
+        assert_eq!(
+            crate::diagnostics::chain(&copy),
+            crate::diagnostics::chain(&e)
+        );
     }
 
     #[test]

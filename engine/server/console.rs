@@ -284,11 +284,14 @@ async fn act_on_dead_letters(
             redirect(res, &back)
         }
         Err(e) => {
-            tracing::error!(action, pipeline = %name, error = %e, "console: dead-letter action failed");
+            tracing::error!(action, pipeline = %name, error = &e as &dyn std::error::Error, "console: dead-letter action failed");
             Err(problem(
                 res,
                 StatusCode::SERVICE_UNAVAILABLE,
-                &format!("The queue did not answer: {e}"),
+                &format!(
+                    "The queue did not answer: {}",
+                    crate::diagnostics::chain(&e)
+                ),
             ))
         }
     }

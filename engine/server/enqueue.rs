@@ -65,7 +65,7 @@ pub(super) async fn enqueue(
                     // allowed (a refusal was answered 429 above): the script stored it, or said
                     // it was a duplicate
                     stored.ok_or_else(|| {
-                        QueueError::Unavailable("the enqueue script stored nothing".into())
+                        QueueError::unavailable(crate::queue::RedisStall::NothingStored)
                     })
                 }
                 Err(e) => {
@@ -97,7 +97,7 @@ pub(super) async fn enqueue(
                     crate::ops::outage::failed(ENQUEUE, &q.outage_scope, condition, &e);
                 }
                 None => {
-                    tracing::error!(pipeline = %name, %event_id, error = %e, "cannot queue the event; answering 503")
+                    tracing::error!(pipeline = %name, %event_id, error = &e as &dyn std::error::Error, "cannot queue the event; answering 503")
                 }
             }
             Err(unavailable(
@@ -126,7 +126,7 @@ async fn process_now(
         match q.handle.mark_seen(key, *window).await {
             Ok(true) => {}
             Ok(false) => return Ok(()),
-            Err(e) => return Err(unavailable(res, &e.to_string())),
+            Err(e) => return Err(unavailable(res, &crate::diagnostics::chain(&e))),
         }
     }
     match q.worker.attempt(&event).await {
@@ -143,7 +143,7 @@ async fn process_now(
             q.handle
                 .dead_letter(&event, &reason)
                 .await
-                .map_err(|e| unavailable(res, &e.to_string()))
+                .map_err(|e| unavailable(res, &crate::diagnostics::chain(&e)))
         }
     }
 }

@@ -172,7 +172,10 @@ async fn announce_redis(project: &Project) {
             }
         }
         Err(e) => {
-            tracing::error!(error = %e, "Redis unreachable: webhooks of queued pipelines will be answered 503 until it is back")
+            tracing::error!(
+                error = &e as &dyn std::error::Error,
+                "Redis unreachable: webhooks of queued pipelines will be answered 503 until it is back"
+            )
         }
     }
 }

@@ -44,7 +44,11 @@ impl Worker {
                     if Condition::of(&e).is_none() || Instant::now() + pause >= deadline {
                         return Err(e);
                     }
-                    tracing::debug!(queue = self.outcomes.name(), error = %e, "cannot record the outcome yet; retrying");
+                    tracing::debug!(
+                        queue = self.outcomes.name(),
+                        error = &e as &dyn std::error::Error,
+                        "cannot record the outcome yet; retrying"
+                    );
                     tokio::time::sleep(pause).await;
                 }
             }

@@ -247,7 +247,11 @@ pub(super) async fn group_made(
             Err(e) => {
                 failures += 1;
                 if failures == 1 && tells {
-                    tracing::error!(queue = queue.name(), error = %e, "cannot create the consumer group; retrying with backoff (a line follows when it is made)");
+                    tracing::error!(
+                        queue = queue.name(),
+                        error = &e as &dyn std::error::Error,
+                        "cannot create the consumer group; retrying with backoff (a line follows when it is made)"
+                    );
                 }
                 super::pause(stop, crate::ops::outage::pause_after(failures)).await;
                 if *stop.borrow() {

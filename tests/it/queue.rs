@@ -487,7 +487,7 @@ async fn concurrent_enqueues_go_to_redis_in_groups_each_with_its_own_answer() {
             Enqueued::Duplicate => duplicates += 1,
         }
         if let Some(bad) = bad {
-            let e = bad.unwrap_err().to_string();
+            let e = engine::diagnostics::chain(&bad.unwrap_err());
             assert!(e.contains("WRONGTYPE"), "{e}");
             refused += 1;
         }

@@ -11,7 +11,7 @@ use crate::redis_conn::Conn;
 use super::GROUP;
 use super::entry::*;
 use super::partition::*;
-use crate::queue::{Delivery, QueueError};
+use crate::queue::{Delivery, QueueError, RedisStall};
 
 /// How long past its block time a read may take before it counts as lost.
 const READ_MARGIN: Duration = Duration::from_secs(5);
@@ -47,10 +47,7 @@ impl Partition {
         let answer = tokio::time::timeout(block + READ_MARGIN, cmd.query_async::<Value>(conn))
             .await
             .map_err(|_| {
-                QueueError::Unavailable(format!(
-                    "no answer to a read within {} s",
-                    (block + READ_MARGIN).as_secs()
-                ))
+                QueueError::unavailable(RedisStall::ReadLost((block + READ_MARGIN).as_secs()))
             })?;
         match answer {
             Ok(v) => Ok((parse_read(v), false)),

@@ -529,7 +529,7 @@ pub async fn configuration_warnings(url: &str) -> Result<Vec<String>, QueueError
     // on a cluster, `CONFIG GET` goes to one node: the nodes of a cluster are set up alike
     let mut c = tokio::time::timeout(Duration::from_secs(3), target.dedicated())
         .await
-        .map_err(|_| QueueError::Unavailable("timed out connecting".into()))??;
+        .map_err(|_| QueueError::unavailable(super::RedisStall::NoConnection(3)))??;
     let get = |name: &'static str| redis::cmd("CONFIG").arg("GET").arg(name).to_owned();
     let mut warnings = Vec::new();
     // Managed Redis services may refuse CONFIG; then nothing can be checked.

@@ -17,7 +17,7 @@ use crate::transform::EventInput;
 use super::entry::*;
 use super::scripts::*;
 use super::{CHECKOUT_TIMEOUT, GROUP};
-use crate::queue::{Enqueued, QueueError};
+use crate::queue::{Enqueued, QueueError, RedisStall};
 
 /// One stream of a queue with its retries, dead letters and dedupe markers, all in one slot.
 pub struct Partition {
@@ -72,18 +72,15 @@ impl Partition {
         let got = match &self.pool {
             Some(pool) => tokio::time::timeout(CHECKOUT_TIMEOUT, pool.get())
                 .await
-                .map(|c| {
-                    c.map(QueueConn::Pooled)
-                        .map_err(|e| QueueError::Unavailable(e.to_string()))
-                }),
+                .map(|c| c.map(QueueConn::Pooled).map_err(QueueError::unavailable)),
             None => tokio::time::timeout(CHECKOUT_TIMEOUT, self.shared.get())
                 .await
                 .map(|c| c.map(QueueConn::Shared).map_err(QueueError::from)),
         };
         got.unwrap_or_else(|_| {
-            Err(QueueError::Unavailable(
-                "no Redis connection within 2 s".into(),
-            ))
+            Err(QueueError::unavailable(RedisStall::NoConnection(
+                CHECKOUT_TIMEOUT.as_secs(),
+            )))
         })
     }
 
@@ -129,7 +126,12 @@ impl Partition {
                 }))
             }
             // no such stream: no group either
-            Err(QueueError::Unavailable(e)) if e.contains("no such key") => Ok(false),
+            Err(e)
+                if e.redis_cause()
+                    .is_some_and(|r| r.to_string().contains("no such key")) =>
+            {
+                Ok(false)
+            }
             Err(e) => Err(e),
         }
     }
@@ -193,9 +195,9 @@ impl Partition {
     pub(super) async fn shared_run(&self, op: Op) -> Result<Value, QueueError> {
         match tokio::time::timeout(CHECKOUT_TIMEOUT, self.shared.run(op)).await {
             Ok(r) => Ok(r?),
-            Err(_) => Err(QueueError::Unavailable(
-                "Redis did not answer within 2 s".into(),
-            )),
+            Err(_) => Err(QueueError::unavailable(RedisStall::NoAnswer(
+                CHECKOUT_TIMEOUT.as_secs(),
+            ))),
         }
     }
 
