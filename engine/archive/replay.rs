@@ -513,15 +513,13 @@ impl Runner {
         for (name, items) in by_sink {
             let sink = &self.sinks[&name];
             let batches: Vec<Batch> = items.iter().map(|(_, b)| b.clone()).collect();
-            let mut together = Err(SinkError::Retry(String::new()));
-            for attempt in 0..3 {
-                together = sink.write_many(&batches).await;
+            let mut together = sink.write_many(&batches).await;
+            for _ in 1..3 {
                 if !matches!(together, Err(SinkError::Retry(_))) {
                     break;
                 }
-                if attempt < 2 {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                together = sink.write_many(&batches).await;
             }
             match together {
                 Ok(()) => out.extend(
@@ -529,19 +527,22 @@ impl Runner {
                         .iter()
                         .map(|(i, b)| (*i, Step::new(Outcome::Written, 1).written(&name, &b.rows))),
                 ),
-                Err(SinkError::Retry(e)) => out.extend(items.iter().map(|(i, _)| {
-                    (
-                        *i,
-                        Step::new(Outcome::Failed, 1).reason(format!("sink `{name}`: {e}")),
+                Err(e @ SinkError::Retry(_)) => {
+                    let reason = format!("sink `{name}`: {}", crate::diagnostics::chain(&e));
+                    out.extend(
+                        items.iter().map(|(i, _)| {
+                            (*i, Step::new(Outcome::Failed, 1).reason(reason.clone()))
+                        }),
                     )
-                })),
+                }
                 Err(SinkError::Permanent(_)) => {
                     for (i, b) in &items {
                         let step = match sink.write(b).await {
                             Ok(()) => Step::new(Outcome::Written, 1).written(&name, &b.rows),
-                            Err(e) => {
-                                Step::new(Outcome::Failed, 1).reason(format!("sink `{name}`: {e}"))
-                            }
+                            Err(e) => Step::new(Outcome::Failed, 1).reason(format!(
+                                "sink `{name}`: {}",
+                                crate::diagnostics::chain(&e)
+                            )),
                         };
                         out.push((*i, step));
                     }

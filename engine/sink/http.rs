@@ -69,7 +69,7 @@ impl Sink for HttpSink {
                 .await
                 // the URL may carry a token: report the kind of failure only
                 .map_err(|e| {
-                    SinkError::Retry(format!(
+                    SinkError::retry(format!(
                         "request failed ({})",
                         if e.is_timeout() {
                             "timeout"
@@ -84,7 +84,7 @@ impl Sink for HttpSink {
             match status.as_u16() {
                 200..=299 => Ok(()),
                 408 | 429 | 500..=599 => {
-                    Err(SinkError::Retry(format!("the endpoint answered {status}")))
+                    Err(SinkError::retry(format!("the endpoint answered {status}")))
                 }
                 300..=399 => {
                     // the target's host only: its path or query may carry a token
@@ -95,11 +95,11 @@ impl Sink for HttpSink {
                         .and_then(|l| reqwest::Url::parse(l).ok())
                         .and_then(|u| u.host_str().map(str::to_string))
                         .map_or_else(|| "elsewhere".to_string(), |h| format!("to host {h}"));
-                    Err(SinkError::Permanent(format!(
+                    Err(SinkError::permanent(format!(
                         "the endpoint answered {status}, a redirect {to}: redirects are not followed (the rows and headers would go where nobody configured); set the sink's url to the final address"
                     )))
                 }
-                _ => Err(SinkError::Permanent(format!(
+                _ => Err(SinkError::permanent(format!(
                     "the endpoint refused the event: {status}"
                 ))),
             }

@@ -65,27 +65,29 @@ impl Sink for JsonLines {
                     let mut out = tokio::io::stdout();
                     out.write_all(text.as_bytes())
                         .await
-                        .map_err(|e| SinkError::Retry(e.to_string()))?;
+                        .map_err(|e| SinkError::retry_from("cannot write to standard output", e))?;
                     out.flush()
                         .await
-                        .map_err(|e| SinkError::Retry(e.to_string()))
+                        .map_err(|e| SinkError::retry_from("cannot write to standard output", e))
                 }
                 Destination::File(path) => {
                     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                        tokio::fs::create_dir_all(dir)
-                            .await
-                            .map_err(|e| SinkError::Retry(e.to_string()))?;
+                        tokio::fs::create_dir_all(dir).await.map_err(|e| {
+                            SinkError::retry_from(format!("cannot create {}", dir.display()), e)
+                        })?;
                     }
                     let mut f = tokio::fs::OpenOptions::new()
                         .create(true)
                         .append(true)
                         .open(path)
                         .await
-                        .map_err(|e| SinkError::Retry(format!("{}: {e}", path.display())))?;
-                    f.write_all(text.as_bytes())
-                        .await
-                        .map_err(|e| SinkError::Retry(e.to_string()))?;
-                    f.flush().await.map_err(|e| SinkError::Retry(e.to_string()))
+                        .map_err(|e| {
+                            SinkError::retry_from(format!("cannot open {}", path.display()), e)
+                        })?;
+                    let failed =
+                        |e| SinkError::retry_from(format!("cannot write {}", path.display()), e);
+                    f.write_all(text.as_bytes()).await.map_err(failed)?;
+                    f.flush().await.map_err(failed)
                 }
             }
         })

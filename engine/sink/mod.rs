@@ -27,15 +27,79 @@ pub struct Batch {
     pub rows: Vec<serde_json::Value>,
 }
 
-/// Why a sink could not write.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why a sink could not write: whether trying again can help, and why in words a dead letter
+/// and a log line show (`diagnostics::chain` adds the error underneath).
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum SinkError {
     /// Try again later: connection lost, timeout, serialization failure.
-    #[error("{0}")]
-    Retry(String),
+    #[error(transparent)]
+    Retry(WriteFailure),
     /// Retrying cannot help: constraint violation, a value that does not fit its column.
-    #[error("{0}")]
-    Permanent(String),
+    #[error(transparent)]
+    Permanent(WriteFailure),
+}
+
+impl SinkError {
+    /// A failure that may pass later.
+    pub fn retry(why: impl Into<String>) -> SinkError {
+        SinkError::Retry(WriteFailure::new(why, None))
+    }
+
+    /// A failure that may pass later, caused by `cause`.
+    pub fn retry_from(
+        why: impl Into<String>,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> SinkError {
+        SinkError::Retry(WriteFailure::new(why, Some(Arc::new(cause))))
+    }
+
+    /// A failure no retry can help.
+    pub fn permanent(why: impl Into<String>) -> SinkError {
+        SinkError::Permanent(WriteFailure::new(why, None))
+    }
+
+    /// A failure no retry can help, caused by `cause`.
+    pub fn permanent_from(
+        why: impl Into<String>,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> SinkError {
+        SinkError::Permanent(WriteFailure::new(why, Some(Arc::new(cause))))
+    }
+}
+
+/// What went wrong in a write: the sink's own words and, where a library said more, its error.
+/// A cause is kept only where its text cannot hold row values or a URL's token (Postgres's data
+/// errors quote the value; the sinks cut it and keep no cause).
+#[derive(Debug, Clone)]
+pub struct WriteFailure {
+    why: String,
+    cause: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl WriteFailure {
+    fn new(
+        why: impl Into<String>,
+        cause: Option<Arc<dyn std::error::Error + Send + Sync>>,
+    ) -> WriteFailure {
+        WriteFailure {
+            why: why.into(),
+            cause,
+        }
+    }
+}
+
+impl std::fmt::Display for WriteFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.why)
+    }
+}
+
+impl std::error::Error for WriteFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.cause
+            .as_deref()
+            .map(|c| c as &(dyn std::error::Error + 'static))
+    }
 }
 
 /// Why a sink could not be built from its configuration (at boot, before any write). Header
@@ -155,4 +219,27 @@ pub fn build(
         out.insert(name.clone(), sink);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A write's failure says why in the sink's words and keeps the library's error under it:
+    /// the dead letter's reason (`diagnostics::chain`) has both, each once.
+    #[test]
+    fn write_failures_keep_their_cause() {
+        let io = std::io::Error::new(std::io::ErrorKind::StorageFull, "no space left on device");
+        let e = SinkError::retry_from("cannot write calls.jsonl", io);
+        assert!(matches!(e, SinkError::Retry(_)));
+        assert_eq!(e.to_string(), "cannot write calls.jsonl");
+        assert_eq!(
+            crate::diagnostics::chain(&e),
+            "cannot write calls.jsonl: no space left on device"
+        );
+        let e = SinkError::permanent("a row is not a map");
+        assert!(matches!(e, SinkError::Permanent(_)));
+        assert!(std::error::Error::source(&e).is_none());
+        assert_eq!(crate::diagnostics::chain(&e), "a row is not a map");
+    }
 }

@@ -71,8 +71,7 @@ pub struct JsonText(pub Vec<u8>);
 
 impl JsonText {
     fn of(rows: &[MappedRow<'_>]) -> Result<JsonText, SinkError> {
-        let bad =
-            |e: serde_json::Error| SinkError::Permanent(format!("a row cannot be stored: {e}"));
+        let bad = |e: serde_json::Error| SinkError::permanent_from("a row cannot be stored", e);
         let mut out = Vec::with_capacity(rows.len() * 512);
         out.push(b'[');
         for (i, row) in rows.iter().enumerate() {
@@ -198,7 +197,7 @@ impl PostgresSink {
             .pool
             .get()
             .await
-            .map_err(|e| SinkError::Retry(format!("database unavailable: {e}")))?;
+            .map_err(|e| SinkError::retry_from("database unavailable", e))?;
         Ok(Some((text, sql, client)))
     }
 
@@ -220,7 +219,7 @@ impl PostgresSink {
         client
             .batch_execute("SAVEPOINT engine_trial")
             .await
-            .map_err(|e| classify(&e, &self.table))?;
+            .map_err(|e| classify(e, &self.table))?;
         let result = client
             .execute_typed(sql.as_str(), &[(&rows, Type::JSONB)])
             .await;
@@ -229,7 +228,7 @@ impl PostgresSink {
             .await;
         match result {
             Ok(_) => Ok(()),
-            Err(e) => Err(self.explain(client, &e, batches).await),
+            Err(e) => Err(self.explain(client, e, batches).await),
         }
     }
 
@@ -267,7 +266,7 @@ impl PostgresSink {
         for batch in batches {
             for (i, row) in batch.rows.iter().enumerate() {
                 let Value::Object(fields) = row else {
-                    return Err(SinkError::Permanent("a row is not a map".into()));
+                    return Err(SinkError::permanent("a row is not a map"));
                 };
                 let mut mapped: Vec<(&'a str, Cow<'a, Value>)> =
                     Vec::with_capacity(fields.len() + 2);
@@ -275,7 +274,7 @@ impl PostgresSink {
                 let mut sealed: Vec<&'a str> = Vec::new();
                 for (field, value) in fields {
                     if !self.columns.allows(field) {
-                        return Err(SinkError::Permanent(format!(
+                        return Err(SinkError::permanent(format!(
                             "row field `{field}` is not in the sink's `columns:` list"
                         )));
                     }
@@ -351,7 +350,7 @@ impl PostgresSink {
             .iter()
             .map(|c| {
                 ident(c).ok_or_else(|| {
-                    SinkError::Permanent(format!("row field `{c}` is not a column name"))
+                    SinkError::permanent(format!("row field `{c}` is not a column name"))
                 })
             })
             .collect::<Result<_, _>>()?;
@@ -416,7 +415,7 @@ impl Sink for PostgresSink {
                 Some((begin, timeout)) => {
                     crate::db::write_in_one_round_trip(client, begin, &sql, &params, *timeout)
                         .await
-                        .map_err(|e| SinkError::Retry(e.to_string()))?
+                        .map_err(|e| SinkError::retry_from("database write", e))?
                 }
             };
             match result {
@@ -424,7 +423,7 @@ impl Sink for PostgresSink {
                 Err(e) => {
                     // the explanation's probes run in a transaction of their own (`refuses`)
                     let _ = client.batch_execute("BEGIN").await;
-                    let error = self.explain(&client, &e, batches).await;
+                    let error = self.explain(&client, e, batches).await;
                     let _ = client.batch_execute("ROLLBACK").await;
                     Err(error)
                 }
@@ -439,7 +438,7 @@ impl PostgresSink {
     async fn explain(
         &self,
         client: &tokio_postgres::Client,
-        e: &tokio_postgres::Error,
+        e: tokio_postgres::Error,
         batches: &[Batch],
     ) -> SinkError {
         if !e
@@ -454,7 +453,7 @@ impl PostgresSink {
             .as_db_error()
             .map(|d| without_value(d.message()))
             .unwrap_or_default();
-        SinkError::Permanent(match column {
+        SinkError::permanent(match column {
             Some(c) => format!("{}: column `{c}`: {message}", self.table),
             None => format!("{}: {message}", self.table),
         })
@@ -519,9 +518,9 @@ fn without_value(message: &str) -> String {
 }
 
 /// Retry what may pass later; dead-letter what never will.
-fn classify(e: &tokio_postgres::Error, table: &str) -> SinkError {
+fn classify(e: tokio_postgres::Error, table: &str) -> SinkError {
     let Some(db) = e.as_db_error() else {
-        return SinkError::Retry(format!("database connection: {e}"));
+        return SinkError::retry_from("database connection", e);
     };
     let code = db.code().code();
     let mut msg = format!("{table}: {}", db.message());
@@ -532,8 +531,8 @@ fn classify(e: &tokio_postgres::Error, table: &str) -> SinkError {
         msg.push_str(&format!(" (constraint `{c}`)"));
     }
     match &code[..2] {
-        "08" | "40" | "53" | "57" | "58" => SinkError::Retry(msg),
-        _ => SinkError::Permanent(msg),
+        "08" | "40" | "53" | "57" | "58" => SinkError::retry(msg),
+        _ => SinkError::permanent(msg),
     }
 }
 

@@ -309,6 +309,7 @@ async fn rows_refused(
                 Ok(()) => {}
                 Err(e @ SinkError::Retry(_)) => return Err(CheckError::Rows(e)),
                 Err(SinkError::Permanent(e)) => {
+                    let e = crate::diagnostics::chain(&e);
                     problems.push(Problem::error(format!(
                         "table `{t}`: a row from {} is refused: {}; fix the table with a migration, or the transform",
                         batch.event_id,

@@ -12,8 +12,10 @@
 //!        Failure(permanent) -> dead-letter with the script's reason
 //! ```
 //!
-//! Each batch's outcomes are recorded in the event archive (`archive::Recorder`, one write) before
-//! the queue hears of them. Every decision is one atomic queue operation, so a crash between any two steps leaves the
+//! A batch and a single delivery differ only in how they transform and write; each transform
+//! result becomes an [`Attempt`] in one place (`Worker::next`), and every attempt becomes what the
+//! queue is told in one place (`Worker::finish`). Each batch's outcomes are recorded in the event
+//! archive (`archive::Recorder`, one write) before the queue hears of them. Every decision is one atomic queue operation, so a crash between any two steps leaves the
 //! entry pending (redelivered later) and never half-acknowledged. Sinks make the redelivery
 //! harmless by keying rows on the event id.
 //!
@@ -121,11 +123,17 @@ fn unrecorded(e: &str) -> String {
     format!("the event archive could not record this attempt ({e}); tried again")
 }
 
-/// A sink write failed.
-fn sink_failed(sink: &str, kind: &'static str) {
+/// A failed write to `sink` as the attempt's result (its reason the error's whole chain),
+/// counted.
+fn sink_attempt(sink: &str, e: &SinkError) -> Attempt {
+    let (kind, reason) = match e {
+        SinkError::Retry(_) => ("retry", Attempt::Retry as fn(String) -> Attempt),
+        SinkError::Permanent(_) => ("permanent", Attempt::Permanent as fn(String) -> Attempt),
+    };
     metrics::counter!("engine_sink_errors_total", "sink" => sink.to_string(), "kind" => kind)
         .increment(1);
     crate::ops::alerts::sink_failed(sink);
+    reason(format!("sink `{sink}`: {}", crate::diagnostics::chain(e)))
 }
 
 /// One queue's worker.
@@ -172,7 +180,7 @@ impl Worker {
                 _ = tick.tick() => {
                     for d in ds {
                         if let Err(e) = self.outcomes.touch(d).await {
-                            tracing::debug!(event_id = %d.event.id, error = %e, "lease renewal failed");
+                            tracing::debug!(event_id = %d.event.id, error = &e as &dyn std::error::Error, "lease renewal failed");
                         }
                     }
                 }
@@ -189,7 +197,7 @@ impl Worker {
             self.write_group(name, delivered, batches, &spans, &mut settled)
                 .await;
         }
-        self.finish(settled, &spans).await
+        self.finish(settled, &spans).await.map(|_| ())
     }
 
     /// One sink's batches: in one statement when the sink batches, else (and after a permanent
@@ -212,14 +220,14 @@ impl Worker {
                 Ok(()) => {
                     self.written(delivered.iter().map(|d| &d.event), name, rows.iter().sum());
                     for (d, b) in delivered.iter().zip(batches) {
-                        settled.push((d, Attempt::Written, self.wrote(d, b)));
+                        settled.push((d, Attempt::Written, self.wrote(d.attempts + 1, b, &**sink)));
                     }
                     return;
                 }
-                Err(SinkError::Retry(e)) => {
-                    sink_failed(name, "retry");
+                Err(e @ SinkError::Retry(_)) => {
+                    let attempt = sink_attempt(name, &e);
                     for d in delivered {
-                        settled.push((d, Attempt::Retry(format!("sink `{name}`: {e}")), None));
+                        settled.push((d, attempt.clone(), None));
                     }
                     return;
                 }
@@ -229,46 +237,50 @@ impl Worker {
         for (d, b) in delivered.iter().copied().zip(batches) {
             let attempt = self.write_one(&**sink, b, &d.event, &spans.of(d)).await;
             let wrote = (attempt == Attempt::Written)
-                .then(|| self.wrote(d, b))
+                .then(|| self.wrote(d.attempts + 1, b, &**sink))
                 .flatten();
             settled.push((d, attempt, wrote));
         }
     }
 
-    /// Record the batch's outcomes in the archive, then tell the queue: acks in one call,
-    /// retries and dead letters each in the span of its attempt. An archive that cannot record
-    /// them retries every delivery (none leaves the queue unrecorded).
+    /// The one place attempts become what the queue is told, for batches and single deliveries
+    /// alike: record them in the archive, then ack (in one call), retry or dead-letter each, in
+    /// the span of its attempt. An archive that cannot record them retries every delivery (none
+    /// leaves the queue unrecorded). What became of each, in the order given.
     async fn finish(
         &self,
-        settled: Vec<Settled<'_>>,
+        mut settled: Vec<Settled<'_>>,
         spans: &traced::Spans<'_>,
-    ) -> Result<(), QueueError> {
+    ) -> Result<Vec<Handled>, QueueError> {
         if let Some(e) = self
             .archive(settled.iter().map(|(d, a, w)| (*d, a, w.as_ref())))
             .await
         {
-            for (d, _, _) in &settled {
-                let reason = unrecorded(&e);
-                let gives_up = self.gives_up(d).is_some();
-                spans.settle(d, &Attempt::Retry(reason.clone()), gives_up);
-                self.again(d, reason).instrument(spans.of(d)).await?;
+            for (_, attempt, _) in &mut settled {
+                *attempt = Attempt::Retry(unrecorded(&e));
             }
-            return Ok(());
         }
         let mut acks: Vec<&Delivery> = Vec::new();
+        let mut handled = Vec::with_capacity(settled.len());
         for (d, attempt, _) in settled {
             spans.settle(d, &attempt, self.gives_up(d).is_some());
-            match attempt {
-                Attempt::Written | Attempt::Dropped(_) => acks.push(d),
-                Attempt::Retry(reason) => {
-                    self.again(d, reason).instrument(spans.of(d)).await?;
+            handled.push(match attempt {
+                Attempt::Written => {
+                    acks.push(d);
+                    Handled::Acked
                 }
-                Attempt::Permanent(reason) => {
-                    self.dead(d, reason).instrument(spans.of(d)).await?;
+                Attempt::Dropped(reason) => {
+                    tracing::debug!(event_id = %d.event.id, %reason, "event dropped");
+                    self.count("dropped", 1);
+                    acks.push(d);
+                    Handled::Dropped { reason }
                 }
-            }
+                Attempt::Retry(reason) => self.again(d, reason).instrument(spans.of(d)).await?,
+                Attempt::Permanent(reason) => self.dead(d, reason).instrument(spans.of(d)).await?,
+            });
         }
-        self.recorded(|| self.outcomes.ack_many(&acks)).await
+        self.recorded(|| self.outcomes.ack_many(&acks)).await?;
+        Ok(handled)
     }
 
     /// One event's rows written by themselves, counted (in a `sink.write` span under
@@ -287,23 +299,19 @@ impl Worker {
                 self.written(std::iter::once(event), &b.sink, b.rows.len());
                 Attempt::Written
             }
-            Err(SinkError::Retry(e)) => {
-                sink_failed(&b.sink, "retry");
-                Attempt::Retry(format!("sink `{}`: {e}", b.sink))
-            }
-            Err(SinkError::Permanent(e)) => {
-                sink_failed(&b.sink, "permanent");
-                Attempt::Permanent(format!("sink `{}`: {e}", b.sink))
-            }
+            Err(e) => sink_attempt(&b.sink, &e),
         }
     }
 
-    /// The archive's step for an event whose rows `b` were written.
-    fn wrote(&self, d: &Delivery, b: &Batch) -> Option<archive::Step> {
+    /// The archive's step of attempt `n` whose rows `b` were written to `sink`: with the rows'
+    /// digest where a replay needs it to tell a repeat (a sink that is not idempotent).
+    fn wrote(&self, n: u32, b: &Batch, sink: &dyn Sink) -> Option<archive::Step> {
         self.archive.as_ref()?;
-        Some(
-            archive::Step::new(archive::Outcome::Written, d.attempts + 1).written(&b.sink, &b.rows),
-        )
+        Some(archive::Step::new(archive::Outcome::Written, n).wrote(
+            &b.sink,
+            &b.rows,
+            !sink.idempotent(),
+        ))
     }
 
     /// Record what became of each delivery in the archive (one write), before the queue hears
@@ -326,7 +334,7 @@ impl Worker {
         let e = recorder.store.write(&notes).await.err()?;
         metrics::counter!("engine_archive_errors_total", "queue" => self.outcomes.name().to_string())
             .increment(1);
-        Some(e.to_string())
+        Some(crate::diagnostics::chain(&e))
     }
 
     /// The archive's step for an attempt (a write without its rows at hand: no digest).
@@ -343,38 +351,21 @@ impl Worker {
         }
     }
 
+    /// One delivery: its transform on the blocking pool (a panicking script fails this event
+    /// alone), its write, then [`Worker::finish`] as for a batch.
     async fn process(&self, d: &Delivery) -> Result<Handled, QueueError> {
-        let span = traced::attempt(&d.event, self.outcomes.name(), d.attempts + 1);
-        self.process_in(d, &span).instrument(span.clone()).await
-    }
-
-    /// [`Worker::process`] in the attempt's span.
-    async fn process_in(&self, d: &Delivery, span: &tracing::Span) -> Result<Handled, QueueError> {
-        let (attempt, wrote) = self.attempt_rows(&d.event, d.attempts + 1, span).await;
-        let gives_up = self.gives_up(d).is_some();
-        if let Some(e) = self
-            .archive(std::iter::once((d, &attempt, wrote.as_ref())))
-            .await
-        {
-            let reason = unrecorded(&e);
-            traced::settle(span, &Attempt::Retry(reason.clone()), gives_up);
-            return self.again(d, reason).await;
-        }
-        traced::settle(span, &attempt, gives_up);
-        match attempt {
-            Attempt::Written => {
-                self.recorded(|| self.outcomes.ack(d)).await?;
-                Ok(Handled::Acked)
-            }
-            Attempt::Dropped(reason) => {
-                tracing::debug!(event_id = %d.event.id, %reason, "event dropped");
-                self.count("dropped", 1);
-                self.recorded(|| self.outcomes.ack(d)).await?;
-                Ok(Handled::Dropped { reason })
-            }
-            Attempt::Retry(reason) => self.again(d, reason).await,
-            Attempt::Permanent(reason) => self.dead(d, reason).await,
-        }
+        let one = std::slice::from_ref(d);
+        let spans = traced::Spans::open(one, self.outcomes.name());
+        let span = spans.of(d);
+        let (attempt, wrote) = self
+            .attempt_rows(&d.event, d.attempts + 1, &span)
+            .instrument(span.clone())
+            .await;
+        let handled = self.finish(vec![(d, attempt, wrote)], &spans).await?;
+        Ok(handled
+            .into_iter()
+            .next()
+            .expect("finish answers every delivery it is given"))
     }
 
     /// Transform one event and write its rows: the decision, without recording it anywhere
@@ -420,15 +411,8 @@ impl Worker {
                 };
                 let attempt = self.write_one(&**target, &batch, event, span).await;
                 let step = (attempt == Attempt::Written)
-                    .then_some(self.archive.as_ref())
-                    .flatten()
-                    .map(|_| {
-                        archive::Step::new(archive::Outcome::Written, n).wrote(
-                            &batch.sink,
-                            &batch.rows,
-                            !target.idempotent(),
-                        )
-                    });
+                    .then(|| self.wrote(n, &batch, &**target))
+                    .flatten();
                 (attempt, step)
             }
         }
@@ -561,7 +545,10 @@ impl Worker {
                         crate::ops::alerts::queue_lost(self.outcomes.name());
                     }
                     if let Err(e) = self.handle_batch(&deliveries).await {
-                        tracing::warn!(error = %e, "could not record outcomes; the entries stay pending and are redelivered");
+                        tracing::warn!(
+                            error = &e as &dyn std::error::Error,
+                            "could not record outcomes; the entries stay pending and are redelivered"
+                        );
                     }
                 }
                 Err(e) => {
@@ -608,11 +595,11 @@ impl Worker {
                     for d in &claimed {
                         tracing::warn!(event_id = %d.event.id, "took over an entry whose consumer stopped answering");
                         if let Err(e) = self.handle(d).await {
-                            tracing::warn!(event_id = %d.event.id, error = %e, "could not record the outcome");
+                            tracing::warn!(event_id = %d.event.id, error = &e as &dyn std::error::Error, "could not record the outcome");
                         }
                     }
                 }
-                Err(e) => tracing::debug!(error = %e, "reclaim failed"),
+                Err(e) => tracing::debug!(error = &e as &dyn std::error::Error, "reclaim failed"),
             }
         }
     }
@@ -623,7 +610,7 @@ async fn promote(queue: Arc<RedisQueue>, partition: usize, mut stop: watch::Rece
     while !*stop.borrow() {
         pause(&mut stop, Duration::from_millis(250)).await;
         if let Err(e) = queue.promote_due(partition, 100).await {
-            tracing::debug!(error = %e, "promote failed");
+            tracing::debug!(error = &e as &dyn std::error::Error, "promote failed");
         }
     }
 }
@@ -634,7 +621,10 @@ async fn beat(queue: Arc<RedisQueue>, partition: usize, mut stop: watch::Receive
     while !*stop.borrow() {
         let now = chrono::Utc::now().timestamp_millis();
         if let Err(e) = queue.beat(partition, now).await {
-            tracing::debug!(error = %e, "worker heartbeat failed");
+            tracing::debug!(
+                error = &e as &dyn std::error::Error,
+                "worker heartbeat failed"
+            );
         }
         pause(&mut stop, crate::queue::redis::BEAT).await;
     }

@@ -70,7 +70,7 @@ pub(super) async fn transform_all(
             let queue = queue.to_string();
             tokio::task::spawn_blocking(move || run(&program, &mut events.iter(), queue, &spans))
                 .await
-                .map_err(|e| QueueError::Task(e.to_string()))
+                .map_err(|e| QueueError::Task(std::sync::Arc::new(e)))
         }
     }
 }
@@ -94,12 +94,7 @@ impl Worker {
         let mut groups = Groups::new();
         for (d, outcome) in ds.iter().zip(outcomes) {
             match self.next(&d.event, outcome) {
-                Next::Settled(attempt) => {
-                    if matches!(attempt, Attempt::Dropped(_)) {
-                        self.count("dropped", 1);
-                    }
-                    settled.push((d, attempt, None));
-                }
+                Next::Settled(attempt) => settled.push((d, attempt, None)),
                 Next::Write(batch) => {
                     let group = groups.entry(batch.sink.clone()).or_default();
                     group.0.push(d);

@@ -125,7 +125,7 @@ async fn wait_until(mut ok: impl FnMut() -> bool) {
 
 #[tokio::test]
 async fn events_flow_to_the_sink_and_are_acked() {
-    let sink = TestSink::new(0, SinkError::Retry(String::new()));
+    let sink = TestSink::new(0, SinkError::retry(""));
     let (w, q, _) = worker(sink.clone(), fast()).await;
     for i in 0..20 {
         q.enqueue(&status_update(&format!("e{i:02}")), None)
@@ -163,7 +163,7 @@ async fn events_flow_to_the_sink_and_are_acked() {
 
 #[tokio::test]
 async fn a_failing_sink_is_retried_with_backoff_then_succeeds() {
-    let sink = TestSink::new(2, SinkError::Retry("connection refused".into()));
+    let sink = TestSink::new(2, SinkError::retry("connection refused"));
     let (w, q, _) = worker(
         sink.clone(),
         Options {
@@ -195,10 +195,10 @@ async fn a_failing_sink_is_retried_with_backoff_then_succeeds() {
 #[tokio::test]
 async fn a_partition_helper_waits_for_a_backlog_and_only_the_lead_promotes_retries() {
     let options = Options { batch: 4, ..fast() };
-    let sink = TestSink::new(0, SinkError::Retry("unused".into()));
+    let sink = TestSink::new(0, SinkError::retry("unused"));
     let (w, q, _) = worker(sink.clone(), options).await;
     // the helper: the same queue, its own sink, so what it wrote can be told apart
-    let helper_sink = TestSink::new(0, SinkError::Retry("unused".into()));
+    let helper_sink = TestSink::new(0, SinkError::retry("unused"));
     let mut sinks: HashMap<String, Arc<dyn Sink>> = HashMap::new();
     sinks.insert("call_status".into(), helper_sink.clone());
     let helper_worker = Arc::new(Worker {
@@ -254,7 +254,7 @@ async fn a_partition_helper_waits_for_a_backlog_and_only_the_lead_promotes_retri
 
 #[tokio::test]
 async fn attempts_used_up_and_permanent_errors_are_dead_lettered() {
-    let sink = TestSink::new(u32::MAX, SinkError::Retry("connection refused".into()));
+    let sink = TestSink::new(u32::MAX, SinkError::retry("connection refused"));
     let (w, q, _) = worker(sink.clone(), fast()).await;
     q.enqueue(&status_update("x1"), None).await.unwrap();
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
@@ -285,7 +285,7 @@ async fn attempts_used_up_and_permanent_errors_are_dead_lettered() {
     // a constraint violation is not retried
     let sink = TestSink::new(
         1,
-        SinkError::Permanent("column \"cost\": numeric field overflow".into()),
+        SinkError::permanent("column \"cost\": numeric field overflow"),
     );
     let (w, q, _) = worker(sink, fast()).await;
     q.enqueue(&status_update("p1"), None).await.unwrap();
@@ -304,7 +304,7 @@ async fn attempts_used_up_and_permanent_errors_are_dead_lettered() {
 
 #[tokio::test]
 async fn script_failures_carry_their_position_into_the_dead_letter() {
-    let sink = TestSink::new(0, SinkError::Retry(String::new()));
+    let sink = TestSink::new(0, SinkError::retry(""));
     let (w, q, _) = worker(sink, fast()).await;
     let mut bad = status_update("b1");
     bad.body = Bytes::from(r#"{"message":{"type":"status-update"}}"#);
@@ -325,7 +325,7 @@ async fn script_failures_carry_their_position_into_the_dead_letter() {
 
 #[tokio::test]
 async fn a_crashed_workers_entries_reach_the_sink_through_another_worker() {
-    let sink = TestSink::new(0, SinkError::Retry(String::new()));
+    let sink = TestSink::new(0, SinkError::retry(""));
     let (w, q, prefix) = worker(sink.clone(), fast()).await;
     // another process took three entries and died without acking
     let crashed = RedisQueue::new(common::redis(), &prefix, "vapi", "crashed-consumer").unwrap();
@@ -368,7 +368,7 @@ impl Sink for SlowSink {
 
 #[tokio::test]
 async fn a_long_job_renews_its_lease() {
-    let (w, q, prefix) = worker(TestSink::new(0, SinkError::Retry(String::new())), fast()).await;
+    let (w, q, prefix) = worker(TestSink::new(0, SinkError::retry("")), fast()).await;
     let slow = Arc::new(SlowSink(Duration::from_millis(1200), Mutex::new(0)));
     let mut sinks: HashMap<String, Arc<dyn Sink>> = HashMap::new();
     sinks.insert("call_status".into(), slow.clone());
@@ -418,7 +418,7 @@ async fn a_batch_with_one_bad_row_dead_letters_only_that_event() {
     };
     let sink: Arc<dyn Sink> =
         Arc::new(engine::sink::postgres::PostgresSink::new(&cfg, pool, None).unwrap());
-    let (w, q, _) = worker(TestSink::new(0, SinkError::Retry(String::new())), fast()).await;
+    let (w, q, _) = worker(TestSink::new(0, SinkError::retry("")), fast()).await;
     let mut sinks: HashMap<String, Arc<dyn Sink>> = HashMap::new();
     sinks.insert("call_status".into(), sink);
     let w = Arc::new(Worker {
@@ -508,7 +508,7 @@ async fn a_busy_queue_is_topped_up_into_batches_and_a_lone_event_goes_at_once() 
         // a write takes as long as a Postgres round trip under load
         delay: Duration::from_millis(20),
     });
-    let (w, q, _) = worker(TestSink::new(0, SinkError::Retry(String::new())), options).await;
+    let (w, q, _) = worker(TestSink::new(0, SinkError::retry("")), options).await;
     let mut sinks: HashMap<String, Arc<dyn Sink>> = HashMap::new();
     sinks.insert("call_status".into(), sink.clone());
     let w = Arc::new(Worker {
