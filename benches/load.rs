@@ -40,6 +40,9 @@
 //! worker, Redis, Postgres) at pace and in a backlog, against the 118 µs target (`load/cost.rs`).
 //! With `LOAD_TRACES=1` the engines export traces to an OTLP receiver in the bench process
 //! (`load/traces.rs`): the same numbers with tracing on.
+//! `-- --pipelines [N]` measures instead what N pipelines (1,000 by default) cost at start:
+//! validate's time and memory, serve's time to /health, its RSS and Redis connections
+//! (`load/many.rs`).
 //! `-- --dashboard` draws the Grafana dashboard's main panels from `/metrics` under a changing
 //! load into docs/grafana/engine.png (`load/dashboard.rs`).
 
@@ -67,6 +70,8 @@ mod scale;
 mod archive;
 #[path = "load/cost.rs"]
 mod cost;
+#[path = "load/many.rs"]
+mod many;
 #[path = "load/traces.rs"]
 mod traces;
 
@@ -135,6 +140,14 @@ fn main() {
                 println!("traces: {} spans received", traces::spans());
             }
         }));
+    } else if mode("--pipelines") {
+        let n = args
+            .iter()
+            .position(|a| a == "--pipelines")
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1000);
+        rt.block_on(with_setup("many", async |setup| many::run(setup, n).await));
     } else if mode("--dashboard") {
         rt.block_on(with_setup("dash", async |setup| {
             dashboard::run(setup).await

@@ -42,8 +42,18 @@ pub enum FailureKind {
 }
 
 /// Build an engine with `limits` and the helpers.
+///
+/// Every pipeline has its own engines (a transform's, a respond script's), so what one costs is
+/// paid per pipeline: `Engine::new` builds Rhai's standard package (some hundreds of functions,
+/// ~150 KB) afresh each time. Here the package and the helpers are built once per process and
+/// each engine only points at them ([`shared_modules`]); an engine is then a few KB of its own.
 pub fn engine(limits: &ScriptLimits) -> Engine {
-    let mut e = Engine::new();
+    let mut e = Engine::new_raw();
+    for module in shared_modules() {
+        e.register_global_module(module.clone());
+    }
+    // as `Engine::new` does: a script's repeated property names and strings share one copy
+    e.set_max_strings_interned(256);
     e.set_max_operations(limits.max_operations)
         .set_max_call_levels(limits.max_call_depth)
         .set_max_string_size(limits.max_string_size)
@@ -67,29 +77,48 @@ pub fn engine(limits: &ScriptLimits) -> Engine {
     });
     e.on_print(|s| tracing::debug!(target: "engine::script", "{s}"));
     e.on_debug(|s, _, _| tracing::debug!(target: "engine::script", "{s}"));
-
-    e.register_fn("sha256", |s: &str| {
-        hex::encode(Sha256::digest(s.as_bytes()))
-    });
-    e.register_fn("uuid_v5", uuid_v5);
-    e.register_fn("parse_time", parse_time);
-    e.register_fn("format_time", |ms: i64| format_time(ms));
-    e.register_fn("to_json", to_json);
-    e.register_fn("parse_json", parse_json);
-    e.register_fn("get", get_path);
-    e.register_fn(
-        "fail_permanent",
-        |msg: &str| -> Result<Dynamic, Box<EvalAltResult>> { Err(failure("permanent", msg)) },
-    );
-    e.register_fn(
-        "discard",
-        |msg: &str| -> Result<Dynamic, Box<EvalAltResult>> { Err(failure("discard", msg)) },
-    );
-    e.register_fn(
-        "fail_retry",
-        |msg: &str| -> Result<Dynamic, Box<EvalAltResult>> { Err(failure("retry", msg)) },
-    );
     e
+}
+
+/// Rhai's standard package and the engine's helpers (`sha256`, `uuid_v5`, `parse_time`,
+/// `format_time`, `to_json`, `parse_json`, `get`, `fail_permanent`, `discard`, `fail_retry`),
+/// built on first use and shared, read-only, by every engine of the process. The helpers come
+/// last, so a helper named like a standard function wins, as when they were registered on the
+/// engine.
+fn shared_modules() -> &'static [rhai::Shared<rhai::Module>; 2] {
+    static MODULES: std::sync::OnceLock<[rhai::Shared<rhai::Module>; 2]> =
+        std::sync::OnceLock::new();
+    MODULES.get_or_init(|| {
+        use rhai::packages::Package as _;
+        let standard = rhai::packages::StandardPackage::new().as_shared_module();
+        [standard, helpers().into()]
+    })
+}
+
+/// The helpers a script may call, as one module.
+fn helpers() -> rhai::Module {
+    use rhai::FuncRegistration as F;
+    let mut m = rhai::Module::new();
+    F::new("sha256").set_into_module(&mut m, |s: &str| hex::encode(Sha256::digest(s.as_bytes())));
+    F::new("uuid_v5").set_into_module(&mut m, uuid_v5);
+    F::new("parse_time").set_into_module(&mut m, parse_time);
+    F::new("format_time").set_into_module(&mut m, |ms: i64| format_time(ms));
+    F::new("to_json").set_into_module(&mut m, to_json);
+    F::new("parse_json").set_into_module(&mut m, parse_json);
+    F::new("get").set_into_module(&mut m, get_path);
+    F::new("fail_permanent")
+        .set_into_module(&mut m, |msg: &str| -> Result<Dynamic, Box<EvalAltResult>> {
+            Err(failure("permanent", msg))
+        });
+    F::new("discard").set_into_module(&mut m, |msg: &str| -> Result<Dynamic, Box<EvalAltResult>> {
+        Err(failure("discard", msg))
+    });
+    F::new("fail_retry")
+        .set_into_module(&mut m, |msg: &str| -> Result<Dynamic, Box<EvalAltResult>> {
+            Err(failure("retry", msg))
+        });
+    m.build_index();
+    m
 }
 
 /// Run `f` with a wall-clock budget on this thread.

@@ -1,0 +1,187 @@
+//! `cargo bench --bench load -- --pipelines [N]`: what N pipelines (1,000 by default) cost at
+//! start — the shipped four plus copies of `twilio-sms.yaml`, each with its own name and path, as
+//! a team with many sources or tenants grows.
+//!
+//! ```text
+//! 1. engine validate: wall time and peak RSS (median of 5; RSS through /usr/bin/time)
+//! 2. engine serve on the embedded defaults (no Redis, no Postgres): spawn -> /health 200, RSS
+//!    3 s later (median of 3)
+//! 3. engine serve with Redis and Postgres (the bench's database): the same, and the Redis
+//!    connections it holds
+//! ```
+//!
+//! The same for the shipped four alone, so what one more pipeline costs is the difference over
+//! N - 4.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use super::{Server, Setup, engine};
+
+/// Run the many-pipelines measurements with `n` pipelines.
+pub async fn run(setup: &Setup, n: usize) {
+    let many = generate(setup.dir.path(), n);
+    let shipped = (
+        validate(setup, setup.dir.path()),
+        validate(setup, many.path()),
+    );
+    println!(
+        "validate: 4 pipelines {:.0} ms, {:.1} MiB; {n} pipelines {:.0} ms, {:.1} MiB",
+        ms(shipped.0.0),
+        mib(shipped.0.1),
+        ms(shipped.1.0),
+        mib(shipped.1.1)
+    );
+    for (label, embedded) in [("embedded defaults", true), ("Redis + Postgres", false)] {
+        let few = serve(setup, setup.dir.path(), embedded).await;
+        let lots = serve(setup, many.path(), embedded).await;
+        println!(
+            "serve on {label}: 4 pipelines /health in {:.0} ms, RSS {:.1} MiB, {} Redis connections; {n} pipelines /health in {:.0} ms, RSS {:.1} MiB, {} Redis connections; {:.0} KiB per pipeline beyond the first four",
+            ms(few.0),
+            mib(few.1),
+            few.2,
+            ms(lots.0),
+            mib(lots.1),
+            lots.2,
+            (lots.1.saturating_sub(few.1)) as f64 / 1024.0 / (n - 4).max(1) as f64
+        );
+    }
+}
+
+/// A pipelines directory: the bench's copy of the shipped set and `n - 4` copies of its Twilio
+/// SMS pipeline on their own routes.
+fn generate(shipped: &Path, n: usize) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    super::copy(shipped, dir.path());
+    let sms = std::fs::read_to_string(shipped.join("twilio-sms.yaml")).unwrap();
+    assert!(sms.contains("name: twilio-sms\n") && sms.contains("path: /api/twilio/sms\n"));
+    for i in 0..n.saturating_sub(4) {
+        std::fs::write(
+            dir.path().join(format!("sms-{i:04}.yaml")),
+            sms.replace("name: twilio-sms\n", &format!("name: sms-{i:04}\n"))
+                .replace(
+                    "path: /api/twilio/sms\n",
+                    &format!("path: /api/twilio/sms/{i:04}\n"),
+                ),
+        )
+        .unwrap();
+    }
+    dir
+}
+
+/// `engine validate` on `dir`: the median wall time of 5 runs and their median peak RSS (bytes;
+/// 0 without /usr/bin/time).
+fn validate(setup: &Setup, dir: &Path) -> (Duration, u64) {
+    let time = Path::new("/usr/bin/time");
+    let mut runs: Vec<(Duration, u64)> = (0..5)
+        .map(|_| {
+            let plain = engine(&["validate"], setup, dir);
+            let mut cmd = if time.exists() {
+                // the same command, its peak RSS (KiB) written by time(1) on the last line
+                let mut c = Command::new(time);
+                c.arg("-f").arg("%M").arg(plain.get_program());
+                c.args(plain.get_args());
+                c.env_clear()
+                    .envs(plain.get_envs().filter_map(|(k, v)| Some((k, v?))));
+                c
+            } else {
+                plain
+            };
+            let t = Instant::now();
+            let out = cmd.output().unwrap();
+            let took = t.elapsed();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{stderr}");
+            let kib = stderr
+                .lines()
+                .last()
+                .and_then(|l| l.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+            (took, kib * 1024)
+        })
+        .collect();
+    runs.sort();
+    let mut rss: Vec<u64> = runs.iter().map(|r| r.1).collect();
+    rss.sort();
+    (runs[2].0, rss[2])
+}
+
+/// `engine serve` on `dir` (`embedded`: without REDIS_URL and DATABASE_URL), 3 times: the median
+/// time from spawn to /health 200, the median RSS 3 s later (bytes) and the Redis connections
+/// it held then.
+async fn serve(setup: &Setup, dir: &Path, embedded: bool) -> (Duration, u64, i64) {
+    let mut runs = Vec::new();
+    for _ in 0..3 {
+        let mut cmd = engine(&["serve"], setup, dir);
+        if embedded {
+            cmd.env_remove("REDIS_URL").env_remove("DATABASE_URL");
+        }
+        let before = redis_clients().await;
+        let started = Instant::now();
+        let server = Server::spawn(cmd);
+        let url = format!("http://127.0.0.1:{}/health", server.port);
+        let client = reqwest::Client::new();
+        loop {
+            let ok = client
+                .get(&url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ok {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let up = started.elapsed();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let rss = rss(server.child.id());
+        let connections = redis_clients().await - before;
+        server.stop();
+        runs.push((up, rss, connections));
+    }
+    let mut up: Vec<Duration> = runs.iter().map(|r| r.0).collect();
+    let mut rss: Vec<u64> = runs.iter().map(|r| r.1).collect();
+    let mut conns: Vec<i64> = runs.iter().map(|r| r.2).collect();
+    up.sort();
+    rss.sort();
+    conns.sort();
+    (up[1], rss[1], conns[1])
+}
+
+/// A process's resident memory now (VmRSS), bytes.
+fn rss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// The local Redis's connected clients (INFO clients).
+async fn redis_clients() -> i64 {
+    let Ok(client) = redis::Client::open("redis://127.0.0.1:6379") else {
+        return 0;
+    };
+    let Ok(mut c) = client.get_multiplexed_async_connection().await else {
+        return 0;
+    };
+    let info: String = redis::cmd("INFO")
+        .arg("clients")
+        .query_async(&mut c)
+        .await
+        .unwrap_or_default();
+    info.lines()
+        .find_map(|l| l.strip_prefix("connected_clients:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / 1048576.0
+}
