@@ -304,21 +304,27 @@ fn clock_ticks() -> f64 {
 
 /// CPU time the local Redis server has used (INFO cpu), seconds.
 async fn redis_cpu_secs() -> f64 {
-    let Ok(client) = redis::Client::open("redis://127.0.0.1:6379") else {
-        return 0.0;
-    };
-    let Ok(mut c) = client.get_multiplexed_async_connection().await else {
-        return 0.0;
-    };
-    let info: String = redis::cmd("INFO")
-        .arg("cpu")
-        .query_async(&mut c)
+    redis_info("cpu")
         .await
-        .unwrap_or_default();
-    info.lines()
+        .lines()
         .filter(|l| l.starts_with("used_cpu_sys:") || l.starts_with("used_cpu_user:"))
         .filter_map(|l| l.split_once(':')?.1.trim().parse::<f64>().ok())
         .sum()
+}
+
+/// A section of the local Redis's INFO (empty when it does not answer).
+async fn redis_info(section: &str) -> String {
+    let Ok(client) = redis::Client::open("redis://127.0.0.1:6379") else {
+        return String::new();
+    };
+    let Ok(mut c) = client.get_multiplexed_async_connection().await else {
+        return String::new();
+    };
+    redis::cmd("INFO")
+        .arg(section)
+        .query_async(&mut c)
+        .await
+        .unwrap_or_default()
 }
 
 /// CPU per request over a run, microseconds: of the server under load (the engine or the bare

@@ -135,7 +135,7 @@ async fn serve(setup: &Setup, dir: &Path, embedded: bool) -> (Duration, u64, i64
         }
         let up = started.elapsed();
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let rss = rss(server.child.id());
+        let rss = super::soak::rss(server.child.id());
         let connections = redis_clients().await - before;
         server.stop();
         runs.push((up, rss, connections));
@@ -149,30 +149,11 @@ async fn serve(setup: &Setup, dir: &Path, embedded: bool) -> (Duration, u64, i64
     (up[1], rss[1], conns[1])
 }
 
-/// A process's resident memory now (VmRSS), bytes.
-fn rss(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
-
 /// The local Redis's connected clients (INFO clients).
 async fn redis_clients() -> i64 {
-    let Ok(client) = redis::Client::open("redis://127.0.0.1:6379") else {
-        return 0;
-    };
-    let Ok(mut c) = client.get_multiplexed_async_connection().await else {
-        return 0;
-    };
-    let info: String = redis::cmd("INFO")
-        .arg("clients")
-        .query_async(&mut c)
+    super::redis_info("clients")
         .await
-        .unwrap_or_default();
-    info.lines()
+        .lines()
         .find_map(|l| l.strip_prefix("connected_clients:"))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0)

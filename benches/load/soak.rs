@@ -43,7 +43,7 @@ pub fn parse_span(text: &str) -> Option<Duration> {
 }
 
 /// Resident memory of a process now (VmRSS), bytes.
-fn rss(pid: u32) -> u64 {
+pub(crate) fn rss(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
