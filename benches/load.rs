@@ -355,6 +355,26 @@ impl Cost {
     }
 }
 
+/// A pipelines directory: the shipped set in `shipped` plus `n` copies of its pipeline `name`
+/// (`<name>.yaml`, on route `path`), each with its own name and route (`<path>/<i>`).
+fn with_copies(shipped: &Path, name: &str, path: &str, n: usize) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    copy(shipped, dir.path());
+    let yaml = std::fs::read_to_string(shipped.join(format!("{name}.yaml"))).unwrap();
+    let (name_line, path_line) = (format!("name: {name}\n"), format!("path: {path}\n"));
+    assert!(
+        yaml.contains(&name_line) && yaml.contains(&path_line),
+        "{name}.yaml names itself `{name}` and routes `{path}`"
+    );
+    for i in 0..n {
+        let copy = yaml
+            .replace(&name_line, &format!("name: {name}-{i:04}\n"))
+            .replace(&path_line, &format!("path: {path}/{i:04}\n"));
+        std::fs::write(dir.path().join(format!("{name}-{i:04}.yaml")), copy).unwrap();
+    }
+    dir
+}
+
 fn engine(args: &[&str], setup: &Setup, dir: &Path) -> Command {
     // LOAD_ENGINE: another build of the engine (one with frame pointers, for `perf record -g`)
     let binary =

@@ -2,7 +2,6 @@
 //! ceiling, ingest at saturation and at fixed offered rates, the drain, end to end, boot and
 //! validate times; prints every figure and draws docs/benchmarks-latency.png.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -234,7 +233,8 @@ pub async fn run(quick: bool, saturation_only: bool, pace: bool) {
     server.stop();
 
     // 5. start-up and validate with 50 pipelines
-    let fifty = fifty_pipelines(setup.dir.path());
+    // the shipped set plus 46 more copies of the Vapi pipeline on their own routes
+    let fifty = crate::with_copies(setup.dir.path(), "vapi", "/api/webhooks/vapi", 46);
     let mut boots = Vec::new();
     for _ in 0..5 {
         let s = Server::spawn(engine(&["serve", "--no-worker"], &setup, fifty.path()));
@@ -266,23 +266,4 @@ pub async fn run(quick: bool, saturation_only: bool, pace: bool) {
 
     crate::plot::plot(&curve, &sat, &ceiling);
     setup.cleanup().await;
-}
-
-/// The shipped set plus 46 more copies of the Vapi pipeline on their own routes: 50 pipelines.
-fn fifty_pipelines(shipped: &Path) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    copy(shipped, dir.path());
-    let vapi = std::fs::read_to_string(shipped.join("vapi.yaml")).unwrap();
-    for i in 0..46 {
-        std::fs::write(
-            dir.path().join(format!("vapi-{i:02}.yaml")),
-            vapi.replace("name: vapi\n", &format!("name: vapi-{i:02}\n"))
-                .replace(
-                    "path: /api/webhooks/vapi",
-                    &format!("path: /api/webhooks/vapi/{i:02}"),
-                ),
-        )
-        .unwrap();
-    }
-    dir
 }

@@ -21,7 +21,12 @@ use super::{Server, Setup, engine};
 
 /// Run the many-pipelines measurements with `n` pipelines.
 pub async fn run(setup: &Setup, n: usize) {
-    let many = generate(setup.dir.path(), n);
+    let many = super::with_copies(
+        setup.dir.path(),
+        "twilio-sms",
+        "/api/twilio/sms",
+        n.saturating_sub(4),
+    );
     let shipped = (
         validate(setup, setup.dir.path()),
         validate(setup, many.path()),
@@ -47,27 +52,6 @@ pub async fn run(setup: &Setup, n: usize) {
             (lots.1.saturating_sub(few.1)) as f64 / 1024.0 / (n - 4).max(1) as f64
         );
     }
-}
-
-/// A pipelines directory: the bench's copy of the shipped set and `n - 4` copies of its Twilio
-/// SMS pipeline on their own routes.
-fn generate(shipped: &Path, n: usize) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    super::copy(shipped, dir.path());
-    let sms = std::fs::read_to_string(shipped.join("twilio-sms.yaml")).unwrap();
-    assert!(sms.contains("name: twilio-sms\n") && sms.contains("path: /api/twilio/sms\n"));
-    for i in 0..n.saturating_sub(4) {
-        std::fs::write(
-            dir.path().join(format!("sms-{i:04}.yaml")),
-            sms.replace("name: twilio-sms\n", &format!("name: sms-{i:04}\n"))
-                .replace(
-                    "path: /api/twilio/sms\n",
-                    &format!("path: /api/twilio/sms/{i:04}\n"),
-                ),
-        )
-        .unwrap();
-    }
-    dir
 }
 
 /// `engine validate` on `dir`: the median wall time of 5 runs and their median peak RSS (bytes;

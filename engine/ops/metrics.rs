@@ -417,7 +417,9 @@ pub async fn sample(sources: &Sources) {
                         .set(s.oldest_age_ms.unwrap_or(0) as f64 / 1000.0);
                 }
             }
-            Err(e) => tracing::debug!(queue = %name, error = %e, "queue stats unavailable"),
+            Err(e) => {
+                tracing::debug!(queue = %name, error = &e as &dyn std::error::Error, "queue stats unavailable")
+            }
         }
     }
     if let Some(pool) = &sources.pool {

@@ -236,7 +236,11 @@ async fn queue_rows(app: &App) -> Vec<QueueRow> {
             pipeline: route.config.name.clone(),
             queue: q.handle.name().to_string(),
             backend,
-            stats: q.handle.stats().await.map_err(|e| e.to_string()),
+            stats: q
+                .handle
+                .stats()
+                .await
+                .map_err(|e| crate::diagnostics::chain(&e)),
             per_instance: q.config.concurrency,
             instances: q.handle.instances_reading().await.ok().flatten(),
         });

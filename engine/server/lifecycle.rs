@@ -49,12 +49,7 @@ pub async fn start_with(
     // (in the background: a Redis that does not answer must not hold the boot)
     for q in app.queues() {
         if let crate::queue::Queue::Redis(r) = &q.handle {
-            let r = r.clone();
-            tokio::spawn(async move {
-                if let Err(e) = r.ensure_group().await {
-                    tracing::warn!(queue = r.name(), error = %e, "cannot create the queue's consumer group yet (its first event will)");
-                }
-            });
+            tokio::spawn(make_group(r.clone()));
         }
     }
     let acceptor = TcpListener::new(addr)
@@ -336,5 +331,17 @@ fn shutdown_signal() -> impl std::future::Future<Output = &'static str> {
             let _ = tokio::signal::ctrl_c().await;
             "SIGINT"
         }
+    }
+}
+
+/// Create a Redis queue's consumer group (and its stream) if missing; a failure is said once,
+/// and the queue's first event makes it.
+async fn make_group(r: std::sync::Arc<crate::queue::redis::RedisQueue>) {
+    if let Err(e) = r.ensure_group().await {
+        tracing::warn!(
+            queue = r.name(),
+            error = &e as &dyn std::error::Error,
+            "cannot create the queue's consumer group yet (its first event will)"
+        );
     }
 }

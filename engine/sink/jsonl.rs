@@ -63,17 +63,16 @@ impl Sink for JsonLines {
             match &self.target {
                 Destination::Stdout => {
                     let mut out = tokio::io::stdout();
-                    out.write_all(text.as_bytes())
-                        .await
-                        .map_err(|e| SinkError::retry_from("cannot write to standard output", e))?;
-                    out.flush()
-                        .await
-                        .map_err(|e| SinkError::retry_from("cannot write to standard output", e))
+                    let failed =
+                        |e| SinkError::retry("cannot write to standard output").caused_by(e);
+                    out.write_all(text.as_bytes()).await.map_err(failed)?;
+                    out.flush().await.map_err(failed)
                 }
                 Destination::File(path) => {
                     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                         tokio::fs::create_dir_all(dir).await.map_err(|e| {
-                            SinkError::retry_from(format!("cannot create {}", dir.display()), e)
+                            SinkError::retry(format!("cannot create {}", dir.display()))
+                                .caused_by(e)
                         })?;
                     }
                     let mut f = tokio::fs::OpenOptions::new()
@@ -82,10 +81,11 @@ impl Sink for JsonLines {
                         .open(path)
                         .await
                         .map_err(|e| {
-                            SinkError::retry_from(format!("cannot open {}", path.display()), e)
+                            SinkError::retry(format!("cannot open {}", path.display())).caused_by(e)
                         })?;
-                    let failed =
-                        |e| SinkError::retry_from(format!("cannot write {}", path.display()), e);
+                    let failed = |e| {
+                        SinkError::retry(format!("cannot write {}", path.display())).caused_by(e)
+                    };
                     f.write_all(text.as_bytes()).await.map_err(failed)?;
                     f.flush().await.map_err(failed)
                 }

@@ -42,28 +42,25 @@ pub enum SinkError {
 impl SinkError {
     /// A failure that may pass later.
     pub fn retry(why: impl Into<String>) -> SinkError {
-        SinkError::Retry(WriteFailure::new(why, None))
-    }
-
-    /// A failure that may pass later, caused by `cause`.
-    pub fn retry_from(
-        why: impl Into<String>,
-        cause: impl std::error::Error + Send + Sync + 'static,
-    ) -> SinkError {
-        SinkError::Retry(WriteFailure::new(why, Some(Arc::new(cause))))
+        SinkError::Retry(WriteFailure {
+            why: why.into(),
+            cause: None,
+        })
     }
 
     /// A failure no retry can help.
     pub fn permanent(why: impl Into<String>) -> SinkError {
-        SinkError::Permanent(WriteFailure::new(why, None))
+        SinkError::Permanent(WriteFailure {
+            why: why.into(),
+            cause: None,
+        })
     }
 
-    /// A failure no retry can help, caused by `cause`.
-    pub fn permanent_from(
-        why: impl Into<String>,
-        cause: impl std::error::Error + Send + Sync + 'static,
-    ) -> SinkError {
-        SinkError::Permanent(WriteFailure::new(why, Some(Arc::new(cause))))
+    /// The same failure, caused by the library error `cause` (kept as its source).
+    pub fn caused_by(mut self, cause: impl std::error::Error + Send + Sync + 'static) -> SinkError {
+        let (SinkError::Retry(f) | SinkError::Permanent(f)) = &mut self;
+        f.cause = Some(Arc::new(cause));
+        self
     }
 }
 
@@ -74,18 +71,6 @@ impl SinkError {
 pub struct WriteFailure {
     why: String,
     cause: Option<Arc<dyn std::error::Error + Send + Sync>>,
-}
-
-impl WriteFailure {
-    fn new(
-        why: impl Into<String>,
-        cause: Option<Arc<dyn std::error::Error + Send + Sync>>,
-    ) -> WriteFailure {
-        WriteFailure {
-            why: why.into(),
-            cause,
-        }
-    }
 }
 
 impl std::fmt::Display for WriteFailure {
@@ -230,7 +215,7 @@ mod tests {
     #[test]
     fn write_failures_keep_their_cause() {
         let io = std::io::Error::new(std::io::ErrorKind::StorageFull, "no space left on device");
-        let e = SinkError::retry_from("cannot write calls.jsonl", io);
+        let e = SinkError::retry("cannot write calls.jsonl").caused_by(io);
         assert!(matches!(e, SinkError::Retry(_)));
         assert_eq!(e.to_string(), "cannot write calls.jsonl");
         assert_eq!(

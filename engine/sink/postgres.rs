@@ -71,7 +71,8 @@ pub struct JsonText(pub Vec<u8>);
 
 impl JsonText {
     fn of(rows: &[MappedRow<'_>]) -> Result<JsonText, SinkError> {
-        let bad = |e: serde_json::Error| SinkError::permanent_from("a row cannot be stored", e);
+        let bad =
+            |e: serde_json::Error| SinkError::permanent("a row cannot be stored").caused_by(e);
         let mut out = Vec::with_capacity(rows.len() * 512);
         out.push(b'[');
         for (i, row) in rows.iter().enumerate() {
@@ -197,7 +198,7 @@ impl PostgresSink {
             .pool
             .get()
             .await
-            .map_err(|e| SinkError::retry_from("database unavailable", e))?;
+            .map_err(|e| SinkError::retry("database unavailable").caused_by(e))?;
         Ok(Some((text, sql, client)))
     }
 
@@ -415,7 +416,7 @@ impl Sink for PostgresSink {
                 Some((begin, timeout)) => {
                     crate::db::write_in_one_round_trip(client, begin, &sql, &params, *timeout)
                         .await
-                        .map_err(|e| SinkError::retry_from("database write", e))?
+                        .map_err(|e| SinkError::retry("database write").caused_by(e))?
                 }
             };
             match result {
@@ -520,7 +521,7 @@ fn without_value(message: &str) -> String {
 /// Retry what may pass later; dead-letter what never will.
 fn classify(e: tokio_postgres::Error, table: &str) -> SinkError {
     let Some(db) = e.as_db_error() else {
-        return SinkError::retry_from("database connection", e);
+        return SinkError::retry("database connection").caused_by(e);
     };
     let code = db.code().code();
     let mut msg = format!("{table}: {}", db.message());

@@ -45,15 +45,16 @@ pub enum FailureKind {
 ///
 /// Every pipeline has its own engines (a transform's, a respond script's), so what one costs is
 /// paid per pipeline: `Engine::new` builds Rhai's standard package (some hundreds of functions,
-/// ~150 KB) afresh each time. Here the package and the helpers are built once per process and
-/// each engine only points at them ([`shared_modules`]); an engine is then a few KB of its own.
+/// ~200 KB) afresh each time. Here the package and the helpers are built once per process and
+/// each engine only points at them ([`shared_modules`]); an engine is then ~1 KB of its own
+/// (docs/benchmarks.md, "Many pipelines").
 pub fn engine(limits: &ScriptLimits) -> Engine {
     let mut e = Engine::new_raw();
     for module in shared_modules() {
         e.register_global_module(module.clone());
     }
     // as `Engine::new` does: a script's repeated property names and strings share one copy
-    e.set_max_strings_interned(256);
+    e.set_max_strings_interned(rhai::default_limits::MAX_STRINGS_INTERNED);
     e.set_max_operations(limits.max_operations)
         .set_max_call_levels(limits.max_call_depth)
         .set_max_string_size(limits.max_string_size)

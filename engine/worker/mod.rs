@@ -15,8 +15,9 @@
 //! A batch and a single delivery differ only in how they transform and write; each transform
 //! result becomes an [`Attempt`] in one place (`Worker::next`), and every attempt becomes what the
 //! queue is told in one place (`Worker::finish`). Each batch's outcomes are recorded in the event
-//! archive (`archive::Recorder`, one write) before the queue hears of them. Every decision is one atomic queue operation, so a crash between any two steps leaves the
-//! entry pending (redelivered later) and never half-acknowledged. Sinks make the redelivery
+//! archive (`archive::Recorder`, one write) before the queue hears of them. Every decision is
+//! one atomic queue operation, so a crash between any two steps leaves the entry pending
+//! (redelivered later) and never half-acknowledged. Sinks make the redelivery
 //! harmless by keying rows on the event id.
 //!
 //! Who reads is `take`: the workers of one Redis partition in one process are a [`PartitionWorkers`], whose
@@ -126,14 +127,15 @@ fn unrecorded(e: &str) -> String {
 /// A failed write to `sink` as the attempt's result (its reason the error's whole chain),
 /// counted.
 fn sink_attempt(sink: &str, e: &SinkError) -> Attempt {
-    let (kind, reason) = match e {
-        SinkError::Retry(_) => ("retry", Attempt::Retry as fn(String) -> Attempt),
-        SinkError::Permanent(_) => ("permanent", Attempt::Permanent as fn(String) -> Attempt),
+    let reason = format!("sink `{sink}`: {}", crate::diagnostics::chain(e));
+    let (kind, attempt) = match e {
+        SinkError::Retry(_) => ("retry", Attempt::Retry(reason)),
+        SinkError::Permanent(_) => ("permanent", Attempt::Permanent(reason)),
     };
     metrics::counter!("engine_sink_errors_total", "sink" => sink.to_string(), "kind" => kind)
         .increment(1);
     crate::ops::alerts::sink_failed(sink);
-    reason(format!("sink `{sink}`: {}", crate::diagnostics::chain(e)))
+    attempt
 }
 
 /// One queue's worker.
@@ -406,9 +408,8 @@ impl Worker {
         match self.next(event, outcome) {
             transforms::Next::Settled(attempt) => (attempt, None),
             transforms::Next::Write(batch) => {
-                let Some(target) = self.sinks.get(&batch.sink) else {
-                    return (no_sink(&batch.sink), None);
-                };
+                // `next` settled rows for a sink the pipeline lacks
+                let target = &self.sinks[&batch.sink];
                 let attempt = self.write_one(&**target, &batch, event, span).await;
                 let step = (attempt == Attempt::Written)
                     .then(|| self.wrote(n, &batch, &**target))

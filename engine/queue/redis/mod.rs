@@ -527,9 +527,12 @@ impl super::Outcomes for RedisQueue {
 pub async fn configuration_warnings(url: &str) -> Result<Vec<String>, QueueError> {
     let target = Target::parse(url).map_err(|e| QueueError::BadUrl(std::sync::Arc::new(e)))?;
     // on a cluster, `CONFIG GET` goes to one node: the nodes of a cluster are set up alike
-    let mut c = tokio::time::timeout(Duration::from_secs(3), target.dedicated())
+    const CONNECT: Duration = Duration::from_secs(3);
+    let mut c = tokio::time::timeout(CONNECT, target.dedicated())
         .await
-        .map_err(|_| QueueError::unavailable(super::RedisStall::NoConnection(3)))??;
+        .map_err(|_| {
+            QueueError::unavailable(super::RedisStall::NoConnection(CONNECT.as_secs()))
+        })??;
     let get = |name: &'static str| redis::cmd("CONFIG").arg("GET").arg(name).to_owned();
     let mut warnings = Vec::new();
     // Managed Redis services may refuse CONFIG; then nothing can be checked.
