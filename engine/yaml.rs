@@ -14,6 +14,10 @@
 
 use std::collections::HashMap;
 
+mod positions;
+
+use positions::{Located, Positions, ScalarInfo};
+
 use serde_json::{Map, Number, Value};
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser, Tag};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
@@ -44,21 +48,12 @@ impl Pos {
     }
 }
 
-/// A parsed YAML document and the positions of its values and keys.
-#[derive(Debug, Clone)]
+/// A parsed YAML document and the positions of its values and keys (`Default`: an empty one,
+/// `null` with no positions).
+#[derive(Debug, Clone, Default)]
 pub struct Document {
     pub value: Value,
-    values: HashMap<String, Pos>,
-    keys: HashMap<String, Pos>,
-    /// Raw scalar information for strings, used to place `${VAR}` references precisely.
-    scalars: HashMap<String, ScalarInfo>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct ScalarInfo {
-    /// Characters between the scalar's position and its first content character (quotes).
-    lead: usize,
-    single_line: bool,
+    positions: Positions,
 }
 
 /// Why a file could not be read as YAML.
@@ -140,9 +135,7 @@ pub fn parse_str(text: &str) -> Result<Document, YamlError> {
     }
     Ok(Document {
         value: builder.root.unwrap_or(Value::Null),
-        values: builder.values,
-        keys: builder.keys,
-        scalars: builder.scalars,
+        positions: Positions::pack(builder.values, builder.keys, builder.scalars),
     })
 }
 
@@ -151,8 +144,8 @@ impl Document {
     pub fn value_pos(&self, pointer: &str) -> Pos {
         let mut p = pointer;
         loop {
-            if let Some(pos) = self.values.get(p) {
-                return *pos;
+            if let Some(pos) = self.positions.get(p).and_then(|s| s.value) {
+                return pos.into();
             }
             match p.rfind('/') {
                 Some(i) => p = &p[..i],
@@ -163,18 +156,22 @@ impl Document {
 
     /// Position of the key that names the value at `pointer` (falls back to the value).
     pub fn key_pos(&self, pointer: &str) -> Pos {
-        self.keys
-            .get(pointer)
-            .copied()
-            .unwrap_or_else(|| self.value_pos(pointer))
+        match self.positions.get(pointer).and_then(|s| s.key) {
+            Some(pos) => pos.into(),
+            None => self.value_pos(pointer),
+        }
     }
 
     /// Position of the `offset`-th character inside the string scalar at `pointer`, when the
     /// scalar sits on one line (otherwise the scalar's own position).
     pub fn char_pos(&self, pointer: &str, offset: usize) -> Pos {
         let pos = self.value_pos(pointer);
-        match self.scalars.get(pointer) {
-            Some(info) if info.single_line && self.values.contains_key(pointer) => Pos {
+        match self.positions.get(pointer) {
+            Some(Located {
+                value: Some(_),
+                scalar: Some(info),
+                ..
+            }) if info.single_line => Pos {
                 line: pos.line,
                 col: pos.col + info.lead + offset,
             },
@@ -573,6 +570,30 @@ mod tests {
         assert_eq!(doc.value_pos("/list/1"), Pos { line: 5, col: 11 });
         // a missing pointer falls back to the nearest ancestor
         assert_eq!(doc.value_pos("/route/nope"), Pos { line: 3, col: 3 });
+    }
+
+    #[test]
+    fn positions_are_found_among_escaped_and_prefixed_pointers() {
+        // pointers that sort next to each other (`/a`, `/a/b`, `/a~1b`, `/ab`) and escaped keys
+        let doc = parse_str("a:\n  b: 1\na/b: 2\nab: 3\n\"t~x\": '${X}'\n").unwrap();
+        assert_eq!(doc.key_pos("/a"), Pos { line: 1, col: 1 });
+        assert_eq!(doc.value_pos("/a/b"), Pos { line: 2, col: 6 });
+        assert_eq!(doc.key_pos("/a~1b"), Pos { line: 3, col: 1 });
+        assert_eq!(doc.value_pos("/a~1b"), Pos { line: 3, col: 6 });
+        assert_eq!(doc.value_pos("/ab"), Pos { line: 4, col: 5 });
+        assert_eq!(doc.char_pos("/t~0x", 2), Pos { line: 5, col: 11 });
+        // a pointer below a scalar: the scalar; nothing at all: the file's start
+        assert_eq!(doc.value_pos("/ab/c"), Pos { line: 4, col: 5 });
+        assert_eq!(doc.value_pos("/zz"), Pos { line: 1, col: 1 });
+    }
+
+    #[test]
+    fn an_empty_document_places_everything_at_the_start() {
+        let doc = Document::default();
+        assert_eq!(doc.value, Value::Null);
+        assert_eq!(doc.value_pos("/name"), Pos::START);
+        assert_eq!(doc.key_pos("/route/path"), Pos::START);
+        assert_eq!(doc.char_pos("/route/path", 3), Pos::START);
     }
 
     #[test]
