@@ -60,6 +60,7 @@ pub const SETTINGS_FILE: &str = "engine.yaml";
 #[derive(Debug, Clone)]
 pub struct LoadedPipeline {
     pub file: PathBuf,
+    /// The YAML as read, with its positions; empty in a running app ([`Project::served`]).
     pub doc: Document,
     /// Shared with the pipeline's served route (`server::route::Route::config`), so the request
     /// path reads its own pipeline's settings, never another list's element by index.
@@ -113,6 +114,19 @@ pub struct Project {
     pub ops: operations::Operations,
     pub pipelines: Vec<LoadedPipeline>,
     pub routes: RouteTable,
+}
+
+impl Project {
+    /// The project as a running app keeps it. Each pipeline's YAML document (its values and their
+    /// positions: ~40 KiB a pipeline, most of what a thousand pipelines cost) serves only the
+    /// diagnostics of loading, the build step and the boot-time table check, all reported before
+    /// an app is built, so it is dropped here (docs/benchmarks.md, "Many pipelines").
+    pub fn served(mut self) -> Project {
+        for p in &mut self.pipelines {
+            p.doc = Document::default();
+        }
+        self
+    }
 }
 
 /// The pipeline and settings schemas, by the file name `engine schema` writes them to.

@@ -269,7 +269,7 @@ impl App {
             .filter(|d| !d.exempt.iter().any(|e| e == "/health"))
             .map(|d| Rule::new("health", d));
         Ok(App {
-            project,
+            project: project.served(),
             routes,
             tenants,
             proxies,
