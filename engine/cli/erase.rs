@@ -86,7 +86,7 @@ async fn erase_dead_letters(
     p: &crate::config::LoadedPipeline,
     filter: &Filter,
 ) -> Result<u64, super::CommandError> {
-    let q = crate::server::queueing::redis_queue(&d.project, &p.config, "engine-cli")?;
+    let q = crate::server::queueing::redis_queue(&d.project, &p.config, "engine-cli", None)?;
     let Some(q) = q else {
         return Ok(0);
     };

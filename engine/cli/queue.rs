@@ -18,11 +18,11 @@ pub(super) fn queues(
     }
     let mut out = Vec::new();
     for p in &project.pipelines {
-        let queue = crate::server::queueing::redis_queue(&project, &p.config, "engine-cli")
+        let queue = crate::server::queueing::redis_queue(&project, &p.config, "engine-cli", None)
             .map_err(|e| {
-                eprintln!("engine: {}", crate::diagnostics::chain(&e));
-                ExitCode::from(1)
-            })?;
+            eprintln!("engine: {}", crate::diagnostics::chain(&e));
+            ExitCode::from(1)
+        })?;
         if let Some(q) = queue {
             out.push((p.config.name.clone(), q));
         }

@@ -280,6 +280,11 @@ impl GroupCommit {
         Target::parse(url).map(GroupCommit::new)
     }
 
+    /// The Redis it talks to.
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
     /// Whether it talks to a Redis Cluster.
     pub fn is_cluster(&self) -> bool {
         self.target.is_cluster()

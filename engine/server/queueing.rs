@@ -12,7 +12,7 @@ use crate::config::Project;
 use crate::config::queue::{Durability, QueueConfig};
 use crate::queue::Queue;
 use crate::queue::memory::MemoryQueue;
-use crate::queue::redis::RedisQueue;
+use crate::queue::redis::{QueuePool, RedisQueue};
 use crate::redis_conn::group_commit::GroupCommit;
 use crate::sink::SinkTarget;
 use crate::transform::Program;
@@ -70,17 +70,19 @@ pub enum WiringError {
 }
 
 /// What every queued pipeline's queue and worker are wired to: sinks writing to `target`
-/// (through `pool` for postgres sinks), Redis queues enqueueing over `redis` (the app's shared
-/// request-path connection), in-process queues a reload keeps (`reuse`), the event archive.
+/// (through `pool` for postgres sinks), Redis queues sharing one set of connections and
+/// enqueueing over `redis` (the app's request-path connection, given to `new`), in-process queues
+/// a reload keeps (`reuse`), the event archive.
 pub struct QueueWiring<'a> {
     pub target: &'a SinkTarget,
     pub pool: Option<&'a deadpool_postgres::Pool>,
     pub reuse: &'a [Arc<MemoryQueue>],
-    pub redis: Option<&'a GroupCommit>,
     pub archive: Option<&'a Arc<crate::archive::Store>>,
     /// ENCRYPTION_KEY's keyring (checked once here; sinks, the archive and OAuth flows share it).
     pub keyring: Option<crate::crypto::Keyring>,
     consumer: String,
+    /// The connections every Redis queue of this set shares.
+    redis_pool: Option<QueuePool>,
 }
 
 impl<'a> QueueWiring<'a> {
@@ -96,10 +98,10 @@ impl<'a> QueueWiring<'a> {
             target,
             pool,
             reuse,
-            redis,
             archive,
             keyring: keyring(project)?,
             consumer: crate::queue::consumer_name(),
+            redis_pool: redis.map(QueuePool::new),
         })
     }
 
@@ -115,7 +117,7 @@ impl<'a> QueueWiring<'a> {
             return Ok(None);
         }
         let config = p.config.queue.clone().unwrap_or_default();
-        let handle = queue_of(project, p, &config, &self.consumer, self.reuse, self.redis)?;
+        let handle = self.queue_of(project, p, &config)?;
         let sinks = match self.target {
             SinkTarget::Configured => {
                 sinks(project, &p.config, self.pool, self.keyring.as_ref(), false)?
@@ -182,33 +184,32 @@ impl<'a> QueueWiring<'a> {
     }
 }
 
-/// The queue of pipeline `p` (`config` its queue section): on Redis (enqueues over `redis`, the
-/// app's shared connection, when given), or in process (one of `reuse` when a reload keeps it).
-fn queue_of(
-    project: &Project,
-    p: &crate::config::LoadedPipeline,
-    config: &QueueConfig,
-    consumer: &str,
-    reuse: &[Arc<MemoryQueue>],
-    redis: Option<&GroupCommit>,
-) -> Result<Queue, WiringError> {
-    if let Some(queue) = redis_queue(project, &p.config, consumer)? {
-        return Ok(Queue::Redis(Arc::new(match redis {
-            Some(shared) => queue.sharing(shared.clone()),
-            None => queue,
-        })));
+impl QueueWiring<'_> {
+    /// The queue of pipeline `p` (`config` its queue section): on Redis over the set's shared
+    /// connections, or in process (one of `reuse` when a reload keeps it).
+    fn queue_of(
+        &self,
+        project: &Project,
+        p: &crate::config::LoadedPipeline,
+        config: &QueueConfig,
+    ) -> Result<Queue, WiringError> {
+        if let Some(queue) =
+            redis_queue(project, &p.config, &self.consumer, self.redis_pool.as_ref())?
+        {
+            return Ok(Queue::Redis(Arc::new(queue)));
+        }
+        if config.durability == Durability::Replicated {
+            tracing::warn!(pipeline = %p.config.name, "`durability: replicated` needs REDIS_URL: the in-process queue keeps events in this process only");
+        }
+        let name = config.name.clone().unwrap_or_else(|| p.config.name.clone());
+        Ok(Queue::Memory(
+            self.reuse
+                .iter()
+                .find(|q| crate::queue::Outcomes::name(&***q) == name)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(MemoryQueue::new(&name))),
+        ))
     }
-    if config.durability == Durability::Replicated {
-        tracing::warn!(pipeline = %p.config.name, "`durability: replicated` needs REDIS_URL: the in-process queue keeps events in this process only");
-    }
-    let name = config.name.clone().unwrap_or_else(|| p.config.name.clone());
-    Ok(Queue::Memory(
-        reuse
-            .iter()
-            .find(|q| crate::queue::Outcomes::name(&***q) == name)
-            .cloned()
-            .unwrap_or_else(|| Arc::new(MemoryQueue::new(&name))),
-    ))
 }
 
 /// A worker's options from its queue section.
@@ -255,12 +256,14 @@ pub fn sinks(
     })
 }
 
-/// The Redis queue of a queued pipeline as a process other than the workers sees it (the CLI's
-/// `queue`, `dlq` and `events erase`): `None` without REDIS_URL or transform steps.
+/// The Redis queue of a queued pipeline, over `pool` (the connections a served set shares) or
+/// connections of its own (the CLI's `queue`, `dlq` and `events erase`): `None` without
+/// REDIS_URL or transform steps.
 pub fn redis_queue(
     project: &Project,
     pipeline: &crate::config::pipeline::Pipeline,
     consumer: &str,
+    pool: Option<&QueuePool>,
 ) -> Result<Option<RedisQueue>, WiringError> {
     let Some(url) = &project.settings.redis_url else {
         return Ok(None);
@@ -270,17 +273,24 @@ pub fn redis_queue(
     }
     let config = pipeline.queue.clone().unwrap_or_default();
     let name = config.name.clone().unwrap_or_else(|| pipeline.name.clone());
-    let queue = RedisQueue::partitioned(
-        url,
+    let own;
+    let pool = match pool {
+        Some(p) => p,
+        None => {
+            own = QueuePool::open(url).map_err(|source| WiringError::Queue {
+                queue: name.clone(),
+                source,
+            })?;
+            &own
+        }
+    };
+    let queue = RedisQueue::on(
+        pool,
         &project.settings.redis_key_prefix,
         &name,
         consumer,
         config.partitions,
-    )
-    .map_err(|source| WiringError::Queue {
-        queue: name.clone(),
-        source,
-    })?;
+    );
     Ok(Some(match config.durability {
         Durability::Local => queue,
         Durability::Replicated => queue.replicated(crate::redis_conn::group_commit::ReplicaWait {

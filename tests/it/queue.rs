@@ -717,3 +717,42 @@ async fn events_read_back_whole_from_both_stored_forms() {
     assert_eq!(events, vec![raw, old, old_dead]);
     assert!(back.iter().all(|d| d.attempts == 0));
 }
+
+/// Every Redis queue of a served set shares one pool (`QueuePool`): forty queues made, fed and
+/// counted at once hold the pool's connections and the shared enqueue connection, not a pool
+/// each (a thousand pipelines held over 6,000 connections before). A private Redis, so only this
+/// test's clients are counted.
+#[tokio::test]
+async fn the_queues_of_a_set_share_one_pool_of_connections() {
+    use engine::queue::redis::QueuePool;
+    use engine::redis_conn::group_commit::GroupCommit;
+    let redis = common::private::PrivateRedis::start(false);
+    let shared = GroupCommit::open(&redis.url()).unwrap();
+    let pool = QueuePool::new(&shared);
+    let p = prefix();
+    let queues: Vec<std::sync::Arc<RedisQueue>> = (0..40)
+        .map(|i| std::sync::Arc::new(RedisQueue::on(&pool, &p, &format!("q{i}"), "c1", 1)))
+        .collect();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, q) in queues.iter().cloned().enumerate() {
+        tasks.spawn(async move {
+            q.ensure_group().await.unwrap();
+            let id = format!("e{i}");
+            assert!(matches!(
+                q.enqueue(&event(&id), None).await.unwrap(),
+                Enqueued::Added(_)
+            ));
+            q.stats().await.unwrap().depth
+        });
+    }
+    let depths: Vec<u64> = tasks.join_all().await;
+    assert_eq!(depths, vec![1; 40], "each queue holds its own event");
+    let mut c = redis::Client::open(redis.url()).unwrap();
+    let list: String = redis::cmd("CLIENT").arg("LIST").query(&mut c).unwrap();
+    let clients = list.lines().count();
+    // the pool (16 at most), the shared enqueue connection, and this one
+    assert!(
+        (2..=18).contains(&clients),
+        "{clients} connections for 40 queues:\n{list}"
+    );
+}

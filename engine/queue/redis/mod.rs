@@ -28,7 +28,8 @@
 //! dead       dead letters: append with the reason, list, replay, purge
 //! stats      counts and active consumers
 //! scripts    the Lua scripts every state change runs as (atomic)
-//! mod        RedisQueue: one or several partitions behind one queue, partition-qualified ids
+//! mod        RedisQueue: one or several partitions behind one queue, partition-qualified ids;
+//!            QueuePool: the connections every queue of a process shares on one Redis
 //! ```
 
 mod dead;
@@ -61,6 +62,60 @@ pub const GROUP: &str = "engine";
 /// How long a queue operation waits for a pooled connection, and an enqueue for its answer.
 const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Most pooled connections a process keeps to one Redis node for its queues' own commands. An
+/// operation holds one for a round trip, so 16 carry every queue's acks and retries at the
+/// engine's measured rates (docs/benchmarks.md); a checkout waits at most `CHECKOUT_TIMEOUT`.
+const POOL_SIZE: u64 = 16;
+
+/// How often each process says its workers read a queue's partition.
+pub const BEAT: Duration = Duration::from_secs(10);
+/// A process that has not said so for this long is not reading.
+pub const ALIVE: Duration = Duration::from_secs(30);
+
+/// The connections every queue of a process on one Redis shares: on one node, a pool for the
+/// workers' and admin commands (acks, retries, the reaper and promoter, group creation); on a
+/// cluster none (its client multiplexes per node, the operations go over `shared`); and `shared`,
+/// the request path's group commit, which carries the enqueues.
+///
+/// One pool per process rather than one per queue: a pool keeps up to its size of connections
+/// open, so a thousand queued pipelines held thousands of idle connections (and their buffers)
+/// for what a handful carry (docs/benchmarks.md, "Many pipelines").
+#[derive(Clone)]
+pub struct QueuePool {
+    pool: Option<Pool<RedisConnectionManager>>,
+    shared: GroupCommit,
+}
+
+impl QueuePool {
+    /// Connections of its own to `url` (a process with one queue: the CLI's commands).
+    pub fn open(url: &str) -> Result<QueuePool, QueueError> {
+        let target = Target::parse(url).map_err(|e| QueueError::BadUrl(std::sync::Arc::new(e)))?;
+        Ok(QueuePool::new(&GroupCommit::new(target)))
+    }
+
+    /// Connections to `shared`'s Redis, enqueues over `shared` itself (not connected yet).
+    pub fn new(shared: &GroupCommit) -> QueuePool {
+        // No mobc get_timeout: mobc times checkouts with futures-timer, whose global thread
+        // is woken (a futex and two context switches) on every checkout; `conn` bounds the wait
+        // with tokio's timer instead (see docs/benchmarks.md, "Whole process").
+        let pool = match shared.target() {
+            Target::Single(client) => Some(
+                Pool::builder()
+                    .max_open(POOL_SIZE)
+                    .max_idle(POOL_SIZE)
+                    .health_check_interval(Some(Duration::from_secs(5)))
+                    .get_timeout(None)
+                    .build(RedisConnectionManager::new(client.clone())),
+            ),
+            Target::Cluster(_) => None,
+        };
+        QueuePool {
+            pool,
+            shared: shared.clone(),
+        }
+    }
+}
+
 /// A queue on Redis: one [`Partition`], or `partitions` of them (`queue.partitions`), each in its
 /// own slot so a busy queue spreads over a Redis Cluster's nodes.
 ///
@@ -69,11 +124,6 @@ const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(2);
 /// partition, entry ids are the stream's own (`1764086400000-0`); with several they carry the
 /// partition (`2/1764086400000-0`), which every operation on an entry (ack, retry, dead letter,
 /// replay, purge) reads back.
-/// How often each process says its workers read a queue's partition.
-pub const BEAT: Duration = Duration::from_secs(10);
-/// A process that has not said so for this long is not reading.
-pub const ALIVE: Duration = Duration::from_secs(30);
-
 pub struct RedisQueue {
     name: String,
     target: Target,
@@ -102,22 +152,24 @@ impl RedisQueue {
         consumer: &str,
         partitions: u32,
     ) -> Result<RedisQueue, QueueError> {
-        let target = Target::parse(url).map_err(|e| QueueError::BadUrl(std::sync::Arc::new(e)))?;
-        // No mobc get_timeout: mobc times checkouts with futures-timer, whose global thread
-        // is woken (a futex and two context switches) on every checkout; `conn` bounds the wait
-        // with tokio's timer instead (see docs/benchmarks.md, "Whole process").
-        let pool = match &target {
-            Target::Single(client) => Some(
-                Pool::builder()
-                    .max_open(16)
-                    .max_idle(16)
-                    .health_check_interval(Some(Duration::from_secs(5)))
-                    .get_timeout(None)
-                    .build(RedisConnectionManager::new(client.clone())),
-            ),
-            Target::Cluster(_) => None,
-        };
-        let shared = GroupCommit::new(target.clone());
+        Ok(RedisQueue::on(
+            &QueuePool::open(url)?,
+            prefix,
+            name,
+            consumer,
+            partitions,
+        ))
+    }
+
+    /// [`RedisQueue::partitioned`] over `pool`, the connections it shares with every other queue
+    /// of the process on the same Redis.
+    pub fn on(
+        pool: &QueuePool,
+        prefix: &str,
+        name: &str,
+        consumer: &str,
+        partitions: u32,
+    ) -> RedisQueue {
         let parts = (0..partitions.max(1))
             .map(|k| {
                 let base = if k == 0 {
@@ -125,14 +177,14 @@ impl RedisQueue {
                 } else {
                     format!("{prefix}:{{q:{name}:{k}}}")
                 };
-                Partition::build(pool.clone(), shared.clone(), &base, consumer)
+                Partition::build(pool.pool.clone(), pool.shared.clone(), &base, consumer)
             })
             .collect();
-        Ok(RedisQueue {
+        RedisQueue {
             name: name.to_string(),
-            target,
+            target: pool.shared.target().clone(),
             parts,
-        })
+        }
     }
 
     /// This queue with its enqueues on `shared`, the app's request-path connection.
