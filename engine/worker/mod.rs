@@ -494,6 +494,11 @@ impl Worker {
     /// finds a backlog. In-flight deliveries finish; on Redis unfinished ones stay pending and
     /// are reclaimed after the lease. On a partitioned Redis queue this worker, its reaper and
     /// its promoter keep to `partition`.
+    ///
+    /// A worker waits far more than it works, so its task holds only the loop's own state: each
+    /// step's future (a read, a batch, the group's creation) is boxed while it runs. Inline they
+    /// made the task 5.8 KB, held by four idle workers of every pipeline from the start (a
+    /// thousand pipelines: 23 MiB; docs/benchmarks.md, "Many pipelines").
     pub async fn run(
         self: Arc<Self>,
         queue: crate::queue::Queue,
@@ -506,7 +511,13 @@ impl Worker {
         let helpers = match &queue {
             crate::queue::Queue::Redis(q) => {
                 // every worker needs the group; one per queue and process tells about it
-                if !take::group_made(q, &mut stop, team.leads() && partition == 0).await {
+                if !Box::pin(take::group_made(
+                    q,
+                    &mut stop,
+                    team.leads() && partition == 0,
+                ))
+                .await
+                {
                     return;
                 }
                 if team.leads() {
@@ -527,7 +538,7 @@ impl Worker {
                 break;
             }
             let taken = tokio::select! {
-                t = taker.take() => t,
+                t = Box::pin(taker.take()) => t,
                 _ = stop.changed() => break,
             };
             match taken {
@@ -545,7 +556,7 @@ impl Worker {
                         metrics::counter!("engine_queue_lost_total", "queue" => self.outcomes.name().to_string()).increment(1);
                         crate::ops::alerts::queue_lost(self.outcomes.name());
                     }
-                    if let Err(e) = self.handle_batch(&deliveries).await {
+                    if let Err(e) = Box::pin(self.handle_batch(&deliveries)).await {
                         tracing::warn!(
                             error = &e as &dyn std::error::Error,
                             "could not record outcomes; the entries stay pending and are redelivered"
@@ -581,9 +592,12 @@ impl Worker {
         let every = (self.options.lease / 2).max(Duration::from_millis(50));
         while !*stop.borrow() {
             pause(&mut stop, every).await;
-            match queue
-                .reclaim(partition, self.options.lease, self.options.max_deliveries)
-                .await
+            match Box::pin(queue.reclaim(
+                partition,
+                self.options.lease,
+                self.options.max_deliveries,
+            ))
+            .await
             {
                 Ok((claimed, deleted)) => {
                     if deleted > 0 {
@@ -595,7 +609,7 @@ impl Worker {
                     }
                     for d in &claimed {
                         tracing::warn!(event_id = %d.event.id, "took over an entry whose consumer stopped answering");
-                        if let Err(e) = self.handle(d).await {
+                        if let Err(e) = Box::pin(self.handle(d)).await {
                             tracing::warn!(event_id = %d.event.id, error = &e as &dyn std::error::Error, "could not record the outcome");
                         }
                     }
@@ -610,7 +624,7 @@ impl Worker {
 async fn promote(queue: Arc<RedisQueue>, partition: usize, mut stop: watch::Receiver<bool>) {
     while !*stop.borrow() {
         pause(&mut stop, Duration::from_millis(250)).await;
-        if let Err(e) = queue.promote_due(partition, 100).await {
+        if let Err(e) = Box::pin(queue.promote_due(partition, 100)).await {
             tracing::debug!(error = &e as &dyn std::error::Error, "promote failed");
         }
     }
@@ -621,7 +635,7 @@ async fn promote(queue: Arc<RedisQueue>, partition: usize, mut stop: watch::Rece
 async fn beat(queue: Arc<RedisQueue>, partition: usize, mut stop: watch::Receiver<bool>) {
     while !*stop.borrow() {
         let now = chrono::Utc::now().timestamp_millis();
-        if let Err(e) = queue.beat(partition, now).await {
+        if let Err(e) = Box::pin(queue.beat(partition, now)).await {
             tracing::debug!(
                 error = &e as &dyn std::error::Error,
                 "worker heartbeat failed"

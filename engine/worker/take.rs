@@ -163,21 +163,21 @@ impl Taker {
                 options,
             } => (queue, *partition, reader, own_pending, busy, *options),
         };
+        // Each Redis step boxed: the taker's future is what an idle worker holds while it waits,
+        // and inline these made it kilobytes for every worker of the in-process queue too.
         let conn = match reader {
             Some(c) => c,
-            None => reader.insert(queue.reader().await?),
+            None => reader.insert(Box::pin(queue.reader()).await?),
         };
         // First without blocking: whether events were already waiting is what tells a busy
         // queue from an idle one (a blocking read returns as soon as one event arrives, busy or
         // not). Only when nothing waits does the read block for the next event.
-        let mut read = queue
-            .read(partition, conn, options.batch, Duration::ZERO, *own_pending)
-            .await;
+        let mut read =
+            Box::pin(queue.read(partition, conn, options.batch, Duration::ZERO, *own_pending))
+                .await;
         let waiting = matches!(&read, Ok((got, _)) if !got.is_empty());
         if !*own_pending && matches!(&read, Ok((got, false)) if got.is_empty()) {
-            read = queue
-                .read(partition, conn, options.batch, options.block, false)
-                .await;
+            read = Box::pin(queue.read(partition, conn, options.batch, options.block, false)).await;
         }
         let (mut got, lost) = match read {
             Ok(r) => r,
@@ -198,15 +198,14 @@ impl Taker {
         {
             // held under a tenth of the lease: the entries in hand are not renewed while waiting
             tokio::time::sleep(options.batch_wait.min(options.lease / 10)).await;
-            if let Ok((more, _)) = queue
-                .read(
-                    partition,
-                    conn,
-                    options.batch - got.len(),
-                    Duration::ZERO,
-                    false,
-                )
-                .await
+            if let Ok((more, _)) = Box::pin(queue.read(
+                partition,
+                conn,
+                options.batch - got.len(),
+                Duration::ZERO,
+                false,
+            ))
+            .await
             {
                 got.extend(more);
             }
