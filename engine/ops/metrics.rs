@@ -333,12 +333,15 @@ pub fn own_path_answered(label: &'static str, status: u16, took: Duration) {
 /// in the registry once, on first use (after [`handle`] installed the recorder at boot), instead
 /// of on every request: a lookup builds the key's labels (a copy of the pipeline's name, the
 /// status as text) and hashes them. Statuses outside 100-599 are counted through the registry.
+/// The status table is made on the pipeline's first request: 12 KiB a pipeline that a thousand
+/// pipelines, most of them quiet, would otherwise hold from the start (docs/benchmarks.md, "Many
+/// pipelines").
 pub struct PipelineMetrics {
     name: String,
     duration: OnceLock<metrics::Histogram>,
     queued: OnceLock<metrics::Counter>,
     /// `engine_http_requests_total` by status, 100-599: at most 500 handles.
-    requests: Box<[OnceLock<metrics::Counter>]>,
+    requests: OnceLock<Box<[OnceLock<metrics::Counter>]>>,
 }
 
 impl PipelineMetrics {
@@ -347,7 +350,7 @@ impl PipelineMetrics {
             name: name.to_string(),
             duration: OnceLock::new(),
             queued: OnceLock::new(),
-            requests: (100..600).map(|_| OnceLock::new()).collect(),
+            requests: OnceLock::new(),
         }
     }
 
@@ -356,7 +359,10 @@ impl PipelineMetrics {
         self.duration
             .get_or_init(|| request_duration(self.name.clone()))
             .record(took.as_secs_f64());
-        match self.requests.get(usize::from(status).wrapping_sub(100)) {
+        let table = self
+            .requests
+            .get_or_init(|| (100..600).map(|_| OnceLock::new()).collect());
+        match table.get(usize::from(status).wrapping_sub(100)) {
             Some(slot) => slot
                 .get_or_init(|| requests(self.name.clone(), status))
                 .increment(1),
