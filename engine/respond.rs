@@ -68,13 +68,13 @@ pub struct Reply {
 enum Kind {
     Static,
     Template(Vec<Piece>),
-    Script(AST, String),
+    Script(std::sync::Arc<AST>, String),
 }
 
 enum Piece {
     Text(String),
     /// A hole: its compiled expression, its label for errors, and how its value is written.
-    Expr(AST, String, Escape),
+    Expr(std::sync::Arc<AST>, String, Escape),
 }
 
 /// How a template hole's value is written into the answer.

@@ -18,6 +18,7 @@ pub mod fields;
 mod map;
 pub mod meter;
 pub mod sandbox;
+mod shared;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -58,7 +59,7 @@ pub fn compile(
     source: ScriptSource<'_>,
     pointer: &str,
     expression: bool,
-) -> Result<(AST, String), ScriptError> {
+) -> Result<(Arc<AST>, String), ScriptError> {
     let err = |script: Option<PathBuf>, at, message: String| ScriptError {
         script,
         pointer: pointer.to_string(),
@@ -86,7 +87,7 @@ pub fn compile(
         engine.compile(&text)
     };
     match parsed {
-        Ok(ast) => Ok((ast, label)),
+        Ok(ast) => Ok((shared::held_once(ast, text, expression), label)),
         Err(e) => {
             let pos = e.position();
             let at = pos.line().map(|l| (l, pos.position().unwrap_or(1)));
@@ -140,7 +141,7 @@ struct CompiledStep {
 /// What decides whether a step runs.
 enum StepWhen {
     /// A Rhai expression.
-    Script(AST),
+    Script(Arc<AST>),
     /// A request field's value is one of `values`.
     Field {
         source: KeySource,
@@ -162,7 +163,7 @@ enum FieldRead {
 /// What a step does.
 enum StepBody {
     /// A Rhai script's result.
-    Script(AST),
+    Script(Arc<AST>),
     /// A row read by pointers (`map`), its pointers read together in one pass.
     Map(map::Mapping, JsonPointers),
 }

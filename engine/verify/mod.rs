@@ -29,6 +29,7 @@ pub mod token;
 pub mod twilio;
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 
@@ -118,7 +119,7 @@ struct TenantLookup {
     key: crate::config::verify::KeySource,
     credential: String,
     /// `None`: any id within [`LONGEST_TENANT_ID`] bytes, without control characters.
-    shape: Option<regex::Regex>,
+    shape: Option<Arc<regex::Regex>>,
 }
 
 /// Tenant ids longer than this are never looked up.
@@ -127,13 +128,29 @@ pub const LONGEST_TENANT_ID: usize = 128;
 /// Twilio's AccountSid: `AC` and 32 lowercase hex digits.
 pub const TWILIO_ACCOUNT_SID: &str = "^AC[0-9a-f]{32}$";
 
+/// The compiled shape of tenant ids. Twilio's default is compiled once per process and shared,
+/// with its match cache: each is ~10 KiB, held by every Twilio pipeline (a thousand tenants'
+/// pipelines: 10 MiB, and as much again once each has matched; docs/benchmarks.md, "Many
+/// pipelines").
+fn shape_of(pattern: &str) -> Result<Arc<regex::Regex>, regex::Error> {
+    static TWILIO: std::sync::LazyLock<Arc<regex::Regex>> = std::sync::LazyLock::new(|| {
+        Arc::new(
+            regex::Regex::new(TWILIO_ACCOUNT_SID).expect("Twilio's AccountSid pattern compiles"),
+        )
+    });
+    if pattern == TWILIO_ACCOUNT_SID {
+        return Ok(TWILIO.clone());
+    }
+    regex::Regex::new(pattern).map(Arc::new)
+}
+
 impl TenantLookup {
     fn build(scheme: &str, t: Tenant, errors: &mut Vec<ConfigProblem>) -> TenantLookup {
         let pattern = t
             .pattern
             .clone()
             .or_else(|| (scheme == "twilio").then(|| TWILIO_ACCOUNT_SID.to_string()));
-        let shape = pattern.and_then(|p| match regex::Regex::new(&p) {
+        let shape = pattern.and_then(|p| match shape_of(&p) {
             Ok(r) => Some(r),
             Err(e) => {
                 errors.push((
@@ -521,6 +538,19 @@ mod tests {
             tenant_id: None,
             tenants: None,
         }
+    }
+
+    #[test]
+    fn twilio_tenant_shape_is_compiled_once() {
+        let (a, b) = (shape_of(TWILIO_ACCOUNT_SID), shape_of(TWILIO_ACCOUNT_SID));
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(a.is_match("AC0123456789abcdef0123456789abcdef"));
+        assert!(!a.is_match("AC0123456789ABCDEF0123456789ABCDEF"));
+        // another pattern is its own
+        let other = shape_of("^t-[0-9]+$").unwrap();
+        assert!(!Arc::ptr_eq(&a, &other) && other.is_match("t-42"));
+        assert!(shape_of("^(unclosed$").is_err());
     }
 
     #[tokio::test]
