@@ -12,11 +12,11 @@
 //! number of nodes that aliases may expand to (a "billion laughs" document is refused with a
 //! message, not expanded).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 mod positions;
 
-use positions::{Located, Positions, ScalarInfo};
+use positions::{Located, Pos32, Positions, ScalarInfo};
 
 use serde_json::{Map, Number, Value};
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser, Tag};
@@ -135,7 +135,7 @@ pub fn parse_str(text: &str) -> Result<Document, YamlError> {
     }
     Ok(Document {
         value: builder.root.unwrap_or(Value::Null),
-        positions: Positions::pack(builder.values, builder.keys, builder.scalars),
+        positions: Positions::pack(builder.found),
     })
 }
 
@@ -173,7 +173,7 @@ impl Document {
                 ..
             }) if info.single_line => Pos {
                 line: pos.line,
-                col: pos.col + info.lead + offset,
+                col: pos.col + usize::from(info.lead) + offset,
             },
             _ => pos,
         }
@@ -208,9 +208,8 @@ struct Builder {
     documents: usize,
     anchors: HashMap<usize, (Value, usize)>,
     total_nodes: usize,
-    values: HashMap<String, Pos>,
-    keys: HashMap<String, Pos>,
-    scalars: HashMap<String, ScalarInfo>,
+    /// What is known of each pointer so far: its value's and key's positions, its scalar.
+    found: BTreeMap<String, Located>,
     error: Option<YamlError>,
 }
 
@@ -230,6 +229,11 @@ impl Builder {
                 pending_key: None, ..
             }) => None,
         }
+    }
+
+    /// The value at `pointer` starts at `pos`.
+    fn placed(&mut self, pointer: String, pos: Pos) {
+        self.found.entry(pointer).or_default().value = Some(pos.into());
     }
 
     fn fail(&mut self, e: YamlError) {
@@ -292,13 +296,16 @@ impl Builder {
             // yaml-rust2 marks a block mapping's start after its first key; the
             // mapping really starts at that key.
             if map.is_empty()
-                && let Some(start) = self.values.get_mut(pointer.as_str())
-                && (pos.line, pos.col) < (start.line, start.col)
+                && let Some(start) = self
+                    .found
+                    .get_mut(pointer.as_str())
+                    .and_then(|l| l.value.as_mut())
+                && Pos32::from(pos) < *start
             {
-                *start = pos;
+                *start = pos.into();
             }
             let child = format!("{pointer}/{}", escape_token(&text));
-            self.keys.insert(child, pos);
+            self.found.entry(child).or_default().key = Some(pos.into());
             *pending_key = Some(text);
         }
     }
@@ -319,7 +326,7 @@ impl Builder {
         }
         let value = resolve_scalar(text, style, tag);
         if value.is_string() {
-            let lead = usize::from(matches!(
+            let lead = u8::from(matches!(
                 style,
                 TScalarStyle::SingleQuoted | TScalarStyle::DoubleQuoted
             ));
@@ -327,10 +334,10 @@ impl Builder {
                 style,
                 TScalarStyle::Plain | TScalarStyle::SingleQuoted | TScalarStyle::DoubleQuoted
             ) && !text.contains('\n');
-            self.scalars
-                .insert(pointer.clone(), ScalarInfo { lead, single_line });
+            self.found.entry(pointer.clone()).or_default().scalar =
+                Some(ScalarInfo { lead, single_line });
         }
-        self.values.insert(pointer, pos);
+        self.placed(pointer, pos);
         self.push_value(value, 1, anchor);
     }
 
@@ -348,7 +355,7 @@ impl Builder {
         if !self.count(1, pos) {
             return;
         }
-        self.values.insert(pointer.clone(), pos);
+        self.placed(pointer.clone(), pos);
         self.stack.push(if seq {
             Frame::Seq {
                 items: Vec::new(),
@@ -393,7 +400,7 @@ impl MarkedEventReceiver for Builder {
                         if !self.count(nodes, pos) {
                             return;
                         }
-                        self.values.insert(pointer, pos);
+                        self.placed(pointer, pos);
                         self.push_value(value, nodes, 0);
                     }
                 },

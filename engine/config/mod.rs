@@ -118,9 +118,9 @@ pub struct Project {
 
 impl Project {
     /// The project as a running app keeps it. Each pipeline's YAML document (its values and their
-    /// positions: ~40 KiB a pipeline, most of what a thousand pipelines cost) serves only the
-    /// diagnostics of loading, the build step and the boot-time table check, all reported before
-    /// an app is built, so it is dropped here (docs/benchmarks.md, "Many pipelines").
+    /// positions: ~32 KiB for a shipped pipeline) serves only the diagnostics of loading, the
+    /// build step and the boot-time table check, all reported before an app is built, so it is
+    /// dropped here (docs/benchmarks.md, "Many pipelines").
     pub fn served(mut self) -> Project {
         for p in &mut self.pipelines {
             p.doc = Document::default();

@@ -182,9 +182,7 @@ impl<'a> QueueWiring<'a> {
             );
         }
     }
-}
 
-impl QueueWiring<'_> {
     /// The queue of pipeline `p` (`config` its queue section): on Redis over the set's shared
     /// connections, or in process (one of `reuse` when a reload keeps it).
     fn queue_of(
@@ -273,19 +271,15 @@ pub fn redis_queue(
     }
     let config = pipeline.queue.clone().unwrap_or_default();
     let name = config.name.clone().unwrap_or_else(|| pipeline.name.clone());
-    let own;
     let pool = match pool {
-        Some(p) => p,
-        None => {
-            own = QueuePool::open(url).map_err(|source| WiringError::Queue {
-                queue: name.clone(),
-                source,
-            })?;
-            &own
-        }
+        Some(p) => p.clone(),
+        None => QueuePool::open(url).map_err(|source| WiringError::Queue {
+            queue: name.clone(),
+            source,
+        })?,
     };
     let queue = RedisQueue::on(
-        pool,
+        &pool,
         &project.settings.redis_key_prefix,
         &name,
         consumer,

@@ -1,7 +1,7 @@
 //! The positions a [`super::Document`] keeps: where each value and key is, by JSON pointer,
 //! packed once the document is read.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use super::Pos;
 
@@ -28,8 +28,9 @@ pub(super) struct Located {
     pub(super) scalar: Option<ScalarInfo>,
 }
 
-/// A position as stored (files are at most [`super::MAX_FILE_BYTES`], so `u32` holds any line).
-#[derive(Debug, Clone, Copy)]
+/// A position as stored (files are at most [`super::MAX_FILE_BYTES`], so `u32` holds any line);
+/// ordered by line, then column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) struct Pos32 {
     line: u32,
     col: u32,
@@ -54,22 +55,8 @@ impl From<Pos32> for Pos {
 }
 
 impl Positions {
-    /// The three maps the builder filled, packed.
-    pub(super) fn pack(
-        values: HashMap<String, Pos>,
-        keys: HashMap<String, Pos>,
-        scalars: HashMap<String, ScalarInfo>,
-    ) -> Positions {
-        let mut all: BTreeMap<String, Located> = BTreeMap::new();
-        for (p, pos) in values {
-            all.entry(p).or_default().value = Some(pos.into());
-        }
-        for (p, pos) in keys {
-            all.entry(p).or_default().key = Some(pos.into());
-        }
-        for (p, info) in scalars {
-            all.entry(p).or_default().scalar = Some(info);
-        }
+    /// What the builder found of each pointer, packed.
+    pub(super) fn pack(all: BTreeMap<String, Located>) -> Positions {
         let mut text = String::with_capacity(all.keys().map(String::len).sum());
         let mut slots = Vec::with_capacity(all.len());
         for (pointer, found) in all {
@@ -100,6 +87,6 @@ impl Positions {
 #[derive(Debug, Clone, Copy)]
 pub(super) struct ScalarInfo {
     /// Characters between the scalar's position and its first content character (quotes).
-    pub(super) lead: usize,
+    pub(super) lead: u8,
     pub(super) single_line: bool,
 }

@@ -455,11 +455,12 @@ async fn concurrent_enqueues_go_to_redis_in_groups_each_with_its_own_answer() {
     use engine::redis_conn::group_commit::GroupCommit;
     let p = prefix();
     let shared = GroupCommit::open(common::redis()).unwrap();
-    let q = std::sync::Arc::new(queue(&p, "c1").await.sharing(shared.clone()));
+    let pool = engine::queue::redis::QueuePool::new(&shared);
+    let q = RedisQueue::on(&pool, &p, "vapi", "c1", 1);
+    q.ensure_group().await.unwrap();
+    let q = std::sync::Arc::new(q);
     // a queue whose stream key holds a string: its appends fail (WRONGTYPE) inside the groups
-    let broken = RedisQueue::new(common::redis(), &p, "broken", "c1")
-        .unwrap()
-        .sharing(shared.clone());
+    let broken = RedisQueue::on(&pool, &p, "broken", "c1", 1);
     let mut c = redis::Client::open(common::redis()).unwrap();
     let _: () = redis::Commands::set(&mut c, broken.stream_key(), "not a stream").unwrap();
     let broken = std::sync::Arc::new(broken);

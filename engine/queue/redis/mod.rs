@@ -126,14 +126,13 @@ impl QueuePool {
 /// replay, purge) reads back.
 pub struct RedisQueue {
     name: String,
-    target: Target,
     parts: Vec<Partition>,
 }
 
 impl RedisQueue {
     /// A queue `name` under `prefix` in one partition; `consumer` must be unique per process
-    /// start (a reused name would hide a dead process's pending entries). Enqueues go over a
-    /// connection of the queue's own unless [`RedisQueue::sharing`] gives it the app's.
+    /// start (a reused name would hide a dead process's pending entries). Its connections are its
+    /// own; [`RedisQueue::on`] puts it on connections shared with other queues.
     pub fn new(
         url: &str,
         prefix: &str,
@@ -182,17 +181,8 @@ impl RedisQueue {
             .collect();
         RedisQueue {
             name: name.to_string(),
-            target: pool.shared.target().clone(),
             parts,
         }
-    }
-
-    /// This queue with its enqueues on `shared`, the app's request-path connection.
-    pub fn sharing(mut self, shared: GroupCommit) -> RedisQueue {
-        for p in &mut self.parts {
-            p.shared = shared.clone();
-        }
-        self
     }
 
     /// This queue answering an enqueue only once `replication` says enough replicas have it
@@ -206,7 +196,7 @@ impl RedisQueue {
 
     /// Whether it lives on a Redis Cluster.
     pub fn is_cluster(&self) -> bool {
-        self.target.is_cluster()
+        self.target().is_cluster()
     }
 
     /// Whether its enqueues wait for replicas (`queue.durability: replicated`).
@@ -222,6 +212,11 @@ impl RedisQueue {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The Redis it lives on (every partition's: they share one `QueuePool`).
+    fn target(&self) -> &Target {
+        self.parts[0].shared.target()
     }
 
     /// How many partitions it has.
@@ -335,7 +330,7 @@ impl RedisQueue {
 
     /// A connection of its own for blocking reads (a blocked connection serves nothing else).
     pub async fn reader(&self) -> Result<Conn, QueueError> {
-        Ok(self.target.dedicated().await?)
+        Ok(self.target().dedicated().await?)
     }
 
     /// Read up to `count` entries of partition `partition` (modulo the partitions); see
