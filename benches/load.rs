@@ -27,8 +27,9 @@
 //! writing Postgres beside the server: whether the worker keeps pace, and its CPU per event.
 //! `-- --redis-floor` measures instead what Redis alone spends per request-path op (the group
 //! commit driven directly, no HTTP).
-//! `-- --soak 10m [--warmup 60s]` runs instead a memory soak of `engine serve --no-worker` and
-//! `engine worker` under sustained load (`load/soak.rs`).
+//! `-- --soak 10m [--warmup 60s] [--together]` runs instead a memory soak of `engine serve
+//! --no-worker` and `engine worker` (with `--together`, one `engine serve` doing both) under
+//! sustained load (`load/soak.rs`).
 //! `-- --tool-calls [--quick]` measures instead what a Vapi tool call answered from a calendar
 //! costs inside the engine, against a local Google stand-in (`load/tools.rs`).
 //! `-- --scale` measures the capacity model's inputs and checks its predictions for this
@@ -158,7 +159,7 @@ fn main() {
         }));
     } else if let Some(length) = soak {
         rt.block_on(with_setup("soak", async |setup| {
-            soak::run(setup, length, warmup).await
+            soak::run(setup, length, warmup, mode("--together")).await
         }));
     } else {
         rt.block_on(full::run(quick, saturation_only || pace, pace));
@@ -233,7 +234,19 @@ impl Server {
                 break;
             }
         }
-        std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
+        // LOAD_SERVE_STDERR=<file>: keep the rest of what the server writes (as
+        // LOAD_WORKER_STDERR does for the worker)
+        let mut keep = std::env::var("LOAD_SERVE_STDERR")
+            .ok()
+            .map(|path| std::fs::File::create(path).unwrap());
+        std::thread::spawn(move || {
+            use std::io::Write;
+            for line in lines.map_while(Result::ok) {
+                if let Some(f) = keep.as_mut() {
+                    let _ = writeln!(f, "{line}");
+                }
+            }
+        });
         let port = port.expect("a listening line");
         // booted = answering /health
         loop {

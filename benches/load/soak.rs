@@ -1,15 +1,19 @@
-//! `cargo bench --bench load -- --soak 10m [--warmup 60s]`: memory under sustained load.
+//! `cargo bench --bench load -- --soak 10m [--warmup 60s] [--together]`: memory under sustained
+//! load.
 //!
 //! ```text
 //! engine serve --no-worker   <- the generator at saturation: signed 2 KiB Vapi end-of-call reports
 //! engine worker              <- drains the same queue into Postgres, at the same time
-//! every 5 s: requests accepted, events processed (accepted - stream length), RSS of both
-//! after the warm-up: RSS growth of each process over the events it handled, and its maximum
+//!   (--together: one `engine serve` with its workers does both, as a single instance deploys)
+//! every 5 s: requests accepted, events processed (accepted - stream length), RSS of each process
+//! after the warm-up: RSS growth of each process over the events it handled, its maximum, and
+//! its peak (VmHWM, the kernel's high-water mark: nothing between samples escapes it)
 //! ```
 //!
 //! Prints the samples as a table and writes `docs/benchmarks-soak.png` (RSS against events,
-//! both processes). The target (issue: memory soak): after a one-minute warm-up, each process grows
-//! by less than 5 MiB over 5 million events or 10 minutes, and stays under 64 MiB.
+//! each process; `docs/benchmarks-soak-together.png` with `--together`). The target (issue:
+//! memory soak; issue 40 for one process): after the warm-up, each process grows by less than
+//! 5 MiB and stays under 64 MiB.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,13 +25,31 @@ const EVERY: Duration = Duration::from_secs(5);
 const MIB: f64 = 1024.0 * 1024.0;
 
 /// One sample.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Sample {
     secs: f64,
     accepted: u64,
     processed: u64,
-    serve_rss: u64,
-    worker_rss: u64,
+    /// RSS of each watched process, in [`Watched`]'s order
+    rss: Vec<u64>,
+}
+
+/// A process the soak watches, and which of the counts are its events.
+struct Watched {
+    name: &'static str,
+    server: Server,
+    /// its events are the events processed (a worker) rather than the requests accepted
+    processes: bool,
+}
+
+impl Watched {
+    fn events(&self, s: &Sample) -> u64 {
+        if self.processes {
+            s.processed
+        } else {
+            s.accepted
+        }
+    }
 }
 
 /// `10m`, `90s`, `1h` as a duration.
@@ -42,53 +64,140 @@ pub fn parse_span(text: &str) -> Option<Duration> {
     })
 }
 
-/// Resident memory of a process now (VmRSS), bytes.
-pub(crate) fn rss(pid: u32) -> u64 {
+/// A line of `/proc/<pid>/status` in bytes (`VmRSS`: resident now; `VmHWM`: its peak).
+fn status_kb(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
 }
 
-pub async fn run(setup: &super::support::Bench, length: Duration, warmup: Duration) {
-    let dir = setup.dir.path();
-    let serve = Server::spawn(engine(&["serve", "--no-worker"], setup, dir));
-    let worker = Server::spawn_worker(engine(&["worker"], setup, dir));
-    let url = format!("http://127.0.0.1:{}/api/webhooks/vapi", serve.port);
-    let bodies = Arc::new(Bodies::new(std::process::id() as u64 * 10 + 9));
-    let accepted = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let http = client();
-    let mut tasks = Vec::new();
-    for _ in 0..CLIENTS {
-        let (http, url, bodies) = (http.clone(), url.clone(), bodies.clone());
-        let (accepted, errors, stop) = (accepted.clone(), errors.clone(), stop.clone());
-        tasks.push(tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                if send(&http, &url, Some(&bodies)).await {
-                    accepted.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    errors.fetch_add(1, Ordering::Relaxed);
+/// Resident memory of a process now (VmRSS), bytes.
+pub(crate) fn rss(pid: u32) -> u64 {
+    status_kb(pid, "VmRSS:")
+}
+
+/// The generator: [`CLIENTS`] connections sending signed reports until `stop`.
+struct Load {
+    accepted: Arc<AtomicU64>,
+    errors: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(url: String) -> Load {
+        let bodies = Arc::new(Bodies::new(std::process::id() as u64 * 10 + 9));
+        let accepted = Arc::new(AtomicU64::new(0));
+        let errors = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let http = client();
+        let mut tasks = Vec::new();
+        for _ in 0..CLIENTS {
+            let (http, url, bodies) = (http.clone(), url.clone(), bodies.clone());
+            let (accepted, errors, stop) = (accepted.clone(), errors.clone(), stop.clone());
+            tasks.push(tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    if send(&http, &url, Some(&bodies)).await {
+                        accepted.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
-            }
-        }));
+            }));
+        }
+        Load {
+            accepted,
+            errors,
+            stop,
+            tasks,
+        }
     }
-    let redis = redis::Client::open("redis://127.0.0.1:6379").unwrap();
-    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
-    let stream = format!("{}:{{q:vapi}}:stream", setup.prefix);
+
+    async fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        self.errors.load(Ordering::Relaxed)
+    }
+}
+
+pub async fn run(
+    setup: &super::support::Bench,
+    length: Duration,
+    warmup: Duration,
+    together: bool,
+) {
+    let dir = setup.dir.path();
+    let watched = if together {
+        vec![Watched {
+            name: "engine serve",
+            server: Server::spawn(engine(&["serve"], setup, dir)),
+            processes: false,
+        }]
+    } else {
+        vec![
+            Watched {
+                name: "engine serve --no-worker",
+                server: Server::spawn(engine(&["serve", "--no-worker"], setup, dir)),
+                processes: false,
+            },
+            Watched {
+                name: "engine worker",
+                server: Server::spawn_worker(engine(&["worker"], setup, dir)),
+                processes: true,
+            },
+        ]
+    };
+    let url = format!(
+        "http://127.0.0.1:{}/api/webhooks/vapi",
+        watched[0].server.port
+    );
+    let load = Load::start(url);
+    let names: Vec<&str> = watched.iter().map(|w| w.name).collect();
     println!(
-        "soak: engine serve --no-worker and engine worker, {CLIENTS} connections at saturation, {:.0} s warm-up then {:.0} s",
+        "soak: {}, {CLIENTS} connections at saturation, {:.0} s warm-up then {:.0} s",
+        names.join(" and "),
         warmup.as_secs_f64(),
         length.as_secs_f64()
     );
-    println!("| t (s) | accepted | processed | serve RSS (MiB) | worker RSS (MiB) |");
-    println!("|---|---|---|---|---|");
+    let samples = sample(setup, &watched, &load, warmup + length).await;
+    // the high-water marks before the processes go
+    let peaks: Vec<u64> = watched
+        .iter()
+        .map(|w| status_kb(w.server.child.id(), "VmHWM:"))
+        .collect();
+    let errors = load.stop().await;
+    report(&watched, &samples, &peaks, warmup, errors);
+    plot(&watched, &samples, warmup.as_secs_f64(), together);
+    for w in watched {
+        w.server.stop();
+    }
+}
+
+/// Every [`EVERY`] until `until`: the counts and each process's RSS; every 30 s in a table.
+async fn sample(
+    setup: &super::support::Bench,
+    watched: &[Watched],
+    load: &Load,
+    until: Duration,
+) -> Vec<Sample> {
+    let redis = redis::Client::open("redis://127.0.0.1:6379").unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let stream = format!("{}:{{q:vapi}}:stream", setup.prefix);
+    let columns: Vec<String> = watched
+        .iter()
+        .map(|w| format!("{} RSS (MiB)", w.name))
+        .collect();
+    println!("| t (s) | accepted | processed | {} |", columns.join(" | "));
+    println!("|---|---|---|{}", "---|".repeat(columns.len()));
     let started = Instant::now();
     let mut samples = Vec::new();
     let mut tick = tokio::time::interval(EVERY);
+    tick.tick().await;
     loop {
         tick.tick().await;
         let secs = started.elapsed().as_secs_f64();
@@ -97,117 +206,111 @@ pub async fn run(setup: &super::support::Bench, length: Duration, warmup: Durati
             .query_async(&mut conn)
             .await
             .unwrap_or(0);
-        let a = accepted.load(Ordering::Relaxed);
+        let a = load.accepted.load(Ordering::Relaxed);
         let s = Sample {
             secs,
             accepted: a,
             processed: a.saturating_sub(queued),
-            serve_rss: rss(serve.child.id()),
-            worker_rss: rss(worker.child.id()),
+            rss: watched.iter().map(|w| rss(w.server.child.id())).collect(),
         };
-        samples.push(s);
         // every 30 s in the printed table; every sample in the plot
-        if samples.len() % 6 == 1 {
+        if (samples.len() + 1) % 6 == 0 {
+            let rss: Vec<String> = s
+                .rss
+                .iter()
+                .map(|r| format!("{:.1}", *r as f64 / MIB))
+                .collect();
             println!(
-                "| {:.0} | {} | {} | {:.1} | {:.1} |",
+                "| {:.0} | {} | {} | {} |",
                 s.secs,
                 s.accepted,
                 s.processed,
-                s.serve_rss as f64 / MIB,
-                s.worker_rss as f64 / MIB
+                rss.join(" | ")
             );
         }
-        if secs >= (warmup + length).as_secs_f64() {
-            break;
+        samples.push(s);
+        if secs >= until.as_secs_f64() {
+            return samples;
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        let _ = t.await;
-    }
-    serve.stop();
-    worker.stop();
+}
 
+/// Each process's growth after the warm-up, its maximum and peak, and whether the target holds.
+fn report(watched: &[Watched], samples: &[Sample], peaks: &[u64], warmup: Duration, errors: u64) {
     let base = samples
         .iter()
         .find(|s| s.secs >= warmup.as_secs_f64())
-        .copied()
-        .unwrap_or(samples[0]);
-    let last = *samples.last().unwrap();
+        .unwrap_or(&samples[0]);
+    let last = samples.last().unwrap();
     let after: Vec<&Sample> = samples.iter().filter(|s| s.secs >= base.secs).collect();
-    let max = |f: fn(&Sample) -> u64| after.iter().map(|s| f(s)).max().unwrap_or(0) as f64 / MIB;
-    // one process's line: events after the warm-up, RSS then and at the end, growth, maximum
-    let line = |name: &str, events: u64, rss: fn(&Sample) -> u64| {
-        let growth = (rss(&last) as f64 - rss(&base) as f64) / MIB;
-        format!(
-            "{name} {events} events, RSS {:.1} -> {:.1} MiB ({growth:+.1} MiB, {:+.1} bytes/event), max {:.1} MiB",
-            rss(&base) as f64 / MIB,
-            rss(&last) as f64 / MIB,
-            growth * MIB / events.max(1) as f64,
-            max(rss),
-        )
-    };
-    println!(
-        "soak after warm-up ({:.0} s): {}; {}; {} errors",
-        last.secs - base.secs,
-        line("engine serve", last.accepted - base.accepted, |s| s
-            .serve_rss),
-        line("engine worker", last.processed - base.processed, |s| s
-            .worker_rss),
-        errors.load(Ordering::Relaxed)
-    );
     // RSS moves by a few MiB with the batch in flight at the moment of a sample, so growth is
-    // also measured between the means of the first and the last minute after the warm-up.
-    let minute_mean = |from: f64, to: f64, f: fn(&Sample) -> u64| {
-        let window: Vec<f64> = after
+    // also measured between the means of the first and the last window after the warm-up: a
+    // minute, or a third of a shorter soak
+    let window = ((last.secs - base.secs) / 3.0).min(60.0);
+    let mean = |from: f64, to: f64, i: usize| {
+        let w: Vec<f64> = after
             .iter()
             .filter(|s| s.secs >= from && s.secs <= to)
-            .map(|s| f(s) as f64 / MIB)
+            .map(|s| s.rss[i] as f64 / MIB)
             .collect();
-        window.iter().sum::<f64>() / window.len().max(1) as f64
+        w.iter().sum::<f64>() / w.len().max(1) as f64
     };
-    let trend = |f: fn(&Sample) -> u64| {
-        minute_mean(last.secs - 60.0, last.secs, f) - minute_mean(base.secs, base.secs + 60.0, f)
-    };
-    let (serve_trend, worker_trend) = (trend(|s| s.serve_rss), trend(|s| s.worker_rss));
     println!(
-        "growth between the first and the last minute's mean RSS: engine serve {serve_trend:+.1} MiB, engine worker {worker_trend:+.1} MiB"
+        "soak after warm-up ({:.0} s), {errors} errors:",
+        last.secs - base.secs
     );
-    let met = serve_trend < 5.0
-        && worker_trend < 5.0
-        && max(|s| s.serve_rss) < 64.0
-        && max(|s| s.worker_rss) < 64.0;
+    let mut met = true;
+    for (i, w) in watched.iter().enumerate() {
+        let events = w.events(last) - w.events(base);
+        let growth = (last.rss[i] as f64 - base.rss[i] as f64) / MIB;
+        let trend = mean(last.secs - window, last.secs, i) - mean(base.secs, base.secs + window, i);
+        let max = after.iter().map(|s| s.rss[i]).max().unwrap_or(0) as f64 / MIB;
+        let peak = peaks[i] as f64 / MIB;
+        println!(
+            "  {}: {events} events, RSS {:.1} -> {:.1} MiB ({growth:+.1} MiB, {:+.1} bytes/event; \
+             first to last {window:.0} s mean {trend:+.1} MiB), max sampled {max:.1} MiB, peak (VmHWM) {peak:.1} MiB",
+            w.name,
+            base.rss[i] as f64 / MIB,
+            last.rss[i] as f64 / MIB,
+            growth * MIB / events.max(1) as f64,
+        );
+        met &= trend < 5.0 && peak <= 64.0;
+    }
     println!(
-        "target (< 5 MiB growth each, by the minute means; < 64 MiB throughout): {}",
+        "target (< 5 MiB growth each, by the window means; peak <= 64 MiB): {}",
         if met { "met" } else { "MISSED" }
     );
-    plot(&samples, base.secs);
 }
 
-/// RSS against events handled, both processes, with the end of the warm-up marked.
-fn plot(samples: &[Sample], warm: f64) {
+/// RSS against events handled, each process, with the end of the warm-up marked.
+fn plot(watched: &[Watched], samples: &[Sample], warm: f64, together: bool) {
     use plotters::prelude::*;
     if !super::labels_font("soak plot") {
         return;
     }
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/benchmarks-soak.png");
+    let file = if together {
+        "docs/benchmarks-soak-together.png"
+    } else {
+        "docs/benchmarks-soak.png"
+    };
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
     let root = BitMapBackend::new(&path, (900, 500)).into_drawing_area();
     root.fill(&WHITE).unwrap();
-    let events =
-        |s: &Sample, worker: bool| (if worker { s.processed } else { s.accepted }) as f64 / 1e6;
+    let x = |w: &Watched, s: &Sample| w.events(s) as f64 / 1e6;
     let x_max = samples
         .iter()
-        .map(|s| events(s, false).max(events(s, true)))
+        .flat_map(|s| watched.iter().map(move |w| x(w, s)))
         .fold(0.1, f64::max);
     let y_max = samples
         .iter()
-        .map(|s| s.serve_rss.max(s.worker_rss) as f64 / MIB)
+        .flat_map(|s| s.rss.iter().map(|r| *r as f64 / MIB))
         .fold(0.0, f64::max)
         .max(64.0)
         * 1.1;
+    let names: Vec<&str> = watched.iter().map(|w| w.name).collect();
     let mut chart = ChartBuilder::on(&root)
         .caption(
-            "RSS under sustained load (engine serve --no-worker, engine worker)",
+            format!("RSS under sustained load ({})", names.join(", ")),
             ("sans-serif", 20),
         )
         .margin(15)
@@ -226,29 +329,21 @@ fn plot(samples: &[Sample], warm: f64) {
         .unwrap()
         .label("64 MiB target")
         .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], RED.mix(0.4)));
-    for (worker, color, label) in [
-        (false, BLUE, "engine serve --no-worker (accepted)"),
-        (true, GREEN, "engine worker (processed)"),
-    ] {
+    for (i, (w, color)) in watched.iter().zip([BLUE, GREEN]).enumerate() {
+        let label = format!(
+            "{} ({})",
+            w.name,
+            if w.processes { "processed" } else { "accepted" }
+        );
+        let points = samples.iter().map(|s| (x(w, s), s.rss[i] as f64 / MIB));
         chart
-            .draw_series(LineSeries::new(
-                samples.iter().map(|s| {
-                    (
-                        events(s, worker),
-                        (if worker { s.worker_rss } else { s.serve_rss }) as f64 / MIB,
-                    )
-                }),
-                color.stroke_width(2),
-            ))
+            .draw_series(LineSeries::new(points, color.stroke_width(2)))
             .unwrap()
             .label(label)
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
-        if let Some(w) = samples.iter().find(|s| s.secs >= warm) {
-            let x = events(w, worker);
-            let y = (if worker { w.worker_rss } else { w.serve_rss }) as f64 / MIB;
-            chart
-                .draw_series([Circle::new((x, y), 5, color.filled())])
-                .unwrap();
+        if let Some(s) = samples.iter().find(|s| s.secs >= warm) {
+            let dot = Circle::new((x(w, s), s.rss[i] as f64 / MIB), 5, color.filled());
+            chart.draw_series([dot]).unwrap();
         }
     }
     chart
