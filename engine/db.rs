@@ -240,13 +240,21 @@ pub const ANSWER_MARGIN: Duration = Duration::from_secs(5);
 
 /// A write transaction in one round trip: `begin` (`BEGIN; SET LOCAL ...`), `statement` and
 /// `COMMIT` sent back to back (the client pipelines them; a failed statement turns the COMMIT
-/// into a rollback), its answer awaited for at most the statement timeout + [`ANSWER_MARGIN`].
+/// into a rollback), or with no `begin` the statement alone (its own transaction), its answer
+/// awaited for at most the statement timeout + [`ANSWER_MARGIN`].
+///
+/// A statement sent alone is also cheaper in memory when its parameters are large: the client
+/// encodes every message into one buffer and hands out its bytes, so a statement encoded while
+/// the `BEGIN` before it is still unsent cannot reuse that buffer and grows a new one from
+/// 64 KiB, doubling, on every write (the archive's batches: ~1 MiB of fresh memory per write,
+/// the soak's largest churn; docs/benchmarks.md, issue 40). Alone, it reuses the buffer the
+/// client kept from its last statement.
 /// Without an answer by then the connection is taken out of the pool (the next write must not
 /// queue behind this one) and the error says so; a statement that reaches Postgres later meets
 /// the writer's conflict key when the batch is retried.
 pub async fn write_in_one_round_trip(
     client: deadpool_postgres::Object,
-    begin: &str,
+    begin: Option<&str>,
     statement: &str,
     params: &[(
         &(dyn tokio_postgres::types::ToSql + Sync),
@@ -262,6 +270,9 @@ pub async fn write_in_one_round_trip(
 > {
     let within = statement_timeout + ANSWER_MARGIN;
     let answer = tokio::time::timeout(within, async {
+        let Some(begin) = begin else {
+            return client.execute_typed(statement, params).await;
+        };
         let (began, written, committed) = tokio::join!(
             client.batch_execute(begin),
             client.execute_typed(statement, params),

@@ -13,7 +13,11 @@
 //! works through a transaction-mode pooler (PgBouncer, Supavisor) as the sinks do. A batch's
 //! write commits with `synchronous_commit = off`: it does not wait for its own WAL flush (the
 //! sink's write in the same batch did), so a Postgres crash can lose the last moments of
-//! archive steps but never the rows; an engine crash loses nothing.
+//! archive steps but never the rows; an engine crash loses nothing. The setting is made inside
+//! the statement (`set_config(.., true)`, local to the statement's own transaction) rather than
+//! by a `BEGIN; SET LOCAL` sent before it: a statement sent alone reuses the client's encoding
+//! buffer instead of growing a new one for its arrays on every write
+//! ([`crate::db::write_in_one_round_trip`]).
 
 use std::collections::BTreeMap;
 
@@ -55,7 +59,8 @@ const WRITE: &str = "INSERT INTO engine_events AS e \
     (received_at, pipeline, event_id, fields, meta, body, sealed, outcome, attempts, story) \
     SELECT to_timestamp(t.ms::float8 / 1000), t.p, t.id, t.f, t.m, t.b, t.s, t.o, t.a, t.st \
     FROM unnest($1::int8[], $2::text[], $3::text[], $4::jsonb[], $5::text[], $6::bytea[], \
-                $7::bool[], $8::text[], $9::int4[], $10::jsonb[]) AS t(ms, p, id, f, m, b, s, o, a, st) \
+                $7::bool[], $8::text[], $9::int4[], $10::jsonb[]) AS t(ms, p, id, f, m, b, s, o, a, st), \
+         (SELECT set_config('synchronous_commit', 'off', true)) AS lazy \
     ON CONFLICT (pipeline, event_id, received_at) DO UPDATE SET \
       outcome = EXCLUDED.outcome, \
       attempts = GREATEST(e.attempts, EXCLUDED.attempts), \
@@ -220,7 +225,7 @@ impl PgStore {
         ];
         let (_, written) = crate::db::write_in_one_round_trip(
             client,
-            "BEGIN; SET LOCAL synchronous_commit = off",
+            None,
             WRITE,
             &params,
             self.statement_timeout,
