@@ -38,6 +38,9 @@ pub struct PostgresSink {
     /// and that timeout (none: the server's own timeout, no explicit transaction, no bound on
     /// the answer).
     begin: Option<(String, std::time::Duration)>,
+    /// The bytes a row's text took in the last write: the next write's text is sized from it
+    /// once instead of growing by doubling (a Vapi call log with its transcript is ~2 KiB).
+    row_bytes: std::sync::atomic::AtomicUsize,
 }
 
 /// The encryption context of an `encrypt` column's value: the table, the column, and the row's
@@ -70,10 +73,11 @@ struct MappedRow<'a> {
 pub struct JsonText(pub Vec<u8>);
 
 impl JsonText {
-    fn of(rows: &[MappedRow<'_>]) -> Result<JsonText, SinkError> {
+    /// The rows' array, its buffer sized for `row_bytes` a row.
+    fn of(rows: &[MappedRow<'_>], row_bytes: usize) -> Result<JsonText, SinkError> {
         let bad =
             |e: serde_json::Error| SinkError::permanent("a row cannot be stored").caused_by(e);
-        let mut out = Vec::with_capacity(rows.len() * 512);
+        let mut out = Vec::with_capacity(rows.len() * row_bytes + 2);
         out.push(b'[');
         for (i, row) in rows.iter().enumerate() {
             if i > 0 {
@@ -157,6 +161,7 @@ impl PostgresSink {
             encrypt: cfg.encrypt.clone(),
             keyring,
             begin: None,
+            row_bytes: std::sync::atomic::AtomicUsize::new(512),
         })
     }
 
@@ -182,6 +187,17 @@ impl PostgresSink {
         &self.key
     }
 
+    /// `rows` as one JSON array, sized from the last write's rows (and remembering this one's;
+    /// up to 1 MiB a row, so one huge row does not size every write after it).
+    fn text_of(&self, rows: &[MappedRow<'_>]) -> Result<JsonText, SinkError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let text = JsonText::of(rows, self.row_bytes.load(Relaxed))?;
+        let per_row = text.0.len() / rows.len().max(1);
+        self.row_bytes
+            .store((per_row + per_row / 8 + 16).min(1 << 20), Relaxed);
+        Ok(text)
+    }
+
     /// The rows of `batches` as one JSON array (its text, written straight from the rows), the
     /// statement that writes them, and a connection; `None` when there is nothing to write.
     async fn prepared(
@@ -192,7 +208,7 @@ impl PostgresSink {
             return Ok(None);
         }
         let (rows, columns) = self.mapped(batches)?;
-        let text = JsonText::of(&rows)?;
+        let text = self.text_of(&rows)?;
         let sql = self.statement(&columns)?;
         let client = self
             .pool
@@ -215,7 +231,7 @@ impl PostgresSink {
             return Ok(());
         }
         let (rows, columns) = self.mapped(batches)?;
-        let rows = JsonText::of(&rows)?;
+        let rows = self.text_of(&rows)?;
         let sql = self.statement(&columns)?;
         client
             .batch_execute("SAVEPOINT engine_trial")
@@ -414,7 +430,7 @@ impl Sink for PostgresSink {
                     (client, result)
                 }
                 Some((begin, timeout)) => {
-                    crate::db::write_in_one_round_trip(client, begin, &sql, &params, *timeout)
+                    crate::db::write_in_one_round_trip(client, Some(begin), &sql, &params, *timeout)
                         .await
                         .map_err(|e| SinkError::retry("database write").caused_by(e))?
                 }
@@ -540,6 +556,37 @@ fn classify(e: tokio_postgres::Error, table: &str) -> SinkError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The rows' text is the same whatever size it was given to start from, and the size
+    /// remembered for the next write is this write's per row (bounded).
+    #[test]
+    fn rows_text_does_not_depend_on_its_starting_size() {
+        let transcript = Value::String("a".repeat(2000));
+        let rows = [
+            MappedRow {
+                fields: vec![
+                    (
+                        "call_id",
+                        std::borrow::Cow::Owned(Value::String("c-1".into())),
+                    ),
+                    ("transcript", std::borrow::Cow::Borrowed(&transcript)),
+                ],
+                key: vec!["c-1".into()],
+            },
+            MappedRow {
+                fields: vec![("call_id", std::borrow::Cow::Owned(Value::Null))],
+                key: vec!["c-2".into()],
+            },
+        ];
+        let texts: Vec<Vec<u8>> = [0, 1, 512, 1 << 20]
+            .into_iter()
+            .map(|hint| JsonText::of(&rows, hint).unwrap().0)
+            .collect();
+        assert!(texts.windows(2).all(|w| w[0] == w[1]));
+        let parsed: Value = serde_json::from_slice(&texts[0]).unwrap();
+        assert_eq!(parsed[0]["transcript"], transcript);
+        assert_eq!(parsed[1], serde_json::json!({"call_id": null}));
+    }
 
     #[test]
     fn values_are_cut_from_messages() {
