@@ -213,37 +213,103 @@ impl Op {
         }
     }
 
-    fn encode(&self, call: &mut redis::ScriptInvocation<'_>) {
-        fn limit(call: &mut redis::ScriptInvocation<'_>, l: &GcraCheck) {
-            call.key(&l.key).arg(l.interval_us).arg(l.burst);
+    /// How many keys it adds to the group's `KEYS`.
+    fn key_count(&self) -> usize {
+        match self {
+            Op::GcraCheck(_) => 1,
+            Op::Append(_) => 2,
+            Op::LimitedAppend(..) => 3,
+        }
+    }
+
+    /// About the bytes it adds to the group's command: its keys and arguments with their
+    /// framing (a sizing hint, so the command is allocated once).
+    fn size(&self) -> usize {
+        let limit = |l: &GcraCheck| l.key.len() + 80;
+        let append =
+            |a: &Append| a.stream.len() + a.seen.len() + a.payload.len() + a.body.len() + 100;
+        match self {
+            Op::GcraCheck(l) => limit(l),
+            Op::Append(a) => append(a),
+            Op::LimitedAppend(l, a) => limit(l) + append(a),
+        }
+    }
+
+    /// Its keys onto the group's command, in the order the script takes them from `KEYS`.
+    fn encode_keys(&self, cmd: &mut redis::Cmd) {
+        if let Op::GcraCheck(l) | Op::LimitedAppend(l, _) = self {
+            cmd.arg(&l.key);
+        }
+        if let Op::Append(a) | Op::LimitedAppend(_, a) = self {
+            cmd.arg(&a.stream).arg(&a.seen);
+        }
+    }
+
+    /// Its kind and arguments onto the group's command (`ARGV`, after the op count).
+    fn encode_args(&self, cmd: &mut redis::Cmd) {
+        fn limit(cmd: &mut redis::Cmd, l: &GcraCheck) {
+            cmd.arg(l.interval_us).arg(l.burst);
             match l.now_us {
-                Some(now) => call.arg(now),
-                None => call.arg(""),
+                Some(now) => cmd.arg(now),
+                None => cmd.arg(""),
             };
         }
-        fn append(call: &mut redis::ScriptInvocation<'_>, a: &Append) {
-            call.key(&a.stream)
-                .key(&a.seen)
-                .arg(&a.payload)
+        fn append(cmd: &mut redis::Cmd, a: &Append) {
+            cmd.arg(&a.payload)
                 .arg(a.body.as_ref())
                 .arg(if a.dedupe { "1" } else { "" })
                 .arg(a.window_secs.max(1));
         }
         match self {
             Op::GcraCheck(l) => {
-                call.arg("L");
-                limit(call, l);
+                cmd.arg("L");
+                limit(cmd, l);
             }
             Op::Append(a) => {
-                call.arg("A");
-                append(call, a);
+                cmd.arg("A");
+                append(cmd, a);
             }
             Op::LimitedAppend(l, a) => {
-                call.arg("LA");
-                limit(call, l);
-                append(call, a);
+                cmd.arg("LA");
+                limit(cmd, l);
+                append(cmd, a);
             }
         }
+    }
+}
+
+/// The group's call as one `EVALSHA`, built in place and sized once. (redis's
+/// `ScriptInvocation` would keep each argument in a buffer of its own and copy them all into the
+/// command: one more copy of every body on the request path, and ten allocations an op.)
+fn group_command(script: &redis::Script, jobs: &[Waiting]) -> redis::Cmd {
+    let keys: usize = jobs.iter().map(|j| j.op.key_count()).sum();
+    let bytes: usize = jobs.iter().map(|j| j.op.size()).sum();
+    let mut cmd = redis::Cmd::with_capacity(4 + keys + jobs.len() * 10, bytes + 64);
+    cmd.arg("EVALSHA").arg(script.get_hash()).arg(keys);
+    for job in jobs {
+        job.op.encode_keys(&mut cmd);
+    }
+    cmd.arg(jobs.len());
+    for job in jobs {
+        job.op.encode_args(&mut cmd);
+    }
+    cmd
+}
+
+/// Run `command` (an `EVALSHA` of `script`); when Redis does not hold the script (a restart,
+/// a failover to a replica that never saw it, `SCRIPT FLUSH`), load it and run the command
+/// again, as redis's own script invocation does.
+async fn evalsha(
+    script: &redis::Script,
+    command: &redis::Cmd,
+    c: &mut Conn,
+) -> redis::RedisResult<Vec<Value>> {
+    match command.query_async(c).await {
+        Err(e) if e.kind() == ErrorKind::NoScriptError => {
+            script.prepare_invoke().load_async(c).await?;
+            command.query_async(c).await
+        }
+        answered => answered,
     }
 }
 
@@ -381,18 +447,14 @@ async fn call(
     counts: &[AtomicU64; 2],
     jobs: &mut Vec<Waiting>,
 ) {
-    let mut call = script.prepare_invoke();
-    call.arg(jobs.len());
-    for job in jobs.iter() {
-        job.op.encode(&mut call);
-    }
+    let command = group_command(script, jobs);
     counts[0].fetch_add(1, Ordering::Relaxed);
     counts[1].fetch_add(jobs.len() as u64, Ordering::Relaxed);
     metrics::counter!("engine_redis_group_calls_total").increment(1);
     metrics::counter!("engine_redis_group_operations_total").increment(jobs.len() as u64);
     let answered = tokio::time::timeout(CALL_TIMEOUT, async {
         let mut c = connect(target, conn).await?;
-        call.invoke_async::<Vec<Value>>(&mut c).await
+        evalsha(script, &command, &mut c).await
     })
     .await
     .unwrap_or_else(|_| Err(failed("Redis did not answer within 2 s".into())));

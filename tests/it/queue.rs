@@ -757,3 +757,51 @@ async fn the_queues_of_a_set_share_one_pool_of_connections() {
         "{clients} connections for 40 queues:\n{list}"
     );
 }
+
+/// The request path's group call is an `EVALSHA` the engine builds itself: a Redis that lost its
+/// scripts (a restart, `SCRIPT FLUSH`, a replica promoted) gets the script loaded again and the
+/// call run, and each event's body is stored as it came, before and after. A private Redis, so
+/// the flush touches no other test.
+#[tokio::test]
+async fn the_group_call_loads_its_script_again_when_redis_lost_it() {
+    use engine::redis_conn::group_commit::GroupCommit;
+    let redis = common::private::PrivateRedis::start(false);
+    let shared = GroupCommit::open(&redis.url()).unwrap();
+    let pool = engine::queue::redis::QueuePool::new(&shared);
+    let q = RedisQueue::on(&pool, &prefix(), "vapi", "c1", 1);
+    q.ensure_group().await.unwrap();
+    let mut c = redis::Client::open(redis.url()).unwrap();
+    for (i, id) in ["before", "after"].into_iter().enumerate() {
+        if i == 1 {
+            let _: () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut c).unwrap();
+        }
+        let window = Some((id, Duration::from_secs(60)));
+        assert!(matches!(
+            q.enqueue(&event(id), window).await.unwrap(),
+            Enqueued::Added(_)
+        ));
+        // the same dedupe key again: the script ran whole, its dedupe included
+        assert!(matches!(
+            q.enqueue(&event(id), window).await.unwrap(),
+            Enqueued::Duplicate
+        ));
+    }
+    let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(q.stream_key())
+        .arg("-")
+        .arg("+")
+        .query(&mut c)
+        .unwrap();
+    let bodies: Vec<String> = entries
+        .ids
+        .iter()
+        .map(|e| e.get::<String>("b").unwrap())
+        .collect();
+    assert_eq!(
+        bodies,
+        ["before", "after"].map(|id| format!(
+            r#"{{"message":{{"type":"status-update","call":{{"id":"{id}"}}}}}}"#
+        ))
+    );
+    assert_eq!(shared.grouped().1, 4);
+}
