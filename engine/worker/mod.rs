@@ -3,7 +3,7 @@
 //! ```text
 //! read (new entries, blocking)                           reclaim (every lease/2): entries of dead
 //!   -> Program::run in place (a batch)                     consumers, poison -> dead letters
-//!        Rows    -> sink.write -> ack                    promote (every 250 ms): due retries back
+//!        Rows    -> sink.write -> ack                    promote (when due): retries back
 //!                           \-> SinkError::Retry -> retry with backoff, or dead-letter when
 //!                                                   attempts are used up
 //!                           \-> SinkError::Permanent -> dead-letter
@@ -490,7 +490,7 @@ impl Worker {
     /// once per process by `ops::outage`, not once per attempt and worker). On Redis the
     /// workers of one partition in one process form a [`PartitionWorkers`]: its lead (`PartitionWorkers::lead`) runs
     /// the partition's reaper and promoter beside it (the others would repeat the same Redis
-    /// calls every 250 ms for nothing) and always reads; the others read only while the lead
+    /// calls for nothing) and always reads; the others read only while the lead
     /// finds a backlog. In-flight deliveries finish; on Redis unfinished ones stay pending and
     /// are reclaimed after the lease. On a partitioned Redis queue this worker, its reaper and
     /// its promoter keep to `partition`.
@@ -620,13 +620,37 @@ impl Worker {
     }
 }
 
-/// Move `partition`'s due retries back to its stream, every 250 ms.
+/// How long the promoter sleeps at most when no retry of this process is due sooner. A retry
+/// another process scheduled is its own promoter's to bring back; this bounds how late it comes
+/// if that process died first. (Polling every 250 ms instead cost Redis ~4 scripts a second per
+/// quiet queued pipeline: 4,000 a second for a thousand; docs/scaling.md.)
+const PROMOTE_IDLE: Duration = Duration::from_secs(5);
+/// How long the promoter waits before trying again after a failed promotion (Redis away).
+const PROMOTE_AFTER_FAILURE: Duration = Duration::from_millis(250);
+/// Retries moved per promotion; a full one looks again at once.
+const PROMOTE_LIMIT: usize = 100;
+
+/// Move `partition`'s due retries back to its stream: when the next one is due (the promotion
+/// says when), when this process schedules one (`retry` wakes it), and at least every
+/// [`PROMOTE_IDLE`].
 async fn promote(queue: Arc<RedisQueue>, partition: usize, mut stop: watch::Receiver<bool>) {
+    let mut wait = Duration::ZERO;
     while !*stop.borrow() {
-        pause(&mut stop, Duration::from_millis(250)).await;
-        if let Err(e) = Box::pin(queue.promote_due(partition, 100)).await {
-            tracing::debug!(error = &e as &dyn std::error::Error, "promote failed");
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = queue.retry_scheduled(partition).notified() => {}
+            _ = stop.changed() => break,
         }
+        wait = match Box::pin(queue.promote_due(partition, PROMOTE_LIMIT)).await {
+            Ok(p) if p.moved >= PROMOTE_LIMIT as u64 => Duration::ZERO,
+            Ok(p) => p.next_due.map_or(PROMOTE_IDLE, |due| {
+                due.clamp(Duration::from_millis(1), PROMOTE_IDLE)
+            }),
+            Err(e) => {
+                tracing::debug!(error = &e as &dyn std::error::Error, "promote failed");
+                PROMOTE_AFTER_FAILURE
+            }
+        };
     }
 }
 

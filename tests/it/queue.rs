@@ -123,9 +123,14 @@ async fn retry_comes_back_after_its_delay_with_the_attempt_counted() {
     q.retry(&got[0], Duration::from_millis(300)).await.unwrap();
     let s = q.stats().await.unwrap();
     assert_eq!((s.depth, s.pending, s.delayed), (0, 0, 1));
-    assert_eq!(q.promote_due(0, 100).await.unwrap(), 0, "not due yet");
+    let early = q.promote_due(0, 100).await.unwrap();
+    assert_eq!(early.moved, 0, "not due yet");
+    // and it says when it will be: what the promoter sleeps for
+    let next = early.next_due.expect("a retry is waiting");
+    assert!(next <= Duration::from_millis(300), "{next:?}");
     tokio::time::sleep(Duration::from_millis(350)).await;
-    assert_eq!(q.promote_due(0, 100).await.unwrap(), 1);
+    let promoted = q.promote_due(0, 100).await.unwrap();
+    assert_eq!((promoted.moved, promoted.next_due), (1, None));
     let (again, _) = q
         .read(0, &mut r, 10, Duration::from_millis(100), false)
         .await
@@ -666,7 +671,7 @@ async fn events_read_back_whole_from_both_stored_forms() {
         q.retry(d, Duration::from_millis(1)).await.unwrap();
     }
     tokio::time::sleep(Duration::from_millis(20)).await;
-    assert_eq!(q.promote_due(0, 100).await.unwrap(), 2);
+    assert_eq!(q.promote_due(0, 100).await.unwrap().moved, 2);
     let (again, _) = q
         .read(0, &mut r, 10, Duration::from_millis(100), false)
         .await

@@ -174,6 +174,7 @@ async fn a_failing_sink_is_retried_with_backoff_then_succeeds() {
     .await;
     q.enqueue(&status_update("r1"), None).await.unwrap();
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let started = std::time::Instant::now();
     let running =
         tokio::spawn(
             w.clone()
@@ -185,6 +186,11 @@ async fn a_failing_sink_is_retried_with_backoff_then_succeeds() {
         3,
         "two failures, then the write"
     );
+    // the promoter found the delayed set empty at start and sleeps for its idle bound (5 s):
+    // each retry scheduled wakes it, and it sleeps until that one is due (50 + 100 ms here), so
+    // both came back long before one idle bound, let alone two
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "{took:?}");
     stop_tx.send(true).unwrap();
     running.await.unwrap();
     assert_eq!(q.stats().await.unwrap().dead, 0);

@@ -121,6 +121,11 @@ impl Partition {
             .arg(delay.as_millis() as u64)
             .invoke_async(&mut c)
             .await;
-        settle(c, r).map(|_| ())
+        let scheduled = settle(c, r).map(|_| ());
+        if scheduled.is_ok() {
+            // a permit is kept when the promoter is not waiting: it looks again either way
+            self.retry_scheduled.notify_one();
+        }
+        scheduled
     }
 }

@@ -52,6 +52,7 @@ use crate::redis_conn::group_commit::{GroupCommit, ReplicaWait};
 use crate::redis_conn::{Conn, Target};
 
 pub use partition::Partition;
+pub use reclaim::Promoted;
 
 use super::{DeadLetter, Delivery, Enqueued, QueueError, Stats};
 use crate::transform::EventInput;
@@ -413,10 +414,20 @@ impl RedisQueue {
 
     /// Move partition `partition`'s due retries back to its work stream; how many moved. (Each
     /// partition has workers of its own in every process, and they keep their partition.)
-    pub async fn promote_due(&self, partition: usize, limit: usize) -> Result<u64, QueueError> {
+    pub async fn promote_due(
+        &self,
+        partition: usize,
+        limit: usize,
+    ) -> Result<Promoted, QueueError> {
         self.parts[partition % self.parts.len()]
             .promote_due(limit)
             .await
+    }
+
+    /// Told when this process schedules a retry on partition `partition` (its promoter waits on
+    /// it).
+    pub fn retry_scheduled(&self, partition: usize) -> &tokio::sync::Notify {
+        &self.parts[partition % self.parts.len()].retry_scheduled
     }
 
     /// Take over partition `partition`'s entries idle longer than `lease`; see

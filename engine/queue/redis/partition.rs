@@ -40,6 +40,9 @@ pub struct Partition {
     pub(super) promote: redis::Script,
     /// Replicas an enqueue must reach before it is answered (`queue.durability: replicated`).
     pub(super) replication: Option<ReplicaWait>,
+    /// Told when this process schedules a retry here, so the promoter sleeping until the next
+    /// one is due (or for its idle bound) looks again.
+    pub(super) retry_scheduled: tokio::sync::Notify,
 }
 
 impl Partition {
@@ -65,6 +68,7 @@ impl Partition {
             dead_letter: redis::Script::new(DEAD),
             promote: redis::Script::new(PROMOTE),
             replication: None,
+            retry_scheduled: tokio::sync::Notify::new(),
         }
     }
 

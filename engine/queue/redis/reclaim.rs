@@ -11,18 +11,29 @@ use super::entry::*;
 use super::partition::*;
 use crate::queue::{Delivery, QueueError};
 
+/// What one promotion did: how many retries went back to the stream, and when the next one
+/// left in the delayed set is due (by Redis's clock; `None`: none left).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Promoted {
+    pub moved: u64,
+    pub next_due: Option<Duration>,
+}
+
 impl Partition {
-    /// Move retries whose time has come back to the work stream. Returns how many moved.
-    pub async fn promote_due(&self, limit: usize) -> Result<u64, QueueError> {
+    /// Move retries whose time has come back to the work stream (`limit` at most).
+    pub async fn promote_due(&self, limit: usize) -> Result<Promoted, QueueError> {
         let mut c = self.conn().await?;
-        let r: Result<u64, _> = self
+        let r: Result<(u64, i64), _> = self
             .promote
             .key(&self.delayed)
             .key(&self.stream)
             .arg(limit)
             .invoke_async(&mut c)
             .await;
-        settle(c, r)
+        settle(c, r).map(|(moved, next)| Promoted {
+            moved,
+            next_due: u64::try_from(next).ok().map(Duration::from_millis),
+        })
     }
 
     /// Take over entries idle longer than `lease` (their consumer died or hangs). Entries

@@ -40,5 +40,9 @@ for _, member in ipairs(due) do
   redis.call('XADD', KEYS[2], '*', 'e', d.e, 'a', tostring(d.a))
   redis.call('ZREM', KEYS[1], member)
 end
-return #due
+local next = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+if next[2] then
+  return {#due, math.max(tonumber(next[2]) - now, 0)}
+end
+return {#due, -1}
 ";
