@@ -8,6 +8,8 @@
 //!    3 s later (median of 3)
 //! 3. engine serve with Redis and Postgres (the bench's database): the same, and the Redis
 //!    connections it holds
+//! 4. at rest: engine serve with the N pipelines on a private redis-server, nothing arriving,
+//!    over 20 s: the scripts and reads Redis runs a second, and the CPU of each
 //! ```
 //!
 //! The same for the shipped four alone, so what one more pipeline costs is the difference over
@@ -52,6 +54,88 @@ pub async fn run(setup: &Setup, n: usize) {
             (lots.1.saturating_sub(few.1)) as f64 / 1024.0 / (n - 4).max(1) as f64
         );
     }
+    at_rest(setup, many.path(), n).await;
+}
+
+/// What `n` quiet queued pipelines cost while nothing arrives: `engine serve` on a redis-server
+/// of its own (so nothing else's commands are counted), 5 s after /health, then 20 s of
+/// `INFO commandstats` (after `CONFIG RESETSTAT`) and the CPU of both processes.
+async fn at_rest(setup: &Setup, dir: &Path, n: usize) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let Ok(mut redis) = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no", "--maxclients", "10000"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+    else {
+        println!("at rest: skipped (no redis-server)");
+        return;
+    };
+    let url = format!("redis://127.0.0.1:{port}");
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut c = loop {
+        match client.get_multiplexed_async_connection().await {
+            Ok(c) => break c,
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    let mut cmd = engine(&["serve"], setup, dir);
+    cmd.env("REDIS_URL", &url);
+    let server = Server::spawn(cmd);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let conn = c.clone();
+    let info = |section: &'static str| {
+        let mut c = conn.clone();
+        async move {
+            redis::cmd("INFO")
+                .arg(section)
+                .query_async::<String>(&mut c)
+                .await
+                .unwrap_or_default()
+        }
+    };
+    let redis_cpu = |text: &str| -> f64 {
+        text.lines()
+            .filter_map(|l| {
+                l.strip_prefix("used_cpu_sys:")
+                    .or_else(|| l.strip_prefix("used_cpu_user:"))
+            })
+            .filter_map(|v| v.trim().parse::<f64>().ok())
+            .sum()
+    };
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let (engine0, redis0) = (server.cpu_secs(), redis_cpu(&info("cpu").await));
+    let span = Duration::from_secs(20);
+    tokio::time::sleep(span).await;
+    let (engine1, redis1) = (server.cpu_secs(), redis_cpu(&info("cpu").await));
+    let stats = info("commandstats").await;
+    let calls = |command: &str| -> f64 {
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+            .and_then(|v| v.split(',').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / span.as_secs_f64()
+    };
+    println!(
+        "at rest, {n} pipelines on their own Redis, nothing arriving, over 20 s: {:.0} scripts/s (EVALSHA), {:.0} reads/s (XREADGROUP), {:.0} XAUTOCLAIM/s; Redis {:.1} % of a core, engine {:.1} %",
+        calls("evalsha"),
+        calls("xreadgroup"),
+        calls("xautoclaim"),
+        (redis1 - redis0) / span.as_secs_f64() * 100.0,
+        (engine1 - engine0) / span.as_secs_f64() * 100.0,
+    );
+    server.stop();
+    let _ = redis.kill();
+    let _ = redis.wait();
 }
 
 /// `engine validate` on `dir`: the median wall time of 5 runs and their median peak RSS (bytes;
