@@ -49,6 +49,9 @@ async fn forged_tenant_ids_meet_the_per_ip_limit_before_the_database() {
                 .as_u16()
         }
     };
+    // the budget refills one request every 600 ms (100/min): on a loaded machine the requests
+    // below can take long enough to earn some back, each of which is one more lookup allowed
+    let started = std::time::Instant::now();
     // wrong shape: refused without a query
     for i in 0..10 {
         assert_eq!(post(format!("AC_made_up_{i}")).await, 401);
@@ -62,11 +65,16 @@ async fn forged_tenant_ids_meet_the_per_ip_limit_before_the_database() {
     let refused = statuses.iter().filter(|s| **s == 429).count();
     let unauthorized = statuses.iter().filter(|s| **s == 401).count();
     assert_eq!(refused + unauthorized, 150, "{statuses:?}");
-    // the shipped per-IP default is 100/min: 10 spent above, 90 left for lookups
-    assert_eq!(unauthorized, 90, "{statuses:?}");
+    // the shipped per-IP default is 100/min: 10 spent above, 90 left for lookups (and what
+    // the time taken refilled)
+    let refilled = (started.elapsed().as_millis() / 600) as usize;
+    assert!(
+        (90..=90 + refilled).contains(&unauthorized),
+        "{unauthorized} lookups, {refilled} refilled: {statuses:?}"
+    );
     assert_eq!(
         queries(),
-        90,
+        unauthorized as u64,
         "a lookup was made for a request over the limit"
     );
     app.stop().await;
