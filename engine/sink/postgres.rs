@@ -557,8 +557,8 @@ fn classify(e: tokio_postgres::Error, table: &str) -> SinkError {
 mod tests {
     use super::*;
 
-    /// The rows' text is the same whatever size it was given to start from, and the size
-    /// remembered for the next write is this write's per row (bounded).
+    /// The rows' text is the same whatever size it was given to start from (the size only
+    /// decides how the buffer is allocated, never what is written).
     #[test]
     fn rows_text_does_not_depend_on_its_starting_size() {
         let transcript = Value::String("a".repeat(2000));
