@@ -365,7 +365,6 @@ impl PgStore {
                        SELECT * FROM engine_events_default WHERE received_at >= '{lo}' AND received_at < '{hi}'; \
                      DELETE FROM engine_events_default WHERE received_at >= '{lo}' AND received_at < '{hi}'; \
                      CREATE TABLE {name} PARTITION OF engine_events FOR VALUES FROM ('{lo}') TO ('{hi}'); \
-                     ALTER TABLE {name} ALTER COLUMN body SET STORAGE MAIN; \
                      INSERT INTO engine_events SELECT * FROM engine_events_moving;"
                 );
                 let sql = format!(

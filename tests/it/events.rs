@@ -448,7 +448,12 @@ async fn retention_drops_days_no_pipeline_keeps() {
         .unwrap()
         .and_utc()
         .timestamp_millis();
-    let mut new = ev("new", "vapi", b"{}".to_vec());
+    // a body that compresses well: Postgres would compress it were it allowed to
+    let large = format!(
+        r#"{{"transcript":"{}"}}"#,
+        "yes, friday at ten works. ".repeat(320)
+    );
+    let mut new = ev("new", "vapi", large.clone().into_bytes());
     new.received_at_ms = chrono::Utc::now().timestamp_millis();
     store
         .write(&[
@@ -488,6 +493,17 @@ async fn retention_drops_days_no_pipeline_keeps() {
         .unwrap()
         .get(0);
     assert!(made);
+    // bodies are kept as they are, never compressed (V8: compressing cost more than the row)
+    let (stored, compression): (i32, Option<String>) = db
+        .query_one(
+            "SELECT octet_length(body), pg_column_compression(body) FROM engine_events WHERE event_id = 'new'",
+            &[],
+        )
+        .await
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!(stored as usize, large.len());
+    assert_eq!(compression, None, "a body is never compressed");
 }
 
 #[tokio::test]
