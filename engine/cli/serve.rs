@@ -16,6 +16,7 @@ pub(super) fn init_tracing(
 ) -> Option<crate::ops::trace::Tracing> {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    use tracing_subscriber::Layer;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     // JSON lines in production, request fields at the top level (`ops::logs`); readable lines
@@ -27,27 +28,37 @@ pub(super) fn init_tracing(
         None => (None, None, None),
     };
     let otel = otel.map(otel_layer);
-    let registry = tracing_subscriber::registry()
-        .with(filter)
-        .with(sentry.then(sentry::integrations::tracing::layer))
-        .with(otel);
+    // RUST_LOG chooses the log lines (and what Sentry sees), never which spans are exported: a
+    // deployment quieting its logs to `warn` still gets every event's trace. So the filter is
+    // on the log layers only; the OpenTelemetry layer has its own (`otel_layer`).
+    let logs = sentry.then(sentry::integrations::tracing::layer);
     let _ = if production {
-        registry
+        tracing_subscriber::registry()
+            .with(otel)
             .with(
-                tracing_subscriber::fmt::layer()
-                    .fmt_fields(crate::ops::logs::span_fields())
-                    .event_format(crate::ops::logs::FlatJson)
-                    .with_writer(std::io::stderr),
+                Layer::and_then(
+                    logs,
+                    tracing_subscriber::fmt::layer()
+                        .fmt_fields(crate::ops::logs::span_fields())
+                        .event_format(crate::ops::logs::FlatJson)
+                        .with_writer(std::io::stderr),
+                )
+                .with_filter(filter),
             )
             .try_init()
     } else {
-        registry
+        tracing_subscriber::registry()
+            .with(otel)
             .with(
-                tracing_subscriber::fmt::layer()
-                    .compact()
-                    .fmt_fields(crate::ops::logs::text_fields())
-                    .with_ansi(crate::ops::logs::colour())
-                    .with_writer(std::io::stderr),
+                Layer::and_then(
+                    logs,
+                    tracing_subscriber::fmt::layer()
+                        .compact()
+                        .fmt_fields(crate::ops::logs::text_fields())
+                        .with_ansi(crate::ops::logs::colour())
+                        .with_writer(std::io::stderr),
+                )
+                .with_filter(filter),
             )
             .try_init()
     };
@@ -79,8 +90,10 @@ where
         .with_threads(false)
         .with_level(false)
         .with_target(false)
+        // the engine's spans down to `info` (every span the trace design names), whatever
+        // RUST_LOG says: that variable chooses log lines
         .with_filter(tracing_subscriber::filter::filter_fn(|m| {
-            m.is_span() && m.target().starts_with("engine")
+            m.is_span() && *m.level() <= tracing::Level::INFO && m.target().starts_with("engine")
         }))
 }
 

@@ -189,6 +189,10 @@ fn tokio_stream_of(
     })
 }
 
+/// Warnings only, but for the line a test waits for (that the engine serves, or that its
+/// workers run).
+const QUIET_LOGS: &str = "warn,engine::server::lifecycle=info";
+
 /// An engine process on the shared Redis and `database`.
 fn engine(d: &Dir, args: &[&str], database: &str, env: &[(String, String)]) -> Engine {
     let mut env = env.to_vec();
@@ -279,8 +283,12 @@ async fn one_trace_per_event_even_when_another_process_works_it_later() {
     let (database, schema) = fresh_schema().await;
     let d = common::shipped_under_prefix("tracesa");
     let port = free_port();
+    // logs quieted to warnings (but the line that says it serves): RUST_LOG chooses log
+    // lines, never which spans are exported
+    let quiet = ("RUST_LOG".to_string(), QUIET_LOGS.to_string());
     let mut env = collector.env("ingest");
     env.push(("PORT".into(), port.to_string()));
+    env.push(quiet.clone());
     let ingest = engine(&d, &["serve", "--no-worker"], &database, &env);
     let calls: Vec<String> = (0..3).map(|_| uuid::Uuid::new_v4().to_string()).collect();
     for call in &calls[..2] {
@@ -303,6 +311,7 @@ async fn one_trace_per_event_even_when_another_process_works_it_later() {
 
     let mut env = collector.env("worker");
     env.push(("PORT".into(), free_port().to_string()));
+    env.push(quiet);
     let worker = engine(&d, &["worker"], &database, &env);
     let db = pg(&schema).await;
     let ids = calls
