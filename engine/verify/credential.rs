@@ -40,20 +40,30 @@ const CREDENTIAL_NAME_PARTS: &[&str] = &[
     "credential",
 ];
 
+/// The credential words, found in one pass over a name whatever its case: every header of every
+/// request is asked, and fourteen separate searches were ~3,000 instructions a header.
+static PARTS: std::sync::LazyLock<aho_corasick::AhoCorasick> = std::sync::LazyLock::new(|| {
+    aho_corasick::AhoCorasick::builder()
+        .ascii_case_insensitive(true)
+        .build(CREDENTIAL_NAME_PARTS)
+        .expect("fixed words make an automaton")
+});
+
 /// Whether a header name carries a credential: one of [`CREDENTIAL_HEADERS`], or a name holding
 /// one of the credential words (case-insensitive).
 pub fn is_credential_name(name: &str) -> bool {
-    // names from a request are lower case already (the HTTP layer's); others are made so
-    let lower: std::borrow::Cow<'_, str> = if name.bytes().any(|b| b.is_ascii_uppercase()) {
-        name.to_ascii_lowercase().into()
-    } else {
-        name.into()
-    };
-    CREDENTIAL_HEADERS.contains(&lower.as_ref())
-        || (CREDENTIAL_NAME_PARTS.iter().any(|p| lower.contains(p))
+    CREDENTIAL_HEADERS
+        .iter()
+        .any(|h| h.len() == name.len() && h.eq_ignore_ascii_case(name))
+        || (PARTS.is_match(name)
             // Twilio's `I-Twilio-Idempotency-Token` names a delivery, it grants nothing
-            && !lower.contains("idempotency"))
+            && !name
+                .as_bytes()
+                .windows(IDEMPOTENCY.len())
+                .any(|w| w.eq_ignore_ascii_case(IDEMPOTENCY)))
 }
+
+const IDEMPOTENCY: &[u8] = b"idempotency";
 
 #[cfg(test)]
 mod tests {
@@ -71,6 +81,10 @@ mod tests {
             "stripe-signature",
             "X-Access-Key",
             "api_key",
+            "X-API-KEY",
+            // in the list, though no credential word is in it
+            "X-Shopify-Hmac-Sha256",
+            "x-shopify-hmac-sha256",
         ] {
             assert!(is_credential_name(name), "{name}");
         }
@@ -79,6 +93,7 @@ mod tests {
             "user-agent",
             "x-request-id",
             "i-twilio-idempotency-token",
+            "I-Twilio-Idempotency-Token",
             "webhook-id",
         ] {
             assert!(!is_credential_name(name), "{name}");
