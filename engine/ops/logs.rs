@@ -34,7 +34,39 @@ fn colour_for(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
 
 /// The production line format (use with `.fmt_fields(JsonFields::new())`, so span fields are
 /// kept as JSON).
-pub struct FlatJson;
+#[derive(Clone, Default)]
+pub struct FlatJson {
+    /// The subscriber the lines' spans live in, once it is installed ([`FlatJson::traces_of`]):
+    /// a line reads its span's trace and span ids through it. Inside the subscriber, writing a
+    /// line, the current one cannot be reached, and the OpenTelemetry layer does not make each
+    /// span's context the thread's current one on every entry (that cost more than a request's
+    /// other span work).
+    traces: std::sync::Arc<std::sync::OnceLock<tracing::dispatcher::WeakDispatch>>,
+}
+
+impl FlatJson {
+    /// Lines carry the trace and span ids of their spans in `dispatch`, the installed
+    /// subscriber (while traces are exported).
+    pub fn traces_of(&self, dispatch: &tracing::Dispatch) {
+        let _ = self.traces.set(dispatch.downgrade());
+    }
+
+    /// The trace and span ids of the innermost exported span a line is in.
+    fn ids<S>(
+        &self,
+        ctx: &FmtContext<'_, S, impl for<'a> FormatFields<'a> + 'static>,
+    ) -> Option<(String, String)>
+    where
+        S: Subscriber + for<'a> LookupSpan<'a>,
+    {
+        if !super::trace::on() {
+            return None;
+        }
+        let dispatch = self.traces.get()?.upgrade()?;
+        ctx.event_scope()?
+            .find_map(|span| super::trace::ids_of(&span.id(), &dispatch))
+    }
+}
 
 impl<S, N> FormatEvent<S, N> for FlatJson
 where
@@ -68,7 +100,7 @@ where
             }
         }
         // the trace this line belongs to, while traces are exported (`ops::trace`)
-        if let Some((trace_id, span_id)) = super::trace::current_ids() {
+        if let Some((trace_id, span_id)) = self.ids(ctx) {
             line.insert("trace_id".into(), Value::String(trace_id));
             line.insert("span_id".into(), Value::String(span_id));
         }
@@ -173,7 +205,7 @@ mod tests {
         let subscriber = tracing_subscriber::registry().with(
             tracing_subscriber::fmt::layer()
                 .fmt_fields(span_fields())
-                .event_format(FlatJson)
+                .event_format(FlatJson::default())
                 .with_writer(move || out.clone()),
         );
         tracing::subscriber::with_default(subscriber, || {
@@ -205,17 +237,24 @@ mod tests {
         use opentelemetry::trace::TracerProvider as _;
         let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
         crate::ops::trace::on_for_tests();
+        let json = FlatJson::default();
         let buffer = Buffer::default();
         let out = buffer.clone();
         let subscriber = tracing_subscriber::registry()
-            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")))
+            // as `engine serve` has it: a span's context never made the thread's current one
+            .with(
+                tracing_opentelemetry::layer()
+                    .with_tracer(provider.tracer("test"))
+                    .with_context_activation(false),
+            )
             .with(
                 tracing_subscriber::fmt::layer()
                     .fmt_fields(span_fields())
-                    .event_format(FlatJson)
+                    .event_format(json.clone())
                     .with_writer(move || out.clone()),
             );
         let traceparent = tracing::subscriber::with_default(subscriber, || {
+            tracing::dispatcher::get_default(|d| json.traces_of(d));
             let span = tracing::info_span!("request", request_id = "req-2");
             let _in = span.enter();
             tracing::warn!("inside");

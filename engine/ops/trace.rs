@@ -448,18 +448,36 @@ pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
         return None;
     }
     let cx = span.context();
-    if !cx.span().span_context().is_valid() {
-        return None;
+    let span = cx.span();
+    let sc = span.span_context();
+    // what `TraceContextPropagator::inject_context` writes (version 00, only the sampled flag),
+    // formatted at once rather than through a carrier map
+    sc.is_valid().then(|| {
+        format!(
+            "00-{}-{}-{:02x}",
+            sc.trace_id(),
+            sc.span_id(),
+            (sc.trace_flags() & opentelemetry::trace::TraceFlags::SAMPLED).to_u8()
+        )
+    })
+}
+
+/// A stored `traceparent` as the propagator's carrier (no map built for one value).
+struct StoredParent<'a>(&'a str);
+
+impl opentelemetry::propagation::Extractor for StoredParent<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        (key == "traceparent").then_some(self.0)
     }
-    let mut carrier = HashMap::new();
-    TraceContextPropagator::new().inject_context(&cx, &mut carrier);
-    carrier.remove("traceparent")
+
+    fn keys(&self) -> Vec<&str> {
+        vec!["traceparent"]
+    }
 }
 
 /// The context a stored `traceparent` names (a remote parent), when it is valid.
 pub fn context_of(traceparent: &str) -> Option<opentelemetry::Context> {
-    let carrier = HashMap::from([("traceparent".to_string(), traceparent.to_string())]);
-    let cx = TraceContextPropagator::new().extract(&carrier);
+    let cx = TraceContextPropagator::new().extract(&StoredParent(traceparent));
     cx.span().span_context().is_valid().then_some(cx)
 }
 
@@ -499,19 +517,14 @@ pub fn inject(request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
     }
 }
 
-/// The trace and span ids of the span the current thread is in, for a log line (`None` outside
-/// any exported span).
-pub fn current_ids() -> Option<(String, String)> {
-    if !on() {
-        return None;
-    }
-    // the context the OpenTelemetry layer attached when the span was entered
-    opentelemetry::Context::map_current(|cx| {
-        let span = cx.span();
-        let sc = span.span_context();
-        sc.is_valid()
-            .then(|| (sc.trace_id().to_string(), sc.span_id().to_string()))
-    })
+/// The trace and span ids of `span` in `dispatch` (a log line's), `None` for a span the
+/// OpenTelemetry layer does not export.
+pub fn ids_of(span: &tracing::span::Id, dispatch: &tracing::Dispatch) -> Option<(String, String)> {
+    let cx = tracing_opentelemetry::get_otel_context(span, dispatch)?;
+    let span = cx.span();
+    let sc = span.span_context();
+    sc.is_valid()
+        .then(|| (sc.trace_id().to_string(), sc.span_id().to_string()))
 }
 
 #[cfg(test)]
@@ -601,20 +614,34 @@ mod tests {
         use tracing_subscriber::layer::SubscriberExt;
         let provider = SdkTracerProvider::builder().build();
         on_for_tests();
-        let subscriber = tracing_subscriber::registry()
-            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        // as `engine serve` has it: a span's context never made the thread's current one
+        let subscriber = tracing_subscriber::registry().with(
+            tracing_opentelemetry::layer()
+                .with_tracer(provider.tracer("test"))
+                .with_context_activation(false),
+        );
         let client = reqwest::Client::new();
-        let (sent, span_tp) = tracing::subscriber::with_default(subscriber, || {
+        let (sent, span_tp, propagated) = tracing::subscriber::with_default(subscriber, || {
             let span = tracing::info_span!("sink.write");
             let _in = span.enter();
             let request = inject(client.get("http://127.0.0.1:9/x")).build().unwrap();
+            let mut carrier = HashMap::new();
+            TraceContextPropagator::new().inject_context(&span.context(), &mut carrier);
             (
                 request.headers().get("traceparent").cloned(),
                 traceparent_of(&span),
+                carrier.remove("traceparent"),
             )
         });
         let sent = sent.expect("a traceparent header");
         assert_eq!(Some(sent.to_str().unwrap().to_string()), span_tp);
+        // written as the W3C propagator writes it, and read back as the same span
+        assert_eq!(span_tp, propagated);
+        let back = context_of(span_tp.as_deref().unwrap()).unwrap();
+        assert_eq!(
+            format!("{}", back.span().span_context().span_id()),
+            span_tp.as_deref().unwrap().split('-').nth(2).unwrap()
+        );
         // outside any span: nothing to carry
         let bare = inject(client.get("http://127.0.0.1:9/x")).build().unwrap();
         assert!(bare.headers().get("traceparent").is_none());
