@@ -33,36 +33,25 @@ pub(super) fn init_tracing(
     // on the log layers only; the OpenTelemetry layer has its own (`otel_layer`).
     let logs = sentry.then(sentry::integrations::tracing::layer);
     let json = crate::ops::logs::FlatJson::default();
-    let _ = if production {
-        tracing_subscriber::registry()
-            .with(otel)
-            .with(
-                Layer::and_then(
-                    logs,
-                    tracing_subscriber::fmt::layer()
-                        .fmt_fields(crate::ops::logs::span_fields())
-                        .event_format(json.clone())
-                        .with_writer(std::io::stderr),
-                )
-                .with_filter(filter),
-            )
-            .try_init()
-    } else {
-        tracing_subscriber::registry()
-            .with(otel)
-            .with(
-                Layer::and_then(
-                    logs,
-                    tracing_subscriber::fmt::layer()
-                        .compact()
-                        .fmt_fields(crate::ops::logs::text_fields())
-                        .with_ansi(crate::ops::logs::colour())
-                        .with_writer(std::io::stderr),
-                )
-                .with_filter(filter),
-            )
-            .try_init()
-    };
+    let json_lines = production.then(|| {
+        tracing_subscriber::fmt::layer()
+            .fmt_fields(crate::ops::logs::span_fields())
+            .event_format(json.clone())
+            .with_writer(std::io::stderr)
+    });
+    let readable_lines = (!production).then(|| {
+        tracing_subscriber::fmt::layer()
+            .compact()
+            .fmt_fields(crate::ops::logs::text_fields())
+            .with_ansi(crate::ops::logs::colour())
+            .with_writer(std::io::stderr)
+    });
+    let _ = tracing_subscriber::registry()
+        .with(otel)
+        .with(
+            Layer::and_then(Layer::and_then(logs, json_lines), readable_lines).with_filter(filter),
+        )
+        .try_init();
     // JSON lines carry their span's trace and span ids, read through the installed subscriber
     tracing::dispatcher::get_default(|d| json.traces_of(d));
     match (&started, failed) {
