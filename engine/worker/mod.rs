@@ -627,7 +627,7 @@ impl Worker {
 const PROMOTE_IDLE: Duration = Duration::from_secs(5);
 /// How long the promoter waits before trying again after a failed promotion (Redis away).
 const PROMOTE_AFTER_FAILURE: Duration = Duration::from_millis(250);
-/// Retries moved per promotion; a full one looks again at once.
+/// Retries moved per promotion (more due: it looks again at once).
 const PROMOTE_LIMIT: usize = 100;
 
 /// Move `partition`'s due retries back to its stream: when the next one is due (the promotion
@@ -641,11 +641,9 @@ async fn promote(queue: Arc<RedisQueue>, partition: usize, mut stop: watch::Rece
             _ = queue.retry_scheduled(partition).notified() => {}
             _ = stop.changed() => break,
         }
+        // more due than one promotion moves: the next is due now (0), so it looks again at once
         wait = match Box::pin(queue.promote_due(partition, PROMOTE_LIMIT)).await {
-            Ok(p) if p.moved >= PROMOTE_LIMIT as u64 => Duration::ZERO,
-            Ok(p) => p.next_due.map_or(PROMOTE_IDLE, |due| {
-                due.clamp(Duration::from_millis(1), PROMOTE_IDLE)
-            }),
+            Ok(p) => p.next_due.map_or(PROMOTE_IDLE, |due| due.min(PROMOTE_IDLE)),
             Err(e) => {
                 tracing::debug!(error = &e as &dyn std::error::Error, "promote failed");
                 PROMOTE_AFTER_FAILURE
