@@ -114,8 +114,8 @@ impl Keyring {
             .expect("AES-GCM encryption cannot fail for in-memory buffers");
         data.extend_from_slice(&tag);
         let id = &self.current.id;
-        let mut out =
-            String::with_capacity(VERSION.len() + id.len() + 2 + data.len().div_ceil(3) * 4);
+        let text = base64::encoded_len(data.len(), true).unwrap_or_default();
+        let mut out = String::with_capacity(VERSION.len() + id.len() + 2 + text);
         out.push_str(VERSION);
         out.push(':');
         out.push_str(id);

@@ -54,7 +54,7 @@ static PARTS: std::sync::LazyLock<aho_corasick::AhoCorasick> = std::sync::LazyLo
 pub fn is_credential_name(name: &str) -> bool {
     CREDENTIAL_HEADERS
         .iter()
-        .any(|h| h.len() == name.len() && h.eq_ignore_ascii_case(name))
+        .any(|h| h.eq_ignore_ascii_case(name))
         || (PARTS.is_match(name)
             // Twilio's `I-Twilio-Idempotency-Token` names a delivery, it grants nothing
             && !name
