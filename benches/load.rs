@@ -317,7 +317,12 @@ fn clock_ticks() -> f64 {
 
 /// CPU time the local Redis server has used (INFO cpu), seconds.
 async fn redis_cpu_secs() -> f64 {
-    redis_info("cpu")
+    redis_cpu_secs_at(LOCAL_REDIS).await
+}
+
+/// CPU time the Redis server at `url` has used (INFO cpu), seconds.
+async fn redis_cpu_secs_at(url: &str) -> f64 {
+    redis_info_at(url, "cpu")
         .await
         .lines()
         .filter(|l| l.starts_with("used_cpu_sys:") || l.starts_with("used_cpu_user:"))
@@ -325,9 +330,16 @@ async fn redis_cpu_secs() -> f64 {
         .sum()
 }
 
+const LOCAL_REDIS: &str = "redis://127.0.0.1:6379";
+
 /// A section of the local Redis's INFO (empty when it does not answer).
 async fn redis_info(section: &str) -> String {
-    let Ok(client) = redis::Client::open("redis://127.0.0.1:6379") else {
+    redis_info_at(LOCAL_REDIS, section).await
+}
+
+/// A section of the INFO of the Redis at `url` (empty when it does not answer).
+async fn redis_info_at(url: &str, section: &str) -> String {
+    let Ok(client) = redis::Client::open(url) else {
         return String::new();
     };
     let Ok(mut c) = client.get_multiplexed_async_connection().await else {
@@ -403,7 +415,7 @@ fn engine(args: &[&str], setup: &Setup, dir: &Path) -> Command {
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("PORT", "0")
         .env("RUST_LOG", "warn,engine::server=info")
-        .env("REDIS_URL", "redis://127.0.0.1:6379")
+        .env("REDIS_URL", LOCAL_REDIS)
         .env("DATABASE_URL", &setup.database)
         .env("VAPI_WEBHOOK_SECRET", SECRET)
         .env(

@@ -87,36 +87,16 @@ async fn at_rest(setup: &Setup, dir: &Path, n: usize) {
     cmd.env("REDIS_URL", &url);
     let server = Server::spawn(cmd);
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let conn = c.clone();
-    let info = |section: &'static str| {
-        let mut c = conn.clone();
-        async move {
-            redis::cmd("INFO")
-                .arg(section)
-                .query_async::<String>(&mut c)
-                .await
-                .unwrap_or_default()
-        }
-    };
-    let redis_cpu = |text: &str| -> f64 {
-        text.lines()
-            .filter_map(|l| {
-                l.strip_prefix("used_cpu_sys:")
-                    .or_else(|| l.strip_prefix("used_cpu_user:"))
-            })
-            .filter_map(|v| v.trim().parse::<f64>().ok())
-            .sum()
-    };
     let _: () = redis::cmd("CONFIG")
         .arg("RESETSTAT")
         .query_async(&mut c)
         .await
         .unwrap();
-    let (engine0, redis0) = (server.cpu_secs(), redis_cpu(&info("cpu").await));
+    let (engine0, redis0) = (server.cpu_secs(), super::redis_cpu_secs_at(&url).await);
     let span = Duration::from_secs(20);
     tokio::time::sleep(span).await;
-    let (engine1, redis1) = (server.cpu_secs(), redis_cpu(&info("cpu").await));
-    let stats = info("commandstats").await;
+    let (engine1, redis1) = (server.cpu_secs(), super::redis_cpu_secs_at(&url).await);
+    let stats = super::redis_info_at(&url, "commandstats").await;
     let calls = |command: &str| -> f64 {
         stats
             .lines()
