@@ -4,7 +4,8 @@
 //! A worker's batch is one statement: its notes merged per event (an event twice in a batch is
 //! one row, its steps in order), inserted from arrays with `unnest`, and on a repeat the step
 //! appended to the story (`story || new`). Days are partitions the engine makes ahead
-//! ([`PgStore::ensure_days`], at boot and hourly) and drops once every pipeline's `keep` has
+//! ([`PgStore::ensure_days`], at boot and hourly; each keeps rows up to a page inline,
+//! [`INLINE_ROW_BYTES`]) and drops once every pipeline's `keep` has
 //! passed ([`PgStore::expire`]); a pipeline keeping less has its older rows deleted. A search by
 //! an index field reads the GIN index on `fields` (`fields @> {...}`) before ordering, so a rare
 //! value is found without scanning days of events.
@@ -146,6 +147,12 @@ fn stored(row: &tokio_postgres::Row, with_request: bool) -> Result<Stored, Archi
         },
     })
 }
+
+/// How large a row may grow before Postgres moves its body to the TOAST table: the most a page
+/// holds (migrations/V9), set on every day partition made here. An event of a few KiB is then
+/// one heap insert, not three (row, TOAST chunks, TOAST index): ~8-10 µs of Postgres CPU less
+/// per 2.5 KiB event (docs/benchmarks.md, "Event archive").
+const INLINE_ROW_BYTES: u32 = 8160;
 
 /// The name of the day partition starting at `day`.
 fn partition_name(day: chrono::NaiveDate) -> String {
@@ -364,7 +371,8 @@ impl PgStore {
                     "CREATE TEMP TABLE engine_events_moving ON COMMIT DROP AS \
                        SELECT * FROM engine_events_default WHERE received_at >= '{lo}' AND received_at < '{hi}'; \
                      DELETE FROM engine_events_default WHERE received_at >= '{lo}' AND received_at < '{hi}'; \
-                     CREATE TABLE {name} PARTITION OF engine_events FOR VALUES FROM ('{lo}') TO ('{hi}'); \
+                     CREATE TABLE {name} PARTITION OF engine_events FOR VALUES FROM ('{lo}') TO ('{hi}') \
+                       WITH (toast_tuple_target = {INLINE_ROW_BYTES}); \
                      INSERT INTO engine_events SELECT * FROM engine_events_moving;"
                 );
                 let sql = format!(

@@ -4,16 +4,16 @@
 //!
 //! ```text
 //! stage 0  the tables as they are            -> problems P0
-//! apply    V9__add_x.sql (to a savepoint)    -> stage 1 -> P1      ... one stage per pending file
+//! apply    V10__add_x.sql (to a savepoint)   -> stage 1 -> P1      ... one stage per pending file
 //! report   P_last (what remains: errors and warnings as found)
 //!          + each problem of P0 absent from P_last, as a warning naming the first file after
-//!            which it is gone ("fixed by pending migration V9__add_x.sql")
+//!            which it is gone ("fixed by pending migration V10__add_x.sql")
 //!          + a pending file that fails (an error at its line and column) or that cannot be
 //!            tried (it commits itself), after which nothing more is applied
 //! ```
 //!
-//! Written for the authoring loop: a user writes `V9__add_appointment_booked.sql` and runs
-//! `engine migrate --check` before applying it; the check says the column arrives with V9
+//! Written for the authoring loop: a user writes `V10__add_appointment_booked.sql` and runs
+//! `engine migrate --check` before applying it; the check says the column arrives with V10
 //! instead of asking for the migration just written.
 
 use std::future::Future;

@@ -32,7 +32,8 @@ async fn apply_rerun_status() {
             (5, "table_checks".to_string()),
             (6, "oauth_account_email".to_string()),
             (7, "event_archive".to_string()),
-            (8, "archive_body_uncompressed".to_string())
+            (8, "archive_body_uncompressed".to_string()),
+            (9, "archive_rows_inline".to_string())
         ]
     );
     let tables: i64 = pg(&schema)
@@ -60,7 +61,7 @@ async fn apply_rerun_status() {
     let after = engine::migrate::status(&url, &migrations()).await.unwrap();
     assert_eq!(
         after.iter().map(|m| m.version).collect::<Vec<_>>(),
-        [1, 2, 3, 4, 5, 6, 7, 8]
+        [1, 2, 3, 4, 5, 6, 7, 8, 9]
     );
     assert!(after.iter().all(|m| m.applied_on.is_some()), "{after:?}");
 }
@@ -77,7 +78,7 @@ async fn concurrent_runners_apply_each_migration_once() {
     while let Some(r) = runs.join_next().await {
         total += r.unwrap().expect("no runner fails").applied.len();
     }
-    assert_eq!(total, 8, "each migration applied by exactly one runner");
+    assert_eq!(total, 9, "each migration applied by exactly one runner");
 }
 
 #[test]
@@ -96,7 +97,7 @@ fn cli_migrate_status_and_decrypt() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("8 migrations applied"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("9 migrations applied"));
     let out = engine()
         .args([
             "migrate",
@@ -261,7 +262,7 @@ fn an_old_backend_table_is_left_alone_reported_and_refuses_a_production_boot() {
     };
     let (code, out, err) = migrate(&[]);
     assert_eq!(code, Some(1), "{out}{err}");
-    assert!(out.contains("8 migrations applied"), "{out}");
+    assert!(out.contains("9 migrations applied"), "{out}");
     assert!(
         out.contains("left alone: table `call_logs` existed before V2 call_and_message_tables, whose CREATE TABLE IF NOT EXISTS keeps an existing table exactly as it is"),
         "{out}"

@@ -149,7 +149,7 @@ fn a_deployment_without_fixtures_migrates_checks_and_boots() {
     let d = Deployment::new(&rt);
     let (code, out, err) = d.migrate(&[]);
     assert_eq!(code, Some(0), "{out}{err}");
-    assert!(out.contains("8 migrations applied"), "{out}");
+    assert!(out.contains("9 migrations applied"), "{out}");
     assert!(
         out.contains(
             "tables: every postgres sink's table takes what its pipeline is known to write"
@@ -330,7 +330,7 @@ fn pending_migrations_are_judged_before_they_are_applied() {
     let migration = d
         .tmp
         .path()
-        .join("migrations/V9__call_logs_appointment_booked.sql");
+        .join("migrations/V10__call_logs_appointment_booked.sql");
     std::fs::write(
         &migration,
         "ALTER TABLE call_logs ADD COLUMN appointment_booked boolean;\n",
@@ -339,11 +339,11 @@ fn pending_migrations_are_judged_before_they_are_applied() {
     let (code, out, err) = d.migrate(&["--check"]);
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(
-        out.contains("pending V9 call_logs_appointment_booked"),
+        out.contains("pending V10 call_logs_appointment_booked"),
         "{out}"
     );
     assert!(
-        err.contains("warning: fixed by pending migration V9__call_logs_appointment_booked.sql (`engine migrate` applies it): table `call_logs`, column `appointment_booked`: expected a column (the pipeline writes it), found none"),
+        err.contains("warning: fixed by pending migration V10__call_logs_appointment_booked.sql (`engine migrate` applies it): table `call_logs`, column `appointment_booked`: expected a column (the pipeline writes it), found none"),
         "{err}"
     );
     // validate judges the same way
@@ -353,13 +353,13 @@ fn pending_migrations_are_judged_before_they_are_applied() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{out:?}");
-    // nothing was kept: the column is not there, V9 is not in the history
+    // nothing was kept: the column is not there, V10 is not in the history
     let kept: (i64, i64) = rt.block_on(async {
         let c = crate::common::pg(&d.schema).await;
         let r = c
             .query_one(
                 "SELECT (SELECT count(*) FROM information_schema.columns WHERE table_schema = current_schema() AND column_name = 'appointment_booked'), \
-                 (SELECT count(*) FROM refinery_schema_history WHERE version = 9)",
+                 (SELECT count(*) FROM refinery_schema_history WHERE version = 10)",
                 &[],
             )
             .await
@@ -390,7 +390,7 @@ fn pending_migrations_are_judged_before_they_are_applied() {
     let (code, _, err) = d.migrate(&["--check"]);
     assert_eq!(code, Some(1), "{err}");
     assert!(
-        err.contains("V9__call_logs_appointment_booked.sql:2:")
+        err.contains("V10__call_logs_appointment_booked.sql:2:")
             && err.contains("this pending migration fails: type \"boolen\" does not exist"),
         "{err}"
     );
@@ -404,7 +404,7 @@ fn pending_migrations_are_judged_before_they_are_applied() {
     let (code, out, err) = d.migrate(&[]);
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(
-        out.contains("applied V9 call_logs_appointment_booked"),
+        out.contains("applied V10 call_logs_appointment_booked"),
         "{out}"
     );
     assert!(!err.contains("fixed by pending"), "{err}");
