@@ -14,7 +14,7 @@
 //! partitioned by day so retention drops whole days) and [`local`] (no DATABASE_URL: JSON lines
 //! under `<data_dir>/archive/`, one file per pipeline and day). The request is stored as the
 //! queue stores it (credential headers removed); its body sealed with ENCRYPTION_KEY when one is
-//! set, to `engine_events/<pipeline>/<event id>`. The `index` fields of the pipeline's `archive`
+//! set (the keyring's binary form, `v1b:`), to `engine_events/<pipeline>/<event id>`. The `index` fields of the pipeline's `archive`
 //! section are stored beside it in the clear (they are what a search reads).
 
 pub mod local;
@@ -198,7 +198,9 @@ pub fn digest(sink: &str, rows: &[serde_json::Value]) -> String {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Request {
     pub meta: String,
-    /// The body as received (shared with the event, not copied), or its sealed text.
+    /// The body as received (shared with the event, not copied), or sealed: written in the
+    /// binary form ([`Keyring::seal`]); events archived before 2026-12-05 hold the `v1:` text
+    /// form, and both open.
     pub body: bytes::Bytes,
     pub sealed: bool,
 }
@@ -245,10 +247,8 @@ impl Stored {
                         "the event's body is encrypted: set ENCRYPTION_KEY (or the previous key it was sealed with)".into(),
                     )
                 })?;
-                let text = std::str::from_utf8(&request.body)
-                    .map_err(|_| ArchiveError::Invalid("a sealed body is not text".into()))?;
                 keyring
-                    .decrypt(text, &seal_context(&self.pipeline, &self.event_id))
+                    .open(&request.body, &seal_context(&self.pipeline, &self.event_id))
                     .map_err(|e| ArchiveError::Invalid(format!("the event's body: {e}")))?
             }
         };
@@ -518,8 +518,7 @@ impl Recorder {
             Some(k) => Request {
                 meta,
                 body: k
-                    .encrypt(&event.body, &seal_context(&event.pipeline, &event.id))
-                    .into_bytes()
+                    .seal(&event.body, &seal_context(&event.pipeline, &event.id))
                     .into(),
                 sealed: true,
             },
@@ -637,6 +636,17 @@ mod tests {
         };
         assert_eq!(stored.event(Some(&keyring)).unwrap(), e);
         assert!(stored.event(None).is_err());
+        assert!(request.body.starts_with(b"v1b:"), "the binary form");
+        // an event archived before the binary form holds the text one, and still opens
+        let text = keyring.encrypt(&e.body, &seal_context("vapi", "ev1"));
+        let older = Stored {
+            request: Some(Request {
+                body: text.into_bytes().into(),
+                ..request.clone()
+            }),
+            ..stored.clone()
+        };
+        assert_eq!(older.event(Some(&keyring)).unwrap(), e);
         let moved = Stored {
             event_id: "ev2".into(),
             ..stored
