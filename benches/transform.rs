@@ -30,6 +30,7 @@ fn bench(c: &mut Criterion) {
         params: vec![],
         tenant: None,
         trace: None,
+        index: None,
         body: Bytes::from(std::fs::read(root.join("fixtures/payloads").join(file)).unwrap()),
     };
 

@@ -7,6 +7,8 @@ runs' totals (e.g. N = 2500 and 500) over the difference in N: start-up and idle
 
 usage: benches/callgrind/worker.py on|off N ENGINE_BINARY   (local Redis and Postgres; writes
        /tmp/cgw/cg.<on|off>.<N>; open with callgrind_annotate --inclusive=yes)
+       CG_PHASE=ingest: the request path under callgrind instead (the worker then runs as is),
+       written to /tmp/cgw/cg.ingest.<on|off>.<N>
 Numbers: docs/benchmarks.md, "Event archive"."""
 import sys, os, json, subprocess, time, shutil, signal, http.client, glob, re
 arch, n, binary = sys.argv[1], int(sys.argv[2]), sys.argv[3]
@@ -30,8 +32,11 @@ env = dict(PATH=os.environ['PATH'], PORT='13001', RUST_LOG='warn', REDIS_URL='re
            DATABASE_URL=f'postgres://postgres@127.0.0.1:5432/test?options=-csearch_path%3D{name}',
            VAPI_WEBHOOK_SECRET='cg-secret-0123456789abcdef',
            ENCRYPTION_KEY='000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f')
-ing = subprocess.Popen([binary, 'serve', '--no-worker', '--pipelines', d], env=env, stdout=subprocess.DEVNULL, stderr=open(f'{d}.ingest.log', 'w'))
-for _ in range(300):
+phase = os.environ.get('CG_PHASE', 'worker')
+under = lambda out: ['valgrind', '--tool=callgrind', f'--callgrind-out-file={out}']
+ingest_out = f'/tmp/cgw/cg.ingest.{arch}.{n}'
+ing = subprocess.Popen((under(ingest_out) if phase == 'ingest' else []) + [binary, 'serve', '--no-worker', '--pipelines', d], env=env, stdout=subprocess.DEVNULL, stderr=open(f'{d}.ingest.log', 'w'))
+for _ in range(3000):
     try:
         c = http.client.HTTPConnection('127.0.0.1', 13001); c.request('GET', '/health'); c.getresponse().read(); break
     except Exception: time.sleep(0.1)
@@ -45,8 +50,8 @@ for i in range(n):
     r = c.getresponse(); r.read()
     assert r.status == 200, r.status
 ing.send_signal(signal.SIGTERM); ing.wait()
-out = f'/tmp/cgw/cg.{arch}.{n}'
-w = subprocess.Popen(['valgrind', '--tool=callgrind', f'--callgrind-out-file={out}', binary, 'worker', '--pipelines', d], env=env, stdout=subprocess.DEVNULL, stderr=open(f'{d}.worker.log', 'w'))
+out = ingest_out if phase == 'ingest' else f'/tmp/cgw/cg.{arch}.{n}'
+w = subprocess.Popen(([] if phase == 'ingest' else under(out)) + [binary, 'worker', '--pipelines', d], env=env, stdout=subprocess.DEVNULL, stderr=open(f'{d}.worker.log', 'w'))
 def rows():
     r = subprocess.run(['psql', '-tA', '-d', 'test', '-c', f'SELECT count(*) FROM {name}.call_logs'], capture_output=True, text=True)
     return int(r.stdout.strip() or 0)

@@ -143,6 +143,7 @@ async fn replay(setup: &Setup, events: usize) {
                     params: vec![],
                     tenant: None,
                     trace: None,
+                    index: None,
                     body: body.into(),
                 };
                 recorder.note(

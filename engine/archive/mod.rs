@@ -19,17 +19,18 @@
 
 pub mod local;
 pub mod postgres;
+mod recorder;
 pub mod replay;
 pub mod retention;
 pub mod search;
 
+pub use recorder::{Recorder, index_of};
+
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::Settings;
-use crate::config::verify::KeySource;
 use crate::crypto::Keyring;
 use crate::transform::EventInput;
 
@@ -436,127 +437,11 @@ impl Erasure {
     }
 }
 
-/// A pipeline's archive as its worker uses it: where, which fields, and the key bodies are
-/// sealed with.
-pub struct Recorder {
-    pub store: Arc<Store>,
-    pub pipeline: String,
-    /// Each index field, and for a JSON one the place of its pointer among `pointers`' values
-    /// (found once here, not per event).
-    index: Vec<(String, KeySource, Option<usize>)>,
-    pointers: crate::request_field::JsonPointers,
-    keyring: Option<Keyring>,
-}
-
-impl Recorder {
-    pub fn new(
-        store: Arc<Store>,
-        pipeline: &str,
-        index: &BTreeMap<String, KeySource>,
-        keyring: Option<Keyring>,
-    ) -> Recorder {
-        let ptrs: Vec<&str> = index
-            .values()
-            .filter_map(|s| match s {
-                KeySource::Json(p) => Some(p.as_str()),
-                _ => None,
-            })
-            .collect();
-        let pointers = crate::request_field::JsonPointers::new(&ptrs);
-        let slot = |source: &KeySource| match source {
-            KeySource::Json(p) => pointers.texts().iter().position(|t| t == p),
-            _ => None,
-        };
-        Recorder {
-            store,
-            pipeline: pipeline.to_string(),
-            index: index
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone(), slot(v)))
-                .collect(),
-            pointers,
-            keyring,
-        }
-    }
-
-    /// The index fields of `event`.
-    pub fn fields(&self, event: &EventInput) -> BTreeMap<String, String> {
-        let json = match self.pointers.texts().is_empty() {
-            true => Vec::new(),
-            false => self.pointers.read(&event.body).unwrap_or_default(),
-        };
-        let mut out = BTreeMap::new();
-        for (name, source, slot) in &self.index {
-            let value = match source {
-                KeySource::Json(_) => slot
-                    .and_then(|i| json.get(i).cloned().flatten())
-                    .and_then(crate::request_field::key_text),
-                KeySource::Header(h) => event.header(h).map(str::to_string),
-                KeySource::Form(f) => form_urlencoded::parse(&event.body)
-                    .find(|(k, _)| k == f.as_str())
-                    .map(|(_, v)| v.into_owned()),
-                KeySource::Query(q) => form_urlencoded::parse(event.query.as_bytes())
-                    .find(|(k, _)| k == q.as_str())
-                    .map(|(_, v)| v.into_owned()),
-                KeySource::Path(p) => event
-                    .params
-                    .iter()
-                    .find(|(k, _)| k == p)
-                    .map(|(_, v)| v.clone()),
-            };
-            if let Some(v) = value.filter(|v| !v.is_empty() && v.len() <= 256) {
-                out.insert(name.clone(), v);
-            }
-        }
-        out
-    }
-
-    /// The stored request of `event`.
-    pub fn request(&self, event: &EventInput) -> Request {
-        let meta = event.stored_meta().unwrap_or_default();
-        match &self.keyring {
-            Some(k) => Request {
-                meta,
-                body: k
-                    .seal(&event.body, &seal_context(&event.pipeline, &event.id))
-                    .into(),
-                sealed: true,
-            },
-            None => Request {
-                meta,
-                body: event.body.clone(),
-                sealed: false,
-            },
-        }
-    }
-
-    /// The note of one attempt: the request stored with the first one (later attempts and
-    /// replays add only their step).
-    pub fn note(&self, event: &EventInput, step: Step) -> Note {
-        let first = step.attempt <= 1 && step.run.is_none();
-        Note {
-            pipeline: event.pipeline.clone(),
-            event_id: event.id.clone(),
-            received_at_ms: event.received_at_ms,
-            fields: if first {
-                self.fields(event)
-            } else {
-                BTreeMap::new()
-            },
-            request: first.then(|| self.request(event)),
-            step,
-        }
-    }
-
-    /// The key bodies are opened with.
-    pub fn keyring(&self) -> Option<&Keyring> {
-        self.keyring.as_ref()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::verify::KeySource;
+    use std::sync::Arc;
 
     fn event(body: &str) -> EventInput {
         EventInput {
@@ -570,6 +455,7 @@ mod tests {
             params: vec![],
             tenant: None,
             trace: None,
+            index: None,
             body: bytes::Bytes::from(body.to_string()),
         }
     }

@@ -96,7 +96,7 @@ impl<'a> RequestFields<'a> {
     }
 
     /// The value at a JSON pointer: read ahead, or a pass of its own.
-    fn json(&self, ptr: &str) -> Option<serde_json::Value> {
+    pub fn json(&self, ptr: &str) -> Option<serde_json::Value> {
         match self.read.iter().find(|(p, _)| *p == ptr) {
             Some((_, v)) => v.clone(),
             None => json_pointer(self.req.body, ptr),

@@ -279,6 +279,12 @@ fn event(
     let id = provider_id.unwrap_or_else(|| app.clock.mint_id());
     let mut event = incoming.event_input(id, &route.config.name, params, tenant);
     without_credentials(route, &mut event);
+    if route.index_in_pass
+        && let Some(kept) = route.config.archive.kept()
+    {
+        let index = crate::archive::index_of(&kept.index, &event, |ptr| fields.json(ptr));
+        event.index = Some(index);
+    }
     event
 }
 

@@ -74,6 +74,7 @@ impl<'r> Incoming<'r> {
             params,
             tenant,
             trace: None,
+            index: None,
             body: self.body.clone(),
         }
     }

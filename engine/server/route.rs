@@ -54,6 +54,9 @@ pub struct Route {
     /// in the enqueue, `respond.when`'s field, the event id, the dedupe key): read in one pass,
     /// compiled once here.
     pub json_fields: crate::request_field::JsonPointers,
+    /// The archive's index fields are read in that pass too, and carried with the event
+    /// (`EventInput::index`): the worker's archive then does not read the body again.
+    pub index_in_pass: bool,
     /// Its request metrics, their handles looked up once.
     pub metrics: crate::ops::metrics::PipelineMetrics,
 }
@@ -177,9 +180,11 @@ impl Route {
             .filter(|own| own.keyed_by_sender())
             .and(project.settings.ip_floor())
             .map(|d| Rule::new(&format!("{}:ip", p.config.name), d));
+        let (json_fields, index_in_pass) = json_fields(&p.config, &queued, &limit);
         Route {
             floor,
-            json_fields: json_fields(&p.config, &queued, &limit),
+            json_fields,
+            index_in_pass,
             pipeline: index,
             metrics: crate::ops::metrics::PipelineMetrics::new(&p.config.name),
             config: p.config.clone(),
@@ -197,12 +202,13 @@ impl Route {
     }
 }
 
-/// The JSON pointers of the fields read after verification, each once.
-fn json_fields(
-    p: &crate::config::Pipeline,
-    q: &Option<Queued>,
-    limit: &Limit,
-) -> crate::request_field::JsonPointers {
+/// The JSON pointers of the fields read after verification, each once, and whether the
+/// archive's index fields are among them ([`Route::index_in_pass`]).
+fn json_fields<'a>(
+    p: &'a crate::config::Pipeline,
+    q: &'a Option<Queued>,
+    limit: &'a Limit,
+) -> (crate::request_field::JsonPointers, bool) {
     use crate::config::rate_limit::KeyPart;
     use crate::config::verify::KeySource;
     let when = p.respond.when.iter().map(|w| &w.field);
@@ -218,15 +224,38 @@ fn json_fields(
             _ => None,
         })
     });
-    let mut out: Vec<&str> = Vec::new();
-    for source in when.chain(queue).chain(in_enqueue) {
+    let add = |out: &mut Vec<&'a str>, source: &'a KeySource| {
         if let KeySource::Json(ptr) = source
             && !out.contains(&ptr.as_str())
         {
             out.push(ptr);
         }
+    };
+    let mut out: Vec<&str> = Vec::new();
+    when.chain(queue)
+        .chain(in_enqueue)
+        .for_each(|s| add(&mut out, s));
+    // the archive's JSON index fields ride the same pass, when there is one (a route that reads
+    // no JSON leaves them to the worker rather than walk the body here for them alone)
+    let index = archive_index(p, q);
+    let in_pass = !out.is_empty()
+        && index.is_some_and(|i| i.values().any(|s| matches!(s, KeySource::Json(_))));
+    if in_pass {
+        index
+            .into_iter()
+            .flat_map(|i| i.values())
+            .for_each(|s| add(&mut out, s));
     }
-    crate::request_field::JsonPointers::new(&out)
+    (crate::request_field::JsonPointers::new(&out), in_pass)
+}
+
+/// The archive's index fields of a queued pipeline that keeps its events.
+fn archive_index<'a>(
+    p: &'a crate::config::Pipeline,
+    q: &Option<Queued>,
+) -> Option<&'a std::collections::BTreeMap<String, crate::config::verify::KeySource>> {
+    q.as_ref()?;
+    p.archive.kept().map(|k| &k.index).filter(|i| !i.is_empty())
 }
 
 /// The limit rides in the enqueue's round trip when the limiter and the queue are both on one

@@ -65,6 +65,7 @@ fuzz_target!(|data: &[u8]| {
         params: vec![],
         tenant: None,
         trace: None,
+        index: None,
         body: input.body.to_vec().into(),
     };
     let _ = event.parsed_body();

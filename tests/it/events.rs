@@ -743,3 +743,61 @@ async fn the_archive_works_through_pgbouncer_in_transaction_mode() {
     drop(pool);
     common::drop_database(&name).await;
 }
+
+/// The request path reads the archive's index fields in the pass it makes over the body anyway
+/// (the shipped Vapi route reads its dedupe and rate-limit keys there) and the queue carries
+/// them with the event, so the worker does not read the body again for them; they are what the
+/// worker's own reading gives, and the archived request does not keep a second copy.
+#[tokio::test]
+async fn the_index_fields_ride_the_request_paths_pass_into_the_queue() {
+    let data = tempfile::tempdir().unwrap();
+    let d = dir(data.path());
+    let prefix = common::redis_key_prefix(d.path());
+    let app = common::spawn_ingest_only(d.path(), &[("REDIS_URL", common::redis())]).await;
+    assert_eq!(post_vapi(&app, report(7)).await, 200);
+    let client = redis::Client::open(common::redis()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(format!("{prefix}:{{q:vapi}}:stream"))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(entries.ids.len(), 1);
+    let meta: Vec<u8> = entries.ids[0].get("e").unwrap();
+    let body: Vec<u8> = entries.ids[0].get("b").unwrap();
+    let queued = engine::transform::EventInput::from_stored(&meta, Some(body)).unwrap();
+    let carried = queued
+        .index
+        .clone()
+        .expect("the index rides with the event");
+    assert_eq!(carried["call_id"], call_id(7));
+    assert_eq!(carried["type"], "end-of-call-report");
+    assert_eq!(carried["org_id"], "4b3a2c1d-0e9f-4a8b-9c7d-6e5f4a3b2c1d");
+    // the worker's own reading of the same event finds the same
+    let (project, _) = engine::plan::load(d.path(), &engine::env::EnvSource::default()).unwrap();
+    let vapi = project
+        .pipelines
+        .iter()
+        .find(|p| p.config.name == "vapi")
+        .unwrap();
+    let index = &vapi.config.archive.kept().unwrap().index;
+    let store = std::sync::Arc::new(Store::new(None, &Default::default()));
+    let recorder = Recorder::new(store, "vapi", index, None);
+    let unread = engine::transform::EventInput {
+        index: None,
+        ..queued.clone()
+    };
+    assert_eq!(recorder.fields(&unread), carried);
+    assert_eq!(recorder.fields(&queued), carried);
+    // the archived request is the event without them
+    let request = recorder.request(&queued);
+    assert!(!request.meta.contains("\"index\""), "{}", request.meta);
+    app.stop().await;
+    let _: () = redis::cmd("DEL")
+        .arg(format!("{prefix}:{{q:vapi}}:stream"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+}

@@ -46,6 +46,7 @@ pub fn event_input(
         params: vec![],
         tenant: None,
         trace: None,
+        index: None,
         body: body.into(),
     }
 }
