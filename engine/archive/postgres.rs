@@ -37,7 +37,6 @@ pub struct PgStore {
 }
 
 /// The rows of one write, column by column (the `unnest` arrays), borrowing the notes.
-#[derive(Default)]
 struct BatchColumns<'a> {
     ms: Vec<i64>,
     pipeline: Vec<&'a str>,
@@ -49,6 +48,29 @@ struct BatchColumns<'a> {
     outcome: Vec<&'static str>,
     attempts: Vec<i32>,
     story: Vec<JsonText>,
+}
+
+impl BatchColumns<'_> {
+    /// Columns for up to `rows` rows, each sized once.
+    fn with_capacity(rows: usize) -> Self {
+        BatchColumns {
+            ms: Vec::with_capacity(rows),
+            pipeline: Vec::with_capacity(rows),
+            id: Vec::with_capacity(rows),
+            fields: Vec::with_capacity(rows),
+            meta: Vec::with_capacity(rows),
+            body: Vec::with_capacity(rows),
+            sealed: Vec::with_capacity(rows),
+            outcome: Vec::with_capacity(rows),
+            attempts: Vec::with_capacity(rows),
+            story: Vec::with_capacity(rows),
+        }
+    }
+}
+
+/// The row a note belongs to.
+fn event_key(n: &Note) -> (&str, &str, i64) {
+    (n.pipeline.as_str(), n.event_id.as_str(), n.received_at_ms)
 }
 
 /// `v` as JSON text.
@@ -168,21 +190,14 @@ impl PgStore {
     }
 
     pub(super) async fn write(&self, notes: &[Note]) -> Result<(), ArchiveError> {
-        // one row per event: a statement may not touch a row twice
-        let mut order: Vec<(&str, &str, i64)> = Vec::new();
-        let mut merged: std::collections::HashMap<(&str, &str, i64), Vec<&Note>> =
-            Default::default();
-        for n in notes {
-            let key = (n.pipeline.as_str(), n.event_id.as_str(), n.received_at_ms);
-            let group = merged.entry(key).or_default();
-            if group.is_empty() {
-                order.push(key);
-            }
-            group.push(n);
-        }
-        let mut c = BatchColumns::default();
-        for key in order {
-            let group = &merged[&key];
+        // one row per event: a statement may not touch a row twice. The notes sorted by event
+        // (stably: an event's steps stay in order) and taken a run at a time: no hashing, no
+        // list per event, and concurrent writers take the rows' locks in one order.
+        let mut sorted: Vec<&Note> = notes.iter().collect();
+        sorted.sort_by(|a, b| event_key(a).cmp(&event_key(b)));
+        let mut c = BatchColumns::with_capacity(notes.len());
+        for group in sorted.chunk_by(|a, b| event_key(a) == event_key(b)) {
+            let key = event_key(group[0]);
             let with_request = group.iter().find(|n| n.request.is_some());
             let last = group.last().map(|n| &n.step);
             c.ms.push(key.2);

@@ -549,21 +549,34 @@ async fn one_event_twice_in_a_batch_is_one_row_with_both_steps() {
     let store = std::sync::Arc::new(Store::new(Some(&pool), &Default::default()));
     let recorder = Recorder::new(store.clone(), "p", &Default::default(), None);
     let e = ev("e1", "p", b"{}".to_vec());
+    // another event between the two steps: each event's steps stay in the order given
+    let other = ev("e0", "p", b"{}".to_vec());
     store
         .write(&[
             recorder.note(&e, Step::new(Outcome::Retrying, 1).reason("busy")),
+            recorder.note(&other, Step::new(Outcome::Dropped, 1).reason("not wanted")),
             recorder.note(&e, Step::new(Outcome::Written, 2)),
         ])
         .await
         .unwrap();
     let all = store.list(&Filter::default(), 10).await.unwrap();
-    assert_eq!(all.len(), 1);
+    assert_eq!(all.len(), 2);
+    let one = all.iter().find(|s| s.event_id == "e1").unwrap();
     assert_eq!(
-        (all[0].outcome, all[0].attempts, all[0].story.len()),
+        (one.outcome, one.attempts, one.story.len()),
         (Outcome::Written, 2, 2)
+    );
+    assert_eq!(
+        one.story.iter().map(|s| s.outcome).collect::<Vec<_>>(),
+        [Outcome::Retrying, Outcome::Written]
     );
     let shown = store.show("p", &e.id).await.unwrap().unwrap();
     assert_eq!(shown.event(None).unwrap(), e);
+    let dropped = store.show("p", &other.id).await.unwrap().unwrap();
+    assert_eq!(
+        (dropped.outcome, dropped.story.len()),
+        (Outcome::Dropped, 1)
+    );
 }
 
 /// A pipeline whose every event is dead-lettered at once, archived by `email`.
