@@ -541,6 +541,23 @@ mod tests {
     }
 
     #[test]
+    fn carried_index_fields_are_taken_unless_the_index_changed_since() {
+        let r = recorder(None);
+        let mut e = event(r#"{"message":{"call":{"id":"c-1"}}}"#);
+        e.index = Some([("call_id".to_string(), "carried".to_string())].into());
+        assert_eq!(
+            r.fields(&e)["call_id"],
+            "carried",
+            "the request path's reading"
+        );
+        // queued before `archive.index` renamed a field: read again
+        e.index = Some([("call".to_string(), "c-1".to_string())].into());
+        let read = r.fields(&e);
+        assert_eq!(read["call_id"], "c-1");
+        assert!(!read.contains_key("call"));
+    }
+
+    #[test]
     fn later_attempts_carry_only_their_step() {
         let r = recorder(None);
         let e = event("{}");

@@ -78,9 +78,13 @@ impl Recorder {
         }
     }
 
-    /// The index fields of `event`: as the request path read them, else read now.
+    /// The index fields of `event`: as the request path read them, else read now. Also read
+    /// now when what was carried names a field this pipeline's index no longer has (the event
+    /// was queued before an edit of `archive.index` renamed or removed it).
     pub fn fields(&self, event: &EventInput) -> BTreeMap<String, String> {
-        if let Some(read) = &event.index {
+        if let Some(read) = &event.index
+            && read.keys().all(|k| self.index.contains_key(k))
+        {
             return read.clone();
         }
         let texts = self.pointers.texts();
