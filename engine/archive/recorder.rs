@@ -12,18 +12,19 @@ use crate::crypto::Keyring;
 use crate::transform::EventInput;
 
 /// The index fields of `event` (a pipeline's `archive.index`), a JSON field's value given by
-/// `json` (its pointer -> the value there): read by the worker in a pass of its own
+/// `json` (the field's place in `index` and its pointer -> the value there): read by the worker
+/// in a pass of its own
 /// ([`Recorder::fields`]) or by the request path in the pass it makes anyway
 /// (`EventInput::index`). Headers are the event's, credentials already removed.
 pub fn index_of(
     index: &BTreeMap<String, KeySource>,
     event: &EventInput,
-    mut json: impl FnMut(&str) -> Option<serde_json::Value>,
+    mut json: impl FnMut(usize, &str) -> Option<serde_json::Value>,
 ) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
-    for (name, source) in index {
+    for (place, (name, source)) in index.iter().enumerate() {
         let value = match source {
-            KeySource::Json(p) => json(p).and_then(crate::request_field::key_text),
+            KeySource::Json(p) => json(place, p).and_then(crate::request_field::key_text),
             KeySource::Header(h) => event.header(h).map(str::to_string),
             KeySource::Form(f) => form_urlencoded::parse(&event.body)
                 .find(|(k, _)| k == f.as_str())
@@ -52,6 +53,9 @@ pub struct Recorder {
     index: BTreeMap<String, KeySource>,
     /// The JSON pointers among `index`, read together in one pass.
     pointers: crate::request_field::JsonPointers,
+    /// For each field of `index` (in its order), the place of its value among `pointers`' (a
+    /// JSON field's; found once here, not per event).
+    slots: Vec<Option<usize>>,
     keyring: Option<Keyring>,
 }
 
@@ -69,11 +73,20 @@ impl Recorder {
                 _ => None,
             })
             .collect();
+        let pointers = crate::request_field::JsonPointers::new(&ptrs);
+        let slots = index
+            .values()
+            .map(|s| match s {
+                KeySource::Json(p) => pointers.texts().iter().position(|t| t == p),
+                _ => None,
+            })
+            .collect();
         Recorder {
             store,
             pipeline: pipeline.to_string(),
             index: index.clone(),
-            pointers: crate::request_field::JsonPointers::new(&ptrs),
+            pointers,
+            slots,
             keyring,
         }
     }
@@ -87,13 +100,12 @@ impl Recorder {
         {
             return read.clone();
         }
-        let texts = self.pointers.texts();
-        let json = match texts.is_empty() {
+        let json = match self.pointers.texts().is_empty() {
             true => Vec::new(),
             false => self.pointers.read(&event.body).unwrap_or_default(),
         };
-        index_of(&self.index, event, |ptr| {
-            let slot = texts.iter().position(|t| t == ptr)?;
+        index_of(&self.index, event, |place, _| {
+            let slot = self.slots.get(place).copied().flatten()?;
             json.get(slot).cloned().flatten()
         })
     }

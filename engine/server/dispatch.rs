@@ -282,7 +282,7 @@ fn event(
     if route.index_in_pass
         && let Some(kept) = route.config.archive.kept()
     {
-        let index = crate::archive::index_of(&kept.index, &event, |ptr| fields.json(ptr));
+        let index = crate::archive::index_of(&kept.index, &event, |_, ptr| fields.json(ptr));
         event.index = Some(index);
     }
     event
