@@ -40,7 +40,9 @@ const TAG_LEN: usize = 16;
 pub enum CryptoError {
     #[error("the key must be exactly 64 hex characters (32 bytes)")]
     BadKey,
-    #[error("not an encrypted value (expected v1:<key id>:<data>)")]
+    #[error(
+        "not an encrypted value (expected v1:<key id>:<data>, or for an archived body v1b:<key id>: and the sealed bytes): the stored value was not written by the engine, or was cut or edited"
+    )]
     Format,
     #[error("encrypted with key {0}, which is neither ENCRYPTION_KEY nor ENCRYPTION_KEY_PREVIOUS")]
     UnknownKey(String),

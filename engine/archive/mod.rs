@@ -14,8 +14,9 @@
 //! partitioned by day so retention drops whole days) and [`local`] (no DATABASE_URL: JSON lines
 //! under `<data_dir>/archive/`, one file per pipeline and day). The request is stored as the
 //! queue stores it (credential headers removed); its body sealed with ENCRYPTION_KEY when one is
-//! set (the keyring's binary form, `v1b:`), to `engine_events/<pipeline>/<event id>`. The `index` fields of the pipeline's `archive`
-//! section are stored beside it in the clear (they are what a search reads).
+//! set (the keyring's binary form, `v1b:`), to `engine_events/<pipeline>/<event id>`. The
+//! `index` fields of the pipeline's `archive` section are stored beside it in the clear (they
+//! are what a search reads).
 
 pub mod local;
 pub mod postgres;

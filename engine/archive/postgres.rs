@@ -5,8 +5,8 @@
 //! one row, its steps in order), inserted from arrays with `unnest`, and on a repeat the step
 //! appended to the story (`story || new`). Days are partitions the engine makes ahead
 //! ([`PgStore::ensure_days`], at boot and hourly; each keeps rows up to a page inline,
-//! [`INLINE_ROW_BYTES`]) and drops once every pipeline's `keep` has
-//! passed ([`PgStore::expire`]); a pipeline keeping less has its older rows deleted. A search by
+//! [`INLINE_ROW_BYTES`]) and drops once every pipeline's `keep` has passed
+//! ([`PgStore::expire`]); a pipeline keeping less has its older rows deleted. A search by
 //! an index field reads the GIN index on `fields` (`fields @> {...}`) before ordering, so a rare
 //! value is found without scanning days of events.
 //!
