@@ -9,6 +9,8 @@ usage: benches/callgrind/worker.py on|off N ENGINE_BINARY   (local Redis and Pos
        /tmp/cgw/cg.<on|off>.<N>; open with callgrind_annotate --inclusive=yes)
        CG_PHASE=ingest: the request path under callgrind instead (the worker then runs as is),
        written to /tmp/cgw/cg.ingest.<on|off>.<N>
+       CG_OTEL=1: traces exported (100 % sampled) over OTLP/HTTP to a receiver in this script that
+       answers 200 (its CPU is not counted); files named <on|off>.otel
 Numbers: docs/benchmarks.md, "Event archive"."""
 import sys, os, json, subprocess, time, shutil, signal, http.client, glob, re
 arch, n, binary = sys.argv[1], int(sys.argv[2]), sys.argv[3]
@@ -33,6 +35,19 @@ env = dict(PATH=os.environ['PATH'], PORT='13001', RUST_LOG='warn', REDIS_URL='re
            VAPI_WEBHOOK_SECRET='cg-secret-0123456789abcdef',
            ENCRYPTION_KEY='000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f')
 phase = os.environ.get('CG_PHASE', 'worker')
+if os.environ.get('CG_OTEL'):
+    import http.server, threading
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get('content-length', 0)))
+            self.send_response(200); self.send_header('content-type', 'application/x-protobuf')
+            self.send_header('content-length', '0'); self.end_headers()
+        def log_message(self, *a): pass
+    receiver = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    env['OTEL_EXPORTER_OTLP_ENDPOINT'] = f'http://127.0.0.1:{receiver.server_address[1]}'
+    arch += '.otel'
+
 under = lambda out: ['valgrind', '--tool=callgrind', f'--callgrind-out-file={out}']
 ingest_out = f'/tmp/cgw/cg.ingest.{arch}.{n}'
 ing = subprocess.Popen((under(ingest_out) if phase == 'ingest' else []) + [binary, 'serve', '--no-worker', '--pipelines', d], env=env, stdout=subprocess.DEVNULL, stderr=open(f'{d}.ingest.log', 'w'))
