@@ -36,7 +36,8 @@ impl fmt::Display for Secret {
     }
 }
 
-/// The OpenTelemetry variables the engine reads (`ops::trace`: traces over OTLP).
+/// The OpenTelemetry variables the engine reads (`ops::trace`: traces over OTLP), and its own
+/// `TRACE_DETAIL` (how many spans an event makes).
 pub const TRACE_VARIABLES: &[&str] = &[
     "OTEL_EXPORTER_OTLP_ENDPOINT",
     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
@@ -47,6 +48,7 @@ pub const TRACE_VARIABLES: &[&str] = &[
     "OTEL_TRACES_SAMPLER",
     "OTEL_TRACES_SAMPLER_ARG",
     "OTEL_SDK_DISABLED",
+    "TRACE_DETAIL",
 ];
 
 /// What operating the engine needs from the environment.

@@ -3,11 +3,11 @@
 //!
 //! ```text
 //! request span (an incoming `traceparent` its parent)      tracing span "request" (dispatch)
-//!   ├ rate_limit · verify · respond · enqueue              child spans, only while tracing is on
+//!   ├ rate_limit · verify · respond · enqueue              child spans, TRACE_DETAIL=steps only
 //!   └ the event stored with the request span's `traceparent` (EventInput::trace)
 //!         ... the queue: another process, an hour later, after a restart ...
 //! attempt span (parent: the stored traceparent)            worker::traced
-//!   ├ transform · sink.write                               outcome: written / dropped / retry /
+//!   ├ transform · sink.write (TRACE_DETAIL=steps only)     outcome: written / dropped / retry /
 //!   └ outgoing calls carry `traceparent` (inject)                   dead_letter
 //! archive replay: a new trace per event, linked to the original one
 //! ```
@@ -16,6 +16,10 @@
 //! processor and the OTLP exporter (HTTP/protobuf through the engine's reqwest client, or gRPC
 //! through tonic). Configured by the standard `OTEL_*` variables; off when no endpoint is set,
 //! and then nothing here runs on the request path but one relaxed atomic load ([`on`]).
+//!
+//! How many spans an event makes is [`Detail`] (`TRACE_DETAIL`): by default two, the request
+//! and each attempt, since every span costs ~3 µs of CPU here and is what tracing backends bill
+//! by; `steps` adds a span per step (four at ingest, two per attempt) for finding a slow step.
 //!
 //! A collector that is down or slow never slows a request: a span ends into a bounded queue
 //! ([`BOUND`] spans waiting or being exported); past it the span is dropped and counted
@@ -33,11 +37,12 @@ use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{
-    BatchSpanProcessor, Sampler, SdkTracerProvider, SpanData, SpanExporter, SpanProcessor,
+    BatchSpanProcessor, SdkTracerProvider, SpanData, SpanExporter, SpanProcessor,
 };
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::env::EnvSource;
+mod config;
+pub use config::{Detail, Protocol, SamplerConfig, TraceConfig};
 
 /// Spans ended and not yet exported, at most: past it new spans are dropped (and counted)
 /// rather than held, so a dead collector costs a bounded amount of memory.
@@ -49,10 +54,20 @@ const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Whether spans are exported (set once, when tracing starts).
 static ON: AtomicBool = AtomicBool::new(false);
 
+/// Whether each step is a span of its own (`TRACE_DETAIL=steps`, set when tracing starts).
+static STEPS: AtomicBool = AtomicBool::new(false);
+
 /// Whether tracing is on: spans beyond the request's own are made only then.
 #[inline]
 pub fn on() -> bool {
     ON.load(Ordering::Relaxed)
+}
+
+/// Whether tracing is on with a span per step (`TRACE_DETAIL=steps`): the request's
+/// `rate_limit`, `verify`, `respond` and `enqueue`, an attempt's `transform` and `sink.write`.
+#[inline]
+pub fn steps() -> bool {
+    STEPS.load(Ordering::Relaxed)
 }
 
 /// Tracing on for a unit test that installs its own OpenTelemetry layer.
@@ -61,12 +76,12 @@ pub(crate) fn on_for_tests() {
     ON.store(true, Ordering::Relaxed);
 }
 
-/// A child span of the current one, made only while tracing is on (else `Span::none()`, which
-/// costs nothing): `trace::step!("verify")`.
+/// A child span of the current one, made only while tracing is on with a span per step (else
+/// `Span::none()`, which costs nothing): `trace::step!("verify")`.
 #[macro_export]
 macro_rules! trace_step {
     ($name:literal $(, $($field:tt)*)?) => {
-        if $crate::ops::trace::on() {
+        if $crate::ops::trace::steps() {
             tracing::info_span!($name $(, $($field)*)?)
         } else {
             tracing::Span::none()
@@ -74,134 +89,6 @@ macro_rules! trace_step {
     };
 }
 pub use trace_step as step;
-
-/// The wire protocol of the OTLP exporter (`OTEL_EXPORTER_OTLP_PROTOCOL`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    /// `http/protobuf`, the specification's default: POST to `<endpoint>/v1/traces`.
-    HttpProtobuf,
-    /// `grpc`: the collector's gRPC port (4317).
-    Grpc,
-}
-
-/// What the `OTEL_*` variables ask for.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TraceConfig {
-    /// Where spans go: for HTTP the full URL of the traces path.
-    pub endpoint: String,
-    pub protocol: Protocol,
-    /// `OTEL_EXPORTER_OTLP_HEADERS`: sent with every export (an API key: never logged).
-    pub headers: Vec<(String, String)>,
-    pub service_name: String,
-    /// `OTEL_RESOURCE_ATTRIBUTES`, besides `service.name`.
-    pub resource: Vec<(String, String)>,
-    pub sampler: SamplerConfig,
-}
-
-/// `OTEL_TRACES_SAMPLER` and `_ARG`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum SamplerConfig {
-    AlwaysOn,
-    AlwaysOff,
-    Ratio(f64),
-    ParentBasedAlwaysOn,
-    ParentBasedAlwaysOff,
-    ParentBasedRatio(f64),
-}
-
-impl SamplerConfig {
-    fn sampler(self) -> Sampler {
-        let parent = |root: Sampler| Sampler::ParentBased(Box::new(root));
-        match self {
-            SamplerConfig::AlwaysOn => Sampler::AlwaysOn,
-            SamplerConfig::AlwaysOff => Sampler::AlwaysOff,
-            SamplerConfig::Ratio(r) => Sampler::TraceIdRatioBased(r),
-            SamplerConfig::ParentBasedAlwaysOn => parent(Sampler::AlwaysOn),
-            SamplerConfig::ParentBasedAlwaysOff => parent(Sampler::AlwaysOff),
-            SamplerConfig::ParentBasedRatio(r) => parent(Sampler::TraceIdRatioBased(r)),
-        }
-    }
-}
-
-impl TraceConfig {
-    /// The configuration the environment gives, `None` when tracing is off: no endpoint, or
-    /// `OTEL_SDK_DISABLED=true`. Values the env schema refuses never get here at boot; parsing
-    /// is lenient anyway (an unknown sampler is the default one).
-    pub fn from_source(source: &EnvSource) -> Option<TraceConfig> {
-        let get = |name: &str| source.get(name).map(str::trim).filter(|v| !v.is_empty());
-        if get("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
-            return None;
-        }
-        let protocol = match get("OTEL_EXPORTER_OTLP_PROTOCOL") {
-            Some("grpc") => Protocol::Grpc,
-            _ => Protocol::HttpProtobuf,
-        };
-        // the signal's own endpoint is used as it is; the generic one gets the signal's path
-        // (the OTLP exporter specification)
-        let endpoint = match (get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"), protocol) {
-            (Some(url), _) => url.to_string(),
-            (None, Protocol::HttpProtobuf) => format!(
-                "{}/v1/traces",
-                get("OTEL_EXPORTER_OTLP_ENDPOINT")?.trim_end_matches('/')
-            ),
-            (None, Protocol::Grpc) => get("OTEL_EXPORTER_OTLP_ENDPOINT")?.to_string(),
-        };
-        let resource: Vec<(String, String)> = get("OTEL_RESOURCE_ATTRIBUTES")
-            .map(pairs)
-            .unwrap_or_default();
-        let service_name = get("OTEL_SERVICE_NAME")
-            .map(str::to_string)
-            .or_else(|| {
-                resource
-                    .iter()
-                    .find(|(k, _)| k == "service.name")
-                    .map(|(_, v)| v.clone())
-            })
-            .unwrap_or_else(|| "engine".to_string());
-        Some(TraceConfig {
-            endpoint,
-            protocol,
-            headers: get("OTEL_EXPORTER_OTLP_HEADERS")
-                .map(pairs)
-                .unwrap_or_default(),
-            service_name,
-            resource: resource
-                .into_iter()
-                .filter(|(k, _)| k != "service.name")
-                .collect(),
-            sampler: sampler(get("OTEL_TRACES_SAMPLER"), get("OTEL_TRACES_SAMPLER_ARG")),
-        })
-    }
-}
-
-/// `key1=value1,key2=value2`, values percent-decoded (the W3C Baggage form both `OTEL_*` lists
-/// use); pairs without `=` are skipped.
-fn pairs(text: &str) -> Vec<(String, String)> {
-    text.split(',')
-        .filter_map(|pair| {
-            let (k, v) = pair.split_once('=')?;
-            // only `%XX` decoded: a value's own `=` (base64 padding) and `+` stay as they are
-            let value = percent_encoding::percent_decode_str(v.trim()).decode_utf8_lossy();
-            Some((k.trim().to_string(), value.into_owned()))
-        })
-        .filter(|(k, _)| !k.is_empty())
-        .collect()
-}
-
-fn sampler(name: Option<&str>, arg: Option<&str>) -> SamplerConfig {
-    let ratio = arg
-        .and_then(|a| a.parse::<f64>().ok())
-        .filter(|r| (0.0..=1.0).contains(r))
-        .unwrap_or(1.0);
-    match name {
-        Some("always_on") => SamplerConfig::AlwaysOn,
-        Some("always_off") => SamplerConfig::AlwaysOff,
-        Some("traceidratio") => SamplerConfig::Ratio(ratio),
-        Some("parentbased_always_off") => SamplerConfig::ParentBasedAlwaysOff,
-        Some("parentbased_traceidratio") => SamplerConfig::ParentBasedRatio(ratio),
-        _ => SamplerConfig::ParentBasedAlwaysOn,
-    }
-}
 
 /// Tracing while this lives: dropping it flushes the spans still queued (bounded by the export
 /// timeout) and shuts the exporter down.
@@ -212,6 +99,7 @@ pub struct Tracing {
 impl Drop for Tracing {
     fn drop(&mut self) {
         ON.store(false, Ordering::Relaxed);
+        STEPS.store(false, Ordering::Relaxed);
         let shutdown = || self.provider.shutdown_with_timeout(EXPORT_TIMEOUT);
         // the last export runs on the runtime: a runtime thread waiting for it lets the others
         // run it
@@ -271,6 +159,7 @@ pub fn start(
         .with_resource(resource.build())
         .build();
     let tracer = provider.tracer("engine");
+    STEPS.store(config.detail == Detail::Steps, Ordering::Relaxed);
     ON.store(true, Ordering::Relaxed);
     Ok((tracer, Tracing { provider }))
 }
@@ -530,84 +419,6 @@ pub fn ids_of(span: &tracing::span::Id, dispatch: &tracing::Dispatch) -> Option<
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn source(vars: &[(&str, &str)]) -> EnvSource {
-        EnvSource::from_pairs(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())))
-    }
-
-    #[test]
-    fn off_without_an_endpoint_or_when_disabled() {
-        assert_eq!(TraceConfig::from_source(&source(&[])), None);
-        assert_eq!(
-            TraceConfig::from_source(&source(&[
-                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318"),
-                ("OTEL_SDK_DISABLED", "true"),
-            ])),
-            None
-        );
-    }
-
-    #[test]
-    fn the_standard_variables_configure_the_exporter() {
-        let c = TraceConfig::from_source(&source(&[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://api.honeycomb.io/"),
-            (
-                "OTEL_EXPORTER_OTLP_HEADERS",
-                "x-honeycomb-team=abc%3D1,x-other = two",
-            ),
-            (
-                "OTEL_RESOURCE_ATTRIBUTES",
-                "deployment.environment=prod,service.name=hooks",
-            ),
-            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
-            ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
-        ]))
-        .unwrap();
-        assert_eq!(c.endpoint, "https://api.honeycomb.io/v1/traces");
-        assert_eq!(c.protocol, Protocol::HttpProtobuf);
-        assert_eq!(
-            c.headers,
-            vec![
-                ("x-honeycomb-team".to_string(), "abc=1".to_string()),
-                ("x-other".to_string(), "two".to_string())
-            ]
-        );
-        assert_eq!(c.service_name, "hooks");
-        assert_eq!(
-            c.resource,
-            vec![("deployment.environment".to_string(), "prod".to_string())]
-        );
-        assert_eq!(c.sampler, SamplerConfig::ParentBasedRatio(0.25));
-        // Grafana Cloud's basic credentials: base64 with its `=` padding and a `+`, the space
-        // written %20
-        assert_eq!(
-            pairs("Authorization=Basic%20MTIz+NDU2Ng=="),
-            vec![(
-                "Authorization".to_string(),
-                "Basic MTIz+NDU2Ng==".to_string()
-            )]
-        );
-
-        let g = TraceConfig::from_source(&source(&[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://tempo:4317"),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
-            ("OTEL_SERVICE_NAME", "webhooks"),
-        ]))
-        .unwrap();
-        assert_eq!(
-            (g.endpoint.as_str(), g.protocol),
-            ("http://tempo:4317", Protocol::Grpc)
-        );
-        assert_eq!(g.service_name, "webhooks");
-        assert_eq!(g.sampler, SamplerConfig::ParentBasedAlwaysOn);
-        let t = TraceConfig::from_source(&source(&[(
-            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-            "http://jaeger:4318/v1/traces",
-        )]))
-        .unwrap();
-        assert_eq!(t.endpoint, "http://jaeger:4318/v1/traces");
-        assert_eq!(t.service_name, "engine");
-    }
 
     #[test]
     fn outgoing_calls_carry_the_current_spans_traceparent() {

@@ -1,7 +1,10 @@
 //! The worker's spans, while traces are exported (`ops::trace`): one `attempt` span per
 //! delivery, continuing the trace its request began (the stored `traceparent`: in this process
-//! or another, at once or an hour later), with `transform` and `sink.write` children and the
-//! attempt's outcome (`written`, `dropped`, `retry`, `dead_letter`) as an attribute.
+//! or another, at once or an hour later), with the attempt's outcome (`written`, `dropped`,
+//! `retry`, `dead_letter`) as an attribute, and `transform` and `sink.write` children with
+//! `TRACE_DETAIL=steps`. Without them the attempt span stands in for both: entered on the
+//! transform thread and around a sink's write, so a connection call or an HTTP sink's request
+//! carries the attempt's `traceparent`.
 //!
 //! Tracing off, [`Spans::open`] makes nothing and every call here is a check of an empty list.
 
@@ -55,9 +58,10 @@ impl<'d> Spans<'d> {
         sink_write(&self.of(d), sink, rows)
     }
 
-    /// A `sink.write` span per delivery whose rows one statement writes together.
+    /// A `sink.write` span per delivery whose rows one statement writes together (none but
+    /// with `TRACE_DETAIL=steps`: the statement's spans are timings only, entered by nothing).
     pub(super) fn sink_writes(&self, ds: &[&Delivery], sink: &str, rows: &[usize]) -> Vec<Span> {
-        if self.spans.is_empty() {
+        if self.spans.is_empty() || !crate::ops::trace::steps() {
             return Vec::new();
         }
         ds.iter()
@@ -110,19 +114,23 @@ pub(super) fn attempt(event: &crate::transform::EventInput, queue: &str, n: u32)
     span
 }
 
-/// A `sink.write` span under an attempt span (none while tracing is off).
+/// The span a sink's write runs in: a `sink.write` span under the attempt span with
+/// `TRACE_DETAIL=steps`, else the attempt span itself (none while tracing is off).
 pub(super) fn sink_write(attempt: &Span, sink: &str, rows: usize) -> Span {
-    if attempt.is_none() {
-        return Span::none();
+    if attempt.is_none() || !crate::ops::trace::steps() {
+        return attempt.clone();
     }
     tracing::info_span!(parent: attempt, "sink.write", sink, rows)
 }
 
-/// The `transform` span of the `i`th event under its attempt, entered on the thread running the
-/// transform (a connection call from a script carries its `traceparent`).
+/// The span the `i`th event's transform runs in, entered on the thread running it (a
+/// connection call from a script carries its `traceparent`): a `transform` span under its
+/// attempt with `TRACE_DETAIL=steps`, else the attempt span.
 pub(super) fn transform(parents: &[Span], i: usize) -> Option<tracing::span::EnteredSpan> {
-    parents
-        .get(i)
-        .filter(|p| !p.is_none())
-        .map(|p| tracing::info_span!(parent: p, "transform").entered())
+    let parent = parents.get(i).filter(|p| !p.is_none())?;
+    Some(if crate::ops::trace::steps() {
+        tracing::info_span!(parent: parent, "transform").entered()
+    } else {
+        parent.clone().entered()
+    })
 }

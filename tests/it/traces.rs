@@ -236,18 +236,40 @@ fn requests(spans: &[Got]) -> Vec<&Got> {
         .collect()
 }
 
+/// How many spans an event makes (`TRACE_DETAIL`).
+#[derive(Clone, Copy, PartialEq)]
+enum Detail {
+    /// The default: the request span and the attempt span, nothing else.
+    Event,
+    /// `TRACE_DETAIL=steps`: the request's four steps and the attempt's transform and sink write
+    /// as spans of their own too.
+    Steps,
+}
+
 /// Each of `n` events' attempt span is in its request's trace, the request span its parent,
-/// with the `transform` and `sink.write` spans under it and `outcome=written`.
-fn assert_one_trace_per_event(spans: &[Got], n: usize) {
+/// with `outcome=written`; with `Detail::Steps` the request's step spans under the request and
+/// `transform` and `sink.write` under the attempt, with `Detail::Event` no other span in the
+/// trace.
+fn assert_one_trace_per_event(spans: &[Got], n: usize, detail: Detail) {
     let requests = requests(spans);
     assert_eq!(requests.len(), n, "{spans:#?}");
     for request in requests {
         let call = request.attributes.get("event_id").expect("the event id");
+        if detail == Detail::Event {
+            let names: Vec<&str> = spans
+                .iter()
+                .filter(|s| s.trace_id == request.trace_id)
+                .map(|s| s.name.as_str())
+                .collect();
+            assert_eq!(names.len(), 2, "request and attempt only: {names:?}");
+        }
         for step in ["rate_limit", "verify", "respond", "enqueue"] {
-            assert!(
-                spans
-                    .iter()
-                    .any(|s| s.name == step && s.parent == request.span_id),
+            let under = spans
+                .iter()
+                .any(|s| s.name == step && s.parent == request.span_id);
+            assert_eq!(
+                under,
+                detail == Detail::Steps,
                 "{step} under the request span of {call}"
             );
         }
@@ -264,6 +286,9 @@ fn assert_one_trace_per_event(spans: &[Got], n: usize) {
             attempt.attributes.get("outcome").map(String::as_str),
             Some("written")
         );
+        if detail == Detail::Event {
+            continue;
+        }
         for child in ["transform", "sink.write"] {
             let c = spans
                 .iter()
@@ -275,8 +300,8 @@ fn assert_one_trace_per_event(spans: &[Got], n: usize) {
 }
 
 /// Ingest in one process, which then stops; a worker process started afterwards continues each
-/// event's trace from the stored event. A caller's `traceparent` is the request's parent. An
-/// archive replay starts new traces linked to the originals.
+/// event's trace from the stored event, two spans an event by default. A caller's `traceparent`
+/// is the request's parent. An archive replay starts new traces linked to the originals.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_per_event_even_when_another_process_works_it_later() {
     let collector = Collector::http().await;
@@ -327,10 +352,10 @@ async fn one_trace_per_event_even_when_another_process_works_it_later() {
     .await;
     let spans = collector
         .wait("three attempts exported by the worker", |s| {
-            named(s, "attempt").len() >= 3 && named(s, "sink.write").len() >= 3
+            named(s, "attempt").len() >= 3
         })
         .await;
-    assert_one_trace_per_event(&spans, 3);
+    assert_one_trace_per_event(&spans, 3, Detail::Event);
     assert!(
         named(&spans, "attempt")
             .iter()
@@ -402,7 +427,7 @@ async fn one_trace_per_event_even_when_another_process_works_it_later() {
     assert_eq!(v["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
 }
 
-/// The same trace over gRPC, ingest and worker in one process.
+/// The same trace over gRPC, ingest and worker in one process, a span per step.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traces_go_over_grpc_too() {
     let collector = Collector::grpc().await;
@@ -411,6 +436,7 @@ async fn traces_go_over_grpc_too() {
     let port = free_port();
     let mut env = collector.env("engine-grpc");
     env.push(("PORT".into(), port.to_string()));
+    env.push(("TRACE_DETAIL".into(), "steps".into()));
     let _engine = engine(&d, &["serve"], &database, &env);
     let calls: Vec<String> = (0..2).map(|_| uuid::Uuid::new_v4().to_string()).collect();
     for call in &calls {
@@ -423,7 +449,7 @@ async fn traces_go_over_grpc_too() {
             named(s, "sink.write").len() >= 2
         })
         .await;
-    assert_one_trace_per_event(&spans, 2);
+    assert_one_trace_per_event(&spans, 2, Detail::Steps);
     assert!(spans.iter().all(|s| s.service == "engine-grpc"));
 }
 
