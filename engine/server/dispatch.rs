@@ -59,11 +59,13 @@ impl Handler for Dispatch {
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             res.headers_mut().insert(X_REQUEST_ID, v);
         }
+        // text fields as `&str`, not `%` (Display): a traced span copies a string where it
+        // would run the formatter
         let span = tracing::info_span!(
             "request",
-            request_id = %request_id,
-            method = %req.method(),
-            path = %req.uri().path(),
+            request_id = request_id.as_str(),
+            method = req.method().as_str(),
+            path = req.uri().path(),
             pipeline = tracing::field::Empty,
             event_id = tracing::field::Empty,
             status = tracing::field::Empty,

@@ -102,8 +102,8 @@ pub(super) fn attempt(event: &crate::transform::EventInput, queue: &str, n: u32)
     }
     let span = tracing::info_span!(
         "attempt",
-        pipeline = %event.pipeline,
-        event_id = %event.id,
+        pipeline = event.pipeline.as_str(),
+        event_id = event.id.as_str(),
         queue,
         attempt = n,
         outcome = tracing::field::Empty,
