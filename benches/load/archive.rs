@@ -148,6 +148,7 @@ async fn replay(setup: &Setup, events: usize) {
                 };
                 recorder.note(
                     &e,
+                    None,
                     engine::archive::Step::new(engine::archive::Outcome::Dropped, 1)
                         .reason("no step with a sink matched"),
                 )

@@ -499,7 +499,7 @@ mod tests {
         let keyring = Keyring::new(&key, &[]).unwrap();
         let r = recorder(Some(keyring.clone()));
         let e = event(r#"{"message":{"call":{"id":"c-1"}}}"#);
-        let note = r.note(&e, Step::new(Outcome::Written, 1));
+        let note = r.note(&e, None, Step::new(Outcome::Written, 1));
         let request = note.request.clone().unwrap();
         assert!(request.sealed);
         assert!(!String::from_utf8_lossy(&request.body).contains("c-1"));
@@ -563,14 +563,18 @@ mod tests {
         let r = recorder(None);
         let e = event("{}");
         assert!(
-            r.note(&e, Step::new(Outcome::Retrying, 1))
+            r.note(&e, None, Step::new(Outcome::Retrying, 1))
                 .request
                 .is_some()
         );
-        assert!(r.note(&e, Step::new(Outcome::Written, 2)).request.is_none());
+        assert!(
+            r.note(&e, None, Step::new(Outcome::Written, 2))
+                .request
+                .is_none()
+        );
         let mut replayed = Step::new(Outcome::Written, 1);
         replayed.run = Some("run".into());
-        assert!(r.note(&e, replayed).request.is_none());
+        assert!(r.note(&e, None, replayed).request.is_none());
     }
 
     #[test]

@@ -110,9 +110,13 @@ impl Recorder {
         })
     }
 
-    /// The stored request of `event`.
-    pub fn request(&self, event: &EventInput) -> Request {
-        let meta = event.archived_meta().unwrap_or_default();
+    /// The stored request of `event`: its meta the queue's own text of it when there is one
+    /// (`stored`, a Redis entry's `e`), else written now.
+    pub fn request(&self, event: &EventInput, stored: Option<&str>) -> Request {
+        let meta = match stored {
+            Some(text) => text.to_string(),
+            None => event.archived_meta().unwrap_or_default(),
+        };
         match &self.keyring {
             Some(k) => Request {
                 meta,
@@ -130,8 +134,9 @@ impl Recorder {
     }
 
     /// The note of one attempt: the request stored with the first one (later attempts and
-    /// replays add only their step).
-    pub fn note(&self, event: &EventInput, step: Step) -> Note {
+    /// replays add only their step); `stored` is the queue's text of the event, when it keeps
+    /// one ([`Recorder::request`]).
+    pub fn note(&self, event: &EventInput, stored: Option<&str>, step: Step) -> Note {
         let first = step.attempt <= 1 && step.run.is_none();
         Note {
             pipeline: event.pipeline.clone(),
@@ -142,7 +147,7 @@ impl Recorder {
             } else {
                 BTreeMap::new()
             },
-            request: first.then(|| self.request(event)),
+            request: first.then(|| self.request(event, stored)),
             step,
         }
     }

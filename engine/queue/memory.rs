@@ -76,6 +76,7 @@ impl MemoryQueue {
                 id: id.clone(),
                 event,
                 attempts: 0,
+                stored: None,
             })
             .map(|()| id)
             .map_err(|_| QueueError::Full(self.name.clone()))
@@ -260,6 +261,7 @@ mod tests {
                 id: format!("mem-{i}"),
                 event: crate::transform::event::sample("application/json", "{}"),
                 attempts: 0,
+                stored: None,
             };
             q.dead_letter(&d, &format!("reason {i}")).await.unwrap();
         }
@@ -278,6 +280,7 @@ mod tests {
                 id: String::new(),
                 event,
                 attempts: 3,
+                stored: None,
             };
             q.dead_letter(&d, "sink refused").await.unwrap();
         }

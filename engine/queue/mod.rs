@@ -136,6 +136,10 @@ pub struct Delivery {
     pub event: EventInput,
     /// Attempts made before this one (0 on the first delivery).
     pub attempts: u32,
+    /// The event's stored form as the queue keeps it (a Redis entry's `e`, beside its raw body),
+    /// what the archive keeps as the request (`archive::Recorder::note`) rather than writing
+    /// the same JSON again; `None` where the queue keeps no such text.
+    pub stored: Option<String>,
 }
 
 /// A dead-lettered event.
@@ -272,6 +276,7 @@ impl Queue {
                     id: String::new(),
                     event: event.clone(),
                     attempts: 0,
+                    stored: None,
                 };
                 Outcomes::dead_letter(&**q, &d, reason).await
             }

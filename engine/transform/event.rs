@@ -42,7 +42,8 @@ pub struct EventInput {
     /// The archive's index fields (the pipeline's `archive.index`), when the request path read
     /// them in the pass it makes over the body anyway: the worker's archive then takes them as
     /// they are instead of reading the body a second time (`archive::Recorder::note`). Not seen
-    /// by scripts, not kept in the archived request (it has its own column).
+    /// by scripts. The archive keeps them in a column of their own; the archived request, the
+    /// queue's own text of the event where it keeps one, may carry them too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub index: Option<std::collections::BTreeMap<String, String>>,
 }
@@ -96,7 +97,8 @@ impl EventInput {
         serde_json::to_string(&self.meta(self.index.as_ref()))
     }
 
-    /// The archived request's JSON: the stored form without the index fields (the archive keeps
+    /// The archived request's JSON when the queue kept no text of the event to reuse
+    /// (`queue::Delivery::stored`): the stored form without the index fields (the archive keeps
     /// those in a column of their own).
     pub fn archived_meta(&self) -> Result<String, serde_json::Error> {
         serde_json::to_string(&self.meta(None))

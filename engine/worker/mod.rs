@@ -330,7 +330,7 @@ impl Worker {
                     Some(step) => step.clone(),
                     None => self.step(d, attempt),
                 };
-                recorder.note(&d.event, step)
+                recorder.note(&d.event, d.stored.as_deref(), step)
             })
             .collect();
         let e = recorder.store.write(&notes).await.err()?;

@@ -840,8 +840,8 @@ async fn an_archived_events_page_names_its_trace() {
     let step = || engine::archive::Step::new(engine::archive::Outcome::Dropped, 1);
     store
         .write(&[
-            recorder.note(&traced, step()),
-            recorder.note(&plain, step()),
+            recorder.note(&traced, None, step()),
+            recorder.note(&plain, None, step()),
         ])
         .await
         .unwrap();

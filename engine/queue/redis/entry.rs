@@ -102,8 +102,19 @@ pub(super) fn text(fields: &[(Vec<u8>, Vec<u8>)], name: &str) -> Option<String> 
 /// raw body), or `e` alone (the full form with a base64 body: retries moved back by the
 /// promoter, and entries written before the raw-body form).
 pub(super) fn stored_event(fields: &mut [(Vec<u8>, Vec<u8>)]) -> Option<EventInput> {
+    stored_event_and_meta(fields).map(|(event, _)| event)
+}
+
+/// [`stored_event`], and the entry's `e` as text when the body is stored raw beside it: the
+/// event's stored form without its body, which the archive keeps as it is.
+fn stored_event_and_meta(
+    fields: &mut [(Vec<u8>, Vec<u8>)],
+) -> Option<(EventInput, Option<String>)> {
     let body = take(fields, "b");
-    EventInput::from_stored(&take(fields, "e")?, body)
+    let raw_body = body.is_some();
+    let e = take(fields, "e")?;
+    let event = EventInput::from_stored(&e, body)?;
+    Some((event, raw_body.then(|| String::from_utf8(e).ok()).flatten()))
 }
 
 /// Stream entries as deliveries.
@@ -111,11 +122,12 @@ pub(super) fn parse_entries(v: Value) -> Vec<Delivery> {
     stream_entries(v)
         .filter_map(|(id, mut f)| {
             let attempts = text(&f, "a").and_then(|a| a.parse().ok()).unwrap_or(0);
-            let event = stored_event(&mut f)?;
+            let (event, stored) = stored_event_and_meta(&mut f)?;
             Some(Delivery {
                 id,
                 event,
                 attempts,
+                stored,
             })
         })
         .collect()
@@ -159,4 +171,39 @@ pub(super) fn parse_dead(v: Value) -> Vec<DeadLetter> {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str, fields: Vec<(&str, Vec<u8>)>) -> Value {
+        let fields = fields
+            .into_iter()
+            .flat_map(|(k, v)| [Value::BulkString(k.into()), Value::BulkString(v)])
+            .collect();
+        Value::Array(vec![Value::BulkString(id.into()), Value::Array(fields)])
+    }
+
+    /// The raw-body form hands its `e` on as the text the archive keeps; the full form (a retry,
+    /// an old entry) reads the same event and hands on nothing, its `e` holding the body.
+    #[test]
+    fn an_entry_with_a_raw_body_hands_its_stored_form_on() {
+        let mut event = crate::transform::event::sample("application/json", r#"{"a":1}"#);
+        event.index = Some([("call_id".to_string(), "c-1".to_string())].into());
+        let meta = event.stored_meta().unwrap();
+        let full = serde_json::to_vec(&event).unwrap();
+        let got = parse_entries(Value::Array(vec![
+            entry(
+                "1-0",
+                vec![("e", meta.clone().into_bytes()), ("b", event.body.to_vec())],
+            ),
+            entry("2-0", vec![("e", full), ("a", b"1".to_vec())]),
+        ]));
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].event, event);
+        assert_eq!(got[0].stored.as_deref(), Some(meta.as_str()));
+        assert_eq!(got[1].event, event);
+        assert_eq!((got[1].attempts, got[1].stored.as_deref()), (1, None));
+    }
 }
