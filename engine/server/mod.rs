@@ -309,11 +309,12 @@ impl App {
         headers: &salvo::http::HeaderMap,
         path_and_query: &str,
     ) -> String {
-        let base = match &self.project.settings.public_url {
+        let mut url = match &self.project.settings.public_url {
             Some(u) => u.trim_end_matches('/').to_string(),
             None => self.proxies.public_base(peer, headers),
         };
-        format!("{base}{path_and_query}")
+        url.push_str(path_and_query);
+        url
     }
 }
 
