@@ -545,17 +545,39 @@ mod tests {
     fn carried_index_fields_are_taken_unless_the_index_changed_since() {
         let r = recorder(None);
         let mut e = event(r#"{"message":{"call":{"id":"c-1"}}}"#);
-        e.index = Some([("call_id".to_string(), "carried".to_string())].into());
+        let carried = |pairs: &[(&str, &str)]| {
+            Some(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
+        };
+        e.index = carried(&[
+            ("call_id", "carried"),
+            ("org", "o"),
+            ("tenant", "t"),
+            ("missing", "m"),
+        ]);
         assert_eq!(
             r.fields(&e)["call_id"],
             "carried",
             "the request path's reading"
         );
         // queued before `archive.index` renamed a field: read again
-        e.index = Some([("call".to_string(), "c-1".to_string())].into());
+        e.index = carried(&[
+            ("call", "c-1"),
+            ("org", "o"),
+            ("tenant", "t"),
+            ("missing", "m"),
+        ]);
         let read = r.fields(&e);
         assert_eq!(read["call_id"], "c-1");
         assert!(!read.contains_key("call"));
+        // queued before `archive.index` gained `call_id` (or the event lacked one): read again,
+        // so a search or an erasure by it finds the event
+        e.index = carried(&[("org", "o")]);
+        assert_eq!(r.fields(&e)["call_id"], "c-1");
     }
 
     #[test]

@@ -91,11 +91,15 @@ impl Recorder {
         }
     }
 
-    /// The index fields of `event`: as the request path read them, else read now. Also read
-    /// now when what was carried names a field this pipeline's index no longer has (the event
-    /// was queued before an edit of `archive.index` renamed or removed it).
+    /// The index fields of `event`: as the request path read them when that reading has a value
+    /// for every field of this pipeline's index, else read now. A reading that lacks one cannot
+    /// tell a field the event did not have from one `archive.index` gained after the event was
+    /// queued (and one renamed or removed shows as a name the index no longer has); reading
+    /// again costs the pass the carried reading saved, and a search or an erasure by the new
+    /// field still finds the event.
     pub fn fields(&self, event: &EventInput) -> BTreeMap<String, String> {
         if let Some(read) = &event.index
+            && read.len() == self.index.len()
             && read.keys().all(|k| self.index.contains_key(k))
         {
             return read.clone();
