@@ -5,6 +5,7 @@
 //! link to the original trace.
 
 use crate::common;
+use engine::ops::trace::Detail;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -234,16 +235,6 @@ fn requests(spans: &[Got]) -> Vec<&Got> {
                 && s.attributes.get("status").map(String::as_str) == Some("200")
         })
         .collect()
-}
-
-/// How many spans an event makes (`TRACE_DETAIL`).
-#[derive(Clone, Copy, PartialEq)]
-enum Detail {
-    /// The default: the request span and the attempt span, nothing else.
-    Event,
-    /// `TRACE_DETAIL=steps`: the request's four steps and the attempt's transform and sink write
-    /// as spans of their own too.
-    Steps,
 }
 
 /// Each of `n` events' attempt span is in its request's trace, the request span its parent,
