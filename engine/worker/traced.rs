@@ -40,9 +40,13 @@ impl<'d> Spans<'d> {
         if self.spans.is_empty() {
             return Span::none();
         }
-        self.ds
-            .iter()
-            .position(|x| std::ptr::eq(x, d))
+        // `d` is one of `ds` (the deliveries the spans were opened for): its place is its
+        // address's distance from the first, checked, rather than a search through the batch
+        let place = (d as *const Delivery as usize)
+            .wrapping_sub(self.ds.as_ptr() as usize)
+            .checked_div(std::mem::size_of::<Delivery>())
+            .filter(|&i| self.ds.get(i).is_some_and(|x| std::ptr::eq(x, d)));
+        place
             .and_then(|i| self.spans.get(i))
             .cloned()
             .unwrap_or_else(Span::none)
@@ -133,4 +137,47 @@ pub(super) fn transform(parents: &[Span], i: usize) -> Option<tracing::span::Ent
     } else {
         parent.clone().entered()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_delivery_finds_its_own_attempt_span() {
+        crate::ops::trace::on_for_tests();
+        let subscriber = tracing_subscriber::registry();
+        tracing::subscriber::with_default(subscriber, || {
+            let ds: Vec<Delivery> = (0..5)
+                .map(|i| {
+                    let mut event = crate::transform::event::sample("application/json", "{}");
+                    event.id = format!("evt-{i}");
+                    Delivery {
+                        id: format!("1-{i}"),
+                        event,
+                        attempts: i,
+                        stored: None,
+                    }
+                })
+                .collect();
+            let spans = Spans::open(&ds, "q");
+            for (i, d) in ds.iter().enumerate() {
+                let found = spans.of(d);
+                assert!(!found.is_none());
+                assert_eq!(found.id(), spans.spans[i].id(), "delivery {i}");
+            }
+            // a delivery of another batch, even an equal one, has no span here
+            let other = Delivery {
+                id: ds[1].id.clone(),
+                event: ds[1].event.clone(),
+                attempts: 1,
+                stored: None,
+            };
+            assert!(spans.of(&other).is_none());
+            // nor does one of a sub-slice's neighbours
+            let part = Spans::open(&ds[1..3], "q");
+            assert!(part.of(&ds[0]).is_none() && part.of(&ds[3]).is_none());
+            assert_eq!(part.of(&ds[2]).id(), part.spans[1].id());
+        });
+    }
 }
