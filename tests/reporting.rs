@@ -163,17 +163,6 @@ async fn sentry_reports_errors_and_panics_without_secrets() {
     assert!(all.contains("worker crashed holding [redacted]"), "{all}");
 }
 
-/// The shipped pipelines with rows written under a temp dir.
-fn shipped_with_data(data: &std::path::Path) -> Dir {
-    let dir = Dir::shipped_copy();
-    let base = std::fs::read_to_string(dir.path().join("engine.yaml")).unwrap();
-    dir.write(
-        "engine.yaml",
-        &format!("{base}\ndata_dir: '{}'\n", data.display()),
-    );
-    dir
-}
-
 /// The value of one sample line (`name{labels} value`) in an exposition, 0 when absent.
 fn sample(text: &str, name_and_labels: &str) -> f64 {
     text.lines()
@@ -200,8 +189,15 @@ async fn metrics(app: &common::TestApp) -> String {
 #[tokio::test]
 async fn metrics_move_with_traffic() {
     let data = tempfile::tempdir().unwrap();
-    let dir = shipped_with_data(data.path());
-    let app = common::spawn_app(dir.path(), &[]).await;
+    // the queue and the dedupe in Redis (keys under a prefix of this run's): the request path's
+    // group commit calls are counted too
+    let dir = common::shipped_under_prefix("reporting-");
+    let base = std::fs::read_to_string(dir.path().join("engine.yaml")).unwrap();
+    dir.write(
+        "engine.yaml",
+        &format!("{base}data_dir: '{}'\n", data.path().display()),
+    );
+    let app = common::spawn_app(dir.path(), &[("REDIS_URL", common::redis())]).await;
     let before = metrics(&app).await;
     let body =
         std::fs::read(common::shipped().join("../fixtures/payloads/vapi/status-update.json"))
@@ -263,6 +259,16 @@ async fn metrics_move_with_traffic() {
         1.0
     );
     assert_eq!(delta(r#"engine_sink_rows_total{sink="call_status"}"#), 1.0);
+    // each request at least one Redis operation (an append, a rate check), carried in calls
+    // of one or more
+    let (calls, ops) = (
+        delta("engine_redis_group_calls_total"),
+        delta("engine_redis_group_operations_total"),
+    );
+    assert!(
+        calls >= 1.0 && ops >= 3.0 && ops >= calls,
+        "{ops} in {calls} calls\n{after}"
+    );
     assert!(
         after
             .contains(r#"engine_http_request_duration_seconds_bucket{pipeline="vapi",le="0.005"}"#),
