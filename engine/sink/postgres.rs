@@ -279,6 +279,7 @@ impl PostgresSink {
         // a scan per field per row
         let mut columns: Vec<String> = Vec::new();
         let mut seen: std::collections::HashSet<&'a str> = Default::default();
+        let mut previous: Option<Vec<&'a str>> = None;
         let mut out = Vec::new();
         for batch in batches {
             for (i, row) in batch.rows.iter().enumerate() {
@@ -319,10 +320,18 @@ impl PostgresSink {
                         None => mapped.push((name, Cow::Owned(value))),
                     }
                 }
-                for (c, _) in &mapped {
-                    if seen.insert(c) {
-                        columns.push(c.to_string());
+                // rows of one transform have the same fields as a rule: a row whose columns
+                // are the previous row's, in order, adds none (compared, not hashed again)
+                let as_before = previous.as_ref().is_some_and(|p: &Vec<&str>| {
+                    p.len() == mapped.len() && p.iter().zip(&mapped).all(|(a, (b, _))| a == b)
+                });
+                if !as_before {
+                    for (c, _) in &mapped {
+                        if seen.insert(c) {
+                            columns.push(c.to_string());
+                        }
                     }
+                    previous = Some(mapped.iter().map(|(c, _)| *c).collect());
                 }
                 // the conflict key's values as text: what the statements are ordered by, and
                 // what an encrypted value is sealed to
@@ -556,6 +565,52 @@ fn classify(e: tokio_postgres::Error, table: &str) -> SinkError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A sink writing `table` (never connected: the pool connects lazily).
+    fn sink(config: serde_json::Value) -> PostgresSink {
+        let cfg: PostgresConfig = serde_json::from_value(config).unwrap();
+        let pool = crate::db::pool("postgres://nobody@127.0.0.1:1/none?sslmode=disable", 1);
+        PostgresSink::new(&cfg, pool.unwrap(), None).unwrap()
+    }
+
+    /// The statement names every column any row has, in first-seen order, whether the rows
+    /// repeat the previous row's columns (in order or not) or bring new ones.
+    #[test]
+    fn the_statement_names_every_column_of_every_row() {
+        let s = sink(serde_json::json!({"table": "t", "key": ["a"]}));
+        let rows = |rows: serde_json::Value| rows.as_array().unwrap().clone();
+        let batch = |id: &str, rows| Batch {
+            event_id: id.into(),
+            pipeline: "p".into(),
+            sink: "t".into(),
+            step: "s".into(),
+            rows,
+        };
+        let batches = [
+            batch(
+                "e1",
+                rows(serde_json::json!([{"a": 1, "b": 2}, {"a": 2, "b": 3}])),
+            ),
+            batch("e2", rows(serde_json::json!([{"a": 3, "c": 4}]))),
+            batch(
+                "e3",
+                rows(serde_json::json!([{"b": 5, "a": 4}, {"a": 5, "b": 6}])),
+            ),
+            batch("e4", rows(serde_json::json!([{"a": 6, "b": 7, "d": 8}]))),
+        ];
+        let (mapped, columns) = s.mapped(&batches).unwrap();
+        assert_eq!(
+            columns,
+            ["a", "b", "event_id", "row_index", "c", "d"].map(String::from)
+        );
+        assert_eq!(mapped.len(), 6);
+        // sorted by the key's text, each row its own fields
+        let keys: Vec<&str> = mapped.iter().map(|r| r.key[0].as_str()).collect();
+        assert_eq!(keys, ["1", "2", "3", "4", "5", "6"]);
+        let names = |i: usize| -> Vec<&str> { mapped[i].fields.iter().map(|f| f.0).collect() };
+        assert_eq!(names(2), ["a", "c", "event_id", "row_index"]);
+        assert_eq!(names(5), ["a", "b", "d", "event_id", "row_index"]);
+    }
 
     /// The rows' text is the same whatever size it was given to start from (the size only
     /// decides how the buffer is allocated, never what is written).
