@@ -52,6 +52,11 @@ pub(crate) struct Mapping {
     /// How many fields read each slot: a value read by one field only is moved into the row, not
     /// copied.
     uses: Vec<u32>,
+    /// The fields' places in the order of their names: a row's map is built from its values
+    /// taken in this order, in one pass (`Map` is a B-tree, whose `from_iter` bulk-builds sorted
+    /// input) instead of by an insert per field, each a walk down the tree comparing names
+    /// (~400 instructions a field, per callgrind).
+    order: Vec<usize>,
 }
 
 #[derive(Debug)]
@@ -191,8 +196,15 @@ impl Mapping {
                 uses[slot] += 1;
             }
         }
+        let mut order: Vec<usize> = (0..out.len()).collect();
+        // stable: of two fields of one name, the later still wins, as an insert would have it
+        order.sort_by(|&a, &b| out[a].name.cmp(&out[b].name));
         if errors.is_empty() {
-            Ok(Mapping { fields: out, uses })
+            Ok(Mapping {
+                fields: out,
+                uses,
+                order,
+            })
         } else {
             Err(errors)
         }
@@ -232,7 +244,7 @@ impl Mapping {
         values: &mut [Option<Value>],
         event: &EventInput,
     ) -> Result<Value, MapError> {
-        let mut row = Map::new();
+        let mut row: Vec<(String, Value)> = Vec::with_capacity(self.fields.len());
         for f in &self.fields {
             let mut value = self.first(values, &f.json);
             if value.is_none()
@@ -272,9 +284,10 @@ impl Mapping {
                 }
                 (None, _) => Value::Null,
             };
-            row.insert(f.name.clone(), value);
+            row.push((f.name.clone(), value));
         }
-        Ok(Value::Object(row))
+        let sorted = self.order.iter().map(|&i| std::mem::take(&mut row[i]));
+        Ok(Value::Object(sorted.collect::<Map<String, Value>>()))
     }
 }
 
