@@ -191,12 +191,7 @@ async fn metrics_move_with_traffic() {
     let data = tempfile::tempdir().unwrap();
     // the queue and the dedupe in Redis (keys under a prefix of this run's): the request path's
     // group commit calls are counted too
-    let dir = common::shipped_under_prefix("reporting-");
-    let base = std::fs::read_to_string(dir.path().join("engine.yaml")).unwrap();
-    dir.write(
-        "engine.yaml",
-        &format!("{base}data_dir: '{}'\n", data.path().display()),
-    );
+    let dir = Dir::shipped_with_data(data.path());
     let app = common::spawn_app(dir.path(), &[("REDIS_URL", common::redis())]).await;
     let before = metrics(&app).await;
     let body =
