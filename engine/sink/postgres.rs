@@ -279,7 +279,6 @@ impl PostgresSink {
         // a scan per field per row
         let mut columns: Vec<String> = Vec::new();
         let mut seen: std::collections::HashSet<&'a str> = Default::default();
-        let mut previous: Option<Vec<&'a str>> = None;
         let mut out = Vec::new();
         for batch in batches {
             for (i, row) in batch.rows.iter().enumerate() {
@@ -322,8 +321,9 @@ impl PostgresSink {
                 }
                 // rows of one transform have the same fields as a rule: a row whose columns
                 // are the previous row's, in order, adds none (compared, not hashed again)
-                let as_before = previous.as_ref().is_some_and(|p: &Vec<&str>| {
-                    p.len() == mapped.len() && p.iter().zip(&mapped).all(|(a, (b, _))| a == b)
+                let as_before = out.last().is_some_and(|p: &MappedRow<'a>| {
+                    p.fields.len() == mapped.len()
+                        && p.fields.iter().zip(&mapped).all(|(a, b)| a.0 == b.0)
                 });
                 if !as_before {
                     for (c, _) in &mapped {
@@ -331,7 +331,6 @@ impl PostgresSink {
                             columns.push(c.to_string());
                         }
                     }
-                    previous = Some(mapped.iter().map(|(c, _)| *c).collect());
                 }
                 // the conflict key's values as text: what the statements are ordered by, and
                 // what an encrypted value is sealed to
