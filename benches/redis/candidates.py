@@ -1,0 +1,174 @@
+#!/usr/bin/env python3
+"""Redis CPU per event for the ways an event could be written to (and read from) its queue,
+measured on a private redis-server (a spare port, a temp dir, no persistence), never the shared
+one. Each candidate is a file of commands in Redis's protocol sent with `redis-cli --pipe`; Redis
+CPU per event = the change of INFO cpu's used_cpu_sys + used_cpu_user over the run, divided by the
+events. Every run writes the same N events (2.7 KiB: a 600-byte `e` meta and a 2,100-byte body, the
+shape of the cost bench's Vapi end-of-call reports), 8 per call as the engine's group commit makes
+them under load, each with its own dedupe key, all counted against one rate-limit key (a provider's
+org) whose limit never refuses.
+
+  group       the engine's group script as it is (engine/redis_conn/group_commit.rs, GROUP): per
+              event a GCRA check, SET NX EX of the dedupe key and XADD, the body an EVALSHA argument
+  group-half  the same, the body half as long (what a 2x compression of bodies would leave)
+  append      the group script without the rate limit ('A' ops)
+  multi       no Lua: MULTI, SET NX EX + XADD per event, EXEC (no rate limit: not a whole design)
+  decide      MULTI: one EVALSHA deciding the group (GCRA + SET NX EX, no body in Lua), then the
+              8 XADDs unconditionally, EXEC (a design in which the worker must drop entries whose
+              dedupe key holds another event id)
+  xadd        XADD alone: the floor of keeping the event in a stream
+  set         SET of the same 2.7 KiB as a string key
+  ping        PING: the protocol's own floor
+  read        the worker's side: XREADGROUP COUNT 100 over the filled stream
+  ack         the worker's ack script (XACK + XDEL of 100 ids per call)
+
+usage: benches/redis/candidates.py [N=40000] [ROUNDS=3]
+Numbers: docs/benchmarks.md, "Redis's part of an event: the candidates measured"."""
+import os, re, subprocess, sys, tempfile, time, uuid
+
+N = int(sys.argv[1]) if len(sys.argv) > 1 else 40000
+ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+G = 8
+PORT = '6397'
+root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+src = open(f'{root}/engine/redis_conn/group_commit.rs').read()
+start = src.index('const GROUP: &str = r"') + len('const GROUP: &str = r"')
+GROUP = src[start:src.index('\n";', start)]
+# the decide candidate: the group script's clock and GCRA, then a dedupe marker per event
+DECIDE = GROUP[:GROUP.index('local function append')] + r"""
+local out = {}
+for i = 2, #KEYS do
+  local d = gcra(KEYS[1], ARGV[1], ARGV[2], '')
+  if d[1] == 0 then out[i - 1] = 0
+  elseif redis.call('SET', KEYS[i], ARGV[i + 2], 'NX', 'EX', ARGV[3]) then out[i - 1] = 1
+  else out[i - 1] = 2 end
+end
+for key, ttl in pairs(writes) do
+  pcall(redis.call, 'SET', key, string.format('%.0f', tats[key]), 'PX', ttl)
+end
+return out
+"""
+ACK = "redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 2)) return redis.call('XDEL', KEYS[1], unpack(ARGV, 2))"
+
+META = ('{"id":"%s","received_at_ms":1764583200000,"method":"POST","path":"/api/webhooks/vapi",'
+        '"headers":[["content-type","application/json"],["user-agent","Vapi/1.0"]],'
+        '"index":{"call_id":"0b9b1c7e-1111-2222-3333-444455556666","type":"end-of-call-report"}}'
+        % ('0' * 36)).ljust(600)
+BODY = ('{"message":{"type":"end-of-call-report","artifact":{"transcript":"'
+        + 'AI: Hello, how can I help? User: I would like to book a cleaning next week. ' * 40)[:2100]
+
+
+def resp(*args):
+    out = [b'*%d\r\n' % len(args)]
+    for a in args:
+        a = a.encode() if isinstance(a, str) else a
+        out.append(b'$%d\r\n%s\r\n' % (len(a), a))
+    return b''.join(out)
+
+
+def cli(*args):
+    return subprocess.run(['redis-cli', '-p', PORT, *args], check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def cpu():
+    info = cli('INFO', 'cpu')
+    return sum(float(v) for k, v in re.findall(r'(used_cpu_sys|used_cpu_user):([\d.]+)', info))
+
+
+def commands(kind, sha):
+    """The candidate's commands for N events, as one byte string."""
+    out = []
+    body = BODY[:1050] if kind == 'group-half' else BODY
+    xadd = lambda: resp('XADD', 'q', 'NOMKSTREAM', '*', 'e', META, 'b', body, 'a', '0')
+    for _ in range(N // G):
+        ids = [uuid.uuid4().hex for _ in range(G)]
+        if kind in ('group', 'group-half'):
+            keys, argv = [], [str(G)]
+            for d in ids:
+                keys += ['rl', 'q', 'seen:' + d]
+                argv += ['LA', '10', '100000000', '', META, body, '1', '86400']
+            out.append(resp('EVALSHA', sha['group'], str(len(keys)), *keys, *argv))
+        elif kind == 'append':
+            keys, argv = [], [str(G)]
+            for d in ids:
+                keys += ['q', 'seen:' + d]
+                argv += ['A', META, body, '1', '86400']
+            out.append(resp('EVALSHA', sha['group'], str(len(keys)), *keys, *argv))
+        elif kind == 'multi':
+            out.append(resp('MULTI'))
+            for d in ids:
+                out += [resp('SET', 'seen:' + d, d, 'NX', 'EX', '86400'), xadd()]
+            out.append(resp('EXEC'))
+        elif kind == 'decide':
+            out.append(resp('MULTI'))
+            out.append(resp('EVALSHA', sha['decide'], str(1 + G), 'rl', *['seen:' + d for d in ids],
+                            '10', '100000000', '86400', *ids))
+            out += [xadd() for _ in ids]
+            out.append(resp('EXEC'))
+        elif kind == 'xadd':
+            out += [xadd() for _ in ids]
+        elif kind == 'set':
+            out += [resp('SET', 'k:' + d, META + body) for d in ids]
+        elif kind == 'ping':
+            out += [resp('PING') for _ in ids]
+    return b''.join(out)
+
+
+def pipe(data):
+    p = subprocess.run(['redis-cli', '-p', PORT, '--pipe'], input=data, capture_output=True)
+    if b'errors: 0' not in p.stdout:
+        sys.exit(f'redis-cli --pipe: {p.stdout.decode()} {p.stderr.decode()}')
+
+
+def measure(data):
+    before = cpu()
+    pipe(data)
+    return (cpu() - before) * 1e6 / N
+
+
+def fresh():
+    cli('FLUSHALL')
+    cli('XGROUP', 'CREATE', 'q', 'engine', '0', 'MKSTREAM')
+    cli('CONFIG', 'RESETSTAT')
+
+
+with tempfile.TemporaryDirectory() as tmp:
+    server = subprocess.Popen(['redis-server', '--port', PORT, '--bind', '127.0.0.1', '--save', '',
+                               '--appendonly', 'no', '--dir', tmp], stdout=subprocess.DEVNULL)
+    try:
+        for _ in range(50):
+            try:
+                cli('PING')
+                break
+            except subprocess.CalledProcessError:
+                time.sleep(0.1)
+        sha = {'group': cli('SCRIPT', 'LOAD', GROUP), 'decide': cli('SCRIPT', 'LOAD', DECIDE),
+               'ack': cli('SCRIPT', 'LOAD', ACK)}
+        kinds = ['group', 'group-half', 'append', 'multi', 'decide', 'xadd', 'set', 'ping']
+        files = {k: commands(k, sha) for k in kinds}
+        results = {k: [] for k in kinds + ['read', 'ack']}
+        for _ in range(ROUNDS):
+            for k in kinds:
+                fresh()
+                results[k].append(measure(files[k]))
+                if k != 'xadd':
+                    continue
+                # the worker's side, on the stream xadd just filled
+                reads = b''.join(resp('XREADGROUP', 'GROUP', 'engine', 'c', 'COUNT', '100',
+                                      'STREAMS', 'q', '>') for _ in range(N // 100))
+                results['read'].append(measure(reads))
+                ids = [line for line in cli('XRANGE', 'q', '-', '+').split('\n')
+                       if re.fullmatch(r'\d+-\d+', line)]
+                acks = b''.join(resp('EVALSHA', sha['ack'], '1', 'q', 'engine', *ids[i:i + 100])
+                                for i in range(0, len(ids), 100))
+                results['ack'].append(measure(acks))
+                assert cli('XLEN', 'q') == '0', 'the ack script left entries behind'
+        print(f'Redis CPU per event (µs), {N} events of 2.7 KiB, {ROUNDS} rounds, '
+              f'{cli("INFO", "server").split("redis_version:")[1].split()[0]}:')
+        for k, v in results.items():
+            v = sorted(v)
+            print(f'  {k:<11} median {v[len(v) // 2]:6.2f}   ({", ".join(f"{x:.2f}" for x in v)})')
+    finally:
+        server.terminate()
+        server.wait()
