@@ -21,6 +21,9 @@
 //! (or attaching `perf` to the engine) in about two minutes, with the CPU each request costs the
 //! engine, Redis and the generator; `LOAD_ENGINE=<path>` runs another build of the engine (one
 //! built with frame pointers, for `perf record -g`).
+//! The open-loop phases hold at most 200 connections (`LOAD_CONNECTIONS=<n>` to change it): the
+//! generator is one peer address, and the engine closes a peer's connections past
+//! `connections.per_ip` (256) at accept. A phase with errors says what they were.
 //! `CONSOLE_TOKEN=<token>` turns the operator console on in the engines it starts (its traffic
 //! counts and event sample then run on every request).
 //! `-- --pace` adds to each of those rounds the same saturation with an `engine worker` process
@@ -47,6 +50,7 @@
 //! `-- --dashboard` draws the Grafana dashboard's main panels from `/metrics` under a changing
 //! load into docs/grafana/engine.png (`load/dashboard.rs`).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -581,6 +585,32 @@ async fn saturate(url: &str, bodies: Option<Arc<Bodies>>, secs: f64) -> Run {
     }
 }
 
+/// The open loop's connections at most (`LOAD_CONNECTIONS`, 200 unless set): under the engine's
+/// `connections.per_ip` (256 by default), because the generator is one peer address.
+fn open_loop_connections() -> usize {
+    std::env::var("LOAD_CONNECTIONS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(200)
+}
+
+/// What a failed request met: its status, or what the client saw instead.
+fn failure(res: &reqwest::Result<reqwest::Response>) -> String {
+    match res {
+        Ok(r) => format!("answered {}", r.status().as_u16()),
+        Err(e) if e.is_timeout() => "timed out (10 s)".into(),
+        Err(e) if e.is_connect() => "not connected".into(),
+        Err(e) => {
+            // the innermost cause says what happened to the connection (reset, closed)
+            let mut cause: &dyn std::error::Error = e;
+            while let Some(next) = cause.source() {
+                cause = next;
+            }
+            format!("failed: {cause}")
+        }
+    }
+}
+
 /// Open loop: request i is due at start + i / rate; its latency counts from when it was due.
 async fn offer(
     url: &str,
@@ -593,14 +623,16 @@ async fn offer(
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let sent = Arc::new(std::sync::Mutex::new(Vec::with_capacity(total)));
+    let failures = Arc::new(std::sync::Mutex::new(BTreeMap::<String, usize>::new()));
     let mut tasks = Vec::new();
-    for _ in 0..256 {
-        let (client, url, bodies, next, sent) = (
+    for _ in 0..open_loop_connections() {
+        let (client, url, bodies, next, sent, failures) = (
             client.clone(),
             url.to_string(),
             bodies.clone(),
             next.clone(),
             sent.clone(),
+            failures.clone(),
         );
         tasks.push(tokio::spawn(async move {
             let (mut lat, mut errors) = (Vec::new(), 0);
@@ -622,7 +654,14 @@ async fn offer(
                     .await;
                 match res {
                     Ok(r) if r.status().is_success() => lat.push(due.elapsed()),
-                    _ => errors += 1,
+                    failed => {
+                        errors += 1;
+                        *failures
+                            .lock()
+                            .unwrap()
+                            .entry(failure(&failed))
+                            .or_default() += 1;
+                    }
                 }
             }
             (lat, errors)
@@ -631,6 +670,11 @@ async fn offer(
     let (all, errors) = gather(tasks).await;
     let took = started.elapsed();
     let sent = std::mem::take(&mut *sent.lock().unwrap());
+    let failures = std::mem::take(&mut *failures.lock().unwrap());
+    if !failures.is_empty() {
+        let said: Vec<String> = failures.iter().map(|(k, n)| format!("{n} {k}")).collect();
+        println!("  (errors at {rate:.0} req/s: {})", said.join(", "));
+    }
     (summarize(rate, all, took, errors), sent)
 }
 
