@@ -121,10 +121,20 @@ def pipe(data):
         sys.exit(f'redis-cli --pipe: {p.stdout.decode()} {p.stderr.decode()}')
 
 
-def measure(data):
-    before = cpu()
+def commandstats():
+    """Each command's total time so far (INFO commandstats `usec`, its own execution: no I/O)."""
+    stats = cli('INFO', 'commandstats')
+    return {c: int(u) for c, u in re.findall(r'cmdstat_([\w|]+):calls=\d+,usec=(\d+)', stats)}
+
+
+def measure(data, kind):
+    """Redis CPU per event sending `data`; each command's own µs per event kept in `split`."""
+    before, stats = cpu(), commandstats()
     pipe(data)
-    return (cpu() - before) * 1e6 / N
+    used = (cpu() - before) * 1e6 / N
+    after = commandstats()
+    split[kind] = {c: (u - stats.get(c, 0)) / N for c, u in after.items() if u > stats.get(c, 0)}
+    return used
 
 
 def fresh():
@@ -147,28 +157,34 @@ with tempfile.TemporaryDirectory() as tmp:
                'ack': cli('SCRIPT', 'LOAD', ACK)}
         kinds = ['group', 'group-half', 'append', 'multi', 'decide', 'xadd', 'set', 'ping']
         files = {k: commands(k, sha) for k in kinds}
+        split = {}
         results = {k: [] for k in kinds + ['read', 'ack']}
         for _ in range(ROUNDS):
             for k in kinds:
                 fresh()
-                results[k].append(measure(files[k]))
+                results[k].append(measure(files[k], k))
                 if k != 'xadd':
                     continue
                 # the worker's side, on the stream xadd just filled
                 reads = b''.join(resp('XREADGROUP', 'GROUP', 'engine', 'c', 'COUNT', '100',
                                       'STREAMS', 'q', '>') for _ in range(N // 100))
-                results['read'].append(measure(reads))
+                results['read'].append(measure(reads, 'read'))
                 ids = [line for line in cli('XRANGE', 'q', '-', '+').split('\n')
                        if re.fullmatch(r'\d+-\d+', line)]
                 acks = b''.join(resp('EVALSHA', sha['ack'], '1', 'q', 'engine', *ids[i:i + 100])
                                 for i in range(0, len(ids), 100))
-                results['ack'].append(measure(acks))
+                results['ack'].append(measure(acks, 'ack'))
                 assert cli('XLEN', 'q') == '0', 'the ack script left entries behind'
         print(f'Redis CPU per event (µs), {N} events of 2.7 KiB, {ROUNDS} rounds, '
               f'{cli("INFO", "server").split("redis_version:")[1].split()[0]}:')
         for k, v in results.items():
             v = sorted(v)
             print(f'  {k:<11} median {v[len(v) // 2]:6.2f}   ({", ".join(f"{x:.2f}" for x in v)})')
+        print('Each command\'s own time per event, last round (INFO commandstats; a script\'s '
+              'time includes the commands it calls, which are also listed):')
+        for k, cmds in split.items():
+            said = sorted(cmds.items(), key=lambda c: -c[1])
+            print(f'  {k:<11} ' + ', '.join(f'{c} {u:.2f}' for c, u in said if u >= 0.01))
     finally:
         server.terminate()
         server.wait()
