@@ -42,14 +42,12 @@ impl<'d> Spans<'d> {
         }
         // `d` is one of `ds` (the deliveries the spans were opened for): its place is its
         // address's distance from the first, checked, rather than a search through the batch
-        let place = (d as *const Delivery as usize)
-            .wrapping_sub(self.ds.as_ptr() as usize)
-            .checked_div(std::mem::size_of::<Delivery>())
-            .filter(|&i| self.ds.get(i).is_some_and(|x| std::ptr::eq(x, d)));
-        place
-            .and_then(|i| self.spans.get(i))
-            .cloned()
-            .unwrap_or_else(Span::none)
+        let i = (d as *const Delivery as usize).wrapping_sub(self.ds.as_ptr() as usize)
+            / std::mem::size_of::<Delivery>();
+        match self.ds.get(i) {
+            Some(x) if std::ptr::eq(x, d) => self.spans[i].clone(),
+            _ => Span::none(),
+        }
     }
 
     /// The attempt spans in delivery order, for the transform thread ([`transform`]).
