@@ -31,9 +31,17 @@ ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 3
 G = 8
 PORT = '6397'
 root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-src = open(f'{root}/engine/redis_conn/group_commit.rs').read()
-start = src.index('const GROUP: &str = r"') + len('const GROUP: &str = r"')
-GROUP = src[start:src.index('\n";', start)]
+
+
+def script(path, name):
+    """The engine's Lua script `name` (`const NAME: &str = r"...";` in `path`), as it ships."""
+    src = open(f'{root}/{path}').read()
+    start = src.index(f'const {name}: &str = r"') + len(f'const {name}: &str = r"')
+    return src[start:src.index('\n";', start)]
+
+
+GROUP = script('engine/redis_conn/group_commit.rs', 'GROUP')
+ACK = script('engine/queue/redis/scripts.rs', 'ACK')
 # the decide candidate: the group script's clock and GCRA, then a dedupe marker per event
 DECIDE = GROUP[:GROUP.index('local function append')] + r"""
 local out = {}
@@ -48,7 +56,6 @@ for key, ttl in pairs(writes) do
 end
 return out
 """
-ACK = "redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 2)) return redis.call('XDEL', KEYS[1], unpack(ARGV, 2))"
 
 META = ('{"id":"%s","received_at_ms":1764583200000,"method":"POST","path":"/api/webhooks/vapi",'
         '"headers":[["content-type","application/json"],["user-agent","Vapi/1.0"]],'
