@@ -5,7 +5,8 @@
 //!    (verify + rate limit + dedupe + durable enqueue + 2xx): requests/s and latency percentiles;
 //! 2. drain: workers started on the filled queue: events/s through the Rhai transform into
 //!    Postgres (a batch's rows in one statement), with the event archive on, or off with
-//!    `BENCH_ARCHIVE=off`.
+//!    `BENCH_ARCHIVE=off`; and the machine's CPU per drained event over that window (everything
+//!    on the machine: engine, Redis, Postgres), which shows what the archive adds to all three.
 //!
 //! Load generator, Redis and Postgres share the machine with the engine.
 
@@ -139,6 +140,7 @@ async fn main() {
         .filter_map(|(p, built)| wiring.queued(&project, p, built.program).unwrap())
         .collect();
     let started = Instant::now();
+    let ticks = machine_ticks();
     let workers = engine::server::queueing::start(queued.iter());
     loop {
         let n: i64 = pg
@@ -156,6 +158,9 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let took = started.elapsed();
+    let (busy, all) = machine_ticks();
+    let busy = (busy - ticks.0) as f64 / (all - ticks.1).max(1) as f64;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
         "drain: {EVENTS} events, queue -> Rhai transform -> Postgres (archive {}), {} workers",
         if archive.is_some() { "on" } else { "off" },
@@ -171,6 +176,31 @@ async fn main() {
         EVENTS as f64 / took.as_secs_f64(),
         took.as_secs_f64()
     );
+    // what the archive costs shows here first: the machine's CPU per event (engine, Redis,
+    // Postgres, and this bench's own polling), whatever the share of each
+    println!(
+        "  machine: {:.0} % of {cores} cores busy over the drain: {:.0} µs of CPU per event",
+        busy * 100.0,
+        busy * cores as f64 * took.as_secs_f64() / EVENTS as f64 * 1e6
+    );
     workers.stop(Duration::from_secs(5)).await;
     bench.cleanup().await;
+}
+
+/// The machine's CPU time so far, in the kernel's ticks: (busy, all), from the first line of
+/// /proc/stat (user, nice, system, idle, iowait, irq, softirq, steal; idle and iowait not busy).
+fn machine_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let t: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let all: u64 = t.iter().sum();
+    let idle = t.get(3).unwrap_or(&0) + t.get(4).unwrap_or(&0);
+    (all - idle, all)
 }
