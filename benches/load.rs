@@ -92,7 +92,7 @@ mod redis_floor;
 
 #[path = "load/traffic.rs"]
 mod traffic;
-use traffic::{Run, client, gather, offer, percentile, saturate, send, summarize};
+use traffic::{Run, client, offer, percentile, saturate, send};
 
 use plot::labels_font;
 

@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{Run, SECRET, Server, client, engine, gather, percentile, summarize};
+use super::traffic::{failure, open_loop};
+use super::{Run, SECRET, Server, engine, percentile};
 
 const KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 const ASSISTANT: &str = "a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d";
@@ -110,50 +111,35 @@ fn body(kind: Kind, n: usize) -> Vec<u8> {
 /// Open loop at `rate` for `secs`; a tool call counts only when it carries a real answer.
 async fn offer(url: &str, kind: Kind, rate: f64, secs: f64) -> Run {
     static N: AtomicUsize = AtomicUsize::new(0);
-    let client = client();
-    let total = (rate * secs) as usize;
-    let next = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..128 {
-        let (client, url, next) = (client.clone(), url.to_string(), next.clone());
-        tasks.push(tokio::spawn(async move {
-            let (mut lat, mut errors) = (Vec::new(), 0);
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= total {
-                    break;
-                }
-                let due = started + Duration::from_secs_f64(i as f64 / rate);
-                tokio::time::sleep_until(due.into()).await;
-                let res = client
-                    .post(&url)
-                    .header("authorization", format!("Bearer {SECRET}"))
-                    .header("content-type", "application/json")
-                    .body(body(kind, N.fetch_add(1, Ordering::Relaxed)))
-                    .send()
-                    .await;
-                let answered = match res {
-                    Ok(r) if r.status().is_success() => r.json::<Value>().await.ok(),
-                    _ => None,
-                };
-                let good = answered.is_some_and(|a| match kind {
-                    Kind::Tool => a["results"][0]["result"]
-                        .as_str()
-                        .is_some_and(|t| t.contains("free")),
-                    Kind::Status => a["received"] == true,
-                });
-                if good {
-                    lat.push(due.elapsed());
-                } else {
-                    errors += 1;
-                }
-            }
-            (lat, errors)
-        }));
-    }
-    let (all, errors) = gather(tasks).await;
-    summarize(rate, all, started.elapsed(), errors)
+    let url: Arc<str> = url.into();
+    open_loop(rate, secs, 128, move |client, _due| {
+        let url = url.clone();
+        async move {
+            let res = client
+                .post(&*url)
+                .header("authorization", format!("Bearer {SECRET}"))
+                .header("content-type", "application/json")
+                .body(body(kind, N.fetch_add(1, Ordering::Relaxed)))
+                .send()
+                .await;
+            let answer = match res {
+                Ok(r) if r.status().is_success() => r
+                    .json::<Value>()
+                    .await
+                    .map_err(|e| format!("an answer that is not JSON ({e})"))?,
+                failed => return Err(failure(&failed)),
+            };
+            let good = match kind {
+                Kind::Tool => answer["results"][0]["result"]
+                    .as_str()
+                    .is_some_and(|t| t.contains("free")),
+                Kind::Status => answer["received"] == true,
+            };
+            good.then_some(())
+                .ok_or_else(|| format!("a {} answer without what it should carry", kind.name()))
+        }
+    })
+    .await
 }
 
 /// The calling org's assistant linked, its Google token stored (valid for a day).

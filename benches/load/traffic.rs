@@ -3,6 +3,7 @@
 //! then, whatever the server's pace), each giving latency percentiles and what its errors were.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -29,12 +30,7 @@ pub(super) fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1e3
 }
 
-pub(super) fn summarize(
-    offered: f64,
-    mut lat: Vec<Duration>,
-    took: Duration,
-    errors: usize,
-) -> Run {
+fn summarize(offered: f64, mut lat: Vec<Duration>, took: Duration, errors: usize) -> Run {
     lat.sort();
     Run {
         offered,
@@ -69,7 +65,7 @@ pub(super) async fn send(client: &reqwest::Client, url: &str, bodies: Option<&Bo
 }
 
 /// The latencies and error counts of the generator's tasks, together.
-pub(super) async fn gather(
+async fn gather(
     tasks: Vec<tokio::task::JoinHandle<(Vec<Duration>, usize)>>,
 ) -> (Vec<Duration>, usize) {
     let (mut all, mut errors) = (Vec::new(), 0);
@@ -121,7 +117,7 @@ fn open_loop_connections() -> usize {
 }
 
 /// What a failed request met: its status, or what the client saw instead.
-fn failure(res: &reqwest::Result<reqwest::Response>) -> String {
+pub(super) fn failure(res: &reqwest::Result<reqwest::Response>) -> String {
     match res {
         Ok(r) => format!("answered {}", r.status().as_u16()),
         Err(e) if e.is_timeout() => "timed out (10 s)".into(),
@@ -137,28 +133,27 @@ fn failure(res: &reqwest::Result<reqwest::Response>) -> String {
     }
 }
 
-/// Open loop: request i is due at start + i / rate; its latency counts from when it was due.
-pub(super) async fn offer(
-    url: &str,
-    bodies: Arc<Bodies>,
-    rate: f64,
-    secs: f64,
-) -> (Run, Vec<(String, Instant)>) {
+/// Open loop: request i is due at start + i / rate, for `secs`, sent by `request` (given a client
+/// and its due time) on at most `connections` connections at once. A request counts when
+/// `request` says `Ok`, its latency from when it was due (a stall is not hidden); otherwise it is
+/// an error of the kind `request` names, and the phase prints how many of each it met.
+pub(super) async fn open_loop<F, Fut>(rate: f64, secs: f64, connections: usize, request: F) -> Run
+where
+    F: Fn(reqwest::Client, Instant) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Result<(), String>> + Send,
+{
     let client = client();
     let total = (rate * secs) as usize;
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
-    let sent = Arc::new(std::sync::Mutex::new(Vec::with_capacity(total)));
     let failures = Arc::new(std::sync::Mutex::new(BTreeMap::<String, usize>::new()));
     let mut tasks = Vec::new();
-    for _ in 0..open_loop_connections() {
-        let (client, url, bodies, next, sent, failures) = (
+    for _ in 0..connections {
+        let (client, next, failures, request) = (
             client.clone(),
-            url.to_string(),
-            bodies.clone(),
             next.clone(),
-            sent.clone(),
             failures.clone(),
+            request.clone(),
         );
         tasks.push(tokio::spawn(async move {
             let (mut lat, mut errors) = (Vec::new(), 0);
@@ -169,24 +164,11 @@ pub(super) async fn offer(
                 }
                 let due = started + Duration::from_secs_f64(i as f64 / rate);
                 tokio::time::sleep_until(due.into()).await;
-                let (body, id) = bodies.next();
-                sent.lock().unwrap().push((id, due));
-                let res = client
-                    .post(&url)
-                    .header("authorization", format!("Bearer {SECRET}"))
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await;
-                match res {
-                    Ok(r) if r.status().is_success() => lat.push(due.elapsed()),
-                    failed => {
+                match request(client.clone(), due).await {
+                    Ok(()) => lat.push(due.elapsed()),
+                    Err(kind) => {
                         errors += 1;
-                        *failures
-                            .lock()
-                            .unwrap()
-                            .entry(failure(&failed))
-                            .or_default() += 1;
+                        *failures.lock().unwrap().entry(kind).or_default() += 1;
                     }
                 }
             }
@@ -195,11 +177,46 @@ pub(super) async fn offer(
     }
     let (all, errors) = gather(tasks).await;
     let took = started.elapsed();
-    let sent = std::mem::take(&mut *sent.lock().unwrap());
     let failures = std::mem::take(&mut *failures.lock().unwrap());
     if !failures.is_empty() {
         let said: Vec<String> = failures.iter().map(|(k, n)| format!("{n} {k}")).collect();
         println!("  (errors at {rate:.0} req/s: {})", said.join(", "));
     }
-    (summarize(rate, all, took, errors), sent)
+    summarize(rate, all, took, errors)
+}
+
+/// The open loop of signed Vapi end-of-call reports (`bodies`) to `url`: the run, and each
+/// request's call id with when it was due.
+pub(super) async fn offer(
+    url: &str,
+    bodies: Arc<Bodies>,
+    rate: f64,
+    secs: f64,
+) -> (Run, Vec<(String, Instant)>) {
+    let sent = Arc::new(std::sync::Mutex::new(Vec::with_capacity(
+        (rate * secs) as usize,
+    )));
+    let url: Arc<str> = url.into();
+    let noted = sent.clone();
+    let run = open_loop(rate, secs, open_loop_connections(), move |client, due| {
+        let (url, bodies, sent) = (url.clone(), bodies.clone(), noted.clone());
+        async move {
+            let (body, id) = bodies.next();
+            sent.lock().unwrap().push((id, due));
+            let res = client
+                .post(&*url)
+                .header("authorization", format!("Bearer {SECRET}"))
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await;
+            match res {
+                Ok(r) if r.status().is_success() => Ok(()),
+                failed => Err(failure(&failed)),
+            }
+        }
+    })
+    .await;
+    let sent = std::mem::take(&mut *sent.lock().unwrap());
+    (run, sent)
 }
