@@ -1,6 +1,7 @@
 //! The load generator: a closed loop (`saturate`: a fixed number of connections sending back to
-//! back) and an open loop (`offer`: request i due at start + i / rate, its latency counted from
-//! then, whatever the server's pace), each giving latency percentiles and what its errors were.
+//! back) and an open loop (`open_loop`, and `offer` of end-of-call reports through it: request i
+//! due at start + i / rate, its latency counted from then, whatever the server's pace), each
+//! giving latency percentiles; the open loop also says what its errors were.
 
 use std::collections::BTreeMap;
 use std::future::Future;
