@@ -9,15 +9,15 @@
 
 use std::time::Duration;
 
-use crate::redis_conn::group_commit::{GcraCheck, GroupCommit, Op};
+use crate::redis_conn::group_commit::{GcraCheck, GroupCommit, Op, verdict};
 
 use super::{Decision, Rule, Unavailable};
 
 /// What the GCRA script returns: allowed (0/1), retry-after ms, reset ms, remaining.
-pub type Verdict = (i64, i64, i64, i64);
+pub type Verdict = [i64; 4];
 
 /// The [`Decision`] a GCRA verdict means under `rule`.
-pub fn decision(rule: &Rule, (allowed, retry_ms, reset_ms, remaining): Verdict) -> Decision {
+pub fn decision(rule: &Rule, [allowed, retry_ms, reset_ms, remaining]: Verdict) -> Decision {
     Decision {
         allowed: allowed == 1,
         limit: rule.limit,
@@ -118,9 +118,8 @@ impl RedisGcra {
                 .run(op)
                 .await
                 .map_err(|e| Unavailable(e.to_string()))?;
-            let verdict: Verdict =
-                redis::from_redis_value(&answer).map_err(|e| Unavailable(e.to_string()))?;
-            Ok(decision(rule, verdict))
+            let (v, _) = verdict(&answer).map_err(|e| Unavailable(e.to_string()))?;
+            Ok(decision(rule, v))
         };
         tokio::time::timeout(self.timeout, work)
             .await

@@ -403,16 +403,27 @@ async fn queue_and_dlq_commands() {
     );
 }
 
-#[tokio::test]
-async fn enqueue_limited_checks_the_shared_limit_before_storing() {
+/// A queue and a Redis limiter under a fresh prefix, a rule of 2 per minute, and its Redis key
+/// for the client 1.2.3.4.
+async fn limited() -> (
+    RedisQueue,
+    engine::rate_limit::redis::RedisGcra,
+    engine::rate_limit::Rule,
+    String,
+) {
     use engine::config::rate_limit::RateLimit;
-    use engine::rate_limit::Rule;
-    use engine::rate_limit::redis::{RedisGcra, decision};
     let p = prefix();
     let q = queue(&p, "c1").await;
-    let gcra = RedisGcra::new(common::redis(), &p).unwrap();
-    let rule = Rule::new("api", &RateLimit::per_ip(2, Duration::from_secs(60)));
+    let gcra = engine::rate_limit::redis::RedisGcra::new(common::redis(), &p).unwrap();
+    let rule = engine::rate_limit::Rule::new("api", &RateLimit::per_ip(2, Duration::from_secs(60)));
     let key = gcra.key(&rule, "1.2.3.4");
+    (q, gcra, rule, key)
+}
+
+#[tokio::test]
+async fn enqueue_limited_checks_the_shared_limit_before_storing() {
+    use engine::rate_limit::redis::decision;
+    let (q, gcra, rule, key) = limited().await;
     let window = Some(("k", Duration::from_secs(60)));
     // first: allowed and stored, one left
     let (v, stored) = q
@@ -453,6 +464,38 @@ async fn enqueue_limited_checks_the_shared_limit_before_storing() {
         q.enqueue(&event("e2"), other).await.unwrap(),
         Enqueued::Added(_)
     ));
+}
+
+/// A rate-limit key the engine did not write. One of another type (a hash): the limited enqueue
+/// fails with Redis's `WRONGTYPE` and stores nothing, its dedupe key not taken, so the request
+/// is answered as an error and the provider's retry is stored once the key is mended; the plain
+/// check fails the same way. A string that is not a time counts as an empty bucket and is
+/// overwritten with one.
+#[tokio::test]
+async fn a_limited_enqueue_behind_a_spoiled_rate_limit_key_fails_and_stores_nothing() {
+    let (q, gcra, rule, key) = limited().await;
+    let mut c = redis::Client::open(common::redis()).unwrap();
+    let _: () = redis::Commands::hset(&mut c, &key, "f", "v").unwrap();
+    let window = Some(("k", Duration::from_secs(60)));
+    let e = q
+        .enqueue_limited(&event("e1"), window, &rule, &key)
+        .await
+        .unwrap_err();
+    let e = engine::diagnostics::chain(&e);
+    assert!(e.contains("WRONGTYPE"), "{e}");
+    assert_eq!(q.stats().await.unwrap().depth, 0);
+    let e = gcra.check(&rule, "1.2.3.4", None).await.unwrap_err();
+    assert!(e.0.contains("WRONGTYPE"), "{}", e.0);
+    // mended (here: a string that is no time): the same event is stored, the bucket counted
+    let _: () = redis::Commands::set(&mut c, &key, "not a time").unwrap();
+    let (v, stored) = q
+        .enqueue_limited(&event("e1"), window, &rule, &key)
+        .await
+        .unwrap();
+    assert!(matches!(stored, Some(Enqueued::Added(_))), "{stored:?}");
+    assert_eq!(v, [1, 0, 30000, 1]);
+    let held: String = redis::Commands::get(&mut c, &key).unwrap();
+    assert!(held.parse::<u64>().is_ok(), "{held}");
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@ use mobc_redis::redis::{self, Value};
 use crate::rate_limit::Rule;
 use crate::rate_limit::redis::Verdict;
 use crate::redis_conn::Conn;
-use crate::redis_conn::group_commit::{Append, GroupCommit, Op, ReplicaWait};
+use crate::redis_conn::group_commit::{Append, GroupCommit, Op, ReplicaWait, verdict};
 use crate::transform::EventInput;
 
 use super::entry::*;
@@ -166,12 +166,8 @@ impl Partition {
         let limit = crate::rate_limit::redis::check(rule, limit_key.to_string(), None);
         let op = Op::LimitedAppend(limit, self.append(event, dedupe)?);
         let answer = self.shared_run(op).await?;
-        let (allowed, retry, reset, remaining, id): (i64, i64, i64, i64, String) =
-            redis::from_redis_value(&answer)?;
-        Ok((
-            (allowed, retry, reset, remaining),
-            (allowed == 1).then(|| stored(id)),
-        ))
+        let (v, id) = verdict(&answer)?;
+        Ok((v, (v[0] == 1).then(|| stored(id.to_string()))))
     }
 
     /// The append of `event`: the payload, the dedupe key and window.
