@@ -87,7 +87,7 @@ def commands(kind, sha):
     """The candidate's commands for N events, as one byte string."""
     out = []
     body = BODY[:1050] if kind == 'group-half' else BODY
-    xadd = lambda: resp('XADD', 'q', 'NOMKSTREAM', '*', 'e', META, 'b', body, 'a', '0')
+    xadd = lambda: resp('XADD', 'q', 'NOMKSTREAM', '*', 'e', META, 'b', body)
     for _ in range(N // G):
         ids = [uuid.uuid4().hex for _ in range(G)]
         if kind in ('group', 'group-half'):

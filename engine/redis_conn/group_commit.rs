@@ -110,13 +110,13 @@ local function append(stream, seen, payload, body, dedupe, window)
   if dedupe ~= '' then
     if not redis.call('SET', seen, '1', 'NX', 'EX', window) then return '' end
   end
-  local id = redis.call('XADD', stream, 'NOMKSTREAM', '*', 'e', payload, 'b', body, 'a', '0')
+  local id = redis.call('XADD', stream, 'NOMKSTREAM', '*', 'e', payload, 'b', body)
   if id then return id end
   -- a new stream is made with its workers' consumer group (the queue's GROUP): a worker that
   -- starts when Redis is already full could not create the group then (XGROUP CREATE needs
   -- memory), and would never drain the stream
   redis.call('XGROUP', 'CREATE', stream, 'engine', '0', 'MKSTREAM')
-  return redis.call('XADD', stream, '*', 'e', payload, 'b', body, 'a', '0')
+  return redis.call('XADD', stream, '*', 'e', payload, 'b', body)
 end
 local function verdict(d)
   return string.format('%d %d %d %d', d[1], d[2], d[3], d[4])
