@@ -118,17 +118,17 @@ local function append(stream, seen, payload, body, dedupe, window)
   redis.call('XGROUP', 'CREATE', stream, 'engine', '0', 'MKSTREAM')
   return redis.call('XADD', stream, '*', 'e', payload, 'b', body)
 end
-local function verdict(d)
-  return string.format('%d %d %d %d', d[1], d[2], d[3], d[4])
+-- a GCRA verdict as one string, then the entry id ('' for a check, a refusal or a duplicate)
+local function verdict(d, id)
+  return string.format('%d %d %d %d %s', d[1], d[2], d[3], d[4], id)
 end
 local function check(key, interval, burst, now)
-  return verdict(gcra(key, interval, burst, now))
+  return verdict(gcra(key, interval, burst, now), '')
 end
 local function limited_append(key, interval, burst, now, stream, seen, payload, body, dedupe, window)
   local d = gcra(key, interval, burst, now)
-  if d[1] == 0 then return string.format('0 %d %d 0 ', d[2], d[3]) end
-  local id = append(stream, seen, payload, body, dedupe, window)
-  return string.format('%d %d %d %d %s', d[1], d[2], d[3], d[4], id)
+  if d[1] == 0 then return verdict(d, '') end
+  return verdict(d, append(stream, seen, payload, body, dedupe, window))
 end
 local function answer(ok, r)
   if ok then return r end
@@ -195,9 +195,9 @@ pub struct ReplicaWait {
 }
 
 /// One operation of the request path. Answers: `GcraCheck` → "allowed retry_ms reset_ms
-/// remaining"; `Append` → the entry id, or "" for a duplicate; `LimitedAppend` → the verdict's
-/// four numbers, a space, then the entry id ("" when refused or a duplicate). [`verdict`] reads
-/// the first and the last.
+/// remaining " (the id after the space empty); `Append` → the entry id, or "" for a duplicate;
+/// `LimitedAppend` → the verdict's four numbers, a space, then the entry id ("" when refused or
+/// a duplicate). [`verdict`] reads the first and the last.
 #[derive(Debug, Clone)]
 pub enum Op {
     GcraCheck(GcraCheck),
@@ -611,7 +611,12 @@ mod tests {
 
     #[test]
     fn a_verdict_is_four_numbers_then_the_entry_id() {
-        // a check: allowed, 0 ms to wait, the bucket full again in 30,000 ms, 1 left
+        // a check: allowed, 0 ms to wait, the bucket full again in 30,000 ms, 1 left (the
+        // script writes an empty id after it; the four numbers alone read the same)
+        assert_eq!(
+            verdict(&bulk("1 0 30000 1 ")).unwrap(),
+            ([1, 0, 30000, 1], "")
+        );
         assert_eq!(
             verdict(&bulk("1 0 30000 1")).unwrap(),
             ([1, 0, 30000, 1], "")
