@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::traffic::{failure, open_loop};
-use super::{Run, SECRET, Server, engine, percentile};
+use super::traffic::{failure, open_loop, signed};
+use super::{Run, Server, engine, percentile};
 
 const KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 const ASSISTANT: &str = "a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d";
@@ -115,11 +115,7 @@ async fn offer(url: &str, kind: Kind, rate: f64, secs: f64) -> Run {
     open_loop(rate, secs, 128, move |client, _due| {
         let url = url.clone();
         async move {
-            let res = client
-                .post(&*url)
-                .header("authorization", format!("Bearer {SECRET}"))
-                .header("content-type", "application/json")
-                .body(body(kind, N.fetch_add(1, Ordering::Relaxed)))
+            let res = signed(&client, &url, body(kind, N.fetch_add(1, Ordering::Relaxed)))
                 .send()
                 .await;
             let answer = match res {

@@ -52,15 +52,24 @@ pub(super) fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// A POST of a JSON body to `url` as the bench's Vapi pipeline expects it: its bearer secret.
+pub(super) fn signed(
+    client: &reqwest::Client,
+    url: &str,
+    body: impl Into<reqwest::Body>,
+) -> reqwest::RequestBuilder {
+    client
+        .post(url)
+        .header("authorization", format!("Bearer {SECRET}"))
+        .header("content-type", "application/json")
+        .body(body)
+}
+
 /// One request to `url`: the Vapi body when `bodies` is given, else an empty POST.
 pub(super) async fn send(client: &reqwest::Client, url: &str, bodies: Option<&Bodies>) -> bool {
-    let req = client.post(url);
     let req = match bodies {
-        Some(b) => req
-            .header("authorization", format!("Bearer {SECRET}"))
-            .header("content-type", "application/json")
-            .body(b.next().0),
-        None => req,
+        Some(b) => signed(client, url, b.next().0),
+        None => client.post(url),
     };
     matches!(req.send().await, Ok(r) if r.status().is_success())
 }
@@ -204,14 +213,7 @@ pub(super) async fn offer(
         async move {
             let (body, id) = bodies.next();
             sent.lock().unwrap().push((id, due));
-            let res = client
-                .post(&*url)
-                .header("authorization", format!("Bearer {SECRET}"))
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
-                .await;
-            match res {
+            match signed(&client, &url, body).send().await {
                 Ok(r) if r.status().is_success() => Ok(()),
                 failed => Err(failure(&failed)),
             }
