@@ -144,14 +144,13 @@ def commandstats():
     return {c: int(u) for c, u in re.findall(r'cmdstat_([\w|]+):calls=\d+,usec=(\d+)', stats)}
 
 
-def measure(data, kind):
-    """Redis CPU per event sending `data`; each command's own µs per event kept in `split`."""
+def measure(data):
+    """Redis CPU per event sending `data`, and each command's own µs per event."""
     before, stats = cpu(), commandstats()
     pipe(data)
     used = (cpu() - before) * 1e6 / N
     after = commandstats()
-    split[kind] = {c: (u - stats.get(c, 0)) / N for c, u in after.items() if u > stats.get(c, 0)}
-    return used
+    return used, {c: (u - stats.get(c, 0)) / N for c, u in after.items() if u > stats.get(c, 0)}
 
 
 def fresh():
@@ -161,8 +160,9 @@ def fresh():
 
 
 with tempfile.TemporaryDirectory() as tmp:
-    server = subprocess.Popen([os.environ.get('CANDIDATES_SERVER', 'redis-server'), '--port', PORT, '--bind', '127.0.0.1', '--save', '',
-                               '--appendonly', 'no', '--dir', tmp], stdout=subprocess.DEVNULL)
+    server = subprocess.Popen([os.environ.get('CANDIDATES_SERVER', 'redis-server'), '--port', PORT,
+                               '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
+                               '--dir', tmp], stdout=subprocess.DEVNULL)
     try:
         for _ in range(50):
             try:
@@ -174,23 +174,28 @@ with tempfile.TemporaryDirectory() as tmp:
                'ack': cli('SCRIPT', 'LOAD', ACK)}
         kinds = ['group', 'group-half', 'append', 'multi', 'decide', 'xadd', 'set', 'ping']
         files = {k: commands(k, sha) for k in kinds}
-        split = {}
+        split = {}  # each candidate's commands, from its last round
         results = {k: [] for k in kinds + ['read', 'ack']}
+
+        def run(kind, data):
+            used, split[kind] = measure(data)
+            results[kind].append(used)
+
         for _ in range(ROUNDS):
             for k in kinds:
                 fresh()
-                results[k].append(measure(files[k], k))
+                run(k, files[k])
                 if k != 'xadd':
                     continue
                 # the worker's side, on the stream xadd just filled
                 reads = b''.join(resp('XREADGROUP', 'GROUP', 'engine', 'c', 'COUNT', '100',
                                       'STREAMS', 'q', '>') for _ in range(N // 100))
-                results['read'].append(measure(reads, 'read'))
+                run('read', reads)
                 ids = [line for line in cli('XRANGE', 'q', '-', '+').split('\n')
                        if re.fullmatch(r'\d+-\d+', line)]
                 acks = b''.join(resp('EVALSHA', sha['ack'], '1', 'q', 'engine', *ids[i:i + 100])
                                 for i in range(0, len(ids), 100))
-                results['ack'].append(measure(acks, 'ack'))
+                run('ack', acks)
                 assert cli('XLEN', 'q') == '0', 'the ack script left entries behind'
         print(f'Redis CPU per event (µs), {N} events of 2.7 KiB, {ROUNDS} rounds, '
               f'{version()}:')
