@@ -88,9 +88,12 @@ local function gcra(key, interval, burst, now)
   now = now_us(now)
   local tat = tats[key]
   if tat == nil then
-    -- (a key of another type fails the GET, and so the op; a string that is not a time counts
-    -- as an empty bucket and is overwritten)
-    local stored = redis.call('GET', key)
+    -- a key of another type fails the op, saying which key and what to do; a string that is
+    -- not a time counts as an empty bucket and is overwritten
+    local stored = redis.pcall('GET', key)
+    if type(stored) == 'table' and stored.err then
+      error({err = 'WRONGTYPE rate-limit key ' .. key .. ' holds another type of value: delete it (DEL); only the engine writes under its key prefix'})
+    end
     tat = stored and tonumber(stored) or now
     tats[key] = tat
   end

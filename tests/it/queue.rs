@@ -467,7 +467,7 @@ async fn enqueue_limited_checks_the_shared_limit_before_storing() {
 }
 
 /// A rate-limit key the engine did not write. One of another type (a hash): the limited enqueue
-/// fails with Redis's `WRONGTYPE` and stores nothing, its dedupe key not taken, so the request
+/// fails with `WRONGTYPE`, naming the key and saying to delete it, and stores nothing, its dedupe key not taken, so the request
 /// is answered as an error and the provider's retry is stored once the key is mended; the plain
 /// check fails the same way. A string that is not a time counts as an empty bucket and is
 /// overwritten with one.
@@ -483,9 +483,12 @@ async fn a_limited_enqueue_behind_a_spoiled_rate_limit_key_fails_and_stores_noth
         .unwrap_err();
     let e = engine::diagnostics::chain(&e);
     assert!(e.contains("WRONGTYPE"), "{e}");
+    // the error names the key and what to do about it
+    assert!(e.contains(&key) && e.contains("delete it (DEL)"), "{e}");
     assert_eq!(q.stats().await.unwrap().depth, 0);
     let e = gcra.check(&rule, "1.2.3.4", None).await.unwrap_err();
     assert!(e.0.contains("WRONGTYPE"), "{}", e.0);
+    assert!(e.0.contains("delete it (DEL)"), "{}", e.0);
     // mended (here: a string that is no time): the same event is stored, the bucket counted
     let _: () = redis::Commands::set(&mut c, &key, "not a time").unwrap();
     let (v, stored) = q
